@@ -1,0 +1,47 @@
+# ToolScore Mesh. `make run` starts the mesh, `make test` runs the suite; both
+# create or refresh .venv first, so they work on a fresh clone.
+SHELL := /bin/bash
+# Resolve the real interpreter once (never spawn through a pyenv shim).
+PYTHON_BOOT ?= $(shell python3 -c 'import sys; print(sys.executable)')
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard proto/toolscore/v1/*.proto)
+GEN_STAMP := generated/.stamp
+
+.PHONY: venv proto run test lint bench clean node-example
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	echo "$(CURDIR)/generated" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/toolscore_generated.pth"
+	touch $(STAMP)
+
+proto: $(GEN_STAMP)
+
+$(GEN_STAMP): $(PROTOS) $(STAMP)
+	rm -rf generated/toolscore
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+	touch $@
+
+run: proto
+	$(PY) -m services.mesh
+
+test: proto node-example
+	$(PY) -m pytest
+
+node-example:
+	@if [ -d examples/node-tool-server ] && command -v npm >/dev/null; then cd examples/node-tool-server && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }; fi
+
+lint: proto
+	$(PY) -m ruff check services edge tests bench
+	$(PY) -m ruff format --check services edge tests bench
+	$(PY) -m mypy services edge
+
+bench: proto
+	$(PY) -m bench
+
+clean:
+	rm -rf generated/toolscore $(GEN_STAMP) run

@@ -1,0 +1,1 @@
+"""Built-in function tools, served inside the hub process."""

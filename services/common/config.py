@@ -1,0 +1,215 @@
+"""Configuration: `config/toolscore.toml` plus `TOOLSCORE_<SECTION>__<KEY>` overrides.
+
+Loaded once in a `__main__` into frozen dataclasses and passed down; nothing
+deeper reads the environment. Every key is documented in `docs/config/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "config" / "toolscore.toml"
+ENV_PREFIX = "TOOLSCORE_"
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed."""
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where runtime files live; relative paths are relative to `root`."""
+
+    root: str = str(REPO_ROOT)
+    run_dir: str = "run"
+    data_dir: str = "data"
+
+    def resolve(self, p: str) -> Path:
+        path = Path(p)
+        return path if path.is_absolute() else Path(self.root) / path
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """How `make run` lays the mesh out over processes."""
+
+    # split: hub and executor in their own processes over UDS (default);
+    # single: one process, asyncio TaskGroup; tcp: every hop over TCP.
+    mode: str = "split"
+    edge: bool = True
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 10.0
+    stop_grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """The hub: ToolLibraryService + ToolScoreService."""
+
+    uds: str = "run/toolscore.sock"
+    tcp: str = "127.0.0.1:50051"
+    default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_argument_bytes: int = 1024 * 1024
+    health_interval_s: float = 2.0
+    health_timeout_s: float = 1.0
+    stats_flush_s: float = 1.0
+    event_retention: int = 10000
+    uvloop: bool = True
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """The Python executor tool server (`python-executor-mcp-server`)."""
+
+    tool_id: str = "python-executor-mcp-server"
+    uds: str = "run/executor.sock"
+    tcp: str = "127.0.0.1:50052"
+    use_inprocess_python_executor: bool = False
+    default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
+    max_output_bytes: int = 1024 * 1024
+    max_code_bytes: int = 256 * 1024
+    env_passthrough: tuple[str, ...] = ()
+    register_retry_s: float = 0.2
+    register_retry_max_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The registry store behind the tool library."""
+
+    backend: str = "sqlite"
+    sqlite_path: str = "data/registry.sqlite3"
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """The event feed behind WatchToolEvents."""
+
+    backend: str = "inprocess"
+    subscriber_queue: int = 1024
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Admin token for registration and admin routes; empty means loopback-only, open."""
+
+    admin_token: str = dataclasses.field(default="", repr=False)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging."""
+
+    level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class FunctionToolConfig:
+    """An in-process function tool: Python callables inside the hub."""
+
+    tool_id: str
+    functions: tuple[str, ...]
+    name: str = ""
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    version: str = "0"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    function_tools: tuple[FunctionToolConfig, ...] = ()
+
+    def path(self, p: str) -> Path:
+        """Resolve a configured path against the root."""
+        return self.paths.resolve(p)
+
+
+def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the TOML file (if any) and apply `TOOLSCORE_<SECTION>__<KEY>` overrides."""
+    env = dict(os.environ if env is None else env)
+    path = Path(path or env.get("TOOLSCORE_CONFIG") or DEFAULT_CONFIG)
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].partition("__")
+        raw.setdefault(section.lower(), {})[name.lower()] = value
+    return _build(Config, raw, "")
+
+
+def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
+    """A copy of `cfg` with some keys of some sections changed (used by tests and the supervisor)."""
+    changes = {}
+    for name, values in sections.items():
+        changes[name] = dataclasses.replace(getattr(cfg, name), **values)
+    return dataclasses.replace(cfg, **changes)
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where or 'config'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        return tuple(_coerce(item_tp, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ConfigError(f"{where}: not a boolean: {value!r}")
+        return bool(value)
+    if tp in (int, float, str):
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from exc
+    return value

@@ -1,0 +1,238 @@
+"""One way to serve gRPC in the mesh: reflection, health, errors and auth on every server.
+
+Every server gets:
+- server reflection that also answers `describe Service.Method` (grpc/grpc#34743);
+- `grpc.health.v1` for the whole server ("") and per service;
+- one interceptor that maps MeshError to a status with google.rpc.ErrorInfo and
+  checks the admin token on protected methods.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+
+from services.common import endpoints
+from services.common.errors import MeshError, Unauthenticated, trailing_metadata
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceBinding:
+    """A servicer and how to add it to a server."""
+
+    name: str  # full service name, e.g. "toolscore.v1.ToolScoreService"
+    servicer: object
+    add: Callable[[object, grpc.aio.Server], None]
+
+
+class _Reflection(reflection_aio.ReflectionServicer):
+    """Stock reflection, plus method symbols resolved through their service."""
+
+    def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        try:
+            self._pool.FindFileContainingSymbol(fully_qualified_name)
+        except KeyError:
+            service, _, _method = fully_qualified_name.rpartition(".")
+            if service:
+                try:
+                    self._pool.FindFileContainingSymbol(service)
+                    fully_qualified_name = service
+                except KeyError:
+                    pass
+        return super()._file_containing_symbol(request, fully_qualified_name)
+
+
+class MeshInterceptor(grpc.aio.ServerInterceptor):
+    """Maps MeshError to rich statuses and enforces the admin token on protected methods."""
+
+    def __init__(self, admin_token: str = "", protected: Iterable[str] = ()) -> None:
+        self._token = admin_token.encode()
+        self._protected = frozenset(protected)
+        self._cache: dict[tuple[str, bool], grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method
+        needs_auth = bool(self._token) and method in self._protected
+        authorized = not needs_auth or self._authorized(details.invocation_metadata)
+        key = (method, authorized)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        wrapped = _wrap(handler, None if authorized else _deny)
+        self._cache[key] = wrapped
+        return wrapped
+
+    def _authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
+        for key, value in metadata or ():
+            if key == "authorization":
+                value = value.encode() if isinstance(value, str) else value
+                scheme, _, token = value.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
+        return False
+
+
+def _deny() -> None:
+    raise Unauthenticated("this operation needs the admin token (authorization: Bearer <token>)",
+                          reason="ADMIN_TOKEN_REQUIRED")
+
+
+def _wrap(handler: grpc.RpcMethodHandler, gate: Callable[[], None] | None) -> grpc.RpcMethodHandler:
+    async def _abort(context: grpc.aio.ServicerContext, err: MeshError) -> None:
+        await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err))
+
+    if handler.unary_unary:
+        fn = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if gate:
+                    gate()
+                return await fn(request, context)
+            except MeshError as err:
+                await _abort(context, err)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream:
+        fn_s = handler.unary_stream
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if gate:
+                    gate()
+                async for item in fn_s(request, context):
+                    yield item
+            except MeshError as err:
+                await _abort(context, err)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream:
+        fn_ss = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                if gate:
+                    gate()
+                async for item in fn_ss(requests, context):
+                    yield item
+            except MeshError as err:
+                await _abort(context, err)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream, handler.request_deserializer, handler.response_serializer
+        )
+    return handler
+
+
+class MeshServer:
+    """An async context manager serving some services on UDS and/or TCP addresses.
+
+    `listen` takes endpoint strings (`unix:///abs.sock`, `127.0.0.1:0`).
+    After entering, `addresses` holds what was actually bound (ports resolved).
+    """
+
+    def __init__(
+        self,
+        services: Sequence[ServiceBinding],
+        listen: Sequence[str],
+        *,
+        admin_token: str = "",
+        protected_methods: Iterable[str] = (),
+        max_message_bytes: int = 4 * 1024 * 1024,
+        grace_s: float = 2.0,
+    ) -> None:
+        self._services = services
+        self._listen = [a for a in listen if a]
+        self._token = admin_token
+        self._protected = protected_methods
+        self._max = max_message_bytes
+        self._grace = grace_s
+        self._sockets: list[str] = []
+        self.addresses: list[str] = []
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+
+    async def __aenter__(self) -> MeshServer:
+        options = [
+            ("grpc.max_receive_message_length", self._max),
+            ("grpc.max_send_message_length", self._max),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=[MeshInterceptor(self._token, self._protected)], options=options
+        )
+        names = [s.name for s in self._services]
+        for s in self._services:
+            s.add(s.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection_names = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_Reflection(reflection_names), server)
+        for addr in self._listen:
+            ep = endpoints.parse(addr, listen=True)
+            if ep.scheme == endpoints.UNIX:
+                os.makedirs(os.path.dirname(ep.address), exist_ok=True)
+                endpoints.clear_stale_socket(ep.address)
+                server.add_insecure_port(ep.grpc_target)
+                self._sockets.append(ep.address)
+                self.addresses.append(str(ep))
+            else:
+                if not self._token and not endpoints.is_loopback_host(ep.address):
+                    raise MeshError(
+                        f"refusing to bind {ep.address} beyond loopback without an admin token "
+                        "(set TOOLSCORE_AUTH__ADMIN_TOKEN)",
+                        reason="NON_LOOPBACK_WITHOUT_TOKEN",
+                    )
+                port = server.add_insecure_port(ep.address)
+                if port == 0:
+                    raise MeshError(f"could not bind {ep.address}", reason="BIND_FAILED")
+                host = ep.address.rpartition(":")[0]
+                self.addresses.append(f"{host}:{port}")
+        await server.start()
+        self.server = server
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s", ", ".join(n.rsplit(".", 1)[-1] for n in names), " ".join(self.addresses))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Mark NOT_SERVING, drain in-flight calls for the grace period, remove socket files."""
+        if self.server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        server, self.server = self.server, None
+        await server.stop(self._grace)
+        for path in self._sockets:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def tcp_address(self) -> str | None:
+        return next((a for a in self.addresses if not a.startswith("unix:")), None)
+
+    def uds_address(self) -> str | None:
+        return next((a for a in self.addresses if a.startswith("unix:")), None)

@@ -1,0 +1,1 @@
+"""The Python executor tool server (`python-executor-mcp-server`)."""

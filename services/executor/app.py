@@ -1,0 +1,54 @@
+"""The executor process: serve ToolExecutorService and stay registered with the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+from services.common.config import Config
+from services.common.grpc_server import MeshServer, ServiceBinding
+from services.executor.registration import keep_registered
+from services.executor.service import make_server, tool_definition
+from services.toolkit.server import SERVICE
+from toolscore.v1 import executor_pb2_grpc
+
+
+class ExecutorProcess:
+    """Async context manager: the executor server plus its registration task."""
+
+    def __init__(self, cfg: Config, listen: str, hub_target: str) -> None:
+        self.cfg, self._listen, self._hub = cfg, listen, hub_target
+        self.registered = asyncio.Event()
+
+    async def __aenter__(self) -> ExecutorProcess:
+        self.executor = make_server(self.cfg)
+        self.server = MeshServer(
+            [ServiceBinding(SERVICE, self.executor, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
+            [self._listen], max_message_bytes=self.cfg.hub.max_message_bytes,
+        )
+        await self.server.__aenter__()
+        endpoint = self.server.addresses[0]
+        tool = tool_definition(self.cfg, endpoint)
+        self._task = asyncio.create_task(keep_registered(
+            self._hub, [tool], admin_token=self.cfg.auth.admin_token, retry_s=self.cfg.executor.register_retry_s,
+            retry_max_s=self.cfg.executor.register_retry_max_s, registered=self.registered), name="registration")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self.server.stop()
+        await self.executor.close()
+
+
+def listen_address(cfg: Config, tcp: bool) -> str:
+    return cfg.executor.tcp if tcp else f"unix://{cfg.path(cfg.executor.uds)}"
+
+
+def hub_target(cfg: Config, tcp: bool) -> str:
+    return cfg.hub.tcp if tcp or not cfg.hub.uds else f"unix://{cfg.path(cfg.hub.uds)}"
+
+
+__all__: Sequence[str] = ["ExecutorProcess", "hub_target", "listen_address"]

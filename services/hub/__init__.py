@@ -1,0 +1,1 @@
+"""The ToolScore hub: ToolLibraryService + ToolScoreService in one process."""

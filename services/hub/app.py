@@ -1,0 +1,141 @@
+"""The hub as one async context manager: store, registry, router, servers and background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from services.common.config import Config
+from services.common.grpc_server import MeshServer, ServiceBinding
+from services.hub import health
+from services.hub.functions import FunctionTool
+from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
+from services.hub.servicer import ToolScoreServicer, add_to_server
+from services.library import servicer as library
+from services.library.feed import InProcessFeed
+from services.library.registry import Registry
+from services.library.store import SqliteStore
+from services.router.channels import ChannelPool
+from services.router.router import Router
+from toolscore.v1 import tool_library_pb2_grpc, tool_pb2
+
+log = logging.getLogger(__name__)
+HUB_OWNER = "toolscore-hub"
+
+
+class Hub:
+    """Everything the hub process runs. `listen` overrides the configured addresses (tests use port 0)."""
+
+    def __init__(self, cfg: Config, listen: Sequence[str] | None = None) -> None:
+        self.cfg = cfg
+        self._listen = list(listen) if listen is not None else [
+            f"unix://{cfg.path(cfg.hub.uds)}" if cfg.hub.uds else "", cfg.hub.tcp,
+        ]
+        self._stack = contextlib.AsyncExitStack()
+        self._wake = asyncio.Event()
+        self.functions: list[FunctionTool] = []
+
+    async def __aenter__(self) -> Hub:
+        cfg = self.cfg
+        try:
+            store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
+            self._stack.push_async_callback(store.close)
+            self.feed = InProcessFeed(cfg.feed.subscriber_queue)
+            self._stack.callback(self.feed.close)
+            self.registry = await Registry(store, self.feed).open()
+            self.registry.listeners.append(self._on_event)
+            self._stack.push_async_callback(self.registry.flush_stats)
+            self.pool = ChannelPool(cfg.hub.max_message_bytes)
+            self._stack.push_async_callback(self.pool.close)
+            self.router = Router(
+                self.registry.entry, self.pool, default_timeout_s=cfg.hub.default_timeout_s,
+                max_timeout_s=cfg.hub.max_timeout_s, max_argument_bytes=cfg.hub.max_argument_bytes,
+            )
+            await self._register_functions()
+            if cfg.executor.use_inprocess_python_executor:
+                await self._attach_inprocess_executor()
+            self.server = MeshServer(
+                [
+                    ServiceBinding(library.SERVICE, library.ToolLibraryServicer(self.registry),
+                                   tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server),
+                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router), add_to_server),  # type: ignore[arg-type]
+                ],
+                self._listen,
+                admin_token=cfg.auth.admin_token,
+                protected_methods=library.PROTECTED,
+                max_message_bytes=cfg.hub.max_message_bytes,
+            )
+            await self._stack.enter_async_context(self.server)
+            self._tasks = [
+                asyncio.create_task(health.run(self.pool, self.registry, cfg.hub.health_interval_s,
+                                               cfg.hub.health_timeout_s, self._wake), name="health"),
+                asyncio.create_task(self._flush_loop(), name="stats-flush"),
+            ]
+            self._stack.push_async_callback(self._stop_tasks)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    @property
+    def uds_target(self) -> str | None:
+        return self.server.uds_address()
+
+    @property
+    def tcp_target(self) -> str | None:
+        return self.server.tcp_address()
+
+    def _on_event(self, event: tool_pb2.ToolEvent) -> None:
+        if event.type in (tool_pb2.TOOL_EVENT_TYPE_INSTALLED, tool_pb2.TOOL_EVENT_TYPE_UPDATED):
+            self._wake.set()
+
+    async def _register_functions(self) -> None:
+        wanted = set()
+        for fc in self.cfg.function_tools:
+            tool = FunctionTool(fc)
+            self.functions.append(tool)
+            self.router.inproc[tool.endpoint_name] = tool.handle
+            await self.registry.register(tool.definition(HUB_OWNER))
+            wanted.add(fc.tool_id)
+        for entry in self.registry.entries():  # drop function tools no longer configured
+            if entry.tool.owner == HUB_OWNER and entry.tool.tool_id not in wanted:
+                await self.registry.deregister(entry.tool.tool_id)
+
+    async def _attach_inprocess_executor(self) -> None:
+        from services.executor.service import INPROC_NAME, make_server, tool_definition
+
+        server = make_server(self.cfg)
+
+        async def handle(entry, request, timeout, on_progress):  # type: ignore[no-untyped-def]
+            progress = (lambda p, t, m: on_progress(_progress(p, t, m))) if on_progress else None
+            return await server.call(request, progress)
+
+        self.router.inproc[INPROC_NAME] = handle
+        await self.registry.register(tool_definition(self.cfg, f"inproc://{INPROC_NAME}"))
+        self._stack.push_async_callback(server.close)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.hub.stats_flush_s)
+            try:
+                await self.registry.flush_stats()
+            except Exception:
+                log.exception("stats flush failed")
+
+    async def _stop_tasks(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+
+def _progress(p: float, total: float, message: str):  # type: ignore[no-untyped-def]
+    from toolscore.v1 import executor_pb2
+
+    return executor_pb2.Progress(progress=p, total=total, message=message)

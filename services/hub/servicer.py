@@ -1,0 +1,35 @@
+"""ToolScoreService: ExecuteTool through the router.
+
+ExecuteTool is registered by hand with ExecuteRequest/ExecuteResponse
+(de)serializers: the messages are wire-compatible with ExecuteToolRequest and
+ExecuteToolResponse, so the hub forwards what it parsed without converting.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from services.router.router import Router
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import toolscore_pb2  # loads the service descriptor for reflection
+
+SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
+
+
+class ToolScoreServicer:
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def ExecuteTool(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+        return await self.router.execute(request, deadline_s=context.time_remaining())
+
+
+def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:
+    handlers = {
+        "ExecuteTool": grpc.unary_unary_rpc_method_handler(
+            servicer.ExecuteTool,
+            request_deserializer=ex.ExecuteRequest.FromString,
+            response_serializer=ex.ExecuteResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

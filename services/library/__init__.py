@@ -1,0 +1,1 @@
+"""The tool library: registry of tools, their health and usage, and the change feed."""

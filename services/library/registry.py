@@ -1,0 +1,292 @@
+"""The registry core: the in-memory view of every tool, kept in step with the store and the feed.
+
+Reads (get, list, the router's lookups) never touch the store: the hot path is
+a dict lookup. Writes commit to the store first (which assigns the revision),
+then update memory, then publish on the feed, one at a time and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from services.common import endpoints
+from services.common.errors import AlreadyExists, NotFound, OutOfRange, ResourceExhausted
+from services.common.jsonvalue import struct_to_dict
+from services.library.feed import EventFeed
+from services.library.store import RegistryStore, StoredStats
+from services.library.validation import ArgumentValidator, check_tool
+from toolscore.v1 import tool_pb2
+
+log = logging.getLogger(__name__)
+
+INSTALLED = tool_pb2.TOOL_EVENT_TYPE_INSTALLED
+UPDATED = tool_pb2.TOOL_EVENT_TYPE_UPDATED
+REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
+HEALTH_CHANGED = tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED
+_BACKLOG_PAGE = 500
+
+
+@dataclass(eq=False)
+class Entry:
+    """One registered tool as the router sees it. Replaced whole when the definition changes."""
+
+    tool: tool_pb2.Tool  # the definition, without health and stats
+    endpoint: endpoints.Endpoint
+    validators: dict[str, ArgumentValidator]
+    health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+    calls: int = 0
+    successes: int = 0
+    total_seconds: float = 0.0
+    last_used: float = 0.0
+    dirty: bool = field(default=False, repr=False)
+
+    def record(self, ok: bool, seconds: float) -> None:
+        """Count one call. Cheap: it runs on every call's hot path."""
+        self.calls += 1
+        self.successes += ok
+        self.total_seconds += seconds
+        self.last_used = time.time()
+        self.dirty = True
+
+    def stats(self) -> tool_pb2.ToolStats:
+        s = tool_pb2.ToolStats(usage_count=self.calls, success_count=self.successes)
+        if self.calls:
+            s.success_rate = self.successes / self.calls
+            s.mean_latency.CopyFrom(_duration(self.total_seconds / self.calls))
+        if self.last_used:
+            s.last_used.FromNanoseconds(int(self.last_used * 1e9))
+        return s
+
+    def snapshot(self) -> tool_pb2.Tool:
+        """The definition plus health and stats, as clients see it."""
+        t = tool_pb2.Tool()
+        t.CopyFrom(self.tool)
+        t.health = self.health  # type: ignore[assignment]
+        t.stats.CopyFrom(self.stats())
+        return t
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(seconds * 1e9))
+    return d
+
+
+def _definition_bytes(tool: tool_pb2.Tool) -> bytes:
+    t = tool_pb2.Tool()
+    t.CopyFrom(tool)
+    for f in ("registered_at", "updated_at", "stats"):
+        t.ClearField(f)
+    t.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+    return t.SerializeToString(deterministic=True)
+
+
+def _make_entry(tool: tool_pb2.Tool) -> Entry:
+    validators = {
+        cap.name: ArgumentValidator(struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {})
+        for cap in tool.capabilities
+    }
+    return Entry(tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators)
+
+
+class Registry:
+    """Tools, health, usage and history, over a RegistryStore and an EventFeed."""
+
+    def __init__(self, store: RegistryStore, feed: EventFeed) -> None:
+        self._store = store
+        self._feed = feed
+        self._entries: dict[str, Entry] = {}
+        self._lock = asyncio.Lock()
+        self.revision = 0
+        # Called after every committed event, in order (e.g. to wake the health checker).
+        self.listeners: list[Callable[[tool_pb2.ToolEvent], None]] = []
+
+    async def open(self) -> Registry:
+        """Load every persisted tool (health unknown until checked) and the revision."""
+        tools, stats, self.revision = await self._store.load()
+        for tool_id, raw in tools.items():
+            tool = tool_pb2.Tool.FromString(raw)
+            try:
+                entry = _make_entry(tool)
+            except Exception:  # a definition that no longer validates stays out of the router
+                log.exception("skipping stored tool %s", tool_id)
+                continue
+            s = stats.get(tool_id)
+            if s:
+                entry.calls, entry.successes = s.calls, s.successes
+                entry.total_seconds, entry.last_used = s.total_seconds, s.last_used
+            self._entries[tool_id] = entry
+        log.info("registry loaded: %d tools at revision %d", len(self._entries), self.revision)
+        return self
+
+    # -- reads -------------------------------------------------------------
+
+    def entry(self, tool_id: str) -> Entry | None:
+        return self._entries.get(tool_id)
+
+    def get(self, tool_id: str) -> tool_pb2.Tool:
+        entry = self._entries.get(tool_id)
+        if entry is None:
+            raise NotFound(f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id})
+        return entry.snapshot()
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[k] for k in sorted(self._entries)]
+
+    def tools(self) -> list[tool_pb2.Tool]:
+        return [e.snapshot() for e in self.entries()]
+
+    # -- writes ------------------------------------------------------------
+
+    async def register(self, tool: tool_pb2.Tool) -> tuple[tool_pb2.Tool, bool, bool, int]:
+        """Add or update a tool. Returns (stored tool, created, updated, revision)."""
+        check_tool(tool)
+        incoming = tool_pb2.Tool()
+        incoming.CopyFrom(tool)
+        incoming.ClearField("stats")
+        incoming.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+        async with self._lock:
+            old = self._entries.get(incoming.tool_id)
+            now = timestamp_pb2.Timestamp()
+            now.GetCurrentTime()
+            if old is not None:
+                if old.tool.owner != incoming.owner:
+                    raise AlreadyExists(
+                        f"tool {incoming.tool_id!r} is registered by another owner ({old.tool.owner or 'anonymous'})",
+                        reason="TOOL_OWNED_BY_ANOTHER",
+                        metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
+                    )
+                incoming.registered_at.CopyFrom(old.tool.registered_at)
+                incoming.updated_at.CopyFrom(old.tool.updated_at)
+                if _definition_bytes(incoming) == _definition_bytes(old.tool):
+                    return old.snapshot(), False, False, self.revision
+            else:
+                incoming.registered_at.CopyFrom(now)
+            incoming.updated_at.CopyFrom(now)
+            entry = _make_entry(incoming)
+            if old is not None:  # keep usage and health across updates of the definition
+                entry.calls, entry.successes = old.calls, old.successes
+                entry.total_seconds, entry.last_used = old.total_seconds, old.last_used
+                if old.tool.endpoint == incoming.endpoint:
+                    entry.health = old.health
+            kind = UPDATED if old is not None else INSTALLED
+            await self._commit(entry, kind)
+            return entry.snapshot(), old is None, old is not None, self.revision
+
+    async def deregister(self, tool_id: str) -> tuple[tool_pb2.Tool, int]:
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None:
+                raise NotFound(f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND",
+                               metadata={"tool_id": tool_id})
+            await self._commit(entry, REMOVED)
+            return entry.snapshot(), self.revision
+
+    async def set_health(self, tool_id: str, health: int, *, endpoint: str | None = None) -> bool:
+        """Record a health observation; emits HEALTH_CHANGED when it changes. False if the tool is gone."""
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None or (endpoint is not None and entry.tool.endpoint != endpoint):
+                return False
+            if entry.health == health:
+                return True
+            entry.health = health
+            await self._commit(entry, HEALTH_CHANGED)
+            return True
+
+    async def _commit(self, entry: Entry, kind: int) -> None:
+        tool_id = entry.tool.tool_id
+        event = tool_pb2.ToolEvent(type=kind, tool=entry.snapshot())  # type: ignore[arg-type]
+        event.time.GetCurrentTime()
+        stored = None if kind == REMOVED else entry.tool.SerializeToString()
+        revision = await self._store.commit(tool_id, stored, kind, event.SerializeToString())
+        if kind == REMOVED:
+            self._entries.pop(tool_id, None)
+        else:
+            self._entries[tool_id] = entry
+        self.revision = event.revision = revision
+        self._feed.publish(event)
+        for listener in self.listeners:
+            listener(event)
+        log.info("%s %s (revision %d)", tool_pb2.ToolEventType.Name(kind).removeprefix("TOOL_EVENT_TYPE_").lower(),
+                 tool_id, revision)
+
+    # -- usage -------------------------------------------------------------
+
+    def add_usage(self, tool_id: str, calls: int, successes: int, seconds: float, last_used: float) -> bool:
+        entry = self._entries.get(tool_id)
+        if entry is None or calls <= 0:
+            return False
+        entry.calls += calls
+        entry.successes += min(successes, calls)
+        entry.total_seconds += max(seconds, 0.0)
+        entry.last_used = max(entry.last_used, last_used)
+        entry.dirty = True
+        return True
+
+    async def flush_stats(self) -> None:
+        """Persist the usage of every tool used since the last flush."""
+        dirty = {}
+        for tool_id, e in self._entries.items():
+            if e.dirty:
+                e.dirty = False
+                dirty[tool_id] = StoredStats(e.calls, e.successes, e.total_seconds, e.last_used)
+        await self._store.save_stats(dirty)
+
+    # -- history -----------------------------------------------------------
+
+    async def watch(
+        self, since: int, types: Iterable[int] = (), tool_ids: Iterable[str] = ()
+    ) -> AsyncIterator[tool_pb2.ToolEvent]:
+        """Every event after `since`, then live ones: none missed, none repeated."""
+        want_types, want_ids = frozenset(types), frozenset(tool_ids)
+
+        def wanted(ev: tool_pb2.ToolEvent) -> bool:
+            return (not want_types or ev.type in want_types) and (not want_ids or ev.tool.tool_id in want_ids)
+
+        sub = self._feed.subscribe()  # buffer live events before reading history
+        try:
+            oldest, latest = await self._store.revision_bounds()
+            if since > latest:
+                raise OutOfRange(
+                    f"revision {since} is ahead of the registry ({latest}); list tools and watch from there",
+                    reason="REVISION_AHEAD", metadata={"latest_revision": str(latest)},
+                )
+            if oldest and since < oldest - 1:
+                raise OutOfRange(
+                    f"events up to revision {oldest - 1} were compacted; list tools and watch from the listing",
+                    reason="EVENTS_COMPACTED", metadata={"oldest_revision": str(oldest)},
+                )
+            last = since
+            while True:
+                page = await self._store.events_since(last, _BACKLOG_PAGE)
+                for revision, raw in page:
+                    ev = tool_pb2.ToolEvent.FromString(raw)
+                    ev.revision = revision
+                    last = revision
+                    if wanted(ev):
+                        yield ev
+                if len(page) < _BACKLOG_PAGE:
+                    break
+            while True:
+                ev = await sub.get()
+                if ev is None:
+                    if sub.overflowed:
+                        raise ResourceExhausted(
+                            f"watcher fell behind; resume with since_revision={last}",
+                            reason="WATCHER_TOO_SLOW", metadata={"resume_revision": str(last)},
+                        )
+                    return
+                if ev.revision <= last:
+                    continue
+                last = ev.revision
+                if wanted(ev):
+                    yield ev
+        finally:
+            sub.close()

@@ -1,0 +1,82 @@
+"""Ranks tools by relevance to a free-text query (BM25 over weighted fields)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from toolscore.v1 import tool_pb2
+
+_WORD = re.compile(r"[a-z0-9]+")
+_STOP = frozenset("a an and the of to for in on with by is are be it this that from or as at use using".split())
+# Field weights: a hit in a name says more than one in a long description.
+_WEIGHTS = {"id": 3.0, "name": 3.0, "tag": 2.5, "action": 2.5, "description": 1.0, "action_description": 1.0}
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case word tokens without stop words, with a crude plural fold."""
+    out = []
+    for w in _WORD.findall(text.lower()):
+        if w in _STOP:
+            continue
+        if len(w) > 4 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        out.append(w)
+    return out
+
+
+@dataclass(frozen=True)
+class Match:
+    tool: tool_pb2.Tool
+    score: float
+    matched: list[str]
+
+
+def _fields(tool: tool_pb2.Tool) -> Iterable[tuple[str, str]]:
+    yield "id", tool.tool_id.replace("-", " ").replace("_", " ")
+    yield "name", tool.name
+    yield "description", tool.description
+    for tag in tool.tags:
+        yield "tag", tag
+    for cap in tool.capabilities:
+        yield "action", cap.name.replace("_", " ")
+        yield "action_description", cap.description
+
+
+def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Match]:
+    """BM25-scored matches, best first; tools that match no query term are left out."""
+    q = list(dict.fromkeys(tokens(query)))
+    if not q:
+        return []
+    docs = []
+    for tool in tools:
+        weighted: Counter[str] = Counter()
+        where: dict[str, set[str]] = {}
+        for field, text in _fields(tool):
+            for t in tokens(text):
+                weighted[t] += _WEIGHTS[field]
+                where.setdefault(t, set()).add(field)
+        docs.append((tool, weighted, where, sum(weighted.values())))
+    if not docs:
+        return []
+    n = len(docs)
+    avg_len = sum(d[3] for d in docs) / n or 1.0
+    df = {t: sum(1 for d in docs if t in d[1]) for t in q}
+    k1, b = 1.2, 0.75
+    matches = []
+    for tool, weighted, where, length in docs:
+        score, matched = 0.0, []
+        for t in q:
+            tf = weighted.get(t, 0.0)
+            if not tf:
+                continue
+            idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+            score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg_len))
+            matched.append(f"{t} ({', '.join(sorted(where[t]))})")
+        if score > 0:
+            matches.append(Match(tool, round(score, 4), matched))
+    matches.sort(key=lambda m: (-m.score, m.tool.tool_id))
+    return matches[:limit]

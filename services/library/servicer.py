@@ -1,0 +1,94 @@
+"""ToolLibraryService: translates gRPC requests to Registry calls."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import grpc
+
+from services.common.errors import InvalidRequest
+from services.library import search
+from services.library.registry import Registry
+from toolscore.v1 import tool_library_pb2 as pb
+from toolscore.v1 import tool_library_pb2_grpc as pb_grpc
+from toolscore.v1 import tool_pb2
+
+SERVICE = "toolscore.v1.ToolLibraryService"
+PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
+
+
+def _token(tool_id: str) -> str:
+    return base64.urlsafe_b64encode(tool_id.encode()).decode()
+
+
+def _untoken(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest("page_token is not one this server issued", reason="INVALID_PAGE_TOKEN") from exc
+
+
+class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def RegisterTool(self, request: pb.RegisterToolRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.RegisterToolResponse:
+        tool, created, updated, revision = await self.registry.register(request.tool)
+        return pb.RegisterToolResponse(tool=tool, created=created, updated=updated, revision=revision)
+
+    async def DeregisterTool(self, request: pb.DeregisterToolRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.DeregisterToolResponse:
+        tool, revision = await self.registry.deregister(request.tool_id)
+        return pb.DeregisterToolResponse(tool=tool, revision=revision)
+
+    async def GetTool(self, request: pb.GetToolRequest, context: grpc.aio.ServicerContext) -> pb.GetToolResponse:
+        return pb.GetToolResponse(tool=self.registry.get(request.tool_id))
+
+    async def ListTools(self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext) -> pb.ListToolsResponse:
+        if request.page_size < 0:
+            raise InvalidRequest("page_size must not be negative", reason="INVALID_PAGE_SIZE")
+        size = min(request.page_size or 100, 1000)
+        after = _untoken(request.page_token) if request.page_token else ""
+        want_tags = set(request.tags)
+        matching = [
+            e for e in self.registry.entries()
+            if (not request.kind or e.tool.kind == request.kind)
+            and (not request.health or e.health == request.health)
+            and want_tags <= set(e.tool.tags)
+        ]
+        page = [e for e in matching if e.tool.tool_id > after][:size]
+        more = len([e for e in matching if e.tool.tool_id > after]) > size
+        return pb.ListToolsResponse(
+            tools=[e.snapshot() for e in page],
+            next_page_token=_token(page[-1].tool.tool_id) if more and page else "",
+            total_count=len(matching),
+            revision=self.registry.revision,
+        )
+
+    async def SearchTools(self, request: pb.SearchToolsRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.SearchToolsResponse:
+        if not request.query.strip():
+            raise InvalidRequest("query is empty", reason="EMPTY_QUERY")
+        limit = min(request.max_results or 10, 100)
+        matches = search.rank(request.query, self.registry.tools(), limit)
+        return pb.SearchToolsResponse(
+            matches=[pb.ToolMatch(tool=m.tool, score=m.score, matched=m.matched) for m in matches]
+        )
+
+    async def WatchToolEvents(self, request: pb.WatchToolEventsRequest, context: grpc.aio.ServicerContext
+                              ) -> AsyncIterator[pb.WatchToolEventsResponse]:
+        for t in request.types:
+            if t not in tool_pb2.ToolEventType.values() or t == 0:
+                raise InvalidRequest(f"unknown event type {t}", reason="INVALID_EVENT_TYPE")
+        async for event in self.registry.watch(request.since_revision, request.types, request.tool_ids):
+            yield pb.WatchToolEventsResponse(event=event)
+
+    async def ReportUsage(self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.ReportUsageResponse:
+        accepted = sum(
+            self.registry.add_usage(u.tool_id, u.calls, u.successes, u.total_seconds, u.last_used_unix)
+            for u in request.usage
+        )
+        return pb.ReportUsageResponse(accepted=accepted)

@@ -1,0 +1,172 @@
+"""The registry store: where tool definitions, usage and the event history persist.
+
+`RegistryStore` is the interface; `SqliteStore` is the embedded default. A
+Redis implementation (hashes for tools and stats, a stream for events) fits the
+same five calls, so several hubs can share one registry.
+Tools and events are stored as serialized protobuf messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStats:
+    """Persisted usage of one tool."""
+
+    calls: int = 0
+    successes: int = 0
+    total_seconds: float = 0.0
+    last_used: float = 0.0
+
+
+class RegistryStore(Protocol):
+    """Persistence for the tool library. All methods are safe to call from the event loop."""
+
+    async def load(self) -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
+        """All tools (id -> serialized Tool), their stats, and the latest revision."""
+        ...
+
+    async def commit(self, tool_id: str, tool: bytes | None, event_type: int, event: bytes) -> int:
+        """Atomically store (or delete, when `tool` is None) a tool and append an event.
+
+        `event` is a serialized ToolEvent without its revision; returns the revision assigned.
+        """
+        ...
+
+    async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` events with revision > `revision`, oldest first."""
+        ...
+
+    async def revision_bounds(self) -> tuple[int, int]:
+        """(oldest retained revision, latest revision); (0, 0) when empty."""
+        ...
+
+    async def save_stats(self, stats: Mapping[str, StoredStats]) -> None:
+        """Persist usage figures of the given tools."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=NORMAL;
+CREATE TABLE IF NOT EXISTS tools (tool_id TEXT PRIMARY KEY, tool BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS stats (
+  tool_id TEXT PRIMARY KEY, calls INTEGER NOT NULL, successes INTEGER NOT NULL,
+  total_seconds REAL NOT NULL, last_used REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+  revision INTEGER PRIMARY KEY AUTOINCREMENT, tool_id TEXT NOT NULL, type INTEGER NOT NULL,
+  event BLOB NOT NULL);
+"""
+
+
+class SqliteStore:
+    """SQLite on one dedicated thread: the event loop never blocks on disk."""
+
+    def __init__(self, path: str | Path, retention: int = 10000) -> None:
+        self._path = str(path)
+        self._retention = retention
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> SqliteStore:
+        await self._run(self._open)
+        return self
+
+    def _open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._db.executescript(_SCHEMA)
+
+    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "store not opened"
+        return self._db
+
+    async def load(self) -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
+        def _load() -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
+            tools = dict(self.db.execute("SELECT tool_id, tool FROM tools"))
+            stats = {
+                row[0]: StoredStats(*row[1:])
+                for row in self.db.execute("SELECT tool_id, calls, successes, total_seconds, last_used FROM stats")
+            }
+            rev = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            return tools, stats, int(rev[0]) if rev else 0
+
+        return await self._run(_load)
+
+    async def commit(self, tool_id: str, tool: bytes | None, event_type: int, event: bytes) -> int:
+        def _commit() -> int:
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if tool is None:
+                    db.execute("DELETE FROM tools WHERE tool_id=?", (tool_id,))
+                    db.execute("DELETE FROM stats WHERE tool_id=?", (tool_id,))
+                else:
+                    db.execute("INSERT OR REPLACE INTO tools(tool_id, tool) VALUES (?, ?)", (tool_id, tool))
+                cur = db.execute(
+                    "INSERT INTO events(tool_id, type, event) VALUES (?, ?, ?)", (tool_id, event_type, event)
+                )
+                revision = int(cur.lastrowid or 0)
+                db.execute("DELETE FROM events WHERE revision <= ?", (revision - self._retention,))
+                db.execute("COMMIT")
+                return revision
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        return await self._run(_commit)
+
+    async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
+        def _since() -> list[tuple[int, bytes]]:
+            rows = self.db.execute(
+                "SELECT revision, event FROM events WHERE revision > ? ORDER BY revision LIMIT ?", (revision, limit)
+            )
+            return [(int(r), bytes(e)) for r, e in rows]
+
+        return await self._run(_since)
+
+    async def revision_bounds(self) -> tuple[int, int]:
+        def _bounds() -> tuple[int, int]:
+            lo = self.db.execute("SELECT MIN(revision) FROM events").fetchone()[0]
+            hi = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+            return int(lo or 0), int(hi[0]) if hi else 0
+
+        return await self._run(_bounds)
+
+    async def save_stats(self, stats: Mapping[str, StoredStats]) -> None:
+        rows: Sequence[tuple[object, ...]] = [
+            (tid, s.calls, s.successes, s.total_seconds, s.last_used) for tid, s in stats.items()
+        ]
+
+        def _save() -> None:
+            self.db.execute("BEGIN")
+            self.db.executemany(
+                "INSERT OR REPLACE INTO stats(tool_id, calls, successes, total_seconds, last_used) "
+                "SELECT ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM tools WHERE tool_id=?1)",
+                rows,
+            )
+            self.db.execute("COMMIT")
+
+        if rows:
+            await self._run(_save)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._pool.shutdown(wait=True)

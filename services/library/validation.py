@@ -1,0 +1,90 @@
+"""Checks a tool definition before it enters the registry, and compiles argument validators."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+from jsonschema import exceptions as js_exceptions
+from jsonschema import validators
+
+from services.common import endpoints
+from services.common.errors import InvalidArguments, InvalidRequest
+from services.common.jsonvalue import struct_to_dict
+from toolscore.v1 import tool_pb2
+
+TOOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_SCHEME_FOR_KIND = {
+    tool_pb2.TOOL_KIND_FUNCTION: {endpoints.INPROC},
+    tool_pb2.TOOL_KIND_GRPC_SERVER: {endpoints.UNIX, endpoints.TCP},
+    tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: {endpoints.WS_SESSION},
+    tool_pb2.TOOL_KIND_MCP_SERVER: {endpoints.MCP, endpoints.UNIX, endpoints.TCP},
+}
+
+
+def check_tool(tool: tool_pb2.Tool) -> None:
+    """Raise InvalidRequest (with a precise reason) when the definition is unusable."""
+    if not tool.tool_id:
+        raise InvalidRequest("tool.tool_id is required", reason="MISSING_TOOL_ID")
+    if not TOOL_ID.match(tool.tool_id):
+        raise InvalidRequest(
+            f"tool.tool_id {tool.tool_id!r} must match {TOOL_ID.pattern}", reason="INVALID_TOOL_ID"
+        )
+    if tool.kind not in _SCHEME_FOR_KIND:
+        raise InvalidRequest("tool.kind is required (TOOL_KIND_GRPC_SERVER, ...)", reason="INVALID_KIND")
+    ep = endpoints.parse(tool.endpoint)
+    if ep.scheme not in _SCHEME_FOR_KIND[tool.kind]:
+        raise InvalidRequest(
+            f"endpoint {tool.endpoint!r} does not fit kind {tool_pb2.ToolKind.Name(tool.kind)}",
+            reason="INVALID_ENDPOINT",
+        )
+    if not tool.capabilities:
+        raise InvalidRequest("a tool needs at least one capability", reason="NO_CAPABILITIES")
+    seen: set[str] = set()
+    for i, cap in enumerate(tool.capabilities):
+        where = f"tool.capabilities[{i}]"
+        if not ACTION.match(cap.name):
+            raise InvalidRequest(f"{where}.name {cap.name!r} must match {ACTION.pattern}", reason="INVALID_ACTION")
+        if cap.name in seen:
+            raise InvalidRequest(f"{where}.name {cap.name!r} is repeated", reason="DUPLICATE_ACTION")
+        seen.add(cap.name)
+        for field in ("input_schema", "output_schema"):
+            if cap.HasField(field):
+                _check_schema(struct_to_dict(getattr(cap, field)), f"{where}.{field}")
+
+
+def _check_schema(schema: dict[str, Any], where: str) -> None:
+    if not schema:
+        return
+    if "type" in schema and schema["type"] not in ("object", ["object"], ["object", "null"]) and where.endswith(
+        "input_schema"
+    ):
+        raise InvalidRequest(f"{where} must describe an object (type: object)", reason="INVALID_SCHEMA")
+    try:
+        validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
+    except js_exceptions.SchemaError as exc:
+        raise InvalidRequest(f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA") from exc
+
+
+class ArgumentValidator:
+    """A compiled input-schema check for one capability."""
+
+    __slots__ = ("_validator",)
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+        self._validator: jsonschema.protocols.Validator | None = cls(schema) if schema else None
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        if self._validator is None:
+            return
+        errors = list(self._validator.iter_errors(arguments))
+        if errors:
+            violations = [("arguments" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}"
+                                                   for p in e.absolute_path), e.message) for e in errors[:20]]
+            raise InvalidArguments(
+                "arguments do not match the input schema: " + "; ".join(f"{f}: {d}" for f, d in violations[:3]),
+                violations,
+            )

@@ -1,0 +1,1 @@
+"""`make run`: the whole mesh on one machine, under one supervisor."""

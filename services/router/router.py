@@ -1,0 +1,127 @@
+"""Routing one call: look the tool up, check the call, dispatch it, count it.
+
+The hot path is a dict lookup, a compiled schema check and one hop. Requests
+and responses are `ExecuteRequest`/`ExecuteResponse` throughout: the hub's
+ExecuteTool messages are wire-compatible with them, so nothing is converted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from services.common import endpoints
+from services.common.errors import FailedPrecondition, InvalidRequest, NotFound, ResourceExhausted, Unavailable
+from services.common.jsonvalue import struct_to_dict
+from services.library.registry import Entry
+from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
+log = logging.getLogger(__name__)
+
+# An in-process tool, or a transport the edge/discovery plug in (ws-session, mcp):
+# (entry, request with its effective timeout set, timeout seconds, progress callback) -> response
+Handler = Callable[[Entry, ex.ExecuteRequest, float, ProgressFn | None], Awaitable[ex.ExecuteResponse]]
+Lookup = Callable[[str], Entry | None]
+Recorder = Callable[[Entry, bool, float], None]
+
+
+def error_response(kind: int, message: str) -> ex.ExecuteResponse:
+    """A tool failure as a result: is_error with the reason in `error` and in a text block."""
+    resp = ex.ExecuteResponse(is_error=True, error=tool_pb2.ToolError(type=kind, message=message))  # type: ignore[arg-type]
+    resp.content.add().text.text = message
+    return resp
+
+
+class Router:
+    """Dispatches calls by the tool's endpoint scheme."""
+
+    def __init__(
+        self,
+        lookup: Lookup,
+        pool: ChannelPool,
+        *,
+        default_timeout_s: float = 30.0,
+        max_timeout_s: float = 300.0,
+        max_argument_bytes: int = 1024 * 1024,
+        record: Recorder = Entry.record,
+    ) -> None:
+        self._lookup = lookup
+        self._pool = pool
+        self._default_timeout = default_timeout_s
+        self._max_timeout = max_timeout_s
+        self._max_args = max_argument_bytes
+        self._record = record
+        self.inproc: dict[str, Handler] = {}  # inproc://name -> handler
+        self.transports: dict[str, Handler] = {}  # scheme (ws-session, mcp) -> handler
+
+    def resolve(self, request: ex.ExecuteRequest) -> Entry:
+        """The entry for a call, after every check that needs no I/O."""
+        entry = self._lookup(request.tool_id)
+        if entry is None:
+            if not request.tool_id:
+                raise InvalidRequest("tool_id is required", reason="MISSING_TOOL_ID")
+            raise NotFound(f"no tool {request.tool_id!r} is registered", reason="TOOL_NOT_FOUND",
+                           metadata={"tool_id": request.tool_id})
+        if not entry.tool.enabled:
+            raise FailedPrecondition(f"tool {request.tool_id!r} is disabled", reason="TOOL_DISABLED",
+                                     metadata={"tool_id": request.tool_id})
+        validator = entry.validators.get(request.action)
+        if validator is None:
+            actions = ", ".join(entry.validators) or "none"
+            raise InvalidRequest(
+                f"tool {request.tool_id!r} has no action {request.action!r} (actions: {actions})",
+                reason="UNKNOWN_ACTION", metadata={"tool_id": request.tool_id, "action": request.action},
+            )
+        size = request.arguments.ByteSize()
+        if size > self._max_args:
+            raise ResourceExhausted(
+                f"arguments are {size} bytes; the limit is {self._max_args}", reason="ARGUMENTS_TOO_LARGE",
+                metadata={"limit_bytes": str(self._max_args)},
+            )
+        validator.check(struct_to_dict(request.arguments))
+        return entry
+
+    def timeout_for(self, request: ex.ExecuteRequest, deadline_s: float | None) -> float:
+        t = request.timeout.seconds + request.timeout.nanos / 1e9 if request.HasField("timeout") else 0.0
+        timeout = min(t if t > 0 else self._default_timeout, self._max_timeout)
+        if deadline_s is not None:
+            timeout = min(timeout, deadline_s)
+        return max(timeout, 0.001)
+
+    async def execute(
+        self, request: ex.ExecuteRequest, *, deadline_s: float | None = None, on_progress: ProgressFn | None = None
+    ) -> ex.ExecuteResponse:
+        """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
+        entry = self.resolve(request)
+        timeout = self.timeout_for(request, deadline_s)
+        request.timeout.FromNanoseconds(int(timeout * 1e9))
+        start = time.perf_counter()
+        ok = False
+        try:
+            response = await self._dispatch(entry, request, timeout, on_progress)
+            ok = not response.is_error
+        except ToolServerFault as fault:
+            response = error_response(tool_pb2.ERROR_TYPE_SYSTEM,
+                                      f"tool server failed: {fault.code.name}: {fault.details}")
+        finally:
+            elapsed = time.perf_counter() - start
+            self._record(entry, ok, elapsed)
+        response.duration.FromNanoseconds(int(elapsed * 1e9))
+        return response
+
+    async def _dispatch(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
+                        on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+        ep = entry.endpoint
+        if ep.is_grpc:
+            return await self._pool.get(ep).execute(request, timeout, on_progress)
+        if ep.scheme == endpoints.INPROC:
+            handler = self.inproc.get(ep.address)
+        else:
+            handler = self.transports.get(ep.scheme)
+        if handler is None:
+            raise Unavailable(f"no route to {ep} in this process", reason="NO_ROUTE",
+                              metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)})
+        return await handler(entry, request, timeout, on_progress)

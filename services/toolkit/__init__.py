@@ -1,0 +1,5 @@
+"""A small kit for writing tool servers in Python: actions in, ToolExecutorService out."""
+
+from services.toolkit.server import Action, CallContext, ToolServer, text_result
+
+__all__ = ["Action", "CallContext", "ToolServer", "text_result"]

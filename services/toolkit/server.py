@@ -1,0 +1,168 @@
+"""ToolServer: implements ToolExecutorService (Execute and ExecuteStream) over plain async actions.
+
+An action is `async def action(arguments: dict, ctx: CallContext) -> ExecuteResponse | dict | str`.
+A raised exception becomes an is_error result (ERROR_TYPE_TOOL_ERROR); only
+protocol faults (unknown tool or action) are RPC errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from services.common.errors import InvalidRequest, NotFound
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc as ex_grpc
+from toolscore.v1 import tool_pb2
+
+log = logging.getLogger(__name__)
+SERVICE = "toolscore.v1.ToolExecutorService"
+
+
+@dataclass
+class CallContext:
+    """What an action knows about its call."""
+
+    tool_id: str
+    action: str
+    timeout_s: float
+    session_id: str
+    request_id: str
+    progress: Callable[[float, float, str], None] = field(default=lambda p, t, m: None)
+
+
+ActionFn = Callable[[dict[str, Any], CallContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One capability and the coroutine that serves it."""
+
+    name: str
+    description: str
+    fn: ActionFn
+    input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    output_schema: dict[str, Any] | None = None
+
+    def capability(self) -> tool_pb2.Capability:
+        cap = tool_pb2.Capability(name=self.name, description=self.description,
+                                  input_schema=dict_to_struct(self.input_schema))
+        if self.output_schema:
+            cap.output_schema.CopyFrom(dict_to_struct(self.output_schema))
+        return cap
+
+
+def text_result(text: str, structured: dict[str, Any] | None = None, *, is_error: bool = False,
+                error_type: int = tool_pb2.ERROR_TYPE_TOOL_ERROR) -> ex.ExecuteResponse:
+    resp = ex.ExecuteResponse(is_error=is_error)
+    resp.content.add().text.text = text
+    if structured is not None:
+        resp.structured.CopyFrom(dict_to_struct(structured))
+    if is_error:
+        resp.error.type = error_type  # type: ignore[assignment]
+        resp.error.message = text
+    return resp
+
+
+def to_response(value: Any) -> ex.ExecuteResponse:
+    """Turn an action's return value into a response."""
+    if isinstance(value, ex.ExecuteResponse):
+        return value
+    if isinstance(value, str):
+        return text_result(value)
+    if isinstance(value, dict):
+        return text_result(json.dumps(value, ensure_ascii=False, default=str), value)
+    resp = ex.ExecuteResponse()
+    resp.content.add().json.value.CopyFrom(_value(value))
+    resp.content.add().text.text = json.dumps(value, ensure_ascii=False, default=str)
+    return resp
+
+
+def _value(x: Any):  # type: ignore[no-untyped-def]
+    from services.common.jsonvalue import py_to_value
+
+    return py_to_value(x)
+
+
+class ToolServer(ex_grpc.ToolExecutorServiceServicer):
+    """Serves actions of one or more tools."""
+
+    def __init__(self, tools: dict[str, list[Action]]) -> None:
+        self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
+
+    async def call(self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
+                   ) -> ex.ExecuteResponse:
+        """Run one call in this process (also the in-process fast path)."""
+        actions = self._actions.get(request.tool_id)
+        if actions is None:
+            raise NotFound(f"this server does not host tool {request.tool_id!r}", reason="TOOL_NOT_FOUND")
+        action = actions.get(request.action)
+        if action is None:
+            raise InvalidRequest(f"tool {request.tool_id!r} has no action {request.action!r}",
+                                 reason="UNKNOWN_ACTION")
+        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
+        ctx = CallContext(request.tool_id, request.action, timeout, request.session_id, request.request_id)
+        if progress is not None:
+            ctx.progress = progress
+        try:
+            return to_response(await action.fn(struct_to_dict(request.arguments), ctx))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("action %s/%s failed: %s", request.tool_id, request.action, exc)
+            return text_result(f"{type(exc).__name__}: {exc}", is_error=True)
+
+    async def Execute(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+        return await self.call(request)
+
+    async def ExecuteStream(self, requests: AsyncIterator[ex.ExecuteStreamRequest],
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[ex.ExecuteStreamResponse]:
+        out: asyncio.Queue[ex.ExecuteStreamResponse | None] = asyncio.Queue()
+        running: dict[int, asyncio.Task[None]] = {}
+
+        async def run(call_id: int, request: ex.ExecuteRequest) -> None:
+            def progress(p: float, total: float, message: str) -> None:
+                out.put_nowait(ex.ExecuteStreamResponse(
+                    call_id=call_id, progress=ex.Progress(progress=p, total=total, message=message)))
+
+            try:
+                result = await self.call(request, progress)
+            except asyncio.CancelledError:
+                result = text_result("call cancelled by the caller", is_error=True)
+            except Exception as exc:  # protocol faults travel as error results on the stream
+                result = text_result(str(exc), is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
+            finally:
+                running.pop(call_id, None)
+            out.put_nowait(ex.ExecuteStreamResponse(call_id=call_id, result=result))
+
+        async def pump() -> None:
+            try:
+                async for msg in requests:
+                    if msg.HasField("execute"):
+                        running[msg.call_id] = asyncio.get_running_loop().create_task(run(msg.call_id, msg.execute))
+                    elif msg.HasField("cancel") and msg.call_id in running:
+                        running[msg.call_id].cancel()
+            finally:
+                for task in list(running.values()):
+                    task.cancel()
+                out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(pump())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    def tools(self) -> dict[str, list[tool_pb2.Capability]]:
+        return {tid: [a.capability() for a in actions.values()] for tid, actions in self._actions.items()}

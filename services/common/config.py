@@ -87,6 +87,27 @@ class ExecutorConfig:
 
 
 @dataclass(frozen=True)
+class EdgeConfig:
+    """The edge: REST, the events WebSocket, the ToolScore WebSocket and MCP."""
+
+    host: str = "127.0.0.1"
+    port: int = 8082
+    # How the edge reaches the hub; empty: the hub's Unix socket (TCP in `tcp` mesh mode).
+    hub: str = ""
+    # direct: call gRPC tool servers straight from the edge (usage reported to the hub);
+    # hub: relay every call through the hub's ExecuteTool.
+    data_path: str = "direct"
+    # Where the edge serves ToolExecutorService for servers that dialled in over WebSocket.
+    relay_uds: str = "run/edge.sock"
+    usage_flush_s: float = 1.0
+    event_buffer: int = 10000
+    subscriber_queue: int = 1000
+    max_frame_bytes: int = 4 * 1024 * 1024
+    allowed_origins: tuple[str, ...] = ()
+    uvloop: bool = True
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     """The registry store behind the tool library."""
 
@@ -136,6 +157,7 @@ class Config:
     mesh: MeshConfig = field(default_factory=MeshConfig)
     hub: HubConfig = field(default_factory=HubConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    edge: EdgeConfig = field(default_factory=EdgeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)

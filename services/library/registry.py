@@ -87,7 +87,8 @@ def _definition_bytes(tool: tool_pb2.Tool) -> bytes:
     return t.SerializeToString(deterministic=True)
 
 
-def _make_entry(tool: tool_pb2.Tool) -> Entry:
+def make_entry(tool: tool_pb2.Tool) -> Entry:
+    """An Entry for a (valid) definition: endpoint parsed, input schemas compiled."""
     validators = {
         cap.name: ArgumentValidator(struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {})
         for cap in tool.capabilities
@@ -113,7 +114,7 @@ class Registry:
         for tool_id, raw in tools.items():
             tool = tool_pb2.Tool.FromString(raw)
             try:
-                entry = _make_entry(tool)
+                entry = make_entry(tool)
             except Exception:  # a definition that no longer validates stays out of the router
                 log.exception("skipping stored tool %s", tool_id)
                 continue
@@ -169,7 +170,7 @@ class Registry:
             else:
                 incoming.registered_at.CopyFrom(now)
             incoming.updated_at.CopyFrom(now)
-            entry = _make_entry(incoming)
+            entry = make_entry(incoming)
             if old is not None:  # keep usage and health across updates of the definition
                 entry.calls, entry.successes = old.calls, old.successes
                 entry.total_seconds, entry.last_used = old.total_seconds, old.last_used

@@ -56,6 +56,15 @@ class Router:
         self._record = record
         self.inproc: dict[str, Handler] = {}  # inproc://name -> handler
         self.transports: dict[str, Handler] = {}  # scheme (ws-session, mcp) -> handler
+        # Endpoints this process serves itself (e.g. the edge's relay socket for dialled-in
+        # servers): endpoint string -> handler, checked before any network hop.
+        self.local: dict[str, Handler] = {}
+
+    def reaches(self, entry: Entry) -> bool:
+        """True when this router can run the tool's calls itself (no relay through the hub)."""
+        ep = entry.endpoint
+        return ep.is_grpc or entry.tool.endpoint in self.local or (
+            ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
 
     def resolve(self, request: ex.ExecuteRequest) -> Entry:
         """The entry for a call, after every check that needs no I/O."""
@@ -115,6 +124,9 @@ class Router:
     async def _dispatch(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
                         on_progress: ProgressFn | None) -> ex.ExecuteResponse:
         ep = entry.endpoint
+        local = self.local.get(entry.tool.endpoint) if self.local else None
+        if local is not None:
+            return await local(entry, request, timeout, on_progress)
         if ep.is_grpc:
             return await self._pool.get(ep).execute(request, timeout, on_progress)
         if ep.scheme == endpoints.INPROC:

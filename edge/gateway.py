@@ -1,0 +1,254 @@
+"""The edge's view of the hub: a live registry cache and the direct data path.
+
+The hub stays the source of truth. The gateway lists the registry once, then
+follows `WatchToolEvents`, so its cache is current within one event's latency;
+it reconnects (and resyncs) when the hub restarts. Calls to gRPC tool servers
+go straight from the edge to the server through the same Router the hub uses
+(one hop instead of two); usage is counted here and reported to the hub in
+batches with `ReportUsage`, so the registry's figures stay right. Anything the
+edge cannot reach itself (in-process function tools, MCP servers the hub
+supervises) is relayed through the hub's `ExecuteTool`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+
+from services.common import endpoints
+from services.common.errors import MeshError, Unavailable, from_rpc_error
+from services.library.registry import Entry, make_entry
+from services.router.channels import ChannelPool, ProgressFn, channel_options
+from services.router.router import Router
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from toolscore.v1 import tool_pb2
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
+
+log = logging.getLogger(__name__)
+Listener = Callable[[tool_pb2.ToolEvent], None]
+REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
+
+
+@dataclass
+class _Usage:
+    calls: int = 0
+    successes: int = 0
+    seconds: float = 0.0
+    last_used: float = 0.0
+
+
+@dataclass
+class GatewayOptions:
+    hub_target: str
+    direct: bool = True
+    default_timeout_s: float = 30.0
+    max_timeout_s: float = 300.0
+    max_argument_bytes: int = 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    usage_flush_s: float = 1.0
+    event_buffer: int = 10000
+    admin_token: str = field(default="", repr=False)
+
+
+class HubGateway:
+    """Async context manager: registry cache + router + usage reporter, all owned here."""
+
+    def __init__(self, opts: GatewayOptions) -> None:
+        self.opts = opts
+        self.entries: dict[str, Entry] = {}
+        self.revision = 0
+        self.synced = asyncio.Event()
+        self.listeners: list[Listener] = []
+        # Recent events (revision order) for clients that resume with ?since=.
+        self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
+        self._usage: dict[str, _Usage] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> HubGateway:
+        o = self.opts
+        self.channel = grpc.aio.insecure_channel(
+            o.hub_target, options=channel_options(o.max_message_bytes, o.hub_target.startswith("unix:")))
+        self.library = lib_grpc.ToolLibraryServiceStub(self.channel)
+        self.toolscore = ts_grpc.ToolScoreServiceStub(self.channel)
+        self._relay = self.channel.unary_unary(
+            "/toolscore.v1.ToolScoreService/ExecuteTool",
+            request_serializer=ex.ExecuteRequest.SerializeToString,
+            response_deserializer=ex.ExecuteResponse.FromString,
+        )
+        self.pool = ChannelPool(o.max_message_bytes)
+        self.router = Router(self.entries.get, self.pool, default_timeout_s=o.default_timeout_s,
+                             max_timeout_s=o.max_timeout_s, max_argument_bytes=o.max_argument_bytes,
+                             record=self._record)
+        self._tasks = [asyncio.create_task(self._follow(), name="gateway-watch"),
+                       asyncio.create_task(self._report_loop(), name="gateway-usage")]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(Exception):
+            await self.flush_usage(timeout=1.0)
+        await self.pool.close()
+        await self.channel.close()
+
+    # -- the registry cache --------------------------------------------------
+
+    def tools(self) -> list[tool_pb2.Tool]:
+        """Every known tool (with health as last reported), in id order."""
+        return [self.entries[k].snapshot() for k in sorted(self.entries)]
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.opts.admin_token}"),) if self.opts.admin_token else ()
+
+    async def _follow(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                await self._resync()
+                delay = 0.1
+                watch = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=self.revision))
+                async for resp in watch:
+                    self._apply(resp.event)
+                log.warning("hub closed the event stream; resyncing")
+            except grpc.aio.AioRpcError as exc:
+                self.synced.clear()
+                log.info("hub not reachable for events (%s); retrying in %.1fs", exc.code().name, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _resync(self) -> None:
+        """Replace the cache with a fresh listing; emit the differences as events to listeners."""
+        tools: list[tool_pb2.Tool] = []
+        token, revision = "", 0
+        while True:
+            page = await self.library.ListTools(lib.ListToolsRequest(page_size=1000, page_token=token),
+                                                wait_for_ready=True, timeout=30)
+            tools.extend(page.tools)
+            revision = revision or page.revision
+            token = page.next_page_token
+            if not token:
+                break
+        fresh = {}
+        for t in tools:
+            with contextlib.suppress(MeshError):
+                fresh[t.tool_id] = self._entry(t)
+        first = not self.synced.is_set() and not self.entries and self.revision == 0
+        old = dict(self.entries)
+        self.entries.clear()
+        self.entries.update(fresh)
+        self.revision = revision
+        self.synced.set()
+        if first:
+            return
+        for tool_id, entry in fresh.items():  # tell listeners what changed while we were away
+            prev = old.get(tool_id)
+            if prev is None or prev.tool.SerializeToString() != entry.tool.SerializeToString():
+                kind = tool_pb2.TOOL_EVENT_TYPE_INSTALLED if prev is None else tool_pb2.TOOL_EVENT_TYPE_UPDATED
+                self._notify(tool_pb2.ToolEvent(revision=revision, type=kind, tool=entry.snapshot()))
+        for tool_id, entry in old.items():
+            if tool_id not in fresh:
+                self._notify(tool_pb2.ToolEvent(revision=revision, type=REMOVED, tool=entry.snapshot()))
+
+    def _entry(self, tool: tool_pb2.Tool) -> Entry:
+        entry = make_entry(tool)
+        entry.health = tool.health
+        entry.calls, entry.successes = tool.stats.usage_count, tool.stats.success_count
+        return entry
+
+    def _apply(self, event: tool_pb2.ToolEvent) -> None:
+        if event.revision <= self.revision:
+            return
+        self.revision = event.revision
+        if event.type == REMOVED:
+            self.entries.pop(event.tool.tool_id, None)
+        else:
+            try:
+                self.entries[event.tool.tool_id] = self._entry(event.tool)
+            except MeshError:
+                log.warning("ignoring tool %s: its definition does not validate here", event.tool.tool_id)
+        self.recent.append(event)
+        self._notify(event)
+
+    def _notify(self, event: tool_pb2.ToolEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    # -- the data path ---------------------------------------------------------
+
+    async def execute(self, request: ex.ExecuteRequest, *, deadline_s: float | None = None,
+                      on_progress: ProgressFn | None = None) -> ex.ExecuteResponse:
+        """Run a call: direct to a gRPC tool server when possible, else relayed through the hub."""
+        entry = self.entries.get(request.tool_id)
+        if entry is not None and self.opts.direct and self.router.reaches(entry):
+            return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
+        if entry is not None:  # check locally first: bad calls never cost a hop
+            self.router.resolve(request)
+        return await self._relay_call(request, deadline_s)
+
+    async def _relay_call(self, request: ex.ExecuteRequest, deadline_s: float | None) -> ex.ExecuteResponse:
+        timeout = self.router.timeout_for(request, deadline_s)
+        try:
+            return await self._relay(request, timeout=timeout + 0.5)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE") from None
+            raise from_rpc_error(exc) from None
+
+    def _record(self, entry: Entry, ok: bool, seconds: float) -> None:
+        u = self._usage.get(entry.tool.tool_id)
+        if u is None:
+            u = self._usage[entry.tool.tool_id] = _Usage()
+        u.calls += 1
+        u.successes += ok
+        u.seconds += seconds
+        u.last_used = time.time()
+        entry.record(ok, seconds)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.usage_flush_s)
+            try:
+                await self.flush_usage()
+            except grpc.aio.AioRpcError as exc:
+                log.info("usage report deferred (%s)", exc.code().name)
+
+    async def flush_usage(self, timeout: float = 5.0) -> None:
+        """Send the usage counted since the last report to the hub (kept for later on failure)."""
+        if not self._usage:
+            return
+        batch, self._usage = self._usage, {}
+        req = lib.ReportUsageRequest(usage=[
+            lib.ToolUsage(tool_id=k, calls=u.calls, successes=u.successes, total_seconds=u.seconds,
+                          last_used_unix=u.last_used) for k, u in batch.items()])
+        try:
+            await self.library.ReportUsage(req, timeout=timeout)
+        except BaseException:
+            for k, u in batch.items():  # keep the figures for the next report: nothing is lost
+                mine = self._usage.setdefault(k, _Usage())
+                mine.calls += u.calls
+                mine.successes += u.successes
+                mine.seconds += u.seconds
+                mine.last_used = max(mine.last_used, u.last_used)
+            raise
+
+
+def default_hub_target(uds_path: str, tcp: str, mode: str) -> str:
+    return tcp if mode == "tcp" or not uds_path else f"unix://{uds_path}"
+
+
+__all__ = ["GatewayOptions", "HubGateway", "default_hub_target", "endpoints"]

@@ -88,14 +88,14 @@ async def start_tool_server(root: Path) -> AsyncIterator[Callable[..., Any]]:
     counter = iter(range(1000))
 
     async def start(tools: dict[str, list[Action]], name: str | None = None,
-                    servicer: Any = None) -> tuple[MeshServer, str]:
-        path = root / f"{name or 'tools'}-{next(counter)}.sock"
+                    servicer: Any = None, tcp: bool = False, path: Path | None = None) -> tuple[MeshServer, str]:
+        path = path or root / f"{name or 'tools'}-{next(counter)}.sock"
         server = MeshServer([ServiceBinding(SERVICE, servicer or ToolServer(tools),
                                             executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
-                            [f"unix://{path}"], grace_s=0.1)
+                            ["127.0.0.1:0" if tcp else f"unix://{path}"], grace_s=0.1)
         await server.__aenter__()
         servers.append(server)
-        return server, f"unix://{path}"
+        return server, server.addresses[0]
 
     yield start
     for s in servers:
@@ -146,6 +146,7 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
             "TOOLSCORE_PATHS__ROOT": str(root),
             "TOOLSCORE_HUB__TCP": f"127.0.0.1:{port}",
             "TOOLSCORE_EXECUTOR__TCP": f"127.0.0.1:{free_port()}",
+            "TOOLSCORE_EDGE__PORT": str(free_port()),
             "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
             "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
             "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",

@@ -68,11 +68,11 @@ class Hub:
                 max_message_bytes=cfg.hub.max_message_bytes,
             )
             await self._stack.enter_async_context(self.server)
-            self._tasks = [
-                asyncio.create_task(health.run(self.pool, self.registry, cfg.hub.health_interval_s,
-                                               cfg.hub.health_timeout_s, self._wake), name="health"),
-                asyncio.create_task(self._flush_loop(), name="stats-flush"),
-            ]
+            self._tasks = [asyncio.create_task(self._flush_loop(), name="stats-flush")]
+            if cfg.hub.health_interval_s > 0:  # 0 disables health checks
+                self._tasks.append(asyncio.create_task(
+                    health.run(self.pool, self.registry, cfg.hub.health_interval_s, cfg.hub.health_timeout_s,
+                               self._wake), name="health"))
             self._stack.push_async_callback(self._stop_tasks)
         except BaseException:
             await self._stack.aclose()

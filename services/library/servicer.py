@@ -24,7 +24,7 @@ def _token(tool_id: str) -> str:
 
 def _untoken(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest("page_token is not one this server issued", reason="INVALID_PAGE_TOKEN") from exc
 

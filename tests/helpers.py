@@ -1,0 +1,33 @@
+"""Small builders and assertions shared by tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from services.common.errors import error_info
+from services.common.jsonvalue import dict_to_struct
+from toolscore.v1 import tool_pb2
+
+ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+               "additionalProperties": False}
+
+
+def grpc_tool(tool_id: str, endpoint: str, *, actions: dict[str, dict[str, Any]] | None = None,
+              owner: str = "tests", description: str = "", tags: list[str] | None = None) -> tool_pb2.Tool:
+    actions = actions if actions is not None else {"echo": ECHO_SCHEMA}
+    return tool_pb2.Tool(
+        tool_id=tool_id, name=tool_id, description=description, kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint, enabled=True, owner=owner, tags=tags or [],
+        capabilities=[tool_pb2.Capability(name=n, description=f"{n} action", input_schema=dict_to_struct(s))
+                      for n, s in actions.items()])
+
+
+def reason_of(err: grpc.aio.AioRpcError) -> str:
+    status = rpc_status.from_call(err)
+    assert status is not None, f"no rich status on {err.code()}: {err.details()}"
+    info = error_info(status)
+    assert info is not None and info.domain == "toolscore.dev"
+    return info.reason

@@ -1,0 +1,220 @@
+"""The tool library over real gRPC: registration rules, events, resumable watches, persistence."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from services.common.jsonvalue import dict_to_struct
+from services.hub.app import Hub
+from tests.helpers import grpc_tool, reason_of
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from toolscore.v1 import tool_pb2
+
+EP = "unix:///tmp/nowhere-tools.sock"
+
+
+@pytest.fixture
+def cfg(cfg):
+    """Health checks off: these tests watch registration events only."""
+    from services.common import config as config_mod
+
+    return config_mod.replace(cfg, hub={"health_interval_s": 0})
+
+
+INSTALLED, UPDATED, REMOVED = (tool_pb2.TOOL_EVENT_TYPE_INSTALLED, tool_pb2.TOOL_EVENT_TYPE_UPDATED,
+                               tool_pb2.TOOL_EVENT_TYPE_REMOVED)
+
+
+async def register(stubs, tool):
+    return await stubs.library.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
+
+
+async def next_events(stream, n, timeout=5.0):
+    out = []
+    async with asyncio.timeout(timeout):
+        async for resp in stream:
+            out.append(resp.event)
+            if len(out) == n:
+                return out
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda t: setattr(t, "tool_id", ""), "MISSING_TOOL_ID"),
+        (lambda t: setattr(t, "tool_id", "bad id!"), "INVALID_TOOL_ID"),
+        (lambda t: setattr(t, "endpoint", "unix://relative.sock"), "INVALID_ENDPOINT"),
+        (lambda t: setattr(t, "endpoint", "localhost:99999"), "INVALID_ENDPOINT"),
+        (lambda t: setattr(t, "endpoint", "ftp://x"), "INVALID_ENDPOINT"),
+        (lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_UNSPECIFIED), "INVALID_KIND"),
+        (lambda t: t.ClearField("capabilities"), "NO_CAPABILITIES"),
+        (lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": 12})), "INVALID_SCHEMA"),
+        (lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": "string"})), "INVALID_SCHEMA"),
+        (lambda t: t.capabilities.add(name="echo"), "DUPLICATE_ACTION"),
+    ],
+)
+async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stubs, mutate, reason):
+    before = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
+    tool = grpc_tool("t1", EP)
+    mutate(tool)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await register(hub_stubs, tool)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(err.value) == reason
+    after = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
+    assert [t.tool_id for t in after.tools] == [t.tool_id for t in before.tools]
+    assert after.revision == before.revision
+
+
+async def test_reregistering_by_the_same_owner_updates_and_emits_one_event(hub_stubs):
+    first = await register(hub_stubs, grpc_tool("t2", EP, description="v1"))
+    assert first.created and not first.updated
+    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=first.revision))
+    same = await register(hub_stubs, grpc_tool("t2", EP, description="v1"))
+    assert not same.created and not same.updated and same.revision == first.revision
+    changed = await register(hub_stubs, grpc_tool("t2", EP, description="v2"))
+    assert changed.updated and changed.revision == first.revision + 1
+    (event,) = await next_events(watch, 1)
+    watch.cancel()
+    assert event.type == UPDATED and event.tool.description == "v2" and event.revision == changed.revision
+    got = await hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t2"), timeout=5)
+    assert got.tool.registered_at == first.tool.registered_at
+
+
+async def test_another_owner_cannot_take_over_a_tool(hub_stubs):
+    await register(hub_stubs, grpc_tool("t3", EP, owner="alice"))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await register(hub_stubs, grpc_tool("t3", "unix:///tmp/evil.sock", owner="mallory"))
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert reason_of(err.value) == "TOOL_OWNED_BY_ANOTHER"
+    got = await hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t3"), timeout=5)
+    assert got.tool.endpoint == EP and got.tool.owner == "alice"
+
+
+async def test_deregistering_emits_removed_and_unknown_ids_are_not_found(hub_stubs):
+    r = await register(hub_stubs, grpc_tool("t4", EP))
+    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=r.revision))
+    await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="t4"), timeout=5)
+    (event,) = await next_events(watch, 1)
+    watch.cancel()
+    assert event.type == REMOVED and event.tool.tool_id == "t4"
+    for call in (hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="t4"), timeout=5),
+                 hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t4"), timeout=5)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason_of(err.value) == "TOOL_NOT_FOUND"
+
+
+async def test_list_tools_paginates_and_filters(hub_stubs):
+    for i in range(5):
+        await register(hub_stubs, grpc_tool(f"p{i}", EP, tags=["even"] if i % 2 == 0 else ["odd"]))
+    seen, token = [], ""
+    while True:
+        page = await hub_stubs.library.ListTools(
+            lib.ListToolsRequest(page_size=2, page_token=token, kind=tool_pb2.TOOL_KIND_GRPC_SERVER), timeout=5)
+        assert len(page.tools) <= 2 and page.total_count == 5
+        seen += [t.tool_id for t in page.tools]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [f"p{i}" for i in range(5)]
+    even = await hub_stubs.library.ListTools(lib.ListToolsRequest(tags=["even"]), timeout=5)
+    assert [t.tool_id for t in even.tools] == ["p0", "p2", "p4"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hub_stubs.library.ListTools(lib.ListToolsRequest(page_token="%%%"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_search_ranks_the_most_relevant_tool_first(hub_stubs):
+    await register(hub_stubs, grpc_tool("weather-api", EP, description="Current weather and forecasts for a city",
+                                        actions={"get_forecast": {"type": "object"}}, tags=["weather"]))
+    await register(hub_stubs, grpc_tool("calc", EP, description="Arithmetic on numbers",
+                                        actions={"evaluate": {"type": "object"}}))
+    resp = await hub_stubs.library.SearchTools(lib.SearchToolsRequest(query="what is the weather forecast"),
+                                               timeout=5)
+    assert resp.matches[0].tool.tool_id == "weather-api"
+    assert all(m.tool.tool_id != "calc" for m in resp.matches)
+    assert any("forecast" in m for m in resp.matches[0].matched)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hub_stubs.library.SearchTools(lib.SearchToolsRequest(query="  "), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_watcher_resuming_from_a_revision_misses_nothing(hub_stubs):
+    start = (await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
+    for i in range(3):
+        await register(hub_stubs, grpc_tool(f"w{i}", EP))
+    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=start))
+    backlog = await next_events(watch, 3)
+    await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="w1"), timeout=5)
+    (live,) = await next_events(watch, 1)
+    watch.cancel()
+    revisions = [e.revision for e in [*backlog, live]]
+    assert revisions == list(range(start + 1, start + 5))
+    assert [e.tool.tool_id for e in backlog] == ["w0", "w1", "w2"] and live.type == REMOVED
+
+
+async def test_watch_filters_by_type_and_tool(hub_stubs):
+    start = (await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
+    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(
+        since_revision=start, types=[REMOVED], tool_ids=["f2"]))
+    for i in range(3):
+        await register(hub_stubs, grpc_tool(f"f{i}", EP))
+    for i in range(3):
+        await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id=f"f{i}"), timeout=5)
+    (event,) = await next_events(watch, 1)
+    watch.cancel()
+    assert (event.type, event.tool.tool_id) == (REMOVED, "f2")
+
+
+async def test_watch_from_the_future_is_out_of_range(hub_stubs):
+    stream = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=10**9))
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await next_events(stream, 1)
+    assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and reason_of(err.value) == "REVISION_AHEAD"
+
+
+async def test_a_slow_watcher_is_cut_off_and_can_resume_without_loss(cfg):
+    from services.common import config as config_mod
+
+    small = config_mod.replace(cfg, feed={"subscriber_queue": 2})
+    async with Hub(small) as hub:
+        sub = hub.feed.subscribe()  # a consumer that never reads
+        events = hub.registry.watch(hub.registry.revision)
+        first = asyncio.ensure_future(events.__anext__())
+        for i in range(6):
+            await hub.registry.register(grpc_tool(f"s{i}", EP))
+        assert sub.overflowed
+        got = [await first]
+        from services.common.errors import ResourceExhausted
+
+        with pytest.raises(ResourceExhausted) as err:
+            async for ev in events:
+                got.append(ev)
+        resume = int(err.value.metadata["resume_revision"])
+        rest = []
+        async for ev in hub.registry.watch(resume):
+            rest.append(ev)
+            if ev.revision == hub.registry.revision:
+                break
+        names = [e.tool.tool_id for e in got + rest]
+        assert names == [f"s{i}" for i in range(6)]
+
+
+async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg):
+    async with Hub(cfg) as hub:
+        await hub.registry.register(grpc_tool("keep", EP))
+        hub.registry.entry("keep").record(True, 0.01)
+        revision = hub.registry.revision
+    async with Hub(cfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target) as ch:
+            stub = lib_grpc.ToolLibraryServiceStub(ch)
+            got = await stub.GetTool(lib.GetToolRequest(tool_id="keep"), timeout=5)
+            assert got.tool.stats.usage_count == 1 and got.tool.stats.success_rate == 1.0
+            r = await stub.RegisterTool(lib.RegisterToolRequest(tool=grpc_tool("new", EP)), timeout=5)
+            assert r.revision > revision

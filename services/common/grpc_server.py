@@ -3,8 +3,8 @@
 Every server gets:
 - server reflection that also answers `describe Service.Method` (grpc/grpc#34743);
 - `grpc.health.v1` for the whole server ("") and per service;
-- one interceptor that maps MeshError to a status with google.rpc.ErrorInfo and
-  checks the admin token on protected methods.
+- every method wrapped once, at registration, to map MeshError to a status
+  with google.rpc.ErrorInfo and to check the admin token on protected methods.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,40 +53,42 @@ class _Reflection(reflection_aio.ReflectionServicer):
         return super()._file_containing_symbol(request, fully_qualified_name)
 
 
-class MeshInterceptor(grpc.aio.ServerInterceptor):
-    """Maps MeshError to rich statuses and enforces the admin token on protected methods."""
+class _Registrar:
+    """Stands in for the server while a servicer adds itself, wrapping every method once.
 
-    def __init__(self, admin_token: str = "", protected: Iterable[str] = ()) -> None:
-        self._token = admin_token.encode()
-        self._protected = frozenset(protected)
-        self._cache: dict[tuple[str, bool], grpc.RpcMethodHandler] = {}
+    Wrapping at registration (instead of a grpc.aio interceptor) maps errors and
+    checks the admin token in one place at no per-call dispatch cost.
+    """
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method = details.method
-        needs_auth = bool(self._token) and method in self._protected
-        authorized = not needs_auth or self._authorized(details.invocation_metadata)
-        key = (method, authorized)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        wrapped = _wrap(handler, None if authorized else _deny)
-        self._cache[key] = wrapped
-        return wrapped
+    def __init__(self, server: grpc.aio.Server, token: str, protected: frozenset[str]) -> None:
+        self._server, self._token, self._protected = server, token.encode(), protected
+        self._generic: list[grpc.GenericRpcHandler] = []
+        self.registered = False
 
-    def _authorized(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
-        for key, value in metadata or ():
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(handlers)  # superseded by add_registered_method_handlers below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {
+            name: _wrap(h, self._gate if f"/{service}/{name}" in self._protected and self._token else None)
+            for name, h in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
+        self._server.add_registered_method_handlers(service, wrapped)
+        self.registered = True
+
+    def finish(self) -> None:
+        if not self.registered:  # a servicer that only knows generic handlers: serve them as they are
+            self._server.add_generic_rpc_handlers(tuple(self._generic))
+
+    def _gate(self, context: grpc.aio.ServicerContext) -> None:
+        for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 value = value.encode() if isinstance(value, str) else value
                 scheme, _, token = value.partition(b" ")
-                return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token)
-        return False
+                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
+                    return
+        _deny()
 
 
 def _deny() -> None:
@@ -94,7 +96,10 @@ def _deny() -> None:
                           reason="ADMIN_TOKEN_REQUIRED")
 
 
-def _wrap(handler: grpc.RpcMethodHandler, gate: Callable[[], None] | None) -> grpc.RpcMethodHandler:
+Gate = Callable[[grpc.aio.ServicerContext], None]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHandler:
     async def _abort(context: grpc.aio.ServicerContext, err: MeshError) -> None:
         await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err))
 
@@ -104,7 +109,7 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Callable[[], None] | None) -> gr
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if gate:
-                    gate()
+                    gate(context)
                 return await fn(request, context)
             except MeshError as err:
                 await _abort(context, err)
@@ -118,7 +123,7 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Callable[[], None] | None) -> gr
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if gate:
-                    gate()
+                    gate(context)
                 async for item in fn_s(request, context):
                     yield item
             except MeshError as err:
@@ -133,7 +138,7 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Callable[[], None] | None) -> gr
         async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if gate:
-                    gate()
+                    gate(context)
                 async for item in fn_ss(requests, context):
                     yield item
             except MeshError as err:
@@ -179,12 +184,12 @@ class MeshServer:
             ("grpc.max_send_message_length", self._max),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(
-            interceptors=[MeshInterceptor(self._token, self._protected)], options=options
-        )
+        server = grpc.aio.server(options=options)
         names = [s.name for s in self._services]
         for s in self._services:
-            s.add(s.servicer, server)
+            registrar = _Registrar(server, self._token, frozenset(self._protected))
+            s.add(s.servicer, registrar)  # type: ignore[arg-type]
+            registrar.finish()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection_names = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(_Reflection(reflection_names), server)

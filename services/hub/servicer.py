@@ -33,3 +33,4 @@ def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:
         )
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)

@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import struct_pb2
-
-Struct = struct_pb2.Struct
-Value = struct_pb2.Value
+from google.protobuf.struct_pb2 import Struct, Value
 
 
 def value_to_py(v: Value) -> Any:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -53,11 +52,11 @@ def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Ma
         return []
     docs = []
     for tool in tools:
-        weighted: Counter[str] = Counter()
+        weighted: dict[str, float] = {}
         where: dict[str, set[str]] = {}
         for field, text in _fields(tool):
             for t in tokens(text):
-                weighted[t] += _WEIGHTS[field]
+                weighted[t] = weighted.get(t, 0.0) + _WEIGHTS[field]
                 where.setdefault(t, set()).add(field)
         docs.append((tool, weighted, where, sum(weighted.values())))
     if not docs:

@@ -1,0 +1,360 @@
+"""Streamable HTTP at `/mcp`: a thin aiohttp shell over the dispatcher.
+
+- POST carries one JSON-RPC message. Notifications and client responses get
+  202. A request is answered with `application/json`, unless it reports
+  progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
+  which case the answer switches to `text/event-stream` and carries the
+  notifications before the response.
+- Handshake era: `initialize` opens a session (`Mcp-Session-Id`); GET opens the
+  session's standalone SSE stream (list_changed), which resumes with
+  `Last-Event-ID` when the client reconnects; DELETE ends the session. A
+  request without a session id is served statelessly.
+- 2026-07-28: every POST stands alone (no session); closing the connection
+  cancels the request.
+- Every request passes the Origin/Host check (403) and the size limit (413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ._protocol import (
+    DEFAULT_HTTP_VERSION,
+    H_LAST_EVENT,
+    H_SESSION,
+    H_VERSION,
+    HANDSHAKE_VERSIONS,
+    HTTP_STATUS,
+    INVALID_REQUEST,
+    NOTIFICATION,
+    PROTOCOL_VERSION_KEY,
+    REQUEST,
+    REQUEST_CANCELLED,
+    RESPONSE,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_response,
+    progress_token,
+)
+from .dispatcher import HANDSHAKE, Session
+from .service import McpService
+
+log = logging.getLogger(__name__)
+_JSON = "application/json"
+_SSE = "text/event-stream"
+_SSE_HEADERS = {"Content-Type": _SSE, "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
+_CLOSED = (ConnectionError, asyncio.IncompleteReadError)
+
+
+@dataclass(eq=False)
+class HttpSession:
+    """A handshake-era session: dispatcher state plus the standalone stream's backlog."""
+
+    state: Session
+    backlog: collections.deque[tuple[int, bytes]]
+    seq: int = 0
+    delivered: int = 0  # the last event written to a standalone stream
+    live: asyncio.Queue[tuple[int, bytes] | None] | None = None
+    created: float = field(default_factory=time.monotonic)
+
+    def push(self, msg: dict[str, Any]) -> None:
+        self.seq += 1
+        frame = _sse_frame(msg, self.seq)
+        self.backlog.append((self.seq, frame))
+        if self.live is not None and self.live.qsize() < 1024:
+            self.live.put_nowait((self.seq, frame))
+
+
+def _sse_frame(msg: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: message\ndata: {encode(msg)}\n\n".encode()
+
+
+def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") -> web.Response:
+    headers = {H_SESSION: session_id} if session_id else None
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.Response(body=encode(body).encode(), status=status, content_type=_JSON, headers=headers)
+
+
+def _fail(status: int, message: str, code: int = INVALID_REQUEST) -> web.Response:
+    return _json(error_response(None, code, message), status)
+
+
+def _cancelled(rid: Any) -> dict[str, Any]:
+    return error_response(rid, REQUEST_CANCELLED, "Request cancelled")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class StreamableHttp:
+    """The `/mcp` endpoint."""
+
+    def __init__(self, svc: McpService) -> None:
+        self.svc = svc
+        self.d = svc.dispatcher
+        self.opts = svc.opts
+        self.sessions: dict[str, HttpSession] = {}
+        self._last_sweep = time.monotonic()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        refused = self.svc.policy.check(request.headers)
+        if refused is not None:
+            return _fail(403, refused)
+        if request.method == "POST":
+            return await self._post(request)
+        if request.method == "GET":
+            return await self._get(request)
+        if request.method == "DELETE":
+            return self._delete(request)
+        return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
+
+    # -- POST ------------------------------------------------------------------
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != _JSON:
+            return _fail(415, "Unsupported Media Type: Content-Type must be application/json")
+        accept = request.headers.get("Accept", "")
+        sse_ok = not accept or _SSE in accept or "*/*" in accept
+        if accept and not (sse_ok or _JSON in accept or "application/*" in accept):
+            return _fail(406, "Not Acceptable: accept application/json and text/event-stream")
+        try:
+            body = await self._read(request)
+        except _TooLarge:
+            return _fail(413, f"Request body larger than {self.opts.max_frame_bytes} bytes")
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            return _json(exc.response(None), exc.http_status)
+        if msg.kind == RESPONSE:
+            return _json(None, 202)
+        hs, session = self._session_for(request, msg)
+        if session is None:
+            sid = request.headers.get(H_SESSION, "")
+            return _fail(404, f"Session not found: {sid[:64]!r}; send initialize to open a new one")
+        if msg.kind == NOTIFICATION:
+            self.d.notification(msg, session)
+            return _json(None, 202)
+        assert msg.kind == REQUEST
+        if msg.method == "subscriptions/listen" and not sse_ok:
+            return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
+        sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
+        if msg.method == "subscriptions/listen" or (sse_ok and progress_token(msg.params) is not None):
+            return await self._stream(request, msg, session, sid)
+        resp = await self.d.request(msg, session, None, request.headers)
+        if resp is None:
+            resp = _cancelled(msg.id)
+        if msg.method == "initialize":
+            assert hs is not None
+            if "result" not in resp:
+                self.d.forget(session)
+            else:
+                sid = self._open(hs)
+        return _json(resp, _status(resp, session), sid)
+
+    async def _read(self, request: web.Request) -> bytes:
+        limit = self.opts.max_frame_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _TooLarge
+        buf = bytearray()
+        while chunk := await request.content.readany():
+            buf += chunk
+            if len(buf) > limit:
+                raise _TooLarge
+        return bytes(buf)
+
+    def _session_for(self, request: web.Request, msg: Message) -> tuple[HttpSession | None, Session | None]:
+        """The session a message belongs to: a new one (initialize), a known one, or a one-off."""
+        if msg.method == "initialize":  # a new session: kept only if initialize succeeds
+            hs = HttpSession(Session(id=secrets.token_hex(16), transport="http"),
+                             collections.deque(maxlen=self.opts.session_backlog))
+            hs.state.push = hs.push
+            return hs, hs.state
+        sid = request.headers.get(H_SESSION)
+        if sid is not None:
+            hs = self.sessions.get(sid)
+            return (hs, hs.state) if hs is not None else (None, None)
+        one_off = Session(id="", transport="http")
+        version = request.headers.get(H_VERSION)
+        meta = msg.params.get("_meta") if msg.params else None
+        if not (isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta) and (
+                version is None or version in HANDSHAKE_VERSIONS):
+            # a stateless handshake-era request
+            one_off.era, one_off.version = HANDSHAKE, version or DEFAULT_HTTP_VERSION
+        return None, one_off
+
+    def _open(self, hs: HttpSession) -> str:
+        self._sweep()
+        self.sessions[hs.state.id] = hs
+        log.info("MCP session %s opened (%s)", hs.state.id[:8], hs.state.version)
+        return hs.state.id
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 30 and len(self.sessions) < self.opts.max_sessions:
+            return
+        self._last_sweep = now
+        ttl = self.opts.session_ttl_s
+        idle = [sid for sid, hs in self.sessions.items()
+                if hs.live is None and not hs.state.inflight and now - hs.state.last_used > ttl]
+        for sid in idle:
+            self._drop(sid)
+        while len(self.sessions) >= self.opts.max_sessions:  # still full: the least recently used go
+            self._drop(min(self.sessions, key=lambda s: self.sessions[s].state.last_used))
+
+    def _drop(self, sid: str) -> HttpSession | None:
+        hs = self.sessions.pop(sid, None)
+        if hs is not None:
+            self.d.forget(hs.state)
+            if hs.live is not None:
+                hs.live.put_nowait(None)
+        return hs
+
+    async def _stream(self, request: web.Request, msg: Message, session: Session, sid: str
+                      ) -> web.StreamResponse:
+        """Answer as JSON if the request finishes quietly, else as SSE carrying its notifications."""
+        queue: collections.deque[dict[str, Any]] = collections.deque()
+        wake = asyncio.Event()
+        limit = self.opts.notification_queue
+
+        def send(note: dict[str, Any]) -> None:
+            if len(queue) < limit:  # progress and list_changed are level signals: dropping one is safe
+                queue.append(note)
+                wake.set()
+
+        task = asyncio.create_task(self.d.request(msg, session, send, request.headers))
+        task.add_done_callback(lambda _: wake.set())
+        sse: web.StreamResponse | None = None
+        loop = asyncio.get_running_loop()
+        defer_until = loop.time() + self.opts.sse_defer_s
+        try:
+            while True:
+                idle = False
+                if not queue and not task.done():
+                    wake.clear()
+                    wait = defer_until - loop.time() if sse is None else self.opts.sse_keepalive_s
+                    try:
+                        async with asyncio.timeout(max(wait, 0)):
+                            await wake.wait()
+                    except TimeoutError:
+                        idle = True
+                if sse is None:
+                    if task.done() and not queue:
+                        resp = task.result() or _cancelled(msg.id)
+                        return _json(resp, _status(resp, session), sid)
+                    sse = web.StreamResponse(headers={**_SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
+                    await sse.prepare(request)
+                while queue:
+                    await sse.write(_sse_frame(queue.popleft()))
+                if task.done():
+                    await sse.write(_sse_frame(task.result() or _cancelled(msg.id)))
+                    await sse.write_eof()
+                    return sse
+                if idle:
+                    await sse.write(b": keepalive\n\n")
+        except _CLOSED:
+            log.debug("MCP client left during %s", msg.method)
+            return sse or web.Response(status=499)
+        finally:
+            if not task.done():  # the client went away (or we are shutting down): cancel the call
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- GET / DELETE ------------------------------------------------------------
+
+    def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
+        sid = request.headers.get(H_SESSION)
+        if sid is None:
+            return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
+        hs = self.sessions.get(sid)
+        if hs is None:
+            return None, _fail(404, f"Session not found: {sid[:64]!r}")
+        return hs, None
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        if _SSE not in request.headers.get("Accept", ""):
+            return _fail(406, "Not Acceptable: the GET stream is text/event-stream")
+        hs, error = self._known(request)
+        if hs is None:
+            assert error is not None
+            return error
+        if hs.live is not None:  # the client reconnected: the old stream is dead to it
+            hs.live.put_nowait(None)
+        live: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        hs.live = live
+        hs.state.last_used = time.monotonic()
+        resp = web.StreamResponse(headers={**_SSE_HEADERS, H_SESSION: hs.state.id})
+        try:
+            await resp.prepare(request)
+            # Resume after Last-Event-ID; a fresh stream gets what no stream has carried yet.
+            last = _event_id(request.headers.get(H_LAST_EVENT))
+            after = hs.delivered if last is None else last
+            while not live.empty():  # queued meanwhile: in the backlog already
+                if live.get_nowait() is None:
+                    return resp
+            for seq, frame in list(hs.backlog):
+                if seq > after:
+                    await resp.write(frame)
+                    hs.delivered = max(hs.delivered, seq)
+            await resp.write(b": stream open\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(self.opts.sse_keepalive_s):
+                        item = await live.get()
+                except TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                if item is None or self.svc.closing.is_set():
+                    break
+                await resp.write(item[1])
+                hs.delivered = max(hs.delivered, item[0])
+            await resp.write_eof()
+        except _CLOSED:
+            log.debug("MCP session %s: standalone stream closed by the client", hs.state.id[:8])
+        finally:
+            if hs.live is live:
+                hs.live = None
+            hs.state.last_used = time.monotonic()
+        return resp
+
+    def _delete(self, request: web.Request) -> web.Response:
+        hs, error = self._known(request)
+        if hs is None:
+            assert error is not None
+            return error
+        self._drop(hs.state.id)
+        log.info("MCP session %s closed by the client", hs.state.id[:8])
+        return web.Response(status=200)
+
+    def close(self) -> None:
+        """Shutting down: end every standalone stream and forget every session."""
+        for sid in list(self.sessions):
+            self._drop(sid)
+
+
+def _status(resp: dict[str, Any], session: Session) -> int:
+    error = resp.get("error")
+    if error is None or session.era == HANDSHAKE:
+        return 200
+    return HTTP_STATUS.get(error.get("code", 0), 200)
+
+
+def _event_id(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None

@@ -23,8 +23,9 @@ from .websocket import McpWebSocket
 MCP_SERVICE = web.AppKey("mcp_service", McpService)
 
 
-def add_routes(app: web.Application, gateway: HubGateway, cfg: Config,
-               opts: McpOptions | None = None) -> None:
+def add_routes(
+    app: web.Application, gateway: HubGateway, cfg: Config, opts: McpOptions | None = None
+) -> None:
     """Register `/mcp` (Streamable HTTP) and `/ws/mcp` (WebSocket) and tie their lifetime to the app's.
 
     Client disconnects cancel in-flight calls only when the app's runner has

@@ -40,8 +40,12 @@ REQUEST_CANCELLED = -32800
 
 # The HTTP status a JSON-RPC error travels with on Streamable HTTP (as the SDK's server maps them).
 HTTP_STATUS = {
-    PARSE_ERROR: 400, INVALID_REQUEST: 400, INVALID_PARAMS: 400, HEADER_MISMATCH: 400,
-    UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404,
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    INVALID_PARAMS: 400,
+    HEADER_MISMATCH: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
 }
 
 RequestId = str | int
@@ -84,8 +88,9 @@ def classify(obj: Any) -> Message:
     if isinstance(obj, list):
         raise ProtocolError(INVALID_REQUEST, "JSON-RPC batches are not supported: send one message at a time")
     if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0":
-        raise ProtocolError(INVALID_REQUEST,
-                            'Invalid request: expected a JSON-RPC 2.0 object ("jsonrpc": "2.0")')
+        raise ProtocolError(
+            INVALID_REQUEST, 'Invalid request: expected a JSON-RPC 2.0 object ("jsonrpc": "2.0")'
+        )
     has_id = "id" in obj
     rid = obj.get("id")
     if has_id and (isinstance(rid, bool) or not isinstance(rid, str | int)):

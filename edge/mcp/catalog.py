@@ -99,7 +99,8 @@ class Catalog:
     def same_listing(self, other: Catalog) -> bool:
         """True when both list exactly the same tools (used to skip needless list_changed)."""
         return self.names == other.names and all(
-            self.by_name[n].definition == other.by_name[n].definition for n in self.names)
+            self.by_name[n].definition == other.by_name[n].definition for n in self.names
+        )
 
     def page(self, cursor: str | None, size: int) -> tuple[list[dict[str, Any]], str | None]:
         """One page of definitions after `cursor`; raise ValueError for a cursor we did not issue."""
@@ -128,7 +129,8 @@ def _decode_cursor(cursor: str) -> str:
 def build(tools: Iterable[tool_pb2.Tool]) -> Catalog:
     """A catalog of every capability of every enabled tool."""
     pairs: list[tuple[tool_pb2.Tool, tool_pb2.Capability]] = [
-        (t, cap) for t in tools if t.enabled for cap in t.capabilities]
+        (t, cap) for t in tools if t.enabled for cap in t.capabilities
+    ]
     pairs.sort(key=lambda p: (p[0].tool_id, p[1].name))
     taken: dict[str, tuple[str, str]] = {}
     out: list[McpTool] = []

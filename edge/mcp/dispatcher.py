@@ -91,7 +91,8 @@ class ServerOptions:
     name: str = "toolscore-mesh"
     version: str = "0.1.0"
     instructions: str = (
-        "ToolScore Mesh: every capability of every registered tool, named <tool_id>__<action>.")
+        "ToolScore Mesh: every capability of every registered tool, named <tool_id>__<action>."
+    )
     page_size: int = 100
     # 2026-07-28 cache hints. The tool list changes whenever the registry does, so its TTL is 0
     # (clients that want pushes open a subscriptions/listen stream); discover results are stable.
@@ -106,8 +107,9 @@ class _Cancelled(Exception):
 class Dispatcher:
     """Serves MCP requests and notifications for every transport."""
 
-    def __init__(self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
-                 ) -> None:
+    def __init__(
+        self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
+    ) -> None:
         self._catalog = catalog
         self._execute = execute
         self.opts = opts or ServerOptions()
@@ -119,8 +121,13 @@ class Dispatcher:
 
     # -- entry points --------------------------------------------------------
 
-    async def request(self, msg: Message, session: Session, send: Send | None = None,
-                      headers: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    async def request(
+        self,
+        msg: Message,
+        session: Session,
+        send: Send | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
         """The response to one request, or None when the client cancelled it (no response is owed)."""
         session.last_used = time.monotonic()
         try:
@@ -148,11 +155,11 @@ class Dispatcher:
             session.initialized = True
         elif msg.method == "notifications/cancelled":
             rid = (msg.params or {}).get("requestId")
-            ok = isinstance(rid, str | int) and not isinstance(rid, bool)
-            task = session.inflight.get(rid) if ok else None
-            if task is not None and rid is not None:
-                session.cancelled.add(rid)
-                task.cancel()
+            if isinstance(rid, str | int) and not isinstance(rid, bool):
+                task = session.inflight.get(rid)
+                if task is not None:
+                    session.cancelled.add(rid)
+                    task.cancel()
 
     def tools_changed(self) -> None:
         """Tell every subscriber that the tool list changed."""
@@ -190,9 +197,12 @@ class Dispatcher:
         params = msg.params or {}
         requested = params.get("protocolVersion")
         if session.era == MODERN:
-            raise ProtocolError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version: this connection "
-                                "speaks 2026-07-28, which has no initialize handshake",
-                                {"supported": list(MODERN_VERSIONS), "requested": str(requested)})
+            raise ProtocolError(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version: this connection "
+                "speaks 2026-07-28, which has no initialize handshake",
+                {"supported": list(MODERN_VERSIONS), "requested": str(requested)},
+            )
         if session.era == HANDSHAKE and session.transport == "ws":
             raise ProtocolError(INVALID_REQUEST, "this connection is already initialized")
         if not isinstance(requested, str):
@@ -202,36 +212,53 @@ class Dispatcher:
         session.client_info = params.get("clientInfo")
         if session.push is not None:
             self._pushed.add(session)
-        return {"protocolVersion": session.version, "capabilities": self._capabilities,
-                "serverInfo": self._info, "instructions": self.opts.instructions}
+        return {
+            "protocolVersion": session.version,
+            "capabilities": self._capabilities,
+            "serverInfo": self._info,
+            "instructions": self.opts.instructions,
+        }
 
     def _admit_handshake(self, msg: Message, session: Session) -> None:
         if session.era == HANDSHAKE or msg.method == "ping":
             return
-        raise ProtocolError(INVALID_REQUEST, "not initialized: send initialize first, or use protocol "
-                            f"2026-07-28 with {PROTOCOL_VERSION_KEY!r} in params._meta")
+        raise ProtocolError(
+            INVALID_REQUEST,
+            "not initialized: send initialize first, or use protocol "
+            f"2026-07-28 with {PROTOCOL_VERSION_KEY!r} in params._meta",
+        )
 
     def _admit_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> None:
         """The 2026-07-28 request ladder: envelope, then headers, then the version."""
         meta = msg.params.get("_meta") if msg.params else None
         if not isinstance(meta, dict):
-            raise ProtocolError(INVALID_PARAMS, f"params._meta must be an object carrying the required "
-                                f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r} envelope keys")
+            raise ProtocolError(
+                INVALID_PARAMS,
+                f"params._meta must be an object carrying the required "
+                f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r} envelope keys",
+            )
         missing = [k for k in (PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY) if k not in meta]
         if missing:
-            raise ProtocolError(INVALID_PARAMS, f"params._meta is missing the required envelope key(s): "
-                                f"{', '.join(missing)}")
+            raise ProtocolError(
+                INVALID_PARAMS, f"params._meta is missing the required envelope key(s): {', '.join(missing)}"
+            )
         version = meta[PROTOCOL_VERSION_KEY]
         if headers is not None:
             _check_headers(msg, version, headers)
         if not isinstance(version, str):
             raise ProtocolError(INVALID_PARAMS, "the protocol-version envelope value must be a string")
         if version not in MODERN_VERSIONS:
-            raise ProtocolError(UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                                {"supported": list(MODERN_VERSIONS), "requested": version})
+            raise ProtocolError(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version",
+                {"supported": list(MODERN_VERSIONS), "requested": version},
+            )
         if session.era == HANDSHAKE:
-            raise ProtocolError(INVALID_REQUEST, "this connection completed the initialize handshake; "
-                                "2026-07-28 requests need a connection of their own")
+            raise ProtocolError(
+                INVALID_REQUEST,
+                "this connection completed the initialize handshake; "
+                "2026-07-28 requests need a connection of their own",
+            )
         session.era, session.version = MODERN, version
         session.client_info = meta.get(CLIENT_INFO_KEY)
 
@@ -247,8 +274,9 @@ class Dispatcher:
             return {}
         raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
 
-    async def _serve_modern(self, msg: Message, session: Session, send: Send | None,
-                            headers: Mapping[str, str] | None) -> dict[str, Any]:
+    async def _serve_modern(
+        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+    ) -> dict[str, Any]:
         method = msg.method
         if method == "tools/call":
             result = await self._tracked(msg, session, lambda: self._call_tool(msg, session, send, headers))
@@ -256,9 +284,13 @@ class Dispatcher:
             result = self._list_tools(msg)
             result["ttlMs"], result["cacheScope"] = self.opts.tools_ttl_ms, "public"
         elif method == "server/discover":
-            result = {"supportedVersions": list(MODERN_VERSIONS), "capabilities": self._capabilities,
-                      "instructions": self.opts.instructions, "ttlMs": self.opts.discover_ttl_ms,
-                      "cacheScope": "public"}
+            result = {
+                "supportedVersions": list(MODERN_VERSIONS),
+                "capabilities": self._capabilities,
+                "instructions": self.opts.instructions,
+                "ttlMs": self.opts.discover_ttl_ms,
+                "cacheScope": "public",
+            }
         elif method == "subscriptions/listen":
             result = await self._tracked(msg, session, lambda: self._listen(msg, send))
         else:
@@ -268,8 +300,9 @@ class Dispatcher:
         result["_meta"] = {**meta, SERVER_INFO_KEY: self._info} if meta else {SERVER_INFO_KEY: self._info}
         return result
 
-    async def _tracked(self, msg: Message, session: Session,
-                       run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    async def _tracked(
+        self, msg: Message, session: Session, run: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
         """Run a request so that `notifications/cancelled` naming it can cancel it."""
         rid = msg.id
         assert rid is not None
@@ -302,8 +335,9 @@ class Dispatcher:
             result["nextCursor"] = nxt
         return result
 
-    async def _call_tool(self, msg: Message, session: Session, send: Send | None,
-                         headers: Mapping[str, str] | None) -> dict[str, Any]:
+    async def _call_tool(
+        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+    ) -> dict[str, Any]:
         params = msg.params or {}
         name = params.get("name")
         if not isinstance(name, str):
@@ -318,8 +352,9 @@ class Dispatcher:
             raise ProtocolError(INVALID_PARAMS, "params.arguments must be an object")
         if headers is not None and tool.header_schema is not None:
             _check_param_headers(tool.header_schema, args, headers)
-        req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action, request_id=str(msg.id),
-                                session_id=session.id)
+        req = ex.ExecuteRequest(
+            tool_id=tool.tool_id, action=tool.action, request_id=str(msg.id), session_id=session.id
+        )
         if args:
             try:
                 req.arguments.update(args)
@@ -341,8 +376,11 @@ class Dispatcher:
             raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
         honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
         meta = {SUBSCRIPTION_ID_KEY: msg.id}
-        send(notification("notifications/subscriptions/acknowledged",
-                          {"notifications": honored, "_meta": meta}))
+        send(
+            notification(
+                "notifications/subscriptions/acknowledged", {"notifications": honored, "_meta": meta}
+            )
+        )
         key = object()
         if honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
@@ -378,8 +416,10 @@ def _decode_header(value: str | None) -> str | None:
 
 def _check_headers(msg: Message, version: Any, headers: Mapping[str, str]) -> None:
     if headers.get(H_VERSION) != version or version is None:
-        raise ProtocolError(HEADER_MISMATCH, "MCP-Protocol-Version header does not match the request "
-                            "envelope's protocol version")
+        raise ProtocolError(
+            HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match the request envelope's protocol version",
+        )
     if headers.get(H_METHOD) != msg.method:
         raise ProtocolError(HEADER_MISMATCH, "Mcp-Method header does not match the request body's method")
     if msg.method == "tools/call":

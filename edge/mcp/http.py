@@ -178,19 +178,22 @@ class StreamableHttp:
     def _session_for(self, request: web.Request, msg: Message) -> tuple[HttpSession | None, Session | None]:
         """The session a message belongs to: a new one (initialize), a known one, or a one-off."""
         if msg.method == "initialize":  # a new session: kept only if initialize succeeds
-            hs = HttpSession(Session(id=secrets.token_hex(16), transport="http"),
-                             collections.deque(maxlen=self.opts.session_backlog))
+            hs = HttpSession(
+                Session(id=secrets.token_hex(16), transport="http"),
+                collections.deque(maxlen=self.opts.session_backlog),
+            )
             hs.state.push = hs.push
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
-            hs = self.sessions.get(sid)
-            return (hs, hs.state) if hs is not None else (None, None)
+            known = self.sessions.get(sid)
+            return (known, known.state) if known is not None else (None, None)
         one_off = Session(id="", transport="http")
         version = request.headers.get(H_VERSION)
         meta = msg.params.get("_meta") if msg.params else None
         if not (isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta) and (
-                version is None or version in HANDSHAKE_VERSIONS):
+            version is None or version in HANDSHAKE_VERSIONS
+        ):
             # a stateless handshake-era request
             one_off.era, one_off.version = HANDSHAKE, version or DEFAULT_HTTP_VERSION
         return None, one_off
@@ -207,8 +210,11 @@ class StreamableHttp:
             return
         self._last_sweep = now
         ttl = self.opts.session_ttl_s
-        idle = [sid for sid, hs in self.sessions.items()
-                if hs.live is None and not hs.state.inflight and now - hs.state.last_used > ttl]
+        idle = [
+            sid
+            for sid, hs in self.sessions.items()
+            if hs.live is None and not hs.state.inflight and now - hs.state.last_used > ttl
+        ]
         for sid in idle:
             self._drop(sid)
         while len(self.sessions) >= self.opts.max_sessions:  # still full: the least recently used go
@@ -222,8 +228,9 @@ class StreamableHttp:
                 hs.live.put_nowait(None)
         return hs
 
-    async def _stream(self, request: web.Request, msg: Message, session: Session, sid: str
-                      ) -> web.StreamResponse:
+    async def _stream(
+        self, request: web.Request, msg: Message, session: Session, sid: str
+    ) -> web.StreamResponse:
         """Answer as JSON if the request finishes quietly, else as SSE carrying its notifications."""
         queue: collections.deque[dict[str, Any]] = collections.deque()
         wake = asyncio.Event()

@@ -47,8 +47,13 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
         if kind == "text":
             content.append({"type": "text", "text": block.text.text})
         elif kind == "image":
-            content.append({"type": "image", "data": base64.b64encode(block.image.data).decode("ascii"),
-                            "mimeType": block.image.mime_type or "application/octet-stream"})
+            content.append(
+                {
+                    "type": "image",
+                    "data": base64.b64encode(block.image.data).decode("ascii"),
+                    "mimeType": block.image.mime_type or "application/octet-stream",
+                }
+            )
         elif kind == "json":
             value = value_to_py(block.json.value)
             if structured is None and isinstance(value, dict):

@@ -57,8 +57,13 @@ class LiveCatalog:
 class McpService:
     """Owns the dispatcher and catalog; started and stopped with the edge app."""
 
-    def __init__(self, gateway: HubGateway, cfg: Config, opts: McpOptions | None = None,
-                 server: ServerOptions | None = None) -> None:
+    def __init__(
+        self,
+        gateway: HubGateway,
+        cfg: Config,
+        opts: McpOptions | None = None,
+        server: ServerOptions | None = None,
+    ) -> None:
         self.gateway = gateway
         self.opts = opts or McpOptions(max_frame_bytes=cfg.edge.max_frame_bytes)
         self.catalog = LiveCatalog(gateway)

@@ -15,7 +15,7 @@ import logging
 import secrets
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from ._protocol import (
     INVALID_REQUEST,
@@ -83,8 +83,9 @@ class McpWebSocket:
         refused = self.svc.policy.check(request.headers)
         if refused is not None:
             return web.json_response(error_response(None, INVALID_REQUEST, refused), status=403)
-        ws = web.WebSocketResponse(protocols=("mcp",), max_msg_size=self.svc.opts.max_frame_bytes,
-                                   compress=False, heartbeat=30.0)
+        ws = web.WebSocketResponse(
+            protocols=("mcp",), max_msg_size=self.svc.opts.max_frame_bytes, compress=False, heartbeat=30.0
+        )
         await ws.prepare(request)
         out = _Outbox(ws)
         session = Session(id=secrets.token_hex(8), transport="ws", push=out.push)
@@ -98,8 +99,13 @@ class McpWebSocket:
                     if frame.type == WSMsgType.TEXT:
                         self._on_text(frame.data, session, out, tasks)
                     elif frame.type == WSMsgType.BINARY:
-                        out.push(error_response(None, INVALID_REQUEST, "binary frames are not supported: "
-                                                "send one JSON-RPC message per text frame"))
+                        out.push(
+                            error_response(
+                                None,
+                                INVALID_REQUEST,
+                                "binary frames are not supported: send one JSON-RPC message per text frame",
+                            )
+                        )
                     elif frame.type == WSMsgType.ERROR:
                         log.info("MCP WebSocket %s: %s", session.id, ws.exception())
                         break
@@ -140,4 +146,4 @@ class McpWebSocket:
     async def close(self) -> None:
         """Shutting down: close every connection with 1001 (going away)."""
         for ws in list(self.open):
-            await ws.close(code=web.WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
 from edge.mcp import MCP_SERVICE, McpService, add_routes
@@ -18,11 +20,13 @@ from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action
 from services.toolkit.server import CallContext
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_pb2
 
-ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
-               "additionalProperties": False}
+ECHO_SCHEMA = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}},
+    "required": ["text"],
+    "additionalProperties": False,
+}
 
 
 @pytest.fixture
@@ -102,18 +106,33 @@ def actions(probe: Probe) -> list[Action]:
         raise RuntimeError("the tool broke on purpose")
 
     return [
-        Action("echo", "Echo the text back", echo, ECHO_SCHEMA,
-               {"type": "object", "properties": {"text": {"type": "string"}}}),
-        Action("count", "Count to n, reporting progress", count,
-               {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}),
+        Action(
+            "echo",
+            "Echo the text back",
+            echo,
+            ECHO_SCHEMA,
+            {"type": "object", "properties": {"text": {"type": "string"}}},
+        ),
+        Action(
+            "count",
+            "Count to n, reporting progress",
+            count,
+            {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}},
+        ),
         Action("block", "Wait until released or cancelled", block),
         Action("fail", "Always fails", fail),
     ]
 
 
 def tool_def(tool_id: str, endpoint: str, acts: list[Action]) -> tool_pb2.Tool:
-    return tool_pb2.Tool(tool_id=tool_id, name=tool_id, kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint=endpoint,
-                         enabled=True, capabilities=[a.capability() for a in acts])
+    return tool_pb2.Tool(
+        tool_id=tool_id,
+        name=tool_id,
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint,
+        enabled=True,
+        capabilities=[a.capability() for a in acts],
+    )
 
 
 Register = Callable[..., Any]

@@ -52,7 +52,9 @@ async def test_failing_python_is_an_is_error_result_not_a_protocol_error(edge: E
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_echo_tool_on_a_toolkit_server_answers_with_structured_content(edge: Edge, kit: Probe, mode: str):
+async def test_echo_tool_on_a_toolkit_server_answers_with_structured_content(
+    edge: Edge, kit: Probe, mode: str
+):
     async with Client(edge.url, mode=mode) as client:
         result = await client.call_tool("kit__echo", {"text": "hello mesh"})
     assert result.is_error is not True
@@ -97,7 +99,8 @@ async def test_cancelling_a_call_cancels_it_on_the_tool_server(edge: Edge, kit: 
 
 
 async def test_handshake_client_hears_list_changed_when_a_tool_registers(
-        edge: Edge, kit: Probe, register: Register, start_tool_server: Any):
+    edge: Edge, kit: Probe, register: Register, start_tool_server: Any
+):
     changed = asyncio.Event()
 
     async def on_message(message: Any) -> None:
@@ -115,7 +118,8 @@ async def test_handshake_client_hears_list_changed_when_a_tool_registers(
 
 
 async def test_modern_client_hears_list_changed_on_its_listen_stream(
-        edge: Edge, kit: Probe, register: Register, start_tool_server: Any):
+    edge: Edge, kit: Probe, register: Register, start_tool_server: Any
+):
     async with Client(edge.url) as client:
         assert client.protocol_version == "2026-07-28"
         before = {t.name for t in (await client.list_tools()).tools}
@@ -142,7 +146,9 @@ async def test_unknown_tool_is_invalid_params(edge: Edge, mode: str):
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_arguments_that_violate_the_schema_are_invalid_params_with_details(edge: Edge, kit: Probe, mode: str):
+async def test_arguments_that_violate_the_schema_are_invalid_params_with_details(
+    edge: Edge, kit: Probe, mode: str
+):
     async with Client(edge.url, mode=mode) as client:
         with pytest.raises(MCPError) as info:
             await client.call_tool("kit__echo", {"text": 5})

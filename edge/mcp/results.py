@@ -29,6 +29,7 @@ from ._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
 
 # Faults of the call itself (the client sent something we cannot run): -32602.
 _INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted, OutOfRange)
+_OCTETS = "application/octet-stream"
 # Failures of the tool, reported to the model as an isError result.
 _TOOL_FAILURE = (Unavailable, DeadlineExceeded)
 
@@ -37,31 +38,25 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
     """The `CallToolResult` for a tool's response: content blocks, structuredContent, isError."""
     structured = struct_to_dict(resp.structured) if resp.HasField("structured") else None
     content: list[dict[str, Any]] = []
-    texts: set[str] = set()
-    for block in resp.content:
-        kind = block.WhichOneof("block")
-        if kind == "text":
-            texts.add(block.text.text)
+    values: list[tuple[int, Any]] = []  # JSON blocks, with where they stood
     for block in resp.content:
         kind = block.WhichOneof("block")
         if kind == "text":
             content.append({"type": "text", "text": block.text.text})
         elif kind == "image":
-            content.append(
-                {
-                    "type": "image",
-                    "data": base64.b64encode(block.image.data).decode("ascii"),
-                    "mimeType": block.image.mime_type or "application/octet-stream",
-                }
-            )
+            data = base64.b64encode(block.image.data).decode("ascii")
+            content.append({"type": "image", "data": data, "mimeType": block.image.mime_type or _OCTETS})
         elif kind == "json":
-            value = value_to_py(block.json.value)
+            values.append((len(content), value_to_py(block.json.value)))
+    if values:
+        texts = {c["text"] for c in content if c["type"] == "text"}
+        for at, value in reversed(values):
             if structured is None and isinstance(value, dict):
                 structured = value
             text = json.dumps(value, ensure_ascii=False, default=str)
             if text not in texts:  # the toolkit often sends the same JSON as text too
                 texts.add(text)
-                content.append({"type": "text", "text": text})
+                content.insert(at, {"type": "text", "text": text})
     if not content:
         if resp.is_error:
             content.append({"type": "text", "text": resp.error.message or "the tool reported an error"})

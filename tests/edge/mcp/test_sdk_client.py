@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import mcp_types as types
 import pytest
+import websockets
+from aiohttp import web
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from .conftest import Edge, Probe, Register, actions, tool_def
+from edge.mcp import add_routes
+
+from .conftest import Edge, Probe, Register, actions, serve, tool_def
 
 ERAS = ["legacy", "auto"]  # legacy: initialize handshake (2025-11-25); auto: discover -> 2026-07-28
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
@@ -157,3 +162,23 @@ async def test_arguments_that_violate_the_schema_are_invalid_params_with_details
     assert info.value.error.data["reason"] == "INVALID_ARGUMENTS"
     assert info.value.error.data["violations"]
     assert ok.structured_content == {"text": "fine"}
+
+
+async def test_shutdown_ends_listen_streams_gracefully_and_websockets_with_going_away(gateway: Any, cfg: Any):
+    app = web.Application()
+    add_routes(app, gateway, cfg)
+    runner, port = await serve(app)
+    async with Client(f"http://127.0.0.1:{port}/mcp") as client:
+        async with client.listen(tools_list_changed=True) as sub:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/ws/mcp", subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+                await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+                async with asyncio.timeout(10):
+                    assert json.loads(await ws.recv())["result"] == {}
+                cleanup = asyncio.create_task(runner.cleanup())
+                async with asyncio.timeout(10):
+                    events = [event async for event in sub]  # a graceful end: no SubscriptionLost
+                    with pytest.raises(websockets.ConnectionClosed) as info:
+                        await ws.recv()
+                    await cleanup
+    assert events == []
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1001

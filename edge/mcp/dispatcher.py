@@ -23,6 +23,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,7 +174,8 @@ class Dispatcher:
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
-        for task in list(session.inflight.values()):
+        for rid, task in list(session.inflight.items()):
+            session.cancelled.add(rid)  # ends as "cancelled" (HTTP: -32800), not as a crash
             task.cancel()
 
     def close(self) -> None:
@@ -321,6 +323,7 @@ class Dispatcher:
             raise _Cancelled from None
         finally:
             session.inflight.pop(rid, None)
+            session.cancelled.discard(rid)
 
     def _list_tools(self, msg: Message) -> dict[str, Any]:
         cursor = (msg.params or {}).get("cursor")
@@ -352,9 +355,10 @@ class Dispatcher:
             raise ProtocolError(INVALID_PARAMS, "params.arguments must be an object")
         if headers is not None and tool.header_schema is not None:
             _check_param_headers(tool.header_schema, args, headers)
-        req = ex.ExecuteRequest(
-            tool_id=tool.tool_id, action=tool.action, request_id=str(msg.id), session_id=session.id
-        )
+        # JSON-RPC ids repeat across clients: the mesh's idempotency key must not.
+        scope = session.id or os.urandom(6).hex()
+        req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action, session_id=session.id)
+        req.request_id = f"mcp:{scope}:{msg.id}"
         if args:
             try:
                 req.arguments.update(args)

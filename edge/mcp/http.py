@@ -259,14 +259,14 @@ class StreamableHttp:
                         idle = True
                 if sse is None:
                     if task.done() and not queue:
-                        resp = task.result() or _cancelled(msg.id)
+                        resp = _outcome(task, msg.id)
                         return _json(resp, _status(resp, session), sid)
                     sse = web.StreamResponse(headers={**_SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
                     await sse.prepare(request)
                 while queue:
                     await sse.write(_sse_frame(queue.popleft()))
                 if task.done():
-                    await sse.write(_sse_frame(task.result() or _cancelled(msg.id)))
+                    await sse.write(_sse_frame(_outcome(task, msg.id)))
                     await sse.write_eof()
                     return sse
                 if idle:
@@ -349,6 +349,12 @@ class StreamableHttp:
         """Shutting down: end every standalone stream and forget every session."""
         for sid in list(self.sessions):
             self._drop(sid)
+
+
+def _outcome(task: asyncio.Task[dict[str, Any] | None], rid: Any) -> dict[str, Any]:
+    if task.cancelled():
+        return _cancelled(rid)
+    return task.result() or _cancelled(rid)
 
 
 def _status(resp: dict[str, Any], session: Session) -> int:

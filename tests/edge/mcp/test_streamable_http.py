@@ -10,8 +10,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from .conftest import Edge, Probe, Register, actions, tool_def
+from edge.mcp import McpOptions, add_routes
+
+from .conftest import Edge, Probe, Register, actions, serve, tool_def
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 MODERN = "2026-07-28"
@@ -284,3 +287,49 @@ async def test_a_handshake_cancel_notification_ends_the_call_with_request_cancel
         _, answer, _ = await call
     assert status == 202
     assert answer == {"jsonrpc": "2.0", "id": "c1", "error": {"code": -32800, "message": "Request cancelled"}}
+
+
+async def test_deleting_a_session_cancels_its_calls_with_request_cancelled(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    sid = await initialize(http, edge)
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    call = asyncio.create_task(
+        post(
+            http,
+            edge,
+            {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "kit__block"}},
+            headers,
+        )
+    )
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    async with http.delete(edge.url, headers={"Mcp-Session-Id": sid}) as r:
+        assert r.status == 200
+    async with asyncio.timeout(10):
+        await kit.cancelled.wait()
+        status, answer, _ = await call
+    assert status == 200 and answer["error"]["code"] == -32800
+
+
+async def test_a_slow_call_switches_to_sse_with_keepalives_then_answers(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    app = web.Application()
+    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.05, sse_keepalive_s=0.05))
+    runner, port = await serve(app)
+    try:
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "kit__block"}}
+        body["params"]["_meta"] = {"progressToken": "t"}
+        async with http.post(f"http://127.0.0.1:{port}/mcp", data=json.dumps(body), headers=ACCEPT) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async with asyncio.timeout(10):
+                while not (await r.content.readline()).startswith(b": keepalive"):
+                    pass
+                kit.release.set()
+                events = [msg async for _, msg in sse_events(r)]
+    finally:
+        await runner.cleanup()
+    assert events == [
+        {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "released"}]}}
+    ]

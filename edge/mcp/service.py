@@ -71,14 +71,23 @@ class McpService:
         self.policy = OriginPolicy(cfg.edge.host, cfg.edge.allowed_origins)
         self._announced = Catalog()
         self._check_scheduled = False
+        self._first_sync: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
 
     def start(self) -> None:
         self._announced = self.catalog.current()
         self.gateway.listeners.append(self._on_event)
+        if not self.gateway.synced.is_set():  # the first listing notifies no listener: check after it
+            self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
+
+    async def _after_first_sync(self) -> None:
+        await self.gateway.synced.wait()
+        self._check()
 
     def stop(self) -> None:
         """Stop announcing; end listen streams and SSE streams gracefully."""
+        if self._first_sync is not None:
+            self._first_sync.cancel()
         if self._on_event in self.gateway.listeners:
             self.gateway.listeners.remove(self._on_event)
         self.dispatcher.close()

@@ -42,7 +42,7 @@ def add_routes(
         svc.start()
 
     async def on_shutdown(_: web.Application) -> None:
-        svc.stop()
+        await svc.stop()
         http.close()
         await ws.close()
 

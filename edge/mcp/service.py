@@ -8,6 +8,7 @@ gateway's revision moves, and a registry event that changes the *listing*
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -84,10 +85,12 @@ class McpService:
         await self.gateway.synced.wait()
         self._check()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         """Stop announcing; end listen streams and SSE streams gracefully."""
         if self._first_sync is not None:
             self._first_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._first_sync
         if self._on_event in self.gateway.listeners:
             self.gateway.listeners.remove(self._on_event)
         self.dispatcher.close()

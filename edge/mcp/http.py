@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 import time
@@ -46,14 +47,17 @@ from ._protocol import (
     error_response,
     progress_token,
 )
+from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Session
 from .service import McpService
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
 _SSE = "text/event-stream"
-_SSE_HEADERS = {"Content-Type": _SSE, "Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
 _CLOSED = (ConnectionError, asyncio.IncompleteReadError)
+_KEPT_EXCHANGES = 64
+# Resumable request streams need a client that understands priming events (2025-11-25 and later).
+_RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
 
 
 @dataclass(eq=False)
@@ -66,18 +70,26 @@ class HttpSession:
     delivered: int = 0  # the last event written to a standalone stream
     live: asyncio.Queue[tuple[int, bytes] | None] | None = None
     created: float = field(default_factory=time.monotonic)
+    # Requests answered over SSE whose response has not reached the client yet, for resumption.
+    exchanges: dict[int, Exchange] = field(default_factory=dict)
+    exchange_seq: int = 0
+
+    def new_exchange(self, limit: int) -> Exchange:
+        self.exchange_seq += 1
+        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit)
+        while len(self.exchanges) > _KEPT_EXCHANGES:  # the oldest finished ones nobody came back for
+            oldest = next((k for k, e in self.exchanges.items() if e.final), None)
+            if oldest is None:
+                break
+            del self.exchanges[oldest]
+        return ex
 
     def push(self, msg: dict[str, Any]) -> None:
         self.seq += 1
-        frame = _sse_frame(msg, self.seq)
-        self.backlog.append((self.seq, frame))
+        data = frame(msg, self.seq)
+        self.backlog.append((self.seq, data))
         if self.live is not None and self.live.qsize() < 1024:
-            self.live.put_nowait((self.seq, frame))
-
-
-def _sse_frame(msg: dict[str, Any], event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: message\ndata: {encode(msg)}\n\n".encode()
+            self.live.put_nowait((self.seq, data))
 
 
 def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") -> web.Response:
@@ -152,7 +164,7 @@ class StreamableHttp:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
         if msg.method == "subscriptions/listen" or (sse_ok and progress_token(msg.params) is not None):
-            return await self._stream(request, msg, session, sid)
+            return await self._stream(request, msg, session, hs if sid else None)
         resp = await self.d.request(msg, session, None, request.headers)
         if resp is None:
             resp = _cancelled(msg.id)
@@ -229,53 +241,48 @@ class StreamableHttp:
         return hs
 
     async def _stream(
-        self, request: web.Request, msg: Message, session: Session, sid: str
+        self, request: web.Request, msg: Message, session: Session, hs: HttpSession | None
     ) -> web.StreamResponse:
-        """Answer as JSON if the request finishes quietly, else as SSE carrying its notifications."""
-        queue: collections.deque[dict[str, Any]] = collections.deque()
-        wake = asyncio.Event()
-        limit = self.opts.notification_queue
+        """Answer as JSON if the request finishes quietly, else as SSE carrying its notifications.
 
-        def send(note: dict[str, Any]) -> None:
-            if len(queue) < limit:  # progress and list_changed are level signals: dropping one is safe
-                queue.append(note)
-                wake.set()
-
-        task = asyncio.create_task(self.d.request(msg, session, send, request.headers))
-        task.add_done_callback(lambda _: wake.set())
-        sse: web.StreamResponse | None = None
-        loop = asyncio.get_running_loop()
-        defer_until = loop.time() + self.opts.sse_defer_s
+        In a handshake-era session the call belongs to the session: if the client's connection
+        drops, the call goes on and the client resumes the stream with Last-Event-ID.
+        """
+        resumable = (
+            hs is not None
+            and session.era == HANDSHAKE
+            and HANDSHAKE_VERSIONS.index(session.version) >= _RESUMABLE_FROM
+        )
+        ex = hs.new_exchange(self.opts.notification_queue) if hs and resumable else Exchange(0, 1024)
+        rid = msg.id
+        task = asyncio.create_task(self.d.request(msg, session, ex.add, request.headers))
+        task.add_done_callback(lambda t: ex.add(_outcome(t, rid), final=True))
+        sid = hs.state.id if hs else ""
         try:
-            while True:
-                idle = False
-                if not queue and not task.done():
-                    wake.clear()
-                    wait = defer_until - loop.time() if sse is None else self.opts.sse_keepalive_s
-                    try:
-                        async with asyncio.timeout(max(wait, 0)):
-                            await wake.wait()
-                    except TimeoutError:
-                        idle = True
-                if sse is None:
-                    if task.done() and not queue:
-                        resp = _outcome(task, msg.id)
-                        return _json(resp, _status(resp, session), sid)
-                    sse = web.StreamResponse(headers={**_SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
-                    await sse.prepare(request)
-                while queue:
-                    await sse.write(_sse_frame(queue.popleft()))
-                if task.done():
-                    await sse.write(_sse_frame(_outcome(task, msg.id)))
-                    await sse.write_eof()
-                    return sse
-                if idle:
-                    await sse.write(b": keepalive\n\n")
+            changed = ex.changed
+            if not ex.events:  # wait for the first event, at most sse_defer_s
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.opts.sse_defer_s):
+                        await changed.wait()
+            if ex.final and len(ex.events) == 1:  # finished without notifications: plain JSON
+                if hs is not None:
+                    hs.exchanges.pop(ex.number, None)
+                resp = _outcome(task, rid)
+                return _json(resp, _status(resp, session), sid)
+            sse = web.StreamResponse(headers={**SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
+            await sse.prepare(request)
+            if ex.resumable:
+                await sse.write(ex.priming())
+            await ex.follow(sse, 0, self.opts.sse_keepalive_s)
+            if hs is not None:
+                hs.exchanges.pop(ex.number, None)
+            await sse.write_eof()
+            return sse
         except _CLOSED:
             log.debug("MCP client left during %s", msg.method)
-            return sse or web.Response(status=499)
+            return web.Response(status=499)
         finally:
-            if not task.done():  # the client went away (or we are shutting down): cancel the call
+            if not task.done() and not ex.resumable:  # the client went away: cancel the call
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
@@ -297,23 +304,25 @@ class StreamableHttp:
         if hs is None:
             assert error is not None
             return error
+        last = parse_event_id(request.headers.get(H_LAST_EVENT))
+        if last is not None and last[0] > 0:
+            return await self._resume(request, hs, *last)
         if hs.live is not None:  # the client reconnected: the old stream is dead to it
             hs.live.put_nowait(None)
         live: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         hs.live = live
         hs.state.last_used = time.monotonic()
-        resp = web.StreamResponse(headers={**_SSE_HEADERS, H_SESSION: hs.state.id})
+        resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
         try:
             await resp.prepare(request)
             # Resume after Last-Event-ID; a fresh stream gets what no stream has carried yet.
-            last = _event_id(request.headers.get(H_LAST_EVENT))
-            after = hs.delivered if last is None else last
+            after = hs.delivered if last is None else last[1]
             while not live.empty():  # queued meanwhile: in the backlog already
                 if live.get_nowait() is None:
                     return resp
-            for seq, frame in list(hs.backlog):
+            for seq, data in list(hs.backlog):
                 if seq > after:
-                    await resp.write(frame)
+                    await resp.write(data)
                     hs.delivered = max(hs.delivered, seq)
             await resp.write(b": stream open\n\n")
             while True:
@@ -321,7 +330,7 @@ class StreamableHttp:
                     async with asyncio.timeout(self.opts.sse_keepalive_s):
                         item = await live.get()
                 except TimeoutError:
-                    await resp.write(b": keepalive\n\n")
+                    await resp.write(KEEPALIVE)
                     continue
                 if item is None or self.svc.closing.is_set():
                     break
@@ -334,6 +343,23 @@ class StreamableHttp:
             if hs.live is live:
                 hs.live = None
             hs.state.last_used = time.monotonic()
+        return resp
+
+    async def _resume(
+        self, request: web.Request, hs: HttpSession, number: int, after: int
+    ) -> web.StreamResponse:
+        """GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its response."""
+        ex = hs.exchanges.get(number)
+        if ex is None:
+            return _fail(404, f"Stream {number} of this session is finished or unknown")
+        resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
+        try:
+            await resp.prepare(request)
+            await ex.follow(resp, after, self.opts.sse_keepalive_s)
+            hs.exchanges.pop(number, None)
+            await resp.write_eof()
+        except _CLOSED:
+            log.debug("MCP session %s: resumed stream %d closed by the client", hs.state.id[:8], number)
         return resp
 
     def _delete(self, request: web.Request) -> web.Response:
@@ -362,12 +388,3 @@ def _status(resp: dict[str, Any], session: Session) -> int:
     if error is None or session.era == HANDSHAKE:
         return 200
     return HTTP_STATUS.get(error.get("code", 0), 200)
-
-
-def _event_id(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None

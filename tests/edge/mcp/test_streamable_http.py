@@ -18,6 +18,12 @@ from .conftest import Edge, Probe, Register, actions, serve, tool_def
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 MODERN = "2026-07-28"
+INIT_2025_11_25 = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}},
+}
 MODERN_META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {},
@@ -46,7 +52,7 @@ async def post(
         return r.status, (json.loads(text) if text else None), r
 
 
-async def initialize(http: aiohttp.ClientSession, edge: Edge) -> str:
+async def initialize(http: aiohttp.ClientSession, edge: Edge, version: str = "2025-06-18") -> str:
     status, body, r = await post(
         http,
         edge,
@@ -55,13 +61,13 @@ async def initialize(http: aiohttp.ClientSession, edge: Edge) -> str:
             "id": 1,
             "method": "initialize",
             "params": {
-                "protocolVersion": "2025-06-18",
+                "protocolVersion": version,
                 "capabilities": {},
                 "clientInfo": {"name": "raw", "version": "1"},
             },
         },
     )
-    assert status == 200 and body["result"]["protocolVersion"] == "2025-06-18"
+    assert status == 200 and body["result"]["protocolVersion"] == version
     return r.headers["Mcp-Session-Id"]
 
 
@@ -333,3 +339,39 @@ async def test_a_slow_call_switches_to_sse_with_keepalives_then_answers(
     assert events == [
         {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "released"}]}}
     ]
+
+
+async def test_a_dropped_request_stream_resumes_with_last_event_id_and_the_call_goes_on(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    app = web.Application()
+    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.01))
+    runner, port = await serve(app)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with http.post(url, data=json.dumps(INIT_2025_11_25), headers=ACCEPT) as r:
+            sid = r.headers["Mcp-Session-Id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "kit__block"}}
+        body["params"]["_meta"] = {"progressToken": 4}
+        dropped = await http.post(url, data=json.dumps(body), headers=headers)
+        async with asyncio.timeout(10):
+            assert dropped.headers["Content-Type"].startswith("text/event-stream")
+            priming = await dropped.content.readline()
+            await kit.started.wait()
+        dropped.close()  # the connection drops mid-call
+        kit.release.set()
+        resume = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, "Last-Event-ID": "1-0"}
+        async with http.get(url, headers=resume) as again:
+            async with asyncio.timeout(10):
+                events = [event async for event in sse_events(again)]
+        async with http.get(url, headers=resume) as twice:
+            gone = twice.status
+    finally:
+        await runner.cleanup()
+    assert priming == b"id: 1-0\n"
+    assert events == [
+        ("1-1", {"jsonrpc": "2.0", "id": 4, "result": {"content": [{"type": "text", "text": "released"}]}})
+    ]
+    assert not kit.cancelled.is_set()
+    assert gone == 404  # delivered: nothing is kept

@@ -34,6 +34,7 @@ class Exchange:
     def __init__(self, number: int, limit: int) -> None:
         self.number = number  # 0: not resumable (no ids, nothing kept beyond delivery)
         self.events: list[bytes] = []
+        self.offset = 0  # events already delivered and dropped (non-resumable streams only)
         self.final = False
         self.changed = asyncio.Event()
         self._limit = limit
@@ -44,8 +45,8 @@ class Exchange:
 
     def add(self, msg: dict[str, Any], *, final: bool = False) -> None:
         if self.final or (len(self.events) >= self._limit and not final):
-            return  # progress is a level signal: dropping one past the limit loses nothing
-        n = len(self.events) + 1
+            return  # progress and list_changed are level signals: dropping one past the limit loses nothing
+        n = self.offset + len(self.events) + 1
         self.events.append(frame(msg, f"{self.number}-{n}" if self.resumable else None))
         self.final = final
         changed, self.changed = self.changed, asyncio.Event()
@@ -59,9 +60,12 @@ class Exchange:
         """Write events after `after`, then each new one, until the response has been written."""
         sent = after
         while True:
-            while sent < len(self.events):
-                await resp.write(self.events[sent])
+            while sent < self.offset + len(self.events):
+                await resp.write(self.events[sent - self.offset])
                 sent += 1
+            if not self.resumable:  # nobody can come back for them: let them go
+                del self.events[: sent - self.offset]
+                self.offset = sent
             if self.final:
                 return
             changed = self.changed

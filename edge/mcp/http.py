@@ -264,7 +264,7 @@ class StreamableHttp:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.opts.sse_defer_s):
                         await changed.wait()
-            if ex.final and len(ex.events) == 1:  # finished without notifications: plain JSON
+            if ex.final and ex.offset + len(ex.events) == 1:  # finished without notifications: plain JSON
                 if hs is not None:
                     hs.exchanges.pop(ex.number, None)
                 resp = _outcome(task, rid)

@@ -20,8 +20,6 @@ Two protocol eras are served side by side, as the official SDK speaks them:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import time
@@ -33,15 +31,11 @@ from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import MeshError
 
-from . import results
+from . import envelope, results
 from ._protocol import (
-    CLIENT_CAPABILITIES_KEY,
     CLIENT_INFO_KEY,
-    H_METHOD,
-    H_NAME,
     H_VERSION,
     HANDSHAKE_VERSIONS,
-    HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -231,30 +225,7 @@ class Dispatcher:
         )
 
     def _admit_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> None:
-        """The 2026-07-28 request ladder: envelope, then headers, then the version."""
-        meta = msg.params.get("_meta") if msg.params else None
-        if not isinstance(meta, dict):
-            raise ProtocolError(
-                INVALID_PARAMS,
-                f"params._meta must be an object carrying the required "
-                f"{PROTOCOL_VERSION_KEY!r} and {CLIENT_CAPABILITIES_KEY!r} envelope keys",
-            )
-        missing = [k for k in (PROTOCOL_VERSION_KEY, CLIENT_CAPABILITIES_KEY) if k not in meta]
-        if missing:
-            raise ProtocolError(
-                INVALID_PARAMS, f"params._meta is missing the required envelope key(s): {', '.join(missing)}"
-            )
-        version = meta[PROTOCOL_VERSION_KEY]
-        if headers is not None:
-            _check_headers(msg, version, headers)
-        if not isinstance(version, str):
-            raise ProtocolError(INVALID_PARAMS, "the protocol-version envelope value must be a string")
-        if version not in MODERN_VERSIONS:
-            raise ProtocolError(
-                UNSUPPORTED_PROTOCOL_VERSION,
-                "Unsupported protocol version",
-                {"supported": list(MODERN_VERSIONS), "requested": version},
-            )
+        version, meta = envelope.admit(msg, headers)
         if session.era == HANDSHAKE:
             raise ProtocolError(
                 INVALID_REQUEST,
@@ -354,7 +325,7 @@ class Dispatcher:
         elif not isinstance(args, dict):
             raise ProtocolError(INVALID_PARAMS, "params.arguments must be an object")
         if headers is not None and tool.header_schema is not None:
-            _check_param_headers(tool.header_schema, args, headers)
+            envelope.check_param_headers(tool.header_schema, args, headers)
         # JSON-RPC ids repeat across clients: the mesh's idempotency key must not.
         scope = session.id or os.urandom(6).hex()
         req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action, session_id=session.id)
@@ -406,36 +377,3 @@ def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], No
         send(notification("notifications/progress", params))
 
     return on_progress
-
-
-def _decode_header(value: str | None) -> str | None:
-    """Undo the SDK's `=?base64?...?=` wrapping of header values that are not plain ASCII."""
-    if value is None or not (value.startswith("=?base64?") and value.endswith("?=")):
-        return value
-    try:
-        return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-
-
-def _check_headers(msg: Message, version: Any, headers: Mapping[str, str]) -> None:
-    if headers.get(H_VERSION) != version or version is None:
-        raise ProtocolError(
-            HEADER_MISMATCH,
-            "MCP-Protocol-Version header does not match the request envelope's protocol version",
-        )
-    if headers.get(H_METHOD) != msg.method:
-        raise ProtocolError(HEADER_MISMATCH, "Mcp-Method header does not match the request body's method")
-    if msg.method == "tools/call":
-        name = (msg.params or {}).get("name")
-        if name is not None and _decode_header(headers.get(H_NAME)) != name:
-            raise ProtocolError(HEADER_MISMATCH, "Mcp-Name header does not match the request body's 'name'")
-
-
-def _check_param_headers(schema: dict[str, Any], args: dict[str, Any], headers: Mapping[str, str]) -> None:
-    """`Mcp-Param-*` headers must mirror the arguments a tool's schema marks with `x-mcp-header` (rare)."""
-    from mcp.shared.inbound import validate_mcp_param_headers
-
-    rejection = validate_mcp_param_headers(schema, args, headers)
-    if rejection is not None:
-        raise ProtocolError(rejection.code, rejection.message, rejection.data)

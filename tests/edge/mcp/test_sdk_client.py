@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import aiohttp
 import mcp_types as types
 import pytest
 import websockets
@@ -14,6 +15,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from edge.mcp import add_routes
+from services.toolkit import Action
 
 from .conftest import Edge, Probe, Register, actions, serve, tool_def
 
@@ -182,3 +184,40 @@ async def test_shutdown_ends_listen_streams_gracefully_and_websockets_with_going
                     await cleanup
     assert events == []
     assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+
+
+async def test_arguments_mirrored_in_mcp_param_headers_are_checked(
+    edge: Edge, register: Register, start_tool_server: Any
+):
+    async def where(args: dict[str, Any], ctx: Any) -> str:
+        return f"region {args['region']}"
+
+    schema = {"type": "object", "properties": {"region": {"type": "string", "x-mcp-header": "Region"}}}
+    acts = [Action("where", "Say the region", where, schema)]
+    _, endpoint = await start_tool_server({"geo": acts}, name="geo")
+    await register(tool_def("geo", endpoint, acts))
+    async with Client(edge.url) as client:  # 2026-07-28: the SDK mirrors `region` into Mcp-Param-Region
+        await client.list_tools()
+        ok = await client.call_tool("geo__where", {"region": "eu-west"})
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "geo__where", "arguments": {"region": "eu-west"}, "_meta": meta},
+    }
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "geo__where",
+        "Mcp-Param-Region": "us-east",
+    }
+    async with aiohttp.ClientSession() as http, http.post(edge.url, json=body, headers=headers) as r:
+        status, lying = r.status, await r.json()
+    assert ok.content[0].text == "region eu-west"  # type: ignore[union-attr]
+    assert status == 400 and lying["error"]["code"] == types.HEADER_MISMATCH

@@ -163,7 +163,8 @@ class StreamableHttp:
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
-        if msg.method == "subscriptions/listen" or (sse_ok and progress_token(msg.params) is not None):
+        streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
+        if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
         resp = await self.d.request(msg, session, None, request.headers)
         if resp is None:

@@ -21,6 +21,7 @@ from edge import events, rest, toolscore_ws
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway, default_hub_target
 from edge.metrics import EdgeMetrics
+from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
 from services.common.config import Config
@@ -28,6 +29,9 @@ from services.common.errors import MeshError
 
 log = logging.getLogger(__name__)
 
+# Paths whose handlers apply their own Origin/Host policy (the MCP transports).
+_OWN_GUARDS = ("/mcp", "/ws/mcp")
+ORIGIN = web.AppKey("origin", OriginGuard)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +77,8 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     try:
+        if not request.path.startswith(_OWN_GUARDS):
+            request.app[ORIGIN].check(request.headers)
         resp = await handler(request)
     except web.HTTPException as exc:
         resp = _http_error(exc)
@@ -118,6 +124,7 @@ def build_app(cfg: Config) -> web.Application:
     app[GATEWAY] = gateway
     app[METRICS] = metrics
     app[AUTH] = AdminAuth(cfg.auth.admin_token)
+    app[ORIGIN] = OriginGuard(cfg.edge.allowed_origins, cfg.edge.host)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()
     app[EVENTS] = events.EventHub(gateway, metrics, cfg.edge.subscriber_queue)

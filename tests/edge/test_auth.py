@@ -112,3 +112,26 @@ def test_the_edge_process_refuses_a_public_host_without_a_token_and_says_why(roo
     assert proc.returncode != 0
     assert b"beyond loopback without an admin token" in proc.stderr
     assert TOKEN.encode() not in proc.stderr
+
+
+async def test_browsers_from_foreign_origins_are_refused_and_loopback_pages_allowed(edge: EdgeHandle,
+                                                                                   echo_server: str):
+    spec = {"tool_spec": echo_spec("echo", echo_server)}
+    status, body = await edge.post("/admin/tools/register", spec, headers={"Origin": "https://evil.example"})
+    assert status == 403 and body["reason"] == "FORBIDDEN_ORIGIN" and "echo" not in edge.gateway.entries
+    status, _ = await edge.get("/tools", headers={"Host": "rebound.evil.example:8082"})
+    assert status == 403
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(edge.ws_url("/websocket"), origin="https://evil.example", open_timeout=5):
+            pass
+    assert refused.value.response.status_code == 403
+    status, _ = await edge.get("/tools", headers={"Origin": "http://localhost:3000"})
+    assert status == 200
+
+
+async def test_configured_origins_are_allowed(cfg, hub, start_edge):
+    edge = await start_edge(edge_config(cfg, hub, allowed_origins=("https://dash.example",)))
+    status, _ = await edge.get("/tools", headers={"Origin": "https://dash.example"})
+    assert status == 200
+    status, _ = await edge.get("/tools", headers={"Origin": "https://other.example"})
+    assert status == 403

@@ -36,16 +36,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def gateway_options(cfg: Config) -> GatewayOptions:
-    hub_target = cfg.edge.hub or default_hub_target(str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "",
-                                                    cfg.hub.tcp, cfg.mesh.mode)
+    hub_target = cfg.edge.hub or default_hub_target(
+        str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "", cfg.hub.tcp, cfg.mesh.mode
+    )
     if cfg.edge.data_path not in ("direct", "hub"):
-        raise MeshError(f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}",
-                        reason="INVALID_CONFIG")
+        raise MeshError(
+            f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}", reason="INVALID_CONFIG"
+        )
     return GatewayOptions(
-        hub_target=hub_target, direct=cfg.edge.data_path == "direct",
-        default_timeout_s=cfg.hub.default_timeout_s, max_timeout_s=cfg.hub.max_timeout_s,
-        max_argument_bytes=cfg.hub.max_argument_bytes, max_message_bytes=cfg.hub.max_message_bytes,
-        usage_flush_s=cfg.edge.usage_flush_s, event_buffer=cfg.edge.event_buffer,
+        hub_target=hub_target,
+        direct=cfg.edge.data_path == "direct",
+        default_timeout_s=cfg.hub.default_timeout_s,
+        max_timeout_s=cfg.hub.max_timeout_s,
+        max_argument_bytes=cfg.hub.max_argument_bytes,
+        max_message_bytes=cfg.hub.max_message_bytes,
+        usage_flush_s=cfg.edge.usage_flush_s,
+        event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
     )
 
@@ -64,8 +70,14 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
     if exc.status == 404:
         message = "no such route"
-    body = {"status": "error", "success": False, "error": message, "code": reason, "reason": reason,
-            "message": message}
+    body = {
+        "status": "error",
+        "success": False,
+        "error": message,
+        "code": reason,
+        "reason": reason,
+        "message": message,
+    }
     resp = web.json_response(body, status=exc.status)
     for name in ("Allow",):
         if name in exc.headers:
@@ -90,8 +102,9 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     ws = isinstance(resp, web.WebSocketResponse)
-    request.app[METRICS].observe_http(request.method, route, resp.status,
-                                      None if ws else time.perf_counter() - start)
+    request.app[METRICS].observe_http(
+        request.method, route, resp.status, None if ws else time.perf_counter() - start
+    )
     return resp
 
 
@@ -110,9 +123,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    sockets = list(app[WEBSOCKETS])
-    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"edge shutting down")
-                           for ws in sockets), return_exceptions=True)
+    open_sockets = app[WEBSOCKETS]
+    sockets = list(open_sockets)
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"edge shutting down") for ws in sockets),
+        return_exceptions=True,
+    )
 
 
 def build_app(cfg: Config) -> web.Application:

@@ -54,9 +54,17 @@ class Env:
     def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
         full = {k: v for k, v in os.environ.items() if not k.startswith("TOOLSCORE_")}
         full.update(env or {})
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        self.procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=full, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
+        log = open(self.tmp / f"{name}.log", "wb")
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, *args],
+                cwd=REPO,
+                env=full,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         log.close()
 
     async def close(self) -> None:
@@ -73,19 +81,19 @@ class Env:
                     p.wait()
 
 
-async def _wait_grpc(target: str, timeout: float = 20.0) -> None:
+async def _wait_grpc(target: str, timeout_s: float = 20.0) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     async with grpc.aio.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=timeout)
+        await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=timeout_s)
 
 
-async def _wait_http(url: str, timeout: float = 20.0) -> None:
+async def _wait_http(url: str, timeout_s: float = 20.0) -> None:
     import aiohttp
 
-    async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+    async with asyncio.timeout(timeout_s), aiohttp.ClientSession() as http:
         while True:
             with contextlib.suppress(aiohttp.ClientConnectionError):
                 async with http.get(url) as r:
@@ -113,7 +121,6 @@ def serve_aiohttp(port: int) -> None:
 def serve_grpc(target: str) -> None:
     import grpc
     import uvloop
-
     from toolscore.v1 import executor_pb2 as ex
     from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
@@ -138,10 +145,10 @@ def serve_grpc(target: str) -> None:
 
 def serve_tools(target: str) -> None:
     import uvloop
+    from toolscore.v1 import executor_pb2_grpc
 
     from services.common.grpc_server import MeshServer, ServiceBinding
     from services.toolkit import Action, ToolServer
-    from toolscore.v1 import executor_pb2_grpc
 
     async def echo(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
         return {"text": args["text"]}
@@ -150,9 +157,16 @@ def serve_tools(target: str) -> None:
         server = ToolServer({"bench-echo": [Action("echo", "Return the text.", echo, ECHO_SCHEMA)]})
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        async with MeshServer([ServiceBinding("toolscore.v1.ToolExecutorService", server,
-                                              executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
-                              [target]):
+        async with MeshServer(
+            [
+                ServiceBinding(
+                    "toolscore.v1.ToolExecutorService",
+                    server,
+                    executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server,
+                )
+            ],
+            [target],
+        ):
             await stop.wait()
 
     uvloop.run(main())
@@ -181,10 +195,10 @@ async def setup_a(env: Env) -> Call:
 
 async def setup_g(env: Env) -> Call:
     import grpc
-
-    from services.common.jsonvalue import dict_to_struct
     from toolscore.v1 import executor_pb2 as ex
     from toolscore.v1 import executor_pb2_grpc as ex_grpc
+
+    from services.common.jsonvalue import dict_to_struct
 
     target = f"unix://{env.tmp}/g.sock"
     env.spawn("g-server", ["-m", "edge.bench_probe", "serve-grpc", target])
@@ -209,16 +223,20 @@ class Mesh:
 async def start_mesh(env: Env) -> Mesh:
     """Hub, echo tool server (registered) and edge, each its own process, as shipped (uvloop)."""
     import grpc
-
-    from services.common.jsonvalue import dict_to_struct
     from toolscore.v1 import tool_library_pb2 as lib
     from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
     from toolscore.v1 import tool_pb2
 
+    from services.common.jsonvalue import dict_to_struct
+
     root = env.tmp / "mesh"
     port = free_port()
-    common = {"TOOLSCORE_PATHS__ROOT": str(root), "TOOLSCORE_HUB__TCP": f"127.0.0.1:{free_port()}",
-              "TOOLSCORE_LOG__LEVEL": "WARNING", "TOOLSCORE_EDGE__PORT": str(port)}
+    common = {
+        "TOOLSCORE_PATHS__ROOT": str(root),
+        "TOOLSCORE_HUB__TCP": f"127.0.0.1:{free_port()}",
+        "TOOLSCORE_LOG__LEVEL": "WARNING",
+        "TOOLSCORE_EDGE__PORT": str(port),
+    }
     env.spawn("hub", ["-m", "services.hub"], common)
     hub = f"unix://{root}/run/toolscore.sock"
     await _wait_grpc(hub)
@@ -226,11 +244,26 @@ async def start_mesh(env: Env) -> Mesh:
     env.spawn("tool-server", ["-m", "edge.bench_probe", "serve-tools", tools])
     await _wait_grpc(tools)
     async with grpc.aio.insecure_channel(hub) as ch:
-        await lib_grpc.ToolLibraryServiceStub(ch).RegisterTool(lib.RegisterToolRequest(tool=tool_pb2.Tool(
-            tool_id="bench-echo", name="bench-echo", kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint=tools,
-            enabled=True, owner="bench", capabilities=[tool_pb2.Capability(
-                name="echo", description="Return the text.", input_schema=dict_to_struct(ECHO_SCHEMA))])),
-            timeout=10)
+        await lib_grpc.ToolLibraryServiceStub(ch).RegisterTool(
+            lib.RegisterToolRequest(
+                tool=tool_pb2.Tool(
+                    tool_id="bench-echo",
+                    name="bench-echo",
+                    kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+                    endpoint=tools,
+                    enabled=True,
+                    owner="bench",
+                    capabilities=[
+                        tool_pb2.Capability(
+                            name="echo",
+                            description="Return the text.",
+                            input_schema=dict_to_struct(ECHO_SCHEMA),
+                        )
+                    ],
+                )
+            ),
+            timeout=10,
+        )
     env.spawn("edge", ["-m", "edge"], common)
     url = f"http://127.0.0.1:{port}"
     await _wait_http(url + "/health")
@@ -258,21 +291,30 @@ async def fan_out(env: Env, mesh: Mesh, subscribers: int = 500, changes: int = 2
     """Latency from a RegisterTool call to each of `subscribers` WebSocket clients receiving its event."""
     import grpc
     import websockets
-
     from toolscore.v1 import tool_library_pb2 as lib
     from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
     from toolscore.v1 import tool_pb2
 
-    ws_url = mesh.edge_url.replace("http", "ws", 1) + "/api/v1/events/tools?events=tool_updated,tool_installed"
-    clients = [await websockets.connect(ws_url, open_timeout=20, compression=None) for _ in range(subscribers)]
+    ws_url = (
+        mesh.edge_url.replace("http", "ws", 1) + "/api/v1/events/tools?events=tool_updated,tool_installed"
+    )
+    clients = [
+        await websockets.connect(ws_url, open_timeout=20, compression=None) for _ in range(subscribers)
+    ]
     env.closers.append(lambda: asyncio.gather(*(c.close() for c in clients), return_exceptions=True))
     await asyncio.gather(*(c.recv() for c in clients))  # welcome
     latencies: list[float] = []
     async with grpc.aio.insecure_channel(mesh.hub_uds) as ch:
         stub = lib_grpc.ToolLibraryServiceStub(ch)
-        tool = tool_pb2.Tool(tool_id="bench-fanout", name="fan-out", kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
-                             endpoint="unix:///tmp/bench-fanout-nowhere.sock", enabled=True, owner="bench",
-                             capabilities=[tool_pb2.Capability(name="noop")])
+        tool = tool_pb2.Tool(
+            tool_id="bench-fanout",
+            name="fan-out",
+            kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+            endpoint="unix:///tmp/bench-fanout-nowhere.sock",
+            enabled=True,
+            owner="bench",
+            capabilities=[tool_pb2.Capability(name="noop")],
+        )
         for i in range(changes + 2):
             tool.version = str(i)
             arrivals: list[float] = []
@@ -292,8 +334,13 @@ async def fan_out(env: Env, mesh: Mesh, subscribers: int = 500, changes: int = 2
             if i >= 2:  # the first changes warm everything up
                 latencies.extend((t - t0) * 1000 for t in arrivals)
     latencies.sort()
-    return {"subscribers": subscribers, "changes": changes, "p50_ms": _pct(latencies, 0.5),
-            "p99_ms": _pct(latencies, 0.99), "max_ms": latencies[-1]}
+    return {
+        "subscribers": subscribers,
+        "changes": changes,
+        "p50_ms": _pct(latencies, 0.5),
+        "p99_ms": _pct(latencies, 0.99),
+        "max_ms": latencies[-1],
+    }
 
 
 def _pct(sorted_values: list[float], q: float) -> float:
@@ -352,10 +399,16 @@ async def run_all(calls: int, rounds: int, subscribers: int) -> dict[str, Any]:
         table = {name: {c: _median(runs) for c, runs in by_c.items()} for name, by_c in cells.items()}
         fan = await fan_out(env, mesh, subscribers)
     a, g, rest = table["A"][1]["p50_ms"], table["G"][1]["p50_ms"], table["rest"][1]["p50_ms"]
-    return {"cells": table, "fan_out": fan, "targets": {
-        "rest p50 / (A+G) <= 1.3": rest / (a + g),
-        "rest throughput@32 / G throughput@32 >= 0.55": table["rest"][32]["throughput"] / table["G"][32]["throughput"],
-        "fan-out p99 ms < 50": fan["p99_ms"]}}
+    return {
+        "cells": table,
+        "fan_out": fan,
+        "targets": {
+            "rest p50 / (A+G) <= 1.3": rest / (a + g),
+            "rest throughput@32 / G throughput@32 >= 0.55": table["rest"][32]["throughput"]
+            / table["G"][32]["throughput"],
+            "fan-out p99 ms < 50": fan["p99_ms"],
+        },
+    }
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -366,19 +419,27 @@ def _print(result: dict[str, Any]) -> None:
     print(f"{'scenario':<8} {'c':>3} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9}")
     for name, by_c in result["cells"].items():
         for c, cell in by_c.items():
-            print(f"{name:<8} {c:>3} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['throughput']:>9.0f}")
+            print(
+                f"{name:<8} {c:>3} {cell['p50_ms']:>8.3f} {cell['p99_ms']:>8.3f} {cell['throughput']:>9.0f}"
+            )
     f = result["fan_out"]
-    print(f"fan-out to {f['subscribers']} subscribers ({f['changes']} changes): p50 {f['p50_ms']:.1f} ms, "
-          f"p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms")
+    print(
+        f"fan-out to {f['subscribers']} subscribers ({f['changes']} changes): p50 {f['p50_ms']:.1f} ms, "
+        f"p99 {f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms"
+    )
     for k, v in result["targets"].items():
         print(f"{k}: {v:.3f}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m edge.bench_probe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "serve-aiohttp", "serve-grpc", "serve-tools"])
+    parser = argparse.ArgumentParser(
+        prog="python -m edge.bench_probe",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "command", nargs="?", default="run", choices=["run", "serve-aiohttp", "serve-grpc", "serve-tools"]
+    )
     parser.add_argument("address", nargs="?")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)

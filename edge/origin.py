@@ -43,12 +43,19 @@ class OriginGuard:
     def check(self, headers: Mapping[str, str]) -> None:
         """Raise Forbidden (403) for a foreign Origin, or a non-loopback Host while on loopback."""
         origin = headers.get("Origin")
-        if origin is not None and not self._any and origin.rstrip("/").lower() not in self._origins \
-                and _hostname(origin) not in LOOPBACK_NAMES:
-            raise Forbidden(f"requests from origin {origin!r} are not allowed (edge.allowed_origins)",
-                            metadata={"origin": origin[:200]})
+        if (
+            origin is not None
+            and not self._any
+            and origin.rstrip("/").lower() not in self._origins
+            and _hostname(origin) not in LOOPBACK_NAMES
+        ):
+            raise Forbidden(
+                f"requests from origin {origin!r} are not allowed (edge.allowed_origins)",
+                metadata={"origin": origin[:200]},
+            )
         if self._check_host and not self._any:
             host = _hostname(headers.get("Host", ""))
             if host and host not in self._hosts:
-                raise Forbidden(f"host {host!r} is not this edge (possible DNS rebinding)",
-                                reason="FORBIDDEN_HOST")
+                raise Forbidden(
+                    f"host {host!r} is not this edge (possible DNS rebinding)", reason="FORBIDDEN_HOST"
+                )

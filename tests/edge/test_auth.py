@@ -37,16 +37,19 @@ async def secured(token_cfg: Config, token_hub: Hub, start_edge) -> EdgeHandle:
     return await start_edge(edge_config(token_cfg, token_hub))
 
 
-async def test_admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing(secured: EdgeHandle,
-                                                                              token_hub: Hub, echo_server: str):
+async def test_admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing(
+    secured: EdgeHandle, token_hub: Hub, echo_server: str
+):
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
-        status, body = await secured.post("/admin/tools/register", {"tool_spec": echo_spec("echo", echo_server)},
-                                          headers=headers)
+        status, body = await secured.post(
+            "/admin/tools/register", {"tool_spec": echo_spec("echo", echo_server)}, headers=headers
+        )
         assert status == 401 and body["reason"] == "ADMIN_TOKEN_REQUIRED" and body["success"] is False
         status, _ = await secured.post("/api/v1/tools", {**echo_spec("echo", echo_server)}, headers=headers)
         assert status == 401
-        status, _ = await secured.post("/admin/mcp/register", {"server_spec": echo_spec("echo", echo_server)},
-                                       headers=headers)
+        status, _ = await secured.post(
+            "/admin/mcp/register", {"server_spec": echo_spec("echo", echo_server)}, headers=headers
+        )
         assert status == 401
         status, _ = await secured.delete("/admin/tools/builtin", headers=headers)
         assert status == 401
@@ -55,22 +58,26 @@ async def test_admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing(s
     assert token_hub.registry.entry("echo") is None and token_hub.registry.entry("builtin") is not None
 
 
-async def test_the_right_token_registers_and_reads_and_executes_stay_open(secured: EdgeHandle, token_hub: Hub,
-                                                                         echo_server: str):
-    status, body = await secured.post("/admin/tools/register", {"tool_spec": echo_spec("echo", echo_server)},
-                                      headers=AUTH)
+async def test_the_right_token_registers_and_reads_and_executes_stay_open(
+    secured: EdgeHandle, token_hub: Hub, echo_server: str
+):
+    status, body = await secured.post(
+        "/admin/tools/register", {"tool_spec": echo_spec("echo", echo_server)}, headers=AUTH
+    )
     assert status == 200 and body["success"] is True and token_hub.registry.entry("echo") is not None
     status, _ = await secured.get("/tools")
     assert status == 200
-    status, body = await secured.post("/api/v1/tools/execute",
-                                      {"tool_id": "echo", "action": "echo", "parameters": {"text": "open"}})
+    status, body = await secured.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "open"}}
+    )
     assert status == 200 and body["result"] == {"text": "open"}
     status, _ = await secured.delete("/api/v1/tools/echo", headers=AUTH)
     assert status == 200
 
 
-async def test_websocket_registration_needs_the_token_in_the_connect_header(secured: EdgeHandle,
-                                                                           token_hub: Hub):
+async def test_websocket_registration_needs_the_token_in_the_connect_header(
+    secured: EdgeHandle, token_hub: Hub
+):
     spec = {"tool_id": "ws-t", "tool_type": "mcp_server", "capabilities": [{"name": "a"}]}
     async with websockets.connect(secured.ws_url("/websocket"), open_timeout=5) as ws:
         await ws.send(json.dumps({"type": "register_tool", "request_id": "1", "tool_spec": spec}))
@@ -81,7 +88,9 @@ async def test_websocket_registration_needs_the_token_in_the_connect_header(secu
         async with asyncio.timeout(5):
             assert json.loads(await ws.recv())["success"] is True  # reads stay open
     assert token_hub.registry.entry("ws-t") is None
-    async with websockets.connect(secured.ws_url("/websocket"), additional_headers=AUTH, open_timeout=5) as ws:
+    async with websockets.connect(
+        secured.ws_url("/websocket"), additional_headers=AUTH, open_timeout=5
+    ) as ws:
         await ws.send(json.dumps({"type": "register_tool", "request_id": "1", "tool_spec": spec}))
         async with asyncio.timeout(5):
             reply = json.loads(await ws.recv())
@@ -106,23 +115,30 @@ def test_binding_beyond_loopback_without_a_token_is_refused():
 
 
 def test_the_edge_process_refuses_a_public_host_without_a_token_and_says_why(root):
-    env = {"PATH": "/usr/bin:/bin", "TOOLSCORE_PATHS__ROOT": str(root), "TOOLSCORE_EDGE__HOST": "0.0.0.0",
-           "TOOLSCORE_AUTH__ADMIN_TOKEN": ""}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "TOOLSCORE_PATHS__ROOT": str(root),
+        "TOOLSCORE_EDGE__HOST": "0.0.0.0",
+        "TOOLSCORE_AUTH__ADMIN_TOKEN": "",
+    }
     proc = subprocess.run([sys.executable, "-m", "edge"], cwd=REPO, env=env, capture_output=True, timeout=30)
     assert proc.returncode != 0
     assert b"beyond loopback without an admin token" in proc.stderr
     assert TOKEN.encode() not in proc.stderr
 
 
-async def test_browsers_from_foreign_origins_are_refused_and_loopback_pages_allowed(edge: EdgeHandle,
-                                                                                   echo_server: str):
+async def test_browsers_from_foreign_origins_are_refused_and_loopback_pages_allowed(
+    edge: EdgeHandle, echo_server: str
+):
     spec = {"tool_spec": echo_spec("echo", echo_server)}
     status, body = await edge.post("/admin/tools/register", spec, headers={"Origin": "https://evil.example"})
     assert status == 403 and body["reason"] == "FORBIDDEN_ORIGIN" and "echo" not in edge.gateway.entries
     status, _ = await edge.get("/tools", headers={"Host": "rebound.evil.example:8082"})
     assert status == 403
     with pytest.raises(websockets.InvalidStatus) as refused:
-        async with websockets.connect(edge.ws_url("/websocket"), origin="https://evil.example", open_timeout=5):
+        async with websockets.connect(
+            edge.ws_url("/websocket"), origin="https://evil.example", open_timeout=5
+        ):
             pass
     assert refused.value.response.status_code == 403
     status, _ = await edge.get("/tools", headers={"Origin": "http://localhost:3000"})

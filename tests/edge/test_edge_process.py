@@ -10,9 +10,9 @@ import aiohttp
 from tests.conftest import free_port, stop_process
 
 
-async def wait_http(url: str, timeout: float = 30.0) -> None:
+async def wait_http(url: str, within_s: float = 30.0) -> None:
     """Wait until something accepts HTTP at `url` (connection refused means: not yet)."""
-    async with asyncio.timeout(timeout), aiohttp.ClientSession() as http:
+    async with asyncio.timeout(within_s), aiohttp.ClientSession() as http:
         delay = 0.02
         while True:
             try:
@@ -31,9 +31,14 @@ async def test_make_run_starts_the_edge_and_rest_reaches_the_python_executor(mes
     base = f"http://127.0.0.1:{port}"
     await wait_http(base + "/health")
     async with aiohttp.ClientSession() as http, asyncio.timeout(30):
-        async with http.post(base + "/api/v1/tools/execute", json={
-                "tool_id": "python-executor-mcp-server", "action": "python_execute",
-                "parameters": {"code": "print(6 * 7)"}}) as r:
+        async with http.post(
+            base + "/api/v1/tools/execute",
+            json={
+                "tool_id": "python-executor-mcp-server",
+                "action": "python_execute",
+                "parameters": {"code": "print(6 * 7)"},
+            },
+        ) as r:
             body = await r.json()
         assert r.status == 200 and body["success"] is True, body
         assert body["result"]["stdout"] == "42\n" and body["result"]["return_code"] == 0

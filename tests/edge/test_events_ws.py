@@ -16,15 +16,15 @@ from tests.edge.conftest import EdgeHandle, edge_config, grpc_tool
 PATH = "/api/v1/events/tools"
 
 
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def recv(ws: ClientConnection, within_s: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
         return json.loads(await ws.recv())
 
 
-async def recv_type(ws: ClientConnection, kind: str, timeout: float = 5.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def recv_type(ws: ClientConnection, kind: str, within_s: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
         while True:
-            msg = await recv(ws, timeout)
+            msg = await recv(ws, within_s)
             if msg["type"] == kind:
                 return msg
 
@@ -33,15 +33,22 @@ def connect(edge: EdgeHandle, query: str = "", **kw: Any) -> Any:
     return websockets.connect(edge.ws_url(PATH + query), open_timeout=5, close_timeout=2, **kw)
 
 
-async def test_welcome_lists_tools_with_the_original_fields_and_the_revision(edge: EdgeHandle,
-                                                                            registered_echo: str):
+async def test_welcome_lists_tools_with_the_original_fields_and_the_revision(
+    edge: EdgeHandle, registered_echo: str
+):
     async with connect(edge) as ws:
         welcome = await recv(ws)
     assert welcome["type"] == "welcome" and 0 < welcome["revision"] <= edge.gateway.revision
     assert welcome["total_count"] == len(welcome["tools"]) and welcome["timestamp"]
     echo = next(t for t in welcome["tools"] if t["tool_id"] == "echo")
-    assert echo == {"tool_id": "echo", "name": "echo", "capabilities": ["echo", "fail", "slow"],
-                    "type": "mcp_server", "enabled": True, "health": echo["health"]}
+    assert echo == {
+        "tool_id": "echo",
+        "name": "echo",
+        "capabilities": ["echo", "fail", "slow"],
+        "type": "mcp_server",
+        "enabled": True,
+        "health": echo["health"],
+    }
 
 
 async def test_ping_get_tools_and_bad_messages_get_answers_on_the_same_socket(edge: EdgeHandle):
@@ -72,7 +79,11 @@ async def test_registry_changes_are_pushed_with_the_tool_and_revision(edge: Edge
         await recv(ws)
         resp = await edge.gateway.register(grpc_tool("echo2", echo_server))
         installed = await recv_type(ws, "tool_installed")
-        assert installed["tool_id"] == "echo2" and installed["name"] == "echo2" and installed["status"] == "ready"
+        assert (
+            installed["tool_id"] == "echo2"
+            and installed["name"] == "echo2"
+            and installed["status"] == "ready"
+        )
         assert installed["revision"] == resp.revision and installed["tool"]["endpoint"] == echo_server
         health = await recv_type(ws, "tool_health_changed")
         assert health["tool_id"] == "echo2" and health["health"] == "healthy"
@@ -89,9 +100,15 @@ async def test_registry_changes_are_pushed_with_the_tool_and_revision(edge: Edge
 async def test_subscribe_filters_by_event_type_and_tool(edge: EdgeHandle, echo_server: str):
     async with connect(edge) as ws:
         await recv(ws)
-        await ws.send(json.dumps({"type": "subscribe", "events": ["tool_uninstalled"], "tool_ids": ["echo3"]}))
+        await ws.send(
+            json.dumps({"type": "subscribe", "events": ["tool_uninstalled"], "tool_ids": ["echo3"]})
+        )
         ack = await recv(ws)
-        assert ack["type"] == "subscribed" and ack["events"] == ["tool_uninstalled"] and ack["tool_ids"] == ["echo3"]
+        assert (
+            ack["type"] == "subscribed"
+            and ack["events"] == ["tool_uninstalled"]
+            and ack["tool_ids"] == ["echo3"]
+        )
         for tool_id in ("echo2", "echo3"):
             await edge.gateway.register(grpc_tool(tool_id, echo_server))
         await edge.gateway.deregister("echo2")
@@ -100,7 +117,9 @@ async def test_subscribe_filters_by_event_type_and_tool(edge: EdgeHandle, echo_s
         assert (msg["type"], msg["tool_id"]) == ("tool_uninstalled", "echo3")  # nothing else came before it
 
 
-async def test_a_client_reconnecting_with_since_gets_every_event_it_missed(edge: EdgeHandle, echo_server: str):
+async def test_a_client_reconnecting_with_since_gets_every_event_it_missed(
+    edge: EdgeHandle, echo_server: str
+):
     async with connect(edge) as ws:
         seen = (await recv(ws))["revision"]
     revisions = []
@@ -116,10 +135,15 @@ async def test_a_client_reconnecting_with_since_gets_every_event_it_missed(edge:
     assert [m["revision"] for m in replayed] == list(range(seen + 1, revisions[-1] + 1))
     assert all(m["replayed"] for m in replayed)
     assert {(m["type"], m["tool_id"]) for m in replayed} >= {
-        ("tool_installed", "echo2"), ("tool_installed", "echo3"), ("tool_uninstalled", "echo2")}
+        ("tool_installed", "echo2"),
+        ("tool_installed", "echo3"),
+        ("tool_uninstalled", "echo2"),
+    }
 
 
-async def test_since_older_than_the_edge_buffer_is_replayed_from_the_hub(cfg, hub, start_edge, echo_server: str):
+async def test_since_older_than_the_edge_buffer_is_replayed_from_the_hub(
+    cfg, hub, start_edge, echo_server: str
+):
     edge = await start_edge(edge_config(cfg, hub, event_buffer=1))
     seen = edge.gateway.revision
     last = 0
@@ -160,8 +184,10 @@ async def test_a_slow_consumer_is_closed_and_never_delays_the_others(cfg, hub, s
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     host, port = edge.url.removeprefix("http://").split(":")
     sock.connect((host, int(port)))
-    async with websockets.connect(edge.ws_url(PATH), sock=sock, max_queue=1, open_timeout=5) as slow, \
-            connect(edge) as fast:
+    async with (
+        websockets.connect(edge.ws_url(PATH), sock=sock, max_queue=1, open_timeout=5) as slow,
+        connect(edge) as fast,
+    ):
         await recv(fast)
         big = grpc_tool("echo2", echo_server)
         big.description = "x" * 200_000

@@ -11,27 +11,27 @@ from typing import Any
 import grpc
 import pytest
 import websockets
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 
 from edge.state import RELAY
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from tests.edge.conftest import EdgeHandle, echo_spec
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 PATH = "/websocket"
 
 
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
+async def recv(ws: ClientConnection, within_s: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
         return json.loads(await ws.recv())
 
 
-async def request(ws: ClientConnection, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+async def request(ws: ClientConnection, msg: dict[str, Any], within_s: float = 10.0) -> dict[str, Any]:
     await ws.send(json.dumps(msg))
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within_s):
         while True:
-            reply = await recv(ws, timeout)
+            reply = await recv(ws, within_s)
             if reply.get("request_id") == msg.get("request_id"):
                 return reply
 
@@ -40,13 +40,26 @@ def connect(edge: EdgeHandle, **kw: Any) -> Any:
     return websockets.connect(edge.ws_url(PATH), open_timeout=5, close_timeout=2, **kw)
 
 
-SERVER_SPEC = {"tool_id": "ws-calc", "name": "WS calculator", "description": "adds over a websocket",
-               "tool_type": "mcp_server", "endpoint": "ws://somewhere:1234/ignored", "capabilities": [
-                   {"name": "add", "description": "a+b", "parameters": {
-                       "a": {"type": "number", "required": True}, "b": {"type": "number", "required": True}}},
-                   {"name": "explode", "description": "fails"},
-                   {"name": "hang", "description": "never answers"},
-                   {"name": "wait", "description": "answers when released"}]}
+SERVER_SPEC = {
+    "tool_id": "ws-calc",
+    "name": "WS calculator",
+    "description": "adds over a websocket",
+    "tool_type": "mcp_server",
+    "endpoint": "ws://somewhere:1234/ignored",
+    "capabilities": [
+        {
+            "name": "add",
+            "description": "a+b",
+            "parameters": {
+                "a": {"type": "number", "required": True},
+                "b": {"type": "number", "required": True},
+            },
+        },
+        {"name": "explode", "description": "fails"},
+        {"name": "hang", "description": "never answers"},
+        {"name": "wait", "description": "answers when released"},
+    ],
+}
 
 
 class DialledInServer:
@@ -80,13 +93,23 @@ class DialledInServer:
         else:
             result = {"success": True, "data": {"sum": p.get("a", 0) + p.get("b", 0)}, "error": None}
         with contextlib.suppress(websockets.ConnectionClosed):
-            await self.ws.send(json.dumps({"type": "execute_tool_action_response", "request_id": msg["request_id"],
-                                           "tool_id": msg["tool_id"], "action": action, "result": result}))
+            await self.ws.send(
+                json.dumps(
+                    {
+                        "type": "execute_tool_action_response",
+                        "request_id": msg["request_id"],
+                        "tool_id": msg["tool_id"],
+                        "action": action,
+                        "result": result,
+                    }
+                )
+            )
 
 
 @contextlib.asynccontextmanager
-async def dialled_in(edge: EdgeHandle, spec: dict[str, Any] = SERVER_SPEC, headers: Any = None
-                     ) -> AsyncIterator[DialledInServer]:
+async def dialled_in(
+    edge: EdgeHandle, spec: dict[str, Any] = SERVER_SPEC, headers: Any = None
+) -> AsyncIterator[DialledInServer]:
     async with connect(edge, additional_headers=headers) as ws:
         server = DialledInServer(ws)
         task = asyncio.get_running_loop().create_task(server.serve())
@@ -102,24 +125,38 @@ async def dialled_in(edge: EdgeHandle, spec: dict[str, Any] = SERVER_SPEC, heade
                 await task
 
 
-async def test_list_tools_and_execute_tool_answer_with_the_original_shapes(edge: EdgeHandle, registered_echo: str):
+async def test_list_tools_and_execute_tool_answer_with_the_original_shapes(
+    edge: EdgeHandle, registered_echo: str
+):
     async with connect(edge) as ws:
         reply = await request(ws, {"type": "list_tools", "request_id": "l1"})
         assert reply["type"] == "list_tools_response" and reply["success"] is True
         assert reply["total_count"] == len(reply["tools"])
         echo = next(t for t in reply["tools"] if t["tool_id"] == "echo")
         assert set(echo) == {"tool_id", "name", "description", "tool_type", "capabilities"}
-        reply = await request(ws, {"type": "execute_tool", "request_id": "e1", "tool_id": "echo", "action": "echo",
-                                   "parameters": {"text": "hey"}})
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "e1",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "hey"},
+            },
+        )
         assert reply["type"] == "execute_tool_response" and reply["success"] is True
         assert (reply["tool_id"], reply["action"], reply["result"]) == ("echo", "echo", {"text": "hey"})
         assert reply["error"] is None and reply["error_type"] is None
-        reply = await request(ws, {"type": "execute_tool", "request_id": "e2", "tool_id": "echo", "action": "fail"})
+        reply = await request(
+            ws, {"type": "execute_tool", "request_id": "e2", "tool_id": "echo", "action": "fail"}
+        )
         assert reply["type"] == "execute_tool_response" and reply["success"] is False
         assert reply["error_type"] == "ToolError"
 
 
-async def test_bad_messages_get_errors_and_the_connection_keeps_working(edge: EdgeHandle, registered_echo: str):
+async def test_bad_messages_get_errors_and_the_connection_keeps_working(
+    edge: EdgeHandle, registered_echo: str
+):
     async with connect(edge) as ws:
         await ws.send("{oops")
         assert await recv(ws) == {"type": "error", "request_id": None, "message": "Invalid JSON"}
@@ -129,17 +166,39 @@ async def test_bad_messages_get_errors_and_the_connection_keeps_working(edge: Ed
         assert reply["type"] == "error" and "fly" in reply["message"]
         reply = await request(ws, {"type": "execute_tool", "request_id": "m1", "action": "echo"})
         assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
-        reply = await request(ws, {"type": "execute_tool", "request_id": "m2", "tool_id": "ghost", "action": "x"})
-        assert reply["type"] == "error" and reply["code"] == "NOT_FOUND" and reply["request_type"] == "execute_tool"
-        reply = await request(ws, {"type": "execute_tool", "request_id": "m3", "tool_id": "echo", "action": "echo",
-                                   "parameters": {"text": ["not", "a", "string"]}})
+        reply = await request(
+            ws, {"type": "execute_tool", "request_id": "m2", "tool_id": "ghost", "action": "x"}
+        )
+        assert (
+            reply["type"] == "error"
+            and reply["code"] == "NOT_FOUND"
+            and reply["request_type"] == "execute_tool"
+        )
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "m3",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": ["not", "a", "string"]},
+            },
+        )
         assert reply["type"] == "error" and reply["reason"] == "INVALID_ARGUMENTS"
         reply = await request(ws, {"type": "register_tool", "request_id": "r1"})
         assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
         reply = await request(ws, {"type": "execute_tool_action_response", "request_id": "never-sent"})
         assert reply["type"] == "error" and "no call is waiting" in reply["message"]
-        reply = await request(ws, {"type": "execute_tool", "request_id": "ok", "tool_id": "echo", "action": "echo",
-                                   "parameters": {"text": "fine"}})
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "ok",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "fine"},
+            },
+        )
         assert reply["success"] is True
 
 
@@ -150,8 +209,16 @@ async def test_a_huge_frame_closes_only_that_connection(edge: EdgeHandle, regist
                 await ws.send("x" * (5 * 1024 * 1024))
                 await recv(ws)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
-        reply = await request(other, {"type": "execute_tool", "request_id": "a", "tool_id": "echo",
-                                      "action": "echo", "parameters": {"text": "unaffected"}})
+        reply = await request(
+            other,
+            {
+                "type": "execute_tool",
+                "request_id": "a",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "unaffected"},
+            },
+        )
         assert reply["result"] == {"text": "unaffected"}
 
 
@@ -171,22 +238,33 @@ async def test_a_dialled_in_server_is_called_over_its_own_connection_from_rest(e
         tool = hub.registry.entry("ws-calc").tool
         assert tool.kind == tool_pb2.TOOL_KIND_WEBSOCKET_SERVER and tool.owner.startswith("ws-session://")
         assert tool.endpoint == edge.app[RELAY].endpoint
-        status, body = await edge.post("/api/v1/tools/execute",
-                                       {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 2, "b": 3}})
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 2, "b": 3}}
+        )
         assert status == 200 and body["success"] is True and body["result"] == {"sum": 5}
-        assert server.calls[0]["type"] == "execute_tool_action" and server.calls[0]["parameters"] == {"a": 2, "b": 3}
-        status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "explode"})
+        assert server.calls[0]["type"] == "execute_tool_action" and server.calls[0]["parameters"] == {
+            "a": 2,
+            "b": 3,
+        }
+        _, body = await edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "explode"})
         assert body["success"] is False and body["error"] == "kaboom" and body["error_type"] == "ToolError"
-        status, body = await edge.post("/api/v1/tools/execute",
-                                       {"tool_id": "ws-calc", "action": "add", "parameters": {"a": "two"}})
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": "two"}}
+        )
         assert status == 400 and len(server.calls) == 2  # rejected before reaching the server
 
 
 async def test_concurrent_calls_are_matched_by_request_id(edge: EdgeHandle):
     async with dialled_in(edge):
-        bodies = await asyncio.gather(*(
-            edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": i, "b": 1}})
-            for i in range(20)))
+        bodies = await asyncio.gather(
+            *(
+                edge.post(
+                    "/api/v1/tools/execute",
+                    {"tool_id": "ws-calc", "action": "add", "parameters": {"a": i, "b": 1}},
+                )
+                for i in range(20)
+            )
+        )
     assert [b["result"]["sum"] for _, b in bodies] == [i + 1 for i in range(20)]
 
 
@@ -194,7 +272,8 @@ async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edg
     async with dialled_in(edge) as server:
         resp = await hub_stubs.toolscore.ExecuteTool(
             ex.ExecuteRequest(tool_id="ws-calc", action="add", arguments=dict_to_struct({"a": 40, "b": 2})),
-            timeout=10)
+            timeout=10,
+        )
         assert not resp.is_error and struct_to_dict(resp.structured) == {"sum": 42}
         assert len(server.calls) == 1
 
@@ -213,7 +292,9 @@ async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_
     async with connect(edge) as watcher:
         async with dialled_in(edge) as server:
             await watcher.send(json.dumps({"type": "ping"}))  # the watcher sees the events below
-            call = asyncio.create_task(edge.post("/api/v1/tools/ws-calc/call", {"action": "wait", "timeout_s": 30}))
+            call = asyncio.create_task(
+                edge.post("/api/v1/tools/ws-calc/call", {"action": "wait", "timeout_s": 30})
+            )
             async with asyncio.timeout(5):
                 await server.waiting.wait()
             await server.ws.close()
@@ -243,7 +324,9 @@ async def _next_event(edge: EdgeHandle) -> None:
 
 async def test_a_tool_served_by_a_live_connection_cannot_be_taken_over(edge: EdgeHandle):
     async with dialled_in(edge), connect(edge) as other:
-        reply = await request(other, {"type": "register_tool", "request_id": "steal", "tool_spec": SERVER_SPEC})
+        reply = await request(
+            other, {"type": "register_tool", "request_id": "steal", "tool_spec": SERVER_SPEC}
+        )
         assert reply["type"] == "error" and reply["code"] == "ALREADY_EXISTS"
 
 
@@ -251,25 +334,46 @@ async def test_a_server_can_reconnect_and_register_again(edge: EdgeHandle):
     async with dialled_in(edge):
         pass
     async with dialled_in(edge):
-        status, body = await edge.post("/api/v1/tools/execute",
-                                       {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}})
+        _, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
+        )
         assert body["result"] == {"sum": 2}
 
 
-async def test_a_caller_vanishing_mid_call_leaves_the_edge_and_others_fine(edge: EdgeHandle, registered_echo: str):
+async def test_a_caller_vanishing_mid_call_leaves_the_edge_and_others_fine(
+    edge: EdgeHandle, registered_echo: str
+):
     async with dialled_in(edge) as server:
         async with connect(edge) as caller:
-            await caller.send(json.dumps({"type": "execute_tool", "request_id": "c1", "tool_id": "ws-calc",
-                                          "action": "wait", "parameters": {}}))
+            await caller.send(
+                json.dumps(
+                    {
+                        "type": "execute_tool",
+                        "request_id": "c1",
+                        "tool_id": "ws-calc",
+                        "action": "wait",
+                        "parameters": {},
+                    }
+                )
+            )
             async with asyncio.timeout(5):
                 await server.waiting.wait()
         server.release.set()  # the answer arrives after its caller left
         async with connect(edge) as ws:
-            reply = await request(ws, {"type": "execute_tool", "request_id": "c2", "tool_id": "ws-calc",
-                                       "action": "add", "parameters": {"a": 1, "b": 2}})
+            reply = await request(
+                ws,
+                {
+                    "type": "execute_tool",
+                    "request_id": "c2",
+                    "tool_id": "ws-calc",
+                    "action": "add",
+                    "parameters": {"a": 1, "b": 2},
+                },
+            )
             assert reply["result"] == {"sum": 3}
-        status, body = await edge.post("/api/v1/tools/execute",
-                                       {"tool_id": "echo", "action": "echo", "parameters": {"text": "ok"}})
+        _, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "ok"}}
+        )
         assert body["success"] is True
 
 

@@ -77,15 +77,17 @@ class Subscriber:
                 return
             self.held.append((revision, text))
             return
-        if revision and revision <= self.revision:
-            return  # already sent from a backlog
+        # Not deduplicated here: after a hub restart the gateway reports several changes at one revision.
         self.revision = max(self.revision, revision)
         self.send(text, event=True)
 
     def release_held(self) -> None:
+        """Send the live events held during a backlog, minus those the backlog already covered."""
         held, self.held = self.held or [], None
+        covered = self.revision
         for revision, text in held:
-            self.event(revision, text)
+            if revision > covered:
+                self.event(revision, text)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

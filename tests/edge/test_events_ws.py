@@ -220,3 +220,14 @@ async def test_events_reach_500_subscribers(edge: EdgeHandle, echo_server: str):
         assert {(m["type"], m["tool_id"]) for m in got} == {("tool_installed", "echo2")}
     finally:
         await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
+
+
+async def test_stopping_the_edge_closes_websockets_with_going_away(edge: EdgeHandle, root):
+    async with connect(edge) as events, websockets.connect(edge.ws_url("/websocket"), open_timeout=5) as ts:
+        await recv(events)
+        await edge.runner.cleanup()
+        for ws in (events, ts):
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert not (root / "run" / "edge.sock").exists()  # the relay socket is removed

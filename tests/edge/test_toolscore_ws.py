@@ -278,14 +278,19 @@ async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edg
         assert len(server.calls) == 1
 
 
-async def test_a_server_that_does_not_answer_times_out_as_a_result(edge: EdgeHandle, hub_stubs):
+async def test_a_server_that_does_not_answer_times_out_like_any_tool_server(edge: EdgeHandle, hub_stubs):
     async with dialled_in(edge):
         status, body = await edge.post("/api/v1/tools/ws-calc/call", {"action": "hang", "timeout_s": 0.3})
-        assert status == 200 and body["is_error"] is True and body["error"]["type"] == "TimeoutError"
+        assert status == 504 and body["reason"] == "TOOL_TIMEOUT"
         req = ex.ExecuteRequest(tool_id="ws-calc", action="hang")
         req.timeout.FromMilliseconds(300)
-        resp = await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
-        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
+        )
+        assert body["result"] == {"sum": 2}  # the connection still serves
 
 
 async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(edge: EdgeHandle, hub):
@@ -384,9 +389,15 @@ async def test_the_hub_marks_dialled_in_tools_healthy_through_the_relay(edge: Ed
                 await _next_event(edge)
 
 
-async def test_grpc_execute_for_a_vanished_server_is_unavailable(edge: EdgeHandle, hub_stubs):
+async def test_after_a_server_disconnects_the_hub_no_longer_routes_to_it(edge: EdgeHandle, hub, hub_stubs):
     async with dialled_in(edge):
         pass
+    async with asyncio.timeout(5):
+        while "ws-calc" in edge.gateway.entries:
+            await _next_event(edge)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await hub_stubs.toolscore.ExecuteTool(ex.ExecuteRequest(tool_id="ws-calc", action="add"), timeout=5)
+        await hub_stubs.toolscore.ExecuteTool(
+            ex.ExecuteRequest(tool_id="ws-calc", action="add", arguments=dict_to_struct({"a": 1, "b": 1})),
+            timeout=5,
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND

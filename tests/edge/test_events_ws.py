@@ -97,6 +97,17 @@ async def test_registry_changes_are_pushed_with_the_tool_and_revision(edge: Edge
         assert msg["tool_id"] == "echo2" and msg["status"] == "removed"
 
 
+async def test_filters_on_the_url_apply_from_the_first_event(edge: EdgeHandle, echo_server: str):
+    async with connect(edge, "?events=tool_uninstalled&tool_ids=echo2") as ws:
+        await recv(ws)
+        await edge.gateway.register(grpc_tool("echo2", echo_server))
+        await edge.gateway.register(grpc_tool("echo3", echo_server))
+        await edge.gateway.deregister("echo3")
+        await edge.gateway.deregister("echo2")
+        msg = await recv(ws)
+    assert (msg["type"], msg["tool_id"]) == ("tool_uninstalled", "echo2")
+
+
 async def test_subscribe_filters_by_event_type_and_tool(edge: EdgeHandle, echo_server: str):
     async with connect(edge) as ws:
         await recv(ws)

@@ -401,3 +401,30 @@ async def test_after_a_server_disconnects_the_hub_no_longer_routes_to_it(edge: E
             timeout=5,
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tools_left_by_an_earlier_edge_run_are_deregistered_at_start(cfg, hub, start_edge):
+    from tests.edge.conftest import edge_config
+
+    ecfg = edge_config(cfg, hub)
+    relay = f"unix://{ecfg.path(ecfg.edge.relay_uds)}"
+    stale = tool_pb2.Tool(
+        tool_id="ws-stale",
+        kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
+        endpoint=relay,
+        owner="ws-session://gone",
+        enabled=True,
+        capabilities=[tool_pb2.Capability(name="a")],
+    )
+    await hub.registry.register(stale)
+    seen = asyncio.Event()
+
+    def removed(ev: Any) -> None:
+        if ev.type == tool_pb2.TOOL_EVENT_TYPE_REMOVED and ev.tool.tool_id == "ws-stale":
+            seen.set()
+
+    hub.registry.listeners.append(removed)
+    await start_edge(ecfg)
+    async with asyncio.timeout(5):
+        await seen.wait()
+    assert hub.registry.entry("ws-stale") is None

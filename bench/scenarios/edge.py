@@ -14,12 +14,8 @@ import asyncio
 import json
 from typing import Any
 
-import aiohttp
-import websockets
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
-from toolscore.v1 import tool_pb2
-
+# Third-party modules are imported where used: `bench` is first-party only once bench/ is a package,
+# and the import groups must sort the same way before and after that.
 from bench.env import Env, free_port
 from bench.registry import Call, scenario, target
 from bench.scenarios.core import ARGUMENTS, start_echo_tools, start_hub
@@ -30,6 +26,8 @@ target("rest", "throughput", 32, "G", 0.55, at_least=True)
 
 
 async def _wait_http(url: str) -> None:
+    import aiohttp
+
     async with asyncio.timeout(30), aiohttp.ClientSession() as http:
         while True:
             try:
@@ -41,7 +39,9 @@ async def _wait_http(url: str) -> None:
             await asyncio.sleep(0.05)
 
 
-async def _http(env: Env) -> aiohttp.ClientSession:
+async def _http(env: Env) -> Any:
+    import aiohttp
+
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     env.stack.push_async_callback(session.close)
     return session
@@ -116,6 +116,11 @@ async def rest(env: Env) -> Call:
     warmup=3,
 )
 async def fan_out(env: Env) -> Call:
+    import websockets
+    from toolscore.v1 import tool_library_pb2 as lib
+    from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+    from toolscore.v1 import tool_pb2
+
     edge = await env.shared("edge", start_edge)
     hub: dict[str, Any] = await env.shared("hub", start_hub)
     env.use("edge", "hub")

@@ -142,20 +142,34 @@ async def fan_out(env: Env) -> Call:
         owner="bench",
         capabilities=[tool_pb2.Capability(name="noop")],
     )
-    version = 0
+    round_: dict[str, Any] = {"wanted": None, "left": 0, "done": asyncio.Event()}
 
-    async def receive(c: Any, wanted: str) -> None:
-        while wanted not in await c.recv():
-            pass
+    async def read(c: Any) -> None:  # one long-lived reader per client: no per-call task creation
+        async for raw in c:
+            wanted = round_["wanted"]
+            if wanted is not None and wanted in raw:
+                round_["left"] -= 1
+                if round_["left"] == 0:
+                    round_["done"].set()
+
+    readers = [asyncio.create_task(read(c)) for c in clients]
+
+    async def stop_readers() -> None:
+        for r in readers:
+            r.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    env.stack.push_async_callback(stop_readers)
+    version = 0
 
     async def call() -> None:
         nonlocal version
         version += 1
         tool.version = str(version)
-        wanted = f'"version":"{version}"'
-        receivers = [asyncio.create_task(receive(c, wanted)) for c in clients]
+        done = asyncio.Event()
+        round_.update(wanted=f'"version":"{version}"', left=len(clients), done=done)
         await library.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=10)
         async with asyncio.timeout(30):
-            await asyncio.gather(*receivers)
+            await done.wait()
 
     return call

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 
+import pytest
+
 from tests.edge.conftest import EdgeHandle, echo_spec
 
 
@@ -283,3 +285,20 @@ async def test_when_the_hub_is_gone_calls_and_changes_fail_with_503_json(cfg, st
         "/admin/tools/register", {"tool_spec": {"tool_id": "x", "endpoint": "h:1"}}
     )
     assert status == 503 and body["success"] is False
+
+
+async def test_a_rest_client_vanishing_mid_call_leaves_the_edge_serving(
+    edge: EdgeHandle, registered_echo: str
+):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as impatient:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await impatient.post(
+                    edge.url + "/api/v1/tools/echo/call", json={"action": "slow", "arguments": {"seconds": 1}}
+                )
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "next"}}
+    )
+    assert status == 200 and body["result"] == {"text": "next"}

@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import struct
-from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -74,7 +73,10 @@ class Subscriber:
         self.overflowed = False
         self._limit = limit
         self._metrics = metrics
-        self._queue: collections.deque[tuple[str, bool]] = collections.deque()
+        # (text, revision of the event it carries, or None for replies like welcome and pong)
+        self._queue: collections.deque[tuple[str, int | None]] = collections.deque()
+        self.sent = 0  # the last event revision written to the socket: where a resume starts
+        self.closer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
@@ -84,7 +86,7 @@ class Subscriber:
             not self.tool_ids or tool_id in self.tool_ids
         )
 
-    def send(self, text: str, *, event: bool = False, frame: bytes | None = None) -> None:
+    def send(self, text: str, *, revision: int | None = None, frame: bytes | None = None) -> None:
         """Send or queue one message; on overflow, close the client (never wait for it).
 
         With nothing queued and room in the socket's buffer, an event's frame (encoded once for
@@ -103,12 +105,13 @@ class Subscriber:
             and t.get_write_buffer_size() < _DIRECT_WRITE_LIMIT
         ):
             t.write(frame)
-            self._metrics.events_sent += event
+            self._metrics.events_sent += 1
+            self.sent = max(self.sent, revision or 0)
             return
         if len(self._queue) >= self._limit:
             self._overflow()
             return
-        self._queue.append((text, event))
+        self._queue.append((text, revision))
         self._wake.set()
 
     def event(self, revision: int, text: str, frame: bytes | None = None) -> None:
@@ -120,7 +123,7 @@ class Subscriber:
             return
         # Not deduplicated here: after a hub restart the gateway reports several changes at one revision.
         self.revision = max(self.revision, revision)
-        self.send(text, event=True, frame=frame)
+        self.send(text, revision=revision, frame=frame)
 
     def release_held(self) -> None:
         """Send the live events held during a backlog, minus those the backlog already covered."""
@@ -141,9 +144,9 @@ class Subscriber:
         self._metrics.slow_consumers_closed += 1
         if self.writer is not None:
             self.writer.cancel()
-        reason = f"subscriber too slow ({self._limit} messages queued); reconnect with ?since={self.revision}"
-        log.info("closing a slow events subscriber at revision %d", self.revision)
-        self.spawn(self._close(SLOW_CONSUMER_CODE, reason))
+        reason = f"subscriber too slow ({self._limit} messages queued); reconnect with ?since={self.sent}"
+        log.info("closing a slow events subscriber (last sent revision %d)", self.sent)
+        self.closer = asyncio.get_running_loop().create_task(self._close(SLOW_CONSUMER_CODE, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -158,10 +161,11 @@ class Subscriber:
             self._wake.clear()
             self._busy = True
             while queue:
-                text, is_event = queue.popleft()
+                text, revision = queue.popleft()
                 await ws.send_str(text)
-                if is_event:
+                if revision is not None:
                     metrics.events_sent += 1
+                    self.sent = max(self.sent, revision)
             self._busy = False
 
 
@@ -389,16 +393,12 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
 
 
 async def _stop(sub: Subscriber) -> None:
-    tasks: Iterable[asyncio.Task[None]] = [t for t in (sub.writer, *sub.tasks) if t is not None]
+    """Stop the subscriber's tasks; a closing handshake in progress (slow consumer) may finish."""
+    tasks = [t for t in (sub.writer, sub.closer, *sub.tasks) if t is not None]
     for t in tasks:
-        if not t.done() and t is not asyncio.current_task():
-            # Let a closing handshake in progress finish; everything else stops now.
-            if t in sub.tasks and sub.overflowed:
-                continue
+        if t is not sub.closer:
             t.cancel()
-    for t in list(tasks):
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await t
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def add_routes(app: web.Application) -> None:

@@ -301,15 +301,18 @@ class RelayServer:
         ):
             with contextlib.suppress(MeshError):  # a dead session's leftover: take it over
                 await self.gateway.deregister(tool.tool_id)
+        known = tool.tool_id in session.tools
         self.by_tool[tool.tool_id] = session
+        # Counted as the session's before the hub answers: if the connection drops meanwhile
+        # (this task is cancelled), close_session still deregisters whatever the hub registered.
+        session.tools.add(tool.tool_id)
         try:
-            resp = await self.gateway.register(tool)
-        except BaseException:
-            if tool.tool_id not in session.tools:
+            return await self.gateway.register(tool)
+        except MeshError:
+            if not known:
+                session.tools.discard(tool.tool_id)
                 self.by_tool.pop(tool.tool_id, None)
             raise
-        session.tools.add(tool.tool_id)
-        return resp
 
     def detach(self, session: ServerSession) -> list[str]:
         """The connection ended: fail its calls and stop routing to it, at once (no await)."""

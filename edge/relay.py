@@ -77,6 +77,9 @@ class ServerSession:
         self.peer = peer
         self.owner = OWNER_PREFIX + self.id
         self.tools: set[str] = set()
+        self.definitions: dict[
+            str, tool_pb2.Tool
+        ] = {}  # as registered, to register again after a hub restart
         self.closed = False
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
@@ -204,7 +207,7 @@ class RelayServer:
         self.sessions: dict[str, ServerSession] = {}
         self.by_tool: dict[str, ServerSession] = {}
         self._server: MeshServer | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> RelayServer:
         self._server = MeshServer(
@@ -221,14 +224,16 @@ class RelayServer:
         )
         await self._server.__aenter__()
         self.gateway.router.local[self.endpoint] = self._handle
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-sweep")
+        self.gateway.resync_listeners.append(self._on_resync)
+        self._spawn(self._sweep())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        with contextlib.suppress(ValueError):
+            self.gateway.resync_listeners.remove(self._on_resync)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.gateway.router.local.pop(self.endpoint, None)
         for session in list(self.sessions.values()):
             await self.close_session(session)
@@ -249,6 +254,26 @@ class RelayServer:
                 metadata={"tool_id": request.tool_id},
             )
         return await session.call(request, timeout_s)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_resync(self) -> None:
+        self._spawn(self._register_again())
+
+    async def _register_again(self) -> None:
+        """The hub came back (maybe with an empty registry): register every connected server's tools again."""
+        for session in list(self.sessions.values()):
+            for tool_id, tool in list(session.definitions.items()):
+                if self.by_tool.get(tool_id) is not session or tool_id in self.gateway.entries:
+                    continue
+                try:
+                    await self.gateway.register(tool)
+                    log.info("registered %s again after the hub came back", tool_id)
+                except MeshError as err:
+                    log.warning("could not register %s again: %s", tool_id, err.message)
 
     async def _sweep(self) -> None:
         """Deregister dialled-in tools left by an earlier run of the edge (their connections are gone)."""
@@ -306,11 +331,13 @@ class RelayServer:
         # Counted as the session's before the hub answers: if the connection drops meanwhile
         # (this task is cancelled), close_session still deregisters whatever the hub registered.
         session.tools.add(tool.tool_id)
+        session.definitions[tool.tool_id] = tool
         try:
             return await self.gateway.register(tool)
         except MeshError:
             if not known:
                 session.tools.discard(tool.tool_id)
+                session.definitions.pop(tool.tool_id, None)
                 self.by_tool.pop(tool.tool_id, None)
             raise
 

@@ -428,3 +428,32 @@ async def test_tools_left_by_an_earlier_edge_run_are_deregistered_at_start(cfg, 
     async with asyncio.timeout(5):
         await seen.wait()
     assert hub.registry.entry("ws-stale") is None
+
+
+async def test_a_connected_servers_tools_are_registered_again_when_the_hub_comes_back_empty(cfg, start_edge):
+    from services.hub.app import Hub
+    from tests.edge.conftest import edge_config
+
+    first: Hub | None = await Hub(cfg).__aenter__()
+    try:
+        assert first is not None
+        edge = await start_edge(edge_config(cfg, first))
+        async with dialled_in(edge):
+            await first.__aexit__(None, None, None)  # the hub goes away ...
+            first = None
+            cfg.path(cfg.store.sqlite_path).unlink()  # ... and comes back with an empty registry
+            async with Hub(cfg) as again:
+                back = asyncio.Event()
+                again.registry.listeners.append(lambda ev: ev.tool.tool_id == "ws-calc" and back.set())
+                if again.registry.entry("ws-calc") is None:
+                    async with asyncio.timeout(10):
+                        await back.wait()
+                await edge.gateway.wait_revision(again.registry.revision)
+                status, body = await edge.post(
+                    "/api/v1/tools/execute",
+                    {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 2}},
+                )
+                assert status == 200 and body["result"] == {"sum": 3}
+    finally:
+        if first is not None:
+            await first.__aexit__(None, None, None)

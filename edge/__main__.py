@@ -18,8 +18,11 @@ log = logging.getLogger("edge")
 
 
 async def serve(cfg: Config, stop: asyncio.Event) -> None:
-    """Serve until `stop` is set, then close websockets (GOING_AWAY) and stop cleanly."""
-    runner = web.AppRunner(build_app(cfg), access_log=None, shutdown_timeout=5.0)
+    """Serve until `stop` is set, then close websockets (GOING_AWAY) and stop cleanly.
+
+    handler_cancellation: a client that goes away mid-call cancels its call, down to the tool server.
+    """
+    runner = web.AppRunner(build_app(cfg), access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)

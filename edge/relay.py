@@ -207,7 +207,8 @@ class RelayServer:
         self.sessions: dict[str, ServerSession] = {}
         self.by_tool: dict[str, ServerSession] = {}
         self._server: MeshServer | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # sweep, registering again: cancelled at exit
+        self._closers: set[asyncio.Task[None]] = set()  # deregistrations: awaited at exit
 
     async def __aenter__(self) -> RelayServer:
         self._server = MeshServer(
@@ -233,7 +234,7 @@ class RelayServer:
             self.gateway.resync_listeners.remove(self._on_resync)
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._closers, return_exceptions=True)
         self.gateway.router.local.pop(self.endpoint, None)
         for session in list(self.sessions.values()):
             await self.close_session(session)
@@ -255,10 +256,11 @@ class RelayServer:
             )
         return await session.call(request, timeout_s)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     def _on_resync(self) -> None:
         self._spawn(self._register_again())
@@ -351,6 +353,13 @@ class RelayServer:
                 del self.by_tool[tool_id]
         return sorted(session.tools)
 
+    def close_later(self, session: ServerSession) -> asyncio.Task[None]:
+        """close_session in a task owned by the relay (awaited at shutdown at the latest)."""
+        task = asyncio.get_running_loop().create_task(self.close_session(session))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+        return task
+
     async def close_session(self, session: ServerSession) -> None:
         """Detach the session, then deregister its tools (unless a new connection serves them now)."""
         for tool_id in self.detach(session) or sorted(session.tools):
@@ -361,6 +370,6 @@ class RelayServer:
                 continue
             try:
                 await self.gateway.deregister(tool_id, timeout_s=5.0)
-                log.info("deregistered %s: its server disconnected", tool_id)
+                log.info("deregistered %s: its server (%s) disconnected", tool_id, session.peer)
             except MeshError as err:
                 log.warning("could not deregister %s after its server disconnected: %s", tool_id, err.message)

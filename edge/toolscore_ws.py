@@ -203,12 +203,11 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
         relay.detach(conn.session)  # stop routing to it before anything else can interleave
         for task in list(conn.tasks):  # the client is gone: stop its calls (cancelled down to the tool)
             task.cancel()
-        for task in list(conn.tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await relay.close_session(conn.session)
-        if conn.session.tools:
-            log.info("server %s on /websocket disconnected; its tools were deregistered", conn.session.peer)
+        # Deregistration runs in a task the relay owns: with handler_cancellation this handler may be
+        # cancelled again when the socket closes, and that must not leave the tools registered.
+        cleanup = relay.close_later(conn.session)
+        await asyncio.gather(*conn.tasks, return_exceptions=True)
+        await asyncio.shield(cleanup)
     return ws
 
 

@@ -134,7 +134,7 @@ async def start_edge() -> AsyncIterator[Callable[..., Any]]:
 
     async def start(cfg: Config) -> EdgeHandle:
         app = build_app(cfg)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)

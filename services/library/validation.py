@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -69,17 +70,80 @@ def _check_schema(schema: dict[str, Any], where: str) -> None:
         raise InvalidRequest(f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA") from exc
 
 
-class ArgumentValidator:
-    """A compiled input-schema check for one capability."""
+_FLAT_SCHEMA_KEYS = frozenset({"type", "properties", "required", "additionalProperties", "description", "title",
+                               "$schema", "$id"})
+_FLAT_PROPERTY_KEYS = frozenset({"type", "description", "title", "default", "examples"})
 
-    __slots__ = ("_validator",)
+
+def _is_type(value: Any, t: str) -> bool:
+    if t == "string":
+        return isinstance(value, str)
+    if t == "boolean":
+        return isinstance(value, bool)
+    if t == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if t == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer())
+    if t == "object":
+        return isinstance(value, dict)
+    if t == "array":
+        return isinstance(value, list)
+    return value is None  # "null"
+
+
+def flat_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool] | None:
+    """An exact, fast check for the common flat schema (an object of typed properties), else None.
+
+    Only schemas made solely of the keywords it understands qualify, so its
+    "valid" means what jsonschema's would.
+    """
+    if set(schema) - _FLAT_SCHEMA_KEYS or schema.get("type", "object") != "object":
+        return None
+    props = schema.get("properties", {})
+    required = schema.get("required", [])
+    additional = schema.get("additionalProperties", True)
+    if not isinstance(props, dict) or not isinstance(required, list) or not isinstance(additional, bool):
+        return None
+    types: dict[str, str | None] = {}
+    for name, prop in props.items():
+        if not isinstance(prop, dict) or set(prop) - _FLAT_PROPERTY_KEYS:
+            return None
+        t = prop.get("type")
+        if t is not None and t not in ("string", "boolean", "number", "integer", "object", "array", "null"):
+            return None
+        types[name] = t
+    req = tuple(required)
+
+    def check(args: dict[str, Any]) -> bool:
+        for name in req:
+            if name not in args:
+                return False
+        for name, value in args.items():
+            if name in types:
+                t = types[name]
+                if t is not None and not _is_type(value, t):
+                    return False
+            elif not additional:
+                return False
+        return True
+
+    return check
+
+
+class ArgumentValidator:
+    """A compiled input-schema check for one capability: a fast exact path for flat
+    schemas, jsonschema for the rest and for the details of every violation."""
+
+    __slots__ = ("_fast", "_validator")
 
     def __init__(self, schema: dict[str, Any]) -> None:
         cls = validators.validator_for(schema, default=validators.Draft202012Validator)
         self._validator: jsonschema.protocols.Validator | None = cls(schema) if schema else None
+        self._fast = flat_checker(schema) if schema else None
 
     def check(self, arguments: dict[str, Any]) -> None:
-        if self._validator is None:
+        if self._validator is None or (self._fast is not None and self._fast(arguments)):
             return
         errors = list(self._validator.iter_errors(arguments))
         if errors:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 
@@ -44,32 +44,51 @@ class _UnsupportedStream(Exception):
     pass
 
 
+class _Expired(Exception):
+    pass
+
+
+def _expire(fut: asyncio.Future[ex.ExecuteResponse]) -> None:
+    if not fut.done():
+        fut.set_exception(_Expired())
+
+
 class _Mux:
-    """Many calls over one ExecuteStream, matched by call_id."""
+    """Many calls over one ExecuteStream, matched by call_id.
+
+    Writes go straight to the call object under a lock (cheaper than feeding a
+    request iterator through a queue); one reader task resolves the futures.
+    """
 
     def __init__(self, stub: ex_grpc.ToolExecutorServiceStub, target: str) -> None:
         self._stub = stub
         self._target = target
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
-        self._queue: asyncio.Queue[ex.ExecuteStreamRequest | None] | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self.unsupported = False
 
-    def _open(self) -> asyncio.Queue[ex.ExecuteStreamRequest | None]:
-        if self._queue is None:
-            queue: asyncio.Queue[ex.ExecuteStreamRequest | None] = asyncio.Queue()
-            self._queue = queue
+    def _open(self) -> grpc.aio.StreamStreamCall:
+        if self._call is None:
+            call = self._stub.ExecuteStream()
+            self._call = call
+            self._reader = asyncio.get_running_loop().create_task(self._read(call))
+        return self._call
 
-            async def requests() -> AsyncIterator[ex.ExecuteStreamRequest]:
-                while (item := await queue.get()) is not None:
-                    yield item
+    def _unavailable(self, detail: str) -> Unavailable:
+        return Unavailable(f"tool server at {self._target} is unreachable: {detail}",
+                           reason="TOOL_SERVER_UNAVAILABLE")
 
-            call = self._stub.ExecuteStream(requests())
-            self._reader = asyncio.get_running_loop().create_task(self._read(call, queue))
-        return self._queue
+    def _error_for(self, exc: grpc.aio.AioRpcError) -> Exception:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            self.unsupported = True
+            return _UnsupportedStream()
+        return self._unavailable(exc.details() or exc.code().name)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall, queue: asyncio.Queue) -> None:  # type: ignore[type-arg]
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         error: Exception
         try:
             async for msg in call:
@@ -83,53 +102,69 @@ class _Mux:
                         fut.set_result(msg.result)
                 elif on_progress is not None:
                     on_progress(msg.progress)
-            error = Unavailable(f"tool server at {self._target} closed the call stream",
-                                reason="TOOL_SERVER_UNAVAILABLE")
+            error = self._unavailable("it closed the call stream")
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                self.unsupported = True
-                error = _UnsupportedStream()
-            else:
-                error = Unavailable(f"tool server at {self._target} is unreachable: {exc.details()}",
-                                    reason="TOOL_SERVER_UNAVAILABLE")
+            error = self._error_for(exc)
         except asyncio.CancelledError:
             error = Unavailable("router shutting down", reason="ROUTER_CLOSED")
         finally:
-            if self._queue is queue:
-                self._queue = None
-            queue.put_nowait(None)
+            if self._call is call:
+                self._call = None
             call.cancel()
+        # No await since resetting _call: calls opened from now on register on a new stream.
         for fut, _ in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(error)
         self._pending.clear()
 
+    async def _write(self, call: grpc.aio.StreamStreamCall, msg: ex.ExecuteStreamRequest) -> None:
+        async with self._lock:
+            await call.write(msg)
+
     async def call(self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
                    ) -> ex.ExecuteResponse:
-        queue = self._open()
+        call = self._open()
         call_id = next(self._ids)
         fut: asyncio.Future[ex.ExecuteResponse] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = (fut, on_progress)
-        queue.put_nowait(ex.ExecuteStreamRequest(call_id=call_id, execute=request))
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(timeout, _expire, fut)  # cheaper than asyncio.timeout per call
         try:
-            async with asyncio.timeout(timeout):
-                return await fut
-        except TimeoutError:
+            try:
+                await self._write(call, ex.ExecuteStreamRequest(call_id=call_id, execute=request))
+            except grpc.aio.AioRpcError as exc:
+                raise self._error_for(exc) from None
+            except (grpc.aio.UsageError, asyncio.InvalidStateError):
+                if not fut.done():  # the reader fails the future with the real cause
+                    raise self._unavailable("the call stream ended") from None
+            return await fut
+        except _Expired:
             raise DeadlineExceeded(
                 f"tool did not answer within {timeout:.3g}s", reason="TOOL_TIMEOUT",
                 metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"},
             ) from None
         finally:
-            if self._pending.pop(call_id, None) is not None and self._queue is queue:
-                queue.put_nowait(ex.ExecuteStreamRequest(call_id=call_id, cancel=ex.CancelCall(reason="caller gone")))
+            expiry.cancel()
+            if self._pending.pop(call_id, None) is not None and self._call is call:
+                self._cancel_remote(call, call_id)
+
+    def _cancel_remote(self, call: grpc.aio.StreamStreamCall, call_id: int) -> None:
+        async def send() -> None:
+            with contextlib.suppress(Exception):
+                await self._write(call, ex.ExecuteStreamRequest(call_id=call_id,
+                                                                cancel=ex.CancelCall(reason="caller gone")))
+
+        task = asyncio.get_running_loop().create_task(send())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        if self._queue is not None:
-            self._queue.put_nowait(None)
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        for task in list(self._background):
+            task.cancel()
 
 
 class ToolChannel:

@@ -1,0 +1,107 @@
+"""Results as Markdown (one table per section, ratios to the baseline, targets) and JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.registry import SCENARIOS, TARGETS, Target
+
+Cells = dict[tuple[str, int], dict[str, Any]]
+
+
+def index(cells: list[dict[str, Any]]) -> Cells:
+    return {(c["scenario"], c["concurrency"]): c for c in cells}
+
+
+def ratio(cells: Cells, name: str, metric: str, concurrency: int, baseline: str) -> float | None:
+    a, b = cells.get((name, concurrency)), cells.get((baseline, concurrency))
+    if not a or not b or not b[metric]:
+        return None
+    return float(a[metric] / b[metric])
+
+
+def check(cells: Cells, t: Target) -> tuple[float | None, bool | None]:
+    r = ratio(cells, t.scenario, t.metric, t.concurrency, t.baseline)
+    if r is None:
+        return None, None
+    return r, (r >= t.limit) if t.at_least else (r <= t.limit)
+
+
+def _x(r: float | None) -> str:
+    return "" if r is None else f"{r:.2f}x"
+
+
+def section_table(cells: Cells, section: str) -> list[str]:
+    rows = [
+        "| scenario | c | p50 ms | p99 ms | calls/s | p50 vs base | calls/s vs base | CPU µs/call |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for name, sc in SCENARIOS.items():
+        if sc.section != section:
+            continue
+        for c in sc.concurrency:
+            cell = cells.get((name, c))
+            if cell is None:
+                continue
+            base = sc.baseline
+            cpu = ", ".join(f"{k} {v:.0f}" for k, v in cell["cpu_us_per_call"].items())
+            rows.append(
+                f"| **{name}**: {sc.title} | {c} | {cell['p50_ms']:.3f} | {cell['p99_ms']:.3f} | "
+                f"{cell['throughput']:.0f} | {_x(ratio(cells, name, 'p50_ms', c, base)) if base else '1'} | "
+                f"{_x(ratio(cells, name, 'throughput', c, base)) if base else '1'} | {cpu} |"
+            )
+    return rows
+
+
+def targets_table(variants: dict[str, Cells]) -> list[str]:
+    names = list(variants)
+    rows = ["| target | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for t in TARGETS:
+        if not any((t.scenario, t.concurrency) in cells for cells in variants.values()):
+            continue
+        cols = []
+        for cells in variants.values():
+            r, ok = check(cells, t)
+            cols.append("n/a" if r is None else f"{r:.2f}x {'met' if ok else '**missed**'}")
+        rows.append(f"| {t.describe()} | " + " | ".join(cols) + " |")
+    return rows
+
+
+def variants_table(variants: dict[str, Cells]) -> list[str]:
+    names = list(variants)
+    first = names[0]
+    head = " | ".join(f"p50 ms {n} | calls/s {n}" for n in names)
+    rows = [f"| scenario | c | {head} |", "|---|---:|" + "---:|---:|" * len(names)]
+    for key in variants[first]:
+        cols = []
+        for n in names:
+            cell = variants[n].get(key)
+            cols.append(f"{cell['p50_ms']:.3f} | {cell['throughput']:.0f}" if cell else " | ")
+        rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cols) + " |")
+    return rows
+
+
+def markdown(meta: dict[str, Any], variants: dict[str, list[dict[str, Any]]], notes: dict[str, str]) -> str:
+    idx = {name: index(cells) for name, cells in variants.items()}
+    main = next(iter(idx))
+    out = [f"# ToolScore Mesh bench, {meta['time']}", ""]
+    out += [f"- {k}: {v}" for k, v in meta.items() if k != "time"]
+    out += [f"- variant `{n}`: {notes.get(n, '')}" for n in variants]
+    out += [
+        "",
+        "Latency is per call at the client; throughput is calls completed per second of wall time; "
+        "CPU µs/call is user+system time of each process over the measured calls. "
+        "Ratios are to the section's baseline at the same concurrency.",
+        "",
+    ]
+    for section in dict.fromkeys(sc.section for sc in SCENARIOS.values()):
+        if not any(k[0] in SCENARIOS and SCENARIOS[k[0]].section == section for k in idx[main]):
+            continue
+        out += [f"## {section} (variant `{main}`)", "", *section_table(idx[main], section), ""]
+    out += ["## Targets", "", *targets_table(idx), ""]
+    if len(idx) > 1:
+        out += ["## Variants", "", *variants_table(idx), ""]
+        for name in list(idx)[1:]:
+            out += [f"### {section} (variant `{name}`)" for section in ["core"]]
+            out += ["", *section_table(idx[name], "core"), ""]
+    return "\n".join(out)

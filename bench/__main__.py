@@ -33,7 +33,7 @@ NOTES = {
 }
 
 
-def run_variant(name: str, only: str, calls: int | None) -> list[dict[str, Any]]:
+def run_variant(name: str, only: str, calls: int | None, rounds: int) -> list[dict[str, Any]]:
     env = dict(os.environ)
     for key, value in VARIANTS[name].items():
         if value is None:
@@ -41,7 +41,7 @@ def run_variant(name: str, only: str, calls: int | None) -> list[dict[str, Any]]
         else:
             env[key] = value
     with tempfile.NamedTemporaryFile(suffix=".json", dir="/tmp") as out:
-        cmd = [sys.executable, "-m", "bench.run", "--out", out.name, "--only", only]
+        cmd = [sys.executable, "-m", "bench.run", "--out", out.name, "--only", only, "--rounds", str(rounds)]
         if calls:
             cmd += ["--calls", str(calls)]
         print(f"bench: variant {name}", file=sys.stderr, flush=True)
@@ -62,7 +62,7 @@ def meta() -> dict[str, Any]:
     return {
         "time": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "commit": git("rev-parse", "--short", "HEAD") + (" (dirty)" if git("status", "--porcelain") else ""),
-        "machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start",
+        "machine": f"{os.cpu_count()} CPUs, 1-min load average {os.getloadavg()[0]:.2f} at the start",
         "software": f"Python {platform.python_version()}, grpcio {grpc.__version__}, "
         f"uvloop {uvloop.__version__}",
     }
@@ -74,12 +74,14 @@ def main() -> None:
     )
     parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     parser.add_argument("--calls", type=int, default=None, help="calls per cell (default: each scenario's)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells are median rounds")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")
     args = parser.parse_args()
     load_all()
     info = meta()
-    results = {v: run_variant(v, args.only, args.calls) for v in args.variants.split(",") if v}
+    results = {v: run_variant(v, args.only, args.calls, args.rounds) for v in args.variants.split(",") if v}
+    info["machine"] += f", {os.getloadavg()[0]:.2f} at the end"
     text = report.markdown(info, results, NOTES)
     print(text)
     if not args.no_save:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ class Cell:
     mean_ms: float
     throughput: float  # calls per second
     cpu_us_per_call: dict[str, float] = field(default_factory=dict)  # process label -> CPU µs per call
+    rounds: int = 1
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -83,4 +85,21 @@ async def measure(
         sum(latencies) / len(latencies) / 1e6,
         calls / wall,
         {k: round(v, 1) for k, v in cpu.items()},
+    )
+
+
+def combine(rounds: list[Cell]) -> Cell:
+    """The median of each figure over rounds: one busy moment on a shared machine does not decide a cell."""
+    first, med = rounds[0], statistics.median
+    cpu = {k: round(med([r.cpu_us_per_call.get(k, 0.0) for r in rounds]), 1) for k in first.cpu_us_per_call}
+    return Cell(
+        first.scenario,
+        first.concurrency,
+        sum(r.calls for r in rounds),
+        med([r.p50_ms for r in rounds]),
+        med([r.p99_ms for r in rounds]),
+        med([r.mean_ms for r in rounds]),
+        med([r.throughput for r in rounds]),
+        cpu,
+        rounds=len(rounds),
     )

@@ -89,6 +89,7 @@ def markdown(meta: dict[str, Any], variants: dict[str, list[dict[str, Any]]], no
     out += [f"- variant `{n}`: {notes.get(n, '')}" for n in variants]
     out += [
         "",
+        "Each cell is the median of interleaved rounds. "
         "Latency is per call at the client; throughput is calls completed per second of wall time; "
         "CPU µs/call is user+system time of each process over the measured calls. "
         "Ratios are to the section's baseline at the same concurrency.",

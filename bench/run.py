@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.env import Env
-from bench.measure import measure
+from bench.measure import Cell, combine, measure
 from bench.registry import SCENARIOS, load_all
 
 
@@ -34,32 +34,33 @@ def selected(only: str) -> list[str]:
     return [n for n in SCENARIOS if n in wanted]
 
 
-async def run(names: list[str], calls: int | None) -> list[dict[str, Any]]:
-    cells = []
+async def run(names: list[str], calls: int | None, rounds: int) -> list[dict[str, Any]]:
+    """Set every scenario up, then measure them in interleaved rounds; each cell is the median round."""
+    measured: dict[tuple[str, int], list[Cell]] = {}
     with tempfile.TemporaryDirectory(prefix="tsb", dir="/tmp") as tmp:
         async with Env(Path(tmp)) as env:
+            prepared = []
             for name in names:
-                sc = SCENARIOS[name]
                 env.touched = set()
-                call = await sc.setup(env)
-                pids = {label: env.pids[label] for label in sorted(env.touched)}
-                for c in sc.concurrency:
-                    cell = await measure(
-                        name,
-                        call,
-                        calls=calls or sc.calls,
-                        concurrency=c,
-                        warmup=min(sc.warmup, calls or sc.warmup),
-                        pids=pids,
-                    )
-                    print(
-                        f"  {name:<12} c={c:<3} p50 {cell.p50_ms:6.3f} ms  p99 {cell.p99_ms:6.3f} ms  "
-                        f"{cell.throughput:7.0f}/s",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    cells.append(cell.to_json())
-    return cells
+                call = await SCENARIOS[name].setup(env)
+                prepared.append(
+                    (SCENARIOS[name], call, {label: env.pids[label] for label in sorted(env.touched)})
+                )
+            for r in range(rounds):
+                for sc, call, pids in prepared:
+                    for c in sc.concurrency:
+                        n = calls or sc.calls
+                        cell = await measure(
+                            sc.name, call, calls=n, concurrency=c, warmup=min(sc.warmup, n), pids=pids
+                        )
+                        measured.setdefault((sc.name, c), []).append(cell)
+                        print(
+                            f"  round {r + 1}/{rounds} {sc.name:<12} c={c:<3} p50 {cell.p50_ms:6.3f} ms  "
+                            f"p99 {cell.p99_ms:6.3f} ms  {cell.throughput:7.0f}/s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+    return [combine(cells).to_json() for cells in measured.values()]
 
 
 def main() -> None:
@@ -67,12 +68,13 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--only", default="")
     parser.add_argument("--calls", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     load_all()
     names = selected(args.only)
     import uvloop
 
-    cells = uvloop.run(run(names, args.calls))
+    cells = uvloop.run(run(names, args.calls, args.rounds))
     Path(args.out).write_text(
         json.dumps({"grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""), "cells": cells})
     )

@@ -68,15 +68,22 @@ def targets_table(variants: dict[str, Cells]) -> list[str]:
 
 
 def variants_table(variants: dict[str, Cells]) -> list[str]:
+    """Each variant's p50 and throughput, and the change against the first variant."""
     names = list(variants)
-    first = names[0]
-    head = " | ".join(f"p50 ms {n} | calls/s {n}" for n in names)
-    rows = [f"| scenario | c | {head} |", "|---|---:|" + "---:|---:|" * len(names)]
-    for key in variants[first]:
-        cols = []
-        for n in names:
+    first, others = names[0], names[1:]
+    head = f"p50 ms {first} | calls/s {first} | " + " | ".join(
+        f"p50 ms {n} | calls/s {n} | p50 change | calls/s change" for n in others
+    )
+    rows = [f"| scenario | c | {head} |", "|---|---:|" + "---:|" * (2 + 4 * len(others))]
+    for key, base in variants[first].items():
+        cols = [f"{base['p50_ms']:.3f} | {base['throughput']:.0f}"]
+        for n in others:
             cell = variants[n].get(key)
-            cols.append(f"{cell['p50_ms']:.3f} | {cell['throughput']:.0f}" if cell else " | ")
+            if cell is None:
+                cols.append(" | | | ")
+                continue
+            dp, dt = cell["p50_ms"] / base["p50_ms"] - 1, cell["throughput"] / base["throughput"] - 1
+            cols.append(f"{cell['p50_ms']:.3f} | {cell['throughput']:.0f} | {dp:+.0%} | {dt:+.0%}")
         rows.append(f"| {key[0]} | {key[1]} | " + " | ".join(cols) + " |")
     return rows
 
@@ -103,6 +110,7 @@ def markdown(meta: dict[str, Any], variants: dict[str, list[dict[str, Any]]], no
     if len(idx) > 1:
         out += ["## Variants", "", *variants_table(idx), ""]
         for name in list(idx)[1:]:
-            out += [f"### {section} (variant `{name}`)" for section in ["core"]]
-            out += ["", *section_table(idx[name], "core"), ""]
+            for section in dict.fromkeys(sc.section for sc in SCENARIOS.values()):
+                if any(SCENARIOS[k[0]].section == section for k in idx[name] if k[0] in SCENARIOS):
+                    out += [f"### {section} (variant `{name}`)", "", *section_table(idx[name], section), ""]
     return "\n".join(out)

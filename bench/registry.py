@@ -1,7 +1,22 @@
 """Named scenarios and targets. A scenario module registers itself with `@scenario(...)`.
 
-A scenario's setup gets the run's Env (shared processes, temp dir, settings) and
+A scenario's setup gets the run's Env (shared processes, temp dir, channels) and
 returns the coroutine function that makes one call; the measuring loop does the rest.
+A new section is one module in bench/scenarios/, e.g. bench/scenarios/edge.py:
+
+    target("rest", "p50_ms", 1, "A+G", 1.3)
+
+    @scenario("A", "bare aiohttp JSON POST echo", "edge")
+    async def bare_aiohttp(env: Env) -> Call:
+        url = await env.shared("aiohttp-echo", start_aiohttp_echo)  # spawned once per run
+        env.use("aiohttp-echo")  # count its CPU in this scenario's cells
+        session = ...  # owned by env.stack
+        async def call() -> None:
+            async with session.post(url, json={"text": "hi"}) as r:
+                await r.read()
+        return call
+
+Scenarios of a section share one table; `baseline` names the scenario ratios are taken to.
 """
 
 from __future__ import annotations

@@ -14,10 +14,13 @@ def index(cells: list[dict[str, Any]]) -> Cells:
 
 
 def ratio(cells: Cells, name: str, metric: str, concurrency: int, baseline: str) -> float | None:
-    a, b = cells.get((name, concurrency)), cells.get((baseline, concurrency))
-    if not a or not b or not b[metric]:
+    """metric(name) / metric(baseline); a baseline "A+G" sums the parts (a budget of two exchanges)."""
+    a = cells.get((name, concurrency))
+    parts = [cells.get((b, concurrency)) for b in baseline.split("+")]
+    if not a or not all(parts):
         return None
-    return float(a[metric] / b[metric])
+    base = sum(p[metric] for p in parts if p)
+    return float(a[metric] / base) if base else None
 
 
 def check(cells: Cells, t: Target) -> tuple[float | None, bool | None]:

@@ -30,7 +30,9 @@ def selected(only: str) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     # A scenario's baseline runs first, even when not asked for: ratios need it.
-    wanted = set(names) | {SCENARIOS[n].baseline for n in names if SCENARIOS[n].baseline}
+    wanted = set(names) | {
+        b for n in names if SCENARIOS[n].baseline for b in (SCENARIOS[n].baseline or "").split("+")
+    }
     return [n for n in SCENARIOS if n in wanted]
 
 

@@ -74,7 +74,7 @@ def main() -> None:
     )
     parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     parser.add_argument("--calls", type=int, default=None, help="calls per cell (default: each scenario's)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells are median rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; cells are median rounds")
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")
     args = parser.parse_args()

@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 
 proto: $(GEN_STAMP)
 
-$(GEN_STAMP): $(PROTOS) $(STAMP)
-	rm -rf generated/toolscore
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+$(GEN_STAMP): $(PROTOS) $(STAMP) Makefile
+	rm -rf generated/toolscore generated/toolscore.binpb
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=generated --pyi_out=generated --grpc_python_out=generated \
+		--include_source_info --descriptor_set_out=generated/toolscore.binpb $(PROTOS)
 	touch $@
 
 run: proto
@@ -44,4 +45,4 @@ bench: proto
 	$(PY) -m bench
 
 clean:
-	rm -rf generated/toolscore $(GEN_STAMP) run
+	rm -rf generated/toolscore generated/toolscore.binpb $(GEN_STAMP) run

@@ -190,10 +190,14 @@ async def wait_registered(hub_target: str, tool_id: str, timeout: float = 20.0) 
             listing = await stub.ListTools(lib.ListToolsRequest(), wait_for_ready=True)
             if any(t.tool_id == tool_id for t in listing.tools):
                 return
-            async for resp in stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=listing.revision,
-                                                                                tool_ids=[tool_id])):
-                if resp.event.type in (1, 2):
-                    return
+            watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=listing.revision,
+                                                                    tool_ids=[tool_id]))
+            try:
+                async for resp in watch:
+                    if resp.event.type in (1, 2):
+                        return
+            finally:
+                watch.cancel()  # else the server holds the stream until its shutdown grace runs out
 
 
 @pytest.fixture

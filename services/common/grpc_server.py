@@ -9,14 +9,18 @@ Every server gets:
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
@@ -36,10 +40,30 @@ class ServiceBinding:
     add: Callable[[object, grpc.aio.Server], None]
 
 
+# Written by `make proto` with --include_source_info: the same files as the
+# generated code, plus the proto comments (generated Python drops them).
+_DOCUMENTED = Path(__file__).resolve().parents[2] / "generated" / "toolscore.binpb"
+
+
+@functools.cache
+def _documented_files() -> dict[str, bytes]:
+    try:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(_DOCUMENTED.read_bytes())
+    except (OSError, DecodeError):
+        return {}
+    return {f.name: f.SerializeToString() for f in fds.file}
+
+
 class _Reflection(reflection_aio.ReflectionServicer):
-    """Stock reflection, plus method symbols resolved through their service."""
+    """Stock reflection, plus method symbols resolved through their service and proto comments."""
+
+    def _file_by_filename(self, request: Any, filename: str) -> Any:
+        return _with_comments(super()._file_by_filename(request, filename))
 
     def _file_containing_symbol(self, request: Any, fully_qualified_name: str) -> Any:
+        return _with_comments(self._symbol_file(request, fully_qualified_name))
+
+    def _symbol_file(self, request: Any, fully_qualified_name: str) -> Any:
         try:
             self._pool.FindFileContainingSymbol(fully_qualified_name)
         except KeyError:
@@ -51,6 +75,16 @@ class _Reflection(reflection_aio.ReflectionServicer):
                 except KeyError:
                     pass
         return super()._file_containing_symbol(request, fully_qualified_name)
+
+
+def _with_comments(response: Any) -> Any:
+    """Swap our files in a reflection answer for their documented versions (grpcurl describe shows them)."""
+    documented = _documented_files()
+    if documented and response.HasField("file_descriptor_response"):
+        files = response.file_descriptor_response.file_descriptor_proto
+        for i, raw in enumerate(files):
+            files[i] = documented.get(descriptor_pb2.FileDescriptorProto.FromString(raw).name, raw)
+    return response
 
 
 class _Registrar:

@@ -79,11 +79,14 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
         executor_pid = next(p for p in descendants(mesh.proc.pid)
                             if b"services.executor" in Path(f"/proc/{p}/cmdline").read_bytes())
         os.kill(executor_pid, signal.SIGKILL)
-        it = watch.__aiter__()
-        async with asyncio.timeout(20):
-            health = [(await it.__anext__()).event.tool.health for _ in range(2)]
+        seen = []
+        async with asyncio.timeout(30):
+            async for resp in watch:  # down, then up again (a loaded machine may add flaps between)
+                seen.append(resp.event.tool.health)
+                if tool_pb2.HEALTH_STATUS_UNHEALTHY in seen and seen[-1] == tool_pb2.HEALTH_STATUS_HEALTHY:
+                    break
         watch.cancel()
-    assert health == [tool_pb2.HEALTH_STATUS_UNHEALTHY, tool_pb2.HEALTH_STATUS_HEALTHY]
+    assert seen[0] == tool_pb2.HEALTH_STATUS_UNHEALTHY
     resp = await run_code(mesh.uds, "print('back')")
     assert struct_to_dict(resp.structured)["stdout"] == "back\n"
     assert "executor exited" in mesh.log()

@@ -262,6 +262,10 @@ class MeshServer:
         if self.server is None:
             return
         await self.health.enter_graceful_shutdown()
+        for binding in self._services:  # let servicers end idle long-lived streams
+            drain = getattr(binding.servicer, "drain", None)
+            if drain is not None:
+                await drain()
         server, self.server = self.server, None
         await server.stop(self._grace)
         for path in self._sockets:

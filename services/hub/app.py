@@ -68,6 +68,8 @@ class Hub:
                 max_message_bytes=cfg.hub.max_message_bytes,
             )
             await self._stack.enter_async_context(self.server)
+            # On exit, end every watch stream first so the server's drain does not wait on them.
+            self._stack.callback(self.feed.close)
             self._tasks = [asyncio.create_task(self._flush_loop(), name="stats-flush")]
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
                 self._tasks.append(asyncio.create_task(

@@ -97,6 +97,15 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
 
     def __init__(self, tools: dict[str, list[Action]]) -> None:
         self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
+        self._streams: dict[asyncio.Queue[ex.ExecuteStreamResponse | None], dict[int, asyncio.Task[None]]] = {}
+        self._draining = False
+
+    async def drain(self) -> None:
+        """Stop taking calls on streams; each stream ends once its running calls have answered."""
+        self._draining = True
+        for out, running in self._streams.items():
+            if not running:
+                out.put_nowait(None)
 
     async def call(self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
                    ) -> ex.ExecuteResponse:
@@ -142,11 +151,16 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             finally:
                 running.pop(call_id, None)
             out.put_nowait(ex.ExecuteStreamResponse(call_id=call_id, result=result))
+            if self._draining and not running:
+                out.put_nowait(None)
 
         async def pump() -> None:
             try:
                 async for msg in requests:
-                    if msg.HasField("execute"):
+                    if msg.HasField("execute") and self._draining:
+                        out.put_nowait(ex.ExecuteStreamResponse(call_id=msg.call_id, result=text_result(
+                            "tool server is shutting down", is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)))
+                    elif msg.HasField("execute"):
                         running[msg.call_id] = asyncio.get_running_loop().create_task(run(msg.call_id, msg.execute))
                     elif msg.HasField("cancel") and msg.call_id in running:
                         running[msg.call_id].cancel()
@@ -156,10 +170,12 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
                 out.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(pump())
+        self._streams[out] = running
         try:
             while (item := await out.get()) is not None:
                 yield item
         finally:
+            self._streams.pop(out, None)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader

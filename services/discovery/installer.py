@@ -132,6 +132,8 @@ class Installer:
             argv[6:6] = ["--index-url", self.cfg.pip_index_url]
         progress(0.3, f"pip install {pkg.identifier}=={version}")
         env = {**base_env(), "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        if self.cfg.pip_index_url:  # that index and nothing else (no extra indexes from pip.conf)
+            env["PIP_CONFIG_FILE"] = os.devnull
         code, out = await run(argv, timeout=self.cfg.install_timeout_s, env=env)
         if code:
             raise InstallFailed(f"pip could not install {pkg.identifier}=={version}: {_tail(out)}",
@@ -166,7 +168,7 @@ def _console_script(venv: Path, identifier: str) -> Path:
     """The console script the package declares (the one named like the package, else the only one)."""
     scripts: list[str] = []
     for ep_file in venv.glob("lib/python*/site-packages/*.dist-info/entry_points.txt"):
-        dist = ep_file.parent.name.rsplit("-", 1)[0]
+        dist = ep_file.parent.name.removesuffix(".dist-info").rsplit("-", 1)[0]
         if _norm(dist) != _norm(identifier):
             continue
         parser = configparser.ConfigParser(delimiters=("=",))

@@ -6,6 +6,7 @@ Follows `metadata.nextCursor` up to a page limit, keeps answers for
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ import aiohttp
 
 from services.common.errors import InvalidRequest
 from services.discovery.catalog import parse_server
+from services.library.search import tokens
 from toolscore.v1 import discovery_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,23 @@ class RemoteRegistry:
     max_pages: int = 5
     _cache: dict[str, tuple[float, list[pb.CatalogServer]]] = field(default_factory=dict)
 
+    async def search_terms(self, query: str, max_terms: int = 4) -> list[pb.CatalogServer]:
+        """Candidates for a free-text need. The API's `search` matches names only, so ask for the
+        unfiltered listing and for each query term, and leave the ranking to the caller."""
+        terms = ["", *list(dict.fromkeys(tokens(query)))[:max_terms]]
+        results = await asyncio.gather(*(self.search(t) for t in terms), return_exceptions=True)
+        if all(isinstance(r, BaseException) for r in results):
+            raise next(r for r in results if isinstance(r, RegistryUnreachable)) if any(
+                isinstance(r, RegistryUnreachable) for r in results) else RegistryUnreachable(self.base_url)
+        seen: dict[str, pb.CatalogServer] = {}
+        for r in results:
+            if not isinstance(r, BaseException):
+                for server in r:
+                    seen.setdefault(server.name, server)
+        return list(seen.values())
+
     async def search(self, query: str) -> list[pb.CatalogServer]:
-        """Latest versions of servers matching `query` (cached); raises RegistryUnreachable."""
+        """Latest versions of servers whose name matches `query` (cached); raises RegistryUnreachable."""
         hit = self._cache.get(query)
         if hit and time.monotonic() - hit[0] < self.cache_s:
             return hit[1]

@@ -94,7 +94,7 @@ class Discovery:
     async def _catalog(self, query: str, curated_only: bool = False) -> tuple[list[pb.CatalogServer], list[str]]:
         if curated_only or not self.remotes:
             return list(self.curated), []
-        results = await asyncio.gather(*(r.search(query) for r in self.remotes), return_exceptions=True)
+        results = await asyncio.gather(*(r.search_terms(query) for r in self.remotes), return_exceptions=True)
         remote: list[pb.CatalogServer] = []
         unreachable = []
         for reg, res in zip(self.remotes, results, strict=True):

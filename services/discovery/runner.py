@@ -224,11 +224,11 @@ def _describe(exc: BaseException, transport: StdioTransport | None) -> str:
     if transport is not None and transport.failure:
         return transport.failure
     if isinstance(exc, TimeoutError):
-        if transport is not None and transport.closed.is_set():
+        if transport is not None and transport.ended_by_server:
             return transport.describe_end()
         return "no answer to the MCP handshake in time"
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e, transport) for e in exc.exceptions)
-    if transport is not None and transport.closed.is_set():
+    if transport is not None and transport.ended_by_server:
         return transport.describe_end()
     return f"{type(exc).__name__}: {exc}"[:500]

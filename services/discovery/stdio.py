@@ -40,6 +40,8 @@ class StdioTransport:
         self.failure = ""  # why the transport gave up on the server, if it did
         self.invalid_lines = 0
         self.closed = asyncio.Event()
+        self.ended_by_server = False  # stdout ended before we began closing the connection
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -51,7 +53,19 @@ class StdioTransport:
         if self.failure:
             return self.failure
         rc = self.proc.returncode if self.proc else None
-        return f"server exited with code {rc}" if rc is not None else "server closed its stdout"
+        what = f"server exited with code {rc}" if rc is not None else "server closed its stdout"
+        tail = self.stderr_tail()
+        return f"{what}; stderr: {tail}" if tail else what
+
+    def stderr_tail(self, max_bytes: int = 600) -> str:
+        """The end of the server's stderr log, on one line."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
 
     async def __aenter__(self) -> tuple[MemoryObjectReceiveStream, MemoryObjectSendStream]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +84,7 @@ class StdioTransport:
     async def __aexit__(self, *exc: object) -> None:
         proc = self.proc
         assert proc is not None
+        self._closing = True
         try:
             self._write_send.close()
             if proc.stdin and not proc.stdin.is_closing():
@@ -118,6 +133,7 @@ class StdioTransport:
                     return
         finally:
             send.close()
+            self.ended_by_server = not self._closing
             self.closed.set()
             if self.failure:
                 _signal_group(self.proc.pid, signal.SIGKILL)

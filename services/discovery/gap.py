@@ -27,6 +27,10 @@ from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
+# Words that say how a task is phrased, not what capability it needs.
+_GENERIC = frozenset(
+    "show get give tell need needs want please help find me my all some what how which can could would should "
+    "do does new result value way thing task return returns then also into about".split())
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -158,7 +162,7 @@ def _tool_terms(tools: Iterable[tool_pb2.Tool]) -> set[str]:
 def lexical_gap(task: str, tools: Sequence[tool_pb2.Tool], catalog: Sequence[pb.CatalogServer],
                 fallback_reason: str = "") -> GapResult:
     """The deterministic matcher. Without any term it recognizes it reports a gap, never sufficiency."""
-    terms = list(dict.fromkeys(tokens(task)))
+    terms = [t for t in dict.fromkeys(tokens(task)) if t not in _GENERIC]
     have = _tool_terms(tools)
     known = vocabulary(catalog)
     bearing = [t for t in terms if t in have or t in known]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from services.common.errors import from_rpc_error
+from services.common.errors import InvalidRequest, NotFound, from_rpc_error
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import tool_pb2
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import toolscore_pb2_grpc
@@ -55,3 +56,31 @@ class DiscoveryClient:
     async def count_tools(self) -> int:
         resp = await self._call(self._library.ListTools, lib.ListToolsRequest(page_size=1), self.timeout_s)
         return int(resp.total_count)
+
+    async def tools_for(self, refs: list[object]) -> list[tool_pb2.Tool]:
+        """Tool messages for REST `current_tools`: ids are looked up, objects are taken as described."""
+        out: list[tool_pb2.Tool] = []
+        for ref in refs:
+            if isinstance(ref, str):
+                try:
+                    resp = await self._call(self._library.GetTool, lib.GetToolRequest(tool_id=ref), self.timeout_s)
+                    out.append(resp.tool)
+                except NotFound:
+                    out.append(tool_pb2.Tool(tool_id=ref, name=ref))
+            elif isinstance(ref, dict):
+                out.append(_tool_from_json(ref))
+            else:
+                raise InvalidRequest("current_tools items must be tool ids or tool objects", reason="INVALID_TOOLS")
+        return out
+
+
+def _tool_from_json(d: dict) -> tool_pb2.Tool:
+    t = tool_pb2.Tool(tool_id=str(d.get("tool_id", "")), name=str(d.get("name", "")),
+                      description=str(d.get("description", "")))
+    for c in d.get("capabilities") or []:
+        if isinstance(c, str):
+            t.capabilities.add(name=c)
+        elif isinstance(c, dict):
+            t.capabilities.add(name=str(c.get("name", "")), description=str(c.get("description", "")))
+    t.tags.extend(str(x) for x in d.get("tags") or [])
+    return t

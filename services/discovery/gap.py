@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Words that say how a task is phrased, not what capability it needs.
 _GENERIC = frozenset(
     "show get give tell need needs want please help find me my all some what how which can could would should "
-    "do does new result value way thing task return returns then also into about".split())
+    "do does new result value way thing task return returns then also into about between over under after "
+    "before via per each every any other".split())
 
 ANSWER_SCHEMA: dict[str, Any] = {
     "type": "object",

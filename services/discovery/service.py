@@ -52,6 +52,7 @@ class Discovery:
         self.runners: dict[str, ServerRunner] = {}  # tool_id -> runner
         self.installing: dict[str, pb.InstalledServer] = {}  # name -> progress of an install under way
         self.curated: list[pb.CatalogServer] = []
+        self._curated_stamp = -1
         self.remotes: list[RemoteRegistry] = []
         self._seen: dict[str, pb.CatalogServer] = {}  # remote entries seen in searches, by name
         self._locks: dict[str, asyncio.Lock] = {}
@@ -60,7 +61,7 @@ class Discovery:
 
     async def __aenter__(self) -> Discovery:
         try:
-            self.curated = catalog_mod.load_dir(self.cfg.path(self.dcfg.catalog_dir))
+            self._reload_curated()
             http = await self._stack.enter_async_context(aiohttp.ClientSession())
             self.remotes = [RemoteRegistry(u, http, self.dcfg.registry_timeout_s, self.dcfg.registry_cache_s,
                                            self.dcfg.registry_max_pages) for u in self.dcfg.registries]
@@ -91,7 +92,19 @@ class Discovery:
         ranked, total = ranking.rank(query, entries, max(1, min(limit or 10, 100)))
         return [self._candidate(r) for r in ranked], total, unreachable
 
+    def _reload_curated(self) -> None:
+        """Re-read the curated catalog when a file in it was added, removed or edited."""
+        d = self.cfg.path(self.dcfg.catalog_dir)
+        try:
+            stamp = max([d.stat().st_mtime_ns, *(f.stat().st_mtime_ns for f in d.glob("*.json"))])
+        except OSError:
+            stamp = 0
+        if stamp != self._curated_stamp:
+            self._curated_stamp = stamp
+            self.curated = catalog_mod.load_dir(d)
+
     async def _catalog(self, query: str, curated_only: bool = False) -> tuple[list[pb.CatalogServer], list[str]]:
+        self._reload_curated()
         if curated_only or not self.remotes:
             return list(self.curated), []
         results = await asyncio.gather(*(r.search_terms(query) for r in self.remotes), return_exceptions=True)
@@ -114,6 +127,7 @@ class Discovery:
 
     async def find(self, name: str) -> pb.CatalogServer:
         """A catalog entry by exact name (curated, then seen, then asked of each registry)."""
+        self._reload_curated()
         for s in self.curated:
             if s.name == name:
                 return s

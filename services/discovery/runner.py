@@ -49,6 +49,7 @@ class LaunchSpec:
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = ""
     log_path: Path | None = None
+    pid_path: Path | None = None
     url: str = ""
 
 
@@ -167,7 +168,7 @@ class ServerRunner:
         self.transport = StdioTransport(
             spec.command, spec.args, env=spec.env, cwd=spec.cwd, log_path=spec.log_path,
             max_line_bytes=self.cfg.max_line_bytes, max_invalid_lines=self.cfg.max_invalid_lines,
-            stop_grace_s=self.cfg.stop_grace_s, on_close=self._kick.set)
+            stop_grace_s=self.cfg.stop_grace_s, on_close=self._kick.set, pid_path=spec.pid_path)
         return self.transport
 
     async def _watch(self, client: Client) -> None:

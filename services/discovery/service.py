@@ -28,6 +28,7 @@ from services.discovery.installer import Installer, Progress, base_env
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
 from services.discovery.runner import LaunchSpec, ServerRunner
 from services.discovery.state import ServerRecord, StateFile
+from services.discovery.stdio import kill_stale_group
 from services.library.registry import Entry, Registry
 from services.router.channels import ProgressFn
 from services.router.router import Router, error_response
@@ -312,7 +313,8 @@ class Discovery:
             spec = LaunchSpec(url=record.url)
         else:
             spec = LaunchSpec(command=record.command, args=list(record.args), env={**base_env(), **record.env},
-                              cwd=record.cwd, log_path=self.installer.dir_for(record.tool_id) / "server.log")
+                              cwd=record.cwd, log_path=self.installer.dir_for(record.tool_id) / "server.log",
+                              pid_path=self.installer.dir_for(record.tool_id) / "server.pid")
         runner = ServerRunner(record.name, spec, self.dcfg, self._on_tools, self._on_state)
         runner.record = record  # type: ignore[attr-defined]
         self.runners[record.tool_id] = runner
@@ -352,6 +354,7 @@ class Discovery:
             for d in self.install_dir.iterdir():
                 if d.is_dir() and d.name not in owned:
                     log.warning("removing %s: no installed server owns it", d)
+                    kill_stale_group(d / "server.pid", str(d / "work"))
                     shutil.rmtree(d, ignore_errors=True)
         runners = [self._runner(r) for r in self.records.values()]
         if runners:

@@ -23,6 +23,8 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
+from services.common.runtime import die_with_parent
+
 log = logging.getLogger(__name__)
 
 
@@ -31,11 +33,12 @@ class StdioTransport:
 
     def __init__(self, command: str, args: list[str], *, env: dict[str, str], cwd: str, log_path: Path,
                  max_line_bytes: int = 4 << 20, max_invalid_lines: int = 50, stop_grace_s: float = 2.0,
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None, pid_path: Path | None = None) -> None:
         self.command, self.args, self.env, self.cwd = command, args, env, cwd
         self.log_path = log_path
         self.max_line_bytes, self.max_invalid_lines, self.grace = max_line_bytes, max_invalid_lines, stop_grace_s
         self.on_close = on_close
+        self.pid_path = pid_path  # remembers the process group, so a hub killed hard can clean up next time
         self.proc: asyncio.subprocess.Process | None = None
         self.failure = ""  # why the transport gave up on the server, if it did
         self.invalid_lines = 0
@@ -69,11 +72,16 @@ class StdioTransport:
 
     async def __aenter__(self) -> tuple[MemoryObjectReceiveStream, MemoryObjectSendStream]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.pid_path is not None:
+            kill_stale_group(self.pid_path, self.cwd)
         with open(self.log_path, "ab") as errlog:  # the child keeps its own descriptor
             self.proc = await asyncio.create_subprocess_exec(
                 self.command, *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                 stderr=errlog, cwd=self.cwd, env=self.env, start_new_session=True, limit=self.max_line_bytes,
+                preexec_fn=die_with_parent,
             )
+        if self.pid_path is not None:
+            self.pid_path.write_text(str(self.proc.pid))
         log.info("started MCP server pid %d: %s", self.proc.pid, os.path.basename(self.command))
         read_send, self._read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         self._write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
@@ -102,6 +110,9 @@ class StdioTransport:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self._read_recv.close()
+            if self.pid_path is not None:
+                with contextlib.suppress(OSError):
+                    self.pid_path.unlink()
             log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
 
     async def _reader(self, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
@@ -152,6 +163,22 @@ class StdioTransport:
                     await stdin.drain()
         except (ConnectionError, BrokenPipeError, anyio.ClosedResourceError):
             pass
+
+
+def kill_stale_group(pid_path: Path, cwd: str) -> None:
+    """Kill the process group a previous hub left running (it was killed too hard to stop it).
+
+    Only when that process still runs in this server's working directory, so a
+    recycled pid is never touched.
+    """
+    try:
+        pid = int(pid_path.read_text().strip())
+        running_in = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return
+    if os.path.realpath(cwd) == running_in:
+        log.warning("killing MCP server process group %d left by a previous hub", pid)
+        _signal_group(pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -10,16 +10,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,18 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-Builder = Callable[..., Path]
-__all__ = ["NS", "PackageIndex", "ScriptedLlm", "build_wheel", "io", "npm_pack", "processes_under", "server_json",
-           "write_catalog"]
+async def wait_exited(pid: int, timeout: float = 20.0) -> None:
+    """Wait (event-driven, through a pidfd) until process `pid` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_reader(fd, done.set)
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

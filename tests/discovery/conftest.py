@@ -101,6 +101,8 @@ class PackageIndex:
     tarballs: dict[str, dict[str, Path]] = field(default_factory=dict)  # npm name -> version -> file
     servers: list[dict[str, Any]] = field(default_factory=list)  # server.json documents
     registry_requests: list[dict[str, str]] = field(default_factory=list)
+    download_started: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: asyncio.Event | None = None  # when set to an Event, downloads wait for it
 
     def add_wheel(self, path: Path, dist: str) -> None:
         self.wheels.setdefault(_norm(dist), []).append(path)
@@ -127,6 +129,9 @@ def _index_app(idx: PackageIndex) -> web.Application:
         path = files.get(request.match_info["name"])
         if path is None:
             raise web.HTTPNotFound()
+        idx.download_started.set()
+        if idx.hold is not None:
+            await idx.hold.wait()
         return web.FileResponse(path)
 
     async def packument(request: web.Request) -> web.Response:

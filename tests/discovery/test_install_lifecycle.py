@@ -143,3 +143,24 @@ async def test_an_npm_server_installs_into_its_own_prefix_and_is_callable(
             assert prefix.is_dir()
             await s.ts.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
             assert not prefix.exists()
+
+
+async def test_an_install_in_progress_is_listed_with_its_progress_and_does_not_block_other_calls(
+        dcfg: Config, pkg_index: PackageIndex, root: Path) -> None:
+    name = _publish_echo(pkg_index, root)
+    pkg_index.hold = asyncio.Event()
+    async with Hub(dcfg) as hub:
+        ch, s = await _connect(hub)
+        async with ch:
+            install = asyncio.ensure_future(s.ts.InstallServer(pb.InstallServerRequest(name=name), timeout=120))
+            async with asyncio.timeout(30):
+                await pkg_index.download_started.wait()  # pip is now fetching the wheel
+            listed = await s.ts.ListServers(pb.ListServersRequest(), timeout=5)
+            assert listed.servers[0].name == name and listed.servers[0].state == pb.SERVER_STATE_INSTALLING
+            assert 0 < listed.servers[0].progress < 1 and "pip install" in listed.servers[0].status_message
+            resp = await s.call("builtin", "add", a=1, b=1)  # the hub keeps serving meanwhile
+            assert struct_to_dict(resp.structured) == {"sum": 2} and not install.done()
+            pkg_index.hold.set()
+            done = await install
+            assert done.server.state == pb.SERVER_STATE_RUNNING
+            await s.ts.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)

@@ -18,6 +18,9 @@ from collections.abc import Sequence
 import aiohttp
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, InvalidRequest, MeshError, NotFound
@@ -32,9 +35,6 @@ from services.discovery.stdio import kill_stale_group
 from services.library.registry import Entry, Registry
 from services.router.channels import ProgressFn
 from services.router.router import Router, error_response
-from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
@@ -64,11 +64,23 @@ class Discovery:
         try:
             self._reload_curated()
             http = await self._stack.enter_async_context(aiohttp.ClientSession())
-            self.remotes = [RemoteRegistry(u, http, self.dcfg.registry_timeout_s, self.dcfg.registry_cache_s,
-                                           self.dcfg.registry_max_pages) for u in self.dcfg.registries]
+            self.remotes = [
+                RemoteRegistry(
+                    u,
+                    http,
+                    self.dcfg.registry_timeout_s,
+                    self.dcfg.registry_cache_s,
+                    self.dcfg.registry_max_pages,
+                )
+                for u in self.dcfg.registries
+            ]
             if self.dcfg.llm_base_url and self.dcfg.llm_model:
-                self.llm = gap.LlmAnalyzer(self.dcfg.llm_base_url, self.dcfg.llm_model, self.dcfg.llm_api_key,
-                                           self.dcfg.llm_timeout_s)
+                self.llm = gap.LlmAnalyzer(
+                    self.dcfg.llm_base_url,
+                    self.dcfg.llm_model,
+                    self.dcfg.llm_api_key,
+                    self.dcfg.llm_timeout_s,
+                )
                 self._stack.push_async_callback(self.llm.close)
             self.router.transports["mcp"] = self.handle
             self._stack.callback(self.router.transports.pop, "mcp", None)
@@ -77,8 +89,12 @@ class Discovery:
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info("discovery: %d curated entries, %d registries, %d servers installed",
-                 len(self.curated), len(self.remotes), len(self.records))
+        log.info(
+            "discovery: %d curated entries, %d registries, %d servers installed",
+            len(self.curated),
+            len(self.remotes),
+            len(self.records),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -86,8 +102,9 @@ class Discovery:
 
     # -- catalog ---------------------------------------------------------------
 
-    async def search(self, query: str, limit: int = 10, curated_only: bool = False
-                     ) -> tuple[list[pb.ServerCandidate], int, list[str]]:
+    async def search(
+        self, query: str, limit: int = 10, curated_only: bool = False
+    ) -> tuple[list[pb.ServerCandidate], int, list[str]]:
         """Ranked candidates from the curated catalog and every reachable registry."""
         entries, unreachable = await self._catalog(query, curated_only)
         ranked, total = ranking.rank(query, entries, max(1, min(limit or 10, 100)))
@@ -104,7 +121,9 @@ class Discovery:
             self._curated_stamp = stamp
             self.curated = catalog_mod.load_dir(d)
 
-    async def _catalog(self, query: str, curated_only: bool = False) -> tuple[list[pb.CatalogServer], list[str]]:
+    async def _catalog(
+        self, query: str, curated_only: bool = False
+    ) -> tuple[list[pb.CatalogServer], list[str]]:
         self._reload_curated()
         if curated_only or not self.remotes:
             return list(self.curated), []
@@ -122,9 +141,13 @@ class Discovery:
         return catalog_mod.merge(self.curated, remote), unreachable
 
     def _candidate(self, r: ranking.Ranked) -> pb.ServerCandidate:
-        return pb.ServerCandidate(server=r.server, score=r.score, why_matched=r.why,
-                                  installed=r.server.name in self.records,
-                                  policy_denial=policy.denial(self.dcfg, r.server))
+        return pb.ServerCandidate(
+            server=r.server,
+            score=r.score,
+            why_matched=r.why,
+            installed=r.server.name in self.records,
+            policy_denial=policy.denial(self.dcfg, r.server),
+        )
 
     async def find(self, name: str) -> pb.CatalogServer:
         """A catalog entry by exact name (curated, then seen, then asked of each registry)."""
@@ -142,13 +165,17 @@ class Discovery:
                 log.warning("%s", exc)
         if name in self._seen:
             return self._seen[name]
-        raise NotFound(f"no catalog entry named {name!r}; search first (POST /mcp/search)",
-                       reason="SERVER_NOT_IN_CATALOG", metadata={"name": name})
+        raise NotFound(
+            f"no catalog entry named {name!r}; search first (POST /mcp/search)",
+            reason="SERVER_NOT_IN_CATALOG",
+            metadata={"name": name},
+        )
 
     # -- gap analysis ----------------------------------------------------------
 
-    async def analyze_gap(self, task: str, tools: Sequence[tool_pb2.Tool], context: str = "",
-                          max_recommendations: int = 5) -> pb.AnalyzeGapResponse:
+    async def analyze_gap(
+        self, task: str, tools: Sequence[tool_pb2.Tool], context: str = "", max_recommendations: int = 5
+    ) -> pb.AnalyzeGapResponse:
         if not task.strip():
             raise InvalidRequest("task_description is required", reason="MISSING_TASK")
         tools = list(tools) or self.registry.tools()
@@ -164,9 +191,13 @@ class Discovery:
         if result is None:
             result = gap.lexical_gap(task, tools, entries, reason)
         resp = pb.AnalyzeGapResponse(
-            has_sufficient_tools=result.has_sufficient_tools, missing_capabilities=result.missing,
-            confidence=result.confidence, reasoning=result.reasoning, analyzer=result.analyzer,  # type: ignore[arg-type]
-            fallback_reason=result.fallback_reason)
+            has_sufficient_tools=result.has_sufficient_tools,
+            missing_capabilities=result.missing,
+            confidence=result.confidence,
+            reasoning=result.reasoning,
+            analyzer=result.analyzer,  # type: ignore[arg-type]
+            fallback_reason=result.fallback_reason,
+        )
         if not result.has_sufficient_tools and result.keywords:
             ranked, _ = ranking.rank(result.keywords, entries, max(1, min(max_recommendations or 5, 50)))
             resp.recommendations.extend(self._candidate(r) for r in ranked)
@@ -194,20 +225,34 @@ class Discovery:
                 if existing.version == wanted or not version:
                     return pb.InstallServerResponse(server=self._describe(existing), already_installed=True)
                 raise FailedPrecondition(
-                    f"{server.name} is installed at {existing.version}; uninstall it before installing {wanted}",
-                    reason="ALREADY_INSTALLED_OTHER_VERSION", metadata={"installed": existing.version})
+                    f"{server.name} is installed at {existing.version}; "
+                    f"uninstall it before installing {wanted}",
+                    reason="ALREADY_INSTALLED_OTHER_VERSION",
+                    metadata={"installed": existing.version},
+                )
             if not remote_url:
                 denied = policy.denial(self.dcfg, server, version)
                 if denied:
-                    raise FailedPrecondition(f"installing {server.name} is not allowed: {denied}",
-                                             reason="INSTALL_NOT_ALLOWED", metadata={"name": server.name})
+                    raise FailedPrecondition(
+                        f"installing {server.name} is not allowed: {denied}",
+                        reason="INSTALL_NOT_ALLOWED",
+                        metadata={"name": server.name},
+                    )
             tool_id = catalog_mod.tool_id_for(server.name)
             owner = self.registry.entry(tool_id)
             if owner is not None and owner.tool.owner != mapping.OWNER:
-                raise FailedPrecondition(f"tool id {tool_id} is already registered by {owner.tool.owner}",
-                                         reason="TOOL_ID_TAKEN", metadata={"tool_id": tool_id})
-            live = pb.InstalledServer(name=server.name, tool_id=tool_id, endpoint=f"mcp://{tool_id}",
-                                      version=wanted, state=pb.SERVER_STATE_INSTALLING)
+                raise FailedPrecondition(
+                    f"tool id {tool_id} is already registered by {owner.tool.owner}",
+                    reason="TOOL_ID_TAKEN",
+                    metadata={"tool_id": tool_id},
+                )
+            live = pb.InstalledServer(
+                name=server.name,
+                tool_id=tool_id,
+                endpoint=f"mcp://{tool_id}",
+                version=wanted,
+                state=pb.SERVER_STATE_INSTALLING,
+            )
             self.installing[server.name] = live
 
             def progress(p: float, message: str) -> None:
@@ -224,19 +269,40 @@ class Discovery:
             progress(1.0, f"running with {len(self.runners[tool_id].actions)} tools")
             return pb.InstallServerResponse(server=self._describe(record), progress=steps)
 
-    async def _install(self, server: pb.CatalogServer, pkg: pb.ServerPackage | None, version: str, tool_id: str,
-                       progress: Progress, live: pb.InstalledServer) -> ServerRecord:
+    async def _install(
+        self,
+        server: pb.CatalogServer,
+        pkg: pb.ServerPackage | None,
+        version: str,
+        tool_id: str,
+        progress: Progress,
+        live: pb.InstalledServer,
+    ) -> ServerRecord:
         remote = next((r for r in server.remotes if r.transport_type == "streamable-http"), None)
-        record = ServerRecord(name=server.name, tool_id=tool_id, registry_type="", identifier="", version=version,
-                              title=server.title, description=server.description, tags=list(server.tags),
-                              installed_at=time.time())
+        record = ServerRecord(
+            name=server.name,
+            tool_id=tool_id,
+            registry_type="",
+            identifier="",
+            version=version,
+            title=server.title,
+            description=server.description,
+            tags=list(server.tags),
+            installed_at=time.time(),
+        )
         if pkg is not None:
             env = _package_env(pkg)
             installed = await self.installer.install(tool_id, pkg, version, progress)
             record.registry_type, record.identifier = pkg.registry_type, pkg.identifier
-            record.command, record.args, record.cwd, record.env = (installed.command, installed.args,
-                                                                   installed.cwd, env)
-            record.artifacts = [{"name": a.name, "version": a.version, "hash": a.hash} for a in installed.artifacts]
+            record.command, record.args, record.cwd, record.env = (
+                installed.command,
+                installed.args,
+                installed.cwd,
+                env,
+            )
+            record.artifacts = [
+                {"name": a.name, "version": a.version, "hash": a.hash} for a in installed.artifacts
+            ]
         elif remote is not None:
             record.registry_type, record.identifier, record.url = "remote", remote.url, remote.url
         else:
@@ -263,8 +329,10 @@ class Discovery:
         if not catalog_mod.NAME.match(name):
             raise InvalidRequest(f"name {name!r} must look like namespace/name", reason="INVALID_NAME")
         if not (self.dcfg.allow_remotes):
-            raise FailedPrecondition("federating remote servers is disabled (discovery.allow_remotes)",
-                                     reason="INSTALL_NOT_ALLOWED")
+            raise FailedPrecondition(
+                "federating remote servers is disabled (discovery.allow_remotes)",
+                reason="INSTALL_NOT_ALLOWED",
+            )
         s = pb.CatalogServer(name=name, description=f"MCP server at {url}", source="admin")
         s.remotes.add(transport_type="streamable-http", url=url)
         return s
@@ -272,8 +340,9 @@ class Discovery:
     async def uninstall(self, name: str) -> pb.UninstallServerResponse:
         record = self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
         if record is None:
-            raise NotFound(f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED",
-                           metadata={"name": name})
+            raise NotFound(
+                f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
+            )
         async with self._lock(record.name):
             described = self._describe(record)
             runner = self.runners.pop(record.tool_id, None)
@@ -285,7 +354,9 @@ class Discovery:
             self.installer.remove(record.tool_id)
             described.state = pb.SERVER_STATE_STOPPED
             log.info("uninstalled %s", record.name)
-            return pb.UninstallServerResponse(server=described, removed_tool_ids=[record.tool_id] if removed else [])
+            return pb.UninstallServerResponse(
+                server=described, removed_tool_ids=[record.tool_id] if removed else []
+            )
 
     def list_servers(self) -> list[pb.InstalledServer]:
         out = {r.name: self._describe(r) for r in self.records.values()}
@@ -295,9 +366,15 @@ class Discovery:
 
     def _describe(self, r: ServerRecord) -> pb.InstalledServer:
         runner = self.runners.get(r.tool_id)
-        s = pb.InstalledServer(name=r.name, tool_id=r.tool_id, endpoint=f"mcp://{r.tool_id}", version=r.version,
-                               registry_type=r.registry_type, identifier=r.identifier,
-                               artifacts=[pb.ArtifactHash(**a) for a in r.artifacts])
+        s = pb.InstalledServer(
+            name=r.name,
+            tool_id=r.tool_id,
+            endpoint=f"mcp://{r.tool_id}",
+            version=r.version,
+            registry_type=r.registry_type,
+            identifier=r.identifier,
+            artifacts=[pb.ArtifactHash(**a) for a in r.artifacts],
+        )
         s.installed_at.FromNanoseconds(int(r.installed_at * 1e9))
         if runner is not None:
             s.state, s.status_message, s.restarts = runner.state, runner.message, runner.restarts  # type: ignore[assignment]
@@ -312,9 +389,14 @@ class Discovery:
         if record.url:
             spec = LaunchSpec(url=record.url)
         else:
-            spec = LaunchSpec(command=record.command, args=list(record.args), env={**base_env(), **record.env},
-                              cwd=record.cwd, log_path=self.installer.dir_for(record.tool_id) / "server.log",
-                              pid_path=self.installer.dir_for(record.tool_id) / "server.pid")
+            spec = LaunchSpec(
+                command=record.command,
+                args=list(record.args),
+                env={**base_env(), **record.env},
+                cwd=record.cwd,
+                log_path=self.installer.dir_for(record.tool_id) / "server.log",
+                pid_path=self.installer.dir_for(record.tool_id) / "server.pid",
+            )
         runner = ServerRunner(record.name, spec, self.dcfg, self._on_tools, self._on_state)
         runner.record = record  # type: ignore[attr-defined]
         self.runners[record.tool_id] = runner
@@ -325,8 +407,13 @@ class Discovery:
         if not tools:
             raise FailedPrecondition(f"MCP server {record.name} offers no tools", reason="NO_TOOLS")
         definition, actions = mapping.tool_definition(
-            record.tool_id, record.title or record.name, record.description or record.name, record.version,
-            tools, record.tags)
+            record.tool_id,
+            record.title or record.name,
+            record.description or record.name,
+            record.version,
+            tools,
+            record.tags,
+        )
         definition.metadata["registry_type"] = record.registry_type
         await self.registry.register(definition)
         runner.actions = actions
@@ -369,21 +456,28 @@ class Discovery:
 
     # -- the router transport for mcp:// --------------------------------------
 
-    async def handle(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
-                     on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+    async def handle(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
         """Forward one ExecuteRequest to the server's MCP session and map the result."""
         runner = self.runners.get(entry.endpoint.address)
         if runner is None:
             raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
         name = runner.actions.get(request.action, request.action)
         try:
-            async with asyncio.timeout(timeout):
-                result = await runner.call(name, struct_to_dict(request.arguments), timeout)
+            async with asyncio.timeout(timeout_s):
+                result = await runner.call(name, struct_to_dict(request.arguments), timeout_s)
         except TimeoutError:
-            return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, f"{entry.tool.tool_id}.{request.action} took longer "
-                                                                f"than {timeout:g}s")
+            return error_response(
+                tool_pb2.ERROR_TYPE_TIMEOUT,
+                f"{entry.tool.tool_id}.{request.action} took longer than {timeout_s:g}s",
+            )
         except MCPError as exc:
-            kind = tool_pb2.ERROR_TYPE_INVALID_INPUT if exc.error.code == -32602 else tool_pb2.ERROR_TYPE_TOOL_ERROR
+            kind = (
+                tool_pb2.ERROR_TYPE_INVALID_INPUT
+                if exc.error.code == -32602
+                else tool_pb2.ERROR_TYPE_TOOL_ERROR
+            )
             if exc.error.code == types.CONNECTION_CLOSED:
                 kind = tool_pb2.ERROR_TYPE_SYSTEM
             return error_response(kind, f"MCP server {runner.name}: {exc.error.message}")
@@ -391,9 +485,10 @@ class Discovery:
             raise
         except Exception as exc:  # a broken session is the server's failure, reported as a result
             log.warning("MCP call %s.%s failed: %r", runner.name, name, exc)
-            return error_response(tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000])
+            return error_response(
+                tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000]
+            )
         return mapping.to_response(result)
-
 
 
 def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:
@@ -402,7 +497,9 @@ def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:
         if v.default and not v.is_secret:
             env[v.name] = v.default
         elif v.is_required:
-            raise FailedPrecondition(f"{pkg.identifier} needs {v.name} ({v.description}), which the mesh cannot "
-                                     "provide yet", reason="MISSING_ENVIRONMENT", metadata={"variable": v.name})
+            raise FailedPrecondition(
+                f"{pkg.identifier} needs {v.name} ({v.description}), which the mesh cannot provide yet",
+                reason="MISSING_ENVIRONMENT",
+                metadata={"variable": v.name},
+            )
     return env
-

@@ -191,6 +191,7 @@ class Installer:
             "--no-fund",
             "--ignore-scripts",
             "--no-update-notifier",
+            "--fetch-retries=1",
             "--loglevel=error",
             f"{pkg.identifier}@{version}",
         ]

@@ -11,33 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 
 import aiohttp
-import mcp_types as types
-from mcp.shared.exceptions import MCPError
 from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config
-from services.common.errors import FailedPrecondition, InvalidRequest, MeshError, NotFound
-from services.common.jsonvalue import struct_to_dict
+from services.common.errors import FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
 from services.discovery import gap, mapping, policy, ranking
-from services.discovery.installer import Installer, Progress, base_env
+from services.discovery.fleet import Fleet
+from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
-from services.discovery.runner import LaunchSpec, ServerRunner
+from services.discovery.runner import ServerRunner
 from services.discovery.state import ServerRecord, StateFile
-from services.discovery.stdio import kill_stale_group
-from services.library.registry import Entry, Registry
-from services.router.channels import ProgressFn
-from services.router.router import Router, error_response
+from services.library.registry import Registry
+from services.router.router import Router
 
 log = logging.getLogger(__name__)
-HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
 
 
 class Discovery:
@@ -50,7 +43,7 @@ class Discovery:
         self.installer = Installer(self.dcfg, self.install_dir)
         self.state = StateFile(self.install_dir / "servers.json")
         self.records: dict[str, ServerRecord] = {}
-        self.runners: dict[str, ServerRunner] = {}  # tool_id -> runner
+        self.fleet = Fleet(self.dcfg, registry, self.install_dir)
         self.installing: dict[str, pb.InstalledServer] = {}  # name -> progress of an install under way
         self.curated: list[pb.CatalogServer] = []
         self._curated_stamp = -1
@@ -82,10 +75,11 @@ class Discovery:
                     self.dcfg.llm_timeout_s,
                 )
                 self._stack.push_async_callback(self.llm.close)
-            self.router.transports["mcp"] = self.handle
+            self.router.transports["mcp"] = self.fleet.handle
             self._stack.callback(self.router.transports.pop, "mcp", None)
-            self._stack.push_async_callback(self._stop_all)
-            await self._restore()
+            self._stack.push_async_callback(self.fleet.stop_all)
+            self.records = self.state.load()
+            await self.fleet.restore(self.records.values())
         except BaseException:
             await self._stack.aclose()
             raise
@@ -99,6 +93,11 @@ class Discovery:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    @property
+    def runners(self) -> dict[str, ServerRunner]:
+        """Running servers by tool id."""
+        return self.fleet.runners
 
     # -- catalog ---------------------------------------------------------------
 
@@ -309,16 +308,14 @@ class Discovery:
             raise FailedPrecondition(f"{server.name} has nothing to install", reason="INSTALL_NOT_ALLOWED")
         progress(0.7, "starting the server")
         live.state = pb.SERVER_STATE_STARTING
-        runner = self._runner(record)
+        runner = self.fleet.runner(record)
         try:
             await runner.start(strict=True)
             self.records[record.name] = record
             self.state.save(self.records)
         except BaseException:
             self.records.pop(record.name, None)
-            self.runners.pop(tool_id, None)
-            await runner.stop()
-            await self._deregister(tool_id)
+            await self.fleet.discard(tool_id)
             self.installer.remove(tool_id)
             raise
         return record
@@ -345,10 +342,7 @@ class Discovery:
             )
         async with self._lock(record.name):
             described = self._describe(record)
-            runner = self.runners.pop(record.tool_id, None)
-            if runner is not None:
-                await runner.stop()
-            removed = await self._deregister(record.tool_id)
+            removed = await self.fleet.discard(record.tool_id)
             self.records.pop(record.name, None)
             self.state.save(self.records)
             self.installer.remove(record.tool_id)
@@ -382,113 +376,6 @@ class Discovery:
             s.tools.extend(runner.actions.values())
             s.progress = 1.0 if runner.state == pb.SERVER_STATE_RUNNING else 0.8
         return s
-
-    # -- running servers -------------------------------------------------------
-
-    def _runner(self, record: ServerRecord) -> ServerRunner:
-        if record.url:
-            spec = LaunchSpec(url=record.url)
-        else:
-            spec = LaunchSpec(
-                command=record.command,
-                args=list(record.args),
-                env={**base_env(), **record.env},
-                cwd=record.cwd,
-                log_path=self.installer.dir_for(record.tool_id) / "server.log",
-                pid_path=self.installer.dir_for(record.tool_id) / "server.pid",
-            )
-        runner = ServerRunner(record.name, spec, self.dcfg, self._on_tools, self._on_state)
-        runner.record = record  # type: ignore[attr-defined]
-        self.runners[record.tool_id] = runner
-        return runner
-
-    async def _on_tools(self, runner: ServerRunner, tools: list[types.Tool]) -> None:
-        record: ServerRecord = runner.record  # type: ignore[attr-defined]
-        if not tools:
-            raise FailedPrecondition(f"MCP server {record.name} offers no tools", reason="NO_TOOLS")
-        definition, actions = mapping.tool_definition(
-            record.tool_id,
-            record.title or record.name,
-            record.description or record.name,
-            record.version,
-            tools,
-            record.tags,
-        )
-        definition.metadata["registry_type"] = record.registry_type
-        await self.registry.register(definition)
-        runner.actions = actions
-
-    async def _on_state(self, runner: ServerRunner) -> None:
-        record: ServerRecord = runner.record  # type: ignore[attr-defined]
-        health = HEALTHY if runner.state == pb.SERVER_STATE_RUNNING else UNHEALTHY
-        await self.registry.set_health(record.tool_id, health)
-
-    async def _deregister(self, tool_id: str) -> bool:
-        entry = self.registry.entry(tool_id)
-        if entry is None or entry.tool.owner != mapping.OWNER:
-            return False
-        await self.registry.deregister(tool_id)
-        return True
-
-    async def _restore(self) -> None:
-        """Bring persisted servers back; drop tools and directories nothing persisted owns."""
-        self.records = self.state.load()
-        owned = {r.tool_id for r in self.records.values()}
-        for entry in self.registry.entries():
-            if entry.tool.owner == mapping.OWNER and entry.tool.tool_id not in owned:
-                await self.registry.deregister(entry.tool.tool_id)
-        if self.install_dir.is_dir():
-            for d in self.install_dir.iterdir():
-                if d.is_dir() and d.name not in owned:
-                    log.warning("removing %s: no installed server owns it", d)
-                    kill_stale_group(d / "server.pid", str(d / "work"))
-                    shutil.rmtree(d, ignore_errors=True)
-        runners = [self._runner(r) for r in self.records.values()]
-        if runners:
-            async with asyncio.TaskGroup() as tg:
-                for runner in runners:
-                    tg.create_task(runner.start(strict=False))
-
-    async def _stop_all(self) -> None:
-        runners, self.runners = list(self.runners.values()), {}
-        if runners:
-            await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
-
-    # -- the router transport for mcp:// --------------------------------------
-
-    async def handle(
-        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
-    ) -> ex.ExecuteResponse:
-        """Forward one ExecuteRequest to the server's MCP session and map the result."""
-        runner = self.runners.get(entry.endpoint.address)
-        if runner is None:
-            raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
-        name = runner.actions.get(request.action, request.action)
-        try:
-            async with asyncio.timeout(timeout_s):
-                result = await runner.call(name, struct_to_dict(request.arguments), timeout_s)
-        except TimeoutError:
-            return error_response(
-                tool_pb2.ERROR_TYPE_TIMEOUT,
-                f"{entry.tool.tool_id}.{request.action} took longer than {timeout_s:g}s",
-            )
-        except MCPError as exc:
-            kind = (
-                tool_pb2.ERROR_TYPE_INVALID_INPUT
-                if exc.error.code == -32602
-                else tool_pb2.ERROR_TYPE_TOOL_ERROR
-            )
-            if exc.error.code == types.CONNECTION_CLOSED:
-                kind = tool_pb2.ERROR_TYPE_SYSTEM
-            return error_response(kind, f"MCP server {runner.name}: {exc.error.message}")
-        except MeshError:
-            raise
-        except Exception as exc:  # a broken session is the server's failure, reported as a result
-            log.warning("MCP call %s.%s failed: %r", runner.name, name, exc)
-            return error_response(
-                tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000]
-            )
-        return mapping.to_response(result)
 
 
 def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:

@@ -29,6 +29,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
+from services.common.runtime import die_with_parent
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
@@ -78,6 +79,7 @@ async def run(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,  # an install never outlives the hub
     )
     try:
         async with asyncio.timeout(deadline_s):

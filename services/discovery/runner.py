@@ -21,8 +21,9 @@ from typing import Any
 import mcp_types as types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
@@ -170,6 +171,9 @@ class ServerRunner:
             await self._notify_state()
             if not first.done():
                 first.set_result(None)
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                listener = asyncio.create_task(self._listen(client), name=f"mcp-listen-{self.name}")
+                stack.push_async_callback(_cancel, listener)
             await self._watch(client)
 
     def _transport(self) -> Any:
@@ -218,6 +222,19 @@ class ServerRunner:
                 self.message = f"health check failed: {_describe(exc, self.transport)}"
                 return
 
+    async def _listen(self, client: Client) -> None:
+        """2026-07-28 sessions announce tool-list changes only on a `subscriptions/listen` stream."""
+        caps = client.server_capabilities.tools
+        if caps is None or not caps.list_changed:
+            return
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self._relist = True
+                    self._kick.set()
+        except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as exc:
+            log.info("MCP server %s: no tool-list subscription (%s)", self.name, exc)
+
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
             self._relist = True
@@ -228,6 +245,12 @@ class ServerRunner:
             await self._on_state(self)
         except Exception:
             log.exception("state callback failed for %s", self.name)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _list_all(client: Client) -> list[types.Tool]:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
-from toolscore.v1 import toolscore_pb2_grpc
 
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
@@ -61,7 +63,7 @@ async def test_a_streamable_http_url_is_federated_and_its_tools_are_callable(
                 pb.InstallServerRequest(name=name, remote_url=sdk_server), timeout=30
             )
             assert resp.server.registry_type == "remote" and resp.server.identifier == sdk_server
-            assert set(resp.server.tools) == {"multiply", "greet"}
+            assert set(resp.server.tools) == {"multiply", "greet", "grow"}
             assert resp.server.protocol_version  # negotiated by the SDK client (either era)
             out = await stub.ExecuteTool(
                 ts.ExecuteToolRequest(
@@ -118,3 +120,31 @@ async def test_a_remote_url_that_is_not_http_is_invalid(dcfg: Config) -> None:
                     pb.InstallServerRequest(name=f"{NS}/x", remote_url="file:///etc/passwd"), timeout=10
                 )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_2026_era_server_announces_new_tools_through_its_subscription_and_they_become_callable(
+    dcfg: Config, sdk_server: str
+) -> None:
+    name = f"{NS}/grower"
+    async with Hub(dcfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            library = tool_library_pb2_grpc.ToolLibraryServiceStub(ch)
+            resp = await stub.InstallServer(
+                pb.InstallServerRequest(name=name, remote_url=sdk_server), timeout=30
+            )
+            assert resp.server.protocol_version in MODERN_PROTOCOL_VERSIONS
+            tool_id = resp.server.tool_id
+            events = library.WatchToolEvents(
+                lib.WatchToolEventsRequest(since_revision=hub.registry.revision, tool_ids=[tool_id])
+            )
+            await stub.ExecuteTool(ts.ExecuteToolRequest(tool_id=tool_id, action="grow"), timeout=20)
+            async with asyncio.timeout(10):
+                async for ev in events:
+                    if ev.event.type == tool_pb2.TOOL_EVENT_TYPE_UPDATED:
+                        assert "late" in [c.name for c in ev.event.tool.capabilities]
+                        break
+            events.cancel()
+            out = await stub.ExecuteTool(ts.ExecuteToolRequest(tool_id=tool_id, action="late"), timeout=20)
+            assert out.content[0].text.text == "late tool"
+            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=20)

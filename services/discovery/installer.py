@@ -33,7 +33,14 @@ from services.common.runtime import die_with_parent
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+# Paths and proxies installers and servers need to reach their registries; nothing secret.
 _ENV_KEEP = (
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "NODE_EXTRA_CA_CERTS",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
     "PATH",
     "HOME",
     "LANG",

@@ -57,3 +57,26 @@ async def test_the_real_mcp_server_time_installs_from_pypi_and_tells_the_time(cf
             assert "Europe/Paris" in resp.content[0].text.text
             await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
             assert not hub.discovery.installer.dir_for(installed.server.tool_id).exists()
+
+
+@pytest.mark.timeout(600)
+async def test_the_real_npm_memory_server_installs_and_answers(cfg: Config) -> None:
+    cfg = config_mod.replace(
+        cfg,
+        discovery={
+            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
+            "start_timeout_s": 60.0,
+            "install_timeout_s": 500.0,
+        },
+    )
+    name = "io.github.modelcontextprotocol/memory"
+    async with Hub(cfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            installed = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=550)
+            assert any(a.hash.startswith("sha512-") for a in installed.server.artifacts)
+            resp = await stub.ExecuteTool(
+                ts.ExecuteToolRequest(tool_id=installed.server.tool_id, action="read_graph"), timeout=30
+            )
+            assert not resp.is_error and '"entities"' in resp.content[0].text.text
+            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)

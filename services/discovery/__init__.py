@@ -8,6 +8,7 @@ policy.py           what may be installed (pure)
 installer.py        per-server venv / npm prefix, pinned, hashes recorded
 stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
 runner.py           one server's life: connect, list tools, health, restart with backoff
+fleet.py            the running servers: registration, health, restore, the mcp:// transport
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
 service.py          Discovery: the async context manager the hub owns

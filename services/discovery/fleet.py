@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import executor_pb2 as ex
@@ -133,7 +134,9 @@ class Fleet:
         name = runner.actions.get(request.action, request.action)
         try:
             async with asyncio.timeout(timeout_s):
-                result = await runner.call(name, struct_to_dict(request.arguments), timeout_s)
+                result = await runner.call(
+                    name, struct_to_dict(request.arguments), timeout_s, _progress(on_progress)
+                )
         except TimeoutError:
             return error_response(
                 tool_pb2.ERROR_TYPE_TIMEOUT,
@@ -156,3 +159,14 @@ class Fleet:
                 tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000]
             )
         return mapping.to_response(result)
+
+
+def _progress(on_progress: ProgressFn | None) -> ProgressFnT | None:
+    """MCP `notifications/progress` of a call, forwarded as the router's Progress messages."""
+    if on_progress is None:
+        return None
+
+    async def forward(progress: float, total: float | None, message: str | None) -> None:
+        on_progress(ex.Progress(progress=progress, total=total or 0.0, message=message or ""))
+
+    return forward

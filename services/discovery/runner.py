@@ -22,6 +22,7 @@ import mcp_types as types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
+from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from toolscore.v1 import discovery_pb2 as pb
@@ -103,7 +104,9 @@ class ServerRunner:
                 await self._task
         self.state, self.message = pb.SERVER_STATE_STOPPED, "stopped"
 
-    async def call(self, name: str, arguments: dict[str, Any], deadline_s: float) -> types.CallToolResult:
+    async def call(
+        self, name: str, arguments: dict[str, Any], deadline_s: float, progress: ProgressFnT | None = None
+    ) -> types.CallToolResult:
         """One tools/call on the current connection; Unavailable when there is none."""
         client = self.client
         if client is None:
@@ -112,7 +115,9 @@ class ServerRunner:
                 reason="MCP_SERVER_DOWN",
                 metadata={"server": self.name},
             )
-        return await client.call_tool(name, arguments, read_timeout_seconds=deadline_s)
+        return await client.call_tool(
+            name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress
+        )
 
     # -- the runner's task ------------------------------------------------------
 

@@ -240,3 +240,23 @@ async def test_a_server_that_dies_is_restarted_with_backoff_and_its_health_follo
             assert resp.content[0].text.text == "back"
             await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
         await _assert_clean_and_healthy(hub)
+
+
+async def test_a_call_the_server_never_answers_times_out_as_a_result_and_the_server_keeps_serving(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir, "sleepy")
+    async with Hub(dcfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            installed = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=60)
+            request = ts.ExecuteToolRequest(tool_id=installed.server.tool_id, action="hang")
+            request.timeout.FromMilliseconds(500)
+            hung = await stub.ExecuteTool(request, timeout=20)
+            assert hung.is_error and hung.error.type == tool_pb2.ERROR_TYPE_TIMEOUT
+            echo = ts.ExecuteToolRequest(
+                tool_id=installed.server.tool_id, action="echo", arguments=dict_to_struct({"text": "awake"})
+            )
+            assert (await stub.ExecuteTool(echo, timeout=20)).content[0].text.text == "awake"
+            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
+        await _assert_clean_and_healthy(hub)

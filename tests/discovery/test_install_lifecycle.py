@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
@@ -196,3 +197,17 @@ async def test_an_install_in_progress_is_listed_with_its_progress_and_does_not_b
             done = await install
             assert done.server.state == pb.SERVER_STATE_RUNNING
             await s.ts.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
+
+
+async def test_mcp_progress_notifications_reach_the_router_caller(
+    dcfg: Config, pkg_index: PackageIndex, root: Path
+) -> None:
+    name = _publish_echo(pkg_index, root)
+    async with Hub(dcfg) as hub:
+        installed = await hub.discovery.install(name)
+        seen: list[ex.Progress] = []
+        request = ex.ExecuteRequest(tool_id=installed.server.tool_id, action="steps")
+        resp = await hub.router.execute(request, on_progress=seen.append)
+        assert resp.content[0].text.text == "done"
+        assert [(p.progress, p.total, p.message) for p in seen] == [(1, 2, "step 1"), (2, 2, "step 2")]
+        await hub.discovery.uninstall(name)

@@ -32,7 +32,7 @@ from services.common.errors import FailedPrecondition, InvalidRequest
 from services.common.runtime import die_with_parent
 
 log = logging.getLogger(__name__)
-Progress = Callable[[float, str], None]
+Progress = Callable[[float, str], object]
 # Paths and proxies installers and servers need to reach their registries; nothing secret.
 _ENV_KEEP = (
     "SSL_CERT_FILE",

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 from toolscore.v1 import discovery_pb2 as pb
@@ -31,6 +31,7 @@ from services.library.registry import Registry
 from services.router.router import Router
 
 log = logging.getLogger(__name__)
+_WATCH_QUEUE = 256
 
 
 class Discovery:
@@ -45,6 +46,7 @@ class Discovery:
         self.records: dict[str, ServerRecord] = {}
         self.fleet = Fleet(self.dcfg, registry, self.install_dir)
         self.installing: dict[str, pb.InstalledServer] = {}  # name -> progress of an install under way
+        self._watchers: set[asyncio.Queue[pb.WatchInstallsResponse | None]] = set()
         self.curated: list[pb.CatalogServer] = []
         self._curated_stamp = -1
         self.remotes: list[RemoteRegistry] = []
@@ -78,6 +80,7 @@ class Discovery:
             self.router.transports["mcp"] = self.fleet.handle
             self._stack.callback(self.router.transports.pop, "mcp", None)
             self._stack.push_async_callback(self.fleet.stop_all)
+            self._stack.callback(self._close_watchers)
             self.records = self.state.load()
             await self.fleet.restore(self.records.values())
         except BaseException:
@@ -254,19 +257,65 @@ class Discovery:
             )
             self.installing[server.name] = live
 
-            def progress(p: float, message: str) -> None:
+            def progress(p: float, message: str, server_now: pb.InstalledServer | None = None) -> None:
                 live.progress, live.status_message = p, message
                 step = pb.InstallProgress(progress=p, message=message)
                 step.time.GetCurrentTime()
                 steps.append(step)
                 log.info("install %s: %3.0f%% %s", server.name, p * 100, message)
+                self._publish(pb.WatchInstallsResponse(server=server_now or live, step=step))
 
             try:
                 record = await self._install(server, pkg, wanted, tool_id, progress, live)
+            except BaseException as exc:
+                live.state = pb.SERVER_STATE_STOPPED
+                progress(live.progress, f"failed: {getattr(exc, 'message', None) or type(exc).__name__}")
+                raise
             finally:
                 self.installing.pop(server.name, None)
-            progress(1.0, f"running with {len(self.runners[tool_id].actions)} tools")
-            return pb.InstallServerResponse(server=self._describe(record), progress=steps)
+            done = self._describe(record)
+            progress(1.0, f"running with {len(done.tools)} tools", done)
+            done.status_message = live.status_message
+            return pb.InstallServerResponse(server=done, progress=steps)
+
+    def subscribe_installs(self) -> asyncio.Queue[pb.WatchInstallsResponse | None]:
+        """A queue that receives every install step from now on; pass it to `installs` and `unsubscribe`."""
+        queue: asyncio.Queue[pb.WatchInstallsResponse | None] = asyncio.Queue(maxsize=_WATCH_QUEUE)
+        self._watchers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[pb.WatchInstallsResponse | None]) -> None:
+        self._watchers.discard(queue)
+
+    async def installs(
+        self, queue: asyncio.Queue[pb.WatchInstallsResponse | None], name: str = ""
+    ) -> AsyncIterator[pb.WatchInstallsResponse]:
+        """Installs under way, then every step from `queue` as it happens (for `name`, or all)."""
+        for live in list(self.installing.values()):
+            if not name or live.name == name:
+                step = pb.InstallProgress(progress=live.progress, message=live.status_message)
+                step.time.GetCurrentTime()
+                yield pb.WatchInstallsResponse(server=live, step=step)
+        while (item := await queue.get()) is not None:
+            if not name or item.server.name == name:
+                yield item
+
+    def _publish(self, item: pb.WatchInstallsResponse) -> None:
+        snapshot = pb.WatchInstallsResponse()
+        snapshot.CopyFrom(item)
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait(snapshot)
+            except asyncio.QueueFull:  # a watcher that does not read is dropped, never waited for
+                self._watchers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)
+
+    def _close_watchers(self) -> None:
+        for queue in list(self._watchers):
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     async def _install(
         self,

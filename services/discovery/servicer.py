@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -75,6 +75,17 @@ class DiscoveryServicer:
             token = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
         return pb.ListServersResponse(servers=page, next_page_token=token)
 
+    async def WatchInstalls(
+        self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchInstallsResponse]:
+        queue = self.discovery.subscribe_installs()
+        try:
+            await context.send_initial_metadata(())  # the watch is in place: callers may start installing
+            async for item in self.discovery.installs(queue, request.name):
+                yield item
+        finally:
+            self.discovery.unsubscribe(queue)
+
 
 _MESSAGES: dict[str, tuple[Any, Any]] = {
     "AnalyzeGap": (pb.AnalyzeGapRequest, pb.AnalyzeGapResponse),
@@ -86,8 +97,14 @@ _MESSAGES: dict[str, tuple[Any, Any]] = {
 
 
 def method_handlers(servicer: DiscoveryServicer) -> dict[str, grpc.RpcMethodHandler]:
-    """Unary handlers by method name, for the hub's ToolScoreService generic handler."""
-    out = {}
+    """Handlers by method name, for the hub's ToolScoreService generic handler."""
+    out = {
+        "WatchInstalls": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchInstalls,
+            request_deserializer=pb.WatchInstallsRequest.FromString,
+            response_serializer=pb.WatchInstallsResponse.SerializeToString,
+        )
+    }
     for name, (req, resp) in _MESSAGES.items():
         fn: Callable[..., Awaitable[Any]] = getattr(servicer, name)
         out[name] = grpc.unary_unary_rpc_method_handler(

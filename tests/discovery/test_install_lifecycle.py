@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from tests.discovery.conftest import (
     pid_alive,
     processes_under,
     server_json,
+    write_catalog,
 )
 
 
@@ -211,3 +213,41 @@ async def test_mcp_progress_notifications_reach_the_router_caller(
         assert resp.content[0].text.text == "done"
         assert [(p.progress, p.total, p.message) for p in seen] == [(1, 2, "step 1"), (2, 2, "step 2")]
         await hub.discovery.uninstall(name)
+
+
+async def test_install_progress_is_streamed_to_watchers_until_the_outcome(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish_echo(pkg_index, root)
+    wheels = root / "wheels"
+    pkg_index.add_wheel(build_wheel(wheels, "ts-dud-mcp", "1.0.0", behaviour="exit"), "ts-dud-mcp")
+    write_catalog(catalog_dir, server_json(f"{NS}/dud", "exits at once", "pypi", "ts-dud-mcp", "1.0.0"))
+    async with Hub(dcfg) as hub:
+        ch, s = await _connect(hub)
+        async with ch:
+            for target, final_state in (
+                (name, pb.SERVER_STATE_RUNNING),
+                (f"{NS}/dud", pb.SERVER_STATE_STOPPED),
+            ):
+                watch = s.ts.WatchInstalls(pb.WatchInstallsRequest(name=target))
+                await watch.wait_for_connection()
+                install = asyncio.ensure_future(
+                    s.ts.InstallServer(pb.InstallServerRequest(name=target), timeout=60)
+                )
+                seen = []
+                async with asyncio.timeout(60):
+                    async for item in watch:
+                        seen.append(item)
+                        if item.server.state in (pb.SERVER_STATE_RUNNING, pb.SERVER_STATE_STOPPED):
+                            break
+                watch.cancel()
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await install
+                assert seen[-1].server.state == final_state
+                progress = [i.step.progress for i in seen]
+                assert progress == sorted(progress) and len(seen) >= 4
+                assert any("pip install" in i.step.message for i in seen)
+            assert (
+                seen[-1].step.message.startswith("failed: ") and "exited with code 3" in seen[-1].step.message
+            )
+            await s.ts.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+
 import grpc
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_library_pb2 as lib
@@ -56,6 +58,16 @@ class DiscoveryClient:
     async def list_servers(self, request: pb.ListServersRequest) -> pb.ListServersResponse:
         return await self._call(self._stub.ListServers, request, self.timeout_s)
 
+    async def watch_installs(self, name: str = "") -> AsyncGenerator[pb.WatchInstallsResponse, None]:
+        """Install progress as it happens (for the edge's events WebSocket). Returns once the watch is
+        in place, so no step of an install started afterwards is missed; close the iterator to stop."""
+        call = self._stub.WatchInstalls(pb.WatchInstallsRequest(name=name))
+        try:
+            await call.initial_metadata()
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+        return _steps(call)
+
     async def count_tools(self) -> int:
         resp = await self._call(self._library.ListTools, lib.ListToolsRequest(page_size=1), self.timeout_s)
         return int(resp.total_count)
@@ -79,6 +91,16 @@ class DiscoveryClient:
                     "current_tools items must be tool ids or tool objects", reason="INVALID_TOOLS"
                 )
         return out
+
+
+async def _steps(call: grpc.aio.UnaryStreamCall) -> AsyncGenerator[pb.WatchInstallsResponse, None]:
+    try:
+        async for item in call:
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+    finally:
+        call.cancel()
 
 
 def _tool_from_json(d: dict) -> tool_pb2.Tool:

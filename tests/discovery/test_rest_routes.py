@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import grpc
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from toolscore.v1 import discovery_pb2 as pb
 
 from edge.discovery_routes import add_routes
 from services.common import config as config_mod
@@ -213,3 +215,22 @@ async def test_install_over_rest_forwards_the_bearer_token_to_the_hub(
         assert status == 401
         status, body = await rest.request("DELETE", f"/api/v1/tools/servers/{name}", token="tok")
         assert status == 200
+
+
+async def test_the_client_streams_install_progress_for_the_edge_to_forward(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir)
+    async with Hub(dcfg) as hub, grpc.aio.insecure_channel(hub.uds_target or "") as channel:
+        client = DiscoveryClient(channel)
+        steps = await client.watch_installs(name)
+        installed = await client.install(pb.InstallServerRequest(name=name))
+        messages = []
+        async with asyncio.timeout(10):
+            async for item in steps:
+                messages.append(item.step.message)
+                if item.server.state == pb.SERVER_STATE_RUNNING:
+                    break
+        await steps.aclose()
+        assert any(m.startswith("pip install") for m in messages) and messages[-1].startswith("running with")
+        assert installed.server.state == pb.SERVER_STATE_RUNNING

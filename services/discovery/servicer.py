@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from toolscore.v1 import discovery_pb2 as pb
 from services.common.errors import InvalidRequest
 from services.discovery.service import Discovery
 
+log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolScoreService"
 # Installs run third-party code: they need the admin token when one is configured.
 PROTECTED = frozenset({f"/{SERVICE}/InstallServer", f"/{SERVICE}/UninstallServer"})
@@ -46,11 +48,13 @@ class DiscoveryServicer:
     async def InstallServer(
         self, request: pb.InstallServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.InstallServerResponse:
+        log.info("install %s requested (request_id %s)", request.name, request.request_id or "-")
         return await self.discovery.install(request.name, request.version, request.remote_url)
 
     async def UninstallServer(
         self, request: pb.UninstallServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.UninstallServerResponse:
+        log.info("uninstall %s requested (request_id %s)", request.name, request.request_id or "-")
         return await self.discovery.uninstall(request.name)
 
     async def ListServers(

@@ -35,6 +35,8 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 log = logging.getLogger(__name__)
 Listener = Callable[[tool_pb2.ToolEvent], None]
+# (tool_id or "_unknown", outcome: "ok" | "tool_error" | a fault's reason, seconds)
+CallObserver = Callable[[str, str, float], None]
 REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
 
 
@@ -70,8 +72,10 @@ class HubGateway:
         self.listeners: list[Listener] = []
         # Recent events (revision order) for clients that resume with ?since=.
         self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
+        self.call_observers: list[CallObserver] = []
         self._usage: dict[str, _Usage] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     async def __aenter__(self) -> HubGateway:
         o = self.opts
@@ -150,6 +154,7 @@ class HubGateway:
         self.entries.update(fresh)
         self.revision = revision
         self.synced.set()
+        self._wake_waiters()
         if first:
             return
         for tool_id, entry in fresh.items():  # tell listeners what changed while we were away
@@ -180,6 +185,29 @@ class HubGateway:
                 log.warning("ignoring tool %s: its definition does not validate here", event.tool.tool_id)
         self.recent.append(event)
         self._notify(event)
+        self._wake_waiters()
+
+    async def wait_revision(self, revision: int, timeout: float = 5.0) -> bool:
+        """Wait until the cache reflects `revision` (read-your-writes after a registration)."""
+        if self.revision >= revision:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot = (revision, fut)
+        self._waiters.append(slot)
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(slot)
+
+    def _wake_waiters(self) -> None:
+        for revision, fut in self._waiters:
+            if revision <= self.revision and not fut.done():
+                fut.set_result(None)
 
     def _notify(self, event: tool_pb2.ToolEvent) -> None:
         for listener in list(self.listeners):
@@ -192,7 +220,30 @@ class HubGateway:
 
     async def execute(self, request: ex.ExecuteRequest, *, deadline_s: float | None = None,
                       on_progress: ProgressFn | None = None) -> ex.ExecuteResponse:
-        """Run a call: direct to a gRPC tool server when possible, else relayed through the hub."""
+        """Run a call: direct to a gRPC tool server when possible, else relayed through the hub.
+
+        Tool failures come back as `is_error` responses; protocol faults raise MeshError.
+        Every call, whatever its outcome, is reported to `call_observers`.
+        """
+        if not self.call_observers:
+            return await self._execute(request, deadline_s, on_progress)
+        start = time.perf_counter()
+        outcome = "CANCELLED"
+        try:
+            resp = await self._execute(request, deadline_s, on_progress)
+            outcome = "tool_error" if resp.is_error else "ok"
+            return resp
+        except MeshError as err:
+            outcome = err.reason
+            raise
+        finally:
+            tool_id = request.tool_id if request.tool_id in self.entries else "_unknown"
+            elapsed = time.perf_counter() - start
+            for observe in self.call_observers:
+                observe(tool_id, outcome, elapsed)
+
+    async def _execute(self, request: ex.ExecuteRequest, deadline_s: float | None,
+                       on_progress: ProgressFn | None) -> ex.ExecuteResponse:
         entry = self.entries.get(request.tool_id)
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
@@ -205,9 +256,55 @@ class HubGateway:
         try:
             return await self._relay(request, timeout=timeout + 0.5)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                raise Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE") from None
-            raise from_rpc_error(exc) from None
+            raise self._hub_error(exc) from None
+
+    # -- registry writes (the hub decides; the cache follows its events) ------------
+
+    async def register(self, tool: tool_pb2.Tool, *, timeout: float = 10.0) -> lib.RegisterToolResponse:
+        """RegisterTool on the hub; returns once this cache reflects the change."""
+        try:
+            resp = await self.library.RegisterTool(lib.RegisterToolRequest(tool=tool), metadata=self.metadata(),
+                                                   timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._hub_error(exc) from None
+        await self.wait_revision(resp.revision)
+        return resp
+
+    async def deregister(self, tool_id: str, *, timeout: float = 10.0) -> lib.DeregisterToolResponse:
+        """DeregisterTool on the hub; returns once this cache reflects the change."""
+        try:
+            resp = await self.library.DeregisterTool(lib.DeregisterToolRequest(tool_id=tool_id),
+                                                     metadata=self.metadata(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._hub_error(exc) from None
+        await self.wait_revision(resp.revision)
+        return resp
+
+    async def history(self, since: int, until: int, *, timeout: float = 10.0
+                      ) -> list[tool_pb2.ToolEvent]:
+        """Events (since, until] from the hub's own history (OutOfRange when compacted)."""
+        events: list[tool_pb2.ToolEvent] = []
+        if until <= since:
+            return events
+        call = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=since), timeout=timeout)
+        try:
+            async for resp in call:
+                if resp.event.revision > until:
+                    break
+                events.append(resp.event)
+                if resp.event.revision >= until:
+                    break
+        except grpc.aio.AioRpcError as exc:
+            raise self._hub_error(exc) from None
+        finally:
+            call.cancel()
+        return events
+
+    @staticmethod
+    def _hub_error(exc: grpc.aio.AioRpcError) -> MeshError:
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE")
+        return from_rpc_error(exc)
 
     def _record(self, entry: Entry, ok: bool, seconds: float) -> None:
         u = self._usage.get(entry.tool.tool_id)

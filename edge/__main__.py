@@ -1,0 +1,49 @@
+"""`python -m edge`: the edge process (REST, the events WebSocket, the ToolScore WebSocket, MCP)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from aiohttp import web
+
+from edge.app import build_app
+from edge.auth import BindRefused, check_bind
+from services.common import config as config_mod
+from services.common.config import Config
+from services.common.runtime import run, setup_logging
+
+log = logging.getLogger("edge")
+
+
+async def serve(cfg: Config, stop: asyncio.Event) -> None:
+    """Serve until `stop` is set, then close websockets (GOING_AWAY) and stop cleanly."""
+    runner = web.AppRunner(build_app(cfg), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
+        await site.start()
+        log.info("edge serving on http://%s:%d (admin token %s)", cfg.edge.host, cfg.edge.port,
+                 "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open")
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="ToolScore edge (REST, WebSockets, MCP)")
+    parser.add_argument("--config", help="TOML config (default config/toolscore.toml or $TOOLSCORE_CONFIG)")
+    args = parser.parse_args()
+    cfg = config_mod.load(args.config)
+    setup_logging(cfg.log.level, "edge")
+    try:
+        check_bind(cfg.edge.host, cfg.auth.admin_token)
+    except BindRefused as err:
+        raise SystemExit(f"edge: {err.message}") from None
+    run(lambda stop: serve(cfg, stop), use_uvloop=cfg.edge.uvloop)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""The edge as one aiohttp application: state, lifetime, middleware and routes.
+
+`build_app(cfg)` wires everything; `cleanup_ctx` owns the gateway (the hub
+connection), the relay gRPC server for dialled-in servers and the events
+fan-out. Every error leaves through `_edge_middleware`, the one place that
+maps exceptions to HTTP status and JSON bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import WSCloseCode, web
+
+from edge import events, rest, toolscore_ws
+from edge.auth import AdminAuth
+from edge.gateway import GatewayOptions, HubGateway, default_hub_target
+from edge.metrics import EdgeMetrics
+from edge.relay import RelayServer
+from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
+from services.common.config import Config
+from services.common.errors import MeshError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def gateway_options(cfg: Config) -> GatewayOptions:
+    hub_target = cfg.edge.hub or default_hub_target(str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "",
+                                                    cfg.hub.tcp, cfg.mesh.mode)
+    if cfg.edge.data_path not in ("direct", "hub"):
+        raise MeshError(f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}",
+                        reason="INVALID_CONFIG")
+    return GatewayOptions(
+        hub_target=hub_target, direct=cfg.edge.data_path == "direct",
+        default_timeout_s=cfg.hub.default_timeout_s, max_timeout_s=cfg.hub.max_timeout_s,
+        max_argument_bytes=cfg.hub.max_argument_bytes, max_message_bytes=cfg.hub.max_message_bytes,
+        usage_flush_s=cfg.edge.usage_flush_s, event_buffer=cfg.edge.event_buffer,
+        admin_token=cfg.auth.admin_token,
+    )
+
+
+def error_body(err: MeshError) -> dict[str, object]:
+    """One JSON error shape for every route; it also carries the original's fields."""
+    return {"status": "error", "success": False, "error": err.message, **err.to_json()}
+
+
+def error_response(err: MeshError) -> web.Response:
+    return web.json_response(error_body(err), status=err.http_status)
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    reason = exc.reason.upper().replace(" ", "_") or "HTTP_ERROR"
+    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    if exc.status == 404:
+        message = "no such route"
+    body = {"status": "error", "success": False, "error": message, "code": reason, "reason": reason,
+            "message": message}
+    resp = web.json_response(body, status=exc.status)
+    for name in ("Allow",):
+        if name in exc.headers:
+            resp.headers[name] = exc.headers[name]
+    return resp
+
+
+@web.middleware
+async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    try:
+        resp = await handler(request)
+    except web.HTTPException as exc:
+        resp = _http_error(exc)
+    except MeshError as err:
+        resp = error_response(err)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        resp = error_response(MeshError("internal error in the edge", reason="EDGE_INTERNAL"))
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    ws = isinstance(resp, web.WebSocketResponse)
+    request.app[METRICS].observe_http(request.method, route, resp.status,
+                                      None if ws else time.perf_counter() - start)
+    return resp
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    cfg = app[CONFIG]
+    gateway = app[GATEWAY]
+    async with gateway:
+        gateway.call_observers.append(app[METRICS].observe_call)
+        app[EVENTS].attach()
+        relay = app[RELAY]
+        async with relay:
+            log.info("edge following the hub at %s", gateway.opts.hub_target)
+            yield
+        app[EVENTS].detach()
+    log.info("edge stopped (%s:%d)", cfg.edge.host, cfg.edge.port)
+
+
+async def _close_websockets(app: web.Application) -> None:
+    sockets = list(app[WEBSOCKETS])
+    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"edge shutting down")
+                           for ws in sockets), return_exceptions=True)
+
+
+def build_app(cfg: Config) -> web.Application:
+    """The whole edge, ready for `web.AppRunner`."""
+    app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
+    gateway = HubGateway(gateway_options(cfg))
+    metrics = EdgeMetrics()
+    app[CONFIG] = cfg
+    app[GATEWAY] = gateway
+    app[METRICS] = metrics
+    app[AUTH] = AdminAuth(cfg.auth.admin_token)
+    app[WEBSOCKETS] = set()
+    app[STARTED] = time.time()
+    app[EVENTS] = events.EventHub(gateway, metrics, cfg.edge.subscriber_queue)
+    app[RELAY] = RelayServer(cfg, gateway)
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_close_websockets)
+    rest.add_routes(app)
+    events.add_routes(app)
+    toolscore_ws.add_routes(app)
+    _optional_routes(app, gateway, cfg)
+    return app
+
+
+def _optional_routes(app: web.Application, gateway: HubGateway, cfg: Config) -> None:
+    """Routes other parts of the project add when present (standard MCP, discovery)."""
+    if importlib.util.find_spec("edge.mcp") is not None:
+        mcp = importlib.import_module("edge.mcp")
+        mcp.add_routes(app, gateway, cfg)
+    if importlib.util.find_spec("edge.discovery_routes") is not None:
+        discovery = importlib.import_module("edge.discovery_routes")
+        discovery.add_routes(app, gateway)

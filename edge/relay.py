@@ -1,0 +1,232 @@
+"""Servers that dialled in over the ToolScore WebSocket, callable from every path.
+
+A server that registers itself on `/websocket` with `tool_type: "mcp_server"`
+is called back over that same connection (`execute_tool_action`, answered by
+`execute_tool_action_response`, matched by `request_id`). So that the hub and
+every other router can reach it like any tool server, the edge serves
+ToolExecutorService on a Unix socket (`edge.relay_uds`) and registers such tools
+with kind TOOL_KIND_WEBSOCKET_SERVER and that socket as their endpoint; the
+edge's own Router short-circuits the socket (`router.local`). When the
+connection drops, its pending calls fail at once and its tools are deregistered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import uuid
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from edge import views
+from edge.gateway import HubGateway
+from services.common.config import Config
+from services.common.errors import AlreadyExists, MeshError, Unavailable
+from services.common.grpc_server import MeshServer, ServiceBinding
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.library.registry import Entry
+from services.router.channels import ProgressFn
+from services.router.router import error_response
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc as ex_grpc
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_pb2
+
+log = logging.getLogger(__name__)
+OWNER_PREFIX = "ws-session://"
+
+
+def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
+    """An `execute_tool_action_response` as an ExecuteResponse (a failing tool stays a result)."""
+    result = msg.get("result")
+    if not isinstance(result, dict):
+        result = msg
+    success = bool(result.get("success", "error" not in result or not result.get("error")))
+    data = result.get("data", result.get("result"))
+    resp = ex.ExecuteResponse(is_error=not success)
+    if not success:
+        message = result.get("error") or result.get("error_message") or "the tool failed"
+        message = message if isinstance(message, str) else json.dumps(message, default=str)
+        kind = views.ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
+        resp.error.type = kind  # type: ignore[assignment]
+        resp.error.message = message
+        resp.content.add().text.text = message
+        return resp
+    if isinstance(data, dict):
+        with contextlib.suppress(ValueError, TypeError):
+            resp.structured.CopyFrom(dict_to_struct(data))
+    if data is not None:
+        resp.content.add().text.text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False,
+                                                                                     default=str)
+    return resp
+
+
+class ServerSession:
+    """One ToolScore WebSocket connection, as a server the edge can call."""
+
+    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+        self.ws = ws
+        self.id = uuid.uuid4().hex[:16]
+        self.peer = peer
+        self.owner = OWNER_PREFIX + self.id
+        self.tools: set[str] = set()
+        self.closed = False
+        self._ids = itertools.count(1)
+        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+
+    async def call(self, request: ex.ExecuteRequest, timeout: float) -> ex.ExecuteResponse:
+        """Send execute_tool_action and wait (at most `timeout`) for its response."""
+        if self.closed:
+            return error_response(tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected")
+        rid = f"{self.id}-{next(self._ids)}"
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        try:
+            await self.ws.send_str(views.dumps({
+                "type": "execute_tool_action", "request_id": rid, "tool_id": request.tool_id,
+                "action": request.action, "parameters": struct_to_dict(request.arguments)}))
+            async with asyncio.timeout(timeout):
+                msg = await fut
+        except TimeoutError:
+            return error_response(tool_pb2.ERROR_TYPE_TIMEOUT,
+                                  f"the tool's server did not answer within {timeout:.3g}s")
+        except (ConnectionError, RuntimeError):
+            msg = None
+        finally:
+            self._pending.pop(rid, None)
+        if msg is None:
+            return error_response(tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected during the call")
+        return result_response(msg)
+
+    def resolve(self, msg: dict[str, Any]) -> bool:
+        """Deliver an execute_tool_action_response; False when nothing waits for it."""
+        fut = self._pending.get(str(msg.get("request_id")))
+        if fut is None or fut.done():
+            return False
+        fut.set_result(msg)
+        return True
+
+    def fail_pending(self) -> None:
+        self.closed = True
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_result(None)
+
+
+class _Servicer(ex_grpc.ToolExecutorServiceServicer):
+    def __init__(self, relay: RelayServer) -> None:
+        self._relay = relay
+
+    async def Execute(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+        remaining = context.time_remaining()
+        timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 30.0
+        if remaining is not None:
+            timeout = min(timeout, remaining)
+        return await self._relay.call(request, max(timeout, 0.001))
+
+
+class RelayServer:
+    """The relay socket, the dialled-in sessions, and their registrations."""
+
+    def __init__(self, cfg: Config, gateway: HubGateway) -> None:
+        self.cfg = cfg
+        self.gateway = gateway
+        self.endpoint = f"unix://{cfg.path(cfg.edge.relay_uds)}"
+        self.sessions: dict[str, ServerSession] = {}
+        self.by_tool: dict[str, ServerSession] = {}
+        self._server: MeshServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RelayServer:
+        self._server = MeshServer(
+            [ServiceBinding("toolscore.v1.ToolExecutorService", _Servicer(self),
+                            ex_grpc.add_ToolExecutorServiceServicer_to_server)],
+            [self.endpoint], max_message_bytes=self.cfg.hub.max_message_bytes, grace_s=1.0)
+        await self._server.__aenter__()
+        self.gateway.router.local[self.endpoint] = self._handle
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-sweep")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        self.gateway.router.local.pop(self.endpoint, None)
+        for session in list(self.sessions.values()):
+            await self.close_session(session)
+        if self._server is not None:
+            await self._server.stop()
+
+    async def _handle(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
+                      on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+        return await self.call(request, timeout)
+
+    async def call(self, request: ex.ExecuteRequest, timeout: float) -> ex.ExecuteResponse:
+        session = self.by_tool.get(request.tool_id)
+        if session is None:
+            raise Unavailable(f"the server of tool {request.tool_id!r} is not connected to this edge",
+                              reason="SERVER_DISCONNECTED", metadata={"tool_id": request.tool_id})
+        return await session.call(request, timeout)
+
+    async def _sweep(self) -> None:
+        """Deregister dialled-in tools left by an earlier run of the edge (their connections are gone)."""
+        await self.gateway.synced.wait()
+        for entry in list(self.gateway.entries.values()):
+            tool = entry.tool
+            if tool.endpoint == self.endpoint and tool.owner.startswith(OWNER_PREFIX) and not self._live(tool.owner):
+                with contextlib.suppress(MeshError):
+                    await self.gateway.deregister(tool.tool_id)
+                    log.info("deregistered %s: its server's connection ended before this edge started", tool.tool_id)
+
+    def _live(self, owner: str) -> bool:
+        return owner.removeprefix(OWNER_PREFIX) in self.sessions
+
+    def open_session(self, ws: web.WebSocketResponse, peer: str) -> ServerSession:
+        session = ServerSession(ws, peer)
+        self.sessions[session.id] = session
+        return session
+
+    async def register(self, session: ServerSession, spec: dict[str, Any]) -> lib.RegisterToolResponse:
+        """Register a tool served over `session`'s connection."""
+        tool = views.tool_from_json(spec, where="tool_spec", kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
+                                    endpoint=self.endpoint, owner=session.owner)
+        if isinstance(spec.get("endpoint"), str) and spec["endpoint"]:
+            tool.metadata["advertised_endpoint"] = spec["endpoint"]
+        holder = self.by_tool.get(tool.tool_id)
+        if holder is not None and holder is not session:
+            raise AlreadyExists(f"tool {tool.tool_id!r} is served by another connected server",
+                                reason="TOOL_OWNED_BY_ANOTHER", metadata={"tool_id": tool.tool_id})
+        existing = self.gateway.entries.get(tool.tool_id)
+        if existing is not None and existing.tool.owner.startswith(OWNER_PREFIX) and not self._live(
+                existing.tool.owner):
+            with contextlib.suppress(MeshError):  # a dead session's leftover: take it over
+                await self.gateway.deregister(tool.tool_id)
+        self.by_tool[tool.tool_id] = session
+        try:
+            resp = await self.gateway.register(tool)
+        except BaseException:
+            if tool.tool_id not in session.tools:
+                self.by_tool.pop(tool.tool_id, None)
+            raise
+        session.tools.add(tool.tool_id)
+        return resp
+
+    async def close_session(self, session: ServerSession) -> None:
+        """The connection ended: fail its calls now, then deregister its tools."""
+        if self.sessions.pop(session.id, None) is None:
+            return
+        session.fail_pending()
+        for tool_id in sorted(session.tools):
+            if self.by_tool.get(tool_id) is session:
+                del self.by_tool[tool_id]
+            try:
+                await self.gateway.deregister(tool_id, timeout=5.0)
+                log.info("deregistered %s: its server disconnected", tool_id)
+            except MeshError as err:
+                log.warning("could not deregister %s after its server disconnected: %s", tool_id, err.message)

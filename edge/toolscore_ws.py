@@ -1,0 +1,176 @@
+"""The ToolScore WebSocket `/websocket` (the original "MCP WebSocket" protocol).
+
+JSON text frames with `type` and `request_id`. Clients call `register_tool`,
+`list_tools` and `execute_tool` (answered by `*_response`); a server that
+registered with `tool_type: "mcp_server"` is called back on the same
+connection with `execute_tool_action` (see edge.relay). Requests run
+concurrently, so a slow call never blocks the responses a dialled-in server
+sends on the same socket. Protocol faults are `{type: "error", request_id, ...}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from edge import views
+from edge.relay import RelayServer, ServerSession
+from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
+from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
+from toolscore.v1 import executor_pb2 as ex
+
+log = logging.getLogger(__name__)
+
+ROUTE = "/websocket"
+MAX_IN_FLIGHT = 256
+
+
+class Connection:
+    """One /websocket client: its requests in flight and (maybe) its served tools."""
+
+    def __init__(self, request: web.Request, ws: web.WebSocketResponse, session: ServerSession) -> None:
+        self.app = request.app
+        self.ws = ws
+        self.session = session
+        self.authorized = request.app[AUTH].allows(request.headers)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.send_str(views.dumps(msg))
+
+    def error(self, message: str, request_id: Any = None, **extra: Any) -> None:
+        self.spawn(self.send({"type": "error", "request_id": request_id, "message": message, **extra}))
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def dispatch(self, data: str) -> None:
+        try:
+            msg = json.loads(data)
+        except ValueError:
+            self.error("Invalid JSON")
+            return
+        if not isinstance(msg, dict):
+            self.error("a message must be a JSON object with a 'type'")
+            return
+        kind, rid = msg.get("type"), msg.get("request_id")
+        if kind == "execute_tool_action_response":
+            if not self.session.resolve(msg):
+                self.error("no call is waiting for this request_id (it may have timed out)", rid,
+                           request_type=kind)
+            return
+        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            self.error(f"unknown message type {kind!r}; expected one of {sorted(_HANDLERS)}", rid,
+                       request_type=kind if isinstance(kind, str) else None)
+            return
+        if len(self.tasks) >= MAX_IN_FLIGHT:
+            err = ResourceExhausted(f"more than {MAX_IN_FLIGHT} requests in flight on this connection",
+                                    reason="TOO_MANY_IN_FLIGHT")
+            self.error(err.message, rid, request_type=kind, code=err.code.name, reason=err.reason)
+            return
+        self.spawn(self._run(handler, kind, rid, msg))
+
+    async def _run(self, handler: Any, kind: str, rid: Any, msg: dict[str, Any]) -> None:
+        try:
+            reply = await handler(self, msg)
+        except MeshError as err:
+            reply = {"type": "error", "request_id": rid, "request_type": kind, "message": err.message,
+                     "code": err.code.name, "reason": err.reason, **({"metadata": err.metadata} if err.metadata else {})}
+        except Exception:
+            log.exception("%s failed on /websocket", kind)
+            reply = {"type": "error", "request_id": rid, "request_type": kind, "message": "internal error",
+                     "code": "INTERNAL", "reason": "EDGE_INTERNAL"}
+        else:
+            reply = {"type": f"{kind}_response", "request_id": rid, **reply}
+        await self.send(reply)
+
+
+async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    if not conn.authorized:
+        raise Unauthenticated("register_tool needs the admin token (connect with Authorization: Bearer <token>)",
+                              reason="ADMIN_TOKEN_REQUIRED")
+    spec = msg.get("tool_spec")
+    if not isinstance(spec, dict):
+        raise InvalidRequest("tool_spec (an object) is required", reason="MISSING_FIELD",
+                             metadata={"field": "tool_spec"})
+    relay: RelayServer = conn.app[RELAY]
+    if spec.get("tool_type", "function") == "mcp_server":
+        resp = await relay.register(conn.session, spec)
+    else:
+        endpoint = spec.get("endpoint")
+        if not isinstance(endpoint, str) or not endpoint or endpoint.startswith(("ws://", "wss://", "http")):
+            raise InvalidRequest(
+                "a tool registered with tool_type 'function' needs a gRPC endpoint (unix:///path.sock or "
+                "host:port); to be called over this connection, register with tool_type 'mcp_server'",
+                reason="MISSING_ENDPOINT")
+        resp = await conn.app[GATEWAY].register(views.tool_from_json(spec, where="tool_spec"))
+    what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
+    return {"success": True, "message": f"tool {resp.tool.tool_id} {what}", "tool_id": resp.tool.tool_id,
+            "revision": resp.revision}
+
+
+async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    tools = conn.app[GATEWAY].tools()
+    return {"success": True, "total_count": len(tools), "tools": [
+        {"tool_id": t.tool_id, "name": t.name, "description": t.description, "tool_type": views.legacy_tool_type(t),
+         "capabilities": [views.legacy_capability(c) for c in t.capabilities]} for t in tools]}
+
+
+async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    start = time.perf_counter()
+    tool_id, action = msg.get("tool_id"), msg.get("action")
+    for name, value in (("tool_id", tool_id), ("action", action)):
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(f"{name} is required", reason="MISSING_FIELD", metadata={"field": name})
+    call = ex.ExecuteRequest(tool_id=tool_id, action=action,
+                             arguments=views.arguments_struct(msg.get("parameters")),
+                             request_id=str(msg.get("request_id") or ""))
+    resp = await conn.app[GATEWAY].execute(call)
+    return {"tool_id": tool_id, "action": action, **views.legacy_result(resp, time.perf_counter() - start)}
+
+
+_HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execute_tool": _execute_tool}
+
+
+async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
+    """GET /websocket (WebSocket)."""
+    app = request.app
+    ws = web.WebSocketResponse(compress=False, max_msg_size=app[CONFIG].edge.max_frame_bytes, heartbeat=30.0)
+    await ws.prepare(request)
+    app[WEBSOCKETS].add(ws)
+    app[METRICS].ws_opened(ROUTE)
+    relay = app[RELAY]
+    conn = Connection(request, ws, relay.open_session(ws, request.remote or "?"))
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                conn.dispatch(msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                conn.error("binary frames are not supported; send JSON text")
+    finally:
+        app[WEBSOCKETS].discard(ws)
+        app[METRICS].ws_closed(ROUTE)
+        conn.session.fail_pending()
+        for task in list(conn.tasks):  # the client is gone: stop its calls (cancelled down to the tool)
+            task.cancel()
+        for task in list(conn.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await relay.close_session(conn.session)
+        if conn.session.tools:
+            log.info("server %s on /websocket disconnected; its tools were deregistered", conn.session.peer)
+    return ws
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(ROUTE, toolscore_socket)

@@ -1,0 +1,316 @@
+"""Pure translations between registry messages and the edge's JSON shapes.
+
+Two families: the clean `/api/v1` shapes (everything a Tool carries) and the
+original system's shapes (see docs/rest.md), kept field for field. Nothing
+here does I/O; handlers call these and only send the result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from services.common.errors import InvalidRequest
+from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
+KIND_NAMES = {
+    tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
+    tool_pb2.TOOL_KIND_FUNCTION: "function",
+    tool_pb2.TOOL_KIND_GRPC_SERVER: "grpc_server",
+    tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: "websocket_server",
+    tool_pb2.TOOL_KIND_MCP_SERVER: "mcp_server",
+}
+KINDS_BY_NAME = {v: k for k, v in KIND_NAMES.items() if k}
+HEALTH_NAMES = {
+    tool_pb2.HEALTH_STATUS_UNSPECIFIED: "unknown",
+    tool_pb2.HEALTH_STATUS_HEALTHY: "healthy",
+    tool_pb2.HEALTH_STATUS_UNHEALTHY: "unhealthy",
+}
+# The original system's ErrorType names, used in `error_type`.
+ERROR_TYPE_NAMES = {
+    tool_pb2.ERROR_TYPE_UNSPECIFIED: "UnknownError",
+    tool_pb2.ERROR_TYPE_TOOL_ERROR: "ToolError",
+    tool_pb2.ERROR_TYPE_INVALID_INPUT: "InvalidInput",
+    tool_pb2.ERROR_TYPE_TIMEOUT: "TimeoutError",
+    tool_pb2.ERROR_TYPE_CODE_EXECUTION: "CodeExecutionError",
+    tool_pb2.ERROR_TYPE_SYSTEM: "SystemError",
+    tool_pb2.ERROR_TYPE_NETWORK: "NetworkError",
+    tool_pb2.ERROR_TYPE_UNKNOWN: "UnknownError",
+}
+ERROR_TYPES_BY_NAME = {v: k for k, v in ERROR_TYPE_NAMES.items() if k}
+EVENT_NAMES = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "tool_installed",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "tool_updated",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "tool_uninstalled",
+    tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED: "tool_health_changed",
+}
+_EVENT_STATUS = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "removed",
+}
+# Legacy parameter type spellings -> JSON Schema types.
+_PARAM_TYPES = {
+    "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
+    "number": "number", "bool": "boolean", "boolean": "boolean", "dict": "object", "object": "object",
+    "list": "array", "array": "array", "null": "null",
+}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _ts(ts: timestamp_pb2.Timestamp) -> str | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
+
+
+def legacy_tool_type(tool: tool_pb2.Tool) -> str:
+    """`function` for in-process tools; every served tool was an `mcp_server` originally."""
+    return "function" if tool.kind == tool_pb2.TOOL_KIND_FUNCTION else "mcp_server"
+
+
+# -- clean shapes ---------------------------------------------------------------
+
+
+def capability_json(cap: tool_pb2.Capability) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": cap.name, "description": cap.description,
+                           "input_schema": struct_to_dict(cap.input_schema) or {"type": "object"}}
+    if cap.HasField("output_schema"):
+        out["output_schema"] = struct_to_dict(cap.output_schema)
+    return out
+
+
+def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """Everything a Tool carries, as JSON."""
+    s = tool.stats
+    return {
+        "tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
+        "kind": KIND_NAMES.get(tool.kind, "unspecified"), "endpoint": tool.endpoint, "enabled": tool.enabled,
+        "health": HEALTH_NAMES.get(tool.health, "unknown"), "tags": list(tool.tags), "version": tool.version,
+        "owner": tool.owner, "metadata": dict(tool.metadata),
+        "capabilities": [capability_json(c) for c in tool.capabilities],
+        "stats": {
+            "usage_count": s.usage_count, "success_count": s.success_count, "success_rate": s.success_rate,
+            "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6, "last_used": _ts(s.last_used),
+        },
+        "registered_at": _ts(tool.registered_at), "updated_at": _ts(tool.updated_at),
+    }
+
+
+def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
+    """An ExecuteResponse as JSON: the MCP-like clean shape."""
+    content: list[dict[str, Any]] = []
+    for block in resp.content:
+        kind = block.WhichOneof("block")
+        if kind == "text":
+            content.append({"type": "text", "text": block.text.text})
+        elif kind == "json":
+            content.append({"type": "json", "value": value_to_py(block.json.value)})
+        elif kind == "image":
+            import base64
+
+            content.append({"type": "image", "mime_type": block.image.mime_type,
+                            "data": base64.b64encode(block.image.data).decode()})
+    out: dict[str, Any] = {"is_error": resp.is_error, "content": content,
+                           "structured": struct_to_dict(resp.structured) if resp.HasField("structured") else None,
+                           "duration_ms": resp.duration.ToNanoseconds() / 1e6}
+    out["error"] = ({"type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError"), "message": resp.error.message}
+                    if resp.is_error else None)
+    return out
+
+
+# -- the original shapes ----------------------------------------------------------
+
+
+def legacy_parameters(cap: tool_pb2.Capability) -> dict[str, Any]:
+    """An input schema as the original `{param: {type, description, required}}`."""
+    schema = struct_to_dict(cap.input_schema)
+    required = set(schema.get("required") or ())
+    params = {}
+    for name, prop in (schema.get("properties") or {}).items():
+        prop = prop if isinstance(prop, dict) else {}
+        params[name] = {"type": prop.get("type", "any"), "description": prop.get("description", ""),
+                        "required": name in required}
+    return params
+
+
+def legacy_capability(cap: tool_pb2.Capability) -> dict[str, Any]:
+    return {"name": cap.name, "description": cap.description, "parameters": legacy_parameters(cap)}
+
+
+def legacy_summary(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """GET /tools item."""
+    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
+            "tool_type": legacy_tool_type(tool), "enabled": tool.enabled,
+            "capabilities_count": len(tool.capabilities),
+            "capabilities": [legacy_capability(c) for c in tool.capabilities]}
+
+
+def legacy_detail(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """GET /tools/{tool_id} `tool`."""
+    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
+            "tool_type": legacy_tool_type(tool), "enabled": tool.enabled, "tags": list(tool.tags),
+            "capabilities": [legacy_capability(c) for c in tool.capabilities], "endpoint": tool.endpoint,
+            "health": HEALTH_NAMES.get(tool.health, "unknown")}
+
+
+def available_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """GET /api/v1/tools/available item."""
+    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
+            "tool_type": legacy_tool_type(tool), "capabilities": [legacy_capability(c) for c in tool.capabilities],
+            "tags": list(tool.tags), "endpoint": tool.endpoint}
+
+
+def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """A tool in the events WebSocket's `welcome` and `tools_list`."""
+    return {"tool_id": tool.tool_id, "name": tool.name, "capabilities": [c.name for c in tool.capabilities],
+            "type": legacy_tool_type(tool), "enabled": tool.enabled,
+            "health": HEALTH_NAMES.get(tool.health, "unknown")}
+
+
+def legacy_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
+    """POST /api/v1/tools/execute body: {success, result, output, error, error_type, processing_time_ms}."""
+    texts = [b.text.text for b in resp.content if b.WhichOneof("block") == "text"]
+    if resp.HasField("structured"):
+        result: Any = struct_to_dict(resp.structured)
+    else:
+        result = next((value_to_py(b.json.value) for b in resp.content if b.WhichOneof("block") == "json"),
+                      "\n".join(texts) if texts else None)
+    return {
+        "success": not resp.is_error, "result": result, "output": "\n".join(texts),
+        "error": resp.error.message if resp.is_error else None,
+        "error_type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError") if resp.is_error else None,
+        "processing_time_ms": round(elapsed_s * 1000, 3),
+    }
+
+
+def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
+    """A pushed event: the original `tool_installed` fields plus the tool and the revision."""
+    tool = event.tool
+    msg: dict[str, Any] = {"type": EVENT_NAMES.get(event.type, "tool_updated"), "revision": event.revision,
+                           "tool_id": tool.tool_id, "name": tool.name,
+                           "status": _EVENT_STATUS.get(event.type, HEALTH_NAMES.get(tool.health, "unknown")),
+                           "health": HEALTH_NAMES.get(tool.health, "unknown"), "tool": tool_json(tool),
+                           "timestamp": _ts(event.time) or now_iso()}
+    return msg
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+# -- incoming definitions ---------------------------------------------------------
+
+
+def _str(spec: dict[str, Any], key: str, where: str, default: str = "") -> str:
+    value = spec.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{where}.{key} must be a string", reason="INVALID_FIELD", metadata={"field": key})
+    return value
+
+
+def params_to_schema(params: Any, where: str) -> dict[str, Any]:
+    """The original `{param: {type, description, required}}` as a JSON Schema object."""
+    if not isinstance(params, dict):
+        raise InvalidRequest(f"{where} must be an object", reason="INVALID_FIELD")
+    props: dict[str, Any] = {}
+    required = []
+    for name, p in params.items():
+        p = p if isinstance(p, dict) else {"type": p}
+        prop: dict[str, Any] = {}
+        t = _PARAM_TYPES.get(str(p.get("type", "")).lower())
+        if t:
+            prop["type"] = t
+        if isinstance(p.get("description"), str):
+            prop["description"] = p["description"]
+        props[name] = prop
+        if p.get("required"):
+            required.append(name)
+    schema: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def capability_from_json(raw: Any, where: str) -> tool_pb2.Capability:
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where} must be an object", reason="INVALID_FIELD")
+    cap = tool_pb2.Capability(name=_str(raw, "name", where), description=_str(raw, "description", where))
+    schema = raw.get("input_schema")
+    if schema is None and raw.get("parameters") is not None:
+        schema = params_to_schema(raw["parameters"], f"{where}.parameters")
+    if schema is not None:
+        if not isinstance(schema, dict):
+            raise InvalidRequest(f"{where}.input_schema must be an object", reason="INVALID_SCHEMA")
+        cap.input_schema.CopyFrom(dict_to_struct(schema))
+    if isinstance(raw.get("output_schema"), dict):
+        cap.output_schema.CopyFrom(dict_to_struct(raw["output_schema"]))
+    return cap
+
+
+def tool_from_json(spec: Any, *, where: str = "tool", kind: int | None = None, endpoint: str | None = None,
+                   owner: str = "") -> tool_pb2.Tool:
+    """A Tool from a clean or original-style spec. The hub validates the rest."""
+    if not isinstance(spec, dict):
+        raise InvalidRequest(f"{where} must be a JSON object", reason="INVALID_FIELD")
+    caps = spec.get("capabilities") or []
+    if not isinstance(caps, list):
+        raise InvalidRequest(f"{where}.capabilities must be a list", reason="INVALID_FIELD")
+    tags = spec.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise InvalidRequest(f"{where}.tags must be a list of strings", reason="INVALID_FIELD")
+    tool_id = _str(spec, "tool_id", where)
+    tool = tool_pb2.Tool(
+        tool_id=tool_id, name=_str(spec, "name", where) or tool_id, description=_str(spec, "description", where),
+        version=_str(spec, "version", where), tags=tags, owner=owner or _str(spec, "owner", where),
+        endpoint=endpoint if endpoint is not None else _str(spec, "endpoint", where),
+        enabled=bool(spec.get("enabled", True)),
+        capabilities=[capability_from_json(c, f"{where}.capabilities[{i}]") for i, c in enumerate(caps)],
+    )
+    if kind is None:
+        kind = _kind_of(spec, tool.endpoint, where)
+    tool.kind = kind  # type: ignore[assignment]
+    metadata = spec.get("metadata") or {}
+    if isinstance(metadata, dict):
+        tool.metadata.update({str(k): v if isinstance(v, str) else dumps(v) for k, v in metadata.items()})
+    if spec.get("connection_params") is not None:
+        tool.metadata["connection_params"] = dumps(spec["connection_params"])
+    return tool
+
+
+def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
+    name = spec.get("kind")
+    if isinstance(name, str) and name:
+        kind = KINDS_BY_NAME.get(name.lower().removeprefix("tool_kind_"))
+        if kind is None:
+            raise InvalidRequest(f"{where}.kind must be one of {sorted(KINDS_BY_NAME)}", reason="INVALID_KIND")
+        return kind
+    if endpoint.startswith("inproc://"):
+        return tool_pb2.TOOL_KIND_FUNCTION
+    return tool_pb2.TOOL_KIND_GRPC_SERVER
+
+
+def arguments_struct(value: Any, field: str = "parameters"):  # type: ignore[no-untyped-def]
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
+    try:
+        return dict_to_struct(value)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest(f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE") from None
+
+
+def wall_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)

@@ -207,6 +207,9 @@ class EdgeClient:
                 await self.load(catalog)
             self.connected.set()
             return
+        if kind == "resync_required":
+            await self.load(catalog)
+            return
         if kind in ("tool_installed", "tool_updated"):
             raw = event.get("tool")
             if isinstance(raw, dict) and raw.get("tool_id"):

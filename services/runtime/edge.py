@@ -28,7 +28,7 @@ class EdgeUnavailable(Exception):
 
 
 class RouteMissing(Exception):
-    """The edge has no such route (404 on the route itself): the feature is not deployed."""
+    """The edge has no such route (404 on the route itself, or 405): the feature is not deployed."""
 
 
 @dataclass
@@ -84,7 +84,7 @@ class EdgeClient:
                     data = json.loads(raw) if raw else None
                 except ValueError:
                     data = None
-                if resp.status == 404 and _is_missing_route(data):
+                if resp.status == 405 or (resp.status == 404 and _is_missing_route(data)):
                     raise RouteMissing(f"{method} {path}")
                 if data is None and resp.status >= 400:
                     raise EdgeUnavailable(f"{method} {path}: HTTP {resp.status} {raw[:200]!r}")

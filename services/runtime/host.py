@@ -15,7 +15,7 @@ from typing import Any
 from services.common.config import Config
 from services.runtime import trajectory
 from services.runtime.catalog import Catalog
-from services.runtime.edge import EdgeClient
+from services.runtime.edge import EdgeClient, EdgeUnavailable
 from services.runtime.llm import LLM, LLMSettings
 from services.runtime.loop import Agent, AgentSettings, Progress
 
@@ -56,16 +56,20 @@ class RuntimeHost:
         *,
         events: bool = True,
         tool_timeout_s: float = 120.0,
+        lazy: bool = False,
     ) -> None:
         self.llm_settings, self.edge_base, self.settings = llm, edge, settings
         self.trajectory_dir = trajectory_dir
         self.events = events
+        # lazy: start even when the edge is not up yet (service mode inside the edge process itself).
+        self.lazy = lazy
+        self.loaded = False
         self.catalog = Catalog()
         self._edge = EdgeClient(edge, timeout_s=tool_timeout_s)
         self._follower: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, cfg: Config, base_url: str, api_key: str) -> RuntimeHost:
+    def from_config(cls, cfg: Config, base_url: str, api_key: str, *, lazy: bool = False) -> RuntimeHost:
         return cls(
             llm_settings(cfg, base_url, api_key),
             edge_url(cfg),
@@ -73,6 +77,7 @@ class RuntimeHost:
             cfg.path(cfg.runtime.trajectory_dir),
             events=cfg.runtime.events,
             tool_timeout_s=cfg.runtime.tool_timeout_s,
+            lazy=lazy,
         )
 
     @property
@@ -85,7 +90,15 @@ class RuntimeHost:
         try:
             self.llm = await self._stack.enter_async_context(LLM(self.llm_settings))
             await self._stack.enter_async_context(self._edge)
-            await self._edge.load(self.catalog)
+            try:
+                await self._edge.load(self.catalog)
+                self.loaded = True
+            except EdgeUnavailable:
+                if not self.lazy:
+                    raise
+                log.info(
+                    "the edge at %s is not reachable yet; tools are loaded on the first task", self.edge_base
+                )
             if self.events:
                 self._follower = asyncio.create_task(self._edge.follow(self.catalog), name="runtime-events")
                 self._stack.push_async_callback(self._stop_follower)
@@ -119,6 +132,9 @@ class RuntimeHost:
         context: dict[str, Any] | None = None,
         on_progress: Progress | None = None,
     ) -> dict[str, Any]:
+        if not self.loaded:  # raises EdgeUnavailable when the edge is still not there
+            await self._edge.load(self.catalog)
+            self.loaded = True
         agent = Agent(self.llm, self._edge, self.catalog, self.settings, on_progress)
         record = await agent.run(task, task_id, context)
         if self.trajectory_dir is not None:

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from services.common.config import Config
+from services.runtime.host import RuntimeHost
 from services.runtime.tasks import TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,13 @@ class TaskService:
     """Task store + workers. `submit()` and `get()` are what the HTTP routes call."""
 
     def __init__(
-        self, store_path: Path, run_task: RunTask, *, concurrency: int = 2, max_attempts: int = 2
+        self,
+        store_path: Path,
+        run_task: RunTask,
+        *,
+        concurrency: int = 2,
+        max_attempts: int = 2,
+        resources: contextlib.AbstractAsyncContextManager[Any] | None = None,
     ) -> None:
         self.store = TaskStore(store_path)
         self.run_task = run_task
@@ -51,8 +59,11 @@ class TaskService:
         self._workers: list[asyncio.Task[None]] = []
         self.running: dict[str, asyncio.Task[Any]] = {}
         self.finished = asyncio.Condition()
+        self._resources = resources
 
     async def __aenter__(self) -> TaskService:
+        if self._resources is not None:
+            await self._resources.__aenter__()
         await self.store.open()
         retried, failed = await self.store.recover(self.max_attempts)
         if retried or failed:
@@ -70,6 +81,8 @@ class TaskService:
             with contextlib.suppress(asyncio.CancelledError):
                 await w
         await self.store.close()
+        if self._resources is not None:
+            await self._resources.__aexit__(None, None, None)
 
     async def submit(self, text: str, priority: int = 0, context: dict[str, Any] | None = None) -> TaskRow:
         row = await self.store.submit(text, priority, context)
@@ -123,3 +136,23 @@ class TaskService:
             log.info("task %s %s", row.task_id, status)
         async with self.finished:
             self.finished.notify_all()
+
+
+def service_from_config(cfg: Config, base_url: str, api_key: str) -> TaskService:
+    """The task service with its own RuntimeHost (LLM + edge client), as the edge or `--serve` mount it.
+
+    The host starts lazily, so the edge can mount this in its own process before it listens.
+    """
+    rc = cfg.runtime
+    host = RuntimeHost.from_config(cfg, base_url, api_key, lazy=True)
+
+    async def run_task(row: TaskRow) -> dict[str, Any]:
+        return await host.run(row.input, row.task_id, row.context)
+
+    return TaskService(
+        cfg.path(rc.tasks_path),
+        run_task,
+        concurrency=rc.concurrency,
+        max_attempts=rc.max_attempts,
+        resources=host,
+    )

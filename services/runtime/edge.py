@@ -57,8 +57,17 @@ class SeenEvent:
 class EdgeClient:
     """Async context manager: one HTTP session to the edge at `base_url`."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 120.0, connect_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 120.0,
+        connect_timeout_s: float = 10.0,
+        admin_token: str = "",
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Sent only with discovery calls (installs need it when the mesh has one), never logged.
+        self._auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.seen: list[SeenEvent] = []
@@ -74,11 +83,13 @@ class EdgeClient:
         await self.session.close()
 
     async def _request(
-        self, method: str, path: str, body: Any = None, timeout_s: float | None = None
+        self, method: str, path: str, body: Any = None, timeout_s: float | None = None, auth: bool = False
     ) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.timeout_s, connect=self.connect_timeout_s)
         try:
-            async with self.session.request(method, self.base_url + path, json=body, timeout=timeout) as resp:
+            async with self.session.request(
+                method, self.base_url + path, json=body, timeout=timeout, headers=self._auth if auth else None
+            ) as resp:
                 raw = await resp.read()
                 try:
                     data = json.loads(raw) if raw else None
@@ -163,7 +174,7 @@ class EdgeClient:
         self, path: str, body: dict[str, Any], timeout_s: float | None = None
     ) -> dict[str, Any]:
         """POST to a discovery route; RouteMissing when it is not deployed."""
-        status, data = await self._request("POST", path, body, timeout_s)
+        status, data = await self._request("POST", path, body, timeout_s, auth=True)
         if not isinstance(data, dict):
             raise EdgeUnavailable(f"POST {path}: HTTP {status}: not a JSON object")
         if status >= 400:

@@ -80,11 +80,12 @@ async def request_capability(
             for m in (gap.get("gap_analysis") or {}).get("missing_capabilities") or ()
         ]
         route = "/api/v1/tools/search-and-install"
+        # The search query is the capability itself: the whole task would drown it in unrelated words.
         install = await edge.post_json(
             route,
             {
-                "task_description": description,
-                "required_capabilities": [m for m in missing if m] or [capability],
+                "task_description": capability,
+                "required_capabilities": [m for m in missing if m and m != capability],
                 "reason": reason or capability,
             },
             timeout_s=wait_s,

@@ -57,6 +57,7 @@ class RuntimeHost:
         events: bool = True,
         tool_timeout_s: float = 120.0,
         lazy: bool = False,
+        admin_token: str = "",
     ) -> None:
         self.llm_settings, self.edge_base, self.settings = llm, edge, settings
         self.trajectory_dir = trajectory_dir
@@ -65,7 +66,7 @@ class RuntimeHost:
         self.lazy = lazy
         self.loaded = False
         self.catalog = Catalog()
-        self._edge = EdgeClient(edge, timeout_s=tool_timeout_s)
+        self._edge = EdgeClient(edge, timeout_s=tool_timeout_s, admin_token=admin_token)
         self._follower: asyncio.Task[None] | None = None
 
     @classmethod
@@ -78,6 +79,7 @@ class RuntimeHost:
             events=cfg.runtime.events,
             tool_timeout_s=cfg.runtime.tool_timeout_s,
             lazy=lazy,
+            admin_token=cfg.auth.admin_token,
         )
 
     @property

@@ -199,6 +199,7 @@ class Agent:
                 "tool_calls": [],
                 "error": None,
                 "duration_s": 0.0,
+                "interrupted": False,
             }
             rec["steps"].append(step)
             self.on_progress({"kind": "step", "index": index, "events": step["events"]})
@@ -291,7 +292,6 @@ class Agent:
         self, step: dict[str, Any], messages: list[dict[str, Any]], functions: list[Function], task: str
     ) -> str | None:
         messages[0]["content"] = actions.json_system_prompt(functions, self.settings.gap_tool)
-        step["llm_tools"] = [f.name for f in functions]
         reply = await self._ask(step, messages, None)
         step["llm"]["request"]["tools"] = [f.name for f in functions] + (
             [gap.NAME] if self.settings.gap_tool else []

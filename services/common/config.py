@@ -186,6 +186,41 @@ class FunctionToolConfig:
 
 
 @dataclass(frozen=True)
+class DiscoveryConfig:
+    """Tool-gap detection, catalog search and the install of MCP servers (docs/config/discovery.md)."""
+
+    enabled: bool = True
+    catalog_dir: str = "config/catalog"
+    # Remote registries speaking the official MCP Registry API (GET /v0.1/servers).
+    registries: tuple[str, ...] = ()
+    registry_timeout_s: float = 5.0
+    registry_cache_s: float = 300.0
+    registry_max_pages: int = 5
+    install_dir: str = "data/mcp"
+    # Policy: curated entries and `allowed_packages` (fnmatch on `registry:identifier`) may be installed.
+    allow_any: bool = False
+    allowed_registry_types: tuple[str, ...] = ("pypi", "npm")
+    allowed_packages: tuple[str, ...] = ()
+    allow_remotes: bool = True
+    pip_index_url: str = ""
+    npm_registry: str = ""
+    install_timeout_s: float = 300.0
+    start_timeout_s: float = 20.0
+    health_interval_s: float = 10.0
+    health_timeout_s: float = 5.0
+    restart_backoff_s: float = 0.5
+    restart_backoff_max_s: float = 30.0
+    max_line_bytes: int = 4 * 1024 * 1024
+    max_invalid_lines: int = 50
+    stop_grace_s: float = 2.0
+    # Gap analysis: an OpenAI-compatible endpoint; empty base URL or model means lexical only.
+    llm_base_url: str = ""
+    llm_model: str = ""
+    llm_api_key: str = dataclasses.field(default="", repr=False)
+    llm_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration."""
 
@@ -199,6 +234,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     function_tools: tuple[FunctionToolConfig, ...] = ()
 
     def path(self, p: str) -> Path:

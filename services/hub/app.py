@@ -56,15 +56,23 @@ class Hub:
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
                 await self._attach_inprocess_executor()
+            extra, protected = {}, set(library.PROTECTED)
+            if cfg.discovery.enabled:  # installed MCP servers come back before the hub serves
+                from services.discovery import servicer as discovery_rpc
+                from services.discovery.service import Discovery
+
+                self.discovery = await self._stack.enter_async_context(Discovery(cfg, self.registry, self.router))
+                extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
+                protected |= discovery_rpc.PROTECTED
             self.server = MeshServer(
                 [
                     ServiceBinding(library.SERVICE, library.ToolLibraryServicer(self.registry),
                                    tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server),
-                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router), add_to_server),  # type: ignore[arg-type]
+                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router, extra), add_to_server),  # type: ignore[arg-type]
                 ],
                 self._listen,
                 admin_token=cfg.auth.admin_token,
-                protected_methods=library.PROTECTED,
+                protected_methods=protected,
                 max_message_bytes=cfg.hub.max_message_bytes,
             )
             await self._stack.enter_async_context(self.server)

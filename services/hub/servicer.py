@@ -17,8 +17,9 @@ SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_nam
 
 
 class ToolScoreServicer:
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, extra: dict[str, grpc.RpcMethodHandler] | None = None) -> None:
         self.router = router
+        self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
 
     async def ExecuteTool(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
         return await self.router.execute(request, deadline_s=context.time_remaining())
@@ -30,7 +31,8 @@ def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:
             servicer.ExecuteTool,
             request_deserializer=ex.ExecuteRequest.FromString,
             response_serializer=ex.ExecuteResponse.SerializeToString,
-        )
+        ),
+        **servicer.extra,
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     server.add_registered_method_handlers(SERVICE, handlers)

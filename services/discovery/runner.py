@@ -1,0 +1,235 @@
+"""One MCP server's life: connect with the official SDK client, list its tools, keep it healthy.
+
+A runner owns one task. That task connects (spawning the stdio process, or
+opening a Streamable HTTP session), lists the tools, hands them to
+`on_tools`, then watches: the process ending, a failed health check, or a
+`notifications/tools/list_changed`. When the connection ends it reconnects
+with exponential backoff until stopped. Calls come from other tasks and use
+the current client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from services.common.config import DiscoveryConfig
+from services.common.errors import FailedPrecondition, Unavailable
+from services.discovery.stdio import StdioTransport
+from toolscore.v1 import discovery_pb2 as pb
+
+log = logging.getLogger(__name__)
+_CLIENT_INFO = types.Implementation(name="toolscore-mesh", version="0.1.0")
+_MAX_TOOL_PAGES = 50
+
+
+class StartFailed(FailedPrecondition):
+    """The server did not come up as an MCP server (exited, never answered, spoke garbage)."""
+
+    reason = "SERVER_START_FAILED"
+
+
+@dataclass
+class LaunchSpec:
+    """How to reach a server: a stdio command, or a Streamable HTTP URL."""
+
+    command: str = ""
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    log_path: Path | None = None
+    pid_path: Path | None = None
+    url: str = ""
+
+
+ToolsFn = Callable[["ServerRunner", list[types.Tool]], Awaitable[None]]
+StateFn = Callable[["ServerRunner"], Awaitable[None]]
+
+
+class ServerRunner:
+    """Supervises one server. `start()` returns once the first connection is up (or raises)."""
+
+    def __init__(self, name: str, spec: LaunchSpec, cfg: DiscoveryConfig, on_tools: ToolsFn,
+                 on_state: StateFn) -> None:
+        self.name, self.spec, self.cfg = name, spec, cfg
+        self._on_tools, self._on_state = on_tools, on_state
+        self.client: Client | None = None
+        self.transport: StdioTransport | None = None
+        self.state = pb.SERVER_STATE_STARTING
+        self.message = "starting"
+        self.restarts = 0
+        self.protocol_version = ""
+        self._kick = asyncio.Event()
+        self._relist = False
+        self._stopping = False
+        self._was_running = False
+        self.actions: dict[str, str] = {}  # capability name -> MCP tool name
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, *, strict: bool) -> None:
+        """Start supervising. strict: a failed first start raises StartFailed and stops everything;
+        otherwise the runner keeps retrying in the background and this returns after the first attempt."""
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._task = asyncio.create_task(self._lifetime(first, strict), name=f"mcp-runner-{self.name}")
+        try:
+            await asyncio.shield(first)
+        except StartFailed:
+            if strict:
+                await self.stop()
+                raise
+        except asyncio.CancelledError:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Disconnect, stop the process (its whole group) and end the task."""
+        self._stopping = True
+        self._kick.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.state, self.message = pb.SERVER_STATE_STOPPED, "stopped"
+
+    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
+        """One tools/call on the current connection; Unavailable when there is none."""
+        client = self.client
+        if client is None:
+            raise Unavailable(f"MCP server {self.name} is not connected ({self.message})", reason="MCP_SERVER_DOWN",
+                              metadata={"server": self.name})
+        return await client.call_tool(name, arguments, read_timeout_seconds=timeout)
+
+    # -- the runner's task ------------------------------------------------------
+
+    async def _lifetime(self, first: asyncio.Future[None], strict: bool) -> None:
+        delay = self.cfg.restart_backoff_s
+        while not self._stopping:
+            self._was_running = False
+            try:
+                await self._connection(first)
+                reason = self.message
+            except Exception as exc:  # anything the connection raised ends this attempt
+                reason = _describe(exc, self.transport)
+            self.client = None
+            if not first.done():
+                first.set_exception(StartFailed(f"MCP server {self.name} failed to start: {reason}",
+                                                metadata={"server": self.name}))
+                first.exception()  # retrieved: the waiter may be gone
+                if strict:
+                    return
+            if self._stopping:
+                return
+            if self._was_running:  # it ran before dying: start the backoff over
+                delay = self.cfg.restart_backoff_s
+            self.state, self.message = pb.SERVER_STATE_RESTARTING, f"restarting: {reason}"
+            log.warning("MCP server %s: %s; restarting in %.1fs", self.name, reason, delay)
+            await self._notify_state()
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._kick.wait()
+            delay = min(delay * 2, self.cfg.restart_backoff_max_s)
+            self.restarts += 1
+
+    async def _connection(self, first: asyncio.Future[None]) -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            self.state, self.message = pb.SERVER_STATE_STARTING, "connecting"
+            async with asyncio.timeout(self.cfg.start_timeout_s):
+                client = await stack.enter_async_context(
+                    Client(self._transport(), mode="auto", message_handler=self._on_message, cache=None,
+                           client_info=_CLIENT_INFO))
+                tools = await _list_all(client)
+            self.protocol_version = client.protocol_version
+            await self._on_tools(self, tools)
+            self.client = client
+            self.state, self.message = pb.SERVER_STATE_RUNNING, "running"
+            self._was_running = True
+            await self._notify_state()
+            if not first.done():
+                first.set_result(None)
+            await self._watch(client)
+
+    def _transport(self) -> Any:
+        spec = self.spec
+        if spec.url:
+            self.transport = None
+            return streamable_http_client(spec.url)
+        assert spec.log_path is not None
+        self.transport = StdioTransport(
+            spec.command, spec.args, env=spec.env, cwd=spec.cwd, log_path=spec.log_path,
+            max_line_bytes=self.cfg.max_line_bytes, max_invalid_lines=self.cfg.max_invalid_lines,
+            stop_grace_s=self.cfg.stop_grace_s, on_close=self._kick.set, pid_path=spec.pid_path)
+        return self.transport
+
+    async def _watch(self, client: Client) -> None:
+        """Return when the connection should end (stop, process gone, failed health check)."""
+        while True:
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.health_interval_s):
+                    await self._kick.wait()
+            if self._stopping:
+                self.message = "stopping"
+                return
+            if self.transport is not None and self.transport.closed.is_set():
+                self.message = self.transport.describe_end()
+                return
+            try:
+                async with asyncio.timeout(self.cfg.health_timeout_s):
+                    if self._relist:
+                        self._relist = False
+                        await self._on_tools(self, await _list_all(client))
+                    elif client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+                        await client.session.send_ping()
+                    else:
+                        await client.session.list_tools()
+            except (TimeoutError, MCPError, OSError) as exc:
+                self.message = f"health check failed: {_describe(exc, self.transport)}"
+                return
+
+    async def _on_message(self, message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            self._relist = True
+            self._kick.set()
+
+    async def _notify_state(self) -> None:
+        try:
+            await self._on_state(self)
+        except Exception:
+            log.exception("state callback failed for %s", self.name)
+
+
+async def _list_all(client: Client) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(_MAX_TOOL_PAGES):
+        page = await client.session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+def _describe(exc: BaseException, transport: StdioTransport | None) -> str:
+    if transport is not None and transport.failure:
+        return transport.failure
+    if isinstance(exc, TimeoutError):
+        if transport is not None and transport.ended_by_server:
+            return transport.describe_end()
+        return "no answer to the MCP handshake in time"
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e, transport) for e in exc.exceptions)
+    if transport is not None and transport.ended_by_server:
+        return transport.describe_end()
+    return f"{type(exc).__name__}: {exc}"[:500]

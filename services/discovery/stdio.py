@@ -1,0 +1,195 @@
+"""The stdio transport the MCP SDK client runs over, with the guarantees the hub needs.
+
+The SDK's `stdio_client` hides the process; here the supervisor gets its pid,
+an `on_close` signal when stdout ends, stderr appended to a log file, a cap on
+line length, and a limit on lines that are not JSON-RPC (a server flooding
+stdout with garbage is cut off). The server runs in its own process group and
+the whole group is killed and reaped on exit, even when the exit is a
+cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.message import SessionMessage
+
+from services.common.runtime import die_with_parent
+
+log = logging.getLogger(__name__)
+
+
+class StdioTransport:
+    """An async context manager yielding (read stream, write stream) for `mcp.Client`."""
+
+    def __init__(self, command: str, args: list[str], *, env: dict[str, str], cwd: str, log_path: Path,
+                 max_line_bytes: int = 4 << 20, max_invalid_lines: int = 50, stop_grace_s: float = 2.0,
+                 on_close: Callable[[], None] | None = None, pid_path: Path | None = None) -> None:
+        self.command, self.args, self.env, self.cwd = command, args, env, cwd
+        self.log_path = log_path
+        self.max_line_bytes, self.max_invalid_lines, self.grace = max_line_bytes, max_invalid_lines, stop_grace_s
+        self.on_close = on_close
+        self.pid_path = pid_path  # remembers the process group, so a hub killed hard can clean up next time
+        self.proc: asyncio.subprocess.Process | None = None
+        self.failure = ""  # why the transport gave up on the server, if it did
+        self.invalid_lines = 0
+        self.closed = asyncio.Event()
+        self.ended_by_server = False  # stdout ended before we began closing the connection
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def describe_end(self) -> str:
+        """Why the connection ended, for status messages."""
+        if self.failure:
+            return self.failure
+        rc = self.proc.returncode if self.proc else None
+        what = f"server exited with code {rc}" if rc is not None else "server closed its stdout"
+        tail = self.stderr_tail()
+        return f"{what}; stderr: {tail}" if tail else what
+
+    def stderr_tail(self, max_bytes: int = 600) -> str:
+        """The end of the server's stderr log, on one line."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
+
+    async def __aenter__(self) -> tuple[MemoryObjectReceiveStream, MemoryObjectSendStream]:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.pid_path is not None:
+            kill_stale_group(self.pid_path, self.cwd)
+        with open(self.log_path, "ab") as errlog:  # the child keeps its own descriptor
+            self.proc = await asyncio.create_subprocess_exec(
+                self.command, *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=errlog, cwd=self.cwd, env=self.env, start_new_session=True, limit=self.max_line_bytes,
+                preexec_fn=die_with_parent,
+            )
+        if self.pid_path is not None:
+            self.pid_path.write_text(str(self.proc.pid))
+        log.info("started MCP server pid %d: %s", self.proc.pid, os.path.basename(self.command))
+        read_send, self._read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+        self._write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
+        self._tasks = [asyncio.create_task(self._reader(read_send), name=f"mcp-stdout-{self.proc.pid}"),
+                       asyncio.create_task(self._writer(write_recv), name=f"mcp-stdin-{self.proc.pid}")]
+        return self._read_recv, self._write_send
+
+    async def __aexit__(self, *exc: object) -> None:
+        proc = self.proc
+        assert proc is not None
+        self._closing = True
+        try:
+            self._write_send.close()
+            if proc.stdin and not proc.stdin.is_closing():
+                proc.stdin.close()
+            if not await _wait_exit(proc, self.grace):
+                _signal_group(proc.pid, signal.SIGTERM)
+                if not await _wait_exit(proc, self.grace):
+                    _signal_group(proc.pid, signal.SIGKILL)
+                    await _wait_exit(proc, self.grace)
+        finally:
+            _signal_group(proc.pid, signal.SIGKILL)  # whatever the server left in its group
+            for t in self._tasks:
+                t.cancel()
+            for t in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            self._read_recv.close()
+            if self.pid_path is not None:
+                with contextlib.suppress(OSError):
+                    self.pid_path.unlink()
+            log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
+
+    async def _reader(self, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
+        assert self.proc and self.proc.stdout
+        stdout = self.proc.stdout
+        try:
+            while True:
+                try:
+                    line = await stdout.readline()
+                except ValueError:  # a line beyond the limit
+                    self.failure = f"server wrote a line longer than {self.max_line_bytes} bytes to stdout"
+                    return
+                if not line:
+                    return
+                if not line.strip():
+                    continue
+                try:
+                    message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+                except ValueError:
+                    self.invalid_lines += 1
+                    if self.invalid_lines > self.max_invalid_lines:
+                        self.failure = (f"server wrote more than {self.max_invalid_lines} lines to stdout "
+                                        "that are not JSON-RPC")
+                        return
+                    continue
+                try:
+                    await send.send(SessionMessage(message))
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return
+        finally:
+            send.close()
+            self.ended_by_server = not self._closing
+            self.closed.set()
+            if self.failure:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                log.warning("MCP server pid %d: %s", self.proc.pid, self.failure)
+            if self.on_close:
+                self.on_close()
+
+    async def _writer(self, recv: MemoryObjectReceiveStream[SessionMessage]) -> None:
+        assert self.proc and self.proc.stdin
+        stdin = self.proc.stdin
+        try:
+            async with recv:
+                async for m in recv:
+                    data = m.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    stdin.write(data.encode())
+                    await stdin.drain()
+        except (ConnectionError, BrokenPipeError, anyio.ClosedResourceError):
+            pass
+
+
+def kill_stale_group(pid_path: Path, cwd: str) -> None:
+    """Kill the process group a previous hub left running (it was killed too hard to stop it).
+
+    Only when that process still runs in this server's working directory, so a
+    recycled pid is never touched.
+    """
+    try:
+        pid = int(pid_path.read_text().strip())
+        running_in = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, ValueError):
+        return
+    if os.path.realpath(cwd) == running_in:
+        log.warning("killing MCP server process group %d left by a previous hub", pid)
+        _signal_group(pid, signal.SIGKILL)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+    try:
+        async with asyncio.timeout(timeout):
+            await proc.wait()
+        return True
+    except TimeoutError:
+        return False

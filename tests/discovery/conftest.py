@@ -1,0 +1,281 @@
+"""Fixtures for discovery: real packages built here, and local stand-ins for PyPI, npm, the MCP Registry and an LLM.
+
+- `build_wheel(dist, version, behaviour)`: a real wheel of the tiny stdlib MCP server.
+- `npm_pack(name, version)`: a real npm tarball (`npm pack`) of the tiny Node MCP server.
+- `pkg_index`: one aiohttp server that is a PEP 503 simple index (`/simple/`), a minimal npm
+  registry (`/npm/`) and an official MCP Registry API (`/v0.1/servers`), on port 0.
+- `llm`: an OpenAI-compatible `/v1/chat/completions` that answers from a script.
+- `dcfg`: a Config whose discovery section points at all of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import zipfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from services.common import config as config_mod
+from services.common.config import Config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+NS = "io.github.toolscore-tests"
+META = "io.modelcontextprotocol.registry/publisher-provided"
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+
+
+def build_wheel(out: Path, dist: str, version: str, behaviour: str = "ok", requires: str = "") -> Path:
+    """A py3-none-any wheel of the tiny server with a console script named `dist`."""
+    mod = dist.replace("-", "_")
+    src = (FIXTURES / "tiny_mcp_server.py").read_text()
+    src = src.replace('BEHAVIOUR = "ok"', f"BEHAVIOUR = {behaviour!r}").replace('NAME = "tiny"', f"NAME = {dist!r}")
+    info = f"{mod}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
+    if requires:
+        metadata += f"Requires-Dist: {requires}\n"
+    files = {
+        f"{mod}.py": src.encode(),
+        f"{info}/METADATA": metadata.encode(),
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: toolscore-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/entry_points.txt": f"[console_scripts]\n{dist} = {mod}:main\n".encode(),
+    }
+    record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
+    files[f"{info}/RECORD"] = record.encode()
+    path = out / f"{mod}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p, d in files.items():
+            zf.writestr(p, d)
+    return path
+
+
+def npm_pack(out: Path, name: str, version: str) -> Path:
+    """`npm pack` of the tiny Node server as package `name@version`."""
+    src = out / f"src-{name}-{version}"
+    src.mkdir(parents=True)
+    shutil.copy(FIXTURES / "tiny_mcp_server.js", src / "server.js")
+    (src / "package.json").write_text(json.dumps({"name": name, "version": version, "bin": {name: "server.js"},
+                                                  "license": "MIT", "description": "tiny test MCP server"}))
+    proc = subprocess.run(["npm", "pack", "--pack-destination", str(out), "--loglevel=error"], cwd=src,
+                          capture_output=True, text=True, timeout=60, check=True)
+    return out / proc.stdout.strip().splitlines()[-1]
+
+
+def server_json(name: str, description: str, registry: str, identifier: str, version: str,
+                tools: list[tuple[str, str]] = (), tags: list[str] = (), remote_url: str = "") -> dict[str, Any]:
+    doc: dict[str, Any] = {"name": name, "description": description, "version": version,
+                           "_meta": {META: {"tools": [{"name": n, "description": d} for n, d in tools],
+                                            "tags": list(tags)}}}
+    if registry:
+        doc["packages"] = [{"registryType": registry, "identifier": identifier, "version": version,
+                            "transport": {"type": "stdio"}}]
+    if remote_url:
+        doc["remotes"] = [{"type": "streamable-http", "url": remote_url}]
+    return doc
+
+
+@dataclass
+class PackageIndex:
+    """What the local index serves; tests add to it before (or while) the hub runs."""
+
+    url: str = ""
+    wheels: dict[str, list[Path]] = field(default_factory=dict)  # normalized name -> files
+    tarballs: dict[str, dict[str, Path]] = field(default_factory=dict)  # npm name -> version -> file
+    servers: list[dict[str, Any]] = field(default_factory=list)  # server.json documents
+    registry_requests: list[dict[str, str]] = field(default_factory=list)
+    download_started: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: asyncio.Event | None = None  # when set to an Event, downloads wait for it
+
+    def add_wheel(self, path: Path, dist: str) -> None:
+        self.wheels.setdefault(_norm(dist), []).append(path)
+
+    def add_tarball(self, path: Path, name: str, version: str) -> None:
+        self.tarballs.setdefault(name, {})[version] = path
+
+
+def _index_app(idx: PackageIndex) -> web.Application:
+    files: dict[str, Path] = {}
+
+    async def simple(request: web.Request) -> web.Response:
+        project = _norm(request.match_info["project"])
+        wheels = idx.wheels.get(project)
+        if not wheels:
+            raise web.HTTPNotFound()
+        links = []
+        for w in wheels:
+            files[w.name] = w
+            links.append(f'<a href="/files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>')
+        return web.Response(text="<html><body>" + "\n".join(links) + "</body></html>", content_type="text/html")
+
+    async def file(request: web.Request) -> web.FileResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        idx.download_started.set()
+        if idx.hold is not None:
+            await idx.hold.wait()
+        return web.FileResponse(path)
+
+    async def packument(request: web.Request) -> web.Response:
+        name = request.match_info["name"].replace("%2f", "/").replace("%2F", "/")
+        versions = idx.tarballs.get(name)
+        if not versions:
+            return web.json_response({"error": "Not found"}, status=404)
+        body: dict[str, Any] = {"name": name, "dist-tags": {"latest": max(versions)}, "versions": {}}
+        for v, path in versions.items():
+            data = path.read_bytes()
+            files[path.name] = path
+            body["versions"][v] = {
+                "name": name, "version": v, "bin": {name: "server.js"},
+                "dist": {"tarball": f"{idx.url}/files/{path.name}", "shasum": hashlib.sha1(data).hexdigest(),
+                         "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()}}
+        return web.json_response(body)
+
+    async def servers(request: web.Request) -> web.Response:
+        q = dict(request.query)
+        idx.registry_requests.append(q)
+        search = q.get("search", "").lower()
+        hits = [s for s in idx.servers if search in s["name"].lower()]
+        start = int(q.get("cursor") or 0)
+        page = hits[start:start + 2]  # small pages: clients must follow the cursor
+        meta: dict[str, Any] = {"count": len(page)}
+        if start + 2 < len(hits):
+            meta["nextCursor"] = str(start + 2)
+        return web.json_response({"servers": [{"server": s, "_meta": {
+            "io.modelcontextprotocol.registry/official": {"status": "active", "isLatest": True}}} for s in page],
+            "metadata": meta})
+
+    app = web.Application()
+    app.router.add_get("/simple/{project}/", simple)
+    app.router.add_get("/files/{name}", file)
+    app.router.add_get("/npm/{name:.+}", packument)
+    app.router.add_get("/v0.1/servers", servers)
+    return app
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def pkg_index() -> AsyncIterator[PackageIndex]:
+    idx = PackageIndex()
+    runner, idx.url = await _serve(_index_app(idx))
+    yield idx
+    await runner.cleanup()
+
+
+@dataclass
+class ScriptedLlm:
+    """Answers chat completions with the next scripted content (a string) and records the requests."""
+
+    url: str = ""
+    answers: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[ScriptedLlm]:
+    script = ScriptedLlm()
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        script.requests.append(body)
+        content = script.answers.pop(0) if script.answers else ""
+        return web.json_response({
+            "id": f"chatcmpl-{len(script.requests)}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", "scripted"),
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": content}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner, url = await _serve(app)
+    script.url = url + "/v1"
+    yield script
+    await runner.cleanup()
+
+
+@pytest.fixture
+def catalog_dir(root: Path) -> Path:
+    d = root / "catalog"
+    d.mkdir()
+    return d
+
+
+def write_catalog(d: Path, doc: dict[str, Any]) -> None:
+    (d / (doc["name"].rpartition("/")[2] + ".json")).write_text(json.dumps(doc))
+
+
+@pytest.fixture
+def dcfg(cfg: Config, catalog_dir: Path, pkg_index: PackageIndex) -> Config:
+    """Discovery pointed at the local index; small timeouts so failures show fast."""
+    return config_mod.replace(cfg, discovery={
+        "catalog_dir": str(catalog_dir), "registries": (pkg_index.url,),
+        "pip_index_url": f"{pkg_index.url}/simple/", "npm_registry": f"{pkg_index.url}/npm/",
+        "allowed_packages": (f"pypi:ts-*", "npm:ts-*"), "start_timeout_s": 5.0, "health_interval_s": 0.5,
+        "health_timeout_s": 2.0, "restart_backoff_s": 0.05, "restart_backoff_max_s": 0.5, "install_timeout_s": 120.0,
+        "stop_grace_s": 1.0, "registry_cache_s": 0.0})
+
+
+def processes_under(path: Path) -> list[int]:
+    """Live (non-zombie) processes whose command line mentions `path`."""
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if str(path) in cmd and state != "Z":
+            out.append(int(pid))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def wait_exited(pid: int, timeout: float = 20.0) -> None:
+    """Wait (event-driven, through a pidfd) until process `pid` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    loop.add_reader(fd, done.set)
+    try:
+        async with asyncio.timeout(timeout):
+            await done.wait()
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

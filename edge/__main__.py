@@ -24,8 +24,12 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
         await site.start()
-        log.info("edge serving on http://%s:%d (admin token %s)", cfg.edge.host, cfg.edge.port,
-                 "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open")
+        log.info(
+            "edge serving on http://%s:%d (admin token %s)",
+            cfg.edge.host,
+            cfg.edge.port,
+            "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open",
+        )
         await stop.wait()
         log.info("stopping")
     finally:

@@ -21,6 +21,7 @@ from edge import events, rest, toolscore_ws
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway, default_hub_target
 from edge.metrics import EdgeMetrics
+from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
 from services.common.config import Config
@@ -28,20 +29,29 @@ from services.common.errors import MeshError
 
 log = logging.getLogger(__name__)
 
+# Paths whose handlers apply their own Origin/Host policy (the MCP transports).
+_OWN_GUARDS = ("/mcp", "/ws/mcp")
+ORIGIN = web.AppKey("origin", OriginGuard)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def gateway_options(cfg: Config) -> GatewayOptions:
-    hub_target = cfg.edge.hub or default_hub_target(str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "",
-                                                    cfg.hub.tcp, cfg.mesh.mode)
+    hub_target = cfg.edge.hub or default_hub_target(
+        str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "", cfg.hub.tcp, cfg.mesh.mode
+    )
     if cfg.edge.data_path not in ("direct", "hub"):
-        raise MeshError(f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}",
-                        reason="INVALID_CONFIG")
+        raise MeshError(
+            f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}", reason="INVALID_CONFIG"
+        )
     return GatewayOptions(
-        hub_target=hub_target, direct=cfg.edge.data_path == "direct",
-        default_timeout_s=cfg.hub.default_timeout_s, max_timeout_s=cfg.hub.max_timeout_s,
-        max_argument_bytes=cfg.hub.max_argument_bytes, max_message_bytes=cfg.hub.max_message_bytes,
-        usage_flush_s=cfg.edge.usage_flush_s, event_buffer=cfg.edge.event_buffer,
+        hub_target=hub_target,
+        direct=cfg.edge.data_path == "direct",
+        default_timeout_s=cfg.hub.default_timeout_s,
+        max_timeout_s=cfg.hub.max_timeout_s,
+        max_argument_bytes=cfg.hub.max_argument_bytes,
+        max_message_bytes=cfg.hub.max_message_bytes,
+        usage_flush_s=cfg.edge.usage_flush_s,
+        event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
     )
 
@@ -60,8 +70,14 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
     if exc.status == 404:
         message = "no such route"
-    body = {"status": "error", "success": False, "error": message, "code": reason, "reason": reason,
-            "message": message}
+    body = {
+        "status": "error",
+        "success": False,
+        "error": message,
+        "code": reason,
+        "reason": reason,
+        "message": message,
+    }
     resp = web.json_response(body, status=exc.status)
     for name in ("Allow",):
         if name in exc.headers:
@@ -73,6 +89,8 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     try:
+        if not request.path.startswith(_OWN_GUARDS):
+            request.app[ORIGIN].check(request.headers)
         resp = await handler(request)
     except web.HTTPException as exc:
         resp = _http_error(exc)
@@ -84,8 +102,9 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     ws = isinstance(resp, web.WebSocketResponse)
-    request.app[METRICS].observe_http(request.method, route, resp.status,
-                                      None if ws else time.perf_counter() - start)
+    request.app[METRICS].observe_http(
+        request.method, route, resp.status, None if ws else time.perf_counter() - start
+    )
     return resp
 
 
@@ -104,9 +123,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_websockets(app: web.Application) -> None:
-    sockets = list(app[WEBSOCKETS])
-    await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"edge shutting down")
-                           for ws in sockets), return_exceptions=True)
+    open_sockets = app[WEBSOCKETS]
+    sockets = list(open_sockets)
+    await asyncio.gather(
+        *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"edge shutting down") for ws in sockets),
+        return_exceptions=True,
+    )
 
 
 def build_app(cfg: Config) -> web.Application:
@@ -118,6 +140,7 @@ def build_app(cfg: Config) -> web.Application:
     app[GATEWAY] = gateway
     app[METRICS] = metrics
     app[AUTH] = AdminAuth(cfg.auth.admin_token)
+    app[ORIGIN] = OriginGuard(cfg.edge.allowed_origins, cfg.edge.host)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()
     app[EVENTS] = events.EventHub(gateway, metrics, cfg.edge.subscriber_queue)

@@ -41,8 +41,10 @@ class AdminAuth:
     def require(self, headers: Mapping[str, str]) -> None:
         """Raise Unauthenticated (401) unless the request carries the admin token."""
         if not self.allows(headers):
-            raise Unauthenticated("this operation needs the admin token (Authorization: Bearer <token>)",
-                                  reason="ADMIN_TOKEN_REQUIRED")
+            raise Unauthenticated(
+                "this operation needs the admin token (Authorization: Bearer <token>)",
+                reason="ADMIN_TOKEN_REQUIRED",
+            )
 
 
 def check_bind(host: str, token: str) -> None:
@@ -51,7 +53,11 @@ def check_bind(host: str, token: str) -> None:
         return
     if host in ("localhost", "") or endpoints.is_loopback_host(f"{host}:0"):
         if host == "":
-            raise BindRefused("an empty edge host binds every interface; set a loopback host or an admin token")
+            raise BindRefused(
+                "an empty edge host binds every interface; set a loopback host or an admin token"
+            )
         return
-    raise BindRefused(f"refusing to serve the edge on {host} beyond loopback without an admin token "
-                      "(set TOOLSCORE_AUTH__ADMIN_TOKEN, or TOOLSCORE_EDGE__HOST=127.0.0.1)")
+    raise BindRefused(
+        f"refusing to serve the edge on {host} beyond loopback without an admin token "
+        "(set TOOLSCORE_AUTH__ADMIN_TOKEN, or TOOLSCORE_EDGE__HOST=127.0.0.1)"
+    )

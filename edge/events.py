@@ -22,13 +22,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from toolscore.v1 import tool_pb2
 
 from edge import views
 from edge.gateway import HubGateway
 from edge.metrics import EdgeMetrics
 from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
 from services.common.errors import MeshError
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class Subscriber:
         self.tasks: set[asyncio.Task[None]] = set()
 
     def wants(self, event_type: str, tool_id: str) -> bool:
-        return (not self.events or event_type in self.events) and (not self.tool_ids or tool_id in self.tool_ids)
+        return (not self.events or event_type in self.events) and (
+            not self.tool_ids or tool_id in self.tool_ids
+        )
 
     def send(self, text: str, *, event: bool = False) -> None:
         """Queue one message; on overflow, close the client (never wait for it)."""
@@ -146,8 +148,16 @@ class EventHub:
 
     def tools_message(self, kind: str, **extra: Any) -> str:
         tools = self.gateway.tools()
-        return views.dumps({"type": kind, "tools": [views.brief_tool(t) for t in tools], "total_count": len(tools),
-                            "timestamp": views.now_iso(), "revision": self.gateway.revision, **extra})
+        return views.dumps(
+            {
+                "type": kind,
+                "tools": [views.brief_tool(t) for t in tools],
+                "total_count": len(tools),
+                "timestamp": views.now_iso(),
+                "revision": self.gateway.revision,
+                **extra,
+            }
+        )
 
     def join(self, sub: Subscriber, since: int | None) -> None:
         """Welcome the subscriber and queue its backlog. No await: no event can slip in between."""
@@ -158,8 +168,13 @@ class EventHub:
         if since is None or since == current:
             return
         if since > current:
-            sub.send(_resync(current, "REVISION_AHEAD",
-                             f"revision {since} is ahead of the registry ({current}); the welcome list is current"))
+            sub.send(
+                _resync(
+                    current,
+                    "REVISION_AHEAD",
+                    f"revision {since} is ahead of the registry ({current}); the welcome list is current",
+                )
+            )
             sub.revision = current
             return
         backlog = self._from_buffer(since, current)
@@ -193,8 +208,14 @@ class EventHub:
             events = await self.gateway.history(since, until)
         except MeshError as err:
             log.info("events backlog from %d unavailable: %s", since, err.reason)
-            sub.send(_resync(until, err.reason, f"events after revision {since} are no longer available "
-                                                f"({err.message}); the welcome list is current"))
+            sub.send(
+                _resync(
+                    until,
+                    err.reason,
+                    f"events after revision {since} are no longer available "
+                    f"({err.message}); the welcome list is current",
+                )
+            )
             sub.revision = max(sub.revision, until)
         else:
             held, sub.held = sub.held, None
@@ -205,8 +226,15 @@ class EventHub:
 
 
 def _resync(revision: int, reason: str, message: str) -> str:
-    return views.dumps({"type": "resync_required", "reason": reason, "message": message, "revision": revision,
-                        "timestamp": views.now_iso()})
+    return views.dumps(
+        {
+            "type": "resync_required",
+            "reason": reason,
+            "message": message,
+            "revision": revision,
+            "timestamp": views.now_iso(),
+        }
+    )
 
 
 def _error(message: str, **extra: Any) -> str:
@@ -242,7 +270,9 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
         return
     kind = msg.get("type")
     if kind == "ping":
-        sub.send(views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.gateway.revision}))
+        sub.send(
+            views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.gateway.revision})
+        )
     elif kind == "get_tools":
         sub.send(hub.tools_message("tools_list"))
     elif kind == "subscribe":
@@ -251,12 +281,24 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
         except ValueError as exc:
             sub.send(_error(str(exc), request_type="subscribe"))
             return
-        sub.send(views.dumps({"type": "subscribed", "events": sorted(sub.events) or sorted(EVENT_TYPES),
-                              "tool_ids": sorted(sub.tool_ids), "revision": hub.gateway.revision,
-                              "timestamp": views.now_iso()}))
+        sub.send(
+            views.dumps(
+                {
+                    "type": "subscribed",
+                    "events": sorted(sub.events) or sorted(EVENT_TYPES),
+                    "tool_ids": sorted(sub.tool_ids),
+                    "revision": hub.gateway.revision,
+                    "timestamp": views.now_iso(),
+                }
+            )
+        )
     else:
-        sub.send(_error(f"unknown message type {kind!r}; expected ping, get_tools or subscribe",
-                        request_type=kind if isinstance(kind, str) else None))
+        sub.send(
+            _error(
+                f"unknown message type {kind!r}; expected ping, get_tools or subscribe",
+                request_type=kind if isinstance(kind, str) else None,
+            )
+        )
 
 
 def _since(request: web.Request) -> int | None:

@@ -21,17 +21,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from toolscore.v1 import tool_pb2
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common import endpoints
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Router
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
-from toolscore.v1 import tool_pb2
-from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 log = logging.getLogger(__name__)
 Listener = Callable[[tool_pb2.ToolEvent], None]
@@ -80,7 +80,8 @@ class HubGateway:
     async def __aenter__(self) -> HubGateway:
         o = self.opts
         self.channel = grpc.aio.insecure_channel(
-            o.hub_target, options=channel_options(o.max_message_bytes, o.hub_target.startswith("unix:")))
+            o.hub_target, options=channel_options(o.max_message_bytes, o.hub_target.startswith("unix:"))
+        )
         self.library = lib_grpc.ToolLibraryServiceStub(self.channel)
         self.toolscore = ts_grpc.ToolScoreServiceStub(self.channel)
         self._relay = self.channel.unary_unary(
@@ -89,11 +90,18 @@ class HubGateway:
             response_deserializer=ex.ExecuteResponse.FromString,
         )
         self.pool = ChannelPool(o.max_message_bytes)
-        self.router = Router(self.entries.get, self.pool, default_timeout_s=o.default_timeout_s,
-                             max_timeout_s=o.max_timeout_s, max_argument_bytes=o.max_argument_bytes,
-                             record=self._record)
-        self._tasks = [asyncio.create_task(self._follow(), name="gateway-watch"),
-                       asyncio.create_task(self._report_loop(), name="gateway-usage")]
+        self.router = Router(
+            self.entries.get,
+            self.pool,
+            default_timeout_s=o.default_timeout_s,
+            max_timeout_s=o.max_timeout_s,
+            max_argument_bytes=o.max_argument_bytes,
+            record=self._record,
+        )
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="gateway-watch"),
+            asyncio.create_task(self._report_loop(), name="gateway-usage"),
+        ]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -103,7 +111,7 @@ class HubGateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         with contextlib.suppress(Exception):
-            await self.flush_usage(timeout=1.0)
+            await self.flush_usage(timeout_s=1.0)
         await self.pool.close()
         await self.channel.close()
 
@@ -137,8 +145,9 @@ class HubGateway:
         tools: list[tool_pb2.Tool] = []
         token, revision = "", 0
         while True:
-            page = await self.library.ListTools(lib.ListToolsRequest(page_size=1000, page_token=token),
-                                                wait_for_ready=True, timeout=30)
+            page = await self.library.ListTools(
+                lib.ListToolsRequest(page_size=1000, page_token=token), wait_for_ready=True, timeout=30
+            )
             tools.extend(page.tools)
             revision = revision or page.revision
             token = page.next_page_token
@@ -160,7 +169,9 @@ class HubGateway:
         for tool_id, entry in fresh.items():  # tell listeners what changed while we were away
             prev = old.get(tool_id)
             if prev is None or prev.tool.SerializeToString() != entry.tool.SerializeToString():
-                kind = tool_pb2.TOOL_EVENT_TYPE_INSTALLED if prev is None else tool_pb2.TOOL_EVENT_TYPE_UPDATED
+                kind = (
+                    tool_pb2.TOOL_EVENT_TYPE_INSTALLED if prev is None else tool_pb2.TOOL_EVENT_TYPE_UPDATED
+                )
                 self._notify(tool_pb2.ToolEvent(revision=revision, type=kind, tool=entry.snapshot()))
         for tool_id, entry in old.items():
             if tool_id not in fresh:
@@ -187,7 +198,7 @@ class HubGateway:
         self._notify(event)
         self._wake_waiters()
 
-    async def wait_revision(self, revision: int, timeout: float = 5.0) -> bool:
+    async def wait_revision(self, revision: int, timeout_s: float = 5.0) -> bool:
         """Wait until the cache reflects `revision` (read-your-writes after a registration)."""
         if self.revision >= revision:
             return True
@@ -195,7 +206,7 @@ class HubGateway:
         slot = (revision, fut)
         self._waiters.append(slot)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout_s):
                 await fut
             return True
         except TimeoutError:
@@ -218,8 +229,13 @@ class HubGateway:
 
     # -- the data path ---------------------------------------------------------
 
-    async def execute(self, request: ex.ExecuteRequest, *, deadline_s: float | None = None,
-                      on_progress: ProgressFn | None = None) -> ex.ExecuteResponse:
+    async def execute(
+        self,
+        request: ex.ExecuteRequest,
+        *,
+        deadline_s: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> ex.ExecuteResponse:
         """Run a call: direct to a gRPC tool server when possible, else relayed through the hub.
 
         Tool failures come back as `is_error` responses; protocol faults raise MeshError.
@@ -242,8 +258,9 @@ class HubGateway:
             for observe in self.call_observers:
                 observe(tool_id, outcome, elapsed)
 
-    async def _execute(self, request: ex.ExecuteRequest, deadline_s: float | None,
-                       on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+    async def _execute(
+        self, request: ex.ExecuteRequest, deadline_s: float | None, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
         entry = self.entries.get(request.tool_id)
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
@@ -260,33 +277,36 @@ class HubGateway:
 
     # -- registry writes (the hub decides; the cache follows its events) ------------
 
-    async def register(self, tool: tool_pb2.Tool, *, timeout: float = 10.0) -> lib.RegisterToolResponse:
+    async def register(self, tool: tool_pb2.Tool, *, timeout_s: float = 10.0) -> lib.RegisterToolResponse:
         """RegisterTool on the hub; returns once this cache reflects the change."""
         try:
-            resp = await self.library.RegisterTool(lib.RegisterToolRequest(tool=tool), metadata=self.metadata(),
-                                                   timeout=timeout)
+            resp = await self.library.RegisterTool(
+                lib.RegisterToolRequest(tool=tool), metadata=self.metadata(), timeout=timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._hub_error(exc) from None
         await self.wait_revision(resp.revision)
         return resp
 
-    async def deregister(self, tool_id: str, *, timeout: float = 10.0) -> lib.DeregisterToolResponse:
+    async def deregister(self, tool_id: str, *, timeout_s: float = 10.0) -> lib.DeregisterToolResponse:
         """DeregisterTool on the hub; returns once this cache reflects the change."""
         try:
-            resp = await self.library.DeregisterTool(lib.DeregisterToolRequest(tool_id=tool_id),
-                                                     metadata=self.metadata(), timeout=timeout)
+            resp = await self.library.DeregisterTool(
+                lib.DeregisterToolRequest(tool_id=tool_id), metadata=self.metadata(), timeout=timeout_s
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._hub_error(exc) from None
         await self.wait_revision(resp.revision)
         return resp
 
-    async def history(self, since: int, until: int, *, timeout: float = 10.0
-                      ) -> list[tool_pb2.ToolEvent]:
+    async def history(self, since: int, until: int, *, timeout_s: float = 10.0) -> list[tool_pb2.ToolEvent]:
         """Events (since, until] from the hub's own history (OutOfRange when compacted)."""
         events: list[tool_pb2.ToolEvent] = []
         if until <= since:
             return events
-        call = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=since), timeout=timeout)
+        call = self.library.WatchToolEvents(
+            lib.WatchToolEventsRequest(since_revision=since), timeout=timeout_s
+        )
         try:
             async for resp in call:
                 if resp.event.revision > until:
@@ -324,16 +344,25 @@ class HubGateway:
             except grpc.aio.AioRpcError as exc:
                 log.info("usage report deferred (%s)", exc.code().name)
 
-    async def flush_usage(self, timeout: float = 5.0) -> None:
+    async def flush_usage(self, timeout_s: float = 5.0) -> None:
         """Send the usage counted since the last report to the hub (kept for later on failure)."""
         if not self._usage:
             return
         batch, self._usage = self._usage, {}
-        req = lib.ReportUsageRequest(usage=[
-            lib.ToolUsage(tool_id=k, calls=u.calls, successes=u.successes, total_seconds=u.seconds,
-                          last_used_unix=u.last_used) for k, u in batch.items()])
+        req = lib.ReportUsageRequest(
+            usage=[
+                lib.ToolUsage(
+                    tool_id=k,
+                    calls=u.calls,
+                    successes=u.successes,
+                    total_seconds=u.seconds,
+                    last_used_unix=u.last_used,
+                )
+                for k, u in batch.items()
+            ]
+        )
         try:
-            await self.library.ReportUsage(req, timeout=timeout)
+            await self.library.ReportUsage(req, timeout=timeout_s)
         except BaseException:
             for k, u in batch.items():  # keep the figures for the next report: nothing is lost
                 mine = self._usage.setdefault(k, _Usage())

@@ -86,15 +86,19 @@ class EdgeMetrics:
 
         family("toolscore_edge_http_requests_total", "counter", "HTTP requests by method, route and status.")
         for (m, r, s), n in sorted(self.http_requests.items()):
-            out.append(f"toolscore_edge_http_requests_total{_labels([('method', m), ('route', r), ('status', str(s))])} {n}")
+            labels = _labels([("method", m), ("route", r), ("status", str(s))])
+            out.append(f"toolscore_edge_http_requests_total{labels} {n}")
         family("toolscore_edge_http_request_duration_seconds", "histogram", "HTTP request latency by route.")
         for (m, r), h in sorted(self.http_latency.items()):
             _histogram(out, "toolscore_edge_http_request_duration_seconds", [("method", m), ("route", r)], h)
         family("toolscore_edge_tool_calls_total", "counter", "Tool calls through the edge, by tool.")
         for t, n in sorted(self.tool_calls.items()):
             out.append(f"toolscore_edge_tool_calls_total{_labels([('tool_id', t)])} {n}")
-        family("toolscore_edge_tool_errors_total", "counter",
-               "Failed tool calls by tool and kind (tool_error: an is_error result; else the fault's reason).")
+        family(
+            "toolscore_edge_tool_errors_total",
+            "counter",
+            "Failed tool calls by tool and kind (tool_error: an is_error result; else the fault's reason).",
+        )
         for (t, k), n in sorted(self.tool_errors.items()):
             out.append(f"toolscore_edge_tool_errors_total{_labels([('tool_id', t), ('kind', k)])} {n}")
         family("toolscore_edge_tool_call_duration_seconds", "histogram", "Tool call latency by tool.")
@@ -103,13 +107,22 @@ class EdgeMetrics:
         family("toolscore_edge_websocket_connections", "gauge", "Open WebSocket connections by route.")
         for r, n in sorted(self.ws_open.items()):
             out.append(f"toolscore_edge_websocket_connections{_labels([('route', r)])} {n}")
-        family("toolscore_edge_websocket_connections_total", "counter", "WebSocket connections accepted by route.")
+        family(
+            "toolscore_edge_websocket_connections_total",
+            "counter",
+            "WebSocket connections accepted by route.",
+        )
         for r, n in sorted(self.ws_total.items()):
             out.append(f"toolscore_edge_websocket_connections_total{_labels([('route', r)])} {n}")
-        family("toolscore_edge_events_sent_total", "counter", "Registry events sent to events WebSocket clients.")
+        family(
+            "toolscore_edge_events_sent_total", "counter", "Registry events sent to events WebSocket clients."
+        )
         out.append(f"toolscore_edge_events_sent_total {self.events_sent}")
-        family("toolscore_edge_slow_consumers_closed_total", "counter",
-               "Events WebSocket clients closed because their queue overflowed.")
+        family(
+            "toolscore_edge_slow_consumers_closed_total",
+            "counter",
+            "Events WebSocket clients closed because their queue overflowed.",
+        )
         out.append(f"toolscore_edge_slow_consumers_closed_total {self.slow_consumers_closed}")
         return "\n".join(out) + "\n"
 

@@ -22,6 +22,10 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc as ex_grpc
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_pb2
 
 from edge import views
 from edge.gateway import HubGateway
@@ -32,10 +36,6 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import executor_pb2_grpc as ex_grpc
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 OWNER_PREFIX = "ws-session://"
@@ -61,8 +61,9 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
         with contextlib.suppress(ValueError, TypeError):
             resp.structured.CopyFrom(dict_to_struct(data))
     if data is not None:
-        resp.content.add().text.text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False,
-                                                                                     default=str)
+        resp.content.add().text.text = (
+            data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+        )
     return resp
 
 
@@ -79,7 +80,7 @@ class ServerSession:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
-    async def call(self, request: ex.ExecuteRequest, timeout: float) -> ex.ExecuteResponse:
+    async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
         """Send execute_tool_action and wait (at most `timeout`) for its response."""
         if self.closed:
             return error_response(tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected")
@@ -87,20 +88,31 @@ class ServerSession:
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
-            await self.ws.send_str(views.dumps({
-                "type": "execute_tool_action", "request_id": rid, "tool_id": request.tool_id,
-                "action": request.action, "parameters": struct_to_dict(request.arguments)}))
-            async with asyncio.timeout(timeout):
+            await self.ws.send_str(
+                views.dumps(
+                    {
+                        "type": "execute_tool_action",
+                        "request_id": rid,
+                        "tool_id": request.tool_id,
+                        "action": request.action,
+                        "parameters": struct_to_dict(request.arguments),
+                    }
+                )
+            )
+            async with asyncio.timeout(timeout_s):
                 msg = await fut
         except TimeoutError:
-            return error_response(tool_pb2.ERROR_TYPE_TIMEOUT,
-                                  f"the tool's server did not answer within {timeout:.3g}s")
+            return error_response(
+                tool_pb2.ERROR_TYPE_TIMEOUT, f"the tool's server did not answer within {timeout_s:.3g}s"
+            )
         except (ConnectionError, RuntimeError):
             msg = None
         finally:
             self._pending.pop(rid, None)
         if msg is None:
-            return error_response(tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected during the call")
+            return error_response(
+                tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected during the call"
+            )
         return result_response(msg)
 
     def resolve(self, msg: dict[str, Any]) -> bool:
@@ -122,7 +134,9 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
     def __init__(self, relay: RelayServer) -> None:
         self._relay = relay
 
-    async def Execute(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+    async def Execute(
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ExecuteResponse:
         remaining = context.time_remaining()
         timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 30.0
         if remaining is not None:
@@ -144,9 +158,17 @@ class RelayServer:
 
     async def __aenter__(self) -> RelayServer:
         self._server = MeshServer(
-            [ServiceBinding("toolscore.v1.ToolExecutorService", _Servicer(self),
-                            ex_grpc.add_ToolExecutorServiceServicer_to_server)],
-            [self.endpoint], max_message_bytes=self.cfg.hub.max_message_bytes, grace_s=1.0)
+            [
+                ServiceBinding(
+                    "toolscore.v1.ToolExecutorService",
+                    _Servicer(self),
+                    ex_grpc.add_ToolExecutorServiceServicer_to_server,
+                )
+            ],
+            [self.endpoint],
+            max_message_bytes=self.cfg.hub.max_message_bytes,
+            grace_s=1.0,
+        )
         await self._server.__aenter__()
         self.gateway.router.local[self.endpoint] = self._handle
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-sweep")
@@ -163,26 +185,37 @@ class RelayServer:
         if self._server is not None:
             await self._server.stop()
 
-    async def _handle(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
-                      on_progress: ProgressFn | None) -> ex.ExecuteResponse:
-        return await self.call(request, timeout)
+    async def _handle(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
+        return await self.call(request, timeout_s)
 
-    async def call(self, request: ex.ExecuteRequest, timeout: float) -> ex.ExecuteResponse:
+    async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
         session = self.by_tool.get(request.tool_id)
         if session is None:
-            raise Unavailable(f"the server of tool {request.tool_id!r} is not connected to this edge",
-                              reason="SERVER_DISCONNECTED", metadata={"tool_id": request.tool_id})
-        return await session.call(request, timeout)
+            raise Unavailable(
+                f"the server of tool {request.tool_id!r} is not connected to this edge",
+                reason="SERVER_DISCONNECTED",
+                metadata={"tool_id": request.tool_id},
+            )
+        return await session.call(request, timeout_s)
 
     async def _sweep(self) -> None:
         """Deregister dialled-in tools left by an earlier run of the edge (their connections are gone)."""
         await self.gateway.synced.wait()
         for entry in list(self.gateway.entries.values()):
             tool = entry.tool
-            if tool.endpoint == self.endpoint and tool.owner.startswith(OWNER_PREFIX) and not self._live(tool.owner):
+            if (
+                tool.endpoint == self.endpoint
+                and tool.owner.startswith(OWNER_PREFIX)
+                and not self._live(tool.owner)
+            ):
                 with contextlib.suppress(MeshError):
                     await self.gateway.deregister(tool.tool_id)
-                    log.info("deregistered %s: its server's connection ended before this edge started", tool.tool_id)
+                    log.info(
+                        "deregistered %s: its server's connection ended before this edge started",
+                        tool.tool_id,
+                    )
 
     def _live(self, owner: str) -> bool:
         return owner.removeprefix(OWNER_PREFIX) in self.sessions
@@ -194,17 +227,28 @@ class RelayServer:
 
     async def register(self, session: ServerSession, spec: dict[str, Any]) -> lib.RegisterToolResponse:
         """Register a tool served over `session`'s connection."""
-        tool = views.tool_from_json(spec, where="tool_spec", kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
-                                    endpoint=self.endpoint, owner=session.owner)
+        tool = views.tool_from_json(
+            spec,
+            where="tool_spec",
+            kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
+            endpoint=self.endpoint,
+            owner=session.owner,
+        )
         if isinstance(spec.get("endpoint"), str) and spec["endpoint"]:
             tool.metadata["advertised_endpoint"] = spec["endpoint"]
         holder = self.by_tool.get(tool.tool_id)
         if holder is not None and holder is not session:
-            raise AlreadyExists(f"tool {tool.tool_id!r} is served by another connected server",
-                                reason="TOOL_OWNED_BY_ANOTHER", metadata={"tool_id": tool.tool_id})
+            raise AlreadyExists(
+                f"tool {tool.tool_id!r} is served by another connected server",
+                reason="TOOL_OWNED_BY_ANOTHER",
+                metadata={"tool_id": tool.tool_id},
+            )
         existing = self.gateway.entries.get(tool.tool_id)
-        if existing is not None and existing.tool.owner.startswith(OWNER_PREFIX) and not self._live(
-                existing.tool.owner):
+        if (
+            existing is not None
+            and existing.tool.owner.startswith(OWNER_PREFIX)
+            and not self._live(existing.tool.owner)
+        ):
             with contextlib.suppress(MeshError):  # a dead session's leftover: take it over
                 await self.gateway.deregister(tool.tool_id)
         self.by_tool[tool.tool_id] = session
@@ -226,7 +270,7 @@ class RelayServer:
             if self.by_tool.get(tool_id) is session:
                 del self.by_tool[tool_id]
             try:
-                await self.gateway.deregister(tool_id, timeout=5.0)
+                await self.gateway.deregister(tool_id, timeout_s=5.0)
                 log.info("deregistered %s: its server disconnected", tool_id)
             except MeshError as err:
                 log.warning("could not deregister %s after its server disconnected: %s", tool_id, err.message)

@@ -11,12 +11,12 @@ import time
 from typing import Any
 
 from aiohttp import web
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from edge import openapi, views
 from edge.state import AUTH, EVENTS, GATEWAY, METRICS, RELAY, STARTED
 from services.common.errors import InvalidRequest, NotFound
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 _JSON_TYPE = "application/json"
 
@@ -52,7 +52,9 @@ def _tool(request: web.Request) -> tool_pb2.Tool:
     tool_id = request.match_info["tool_id"]
     entry = request.app[GATEWAY].entries.get(tool_id)
     if entry is None:
-        raise NotFound(f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id})
+        raise NotFound(
+            f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id}
+        )
     return entry.snapshot()
 
 
@@ -67,13 +69,19 @@ def stats(app: web.Application) -> dict[str, Any]:
     successes = sum(t.stats.success_count for t in tools)
     metrics = app[METRICS]
     return {
-        "total_tools": len(tools), "enabled_tools": sum(t.enabled for t in tools),
+        "total_tools": len(tools),
+        "enabled_tools": sum(t.enabled for t in tools),
         "healthy_tools": sum(t.health == tool_pb2.HEALTH_STATUS_HEALTHY for t in tools),
         "unhealthy_tools": sum(t.health == tool_pb2.HEALTH_STATUS_UNHEALTHY for t in tools),
-        "tools_by_kind": by_kind, "total_calls": calls, "total_successes": successes,
-        "success_rate": successes / calls if calls else 0.0, "revision": gw.revision,
-        "hub_connected": gw.synced.is_set(), "websocket_connections": dict(metrics.ws_open),
-        "event_subscribers": len(app[EVENTS].subscribers), "dialled_in_servers": len(app[RELAY].sessions),
+        "tools_by_kind": by_kind,
+        "total_calls": calls,
+        "total_successes": successes,
+        "success_rate": successes / calls if calls else 0.0,
+        "revision": gw.revision,
+        "hub_connected": gw.synced.is_set(),
+        "websocket_connections": dict(metrics.ws_open),
+        "event_subscribers": len(app[EVENTS].subscribers),
+        "dialled_in_servers": len(app[RELAY].sessions),
         "uptime_s": round(time.time() - app[STARTED], 3),
     }
 
@@ -84,22 +92,36 @@ def stats(app: web.Application) -> dict[str, Any]:
 async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.synced.is_set():
-        return _json({"status": "unhealthy", "message": "the edge cannot reach the hub", "hub_connected": False},
-                     status=503)
-    return _json({"status": "healthy", "message": "ToolScore edge is running", "hub_connected": True,
-                  "revision": gw.revision})
+        return _json(
+            {"status": "unhealthy", "message": "the edge cannot reach the hub", "hub_connected": False},
+            status=503,
+        )
+    return _json(
+        {
+            "status": "healthy",
+            "message": "ToolScore edge is running",
+            "hub_connected": True,
+            "revision": gw.revision,
+        }
+    )
 
 
 async def status(request: web.Request) -> web.Response:
     synced = request.app[GATEWAY].synced.is_set()
-    return _json({"status": "running" if synced else "degraded", "tool_library_initialized": synced,
-                  "stats": stats(request.app)})
+    return _json(
+        {
+            "status": "running" if synced else "degraded",
+            "tool_library_initialized": synced,
+            "stats": stats(request.app),
+        }
+    )
 
 
 async def list_tools_legacy(request: web.Request) -> web.Response:
     tools = request.app[GATEWAY].tools()
-    return _json({"status": "success", "tools": [views.legacy_summary(t) for t in tools],
-                  "total_count": len(tools)})
+    return _json(
+        {"status": "success", "tools": [views.legacy_summary(t) for t in tools], "total_count": len(tools)}
+    )
 
 
 async def get_tool_legacy(request: web.Request) -> web.Response:
@@ -117,8 +139,14 @@ async def register_legacy(request: web.Request) -> web.Response:
         raise InvalidRequest("tool_spec is required", reason="MISSING_FIELD", metadata={"field": "tool_spec"})
     tool = views.tool_from_json(body["tool_spec"], where="tool_spec")
     resp = await request.app[GATEWAY].register(tool)
-    return _json({"success": True, "tool_id": resp.tool.tool_id, "message": _registered(resp),
-                  "revision": resp.revision})
+    return _json(
+        {
+            "success": True,
+            "tool_id": resp.tool.tool_id,
+            "message": _registered(resp),
+            "revision": resp.revision,
+        }
+    )
 
 
 def _registered(resp: Any) -> str:
@@ -129,7 +157,9 @@ def _registered(resp: Any) -> str:
 async def deregister_legacy(request: web.Request) -> web.Response:
     request.app[AUTH].require(request.headers)
     resp = await request.app[GATEWAY].deregister(request.match_info["tool_id"])
-    return _json({"success": True, "message": f"tool {resp.tool.tool_id} deregistered", "revision": resp.revision})
+    return _json(
+        {"success": True, "message": f"tool {resp.tool.tool_id} deregistered", "revision": resp.revision}
+    )
 
 
 async def register_mcp_server(request: web.Request) -> web.Response:
@@ -137,35 +167,56 @@ async def register_mcp_server(request: web.Request) -> web.Response:
     body = await read_json(request)
     spec = body.get("server_spec")
     if not isinstance(spec, dict):
-        raise InvalidRequest("server_spec (an object) is required", reason="MISSING_FIELD",
-                             metadata={"field": "server_spec"})
+        raise InvalidRequest(
+            "server_spec (an object) is required", reason="MISSING_FIELD", metadata={"field": "server_spec"}
+        )
     endpoint = _field(spec, "endpoint")
     if endpoint.startswith(("http://", "https://")):
         raise InvalidRequest(
             "Streamable HTTP MCP servers cannot be registered here yet (they arrive with the discovery "
             "engine); register a gRPC endpoint (unix:///path.sock or host:port)",
-            reason="MCP_HTTP_NOT_SUPPORTED", metadata={"endpoint": endpoint})
+            reason="MCP_HTTP_NOT_SUPPORTED",
+            metadata={"endpoint": endpoint},
+        )
     if endpoint.startswith(("ws://", "wss://")):
         raise InvalidRequest(
             "WebSocket servers dial in themselves: connect to /websocket and send register_tool "
-            "with tool_type 'mcp_server'", reason="WS_ENDPOINT_NOT_SUPPORTED", metadata={"endpoint": endpoint})
+            "with tool_type 'mcp_server'",
+            reason="WS_ENDPOINT_NOT_SUPPORTED",
+            metadata={"endpoint": endpoint},
+        )
     tool = views.tool_from_json(spec, where="server_spec", kind=tool_pb2.TOOL_KIND_GRPC_SERVER)
     resp = await request.app[GATEWAY].register(tool)
-    return _json({"success": True, "tool_id": resp.tool.tool_id, "message": _registered(resp),
-                  "revision": resp.revision})
+    return _json(
+        {
+            "success": True,
+            "tool_id": resp.tool.tool_id,
+            "message": _registered(resp),
+            "revision": resp.revision,
+        }
+    )
 
 
 async def available_tools(request: web.Request) -> web.Response:
     tools = request.app[GATEWAY].tools()
-    return _json({"status": "success", "available_tools": [views.available_tool(t) for t in tools],
-                  "total_count": len(tools), "timestamp": views.now_iso()})
+    return _json(
+        {
+            "status": "success",
+            "available_tools": [views.available_tool(t) for t in tools],
+            "total_count": len(tools),
+            "timestamp": views.now_iso(),
+        }
+    )
 
 
 async def execute_legacy(request: web.Request) -> web.Response:
     start = time.perf_counter()
     body = await read_json(request)
-    call = ex.ExecuteRequest(tool_id=_field(body, "tool_id"), action=_field(body, "action"),
-                             arguments=views.arguments_struct(body.get("parameters")))
+    call = ex.ExecuteRequest(
+        tool_id=_field(body, "tool_id"),
+        action=_field(body, "action"),
+        arguments=views.arguments_struct(body.get("parameters")),
+    )
     resp = await request.app[GATEWAY].execute(call)
     return _json(views.legacy_result(resp, time.perf_counter() - start))
 
@@ -176,10 +227,14 @@ async def execute_legacy(request: web.Request) -> web.Response:
 async def v1_list_tools(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     kind, tag = request.query.get("kind"), request.query.get("tag")
-    tools = [t for t in gw.tools()
-             if (not kind or views.KIND_NAMES.get(t.kind) == kind) and (not tag or tag in t.tags)]
-    return _json({"tools": [views.tool_json(t) for t in tools], "total_count": len(tools),
-                  "revision": gw.revision})
+    tools = [
+        t
+        for t in gw.tools()
+        if (not kind or views.KIND_NAMES.get(t.kind) == kind) and (not tag or tag in t.tags)
+    ]
+    return _json(
+        {"tools": [views.tool_json(t) for t in tools], "total_count": len(tools), "revision": gw.revision}
+    )
 
 
 async def v1_get_tool(request: web.Request) -> web.Response:
@@ -190,8 +245,15 @@ async def v1_register_tool(request: web.Request) -> web.Response:
     request.app[AUTH].require(request.headers)
     tool = views.tool_from_json(await read_json(request))
     resp = await request.app[GATEWAY].register(tool)
-    return _json({"tool": views.tool_json(resp.tool), "created": resp.created, "updated": resp.updated,
-                  "revision": resp.revision}, status=201 if resp.created else 200)
+    return _json(
+        {
+            "tool": views.tool_json(resp.tool),
+            "created": resp.created,
+            "updated": resp.updated,
+            "revision": resp.revision,
+        },
+        status=201 if resp.created else 200,
+    )
 
 
 async def v1_deregister_tool(request: web.Request) -> web.Response:
@@ -202,15 +264,19 @@ async def v1_deregister_tool(request: web.Request) -> web.Response:
 
 async def v1_call_tool(request: web.Request) -> web.Response:
     body = await read_json(request)
-    call = ex.ExecuteRequest(tool_id=request.match_info["tool_id"], action=_field(body, "action"),
-                             arguments=views.arguments_struct(body.get("arguments"), "arguments"),
-                             request_id=_field(body, "request_id", required=False),
-                             session_id=_field(body, "session_id", required=False))
+    call = ex.ExecuteRequest(
+        tool_id=request.match_info["tool_id"],
+        action=_field(body, "action"),
+        arguments=views.arguments_struct(body.get("arguments"), "arguments"),
+        request_id=_field(body, "request_id", required=False),
+        session_id=_field(body, "session_id", required=False),
+    )
     timeout = body.get("timeout_s")
     if timeout is not None:
         if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise InvalidRequest("timeout_s must be a positive number", reason="INVALID_FIELD",
-                                 metadata={"field": "timeout_s"})
+            raise InvalidRequest(
+                "timeout_s must be a positive number", reason="INVALID_FIELD", metadata={"field": "timeout_s"}
+            )
         call.timeout.FromNanoseconds(int(timeout * 1e9))
     resp = await request.app[GATEWAY].execute(call)
     return _json(views.response_json(resp))
@@ -221,8 +287,12 @@ async def v1_stats(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[METRICS].render(), content_type="text/plain",
-                        headers={"X-Content-Type-Options": "nosniff"}, charset="utf-8")
+    return web.Response(
+        text=request.app[METRICS].render(),
+        content_type="text/plain",
+        headers={"X-Content-Type-Options": "nosniff"},
+        charset="utf-8",
+    )
 
 
 async def openapi_document(request: web.Request) -> web.Response:
@@ -232,24 +302,26 @@ async def openapi_document(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     # Literal paths before `{tool_id}` ones: a tool called `available` is reachable under /api/v1/tools only
     # through the listing (documented in docs/rest.md).
-    app.router.add_routes([
-        web.get("/health", health),
-        web.get("/status", status),
-        web.get("/tools", list_tools_legacy),
-        web.get("/tools/{tool_id}", get_tool_legacy),
-        web.get("/stats", stats_legacy),
-        web.post("/admin/tools/register", register_legacy),
-        web.delete("/admin/tools/{tool_id}", deregister_legacy),
-        web.post("/admin/mcp/register", register_mcp_server),
-        web.get("/api/v1/tools/available", available_tools),
-        web.post("/api/v1/tools/execute", execute_legacy),
-        web.get("/api/v1/health", health),
-        web.get("/api/v1/stats", v1_stats),
-        web.get("/api/v1/tools", v1_list_tools),
-        web.post("/api/v1/tools", v1_register_tool),
-        web.get("/api/v1/tools/{tool_id}", v1_get_tool),
-        web.delete("/api/v1/tools/{tool_id}", v1_deregister_tool),
-        web.post("/api/v1/tools/{tool_id}/call", v1_call_tool),
-        web.get("/metrics", metrics),
-        web.get("/openapi.json", openapi_document),
-    ])
+    app.router.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/status", status),
+            web.get("/tools", list_tools_legacy),
+            web.get("/tools/{tool_id}", get_tool_legacy),
+            web.get("/stats", stats_legacy),
+            web.post("/admin/tools/register", register_legacy),
+            web.delete("/admin/tools/{tool_id}", deregister_legacy),
+            web.post("/admin/mcp/register", register_mcp_server),
+            web.get("/api/v1/tools/available", available_tools),
+            web.post("/api/v1/tools/execute", execute_legacy),
+            web.get("/api/v1/health", health),
+            web.get("/api/v1/stats", v1_stats),
+            web.get("/api/v1/tools", v1_list_tools),
+            web.post("/api/v1/tools", v1_register_tool),
+            web.get("/api/v1/tools/{tool_id}", v1_get_tool),
+            web.delete("/api/v1/tools/{tool_id}", v1_deregister_tool),
+            web.post("/api/v1/tools/{tool_id}/call", v1_call_tool),
+            web.get("/metrics", metrics),
+            web.get("/openapi.json", openapi_document),
+        ]
+    )

@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from toolscore.v1 import executor_pb2 as ex
 
 from edge import views
 from edge.relay import RelayServer, ServerSession
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
 from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
-from toolscore.v1 import executor_pb2 as ex
 
 log = logging.getLogger(__name__)
 
@@ -65,31 +65,49 @@ class Connection:
         kind, rid = msg.get("type"), msg.get("request_id")
         if kind == "execute_tool_action_response":
             if not self.session.resolve(msg):
-                self.error("no call is waiting for this request_id (it may have timed out)", rid,
-                           request_type=kind)
+                self.error(
+                    "no call is waiting for this request_id (it may have timed out)", rid, request_type=kind
+                )
             return
-        handler = _HANDLERS.get(kind) if isinstance(kind, str) else None
-        if handler is None:
-            self.error(f"unknown message type {kind!r}; expected one of {sorted(_HANDLERS)}", rid,
-                       request_type=kind if isinstance(kind, str) else None)
+        if not isinstance(kind, str) or kind not in _HANDLERS:
+            self.error(
+                f"unknown message type {kind!r}; expected one of {sorted(_HANDLERS)}",
+                rid,
+                request_type=kind if isinstance(kind, str) else None,
+            )
             return
         if len(self.tasks) >= MAX_IN_FLIGHT:
-            err = ResourceExhausted(f"more than {MAX_IN_FLIGHT} requests in flight on this connection",
-                                    reason="TOO_MANY_IN_FLIGHT")
+            err = ResourceExhausted(
+                f"more than {MAX_IN_FLIGHT} requests in flight on this connection",
+                reason="TOO_MANY_IN_FLIGHT",
+            )
             self.error(err.message, rid, request_type=kind, code=err.code.name, reason=err.reason)
             return
-        self.spawn(self._run(handler, kind, rid, msg))
+        self.spawn(self._run(_HANDLERS[kind], kind, rid, msg))
 
     async def _run(self, handler: Any, kind: str, rid: Any, msg: dict[str, Any]) -> None:
         try:
             reply = await handler(self, msg)
         except MeshError as err:
-            reply = {"type": "error", "request_id": rid, "request_type": kind, "message": err.message,
-                     "code": err.code.name, "reason": err.reason, **({"metadata": err.metadata} if err.metadata else {})}
+            reply = {
+                "type": "error",
+                "request_id": rid,
+                "request_type": kind,
+                "message": err.message,
+                "code": err.code.name,
+                "reason": err.reason,
+                **({"metadata": err.metadata} if err.metadata else {}),
+            }
         except Exception:
             log.exception("%s failed on /websocket", kind)
-            reply = {"type": "error", "request_id": rid, "request_type": kind, "message": "internal error",
-                     "code": "INTERNAL", "reason": "EDGE_INTERNAL"}
+            reply = {
+                "type": "error",
+                "request_id": rid,
+                "request_type": kind,
+                "message": "internal error",
+                "code": "INTERNAL",
+                "reason": "EDGE_INTERNAL",
+            }
         else:
             reply = {"type": f"{kind}_response", "request_id": rid, **reply}
         await self.send(reply)
@@ -97,12 +115,15 @@ class Connection:
 
 async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
     if not conn.authorized:
-        raise Unauthenticated("register_tool needs the admin token (connect with Authorization: Bearer <token>)",
-                              reason="ADMIN_TOKEN_REQUIRED")
+        raise Unauthenticated(
+            "register_tool needs the admin token (connect with Authorization: Bearer <token>)",
+            reason="ADMIN_TOKEN_REQUIRED",
+        )
     spec = msg.get("tool_spec")
     if not isinstance(spec, dict):
-        raise InvalidRequest("tool_spec (an object) is required", reason="MISSING_FIELD",
-                             metadata={"field": "tool_spec"})
+        raise InvalidRequest(
+            "tool_spec (an object) is required", reason="MISSING_FIELD", metadata={"field": "tool_spec"}
+        )
     relay: RelayServer = conn.app[RELAY]
     if spec.get("tool_type", "function") == "mcp_server":
         resp = await relay.register(conn.session, spec)
@@ -112,18 +133,34 @@ async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any
             raise InvalidRequest(
                 "a tool registered with tool_type 'function' needs a gRPC endpoint (unix:///path.sock or "
                 "host:port); to be called over this connection, register with tool_type 'mcp_server'",
-                reason="MISSING_ENDPOINT")
+                reason="MISSING_ENDPOINT",
+            )
         resp = await conn.app[GATEWAY].register(views.tool_from_json(spec, where="tool_spec"))
     what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
-    return {"success": True, "message": f"tool {resp.tool.tool_id} {what}", "tool_id": resp.tool.tool_id,
-            "revision": resp.revision}
+    return {
+        "success": True,
+        "message": f"tool {resp.tool.tool_id} {what}",
+        "tool_id": resp.tool.tool_id,
+        "revision": resp.revision,
+    }
 
 
 async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
     tools = conn.app[GATEWAY].tools()
-    return {"success": True, "total_count": len(tools), "tools": [
-        {"tool_id": t.tool_id, "name": t.name, "description": t.description, "tool_type": views.legacy_tool_type(t),
-         "capabilities": [views.legacy_capability(c) for c in t.capabilities]} for t in tools]}
+    return {
+        "success": True,
+        "total_count": len(tools),
+        "tools": [
+            {
+                "tool_id": t.tool_id,
+                "name": t.name,
+                "description": t.description,
+                "tool_type": views.legacy_tool_type(t),
+                "capabilities": [views.legacy_capability(c) for c in t.capabilities],
+            }
+            for t in tools
+        ],
+    }
 
 
 async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -132,9 +169,12 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     for name, value in (("tool_id", tool_id), ("action", action)):
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{name} is required", reason="MISSING_FIELD", metadata={"field": name})
-    call = ex.ExecuteRequest(tool_id=tool_id, action=action,
-                             arguments=views.arguments_struct(msg.get("parameters")),
-                             request_id=str(msg.get("request_id") or ""))
+    call = ex.ExecuteRequest(
+        tool_id=tool_id,
+        action=action,
+        arguments=views.arguments_struct(msg.get("parameters")),
+        request_id=str(msg.get("request_id") or ""),
+    )
     resp = await conn.app[GATEWAY].execute(call)
     return {"tool_id": tool_id, "action": action, **views.legacy_result(resp, time.perf_counter() - start)}
 

@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -57,9 +57,19 @@ _EVENT_STATUS = {
 }
 # Legacy parameter type spellings -> JSON Schema types.
 _PARAM_TYPES = {
-    "str": "string", "string": "string", "int": "integer", "integer": "integer", "float": "number",
-    "number": "number", "bool": "boolean", "boolean": "boolean", "dict": "object", "object": "object",
-    "list": "array", "array": "array", "null": "null",
+    "str": "string",
+    "string": "string",
+    "int": "integer",
+    "integer": "integer",
+    "float": "number",
+    "number": "number",
+    "bool": "boolean",
+    "boolean": "boolean",
+    "dict": "object",
+    "object": "object",
+    "list": "array",
+    "array": "array",
+    "null": "null",
 }
 
 
@@ -82,8 +92,11 @@ def legacy_tool_type(tool: tool_pb2.Tool) -> str:
 
 
 def capability_json(cap: tool_pb2.Capability) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": cap.name, "description": cap.description,
-                           "input_schema": struct_to_dict(cap.input_schema) or {"type": "object"}}
+    out: dict[str, Any] = {
+        "name": cap.name,
+        "description": cap.description,
+        "input_schema": struct_to_dict(cap.input_schema) or {"type": "object"},
+    }
     if cap.HasField("output_schema"):
         out["output_schema"] = struct_to_dict(cap.output_schema)
     return out
@@ -93,16 +106,27 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
     """Everything a Tool carries, as JSON."""
     s = tool.stats
     return {
-        "tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
-        "kind": KIND_NAMES.get(tool.kind, "unspecified"), "endpoint": tool.endpoint, "enabled": tool.enabled,
-        "health": HEALTH_NAMES.get(tool.health, "unknown"), "tags": list(tool.tags), "version": tool.version,
-        "owner": tool.owner, "metadata": dict(tool.metadata),
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "description": tool.description,
+        "kind": KIND_NAMES.get(tool.kind, "unspecified"),
+        "endpoint": tool.endpoint,
+        "enabled": tool.enabled,
+        "health": HEALTH_NAMES.get(tool.health, "unknown"),
+        "tags": list(tool.tags),
+        "version": tool.version,
+        "owner": tool.owner,
+        "metadata": dict(tool.metadata),
         "capabilities": [capability_json(c) for c in tool.capabilities],
         "stats": {
-            "usage_count": s.usage_count, "success_count": s.success_count, "success_rate": s.success_rate,
-            "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6, "last_used": _ts(s.last_used),
+            "usage_count": s.usage_count,
+            "success_count": s.success_count,
+            "success_rate": s.success_rate,
+            "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6,
+            "last_used": _ts(s.last_used),
         },
-        "registered_at": _ts(tool.registered_at), "updated_at": _ts(tool.updated_at),
+        "registered_at": _ts(tool.registered_at),
+        "updated_at": _ts(tool.updated_at),
     }
 
 
@@ -118,13 +142,24 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
         elif kind == "image":
             import base64
 
-            content.append({"type": "image", "mime_type": block.image.mime_type,
-                            "data": base64.b64encode(block.image.data).decode()})
-    out: dict[str, Any] = {"is_error": resp.is_error, "content": content,
-                           "structured": struct_to_dict(resp.structured) if resp.HasField("structured") else None,
-                           "duration_ms": resp.duration.ToNanoseconds() / 1e6}
-    out["error"] = ({"type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError"), "message": resp.error.message}
-                    if resp.is_error else None)
+            content.append(
+                {
+                    "type": "image",
+                    "mime_type": block.image.mime_type,
+                    "data": base64.b64encode(block.image.data).decode(),
+                }
+            )
+    out: dict[str, Any] = {
+        "is_error": resp.is_error,
+        "content": content,
+        "structured": struct_to_dict(resp.structured) if resp.HasField("structured") else None,
+        "duration_ms": resp.duration.ToNanoseconds() / 1e6,
+    }
+    out["error"] = (
+        {"type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError"), "message": resp.error.message}
+        if resp.is_error
+        else None
+    )
     return out
 
 
@@ -138,8 +173,11 @@ def legacy_parameters(cap: tool_pb2.Capability) -> dict[str, Any]:
     params = {}
     for name, prop in (schema.get("properties") or {}).items():
         prop = prop if isinstance(prop, dict) else {}
-        params[name] = {"type": prop.get("type", "any"), "description": prop.get("description", ""),
-                        "required": name in required}
+        params[name] = {
+            "type": prop.get("type", "any"),
+            "description": prop.get("description", ""),
+            "required": name in required,
+        }
     return params
 
 
@@ -149,32 +187,55 @@ def legacy_capability(cap: tool_pb2.Capability) -> dict[str, Any]:
 
 def legacy_summary(tool: tool_pb2.Tool) -> dict[str, Any]:
     """GET /tools item."""
-    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
-            "tool_type": legacy_tool_type(tool), "enabled": tool.enabled,
-            "capabilities_count": len(tool.capabilities),
-            "capabilities": [legacy_capability(c) for c in tool.capabilities]}
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "description": tool.description,
+        "tool_type": legacy_tool_type(tool),
+        "enabled": tool.enabled,
+        "capabilities_count": len(tool.capabilities),
+        "capabilities": [legacy_capability(c) for c in tool.capabilities],
+    }
 
 
 def legacy_detail(tool: tool_pb2.Tool) -> dict[str, Any]:
     """GET /tools/{tool_id} `tool`."""
-    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
-            "tool_type": legacy_tool_type(tool), "enabled": tool.enabled, "tags": list(tool.tags),
-            "capabilities": [legacy_capability(c) for c in tool.capabilities], "endpoint": tool.endpoint,
-            "health": HEALTH_NAMES.get(tool.health, "unknown")}
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "description": tool.description,
+        "tool_type": legacy_tool_type(tool),
+        "enabled": tool.enabled,
+        "tags": list(tool.tags),
+        "capabilities": [legacy_capability(c) for c in tool.capabilities],
+        "endpoint": tool.endpoint,
+        "health": HEALTH_NAMES.get(tool.health, "unknown"),
+    }
 
 
 def available_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
     """GET /api/v1/tools/available item."""
-    return {"tool_id": tool.tool_id, "name": tool.name, "description": tool.description,
-            "tool_type": legacy_tool_type(tool), "capabilities": [legacy_capability(c) for c in tool.capabilities],
-            "tags": list(tool.tags), "endpoint": tool.endpoint}
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "description": tool.description,
+        "tool_type": legacy_tool_type(tool),
+        "capabilities": [legacy_capability(c) for c in tool.capabilities],
+        "tags": list(tool.tags),
+        "endpoint": tool.endpoint,
+    }
 
 
 def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
     """A tool in the events WebSocket's `welcome` and `tools_list`."""
-    return {"tool_id": tool.tool_id, "name": tool.name, "capabilities": [c.name for c in tool.capabilities],
-            "type": legacy_tool_type(tool), "enabled": tool.enabled,
-            "health": HEALTH_NAMES.get(tool.health, "unknown")}
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "capabilities": [c.name for c in tool.capabilities],
+        "type": legacy_tool_type(tool),
+        "enabled": tool.enabled,
+        "health": HEALTH_NAMES.get(tool.health, "unknown"),
+    }
 
 
 def legacy_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
@@ -183,10 +244,14 @@ def legacy_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
     if resp.HasField("structured"):
         result: Any = struct_to_dict(resp.structured)
     else:
-        result = next((value_to_py(b.json.value) for b in resp.content if b.WhichOneof("block") == "json"),
-                      "\n".join(texts) if texts else None)
+        result = next(
+            (value_to_py(b.json.value) for b in resp.content if b.WhichOneof("block") == "json"),
+            "\n".join(texts) if texts else None,
+        )
     return {
-        "success": not resp.is_error, "result": result, "output": "\n".join(texts),
+        "success": not resp.is_error,
+        "result": result,
+        "output": "\n".join(texts),
         "error": resp.error.message if resp.is_error else None,
         "error_type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError") if resp.is_error else None,
         "processing_time_ms": round(elapsed_s * 1000, 3),
@@ -196,11 +261,16 @@ def legacy_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
 def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
     """A pushed event: the original `tool_installed` fields plus the tool and the revision."""
     tool = event.tool
-    msg: dict[str, Any] = {"type": EVENT_NAMES.get(event.type, "tool_updated"), "revision": event.revision,
-                           "tool_id": tool.tool_id, "name": tool.name,
-                           "status": _EVENT_STATUS.get(event.type, HEALTH_NAMES.get(tool.health, "unknown")),
-                           "health": HEALTH_NAMES.get(tool.health, "unknown"), "tool": tool_json(tool),
-                           "timestamp": _ts(event.time) or now_iso()}
+    msg: dict[str, Any] = {
+        "type": EVENT_NAMES.get(event.type, "tool_updated"),
+        "revision": event.revision,
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "status": _EVENT_STATUS.get(event.type, HEALTH_NAMES.get(tool.health, "unknown")),
+        "health": HEALTH_NAMES.get(tool.health, "unknown"),
+        "tool": tool_json(tool),
+        "timestamp": _ts(event.time) or now_iso(),
+    }
     return msg
 
 
@@ -216,7 +286,9 @@ def _str(spec: dict[str, Any], key: str, where: str, default: str = "") -> str:
     if value is None:
         return default
     if not isinstance(value, str):
-        raise InvalidRequest(f"{where}.{key} must be a string", reason="INVALID_FIELD", metadata={"field": key})
+        raise InvalidRequest(
+            f"{where}.{key} must be a string", reason="INVALID_FIELD", metadata={"field": key}
+        )
     return value
 
 
@@ -259,8 +331,9 @@ def capability_from_json(raw: Any, where: str) -> tool_pb2.Capability:
     return cap
 
 
-def tool_from_json(spec: Any, *, where: str = "tool", kind: int | None = None, endpoint: str | None = None,
-                   owner: str = "") -> tool_pb2.Tool:
+def tool_from_json(
+    spec: Any, *, where: str = "tool", kind: int | None = None, endpoint: str | None = None, owner: str = ""
+) -> tool_pb2.Tool:
     """A Tool from a clean or original-style spec. The hub validates the rest."""
     if not isinstance(spec, dict):
         raise InvalidRequest(f"{where} must be a JSON object", reason="INVALID_FIELD")
@@ -272,8 +345,12 @@ def tool_from_json(spec: Any, *, where: str = "tool", kind: int | None = None, e
         raise InvalidRequest(f"{where}.tags must be a list of strings", reason="INVALID_FIELD")
     tool_id = _str(spec, "tool_id", where)
     tool = tool_pb2.Tool(
-        tool_id=tool_id, name=_str(spec, "name", where) or tool_id, description=_str(spec, "description", where),
-        version=_str(spec, "version", where), tags=tags, owner=owner or _str(spec, "owner", where),
+        tool_id=tool_id,
+        name=_str(spec, "name", where) or tool_id,
+        description=_str(spec, "description", where),
+        version=_str(spec, "version", where),
+        tags=tags,
+        owner=owner or _str(spec, "owner", where),
         endpoint=endpoint if endpoint is not None else _str(spec, "endpoint", where),
         enabled=bool(spec.get("enabled", True)),
         capabilities=[capability_from_json(c, f"{where}.capabilities[{i}]") for i, c in enumerate(caps)],
@@ -294,7 +371,9 @@ def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
     if isinstance(name, str) and name:
         kind = KINDS_BY_NAME.get(name.lower().removeprefix("tool_kind_"))
         if kind is None:
-            raise InvalidRequest(f"{where}.kind must be one of {sorted(KINDS_BY_NAME)}", reason="INVALID_KIND")
+            raise InvalidRequest(
+                f"{where}.kind must be one of {sorted(KINDS_BY_NAME)}", reason="INVALID_KIND"
+            )
         return kind
     if endpoint.startswith("inproc://"):
         return tool_pb2.TOOL_KIND_FUNCTION
@@ -309,7 +388,9 @@ def arguments_struct(value: Any, field: str = "parameters"):  # type: ignore[no-
     try:
         return dict_to_struct(value)
     except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE") from None
+        raise InvalidRequest(
+            f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
+        ) from None
 
 
 def wall_ms(start: float) -> float:

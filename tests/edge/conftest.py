@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from toolscore.v1 import tool_pb2
 
 from edge.app import build_app
 from edge.gateway import HubGateway
@@ -19,7 +20,6 @@ from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from services.toolkit import Action
-from toolscore.v1 import tool_pb2
 
 TOKEN = "s3cret-admin-token"
 ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
@@ -38,24 +38,42 @@ async def slow(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"slept": True}
 
 
-ECHO_ACTIONS = [Action("echo", "Echo text back", echo, ECHO_SCHEMA), Action("fail", "Always fails", fail),
-                Action("slow", "Sleeps", slow)]
+ECHO_ACTIONS = [
+    Action("echo", "Echo text back", echo, ECHO_SCHEMA),
+    Action("fail", "Always fails", fail),
+    Action("slow", "Sleeps", slow),
+]
 
 
 def grpc_tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
     return tool_pb2.Tool(
-        tool_id=tool_id, name=tool_id, kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint=endpoint, enabled=True,
-        capabilities=[a.capability() for a in ECHO_ACTIONS])
+        tool_id=tool_id,
+        name=tool_id,
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint,
+        enabled=True,
+        capabilities=[a.capability() for a in ECHO_ACTIONS],
+    )
 
 
 def echo_spec(tool_id: str, endpoint: str) -> dict[str, Any]:
     """An original-style tool_spec for the echo server."""
-    return {"tool_id": tool_id, "name": f"{tool_id} tool", "description": "echoes", "endpoint": endpoint,
-            "tags": ["test"], "capabilities": [
-                {"name": "echo", "description": "Echo", "parameters": {
-                    "text": {"type": "string", "description": "what to echo", "required": True}}},
-                {"name": "fail", "description": "Fails"},
-                {"name": "slow", "description": "Sleeps", "input_schema": {"type": "object"}}]}
+    return {
+        "tool_id": tool_id,
+        "name": f"{tool_id} tool",
+        "description": "echoes",
+        "endpoint": endpoint,
+        "tags": ["test"],
+        "capabilities": [
+            {
+                "name": "echo",
+                "description": "Echo",
+                "parameters": {"text": {"type": "string", "description": "what to echo", "required": True}},
+            },
+            {"name": "fail", "description": "Fails"},
+            {"name": "slow", "description": "Sleeps", "input_schema": {"type": "object"}},
+        ],
+    }
 
 
 @dataclass
@@ -82,7 +100,9 @@ class EdgeHandle:
 
     async def post(self, path: str, body: Any = None, *, data: Any = None, **kw: Any) -> tuple[int, Any]:
         async with asyncio.timeout(30):
-            async with self.http.post(self.url + path, json=body if data is None else None, data=data, **kw) as r:
+            async with self.http.post(
+                self.url + path, json=body if data is None else None, data=data, **kw
+            ) as r:
                 return r.status, await r.json(content_type=None)
 
     async def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
@@ -92,8 +112,17 @@ class EdgeHandle:
 
 
 def edge_config(cfg: Config, hub: Hub, **edge: Any) -> Config:
-    return config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": 0, "usage_flush_s": 0.1,
-                                         "relay_uds": "run/edge.sock", "uvloop": False, **edge})
+    return config_mod.replace(
+        cfg,
+        edge={
+            "hub": hub.uds_target,
+            "port": 0,
+            "usage_flush_s": 0.1,
+            "relay_uds": "run/edge.sock",
+            "uvloop": False,
+            **edge,
+        },
+    )
 
 
 @pytest.fixture
@@ -130,7 +159,7 @@ async def edge(cfg: Config, hub: Hub, start_edge: Callable[..., Any]) -> EdgeHan
 
 @pytest.fixture
 async def echo_server(start_tool_server: Callable[..., Any]) -> str:
-    """A gRPC tool server on a temp socket serving the echo actions for tools echo, echo2... (not registered)."""
+    """A gRPC tool server on a temp socket serving the echo actions as tools echo, echo2... (unregistered)."""
     _, endpoint = await start_tool_server({f"echo{s}": ECHO_ACTIONS for s in ("", "2", "3", "4")})
     return endpoint
 

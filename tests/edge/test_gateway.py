@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_pb2
 
 
 async def _echo(args, ctx):
@@ -22,9 +21,20 @@ async def _echo(args, ctx):
 
 def _tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
     return tool_pb2.Tool(
-        tool_id=tool_id, name=tool_id, kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint=endpoint, enabled=True,
-        capabilities=[tool_pb2.Capability(name="echo", input_schema=dict_to_struct(
-            {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}))])
+        tool_id=tool_id,
+        name=tool_id,
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint,
+        enabled=True,
+        capabilities=[
+            tool_pb2.Capability(
+                name="echo",
+                input_schema=dict_to_struct(
+                    {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+                ),
+            )
+        ],
+    )
 
 
 @pytest.fixture
@@ -53,8 +63,9 @@ async def test_direct_calls_are_counted_in_the_hub_registry(hub, hub_stubs, gate
     async with asyncio.timeout(5):
         await seen.wait()
     for i in range(3):
-        resp = await gateway.execute(ex.ExecuteRequest(tool_id="echo-b", action="echo",
-                                                       arguments=dict_to_struct({"text": f"hi {i}"})))
+        resp = await gateway.execute(
+            ex.ExecuteRequest(tool_id="echo-b", action="echo", arguments=dict_to_struct({"text": f"hi {i}"}))
+        )
         assert struct_to_dict(resp.structured) == {"text": f"hi {i}"}
     await gateway.flush_usage()
     entry = hub.registry.entry("echo-b")
@@ -62,8 +73,9 @@ async def test_direct_calls_are_counted_in_the_hub_registry(hub, hub_stubs, gate
 
 
 async def test_function_tools_are_relayed_through_the_hub(gateway):
-    resp = await gateway.execute(ex.ExecuteRequest(tool_id="builtin", action="add",
-                                                   arguments=dict_to_struct({"a": 1, "b": 2})))
+    resp = await gateway.execute(
+        ex.ExecuteRequest(tool_id="builtin", action="add", arguments=dict_to_struct({"a": 1, "b": 2}))
+    )
     assert struct_to_dict(resp.structured) == {"sum": 3}
 
 

@@ -22,16 +22,34 @@ async def test_original_tool_routes_keep_their_shapes(edge: EdgeHandle, register
     status, body = await edge.get("/tools")
     assert status == 200 and body["status"] == "success" and body["total_count"] == len(body["tools"])
     echo = next(t for t in body["tools"] if t["tool_id"] == "echo")
-    assert set(echo) >= {"tool_id", "name", "description", "tool_type", "enabled", "capabilities_count",
-                         "capabilities"}
+    assert set(echo) >= {
+        "tool_id",
+        "name",
+        "description",
+        "tool_type",
+        "enabled",
+        "capabilities_count",
+        "capabilities",
+    }
     assert echo["tool_type"] == "mcp_server" and echo["capabilities_count"] == 3
-    assert echo["capabilities"][0]["parameters"]["text"] == {"type": "string", "description": "",
-                                                              "required": True}
+    assert echo["capabilities"][0]["parameters"]["text"] == {
+        "type": "string",
+        "description": "",
+        "required": True,
+    }
 
     status, body = await edge.get("/tools/echo")
     assert status == 200 and body["status"] == "success"
-    assert set(body["tool"]) >= {"tool_id", "name", "description", "tool_type", "enabled", "tags",
-                                 "capabilities", "endpoint"}
+    assert set(body["tool"]) >= {
+        "tool_id",
+        "name",
+        "description",
+        "tool_type",
+        "enabled",
+        "tags",
+        "capabilities",
+        "endpoint",
+    }
 
     status, body = await edge.get("/api/v1/tools/available")
     assert status == 200 and body["status"] == "success" and body["timestamp"]
@@ -48,30 +66,36 @@ async def test_unknown_tool_is_a_404_json_error_on_every_route(edge: EdgeHandle)
         status, body = await edge.get(path)
         assert status == 404
         assert body["reason"] == "TOOL_NOT_FOUND" and body["status"] == "error" and body["success"] is False
-    status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "nope", "action": "x", "parameters": {}})
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "nope", "action": "x", "parameters": {}}
+    )
     assert status == 404 and body["success"] is False and "nope" in body["error"]
 
 
 async def test_execute_returns_the_original_result_shape(edge: EdgeHandle, registered_echo: str):
-    status, body = await edge.post("/api/v1/tools/execute",
-                                   {"tool_id": "echo", "action": "echo", "parameters": {"text": "hi"}})
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "hi"}}
+    )
     assert status == 200
     assert set(body) == {"success", "result", "output", "error", "error_type", "processing_time_ms"}
     assert body["success"] is True and body["result"] == {"text": "hi"} and body["error"] is None
     assert body["error_type"] is None and body["processing_time_ms"] > 0
 
 
-async def test_a_failing_tool_is_a_200_with_success_false_and_its_error_type(edge: EdgeHandle,
-                                                                            registered_echo: str):
+async def test_a_failing_tool_is_a_200_with_success_false_and_its_error_type(
+    edge: EdgeHandle, registered_echo: str
+):
     status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "fail"})
     assert status == 200
     assert body["success"] is False and body["error_type"] == "ToolError" and "on purpose" in body["error"]
 
 
-async def test_schema_violating_arguments_are_a_400_with_field_violations(edge: EdgeHandle,
-                                                                          registered_echo: str):
-    status, body = await edge.post("/api/v1/tools/execute",
-                                   {"tool_id": "echo", "action": "echo", "parameters": {"text": 5}})
+async def test_schema_violating_arguments_are_a_400_with_field_violations(
+    edge: EdgeHandle, registered_echo: str
+):
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": 5}}
+    )
     assert status == 400 and body["reason"] == "INVALID_ARGUMENTS"
     assert body["violations"][0]["field"] == "arguments.text"
     status, body = await edge.post("/api/v1/tools/echo/call", {"action": "echo", "arguments": {}})
@@ -85,8 +109,9 @@ async def test_bad_bodies_get_clear_400s_and_the_edge_keeps_serving(edge: EdgeHa
     assert status == 400 and body["reason"] == "INVALID_BODY"
     status, body = await edge.post("/api/v1/tools/execute", {"action": "echo"})
     assert status == 400 and body["reason"] == "MISSING_FIELD" and body["metadata"] == {"field": "tool_id"}
-    status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "echo",
-                                                             "parameters": "text"})
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": "text"}
+    )
     assert status == 400 and body["reason"] == "INVALID_ARGUMENTS_TYPE"
     status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "nope"})
     assert status == 400 and body["reason"] == "UNKNOWN_ACTION"
@@ -94,18 +119,24 @@ async def test_bad_bodies_get_clear_400s_and_the_edge_keeps_serving(edge: EdgeHa
     assert status == 413 and body["status"] == "error"
     status, body = await edge.get("/no/such/route")
     assert status == 404 and body["message"] == "no such route"
-    status, body = await edge.post("/api/v1/tools/execute",
-                                   {"tool_id": "echo", "action": "echo", "parameters": {"text": "still ok"}})
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "still ok"}}
+    )
     assert status == 200 and body["result"] == {"text": "still ok"}
 
 
 async def test_admin_register_and_deregister_go_through_the_hub(edge: EdgeHandle, hub, echo_server: str):
     status, body = await edge.post("/admin/tools/register", {"tool_spec": echo_spec("echo2", echo_server)})
-    assert status == 200 and body == {"success": True, "tool_id": "echo2", "message": "tool echo2 registered",
-                                      "revision": body["revision"]}
+    assert status == 200 and body == {
+        "success": True,
+        "tool_id": "echo2",
+        "message": "tool echo2 registered",
+        "revision": body["revision"],
+    }
     assert hub.registry.entry("echo2") is not None  # the hub is the source of truth
-    status, body = await edge.post("/api/v1/tools/execute",
-                                   {"tool_id": "echo2", "action": "echo", "parameters": {"text": "x"}})
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo2", "action": "echo", "parameters": {"text": "x"}}
+    )
     assert body["success"] is True  # read-your-writes: callable as soon as registration returns
     status, body = await edge.post("/admin/tools/register", {"tool_spec": echo_spec("echo2", echo_server)})
     assert body["message"] == "tool echo2 already registered, unchanged"
@@ -116,7 +147,9 @@ async def test_admin_register_and_deregister_go_through_the_hub(edge: EdgeHandle
     assert status == 404 and body["success"] is False
 
 
-async def test_invalid_registrations_are_refused_by_the_hub_with_its_reason(edge: EdgeHandle, echo_server: str):
+async def test_invalid_registrations_are_refused_by_the_hub_with_its_reason(
+    edge: EdgeHandle, echo_server: str
+):
     spec = echo_spec("bad id!", echo_server)
     status, body = await edge.post("/admin/tools/register", {"tool_spec": spec})
     assert status == 400 and body["reason"] == "INVALID_TOOL_ID"
@@ -127,27 +160,39 @@ async def test_invalid_registrations_are_refused_by_the_hub_with_its_reason(edge
     assert status == 400 and body["reason"] == "MISSING_FIELD"
 
 
-async def test_mcp_register_accepts_grpc_endpoints_and_refuses_http_urls_for_now(edge: EdgeHandle,
-                                                                                echo_server: str):
+async def test_mcp_register_accepts_grpc_endpoints_and_refuses_http_urls_for_now(
+    edge: EdgeHandle, echo_server: str
+):
     status, body = await edge.post("/admin/mcp/register", {"server_spec": echo_spec("echo3", echo_server)})
     assert status == 200 and body["success"] is True and body["tool_id"] == "echo3"
     assert edge.gateway.entries["echo3"].tool.kind == 2  # TOOL_KIND_GRPC_SERVER
     spec = echo_spec("remote", "https://example.invalid/mcp")
     status, body = await edge.post("/admin/mcp/register", {"server_spec": spec})
-    assert status == 400 and body["reason"] == "MCP_HTTP_NOT_SUPPORTED" and "remote" not in edge.gateway.entries
+    assert (
+        status == 400 and body["reason"] == "MCP_HTTP_NOT_SUPPORTED" and "remote" not in edge.gateway.entries
+    )
 
 
 async def test_clean_api_registers_lists_calls_and_deregisters(edge: EdgeHandle, echo_server: str):
-    spec = {"tool_id": "echo4", "endpoint": echo_server, "kind": "grpc_server", "capabilities": [
-        {"name": "echo", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}]}
+    spec = {
+        "tool_id": "echo4",
+        "endpoint": echo_server,
+        "kind": "grpc_server",
+        "capabilities": [
+            {"name": "echo", "input_schema": {"type": "object", "properties": {"text": {"type": "string"}}}}
+        ],
+    }
     status, body = await edge.post("/api/v1/tools", spec)
     assert status == 201 and body["created"] is True and body["tool"]["kind"] == "grpc_server"
     status, body = await edge.get("/api/v1/tools?kind=grpc_server")
     assert status == 200 and [t["tool_id"] for t in body["tools"]] == ["echo4"] and body["revision"] > 0
     status, body = await edge.get("/api/v1/tools/echo4")
-    assert status == 200 and body["capabilities"][0]["input_schema"]["properties"]["text"] == {"type": "string"}
-    status, body = await edge.post("/api/v1/tools/echo4/call",
-                                   {"action": "echo", "arguments": {"text": "clean"}, "timeout_s": 5})
+    assert status == 200 and body["capabilities"][0]["input_schema"]["properties"]["text"] == {
+        "type": "string"
+    }
+    status, body = await edge.post(
+        "/api/v1/tools/echo4/call", {"action": "echo", "arguments": {"text": "clean"}, "timeout_s": 5}
+    )
     assert status == 200 and body["is_error"] is False and body["structured"] == {"text": "clean"}
     assert body["content"][0]["type"] == "text" and body["error"] is None
     status, body = await edge.post("/api/v1/tools/echo4/call", {"action": "echo", "timeout_s": -1})
@@ -156,21 +201,30 @@ async def test_clean_api_registers_lists_calls_and_deregisters(edge: EdgeHandle,
     assert status == 200 and body["tool"]["tool_id"] == "echo4"
 
 
-async def test_calls_are_counted_in_the_hub_registry_whatever_the_path(edge: EdgeHandle, hub,
-                                                                       registered_echo: str):
+async def test_calls_are_counted_in_the_hub_registry_whatever_the_path(
+    edge: EdgeHandle, hub, registered_echo: str
+):
     for text in ("a", "b"):
-        await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": text}})
+        await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": text}}
+        )
     await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "fail"})
     await edge.gateway.flush_usage()
     entry = hub.registry.entry("echo")
     assert (entry.calls, entry.successes) == (3, 2)
 
 
-async def test_a_tool_that_times_out_is_a_result_and_other_calls_go_on(edge: EdgeHandle, registered_echo: str):
-    slow = asyncio.create_task(edge.post("/api/v1/tools/echo/call",
-                                         {"action": "slow", "arguments": {"seconds": 5}, "timeout_s": 0.3}))
-    status, body = await edge.post("/api/v1/tools/execute",
-                                   {"tool_id": "echo", "action": "echo", "parameters": {"text": "meanwhile"}})
+async def test_a_tool_that_times_out_is_a_result_and_other_calls_go_on(
+    edge: EdgeHandle, registered_echo: str
+):
+    slow = asyncio.create_task(
+        edge.post(
+            "/api/v1/tools/echo/call", {"action": "slow", "arguments": {"seconds": 5}, "timeout_s": 0.3}
+        )
+    )
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "meanwhile"}}
+    )
     assert body["result"] == {"text": "meanwhile"}
     status, body = await slow
     assert status == 504 and body["reason"] == "TOOL_TIMEOUT"
@@ -191,8 +245,12 @@ async def test_openapi_document_describes_every_http_route(edge: EdgeHandle):
     assert served == documented
 
 
-async def test_metrics_count_calls_errors_and_latency_per_tool_and_route(edge: EdgeHandle, registered_echo: str):
-    await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "m"}})
+async def test_metrics_count_calls_errors_and_latency_per_tool_and_route(
+    edge: EdgeHandle, registered_echo: str
+):
+    await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "m"}}
+    )
     await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "fail"})
     await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {}})
     async with edge.http.get(edge.url + "/metrics") as r:
@@ -202,7 +260,10 @@ async def test_metrics_count_calls_errors_and_latency_per_tool_and_route(edge: E
     assert 'toolscore_edge_tool_errors_total{tool_id="echo",kind="tool_error"} 1' in text
     assert 'toolscore_edge_tool_errors_total{tool_id="echo",kind="INVALID_ARGUMENTS"} 1' in text
     assert 'toolscore_edge_tool_call_duration_seconds_count{tool_id="echo"} 3' in text
-    assert ('toolscore_edge_http_requests_total{method="POST",route="/api/v1/tools/execute",status="200"} 2'
-            in text)
-    assert 'toolscore_edge_http_request_duration_seconds_bucket{method="POST",route="/api/v1/tools/execute",le="+Inf"} 3' in text
+    assert (
+        'toolscore_edge_http_requests_total{method="POST",route="/api/v1/tools/execute",status="200"} 2'
+        in text
+    )
+    bucket = 'toolscore_edge_http_request_duration_seconds_bucket{method="POST",route="/api/v1/tools/execute"'
+    assert bucket + ',le="+Inf"} 3' in text
     assert "toolscore_edge_websocket_connections_total" in text and "toolscore_edge_events_sent_total" in text

@@ -1,0 +1,392 @@
+"""The ToolScore WebSocket: register/list/execute, and servers that dial in and are called back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+import websockets
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+from websockets.asyncio.client import ClientConnection
+
+from edge.state import RELAY
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from tests.edge.conftest import EdgeHandle, echo_spec
+
+PATH = "/websocket"
+
+
+async def recv(ws: ClientConnection, within_s: float = 5.0) -> dict[str, Any]:
+    async with asyncio.timeout(within_s):
+        return json.loads(await ws.recv())
+
+
+async def request(ws: ClientConnection, msg: dict[str, Any], within_s: float = 10.0) -> dict[str, Any]:
+    await ws.send(json.dumps(msg))
+    async with asyncio.timeout(within_s):
+        while True:
+            reply = await recv(ws, within_s)
+            if reply.get("request_id") == msg.get("request_id"):
+                return reply
+
+
+def connect(edge: EdgeHandle, **kw: Any) -> Any:
+    return websockets.connect(edge.ws_url(PATH), open_timeout=5, close_timeout=2, **kw)
+
+
+SERVER_SPEC = {
+    "tool_id": "ws-calc",
+    "name": "WS calculator",
+    "description": "adds over a websocket",
+    "tool_type": "mcp_server",
+    "endpoint": "ws://somewhere:1234/ignored",
+    "capabilities": [
+        {
+            "name": "add",
+            "description": "a+b",
+            "parameters": {
+                "a": {"type": "number", "required": True},
+                "b": {"type": "number", "required": True},
+            },
+        },
+        {"name": "explode", "description": "fails"},
+        {"name": "hang", "description": "never answers"},
+        {"name": "wait", "description": "answers when released"},
+    ],
+}
+
+
+class DialledInServer:
+    """A downstream server on the ToolScore WebSocket: answers execute_tool_action on its connection."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.calls: list[dict[str, Any]] = []
+        self.release = asyncio.Event()
+        self.waiting = asyncio.Event()
+        self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def serve(self) -> None:
+        async for raw in self.ws:
+            msg = json.loads(raw)
+            if msg["type"] != "execute_tool_action":
+                await self.replies.put(msg)
+                continue
+            self.calls.append(msg)
+            asyncio.get_running_loop().create_task(self._answer(msg))
+
+    async def _answer(self, msg: dict[str, Any]) -> None:
+        p, action = msg["parameters"], msg["action"]
+        if action == "hang":
+            return
+        if action == "wait":
+            self.waiting.set()
+            await self.release.wait()
+        if action == "explode":
+            result = {"success": False, "data": None, "error": "kaboom", "error_type": "ToolError"}
+        else:
+            result = {"success": True, "data": {"sum": p.get("a", 0) + p.get("b", 0)}, "error": None}
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self.ws.send(
+                json.dumps(
+                    {
+                        "type": "execute_tool_action_response",
+                        "request_id": msg["request_id"],
+                        "tool_id": msg["tool_id"],
+                        "action": action,
+                        "result": result,
+                    }
+                )
+            )
+
+
+@contextlib.asynccontextmanager
+async def dialled_in(
+    edge: EdgeHandle, spec: dict[str, Any] = SERVER_SPEC, headers: Any = None
+) -> AsyncIterator[DialledInServer]:
+    async with connect(edge, additional_headers=headers) as ws:
+        server = DialledInServer(ws)
+        task = asyncio.get_running_loop().create_task(server.serve())
+        try:
+            await ws.send(json.dumps({"type": "register_tool", "request_id": "reg-1", "tool_spec": spec}))
+            async with asyncio.timeout(10):
+                reply = await server.replies.get()
+            assert reply["type"] == "register_tool_response" and reply["success"] is True, reply
+            yield server
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, websockets.ConnectionClosed):
+                await task
+
+
+async def test_list_tools_and_execute_tool_answer_with_the_original_shapes(
+    edge: EdgeHandle, registered_echo: str
+):
+    async with connect(edge) as ws:
+        reply = await request(ws, {"type": "list_tools", "request_id": "l1"})
+        assert reply["type"] == "list_tools_response" and reply["success"] is True
+        assert reply["total_count"] == len(reply["tools"])
+        echo = next(t for t in reply["tools"] if t["tool_id"] == "echo")
+        assert set(echo) == {"tool_id", "name", "description", "tool_type", "capabilities"}
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "e1",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "hey"},
+            },
+        )
+        assert reply["type"] == "execute_tool_response" and reply["success"] is True
+        assert (reply["tool_id"], reply["action"], reply["result"]) == ("echo", "echo", {"text": "hey"})
+        assert reply["error"] is None and reply["error_type"] is None
+        reply = await request(
+            ws, {"type": "execute_tool", "request_id": "e2", "tool_id": "echo", "action": "fail"}
+        )
+        assert reply["type"] == "execute_tool_response" and reply["success"] is False
+        assert reply["error_type"] == "ToolError"
+
+
+async def test_bad_messages_get_errors_and_the_connection_keeps_working(
+    edge: EdgeHandle, registered_echo: str
+):
+    async with connect(edge) as ws:
+        await ws.send("{oops")
+        assert await recv(ws) == {"type": "error", "request_id": None, "message": "Invalid JSON"}
+        await ws.send(json.dumps([1, 2]))
+        assert (await recv(ws))["type"] == "error"
+        reply = await request(ws, {"type": "fly", "request_id": "u1"})
+        assert reply["type"] == "error" and "fly" in reply["message"]
+        reply = await request(ws, {"type": "execute_tool", "request_id": "m1", "action": "echo"})
+        assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
+        reply = await request(
+            ws, {"type": "execute_tool", "request_id": "m2", "tool_id": "ghost", "action": "x"}
+        )
+        assert (
+            reply["type"] == "error"
+            and reply["code"] == "NOT_FOUND"
+            and reply["request_type"] == "execute_tool"
+        )
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "m3",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": ["not", "a", "string"]},
+            },
+        )
+        assert reply["type"] == "error" and reply["reason"] == "INVALID_ARGUMENTS"
+        reply = await request(ws, {"type": "register_tool", "request_id": "r1"})
+        assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
+        reply = await request(ws, {"type": "execute_tool_action_response", "request_id": "never-sent"})
+        assert reply["type"] == "error" and "no call is waiting" in reply["message"]
+        reply = await request(
+            ws,
+            {
+                "type": "execute_tool",
+                "request_id": "ok",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "fine"},
+            },
+        )
+        assert reply["success"] is True
+
+
+async def test_a_huge_frame_closes_only_that_connection(edge: EdgeHandle, registered_echo: str):
+    async with connect(edge) as other:
+        async with connect(edge, max_size=None) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.send("x" * (5 * 1024 * 1024))
+                await recv(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+        reply = await request(
+            other,
+            {
+                "type": "execute_tool",
+                "request_id": "a",
+                "tool_id": "echo",
+                "action": "echo",
+                "parameters": {"text": "unaffected"},
+            },
+        )
+        assert reply["result"] == {"text": "unaffected"}
+
+
+async def test_function_tools_need_a_grpc_endpoint(edge: EdgeHandle, echo_server: str):
+    async with connect(edge) as ws:
+        spec = {**echo_spec("echo2", echo_server), "tool_type": "function"}
+        reply = await request(ws, {"type": "register_tool", "request_id": "r1", "tool_spec": spec})
+        assert reply["type"] == "register_tool_response" and reply["success"] is True
+        assert edge.gateway.entries["echo2"].tool.kind == tool_pb2.TOOL_KIND_GRPC_SERVER
+        spec = {**echo_spec("echo3", ""), "tool_type": "function"}
+        reply = await request(ws, {"type": "register_tool", "request_id": "r2", "tool_spec": spec})
+        assert reply["type"] == "error" and reply["reason"] == "MISSING_ENDPOINT"
+
+
+async def test_a_dialled_in_server_is_called_over_its_own_connection_from_rest(edge: EdgeHandle, hub):
+    async with dialled_in(edge) as server:
+        tool = hub.registry.entry("ws-calc").tool
+        assert tool.kind == tool_pb2.TOOL_KIND_WEBSOCKET_SERVER and tool.owner.startswith("ws-session://")
+        assert tool.endpoint == edge.app[RELAY].endpoint
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 2, "b": 3}}
+        )
+        assert status == 200 and body["success"] is True and body["result"] == {"sum": 5}
+        assert server.calls[0]["type"] == "execute_tool_action" and server.calls[0]["parameters"] == {
+            "a": 2,
+            "b": 3,
+        }
+        _, body = await edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "explode"})
+        assert body["success"] is False and body["error"] == "kaboom" and body["error_type"] == "ToolError"
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": "two"}}
+        )
+        assert status == 400 and len(server.calls) == 2  # rejected before reaching the server
+
+
+async def test_concurrent_calls_are_matched_by_request_id(edge: EdgeHandle):
+    async with dialled_in(edge):
+        bodies = await asyncio.gather(
+            *(
+                edge.post(
+                    "/api/v1/tools/execute",
+                    {"tool_id": "ws-calc", "action": "add", "parameters": {"a": i, "b": 1}},
+                )
+                for i in range(20)
+            )
+        )
+    assert [b["result"]["sum"] for _, b in bodies] == [i + 1 for i in range(20)]
+
+
+async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edge: EdgeHandle, hub_stubs):
+    async with dialled_in(edge) as server:
+        resp = await hub_stubs.toolscore.ExecuteTool(
+            ex.ExecuteRequest(tool_id="ws-calc", action="add", arguments=dict_to_struct({"a": 40, "b": 2})),
+            timeout=10,
+        )
+        assert not resp.is_error and struct_to_dict(resp.structured) == {"sum": 42}
+        assert len(server.calls) == 1
+
+
+async def test_a_server_that_does_not_answer_times_out_as_a_result(edge: EdgeHandle, hub_stubs):
+    async with dialled_in(edge):
+        status, body = await edge.post("/api/v1/tools/ws-calc/call", {"action": "hang", "timeout_s": 0.3})
+        assert status == 200 and body["is_error"] is True and body["error"]["type"] == "TimeoutError"
+        req = ex.ExecuteRequest(tool_id="ws-calc", action="hang")
+        req.timeout.FromMilliseconds(300)
+        resp = await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT
+
+
+async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(edge: EdgeHandle, hub):
+    async with connect(edge) as watcher:
+        async with dialled_in(edge) as server:
+            await watcher.send(json.dumps({"type": "ping"}))  # the watcher sees the events below
+            call = asyncio.create_task(
+                edge.post("/api/v1/tools/ws-calc/call", {"action": "wait", "timeout_s": 30})
+            )
+            async with asyncio.timeout(5):
+                await server.waiting.wait()
+            await server.ws.close()
+            async with asyncio.timeout(5):
+                status, body = await call
+        assert status == 200 and body["is_error"] is True and body["error"]["type"] == "NetworkError"
+    async with asyncio.timeout(5):
+        while "ws-calc" in edge.gateway.entries:
+            await _next_event(edge)
+    assert hub.registry.entry("ws-calc") is None
+    status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add"})
+    assert status == 404
+
+
+async def _next_event(edge: EdgeHandle) -> None:
+    seen = asyncio.Event()
+
+    def listener(ev: Any) -> None:
+        seen.set()
+
+    edge.gateway.listeners.append(listener)
+    try:
+        await seen.wait()
+    finally:
+        edge.gateway.listeners.remove(listener)
+
+
+async def test_a_tool_served_by_a_live_connection_cannot_be_taken_over(edge: EdgeHandle):
+    async with dialled_in(edge), connect(edge) as other:
+        reply = await request(
+            other, {"type": "register_tool", "request_id": "steal", "tool_spec": SERVER_SPEC}
+        )
+        assert reply["type"] == "error" and reply["code"] == "ALREADY_EXISTS"
+
+
+async def test_a_server_can_reconnect_and_register_again(edge: EdgeHandle):
+    async with dialled_in(edge):
+        pass
+    async with dialled_in(edge):
+        _, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
+        )
+        assert body["result"] == {"sum": 2}
+
+
+async def test_a_caller_vanishing_mid_call_leaves_the_edge_and_others_fine(
+    edge: EdgeHandle, registered_echo: str
+):
+    async with dialled_in(edge) as server:
+        async with connect(edge) as caller:
+            await caller.send(
+                json.dumps(
+                    {
+                        "type": "execute_tool",
+                        "request_id": "c1",
+                        "tool_id": "ws-calc",
+                        "action": "wait",
+                        "parameters": {},
+                    }
+                )
+            )
+            async with asyncio.timeout(5):
+                await server.waiting.wait()
+        server.release.set()  # the answer arrives after its caller left
+        async with connect(edge) as ws:
+            reply = await request(
+                ws,
+                {
+                    "type": "execute_tool",
+                    "request_id": "c2",
+                    "tool_id": "ws-calc",
+                    "action": "add",
+                    "parameters": {"a": 1, "b": 2},
+                },
+            )
+            assert reply["result"] == {"sum": 3}
+        _, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "ok"}}
+        )
+        assert body["success"] is True
+
+
+async def test_the_hub_marks_dialled_in_tools_healthy_through_the_relay(edge: EdgeHandle, hub):
+    async with dialled_in(edge):
+        async with asyncio.timeout(10):
+            while hub.registry.entry("ws-calc").health != tool_pb2.HEALTH_STATUS_HEALTHY:
+                await _next_event(edge)
+
+
+async def test_grpc_execute_for_a_vanished_server_is_unavailable(edge: EdgeHandle, hub_stubs):
+    async with dialled_in(edge):
+        pass
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hub_stubs.toolscore.ExecuteTool(ex.ExecuteRequest(tool_id="ws-calc", action="add"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND

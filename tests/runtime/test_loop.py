@@ -316,7 +316,9 @@ async def test_json_action_mode_runs_the_original_text_format(start_runtime: Any
     assert llm.requests[2]["messages"][-1]["content"].strip() == "Observation: 1024"
 
 
-async def test_the_gap_meta_tool_says_clearly_when_discovery_is_not_deployed(start_runtime: Any) -> None:
+async def test_the_gap_meta_tool_says_clearly_when_discovery_is_not_deployed(
+    edge_without_discovery: None, start_runtime: Any
+) -> None:
     script = [calls(call("request_capability", {"capability": "read PDF files"})), say("cannot read PDFs")]
     async with FakeLLM(script) as llm:
         host = await start_runtime(llm)

@@ -63,10 +63,10 @@ class Function:
     spec: dict[str, Any]
 
 
-def function_name(tool_id: str, action: str) -> str:
+def function_name(tool_id: str, action: str, hashed: bool = False) -> str:
     """`<tool_id>__<action>`, made valid and at most 64 characters (a stable hash when shortened)."""
     name = _INVALID.sub("_", f"{tool_id}__{action}")
-    if len(name) <= 64 and name not in META_NAMES:
+    if len(name) <= 64 and name not in META_NAMES and not hashed:
         return name
     digest = hashlib.sha256(f"{tool_id}\0{action}".encode()).hexdigest()[:8]
     return f"{name[:55]}_{digest}"
@@ -164,11 +164,17 @@ class Catalog:
     def functions(self) -> list[Function]:
         """Every enabled capability as a function, in a stable order."""
         out: list[Function] = []
+        used: set[str] = set()
         for tool in sorted(self.tools.values(), key=lambda t: t.tool_id):
             if not tool.enabled:
                 continue
             for cap in tool.capabilities:
                 name = function_name(tool.tool_id, cap.name)
+                if name in used:  # e.g. `a.b` and `a_b`: the later one (in id order) gets the hashed name
+                    name = function_name(tool.tool_id, cap.name, hashed=True)
+                if name in used:
+                    continue
+                used.add(name)
                 desc = f"[{tool.name}] {cap.description or tool.description}".strip()[:MAX_DESCRIPTION]
                 spec = {
                     "type": "function",

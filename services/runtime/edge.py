@@ -190,7 +190,14 @@ class EdgeClient:
             try:
                 await self._follow_once(catalog)
                 delay = 0.1
-            except (aiohttp.ClientError, TimeoutError, EdgeUnavailable, ValueError) as exc:
+            except (
+                aiohttp.ClientError,
+                TimeoutError,
+                EdgeUnavailable,
+                RouteMissing,
+                ValueError,
+                TypeError,
+            ) as exc:
                 log.info("events WebSocket lost (%s); reconnecting in %.1fs", exc, delay)
             self.connected.clear()
             await asyncio.sleep(delay)

@@ -161,6 +161,12 @@ class Agent:
                 },
             )
             self._partial(rec)
+        except Exception as exc:  # a bug here must still end in a record, never a lost task
+            log.exception("task %s: the runtime failed", rec["task_id"])
+            rec.update(
+                status="failed", error={"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
+            )
+            self._partial(rec)
         rec["usage"].update(self._usage.json())
         rec["finished_at"] = now_iso()
         rec["duration_s"] = round(time.monotonic() - start, 6)
@@ -368,7 +374,7 @@ class Agent:
         entry["duration_s"] = round(time.monotonic() - t0, 6)
         entry["success"] = outcome.success
         entry["observation"] = shorten(observation_text(outcome), s.observation_chars)
-        entry["result"] = _plain(outcome.result)
+        entry["result"] = _plain(outcome.result, s.observation_chars * 4)
         entry["error"] = None if outcome.success else {"type": outcome.error_type, "message": outcome.error}
         self.on_progress(
             {
@@ -437,8 +443,15 @@ class Agent:
                     return
 
 
-def _plain(value: Any) -> Any:
-    """A JSON-round-tripped copy (the edge's JSON is plain already; this guards the record)."""
-    if value is None or isinstance(value, str | int | float | bool):
+def _plain(value: Any, limit: int) -> Any:
+    """A JSON-round-tripped copy (the edge's JSON is plain already; this guards the record).
+
+    A result larger than `limit` characters of JSON is replaced by a note: the observation (cut to
+    `observation_chars`) already holds what the LLM saw, and records stay small.
+    """
+    if value is None or isinstance(value, int | float | bool):
         return value
-    return json.loads(json.dumps(value, ensure_ascii=False, default=str))
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > limit:
+        return {"omitted": True, "json_chars": len(text)}
+    return value if isinstance(value, str) else json.loads(text)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,8 @@ class EdgeClient:
         self._auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        self.seen: list[SeenEvent] = []
+        # Each running task registers a callback and records the events it sees (edge.py keeps none).
+        self.listeners: set[Callable[[SeenEvent], None]] = set()
         self.connected = asyncio.Event()
 
     async def __aenter__(self) -> EdgeClient:
@@ -243,7 +245,9 @@ class EdgeClient:
             )
         else:
             return
-        self.seen.append(SeenEvent(kind, tool_id, revision))
+        seen = SeenEvent(kind, tool_id, revision)
+        for listener in list(self.listeners):
+            listener(seen)
 
 
 def _is_missing_route(data: Any) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 
 from services.runtime import actions, gap
 from services.runtime.catalog import Catalog, Function
-from services.runtime.edge import EdgeClient, ToolOutcome
+from services.runtime.edge import EdgeClient, SeenEvent, ToolOutcome
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
 from services.runtime.trajectory import SCHEMA, SCHEMA_VERSION, now_iso
 
@@ -141,32 +141,15 @@ class Agent:
             "duration_s": 0.0,
             "steps": [],
         }
-        self._rec, self._usage, self._seen_from = rec, Usage(), len(self.edge.seen)
+        self._rec, self._usage = rec, Usage()
+        self._events: list[SeenEvent] = []
+        listener = self._events.append
+        self.edge.listeners.add(listener)
         start = time.monotonic()
         try:
-            async with asyncio.timeout(s.max_wall_s):
-                await self._loop(rec, task, context)
-        except TimeoutError:
-            self._exhausted(rec, "wall_time", f"the wall-time budget of {s.max_wall_s:g}s ran out")
-        except _Budget as b:
-            self._exhausted(rec, b.which, str(b))
-        except LLMFailed as exc:
-            rec.update(
-                status="failed",
-                error={
-                    "type": "LLMFailed",
-                    "message": str(exc),
-                    "attempts": exc.attempts,
-                    "errors": exc.errors,
-                },
-            )
-            self._partial(rec)
-        except Exception as exc:  # a bug here must still end in a record, never a lost task
-            log.exception("task %s: the runtime failed", rec["task_id"])
-            rec.update(
-                status="failed", error={"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
-            )
-            self._partial(rec)
+            await self._guarded(rec, task, context)
+        finally:
+            self.edge.listeners.discard(listener)
         rec["usage"].update(self._usage.json())
         rec["finished_at"] = now_iso()
         rec["duration_s"] = round(time.monotonic() - start, 6)
@@ -181,6 +164,41 @@ class Agent:
         return rec
 
     # -- the loop ----------------------------------------------------------------
+
+    async def _guarded(self, rec: dict[str, Any], task: str, context: dict[str, Any] | None) -> None:
+        """The loop under the wall-time budget; every way it can end becomes the record's status."""
+        s = self.settings
+        budget = asyncio.timeout(s.max_wall_s)
+        try:
+            async with budget:
+                await self._loop(rec, task, context)
+        except TimeoutError as exc:
+            if budget.expired():
+                self._exhausted(rec, "wall_time", f"the wall-time budget of {s.max_wall_s:g}s ran out")
+            else:
+                self._internal(rec, exc)
+        except _Budget as b:
+            self._exhausted(rec, b.which, str(b))
+        except LLMFailed as exc:
+            rec.update(
+                status="failed",
+                error={
+                    "type": "LLMFailed",
+                    "message": str(exc),
+                    "attempts": exc.attempts,
+                    "errors": exc.errors,
+                },
+            )
+            self._partial(rec)
+        except Exception as exc:  # a bug here must still end in a record, never a lost task
+            self._internal(rec, exc)
+
+    def _internal(self, rec: dict[str, Any], exc: BaseException) -> None:
+        log.error("task %s: the runtime failed", rec["task_id"], exc_info=exc)
+        rec.update(
+            status="failed", error={"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
+        )
+        self._partial(rec)
 
     async def _loop(self, rec: dict[str, Any], task: str, context: dict[str, Any] | None) -> None:
         s = self.settings
@@ -417,8 +435,7 @@ class Agent:
     # -- bookkeeping ---------------------------------------------------------------
 
     def _drain_events(self) -> list[dict[str, Any]]:
-        new = self.edge.seen[self._seen_from :]
-        self._seen_from = len(self.edge.seen)
+        new, self._events[:] = list(self._events), []
         for e in new:
             self.on_progress({"kind": "event", **e.json()})
         return [e.json() for e in new]

@@ -76,8 +76,9 @@ async def test_a_tool_error_goes_back_to_the_llm_which_recovers(start_runtime: A
     assert sent.startswith("ERROR (CodeExecutionError)") and "bad input on purpose" in sent
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 async def test_parallel_tool_calls_run_concurrently_and_each_exactly_once(
-    start_runtime: Any, root: Path
+    start_runtime: Any, root: Path, stream: bool
 ) -> None:
     marks = root / "marks"
     marks.mkdir()
@@ -95,7 +96,7 @@ async def test_parallel_tool_calls_run_concurrently_and_each_exactly_once(
         say("both ran"),
     ]
     async with FakeLLM(script) as llm:
-        host = await start_runtime(llm)
+        host = await start_runtime(llm, stream=stream)
         rec = await host.run("Run two things at once.")
 
     assert rec["status"] == "completed"

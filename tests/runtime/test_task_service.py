@@ -213,3 +213,62 @@ async def test_a_task_running_when_its_worker_process_dies_is_retried_or_reporte
     else:
         assert row.status == "failed" and row.attempts == 1 and not llm2.requests
         assert row.error and row.error["type"] == "Interrupted" and "not retried" in row.error["message"]
+
+
+async def test_queued_tasks_run_highest_priority_first_then_oldest(start_runtime: Any, root: Path) -> None:
+    path = root / "tasks.sqlite3"
+    store = TaskStore(path)
+    await store.open()
+    ids = {
+        name: (await store.submit(name, prio)).task_id
+        for name, prio in [("low", 0), ("high", 9), ("mid", 5), ("high-later", 9)]
+    }
+    await store.close()
+    async with FakeLLM([say("1"), say("2"), say("3"), say("4")]) as llm:
+        host = await start_runtime(llm)
+        async with TaskService(path, _runner(host), concurrency=1) as service:
+            for task_id in ids.values():
+                await service.wait_final(task_id, 20)
+    order = [r["messages"][1]["content"] for r in llm.requests]
+    assert order == ["high", "high-later", "mid", "low"]
+
+
+async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_edge(
+    cfg: Any, hub: Any
+) -> None:
+    from edge.app import build_app
+    from services.common import config as config_mod
+    from services.runtime.service import service_from_config
+    from tests.conftest import free_port
+
+    port = free_port()
+    async with FakeLLM([calls(call(PY, {"code": "print('from the edge')"})), say("ran via the edge")]) as llm:
+        ecfg = config_mod.replace(
+            cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False}, runtime={"concurrency": 1}
+        )
+        app = build_app(ecfg)
+        # What edge/app.py does to serve tasks: the runtime starts before the edge listens (lazily).
+        tasks_routes.add_routes(app, service_from_config(ecfg, llm.base_url, "test-key"))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            service = app[tasks_routes.TASKS]
+            async with aiohttp.ClientSession() as http:
+                api = Api(f"http://127.0.0.1:{port}", http)
+                status, body = await api.post({"input": "Say hello from the edge."})
+                assert status == 202
+                await service.wait_final(body["task_id"], 30)
+                status, got = await api.get(body["task_id"])
+        finally:
+            await runner.cleanup()
+    assert got["status"] == "completed" and got["result"]["final_answer"] == "ran via the edge"
+    assert PY in llm.tool_names(0)
+    assert llm.tool_messages(1)[0]["content"].strip() == "from the edge"
+    assert body["task_id"] in _trajectory_text(Path(cfg.path("data/trajectories")))
+
+
+def _trajectory_text(directory: Path) -> str:
+    files = list(directory.glob("*.jsonl"))
+    assert len(files) == 1
+    return files[0].read_text()

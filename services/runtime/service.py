@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -106,7 +107,12 @@ class TaskService:
     async def _worker(self, n: int) -> None:
         while True:
             self._wake.clear()
-            row = await self.store.claim()
+            try:
+                row = await self.store.claim()
+            except sqlite3.Error:
+                log.exception("worker %d: the task store failed; retrying in 1s", n)
+                await asyncio.sleep(1.0)
+                continue
             if row is None:
                 await self._wake.wait()
                 continue

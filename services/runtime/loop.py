@@ -84,9 +84,10 @@ def observation_text(outcome: ToolOutcome) -> str:
         )
     if outcome.success:
         return body or "(no output)"
-    return f"ERROR ({outcome.error_type or 'ToolError'}): {outcome.error or 'failed'}" + (
-        f"\n{body}" if body else ""
-    )
+    error = outcome.error or "failed"
+    # The tool's output often is its error message already: send it once.
+    extra = f"\n{body}" if body and body.strip() not in error else ""
+    return f"ERROR ({outcome.error_type or 'ToolError'}): {error}{extra}"
 
 
 class Agent:

@@ -12,9 +12,9 @@ from services.runtime import trajectory
 WIDTH = 400
 
 
-def short(text: Any, limit: int = WIDTH) -> str:
+def short(text: Any, limit: int = WIDTH, one_line: bool = False) -> str:
     s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
-    s = " ".join(s.split()) if len(s) > limit else s
+    s = " ".join(s.split()) if one_line or len(s) > limit else s
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
@@ -42,7 +42,7 @@ def render(rec: dict[str, Any]) -> str:
         for call in step.get("tool_calls") or ():
             args = call.get("arguments") if call.get("arguments") is not None else call.get("raw_arguments")
             out.append(f"  call {call.get('name')}({short(args, 200)})  {call.get('duration_s', 0):.2f}s")
-            mark = "ok" if call.get("success") else "ERROR"
+            mark = "ok" if call.get("success") else "failed"
             out.append(f"    -> {mark}:\n" + _indent(short(call.get("observation"), 600)))
         if step.get("interrupted"):
             out.append("  (interrupted)")
@@ -81,12 +81,13 @@ def printer(stream: TextIO) -> Callable[[dict[str, Any]], None]:
             for ev in e.get("events") or ():
                 print(f"   event: {ev['type']} {ev['tool_id']}", file=stream, flush=True)
         elif kind == "thinking":
-            print("   thought: " + short(e["text"]), file=stream, flush=True)
+            print("   thought: " + short(e["text"], one_line=True), file=stream, flush=True)
         elif kind == "tool_call":
             print(f"   call {e['name']}({short(e['arguments'], 200)})", file=stream, flush=True)
         elif kind == "observation":
-            mark = "ok" if e["success"] else "ERROR"
-            print(f"   -> {mark}: {short(e['text'], 300)}", file=stream, flush=True)
+            # A failed call's observation starts with "ERROR (<type>): ..." already.
+            mark = "ok: " if e["success"] else ""
+            print(f"   -> {mark}{short(e['text'], 300, one_line=True)}", file=stream, flush=True)
         elif kind == "invalid_action":
             print(f"   invalid action: {e['message']}", file=stream, flush=True)
         elif kind == "finished":

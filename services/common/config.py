@@ -159,6 +159,8 @@ class RuntimeConfig:
     max_wall_s: float = 600.0
     max_tokens: int = 200000
     max_parallel_tools: int = 8
+    # At most this many functions per LLM request (OpenAI rejects more than 128); the gap tool is extra.
+    max_functions: int = 127
     tool_timeout_s: float = 120.0
     observation_chars: int = 8000
     # Where the edge is; empty: http://<edge.host>:<edge.port>.

@@ -38,6 +38,7 @@ class AgentSettings:
     max_wall_s: float = 600.0
     max_tokens: int = 0
     max_parallel_tools: int = 8
+    max_functions: int = 127
     tool_timeout_s: float = 120.0
     observation_chars: int = 8000
     gap_tool: bool = True
@@ -53,6 +54,7 @@ class AgentSettings:
             max_wall_s=rc.max_wall_s,
             max_tokens=rc.max_tokens,
             max_parallel_tools=rc.max_parallel_tools,
+            max_functions=rc.max_functions,
             tool_timeout_s=rc.tool_timeout_s,
             observation_chars=rc.observation_chars,
             gap_tool=rc.gap_tool,
@@ -215,6 +217,9 @@ class Agent:
                     f"the token budget of {s.max_tokens} is used up ({self._usage.total_tokens} tokens)",
                 )
             functions = self.catalog.functions()
+            if len(functions) > s.max_functions:  # endpoints reject longer tool lists (OpenAI: 128)
+                log.warning("%d functions available; offering the first %d", len(functions), s.max_functions)
+                functions = functions[: s.max_functions]
             step: dict[str, Any] = {
                 "index": index,
                 "started_at": now_iso(),

@@ -23,7 +23,12 @@ async def serve(cfg: Config, stop: asyncio.Event) -> None:
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SystemExit(
+                f"edge: cannot listen on {cfg.edge.host}:{cfg.edge.port}: {exc.strerror}"
+            ) from None
         log.info(
             "edge serving on http://%s:%d (admin token %s)",
             cfg.edge.host,

@@ -73,6 +73,8 @@ class HubGateway:
         # Recent events (revision order) for clients that resume with ?since=.
         self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
         self.call_observers: list[CallObserver] = []
+        # Called after the cache was rebuilt from a fresh listing (the hub restarted, or came back).
+        self.resync_listeners: list[Callable[[], None]] = []
         self._usage: dict[str, _Usage] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -176,6 +178,11 @@ class HubGateway:
         for tool_id, entry in old.items():
             if tool_id not in fresh:
                 self._notify(tool_pb2.ToolEvent(revision=revision, type=REMOVED, tool=entry.snapshot()))
+        for callback in list(self.resync_listeners):
+            try:
+                callback()
+            except Exception:
+                log.exception("resync listener failed")
 
     def _entry(self, tool: tool_pb2.Tool) -> Entry:
         entry = make_entry(tool)

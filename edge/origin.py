@@ -38,6 +38,7 @@ class OriginGuard:
         self._any = "*" in allowed_origins
         self._origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._hosts = LOOPBACK_NAMES | {_hostname(o) for o in allowed_origins if o != "*"}
+        self._host_ok: dict[str, bool] = {}
         self._check_host = listen_host in LOOPBACK_NAMES or endpoints.is_loopback_host(f"{listen_host}:0")
 
     def check(self, headers: Mapping[str, str]) -> None:
@@ -54,8 +55,15 @@ class OriginGuard:
                 metadata={"origin": origin[:200]},
             )
         if self._check_host and not self._any:
-            host = _hostname(headers.get("Host", ""))
-            if host and host not in self._hosts:
+            raw = headers.get("Host", "")
+            ok = self._host_ok.get(raw)
+            if ok is None:  # parsed once per distinct Host value: this runs on every request
+                host = _hostname(raw)
+                ok = not host or host in self._hosts
+                if len(self._host_ok) < 256:
+                    self._host_ok[raw] = ok
+            if not ok:
+                host = _hostname(raw)
                 raise Forbidden(
                     f"host {host!r} is not this edge (possible DNS rebinding)", reason="FORBIDDEN_HOST"
                 )

@@ -18,6 +18,7 @@ import itertools
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -30,7 +31,7 @@ from toolscore.v1 import tool_pb2
 from edge import views
 from edge.gateway import HubGateway
 from services.common.config import Config
-from services.common.errors import AlreadyExists, MeshError, Unavailable
+from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.library.registry import Entry
@@ -76,6 +77,9 @@ class ServerSession:
         self.peer = peer
         self.owner = OWNER_PREFIX + self.id
         self.tools: set[str] = set()
+        self.definitions: dict[
+            str, tool_pb2.Tool
+        ] = {}  # as registered, to register again after a hub restart
         self.closed = False
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
@@ -101,10 +105,12 @@ class ServerSession:
             )
             async with asyncio.timeout(timeout_s):
                 msg = await fut
-        except TimeoutError:
-            return error_response(
-                tool_pb2.ERROR_TYPE_TIMEOUT, f"the tool's server did not answer within {timeout_s:.3g}s"
-            )
+        except TimeoutError:  # as for any tool server that hangs: DEADLINE_EXCEEDED (HTTP 504)
+            raise DeadlineExceeded(
+                f"the tool's server did not answer within {timeout_s:.3g}s",
+                reason="TOOL_TIMEOUT",
+                metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout_s:.3g}"},
+            ) from None
         except (ConnectionError, RuntimeError):
             msg = None
         finally:
@@ -130,18 +136,65 @@ class ServerSession:
                 fut.set_result(None)
 
 
+def _timeout_s(request: ex.ExecuteRequest, remaining: float | None) -> float:
+    timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 30.0
+    if remaining is not None:
+        timeout = min(timeout, remaining)
+    return max(timeout, 0.001)
+
+
 class _Servicer(ex_grpc.ToolExecutorServiceServicer):
+    """ToolExecutorService on the relay socket: how the hub reaches dialled-in servers."""
+
     def __init__(self, relay: RelayServer) -> None:
         self._relay = relay
 
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
-        remaining = context.time_remaining()
-        timeout = request.timeout.ToNanoseconds() / 1e9 if request.HasField("timeout") else 30.0
-        if remaining is not None:
-            timeout = min(timeout, remaining)
-        return await self._relay.call(request, max(timeout, 0.001))
+        return await self._relay.call(request, _timeout_s(request, context.time_remaining()))
+
+    async def ExecuteStream(
+        self, requests: AsyncIterator[ex.ExecuteStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ex.ExecuteStreamResponse]:
+        """Many calls over one stream (the routers' fast path), matched by call_id, cancellable."""
+        out: asyncio.Queue[ex.ExecuteStreamResponse | None] = asyncio.Queue()
+        running: dict[int, asyncio.Task[None]] = {}
+
+        async def run(call_id: int, request: ex.ExecuteRequest) -> None:
+            try:
+                result = await self._relay.call(request, _timeout_s(request, None))
+            except DeadlineExceeded as err:  # one call's fault travels as its result, not the stream's
+                result = error_response(tool_pb2.ERROR_TYPE_TIMEOUT, err.message)
+            except MeshError as err:
+                result = error_response(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
+            except asyncio.CancelledError:
+                result = error_response(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
+            finally:
+                running.pop(call_id, None)
+            out.put_nowait(ex.ExecuteStreamResponse(call_id=call_id, result=result))
+
+        async def pump() -> None:
+            try:
+                async for msg in requests:
+                    if msg.HasField("execute"):
+                        running[msg.call_id] = asyncio.get_running_loop().create_task(
+                            run(msg.call_id, msg.execute)
+                        )
+                    elif msg.HasField("cancel") and msg.call_id in running:
+                        running[msg.call_id].cancel()
+                await asyncio.gather(*running.values(), return_exceptions=True)
+            finally:
+                out.put_nowait(None)
+
+        pumping = asyncio.get_running_loop().create_task(pump())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            pumping.cancel()
+            for task in list(running.values()):
+                task.cancel()
 
 
 class RelayServer:
@@ -154,7 +207,7 @@ class RelayServer:
         self.sessions: dict[str, ServerSession] = {}
         self.by_tool: dict[str, ServerSession] = {}
         self._server: MeshServer | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> RelayServer:
         self._server = MeshServer(
@@ -171,14 +224,16 @@ class RelayServer:
         )
         await self._server.__aenter__()
         self.gateway.router.local[self.endpoint] = self._handle
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="relay-sweep")
+        self.gateway.resync_listeners.append(self._on_resync)
+        self._spawn(self._sweep())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        with contextlib.suppress(ValueError):
+            self.gateway.resync_listeners.remove(self._on_resync)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self.gateway.router.local.pop(self.endpoint, None)
         for session in list(self.sessions.values()):
             await self.close_session(session)
@@ -199,6 +254,26 @@ class RelayServer:
                 metadata={"tool_id": request.tool_id},
             )
         return await session.call(request, timeout_s)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_resync(self) -> None:
+        self._spawn(self._register_again())
+
+    async def _register_again(self) -> None:
+        """The hub came back (maybe with an empty registry): register every connected server's tools again."""
+        for session in list(self.sessions.values()):
+            for tool_id, tool in list(session.definitions.items()):
+                if self.by_tool.get(tool_id) is not session or tool_id in self.gateway.entries:
+                    continue
+                try:
+                    await self.gateway.register(tool)
+                    log.info("registered %s again after the hub came back", tool_id)
+                except MeshError as err:
+                    log.warning("could not register %s again: %s", tool_id, err.message)
 
     async def _sweep(self) -> None:
         """Deregister dialled-in tools left by an earlier run of the edge (their connections are gone)."""
@@ -251,24 +326,39 @@ class RelayServer:
         ):
             with contextlib.suppress(MeshError):  # a dead session's leftover: take it over
                 await self.gateway.deregister(tool.tool_id)
+        known = tool.tool_id in session.tools
         self.by_tool[tool.tool_id] = session
+        # Counted as the session's before the hub answers: if the connection drops meanwhile
+        # (this task is cancelled), close_session still deregisters whatever the hub registered.
+        session.tools.add(tool.tool_id)
+        session.definitions[tool.tool_id] = tool
         try:
-            resp = await self.gateway.register(tool)
-        except BaseException:
-            if tool.tool_id not in session.tools:
+            return await self.gateway.register(tool)
+        except MeshError:
+            if not known:
+                session.tools.discard(tool.tool_id)
+                session.definitions.pop(tool.tool_id, None)
                 self.by_tool.pop(tool.tool_id, None)
             raise
-        session.tools.add(tool.tool_id)
-        return resp
 
-    async def close_session(self, session: ServerSession) -> None:
-        """The connection ended: fail its calls now, then deregister its tools."""
+    def detach(self, session: ServerSession) -> list[str]:
+        """The connection ended: fail its calls and stop routing to it, at once (no await)."""
         if self.sessions.pop(session.id, None) is None:
-            return
+            return []
         session.fail_pending()
-        for tool_id in sorted(session.tools):
+        for tool_id in session.tools:
             if self.by_tool.get(tool_id) is session:
                 del self.by_tool[tool_id]
+        return sorted(session.tools)
+
+    async def close_session(self, session: ServerSession) -> None:
+        """Detach the session, then deregister its tools (unless a new connection serves them now)."""
+        for tool_id in self.detach(session) or sorted(session.tools):
+            if tool_id in self.by_tool:
+                continue  # the server reconnected and registered it again meanwhile
+            entry = self.gateway.entries.get(tool_id)
+            if entry is not None and entry.tool.owner != session.owner:
+                continue
             try:
                 await self.gateway.deregister(tool_id, timeout_s=5.0)
                 log.info("deregistered %s: its server disconnected", tool_id)

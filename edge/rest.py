@@ -81,7 +81,7 @@ def stats(app: web.Application) -> dict[str, Any]:
         "hub_connected": gw.synced.is_set(),
         "websocket_connections": dict(metrics.ws_open),
         "event_subscribers": len(app[EVENTS].subscribers),
-        "dialled_in_servers": len(app[RELAY].sessions),
+        "dialled_in_servers": sum(1 for s in app[RELAY].sessions.values() if s.tools),
         "uptime_s": round(time.time() - app[STARTED], 3),
     }
 

@@ -200,7 +200,7 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
     finally:
         app[WEBSOCKETS].discard(ws)
         app[METRICS].ws_closed(ROUTE)
-        conn.session.fail_pending()
+        relay.detach(conn.session)  # stop routing to it before anything else can interleave
         for task in list(conn.tasks):  # the client is gone: stop its calls (cancelled down to the tool)
             task.cancel()
         for task in list(conn.tasks):

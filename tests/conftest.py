@@ -150,6 +150,7 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
             "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
             "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
             "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",
+            "TOOLSCORE_EDGE__PORT": str(free_port()),  # never the fixed default port in tests
             **(extra_env or {}),
         })
         log_path = root / f"mesh-{len(started)}.log"

@@ -81,6 +81,7 @@ class EdgeHandle:
     app: web.Application
     url: str
     http: aiohttp.ClientSession
+    runner: web.AppRunner
 
     @property
     def gateway(self) -> HubGateway:
@@ -143,7 +144,7 @@ async def start_edge() -> AsyncIterator[Callable[..., Any]]:
             await app[GATEWAY].synced.wait()
         http = aiohttp.ClientSession()
         sessions.append(http)
-        return EdgeHandle(app, f"http://{host}:{port}", http)
+        return EdgeHandle(app, f"http://{host}:{port}", http, runner)
 
     yield start
     for s in sessions:

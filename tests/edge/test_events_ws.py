@@ -97,6 +97,17 @@ async def test_registry_changes_are_pushed_with_the_tool_and_revision(edge: Edge
         assert msg["tool_id"] == "echo2" and msg["status"] == "removed"
 
 
+async def test_filters_on_the_url_apply_from_the_first_event(edge: EdgeHandle, echo_server: str):
+    async with connect(edge, "?events=tool_uninstalled&tool_ids=echo2") as ws:
+        await recv(ws)
+        await edge.gateway.register(grpc_tool("echo2", echo_server))
+        await edge.gateway.register(grpc_tool("echo3", echo_server))
+        await edge.gateway.deregister("echo3")
+        await edge.gateway.deregister("echo2")
+        msg = await recv(ws)
+    assert (msg["type"], msg["tool_id"]) == ("tool_uninstalled", "echo2")
+
+
 async def test_subscribe_filters_by_event_type_and_tool(edge: EdgeHandle, echo_server: str):
     async with connect(edge) as ws:
         await recv(ws)
@@ -220,3 +231,14 @@ async def test_events_reach_500_subscribers(edge: EdgeHandle, echo_server: str):
         assert {(m["type"], m["tool_id"]) for m in got} == {("tool_installed", "echo2")}
     finally:
         await asyncio.gather(*(ws.close() for ws in clients), return_exceptions=True)
+
+
+async def test_stopping_the_edge_closes_websockets_with_going_away(edge: EdgeHandle, root):
+    async with connect(edge) as events, websockets.connect(edge.ws_url("/websocket"), open_timeout=5) as ts:
+        await recv(events)
+        await edge.runner.cleanup()
+        for ws in (events, ts):
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await recv(ws)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+    assert not (root / "run" / "edge.sock").exists()  # the relay socket is removed

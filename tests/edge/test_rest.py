@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 
+import pytest
+
 from tests.edge.conftest import EdgeHandle, echo_spec
 
 
@@ -267,3 +269,36 @@ async def test_metrics_count_calls_errors_and_latency_per_tool_and_route(
     bucket = 'toolscore_edge_http_request_duration_seconds_bucket{method="POST",route="/api/v1/tools/execute"'
     assert bucket + ',le="+Inf"} 3' in text
     assert "toolscore_edge_websocket_connections_total" in text and "toolscore_edge_events_sent_total" in text
+
+
+async def test_when_the_hub_is_gone_calls_and_changes_fail_with_503_json(cfg, start_edge):
+    from services.hub.app import Hub
+    from tests.edge.conftest import edge_config
+
+    async with Hub(cfg) as hub:
+        edge = await start_edge(edge_config(cfg, hub))
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "builtin", "action": "echo", "parameters": {"text": "x"}}
+    )
+    assert status == 503 and body["reason"] == "HUB_UNAVAILABLE"
+    status, body = await edge.post(
+        "/admin/tools/register", {"tool_spec": {"tool_id": "x", "endpoint": "h:1"}}
+    )
+    assert status == 503 and body["success"] is False
+
+
+async def test_a_rest_client_vanishing_mid_call_leaves_the_edge_serving(
+    edge: EdgeHandle, registered_echo: str
+):
+    import aiohttp
+
+    async with aiohttp.ClientSession() as impatient:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await impatient.post(
+                    edge.url + "/api/v1/tools/echo/call", json={"action": "slow", "arguments": {"seconds": 1}}
+                )
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "next"}}
+    )
+    assert status == 200 and body["result"] == {"text": "next"}

@@ -278,14 +278,19 @@ async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edg
         assert len(server.calls) == 1
 
 
-async def test_a_server_that_does_not_answer_times_out_as_a_result(edge: EdgeHandle, hub_stubs):
+async def test_a_server_that_does_not_answer_times_out_like_any_tool_server(edge: EdgeHandle, hub_stubs):
     async with dialled_in(edge):
         status, body = await edge.post("/api/v1/tools/ws-calc/call", {"action": "hang", "timeout_s": 0.3})
-        assert status == 200 and body["is_error"] is True and body["error"]["type"] == "TimeoutError"
+        assert status == 504 and body["reason"] == "TOOL_TIMEOUT"
         req = ex.ExecuteRequest(tool_id="ws-calc", action="hang")
         req.timeout.FromMilliseconds(300)
-        resp = await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
-        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        status, body = await edge.post(
+            "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
+        )
+        assert body["result"] == {"sum": 2}  # the connection still serves
 
 
 async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(edge: EdgeHandle, hub):
@@ -384,9 +389,71 @@ async def test_the_hub_marks_dialled_in_tools_healthy_through_the_relay(edge: Ed
                 await _next_event(edge)
 
 
-async def test_grpc_execute_for_a_vanished_server_is_unavailable(edge: EdgeHandle, hub_stubs):
+async def test_after_a_server_disconnects_the_hub_no_longer_routes_to_it(edge: EdgeHandle, hub, hub_stubs):
     async with dialled_in(edge):
         pass
+    async with asyncio.timeout(5):
+        while "ws-calc" in edge.gateway.entries:
+            await _next_event(edge)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await hub_stubs.toolscore.ExecuteTool(ex.ExecuteRequest(tool_id="ws-calc", action="add"), timeout=5)
+        await hub_stubs.toolscore.ExecuteTool(
+            ex.ExecuteRequest(tool_id="ws-calc", action="add", arguments=dict_to_struct({"a": 1, "b": 1})),
+            timeout=5,
+        )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_tools_left_by_an_earlier_edge_run_are_deregistered_at_start(cfg, hub, start_edge):
+    from tests.edge.conftest import edge_config
+
+    ecfg = edge_config(cfg, hub)
+    relay = f"unix://{ecfg.path(ecfg.edge.relay_uds)}"
+    stale = tool_pb2.Tool(
+        tool_id="ws-stale",
+        kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
+        endpoint=relay,
+        owner="ws-session://gone",
+        enabled=True,
+        capabilities=[tool_pb2.Capability(name="a")],
+    )
+    await hub.registry.register(stale)
+    seen = asyncio.Event()
+
+    def removed(ev: Any) -> None:
+        if ev.type == tool_pb2.TOOL_EVENT_TYPE_REMOVED and ev.tool.tool_id == "ws-stale":
+            seen.set()
+
+    hub.registry.listeners.append(removed)
+    await start_edge(ecfg)
+    async with asyncio.timeout(5):
+        await seen.wait()
+    assert hub.registry.entry("ws-stale") is None
+
+
+async def test_a_connected_servers_tools_are_registered_again_when_the_hub_comes_back_empty(cfg, start_edge):
+    from services.hub.app import Hub
+    from tests.edge.conftest import edge_config
+
+    first: Hub | None = await Hub(cfg).__aenter__()
+    try:
+        assert first is not None
+        edge = await start_edge(edge_config(cfg, first))
+        async with dialled_in(edge):
+            await first.__aexit__(None, None, None)  # the hub goes away ...
+            first = None
+            cfg.path(cfg.store.sqlite_path).unlink()  # ... and comes back with an empty registry
+            async with Hub(cfg) as again:
+                back = asyncio.Event()
+                again.registry.listeners.append(lambda ev: ev.tool.tool_id == "ws-calc" and back.set())
+                if again.registry.entry("ws-calc") is None:
+                    async with asyncio.timeout(10):
+                        await back.wait()
+                await edge.gateway.wait_revision(again.registry.revision)
+                status, body = await edge.post(
+                    "/api/v1/tools/execute",
+                    {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 2}},
+                )
+                assert status == 200 and body["result"] == {"sum": 3}
+    finally:
+        if first is not None:
+            await first.__aexit__(None, None, None)

@@ -25,10 +25,10 @@ from typing import Any
 
 from aiohttp import web
 from google.protobuf import json_format
+from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import InvalidRequest, MeshError
 from services.discovery.client import DiscoveryClient
-from toolscore.v1 import discovery_pb2 as pb
 
 log = logging.getLogger(__name__)
 CLIENT = web.AppKey("discovery_client", DiscoveryClient)
@@ -53,8 +53,10 @@ def _json(fn: Callable[[web.Request, DiscoveryClient], Awaitable[dict[str, Any]]
         try:
             return web.json_response(await fn(request, request.app[CLIENT]))
         except MeshError as err:
-            return web.json_response({"success": False, "status": "error", "error": err.message, **err.to_json()},
-                                     status=err.http_status)
+            return web.json_response(
+                {"success": False, "status": "error", "error": err.message, **err.to_json()},
+                status=err.http_status,
+            )
 
     return handler
 
@@ -85,7 +87,9 @@ def _str(body: dict[str, Any], key: str, required: bool = False) -> str:
 def _int(body: dict[str, Any], key: str, default: int) -> int:
     v = body.get(key, default)
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise InvalidRequest(f"{key} must be a non-negative integer", reason="INVALID_FIELD", metadata={"field": key})
+        raise InvalidRequest(
+            f"{key} must be a non-negative integer", reason="INVALID_FIELD", metadata={"field": key}
+        )
     return v
 
 
@@ -106,20 +110,31 @@ def _auth(request: web.Request) -> str | None:
 
 # -- JSON views of the messages ------------------------------------------------------
 
+
 def candidate_json(c: pb.ServerCandidate) -> dict[str, Any]:
     s = c.server
     method = s.packages[0].registry_type if s.packages else ("remote" if s.remotes else "")
     namespace = s.name.partition("/")[0]
     return {
-        "name": s.name, "title": s.title, "description": s.description, "version": s.version,
-        "author": namespace.rpartition(".")[2] if namespace.startswith(("io.github.", "com.github.")) else namespace,
-        "tags": list(s.tags), "install_method": method,
+        "name": s.name,
+        "title": s.title,
+        "description": s.description,
+        "version": s.version,
+        "author": namespace.rpartition(".")[2]
+        if namespace.startswith(("io.github.", "com.github."))
+        else namespace,
+        "tags": list(s.tags),
+        "install_method": method,
         "capabilities": [t.name for t in s.tools],
         "packages": [json_format.MessageToDict(p, preserving_proto_field_name=True) for p in s.packages],
         "remotes": [{"type": r.transport_type, "url": r.url} for r in s.remotes],
-        "repository_url": s.repository_url, "source": s.source,
-        "score": c.score, "why_matched": list(c.why_matched), "installed": c.installed,
-        "installable": not c.policy_denial, "policy_denial": c.policy_denial,
+        "repository_url": s.repository_url,
+        "source": s.source,
+        "score": c.score,
+        "why_matched": list(c.why_matched),
+        "installed": c.installed,
+        "installable": not c.policy_denial,
+        "policy_denial": c.policy_denial,
         # derived from the install policy: curated 1.0, allowed 0.7, refused 0.0; popularity is unknown
         "security_score": 0.0 if c.policy_denial else (1.0 if s.source == "curated" else 0.7),
         "popularity_score": None,
@@ -128,19 +143,30 @@ def candidate_json(c: pb.ServerCandidate) -> dict[str, Any]:
 
 def server_json(s: pb.InstalledServer) -> dict[str, Any]:
     return {
-        "name": s.name, "tool_id": s.tool_id, "endpoint": s.endpoint, "version": s.version,
-        "registry_type": s.registry_type, "identifier": s.identifier,
+        "name": s.name,
+        "tool_id": s.tool_id,
+        "endpoint": s.endpoint,
+        "version": s.version,
+        "registry_type": s.registry_type,
+        "identifier": s.identifier,
         "state": pb.ServerState.Name(s.state).removeprefix("SERVER_STATE_").lower(),
-        "progress": s.progress, "status_message": s.status_message, "tools": list(s.tools),
+        "progress": s.progress,
+        "status_message": s.status_message,
+        "tools": list(s.tools),
         "artifacts": [{"name": a.name, "version": a.version, "hash": a.hash} for a in s.artifacts],
         "installed_at": s.installed_at.ToJsonString() if s.HasField("installed_at") else None,
-        "restarts": s.restarts, "protocol_version": s.protocol_version,
+        "restarts": s.restarts,
+        "protocol_version": s.protocol_version,
     }
 
 
 def _missing_json(m: pb.MissingCapability) -> dict[str, Any]:
-    return {"name": m.name, "description": m.description, "suggested_keywords": list(m.suggested_keywords),
-            "priority": m.priority}
+    return {
+        "name": m.name,
+        "description": m.description,
+        "suggested_keywords": list(m.suggested_keywords),
+        "priority": m.priority,
+    }
 
 
 def gap_json(g: pb.AnalyzeGapResponse) -> dict[str, Any]:
@@ -148,37 +174,58 @@ def gap_json(g: pb.AnalyzeGapResponse) -> dict[str, Any]:
         "has_sufficient_tools": g.has_sufficient_tools,
         "gap_analysis": {
             "missing_capabilities": [_missing_json(m) for m in g.missing_capabilities],
-            "confidence_score": round(g.confidence, 4), "reasoning": g.reasoning,
+            "confidence_score": round(g.confidence, 4),
+            "reasoning": g.reasoning,
             "analyzer": pb.GapAnalyzer.Name(g.analyzer).removeprefix("GAP_ANALYZER_").lower(),
             "fallback_reason": g.fallback_reason,
         },
-        "recommendations": [{"capability": m.name, "priority": m.priority,
-                             "suggested_keywords": list(m.suggested_keywords)} for m in g.missing_capabilities],
+        "recommendations": [
+            {"capability": m.name, "priority": m.priority, "suggested_keywords": list(m.suggested_keywords)}
+            for m in g.missing_capabilities
+        ],
         "candidates": [candidate_json(c) for c in g.recommendations],
     }
 
 
 # -- handlers ----------------------------------------------------------------------
 
+
 async def search(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     body = await _body(request)
-    resp = await client.search(pb.SearchServersRequest(query=_str(body, "query", required=True),
-                                                       page_size=min(_int(body, "max_candidates", 10), 100)))
-    return {"status": "success", "candidates": [candidate_json(c) for c in resp.candidates],
-            "total_found": resp.total_found, "unreachable_registries": list(resp.unreachable_registries)}
+    resp = await client.search(
+        pb.SearchServersRequest(
+            query=_str(body, "query", required=True), page_size=min(_int(body, "max_candidates", 10), 100)
+        )
+    )
+    return {
+        "status": "success",
+        "candidates": [candidate_json(c) for c in resp.candidates],
+        "total_found": resp.total_found,
+        "unreachable_registries": list(resp.unreachable_registries),
+    }
 
 
 async def install(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     body = await _body(request)
-    target = body.get("candidate") if isinstance(body.get("candidate"), dict) else body
+    candidate = body.get("candidate")
+    target: dict[str, Any] = candidate if isinstance(candidate, dict) else body
     start = time.perf_counter()
-    resp = await client.install(pb.InstallServerRequest(name=_str(target, "name", required=True),
-                                                        version=_str(target, "version"),
-                                                        request_id=_str(body, "request_id")), _auth(request))
-    return {"success": True, "already_installed": resp.already_installed, "server": server_json(resp.server),
-            "installed_tools": [resp.server.tool_id],
-            "progress": [{"progress": p.progress, "message": p.message} for p in resp.progress],
-            "processing_time_ms": _ms(start)}
+    resp = await client.install(
+        pb.InstallServerRequest(
+            name=_str(target, "name", required=True),
+            version=_str(target, "version"),
+            request_id=_str(body, "request_id"),
+        ),
+        _auth(request),
+    )
+    return {
+        "success": True,
+        "already_installed": resp.already_installed,
+        "server": server_json(resp.server),
+        "installed_tools": [resp.server.tool_id],
+        "progress": [{"progress": p.progress, "message": p.message} for p in resp.progress],
+        "processing_time_ms": _ms(start),
+    }
 
 
 async def list_servers(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
@@ -195,8 +242,12 @@ async def list_servers(request: web.Request, client: DiscoveryClient) -> dict[st
 
 async def uninstall(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     resp = await client.uninstall(pb.UninstallServerRequest(name=request.match_info["name"]), _auth(request))
-    return {"success": True, "message": f"uninstalled {resp.server.name}", "server": server_json(resp.server),
-            "removed_tool_ids": list(resp.removed_tool_ids)}
+    return {
+        "success": True,
+        "message": f"uninstalled {resp.server.name}",
+        "server": server_json(resp.server),
+        "removed_tool_ids": list(resp.removed_tool_ids),
+    }
 
 
 async def _gap(client: DiscoveryClient, body: dict[str, Any], task: str) -> pb.AnalyzeGapResponse:
@@ -204,7 +255,9 @@ async def _gap(client: DiscoveryClient, body: dict[str, Any], task: str) -> pb.A
     context = body.get("context", "")
     if not isinstance(context, str):
         context = json.dumps(context)[:4000]
-    return await client.analyze_gap(pb.AnalyzeGapRequest(task_description=task, current_tools=tools, context=context))
+    return await client.analyze_gap(
+        pb.AnalyzeGapRequest(task_description=task, current_tools=tools, context=context)
+    )
 
 
 async def analyze_gap(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
@@ -219,13 +272,17 @@ def _task_with(body: dict[str, Any]) -> str:
     caps = [str(c) for c in _list(body, "required_capabilities")]
     text = " ".join([task, *caps]).strip()
     if not text:
-        raise InvalidRequest("task_description or required_capabilities is required", reason="MISSING_FIELD",
-                             metadata={"field": "task_description"})
+        raise InvalidRequest(
+            "task_description or required_capabilities is required",
+            reason="MISSING_FIELD",
+            metadata={"field": "task_description"},
+        )
     return text
 
 
-async def _install_best(request: web.Request, client: DiscoveryClient, candidates: list[pb.ServerCandidate],
-                        limit: int) -> tuple[list[dict[str, Any]], list[str]]:
+async def _install_best(
+    request: web.Request, client: DiscoveryClient, candidates: list[pb.ServerCandidate], limit: int
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Install the best installable, not yet installed candidates; (installed tools, errors)."""
     installed: list[dict[str, Any]] = []
     errors: list[str] = []
@@ -241,7 +298,9 @@ async def _install_best(request: web.Request, client: DiscoveryClient, candidate
                 raise
             errors.append(f"{c.server.name}: {err.message}")
             continue
-        installed.append({"tool_id": resp.server.tool_id, "name": resp.server.name, "tools": list(resp.server.tools)})
+        installed.append(
+            {"tool_id": resp.server.tool_id, "name": resp.server.name, "tools": list(resp.server.tools)}
+        )
     return installed, errors
 
 
@@ -254,8 +313,12 @@ async def request_capability(request: web.Request, client: DiscoveryClient) -> d
         return {"success": True, "action_taken": "no_action_needed", **out, "processing_time_ms": _ms(start)}
     if not body.get("auto_install"):
         return {"success": True, "action_taken": "analysis_only", **out, "processing_time_ms": _ms(start)}
-    installed, errors = await _install_best(request, client, list(result.recommendations),
-                                            min(len(result.missing_capabilities), _MAX_AUTO_INSTALLS))
+    installed, errors = await _install_best(
+        request,
+        client,
+        list(result.recommendations),
+        min(len(result.missing_capabilities), _MAX_AUTO_INSTALLS),
+    )
     out["installed_tools"], out["errors"] = installed, errors
     action = "installed_new_tools" if installed else "installation_failed"
     if not installed and not errors:
@@ -274,6 +337,12 @@ async def search_and_install(request: web.Request, client: DiscoveryClient) -> d
         message = "; ".join(errors)
     else:
         message = "no installable catalog entry matches"
-    return {"success": bool(installed), "installed_tools": installed, "installation_count": len(installed),
-            "total_tools_now": await client.count_tools(), "message": message, "errors": errors,
-            "processing_time_ms": _ms(start)}
+    return {
+        "success": bool(installed),
+        "installed_tools": installed,
+        "installation_count": len(installed),
+        "total_tools_now": await client.count_tools(),
+        "message": message,
+        "errors": errors,
+        "processing_time_ms": _ms(start),
+    }

@@ -1,16 +1,16 @@
 """Discovery: gap analysis, catalog search, and the install and supervision of MCP servers.
 
-    catalog.py          server.json documents -> CatalogServer (pure)
-    remote_registry.py  official MCP Registry API client (cursor pagination, cache)
-    ranking.py          BM25 ranking of catalog entries with why-matched (pure)
-    gap.py              gap analysis: LLM with a JSON-schema answer, lexical fallback
-    policy.py           what may be installed (pure)
-    installer.py        per-server venv / npm prefix, pinned, hashes recorded
-    stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
-    runner.py           one server's life: connect, list tools, health, restart with backoff
-    mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
-    state.py            installed servers persisted under data/
-    service.py          Discovery: the async context manager the hub owns
-    servicer.py         the gRPC RPCs on ToolScoreService
-    client.py           a thin async gRPC client (used by the edge's REST routes)
+catalog.py          server.json documents -> CatalogServer (pure)
+remote_registry.py  official MCP Registry API client (cursor pagination, cache)
+ranking.py          BM25 ranking of catalog entries with why-matched (pure)
+gap.py              gap analysis: LLM with a JSON-schema answer, lexical fallback
+policy.py           what may be installed (pure)
+installer.py        per-server venv / npm prefix, pinned, hashes recorded
+stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
+runner.py           one server's life: connect, list tools, health, restart with backoff
+mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
+state.py            installed servers persisted under data/
+service.py          Discovery: the async context manager the hub owns
+servicer.py         the gRPC RPCs on ToolScoreService
+client.py           a thin async gRPC client (used by the edge's REST routes)
 """

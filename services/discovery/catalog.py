@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from services.common.errors import InvalidRequest
 from toolscore.v1 import discovery_pb2 as pb
+
+from services.common.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ def parse_server(doc: Mapping[str, Any], source: str) -> pb.CatalogServer:
         raise InvalidRequest("server.json must be an object", reason="INVALID_CATALOG_ENTRY")
     name = str(doc.get("name", ""))
     if not NAME.match(name):
-        raise InvalidRequest(f"server name {name!r} must look like namespace/name", reason="INVALID_CATALOG_ENTRY")
+        raise InvalidRequest(
+            f"server name {name!r} must look like namespace/name", reason="INVALID_CATALOG_ENTRY"
+        )
     meta = (doc.get("_meta") or {}).get(PUBLISHER_META) or {}
     server = pb.CatalogServer(
         name=name,
@@ -70,8 +73,10 @@ def _package(p: Mapping[str, Any]) -> pb.ServerPackage:
     for e in p.get("environmentVariables", []) or []:
         if isinstance(e, Mapping) and e.get("name"):
             pkg.environment_variables.add(
-                name=str(e["name"]), description=str(e.get("description", "")),
-                is_required=bool(e.get("isRequired", False)), is_secret=bool(e.get("isSecret", False)),
+                name=str(e["name"]),
+                description=str(e.get("description", "")),
+                is_required=bool(e.get("isRequired", False)),
+                is_secret=bool(e.get("isSecret", False)),
                 default=str(e.get("default", "") or ""),
             )
     for a in p.get("packageArguments", []) or []:

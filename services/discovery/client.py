@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import grpc
-
-from services.common.errors import InvalidRequest, NotFound, from_rpc_error
 from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import tool_pb2
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
-from toolscore.v1 import toolscore_pb2_grpc
+from toolscore.v1 import tool_pb2, toolscore_pb2_grpc
+
+from services.common.errors import InvalidRequest, NotFound, from_rpc_error
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -21,7 +20,9 @@ class DiscoveryClient:
     is forwarded as gRPC metadata so the hub, not the edge, decides.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float = 30.0, install_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, timeout_s: float = 30.0, install_timeout_s: float = 600.0
+    ) -> None:
         self._stub = toolscore_pb2_grpc.ToolScoreServiceStub(channel)
         self._library = lib_grpc.ToolLibraryServiceStub(channel)
         self.timeout_s, self.install_timeout_s = timeout_s, install_timeout_s
@@ -30,9 +31,9 @@ class DiscoveryClient:
     def _md(authorization: str | None) -> Metadata:
         return (("authorization", authorization),) if authorization else ()
 
-    async def _call(self, method, request, timeout: float, authorization: str | None = None):  # type: ignore[no-untyped-def]
+    async def _call(self, method, request, deadline_s: float, authorization: str | None = None):  # type: ignore[no-untyped-def]
         try:
-            return await method(request, timeout=timeout, metadata=self._md(authorization))
+            return await method(request, timeout=deadline_s, metadata=self._md(authorization))
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -42,12 +43,14 @@ class DiscoveryClient:
     async def search(self, request: pb.SearchServersRequest) -> pb.SearchServersResponse:
         return await self._call(self._stub.SearchServers, request, self.timeout_s)
 
-    async def install(self, request: pb.InstallServerRequest, authorization: str | None = None
-                      ) -> pb.InstallServerResponse:
+    async def install(
+        self, request: pb.InstallServerRequest, authorization: str | None = None
+    ) -> pb.InstallServerResponse:
         return await self._call(self._stub.InstallServer, request, self.install_timeout_s, authorization)
 
-    async def uninstall(self, request: pb.UninstallServerRequest, authorization: str | None = None
-                        ) -> pb.UninstallServerResponse:
+    async def uninstall(
+        self, request: pb.UninstallServerRequest, authorization: str | None = None
+    ) -> pb.UninstallServerResponse:
         return await self._call(self._stub.UninstallServer, request, self.timeout_s, authorization)
 
     async def list_servers(self, request: pb.ListServersRequest) -> pb.ListServersResponse:
@@ -63,20 +66,27 @@ class DiscoveryClient:
         for ref in refs:
             if isinstance(ref, str):
                 try:
-                    resp = await self._call(self._library.GetTool, lib.GetToolRequest(tool_id=ref), self.timeout_s)
+                    resp = await self._call(
+                        self._library.GetTool, lib.GetToolRequest(tool_id=ref), self.timeout_s
+                    )
                     out.append(resp.tool)
                 except NotFound:
                     out.append(tool_pb2.Tool(tool_id=ref, name=ref))
             elif isinstance(ref, dict):
                 out.append(_tool_from_json(ref))
             else:
-                raise InvalidRequest("current_tools items must be tool ids or tool objects", reason="INVALID_TOOLS")
+                raise InvalidRequest(
+                    "current_tools items must be tool ids or tool objects", reason="INVALID_TOOLS"
+                )
         return out
 
 
 def _tool_from_json(d: dict) -> tool_pb2.Tool:
-    t = tool_pb2.Tool(tool_id=str(d.get("tool_id", "")), name=str(d.get("name", "")),
-                      description=str(d.get("description", "")))
+    t = tool_pb2.Tool(
+        tool_id=str(d.get("tool_id", "")),
+        name=str(d.get("name", "")),
+        description=str(d.get("description", "")),
+    )
     for c in d.get("capabilities") or []:
         if isinstance(c, str):
             t.capabilities.add(name=c)

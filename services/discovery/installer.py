@@ -25,14 +25,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolscore.v1 import discovery_pb2 as pb
+
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
-from toolscore.v1 import discovery_pb2 as pb
+from services.common.runtime import die_with_parent
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
-_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "http_proxy", "https_proxy", "no_proxy",
-             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+_ENV_KEEP = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+)
 
 
 class InstallFailed(FailedPrecondition):
@@ -54,15 +67,22 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k in _ENV_KEEP}
 
 
-async def run(argv: Sequence[str], *, timeout: float, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> tuple[int, str]:
+async def run(
+    argv: Sequence[str], *, deadline_s: float, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str]:
     """Run a command in its own process group; returns (exit code, combined output tail)."""
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, env=env if env is not None else base_env(), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        *argv,
+        cwd=cwd,
+        env=env if env is not None else base_env(),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=die_with_parent,  # an install never outlives the hub
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(deadline_s):
             out, _ = await proc.communicate()
     except BaseException:
         _kill_group(proc.pid)
@@ -93,7 +113,9 @@ class Installer:
     def dir_for(self, tool_id: str) -> Path:
         return self.root / tool_id
 
-    async def install(self, tool_id: str, pkg: pb.ServerPackage, version: str, progress: Progress) -> Installed:
+    async def install(
+        self, tool_id: str, pkg: pb.ServerPackage, version: str, progress: Progress
+    ) -> Installed:
         """Install `pkg` at `version` into a fresh directory; removes it again on any failure."""
         target = self.dir_for(tool_id)
         if target.exists():
@@ -105,11 +127,15 @@ class Installer:
                     return await self._pypi(target, pkg, version, progress)
                 if pkg.registry_type == "npm":
                     return await self._npm(target, pkg, version, progress)
-            raise InvalidRequest(f"registry type {pkg.registry_type!r} cannot be installed", reason="UNSUPPORTED_REGISTRY")
+            raise InvalidRequest(
+                f"registry type {pkg.registry_type!r} cannot be installed", reason="UNSUPPORTED_REGISTRY"
+            )
         except TimeoutError as exc:
             self.remove(tool_id)
-            raise InstallFailed(f"installing {pkg.identifier}=={version} took longer than "
-                                f"{self.cfg.install_timeout_s:g}s", reason="INSTALL_TIMEOUT") from exc
+            raise InstallFailed(
+                f"installing {pkg.identifier}=={version} took longer than {self.cfg.install_timeout_s:g}s",
+                reason="INSTALL_TIMEOUT",
+            ) from exc
         except BaseException:
             self.remove(tool_id)
             raise
@@ -120,24 +146,37 @@ class Installer:
     async def _pypi(self, target: Path, pkg: pb.ServerPackage, version: str, progress: Progress) -> Installed:
         venv = target / "venv"
         progress(0.1, f"creating a virtual environment for {pkg.identifier}")
-        code, out = await run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
+        code, out = await run([sys.executable, "-m", "venv", "--without-pip", str(venv)], deadline_s=120)
         if code:
             raise InstallFailed(f"could not create a venv: {_tail(out)}")
         py = venv / "bin" / "python"
         report = target / "pip-report.json"
-        argv = [sys.executable, "-m", "pip", "--python", str(py), "install", "--no-input",
-                "--disable-pip-version-check", "--only-binary=:all:", "--report", str(report),
-                f"{pkg.identifier}=={version}"]
+        argv = [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(py),
+            "install",
+            "--no-input",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--report",
+            str(report),
+            f"{pkg.identifier}=={version}",
+        ]
         if self.cfg.pip_index_url:
             argv[6:6] = ["--index-url", self.cfg.pip_index_url]
         progress(0.3, f"pip install {pkg.identifier}=={version}")
         env = {**base_env(), "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
         if self.cfg.pip_index_url:  # that index and nothing else (no extra indexes from pip.conf)
             env["PIP_CONFIG_FILE"] = os.devnull
-        code, out = await run(argv, timeout=self.cfg.install_timeout_s, env=env)
+        code, out = await run(argv, deadline_s=self.cfg.install_timeout_s, env=env)
         if code:
-            raise InstallFailed(f"pip could not install {pkg.identifier}=={version}: {_tail(out)}",
-                                metadata={"package": pkg.identifier, "version": version})
+            raise InstallFailed(
+                f"pip could not install {pkg.identifier}=={version}: {_tail(out)}",
+                metadata={"package": pkg.identifier, "version": version},
+            )
         progress(0.6, f"installed {pkg.identifier}=={version}")
         script = _console_script(venv, pkg.identifier)
         return Installed(str(script), list(pkg.package_arguments), str(target / "work"), _pip_hashes(report))
@@ -145,19 +184,34 @@ class Installer:
     async def _npm(self, target: Path, pkg: pb.ServerPackage, version: str, progress: Progress) -> Installed:
         prefix = target / "npm"
         prefix.mkdir()
-        argv = ["npm", "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--ignore-scripts",
-                "--no-update-notifier", "--loglevel=error", f"{pkg.identifier}@{version}"]
+        argv = [
+            "npm",
+            "install",
+            "--prefix",
+            str(prefix),
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--no-update-notifier",
+            "--fetch-retries=1",
+            "--loglevel=error",
+            f"{pkg.identifier}@{version}",
+        ]
         if self.cfg.npm_registry:
             argv.insert(2, f"--registry={self.cfg.npm_registry}")
         progress(0.3, f"npm install {pkg.identifier}@{version}")
         env = {**base_env(), "npm_config_update_notifier": "false"}
-        code, out = await run(argv, timeout=self.cfg.install_timeout_s, cwd=prefix, env=env)
+        code, out = await run(argv, deadline_s=self.cfg.install_timeout_s, cwd=prefix, env=env)
         if code:
-            raise InstallFailed(f"npm could not install {pkg.identifier}@{version}: {_tail(out)}",
-                                metadata={"package": pkg.identifier, "version": version})
+            raise InstallFailed(
+                f"npm could not install {pkg.identifier}@{version}: {_tail(out)}",
+                metadata={"package": pkg.identifier, "version": version},
+            )
         progress(0.6, f"installed {pkg.identifier}@{version}")
         main = _npm_bin(prefix / "node_modules" / pkg.identifier)
-        return Installed("node", [str(main), *pkg.package_arguments], str(target / "work"), _npm_hashes(prefix))
+        return Installed(
+            "node", [str(main), *pkg.package_arguments], str(target / "work"), _npm_hashes(prefix)
+        )
 
 
 def _norm(name: str) -> str:
@@ -177,8 +231,9 @@ def _console_script(venv: Path, identifier: str) -> Path:
         if parser.has_section("console_scripts"):
             scripts = list(parser["console_scripts"])
     if not scripts:
-        raise InstallFailed(f"{identifier} declares no console script to start the server with",
-                            reason="NO_ENTRY_POINT")
+        raise InstallFailed(
+            f"{identifier} declares no console script to start the server with", reason="NO_ENTRY_POINT"
+        )
     name = next((s for s in scripts if _norm(s) == _norm(identifier)), scripts[0])
     return venv / "bin" / name
 
@@ -187,8 +242,9 @@ def _npm_bin(pkg_dir: Path) -> Path:
     try:
         meta = json.loads((pkg_dir / "package.json").read_text())
     except (OSError, ValueError) as exc:
-        raise InstallFailed(f"npm package at {pkg_dir.name} has no readable package.json",
-                            reason="NO_ENTRY_POINT") from exc
+        raise InstallFailed(
+            f"npm package at {pkg_dir.name} has no readable package.json", reason="NO_ENTRY_POINT"
+        ) from exc
     bin_ = meta.get("bin")
     if isinstance(bin_, dict) and bin_:
         short = meta.get("name", "").rpartition("/")[2]
@@ -196,10 +252,14 @@ def _npm_bin(pkg_dir: Path) -> Path:
     elif isinstance(bin_, str):
         rel = bin_
     else:
-        raise InstallFailed(f"{meta.get('name')} declares no `bin` to start the server with", reason="NO_ENTRY_POINT")
+        raise InstallFailed(
+            f"{meta.get('name')} declares no `bin` to start the server with", reason="NO_ENTRY_POINT"
+        )
     path = (pkg_dir / rel).resolve()
     if not path.is_relative_to(pkg_dir.resolve()) or not path.is_file():
-        raise InstallFailed(f"{meta.get('name')}: bin {rel!r} is not a file in the package", reason="NO_ENTRY_POINT")
+        raise InstallFailed(
+            f"{meta.get('name')}: bin {rel!r} is not a file in the package", reason="NO_ENTRY_POINT"
+        )
     return path
 
 

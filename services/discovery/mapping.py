@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import mcp_types as types
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from services.common.jsonvalue import dict_to_struct, py_to_value
 from services.library.validation import ACTION
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 OWNER = "toolscore-discovery"
 
@@ -25,12 +25,26 @@ def action_name(mcp_name: str) -> str:
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", mcp_name).lstrip(".-") or "tool")[:128]
 
 
-def tool_definition(tool_id: str, name: str, description: str, version: str,
-                    tools: Sequence[types.Tool], tags: Sequence[str] = ()) -> tuple[tool_pb2.Tool, dict[str, str]]:
+def tool_definition(
+    tool_id: str,
+    name: str,
+    description: str,
+    version: str,
+    tools: Sequence[types.Tool],
+    tags: Sequence[str] = (),
+) -> tuple[tool_pb2.Tool, dict[str, str]]:
     """One Tool for a server (a capability per MCP tool), and the action -> MCP tool name map."""
-    t = tool_pb2.Tool(tool_id=tool_id, name=name, description=description, kind=tool_pb2.TOOL_KIND_MCP_SERVER,
-                      version=version, endpoint=f"mcp://{tool_id}", enabled=True, owner=OWNER,
-                      tags=["mcp", *tags])
+    t = tool_pb2.Tool(
+        tool_id=tool_id,
+        name=name,
+        description=description,
+        kind=tool_pb2.TOOL_KIND_MCP_SERVER,
+        version=version,
+        endpoint=f"mcp://{tool_id}",
+        enabled=True,
+        owner=OWNER,
+        tags=["mcp", *tags],
+    )
     t.metadata["mcp_server"] = name
     names: dict[str, str] = {}
     for mt in tools:
@@ -58,7 +72,9 @@ def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
     elif sc is not None:
         resp.structured.CopyFrom(dict_to_struct({"result": sc}))
     if resp.is_error:
-        text = next((b.text.text for b in resp.content if b.HasField("text")), "the MCP tool reported an error")
+        text = next(
+            (b.text.text for b in resp.content if b.HasField("text")), "the MCP tool reported an error"
+        )
         resp.error.type = tool_pb2.ERROR_TYPE_TOOL_ERROR
         resp.error.message = text[:2000]
     return resp

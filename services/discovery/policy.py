@@ -1,12 +1,13 @@
-"""What may be installed: curated entries, packages matching `allowed_packages`, or anything with allow_any."""
+"""What may be installed: curated entries, `allowed_packages` matches, or anything with allow_any."""
 
 from __future__ import annotations
 
 import fnmatch
 
+from toolscore.v1 import discovery_pb2 as pb
+
 from services.common.config import DiscoveryConfig
 from services.discovery.catalog import CURATED, is_exact_version
-from toolscore.v1 import discovery_pb2 as pb
 
 
 def choose_package(cfg: DiscoveryConfig, server: pb.CatalogServer) -> pb.ServerPackage | None:
@@ -23,12 +24,18 @@ def denial(cfg: DiscoveryConfig, server: pb.CatalogServer, version: str = "") ->
     if pkg is None:
         remote = next((r for r in server.remotes if r.transport_type == "streamable-http"), None)
         if remote is None:
-            types = sorted({p.registry_type for p in server.packages} | {r.transport_type for r in server.remotes})
-            return (f"no installable package: needs a stdio package from {', '.join(cfg.allowed_registry_types)} "
-                    f"or a streamable-http remote (has: {', '.join(types) or 'nothing'})")
+            types = sorted(
+                {p.registry_type for p in server.packages} | {r.transport_type for r in server.remotes}
+            )
+            return (
+                f"no installable package: needs a stdio package from {', '.join(cfg.allowed_registry_types)} "
+                f"or a streamable-http remote (has: {', '.join(types) or 'nothing'})"
+            )
         if not cfg.allow_remotes:
             return "federating remote servers is disabled (discovery.allow_remotes)"
-        return "" if cfg.allow_any or server.source == CURATED else _pattern_denial(cfg, f"remote:{remote.url}")
+        return (
+            "" if cfg.allow_any or server.source == CURATED else _pattern_denial(cfg, f"remote:{remote.url}")
+        )
     wanted = version or pkg.version
     if not is_exact_version(wanted):
         return f"version {wanted!r} is not an exact, pinned version"

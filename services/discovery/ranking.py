@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from services.library.search import tokens
 from toolscore.v1 import discovery_pb2 as pb
 
+from services.library.search import tokens
+
 # A hit in a name or a tool name says more than one in a long description.
-_WEIGHTS = {"name": 3.0, "title": 3.0, "tag": 2.5, "tool": 2.5, "package": 2.0, "description": 1.0,
-            "tool_description": 1.0}
+_WEIGHTS = {
+    "name": 3.0,
+    "title": 3.0,
+    "tag": 2.5,
+    "tool": 2.5,
+    "package": 2.0,
+    "description": 1.0,
+    "tool_description": 1.0,
+}
 _K1, _B = 1.2, 0.75
 
 
@@ -44,18 +51,22 @@ def vocabulary(servers: Iterable[pb.CatalogServer]) -> set[str]:
     return {t for s in servers for _, text in fields(s) for t in tokens(text)}
 
 
-def rank(query: str | Sequence[str], servers: Sequence[pb.CatalogServer], limit: int = 10) -> tuple[list[Ranked], int]:
+def rank(
+    query: str | Sequence[str], servers: Sequence[pb.CatalogServer], limit: int = 10
+) -> tuple[list[Ranked], int]:
     """Entries that match at least one query term, best first, and how many matched in all."""
-    q = list(dict.fromkeys(tokens(query) if isinstance(query, str) else [t for x in query for t in tokens(x)]))
+    q = list(
+        dict.fromkeys(tokens(query) if isinstance(query, str) else [t for x in query for t in tokens(x)])
+    )
     if not q or not servers:
         return [], 0
     docs = []
     for s in servers:
-        weighted: Counter[str] = Counter()
+        weighted: dict[str, float] = {}
         where: dict[str, set[str]] = {}
         for field, text in fields(s):
             for t in tokens(text):
-                weighted[t] += _WEIGHTS[field]
+                weighted[t] = weighted.get(t, 0.0) + _WEIGHTS[field]
                 where.setdefault(t, set()).add(field)
         docs.append((s, weighted, where, sum(weighted.values())))
     n = len(docs)

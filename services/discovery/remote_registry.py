@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import InvalidRequest
 from services.discovery.catalog import parse_server
 from services.library.search import tokens
-from toolscore.v1 import discovery_pb2 as pb
 
 log = logging.getLogger(__name__)
 _PAGE_LIMIT = 100
@@ -43,8 +43,11 @@ class RemoteRegistry:
         terms = ["", *list(dict.fromkeys(tokens(query)))[:max_terms]]
         results = await asyncio.gather(*(self.search(t) for t in terms), return_exceptions=True)
         if all(isinstance(r, BaseException) for r in results):
-            raise next(r for r in results if isinstance(r, RegistryUnreachable)) if any(
-                isinstance(r, RegistryUnreachable) for r in results) else RegistryUnreachable(self.base_url)
+            raise (
+                next(r for r in results if isinstance(r, RegistryUnreachable))
+                if any(isinstance(r, RegistryUnreachable) for r in results)
+                else RegistryUnreachable(self.base_url)
+            )
         seen: dict[str, pb.CatalogServer] = {}
         for r in results:
             if not isinstance(r, BaseException):
@@ -89,8 +92,9 @@ class RemoteRegistry:
 
     async def _get(self, url: str, params: dict[str, str]) -> dict:
         try:
-            async with self.session.get(url, params=params,
-                                        timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as resp:
+            async with self.session.get(
+                url, params=params, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
+            ) as resp:
                 if resp.status != 200:
                     raise RegistryUnreachable(f"{self.base_url}: HTTP {resp.status}")
                 body = await resp.json(content_type=None)

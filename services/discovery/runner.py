@@ -21,13 +21,14 @@ from typing import Any
 import mcp_types as types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 from mcp.shared.exceptions import MCPError
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, Unavailable
 from services.discovery.stdio import StdioTransport
-from toolscore.v1 import discovery_pb2 as pb
 
 log = logging.getLogger(__name__)
 _CLIENT_INFO = types.Implementation(name="toolscore-mesh", version="0.1.0")
@@ -60,8 +61,9 @@ StateFn = Callable[["ServerRunner"], Awaitable[None]]
 class ServerRunner:
     """Supervises one server. `start()` returns once the first connection is up (or raises)."""
 
-    def __init__(self, name: str, spec: LaunchSpec, cfg: DiscoveryConfig, on_tools: ToolsFn,
-                 on_state: StateFn) -> None:
+    def __init__(
+        self, name: str, spec: LaunchSpec, cfg: DiscoveryConfig, on_tools: ToolsFn, on_state: StateFn
+    ) -> None:
         self.name, self.spec, self.cfg = name, spec, cfg
         self._on_tools, self._on_state = on_tools, on_state
         self.client: Client | None = None
@@ -101,13 +103,16 @@ class ServerRunner:
                 await self._task
         self.state, self.message = pb.SERVER_STATE_STOPPED, "stopped"
 
-    async def call(self, name: str, arguments: dict[str, Any], timeout: float) -> types.CallToolResult:
+    async def call(self, name: str, arguments: dict[str, Any], deadline_s: float) -> types.CallToolResult:
         """One tools/call on the current connection; Unavailable when there is none."""
         client = self.client
         if client is None:
-            raise Unavailable(f"MCP server {self.name} is not connected ({self.message})", reason="MCP_SERVER_DOWN",
-                              metadata={"server": self.name})
-        return await client.call_tool(name, arguments, read_timeout_seconds=timeout)
+            raise Unavailable(
+                f"MCP server {self.name} is not connected ({self.message})",
+                reason="MCP_SERVER_DOWN",
+                metadata={"server": self.name},
+            )
+        return await client.call_tool(name, arguments, read_timeout_seconds=deadline_s)
 
     # -- the runner's task ------------------------------------------------------
 
@@ -122,8 +127,11 @@ class ServerRunner:
                 reason = _describe(exc, self.transport)
             self.client = None
             if not first.done():
-                first.set_exception(StartFailed(f"MCP server {self.name} failed to start: {reason}",
-                                                metadata={"server": self.name}))
+                first.set_exception(
+                    StartFailed(
+                        f"MCP server {self.name} failed to start: {reason}", metadata={"server": self.name}
+                    )
+                )
                 first.exception()  # retrieved: the waiter may be gone
                 if strict:
                     return
@@ -146,8 +154,14 @@ class ServerRunner:
             self.state, self.message = pb.SERVER_STATE_STARTING, "connecting"
             async with asyncio.timeout(self.cfg.start_timeout_s):
                 client = await stack.enter_async_context(
-                    Client(self._transport(), mode="auto", message_handler=self._on_message, cache=None,
-                           client_info=_CLIENT_INFO))
+                    Client(
+                        self._transport(),
+                        mode="auto",
+                        message_handler=self._on_message,
+                        cache=None,
+                        client_info=_CLIENT_INFO,
+                    )
+                )
                 tools = await _list_all(client)
             self.protocol_version = client.protocol_version
             await self._on_tools(self, tools)
@@ -157,6 +171,9 @@ class ServerRunner:
             await self._notify_state()
             if not first.done():
                 first.set_result(None)
+            if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                listener = asyncio.create_task(self._listen(client), name=f"mcp-listen-{self.name}")
+                stack.push_async_callback(_cancel, listener)
             await self._watch(client)
 
     def _transport(self) -> Any:
@@ -166,9 +183,17 @@ class ServerRunner:
             return streamable_http_client(spec.url)
         assert spec.log_path is not None
         self.transport = StdioTransport(
-            spec.command, spec.args, env=spec.env, cwd=spec.cwd, log_path=spec.log_path,
-            max_line_bytes=self.cfg.max_line_bytes, max_invalid_lines=self.cfg.max_invalid_lines,
-            stop_grace_s=self.cfg.stop_grace_s, on_close=self._kick.set, pid_path=spec.pid_path)
+            spec.command,
+            spec.args,
+            env=spec.env,
+            cwd=spec.cwd,
+            log_path=spec.log_path,
+            max_line_bytes=self.cfg.max_line_bytes,
+            max_invalid_lines=self.cfg.max_invalid_lines,
+            stop_grace_s=self.cfg.stop_grace_s,
+            on_close=self._kick.set,
+            pid_path=spec.pid_path,
+        )
         return self.transport
 
     async def _watch(self, client: Client) -> None:
@@ -197,6 +222,19 @@ class ServerRunner:
                 self.message = f"health check failed: {_describe(exc, self.transport)}"
                 return
 
+    async def _listen(self, client: Client) -> None:
+        """2026-07-28 sessions announce tool-list changes only on a `subscriptions/listen` stream."""
+        caps = client.server_capabilities.tools
+        if caps is None or not caps.list_changed:
+            return
+        try:
+            async with client.listen(tools_list_changed=True) as subscription:
+                async for _event in subscription:
+                    self._relist = True
+                    self._kick.set()
+        except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as exc:
+            log.info("MCP server %s: no tool-list subscription (%s)", self.name, exc)
+
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
             self._relist = True
@@ -209,11 +247,19 @@ class ServerRunner:
             log.exception("state callback failed for %s", self.name)
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _list_all(client: Client) -> list[types.Tool]:
     tools: list[types.Tool] = []
     cursor: str | None = None
     for _ in range(_MAX_TOOL_PAGES):
-        page = await client.session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        page = await client.session.list_tools(
+            params=types.PaginatedRequestParams(cursor=cursor) if cursor else None
+        )
         tools.extend(page.tools)
         cursor = page.next_cursor
         if not cursor:

@@ -11,33 +11,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 
 import aiohttp
-import mcp_types as types
-from mcp.shared.exceptions import MCPError
-
-from services.common.config import Config
-from services.common.errors import FailedPrecondition, InvalidRequest, MeshError, NotFound
-from services.common.jsonvalue import struct_to_dict
-from services.discovery import catalog as catalog_mod
-from services.discovery import gap, mapping, policy, ranking
-from services.discovery.installer import Installer, Progress, base_env
-from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
-from services.discovery.runner import LaunchSpec, ServerRunner
-from services.discovery.state import ServerRecord, StateFile
-from services.discovery.stdio import kill_stale_group
-from services.library.registry import Entry, Registry
-from services.router.channels import ProgressFn
-from services.router.router import Router, error_response
 from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from services.common.config import Config
+from services.common.errors import FailedPrecondition, InvalidRequest, NotFound
+from services.discovery import catalog as catalog_mod
+from services.discovery import gap, mapping, policy, ranking
+from services.discovery.fleet import Fleet
+from services.discovery.installer import Installer, Progress
+from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
+from services.discovery.runner import ServerRunner
+from services.discovery.state import ServerRecord, StateFile
+from services.library.registry import Registry
+from services.router.router import Router
+
 log = logging.getLogger(__name__)
-HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
 
 
 class Discovery:
@@ -50,7 +43,7 @@ class Discovery:
         self.installer = Installer(self.dcfg, self.install_dir)
         self.state = StateFile(self.install_dir / "servers.json")
         self.records: dict[str, ServerRecord] = {}
-        self.runners: dict[str, ServerRunner] = {}  # tool_id -> runner
+        self.fleet = Fleet(self.dcfg, registry, self.install_dir)
         self.installing: dict[str, pb.InstalledServer] = {}  # name -> progress of an install under way
         self.curated: list[pb.CatalogServer] = []
         self._curated_stamp = -1
@@ -64,30 +57,53 @@ class Discovery:
         try:
             self._reload_curated()
             http = await self._stack.enter_async_context(aiohttp.ClientSession())
-            self.remotes = [RemoteRegistry(u, http, self.dcfg.registry_timeout_s, self.dcfg.registry_cache_s,
-                                           self.dcfg.registry_max_pages) for u in self.dcfg.registries]
+            self.remotes = [
+                RemoteRegistry(
+                    u,
+                    http,
+                    self.dcfg.registry_timeout_s,
+                    self.dcfg.registry_cache_s,
+                    self.dcfg.registry_max_pages,
+                )
+                for u in self.dcfg.registries
+            ]
             if self.dcfg.llm_base_url and self.dcfg.llm_model:
-                self.llm = gap.LlmAnalyzer(self.dcfg.llm_base_url, self.dcfg.llm_model, self.dcfg.llm_api_key,
-                                           self.dcfg.llm_timeout_s)
+                self.llm = gap.LlmAnalyzer(
+                    self.dcfg.llm_base_url,
+                    self.dcfg.llm_model,
+                    self.dcfg.llm_api_key,
+                    self.dcfg.llm_timeout_s,
+                )
                 self._stack.push_async_callback(self.llm.close)
-            self.router.transports["mcp"] = self.handle
+            self.router.transports["mcp"] = self.fleet.handle
             self._stack.callback(self.router.transports.pop, "mcp", None)
-            self._stack.push_async_callback(self._stop_all)
-            await self._restore()
+            self._stack.push_async_callback(self.fleet.stop_all)
+            self.records = self.state.load()
+            await self.fleet.restore(self.records.values())
         except BaseException:
             await self._stack.aclose()
             raise
-        log.info("discovery: %d curated entries, %d registries, %d servers installed",
-                 len(self.curated), len(self.remotes), len(self.records))
+        log.info(
+            "discovery: %d curated entries, %d registries, %d servers installed",
+            len(self.curated),
+            len(self.remotes),
+            len(self.records),
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    @property
+    def runners(self) -> dict[str, ServerRunner]:
+        """Running servers by tool id."""
+        return self.fleet.runners
+
     # -- catalog ---------------------------------------------------------------
 
-    async def search(self, query: str, limit: int = 10, curated_only: bool = False
-                     ) -> tuple[list[pb.ServerCandidate], int, list[str]]:
+    async def search(
+        self, query: str, limit: int = 10, curated_only: bool = False
+    ) -> tuple[list[pb.ServerCandidate], int, list[str]]:
         """Ranked candidates from the curated catalog and every reachable registry."""
         entries, unreachable = await self._catalog(query, curated_only)
         ranked, total = ranking.rank(query, entries, max(1, min(limit or 10, 100)))
@@ -104,7 +120,9 @@ class Discovery:
             self._curated_stamp = stamp
             self.curated = catalog_mod.load_dir(d)
 
-    async def _catalog(self, query: str, curated_only: bool = False) -> tuple[list[pb.CatalogServer], list[str]]:
+    async def _catalog(
+        self, query: str, curated_only: bool = False
+    ) -> tuple[list[pb.CatalogServer], list[str]]:
         self._reload_curated()
         if curated_only or not self.remotes:
             return list(self.curated), []
@@ -122,9 +140,13 @@ class Discovery:
         return catalog_mod.merge(self.curated, remote), unreachable
 
     def _candidate(self, r: ranking.Ranked) -> pb.ServerCandidate:
-        return pb.ServerCandidate(server=r.server, score=r.score, why_matched=r.why,
-                                  installed=r.server.name in self.records,
-                                  policy_denial=policy.denial(self.dcfg, r.server))
+        return pb.ServerCandidate(
+            server=r.server,
+            score=r.score,
+            why_matched=r.why,
+            installed=r.server.name in self.records,
+            policy_denial=policy.denial(self.dcfg, r.server),
+        )
 
     async def find(self, name: str) -> pb.CatalogServer:
         """A catalog entry by exact name (curated, then seen, then asked of each registry)."""
@@ -142,13 +164,17 @@ class Discovery:
                 log.warning("%s", exc)
         if name in self._seen:
             return self._seen[name]
-        raise NotFound(f"no catalog entry named {name!r}; search first (POST /mcp/search)",
-                       reason="SERVER_NOT_IN_CATALOG", metadata={"name": name})
+        raise NotFound(
+            f"no catalog entry named {name!r}; search first (POST /mcp/search)",
+            reason="SERVER_NOT_IN_CATALOG",
+            metadata={"name": name},
+        )
 
     # -- gap analysis ----------------------------------------------------------
 
-    async def analyze_gap(self, task: str, tools: Sequence[tool_pb2.Tool], context: str = "",
-                          max_recommendations: int = 5) -> pb.AnalyzeGapResponse:
+    async def analyze_gap(
+        self, task: str, tools: Sequence[tool_pb2.Tool], context: str = "", max_recommendations: int = 5
+    ) -> pb.AnalyzeGapResponse:
         if not task.strip():
             raise InvalidRequest("task_description is required", reason="MISSING_TASK")
         tools = list(tools) or self.registry.tools()
@@ -164,9 +190,13 @@ class Discovery:
         if result is None:
             result = gap.lexical_gap(task, tools, entries, reason)
         resp = pb.AnalyzeGapResponse(
-            has_sufficient_tools=result.has_sufficient_tools, missing_capabilities=result.missing,
-            confidence=result.confidence, reasoning=result.reasoning, analyzer=result.analyzer,  # type: ignore[arg-type]
-            fallback_reason=result.fallback_reason)
+            has_sufficient_tools=result.has_sufficient_tools,
+            missing_capabilities=result.missing,
+            confidence=result.confidence,
+            reasoning=result.reasoning,
+            analyzer=result.analyzer,  # type: ignore[arg-type]
+            fallback_reason=result.fallback_reason,
+        )
         if not result.has_sufficient_tools and result.keywords:
             ranked, _ = ranking.rank(result.keywords, entries, max(1, min(max_recommendations or 5, 50)))
             resp.recommendations.extend(self._candidate(r) for r in ranked)
@@ -194,20 +224,34 @@ class Discovery:
                 if existing.version == wanted or not version:
                     return pb.InstallServerResponse(server=self._describe(existing), already_installed=True)
                 raise FailedPrecondition(
-                    f"{server.name} is installed at {existing.version}; uninstall it before installing {wanted}",
-                    reason="ALREADY_INSTALLED_OTHER_VERSION", metadata={"installed": existing.version})
+                    f"{server.name} is installed at {existing.version}; "
+                    f"uninstall it before installing {wanted}",
+                    reason="ALREADY_INSTALLED_OTHER_VERSION",
+                    metadata={"installed": existing.version},
+                )
             if not remote_url:
                 denied = policy.denial(self.dcfg, server, version)
                 if denied:
-                    raise FailedPrecondition(f"installing {server.name} is not allowed: {denied}",
-                                             reason="INSTALL_NOT_ALLOWED", metadata={"name": server.name})
+                    raise FailedPrecondition(
+                        f"installing {server.name} is not allowed: {denied}",
+                        reason="INSTALL_NOT_ALLOWED",
+                        metadata={"name": server.name},
+                    )
             tool_id = catalog_mod.tool_id_for(server.name)
             owner = self.registry.entry(tool_id)
             if owner is not None and owner.tool.owner != mapping.OWNER:
-                raise FailedPrecondition(f"tool id {tool_id} is already registered by {owner.tool.owner}",
-                                         reason="TOOL_ID_TAKEN", metadata={"tool_id": tool_id})
-            live = pb.InstalledServer(name=server.name, tool_id=tool_id, endpoint=f"mcp://{tool_id}",
-                                      version=wanted, state=pb.SERVER_STATE_INSTALLING)
+                raise FailedPrecondition(
+                    f"tool id {tool_id} is already registered by {owner.tool.owner}",
+                    reason="TOOL_ID_TAKEN",
+                    metadata={"tool_id": tool_id},
+                )
+            live = pb.InstalledServer(
+                name=server.name,
+                tool_id=tool_id,
+                endpoint=f"mcp://{tool_id}",
+                version=wanted,
+                state=pb.SERVER_STATE_INSTALLING,
+            )
             self.installing[server.name] = live
 
             def progress(p: float, message: str) -> None:
@@ -224,35 +268,54 @@ class Discovery:
             progress(1.0, f"running with {len(self.runners[tool_id].actions)} tools")
             return pb.InstallServerResponse(server=self._describe(record), progress=steps)
 
-    async def _install(self, server: pb.CatalogServer, pkg: pb.ServerPackage | None, version: str, tool_id: str,
-                       progress: Progress, live: pb.InstalledServer) -> ServerRecord:
+    async def _install(
+        self,
+        server: pb.CatalogServer,
+        pkg: pb.ServerPackage | None,
+        version: str,
+        tool_id: str,
+        progress: Progress,
+        live: pb.InstalledServer,
+    ) -> ServerRecord:
         remote = next((r for r in server.remotes if r.transport_type == "streamable-http"), None)
-        record = ServerRecord(name=server.name, tool_id=tool_id, registry_type="", identifier="", version=version,
-                              title=server.title, description=server.description, tags=list(server.tags),
-                              installed_at=time.time())
+        record = ServerRecord(
+            name=server.name,
+            tool_id=tool_id,
+            registry_type="",
+            identifier="",
+            version=version,
+            title=server.title,
+            description=server.description,
+            tags=list(server.tags),
+            installed_at=time.time(),
+        )
         if pkg is not None:
             env = _package_env(pkg)
             installed = await self.installer.install(tool_id, pkg, version, progress)
             record.registry_type, record.identifier = pkg.registry_type, pkg.identifier
-            record.command, record.args, record.cwd, record.env = (installed.command, installed.args,
-                                                                   installed.cwd, env)
-            record.artifacts = [{"name": a.name, "version": a.version, "hash": a.hash} for a in installed.artifacts]
+            record.command, record.args, record.cwd, record.env = (
+                installed.command,
+                installed.args,
+                installed.cwd,
+                env,
+            )
+            record.artifacts = [
+                {"name": a.name, "version": a.version, "hash": a.hash} for a in installed.artifacts
+            ]
         elif remote is not None:
             record.registry_type, record.identifier, record.url = "remote", remote.url, remote.url
         else:
             raise FailedPrecondition(f"{server.name} has nothing to install", reason="INSTALL_NOT_ALLOWED")
         progress(0.7, "starting the server")
         live.state = pb.SERVER_STATE_STARTING
-        runner = self._runner(record)
+        runner = self.fleet.runner(record)
         try:
             await runner.start(strict=True)
             self.records[record.name] = record
             self.state.save(self.records)
         except BaseException:
             self.records.pop(record.name, None)
-            self.runners.pop(tool_id, None)
-            await runner.stop()
-            await self._deregister(tool_id)
+            await self.fleet.discard(tool_id)
             self.installer.remove(tool_id)
             raise
         return record
@@ -263,8 +326,10 @@ class Discovery:
         if not catalog_mod.NAME.match(name):
             raise InvalidRequest(f"name {name!r} must look like namespace/name", reason="INVALID_NAME")
         if not (self.dcfg.allow_remotes):
-            raise FailedPrecondition("federating remote servers is disabled (discovery.allow_remotes)",
-                                     reason="INSTALL_NOT_ALLOWED")
+            raise FailedPrecondition(
+                "federating remote servers is disabled (discovery.allow_remotes)",
+                reason="INSTALL_NOT_ALLOWED",
+            )
         s = pb.CatalogServer(name=name, description=f"MCP server at {url}", source="admin")
         s.remotes.add(transport_type="streamable-http", url=url)
         return s
@@ -272,20 +337,20 @@ class Discovery:
     async def uninstall(self, name: str) -> pb.UninstallServerResponse:
         record = self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
         if record is None:
-            raise NotFound(f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED",
-                           metadata={"name": name})
+            raise NotFound(
+                f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
+            )
         async with self._lock(record.name):
             described = self._describe(record)
-            runner = self.runners.pop(record.tool_id, None)
-            if runner is not None:
-                await runner.stop()
-            removed = await self._deregister(record.tool_id)
+            removed = await self.fleet.discard(record.tool_id)
             self.records.pop(record.name, None)
             self.state.save(self.records)
             self.installer.remove(record.tool_id)
             described.state = pb.SERVER_STATE_STOPPED
             log.info("uninstalled %s", record.name)
-            return pb.UninstallServerResponse(server=described, removed_tool_ids=[record.tool_id] if removed else [])
+            return pb.UninstallServerResponse(
+                server=described, removed_tool_ids=[record.tool_id] if removed else []
+            )
 
     def list_servers(self) -> list[pb.InstalledServer]:
         out = {r.name: self._describe(r) for r in self.records.values()}
@@ -295,9 +360,15 @@ class Discovery:
 
     def _describe(self, r: ServerRecord) -> pb.InstalledServer:
         runner = self.runners.get(r.tool_id)
-        s = pb.InstalledServer(name=r.name, tool_id=r.tool_id, endpoint=f"mcp://{r.tool_id}", version=r.version,
-                               registry_type=r.registry_type, identifier=r.identifier,
-                               artifacts=[pb.ArtifactHash(**a) for a in r.artifacts])
+        s = pb.InstalledServer(
+            name=r.name,
+            tool_id=r.tool_id,
+            endpoint=f"mcp://{r.tool_id}",
+            version=r.version,
+            registry_type=r.registry_type,
+            identifier=r.identifier,
+            artifacts=[pb.ArtifactHash(**a) for a in r.artifacts],
+        )
         s.installed_at.FromNanoseconds(int(r.installed_at * 1e9))
         if runner is not None:
             s.state, s.status_message, s.restarts = runner.state, runner.message, runner.restarts  # type: ignore[assignment]
@@ -306,95 +377,6 @@ class Discovery:
             s.progress = 1.0 if runner.state == pb.SERVER_STATE_RUNNING else 0.8
         return s
 
-    # -- running servers -------------------------------------------------------
-
-    def _runner(self, record: ServerRecord) -> ServerRunner:
-        if record.url:
-            spec = LaunchSpec(url=record.url)
-        else:
-            spec = LaunchSpec(command=record.command, args=list(record.args), env={**base_env(), **record.env},
-                              cwd=record.cwd, log_path=self.installer.dir_for(record.tool_id) / "server.log",
-                              pid_path=self.installer.dir_for(record.tool_id) / "server.pid")
-        runner = ServerRunner(record.name, spec, self.dcfg, self._on_tools, self._on_state)
-        runner.record = record  # type: ignore[attr-defined]
-        self.runners[record.tool_id] = runner
-        return runner
-
-    async def _on_tools(self, runner: ServerRunner, tools: list[types.Tool]) -> None:
-        record: ServerRecord = runner.record  # type: ignore[attr-defined]
-        if not tools:
-            raise FailedPrecondition(f"MCP server {record.name} offers no tools", reason="NO_TOOLS")
-        definition, actions = mapping.tool_definition(
-            record.tool_id, record.title or record.name, record.description or record.name, record.version,
-            tools, record.tags)
-        definition.metadata["registry_type"] = record.registry_type
-        await self.registry.register(definition)
-        runner.actions = actions
-
-    async def _on_state(self, runner: ServerRunner) -> None:
-        record: ServerRecord = runner.record  # type: ignore[attr-defined]
-        health = HEALTHY if runner.state == pb.SERVER_STATE_RUNNING else UNHEALTHY
-        await self.registry.set_health(record.tool_id, health)
-
-    async def _deregister(self, tool_id: str) -> bool:
-        entry = self.registry.entry(tool_id)
-        if entry is None or entry.tool.owner != mapping.OWNER:
-            return False
-        await self.registry.deregister(tool_id)
-        return True
-
-    async def _restore(self) -> None:
-        """Bring persisted servers back; drop tools and directories nothing persisted owns."""
-        self.records = self.state.load()
-        owned = {r.tool_id for r in self.records.values()}
-        for entry in self.registry.entries():
-            if entry.tool.owner == mapping.OWNER and entry.tool.tool_id not in owned:
-                await self.registry.deregister(entry.tool.tool_id)
-        if self.install_dir.is_dir():
-            for d in self.install_dir.iterdir():
-                if d.is_dir() and d.name not in owned:
-                    log.warning("removing %s: no installed server owns it", d)
-                    kill_stale_group(d / "server.pid", str(d / "work"))
-                    shutil.rmtree(d, ignore_errors=True)
-        runners = [self._runner(r) for r in self.records.values()]
-        if runners:
-            async with asyncio.TaskGroup() as tg:
-                for runner in runners:
-                    tg.create_task(runner.start(strict=False))
-
-    async def _stop_all(self) -> None:
-        runners, self.runners = list(self.runners.values()), {}
-        if runners:
-            await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
-
-    # -- the router transport for mcp:// --------------------------------------
-
-    async def handle(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
-                     on_progress: ProgressFn | None) -> ex.ExecuteResponse:
-        """Forward one ExecuteRequest to the server's MCP session and map the result."""
-        runner = self.runners.get(entry.endpoint.address)
-        if runner is None:
-            raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
-        name = runner.actions.get(request.action, request.action)
-        try:
-            async with asyncio.timeout(timeout):
-                result = await runner.call(name, struct_to_dict(request.arguments), timeout)
-        except TimeoutError:
-            return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, f"{entry.tool.tool_id}.{request.action} took longer "
-                                                                f"than {timeout:g}s")
-        except MCPError as exc:
-            kind = tool_pb2.ERROR_TYPE_INVALID_INPUT if exc.error.code == -32602 else tool_pb2.ERROR_TYPE_TOOL_ERROR
-            if exc.error.code == types.CONNECTION_CLOSED:
-                kind = tool_pb2.ERROR_TYPE_SYSTEM
-            return error_response(kind, f"MCP server {runner.name}: {exc.error.message}")
-        except MeshError:
-            raise
-        except Exception as exc:  # a broken session is the server's failure, reported as a result
-            log.warning("MCP call %s.%s failed: %r", runner.name, name, exc)
-            return error_response(tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000])
-        return mapping.to_response(result)
-
-
 
 def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:
     env = {}
@@ -402,7 +384,9 @@ def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:
         if v.default and not v.is_secret:
             env[v.name] = v.default
         elif v.is_required:
-            raise FailedPrecondition(f"{pkg.identifier} needs {v.name} ({v.description}), which the mesh cannot "
-                                     "provide yet", reason="MISSING_ENVIRONMENT", metadata={"variable": v.name})
+            raise FailedPrecondition(
+                f"{pkg.identifier} needs {v.name} ({v.description}), which the mesh cannot provide yet",
+                reason="MISSING_ENVIRONMENT",
+                metadata={"variable": v.name},
+            )
     return env
-

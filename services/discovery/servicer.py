@@ -7,10 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import InvalidRequest
 from services.discovery.service import Discovery
-from toolscore.v1 import discovery_pb2 as pb
 
 SERVICE = "toolscore.v1.ToolScoreService"
 # Installs run third-party code: they need the admin token when one is configured.
@@ -21,29 +21,41 @@ class DiscoveryServicer:
     def __init__(self, discovery: Discovery) -> None:
         self.discovery = discovery
 
-    async def AnalyzeGap(self, request: pb.AnalyzeGapRequest, context: grpc.aio.ServicerContext
-                         ) -> pb.AnalyzeGapResponse:
-        return await self.discovery.analyze_gap(request.task_description, list(request.current_tools),
-                                                request.context, request.max_recommendations)
+    async def AnalyzeGap(
+        self, request: pb.AnalyzeGapRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AnalyzeGapResponse:
+        return await self.discovery.analyze_gap(
+            request.task_description,
+            list(request.current_tools),
+            request.context,
+            request.max_recommendations,
+        )
 
-    async def SearchServers(self, request: pb.SearchServersRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.SearchServersResponse:
+    async def SearchServers(
+        self, request: pb.SearchServersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchServersResponse:
         if request.page_size < 0:
             raise InvalidRequest("page_size must not be negative", reason="INVALID_PAGE_SIZE")
-        candidates, total, unreachable = await self.discovery.search(request.query, request.page_size,
-                                                                     request.curated_only)
-        return pb.SearchServersResponse(candidates=candidates, total_found=total, unreachable_registries=unreachable)
+        candidates, total, unreachable = await self.discovery.search(
+            request.query, request.page_size, request.curated_only
+        )
+        return pb.SearchServersResponse(
+            candidates=candidates, total_found=total, unreachable_registries=unreachable
+        )
 
-    async def InstallServer(self, request: pb.InstallServerRequest, context: grpc.aio.ServicerContext
-                            ) -> pb.InstallServerResponse:
+    async def InstallServer(
+        self, request: pb.InstallServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.InstallServerResponse:
         return await self.discovery.install(request.name, request.version, request.remote_url)
 
-    async def UninstallServer(self, request: pb.UninstallServerRequest, context: grpc.aio.ServicerContext
-                              ) -> pb.UninstallServerResponse:
+    async def UninstallServer(
+        self, request: pb.UninstallServerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UninstallServerResponse:
         return await self.discovery.uninstall(request.name)
 
-    async def ListServers(self, request: pb.ListServersRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.ListServersResponse:
+    async def ListServers(
+        self, request: pb.ListServersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListServersResponse:
         size = request.page_size or 100
         if not 0 < size <= 1000:
             raise InvalidRequest("page_size must be 1..1000", reason="INVALID_PAGE_SIZE")
@@ -53,9 +65,11 @@ class DiscoveryServicer:
             try:
                 after = base64.urlsafe_b64decode(request.page_token.encode()).decode()
             except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidRequest("page_token is not one this server issued", reason="INVALID_PAGE_TOKEN") from exc
+                raise InvalidRequest(
+                    "page_token is not one this server issued", reason="INVALID_PAGE_TOKEN"
+                ) from exc
             start = next((i for i, s in enumerate(servers) if s.name > after), len(servers))
-        page = servers[start:start + size]
+        page = servers[start : start + size]
         token = ""
         if start + size < len(servers):
             token = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
@@ -77,5 +91,6 @@ def method_handlers(servicer: DiscoveryServicer) -> dict[str, grpc.RpcMethodHand
     for name, (req, resp) in _MESSAGES.items():
         fn: Callable[..., Awaitable[Any]] = getattr(servicer, name)
         out[name] = grpc.unary_unary_rpc_method_handler(
-            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString)
+            fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        )
     return out

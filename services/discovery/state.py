@@ -44,8 +44,11 @@ class StateFile:
         except FileNotFoundError:
             return {}
         known = set(ServerRecord.__dataclass_fields__)
-        return {r["name"]: ServerRecord(**{k: v for k, v in r.items() if k in known})
-                for r in raw.get("servers", []) if isinstance(r, dict) and "name" in r}
+        return {
+            r["name"]: ServerRecord(**{k: v for k, v in r.items() if k in known})
+            for r in raw.get("servers", [])
+            if isinstance(r, dict) and "name" in r
+        }
 
     def save(self, records: dict[str, ServerRecord]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,12 +31,27 @@ log = logging.getLogger(__name__)
 class StdioTransport:
     """An async context manager yielding (read stream, write stream) for `mcp.Client`."""
 
-    def __init__(self, command: str, args: list[str], *, env: dict[str, str], cwd: str, log_path: Path,
-                 max_line_bytes: int = 4 << 20, max_invalid_lines: int = 50, stop_grace_s: float = 2.0,
-                 on_close: Callable[[], None] | None = None, pid_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        command: str,
+        args: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        log_path: Path,
+        max_line_bytes: int = 4 << 20,
+        max_invalid_lines: int = 50,
+        stop_grace_s: float = 2.0,
+        on_close: Callable[[], None] | None = None,
+        pid_path: Path | None = None,
+    ) -> None:
         self.command, self.args, self.env, self.cwd = command, args, env, cwd
         self.log_path = log_path
-        self.max_line_bytes, self.max_invalid_lines, self.grace = max_line_bytes, max_invalid_lines, stop_grace_s
+        self.max_line_bytes, self.max_invalid_lines, self.grace = (
+            max_line_bytes,
+            max_invalid_lines,
+            stop_grace_s,
+        )
         self.on_close = on_close
         self.pid_path = pid_path  # remembers the process group, so a hub killed hard can clean up next time
         self.proc: asyncio.subprocess.Process | None = None
@@ -74,10 +89,17 @@ class StdioTransport:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.pid_path is not None:
             kill_stale_group(self.pid_path, self.cwd)
-        with open(self.log_path, "ab") as errlog:  # the child keeps its own descriptor
+        with open(self.log_path, "ab") as errlog:  # noqa: ASYNC230 (a local append: no waiting)  # the child keeps its own descriptor
             self.proc = await asyncio.create_subprocess_exec(
-                self.command, *self.args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=errlog, cwd=self.cwd, env=self.env, start_new_session=True, limit=self.max_line_bytes,
+                self.command,
+                *self.args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errlog,
+                cwd=self.cwd,
+                env=self.env,
+                start_new_session=True,
+                limit=self.max_line_bytes,
                 preexec_fn=die_with_parent,
             )
         if self.pid_path is not None:
@@ -85,8 +107,10 @@ class StdioTransport:
         log.info("started MCP server pid %d: %s", self.proc.pid, os.path.basename(self.command))
         read_send, self._read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         self._write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
-        self._tasks = [asyncio.create_task(self._reader(read_send), name=f"mcp-stdout-{self.proc.pid}"),
-                       asyncio.create_task(self._writer(write_recv), name=f"mcp-stdin-{self.proc.pid}")]
+        self._tasks = [
+            asyncio.create_task(self._reader(read_send), name=f"mcp-stdout-{self.proc.pid}"),
+            asyncio.create_task(self._writer(write_recv), name=f"mcp-stdin-{self.proc.pid}"),
+        ]
         return self._read_recv, self._write_send
 
     async def __aexit__(self, *exc: object) -> None:
@@ -134,8 +158,10 @@ class StdioTransport:
                 except ValueError:
                     self.invalid_lines += 1
                     if self.invalid_lines > self.max_invalid_lines:
-                        self.failure = (f"server wrote more than {self.max_invalid_lines} lines to stdout "
-                                        "that are not JSON-RPC")
+                        self.failure = (
+                            f"server wrote more than {self.max_invalid_lines} lines to stdout "
+                            "that are not JSON-RPC"
+                        )
                         return
                     continue
                 try:
@@ -186,9 +212,9 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
 
 
-async def _wait_exit(proc: asyncio.subprocess.Process, timeout: float) -> bool:
+async def _wait_exit(proc: asyncio.subprocess.Process, seconds: float) -> bool:
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(seconds):
             await proc.wait()
         return True
     except TimeoutError:

@@ -1,4 +1,5 @@
-"""Fixtures for discovery: real packages built here, and local stand-ins for PyPI, npm, the MCP Registry and an LLM.
+"""Fixtures for discovery: real packages built here, and local stand-ins for PyPI, npm,
+the MCP Registry and an LLM.
 
 - `build_wheel(dist, version, behaviour)`: a real wheel of the tiny stdlib MCP server.
 - `npm_pack(name, version)`: a real npm tarball (`npm pack`) of the tiny Node MCP server.
@@ -47,7 +48,9 @@ def build_wheel(out: Path, dist: str, version: str, behaviour: str = "ok", requi
     """A py3-none-any wheel of the tiny server with a console script named `dist`."""
     mod = dist.replace("-", "_")
     src = (FIXTURES / "tiny_mcp_server.py").read_text()
-    src = src.replace('BEHAVIOUR = "ok"', f"BEHAVIOUR = {behaviour!r}").replace('NAME = "tiny"', f"NAME = {dist!r}")
+    src = src.replace('BEHAVIOUR = "ok"', f"BEHAVIOUR = {behaviour!r}").replace(
+        'NAME = "tiny"', f"NAME = {dist!r}"
+    )
     info = f"{mod}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
     if requires:
@@ -55,7 +58,8 @@ def build_wheel(out: Path, dist: str, version: str, behaviour: str = "ok", requi
     files = {
         f"{mod}.py": src.encode(),
         f"{info}/METADATA": metadata.encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: toolscore-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: toolscore-tests\nRoot-Is-Purelib: true\n"
+        b"Tag: py3-none-any\n",
         f"{info}/entry_points.txt": f"[console_scripts]\n{dist} = {mod}:main\n".encode(),
     }
     record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in files.items()) + f"{info}/RECORD,,\n"
@@ -72,21 +76,53 @@ def npm_pack(out: Path, name: str, version: str) -> Path:
     src = out / f"src-{name}-{version}"
     src.mkdir(parents=True)
     shutil.copy(FIXTURES / "tiny_mcp_server.js", src / "server.js")
-    (src / "package.json").write_text(json.dumps({"name": name, "version": version, "bin": {name: "server.js"},
-                                                  "license": "MIT", "description": "tiny test MCP server"}))
-    proc = subprocess.run(["npm", "pack", "--pack-destination", str(out), "--loglevel=error"], cwd=src,
-                          capture_output=True, text=True, timeout=60, check=True)
+    (src / "package.json").write_text(
+        json.dumps(
+            {
+                "name": name,
+                "version": version,
+                "bin": {name: "server.js"},
+                "license": "MIT",
+                "description": "tiny test MCP server",
+            }
+        )
+    )
+    proc = subprocess.run(
+        ["npm", "pack", "--pack-destination", str(out), "--loglevel=error"],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     return out / proc.stdout.strip().splitlines()[-1]
 
 
-def server_json(name: str, description: str, registry: str, identifier: str, version: str,
-                tools: list[tuple[str, str]] = (), tags: list[str] = (), remote_url: str = "") -> dict[str, Any]:
-    doc: dict[str, Any] = {"name": name, "description": description, "version": version,
-                           "_meta": {META: {"tools": [{"name": n, "description": d} for n, d in tools],
-                                            "tags": list(tags)}}}
+def server_json(
+    name: str,
+    description: str,
+    registry: str,
+    identifier: str,
+    version: str,
+    tools: list[tuple[str, str]] = (),
+    tags: list[str] = (),
+    remote_url: str = "",
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "description": description,
+        "version": version,
+        "_meta": {META: {"tools": [{"name": n, "description": d} for n, d in tools], "tags": list(tags)}},
+    }
     if registry:
-        doc["packages"] = [{"registryType": registry, "identifier": identifier, "version": version,
-                            "transport": {"type": "stdio"}}]
+        doc["packages"] = [
+            {
+                "registryType": registry,
+                "identifier": identifier,
+                "version": version,
+                "transport": {"type": "stdio"},
+            }
+        ]
     if remote_url:
         doc["remotes"] = [{"type": "streamable-http", "url": remote_url}]
     return doc
@@ -122,8 +158,12 @@ def _index_app(idx: PackageIndex) -> web.Application:
         links = []
         for w in wheels:
             files[w.name] = w
-            links.append(f'<a href="/files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>')
-        return web.Response(text="<html><body>" + "\n".join(links) + "</body></html>", content_type="text/html")
+            links.append(
+                f'<a href="/files/{w.name}#sha256={hashlib.sha256(w.read_bytes()).hexdigest()}">{w.name}</a>'
+            )
+        return web.Response(
+            text="<html><body>" + "\n".join(links) + "</body></html>", content_type="text/html"
+        )
 
     async def file(request: web.Request) -> web.FileResponse:
         path = files.get(request.match_info["name"])
@@ -144,9 +184,15 @@ def _index_app(idx: PackageIndex) -> web.Application:
             data = path.read_bytes()
             files[path.name] = path
             body["versions"][v] = {
-                "name": name, "version": v, "bin": {name: "server.js"},
-                "dist": {"tarball": f"{idx.url}/files/{path.name}", "shasum": hashlib.sha1(data).hexdigest(),
-                         "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode()}}
+                "name": name,
+                "version": v,
+                "bin": {name: "server.js"},
+                "dist": {
+                    "tarball": f"{idx.url}/files/{path.name}",
+                    "shasum": hashlib.sha1(data).hexdigest(),
+                    "integrity": "sha512-" + base64.b64encode(hashlib.sha512(data).digest()).decode(),
+                },
+            }
         return web.json_response(body)
 
     async def servers(request: web.Request) -> web.Response:
@@ -155,13 +201,27 @@ def _index_app(idx: PackageIndex) -> web.Application:
         search = q.get("search", "").lower()
         hits = [s for s in idx.servers if search in s["name"].lower()]
         start = int(q.get("cursor") or 0)
-        page = hits[start:start + 2]  # small pages: clients must follow the cursor
+        page = hits[start : start + 2]  # small pages: clients must follow the cursor
         meta: dict[str, Any] = {"count": len(page)}
         if start + 2 < len(hits):
             meta["nextCursor"] = str(start + 2)
-        return web.json_response({"servers": [{"server": s, "_meta": {
-            "io.modelcontextprotocol.registry/official": {"status": "active", "isLatest": True}}} for s in page],
-            "metadata": meta})
+        return web.json_response(
+            {
+                "servers": [
+                    {
+                        "server": s,
+                        "_meta": {
+                            "io.modelcontextprotocol.registry/official": {
+                                "status": "active",
+                                "isLatest": True,
+                            }
+                        },
+                    }
+                    for s in page
+                ],
+                "metadata": meta,
+            }
+        )
 
     app = web.Application()
     app.router.add_get("/simple/{project}/", simple)
@@ -205,12 +265,22 @@ async def llm() -> AsyncIterator[ScriptedLlm]:
         body = await request.json()
         script.requests.append(body)
         content = script.answers.pop(0) if script.answers else ""
-        return web.json_response({
-            "id": f"chatcmpl-{len(script.requests)}", "object": "chat.completion", "created": 0,
-            "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{len(script.requests)}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model", "scripted"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content},
+                    }
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
@@ -234,12 +304,24 @@ def write_catalog(d: Path, doc: dict[str, Any]) -> None:
 @pytest.fixture
 def dcfg(cfg: Config, catalog_dir: Path, pkg_index: PackageIndex) -> Config:
     """Discovery pointed at the local index; small timeouts so failures show fast."""
-    return config_mod.replace(cfg, discovery={
-        "catalog_dir": str(catalog_dir), "registries": (pkg_index.url,),
-        "pip_index_url": f"{pkg_index.url}/simple/", "npm_registry": f"{pkg_index.url}/npm/",
-        "allowed_packages": (f"pypi:ts-*", "npm:ts-*"), "start_timeout_s": 5.0, "health_interval_s": 0.5,
-        "health_timeout_s": 2.0, "restart_backoff_s": 0.05, "restart_backoff_max_s": 0.5, "install_timeout_s": 120.0,
-        "stop_grace_s": 1.0, "registry_cache_s": 0.0})
+    return config_mod.replace(
+        cfg,
+        discovery={
+            "catalog_dir": str(catalog_dir),
+            "registries": (pkg_index.url,),
+            "pip_index_url": f"{pkg_index.url}/simple/",
+            "npm_registry": f"{pkg_index.url}/npm/",
+            "allowed_packages": ("pypi:ts-*", "npm:ts-*"),
+            "start_timeout_s": 5.0,
+            "health_interval_s": 0.5,
+            "health_timeout_s": 2.0,
+            "restart_backoff_s": 0.05,
+            "restart_backoff_max_s": 0.5,
+            "install_timeout_s": 120.0,
+            "stop_grace_s": 1.0,
+            "registry_cache_s": 0.0,
+        },
+    )
 
 
 def processes_under(path: Path) -> list[int]:
@@ -264,7 +346,7 @@ def pid_alive(pid: int) -> bool:
     return state != "Z"
 
 
-async def wait_exited(pid: int, timeout: float = 20.0) -> None:
+async def wait_exited(pid: int, within_s: float = 20.0) -> None:
     """Wait (event-driven, through a pidfd) until process `pid` has exited."""
     try:
         fd = os.pidfd_open(pid)
@@ -274,7 +356,7 @@ async def wait_exited(pid: int, timeout: float = 20.0) -> None:
     done = asyncio.Event()
     loop.add_reader(fd, done.set)
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within_s):
             await done.wait()
     finally:
         loop.remove_reader(fd)

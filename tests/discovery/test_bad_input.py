@@ -9,21 +9,35 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
+from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
-from tests.discovery.conftest import NS, PackageIndex, build_wheel, processes_under, server_json, write_catalog
-from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
-from toolscore.v1 import toolscore_pb2 as ts
+from tests.discovery.conftest import (
+    NS,
+    PackageIndex,
+    build_wheel,
+    processes_under,
+    server_json,
+    write_catalog,
+)
 
 
-def _publish(pkg_index: PackageIndex, root: Path, catalog_dir: Path | None, short: str, behaviour: str = "ok",
-             version: str = "1.0.0", requires: str = "") -> str:
+def _publish(
+    pkg_index: PackageIndex,
+    root: Path,
+    catalog_dir: Path | None,
+    short: str,
+    behaviour: str = "ok",
+    version: str = "1.0.0",
+    requires: str = "",
+) -> str:
     wheels = root / "wheels"
     wheels.mkdir(exist_ok=True)
     dist = f"ts-{short}-mcp"
@@ -57,8 +71,11 @@ async def _assert_clean_and_healthy(hub: Hub) -> None:
         health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         resp = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ExecuteTool(
-            ts.ExecuteToolRequest(tool_id="builtin", action="add", arguments=dict_to_struct({"a": 1, "b": 2})),
-            timeout=5)
+            ts.ExecuteToolRequest(
+                tool_id="builtin", action="add", arguments=dict_to_struct({"a": 1, "b": 2})
+            ),
+            timeout=5,
+        )
         assert struct_to_dict(resp.structured) == {"sum": 3}
 
 
@@ -70,8 +87,9 @@ async def test_an_unknown_server_is_not_found(dcfg: Config) -> None:
         await _assert_clean_and_healthy(hub)
 
 
-async def test_a_version_that_does_not_exist_fails_cleanly(dcfg: Config, pkg_index: PackageIndex, root: Path,
-                                                           catalog_dir: Path) -> None:
+async def test_a_version_that_does_not_exist_fails_cleanly(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "versioned")
     async with Hub(dcfg) as hub:
         code, reason, details = await _install_error(hub, name, version="9.9.9")
@@ -80,8 +98,9 @@ async def test_a_version_that_does_not_exist_fails_cleanly(dcfg: Config, pkg_ind
         await _assert_clean_and_healthy(hub)
 
 
-async def test_a_version_range_is_refused_before_anything_is_fetched(dcfg: Config, pkg_index: PackageIndex,
-                                                                     root: Path, catalog_dir: Path) -> None:
+async def test_a_version_range_is_refused_before_anything_is_fetched(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "ranged")
     async with Hub(dcfg) as hub:
         code, reason, details = await _install_error(hub, name, version=">=1.0")
@@ -90,8 +109,9 @@ async def test_a_version_range_is_refused_before_anything_is_fetched(dcfg: Confi
         await _assert_clean_and_healthy(hub)
 
 
-async def test_a_package_that_fails_to_install_leaves_nothing_behind(dcfg: Config, pkg_index: PackageIndex,
-                                                                     root: Path, catalog_dir: Path) -> None:
+async def test_a_package_that_fails_to_install_leaves_nothing_behind(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "broken", requires="ts-missing-dependency==1.0")
     async with Hub(dcfg) as hub:
         code, reason, details = await _install_error(hub, name)
@@ -101,7 +121,8 @@ async def test_a_package_that_fails_to_install_leaves_nothing_behind(dcfg: Confi
 
 
 async def test_a_server_that_exits_at_start_reports_its_exit_code_and_stderr(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "quitter", behaviour="exit")
     async with Hub(dcfg) as hub:
         code, reason, details = await _install_error(hub, name)
@@ -111,7 +132,8 @@ async def test_a_server_that_exits_at_start_reports_its_exit_code_and_stderr(
 
 
 async def test_a_server_that_never_answers_initialize_times_out_and_is_killed(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "mute", behaviour="silent")
     cfg = config_mod.replace(dcfg, discovery={"start_timeout_s": 1.5})
     async with Hub(cfg) as hub:
@@ -122,7 +144,8 @@ async def test_a_server_that_never_answers_initialize_times_out_and_is_killed(
 
 
 async def test_a_server_that_floods_stdout_with_garbage_is_cut_off(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "noisy", behaviour="garbage")
     async with Hub(dcfg) as hub:
         code, reason, details = await _install_error(hub, name)
@@ -132,13 +155,15 @@ async def test_a_server_that_floods_stdout_with_garbage_is_cut_off(
 
 
 async def test_a_registry_package_outside_the_allow_list_is_refused(
-        dcfg: Config, pkg_index: PackageIndex, root: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path
+) -> None:
     name = _publish(pkg_index, root, None, "stranger")
     cfg = config_mod.replace(dcfg, discovery={"allowed_packages": ("npm:*",)})
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             found = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).SearchServers(
-                pb.SearchServersRequest(query="stranger"), timeout=10)
+                pb.SearchServersRequest(query="stranger"), timeout=10
+            )
         assert "allowed_packages" in found.candidates[0].policy_denial
         code, reason, details = await _install_error(hub, name)
         assert code == grpc.StatusCode.FAILED_PRECONDITION and reason == "INSTALL_NOT_ALLOWED"
@@ -147,7 +172,8 @@ async def test_a_registry_package_outside_the_allow_list_is_refused(
 
 
 async def test_installs_need_the_admin_token_when_one_is_configured(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "guarded")
     cfg = config_mod.replace(dcfg, auth={"admin_token": "s3cret"})
     async with Hub(cfg) as hub:
@@ -155,19 +181,25 @@ async def test_installs_need_the_admin_token_when_one_is_configured(
         assert code == grpc.StatusCode.UNAUTHENTICATED and reason == "ADMIN_TOKEN_REQUIRED"
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
-            ok = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=60,
-                                          metadata=(("authorization", "Bearer s3cret"),))
+            ok = await stub.InstallServer(
+                pb.InstallServerRequest(name=name), timeout=60, metadata=(("authorization", "Bearer s3cret"),)
+            )
             assert ok.server.state == pb.SERVER_STATE_RUNNING
-            again = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=60,
-                                             metadata=(("authorization", "Bearer s3cret"),))
+            again = await stub.InstallServer(
+                pb.InstallServerRequest(name=name), timeout=60, metadata=(("authorization", "Bearer s3cret"),)
+            )
             assert again.already_installed
-            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30,
-                                       metadata=(("authorization", "Bearer s3cret"),))
+            await stub.UninstallServer(
+                pb.UninstallServerRequest(name=name),
+                timeout=30,
+                metadata=(("authorization", "Bearer s3cret"),),
+            )
         await _assert_clean_and_healthy(hub)
 
 
 async def test_a_server_that_dies_is_restarted_with_backoff_and_its_health_follows(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir, "phoenix")
     async with Hub(dcfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
@@ -176,21 +208,35 @@ async def test_a_server_that_dies_is_restarted_with_backoff_and_its_health_follo
             installed = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=60)
             tool_id = installed.server.tool_id
             first_pid = hub.discovery.runners[tool_id].transport.pid
-            events = library.WatchToolEvents(lib.WatchToolEventsRequest(
-                since_revision=hub.registry.revision, tool_ids=[tool_id], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]))
-            crashed = await stub.ExecuteTool(ts.ExecuteToolRequest(tool_id=tool_id, action="crash"), timeout=20)
+            events = library.WatchToolEvents(
+                lib.WatchToolEventsRequest(
+                    since_revision=hub.registry.revision,
+                    tool_ids=[tool_id],
+                    types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED],
+                )
+            )
+            crashed = await stub.ExecuteTool(
+                ts.ExecuteToolRequest(tool_id=tool_id, action="crash"), timeout=20
+            )
             assert crashed.is_error and crashed.error.type == tool_pb2.ERROR_TYPE_SYSTEM
             seen = []
             async with asyncio.timeout(15):
                 async for ev in events:
                     seen.append(ev.event.tool.health)
-                    if seen[-1] == tool_pb2.HEALTH_STATUS_HEALTHY and tool_pb2.HEALTH_STATUS_UNHEALTHY in seen:
+                    if (
+                        seen[-1] == tool_pb2.HEALTH_STATUS_HEALTHY
+                        and tool_pb2.HEALTH_STATUS_UNHEALTHY in seen
+                    ):
                         break
             events.cancel()
             runner = hub.discovery.runners[tool_id]
             assert runner.restarts >= 1 and runner.transport.pid != first_pid
-            resp = await stub.ExecuteTool(ts.ExecuteToolRequest(
-                tool_id=tool_id, action="echo", arguments=dict_to_struct({"text": "back"})), timeout=20)
+            resp = await stub.ExecuteTool(
+                ts.ExecuteToolRequest(
+                    tool_id=tool_id, action="echo", arguments=dict_to_struct({"text": "back"})
+                ),
+                timeout=20,
+            )
             assert resp.content[0].text.text == "back"
             await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
         await _assert_clean_and_healthy(hub)

@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import mcp_types as types
 import pytest
+from toolscore.v1 import tool_pb2
 
 from services.common.config import REPO_ROOT, DiscoveryConfig
 from services.common.errors import InvalidRequest
@@ -17,37 +18,60 @@ from services.discovery.remote_registry import RegistryUnreachable, RemoteRegist
 from services.library.validation import check_tool
 from tests.conftest import free_port
 from tests.discovery.conftest import NS, PackageIndex, server_json
-from toolscore.v1 import tool_pb2
 
 CURATED = catalog.load_dir(REPO_ROOT / "config" / "catalog")
 
 
 def test_the_curated_catalog_holds_the_six_servers_with_pinned_versions() -> None:
     by_pkg = {s.packages[0].identifier: s for s in CURATED}
-    assert set(by_pkg) == {"mcp-server-time", "mcp-server-git", "mcp-server-calculator",
-                           "@modelcontextprotocol/server-everything", "@modelcontextprotocol/server-memory",
-                           "@modelcontextprotocol/server-filesystem"}
+    assert set(by_pkg) == {
+        "mcp-server-time",
+        "mcp-server-git",
+        "mcp-server-calculator",
+        "@modelcontextprotocol/server-everything",
+        "@modelcontextprotocol/server-memory",
+        "@modelcontextprotocol/server-filesystem",
+    }
     for s in CURATED:
         pkg = s.packages[0]
-        assert catalog.is_exact_version(pkg.version) and pkg.transport_type == "stdio" and s.source == "curated"
+        assert (
+            catalog.is_exact_version(pkg.version) and pkg.transport_type == "stdio" and s.source == "curated"
+        )
         assert s.tools and catalog.NAME.match(s.name)
         assert not policy.denial(DiscoveryConfig(), s)
 
 
 def test_a_server_json_document_is_parsed_with_packages_remotes_and_publisher_tools() -> None:
-    doc = {"name": "io.example/weather", "description": "Weather", "version": "1.0.0",
-           "repository": {"url": "https://github.com/example/weather", "source": "github"},
-           "packages": [{"registryType": "npm", "identifier": "@example/weather", "version": "1.0.0",
-                         "runtimeHint": "npx", "transport": {"type": "stdio"},
-                         "environmentVariables": [{"name": "API_KEY", "isRequired": True, "isSecret": True}],
-                         "packageArguments": [{"type": "positional", "value": "--stdio"},
-                                              {"type": "named", "name": "--port", "value": "1"}]}],
-           "remotes": [{"type": "streamable-http", "url": "https://weather.example/mcp"}],
-           "_meta": {catalog.PUBLISHER_META: {"tools": [{"name": "forecast", "description": "Forecast"}]}}}
+    doc = {
+        "name": "io.example/weather",
+        "description": "Weather",
+        "version": "1.0.0",
+        "repository": {"url": "https://github.com/example/weather", "source": "github"},
+        "packages": [
+            {
+                "registryType": "npm",
+                "identifier": "@example/weather",
+                "version": "1.0.0",
+                "runtimeHint": "npx",
+                "transport": {"type": "stdio"},
+                "environmentVariables": [{"name": "API_KEY", "isRequired": True, "isSecret": True}],
+                "packageArguments": [
+                    {"type": "positional", "value": "--stdio"},
+                    {"type": "named", "name": "--port", "value": "1"},
+                ],
+            }
+        ],
+        "remotes": [{"type": "streamable-http", "url": "https://weather.example/mcp"}],
+        "_meta": {catalog.PUBLISHER_META: {"tools": [{"name": "forecast", "description": "Forecast"}]}},
+    }
     s = catalog.parse_server(doc, "https://registry.example")
     pkg = s.packages[0]
     assert (pkg.registry_type, pkg.identifier, pkg.runtime_hint, list(pkg.package_arguments)) == (
-        "npm", "@example/weather", "npx", ["--stdio"])
+        "npm",
+        "@example/weather",
+        "npx",
+        ["--stdio"],
+    )
     assert pkg.environment_variables[0].is_secret and pkg.environment_variables[0].is_required
     assert s.remotes[0].url == "https://weather.example/mcp" and s.tools[0].name == "forecast"
     assert s.repository_url == "https://github.com/example/weather"
@@ -66,8 +90,18 @@ def test_a_bad_catalog_file_is_skipped_and_the_rest_load(tmp_path: Path) -> None
     assert [s.name for s in catalog.load_dir(tmp_path)] == [f"{NS}/good"]
 
 
-@pytest.mark.parametrize(("version", "exact"), [("1.2.3", True), ("2026.10.19", True), ("1.0.0-rc.1", True),
-                                                ("latest", False), (">=1.0", False), ("^1.2", False), ("", False)])
+@pytest.mark.parametrize(
+    ("version", "exact"),
+    [
+        ("1.2.3", True),
+        ("2026.10.19", True),
+        ("1.0.0-rc.1", True),
+        ("latest", False),
+        (">=1.0", False),
+        ("^1.2", False),
+        ("", False),
+    ],
+)
 def test_only_exact_versions_count_as_pinned(version: str, exact: bool) -> None:
     assert catalog.is_exact_version(version) is exact
 
@@ -92,9 +126,14 @@ def test_policy_refuses_unlisted_registry_packages_and_non_stdio_transports() ->
 
 
 def test_mcp_tools_become_one_valid_tool_with_a_capability_each() -> None:
-    tools = [types.Tool(name="get weather/now", description="Now", input_schema={"type": "object"}),
-             types.Tool(name="forecast", input_schema={"type": "object", "properties": {"days": {"type": "integer"}}},
-                        output_schema={"type": "object"})]
+    tools = [
+        types.Tool(name="get weather/now", description="Now", input_schema={"type": "object"}),
+        types.Tool(
+            name="forecast",
+            input_schema={"type": "object", "properties": {"days": {"type": "integer"}}},
+            output_schema={"type": "object"},
+        ),
+    ]
     tool, names = mapping.tool_definition("io.example.weather", "Weather", "desc", "1.0", tools)
     check_tool(tool)
     assert tool.kind == tool_pb2.TOOL_KIND_MCP_SERVER and tool.endpoint == "mcp://io.example.weather"
@@ -104,20 +143,27 @@ def test_mcp_tools_become_one_valid_tool_with_a_capability_each() -> None:
 
 def test_mcp_results_map_to_content_blocks_structured_and_errors() -> None:
     png = base64.b64encode(b"\x89PNG").decode()
-    result = types.CallToolResult(content=[
-        types.TextContent(type="text", text="hi"), types.ImageContent(type="image", data=png, mime_type="image/png"),
-        types.ResourceLink(type="resource_link", uri="file:///x", name="x")], structured_content={"n": 1})
+    result = types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text="hi"),
+            types.ImageContent(type="image", data=png, mime_type="image/png"),
+            types.ResourceLink(type="resource_link", uri="file:///x", name="x"),
+        ],
+        structured_content={"n": 1},
+    )
     resp = mapping.to_response(result)
     assert resp.content[0].text.text == "hi" and resp.content[1].image.data == b"\x89PNG"
     assert resp.content[2].json.value.struct_value["uri"] == "file:///x"
     assert resp.structured["n"] == 1 and not resp.is_error
-    err = mapping.to_response(types.CallToolResult(content=[types.TextContent(type="text", text="boom")],
-                                                   is_error=True))
+    err = mapping.to_response(
+        types.CallToolResult(content=[types.TextContent(type="text", text="boom")], is_error=True)
+    )
     assert err.is_error and err.error.type == tool_pb2.ERROR_TYPE_TOOL_ERROR and err.error.message == "boom"
 
 
 async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_when_the_registry_goes_away(
-        pkg_index: PackageIndex) -> None:
+    pkg_index: PackageIndex,
+) -> None:
     for i in range(5):
         pkg_index.servers.append(server_json(f"{NS}/srv-{i}", f"server {i}", "pypi", f"ts-srv-{i}", "1.0.0"))
     async with aiohttp.ClientSession() as http:
@@ -134,18 +180,25 @@ async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_whe
 
 async def test_search_still_answers_from_the_curated_catalog_when_a_registry_is_down(cfg) -> None:  # type: ignore[no-untyped-def]
     import grpc
-
-    from services.common import config as config_mod
-    from services.hub.app import Hub
     from toolscore.v1 import discovery_pb2 as pb
     from toolscore.v1 import toolscore_pb2_grpc
 
+    from services.common import config as config_mod
+    from services.hub.app import Hub
+
     dead = f"http://127.0.0.1:{free_port()}"
-    c = config_mod.replace(cfg, discovery={"catalog_dir": str(REPO_ROOT / "config" / "catalog"), "registries": (dead,),
-                                           "registry_timeout_s": 2.0})
+    c = config_mod.replace(
+        cfg,
+        discovery={
+            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
+            "registries": (dead,),
+            "registry_timeout_s": 2.0,
+        },
+    )
     async with Hub(c) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             resp = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).SearchServers(
-                pb.SearchServersRequest(query="calculate a math expression", page_size=2), timeout=10)
+                pb.SearchServersRequest(query="calculate a math expression", page_size=2), timeout=10
+            )
     assert list(resp.unreachable_registries) == [dead]
     assert resp.candidates[0].server.name == "io.github.githejie/calculator" and len(resp.candidates) <= 2

@@ -6,15 +6,14 @@ import json
 
 import grpc
 import pytest
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import tool_pb2, toolscore_pb2_grpc
 
 from services.common import config as config_mod
-from services.common.config import Config
-from services.common.config import REPO_ROOT
+from services.common.config import REPO_ROOT, Config
 from services.discovery import catalog, gap
 from services.hub.app import Hub
 from tests.discovery.conftest import ScriptedLlm
-from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import tool_pb2, toolscore_pb2_grpc
 
 TASK = "Convert 9am Tokyo time to the Paris time zone"
 CURATED = REPO_ROOT / "config" / "catalog"
@@ -23,26 +22,46 @@ CURATED = REPO_ROOT / "config" / "catalog"
 def _cfg(cfg: Config, llm: ScriptedLlm | None = None) -> Config:
     d = {"catalog_dir": str(CURATED), "registries": ()}
     if llm is not None:
-        d |= {"llm_base_url": llm.url, "llm_model": "scripted-model", "llm_api_key": "sk-test", "llm_timeout_s": 5.0}
+        d |= {
+            "llm_base_url": llm.url,
+            "llm_model": "scripted-model",
+            "llm_api_key": "sk-test",
+            "llm_timeout_s": 5.0,
+        }
     return config_mod.replace(cfg, discovery=d)
 
 
 async def _analyze(hub: Hub, task: str = TASK, **kw: object) -> pb.AnalyzeGapResponse:
     async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
         return await toolscore_pb2_grpc.ToolScoreServiceStub(ch).AnalyzeGap(
-            pb.AnalyzeGapRequest(task_description=task, **kw), timeout=20)  # type: ignore[arg-type]
+            pb.AnalyzeGapRequest(task_description=task, **kw), timeout=20
+        )  # type: ignore[arg-type]
 
 
 def _answer(sufficient: bool, missing: list[dict[str, object]], confidence: float = 0.9) -> str:
-    return json.dumps({"has_sufficient_tools": sufficient, "missing_capabilities": missing,
-                       "confidence": confidence, "reasoning": "scripted"})
+    return json.dumps(
+        {
+            "has_sufficient_tools": sufficient,
+            "missing_capabilities": missing,
+            "confidence": confidence,
+            "reasoning": "scripted",
+        }
+    )
 
 
-TIMEZONE_GAP = [{"name": "timezone_conversion", "description": "Convert times between IANA time zones",
-                 "suggested_keywords": ["timezone", "convert", "time"], "priority": "high"}]
+TIMEZONE_GAP = [
+    {
+        "name": "timezone_conversion",
+        "description": "Convert times between IANA time zones",
+        "suggested_keywords": ["timezone", "convert", "time"],
+        "priority": "high",
+    }
+]
 
 
-async def test_a_valid_llm_answer_is_used_and_recommends_the_time_server(cfg: Config, llm: ScriptedLlm) -> None:
+async def test_a_valid_llm_answer_is_used_and_recommends_the_time_server(
+    cfg: Config, llm: ScriptedLlm
+) -> None:
     llm.answers.append(_answer(False, TIMEZONE_GAP))
     async with Hub(_cfg(cfg, llm)) as hub:
         resp = await _analyze(hub)
@@ -59,7 +78,8 @@ async def test_a_valid_llm_answer_is_used_and_recommends_the_time_server(cfg: Co
 
 
 async def test_a_sufficient_llm_verdict_has_no_missing_capabilities_and_no_recommendations(
-        cfg: Config, llm: ScriptedLlm) -> None:
+    cfg: Config, llm: ScriptedLlm
+) -> None:
     llm.answers.append(_answer(True, []))
     async with Hub(_cfg(cfg, llm)) as hub:
         resp = await _analyze(hub, "add 2 and 3")
@@ -67,17 +87,25 @@ async def test_a_sufficient_llm_verdict_has_no_missing_capabilities_and_no_recom
     assert not resp.missing_capabilities and not resp.recommendations
 
 
-@pytest.mark.parametrize(("answer", "why"), [
-    ("Sure! The tools are sufficient.", "not JSON"),
-    (json.dumps({"has_sufficient_tools": True}), "does not match the schema"),
-    (json.dumps({"has_sufficient_tools": "yes", "missing_capabilities": [], "confidence": 1, "reasoning": ""}),
-     "does not match the schema at has_sufficient_tools"),
-    (_answer(True, TIMEZONE_GAP), "also listed missing capabilities"),
-    (_answer(False, []), "named nothing missing"),
-    ("", "no content"),
-])
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        ("Sure! The tools are sufficient.", "not JSON"),
+        (json.dumps({"has_sufficient_tools": True}), "does not match the schema"),
+        (
+            json.dumps(
+                {"has_sufficient_tools": "yes", "missing_capabilities": [], "confidence": 1, "reasoning": ""}
+            ),
+            "does not match the schema at has_sufficient_tools",
+        ),
+        (_answer(True, TIMEZONE_GAP), "also listed missing capabilities"),
+        (_answer(False, []), "named nothing missing"),
+        ("", "no content"),
+    ],
+)
 async def test_an_invalid_llm_answer_falls_back_to_the_lexical_matcher_and_never_assumes_sufficiency(
-        cfg: Config, llm: ScriptedLlm, answer: str, why: str) -> None:
+    cfg: Config, llm: ScriptedLlm, answer: str, why: str
+) -> None:
     llm.answers.append(answer)
     async with Hub(_cfg(cfg, llm)) as hub:
         resp = await _analyze(hub)
@@ -90,15 +118,23 @@ async def test_an_invalid_llm_answer_falls_back_to_the_lexical_matcher_and_never
 async def test_an_unreachable_llm_falls_back_with_the_reason(cfg: Config) -> None:
     from tests.conftest import free_port
 
-    c = config_mod.replace(_cfg(cfg), discovery={"llm_base_url": f"http://127.0.0.1:{free_port()}/v1",
-                                                   "llm_model": "m", "llm_timeout_s": 2.0})
+    c = config_mod.replace(
+        _cfg(cfg),
+        discovery={
+            "llm_base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "llm_model": "m",
+            "llm_timeout_s": 2.0,
+        },
+    )
     async with Hub(c) as hub:
         resp = await _analyze(hub)
     assert resp.analyzer == pb.GAP_ANALYZER_LEXICAL and "the LLM call failed" in resp.fallback_reason
     assert not resp.has_sufficient_tools
 
 
-async def test_without_an_llm_the_lexical_matcher_names_what_is_missing_and_recommends_servers(cfg: Config) -> None:
+async def test_without_an_llm_the_lexical_matcher_names_what_is_missing_and_recommends_servers(
+    cfg: Config,
+) -> None:
     async with Hub(_cfg(cfg)) as hub:
         resp = await _analyze(hub)
     assert resp.analyzer == pb.GAP_ANALYZER_LEXICAL and "no LLM configured" in resp.fallback_reason
@@ -110,7 +146,9 @@ async def test_without_an_llm_the_lexical_matcher_names_what_is_missing_and_reco
     assert resp.recommendations[0].why_matched
 
 
-async def test_the_lexical_matcher_finds_the_current_tools_sufficient_when_they_cover_the_task(cfg: Config) -> None:
+async def test_the_lexical_matcher_finds_the_current_tools_sufficient_when_they_cover_the_task(
+    cfg: Config,
+) -> None:
     async with Hub(_cfg(cfg)) as hub:
         resp = await _analyze(hub, "what is the current UTC time")
     assert resp.has_sufficient_tools and not resp.missing_capabilities and not resp.recommendations

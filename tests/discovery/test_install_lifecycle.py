@@ -8,15 +8,23 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from services.common.config import Config
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.hub.app import Hub
-from tests.discovery.conftest import NS, PackageIndex, build_wheel, npm_pack, pid_alive, processes_under, server_json
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
+
+from services.common.config import Config
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.hub.app import Hub
+from tests.discovery.conftest import (
+    NS,
+    PackageIndex,
+    build_wheel,
+    npm_pack,
+    pid_alive,
+    processes_under,
+    server_json,
+)
 
 
 class Stubs:
@@ -25,8 +33,9 @@ class Stubs:
         self.lib = tool_library_pb2_grpc.ToolLibraryServiceStub(ch)
 
     async def call(self, tool_id: str, action: str, **args: object) -> ts.ExecuteToolResponse:
-        return await self.ts.ExecuteTool(ts.ExecuteToolRequest(tool_id=tool_id, action=action,
-                                                               arguments=dict_to_struct(args)), timeout=20)
+        return await self.ts.ExecuteTool(
+            ts.ExecuteToolRequest(tool_id=tool_id, action=action, arguments=dict_to_struct(args)), timeout=20
+        )
 
 
 async def _connect(hub: Hub) -> tuple[grpc.aio.Channel, Stubs]:
@@ -39,17 +48,27 @@ def _publish_echo(pkg_index: PackageIndex, root: Path) -> str:
     wheels.mkdir(exist_ok=True)
     pkg_index.add_wheel(build_wheel(wheels, "ts-echo-mcp", "1.0.0"), "ts-echo-mcp")
     name = f"{NS}/ts-echo"
-    pkg_index.servers.append(server_json(name, "Echoes text and adds numbers for tests", "pypi", "ts-echo-mcp",
-                                         "1.0.0", tools=[("echo", "Echo a text back"), ("add", "Add two numbers")],
-                                         tags=["echo", "arithmetic"]))
+    pkg_index.servers.append(
+        server_json(
+            name,
+            "Echoes text and adds numbers for tests",
+            "pypi",
+            "ts-echo-mcp",
+            "1.0.0",
+            tools=[("echo", "Echo a text back"), ("add", "Add two numbers")],
+            tags=["echo", "arithmetic"],
+        )
+    )
     for i in range(3):  # filler entries so the registry answer spans several pages
-        pkg_index.servers.append(server_json(f"{NS}/filler-{i}", f"Unrelated filler server {i}", "pypi",
-                                             f"ts-filler-{i}", "1.0.0"))
+        pkg_index.servers.append(
+            server_json(f"{NS}/filler-{i}", f"Unrelated filler server {i}", "pypi", f"ts-filler-{i}", "1.0.0")
+        )
     return name
 
 
 async def test_a_pypi_server_is_found_installed_called_restored_after_restart_and_removed_without_a_trace(
-        dcfg: Config, pkg_index: PackageIndex, root: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path
+) -> None:
     name = _publish_echo(pkg_index, root)
     tool_id = "io.github.toolscore-tests.ts-echo"
     async with Hub(dcfg) as hub:
@@ -61,8 +80,9 @@ async def test_a_pypi_server_is_found_installed_called_restored_after_restart_an
             assert not found.candidates[0].policy_denial
             assert any(r.get("cursor") for r in pkg_index.registry_requests), "pagination was not followed"
 
-            events = s.lib.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=hub.registry.revision,
-                                                                       tool_ids=[tool_id]))
+            events = s.lib.WatchToolEvents(
+                lib.WatchToolEventsRequest(since_revision=hub.registry.revision, tool_ids=[tool_id])
+            )
             installed = await s.ts.InstallServer(pb.InstallServerRequest(name=name), timeout=120)
             assert installed.server.state == pb.SERVER_STATE_RUNNING
             assert installed.server.tool_id == tool_id and installed.server.version == "1.0.0"
@@ -124,13 +144,17 @@ async def test_a_pypi_server_is_found_installed_called_restored_after_restart_an
 
 
 async def test_an_npm_server_installs_into_its_own_prefix_and_is_callable(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     tarballs = root / "tarballs"
     tarballs.mkdir()
     pkg_index.add_tarball(npm_pack(tarballs, "ts-shout-mcp", "1.2.3"), "ts-shout-mcp", "1.2.3")
     name = f"{NS}/ts-shout"
-    pkg_index.servers.append(server_json(name, "Shouts text", "npm", "ts-shout-mcp", "1.2.3",
-                                         tools=[("shout", "Upper-case a text")]))
+    pkg_index.servers.append(
+        server_json(
+            name, "Shouts text", "npm", "ts-shout-mcp", "1.2.3", tools=[("shout", "Upper-case a text")]
+        )
+    )
     async with Hub(dcfg) as hub:
         ch, s = await _connect(hub)
         async with ch:
@@ -139,20 +163,28 @@ async def test_an_npm_server_installs_into_its_own_prefix_and_is_callable(
             assert any(a.hash.startswith("sha512-") for a in installed.server.artifacts)
             resp = await s.call(installed.server.tool_id, "shout", text="hello")
             assert resp.content[0].text.text == "HELLO"
-            prefix = hub.discovery.installer.dir_for(installed.server.tool_id) / "npm" / "node_modules" / "ts-shout-mcp"
+            prefix = (
+                hub.discovery.installer.dir_for(installed.server.tool_id)
+                / "npm"
+                / "node_modules"
+                / "ts-shout-mcp"
+            )
             assert prefix.is_dir()
             await s.ts.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
             assert not prefix.exists()
 
 
 async def test_an_install_in_progress_is_listed_with_its_progress_and_does_not_block_other_calls(
-        dcfg: Config, pkg_index: PackageIndex, root: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path
+) -> None:
     name = _publish_echo(pkg_index, root)
     pkg_index.hold = asyncio.Event()
     async with Hub(dcfg) as hub:
         ch, s = await _connect(hub)
         async with ch:
-            install = asyncio.ensure_future(s.ts.InstallServer(pb.InstallServerRequest(name=name), timeout=120))
+            install = asyncio.ensure_future(
+                s.ts.InstallServer(pb.InstallServerRequest(name=name), timeout=120)
+            )
             async with asyncio.timeout(30):
                 await pkg_index.download_started.wait()  # pip is now fetching the wheel
             listed = await s.ts.ListServers(pb.ListServersRequest(), timeout=5)

@@ -1,4 +1,5 @@
-"""The whole mesh (`python -m services.mesh`): an installed server survives a hub killed hard, and nothing outlives the mesh."""
+"""The whole mesh (`python -m services.mesh`): an installed server survives a hub killed hard,
+and nothing outlives the mesh."""
 
 from __future__ import annotations
 
@@ -7,13 +8,20 @@ import signal
 from pathlib import Path
 
 import grpc
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc
 
 from services.common.jsonvalue import dict_to_struct
 from tests.conftest import stop_process, wait_serving
-from tests.discovery.conftest import PackageIndex, build_wheel, processes_under, wait_exited, server_json, write_catalog
-from toolscore.v1 import discovery_pb2 as pb
-from toolscore.v1 import toolscore_pb2_grpc
-from toolscore.v1 import toolscore_pb2 as ts
+from tests.discovery.conftest import (
+    PackageIndex,
+    build_wheel,
+    processes_under,
+    server_json,
+    wait_exited,
+    write_catalog,
+)
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
@@ -30,22 +38,28 @@ def _children(pid: int) -> list[tuple[int, str]]:
 
 
 async def test_an_installed_server_comes_back_after_the_hub_is_killed_and_nothing_outlives_the_mesh(
-        mesh_factory, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    mesh_factory, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
     wheels = root / "wheels"
     wheels.mkdir()
     pkg_index.add_wheel(build_wheel(wheels, "ts-sturdy-mcp", "1.0.0"), "ts-sturdy-mcp")
-    write_catalog(catalog_dir, server_json("io.github.toolscore-tests/sturdy", "Sturdy echo", "pypi",
-                                           "ts-sturdy-mcp", "1.0.0"))
-    mesh = await mesh_factory({
-        "TOOLSCORE_DISCOVERY__CATALOG_DIR": str(catalog_dir),
-        "TOOLSCORE_DISCOVERY__PIP_INDEX_URL": f"{pkg_index.url}/simple/",
-        "TOOLSCORE_DISCOVERY__HEALTH_INTERVAL_S": "0.5",
-    })
+    write_catalog(
+        catalog_dir,
+        server_json("io.github.toolscore-tests/sturdy", "Sturdy echo", "pypi", "ts-sturdy-mcp", "1.0.0"),
+    )
+    mesh = await mesh_factory(
+        {
+            "TOOLSCORE_DISCOVERY__CATALOG_DIR": str(catalog_dir),
+            "TOOLSCORE_DISCOVERY__PIP_INDEX_URL": f"{pkg_index.url}/simple/",
+            "TOOLSCORE_DISCOVERY__HEALTH_INTERVAL_S": "0.5",
+        }
+    )
     install_dir = root / "data" / "mcp"
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
-        installed = await stub.InstallServer(pb.InstallServerRequest(name="io.github.toolscore-tests/sturdy"),
-                                             timeout=120)
+        installed = await stub.InstallServer(
+            pb.InstallServerRequest(name="io.github.toolscore-tests/sturdy"), timeout=120
+        )
         tool_id = installed.server.tool_id
         [server_pid] = processes_under(install_dir)
     hub_pid = next(p for p, cmd in _children(mesh.proc.pid) if "services.hub" in cmd)
@@ -55,9 +69,12 @@ async def test_an_installed_server_comes_back_after_the_hub_is_killed_and_nothin
     await wait_serving(mesh.tcp)
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
-        resp = await stub.ExecuteTool(ts.ExecuteToolRequest(tool_id=tool_id, action="echo",
-                                                            arguments=dict_to_struct({"text": "still here"})),
-                                      timeout=20)
+        resp = await stub.ExecuteTool(
+            ts.ExecuteToolRequest(
+                tool_id=tool_id, action="echo", arguments=dict_to_struct({"text": "still here"})
+            ),
+            timeout=20,
+        )
         assert resp.content[0].text.text == "still here"
     assert len(processes_under(install_dir)) == 1
     stop_process(mesh.proc)

@@ -24,13 +24,18 @@ class Rest:
     def __init__(self, base: str, session: aiohttp.ClientSession, hub: Hub) -> None:
         self.base, self.session, self.hub = base, session, hub
 
-    async def request(self, method: str, path: str, body: Any = None, token: str = "",
-                      raw: str | None = None) -> tuple[int, dict[str, Any]]:
+    async def request(
+        self, method: str, path: str, body: Any = None, token: str = "", raw: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        kw: dict[str, Any] = {"data": raw, "headers": {**headers, "Content-Type": "application/json"}} \
-            if raw is not None else {"json": body, "headers": headers}
-        async with self.session.request(method, self.base + path, timeout=aiohttp.ClientTimeout(total=120),
-                                        **kw) as resp:
+        kw: dict[str, Any] = (
+            {"data": raw, "headers": {**headers, "Content-Type": "application/json"}}
+            if raw is not None
+            else {"json": body, "headers": headers}
+        )
+        async with self.session.request(
+            method, self.base + path, timeout=aiohttp.ClientTimeout(total=120), **kw
+        ) as resp:
             return resp.status, await resp.json()
 
 
@@ -52,8 +57,15 @@ def _publish(pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> str:
     wheels = root / "wheels"
     wheels.mkdir(exist_ok=True)
     pkg_index.add_wheel(build_wheel(wheels, "ts-clock-mcp", "2.0.0"), "ts-clock-mcp")
-    doc = server_json(f"{NS}/clock", "Converts times between time zones", "pypi", "ts-clock-mcp", "2.0.0",
-                      tools=[("convert_time", "Convert a time between time zones")], tags=["timezone"])
+    doc = server_json(
+        f"{NS}/clock",
+        "Converts times between time zones",
+        "pypi",
+        "ts-clock-mcp",
+        "2.0.0",
+        tools=[("convert_time", "Convert a time between time zones")],
+        tags=["timezone"],
+    )
     write_catalog(catalog_dir, doc)
     return doc["name"]
 
@@ -64,10 +76,13 @@ async def rest(dcfg: Config) -> AsyncIterator[Rest]:
         yield r
 
 
-async def test_search_install_list_and_uninstall_over_rest(rest: Rest, pkg_index: PackageIndex, root: Path,
-                                                           catalog_dir: Path) -> None:
+async def test_search_install_list_and_uninstall_over_rest(
+    rest: Rest, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir)
-    status, found = await rest.request("POST", "/mcp/search", {"query": "convert time zones", "max_candidates": 3})
+    status, found = await rest.request(
+        "POST", "/mcp/search", {"query": "convert time zones", "max_candidates": 3}
+    )
     assert status == 200 and found["status"] == "success" and found["total_found"] >= 1
     top = found["candidates"][0]
     assert top["name"] == name and top["install_method"] == "pypi" and top["installable"]
@@ -101,52 +116,92 @@ async def test_rest_errors_are_4xx_json_with_a_reason(rest: Rest) -> None:
     assert status == 400 and body["reason"] == "MISSING_FIELD"
 
 
-async def test_analyze_gap_over_rest_names_missing_capabilities(rest: Rest, pkg_index: PackageIndex, root: Path,
-                                                                catalog_dir: Path) -> None:
+async def test_analyze_gap_over_rest_names_missing_capabilities(
+    rest: Rest, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir)
-    status, body = await rest.request("POST", "/api/v1/tools/analyze-gap", {
-        "task_description": "convert 9am between time zones", "current_tools": ["builtin"], "context": {"user": "x"}})
+    status, body = await rest.request(
+        "POST",
+        "/api/v1/tools/analyze-gap",
+        {
+            "task_description": "convert 9am between time zones",
+            "current_tools": ["builtin"],
+            "context": {"user": "x"},
+        },
+    )
     assert status == 200 and body["has_sufficient_tools"] is False
     gap = body["gap_analysis"]
     assert gap["analyzer"] == "lexical" and 0 < gap["confidence_score"] < 1 and gap["reasoning"]
-    assert gap["missing_capabilities"][0] == {"name": "convert_time", "description": "Convert a time between time zones",
-                                              "suggested_keywords": ["convert", "zone"], "priority": "high"}
+    assert gap["missing_capabilities"][0] == {
+        "name": "convert_time",
+        "description": "Convert a time between time zones",
+        "suggested_keywords": ["convert", "zone"],
+        "priority": "high",
+    }
     assert body["recommendations"][0]["capability"] == "convert_time"
     assert body["candidates"][0]["name"] == name
     assert body["processing_time_ms"] >= 0
 
 
 async def test_request_capability_with_auto_install_installs_the_recommended_server(
-        rest: Rest, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    rest: Rest, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir)
-    status, body = await rest.request("POST", "/api/v1/tools/request-capability", {
-        "task_description": "convert 9am between time zones", "auto_install": False})
+    status, body = await rest.request(
+        "POST",
+        "/api/v1/tools/request-capability",
+        {"task_description": "convert 9am between time zones", "auto_install": False},
+    )
     assert status == 200 and body["action_taken"] == "analysis_only" and body["installed_tools"] == []
-    status, body = await rest.request("POST", "/api/v1/tools/request-capability", {
-        "task_description": "convert 9am between time zones", "required_capabilities": ["timezone"],
-        "auto_install": True, "security_level": "high"})
+    status, body = await rest.request(
+        "POST",
+        "/api/v1/tools/request-capability",
+        {
+            "task_description": "convert 9am between time zones",
+            "required_capabilities": ["timezone"],
+            "auto_install": True,
+            "security_level": "high",
+        },
+    )
     assert status == 200 and body["success"] and body["action_taken"] == "installed_new_tools"
-    assert body["installed_tools"][0]["name"] == name and "convert_time" not in body["installed_tools"][0]["tools"]
+    assert (
+        body["installed_tools"][0]["name"] == name
+        and "convert_time" not in body["installed_tools"][0]["tools"]
+    )
     assert "echo" in body["installed_tools"][0]["tools"]  # what the server really offers
-    status, body = await rest.request("POST", "/api/v1/tools/request-capability", {
-        "task_description": "convert 9am between time zones", "auto_install": True})
+    status, body = await rest.request(
+        "POST",
+        "/api/v1/tools/request-capability",
+        {"task_description": "convert 9am between time zones", "auto_install": True},
+    )
     assert body["action_taken"] in ("no_action_needed", "installation_failed")
 
 
-async def test_search_and_install_installs_the_best_match(rest: Rest, pkg_index: PackageIndex, root: Path,
-                                                          catalog_dir: Path) -> None:
+async def test_search_and_install_installs_the_best_match(
+    rest: Rest, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir)
-    status, body = await rest.request("POST", "/api/v1/tools/search-and-install", {
-        "task_description": "I need to convert times", "required_capabilities": ["timezone"], "reason": "test"})
+    status, body = await rest.request(
+        "POST",
+        "/api/v1/tools/search-and-install",
+        {
+            "task_description": "I need to convert times",
+            "required_capabilities": ["timezone"],
+            "reason": "test",
+        },
+    )
     assert status == 200 and body["success"] and body["installation_count"] == 1
     assert body["installed_tools"][0]["name"] == name
     assert body["total_tools_now"] == len(rest.hub.registry.entries())
-    status, body = await rest.request("POST", "/api/v1/tools/search-and-install", {"task_description": "zzqx"})
+    status, body = await rest.request(
+        "POST", "/api/v1/tools/search-and-install", {"task_description": "zzqx"}
+    )
     assert status == 200 and not body["success"] and body["installation_count"] == 0
 
 
 async def test_install_over_rest_forwards_the_bearer_token_to_the_hub(
-        dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path) -> None:
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
     name = _publish(pkg_index, root, catalog_dir)
     async for rest in _rest(config_mod.replace(dcfg, auth={"admin_token": "tok"})):
         status, body = await rest.request("POST", "/mcp/install", {"name": name})

@@ -1,0 +1,158 @@
+"""The running servers: one ServerRunner per installed or federated server, and the `mcp://` transport.
+
+Registers each server's tools when it connects (and again when its tool list
+changes), follows its health into the registry, and forwards calls routed to
+`mcp://<tool id>` to the server's MCP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import mcp_types as types
+from mcp.shared.exceptions import MCPError
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
+from services.common.config import DiscoveryConfig
+from services.common.errors import FailedPrecondition, MeshError
+from services.common.jsonvalue import struct_to_dict
+from services.discovery import mapping
+from services.discovery.installer import base_env
+from services.discovery.runner import LaunchSpec, ServerRunner
+from services.discovery.state import ServerRecord
+from services.discovery.stdio import kill_stale_group
+from services.library.registry import Entry, Registry
+from services.router.channels import ProgressFn
+from services.router.router import error_response
+
+log = logging.getLogger(__name__)
+HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
+_INVALID_PARAMS = -32602
+
+
+class Fleet:
+    """Runners by tool id, over the registry. `install_dir/<tool_id>/` holds each server's files."""
+
+    def __init__(self, cfg: DiscoveryConfig, registry: Registry, install_dir: Path) -> None:
+        self.cfg, self.registry, self.install_dir = cfg, registry, install_dir
+        self.runners: dict[str, ServerRunner] = {}
+
+    def runner(self, record: ServerRecord) -> ServerRunner:
+        """A (not yet started) runner for `record`, now owned by the fleet."""
+        if record.url:
+            spec = LaunchSpec(url=record.url)
+        else:
+            d = self.install_dir / record.tool_id
+            spec = LaunchSpec(
+                command=record.command,
+                args=list(record.args),
+                env={**base_env(), **record.env},
+                cwd=record.cwd,
+                log_path=d / "server.log",
+                pid_path=d / "server.pid",
+            )
+        runner = ServerRunner(
+            record.name,
+            spec,
+            self.cfg,
+            functools.partial(self._on_tools, record),
+            functools.partial(self._on_state, record),
+        )
+        self.runners[record.tool_id] = runner
+        return runner
+
+    async def discard(self, tool_id: str) -> bool:
+        """Stop a server and deregister its tool; True when a tool was deregistered."""
+        runner = self.runners.pop(tool_id, None)
+        if runner is not None:
+            await runner.stop()
+        entry = self.registry.entry(tool_id)
+        if entry is None or entry.tool.owner != mapping.OWNER:
+            return False
+        await self.registry.deregister(tool_id)
+        return True
+
+    async def restore(self, records: Iterable[ServerRecord]) -> None:
+        """Start every persisted server (each gets one bounded attempt, then retries in the background),
+        after removing tools and directories no record owns."""
+        records = list(records)
+        owned = {r.tool_id for r in records}
+        for entry in self.registry.entries():
+            if entry.tool.owner == mapping.OWNER and entry.tool.tool_id not in owned:
+                await self.registry.deregister(entry.tool.tool_id)
+        if self.install_dir.is_dir():
+            for d in self.install_dir.iterdir():
+                if d.is_dir() and d.name not in owned:
+                    log.warning("removing %s: no installed server owns it", d)
+                    kill_stale_group(d / "server.pid", str(d / "work"))
+                    shutil.rmtree(d, ignore_errors=True)
+        runners = [self.runner(r) for r in records]
+        if runners:
+            async with asyncio.TaskGroup() as tg:
+                for runner in runners:
+                    tg.create_task(runner.start(strict=False))
+
+    async def stop_all(self) -> None:
+        runners, self.runners = list(self.runners.values()), {}
+        if runners:
+            await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+
+    async def _on_tools(self, record: ServerRecord, runner: ServerRunner, tools: list[types.Tool]) -> None:
+        if not tools:
+            raise FailedPrecondition(f"MCP server {record.name} offers no tools", reason="NO_TOOLS")
+        definition, actions = mapping.tool_definition(
+            record.tool_id,
+            record.title or record.name,
+            record.description or record.name,
+            record.version,
+            tools,
+            record.tags,
+        )
+        definition.metadata["registry_type"] = record.registry_type
+        await self.registry.register(definition)
+        runner.actions = actions
+
+    async def _on_state(self, record: ServerRecord, runner: ServerRunner) -> None:
+        health = HEALTHY if runner.state == pb.SERVER_STATE_RUNNING else UNHEALTHY
+        await self.registry.set_health(record.tool_id, health)
+
+    async def handle(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
+        """The router transport for `mcp://`: one tools/call, its result mapped to an ExecuteResponse."""
+        runner = self.runners.get(entry.endpoint.address)
+        if runner is None:
+            raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
+        name = runner.actions.get(request.action, request.action)
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await runner.call(name, struct_to_dict(request.arguments), timeout_s)
+        except TimeoutError:
+            return error_response(
+                tool_pb2.ERROR_TYPE_TIMEOUT,
+                f"{entry.tool.tool_id}.{request.action} took longer than {timeout_s:g}s",
+            )
+        except MCPError as exc:
+            kind = (
+                tool_pb2.ERROR_TYPE_INVALID_INPUT
+                if exc.error.code == _INVALID_PARAMS
+                else tool_pb2.ERROR_TYPE_TOOL_ERROR
+            )
+            if exc.error.code == types.CONNECTION_CLOSED:
+                kind = tool_pb2.ERROR_TYPE_SYSTEM
+            return error_response(kind, f"MCP server {runner.name}: {exc.error.message}")
+        except MeshError:
+            raise
+        except Exception as exc:  # a broken session is the server's failure, reported as a result
+            log.warning("MCP call %s.%s failed: %r", runner.name, name, exc)
+            return error_response(
+                tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000]
+            )
+        return mapping.to_response(result)

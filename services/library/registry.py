@@ -259,7 +259,7 @@ class Registry:
                     f"revision {since} is ahead of the registry ({latest}); list tools and watch from there",
                     reason="REVISION_AHEAD", metadata={"latest_revision": str(latest)},
                 )
-            if oldest and since < oldest - 1:
+            if since and oldest and since < oldest - 1:
                 raise OutOfRange(
                     f"events up to revision {oldest - 1} were compacted; list tools and watch from the listing",
                     reason="EVENTS_COMPACTED", metadata={"oldest_revision": str(oldest)},

@@ -218,3 +218,23 @@ async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg):
             assert got.tool.stats.usage_count == 1 and got.tool.stats.success_rate == 1.0
             r = await stub.RegisterTool(lib.RegisterToolRequest(tool=grpc_tool("new", EP)), timeout=5)
             assert r.revision > revision
+
+
+async def test_compacted_history_is_out_of_range_except_from_zero(cfg):
+    from services.common import config as config_mod
+    from services.common.errors import OutOfRange
+
+    short = config_mod.replace(cfg, hub={"event_retention": 3})
+    async with Hub(short) as hub:
+        for i in range(6):
+            await hub.registry.register(grpc_tool(f"c{i}", EP))
+        with pytest.raises(OutOfRange) as err:
+            async for _ in hub.registry.watch(1):
+                pass
+        assert err.value.reason == "EVENTS_COMPACTED"
+        got = []
+        async for ev in hub.registry.watch(0):
+            got.append(ev.tool.tool_id)
+            if ev.revision == hub.registry.revision:
+                break
+        assert got == ["c3", "c4", "c5"]

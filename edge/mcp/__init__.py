@@ -1,0 +1,64 @@
+"""Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`.
+
+Both transports share one transport-independent dispatcher (`dispatcher.py`);
+every capability of every registered tool is an MCP tool (`catalog.py`), and
+calls go through the gateway's data path. See docs/mcp.md.
+
+    add_routes(app, gateway, cfg)   # the edge app calls this once, before it starts
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edge.gateway import HubGateway
+from services.common.config import Config
+
+from .catalog import Catalog, McpTool, tool_name
+from .dispatcher import Dispatcher, ServerOptions, Session
+from .http import StreamableHttp
+from .service import McpOptions, McpService
+from .websocket import McpWebSocket
+
+MCP_SERVICE = web.AppKey("mcp_service", McpService)
+
+
+def add_routes(
+    app: web.Application, gateway: HubGateway, cfg: Config, opts: McpOptions | None = None
+) -> None:
+    """Register `/mcp` (Streamable HTTP) and `/ws/mcp` (WebSocket) and tie their lifetime to the app's.
+
+    Client disconnects cancel in-flight calls only when the app's runner has
+    `handler_cancellation=True` (SSE responses also notice at the next keepalive).
+    """
+    svc = McpService(gateway, cfg, opts)
+    http = StreamableHttp(svc)
+    ws = McpWebSocket(svc)
+    app[MCP_SERVICE] = svc
+    app.router.add_route("*", "/mcp", http.handle)
+    app.router.add_get("/ws/mcp", ws.handle)
+
+    async def on_startup(_: web.Application) -> None:
+        svc.start()
+
+    async def on_shutdown(_: web.Application) -> None:
+        await svc.stop()
+        http.close()
+        await ws.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+
+
+__all__ = [
+    "MCP_SERVICE",
+    "Catalog",
+    "Dispatcher",
+    "McpOptions",
+    "McpService",
+    "McpTool",
+    "ServerOptions",
+    "Session",
+    "add_routes",
+    "tool_name",
+]

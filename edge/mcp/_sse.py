@@ -1,0 +1,87 @@
+"""Server-sent events for Streamable HTTP: frames, and one request's resumable event stream."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from ._protocol import encode
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+KEEPALIVE = b": keepalive\n\n"
+
+
+def frame(msg: dict[str, Any], event_id: str | int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: message\ndata: {encode(msg)}\n\n".encode()
+
+
+class Exchange:
+    """The events of one request answered over SSE: its notifications, then its response.
+
+    A resumable exchange (handshake-era session, protocol >= 2025-11-25) gives
+    its events ids `<number>-<n>` and keeps them, so a client whose connection
+    dropped can come back with `Last-Event-ID` and get the rest: the call goes
+    on without it. Followers wait on `changed`, which is replaced at each event.
+    """
+
+    def __init__(self, number: int, limit: int) -> None:
+        self.number = number  # 0: not resumable (no ids, nothing kept beyond delivery)
+        self.events: list[bytes] = []
+        self.offset = 0  # events already delivered and dropped (non-resumable streams only)
+        self.final = False
+        self.changed = asyncio.Event()
+        self._limit = limit
+
+    @property
+    def resumable(self) -> bool:
+        return self.number > 0
+
+    def add(self, msg: dict[str, Any], *, final: bool = False) -> None:
+        if self.final or (len(self.events) >= self._limit and not final):
+            return  # progress and list_changed are level signals: dropping one past the limit loses nothing
+        n = self.offset + len(self.events) + 1
+        self.events.append(frame(msg, f"{self.number}-{n}" if self.resumable else None))
+        self.final = final
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
+
+    def priming(self) -> bytes:
+        """An event with an id and no data: lets the client resume even before any real event."""
+        return f"id: {self.number}-0\ndata: \n\n".encode()
+
+    async def follow(self, resp: web.StreamResponse, after: int, keepalive_s: float) -> None:
+        """Write events after `after`, then each new one, until the response has been written."""
+        sent = after
+        while True:
+            while sent < self.offset + len(self.events):
+                await resp.write(self.events[sent - self.offset])
+                sent += 1
+            if not self.resumable:  # nobody can come back for them: let them go
+                del self.events[: sent - self.offset]
+                self.offset = sent
+            if self.final:
+                return
+            changed = self.changed
+            try:
+                async with asyncio.timeout(keepalive_s):
+                    await changed.wait()
+            except TimeoutError:
+                await resp.write(KEEPALIVE)
+
+
+def parse_event_id(value: str | None) -> tuple[int, int] | None:
+    """`Last-Event-ID` as (stream, n): `"7"`: the standalone stream's event 7; `"3-2"`: exchange 3's 2nd."""
+    if value is None:
+        return None
+    stream, _, n = value.partition("-")
+    try:
+        return (int(stream), int(n)) if n else (0, int(stream))
+    except ValueError:
+        return None

@@ -1,0 +1,379 @@
+"""The transport-independent MCP dispatcher: JSON-RPC messages in, responses and notifications out.
+
+Both transports (Streamable HTTP, WebSocket) decode a message, hand it here
+with a small `Session`, and write back what comes out. Nothing here does I/O:
+tool calls go through the injected `execute` (the gateway), notifications go
+through the `send` callback the transport passes with each request.
+
+Two protocol eras are served side by side, as the official SDK speaks them:
+
+- handshake era (2024-11-05 .. 2025-11-25): `initialize` fixes the session's
+  version; `ping`; `notifications/cancelled` cancels an in-flight request;
+  `notifications/tools/list_changed` is pushed to the session.
+- 2026-07-28: no handshake; every request carries its protocol version,
+  client info and capabilities in `params._meta` (checked against the HTTP
+  headers when there are any); `server/discover`; results carry `resultType`
+  (and `ttlMs`/`cacheScope` where cacheable); change notifications travel only
+  on `subscriptions/listen` streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from toolscore.v1 import executor_pb2 as ex
+
+from services.common.errors import MeshError
+
+from . import envelope, results
+from ._protocol import (
+    CLIENT_INFO_KEY,
+    H_VERSION,
+    HANDSHAKE_VERSIONS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LATEST_HANDSHAKE,
+    METHOD_NOT_FOUND,
+    MODERN_VERSIONS,
+    PROTOCOL_VERSION_KEY,
+    SERVER_INFO_KEY,
+    SUBSCRIPTION_ID_KEY,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    Message,
+    ProtocolError,
+    RequestId,
+    notification,
+    progress_token,
+    result_response,
+)
+from .catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE, MODERN = "handshake", "modern"
+Send = Callable[[dict[str, Any]], None]
+ExecuteFn = Callable[..., Awaitable[ex.ExecuteResponse]]
+
+
+@dataclass(eq=False)
+class Session:
+    """What the dispatcher knows about one client: a WebSocket connection, an HTTP session, or one request."""
+
+    id: str
+    transport: str  # "http" | "ws"
+    era: str = ""  # "", HANDSHAKE or MODERN; a WebSocket connection is locked to the era it opens with
+    version: str = ""
+    client_info: Any = None
+    initialized: bool = False
+    # Where unsolicited notifications (handshake-era list_changed) go; None: nowhere.
+    push: Send | None = None
+    inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
+    cancelled: set[RequestId] = field(default_factory=set)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """What the server says about itself and how it pages and caches."""
+
+    name: str = "toolscore-mesh"
+    version: str = "0.1.0"
+    instructions: str = (
+        "ToolScore Mesh: every capability of every registered tool, named <tool_id>__<action>."
+    )
+    page_size: int = 100
+    # 2026-07-28 cache hints. The tool list changes whenever the registry does, so its TTL is 0
+    # (clients that want pushes open a subscriptions/listen stream); discover results are stable.
+    tools_ttl_ms: int = 0
+    discover_ttl_ms: int = 60_000
+
+
+class _Cancelled(Exception):
+    """The client cancelled this request: no response is owed (HTTP answers -32800 to end the exchange)."""
+
+
+class Dispatcher:
+    """Serves MCP requests and notifications for every transport."""
+
+    def __init__(
+        self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
+    ) -> None:
+        self._catalog = catalog
+        self._execute = execute
+        self.opts = opts or ServerOptions()
+        self._info = {"name": self.opts.name, "version": self.opts.version}
+        self._capabilities = {"tools": {"listChanged": True}}
+        self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
+        self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
+        self._closed = asyncio.Event()
+
+    # -- entry points --------------------------------------------------------
+
+    async def request(
+        self,
+        msg: Message,
+        session: Session,
+        send: Send | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """The response to one request, or None when the client cancelled it (no response is owed)."""
+        session.last_used = time.monotonic()
+        try:
+            if msg.method == "initialize":
+                return result_response(msg.id, self._initialize(msg, session))  # type: ignore[arg-type]
+            if self._is_modern(msg, session, headers):
+                self._admit_modern(msg, session, headers)
+                result = await self._serve_modern(msg, session, send, headers)
+            else:
+                self._admit_handshake(msg, session)
+                result = await self._serve_handshake(msg, session, send)
+            return result_response(msg.id, result)  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            return exc.response(msg.id)
+        except _Cancelled:
+            return None
+        except Exception:
+            log.exception("MCP request %s failed", msg.method)
+            return ProtocolError(INTERNAL_ERROR, "Internal error").response(msg.id)
+
+    def notification(self, msg: Message, session: Session) -> None:
+        """Apply a client notification; unknown ones are ignored, as JSON-RPC requires."""
+        session.last_used = time.monotonic()
+        if msg.method == "notifications/initialized":
+            session.initialized = True
+        elif msg.method == "notifications/cancelled":
+            rid = (msg.params or {}).get("requestId")
+            if isinstance(rid, str | int) and not isinstance(rid, bool):
+                task = session.inflight.get(rid)
+                if task is not None:
+                    session.cancelled.add(rid)
+                    task.cancel()
+
+    def tools_changed(self) -> None:
+        """Tell every subscriber that the tool list changed."""
+        note = notification("notifications/tools/list_changed", {})
+        for s in list(self._pushed):
+            if s.push is not None:
+                s.push(note)
+        for fire in list(self._listens.values()):
+            fire()
+
+    def forget(self, session: Session) -> None:
+        """The session is gone: stop pushing to it and cancel what it still runs."""
+        self._pushed.discard(session)
+        for rid, task in list(session.inflight.items()):
+            session.cancelled.add(rid)  # ends as "cancelled" (HTTP: -32800), not as a crash
+            task.cancel()
+
+    def close(self) -> None:
+        """Shutting down: end every listen stream gracefully."""
+        self._closed.set()
+
+    # -- eras ------------------------------------------------------------------
+
+    def _is_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> bool:
+        if session.era == MODERN:
+            return True
+        meta = msg.params.get("_meta") if msg.params else None
+        if isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta:
+            return True
+        if headers is not None:
+            v = headers.get(H_VERSION)
+            return v is not None and v not in HANDSHAKE_VERSIONS
+        return False
+
+    def _initialize(self, msg: Message, session: Session) -> dict[str, Any]:
+        params = msg.params or {}
+        requested = params.get("protocolVersion")
+        if session.era == MODERN:
+            raise ProtocolError(
+                UNSUPPORTED_PROTOCOL_VERSION,
+                "Unsupported protocol version: this connection "
+                "speaks 2026-07-28, which has no initialize handshake",
+                {"supported": list(MODERN_VERSIONS), "requested": str(requested)},
+            )
+        if session.era == HANDSHAKE and session.transport == "ws":
+            raise ProtocolError(INVALID_REQUEST, "this connection is already initialized")
+        if not isinstance(requested, str):
+            raise ProtocolError(INVALID_PARAMS, "params.protocolVersion must be a string")
+        session.era = HANDSHAKE
+        session.version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
+        session.client_info = params.get("clientInfo")
+        if session.push is not None:
+            self._pushed.add(session)
+        return {
+            "protocolVersion": session.version,
+            "capabilities": self._capabilities,
+            "serverInfo": self._info,
+            "instructions": self.opts.instructions,
+        }
+
+    def _admit_handshake(self, msg: Message, session: Session) -> None:
+        if session.era == HANDSHAKE or msg.method == "ping":
+            return
+        raise ProtocolError(
+            INVALID_REQUEST,
+            "not initialized: send initialize first, or use protocol "
+            f"2026-07-28 with {PROTOCOL_VERSION_KEY!r} in params._meta",
+        )
+
+    def _admit_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> None:
+        version, meta = envelope.admit(msg, headers)
+        if session.era == HANDSHAKE:
+            raise ProtocolError(
+                INVALID_REQUEST,
+                "this connection completed the initialize handshake; "
+                "2026-07-28 requests need a connection of their own",
+            )
+        session.era, session.version = MODERN, version
+        session.client_info = meta.get(CLIENT_INFO_KEY)
+
+    # -- methods -----------------------------------------------------------------
+
+    async def _serve_handshake(self, msg: Message, session: Session, send: Send | None) -> dict[str, Any]:
+        method = msg.method
+        if method == "tools/call":
+            return await self._tracked(msg, session, lambda: self._call_tool(msg, session, send, None))
+        if method == "tools/list":
+            return self._list_tools(msg)
+        if method == "ping":
+            return {}
+        raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
+
+    async def _serve_modern(
+        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+    ) -> dict[str, Any]:
+        method = msg.method
+        if method == "tools/call":
+            result = await self._tracked(msg, session, lambda: self._call_tool(msg, session, send, headers))
+        elif method == "tools/list":
+            result = self._list_tools(msg)
+            result["ttlMs"], result["cacheScope"] = self.opts.tools_ttl_ms, "public"
+        elif method == "server/discover":
+            result = {
+                "supportedVersions": list(MODERN_VERSIONS),
+                "capabilities": self._capabilities,
+                "instructions": self.opts.instructions,
+                "ttlMs": self.opts.discover_ttl_ms,
+                "cacheScope": "public",
+            }
+        elif method == "subscriptions/listen":
+            result = await self._tracked(msg, session, lambda: self._listen(msg, send))
+        else:
+            raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
+        result["resultType"] = "complete"
+        meta = result.get("_meta")
+        result["_meta"] = {**meta, SERVER_INFO_KEY: self._info} if meta else {SERVER_INFO_KEY: self._info}
+        return result
+
+    async def _tracked(
+        self, msg: Message, session: Session, run: Callable[[], Awaitable[dict[str, Any]]]
+    ) -> dict[str, Any]:
+        """Run a request so that `notifications/cancelled` naming it can cancel it."""
+        rid = msg.id
+        assert rid is not None
+        if rid in session.inflight:
+            raise ProtocolError(INVALID_REQUEST, f"request id {rid!r} is already in flight")
+        task = asyncio.current_task()
+        assert task is not None
+        session.inflight[rid] = task
+        try:
+            return await run()
+        except asyncio.CancelledError:
+            if rid not in session.cancelled:
+                raise
+            session.cancelled.discard(rid)
+            task.uncancel()
+            raise _Cancelled from None
+        finally:
+            session.inflight.pop(rid, None)
+            session.cancelled.discard(rid)
+
+    def _list_tools(self, msg: Message) -> dict[str, Any]:
+        cursor = (msg.params or {}).get("cursor")
+        if cursor is not None and not isinstance(cursor, str):
+            raise ProtocolError(INVALID_PARAMS, "params.cursor must be a string")
+        try:
+            tools, nxt = self._catalog().page(cursor, self.opts.page_size)
+        except ValueError as exc:
+            raise ProtocolError(INVALID_PARAMS, f"Invalid cursor: {exc}") from None
+        result: dict[str, Any] = {"tools": tools}
+        if nxt is not None:
+            result["nextCursor"] = nxt
+        return result
+
+    async def _call_tool(
+        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+    ) -> dict[str, Any]:
+        params = msg.params or {}
+        name = params.get("name")
+        if not isinstance(name, str):
+            raise ProtocolError(INVALID_PARAMS, "params.name must be a string")
+        tool = self._catalog().get(name)
+        if tool is None:
+            raise ProtocolError(INVALID_PARAMS, f"Unknown tool: {name}", {"name": name})
+        args = params.get("arguments")
+        if args is None:
+            args = {}
+        elif not isinstance(args, dict):
+            raise ProtocolError(INVALID_PARAMS, "params.arguments must be an object")
+        if headers is not None and tool.header_schema is not None:
+            envelope.check_param_headers(tool.header_schema, args, headers)
+        # JSON-RPC ids repeat across clients: the mesh's idempotency key must not.
+        scope = session.id or os.urandom(6).hex()
+        req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action, session_id=session.id)
+        req.request_id = f"mcp:{scope}:{msg.id}"
+        if args:
+            try:
+                req.arguments.update(args)
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
+        token = progress_token(params)
+        on_progress = _progress_sender(token, send) if token is not None and send is not None else None
+        try:
+            resp = await self._execute(req, on_progress=on_progress)
+        except MeshError as exc:
+            return results.from_mesh_error(exc)
+        return results.call_result(resp)
+
+    async def _listen(self, msg: Message, send: Send | None) -> dict[str, Any]:
+        if send is None:
+            raise ProtocolError(INVALID_REQUEST, "subscriptions/listen needs a transport that can stream")
+        wanted = (msg.params or {}).get("notifications")
+        if not isinstance(wanted, dict):
+            raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
+        honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
+        meta = {SUBSCRIPTION_ID_KEY: msg.id}
+        send(
+            notification(
+                "notifications/subscriptions/acknowledged", {"notifications": honored, "_meta": meta}
+            )
+        )
+        key = object()
+        if honored:
+            changed = notification("notifications/tools/list_changed", {"_meta": meta})
+            self._listens[key] = lambda: send(changed)
+        try:
+            await self._closed.wait()
+        finally:
+            self._listens.pop(key, None)
+        return {"_meta": dict(meta)}
+
+
+def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], None]:
+    def on_progress(p: ex.Progress) -> None:
+        params: dict[str, Any] = {"progressToken": token, "progress": p.progress}
+        if p.total:
+            params["total"] = p.total
+        if p.message:
+            params["message"] = p.message
+        send(notification("notifications/progress", params))
+
+    return on_progress

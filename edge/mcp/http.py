@@ -1,0 +1,391 @@
+"""Streamable HTTP at `/mcp`: a thin aiohttp shell over the dispatcher.
+
+- POST carries one JSON-RPC message. Notifications and client responses get
+  202. A request is answered with `application/json`, unless it reports
+  progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
+  which case the answer switches to `text/event-stream` and carries the
+  notifications before the response.
+- Handshake era: `initialize` opens a session (`Mcp-Session-Id`); GET opens the
+  session's standalone SSE stream (list_changed), which resumes with
+  `Last-Event-ID` when the client reconnects; DELETE ends the session. A
+  request without a session id is served statelessly.
+- 2026-07-28: every POST stands alone (no session); closing the connection
+  cancels the request.
+- Every request passes the Origin/Host check (403) and the size limit (413).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ._protocol import (
+    DEFAULT_HTTP_VERSION,
+    H_LAST_EVENT,
+    H_SESSION,
+    H_VERSION,
+    HANDSHAKE_VERSIONS,
+    HTTP_STATUS,
+    INVALID_REQUEST,
+    NOTIFICATION,
+    PROTOCOL_VERSION_KEY,
+    REQUEST,
+    REQUEST_CANCELLED,
+    RESPONSE,
+    Message,
+    ProtocolError,
+    decode,
+    encode,
+    error_response,
+    progress_token,
+)
+from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, frame, parse_event_id
+from .dispatcher import HANDSHAKE, Session
+from .service import McpService
+
+log = logging.getLogger(__name__)
+_JSON = "application/json"
+_SSE = "text/event-stream"
+_CLOSED = (ConnectionError, asyncio.IncompleteReadError)
+_KEPT_EXCHANGES = 64
+# Resumable request streams need a client that understands priming events (2025-11-25 and later).
+_RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
+
+
+@dataclass(eq=False)
+class HttpSession:
+    """A handshake-era session: dispatcher state plus the standalone stream's backlog."""
+
+    state: Session
+    backlog: collections.deque[tuple[int, bytes]]
+    seq: int = 0
+    delivered: int = 0  # the last event written to a standalone stream
+    live: asyncio.Queue[tuple[int, bytes] | None] | None = None
+    created: float = field(default_factory=time.monotonic)
+    # Requests answered over SSE whose response has not reached the client yet, for resumption.
+    exchanges: dict[int, Exchange] = field(default_factory=dict)
+    exchange_seq: int = 0
+
+    def new_exchange(self, limit: int) -> Exchange:
+        self.exchange_seq += 1
+        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit)
+        while len(self.exchanges) > _KEPT_EXCHANGES:  # the oldest finished ones nobody came back for
+            oldest = next((k for k, e in self.exchanges.items() if e.final), None)
+            if oldest is None:
+                break
+            del self.exchanges[oldest]
+        return ex
+
+    def push(self, msg: dict[str, Any]) -> None:
+        self.seq += 1
+        data = frame(msg, self.seq)
+        self.backlog.append((self.seq, data))
+        if self.live is not None and self.live.qsize() < 1024:
+            self.live.put_nowait((self.seq, data))
+
+
+def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") -> web.Response:
+    headers = {H_SESSION: session_id} if session_id else None
+    if body is None:
+        return web.Response(status=status, headers=headers)
+    return web.Response(body=encode(body).encode(), status=status, content_type=_JSON, headers=headers)
+
+
+def _fail(status: int, message: str, code: int = INVALID_REQUEST) -> web.Response:
+    return _json(error_response(None, code, message), status)
+
+
+def _cancelled(rid: Any) -> dict[str, Any]:
+    return error_response(rid, REQUEST_CANCELLED, "Request cancelled")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class StreamableHttp:
+    """The `/mcp` endpoint."""
+
+    def __init__(self, svc: McpService) -> None:
+        self.svc = svc
+        self.d = svc.dispatcher
+        self.opts = svc.opts
+        self.sessions: dict[str, HttpSession] = {}
+        self._last_sweep = time.monotonic()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        refused = self.svc.policy.check(request.headers)
+        if refused is not None:
+            return _fail(403, refused)
+        if request.method == "POST":
+            return await self._post(request)
+        if request.method == "GET":
+            return await self._get(request)
+        if request.method == "DELETE":
+            return self._delete(request)
+        return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
+
+    # -- POST ------------------------------------------------------------------
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != _JSON:
+            return _fail(415, "Unsupported Media Type: Content-Type must be application/json")
+        accept = request.headers.get("Accept", "")
+        sse_ok = not accept or _SSE in accept or "*/*" in accept
+        if accept and not (sse_ok or _JSON in accept or "application/*" in accept):
+            return _fail(406, "Not Acceptable: accept application/json and text/event-stream")
+        try:
+            body = await self._read(request)
+        except _TooLarge:
+            return _fail(413, f"Request body larger than {self.opts.max_frame_bytes} bytes")
+        try:
+            msg = decode(body)
+        except ProtocolError as exc:
+            return _json(exc.response(None), exc.http_status)
+        if msg.kind == RESPONSE:
+            return _json(None, 202)
+        hs, session = self._session_for(request, msg)
+        if session is None:
+            sid = request.headers.get(H_SESSION, "")
+            return _fail(404, f"Session not found: {sid[:64]!r}; send initialize to open a new one")
+        if msg.kind == NOTIFICATION:
+            self.d.notification(msg, session)
+            return _json(None, 202)
+        assert msg.kind == REQUEST
+        if msg.method == "subscriptions/listen" and not sse_ok:
+            return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
+        sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
+        streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
+        if msg.method == "subscriptions/listen" or streams:
+            return await self._stream(request, msg, session, hs if sid else None)
+        resp = await self.d.request(msg, session, None, request.headers)
+        if resp is None:
+            resp = _cancelled(msg.id)
+        if msg.method == "initialize":
+            assert hs is not None
+            if "result" not in resp:
+                self.d.forget(session)
+            else:
+                sid = self._open(hs)
+        return _json(resp, _status(resp, session), sid)
+
+    async def _read(self, request: web.Request) -> bytes:
+        limit = self.opts.max_frame_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise _TooLarge
+        buf = bytearray()
+        while chunk := await request.content.readany():
+            buf += chunk
+            if len(buf) > limit:
+                raise _TooLarge
+        return bytes(buf)
+
+    def _session_for(self, request: web.Request, msg: Message) -> tuple[HttpSession | None, Session | None]:
+        """The session a message belongs to: a new one (initialize), a known one, or a one-off."""
+        if msg.method == "initialize":  # a new session: kept only if initialize succeeds
+            hs = HttpSession(
+                Session(id=secrets.token_hex(16), transport="http"),
+                collections.deque(maxlen=self.opts.session_backlog),
+            )
+            hs.state.push = hs.push
+            return hs, hs.state
+        sid = request.headers.get(H_SESSION)
+        if sid is not None:
+            known = self.sessions.get(sid)
+            return (known, known.state) if known is not None else (None, None)
+        one_off = Session(id="", transport="http")
+        version = request.headers.get(H_VERSION)
+        meta = msg.params.get("_meta") if msg.params else None
+        if not (isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta) and (
+            version is None or version in HANDSHAKE_VERSIONS
+        ):
+            # a stateless handshake-era request
+            one_off.era, one_off.version = HANDSHAKE, version or DEFAULT_HTTP_VERSION
+        return None, one_off
+
+    def _open(self, hs: HttpSession) -> str:
+        self._sweep()
+        self.sessions[hs.state.id] = hs
+        log.info("MCP session %s opened (%s)", hs.state.id[:8], hs.state.version)
+        return hs.state.id
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 30 and len(self.sessions) < self.opts.max_sessions:
+            return
+        self._last_sweep = now
+        ttl = self.opts.session_ttl_s
+        idle = [
+            sid
+            for sid, hs in self.sessions.items()
+            if hs.live is None and not hs.state.inflight and now - hs.state.last_used > ttl
+        ]
+        for sid in idle:
+            self._drop(sid)
+        while len(self.sessions) >= self.opts.max_sessions:  # still full: the least recently used go
+            self._drop(min(self.sessions, key=lambda s: self.sessions[s].state.last_used))
+
+    def _drop(self, sid: str) -> HttpSession | None:
+        hs = self.sessions.pop(sid, None)
+        if hs is not None:
+            self.d.forget(hs.state)
+            if hs.live is not None:
+                hs.live.put_nowait(None)
+        return hs
+
+    async def _stream(
+        self, request: web.Request, msg: Message, session: Session, hs: HttpSession | None
+    ) -> web.StreamResponse:
+        """Answer as JSON if the request finishes quietly, else as SSE carrying its notifications.
+
+        In a handshake-era session the call belongs to the session: if the client's connection
+        drops, the call goes on and the client resumes the stream with Last-Event-ID.
+        """
+        resumable = (
+            hs is not None
+            and session.era == HANDSHAKE
+            and HANDSHAKE_VERSIONS.index(session.version) >= _RESUMABLE_FROM
+        )
+        ex = hs.new_exchange(self.opts.notification_queue) if hs and resumable else Exchange(0, 1024)
+        rid = msg.id
+        task = asyncio.create_task(self.d.request(msg, session, ex.add, request.headers))
+        task.add_done_callback(lambda t: ex.add(_outcome(t, rid), final=True))
+        sid = hs.state.id if hs else ""
+        try:
+            changed = ex.changed
+            if not ex.events:  # wait for the first event, at most sse_defer_s
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.opts.sse_defer_s):
+                        await changed.wait()
+            if ex.final and ex.offset + len(ex.events) == 1:  # finished without notifications: plain JSON
+                if hs is not None:
+                    hs.exchanges.pop(ex.number, None)
+                resp = _outcome(task, rid)
+                return _json(resp, _status(resp, session), sid)
+            sse = web.StreamResponse(headers={**SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
+            await sse.prepare(request)
+            if ex.resumable:
+                await sse.write(ex.priming())
+            await ex.follow(sse, 0, self.opts.sse_keepalive_s)
+            if hs is not None:
+                hs.exchanges.pop(ex.number, None)
+            await sse.write_eof()
+            return sse
+        except _CLOSED:
+            log.debug("MCP client left during %s", msg.method)
+            return web.Response(status=499)
+        finally:
+            if not task.done() and not ex.resumable:  # the client went away: cancel the call
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # -- GET / DELETE ------------------------------------------------------------
+
+    def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
+        sid = request.headers.get(H_SESSION)
+        if sid is None:
+            return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
+        hs = self.sessions.get(sid)
+        if hs is None:
+            return None, _fail(404, f"Session not found: {sid[:64]!r}")
+        return hs, None
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        if _SSE not in request.headers.get("Accept", ""):
+            return _fail(406, "Not Acceptable: the GET stream is text/event-stream")
+        hs, error = self._known(request)
+        if hs is None:
+            assert error is not None
+            return error
+        last = parse_event_id(request.headers.get(H_LAST_EVENT))
+        if last is not None and last[0] > 0:
+            return await self._resume(request, hs, *last)
+        if hs.live is not None:  # the client reconnected: the old stream is dead to it
+            hs.live.put_nowait(None)
+        live: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
+        hs.live = live
+        hs.state.last_used = time.monotonic()
+        resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
+        try:
+            await resp.prepare(request)
+            # Resume after Last-Event-ID; a fresh stream gets what no stream has carried yet.
+            after = hs.delivered if last is None else last[1]
+            while not live.empty():  # queued meanwhile: in the backlog already
+                if live.get_nowait() is None:
+                    return resp
+            for seq, data in list(hs.backlog):
+                if seq > after:
+                    await resp.write(data)
+                    hs.delivered = max(hs.delivered, seq)
+            await resp.write(b": stream open\n\n")
+            while True:
+                try:
+                    async with asyncio.timeout(self.opts.sse_keepalive_s):
+                        item = await live.get()
+                except TimeoutError:
+                    await resp.write(KEEPALIVE)
+                    continue
+                if item is None or self.svc.closing.is_set():
+                    break
+                await resp.write(item[1])
+                hs.delivered = max(hs.delivered, item[0])
+            await resp.write_eof()
+        except _CLOSED:
+            log.debug("MCP session %s: standalone stream closed by the client", hs.state.id[:8])
+        finally:
+            if hs.live is live:
+                hs.live = None
+            hs.state.last_used = time.monotonic()
+        return resp
+
+    async def _resume(
+        self, request: web.Request, hs: HttpSession, number: int, after: int
+    ) -> web.StreamResponse:
+        """GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its response."""
+        ex = hs.exchanges.get(number)
+        if ex is None:
+            return _fail(404, f"Stream {number} of this session is finished or unknown")
+        resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
+        try:
+            await resp.prepare(request)
+            await ex.follow(resp, after, self.opts.sse_keepalive_s)
+            hs.exchanges.pop(number, None)
+            await resp.write_eof()
+        except _CLOSED:
+            log.debug("MCP session %s: resumed stream %d closed by the client", hs.state.id[:8], number)
+        return resp
+
+    def _delete(self, request: web.Request) -> web.Response:
+        hs, error = self._known(request)
+        if hs is None:
+            assert error is not None
+            return error
+        self._drop(hs.state.id)
+        log.info("MCP session %s closed by the client", hs.state.id[:8])
+        return web.Response(status=200)
+
+    def close(self) -> None:
+        """Shutting down: end every standalone stream and forget every session."""
+        for sid in list(self.sessions):
+            self._drop(sid)
+
+
+def _outcome(task: asyncio.Task[dict[str, Any] | None], rid: Any) -> dict[str, Any]:
+    if task.cancelled():
+        return _cancelled(rid)
+    return task.result() or _cancelled(rid)
+
+
+def _status(resp: dict[str, Any], session: Session) -> int:
+    error = resp.get("error")
+    if error is None or session.era == HANDSHAKE:
+        return 200
+    return HTTP_STATUS.get(error.get("code", 0), 200)

@@ -1,0 +1,83 @@
+"""Mesh call outcomes as MCP `tools/call` results or JSON-RPC errors. Pure.
+
+A tool that fails, times out or cannot be reached is a *result* with
+`isError` (the model sees it and can adapt); a call the protocol rejects
+(unknown tool, arguments that violate the schema) is a JSON-RPC error.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from toolscore.v1 import executor_pb2 as ex
+
+from services.common.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidRequest,
+    MeshError,
+    NotFound,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.common.jsonvalue import struct_to_dict, value_to_py
+
+from ._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
+
+# Faults of the call itself (the client sent something we cannot run): -32602.
+_INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted, OutOfRange)
+_OCTETS = "application/octet-stream"
+# Failures of the tool, reported to the model as an isError result.
+_TOOL_FAILURE = (Unavailable, DeadlineExceeded)
+
+
+def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
+    """The `CallToolResult` for a tool's response: content blocks, structuredContent, isError."""
+    structured = struct_to_dict(resp.structured) if resp.HasField("structured") else None
+    content: list[dict[str, Any]] = []
+    values: list[tuple[int, Any]] = []  # JSON blocks, with where they stood
+    for block in resp.content:
+        kind = block.WhichOneof("block")
+        if kind == "text":
+            content.append({"type": "text", "text": block.text.text})
+        elif kind == "image":
+            data = base64.b64encode(block.image.data).decode("ascii")
+            content.append({"type": "image", "data": data, "mimeType": block.image.mime_type or _OCTETS})
+        elif kind == "json":
+            values.append((len(content), value_to_py(block.json.value)))
+    if values:
+        texts = {c["text"] for c in content if c["type"] == "text"}
+        for at, value in reversed(values):
+            if structured is None and isinstance(value, dict):
+                structured = value
+            text = json.dumps(value, ensure_ascii=False, default=str)
+            if text not in texts:  # the toolkit often sends the same JSON as text too
+                texts.add(text)
+                content.insert(at, {"type": "text", "text": text})
+    if not content:
+        if resp.is_error:
+            content.append({"type": "text", "text": resp.error.message or "the tool reported an error"})
+        elif structured is not None:
+            content.append({"type": "text", "text": json.dumps(structured, ensure_ascii=False, default=str)})
+    result: dict[str, Any] = {"content": content}
+    if structured is not None:
+        result["structuredContent"] = structured
+    if resp.is_error:
+        result["isError"] = True
+    return result
+
+
+def failure_result(message: str) -> dict[str, Any]:
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
+
+def from_mesh_error(exc: MeshError) -> dict[str, Any]:
+    """An isError result for tool failures; raise ProtocolError for everything else."""
+    if isinstance(exc, _TOOL_FAILURE):
+        return failure_result(exc.message)
+    if isinstance(exc, _INVALID_CALL):
+        raise ProtocolError(INVALID_PARAMS, exc.message, exc.to_json()) from None
+    raise ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json()) from None

@@ -1,0 +1,109 @@
+"""The MCP service inside the edge: the live tool catalog, the dispatcher, and their lifetime.
+
+The catalog follows the gateway's registry cache: it is rebuilt when the
+gateway's revision moves, and a registry event that changes the *listing*
+(not just a tool's health) is announced to MCP clients as list_changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+from toolscore.v1 import tool_pb2
+
+from edge.gateway import HubGateway
+from services.common.config import Config
+
+from .catalog import Catalog, build
+from .dispatcher import Dispatcher, ServerOptions
+from .security import OriginPolicy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class McpOptions:
+    """Transport settings (defaults; the frame limit and origins come from `[edge]`)."""
+
+    max_frame_bytes: int = 4 * 1024 * 1024
+    # A request that has not answered or reported progress within this window switches
+    # its HTTP response to SSE, so keepalive comments can flow (and a vanished client is noticed).
+    sse_defer_s: float = 10.0
+    sse_keepalive_s: float = 15.0
+    session_ttl_s: float = 3600.0
+    max_sessions: int = 10000
+    # Standalone-stream events kept per HTTP session for Last-Event-ID resumption.
+    session_backlog: int = 256
+    notification_queue: int = 1024
+
+
+class LiveCatalog:
+    """The MCP view of the gateway's registry cache, rebuilt only when the registry moved."""
+
+    def __init__(self, gateway: HubGateway) -> None:
+        self._gw = gateway
+        self._revision = -1
+        self._catalog = Catalog()
+
+    def current(self) -> Catalog:
+        if self._gw.revision != self._revision:
+            self._catalog = build(e.tool for e in self._gw.entries.values())
+            self._revision = self._gw.revision
+        return self._catalog
+
+
+class McpService:
+    """Owns the dispatcher and catalog; started and stopped with the edge app."""
+
+    def __init__(
+        self,
+        gateway: HubGateway,
+        cfg: Config,
+        opts: McpOptions | None = None,
+        server: ServerOptions | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.opts = opts or McpOptions(max_frame_bytes=cfg.edge.max_frame_bytes)
+        self.catalog = LiveCatalog(gateway)
+        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
+        self.policy = OriginPolicy(cfg.edge.host, cfg.edge.allowed_origins)
+        self._announced = Catalog()
+        self._check_scheduled = False
+        self._first_sync: asyncio.Task[None] | None = None
+        self.closing = asyncio.Event()
+
+    def start(self) -> None:
+        self._announced = self.catalog.current()
+        self.gateway.listeners.append(self._on_event)
+        if not self.gateway.synced.is_set():  # the first listing notifies no listener: check after it
+            self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
+
+    async def _after_first_sync(self) -> None:
+        await self.gateway.synced.wait()
+        self._check()
+
+    async def stop(self) -> None:
+        """Stop announcing; end listen streams and SSE streams gracefully."""
+        if self._first_sync is not None:
+            self._first_sync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._first_sync
+        if self._on_event in self.gateway.listeners:
+            self.gateway.listeners.remove(self._on_event)
+        self.dispatcher.close()
+        self.closing.set()
+
+    def _on_event(self, event: tool_pb2.ToolEvent) -> None:
+        if not self._check_scheduled:  # coalesce a burst of events into one check
+            self._check_scheduled = True
+            asyncio.get_running_loop().call_soon(self._check)
+
+    def _check(self) -> None:
+        self._check_scheduled = False
+        current = self.catalog.current()
+        if not current.same_listing(self._announced):
+            self._announced = current
+            self.dispatcher.tools_changed()

@@ -1,0 +1,57 @@
+"""A request's SSE event stream: ids for resumption, bounded buffers, no stalls."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from edge.mcp._sse import Exchange, parse_event_id
+
+
+class Sink:
+    """Stands in for an aiohttp StreamResponse: records what is written."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.wrote = asyncio.Event()
+
+    async def write(self, data: bytes) -> None:
+        self.frames.append(data)
+        self.wrote.set()
+
+
+def note(i: int) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"i": i}}
+
+
+async def test_a_long_lived_stream_keeps_delivering_past_its_buffer_limit():
+    ex, sink = Exchange(0, limit=2), Sink()
+    follower = asyncio.create_task(ex.follow(sink, 0, 30))  # type: ignore[arg-type]
+    for i in range(5):
+        sink.wrote.clear()
+        ex.add(note(i))
+        async with asyncio.timeout(5):
+            await sink.wrote.wait()
+    ex.add({"jsonrpc": "2.0", "id": 1, "result": {}}, final=True)
+    async with asyncio.timeout(5):
+        await follower
+    assert len(sink.frames) == 6 and ex.events == []
+    assert not any(f.startswith(b"id:") for f in sink.frames)
+
+
+async def test_a_resumable_stream_numbers_its_events_and_replays_after_an_id():
+    ex, sink = Exchange(3, limit=10), Sink()
+    ex.add(note(1))
+    ex.add(note(2))
+    ex.add({"jsonrpc": "2.0", "id": 1, "result": {}}, final=True)
+    ex.add(note(3))  # nothing after the response
+    async with asyncio.timeout(5):
+        await ex.follow(sink, 1, 30)  # type: ignore[arg-type]
+    assert [f.split(b"\n")[0] for f in sink.frames] == [b"id: 3-2", b"id: 3-3"]
+    assert ex.priming() == b"id: 3-0\ndata: \n\n"
+
+
+def test_last_event_ids_name_the_stream_and_the_event():
+    assert parse_event_id("7") == (0, 7)
+    assert parse_event_id("3-2") == (3, 2)
+    assert parse_event_id("x-1") is None and parse_event_id(None) is None

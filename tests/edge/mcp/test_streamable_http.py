@@ -1,0 +1,377 @@
+"""Streamable HTTP at /mcp on the wire: sessions, resumption, DNS-rebinding checks, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from edge.mcp import McpOptions, add_routes
+
+from .conftest import Edge, Probe, Register, actions, serve, tool_def
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+MODERN = "2026-07-28"
+INIT_2025_11_25 = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-11-25", "capabilities": {}},
+}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+
+
+def modern_headers(method: str, name: str | None = None) -> dict[str, str]:
+    h = {**ACCEPT, "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if name is not None:
+        h["Mcp-Name"] = name
+    return h
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+        yield s
+
+
+async def post(
+    http: aiohttp.ClientSession, edge: Edge, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    data = io.BytesIO(body if isinstance(body, bytes) else json.dumps(body).encode())
+    async with http.post(edge.url, data=data, headers=headers or ACCEPT) as r:
+        text = await r.text()
+        return r.status, (json.loads(text) if text else None), r
+
+
+async def initialize(http: aiohttp.ClientSession, edge: Edge, version: str = "2025-06-18") -> str:
+    status, body, r = await post(
+        http,
+        edge,
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": version,
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "1"},
+            },
+        },
+    )
+    assert status == 200 and body["result"]["protocolVersion"] == version
+    return r.headers["Mcp-Session-Id"]
+
+
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str | None, dict[str, Any]]]:
+    """(id, message) for each SSE event with data; comments are skipped."""
+    event_id, data = None, []
+    async for raw in resp.content:
+        line = raw.decode().rstrip("\r\n")
+        if not line:
+            if data:
+                yield event_id, json.loads("\n".join(data))
+            event_id, data = None, []
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+async def test_a_foreign_origin_or_host_is_refused_with_403(http: aiohttp.ClientSession, edge: Edge):
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    evil_origin, body, _ = await post(http, edge, ping, {**ACCEPT, "Origin": "http://evil.example"})
+    evil_host, _, _ = await post(http, edge, ping, {**ACCEPT, "Host": f"evil.example:{edge.port}"})
+    local_origin, ok, _ = await post(http, edge, ping, {**ACCEPT, "Origin": f"http://localhost:{edge.port}"})
+    async with http.get(
+        edge.url, headers={"Accept": "text/event-stream", "Origin": "http://evil.example"}
+    ) as r:
+        evil_get = r.status
+    assert (evil_origin, evil_host, evil_get) == (403, 403, 403)
+    assert body["error"]["code"] == -32600 and "origin" in body["error"]["message"]
+    assert local_origin == 200 and ok["result"] == {}
+
+
+async def test_bad_bodies_get_json_rpc_errors_with_http_4xx(http: aiohttp.ClientSession, edge: Edge):
+    parse = await post(http, edge, b"{nope")
+    batch = await post(http, edge, [{"jsonrpc": "2.0", "id": 1, "method": "ping"}])
+    no_method = await post(http, edge, {"jsonrpc": "2.0", "id": 1})
+    bad_id = await post(http, edge, {"jsonrpc": "2.0", "id": 1.5, "method": "ping"})
+    bad_params = await post(http, edge, {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]})
+    async with http.post(edge.url, data="{}", headers={"Content-Type": "text/plain"}) as r:
+        wrong_type = r.status
+    assert (parse[0], parse[1]["error"]["code"], parse[1]["id"]) == (400, -32700, None)
+    assert (batch[0], batch[1]["error"]["code"]) == (400, -32600)
+    assert (no_method[0], no_method[1]["error"]["code"]) == (400, -32600)
+    assert (bad_id[0], bad_id[1]["error"]["code"]) == (400, -32600)
+    assert (bad_params[0], bad_params[1]["error"]["code"]) == (400, -32600)
+    assert wrong_type == 415
+
+
+async def test_a_body_over_the_frame_limit_is_413(http: aiohttp.ClientSession, edge: Edge):
+    pad = "x" * (edge.svc.opts.max_frame_bytes + 1)
+    status, body, _ = await post(
+        http, edge, {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"p": pad}}
+    )
+    after, ok, _ = await post(http, edge, {"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    assert status == 413 and body["error"]["code"] == -32600
+    assert after == 200 and ok["result"] == {}
+
+
+async def test_modern_requests_are_checked_rung_by_rung(http: aiohttp.ClientSession, edge: Edge):
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}}
+    ok = await post(http, edge, listing, modern_headers("tools/list"))
+    unknown = await post(http, edge, {**listing, "method": "prompts/list"}, modern_headers("prompts/list"))
+    mismatch = await post(http, edge, listing, modern_headers("tools/call"))
+    no_caps = await post(
+        http,
+        edge,
+        {**listing, "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}}},
+        modern_headers("tools/list"),
+    )
+    future = {
+        "io.modelcontextprotocol/protocolVersion": "2099-01-01",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    }
+    unsupported = await post(
+        http,
+        edge,
+        {**listing, "params": {"_meta": future}},
+        {**modern_headers("tools/list"), "MCP-Protocol-Version": "2099-01-01"},
+    )
+    assert (
+        ok[0] == 200 and ok[1]["result"]["resultType"] == "complete" and "Mcp-Session-Id" not in ok[2].headers
+    )
+    assert (unknown[0], unknown[1]["error"]["code"]) == (404, -32601)
+    assert (mismatch[0], mismatch[1]["error"]["code"]) == (400, -32020)
+    assert (no_caps[0], no_caps[1]["error"]["code"]) == (400, -32602)
+    assert (unsupported[0], unsupported[1]["error"]["code"]) == (400, -32022)
+    assert unsupported[1]["error"]["data"] == {"supported": [MODERN], "requested": "2099-01-01"}
+
+
+async def test_tools_list_pages_with_a_cursor(http: aiohttp.ClientSession, edge: Edge, kit: Probe):
+    import dataclasses
+
+    d = edge.svc.dispatcher
+    d.opts = dataclasses.replace(d.opts, page_size=2)
+    names, cursor, pages = [], None, 0
+    while True:
+        params = {"cursor": cursor} if cursor else {}
+        _, body, _ = await post(
+            http, edge, {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": params}
+        )
+        names += [t["name"] for t in body["result"]["tools"]]
+        pages += 1
+        cursor = body["result"].get("nextCursor")
+        if cursor is None:
+            break
+    _, bad, _ = await post(
+        http, edge, {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": "not-ours"}}
+    )
+    everything = edge.svc.catalog.current().names
+    assert len(everything) >= 5 and pages == (len(everything) + 1) // 2
+    assert names == everything
+    assert bad["error"]["code"] == -32602
+
+
+async def test_unknown_sessions_are_404_and_delete_ends_a_session(http: aiohttp.ClientSession, edge: Edge):
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    stranger, _, _ = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": "0" * 32})
+    sid = await initialize(http, edge)
+    known, _, _ = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid})
+    async with http.delete(edge.url, headers={"Mcp-Session-Id": sid}) as r:
+        deleted = r.status
+    gone, _, _ = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid})
+    async with http.get(edge.url, headers={"Accept": "text/event-stream"}) as r:
+        no_sid = r.status
+    assert (stranger, known, deleted, gone, no_sid) == (404, 200, 200, 404, 400)
+
+
+async def test_notifications_are_accepted_with_202(http: aiohttp.ClientSession, edge: Edge):
+    sid = await initialize(http, edge)
+    status, body, _ = await post(
+        http,
+        edge,
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {**ACCEPT, "Mcp-Session-Id": sid},
+    )
+    assert (status, body) == (202, None)
+
+
+async def test_a_session_survives_reconnecting_its_event_stream(
+    http: aiohttp.ClientSession, edge: Edge, register: Register, start_tool_server: Any
+):
+    sid = await initialize(http, edge)
+    stream_headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
+    first = await http.get(edge.url, headers=stream_headers)
+    async with asyncio.timeout(10):
+        assert (await first.content.readline()).startswith(b": stream open")
+    first.close()  # the client drops its stream...
+    for tool_id in ("gone1", "gone2"):  # ...and misses two changes
+        acts = actions(Probe())
+        _, endpoint = await start_tool_server({tool_id: acts}, name=tool_id)
+        await register(tool_def(tool_id, endpoint, acts))
+    seen: list[tuple[str | None, dict[str, Any]]] = []
+    async with http.get(edge.url, headers={**stream_headers, "Last-Event-ID": "0"}) as again:
+        async with asyncio.timeout(10):
+            async for event in sse_events(again):
+                seen.append(event)
+                if len(seen) == 2:
+                    break
+    assert [msg["method"] for _, msg in seen] == ["notifications/tools/list_changed"] * 2
+    assert [eid for eid, _ in seen] == ["1", "2"]
+    async with http.get(edge.url, headers={**stream_headers, "Last-Event-ID": "1"}) as resumed:
+        async with asyncio.timeout(10):
+            eid, msg = await anext(sse_events(resumed))
+    assert eid == "2" and msg["method"] == "notifications/tools/list_changed"
+
+
+async def test_a_call_with_a_progress_token_streams_progress_then_the_result(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "kit__count", "arguments": {"n": 2}, "_meta": {"progressToken": 99}},
+    }
+    async with http.post(edge.url, data=json.dumps(body), headers=ACCEPT) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        events = [msg async for _, msg in sse_events(r)]
+    assert [e.get("method") for e in events] == ["notifications/progress", "notifications/progress", None]
+    assert events[0]["params"] == {"progressToken": 99, "progress": 1, "total": 2, "message": "step 1"}
+    assert events[-1]["id"] == 7 and events[-1]["result"]["content"][0]["text"] == "counted to 2"
+
+
+async def test_a_call_without_progress_answers_plain_json(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    body = {
+        "jsonrpc": "2.0",
+        "id": 8,
+        "method": "tools/call",
+        "params": {"name": "kit__echo", "arguments": {"text": "quick"}, "_meta": {"progressToken": 1}},
+    }
+    async with http.post(edge.url, data=json.dumps(body), headers=ACCEPT) as r:
+        ctype = r.headers["Content-Type"]
+        result = await r.json()
+    assert ctype.startswith("application/json")
+    assert result["result"]["structuredContent"] == {"text": "quick"}
+
+
+async def test_a_handshake_cancel_notification_ends_the_call_with_request_cancelled(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    sid = await initialize(http, edge)
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    call = asyncio.create_task(
+        post(
+            http,
+            edge,
+            {"jsonrpc": "2.0", "id": "c1", "method": "tools/call", "params": {"name": "kit__block"}},
+            headers,
+        )
+    )
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    status, _, _ = await post(
+        http,
+        edge,
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c1"}},
+        headers,
+    )
+    async with asyncio.timeout(10):
+        await kit.cancelled.wait()
+        _, answer, _ = await call
+    assert status == 202
+    assert answer == {"jsonrpc": "2.0", "id": "c1", "error": {"code": -32800, "message": "Request cancelled"}}
+
+
+async def test_deleting_a_session_cancels_its_calls_with_request_cancelled(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    sid = await initialize(http, edge)
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    call = asyncio.create_task(
+        post(
+            http,
+            edge,
+            {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "kit__block"}},
+            headers,
+        )
+    )
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    async with http.delete(edge.url, headers={"Mcp-Session-Id": sid}) as r:
+        assert r.status == 200
+    async with asyncio.timeout(10):
+        await kit.cancelled.wait()
+        status, answer, _ = await call
+    assert status == 200 and answer["error"]["code"] == -32800
+
+
+async def test_a_slow_call_switches_to_sse_with_keepalives_then_answers(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    app = web.Application()
+    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.05, sse_keepalive_s=0.05))
+    runner, port = await serve(app)
+    try:
+        body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "kit__block"}}
+        body["params"]["_meta"] = {"progressToken": "t"}
+        async with http.post(f"http://127.0.0.1:{port}/mcp", data=json.dumps(body), headers=ACCEPT) as r:
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+            async with asyncio.timeout(10):
+                while not (await r.content.readline()).startswith(b": keepalive"):
+                    pass
+                kit.release.set()
+                events = [msg async for _, msg in sse_events(r)]
+    finally:
+        await runner.cleanup()
+    assert events == [
+        {"jsonrpc": "2.0", "id": 3, "result": {"content": [{"type": "text", "text": "released"}]}}
+    ]
+
+
+async def test_a_dropped_request_stream_resumes_with_last_event_id_and_the_call_goes_on(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    app = web.Application()
+    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.01))
+    runner, port = await serve(app)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        async with http.post(url, data=json.dumps(INIT_2025_11_25), headers=ACCEPT) as r:
+            sid = r.headers["Mcp-Session-Id"]
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        body = {"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "kit__block"}}
+        body["params"]["_meta"] = {"progressToken": 4}
+        dropped = await http.post(url, data=json.dumps(body), headers=headers)
+        async with asyncio.timeout(10):
+            assert dropped.headers["Content-Type"].startswith("text/event-stream")
+            priming = await dropped.content.readline()
+            await kit.started.wait()
+        dropped.close()  # the connection drops mid-call
+        kit.release.set()
+        resume = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, "Last-Event-ID": "1-0"}
+        async with http.get(url, headers=resume) as again:
+            async with asyncio.timeout(10):
+                events = [event async for event in sse_events(again)]
+        async with http.get(url, headers=resume) as twice:
+            gone = twice.status
+    finally:
+        await runner.cleanup()
+    assert priming == b"id: 1-0\n"
+    assert events == [
+        ("1-1", {"jsonrpc": "2.0", "id": 4, "result": {"content": [{"type": "text", "text": "released"}]}})
+    ]
+    assert not kit.cancelled.is_set()
+    assert gone == 404  # delivered: nothing is kept

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto run test lint bench clean node-example
+.PHONY: venv proto run test lint bench clean node-example task
 
 venv: $(STAMP)
 
@@ -29,6 +29,10 @@ $(GEN_STAMP): $(PROTOS) $(STAMP) Makefile
 
 run: proto
 	$(PY) -m services.mesh
+
+# make task TASK="..." : one task through the reasoning runtime against a running mesh (needs OPENAI_BASE_URL).
+task: proto
+	$(PY) -m services.runtime "$(TASK)"
 
 test: proto node-example
 	$(PY) -m pytest

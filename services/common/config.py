@@ -138,6 +138,44 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """The reasoning runtime: the LLM, budgets, task workers and trajectories (docs/config/runtime.md)."""
+
+    # OpenAI-compatible endpoint; OPENAI_BASE_URL (read in __main__) takes precedence. The key is
+    # never configured here: OPENAI_API_KEY only.
+    llm_base_url: str = ""
+    model: str = "gpt-4o-mini"
+    # native: OpenAI function calling; json: the original text-only {thinking, tool_id, action, parameters}.
+    action_mode: str = "native"
+    stream: bool = False
+    temperature: float = 0.0
+    max_output_tokens: int = 2048
+    llm_timeout_s: float = 60.0
+    llm_retries: int = 3
+    llm_backoff_s: float = 0.5
+    llm_backoff_max_s: float = 8.0
+    # Budgets per task; 0 means unlimited for max_tokens.
+    max_steps: int = 20
+    max_wall_s: float = 600.0
+    max_tokens: int = 200000
+    max_parallel_tools: int = 8
+    # At most this many functions per LLM request (OpenAI rejects more than 128); the gap tool is extra.
+    max_functions: int = 127
+    tool_timeout_s: float = 120.0
+    observation_chars: int = 8000
+    # Where the edge is; empty: http://<edge.host>:<edge.port>.
+    edge_url: str = ""
+    events: bool = True
+    gap_tool: bool = True
+    install_wait_s: float = 120.0
+    # Service mode: task workers and their store.
+    concurrency: int = 2
+    max_attempts: int = 2
+    tasks_path: str = "data/tasks.sqlite3"
+    trajectory_dir: str = "data/trajectories"
+
+
+@dataclass(frozen=True)
 class FunctionToolConfig:
     """An in-process function tool: Python callables inside the hub."""
 
@@ -197,6 +235,7 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     function_tools: tuple[FunctionToolConfig, ...] = ()
 

@@ -1,0 +1,95 @@
+"""The task service routes: `POST /api/v1/tasks` and `GET /api/v1/tasks/{task_id}`.
+
+Mounted by the edge app (`add_routes(app, service)`); the `TaskService` owns the
+store and the runtime workers, and is entered/exited with the app through
+`cleanup_ctx`. Handlers only translate JSON; errors use the edge's JSON shape
+(`{status:"error", success:false, error, code, reason, message}`) even when the
+routes are mounted on a bare aiohttp app.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from services.common.errors import InvalidRequest, MeshError, NotFound
+from services.runtime.service import TaskService
+
+TASKS = web.AppKey("tasks", TaskService)
+MAX_INPUT_CHARS = 100_000
+
+
+def _error(err: MeshError) -> web.Response:
+    return web.json_response(
+        {"status": "error", "success": False, "error": err.message, **err.to_json()}, status=err.http_status
+    )
+
+
+def _parse(raw: bytes) -> tuple[str, int, dict[str, Any]]:
+    try:
+        body = json.loads(raw) if raw else None
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidRequest(
+            "input (a non-empty string: the task) is required",
+            reason="MISSING_FIELD",
+            metadata={"field": "input"},
+        )
+    if len(text) > MAX_INPUT_CHARS:
+        raise InvalidRequest(f"input is longer than {MAX_INPUT_CHARS} characters", reason="INPUT_TOO_LONG")
+    priority = body.get("priority", 0)
+    if priority is None:
+        priority = 0
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise InvalidRequest(
+            "priority must be an integer", reason="INVALID_FIELD", metadata={"field": "priority"}
+        )
+    context = body.get("context") or {}
+    if not isinstance(context, dict):
+        raise InvalidRequest(
+            "context must be a JSON object", reason="INVALID_FIELD", metadata={"field": "context"}
+        )
+    return text, priority, context
+
+
+async def create_task(request: web.Request) -> web.Response:
+    try:
+        text, priority, context = _parse(await request.read())
+    except MeshError as err:
+        return _error(err)
+    row = await request.app[TASKS].submit(text, priority, context)
+    return web.json_response(
+        {"task_id": row.task_id, "status": row.status},
+        status=202,
+        headers={"Location": f"/api/v1/tasks/{row.task_id}"},
+    )
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = request.match_info["task_id"]
+    row = await request.app[TASKS].get(task_id)
+    if row is None:
+        return _error(
+            NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+        )
+    return web.json_response(row.json())
+
+
+def add_routes(app: web.Application, service: TaskService) -> None:
+    """Mount the task routes and tie the service's lifetime (store + workers) to the app's."""
+    app[TASKS] = service
+
+    async def _lifetime(_app: web.Application) -> AsyncIterator[None]:
+        async with service:
+            yield
+
+    app.cleanup_ctx.append(_lifetime)
+    app.router.add_post("/api/v1/tasks", create_task)
+    app.router.add_get("/api/v1/tasks/{task_id}", get_task)

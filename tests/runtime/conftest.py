@@ -1,0 +1,106 @@
+"""Runtime fixtures: a real hub (with the Python executor in process), the real edge app on a free port,
+and a RuntimeHost talking to both through HTTP and the events WebSocket; the LLM is tests/runtime/fake_llm."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from aiohttp import web
+
+from edge.app import build_app
+from edge.state import GATEWAY
+from services.common import config as config_mod
+from services.common.config import Config
+from services.hub.app import Hub
+from services.runtime.host import RuntimeHost
+from services.runtime.llm import LLMSettings
+from services.runtime.loop import AgentSettings
+from tests.runtime.fake_llm import FakeLLM
+
+PY = "python-executor-mcp-server__python_execute"
+
+
+@pytest.fixture
+def cfg(cfg: Config) -> Config:
+    return config_mod.replace(cfg, executor={"use_inprocess_python_executor": True})
+
+
+@dataclass
+class Edge:
+    app: web.Application
+    url: str
+
+
+@pytest.fixture
+async def edge(cfg: Config, hub: Hub) -> AsyncIterator[Edge]:
+    ecfg = config_mod.replace(
+        cfg, edge={"hub": hub.uds_target, "port": 0, "usage_flush_s": 0.1, "uvloop": False}
+    )
+    app = build_app(ecfg)
+    channel = _use_real_discovery_client(app, hub)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    host, port = runner.addresses[0][:2]
+    async with asyncio.timeout(10):
+        await app[GATEWAY].synced.wait()
+    yield Edge(app, f"http://{host}:{port}")
+    await runner.cleanup()
+    if channel is not None:
+        await channel.close()
+
+
+def _use_real_discovery_client(app: web.Application, hub: Hub) -> grpc.aio.Channel | None:
+    """The edge app mounts the discovery routes with its gateway where they expect a DiscoveryClient
+    (edge/app.py `_optional_routes`); until the lead wires it, give them a real one over the hub socket."""
+    try:
+        from edge.discovery_routes import CLIENT
+        from services.discovery.client import DiscoveryClient
+    except ImportError:
+        return None
+    if CLIENT not in app or isinstance(app[CLIENT], DiscoveryClient):
+        return None
+    channel = grpc.aio.insecure_channel(hub.uds_target or "")
+    app[CLIENT] = DiscoveryClient(channel)
+    return channel
+
+
+@pytest.fixture
+def edge_without_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build the edge like a mesh where discovery is not deployed: without the optional routes."""
+    import edge.app
+
+    monkeypatch.setattr(edge.app, "_optional_routes", lambda *args: None)
+
+
+def llm_settings(llm: FakeLLM, **kw: Any) -> LLMSettings:
+    base = {"timeout_s": 5.0, "retries": 2, "backoff_s": 0.01, "backoff_max_s": 0.05, "model": "fake-model"}
+    return LLMSettings(base_url=llm.base_url, api_key="test-key", **{**base, **kw})
+
+
+@pytest.fixture
+async def start_runtime(edge: Edge, cfg: Config) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_runtime(llm, max_steps=..., stream=True)` -> a RuntimeHost following the edge events."""
+    hosts: list[RuntimeHost] = []
+    llm_fields = {f.name for f in dataclasses.fields(LLMSettings)}
+
+    async def start(llm: FakeLLM, **kw: Any) -> RuntimeHost:
+        llm_kw = {k: v for k, v in kw.items() if k in llm_fields}
+        agent = AgentSettings(model="fake-model", **{k: v for k, v in kw.items() if k not in llm_fields})
+        host = RuntimeHost(
+            llm_settings(llm, **llm_kw), edge.url, agent, cfg.path("data/trajectories"), tool_timeout_s=30.0
+        )
+        await host.__aenter__()
+        hosts.append(host)
+        assert await host.wait_events_connected(10.0)
+        return host
+
+    yield start
+    for h in hosts:
+        await h.__aexit__(None, None, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 
@@ -17,12 +18,12 @@ from services.common.runtime import run, setup_logging
 log = logging.getLogger("edge")
 
 
-async def serve(cfg: Config, stop: asyncio.Event) -> None:
+async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = None) -> None:
     """Serve until `stop` is set, then close websockets (GOING_AWAY) and stop cleanly.
 
     handler_cancellation: a client that goes away mid-call cancels its call, down to the tool server.
     """
-    runner = web.AppRunner(build_app(cfg), access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
+    runner = web.AppRunner(build_app(cfg, llm), access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
@@ -54,7 +55,9 @@ def main() -> None:
         check_bind(cfg.edge.host, cfg.auth.admin_token)
     except BindRefused as err:
         raise SystemExit(f"edge: {err.message}") from None
-    run(lambda stop: serve(cfg, stop), use_uvloop=cfg.edge.uvloop)
+    # The task service's LLM endpoint: read here only, passed down.
+    llm = (os.environ.get("OPENAI_BASE_URL") or cfg.runtime.llm_base_url, os.environ.get("OPENAI_API_KEY", ""))
+    run(lambda stop: serve(cfg, stop, llm), use_uvloop=cfg.edge.uvloop)
 
 
 if __name__ == "__main__":

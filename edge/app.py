@@ -9,15 +9,16 @@ maps exceptions to HTTP status and JSON bodies.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import WSCloseCode, web
+from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
+from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
-from edge import events, rest, toolscore_ws
+from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
+from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway, default_hub_target
 from edge.metrics import EdgeMetrics
@@ -25,7 +26,9 @@ from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
 from services.common.config import Config
-from services.common.errors import MeshError
+from services.common.errors import MeshError, Unavailable
+from services.discovery.client import DiscoveryClient
+from services.runtime.service import service_from_config
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +134,12 @@ async def _close_websockets(app: web.Application) -> None:
     )
 
 
-def build_app(cfg: Config) -> web.Application:
-    """The whole edge, ready for `web.AppRunner`."""
+def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Application:
+    """The whole edge, ready for `web.AppRunner`.
+
+    `llm` is (base_url, api_key) of the runtime's OpenAI-compatible endpoint, read
+    by `__main__`; without it the task routes answer 503 with a clear reason.
+    """
     app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
     gateway = HubGateway(gateway_options(cfg))
     metrics = EdgeMetrics()
@@ -150,15 +157,37 @@ def build_app(cfg: Config) -> web.Application:
     rest.add_routes(app)
     events.add_routes(app)
     toolscore_ws.add_routes(app)
-    _optional_routes(app, gateway, cfg)
+    edge_mcp.add_routes(app, gateway, cfg)
+    discovery_routes.add_routes(app, _GatewayDiscoveryClient(gateway))
+    _task_routes(app, cfg, llm)
     return app
 
 
-def _optional_routes(app: web.Application, gateway: HubGateway, cfg: Config) -> None:
-    """Routes other parts of the project add when present (standard MCP, discovery)."""
-    if importlib.util.find_spec("edge.mcp") is not None:
-        mcp = importlib.import_module("edge.mcp")
-        mcp.add_routes(app, gateway, cfg)
-    if importlib.util.find_spec("edge.discovery_routes") is not None:
-        discovery = importlib.import_module("edge.discovery_routes")
-        discovery.add_routes(app, gateway)
+class _GatewayDiscoveryClient(DiscoveryClient):
+    """The discovery client over the gateway's channel to the hub (which exists once the app starts)."""
+
+    def __init__(self, gateway: HubGateway) -> None:  # noqa: D107
+        self._gateway = gateway
+        self.timeout_s, self.install_timeout_s = 30.0, 600.0
+
+    @property  # type: ignore[override]
+    def _stub(self) -> ToolScoreServiceStub:
+        return self._gateway.toolscore
+
+    @property  # type: ignore[override]
+    def _library(self) -> ToolLibraryServiceStub:
+        return self._gateway.library
+
+
+def _task_routes(app: web.Application, cfg: Config, llm: tuple[str, str] | None) -> None:
+    if llm is not None and (llm[0] or llm[1]):
+        tasks_routes.add_routes(app, service_from_config(cfg, *llm))
+        return
+
+    async def no_llm(request: web.Request) -> web.Response:
+        err = Unavailable("no LLM endpoint is configured for the task service: set OPENAI_BASE_URL "
+                          "(and OPENAI_API_KEY) for the edge, or [runtime] llm_base_url", reason="NO_LLM_CONFIGURED")
+        return error_response(err)
+
+    app.router.add_post("/api/v1/tasks", no_llm)
+    app.router.add_get("/api/v1/tasks/{task_id}", no_llm)

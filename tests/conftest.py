@@ -58,6 +58,7 @@ def cfg(root: Path) -> Config:
         hub={"tcp": "127.0.0.1:0", "health_interval_s": 0.2, "health_timeout_s": 0.5, "stats_flush_s": 0.2,
              "uvloop": False},
         executor={"tcp": "127.0.0.1:0", "register_retry_s": 0.05, "register_retry_max_s": 0.5},
+        discovery={"catalog_dir": str(REPO / "config" / "catalog")},  # the shipped curated catalog
     )
 
 

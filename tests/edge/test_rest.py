@@ -240,8 +240,8 @@ async def test_openapi_document_describes_every_http_route(edge: EdgeHandle):
         path = route.resource.canonical if route.resource else ""
         if route.method in ("HEAD", "*") or path in ("/api/v1/events/tools", "/websocket") or not path:
             continue
-        if path.startswith(("/mcp", "/ws/mcp")):
-            continue  # the MCP transports are documented in their own pages
+        if path in ("/mcp", "/ws/mcp"):
+            continue  # the MCP transports are documented in docs/mcp.md
         served.add((path, route.method.lower()))
     documented = {(p, m) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
     assert served == documented
@@ -302,3 +302,13 @@ async def test_a_rest_client_vanishing_mid_call_leaves_the_edge_serving(
         "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": "next"}}
     )
     assert status == 200 and body["result"] == {"text": "next"}
+
+
+async def test_task_routes_say_clearly_when_no_llm_is_configured(edge: EdgeHandle):
+    status, body = await edge.post("/api/v1/tasks", {"input": "anything"})
+    assert status == 503 and body["reason"] == "NO_LLM_CONFIGURED" and "OPENAI_BASE_URL" in body["message"]
+
+
+async def test_discovery_routes_are_served_by_the_edge(edge: EdgeHandle):
+    status, body = await edge.post("/mcp/search", {"query": "current time in a timezone", "max_candidates": 3})
+    assert status == 200 and body["candidates"][0]["name"] == "io.github.modelcontextprotocol/time"

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 import pytest
 from aiohttp import web
 
@@ -43,7 +42,6 @@ async def edge(cfg: Config, hub: Hub) -> AsyncIterator[Edge]:
         cfg, edge={"hub": hub.uds_target, "port": 0, "usage_flush_s": 0.1, "uvloop": False}
     )
     app = build_app(ecfg)
-    channel = _use_real_discovery_client(app, hub)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -52,31 +50,14 @@ async def edge(cfg: Config, hub: Hub) -> AsyncIterator[Edge]:
         await app[GATEWAY].synced.wait()
     yield Edge(app, f"http://{host}:{port}")
     await runner.cleanup()
-    if channel is not None:
-        await channel.close()
-
-
-def _use_real_discovery_client(app: web.Application, hub: Hub) -> grpc.aio.Channel | None:
-    """The edge app mounts the discovery routes with its gateway where they expect a DiscoveryClient
-    (edge/app.py `_optional_routes`); until the lead wires it, give them a real one over the hub socket."""
-    try:
-        from edge.discovery_routes import CLIENT
-        from services.discovery.client import DiscoveryClient
-    except ImportError:
-        return None
-    if CLIENT not in app or isinstance(app[CLIENT], DiscoveryClient):
-        return None
-    channel = grpc.aio.insecure_channel(hub.uds_target or "")
-    app[CLIENT] = DiscoveryClient(channel)
-    return channel
 
 
 @pytest.fixture
 def edge_without_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Build the edge like a mesh where discovery is not deployed: without the optional routes."""
+    """Build the edge like a mesh where discovery is not deployed: without its routes."""
     import edge.app
 
-    monkeypatch.setattr(edge.app, "_optional_routes", lambda *args: None)
+    monkeypatch.setattr(edge.app.discovery_routes, "add_routes", lambda *args: None)
 
 
 def llm_settings(llm: FakeLLM, **kw: Any) -> LLMSettings:

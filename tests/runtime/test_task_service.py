@@ -238,7 +238,6 @@ async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_e
 ) -> None:
     from edge.app import build_app
     from services.common import config as config_mod
-    from services.runtime.service import service_from_config
     from tests.conftest import free_port
 
     port = free_port()
@@ -246,9 +245,7 @@ async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_e
         ecfg = config_mod.replace(
             cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False}, runtime={"concurrency": 1}
         )
-        app = build_app(ecfg)
-        # What edge/app.py does to serve tasks: the runtime starts before the edge listens (lazily).
-        tasks_routes.add_routes(app, service_from_config(ecfg, llm.base_url, "test-key"))
+        app = build_app(ecfg, (llm.base_url, "test-key"))  # as `python -m edge` does with OPENAI_*
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:

@@ -23,7 +23,9 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
 
     handler_cancellation: a client that goes away mid-call cancels its call, down to the tool server.
     """
-    runner = web.AppRunner(build_app(cfg, llm), access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
+    runner = web.AppRunner(
+        build_app(cfg, llm), access_log=None, shutdown_timeout=5.0, handler_cancellation=True
+    )
     await runner.setup()
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
@@ -56,7 +58,10 @@ def main() -> None:
     except BindRefused as err:
         raise SystemExit(f"edge: {err.message}") from None
     # The task service's LLM endpoint: read here only, passed down.
-    llm = (os.environ.get("OPENAI_BASE_URL") or cfg.runtime.llm_base_url, os.environ.get("OPENAI_API_KEY", ""))
+    llm = (
+        os.environ.get("OPENAI_BASE_URL") or cfg.runtime.llm_base_url,
+        os.environ.get("OPENAI_API_KEY", ""),
+    )
     run(lambda stop: serve(cfg, stop, llm), use_uvloop=cfg.edge.uvloop)
 
 

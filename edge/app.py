@@ -166,7 +166,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
 class _GatewayDiscoveryClient(DiscoveryClient):
     """The discovery client over the gateway's channel to the hub (which exists once the app starts)."""
 
-    def __init__(self, gateway: HubGateway) -> None:  # noqa: D107
+    def __init__(self, gateway: HubGateway) -> None:
         self._gateway = gateway
         self.timeout_s, self.install_timeout_s = 30.0, 600.0
 
@@ -185,8 +185,11 @@ def _task_routes(app: web.Application, cfg: Config, llm: tuple[str, str] | None)
         return
 
     async def no_llm(request: web.Request) -> web.Response:
-        err = Unavailable("no LLM endpoint is configured for the task service: set OPENAI_BASE_URL "
-                          "(and OPENAI_API_KEY) for the edge, or [runtime] llm_base_url", reason="NO_LLM_CONFIGURED")
+        err = Unavailable(
+            "no LLM endpoint is configured for the task service: set OPENAI_BASE_URL "
+            "(and OPENAI_API_KEY) for the edge, or [runtime] llm_base_url",
+            reason="NO_LLM_CONFIGURED",
+        )
         return error_response(err)
 
     app.router.add_post("/api/v1/tasks", no_llm)

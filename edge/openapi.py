@@ -214,25 +214,43 @@ def _discovery_and_tasks() -> dict[str, Any]:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
     post = lambda summary, admin=False: {  # noqa: E731
-        "post": _op(summary, _json(_OBJ), body=_OBJ, admin=admin, errors=(400, 404, 503), tag="discovery")}
+        "post": _op(summary, _json(_OBJ), body=_OBJ, admin=admin, errors=(400, 404, 503), tag="discovery")
+    }
     return {
         "/mcp/search": post("Rank catalog servers for a free-text need, with scores and why they matched"),
         "/mcp/install": post("Install a catalog server by name (and optional pinned version)", admin=True),
-        "/api/v1/tools/servers": {"get": _op("Installed and federated MCP servers", _json(_OBJ), tag="discovery")},
+        "/api/v1/tools/servers": {
+            "get": _op("Installed and federated MCP servers", _json(_OBJ), tag="discovery")
+        },
         "/api/v1/tools/servers/{name}": {
             "parameters": [name],
-            "delete": _op("Uninstall a server: stop it, deregister its tools, remove its files", _json(_OBJ),
-                          admin=True, errors=(404, 503), tag="discovery"),
+            "delete": _op(
+                "Uninstall a server: stop it, deregister its tools, remove its files",
+                _json(_OBJ),
+                admin=True,
+                errors=(404, 503),
+                tag="discovery",
+            ),
         },
         "/api/v1/tools/analyze-gap": post("Do the current tools suffice for a task? Missing capabilities"),
         "/api/v1/tools/request-capability": post("Original: analyse and optionally install", admin=True),
-        "/api/v1/tools/search-and-install": post("Original: search the catalog and install matches", admin=True),
-        "/api/v1/tasks": {"post": _op("Queue a task for the reasoning runtime ({input, priority, context})",
-                                      _json(_OBJ, "Queued"), body=_OBJ, errors=(400, 503), tag="tasks",
-                                      ok_status="202")},
-        "/api/v1/tasks/{task_id}": {"parameters": [task_id],
-                                    "get": _op("A task's status and result", _json(_OBJ), errors=(404, 503),
-                                               tag="tasks")},
+        "/api/v1/tools/search-and-install": post(
+            "Original: search the catalog and install matches", admin=True
+        ),
+        "/api/v1/tasks": {
+            "post": _op(
+                "Queue a task for the reasoning runtime ({input, priority, context})",
+                _json(_OBJ, "Queued"),
+                body=_OBJ,
+                errors=(400, 503),
+                tag="tasks",
+                ok_status="202",
+            )
+        },
+        "/api/v1/tasks/{task_id}": {
+            "parameters": [task_id],
+            "get": _op("A task's status and result", _json(_OBJ), errors=(404, 503), tag="tasks"),
+        },
     }
 
 

@@ -25,13 +25,13 @@ from typing import Any
 
 import grpc
 import pytest
+from toolscore.v1 import executor_pb2_grpc, tool_library_pb2_grpc, toolscore_pb2_grpc
 
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.hub.app import Hub
 from services.toolkit.server import SERVICE, Action, ToolServer
-from toolscore.v1 import executor_pb2_grpc, tool_library_pb2_grpc, toolscore_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +55,13 @@ def cfg(root: Path) -> Config:
     return config_mod.replace(
         base,
         paths={"root": str(root)},
-        hub={"tcp": "127.0.0.1:0", "health_interval_s": 0.2, "health_timeout_s": 0.5, "stats_flush_s": 0.2,
-             "uvloop": False},
+        hub={
+            "tcp": "127.0.0.1:0",
+            "health_interval_s": 0.2,
+            "health_timeout_s": 0.5,
+            "stats_flush_s": 0.2,
+            "uvloop": False,
+        },
         executor={"tcp": "127.0.0.1:0", "register_retry_s": 0.05, "register_retry_max_s": 0.5},
         discovery={"catalog_dir": str(REPO / "config" / "catalog")},  # the shipped curated catalog
     )
@@ -78,8 +83,9 @@ class HubStubs:
 @pytest.fixture
 async def hub_stubs(hub: Hub) -> AsyncIterator[HubStubs]:
     async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
-        yield HubStubs(ch, tool_library_pb2_grpc.ToolLibraryServiceStub(ch),
-                       toolscore_pb2_grpc.ToolScoreServiceStub(ch))
+        yield HubStubs(
+            ch, tool_library_pb2_grpc.ToolLibraryServiceStub(ch), toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+        )
 
 
 @pytest.fixture
@@ -88,12 +94,25 @@ async def start_tool_server(root: Path) -> AsyncIterator[Callable[..., Any]]:
     servers: list[MeshServer] = []
     counter = iter(range(1000))
 
-    async def start(tools: dict[str, list[Action]], name: str | None = None,
-                    servicer: Any = None, tcp: bool = False, path: Path | None = None) -> tuple[MeshServer, str]:
+    async def start(
+        tools: dict[str, list[Action]],
+        name: str | None = None,
+        servicer: Any = None,
+        tcp: bool = False,
+        path: Path | None = None,
+    ) -> tuple[MeshServer, str]:
         path = path or root / f"{name or 'tools'}-{next(counter)}.sock"
-        server = MeshServer([ServiceBinding(SERVICE, servicer or ToolServer(tools),
-                                            executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
-                            ["127.0.0.1:0" if tcp else f"unix://{path}"], grace_s=0.1)
+        server = MeshServer(
+            [
+                ServiceBinding(
+                    SERVICE,
+                    servicer or ToolServer(tools),
+                    executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server,
+                )
+            ],
+            ["127.0.0.1:0" if tcp else f"unix://{path}"],
+            grace_s=0.1,
+        )
         await server.__aenter__()
         servers.append(server)
         return server, server.addresses[0]
@@ -125,7 +144,9 @@ async def wait_serving(target: str, timeout: float = 20.0) -> None:
         async with asyncio.timeout(timeout):
             while True:
                 try:
-                    r = await stub.Check(health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=timeout)
+                    r = await stub.Check(
+                        health_pb2.HealthCheckRequest(), wait_for_ready=True, timeout=timeout
+                    )
                     if r.status == health_pb2.HealthCheckResponse.SERVING:
                         return
                 except grpc.aio.AioRpcError as exc:
@@ -139,25 +160,32 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start `python -m services.mesh` with env overrides; stopped (SIGINT, like Ctrl-C) at teardown."""
     started: list[Mesh] = []
 
-    async def start(extra_env: dict[str, str] | None = None, wait_tool: str | None = "python-executor-mcp-server"
-                    ) -> Mesh:
+    async def start(
+        extra_env: dict[str, str] | None = None, wait_tool: str | None = "python-executor-mcp-server"
+    ) -> Mesh:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLSCORE_")}
-        env.update({
-            "TOOLSCORE_PATHS__ROOT": str(root),
-            "TOOLSCORE_HUB__TCP": f"127.0.0.1:{port}",
-            "TOOLSCORE_EXECUTOR__TCP": f"127.0.0.1:{free_port()}",
-            "TOOLSCORE_EDGE__PORT": str(free_port()),
-            "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
-            "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
-            "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",
-            "TOOLSCORE_EDGE__PORT": str(free_port()),  # never the fixed default port in tests
-            **(extra_env or {}),
-        })
+        env.update(
+            {
+                "TOOLSCORE_PATHS__ROOT": str(root),
+                "TOOLSCORE_HUB__TCP": f"127.0.0.1:{port}",
+                "TOOLSCORE_EXECUTOR__TCP": f"127.0.0.1:{free_port()}",
+                "TOOLSCORE_EDGE__PORT": str(free_port()),
+                "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
+                "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
+                "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",
+                **(extra_env or {}),
+            }
+        )
         log_path = root / f"mesh-{len(started)}.log"
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "services.mesh"], cwd=REPO, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "services.mesh"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         m = Mesh(proc, root, f"127.0.0.1:{port}", f"unix://{root}/run/toolscore.sock", env, log_path)
         started.append(m)
         await wait_serving(m.tcp)
@@ -191,8 +219,9 @@ async def wait_registered(hub_target: str, tool_id: str, timeout: float = 20.0) 
             listing = await stub.ListTools(lib.ListToolsRequest(), wait_for_ready=True)
             if any(t.tool_id == tool_id for t in listing.tools):
                 return
-            watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=listing.revision,
-                                                                    tool_ids=[tool_id]))
+            watch = stub.WatchToolEvents(
+                lib.WatchToolEventsRequest(since_revision=listing.revision, tool_ids=[tool_id])
+            )
             try:
                 async for resp in watch:
                     if resp.event.type in (1, 2):

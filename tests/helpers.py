@@ -6,23 +6,43 @@ from typing import Any
 
 import grpc
 from grpc_status import rpc_status
+from toolscore.v1 import tool_pb2
 
 from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct
-from toolscore.v1 import tool_pb2
 
-ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
-               "additionalProperties": False}
+ECHO_SCHEMA = {
+    "type": "object",
+    "properties": {"text": {"type": "string"}},
+    "required": ["text"],
+    "additionalProperties": False,
+}
 
 
-def grpc_tool(tool_id: str, endpoint: str, *, actions: dict[str, dict[str, Any]] | None = None,
-              owner: str = "tests", description: str = "", tags: list[str] | None = None) -> tool_pb2.Tool:
+def grpc_tool(
+    tool_id: str,
+    endpoint: str,
+    *,
+    actions: dict[str, dict[str, Any]] | None = None,
+    owner: str = "tests",
+    description: str = "",
+    tags: list[str] | None = None,
+) -> tool_pb2.Tool:
     actions = actions if actions is not None else {"echo": ECHO_SCHEMA}
     return tool_pb2.Tool(
-        tool_id=tool_id, name=tool_id, description=description, kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
-        endpoint=endpoint, enabled=True, owner=owner, tags=tags or [],
-        capabilities=[tool_pb2.Capability(name=n, description=f"{n} action", input_schema=dict_to_struct(s))
-                      for n, s in actions.items()])
+        tool_id=tool_id,
+        name=tool_id,
+        description=description,
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint,
+        enabled=True,
+        owner=owner,
+        tags=tags or [],
+        capabilities=[
+            tool_pb2.Capability(name=n, description=f"{n} action", input_schema=dict_to_struct(s))
+            for n, s in actions.items()
+        ],
+    )
 
 
 def reason_of(err: grpc.aio.AioRpcError) -> str:

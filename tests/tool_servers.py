@@ -10,9 +10,10 @@ import asyncio
 import os
 import sys
 
+from toolscore.v1 import executor_pb2_grpc
+
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.toolkit.server import SERVICE, Action, ToolServer
-from toolscore.v1 import executor_pb2_grpc
 
 ACTIONS: list[Action] = []
 
@@ -36,11 +37,15 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--tool-id", default="proc-tools")
     args = parser.parse_args()
-    server = ToolServer({args.tool_id: [Action("echo", "", echo), Action("sleep", "", sleep), Action("die", "", die)]})
+    server = ToolServer(
+        {args.tool_id: [Action("echo", "", echo), Action("sleep", "", sleep), Action("die", "", die)]}
+    )
 
     async def serve() -> None:
-        async with MeshServer([ServiceBinding(SERVICE, server, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
-                              [args.listen]) as ms:
+        async with MeshServer(
+            [ServiceBinding(SERVICE, server, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
+            [args.listen],
+        ) as ms:
             print("READY", ms.addresses[0], flush=True)
             await asyncio.Event().wait()
 

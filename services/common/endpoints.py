@@ -1,10 +1,10 @@
 """Endpoint URIs: where a tool is served.
 
-    unix:///abs/path.sock   gRPC over a Unix socket
-    host:port               gRPC over TCP (also dns:///host:port)
-    inproc://name           a callable inside the hub process
-    ws-session://conn-id    a server that dialled in over the ToolScore WebSocket
-    mcp://server-name       an MCP server federated by the mesh
+unix:///abs/path.sock   gRPC over a Unix socket
+host:port               gRPC over TCP (also dns:///host:port)
+inproc://name           a callable inside the hub process
+ws-session://conn-id    a server that dialled in over the ToolScore WebSocket
+mcp://server-name       an MCP server federated by the mesh
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ def parse(uri: str, *, listen: bool = False) -> Endpoint:
                 reason="INVALID_ENDPOINT",
             )
         if len(path.encode()) > 107:
-            raise InvalidRequest(f"unix socket path longer than 107 bytes: {uri!r}", reason="INVALID_ENDPOINT")
+            raise InvalidRequest(
+                f"unix socket path longer than 107 bytes: {uri!r}", reason="INVALID_ENDPOINT"
+            )
         return Endpoint(UNIX, path)
     for scheme in (INPROC, WS_SESSION, MCP):
         prefix = scheme + "://"
@@ -78,7 +80,9 @@ def parse(uri: str, *, listen: bool = False) -> Endpoint:
         raise InvalidRequest(f"unsupported endpoint scheme: {uri!r}", reason="INVALID_ENDPOINT")
     host, sep, port = uri.rpartition(":")
     if not sep or not host or not port.isdigit() or not (0 if listen else 1) <= int(port) < 65536:
-        raise InvalidRequest(f"TCP endpoint must be host:port with a port 1-65535: {uri!r}", reason="INVALID_ENDPOINT")
+        raise InvalidRequest(
+            f"TCP endpoint must be host:port with a port 1-65535: {uri!r}", reason="INVALID_ENDPOINT"
+        )
     return Endpoint(TCP, uri)
 
 

@@ -65,8 +65,12 @@ class MeshError(Exception):
 
     def to_json(self) -> dict[str, object]:
         """The JSON error body used by REST and JSON-RPC data."""
-        return {"code": self.code.name, "reason": self.reason, "message": self.message, **(
-            {"metadata": self.metadata} if self.metadata else {})}
+        return {
+            "code": self.code.name,
+            "reason": self.reason,
+            "message": self.message,
+            **({"metadata": self.metadata} if self.metadata else {}),
+        }
 
 
 class InvalidRequest(MeshError):
@@ -151,8 +155,15 @@ class ResourceExhausted(MeshError):
 _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
     cls.code: cls
     for cls in (
-        InvalidRequest, NotFound, AlreadyExists, FailedPrecondition, OutOfRange,
-        Unavailable, DeadlineExceeded, Unauthenticated, ResourceExhausted,
+        InvalidRequest,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        OutOfRange,
+        Unavailable,
+        DeadlineExceeded,
+        Unauthenticated,
+        ResourceExhausted,
     )
 }
 

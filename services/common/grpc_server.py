@@ -102,7 +102,9 @@ class _Registrar:
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
         self._generic.extend(handlers)  # superseded by add_registered_method_handlers below
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
         wrapped = {
             name: _wrap(h, self._gate if f"/{service}/{name}" in self._protected and self._token else None)
             for name, h in handlers.items()
@@ -126,8 +128,9 @@ class _Registrar:
 
 
 def _deny() -> None:
-    raise Unauthenticated("this operation needs the admin token (authorization: Bearer <token>)",
-                          reason="ADMIN_TOKEN_REQUIRED")
+    raise Unauthenticated(
+        "this operation needs the admin token (authorization: Bearer <token>)", reason="ADMIN_TOKEN_REQUIRED"
+    )
 
 
 Gate = Callable[[grpc.aio.ServicerContext], None]

@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from toolscore.v1 import tool_library_pb2_grpc, tool_pb2
+
 from services.common.config import Config
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.hub import health
@@ -19,7 +21,6 @@ from services.library.registry import Registry
 from services.library.store import SqliteStore
 from services.router.channels import ChannelPool
 from services.router.router import Router
-from toolscore.v1 import tool_library_pb2_grpc, tool_pb2
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
@@ -30,9 +31,14 @@ class Hub:
 
     def __init__(self, cfg: Config, listen: Sequence[str] | None = None) -> None:
         self.cfg = cfg
-        self._listen = list(listen) if listen is not None else [
-            f"unix://{cfg.path(cfg.hub.uds)}" if cfg.hub.uds else "", cfg.hub.tcp,
-        ]
+        self._listen = (
+            list(listen)
+            if listen is not None
+            else [
+                f"unix://{cfg.path(cfg.hub.uds)}" if cfg.hub.uds else "",
+                cfg.hub.tcp,
+            ]
+        )
         self._stack = contextlib.AsyncExitStack()
         self._wake = asyncio.Event()
         self.functions: list[FunctionTool] = []
@@ -50,8 +56,11 @@ class Hub:
             self.pool = ChannelPool(cfg.hub.max_message_bytes)
             self._stack.push_async_callback(self.pool.close)
             self.router = Router(
-                self.registry.entry, self.pool, default_timeout_s=cfg.hub.default_timeout_s,
-                max_timeout_s=cfg.hub.max_timeout_s, max_argument_bytes=cfg.hub.max_argument_bytes,
+                self.registry.entry,
+                self.pool,
+                default_timeout_s=cfg.hub.default_timeout_s,
+                max_timeout_s=cfg.hub.max_timeout_s,
+                max_argument_bytes=cfg.hub.max_argument_bytes,
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -61,13 +70,18 @@ class Hub:
                 from services.discovery import servicer as discovery_rpc
                 from services.discovery.service import Discovery
 
-                self.discovery = await self._stack.enter_async_context(Discovery(cfg, self.registry, self.router))
+                self.discovery = await self._stack.enter_async_context(
+                    Discovery(cfg, self.registry, self.router)
+                )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED
             self.server = MeshServer(
                 [
-                    ServiceBinding(library.SERVICE, library.ToolLibraryServicer(self.registry),
-                                   tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server),
+                    ServiceBinding(
+                        library.SERVICE,
+                        library.ToolLibraryServicer(self.registry),
+                        tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
+                    ),
                     ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router, extra), add_to_server),  # type: ignore[arg-type]
                 ],
                 self._listen,
@@ -80,9 +94,18 @@ class Hub:
             self._stack.callback(self.feed.close)
             self._tasks = [asyncio.create_task(self._flush_loop(), name="stats-flush")]
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
-                self._tasks.append(asyncio.create_task(
-                    health.run(self.pool, self.registry, cfg.hub.health_interval_s, cfg.hub.health_timeout_s,
-                               self._wake), name="health"))
+                self._tasks.append(
+                    asyncio.create_task(
+                        health.run(
+                            self.pool,
+                            self.registry,
+                            cfg.hub.health_interval_s,
+                            cfg.hub.health_timeout_s,
+                            self._wake,
+                        ),
+                        name="health",
+                    )
+                )
             self._stack.push_async_callback(self._stop_tasks)
         except BaseException:
             await self._stack.aclose()

@@ -16,6 +16,9 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
 from services.common.config import FunctionToolConfig
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
@@ -23,11 +26,15 @@ from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
 from services.toolkit.server import to_response
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
-_JSON_TYPES: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean",
-                               list: "array", dict: "object"}
+_JSON_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    list: "array",
+    dict: "object",
+}
 
 
 def load_callable(target: str) -> Callable[..., Any]:
@@ -93,13 +100,21 @@ class FunctionTool:
             for name, fn in self.functions.items()
         ]
         return tool_pb2.Tool(
-            tool_id=self.cfg.tool_id, name=self.cfg.name or self.cfg.tool_id, description=self.cfg.description,
-            kind=tool_pb2.TOOL_KIND_FUNCTION, capabilities=caps, tags=list(self.cfg.tags), version=self.cfg.version,
-            endpoint=f"inproc://{self.endpoint_name}", enabled=True, owner=owner,
+            tool_id=self.cfg.tool_id,
+            name=self.cfg.name or self.cfg.tool_id,
+            description=self.cfg.description,
+            kind=tool_pb2.TOOL_KIND_FUNCTION,
+            capabilities=caps,
+            tags=list(self.cfg.tags),
+            version=self.cfg.version,
+            endpoint=f"inproc://{self.endpoint_name}",
+            enabled=True,
+            owner=owner,
         )
 
-    async def handle(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
-                     on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+    async def handle(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
         fn = self.functions[request.action]
         try:
             result = fn(**struct_to_dict(request.arguments))
@@ -108,7 +123,9 @@ class FunctionTool:
                     result = await result
             return to_response(result)
         except TimeoutError:
-            return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, f"{request.action} did not finish within {timeout:.3g}s")
+            return error_response(
+                tool_pb2.ERROR_TYPE_TIMEOUT, f"{request.action} did not finish within {timeout:.3g}s"
+            )
         except Exception as exc:
             return error_response(tool_pb2.ERROR_TYPE_TOOL_ERROR, f"{type(exc).__name__}: {exc}")
 

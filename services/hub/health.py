@@ -12,10 +12,10 @@ import logging
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from toolscore.v1 import tool_pb2
 
 from services.library.registry import Registry
 from services.router.channels import ChannelPool
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
@@ -48,8 +48,9 @@ async def check_all(pool: ChannelPool, registry: Registry, timeout: float) -> No
             await registry.set_health(tool_id, status, endpoint=ep)
 
 
-async def run(pool: ChannelPool, registry: Registry, interval: float, timeout: float,
-              wake: asyncio.Event | None = None) -> None:
+async def run(
+    pool: ChannelPool, registry: Registry, interval: float, timeout: float, wake: asyncio.Event | None = None
+) -> None:
     """Check forever; `wake` triggers an immediate round (e.g. after a registration)."""
     wake = wake or asyncio.Event()
     while True:

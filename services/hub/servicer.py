@@ -8,10 +8,10 @@ ExecuteToolResponse, so the hub forwards what it parsed without converting.
 from __future__ import annotations
 
 import grpc
-
-from services.router.router import Router
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import toolscore_pb2  # loads the service descriptor for reflection
+
+from services.router.router import Router
 
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
 
@@ -21,7 +21,9 @@ class ToolScoreServicer:
         self.router = router
         self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
 
-    async def ExecuteTool(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+    async def ExecuteTool(
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ExecuteResponse:
         return await self.router.execute(request, deadline_s=context.time_remaining())
 
 

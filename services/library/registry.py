@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2, timestamp_pb2
+from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
 from services.common.errors import AlreadyExists, NotFound, OutOfRange, ResourceExhausted
@@ -21,7 +22,6 @@ from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
 from services.library.store import RegistryStore, StoredStats
 from services.library.validation import ArgumentValidator, check_tool
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,9 @@ class Registry:
     def get(self, tool_id: str) -> tool_pb2.Tool:
         entry = self._entries.get(tool_id)
         if entry is None:
-            raise NotFound(f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id})
+            raise NotFound(
+                f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id}
+            )
         return entry.snapshot()
 
     def entries(self) -> list[Entry]:
@@ -159,7 +161,8 @@ class Registry:
             if old is not None:
                 if old.tool.owner != incoming.owner:
                     raise AlreadyExists(
-                        f"tool {incoming.tool_id!r} is registered by another owner ({old.tool.owner or 'anonymous'})",
+                        f"tool {incoming.tool_id!r} is registered by another owner "
+                        f"({old.tool.owner or 'anonymous'})",
                         reason="TOOL_OWNED_BY_ANOTHER",
                         metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
                     )
@@ -184,8 +187,11 @@ class Registry:
         async with self._lock:
             entry = self._entries.get(tool_id)
             if entry is None:
-                raise NotFound(f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND",
-                               metadata={"tool_id": tool_id})
+                raise NotFound(
+                    f"no tool {tool_id!r} is registered",
+                    reason="TOOL_NOT_FOUND",
+                    metadata={"tool_id": tool_id},
+                )
             await self._commit(entry, REMOVED)
             return entry.snapshot(), self.revision
 
@@ -215,8 +221,12 @@ class Registry:
         self._feed.publish(event)
         for listener in self.listeners:
             listener(event)
-        log.info("%s %s (revision %d)", tool_pb2.ToolEventType.Name(kind).removeprefix("TOOL_EVENT_TYPE_").lower(),
-                 tool_id, revision)
+        log.info(
+            "%s %s (revision %d)",
+            tool_pb2.ToolEventType.Name(kind).removeprefix("TOOL_EVENT_TYPE_").lower(),
+            tool_id,
+            revision,
+        )
 
     # -- usage -------------------------------------------------------------
 
@@ -257,12 +267,15 @@ class Registry:
             if since > latest:
                 raise OutOfRange(
                     f"revision {since} is ahead of the registry ({latest}); list tools and watch from there",
-                    reason="REVISION_AHEAD", metadata={"latest_revision": str(latest)},
+                    reason="REVISION_AHEAD",
+                    metadata={"latest_revision": str(latest)},
                 )
             if since and oldest and since < oldest - 1:
                 raise OutOfRange(
-                    f"events up to revision {oldest - 1} were compacted; list tools and watch from the listing",
-                    reason="EVENTS_COMPACTED", metadata={"oldest_revision": str(oldest)},
+                    f"events up to revision {oldest - 1} were compacted; "
+                    "list tools and watch from the listing",
+                    reason="EVENTS_COMPACTED",
+                    metadata={"oldest_revision": str(oldest)},
                 )
             last = since
             while True:
@@ -281,7 +294,8 @@ class Registry:
                     if sub.overflowed:
                         raise ResourceExhausted(
                             f"watcher fell behind; resume with since_revision={last}",
-                            reason="WATCHER_TOO_SLOW", metadata={"resume_revision": str(last)},
+                            reason="WATCHER_TOO_SLOW",
+                            metadata={"resume_revision": str(last)},
                         )
                     return
                 if ev.revision <= last:

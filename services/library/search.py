@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from toolscore.v1 import tool_pb2
 
 _WORD = re.compile(r"[a-z0-9]+")
-_STOP = frozenset("a an and the of to for in on with by is are be it this that from or as at use using".split())
+_STOP = frozenset(
+    "a an and the of to for in on with by is are be it this that from or as at use using".split()
+)
 # Field weights: a hit in a name says more than one in a long description.
 _WEIGHTS = {"id": 3.0, "name": 3.0, "tag": 2.5, "action": 2.5, "description": 1.0, "action_description": 1.0}
 

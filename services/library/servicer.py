@@ -6,13 +6,13 @@ import base64
 from collections.abc import AsyncIterator
 
 import grpc
+from toolscore.v1 import tool_library_pb2 as pb
+from toolscore.v1 import tool_library_pb2_grpc as pb_grpc
+from toolscore.v1 import tool_pb2
 
 from services.common.errors import InvalidRequest
 from services.library import search
 from services.library.registry import Registry
-from toolscore.v1 import tool_library_pb2 as pb
-from toolscore.v1 import tool_library_pb2_grpc as pb_grpc
-from toolscore.v1 import tool_pb2
 
 SERVICE = "toolscore.v1.ToolLibraryService"
 PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
@@ -33,27 +33,34 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def RegisterTool(self, request: pb.RegisterToolRequest, context: grpc.aio.ServicerContext
-                           ) -> pb.RegisterToolResponse:
+    async def RegisterTool(
+        self, request: pb.RegisterToolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterToolResponse:
         tool, created, updated, revision = await self.registry.register(request.tool)
         return pb.RegisterToolResponse(tool=tool, created=created, updated=updated, revision=revision)
 
-    async def DeregisterTool(self, request: pb.DeregisterToolRequest, context: grpc.aio.ServicerContext
-                             ) -> pb.DeregisterToolResponse:
+    async def DeregisterTool(
+        self, request: pb.DeregisterToolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeregisterToolResponse:
         tool, revision = await self.registry.deregister(request.tool_id)
         return pb.DeregisterToolResponse(tool=tool, revision=revision)
 
-    async def GetTool(self, request: pb.GetToolRequest, context: grpc.aio.ServicerContext) -> pb.GetToolResponse:
+    async def GetTool(
+        self, request: pb.GetToolRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetToolResponse:
         return pb.GetToolResponse(tool=self.registry.get(request.tool_id))
 
-    async def ListTools(self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext) -> pb.ListToolsResponse:
+    async def ListTools(
+        self, request: pb.ListToolsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListToolsResponse:
         if request.page_size < 0:
             raise InvalidRequest("page_size must not be negative", reason="INVALID_PAGE_SIZE")
         size = min(request.page_size or 100, 1000)
         after = _untoken(request.page_token) if request.page_token else ""
         want_tags = set(request.tags)
         matching = [
-            e for e in self.registry.entries()
+            e
+            for e in self.registry.entries()
             if (not request.kind or e.tool.kind == request.kind)
             and (not request.health or e.health == request.health)
             and want_tags <= set(e.tool.tags)
@@ -67,8 +74,9 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             revision=self.registry.revision,
         )
 
-    async def SearchTools(self, request: pb.SearchToolsRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.SearchToolsResponse:
+    async def SearchTools(
+        self, request: pb.SearchToolsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchToolsResponse:
         if not request.query.strip():
             raise InvalidRequest("query is empty", reason="EMPTY_QUERY")
         limit = min(request.max_results or 10, 100)
@@ -77,16 +85,18 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             matches=[pb.ToolMatch(tool=m.tool, score=m.score, matched=m.matched) for m in matches]
         )
 
-    async def WatchToolEvents(self, request: pb.WatchToolEventsRequest, context: grpc.aio.ServicerContext
-                              ) -> AsyncIterator[pb.WatchToolEventsResponse]:
+    async def WatchToolEvents(
+        self, request: pb.WatchToolEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchToolEventsResponse]:
         for t in request.types:
             if t not in tool_pb2.ToolEventType.values() or t == 0:
                 raise InvalidRequest(f"unknown event type {t}", reason="INVALID_EVENT_TYPE")
         async for event in self.registry.watch(request.since_revision, request.types, request.tool_ids):
             yield pb.WatchToolEventsResponse(event=event)
 
-    async def ReportUsage(self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext
-                          ) -> pb.ReportUsageResponse:
+    async def ReportUsage(
+        self, request: pb.ReportUsageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReportUsageResponse:
         accepted = sum(
             self.registry.add_usage(u.tool_id, u.calls, u.successes, u.total_seconds, u.last_used_unix)
             for u in request.usage

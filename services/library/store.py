@@ -101,7 +101,9 @@ class SqliteStore:
             tools = dict(self.db.execute("SELECT tool_id, tool FROM tools"))
             stats = {
                 row[0]: StoredStats(*row[1:])
-                for row in self.db.execute("SELECT tool_id, calls, successes, total_seconds, last_used FROM stats")
+                for row in self.db.execute(
+                    "SELECT tool_id, calls, successes, total_seconds, last_used FROM stats"
+                )
             }
             rev = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
             return tools, stats, int(rev[0]) if rev else 0
@@ -134,7 +136,8 @@ class SqliteStore:
     async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
         def _since() -> list[tuple[int, bytes]]:
             rows = self.db.execute(
-                "SELECT revision, event FROM events WHERE revision > ? ORDER BY revision LIMIT ?", (revision, limit)
+                "SELECT revision, event FROM events WHERE revision > ? ORDER BY revision LIMIT ?",
+                (revision, limit),
             )
             return [(int(r), bytes(e)) for r, e in rows]
 

@@ -9,11 +9,11 @@ from typing import Any
 import jsonschema
 from jsonschema import exceptions as js_exceptions
 from jsonschema import validators
+from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
 from services.common.errors import InvalidArguments, InvalidRequest
 from services.common.jsonvalue import struct_to_dict
-from toolscore.v1 import tool_pb2
 
 TOOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -48,7 +48,9 @@ def check_tool(tool: tool_pb2.Tool) -> None:
     for i, cap in enumerate(tool.capabilities):
         where = f"tool.capabilities[{i}]"
         if not ACTION.match(cap.name):
-            raise InvalidRequest(f"{where}.name {cap.name!r} must match {ACTION.pattern}", reason="INVALID_ACTION")
+            raise InvalidRequest(
+                f"{where}.name {cap.name!r} must match {ACTION.pattern}", reason="INVALID_ACTION"
+            )
         if cap.name in seen:
             raise InvalidRequest(f"{where}.name {cap.name!r} is repeated", reason="DUPLICATE_ACTION")
         seen.add(cap.name)
@@ -60,18 +62,23 @@ def check_tool(tool: tool_pb2.Tool) -> None:
 def _check_schema(schema: dict[str, Any], where: str) -> None:
     if not schema:
         return
-    if "type" in schema and schema["type"] not in ("object", ["object"], ["object", "null"]) and where.endswith(
-        "input_schema"
+    if (
+        "type" in schema
+        and schema["type"] not in ("object", ["object"], ["object", "null"])
+        and where.endswith("input_schema")
     ):
         raise InvalidRequest(f"{where} must describe an object (type: object)", reason="INVALID_SCHEMA")
     try:
         validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
     except js_exceptions.SchemaError as exc:
-        raise InvalidRequest(f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA") from exc
+        raise InvalidRequest(
+            f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA"
+        ) from exc
 
 
-_FLAT_SCHEMA_KEYS = frozenset({"type", "properties", "required", "additionalProperties", "description", "title",
-                               "$schema", "$id"})
+_FLAT_SCHEMA_KEYS = frozenset(
+    {"type", "properties", "required", "additionalProperties", "description", "title", "$schema", "$id"}
+)
 _FLAT_PROPERTY_KEYS = frozenset({"type", "description", "title", "default", "examples"})
 
 
@@ -84,7 +91,8 @@ def _is_type(value: Any, t: str) -> bool:
         return isinstance(value, int | float) and not isinstance(value, bool)
     if t == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if t == "object":
         return isinstance(value, dict)
     if t == "array":
@@ -147,9 +155,16 @@ class ArgumentValidator:
             return
         errors = list(self._validator.iter_errors(arguments))
         if errors:
-            violations = [("arguments" + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}"
-                                                   for p in e.absolute_path), e.message) for e in errors[:20]]
+            violations = [
+                (
+                    "arguments"
+                    + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path),
+                    e.message,
+                )
+                for e in errors[:20]
+            ]
             raise InvalidArguments(
-                "arguments do not match the input schema: " + "; ".join(f"{f}: {d}" for f, d in violations[:3]),
+                "arguments do not match the input schema: "
+                + "; ".join(f"{f}: {d}" for f, d in violations[:3]),
                 violations,
             )

@@ -43,7 +43,8 @@ async def run_single(cfg: Config, stop: asyncio.Event) -> None:
         await stack.enter_async_context(Hub(cfg))
         if not cfg.executor.use_inprocess_python_executor:
             await stack.enter_async_context(
-                ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False)))
+                ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False))
+            )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(stop.wait())
         log.info("stopping")
@@ -58,7 +59,9 @@ def main() -> None:
     if cfg.mesh.mode not in ("split", "tcp", "single"):
         raise SystemExit(f"unknown mesh mode {cfg.mesh.mode!r} (split, tcp, single)")
     os.makedirs(cfg.path(cfg.paths.run_dir), exist_ok=True)
-    log.info("starting the mesh (%s mode); hub on %s and %s", cfg.mesh.mode, cfg.path(cfg.hub.uds), cfg.hub.tcp)
+    log.info(
+        "starting the mesh (%s mode); hub on %s and %s", cfg.mesh.mode, cfg.path(cfg.hub.uds), cfg.hub.tcp
+    )
 
     async def serve(stop: asyncio.Event) -> None:
         if cfg.mesh.mode == "single":

@@ -39,7 +39,11 @@ class Child:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, *self.spec.argv, env=self._env, start_new_session=True, preexec_fn=die_with_parent,
+            sys.executable,
+            *self.spec.argv,
+            env=self._env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self.started.set()
         log.info("started %s (pid %d)", self.spec.name, self.proc.pid)
@@ -79,8 +83,9 @@ class Child:
         log.info("stopped %s", self.spec.name)
 
 
-async def supervise(specs: Sequence[ChildSpec], mesh: MeshConfig, stop: asyncio.Event,
-                    env: dict[str, str] | None = None) -> None:
+async def supervise(
+    specs: Sequence[ChildSpec], mesh: MeshConfig, stop: asyncio.Event, env: dict[str, str] | None = None
+) -> None:
     """Run every child until `stop` is set, then stop them in reverse order."""
     env = dict(os.environ if env is None else env)
     children = [Child(s, mesh, env) for s in specs]

@@ -14,11 +14,11 @@ import logging
 from collections.abc import Callable
 
 import grpc
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
 from services.common import endpoints
 from services.common.errors import DeadlineExceeded, MeshError, Unavailable
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,9 @@ class _Mux:
         return self._call
 
     def _unavailable(self, detail: str) -> Unavailable:
-        return Unavailable(f"tool server at {self._target} is unreachable: {detail}",
-                           reason="TOOL_SERVER_UNAVAILABLE")
+        return Unavailable(
+            f"tool server at {self._target} is unreachable: {detail}", reason="TOOL_SERVER_UNAVAILABLE"
+        )
 
     def _error_for(self, exc: grpc.aio.AioRpcError) -> Exception:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -121,8 +122,9 @@ class _Mux:
         async with self._lock:
             await call.write(msg)
 
-    async def call(self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
-                   ) -> ex.ExecuteResponse:
+    async def call(
+        self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
         call = self._open()
         call_id = next(self._ids)
         fut: asyncio.Future[ex.ExecuteResponse] = asyncio.get_running_loop().create_future()
@@ -140,7 +142,8 @@ class _Mux:
             return await fut
         except _Expired:
             raise DeadlineExceeded(
-                f"tool did not answer within {timeout:.3g}s", reason="TOOL_TIMEOUT",
+                f"tool did not answer within {timeout:.3g}s",
+                reason="TOOL_TIMEOUT",
                 metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"},
             ) from None
         finally:
@@ -151,8 +154,9 @@ class _Mux:
     def _cancel_remote(self, call: grpc.aio.StreamStreamCall, call_id: int) -> None:
         async def send() -> None:
             with contextlib.suppress(Exception):
-                await self._write(call, ex.ExecuteStreamRequest(call_id=call_id,
-                                                                cancel=ex.CancelCall(reason="caller gone")))
+                await self._write(
+                    call, ex.ExecuteStreamRequest(call_id=call_id, cancel=ex.CancelCall(reason="caller gone"))
+                )
 
         task = asyncio.get_running_loop().create_task(send())
         self._background.add(task)
@@ -173,13 +177,15 @@ class ToolChannel:
     def __init__(self, endpoint: endpoints.Endpoint, max_message_bytes: int) -> None:
         self.endpoint = endpoint
         self.channel = grpc.aio.insecure_channel(
-            endpoint.grpc_target, options=channel_options(max_message_bytes, endpoint.scheme == endpoints.UNIX)
+            endpoint.grpc_target,
+            options=channel_options(max_message_bytes, endpoint.scheme == endpoints.UNIX),
         )
         self.stub = ex_grpc.ToolExecutorServiceStub(self.channel)
         self._mux = _Mux(self.stub, str(endpoint))
 
-    async def execute(self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None = None
-                      ) -> ex.ExecuteResponse:
+    async def execute(
+        self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None = None
+    ) -> ex.ExecuteResponse:
         if not self._mux.unsupported:
             try:
                 return await self._mux.call(request, timeout, on_progress)
@@ -198,15 +204,22 @@ class ToolChannel:
         await self.channel.close()
 
 
-def _map_rpc_error(exc: grpc.aio.AioRpcError, request: ex.ExecuteRequest, timeout: float, target: str
-                   ) -> MeshError | Exception:
+def _map_rpc_error(
+    exc: grpc.aio.AioRpcError, request: ex.ExecuteRequest, timeout: float, target: str
+) -> MeshError | Exception:
     code = exc.code()
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return DeadlineExceeded(f"tool did not answer within {timeout:.3g}s", reason="TOOL_TIMEOUT",
-                                metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"})
+        return DeadlineExceeded(
+            f"tool did not answer within {timeout:.3g}s",
+            reason="TOOL_TIMEOUT",
+            metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"},
+        )
     if code in _TRANSPORT_CODES:
-        return Unavailable(f"tool server at {target} is unreachable: {exc.details()}",
-                           reason="TOOL_SERVER_UNAVAILABLE", metadata={"tool_id": request.tool_id})
+        return Unavailable(
+            f"tool server at {target} is unreachable: {exc.details()}",
+            reason="TOOL_SERVER_UNAVAILABLE",
+            metadata={"tool_id": request.tool_id},
+        )
     return ToolServerFault(code, exc.details() or code.name)
 
 

@@ -11,13 +11,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
 from services.common import endpoints
-from services.common.errors import FailedPrecondition, InvalidRequest, NotFound, ResourceExhausted, Unavailable
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from services.common.jsonvalue import struct_to_dict
 from services.library.registry import Entry
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +70,11 @@ class Router:
     def reaches(self, entry: Entry) -> bool:
         """True when this router can run the tool's calls itself (no relay through the hub)."""
         ep = entry.endpoint
-        return ep.is_grpc or entry.tool.endpoint in self.local or (
-            ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
+        return (
+            ep.is_grpc
+            or entry.tool.endpoint in self.local
+            or (ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
+        )
 
     def resolve(self, request: ex.ExecuteRequest) -> Entry:
         """The entry for a call, after every check that needs no I/O."""
@@ -72,22 +82,30 @@ class Router:
         if entry is None:
             if not request.tool_id:
                 raise InvalidRequest("tool_id is required", reason="MISSING_TOOL_ID")
-            raise NotFound(f"no tool {request.tool_id!r} is registered", reason="TOOL_NOT_FOUND",
-                           metadata={"tool_id": request.tool_id})
+            raise NotFound(
+                f"no tool {request.tool_id!r} is registered",
+                reason="TOOL_NOT_FOUND",
+                metadata={"tool_id": request.tool_id},
+            )
         if not entry.tool.enabled:
-            raise FailedPrecondition(f"tool {request.tool_id!r} is disabled", reason="TOOL_DISABLED",
-                                     metadata={"tool_id": request.tool_id})
+            raise FailedPrecondition(
+                f"tool {request.tool_id!r} is disabled",
+                reason="TOOL_DISABLED",
+                metadata={"tool_id": request.tool_id},
+            )
         validator = entry.validators.get(request.action)
         if validator is None:
             actions = ", ".join(entry.validators) or "none"
             raise InvalidRequest(
                 f"tool {request.tool_id!r} has no action {request.action!r} (actions: {actions})",
-                reason="UNKNOWN_ACTION", metadata={"tool_id": request.tool_id, "action": request.action},
+                reason="UNKNOWN_ACTION",
+                metadata={"tool_id": request.tool_id, "action": request.action},
             )
         size = request.arguments.ByteSize()
         if size > self._max_args:
             raise ResourceExhausted(
-                f"arguments are {size} bytes; the limit is {self._max_args}", reason="ARGUMENTS_TOO_LARGE",
+                f"arguments are {size} bytes; the limit is {self._max_args}",
+                reason="ARGUMENTS_TOO_LARGE",
                 metadata={"limit_bytes": str(self._max_args)},
             )
         validator.check(struct_to_dict(request.arguments))
@@ -101,7 +119,11 @@ class Router:
         return max(timeout, 0.001)
 
     async def execute(
-        self, request: ex.ExecuteRequest, *, deadline_s: float | None = None, on_progress: ProgressFn | None = None
+        self,
+        request: ex.ExecuteRequest,
+        *,
+        deadline_s: float | None = None,
+        on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
         entry = self.resolve(request)
@@ -113,16 +135,18 @@ class Router:
             response = await self._dispatch(entry, request, timeout, on_progress)
             ok = not response.is_error
         except ToolServerFault as fault:
-            response = error_response(tool_pb2.ERROR_TYPE_SYSTEM,
-                                      f"tool server failed: {fault.code.name}: {fault.details}")
+            response = error_response(
+                tool_pb2.ERROR_TYPE_SYSTEM, f"tool server failed: {fault.code.name}: {fault.details}"
+            )
         finally:
             elapsed = time.perf_counter() - start
             self._record(entry, ok, elapsed)
         response.duration.FromNanoseconds(int(elapsed * 1e9))
         return response
 
-    async def _dispatch(self, entry: Entry, request: ex.ExecuteRequest, timeout: float,
-                        on_progress: ProgressFn | None) -> ex.ExecuteResponse:
+    async def _dispatch(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
+    ) -> ex.ExecuteResponse:
         ep = entry.endpoint
         local = self.local.get(entry.tool.endpoint) if self.local else None
         if local is not None:
@@ -134,6 +158,9 @@ class Router:
         else:
             handler = self.transports.get(ep.scheme)
         if handler is None:
-            raise Unavailable(f"no route to {ep} in this process", reason="NO_ROUTE",
-                              metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)})
+            raise Unavailable(
+                f"no route to {ep} in this process",
+                reason="NO_ROUTE",
+                metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
+            )
         return await handler(entry, request, timeout, on_progress)

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-
-from services.common.errors import InvalidRequest, NotFound
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
+
+from services.common.errors import InvalidRequest, NotFound
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolExecutorService"
@@ -53,15 +53,21 @@ class Action:
     output_schema: dict[str, Any] | None = None
 
     def capability(self) -> tool_pb2.Capability:
-        cap = tool_pb2.Capability(name=self.name, description=self.description,
-                                  input_schema=dict_to_struct(self.input_schema))
+        cap = tool_pb2.Capability(
+            name=self.name, description=self.description, input_schema=dict_to_struct(self.input_schema)
+        )
         if self.output_schema:
             cap.output_schema.CopyFrom(dict_to_struct(self.output_schema))
         return cap
 
 
-def text_result(text: str, structured: dict[str, Any] | None = None, *, is_error: bool = False,
-                error_type: int = tool_pb2.ERROR_TYPE_TOOL_ERROR) -> ex.ExecuteResponse:
+def text_result(
+    text: str,
+    structured: dict[str, Any] | None = None,
+    *,
+    is_error: bool = False,
+    error_type: int = tool_pb2.ERROR_TYPE_TOOL_ERROR,
+) -> ex.ExecuteResponse:
     resp = ex.ExecuteResponse(is_error=is_error)
     resp.content.add().text.text = text
     if structured is not None:
@@ -97,7 +103,9 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
 
     def __init__(self, tools: dict[str, list[Action]]) -> None:
         self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
-        self._streams: dict[asyncio.Queue[ex.ExecuteStreamResponse | None], dict[int, asyncio.Task[None]]] = {}
+        self._streams: dict[
+            asyncio.Queue[ex.ExecuteStreamResponse | None], dict[int, asyncio.Task[None]]
+        ] = {}
         self._draining = False
 
     async def drain(self) -> None:
@@ -107,16 +115,18 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             if not running:
                 out.put_nowait(None)
 
-    async def call(self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
-                   ) -> ex.ExecuteResponse:
+    async def call(
+        self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
+    ) -> ex.ExecuteResponse:
         """Run one call in this process (also the in-process fast path)."""
         actions = self._actions.get(request.tool_id)
         if actions is None:
             raise NotFound(f"this server does not host tool {request.tool_id!r}", reason="TOOL_NOT_FOUND")
         action = actions.get(request.action)
         if action is None:
-            raise InvalidRequest(f"tool {request.tool_id!r} has no action {request.action!r}",
-                                 reason="UNKNOWN_ACTION")
+            raise InvalidRequest(
+                f"tool {request.tool_id!r} has no action {request.action!r}", reason="UNKNOWN_ACTION"
+            )
         timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
         ctx = CallContext(request.tool_id, request.action, timeout, request.session_id, request.request_id)
         if progress is not None:
@@ -129,18 +139,24 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             log.info("action %s/%s failed: %s", request.tool_id, request.action, exc)
             return text_result(f"{type(exc).__name__}: {exc}", is_error=True)
 
-    async def Execute(self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext) -> ex.ExecuteResponse:
+    async def Execute(
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ExecuteResponse:
         return await self.call(request)
 
-    async def ExecuteStream(self, requests: AsyncIterator[ex.ExecuteStreamRequest],
-                            context: grpc.aio.ServicerContext) -> AsyncIterator[ex.ExecuteStreamResponse]:
+    async def ExecuteStream(
+        self, requests: AsyncIterator[ex.ExecuteStreamRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ex.ExecuteStreamResponse]:
         out: asyncio.Queue[ex.ExecuteStreamResponse | None] = asyncio.Queue()
         running: dict[int, asyncio.Task[None]] = {}
 
         async def run(call_id: int, request: ex.ExecuteRequest) -> None:
             def progress(p: float, total: float, message: str) -> None:
-                out.put_nowait(ex.ExecuteStreamResponse(
-                    call_id=call_id, progress=ex.Progress(progress=p, total=total, message=message)))
+                out.put_nowait(
+                    ex.ExecuteStreamResponse(
+                        call_id=call_id, progress=ex.Progress(progress=p, total=total, message=message)
+                    )
+                )
 
             try:
                 result = await self.call(request, progress)
@@ -158,10 +174,20 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             try:
                 async for msg in requests:
                     if msg.HasField("execute") and self._draining:
-                        out.put_nowait(ex.ExecuteStreamResponse(call_id=msg.call_id, result=text_result(
-                            "tool server is shutting down", is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)))
+                        out.put_nowait(
+                            ex.ExecuteStreamResponse(
+                                call_id=msg.call_id,
+                                result=text_result(
+                                    "tool server is shutting down",
+                                    is_error=True,
+                                    error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+                                ),
+                            )
+                        )
                     elif msg.HasField("execute"):
-                        running[msg.call_id] = asyncio.get_running_loop().create_task(run(msg.call_id, msg.execute))
+                        running[msg.call_id] = asyncio.get_running_loop().create_task(
+                            run(msg.call_id, msg.execute)
+                        )
                     elif msg.HasField("cancel") and msg.call_id in running:
                         running[msg.call_id].cancel()
             finally:

@@ -13,11 +13,16 @@ from services.common.config import ConfigError
 def test_environment_overrides_every_type_of_key(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('[hub]\ntcp = "127.0.0.1:1"\n')
-    cfg = config_mod.load(f, env={
-        "TOOLSCORE_HUB__TCP": "127.0.0.1:2", "TOOLSCORE_HUB__MAX_TIMEOUT_S": "12.5",
-        "TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "yes",
-        "TOOLSCORE_EXECUTOR__ENV_PASSTHROUGH": "LANG,TZ", "TOOLSCORE_HUB__MAX_ARGUMENT_BYTES": "10",
-    })
+    cfg = config_mod.load(
+        f,
+        env={
+            "TOOLSCORE_HUB__TCP": "127.0.0.1:2",
+            "TOOLSCORE_HUB__MAX_TIMEOUT_S": "12.5",
+            "TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "yes",
+            "TOOLSCORE_EXECUTOR__ENV_PASSTHROUGH": "LANG,TZ",
+            "TOOLSCORE_HUB__MAX_ARGUMENT_BYTES": "10",
+        },
+    )
     assert cfg.hub.tcp == "127.0.0.1:2" and cfg.hub.max_timeout_s == 12.5 and cfg.hub.max_argument_bytes == 10
     assert cfg.executor.use_inprocess_python_executor is True
     assert cfg.executor.env_passthrough == ("LANG", "TZ")
@@ -25,13 +30,16 @@ def test_environment_overrides_every_type_of_key(tmp_path):
         cfg.hub.tcp = "x"  # type: ignore[misc]
 
 
-@pytest.mark.parametrize(("text", "env", "needle"), [
-    ("[hub]\nnope = 1\n", {}, "unknown key"),
-    ("[hub\n", {}, "c.toml"),
-    ("", {"TOOLSCORE_HUB__HEALTH_INTERVAL_S": "soon"}, "expected float"),
-    ("", {"TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "maybe"}, "not a boolean"),
-    ("", {"TOOLSCORE_NOSUCH__KEY": "1"}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    ("text", "env", "needle"),
+    [
+        ("[hub]\nnope = 1\n", {}, "unknown key"),
+        ("[hub\n", {}, "c.toml"),
+        ("", {"TOOLSCORE_HUB__HEALTH_INTERVAL_S": "soon"}, "expected float"),
+        ("", {"TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "maybe"}, "not a boolean"),
+        ("", {"TOOLSCORE_NOSUCH__KEY": "1"}, "unknown key"),
+    ],
+)
 def test_malformed_config_is_a_clear_error(tmp_path, text, env, needle):
     f = tmp_path / "c.toml"
     f.write_text(text)

@@ -310,5 +310,7 @@ async def test_task_routes_say_clearly_when_no_llm_is_configured(edge: EdgeHandl
 
 
 async def test_discovery_routes_are_served_by_the_edge(edge: EdgeHandle):
-    status, body = await edge.post("/mcp/search", {"query": "current time in a timezone", "max_candidates": 3})
+    status, body = await edge.post(
+        "/mcp/search", {"query": "current time in a timezone", "max_candidates": 3}
+    )
     assert status == 200 and body["candidates"][0]["name"] == "io.github.modelcontextprotocol/time"

@@ -7,16 +7,16 @@ import sys
 
 import grpc
 import pytest
+from toolscore.v1 import executor_pb2_grpc, tool_pb2
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
 from services.toolkit import Action
 from tests.helpers import grpc_tool, reason_of
-from toolscore.v1 import executor_pb2_grpc, tool_pb2
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import toolscore_pb2 as ts
-from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 
 async def _echo(args, ctx):
@@ -41,7 +41,9 @@ async def register(stubs, tool):
 @pytest.mark.parametrize("tcp", [False, True], ids=["uds", "tcp"])
 async def test_calls_reach_a_tool_server_and_are_counted(hub, hub_stubs, start_tool_server, tcp):
     _, ep = await start_tool_server({"echo": [Action("echo", "", _echo), Action("fail", "", _fail)]}, tcp=tcp)
-    await register(hub_stubs, grpc_tool("echo", ep, actions={"echo": {"type": "object"}, "fail": {"type": "object"}}))
+    await register(
+        hub_stubs, grpc_tool("echo", ep, actions={"echo": {"type": "object"}, "fail": {"type": "object"}})
+    )
     resp = await hub_stubs.toolscore.ExecuteTool(call("echo", text="héllo ✓"), timeout=5)
     assert not resp.is_error and struct_to_dict(resp.structured) == {"text": "héllo ✓"}
     assert resp.duration.ToNanoseconds() > 0
@@ -62,7 +64,9 @@ class UnaryOnly(executor_pb2_grpc.ToolExecutorServiceServicer):
         return text_result(f"unary:{struct_to_dict(request.arguments)['text']}")
 
 
-async def test_servers_without_execute_stream_are_called_with_unary_execute(hub, hub_stubs, start_tool_server):
+async def test_servers_without_execute_stream_are_called_with_unary_execute(
+    hub, hub_stubs, start_tool_server
+):
     _, ep = await start_tool_server({}, servicer=UnaryOnly())
     await register(hub_stubs, grpc_tool("unary", ep))
     for i in range(3):
@@ -75,9 +79,11 @@ async def test_schema_violations_are_invalid_argument_with_field_details(hub, hu
     await register(hub_stubs, grpc_tool("strict", ep))
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await hub_stubs.toolscore.ExecuteTool(call("strict", text=5, extra=True), timeout=5)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason_of(err.value) == "INVALID_ARGUMENTS"
-    from grpc_status import rpc_status
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason_of(err.value) == "INVALID_ARGUMENTS"
+    )
     from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
 
     details = rpc_status.from_call(err.value).details
     bad = error_details_pb2.BadRequest()
@@ -125,17 +131,31 @@ async def test_a_hanging_tool_hits_the_deadline_and_is_cancelled(hub, hub_stubs,
 async def test_a_tool_server_dying_mid_call_is_unavailable_and_the_hub_keeps_serving(hub, hub_stubs, root):
     sock = root / "dying.sock"
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.tool_servers", "--listen", f"unix://{sock}", "--tool-id", "dying",
-        stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tests.tool_servers",
+        "--listen",
+        f"unix://{sock}",
+        "--tool-id",
+        "dying",
+        stdout=asyncio.subprocess.PIPE,
+    )
     try:
         async with asyncio.timeout(15):
             assert (await proc.stdout.readline()).startswith(b"READY")
-        await register(hub_stubs, grpc_tool("dying", f"unix://{sock}", actions={
-            "die": {"type": "object"}, "echo": {"type": "object"}}))
+        await register(
+            hub_stubs,
+            grpc_tool(
+                "dying", f"unix://{sock}", actions={"die": {"type": "object"}, "echo": {"type": "object"}}
+            ),
+        )
         assert not (await hub_stubs.toolscore.ExecuteTool(call("dying", text="a"), timeout=5)).is_error
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await hub_stubs.toolscore.ExecuteTool(call("dying", action="die"), timeout=5)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and reason_of(err.value) == "TOOL_SERVER_UNAVAILABLE"
+        assert (
+            err.value.code() == grpc.StatusCode.UNAVAILABLE
+            and reason_of(err.value) == "TOOL_SERVER_UNAVAILABLE"
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await hub_stubs.toolscore.ExecuteTool(call("dying", text="b"), timeout=5)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -156,12 +176,17 @@ async def test_disabled_tools_refuse_calls(hub, hub_stubs):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and reason_of(err.value) == "TOOL_DISABLED"
 
 
-async def test_health_checks_mark_a_dead_server_unhealthy_and_recover_it(hub, hub_stubs, start_tool_server, root):
+async def test_health_checks_mark_a_dead_server_unhealthy_and_recover_it(
+    hub, hub_stubs, start_tool_server, root
+):
     path = root / "flaky.sock"
     server, ep = await start_tool_server({"flaky": [Action("echo", "", _echo)]}, path=path)
     r = await register(hub_stubs, grpc_tool("flaky", ep))
-    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(
-        since_revision=r.revision, tool_ids=["flaky"], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]))
+    watch = hub_stubs.library.WatchToolEvents(
+        lib.WatchToolEventsRequest(
+            since_revision=r.revision, tool_ids=["flaky"], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]
+        )
+    )
     it = watch.__aiter__()
     async with asyncio.timeout(10):
         assert (await it.__anext__()).event.tool.health == tool_pb2.HEALTH_STATUS_HEALTHY
@@ -192,7 +217,9 @@ async def test_registration_needs_the_admin_token_when_one_is_set(cfg):
         # reads and executes stay open
         listing = await stub.ListTools(lib.ListToolsRequest(), timeout=5)
         assert "guarded" in [t.tool_id for t in listing.tools]
-        ok = await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(call("builtin", action="echo", text="hi"), timeout=5)
+        ok = await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(
+            call("builtin", action="echo", text="hi"), timeout=5
+        )
         assert not ok.is_error
 
 

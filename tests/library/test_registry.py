@@ -6,13 +6,13 @@ import asyncio
 
 import grpc
 import pytest
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from toolscore.v1 import tool_pb2
 
 from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from tests.helpers import grpc_tool, reason_of
-from toolscore.v1 import tool_library_pb2 as lib
-from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
-from toolscore.v1 import tool_pb2
 
 EP = "unix:///tmp/nowhere-tools.sock"
 
@@ -25,8 +25,11 @@ def cfg(cfg):
     return config_mod.replace(cfg, hub={"health_interval_s": 0})
 
 
-INSTALLED, UPDATED, REMOVED = (tool_pb2.TOOL_EVENT_TYPE_INSTALLED, tool_pb2.TOOL_EVENT_TYPE_UPDATED,
-                               tool_pb2.TOOL_EVENT_TYPE_REMOVED)
+INSTALLED, UPDATED, REMOVED = (
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED,
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED,
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED,
+)
 
 
 async def register(stubs, tool):
@@ -54,7 +57,10 @@ async def next_events(stream, n, timeout=5.0):
         (lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_UNSPECIFIED), "INVALID_KIND"),
         (lambda t: t.ClearField("capabilities"), "NO_CAPABILITIES"),
         (lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": 12})), "INVALID_SCHEMA"),
-        (lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": "string"})), "INVALID_SCHEMA"),
+        (
+            lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": "string"})),
+            "INVALID_SCHEMA",
+        ),
         (lambda t: t.capabilities.add(name="echo"), "DUPLICATE_ACTION"),
     ],
 )
@@ -103,8 +109,10 @@ async def test_deregistering_emits_removed_and_unknown_ids_are_not_found(hub_stu
     (event,) = await next_events(watch, 1)
     watch.cancel()
     assert event.type == REMOVED and event.tool.tool_id == "t4"
-    for call in (hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="t4"), timeout=5),
-                 hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t4"), timeout=5)):
+    for call in (
+        hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="t4"), timeout=5),
+        hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t4"), timeout=5),
+    ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason_of(err.value) == "TOOL_NOT_FOUND"
@@ -116,7 +124,9 @@ async def test_list_tools_paginates_and_filters(hub_stubs):
     seen, token = [], ""
     while True:
         page = await hub_stubs.library.ListTools(
-            lib.ListToolsRequest(page_size=2, page_token=token, kind=tool_pb2.TOOL_KIND_GRPC_SERVER), timeout=5)
+            lib.ListToolsRequest(page_size=2, page_token=token, kind=tool_pb2.TOOL_KIND_GRPC_SERVER),
+            timeout=5,
+        )
         assert len(page.tools) <= 2 and page.total_count == 5
         seen += [t.tool_id for t in page.tools]
         token = page.next_page_token
@@ -131,12 +141,23 @@ async def test_list_tools_paginates_and_filters(hub_stubs):
 
 
 async def test_search_ranks_the_most_relevant_tool_first(hub_stubs):
-    await register(hub_stubs, grpc_tool("weather-api", EP, description="Current weather and forecasts for a city",
-                                        actions={"get_forecast": {"type": "object"}}, tags=["weather"]))
-    await register(hub_stubs, grpc_tool("calc", EP, description="Arithmetic on numbers",
-                                        actions={"evaluate": {"type": "object"}}))
-    resp = await hub_stubs.library.SearchTools(lib.SearchToolsRequest(query="what is the weather forecast"),
-                                               timeout=5)
+    await register(
+        hub_stubs,
+        grpc_tool(
+            "weather-api",
+            EP,
+            description="Current weather and forecasts for a city",
+            actions={"get_forecast": {"type": "object"}},
+            tags=["weather"],
+        ),
+    )
+    await register(
+        hub_stubs,
+        grpc_tool("calc", EP, description="Arithmetic on numbers", actions={"evaluate": {"type": "object"}}),
+    )
+    resp = await hub_stubs.library.SearchTools(
+        lib.SearchToolsRequest(query="what is the weather forecast"), timeout=5
+    )
     assert resp.matches[0].tool.tool_id == "weather-api"
     assert all(m.tool.tool_id != "calc" for m in resp.matches)
     assert any("forecast" in m for m in resp.matches[0].matched)
@@ -161,8 +182,9 @@ async def test_a_watcher_resuming_from_a_revision_misses_nothing(hub_stubs):
 
 async def test_watch_filters_by_type_and_tool(hub_stubs):
     start = (await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
-    watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(
-        since_revision=start, types=[REMOVED], tool_ids=["f2"]))
+    watch = hub_stubs.library.WatchToolEvents(
+        lib.WatchToolEventsRequest(since_revision=start, types=[REMOVED], tool_ids=["f2"])
+    )
     for i in range(3):
         await register(hub_stubs, grpc_tool(f"f{i}", EP))
     for i in range(3):

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.executor.app import ExecutorProcess, hub_target, listen_address
-from services.hub.app import Hub
-from tests.conftest import stop_process, wait_registered
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
+
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.executor.app import ExecutorProcess, hub_target, listen_address
+from services.hub.app import Hub
+from tests.conftest import stop_process, wait_registered
 
 EXECUTOR = "python-executor-mcp-server"
 
@@ -51,8 +51,12 @@ def alive(pid: int) -> bool:
 
 async def run_code(target: str, code: str) -> ts.ExecuteToolResponse:
     async with grpc.aio.insecure_channel(target) as ch:
-        return await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(ts.ExecuteToolRequest(
-            tool_id=EXECUTOR, action="python_execute", arguments=dict_to_struct({"code": code})), timeout=20)
+        return await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(
+            ts.ExecuteToolRequest(
+                tool_id=EXECUTOR, action="python_execute", arguments=dict_to_struct({"code": code})
+            ),
+            timeout=20,
+        )
 
 
 async def test_the_mesh_serves_python_execute_and_stops_cleanly_on_ctrl_c(mesh_factory):
@@ -74,10 +78,16 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = lib_grpc.ToolLibraryServiceStub(ch)
         rev = (await stub.ListTools(lib.ListToolsRequest(), timeout=5)).revision
-        watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(
-            since_revision=rev, tool_ids=[EXECUTOR], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]))
-        executor_pid = next(p for p in descendants(mesh.proc.pid)
-                            if b"services.executor" in Path(f"/proc/{p}/cmdline").read_bytes())
+        watch = stub.WatchToolEvents(
+            lib.WatchToolEventsRequest(
+                since_revision=rev, tool_ids=[EXECUTOR], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]
+            )
+        )
+        executor_pid = next(
+            p
+            for p in descendants(mesh.proc.pid)
+            if b"services.executor" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
         os.kill(executor_pid, signal.SIGKILL)
         seen = []
         async with asyncio.timeout(30):
@@ -92,17 +102,23 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
     assert "executor exited" in mesh.log()
 
 
-@pytest.mark.parametrize("env", [
-    {"TOOLSCORE_MESH__MODE": "single"},
-    {"TOOLSCORE_MESH__MODE": "tcp"},
-    {"TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "true"},
-], ids=["single-process", "all-tcp", "inprocess-executor"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TOOLSCORE_MESH__MODE": "single"},
+        {"TOOLSCORE_MESH__MODE": "tcp"},
+        {"TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "true"},
+    ],
+    ids=["single-process", "all-tcp", "inprocess-executor"],
+)
 async def test_every_mode_runs_python_execute(mesh_factory, env):
     mesh = await mesh_factory(env)
     resp = await run_code(mesh.tcp, "print(sum(range(10)))")
     assert struct_to_dict(resp.structured)["stdout"] == "45\n"
     async with grpc.aio.insecure_channel(mesh.tcp) as ch:
-        tool = (await lib_grpc.ToolLibraryServiceStub(ch).GetTool(lib.GetToolRequest(tool_id=EXECUTOR), timeout=5)).tool
+        tool = (
+            await lib_grpc.ToolLibraryServiceStub(ch).GetTool(lib.GetToolRequest(tool_id=EXECUTOR), timeout=5)
+        ).tool
     if "TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR" in env:
         assert tool.endpoint == "inproc://python-executor"
     elif env.get("TOOLSCORE_MESH__MODE") == "tcp":

@@ -18,6 +18,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
 from services.common import endpoints
+from services.common.contract import BATCHING_KEY
 from services.common.errors import DeadlineExceeded, MeshError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,10 @@ def _expire(fut: asyncio.Future[ex.ExecuteResponse]) -> None:
 class _Mux:
     """Many calls over one ExecuteStream, matched by call_id.
 
-    Writes go straight to the call object under a lock (cheaper than feeding a
-    request iterator through a queue); one reader task resolves the futures.
+    Writes go straight to the call object (cheaper than feeding a request
+    iterator through a queue). Messages queued while a write is in flight are
+    sent by that writer, coalesced into one message when the server opened the
+    stream with `toolscore-batching: 1`. One reader task resolves the futures.
     """
 
     def __init__(self, stub: ex_grpc.ToolExecutorServiceStub, target: str) -> None:
@@ -67,7 +70,9 @@ class _Mux:
         self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
+        self._outbox: list[ex.ExecuteStreamRequest] = []
+        self._writing = False
+        self._batching = False
         self._background: set[asyncio.Task[None]] = set()
         self.unsupported = False
 
@@ -75,6 +80,7 @@ class _Mux:
         if self._call is None:
             call = self._stub.ExecuteStream()
             self._call = call
+            self._outbox, self._writing, self._batching = [], False, False
             self._reader = asyncio.get_running_loop().create_task(self._read(call))
         return self._call
 
@@ -92,17 +98,14 @@ class _Mux:
     async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
         error: Exception
         try:
+            metadata = await call.initial_metadata()
+            self._batching = call is self._call and any(
+                k == BATCHING_KEY and v == "1" for k, v in metadata or ()
+            )
             async for msg in call:
-                slot = self._pending.get(msg.call_id)
-                if slot is None:
-                    continue
-                fut, on_progress = slot
-                if msg.HasField("result"):
-                    del self._pending[msg.call_id]
-                    if not fut.done():
-                        fut.set_result(msg.result)
-                elif on_progress is not None:
-                    on_progress(msg.progress)
+                self._deliver(msg)
+                for more in msg.batch:
+                    self._deliver(more)
             error = self._unavailable("it closed the call stream")
         except grpc.aio.AioRpcError as exc:
             error = self._error_for(exc)
@@ -118,9 +121,36 @@ class _Mux:
                 fut.set_exception(error)
         self._pending.clear()
 
+    def _deliver(self, msg: ex.ExecuteStreamResponse) -> None:
+        slot = self._pending.get(msg.call_id)
+        if slot is None:
+            return
+        fut, on_progress = slot
+        if msg.HasField("result"):
+            del self._pending[msg.call_id]
+            if not fut.done():
+                fut.set_result(msg.result)
+        elif on_progress is not None:
+            on_progress(msg.progress)
+
     async def _write(self, call: grpc.aio.StreamStreamCall, msg: ex.ExecuteStreamRequest) -> None:
-        async with self._lock:
-            await call.write(msg)
+        """Send `msg`; if a write is in flight, leave it to that writer (one write at a time per call)."""
+        self._outbox.append(msg)
+        if self._writing:
+            return
+        self._writing = True
+        try:
+            while self._outbox and call is self._call:
+                queued, self._outbox = self._outbox, []
+                if self._batching and len(queued) > 1:
+                    head = queued[0]
+                    head.batch.extend(queued[1:])
+                    await call.write(head)
+                else:
+                    for m in queued:
+                        await call.write(m)
+        finally:
+            self._writing = False
 
     async def call(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None

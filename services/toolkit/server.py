@@ -20,6 +20,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common.contract import BATCHING_KEY
 from services.common.errors import InvalidRequest, NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 
@@ -170,35 +171,40 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             if self._draining and not running:
                 out.put_nowait(None)
 
+        def handle(msg: ex.ExecuteStreamRequest) -> None:
+            if msg.HasField("execute") and self._draining:
+                result = text_result(
+                    "tool server is shutting down", is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
+                )
+                out.put_nowait(ex.ExecuteStreamResponse(call_id=msg.call_id, result=result))
+            elif msg.HasField("execute"):
+                running[msg.call_id] = asyncio.get_running_loop().create_task(run(msg.call_id, msg.execute))
+            elif msg.HasField("cancel") and msg.call_id in running:
+                running[msg.call_id].cancel()
+
         async def pump() -> None:
             try:
                 async for msg in requests:
-                    if msg.HasField("execute") and self._draining:
-                        out.put_nowait(
-                            ex.ExecuteStreamResponse(
-                                call_id=msg.call_id,
-                                result=text_result(
-                                    "tool server is shutting down",
-                                    is_error=True,
-                                    error_type=tool_pb2.ERROR_TYPE_SYSTEM,
-                                ),
-                            )
-                        )
-                    elif msg.HasField("execute"):
-                        running[msg.call_id] = asyncio.get_running_loop().create_task(
-                            run(msg.call_id, msg.execute)
-                        )
-                    elif msg.HasField("cancel") and msg.call_id in running:
-                        running[msg.call_id].cancel()
+                    handle(msg)
+                    for more in msg.batch:
+                        handle(more)
             finally:
                 for task in list(running.values()):
                     task.cancel()
                 out.put_nowait(None)
 
+        await context.send_initial_metadata(((BATCHING_KEY, "1"),))  # we accept coalesced calls
         reader = asyncio.get_running_loop().create_task(pump())
         self._streams[out] = running
         try:
             while (item := await out.get()) is not None:
+                # Answers that are ready together travel in one message.
+                while not out.empty():
+                    more = out.get_nowait()
+                    if more is None:
+                        out.put_nowait(None)
+                        break
+                    item.batch.append(more)
                 yield item
         finally:
             self._streams.pop(out, None)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc
+
 from services.common import endpoints
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.router.channels import ToolChannel
 from services.toolkit import Action, ToolServer, text_result
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import executor_pb2_grpc
 
 
 async def _echo(args, ctx):

@@ -51,3 +51,11 @@ def reason_of(err: grpc.aio.AioRpcError) -> str:
     info = error_info(status)
     assert info is not None and info.domain == "toolscore.dev"
     return info.reason
+
+
+async def nap(seconds: float) -> str:
+    """Sleep, then say so (an in-process function tool for timeout tests)."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return "rested"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 
 import grpc
@@ -231,3 +232,18 @@ async def test_binding_beyond_loopback_without_a_token_is_refused(cfg):
         async with Hub(exposed):
             pass
     assert err.value.reason == "NON_LOOPBACK_WITHOUT_TOKEN"
+
+
+async def test_an_in_process_function_that_overruns_is_a_timeout_result(cfg):
+    from services.common.config import FunctionToolConfig
+
+    slow = config_mod.replace(cfg)
+    slow = dataclasses.replace(
+        slow, function_tools=(FunctionToolConfig(tool_id="napper", functions=("tests.helpers:nap",)),)
+    )
+    async with Hub(slow) as hub, grpc.aio.insecure_channel(hub.uds_target) as ch:
+        stub = ts_grpc.ToolScoreServiceStub(ch)
+        resp = await stub.ExecuteTool(call("napper", action="nap", timeout_s=0.2, seconds=30), timeout=5)
+        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT
+        ok = await stub.ExecuteTool(call("napper", action="nap", seconds=0), timeout=5)
+        assert not ok.is_error and ok.content[0].text.text == "rested"

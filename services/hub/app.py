@@ -144,7 +144,7 @@ class Hub:
 
         server = make_server(self.cfg)
 
-        async def handle(entry, request, timeout, on_progress):  # type: ignore[no-untyped-def]
+        async def handle(entry, request, timeout, on_progress, arguments):  # type: ignore[no-untyped-def]
             progress = (lambda p, t, m: on_progress(_progress(p, t, m))) if on_progress else None
             return await server.call(request, progress)
 

@@ -121,6 +121,9 @@ class _Mux:
                 fut.set_exception(error)
         self._pending.clear()
 
+    def _is_current(self, call: grpc.aio.StreamStreamCall) -> bool:
+        return self._call is call
+
     def _deliver(self, msg: ex.ExecuteStreamResponse) -> None:
         slot = self._pending.get(msg.call_id)
         if slot is None:
@@ -140,7 +143,7 @@ class _Mux:
             return
         self._writing = True
         try:
-            while self._outbox and call is self._call:
+            while self._outbox and self._is_current(call):
                 queued, self._outbox = self._outbox, []
                 if self._batching and len(queued) > 1:
                     head = queued[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 # An in-process tool, or a transport the edge/discovery plug in (ws-session, mcp):
 # (entry, request with its effective timeout set, timeout seconds, progress callback) -> response
 Handler = Callable[[Entry, ex.ExecuteRequest, float, ProgressFn | None], Awaitable[ex.ExecuteResponse]]
+# An in-process tool: like Handler, plus the arguments already converted to a dict.
+InprocHandler = Callable[
+    [Entry, ex.ExecuteRequest, float, ProgressFn | None, dict[str, Any]], Awaitable[ex.ExecuteResponse]
+]
 Lookup = Callable[[str], Entry | None]
 Recorder = Callable[[Entry, bool, float], None]
 
@@ -61,7 +66,7 @@ class Router:
         self._max_timeout = max_timeout_s
         self._max_args = max_argument_bytes
         self._record = record
-        self.inproc: dict[str, Handler] = {}  # inproc://name -> handler
+        self.inproc: dict[str, InprocHandler] = {}  # inproc://name -> handler
         self.transports: dict[str, Handler] = {}  # scheme (ws-session, mcp) -> handler
         # Endpoints this process serves itself (e.g. the edge's relay socket for dialled-in
         # servers): endpoint string -> handler, checked before any network hop.
@@ -77,6 +82,10 @@ class Router:
         )
 
     def resolve(self, request: ex.ExecuteRequest) -> Entry:
+        """The entry for a call, after every check that needs no I/O."""
+        return self._check(request)[0]
+
+    def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any]]:
         """The entry for a call, after every check that needs no I/O."""
         entry = self._lookup(request.tool_id)
         if entry is None:
@@ -108,8 +117,9 @@ class Router:
                 reason="ARGUMENTS_TOO_LARGE",
                 metadata={"limit_bytes": str(self._max_args)},
             )
-        validator.check(struct_to_dict(request.arguments))
-        return entry
+        arguments = struct_to_dict(request.arguments)
+        validator.check(arguments)
+        return entry, arguments
 
     def timeout_for(self, request: ex.ExecuteRequest, deadline_s: float | None) -> float:
         t = request.timeout.seconds + request.timeout.nanos / 1e9 if request.HasField("timeout") else 0.0
@@ -126,13 +136,13 @@ class Router:
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
-        entry = self.resolve(request)
+        entry, arguments = self._check(request)
         timeout = self.timeout_for(request, deadline_s)
         request.timeout.FromNanoseconds(int(timeout * 1e9))
         start = time.perf_counter()
         ok = False
         try:
-            response = await self._dispatch(entry, request, timeout, on_progress)
+            response = await self._dispatch(entry, request, timeout, on_progress, arguments)
             ok = not response.is_error
         except ToolServerFault as fault:
             response = error_response(
@@ -145,7 +155,12 @@ class Router:
         return response
 
     async def _dispatch(
-        self, entry: Entry, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
+        self,
+        entry: Entry,
+        request: ex.ExecuteRequest,
+        timeout: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
         ep = entry.endpoint
         local = self.local.get(entry.tool.endpoint) if self.local else None
@@ -154,7 +169,10 @@ class Router:
         if ep.is_grpc:
             return await self._pool.get(ep).execute(request, timeout, on_progress)
         if ep.scheme == endpoints.INPROC:
-            handler = self.inproc.get(ep.address)
+            inproc = self.inproc.get(ep.address)
+            if inproc is not None:
+                return await inproc(entry, request, timeout, on_progress, arguments)
+            handler = None
         else:
             handler = self.transports.get(ep.scheme)
         if handler is None:

@@ -88,6 +88,9 @@ async def supervise(
 ) -> None:
     """Run every child until `stop` is set, then stop them in reverse order."""
     env = dict(os.environ if env is None else env)
+    # Our processes spawn children (sandboxes, MCP servers) but never use gRPC across a fork:
+    # gRPC's fork handlers would only log "skipping fork() handlers" on every spawn.
+    env.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     children = [Child(s, mesh, env) for s in specs]
     tasks = [asyncio.create_task(c.keep_alive(), name=c.spec.name) for c in children]
     try:

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from grpc_health.v1 import health_pb2
+
 from services.common.config import Config
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.executor.registration import keep_registered
@@ -23,11 +25,19 @@ class ExecutorProcess:
 
     async def __aenter__(self) -> ExecutorProcess:
         self.executor = make_server(self.cfg)
+        await self.executor.start()
         self.server = MeshServer(
             [ServiceBinding(SERVICE, self.executor, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
             [self._listen], max_message_bytes=self.cfg.hub.max_message_bytes,
         )
-        await self.server.__aenter__()
+        try:
+            await self.server.__aenter__()
+        except BaseException:
+            await self.executor.close()
+            raise
+        if self.executor.refusal:  # the hub's health checks mark the tool unhealthy; calls get the reason
+            await self.server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         endpoint = self.server.addresses[0]
         tool = tool_definition(self.cfg, endpoint)
         self._task = asyncio.create_task(keep_registered(
@@ -39,8 +49,10 @@ class ExecutorProcess:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self.server.stop()
-        await self.executor.close()
+        try:
+            await self.server.stop()
+        finally:
+            await self.executor.close()
 
 
 def listen_address(cfg: Config, tcp: bool) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "toolscore-exec-"
+_instances = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ class Group:
         if self._layout.v2:
             fields = dict(line.split() for line in self._read("memory.events").splitlines() if " " in line)
             return int(fields.get("oom_kill", "0")) + int(fields.get("max", "0"))
-        value = self._read("memory.failcnt").strip()
-        return int(value) if value.isdigit() else 0
+        oom = dict(line.split() for line in self._read("memory.oom_control").splitlines() if " " in line)
+        counts = [self._read(name).strip() for name in ("memory.failcnt", "memory.memsw.failcnt")]
+        return int(oom.get("oom_kill", "0")) + sum(int(c) for c in counts if c.isdigit())
 
     def hit_pids_limit(self) -> bool:
         return self._pids_hits() > self._base[0]
@@ -138,7 +140,7 @@ class Cgroups:
     def __init__(self, layout: Layout, pids_max: int, memory_bytes: int) -> None:
         self.layout = layout
         self._pids_max, self._memory = pids_max, memory_bytes
-        self._name = f"{PREFIX}{os.getpid()}"
+        self._name = f"{PREFIX}{os.getpid()}-{next(_instances)}"
         self._ids = itertools.count()
         self._free: list[Group] = []
         self._sweep_stale()
@@ -195,7 +197,7 @@ class Cgroups:
         for d in self.layout.dirs():
             with contextlib.suppress(OSError):
                 for entry in d.iterdir():
-                    if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX):]):
+                    if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX):].split("-")[0]):
                         _remove_tree(entry)
 
 

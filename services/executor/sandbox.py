@@ -111,6 +111,7 @@ class Sandbox:
             elif os.path.isdir(top):
                 argv += ["--ro-bind", top, top]
         argv += ["--ro-bind", "/usr", "/usr"]
+        argv += ["--perms", "0755", "--dir", "/etc"]
         for f in ("/etc/ld.so.cache", "/etc/localtime"):
             argv += ["--ro-bind-try", f, f]
         argv += ["--perms", "0755", "--dir", "/opt", "--ro-bind", str(self._prefix), PYTHON_MOUNT]

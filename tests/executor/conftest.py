@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -50,10 +51,17 @@ def xcfg(cfg: Config) -> Config:
         "env_autocreate": False})
 
 
-@pytest.fixture
-async def call(xcfg: Config) -> AsyncIterator[Call]:
-    async with Hub(xcfg) as hub, ExecutorProcess(xcfg, listen_address(xcfg, False), hub_target(xcfg, False)) as ep:
+@contextlib.asynccontextmanager
+async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
+    """The executor server on its own socket, registered with `hub`; calls go through the hub."""
+    async with ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False)) as ep:
         async with asyncio.timeout(10):
             await ep.registered.wait()
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             yield Call(ts_grpc.ToolScoreServiceStub(ch), ep.executor)
+
+
+@pytest.fixture
+async def call(xcfg: Config, hub: Hub) -> AsyncIterator[Call]:
+    async with running_executor(xcfg, hub) as c:
+        yield c

@@ -105,6 +105,8 @@ class Executor(ToolServer):
         self.sessions: Sessions | None = None
         self._groups: cgroups.Cgroups | None = None
         self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
+        self.running = 0
+        self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
         self._start_lock = asyncio.Lock()
         self._env_task: asyncio.Task[bool] | None = None
         self._closed = False
@@ -202,6 +204,8 @@ class Executor(ToolServer):
         except TimeoutError:
             return _busy(f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
                          f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)")
+        self.running += 1
+        self.call_started.set()
         try:
             left = max(self.xc.queue_timeout_s - (time.monotonic() - queued), 0.001)
             if not session_id:
@@ -223,6 +227,7 @@ class Executor(ToolServer):
         except SessionLimit as exc:
             return _busy(str(exc))
         finally:
+            self.running -= 1
             self._slots.release()
 
     def _action_list(self) -> list[Action]:

@@ -10,11 +10,13 @@ removed at the next start.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,9 +191,17 @@ class Cgroups:
         group.reset()
         return group
 
-    def close(self) -> None:
+    async def close(self, grace_s: float = 3.0) -> None:
+        """Kill what is left, wait (bounded) for the kernel to empty the groups, remove them all."""
+        deadline = time.monotonic() + grace_s
         for parent in self._parents():
-            _remove_tree(parent)
+            while True:
+                busy = _remove_tree(parent)
+                if not busy or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.01)  # pid namespaces are torn down asynchronously; no event to wait on
+            if busy:
+                log.warning("cgroup %s still has processes; the next executor start sweeps it", parent)
 
     def _sweep_stale(self) -> None:
         for d in self.layout.dirs():
@@ -205,14 +215,25 @@ def _alive(pid: str) -> bool:
     return pid.isdigit() and Path(f"/proc/{pid}").exists()
 
 
-def _remove_tree(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        for child in path.iterdir():
-            if child.is_dir():
-                with contextlib.suppress(OSError):
-                    for p in (child / "cgroup.procs").read_text().split():
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.kill(int(p), signal.SIGKILL)
-                with contextlib.suppress(OSError):
-                    child.rmdir()
+def _remove_tree(path: Path) -> bool:
+    """Kill the processes in `path`'s child groups and remove what is empty; True while some remain."""
+    try:
+        children = [c for c in path.iterdir() if c.is_dir()]
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    for child in children:
+        with contextlib.suppress(OSError):
+            for p in (child / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(p), signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            child.rmdir()
+    try:
         path.rmdir()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return False

@@ -162,11 +162,11 @@ class Executor(ToolServer):
         if self.pool is not None:
             await self.pool.close()
         if self._groups is not None:
-            self._groups.close()
+            await self._groups.close()
 
     def status(self) -> dict[str, Any]:
         return {"isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
-                "min_isolation": self.xc.min_isolation, "refusing": bool(self.refusal), "reason": self.refusal,
+                "running": self.running, "min_isolation": self.xc.min_isolation, "refusing": bool(self.refusal), "reason": self.refusal,
                 "pool": self.pool.status() if self.pool else {},
                 "sessions": self.sessions.status() if self.sessions is not None else {},
                 "environment": self.env.status()}

@@ -54,8 +54,11 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
     except OSError as exc:
         return None, f"cannot read /proc/self/cgroup: {exc}"
     if (root / "pids").is_dir() and (root / "memory").is_dir():
-        layout = Layout(root / "pids" / own.get("pids", "/").lstrip("/"),
-                        root / "memory" / own.get("memory", "/").lstrip("/"), v2=False)
+        layout = Layout(
+            root / "pids" / own.get("pids", "/").lstrip("/"),
+            root / "memory" / own.get("memory", "/").lstrip("/"),
+            v2=False,
+        )
     elif (root / "cgroup.controllers").exists():
         base = root / own.get("", "/").lstrip("/")
         wanted = {"pids", "memory"}
@@ -207,7 +210,7 @@ class Cgroups:
         for d in self.layout.dirs():
             with contextlib.suppress(OSError):
                 for entry in d.iterdir():
-                    if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX):].split("-")[0]):
+                    if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX) :].split("-")[0]):
                         _remove_tree(entry)
 
 

@@ -29,8 +29,10 @@ from services.executor.sandbox import env_site, real_python
 
 log = logging.getLogger(__name__)
 READY_MARK = ".toolscore-ready"
-_REQUIREMENT = re.compile(r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
-                          r"(?:\s*(==|>=|<=|~=|!=|<|>)\s*([A-Za-z0-9.*+!_-]{1,64}))?$")
+_REQUIREMENT = re.compile(
+    r"^([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
+    r"(?:\s*(==|>=|<=|~=|!=|<|>)\s*([A-Za-z0-9.*+!_-]{1,64}))?$"
+)
 _PASS_ENV = ("PATH", "HOME", "LANG", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
 
 
@@ -50,10 +52,14 @@ def check_requirement(spec: str, allowlist: Sequence[str]) -> str:
     """The spec if it is `name` or `name<op>version` with an allowlisted name; InstallRefused otherwise."""
     m = _REQUIREMENT.match(spec.strip())
     if not m:
-        raise InstallRefused(f"{spec!r} is not a package name (optionally with one version pin, e.g. pandas==2.2.3)")
+        raise InstallRefused(
+            f"{spec!r} is not a package name (optionally with one version pin, e.g. pandas==2.2.3)"
+        )
     if normalize(m.group(1)) not in {normalize(a) for a in allowlist}:
-        raise InstallRefused(f"package {m.group(1)!r} is not on the executor's install allowlist "
-                             f"(executor.install_allowlist: {', '.join(sorted(allowlist))})")
+        raise InstallRefused(
+            f"package {m.group(1)!r} is not on the executor's install allowlist "
+            f"(executor.install_allowlist: {', '.join(sorted(allowlist))})"
+        )
     return spec.strip()
 
 
@@ -81,8 +87,12 @@ class ExecutorEnv:
         return self.path / "bin" / "python"
 
     def status(self) -> dict[str, object]:
-        return {"path": str(self.path), "state": "ready" if self.ready else self.state, "error": self.error,
-                "packages": list(self.cfg.env_packages)}
+        return {
+            "path": str(self.path),
+            "state": "ready" if self.ready else self.state,
+            "error": self.error,
+            "packages": list(self.cfg.env_packages),
+        }
 
     async def ensure(self) -> bool:
         """Create the env with the default packages unless it exists; True when it was created now."""
@@ -94,8 +104,11 @@ class ExecutorEnv:
                 async with _file_lock(self.path.with_name(self.path.name + ".lock")):
                     if self.ready:  # made by another process meanwhile
                         return False
-                    log.info("creating the executor environment in %s (%s)", self.path,
-                             ", ".join(self.cfg.env_packages))
+                    log.info(
+                        "creating the executor environment in %s (%s)",
+                        self.path,
+                        ", ".join(self.cfg.env_packages),
+                    )
                     await self._run([str(real_python()[1]), "-m", "venv", "--clear", str(self.path)])
                     if self.cfg.env_packages:
                         await self._pip(list(self.cfg.env_packages))
@@ -117,8 +130,16 @@ class ExecutorEnv:
                 return await self._pip([spec])
 
     async def _pip(self, specs: list[str]) -> str:
-        argv = [str(self.python), "-m", "pip", "install", "--only-binary=:all:", "--disable-pip-version-check",
-                "--no-input", "--quiet"]
+        argv = [
+            str(self.python),
+            "-m",
+            "pip",
+            "install",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--quiet",
+        ]
         if self.cfg.pip_index_url:
             argv += ["--index-url", self.cfg.pip_index_url]
         if self.cfg.pip_find_links:
@@ -128,11 +149,18 @@ class ExecutorEnv:
         return await self._run([*argv, "--", *specs])
 
     async def _run(self, argv: list[str]) -> str:
-        env = {k: v for k, v in self._host_env.items()
-               if k in _PASS_ENV or k.startswith("PIP_") or k.lower().endswith("_proxy")}
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, env=env,
-                                                    start_new_session=True)
+        env = {
+            k: v
+            for k, v in self._host_env.items()
+            if k in _PASS_ENV or k.startswith("PIP_") or k.lower().endswith("_proxy")
+        }
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         try:
             async with asyncio.timeout(self.cfg.pip_timeout_s):
                 out, _ = await proc.communicate()

@@ -12,7 +12,8 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from services.executor.sandbox import SpawnError, Worker
 
@@ -49,12 +50,18 @@ class WarmPool:
         return len(self._ready)
 
     def status(self) -> dict[str, object]:
-        return {"size": self.size, "ready": len(self._ready), "starting": self._spawning,
-                "waiting": len(self._waiters), "spawned": self.spawned, "spawn_failures": self.spawn_failures,
-                "last_error": self.last_error}
+        return {
+            "size": self.size,
+            "ready": len(self._ready),
+            "starting": self._spawning,
+            "waiting": len(self._waiters),
+            "spawned": self.spawned,
+            "spawn_failures": self.spawn_failures,
+            "last_error": self.last_error,
+        }
 
-    async def take(self, timeout: float) -> Worker:
-        """A ready worker, now or as soon as one is started; PoolTimeout after `timeout` seconds."""
+    async def take(self, within_s: float) -> Worker:
+        """A ready worker, now or as soon as one is started; PoolTimeout after `within_s` seconds."""
         while self._ready:
             worker = self._ready.popleft()
             self._full.clear()
@@ -67,13 +74,13 @@ class WarmPool:
         self._wake.set()
         handed = False
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(within_s):
                 worker = await fut
             handed = True
             return worker
         except TimeoutError:
             why = f"; the last sandbox start failed: {self.last_error}" if self.last_error else ""
-            raise PoolTimeout(f"no sandbox became free within {timeout:.3g}s{why}") from None
+            raise PoolTimeout(f"no sandbox became free within {within_s:.3g}s{why}") from None
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
@@ -94,9 +101,9 @@ class WarmPool:
         """Until `size` workers are ready (benchmarks use this to measure warm calls)."""
         await self._full.wait()
 
-    def _own(self, coro: Awaitable[None], tasks: set[asyncio.Task[None]] | None = None) -> None:
+    def _own(self, coro: Coroutine[Any, Any, None], tasks: set[asyncio.Task[None]] | None = None) -> None:
         owner = self._tasks if tasks is None else tasks
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         owner.add(task)
         task.add_done_callback(owner.discard)
 

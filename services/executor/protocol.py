@@ -12,8 +12,9 @@ import contextlib
 import os
 from collections.abc import Iterable
 
-REPLY_FIELDS = frozenset({"ready", "return_code", "error", "repr", "artifact_name", "artifact_data",
-                          "artifacts_skipped"})
+REPLY_FIELDS = frozenset(
+    {"ready", "return_code", "error", "repr", "artifact_name", "artifact_data", "artifacts_skipped"}
+)
 
 
 class ProtocolError(Exception):

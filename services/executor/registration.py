@@ -12,11 +12,11 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-
-from services.router.channels import channel_options
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
+
+from services.router.channels import channel_options
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ async def keep_registered(
 ) -> None:
     """Run forever; sets `registered` after each successful (re-)registration."""
     metadata = auth_metadata(admin_token)
-    async with grpc.aio.insecure_channel(hub_target, options=channel_options(4 << 20, hub_target.startswith("unix:"))
-                                         ) as channel:
+    options = channel_options(4 << 20, hub_target.startswith("unix:"))
+    async with grpc.aio.insecure_channel(hub_target, options=options) as channel:
         stub = lib_grpc.ToolLibraryServiceStub(channel)
         delay = retry_s
         while True:

@@ -43,10 +43,13 @@ def _text(data: bytes) -> str:
 async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig) -> RunResult:
     """Run `code` on `worker` within `timeout_s`; on timeout or death the worker is killed."""
     worker.reset_output()
-    fields = [("code", code.encode("utf-8", "surrogatepass")), ("cpu", str(math.ceil(timeout_s) + 1).encode()),
-              ("max_artifacts", str(cfg.max_artifacts).encode()),
-              ("max_artifact_bytes", str(cfg.max_artifact_bytes).encode()),
-              ("max_repr", str(min(cfg.max_output_bytes, 65536)).encode())]
+    fields = [
+        ("code", code.encode("utf-8", "surrogatepass")),
+        ("cpu", str(math.ceil(timeout_s) + 1).encode()),
+        ("max_artifacts", str(cfg.max_artifacts).encode()),
+        ("max_artifact_bytes", str(cfg.max_artifact_bytes).encode()),
+        ("max_repr", str(min(cfg.max_output_bytes, 65536)).encode()),
+    ]
     start = time.perf_counter()
     timed_out = lost = False
     failure = ""
@@ -77,8 +80,27 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
     if reply is None:
         rc = worker.proc.returncode
         return_code = -9 if timed_out or rc is None else (-(rc - 128) if rc > 128 else rc)
-        return RunResult(_text(out), _text(err), return_code, timed_out, truncated, duration_ms, failure=failure,
-                         worker_lost=lost)
-    return RunResult(_text(out), _text(err), reply.return_code, False, truncated, duration_ms,
-                     value_repr=reply.value_repr, error=reply.error, failure=failure, worker_lost=False,
-                     artifacts=reply.artifacts, artifacts_skipped=reply.artifacts_skipped)
+        return RunResult(
+            _text(out),
+            _text(err),
+            return_code,
+            timed_out,
+            truncated,
+            duration_ms,
+            failure=failure,
+            worker_lost=lost,
+        )
+    return RunResult(
+        _text(out),
+        _text(err),
+        reply.return_code,
+        False,
+        truncated,
+        duration_ms,
+        value_repr=reply.value_repr,
+        error=reply.error,
+        failure=failure,
+        worker_lost=False,
+        artifacts=reply.artifacts,
+        artifacts_skipped=reply.artifacts_skipped,
+    )

@@ -65,17 +65,29 @@ class Capabilities:
         return LEVELS.index(self.level) >= LEVELS.index(level)
 
     def describe(self) -> dict[str, object]:
-        return {"level": self.level, "bwrap": self.bwrap or "", "seccomp": self.seccomp,
-                "cgroups": "v2" if self.cgroups and self.cgroups.v2 else "v1" if self.cgroups else "",
-                "notes": list(self.notes)}
+        return {
+            "level": self.level,
+            "bwrap": self.bwrap or "",
+            "seccomp": self.seccomp,
+            "cgroups": "v2" if self.cgroups and self.cgroups.v2 else "v1" if self.cgroups else "",
+            "notes": list(self.notes),
+        }
 
 
 def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp: str) -> dict[str, str]:
     """The whole environment user code sees: fixed values plus what config names explicitly."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": home, "TMPDIR": tmp,
-           "XDG_CACHE_HOME": f"{tmp}/.cache",
-           "MPLCONFIGDIR": f"{tmp}/matplotlib", "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": home,
+        "TMPDIR": tmp,
+        "XDG_CACHE_HOME": f"{tmp}/.cache",
+        "MPLCONFIGDIR": f"{tmp}/matplotlib",
+        "MPLBACKEND": "Agg",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     for name in cfg.env_passthrough:
         if name in host_env:
             env[name] = host_env[name]
@@ -89,8 +101,14 @@ def env_site(env_dir: Path) -> Path:
 class Sandbox:
     """Knows how to start one worker at the configured isolation level."""
 
-    def __init__(self, cfg: ExecutorConfig, env_dir: Path, host_env: Mapping[str, str], caps: Capabilities,
-                 groups: cgroups.Cgroups | None) -> None:
+    def __init__(
+        self,
+        cfg: ExecutorConfig,
+        env_dir: Path,
+        host_env: Mapping[str, str],
+        caps: Capabilities,
+        groups: cgroups.Cgroups | None,
+    ) -> None:
         self.cfg, self.caps, self._groups = cfg, caps, groups
         self._env_dir = env_dir
         self._host_env = dict(host_env)
@@ -99,8 +117,18 @@ class Sandbox:
     # -- argv -------------------------------------------------------------------------------------------
     def _bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
         c = self.cfg
-        argv = [self.caps.bwrap or c.bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
-                "--unshare-cgroup-try", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        argv = [
+            self.caps.bwrap or c.bwrap,
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]
         if os.geteuid() == 0:  # root without a user namespace; the worker drops to the sandbox uid itself
             argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         else:
@@ -118,9 +146,26 @@ class Sandbox:
         site = env_site(self._env_dir)
         if site.is_dir():
             argv += ["--ro-bind", str(site), ENV_MOUNT]
-        argv += ["--proc", "/proc", "--dev", "/dev",
-                 "--perms", "1777", "--size", str(c.scratch_bytes), "--tmpfs", "/tmp",
-                 "--perms", "0777", "--size", str(c.scratch_bytes), "--tmpfs", SCRATCH, "--chdir", SCRATCH]
+        argv += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(c.scratch_bytes),
+            "--tmpfs",
+            "/tmp",
+            "--perms",
+            "0777",
+            "--size",
+            str(c.scratch_bytes),
+            "--tmpfs",
+            SCRATCH,
+            "--chdir",
+            SCRATCH,
+        ]
         argv += list(extra_fds)
         rel = self._python.relative_to(self._prefix)
         return [*argv, "--", f"{PYTHON_MOUNT}/{rel}"]
@@ -128,9 +173,23 @@ class Sandbox:
     def _worker_args(self, ctl_in: int, ctl_out: int, workdir: str, site: str | None) -> list[str]:
         c = self.cfg
         nproc = c.pids_limit if self._groups is None and os.geteuid() == 0 else 0
-        return ["-I", "-S", "-c", WORKER_SOURCE, str(ctl_in), str(ctl_out), str(c.sandbox_uid),
-                str(c.sandbox_gid), str(c.address_space_bytes), str(c.max_file_bytes), str(c.max_open_files),
-                str(nproc), str(c.session_cpu_s), workdir, *([site] if site else [])]
+        return [
+            "-I",
+            "-S",
+            "-c",
+            WORKER_SOURCE,
+            str(ctl_in),
+            str(ctl_out),
+            str(c.sandbox_uid),
+            str(c.sandbox_gid),
+            str(c.address_space_bytes),
+            str(c.max_file_bytes),
+            str(c.max_open_files),
+            str(nproc),
+            str(c.session_cpu_s),
+            workdir,
+            *([site] if site else []),
+        ]
 
     # -- spawn ------------------------------------------------------------------------------------------
     async def spawn(self) -> Worker:
@@ -170,18 +229,28 @@ class Sandbox:
                     os.chown(workdir, self.cfg.sandbox_uid, self.cfg.sandbox_gid)
                 site_path = env_site(self._env_dir)
                 env = sandbox_env(self.cfg, self._host_env, workdir, workdir)
-                argv = [str(self._python), *self._worker_args(
-                    to_r, from_w, workdir, str(site_path) if site_path.is_dir() else None)]
+                argv = [
+                    str(self._python),
+                    *self._worker_args(to_r, from_w, workdir, str(site_path) if site_path.is_dir() else None),
+                ]
                 new_session = True
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, env=env,
-                    pass_fds=child_fds, start_new_session=new_session, cwd="/")
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out_fd,
+                    stderr=err_fd,
+                    env=env,
+                    pass_fds=child_fds,
+                    start_new_session=new_session,
+                    cwd="/",
+                )
             finally:
                 for fd in child_fds:
                     os.close(fd)
-            worker = Worker(proc, to_w, FrameReader(from_r, MAX_REPLY_BYTES), out_fd, err_fd, group, workdir,
-                            self._groups)
+            worker = Worker(
+                proc, to_w, FrameReader(from_r, MAX_REPLY_BYTES), out_fd, err_fd, group, workdir, self._groups
+            )
             async with asyncio.timeout(self.cfg.spawn_timeout_s):
                 if group is not None:
                     info = json.loads(await _read_all(info_r))
@@ -254,9 +323,17 @@ class WorkerGone(Exception):
 class Worker:
     """One sandboxed interpreter: its process, control pipes, output memfds and cgroup."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, ctl_w: int, reader: FrameReader, out_fd: int,
-                 err_fd: int, group: cgroups.Group | None, workdir: str | None,
-                 groups: cgroups.Cgroups | None = None) -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        ctl_w: int,
+        reader: FrameReader,
+        out_fd: int,
+        err_fd: int,
+        group: cgroups.Group | None,
+        workdir: str | None,
+        groups: cgroups.Cgroups | None = None,
+    ) -> None:
         self.proc, self._ctl_w, self.reader = proc, ctl_w, reader
         self.out_fd, self.err_fd = out_fd, err_fd
         self.group, self._workdir, self._groups = group, workdir, groups
@@ -322,7 +399,8 @@ class Worker:
     def death_reason(self, cfg: ExecutorConfig) -> str:
         """Why the worker is gone, as precisely as the kernel tells us."""
         if self.group is not None and self.group.hit_memory_limit():
-            return f"the code exceeded the memory limit ({cfg.memory_limit_bytes // (1 << 20)} MiB) and was killed"
+            mib = cfg.memory_limit_bytes // (1 << 20)
+            return f"the code exceeded the memory limit ({mib} MiB) and was killed"
         rc = self.proc.returncode
         sig = -rc if rc is not None and rc < 0 else rc - 128 if rc is not None and rc > 128 else 0
         if sig == signal.SIGXCPU:
@@ -355,19 +433,24 @@ def _parse_reply(raw: list[tuple[str, bytes]]) -> Reply:
     return reply
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def _write_all(fd: int, data: bytes) -> None:
     loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
             continue
         except BlockingIOError:
             pass
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise WorkerGone("the sandboxed interpreter is gone") from exc
         ready = loop.create_future()
-        loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+        loop.add_writer(fd, _wake, ready)
         try:
             await ready
         finally:
@@ -403,4 +486,6 @@ async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
         level = "namespaces"
     else:
         level = "process"
-    return Capabilities(level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes))
+    return Capabilities(
+        level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
+    )

@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
 from services.common.config import Config, ExecutorConfig
 from services.common.errors import InvalidRequest
 from services.executor import cgroups, envs, tasks
@@ -25,21 +28,27 @@ from services.executor.runner import RunResult, run_on
 from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
 from services.executor.sessions import SessionLimit, Sessions
 from services.toolkit.server import Action, CallContext, ToolServer, text_result
-from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import tool_pb2
 
 log = logging.getLogger(__name__)
 OWNER = "python-executor"
 INPROC_NAME = "python-executor"
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
-SESSION_ID = {"type": "string", "minLength": 1, "maxLength": 128,
-              "description": "Keep variables and imports across calls in one dedicated sandboxed interpreter"}
+SESSION_ID = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "description": "Keep variables and imports across calls in one dedicated sandboxed interpreter",
+}
 
 PYTHON_EXECUTE_INPUT = {
     "type": "object",
     "properties": {
         "code": {"type": "string", "description": "Python source to run in a fresh, sandboxed interpreter"},
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds before the run is killed"},
+        "timeout": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "description": "Seconds before the run is killed",
+        },
         "session_id": SESSION_ID,
     },
     "required": ["code"],
@@ -51,7 +60,10 @@ PYTHON_EXECUTE_OUTPUT = {
         "stdout": {"type": "string"},
         "stderr": {"type": "string"},
         "return_code": {"type": "integer"},
-        "result": {"type": ["string", "null"], "description": "repr of the last expression, as a notebook shows"},
+        "result": {
+            "type": ["string", "null"],
+            "description": "repr of the last expression, as a notebook shows",
+        },
         "timed_out": {"type": "boolean"},
         "truncated": {"type": "boolean"},
         "duration_ms": {"type": "number"},
@@ -89,7 +101,11 @@ INSTALL_INPUT = {
     "required": ["package_name"],
     "additionalProperties": False,
 }
-END_SESSION_INPUT = {"type": "object", "properties": {"session_id": SESSION_ID}, "additionalProperties": False}
+END_SESSION_INPUT = {
+    "type": "object",
+    "properties": {"session_id": SESSION_ID},
+    "additionalProperties": False,
+}
 
 
 class Executor(ToolServer):
@@ -120,24 +136,37 @@ class Executor(ToolServer):
                 return
             caps = await probe(self.xc, self.env.path)
             if self.xc.min_isolation not in LEVELS:
-                self.refusal = f"unknown executor.min_isolation {self.xc.min_isolation!r} ({', '.join(LEVELS)})"
+                self.refusal = (
+                    f"unknown executor.min_isolation {self.xc.min_isolation!r} ({', '.join(LEVELS)})"
+                )
             elif not caps.at_least(self.xc.min_isolation):
-                self.refusal = (f"refusing to run code: this machine only allows isolation level {caps.level!r} "
-                                f"but executor.min_isolation is {self.xc.min_isolation!r} "
-                                f"({'; '.join(caps.notes)}). Fix the machine, or allow the weaker level "
-                                f"explicitly with TOOLSCORE_EXECUTOR__MIN_ISOLATION={caps.level}")
+                self.refusal = (
+                    f"refusing to run code: this machine only allows isolation level {caps.level!r} "
+                    f"but executor.min_isolation is {self.xc.min_isolation!r} "
+                    f"({'; '.join(caps.notes)}). Fix the machine, or allow the weaker level "
+                    f"explicitly with TOOLSCORE_EXECUTOR__MIN_ISOLATION={caps.level}"
+                )
             if self.refusal:
                 log.error("%s", self.refusal)
             else:
-                log.info("sandbox isolation level: %s%s", caps.level,
-                         f" ({'; '.join(caps.notes)})" if caps.notes else "")
+                log.info(
+                    "sandbox isolation level: %s%s",
+                    caps.level,
+                    f" ({'; '.join(caps.notes)})" if caps.notes else "",
+                )
                 if caps.cgroups is not None:
-                    self._groups = cgroups.Cgroups(caps.cgroups, self.xc.pids_limit, self.xc.memory_limit_bytes)
+                    self._groups = cgroups.Cgroups(
+                        caps.cgroups, self.xc.pids_limit, self.xc.memory_limit_bytes
+                    )
                 sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
                 self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)
                 self.pool.start()
-                self.sessions = Sessions(self.pool, self.xc.max_sessions, self.xc.session_idle_ttl_s,
-                                         self.xc.session_max_lifetime_s)
+                self.sessions = Sessions(
+                    self.pool,
+                    self.xc.max_sessions,
+                    self.xc.session_idle_ttl_s,
+                    self.xc.session_max_lifetime_s,
+                )
                 if self.xc.env_autocreate and not self.env.ready:
                     self._env_task = asyncio.get_running_loop().create_task(self._create_env())
             self.caps = caps
@@ -165,11 +194,16 @@ class Executor(ToolServer):
             await self._groups.close()
 
     def status(self) -> dict[str, Any]:
-        return {"isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
-                "running": self.running, "min_isolation": self.xc.min_isolation, "refusing": bool(self.refusal), "reason": self.refusal,
-                "pool": self.pool.status() if self.pool else {},
-                "sessions": self.sessions.status() if self.sessions is not None else {},
-                "environment": self.env.status()}
+        return {
+            "isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
+            "running": self.running,
+            "min_isolation": self.xc.min_isolation,
+            "refusing": bool(self.refusal),
+            "reason": self.refusal,
+            "pool": self.pool.status() if self.pool else {},
+            "sessions": self.sessions.status() if self.sessions is not None else {},
+            "environment": self.env.status(),
+        }
 
     async def call(self, request: ex.ExecuteRequest, progress: Any = None) -> ex.ExecuteResponse:
         if self.caps is None:
@@ -185,11 +219,17 @@ class Executor(ToolServer):
 
     def _refused(self) -> ex.ExecuteResponse | None:
         if self.refusal or self.pool is None:
-            return text_result(self.refusal or "the executor is stopping", {"error_reason": self.refusal},
-                               is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)
+            return text_result(
+                self.refusal or "the executor is stopping",
+                {"error_reason": self.refusal},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+            )
         return None
 
-    async def run_code(self, code: str, timeout: float, session_id: str = "") -> RunResult | ex.ExecuteResponse:
+    async def run_code(
+        self, code: str, limit_s: float, session_id: str = ""
+    ) -> RunResult | ex.ExecuteResponse:
         """Run code in a one-call sandbox or the session's; an ExecuteResponse when it could not run."""
         refused = self._refused()
         if refused is not None:
@@ -202,8 +242,10 @@ class Executor(ToolServer):
             async with asyncio.timeout(self.xc.queue_timeout_s):
                 await self._slots.acquire()
         except TimeoutError:
-            return _busy(f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
-                         f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)")
+            return _busy(
+                f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
+                f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)"
+            )
         self.running += 1
         self.call_started.set()
         try:
@@ -211,12 +253,12 @@ class Executor(ToolServer):
             if not session_id:
                 worker = await self.pool.take(left)
                 try:
-                    return await run_on(worker, code, timeout, self.xc)
+                    return await run_on(worker, code, limit_s, self.xc)
                 finally:
                     self.pool.discard(worker)
             session, _new = await self.sessions.get(session_id, left)
             async with session.lock:
-                result = await run_on(session.worker, code, timeout, self.xc)
+                result = await run_on(session.worker, code, limit_s, self.xc)
                 self.sessions.touch(session)
             if result.worker_lost:
                 await self.sessions.end(session_id, result.failure)
@@ -232,20 +274,45 @@ class Executor(ToolServer):
 
     def _action_list(self) -> list[Action]:
         return [
-            Action("python_execute", "Run Python code in a sandboxed interpreter (no network, private scratch "
-                   "dir, resource limits); returns stdout, stderr, the exit code, the value of the last "
-                   "expression and files written (images as image blocks). Pass session_id to keep state.",
-                   self._python_execute, PYTHON_EXECUTE_INPUT, PYTHON_EXECUTE_OUTPUT),
-            Action("python_analyze", "Analyze tabular data with pandas inside the sandbox.", self._python_analyze,
-                   ANALYZE_INPUT),
-            Action("python_visualize", "Plot data with matplotlib inside the sandbox; returns the chart as an "
-                   "image.", self._python_visualize, VISUALIZE_INPUT),
-            Action("python_install_package", "Install an allowlisted package into the sandbox environment.",
-                   self._python_install_package, INSTALL_INPUT),
-            Action("python_end_session", "End a session and free its interpreter.", self._python_end_session,
-                   END_SESSION_INPUT),
-            Action("python_status", "Isolation level, warm pool, sessions and environment of the executor.",
-                   self._python_status, {"type": "object", "additionalProperties": False}),
+            Action(
+                "python_execute",
+                "Run Python code in a sandboxed interpreter (no network, private scratch "
+                "dir, resource limits); returns stdout, stderr, the exit code, the value of the last "
+                "expression and files written (images as image blocks). Pass session_id to keep state.",
+                self._python_execute,
+                PYTHON_EXECUTE_INPUT,
+                PYTHON_EXECUTE_OUTPUT,
+            ),
+            Action(
+                "python_analyze",
+                "Analyze tabular data with pandas inside the sandbox.",
+                self._python_analyze,
+                ANALYZE_INPUT,
+            ),
+            Action(
+                "python_visualize",
+                "Plot data with matplotlib inside the sandbox; returns the chart as an image.",
+                self._python_visualize,
+                VISUALIZE_INPUT,
+            ),
+            Action(
+                "python_install_package",
+                "Install an allowlisted package into the sandbox environment.",
+                self._python_install_package,
+                INSTALL_INPUT,
+            ),
+            Action(
+                "python_end_session",
+                "End a session and free its interpreter.",
+                self._python_end_session,
+                END_SESSION_INPUT,
+            ),
+            Action(
+                "python_status",
+                "Isolation level, warm pool, sessions and environment of the executor.",
+                self._python_status,
+                {"type": "object", "additionalProperties": False},
+            ),
         ]
 
     async def _python_execute(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
@@ -256,14 +323,19 @@ class Executor(ToolServer):
             return result
         return execute_response(result, timeout, session_id)
 
-    async def _run_task(self, code: str, args: dict[str, Any], ctx: CallContext) -> RunResult | ex.ExecuteResponse:
+    async def _run_task(
+        self, code: str, args: dict[str, Any], ctx: CallContext
+    ) -> RunResult | ex.ExecuteResponse:
         if not self.env.ready:
             state = self.env.status()
             return text_result(
                 f"the executor's package environment ({', '.join(self.xc.env_packages)}) is not ready: "
                 f"{state['state']}{': ' + str(state['error']) if state['error'] else ''} "
-                "(create it with `make executor-env`)", {"environment": state}, is_error=True,
-                error_type=tool_pb2.ERROR_TYPE_SYSTEM)
+                "(create it with `make executor-env`)",
+                {"environment": state},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+            )
         return await self.run_code(code, self._timeout(args.get("timeout"), ctx))
 
     async def _python_analyze(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
@@ -281,16 +353,22 @@ class Executor(ToolServer):
         return text_result(result.stdout, structured)
 
     async def _python_visualize(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
-        code = tasks.visualize_code(args["data"], args["plot_type"], args.get("title", ""), args.get("x"),
-                                    args.get("y"))
+        code = tasks.visualize_code(
+            args["data"], args["plot_type"], args.get("title", ""), args.get("x"), args.get("y")
+        )
         result = await self._run_task(code, args, ctx)
         if isinstance(result, ex.ExecuteResponse):
             return result
         if result.return_code != 0 or result.timed_out or not result.artifacts:
             return execute_response(result, 0, "")
-        resp = text_result(f"{args['plot_type']} chart: {args.get('title') or 'untitled'}",
-                           {"plot_type": args["plot_type"], "title": args.get("title", ""),
-                            "artifacts": [{"name": n, "size": len(d)} for n, d in result.artifacts]})
+        resp = text_result(
+            f"{args['plot_type']} chart: {args.get('title') or 'untitled'}",
+            {
+                "plot_type": args["plot_type"],
+                "title": args.get("title", ""),
+                "artifacts": [{"name": n, "size": len(d)} for n, d in result.artifacts],
+            },
+        )
         for name, data in result.artifacts:
             mime = IMAGE_TYPES.get(Path(name).suffix.lower())
             if mime:
@@ -303,14 +381,22 @@ class Executor(ToolServer):
         try:
             envs.check_requirement(spec, self.xc.install_allowlist)
         except envs.InstallRefused as exc:
-            return text_result(str(exc), {"installed": False, "package": spec}, is_error=True,
-                               error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
         try:
             log.info("installing %s into %s", spec, self.env.path)
             output = await self.env.install(spec)
         except (envs.InstallFailed, OSError) as exc:
-            return text_result(f"installing {spec} failed: {exc}", {"installed": False, "package": spec},
-                               is_error=True, error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR)
+            return text_result(
+                f"installing {spec} failed: {exc}",
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
+            )
         if self.pool is not None:
             self.pool.recycle()
         return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})
@@ -327,7 +413,9 @@ class Executor(ToolServer):
 
 
 def _busy(message: str) -> ex.ExecuteResponse:
-    return text_result(message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)
+    return text_result(
+        message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
+    )
 
 
 def _take_artifact(result: RunResult, name: str) -> bytes | None:
@@ -339,8 +427,11 @@ def _take_artifact(result: RunResult, name: str) -> bytes | None:
 
 
 def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
-    entry: dict[str, Any] = {"name": name, "size": len(data), "mime_type": IMAGE_TYPES.get(
-        Path(name).suffix.lower(), "application/octet-stream")}
+    entry: dict[str, Any] = {
+        "name": name,
+        "size": len(data),
+        "mime_type": IMAGE_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
+    }
     if entry["mime_type"].startswith("image/"):
         entry["content_block"] = True  # sent as an image block, not repeated here
         return entry
@@ -355,8 +446,13 @@ def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
 def execute_response(r: RunResult, timeout: float, session_id: str) -> ex.ExecuteResponse:
     """The python_execute result: text, image blocks, structured fields and a clear error when it failed."""
     structured: dict[str, Any] = {
-        "stdout": r.stdout, "stderr": r.stderr, "return_code": r.return_code, "result": r.value_repr,
-        "timed_out": r.timed_out, "truncated": r.truncated, "duration_ms": r.duration_ms,
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "return_code": r.return_code,
+        "result": r.value_repr,
+        "timed_out": r.timed_out,
+        "truncated": r.truncated,
+        "duration_ms": r.duration_ms,
         "artifacts": [_artifact_entry(n, d) for n, d in r.artifacts],
     }
     if r.artifacts_skipped:
@@ -369,12 +465,17 @@ def execute_response(r: RunResult, timeout: float, session_id: str) -> ex.Execut
     if r.value_repr is not None:
         text += ("\n" if text and not text.endswith("\n") else "") + r.value_repr
     if r.timed_out:
-        resp = text_result(f"{r.failure}\n{text}".rstrip(), structured, is_error=True,
-                           error_type=tool_pb2.ERROR_TYPE_TIMEOUT)
+        resp = text_result(
+            f"{r.failure}\n{text}".rstrip(), structured, is_error=True, error_type=tool_pb2.ERROR_TYPE_TIMEOUT
+        )
     elif r.worker_lost or r.return_code != 0:
         lead = r.failure or (f"{r.error} raised" if r.error else f"exited with code {r.return_code}")
-        resp = text_result(f"{lead}\n{text}".rstrip(), structured, is_error=True,
-                           error_type=tool_pb2.ERROR_TYPE_CODE_EXECUTION)
+        resp = text_result(
+            f"{lead}\n{text}".rstrip(),
+            structured,
+            is_error=True,
+            error_type=tool_pb2.ERROR_TYPE_CODE_EXECUTION,
+        )
     else:
         resp = text_result(text if not r.failure else f"{text}\n[{r.failure}]", structured)
     for name, data in r.artifacts:
@@ -393,13 +494,20 @@ def make_server(cfg: Config) -> Executor:
 def tool_definition(cfg: Config, endpoint: str) -> tool_pb2.Tool:
     caps = [a.capability() for a in Executor(cfg, {})._action_list()]
     return tool_pb2.Tool(
-        tool_id=cfg.executor.tool_id, name="Python executor",
+        tool_id=cfg.executor.tool_id,
+        name="Python executor",
         description="Runs Python code in a bubblewrap sandbox (no network, private scratch dir, seccomp, "
-                    "cgroup limits) from a warm pool; sessions, artifacts, pandas and matplotlib.",
-        kind=tool_pb2.TOOL_KIND_FUNCTION if endpoint.startswith("inproc://") else tool_pb2.TOOL_KIND_GRPC_SERVER,
-        capabilities=caps, tags=["python", "code", "execution", "sandbox"], version="2",
-        endpoint=endpoint, enabled=True, owner=OWNER,
+        "cgroup limits) from a warm pool; sessions, artifacts, pandas and matplotlib.",
+        kind=tool_pb2.TOOL_KIND_FUNCTION
+        if endpoint.startswith("inproc://")
+        else tool_pb2.TOOL_KIND_GRPC_SERVER,
+        capabilities=caps,
+        tags=["python", "code", "execution", "sandbox"],
+        version="2",
+        endpoint=endpoint,
+        enabled=True,
+        owner=OWNER,
     )
 
 
-__all__ = ["ExecutorConfig", "Executor", "execute_response", "make_server", "tool_definition"]
+__all__ = ["Executor", "ExecutorConfig", "execute_response", "make_server", "tool_definition"]

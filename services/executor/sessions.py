@@ -50,10 +50,15 @@ class Sessions:
         return len(self._sessions)
 
     def status(self) -> dict[str, object]:
-        return {"live": len(self._sessions), "max": self._max, "idle_ttl_s": self._idle,
-                "max_lifetime_s": self._lifetime, "expired": self.expired}
+        return {
+            "live": len(self._sessions),
+            "max": self._max,
+            "idle_ttl_s": self._idle,
+            "max_lifetime_s": self._lifetime,
+            "expired": self.expired,
+        }
 
-    async def get(self, session_id: str, timeout: float) -> tuple[Session, bool]:
+    async def get(self, session_id: str, within_s: float) -> tuple[Session, bool]:
         """The live session (False) or a new one on a fresh worker (True)."""
         session = self._sessions.get(session_id)
         if session is not None and session.worker.alive:
@@ -64,12 +69,14 @@ class Sessions:
         if pending is not None:
             return await asyncio.shield(pending), False
         if len(self._sessions) + len(self._creating) >= self._max:
-            raise SessionLimit(f"{self._max} sessions are already live (executor.max_sessions); end one "
-                               "with python_end_session or wait for one to expire")
+            raise SessionLimit(
+                f"{self._max} sessions are already live (executor.max_sessions); end one "
+                "with python_end_session or wait for one to expire"
+            )
         fut: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
         self._creating[session_id] = fut
         try:
-            worker = await self._pool.take(timeout)
+            worker = await self._pool.take(within_s)
             session = Session(session_id, worker)
             self._sessions[session_id] = session
             self._ended.pop(session_id, None)
@@ -118,8 +125,12 @@ class Sessions:
             for s in list(self._sessions.values()):
                 if self._deadline(s) <= now and not s.lock.locked():
                     self.expired += 1
-                    await self.end(s.session_id, "idle too long" if s.created + self._lifetime > now
-                                   else "reached its maximum lifetime")
+                    await self.end(
+                        s.session_id,
+                        "idle too long"
+                        if s.created + self._lifetime > now
+                        else "reached its maximum lifetime",
+                    )
             idle = [self._deadline(s) for s in self._sessions.values() if not s.lock.locked()]
             wait = max(min(idle) - time.monotonic(), 0.01) if idle else None
             with contextlib.suppress(TimeoutError):

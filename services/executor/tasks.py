@@ -11,8 +11,20 @@ import json
 from typing import Any
 
 RESULT_FILE = "_result.json"
-OPERATIONS = ("describe", "mean", "median", "sum", "min", "max", "std", "count", "corr", "value_counts", "head",
-              "info")
+OPERATIONS = (
+    "describe",
+    "mean",
+    "median",
+    "sum",
+    "min",
+    "max",
+    "std",
+    "count",
+    "corr",
+    "value_counts",
+    "head",
+    "info",
+)
 PLOT_TYPES = ("line", "bar", "scatter", "hist", "pie", "box")
 
 _LOAD = """\

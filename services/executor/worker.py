@@ -58,8 +58,12 @@ def _setup(argv):
     import _signal
     import resource
 
-    limits = [(resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, fsize), (resource.RLIMIT_NOFILE, nofile),
-              (resource.RLIMIT_CPU, cpu_hard)]
+    limits = [
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_FSIZE, fsize),
+        (resource.RLIMIT_NOFILE, nofile),
+        (resource.RLIMIT_CPU, cpu_hard),
+    ]
     if as_bytes:
         limits.append((resource.RLIMIT_AS, as_bytes))
     if nproc:
@@ -187,8 +191,9 @@ def main(argv):
         reply = [("return_code", str(return_code).encode()), ("error", error)]
         if value is not None:
             reply.append(("repr", value[: int(request.get("max_repr", b"65536"))].encode("utf-8", "replace")))
-        files, snapshot, skipped = _artifacts(snapshot, int(request.get("max_artifacts", b"0")),
-                                              int(request.get("max_artifact_bytes", b"0")))
+        files, snapshot, skipped = _artifacts(
+            snapshot, int(request.get("max_artifacts", b"0")), int(request.get("max_artifact_bytes", b"0"))
+        )
         for name, data in files:
             reply += [("artifact_name", name), ("artifact_data", data)]
         reply.append(("artifacts_skipped", str(skipped).encode()))

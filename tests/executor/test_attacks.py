@@ -4,13 +4,15 @@ error with a clear reason, and the next call succeeds."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
+
+from toolscore.v1 import tool_pb2
 
 from services.common import config as config_mod
 from tests.conftest import REPO
 from tests.executor.conftest import Call, running_executor
-from toolscore.v1 import tool_pb2
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
 
@@ -33,7 +35,9 @@ async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        resp, s = await call.code(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
+        resp, s = await call.code(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        )
     assert resp.is_error and resp.error.type == CODE_ERROR
     assert "ConnectionRefusedError" in s["stderr"] or "unreachable" in s["stderr"]
     assert not connected.is_set()
@@ -44,10 +48,17 @@ async def test_code_cannot_read_world_readable_files_outside_the_sandbox(call, r
     secret = root / "secret.txt"
     secret.write_text("the-secret-content")
     secret.chmod(0o644)
-    probes = [str(secret), str(REPO / "pyproject.toml"), str(REPO / "config" / "toolscore.toml"),
-              str(Path.home() / ".bashrc"), "/etc/passwd"]
-    code = "\n".join(f"try:\n    print(open({p!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)"
-                     for p in probes)
+    probes = [
+        str(secret),
+        str(REPO / "pyproject.toml"),
+        str(REPO / "config" / "toolscore.toml"),
+        str(Path.home() / ".bashrc"),
+        "/etc/passwd",
+    ]
+    code = "\n".join(
+        f"try:\n    print(open({p!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)"
+        for p in probes
+    )
     resp, s = await call.code(code + "\nimport os\nprint(sorted(os.listdir('/')))")
     assert not resp.is_error, resp.error.message
     lines = s["stdout"].splitlines()
@@ -59,14 +70,27 @@ async def test_code_cannot_read_world_readable_files_outside_the_sandbox(call, r
 
 async def test_code_cannot_write_outside_its_scratch_dir(call, root):
     target = root / "planted.txt"
-    paths = [str(target), "/usr/planted", "/opt/python/planted", "/opt/env/planted", "/etc/planted", "/planted"]
-    code = "\n".join(f"try:\n    open({p!r}, 'w').write('x')\n    print('WROTE')\nexcept OSError as e:\n"
-                     f"    print(type(e).__name__)" for p in paths)
-    resp, s = await call.code(code + "\nopen('/tmp/inside-only', 'w').write('x')\nopen('ok.txt', 'w').write('ok')")
+    paths = [
+        str(target),
+        "/usr/planted",
+        "/opt/python/planted",
+        "/opt/env/planted",
+        "/etc/planted",
+        "/planted",
+    ]
+    code = "\n".join(
+        f"try:\n    open({p!r}, 'w').write('x')\n    print('WROTE')\nexcept OSError as e:\n"
+        f"    print(type(e).__name__)"
+        for p in paths
+    )
+    resp, s = await call.code(
+        code + "\nopen('/tmp/inside-only', 'w').write('x')\nopen('ok.txt', 'w').write('ok')"
+    )
     assert not resp.is_error, resp.error.message
     assert "WROTE" not in s["stdout"]
     assert len(s["stdout"].splitlines()) == len(paths)
-    assert not target.exists() and not Path("/tmp/inside-only").exists()
+    assert not await asyncio.to_thread(os.path.exists, target)
+    assert not await asyncio.to_thread(os.path.exists, "/tmp/inside-only")
     assert [a["name"] for a in s["artifacts"]] == ["ok.txt"]  # scratch writes work and come back
     await assert_next_call_succeeds(call)
 
@@ -128,8 +152,10 @@ async def test_killing_every_process_it_may_signal_reaches_nothing_outside_the_s
 
 
 async def test_binary_and_broken_unicode_output_never_breaks_the_response(call):
-    code = ("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\x00 \\xed\\xa0\\x80 end\\n')\n"
-            "sys.stderr.buffer.write(bytes(range(256)))\n'\\ud800'")
+    code = (
+        "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\x00 \\xed\\xa0\\x80 end\\n')\n"
+        "sys.stderr.buffer.write(bytes(range(256)))\n'\\ud800'"
+    )
     resp, s = await call.code(code)
     assert not resp.is_error, resp.error.message
     assert s["stdout"].startswith("ok ") and s["stdout"].endswith(" end\n") and "\ufffd" in s["stdout"]
@@ -139,7 +165,9 @@ async def test_binary_and_broken_unicode_output_never_breaks_the_response(call):
 async def test_a_session_that_never_ends_is_expired_and_frees_its_sandbox(xcfg, hub):
     cfg = config_mod.replace(xcfg, executor={"session_idle_ttl_s": 0.5})
     async with running_executor(cfg, hub) as call:
-        spin = "import threading\nx = 41\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
+        spin = (
+            "import threading\nx = 41\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
+        )
         resp, s = await call.code(spin, session_id="forever")
         assert not resp.is_error, resp.error.message
         worker = call.executor.sessions._sessions["forever"].worker  # type: ignore[union-attr]

@@ -36,6 +36,7 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._spawning = 0
+        self._owed = 0  # workers taken whose replacement waits for the call to finish
         self._backoff = 0.0
         self.spawned = 0
         self.spawn_failures = 0
@@ -65,8 +66,10 @@ class WarmPool:
         while self._ready:
             worker = self._ready.popleft()
             self._full.clear()
-            self._wake.set()
             if worker.alive:
+                # The replacement starts when the caller hands the worker back (discard), i.e. after
+                # its reply is on the wire: spawning costs event-loop time the call should not pay.
+                self._owed += 1
                 return worker
             self.discard(worker)
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
@@ -85,11 +88,22 @@ class WarmPool:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(fut)
             if not handed and fut.done() and not fut.cancelled():
-                self.discard(fut.result())  # delivered just as the caller gave up
+                self.give_back(fut.result())  # delivered just as the caller gave up
+
+    def give_back(self, worker: Worker) -> None:
+        """The caller is done with a worker it took: kill it in the background and start its replacement."""
+        self.discard(worker)
+        self.replace()
+
+    def replace(self) -> None:
+        """Start the replacement for a worker taken out (a session keeps its worker, so it calls this)."""
+        self._owed = max(self._owed - 1, 0)
+        self._wake.set()
 
     def discard(self, worker: Worker) -> None:
-        """Kill and free a used worker in the background."""
+        """Kill and free a worker in the background."""
         self._own(worker.close())
+        self._wake.set()
 
     def recycle(self) -> None:
         """Replace every ready worker (e.g. after the package environment changed)."""
@@ -110,7 +124,7 @@ class WarmPool:
     async def _fill(self) -> None:
         while True:
             self._wake.clear()
-            want = self.size + len(self._waiters) - len(self._ready) - self._spawning
+            want = self.size - self._owed + len(self._waiters) - len(self._ready) - self._spawning
             while want > 0 and self._spawning < self._parallelism:
                 self._spawning += 1
                 want -= 1
@@ -139,6 +153,7 @@ class WarmPool:
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(worker)
+                self._owed += 1
                 return
         self._ready.append(worker)
         if len(self._ready) >= self.size:

@@ -69,7 +69,8 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
                 await worker.proc.wait()
         failure = worker.death_reason(cfg) if "malformed" not in str(exc) else str(exc)
     duration_ms = round((time.perf_counter() - start) * 1000, 3)
-    if worker.group is not None and worker.group.hit_pids_limit():
+    failed = reply is None or reply.return_code != 0
+    if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms
         failure += f"{'; ' if failure else ''}it hit the process limit ({cfg.pids_limit} processes)"
     out, err, truncated = worker.output(cfg.max_output_bytes)
     sizes = worker.output_sizes()

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -235,16 +236,7 @@ class Sandbox:
                 ]
                 new_session = True
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=out_fd,
-                    stderr=err_fd,
-                    env=env,
-                    pass_fds=child_fds,
-                    start_new_session=new_session,
-                    cwd="/",
-                )
+                proc = Child(argv, out_fd, err_fd, env, child_fds, new_session)
             finally:
                 for fd in child_fds:
                     os.close(fd)
@@ -325,7 +317,7 @@ class Worker:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: Child,
         ctl_w: int,
         reader: FrameReader,
         out_fd: int,
@@ -431,6 +423,58 @@ def _parse_reply(raw: list[tuple[str, bytes]]) -> Reply:
     except ValueError as exc:
         raise WorkerGone(f"the sandbox sent a malformed reply ({exc})") from exc
     return reply
+
+
+class Child:
+    """A child process started with subprocess.Popen (vfork + exec: no fork() of this big, threaded
+    process, no gRPC fork handlers; asyncio's and uvloop's subprocess support both fork) and awaited
+    through a pidfd on the event loop (no child watcher, no thread)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        out_fd: int,
+        err_fd: int,
+        env: Mapping[str, str],
+        pass_fds: Sequence[int],
+        new_session: bool,
+    ) -> None:
+        self._popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            env=env,
+            pass_fds=pass_fds,
+            start_new_session=new_session,
+            cwd="/",
+            close_fds=True,
+        )
+        self.pid = self._popen.pid
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = os.pidfd_open(self.pid)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    def _on_exit(self) -> None:
+        if self._popen.poll() is None:
+            return
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(self._popen.returncode)
+
+    def kill(self) -> None:
+        if self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -255,7 +255,7 @@ class Executor(ToolServer):
                 try:
                     return await run_on(worker, code, limit_s, self.xc)
                 finally:
-                    self.pool.discard(worker)
+                    self.pool.give_back(worker)
             session, _new = await self.sessions.get(session_id, left)
             async with session.lock:
                 result = await run_on(session.worker, code, limit_s, self.xc)

@@ -77,6 +77,7 @@ class Sessions:
         self._creating[session_id] = fut
         try:
             worker = await self._pool.take(within_s)
+            self._pool.replace()
             session = Session(session_id, worker)
             self._sessions[session_id] = session
             self._ended.pop(session_id, None)

@@ -98,7 +98,7 @@ class ExecutorConfig:
     scratch_bytes: int = 64 * 1024 * 1024
     session_cpu_s: int = 600
     max_artifacts: int = 16
-    max_artifact_bytes: int = 2 * 1024 * 1024
+    max_artifact_bytes: int = 1024 * 1024
     # Warm pool and concurrency.
     pool_size: int = 4
     spawn_parallelism: int = 2

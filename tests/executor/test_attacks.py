@@ -186,3 +186,25 @@ async def test_a_session_call_that_never_returns_ends_the_session(call):
     assert resp.is_error and resp.error.type == TIMEOUT and "session ended" in s["error_reason"]
     resp, s = await call.code("'x' in dir()", session_id="stuck")
     assert not resp.is_error and s["result"] == "False"
+
+
+async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring(call):
+    from services.executor.seccomp import _lib
+
+    lib = _lib()
+    calls = {
+        name: lib.seccomp_syscall_resolve_name(name.encode())
+        for name in ("unshare", "ptrace", "io_uring_setup")
+    }
+    args = {
+        "unshare": "0x10000000",
+        "ptrace": "0, 0, 0, 0",
+        "io_uring_setup": "1, 0",
+    }  # CLONE_NEWUSER, TRACEME
+    code = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n" + "".join(
+        f"print({name!r}, libc.syscall({nr}, {args[name]}), ctypes.get_errno())\n"
+        for name, nr in calls.items()
+    )
+    resp, s = await call.code(code)
+    assert not resp.is_error, resp.error.message
+    assert s["stdout"].splitlines() == [f"{name} -1 1" for name in calls]  # -1 with EPERM from the filter

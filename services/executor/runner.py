@@ -57,6 +57,9 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
     try:
         async with asyncio.timeout(timeout_s):
             reply = await worker.run(fields)
+    except asyncio.CancelledError:
+        worker.kill()  # the caller went away mid-call: its reply must never reach a later call
+        raise
     except TimeoutError:
         timed_out = lost = True
         worker.kill()

@@ -453,8 +453,17 @@ class Child:
         self.pid = self._popen.pid
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._pidfd = os.pidfd_open(self.pid)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+            self._loop.add_reader(self._pidfd, self._on_exit)
+        except (AttributeError, OSError):  # kernels before 5.3: wait in a thread instead
+            self._waiter = self._loop.create_task(self._wait_in_thread())
+
+    async def _wait_in_thread(self) -> None:
+        code = await asyncio.to_thread(self._popen.wait)
+        if not self._exited.done():
+            self._exited.set_result(code)
 
     @property
     def returncode(self) -> int | None:

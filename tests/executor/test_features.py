@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import zipfile
@@ -230,3 +231,17 @@ async def test_an_allowlisted_package_installs_into_the_sandbox_env_and_is_impor
         assert resp.is_error and (
             "Permission denied" in s["stderr"] or "Read-only file system" in s["stderr"]
         )
+
+
+async def test_a_cancelled_session_call_never_leaks_its_reply_into_the_next_call(call):
+    await call.code("x = 1", session_id="c1")
+    call.executor.call_started.clear()
+    slow = asyncio.create_task(call.code("import time\ntime.sleep(3)\n'late reply'", session_id="c1"))
+    async with asyncio.timeout(5):
+        await call.executor.call_started.wait()
+    slow.cancel()  # the caller goes away; gRPC cancels the call through the hub to the executor
+    with contextlib.suppress(asyncio.CancelledError):
+        await slow
+    resp, s = await call.code("'own reply'", session_id="c1")
+    assert not resp.is_error, resp.error.message
+    assert s["result"] == "'own reply'"

@@ -177,7 +177,9 @@ async def echo_baseline(root: Path, n: int) -> dict[str, Any]:
             }
 
 
-async def through_hub(root: Path, n: int, inprocess: bool) -> dict[str, Any]:
+async def through_hub(
+    root: Path, n: int, inprocess: bool, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLSCORE_")}
     env.update(
         {
@@ -187,6 +189,7 @@ async def through_hub(root: Path, n: int, inprocess: bool) -> dict[str, Any]:
             "TOOLSCORE_MESH__EDGE": "false",
             "TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": str(inprocess).lower(),
             "TOOLSCORE_LOG__LEVEL": "WARNING",
+            **(extra_env or {}),
         }
     )
     sock = f"unix://{root}/run/toolscore.sock"

@@ -95,6 +95,18 @@ def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp
     return env
 
 
+def stdlib_readable_by(uid: int, gid: int) -> bool:
+    """Whether `uid` can read this interpreter's standard library where it is installed."""
+    target = Path(os.__file__).resolve()
+    for path in (target, *target.parents):
+        st = path.stat()
+        bits = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        need = 0o4 if path == target else 0o1
+        if not (st.st_mode >> bits) & need:
+            return False
+    return True
+
+
 def env_site(env_dir: Path) -> Path:
     return env_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
@@ -114,6 +126,9 @@ class Sandbox:
         self._env_dir = env_dir
         self._host_env = dict(host_env)
         self._prefix, self._python = real_python()
+        # Inside bubblewrap the interpreter is mounted where any uid can read it; at level `process`
+        # it stays where it is (pyenv under a 0700 /root, say), and dropping the uid would break imports.
+        self._drop_uid = caps.bwrap is not None or stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid)
 
     # -- argv -------------------------------------------------------------------------------------------
     def _bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
@@ -181,7 +196,7 @@ class Sandbox:
             WORKER_SOURCE,
             str(ctl_in),
             str(ctl_out),
-            str(c.sandbox_uid),
+            str(c.sandbox_uid if self._drop_uid else 0),
             str(c.sandbox_gid),
             str(c.address_space_bytes),
             str(c.max_file_bytes),
@@ -539,6 +554,11 @@ async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
         level = "namespaces"
     else:
         level = "process"
+        if os.geteuid() == 0 and not stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid):
+            notes.append(
+                f"uid {cfg.sandbox_uid} cannot read the interpreter at {real_python()[0]}: at level "
+                "process user code would keep the executor's uid (root)"
+            )
     return Capabilities(
         level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
     )

@@ -118,7 +118,10 @@ def _run(code, namespace):
         try:
             _print_exception(exc, code)
         except BaseException:
-            pass
+            try:
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            except BaseException:
+                pass
         return 1, None, type(exc).__name__.encode()
 
 

@@ -19,6 +19,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor import cgroups
+from services.executor.sandbox import stdlib_readable_by
 from services.hub.app import Hub
 from tests.executor.conftest import TOOL, running_executor
 
@@ -91,11 +92,7 @@ async def test_a_secret_in_the_mesh_environment_never_reaches_user_code(mesh_fac
 
 async def test_killing_the_executor_mid_call_fails_the_call_promptly_and_it_comes_back(mesh_factory):
     mesh = await mesh_factory()
-    executor_pid = next(
-        p
-        for p in descendants(mesh.proc.pid)
-        if b"services.executor" in cmdline(p)
-    )
+    executor_pid = next(p for p in descendants(mesh.proc.pid) if b"services.executor" in cmdline(p))
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         library = lib_grpc.ToolLibraryServiceStub(ch)
         rev = (await library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
@@ -152,14 +149,23 @@ async def test_without_bubblewrap_the_executor_refuses_and_says_why(xcfg, hub):
         assert health.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-async def test_a_weaker_level_runs_only_when_config_allows_it_explicitly(xcfg, hub):
+async def test_a_weaker_level_runs_only_when_config_allows_it_explicitly(xcfg, hub, monkeypatch):
+    monkeypatch.setenv("TS_TEST_SECRET", "not for user code")
     cfg = config_mod.replace(xcfg, executor={"bwrap": "/nonexistent/bwrap", "min_isolation": "process"})
     async with running_executor(cfg, hub) as call:
-        resp, s = await call.code("import os\nos.getuid()")
+        resp, s = await call.code(
+            "import os, json\njson.dumps([os.getuid(), 'TS_TEST_SECRET' in os.environ])"
+        )
         assert not resp.is_error, resp.error.message
-        assert s["result"] == "65534"  # still an unprivileged uid and a scrubbed environment
-        resp, s = await call("python_status")
-        assert s["isolation"]["level"] == "process" and s["refusing"] is False
+        resp, status = await call("python_status")
+        assert status["isolation"]["level"] == "process" and status["refusing"] is False
+    if os.geteuid() != 0:
+        assert s["result"] == f"'[{os.geteuid()}, false]'"
+    elif stdlib_readable_by(65534, 65534):
+        assert s["result"] == "'[65534, false]'"  # still an unprivileged uid
+    else:  # e.g. pyenv under a 0700 /root: the status says what this level gives up
+        assert s["result"] == "'[0, false]'"
+        assert any("cannot read the interpreter" in n for n in status["isolation"]["notes"])
 
 
 async def test_the_in_process_executor_still_sandboxes_user_code_and_frees_its_pool(xcfg):

@@ -103,6 +103,7 @@ class ExecutorConfig:
     pool_size: int = 4
     spawn_parallelism: int = 2
     spawn_timeout_s: float = 10.0
+    refill_delay_s: float = 0.005
     max_concurrent_calls: int = 8
     queue_timeout_s: float = 10.0
     # Sessions.

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import functools
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
@@ -210,6 +214,30 @@ class Executor(ToolServer):
             await self.start()
         return await super().call(request, progress)
 
+    async def Execute(
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ExecuteResponse:
+        """The gRPC path: work left for after the reply (killing the used sandbox, starting its
+        replacement) runs once gRPC has sent it, so the caller never waits for a process spawn."""
+        pending: list[Callable[[], None]] = []
+        token = _AFTER_REPLY.set(pending)
+        try:
+            response = await self.call(request)
+        finally:
+            _AFTER_REPLY.reset(token)
+            if pending:
+                run = _Once(pending)
+                context.add_done_callback(lambda _ctx: run())
+                asyncio.get_running_loop().call_later(1.0, run)  # in case the RPC never completes
+        return response
+
+    def _after_reply(self, fn: Callable[[], None]) -> None:
+        pending = _AFTER_REPLY.get()
+        if pending is not None:
+            pending.append(fn)
+        else:  # in-process (the hub calls `call` directly): give its reply a moment to go out first
+            asyncio.get_running_loop().call_later(self.xc.refill_delay_s, fn)
+
     # -- running code ---------------------------------------------------------------------------------------
     def _timeout(self, requested: Any, ctx: CallContext) -> float:
         timeout = min(float(requested or self.xc.default_timeout_s), self.xc.max_timeout_s)
@@ -255,7 +283,7 @@ class Executor(ToolServer):
                 try:
                     return await run_on(worker, code, limit_s, self.xc)
                 finally:
-                    self.pool.give_back(worker)
+                    self._after_reply(functools.partial(self.pool.give_back, worker))
             session, _new = await self.sessions.get(session_id, left)
             async with session.lock:
                 result = await run_on(session.worker, code, limit_s, self.xc)
@@ -410,6 +438,23 @@ class Executor(ToolServer):
 
     async def _python_status(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
         return self.status()
+
+
+_AFTER_REPLY: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "executor_after_reply", default=None
+)
+
+
+class _Once:
+    """Runs a list of callbacks the first time it is called."""
+
+    def __init__(self, fns: list[Callable[[], None]]) -> None:
+        self._fns = fns
+
+    def __call__(self) -> None:
+        fns, self._fns = self._fns, []
+        for fn in fns:
+            fn()
 
 
 def _busy(message: str) -> ex.ExecuteResponse:

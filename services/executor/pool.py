@@ -15,7 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from services.executor.sandbox import SpawnError, Worker
+from services.executor.handle import Worker
+from services.executor.sandbox import SpawnError
 
 log = logging.getLogger(__name__)
 

@@ -44,21 +44,26 @@ async def keep_registered(
             try:
                 revision = 0
                 for tool in tools:
-                    resp = await stub.RegisterTool(lib.RegisterToolRequest(tool=tool), metadata=metadata,
-                                                   timeout=5, wait_for_ready=True)
+                    resp = await stub.RegisterTool(
+                        lib.RegisterToolRequest(tool=tool), metadata=metadata, timeout=5, wait_for_ready=True
+                    )
                     revision = max(revision, resp.revision)
                 log.info("registered %s with the hub at %s", ", ".join(t.tool_id for t in tools), hub_target)
                 if registered is not None:
                     registered.set()
                 delay = retry_s
-                watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(
-                    since_revision=revision, tool_ids=[t.tool_id for t in tools]))
+                watch = stub.WatchToolEvents(
+                    lib.WatchToolEventsRequest(since_revision=revision, tool_ids=[t.tool_id for t in tools])
+                )
                 async for _ in watch:
                     pass
                 log.warning("hub watch ended; registering again")
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ALREADY_EXISTS,
-                                  grpc.StatusCode.INVALID_ARGUMENT):
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
                     log.error("hub refused registration: %s: %s", exc.code().name, exc.details())
                 else:
                     log.info("hub not reachable (%s); retrying in %.1fs", exc.code().name, delay)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.common.config import ExecutorConfig
-from services.executor.sandbox import Worker, WorkerGone
+from services.executor.handle import Worker, WorkerGone
 
 
 @dataclass

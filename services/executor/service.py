@@ -8,7 +8,6 @@ the first call, whichever comes first. `close()` frees everything.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import contextvars
 import functools
@@ -28,88 +27,23 @@ from services.common.config import Config, ExecutorConfig
 from services.common.errors import InvalidRequest
 from services.executor import cgroups, envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
+from services.executor.results import IMAGE_TYPES, execute_response, take_artifact
 from services.executor.runner import RunResult, run_on
 from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
+from services.executor.schemas import (
+    ANALYZE_INPUT,
+    END_SESSION_INPUT,
+    INSTALL_INPUT,
+    PYTHON_EXECUTE_INPUT,
+    PYTHON_EXECUTE_OUTPUT,
+    VISUALIZE_INPUT,
+)
 from services.executor.sessions import SessionLimit, Sessions
 from services.toolkit.server import Action, CallContext, ToolServer, text_result
 
 log = logging.getLogger(__name__)
 OWNER = "python-executor"
 INPROC_NAME = "python-executor"
-IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
-SESSION_ID = {
-    "type": "string",
-    "minLength": 1,
-    "maxLength": 128,
-    "description": "Keep variables and imports across calls in one dedicated sandboxed interpreter",
-}
-
-PYTHON_EXECUTE_INPUT = {
-    "type": "object",
-    "properties": {
-        "code": {"type": "string", "description": "Python source to run in a fresh, sandboxed interpreter"},
-        "timeout": {
-            "type": "number",
-            "exclusiveMinimum": 0,
-            "description": "Seconds before the run is killed",
-        },
-        "session_id": SESSION_ID,
-    },
-    "required": ["code"],
-    "additionalProperties": False,
-}
-PYTHON_EXECUTE_OUTPUT = {
-    "type": "object",
-    "properties": {
-        "stdout": {"type": "string"},
-        "stderr": {"type": "string"},
-        "return_code": {"type": "integer"},
-        "result": {
-            "type": ["string", "null"],
-            "description": "repr of the last expression, as a notebook shows",
-        },
-        "timed_out": {"type": "boolean"},
-        "truncated": {"type": "boolean"},
-        "duration_ms": {"type": "number"},
-        "artifacts": {"type": "array", "items": {"type": "object"}},
-        "session_id": {"type": "string"},
-        "error_reason": {"type": "string"},
-    },
-}
-ANALYZE_INPUT = {
-    "type": "object",
-    "properties": {
-        "data": {"description": "Records (list of objects), columns (object of lists) or a list of numbers"},
-        "operation": {"type": "string", "enum": list(tasks.OPERATIONS)},
-        "timeout": {"type": "number", "exclusiveMinimum": 0},
-    },
-    "required": ["data", "operation"],
-    "additionalProperties": False,
-}
-VISUALIZE_INPUT = {
-    "type": "object",
-    "properties": {
-        "data": {"description": "Records, columns or a list of numbers"},
-        "plot_type": {"type": "string", "enum": list(tasks.PLOT_TYPES)},
-        "title": {"type": "string", "maxLength": 200},
-        "x": {"type": "string", "description": "Column for the x axis (default: the first)"},
-        "y": {"type": "string", "description": "Column for the y axis (default: the numeric columns)"},
-        "timeout": {"type": "number", "exclusiveMinimum": 0},
-    },
-    "required": ["data", "plot_type"],
-    "additionalProperties": False,
-}
-INSTALL_INPUT = {
-    "type": "object",
-    "properties": {"package_name": {"type": "string", "minLength": 1, "maxLength": 100}},
-    "required": ["package_name"],
-    "additionalProperties": False,
-}
-END_SESSION_INPUT = {
-    "type": "object",
-    "properties": {"session_id": SESSION_ID},
-    "additionalProperties": False,
-}
 
 
 class Executor(ToolServer):
@@ -370,7 +304,7 @@ class Executor(ToolServer):
         result = await self._run_task(tasks.analyze_code(args["data"], args["operation"]), args, ctx)
         if isinstance(result, ex.ExecuteResponse):
             return result
-        payload = _take_artifact(result, tasks.RESULT_FILE)
+        payload = take_artifact(result, tasks.RESULT_FILE)
         if result.return_code != 0 or result.timed_out or payload is None:
             return execute_response(result, 0, "")
         try:
@@ -461,74 +395,6 @@ def _busy(message: str) -> ex.ExecuteResponse:
     return text_result(
         message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
     )
-
-
-def _take_artifact(result: RunResult, name: str) -> bytes | None:
-    for i, (n, data) in enumerate(result.artifacts):
-        if n == name:
-            del result.artifacts[i]
-            return data
-    return None
-
-
-def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
-    entry: dict[str, Any] = {
-        "name": name,
-        "size": len(data),
-        "mime_type": IMAGE_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
-    }
-    if entry["mime_type"].startswith("image/"):
-        entry["content_block"] = True  # sent as an image block, not repeated here
-        return entry
-    try:
-        entry["text"] = data.decode("utf-8")
-        entry["mime_type"] = "text/plain"
-    except UnicodeDecodeError:
-        entry["base64"] = base64.b64encode(data).decode()
-    return entry
-
-
-def execute_response(r: RunResult, timeout: float, session_id: str) -> ex.ExecuteResponse:
-    """The python_execute result: text, image blocks, structured fields and a clear error when it failed."""
-    structured: dict[str, Any] = {
-        "stdout": r.stdout,
-        "stderr": r.stderr,
-        "return_code": r.return_code,
-        "result": r.value_repr,
-        "timed_out": r.timed_out,
-        "truncated": r.truncated,
-        "duration_ms": r.duration_ms,
-        "artifacts": [_artifact_entry(n, d) for n, d in r.artifacts],
-    }
-    if r.artifacts_skipped:
-        structured["artifacts_skipped"] = r.artifacts_skipped
-    if session_id:
-        structured["session_id"] = session_id
-    if r.failure:
-        structured["error_reason"] = r.failure
-    text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
-    if r.value_repr is not None:
-        text += ("\n" if text and not text.endswith("\n") else "") + r.value_repr
-    if r.timed_out:
-        resp = text_result(
-            f"{r.failure}\n{text}".rstrip(), structured, is_error=True, error_type=tool_pb2.ERROR_TYPE_TIMEOUT
-        )
-    elif r.worker_lost or r.return_code != 0:
-        lead = r.failure or (f"{r.error} raised" if r.error else f"exited with code {r.return_code}")
-        resp = text_result(
-            f"{lead}\n{text}".rstrip(),
-            structured,
-            is_error=True,
-            error_type=tool_pb2.ERROR_TYPE_CODE_EXECUTION,
-        )
-    else:
-        resp = text_result(text if not r.failure else f"{text}\n[{r.failure}]", structured)
-    for name, data in r.artifacts:
-        mime = IMAGE_TYPES.get(Path(name).suffix.lower())
-        if mime:
-            block = resp.content.add().image
-            block.data, block.mime_type = data, mime
-    return resp
 
 
 def make_server(cfg: Config) -> Executor:

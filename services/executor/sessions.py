@@ -13,8 +13,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from services.executor.handle import Worker
 from services.executor.pool import WarmPool
-from services.executor.sandbox import Worker
 
 log = logging.getLogger(__name__)
 

@@ -53,11 +53,12 @@ class Worker:
         self.spawn_ms = 0.0
         self.calls = 0
         self._closed = False
+        self._killed = False
         os.set_blocking(ctl_w, False)
 
     @property
     def alive(self) -> bool:
-        return not self._closed and self.proc.returncode is None
+        return not self._closed and not self._killed and self.proc.returncode is None
 
     def reset_output(self) -> None:
         os.ftruncate(self.out_fd, 0)
@@ -85,9 +86,17 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the whole sandbox: bwrap, and with it its pid namespace, plus whatever is in the cgroup."""
+        self._killed = True  # dead from now on, even before the kernel has reaped it
         with contextlib.suppress(ProcessLookupError):
             if self._workdir is not None:  # process level: the child leads its own session
                 os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                # bwrap's child is pid 1 of the sandbox's pid namespace: killing it ends everything in
+                # there. Kill it directly too, because while a start is being cancelled it may not
+                # have set its parent-death signal or joined the cgroup yet, and would outlive bwrap.
+                for pid in _children(self.proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             self.proc.kill()
         if self.group is not None:
             self.group.kill_all()
@@ -205,6 +214,14 @@ class Child:
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exited)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return []
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

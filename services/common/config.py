@@ -71,7 +71,7 @@ class HubConfig:
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """The Python executor tool server (`python-executor-mcp-server`)."""
+    """The Python executor tool server (`python-executor-mcp-server`). See docs/config/executor.md."""
 
     tool_id: str = "python-executor-mcp-server"
     uds: str = "run/executor.sock"
@@ -79,11 +79,48 @@ class ExecutorConfig:
     use_inprocess_python_executor: bool = False
     default_timeout_s: float = 30.0
     max_timeout_s: float = 300.0
-    max_output_bytes: int = 1024 * 1024
+    max_output_bytes: int = 512 * 1024
     max_code_bytes: int = 256 * 1024
     env_passthrough: tuple[str, ...] = ()
     register_retry_s: float = 0.2
     register_retry_max_s: float = 5.0
+    # Isolation: the weakest level the executor may run at (full | namespaces | process).
+    min_isolation: str = "full"
+    bwrap: str = "bwrap"
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+    # Per-sandbox limits.
+    memory_limit_bytes: int = 1024 * 1024 * 1024
+    address_space_bytes: int = 2 * 1024 * 1024 * 1024
+    pids_limit: int = 64
+    max_file_bytes: int = 16 * 1024 * 1024
+    max_open_files: int = 256
+    scratch_bytes: int = 64 * 1024 * 1024
+    session_cpu_s: int = 600
+    max_artifacts: int = 16
+    max_artifact_bytes: int = 1024 * 1024
+    # Warm pool and concurrency.
+    pool_size: int = 4
+    spawn_parallelism: int = 2
+    spawn_timeout_s: float = 10.0
+    refill_delay_s: float = 0.005
+    max_concurrent_calls: int = 8
+    queue_timeout_s: float = 10.0
+    # Sessions.
+    max_sessions: int = 8
+    session_idle_ttl_s: float = 300.0
+    session_max_lifetime_s: float = 3600.0
+    # The executor's own package environment (mounted read-only in every sandbox).
+    env_dir: str = "data/executor-env"
+    env_packages: tuple[str, ...] = ("pandas", "matplotlib")
+    env_autocreate: bool = True
+    install_allowlist: tuple[str, ...] = (
+        "numpy", "pandas", "matplotlib", "scipy", "sympy", "seaborn", "scikit-learn", "statsmodels",
+        "networkx", "pillow", "tabulate", "python-dateutil", "pytz", "openpyxl",
+    )
+    pip_index_url: str = ""
+    pip_find_links: str = ""
+    pip_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)

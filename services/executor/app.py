@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 
+from grpc_health.v1 import health_pb2
+from toolscore.v1 import executor_pb2_grpc
+
 from services.common.config import Config
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.executor.registration import keep_registered
 from services.executor.service import make_server, tool_definition
 from services.toolkit.server import SERVICE
-from toolscore.v1 import executor_pb2_grpc
 
 
 class ExecutorProcess:
@@ -23,24 +25,47 @@ class ExecutorProcess:
 
     async def __aenter__(self) -> ExecutorProcess:
         self.executor = make_server(self.cfg)
+        await self.executor.start()
         self.server = MeshServer(
-            [ServiceBinding(SERVICE, self.executor, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
-            [self._listen], max_message_bytes=self.cfg.hub.max_message_bytes,
+            [
+                ServiceBinding(
+                    SERVICE, self.executor, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server
+                )
+            ],
+            [self._listen],
+            max_message_bytes=self.cfg.hub.max_message_bytes,
         )
-        await self.server.__aenter__()
+        try:
+            await self.server.__aenter__()
+        except BaseException:
+            await self.executor.close()
+            raise
+        if self.executor.refusal:  # the hub's health checks mark the tool unhealthy; calls get the reason
+            await self.server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await self.server.health.set(SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
         endpoint = self.server.addresses[0]
         tool = tool_definition(self.cfg, endpoint)
-        self._task = asyncio.create_task(keep_registered(
-            self._hub, [tool], admin_token=self.cfg.auth.admin_token, retry_s=self.cfg.executor.register_retry_s,
-            retry_max_s=self.cfg.executor.register_retry_max_s, registered=self.registered), name="registration")
+        self._task = asyncio.create_task(
+            keep_registered(
+                self._hub,
+                [tool],
+                admin_token=self.cfg.auth.admin_token,
+                retry_s=self.cfg.executor.register_retry_s,
+                retry_max_s=self.cfg.executor.register_retry_max_s,
+                registered=self.registered,
+            ),
+            name="registration",
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        await self.server.stop()
-        await self.executor.close()
+        try:
+            await self.server.stop()
+        finally:
+            await self.executor.close()
 
 
 def listen_address(cfg: Config, tcp: bool) -> str:

@@ -12,11 +12,11 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-
-from services.router.channels import channel_options
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
+
+from services.router.channels import channel_options
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +36,34 @@ async def keep_registered(
 ) -> None:
     """Run forever; sets `registered` after each successful (re-)registration."""
     metadata = auth_metadata(admin_token)
-    async with grpc.aio.insecure_channel(hub_target, options=channel_options(4 << 20, hub_target.startswith("unix:"))
-                                         ) as channel:
+    options = channel_options(4 << 20, hub_target.startswith("unix:"))
+    async with grpc.aio.insecure_channel(hub_target, options=options) as channel:
         stub = lib_grpc.ToolLibraryServiceStub(channel)
         delay = retry_s
         while True:
             try:
                 revision = 0
                 for tool in tools:
-                    resp = await stub.RegisterTool(lib.RegisterToolRequest(tool=tool), metadata=metadata,
-                                                   timeout=5, wait_for_ready=True)
+                    resp = await stub.RegisterTool(
+                        lib.RegisterToolRequest(tool=tool), metadata=metadata, timeout=5, wait_for_ready=True
+                    )
                     revision = max(revision, resp.revision)
                 log.info("registered %s with the hub at %s", ", ".join(t.tool_id for t in tools), hub_target)
                 if registered is not None:
                     registered.set()
                 delay = retry_s
-                watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(
-                    since_revision=revision, tool_ids=[t.tool_id for t in tools]))
+                watch = stub.WatchToolEvents(
+                    lib.WatchToolEventsRequest(since_revision=revision, tool_ids=[t.tool_id for t in tools])
+                )
                 async for _ in watch:
                     pass
                 log.warning("hub watch ended; registering again")
             except grpc.aio.AioRpcError as exc:
-                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ALREADY_EXISTS,
-                                  grpc.StatusCode.INVALID_ARGUMENT):
+                if exc.code() in (
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                ):
                     log.error("hub refused registration: %s: %s", exc.code().name, exc.details())
                 else:
                     log.info("hub not reachable (%s); retrying in %.1fs", exc.code().name, delay)

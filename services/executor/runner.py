@@ -1,26 +1,25 @@
-"""Runs untrusted Python in a fresh child process, one per call.
+"""Runs one call on a sandboxed worker and says, precisely, how it ended.
 
-The child gets a scrubbed environment (nothing of the host's unless config
-names it), its own session and process group (a timeout kills the whole
-tree), a private temporary working directory (removed afterwards) and capped
-output. Stronger isolation (namespaces, seccomp, cgroups) is the sandbox's job.
+The worker is already started (warm pool or session); this sends the code,
+enforces the wall-clock deadline (killing the whole sandbox when it passes),
+reads stdout/stderr from the worker's memfds with the output cap, and turns a
+dead or lying worker into a clear reason. Pure of policy: the caller decides
+whether the worker is reused (sessions) or thrown away (one call each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
-import signal
-import sys
-import tempfile
+import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from services.common.config import ExecutorConfig
+from services.executor.handle import Worker, WorkerGone
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunResult:
     stdout: str
     stderr: str
@@ -28,99 +27,84 @@ class RunResult:
     timed_out: bool
     truncated: bool
     duration_ms: float
+    value_repr: str | None = None
+    error: str = ""  # the exception type name, when user code raised
+    failure: str = ""  # why the sandbox stopped or a limit cut in, in words
+    worker_lost: bool = False
+    artifacts: list[tuple[str, bytes]] = field(default_factory=list)
+    artifacts_skipped: int = 0
 
 
-def scrubbed_env(host_env: Mapping[str, str], passthrough: Sequence[str], home: str) -> dict[str, str]:
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "LANG": "C.UTF-8",
-        "HOME": home,
-        "TMPDIR": home,
-        "PYTHONIOENCODING": "utf-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    for name in passthrough:
-        if name in host_env:
-            env[name] = host_env[name]
-    return env
+def _text(data: bytes) -> str:
+    """Any bytes to valid text: invalid UTF-8 and lone surrogates become U+FFFD, NULs stay visible."""
+    return data.decode("utf-8", "replace")
 
 
-class _Capture:
-    """Reads a pipe into a bounded buffer; signals when the cap is passed."""
-
-    def __init__(self, stream: asyncio.StreamReader, cap: int, over: asyncio.Event) -> None:
-        self.buf = bytearray()
-        self.truncated = False
-        self._stream, self._cap, self._over = stream, cap, over
-
-    async def run(self) -> None:
-        while chunk := await self._stream.read(65536):
-            room = self._cap - len(self.buf)
-            if len(chunk) > room:
-                self.buf += chunk[: max(room, 0)]
-                self.truncated = True
-                self._over.set()
-                return
-            self.buf += chunk
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
-async def run_python(
-    code: str,
-    *,
-    timeout_s: float,
-    max_output_bytes: int,
-    env_passthrough: Sequence[str] = (),
-    host_env: Mapping[str, str] | None = None,
-    python: str = sys.executable,
-) -> RunResult:
-    """Run `code` in a new interpreter and return what it printed and how it ended."""
-    workdir = tempfile.mkdtemp(prefix="ts-exec-")
+async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig) -> RunResult:
+    """Run `code` on `worker` within `timeout_s`; on timeout or death the worker is killed."""
+    worker.reset_output()
+    fields = [
+        ("code", code.encode("utf-8", "surrogatepass")),
+        ("cpu", str(math.ceil(timeout_s) + 1).encode()),
+        ("max_artifacts", str(cfg.max_artifacts).encode()),
+        ("max_artifact_bytes", str(cfg.max_artifact_bytes).encode()),
+        ("max_repr", str(min(cfg.max_output_bytes, 65536)).encode()),
+    ]
     start = time.perf_counter()
-    proc = await asyncio.create_subprocess_exec(
-        python, "-I", "-S", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=workdir, env=scrubbed_env(host_env or {}, env_passthrough, workdir), start_new_session=True,
-    )
-    over = asyncio.Event()
-    assert proc.stdout and proc.stderr and proc.stdin
-    out, err = _Capture(proc.stdout, max_output_bytes, over), _Capture(proc.stderr, max_output_bytes, over)
-    timed_out = False
+    timed_out = lost = False
+    failure = ""
+    reply = None
     try:
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            proc.stdin.write(code.encode("utf-8", errors="surrogatepass"))
-            await proc.stdin.drain()
-            proc.stdin.close()
-        readers = asyncio.gather(out.run(), err.run(), proc.wait())
-        over_wait = asyncio.ensure_future(over.wait())
-        try:
-            done, _ = await asyncio.wait({readers, over_wait}, timeout=timeout_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not done:
-                timed_out = True
-            if readers not in done:
-                _kill_group(proc.pid)
-                await asyncio.wait_for(asyncio.shield(proc.wait()), 5)
-        finally:
-            over_wait.cancel()
-            readers.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await readers
-    finally:
-        _kill_group(proc.pid)  # anything the code left running in its group
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+        async with asyncio.timeout(timeout_s):
+            reply = await worker.run(fields)
+    except asyncio.CancelledError:
+        worker.kill()  # the caller went away mid-call: its reply must never reach a later call
+        raise
+    except TimeoutError:
+        timed_out = lost = True
+        worker.kill()
+        failure = f"timed out after {timeout_s:.3g}s; the sandbox was killed"
+    except WorkerGone as exc:
+        lost = True
+        worker.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await worker.proc.wait()
+        failure = worker.death_reason(cfg) if "malformed" not in str(exc) else str(exc)
+    duration_ms = round((time.perf_counter() - start) * 1000, 3)
+    failed = reply is None or reply.return_code != 0
+    if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms
+        failure += f"{'; ' if failure else ''}it hit the process limit ({cfg.pids_limit} processes)"
+    out, err, truncated = worker.output(cfg.max_output_bytes)
+    sizes = worker.output_sizes()
+    if max(sizes) >= cfg.max_file_bytes:
+        failure += f"{'; ' if failure else ''}output reached the {cfg.max_file_bytes}-byte file size limit"
+    if truncated:
+        failure += f"{'; ' if failure else ''}output truncated to {cfg.max_output_bytes} bytes per stream"
+    if reply is None:
+        rc = worker.proc.returncode
+        return_code = -9 if timed_out or rc is None else (-(rc - 128) if rc > 128 else rc)
+        return RunResult(
+            _text(out),
+            _text(err),
+            return_code,
+            timed_out,
+            truncated,
+            duration_ms,
+            failure=failure,
+            worker_lost=lost,
+        )
     return RunResult(
-        stdout=out.buf.decode("utf-8", errors="replace"),
-        stderr=err.buf.decode("utf-8", errors="replace"),
-        return_code=proc.returncode if proc.returncode is not None else -9,
-        timed_out=timed_out,
-        truncated=out.truncated or err.truncated,
-        duration_ms=round((time.perf_counter() - start) * 1000, 3),
+        _text(out),
+        _text(err),
+        reply.return_code,
+        False,
+        truncated,
+        duration_ms,
+        value_repr=reply.value_repr,
+        error=reply.error,
+        failure=failure,
+        worker_lost=False,
+        artifacts=reply.artifacts,
+        artifacts_skipped=reply.artifacts_skipped,
     )

@@ -1,87 +1,424 @@
-"""The executor's actions and tool definition."""
+"""The executor's actions, its tool definition, and the Executor that owns pool, sessions and env.
+
+`make_server(cfg)` has no side effects (the hub also calls it just to read the
+capabilities); the sandbox machinery starts on `await executor.start()` or on
+the first call, whichever comes first. `close()` frees everything.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
+import functools
+import json
+import logging
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from services.common.config import Config
-from services.common.errors import InvalidRequest
-from services.executor.runner import run_python
-from services.toolkit.server import Action, CallContext, ToolServer, text_result
+import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from services.common.config import Config, ExecutorConfig
+from services.common.errors import InvalidRequest
+from services.executor import cgroups, envs, tasks
+from services.executor.pool import PoolTimeout, WarmPool
+from services.executor.results import IMAGE_TYPES, execute_response, take_artifact
+from services.executor.runner import RunResult, run_on
+from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
+from services.executor.schemas import (
+    ANALYZE_INPUT,
+    END_SESSION_INPUT,
+    INSTALL_INPUT,
+    PYTHON_EXECUTE_INPUT,
+    PYTHON_EXECUTE_OUTPUT,
+    VISUALIZE_INPUT,
+)
+from services.executor.sessions import SessionLimit, Sessions
+from services.toolkit.server import Action, CallContext, ToolServer, text_result
+
+log = logging.getLogger(__name__)
 OWNER = "python-executor"
 INPROC_NAME = "python-executor"
 
-PYTHON_EXECUTE_INPUT = {
-    "type": "object",
-    "properties": {
-        "code": {"type": "string", "description": "Python source to run in a fresh interpreter"},
-        "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds before the run is killed"},
-    },
-    "required": ["code"],
-    "additionalProperties": False,
-}
-PYTHON_EXECUTE_OUTPUT = {
-    "type": "object",
-    "properties": {
-        "stdout": {"type": "string"},
-        "stderr": {"type": "string"},
-        "return_code": {"type": "integer"},
-        "timed_out": {"type": "boolean"},
-        "truncated": {"type": "boolean"},
-        "duration_ms": {"type": "number"},
-    },
-}
-
 
 class Executor(ToolServer):
-    """ToolServer with the python_* actions. `close()` frees what runs belong to."""
+    """ToolServer with the python_* actions; owns the sandbox machinery once started."""
+
+    def __init__(self, cfg: Config, host_env: dict[str, str]) -> None:
+        self.cfg, self.xc = cfg, cfg.executor
+        self._host_env = host_env
+        self.env = envs.ExecutorEnv(self.xc, host_env)
+        self.caps: Capabilities | None = None
+        self.refusal = ""
+        self.pool: WarmPool | None = None
+        self.sessions: Sessions | None = None
+        self._groups: cgroups.Cgroups | None = None
+        self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
+        self.running = 0
+        self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
+        self._start_lock = asyncio.Lock()
+        self._env_task: asyncio.Task[bool] | None = None
+        self._closed = False
+        super().__init__({self.xc.tool_id: self._action_list()})
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Probe the machine, then start the warm pool (or record why the executor refuses to run)."""
+        async with self._start_lock:
+            if self.caps is not None or self._closed:
+                return
+            caps = await probe(self.xc, self.env.path)
+            if self.xc.min_isolation not in LEVELS:
+                self.refusal = (
+                    f"unknown executor.min_isolation {self.xc.min_isolation!r} ({', '.join(LEVELS)})"
+                )
+            elif not caps.at_least(self.xc.min_isolation):
+                self.refusal = (
+                    f"refusing to run code: this machine only allows isolation level {caps.level!r} "
+                    f"but executor.min_isolation is {self.xc.min_isolation!r} "
+                    f"({'; '.join(caps.notes)}). Fix the machine, or allow the weaker level "
+                    f"explicitly with TOOLSCORE_EXECUTOR__MIN_ISOLATION={caps.level}"
+                )
+            if self.refusal:
+                log.error("%s", self.refusal)
+            else:
+                log.info(
+                    "sandbox isolation level: %s%s",
+                    caps.level,
+                    f" ({'; '.join(caps.notes)})" if caps.notes else "",
+                )
+                if caps.cgroups is not None:
+                    self._groups = cgroups.Cgroups(
+                        caps.cgroups, self.xc.pids_limit, self.xc.memory_limit_bytes
+                    )
+                sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
+                self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)
+                self.pool.start()
+                self.sessions = Sessions(
+                    self.pool,
+                    self.xc.max_sessions,
+                    self.xc.session_idle_ttl_s,
+                    self.xc.session_max_lifetime_s,
+                )
+                if self.xc.env_autocreate and not self.env.ready:
+                    self._env_task = asyncio.get_running_loop().create_task(self._create_env())
+            self.caps = caps
+
+    async def _create_env(self) -> bool:
+        try:
+            created = await self.env.ensure()
+        except Exception:
+            return False
+        if created and self.pool is not None:
+            self.pool.recycle()  # ready workers were started without the env mounted
+        return created
 
     async def close(self) -> None:
+        self._closed = True
+        if self._env_task is not None:
+            self._env_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._env_task
+        if self.sessions is not None:
+            await self.sessions.close()
+        if self.pool is not None:
+            await self.pool.close()
+        if self._groups is not None:
+            await self._groups.close()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
+            "running": self.running,
+            "min_isolation": self.xc.min_isolation,
+            "refusing": bool(self.refusal),
+            "reason": self.refusal,
+            "pool": self.pool.status() if self.pool else {},
+            "sessions": self.sessions.status() if self.sessions is not None else {},
+            "environment": self.env.status(),
+        }
+
+    async def call(self, request: ex.ExecuteRequest, progress: Any = None) -> ex.ExecuteResponse:
+        if self.caps is None:
+            await self.start()
+        return await super().call(request, progress)
+
+    async def Execute(
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> ex.ExecuteResponse:
+        """The gRPC path: work left for after the reply (killing the used sandbox, starting its
+        replacement) runs once gRPC has sent it, so the caller never waits for a process spawn."""
+        pending: list[Callable[[], None]] = []
+        token = _AFTER_REPLY.set(pending)
+        try:
+            response = await self.call(request)
+        finally:
+            _AFTER_REPLY.reset(token)
+            if pending:
+                run = _Once(pending)
+                context.add_done_callback(lambda _ctx: run())
+                asyncio.get_running_loop().call_later(1.0, run)  # in case the RPC never completes
+        return response
+
+    def _after_reply(self, fn: Callable[[], None]) -> None:
+        pending = _AFTER_REPLY.get()
+        if pending is not None:
+            pending.append(fn)
+        else:  # in-process (the hub calls `call` directly): give its reply a moment to go out first
+            asyncio.get_running_loop().call_later(self.xc.refill_delay_s, fn)
+
+    # -- running code ---------------------------------------------------------------------------------------
+    def _timeout(self, requested: Any, ctx: CallContext) -> float:
+        timeout = min(float(requested or self.xc.default_timeout_s), self.xc.max_timeout_s)
+        if ctx.timeout_s:  # leave the router time to hear the answer
+            timeout = min(timeout, max(ctx.timeout_s - 0.25, 0.05))
+        return timeout
+
+    def _refused(self) -> ex.ExecuteResponse | None:
+        if self.refusal or self.pool is None:
+            return text_result(
+                self.refusal or "the executor is stopping",
+                {"error_reason": self.refusal},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+            )
         return None
+
+    async def run_code(
+        self, code: str, limit_s: float, session_id: str = ""
+    ) -> RunResult | ex.ExecuteResponse:
+        """Run code in a one-call sandbox or the session's; an ExecuteResponse when it could not run."""
+        refused = self._refused()
+        if refused is not None:
+            return refused
+        assert self.pool is not None and self.sessions is not None
+        if len(code.encode("utf-8", errors="surrogatepass")) > self.xc.max_code_bytes:
+            raise InvalidRequest(f"code is longer than {self.xc.max_code_bytes} bytes")
+        queued = time.monotonic()
+        try:
+            async with asyncio.timeout(self.xc.queue_timeout_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            return _busy(
+                f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
+                f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)"
+            )
+        self.running += 1
+        self.call_started.set()
+        try:
+            left = max(self.xc.queue_timeout_s - (time.monotonic() - queued), 0.001)
+            if not session_id:
+                worker = await self.pool.take(left)
+                try:
+                    return await run_on(worker, code, limit_s, self.xc)
+                finally:
+                    self._after_reply(functools.partial(self.pool.give_back, worker))
+            session, _new = await self.sessions.get(session_id, left)
+            async with session.lock:
+                result = await run_on(session.worker, code, limit_s, self.xc)
+                self.sessions.touch(session)
+            if result.worker_lost:
+                await self.sessions.end(session_id, result.failure)
+                result.failure += "; the session ended and its state is lost (the next call starts a new one)"
+            return result
+        except PoolTimeout as exc:
+            return _busy(str(exc))
+        except SessionLimit as exc:
+            return _busy(str(exc))
+        finally:
+            self.running -= 1
+            self._slots.release()
+
+    def _action_list(self) -> list[Action]:
+        return [
+            Action(
+                "python_execute",
+                "Run Python code in a sandboxed interpreter (no network, private scratch "
+                "dir, resource limits); returns stdout, stderr, the exit code, the value of the last "
+                "expression and files written (images as image blocks). Pass session_id to keep state.",
+                self._python_execute,
+                PYTHON_EXECUTE_INPUT,
+                PYTHON_EXECUTE_OUTPUT,
+            ),
+            Action(
+                "python_analyze",
+                "Analyze tabular data with pandas inside the sandbox.",
+                self._python_analyze,
+                ANALYZE_INPUT,
+            ),
+            Action(
+                "python_visualize",
+                "Plot data with matplotlib inside the sandbox; returns the chart as an image.",
+                self._python_visualize,
+                VISUALIZE_INPUT,
+            ),
+            Action(
+                "python_install_package",
+                "Install an allowlisted package into the sandbox environment.",
+                self._python_install_package,
+                INSTALL_INPUT,
+            ),
+            Action(
+                "python_end_session",
+                "End a session and free its interpreter.",
+                self._python_end_session,
+                END_SESSION_INPUT,
+            ),
+            Action(
+                "python_status",
+                "Isolation level, warm pool, sessions and environment of the executor.",
+                self._python_status,
+                {"type": "object", "additionalProperties": False},
+            ),
+        ]
+
+    async def _python_execute(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        session_id = str(args.get("session_id") or ctx.session_id or "")
+        timeout = self._timeout(args.get("timeout"), ctx)
+        result = await self.run_code(args["code"], timeout, session_id)
+        if isinstance(result, ex.ExecuteResponse):
+            return result
+        return execute_response(result, timeout, session_id)
+
+    async def _run_task(
+        self, code: str, args: dict[str, Any], ctx: CallContext
+    ) -> RunResult | ex.ExecuteResponse:
+        if not self.env.ready:
+            state = self.env.status()
+            return text_result(
+                f"the executor's package environment ({', '.join(self.xc.env_packages)}) is not ready: "
+                f"{state['state']}{': ' + str(state['error']) if state['error'] else ''} "
+                "(create it with `make executor-env`)",
+                {"environment": state},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+            )
+        return await self.run_code(code, self._timeout(args.get("timeout"), ctx))
+
+    async def _python_analyze(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        result = await self._run_task(tasks.analyze_code(args["data"], args["operation"]), args, ctx)
+        if isinstance(result, ex.ExecuteResponse):
+            return result
+        payload = take_artifact(result, tasks.RESULT_FILE)
+        if result.return_code != 0 or result.timed_out or payload is None:
+            return execute_response(result, 0, "")
+        try:
+            value = json.loads(payload)
+        except ValueError:
+            return execute_response(result, 0, "")
+        structured = {"operation": args["operation"], "result": value, "text": result.stdout}
+        return text_result(result.stdout, structured)
+
+    async def _python_visualize(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        code = tasks.visualize_code(
+            args["data"], args["plot_type"], args.get("title", ""), args.get("x"), args.get("y")
+        )
+        result = await self._run_task(code, args, ctx)
+        if isinstance(result, ex.ExecuteResponse):
+            return result
+        if result.return_code != 0 or result.timed_out or not result.artifacts:
+            return execute_response(result, 0, "")
+        resp = text_result(
+            f"{args['plot_type']} chart: {args.get('title') or 'untitled'}",
+            {
+                "plot_type": args["plot_type"],
+                "title": args.get("title", ""),
+                "artifacts": [{"name": n, "size": len(d)} for n, d in result.artifacts],
+            },
+        )
+        for name, data in result.artifacts:
+            mime = IMAGE_TYPES.get(Path(name).suffix.lower())
+            if mime:
+                block = resp.content.add().image
+                block.data, block.mime_type = data, mime
+        return resp
+
+    async def _python_install_package(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        spec = args["package_name"]
+        try:
+            envs.check_requirement(spec, self.xc.install_allowlist)
+        except envs.InstallRefused as exc:
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
+        try:
+            log.info("installing %s into %s", spec, self.env.path)
+            output = await self.env.install(spec)
+        except (envs.InstallFailed, OSError) as exc:
+            return text_result(
+                f"installing {spec} failed: {exc}",
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
+            )
+        if self.pool is not None:
+            self.pool.recycle()
+        return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})
+
+    async def _python_end_session(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        session_id = str(args.get("session_id") or ctx.session_id or "")
+        if not session_id:
+            raise InvalidRequest("session_id is required (argument or request field)")
+        ended = await self.sessions.end(session_id) if self.sessions is not None else False
+        return {"session_id": session_id, "ended": ended}
+
+    async def _python_status(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        return self.status()
+
+
+_AFTER_REPLY: contextvars.ContextVar[list[Callable[[], None]] | None] = contextvars.ContextVar(
+    "executor_after_reply", default=None
+)
+
+
+class _Once:
+    """Runs a list of callbacks the first time it is called."""
+
+    def __init__(self, fns: list[Callable[[], None]]) -> None:
+        self._fns = fns
+
+    def __call__(self) -> None:
+        fns, self._fns = self._fns, []
+        for fn in fns:
+            fn()
+
+
+def _busy(message: str) -> ex.ExecuteResponse:
+    return text_result(
+        message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
+    )
 
 
 def make_server(cfg: Config) -> Executor:
-    xc = cfg.executor
-    host_env = dict(os.environ)
-
-    async def python_execute(args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
-        code = args["code"]
-        if len(code.encode("utf-8", errors="surrogatepass")) > xc.max_code_bytes:
-            raise InvalidRequest(f"code is longer than {xc.max_code_bytes} bytes")
-        timeout = min(float(args.get("timeout") or xc.default_timeout_s), xc.max_timeout_s)
-        if ctx.timeout_s:  # leave the router time to hear the answer
-            timeout = min(timeout, max(ctx.timeout_s - 0.25, 0.05))
-        r = await run_python(code, timeout_s=timeout, max_output_bytes=xc.max_output_bytes,
-                             env_passthrough=xc.env_passthrough, host_env=host_env)
-        structured = {"stdout": r.stdout, "stderr": r.stderr, "return_code": r.return_code,
-                      "timed_out": r.timed_out, "truncated": r.truncated, "duration_ms": r.duration_ms}
-        text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
-        if r.timed_out:
-            return text_result(f"timed out after {timeout:.3g}s\n{text}", structured, is_error=True,
-                               error_type=tool_pb2.ERROR_TYPE_TIMEOUT)
-        if r.return_code != 0:
-            return text_result(text or f"exited with code {r.return_code}", structured, is_error=True,
-                               error_type=tool_pb2.ERROR_TYPE_CODE_EXECUTION)
-        return text_result(text, structured)
-
-    actions = [
-        Action("python_execute", "Run Python code in a fresh, isolated interpreter; returns stdout, stderr "
-               "and the exit code.", python_execute, PYTHON_EXECUTE_INPUT, PYTHON_EXECUTE_OUTPUT),
-    ]
-    return Executor({xc.tool_id: actions})
+    """The executor's ToolServer; nothing starts until `start()` or the first call."""
+    return Executor(cfg, dict(os.environ))
 
 
 def tool_definition(cfg: Config, endpoint: str) -> tool_pb2.Tool:
-    server = make_server(cfg)
-    caps = server.tools()[cfg.executor.tool_id]
+    caps = [a.capability() for a in Executor(cfg, {})._action_list()]
     return tool_pb2.Tool(
-        tool_id=cfg.executor.tool_id, name="Python executor",
-        description="Runs Python code in an isolated child process and returns its output.",
-        kind=tool_pb2.TOOL_KIND_FUNCTION if endpoint.startswith("inproc://") else tool_pb2.TOOL_KIND_GRPC_SERVER,
-        capabilities=caps, tags=["python", "code", "execution"], version="1",
-        endpoint=endpoint, enabled=True, owner=OWNER,
+        tool_id=cfg.executor.tool_id,
+        name="Python executor",
+        description="Runs Python code in a bubblewrap sandbox (no network, private scratch dir, seccomp, "
+        "cgroup limits) from a warm pool; sessions, artifacts, pandas and matplotlib.",
+        kind=tool_pb2.TOOL_KIND_FUNCTION
+        if endpoint.startswith("inproc://")
+        else tool_pb2.TOOL_KIND_GRPC_SERVER,
+        capabilities=caps,
+        tags=["python", "code", "execution", "sandbox"],
+        version="2",
+        endpoint=endpoint,
+        enabled=True,
+        owner=OWNER,
     )
+
+
+__all__ = ["Executor", "ExecutorConfig", "execute_response", "make_server", "tool_definition"]

@@ -143,6 +143,7 @@ class Hub:
         from services.executor.service import INPROC_NAME, make_server, tool_definition
 
         server = make_server(self.cfg)
+        await server.start()  # probe the sandbox and warm the pool now, not on the first call
 
         async def handle(entry, request, timeout, on_progress, arguments):  # type: ignore[no-untyped-def]
             progress = (lambda p, t, m: on_progress(_progress(p, t, m))) if on_progress else None

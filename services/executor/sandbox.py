@@ -1,0 +1,349 @@
+"""Starts sandboxed Python interpreters (`worker.py`) and talks to them.
+
+Isolation levels, strongest first (config `executor.min_isolation` is the
+weakest the executor may use; the default, `full`, refuses anything less):
+
+- full: bubblewrap namespaces (no network, pid, ipc, uts, mount: a read-only
+  system view, a private tmpfs scratch dir, nothing of the repo, data/ or the
+  host's home), a seccomp filter, a pids + memory cgroup, an unprivileged uid
+  and rlimits.
+- namespaces: the same without cgroups (RLIMIT_NPROC instead of pids.max, no
+  memory cgroup), for machines where cgroups are not writable.
+- process: no bubblewrap: a fresh child in its own session with the rlimits,
+  the uid drop and a scrubbed environment, but the host's filesystem and
+  network in view. Only for development machines, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import ExecutorConfig
+from services.executor import cgroups, seccomp
+from services.executor.handle import Child, Worker
+from services.executor.protocol import FrameReader
+
+log = logging.getLogger(__name__)
+LEVELS = ("process", "namespaces", "full")
+WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text()
+SCRATCH, ENV_MOUNT, PYTHON_MOUNT = "/work", "/opt/env", "/opt/python"
+MAX_REPLY_BYTES = 64 * 1024 * 1024
+
+
+class SpawnError(Exception):
+    """A sandbox could not be started."""
+
+
+def real_python() -> tuple[Path, Path]:
+    """(installation prefix, interpreter binary): the real files, never a venv link or pyenv shim."""
+    return Path(os.path.realpath(sys.base_prefix)), Path(os.path.realpath(sys.executable))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this machine offers, found by actually starting a sandbox once."""
+
+    level: str
+    bwrap: str | None
+    seccomp: bool
+    cgroups: cgroups.Layout | None
+    notes: tuple[str, ...] = ()
+
+    def at_least(self, level: str) -> bool:
+        return LEVELS.index(self.level) >= LEVELS.index(level)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "level": self.level,
+            "bwrap": self.bwrap or "",
+            "seccomp": self.seccomp,
+            "cgroups": "v2" if self.cgroups and self.cgroups.v2 else "v1" if self.cgroups else "",
+            "notes": list(self.notes),
+        }
+
+
+def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp: str) -> dict[str, str]:
+    """The whole environment user code sees: fixed values plus what config names explicitly."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": home,
+        "TMPDIR": tmp,
+        "XDG_CACHE_HOME": f"{tmp}/.cache",
+        "MPLCONFIGDIR": f"{tmp}/matplotlib",
+        "MPLBACKEND": "Agg",
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    for name in cfg.env_passthrough:
+        if name in host_env:
+            env[name] = host_env[name]
+    return env
+
+
+def stdlib_readable_by(uid: int, gid: int) -> bool:
+    """Whether `uid` can read this interpreter's standard library where it is installed."""
+    target = Path(os.__file__).resolve()
+    for path in (target, *target.parents):
+        st = path.stat()
+        bits = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+        need = 0o4 if path == target else 0o1
+        if not (st.st_mode >> bits) & need:
+            return False
+    return True
+
+
+def env_site(env_dir: Path) -> Path:
+    return env_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+
+
+class Sandbox:
+    """Knows how to start one worker at the configured isolation level."""
+
+    def __init__(
+        self,
+        cfg: ExecutorConfig,
+        env_dir: Path,
+        host_env: Mapping[str, str],
+        caps: Capabilities,
+        groups: cgroups.Cgroups | None,
+    ) -> None:
+        self.cfg, self.caps, self._groups = cfg, caps, groups
+        self._env_dir = env_dir
+        self._host_env = dict(host_env)
+        self._prefix, self._python = real_python()
+        # Inside bubblewrap the interpreter is mounted where any uid can read it; at level `process`
+        # it stays where it is (pyenv under a 0700 /root, say), and dropping the uid would break imports.
+        self._drop_uid = caps.bwrap is not None or stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid)
+
+    # -- argv -------------------------------------------------------------------------------------------
+    def _bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
+        c = self.cfg
+        argv = [
+            self.caps.bwrap or c.bwrap,
+            "--unshare-ipc",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+        ]
+        if os.geteuid() == 0:  # root without a user namespace; the worker drops to the sandbox uid itself
+            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        else:
+            argv += ["--unshare-user", "--disable-userns"]
+        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(top):
+                argv += ["--symlink", os.readlink(top), top]
+            elif os.path.isdir(top):
+                argv += ["--ro-bind", top, top]
+        argv += ["--ro-bind", "/usr", "/usr"]
+        argv += ["--perms", "0755", "--dir", "/etc"]
+        for f in ("/etc/ld.so.cache", "/etc/localtime"):
+            argv += ["--ro-bind-try", f, f]
+        argv += ["--perms", "0755", "--dir", "/opt", "--ro-bind", str(self._prefix), PYTHON_MOUNT]
+        site = env_site(self._env_dir)
+        if site.is_dir():
+            argv += ["--ro-bind", str(site), ENV_MOUNT]
+        argv += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--perms",
+            "1777",
+            "--size",
+            str(c.scratch_bytes),
+            "--tmpfs",
+            "/tmp",
+            "--perms",
+            "0777",
+            "--size",
+            str(c.scratch_bytes),
+            "--tmpfs",
+            SCRATCH,
+            "--chdir",
+            SCRATCH,
+        ]
+        argv += list(extra_fds)
+        rel = self._python.relative_to(self._prefix)
+        return [*argv, "--", f"{PYTHON_MOUNT}/{rel}"]
+
+    def _worker_args(self, ctl_in: int, ctl_out: int, workdir: str, site: str | None) -> list[str]:
+        c = self.cfg
+        nproc = c.pids_limit if self._groups is None and os.geteuid() == 0 else 0
+        return [
+            "-I",
+            "-S",
+            "-c",
+            WORKER_SOURCE,
+            str(ctl_in),
+            str(ctl_out),
+            str(c.sandbox_uid if self._drop_uid else 0),
+            str(c.sandbox_gid),
+            str(c.address_space_bytes),
+            str(c.max_file_bytes),
+            str(c.max_open_files),
+            str(nproc),
+            str(c.session_cpu_s),
+            workdir,
+            *([site] if site else []),
+        ]
+
+    # -- spawn ------------------------------------------------------------------------------------------
+    async def spawn(self) -> Worker:
+        """Start one interpreter and wait until it says it is ready."""
+        started = time.perf_counter()
+        out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
+        err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
+        for fd in (out_fd, err_fd):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        child_fds = [to_r, from_w]
+        group: cgroups.Group | None = None
+        workdir: str | None = None
+        worker: Worker | None = None
+        info_r = block_w = -1
+        try:
+            if self.caps.bwrap:
+                extra: list[str] = []
+                sc_fd = seccomp.program_fd() if self.caps.seccomp else -1
+                if sc_fd >= 0:
+                    child_fds.append(sc_fd)
+                    extra += ["--seccomp", str(sc_fd)]
+                if self._groups is not None:
+                    group = self._groups.acquire()
+                    info_r, info_w = os.pipe()
+                    block_r, block_w = os.pipe()
+                    child_fds += [info_w, block_r]
+                    extra += ["--info-fd", str(info_w), "--block-fd", str(block_r)]
+                site = ENV_MOUNT if env_site(self._env_dir).is_dir() else None
+                env = sandbox_env(self.cfg, self._host_env, "/tmp", "/tmp")
+                argv = [*self._bwrap_argv(extra), *self._worker_args(to_r, from_w, SCRATCH, site)]
+                new_session = False
+            else:
+                workdir = tempfile.mkdtemp(prefix="ts-exec-")
+                if os.geteuid() == 0:
+                    os.chown(workdir, self.cfg.sandbox_uid, self.cfg.sandbox_gid)
+                site_path = env_site(self._env_dir)
+                env = sandbox_env(self.cfg, self._host_env, workdir, workdir)
+                argv = [
+                    str(self._python),
+                    *self._worker_args(to_r, from_w, workdir, str(site_path) if site_path.is_dir() else None),
+                ]
+                new_session = True
+            try:
+                proc = Child(argv, out_fd, err_fd, env, child_fds, new_session)
+            finally:
+                for fd in child_fds:
+                    os.close(fd)
+            worker = Worker(
+                proc, to_w, FrameReader(from_r, MAX_REPLY_BYTES), out_fd, err_fd, group, workdir, self._groups
+            )
+            async with asyncio.timeout(self.cfg.spawn_timeout_s):
+                if group is not None:
+                    info = json.loads(await _read_all(info_r))
+                    await asyncio.to_thread(group.add, int(info["child-pid"]))
+                    os.write(block_w, b"1")
+                ready = dict(await worker.reader.next())
+            if "ready" not in ready:
+                raise SpawnError("the sandbox did not say it was ready")
+            worker.spawn_ms = (time.perf_counter() - started) * 1000
+            return worker
+        except BaseException as exc:
+            diagnostics = os.pread(err_fd, 4096, 0).decode("utf-8", "replace").strip()
+            if worker is not None:
+                await worker.close()
+            else:
+                for fd in (out_fd, err_fd, to_w, from_r):
+                    os.close(fd)
+                if group is not None and self._groups is not None:
+                    self._groups.release(group)
+                if workdir:
+                    shutil.rmtree(workdir, ignore_errors=True)
+            if isinstance(exc, Exception) and not isinstance(exc, SpawnError):
+                raise SpawnError(f"{type(exc).__name__}: {exc}; {diagnostics}".rstrip("; ")) from exc
+            raise
+        finally:
+            for fd in (info_r, block_w):
+                if fd >= 0:
+                    os.close(fd)
+
+
+async def _read_all(fd: int) -> bytes:
+    """Read a pipe to EOF without blocking the loop."""
+    loop = asyncio.get_running_loop()
+    os.set_blocking(fd, False)
+    buf, done = bytearray(), loop.create_future()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        if chunk:
+            buf.extend(chunk)
+        elif not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+    return bytes(buf)
+
+
+async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
+    """Find the strongest isolation this machine gives, by starting one real sandbox."""
+    notes: list[str] = []
+    bwrap = shutil.which(cfg.bwrap)
+    if bwrap is None:
+        notes.append(f"bubblewrap ({cfg.bwrap}) not found: install it with `apt-get install bubblewrap`")
+    has_seccomp = True
+    try:
+        seccomp.program()
+    except (seccomp.SeccompUnavailable, OSError) as exc:
+        has_seccomp = False
+        notes.append(f"no seccomp filter: {exc}")
+    layout, why = cgroups.detect()
+    if layout is None:
+        notes.append(f"no pids/memory cgroup: {why}")
+    if bwrap is not None:
+        trial = Sandbox(cfg, env_dir, {}, Capabilities("namespaces", bwrap, has_seccomp, None), None)
+        try:
+            worker = await trial.spawn()
+            await worker.close()
+        except SpawnError as exc:
+            notes.append(f"bubblewrap cannot start a sandbox here: {exc}")
+            bwrap = None
+    if bwrap and has_seccomp and layout is not None:
+        level = "full"
+    elif bwrap:
+        level = "namespaces"
+    else:
+        level = "process"
+        if os.geteuid() == 0 and not stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid):
+            notes.append(
+                f"uid {cfg.sandbox_uid} cannot read the interpreter at {real_python()[0]}: at level "
+                "process user code would keep the executor's uid (root)"
+            )
+    return Capabilities(
+        level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
+    )

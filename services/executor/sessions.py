@@ -1,0 +1,146 @@
+"""Sessions: one dedicated sandboxed interpreter per `session_id`, with an idle TTL, a maximum
+lifetime and a cap on how many are alive. Calls in one session run one at a time.
+
+A session's worker comes from the warm pool and never goes back: ending,
+expiring or losing it (timeout, crash) kills the sandbox and frees everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from services.executor.handle import Worker
+from services.executor.pool import WarmPool
+
+log = logging.getLogger(__name__)
+
+
+class SessionLimit(Exception):
+    """Too many live sessions."""
+
+
+@dataclass
+class Session:
+    session_id: str
+    worker: Worker
+    created: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    calls: int = 0
+
+
+class Sessions:
+    """Owns every session's worker; `close()` ends them all."""
+
+    def __init__(self, pool: WarmPool, max_sessions: int, idle_ttl_s: float, max_lifetime_s: float) -> None:
+        self._pool, self._max = pool, max_sessions
+        self._idle, self._lifetime = idle_ttl_s, max_lifetime_s
+        self._sessions: dict[str, Session] = {}
+        self._creating: dict[str, asyncio.Future[Session]] = {}
+        self._ended: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "live": len(self._sessions),
+            "max": self._max,
+            "idle_ttl_s": self._idle,
+            "max_lifetime_s": self._lifetime,
+            "expired": self.expired,
+        }
+
+    async def get(self, session_id: str, within_s: float) -> tuple[Session, bool]:
+        """The live session (False) or a new one on a fresh worker (True)."""
+        session = self._sessions.get(session_id)
+        if session is not None and session.worker.alive:
+            return session, False
+        if session is not None:
+            await self.end(session_id, "its interpreter died")
+        pending = self._creating.get(session_id)
+        if pending is not None:
+            return await asyncio.shield(pending), False
+        if len(self._sessions) + len(self._creating) >= self._max:
+            raise SessionLimit(
+                f"{self._max} sessions are already live (executor.max_sessions); end one "
+                "with python_end_session or wait for one to expire"
+            )
+        fut: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._creating[session_id] = fut
+        try:
+            worker = await self._pool.take(within_s)
+            self._pool.replace()
+            session = Session(session_id, worker)
+            self._sessions[session_id] = session
+            self._ended.pop(session_id, None)
+            fut.set_result(session)
+            self._wake.set()
+            log.info("session %s started", session_id)
+            return session, True
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                fut.set_exception(exc)
+                fut.exception()  # marked retrieved; concurrent waiters re-raise it
+            else:
+                fut.cancel()
+            raise
+        finally:
+            del self._creating[session_id]
+
+    def touch(self, session: Session) -> None:
+        session.last_used = time.monotonic()
+        session.calls += 1
+        self._wake.set()
+
+    async def end(self, session_id: str, why: str = "ended by the caller") -> bool:
+        """Kill a session's sandbox; False when there was no such session."""
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        await session.worker.close()
+        self._ended.setdefault(session_id, asyncio.Event()).set()
+        log.info("session %s ended: %s", session_id, why)
+        return True
+
+    async def wait_ended(self, session_id: str) -> None:
+        """Until the session is gone (tests and operators watch expiry with this)."""
+        if session_id not in self._sessions:
+            return
+        await self._ended.setdefault(session_id, asyncio.Event()).wait()
+
+    def _deadline(self, s: Session) -> float:
+        return min(s.last_used + self._idle, s.created + self._lifetime)
+
+    async def _reap(self) -> None:
+        while True:
+            self._wake.clear()
+            now = time.monotonic()
+            for s in list(self._sessions.values()):
+                if self._deadline(s) <= now and not s.lock.locked():
+                    self.expired += 1
+                    await self.end(
+                        s.session_id,
+                        "idle too long"
+                        if s.created + self._lifetime > now
+                        else "reached its maximum lifetime",
+                    )
+            idle = [self._deadline(s) for s in self._sessions.values() if not s.lock.locked()]
+            wait = max(min(idle) - time.monotonic(), 0.01) if idle else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def close(self) -> None:
+        self._reaper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reaper
+        for session_id in list(self._sessions):
+            await self.end(session_id, "the executor is stopping")

@@ -1,0 +1,210 @@
+"""Real attacks through the real hub and the real sandbox: each is contained, reported as a tool
+error with a clear reason, and the next call succeeds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from toolscore.v1 import tool_pb2
+
+from services.common import config as config_mod
+from tests.conftest import REPO
+from tests.executor.conftest import Call, running_executor
+
+CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
+
+
+async def assert_next_call_succeeds(call: Call) -> None:
+    start = time.perf_counter()
+    resp, s = await call.code("print('still here')", timeout=10)
+    assert not resp.is_error, resp.error.message
+    assert s["stdout"] == "still here\n"
+    assert time.perf_counter() - start < 10
+
+
+async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
+    connected = asyncio.Event()
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connected.set()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        resp, s = await call.code(
+            f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
+        )
+    assert resp.is_error and resp.error.type == CODE_ERROR
+    assert "ConnectionRefusedError" in s["stderr"] or "unreachable" in s["stderr"]
+    assert not connected.is_set()
+    await assert_next_call_succeeds(call)
+
+
+async def test_code_cannot_read_world_readable_files_outside_the_sandbox(call, root):
+    secret = root / "secret.txt"
+    secret.write_text("the-secret-content")
+    secret.chmod(0o644)
+    probes = [
+        str(secret),
+        str(REPO / "pyproject.toml"),
+        str(REPO / "config" / "toolscore.toml"),
+        str(Path.home() / ".bashrc"),
+        "/etc/passwd",
+    ]
+    code = "\n".join(
+        f"try:\n    print(open({p!r}).read())\nexcept OSError as e:\n    print(type(e).__name__)"
+        for p in probes
+    )
+    resp, s = await call.code(code + "\nimport os\nprint(sorted(os.listdir('/')))")
+    assert not resp.is_error, resp.error.message
+    lines = s["stdout"].splitlines()
+    assert lines[: len(probes)] == ["FileNotFoundError"] * len(probes)
+    assert "the-secret-content" not in resp.SerializeToString().decode("utf-8", "replace")
+    assert "root" not in lines[-1] and "work" in lines[-1]
+    await assert_next_call_succeeds(call)
+
+
+async def test_code_cannot_write_outside_its_scratch_dir(call, root):
+    target = root / "planted.txt"
+    paths = [
+        str(target),
+        "/usr/planted",
+        "/opt/python/planted",
+        "/opt/env/planted",
+        "/etc/planted",
+        "/planted",
+    ]
+    code = "\n".join(
+        f"try:\n    open({p!r}, 'w').write('x')\n    print('WROTE')\nexcept OSError as e:\n"
+        f"    print(type(e).__name__)"
+        for p in paths
+    )
+    resp, s = await call.code(
+        code + "\nopen('/tmp/inside-only', 'w').write('x')\nopen('ok.txt', 'w').write('ok')"
+    )
+    assert not resp.is_error, resp.error.message
+    assert "WROTE" not in s["stdout"]
+    assert len(s["stdout"].splitlines()) == len(paths)
+    assert not await asyncio.to_thread(os.path.exists, target)
+    assert not await asyncio.to_thread(os.path.exists, "/tmp/inside-only")
+    assert [a["name"] for a in s["artifacts"]] == ["ok.txt"]  # scratch writes work and come back
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_fork_bomb_is_contained_by_the_process_limit(call):
+    code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
+    resp, s = await call.code(code, timeout=3)
+    assert resp.is_error and resp.error.type == TIMEOUT
+    assert "process limit (32 processes)" in s["error_reason"]
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_4_gib_allocation_is_killed_by_the_memory_limit(call):
+    resp, s = await call.code("block = bytearray(4 << 30)\nprint('allocated')", timeout=20)
+    assert resp.is_error and resp.error.type == CODE_ERROR
+    assert "memory limit (256 MiB)" in s["error_reason"]
+    assert "allocated" not in s["stdout"]
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_4_gib_allocation_fails_with_memory_error_under_the_address_space_limit(xcfg, hub):
+    cfg = config_mod.replace(xcfg, executor={"address_space_bytes": 1 << 30})
+    async with running_executor(cfg, hub) as call:
+        resp, s = await call.code("block = bytearray(4 << 30)")
+        assert resp.is_error and resp.error.type == CODE_ERROR and "MemoryError" in s["stderr"]
+        await assert_next_call_succeeds(call)
+
+
+async def test_an_endless_loop_is_killed_at_its_timeout(call):
+    start = time.perf_counter()
+    resp, s = await call.code("while True: pass", timeout=1)
+    assert resp.is_error and resp.error.type == TIMEOUT
+    assert s["timed_out"] and "timed out after" in s["error_reason"]
+    assert time.perf_counter() - start < 5
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_gigabyte_of_output_is_cut_off_and_flagged(call):
+    start = time.perf_counter()
+    code = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)"
+    resp, s = await call.code(code, timeout=20)
+    assert s["truncated"] and len(s["stdout"]) == 64 << 10
+    assert resp.is_error and "file size limit" in s["error_reason"]
+    assert time.perf_counter() - start < 15
+    await assert_next_call_succeeds(call)
+
+
+async def test_killing_the_parent_from_inside_the_sandbox_is_refused(call):
+    resp, s = await call.code("import os\nos.kill(os.getppid(), 9)")
+    assert resp.is_error and resp.error.type == CODE_ERROR and "PermissionError" in s["stderr"]
+    await assert_next_call_succeeds(call)
+
+
+async def test_killing_every_process_it_may_signal_reaches_nothing_outside_the_sandbox(call):
+    resp, s = await call.code("import os\nos.kill(-1, 9)")
+    # Its own pid namespace and an unprivileged uid: there is no process it may signal.
+    assert resp.is_error and resp.error.type == CODE_ERROR and "ProcessLookupError" in s["stderr"]
+    await assert_next_call_succeeds(call)
+
+
+async def test_binary_and_broken_unicode_output_never_breaks_the_response(call):
+    code = (
+        "import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\x00 \\xed\\xa0\\x80 end\\n')\n"
+        "sys.stderr.buffer.write(bytes(range(256)))\n'\\ud800'"
+    )
+    resp, s = await call.code(code)
+    assert not resp.is_error, resp.error.message
+    assert s["stdout"].startswith("ok ") and s["stdout"].endswith(" end\n") and "\ufffd" in s["stdout"]
+    assert s["result"] == "'\\ud800'"
+
+
+async def test_a_session_that_never_ends_is_expired_and_frees_its_sandbox(xcfg, hub):
+    cfg = config_mod.replace(xcfg, executor={"session_idle_ttl_s": 0.5})
+    async with running_executor(cfg, hub) as call:
+        spin = (
+            "import threading\nx = 41\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
+        )
+        resp, s = await call.code(spin, session_id="forever")
+        assert not resp.is_error, resp.error.message
+        worker = call.executor.sessions._sessions["forever"].worker  # type: ignore[union-attr]
+        async with asyncio.timeout(10):
+            await call.executor.sessions.wait_ended("forever")  # type: ignore[union-attr]
+        assert not worker.alive and worker.proc.returncode is not None
+        resp, s = await call.code("x + 1", session_id="forever")
+        assert resp.is_error and "NameError" in s["stderr"]  # a fresh interpreter: the old state is gone
+        await assert_next_call_succeeds(call)
+
+
+async def test_a_session_call_that_never_returns_ends_the_session(call):
+    resp, _ = await call.code("x = 1", session_id="stuck")
+    assert not resp.is_error
+    resp, s = await call.code("while True: pass", session_id="stuck", timeout=1)
+    assert resp.is_error and resp.error.type == TIMEOUT and "session ended" in s["error_reason"]
+    resp, s = await call.code("'x' in dir()", session_id="stuck")
+    assert not resp.is_error and s["result"] == "False"
+
+
+async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring(call):
+    from services.executor.seccomp import _lib
+
+    lib = _lib()
+    calls = {
+        name: lib.seccomp_syscall_resolve_name(name.encode())
+        for name in ("unshare", "ptrace", "io_uring_setup")
+    }
+    args = {
+        "unshare": "0x10000000",
+        "ptrace": "0, 0, 0, 0",
+        "io_uring_setup": "1, 0",
+    }  # CLONE_NEWUSER, TRACEME
+    code = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n" + "".join(
+        f"print({name!r}, libc.syscall({nr}, {args[name]}), ctypes.get_errno())\n"
+        for name, nr in calls.items()
+    )
+    resp, s = await call.code(code)
+    assert not resp.is_error, resp.error.message
+    assert s["stdout"].splitlines() == [f"{name} -1 1" for name in calls]  # -1 with EPERM from the filter

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto run test lint bench clean node-example task
+.PHONY: venv proto run test lint bench clean node-example task executor-env check-sandbox
 
 venv: $(STAMP)
 
@@ -27,14 +27,27 @@ $(GEN_STAMP): $(PROTOS) $(STAMP) Makefile
 		--include_source_info --descriptor_set_out=generated/toolscore.binpb $(PROTOS)
 	touch $@
 
-run: proto
+run: proto check-sandbox
 	$(PY) -m services.mesh
+
+# The Python executor isolates every run with bubblewrap; say how to get it rather than fail later.
+check-sandbox:
+	@command -v bwrap >/dev/null || { echo "bubblewrap is missing: the Python executor needs it to sandbox user code."; \
+		echo "  install it:  sudo apt-get install bubblewrap"; \
+		echo "  or run unsandboxed on purpose:  TOOLSCORE_EXECUTOR__MIN_ISOLATION=process make run"; \
+		[ "$$TOOLSCORE_EXECUTOR__MIN_ISOLATION" = process ] || exit 1; }
+
+# The executor's own environment (pandas, matplotlib, allowlisted packages) under data/executor-env,
+# mounted read-only into every sandbox; never the mesh's venv. Idempotent; the executor also
+# creates it in the background on first start.
+executor-env: $(STAMP)
+	$(PY) -m services.executor.envs
 
 # make task TASK="..." : one task through the reasoning runtime against a running mesh (needs OPENAI_BASE_URL).
 task: proto
 	$(PY) -m services.runtime "$(TASK)"
 
-test: proto node-example
+test: proto node-example executor-env
 	$(PY) -m pytest
 
 node-example:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from edge.state import GATEWAY
 from services.common.config import Config
 from services.runtime import trajectory
 from tests.runtime.conftest import PY
@@ -78,23 +79,34 @@ async def test_a_tool_error_goes_back_to_the_llm_which_recovers(start_runtime: A
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 async def test_parallel_tool_calls_run_concurrently_and_each_exactly_once(
-    start_runtime: Any, root: Path, stream: bool
+    start_runtime: Any, hub: Any, edge: Any, start_tool_server: Any, stream: bool
 ) -> None:
-    marks = root / "marks"
-    marks.mkdir()
-    # Each call marks its file, then waits until both have started: only concurrent runs finish in time.
-    code = (
-        "import os, time, pathlib\nd = pathlib.Path({d!r})\n(d / {n!r}).open('a').write('x')\n"
-        "end = time.time() + 10\nwhile len(os.listdir(d)) < 2 and time.time() < end: time.sleep(0.01)\n"
-        "print({n!r}, len(os.listdir(d)))"
+    import asyncio
+
+    from services.toolkit import Action
+    from tests.helpers import grpc_tool
+
+    arrived: list[str] = []
+    both = asyncio.Event()
+
+    async def meet(args: dict[str, Any], ctx: Any) -> str:
+        # Each call waits until both have started: only concurrent runs finish in time.
+        arrived.append(args["name"])
+        if len(arrived) == 2:
+            both.set()
+        await asyncio.wait_for(both.wait(), 10)
+        return f"{args['name']} {len(arrived)}"
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    _, endpoint = await start_tool_server(
+        {"rendezvous": [Action("meet", "Wait for the other call", meet, schema)]}
     )
-    script = [
-        calls(
-            call(PY, {"code": code.format(d=str(marks), n="a")}),
-            call(PY, {"code": code.format(d=str(marks), n="b")}),
-        ),
-        say("both ran"),
-    ]
+    listed = asyncio.Event()
+    edge.app[GATEWAY].listeners.append(lambda ev: ev.tool.tool_id == "rendezvous" and listed.set())
+    await hub.registry.register(grpc_tool("rendezvous", endpoint, actions={"meet": schema}))
+    await asyncio.wait_for(listed.wait(), 5)
+    meet_fn = "rendezvous__meet"
+    script = [calls(call(meet_fn, {"name": "a"}), call(meet_fn, {"name": "b"})), say("both ran")]
     async with FakeLLM(script) as llm:
         host = await start_runtime(llm, stream=stream)
         rec = await host.run("Run two things at once.")
@@ -102,7 +114,7 @@ async def test_parallel_tool_calls_run_concurrently_and_each_exactly_once(
     assert rec["status"] == "completed"
     obs = [c["observation"].strip() for c in rec["steps"][0]["tool_calls"]]
     assert obs == ["a 2", "b 2"]
-    assert {p.name: p.read_text() for p in marks.iterdir()} == {"a": "x", "b": "x"}  # each exactly once
+    assert sorted(arrived) == ["a", "b"]  # each exactly once
     ids = [m["tool_call_id"] for m in llm.tool_messages(1)]
     sent_ids = [
         c["id"]

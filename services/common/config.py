@@ -115,8 +115,20 @@ class ExecutorConfig:
     env_packages: tuple[str, ...] = ("pandas", "matplotlib")
     env_autocreate: bool = True
     install_allowlist: tuple[str, ...] = (
-        "numpy", "pandas", "matplotlib", "scipy", "sympy", "seaborn", "scikit-learn", "statsmodels",
-        "networkx", "pillow", "tabulate", "python-dateutil", "pytz", "openpyxl",
+        "numpy",
+        "pandas",
+        "matplotlib",
+        "scipy",
+        "sympy",
+        "seaborn",
+        "scikit-learn",
+        "statsmodels",
+        "networkx",
+        "pillow",
+        "tabulate",
+        "python-dateutil",
+        "pytz",
+        "openpyxl",
     )
     pip_index_url: str = ""
     pip_find_links: str = ""

@@ -25,6 +25,8 @@ from services.common.errors import InvalidRequest, NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 
 log = logging.getLogger(__name__)
+# One encoder for every result: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 SERVICE = "toolscore.v1.ToolExecutorService"
 
 
@@ -86,10 +88,10 @@ def to_response(value: Any) -> ex.ExecuteResponse:
     if isinstance(value, str):
         return text_result(value)
     if isinstance(value, dict):
-        return text_result(json.dumps(value, ensure_ascii=False, default=str), value)
+        return text_result(_JSON.encode(value), value)
     resp = ex.ExecuteResponse()
     resp.content.add().json.value.CopyFrom(_value(value))
-    resp.content.add().text.text = json.dumps(value, ensure_ascii=False, default=str)
+    resp.content.add().text.text = _JSON.encode(value)
     return resp
 
 

@@ -47,11 +47,15 @@ def _percentile(sorted_ns: list[int], q: float) -> float:
 async def _drive(call: Call, calls: int, concurrency: int, latencies: list[int] | None) -> float:
     remaining = calls
     clock = time.perf_counter_ns
+    # A call may carry an untimed step to run before each timed call (e.g. wait for a warm pool).
+    before = getattr(call, "before", None)
 
     async def worker() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
+            if before is not None:
+                await before()
             t0 = clock()
             await call()
             if latencies is not None:

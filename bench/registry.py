@@ -59,7 +59,7 @@ class Target:
 
     def describe(self) -> str:
         op = ">=" if self.at_least else "<="
-        return f"{self.scenario} {self.metric} @c={self.concurrency} {op} {self.limit}x {self.baseline}"
+        return f"{self.scenario} {self.metric} @c={self.concurrency} {op} {self.limit:.3g}x {self.baseline}"
 
 
 SCENARIOS: dict[str, Scenario] = {}

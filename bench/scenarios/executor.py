@@ -1,0 +1,163 @@
+"""Section executor (issue 5): the sandboxed Python executor against process-start baselines.
+
+spawn         a bare `python -I -S -c pass` (the real interpreter, never a shim)
+sandbox-cold  one cold sandboxed run of print(1): bwrap + cgroups + seccomp + interpreter, from nothing
+exec-warm     python_execute of print(1) through the hub over UDS to the executor process, each call
+              timed only once the warm pool is full again (untimed wait before it)
+exec-busy     the same, back to back at concurrency 8: sustained, bounded by how fast sandboxes refill
+
+Targets: exec-warm p50 <= 2x G; exec-warm p50 at least 15x faster than sandbox-cold (<= 1/15 of it);
+exec-busy throughput at concurrency 8 >= 0.5x the bare spawn rate (each call still gets a fresh
+interpreter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bench.env import Env
+from bench.registry import Call, scenario, target
+from bench.scenarios.core import start_hub
+
+target("exec-warm", "p50_ms", 1, "G", 2.0)
+target("exec-warm", "p50_ms", 1, "sandbox-cold", 1 / 15)
+target("exec-busy", "throughput", 8, "spawn", 0.5, at_least=True)
+
+TOOL = "python-executor-mcp-server"
+
+
+@scenario(
+    "spawn",
+    "bare `python -I -S -c pass` process start (baseline)",
+    "executor",
+    concurrency=(1, 8),
+    calls=200,
+    warmup=10,
+)
+async def spawn(env: Env) -> Call:
+    from services.executor.sandbox import real_python
+
+    python = str(real_python()[1])
+
+    async def call() -> None:
+        proc = await asyncio.create_subprocess_exec(python, "-I", "-S", "-c", "pass")
+        await proc.wait()
+
+    return call
+
+
+@scenario(
+    "sandbox-cold",
+    "one cold sandboxed run of print(1), from nothing",
+    "executor",
+    concurrency=(1,),
+    calls=60,
+    warmup=5,
+)
+async def sandbox_cold(env: Env) -> Call:
+    from services.common.config import ExecutorConfig
+    from services.executor import cgroups
+    from services.executor.sandbox import Sandbox, probe
+
+    cfg = ExecutorConfig()
+    caps = await probe(cfg, Path("/nonexistent"))
+    groups = cgroups.Cgroups(caps.cgroups, cfg.pids_limit, cfg.memory_limit_bytes) if caps.cgroups else None
+    if groups is not None:
+        env.stack.push_async_callback(groups.close)
+    sandbox = Sandbox(cfg, Path("/nonexistent"), {}, caps, groups)
+
+    async def call() -> None:
+        worker = await sandbox.spawn()
+        try:
+            await worker.run([("code", b"print(1)")])
+        finally:
+            await worker.close()
+
+    return call
+
+
+async def _start_executor(env: Env) -> dict[str, Any]:
+    from tests.conftest import wait_registered
+
+    hub: dict[str, str] = await env.shared("hub", start_hub)
+    await env.spawn(
+        "executor",
+        ["-m", "services.executor"],
+        env={
+            "TOOLSCORE_PATHS__ROOT": str(env.tmp / "hub"),  # the bench hub's root: its socket is found there
+            "TOOLSCORE_LOG__LEVEL": "WARNING",
+        },
+    )
+    await wait_registered(hub["uds"], TOOL, timeout=60)
+    return hub
+
+
+def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
+    from toolscore.v1 import toolscore_pb2 as ts
+    from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
+
+    from services.common.jsonvalue import dict_to_struct
+
+    stub = ts_grpc.ToolScoreServiceStub(env.channel(hub["uds"]))
+
+    def request(action: str, args: dict[str, Any]) -> Any:
+        return ts.ExecuteToolRequest(tool_id=TOOL, action=action, arguments=dict_to_struct(args))
+
+    return stub, request("python_execute", {"code": "print(1)"}), request("python_status", {})
+
+
+@scenario(
+    "exec-warm",
+    "python_execute print(1) -> hub -> executor, warm pool, UDS",
+    "executor",
+    baseline="sandbox-cold",
+    concurrency=(1,),
+    calls=150,
+    warmup=10,
+)
+async def exec_warm(env: Env) -> Call:
+    from services.common.jsonvalue import struct_to_dict
+
+    hub = await env.shared("executor", _start_executor)
+    env.use("hub", "executor")
+    stub, run, status = _python_execute(env, hub)
+
+    async def full_pool() -> None:
+        async with asyncio.timeout(30):
+            while True:
+                pool = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)["pool"]
+                if pool["ready"] >= pool["size"]:
+                    return
+                await asyncio.sleep(0.005)
+
+    async def call() -> None:
+        resp = await stub.ExecuteTool(run, timeout=30)
+        if resp.is_error:
+            raise RuntimeError(f"python_execute failed: {resp.error.message}")
+
+    call.before = full_pool  # type: ignore[attr-defined]
+    return call
+
+
+@scenario(
+    "exec-busy",
+    "python_execute print(1) back to back -> hub -> executor, UDS",
+    "executor",
+    baseline="spawn",
+    concurrency=(8,),
+    calls=300,
+    warmup=30,
+)
+async def exec_busy(env: Env) -> Call:
+    hub = await env.shared("executor", _start_executor)
+    env.use("hub", "executor")
+    stub, run, _ = _python_execute(env, hub)
+
+    async def call() -> None:
+        resp = await stub.ExecuteTool(run, timeout=30)
+        if resp.is_error:
+            raise RuntimeError(f"python_execute failed: {resp.error.message}")
+
+    return call

@@ -208,7 +208,9 @@ async def test_a_tool_removed_mid_task_is_no_longer_offered(start_runtime: Any, 
         rec = await host.run("Anything.")
 
     assert "builtin__echo" in llm.tool_names(0) and "builtin__echo" not in llm.tool_names(1)
-    assert rec["steps"][1]["events"][0]["type"] == "tool_uninstalled"
+    # Other events (e.g. a health change) may come first; the removal must be among them.
+    seen = [(e["type"], e.get("tool_id")) for e in rec["steps"][1]["events"]]
+    assert ("tool_uninstalled", "builtin") in seen
 
 
 async def test_the_step_budget_ends_the_task_with_a_partial_answer(start_runtime: Any) -> None:

@@ -20,7 +20,7 @@ from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
 from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
-from edge.gateway import GatewayOptions, HubGateway, default_hub_target
+from edge.gateway import GatewayOptions, HubGateway
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.relay import RelayServer
@@ -39,9 +39,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def gateway_options(cfg: Config) -> GatewayOptions:
-    hub_target = cfg.edge.hub or default_hub_target(
-        str(cfg.path(cfg.hub.uds)) if cfg.hub.uds else "", cfg.hub.tcp, cfg.mesh.mode
-    )
+    hub_target = cfg.edge.hub or cfg.hub_target(tcp=cfg.mesh.mode == "tcp")
     if cfg.edge.data_path not in ("direct", "hub"):
         raise MeshError(
             f"edge.data_path must be 'direct' or 'hub', not {cfg.edge.data_path!r}", reason="INVALID_CONFIG"

@@ -27,7 +27,6 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
-from services.common import endpoints
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
@@ -380,8 +379,4 @@ class HubGateway:
             raise
 
 
-def default_hub_target(uds_path: str, tcp: str, mode: str) -> str:
-    return tcp if mode == "tcp" or not uds_path else f"unix://{uds_path}"
-
-
-__all__ = ["GatewayOptions", "HubGateway", "default_hub_target", "endpoints"]
+__all__ = ["GatewayOptions", "HubGateway"]

@@ -292,6 +292,10 @@ class Config:
         """Resolve a configured path against the root."""
         return self.paths.resolve(p)
 
+    def hub_target(self, tcp: bool = False) -> str:
+        """How a local process reaches the hub: its Unix socket, or TCP when asked or when it has none."""
+        return self.hub.tcp if tcp or not self.hub.uds else f"unix://{self.path(self.hub.uds)}"
+
 
 def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read the TOML file (if any) and apply `TOOLSCORE_<SECTION>__<KEY>` overrides."""

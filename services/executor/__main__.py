@@ -8,7 +8,7 @@ import logging
 
 from services.common import config as config_mod
 from services.common.runtime import run, setup_logging
-from services.executor.app import ExecutorProcess, hub_target, listen_address
+from services.executor.app import ExecutorProcess, listen_address
 
 log = logging.getLogger("services.executor")
 
@@ -22,7 +22,7 @@ def main() -> None:
     setup_logging(cfg.log.level, "executor")
 
     async def serve(stop: asyncio.Event) -> None:
-        async with ExecutorProcess(cfg, listen_address(cfg, args.tcp), hub_target(cfg, args.tcp)):
+        async with ExecutorProcess(cfg, listen_address(cfg, args.tcp), cfg.hub_target(args.tcp)):
             await stop.wait()
             log.info("stopping")
 

@@ -72,8 +72,4 @@ def listen_address(cfg: Config, tcp: bool) -> str:
     return cfg.executor.tcp if tcp else f"unix://{cfg.path(cfg.executor.uds)}"
 
 
-def hub_target(cfg: Config, tcp: bool) -> str:
-    return cfg.hub.tcp if tcp or not cfg.hub.uds else f"unix://{cfg.path(cfg.hub.uds)}"
-
-
-__all__: Sequence[str] = ["ExecutorProcess", "hub_target", "listen_address"]
+__all__: Sequence[str] = ["ExecutorProcess", "listen_address"]

@@ -36,14 +36,14 @@ def child_specs(cfg: Config, config_path: str | None) -> list[ChildSpec]:
 
 async def run_single(cfg: Config, stop: asyncio.Event) -> None:
     """Hub and executor in this process: one TaskGroup, each still on its own socket."""
-    from services.executor.app import ExecutorProcess, hub_target, listen_address
+    from services.executor.app import ExecutorProcess, listen_address
     from services.hub.app import Hub
 
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(Hub(cfg))
         if not cfg.executor.use_inprocess_python_executor:
             await stack.enter_async_context(
-                ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False))
+                ExecutorProcess(cfg, listen_address(cfg, False), cfg.hub_target())
             )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(stop.wait())

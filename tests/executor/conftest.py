@@ -16,7 +16,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.executor.app import ExecutorProcess, hub_target, listen_address
+from services.executor.app import ExecutorProcess, listen_address
 from services.executor.service import Executor
 from services.hub.app import Hub
 
@@ -70,7 +70,7 @@ def xcfg(cfg: Config) -> Config:
 @contextlib.asynccontextmanager
 async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
     """The executor server on its own socket, registered with `hub`; calls go through the hub."""
-    async with ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False)) as ep:
+    async with ExecutorProcess(cfg, listen_address(cfg, False), cfg.hub_target()) as ep:
         async with asyncio.timeout(10):
             await ep.registered.wait()
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:

@@ -16,7 +16,7 @@ from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.executor.app import ExecutorProcess, hub_target, listen_address
+from services.executor.app import ExecutorProcess, listen_address
 from services.hub.app import Hub
 from tests.conftest import stop_process, wait_registered
 
@@ -130,7 +130,7 @@ async def test_every_mode_runs_python_execute(mesh_factory, env):
 
 async def test_the_executor_registers_again_when_the_hub_comes_back_empty(cfg):
     async with Hub(cfg) as hub:
-        executor = ExecutorProcess(cfg, listen_address(cfg, False), hub_target(cfg, False))
+        executor = ExecutorProcess(cfg, listen_address(cfg, False), cfg.hub_target())
         async with executor:
             async with asyncio.timeout(10):
                 await executor.registered.wait()

@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common.endpoints import Endpoint
 from services.library.registry import Registry
 from services.router.channels import ChannelPool
 
@@ -21,11 +22,8 @@ log = logging.getLogger(__name__)
 HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
 
 
-async def probe(pool: ChannelPool, registry: Registry, endpoint_key: str, timeout: float) -> int:
-    entry = next((e for e in registry.entries() if e.tool.endpoint == endpoint_key), None)
-    if entry is None:
-        return UNHEALTHY
-    stub = health_pb2_grpc.HealthStub(pool.get(entry.endpoint).channel)
+async def probe(pool: ChannelPool, endpoint: Endpoint, timeout: float) -> int:
+    stub = health_pb2_grpc.HealthStub(pool.get(endpoint).channel)
     try:
         resp = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
         return HEALTHY if resp.status == health_pb2.HealthCheckResponse.SERVING else UNHEALTHY
@@ -35,17 +33,16 @@ async def probe(pool: ChannelPool, registry: Registry, endpoint_key: str, timeou
 
 async def check_all(pool: ChannelPool, registry: Registry, timeout: float) -> None:
     """One round: every distinct endpoint probed concurrently, results recorded per tool."""
-    by_endpoint: dict[str, list[str]] = {}
+    by_endpoint: dict[str, tuple[Endpoint, list[str]]] = {}
     for e in registry.entries():
         if e.endpoint.is_grpc:
-            by_endpoint.setdefault(e.tool.endpoint, []).append(e.tool.tool_id)
+            by_endpoint.setdefault(e.tool.endpoint, (e.endpoint, []))[1].append(e.tool.tool_id)
         elif e.tool.kind == tool_pb2.TOOL_KIND_FUNCTION:
             await registry.set_health(e.tool.tool_id, HEALTHY)
-    endpoints = list(by_endpoint)
-    results = await asyncio.gather(*(probe(pool, registry, ep, timeout) for ep in endpoints))
-    for ep, status in zip(endpoints, results, strict=True):
-        for tool_id in by_endpoint[ep]:
-            await registry.set_health(tool_id, status, endpoint=ep)
+    results = await asyncio.gather(*(probe(pool, ep, timeout) for ep, _ in by_endpoint.values()))
+    for (key, (_, tool_ids)), status in zip(by_endpoint.items(), results, strict=True):
+        for tool_id in tool_ids:
+            await registry.set_health(tool_id, status, endpoint=key)
 
 
 async def run(

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 DOMAIN = "toolscore.dev"
@@ -215,7 +215,6 @@ __all__ = [
     "ResourceExhausted",
     "Unauthenticated",
     "Unavailable",
-    "code_pb2",
     "error_info",
     "from_rpc_error",
     "trailing_metadata",

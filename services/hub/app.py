@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
-from toolscore.v1 import tool_library_pb2_grpc, tool_pb2
+from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 
 from services.common.config import Config
 from services.common.grpc_server import MeshServer, ServiceBinding
@@ -146,7 +146,11 @@ class Hub:
         await server.start()  # probe the sandbox and warm the pool now, not on the first call
 
         async def handle(entry, request, timeout, on_progress, arguments):  # type: ignore[no-untyped-def]
-            progress = (lambda p, t, m: on_progress(_progress(p, t, m))) if on_progress else None
+            progress = (
+                (lambda p, t, m: on_progress(executor_pb2.Progress(progress=p, total=t, message=m)))
+                if on_progress
+                else None
+            )
             return await server.call(request, progress)
 
         self.router.inproc[INPROC_NAME] = handle
@@ -167,9 +171,3 @@ class Hub:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-
-
-def _progress(p: float, total: float, message: str):  # type: ignore[no-untyped-def]
-    from toolscore.v1 import executor_pb2
-
-    return executor_pb2.Progress(progress=p, total=total, message=message)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import json
 import types
 import typing
 from collections.abc import Callable
@@ -185,4 +184,4 @@ class FunctionTool:
             return error_response(tool_pb2.ERROR_TYPE_TOOL_ERROR, f"{type(exc).__name__}: {exc}")
 
 
-__all__ = ["FunctionTool", "input_schema", "json", "load_callable"]
+__all__ = ["FunctionTool", "input_schema", "load_callable"]

@@ -22,7 +22,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.contract import BATCHING_KEY
 from services.common.errors import InvalidRequest, NotFound
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.common.jsonvalue import dict_to_struct, py_to_value, struct_to_dict
 
 log = logging.getLogger(__name__)
 # One encoder for every result: json.dumps with options builds a new one per call.
@@ -90,15 +90,9 @@ def to_response(value: Any) -> ex.ExecuteResponse:
     if isinstance(value, dict):
         return text_result(_JSON.encode(value), value)
     resp = ex.ExecuteResponse()
-    resp.content.add().json.value.CopyFrom(_value(value))
+    resp.content.add().json.value.CopyFrom(py_to_value(value))
     resp.content.add().text.text = _JSON.encode(value)
     return resp
-
-
-def _value(x: Any):  # type: ignore[no-untyped-def]
-    from services.common.jsonvalue import py_to_value
-
-    return py_to_value(x)
 
 
 class ToolServer(ex_grpc.ToolExecutorServiceServicer):

@@ -18,6 +18,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
+from services.common.legacy import params_schema
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -54,22 +55,6 @@ _EVENT_STATUS = {
     tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "ready",
     tool_pb2.TOOL_EVENT_TYPE_UPDATED: "ready",
     tool_pb2.TOOL_EVENT_TYPE_REMOVED: "removed",
-}
-# Legacy parameter type spellings -> JSON Schema types.
-_PARAM_TYPES = {
-    "str": "string",
-    "string": "string",
-    "int": "integer",
-    "integer": "integer",
-    "float": "number",
-    "number": "number",
-    "bool": "boolean",
-    "boolean": "boolean",
-    "dict": "object",
-    "object": "object",
-    "list": "array",
-    "array": "array",
-    "null": "null",
 }
 
 
@@ -296,23 +281,7 @@ def params_to_schema(params: Any, where: str) -> dict[str, Any]:
     """The original `{param: {type, description, required}}` as a JSON Schema object."""
     if not isinstance(params, dict):
         raise InvalidRequest(f"{where} must be an object", reason="INVALID_FIELD")
-    props: dict[str, Any] = {}
-    required = []
-    for name, p in params.items():
-        p = p if isinstance(p, dict) else {"type": p}
-        prop: dict[str, Any] = {}
-        t = _PARAM_TYPES.get(str(p.get("type", "")).lower())
-        if t:
-            prop["type"] = t
-        if isinstance(p.get("description"), str):
-            prop["description"] = p["description"]
-        props[name] = prop
-        if p.get("required"):
-            required.append(name)
-    schema: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = required
-    return schema
+    return params_schema(params)
 
 
 def capability_from_json(raw: Any, where: str) -> tool_pb2.Capability:

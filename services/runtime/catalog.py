@@ -15,25 +15,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.common.legacy import params_schema
+
 _INVALID = re.compile(r"[^a-zA-Z0-9_-]")
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MAX_DESCRIPTION = 1024
 # Reserved for the runtime's own meta-tool (gap handling).
 META_NAMES = frozenset({"request_capability"})
-_LEGACY_TYPES = {
-    "str": "string",
-    "string": "string",
-    "int": "integer",
-    "integer": "integer",
-    "float": "number",
-    "number": "number",
-    "bool": "boolean",
-    "boolean": "boolean",
-    "dict": "object",
-    "object": "object",
-    "list": "array",
-    "array": "array",
-}
 
 
 @dataclass(frozen=True)
@@ -73,22 +61,7 @@ def function_name(tool_id: str, action: str, hashed: bool = False) -> str:
 
 
 def _schema_from_legacy(params: Any) -> dict[str, Any]:
-    props: dict[str, Any] = {}
-    required = []
-    for pname, p in (params or {}).items() if isinstance(params, dict) else ():
-        p = p if isinstance(p, dict) else {}
-        prop: dict[str, Any] = {}
-        if (t := _LEGACY_TYPES.get(str(p.get("type", "")).lower())) is not None:
-            prop["type"] = t
-        if isinstance(p.get("description"), str):
-            prop["description"] = p["description"]
-        props[str(pname)] = prop
-        if p.get("required"):
-            required.append(str(pname))
-    schema: dict[str, Any] = {"type": "object", "properties": props}
-    if required:
-        schema["required"] = required
-    return schema
+    return params_schema(params if isinstance(params, dict) else {})
 
 
 def tool_from_json(raw: dict[str, Any]) -> ToolInfo:

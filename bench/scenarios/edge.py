@@ -72,7 +72,7 @@ async def start_edge(env: Env) -> str:
 
 async def _start_a(env: Env) -> str:
     port = free_port()
-    await env.spawn("a-server", ["-m", "edge.bench_probe", "serve-aiohttp", str(port)])
+    await env.spawn("a-server", ["-m", "bench.servers.aiohttp_echo", str(port)])
     await _wait_http(f"http://127.0.0.1:{port}/")
     return f"http://127.0.0.1:{port}/echo"
 

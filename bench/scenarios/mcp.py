@@ -25,6 +25,30 @@ target("mcp-http", "p50_ms", 1, "rest", 1.2)
 target("mcp-ws", "p50_ms", 1, "rest", 1.2)
 
 
+class _WsPeer:
+    """One multiplexed MCP WebSocket connection: answers matched to calls by JSON-RPC id."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.ids = itertools.count(1)
+
+    async def reader(self) -> None:
+        async for raw in self.ws:
+            msg = json.loads(raw)
+            fut = self.waiting.pop(msg.get("id"), None)
+            if fut is not None:
+                fut.set_result(msg)
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        rid = next(self.ids)
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting[rid] = fut
+        await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
+        async with asyncio.timeout(10):
+            return await fut
+
+
 def _check(msg: dict[str, Any]) -> None:
     result = msg.get("result") or {}
     if result.get("isError") or result.get("structuredContent") != ARGUMENTS:
@@ -70,8 +94,6 @@ async def mcp_http(env: Env) -> Call:
 @scenario("mcp-ws", "MCP WebSocket /ws/mcp -> edge -> Python tool server, UDS", "edge", baseline="rest")
 async def mcp_ws(env: Env) -> Call:
     import websockets
-
-    from edge.mcp.bench_probe import _WsPeer
 
     url = (await env.shared("edge", start_edge)).replace("http", "ws", 1) + "/ws/mcp"
     await env.shared("echo-tools", start_echo_tools)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -230,10 +229,5 @@ async def wait_registered(hub_target: str, tool_id: str, timeout: float = 20.0) 
                 watch.cancel()  # else the server holds the stream until its shutdown grace runs out
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-with contextlib.suppress(Exception):
-    os.environ.pop("TOOLSCORE_CONFIG", None)
+# A developer's own config file must not leak into the processes tests start.
+os.environ.pop("TOOLSCORE_CONFIG", None)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from toolscore.v1 import discovery_pb2 as pb
 
-from services.library.search import tokens
+from services.library.search import bm25, tokens
 
 # A hit in a name or a tool name says more than one in a long description.
 _WEIGHTS = {
@@ -20,7 +19,6 @@ _WEIGHTS = {
     "description": 1.0,
     "tool_description": 1.0,
 }
-_K1, _B = 1.2, 0.75
 
 
 @dataclass(frozen=True)
@@ -58,30 +56,5 @@ def rank(
     q = list(
         dict.fromkeys(tokens(query) if isinstance(query, str) else [t for x in query for t in tokens(x)])
     )
-    if not q or not servers:
-        return [], 0
-    docs = []
-    for s in servers:
-        weighted: dict[str, float] = {}
-        where: dict[str, set[str]] = {}
-        for field, text in fields(s):
-            for t in tokens(text):
-                weighted[t] = weighted.get(t, 0.0) + _WEIGHTS[field]
-                where.setdefault(t, set()).add(field)
-        docs.append((s, weighted, where, sum(weighted.values())))
-    n = len(docs)
-    avg_len = sum(d[3] for d in docs) / n or 1.0
-    df = {t: sum(1 for d in docs if t in d[1]) for t in q}
-    out = []
-    for s, weighted, where, length in docs:
-        score, why = 0.0, []
-        for t in q:
-            tf = weighted.get(t, 0.0)
-            if tf:
-                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-                score += idf * tf * (_K1 + 1) / (tf + _K1 * (1 - _B + _B * length / avg_len))
-                why.append(f"{t} ({', '.join(sorted(where[t]))})")
-        if score > 0:
-            out.append(Ranked(s, round(score, 4), why))
-    out.sort(key=lambda r: (-r.score, r.server.name))
-    return out[:limit], len(out)
+    scored = bm25(q, servers, fields, _WEIGHTS, key=lambda s: s.name)
+    return [Ranked(m.item, m.score, m.matched) for m in scored[:limit]], len(scored)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from toolscore.v1 import tool_pb2
 
+T = TypeVar("T")
 _WORD = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
     "a an and the of to for in on with by is are be it this that from or as at use using".split()
@@ -47,30 +49,40 @@ def _fields(tool: tool_pb2.Tool) -> Iterable[tuple[str, str]]:
         yield "action_description", cap.description
 
 
-def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Match]:
-    """BM25-scored matches, best first; tools that match no query term are left out."""
-    q = list(dict.fromkeys(tokens(query)))
-    if not q:
-        return []
+@dataclass(frozen=True)
+class Scored(Generic[T]):
+    item: T
+    score: float
+    matched: list[str]  # `term (fields)` for every query term found
+
+
+def bm25(
+    terms: Sequence[str],
+    items: Iterable[T],
+    fields: Callable[[T], Iterable[tuple[str, str]]],
+    weights: Mapping[str, float],
+    key: Callable[[T], str],
+) -> list[Scored[T]]:
+    """BM25 over weighted fields: every item matching at least one term, best first (ties by `key`)."""
     docs = []
-    for tool in tools:
+    for item in items:
         weighted: dict[str, float] = {}
         where: dict[str, set[str]] = {}
-        for field, text in _fields(tool):
+        for field, text in fields(item):
             for t in tokens(text):
-                weighted[t] = weighted.get(t, 0.0) + _WEIGHTS[field]
+                weighted[t] = weighted.get(t, 0.0) + weights[field]
                 where.setdefault(t, set()).add(field)
-        docs.append((tool, weighted, where, sum(weighted.values())))
-    if not docs:
+        docs.append((item, weighted, where, sum(weighted.values())))
+    if not terms or not docs:
         return []
     n = len(docs)
     avg_len = sum(d[3] for d in docs) / n or 1.0
-    df = {t: sum(1 for d in docs if t in d[1]) for t in q}
+    df = {t: sum(1 for d in docs if t in d[1]) for t in terms}
     k1, b = 1.2, 0.75
-    matches = []
-    for tool, weighted, where, length in docs:
+    scored = []
+    for item, weighted, where, length in docs:
         score, matched = 0.0, []
-        for t in q:
+        for t in terms:
             tf = weighted.get(t, 0.0)
             if not tf:
                 continue
@@ -78,6 +90,13 @@ def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Ma
             score += idf * tf * (k1 + 1) / (tf + k1 * (1 - b + b * length / avg_len))
             matched.append(f"{t} ({', '.join(sorted(where[t]))})")
         if score > 0:
-            matches.append(Match(tool, round(score, 4), matched))
-    matches.sort(key=lambda m: (-m.score, m.tool.tool_id))
-    return matches[:limit]
+            scored.append(Scored(item, round(score, 4), matched))
+    scored.sort(key=lambda m: (-m.score, key(m.item)))
+    return scored
+
+
+def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Match]:
+    """BM25-scored matches, best first; tools that match no query term are left out."""
+    terms = list(dict.fromkeys(tokens(query)))
+    scored = bm25(terms, tools, _fields, _WEIGHTS, key=lambda t: t.tool_id)
+    return [Match(m.item, m.score, m.matched) for m in scored[:limit]]

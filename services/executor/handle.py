@@ -54,6 +54,7 @@ class Worker:
         self.calls = 0
         self._closed = False
         self._killed = False
+        self._output_dirty = True  # start-up may have written to the memfds
         os.set_blocking(ctl_w, False)
 
     @property
@@ -61,8 +62,11 @@ class Worker:
         return not self._closed and not self._killed and self.proc.returncode is None
 
     def reset_output(self) -> None:
-        os.ftruncate(self.out_fd, 0)
-        os.ftruncate(self.err_fd, 0)
+        """Empty the output memfds (a no-op when no call or start-up wrote to them since)."""
+        if self._output_dirty:
+            os.ftruncate(self.out_fd, 0)
+            os.ftruncate(self.err_fd, 0)
+            self._output_dirty = False
 
     def output(self, cap: int) -> tuple[bytes, bytes, bool]:
         """stdout and stderr of the current call, each capped; True when either was cut."""
@@ -75,6 +79,7 @@ class Worker:
     async def run(self, fields: Sequence[tuple[str, bytes]]) -> Reply:
         """Send one request and wait for its reply (the caller owns the deadline)."""
         self.calls += 1
+        self._output_dirty = True
         await _write_all(self._ctl_w, encode(fields))
         try:
             raw = await self.reader.next()

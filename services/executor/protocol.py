@@ -60,7 +60,7 @@ class FrameReader:
 
     def _on_readable(self) -> None:
         try:
-            chunk = os.read(self.fd, 1 << 20)
+            chunk = os.read(self.fd, 1 << 16)
         except BlockingIOError:
             return
         except OSError as exc:

@@ -264,6 +264,7 @@ class Sandbox:
                 ready = dict(await worker.reader.next())
             if "ready" not in ready:
                 raise SpawnError("the sandbox did not say it was ready")
+            worker.reset_output()  # now, off the call's path
             worker.spawn_ms = (time.perf_counter() - started) * 1000
             return worker
         except BaseException as exc:

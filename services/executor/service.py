@@ -200,14 +200,17 @@ class Executor(ToolServer):
         if len(code.encode("utf-8", errors="surrogatepass")) > self.xc.max_code_bytes:
             raise InvalidRequest(f"code is longer than {self.xc.max_code_bytes} bytes")
         queued = time.monotonic()
-        try:
-            async with asyncio.timeout(self.xc.queue_timeout_s):
-                await self._slots.acquire()
-        except TimeoutError:
-            return _busy(
-                f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
-                f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)"
-            )
+        if self._slots.locked():  # only a caller that has to queue pays for a deadline timer
+            try:
+                async with asyncio.timeout(self.xc.queue_timeout_s):
+                    await self._slots.acquire()
+            except TimeoutError:
+                return _busy(
+                    f"the executor is at its limit of {self.xc.max_concurrent_calls} concurrent calls and "
+                    f"none finished within {self.xc.queue_timeout_s:.3g}s (executor.queue_timeout_s)"
+                )
+        else:
+            await self._slots.acquire()  # free: returns at once
         self.running += 1
         self.call_started.set()
         try:

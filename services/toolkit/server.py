@@ -74,7 +74,8 @@ def text_result(
     resp = ex.ExecuteResponse(is_error=is_error)
     resp.content.add().text.text = text
     if structured is not None:
-        resp.structured.CopyFrom(dict_to_struct(structured))
+        resp.structured.SetInParent()
+        resp.structured.update(structured)
     if is_error:
         resp.error.type = error_type  # type: ignore[assignment]
         resp.error.message = text
@@ -124,7 +125,7 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             raise InvalidRequest(
                 f"tool {request.tool_id!r} has no action {request.action!r}", reason="UNKNOWN_ACTION"
             )
-        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
+        timeout = request.timeout.seconds + request.timeout.nanos / 1e9
         ctx = CallContext(request.tool_id, request.action, timeout, request.session_id, request.request_id)
         if progress is not None:
             ctx.progress = progress

@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from google.protobuf import duration_pb2
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
@@ -138,7 +139,7 @@ class Router:
         """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
         entry, arguments = self._check(request)
         timeout = self.timeout_for(request, deadline_s)
-        request.timeout.FromNanoseconds(int(timeout * 1e9))
+        set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
         try:
@@ -151,7 +152,7 @@ class Router:
         finally:
             elapsed = time.perf_counter() - start
             self._record(entry, ok, elapsed)
-        response.duration.FromNanoseconds(int(elapsed * 1e9))
+        set_duration(response.duration, elapsed)
         return response
 
     async def _dispatch(
@@ -182,3 +183,8 @@ class Router:
                 metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
             )
         return await handler(entry, request, timeout, on_progress)
+
+
+def set_duration(d: duration_pb2.Duration, seconds: float) -> None:
+    """`d = seconds` (non-negative), without the well-known-type helpers' Python-level normalising."""
+    d.seconds, d.nanos = divmod(int(seconds * 1e9), 1_000_000_000)

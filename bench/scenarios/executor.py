@@ -4,6 +4,8 @@ spawn         a bare `python -I -S -c pass` (the real interpreter, never a shim)
 sandbox-cold  one cold sandboxed run of print(1): bwrap + cgroups + seccomp + interpreter, from nothing
 exec-warm     python_execute of print(1) through the hub over UDS to the executor process, each call
               timed only once the warm pool is full again (untimed wait before it)
+exec-warm-inproc  the same with `executor.use_inprocess_python_executor = true`: the hub calls the
+              executor in its own process (one gRPC hop; user code still runs in the sandbox)
 exec-busy     the same, back to back at concurrency 8: sustained, bounded by how fast sandboxes refill
 
 Targets: exec-warm p50 <= 2x G; exec-warm p50 at least 15x faster than sandbox-cold (<= 1/15 of it);
@@ -17,12 +19,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from bench.env import Env
+from bench.env import Env, free_port
 from bench.registry import Call, scenario, target
 from bench.scenarios.core import start_hub
 
 target("exec-warm", "p50_ms", 1, "G", 2.0)
 target("exec-warm", "p50_ms", 1, "sandbox-cold", 1 / 15)
+target("exec-warm-inproc", "p50_ms", 1, "G", 2.0)
+target("exec-warm-inproc", "p50_ms", 1, "sandbox-cold", 1 / 15)
 target("exec-busy", "throughput", 8, "spawn", 0.5, at_least=True)
 
 TOOL = "python-executor-mcp-server"
@@ -94,6 +98,27 @@ async def _start_executor(env: Env) -> dict[str, Any]:
     return hub
 
 
+async def _start_inproc_hub(env: Env) -> dict[str, Any]:
+    """A second hub that runs the executor in its own process (no executor process, no second hop)."""
+    from tests.conftest import wait_registered
+
+    root = env.tmp / "hub-inproc-executor"
+    await env.spawn(
+        "hub-inproc-executor",
+        ["-m", "services.hub"],
+        env={
+            "TOOLSCORE_PATHS__ROOT": str(root),
+            "TOOLSCORE_HUB__TCP": f"127.0.0.1:{free_port()}",
+            "TOOLSCORE_HUB__UVLOOP": "true",
+            "TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "true",
+            "TOOLSCORE_LOG__LEVEL": "WARNING",
+        },
+    )
+    uds = f"unix://{root}/run/toolscore.sock"
+    await wait_registered(uds, TOOL, timeout=60)
+    return {"uds": uds}
+
+
 def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
     from toolscore.v1 import toolscore_pb2 as ts
     from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
@@ -108,20 +133,9 @@ def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
     return stub, request("python_execute", {"code": "print(1)"}), request("python_status", {})
 
 
-@scenario(
-    "exec-warm",
-    "python_execute print(1) -> hub -> executor, warm pool, UDS",
-    "executor",
-    baseline="sandbox-cold",
-    concurrency=(1,),
-    calls=150,
-    warmup=10,
-)
-async def exec_warm(env: Env) -> Call:
+def _warm_call(env: Env, hub: dict[str, str]) -> Call:
     from services.common.jsonvalue import struct_to_dict
 
-    hub = await env.shared("executor", _start_executor)
-    env.use("hub", "executor")
     stub, run, status = _python_execute(env, hub)
 
     async def full_pool() -> None:
@@ -139,6 +153,36 @@ async def exec_warm(env: Env) -> Call:
 
     call.before = full_pool  # type: ignore[attr-defined]
     return call
+
+
+@scenario(
+    "exec-warm",
+    "python_execute print(1) -> hub -> executor, warm pool, UDS",
+    "executor",
+    baseline="sandbox-cold",
+    concurrency=(1,),
+    calls=150,
+    warmup=10,
+)
+async def exec_warm(env: Env) -> Call:
+    hub = await env.shared("executor", _start_executor)
+    env.use("hub", "executor")
+    return _warm_call(env, hub)
+
+
+@scenario(
+    "exec-warm-inproc",
+    "python_execute print(1) -> hub with the executor in-process, warm pool, UDS",
+    "executor",
+    baseline="sandbox-cold",
+    concurrency=(1,),
+    calls=150,
+    warmup=10,
+)
+async def exec_warm_inproc(env: Env) -> Call:
+    hub = await env.shared("hub-inproc-executor", _start_inproc_hub)
+    env.use("hub-inproc-executor")
+    return _warm_call(env, hub)
 
 
 @scenario(

@@ -121,7 +121,10 @@ class Jail:
     def launch(self, command: str, args: list[str], env: Mapping[str, str]) -> Launch:
         """The argv, environment and descriptors for one start of `command args`."""
         sb = self.sandboxes
-        full_env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": str(self.work_dir), "TMPDIR": "/tmp", **env}
+        home = str(self.work_dir)
+        full_env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp"}
+        for key, value in env.items():  # a catalog default `~/x` means x in the server's own HOME
+            full_env[key] = home + value[1:] if value.startswith("~/") else value
         if sb.caps.bwrap is None:
             return Launch([command, *args], full_env)
         exe, runtime = _runtime(command, self.install_dir)

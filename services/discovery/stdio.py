@@ -3,9 +3,9 @@
 The SDK's `stdio_client` hides the process; here the supervisor gets its pid,
 an `on_close` signal when stdout ends, stderr appended to a log file, a cap on
 line length, and a limit on lines that are not JSON-RPC (a server flooding
-stdout with garbage is cut off). The server runs in its own process group and
-the whole group is killed and reaped on exit, even when the exit is a
-cancellation.
+stdout with garbage is cut off). The server runs in its sandbox (a `Jail`
+builds each start) and its own process group; the whole group is killed and
+reaped on exit, even when the exit is a cancellation, and its cgroup emptied.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Listener:
 async def loopback_listener() -> AsyncIterator[Listener]:
     listener = Listener()
     server = await asyncio.start_server(listener._greet, "127.0.0.1", 0)
-    listener.address = "127.0.0.1:%d" % server.sockets[0].getsockname()[1]
+    listener.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
     async with server:
         yield listener
 
@@ -177,3 +177,23 @@ async def test_without_bubblewrap_installs_are_refused_unless_the_weaker_level_i
             assert not (await s.attempt("connect", listener.address)).is_error
             assert (await s.attempt("env", SECRET)).is_error  # the environment is scrubbed at every level
         assert listener.connected.is_set()
+
+    async with Hub(no_bwrap) as hub:  # back at the default level on the same machine: stays stopped
+        [server] = hub.discovery.list_servers()
+        assert server.state == pb.SERVER_STATE_STOPPED and "MIN_ISOLATION=process" in server.status_message
+        assert not hub.discovery.runners[server.tool_id].transport  # never started
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("mounts", ("*/x:relative/path",), "relative/path"),
+        ("min_isolation", "paranoid", "paranoid"),
+    ],
+)
+async def test_a_malformed_sandbox_setting_stops_the_hub_with_a_clear_error(
+    dcfg: Config, key: str, value: object, complaint: str
+) -> None:
+    with pytest.raises(config_mod.ConfigError, match=complaint):
+        async with Hub(config_mod.replace(dcfg, discovery={key: value})):
+            pass

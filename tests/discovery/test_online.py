@@ -4,6 +4,8 @@ sandboxed as always (CI runs these)."""
 from __future__ import annotations
 
 import os
+import subprocess
+from pathlib import Path
 
 import grpc
 import pytest
@@ -131,4 +133,41 @@ async def test_the_real_npm_filesystem_server_works_in_its_own_directory_and_see
             assert (work / "hello.txt").read_text() == "hello sandbox"
             outside = await call("read_text_file", path=str(REPO_ROOT / "pyproject.toml"))
             assert outside.is_error  # outside its allowed directory, and not even mounted
+            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
+
+
+@pytest.mark.timeout(600)
+async def test_the_real_git_server_reads_a_repository_mounted_for_it_and_nothing_else(
+    cfg: Config, root: Path
+) -> None:
+    repo = root / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
+    (repo / "notes.txt").write_text("untracked")
+    name = "io.github.modelcontextprotocol/git"
+    cfg = config_mod.replace(
+        cfg,
+        discovery={
+            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
+            "start_timeout_s": 60.0,
+            "install_timeout_s": 500.0,
+            "mounts": (f"{name}:{repo}:ro",),
+        },
+    )
+    async with Hub(cfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            installed = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=550)
+
+            async def status(path: Path) -> ts.ExecuteToolResponse:
+                request = ts.ExecuteToolRequest(
+                    tool_id=installed.server.tool_id,
+                    action="git_status",
+                    arguments=dict_to_struct({"repo_path": str(path)}),
+                )
+                return await stub.ExecuteTool(request, timeout=30)
+
+            mounted = await status(repo)
+            assert not mounted.is_error and "notes.txt" in mounted.content[0].text.text
+            assert (await status(REPO_ROOT)).is_error  # the mesh's own repository is not mounted
             await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)

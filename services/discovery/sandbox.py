@@ -16,8 +16,9 @@ What a server sees at level `full` (the default, and the only one allowed unless
   memory cgroup, and death with the hub;
 - an environment of PATH, HOME, TMPDIR and LANG plus what its catalog entry sets.
 
-`namespaces` is the same without the seccomp filter or the cgroup; `process` is
-no sandbox: the scrubbed environment and its own session only.
+`namespaces` lacks the cgroup or the seccomp filter (whichever the machine
+cannot give); `process` is no sandbox: the scrubbed environment and its own
+session only.
 """
 
 from __future__ import annotations
@@ -121,39 +122,42 @@ class Jail:
     def launch(self, command: str, args: list[str], env: Mapping[str, str]) -> Launch:
         """The argv, environment and descriptors for one start of `command args`."""
         sb = self.sandboxes
-        home = str(self.work_dir)
-        full_env = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp"}
-        for key, value in env.items():  # a catalog default `~/x` means x in the server's own HOME
-            full_env[key] = home + value[1:] if value.startswith("~/") else value
         if sb.caps.bwrap is None:
-            return Launch([command, *args], full_env)
+            return Launch([command, *args], self._env(env))
         exe, runtime = _runtime(command, self.install_dir)
-        argv = self._bwrap_argv(sb.caps.bwrap, runtime)
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            # Its one writable directory: the sandbox uid's, and group root's so bwrap (uid 0 without
-            # CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host.
-            os.chown(self.work_dir, sb.cfg.sandbox_uid, 0)
-            os.chmod(self.work_dir, 0o770)
-        fds: list[int] = []
-        group = None
+        self._own_work_dir()
+        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), self._env(env))
         try:
             if sb.caps.seccomp:
-                fds.append(seccomp.program_fd())
-                argv += ["--seccomp", str(fds[-1])]
+                launch.pass_fds = (seccomp.program_fd(),)
+                launch.argv += ["--seccomp", str(launch.pass_fds[0])]
             if sb.groups is not None:
-                group = sb.groups.acquire()
+                launch.group = sb.groups.acquire()
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            launch.started()
             raise
+        uid, gid = str(sb.cfg.sandbox_uid), str(sb.cfg.sandbox_gid)
+        if sb.setpriv is not None:  # root: bwrap kept CAP_SETUID/SETGID for this drop, and only that
+            launch.argv += ["--", sb.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+        else:  # a user namespace maps the sandbox uid onto ours
+            launch.argv += ["--uid", uid, "--gid", gid, "--"]
+        launch.argv += [exe, *args]
+        return launch
+
+    def _env(self, env: Mapping[str, str]) -> dict[str, str]:
+        home = str(self.work_dir)
+        full = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp"}
+        for key, value in env.items():  # a catalog default `~/x` means x in the server's own HOME
+            full[key] = home + value[1:] if value.startswith("~/") else value
+        return full
+
+    def _own_work_dir(self) -> None:
+        """Its one writable directory: the sandbox uid's, and group root's so bwrap (uid 0 without
+        CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            assert sb.setpriv is not None
-            uid, gid = str(sb.cfg.sandbox_uid), str(sb.cfg.sandbox_gid)
-            argv += ["--", sb.setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
-        else:
-            argv += ["--uid", str(sb.cfg.sandbox_uid), "--gid", str(sb.cfg.sandbox_gid), "--"]
-        return Launch([*argv, exe, *args], full_env, tuple(fds), group)
+            os.chown(self.work_dir, self.sandboxes.cfg.sandbox_uid, 0)
+            os.chmod(self.work_dir, 0o770)
 
     def _bwrap_argv(self, bwrap: str, runtime: list[tuple[str, str]]) -> list[str]:
         argv = system_view(bwrap, network=self.network)
@@ -277,12 +281,19 @@ async def probe(cfg: DiscoveryConfig) -> Sandboxes:
     caps = Capabilities(
         level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
     )
+    setpriv = setpriv if bwrap else None
     groups = None
     if caps.cgroups is not None:
-        groups = cgroups.Cgroups(caps.cgroups, cfg.pids_limit, cfg.memory_limit_bytes)
+        try:
+            groups = cgroups.Cgroups(caps.cgroups, cfg.pids_limit, cfg.memory_limit_bytes)
+        except OSError as exc:
+            notes.append(f"cannot create cgroups: {exc}")
+            caps = Capabilities("namespaces", bwrap, caps.seccomp, None, tuple(notes))
     sandboxes = Sandboxes(cfg, caps, setpriv, groups)
     log.info(
-        "MCP server sandbox: level %s%s", level, f" ({'; '.join(notes)})" if notes and level != "full" else ""
+        "MCP server sandbox: level %s%s",
+        caps.level,
+        f" ({'; '.join(notes)})" if notes and caps.level != "full" else "",
     )
     return sandboxes
 

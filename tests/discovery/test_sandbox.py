@@ -59,6 +59,23 @@ def host_file(root: Path) -> Path:
     return f
 
 
+def cgroup_limits(pid: int) -> tuple[int, int]:
+    """(pids.max, memory limit) of the cgroups process `pid` is in (v1 or v2)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path.lstrip("/")
+    base = Path("/sys/fs/cgroup")
+    if "pids" in paths:
+        pids = (base / "pids" / paths["pids"] / "pids.max").read_text()
+        memory = (base / "memory" / paths["memory"] / "memory.limit_in_bytes").read_text()
+    else:
+        pids = (base / paths[""] / "pids.max").read_text()
+        memory = (base / paths[""] / "memory.max").read_text()
+    return int(pids), int(memory)
+
+
 def publish(pkg_index: PackageIndex, root: Path, catalog_dir: Path, dist: str) -> str:
     wheels = root / "wheels"
     wheels.mkdir(exist_ok=True)
@@ -118,6 +135,9 @@ async def test_a_sandboxed_server_cannot_reach_the_network_host_files_outside_wr
             [status] = listed.servers
             assert status.isolation == hub.discovery.sandboxes.caps.level != "process"  # type: ignore[union-attr]
             assert status.network is False
+            if status.isolation == "full":  # bwrap and everything under it count against its cgroup
+                limits = cgroup_limits(hub.discovery.runners[tool_id].transport.pid)  # type: ignore[union-attr]
+                assert limits == (dcfg.discovery.pids_limit, dcfg.discovery.memory_limit_bytes)
         assert not listener.connected.is_set()
 
 

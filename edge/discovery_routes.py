@@ -157,6 +157,8 @@ def server_json(s: pb.InstalledServer) -> dict[str, Any]:
         "installed_at": s.installed_at.ToJsonString() if s.HasField("installed_at") else None,
         "restarts": s.restarts,
         "protocol_version": s.protocol_version,
+        "isolation": s.isolation,
+        "network": s.network,
     }
 
 

@@ -264,6 +264,18 @@ class DiscoveryConfig:
     max_line_bytes: int = 4 * 1024 * 1024
     max_invalid_lines: int = 50
     stop_grace_s: float = 2.0
+    # Sandbox of stdio servers: the weakest isolation allowed (full | namespaces | process).
+    min_isolation: str = "full"
+    bwrap: str = "bwrap"
+    sandbox_uid: int = 65534
+    sandbox_gid: int = 65534
+    memory_limit_bytes: int = 1024 * 1024 * 1024
+    pids_limit: int = 256
+    tmp_bytes: int = 64 * 1024 * 1024
+    # Server-name globs whose servers keep the host's network (all others get none).
+    network_allowed: tuple[str, ...] = ()
+    # Extra bind mounts, `<server-name glob>:<absolute host path>[:ro|:rw]` (read-only by default).
+    mounts: tuple[str, ...] = ()
     # Gap analysis: an OpenAI-compatible endpoint; empty base URL or model means lexical only.
     llm_base_url: str = ""
     llm_model: str = ""

@@ -49,6 +49,7 @@ def parse_server(doc: Mapping[str, Any], source: str) -> pb.CatalogServer:
         repository_url=str((doc.get("repository") or {}).get("url", "")),
         source=source,
         tags=[str(t) for t in meta.get("tags", []) if isinstance(t, str)],
+        wants_network=meta.get("network") is True,
     )
     for t in meta.get("tools", []) or []:
         if isinstance(t, Mapping) and t.get("name"):

@@ -25,8 +25,9 @@ from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, MeshError
 from services.common.jsonvalue import struct_to_dict
 from services.discovery import mapping
-from services.discovery.installer import base_env
+from services.discovery.catalog import CURATED
 from services.discovery.runner import LaunchSpec, ServerRunner
+from services.discovery.sandbox import Sandboxes
 from services.discovery.state import ServerRecord
 from services.discovery.stdio import kill_stale_group
 from services.library.registry import Entry, Registry
@@ -41,8 +42,11 @@ _INVALID_PARAMS = -32602
 class Fleet:
     """Runners by tool id, over the registry. `install_dir/<tool_id>/` holds each server's files."""
 
-    def __init__(self, cfg: DiscoveryConfig, registry: Registry, install_dir: Path) -> None:
+    def __init__(
+        self, cfg: DiscoveryConfig, registry: Registry, install_dir: Path, sandboxes: Sandboxes
+    ) -> None:
         self.cfg, self.registry, self.install_dir = cfg, registry, install_dir
+        self.sandboxes = sandboxes
         self.runners: dict[str, ServerRunner] = {}
 
     def runner(self, record: ServerRecord) -> ServerRunner:
@@ -51,13 +55,21 @@ class Fleet:
             spec = LaunchSpec(url=record.url)
         else:
             d = self.install_dir / record.tool_id
+            jail = self.sandboxes.jail(
+                record.name,
+                d,
+                Path(record.cwd or d / "work"),
+                declared=record.wants_network,
+                curated=record.source == CURATED,
+            )
             spec = LaunchSpec(
                 command=record.command,
                 args=list(record.args),
-                env={**base_env(), **record.env},
+                env=dict(record.env),  # the sandbox adds PATH, HOME, TMPDIR, LANG; nothing of the hub's
                 cwd=record.cwd,
                 log_path=d / "server.log",
                 pid_path=d / "server.pid",
+                jail=jail,
             )
         runner = ServerRunner(
             record.name,
@@ -95,6 +107,12 @@ class Fleet:
                     kill_stale_group(d / "server.pid", str(d / "work"))
                     shutil.rmtree(d, ignore_errors=True)
         runners = [self.runner(r) for r in records]
+        if self.sandboxes.refusal:  # stdio servers stay stopped, saying why; remotes still start
+            for runner in runners:
+                if runner.spec.jail is not None:
+                    runner.state, runner.message = pb.SERVER_STATE_STOPPED, self.sandboxes.refusal
+                    log.error("MCP server %s not started: %s", runner.name, self.sandboxes.refusal)
+            runners = [r for r in runners if r.spec.jail is None]
         if runners:
             async with asyncio.TaskGroup() as tg:
                 for runner in runners:

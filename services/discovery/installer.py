@@ -3,7 +3,7 @@
     <install_dir>/<tool_id>/venv/   PyPI: a venv made without pip; the hub's pip installs into it
                                      (wheels only: nothing runs at install time)
     <install_dir>/<tool_id>/npm/    npm: its own prefix, `--ignore-scripts`
-    <install_dir>/<tool_id>/work/   the server's working directory
+    <install_dir>/<tool_id>/work/   the server's working directory and HOME: the only place it may write
     <install_dir>/<tool_id>/server.log   its stderr
 
 Every step is a subprocess awaited with a deadline (the event loop never

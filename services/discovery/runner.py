@@ -29,6 +29,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, Unavailable
+from services.discovery.sandbox import Jail
 from services.discovery.stdio import StdioTransport
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class LaunchSpec:
     log_path: Path | None = None
     pid_path: Path | None = None
     url: str = ""
+    jail: Jail | None = None  # the sandbox a stdio server runs in
 
 
 ToolsFn = Callable[["ServerRunner", list[types.Tool]], Awaitable[None]]
@@ -198,6 +200,7 @@ class ServerRunner:
             stop_grace_s=self.cfg.stop_grace_s,
             on_close=self._kick.set,
             pid_path=spec.pid_path,
+            jail=spec.jail,
         )
         return self.transport
 

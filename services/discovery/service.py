@@ -26,6 +26,7 @@ from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
 from services.discovery.runner import ServerRunner
+from services.discovery.sandbox import Sandboxes, probe
 from services.discovery.state import ServerRecord, StateFile
 from services.library.registry import Registry
 from services.router.router import Router
@@ -44,7 +45,8 @@ class Discovery:
         self.installer = Installer(self.dcfg, self.install_dir)
         self.state = StateFile(self.install_dir / "servers.json")
         self.records: dict[str, ServerRecord] = {}
-        self.fleet = Fleet(self.dcfg, registry, self.install_dir)
+        self.fleet: Fleet  # made on entry, once the sandbox is probed
+        self.sandboxes: Sandboxes | None = None
         self.installing: dict[str, pb.InstalledServer] = {}  # name -> progress of an install under way
         self._watchers: set[asyncio.Queue[pb.WatchInstallsResponse | None]] = set()
         self.curated: list[pb.CatalogServer] = []
@@ -57,6 +59,9 @@ class Discovery:
 
     async def __aenter__(self) -> Discovery:
         try:
+            self.sandboxes = await probe(self.dcfg)
+            self._stack.push_async_callback(self.sandboxes.close)
+            self.fleet = Fleet(self.dcfg, self.registry, self.install_dir, self.sandboxes)
             self._reload_curated()
             http = await self._stack.enter_async_context(aiohttp.ClientSession())
             self.remotes = [
@@ -240,6 +245,8 @@ class Discovery:
                         reason="INSTALL_NOT_ALLOWED",
                         metadata={"name": server.name},
                     )
+            if pkg is not None and self.sandboxes is not None:
+                self.sandboxes.check(server.name)  # before fetching anything
             tool_id = catalog_mod.tool_id_for(server.name)
             owner = self.registry.entry(tool_id)
             if owner is not None and owner.tool.owner != mapping.OWNER:
@@ -337,6 +344,8 @@ class Discovery:
             description=server.description,
             tags=list(server.tags),
             installed_at=time.time(),
+            source=server.source,
+            wants_network=server.wants_network,
         )
         if pkg is not None:
             env = _package_env(pkg)
@@ -424,6 +433,8 @@ class Discovery:
             s.protocol_version = runner.protocol_version
             s.tools.extend(runner.actions.values())
             s.progress = 1.0 if runner.state == pb.SERVER_STATE_RUNNING else 0.8
+            jail = runner.spec.jail
+            s.isolation, s.network = (jail.level, jail.network) if jail else ("remote", False)
         return s
 
 

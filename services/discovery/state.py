@@ -28,6 +28,8 @@ class ServerRecord:
     cwd: str = ""
     env: dict[str, str] = field(default_factory=dict)  # non-secret values only
     url: str = ""
+    source: str = ""  # `curated` or the registry it came from
+    wants_network: bool = False  # its catalog entry declares it needs the network
     artifacts: list[dict[str, str]] = field(default_factory=list)  # {name, version, hash}
     installed_at: float = 0.0
 

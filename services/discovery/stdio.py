@@ -3,9 +3,9 @@
 The SDK's `stdio_client` hides the process; here the supervisor gets its pid,
 an `on_close` signal when stdout ends, stderr appended to a log file, a cap on
 line length, and a limit on lines that are not JSON-RPC (a server flooding
-stdout with garbage is cut off). The server runs in its own process group and
-the whole group is killed and reaped on exit, even when the exit is a
-cancellation.
+stdout with garbage is cut off). The server runs in its sandbox (a `Jail`
+builds each start) and its own process group; the whole group is killed and
+reaped on exit, even when the exit is a cancellation, and its cgroup emptied.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from services.common.runtime import die_with_parent
+from services.discovery.sandbox import Jail, Launch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class StdioTransport:
         stop_grace_s: float = 2.0,
         on_close: Callable[[], None] | None = None,
         pid_path: Path | None = None,
+        jail: Jail | None = None,
     ) -> None:
         self.command, self.args, self.env, self.cwd = command, args, env, cwd
         self.log_path = log_path
@@ -54,6 +55,8 @@ class StdioTransport:
         )
         self.on_close = on_close
         self.pid_path = pid_path  # remembers the process group, so a hub killed hard can clean up next time
+        self.jail = jail  # the sandbox it runs in; None runs the command as it is (own session only)
+        self._launch: Launch | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.failure = ""  # why the transport gave up on the server, if it did
         self.invalid_lines = 0
@@ -89,22 +92,38 @@ class StdioTransport:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.pid_path is not None:
             kill_stale_group(self.pid_path, self.cwd)
-        with open(self.log_path, "ab") as errlog:  # noqa: ASYNC230 (a local append: no waiting)  # the child keeps its own descriptor
-            self.proc = await asyncio.create_subprocess_exec(
-                self.command,
-                *self.args,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errlog,
-                cwd=self.cwd,
-                env=self.env,
-                start_new_session=True,
-                limit=self.max_line_bytes,
-                preexec_fn=die_with_parent,
-            )
+        if self.jail is not None:
+            launch = self.jail.launch(self.command, self.args, self.env)
+        else:
+            launch = Launch([self.command, *self.args], self.env)
+        self._launch = launch
+        try:
+            with open(self.log_path, "ab") as errlog:  # noqa: ASYNC230 (a local append: no waiting)  # the child keeps its own descriptor
+                self.proc = await asyncio.create_subprocess_exec(
+                    *launch.argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=errlog,
+                    cwd=self.cwd,
+                    env=launch.env,
+                    start_new_session=True,
+                    limit=self.max_line_bytes,
+                    pass_fds=launch.pass_fds,
+                    preexec_fn=launch.preexec,
+                )
+        except BaseException:
+            self._release()
+            raise
+        finally:
+            launch.started()
         if self.pid_path is not None:
             self.pid_path.write_text(str(self.proc.pid))
-        log.info("started MCP server pid %d: %s", self.proc.pid, os.path.basename(self.command))
+        log.info(
+            "started MCP server pid %d: %s (isolation %s)",
+            self.proc.pid,
+            os.path.basename(self.command),
+            self.jail.level if self.jail else "none",
+        )
         read_send, self._read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         self._write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
         self._tasks = [
@@ -134,10 +153,15 @@ class StdioTransport:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             self._read_recv.close()
+            self._release()
             if self.pid_path is not None:
                 with contextlib.suppress(OSError):
                     self.pid_path.unlink()
             log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
+
+    def _release(self) -> None:
+        if self.jail is not None and self._launch is not None:
+            self.jail.release(self._launch)
 
     async def _reader(self, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
         assert self.proc and self.proc.stdout

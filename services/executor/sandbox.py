@@ -93,6 +93,37 @@ def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp
     return env
 
 
+def system_view(bwrap: str, *, network: bool = False) -> list[str]:
+    """bwrap with its namespaces and a read-only view of the system (/usr, /bin, /lib*, a near-empty
+    /etc): the start of every sandbox's argv. Shared with discovery's MCP server sandbox."""
+    argv = [
+        bwrap,
+        "--unshare-ipc",
+        "--unshare-pid",
+        *(() if network else ("--unshare-net",)),
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--new-session",
+        "--hostname",
+        "sandbox",
+    ]
+    if os.geteuid() == 0:  # root without a user namespace; the sandboxed program drops to the sandbox uid
+        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    else:
+        argv += ["--unshare-user", "--disable-userns"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    argv += ["--ro-bind", "/usr", "/usr"]
+    argv += ["--perms", "0755", "--dir", "/etc"]
+    for f in ("/etc/ld.so.cache", "/etc/localtime"):
+        argv += ["--ro-bind-try", f, f]
+    return argv
+
+
 def stdlib_readable_by(uid: int, gid: int) -> bool:
     """Whether `uid` can read this interpreter's standard library where it is installed."""
     target = Path(os.__file__).resolve()
@@ -131,31 +162,7 @@ class Sandbox:
     # -- argv -------------------------------------------------------------------------------------------
     def _bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
         c = self.cfg
-        argv = [
-            self.caps.bwrap or c.bwrap,
-            "--unshare-ipc",
-            "--unshare-pid",
-            "--unshare-net",
-            "--unshare-uts",
-            "--unshare-cgroup-try",
-            "--die-with-parent",
-            "--new-session",
-            "--hostname",
-            "sandbox",
-        ]
-        if os.geteuid() == 0:  # root without a user namespace; the worker drops to the sandbox uid itself
-            argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-        else:
-            argv += ["--unshare-user", "--disable-userns"]
-        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-            if os.path.islink(top):
-                argv += ["--symlink", os.readlink(top), top]
-            elif os.path.isdir(top):
-                argv += ["--ro-bind", top, top]
-        argv += ["--ro-bind", "/usr", "/usr"]
-        argv += ["--perms", "0755", "--dir", "/etc"]
-        for f in ("/etc/ld.so.cache", "/etc/localtime"):
-            argv += ["--ro-bind-try", f, f]
+        argv = system_view(self.caps.bwrap or c.bwrap)
         argv += ["--perms", "0755", "--dir", "/opt", "--ro-bind", str(self._prefix), PYTHON_MOUNT]
         site = env_site(self._env_dir)
         if site.is_dir():
@@ -311,12 +318,13 @@ async def _read_all(fd: int) -> bytes:
     return bytes(buf)
 
 
-async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
-    """Find the strongest isolation this machine gives, by starting one real sandbox."""
+def machine_support(bwrap_name: str) -> tuple[str | None, bool, cgroups.Layout | None, list[str]]:
+    """(bwrap path, seccomp available, writable cgroup layout, notes on what is missing): the parts of
+    a probe that start nothing. Shared with discovery's MCP server sandbox."""
     notes: list[str] = []
-    bwrap = shutil.which(cfg.bwrap)
+    bwrap = shutil.which(bwrap_name)
     if bwrap is None:
-        notes.append(f"bubblewrap ({cfg.bwrap}) not found: install it with `apt-get install bubblewrap`")
+        notes.append(f"bubblewrap ({bwrap_name}) not found: install it with `apt-get install bubblewrap`")
     has_seccomp = True
     try:
         seccomp.program()
@@ -326,6 +334,12 @@ async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
     layout, why = cgroups.detect()
     if layout is None:
         notes.append(f"no pids/memory cgroup: {why}")
+    return bwrap, has_seccomp, layout, notes
+
+
+async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
+    """Find the strongest isolation this machine gives, by starting one real sandbox."""
+    bwrap, has_seccomp, layout, notes = machine_support(cfg.bwrap)
     if bwrap is not None:
         trial = Sandbox(cfg, env_dir, {}, Capabilities("namespaces", bwrap, has_seccomp, None), None)
         try:

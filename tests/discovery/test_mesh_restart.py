@@ -61,11 +61,13 @@ async def test_an_installed_server_comes_back_after_the_hub_is_killed_and_nothin
             pb.InstallServerRequest(name="io.github.toolscore-tests/sturdy"), timeout=120
         )
         tool_id = installed.server.tool_id
-        [server_pid] = processes_under(install_dir)
+        sandboxed = processes_under(install_dir)  # bwrap, its pid-namespace init, the server
+        assert len(sandboxed) == 3
     hub_pid = next(p for p, cmd in _children(mesh.proc.pid) if "services.hub" in cmd)
     os.kill(hub_pid, signal.SIGKILL)
     await wait_exited(hub_pid)
-    await wait_exited(server_pid)  # the server follows its hub (parent-death signal)
+    for pid in sandboxed:
+        await wait_exited(pid)  # the sandbox follows its hub (parent-death signal)
     await wait_serving(mesh.tcp)
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
@@ -76,7 +78,7 @@ async def test_an_installed_server_comes_back_after_the_hub_is_killed_and_nothin
             timeout=20,
         )
         assert resp.content[0].text.text == "still here"
-    assert len(processes_under(install_dir)) == 1
+    assert len(processes_under(install_dir)) == 3
     stop_process(mesh.proc)
     assert processes_under(install_dir) == []
     assert not (install_dir / tool_id / "server.pid").exists()

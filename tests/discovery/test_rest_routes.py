@@ -98,6 +98,8 @@ async def test_search_install_list_and_uninstall_over_rest(
     status, listed = await rest.request("GET", "/api/v1/tools/servers")
     assert status == 200 and [s["name"] for s in listed["servers"]] == [name]
     assert listed["servers"][0]["artifacts"][0]["hash"].startswith("sha256=")
+    assert listed["servers"][0]["isolation"] in ("full", "namespaces")
+    assert listed["servers"][0]["network"] is False
 
     status, removed = await rest.request("DELETE", f"/api/v1/tools/servers/{name}")
     assert status == 200 and removed["removed_tool_ids"] == ["io.github.toolscore-tests.clock"]

@@ -1,0 +1,219 @@
+"""Installed stdio servers run sandboxed: no network, no host files, no hub secrets, unless allowed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc
+
+from services.common import config as config_mod
+from services.common.config import Config
+from services.common.errors import FailedPrecondition
+from services.common.jsonvalue import dict_to_struct
+from services.hub.app import Hub
+from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
+
+SECRET = "TOOLSCORE_TEST_SANDBOX_SECRET"
+
+
+class Listener:
+    """A loopback TCP server that greets whoever connects, and remembers that someone did."""
+
+    def __init__(self) -> None:
+        self.connected = asyncio.Event()
+        self.address = ""
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connected.set()
+        writer.write(b"hello from the host")
+        await writer.drain()
+        writer.close()
+
+
+@asynccontextmanager
+async def loopback_listener() -> AsyncIterator[Listener]:
+    listener = Listener()
+    server = await asyncio.start_server(listener._greet, "127.0.0.1", 0)
+    listener.address = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        yield listener
+
+
+def host_file(root: Path) -> Path:
+    """A 0644 file in a world-readable directory: anyone on the host may read it, outside the sandbox."""
+    d = root / "host-files"
+    d.mkdir(mode=0o755)
+    os.chmod(root, 0o755)  # the test root is 0700: open the path, so only the sandbox can hide the file
+    f = d / "notes.txt"
+    f.write_text("host-only notes")
+    f.chmod(0o644)
+    return f
+
+
+def cgroup_limits(pid: int) -> tuple[int, int]:
+    """(pids.max, memory limit) of the cgroups process `pid` is in (v1 or v2)."""
+    paths = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path.lstrip("/")
+    base = Path("/sys/fs/cgroup")
+    if "pids" in paths:
+        pids = (base / "pids" / paths["pids"] / "pids.max").read_text()
+        memory = (base / "memory" / paths["memory"] / "memory.limit_in_bytes").read_text()
+    else:
+        pids = (base / paths[""] / "pids.max").read_text()
+        memory = (base / paths[""] / "memory.max").read_text()
+    return int(pids), int(memory)
+
+
+def publish(pkg_index: PackageIndex, root: Path, catalog_dir: Path, dist: str) -> str:
+    wheels = root / "wheels"
+    wheels.mkdir(exist_ok=True)
+    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
+    name = f"{NS}/{dist}"
+    write_catalog(catalog_dir, server_json(name, f"{dist} for sandbox tests", "pypi", dist, "1.0.0"))
+    return name
+
+
+class Calls:
+    def __init__(self, ch: grpc.aio.Channel, tool_id: str) -> None:
+        self.stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+        self.tool_id = tool_id
+
+    async def attempt(self, what: str, target: str = "") -> ts.ExecuteToolResponse:
+        return await self.call("attempt", what=what, target=target)
+
+    async def call(self, action: str, **args: object) -> ts.ExecuteToolResponse:
+        request = ts.ExecuteToolRequest(tool_id=self.tool_id, action=action, arguments=dict_to_struct(args))
+        return await self.stub.ExecuteTool(request, timeout=20)
+
+
+async def test_a_sandboxed_server_cannot_reach_the_network_host_files_outside_writes_or_hub_secrets(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET, "hunter2")  # in the hub's own environment
+    name = publish(pkg_index, root, catalog_dir, "ts-boxed-mcp")
+    outside = host_file(root)
+    async with loopback_listener() as listener, Hub(dcfg) as hub:
+        installed = await hub.discovery.install(name)
+        tool_id = installed.server.tool_id
+        state_dir = hub.discovery.installer.dir_for(tool_id) / "work"
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, tool_id)
+            connect = await s.attempt("connect", listener.address)
+            assert connect.is_error and "hello" not in connect.content[0].text.text
+            read = await s.attempt("read", str(outside))
+            assert read.is_error and "FileNotFoundError" in read.content[0].text.text
+            for target in (root / "escape.txt", state_dir.parent / "venv" / "escape.txt", Path("/etc/x")):
+                wrote = await s.attempt("write", str(target))
+                assert wrote.is_error and not target.exists(), target
+            secret = await s.attempt("env", SECRET)
+            assert secret.is_error and "hunter2" not in secret.content[0].text.text
+
+            # it still works, as an unprivileged user, in its own state directory
+            assert (await s.call("echo", text="still fine")).content[0].text.text == "still fine"
+            ids = json.loads((await s.attempt("ids")).content[0].text.text)
+            assert ids == {"uid": 65534, "gid": 65534, "cwd": str(state_dir), "home": str(state_dir)}
+            wrote = await s.attempt("write", str(state_dir / "kept.txt"))
+            assert not wrote.is_error and (state_dir / "kept.txt").read_text() == "written by the server"
+            assert not (await s.attempt("write", "/tmp/scratch.txt")).is_error
+            assert not Path("/tmp/scratch.txt").exists()  # its /tmp is private
+
+            listed = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ListServers(
+                pb.ListServersRequest(), timeout=5
+            )
+            [status] = listed.servers
+            assert status.isolation == hub.discovery.sandboxes.caps.level != "process"  # type: ignore[union-attr]
+            assert status.network is False
+            if status.isolation == "full":  # bwrap and everything under it count against its cgroup
+                limits = cgroup_limits(hub.discovery.runners[tool_id].transport.pid)  # type: ignore[union-attr]
+                assert limits == (dcfg.discovery.pids_limit, dcfg.discovery.memory_limit_bytes)
+        assert not listener.connected.is_set()
+
+
+async def test_a_server_named_in_network_allowed_reaches_the_loopback_listener_and_sees_its_mounts(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    shared = root / "shared"
+    shared.mkdir()
+    (shared / "doc.txt").write_text("shared document")
+    net = publish(pkg_index, root, catalog_dir, "ts-net-mcp")
+    boxed = publish(pkg_index, root, catalog_dir, "ts-quiet-mcp")
+    cfg = config_mod.replace(
+        dcfg,
+        discovery={"network_allowed": (f"{NS}/ts-net-*",), "mounts": (f"*/ts-net-mcp:{shared}:ro",)},
+    )
+    async with loopback_listener() as listener, Hub(cfg) as hub:
+        net_id = (await hub.discovery.install(net)).server.tool_id
+        boxed_id = (await hub.discovery.install(boxed)).server.tool_id
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            reached = await Calls(ch, net_id).attempt("connect", listener.address)
+            assert not reached.is_error and reached.content[0].text.text == "hello from the host"
+            assert listener.connected.is_set()
+            assert (await Calls(ch, boxed_id).attempt("connect", listener.address)).is_error
+
+            doc = await Calls(ch, net_id).attempt("read", str(shared / "doc.txt"))
+            assert doc.content[0].text.text == "shared document"
+            assert (await Calls(ch, net_id).attempt("write", str(shared / "new.txt"))).is_error
+            assert (await Calls(ch, boxed_id).attempt("read", str(shared / "doc.txt"))).is_error
+            listed = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ListServers(
+                pb.ListServersRequest(), timeout=5
+            )
+            assert {s.name: s.network for s in listed.servers} == {net: True, boxed: False}
+        assert not (shared / "new.txt").exists()
+
+
+async def test_without_bubblewrap_installs_are_refused_unless_the_weaker_level_is_allowed_explicitly(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-bare-mcp")
+    outside = host_file(root)
+    no_bwrap = config_mod.replace(dcfg, discovery={"bwrap": str(root / "no-such-bwrap")})
+    async with Hub(no_bwrap) as hub:
+        with pytest.raises(FailedPrecondition) as refused:
+            await hub.discovery.install(name)
+        assert refused.value.reason == "ISOLATION_UNAVAILABLE"
+        assert "bubblewrap" in refused.value.message and "MIN_ISOLATION=process" in refused.value.message
+        assert not pkg_index.download_started.is_set()  # refused before fetching anything
+
+    weaker = config_mod.replace(no_bwrap, discovery={"min_isolation": "process"})
+    async with loopback_listener() as listener, Hub(weaker) as hub:
+        installed = await hub.discovery.install(name)
+        assert installed.server.isolation == "process"
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, installed.server.tool_id)
+            # the same attempts that fail in the sandbox succeed here: the sandbox is what stops them
+            assert (await s.attempt("read", str(outside))).content[0].text.text == "host-only notes"
+            assert not (await s.attempt("connect", listener.address)).is_error
+            assert (await s.attempt("env", SECRET)).is_error  # the environment is scrubbed at every level
+        assert listener.connected.is_set()
+
+    async with Hub(no_bwrap) as hub:  # back at the default level on the same machine: stays stopped
+        [server] = hub.discovery.list_servers()
+        assert server.state == pb.SERVER_STATE_STOPPED and "MIN_ISOLATION=process" in server.status_message
+        assert not hub.discovery.runners[server.tool_id].transport  # never started
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "complaint"),
+    [
+        ("mounts", ("*/x:relative/path",), "relative/path"),
+        ("min_isolation", "paranoid", "paranoid"),
+    ],
+)
+async def test_a_malformed_sandbox_setting_stops_the_hub_with_a_clear_error(
+    dcfg: Config, key: str, value: object, complaint: str
+) -> None:
+    with pytest.raises(config_mod.ConfigError, match=complaint):
+        async with Hub(config_mod.replace(dcfg, discovery={key: value})):
+            pass

@@ -30,11 +30,12 @@ $(GEN_STAMP): $(PROTOS) $(STAMP) Makefile
 run: proto check-sandbox
 	$(PY) -m services.mesh
 
-# The Python executor isolates every run with bubblewrap; say how to get it rather than fail later.
+# The Python executor and installed MCP servers are isolated with bubblewrap; say how to get it
+# rather than fail later.
 check-sandbox:
-	@command -v bwrap >/dev/null || { echo "bubblewrap is missing: the Python executor needs it to sandbox user code."; \
+	@command -v bwrap >/dev/null || { echo "bubblewrap is missing: the Python executor and installed MCP servers need it to sandbox untrusted code."; \
 		echo "  install it:  sudo apt-get install bubblewrap"; \
-		echo "  or run unsandboxed on purpose:  TOOLSCORE_EXECUTOR__MIN_ISOLATION=process make run"; \
+		echo "  or run unsandboxed on purpose:  TOOLSCORE_EXECUTOR__MIN_ISOLATION=process TOOLSCORE_DISCOVERY__MIN_ISOLATION=process make run"; \
 		[ "$$TOOLSCORE_EXECUTOR__MIN_ISOLATION" = process ] || exit 1; }
 
 # The executor's own environment (pandas, matplotlib, allowlisted packages) under data/executor-env,

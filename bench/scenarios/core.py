@@ -98,7 +98,7 @@ def _execute_tool(env: Env, target_: str, tool_id: str) -> Call:
     return call
 
 
-async def _start_g(env: Env) -> str:
+async def start_g(env: Env) -> str:
     target_ = f"unix://{env.tmp}/g.sock"
     await env.spawn("g-server", ["-m", "bench.servers.grpc_echo", target_])
     await env.channel(target_).channel_ready()
@@ -107,7 +107,7 @@ async def _start_g(env: Env) -> str:
 
 @scenario("G", "raw grpc.aio unary echo over UDS (baseline)", "core")
 async def raw_grpc(env: Env) -> Call:
-    target_ = await env.shared("g-server", _start_g)
+    target_ = await env.shared("g-server", start_g)
     env.use("g-server")
     stub = ex_grpc.ToolExecutorServiceStub(env.channel(target_))
     request = ex.ExecuteRequest(tool_id="echo", action="echo", arguments=dict_to_struct(ARGUMENTS))

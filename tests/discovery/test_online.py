@@ -24,16 +24,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _online(cfg: Config, **discovery: object) -> Config:
+    """The real curated catalog, with deadlines for installs from the network."""
+    settings = {
+        "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
+        "start_timeout_s": 60.0,
+        "install_timeout_s": 500.0,
+    }
+    return config_mod.replace(cfg, discovery=settings | discovery)
+
+
 @pytest.mark.timeout(600)
 async def test_the_real_mcp_server_time_installs_from_pypi_and_tells_the_time(cfg: Config) -> None:
-    cfg = config_mod.replace(
-        cfg,
-        discovery={
-            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
-            "start_timeout_s": 60.0,
-            "install_timeout_s": 500.0,
-        },
-    )
+    cfg = _online(cfg)
     name = "io.github.modelcontextprotocol/time"
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
@@ -65,14 +68,7 @@ async def test_the_real_mcp_server_time_installs_from_pypi_and_tells_the_time(cf
 
 @pytest.mark.timeout(600)
 async def test_the_real_npm_memory_server_installs_and_answers(cfg: Config) -> None:
-    cfg = config_mod.replace(
-        cfg,
-        discovery={
-            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
-            "start_timeout_s": 60.0,
-            "install_timeout_s": 500.0,
-        },
-    )
+    cfg = _online(cfg)
     name = "io.github.modelcontextprotocol/memory"
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
@@ -104,14 +100,7 @@ async def test_the_real_npm_memory_server_installs_and_answers(cfg: Config) -> N
 async def test_the_real_npm_filesystem_server_works_in_its_own_directory_and_sees_nothing_else(
     cfg: Config,
 ) -> None:
-    cfg = config_mod.replace(
-        cfg,
-        discovery={
-            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
-            "start_timeout_s": 60.0,
-            "install_timeout_s": 500.0,
-        },
-    )
+    cfg = _online(cfg)
     name = "io.github.modelcontextprotocol/filesystem"
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
@@ -145,15 +134,7 @@ async def test_the_real_git_server_reads_a_repository_mounted_for_it_and_nothing
     subprocess.run(["git", "init", "-q", str(repo)], check=True, timeout=30)
     (repo / "notes.txt").write_text("untracked")
     name = "io.github.modelcontextprotocol/git"
-    cfg = config_mod.replace(
-        cfg,
-        discovery={
-            "catalog_dir": str(REPO_ROOT / "config" / "catalog"),
-            "start_timeout_s": 60.0,
-            "install_timeout_s": 500.0,
-            "mounts": (f"{name}:{repo}:ro",),
-        },
-    )
+    cfg = _online(cfg, mounts=(f"{name}:{repo}:ro",))
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import HubGateway
-from services.common.config import Config
+from services.common.config import Config, EdgeConfig
 
 from .catalog import Catalog, build
 from .dispatcher import Dispatcher, ServerOptions
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class McpOptions:
-    """Transport settings (defaults; the frame limit and origins come from `[edge]`)."""
+    """Transport settings; `from_config` takes them from `[edge]` (its `mcp_*` keys)."""
 
     max_frame_bytes: int = 4 * 1024 * 1024
     # A request that has not answered or reported progress within this window switches
@@ -38,6 +38,18 @@ class McpOptions:
     # Standalone-stream events kept per HTTP session for Last-Event-ID resumption.
     session_backlog: int = 256
     notification_queue: int = 1024
+
+    @classmethod
+    def from_config(cls, edge: EdgeConfig) -> McpOptions:
+        return cls(
+            max_frame_bytes=edge.max_frame_bytes,
+            sse_defer_s=edge.mcp_sse_defer_s,
+            sse_keepalive_s=edge.mcp_sse_keepalive_s,
+            session_ttl_s=edge.mcp_session_ttl_s,
+            max_sessions=edge.mcp_max_sessions,
+            session_backlog=edge.mcp_session_backlog,
+            notification_queue=edge.mcp_notification_queue,
+        )
 
 
 class LiveCatalog:
@@ -66,7 +78,7 @@ class McpService:
         server: ServerOptions | None = None,
     ) -> None:
         self.gateway = gateway
-        self.opts = opts or McpOptions(max_frame_bytes=cfg.edge.max_frame_bytes)
+        self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(gateway)
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.policy = OriginPolicy(cfg.edge.host, cfg.edge.allowed_origins)

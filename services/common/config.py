@@ -154,6 +154,13 @@ class EdgeConfig:
     max_frame_bytes: int = 4 * 1024 * 1024
     allowed_origins: tuple[str, ...] = ()
     uvloop: bool = True
+    # MCP Streamable HTTP sessions (docs/mcp.md).
+    mcp_session_ttl_s: float = 3600.0
+    mcp_max_sessions: int = 10000
+    mcp_session_backlog: int = 256
+    mcp_notification_queue: int = 1024
+    mcp_sse_defer_s: float = 10.0
+    mcp_sse_keepalive_s: float = 15.0
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,10 @@ import pytest
 from aiohttp import web
 
 from edge.mcp import McpOptions, add_routes
+from services.common import config as config_mod
+from services.common.config import Config
 
-from .conftest import Edge, Probe, Register, actions, serve, tool_def
+from .conftest import MCP_SERVICE, Edge, Probe, Register, actions, serve, tool_def
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 MODERN = "2026-07-28"
@@ -193,6 +195,27 @@ async def test_unknown_sessions_are_404_and_delete_ends_a_session(http: aiohttp.
     async with http.get(edge.url, headers={"Accept": "text/event-stream"}) as r:
         no_sid = r.status
     assert (stranger, known, deleted, gone, no_sid) == (404, 200, 200, 404, 400)
+
+
+async def test_past_the_configured_session_cap_the_least_recently_used_session_is_forgotten(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Config
+):
+    app = web.Application()
+    add_routes(app, gateway, config_mod.replace(cfg, edge={"mcp_max_sessions": 2}))
+    runner, port = await serve(app)
+    try:
+        edge = Edge(port, app[MCP_SERVICE], app)
+        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+        first, second = await initialize(http, edge), await initialize(http, edge)
+        await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": first})  # first is now the fresher
+        third = await initialize(http, edge)
+        statuses = [
+            (await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid}))[0]
+            for sid in (first, second, third)
+        ]
+    finally:
+        await runner.cleanup()
+    assert statuses == [200, 404, 200]
 
 
 async def test_notifications_are_accepted_with_202(http: aiohttp.ClientSession, edge: Edge):

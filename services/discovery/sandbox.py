@@ -45,6 +45,15 @@ PATH = "/usr/local/bin:/usr/bin:/bin"
 _ETC = ("/etc/timezone", "/etc/ssl", "/etc/ca-certificates")
 _ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf")
 _PROBE_TIMEOUT_S = 10.0
+# Variables that steer the dynamic loader or libc (glibc drops these for setuid programs). A server's
+# catalog entry may not set them: setpriv still runs as root inside the sandbox, and with `process`
+# isolation the server itself would start with them before anything else.
+UNSAFE_ENV = frozenset(
+    {
+        "GCONV_PATH", "GETCONF_DIR", "GLIBC_TUNABLES", "HOSTALIASES", "LOCALDOMAIN", "LOCPATH",
+        "MALLOC_TRACE", "NIS_PATH", "NLSPATH", "RESOLV_HOST_CONF", "RES_OPTIONS", "TZDIR",
+    }
+)  # fmt: skip
 
 
 class IsolationUnavailable(FailedPrecondition):
@@ -126,7 +135,12 @@ class Jail:
             return Launch([command, *args], self._env(env))
         exe, runtime = _runtime(command, self.install_dir)
         self._own_work_dir()
-        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), self._env(env))
+        # bwrap itself runs outside the sandbox (as root here): it gets PATH and nothing else; the
+        # server's environment is set inside with --clearenv/--setenv.
+        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), {"PATH": PATH})
+        launch.argv.append("--clearenv")
+        for key, value in self._env(env).items():
+            launch.argv += ["--setenv", key, value]
         try:
             if sb.caps.seccomp:
                 launch.pass_fds = (seccomp.program_fd(),)
@@ -148,6 +162,9 @@ class Jail:
         home = str(self.work_dir)
         full = {"PATH": PATH, "LANG": "C.UTF-8", "HOME": home, "TMPDIR": "/tmp"}
         for key, value in env.items():  # a catalog default `~/x` means x in the server's own HOME
+            if key.startswith("LD_") or key in UNSAFE_ENV:
+                log.warning("server %s: environment variable %s is not passed to it", self.name, key)
+                continue
             full[key] = home + value[1:] if value.startswith("~/") else value
         return full
 

@@ -141,6 +141,38 @@ async def test_a_sandboxed_server_cannot_reach_the_network_host_files_outside_wr
         assert not listener.connected.is_set()
 
 
+async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_catalog_never_pass(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SECRET, "hunter2")
+    wheels = root / "wheels"
+    wheels.mkdir()
+    dist = "ts-env-mcp"
+    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
+    name = f"{NS}/{dist}"
+    doc = server_json(name, "env defaults for sandbox tests", "pypi", dist, "1.0.0")
+    preload = root / "preload-marker.so"  # never loaded: the loader would complain on stderr if tried
+    doc["packages"][0]["environmentVariables"] = [
+        {"name": "LD_PRELOAD", "default": str(preload)},
+        {"name": "GCONV_PATH", "default": str(root)},
+        {"name": "TS_GREETING", "default": "hello"},
+    ]
+    write_catalog(catalog_dir, doc)
+    async with Hub(dcfg) as hub:
+        installed = await hub.discovery.install(name)
+        tool_id = installed.server.tool_id
+        transport = hub.discovery.runners[tool_id].transport
+        assert transport is not None and transport.pid is not None
+        outside = Path(f"/proc/{transport.pid}/environ").read_bytes().split(b"\0")
+        assert [v for v in outside if v] == [b"PATH=/usr/local/bin:/usr/bin:/bin"]  # bwrap's own
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, tool_id)
+            assert (await s.attempt("env", "TS_GREETING")).content[0].text.text == "hello"
+            for unsafe in ("LD_PRELOAD", "GCONV_PATH", SECRET):
+                assert (await s.attempt("env", unsafe)).is_error, unsafe
+        assert "preload" not in transport.stderr_tail()
+
+
 async def test_a_server_named_in_network_allowed_reaches_the_loopback_listener_and_sees_its_mounts(
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.common.config import ConfigError, DiscoveryConfig
+from services.common.config import REPO_ROOT, ConfigError, DiscoveryConfig
 from services.common.errors import FailedPrecondition
 from services.common.runtime import die_with_parent
 from services.executor import cgroups, seccomp
@@ -210,7 +210,10 @@ class Jail:
 
 def _runtime(command: str, install_dir: Path) -> tuple[str, list[tuple[str, str]]]:
     """The command as an absolute path, and (source, target) read-only mounts it needs to run:
-    the interpreter a venv links to, or the prefix of a command outside the system directories."""
+    the installation (prefix) of the interpreter a venv links to, or of a command outside the
+    system directories. A prefix is mounted only when it looks like a Python or Node installation
+    and holds nothing private (the home directory, the repository, the server's own directory);
+    otherwise only the executable itself is."""
     exe = command if os.path.isabs(command) else shutil.which(command) or command
     prefixes = []
     cfg = install_dir / "venv" / "pyvenv.cfg"
@@ -218,18 +221,33 @@ def _runtime(command: str, install_dir: Path) -> tuple[str, list[tuple[str, str]
         for line in cfg.read_text().splitlines():
             key, _, value = line.partition("=")
             if key.strip() == "home" and value.strip():
-                prefixes.append(os.path.dirname(value.strip()))
+                prefixes.append((os.path.dirname(value.strip()), ""))
     if os.path.isabs(exe) and not Path(exe).is_relative_to(install_dir):
-        prefixes.append(os.path.dirname(os.path.dirname(exe)))
+        prefixes.append((os.path.dirname(os.path.dirname(exe)), exe))
     binds = []
-    for prefix in prefixes:
+    for prefix, program in prefixes:
         real = os.path.realpath(prefix)
         if _under_system(real) or real == "/":
+            continue
+        if not _is_runtime_prefix(Path(real)) or _holds_private(Path(real), install_dir):
+            if program:  # mount the program alone
+                binds.append((os.path.realpath(program), program))
             continue
         binds.append((real, real))
         if prefix != real:
             binds.append((real, prefix))
     return exe, binds
+
+
+def _is_runtime_prefix(prefix: Path) -> bool:
+    lib = prefix / "lib"
+    return (lib / "node_modules").is_dir() or any(lib.glob("python3*/os.py"))
+
+
+def _holds_private(prefix: Path, install_dir: Path) -> bool:
+    """True when mounting `prefix` would show the home directory, the repository or the server's dir."""
+    private = [Path.home(), REPO_ROOT, install_dir]
+    return any(Path(os.path.realpath(p)).is_relative_to(prefix) for p in private)
 
 
 def _under_system(path: str) -> bool:

@@ -19,6 +19,7 @@ from services.common import config as config_mod
 from services.common.config import Config
 from services.common.errors import FailedPrecondition
 from services.common.jsonvalue import dict_to_struct
+from services.discovery.sandbox import _runtime
 from services.hub.app import Hub
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 
@@ -171,6 +172,24 @@ async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_cat
             for unsafe in ("LD_PRELOAD", "GCONV_PATH", SECRET):
                 assert (await s.attempt("env", unsafe)).is_error, unsafe
         assert "preload" not in transport.stderr_tail()
+
+
+def test_a_runtime_outside_the_system_is_mounted_by_its_installation_never_by_the_home_around_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = root / "home"
+    monkeypatch.setenv("HOME", str(home))
+    loose = home / "bin" / "node"  # a node binary dropped into ~/bin: its "prefix" is the home directory
+    nvm = home / ".nvm" / "versions" / "node" / "v20" / "bin" / "node"  # a real installation prefix
+    for exe in (loose, nvm):
+        exe.parent.mkdir(parents=True)
+        exe.write_text("")
+    (nvm.parents[1] / "lib" / "node_modules").mkdir(parents=True)
+    install_dir = root / "mcp" / "server"
+
+    assert _runtime(str(loose), install_dir) == (str(loose), [(str(loose), str(loose))])
+    assert _runtime(str(nvm), install_dir) == (str(nvm), [(str(nvm.parents[1]), str(nvm.parents[1]))])
+    assert _runtime("/usr/bin/env", install_dir) == ("/usr/bin/env", [])  # the system is always there
 
 
 async def test_a_server_named_in_network_allowed_reaches_the_loopback_listener_and_sees_its_mounts(

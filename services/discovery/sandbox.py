@@ -93,6 +93,7 @@ class Launch:
     env: dict[str, str]
     pass_fds: tuple[int, ...] = ()
     group: cgroups.Group | None = None
+    sandboxed: bool = False  # argv starts bwrap: the server runs below it, in its own pid namespace
 
     def preexec(self) -> None:
         """In the child before exec: die with the hub, and enter the cgroup (so bwrap and all it
@@ -137,7 +138,7 @@ class Jail:
         self._own_work_dir()
         # bwrap itself runs outside the sandbox (as root here): it gets PATH and nothing else; the
         # server's environment is set inside with --clearenv/--setenv.
-        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), {"PATH": PATH})
+        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), {"PATH": PATH}, sandboxed=True)
         launch.argv.append("--clearenv")
         for key, value in self._env(env).items():
             launch.argv += ["--setenv", key, value]

@@ -141,7 +141,12 @@ class StdioTransport:
             if proc.stdin and not proc.stdin.is_closing():
                 proc.stdin.close()
             if not await _wait_exit(proc, self.grace):
-                _signal_group(proc.pid, signal.SIGTERM)
+                if self._launch is not None and self._launch.sandboxed:
+                    # The server, not bwrap: bwrap dying first would SIGKILL it (--die-with-parent)
+                    # before it could finish; bwrap exits by itself once the server has.
+                    _signal_descendants(proc.pid, signal.SIGTERM, skip="bwrap")
+                else:
+                    _signal_group(proc.pid, signal.SIGTERM)
                 if not await _wait_exit(proc, self.grace):
                     _signal_group(proc.pid, signal.SIGKILL)
                     await _wait_exit(proc, self.grace)
@@ -234,6 +239,32 @@ def kill_stale_group(pid_path: Path, cwd: str) -> None:
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+def _signal_descendants(pid: int, sig: int, skip: str = "") -> None:
+    """Signal every process below `pid` but those whose command name is `skip`. A sandboxed server
+    runs under bwrap in its own session and pid namespace, where bwrap's group signal does not reach."""
+    stack, seen = [pid], set()
+    while stack:
+        parent = stack.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                with open(f"/proc/{parent}/task/{tid}/children") as f:
+                    for child in map(int, f.read().split()):
+                        if child not in seen:
+                            seen.add(child)
+                            stack.append(child)
+    for child in seen:
+        with contextlib.suppress(OSError):
+            if skip:
+                with open(f"/proc/{child}/comm") as f:
+                    if f.read().strip() == skip:
+                        continue
+            os.kill(child, sig)
 
 
 async def _wait_exit(proc: asyncio.subprocess.Process, seconds: float) -> bool:

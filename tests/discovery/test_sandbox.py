@@ -174,6 +174,23 @@ async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_cat
         assert "preload" not in transport.stderr_tail()
 
 
+async def test_stopping_a_sandboxed_server_that_outlives_its_stdin_sends_it_sigterm(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    wheels = root / "wheels"
+    wheels.mkdir()
+    dist = "ts-linger-mcp"
+    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0", behaviour="linger"), dist)
+    name = f"{NS}/{dist}"
+    write_catalog(catalog_dir, server_json(name, "lingers after stdin", "pypi", dist, "1.0.0"))
+    async with Hub(dcfg) as hub:
+        installed = await hub.discovery.install(name)
+        work = hub.discovery.installer.dir_for(installed.server.tool_id) / "work"
+        assert not (work / "terminated.txt").exists()
+    # the hub closed its stdin, waited stop_grace_s, then signalled the server inside the sandbox
+    assert (work / "terminated.txt").read_text() == "SIGTERM"
+
+
 def test_a_runtime_outside_the_system_is_mounted_by_its_installation_never_by_the_home_around_it(
     root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

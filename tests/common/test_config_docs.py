@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from services.common.config import REPO_ROOT, Config
 
@@ -24,13 +25,9 @@ PAGES = {
 
 def _sections() -> list[tuple[str, type]]:
     out = []
-    for f in dataclasses.fields(Config):
-        kind = f.type if isinstance(f.type, type) else None
-        if kind is None:  # `from __future__ import annotations`: resolve by the default's class
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            item = default[0] if isinstance(default, tuple) and default else default
-            kind = type(item)
-        out.append((f.name, kind))
+    for name, hint in typing.get_type_hints(Config).items():
+        args = typing.get_args(hint)  # tuple[FunctionToolConfig, ...] -> FunctionToolConfig
+        out.append((name, args[0] if args else hint))
     return out
 
 

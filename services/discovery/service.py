@@ -87,6 +87,7 @@ class Discovery:
             self._stack.push_async_callback(self.fleet.stop_all)
             self._stack.callback(self._close_watchers)
             self.records = self.state.load()
+            self._adopt_curated_env()
             await self.fleet.restore(self.records.values())
         except BaseException:
             await self._stack.aclose()
@@ -116,6 +117,26 @@ class Discovery:
         entries, unreachable = await self._catalog(query, curated_only)
         ranked, total = ranking.rank(query, entries, max(1, min(limit or 10, 100)))
         return [self._candidate(r) for r in ranked], total, unreachable
+
+    def _adopt_curated_env(self) -> None:
+        """Give installed curated servers the environment defaults their catalog entry has gained
+        since they were installed (same version); values already recorded are kept."""
+        entries = {(c.name, c.version): c for c in self.curated}
+        changed = False
+        for record in self.records.values():
+            entry = entries.get((record.name, record.version))
+            if entry is None or record.source != catalog_mod.CURATED:
+                continue
+            for pkg in entry.packages:
+                if (pkg.registry_type, pkg.identifier) != (record.registry_type, record.identifier):
+                    continue
+                with contextlib.suppress(FailedPrecondition):
+                    for key, value in _package_env(pkg).items():
+                        if key not in record.env:
+                            record.env[key] = value
+                            changed = True
+        if changed:
+            self.state.save(self.records)
 
     def _reload_curated(self) -> None:
         """Re-read the curated catalog when a file in it was added, removed or edited."""

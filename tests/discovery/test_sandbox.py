@@ -174,6 +174,22 @@ async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_cat
         assert "preload" not in transport.stderr_tail()
 
 
+async def test_an_installed_curated_server_gets_environment_defaults_its_entry_gained_since(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-later-env-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+    doc = server_json(name, "ts-later-env-mcp for sandbox tests", "pypi", "ts-later-env-mcp", "1.0.0")
+    doc["packages"][0]["environmentVariables"] = [{"name": "TS_GREETING", "default": "~/greeting"}]
+    write_catalog(catalog_dir, doc)  # e.g. a state file location added to the entry after the install
+    async with Hub(dcfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            greeting = await Calls(ch, tool_id).attempt("env", "TS_GREETING")
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    assert greeting.content[0].text.text == f"{work}/greeting"
+
+
 async def test_stopping_a_sandboxed_server_that_outlives_its_stdin_sends_it_sigterm(
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:

@@ -174,7 +174,12 @@ class Jail:
         CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            os.chown(self.work_dir, self.sandboxes.cfg.sandbox_uid, 0)
+            uid = self.sandboxes.cfg.sandbox_uid
+            if self.work_dir.stat().st_uid != uid:  # first sandboxed start: hand over what is inside
+                for top, dirs, files in os.walk(self.work_dir):  # never follows links
+                    for entry in (*dirs, *files):
+                        os.lchown(os.path.join(top, entry), uid, -1)
+            os.chown(self.work_dir, uid, 0)
             os.chmod(self.work_dir, 0o770)
 
     def _bwrap_argv(self, bwrap: str, runtime: list[tuple[str, str]]) -> list[str]:

@@ -190,6 +190,24 @@ async def test_an_installed_curated_server_gets_environment_defaults_its_entry_g
     assert greeting.content[0].text.text == f"{work}/greeting"
 
 
+async def test_files_an_unsandboxed_server_left_in_its_directory_stay_writable_once_it_is_sandboxed(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-upgraded-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    (work / "state").mkdir()
+    kept = work / "state" / "kept.txt"
+    kept.write_text("from before the sandbox")
+    for p in (work, work / "state", kept):  # as a server running as root left them
+        os.chown(p, 0, 0)
+    async with Hub(dcfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            wrote = await Calls(ch, tool_id).attempt("write", str(kept))
+    assert not wrote.is_error and kept.read_text() == "written by the server"
+
+
 async def test_stopping_a_sandboxed_server_that_outlives_its_stdin_sends_it_sigterm(
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:

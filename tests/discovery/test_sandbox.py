@@ -77,12 +77,25 @@ def cgroup_limits(pid: int) -> tuple[int, int]:
     return int(pids), int(memory)
 
 
-def publish(pkg_index: PackageIndex, root: Path, catalog_dir: Path, dist: str) -> str:
-    wheels = root / "wheels"
-    wheels.mkdir(exist_ok=True)
-    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
+def publish(
+    pkg_index: PackageIndex,
+    root: Path,
+    catalog_dir: Path,
+    dist: str,
+    behaviour: str = "ok",
+    env: dict[str, str] | None = None,
+    wheel: bool = True,
+) -> str:
+    """The tiny server as a wheel on the local index and a curated catalog entry (with `env` as its
+    environment defaults); `wheel=False` rewrites only the entry."""
+    if wheel:
+        wheels = root / "wheels"
+        wheels.mkdir(exist_ok=True)
+        pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0", behaviour=behaviour), dist)
     name = f"{NS}/{dist}"
-    write_catalog(catalog_dir, server_json(name, f"{dist} for sandbox tests", "pypi", dist, "1.0.0"))
+    doc = server_json(name, f"{dist} for sandbox tests", "pypi", dist, "1.0.0")
+    doc["packages"][0]["environmentVariables"] = [{"name": k, "default": v} for k, v in (env or {}).items()]
+    write_catalog(catalog_dir, doc)
     return name
 
 
@@ -146,19 +159,9 @@ async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_cat
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(SECRET, "hunter2")
-    wheels = root / "wheels"
-    wheels.mkdir()
-    dist = "ts-env-mcp"
-    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
-    name = f"{NS}/{dist}"
-    doc = server_json(name, "env defaults for sandbox tests", "pypi", dist, "1.0.0")
     preload = root / "preload-marker.so"  # never loaded: the loader would complain on stderr if tried
-    doc["packages"][0]["environmentVariables"] = [
-        {"name": "LD_PRELOAD", "default": str(preload)},
-        {"name": "GCONV_PATH", "default": str(root)},
-        {"name": "TS_GREETING", "default": "hello"},
-    ]
-    write_catalog(catalog_dir, doc)
+    env = {"LD_PRELOAD": str(preload), "GCONV_PATH": str(root), "TS_GREETING": "hello"}
+    name = publish(pkg_index, root, catalog_dir, "ts-env-mcp", env=env)
     async with Hub(dcfg) as hub:
         installed = await hub.discovery.install(name)
         tool_id = installed.server.tool_id
@@ -180,9 +183,8 @@ async def test_an_installed_curated_server_gets_environment_defaults_its_entry_g
     name = publish(pkg_index, root, catalog_dir, "ts-later-env-mcp")
     async with Hub(dcfg) as hub:
         tool_id = (await hub.discovery.install(name)).server.tool_id
-    doc = server_json(name, "ts-later-env-mcp for sandbox tests", "pypi", "ts-later-env-mcp", "1.0.0")
-    doc["packages"][0]["environmentVariables"] = [{"name": "TS_GREETING", "default": "~/greeting"}]
-    write_catalog(catalog_dir, doc)  # e.g. a state file location added to the entry after the install
+    # e.g. a state file location added to the entry after the install
+    publish(pkg_index, root, catalog_dir, "ts-later-env-mcp", env={"TS_GREETING": "~/greeting"}, wheel=False)
     async with Hub(dcfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             greeting = await Calls(ch, tool_id).attempt("env", "TS_GREETING")
@@ -211,12 +213,7 @@ async def test_files_an_unsandboxed_server_left_in_its_directory_stay_writable_o
 async def test_stopping_a_sandboxed_server_that_outlives_its_stdin_sends_it_sigterm(
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:
-    wheels = root / "wheels"
-    wheels.mkdir()
-    dist = "ts-linger-mcp"
-    pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0", behaviour="linger"), dist)
-    name = f"{NS}/{dist}"
-    write_catalog(catalog_dir, server_json(name, "lingers after stdin", "pypi", dist, "1.0.0"))
+    name = publish(pkg_index, root, catalog_dir, "ts-linger-mcp", behaviour="linger")
     async with Hub(dcfg) as hub:
         installed = await hub.discovery.install(name)
         work = hub.discovery.installer.dir_for(installed.server.tool_id) / "work"

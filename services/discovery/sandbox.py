@@ -176,9 +176,12 @@ class Jail:
         if os.geteuid() == 0:
             uid = self.sandboxes.cfg.sandbox_uid
             if self.work_dir.stat().st_uid != uid:  # first sandboxed start: hand over what is inside
-                for top, dirs, files in os.walk(self.work_dir):  # never follows links
+                os.chmod(self.work_dir, 0o700)  # nobody else walks in while we do
+                # fwalk + dir_fd: every step is relative to a directory already open, never a path a
+                # symlink swapped in meanwhile could redirect
+                for _, dirs, files, dir_fd in os.fwalk(self.work_dir, follow_symlinks=False):
                     for entry in (*dirs, *files):
-                        os.lchown(os.path.join(top, entry), uid, -1)
+                        os.chown(entry, uid, -1, dir_fd=dir_fd, follow_symlinks=False)
             os.chown(self.work_dir, uid, 0)
             os.chmod(self.work_dir, 0o770)
 
@@ -238,6 +241,8 @@ def _runtime(command: str, install_dir: Path) -> tuple[str, list[tuple[str, str]
         if not _is_runtime_prefix(Path(real)) or _holds_private(Path(real), install_dir):
             if program:  # mount the program alone
                 binds.append((os.path.realpath(program), program))
+            else:
+                log.warning("the Python installation at %s is not mounted (not a dedicated one)", real)
             continue
         binds.append((real, real))
         if prefix != real:
@@ -246,14 +251,16 @@ def _runtime(command: str, install_dir: Path) -> tuple[str, list[tuple[str, str]
 
 
 def _is_runtime_prefix(prefix: Path) -> bool:
-    lib = prefix / "lib"
-    return (lib / "node_modules").is_dir() or any(lib.glob("python3*/os.py"))
+    return (prefix / "lib" / "node_modules").is_dir() or any(prefix.glob("lib*/python3*/os.py"))
 
 
 def _holds_private(prefix: Path, install_dir: Path) -> bool:
-    """True when mounting `prefix` would show the home directory, the repository or the server's dir."""
-    private = [Path.home(), REPO_ROOT, install_dir]
-    return any(Path(os.path.realpath(p)).is_relative_to(prefix) for p in private)
+    """True when mounting `prefix` would show the home directory, the repository or the server's dir,
+    or when it sits right in the home directory (~/.local and the like are shared by many tools;
+    a dedicated installation such as ~/.nvm/versions/node/v20 lies deeper)."""
+    home = Path(os.path.realpath(Path.home()))
+    private = [home, Path(os.path.realpath(REPO_ROOT)), Path(os.path.realpath(install_dir))]
+    return prefix.parent == home or any(p.is_relative_to(prefix) for p in private)
 
 
 def _under_system(path: str) -> bool:

@@ -238,6 +238,11 @@ def test_a_runtime_outside_the_system_is_mounted_by_its_installation_never_by_th
     assert _runtime(str(loose), install_dir) == (str(loose), [(str(loose), str(loose))])
     assert _runtime(str(nvm), install_dir) == (str(nvm), [(str(nvm.parents[1]), str(nvm.parents[1]))])
     assert _runtime("/usr/bin/env", install_dir) == ("/usr/bin/env", [])  # the system is always there
+    shared = home / ".local" / "bin" / "node"  # ~/.local holds many tools' files: never mounted whole
+    shared.parent.mkdir(parents=True)
+    shared.write_text("")
+    (home / ".local" / "lib" / "node_modules").mkdir(parents=True)
+    assert _runtime(str(shared), install_dir) == (str(shared), [(str(shared), str(shared))])
 
 
 async def test_a_server_named_in_network_allowed_reaches_the_loopback_listener_and_sees_its_mounts(

@@ -243,28 +243,54 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def _signal_descendants(pid: int, sig: int, skip: str = "") -> None:
     """Signal every process below `pid` but those whose command name is `skip`. A sandboxed server
-    runs under bwrap in its own session and pid namespace, where bwrap's group signal does not reach."""
-    stack, seen = [pid], set()
-    while stack:
-        parent = stack.pop()
-        try:
-            tasks = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in tasks:
-            with contextlib.suppress(OSError, ValueError):
-                with open(f"/proc/{parent}/task/{tid}/children") as f:
-                    for child in map(int, f.read().split()):
-                        if child not in seen:
-                            seen.add(child)
-                            stack.append(child)
-    for child in seen:
-        with contextlib.suppress(OSError):
-            if skip:
-                with open(f"/proc/{child}/comm") as f:
-                    if f.read().strip() == skip:
-                        continue
-            os.kill(child, sig)
+    runs under bwrap in its own session and pid namespace, where bwrap's group signal does not reach.
+
+    Each process is pinned with a pidfd and checked to still be its parent's child before it is
+    signalled, so a pid that was freed and reused meanwhile is never hit."""
+    stack, pinned = [pid], []
+    try:
+        while stack:
+            parent = stack.pop()
+            try:
+                tasks = os.listdir(f"/proc/{parent}/task")
+            except OSError:
+                continue
+            for tid in tasks:
+                try:
+                    with open(f"/proc/{parent}/task/{tid}/children") as f:
+                        children = [int(c) for c in f.read().split()]
+                except (OSError, ValueError):
+                    continue
+                for child in children:
+                    try:
+                        fd = os.pidfd_open(child)
+                    except OSError:
+                        continue  # gone already
+                    pinned.append(fd)
+                    if _parent_of(child) == parent:
+                        stack.append(child)
+                        if not skip or _command_of(child) != skip:
+                            with contextlib.suppress(OSError):
+                                signal.pidfd_send_signal(fd, sig)
+    finally:
+        for fd in pinned:
+            os.close(fd)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def _command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 async def _wait_exit(proc: asyncio.subprocess.Process, seconds: float) -> bool:

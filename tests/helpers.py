@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -10,6 +12,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct
+from services.toolkit import Action
 
 ECHO_SCHEMA = {
     "type": "object",
@@ -45,6 +48,18 @@ def grpc_tool(
     )
 
 
+def served_tool(tool_id: str, endpoint: str, actions: Sequence[Action]) -> tool_pb2.Tool:
+    """The Tool a toolkit server serving `actions` at `endpoint` registers."""
+    return tool_pb2.Tool(
+        tool_id=tool_id,
+        name=tool_id,
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint=endpoint,
+        enabled=True,
+        capabilities=[a.capability() for a in actions],
+    )
+
+
 def reason_of(err: grpc.aio.AioRpcError) -> str:
     status = rpc_status.from_call(err)
     assert status is not None, f"no rich status on {err.code()}: {err.details()}"
@@ -59,3 +74,18 @@ async def nap(seconds: float) -> str:
 
     await asyncio.sleep(seconds)
     return "rested"
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc), at this moment."""
+    out: set[int] = set()
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        out.update(map(int, kids))
+        stack.extend(map(int, kids))
+    return out

@@ -22,20 +22,7 @@ from services.executor import cgroups
 from services.executor.sandbox import stdlib_readable_by
 from services.hub.app import Hub
 from tests.executor.conftest import TOOL, running_executor
-
-
-def descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        out.update(map(int, kids))
-        stack.extend(map(int, kids))
-    return out
+from tests.helpers import descendants
 
 
 def cmdline(pid: int) -> bytes:

@@ -19,23 +19,9 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor.app import ExecutorProcess, listen_address
 from services.hub.app import Hub
 from tests.conftest import stop_process, wait_registered
+from tests.helpers import descendants
 
 EXECUTOR = "python-executor-mcp-server"
-
-
-def descendants(pid: int) -> set[int]:
-    out: set[int] = set()
-    stack = [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except FileNotFoundError:
-            continue
-        for k in map(int, kids):
-            out.add(k)
-            stack.append(k)
-    return out
 
 
 def alive(pid: int) -> bool:

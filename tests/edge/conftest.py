@@ -20,6 +20,7 @@ from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from services.toolkit import Action
+from tests.helpers import served_tool
 
 TOKEN = "s3cret-admin-token"
 ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
@@ -46,14 +47,7 @@ ECHO_ACTIONS = [
 
 
 def grpc_tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
-    return tool_pb2.Tool(
-        tool_id=tool_id,
-        name=tool_id,
-        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
-        endpoint=endpoint,
-        enabled=True,
-        capabilities=[a.capability() for a in ECHO_ACTIONS],
-    )
+    return served_tool(tool_id, endpoint, ECHO_ACTIONS)
 
 
 def echo_spec(tool_id: str, endpoint: str) -> dict[str, Any]:

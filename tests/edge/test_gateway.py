@@ -13,28 +13,19 @@ from edge.gateway import GatewayOptions, HubGateway
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action
+from tests.helpers import served_tool
 
 
 async def _echo(args, ctx):
     return {"text": args["text"]}
 
 
+ECHO_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+ECHO = Action("echo", "", _echo, ECHO_SCHEMA)
+
+
 def _tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
-    return tool_pb2.Tool(
-        tool_id=tool_id,
-        name=tool_id,
-        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
-        endpoint=endpoint,
-        enabled=True,
-        capabilities=[
-            tool_pb2.Capability(
-                name="echo",
-                input_schema=dict_to_struct(
-                    {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
-                ),
-            )
-        ],
-    )
+    return served_tool(tool_id, endpoint, [ECHO])
 
 
 @pytest.fixture

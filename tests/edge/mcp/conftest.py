@@ -20,6 +20,7 @@ from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action
 from services.toolkit.server import CallContext
+from tests.helpers import served_tool
 
 ECHO_SCHEMA = {
     "type": "object",
@@ -124,15 +125,7 @@ def actions(probe: Probe) -> list[Action]:
     ]
 
 
-def tool_def(tool_id: str, endpoint: str, acts: list[Action]) -> tool_pb2.Tool:
-    return tool_pb2.Tool(
-        tool_id=tool_id,
-        name=tool_id,
-        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
-        endpoint=endpoint,
-        enabled=True,
-        capabilities=[a.capability() for a in acts],
-    )
+tool_def = served_tool
 
 
 Register = Callable[..., Any]

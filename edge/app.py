@@ -25,6 +25,7 @@ from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
+from edge.views import error_response
 from services.common.config import Config
 from services.common.errors import MeshError, Unavailable
 from services.discovery.client import DiscoveryClient
@@ -55,15 +56,6 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
     )
-
-
-def error_body(err: MeshError) -> dict[str, object]:
-    """One JSON error shape for every route; it also carries the original's fields."""
-    return {"status": "error", "success": False, "error": err.message, **err.to_json()}
-
-
-def error_response(err: MeshError) -> web.Response:
-    return web.json_response(error_body(err), status=err.http_status)
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:

@@ -27,6 +27,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
 
+from edge.views import error_response
 from services.common.errors import InvalidRequest, MeshError
 from services.discovery.client import DiscoveryClient
 
@@ -53,10 +54,7 @@ def _json(fn: Callable[[web.Request, DiscoveryClient], Awaitable[dict[str, Any]]
         try:
             return web.json_response(await fn(request, request.app[CLIENT]))
         except MeshError as err:
-            return web.json_response(
-                {"success": False, "status": "error", "error": err.message, **err.to_json()},
-                status=err.http_status,
-            )
+            return error_response(err)
 
     return handler
 

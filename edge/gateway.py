@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from toolscore.v1 import executor_pb2 as ex
@@ -65,6 +66,9 @@ class HubGateway:
 
     def __init__(self, opts: GatewayOptions) -> None:
         self.opts = opts
+        self._admin_metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {opts.admin_token}"),) if opts.admin_token else ()
+        )
         self.entries: dict[str, Entry] = {}
         self.revision = 0
         self.synced = asyncio.Event()
@@ -121,9 +125,6 @@ class HubGateway:
     def tools(self) -> list[tool_pb2.Tool]:
         """Every known tool (with health as last reported), in id order."""
         return [self.entries[k].snapshot() for k in sorted(self.entries)]
-
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.opts.admin_token}"),) if self.opts.admin_token else ()
 
     async def _follow(self) -> None:
         delay = 0.1
@@ -285,21 +286,18 @@ class HubGateway:
 
     async def register(self, tool: tool_pb2.Tool, *, timeout_s: float = 10.0) -> lib.RegisterToolResponse:
         """RegisterTool on the hub; returns once this cache reflects the change."""
-        try:
-            resp = await self.library.RegisterTool(
-                lib.RegisterToolRequest(tool=tool), metadata=self.metadata(), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._hub_error(exc) from None
-        await self.wait_revision(resp.revision)
-        return resp
+        return await self._write(self.library.RegisterTool, lib.RegisterToolRequest(tool=tool), timeout_s)
 
     async def deregister(self, tool_id: str, *, timeout_s: float = 10.0) -> lib.DeregisterToolResponse:
         """DeregisterTool on the hub; returns once this cache reflects the change."""
+        return await self._write(
+            self.library.DeregisterTool, lib.DeregisterToolRequest(tool_id=tool_id), timeout_s
+        )
+
+    async def _write(self, rpc: Any, request: Any, timeout_s: float) -> Any:
+        """An admin write on the hub (with the admin token), then wait for this cache to catch up."""
         try:
-            resp = await self.library.DeregisterTool(
-                lib.DeregisterToolRequest(tool_id=tool_id), metadata=self.metadata(), timeout=timeout_s
-            )
+            resp = await rpc(request, metadata=self._admin_metadata, timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             raise self._hub_error(exc) from None
         await self.wait_revision(resp.revision)

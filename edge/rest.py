@@ -60,19 +60,19 @@ def _tool(request: web.Request) -> tool_pb2.Tool:
 
 def stats(app: web.Application) -> dict[str, Any]:
     gw = app[GATEWAY]
-    tools = gw.tools()
+    entries = list(gw.entries.values())  # counted in place: no snapshot copies per request
     by_kind: dict[str, int] = {}
-    for t in tools:
-        name = views.KIND_NAMES.get(t.kind, "unspecified")
+    for e in sorted(entries, key=lambda e: e.tool.tool_id):
+        name = views.KIND_NAMES.get(e.tool.kind, "unspecified")
         by_kind[name] = by_kind.get(name, 0) + 1
-    calls = sum(t.stats.usage_count for t in tools)
-    successes = sum(t.stats.success_count for t in tools)
+    calls = sum(e.calls for e in entries)
+    successes = sum(e.successes for e in entries)
     metrics = app[METRICS]
     return {
-        "total_tools": len(tools),
-        "enabled_tools": sum(t.enabled for t in tools),
-        "healthy_tools": sum(t.health == tool_pb2.HEALTH_STATUS_HEALTHY for t in tools),
-        "unhealthy_tools": sum(t.health == tool_pb2.HEALTH_STATUS_UNHEALTHY for t in tools),
+        "total_tools": len(entries),
+        "enabled_tools": sum(e.tool.enabled for e in entries),
+        "healthy_tools": sum(e.health == tool_pb2.HEALTH_STATUS_HEALTHY for e in entries),
+        "unhealthy_tools": sum(e.health == tool_pb2.HEALTH_STATUS_UNHEALTHY for e in entries),
         "tools_by_kind": by_kind,
         "total_calls": calls,
         "total_successes": successes,
@@ -139,19 +139,7 @@ async def register_legacy(request: web.Request) -> web.Response:
         raise InvalidRequest("tool_spec is required", reason="MISSING_FIELD", metadata={"field": "tool_spec"})
     tool = views.tool_from_json(body["tool_spec"], where="tool_spec")
     resp = await request.app[GATEWAY].register(tool)
-    return _json(
-        {
-            "success": True,
-            "tool_id": resp.tool.tool_id,
-            "message": _registered(resp),
-            "revision": resp.revision,
-        }
-    )
-
-
-def _registered(resp: Any) -> str:
-    what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
-    return f"tool {resp.tool.tool_id} {what}"
+    return _json(views.registered_json(resp))
 
 
 async def deregister_legacy(request: web.Request) -> web.Response:
@@ -187,14 +175,7 @@ async def register_mcp_server(request: web.Request) -> web.Response:
         )
     tool = views.tool_from_json(spec, where="server_spec", kind=tool_pb2.TOOL_KIND_GRPC_SERVER)
     resp = await request.app[GATEWAY].register(tool)
-    return _json(
-        {
-            "success": True,
-            "tool_id": resp.tool.tool_id,
-            "message": _registered(resp),
-            "revision": resp.revision,
-        }
-    )
+    return _json(views.registered_json(resp))
 
 
 async def available_tools(request: web.Request) -> web.Response:

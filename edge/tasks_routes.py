@@ -9,12 +9,13 @@ routes are mounted on a bare aiohttp app.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from edge.rest import read_json
+from edge.views import error_response
 from services.common.errors import InvalidRequest, MeshError, NotFound
 from services.runtime.service import TaskService
 
@@ -22,19 +23,7 @@ TASKS = web.AppKey("tasks", TaskService)
 MAX_INPUT_CHARS = 100_000
 
 
-def _error(err: MeshError) -> web.Response:
-    return web.json_response(
-        {"status": "error", "success": False, "error": err.message, **err.to_json()}, status=err.http_status
-    )
-
-
-def _parse(raw: bytes) -> tuple[str, int, dict[str, Any]]:
-    try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
+def _parse(body: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequest(
@@ -61,9 +50,9 @@ def _parse(raw: bytes) -> tuple[str, int, dict[str, Any]]:
 
 async def create_task(request: web.Request) -> web.Response:
     try:
-        text, priority, context = _parse(await request.read())
+        text, priority, context = _parse(await read_json(request))
     except MeshError as err:
-        return _error(err)
+        return error_response(err)
     row = await request.app[TASKS].submit(text, priority, context)
     return web.json_response(
         {"task_id": row.task_id, "status": row.status},
@@ -76,7 +65,7 @@ async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     row = await request.app[TASKS].get(task_id)
     if row is None:
-        return _error(
+        return error_response(
             NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
         )
     return web.json_response(row.json())

@@ -136,13 +136,7 @@ async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any
                 reason="MISSING_ENDPOINT",
             )
         resp = await conn.app[GATEWAY].register(views.tool_from_json(spec, where="tool_spec"))
-    what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
-    return {
-        "success": True,
-        "message": f"tool {resp.tool.tool_id} {what}",
-        "tool_id": resp.tool.tool_id,
-        "revision": resp.revision,
-    }
+    return views.registered_json(resp)
 
 
 async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:

@@ -7,16 +7,17 @@ here does I/O; handlers call these and only send the result.
 
 from __future__ import annotations
 
+import base64
 import json
-import time
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
 from google.protobuf import timestamp_pb2
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, MeshError
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
 
@@ -125,8 +126,6 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
         elif kind == "json":
             content.append({"type": "json", "value": value_to_py(block.json.value)})
         elif kind == "image":
-            import base64
-
             content.append(
                 {
                     "type": "image",
@@ -362,5 +361,18 @@ def arguments_struct(value: Any, field: str = "parameters"):  # type: ignore[no-
         ) from None
 
 
-def wall_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)
+def registered_json(resp: Any) -> dict[str, Any]:
+    """The answer to a registration (REST and ToolScore WebSocket): what happened, and at which revision."""
+    what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
+    return {
+        "success": True,
+        "tool_id": resp.tool.tool_id,
+        "message": f"tool {resp.tool.tool_id} {what}",
+        "revision": resp.revision,
+    }
+
+
+def error_response(err: MeshError) -> web.Response:
+    """One JSON error shape for every route (it also carries the original's fields)."""
+    body = {"status": "error", "success": False, "error": err.message, **err.to_json()}
+    return web.json_response(body, status=err.http_status)

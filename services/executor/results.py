@@ -40,7 +40,7 @@ def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
     return entry
 
 
-def execute_response(r: RunResult, timeout: float, session_id: str) -> ex.ExecuteResponse:
+def execute_response(r: RunResult, session_id: str) -> ex.ExecuteResponse:
     """The python_execute result: text, image blocks, structured fields and a clear error when it failed."""
     structured: dict[str, Any] = {
         "stdout": r.stdout,
@@ -75,9 +75,14 @@ def execute_response(r: RunResult, timeout: float, session_id: str) -> ex.Execut
         )
     else:
         resp = text_result(text if not r.failure else f"{text}\n[{r.failure}]", structured)
-    for name, data in r.artifacts:
+    add_images(resp, r.artifacts)
+    return resp
+
+
+def add_images(resp: ex.ExecuteResponse, artifacts: list[tuple[str, bytes]]) -> None:
+    """Append the image artifacts (PNG, JPEG, SVG) as image content blocks."""
+    for name, data in artifacts:
         mime = IMAGE_TYPES.get(Path(name).suffix.lower())
         if mime:
             block = resp.content.add().image
             block.data, block.mime_type = data, mime
-    return resp

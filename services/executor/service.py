@@ -16,7 +16,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -27,7 +26,7 @@ from services.common.config import Config, ExecutorConfig
 from services.common.errors import InvalidRequest
 from services.executor import cgroups, envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
-from services.executor.results import IMAGE_TYPES, execute_response, take_artifact
+from services.executor.results import add_images, execute_response, take_artifact
 from services.executor.runner import RunResult, run_on
 from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
 from services.executor.schemas import (
@@ -221,7 +220,7 @@ class Executor(ToolServer):
                     return await run_on(worker, code, limit_s, self.xc)
                 finally:
                     self._after_reply(functools.partial(self.pool.give_back, worker))
-            session, _new = await self.sessions.get(session_id, left)
+            session = await self.sessions.get(session_id, left)
             async with session.lock:
                 result = await run_on(session.worker, code, limit_s, self.xc)
                 self.sessions.touch(session)
@@ -286,7 +285,7 @@ class Executor(ToolServer):
         result = await self.run_code(args["code"], timeout, session_id)
         if isinstance(result, ex.ExecuteResponse):
             return result
-        return execute_response(result, timeout, session_id)
+        return execute_response(result, session_id)
 
     async def _run_task(
         self, code: str, args: dict[str, Any], ctx: CallContext
@@ -309,11 +308,11 @@ class Executor(ToolServer):
             return result
         payload = take_artifact(result, tasks.RESULT_FILE)
         if result.return_code != 0 or result.timed_out or payload is None:
-            return execute_response(result, 0, "")
+            return execute_response(result, "")
         try:
             value = json.loads(payload)
         except ValueError:
-            return execute_response(result, 0, "")
+            return execute_response(result, "")
         structured = {"operation": args["operation"], "result": value, "text": result.stdout}
         return text_result(result.stdout, structured)
 
@@ -325,7 +324,7 @@ class Executor(ToolServer):
         if isinstance(result, ex.ExecuteResponse):
             return result
         if result.return_code != 0 or result.timed_out or not result.artifacts:
-            return execute_response(result, 0, "")
+            return execute_response(result, "")
         resp = text_result(
             f"{args['plot_type']} chart: {args.get('title') or 'untitled'}",
             {
@@ -334,11 +333,7 @@ class Executor(ToolServer):
                 "artifacts": [{"name": n, "size": len(d)} for n, d in result.artifacts],
             },
         )
-        for name, data in result.artifacts:
-            mime = IMAGE_TYPES.get(Path(name).suffix.lower())
-            if mime:
-                block = resp.content.add().image
-                block.data, block.mime_type = data, mime
+        add_images(resp, result.artifacts)
         return resp
 
     async def _python_install_package(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:

@@ -58,16 +58,16 @@ class Sessions:
             "expired": self.expired,
         }
 
-    async def get(self, session_id: str, within_s: float) -> tuple[Session, bool]:
-        """The live session (False) or a new one on a fresh worker (True)."""
+    async def get(self, session_id: str, within_s: float) -> Session:
+        """The live session, or a new one on a fresh worker."""
         session = self._sessions.get(session_id)
         if session is not None and session.worker.alive:
-            return session, False
+            return session
         if session is not None:
             await self.end(session_id, "its interpreter died")
         pending = self._creating.get(session_id)
         if pending is not None:
-            return await asyncio.shield(pending), False
+            return await asyncio.shield(pending)
         if len(self._sessions) + len(self._creating) >= self._max:
             raise SessionLimit(
                 f"{self._max} sessions are already live (executor.max_sessions); end one "
@@ -84,7 +84,7 @@ class Sessions:
             fut.set_result(session)
             self._wake.set()
             log.info("session %s started", session_id)
-            return session, True
+            return session
         except BaseException as exc:
             if isinstance(exc, Exception):
                 fut.set_exception(exc)

@@ -20,7 +20,7 @@ from typing import Any
 
 from services.common.config import Config
 from services.runtime.host import RuntimeHost
-from services.runtime.tasks import TaskRow, TaskStore
+from services.runtime.tasks import FINAL, TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
 RunTask = Callable[[TaskRow], Awaitable[dict[str, Any]]]
@@ -58,7 +58,6 @@ class TaskService:
         self.max_attempts = max(1, max_attempts)
         self._wake = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
-        self.running: dict[str, asyncio.Task[Any]] = {}
         self.finished = asyncio.Condition()
         self._resources = resources
 
@@ -95,8 +94,6 @@ class TaskService:
 
     async def wait_final(self, task_id: str, within_s: float) -> TaskRow:
         """Wait until a task reaches a final status (woken by each finish; used by tests and callers)."""
-        from services.runtime.tasks import FINAL
-
         async with asyncio.timeout(within_s), self.finished:
             while True:
                 row = await self.store.get(task_id)
@@ -137,7 +134,7 @@ class TaskService:
             )
         else:
             status = record.get("status")
-            status = status if status in ("completed", "failed", "budget_exhausted") else "failed"
+            status = status if status in FINAL else "failed"
             await self.store.finish(row.task_id, status, summary(record), record.get("error"))
             log.info("task %s %s", row.task_id, status)
         async with self.finished:

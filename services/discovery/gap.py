@@ -24,7 +24,7 @@ from toolscore.v1 import tool_pb2
 
 from services.discovery.ranking import fields as catalog_fields
 from services.discovery.ranking import vocabulary
-from services.library.search import tokens
+from services.library.search import tokens, tool_fields
 
 log = logging.getLogger(__name__)
 # Words that say how a task is phrased, not what capability it needs.
@@ -174,14 +174,7 @@ def _describe_tool(t: tool_pb2.Tool) -> dict[str, Any]:
 
 
 def _tool_terms(tools: Iterable[tool_pb2.Tool]) -> set[str]:
-    out: set[str] = set()
-    for t in tools:
-        texts = [t.tool_id.replace("-", " ").replace("_", " "), t.name, t.description, *t.tags]
-        for c in t.capabilities:
-            texts += [c.name.replace("_", " "), c.description]
-        for text in texts:
-            out.update(tokens(text))
-    return out
+    return {t for tool in tools for _, text in tool_fields(tool) for t in tokens(text)}
 
 
 def lexical_gap(

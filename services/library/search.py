@@ -38,7 +38,8 @@ class Match:
     matched: list[str]
 
 
-def _fields(tool: tool_pb2.Tool) -> Iterable[tuple[str, str]]:
+def tool_fields(tool: tool_pb2.Tool) -> Iterable[tuple[str, str]]:
+    """(field, text) pairs of a tool: what search ranks, and what gap analysis reads as its vocabulary."""
     yield "id", tool.tool_id.replace("-", " ").replace("_", " ")
     yield "name", tool.name
     yield "description", tool.description
@@ -98,5 +99,5 @@ def bm25(
 def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Match]:
     """BM25-scored matches, best first; tools that match no query term are left out."""
     terms = list(dict.fromkeys(tokens(query)))
-    scored = bm25(terms, tools, _fields, _WEIGHTS, key=lambda t: t.tool_id)
+    scored = bm25(terms, tools, tool_fields, _WEIGHTS, key=lambda t: t.tool_id)
     return [Match(m.item, m.score, m.matched) for m in scored[:limit]]

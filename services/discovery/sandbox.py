@@ -37,11 +37,10 @@ from services.common.config import REPO_ROOT, ConfigError, DiscoveryConfig
 from services.common.errors import FailedPrecondition
 from services.common.runtime import die_with_parent
 from services.executor import cgroups, seccomp
-from services.executor.sandbox import LEVELS, Capabilities, machine_support, system_view
+from services.executor.sandbox import LEVELS, PATH, Capabilities, machine_support, system_view
 
 log = logging.getLogger(__name__)
 SYSTEM_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-PATH = "/usr/local/bin:/usr/bin:/bin"
 _ETC = ("/etc/timezone", "/etc/ssl", "/etc/ca-certificates")
 _ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/host.conf", "/etc/gai.conf")
 _PROBE_TIMEOUT_S = 10.0
@@ -325,10 +324,7 @@ async def probe(cfg: DiscoveryConfig) -> Sandboxes:
         if why:
             notes.append(f"bubblewrap cannot start a sandbox here: {why}")
             bwrap = None
-    level = "full" if bwrap and has_seccomp and layout else "namespaces" if bwrap else "process"
-    caps = Capabilities(
-        level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
-    )
+    caps = Capabilities.of(bwrap, has_seccomp, layout, notes)
     setpriv = setpriv if bwrap else None
     groups = None
     if caps.cgroups is not None:

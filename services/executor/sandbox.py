@@ -31,6 +31,7 @@ from pathlib import Path
 
 from services.common.config import ExecutorConfig
 from services.executor import cgroups, seccomp
+from services.executor.cgroups import Layout
 from services.executor.handle import Child, Worker
 from services.executor.protocol import FrameReader
 
@@ -50,6 +51,9 @@ def real_python() -> tuple[Path, Path]:
     return Path(os.path.realpath(sys.base_prefix)), Path(os.path.realpath(sys.executable))
 
 
+PATH = "/usr/local/bin:/usr/bin:/bin"  # inside every sandbox: the system's directories only
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What this machine offers, found by actually starting a sandbox once."""
@@ -59,6 +63,14 @@ class Capabilities:
     seccomp: bool
     cgroups: cgroups.Layout | None
     notes: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls, bwrap: str | None, has_seccomp: bool, layout: Layout | None, notes: list[str]
+    ) -> Capabilities:
+        """The level these parts reach: full (bwrap, seccomp and cgroups), namespaces (bwrap), process."""
+        level = "full" if bwrap and has_seccomp and layout else "namespaces" if bwrap else "process"
+        return cls(level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes))
 
     def at_least(self, level: str) -> bool:
         return LEVELS.index(self.level) >= LEVELS.index(level)
@@ -76,7 +88,7 @@ class Capabilities:
 def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp: str) -> dict[str, str]:
     """The whole environment user code sees: fixed values plus what config names explicitly."""
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "PATH": PATH,
         "LANG": "C.UTF-8",
         "HOME": home,
         "TMPDIR": tmp,
@@ -348,17 +360,9 @@ async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
         except SpawnError as exc:
             notes.append(f"bubblewrap cannot start a sandbox here: {exc}")
             bwrap = None
-    if bwrap and has_seccomp and layout is not None:
-        level = "full"
-    elif bwrap:
-        level = "namespaces"
-    else:
-        level = "process"
-        if os.geteuid() == 0 and not stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid):
-            notes.append(
-                f"uid {cfg.sandbox_uid} cannot read the interpreter at {real_python()[0]}: at level "
-                "process user code would keep the executor's uid (root)"
-            )
-    return Capabilities(
-        level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes)
-    )
+    if bwrap is None and os.geteuid() == 0 and not stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid):
+        notes.append(
+            f"uid {cfg.sandbox_uid} cannot read the interpreter at {real_python()[0]}: at level "
+            "process user code would keep the executor's uid (root)"
+        )
+    return Capabilities.of(bwrap, has_seccomp, layout, notes)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 
 def setup_logging(level: str, label: str) -> None:
@@ -49,3 +50,34 @@ def die_with_parent() -> None:
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def run_command(
+    argv: Sequence[str],
+    *,
+    deadline_s: float,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> tuple[int, bytes]:
+    """Run a command in its own session, stdout and stderr together, within a deadline; on the
+    deadline (or cancellation) its whole process group is killed and reaped. (exit code, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+    )
+    try:
+        async with asyncio.timeout(deadline_s):
+            out, _ = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out

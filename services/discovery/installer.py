@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
-from services.common.runtime import die_with_parent
+from services.common.runtime import die_with_parent, run_command
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], object]
@@ -78,31 +77,14 @@ async def run(
     argv: Sequence[str], *, deadline_s: float, cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
     """Run a command in its own process group; returns (exit code, combined output tail)."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
+    code, out = await run_command(
+        argv,
+        deadline_s=deadline_s,
         cwd=cwd,
         env=env if env is not None else base_env(),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
         preexec_fn=die_with_parent,  # an install never outlives the hub
     )
-    try:
-        async with asyncio.timeout(deadline_s):
-            out, _ = await proc.communicate()
-    except BaseException:
-        _kill_group(proc.pid)
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace")[-4000:]
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    return code, out.decode(errors="replace")[-4000:]
 
 
 def _tail(output: str, lines: int = 6) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.common.config import REPO_ROOT, ExecutorConfig
+from services.common.runtime import run_command
 from services.executor.sandbox import env_site, real_python
 
 log = logging.getLogger(__name__)
@@ -154,24 +155,10 @@ class ExecutorEnv:
             for k, v in self._host_env.items()
             if k in _PASS_ENV or k.startswith("PIP_") or k.lower().endswith("_proxy")
         }
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        try:
-            async with asyncio.timeout(self.cfg.pip_timeout_s):
-                out, _ = await proc.communicate()
-        except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, 9)
-            await proc.wait()
-            raise
+        code, out = await run_command(argv, deadline_s=self.cfg.pip_timeout_s, env=env)
         text = out.decode("utf-8", "replace")
-        if proc.returncode != 0:
-            raise InstallFailed(f"{' '.join(argv[-1:])}: exit {proc.returncode}: {text[-2000:].strip()}")
+        if code != 0:
+            raise InstallFailed(f"{' '.join(argv[-1:])}: exit {code}: {text[-2000:].strip()}")
         return text[-2000:]
 
 

@@ -8,13 +8,12 @@ Tools and events are stored as serialized protobuf messages.
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from services.common.sqlite import SqliteThread
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,32 +68,16 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
-class SqliteStore:
+class SqliteStore(SqliteThread):
     """SQLite on one dedicated thread: the event loop never blocks on disk."""
 
     def __init__(self, path: str | Path, retention: int = 10000) -> None:
-        self._path = str(path)
+        super().__init__(path, _SCHEMA, "sqlite-store")
         self._retention = retention
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._db: sqlite3.Connection | None = None
 
     async def open(self) -> SqliteStore:
-        await self._run(self._open)
+        await self._open_db()
         return self
-
-    def _open(self) -> None:
-        if self._path != ":memory:":
-            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        self._db.executescript(_SCHEMA)
-
-    async def _run(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "store not opened"
-        return self._db
 
     async def load(self) -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
         def _load() -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
@@ -167,9 +150,3 @@ class SqliteStore:
 
         if rows:
             await self._run(_save)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=True)

@@ -9,15 +9,14 @@ dedicated thread, off the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sqlite3
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from services.common.sqlite import SqliteThread
 
 FINAL = frozenset({"completed", "failed", "budget_exhausted"})
 _SCHEMA = """
@@ -95,35 +94,15 @@ def _row(r: tuple[Any, ...]) -> TaskRow:
     )
 
 
-class TaskStore:
+class TaskStore(SqliteThread):
     """Async facade over one SQLite connection used from one worker thread."""
 
     def __init__(self, path: Path) -> None:
+        super().__init__(path, _SCHEMA, "tasks-sqlite")
         self.path = path
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tasks-sqlite")
-        self._db: sqlite3.Connection | None = None
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def open(self) -> None:
-        def _open() -> None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-
-        await self._run(_open)
-
-    async def close(self) -> None:
-        if self._db is not None:
-            await self._run(self._db.close)
-            self._db = None
-        self._pool.shutdown(wait=True)
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "TaskStore is not open"
-        return self._db
+        await self._open_db()
 
     async def submit(self, text: str, priority: int = 0, context: dict[str, Any] | None = None) -> TaskRow:
         task_id = uuid.uuid4().hex

@@ -24,20 +24,21 @@ from .security import OriginPolicy
 log = logging.getLogger(__name__)
 
 
+_EDGE = EdgeConfig()  # the defaults live in one place: the config section
+
+
 @dataclass(frozen=True)
 class McpOptions:
-    """Transport settings; `from_config` takes them from `[edge]` (its `mcp_*` keys)."""
+    """Transport settings; `from_config` takes them from `[edge]` (its `mcp_*` keys, documented in
+    docs/config/edge.md), and the defaults are that section's."""
 
-    max_frame_bytes: int = 4 * 1024 * 1024
-    # A request that has not answered or reported progress within this window switches
-    # its HTTP response to SSE, so keepalive comments can flow (and a vanished client is noticed).
-    sse_defer_s: float = 10.0
-    sse_keepalive_s: float = 15.0
-    session_ttl_s: float = 3600.0
-    max_sessions: int = 10000
-    # Standalone-stream events kept per HTTP session for Last-Event-ID resumption.
-    session_backlog: int = 256
-    notification_queue: int = 1024
+    max_frame_bytes: int = _EDGE.max_frame_bytes
+    sse_defer_s: float = _EDGE.mcp_sse_defer_s
+    sse_keepalive_s: float = _EDGE.mcp_sse_keepalive_s
+    session_ttl_s: float = _EDGE.mcp_session_ttl_s
+    max_sessions: int = _EDGE.mcp_max_sessions
+    session_backlog: int = _EDGE.mcp_session_backlog
+    notification_queue: int = _EDGE.mcp_notification_queue
 
     @classmethod
     def from_config(cls, edge: EdgeConfig) -> McpOptions:

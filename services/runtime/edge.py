@@ -41,6 +41,13 @@ class ToolOutcome:
     error_type: str | None = None
     duration_s: float = 0.0
 
+    @classmethod
+    def failed(
+        cls, error: str, error_type: str, *, result: Any = None, duration_s: float = 0.0
+    ) -> ToolOutcome:
+        """A call that did not succeed, with no output: why, and of what kind."""
+        return cls(False, "", result, error=error, error_type=error_type, duration_s=duration_s)
+
 
 @dataclass
 class SeenEvent:
@@ -139,26 +146,14 @@ class EdgeClient:
                 timeout_s,
             )
         except RouteMissing as exc:
-            return ToolOutcome(
-                False,
-                "",
-                error=f"the edge has no execute route ({exc})",
-                error_type="SystemError",
-                duration_s=time.monotonic() - start,
+            return ToolOutcome.failed(
+                f"the edge has no execute route ({exc})", "SystemError", duration_s=time.monotonic() - start
             )
         except EdgeUnavailable as exc:
-            return ToolOutcome(
-                False, "", error=str(exc), error_type="NetworkError", duration_s=time.monotonic() - start
-            )
+            return ToolOutcome.failed(str(exc), "NetworkError", duration_s=time.monotonic() - start)
         elapsed = time.monotonic() - start
         if not isinstance(data, dict):
-            return ToolOutcome(
-                False,
-                "",
-                error=f"HTTP {status}: not a JSON object",
-                error_type="SystemError",
-                duration_s=elapsed,
-            )
+            return ToolOutcome.failed(f"HTTP {status}: not a JSON object", "SystemError", duration_s=elapsed)
         if status == 200 and data.get("success"):
             return ToolOutcome(True, str(data.get("output") or ""), data.get("result"), duration_s=elapsed)
         return ToolOutcome(

@@ -57,9 +57,7 @@ async def request_capability(
     """Run the gap flow for one request; always an outcome for the LLM, never an exception."""
     capability = arguments.get("capability")
     if not isinstance(capability, str) or not capability.strip():
-        return ToolOutcome(
-            False, "", error="'capability' (a non-empty string) is required", error_type="InvalidInput"
-        )
+        return ToolOutcome.failed("'capability' (a non-empty string) is required", "InvalidInput")
     reason = str(arguments.get("reason") or "")
     description = f"{task}\nNeeded capability: {capability}" + (f" ({reason})" if reason else "")
     route = "/api/v1/tools/analyze-gap"
@@ -91,27 +89,21 @@ async def request_capability(
             timeout_s=wait_s,
         )
     except RouteMissing:
-        return ToolOutcome(False, "", error=_UNAVAILABLE.format(route=route), error_type="NotAvailable")
+        return ToolOutcome.failed(_UNAVAILABLE.format(route=route), "NotAvailable")
     except EdgeUnavailable as exc:
-        return ToolOutcome(False, "", error=f"discovery failed: {exc}", error_type="NetworkError")
+        return ToolOutcome.failed(f"discovery failed: {exc}", "NetworkError")
     ids = _installed_ids(install.get("installed_tools"))
     if not install.get("success") or not ids:
         msg = install.get("message") or install.get("error") or "no matching tool could be installed"
-        return ToolOutcome(
-            False,
-            "",
-            install,
-            error=f"nothing installed for {capability!r}: {msg}",
-            error_type="InstallFailed",
+        return ToolOutcome.failed(
+            f"nothing installed for {capability!r}: {msg}", "InstallFailed", result=install
         )
     arrived = await catalog.wait_for(lambda c: all(i in c.tools for i in ids), wait_s)
     if not arrived:
-        return ToolOutcome(
-            False,
-            "",
-            install,
-            error=f"installed {ids} but no tool_installed event arrived within {wait_s:.0f}s",
-            error_type="TimeoutError",
+        return ToolOutcome.failed(
+            f"installed {ids} but no tool_installed event arrived within {wait_s:.0f}s",
+            "TimeoutError",
+            result=install,
         )
     names = [f"{t}: " + ", ".join(c.name for c in catalog.tools[t].capabilities) for t in ids]
     return ToolOutcome(

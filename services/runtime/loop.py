@@ -413,28 +413,21 @@ class Agent:
         """Why a call cannot run, as an outcome for the LLM; None when it can."""
         if fn is None and not (call.name == gap.NAME and self.settings.gap_tool):
             offered = ", ".join(f.name for f in self.catalog.functions()[:50])
-            return ToolOutcome(
-                False,
-                "",
-                error=f"no tool named {call.name!r} is offered; offered: {offered}",
-                error_type="UnknownTool",
+            return ToolOutcome.failed(
+                f"no tool named {call.name!r} is offered; offered: {offered}", "UnknownTool"
             )
         try:
             args = json.loads(call.arguments) if call.arguments.strip() else {}
         except ValueError as exc:
-            return ToolOutcome(
-                False,
-                "",
-                error=f"the arguments of {call.name} are not valid JSON ({exc}); call it "
+            return ToolOutcome.failed(
+                f"the arguments of {call.name} are not valid JSON ({exc}); call it "
                 "again with a JSON object matching its parameters",
-                error_type="InvalidArguments",
+                "InvalidArguments",
             )
         if not isinstance(args, dict):
-            return ToolOutcome(
-                False,
-                "",
-                error=f"the arguments of {call.name} must be a JSON object, not {type(args).__name__}",
-                error_type="InvalidArguments",
+            return ToolOutcome.failed(
+                f"the arguments of {call.name} must be a JSON object, not {type(args).__name__}",
+                "InvalidArguments",
             )
         return None
 

@@ -30,7 +30,14 @@ def value_to_py(v: Value) -> Any:
 
 
 def struct_to_dict(s: Struct) -> dict[str, Any]:
-    return {k: value_to_py(v) for k, v in s.fields.items()}
+    # On every call's hot path: keys then lookups (the map's items() is a Python-level view),
+    # strings (most arguments) inline.
+    out: dict[str, Any] = {}
+    fields = s.fields
+    for k in fields:
+        v = fields[k]
+        out[k] = v.string_value if v.WhichOneof("kind") == "string_value" else value_to_py(v)
+    return out
 
 
 def dict_to_struct(d: dict[str, Any] | None) -> Struct:
@@ -38,6 +45,24 @@ def dict_to_struct(d: dict[str, Any] | None) -> Struct:
     if d:
         s.update(d)
     return s
+
+
+def fill_struct(s: Struct, d: dict[str, Any]) -> None:
+    """`s.update(d)`, with strings, numbers and booleans set directly (update goes through
+    Python-level well-known-type code for every key; this runs on every call's hot path)."""
+    fields = s.fields
+    for k, x in d.items():
+        t = type(x)
+        if t is str:
+            fields[k].string_value = x
+        elif t is int or t is float:
+            fields[k].number_value = x
+        elif t is bool:
+            fields[k].bool_value = x
+        else:
+            s.update({k: x})
+    if not d:
+        s.SetInParent()
 
 
 def py_to_value(x: Any) -> Value:

@@ -75,16 +75,6 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     return schema
 
 
-async def _await_within(coro: Any, timeout: float) -> Any:
-    """Await a coroutine with a deadline for the price of one timer (asyncio.timeout() costs five
-    times more); one that finishes without suspending needs no timer at all."""
-    try:
-        yielded = coro.send(None)  # run it eagerly up to its first suspension
-    except StopIteration as done:
-        return done.value
-    return await _within(_resume(coro, yielded), timeout)
-
-
 @types.coroutine
 def _resume(coro: Any, yielded: Any) -> Any:
     """Go on driving a coroutine that was started by hand and suspended on `yielded`."""
@@ -172,7 +162,14 @@ class FunctionTool:
         try:
             result = fn(**arguments)
             if inspect.iscoroutine(result):
-                result = await _await_within(result, timeout)
+                # Await it with a deadline for the price of one timer (asyncio.timeout() costs five
+                # times more); one that finishes without suspending needs no timer at all.
+                try:
+                    yielded = result.send(None)  # run it eagerly up to its first suspension
+                except StopIteration as done:
+                    result = done.value
+                else:
+                    result = await _within(_resume(result, yielded), timeout)
             elif inspect.isawaitable(result):
                 result = await _within(result, timeout)
             return to_response(result)

@@ -50,7 +50,9 @@ def test_flat_checker_matches_jsonschema(args):
 @pytest.mark.parametrize(
     "schema",
     [
-        {"type": "object", "properties": {"s": {"type": "string", "minLength": 2}}},
+        {"type": "object", "properties": {"s": {"type": "string", "pattern": "^a"}}},
+        {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}},
+        {"type": "object", "properties": {"s": {"type": "string", "minLength": -1}}},
         {"type": "object", "properties": {"s": {"type": ["string", "null"]}}},
         {"type": "object", "anyOf": [{"required": ["a"]}]},
         {"type": "object", "additionalProperties": {"type": "string"}},
@@ -58,6 +60,49 @@ def test_flat_checker_matches_jsonschema(args):
 )
 def test_schemas_with_other_keywords_take_the_full_path(schema):
     assert flat_checker(schema) is None
+
+
+BOUNDED = {
+    "type": "object",
+    "properties": {
+        "s": {"type": "string", "minLength": 1, "maxLength": 3},
+        "n": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+        "i": {"type": "integer", "minimum": -2, "exclusiveMaximum": 5.5},
+        "u": {"minLength": 2, "minimum": 1},  # untyped: each bound applies to its own JSON type only
+    },
+    "additionalProperties": False,
+}
+BOUNDED_CASES = [
+    {"s": "a"},
+    {"s": ""},
+    {"s": "abcd"},
+    {"s": "héé"},  # three code points
+    {"s": "\U0001f600\U0001f600\U0001f600"},  # three code points, six UTF-16 units
+    {"n": 0},
+    {"n": 1e-9},
+    {"n": 10},
+    {"n": 10.000001},
+    {"n": True},
+    {"i": -2},
+    {"i": -3},
+    {"i": 5},
+    {"i": 5.0},
+    {"i": 6},
+    {"u": "ab"},
+    {"u": "a"},
+    {"u": 1},
+    {"u": 0.5},
+    {"u": True},
+    {"u": None},
+    {"u": ["a"]},
+]
+
+
+@pytest.mark.parametrize("args", BOUNDED_CASES)
+def test_flat_checker_bounds_match_jsonschema(args):
+    fast = flat_checker(BOUNDED)
+    assert fast is not None
+    assert fast(args) == Draft202012Validator(BOUNDED).is_valid(args)
 
 
 def test_invalid_arguments_still_get_every_violation():

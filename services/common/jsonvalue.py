@@ -48,7 +48,7 @@ def dict_to_struct(d: dict[str, Any] | None) -> Struct:
 
 
 def fill_struct(s: Struct, d: dict[str, Any]) -> None:
-    """`s.update(d)`, with strings, numbers and booleans set directly (update goes through
+    """`s.update(d)`, with strings, numbers, booleans, null and [] set directly (update goes through
     Python-level well-known-type code for every key; this runs on every call's hot path)."""
     fields = s.fields
     for k, x in d.items():
@@ -59,6 +59,10 @@ def fill_struct(s: Struct, d: dict[str, Any]) -> None:
             fields[k].number_value = x
         elif t is bool:
             fields[k].bool_value = x
+        elif x is None:
+            fields[k].null_value = struct_pb2.NULL_VALUE
+        elif t is list and not x:
+            fields[k].list_value.SetInParent()
         else:
             s.update({k: x})
     if not d:

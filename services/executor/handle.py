@@ -68,13 +68,15 @@ class Worker:
             os.ftruncate(self.err_fd, 0)
             self._output_dirty = False
 
-    def output(self, cap: int) -> tuple[bytes, bytes, bool]:
-        """stdout and stderr of the current call, each capped; True when either was cut."""
-        out, err = os.pread(self.out_fd, cap + 1, 0), os.pread(self.err_fd, cap + 1, 0)
-        return out[:cap], err[:cap], len(out) > cap or len(err) > cap
+    def output(self, cap: int) -> tuple[bytes, bytes, int]:
+        """stdout and stderr of the current call, each cut to `cap` bytes, and the larger one's full size.
 
-    def output_sizes(self) -> tuple[int, int]:
-        return os.fstat(self.out_fd).st_size, os.fstat(self.err_fd).st_size
+        Sized first, then read exactly: os.pread(fd, cap) allocates `cap` bytes even for a short read.
+        """
+        out_size, err_size = os.fstat(self.out_fd).st_size, os.fstat(self.err_fd).st_size
+        out = os.pread(self.out_fd, min(out_size, cap), 0) if out_size else b""
+        err = os.pread(self.err_fd, min(err_size, cap), 0) if err_size else b""
+        return out, err, max(out_size, err_size)
 
     async def run(self, fields: Sequence[tuple[str, bytes]]) -> Reply:
         """Send one request and wait for its reply (the caller owns the deadline)."""

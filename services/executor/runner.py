@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.common.config import ExecutorConfig
+from services.common.deadline import within
 from services.executor.handle import Worker, WorkerGone
 
 
@@ -55,8 +56,7 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
     failure = ""
     reply = None
     try:
-        async with asyncio.timeout(timeout_s):
-            reply = await worker.run(fields)
+        reply = await within(worker.run(fields), timeout_s)
     except asyncio.CancelledError:
         worker.kill()  # the caller went away mid-call: its reply must never reach a later call
         raise
@@ -75,9 +75,9 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
     failed = reply is None or reply.return_code != 0
     if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms
         failure += f"{'; ' if failure else ''}it hit the process limit ({cfg.pids_limit} processes)"
-    out, err, truncated = worker.output(cfg.max_output_bytes)
-    sizes = worker.output_sizes()
-    if max(sizes) >= cfg.max_file_bytes:
+    out, err, size = worker.output(cfg.max_output_bytes)
+    truncated = size > cfg.max_output_bytes
+    if size >= cfg.max_file_bytes:
         failure += f"{'; ' if failure else ''}output reached the {cfg.max_file_bytes}-byte file size limit"
     if truncated:
         failure += f"{'; ' if failure else ''}output truncated to {cfg.max_output_bytes} bytes per stream"

@@ -7,7 +7,6 @@ plain functions run inline on the event loop, so they must be quick.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import inspect
 import types
@@ -19,6 +18,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import FunctionToolConfig
+from services.common.deadline import resume, within
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct
 from services.library.registry import Entry
@@ -75,45 +75,6 @@ def input_schema(fn: Callable[..., Any]) -> dict[str, Any]:
     return schema
 
 
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on driving a coroutine that was started by hand and suspended on `yielded`."""
-    while True:
-        try:
-            sent = yield yielded
-        except BaseException as exc:  # cancellation and the like go into the coroutine
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as done:
-                return done.value
-
-
-async def _within(awaitable: Any, timeout: float) -> Any:
-    loop, task = asyncio.get_running_loop(), asyncio.current_task()
-    assert task is not None
-    fired = False
-
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        task.cancel()
-
-    handle = loop.call_at(loop.time() + timeout, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if fired and task.uncancel() == 0:
-            raise TimeoutError from None
-        raise
-    finally:
-        handle.cancel()
-
-
 class FunctionTool:
     """One configured function tool: its registry definition and its in-process handler."""
 
@@ -162,16 +123,15 @@ class FunctionTool:
         try:
             result = fn(**arguments)
             if inspect.iscoroutine(result):
-                # Await it with a deadline for the price of one timer (asyncio.timeout() costs five
-                # times more); one that finishes without suspending needs no timer at all.
+                # One that finishes without suspending needs no deadline timer at all.
                 try:
                     yielded = result.send(None)  # run it eagerly up to its first suspension
                 except StopIteration as done:
                     result = done.value
                 else:
-                    result = await _within(_resume(result, yielded), timeout)
+                    result = await within(resume(result, yielded), timeout)
             elif inspect.isawaitable(result):
-                result = await _within(result, timeout)
+                result = await within(result, timeout)
             return to_response(result)
         except TimeoutError:
             return error_response(

@@ -37,6 +37,7 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
+from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)
 OWNER_PREFIX = "ws-session://"
@@ -156,45 +157,20 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
 
     async def ExecuteStream(
         self, requests: AsyncIterator[ex.ExecuteStreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ex.ExecuteStreamResponse]:
+    ) -> None:
         """Many calls over one stream (the routers' fast path), matched by call_id, cancellable."""
-        out: asyncio.Queue[ex.ExecuteStreamResponse | None] = asyncio.Queue()
-        running: dict[int, asyncio.Task[None]] = {}
 
-        async def run(call_id: int, request: ex.ExecuteRequest) -> None:
+        async def run_call(request: ex.ExecuteRequest, progress: Progress) -> ex.ExecuteResponse:
             try:
-                result = await self._relay.call(request, _timeout_s(request, None))
+                return await self._relay.call(request, _timeout_s(request, None))
             except DeadlineExceeded as err:  # one call's fault travels as its result, not the stream's
-                result = error_response(tool_pb2.ERROR_TYPE_TIMEOUT, err.message)
+                return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, err.message)
             except MeshError as err:
-                result = error_response(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
+                return error_response(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
             except asyncio.CancelledError:
-                result = error_response(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
-            finally:
-                running.pop(call_id, None)
-            out.put_nowait(ex.ExecuteStreamResponse(call_id=call_id, result=result))
+                return error_response(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
 
-        async def pump() -> None:
-            try:
-                async for msg in requests:
-                    if msg.HasField("execute"):
-                        running[msg.call_id] = asyncio.get_running_loop().create_task(
-                            run(msg.call_id, msg.execute)
-                        )
-                    elif msg.HasField("cancel") and msg.call_id in running:
-                        running[msg.call_id].cancel()
-                await asyncio.gather(*running.values(), return_exceptions=True)
-            finally:
-                out.put_nowait(None)
-
-        pumping = asyncio.get_running_loop().create_task(pump())
-        try:
-            while (item := await out.get()) is not None:
-                yield item
-        finally:
-            pumping.cancel()
-            for task in list(running.values()):
-                task.cancel()
+        await CallStream(context, run_call).serve(requests)
 
 
 class RelayServer:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
@@ -168,6 +169,20 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHa
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_stream and not inspect.isasyncgenfunction(handler.stream_stream):
+        fn_sc = handler.stream_stream  # a coroutine that answers with context.write
+
+        async def stream_stream_writer(requests: Any, context: grpc.aio.ServicerContext) -> None:
+            try:
+                if gate:
+                    gate(context)
+                await fn_sc(requests, context)
+            except MeshError as err:
+                await _abort(context, err)
+
+        return grpc.stream_stream_rpc_method_handler(
+            stream_stream_writer, handler.request_deserializer, handler.response_serializer
         )
     if handler.stream_stream:
         fn_ss = handler.stream_stream

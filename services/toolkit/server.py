@@ -8,7 +8,6 @@ protocol faults (unknown tool or action) are RPC errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,9 +20,9 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
-from services.common.contract import BATCHING_KEY
 from services.common.errors import InvalidRequest, NotFound
 from services.common.jsonvalue import dict_to_struct, fill_struct, py_to_value, struct_to_dict
+from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)
 # One encoder for every result. json.dumps with options builds a new encoder per call and even a
@@ -116,17 +115,14 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
 
     def __init__(self, tools: dict[str, list[Action]]) -> None:
         self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
-        self._streams: dict[
-            asyncio.Queue[ex.ExecuteStreamResponse | None], dict[int, asyncio.Task[None]]
-        ] = {}
+        self._streams: set[CallStream] = set()
         self._draining = False
 
     async def drain(self) -> None:
         """Stop taking calls on streams; each stream ends once its running calls have answered."""
         self._draining = True
-        for out, running in self._streams.items():
-            if not running:
-                out.put_nowait(None)
+        for stream in self._streams:
+            stream.close()
 
     async def call(
         self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
@@ -159,70 +155,26 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
 
     async def ExecuteStream(
         self, requests: AsyncIterator[ex.ExecuteStreamRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[ex.ExecuteStreamResponse]:
-        out: asyncio.Queue[ex.ExecuteStreamResponse | None] = asyncio.Queue()
-        running: dict[int, asyncio.Task[None]] = {}
-
-        async def run(call_id: int, request: ex.ExecuteRequest) -> None:
-            def progress(p: float, total: float, message: str) -> None:
-                out.put_nowait(
-                    ex.ExecuteStreamResponse(
-                        call_id=call_id, progress=ex.Progress(progress=p, total=total, message=message)
-                    )
-                )
+    ) -> None:
+        async def run_call(request: ex.ExecuteRequest, progress: Progress) -> ex.ExecuteResponse:
+            def report(p: float, total: float, message: str) -> None:
+                progress(ex.Progress(progress=p, total=total, message=message))
 
             try:
-                result = await self.call(request, progress)
+                return await self.call(request, report)
             except asyncio.CancelledError:
-                result = text_result("call cancelled by the caller", is_error=True)
+                return text_result("call cancelled by the caller", is_error=True)
             except Exception as exc:  # protocol faults travel as error results on the stream
-                result = text_result(str(exc), is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
-            finally:
-                running.pop(call_id, None)
-            out.put_nowait(ex.ExecuteStreamResponse(call_id=call_id, result=result))
-            if self._draining and not running:
-                out.put_nowait(None)
+                return text_result(str(exc), is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
 
-        def handle(msg: ex.ExecuteStreamRequest) -> None:
-            if msg.HasField("execute") and self._draining:
-                result = text_result(
-                    "tool server is shutting down", is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
-                )
-                out.put_nowait(ex.ExecuteStreamResponse(call_id=msg.call_id, result=result))
-            elif msg.HasField("execute"):
-                running[msg.call_id] = asyncio.get_running_loop().create_task(run(msg.call_id, msg.execute))
-            elif msg.HasField("cancel") and msg.call_id in running:
-                running[msg.call_id].cancel()
-
-        async def pump() -> None:
-            try:
-                async for msg in requests:
-                    handle(msg)
-                    for more in msg.batch:
-                        handle(more)
-            finally:
-                for task in list(running.values()):
-                    task.cancel()
-                out.put_nowait(None)
-
-        await context.send_initial_metadata(((BATCHING_KEY, "1"),))  # we accept coalesced calls
-        reader = asyncio.get_running_loop().create_task(pump())
-        self._streams[out] = running
+        stream = CallStream(context, run_call)
+        self._streams.add(stream)
+        if self._draining:
+            stream.close()
         try:
-            while (item := await out.get()) is not None:
-                # Answers that are ready together travel in one message.
-                while not out.empty():
-                    more = out.get_nowait()
-                    if more is None:
-                        out.put_nowait(None)
-                        break
-                    item.batch.append(more)
-                yield item
+            await stream.serve(requests)
         finally:
-            self._streams.pop(out, None)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            self._streams.discard(stream)
 
     def tools(self) -> dict[str, list[tool_pb2.Capability]]:
         return {tid: [a.capability() for a in actions.values()] for tid, actions in self._actions.items()}

@@ -33,8 +33,7 @@ class CountingServer(ToolServer):
                 self.calls += 1 + len(msg.batch)
                 yield msg
 
-        async for item in super().ExecuteStream(counted(), context):
-            yield item
+        await super().ExecuteStream(counted(), context)
 
 
 def request(i: int) -> ex.ExecuteRequest:

@@ -1,0 +1,127 @@
+"""ExecuteStream served by CallStream, driven by a raw grpc.aio client over a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import executor_pb2_grpc
+
+from services.common.contract import BATCHING_KEY
+from services.common.jsonvalue import dict_to_struct
+from services.toolkit import Action, CallContext, ToolServer
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+
+def tools(gate: Gate) -> dict[str, list[Action]]:
+    async def wait(args: dict, ctx: CallContext) -> str:
+        gate.started.set()
+        try:
+            await gate.release.wait()
+        except asyncio.CancelledError:
+            gate.cancelled.set()
+            raise
+        return "released"
+
+    async def count(args: dict, ctx: CallContext) -> str:
+        for i in range(1, 4):
+            ctx.progress(i, 3, f"step {i}")  # reported synchronously, just before the answer
+        return "counted"
+
+    async def echo(args: dict, ctx: CallContext) -> dict:
+        return {"text": args["text"]}
+
+    return {"t": [Action("wait", "", wait), Action("count", "", count), Action("echo", "", echo)]}
+
+
+def execute(call_id: int, action: str, **args: str) -> ex.ExecuteStreamRequest:
+    return ex.ExecuteStreamRequest(
+        call_id=call_id, execute=ex.ExecuteRequest(tool_id="t", action=action, arguments=dict_to_struct(args))
+    )
+
+
+async def messages(call: grpc.aio.StreamStreamCall, n: int) -> list[ex.ExecuteStreamResponse]:
+    """The next n answers and progress notes, batched ones unpacked."""
+    out: list[ex.ExecuteStreamResponse] = []
+    async with asyncio.timeout(10):
+        while len(out) < n:
+            msg = await call.read()
+            assert msg is not grpc.aio.EOF
+            out += [msg, *msg.batch]
+    for m in out:
+        m.ClearField("batch")
+    return out
+
+
+async def open_stream(start_tool_server, gate: Gate, servicer: ToolServer | None = None):
+    server, target = await start_tool_server(tools(gate), servicer=servicer)
+    channel = grpc.aio.insecure_channel(target)
+    call = executor_pb2_grpc.ToolExecutorServiceStub(channel).ExecuteStream(timeout=30)
+    return server, channel, call
+
+
+async def test_progress_reported_before_the_answer_arrives_before_it(start_tool_server):
+    _, channel, call = await open_stream(start_tool_server, Gate())
+    async with channel:
+        assert (BATCHING_KEY, "1") in tuple(await call.initial_metadata())
+        await call.write(execute(7, "count"))
+        got = await messages(call, 4)
+        assert [m.WhichOneof("kind") for m in got] == ["progress"] * 3 + ["result"]
+        assert [m.progress.message for m in got[:3]] == ["step 1", "step 2", "step 3"]
+        assert all(m.call_id == 7 for m in got)
+        assert got[3].result.content[0].text.text == "counted"
+
+
+async def test_a_cancel_message_cancels_that_call_only(start_tool_server):
+    gate = Gate()
+    _, channel, call = await open_stream(start_tool_server, gate)
+    async with channel:
+        await call.write(execute(1, "wait"))
+        await asyncio.wait_for(gate.started.wait(), 10)
+        await call.write(ex.ExecuteStreamRequest(call_id=1, cancel=ex.CancelCall(reason="test")))
+        await asyncio.wait_for(gate.cancelled.wait(), 10)
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and answer.result.is_error
+        assert "cancelled" in answer.result.content[0].text.text
+        await call.write(execute(2, "echo", text="still here"))  # the stream goes on
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 2 and answer.result.structured["text"] == "still here"
+
+
+async def test_a_closed_request_side_still_gets_the_running_calls_answer(start_tool_server):
+    gate = Gate()
+    _, channel, call = await open_stream(start_tool_server, gate)
+    async with channel:
+        await call.write(execute(1, "wait"))
+        await asyncio.wait_for(gate.started.wait(), 10)
+        await call.done_writing()
+        gate.release.set()
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and answer.result.content[0].text.text == "released"
+        assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_draining_answers_running_calls_and_refuses_new_ones(start_tool_server):
+    gate = Gate()
+    servicer = ToolServer(tools(gate))
+    _, channel, call = await open_stream(start_tool_server, gate, servicer)
+    async with channel:
+        await call.write(execute(1, "wait"))
+        await asyncio.wait_for(gate.started.wait(), 10)
+        await servicer.drain()
+        await call.write(execute(2, "echo", text="too late"))
+        (refused,) = await messages(call, 1)
+        assert refused.call_id == 2 and refused.result.is_error
+        assert "shutting down" in refused.result.content[0].text.text
+        gate.release.set()
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and not answer.result.is_error
+        assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF  # then the stream ends

@@ -1,11 +1,19 @@
 """Browser guards: Origin and Host checks against cross-site requests and DNS rebinding.
 
+One rule for every route of the edge (REST, the WebSockets, both MCP transports).
+
 Programs (SDKs, curl, agents) send no `Origin`; browsers do. A page on another
 site must not drive the edge through a visitor's browser (cross-site WebSocket
-hijacking, form POSTs), and a rebinding name pointing at 127.0.0.1 must not
-reach it either. Allowed: no Origin, a loopback origin, or one listed in
-`edge.allowed_origins` ("*" allows all). While the edge listens on loopback,
-the Host header must name loopback (or an allowed origin's host).
+hijacking, form POSTs), and a rebinding name pointing at the edge's address
+must not reach it either:
+
+- a present `Origin` must be an http(s) loopback origin (any port), one listed
+  in `edge.allowed_origins`, or anything when that list holds `"*"`;
+- unless the edge listens on a wildcard address (`0.0.0.0`, `::`), the `Host`
+  header must be present and name loopback, the address the edge listens on,
+  or the host of a listed origin. A rebinding page sends its own name as Host,
+  so this holds even when its name resolves to 127.0.0.1. `"*"` in
+  `allowed_origins` opens the Origin check only, never the Host check.
 """
 
 from __future__ import annotations
@@ -13,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from services.common import endpoints
 from services.common.errors import MeshError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
 class Forbidden(MeshError):
@@ -27,6 +35,7 @@ class Forbidden(MeshError):
 
 
 def _hostname(value: str) -> str:
+    """The host name of a Host header or an origin, lower case: `[::1]:80` -> `::1`."""
     try:
         return (urlsplit(value if "//" in value else f"//{value}").hostname or "").lower()
     except ValueError:
@@ -34,36 +43,52 @@ def _hostname(value: str) -> str:
 
 
 class OriginGuard:
-    def __init__(self, allowed_origins: tuple[str, ...], listen_host: str) -> None:
-        self._any = "*" in allowed_origins
-        self._origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
-        self._hosts = LOOPBACK_NAMES | {_hostname(o) for o in allowed_origins if o != "*"}
+    def __init__(self, allowed_origins: tuple[str, ...] | list[str], listen_host: str) -> None:
+        self._any_origin = "*" in allowed_origins
+        self._origins = frozenset(o.rstrip("/").lower() for o in allowed_origins if o != "*")
+        bind = listen_host.strip().strip("[]").lower()
+        self._check_host = bind not in WILDCARD_HOSTS
+        self._hosts = LOOPBACK_NAMES | {bind} | {_hostname(o) for o in self._origins}
         self._host_ok: dict[str, bool] = {}
-        self._check_host = listen_host in LOOPBACK_NAMES or endpoints.is_loopback_host(f"{listen_host}:0")
 
-    def check(self, headers: Mapping[str, str]) -> None:
-        """Raise Forbidden (403) for a foreign Origin, or a non-loopback Host while on loopback."""
+    def refusal(self, headers: Mapping[str, str]) -> Forbidden | None:
+        """Why this request is refused (403), or None when it may go on."""
         origin = headers.get("Origin")
-        if (
-            origin is not None
-            and not self._any
-            and origin.rstrip("/").lower() not in self._origins
-            and _hostname(origin) not in LOOPBACK_NAMES
-        ):
-            raise Forbidden(
-                f"requests from origin {origin!r} are not allowed (edge.allowed_origins)",
+        if origin is not None and not self._origin_ok(origin):
+            return Forbidden(
+                f"requests from origin {origin[:200]!r} are not allowed (edge.allowed_origins)",
                 metadata={"origin": origin[:200]},
             )
-        if self._check_host and not self._any:
-            raw = headers.get("Host", "")
+        if self._check_host:
+            raw = headers.get("Host")
+            if raw is None:
+                return Forbidden("a Host header is required", reason="FORBIDDEN_HOST")
             ok = self._host_ok.get(raw)
             if ok is None:  # parsed once per distinct Host value: this runs on every request
-                host = _hostname(raw)
-                ok = not host or host in self._hosts
+                ok = _hostname(raw) in self._hosts
                 if len(self._host_ok) < 256:
                     self._host_ok[raw] = ok
             if not ok:
-                host = _hostname(raw)
-                raise Forbidden(
-                    f"host {host!r} is not this edge (possible DNS rebinding)", reason="FORBIDDEN_HOST"
+                return Forbidden(
+                    f"host {_hostname(raw)[:200]!r} is not this edge (possible DNS rebinding)",
+                    reason="FORBIDDEN_HOST",
                 )
+        return None
+
+    def check(self, headers: Mapping[str, str]) -> None:
+        """Raise Forbidden (403) when the request is refused."""
+        refused = self.refusal(headers)
+        if refused is not None:
+            raise refused
+
+    def _origin_ok(self, origin: str) -> bool:
+        if self._any_origin:
+            return True
+        o = origin.rstrip("/").lower()
+        if o in self._origins:
+            return True
+        try:
+            parts = urlsplit(o)
+        except ValueError:
+            return False
+        return parts.scheme in ("http", "https") and (parts.hostname or "") in LOOPBACK_NAMES

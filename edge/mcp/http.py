@@ -122,9 +122,9 @@ class StreamableHttp:
         self._last_sweep = time.monotonic()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        refused = self.svc.policy.check(request.headers)
+        refused = self.svc.guard.refusal(request.headers)
         if refused is not None:
-            return _fail(403, refused)
+            return _fail(403, f"Forbidden: {refused.message}")
         if request.method == "POST":
             return await self._post(request)
         if request.method == "GET":

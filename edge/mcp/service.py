@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import HubGateway
+from edge.origin import OriginGuard
 from services.common.config import Config, EdgeConfig
 
 from .catalog import Catalog, build
 from .dispatcher import Dispatcher, ServerOptions
-from .security import OriginPolicy
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class McpService:
         self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(gateway)
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
-        self.policy = OriginPolicy(cfg.edge.host, cfg.edge.allowed_origins)
+        self.guard = OriginGuard(cfg.edge.allowed_origins, cfg.edge.host)
         self._announced = Catalog()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None

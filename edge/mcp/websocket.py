@@ -80,9 +80,11 @@ class McpWebSocket:
         self.open: set[web.WebSocketResponse] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        refused = self.svc.policy.check(request.headers)
+        refused = self.svc.guard.refusal(request.headers)
         if refused is not None:
-            return web.json_response(error_response(None, INVALID_REQUEST, refused), status=403)
+            return web.json_response(
+                error_response(None, INVALID_REQUEST, f"Forbidden: {refused.message}"), status=403
+            )
         ws = web.WebSocketResponse(
             protocols=("mcp",), max_msg_size=self.svc.opts.max_frame_bytes, compress=False, heartbeat=30.0
         )

@@ -1,0 +1,64 @@
+"""The one browser guard every edge route uses (REST, WebSockets, both MCP transports)."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge.origin import OriginGuard
+
+LOCAL = {"Host": "127.0.0.1:8082"}
+
+
+@pytest.mark.parametrize(
+    ("headers", "allowed"),
+    [
+        (LOCAL, True),  # a program: no Origin
+        ({"Host": "localhost:8082"}, True),
+        ({"Host": "[::1]:8082"}, True),
+        ({**LOCAL, "Origin": "http://localhost:3000"}, True),
+        ({**LOCAL, "Origin": "https://127.0.0.1"}, True),
+        ({**LOCAL, "Origin": "http://[::1]:5173/"}, True),
+        ({**LOCAL, "Origin": "https://dash.example"}, True),  # listed
+        ({**LOCAL, "Origin": "HTTPS://DASH.EXAMPLE/"}, True),
+        ({"Host": "dash.example", "Origin": "https://dash.example"}, True),  # a listed origin's host
+        ({**LOCAL, "Origin": "https://evil.example"}, False),
+        ({**LOCAL, "Origin": "null"}, False),  # sandboxed frames, file:// pages
+        ({**LOCAL, "Origin": "ftp://localhost"}, False),
+        ({**LOCAL, "Origin": "http://localhost.evil.example"}, False),
+        ({"Host": "rebound.evil.example:8082"}, False),  # DNS rebinding: the page's own name
+        ({}, False),  # no Host at all
+        ({"Host": ""}, False),
+    ],
+)
+def test_loopback_edge(headers, allowed):
+    guard = OriginGuard(("https://dash.example",), "127.0.0.1")
+    assert (guard.refusal(headers) is None) is allowed
+
+
+def test_a_refusal_says_which_check_failed():
+    guard = OriginGuard((), "127.0.0.1")
+    origin = guard.refusal({**LOCAL, "Origin": "https://evil.example"})
+    host = guard.refusal({"Host": "evil.example"})
+    assert origin is not None and origin.reason == "FORBIDDEN_ORIGIN" and origin.http_status == 403
+    assert host is not None and host.reason == "FORBIDDEN_HOST" and "rebinding" in host.message
+
+
+def test_any_origin_opens_the_origin_check_only():
+    guard = OriginGuard(("*",), "127.0.0.1")
+    assert guard.refusal({**LOCAL, "Origin": "https://anything.example"}) is None
+    assert guard.refusal({"Host": "rebound.evil.example"}) is not None
+
+
+def test_a_specific_address_is_its_own_host_name():
+    guard = OriginGuard((), "10.1.2.3")
+    assert guard.refusal({"Host": "10.1.2.3:8082"}) is None
+    assert guard.refusal({"Host": "localhost:8082"}) is None
+    assert guard.refusal({"Host": "intranet.example:8082"}) is not None
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0", "::", "[::]", ""])
+def test_a_wildcard_bind_checks_no_host(bind):
+    guard = OriginGuard((), bind)
+    assert guard.refusal({"Host": "edge.example.com"}) is None
+    assert guard.refusal({}) is None
+    assert guard.refusal({"Host": "edge.example.com", "Origin": "https://evil.example"}) is not None

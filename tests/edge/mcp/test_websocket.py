@@ -83,6 +83,21 @@ async def test_websocket_handshake_lists_and_runs_python(edge: Edge):
     assert "isError" not in run["result"]
 
 
+async def test_websocket_refuses_a_foreign_page_before_the_upgrade(edge: Edge):
+    rebound = edge.ws_url.replace("127.0.0.1", "rebound.evil.example")  # the page's own name as Host
+    attempts = [
+        connect(edge, additional_headers={"Origin": "https://evil.example"}),
+        websockets.connect(rebound, subprotocols=["mcp"], open_timeout=5, host="127.0.0.1", port=edge.port),
+    ]
+    for attempt in attempts:
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with attempt:
+                pass
+        assert refused.value.response.status_code == 403
+        body = json.loads(refused.value.response.body)
+        assert body["error"]["code"] == -32600 and "Forbidden" in body["error"]["message"]
+
+
 async def test_websocket_serves_the_2026_era_without_a_handshake(edge: Edge, kit: Probe):
     async with connect(edge) as ws:
         peer = Peer(ws)

@@ -166,7 +166,13 @@ class Fleet:
                 if exc.error.code == _INVALID_PARAMS
                 else tool_pb2.ERROR_TYPE_TOOL_ERROR
             )
-            if exc.error.code == types.CONNECTION_CLOSED:
+            if exc.error.code == types.CONNECTION_CLOSED:  # the server died under the call: say why
+                why = await runner.why_down(2.0)
+                if why is not None:
+                    return error_response(
+                        tool_pb2.ERROR_TYPE_SYSTEM,
+                        f"MCP server {runner.name} stopped during the call ({why}); it is being restarted",
+                    )
                 kind = tool_pb2.ERROR_TYPE_SYSTEM
             return error_response(kind, f"MCP server {runner.name}: {exc.error.message}")
         except MeshError:

@@ -79,6 +79,7 @@ class ServerRunner:
         self._relist = False
         self._stopping = False
         self._was_running = False
+        self._down = asyncio.Event()  # set while no connection is up, once one has ended
         self.actions: dict[str, str] = {}  # capability name -> MCP tool name
         self._task: asyncio.Task[None] | None = None
 
@@ -121,6 +122,14 @@ class ServerRunner:
             name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress
         )
 
+    async def why_down(self, within_s: float) -> str | None:
+        """Why the connection went down, once the runner has seen it end (None if not within `within_s`)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                await self._down.wait()
+            return self.message
+        return None
+
     # -- the runner's task ------------------------------------------------------
 
     async def _lifetime(self, first: asyncio.Future[None], strict: bool) -> None:
@@ -133,6 +142,8 @@ class ServerRunner:
             except Exception as exc:  # anything the connection raised ends this attempt
                 reason = _describe(exc, self.transport)
             self.client = None
+            self.message = reason
+            self._down.set()
             if not first.done():
                 first.set_exception(
                     StartFailed(
@@ -173,6 +184,7 @@ class ServerRunner:
             self.protocol_version = client.protocol_version
             await self._on_tools(self, tools)
             self.client = client
+            self._down.clear()
             self.state, self.message = pb.SERVER_STATE_RUNNING, "running"
             self._was_running = True
             await self._notify_state()
@@ -215,6 +227,7 @@ class ServerRunner:
                 self.message = "stopping"
                 return
             if self.transport is not None and self.transport.closed.is_set():
+                await self.transport.wait_exit(1.0)
                 self.message = self.transport.describe_end()
                 return
             try:

@@ -70,13 +70,27 @@ class StdioTransport:
         return self.proc.pid if self.proc else None
 
     def describe_end(self) -> str:
-        """Why the connection ended, for status messages."""
+        """Why the connection ended, for status messages (call `wait_exit` first for the exit code)."""
         if self.failure:
             return self.failure
         rc = self.proc.returncode if self.proc else None
         what = f"server exited with code {rc}" if rc is not None else "server closed its stdout"
+        if self._hit_memory_limit():
+            what = f"server was killed for exceeding its memory limit (discovery.memory_limit_bytes; {what})"
         tail = self.stderr_tail()
         return f"{what}; stderr: {tail}" if tail else what
+
+    async def wait_exit(self, seconds: float) -> None:
+        """Give a server that closed its stdout up to `seconds` to be reaped, so its exit code is known."""
+        if self.proc is not None:
+            await _wait_exit(self.proc, seconds)
+
+    def _hit_memory_limit(self) -> bool:
+        group = self._launch.group if self._launch is not None else None
+        try:
+            return group is not None and group.hit_memory_limit()
+        except (OSError, ValueError):  # the cgroup is gone already
+            return False
 
     def stderr_tail(self, max_bytes: int = 600) -> str:
         """The end of the server's stderr log, on one line."""

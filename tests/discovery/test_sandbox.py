@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import tool_pb2, toolscore_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
-from toolscore.v1 import toolscore_pb2_grpc
 
 from services.common import config as config_mod
 from services.common.config import Config
@@ -153,6 +153,44 @@ async def test_a_sandboxed_server_cannot_reach_the_network_host_files_outside_wr
                 limits = cgroup_limits(hub.discovery.runners[tool_id].transport.pid)  # type: ignore[union-attr]
                 assert limits == (dcfg.discovery.pids_limit, dcfg.discovery.memory_limit_bytes)
         assert not listener.connected.is_set()
+
+
+async def test_a_fork_bomb_or_a_memory_hog_in_a_server_is_contained_and_the_server_comes_back(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    limited = config_mod.replace(dcfg, discovery={"pids_limit": 24, "memory_limit_bytes": 192 << 20})
+    name = publish(pkg_index, root, catalog_dir, "ts-greedy-mcp")
+    async with Hub(limited) as hub:
+        if hub.discovery.sandboxes.caps.cgroups is None:  # type: ignore[union-attr]
+            pytest.skip("no cgroups on this machine: the limits under test are not applied")
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        runner = hub.discovery.runners[tool_id]
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, tool_id)
+            # Fork until refused: the pids cgroup (bwrap, init, setpriv and the server count too)
+            # stops it well short of the 1000 it asks for; the server itself lives on.
+            bomb = json.loads((await s.attempt("fork", "1000")).content[0].text.text)
+            assert bomb["outcome"] == "BlockingIOError" and bomb["forked"] < 24, bomb
+            echo = await s.call("echo", text="after the fork bomb")
+            assert echo.content[0].text.text == "after the fork bomb"
+            assert runner.restarts == 0
+
+            # Touch more memory than the cgroup allows: the kernel kills the server mid-call, the
+            # caller gets an error promptly, and the runner starts it again.
+            hog = await s.attempt("allocate", "400")
+            assert hog.is_error, hog
+            assert hog.error.type == tool_pb2.ERROR_TYPE_SYSTEM
+            assert "killed for exceeding its memory limit" in hog.error.message, hog.error.message
+            async with asyncio.timeout(20):
+                while True:  # polling the restart (the backoff is 50 ms here); meanwhile: UNAVAILABLE
+                    try:
+                        echo = await s.call("echo", text="back again")
+                        break
+                    except grpc.aio.AioRpcError as exc:
+                        assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    await asyncio.sleep(0.1)
+            assert echo.content[0].text.text == "back again"
+            assert runner.restarts >= 1
 
 
 async def test_bubblewrap_starts_with_path_alone_and_loader_variables_from_a_catalog_never_pass(

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto run test lint bench clean node-example task executor-env check-sandbox
+.PHONY: venv proto proto-lock run test lint bench clean node-example task executor-env check-sandbox
 
 venv: $(STAMP)
 
@@ -26,6 +26,11 @@ $(GEN_STAMP): $(PROTOS) $(STAMP) Makefile
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=generated --pyi_out=generated --grpc_python_out=generated \
 		--include_source_info --descriptor_set_out=generated/toolscore.binpb $(PROTOS)
 	touch $@
+
+# Record the protos' wire contract in proto/toolscore/v1/contract.lock.json; `make test` fails when a
+# change breaks it (docs/grpc.md). ALLOW_BREAKING=1 accepts a breaking change on purpose.
+proto-lock: proto
+	$(PY) -m tests.contract.lock --write $(if $(ALLOW_BREAKING),--allow-breaking)
 
 run: proto check-sandbox
 	$(PY) -m services.mesh

@@ -33,8 +33,9 @@ from services.runtime.service import service_from_config
 
 log = logging.getLogger(__name__)
 
-# Paths whose handlers apply their own Origin/Host policy (the MCP transports).
-_OWN_GUARDS = ("/mcp", "/ws/mcp")
+# Exact paths whose handlers apply the guard themselves, to answer with a JSON-RPC error (the MCP
+# transports). Exact: other routes under /mcp (search, install) go through the middleware's check.
+_OWN_GUARDS = frozenset({"/mcp", "/ws/mcp"})
 ORIGIN = web.AppKey("origin", OriginGuard)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -82,7 +83,7 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     try:
-        if not request.path.startswith(_OWN_GUARDS):
+        if request.path not in _OWN_GUARDS:
             request.app[ORIGIN].check(request.headers)
         resp = await handler(request)
     except web.HTTPException as exc:

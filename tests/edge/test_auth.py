@@ -145,6 +145,15 @@ async def test_browsers_from_foreign_origins_are_refused_and_loopback_pages_allo
     assert status == 200
 
 
+@pytest.mark.parametrize("path", ["/mcp/install", "/mcp/search", "/mcp/", "/ws/mcp/x"])
+async def test_routes_under_the_mcp_prefix_are_guarded_too(edge: EdgeHandle, path: str):
+    # A page's no-cors POST (a "simple request") must not install or search through a visitor's
+    # browser: only /mcp and /ws/mcp themselves answer the guard with their own JSON-RPC error.
+    for headers in ({"Origin": "https://evil.example"}, {"Host": "rebound.evil.example:8082"}):
+        status, body = await edge.post(path, {"name": "x/y", "query": "x"}, headers=headers)
+        assert status == 403 and body["reason"] in ("FORBIDDEN_ORIGIN", "FORBIDDEN_HOST"), (path, body)
+
+
 async def test_configured_origins_are_allowed(cfg, hub, start_edge):
     edge = await start_edge(edge_config(cfg, hub, allowed_origins=("https://dash.example",)))
     status, _ = await edge.get("/tools", headers={"Origin": "https://dash.example"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -30,10 +31,17 @@ Progress = Callable[[ex.Progress], None]
 RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
 
 
-def _refusal(message: str) -> ex.ExecuteResponse:
-    resp = ex.ExecuteResponse(
-        is_error=True, error=tool_pb2.ToolError(type=tool_pb2.ERROR_TYPE_SYSTEM, message=message)
-    )
+# Answers coalesced into one message stay under this (a gRPC message is capped at 4 MiB by default);
+# a single bigger answer still goes alone.
+_MAX_BATCH_BYTES = 1 << 20
+
+
+def _cancelled() -> ex.ExecuteResponse:
+    return _refusal("call cancelled by the caller", tool_pb2.ERROR_TYPE_UNKNOWN)
+
+
+def _refusal(message: str, kind: int = tool_pb2.ERROR_TYPE_SYSTEM) -> ex.ExecuteResponse:
+    resp = ex.ExecuteResponse(is_error=True, error=tool_pb2.ToolError(type=kind, message=message))  # type: ignore[arg-type]
     resp.content.add().text.text = message
     return resp
 
@@ -45,12 +53,13 @@ class CallStream:
     def __init__(self, context: grpc.aio.ServicerContext, run_call: RunCall) -> None:
         self._context, self._run_call = context, run_call
         self._loop = asyncio.get_running_loop()
-        self.running: dict[int, asyncio.Task[None]] = {}  # calls still working (cancellable)
-        self._tasks: set[asyncio.Task[None]] = set()  # every call task, until its answer is written
+        self.running: dict[int, asyncio.Task[None]] = {}  # calls not answered yet (cancellable)
+        self._tasks: set[asyncio.Task[None]] = set()  # call and flush tasks, until done
         self._outbox: list[ex.ExecuteStreamResponse] = []
         self._writing = False
         self._flush_pending = False
         self._closing = False
+        self._ended = False  # the RPC is over (or broke): nothing more is written
         self._over = self._loop.create_future()
 
     async def serve(self, requests: AsyncIterator[ex.ExecuteStreamRequest]) -> None:
@@ -59,6 +68,7 @@ class CallStream:
         try:
             await self._over
         finally:
+            self._ended = True
             reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -76,7 +86,7 @@ class CallStream:
                 self._take(msg)
                 for more in msg.batch:
                     self._take(more)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.BaseError:
             pass  # the caller went away: the RPC is over
         finally:
             self._closing = True  # the caller's side is closed: finish what runs, then end
@@ -85,42 +95,52 @@ class CallStream:
     def _take(self, msg: ex.ExecuteStreamRequest) -> None:
         if msg.HasField("execute"):
             if self._closing:
-                self._post(
-                    ex.ExecuteStreamResponse(
-                        call_id=msg.call_id, result=_refusal("tool server is shutting down")
-                    )
-                )
+                self._post(self._answer(msg.call_id, _refusal("tool server is shutting down")))
                 return
             task = self._loop.create_task(self._run(msg.call_id, msg.execute))
             self.running[msg.call_id] = task
             self._tasks.add(task)
+            # Bookkeeping in a callback, not in the coroutine: a task cancelled before it ever ran
+            # (a cancel in the same batch as its call) never executes its own `finally`.
+            task.add_done_callback(functools.partial(self._call_done, msg.call_id))
         elif msg.HasField("cancel"):
             working = self.running.get(msg.call_id)
             if working is not None:
                 working.cancel()
 
     async def _run(self, call_id: int, request: ex.ExecuteRequest) -> None:
-        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            try:
-                result = await self._run_call(
-                    request, lambda p: self._post(ex.ExecuteStreamResponse(call_id=call_id, progress=p))
-                )
-            except Exception as exc:  # run_call maps what it knows; anything else is still an answer
-                log.exception("call %d failed", call_id)
-                result = _refusal(f"internal error: {type(exc).__name__}: {exc}")
-            finally:
-                self.running.pop(call_id, None)  # answered: a cancel from now on would only cut the write
-            await self._send(ex.ExecuteStreamResponse(call_id=call_id, result=result))
-        except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-            pass  # the stream is over: nobody is left to answer
-        finally:
-            self._tasks.discard(task)
-            self._end_if_idle()
+            result = await self._run_call(request, lambda p: self._post(self._progress(call_id, p)))
+        except asyncio.CancelledError:  # run_call did not answer its cancellation itself
+            result = _cancelled()
+        except Exception as exc:  # run_call maps what it knows; anything else is still an answer
+            log.exception("call %d failed", call_id)
+            result = _refusal(f"internal error: {type(exc).__name__}: {exc}")
+        self.running.pop(call_id, None)  # answered: a cancel from now on would only cut the write
+        await self._send(self._answer(call_id, result))
+
+    def _call_done(self, call_id: int, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self.running.get(call_id) is task:  # cancelled before it could answer
+            del self.running[call_id]
+            self._post(self._answer(call_id, _cancelled()))
+        elif not task.cancelled() and task.exception() is not None:
+            log.debug("answering call %d failed: %s", call_id, task.exception())
+        self._end_if_idle()
+
+    @staticmethod
+    def _answer(call_id: int, result: ex.ExecuteResponse) -> ex.ExecuteStreamResponse:
+        return ex.ExecuteStreamResponse(call_id=call_id, result=result)
+
+    @staticmethod
+    def _progress(call_id: int, p: ex.Progress) -> ex.ExecuteStreamResponse:
+        return ex.ExecuteStreamResponse(call_id=call_id, progress=p)
 
     async def _send(self, msg: ex.ExecuteStreamResponse) -> None:
         """Write `msg` after what is queued, or leave it to the write in flight, which sends
         everything that queued up meanwhile as one message."""
+        if self._ended:
+            return
         self._outbox.append(msg)
         if not self._writing:
             await self._write_outbox()
@@ -128,17 +148,30 @@ class CallStream:
     async def _write_outbox(self) -> None:
         self._writing = True
         try:
-            while self._outbox:
-                queued, self._outbox = self._outbox, []
-                head = queued[0]
-                if len(queued) > 1:
-                    head.batch.extend(queued[1:])
-                await self._context.write(head)
+            while self._outbox and not self._ended:
+                head, taken = self._outbox[0], 1
+                if len(self._outbox) > 1:  # coalesce, up to a size far below any message limit
+                    size = head.ByteSize()
+                    for more in self._outbox[1:]:
+                        size += more.ByteSize()
+                        if size > _MAX_BATCH_BYTES:
+                            break
+                        taken += 1
+                    head.batch.extend(self._outbox[1:taken])
+                self._outbox = self._outbox[taken:]
+                try:
+                    await self._context.write(head)
+                except grpc.aio.BaseError as exc:  # the RPC ended under us: nobody is left to answer
+                    log.debug("stream write failed: %s", exc)
+                    self._ended = True
+                    self._outbox.clear()
         finally:
             self._writing = False
 
     def _post(self, msg: ex.ExecuteStreamResponse) -> None:
         """Queue without waiting (progress notifications), in order with the answers."""
+        if self._ended:
+            return
         self._outbox.append(msg)
         if self._writing or self._flush_pending:
             return
@@ -154,8 +187,6 @@ class CallStream:
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.debug("stream write failed: %s", task.exception())
         self._end_if_idle()
 
     def _end_if_idle(self) -> None:

@@ -38,7 +38,17 @@ def tools(gate: Gate) -> dict[str, list[Action]]:
     async def echo(args: dict, ctx: CallContext) -> dict:
         return {"text": args["text"]}
 
-    return {"t": [Action("wait", "", wait), Action("count", "", count), Action("echo", "", echo)]}
+    async def big(args: dict, ctx: CallContext) -> str:
+        return "x" * (700 << 10)
+
+    return {
+        "t": [
+            Action("wait", "", wait),
+            Action("count", "", count),
+            Action("echo", "", echo),
+            Action("big", "", big),
+        ]
+    }
 
 
 def execute(call_id: int, action: str, **args: str) -> ex.ExecuteStreamRequest:
@@ -125,3 +135,56 @@ async def test_draining_answers_running_calls_and_refuses_new_ones(start_tool_se
         (answer,) = await messages(call, 1)
         assert answer.call_id == 1 and not answer.result.is_error
         assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF  # then the stream ends
+
+
+async def test_a_call_cancelled_in_the_same_message_still_gets_an_answer_and_the_stream_can_end(
+    start_tool_server,
+):
+    gate = Gate()
+    _, channel, call = await open_stream(start_tool_server, gate)
+    async with channel:
+        msg = execute(1, "wait")
+        msg.batch.add(call_id=1, cancel=ex.CancelCall(reason="changed my mind"))
+        await call.write(msg)
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and answer.result.is_error
+        assert "cancelled" in answer.result.content[0].text.text
+        await call.done_writing()
+        assert await asyncio.wait_for(call.read(), 10) is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+    assert not gate.started.is_set()
+
+
+async def test_answers_ready_together_never_exceed_the_message_size_limit(start_tool_server):
+    _, channel, call = await open_stream(start_tool_server, Gate())
+    async with channel:  # 8 answers of 700 KiB: 5.6 MiB, over the 4 MiB a message may carry
+        msg = execute(1, "big")
+        for i in range(2, 9):
+            msg.batch.append(execute(i, "big"))
+        await call.write(msg)
+        got = await messages(call, 8)
+        assert sorted(m.call_id for m in got) == list(range(1, 9))
+        assert all(not m.result.is_error and len(m.result.content[0].text.text) == 700 << 10 for m in got)
+
+
+async def test_a_caller_that_cancels_the_rpc_mid_call_leaves_no_failed_task_behind(start_tool_server):
+    gate = Gate()
+    _, channel, call = await open_stream(start_tool_server, gate)
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        async with channel:
+            await call.write(execute(1, "wait"))
+            await asyncio.wait_for(gate.started.wait(), 10)
+            call.cancel()
+            await asyncio.wait_for(gate.cancelled.wait(), 10)  # the tool saw it
+        for _ in range(20):  # let the server side finish its tasks, then collect them
+            await asyncio.sleep(0)
+        import gc
+
+        gc.collect()  # "Task exception was never retrieved" is reported when a task is collected
+        assert not errors, errors
+    finally:
+        loop.set_exception_handler(previous)

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[ex.Progress], None]
 _TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+# Calls coalesced into one stream message stay under this (a gRPC message is capped at 4 MiB by
+# default, one call's arguments at 1 MiB); a single bigger call still goes alone.
+_MAX_BATCH_BYTES = 1 << 20
 
 
 def channel_options(max_message_bytes: int, unix: bool) -> list[tuple[str, object]]:
@@ -144,12 +147,18 @@ class _Mux:
         self._writing = True
         try:
             while self._outbox and self._is_current(call):
-                queued, self._outbox = self._outbox, []
-                if self._batching and len(queued) > 1:
-                    head = queued[0]
-                    head.batch.extend(queued[1:])
+                if self._batching and len(self._outbox) > 1:
+                    head, taken, size = self._outbox[0], 1, self._outbox[0].ByteSize()
+                    for more in self._outbox[1:]:  # coalesce, far below any message size limit
+                        size += more.ByteSize()
+                        if size > _MAX_BATCH_BYTES:
+                            break
+                        taken += 1
+                    head.batch.extend(self._outbox[1:taken])
+                    self._outbox = self._outbox[taken:]
                     await call.write(head)
                 else:
+                    queued, self._outbox = self._outbox, []
                     for m in queued:
                         await call.write(m)
         finally:

@@ -55,6 +55,27 @@ async def test_concurrent_calls_are_coalesced_and_each_gets_its_own_answer(start
     assert server.messages < 65  # at least some calls travelled together
 
 
+async def test_coalesced_calls_never_exceed_the_message_size_limit(start_tool_server):
+    server = CountingServer()
+    _, ep = await start_tool_server({}, servicer=server)
+    channel = ToolChannel(endpoints.parse(ep), 4 << 20)
+    big = "x" * (300 << 10)  # 16 calls of 300 KiB: more than the 4 MiB one message may carry
+    try:
+        await channel.execute(request(-1), 5)  # opens the stream and learns it may batch
+        calls = [
+            ex.ExecuteRequest(tool_id="echo", action="echo", arguments=dict_to_struct({"text": f"{i}{big}"}))
+            for i in range(16)
+        ]
+        results = await asyncio.gather(*(channel.execute(c, 10) for c in calls))
+    finally:
+        await channel.close()
+    assert [r.is_error for r in results] == [False] * 16
+    assert [struct_to_dict(r.structured)["text"][:2].rstrip("x") for r in results] == [
+        str(i) for i in range(16)
+    ]
+    assert server.messages < server.calls  # they were still coalesced, in messages under the cap
+
+
 class PlainStreamServer(executor_pb2_grpc.ToolExecutorServiceServicer):
     """A third-party style ExecuteStream server that knows nothing of batching."""
 

@@ -10,17 +10,21 @@ must not reach it either:
 - a present `Origin` must be an http(s) loopback origin (any port), one listed
   in `edge.allowed_origins`, or anything when that list holds `"*"`;
 - unless the edge listens on a wildcard address (`0.0.0.0`, `::`), the `Host`
-  header must be present and name loopback, the address the edge listens on,
-  or the host of a listed origin. A rebinding page sends its own name as Host,
-  so this holds even when its name resolves to 127.0.0.1. `"*"` in
-  `allowed_origins` opens the Origin check only, never the Host check.
+  header must be present and name loopback (any loopback address, or
+  `localhost`), the address the edge listens on, a host in
+  `edge.allowed_hosts` (`"*"`: any), or the host of a listed origin. A
+  rebinding page sends its own name as Host, so this holds even when its name
+  resolves to 127.0.0.1. `"*"` in `allowed_origins` opens the Origin check
+  only, never the Host check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
+from services.common.config import EdgeConfig
 from services.common.errors import MeshError
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -43,13 +47,28 @@ def _hostname(value: str) -> str:
 
 
 class OriginGuard:
-    def __init__(self, allowed_origins: tuple[str, ...] | list[str], listen_host: str) -> None:
+    def __init__(
+        self,
+        allowed_origins: Iterable[str],
+        listen_host: str,
+        allowed_hosts: Iterable[str] = (),
+    ) -> None:
+        allowed_origins, allowed_hosts = tuple(allowed_origins), tuple(allowed_hosts)
         self._any_origin = "*" in allowed_origins
         self._origins = frozenset(o.rstrip("/").lower() for o in allowed_origins if o != "*")
         bind = listen_host.strip().strip("[]").lower()
-        self._check_host = bind not in WILDCARD_HOSTS
-        self._hosts = LOOPBACK_NAMES | {bind} | {_hostname(o) for o in self._origins}
+        self._check_host = bind not in WILDCARD_HOSTS and "*" not in allowed_hosts
+        self._hosts = (
+            LOOPBACK_NAMES
+            | {bind}
+            | {_hostname(o) for o in self._origins}
+            | {h.strip().strip("[]").lower() for h in allowed_hosts}
+        )
         self._host_ok: dict[str, bool] = {}
+
+    @classmethod
+    def from_config(cls, edge: EdgeConfig) -> OriginGuard:
+        return cls(edge.allowed_origins, edge.host, edge.allowed_hosts)
 
     def refusal(self, headers: Mapping[str, str]) -> Forbidden | None:
         """Why this request is refused (403), or None when it may go on."""
@@ -65,7 +84,8 @@ class OriginGuard:
                 return Forbidden("a Host header is required", reason="FORBIDDEN_HOST")
             ok = self._host_ok.get(raw)
             if ok is None:  # parsed once per distinct Host value: this runs on every request
-                ok = _hostname(raw) in self._hosts
+                host = _hostname(raw)
+                ok = host in self._hosts or _is_loopback(host)
                 if len(self._host_ok) < 256:
                     self._host_ok[raw] = ok
             if not ok:
@@ -91,4 +111,15 @@ class OriginGuard:
             parts = urlsplit(o)
         except ValueError:
             return False
-        return parts.scheme in ("http", "https") and (parts.hostname or "") in LOOPBACK_NAMES
+        host = parts.hostname or ""
+        return parts.scheme in ("http", "https") and (host in LOOPBACK_NAMES or _is_loopback(host))
+
+
+def _is_loopback(host: str) -> bool:
+    """A loopback address in any spelling (127.0.0.2, 0:0:0:0:0:0:0:1), or `localhost.`."""
+    if host.rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -82,7 +82,7 @@ class McpService:
         self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(gateway)
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
-        self.guard = OriginGuard(cfg.edge.allowed_origins, cfg.edge.host)
+        self.guard = OriginGuard.from_config(cfg.edge)
         self._announced = Catalog()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None

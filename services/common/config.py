@@ -153,6 +153,7 @@ class EdgeConfig:
     subscriber_queue: int = 1000
     max_frame_bytes: int = 4 * 1024 * 1024
     allowed_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()
     uvloop: bool = True
     # MCP Streamable HTTP sessions (docs/mcp.md).
     mcp_session_ttl_s: float = 3600.0

@@ -160,3 +160,11 @@ async def test_configured_origins_are_allowed(cfg, hub, start_edge):
     assert status == 200
     status, _ = await edge.get("/tools", headers={"Origin": "https://other.example"})
     assert status == 403
+
+
+async def test_configured_hosts_are_allowed(cfg, hub, start_edge):
+    edge = await start_edge(edge_config(cfg, hub, allowed_hosts=("hub.corp",)))
+    status, _ = await edge.get("/tools", headers={"Host": "hub.corp:8082"})
+    assert status == 200
+    status, body = await edge.get("/tools", headers={"Host": "other.corp:8082"})
+    assert status == 403 and body["reason"] == "FORBIDDEN_HOST"

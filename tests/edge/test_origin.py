@@ -15,6 +15,11 @@ LOCAL = {"Host": "127.0.0.1:8082"}
         (LOCAL, True),  # a program: no Origin
         ({"Host": "localhost:8082"}, True),
         ({"Host": "[::1]:8082"}, True),
+        ({"Host": "LOCALHOST:8082"}, True),
+        ({"Host": "127.0.0.2:8082"}, True),  # all of 127/8 is loopback
+        ({"Host": "[0:0:0:0:0:0:0:1]:8082"}, True),
+        ({"Host": "localhost.:8082"}, True),
+        ({"Host": "localhost.evil.example:8082"}, False),
         ({**LOCAL, "Origin": "http://localhost:3000"}, True),
         ({**LOCAL, "Origin": "https://127.0.0.1"}, True),
         ({**LOCAL, "Origin": "http://[::1]:5173/"}, True),
@@ -49,11 +54,18 @@ def test_any_origin_opens_the_origin_check_only():
     assert guard.refusal({"Host": "rebound.evil.example"}) is not None
 
 
-def test_a_specific_address_is_its_own_host_name():
+def test_a_specific_address_is_its_own_host_name_and_allowed_hosts_add_names():
     guard = OriginGuard((), "10.1.2.3")
     assert guard.refusal({"Host": "10.1.2.3:8082"}) is None
     assert guard.refusal({"Host": "localhost:8082"}) is None
-    assert guard.refusal({"Host": "intranet.example:8082"}) is not None
+    assert guard.refusal({"Host": "hub.corp:8082"}) is not None
+    named = OriginGuard((), "10.1.2.3", allowed_hosts=("hub.corp",))
+    assert named.refusal({"Host": "hub.corp:8082"}) is None
+    assert named.refusal({"Host": "HUB.CORP"}) is None
+    assert named.refusal({"Host": "other.corp"}) is not None
+    anything = OriginGuard((), "10.1.2.3", allowed_hosts=("*",))
+    assert anything.refusal({"Host": "other.corp"}) is None
+    assert anything.refusal({"Host": "other.corp", "Origin": "https://evil.example"}) is not None
 
 
 @pytest.mark.parametrize("bind", ["0.0.0.0", "::", "[::]", ""])

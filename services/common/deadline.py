@@ -20,6 +20,7 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
     """`await awaitable`, raising TimeoutError once `timeout` seconds have passed."""
     loop, task = asyncio.get_running_loop(), asyncio.current_task()
     assert task is not None
+    base = task.cancelling()  # cancellations already requested are not ours to turn into a timeout
     fired = False
 
     def expire() -> None:
@@ -33,7 +34,7 @@ async def within(awaitable: Awaitable[T], timeout: float) -> T:
     except asyncio.CancelledError:
         if fired:
             fired = False
-            if task.uncancel() == 0:  # our cancellation alone: the deadline passed
+            if task.uncancel() <= base:  # our cancellation alone: the deadline passed
                 raise TimeoutError from None
         raise
     finally:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import shutil
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -150,6 +151,7 @@ class Fleet:
         if runner is None:
             raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
         name = runner.actions.get(request.action, request.action)
+        deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
                 result = await runner.call(
@@ -167,7 +169,7 @@ class Fleet:
                 else tool_pb2.ERROR_TYPE_TOOL_ERROR
             )
             if exc.error.code == types.CONNECTION_CLOSED:  # the server died under the call: say why
-                why = await runner.why_down(2.0)
+                why = await runner.why_down(min(2.0, max(deadline - time.monotonic(), 0.0)))
                 if why is not None:
                     return error_response(
                         tool_pb2.ERROR_TYPE_SYSTEM,

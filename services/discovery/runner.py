@@ -80,6 +80,7 @@ class ServerRunner:
         self._stopping = False
         self._was_running = False
         self._down = asyncio.Event()  # set while no connection is up, once one has ended
+        self.last_end = ""  # why the last connection ended
         self.actions: dict[str, str] = {}  # capability name -> MCP tool name
         self._task: asyncio.Task[None] | None = None
 
@@ -123,11 +124,14 @@ class ServerRunner:
         )
 
     async def why_down(self, within_s: float) -> str | None:
-        """Why the connection went down, once the runner has seen it end (None if not within `within_s`)."""
+        """Why a stdio server's connection went down, once the runner has seen it end (None if it
+        did not within `within_s`, or for a remote server, whose connection drops say nothing)."""
+        if self.transport is None:
+            return None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(within_s):
                 await self._down.wait()
-            return self.message
+            return self.last_end
         return None
 
     # -- the runner's task ------------------------------------------------------
@@ -142,7 +146,7 @@ class ServerRunner:
             except Exception as exc:  # anything the connection raised ends this attempt
                 reason = _describe(exc, self.transport)
             self.client = None
-            self.message = reason
+            self.last_end = reason
             self._down.set()
             if not first.done():
                 first.set_exception(

@@ -88,7 +88,7 @@ class StdioTransport:
     def _hit_memory_limit(self) -> bool:
         group = self._launch.group if self._launch is not None else None
         try:
-            return group is not None and group.hit_memory_limit()
+            return group is not None and group.oom_killed()
         except (OSError, ValueError):  # the cgroup is gone already
             return False
 

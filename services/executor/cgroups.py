@@ -78,11 +78,11 @@ class Group:
 
     def __init__(self, layout: Layout, dirs: tuple[Path, ...]) -> None:
         self._layout, self.dirs = layout, dirs
-        self._base = (0, 0)
+        self._base = (0, 0, 0)
 
     def reset(self) -> None:
         """Remember the limit counters now, so later hits are this occupant's."""
-        self._base = (self._pids_hits(), self._memory_hits())
+        self._base = (self._pids_hits(), self._memory_hits(), self._oom_kills())
 
     def add(self, pid: int) -> None:
         for d in self.dirs:
@@ -119,6 +119,15 @@ class Group:
         oom = dict(line.split() for line in self._read("memory.oom_control").splitlines() if " " in line)
         counts = [self._read(name).strip() for name in ("memory.failcnt", "memory.memsw.failcnt")]
         return int(oom.get("oom_kill", "0")) + sum(int(c) for c in counts if c.isdigit())
+
+    def _oom_kills(self) -> int:
+        name = "memory.events" if self._layout.v2 else "memory.oom_control"
+        fields = dict(line.split() for line in self._read(name).splitlines() if " " in line)
+        return int(fields.get("oom_kill", "0"))
+
+    def oom_killed(self) -> bool:
+        """The kernel killed a process of the group for its memory limit (reaching it is not enough)."""
+        return self._oom_kills() > self._base[2]
 
     def hit_pids_limit(self) -> bool:
         return self._pids_hits() > self._base[0]

@@ -119,6 +119,8 @@ def flat_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool] | N
     """
     if set(schema) - _FLAT_SCHEMA_KEYS or schema.get("type", "object") != "object":
         return None
+    if any(d in str(schema.get("$schema", "")) for d in ("draft-03", "draft-04")):
+        return None  # their "integer" and bounds differ from what the fast path checks
     props = schema.get("properties", {})
     required = schema.get("required", [])
     additional = schema.get("additionalProperties", True)

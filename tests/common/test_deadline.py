@@ -50,3 +50,18 @@ async def test_an_awaitable_that_swallows_the_deadline_leaves_no_cancel_request_
     assert await within(stubborn(), 0.01) == "finished anyway"
     assert asyncio.current_task().cancelling() == 0
     await asyncio.sleep(0)
+
+
+async def test_a_task_that_once_swallowed_a_cancel_still_gets_a_timeout():
+    # asyncio.timeout() compares with the count on entry; so does within()
+    task = asyncio.current_task()
+    task.cancel()
+    try:
+        await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        pass  # swallowed, without uncancel(): cancelling() stays 1
+    assert task.cancelling() == 1
+    with pytest.raises(TimeoutError):
+        await within(asyncio.get_running_loop().create_future(), 0.01)
+    assert task.cancelling() == 1
+    task.uncancel()

@@ -53,6 +53,7 @@ def test_flat_checker_matches_jsonschema(args):
         {"type": "object", "properties": {"s": {"type": "string", "pattern": "^a"}}},
         {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}},
         {"type": "object", "properties": {"s": {"type": "string", "minLength": -1}}},
+        {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {"i": {"type": "integer"}}},
         {"type": "object", "properties": {"s": {"type": ["string", "null"]}}},
         {"type": "object", "anyOf": [{"required": ["a"]}]},
         {"type": "object", "additionalProperties": {"type": "string"}},

@@ -18,16 +18,13 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
 from services.common import endpoints
-from services.common.contract import BATCHING_KEY
+from services.common.contract import BATCHING_KEY, coalesce
 from services.common.errors import DeadlineExceeded, MeshError, Unavailable
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[ex.Progress], None]
 _TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-# Calls coalesced into one stream message stay under this (a gRPC message is capped at 4 MiB by
-# default, one call's arguments at 1 MiB); a single bigger call still goes alone.
-_MAX_BATCH_BYTES = 1 << 20
 
 
 def channel_options(max_message_bytes: int, unix: bool) -> list[tuple[str, object]]:
@@ -148,14 +145,7 @@ class _Mux:
         try:
             while self._outbox and self._is_current(call):
                 if self._batching and len(self._outbox) > 1:
-                    head, taken, size = self._outbox[0], 1, self._outbox[0].ByteSize()
-                    for more in self._outbox[1:]:  # coalesce, far below any message size limit
-                        size += more.ByteSize()
-                        if size > _MAX_BATCH_BYTES:
-                            break
-                        taken += 1
-                    head.batch.extend(self._outbox[1:taken])
-                    self._outbox = self._outbox[taken:]
+                    head, self._outbox = coalesce(self._outbox)
                     await call.write(head)
                 else:
                     queued, self._outbox = self._outbox, []

@@ -21,7 +21,7 @@ import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.contract import BATCHING_KEY
+from services.common.contract import BATCHING_KEY, coalesce
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,6 @@ log = logging.getLogger(__name__)
 Progress = Callable[[ex.Progress], None]
 # Runs one call to its answer. It must turn every outcome into a response, cancellation included.
 RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
-
-
-# Answers coalesced into one message stay under this (a gRPC message is capped at 4 MiB by default);
-# a single bigger answer still goes alone.
-_MAX_BATCH_BYTES = 1 << 20
 
 
 def _cancelled() -> ex.ExecuteResponse:
@@ -149,16 +144,7 @@ class CallStream:
         self._writing = True
         try:
             while self._outbox and not self._ended:
-                head, taken = self._outbox[0], 1
-                if len(self._outbox) > 1:  # coalesce, up to a size far below any message limit
-                    size = head.ByteSize()
-                    for more in self._outbox[1:]:
-                        size += more.ByteSize()
-                        if size > _MAX_BATCH_BYTES:
-                            break
-                        taken += 1
-                    head.batch.extend(self._outbox[1:taken])
-                self._outbox = self._outbox[taken:]
+                head, self._outbox = coalesce(self._outbox)
                 try:
                     await self._context.write(head)
                 except grpc.aio.BaseError as exc:  # the RPC ended under us: nobody is left to answer

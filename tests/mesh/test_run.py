@@ -63,12 +63,19 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
     mesh = await mesh_factory()
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = lib_grpc.ToolLibraryServiceStub(ch)
-        rev = (await stub.ListTools(lib.ListToolsRequest(), timeout=5)).revision
+        listing = await stub.ListTools(lib.ListToolsRequest(), timeout=5)
         watch = stub.WatchToolEvents(
             lib.WatchToolEventsRequest(
-                since_revision=rev, tool_ids=[EXECUTOR], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]
+                since_revision=listing.revision,
+                tool_ids=[EXECUTOR],
+                types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED],
             )
         )
+        # Start from a healthy executor: its first health check may land after the listing.
+        health = next(t.health for t in listing.tools if t.tool_id == EXECUTOR)
+        async with asyncio.timeout(30):
+            while health != tool_pb2.HEALTH_STATUS_HEALTHY:
+                health = (await watch.read()).event.tool.health
         executor_pid = next(
             p
             for p in descendants(mesh.proc.pid)
@@ -77,8 +84,8 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
         os.kill(executor_pid, signal.SIGKILL)
         seen = []
         async with asyncio.timeout(30):
-            async for resp in watch:  # down, then up again (a loaded machine may add flaps between)
-                seen.append(resp.event.tool.health)
+            while True:  # down, then up again (a loaded machine may add flaps between)
+                seen.append((await watch.read()).event.tool.health)
                 if tool_pb2.HEALTH_STATUS_UNHEALTHY in seen and seen[-1] == tool_pb2.HEALTH_STATUS_HEALTHY:
                     break
         watch.cancel()

@@ -75,7 +75,7 @@ class StdioTransport:
             return self.failure
         rc = self.proc.returncode if self.proc else None
         what = f"server exited with code {rc}" if rc is not None else "server closed its stdout"
-        if self._hit_memory_limit():
+        if self._oom_killed():
             what = f"server was killed for exceeding its memory limit (discovery.memory_limit_bytes; {what})"
         tail = self.stderr_tail()
         return f"{what}; stderr: {tail}" if tail else what
@@ -85,7 +85,7 @@ class StdioTransport:
         if self.proc is not None:
             await _wait_exit(self.proc, seconds)
 
-    def _hit_memory_limit(self) -> bool:
+    def _oom_killed(self) -> bool:
         group = self._launch.group if self._launch is not None else None
         try:
             return group is not None and group.oom_killed()

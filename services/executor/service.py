@@ -38,7 +38,8 @@ from services.executor.schemas import (
     VISUALIZE_INPUT,
 )
 from services.executor.sessions import SessionLimit, Sessions
-from services.toolkit.server import Action, CallContext, ToolServer, text_result
+from services.toolkit.results import text_result
+from services.toolkit.server import Action, CallContext, ToolServer
 
 log = logging.getLogger(__name__)
 OWNER = "python-executor"

@@ -24,7 +24,7 @@ from services.common.jsonvalue import dict_to_struct
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
-from services.toolkit.server import to_response
+from services.toolkit.results import to_response
 
 _JSON_TYPES: dict[Any, str] = {
     str: "string",

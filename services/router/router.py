@@ -27,6 +27,7 @@ from services.common.errors import (
 from services.common.jsonvalue import struct_to_dict
 from services.library.registry import Entry
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
+from services.toolkit.results import text_result
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,7 @@ Recorder = Callable[[Entry, bool, float], None]
 
 def error_response(kind: int, message: str) -> ex.ExecuteResponse:
     """A tool failure as a result: is_error with the reason in `error` and in a text block."""
-    resp = ex.ExecuteResponse(is_error=True, error=tool_pb2.ToolError(type=kind, message=message))  # type: ignore[arg-type]
-    resp.content.add().text.text = message
-    return resp
+    return text_result(message, is_error=True, error_type=kind)
 
 
 class Router:

@@ -22,6 +22,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.contract import BATCHING_KEY, coalesce
+from services.toolkit.results import text_result
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +33,11 @@ RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
 
 
 def _cancelled() -> ex.ExecuteResponse:
-    return _refusal("call cancelled by the caller", tool_pb2.ERROR_TYPE_UNKNOWN)
+    return text_result("call cancelled by the caller", is_error=True, error_type=tool_pb2.ERROR_TYPE_UNKNOWN)
 
 
-def _refusal(message: str, kind: int = tool_pb2.ERROR_TYPE_SYSTEM) -> ex.ExecuteResponse:
-    resp = ex.ExecuteResponse(is_error=True, error=tool_pb2.ToolError(type=kind, message=message))  # type: ignore[arg-type]
-    resp.content.add().text.text = message
-    return resp
+def _refusal(message: str) -> ex.ExecuteResponse:
+    return text_result(message, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)
 
 
 class CallStream:

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf.struct_pb2 import Struct
 
 from services.common.jsonvalue import fill_struct, struct_to_dict
-from services.toolkit.server import to_json
+from services.toolkit.results import to_json
 
 VALUES = [
     {},

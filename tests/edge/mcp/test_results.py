@@ -9,7 +9,7 @@ from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
 from edge.mcp.results import call_result, from_mesh_error
 from services.common.errors import DeadlineExceeded, InvalidArguments, MeshError, NotFound, Unavailable
 from services.common.jsonvalue import dict_to_struct, py_to_value
-from services.toolkit.server import text_result, to_response
+from services.toolkit.results import text_result, to_response
 
 
 def test_images_become_base64_image_blocks():

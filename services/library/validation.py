@@ -83,14 +83,15 @@ _FLAT_PROPERTY_KEYS = frozenset({"type", "description", "title", "default", "exa
 # Bounds the fast path also checks, each exactly as jsonschema does (len() counts code points as JSON
 # Schema does; numbers compare as Python numbers, as jsonschema's do). Each applies only to values of
 # its JSON type. A boolean exclusiveMinimum/Maximum (draft 4's meaning) takes the full path.
-_STRING_BOUNDS = {"minLength": lambda v, b: len(v) >= b, "maxLength": lambda v, b: len(v) <= b}
-_NUMBER_BOUNDS = {
-    "minimum": lambda v, b: v >= b,
-    "maximum": lambda v, b: v <= b,
-    "exclusiveMinimum": lambda v, b: v > b,
-    "exclusiveMaximum": lambda v, b: v < b,
+_BOUNDS: dict[str, tuple[str, Callable[[Any, Any], bool]]] = {  # keyword -> (JSON type it bounds, test)
+    "minLength": ("string", lambda v, b: len(v) >= b),
+    "maxLength": ("string", lambda v, b: len(v) <= b),
+    "minimum": ("number", lambda v, b: v >= b),
+    "maximum": ("number", lambda v, b: v <= b),
+    "exclusiveMinimum": ("number", lambda v, b: v > b),
+    "exclusiveMaximum": ("number", lambda v, b: v < b),
 }
-_Bound = tuple[Callable[[Any, Any], bool], Any]
+_Bound = tuple[str, Callable[[Any, Any], bool], Any]
 
 
 def _is_type(value: Any, t: str) -> bool:
@@ -127,37 +128,25 @@ def flat_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool] | N
     if not isinstance(props, dict) or not isinstance(required, list) or not isinstance(additional, bool):
         return None
     types: dict[str, str | None] = {}
-    string_bounds: dict[str, list[_Bound]] = {}
-    number_bounds: dict[str, list[_Bound]] = {}
+    bounds: dict[str, list[_Bound]] = {}
     for name, prop in props.items():
-        if not isinstance(prop, dict) or set(prop) - _FLAT_PROPERTY_KEYS - set(_STRING_BOUNDS) - set(
-            _NUMBER_BOUNDS
-        ):
+        if not isinstance(prop, dict) or set(prop) - _FLAT_PROPERTY_KEYS - _BOUNDS.keys():
             return None
         t = prop.get("type")
         if t is not None and t not in ("string", "boolean", "number", "integer", "object", "array", "null"):
             return None
         types[name] = t
-        for key, test in _STRING_BOUNDS.items():
+        for key, (kind, test) in _BOUNDS.items():
             if key in prop:
-                if not _is_type(prop[key], "integer") or prop[key] < 0:
+                bound = prop[key]  # a number; a length also a non-negative integer
+                length = kind == "string"
+                if not _is_type(bound, "integer" if length else "number") or (length and bound < 0):
                     return None
-                string_bounds.setdefault(name, []).append((test, prop[key]))
-        for key, test in _NUMBER_BOUNDS.items():
-            if key in prop:
-                if not _is_type(prop[key], "number"):
-                    return None
-                number_bounds.setdefault(name, []).append((test, prop[key]))
+                bounds.setdefault(name, []).append((kind, test, bound))
     req = tuple(required)
 
     def within(name: str, value: Any) -> bool:
-        if isinstance(value, str):
-            bounds = string_bounds.get(name, ())
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            bounds = number_bounds.get(name, ())
-        else:
-            return True
-        return all(test(value, bound) for test, bound in bounds)
+        return all(test(value, bound) for kind, test, bound in bounds.get(name, ()) if _is_type(value, kind))
 
     def check(args: dict[str, Any]) -> bool:
         for name in req:
@@ -168,7 +157,7 @@ def flat_checker(schema: dict[str, Any]) -> Callable[[dict[str, Any]], bool] | N
                 t = types[name]
                 if t is not None and not _is_type(value, t):
                     return False
-                if (string_bounds or number_bounds) and not within(name, value):
+                if bounds and not within(name, value):
                     return False
             elif not additional:
                 return False

@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 from services.common.config import EdgeConfig
 from services.common.errors import MeshError
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -59,8 +58,7 @@ class OriginGuard:
         bind = listen_host.strip().strip("[]").lower()
         self._check_host = bind not in WILDCARD_HOSTS and "*" not in allowed_hosts
         self._hosts = (
-            LOOPBACK_NAMES
-            | {bind}
+            {bind}
             | {_hostname(o) for o in self._origins}
             | {h.strip().strip("[]").lower() for h in allowed_hosts}
         )
@@ -112,7 +110,7 @@ class OriginGuard:
         except ValueError:
             return False
         host = parts.hostname or ""
-        return parts.scheme in ("http", "https") and (host in LOOPBACK_NAMES or _is_loopback(host))
+        return parts.scheme in ("http", "https") and _is_loopback(host)
 
 
 def _is_loopback(host: str) -> bool:

@@ -138,67 +138,43 @@ Gate = Callable[[grpc.aio.ServicerContext], None]
 
 
 def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHandler:
-    async def _abort(context: grpc.aio.ServicerContext, err: MeshError) -> None:
+    """The same handler with MeshError mapped to a status (and the admin gate, when given)."""
+
+    async def abort(context: grpc.aio.ServicerContext, err: MeshError) -> None:
         await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err))
 
-    if handler.unary_unary:
-        fn = handler.unary_unary
+    def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(fn):  # answers by yielding
 
-        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    if gate:
+                        gate(context)
+                    async for item in fn(request, context):
+                        yield item
+                except MeshError as err:
+                    await abort(context, err)
+
+            return stream
+
+        # returns its answer, or writes its answers with context.write
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
                 if gate:
                     gate(context)
                 return await fn(request, context)
             except MeshError as err:
-                await _abort(context, err)
+                await abort(context, err)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
+        return call
+
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(guarded(handler.unary_unary), des, ser)
     if handler.unary_stream:
-        fn_s = handler.unary_stream
-
-        async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if gate:
-                    gate(context)
-                async for item in fn_s(request, context):
-                    yield item
-            except MeshError as err:
-                await _abort(context, err)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_stream and not inspect.isasyncgenfunction(handler.stream_stream):
-        fn_sc = handler.stream_stream  # a coroutine that answers with context.write
-
-        async def stream_stream_writer(requests: Any, context: grpc.aio.ServicerContext) -> None:
-            try:
-                if gate:
-                    gate(context)
-                await fn_sc(requests, context)
-            except MeshError as err:
-                await _abort(context, err)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream_writer, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(guarded(handler.unary_stream), des, ser)
     if handler.stream_stream:
-        fn_ss = handler.stream_stream
-
-        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            try:
-                if gate:
-                    gate(context)
-                async for item in fn_ss(requests, context):
-                    yield item
-            except MeshError as err:
-                await _abort(context, err)
-
-        return grpc.stream_stream_rpc_method_handler(
-            stream_stream, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.stream_stream_rpc_method_handler(guarded(handler.stream_stream), des, ser)
     return handler
 
 

@@ -25,15 +25,14 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from services.common.config import EdgeConfig
-from services.common.errors import MeshError
+from services.common.errors import PermissionDenied
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 
 
-class Forbidden(MeshError):
+class Forbidden(PermissionDenied):
     """A browser request from a site the edge does not trust."""
 
-    http_status = 403
     reason = "FORBIDDEN_ORIGIN"
 
 

@@ -146,6 +146,12 @@ class Unauthenticated(MeshError):
     reason = "UNAUTHENTICATED"
 
 
+class PermissionDenied(MeshError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+    reason = "PERMISSION_DENIED"
+
+
 class ResourceExhausted(MeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     http_status = 413
@@ -163,6 +169,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
         Unavailable,
         DeadlineExceeded,
         Unauthenticated,
+        PermissionDenied,
         ResourceExhausted,
     )
 }

@@ -152,6 +152,7 @@ async def test_routes_under_the_mcp_prefix_are_guarded_too(edge: EdgeHandle, pat
     for headers in ({"Origin": "https://evil.example"}, {"Host": "rebound.evil.example:8082"}):
         status, body = await edge.post(path, {"name": "x/y", "query": "x"}, headers=headers)
         assert status == 403 and body["reason"] in ("FORBIDDEN_ORIGIN", "FORBIDDEN_HOST"), (path, body)
+        assert body["code"] == "PERMISSION_DENIED"
 
 
 async def test_configured_origins_are_allowed(cfg, hub, start_edge):

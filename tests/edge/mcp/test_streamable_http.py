@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edge.mcp import McpOptions, add_routes
 from services.common.config import Config
+from services.toolkit import Action
 
 from .conftest import Edge, Probe, Register, actions, edge_with, serve, tool_def
 
@@ -450,3 +451,35 @@ async def test_a_dropped_request_stream_resumes_with_last_event_id_and_the_call_
     ]
     assert not kit.cancelled.is_set()
     assert gone == 404  # delivered: nothing is kept
+
+
+async def test_a_request_stream_nobody_reads_keeps_at_most_its_byte_bound_of_progress_and_the_answer(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, start_tool_server: Any, register: Register
+):
+    async def talk(args: dict[str, Any], ctx: Any) -> str:
+        for i in range(200):  # 4 MB of progress for a client that is not reading
+            ctx.progress(i + 1, 200, "x" * 20_000)
+            await asyncio.sleep(0)  # let each report go out on its own
+        return "talked"
+
+    acts = [Action("talk", "Reports a lot of progress", talk)]
+    _, endpoint = await start_tool_server({"chatty": acts}, name="chatty")
+    await register(tool_def("chatty", endpoint, acts))
+    bound = 64 * 1024
+    async with edge_with(gateway, cfg, outbox_bytes=bound, mcp_sse_defer_s=0.01) as edge:
+        sid = await initialize(http, edge, "2025-11-25")
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "chatty__talk"}}
+        body["params"]["_meta"] = {"progressToken": 5}
+        left = await http.post(edge.url, data=json.dumps(body), headers={**ACCEPT, "Mcp-Session-Id": sid})
+        async with asyncio.timeout(10):
+            assert await left.content.readline() == b"id: 1-0\n"
+        left.close()  # gone without reading: the call goes on, its stream is kept for a resume
+        resume = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, "Last-Event-ID": "1-0"}
+        async with http.get(edge.url, headers=resume) as again:
+            async with asyncio.timeout(20):
+                events = [msg async for _, msg in sse_events(again)]
+        svc = edge.svc
+    progress = [m for m in events if m.get("method") == "notifications/progress"]
+    assert events[-1]["result"]["content"] == [{"type": "text", "text": "talked"}]
+    assert sum(len(json.dumps(m)) for m in progress) <= bound, f"{len(progress)} progress events kept"
+    assert svc.stats.notifications_dropped == 200 - len(progress)

@@ -18,6 +18,7 @@ import logging
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from aiohttp import WSMsgType, web
 
@@ -40,6 +41,13 @@ def text_frame(text: str) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x81, 127, n)
     return header + payload
+
+
+_TRANSPORT_METHODS = ("write", "get_write_buffer_size", "is_closing", "abort")
+
+
+def _writable(transport: object) -> TypeGuard[asyncio.WriteTransport]:
+    return all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS)
 
 
 @dataclass(frozen=True)
@@ -76,7 +84,8 @@ class Outbox:
         on_slow: Callable[[], str] | None = None,
     ) -> None:
         self.ws = ws
-        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
+        # Duck-typed: uvloop's transports have the methods without subclassing asyncio's classes.
+        self._transport = transport if _writable(transport) else None
         self._max_messages = max(limits.messages, 1)
         self._max_bytes = max(limits.bytes, 1)
         self.stats = stats or OutboxStats()

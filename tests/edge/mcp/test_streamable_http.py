@@ -483,3 +483,22 @@ async def test_a_request_stream_nobody_reads_keeps_at_most_its_byte_bound_of_pro
     assert events[-1]["result"]["content"] == [{"type": "text", "text": "talked"}]
     assert sum(len(json.dumps(m)) for m in progress) <= bound, f"{len(progress)} progress events kept"
     assert svc.stats.notifications_dropped == 200 - len(progress)
+
+
+async def test_a_session_past_its_in_flight_bound_gets_429_at_once_and_its_running_call_still_answers(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    async with edge_with(gateway, cfg, max_in_flight=1) as edge:
+        sid = await initialize(http, edge)
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        block = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "kit__block"}}
+        running = asyncio.create_task(post(http, edge, block, headers))
+        async with asyncio.timeout(10):
+            await kit.started.wait()
+            status, refused, _ = await post(http, edge, {**block, "id": 2}, headers)
+        kit.release.set()
+        async with asyncio.timeout(10):
+            first = await running
+    assert status == 429 and refused["id"] == 2
+    assert refused["error"]["code"] == -32029 and refused["error"]["data"]["reason"] == "TOO_MANY_IN_FLIGHT"
+    assert first[0] == 200 and first[1]["result"]["content"] == [{"type": "text", "text": "released"}]

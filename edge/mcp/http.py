@@ -99,13 +99,18 @@ class HttpSession:
     exchange_seq: int = 0
 
     def new_exchange(self, limit: int, max_bytes: int) -> Exchange:
+        """A resumable stream for one request. Finished streams nobody came back for are kept, oldest
+        dropped first, within `_KEPT_EXCHANGES` and `max_bytes` in all: a client that leaves every
+        call before its answer cannot make the session hold more."""
+        finished = [(k, e) for k, e in self.exchanges.items() if e.final]
+        kept = sum(e.kept_bytes for _, e in finished)
+        for k, e in finished:
+            if len(self.exchanges) < _KEPT_EXCHANGES and kept <= max_bytes:
+                break
+            del self.exchanges[k]
+            kept -= e.kept_bytes
         self.exchange_seq += 1
         ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit, max_bytes)
-        while len(self.exchanges) > _KEPT_EXCHANGES:  # the oldest finished ones nobody came back for
-            oldest = next((k for k, e in self.exchanges.items() if e.final), None)
-            if oldest is None:
-                break
-            del self.exchanges[oldest]
         return ex
 
 

@@ -6,6 +6,8 @@ import asyncio
 from typing import Any
 
 from edge.mcp._sse import Exchange, parse_event_id
+from edge.mcp.dispatcher import Session
+from edge.mcp.http import HttpSession
 
 
 class Sink:
@@ -64,3 +66,14 @@ def test_last_event_ids_name_the_stream_and_the_event():
     assert parse_event_id("7") == (0, 7)
     assert parse_event_id("3-2") == (3, 2)
     assert parse_event_id("x-1") is None and parse_event_id(None) is None
+
+
+def test_a_session_keeps_unclaimed_finished_streams_within_its_byte_bound_oldest_dropped_first():
+    hs = HttpSession(Session(id="s", transport="http"), client="127.0.0.1", seen=0)
+    for i in range(1, 11):  # ten calls whose client left before a 30 kB answer
+        hs.new_exchange(limit=1024, max_bytes=64 * 1024).add(
+            {"jsonrpc": "2.0", "id": i, "result": {"text": "x" * 30_000}}, final=True
+        )
+    hs.new_exchange(limit=1024, max_bytes=64 * 1024)
+    finished = [k for k, e in hs.exchanges.items() if e.final]
+    assert finished == [9, 10] and sum(hs.exchanges[k].kept_bytes for k in finished) <= 64 * 1024

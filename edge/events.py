@@ -74,6 +74,8 @@ class Subscriber:
         self.out.push(text, mark=revision, frame=frame)
 
     def event(self, revision: int, text: str, frame: bytes | None = None) -> None:
+        if self.out.overflowed:  # being closed as too slow: it resumes with ?since= instead
+            return
         if self.held is not None:
             if len(self.held) >= self._limit:
                 self.held = []

@@ -165,14 +165,13 @@ class Outbox:
         and with the client's unread requests still in the socket that is a reset, which discards the
         close frame (and everything queued before it) on the client's side.
         """
-        close = struct.pack("!BBH", 0x88, 2 + len(reason.encode()[:120]), SLOW_READER_CODE)
-        close += reason.encode()[:120]
+        payload = struct.pack("!H", SLOW_READER_CODE) + reason.encode()[:120]  # a control frame: < 126
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT_S):
                 if self._transport is not None and not self._transport.is_closing():
-                    self._transport.write(close)
+                    self._transport.write(struct.pack("!BB", 0x88, len(payload)) + payload)
                 elif not self.ws.closed:
-                    await self.ws.send_frame(close[2:], WSMsgType.CLOSE)
+                    await self.ws.send_frame(payload, WSMsgType.CLOSE)
                 await self._done.wait()
         except TimeoutError:
             # It does not even read its close frame: drop what is buffered for it and cut it off.

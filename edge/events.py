@@ -1,9 +1,10 @@
 """The events WebSocket `/api/v1/events/tools`: registry events fanned out to subscribers.
 
 Each event is serialized to JSON once and the same string is queued for every
-subscriber that wants it. Each subscriber has its own bounded queue and its own
-writer task, so a slow one never delays the others: when its queue overflows it
-is closed with 1013 and a reason naming the revision to resume from.
+subscriber that wants it. Each subscriber has its own bounded outbox
+(edge.outbox, the writer every edge socket uses), so a slow one never delays
+the others: when it overflows it is closed with 1013 and a reason naming the
+revision to resume from.
 
 A client reconnecting with `?since=<revision>` gets every event it missed: from
 the gateway's ring buffer when it reaches back far enough, else from the hub's
@@ -14,11 +15,9 @@ Live events that arrive meanwhile are held and sent after the backlog, in order.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
-import struct
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -27,6 +26,7 @@ from toolscore.v1 import tool_pb2
 from edge import views
 from edge.gateway import HubGateway
 from edge.metrics import EdgeMetrics
+from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
 from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
 from services.common.errors import MeshError
 
@@ -34,52 +34,33 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/api/v1/events/tools"
 EVENT_TYPES = frozenset(views.EVENT_NAMES.values())
-SLOW_CONSUMER_CODE = 1013  # "Try Again Later": reconnect with ?since=<revision>
-_CLOSE_TIMEOUT_S = 5.0
-_DIRECT_WRITE_LIMIT = 64 * 1024
-
-
-def text_frame(text: str) -> bytes:
-    """One unmasked, uncompressed WebSocket text frame (RFC 6455 5.2), as a server sends it."""
-    payload = text.encode()
-    n = len(payload)
-    if n < 126:
-        header = struct.pack("!BB", 0x81, n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, n)
-    return header + payload
 
 
 class Subscriber:
-    """One events client: filters, a bounded queue of JSON strings, and its writer."""
+    """One events client: filters, and its bounded outbox (edge.outbox) of JSON strings."""
 
     def __init__(
         self,
         ws: web.WebSocketResponse,
-        limit: int,
+        limits: OutboxLimits,
         metrics: EdgeMetrics,
         transport: asyncio.BaseTransport | None = None,
+        stats: OutboxStats | None = None,
     ) -> None:
         self.ws = ws
-        # Set when frames may be written straight to the socket (see `send`).
-        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
-        self._busy = False
         self.events: frozenset[str] = frozenset()  # empty: every type
         self.tool_ids: frozenset[str] = frozenset()  # empty: every tool
         self.revision = 0  # the last event revision queued
         self.held: list[tuple[int, str]] | None = None  # live events held while a backlog is fetched
-        self.overflowed = False
-        self._limit = limit
+        self._limit = max(limits.messages, 1)
         self._metrics = metrics
-        # (text, revision of the event it carries, or None for replies like welcome and pong)
-        self._queue: collections.deque[tuple[str, int | None]] = collections.deque()
-        self.sent = 0  # the last event revision written to the socket: where a resume starts
-        self.closer: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-        self.writer: asyncio.Task[None] | None = None
+        self.out = Outbox(ws, limits, transport=transport, stats=stats, on_slow=self._slow)
         self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def sent(self) -> int:
+        """The last event revision written to the socket: where a resume starts."""
+        return self.out.written
 
     def wants(self, event_type: str, tool_id: str) -> bool:
         return (not self.events or event_type in self.events) and (
@@ -87,37 +68,18 @@ class Subscriber:
         )
 
     def send(self, text: str, *, revision: int | None = None, frame: bytes | None = None) -> None:
-        """Send or queue one message; on overflow, close the client (never wait for it).
-
-        With nothing queued and room in the socket's buffer, an event's frame (encoded once for
-        every subscriber) is written at once: no task switch per subscriber on the fan-out path.
-        """
-        if self.overflowed:
-            return
-        t = self._transport
-        if (
-            frame is not None
-            and t is not None
-            and not self._queue
-            and not self._busy
-            and not self.ws.closed
-            and not t.is_closing()
-            and t.get_write_buffer_size() < _DIRECT_WRITE_LIMIT
-        ):
-            t.write(frame)
+        """Send or queue one message; on overflow the client is closed with 1013 (never waited for)."""
+        if revision is not None and not self.out.overflowed:
             self._metrics.events_sent += 1
-            self.sent = max(self.sent, revision or 0)
-            return
-        if len(self._queue) >= self._limit:
-            self._overflow()
-            return
-        self._queue.append((text, revision))
-        self._wake.set()
+        self.out.push(text, mark=revision, frame=frame)
 
     def event(self, revision: int, text: str, frame: bytes | None = None) -> None:
+        if self.out.overflowed:  # being closed as too slow: it resumes with ?since= instead
+            return
         if self.held is not None:
             if len(self.held) >= self._limit:
-                self._overflow()
+                self.held = []
+                self.out.overflow()
                 return
             self.held.append((revision, text))
             return
@@ -138,35 +100,10 @@ class Subscriber:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _overflow(self) -> None:
-        self.overflowed = True
-        self._queue.clear()
+    def _slow(self) -> str:
         self._metrics.slow_consumers_closed += 1
-        if self.writer is not None:
-            self.writer.cancel()
-        reason = f"subscriber too slow ({self._limit} messages queued); reconnect with ?since={self.sent}"
         log.info("closing a slow events subscriber (last sent revision %d)", self.sent)
-        self.closer = asyncio.get_running_loop().create_task(self._close(SLOW_CONSUMER_CODE, reason))
-
-    async def _close(self, code: int, reason: str) -> None:
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                await self.ws.close(code=code, message=reason.encode()[:120], drain=False)
-
-    async def write_loop(self) -> None:
-        """Send queued messages in order until the connection ends."""
-        queue, ws, metrics = self._queue, self.ws, self._metrics
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            self._busy = True
-            while queue:
-                text, revision = queue.popleft()
-                await ws.send_str(text)
-                if revision is not None:
-                    metrics.events_sent += 1
-                    self.sent = max(self.sent, revision)
-            self._busy = False
+        return f"subscriber too slow ({self._limit} messages queued); reconnect with ?since={self.sent}"
 
 
 class EventHub:
@@ -177,6 +114,7 @@ class EventHub:
         self.metrics = metrics
         self.queue_limit = max(queue_limit, 1)
         self.subscribers: set[Subscriber] = set()
+        self.outbox_stats = OutboxStats()
 
     def attach(self) -> None:
         self.gateway.listeners.append(self._on_event)
@@ -369,8 +307,9 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app[WEBSOCKETS].add(ws)
     metrics.ws_opened(ROUTE)
-    sub = Subscriber(ws, hub.queue_limit, metrics, request.transport)
-    sub.writer = asyncio.get_running_loop().create_task(sub.write_loop())
+    limits = OutboxLimits(hub.queue_limit, app[CONFIG].edge.outbox_bytes)
+    sub = Subscriber(ws, limits, metrics, request.transport, hub.outbox_stats)
+    sub.out.start()
     try:
         try:
             since = _since(request)
@@ -394,11 +333,10 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
 
 async def _stop(sub: Subscriber) -> None:
     """Stop the subscriber's tasks; a closing handshake in progress (slow consumer) may finish."""
-    tasks = [t for t in (sub.writer, sub.closer, *sub.tasks) if t is not None]
+    tasks = list(sub.tasks)
     for t in tasks:
-        if t is not sub.closer:
-            t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        t.cancel()
+    await asyncio.gather(sub.out.stop(), *tasks, return_exceptions=True)
 
 
 def add_routes(app: web.Application) -> None:

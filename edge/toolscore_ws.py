@@ -4,14 +4,16 @@ JSON text frames with `type` and `request_id`. Clients call `register_tool`,
 `list_tools` and `execute_tool` (answered by `*_response`); a server that
 registered with `tool_type: "mcp_server"` is called back on the same
 connection with `execute_tool_action` (see edge.relay). Requests run
-concurrently, so a slow call never blocks the responses a dialled-in server
-sends on the same socket. Protocol faults are `{type: "error", request_id, ...}`.
+concurrently (at most `[edge] max_in_flight`; more get an error at once), so a
+slow call never blocks the responses a dialled-in server sends on the same
+socket. Replies go through the connection's bounded outbox (edge.outbox): a
+client that does not read them is closed with 1013. Protocol faults are
+`{type: "error", request_id, ...}`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -21,6 +23,7 @@ from aiohttp import WSMsgType, web
 from toolscore.v1 import executor_pb2 as ex
 
 from edge import views
+from edge.outbox import Outbox, OutboxLimits, OutboxStats
 from edge.relay import RelayServer, ServerSession
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
 from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
@@ -28,7 +31,7 @@ from services.common.errors import InvalidRequest, MeshError, ResourceExhausted,
 log = logging.getLogger(__name__)
 
 ROUTE = "/websocket"
-MAX_IN_FLIGHT = 256
+OUTBOX_STATS: web.AppKey[OutboxStats] = web.AppKey("toolscore_ws_outbox_stats")
 
 
 class Connection:
@@ -40,13 +43,22 @@ class Connection:
         self.session = session
         self.authorized = request.app[AUTH].allows(request.headers)
         self.tasks: set[asyncio.Task[None]] = set()
+        edge = request.app[CONFIG].edge
+        self.max_in_flight = edge.max_in_flight
+        limits = OutboxLimits(edge.subscriber_queue, edge.outbox_bytes)
+        self.out = Outbox(
+            ws, limits, transport=request.transport, stats=request.app[OUTBOX_STATS], on_slow=self._slow
+        )
 
-    async def send(self, msg: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await self.ws.send_str(views.dumps(msg))
+    def _slow(self) -> str:
+        log.info("closing a slow /websocket client (%s)", self.session.peer)
+        return "client too slow: it did not read its replies"
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.out.push(views.dumps(msg))
 
     def error(self, message: str, request_id: Any = None, **extra: Any) -> None:
-        self.spawn(self.send({"type": "error", "request_id": request_id, "message": message, **extra}))
+        self.send({"type": "error", "request_id": request_id, "message": message, **extra})
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -54,6 +66,8 @@ class Connection:
         task.add_done_callback(self.tasks.discard)
 
     def dispatch(self, data: str) -> None:
+        if self.out.overflowed:  # closing it as a slow reader: nothing more is served
+            return
         try:
             msg = json.loads(data)
         except ValueError:
@@ -76,10 +90,12 @@ class Connection:
                 request_type=kind if isinstance(kind, str) else None,
             )
             return
-        if len(self.tasks) >= MAX_IN_FLIGHT:
+        if len(self.tasks) >= self.max_in_flight:
             err = ResourceExhausted(
-                f"more than {MAX_IN_FLIGHT} requests in flight on this connection",
+                f"{self.max_in_flight} requests are already in flight on this connection; "
+                "wait for a reply and retry",
                 reason="TOO_MANY_IN_FLIGHT",
+                metadata={"max_in_flight": str(self.max_in_flight)},
             )
             self.error(err.message, rid, request_type=kind, code=err.code.name, reason=err.reason)
             return
@@ -110,7 +126,7 @@ class Connection:
             }
         else:
             reply = {"type": f"{kind}_response", "request_id": rid, **reply}
-        await self.send(reply)
+        self.send(reply)
 
 
 async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -185,6 +201,7 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
     app[METRICS].ws_opened(ROUTE)
     relay = app[RELAY]
     conn = Connection(request, ws, relay.open_session(ws, request.remote or "?"))
+    conn.out.start()
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -201,9 +218,11 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
         # cancelled again when the socket closes, and that must not leave the tools registered.
         cleanup = relay.close_later(conn.session)
         await asyncio.gather(*conn.tasks, return_exceptions=True)
+        await conn.out.stop()
         await asyncio.shield(cleanup)
     return ws
 
 
 def add_routes(app: web.Application) -> None:
+    app[OUTBOX_STATS] = OutboxStats()
     app.router.add_get(ROUTE, toolscore_socket)

@@ -37,6 +37,9 @@ INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 UNSUPPORTED_PROTOCOL_VERSION = -32022
 REQUEST_CANCELLED = -32800
+# A per-client bound was reached (requests in flight, sessions); `data` is the mesh error
+# (RESOURCE_EXHAUSTED with its reason). A server-defined code (JSON-RPC reserves -32000..-32099).
+LIMIT_REACHED = -32029
 
 # The HTTP status a JSON-RPC error travels with on Streamable HTTP (as the SDK's server maps them).
 HTTP_STATUS = {
@@ -46,6 +49,7 @@ HTTP_STATUS = {
     HEADER_MISMATCH: 400,
     UNSUPPORTED_PROTOCOL_VERSION: 400,
     METHOD_NOT_FOUND: 404,
+    LIMIT_REACHED: 429,
 }
 
 RequestId = str | int

@@ -31,23 +31,40 @@ class Exchange:
     on without it. Followers wait on `changed`, which is replaced at each event.
     """
 
-    def __init__(self, number: int, limit: int) -> None:
+    def __init__(self, number: int, limit: int, max_bytes: int) -> None:
         self.number = number  # 0: not resumable (no ids, nothing kept beyond delivery)
         self.events: list[bytes] = []
         self.offset = 0  # events already delivered and dropped (non-resumable streams only)
         self.final = False
         self.changed = asyncio.Event()
+        self.kept_bytes = 0  # of `events`
+        self.dropped = 0  # notifications dropped past the bounds
         self._limit = limit
+        self._max_bytes = max_bytes
 
     @property
     def resumable(self) -> bool:
         return self.number > 0
 
     def add(self, msg: dict[str, Any], *, final: bool = False) -> None:
-        if self.final or (len(self.events) >= self._limit and not final):
-            return  # progress and list_changed are level signals: dropping one past the limit loses nothing
+        """Keep one event for the client; past the bounds (count, bytes) notifications are dropped.
+
+        Progress and list_changed are level signals: dropping one loses nothing the next one does not
+        carry. The final response is always kept, so a reader however slow holds at most the bounds.
+        """
+        if self.final:
+            return
         n = self.offset + len(self.events) + 1
-        self.events.append(frame(msg, f"{self.number}-{n}" if self.resumable else None))
+        data = frame(msg, f"{self.number}-{n}" if self.resumable else None)
+        if (
+            not final
+            and self.events
+            and (len(self.events) >= self._limit or self.kept_bytes + len(data) > self._max_bytes)
+        ):
+            self.dropped += 1
+            return
+        self.events.append(data)
+        self.kept_bytes += len(data)
         self.final = final
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
@@ -64,6 +81,8 @@ class Exchange:
                 await resp.write(self.events[sent - self.offset])
                 sent += 1
             if not self.resumable:  # nobody can come back for them: let them go
+                delivered = self.events[: sent - self.offset]
+                self.kept_bytes -= sum(len(e) for e in delivered)
                 del self.events[: sent - self.offset]
                 self.offset = sent
             if self.final:

@@ -5,19 +5,25 @@
   progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
   which case the answer switches to `text/event-stream` and carries the
   notifications before the response.
-- Handshake era: `initialize` opens a session (`Mcp-Session-Id`); GET opens the
-  session's standalone SSE stream (list_changed), which resumes with
-  `Last-Event-ID` when the client reconnects; DELETE ends the session. A
-  request without a session id is served statelessly.
+- Handshake era: `initialize` opens a session (`Mcp-Session-Id`), at most
+  `sessions_per_client` per client address and `max_sessions` in all: past
+  either, initialize is refused (429), no other session is evicted. GET opens
+  the session's standalone SSE stream (list_changed); DELETE ends the session.
+  A request without a session id is served statelessly.
+- A session keeps no backlog: list_changed is a level signal, so a standalone
+  stream's event id is the registry revision whose listing it announces, and a
+  stream (re)opened with or without `Last-Event-ID` gets one list_changed if the
+  listing changed since. Only open streams hear of an announcement: idle
+  sessions cost nothing per registry event.
 - 2026-07-28: every POST stands alone (no session); closing the connection
   cancels the request.
-- Every request passes the Origin/Host check (403) and the size limit (413).
+- Every request passes the Origin/Host check (403) and the size limit (413);
+  a session runs at most `max_in_flight` requests (more: 429, -32029).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import secrets
@@ -27,6 +33,8 @@ from typing import Any
 
 from aiohttp import web
 
+from services.common.errors import ResourceExhausted
+
 from ._protocol import (
     DEFAULT_HTTP_VERSION,
     H_LAST_EVENT,
@@ -35,6 +43,7 @@ from ._protocol import (
     HANDSHAKE_VERSIONS,
     HTTP_STATUS,
     INVALID_REQUEST,
+    LIMIT_REACHED,
     NOTIFICATION,
     PROTOCOL_VERSION_KEY,
     REQUEST,
@@ -45,6 +54,7 @@ from ._protocol import (
     decode,
     encode,
     error_response,
+    notification,
     progress_token,
 )
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, frame, parse_event_id
@@ -56,40 +66,52 @@ _JSON = "application/json"
 _SSE = "text/event-stream"
 _CLOSED = (ConnectionError, asyncio.IncompleteReadError)
 _KEPT_EXCHANGES = 64
+_LIST_CHANGED = notification("notifications/tools/list_changed", {})
 # Resumable request streams need a client that understands priming events (2025-11-25 and later).
 _RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
 
 
+class _Stream:
+    """One open standalone GET stream: woken at each announcement, ended when replaced or dropped."""
+
+    __slots__ = ("ended", "wake")
+
+    def __init__(self) -> None:
+        self.wake = asyncio.Event()
+        self.ended = False
+
+    def end(self) -> None:
+        self.ended = True
+        self.wake.set()
+
+
 @dataclass(eq=False)
 class HttpSession:
-    """A handshake-era session: dispatcher state plus the standalone stream's backlog."""
+    """A handshake-era session: dispatcher state, its client address, and where its stream stands."""
 
     state: Session
-    backlog: collections.deque[tuple[int, bytes]]
-    seq: int = 0
-    delivered: int = 0  # the last event written to a standalone stream
-    live: asyncio.Queue[tuple[int, bytes] | None] | None = None
+    client: str
+    seen: int  # the listing revision this session last heard of (at initialize, or its stream's last)
+    stream: _Stream | None = None
     created: float = field(default_factory=time.monotonic)
     # Requests answered over SSE whose response has not reached the client yet, for resumption.
     exchanges: dict[int, Exchange] = field(default_factory=dict)
     exchange_seq: int = 0
 
-    def new_exchange(self, limit: int) -> Exchange:
-        self.exchange_seq += 1
-        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit)
-        while len(self.exchanges) > _KEPT_EXCHANGES:  # the oldest finished ones nobody came back for
-            oldest = next((k for k, e in self.exchanges.items() if e.final), None)
-            if oldest is None:
+    def new_exchange(self, limit: int, max_bytes: int) -> Exchange:
+        """A resumable stream for one request. Finished streams nobody came back for are kept, oldest
+        dropped first, within `_KEPT_EXCHANGES` and `max_bytes` in all: a client that leaves every
+        call before its answer cannot make the session hold more."""
+        finished = [(k, e) for k, e in self.exchanges.items() if e.final]
+        kept = sum(e.kept_bytes for _, e in finished)
+        for k, e in finished:
+            if len(self.exchanges) < _KEPT_EXCHANGES and kept <= max_bytes:
                 break
-            del self.exchanges[oldest]
+            del self.exchanges[k]
+            kept -= e.kept_bytes
+        self.exchange_seq += 1
+        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit, max_bytes)
         return ex
-
-    def push(self, msg: dict[str, Any]) -> None:
-        self.seq += 1
-        data = frame(msg, self.seq)
-        self.backlog.append((self.seq, data))
-        if self.live is not None and self.live.qsize() < 1024:
-            self.live.put_nowait((self.seq, data))
 
 
 def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") -> web.Response:
@@ -119,7 +141,14 @@ class StreamableHttp:
         self.d = svc.dispatcher
         self.opts = svc.opts
         self.sessions: dict[str, HttpSession] = {}
+        self._per_client: dict[str, int] = {}
+        self._streams: set[_Stream] = set()
         self._last_sweep = time.monotonic()
+        svc.listing_listeners.append(self._announce)
+
+    def _announce(self) -> None:
+        for stream in self._streams:
+            stream.wake.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         refused = self.svc.guard.refusal(request.headers)
@@ -152,6 +181,10 @@ class StreamableHttp:
             return _json(exc.response(None), exc.http_status)
         if msg.kind == RESPONSE:
             return _json(None, 202)
+        if msg.method == "initialize" and msg.kind == REQUEST:
+            refused = self._admit(request.remote or "", msg.id)
+            if refused is not None:
+                return refused
         hs, session = self._session_for(request, msg)
         if session is None:
             sid = request.headers.get(H_SESSION, "")
@@ -160,6 +193,8 @@ class StreamableHttp:
             self.d.notification(msg, session)
             return _json(None, 202)
         assert msg.kind == REQUEST
+        if hs is not None and len(session.inflight) >= self.opts.max_in_flight:
+            return _json(self.svc.refuse_busy(msg.id, "session"), 429, hs.state.id)
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
@@ -191,11 +226,12 @@ class StreamableHttp:
     def _session_for(self, request: web.Request, msg: Message) -> tuple[HttpSession | None, Session | None]:
         """The session a message belongs to: a new one (initialize), a known one, or a one-off."""
         if msg.method == "initialize":  # a new session: kept only if initialize succeeds
+            # No push: list_changed reaches a session only through an open stream (see _get).
             hs = HttpSession(
                 Session(id=secrets.token_hex(16), transport="http"),
-                collections.deque(maxlen=self.opts.session_backlog),
+                client=request.remote or "",
+                seen=self.svc.listing_revision,
             )
-            hs.state.push = hs.push
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
@@ -211,34 +247,56 @@ class StreamableHttp:
             one_off.era, one_off.version = HANDSHAKE, version or DEFAULT_HTTP_VERSION
         return None, one_off
 
+    def _admit(self, client: str, rid: Any) -> web.Response | None:
+        """None when `client` may open one more session, else the 429 refusal (nobody is evicted)."""
+        per_client, most = self.opts.sessions_per_client, self.opts.max_sessions
+        if self._per_client.get(client, 0) >= per_client or len(self.sessions) >= most:
+            self._expire(every_s=1.0)
+        if self._per_client.get(client, 0) >= per_client:
+            what, limit = f"this client address already has {per_client} MCP sessions", per_client
+        elif len(self.sessions) >= most:
+            what, limit = f"the edge already holds {most} MCP sessions", most
+        else:
+            return None
+        self.svc.stats.sessions_refused += 1
+        err = ResourceExhausted(
+            f"{what}; end unused ones (DELETE with their Mcp-Session-Id) or let them expire, then retry",
+            reason="TOO_MANY_SESSIONS",
+            metadata={"limit": str(limit)},
+        )
+        return _json(error_response(rid, LIMIT_REACHED, err.message, err.to_json()), 429)
+
     def _open(self, hs: HttpSession) -> str:
-        self._sweep()
+        self._expire(every_s=30.0)
         self.sessions[hs.state.id] = hs
+        self._per_client[hs.client] = self._per_client.get(hs.client, 0) + 1
         log.info("MCP session %s opened (%s)", hs.state.id[:8], hs.state.version)
         return hs.state.id
 
-    def _sweep(self) -> None:
+    def _expire(self, every_s: float) -> None:
+        """Forget sessions idle past the TTL (no request, no open stream); at most once per `every_s`."""
         now = time.monotonic()
-        if now - self._last_sweep < 30 and len(self.sessions) < self.opts.max_sessions:
+        if now - self._last_sweep < every_s:
             return
         self._last_sweep = now
         ttl = self.opts.session_ttl_s
         idle = [
             sid
             for sid, hs in self.sessions.items()
-            if hs.live is None and not hs.state.inflight and now - hs.state.last_used > ttl
+            if hs.stream is None and not hs.state.inflight and now - hs.state.last_used > ttl
         ]
         for sid in idle:
             self._drop(sid)
-        while len(self.sessions) >= self.opts.max_sessions:  # still full: the least recently used go
-            self._drop(min(self.sessions, key=lambda s: self.sessions[s].state.last_used))
 
     def _drop(self, sid: str) -> HttpSession | None:
         hs = self.sessions.pop(sid, None)
         if hs is not None:
+            left = self._per_client.pop(hs.client, 1) - 1
+            if left > 0:
+                self._per_client[hs.client] = left
             self.d.forget(hs.state)
-            if hs.live is not None:
-                hs.live.put_nowait(None)
+            if hs.stream is not None:
+                hs.stream.end()
         return hs
 
     async def _stream(
@@ -254,10 +312,11 @@ class StreamableHttp:
             and session.era == HANDSHAKE
             and HANDSHAKE_VERSIONS.index(session.version) >= _RESUMABLE_FROM
         )
-        ex = hs.new_exchange(self.opts.notification_queue) if hs and resumable else Exchange(0, 1024)
+        limit, max_bytes = self.opts.notification_queue, self.opts.outbox.bytes
+        ex = hs.new_exchange(limit, max_bytes) if hs and resumable else Exchange(0, limit, max_bytes)
         rid = msg.id
         task = asyncio.create_task(self.d.request(msg, session, ex.add, request.headers))
-        task.add_done_callback(lambda t: ex.add(_outcome(t, rid), final=True))
+        task.add_done_callback(lambda t: self._finish(ex, _outcome(t, rid)))
         sid = hs.state.id if hs else ""
         try:
             changed = ex.changed
@@ -287,6 +346,10 @@ class StreamableHttp:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
+    def _finish(self, ex: Exchange, resp: dict[str, Any]) -> None:
+        ex.add(resp, final=True)
+        self.svc.stats.notifications_dropped += ex.dropped
+
     # -- GET / DELETE ------------------------------------------------------------
 
     def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
@@ -308,43 +371,47 @@ class StreamableHttp:
         last = parse_event_id(request.headers.get(H_LAST_EVENT))
         if last is not None and last[0] > 0:
             return await self._resume(request, hs, *last)
-        if hs.live is not None:  # the client reconnected: the old stream is dead to it
-            hs.live.put_nowait(None)
-        live: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
-        hs.live = live
+        if hs.stream is not None:  # the client reconnected: the old stream is dead to it
+            hs.stream.end()
+        stream = hs.stream = _Stream()
+        self._streams.add(stream)
         hs.state.last_used = time.monotonic()
         resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
         try:
             await resp.prepare(request)
-            # Resume after Last-Event-ID; a fresh stream gets what no stream has carried yet.
-            after = hs.delivered if last is None else last[1]
-            while not live.empty():  # queued meanwhile: in the backlog already
-                if live.get_nowait() is None:
-                    return resp
-            for seq, data in list(hs.backlog):
-                if seq > after:
-                    await resp.write(data)
-                    hs.delivered = max(hs.delivered, seq)
             await resp.write(b": stream open\n\n")
-            while True:
-                try:
-                    async with asyncio.timeout(self.opts.sse_keepalive_s):
-                        item = await live.get()
-                except TimeoutError:
-                    await resp.write(KEEPALIVE)
-                    continue
-                if item is None or self.svc.closing.is_set():
-                    break
-                await resp.write(item[1])
-                hs.delivered = max(hs.delivered, item[0])
+            # Resume after Last-Event-ID (a listing revision); a fresh stream after what the session saw.
+            await self._follow_listing(resp, hs, stream, hs.seen if last is None else last[1])
             await resp.write_eof()
         except _CLOSED:
             log.debug("MCP session %s: standalone stream closed by the client", hs.state.id[:8])
         finally:
-            if hs.live is live:
-                hs.live = None
+            self._streams.discard(stream)
+            if hs.stream is stream:
+                hs.stream = None
             hs.state.last_used = time.monotonic()
         return resp
+
+    async def _follow_listing(
+        self, resp: web.StreamResponse, hs: HttpSession, stream: _Stream, seen: int
+    ) -> None:
+        """One list_changed whenever the announced listing differs from what the client saw, until ended.
+
+        Nothing is queued: however many announcements happen while a write waits on a slow client,
+        the next write carries one list_changed for the latest.
+        """
+        while not stream.ended and not self.svc.closing.is_set():
+            stream.wake.clear()
+            revision = self.svc.listing_revision
+            if revision != seen:
+                await resp.write(frame(_LIST_CHANGED, revision))
+                seen = hs.seen = revision
+                continue
+            try:
+                async with asyncio.timeout(self.opts.sse_keepalive_s):
+                    await stream.wake.wait()
+            except TimeoutError:
+                await resp.write(KEEPALIVE)
 
     async def _resume(
         self, request: web.Request, hs: HttpSession, number: int, after: int

@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import HubGateway
 from edge.origin import OriginGuard
+from edge.outbox import OutboxLimits, OutboxStats
 from services.common.config import Config, EdgeConfig
+from services.common.errors import ResourceExhausted
 
+from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .catalog import Catalog, build
 from .dispatcher import Dispatcher, ServerOptions
 
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 
 
 _EDGE = EdgeConfig()  # the defaults live in one place: the config section
+_OUTBOX = OutboxLimits(_EDGE.subscriber_queue, _EDGE.outbox_bytes)
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,10 @@ class McpOptions:
     sse_keepalive_s: float = _EDGE.mcp_sse_keepalive_s
     session_ttl_s: float = _EDGE.mcp_session_ttl_s
     max_sessions: int = _EDGE.mcp_max_sessions
-    session_backlog: int = _EDGE.mcp_session_backlog
+    sessions_per_client: int = _EDGE.mcp_sessions_per_client
     notification_queue: int = _EDGE.mcp_notification_queue
+    max_in_flight: int = _EDGE.max_in_flight
+    outbox: OutboxLimits = _OUTBOX
 
     @classmethod
     def from_config(cls, edge: EdgeConfig) -> McpOptions:
@@ -48,9 +56,21 @@ class McpOptions:
             sse_keepalive_s=edge.mcp_sse_keepalive_s,
             session_ttl_s=edge.mcp_session_ttl_s,
             max_sessions=edge.mcp_max_sessions,
-            session_backlog=edge.mcp_session_backlog,
+            sessions_per_client=edge.mcp_sessions_per_client,
             notification_queue=edge.mcp_notification_queue,
+            max_in_flight=edge.max_in_flight,
+            outbox=OutboxLimits(edge.subscriber_queue, edge.outbox_bytes),
         )
+
+
+@dataclass
+class McpStats:
+    """What the MCP transports refused or cut off to keep one client from hurting the others."""
+
+    ws: OutboxStats = field(default_factory=OutboxStats)  # /ws/mcp outboxes
+    busy_refused: int = 0  # requests refused: their connection or session had max_in_flight running
+    sessions_refused: int = 0  # initialize refused: the client address (or the edge) at its session cap
+    notifications_dropped: int = 0  # progress / list_changed past a request stream's bound
 
 
 class LiveCatalog:
@@ -84,6 +104,12 @@ class McpService:
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.guard = OriginGuard.from_config(cfg.edge)
         self._announced = Catalog()
+        # The registry revision whose listing was announced last: the event id of list_changed on
+        # HTTP standalone streams, from which a session that had no stream open resumes.
+        self.listing_revision = 0
+        # Called at each announcement: open standalone streams (sessions without one cost nothing).
+        self.listing_listeners: list[Callable[[], None]] = []
+        self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
         self.closing = asyncio.Event()
@@ -109,6 +135,21 @@ class McpService:
         self.dispatcher.close()
         self.closing.set()
 
+    def refuse_busy(self, rid: RequestId | None, where: str) -> dict[str, Any]:
+        """The answer to a request past the in-flight bound of its connection or session.
+
+        Refused at once (JSON-RPC -32029, RESOURCE_EXHAUSTED in `data`), never queued: what one client
+        has running is bounded, whatever it sends.
+        """
+        self.stats.busy_refused += 1
+        limit = self.opts.max_in_flight
+        err = ResourceExhausted(
+            f"{limit} requests are already in flight on this {where}; wait for an answer and retry",
+            reason="TOO_MANY_IN_FLIGHT",
+            metadata={"max_in_flight": str(limit)},
+        )
+        return error_response(rid, LIMIT_REACHED, err.message, err.to_json())
+
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -119,4 +160,7 @@ class McpService:
         current = self.catalog.current()
         if not current.same_listing(self._announced):
             self._announced = current
+            self.listing_revision = self.gateway.revision
             self.dispatcher.tools_changed()
+            for fire in list(self.listing_listeners):
+                fire()

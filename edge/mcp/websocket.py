@@ -1,21 +1,22 @@
 """MCP over WebSocket at `/ws/mcp`: subprotocol `mcp`, one JSON-RPC message per text frame.
 
 One connection is one session, locked to the era its first request opens
-(`initialize`, or a 2026-07-28 enveloped request). Requests run concurrently;
-`notifications/cancelled` cancels one; closing the connection cancels them
-all. A frame over `max_frame_bytes` closes the connection with 1009.
+(`initialize`, or a 2026-07-28 enveloped request). Requests run concurrently,
+at most `max_in_flight` of them (more get -32029 at once); `notifications/cancelled`
+cancels one; closing the connection cancels them all. Replies go through the
+connection's bounded outbox (edge.outbox): a client that does not read what it
+asked for is closed with 1013. A frame over `max_frame_bytes` closes it with 1009.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import secrets
-from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
+
+from edge.outbox import Outbox
 
 from ._protocol import (
     INVALID_REQUEST,
@@ -31,44 +32,6 @@ from .dispatcher import Session
 from .service import McpService
 
 log = logging.getLogger(__name__)
-
-
-class _Outbox:
-    """Frames to one client, in order, by one writer task; responses skip the queue when it is idle."""
-
-    def __init__(self, ws: web.WebSocketResponse) -> None:
-        self._ws = ws
-        self._queue: collections.deque[str | None] = collections.deque()
-        self._wake = asyncio.Event()
-        self._busy = False
-
-    def push(self, msg: dict[str, Any]) -> None:
-        self._queue.append(encode(msg))
-        self._wake.set()
-
-    async def send(self, msg: dict[str, Any]) -> None:
-        if self._queue or self._busy:
-            self.push(msg)
-            return
-        await self._ws.send_str(encode(msg))
-
-    def close(self) -> None:
-        self._queue.append(None)
-        self._wake.set()
-
-    async def run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                data = self._queue.popleft()
-                if data is None:
-                    return
-                self._busy = True
-                try:
-                    await self._ws.send_str(data)
-                finally:
-                    self._busy = False
 
 
 class McpWebSocket:
@@ -89,61 +52,61 @@ class McpWebSocket:
             protocols=("mcp",), max_msg_size=self.svc.opts.max_frame_bytes, compress=False, heartbeat=30.0
         )
         await ws.prepare(request)
-        out = _Outbox(ws)
-        session = Session(id=secrets.token_hex(8), transport="ws", push=out.push)
+        out = Outbox(ws, self.svc.opts.outbox, transport=request.transport, stats=self.svc.stats.ws)
+        session = Session(id=secrets.token_hex(8), transport="ws", push=lambda msg: out.push(encode(msg)))
         tasks: set[asyncio.Task[None]] = set()
         self.open.add(ws)
         log.info("MCP WebSocket %s opened", session.id)
-        async with asyncio.TaskGroup() as tg:
-            writer = tg.create_task(self._write(out))
-            try:
-                async for frame in ws:
-                    if frame.type == WSMsgType.TEXT:
-                        self._on_text(frame.data, session, out, tasks)
-                    elif frame.type == WSMsgType.BINARY:
-                        out.push(
+        out.start()
+        try:
+            async for frame in ws:
+                if out.overflowed:  # closing it as a slow reader: nothing more is served
+                    continue
+                if frame.type == WSMsgType.TEXT:
+                    self._on_text(frame.data, session, out, tasks)
+                elif frame.type == WSMsgType.BINARY:
+                    out.push(
+                        encode(
                             error_response(
                                 None,
                                 INVALID_REQUEST,
                                 "binary frames are not supported: send one JSON-RPC message per text frame",
                             )
                         )
-                    elif frame.type == WSMsgType.ERROR:
-                        log.info("MCP WebSocket %s: %s", session.id, ws.exception())
-                        break
-            finally:
-                self.open.discard(ws)
-                self.d.forget(session)
-                for task in list(tasks):
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                out.close()
-        del writer
+                    )
+                elif frame.type == WSMsgType.ERROR:
+                    log.info("MCP WebSocket %s: %s", session.id, ws.exception())
+                    break
+        finally:
+            self.open.discard(ws)
+            self.d.forget(session)
+            for task in list(tasks):
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await out.stop()
         log.info("MCP WebSocket %s closed (code %s)", session.id, ws.close_code)
         return ws
 
-    async def _write(self, out: _Outbox) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await out.run()
-
-    def _on_text(self, data: str, session: Session, out: _Outbox, tasks: set[asyncio.Task[None]]) -> None:
+    def _on_text(self, data: str, session: Session, out: Outbox, tasks: set[asyncio.Task[None]]) -> None:
         try:
             msg = decode(data)
         except ProtocolError as exc:
-            out.push(exc.response(None))
+            out.push(encode(exc.response(None)))
             return
         if msg.kind == REQUEST:
+            if len(tasks) >= self.svc.opts.max_in_flight:
+                out.push(encode(self.svc.refuse_busy(msg.id, "connection")))
+                return
             task = asyncio.get_running_loop().create_task(self._run(msg, session, out))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         elif msg.kind == NOTIFICATION:
             self.d.notification(msg, session)
 
-    async def _run(self, msg: Message, session: Session, out: _Outbox) -> None:
-        resp = await self.d.request(msg, session, out.push)
+    async def _run(self, msg: Message, session: Session, out: Outbox) -> None:
+        resp = await self.d.request(msg, session, session.push)
         if resp is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await out.send(resp)
+            out.push(encode(resp))
 
     async def close(self) -> None:
         """Shutting down: close every connection with 1001 (going away)."""

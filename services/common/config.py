@@ -150,7 +150,11 @@ class EdgeConfig:
     relay_uds: str = "run/edge.sock"
     usage_flush_s: float = 1.0
     event_buffer: int = 10000
+    # Every WebSocket and MCP stream the edge serves is bounded (docs/config/edge.md): a client that
+    # reads slower than it asks is closed (1013) or its stream ended, never buffered without limit.
     subscriber_queue: int = 1000
+    outbox_bytes: int = 8 * 1024 * 1024
+    max_in_flight: int = 256
     max_frame_bytes: int = 4 * 1024 * 1024
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
@@ -158,7 +162,7 @@ class EdgeConfig:
     # MCP Streamable HTTP sessions (docs/mcp.md).
     mcp_session_ttl_s: float = 3600.0
     mcp_max_sessions: int = 10000
-    mcp_session_backlog: int = 256
+    mcp_sessions_per_client: int = 256
     mcp_notification_queue: int = 1024
     mcp_sse_defer_s: float = 10.0
     mcp_sse_keepalive_s: float = 15.0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import pytest
+import websockets
 from aiohttp import web
 from toolscore.v1 import tool_pb2
 
@@ -169,3 +171,26 @@ async def registered_echo(edge: EdgeHandle, hub: Hub, echo_server: str) -> str:
 
 def args(d: dict[str, Any]) -> Any:
     return dict_to_struct(d)
+
+
+def unread_socket(url: str) -> socket.socket:
+    """A TCP connection to `url`'s host and port with a tiny receive buffer: a client that never reads
+    (pass it to `websockets.connect(..., sock=..., max_queue=1)`) backs the edge's writes up at once."""
+    host, port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(5)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    return sock
+
+
+async def read_until_closed(ws: Any, most: int, within_s: float = 30.0) -> int | None:
+    """Read up to `most` messages: the close code the edge sent if it closed first, else None."""
+    try:
+        async with asyncio.timeout(within_s):
+            for _ in range(most):
+                await ws.recv()
+    except websockets.ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else -1
+    return None

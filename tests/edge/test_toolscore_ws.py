@@ -16,8 +16,16 @@ from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 
 from edge.state import RELAY
+from edge.toolscore_ws import OUTBOX_STATS
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from tests.edge.conftest import EdgeHandle, echo_spec
+from tests.edge.conftest import (
+    EdgeHandle,
+    echo_spec,
+    edge_config,
+    grpc_tool,
+    read_until_closed,
+    unread_socket,
+)
 
 PATH = "/websocket"
 
@@ -457,3 +465,43 @@ async def test_a_connected_servers_tools_are_registered_again_when_the_hub_comes
     finally:
         if first is not None:
             await first.__aexit__(None, None, None)
+
+
+async def test_a_client_that_asks_and_never_reads_is_closed_with_1013_while_another_is_served(
+    cfg, hub, start_edge, echo_server: str
+):
+    bound = 256 * 1024
+    edge = await start_edge(edge_config(cfg, hub, outbox_bytes=bound))
+    big = grpc_tool("echo", echo_server)
+    big.description = "x" * 50_000  # every list_tools answer carries it
+    await edge.gateway.register(big)
+    async with connect(edge) as normal:
+        listing = await request(normal, {"type": "list_tools", "request_id": "first"})
+        asks = 16 * 1024 * 1024 // len(json.dumps(listing)) + 1  # 16 MiB of answers
+        async with websockets.connect(
+            edge.ws_url(PATH), sock=unread_socket(edge.url), max_queue=1, open_timeout=5
+        ) as slow:
+            for i in range(asks):  # asks, never reads
+                await slow.send(json.dumps({"type": "list_tools", "request_id": i}))
+                if i % 32 == 31:  # paced by the normal client's round trips, which keep being answered
+                    assert (await request(normal, {"type": "list_tools", "request_id": i}))["success"]
+            code = await read_until_closed(slow, asks)
+        call = {"type": "execute_tool", "request_id": "x", "tool_id": "echo", "action": "echo"}
+        echoed = await request(normal, {**call, "parameters": {"text": "still here"}})
+    assert code == 1013, "the edge queued every answer for a client that did not read them"
+    stats = edge.app[OUTBOX_STATS]
+    assert stats.slow_closed == 1 and stats.peak_queued_bytes <= bound
+    assert echoed["success"] is True and echoed["result"] == {"text": "still here"}
+
+
+async def test_requests_past_the_in_flight_bound_get_an_error_at_once(cfg, hub, start_edge, echo_server: str):
+    edge = await start_edge(edge_config(cfg, hub, max_in_flight=2))
+    await edge.gateway.register(grpc_tool("echo", echo_server))
+    slow = {"type": "execute_tool", "tool_id": "echo", "action": "slow", "parameters": {"seconds": 30}}
+    async with connect(edge) as ws:
+        for rid in ("a", "b", "c"):
+            await ws.send(json.dumps({**slow, "request_id": rid}))
+        refused = await recv(ws)  # at once, while the first two run
+    assert refused["type"] == "error" and refused["request_id"] == "c"
+    assert refused["code"] == "RESOURCE_EXHAUSTED" and refused["reason"] == "TOO_MANY_IN_FLIGHT"
+    assert "2 requests" in refused["message"]

@@ -4,6 +4,7 @@ real aiohttp server on a free port, and a toolkit server with echo / progress / 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,18 @@ async def edge(gateway: HubGateway, cfg: Config) -> AsyncIterator[Edge]:
     runner, port = await serve(app)
     yield Edge(port, app[MCP_SERVICE], app)
     await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def edge_with(gateway: HubGateway, cfg: Config, **edge: Any) -> AsyncIterator[Edge]:
+    """The MCP routes on their own server, with some `[edge]` keys changed."""
+    app = web.Application()
+    add_routes(app, gateway, config_mod.replace(cfg, edge=edge))
+    runner, port = await serve(app)
+    try:
+        yield Edge(port, app[MCP_SERVICE], app)
+    finally:
+        await runner.cleanup()
 
 
 @dataclass
@@ -163,4 +176,4 @@ async def kit(start_tool_server: Any, register: Register) -> Probe:
     return probe
 
 
-__all__ = ["ECHO_SCHEMA", "Edge", "Probe", "actions", "dict_to_struct", "serve", "tool_def"]
+__all__ = ["ECHO_SCHEMA", "Edge", "Probe", "actions", "dict_to_struct", "edge_with", "serve", "tool_def"]

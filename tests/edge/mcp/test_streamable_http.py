@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import tracemalloc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,10 +14,10 @@ import pytest
 from aiohttp import web
 
 from edge.mcp import McpOptions, add_routes
-from services.common import config as config_mod
 from services.common.config import Config
+from services.toolkit import Action
 
-from .conftest import MCP_SERVICE, Edge, Probe, Register, actions, serve, tool_def
+from .conftest import Edge, Probe, Register, actions, edge_with, serve, tool_def
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 MODERN = "2026-07-28"
@@ -197,25 +198,73 @@ async def test_unknown_sessions_are_404_and_delete_ends_a_session(http: aiohttp.
     assert (stranger, known, deleted, gone, no_sid) == (404, 200, 200, 404, 400)
 
 
-async def test_past_the_configured_session_cap_the_least_recently_used_session_is_forgotten(
+async def test_at_the_edge_wide_session_cap_initialize_is_refused_and_no_open_session_is_evicted(
     http: aiohttp.ClientSession, gateway: Any, cfg: Config
 ):
-    app = web.Application()
-    add_routes(app, gateway, config_mod.replace(cfg, edge={"mcp_max_sessions": 2}))
-    runner, port = await serve(app)
-    try:
-        edge = Edge(port, app[MCP_SERVICE], app)
-        ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with edge_with(gateway, cfg, mcp_max_sessions=2) as edge:
         first, second = await initialize(http, edge), await initialize(http, edge)
-        await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": first})  # first is now the fresher
-        third = await initialize(http, edge)
+        status, refused, _ = await post(http, edge, INIT_2025_11_25)
         statuses = [
-            (await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid}))[0]
-            for sid in (first, second, third)
+            (await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": s}))[0] for s in (first, second)
         ]
-    finally:
-        await runner.cleanup()
-    assert statuses == [200, 404, 200]
+    assert status == 429 and refused["id"] == 1 and refused["error"]["code"] == -32029
+    assert refused["error"]["data"]["reason"] == "TOO_MANY_SESSIONS"
+    assert statuses == [200, 200]
+
+
+async def test_one_address_flooding_initialize_is_refused_at_its_cap_and_other_clients_keep_their_sessions(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Config
+):
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    # The real client comes from another loopback address than the attacker (127.0.0.1).
+    other = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)), timeout=aiohttp.ClientTimeout(total=20)
+    )
+    async with other, edge_with(gateway, cfg, mcp_max_sessions=8, mcp_sessions_per_client=3) as edge:
+        real = await initialize(other, edge)
+        flood = [await post(http, edge, INIT_2025_11_25) for _ in range(20)]
+        alive, _, _ = await post(other, edge, ping, {**ACCEPT, "Mcp-Session-Id": real})
+        another = await initialize(other, edge)  # the real client's address still has room
+        svc = edge.svc
+    assert alive == 200, "a flood from one address evicted another client's session"
+    assert [status for status, _, _ in flood] == [200] * 3 + [429] * 17
+    error = flood[-1][1]["error"]
+    assert error["code"] == -32029 and error["data"]["reason"] == "TOO_MANY_SESSIONS"
+    assert "3 MCP sessions" in error["message"]
+    assert another and svc.stats.sessions_refused == 17
+
+
+async def add_tool(
+    edge: Edge, http: aiohttp.ClientSession, register: Register, start_tool_server: Any, tool_id: str
+) -> None:
+    """Register a new tool and return once the edge has announced the changed listing."""
+    acts = actions(Probe())
+    _, endpoint = await start_tool_server({tool_id: acts}, name=tool_id)
+    await register(tool_def(tool_id, endpoint, acts))  # the gateway has it: the announcement is scheduled
+    status, _, _ = await post(http, edge, {"jsonrpc": "2.0", "id": 1, "method": "ping"})  # ...and ran
+    assert status == 200
+
+
+async def test_idle_sessions_hold_nothing_per_registry_event(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Config, register: Register, start_tool_server: Any
+):
+    async with edge_with(gateway, cfg, mcp_sessions_per_client=1000) as edge:
+        for _ in range(300):  # sessions that never open a stream: nobody listens on them
+            await initialize(http, edge)
+        tracemalloc.start()
+        try:
+            before = tracemalloc.take_snapshot()
+            for tool_id in ("idle1", "idle2", "idle3", "idle4"):  # four listing changes, four announcements
+                await add_tool(edge, http, register, start_tool_server, tool_id)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+    mine = [tracemalloc.Filter(True, f"*/edge/mcp/{name}") for name in ("http.py", "_sse.py", "_protocol.py")]
+    grown = sum(
+        d.size_diff for d in after.filter_traces(mine).compare_to(before.filter_traces(mine), "filename")
+    )
+    assert grown < 32 * 1024, f"{grown} bytes kept for 300 idle sessions over 4 events"
 
 
 async def test_notifications_are_accepted_with_202(http: aiohttp.ClientSession, edge: Edge):
@@ -229,32 +278,36 @@ async def test_notifications_are_accepted_with_202(http: aiohttp.ClientSession, 
     assert (status, body) == (202, None)
 
 
-async def test_a_session_survives_reconnecting_its_event_stream(
+async def test_a_session_without_a_stream_hears_of_missed_changes_when_its_stream_opens_or_resumes(
     http: aiohttp.ClientSession, edge: Edge, register: Register, start_tool_server: Any
 ):
+    async def add(tool_id: str) -> None:
+        await add_tool(edge, http, register, start_tool_server, tool_id)
+
+    async def first_event(headers: dict[str, str]) -> tuple[str | None, dict[str, Any]]:
+        async with http.get(edge.url, headers={**stream_headers, **headers}) as stream:
+            async with asyncio.timeout(10):
+                return await anext(sse_events(stream))
+
     sid = await initialize(http, edge)
     stream_headers = {"Accept": "text/event-stream", "Mcp-Session-Id": sid}
     first = await http.get(edge.url, headers=stream_headers)
     async with asyncio.timeout(10):
         assert (await first.content.readline()).startswith(b": stream open")
     first.close()  # the client drops its stream...
-    for tool_id in ("gone1", "gone2"):  # ...and misses two changes
-        acts = actions(Probe())
-        _, endpoint = await start_tool_server({tool_id: acts}, name=tool_id)
-        await register(tool_def(tool_id, endpoint, acts))
-    seen: list[tuple[str | None, dict[str, Any]]] = []
-    async with http.get(edge.url, headers={**stream_headers, "Last-Event-ID": "0"}) as again:
+    await add("gone1")  # ...and misses two changes
+    await add("gone2")
+    fresh_id, fresh = await first_event({})
+    resumed_id, resumed = await first_event({"Last-Event-ID": "0"})
+    seen = fresh_id
+    assert fresh["method"] == resumed["method"] == "notifications/tools/list_changed"
+    assert fresh_id == resumed_id == str(edge.svc.listing_revision)  # one event: the latest listing
+    async with http.get(edge.url, headers={**stream_headers, "Last-Event-ID": str(seen)}) as stream:
+        events = sse_events(stream)
+        await add("gone3")  # nothing was missed after `seen`: the next event is the new change
         async with asyncio.timeout(10):
-            async for event in sse_events(again):
-                seen.append(event)
-                if len(seen) == 2:
-                    break
-    assert [msg["method"] for _, msg in seen] == ["notifications/tools/list_changed"] * 2
-    assert [eid for eid, _ in seen] == ["1", "2"]
-    async with http.get(edge.url, headers={**stream_headers, "Last-Event-ID": "1"}) as resumed:
-        async with asyncio.timeout(10):
-            eid, msg = await anext(sse_events(resumed))
-    assert eid == "2" and msg["method"] == "notifications/tools/list_changed"
+            next_id, _ = await anext(events)
+    assert int(next_id or 0) == edge.svc.listing_revision > int(seen or 0)
 
 
 async def test_a_call_with_a_progress_token_streams_progress_then_the_result(
@@ -398,3 +451,53 @@ async def test_a_dropped_request_stream_resumes_with_last_event_id_and_the_call_
     ]
     assert not kit.cancelled.is_set()
     assert gone == 404  # delivered: nothing is kept
+
+
+async def test_a_request_stream_nobody_reads_keeps_at_most_its_byte_bound_of_progress_and_the_answer(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, start_tool_server: Any, register: Register
+):
+    async def talk(args: dict[str, Any], ctx: Any) -> str:
+        for i in range(200):  # 4 MB of progress for a client that is not reading
+            ctx.progress(i + 1, 200, "x" * 20_000)
+        return "talked"
+
+    acts = [Action("talk", "Reports a lot of progress", talk)]
+    _, endpoint = await start_tool_server({"chatty": acts}, name="chatty")
+    await register(tool_def("chatty", endpoint, acts))
+    bound = 64 * 1024
+    async with edge_with(gateway, cfg, outbox_bytes=bound, mcp_sse_defer_s=0.01) as edge:
+        sid = await initialize(http, edge, "2025-11-25")
+        body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "chatty__talk"}}
+        body["params"]["_meta"] = {"progressToken": 5}
+        left = await http.post(edge.url, data=json.dumps(body), headers={**ACCEPT, "Mcp-Session-Id": sid})
+        async with asyncio.timeout(10):
+            assert await left.content.readline() == b"id: 1-0\n"
+        left.close()  # gone without reading: the call goes on, its stream is kept for a resume
+        resume = {"Accept": "text/event-stream", "Mcp-Session-Id": sid, "Last-Event-ID": "1-0"}
+        async with http.get(edge.url, headers=resume) as again:
+            async with asyncio.timeout(20):
+                events = [msg async for _, msg in sse_events(again)]
+        svc = edge.svc
+    progress = [m for m in events if m.get("method") == "notifications/progress"]
+    assert events[-1]["result"]["content"] == [{"type": "text", "text": "talked"}]
+    assert sum(len(json.dumps(m)) for m in progress) <= bound, f"{len(progress)} progress events kept"
+    assert svc.stats.notifications_dropped == 200 - len(progress)
+
+
+async def test_a_session_past_its_in_flight_bound_gets_429_at_once_and_its_running_call_still_answers(
+    http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
+):
+    async with edge_with(gateway, cfg, max_in_flight=1) as edge:
+        sid = await initialize(http, edge)
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        block = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "kit__block"}}
+        running = asyncio.create_task(post(http, edge, block, headers))
+        async with asyncio.timeout(10):
+            await kit.started.wait()
+            status, refused, _ = await post(http, edge, {**block, "id": 2}, headers)
+        kit.release.set()
+        async with asyncio.timeout(10):
+            first = await running
+    assert status == 429 and refused["id"] == 2
+    assert refused["error"]["code"] == -32029 and refused["error"]["data"]["reason"] == "TOO_MANY_IN_FLIGHT"
+    assert first[0] == 200 and first[1]["result"]["content"] == [{"type": "text", "text": "released"}]

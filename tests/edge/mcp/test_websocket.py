@@ -11,7 +11,9 @@ import websockets
 from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 
-from .conftest import Edge, Probe, Register, actions, tool_def
+from tests.edge.conftest import read_until_closed, unread_socket
+
+from .conftest import Edge, Probe, Register, actions, edge_with, tool_def
 
 PYTHON = "python-executor-mcp-server__python_execute"
 MODERN_META = {
@@ -292,3 +294,50 @@ async def test_websocket_from_a_foreign_origin_is_refused(edge: Edge):
         async with connect(edge, origin="http://evil.example"):
             pass
     assert info.value.response.status_code == 403
+
+
+async def test_a_client_that_asks_and_never_reads_is_closed_with_1013_while_another_is_served(
+    gateway: Any, cfg: Any, kit: Probe
+):
+    bound = 256 * 1024
+    async with edge_with(gateway, cfg, outbox_bytes=bound) as edge, connect(edge) as normal:
+        peer = Peer(normal)
+        await peer.initialize()
+        one_answer = len(json.dumps(await peer.call("tools/list")))
+        asks = 16 * 1024 * 1024 // one_answer + 1  # 16 MiB of answers: past every socket buffer and the bound
+        sock = unread_socket(edge.ws_url)
+        async with connect(edge, sock=sock, max_queue=1) as slow:
+            attacker = Peer(slow)
+            await attacker.initialize()
+            for i in range(asks):  # asks, never reads
+                await attacker.send({"jsonrpc": "2.0", "id": i, "method": "tools/list"})
+                if i % 64 == 63:  # paced by the normal client's round trips, which keep being answered
+                    assert (await peer.call("ping"))["result"] == {}
+            echo = await peer.call("tools/call", {"name": "kit__echo", "arguments": {"text": "still here"}})
+            code = await read_until_closed(slow, asks)
+        svc = edge.svc
+    assert echo["result"]["structuredContent"] == {"text": "still here"}
+    assert code == 1013, "the edge queued every answer for a client that did not read them"
+    assert svc.stats.ws.slow_closed == 1 and svc.stats.ws.peak_queued_bytes <= bound
+
+
+async def test_requests_past_the_in_flight_bound_are_refused_at_once_and_the_others_still_answer(
+    gateway: Any, cfg: Any, kit: Probe
+):
+    async with edge_with(gateway, cfg, max_in_flight=3) as edge, connect(edge) as ws:
+        peer = Peer(ws)
+        await peer.initialize()
+        for i in range(1, 6):
+            await peer.send(
+                {"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "kit__block"}}
+            )
+        refused = [await peer.recv(), await peer.recv()]  # answered while the first three still run
+        kit.release.set()
+        served = [await peer.until(i) for i in (1, 2, 3)]
+        svc = edge.svc
+    assert sorted(r["id"] for r in refused) == [4, 5]
+    error = refused[0]["error"]
+    assert error["code"] == -32029 and error["data"]["reason"] == "TOO_MANY_IN_FLIGHT"
+    assert error["data"]["code"] == "RESOURCE_EXHAUSTED" and "3 requests" in error["message"]
+    assert [s["result"]["content"][0]["text"] for s in served] == ["released"] * 3
+    assert svc.stats.busy_refused == 2

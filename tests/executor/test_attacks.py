@@ -168,24 +168,23 @@ async def test_a_session_that_never_ends_is_expired_and_frees_its_sandbox(xcfg, 
         spin = (
             "import threading\nx = 41\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
         )
-        resp, s = await call.code(spin, session_id="forever")
-        assert not resp.is_error, resp.error.message
-        worker = call.executor.sessions._sessions["forever"].worker  # type: ignore[union-attr]
+        forever = await call.new_session(spin)
+        worker = call.executor.sessions._sessions[forever].worker  # type: ignore[union-attr]
         async with asyncio.timeout(10):
-            await call.executor.sessions.wait_ended("forever")  # type: ignore[union-attr]
+            await call.executor.sessions.wait_ended(forever)  # type: ignore[union-attr]
         assert not worker.alive and worker.proc.returncode is not None
-        resp, s = await call.code("x + 1", session_id="forever")
-        assert resp.is_error and "NameError" in s["stderr"]  # a fresh interpreter: the old state is gone
+        resp, _s = await call.code("x + 1", session_id=forever)
+        assert resp.is_error and "no such session" in resp.error.message  # the old state is gone
         await assert_next_call_succeeds(call)
 
 
 async def test_a_session_call_that_never_returns_ends_the_session(call):
-    resp, _ = await call.code("x = 1", session_id="stuck")
-    assert not resp.is_error
-    resp, s = await call.code("while True: pass", session_id="stuck", timeout=1)
+    stuck = await call.new_session("x = 1")
+    resp, s = await call.code("while True: pass", session_id=stuck, timeout=1)
     assert resp.is_error and resp.error.type == TIMEOUT and "session ended" in s["error_reason"]
-    resp, s = await call.code("'x' in dir()", session_id="stuck")
-    assert not resp.is_error and s["result"] == "False"
+    resp, s = await call.code("'x' in dir()", session_id=stuck)
+    assert resp.is_error and "no such session" in resp.error.message
+    await assert_next_call_succeeds(call)
 
 
 async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring(call):
@@ -208,3 +207,27 @@ async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring
     resp, s = await call.code(code)
     assert not resp.is_error, resp.error.message
     assert s["stdout"].splitlines() == [f"{name} -1 1" for name in calls]  # -1 with EPERM from the filter
+
+
+async def test_a_session_id_the_executor_never_minted_reaches_and_starts_nothing(call):
+    # The attack: two clients that both pick the obvious id. Before, the second read the first's variables.
+    resp, s = await call.code("secret = 'alice-key'", session_id="default")
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+    assert "no such session" in resp.error.message and "new_session" in resp.error.message
+    resp, s = await call.code("secret", session_id="default")  # the second client
+    assert resp.is_error and "alice-key" not in f"{s.get('stdout')}{s.get('result')}"
+    assert len(call.executor.sessions) == 0  # type: ignore[arg-type]
+    # The way in: an unguessable id the executor minted; the obvious guess still reaches nothing.
+    alice = await call.new_session("secret = 'alice-key'")
+    assert len(alice) >= 32 and alice != await call.new_session()
+    resp, s = await call.code("secret = 'bob'", session_id="default")
+    assert resp.is_error and "no such session" in resp.error.message
+    resp, s = await call.code("secret", session_id=alice)
+    assert not resp.is_error and s["result"] == "'alice-key'" and s["session_id"] == alice
+
+
+async def test_new_session_and_a_session_id_together_are_refused(call):
+    held = await call.new_session()
+    resp, _s = await call.code("1", session_id=held, new_session=True)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+    assert len(call.executor.sessions) == 1  # type: ignore[arg-type]

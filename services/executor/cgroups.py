@@ -1,11 +1,13 @@
-"""A pids + memory cgroup per sandbox, nested under the executor's own cgroups.
+"""A pids + memory (+ cpu) cgroup per sandbox, nested under the executor's own cgroups.
 
 cgroup v1 (one hierarchy per controller, as on these machines) and v2 (one
 unified hierarchy) are both handled. Each executor instance gets a parent
 group `toolscore-exec-<pid>` under its own cgroup (so the machine's limits on
 the executor still bound the sandboxes); each sandbox gets a child group with
-`pids.max` and a memory limit. Groups left behind by an executor that died are
-removed at the next start.
+`pids.max`, a memory limit and, when asked for, a CPU bandwidth limit (v2
+`cpu.max`, v1 `cpu.cfs_quota_us`) and the freezer (v2 `cgroup.freeze`, v1
+`freezer.state`), which stops everything in a session's sandbox between calls.
+Groups left behind by an executor that died are removed at the next start.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "toolscore-exec-"
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period; the quota is cpus x this
 _instances = itertools.count()
 
 
@@ -33,9 +36,15 @@ class Layout:
     pids: Path
     memory: Path
     v2: bool
+    cpu: Path | None = None  # None: no writable cpu controller here
+    freezer: Path | None = None  # None: no writable freezer here
 
-    def dirs(self) -> tuple[Path, ...]:
-        return (self.pids,) if self.v2 else (self.pids, self.memory)
+    def dirs(self, cpu: bool = False, freezer: bool = False) -> tuple[Path, ...]:
+        """The directories a group spans: pids first, then memory, cpu and freezer (if wanted) on v1."""
+        if self.v2:
+            return (self.pids,)
+        extra = (self.cpu if cpu else None, self.freezer if freezer else None)
+        return (self.pids, self.memory, *(d for d in extra if d is not None))
 
 
 def _own_paths(proc_cgroup: str) -> dict[str, str]:
@@ -54,17 +63,21 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
     except OSError as exc:
         return None, f"cannot read /proc/self/cgroup: {exc}"
     if (root / "pids").is_dir() and (root / "memory").is_dir():
+        cpu = root / "cpu" / own.get("cpu", "/").lstrip("/")
+        freezer = root / "freezer" / own.get("freezer", "/").lstrip("/")
         layout = Layout(
             root / "pids" / own.get("pids", "/").lstrip("/"),
             root / "memory" / own.get("memory", "/").lstrip("/"),
             v2=False,
+            cpu=cpu if (cpu / "cpu.cfs_quota_us").exists() and os.access(cpu, os.W_OK) else None,
+            freezer=freezer if (freezer / "cgroup.procs").exists() and os.access(freezer, os.W_OK) else None,
         )
     elif (root / "cgroup.controllers").exists():
         base = root / own.get("", "/").lstrip("/")
-        wanted = {"pids", "memory"}
-        if not wanted <= set((base / "cgroup.subtree_control").read_text().split()):
+        enabled = set((base / "cgroup.subtree_control").read_text().split())
+        if not {"pids", "memory"} <= enabled:
             return None, f"cgroup v2: pids and memory are not enabled for children of {base}"
-        layout = Layout(base, base, v2=True)
+        layout = Layout(base, base, v2=True, cpu=base if "cpu" in enabled else None, freezer=base)
     else:
         return None, "no pids and memory cgroup controllers mounted under /sys/fs/cgroup"
     for d in layout.dirs():
@@ -76,9 +89,12 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
 class Group:
     """One sandbox's cgroup (a directory per controller)."""
 
-    def __init__(self, layout: Layout, dirs: tuple[Path, ...]) -> None:
-        self._layout, self.dirs = layout, dirs
+    def __init__(self, layout: Layout, dirs: tuple[Path, ...], freezer: Path | None = None) -> None:
+        self._layout, self.dirs, self._freezer = layout, dirs, freezer
         self._base = (0, 0, 0)
+        # The processes that belong here between calls (the sandbox's init and its interpreter);
+        # set once the sandbox is up. Anything else is left over from a call.
+        self.resident: frozenset[int] = frozenset()
 
     def reset(self) -> None:
         """Remember the limit counters now, so later hits are this occupant's."""
@@ -95,14 +111,60 @@ class Group:
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
 
+    @property
+    def freezable(self) -> bool:
+        return self._freezer is not None
+
+    def freeze(self) -> None:
+        """Stop every process in the group where it is (a frozen process uses no CPU)."""
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        if self._freezer is None:
+            return
+        if self._layout.v2:
+            (self._freezer / "cgroup.freeze").write_text("1" if frozen else "0")
+        else:
+            (self._freezer / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+
+    def kill_strays(self, rounds: int = 16) -> set[int]:
+        """SIGKILL every process but the resident ones; the pids killed.
+
+        A stray may fork while it is being killed: read again until a read finds only processes
+        already killed (those cannot fork any more). A killed process leaves the group once the
+        kernel has torn it down, shortly after.
+        """
+        killed: set[int] = set()
+        if not self.resident:  # never seen up: nothing is known to spare
+            return killed
+        for _ in range(rounds):
+            try:
+                found = {int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()}
+            except OSError:
+                break
+            strays = found - self.resident
+            if strays <= killed:
+                break
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= strays
+        return killed
+
     def kill_all(self) -> None:
-        """SIGKILL everything in the group (the pid namespace dying does the same; this is the backstop)."""
+        """SIGKILL everything in the group (the pid namespace dying does the same; this is the backstop),
+        then thaw it: on v1 a frozen process dies only once thawed."""
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            self.thaw()
 
     def _read(self, name: str) -> str:
-        d = self.dirs[0] if name.startswith("pids") or self._layout.v2 else self.dirs[-1]
+        d = self.dirs[0] if name.startswith("pids") or self._layout.v2 else self.dirs[1]
         try:
             return (d / name).read_text()
         except OSError:
@@ -151,9 +213,17 @@ class Group:
 class Cgroups:
     """Creates and removes the per-sandbox groups of one executor instance."""
 
-    def __init__(self, layout: Layout, pids_max: int, memory_bytes: int) -> None:
+    def __init__(
+        self, layout: Layout, pids_max: int, memory_bytes: int, cpus: float = 0.0, freeze: bool = False
+    ) -> None:
+        """`cpus` > 0 also limits each group to that many CPUs (the layout must have a cpu controller);
+        `freeze`: groups get the freezer (when the layout has one)."""
+        if cpus > 0 and layout.cpu is None:
+            raise ValueError("a CPU limit needs the cpu cgroup controller")
         self.layout = layout
         self._pids_max, self._memory = pids_max, memory_bytes
+        self._cpu_quota = round(cpus * CPU_PERIOD_US) if cpus > 0 else 0
+        self._freeze = freeze and layout.freezer is not None
         self._name = f"{PREFIX}{os.getpid()}-{next(_instances)}"
         self._ids = itertools.count()
         self._free: list[Group] = []
@@ -161,10 +231,12 @@ class Cgroups:
         for d in self._parents():
             d.mkdir(exist_ok=True)
         if layout.v2:
-            (self._parents()[0] / "cgroup.subtree_control").write_text("+pids +memory")
+            controllers = "+pids +memory" + (" +cpu" if self._cpu_quota else "")
+            (self._parents()[0] / "cgroup.subtree_control").write_text(controllers)
 
     def _parents(self) -> tuple[Path, ...]:
-        return tuple(d / self._name for d in self.layout.dirs())
+        dirs = self.layout.dirs(cpu=bool(self._cpu_quota), freezer=self._freeze)
+        return tuple(d / self._name for d in dirs)
 
     def acquire(self) -> Group:
         """An empty group: a released one when there is one (moving a process into a freshly made
@@ -173,6 +245,7 @@ class Cgroups:
             if not group.pids():
                 del self._free[i]
                 group.reset()
+                group.thaw()  # thawed when it was killed; a group must never start frozen
                 return group
         return self._create()
 
@@ -183,12 +256,14 @@ class Cgroups:
     def _create(self) -> Group:
         n = next(self._ids)
         dirs = tuple(p / f"s{n}" for p in self._parents())
-        group = Group(self.layout, dirs)
+        group = Group(self.layout, dirs, (dirs[0] if self.layout.v2 else dirs[-1]) if self._freeze else None)
         try:
             for d in dirs:
                 d.mkdir()
-            pids_dir, mem_dir = dirs[0], dirs[-1]
+            pids_dir, mem_dir = dirs[0], dirs[0 if self.layout.v2 else 1]
             (pids_dir / "pids.max").write_text(str(self._pids_max))
+            if self._cpu_quota:
+                self._limit_cpu(dirs[0] if self.layout.v2 else dirs[2])
             if self.layout.v2:
                 (mem_dir / "memory.max").write_text(str(self._memory))
                 with contextlib.suppress(OSError):
@@ -203,6 +278,14 @@ class Cgroups:
         group.reset()
         return group
 
+    def _limit_cpu(self, d: Path) -> None:
+        quota = max(self._cpu_quota, 1000)  # the kernel refuses quotas under 1 ms
+        if self.layout.v2:
+            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        else:
+            (d / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (d / "cpu.cfs_quota_us").write_text(str(quota))
+
     async def close(self, grace_s: float = 3.0) -> None:
         """Kill what is left, wait (bounded) for the kernel to empty the groups, remove them all."""
         deadline = time.monotonic() + grace_s
@@ -216,7 +299,7 @@ class Cgroups:
                 log.warning("cgroup %s still has processes; the next executor start sweeps it", parent)
 
     def _sweep_stale(self) -> None:
-        for d in self.layout.dirs():
+        for d in self.layout.dirs(cpu=True, freezer=True):
             with contextlib.suppress(OSError):
                 for entry in d.iterdir():
                     if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX) :].split("-")[0]):
@@ -240,6 +323,9 @@ def _remove_tree(path: Path) -> bool:
             for p in (child / "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(p), signal.SIGKILL)
+        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):  # frozen ones die thawed
+            with contextlib.suppress(OSError):
+                (child / name).write_text(thawed)
         with contextlib.suppress(OSError):
             child.rmdir()
     try:

@@ -94,7 +94,11 @@ class Executor(ToolServer):
                 )
                 if caps.cgroups is not None:
                     self._groups = cgroups.Cgroups(
-                        caps.cgroups, self.xc.pids_limit, self.xc.memory_limit_bytes
+                        caps.cgroups,
+                        self.xc.pids_limit,
+                        self.xc.memory_limit_bytes,
+                        self.xc.cpu_limit,
+                        freeze=True,
                     )
                 sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
                 self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)
@@ -225,8 +229,9 @@ class Executor(ToolServer):
             if session is None:
                 return _unknown_session()
             async with session.lock:
+                self.sessions.begin(session)
                 result = await run_on(session.worker, code, limit_s, self.xc)
-                self.sessions.touch(session)
+                await self.sessions.finish(session)
             if result.worker_lost:
                 await self.sessions.end(session_id, result.failure)
                 result.failure += "; the session ended and its state is lost (new_session starts another)"

@@ -7,6 +7,12 @@ not mint (or one that ended) finds nothing; it never starts a session someone el
 
 A session's worker comes from the warm pool and never goes back: ending,
 expiring or losing it (timeout, crash) kills the sandbox and frees everything.
+
+Between calls a session runs nothing: when a call ends, every process it left in the sandbox's
+cgroup (forked children, daemons) is killed, and the cgroup is frozen, so not even a thread left
+spinning in the interpreter runs; the next call thaws it. (User code may raise its own RLIMIT_CPU
+up to `session_cpu_s`; what it can spend is still bounded by the call's wall-clock timeout, the
+sandbox's `cpu_limit`, and the freeze.)
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -23,6 +30,7 @@ from services.executor.pool import WarmPool
 
 log = logging.getLogger(__name__)
 ID_BYTES = 24  # 192 bits: 32 URL-safe characters
+STRAY_EXIT_S = 1.0  # how long a call's end waits for the processes it killed to be gone
 
 
 class SessionLimit(Exception):
@@ -96,10 +104,25 @@ class Sessions:
         await self.end(session_id, "its interpreter died")
         return None
 
-    def touch(self, session: Session) -> None:
+    def begin(self, session: Session) -> None:
+        """A call is about to run: thaw the session's sandbox."""
+        if session.worker.group is not None:
+            session.worker.group.thaw()
+
+    async def finish(self, session: Session) -> None:
+        """A call ended: kill every process it left running, then freeze the sandbox until the next."""
         session.last_used = time.monotonic()
         session.calls += 1
         self._wake.set()
+        group = session.worker.group
+        if group is None or not session.worker.alive:  # a dead sandbox is killed and thawed already
+            return
+        strays = group.kill_strays()
+        if strays:
+            log.info("session %s…: killed %d process(es) its call left running", session.tag, len(strays))
+            # Frozen before they are gone, they would stay (v1 freezes a dying process) until the thaw.
+            await _exited(strays, STRAY_EXIT_S)
+        group.freeze()
 
     async def end(self, session_id: str, why: str = "ended by the caller") -> bool:
         """Kill a session's sandbox; False when there was no such session."""
@@ -147,3 +170,31 @@ class Sessions:
             await self._reaper
         for session_id in list(self._sessions):
             await self.end(session_id, "the executor is stopping")
+
+
+async def _exited(pids: set[int], within_s: float) -> None:
+    """Until every one of `pids` has exited (a pidfd turns readable), at most `within_s` seconds."""
+    loop = asyncio.get_running_loop()
+    waits: list[asyncio.Future[None]] = []
+    fds: list[int] = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already
+            continue
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, fut)
+        fds.append(fd)
+        waits.append(fut)
+    try:
+        if waits:
+            await asyncio.wait(waits, timeout=within_s)
+    finally:
+        for fd in fds:
+            loop.remove_reader(fd)
+            os.close(fd)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

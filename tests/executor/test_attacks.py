@@ -231,3 +231,78 @@ async def test_new_session_and_a_session_id_together_are_refused(call):
     resp, _s = await call.code("1", session_id=held, new_session=True)
     assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
     assert len(call.executor.sessions) == 1  # type: ignore[arg-type]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (R running, S sleeping, Z zombie, D frozen on v1...), "" when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _resident(pids: set[int]) -> tuple[int, int]:
+    """(the sandbox's init, its interpreter), found from the process tree: init's parent is bwrap,
+    outside the cgroup; the interpreter is init's first child."""
+    ppid = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+    init = next(pid for pid, parent in ppid.items() if parent not in pids)
+    return init, min(pid for pid, parent in ppid.items() if parent == init)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+async def test_processes_forked_in_a_session_are_killed_when_the_call_returns(call):
+    sid = await call.new_session()
+    spin = "import os\nfor _ in range(2):\n    if os.fork() == 0:\n        while True: pass\n'forked'"
+    resp, s = await call.code(spin, session_id=sid)
+    assert not resp.is_error and s["result"] == "'forked'", resp.error.message
+    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+    assert group is not None
+    pids = group.pids()
+    left = {pid: _state(pid) for pid in pids - set(_resident(pids))}
+    assert all(state in ("", "Z", "X") for state in left.values()), left  # before: two busy children
+    resp, s = await call.code("'still here'", session_id=sid)
+    assert not resp.is_error and s["result"] == "'still here'"
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_thread_left_spinning_in_a_session_uses_no_cpu_between_calls(call):
+    sid = await call.new_session()
+    spin = "import threading\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
+    resp, _s = await call.code(spin, session_id=sid)
+    assert not resp.is_error, resp.error.message
+    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+    assert group is not None
+    _init, pid = _resident(group.pids())
+    before = _cpu_ticks(pid)
+    for _ in range(10):  # time passes while other callers are served (one-call sandboxes)
+        await assert_next_call_succeeds(call)
+    assert _cpu_ticks(pid) - before <= 1  # frozen between calls; before, the thread kept a core busy
+    resp, s = await call.code("threading.active_count()", session_id=sid)  # thawed for its next call
+    assert not resp.is_error and s["result"] == "2"
+
+
+async def test_the_cpu_limit_throttles_a_sandbox_at_its_share_of_a_cpu(xcfg, hub):
+    cfg = config_mod.replace(xcfg, executor={"cpu_limit": 0.1})
+    async with running_executor(cfg, hub) as call:
+        sid = await call.new_session()
+        group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+        assert group is not None
+        cpu_dir = group.dirs[0] if (group.dirs[0] / "cpu.max").exists() else group.dirs[2]
+        limit = (
+            (cpu_dir / "cpu.max").read_text().split()
+            if (cpu_dir / "cpu.max").exists()
+            else [
+                (cpu_dir / "cpu.cfs_quota_us").read_text().strip(),
+                (cpu_dir / "cpu.cfs_period_us").read_text().strip(),
+            ]
+        )
+        assert limit == ["10000", "100000"]
+        busy = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.5: pass"
+        resp, _s = await call.code(busy, session_id=sid)
+        assert not resp.is_error, resp.error.message
+        stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
+        assert int(stat["nr_throttled"]) > 0

@@ -5,9 +5,8 @@ unified hierarchy) are both handled. Each executor instance gets a parent
 group `toolscore-exec-<pid>` under its own cgroup (so the machine's limits on
 the executor still bound the sandboxes); each sandbox gets a child group with
 `pids.max`, a memory limit and, when asked for, a CPU bandwidth limit (v2
-`cpu.max`, v1 `cpu.cfs_quota_us`) and the freezer (v2 `cgroup.freeze`, v1
-`freezer.state`), which stops everything in a session's sandbox between calls.
-Groups left behind by an executor that died are removed at the next start.
+`cpu.max`, v1 `cpu.cfs_quota_us`). Groups left behind by an executor that died
+are removed at the next start.
 """
 
 from __future__ import annotations
@@ -37,14 +36,12 @@ class Layout:
     memory: Path
     v2: bool
     cpu: Path | None = None  # None: no writable cpu controller here
-    freezer: Path | None = None  # None: no writable freezer here
 
-    def dirs(self, cpu: bool = False, freezer: bool = False) -> tuple[Path, ...]:
-        """The directories a group spans: pids first, then memory, cpu and freezer (if wanted) on v1."""
+    def dirs(self, cpu: bool = False) -> tuple[Path, ...]:
+        """The directories a group spans: pids first, then memory and (if wanted) cpu on v1."""
         if self.v2:
             return (self.pids,)
-        extra = (self.cpu if cpu else None, self.freezer if freezer else None)
-        return (self.pids, self.memory, *(d for d in extra if d is not None))
+        return (self.pids, self.memory, *((self.cpu,) if cpu and self.cpu is not None else ()))
 
 
 def _own_paths(proc_cgroup: str) -> dict[str, str]:
@@ -64,20 +61,18 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
         return None, f"cannot read /proc/self/cgroup: {exc}"
     if (root / "pids").is_dir() and (root / "memory").is_dir():
         cpu = root / "cpu" / own.get("cpu", "/").lstrip("/")
-        freezer = root / "freezer" / own.get("freezer", "/").lstrip("/")
         layout = Layout(
             root / "pids" / own.get("pids", "/").lstrip("/"),
             root / "memory" / own.get("memory", "/").lstrip("/"),
             v2=False,
             cpu=cpu if (cpu / "cpu.cfs_quota_us").exists() and os.access(cpu, os.W_OK) else None,
-            freezer=freezer if (freezer / "cgroup.procs").exists() and os.access(freezer, os.W_OK) else None,
         )
     elif (root / "cgroup.controllers").exists():
         base = root / own.get("", "/").lstrip("/")
         enabled = set((base / "cgroup.subtree_control").read_text().split())
         if not {"pids", "memory"} <= enabled:
             return None, f"cgroup v2: pids and memory are not enabled for children of {base}"
-        layout = Layout(base, base, v2=True, cpu=base if "cpu" in enabled else None, freezer=base)
+        layout = Layout(base, base, v2=True, cpu=base if "cpu" in enabled else None)
     else:
         return None, "no pids and memory cgroup controllers mounted under /sys/fs/cgroup"
     for d in layout.dirs():
@@ -89,8 +84,8 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
 class Group:
     """One sandbox's cgroup (a directory per controller)."""
 
-    def __init__(self, layout: Layout, dirs: tuple[Path, ...], freezer: Path | None = None) -> None:
-        self._layout, self.dirs, self._freezer = layout, dirs, freezer
+    def __init__(self, layout: Layout, dirs: tuple[Path, ...]) -> None:
+        self._layout, self.dirs = layout, dirs
         self._base = (0, 0, 0)
         # The processes that belong here between calls (the sandbox's init and its interpreter);
         # set once the sandbox is up. Anything else is left over from a call.
@@ -111,24 +106,12 @@ class Group:
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
 
-    @property
-    def freezable(self) -> bool:
-        return self._freezer is not None
-
-    def freeze(self) -> None:
-        """Stop every process in the group where it is (a frozen process uses no CPU)."""
-        self._set_frozen(True)
-
-    def thaw(self) -> None:
-        self._set_frozen(False)
-
-    def _set_frozen(self, frozen: bool) -> None:
-        if self._freezer is None:
-            return
-        if self._layout.v2:
-            (self._freezer / "cgroup.freeze").write_text("1" if frozen else "0")
-        else:
-            (self._freezer / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+    def procs(self) -> set[int]:
+        """The processes in the group, from one controller's list (they all hold the same ones)."""
+        try:
+            return {int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()}
+        except OSError:
+            return set()
 
     def kill_strays(self, rounds: int = 16) -> set[int]:
         """SIGKILL every process but the resident ones; the pids killed.
@@ -141,11 +124,7 @@ class Group:
         if not self.resident:  # never seen up: nothing is known to spare
             return killed
         for _ in range(rounds):
-            try:
-                found = {int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()}
-            except OSError:
-                break
-            strays = found - self.resident
+            strays = self.procs() - self.resident
             if strays <= killed:
                 break
             for pid in strays:
@@ -155,13 +134,10 @@ class Group:
         return killed
 
     def kill_all(self) -> None:
-        """SIGKILL everything in the group (the pid namespace dying does the same; this is the backstop),
-        then thaw it: on v1 a frozen process dies only once thawed."""
+        """SIGKILL everything in the group (the pid namespace dying does the same; this is the backstop)."""
         for pid in self.pids():
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self.thaw()
 
     def _read(self, name: str) -> str:
         d = self.dirs[0] if name.startswith("pids") or self._layout.v2 else self.dirs[1]
@@ -213,17 +189,13 @@ class Group:
 class Cgroups:
     """Creates and removes the per-sandbox groups of one executor instance."""
 
-    def __init__(
-        self, layout: Layout, pids_max: int, memory_bytes: int, cpus: float = 0.0, freeze: bool = False
-    ) -> None:
-        """`cpus` > 0 also limits each group to that many CPUs (the layout must have a cpu controller);
-        `freeze`: groups get the freezer (when the layout has one)."""
+    def __init__(self, layout: Layout, pids_max: int, memory_bytes: int, cpus: float = 0.0) -> None:
+        """`cpus` > 0 also limits each group to that many CPUs (the layout must have a cpu controller)."""
         if cpus > 0 and layout.cpu is None:
             raise ValueError("a CPU limit needs the cpu cgroup controller")
         self.layout = layout
         self._pids_max, self._memory = pids_max, memory_bytes
         self._cpu_quota = round(cpus * CPU_PERIOD_US) if cpus > 0 else 0
-        self._freeze = freeze and layout.freezer is not None
         self._name = f"{PREFIX}{os.getpid()}-{next(_instances)}"
         self._ids = itertools.count()
         self._free: list[Group] = []
@@ -235,8 +207,7 @@ class Cgroups:
             (self._parents()[0] / "cgroup.subtree_control").write_text(controllers)
 
     def _parents(self) -> tuple[Path, ...]:
-        dirs = self.layout.dirs(cpu=bool(self._cpu_quota), freezer=self._freeze)
-        return tuple(d / self._name for d in dirs)
+        return tuple(d / self._name for d in self.layout.dirs(cpu=bool(self._cpu_quota)))
 
     def acquire(self) -> Group:
         """An empty group: a released one when there is one (moving a process into a freshly made
@@ -245,7 +216,6 @@ class Cgroups:
             if not group.pids():
                 del self._free[i]
                 group.reset()
-                group.thaw()  # thawed when it was killed; a group must never start frozen
                 return group
         return self._create()
 
@@ -256,7 +226,7 @@ class Cgroups:
     def _create(self) -> Group:
         n = next(self._ids)
         dirs = tuple(p / f"s{n}" for p in self._parents())
-        group = Group(self.layout, dirs, (dirs[0] if self.layout.v2 else dirs[-1]) if self._freeze else None)
+        group = Group(self.layout, dirs)
         try:
             for d in dirs:
                 d.mkdir()
@@ -299,7 +269,7 @@ class Cgroups:
                 log.warning("cgroup %s still has processes; the next executor start sweeps it", parent)
 
     def _sweep_stale(self) -> None:
-        for d in self.layout.dirs(cpu=True, freezer=True):
+        for d in self.layout.dirs(cpu=True):
             with contextlib.suppress(OSError):
                 for entry in d.iterdir():
                     if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX) :].split("-")[0]):
@@ -323,9 +293,6 @@ def _remove_tree(path: Path) -> bool:
             for p in (child / "cgroup.procs").read_text().split():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(int(p), signal.SIGKILL)
-        for name, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):  # frozen ones die thawed
-            with contextlib.suppress(OSError):
-                (child / name).write_text(thawed)
         with contextlib.suppress(OSError):
             child.rmdir()
     try:

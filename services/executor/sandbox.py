@@ -378,8 +378,6 @@ async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
             "TOOLSCORE_EXECUTOR__CPU_LIMIT=0 to run without a CPU limit"
         )
         layout = None
-    if layout is not None and layout.freezer is None:
-        notes.append("no cgroup freezer: a session's sandbox is not frozen between calls")
     if bwrap is not None:
         trial = Sandbox(cfg, env_dir, {}, Capabilities("namespaces", bwrap, has_seccomp, None), None)
         try:

@@ -98,7 +98,6 @@ class Executor(ToolServer):
                         self.xc.pids_limit,
                         self.xc.memory_limit_bytes,
                         self.xc.cpu_limit,
-                        freeze=True,
                     )
                 sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
                 self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)

@@ -8,11 +8,13 @@ not mint (or one that ended) finds nothing; it never starts a session someone el
 A session's worker comes from the warm pool and never goes back: ending,
 expiring or losing it (timeout, crash) kills the sandbox and frees everything.
 
-Between calls a session runs nothing: when a call ends, every process it left in the sandbox's
-cgroup (forked children, daemons) is killed, and the cgroup is frozen, so not even a thread left
-spinning in the interpreter runs; the next call thaws it. (User code may raise its own RLIMIT_CPU
-up to `session_cpu_s`; what it can spend is still bounded by the call's wall-clock timeout, the
-sandbox's `cpu_limit`, and the freeze.)
+Between calls a session runs nothing: when a call ends, the interpreter is stopped (SIGSTOP: no
+thread left spinning in it runs, and it can fork no more), then every other process the call left
+in the sandbox's cgroup (forked children, daemons) is killed; the next call resumes the interpreter
+(SIGCONT). A stop, unlike the cgroup v1 freezer, still lets SIGKILL through, so a sandbox whose
+executor dies goes with it as before. (User code may raise its own RLIMIT_CPU up to
+`session_cpu_s`; what it spends is bounded by the call's wall-clock timeout, the sandbox's
+`cpu_limit`, and the stop.)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass, field
 
@@ -105,24 +108,26 @@ class Sessions:
         return None
 
     def begin(self, session: Session) -> None:
-        """A call is about to run: thaw the session's sandbox."""
-        if session.worker.group is not None:
-            session.worker.group.thaw()
+        """A call is about to run: resume the session's interpreter."""
+        _signal(session.worker.interpreter_pid, signal.SIGCONT)
 
     async def finish(self, session: Session) -> None:
-        """A call ended: kill every process it left running, then freeze the sandbox until the next."""
+        """A call ended: stop the interpreter until the next one and kill everything else it left."""
         session.last_used = time.monotonic()
         session.calls += 1
         self._wake.set()
-        group = session.worker.group
-        if group is None or not session.worker.alive:  # a dead sandbox is killed and thawed already
+        if not session.worker.alive:  # its sandbox was killed whole
             return
-        strays = group.kill_strays()
+        # Stopped first: a thread of the interpreter could fork again while the strays are killed
+        # (fork fails once a stop is pending). Only a pid still in the sandbox's cgroup is surely
+        # the interpreter's, never a reused one.
+        pid, group = session.worker.interpreter_pid, session.worker.group
+        if group is None or pid in group.procs():
+            _signal(pid, signal.SIGSTOP)
+        strays = group.kill_strays() if group is not None else set()
         if strays:
             log.info("session %s…: killed %d process(es) its call left running", session.tag, len(strays))
-            # Frozen before they are gone, they would stay (v1 freezes a dying process) until the thaw.
             await _exited(strays, STRAY_EXIT_S)
-        group.freeze()
 
     async def end(self, session_id: str, why: str = "ended by the caller") -> bool:
         """Kill a session's sandbox; False when there was no such session."""
@@ -198,3 +203,9 @@ async def _exited(pids: set[int], within_s: float) -> None:
 def _resolve(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+def _signal(pid: int, sig: int) -> None:
+    if pid > 0:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)

@@ -280,8 +280,8 @@ async def test_a_thread_left_spinning_in_a_session_uses_no_cpu_between_calls(cal
     before = _cpu_ticks(pid)
     for _ in range(10):  # time passes while other callers are served (one-call sandboxes)
         await assert_next_call_succeeds(call)
-    assert _cpu_ticks(pid) - before <= 1  # frozen between calls; before, the thread kept a core busy
-    resp, s = await call.code("threading.active_count()", session_id=sid)  # thawed for its next call
+    assert _cpu_ticks(pid) - before <= 1  # stopped between calls; before, the thread kept a core busy
+    resp, s = await call.code("threading.active_count()", session_id=sid)  # resumed for its next call
     assert not resp.is_error and s["result"] == "2"
 
 

@@ -140,7 +140,10 @@ def _schemas() -> dict[str, Any]:
                 "arguments": {"type": "object"},
                 "timeout_s": {"type": "number", "exclusiveMinimum": 0},
                 "request_id": {"type": "string"},
-                "session_id": {"type": "string"},
+                "session_id": {
+                    "type": "string",
+                    "description": "A session id the tool minted (python_execute with new_session: true)",
+                },
             },
         },
         "CallResult": {

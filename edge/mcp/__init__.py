@@ -45,6 +45,7 @@ def add_routes(
         await svc.stop()
         http.close()
         await ws.close()
+        await svc.dispatcher.tool_sessions.close()  # the end calls of the sessions just forgotten
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

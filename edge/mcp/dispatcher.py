@@ -54,6 +54,7 @@ from ._protocol import (
     result_response,
 )
 from .catalog import Catalog
+from .tool_sessions import Held, ToolSessions
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class Session:
     inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
     cancelled: set[RequestId] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
+    # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended.
+    tool_sessions: dict[str, Held] | None = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class Dispatcher:
     ) -> None:
         self._catalog = catalog
         self._execute = execute
+        self.tool_sessions = ToolSessions(execute)
         self.opts = opts or ServerOptions()
         self._info = {"name": self.opts.name, "version": self.opts.version}
         self._capabilities = {"tools": {"listChanged": True}}
@@ -168,6 +172,8 @@ class Dispatcher:
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
+        self.tool_sessions.release(session.tool_sessions)
+        session.tool_sessions = None
         for rid, task in list(session.inflight.items()):
             session.cancelled.add(rid)  # ends as "cancelled" (HTTP: -32800), not as a crash
             task.cancel()
@@ -328,7 +334,7 @@ class Dispatcher:
             envelope.check_param_headers(tool.header_schema, args, headers)
         # JSON-RPC ids repeat across clients: the mesh's idempotency key must not.
         scope = session.id or os.urandom(6).hex()
-        req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action, session_id=session.id)
+        req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action)
         req.request_id = f"mcp:{scope}:{msg.id}"
         if args:
             try:
@@ -341,6 +347,8 @@ class Dispatcher:
             resp = await self._execute(req, on_progress=on_progress)
         except MeshError as exc:
             return results.from_mesh_error(exc)
+        if session.id:
+            self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
         return results.call_result(resp)
 
     async def _listen(self, msg: Message, send: Send | None) -> dict[str, Any]:

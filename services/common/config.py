@@ -93,6 +93,7 @@ class ExecutorConfig:
     memory_limit_bytes: int = 1024 * 1024 * 1024
     address_space_bytes: int = 2 * 1024 * 1024 * 1024
     pids_limit: int = 64
+    cpu_limit: float = 1.0  # CPUs a sandbox may use (its cgroup's cpu.max); 0: no CPU cgroup limit
     max_file_bytes: int = 16 * 1024 * 1024
     max_open_files: int = 256
     scratch_bytes: int = 64 * 1024 * 1024

@@ -1,11 +1,12 @@
-"""A pids + memory cgroup per sandbox, nested under the executor's own cgroups.
+"""A pids + memory (+ cpu) cgroup per sandbox, nested under the executor's own cgroups.
 
 cgroup v1 (one hierarchy per controller, as on these machines) and v2 (one
 unified hierarchy) are both handled. Each executor instance gets a parent
 group `toolscore-exec-<pid>` under its own cgroup (so the machine's limits on
 the executor still bound the sandboxes); each sandbox gets a child group with
-`pids.max` and a memory limit. Groups left behind by an executor that died are
-removed at the next start.
+`pids.max`, a memory limit and, when asked for, a CPU bandwidth limit (v2
+`cpu.max`, v1 `cpu.cfs_quota_us`). Groups left behind by an executor that died
+are removed at the next start.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 ROOT = Path("/sys/fs/cgroup")
 PREFIX = "toolscore-exec-"
+CPU_PERIOD_US = 100_000  # the kernel's default CFS period; the quota is cpus x this
 _instances = itertools.count()
 
 
@@ -33,9 +35,13 @@ class Layout:
     pids: Path
     memory: Path
     v2: bool
+    cpu: Path | None = None  # None: no writable cpu controller here
 
-    def dirs(self) -> tuple[Path, ...]:
-        return (self.pids,) if self.v2 else (self.pids, self.memory)
+    def dirs(self, cpu: bool = False) -> tuple[Path, ...]:
+        """The directories a group spans: pids first, then memory and (if wanted) cpu on v1."""
+        if self.v2:
+            return (self.pids,)
+        return (self.pids, self.memory, *((self.cpu,) if cpu and self.cpu is not None else ()))
 
 
 def _own_paths(proc_cgroup: str) -> dict[str, str]:
@@ -54,17 +60,19 @@ def detect(root: Path = ROOT) -> tuple[Layout | None, str]:
     except OSError as exc:
         return None, f"cannot read /proc/self/cgroup: {exc}"
     if (root / "pids").is_dir() and (root / "memory").is_dir():
+        cpu = root / "cpu" / own.get("cpu", "/").lstrip("/")
         layout = Layout(
             root / "pids" / own.get("pids", "/").lstrip("/"),
             root / "memory" / own.get("memory", "/").lstrip("/"),
             v2=False,
+            cpu=cpu if (cpu / "cpu.cfs_quota_us").exists() and os.access(cpu, os.W_OK) else None,
         )
     elif (root / "cgroup.controllers").exists():
         base = root / own.get("", "/").lstrip("/")
-        wanted = {"pids", "memory"}
-        if not wanted <= set((base / "cgroup.subtree_control").read_text().split()):
+        enabled = set((base / "cgroup.subtree_control").read_text().split())
+        if not {"pids", "memory"} <= enabled:
             return None, f"cgroup v2: pids and memory are not enabled for children of {base}"
-        layout = Layout(base, base, v2=True)
+        layout = Layout(base, base, v2=True, cpu=base if "cpu" in enabled else None)
     else:
         return None, "no pids and memory cgroup controllers mounted under /sys/fs/cgroup"
     for d in layout.dirs():
@@ -79,6 +87,9 @@ class Group:
     def __init__(self, layout: Layout, dirs: tuple[Path, ...]) -> None:
         self._layout, self.dirs = layout, dirs
         self._base = (0, 0, 0)
+        # The processes that belong here between calls (the sandbox's init and its interpreter);
+        # set once the sandbox is up. Anything else is left over from a call.
+        self.resident: frozenset[int] = frozenset()
 
     def reset(self) -> None:
         """Remember the limit counters now, so later hits are this occupant's."""
@@ -95,6 +106,33 @@ class Group:
                 found.update(int(p) for p in (d / "cgroup.procs").read_text().split())
         return found
 
+    def procs(self) -> set[int]:
+        """The processes in the group, from one controller's list (they all hold the same ones)."""
+        try:
+            return {int(p) for p in (self.dirs[0] / "cgroup.procs").read_text().split()}
+        except OSError:
+            return set()
+
+    def kill_strays(self, rounds: int = 16) -> set[int]:
+        """SIGKILL every process but the resident ones; the pids killed.
+
+        A stray may fork while it is being killed: read again until a read finds only processes
+        already killed (those cannot fork any more). A killed process leaves the group once the
+        kernel has torn it down, shortly after.
+        """
+        killed: set[int] = set()
+        if not self.resident:  # never seen up: nothing is known to spare
+            return killed
+        for _ in range(rounds):
+            strays = self.procs() - self.resident
+            if strays <= killed:
+                break
+            for pid in strays:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= strays
+        return killed
+
     def kill_all(self) -> None:
         """SIGKILL everything in the group (the pid namespace dying does the same; this is the backstop)."""
         for pid in self.pids():
@@ -102,7 +140,7 @@ class Group:
                 os.kill(pid, signal.SIGKILL)
 
     def _read(self, name: str) -> str:
-        d = self.dirs[0] if name.startswith("pids") or self._layout.v2 else self.dirs[-1]
+        d = self.dirs[0] if name.startswith("pids") or self._layout.v2 else self.dirs[1]
         try:
             return (d / name).read_text()
         except OSError:
@@ -151,9 +189,13 @@ class Group:
 class Cgroups:
     """Creates and removes the per-sandbox groups of one executor instance."""
 
-    def __init__(self, layout: Layout, pids_max: int, memory_bytes: int) -> None:
+    def __init__(self, layout: Layout, pids_max: int, memory_bytes: int, cpus: float = 0.0) -> None:
+        """`cpus` > 0 also limits each group to that many CPUs (the layout must have a cpu controller)."""
+        if cpus > 0 and layout.cpu is None:
+            raise ValueError("a CPU limit needs the cpu cgroup controller")
         self.layout = layout
         self._pids_max, self._memory = pids_max, memory_bytes
+        self._cpu_quota = round(cpus * CPU_PERIOD_US) if cpus > 0 else 0
         self._name = f"{PREFIX}{os.getpid()}-{next(_instances)}"
         self._ids = itertools.count()
         self._free: list[Group] = []
@@ -161,10 +203,11 @@ class Cgroups:
         for d in self._parents():
             d.mkdir(exist_ok=True)
         if layout.v2:
-            (self._parents()[0] / "cgroup.subtree_control").write_text("+pids +memory")
+            controllers = "+pids +memory" + (" +cpu" if self._cpu_quota else "")
+            (self._parents()[0] / "cgroup.subtree_control").write_text(controllers)
 
     def _parents(self) -> tuple[Path, ...]:
-        return tuple(d / self._name for d in self.layout.dirs())
+        return tuple(d / self._name for d in self.layout.dirs(cpu=bool(self._cpu_quota)))
 
     def acquire(self) -> Group:
         """An empty group: a released one when there is one (moving a process into a freshly made
@@ -187,8 +230,10 @@ class Cgroups:
         try:
             for d in dirs:
                 d.mkdir()
-            pids_dir, mem_dir = dirs[0], dirs[-1]
+            pids_dir, mem_dir = dirs[0], dirs[0 if self.layout.v2 else 1]
             (pids_dir / "pids.max").write_text(str(self._pids_max))
+            if self._cpu_quota:
+                self._limit_cpu(dirs[0] if self.layout.v2 else dirs[2])
             if self.layout.v2:
                 (mem_dir / "memory.max").write_text(str(self._memory))
                 with contextlib.suppress(OSError):
@@ -203,6 +248,14 @@ class Cgroups:
         group.reset()
         return group
 
+    def _limit_cpu(self, d: Path) -> None:
+        quota = max(self._cpu_quota, 1000)  # the kernel refuses quotas under 1 ms
+        if self.layout.v2:
+            (d / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
+        else:
+            (d / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (d / "cpu.cfs_quota_us").write_text(str(quota))
+
     async def close(self, grace_s: float = 3.0) -> None:
         """Kill what is left, wait (bounded) for the kernel to empty the groups, remove them all."""
         deadline = time.monotonic() + grace_s
@@ -216,7 +269,7 @@ class Cgroups:
                 log.warning("cgroup %s still has processes; the next executor start sweeps it", parent)
 
     def _sweep_stale(self) -> None:
-        for d in self.layout.dirs():
+        for d in self.layout.dirs(cpu=True):
             with contextlib.suppress(OSError):
                 for entry in d.iterdir():
                     if entry.name.startswith(PREFIX) and not _alive(entry.name[len(PREFIX) :].split("-")[0]):

@@ -51,6 +51,7 @@ class Worker:
         self.out_fd, self.err_fd = out_fd, err_fd
         self.group, self._workdir, self._groups = group, workdir, groups
         self.spawn_ms = 0.0
+        self.interpreter_pid = 0  # its host pid, once it is up (0: unknown)
         self.calls = 0
         self._closed = False
         self._killed = False

@@ -275,14 +275,19 @@ class Sandbox:
             worker = Worker(
                 proc, to_w, FrameReader(from_r, MAX_REPLY_BYTES), out_fd, err_fd, group, workdir, self._groups
             )
+            init_pid = 0  # bwrap's child, pid 1 of the sandbox (known here only with a cgroup)
             async with asyncio.timeout(self.cfg.spawn_timeout_s):
                 if group is not None:
                     info = json.loads(await _read_all(info_r))
-                    await asyncio.to_thread(group.add, int(info["child-pid"]))
+                    init_pid = int(info["child-pid"])
+                    await asyncio.to_thread(group.add, init_pid)
                     os.write(block_w, b"1")
                 ready = dict(await worker.reader.next())
             if "ready" not in ready:
                 raise SpawnError("the sandbox did not say it was ready")
+            worker.interpreter_pid = _interpreter_pid(proc.pid, init_pid) if self.caps.bwrap else proc.pid
+            if group is not None and worker.interpreter_pid:
+                group.resident = frozenset((init_pid, worker.interpreter_pid))
             worker.reset_output()  # now, off the call's path
             worker.spawn_ms = (time.perf_counter() - started) * 1000
             return worker
@@ -304,6 +309,21 @@ class Sandbox:
             for fd in (info_r, block_w):
                 if fd >= 0:
                     os.close(fd)
+
+
+def _interpreter_pid(bwrap_pid: int, init_pid: int) -> int:
+    """The host pid of the sandboxed interpreter, the only child of bwrap's init (pid 1 inside;
+    itself bwrap's only child); 0 when it cannot be found."""
+    init = init_pid or _first_child(bwrap_pid)
+    return _first_child(init) if init else 0
+
+
+def _first_child(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def _read_all(fd: int) -> bytes:
@@ -352,6 +372,12 @@ def machine_support(bwrap_name: str) -> tuple[str | None, bool, cgroups.Layout |
 async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:
     """Find the strongest isolation this machine gives, by starting one real sandbox."""
     bwrap, has_seccomp, layout, notes = machine_support(cfg.bwrap)
+    if layout is not None and cfg.cpu_limit > 0 and layout.cpu is None:
+        notes.append(
+            "no cpu cgroup controller for executor.cpu_limit: mount or delegate it, or set "
+            "TOOLSCORE_EXECUTOR__CPU_LIMIT=0 to run without a CPU limit"
+        )
+        layout = None
     if bwrap is not None:
         trial = Sandbox(cfg, env_dir, {}, Capabilities("namespaces", bwrap, has_seccomp, None), None)
         try:

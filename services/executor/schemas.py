@@ -8,7 +8,14 @@ SESSION_ID = {
     "type": "string",
     "minLength": 1,
     "maxLength": 128,
-    "description": "Keep variables and imports across calls in one dedicated sandboxed interpreter",
+    "description": "A session_id returned by an earlier call with new_session: true; the code runs in "
+    "that session's interpreter, with its variables, imports and files. Ids are minted by the "
+    "executor: any other id is refused",
+}
+NEW_SESSION = {
+    "type": "boolean",
+    "description": "Start a session (a dedicated sandboxed interpreter that keeps state across calls) and "
+    "run the code in it; the result's session_id names it on later calls",
 }
 
 PYTHON_EXECUTE_INPUT = {
@@ -21,6 +28,7 @@ PYTHON_EXECUTE_INPUT = {
             "description": "Seconds before the run is killed",
         },
         "session_id": SESSION_ID,
+        "new_session": NEW_SESSION,
     },
     "required": ["code"],
     "additionalProperties": False,
@@ -39,7 +47,7 @@ PYTHON_EXECUTE_OUTPUT = {
         "truncated": {"type": "boolean"},
         "duration_ms": {"type": "number"},
         "artifacts": {"type": "array", "items": {"type": "object"}},
-        "session_id": {"type": "string"},
+        "session_id": {"type": "string", "description": "The session the code ran in, if any"},
         "error_reason": {"type": "string"},
     },
 }

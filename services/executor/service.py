@@ -94,7 +94,10 @@ class Executor(ToolServer):
                 )
                 if caps.cgroups is not None:
                     self._groups = cgroups.Cgroups(
-                        caps.cgroups, self.xc.pids_limit, self.xc.memory_limit_bytes
+                        caps.cgroups,
+                        self.xc.pids_limit,
+                        self.xc.memory_limit_bytes,
+                        self.xc.cpu_limit,
                     )
                 sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
                 self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)
@@ -221,13 +224,16 @@ class Executor(ToolServer):
                     return await run_on(worker, code, limit_s, self.xc)
                 finally:
                     self._after_reply(functools.partial(self.pool.give_back, worker))
-            session = await self.sessions.get(session_id, left)
+            session = await self.sessions.find(session_id)
+            if session is None:
+                return _unknown_session()
             async with session.lock:
+                self.sessions.begin(session)
                 result = await run_on(session.worker, code, limit_s, self.xc)
-                self.sessions.touch(session)
+                await self.sessions.finish(session)
             if result.worker_lost:
                 await self.sessions.end(session_id, result.failure)
-                result.failure += "; the session ended and its state is lost (the next call starts a new one)"
+                result.failure += "; the session ended and its state is lost (new_session starts another)"
             return result
         except PoolTimeout as exc:
             return _busy(str(exc))
@@ -243,7 +249,8 @@ class Executor(ToolServer):
                 "python_execute",
                 "Run Python code in a sandboxed interpreter (no network, private scratch "
                 "dir, resource limits); returns stdout, stderr, the exit code, the value of the last "
-                "expression and files written (images as image blocks). Pass session_id to keep state.",
+                "expression and files written (images as image blocks). To keep variables and imports across "
+                "calls, pass new_session: true once and the session_id it returns on later calls.",
                 self._python_execute,
                 PYTHON_EXECUTE_INPUT,
                 PYTHON_EXECUTE_OUTPUT,
@@ -283,10 +290,35 @@ class Executor(ToolServer):
     async def _python_execute(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
         session_id = str(args.get("session_id") or ctx.session_id or "")
         timeout = self._timeout(args.get("timeout"), ctx)
+        if args.get("new_session"):
+            if session_id:
+                return _invalid("pass new_session to start a session, or session_id to use one; not both")
+            return await self._execute_in_new_session(args["code"], timeout)
         result = await self.run_code(args["code"], timeout, session_id)
-        if isinstance(result, ex.ExecuteResponse):
+        return result if isinstance(result, ex.ExecuteResponse) else execute_response(result, session_id)
+
+    async def _execute_in_new_session(self, code: str, timeout: float) -> ex.ExecuteResponse:
+        """Start a session under a newly minted id and run its first call there."""
+        refused = self._refused()
+        if refused is not None or self.sessions is None:
+            return refused or _busy("the executor is stopping")
+        sessions = self.sessions
+        try:
+            session_id = (await sessions.start(self.xc.queue_timeout_s)).session_id
+        except (PoolTimeout, SessionLimit) as exc:
+            return _busy(str(exc))
+        try:
+            result = await self.run_code(code, timeout, session_id)
+        except BaseException:
+            await sessions.end(session_id, "its first call failed")
+            raise
+        if isinstance(result, ex.ExecuteResponse):  # it never ran, and its id would reach nobody
+            await sessions.end(session_id, "its first call could not run")
             return result
-        return execute_response(result, session_id)
+        resp = execute_response(result, session_id)
+        # Clients that show a model only the text blocks must still hand it the id.
+        resp.content.add().text.text = f"[session_id: {session_id}]"
+        return resp
 
     async def _run_task(
         self, code: str, args: dict[str, Any], ctx: CallContext
@@ -388,6 +420,21 @@ class _Once:
         fns, self._fns = self._fns, []
         for fn in fns:
             fn()
+
+
+def _invalid(message: str) -> ex.ExecuteResponse:
+    return text_result(
+        message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT
+    )
+
+
+def _unknown_session() -> ex.ExecuteResponse:
+    return _invalid(
+        "no such session: session ids are minted by the executor, and this one was never started "
+        "or has ended (python_end_session, idle past executor.session_idle_ttl_s, or a call that "
+        "killed its interpreter). Start one with new_session: true and pass back the session_id "
+        "it returns."
+    )
 
 
 def _busy(message: str) -> ex.ExecuteResponse:

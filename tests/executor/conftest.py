@@ -44,6 +44,12 @@ class Call:
     async def code(self, code: str, **kw: Any) -> tuple[ts.ExecuteToolResponse, dict[str, Any]]:
         return await self("python_execute", code=code, **kw)
 
+    async def new_session(self, code: str = "None") -> str:
+        """Start a session (its first call runs `code`) and return the id the executor minted."""
+        resp, s = await self.code(code, new_session=True)
+        assert not resp.is_error, resp.error.message
+        return str(s["session_id"])
+
 
 @pytest.fixture
 def xcfg(cfg: Config) -> Config:

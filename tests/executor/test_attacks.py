@@ -168,24 +168,23 @@ async def test_a_session_that_never_ends_is_expired_and_frees_its_sandbox(xcfg, 
         spin = (
             "import threading\nx = 41\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
         )
-        resp, s = await call.code(spin, session_id="forever")
-        assert not resp.is_error, resp.error.message
-        worker = call.executor.sessions._sessions["forever"].worker  # type: ignore[union-attr]
+        forever = await call.new_session(spin)
+        worker = call.executor.sessions._sessions[forever].worker  # type: ignore[union-attr]
         async with asyncio.timeout(10):
-            await call.executor.sessions.wait_ended("forever")  # type: ignore[union-attr]
+            await call.executor.sessions.wait_ended(forever)  # type: ignore[union-attr]
         assert not worker.alive and worker.proc.returncode is not None
-        resp, s = await call.code("x + 1", session_id="forever")
-        assert resp.is_error and "NameError" in s["stderr"]  # a fresh interpreter: the old state is gone
+        resp, _s = await call.code("x + 1", session_id=forever)
+        assert resp.is_error and "no such session" in resp.error.message  # the old state is gone
         await assert_next_call_succeeds(call)
 
 
 async def test_a_session_call_that_never_returns_ends_the_session(call):
-    resp, _ = await call.code("x = 1", session_id="stuck")
-    assert not resp.is_error
-    resp, s = await call.code("while True: pass", session_id="stuck", timeout=1)
+    stuck = await call.new_session("x = 1")
+    resp, s = await call.code("while True: pass", session_id=stuck, timeout=1)
     assert resp.is_error and resp.error.type == TIMEOUT and "session ended" in s["error_reason"]
-    resp, s = await call.code("'x' in dir()", session_id="stuck")
-    assert not resp.is_error and s["result"] == "False"
+    resp, s = await call.code("'x' in dir()", session_id=stuck)
+    assert resp.is_error and "no such session" in resp.error.message
+    await assert_next_call_succeeds(call)
 
 
 async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring(call):
@@ -208,3 +207,102 @@ async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring
     resp, s = await call.code(code)
     assert not resp.is_error, resp.error.message
     assert s["stdout"].splitlines() == [f"{name} -1 1" for name in calls]  # -1 with EPERM from the filter
+
+
+async def test_a_session_id_the_executor_never_minted_reaches_and_starts_nothing(call):
+    # The attack: two clients that both pick the obvious id. Before, the second read the first's variables.
+    resp, s = await call.code("secret = 'alice-key'", session_id="default")
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+    assert "no such session" in resp.error.message and "new_session" in resp.error.message
+    resp, s = await call.code("secret", session_id="default")  # the second client
+    assert resp.is_error and "alice-key" not in f"{s.get('stdout')}{s.get('result')}"
+    assert len(call.executor.sessions) == 0  # type: ignore[arg-type]
+    # The way in: an unguessable id the executor minted; the obvious guess still reaches nothing.
+    alice = await call.new_session("secret = 'alice-key'")
+    assert len(alice) >= 32 and alice != await call.new_session()
+    resp, s = await call.code("secret = 'bob'", session_id="default")
+    assert resp.is_error and "no such session" in resp.error.message
+    resp, s = await call.code("secret", session_id=alice)
+    assert not resp.is_error and s["result"] == "'alice-key'" and s["session_id"] == alice
+
+
+async def test_new_session_and_a_session_id_together_are_refused(call):
+    held = await call.new_session()
+    resp, _s = await call.code("1", session_id=held, new_session=True)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+    assert len(call.executor.sessions) == 1  # type: ignore[arg-type]
+
+
+def _state(pid: int) -> str:
+    """A process's state letter (R running, S sleeping, Z zombie, D frozen on v1...), "" when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _resident(pids: set[int]) -> tuple[int, int]:
+    """(the sandbox's init, its interpreter), found from the process tree: init's parent is bwrap,
+    outside the cgroup; the interpreter is init's first child."""
+    ppid = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
+    init = next(pid for pid, parent in ppid.items() if parent not in pids)
+    return init, min(pid for pid, parent in ppid.items() if parent == init)
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+async def test_processes_forked_in_a_session_are_killed_when_the_call_returns(call):
+    sid = await call.new_session()
+    spin = "import os\nfor _ in range(2):\n    if os.fork() == 0:\n        while True: pass\n'forked'"
+    resp, s = await call.code(spin, session_id=sid)
+    assert not resp.is_error and s["result"] == "'forked'", resp.error.message
+    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+    assert group is not None
+    pids = group.pids()
+    left = {pid: _state(pid) for pid in pids - set(_resident(pids))}
+    assert all(state in ("", "Z", "X") for state in left.values()), left  # before: two busy children
+    resp, s = await call.code("'still here'", session_id=sid)
+    assert not resp.is_error and s["result"] == "'still here'"
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_thread_left_spinning_in_a_session_uses_no_cpu_between_calls(call):
+    sid = await call.new_session()
+    spin = "import threading\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
+    resp, _s = await call.code(spin, session_id=sid)
+    assert not resp.is_error, resp.error.message
+    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+    assert group is not None
+    _init, pid = _resident(group.pids())
+    before = _cpu_ticks(pid)
+    for _ in range(10):  # time passes while other callers are served (one-call sandboxes)
+        await assert_next_call_succeeds(call)
+    assert _cpu_ticks(pid) - before <= 1  # stopped between calls; before, the thread kept a core busy
+    resp, s = await call.code("threading.active_count()", session_id=sid)  # resumed for its next call
+    assert not resp.is_error and s["result"] == "2"
+
+
+async def test_the_cpu_limit_throttles_a_sandbox_at_its_share_of_a_cpu(xcfg, hub):
+    cfg = config_mod.replace(xcfg, executor={"cpu_limit": 0.1})
+    async with running_executor(cfg, hub) as call:
+        sid = await call.new_session()
+        group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
+        assert group is not None
+        cpu_dir = group.dirs[0] if (group.dirs[0] / "cpu.max").exists() else group.dirs[2]
+        limit = (
+            (cpu_dir / "cpu.max").read_text().split()
+            if (cpu_dir / "cpu.max").exists()
+            else [
+                (cpu_dir / "cpu.cfs_quota_us").read_text().strip(),
+                (cpu_dir / "cpu.cfs_period_us").read_text().strip(),
+            ]
+        )
+        assert limit == ["10000", "100000"]
+        busy = "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 0.5: pass"
+        resp, _s = await call.code(busy, session_id=sid)
+        assert not resp.is_error, resp.error.message
+        stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
+        assert int(stat["nr_throttled"]) > 0

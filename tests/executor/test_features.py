@@ -54,48 +54,50 @@ async def test_every_call_gets_a_fresh_interpreter_without_a_session(call):
 
 
 async def test_a_session_keeps_variables_and_imports_across_calls(call):
-    await call.code("import math\nx = 20", session_id="s1")
-    resp, s = await call.code("x + math.floor(22.9)", session_id="s1")
-    assert not resp.is_error and s["result"] == "42" and s["session_id"] == "s1"
-    resp, s = await call.code("open('a.txt', 'w').write('1')", session_id="s1")
+    s1 = await call.new_session("import math\nx = 20")
+    resp, s = await call.code("x + math.floor(22.9)", session_id=s1)
+    assert not resp.is_error and s["result"] == "42" and s["session_id"] == s1
+    resp, s = await call.code("open('a.txt', 'w').write('1')", session_id=s1)
     assert [a["name"] for a in s["artifacts"]] == ["a.txt"]
-    resp, s = await call.code("open('b.txt', 'w').write('2')", session_id="s1")
+    resp, s = await call.code("open('b.txt', 'w').write('2')", session_id=s1)
     assert [a["name"] for a in s["artifacts"]] == ["b.txt"]  # only what this call wrote
 
 
 async def test_a_session_id_in_the_arguments_and_on_the_request_name_the_same_session(call):
+    both = await call.new_session()
     resp = await call.stub.ExecuteTool(
         ts.ExecuteToolRequest(
             tool_id=TOOL,
             action="python_execute",
-            arguments=dict_to_struct({"code": "y = 7", "session_id": "both"}),
+            arguments=dict_to_struct({"code": "y = 7", "session_id": both}),
         ),
         timeout=10,
     )
     assert not resp.is_error
-    resp, s = await call.code("y", session_id="both")  # the request field
+    resp, s = await call.code("y", session_id=both)  # the request field
     assert s["result"] == "7"
 
 
 async def test_ending_a_session_frees_its_interpreter(call):
-    await call.code("z = 1", session_id="bye")
-    worker = call.executor.sessions._sessions["bye"].worker  # type: ignore[union-attr]
-    resp, s = await call("python_end_session", session_id="bye")
-    assert s == {"session_id": "bye", "ended": True}
+    bye = await call.new_session("z = 1")
+    worker = call.executor.sessions._sessions[bye].worker  # type: ignore[union-attr]
+    resp, s = await call("python_end_session", session_id=bye)
+    assert s == {"session_id": bye, "ended": True}
     assert not worker.alive
-    resp, s = await call.code("z", session_id="bye")
-    assert resp.is_error and "NameError" in s["stderr"]
+    resp, s = await call.code("z", session_id=bye)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+    assert "no such session" in resp.error.message and "new_session" in resp.error.message
 
 
 async def test_the_live_session_cap_refuses_one_more_with_a_clear_error(xcfg, hub):
     cfg = config_mod.replace(xcfg, executor={"max_sessions": 2})
     async with running_executor(cfg, hub) as call:
-        for sid in ("a", "b"):
-            assert not (await call.code("1", session_id=sid))[0].is_error
-        resp, _s = await call.code("1", session_id="c")
+        a = await call.new_session()
+        await call.new_session()
+        resp, _s = await call.code("1", new_session=True)
         assert resp.is_error and "2 sessions are already live" in resp.error.message
-        await call("python_end_session", session_id="a")
-        assert not (await call.code("1", session_id="c"))[0].is_error
+        await call("python_end_session", session_id=a)
+        await call.new_session()
 
 
 async def test_files_come_back_as_artifacts_and_images_as_image_blocks(call):
@@ -234,14 +236,16 @@ async def test_an_allowlisted_package_installs_into_the_sandbox_env_and_is_impor
 
 
 async def test_a_cancelled_session_call_never_leaks_its_reply_into_the_next_call(call):
-    await call.code("x = 1", session_id="c1")
+    c1 = await call.new_session("x = 1")
     call.executor.call_started.clear()
-    slow = asyncio.create_task(call.code("import time\ntime.sleep(3)\n'late reply'", session_id="c1"))
+    slow = asyncio.create_task(call.code("import time\ntime.sleep(3)\n'late reply'", session_id=c1))
     async with asyncio.timeout(5):
         await call.executor.call_started.wait()
     slow.cancel()  # the caller goes away; gRPC cancels the call through the hub to the executor
     with contextlib.suppress(asyncio.CancelledError):
         await slow
-    resp, s = await call.code("'own reply'", session_id="c1")
+    resp, s = await call.code("'own reply'", session_id=c1)  # its interpreter was killed mid-call
+    assert resp.is_error and "no such session" in resp.error.message and "late" not in str(s)
+    resp, s = await call.code("'own reply'", session_id=await call.new_session())
     assert not resp.is_error, resp.error.message
     assert s["result"] == "'own reply'"

@@ -168,8 +168,8 @@ async def test_the_in_process_executor_still_sandboxes_user_code_and_frees_its_p
 
 async def test_closing_the_executor_kills_every_sandbox_and_removes_its_cgroups(xcfg, hub):
     async with running_executor(xcfg, hub) as call:
-        await call.code("x = 1", session_id="open")
+        held = await call.new_session("x = 1")
         assert len(sandboxes_under(os.getpid())) >= 3  # the pool and the session
-        parents = [p.parent for p in call.executor.sessions._sessions["open"].worker.group.dirs]  # type: ignore
+        parents = [p.parent for p in call.executor.sessions._sessions[held].worker.group.dirs]  # type: ignore
     assert not sandboxes_under(os.getpid())
     assert not any(p.exists() for p in parents)

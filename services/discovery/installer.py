@@ -29,6 +29,7 @@ from toolscore.v1 import discovery_pb2 as pb
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
 from services.common.runtime import die_with_parent, run_command
+from services.discovery import identifiers
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], object]
@@ -106,6 +107,7 @@ class Installer:
         self, tool_id: str, pkg: pb.ServerPackage, version: str, progress: Progress
     ) -> Installed:
         """Install `pkg` at `version` into a fresh directory; removes it again on any failure."""
+        identifiers.check(pkg.registry_type, pkg.identifier, version)  # the last gate before pip/npm
         target = self.dir_for(tool_id)
         if target.exists():
             shutil.rmtree(target)
@@ -152,6 +154,7 @@ class Installer:
             "--only-binary=:all:",
             "--report",
             str(report),
+            "--",  # what follows is a requirement, never an option
             f"{pkg.identifier}=={version}",
         ]
         if self.cfg.pip_index_url:
@@ -184,6 +187,7 @@ class Installer:
             "--no-update-notifier",
             "--fetch-retries=1",
             "--loglevel=error",
+            "--",  # what follows is a package spec, never an option
             f"{pkg.identifier}@{version}",
         ]
         if self.cfg.npm_registry:

@@ -21,7 +21,7 @@ from toolscore.v1 import tool_pb2
 from services.common.config import Config
 from services.common.errors import FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
-from services.discovery import gap, mapping, policy, ranking
+from services.discovery import gap, identifiers, mapping, policy, ranking
 from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
@@ -258,6 +258,8 @@ class Discovery:
                     reason="ALREADY_INSTALLED_OTHER_VERSION",
                     metadata={"installed": existing.version},
                 )
+            if pkg is not None:  # before the policy: a glob must never match a URL or an option
+                identifiers.check(pkg.registry_type, pkg.identifier, wanted)
             if not remote_url:
                 denied = policy.denial(self.dcfg, server, version)
                 if denied:
@@ -402,7 +404,7 @@ class Discovery:
     def _adhoc_remote(self, name: str, url: str) -> pb.CatalogServer:
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"remote_url must be an http(s) URL: {url!r}", reason="INVALID_REMOTE_URL")
-        if not catalog_mod.NAME.match(name):
+        if not catalog_mod.NAME.fullmatch(name):
             raise InvalidRequest(f"name {name!r} must look like namespace/name", reason="INVALID_NAME")
         if not (self.dcfg.allow_remotes):
             raise FailedPrecondition(

@@ -37,28 +37,29 @@ class InvalidPackage(FailedPrecondition):
     reason = "INVALID_PACKAGE_IDENTIFIER"
 
 
-def problem(registry_type: str, identifier: str, version: str) -> str:
-    """Why `identifier` at `version` may not be handed to the `registry_type` installer; empty if it may."""
+def problem(registry_type: str, identifier: str, version: str | None = None) -> str:
+    """Why `identifier` (at `version`, when given) may not be handed to the `registry_type` installer;
+    empty if it may."""
     if registry_type == "pypi":
         if not _PYPI_NAME.fullmatch(identifier):
             return f"{identifier!r} is not a PyPI project name (PEP 508: letters, digits, . _ -)"
-        if not _PEP440.fullmatch(version):
-            return f"{version!r} is not an exact, canonical PEP 440 version"
+        if version is not None and not _PEP440.fullmatch(version):
+            return f"version {version!r} is not an exact, canonical PEP 440 version"
         return ""
     if registry_type == "npm":
         if len(identifier) > _NPM_MAX or not _NPM_NAME.fullmatch(identifier):
             return f"{identifier!r} is not an npm package name ([@scope/]name, no URL, path or option)"
-        if not _SEMVER.fullmatch(version):
-            return f"{version!r} is not an exact semver version"
+        if version is not None and not _SEMVER.fullmatch(version):
+            return f"version {version!r} is not an exact semver version"
         return ""
     return f"registry type {registry_type!r} cannot be installed"
 
 
-def check(registry_type: str, identifier: str, version: str) -> None:
+def check(registry_type: str, identifier: str, version: str | None = None) -> None:
     """InvalidPackage when `problem` finds one."""
-    why = problem(registry_type, identifier, version[:64])
+    why = problem(registry_type, identifier, version)
     if why:
         raise InvalidPackage(
             f"refusing to install {registry_type}:{identifier}: {why}",
-            metadata={"registry_type": registry_type, "identifier": identifier[:200], "version": version},
+            metadata={"registry_type": registry_type, "identifier": identifier[:200]},
         )

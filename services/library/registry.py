@@ -154,6 +154,8 @@ class Registry:
         incoming.CopyFrom(tool)
         incoming.ClearField("stats")
         incoming.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+        if not incoming.HasField("enabled"):  # absent means enabled; stored and sent explicitly
+            incoming.enabled = True
         async with self._lock:
             old = self._entries.get(incoming.tool_id)
             now = timestamp_pb2.Timestamp()

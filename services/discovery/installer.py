@@ -4,7 +4,7 @@
                                      (wheels only: nothing runs at install time)
     <install_dir>/<tool_id>/npm/    npm: its own prefix, `--ignore-scripts`
     <install_dir>/<tool_id>/work/   the server's working directory and HOME: the only place it may write
-    <install_dir>/<tool_id>/server.log   its stderr
+    <install_dir>/<tool_id>/server.log   its stderr, as the hub read it (rotated to server.log.1)
 
 Every step is a subprocess awaited with a deadline (the event loop never
 blocks); a failure removes the directory, so nothing is left half-installed.

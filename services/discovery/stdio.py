@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,7 +29,6 @@ from services.discovery import disk
 from services.discovery.sandbox import Jail, Launch
 
 log = logging.getLogger(__name__)
-_STDERR_CHUNK = 64 * 1024
 
 
 class StdioTransport:
@@ -68,7 +68,7 @@ class StdioTransport:
         self.work_check_interval_s = work_check_interval_s
         self._log: disk.RotatingLog | None = None
         self._check_now = asyncio.Event()
-        self._stderr_task: asyncio.Task[None] | None = None
+        self._pump: disk.LogPump | None = None
         self._launch: Launch | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.failure = ""  # why the transport gave up on the server, if it did
@@ -127,14 +127,16 @@ class StdioTransport:
         else:
             launch = Launch([self.command, *self.args], self.env)
         self._launch = launch
+        # stderr through a pipe the hub reads: the server never holds a host file it could grow
+        err_read, err_write = os.pipe()
         try:
-            # stderr through a pipe: the server never holds a host file it could grow without bound
             self._log = disk.RotatingLog(self.log_path, self.log_max_bytes)
+            self._pump = disk.LogPump(err_read, self._log, self.log_max_bytes)
             self.proc = await asyncio.create_subprocess_exec(
                 *launch.argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+                stderr=err_write,
                 cwd=self.cwd,
                 env=launch.env,
                 start_new_session=True,
@@ -143,9 +145,12 @@ class StdioTransport:
                 preexec_fn=launch.preexec,
             )
         except BaseException:
+            if self._pump is None:
+                os.close(err_read)
             self._release()
             raise
         finally:
+            os.close(err_write)
             launch.started()
         if self.pid_path is not None:
             self.pid_path.write_text(str(self.proc.pid))
@@ -157,11 +162,9 @@ class StdioTransport:
         )
         read_send, self._read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](0)
         self._write_send, write_recv = anyio.create_memory_object_stream[SessionMessage](0)
-        self._stderr_task = asyncio.create_task(self._pump_stderr(), name=f"mcp-stderr-{self.proc.pid}")
         self._tasks = [
             asyncio.create_task(self._reader(read_send), name=f"mcp-stdout-{self.proc.pid}"),
             asyncio.create_task(self._writer(write_recv), name=f"mcp-stdin-{self.proc.pid}"),
-            self._stderr_task,
         ]
         if self.work_dir is not None and self.work_max_bytes > 0:
             self._tasks.append(asyncio.create_task(self._guard_work_dir(), name=f"mcp-disk-{self.proc.pid}"))
@@ -185,6 +188,7 @@ class StdioTransport:
                 if not await _wait_exit(proc, self.grace):
                     _signal_group(proc.pid, signal.SIGKILL)
                     await _wait_exit(proc, self.grace)
+            await self._stderr_drained(self.grace)  # what it wrote last, into the log
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # whatever the server left in its group
             for t in self._tasks:
@@ -200,21 +204,14 @@ class StdioTransport:
             log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
 
     def _release(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
         if self._log is not None:
             self._log.close()
             self._log = None
         if self.jail is not None and self._launch is not None:
             self.jail.release(self._launch)
-
-    async def _pump_stderr(self) -> None:
-        """Copy the server's stderr into its rotating log; the pipe is what paces a flood."""
-        assert self.proc and self.proc.stderr and self._log
-        log_file, stderr = self._log, self.proc.stderr
-        while chunk := await stderr.read(_STDERR_CHUNK):
-            try:
-                log_file.write(chunk)
-            except (OSError, ValueError):  # disk full, or closed: keep draining, or the server blocks
-                continue
 
     async def _work_dir_over_cap(self) -> str:
         """Why the work directory is over its cap; empty when it is not (or is not checked)."""
@@ -236,16 +233,19 @@ class StdioTransport:
                 async with asyncio.timeout(self.work_check_interval_s):
                     await self._check_now.wait()
             self._check_now.clear()
+            started = time.monotonic()
             over = await self._work_dir_over_cap()
             if over:
                 self.failure = f"server stopped: {over}"
                 _signal_group(self.proc.pid, signal.SIGKILL)  # stdout ends; the reader reports it
                 return
+            # however often calls ask, measuring takes at most a tenth of the time (a big tree is slow)
+            await asyncio.sleep(min(self.work_check_interval_s, 9 * (time.monotonic() - started)))
 
     async def _stderr_drained(self, seconds: float) -> None:
         """Wait (bounded) until everything the server wrote to stderr is in the log."""
-        if self._stderr_task is not None:
-            await asyncio.wait({self._stderr_task}, timeout=seconds)
+        if self._pump is not None:
+            await self._pump.drain(seconds)
 
     async def _reader(self, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
         assert self.proc and self.proc.stdout

@@ -75,18 +75,34 @@ async def test_a_server_whose_work_dir_passes_its_cap_is_stopped_saying_why_unti
             assert (await s.call("echo", text="back")).content[0].text.text == "back"
 
 
+async def test_a_work_dir_that_grows_between_calls_is_caught_by_the_periodic_check(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    limits = {"work_max_bytes": 4 * MIB, "work_check_interval_s": 0.2}
+    name = publish(pkg_index, root, catalog_dir, "ts-grower-mcp")
+    async with Hub(config_mod.replace(dcfg, discovery=limits)) as hub:
+        tool_id, d = await _install(hub, name)
+        # what a server's background thread would write, with no call to trigger a check
+        (d / "work" / "background.bin").write_bytes(b"z" * (8 * MIB))
+        why = await hub.discovery.runners[tool_id].why_down(10.0)
+        assert why is not None and "discovery.work_max_bytes" in why, why
+
+
 async def test_a_server_flooding_stderr_leaves_at_most_two_logs_of_log_max_bytes(
     dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:
-    cfg = config_mod.replace(dcfg, discovery={"log_max_bytes": MIB})
+    cap = 256 << 10
+    # while the hub paces its stderr the single-threaded server cannot answer pings either
+    cfg = config_mod.replace(dcfg, discovery={"log_max_bytes": cap, "health_timeout_s": 20.0})
     name = publish(pkg_index, root, catalog_dir, "ts-shouter-mcp")
     async with Hub(cfg) as hub:
         tool_id, d = await _install(hub, name)
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             s = Calls(ch, tool_id)
-            shouted = await s.attempt("shout", "100")  # 100 MiB of stderr
+            # 1 MiB of stderr: the hub takes 256 KiB a second of it, the server waits for the rest
+            shouted = await s.attempt("shout", "1024")
             assert not shouted.is_error, shouted
             assert (await s.call("echo", text="still here")).content[0].text.text == "still here"
         log, previous = d / "server.log", d / "server.log.1"
-        assert log.stat().st_size <= MIB and previous.stat().st_size <= MIB
+        assert log.stat().st_size <= cap and previous.stat().st_size <= cap
     assert "last words" in (previous.read_text() + log.read_text())[-4096:]  # the newest lines kept

@@ -113,6 +113,8 @@ class Registry:
         tools, stats, self.revision = await self._store.load()
         for tool_id, raw in tools.items():
             tool = tool_pb2.Tool.FromString(raw)
+            if not tool.HasField("enabled"):  # stored before `enabled` had presence: absent was false
+                tool.enabled = False
             try:
                 entry = make_entry(tool)
             except Exception:  # a definition that no longer validates stays out of the router

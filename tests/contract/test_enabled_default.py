@@ -5,11 +5,15 @@ from __future__ import annotations
 import grpc
 import pytest
 from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
+from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
+from services.library.store import SqliteStore
 from tests.conftest import HubStubs
 from tests.edge.conftest import ECHO_ACTIONS, EdgeHandle
 from tests.helpers import reason_of
@@ -66,3 +70,23 @@ async def test_a_tool_registered_with_enabled_false_still_refuses_calls(
         "/api/v1/tools/execute", {"tool_id": "echo2", "action": "echo", "parameters": {"text": "hi"}}
     )
     assert status == 409 and body["code"] == "FAILED_PRECONDITION" and "disabled" in body["error"], body
+
+
+async def test_a_tool_stored_disabled_before_enabled_had_presence_stays_disabled_and_says_so(
+    cfg: Config, echo_server: str
+) -> None:
+    # An older hub stored `enabled: false` as nothing at all (a proto3 default is not serialized).
+    legacy = bare_tool("echo3", echo_server)
+    store = await SqliteStore(cfg.path(cfg.store.sqlite_path)).open()
+    event = tool_pb2.ToolEvent(revision=1, type=tool_pb2.TOOL_EVENT_TYPE_INSTALLED, tool=legacy)
+    await store.commit("echo3", legacy.SerializeToString(), event.type, event.SerializeToString())
+    await store.close()
+
+    async with Hub(cfg) as hub, grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+        got = await lib_grpc.ToolLibraryServiceStub(ch).GetTool(
+            lib.GetToolRequest(tool_id="echo3"), timeout=5
+        )
+        assert got.tool.HasField("enabled") and not got.tool.enabled
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(echo_call("echo3"), timeout=5)
+        assert reason_of(err.value) == "TOOL_DISABLED"

@@ -285,6 +285,12 @@ class DiscoveryConfig:
     memory_limit_bytes: int = 1024 * 1024 * 1024
     pids_limit: int = 256
     tmp_bytes: int = 64 * 1024 * 1024
+    # Disk: RLIMIT_FSIZE on every file a server writes; its work/ directory's total use, checked.
+    file_max_bytes: int = 256 * 1024 * 1024
+    work_max_bytes: int = 1024 * 1024 * 1024
+    work_check_interval_s: float = 2.0
+    # Its stderr log: rotated at this size, one previous file (server.log.1) kept.
+    log_max_bytes: int = 4 * 1024 * 1024
     # Server-name globs whose servers keep the host's network (all others get none).
     network_allowed: tuple[str, ...] = ()
     # Extra bind mounts, `<server-name glob>:<absolute host path>[:ro|:rw]` (read-only by default).

@@ -28,7 +28,8 @@ _EXACT_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$")
 
 def is_exact_version(version: str) -> bool:
     """True for a pinned version (`2026.10.19`, `1.2.3-rc1`), false for ranges and tags like `latest`."""
-    return bool(_EXACT_VERSION.match(version)) and version != "latest" and any(c.isdigit() for c in version)
+    exact = bool(_EXACT_VERSION.fullmatch(version))
+    return exact and version != "latest" and any(c.isdigit() for c in version)
 
 
 def parse_server(doc: Mapping[str, Any], source: str) -> pb.CatalogServer:
@@ -36,7 +37,7 @@ def parse_server(doc: Mapping[str, Any], source: str) -> pb.CatalogServer:
     if not isinstance(doc, Mapping):
         raise InvalidRequest("server.json must be an object", reason="INVALID_CATALOG_ENTRY")
     name = str(doc.get("name", ""))
-    if not NAME.match(name):
+    if not NAME.fullmatch(name):
         raise InvalidRequest(
             f"server name {name!r} must look like namespace/name", reason="INVALID_CATALOG_ENTRY"
         )

@@ -50,8 +50,12 @@ class Fleet:
         self.sandboxes = sandboxes
         self.runners: dict[str, ServerRunner] = {}
 
-    def runner(self, record: ServerRecord) -> ServerRunner:
-        """A (not yet started) runner for `record`, now owned by the fleet."""
+    async def runner(self, record: ServerRecord) -> ServerRunner:
+        """A (not yet started) runner for `record`, now owned by the fleet. One runner per tool id:
+        a runner it replaces is stopped first (its whole process group), so no process outlives it."""
+        old = self.runners.pop(record.tool_id, None)
+        if old is not None:
+            await old.stop()
         if record.url:
             spec = LaunchSpec(url=record.url)
         else:
@@ -107,7 +111,7 @@ class Fleet:
                     log.warning("removing %s: no installed server owns it", d)
                     kill_stale_group(d / "server.pid", str(d / "work"))
                     shutil.rmtree(d, ignore_errors=True)
-        runners = [self.runner(r) for r in records]
+        runners = [await self.runner(r) for r in records]
         if self.sandboxes.refusal:  # stdio servers stay stopped, saying why; remotes still start
             for runner in runners:
                 if runner.spec.jail is not None:

@@ -4,7 +4,7 @@
                                      (wheels only: nothing runs at install time)
     <install_dir>/<tool_id>/npm/    npm: its own prefix, `--ignore-scripts`
     <install_dir>/<tool_id>/work/   the server's working directory and HOME: the only place it may write
-    <install_dir>/<tool_id>/server.log   its stderr
+    <install_dir>/<tool_id>/server.log   its stderr, as the hub read it (rotated to server.log.1)
 
 Every step is a subprocess awaited with a deadline (the event loop never
 blocks); a failure removes the directory, so nothing is left half-installed.
@@ -29,6 +29,7 @@ from toolscore.v1 import discovery_pb2 as pb
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
 from services.common.runtime import die_with_parent, run_command
+from services.discovery import identifiers
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], object]
@@ -106,6 +107,7 @@ class Installer:
         self, tool_id: str, pkg: pb.ServerPackage, version: str, progress: Progress
     ) -> Installed:
         """Install `pkg` at `version` into a fresh directory; removes it again on any failure."""
+        identifiers.check(pkg.registry_type, pkg.identifier, version)  # the last gate before pip/npm
         target = self.dir_for(tool_id)
         if target.exists():
             shutil.rmtree(target)
@@ -152,6 +154,7 @@ class Installer:
             "--only-binary=:all:",
             "--report",
             str(report),
+            "--",  # what follows is a requirement, never an option
             f"{pkg.identifier}=={version}",
         ]
         if self.cfg.pip_index_url:
@@ -184,6 +187,7 @@ class Installer:
             "--no-update-notifier",
             "--fetch-retries=1",
             "--loglevel=error",
+            "--",  # what follows is a package spec, never an option
             f"{pkg.identifier}@{version}",
         ]
         if self.cfg.npm_registry:

@@ -7,6 +7,7 @@ import fnmatch
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
+from services.discovery import identifiers
 from services.discovery.catalog import CURATED, is_exact_version
 
 
@@ -39,6 +40,9 @@ def denial(cfg: DiscoveryConfig, server: pb.CatalogServer, version: str = "") ->
     wanted = version or pkg.version
     if not is_exact_version(wanted):
         return f"version {wanted!r} is not an exact, pinned version"
+    malformed = identifiers.problem(pkg.registry_type, pkg.identifier, wanted)
+    if malformed:  # even for curated entries and allow_any: installers must never see it
+        return malformed
     if cfg.allow_any or server.source == CURATED:
         return ""
     return _pattern_denial(cfg, f"{pkg.registry_type}:{pkg.identifier}")

@@ -119,9 +119,13 @@ class ServerRunner:
                 reason="MCP_SERVER_DOWN",
                 metadata={"server": self.name},
             )
-        return await client.call_tool(
-            name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress
-        )
+        try:
+            return await client.call_tool(
+                name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress
+            )
+        finally:
+            if self.transport is not None:  # what the call wrote is measured now, not at the next tick
+                self.transport.check_work_dir_soon()
 
     async def why_down(self, within_s: float) -> str | None:
         """Why a stdio server's connection went down, once the runner has seen it end (None if it
@@ -217,6 +221,10 @@ class ServerRunner:
             on_close=self._kick.set,
             pid_path=spec.pid_path,
             jail=spec.jail,
+            log_max_bytes=self.cfg.log_max_bytes,
+            work_dir=spec.jail.work_dir if spec.jail is not None else None,
+            work_max_bytes=self.cfg.work_max_bytes,
+            work_check_interval_s=self.cfg.work_check_interval_s,
         )
         return self.transport
 

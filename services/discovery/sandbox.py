@@ -13,7 +13,8 @@ What a server sees at level `full` (the default, and the only one allowed unless
   a private tmpfs /tmp; nothing of the repo, the rest of data/, other servers or
   the host's home;
 - uid/gid 65534 with no capabilities, the executor's seccomp filter, a pids +
-  memory cgroup, and death with the hub;
+  memory cgroup, RLIMIT_FSIZE on every file and a checked cap on `work/` (`disk.py`), and
+  death with the hub;
 - an environment of PATH, HOME, TMPDIR and LANG plus what its catalog entry sets.
 
 `namespaces` lacks the cgroup or the seccomp filter (whichever the machine
@@ -28,6 +29,7 @@ import contextlib
 import fnmatch
 import logging
 import os
+import resource
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,11 +95,14 @@ class Launch:
     pass_fds: tuple[int, ...] = ()
     group: cgroups.Group | None = None
     sandboxed: bool = False  # argv starts bwrap: the server runs below it, in its own pid namespace
+    file_max_bytes: int = 0  # RLIMIT_FSIZE of everything it starts (0: unlimited)
 
     def preexec(self) -> None:
-        """In the child before exec: die with the hub, and enter the cgroup (so bwrap and all it
-        starts are counted from the first instruction)."""
+        """In the child before exec: die with the hub, cap the size of every file it writes, and
+        enter the cgroup (so bwrap and all it starts are counted from the first instruction)."""
         die_with_parent()
+        if self.file_max_bytes > 0:  # soft = hard: the unprivileged server cannot raise it
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_max_bytes, self.file_max_bytes))
         for d in self.group.dirs if self.group else ():
             fd = os.open(d / "cgroup.procs", os.O_WRONLY)
             try:
@@ -131,13 +136,16 @@ class Jail:
     def launch(self, command: str, args: list[str], env: Mapping[str, str]) -> Launch:
         """The argv, environment and descriptors for one start of `command args`."""
         sb = self.sandboxes
+        fsize = sb.cfg.file_max_bytes
         if sb.caps.bwrap is None:
-            return Launch([command, *args], self._env(env))
+            return Launch([command, *args], self._env(env), file_max_bytes=fsize)
         exe, runtime = _runtime(command, self.install_dir)
         self._own_work_dir()
         # bwrap itself runs outside the sandbox (as root here): it gets PATH and nothing else; the
         # server's environment is set inside with --clearenv/--setenv.
-        launch = Launch(self._bwrap_argv(sb.caps.bwrap, runtime), {"PATH": PATH}, sandboxed=True)
+        launch = Launch(
+            self._bwrap_argv(sb.caps.bwrap, runtime), {"PATH": PATH}, sandboxed=True, file_max_bytes=fsize
+        )
         launch.argv.append("--clearenv")
         for key, value in self._env(env).items():
             launch.argv += ["--setenv", key, value]

@@ -19,9 +19,9 @@ from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config
-from services.common.errors import FailedPrecondition, InvalidRequest, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
-from services.discovery import gap, mapping, policy, ranking
+from services.discovery import gap, identifiers, mapping, policy, ranking
 from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
@@ -86,7 +86,7 @@ class Discovery:
             self._stack.callback(self.router.transports.pop, "mcp", None)
             self._stack.push_async_callback(self.fleet.stop_all)
             self._stack.callback(self._close_watchers)
-            self.records = self.state.load()
+            self.records = _one_record_per_tool_id(self.state.load())
             self._adopt_curated_env()
             await self.fleet.restore(self.records.values())
         except BaseException:
@@ -240,13 +240,15 @@ class Discovery:
         """Install (or federate) and start a server; on any failure nothing is left behind."""
         if not name:
             raise InvalidRequest("name is required", reason="MISSING_NAME")
-        async with self._lock(name):
+        tool_id = catalog_mod.tool_id_for(name)
+        async with self._lock(tool_id):  # by tool id: two names with one id never install side by side
             steps: list[pb.InstallProgress] = []
             if remote_url:
                 server = self._adhoc_remote(name, remote_url)
             else:
                 server = await self.find(name)
             existing = self.records.get(server.name)
+            self._refuse_id_collision(server.name, tool_id)
             pkg = policy.choose_package(self.dcfg, server)
             wanted = version or (pkg.version if pkg else server.version)
             if existing is not None:
@@ -258,6 +260,8 @@ class Discovery:
                     reason="ALREADY_INSTALLED_OTHER_VERSION",
                     metadata={"installed": existing.version},
                 )
+            if pkg is not None:  # before the policy: a glob must never match a URL or an option
+                identifiers.check(pkg.registry_type, pkg.identifier)
             if not remote_url:
                 denied = policy.denial(self.dcfg, server, version)
                 if denied:
@@ -268,7 +272,6 @@ class Discovery:
                     )
             if pkg is not None and self.sandboxes is not None:
                 self.sandboxes.check(server.name)  # before fetching anything
-            tool_id = catalog_mod.tool_id_for(server.name)
             owner = self.registry.entry(tool_id)
             if owner is not None and owner.tool.owner != mapping.OWNER:
                 raise FailedPrecondition(
@@ -305,6 +308,18 @@ class Discovery:
             progress(1.0, f"running with {len(done.tools)} tools", done)
             done.status_message = live.status_message
             return pb.InstallServerResponse(server=done, progress=steps)
+
+    def _refuse_id_collision(self, name: str, tool_id: str) -> None:
+        """AlreadyExists when another installed server has the tool id `name` maps to (`a.b/c` and
+        `a/b.c` both map to `a.b.c`): the id names its directory, its tool and its runner."""
+        other = next((r for r in self.records.values() if r.tool_id == tool_id and r.name != name), None)
+        if other is not None:
+            raise AlreadyExists(
+                f"{name} would get tool id {tool_id}, which installed server {other.name} already has; "
+                f"uninstall {other.name} first",
+                reason="TOOL_ID_COLLISION",
+                metadata={"tool_id": tool_id, "server": other.name},
+            )
 
     def subscribe_installs(self) -> asyncio.Queue[pb.WatchInstallsResponse | None]:
         """A queue that receives every install step from now on; pass it to `installs` and `unsubscribe`."""
@@ -387,7 +402,7 @@ class Discovery:
             raise FailedPrecondition(f"{server.name} has nothing to install", reason="INSTALL_NOT_ALLOWED")
         progress(0.7, "starting the server")
         live.state = pb.SERVER_STATE_STARTING
-        runner = self.fleet.runner(record)
+        runner = await self.fleet.runner(record)
         try:
             await runner.start(strict=True)
             self.records[record.name] = record
@@ -402,7 +417,7 @@ class Discovery:
     def _adhoc_remote(self, name: str, url: str) -> pb.CatalogServer:
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"remote_url must be an http(s) URL: {url!r}", reason="INVALID_REMOTE_URL")
-        if not catalog_mod.NAME.match(name):
+        if not catalog_mod.NAME.fullmatch(name):
             raise InvalidRequest(f"name {name!r} must look like namespace/name", reason="INVALID_NAME")
         if not (self.dcfg.allow_remotes):
             raise FailedPrecondition(
@@ -419,7 +434,7 @@ class Discovery:
             raise NotFound(
                 f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
             )
-        async with self._lock(record.name):
+        async with self._lock(record.tool_id):
             described = self._describe(record)
             removed = await self.fleet.discard(record.tool_id)
             self.records.pop(record.name, None)
@@ -471,3 +486,17 @@ def _package_env(pkg: pb.ServerPackage) -> dict[str, str]:
                 metadata={"variable": v.name},
             )
     return env
+
+
+def _one_record_per_tool_id(records: dict[str, ServerRecord]) -> dict[str, ServerRecord]:
+    """Records by name with at most one per tool id. Older versions let two names that map to one id
+    both be installed, the later one over the earlier's directory: the later one is kept (the
+    directory holds its files), the earlier dropped, so no runner is ever started twice for an id."""
+    latest: dict[str, ServerRecord] = {}
+    for r in sorted(records.values(), key=lambda r: r.installed_at):
+        if r.tool_id in latest:
+            log.error(
+                "dropping the record of %s: %s took its tool id %s", latest[r.tool_id].name, r.name, r.tool_id
+            )
+        latest[r.tool_id] = r
+    return {r.name: r for r in latest.values()}

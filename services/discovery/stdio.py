@@ -1,11 +1,12 @@
 """The stdio transport the MCP SDK client runs over, with the guarantees the hub needs.
 
 The SDK's `stdio_client` hides the process; here the supervisor gets its pid,
-an `on_close` signal when stdout ends, stderr appended to a log file, a cap on
-line length, and a limit on lines that are not JSON-RPC (a server flooding
-stdout with garbage is cut off). The server runs in its sandbox (a `Jail`
-builds each start) and its own process group; the whole group is killed and
-reaped on exit, even when the exit is a cancellation, and its cgroup emptied.
+an `on_close` signal when stdout ends, stderr read through a pipe into a log the
+hub rotates at a cap, a cap on line length, a limit on lines that are not
+JSON-RPC (a server flooding stdout with garbage is cut off), and a check of its
+work directory against its cap (`disk.py`). The server runs in its sandbox (a
+`Jail` builds each start) and its own process group; the whole group is killed
+and reaped on exit, even when the exit is a cancellation, and its cgroup emptied.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
+from services.discovery import disk
 from services.discovery.sandbox import Jail, Launch
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,10 @@ class StdioTransport:
         on_close: Callable[[], None] | None = None,
         pid_path: Path | None = None,
         jail: Jail | None = None,
+        log_max_bytes: int = 4 << 20,
+        work_dir: Path | None = None,
+        work_max_bytes: int = 0,
+        work_check_interval_s: float = 2.0,
     ) -> None:
         self.command, self.args, self.env, self.cwd = command, args, env, cwd
         self.log_path = log_path
@@ -56,6 +63,12 @@ class StdioTransport:
         self.on_close = on_close
         self.pid_path = pid_path  # remembers the process group, so a hub killed hard can clean up next time
         self.jail = jail  # the sandbox it runs in; None runs the command as it is (own session only)
+        self.log_max_bytes = log_max_bytes
+        self.work_dir, self.work_max_bytes = work_dir, work_max_bytes  # 0: work_dir is not checked
+        self.work_check_interval_s = work_check_interval_s
+        self._log: disk.RotatingLog | None = None
+        self._check_now = asyncio.Event()
+        self._pump: disk.LogPump | None = None
         self._launch: Launch | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.failure = ""  # why the transport gave up on the server, if it did
@@ -94,41 +107,50 @@ class StdioTransport:
 
     def stderr_tail(self, max_bytes: int = 600) -> str:
         """The end of the server's stderr log, on one line."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, f.seek(0, os.SEEK_END) - max_bytes))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        text = disk.log_tail(self.log_path, max_bytes).decode(errors="replace")
         return " | ".join(ln.strip() for ln in text.splitlines()[-3:] if ln.strip())
+
+    def check_work_dir_soon(self) -> None:
+        """Measure the work directory now rather than at the next interval (e.g. after a call)."""
+        self._check_now.set()
 
     async def __aenter__(self) -> tuple[MemoryObjectReceiveStream, MemoryObjectSendStream]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.pid_path is not None:
             kill_stale_group(self.pid_path, self.cwd)
+        over = await self._work_dir_over_cap()
+        if over:  # not started again until space is freed; the runner retries with backoff
+            self.failure = over
+            raise OSError(over)
         if self.jail is not None:
             launch = self.jail.launch(self.command, self.args, self.env)
         else:
             launch = Launch([self.command, *self.args], self.env)
         self._launch = launch
+        # stderr through a pipe the hub reads: the server never holds a host file it could grow
+        err_read, err_write = os.pipe()
         try:
-            with open(self.log_path, "ab") as errlog:  # noqa: ASYNC230 (a local append: no waiting)  # the child keeps its own descriptor
-                self.proc = await asyncio.create_subprocess_exec(
-                    *launch.argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=errlog,
-                    cwd=self.cwd,
-                    env=launch.env,
-                    start_new_session=True,
-                    limit=self.max_line_bytes,
-                    pass_fds=launch.pass_fds,
-                    preexec_fn=launch.preexec,
-                )
+            self._log = disk.RotatingLog(self.log_path, self.log_max_bytes)
+            self._pump = disk.LogPump(err_read, self._log, self.log_max_bytes)
+            self.proc = await asyncio.create_subprocess_exec(
+                *launch.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err_write,
+                cwd=self.cwd,
+                env=launch.env,
+                start_new_session=True,
+                limit=self.max_line_bytes,
+                pass_fds=launch.pass_fds,
+                preexec_fn=launch.preexec,
+            )
         except BaseException:
+            if self._pump is None:
+                os.close(err_read)
             self._release()
             raise
         finally:
+            os.close(err_write)
             launch.started()
         if self.pid_path is not None:
             self.pid_path.write_text(str(self.proc.pid))
@@ -144,6 +166,8 @@ class StdioTransport:
             asyncio.create_task(self._reader(read_send), name=f"mcp-stdout-{self.proc.pid}"),
             asyncio.create_task(self._writer(write_recv), name=f"mcp-stdin-{self.proc.pid}"),
         ]
+        if self.work_dir is not None and self.work_max_bytes > 0:
+            self._tasks.append(asyncio.create_task(self._guard_work_dir(), name=f"mcp-disk-{self.proc.pid}"))
         return self._read_recv, self._write_send
 
     async def __aexit__(self, *exc: object) -> None:
@@ -164,6 +188,7 @@ class StdioTransport:
                 if not await _wait_exit(proc, self.grace):
                     _signal_group(proc.pid, signal.SIGKILL)
                     await _wait_exit(proc, self.grace)
+            await self._stderr_drained(self.grace)  # what it wrote last, into the log
         finally:
             _signal_group(proc.pid, signal.SIGKILL)  # whatever the server left in its group
             for t in self._tasks:
@@ -179,8 +204,48 @@ class StdioTransport:
             log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
 
     def _release(self) -> None:
+        if self._pump is not None:
+            self._pump.close()
+            self._pump = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
         if self.jail is not None and self._launch is not None:
             self.jail.release(self._launch)
+
+    async def _work_dir_over_cap(self) -> str:
+        """Why the work directory is over its cap; empty when it is not (or is not checked)."""
+        if self.work_dir is None or self.work_max_bytes <= 0:
+            return ""
+        used = await asyncio.to_thread(disk.usage, self.work_dir, self.work_max_bytes)
+        if used <= self.work_max_bytes:
+            return ""
+        return (
+            f"its work directory {self.work_dir} uses more than {self.work_max_bytes} bytes "
+            "(discovery.work_max_bytes); it stays stopped until space is freed there or the limit is raised"
+        )
+
+    async def _guard_work_dir(self) -> None:
+        """Every work_check_interval_s, and soon after each call: stop the server over its cap."""
+        assert self.proc is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.work_check_interval_s):
+                    await self._check_now.wait()
+            self._check_now.clear()
+            started = time.monotonic()
+            over = await self._work_dir_over_cap()
+            if over:
+                self.failure = f"server stopped: {over}"
+                _signal_group(self.proc.pid, signal.SIGKILL)  # stdout ends; the reader reports it
+                return
+            # however often calls ask, measuring takes at most a tenth of the time (a big tree is slow)
+            await asyncio.sleep(min(self.work_check_interval_s, 9 * (time.monotonic() - started)))
+
+    async def _stderr_drained(self, seconds: float) -> None:
+        """Wait (bounded) until everything the server wrote to stderr is in the log."""
+        if self._pump is not None:
+            await self._pump.drain(seconds)
 
     async def _reader(self, send: MemoryObjectSendStream[SessionMessage | Exception]) -> None:
         assert self.proc and self.proc.stdout
@@ -193,6 +258,7 @@ class StdioTransport:
                     self.failure = f"server wrote a line longer than {self.max_line_bytes} bytes to stdout"
                     return
                 if not line:
+                    await self._stderr_drained(self.grace)  # its last words, for describe_end
                     return
                 if not line.strip():
                     continue

@@ -113,6 +113,8 @@ class Registry:
         tools, stats, self.revision = await self._store.load()
         for tool_id, raw in tools.items():
             tool = tool_pb2.Tool.FromString(raw)
+            if not tool.HasField("enabled"):  # stored before `enabled` had presence: absent was false
+                tool.enabled = False
             try:
                 entry = make_entry(tool)
             except Exception:  # a definition that no longer validates stays out of the router
@@ -154,6 +156,8 @@ class Registry:
         incoming.CopyFrom(tool)
         incoming.ClearField("stats")
         incoming.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+        if not incoming.HasField("enabled"):  # absent means enabled; stored and sent explicitly
+            incoming.enabled = True
         async with self._lock:
             old = self._entries.get(incoming.tool_id)
             now = timestamp_pb2.Timestamp()

@@ -3,7 +3,7 @@
 Tool servers in other languages are generated from these protos, so a change
 that renumbers, retypes or removes a field, an enum value or an rpc breaks them
 silently. The lock (`proto/toolscore/v1/contract.lock.json`) records every
-message field (number, name, type, label, oneof), enum value and rpc of the
+message field (number, name, type, label or explicit presence, oneof), enum value and rpc of the
 package. The test compares the protos with it: additions only ask for the lock
 to be refreshed (`make proto-lock`); anything else is reported as breaking and
 needs `make proto-lock ALLOW_BREAKING=1`, a change the lock's diff makes
@@ -59,6 +59,8 @@ def _message(out: dict[str, dict[str, Any]], name: str, m: descriptor_pb2.Descri
     for fd in m.field:
         real_oneof = fd.HasField("oneof_index") and not fd.proto3_optional
         label = "map" if _is_map(m, fd) else _LABELS[fd.label]
+        if fd.proto3_optional:  # explicit presence: absence means something, so the lock records it
+            label = "optional"
         type_ = fd.type_name.lstrip(".") if fd.type_name else _TYPES[fd.type]
         oneof = f" (oneof {m.oneof_decl[fd.oneof_index].name})" if real_oneof else ""
         fields[str(fd.number)] = f"{label} {type_} {fd.name}{oneof}"  # "repeated toolscore.v1.Tool tools"
@@ -93,9 +95,15 @@ def breaking(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
                 what = {"messages": "field", "enums": "value", "services": "rpc"}[kind]
                 if now is None:
                     problems.append(f"{what} {name} #{key} ({was}) was removed")
-                elif now != was:
+                elif now != was and not _gains_presence(was, now):
                     problems.append(f"{what} {name} #{key} changed: {was!r} -> {now!r}")
     return problems
+
+
+def _gains_presence(was: str, now: str) -> bool:
+    """`singular T f` -> `optional T f`: the same bytes on the wire, and old readers see the same
+    values (the reverse is breaking: an absent field would silently read as its zero value)."""
+    return was.startswith("singular ") and now == "optional " + was.removeprefix("singular ")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,7 @@ def changed(kind: str, name: str, key: str | None, value: object) -> dict:
         (changed("messages", "p.M", "1", "singular string b"), "changed"),  # renamed: JSON and code break
         (changed("messages", "p.M", "1", "repeated string a"), "changed"),
         (changed("messages", "p.M", "3", "singular string x"), "changed"),  # out of its oneof
+        (changed("messages", "p.N", "1", "optional int64 n"), None),  # gains presence: same wire
         (changed("messages", "p.N", None, None), "message p.N was removed"),
         (changed("enums", "p.E", "1", None), "value p.E #1 (E_ONE) was removed"),
         (changed("enums", "p.E", "1", "E_UNO"), "changed"),
@@ -62,7 +63,17 @@ def changed(kind: str, name: str, key: str | None, value: object) -> dict:
 )
 def test_each_kind_of_breaking_change_is_named(new, says):
     problems = breaking(BASE, new)
-    assert len(problems) == 1 and says in problems[0], problems
+    if says is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and says in problems[0], problems
+
+
+def test_a_field_that_loses_its_presence_is_breaking():
+    # `optional bool enabled` -> `bool enabled`: an absent value would read as false (disabled)
+    with_presence = changed("messages", "p.N", "1", "optional int64 n")
+    problems = breaking(with_presence, BASE)
+    assert len(problems) == 1 and "p.N #1 changed" in problems[0], problems
 
 
 def test_additions_break_nothing():

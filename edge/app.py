@@ -172,7 +172,7 @@ class _GatewayDiscoveryClient(DiscoveryClient):
 
 def _task_routes(app: web.Application, cfg: Config, llm: tuple[str, str] | None) -> None:
     if llm is not None and (llm[0] or llm[1]):
-        tasks_routes.add_routes(app, service_from_config(cfg, *llm))
+        tasks_routes.add_routes(app, service_from_config(cfg, *llm), app[AUTH])
         return
 
     async def no_llm(request: web.Request) -> web.Response:

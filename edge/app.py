@@ -56,6 +56,7 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         usage_flush_s=cfg.edge.usage_flush_s,
         event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
+        service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
 
 

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +29,7 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
+from services.common.credentials import CredentialFile
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
@@ -59,6 +61,8 @@ class GatewayOptions:
     usage_flush_s: float = 1.0
     event_buffer: int = 10000
     admin_token: str = field(default="", repr=False)
+    # The hub's service credential file (auth.service_credential_path): usage reports prove with it.
+    service_credential_path: str = ""
 
 
 class HubGateway:
@@ -68,6 +72,9 @@ class HubGateway:
         self.opts = opts
         self._admin_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {opts.admin_token}"),) if opts.admin_token else ()
+        )
+        self._credential = (
+            CredentialFile(Path(opts.service_credential_path)) if opts.service_credential_path else None
         )
         self.entries: dict[str, Entry] = {}
         self.revision = 0
@@ -366,7 +373,9 @@ class HubGateway:
             ]
         )
         try:
-            await self.library.ReportUsage(req, timeout=timeout_s)
+            # Only the mesh may report usage: the credential (re-read after a hub restart) or the token.
+            proof = (*self._admin_metadata, *(self._credential.metadata() if self._credential else ()))
+            await self.library.ReportUsage(req, metadata=proof, timeout=timeout_s)
         except BaseException:
             for k, u in batch.items():  # keep the figures for the next report: nothing is lost
                 mine = self._usage.setdefault(k, _Usage())

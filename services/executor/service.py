@@ -351,6 +351,13 @@ class Executor(ToolServer):
         try:
             log.info("installing %s into %s", spec, self.env.path)
             output = await self.env.install(spec)
+        except envs.InstallRefused as exc:  # another version of an installed distribution
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
         except (envs.InstallFailed, OSError) as exc:
             return text_result(
                 f"installing {spec} failed: {exc}",

@@ -19,7 +19,7 @@ from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
 from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
 from edge import mcp as edge_mcp
-from edge.auth import AdminAuth
+from edge.auth import AdminAuth, authority_middleware
 from edge.gateway import GatewayOptions, HubGateway
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
@@ -132,13 +132,16 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     `llm` is (base_url, api_key) of the runtime's OpenAI-compatible endpoint, read
     by `__main__`; without it the task routes answer 503 with a clear reason.
     """
-    app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
+    auth = AdminAuth(cfg.auth.admin_token)
+    app = web.Application(
+        middlewares=[_edge_middleware, authority_middleware(auth)], client_max_size=cfg.edge.max_frame_bytes
+    )
     gateway = HubGateway(gateway_options(cfg))
     metrics = EdgeMetrics()
     app[CONFIG] = cfg
     app[GATEWAY] = gateway
     app[METRICS] = metrics
-    app[AUTH] = AdminAuth(cfg.auth.admin_token)
+    app[AUTH] = auth
     app[ORIGIN] = OriginGuard.from_config(cfg.edge)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()

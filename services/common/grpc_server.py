@@ -121,6 +121,21 @@ class CallerProof:
         return self.admin(context)
 
 
+def admin_check(
+    admin_token: str, credential: credentials.CredentialFile
+) -> Callable[[grpc.aio.ServicerContext], bool] | None:
+    """For a tool server's admin-only actions: None (open to all) on a mesh without a token; else a
+    check passing the admin token or the hub's current service credential, which the hub and the
+    edge send only after checking their own caller's rights."""
+    if not admin_token:
+        return None
+
+    def check(context: grpc.aio.ServicerContext) -> bool:
+        return CallerProof(admin_token, credential.current()).service(context)
+
+    return check
+
+
 def _values(context: grpc.aio.ServicerContext, key: str) -> list[bytes]:
     return [
         v.encode() if isinstance(v, str) else v for k, v in context.invocation_metadata() or () if k == key

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import grpc
 from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 
 from services.common import credentials
@@ -25,6 +26,13 @@ from services.router.router import Router
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
+
+
+def _admin_rights(proof: CallerProof) -> Callable[[grpc.aio.ServicerContext], bool]:
+    """Whether an ExecuteTool caller has admin rights: everyone without a token, else its holders."""
+    if not proof.token_set:
+        return lambda context: True
+    return proof.admin
 
 
 class Hub:
@@ -65,6 +73,7 @@ class Hub:
                 default_timeout_s=cfg.hub.default_timeout_s,
                 max_timeout_s=cfg.hub.max_timeout_s,
                 max_argument_bytes=cfg.hub.max_argument_bytes,
+                service_proof=lambda: ((credentials.METADATA_KEY, self.service_credential),),
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -86,7 +95,11 @@ class Hub:
                         library.ToolLibraryServicer(self.registry, proof.service),
                         tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
                     ),
-                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router, extra), add_to_server),  # type: ignore[arg-type]
+                    ServiceBinding(
+                        TOOLSCORE_SERVICE,
+                        ToolScoreServicer(self.router, extra, is_admin=_admin_rights(proof)),
+                        add_to_server,  # type: ignore[arg-type]
+                    ),
                 ],
                 self._listen,
                 admin_token=cfg.auth.admin_token,

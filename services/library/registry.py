@@ -39,6 +39,7 @@ class Entry:
     tool: tool_pb2.Tool  # the definition, without health and stats
     endpoint: endpoints.Endpoint
     validators: dict[str, ArgumentValidator]
+    admin_actions: frozenset[str] = frozenset()  # capabilities declared `requires_admin`
     health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
     calls: int = 0
     successes: int = 0
@@ -93,7 +94,10 @@ def make_entry(tool: tool_pb2.Tool) -> Entry:
         cap.name: ArgumentValidator(struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {})
         for cap in tool.capabilities
     }
-    return Entry(tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators)
+    admin = frozenset(cap.name for cap in tool.capabilities if cap.requires_admin)
+    return Entry(
+        tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators, admin_actions=admin
+    )
 
 
 class Registry:

@@ -1,6 +1,7 @@
 """Ownership is proven, not declared: on a mesh without an admin token, a local program that knows the
 executor's (public) owner name can neither re-register its tool at a rogue endpoint, nor remove it, nor
-keep the tool id by registering it first. The real hub, the real executor process, a rogue tool server."""
+keep the tool id by registering it first, nor fake a tool's usage figures. The real hub, the real
+executor process, a rogue tool server."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 
 from services.common import credentials
 from services.common.config import Config
+from services.common.credentials import METADATA_KEY
 from services.executor.service import OWNER, tool_definition
 from services.hub.app import HUB_OWNER, Hub
 from services.toolkit.server import Action
@@ -124,3 +126,13 @@ async def test_a_restarted_hub_mints_a_new_credential_that_its_services_read_aga
     async with Hub(cfg) as second:
         assert second.service_credential != first.service_credential
         assert seen.current() == second.service_credential
+
+
+async def test_nobody_but_the_mesh_can_fake_a_tools_usage_figures(hub: Hub, hub_stubs: Any) -> None:
+    fake = lib.ReportUsageRequest(usage=[lib.ToolUsage(tool_id="builtin", calls=1000, successes=1000)])
+    for metadata in ((), ((METADATA_KEY, "guessed"),), (("authorization", "Bearer guessed"),)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await hub_stubs.library.ReportUsage(fake, metadata=metadata, timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(err.value) == "SERVICE_CREDENTIAL_REQUIRED"
+    assert hub.registry.entry("builtin").calls == 0

@@ -9,6 +9,7 @@ maps exceptions to HTTP status and JSON bodies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,13 +20,14 @@ from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
 from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
 from edge import mcp as edge_mcp
-from edge.auth import AdminAuth, authority_middleware
+from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
 from edge.views import error_response
+from services.common import authority
 from services.common.config import Config
 from services.common.errors import MeshError, Unavailable
 from services.discovery.client import DiscoveryClient
@@ -83,6 +85,9 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 @web.middleware
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
+    # Calls made for this request (a WebSocket's, for its whole life) act with its rights; the
+    # router asks only for an admin-only capability.
+    acting = authority.act_as(functools.partial(request.app[AUTH].allows, request.headers))
     try:
         if request.path not in _OWN_GUARDS:
             request.app[ORIGIN].check(request.headers)
@@ -94,6 +99,8 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(MeshError("internal error in the edge", reason="EDGE_INTERNAL"))
+    finally:
+        authority.reset(acting)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     ws = isinstance(resp, web.WebSocketResponse)
@@ -132,16 +139,13 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     `llm` is (base_url, api_key) of the runtime's OpenAI-compatible endpoint, read
     by `__main__`; without it the task routes answer 503 with a clear reason.
     """
-    auth = AdminAuth(cfg.auth.admin_token)
-    app = web.Application(
-        middlewares=[_edge_middleware, authority_middleware(auth)], client_max_size=cfg.edge.max_frame_bytes
-    )
+    app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
     gateway = HubGateway(gateway_options(cfg))
     metrics = EdgeMetrics()
     app[CONFIG] = cfg
     app[GATEWAY] = gateway
     app[METRICS] = metrics
-    app[AUTH] = auth
+    app[AUTH] = AdminAuth(cfg.auth.admin_token)
     app[ORIGIN] = OriginGuard.from_config(cfg.edge)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()

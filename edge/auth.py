@@ -8,13 +8,10 @@ constant time; never logged.
 
 from __future__ import annotations
 
-import functools
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 
-from aiohttp import web
-
-from services.common import authority, endpoints
+from services.common import endpoints
 from services.common.errors import MeshError, Unauthenticated
 
 
@@ -64,20 +61,3 @@ def check_bind(host: str, token: str) -> None:
         f"refusing to serve the edge on {host} beyond loopback without an admin token "
         "(set TOOLSCORE_AUTH__ADMIN_TOKEN, or TOOLSCORE_EDGE__HOST=127.0.0.1)"
     )
-
-
-def authority_middleware(auth: AdminAuth) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Every request (a WebSocket's for its whole life) acts with its own rights: the router asks
-    `auth.allows(headers)` when a call is for an admin-only capability, and only then."""
-
-    @web.middleware
-    async def middleware(
-        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        token = authority.act_as(functools.partial(auth.allows, request.headers))
-        try:
-            return await handler(request)
-        finally:
-            authority.reset(token)
-
-    return middleware

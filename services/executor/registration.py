@@ -10,6 +10,7 @@ proves the reserved owner the tool names (services/common/credentials.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -44,6 +45,10 @@ async def keep_registered(
         stub = lib_grpc.ToolLibraryServiceStub(channel)
         delay = retry_s
         while True:
+            if credential is not None:  # the hub mints its credential before it listens: read it after
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(retry_max_s):
+                        await channel.channel_ready()
             metadata = (*auth_metadata(admin_token), *(credential.metadata() if credential else ()))
             try:
                 revision = 0

@@ -7,15 +7,18 @@ environment of the test's own."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import websockets
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from websockets.typing import Subprotocol
 
 from services.common import config as config_mod
 from services.common.config import Config
@@ -35,7 +38,7 @@ ADMIN = (("authorization", f"Bearer {TOKEN}"),)
 def cfg(cfg: Config, root: Path) -> Config:
     wheels = root / "wheels"
     wheels.mkdir()
-    for name in ("tsone", "tstwo", "tsthree"):
+    for name in ("tsone", "tstwo", "tsthree", "tsfour"):
         wheel(wheels, name, "1.0", "VALUE = 1\n")
     return config_mod.replace(
         cfg,
@@ -44,7 +47,7 @@ def cfg(cfg: Config, root: Path) -> Config:
             "env_dir": str(root / "env"),
             "env_packages": (),
             "env_autocreate": False,
-            "install_allowlist": ("tsone", "tstwo", "tsthree"),
+            "install_allowlist": ("tsone", "tstwo", "tsthree", "tsfour"),
             "pip_find_links": str(wheels),
             "pool_size": 1,
         },
@@ -55,6 +58,31 @@ def install(package: str) -> ex.ExecuteRequest:
     return ex.ExecuteRequest(
         tool_id=TOOL, action="python_install_package", arguments=dict_to_struct({"package_name": package})
     )
+
+
+async def _mcp_install(url: str, headers: dict[str, str], package: str) -> dict[str, Any]:
+    """tools/call python_install_package over /ws/mcp with these handshake headers: the answer."""
+    async with websockets.connect(
+        url, subprotocols=[Subprotocol("mcp")], additional_headers=headers, open_timeout=5, close_timeout=2
+    ) as ws:
+
+        async def ask(rid: int, method: str, params: dict[str, Any]) -> dict[str, Any]:
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
+            async with asyncio.timeout(240):
+                while True:
+                    msg = json.loads(await ws.recv())
+                    if msg.get("id") == rid and "method" not in msg:
+                        return dict(msg)
+
+        client = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        await ask(1, "initialize", client)
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        name = f"{TOOL}__python_install_package"
+        return await ask(2, "tools/call", {"name": name, "arguments": {"package_name": package}})
 
 
 async def _refused(call: Any) -> None:
@@ -102,10 +130,17 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
         )
         assert status == 200 and out["success"] is True, out
 
+        # An MCP WebSocket acts with its handshake's rights, for every call on it.
+        for headers, allowed in (({}, False), ({"Authorization": f"Bearer {TOKEN}"}, True)):
+            answer = await _mcp_install(edge.ws_url("/ws/mcp"), headers, "tsfour")
+            assert ("ADMIN_TOKEN_REQUIRED" not in json.dumps(answer)) is allowed, answer
+            installed = answer.get("result", {}).get("structuredContent", {}).get("installed")
+            assert (installed is True) is allowed, answer
+
         # What everyone may do stays open: run code, and see exactly the admins' installs.
-        found = "import importlib.util as u\n[bool(u.find_spec(n)) for n in ('tsone', 'tstwo', 'tsthree')]"
-        resp, s = await call.code(found)
-        assert not resp.is_error and s["result"] == "[True, True, True]", s
+        names = ("tsone", "tstwo", "tsthree", "tsfour")
+        resp, s = await call.code(f"import importlib.util as u\n[bool(u.find_spec(n)) for n in {names}]")
+        assert not resp.is_error and s["result"] == "[True, True, True, True]", s
 
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             tool = (await lib_grpc.ToolLibraryServiceStub(ch).GetTool(lib.GetToolRequest(tool_id=TOOL))).tool

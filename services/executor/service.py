@@ -41,7 +41,7 @@ from services.executor.schemas import (
 )
 from services.executor.sessions import SessionLimit, Sessions
 from services.toolkit.results import text_result
-from services.toolkit.server import Action, CallContext, ToolServer
+from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 
 log = logging.getLogger(__name__)
 OWNER = "python-executor"
@@ -146,7 +146,11 @@ class Executor(ToolServer):
         }
 
     async def call(
-        self, request: ex.ExecuteRequest, progress: Any = None, *, caller_is_admin: Any = None
+        self,
+        request: ex.ExecuteRequest,
+        progress: Any = None,
+        *,
+        caller_is_admin: Callable[[], bool] | None = None,
     ) -> ex.ExecuteResponse:
         if self.caps is None:
             await self.start()
@@ -409,7 +413,7 @@ def _busy(message: str) -> ex.ExecuteResponse:
     )
 
 
-def admin_check(cfg: Config) -> Any:
+def admin_check(cfg: Config) -> AdminCheck | None:
     """Who may install into the shared env over gRPC: anyone without a token; else the admin token or
     the hub's service credential (the hub and the edge, which checked their caller's rights)."""
     credential = CredentialFile(cfg.path(cfg.auth.service_credential_path))

@@ -9,6 +9,7 @@ maps exceptions to HTTP status and JSON bodies.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,7 @@ from edge.origin import OriginGuard
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
 from edge.views import error_response
+from services.common import authority
 from services.common.config import Config
 from services.common.errors import MeshError, Unavailable
 from services.discovery.client import DiscoveryClient
@@ -56,6 +58,7 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         usage_flush_s=cfg.edge.usage_flush_s,
         event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
+        service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
 
 
@@ -82,6 +85,9 @@ def _http_error(exc: web.HTTPException) -> web.Response:
 @web.middleware
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
+    # Calls made for this request (a WebSocket's, for its whole life) act with its rights; the
+    # router asks only for an admin-only capability.
+    acting = authority.act_as(functools.partial(request.app[AUTH].allows, request.headers))
     try:
         if request.path not in _OWN_GUARDS:
             request.app[ORIGIN].check(request.headers)
@@ -93,6 +99,8 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         resp = error_response(MeshError("internal error in the edge", reason="EDGE_INTERNAL"))
+    finally:
+        authority.reset(acting)
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     ws = isinstance(resp, web.WebSocketResponse)
@@ -172,7 +180,7 @@ class _GatewayDiscoveryClient(DiscoveryClient):
 
 def _task_routes(app: web.Application, cfg: Config, llm: tuple[str, str] | None) -> None:
     if llm is not None and (llm[0] or llm[1]):
-        tasks_routes.add_routes(app, service_from_config(cfg, *llm))
+        tasks_routes.add_routes(app, service_from_config(cfg, *llm), app[AUTH])
         return
 
     async def no_llm(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -28,6 +29,7 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
+from services.common.credentials import CredentialFile
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
@@ -59,6 +61,8 @@ class GatewayOptions:
     usage_flush_s: float = 1.0
     event_buffer: int = 10000
     admin_token: str = field(default="", repr=False)
+    # The hub's service credential file (auth.service_credential_path): usage reports prove with it.
+    service_credential_path: str = ""
 
 
 class HubGateway:
@@ -68,6 +72,9 @@ class HubGateway:
         self.opts = opts
         self._admin_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {opts.admin_token}"),) if opts.admin_token else ()
+        )
+        self._credential = (
+            CredentialFile(Path(opts.service_credential_path)) if opts.service_credential_path else None
         )
         self.entries: dict[str, Entry] = {}
         self.revision = 0
@@ -102,6 +109,7 @@ class HubGateway:
             max_timeout_s=o.max_timeout_s,
             max_argument_bytes=o.max_argument_bytes,
             record=self._record,
+            service_proof=self._service_proof,
         )
         self._tasks = [
             asyncio.create_task(self._follow(), name="gateway-watch"),
@@ -271,14 +279,20 @@ class HubGateway:
         entry = self.entries.get(request.tool_id)
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
+        admin = False
         if entry is not None:  # check locally first: bad calls never cost a hop
-            self.router.resolve(request)
-        return await self._relay_call(request, deadline_s)
+            self.router.resolve(request)  # an admin-only action: refused here to a caller without rights
+            admin = request.action in entry.admin_actions
+        return await self._relay_call(request, deadline_s, admin)
 
-    async def _relay_call(self, request: ex.ExecuteRequest, deadline_s: float | None) -> ex.ExecuteResponse:
+    async def _relay_call(
+        self, request: ex.ExecuteRequest, deadline_s: float | None, admin: bool = False
+    ) -> ex.ExecuteResponse:
         timeout = self.router.timeout_for(request, deadline_s)
+        # The caller's admin rights were checked here: the hub hears them as the edge's token.
+        metadata = self._admin_metadata if admin else ()
         try:
-            return await self._relay(request, timeout=timeout + 0.5)
+            return await self._relay(request, timeout=timeout + 0.5, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise self._hub_error(exc) from None
 
@@ -330,6 +344,9 @@ class HubGateway:
             return Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE")
         return from_rpc_error(exc)
 
+    def _service_proof(self) -> tuple[tuple[str, str], ...]:
+        return self._credential.metadata() if self._credential else ()
+
     def _record(self, entry: Entry, ok: bool, seconds: float) -> None:
         u = self._usage.get(entry.tool.tool_id)
         if u is None:
@@ -366,7 +383,9 @@ class HubGateway:
             ]
         )
         try:
-            await self.library.ReportUsage(req, timeout=timeout_s)
+            # Only the mesh may report usage: the credential (re-read after a hub restart) or the token.
+            proof = (*self._admin_metadata, *self._service_proof())
+            await self.library.ReportUsage(req, metadata=proof, timeout=timeout_s)
         except BaseException:
             for k, u in batch.items():  # keep the figures for the next report: nothing is lost
                 mine = self._usage.setdefault(k, _Usage())

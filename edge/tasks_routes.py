@@ -1,8 +1,10 @@
 """The task service routes: `POST /api/v1/tasks` and `GET /api/v1/tasks/{task_id}`.
 
-Mounted by the edge app (`add_routes(app, service)`); the `TaskService` owns the
+Mounted by the edge app (`add_routes(app, service, auth)`); the `TaskService` owns the
 store and the runtime workers, and is entered/exited with the app through
-`cleanup_ctx`. Handlers only translate JSON; errors use the edge's JSON shape
+`cleanup_ctx`. A task runs with its submitter's authority: whether the request carried the admin
+token (`AdminAuth.allows`) is recorded with it, so a task from a caller without the token can
+install nothing, whatever its LLM decides. Handlers only translate JSON; errors use the edge's JSON shape
 (`{status:"error", success:false, error, code, reason, message}`) even when the
 routes are mounted on a bare aiohttp app.
 """
@@ -14,12 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
+from edge.auth import AdminAuth
 from edge.rest import read_json
 from edge.views import error_response
 from services.common.errors import InvalidRequest, MeshError, NotFound
 from services.runtime.service import TaskService
 
 TASKS = web.AppKey("tasks", TaskService)
+TASKS_AUTH = web.AppKey("tasks_auth", AdminAuth)
 MAX_INPUT_CHARS = 100_000
 
 
@@ -53,7 +57,8 @@ async def create_task(request: web.Request) -> web.Response:
         text, priority, context = _parse(await read_json(request))
     except MeshError as err:
         return error_response(err)
-    row = await request.app[TASKS].submit(text, priority, context)
+    admin = request.app[TASKS_AUTH].allows(request.headers)
+    row = await request.app[TASKS].submit(text, priority, context, admin=admin)
     return web.json_response(
         {"task_id": row.task_id, "status": row.status},
         status=202,
@@ -71,9 +76,14 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(row.json())
 
 
-def add_routes(app: web.Application, service: TaskService) -> None:
-    """Mount the task routes and tie the service's lifetime (store + workers) to the app's."""
+def add_routes(app: web.Application, service: TaskService, auth: AdminAuth) -> None:
+    """Mount the task routes and tie the service's lifetime (store + workers) to the app's.
+
+    `auth` decides each submitter's authority (the edge's own AdminAuth, or one built from
+    `auth.admin_token` where the routes are served alone).
+    """
     app[TASKS] = service
+    app[TASKS_AUTH] = auth
 
     async def _lifetime(_app: web.Application) -> AsyncIterator[None]:
         async with service:

@@ -187,9 +187,14 @@ class FeedConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """Admin token for registration and admin routes; empty means loopback-only, open."""
+    """Admin token for registration and admin routes; empty means loopback-only, open.
+
+    `service_credential_path`: where the hub writes the credential its own services prove
+    themselves with (a new one per start, mode 0600); relative to `paths.root`.
+    """
 
     admin_token: str = dataclasses.field(default="", repr=False)
+    service_credential_path: str = "run/service.credential"
 
 
 @dataclass(frozen=True)

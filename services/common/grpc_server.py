@@ -4,7 +4,8 @@ Every server gets:
 - server reflection that also answers `describe Service.Method` (grpc/grpc#34743);
 - `grpc.health.v1` for the whole server ("") and per service;
 - every method wrapped once, at registration, to map MeshError to a status
-  with google.rpc.ErrorInfo and to check the admin token on protected methods.
+  with google.rpc.ErrorInfo and to check the admin token on protected methods
+  (and the admin token or the hub's service credential on service methods).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from services.common import endpoints
+from services.common import credentials, endpoints
 from services.common.errors import MeshError, Unauthenticated, trailing_metadata
 
 log = logging.getLogger(__name__)
@@ -88,15 +89,76 @@ def _with_comments(response: Any) -> Any:
     return response
 
 
+class CallerProof:
+    """What a gRPC caller proves with its metadata: the admin token, the hub's service credential.
+
+    Secrets are compared in constant time; an unset secret proves nothing.
+    """
+
+    def __init__(self, admin_token: str = "", service_credential: str = "") -> None:
+        self._token, self._credential = admin_token.encode(), service_credential.encode()
+
+    @property
+    def token_set(self) -> bool:
+        return bool(self._token)
+
+    def admin(self, context: grpc.aio.ServicerContext) -> bool:
+        """The call carries `authorization: Bearer <admin token>` (False when no token is set)."""
+        if not self._token:
+            return False
+        for value in _values(context, "authorization"):
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
+                return True
+        return False
+
+    def service(self, context: grpc.aio.ServicerContext) -> bool:
+        """The call comes from the mesh itself: the service credential, or the admin token."""
+        if self._credential and any(
+            hmac.compare_digest(v, self._credential) for v in _values(context, credentials.METADATA_KEY)
+        ):
+            return True
+        return self.admin(context)
+
+
+def admin_check(
+    admin_token: str, credential: credentials.CredentialFile
+) -> Callable[[grpc.aio.ServicerContext], bool] | None:
+    """For a tool server's admin-only actions: None (open to all) on a mesh without a token; else a
+    check passing the admin token or the hub's current service credential, which the hub and the
+    edge send only after checking their own caller's rights."""
+    if not admin_token:
+        return None
+
+    def check(context: grpc.aio.ServicerContext) -> bool:
+        return CallerProof(admin_token, credential.current()).service(context)
+
+    return check
+
+
+def _values(context: grpc.aio.ServicerContext, key: str) -> list[bytes]:
+    return [
+        v.encode() if isinstance(v, str) else v for k, v in context.invocation_metadata() or () if k == key
+    ]
+
+
 class _Registrar:
     """Stands in for the server while a servicer adds itself, wrapping every method once.
 
     Wrapping at registration (instead of a grpc.aio interceptor) maps errors and
-    checks the admin token in one place at no per-call dispatch cost.
+    checks credentials in one place at no per-call dispatch cost.
     """
 
-    def __init__(self, server: grpc.aio.Server, token: str, protected: frozenset[str]) -> None:
-        self._server, self._token, self._protected = server, token.encode(), protected
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        proof: CallerProof,
+        protected: frozenset[str],
+        service: frozenset[str],
+        service_gated: bool,
+    ) -> None:
+        self._server, self._proof = server, proof
+        self._protected, self._service, self._service_gated = protected, service, service_gated
         self._generic: list[grpc.GenericRpcHandler] = []
         self.registered = False
 
@@ -106,10 +168,7 @@ class _Registrar:
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        wrapped = {
-            name: _wrap(h, self._gate if f"/{service}/{name}" in self._protected and self._token else None)
-            for name, h in handlers.items()
-        }
+        wrapped = {name: _wrap(h, self._gate_for(f"/{service}/{name}")) for name, h in handlers.items()}
         self._server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, wrapped),))
         self._server.add_registered_method_handlers(service, wrapped)
         self.registered = True
@@ -118,14 +177,23 @@ class _Registrar:
         if not self.registered:  # a servicer that only knows generic handlers: serve them as they are
             self._server.add_generic_rpc_handlers(tuple(self._generic))
 
-    def _gate(self, context: grpc.aio.ServicerContext) -> None:
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                value = value.encode() if isinstance(value, str) else value
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._token):
-                    return
-        _deny()
+    def _gate_for(self, method: str) -> Gate | None:
+        if method in self._protected and self._proof.token_set:
+            return self._admin_gate
+        if method in self._service and self._service_gated:
+            return self._service_gate
+        return None
+
+    def _admin_gate(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._proof.admin(context):
+            _deny()
+
+    def _service_gate(self, context: grpc.aio.ServicerContext) -> None:
+        if not self._proof.service(context):
+            raise Unauthenticated(
+                "only the mesh's own services may call this (the service credential or the admin token)",
+                reason="SERVICE_CREDENTIAL_REQUIRED",
+            )
 
 
 def _deny() -> None:
@@ -183,6 +251,8 @@ class MeshServer:
 
     `listen` takes endpoint strings (`unix:///abs.sock`, `127.0.0.1:0`).
     After entering, `addresses` holds what was actually bound (ports resolved).
+    `protected_methods` need the admin token when one is set; `service_methods` need the
+    admin token or `service_credential` when either is set (`/package.Service/Method`).
     """
 
     def __init__(
@@ -192,6 +262,8 @@ class MeshServer:
         *,
         admin_token: str = "",
         protected_methods: Iterable[str] = (),
+        service_credential: str = "",
+        service_methods: Iterable[str] = (),
         max_message_bytes: int = 4 * 1024 * 1024,
         grace_s: float = 2.0,
     ) -> None:
@@ -199,6 +271,8 @@ class MeshServer:
         self._listen = [a for a in listen if a]
         self._token = admin_token
         self._protected = protected_methods
+        self._credential = service_credential
+        self._service_methods = service_methods
         self._max = max_message_bytes
         self._grace = grace_s
         self._sockets: list[str] = []
@@ -214,8 +288,12 @@ class MeshServer:
         ]
         server = grpc.aio.server(options=options)
         names = [s.name for s in self._services]
+        proof = CallerProof(self._token, self._credential)
+        gated = bool(self._token or self._credential)
         for s in self._services:
-            registrar = _Registrar(server, self._token, frozenset(self._protected))
+            registrar = _Registrar(
+                server, proof, frozenset(self._protected), frozenset(self._service_methods), gated
+            )
             s.add(s.servicer, registrar)  # type: ignore[arg-type]
             registrar.finish()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -10,6 +10,7 @@ from grpc_health.v1 import health_pb2
 from toolscore.v1 import executor_pb2_grpc
 
 from services.common.config import Config
+from services.common.credentials import CredentialFile
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.executor.registration import keep_registered
 from services.executor.service import make_server, tool_definition
@@ -53,6 +54,7 @@ class ExecutorProcess:
                 retry_s=self.cfg.executor.register_retry_s,
                 retry_max_s=self.cfg.executor.register_retry_max_s,
                 registered=self.registered,
+                credential=CredentialFile(self.cfg.path(self.cfg.auth.service_credential_path)),
             ),
             name="registration",
         )

@@ -4,7 +4,10 @@ sandbox mounts read-only at /opt/env. Never the host's Python, never the mesh's 
 Created on first start (config `executor.env_autocreate`) or ahead of time with
 `python -m services.executor.envs` (what `make executor-env` runs). Installs
 take wheels only (`--only-binary=:all:`), so no package code runs on the host
-at install time, and only names on `executor.install_allowlist`.
+at install time, and only names on `executor.install_allowlist`. Every sandbox
+shares this environment, so an install only ever adds: a request for an installed
+distribution at another version is refused, and pip runs constrained to the
+versions installed now, so no dependency is ever upgraded or downgraded either.
 A file lock makes concurrent creators (several meshes, parallel tests) safe.
 
 `env_dir` is relative to the repository root, not `paths.root`: it is an
@@ -17,10 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
+import importlib.metadata
 import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -122,15 +127,30 @@ class ExecutorEnv:
             log.info("executor environment ready")
             return True
 
+    def installed(self) -> dict[str, str]:
+        """Normalized distribution name -> version, for everything in the environment now."""
+        found: dict[str, str] = {}
+        for dist in importlib.metadata.distributions(path=[str(env_site(self.path))]):
+            name = dist.metadata["Name"]
+            if name:
+                found.setdefault(normalize(name), dist.version)
+        return found
+
     async def install(self, spec: str) -> str:
-        """Install one allowlisted requirement (wheels only); returns pip's last lines."""
+        """Install one allowlisted requirement (wheels only) without changing anything installed;
+        returns pip's last lines. InstallRefused for another version of an installed distribution."""
         spec = check_requirement(spec, self.cfg.install_allowlist)
         await self.ensure()
         async with self._lock:
             async with _file_lock(self.path.with_name(self.path.name + ".lock")):
-                return await self._pip([spec])
+                installed = await asyncio.to_thread(self.installed)
+                already = _already_installed(spec, installed)
+                if already:
+                    return already
+                with _constraints(self.path.parent, installed) as constraints:
+                    return await self._pip([spec], constraints)
 
-    async def _pip(self, specs: list[str]) -> str:
+    async def _pip(self, specs: list[str], constraints: Path | None = None) -> str:
         argv = [
             str(self.python),
             "-m",
@@ -147,6 +167,8 @@ class ExecutorEnv:
             argv += ["--find-links", self.cfg.pip_find_links]
             if not self.cfg.pip_index_url:
                 argv.append("--no-index")
+        if constraints is not None:
+            argv += ["--constraint", str(constraints)]
         return await self._run([*argv, "--", *specs])
 
     async def _run(self, argv: list[str]) -> str:
@@ -160,6 +182,34 @@ class ExecutorEnv:
         if code != 0:
             raise InstallFailed(f"{' '.join(argv[-1:])}: exit {code}: {text[-2000:].strip()}")
         return text[-2000:]
+
+
+def _already_installed(spec: str, installed: Mapping[str, str]) -> str:
+    """A note when `spec` names an installed distribution and asks for nothing new, "" when pip must
+    run; InstallRefused when it pins another version than the one every sandbox shares."""
+    m = _REQUIREMENT.match(spec)
+    assert m is not None  # checked by check_requirement
+    name, op, version = m.group(1), m.group(2), m.group(3)
+    have = installed.get(normalize(name))
+    if have is None:
+        return ""
+    if op is None or (op == "==" and version == have):
+        return f"{name} {have} is already installed"
+    if op == "==":
+        raise InstallRefused(
+            f"{name} {have} is installed in the shared environment and every sandbox uses it; "
+            f"an install never changes an installed distribution (asked for {spec})"
+        )
+    return ""  # a range: pip decides under the constraints, which hold the installed version
+
+
+@contextlib.contextmanager
+def _constraints(directory: Path, installed: Mapping[str, str]):  # type: ignore[no-untyped-def]
+    """A pip constraints file pinning every installed distribution at its version, removed after."""
+    with tempfile.NamedTemporaryFile("w", dir=directory, prefix=".constraints-", suffix=".txt") as f:
+        f.write("".join(f"{name}=={version}\n" for name, version in sorted(installed.items())))
+        f.flush()
+        yield Path(f.name)
 
 
 @contextlib.asynccontextmanager

@@ -2,12 +2,15 @@
 
 Register (retrying with backoff until the hub answers), then hold a
 WatchToolEvents stream open: when it breaks, the hub went away, so register
-again as soon as it is back. No polling.
+again as soon as it is back. No polling. Each registration carries the hub's
+service credential as it is then (the hub mints a new one per start), which
+proves the reserved owner the tool names (services/common/credentials.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -16,6 +19,7 @@ from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common.credentials import CredentialFile
 from services.router.channels import channel_options
 
 log = logging.getLogger(__name__)
@@ -33,14 +37,19 @@ async def keep_registered(
     retry_s: float = 0.2,
     retry_max_s: float = 5.0,
     registered: asyncio.Event | None = None,
+    credential: CredentialFile | None = None,
 ) -> None:
     """Run forever; sets `registered` after each successful (re-)registration."""
-    metadata = auth_metadata(admin_token)
     options = channel_options(4 << 20, hub_target.startswith("unix:"))
     async with grpc.aio.insecure_channel(hub_target, options=options) as channel:
         stub = lib_grpc.ToolLibraryServiceStub(channel)
         delay = retry_s
         while True:
+            if credential is not None:  # the hub mints its credential before it listens: read it after
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(retry_max_s):
+                        await channel.channel_ready()
+            metadata = (*auth_metadata(admin_token), *(credential.metadata() if credential else ()))
             try:
                 revision = 0
                 for tool in tools:
@@ -61,6 +70,7 @@ async def keep_registered(
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (
                     grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
                     grpc.StatusCode.ALREADY_EXISTS,
                     grpc.StatusCode.INVALID_ARGUMENT,
                 ):

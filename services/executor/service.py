@@ -23,7 +23,9 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config, ExecutorConfig
+from services.common.credentials import CredentialFile
 from services.common.errors import InvalidRequest
+from services.common.grpc_server import admin_check as mesh_admin_check
 from services.executor import cgroups, envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
 from services.executor.results import add_images, execute_response, take_artifact
@@ -39,7 +41,7 @@ from services.executor.schemas import (
 )
 from services.executor.sessions import SessionLimit, Sessions
 from services.toolkit.results import text_result
-from services.toolkit.server import Action, CallContext, ToolServer
+from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 
 log = logging.getLogger(__name__)
 OWNER = "python-executor"
@@ -64,7 +66,7 @@ class Executor(ToolServer):
         self._start_lock = asyncio.Lock()
         self._env_task: asyncio.Task[bool] | None = None
         self._closed = False
-        super().__init__({self.xc.tool_id: self._action_list()})
+        super().__init__({self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,10 +148,16 @@ class Executor(ToolServer):
             "environment": self.env.status(),
         }
 
-    async def call(self, request: ex.ExecuteRequest, progress: Any = None) -> ex.ExecuteResponse:
+    async def call(
+        self,
+        request: ex.ExecuteRequest,
+        progress: Any = None,
+        *,
+        caller_is_admin: Callable[[], bool] | None = None,
+    ) -> ex.ExecuteResponse:
         if self.caps is None:
             await self.start()
-        return await super().call(request, progress)
+        return await super().call(request, progress, caller_is_admin=caller_is_admin)
 
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
@@ -159,7 +167,7 @@ class Executor(ToolServer):
         pending: list[Callable[[], None]] = []
         token = _AFTER_REPLY.set(pending)
         try:
-            response = await self.call(request)
+            response = await self.call(request, caller_is_admin=self.caller_check(context))
         finally:
             _AFTER_REPLY.reset(token)
             if pending:
@@ -269,9 +277,11 @@ class Executor(ToolServer):
             ),
             Action(
                 "python_install_package",
-                "Install an allowlisted package into the sandbox environment.",
+                "Install an allowlisted package into the sandbox environment every caller shares "
+                "(admin only; never changes an installed package).",
                 self._python_install_package,
                 INSTALL_INPUT,
+                requires_admin=True,
             ),
             Action(
                 "python_end_session",
@@ -383,6 +393,13 @@ class Executor(ToolServer):
         try:
             log.info("installing %s into %s", spec, self.env.path)
             output = await self.env.install(spec)
+        except envs.InstallRefused as exc:  # another version of an installed distribution
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
         except (envs.InstallFailed, OSError) as exc:
             return text_result(
                 f"installing {spec} failed: {exc}",
@@ -441,6 +458,13 @@ def _busy(message: str) -> ex.ExecuteResponse:
     return text_result(
         message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
     )
+
+
+def admin_check(cfg: Config) -> AdminCheck | None:
+    """Who may install into the shared env over gRPC: anyone without a token; else the admin token or
+    the hub's service credential (the hub and the edge, which checked their caller's rights)."""
+    credential = CredentialFile(cfg.path(cfg.auth.service_credential_path))
+    return mesh_admin_check(cfg.auth.admin_token, credential)
 
 
 def make_server(cfg: Config) -> Executor:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import grpc
 from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 
+from services.common import credentials
 from services.common.config import Config
-from services.common.grpc_server import MeshServer, ServiceBinding
+from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
 from services.hub.functions import FunctionTool
 from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
@@ -24,6 +26,13 @@ from services.router.router import Router
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
+
+
+def _admin_rights(proof: CallerProof) -> Callable[[grpc.aio.ServicerContext], bool]:
+    """Whether an ExecuteTool caller has admin rights: everyone without a token, else its holders."""
+    if not proof.token_set:
+        return lambda context: True
+    return proof.admin
 
 
 class Hub:
@@ -50,7 +59,10 @@ class Hub:
             self._stack.push_async_callback(store.close)
             self.feed = InProcessFeed(cfg.feed.subscriber_queue)
             self._stack.callback(self.feed.close)
-            self.registry = await Registry(store, self.feed).open()
+            # A new credential per start: the executor and the edge read it from its private file.
+            self.service_credential = credentials.mint(cfg.path(cfg.auth.service_credential_path))
+            proof = CallerProof(cfg.auth.admin_token, self.service_credential)
+            self.registry = await Registry(store, self.feed, credentials.RESERVED_OWNERS).open()
             self.registry.listeners.append(self._on_event)
             self._stack.push_async_callback(self.registry.flush_stats)
             self.pool = ChannelPool(cfg.hub.max_message_bytes)
@@ -61,6 +73,7 @@ class Hub:
                 default_timeout_s=cfg.hub.default_timeout_s,
                 max_timeout_s=cfg.hub.max_timeout_s,
                 max_argument_bytes=cfg.hub.max_argument_bytes,
+                service_proof=lambda: ((credentials.METADATA_KEY, self.service_credential),),
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -79,14 +92,20 @@ class Hub:
                 [
                     ServiceBinding(
                         library.SERVICE,
-                        library.ToolLibraryServicer(self.registry),
+                        library.ToolLibraryServicer(self.registry, proof.service),
                         tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
                     ),
-                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(self.router, extra), add_to_server),  # type: ignore[arg-type]
+                    ServiceBinding(
+                        TOOLSCORE_SERVICE,
+                        ToolScoreServicer(self.router, extra, is_admin=_admin_rights(proof)),
+                        add_to_server,  # type: ignore[arg-type]
+                    ),
                 ],
                 self._listen,
                 admin_token=cfg.auth.admin_token,
                 protected_methods=protected,
+                service_credential=self.service_credential,
+                service_methods=library.SERVICE_ONLY,
                 max_message_bytes=cfg.hub.max_message_bytes,
             )
             await self._stack.enter_async_context(self.server)
@@ -133,7 +152,7 @@ class Hub:
             tool = FunctionTool(fc)
             self.functions.append(tool)
             self.router.inproc[tool.endpoint_name] = tool.handle
-            await self.registry.register(tool.definition(HUB_OWNER))
+            await self.registry.register(tool.definition(HUB_OWNER), reclaim=True)
             wanted.add(fc.tool_id)
         for entry in self.registry.entries():  # drop function tools no longer configured
             if entry.tool.owner == HUB_OWNER and entry.tool.tool_id not in wanted:
@@ -154,7 +173,7 @@ class Hub:
             return await server.call(request, progress)
 
         self.router.inproc[INPROC_NAME] = handle
-        await self.registry.register(tool_definition(self.cfg, f"inproc://{INPROC_NAME}"))
+        await self.registry.register(tool_definition(self.cfg, f"inproc://{INPROC_NAME}"), reclaim=True)
         self._stack.push_async_callback(server.close)
 
     async def _flush_loop(self) -> None:

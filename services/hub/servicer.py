@@ -7,24 +7,40 @@ ExecuteToolResponse, so the hub forwards what it parsed without converting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import toolscore_pb2  # loads the service descriptor for reflection
 
+from services.common import authority
 from services.router.router import Router
 
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
 
 
 class ToolScoreServicer:
-    def __init__(self, router: Router, extra: dict[str, grpc.RpcMethodHandler] | None = None) -> None:
+    """`is_admin` decides whether a caller has admin rights (asked only for `requires_admin` actions)."""
+
+    def __init__(
+        self,
+        router: Router,
+        extra: dict[str, grpc.RpcMethodHandler] | None = None,
+        *,
+        is_admin: Callable[[grpc.aio.ServicerContext], bool],
+    ) -> None:
         self.router = router
         self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
+        self._is_admin = is_admin
 
     async def ExecuteTool(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
-        return await self.router.execute(request, deadline_s=context.time_remaining())
+        token = authority.act_as(lambda: self._is_admin(context))
+        try:
+            return await self.router.execute(request, deadline_s=context.time_remaining())
+        finally:
+            authority.reset(token)
 
 
 def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:

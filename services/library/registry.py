@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
-from services.common.errors import AlreadyExists, NotFound, OutOfRange, ResourceExhausted
+from services.common.errors import AlreadyExists, NotFound, OutOfRange, PermissionDenied, ResourceExhausted
 from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
 from services.library.store import RegistryStore, StoredStats
@@ -39,6 +39,7 @@ class Entry:
     tool: tool_pb2.Tool  # the definition, without health and stats
     endpoint: endpoints.Endpoint
     validators: dict[str, ArgumentValidator]
+    admin_actions: frozenset[str] = frozenset()  # capabilities declared `requires_admin`
     health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
     calls: int = 0
     successes: int = 0
@@ -93,15 +94,22 @@ def make_entry(tool: tool_pb2.Tool) -> Entry:
         cap.name: ArgumentValidator(struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {})
         for cap in tool.capabilities
     }
-    return Entry(tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators)
+    admin = frozenset(cap.name for cap in tool.capabilities if cap.requires_admin)
+    return Entry(
+        tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators, admin_actions=admin
+    )
 
 
 class Registry:
     """Tools, health, usage and history, over a RegistryStore and an EventFeed."""
 
-    def __init__(self, store: RegistryStore, feed: EventFeed) -> None:
+    def __init__(
+        self, store: RegistryStore, feed: EventFeed, reserved_owners: frozenset[str] = frozenset()
+    ) -> None:
         self._store = store
         self._feed = feed
+        # Owners whose tools only a proven caller may register, update or remove (the mesh's own).
+        self.reserved_owners = reserved_owners
         self._entries: dict[str, Entry] = {}
         self._lock = asyncio.Lock()
         self.revision = 0
@@ -149,9 +157,17 @@ class Registry:
 
     # -- writes ------------------------------------------------------------
 
-    async def register(self, tool: tool_pb2.Tool) -> tuple[tool_pb2.Tool, bool, bool, int]:
-        """Add or update a tool. Returns (stored tool, created, updated, revision)."""
+    async def register(
+        self, tool: tool_pb2.Tool, *, proven: bool = True, reclaim: bool = False
+    ) -> tuple[tool_pb2.Tool, bool, bool, int]:
+        """Add or update a tool. Returns (stored tool, created, updated, revision).
+
+        `proven`: the caller proved it is the mesh itself (in-process callers are); only then may
+        it name a reserved owner. `reclaim`: a proven registration for a reserved owner takes its
+        tool id back from an unreserved owner that registered it first (a squatter).
+        """
         check_tool(tool)
+        self._check_proven(tool.owner, tool.tool_id, proven)
         incoming = tool_pb2.Tool()
         incoming.CopyFrom(tool)
         incoming.ClearField("stats")
@@ -162,6 +178,9 @@ class Registry:
             old = self._entries.get(incoming.tool_id)
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()
+            if old is not None and reclaim and self._reclaims(old.tool.owner, incoming.owner, proven):
+                log.warning("%s reclaims %s from owner %r", incoming.owner, incoming.tool_id, old.tool.owner)
+                old = None  # a squatter's entry is replaced whole, usage and all
             if old is not None:
                 if old.tool.owner != incoming.owner:
                     raise AlreadyExists(
@@ -187,7 +206,7 @@ class Registry:
             await self._commit(entry, kind)
             return entry.snapshot(), old is None, old is not None, self.revision
 
-    async def deregister(self, tool_id: str) -> tuple[tool_pb2.Tool, int]:
+    async def deregister(self, tool_id: str, *, proven: bool = True) -> tuple[tool_pb2.Tool, int]:
         async with self._lock:
             entry = self._entries.get(tool_id)
             if entry is None:
@@ -196,8 +215,22 @@ class Registry:
                     reason="TOOL_NOT_FOUND",
                     metadata={"tool_id": tool_id},
                 )
+            self._check_proven(entry.tool.owner, tool_id, proven)
             await self._commit(entry, REMOVED)
             return entry.snapshot(), self.revision
+
+    def _check_proven(self, owner: str, tool_id: str, proven: bool) -> None:
+        if not proven and owner in self.reserved_owners:
+            raise PermissionDenied(
+                f"owner {owner!r} is reserved for the mesh's own services; registering or removing "
+                "its tools needs the service credential or the admin token",
+                reason="OWNER_NOT_PROVEN",
+                metadata={"tool_id": tool_id, "owner": owner},
+            )
+
+    def _reclaims(self, old_owner: str, owner: str, proven: bool) -> bool:
+        reserved = self.reserved_owners
+        return proven and owner != old_owner and owner in reserved and old_owner not in reserved
 
     async def set_health(self, tool_id: str, health: int, *, endpoint: str | None = None) -> bool:
         """Record a health observation; emits HEALTH_CHANGED when it changes. False if the tool is gone."""

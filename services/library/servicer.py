@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from toolscore.v1 import tool_library_pb2 as pb
@@ -16,6 +16,10 @@ from services.library.registry import Registry
 
 SERVICE = "toolscore.v1.ToolLibraryService"
 PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
+# Only the mesh's own services (service credential or admin token): the edge reports its usage.
+SERVICE_ONLY = frozenset({f"/{SERVICE}/ReportUsage"})
+# Whether a call proves it comes from the mesh itself (grpc_server.CallerProof.service).
+Proof = Callable[[grpc.aio.ServicerContext], bool]
 
 
 def _token(tool_id: str) -> str:
@@ -30,19 +34,26 @@ def _untoken(token: str) -> str:
 
 
 class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
-    def __init__(self, registry: Registry) -> None:
+    """`proof` tells a caller that proved to be the mesh itself: only it may register or remove
+    tools of the registry's reserved owners (an owner name alone proves nothing)."""
+
+    def __init__(self, registry: Registry, proof: Proof) -> None:
         self.registry = registry
+        self._proof = proof
 
     async def RegisterTool(
         self, request: pb.RegisterToolRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterToolResponse:
-        tool, created, updated, revision = await self.registry.register(request.tool)
+        proven = self._proof(context)
+        tool, created, updated, revision = await self.registry.register(
+            request.tool, proven=proven, reclaim=proven
+        )
         return pb.RegisterToolResponse(tool=tool, created=created, updated=updated, revision=revision)
 
     async def DeregisterTool(
         self, request: pb.DeregisterToolRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeregisterToolResponse:
-        tool, revision = await self.registry.deregister(request.tool_id)
+        tool, revision = await self.registry.deregister(request.tool_id, proven=self._proof(context))
         return pb.DeregisterToolResponse(tool=tool, revision=revision)
 
     async def GetTool(

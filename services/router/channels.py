@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from toolscore.v1 import executor_pb2 as ex
@@ -225,9 +225,17 @@ class ToolChannel:
                 log.info("%s has no ExecuteStream; using unary Execute", self.endpoint)
         return await self._unary(request, timeout)
 
-    async def _unary(self, request: ex.ExecuteRequest, timeout: float) -> ex.ExecuteResponse:
+    async def execute_unary(
+        self, request: ex.ExecuteRequest, timeout: float, metadata: Sequence[tuple[str, str]]
+    ) -> ex.ExecuteResponse:
+        """One call as a unary Execute with its own metadata (what a shared stream cannot carry)."""
+        return await self._unary(request, timeout, metadata)
+
+    async def _unary(
+        self, request: ex.ExecuteRequest, timeout: float, metadata: Sequence[tuple[str, str]] = ()
+    ) -> ex.ExecuteResponse:
         try:
-            return await self.stub.Execute(request, timeout=timeout)
+            return await self.stub.Execute(request, timeout=timeout, metadata=tuple(metadata))
         except grpc.aio.AioRpcError as exc:
             raise _map_rpc_error(exc, request, timeout, str(self.endpoint)) from None
 

@@ -1,6 +1,10 @@
 """Routing one call: look the tool up, check the call, dispatch it, count it.
 
-The hot path is a dict lookup, a compiled schema check and one hop. Requests
+The hot path is a dict lookup, a compiled schema check and one hop. A capability
+declared `requires_admin` is refused to a caller without admin rights
+(services/common/authority.py) before any hop; such a call goes to a gRPC server
+of the mesh's own (a reserved owner) as a unary Execute carrying the hub's service
+credential, so that server can tell it from a direct caller. Requests
 and responses are `ExecuteRequest`/`ExecuteResponse` throughout: the hub's
 ExecuteTool messages are wire-compatible with them, so nothing is converted.
 """
@@ -9,19 +13,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from google.protobuf import duration_pb2
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common import endpoints
+from services.common import authority, endpoints
+from services.common.credentials import RESERVED_OWNERS
 from services.common.errors import (
     FailedPrecondition,
     InvalidRequest,
     NotFound,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from services.common.jsonvalue import struct_to_dict
@@ -40,6 +46,8 @@ InprocHandler = Callable[
 ]
 Lookup = Callable[[str], Entry | None]
 Recorder = Callable[[Entry, bool, float], None]
+# The gRPC metadata that proves this process is the mesh itself (the service credential), or ().
+ServiceProof = Callable[[], Sequence[tuple[str, str]]]
 
 
 def error_response(kind: int, message: str) -> ex.ExecuteResponse:
@@ -59,8 +67,10 @@ class Router:
         max_timeout_s: float = 300.0,
         max_argument_bytes: int = 1024 * 1024,
         record: Recorder = Entry.record,
+        service_proof: ServiceProof = tuple,
     ) -> None:
         self._lookup = lookup
+        self._service_proof = service_proof
         self._pool = pool
         self._default_timeout = default_timeout_s
         self._max_timeout = max_timeout_s
@@ -108,6 +118,13 @@ class Router:
             raise InvalidRequest(
                 f"tool {request.tool_id!r} has no action {request.action!r} (actions: {actions})",
                 reason="UNKNOWN_ACTION",
+                metadata={"tool_id": request.tool_id, "action": request.action},
+            )
+        if entry.admin_actions and request.action in entry.admin_actions and not authority.caller_is_admin():
+            raise Unauthenticated(
+                f"{request.action} of {request.tool_id!r} needs the admin token "
+                "(Authorization: Bearer <token>)",
+                reason="ADMIN_TOKEN_REQUIRED",
                 metadata={"tool_id": request.tool_id, "action": request.action},
             )
         size = request.arguments.ByteSize()
@@ -167,6 +184,11 @@ class Router:
         if local is not None:
             return await local(entry, request, timeout, on_progress)
         if ep.is_grpc:
+            if entry.admin_actions and request.action in entry.admin_actions:
+                # The caller's rights were checked above; the server sees the mesh's proof, sent
+                # only to the mesh's own servers (a reserved owner had to prove itself to register).
+                proof = self._service_proof() if entry.tool.owner in RESERVED_OWNERS else ()
+                return await self._pool.get(ep).execute_unary(request, timeout, proof)
             return await self._pool.get(ep).execute(request, timeout, on_progress)
         if ep.scheme == endpoints.INPROC:
             inproc = self.inproc.get(ep.address)

@@ -70,7 +70,8 @@ async def _solve(
         async with host:
             if cfg.runtime.events:
                 await host.wait_events_connected(5.0)
-            record = await host.run(task, context=context, on_progress=progress)
+            # The operator running the CLI holds the configuration (and its token): their task is an admin's.
+            record = await host.run(task, context=context, on_progress=progress, admin=True)
     except EdgeUnavailable as exc:
         print(
             f"runtime: the edge at {host.edge_base} is not reachable ({exc}); is the mesh running "
@@ -87,11 +88,12 @@ async def _serve(cfg: Config, where: str, base_url: str, api_key: str) -> int:
     from aiohttp import web
 
     from edge import tasks_routes
+    from edge.auth import AdminAuth
     from services.runtime.service import service_from_config
 
     host_name, _, port = where.rpartition(":")
     app = web.Application()
-    tasks_routes.add_routes(app, service_from_config(cfg, base_url, api_key))
+    tasks_routes.add_routes(app, service_from_config(cfg, base_url, api_key), AdminAuth(cfg.auth.admin_token))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     try:

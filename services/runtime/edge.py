@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
@@ -74,7 +75,8 @@ class EdgeClient:
         admin_token: str = "",
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        # Sent only with discovery calls (installs need it when the mesh has one), never logged.
+        # Sent with discovery calls and executes of the tasks whose submitter was an admin (see
+        # `acting_for`), never logged, never stored.
         self._auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
@@ -90,6 +92,17 @@ class EdgeClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.session.close()
+
+    def acting_for(self, admin: bool) -> EdgeClient:
+        """This client with the authority of one task's submitter: the admin token only for an admin.
+
+        The view shares the session, the listeners and `connected`; a task (and so whatever its LLM
+        decides to call) never acts with more rights than whoever submitted it.
+        """
+        view = copy.copy(self)
+        if not admin:
+            view._auth = {}
+        return view
 
     async def _request(
         self, method: str, path: str, body: Any = None, timeout_s: float | None = None, auth: bool = False
@@ -144,6 +157,7 @@ class EdgeClient:
                 "/api/v1/tools/execute",
                 {"tool_id": tool_id, "action": action, "parameters": parameters},
                 timeout_s,
+                auth=True,
             )
         except RouteMissing as exc:
             return ToolOutcome.failed(

@@ -133,12 +133,21 @@ class RuntimeHost:
         task_id: str | None = None,
         context: dict[str, Any] | None = None,
         on_progress: Progress | None = None,
+        *,
+        admin: bool = False,
     ) -> dict[str, Any]:
+        """Solve one task with the authority of whoever submitted it.
+
+        `admin`: the submitter proved admin rights (or the mesh has no token). Only then do the
+        task's calls carry the admin token, so an LLM steered by its input cannot install or run
+        admin-only actions for a caller who could not.
+        """
         if not self.loaded:  # raises EdgeUnavailable when the edge is still not there
             await self._edge.load(self.catalog)
             self.loaded = True
-        agent = Agent(self.llm, self._edge, self.catalog, self.settings, on_progress)
+        agent = Agent(self.llm, self._edge.acting_for(admin), self.catalog, self.settings, on_progress)
         record = await agent.run(task, task_id, context)
+        record["admin"] = admin
         if self.trajectory_dir is not None:
             path = await trajectory.append(self.trajectory_dir, record)
             log.info("task %s %s; trajectory appended to %s", record["task_id"], record["status"], path)

@@ -84,8 +84,11 @@ class TaskService:
         if self._resources is not None:
             await self._resources.__aexit__(None, None, None)
 
-    async def submit(self, text: str, priority: int = 0, context: dict[str, Any] | None = None) -> TaskRow:
-        row = await self.store.submit(text, priority, context)
+    async def submit(
+        self, text: str, priority: int = 0, context: dict[str, Any] | None = None, *, admin: bool = False
+    ) -> TaskRow:
+        """Queue a task; `admin` is the submitter's authority, which the task runs with."""
+        row = await self.store.submit(text, priority, context, admin=admin)
         self._wake.set()
         return row
 
@@ -150,7 +153,7 @@ def service_from_config(cfg: Config, base_url: str, api_key: str) -> TaskService
     host = RuntimeHost.from_config(cfg, base_url, api_key, lazy=True)
 
     async def run_task(row: TaskRow) -> dict[str, Any]:
-        return await host.run(row.input, row.task_id, row.context)
+        return await host.run(row.input, row.task_id, row.context, admin=row.admin)
 
     return TaskService(
         cfg.path(rc.tasks_path),

@@ -1,5 +1,8 @@
 """The task store: submitted tasks in SQLite (its own file), so a restart loses none.
 
+Each task records its submitter's authority (`admin`: whether they proved admin rights), never a
+token: the runtime runs the task with that authority and no more.
+
 Statuses: queued -> running -> completed | failed | budget_exhausted. A task
 found `running` when the store opens was interrupted by a crash: `recover()`
 queues it again while it has attempts left, else marks it failed with an
@@ -33,12 +36,14 @@ CREATE TABLE IF NOT EXISTS tasks (
     started_at REAL,
     finished_at REAL,
     result TEXT,
-    error TEXT
+    error TEXT,
+    admin INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (status, priority DESC, seq);
 """
 _COLUMNS = (
-    "task_id, input, priority, context, status, attempts, created_at, started_at, finished_at, result, error"
+    "task_id, input, priority, context, status, attempts, created_at, started_at, finished_at, "
+    "result, error, admin"
 )
 
 
@@ -55,6 +60,7 @@ class TaskRow:
     finished_at: float | None
     result: dict[str, Any] | None
     error: dict[str, Any] | None
+    admin: bool = False  # the submitter proved admin rights; the task acts with them
 
     def json(self) -> dict[str, Any]:
         return {
@@ -69,6 +75,7 @@ class TaskRow:
             "finished_at": _iso(self.finished_at),
             "result": self.result,
             "error": self.error,
+            "admin": self.admin,
         }
 
 
@@ -91,6 +98,7 @@ def _row(r: tuple[Any, ...]) -> TaskRow:
         r[8],
         json.loads(r[9]) if r[9] else None,
         json.loads(r[10]) if r[10] else None,
+        bool(r[11]),
     )
 
 
@@ -103,15 +111,24 @@ class TaskStore(SqliteThread):
 
     async def open(self) -> None:
         await self._open_db()
+        await self._run(self._add_admin_column)
 
-    async def submit(self, text: str, priority: int = 0, context: dict[str, Any] | None = None) -> TaskRow:
+    def _add_admin_column(self) -> None:
+        """A store written before tasks recorded authority: its tasks are nobody's admin tasks."""
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(tasks)")}
+        if "admin" not in columns:
+            self.db.execute("ALTER TABLE tasks ADD COLUMN admin INTEGER NOT NULL DEFAULT 0")
+
+    async def submit(
+        self, text: str, priority: int = 0, context: dict[str, Any] | None = None, *, admin: bool = False
+    ) -> TaskRow:
         task_id = uuid.uuid4().hex
 
         def _submit() -> TaskRow:
             self.db.execute(
-                "INSERT INTO tasks (task_id, input, priority, context, status, created_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?)",
-                (task_id, text, priority, json.dumps(context or {}), time.time()),
+                "INSERT INTO tasks (task_id, input, priority, context, status, created_at, admin) "
+                "VALUES (?, ?, ?, ?, 'queued', ?, ?)",
+                (task_id, text, priority, json.dumps(context or {}), time.time(), int(admin)),
             )
             return self._get(task_id)  # type: ignore[return-value]
 

@@ -18,7 +18,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidRequest, NotFound
+from services.common.errors import InvalidRequest, NotFound, Unauthenticated
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit.results import text_result, to_response
 from services.toolkit.stream import CallStream, Progress
@@ -40,6 +40,8 @@ class CallContext:
 
 
 ActionFn = Callable[[dict[str, Any], CallContext], Awaitable[Any]]
+# Whether a gRPC caller has admin rights, from its call's metadata (grpc_server.admin_check).
+AdminCheck = Callable[[grpc.aio.ServicerContext], bool]
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,16 @@ class Action:
     fn: ActionFn
     input_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     output_schema: dict[str, Any] | None = None
+    # Only callers with admin rights may call it: declared in the capability (the hub and the edge
+    # refuse others) and checked by the server itself against a direct caller (`admin_check`).
+    requires_admin: bool = False
 
     def capability(self) -> tool_pb2.Capability:
         cap = tool_pb2.Capability(
-            name=self.name, description=self.description, input_schema=dict_to_struct(self.input_schema)
+            name=self.name,
+            description=self.description,
+            input_schema=dict_to_struct(self.input_schema),
+            requires_admin=self.requires_admin,
         )
         if self.output_schema:
             cap.output_schema.CopyFrom(dict_to_struct(self.output_schema))
@@ -64,8 +72,10 @@ class Action:
 class ToolServer(ex_grpc.ToolExecutorServiceServicer):
     """Serves actions of one or more tools."""
 
-    def __init__(self, tools: dict[str, list[Action]]) -> None:
+    def __init__(self, tools: dict[str, list[Action]], *, admin_check: AdminCheck | None = None) -> None:
+        """`admin_check`: how gRPC callers prove admin rights for `requires_admin` actions (None: open)."""
         self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
+        self._admin_check = admin_check
         self._streams: set[CallStream] = set()
         self._draining = False
 
@@ -75,10 +85,20 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
         for stream in self._streams:
             stream.close()
 
+    def caller_check(self, context: grpc.aio.ServicerContext) -> Callable[[], bool] | None:
+        """For `call`: whether this gRPC caller may run admin-only actions, decided only if one asks."""
+        check = self._admin_check
+        return None if check is None else (lambda: check(context))
+
     async def call(
-        self, request: ex.ExecuteRequest, progress: Callable[[float, float, str], None] | None = None
+        self,
+        request: ex.ExecuteRequest,
+        progress: Callable[[float, float, str], None] | None = None,
+        *,
+        caller_is_admin: Callable[[], bool] | None = None,
     ) -> ex.ExecuteResponse:
-        """Run one call in this process (also the in-process fast path)."""
+        """Run one call in this process (also the in-process fast path, whose router already
+        checked the caller's rights: `caller_is_admin` None). gRPC callers pass `caller_check`."""
         actions = self._actions.get(request.tool_id)
         if actions is None:
             raise NotFound(f"this server does not host tool {request.tool_id!r}", reason="TOOL_NOT_FOUND")
@@ -86,6 +106,12 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
         if action is None:
             raise InvalidRequest(
                 f"tool {request.tool_id!r} has no action {request.action!r}", reason="UNKNOWN_ACTION"
+            )
+        if action.requires_admin and caller_is_admin is not None and not caller_is_admin():
+            raise Unauthenticated(
+                f"{request.action} needs the admin token (authorization: Bearer <token>)",
+                reason="ADMIN_TOKEN_REQUIRED",
+                metadata={"tool_id": request.tool_id, "action": request.action},
             )
         timeout = request.timeout.seconds + request.timeout.nanos / 1e9
         ctx = CallContext(request.tool_id, request.action, timeout, request.session_id, request.request_id)
@@ -102,17 +128,19 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
-        return await self.call(request)
+        return await self.call(request, caller_is_admin=self.caller_check(context))
 
     async def ExecuteStream(
         self, requests: AsyncIterator[ex.ExecuteStreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
+        caller = self.caller_check(context)  # the stream's metadata speaks for every call on it
+
         async def run_call(request: ex.ExecuteRequest, progress: Progress) -> ex.ExecuteResponse:
             def report(p: float, total: float, message: str) -> None:
                 progress(ex.Progress(progress=p, total=total, message=message))
 
             try:
-                return await self.call(request, report)
+                return await self.call(request, report, caller_is_admin=caller)
             except asyncio.CancelledError:
                 return text_result("call cancelled by the caller", is_error=True)
             except Exception as exc:  # protocol faults travel as error results on the stream

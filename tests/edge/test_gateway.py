@@ -29,8 +29,13 @@ def _tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
 
 
 @pytest.fixture
-async def gateway(hub):
-    async with HubGateway(GatewayOptions(hub_target=hub.uds_target, usage_flush_s=3600)) as gw:
+async def gateway(hub, cfg):
+    opts = GatewayOptions(
+        hub_target=hub.uds_target,
+        usage_flush_s=3600,
+        service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
+    )
+    async with HubGateway(opts) as gw:
         async with asyncio.timeout(5):
             await gw.synced.wait()
         yield gw

@@ -193,13 +193,21 @@ async def test_a_tool_registered_mid_task_is_offered_in_the_next_llm_request(
     assert "HELLO" in rec["steps"][1]["tool_calls"][0]["observation"]
 
 
-async def test_a_tool_removed_mid_task_is_no_longer_offered(start_runtime: Any, hub_stubs: Any) -> None:
+async def test_a_tool_removed_mid_task_is_no_longer_offered(
+    start_runtime: Any, hub: Any, hub_stubs: Any
+) -> None:
     from toolscore.v1 import tool_library_pb2 as lib
 
+    from services.common.credentials import METADATA_KEY
+
     host_box: dict[str, Any] = {}
+    # `builtin` is the hub's own (a reserved owner): removing it takes the hub's credential.
+    proof = ((METADATA_KEY, hub.service_credential),)
 
     async def remove_while_waiting(body: dict[str, Any]) -> Any:
-        await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="builtin"), timeout=10)
+        await hub_stubs.library.DeregisterTool(
+            lib.DeregisterToolRequest(tool_id="builtin"), metadata=proof, timeout=10
+        )
         assert await host_box["host"].catalog.wait_for(lambda c: "builtin" not in c.tools, 10)
         return calls(call(PY, {"code": "print(2)"}))
 

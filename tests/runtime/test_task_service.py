@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from edge import tasks_routes
+from edge.auth import AdminAuth
 from services.runtime.host import RuntimeHost
 from services.runtime.service import TaskService
 from services.runtime.tasks import TaskRow, TaskStore
@@ -48,7 +49,7 @@ async def serve_tasks() -> AsyncIterator[Callable[[TaskService], Any]]:
 
     async def start(service: TaskService) -> Api:
         app = web.Application()
-        tasks_routes.add_routes(app, service)
+        tasks_routes.add_routes(app, service, AdminAuth(""))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         runners.append(runner)

@@ -6,7 +6,6 @@ Errors are raised as MeshError and mapped once, by the app's middleware.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from toolscore.v1 import tool_pb2
 
 from edge import openapi, views
 from edge.state import AUTH, EVENTS, GATEWAY, METRICS, RELAY, STARTED
+from services.common import jsonvalue
 from services.common.errors import InvalidRequest, NotFound
 
 _JSON_TYPE = "application/json"
@@ -29,8 +29,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidRequest (400) saying why not."""
     raw = await request.read()
     try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        body = jsonvalue.loads(raw) if raw else None
+    except jsonvalue.JsonTooDeep as exc:
+        raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
+    except ValueError:
         raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")

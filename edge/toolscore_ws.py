@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -23,6 +22,7 @@ from toolscore.v1 import executor_pb2 as ex
 from edge import views
 from edge.relay import RelayServer, ServerSession
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
+from services.common import jsonvalue
 from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ class Connection:
 
     def dispatch(self, data: str) -> None:
         try:
-            msg = json.loads(data)
-        except ValueError:
-            self.error("Invalid JSON")
+            msg = jsonvalue.loads(data)
+        except ValueError as exc:
+            self.error(f"Invalid JSON: {exc}" if isinstance(exc, jsonvalue.JsonTooDeep) else "Invalid JSON")
             return
         if not isinstance(msg, dict):
             self.error("a message must be a JSON object with a 'type'")

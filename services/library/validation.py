@@ -13,7 +13,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
 from services.common.errors import InvalidArguments, InvalidRequest
-from services.common.jsonvalue import struct_to_dict
+from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
 
 TOOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -59,9 +59,21 @@ def check_tool(tool: tool_pb2.Tool) -> None:
                 _check_schema(struct_to_dict(getattr(cap, field)), f"{where}.{field}")
 
 
+def check_schema_depth(schema: dict[str, Any], where: str) -> None:
+    """InvalidRequest when a schema nests deeper than MAX_DEPTH: a deeper one may not survive the
+    wrapper messages that carry definitions (WatchToolEvents, ListTools) to every router."""
+    if too_deep(schema):
+        raise InvalidRequest(
+            f"{where} nests more than {MAX_DEPTH} objects and arrays deep",
+            reason="SCHEMA_TOO_DEEP",
+            metadata={"limit": str(MAX_DEPTH)},
+        )
+
+
 def _check_schema(schema: dict[str, Any], where: str) -> None:
     if not schema:
         return
+    check_schema_depth(schema, where)
     if (
         "type" in schema
         and schema["type"] not in ("object", ["object"], ["object", "null"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,7 @@ from toolscore.v1 import tool_pb2
 from services.common import endpoints
 from services.common.errors import InvalidArguments, InvalidRequest
 from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
+from services.library import patterns
 
 TOOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -81,11 +83,27 @@ def _check_schema(schema: dict[str, Any], where: str) -> None:
     ):
         raise InvalidRequest(f"{where} must describe an object (type: object)", reason="INVALID_SCHEMA")
     try:
-        validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
+        _validator_class(schema).check_schema(schema, format_checker=patterns.FORMATS)
     except js_exceptions.SchemaError as exc:
+        why = exc.cause if isinstance(exc.cause, patterns.PatternError) else exc.message
+        raise InvalidRequest(f"{where} is not a valid JSON Schema: {why}", reason="INVALID_SCHEMA") from exc
+    if patterns.uses_pattern_properties_with_unevaluated(schema):
         raise InvalidRequest(
-            f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA"
-        ) from exc
+            f"{where} uses unevaluatedProperties together with patternProperties, which the mesh "
+            "cannot check in linear time; use additionalProperties instead",
+            reason="INVALID_SCHEMA",
+        )
+
+
+@functools.cache
+def _linear(cls: type[jsonschema.protocols.Validator]) -> type[jsonschema.protocols.Validator]:
+    """The draft's validator class with its regular expressions matched by RE2 (linear time)."""
+    keywords = {k: fn for k, fn in patterns.KEYWORDS.items() if k in cls.VALIDATORS}
+    return validators.extend(cls, keywords)  # type: ignore[no-any-return]
+
+
+def _validator_class(schema: dict[str, Any]) -> type[jsonschema.protocols.Validator]:
+    return _linear(validators.validator_for(schema, default=validators.Draft202012Validator))
 
 
 _FLAT_SCHEMA_KEYS = frozenset(
@@ -185,7 +203,7 @@ class ArgumentValidator:
     __slots__ = ("_fast", "_validator")
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+        cls = _validator_class(schema)
         self._validator: jsonschema.protocols.Validator | None = cls(schema) if schema else None
         self._fast = flat_checker(schema) if schema else None
 

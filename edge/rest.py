@@ -95,7 +95,24 @@ async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.synced.is_set():
         return _json(
-            {"status": "unhealthy", "message": "the edge cannot reach the hub", "hub_connected": False},
+            {
+                "status": "unhealthy",
+                "message": "the edge cannot reach the hub",
+                "hub_connected": False,
+                **({"reason": gw.problem} if gw.problem else {}),
+            },
+            status=503,
+        )
+    if gw.problem:  # reachable, but not following its events: the tool cache may be stale
+        return _json(
+            {
+                "status": "degraded",
+                "message": "the edge is resyncing its tool cache with the hub",
+                "hub_connected": True,
+                "resyncing": True,
+                "reason": gw.problem,
+                "revision": gw.revision,
+            },
             status=503,
         )
     return _json(
@@ -109,10 +126,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    synced = request.app[GATEWAY].synced.is_set()
+    gw = request.app[GATEWAY]
+    synced = gw.synced.is_set()
     return _json(
         {
-            "status": "running" if synced else "degraded",
+            "status": "running" if synced and not gw.problem else "degraded",
             "tool_library_initialized": synced,
             "stats": stats(request.app),
         }

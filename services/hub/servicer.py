@@ -8,9 +8,12 @@ ExecuteToolResponse, so the hub forwards what it parsed without converting.
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message import DecodeError
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import toolscore_pb2  # loads the service descriptor for reflection
 
+from services.common.errors import InvalidRequest
+from services.common.jsonvalue import MAX_DEPTH
 from services.router.router import Router
 
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
@@ -22,16 +25,31 @@ class ToolScoreServicer:
         self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
 
     async def ExecuteTool(
-        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
+        self, request: ex.ExecuteRequest | None, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
+        if request is None:
+            raise InvalidRequest(
+                "the request could not be parsed: arguments nested past protobuf's limit, or not an "
+                f"ExecuteToolRequest (arguments may nest {MAX_DEPTH} objects and arrays)",
+                reason="UNPARSEABLE_REQUEST",
+            )
         return await self.router.execute(request, deadline_s=context.time_remaining())
+
+
+def _parse_call(raw: bytes) -> ex.ExecuteRequest | None:
+    """ExecuteRequest.FromString, or None for bytes protobuf refuses (grpc would answer UNKNOWN
+    with a traceback in the log; ExecuteTool answers INVALID_ARGUMENT instead)."""
+    try:
+        return ex.ExecuteRequest.FromString(raw)
+    except DecodeError:
+        return None
 
 
 def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:
     handlers = {
         "ExecuteTool": grpc.unary_unary_rpc_method_handler(
             servicer.ExecuteTool,
-            request_deserializer=ex.ExecuteRequest.FromString,
+            request_deserializer=_parse_call,
             response_serializer=ex.ExecuteResponse.SerializeToString,
         ),
         **servicer.extra,

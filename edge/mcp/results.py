@@ -35,9 +35,12 @@ _INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted
 _OCTETS = "application/octet-stream"
 # Failures of the tool, reported to the model as an isError result.
 _TOOL_FAILURE = (Unavailable, DeadlineExceeded)
-# Arguments this tool does not accept, and a tool that is switched off: the model can correct the
-# call or choose another tool, so they are results too (InvalidArguments: the schema's violations).
-_INPUT_REASONS = frozenset({"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "TOOL_DISABLED"})
+# Arguments this tool does not accept, a tool that is switched off or whose schema cannot be checked:
+# the model can correct the call or choose another tool, so they are results too (InvalidArguments:
+# the schema's violations).
+_INPUT_REASONS = frozenset(
+    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "SCHEMA_TOO_COMPLEX", "TOOL_DISABLED"}
+)
 
 
 def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:

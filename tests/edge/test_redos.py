@@ -1,7 +1,8 @@
-"""A schema's regular expression never holds the edge's or the hub's event loop.
+"""Whatever a schema says, checking arguments against it never holds the edge's or the hub's loop.
 
 Before RE2, `^(a+)+$` against 29 characters froze the edge for 22 s and the hub
-for 44 s (Python's backtracking `re`, on the loop). The mesh runs here as
+for 44 s (Python's backtracking `re`, on the loop); `uniqueItems` over objects
+was quadratic and references that fan out exponential. The mesh runs here as
 `make run` starts it, so a frozen loop shows as a request nobody answers.
 """
 
@@ -22,6 +23,7 @@ from tests.helpers import reason_of
 
 CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa...a!"
 HOSTILE = "a" * 40 + "!"
+FAN_OUT = 40  # allOf of two references to the next definition, 40 deep: 2**40 checks of one value
 HOSTILE_TOOL = {
     "tool_id": "hostile",
     "endpoint": "unix:///nonexistent/hostile.sock",  # never reached: validation refuses first
@@ -42,6 +44,19 @@ HOSTILE_TOOL = {
                 "additionalProperties": False,
             },
         },
+        {"name": "unique", "input_schema": {"type": "object", "properties": {"l": {"uniqueItems": True}}}},
+        {
+            "name": "fanout",
+            "input_schema": {
+                "type": "object",
+                "$defs": {
+                    **{f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(FAN_OUT)},
+                    f"d{FAN_OUT}": {"type": "object"},
+                },
+                "$ref": "#/$defs/d0",
+            },
+        },
+        {"name": "endless", "input_schema": {"type": "object", "$ref": "#"}},
     ],
 }
 
@@ -68,19 +83,26 @@ async def _get(http: aiohttp.ClientSession, url: str) -> int:
         return r.status
 
 
-@pytest.mark.parametrize(
-    ("action", "arguments"), [("match", {"s": HOSTILE}), ("keys", {HOSTILE: 1})], ids=["pattern", "keys"]
-)
-async def test_a_catastrophic_pattern_is_refused_while_the_edge_answers_others(mesh_edge, action, arguments):
+HOSTILE_CALLS = [  # (action, arguments, the reason of the error that answers it)
+    ("match", {"s": HOSTILE}, "INVALID_ARGUMENTS"),
+    ("keys", {HOSTILE: 1}, "INVALID_ARGUMENTS"),
+    ("unique", {"l": [{} for _ in range(100_000)]}, "INVALID_ARGUMENTS"),  # n**2 compares before
+    ("fanout", {}, "SCHEMA_TOO_COMPLEX"),
+    ("endless", {}, "SCHEMA_TOO_COMPLEX"),  # a RecursionError and a 500 before
+]
+
+
+async def test_hostile_schemas_are_answered_while_the_edge_answers_others(mesh_edge):
     _, base = mesh_edge
     async with aiohttp.ClientSession() as http:
-        hostile = asyncio.create_task(
-            _post(http, base + "/api/v1/tools/hostile/call", {"action": action, "arguments": arguments})
-        )
-        async with asyncio.timeout(10):  # a frozen loop answers nothing: this deadline is the test
-            assert await _get(http, base + "/health") == 200
-            status, body = await hostile
-    assert status == 400 and body["reason"] == "INVALID_ARGUMENTS", body
+        for action, arguments, reason in HOSTILE_CALLS:
+            hostile = asyncio.create_task(
+                _post(http, base + "/api/v1/tools/hostile/call", {"action": action, "arguments": arguments})
+            )
+            async with asyncio.timeout(10):  # a frozen loop answers nothing: this deadline is the test
+                assert await _get(http, base + "/health") == 200, action
+                status, body = await hostile
+            assert status in (400, 409) and body["reason"] == reason, (action, body)
 
 
 async def test_a_catastrophic_pattern_is_refused_while_the_hub_answers_others(mesh_edge):

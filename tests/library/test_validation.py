@@ -6,7 +6,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidArguments, InvalidRequest
+from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
 from services.common.jsonvalue import MAX_DEPTH
 from services.library.validation import ArgumentValidator, check_tool, flat_checker
 
@@ -204,3 +204,63 @@ def test_a_schema_nested_past_the_depth_bound_is_refused_at_registration():
     with pytest.raises(InvalidRequest) as err:
         check_tool(input_schema({"type": "object", "x-nested": {"a": at}}))
     assert err.value.reason == "SCHEMA_TOO_DEEP"
+
+
+# -- uniqueItems and the work budget ----------------------------------------------------------
+
+UNIQUE = {"type": "object", "properties": {"l": {"type": "array", "uniqueItems": True}}}
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [1, True, 1.5, "x", None, [1], {"a": 1}, {"a": True}, 0, False, [True], "1"],
+        [1, 1.0],
+        [True, True],
+        [{"a": [1, {"b": 2}]}, {"a": [1, {"b": 2.0}]}],
+        [{"a": 1, "b": 2}, {"b": 2, "a": 1}],
+        [[1, 2], [2, 1]],
+        [],
+    ],
+)
+def test_unique_items_by_hashing_gives_jsonschemas_verdicts(items):
+    expected = Draft202012Validator(UNIQUE).is_valid({"l": items})
+    try:
+        ArgumentValidator(UNIQUE).check({"l": items})
+        got = True
+    except InvalidArguments:
+        got = False
+    assert got == expected
+
+
+def test_unique_items_over_many_objects_is_linear():
+    with pytest.raises(InvalidArguments):  # 200,000 objects: 2 * 10**10 pairwise compares before
+        ArgumentValidator(UNIQUE).check({"l": [{"k": i} for i in range(200_000)] + [{"k": 7}]})
+
+
+def fan_out(levels: int) -> dict:
+    """allOf of two references to the next definition, `levels` deep: 2**levels checks of one value."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(levels)}
+    return {"type": "object", "$defs": {**defs, f"d{levels}": {"type": "object"}}, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize("schema", [fan_out(40), {"type": "object", "$ref": "#"}], ids=["fan-out", "endless"])
+def test_a_schema_whose_check_would_explode_or_never_end_is_stopped_with_a_clear_error(schema):
+    check_tool(input_schema(schema))  # nothing a static check can see
+    with pytest.raises(FailedPrecondition) as err:
+        ArgumentValidator(schema).check({"x": 1})
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX"
+
+
+def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
+    branch = {
+        "type": "object",
+        "properties": {f"p{j}": {"type": "string", "minLength": 1} for j in range(10)},
+        "required": ["kind"],
+    }
+    branches = [{**branch, "properties": {**branch["properties"], "kind": {"const": i}}} for i in range(20)]
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"oneOf": branches}}}}
+    items = [{"kind": i % 20, **{f"p{j}": "v" for j in range(10)}} for i in range(100)]
+    ArgumentValidator(schema).check({"items": items})
+    with pytest.raises(InvalidArguments):
+        ArgumentValidator(schema).check({"items": [*items, {"kind": 99}]})

@@ -1,13 +1,23 @@
-"""JSON Schema's regular expressions, matched in linear time with RE2.
+"""jsonschema's keywords that could hold an event loop, made linear; and a meter on all of them.
 
-jsonschema matches `pattern`, `patternProperties` (and `additionalProperties`
-next to it) with Python's backtracking `re`: a schema from any installed MCP
-server plus a 30-character argument from any caller could hold an event loop
-for minutes. RE2 guarantees time linear in the input whatever the pattern, at
-the price of the few features that need backtracking (lookaround,
-backreferences), which registration refuses with the reason. Its syntax is
-closer to ECMA 262, the dialect JSON Schema names, than Python's is (`\\d` is
-ASCII, `$` does not match before a final newline).
+Argument validation runs on the edge's and the hub's event loops, against
+schemas from any registered tool or installed MCP server, with arguments from
+any caller. jsonschema's own implementations can take time far beyond linear:
+
+- `pattern`, `patternProperties` (and `additionalProperties` next to it) match
+  with Python's backtracking `re`: `^(a+)+$` against 29 characters froze the
+  edge for 22 s. Here they match with RE2, linear in the input whatever the
+  pattern, at the price of the few features that need backtracking
+  (lookaround, backreferences), which registration refuses with the reason.
+  RE2's syntax is closer to ECMA 262, JSON Schema's dialect, than Python's
+  (`\\d` is ASCII, `$` does not match before a final newline).
+- `uniqueItems` compares unorderable items (objects) pairwise: quadratic in a
+  1 MiB array. Here items are hashed.
+- A schema can make validation exponential without any of these (`$ref`s that
+  fan out, `allOf` of two references to the next definition, 30 deep) or
+  endless (`{"$ref": "#"}`). Every keyword is metered: a call gets a budget
+  proportional to the schema's size times the arguments' size, which no
+  ordinary schema comes near, and a check that would exceed it stops.
 
 Not supported: `unevaluatedProperties` in a schema that also has
 `patternProperties` (jsonschema's implementation matches those with `re`
@@ -16,8 +26,9 @@ internally); registration refuses the pair.
 
 from __future__ import annotations
 
+import contextvars
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import re2
@@ -105,11 +116,85 @@ def additional_properties(
             yield ValidationError(f"Additional properties are not allowed ({listed} {was} unexpected)")
 
 
-KEYWORDS = {
+def unique_items(validator: Validator, unique: Any, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if (
+        unique
+        and validator.is_type(instance, "array")
+        and len({_frozen(i) for i in instance}) < len(instance)
+    ):
+        yield ValidationError(f"{instance!r} has non-unique elements")
+
+
+def _frozen(value: Any) -> Any:
+    """A hashable form equal exactly when jsonschema's `equal` says so (1 == 1.0, True != 1)."""
+    if isinstance(value, bool):
+        return (bool, value)
+    if isinstance(value, dict):
+        return (dict, frozenset((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_frozen(v) for v in value))
+    return value  # str, numbers, None: Python's own equality is JSON's
+
+
+LINEAR = {
     "pattern": pattern,
     "patternProperties": pattern_properties,
     "additionalProperties": additional_properties,
+    "uniqueItems": unique_items,
 }
+
+
+# -- the meter ---------------------------------------------------------------------------
+
+
+class BudgetExceeded(Exception):
+    """A schema check stopped: it needed more keyword evaluations than its budget."""
+
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+
+
+_BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("schema_budget", default=None)
+Keyword = Callable[[Validator, Any, Any, Any], Any]
+
+
+def metered(fn: Keyword) -> Keyword:
+    """`fn`, counting one evaluation against the running check's budget (none outside `budget`)."""
+
+    def keyword(validator: Validator, value: Any, instance: Any, schema: Any) -> Any:
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.left -= 1
+            if budget.left < 0:
+                raise BudgetExceeded
+        return fn(validator, value, instance, schema)
+
+    return keyword
+
+
+def run_metered(evaluations: int, check: Callable[[], Any]) -> Any:
+    """`check()` with at most `evaluations` keyword evaluations; BudgetExceeded past them, and for
+    a schema that recurses without end (RecursionError)."""
+    token = _BUDGET.set(_Budget(evaluations))
+    try:
+        return check()
+    except RecursionError:
+        raise BudgetExceeded from None
+    finally:
+        _BUDGET.reset(token)
+
+
+def size(value: Any) -> int:
+    """The number of JSON values in `value`, itself included (a schema's or an instance's size)."""
+    if isinstance(value, dict):
+        return 1 + sum(size(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(size(v) for v in value)
+    return 1
 
 
 def uses_pattern_properties_with_unevaluated(schema: Any) -> bool:

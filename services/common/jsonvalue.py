@@ -111,16 +111,20 @@ class JsonTooDeep(ValueError):
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     """True when `value` nests more than `limit` objects and arrays (it stops looking past the limit)."""
-    if isinstance(value, dict):
+    # Exact type checks: JSON parsers and struct_to_dict make plain dicts and lists, and this runs
+    # on every call's path.
+    t = type(value)
+    if t is dict:
         items: Any = value.values()
-    elif isinstance(value, list):
+    elif t is list:
         items = value
     else:
         return False
     if limit < 1:
         return True
     for v in items:
-        if isinstance(v, dict | list) and too_deep(v, limit - 1):
+        t = type(v)
+        if (t is dict or t is list) and too_deep(v, limit - 1):
             return True
     return False
 

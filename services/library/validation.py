@@ -226,6 +226,8 @@ class ArgumentValidator:
                 reason="SCHEMA_TOO_COMPLEX",
                 metadata={"budget": str(budget)},
             ) from None
+        except keywords.PatternError as exc:  # registered before patterns had to compile with RE2
+            raise FailedPrecondition(str(exc), reason="SCHEMA_TOO_COMPLEX") from None
         if errors:
             violations = [
                 (

@@ -264,3 +264,10 @@ def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
     ArgumentValidator(schema).check({"items": items})
     with pytest.raises(InvalidArguments):
         ArgumentValidator(schema).check({"items": [*items, {"kind": 99}]})
+
+
+def test_a_pattern_re2_cannot_run_in_a_schema_that_skipped_registration_fails_the_call_clearly():
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(?=a)a$"}}}
+    with pytest.raises(FailedPrecondition) as err:  # e.g. a definition an older hub stored
+        ArgumentValidator(schema).check({"s": "a"})
+    assert "no lookaround" in err.value.message

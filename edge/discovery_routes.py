@@ -28,6 +28,7 @@ from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
 
 from edge.views import error_response
+from services.common import jsonvalue
 from services.common.errors import InvalidRequest, MeshError
 from services.discovery.client import DiscoveryClient
 
@@ -63,7 +64,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json(loads=json.loads)
+        body = jsonvalue.loads(await request.read())
+    except jsonvalue.JsonTooDeep as exc:
+        raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
     except ValueError as exc:
         raise InvalidRequest("the request body is not valid JSON", reason="INVALID_JSON") from exc
     if not isinstance(body, dict):

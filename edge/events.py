@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import Any
 
@@ -28,6 +27,7 @@ from edge.gateway import HubGateway
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
 from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
+from services.common import jsonvalue
 from services.common.errors import MeshError
 
 log = logging.getLogger(__name__)
@@ -250,9 +250,9 @@ def _filters(sub: Subscriber, events: Any, tool_ids: Any) -> None:
 
 def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     try:
-        msg = json.loads(data)
-    except ValueError:
-        sub.send(_error("Invalid JSON"))
+        msg = jsonvalue.loads(data)
+    except ValueError as exc:
+        sub.send(_error(f"Invalid JSON: {exc}" if isinstance(exc, jsonvalue.JsonTooDeep) else "Invalid JSON"))
         return
     if not isinstance(msg, dict):
         sub.send(_error("a message must be a JSON object with a 'type'"))

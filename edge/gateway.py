@@ -42,6 +42,10 @@ CallObserver = Callable[[str, str, float], None]
 REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
 
 
+class _Unreadable(Exception):
+    """A message from the hub that this edge could not parse."""
+
+
 @dataclass
 class _Usage:
     calls: int = 0
@@ -79,6 +83,11 @@ class HubGateway:
         self.entries: dict[str, Entry] = {}
         self.revision = 0
         self.synced = asyncio.Event()
+        # Why the cache may be behind the hub ("" while it follows the hub's events): any failure of
+        # the watch sets it until a fresh listing and a new watch have caught up. /health shows it.
+        self.problem = ""
+        self.following = asyncio.Event()  # set while caught up and following; cleared with a problem
+        self.troubled = asyncio.Event()  # the reverse: set while `problem` is
         self.listeners: list[Listener] = []
         # Recent events (revision order) for clients that resume with ?since=.
         self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
@@ -135,20 +144,42 @@ class HubGateway:
         return [self.entries[k].snapshot() for k in sorted(self.entries)]
 
     async def _follow(self) -> None:
+        """List, then follow the hub's events; on any failure list again, until cancelled."""
         delay = 0.1
         while True:
             try:
                 await self._resync()
-                delay = 0.1
                 watch = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=self.revision))
+                self._caught_up()
+                delay = 0.1
                 async for resp in watch:
+                    if resp is None:  # grpc hands back None for a message it could not parse
+                        raise _Unreadable("an event from the hub could not be parsed")
                     self._apply(resp.event)
-                log.warning("hub closed the event stream; resyncing")
+                self._fell_behind("the hub closed the event stream")
+                continue
             except grpc.aio.AioRpcError as exc:
-                self.synced.clear()
-                log.info("hub not reachable for events (%s); retrying in %.1fs", exc.code().name, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    self.synced.clear()  # unreachable; any other status: reachable, but we are behind
+                self._fell_behind(f"event stream failed: {exc.code().name}: {exc.details()}")
+            except Exception as exc:  # anything else: the cache may be stale, so never just stop
+                self._fell_behind(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _caught_up(self) -> None:
+        if self.problem:
+            log.info("caught up with the hub at revision %d", self.revision)
+        self.problem = ""
+        self.troubled.clear()
+        self.following.set()
+
+    def _fell_behind(self, why: str) -> None:
+        if why != self.problem:  # one line per distinct failure, not per retry
+            log.warning("registry cache may be stale (%s); resyncing", why)
+        self.problem = why
+        self.following.clear()
+        self.troubled.set()
 
     async def _resync(self) -> None:
         """Replace the cache with a fresh listing; emit the differences as events to listeners."""
@@ -158,6 +189,8 @@ class HubGateway:
             page = await self.library.ListTools(
                 lib.ListToolsRequest(page_size=1000, page_token=token), wait_for_ready=True, timeout=30
             )
+            if page is None:  # as for events: a listing grpc could not parse
+                raise _Unreadable("a page of the hub's listing could not be parsed")
             tools.extend(page.tools)
             revision = revision or page.revision
             token = page.next_page_token

@@ -33,7 +33,7 @@ from edge.gateway import HubGateway
 from services.common.config import Config
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
@@ -59,7 +59,9 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
         resp.error.message = message
         resp.content.add().text.text = message
         return resp
-    if isinstance(data, dict):
+    # Past the depth bound a Struct may not survive the messages that carry results on (the
+    # hub's ExecuteStream); the text block below still has all of it.
+    if isinstance(data, dict) and not too_deep(data):
         with contextlib.suppress(ValueError, TypeError):
             resp.structured.CopyFrom(dict_to_struct(data))
     if data is not None:

@@ -6,7 +6,6 @@ Errors are raised as MeshError and mapped once, by the app's middleware.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -16,6 +15,7 @@ from toolscore.v1 import tool_pb2
 
 from edge import openapi, views
 from edge.state import AUTH, EVENTS, GATEWAY, METRICS, RELAY, STARTED
+from services.common import jsonvalue
 from services.common.errors import InvalidRequest, NotFound
 
 _JSON_TYPE = "application/json"
@@ -29,8 +29,10 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object, or InvalidRequest (400) saying why not."""
     raw = await request.read()
     try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        body = jsonvalue.loads(raw) if raw else None
+    except jsonvalue.JsonTooDeep as exc:
+        raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
+    except ValueError:
         raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
@@ -93,7 +95,24 @@ async def health(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if not gw.synced.is_set():
         return _json(
-            {"status": "unhealthy", "message": "the edge cannot reach the hub", "hub_connected": False},
+            {
+                "status": "unhealthy",
+                "message": "the edge cannot reach the hub",
+                "hub_connected": False,
+                **({"reason": gw.problem} if gw.problem else {}),
+            },
+            status=503,
+        )
+    if gw.problem:  # reachable, but not following its events: the tool cache may be stale
+        return _json(
+            {
+                "status": "degraded",
+                "message": "the edge is resyncing its tool cache with the hub",
+                "hub_connected": True,
+                "resyncing": True,
+                "reason": gw.problem,
+                "revision": gw.revision,
+            },
             status=503,
         )
     return _json(
@@ -107,10 +126,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    synced = request.app[GATEWAY].synced.is_set()
+    gw = request.app[GATEWAY]
+    synced = gw.synced.is_set()
     return _json(
         {
-            "status": "running" if synced else "degraded",
+            "status": "running" if synced and not gw.problem else "degraded",
             "tool_library_initialized": synced,
             "stats": stats(request.app),
         }

@@ -14,7 +14,6 @@ client that does not read them is closed with 1013. Protocol faults are
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from edge import views
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
 from edge.relay import RelayServer, ServerSession
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
+from services.common import jsonvalue
 from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ class Connection:
         if self.out.overflowed:  # closing it as a slow reader: nothing more is served
             return
         try:
-            msg = json.loads(data)
-        except ValueError:
-            self.error("Invalid JSON")
+            msg = jsonvalue.loads(data)
+        except ValueError as exc:
+            self.error(f"Invalid JSON: {exc}" if isinstance(exc, jsonvalue.JsonTooDeep) else "Invalid JSON")
             return
         if not isinstance(msg, dict):
             self.error("a message must be a JSON object with a 'type'")

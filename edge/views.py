@@ -20,6 +20,8 @@ from toolscore.v1 import tool_pb2
 from services.common.errors import InvalidRequest, MeshError
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
+from services.library.validation import check_schema_depth
+from services.router.router import check_depth
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -293,8 +295,10 @@ def capability_from_json(raw: Any, where: str) -> tool_pb2.Capability:
     if schema is not None:
         if not isinstance(schema, dict):
             raise InvalidRequest(f"{where}.input_schema must be an object", reason="INVALID_SCHEMA")
+        check_schema_depth(schema, f"{where}.input_schema")  # before protobuf meets it
         cap.input_schema.CopyFrom(dict_to_struct(schema))
     if isinstance(raw.get("output_schema"), dict):
+        check_schema_depth(raw["output_schema"], f"{where}.output_schema")
         cap.output_schema.CopyFrom(dict_to_struct(raw["output_schema"]))
     return cap
 
@@ -353,6 +357,7 @@ def arguments_struct(value: Any, field: str = "parameters"):  # type: ignore[no-
         value = {}
     if not isinstance(value, dict):
         raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
+    check_depth(value, field)  # before protobuf meets it
     try:
         return dict_to_struct(value)
     except (ValueError, TypeError) as exc:

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import jsonvalue
+
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS: tuple[str, ...] = ("2026-07-28",)
 LATEST_HANDSHAKE = HANDSHAKE_VERSIONS[-1]
@@ -82,8 +84,10 @@ class Message:
 def decode(data: bytes | str) -> Message:
     """Parse and classify one JSON-RPC message; raise ProtocolError (-32700 / -32600) when it is not one."""
     try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError):
+        obj = jsonvalue.loads(data)
+    except jsonvalue.JsonTooDeep as exc:
+        raise ProtocolError(PARSE_ERROR, f"Parse error: the body is {exc}") from None
+    except ValueError:
         raise ProtocolError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
     return classify(obj)
 

@@ -1,8 +1,10 @@
 """Mesh call outcomes as MCP `tools/call` results or JSON-RPC errors. Pure.
 
 A tool that fails, times out or cannot be reached is a *result* with
-`isError` (the model sees it and can adapt); a call the protocol rejects
-(unknown tool, arguments that violate the schema) is a JSON-RPC error.
+`isError` (the model sees it and can adapt), and so are arguments the tool's
+input does not accept (MCP 2025-11-25, SEP-1303: the model reads why and
+corrects itself, where a JSON-RPC error is shown to it as nothing useful); a
+call the protocol rejects (unknown tool, malformed params) is a JSON-RPC error.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from toolscore.v1 import executor_pb2 as ex
 from services.common.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    InvalidArguments,
     InvalidRequest,
     MeshError,
     NotFound,
@@ -32,6 +35,12 @@ _INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted
 _OCTETS = "application/octet-stream"
 # Failures of the tool, reported to the model as an isError result.
 _TOOL_FAILURE = (Unavailable, DeadlineExceeded)
+# Arguments this tool does not accept, a tool that is switched off or whose schema cannot be checked:
+# the model can correct the call or choose another tool, so they are results too (InvalidArguments:
+# the schema's violations).
+_INPUT_REASONS = frozenset(
+    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "SCHEMA_TOO_COMPLEX", "TOOL_DISABLED"}
+)
 
 
 def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
@@ -74,10 +83,20 @@ def failure_result(message: str) -> dict[str, Any]:
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
+def input_error_result(exc: MeshError) -> dict[str, Any]:
+    """An isError result saying what was wrong with the call, every schema violation included."""
+    text = exc.message
+    if isinstance(exc, InvalidArguments) and len(exc.violations) > 1:
+        text += "\n" + "\n".join(f"- {field}: {why}" for field, why in exc.violations)
+    return failure_result(text)
+
+
 def from_mesh_error(exc: MeshError) -> dict[str, Any]:
-    """An isError result for tool failures; raise ProtocolError for everything else."""
+    """An isError result for tool failures and input errors; raise ProtocolError for everything else."""
     if isinstance(exc, _TOOL_FAILURE):
         return failure_result(exc.message)
+    if isinstance(exc, InvalidArguments) or exc.reason in _INPUT_REASONS:
+        return input_error_result(exc)
     if isinstance(exc, _INVALID_CALL):
         raise ProtocolError(INVALID_PARAMS, exc.message, exc.to_json()) from None
     raise ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json()) from None

@@ -3,10 +3,14 @@
 json_format.MessageToDict is pure Python and slow on the hot path; this walks
 the upb message directly. Integral doubles come back as ints (Struct stores
 every number as a double), so `{"timeout": 5}` round-trips as 5, not 5.0.
+
+It also holds the one bound on JSON nesting (MAX_DEPTH) and the bounded parser
+every JSON body and socket message goes through (`loads`).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -86,3 +90,59 @@ def py_to_value(x: Any) -> Value:
     else:
         v.string_value = str(x)
     return v
+
+
+# -- bounds on JSON that enters the mesh -------------------------------------------------
+
+# The deepest JSON value (tool arguments, schemas) the mesh accepts: containers (objects and
+# arrays) nested, the outermost one counting as 1. It is set by protobuf, not taste: upb refuses
+# a message nested more than 100 levels, and in a Struct an object level costs 3 of them (Struct,
+# map entry, Value) and an array level 2. The deepest wrapper a value travels in costs 4
+# (WatchToolEventsResponse > ToolEvent > Tool > Capability); 32 leaves room for 7.
+MAX_DEPTH = 32
+# A request body or socket message: a value plus the envelope around it (a registration holds a
+# schema 4 levels down, a JSON-RPC call its arguments 2).
+MAX_DOCUMENT_DEPTH = MAX_DEPTH + 8
+
+
+class JsonTooDeep(ValueError):
+    """JSON nested deeper than a bound allows."""
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """True when `value` nests more than `limit` objects and arrays (it stops looking past the limit)."""
+    # Exact type checks: JSON parsers and struct_to_dict make plain dicts and lists, and this runs
+    # on every call's path.
+    t = type(value)
+    if t is dict:
+        items: Any = value.values()
+    elif t is list:
+        items = value
+    else:
+        return False
+    if limit < 1:
+        return True
+    for v in items:
+        t = type(v)
+        if (t is dict or t is list) and too_deep(v, limit - 1):
+            return True
+    return False
+
+
+def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
+    """`json.loads`, bounded: nesting past `max_depth` raises JsonTooDeep (a ValueError), as does
+    nesting too deep for the parser itself, so every caller answers a ValueError and nothing
+    downstream (Struct conversion, schema checks, logging) ever meets a value that deep."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    # Counting brackets is C-speed; a document with no more brackets than the bound cannot be
+    # deeper, so the walk only runs for bodies with many containers.
+    if isinstance(data, str):
+        opens = data.count("{") + data.count("[")
+    else:
+        opens = data.count(b"{") + data.count(b"[")
+    if opens > max_depth and too_deep(value, max_depth):
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value

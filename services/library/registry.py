@@ -120,10 +120,11 @@ class Registry:
         """Load every persisted tool (health unknown until checked) and the revision."""
         tools, stats, self.revision = await self._store.load()
         for tool_id, raw in tools.items():
-            tool = tool_pb2.Tool.FromString(raw)
-            if not tool.HasField("enabled"):  # stored before `enabled` had presence: absent was false
-                tool.enabled = False
             try:
+                tool = tool_pb2.Tool.FromString(raw)
+                if not tool.HasField("enabled"):  # stored before `enabled` had presence: absent was false
+                    tool.enabled = False
+                check_tool(tool)  # stored under older rules (no depth bound, Python regexes)
                 entry = make_entry(tool)
             except Exception:  # a definition that no longer validates stays out of the router
                 log.exception("skipping stored tool %s", tool_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,9 @@ from jsonschema import validators
 from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
-from services.common.errors import InvalidArguments, InvalidRequest
-from services.common.jsonvalue import struct_to_dict
+from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
+from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
+from services.library import keywords
 
 TOOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -59,9 +61,21 @@ def check_tool(tool: tool_pb2.Tool) -> None:
                 _check_schema(struct_to_dict(getattr(cap, field)), f"{where}.{field}")
 
 
+def check_schema_depth(schema: dict[str, Any], where: str) -> None:
+    """InvalidRequest when a schema nests deeper than MAX_DEPTH: a deeper one may not survive the
+    wrapper messages that carry definitions (WatchToolEvents, ListTools) to every router."""
+    if too_deep(schema):
+        raise InvalidRequest(
+            f"{where} nests more than {MAX_DEPTH} objects and arrays deep",
+            reason="SCHEMA_TOO_DEEP",
+            metadata={"limit": str(MAX_DEPTH)},
+        )
+
+
 def _check_schema(schema: dict[str, Any], where: str) -> None:
     if not schema:
         return
+    check_schema_depth(schema, where)
     if (
         "type" in schema
         and schema["type"] not in ("object", ["object"], ["object", "null"])
@@ -69,12 +83,30 @@ def _check_schema(schema: dict[str, Any], where: str) -> None:
     ):
         raise InvalidRequest(f"{where} must describe an object (type: object)", reason="INVALID_SCHEMA")
     try:
-        validators.validator_for(schema, default=validators.Draft202012Validator).check_schema(schema)
+        _validator_class(schema).check_schema(schema, format_checker=keywords.FORMATS)
     except js_exceptions.SchemaError as exc:
+        why = exc.cause if isinstance(exc.cause, keywords.PatternError) else exc.message
+        raise InvalidRequest(f"{where} is not a valid JSON Schema: {why}", reason="INVALID_SCHEMA") from exc
+    if keywords.uses_pattern_properties_with_unevaluated(schema):
         raise InvalidRequest(
-            f"{where} is not a valid JSON Schema: {exc.message}", reason="INVALID_SCHEMA"
-        ) from exc
+            f"{where} uses unevaluatedProperties together with patternProperties, which the mesh "
+            "cannot check in linear time; use additionalProperties instead",
+            reason="INVALID_SCHEMA",
+        )
 
+
+@functools.cache
+def _linear(cls: type[jsonschema.protocols.Validator]) -> type[jsonschema.protocols.Validator]:
+    """The draft's validator class with its super-linear keywords replaced and every keyword metered."""
+    linear = {k: keywords.LINEAR.get(k, fn) for k, fn in cls.VALIDATORS.items()}
+    return validators.extend(cls, {k: keywords.metered(fn) for k, fn in linear.items()})  # type: ignore[no-any-return]
+
+
+def _validator_class(schema: dict[str, Any]) -> type[jsonschema.protocols.Validator]:
+    return _linear(validators.validator_for(schema, default=validators.Draft202012Validator))
+
+
+_BUDGET_BASE = 1_000  # keyword evaluations any check may use, whatever the sizes
 
 _FLAT_SCHEMA_KEYS = frozenset(
     {"type", "properties", "required", "additionalProperties", "description", "title", "$schema", "$id"}
@@ -170,17 +202,32 @@ class ArgumentValidator:
     """A compiled input-schema check for one capability: a fast exact path for flat
     schemas, jsonschema for the rest and for the details of every violation."""
 
-    __slots__ = ("_fast", "_validator")
+    __slots__ = ("_fast", "_schema_size", "_validator")
 
     def __init__(self, schema: dict[str, Any]) -> None:
-        cls = validators.validator_for(schema, default=validators.Draft202012Validator)
+        cls = _validator_class(schema)
         self._validator: jsonschema.protocols.Validator | None = cls(schema) if schema else None
         self._fast = flat_checker(schema) if schema else None
+        self._schema_size = keywords.size(schema)
 
     def check(self, arguments: dict[str, Any]) -> None:
-        if self._validator is None or (self._fast is not None and self._fast(arguments)):
+        validator = self._validator
+        if validator is None or (self._fast is not None and self._fast(arguments)):
             return
-        errors = list(self._validator.iter_errors(arguments))
+        # No ordinary schema evaluates more keywords per value than it has values; a schema that
+        # does (references that fan out, or recurse without end) is stopped there.
+        budget = _BUDGET_BASE + self._schema_size * keywords.size(arguments)
+        try:
+            errors = keywords.run_metered(budget, lambda: list(validator.iter_errors(arguments)))
+        except keywords.BudgetExceeded:
+            raise FailedPrecondition(
+                f"checking these arguments against the tool's input schema needs more than {budget} "
+                "steps: the schema is too complex (references that fan out or recurse without end)",
+                reason="SCHEMA_TOO_COMPLEX",
+                metadata={"budget": str(budget)},
+            ) from None
+        except keywords.PatternError as exc:  # registered before patterns had to compile with RE2
+            raise FailedPrecondition(str(exc), reason="SCHEMA_TOO_COMPLEX") from None
         if errors:
             violations = [
                 (

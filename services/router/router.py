@@ -30,7 +30,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.jsonvalue import struct_to_dict
+from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
 from services.library.registry import Entry
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
 from services.toolkit.results import text_result
@@ -135,6 +135,9 @@ class Router:
                 metadata={"limit_bytes": str(self._max_args)},
             )
         arguments = struct_to_dict(request.arguments)
+        # Each level costs at least 2 bytes on the wire, so only bigger arguments can be too deep.
+        if size >= 2 * MAX_DEPTH:
+            check_depth(arguments)
         validator.check(arguments)
         return entry, arguments
 
@@ -204,6 +207,17 @@ class Router:
                 metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
             )
         return await handler(entry, request, timeout, on_progress)
+
+
+def check_depth(arguments: dict[str, Any], field: str = "arguments") -> None:
+    """InvalidRequest when arguments nest deeper than MAX_DEPTH: deeper ones may not survive the
+    wrapper messages that carry them to a tool server (a call would break its stream)."""
+    if too_deep(arguments):
+        raise InvalidRequest(
+            f"{field} nest more than {MAX_DEPTH} objects and arrays deep",
+            reason="ARGUMENTS_TOO_DEEP",
+            metadata={"limit": str(MAX_DEPTH)},
+        )
 
 
 def set_duration(d: duration_pb2.Duration, seconds: float) -> None:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from google.protobuf.message import DecodeError
 from google.protobuf.struct_pb2 import Struct
 
-from services.common.jsonvalue import fill_struct, struct_to_dict
+from services.common.jsonvalue import (
+    MAX_DEPTH,
+    MAX_DOCUMENT_DEPTH,
+    JsonTooDeep,
+    fill_struct,
+    loads,
+    struct_to_dict,
+    too_deep,
+)
 from services.toolkit.results import to_json
 
 VALUES = [
@@ -50,3 +61,92 @@ def test_to_json_is_json_dumps():
 
     for value in [*VALUES, [1, "x"], "s", 3, None, {"d": datetime.date(2020, 1, 1)}, {1: 2}]:
         assert to_json(value) == json.dumps(value, ensure_ascii=False, default=str)
+
+
+# -- the depth bound ---------------------------------------------------------------------
+
+
+def objects(depth: int) -> dict:
+    """An object nesting `depth` objects, itself included: the costliest shape for protobuf."""
+    value: dict = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def arrays(depth: int) -> dict:
+    """An object holding arrays, `depth` containers in all."""
+    value: list = []
+    for _ in range(depth - 2):
+        value = [value]
+    return {"a": value}
+
+
+def _wrappers(value: dict) -> list[tuple[type, bytes]]:
+    """`value` in every message that carries a JSON value through the mesh, each serialized."""
+    from toolscore.v1 import executor_pb2 as ex
+    from toolscore.v1 import tool_library_pb2 as lib
+
+    stream = ex.ExecuteStreamRequest(call_id=1)
+    stream.batch.add(call_id=2).execute.arguments.update(value)  # a coalesced call: the deepest request
+    event = lib.WatchToolEventsResponse()
+    event.event.tool.capabilities.add(name="a").input_schema.update(value)
+    listing = lib.ListToolsResponse()
+    listing.tools.add().capabilities.add(name="a").input_schema.update(value)
+    register = lib.RegisterToolRequest()
+    register.tool.capabilities.add(name="a").input_schema.update(value)
+    answer = ex.ExecuteStreamResponse(call_id=1)
+    result = answer.batch.add(call_id=2).result
+    result.structured.update(value)
+    result.content.add().json.value.struct_value.update(value)
+    return [(type(m), m.SerializeToString()) for m in (stream, event, listing, register, answer)]
+
+
+@pytest.mark.parametrize("shape", [objects, arrays])
+def test_every_wrapper_message_carries_a_value_at_the_depth_bound(shape):
+    for cls, raw in _wrappers(shape(MAX_DEPTH)):
+        cls.FromString(raw)  # raises DecodeError past protobuf's nesting limit
+
+
+def test_the_bound_sits_below_protobufs_real_limit_not_at_it():
+    # Two object levels more than the bound and the deepest wrapper no longer parses: the bound
+    # is set by protobuf (3 nested messages per object level, 100 at most), not by taste.
+    failed = []
+    for cls, raw in _wrappers(objects(MAX_DEPTH + 2)):
+        try:
+            cls.FromString(raw)
+        except DecodeError:
+            failed.append(cls.__name__)
+    assert "WatchToolEventsResponse" in failed
+
+
+@pytest.mark.parametrize("shape", [objects, arrays])
+def test_too_deep_counts_objects_and_arrays_and_stops_at_the_limit(shape):
+    assert not too_deep(shape(MAX_DEPTH))
+    assert too_deep(shape(MAX_DEPTH + 1))
+    assert not too_deep(shape(5), 5) and too_deep(shape(6), 5)
+    assert not too_deep("x") and not too_deep({}, 1) and too_deep({"a": []}, 1)
+
+
+def test_loads_refuses_200000_levels_with_a_value_error_not_a_recursion_error():
+    for raw in ("[" * 200_000 + "]" * 200_000, b'{"a":' * 200_000 + b"1" + b"}" * 200_000):
+        with pytest.raises(JsonTooDeep):
+            loads(raw)
+
+
+def test_loads_accepts_documents_at_its_bound_and_refuses_one_level_more():
+    at = json.dumps(objects(MAX_DOCUMENT_DEPTH))
+    assert loads(at) == objects(MAX_DOCUMENT_DEPTH)
+    assert loads(at.encode()) == objects(MAX_DOCUMENT_DEPTH)
+    with pytest.raises(JsonTooDeep):
+        loads(json.dumps(objects(MAX_DOCUMENT_DEPTH + 1)))
+    with pytest.raises(JsonTooDeep):
+        loads(json.dumps(arrays(MAX_DOCUMENT_DEPTH + 1)).encode())
+
+
+def test_loads_is_not_fooled_by_brackets_inside_strings_or_by_many_shallow_containers():
+    assert loads(json.dumps({"s": "{[" * 1000})) == {"s": "{[" * 1000}
+    wide = [{"k": [i]} for i in range(1000)]
+    assert loads(json.dumps(wide)) == wide
+    with pytest.raises(ValueError):
+        loads(b"{not json")

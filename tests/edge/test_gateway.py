@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import grpc
 import pytest
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
+from services.common import config as config_mod
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.library.registry import INSTALLED, make_entry
 from services.toolkit import Action
-from tests.helpers import served_tool
+from tests.edge.conftest import edge_config
+from tests.helpers import reason_of, served_tool
 
 
 async def _echo(args, ctx):
@@ -78,3 +83,79 @@ async def test_function_tools_are_relayed_through_the_hub(gateway):
 async def test_unknown_tool_is_a_not_found_error(gateway):
     with pytest.raises(NotFound):
         await gateway.execute(ex.ExecuteRequest(tool_id="missing", action="x"))
+
+
+# -- a watch that fails for any reason ---------------------------------------------------
+
+
+def _unparseable(tool_id: str, objects: int, arrays: int) -> tool_pb2.Tool:
+    """A definition nested past what some wrapper message can carry (the issue's was 30 + 2)."""
+    tool = tool_pb2.Tool(
+        tool_id=tool_id, kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint="unix:///nowhere.sock", enabled=True
+    )
+    value: Any = {}
+    for _ in range(arrays):
+        value = [value]
+    for _ in range(objects):
+        value = {"a": value}
+    tool.capabilities.add(name="a").input_schema.update({"type": "object", "x": value})
+    return tool
+
+
+async def _store_unchecked(hub: Any, tool: tool_pb2.Tool) -> None:
+    """What a hub without the depth bound did: commit a definition past it (registration refuses it now)."""
+    async with hub.registry._lock:
+        await hub.registry._commit(make_entry(tool), INSTALLED)
+
+
+async def test_an_event_the_edge_cannot_parse_makes_it_resync_and_catch_up(
+    hub, hub_stubs, edge, start_tool_server
+):
+    gw = edge.gateway
+    problems: list[str] = []  # what /health said while the edge resynced
+    gw.resync_listeners.append(lambda: problems.append(gw.problem))
+    # WatchToolEventsResponse cannot carry this one; ListToolsResponse (one wrapper less) can.
+    await _store_unchecked(hub, _unparseable("too-deep", 30, 2))
+    _, endpoint = await start_tool_server({"after": [ECHO]})
+    await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=_tool("after", endpoint)), timeout=5)
+    assert await gw.wait_revision(hub.registry.revision, timeout_s=10), gw.problem
+    assert {"too-deep", "after"} <= set(gw.entries)  # the listing brought the one the watch could not
+    assert any("could not be parsed" in p for p in problems), problems
+    async with asyncio.timeout(10):
+        await gw.following.wait()
+    status, body = await edge.get("/health")
+    assert status == 200 and body["status"] == "healthy"
+
+
+async def test_while_the_edge_cannot_resync_health_says_degraded_with_the_reason_until_it_catches_up(
+    cfg, hub, hub_stubs, start_edge
+):
+    # An edge whose message limit is below one definition the hub holds: neither an event nor a
+    # listing with that definition reaches it, so it cannot catch up until the definition goes.
+    small = config_mod.replace(edge_config(cfg, hub), hub={"max_message_bytes": 64 * 1024})
+    edge = await start_edge(small)
+    gw = edge.gateway
+    big = _tool("big", "unix:///nowhere.sock")
+    big.description = "x" * (128 * 1024)
+    await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=big), timeout=5)
+    async with asyncio.timeout(10):
+        await gw.troubled.wait()
+    status, body = await edge.get("/health")
+    assert status == 503 and body["status"] == "degraded" and body["resyncing"] is True, body
+    assert "RESOURCE_EXHAUSTED" in body["reason"], body
+    await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="big"), timeout=5)
+    async with asyncio.timeout(10):
+        await gw.following.wait()
+    assert gw.revision == hub.registry.revision and "big" not in gw.entries
+    status, body = await edge.get("/health")
+    assert status == 200 and body["status"] == "healthy"
+
+
+async def test_the_hub_refuses_a_definition_nested_past_the_bound_so_no_edge_ever_sees_it(hub, hub_stubs):
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hub_stubs.library.RegisterTool(
+            lib.RegisterToolRequest(tool=_unparseable("too-deep", 30, 2)), timeout=5
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(err.value) == "SCHEMA_TOO_DEEP"
+    assert "too-deep" not in {e.tool.tool_id for e in hub.registry.entries()}

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 from jsonschema import Draft202012Validator
+from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidArguments
-from services.library.validation import ArgumentValidator, flat_checker
+from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
+from services.common.jsonvalue import MAX_DEPTH
+from services.library.validation import ArgumentValidator, check_tool, flat_checker
 
 FLAT = {
     "type": "object",
@@ -110,3 +112,162 @@ def test_invalid_arguments_still_get_every_violation():
     with pytest.raises(InvalidArguments) as err:
         ArgumentValidator(FLAT).check({"s": 1, "extra": True})
     assert {f for f, _ in err.value.violations} == {"arguments.s", "arguments"}
+
+
+# -- regular expressions: RE2, linear time --------------------------------------------------
+
+CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa...a!"
+HOSTILE = "a" * 64 + "!"  # Python's re would need ~2**64 steps
+
+
+def input_schema(schema: dict) -> tool_pb2.Tool:
+    tool = tool_pb2.Tool(tool_id="t", kind=tool_pb2.TOOL_KIND_GRPC_SERVER, endpoint="unix:///t.sock")
+    tool.capabilities.add(name="a").input_schema.update(schema)
+    return tool
+
+
+@pytest.mark.parametrize(
+    ("schema", "args", "valid"),
+    [
+        (
+            {"type": "object", "properties": {"s": {"type": "string", "pattern": CATASTROPHIC}}},
+            {"s": HOSTILE},
+            False,
+        ),
+        ({"type": "object", "patternProperties": {CATASTROPHIC: {"type": "integer"}}}, {HOSTILE: "x"}, True),
+        (
+            {"type": "object", "patternProperties": {CATASTROPHIC: {}}, "additionalProperties": False},
+            {HOSTILE: 1},
+            False,
+        ),
+    ],
+    ids=["pattern", "patternProperties", "additionalProperties"],
+)
+def test_a_catastrophic_pattern_is_matched_in_linear_time(schema, args, valid):
+    check_tool(input_schema(schema))  # a registrable schema
+    validator = ArgumentValidator(schema)
+    if valid:  # the key does not match the pattern, so its value is not checked
+        validator.check(args)  # returns at once: RE2 never backtracks
+    else:
+        with pytest.raises(InvalidArguments):
+            validator.check(args)
+
+
+@pytest.mark.parametrize(
+    ("schema", "args"),
+    [
+        ({"properties": {"s": {"pattern": "^[a-z]+-[0-9]{2}$"}}}, [{"s": "ab-12"}, {"s": "ab-1"}, {"s": 3}]),
+        ({"properties": {"s": {"pattern": "b"}}}, [{"s": "abc"}, {"s": "ac"}]),  # search, not match
+        ({"patternProperties": {"^x-": {"type": "integer"}}}, [{"x-a": 1}, {"x-a": "1"}, {"y": "1"}]),
+        (
+            {"properties": {"p": {}}, "patternProperties": {"^x-": {}}, "additionalProperties": False},
+            [{"p": 1, "x-q": 2}, {"p": 1, "z": 2}, {"z": 1, "w": 2}],
+        ),
+        ({"properties": {"p": {}}, "additionalProperties": {"type": "string"}}, [{"q": "s"}, {"q": 1}]),
+    ],
+)
+def test_re2_patterns_give_jsonschemas_verdicts_and_messages(schema, args):
+    schema = {"type": "object", **schema}
+    reference = Draft202012Validator(schema)
+    for a in args:
+        expected = sorted(e.message for e in reference.iter_errors(a))
+        try:
+            ArgumentValidator(schema).check(a)
+            got: list[str] = []
+        except InvalidArguments as exc:
+            got = sorted(d for _, d in exc.violations)
+        assert got == expected, a
+
+
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"properties": {"s": {"pattern": "^(?=.*[A-Z]).+$"}}}, "no lookaround or backreferences"),
+        ({"properties": {"s": {"pattern": r"(a)\1"}}}, "no lookaround or backreferences"),
+        ({"patternProperties": {"(?<!x)y": {}}}, "no lookaround or backreferences"),
+        ({"properties": {"s": {"pattern": "(unclosed"}}}, "is not supported"),
+        ({"properties": {"s": {"pattern": "a{1000}{1000}"}}}, "is not supported"),
+        ({"patternProperties": {"^x": {}}, "unevaluatedProperties": False}, "unevaluatedProperties"),
+    ],
+)
+def test_patterns_that_cannot_run_in_linear_time_are_refused_at_registration_with_the_reason(schema, says):
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(input_schema({"type": "object", **schema}))
+    assert err.value.reason == "INVALID_SCHEMA" and says in err.value.message
+
+
+def test_a_schema_nested_past_the_depth_bound_is_refused_at_registration():
+    at: dict = {}  # MAX_DEPTH - 1 objects, inside the schema's own: MAX_DEPTH in all
+    for _ in range(MAX_DEPTH - 2):
+        at = {"a": at}
+    check_tool(input_schema({"type": "object", "x-nested": at}))
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(input_schema({"type": "object", "x-nested": {"a": at}}))
+    assert err.value.reason == "SCHEMA_TOO_DEEP"
+
+
+# -- uniqueItems and the work budget ----------------------------------------------------------
+
+UNIQUE = {"type": "object", "properties": {"l": {"type": "array", "uniqueItems": True}}}
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [1, True, 1.5, "x", None, [1], {"a": 1}, {"a": True}, 0, False, [True], "1"],
+        [1, 1.0],
+        [True, True],
+        [{"a": [1, {"b": 2}]}, {"a": [1, {"b": 2.0}]}],
+        [{"a": 1, "b": 2}, {"b": 2, "a": 1}],
+        [[1, 2], [2, 1]],
+        [],
+    ],
+)
+def test_unique_items_by_hashing_gives_jsonschemas_verdicts(items):
+    expected = Draft202012Validator(UNIQUE).is_valid({"l": items})
+    try:
+        ArgumentValidator(UNIQUE).check({"l": items})
+        got = True
+    except InvalidArguments:
+        got = False
+    assert got == expected
+
+
+def test_unique_items_over_many_objects_is_linear():
+    with pytest.raises(InvalidArguments):  # 200,000 objects: 2 * 10**10 pairwise compares before
+        ArgumentValidator(UNIQUE).check({"l": [{"k": i} for i in range(200_000)] + [{"k": 7}]})
+
+
+def fan_out(levels: int) -> dict:
+    """allOf of two references to the next definition, `levels` deep: 2**levels checks of one value."""
+    defs = {f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(levels)}
+    return {"type": "object", "$defs": {**defs, f"d{levels}": {"type": "object"}}, "$ref": "#/$defs/d0"}
+
+
+@pytest.mark.parametrize("schema", [fan_out(40), {"type": "object", "$ref": "#"}], ids=["fan-out", "endless"])
+def test_a_schema_whose_check_would_explode_or_never_end_is_stopped_with_a_clear_error(schema):
+    check_tool(input_schema(schema))  # nothing a static check can see
+    with pytest.raises(FailedPrecondition) as err:
+        ArgumentValidator(schema).check({"x": 1})
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX"
+
+
+def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
+    branch = {
+        "type": "object",
+        "properties": {f"p{j}": {"type": "string", "minLength": 1} for j in range(10)},
+        "required": ["kind"],
+    }
+    branches = [{**branch, "properties": {**branch["properties"], "kind": {"const": i}}} for i in range(20)]
+    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"oneOf": branches}}}}
+    items = [{"kind": i % 20, **{f"p{j}": "v" for j in range(10)}} for i in range(100)]
+    ArgumentValidator(schema).check({"items": items})
+    with pytest.raises(InvalidArguments):
+        ArgumentValidator(schema).check({"items": [*items, {"kind": 99}]})
+
+
+def test_a_pattern_re2_cannot_run_in_a_schema_that_skipped_registration_fails_the_call_clearly():
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(?=a)a$"}}}
+    with pytest.raises(FailedPrecondition) as err:  # e.g. a definition an older hub stored
+        ArgumentValidator(schema).check({"s": "a"})
+    assert "no lookaround" in err.value.message

@@ -7,7 +7,14 @@ from toolscore.v1 import executor_pb2 as ex
 
 from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
 from edge.mcp.results import call_result, from_mesh_error
-from services.common.errors import DeadlineExceeded, InvalidArguments, MeshError, NotFound, Unavailable
+from services.common.errors import (
+    DeadlineExceeded,
+    InvalidArguments,
+    InvalidRequest,
+    MeshError,
+    NotFound,
+    Unavailable,
+)
 from services.common.jsonvalue import dict_to_struct, py_to_value
 from services.toolkit.results import text_result, to_response
 
@@ -44,16 +51,26 @@ def test_timeouts_and_unreachable_servers_are_tool_failures():
         assert from_mesh_error(exc) == {"content": [{"type": "text", "text": exc.message}], "isError": True}
 
 
-def test_bad_calls_are_invalid_params_and_the_rest_internal_errors():
-    with pytest.raises(ProtocolError) as bad_args:
-        from_mesh_error(InvalidArguments("bad", [("text", "5 is not of type 'string'")]))
+def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can_read():
+    violations = [
+        ("arguments.text", "5 is not of type 'string'"),
+        ("arguments", "'n' is a required property"),
+    ]
+    result = from_mesh_error(InvalidArguments("arguments do not match the input schema: ...", violations))
+    assert result["isError"] is True
+    text = result["content"][0]["text"]
+    assert "5 is not of type 'string'" in text and "'n' is a required property" in text
+    for reason in ("ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "TOOL_DISABLED"):
+        err = MeshError(f"because {reason}", reason=reason)
+        assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+
+
+def test_unknown_tools_and_bad_requests_are_invalid_params_and_the_rest_internal_errors():
     with pytest.raises(ProtocolError) as missing:
         from_mesh_error(NotFound("no tool"))
+    with pytest.raises(ProtocolError) as bad:
+        from_mesh_error(InvalidRequest("no action", reason="UNKNOWN_ACTION"))
     with pytest.raises(ProtocolError) as other:
         from_mesh_error(MeshError("boom"))
-    assert bad_args.value.code == INVALID_PARAMS
-    assert bad_args.value.data["violations"] == [
-        {"field": "text", "description": "5 is not of type 'string'"}
-    ]
-    assert missing.value.code == INVALID_PARAMS
+    assert missing.value.code == INVALID_PARAMS and bad.value.code == INVALID_PARAMS
     assert other.value.code == INTERNAL_ERROR

@@ -15,6 +15,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from edge.mcp import add_routes
+from services.common.jsonvalue import MAX_DEPTH
 from services.toolkit import Action
 
 from .conftest import Edge, Probe, Register, actions, serve, tool_def
@@ -153,16 +154,14 @@ async def test_unknown_tool_is_invalid_params(edge: Edge, mode: str):
 
 
 @pytest.mark.parametrize("mode", ERAS)
-async def test_arguments_that_violate_the_schema_are_invalid_params_with_details(
+async def test_arguments_that_violate_the_schema_are_an_is_error_result_the_model_can_read(
     edge: Edge, kit: Probe, mode: str
 ):
     async with Client(edge.url, mode=mode) as client:
-        with pytest.raises(MCPError) as info:
-            await client.call_tool("kit__echo", {"text": 5})
+        bad = await client.call_tool("kit__echo", {"text": 5})
         ok = await client.call_tool("kit__echo", {"text": "fine"})
-    assert info.value.error.code == types.INVALID_PARAMS
-    assert info.value.error.data["reason"] == "INVALID_ARGUMENTS"
-    assert info.value.error.data["violations"]
+    assert bad.is_error is True  # SEP-1303 (MCP 2025-11-25): a result, not a JSON-RPC error
+    assert "5 is not of type 'string'" in bad.content[0].text  # type: ignore[union-attr]
     assert ok.structured_content == {"text": "fine"}
 
 
@@ -221,3 +220,17 @@ async def test_arguments_mirrored_in_mcp_param_headers_are_checked(
         status, lying = r.status, await r.json()
     assert ok.content[0].text == "region eu-west"  # type: ignore[union-attr]
     assert status == 400 and lying["error"]["code"] == types.HEADER_MISMATCH
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_arguments_nested_past_the_bound_are_an_is_error_result_naming_the_bound(
+    edge: Edge, kit: Probe, mode: str
+):
+    deep: dict[str, Any] = {}
+    for _ in range(MAX_DEPTH - 1):  # with the arguments object: one level past the bound
+        deep = {"a": deep}
+    async with Client(edge.url, mode=mode) as client:
+        bad = await client.call_tool("kit__echo", {"text": "x", "extra": deep})
+        ok = await client.call_tool("kit__echo", {"text": "fine"})
+    assert bad.is_error is True and str(MAX_DEPTH) in bad.content[0].text  # type: ignore[union-attr]
+    assert ok.structured_content == {"text": "fine"}

@@ -245,8 +245,8 @@ async def test_websocket_bad_input_gets_json_rpc_errors_and_the_connection_stays
     assert no_name["error"]["code"] == -32602
     assert bad_args["error"]["code"] == -32602
     assert unknown_tool["error"]["code"] == -32602
-    assert violation["error"]["code"] == -32602
-    assert violation["error"]["data"]["violations"][0]["field"]
+    assert violation["result"]["isError"] is True  # SEP-1303: the model reads it and corrects the call
+    assert "is not of type 'string'" in violation["result"]["content"][0]["text"]
     assert ping["result"] == {}
 
 

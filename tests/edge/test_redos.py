@@ -1,0 +1,120 @@
+"""Whatever a schema says, checking arguments against it never holds the edge's or the hub's loop.
+
+Before RE2, `^(a+)+$` against 29 characters froze the edge for 22 s and the hub
+for 44 s (Python's backtracking `re`, on the loop); `uniqueItems` over objects
+was quadratic and references that fan out exponential. The mesh runs here as
+`make run` starts it, so a frozen loop shows as a request nobody answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
+
+from tests.conftest import free_port
+from tests.edge.test_edge_process import wait_http
+from tests.helpers import reason_of
+
+CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa...a!"
+HOSTILE = "a" * 40 + "!"
+FAN_OUT = 40  # allOf of two references to the next definition, 40 deep: 2**40 checks of one value
+HOSTILE_TOOL = {
+    "tool_id": "hostile",
+    "endpoint": "unix:///nonexistent/hostile.sock",  # never reached: validation refuses first
+    "kind": "grpc_server",
+    "capabilities": [
+        {
+            "name": "match",
+            "input_schema": {
+                "type": "object",
+                "properties": {"s": {"type": "string", "pattern": CATASTROPHIC}},
+            },
+        },
+        {
+            "name": "keys",
+            "input_schema": {
+                "type": "object",
+                "patternProperties": {CATASTROPHIC: {"type": "integer"}},
+                "additionalProperties": False,
+            },
+        },
+        {"name": "unique", "input_schema": {"type": "object", "properties": {"l": {"uniqueItems": True}}}},
+        {
+            "name": "fanout",
+            "input_schema": {
+                "type": "object",
+                "$defs": {
+                    **{f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}"}] * 2} for i in range(FAN_OUT)},
+                    f"d{FAN_OUT}": {"type": "object"},
+                },
+                "$ref": "#/$defs/d0",
+            },
+        },
+        {"name": "endless", "input_schema": {"type": "object", "$ref": "#"}},
+    ],
+}
+
+
+@pytest.fixture
+async def mesh_edge(mesh_factory):
+    port = free_port()
+    mesh = await mesh_factory({"TOOLSCORE_EDGE__PORT": str(port)}, wait_tool=None)
+    base = f"http://127.0.0.1:{port}"
+    await wait_http(base + "/health")
+    async with aiohttp.ClientSession() as http, asyncio.timeout(20):
+        async with http.post(base + "/api/v1/tools", json=HOSTILE_TOOL) as r:
+            assert r.status == 201, await r.text()
+    return mesh, base
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict]:
+    async with http.post(url, json=body) as r:
+        return r.status, await r.json()
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> int:
+    async with http.get(url) as r:
+        return r.status
+
+
+HOSTILE_CALLS = [  # (action, arguments, the reason of the error that answers it)
+    ("match", {"s": HOSTILE}, "INVALID_ARGUMENTS"),
+    ("keys", {HOSTILE: 1}, "INVALID_ARGUMENTS"),
+    ("unique", {"l": [{} for _ in range(100_000)]}, "INVALID_ARGUMENTS"),  # n**2 compares before
+    ("fanout", {}, "SCHEMA_TOO_COMPLEX"),
+    ("endless", {}, "SCHEMA_TOO_COMPLEX"),  # a RecursionError and a 500 before
+]
+
+
+async def test_hostile_schemas_are_answered_while_the_edge_answers_others(mesh_edge):
+    _, base = mesh_edge
+    async with aiohttp.ClientSession() as http:
+        for action, arguments, reason in HOSTILE_CALLS:
+            hostile = asyncio.create_task(
+                _post(http, base + "/api/v1/tools/hostile/call", {"action": action, "arguments": arguments})
+            )
+            async with asyncio.timeout(10):  # a frozen loop answers nothing: this deadline is the test
+                assert await _get(http, base + "/health") == 200, action
+                status, body = await hostile
+            assert status in (400, 409) and body["reason"] == reason, (action, body)
+
+
+async def test_a_catastrophic_pattern_is_refused_while_the_hub_answers_others(mesh_edge):
+    mesh, _ = mesh_edge
+    async with grpc.aio.insecure_channel(mesh.tcp) as ch:
+        req = ts.ExecuteToolRequest(tool_id="hostile", action="match")
+        req.arguments.update({"s": HOSTILE})
+        hostile = asyncio.ensure_future(ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(req, timeout=60))
+        health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with asyncio.timeout(10):
+                await hostile
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(err.value) == "INVALID_ARGUMENTS"

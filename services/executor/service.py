@@ -67,6 +67,7 @@ class Executor(ToolServer):
         self._env_task: asyncio.Task[bool] | None = None
         self._closed = False
         super().__init__({self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
+        self.max_message_bytes = cfg.hub.max_message_bytes
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:

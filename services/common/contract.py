@@ -61,6 +61,7 @@ class Unreadable:
 
     raw: bytes
     reason: str
+    too_large: bool = False  # over the limit: its calls fail even if their payloads would parse
 
 
 class Part(NamedTuple):
@@ -108,7 +109,7 @@ def lenient(cls: type[M], max_bytes: int = 0) -> Any:
 
     def parse(raw: bytes) -> M | Unreadable:
         if max_bytes and len(raw) > max_bytes:
-            return Unreadable(raw, f"{len(raw)} bytes, over the {max_bytes}-byte message limit")
+            return Unreadable(raw, f"{len(raw)} bytes, over the {max_bytes}-byte message limit", True)
         try:
             return cls.FromString(raw)
         except (DecodeError, RecursionError) as exc:
@@ -130,7 +131,8 @@ def salvage(msg: Unreadable, kinds: Kinds) -> list[Part] | None:
         e = todo.pop(0)
         for (kind, cls), field in zip(kinds, ("first", "second"), strict=True):
             if e.HasField(field):
-                parts.append(Part(e.call_id, kind, _parse_alone(cls, getattr(e, field))))
+                payload = None if msg.too_large else _parse_alone(cls, getattr(e, field))
+                parts.append(Part(e.call_id, kind, payload))
                 break
         todo.extend(e.batch)
     return parts

@@ -7,12 +7,20 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
+from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
+from services.common.jsonvalue import dict_to_struct
 from tests.conftest import REPO
-from tests.executor.conftest import Call, running_executor
+from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
+from tests.executor.conftest import TOOL, Call, running_executor
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
 
@@ -306,3 +314,114 @@ async def test_the_cpu_limit_throttles_a_sandbox_at_its_share_of_a_cpu(xcfg, hub
         assert not resp.is_error, resp.error.message
         stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
         assert int(stat["nr_throttled"]) > 0
+
+
+async def _while_a_call_runs(call: Call, attack: Any) -> tuple[Any, ts.ExecuteToolResponse]:
+    """Run `attack()` while an innocent call on the same executor stream is in flight; return the
+    attack's outcome and, once it is over, the innocent call's response."""
+    call.executor.call_started.clear()
+    innocent = asyncio.create_task(call.code("import time\ntime.sleep(3)\nprint('innocent')", timeout=20))
+    async with asyncio.timeout(10):
+        await call.executor.call_started.wait()
+    outcome = await attack()
+    async with asyncio.timeout(20):
+        resp, s = await innocent
+    assert not resp.is_error and s["stdout"] == "innocent\n", resp.error.message
+    return outcome, resp
+
+
+FLOOD = "import sys\nsys.stdout.buffer.write(b'\\xff' * 600_000)\nsys.stderr.buffer.write(b'\\xff' * 600_000)"
+
+
+async def test_an_output_flood_that_decodes_to_megabytes_is_cut_to_fit_one_message_and_fails_no_one_else(
+    xcfg, hub
+):
+    # 512 KiB per stream of invalid UTF-8 is 1.5 MiB of U+FFFD each, and each stream is sent twice:
+    # ~6 MiB, which gRPC refuses to send, failing every call on the stream with it.
+    cfg = config_mod.replace(xcfg, executor={"max_output_bytes": 512 << 10})
+    async with running_executor(cfg, hub) as call:
+        (resp, s), _ = await _while_a_call_runs(call, lambda: call.code(FLOOD))
+        assert resp.ByteSize() <= 4 << 20
+        assert s["truncated"] and "cut to fit the" in s["error_reason"]
+        assert s["stdout"].startswith("\ufffd" * 1000) and s["stderr"].startswith("\ufffd" * 1000)
+        await assert_next_call_succeeds(call)
+
+
+async def test_an_output_flood_through_the_edge_fails_no_other_call_on_the_edge_stream(
+    xcfg,
+    hub,
+    start_edge,  # noqa: F811 (the edge's fixture)
+):
+    cfg = config_mod.replace(xcfg, executor={"max_output_bytes": 512 << 10})
+    async with running_executor(cfg, hub) as call:
+        edge = await start_edge(edge_config(cfg, hub))
+
+        def rest(code: str) -> Any:
+            body = {"tool_id": TOOL, "action": "python_execute", "parameters": {"code": code, "timeout": 20}}
+            return edge.post("/api/v1/tools/execute", body)
+
+        call.executor.call_started.clear()
+        innocent = asyncio.create_task(rest("import time\ntime.sleep(3)\nprint('innocent')"))
+        async with asyncio.timeout(10):
+            await call.executor.call_started.wait()
+        status, body = await rest(FLOOD)
+        assert status == 200 and body["result"]["truncated"], body.get("error")
+        status, body = await innocent
+        assert status == 200 and body["success"] and body["result"]["stdout"] == "innocent\n", body
+
+
+def _forged_reply(fields: str) -> str:
+    """User code that writes its own reply frame on the worker's control pipe (fd in argv[2])."""
+    return (
+        "import os, sys\n"
+        f"fields = {fields}\n"
+        "body = b''.join(b'%s %d\\n%s' % (k, len(v), v) for k, v in fields)\n"
+        "data = memoryview(len(body).to_bytes(4, 'big') + body)\n"
+        "while data:\n"
+        "    data = data[os.write(int(sys.argv[2]), data):]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "[(b'return_code', b'0'), (b'error', b''), (b'repr', b'A' * (5 << 20))]",  # a 5 MiB value
+        "[(b'return_code', b'0'), (b'error', b'')] + [(k, v) for i in range(64)"  # 64 artifacts, 16 allowed
+        " for k, v in ((b'artifact_name', b'f%d' % i), (b'artifact_data', b'x'))]",
+        "[(b'return_code', b'0'), (b'return_code', b'1')]",  # a field twice
+        "[(b'return_code', b'9' * 4000)]",  # a number no return code is
+    ],
+    ids=["a-5-MiB-value", "64-artifacts-where-16-are-allowed", "a-field-twice", "a-4000-digit-number"],
+)
+async def test_a_reply_forged_by_user_code_fails_its_own_call_only(call, fields):
+    (resp, s), _ = await _while_a_call_runs(call, lambda: call.code(_forged_reply(fields)))
+    assert resp.is_error and "malformed reply" in s["error_reason"], s
+    assert resp.ByteSize() < 64 << 10
+    await assert_next_call_succeeds(call)
+
+
+async def test_an_argument_nested_too_deep_for_the_stream_message_fails_no_other_call(call):
+    data: dict[str, Any] = {}
+    for _ in range(32):  # with "data" and the stream's own wrapper: one level past protobuf's limit
+        data = {"a": data}
+    request = ex.ExecuteRequest(arguments=dict_to_struct({"data": data, "operation": "mean"}))
+    with pytest.raises(DecodeError):  # the attack's premise: the executor's stream cannot parse it whole
+        ex.ExecuteStreamRequest.FromString(ex.ExecuteStreamRequest(execute=request).SerializeToString())
+
+    async def deep() -> Any:
+        try:
+            return await call("python_analyze", data=data, operation="mean", deadline=20)
+        except grpc.aio.AioRpcError as err:  # refused where it entered: fine, as long as it is clear
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            return None
+
+    async def deep_then_next() -> Any:
+        outcome = await deep()
+        start = time.perf_counter()
+        resp, s = await call.code("print('after')", timeout=10)  # sent after it, on the same stream
+        assert not resp.is_error and s["stdout"] == "after\n", resp.error.message
+        assert time.perf_counter() - start < 2.5  # not held until the innocent call ends
+        return outcome
+
+    await _while_a_call_runs(call, deep_then_next)
+    await assert_next_call_succeeds(call)

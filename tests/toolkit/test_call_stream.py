@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import grpc
 import pytest
+import websockets
 from google.protobuf.message import DecodeError
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc, tool_pb2
+from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common.contract import BATCHING_KEY, EXECUTE_STREAM
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action, CallContext, ToolServer
+from tests.edge.conftest import edge, start_edge  # noqa: F401 (fixtures)
 
 
 class Gate:
@@ -250,3 +255,64 @@ async def test_an_answer_too_large_for_one_message_fails_that_call_alone(start_t
         gate.release.set()
         (answer,) = await messages(call, 1)
         assert answer.call_id == 1 and answer.result.content[0].text.text == "released"
+
+
+NUMBERS_SPEC = {
+    "tool_id": "ws-numbers",
+    "name": "numbers",
+    "description": "dialled in over the ToolScore WebSocket",
+    "tool_type": "mcp_server",
+    "endpoint": "ws://ignored",
+    "capabilities": [
+        {"name": "wait", "description": "answers when released"},
+        {"name": "numbers", "description": "400,000 numbers: 800 kB of JSON, 4.4 MB as protobuf"},
+    ],
+}
+
+
+async def test_a_dialled_in_servers_answer_too_large_for_the_relay_stream_fails_that_call_alone(
+    edge,  # noqa: F811 (the edge's fixture)
+    hub_stubs,
+):
+    release, waiting = asyncio.Event(), asyncio.Event()
+    async with websockets.connect(edge.ws_url("/websocket"), open_timeout=5, close_timeout=2) as ws:
+
+        async def answer(msg: dict) -> None:
+            if msg["action"] == "wait":
+                waiting.set()
+                await release.wait()
+            data = "released" if msg["action"] == "wait" else {"values": [0] * 400_000}
+            reply = {"success": True, "data": data, "error": None}
+            await ws.send(json.dumps({**msg, "type": "execute_tool_action_response", "result": reply}))
+
+        async def serve(registered: asyncio.Future) -> None:
+            tasks = set()
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "execute_tool_action":
+                    tasks.add(asyncio.create_task(answer(msg)))
+                elif not registered.done():
+                    registered.set_result(msg)
+
+        registered = asyncio.get_running_loop().create_future()
+        server = asyncio.create_task(serve(registered))
+        try:
+            await ws.send(json.dumps({"type": "register_tool", "request_id": "r", "tool_spec": NUMBERS_SPEC}))
+            async with asyncio.timeout(10):
+                assert (await registered)["success"] is True
+
+            async def call(action: str) -> Any:  # hub -> edge relay (ExecuteStream) -> WebSocket
+                request = ts.ExecuteToolRequest(tool_id="ws-numbers", action=action)
+                return await hub_stubs.toolscore.ExecuteTool(request, timeout=20)
+
+            innocent = asyncio.create_task(call("wait"))
+            async with asyncio.timeout(10):
+                await waiting.wait()
+            big = await call("numbers")
+            assert big.is_error and "limit of one message" in big.error.message
+            release.set()
+            async with asyncio.timeout(10):
+                released = await innocent
+            assert not released.is_error and "released" in released.content[0].text.text
+        finally:
+            server.cancel()

@@ -1,8 +1,11 @@
 """The executor's side of the control-pipe protocol spoken with `worker.py`.
 
 Frames: a 4-byte big-endian length, then fields `name SP decimal-length LF
-bytes`. Everything the sandbox sends is untrusted: frames are size-capped,
-field names are checked against a fixed set, lengths against what is left.
+bytes`. Everything the sandbox sends is untrusted: frames are size-capped
+(per call, to what its reply may carry), one per request (a frame nobody asked
+for is an error, and the reader stops at the second one instead of queueing
+them), field names are checked against a fixed set, lengths against what is
+left; `handle.py` checks the fields' values.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ class FrameReader:
                 self._buf.clear()
                 return
             if len(self._buf) < 4 + size:
+                return
+            if self._frames and (self._waiter is None or self._waiter.done()):
+                # A second frame nobody asked for: stop reading rather than queue what user code
+                # writes without end; the next call finds the error and ends the sandbox.
+                self._loop.remove_reader(self.fd)
+                self._buf.clear()
+                self._frames = [ProtocolError("the sandbox sent frames nobody asked for")]
                 return
             body = bytes(self._buf[4 : 4 + size])
             del self._buf[: 4 + size]

@@ -403,6 +403,20 @@ async def test_a_reply_forged_by_user_code_fails_its_own_call_only(call, fields)
     await assert_next_call_succeeds(call)
 
 
+async def test_frames_user_code_leaves_on_the_control_pipe_end_its_session_and_never_answer_a_later_call(
+    call,
+):
+    forge = _forged_reply("[(b'return_code', b'0'), (b'error', b''), (b'repr', b'forged')]")
+    # Its first frame answers this call (user code may lie about its own result); the rest wait.
+    resp, s = await call.code(f"for _ in range(1000):\n    exec({forge!r})", session_id="mine")
+    assert not resp.is_error and s["result"] == "forged"
+    resp, s = await call.code("1 + 1", session_id="mine")
+    assert resp.is_error and "malformed reply" in s["error_reason"] and "session ended" in s["error_reason"]
+    resp, s = await call.code("'x' in dir()", session_id="mine")  # a fresh interpreter
+    assert not resp.is_error and s["result"] == "False"
+    await assert_next_call_succeeds(call)
+
+
 async def test_an_argument_nested_too_deep_for_the_stream_message_fails_no_other_call(call):
     data: dict[str, Any] = {}
     for _ in range(32):  # with "data" and the stream's own wrapper: one level past protobuf's limit

@@ -373,13 +373,14 @@ async def test_an_output_flood_through_the_edge_fails_no_other_call_on_the_edge_
         assert status == 200 and body["success"] and body["result"]["stdout"] == "innocent\n", body
 
 
-def _forged_reply(fields: str) -> str:
-    """User code that writes its own reply frame on the worker's control pipe (fd in argv[2])."""
+def _forged_reply(fields: str, frames: int = 1) -> str:
+    """User code that writes its own reply frames (in one write) on the worker's control pipe
+    (its fd is in argv[2])."""
     return (
         "import os, sys\n"
         f"fields = {fields}\n"
         "body = b''.join(b'%s %d\\n%s' % (k, len(v), v) for k, v in fields)\n"
-        "data = memoryview(len(body).to_bytes(4, 'big') + body)\n"
+        f"data = memoryview((len(body).to_bytes(4, 'big') + body) * {frames})\n"
         "while data:\n"
         "    data = data[os.write(int(sys.argv[2]), data):]\n"
     )
@@ -406,9 +407,10 @@ async def test_a_reply_forged_by_user_code_fails_its_own_call_only(call, fields)
 async def test_frames_user_code_leaves_on_the_control_pipe_end_its_session_and_never_answer_a_later_call(
     call,
 ):
-    forge = _forged_reply("[(b'return_code', b'0'), (b'error', b''), (b'repr', b'forged')]")
-    # Its first frame answers this call (user code may lie about its own result); the rest wait.
-    resp, s = await call.code(f"for _ in range(1000):\n    exec({forge!r})", session_id="mine")
+    # Two frames in one write, so both have arrived when the first answers this call (user code
+    # may lie about its own result); the second waits on the pipe for the next call.
+    forge = _forged_reply("[(b'return_code', b'0'), (b'error', b''), (b'repr', b'forged')]", frames=2)
+    resp, s = await call.code(forge + "'real'", session_id="mine")
     assert not resp.is_error and s["result"] == "forged"
     resp, s = await call.code("1 + 1", session_id="mine")
     assert resp.is_error and "malformed reply" in s["error_reason"] and "session ended" in s["error_reason"]

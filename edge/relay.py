@@ -31,6 +31,7 @@ from toolscore.v1 import tool_pb2
 from edge import views
 from edge.gateway import HubGateway
 from services.common.config import Config
+from services.common.contract import add_tool_executor
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
@@ -172,7 +173,7 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
             except asyncio.CancelledError:
                 return error_response(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
 
-        await CallStream(context, run_call).serve(requests)
+        await CallStream(context, run_call, self._relay.cfg.hub.max_message_bytes).serve(requests)
 
 
 class RelayServer:
@@ -194,7 +195,7 @@ class RelayServer:
                 ServiceBinding(
                     "toolscore.v1.ToolExecutorService",
                     _Servicer(self),
-                    ex_grpc.add_ToolExecutorServiceServicer_to_server,
+                    add_tool_executor,
                 )
             ],
             [self.endpoint],

@@ -24,10 +24,11 @@ from typing import Any
 
 import grpc
 import pytest
-from toolscore.v1 import executor_pb2_grpc, tool_library_pb2_grpc, toolscore_pb2_grpc
+from toolscore.v1 import tool_library_pb2_grpc, toolscore_pb2_grpc
 
 from services.common import config as config_mod
 from services.common.config import Config
+from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.hub.app import Hub
 from services.toolkit.server import SERVICE, Action, ToolServer
@@ -106,7 +107,7 @@ async def start_tool_server(root: Path) -> AsyncIterator[Callable[..., Any]]:
                 ServiceBinding(
                     SERVICE,
                     servicer or ToolServer(tools),
-                    executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server,
+                    add_tool_executor,
                 )
             ],
             ["127.0.0.1:0" if tcp else f"unix://{path}"],

@@ -10,8 +10,7 @@ import asyncio
 import os
 import sys
 
-from toolscore.v1 import executor_pb2_grpc
-
+from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.toolkit.server import SERVICE, Action, ToolServer
 
@@ -43,7 +42,7 @@ def main() -> None:
 
     async def serve() -> None:
         async with MeshServer(
-            [ServiceBinding(SERVICE, server, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server)],
+            [ServiceBinding(SERVICE, server, add_tool_executor)],
             [args.listen],
         ) as ms:
             print("READY", ms.addresses[0], flush=True)

@@ -10,8 +10,7 @@ import asyncio
 import sys
 from typing import Any
 
-from toolscore.v1 import executor_pb2_grpc as ex_grpc
-
+from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.runtime import run
 from services.toolkit.server import SERVICE, Action, CallContext, ToolServer
@@ -33,7 +32,7 @@ ECHO = Action("echo", "Return the text unchanged.", echo, ECHO_SCHEMA)
 
 async def serve(pairs: list[tuple[str, str]], stop: asyncio.Event) -> None:
     tools = {tool_id: [ECHO] for tool_id, _ in pairs}
-    binding = ServiceBinding(SERVICE, ToolServer(tools), ex_grpc.add_ToolExecutorServiceServicer_to_server)
+    binding = ServiceBinding(SERVICE, ToolServer(tools), add_tool_executor)
     async with MeshServer([binding], [addr for _, addr in pairs], grace_s=0.5):
         await stop.wait()
 

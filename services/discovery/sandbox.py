@@ -151,7 +151,7 @@ class Jail:
             launch.argv += ["--setenv", key, value]
         try:
             if sb.caps.seccomp:
-                launch.pass_fds = (seccomp.program_fd(),)
+                launch.pass_fds = (seccomp.program_fd(self.network),)
                 launch.argv += ["--seccomp", str(launch.pass_fds[0])]
             if sb.groups is not None:
                 launch.group = sb.groups.acquire()

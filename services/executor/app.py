@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import Sequence
 
 from grpc_health.v1 import health_pb2
-from toolscore.v1 import executor_pb2_grpc
 
 from services.common.config import Config
+from services.common.contract import add_tool_executor
 from services.common.credentials import CredentialFile
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.executor.registration import keep_registered
@@ -28,11 +28,7 @@ class ExecutorProcess:
         self.executor = make_server(self.cfg)
         await self.executor.start()
         self.server = MeshServer(
-            [
-                ServiceBinding(
-                    SERVICE, self.executor, executor_pb2_grpc.add_ToolExecutorServiceServicer_to_server
-                )
-            ],
+            [ServiceBinding(SERVICE, self.executor, add_tool_executor)],
             [self._listen],
             max_message_bytes=self.cfg.hub.max_message_bytes,
         )

@@ -17,6 +17,10 @@ from services.common.config import ExecutorConfig
 from services.executor import cgroups
 from services.executor.protocol import FrameReader, encode
 
+# Longest artifact name accepted (PATH_MAX): the worker sends paths relative to its scratch dir.
+MAX_NAME_BYTES = 4096
+_SINGLE = frozenset({"return_code", "error", "repr", "artifacts_skipped"})
+
 
 @dataclass
 class Reply:
@@ -27,6 +31,21 @@ class Reply:
     value_repr: str | None
     artifacts: list[tuple[str, bytes]] = field(default_factory=list)
     artifacts_skipped: int = 0
+
+
+@dataclass(frozen=True)
+class ReplyLimits:
+    """What an honest worker's reply to one call stays within (the request told it the limits);
+    anything beyond comes from user code forging the reply and ends the call as malformed."""
+
+    max_repr: int  # characters of the last expression's repr
+    max_artifacts: int
+    max_artifact_bytes: int  # all artifacts' data together
+
+    @property
+    def frame_bytes(self) -> int:
+        """The largest reply frame: artifacts with their names, the repr in UTF-8, small fields."""
+        return self.max_artifact_bytes + self.max_artifacts * (MAX_NAME_BYTES + 64) + 4 * self.max_repr + 4096
 
 
 class WorkerGone(Exception):
@@ -79,10 +98,13 @@ class Worker:
         err = os.pread(self.err_fd, min(err_size, cap), 0) if err_size else b""
         return out, err, max(out_size, err_size)
 
-    async def run(self, fields: Sequence[tuple[str, bytes]]) -> Reply:
+    async def run(self, fields: Sequence[tuple[str, bytes]], limits: ReplyLimits) -> Reply:
         """Send one request and wait for its reply (the caller owns the deadline)."""
+        if not self.reader.idle:  # one reply per request: anything else was forged by user code
+            raise WorkerGone("the sandbox sent a malformed reply (a frame nobody asked for)")
         self.calls += 1
         self._output_dirty = True
+        self.reader.max_frame = limits.frame_bytes
         await _write_all(self._ctl_w, encode(fields))
         try:
             raw = await self.reader.next()
@@ -90,7 +112,7 @@ class Worker:
             raise WorkerGone(str(exc)) from exc
         except Exception as exc:  # ProtocolError, OSError
             raise WorkerGone(f"the sandbox sent a malformed reply ({exc})") from exc
-        return _parse_reply(raw)
+        return _parse_reply(raw, limits)
 
     def kill(self) -> None:
         """SIGKILL the whole sandbox: bwrap, and with it its pid namespace, plus whatever is in the cgroup."""
@@ -140,27 +162,59 @@ class Worker:
         return f"the sandboxed interpreter exited (status {rc}) before finishing the call"
 
 
-def _parse_reply(raw: list[tuple[str, bytes]]) -> Reply:
-    reply = Reply(return_code=1, error="", value_repr=None)
-    name: str | None = None
+def _parse_reply(raw: list[tuple[str, bytes]], limits: ReplyLimits) -> Reply:
+    """The reply, checked field by field against what an honest worker sends (the worker shares
+    its process with user code, which can write any frame it likes on the control pipe)."""
     try:
-        for key, value in raw:
-            if key == "return_code":
-                reply.return_code = int(value)
-            elif key == "error":
-                reply.error = value.decode("utf-8", "replace")[:200]
-            elif key == "repr":
-                reply.value_repr = value.decode("utf-8", "replace")
-            elif key == "artifact_name":
-                name = value.decode("utf-8", "replace")
-            elif key == "artifact_data" and name is not None:
-                reply.artifacts.append((name, value))
-                name = None
-            elif key == "artifacts_skipped":
-                reply.artifacts_skipped = int(value)
+        return _checked_reply(raw, limits)
     except ValueError as exc:
         raise WorkerGone(f"the sandbox sent a malformed reply ({exc})") from exc
+
+
+def _checked_reply(raw: list[tuple[str, bytes]], limits: ReplyLimits) -> Reply:
+    reply = Reply(return_code=1, error="", value_repr=None)
+    seen: set[str] = set()
+    name: str | None = None
+    total = 0
+    for key, value in raw:
+        if key in _SINGLE:
+            if key in seen:
+                raise ValueError(f"{key} twice")
+            seen.add(key)
+        if (name is None) == (key == "artifact_data"):  # a name, then its data, nothing between
+            raise ValueError(f"{key} out of place")
+        if key == "return_code":
+            reply.return_code = _integer(value, -(1 << 31), 1 << 31)
+        elif key == "error":
+            reply.error = value[:200].decode("utf-8", "replace")
+        elif key == "repr":
+            reply.value_repr = value[: 4 * limits.max_repr].decode("utf-8", "replace")[: limits.max_repr]
+        elif key == "artifact_name":
+            if not 0 < len(value) <= MAX_NAME_BYTES:
+                raise ValueError(f"an artifact name of {len(value)} bytes")
+            name = value.decode("utf-8", "replace")
+        elif key == "artifact_data":
+            total += len(value)
+            if len(reply.artifacts) >= limits.max_artifacts or total > limits.max_artifact_bytes:
+                raise ValueError("more artifacts than the call allows")
+            reply.artifacts.append((name, value))  # type: ignore[arg-type]
+            name = None
+        elif key == "artifacts_skipped":
+            reply.artifacts_skipped = _integer(value, 0, 1 << 31)
+        else:
+            raise ValueError(f"{key} in a reply")
+    if "return_code" not in seen or name is not None:
+        raise ValueError("an incomplete reply")
     return reply
+
+
+def _integer(value: bytes, low: int, high: int) -> int:
+    if not 0 < len(value) <= 11:
+        raise ValueError(f"a number of {len(value)} bytes")
+    n = int(value)
+    if not low <= n < high:
+        raise ValueError(f"{n} out of range")
+    return n
 
 
 class Child:

@@ -1,8 +1,11 @@
 """The executor's side of the control-pipe protocol spoken with `worker.py`.
 
 Frames: a 4-byte big-endian length, then fields `name SP decimal-length LF
-bytes`. Everything the sandbox sends is untrusted: frames are size-capped,
-field names are checked against a fixed set, lengths against what is left.
+bytes`. Everything the sandbox sends is untrusted: frames are size-capped
+(per call, to what its reply may carry), one per request (a frame nobody asked
+for is an error, and the reader stops at the second one instead of queueing
+them), field names are checked against a fixed set, lengths against what is
+left; `handle.py` checks the fields' values.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class FrameReader:
     """Reads frames from a non-blocking pipe fd with loop.add_reader (no transport, no thread)."""
 
     def __init__(self, fd: int, max_frame: int) -> None:
-        self.fd, self._max = fd, max_frame
+        self.fd = fd
+        self.max_frame = max_frame  # the caller lowers it to what the next reply may carry
         self._buf = bytearray()
         self._waiter: asyncio.Future[list[tuple[str, bytes]]] | None = None
         self._frames: list[list[tuple[str, bytes]] | BaseException] = []
@@ -74,12 +78,19 @@ class FrameReader:
         self._buf += chunk
         while len(self._buf) >= 4:
             size = int.from_bytes(self._buf[:4], "big")
-            if size > self._max:
+            if size > self.max_frame:
                 self._loop.remove_reader(self.fd)
-                self._push(ProtocolError(f"reply of {size} bytes exceeds the {self._max}-byte cap"))
+                self._push(ProtocolError(f"reply of {size} bytes exceeds the {self.max_frame}-byte cap"))
                 self._buf.clear()
                 return
             if len(self._buf) < 4 + size:
+                return
+            if self._frames and (self._waiter is None or self._waiter.done()):
+                # A second frame nobody asked for: stop reading rather than queue what user code
+                # writes without end; the next call finds the error and ends the sandbox.
+                self._loop.remove_reader(self.fd)
+                self._buf.clear()
+                self._frames = [ProtocolError("the sandbox sent frames nobody asked for")]
                 return
             body = bytes(self._buf[4 : 4 + size])
             del self._buf[: 4 + size]
@@ -96,6 +107,12 @@ class FrameReader:
                 self._waiter.set_result(item)
         else:
             self._frames.append(item)
+
+    @property
+    def idle(self) -> bool:
+        """No frame (nor part of one) received that no one has read yet; an end of the pipe or an
+        error waiting to be raised does not count."""
+        return not self._buf and not any(isinstance(f, list) for f in self._frames)
 
     async def next(self) -> list[tuple[str, bytes]]:
         """The next frame; raises EOFError when the sandbox is gone, ProtocolError on garbage."""

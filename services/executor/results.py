@@ -1,4 +1,11 @@
-"""How a run becomes a tool result: text, image blocks, structured fields and a clear error reason."""
+"""How a run becomes a tool result: text, image blocks, structured fields and a clear error reason.
+
+The result must fit in one gRPC message: the executor answers many callers over
+one stream, and a message over the limit fails them all. Output is capped per
+stream in bytes, but invalid UTF-8 decodes to U+FFFD (3 bytes each) and each
+stream appears twice (text block and structured), so an encoded result can be
+six times the cap; it is cut to `max_bytes` here, flagged `truncated`.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,19 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.executor.runner import RunResult
 from services.toolkit.results import text_result
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+# Room a result leaves under the message limit for what wraps it on its way (stream envelope,
+# ExecuteToolResponse) and for the few bytes of length prefixes a cut can change.
+_HEADROOM = 64 * 1024
+
+
+def response_bytes(max_message_bytes: int) -> int:
+    """The largest encoded result the executor sends when messages may carry `max_message_bytes`."""
+    return max_message_bytes - _HEADROOM
 
 
 def take_artifact(result: RunResult, name: str) -> bytes | None:
@@ -40,8 +56,44 @@ def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
     return entry
 
 
-def execute_response(r: RunResult, session_id: str) -> ex.ExecuteResponse:
-    """The python_execute result: text, image blocks, structured fields and a clear error when it failed."""
+def execute_response(
+    r: RunResult, session_id: str, max_bytes: int = response_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+) -> ex.ExecuteResponse:
+    """The python_execute result: text, image blocks, structured fields and a clear error when it
+    failed; at most `max_bytes` encoded (stdout and stderr cut to fit, then artifacts and the value)."""
+    resp = _response(r, session_id)
+    size = resp.ByteSize()
+    if size <= max_bytes:
+        return resp
+    _cut_to_fit(r, session_id, size, max_bytes)
+    resp = _response(r, session_id)
+    if resp.ByteSize() > max_bytes:  # only if the fixed parts alone are over: keep the verdict
+        r.stdout = r.stderr = ""
+        resp = _response(r, session_id)
+    return resp
+
+
+def _cut_to_fit(r: RunResult, session_id: str, size: int, max_bytes: int) -> None:
+    """Shorten `r` so its result, `size` bytes now, fits in `max_bytes`."""
+    out, err = r.stdout.encode(), r.stderr.encode()
+    rest = size - 2 * (len(out) + len(err))  # each stream is sent twice: text block and structured
+    if rest > max_bytes // 2:  # artifacts and the value are most of it: they go first
+        r.artifacts_skipped += len(r.artifacts)
+        r.artifacts = []
+        if r.value_repr is not None:
+            r.value_repr = r.value_repr[:1024]
+        rest = _response(r, session_id).ByteSize() - 2 * (len(out) + len(err))
+    room = max((max_bytes - rest) // 2 - 1024, 0)  # bytes for stdout and stderr together, once
+    keep_out = min(len(out), max(room // 2, room - len(err)))
+    keep_err = min(len(err), room - keep_out)
+    r.stdout = out[:keep_out].decode("utf-8", "ignore")  # "ignore": a character cut in two goes
+    r.stderr = err[:keep_err].decode("utf-8", "ignore")
+    r.truncated = True
+    note = f"the result was cut to fit the {max_bytes}-byte message limit"
+    r.failure = f"{r.failure}; {note}" if r.failure else note
+
+
+def _response(r: RunResult, session_id: str) -> ex.ExecuteResponse:
     structured: dict[str, Any] = {
         "stdout": r.stdout,
         "stderr": r.stderr,

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
 
 from services.common.config import ExecutorConfig
 from services.common.deadline import within
-from services.executor.handle import Worker, WorkerGone
+from services.executor.handle import ReplyLimits, Worker, WorkerGone
 
 
 @dataclass
@@ -41,22 +42,35 @@ def _text(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+@functools.cache
+def _limits(
+    max_output: int, max_artifacts: int, max_artifact_bytes: int
+) -> tuple[ReplyLimits, list[tuple[str, bytes]]]:
+    """What a reply may carry, and the request fields that tell the worker."""
+    limits = ReplyLimits(min(max_output, 65536), max_artifacts, max_artifact_bytes)
+    fields = [
+        ("max_artifacts", str(limits.max_artifacts).encode()),
+        ("max_artifact_bytes", str(limits.max_artifact_bytes).encode()),
+        ("max_repr", str(limits.max_repr).encode()),
+    ]
+    return limits, fields
+
+
 async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig) -> RunResult:
     """Run `code` on `worker` within `timeout_s`; on timeout or death the worker is killed."""
     worker.reset_output()
+    limits, limit_fields = _limits(cfg.max_output_bytes, cfg.max_artifacts, cfg.max_artifact_bytes)
     fields = [
         ("code", code.encode("utf-8", "surrogatepass")),
         ("cpu", str(math.ceil(timeout_s) + 1).encode()),
-        ("max_artifacts", str(cfg.max_artifacts).encode()),
-        ("max_artifact_bytes", str(cfg.max_artifact_bytes).encode()),
-        ("max_repr", str(min(cfg.max_output_bytes, 65536)).encode()),
+        *limit_fields,
     ]
     start = time.perf_counter()
     timed_out = lost = False
     failure = ""
     reply = None
     try:
-        reply = await within(worker.run(fields), timeout_s)
+        reply = await within(worker.run(fields, limits), timeout_s)
     except asyncio.CancelledError:
         worker.kill()  # the caller went away mid-call: its reply must never reach a later call
         raise

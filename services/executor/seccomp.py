@@ -7,6 +7,15 @@ the namespaces (mount, ptrace, bpf, new user namespaces, kernel keyrings,
 io_uring, module loading, ...) fail with EPERM. Other architectures and the
 x32 ABI are killed by libseccomp's default bad-arch action. bwrap loads the
 program (`--seccomp FD`) as the very last step before exec'ing Python.
+
+Sockets are the one allowlist: `socket` and `socketpair` work for AF_UNIX only
+(what the interpreter, asyncio's self-pipe and multiprocessing use) and fail
+with EAFNOSUPPORT for every other family. Namespaces do not cover them all:
+AF_VSOCK reaches the hypervisor and other VMs whatever the network namespace,
+AF_NETLINK, AF_PACKET and AF_ALG are kernel attack surface a Python call never
+needs. AF_INET/AF_INET6 would only reach an empty namespace's loopback, and
+are refused too since nothing in the sandbox needs them; an installed MCP
+server granted the network (`network=True`) gets them back.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import itertools
 import os
 from functools import cache
 
@@ -74,7 +84,8 @@ BLOCKED = (
 )
 _ALLOW = 0x7FFF0000
 _CLONE_NEWUSER = 0x10000000
-_SCMP_CMP_MASKED_EQ = 7
+_SCMP_CMP_LT, _SCMP_CMP_EQ, _SCMP_CMP_GT, _SCMP_CMP_MASKED_EQ = 2, 4, 6, 7  # enum scmp_compare
+_AF_UNIX, _AF_INET, _AF_INET6 = 1, 2, 10
 
 
 def _errno(e: int) -> int:
@@ -114,29 +125,49 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+def _refused_families(allowed: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(comparison, value) on a socket's family, each one refusing part of what is not `allowed`:
+    below the smallest, each value in a gap, above the largest. The kernel reads the family as a
+    32-bit int, the filter compares all 64 bits: any high bit set is above the largest, refused."""
+    ranges = [(_SCMP_CMP_LT, allowed[0]), (_SCMP_CMP_GT, allowed[-1])]
+    for low, high in itertools.pairwise(allowed):
+        ranges += [(_SCMP_CMP_EQ, family) for family in range(low + 1, high)]
+    return ranges
+
+
+def _add(lib: ctypes.CDLL, ctx: int, name: str, action: int, args: list[_ArgCmp] | None = None) -> None:
+    nr = lib.seccomp_syscall_resolve_name(name.encode())
+    if nr < 0:
+        return  # not a syscall on this architecture
+    array = (_ArgCmp * len(args))(*args) if args else None
+    if lib.seccomp_rule_add_array(ctx, action, nr, len(args or ()), array) != 0:
+        raise SeccompUnavailable(f"could not add a rule for {name}")
+
+
 @cache
-def program() -> bytes:
-    """The compiled BPF program (cached: it is the same for every sandbox)."""
+def program(network: bool = False) -> bytes:
+    """The compiled BPF program (cached: it is the same for every sandbox); `network` also lets
+    sockets of AF_INET and AF_INET6 be created (for a sandbox that keeps the host's network)."""
     lib = _lib()
     ctx = lib.seccomp_init(_ALLOW)
     if not ctx:
         raise SeccompUnavailable("seccomp_init failed")
     try:
         for name in BLOCKED:
-            nr = lib.seccomp_syscall_resolve_name(name.encode())
-            if nr < 0:
-                continue  # not a syscall on this architecture
-            if lib.seccomp_rule_add_array(ctx, _errno(errno.EPERM), nr, 0, None) != 0:
-                raise SeccompUnavailable(f"could not add a rule for {name}")
+            _add(lib, ctx, name, _errno(errno.EPERM))
         # New user namespaces via clone(2); clone3 passes flags in memory, so make glibc fall back to clone.
-        newuser = (_ArgCmp * 1)(_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER))
-        for name, action, n, args in (
-            ("clone", _errno(errno.EPERM), 1, newuser),
-            ("clone3", _errno(errno.ENOSYS), 0, None),
-        ):
-            nr = lib.seccomp_syscall_resolve_name(name.encode())
-            if nr >= 0 and lib.seccomp_rule_add_array(ctx, action, nr, n, args) != 0:
-                raise SeccompUnavailable(f"could not add a rule for {name}")
+        _add(
+            lib,
+            ctx,
+            "clone",
+            _errno(errno.EPERM),
+            [_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER)],
+        )
+        _add(lib, ctx, "clone3", _errno(errno.ENOSYS))
+        allowed = (_AF_UNIX, _AF_INET, _AF_INET6) if network else (_AF_UNIX,)
+        for op, family in _refused_families(allowed):
+            for name in ("socket", "socketpair"):
+                _add(lib, ctx, name, _errno(errno.EAFNOSUPPORT), [_ArgCmp(0, op, family, 0)])
         fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
         try:
             if lib.seccomp_export_bpf(ctx, fd) != 0:
@@ -148,9 +179,9 @@ def program() -> bytes:
         lib.seccomp_release(ctx)
 
 
-def program_fd() -> int:
+def program_fd(network: bool = False) -> int:
     """A fresh fd holding the program, positioned at its start (bwrap reads it to EOF)."""
     fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-    os.write(fd, program())
+    os.write(fd, program(network))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -28,7 +28,7 @@ from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
 from services.executor import cgroups, envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
-from services.executor.results import add_images, execute_response, take_artifact
+from services.executor.results import add_images, execute_response, response_bytes, take_artifact
 from services.executor.runner import RunResult, run_on
 from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
 from services.executor.schemas import (
@@ -67,6 +67,8 @@ class Executor(ToolServer):
         self._env_task: asyncio.Task[bool] | None = None
         self._closed = False
         super().__init__({self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
+        self.max_message_bytes = cfg.hub.max_message_bytes
+        self._response_bytes = response_bytes(cfg.hub.max_message_bytes)  # results are cut to fit
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -305,7 +307,9 @@ class Executor(ToolServer):
                 return _invalid("pass new_session to start a session, or session_id to use one; not both")
             return await self._execute_in_new_session(args["code"], timeout)
         result = await self.run_code(args["code"], timeout, session_id)
-        return result if isinstance(result, ex.ExecuteResponse) else execute_response(result, session_id)
+        if isinstance(result, ex.ExecuteResponse):
+            return result
+        return execute_response(result, session_id, self._response_bytes)
 
     async def _execute_in_new_session(self, code: str, timeout: float) -> ex.ExecuteResponse:
         """Start a session under a newly minted id and run its first call there."""
@@ -325,7 +329,7 @@ class Executor(ToolServer):
         if isinstance(result, ex.ExecuteResponse):  # it never ran, and its id would reach nobody
             await sessions.end(session_id, "its first call could not run")
             return result
-        resp = execute_response(result, session_id)
+        resp = execute_response(result, session_id, self._response_bytes)
         # Clients that show a model only the text blocks must still hand it the id.
         resp.content.add().text.text = f"[session_id: {session_id}]"
         return resp
@@ -351,11 +355,11 @@ class Executor(ToolServer):
             return result
         payload = take_artifact(result, tasks.RESULT_FILE)
         if result.return_code != 0 or result.timed_out or payload is None:
-            return execute_response(result, "")
+            return execute_response(result, "", self._response_bytes)
         try:
             value = json.loads(payload)
         except ValueError:
-            return execute_response(result, "")
+            return execute_response(result, "", self._response_bytes)
         structured = {"operation": args["operation"], "result": value, "text": result.stdout}
         return text_result(result.stdout, structured)
 
@@ -367,7 +371,7 @@ class Executor(ToolServer):
         if isinstance(result, ex.ExecuteResponse):
             return result
         if result.return_code != 0 or result.timed_out or not result.artifacts:
-            return execute_response(result, "")
+            return execute_response(result, "", self._response_bytes)
         resp = text_result(
             f"{args['plot_type']} chart: {args.get('title') or 'untitled'}",
             {

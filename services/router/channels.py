@@ -3,6 +3,12 @@
 A long-lived bidirectional stream costs about half a unary call per message,
 so every call goes over it; a server that answers UNIMPLEMENTED (e.g. one that
 implements only Execute) is called with unary Execute from then on.
+
+The stream is shared by every caller of the endpoint, so a message too large or
+unreadable for it fails its own call only: a request over the message limit is
+refused before it is written (gRPC would end the whole stream), and answers
+are read leniently (contract.lenient/salvage): one the router cannot parse, or
+up to twice the limit in size, becomes an is_error result for its call.
 """
 
 from __future__ import annotations
@@ -16,20 +22,34 @@ from collections.abc import Callable, Sequence
 import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
+from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
-from services.common.contract import BATCHING_KEY, coalesce
-from services.common.errors import DeadlineExceeded, MeshError, Unavailable
+from services.common.contract import (
+    BATCHING_KEY,
+    EXECUTE_STREAM,
+    RESPONSE_KINDS,
+    STREAM_OVERHEAD_BYTES,
+    Unreadable,
+    coalesce,
+    lenient,
+    salvage,
+)
+from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
+from services.toolkit.results import text_result
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[ex.Progress], None]
 _TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+# A tool server's answer up to this many times the message limit still arrives (and fails its call
+# alone); only a bigger one makes gRPC end the stream. A bound, so one answer cannot take all memory.
+_RECEIVE_HEADROOM = 2
 
 
-def channel_options(max_message_bytes: int, unix: bool) -> list[tuple[str, object]]:
+def channel_options(max_message_bytes: int, unix: bool, receive_bytes: int = 0) -> list[tuple[str, object]]:
     opts: list[tuple[str, object]] = [
-        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", receive_bytes or max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.enable_retries", 0),
         # Fail fast and reconnect quickly when a tool server restarts.
@@ -54,6 +74,14 @@ def _expire(fut: asyncio.Future[ex.ExecuteResponse]) -> None:
         fut.set_exception(_Expired())
 
 
+def _unreadable_answer(target: str, reason: str) -> ex.ExecuteResponse:
+    return text_result(
+        f"the answer of the tool server at {target} could not be read: {reason}",
+        is_error=True,
+        error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+    )
+
+
 class _Mux:
     """Many calls over one ExecuteStream, matched by call_id.
 
@@ -63,9 +91,14 @@ class _Mux:
     stream with `toolscore-batching: 1`. One reader task resolves the futures.
     """
 
-    def __init__(self, stub: ex_grpc.ToolExecutorServiceStub, target: str) -> None:
-        self._stub = stub
+    def __init__(self, channel: grpc.aio.Channel, target: str, max_message_bytes: int) -> None:
+        self._open_stream = channel.stream_stream(
+            EXECUTE_STREAM,
+            request_serializer=ex.ExecuteStreamRequest.SerializeToString,
+            response_deserializer=lenient(ex.ExecuteStreamResponse, max_message_bytes),
+        )
         self._target = target
+        self._max_request = max_message_bytes - STREAM_OVERHEAD_BYTES
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -78,7 +111,7 @@ class _Mux:
 
     def _open(self) -> grpc.aio.StreamStreamCall:
         if self._call is None:
-            call = self._stub.ExecuteStream()
+            call = self._open_stream()
             self._call = call
             self._outbox, self._writing, self._batching = [], False, False
             self._reader = asyncio.get_running_loop().create_task(self._read(call))
@@ -103,6 +136,9 @@ class _Mux:
                 k == BATCHING_KEY and v == "1" for k, v in metadata or ()
             )
             async for msg in call:
+                if type(msg) is Unreadable:
+                    self._deliver_unreadable(msg)
+                    continue
                 self._deliver(msg)
                 for more in msg.batch:
                     self._deliver(more)
@@ -136,6 +172,25 @@ class _Mux:
         elif on_progress is not None:
             on_progress(msg.progress)
 
+    def _deliver_unreadable(self, msg: Unreadable) -> None:
+        """Answer each call in a message that did not parse whole with what can be read of it."""
+        parts = salvage(msg, RESPONSE_KINDS)
+        if parts is None:  # no call id to trust: those calls end at their deadline
+            log.warning("%s sent a stream message that does not parse (%d bytes)", self._target, len(msg.raw))
+            return
+        for part in parts:
+            slot = self._pending.get(part.call_id)
+            if slot is None:
+                continue
+            if part.kind == "progress":
+                if part.message is not None and slot[1] is not None:
+                    slot[1](part.message)  # type: ignore[arg-type]
+                continue
+            del self._pending[part.call_id]
+            answer = _unreadable_answer(self._target, msg.reason) if part.message is None else part.message
+            if not slot[0].done():
+                slot[0].set_result(answer)  # type: ignore[arg-type]
+
     async def _write(self, call: grpc.aio.StreamStreamCall, msg: ex.ExecuteStreamRequest) -> None:
         """Send `msg`; if a write is in flight, leave it to that writer (one write at a time per call)."""
         self._outbox.append(msg)
@@ -157,6 +212,13 @@ class _Mux:
     async def call(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
     ) -> ex.ExecuteResponse:
+        size = request.ByteSize()
+        if size > self._max_request:  # gRPC would end the stream on it, failing every caller's call
+            raise ResourceExhausted(
+                f"the call is {size} bytes; one message to the tool server may carry {self._max_request}",
+                reason="CALL_TOO_LARGE",
+                metadata={"tool_id": request.tool_id, "limit_bytes": str(self._max_request)},
+            )
         call = self._open()
         call_id = next(self._ids)
         fut: asyncio.Future[ex.ExecuteResponse] = asyncio.get_running_loop().create_future()
@@ -210,10 +272,12 @@ class ToolChannel:
         self.endpoint = endpoint
         self.channel = grpc.aio.insecure_channel(
             endpoint.grpc_target,
-            options=channel_options(max_message_bytes, endpoint.scheme == endpoints.UNIX),
+            options=channel_options(
+                max_message_bytes, endpoint.scheme == endpoints.UNIX, _RECEIVE_HEADROOM * max_message_bytes
+            ),
         )
         self.stub = ex_grpc.ToolExecutorServiceStub(self.channel)
-        self._mux = _Mux(self.stub, str(endpoint))
+        self._mux = _Mux(self.channel, str(endpoint), max_message_bytes)
 
     async def execute(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None = None

@@ -18,6 +18,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest, NotFound, Unauthenticated
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit.results import text_result, to_response
@@ -70,7 +71,11 @@ class Action:
 
 
 class ToolServer(ex_grpc.ToolExecutorServiceServicer):
-    """Serves actions of one or more tools."""
+    """Serves actions of one or more tools. Serve it with `contract.add_tool_executor`, which reads
+    ExecuteStream leniently (one unreadable call never ends the stream)."""
+
+    # The server's gRPC message limit: an answer over it fails its call alone, not the stream.
+    max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
 
     def __init__(self, tools: dict[str, list[Action]], *, admin_check: AdminCheck | None = None) -> None:
         """`admin_check`: how gRPC callers prove admin rights for `requires_admin` actions (None: open)."""
@@ -146,7 +151,7 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             except Exception as exc:  # protocol faults travel as error results on the stream
                 return text_result(str(exc), is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
 
-        stream = CallStream(context, run_call)
+        stream = CallStream(context, run_call, self.max_message_bytes)
         self._streams.add(stream)
         if self._draining:
             stream.close()

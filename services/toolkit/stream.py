@@ -7,6 +7,12 @@ flight go out together, in one message's `batch` (the server announces
 `toolscore-batching: 1` in its initial metadata). Writing from the call's own
 task, rather than through a queue to a response generator, saves a loop
 iteration and a wake-up per call.
+
+The stream is shared by many callers, so whatever one call brings stays with
+that call: a request message that does not parse (served through
+`contract.add_tool_executor`, it arrives as `Unreadable`) is answered with an
+INVALID_INPUT error for each call it carried, and an answer too large for one
+gRPC message is replaced by an error for its call; neither ends the stream.
 """
 
 from __future__ import annotations
@@ -21,7 +27,15 @@ import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.contract import BATCHING_KEY, coalesce
+from services.common.contract import (
+    BATCHING_KEY,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REQUEST_KINDS,
+    STREAM_OVERHEAD_BYTES,
+    Unreadable,
+    coalesce,
+    salvage,
+)
 from services.toolkit.results import text_result
 
 log = logging.getLogger(__name__)
@@ -40,12 +54,34 @@ def _refusal(message: str) -> ex.ExecuteResponse:
     return text_result(message, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM)
 
 
+def _unparsable(reason: str) -> ex.ExecuteResponse:
+    return text_result(
+        f"the call's request could not be read: {reason}",
+        is_error=True,
+        error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+    )
+
+
+def _too_large(size: int, limit: int) -> ex.ExecuteResponse:
+    return text_result(
+        f"the tool's answer is {size} bytes, over the {limit}-byte limit of one message; it was dropped",
+        is_error=True,
+        error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
+    )
+
+
 class CallStream:
     """One ExecuteStream on the server side. `serve()` returns when the stream is over: the
     caller closed its side and every call has answered, or `close()` was called and they have."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, run_call: RunCall) -> None:
+    def __init__(
+        self,
+        context: grpc.aio.ServicerContext,
+        run_call: RunCall,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
         self._context, self._run_call = context, run_call
+        self._max_payload = max_message_bytes - STREAM_OVERHEAD_BYTES  # one answer or progress note
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, asyncio.Task[None]] = {}  # calls not answered yet (cancellable)
         self._tasks: set[asyncio.Task[None]] = set()  # call and flush tasks, until done
@@ -74,33 +110,61 @@ class CallStream:
         self._closing = True
         self._end_if_idle()
 
-    async def _read(self, requests: AsyncIterator[ex.ExecuteStreamRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[ex.ExecuteStreamRequest | Unreadable]) -> None:
         try:
             async for msg in requests:
-                self._take(msg)
-                for more in msg.batch:
+                if type(msg) is Unreadable:
+                    self._take_unreadable(msg)
+                    continue
+                self._take(msg)  # type: ignore[arg-type]
+                for more in msg.batch:  # type: ignore[union-attr]
                     self._take(more)
         except grpc.aio.BaseError:
             pass  # the caller went away: the RPC is over
+        except Exception:  # served without the lenient reader: nothing more can be read
+            log.exception("reading the call stream failed")
         finally:
             self._closing = True  # the caller's side is closed: finish what runs, then end
             self._end_if_idle()
 
     def _take(self, msg: ex.ExecuteStreamRequest) -> None:
         if msg.HasField("execute"):
-            if self._closing:
-                self._post(self._answer(msg.call_id, _refusal("tool server is shutting down")))
-                return
-            task = self._loop.create_task(self._run(msg.call_id, msg.execute))
-            self.running[msg.call_id] = task
-            self._tasks.add(task)
-            # Bookkeeping in a callback, not in the coroutine: a task cancelled before it ever ran
-            # (a cancel in the same batch as its call) never executes its own `finally`.
-            task.add_done_callback(functools.partial(self._call_done, msg.call_id))
+            self._start(msg.call_id, msg.execute)
         elif msg.HasField("cancel"):
-            working = self.running.get(msg.call_id)
-            if working is not None:
-                working.cancel()
+            self._cancel(msg.call_id)
+
+    def _take_unreadable(self, msg: Unreadable) -> None:
+        """Serve what can be served of a message that did not parse whole: each call's request
+        parsed alone (it is the wrapping that went one level too deep), the rest answered with
+        an error for that call alone."""
+        parts = salvage(msg, REQUEST_KINDS)
+        if parts is None:  # no call id to answer: the calls in it time out at their caller
+            log.warning("dropped a call stream message that does not parse at all (%d bytes)", len(msg.raw))
+            return
+        for part in parts:
+            if part.kind == "cancel":
+                self._cancel(part.call_id)
+            elif part.message is None:
+                log.info("call %d: unreadable request (%s)", part.call_id, msg.reason)
+                self._post(self._answer(part.call_id, _unparsable(msg.reason)))
+            else:
+                self._start(part.call_id, part.message)  # type: ignore[arg-type]
+
+    def _start(self, call_id: int, request: ex.ExecuteRequest) -> None:
+        if self._closing:
+            self._post(self._answer(call_id, _refusal("tool server is shutting down")))
+            return
+        task = self._loop.create_task(self._run(call_id, request))
+        self.running[call_id] = task
+        self._tasks.add(task)
+        # Bookkeeping in a callback, not in the coroutine: a task cancelled before it ever ran
+        # (a cancel in the same batch as its call) never executes its own `finally`.
+        task.add_done_callback(functools.partial(self._call_done, call_id))
+
+    def _cancel(self, call_id: int) -> None:
+        working = self.running.get(call_id)
+        if working is not None:
+            working.cancel()
 
     async def _run(self, call_id: int, request: ex.ExecuteRequest) -> None:
         try:
@@ -111,6 +175,10 @@ class CallStream:
             log.exception("call %d failed", call_id)
             result = _refusal(f"internal error: {type(exc).__name__}: {exc}")
         self.running.pop(call_id, None)  # answered: a cancel from now on would only cut the write
+        size = result.ByteSize()
+        if size > self._max_payload:  # gRPC would fail the whole stream on it, every caller's call
+            log.warning("call %d: answer of %d bytes dropped (limit %d)", call_id, size, self._max_payload)
+            result = _too_large(size, self._max_payload)
         await self._send(self._answer(call_id, result))
 
     def _call_done(self, call_id: int, task: asyncio.Task[None]) -> None:
@@ -126,8 +194,9 @@ class CallStream:
     def _answer(call_id: int, result: ex.ExecuteResponse) -> ex.ExecuteStreamResponse:
         return ex.ExecuteStreamResponse(call_id=call_id, result=result)
 
-    @staticmethod
-    def _progress(call_id: int, p: ex.Progress) -> ex.ExecuteStreamResponse:
+    def _progress(self, call_id: int, p: ex.Progress) -> ex.ExecuteStreamResponse:
+        if p.ByteSize() > self._max_payload:  # a note, not an answer: cut its text rather than fail
+            p = ex.Progress(progress=p.progress, total=p.total, message=p.message[:1024])
         return ex.ExecuteStreamResponse(call_id=call_id, progress=p)
 
     async def _send(self, msg: ex.ExecuteStreamResponse) -> None:

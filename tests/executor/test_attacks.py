@@ -7,12 +7,21 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
+from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
+from services.common.jsonvalue import dict_to_struct
 from tests.conftest import REPO
-from tests.executor.conftest import Call, running_executor
+from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
+from tests.executor.conftest import TOOL, Call, running_executor
+from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
 
@@ -39,7 +48,9 @@ async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
             f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)"
         )
     assert resp.is_error and resp.error.type == CODE_ERROR
-    assert "ConnectionRefusedError" in s["stderr"] or "unreachable" in s["stderr"]
+    # The seccomp filter refuses the AF_INET socket; without it the empty network namespace would.
+    refusals = ("Address family not supported", "ConnectionRefusedError", "unreachable")
+    assert any(r in s["stderr"] for r in refusals), s["stderr"]
     assert not connected.is_set()
     await assert_next_call_succeeds(call)
 
@@ -306,3 +317,189 @@ async def test_the_cpu_limit_throttles_a_sandbox_at_its_share_of_a_cpu(xcfg, hub
         assert not resp.is_error, resp.error.message
         stat = dict(line.split() for line in (cpu_dir / "cpu.stat").read_text().splitlines())
         assert int(stat["nr_throttled"]) > 0
+
+
+async def _while_a_call_runs(call: Call, attack: Any) -> tuple[Any, ts.ExecuteToolResponse]:
+    """Run `attack(innocent)` while an innocent call on the same executor stream is in flight (its
+    task is passed in); return the attack's outcome and, once it is over, the innocent response."""
+    call.executor.call_started.clear()
+    innocent = asyncio.create_task(call.code("import time\ntime.sleep(3)\nprint('innocent')", timeout=20))
+    async with asyncio.timeout(10):
+        await call.executor.call_started.wait()
+    outcome = await attack(innocent)
+    async with asyncio.timeout(20):
+        resp, s = await innocent
+    assert not resp.is_error and s["stdout"] == "innocent\n", resp.error.message
+    return outcome, resp
+
+
+FLOOD = "import sys\nsys.stdout.buffer.write(b'\\xff' * 600_000)\nsys.stderr.buffer.write(b'\\xff' * 600_000)"
+
+
+async def test_an_output_flood_that_decodes_to_megabytes_is_cut_to_fit_one_message_and_fails_no_one_else(
+    xcfg, hub
+):
+    # 512 KiB per stream of invalid UTF-8 is 1.5 MiB of U+FFFD each, and each stream is sent twice:
+    # ~6 MiB, which gRPC refuses to send, failing every call on the stream with it.
+    cfg = config_mod.replace(xcfg, executor={"max_output_bytes": 512 << 10})
+    async with running_executor(cfg, hub) as call:
+        (resp, s), _ = await _while_a_call_runs(call, lambda _: call.code(FLOOD))
+        assert resp.ByteSize() <= 4 << 20
+        assert s["truncated"] and "cut to fit the" in s["error_reason"]
+        assert s["stdout"].startswith("\ufffd" * 1000) and s["stderr"].startswith("\ufffd" * 1000)
+        await assert_next_call_succeeds(call)
+
+
+async def test_an_output_flood_through_the_edge_fails_no_other_call_on_the_edge_stream(
+    xcfg,
+    hub,
+    start_edge,  # noqa: F811 (the edge's fixture)
+):
+    cfg = config_mod.replace(xcfg, executor={"max_output_bytes": 512 << 10})
+    async with running_executor(cfg, hub) as call:
+        edge = await start_edge(edge_config(cfg, hub))
+
+        def rest(code: str) -> Any:
+            body = {"tool_id": TOOL, "action": "python_execute", "parameters": {"code": code, "timeout": 20}}
+            return edge.post("/api/v1/tools/execute", body)
+
+        call.executor.call_started.clear()
+        innocent = asyncio.create_task(rest("import time\ntime.sleep(3)\nprint('innocent')"))
+        async with asyncio.timeout(10):
+            await call.executor.call_started.wait()
+        status, body = await rest(FLOOD)
+        assert status == 200 and body["result"]["truncated"], body.get("error")
+        status, body = await innocent
+        assert status == 200 and body["success"] and body["result"]["stdout"] == "innocent\n", body
+
+
+def _forged_reply(fields: str, frames: int = 1) -> str:
+    """User code that writes its own reply frames (in one write) on the worker's control pipe
+    (its fd is in argv[2])."""
+    return (
+        "import os, sys\n"
+        f"fields = {fields}\n"
+        "body = b''.join(b'%s %d\\n%s' % (k, len(v), v) for k, v in fields)\n"
+        f"data = memoryview((len(body).to_bytes(4, 'big') + body) * {frames})\n"
+        "while data:\n"
+        "    data = data[os.write(int(sys.argv[2]), data):]\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        "[(b'return_code', b'0'), (b'error', b''), (b'repr', b'A' * (5 << 20))]",  # a 5 MiB value
+        "[(b'return_code', b'0'), (b'error', b'')] + [(k, v) for i in range(64)"  # 64 artifacts, 16 allowed
+        " for k, v in ((b'artifact_name', b'f%d' % i), (b'artifact_data', b'x'))]",
+        "[(b'return_code', b'0'), (b'return_code', b'1')]",  # a field twice
+        "[(b'return_code', b'9' * 4000)]",  # a number no return code is
+    ],
+    ids=["a-5-MiB-value", "64-artifacts-where-16-are-allowed", "a-field-twice", "a-4000-digit-number"],
+)
+async def test_a_reply_forged_by_user_code_fails_its_own_call_only(call, fields):
+    (resp, s), _ = await _while_a_call_runs(call, lambda _: call.code(_forged_reply(fields)))
+    assert resp.is_error and "malformed reply" in s["error_reason"], s
+    assert resp.ByteSize() < 64 << 10
+    await assert_next_call_succeeds(call)
+
+
+async def test_frames_user_code_leaves_on_the_control_pipe_end_its_session_and_never_answer_a_later_call(
+    call,
+):
+    # Two frames in one write, so both have arrived when the first answers this call (user code
+    # may lie about its own result); the second waits on the pipe for the next call.
+    forge = _forged_reply("[(b'return_code', b'0'), (b'error', b''), (b'repr', b'forged')]", frames=2)
+    resp, s = await call.code(forge + "'real'", new_session=True)
+    assert not resp.is_error and s["result"] == "forged"
+    resp, s = await call.code("1 + 1", session_id=s["session_id"])
+    assert resp.is_error and "malformed reply" in s["error_reason"] and "session ended" in s["error_reason"]
+    await assert_next_call_succeeds(call)
+
+
+async def test_an_argument_nested_too_deep_for_the_stream_message_fails_no_other_call(call):
+    data: dict[str, Any] = {}
+    for _ in range(32):  # with "data" and the stream's own wrapper: one level past protobuf's limit
+        data = {"a": data}
+    request = ex.ExecuteRequest(arguments=dict_to_struct({"data": data, "operation": "mean"}))
+    with pytest.raises(DecodeError):  # the attack's premise: the executor's stream cannot parse it whole
+        ex.ExecuteStreamRequest.FromString(ex.ExecuteStreamRequest(execute=request).SerializeToString())
+
+    async def deep() -> Any:
+        try:
+            return await call("python_analyze", data=data, operation="mean", deadline=20)
+        except grpc.aio.AioRpcError as err:  # refused where it entered: fine, as long as it is clear
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+            return None
+
+    async def deep_then_next(innocent: asyncio.Task[Any]) -> Any:
+        outcome = await deep()
+        resp, s = await call.code("print('after')", timeout=10)  # sent after it, on the same stream
+        assert not resp.is_error and s["stdout"] == "after\n", resp.error.message
+        assert not innocent.done()  # answered at once, not held until the innocent call ended
+        return outcome
+
+    await _while_a_call_runs(call, deep_then_next)
+    await assert_next_call_succeeds(call)
+
+
+SOCKETS = """\
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+for name, kind in [("AF_VSOCK", "SOCK_STREAM"), ("AF_NETLINK", "SOCK_RAW"), ("AF_PACKET", "SOCK_RAW"),
+                   ("AF_ALG", "SOCK_SEQPACKET"), ("AF_INET", "SOCK_STREAM"), ("AF_INET6", "SOCK_DGRAM")]:
+    try:
+        socket.socket(getattr(socket, name), getattr(socket, kind)).close()
+        print(name, "created")
+    except OSError as e:
+        print(name, e.errno)
+# The kernel reads the family as a 32-bit int: high bits must not smuggle AF_VSOCK past the filter.
+fd = libc.syscall(41, (1 << 32) | socket.AF_VSOCK, socket.SOCK_STREAM, 0)
+print("AF_VSOCK+high-bits", "created" if fd >= 0 else ctypes.get_errno())
+"""
+
+
+async def test_sockets_of_every_family_but_unix_are_refused(call):
+    resp, s = await call.code(SOCKETS)
+    assert not resp.is_error, resp.error.message
+    refused = [
+        f"{name} 97" for name in ("AF_VSOCK", "AF_NETLINK", "AF_PACKET", "AF_ALG", "AF_INET", "AF_INET6")
+    ]
+    assert s["stdout"].splitlines() == [*refused, "AF_VSOCK+high-bits 97"]  # EAFNOSUPPORT
+    await assert_next_call_succeeds(call)
+
+
+PYTHON_NEEDS = """\
+import asyncio, multiprocessing, os, socket
+a, b = socket.socketpair()
+a.sendall(b"pair"); print(b.recv(4).decode())
+server = socket.socket(socket.AF_UNIX); server.bind("/tmp/s"); server.listen()
+client = socket.socket(socket.AF_UNIX); client.connect("/tmp/s"); print("unix", server.accept()[1] == "")
+
+async def main():
+    return await asyncio.get_running_loop().run_in_executor(None, sum, [1, 2])
+print("asyncio", asyncio.run(main()))
+parent, child = multiprocessing.Pipe()  # duplex: an AF_UNIX socketpair
+worker = multiprocessing.get_context("fork").Process(target=child.send, args=(42,))
+worker.start(); print("process", parent.recv()); worker.join()
+import pandas, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot
+print("imports", pandas.__name__, matplotlib.pyplot.__name__)
+"""
+
+
+@pytest.mark.timeout(900)
+async def test_what_python_needs_of_sockets_still_works_in_the_sandbox(
+    env_ready,  # noqa: F811 (the shared environment's fixture)
+    call,
+):
+    resp, s = await call.code(PYTHON_NEEDS, timeout=60)
+    assert not resp.is_error, s["stderr"]
+    assert s["stdout"].splitlines() == [
+        "pair",
+        "unix True",
+        "asyncio 3",
+        "process 42",
+        "imports pandas matplotlib.pyplot",
+    ]

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 
+import grpc
+import pytest
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import toolscore_pb2 as ts
 
+from services.common import config as config_mod
 from services.common import endpoints
+from services.common.contract import SERVICE
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.router.channels import ToolChannel
 from services.toolkit import Action, ToolServer, text_result
+from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
+from tests.helpers import grpc_tool, served_tool
 
 
 async def _echo(args, ctx):
@@ -102,3 +112,144 @@ async def test_servers_that_do_not_offer_batching_get_one_message_per_call(start
         await channel.close()
     assert [struct_to_dict(r.structured)["text"] for r in results] == [f"call {i}" for i in range(32)]
     assert server.messages == server.calls == 33
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+
+def nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _answer(call_id: int, result: ex.ExecuteResponse) -> bytes:
+    return ex.ExecuteStreamResponse(call_id=call_id, result=result).SerializeToString()
+
+
+def raw_answers(call_id: int, action: str) -> bytes:
+    """What the hostile server sends back for each action, as bytes on the wire."""
+    if action == "deep":  # parses as an ExecuteResponse, not inside an ExecuteStreamResponse
+        result = text_result("deep")
+        result.structured["data"] = nested(32)
+        return _answer(call_id, result)
+    if action == "garbage":  # ExecuteResponse field 1 claims 9 bytes and has 2
+        payload = b"\x0a\x09ab"
+        return b"\x08" + bytes([call_id]) + b"\x12" + bytes([len(payload)]) + payload
+    if action == "huge":  # over the router's 4 MiB message limit
+        return _answer(call_id, text_result("x" * (5 << 20)))
+    return _answer(call_id, text_result(action, {"text": action}))
+
+
+async def start_raw_server(gate: Gate) -> tuple[grpc.aio.Server, str]:
+    """A third-party ExecuteStream server on TCP port 0 whose answers are raw bytes."""
+
+    async def stream(requests, context):
+        async def answer_when_released(call_id: int) -> None:
+            gate.started.set()
+            await gate.release.wait()
+            await context.write(raw_answers(call_id, "released"))
+
+        waiting = set()
+        async for msg in requests:
+            for m in (msg, *msg.batch):
+                if m.execute.action == "wait":
+                    waiting.add(asyncio.create_task(answer_when_released(m.call_id)))
+                else:
+                    await context.write(raw_answers(m.call_id, m.execute.action))
+        await asyncio.gather(*waiting)
+
+    handler = grpc.stream_stream_rpc_method_handler(
+        stream, request_deserializer=ex.ExecuteStreamRequest.FromString, response_serializer=None
+    )
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 16 << 20)])
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"ExecuteStream": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def test_answers_the_router_cannot_read_fail_their_own_calls_and_the_stream_goes_on(hub_stubs):
+    gate = Gate()
+    server, target = await start_raw_server(gate)
+    try:
+        actions = {a: {"type": "object"} for a in ("wait", "deep", "garbage", "huge", "echo")}
+        tool = grpc_tool("raw", target, actions=actions)
+        await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
+
+        async def call(action: str) -> ts.ExecuteToolResponse:
+            return await hub_stubs.toolscore.ExecuteTool(
+                ts.ExecuteToolRequest(tool_id="raw", action=action), timeout=20
+            )
+
+        innocent = asyncio.create_task(call("wait"))  # on the same stream throughout
+        async with asyncio.timeout(10):
+            await gate.started.wait()
+        deep = await call("deep")
+        assert not deep.is_error and struct_to_dict(deep.structured)["data"] == nested(32)
+        garbage = await call("garbage")
+        assert garbage.is_error and "could not be read" in garbage.error.message
+        huge = await call("huge")
+        assert huge.is_error and "over the 4194304-byte message limit" in huge.error.message
+        assert (await call("echo")).content[0].text.text == "echo"
+        gate.release.set()
+        async with asyncio.timeout(10):
+            released = await innocent
+        assert not released.is_error and released.content[0].text.text == "released"
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+async def gated_server(start_tool_server):
+    gate = Gate()
+
+    async def wait(args, ctx):
+        gate.started.set()
+        await gate.release.wait()
+        return "released"
+
+    actions = [Action("wait", "", wait), Action("echo", "", _echo)]
+    _, endpoint = await start_tool_server({"gated": actions})
+    return gate, endpoint, actions
+
+
+async def test_a_call_too_large_for_one_message_fails_alone_and_the_stream_serves_the_others(
+    cfg,
+    hub,
+    start_edge,  # noqa: F811 (the edge's fixture)
+    gated_server,
+):
+    gate, endpoint, actions = gated_server
+    # The caller's own 5 MB arguments are within what this edge accepts, but over what one
+    # gRPC message to the tool server may carry.
+    edge_cfg = config_mod.replace(
+        edge_config(cfg, hub), hub={"max_argument_bytes": 8 << 20}, edge={"max_frame_bytes": 16 << 20}
+    )
+    edge = await start_edge(edge_cfg)
+    await edge.gateway.register(served_tool("gated", endpoint, actions))
+    innocent = asyncio.create_task(
+        edge.post("/api/v1/tools/execute", {"tool_id": "gated", "action": "wait", "parameters": {}})
+    )
+    async with asyncio.timeout(10):
+        await gate.started.wait()
+    big = {"tool_id": "gated", "action": "echo", "parameters": {"text": "x" * (5 << 20)}}
+    status, body = await edge.post(
+        "/api/v1/tools/execute",
+        data=io.BytesIO(json.dumps(big).encode()),
+        headers={"content-type": "application/json"},
+    )
+    assert status == 413 and "may carry" in json.dumps(body)
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": "gated", "action": "echo", "parameters": {"text": "after"}}
+    )
+    assert status == 200 and body["result"] == {"text": "after"}
+    gate.release.set()
+    status, body = await innocent
+    assert status == 200 and body["success"] is True and body["result"] == "released"

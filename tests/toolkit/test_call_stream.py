@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import grpc
+import pytest
+import websockets
+from google.protobuf.message import DecodeError
 from toolscore.v1 import executor_pb2 as ex
-from toolscore.v1 import executor_pb2_grpc
+from toolscore.v1 import executor_pb2_grpc, tool_pb2
+from toolscore.v1 import toolscore_pb2 as ts
 
-from services.common.contract import BATCHING_KEY
+from services.common.contract import BATCHING_KEY, EXECUTE_STREAM
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action, CallContext, ToolServer
+from tests.edge.conftest import edge, start_edge  # noqa: F401 (fixtures)
 
 
 class Gate:
@@ -41,12 +48,16 @@ def tools(gate: Gate) -> dict[str, list[Action]]:
     async def big(args: dict, ctx: CallContext) -> str:
         return "x" * (700 << 10)
 
+    async def huge(args: dict, ctx: CallContext) -> str:
+        return "x" * (5 << 20)  # over the 4 MiB one gRPC message may carry
+
     return {
         "t": [
             Action("wait", "", wait),
             Action("count", "", count),
             Action("echo", "", echo),
             Action("big", "", big),
+            Action("huge", "", huge),
         ]
     }
 
@@ -188,3 +199,120 @@ async def test_a_caller_that_cancels_the_rpc_mid_call_leaves_no_failed_task_behi
         assert not errors, errors
     finally:
         loop.set_exception_handler(previous)
+
+
+def nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+async def test_a_request_that_does_not_parse_fails_that_call_alone_and_the_stream_goes_on(start_tool_server):
+    gate = Gate()
+    _, target = await start_tool_server(tools(gate))
+    async with grpc.aio.insecure_channel(target) as channel:
+        # Raw bytes on the wire: the router's serializer would never produce a malformed message.
+        call = channel.stream_stream(
+            EXECUTE_STREAM, request_serializer=None, response_deserializer=ex.ExecuteStreamResponse.FromString
+        )(timeout=30)
+        await call.write(execute(1, "wait").SerializeToString())  # an innocent call, running throughout
+        await asyncio.wait_for(gate.started.wait(), 10)
+        garbage = b"\x0a\x05ab"  # ExecuteRequest.tool_id claims 5 bytes and has 2
+        await call.write(b"\x08\x02\x12" + bytes([len(garbage)]) + garbage)
+        # Parses as an ExecuteRequest, but not wrapped in an ExecuteStreamRequest: protobuf's
+        # recursion limit (100) is reached one level too deep.
+        deep = execute(3, "echo", text="deep")
+        deep.execute.arguments["data"] = nested(32)
+        with pytest.raises(DecodeError):
+            ex.ExecuteStreamRequest.FromString(deep.SerializeToString())
+        ex.ExecuteRequest.FromString(deep.execute.SerializeToString())
+        await call.write(deep.SerializeToString())
+        await call.write(execute(4, "echo", text="after").SerializeToString())
+        got = {m.call_id: m.result for m in await messages(call, 3)}
+        assert got[2].is_error and got[2].error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT
+        assert "could not be read" in got[2].error.message
+        assert not got[3].is_error and got[3].structured["text"] == "deep"
+        assert not got[4].is_error and got[4].structured["text"] == "after"
+        gate.release.set()
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and answer.result.content[0].text.text == "released"
+
+
+async def test_an_answer_too_large_for_one_message_fails_that_call_alone(start_tool_server):
+    gate = Gate()
+    _, channel, call = await open_stream(start_tool_server, gate)
+    async with channel:
+        await call.write(execute(1, "wait"))
+        await asyncio.wait_for(gate.started.wait(), 10)
+        await call.write(execute(2, "huge"))
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 2 and answer.result.is_error
+        assert "over the" in answer.result.error.message and "limit" in answer.result.error.message
+        await call.write(execute(3, "echo", text="after"))
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 3 and answer.result.structured["text"] == "after"
+        gate.release.set()
+        (answer,) = await messages(call, 1)
+        assert answer.call_id == 1 and answer.result.content[0].text.text == "released"
+
+
+NUMBERS_SPEC = {
+    "tool_id": "ws-numbers",
+    "name": "numbers",
+    "description": "dialled in over the ToolScore WebSocket",
+    "tool_type": "mcp_server",
+    "endpoint": "ws://ignored",
+    "capabilities": [
+        {"name": "wait", "description": "answers when released"},
+        {"name": "numbers", "description": "400,000 numbers: 800 kB of JSON, 4.4 MB as protobuf"},
+    ],
+}
+
+
+async def test_a_dialled_in_servers_answer_too_large_for_the_relay_stream_fails_that_call_alone(
+    edge,  # noqa: F811 (the edge's fixture)
+    hub_stubs,
+):
+    release, waiting = asyncio.Event(), asyncio.Event()
+    async with websockets.connect(edge.ws_url("/websocket"), open_timeout=5, close_timeout=2) as ws:
+
+        async def answer(msg: dict) -> None:
+            if msg["action"] == "wait":
+                waiting.set()
+                await release.wait()
+            data = "released" if msg["action"] == "wait" else {"values": [0] * 400_000}
+            reply = {"success": True, "data": data, "error": None}
+            await ws.send(json.dumps({**msg, "type": "execute_tool_action_response", "result": reply}))
+
+        async def serve(registered: asyncio.Future) -> None:
+            tasks = set()
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "execute_tool_action":
+                    tasks.add(asyncio.create_task(answer(msg)))
+                elif not registered.done():
+                    registered.set_result(msg)
+
+        registered = asyncio.get_running_loop().create_future()
+        server = asyncio.create_task(serve(registered))
+        try:
+            await ws.send(json.dumps({"type": "register_tool", "request_id": "r", "tool_spec": NUMBERS_SPEC}))
+            async with asyncio.timeout(10):
+                assert (await registered)["success"] is True
+
+            async def call(action: str) -> Any:  # hub -> edge relay (ExecuteStream) -> WebSocket
+                request = ts.ExecuteToolRequest(tool_id="ws-numbers", action=action)
+                return await hub_stubs.toolscore.ExecuteTool(request, timeout=20)
+
+            innocent = asyncio.create_task(call("wait"))
+            async with asyncio.timeout(10):
+                await waiting.wait()
+            big = await call("numbers")
+            assert big.is_error and "limit of one message" in big.error.message
+            release.set()
+            async with asyncio.timeout(10):
+                released = await innocent
+            assert not released.is_error and "released" in released.content[0].text.text
+        finally:
+            server.cancel()

@@ -14,7 +14,8 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc, tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 
-from services.common.contract import BATCHING_KEY, EXECUTE_STREAM
+from services.common.contract import BATCHING_KEY, EXECUTE_STREAM, SERVICE, add_tool_executor
+from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action, CallContext, ToolServer
 from tests.edge.conftest import edge, start_edge  # noqa: F401 (fixtures)
@@ -316,3 +317,32 @@ async def test_a_dialled_in_servers_answer_too_large_for_the_relay_stream_fails_
             assert not released.is_error and "released" in released.content[0].text.text
         finally:
             server.cancel()
+
+
+async def test_answers_ready_together_never_exceed_a_message_limit_below_the_batch_size(root):
+    # hub.max_message_bytes may be set below MAX_BATCH_BYTES (1 MiB): 8 answers of 200 KiB, each
+    # under a 512 KiB limit, must not be coalesced into one message over it (gRPC would end the
+    # stream and every call on it).
+    limit = 512 << 10
+
+    async def mid(args: dict, ctx: CallContext) -> str:
+        return "x" * (200 << 10)
+
+    servicer = ToolServer({"t": [Action("mid", "", mid)]})
+    servicer.max_message_bytes = limit
+    path = root / "small-limit.sock"
+    server = MeshServer(
+        [ServiceBinding(SERVICE, servicer, add_tool_executor)],
+        [f"unix://{path}"],
+        max_message_bytes=limit,
+        grace_s=0.1,
+    )
+    async with server, grpc.aio.insecure_channel(server.addresses[0]) as channel:
+        call = executor_pb2_grpc.ToolExecutorServiceStub(channel).ExecuteStream(timeout=30)
+        msg = execute(1, "mid")
+        for i in range(2, 9):
+            msg.batch.append(execute(i, "mid"))
+        await call.write(msg)
+        got = await messages(call, 8)
+        assert sorted(m.call_id for m in got) == list(range(1, 9))
+        assert all(len(m.result.content[0].text.text) == 200 << 10 for m in got)

@@ -133,8 +133,10 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
         # An MCP WebSocket acts with its handshake's rights, for every call on it.
         for headers, allowed in (({}, False), ({"Authorization": f"Bearer {TOKEN}"}, True)):
             answer = await _mcp_install(edge.ws_url("/ws/mcp"), headers, "tsfour")
-            assert ("ADMIN_TOKEN_REQUIRED" not in json.dumps(answer)) is allowed, answer
-            installed = answer.get("result", {}).get("structuredContent", {}).get("installed")
+            result = answer["result"]  # refused: an isError result saying why, not a JSON-RPC error
+            assert (result.get("isError") is not True) is allowed, answer
+            assert ("needs the admin token" not in json.dumps(result)) is allowed, answer
+            installed = result.get("structuredContent", {}).get("installed")
             assert (installed is True) is allowed, answer
 
         # What everyone may do stays open: run code, and see exactly the admins' installs.

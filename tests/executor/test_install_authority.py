@@ -148,3 +148,26 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
             tool = (await lib_grpc.ToolLibraryServiceStub(ch).GetTool(lib.GetToolRequest(tool_id=TOOL))).tool
         caps = {c.name: c.requires_admin for c in tool.capabilities}
         assert caps["python_install_package"] is True and caps["python_execute"] is False
+
+
+@pytest.mark.timeout(300)
+async def test_an_edge_without_the_credential_file_installs_for_an_admin_with_its_admin_token(
+    cfg: Config,
+    hub: Hub,
+    start_edge: Any,  # noqa: F811
+) -> None:
+    # docs/config/auth.md: a service that cannot read the hub's credential file (another machine,
+    # another root) proves itself with the admin token instead. The edge's direct path to the
+    # executor sent only the credential, so an admin's install was refused there.
+    async with running_executor(cfg, hub):
+        elsewhere = config_mod.replace(
+            edge_config(cfg, hub), auth={"service_credential_path": "run/not-the-hubs.credential"}
+        )
+        edge = await start_edge(elsewhere)
+        body = {"tool_id": TOOL, "action": "python_install_package", "parameters": {"package_name": "tsone"}}
+        status, out = await edge.post("/api/v1/tools/execute", body)
+        assert status == 401 and out["reason"] == "ADMIN_TOKEN_REQUIRED", out
+        status, out = await edge.post(
+            "/api/v1/tools/execute", body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert status == 200 and out["success"] is True, out

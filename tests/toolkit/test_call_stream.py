@@ -69,6 +69,13 @@ def execute(call_id: int, action: str, **args: str) -> ex.ExecuteStreamRequest:
     )
 
 
+def batch_of(n: int, action: str) -> ex.ExecuteStreamRequest:
+    """Calls 1..n of `action` in one message (the rest in its batch)."""
+    msg = execute(1, action)
+    msg.batch.extend(execute(i, action) for i in range(2, n + 1))
+    return msg
+
+
 async def messages(call: grpc.aio.StreamStreamCall, n: int) -> list[ex.ExecuteStreamResponse]:
     """The next n answers and progress notes, batched ones unpacked."""
     out: list[ex.ExecuteStreamResponse] = []
@@ -170,10 +177,7 @@ async def test_a_call_cancelled_in_the_same_message_still_gets_an_answer_and_the
 async def test_answers_ready_together_never_exceed_the_message_size_limit(start_tool_server):
     _, channel, call = await open_stream(start_tool_server, Gate())
     async with channel:  # 8 answers of 700 KiB: 5.6 MiB, over the 4 MiB a message may carry
-        msg = execute(1, "big")
-        for i in range(2, 9):
-            msg.batch.append(execute(i, "big"))
-        await call.write(msg)
+        await call.write(batch_of(8, "big"))
         got = await messages(call, 8)
         assert sorted(m.call_id for m in got) == list(range(1, 9))
         assert all(not m.result.is_error and len(m.result.content[0].text.text) == 700 << 10 for m in got)
@@ -339,10 +343,7 @@ async def test_answers_ready_together_never_exceed_a_message_limit_below_the_bat
     )
     async with server, grpc.aio.insecure_channel(server.addresses[0]) as channel:
         call = executor_pb2_grpc.ToolExecutorServiceStub(channel).ExecuteStream(timeout=30)
-        msg = execute(1, "mid")
-        for i in range(2, 9):
-            msg.batch.append(execute(i, "mid"))
-        await call.write(msg)
+        await call.write(batch_of(8, "mid"))
         got = await messages(call, 8)
         assert sorted(m.call_id for m in got) == list(range(1, 9))
         assert all(len(m.result.content[0].text.text) == 200 << 10 for m in got)

@@ -377,8 +377,13 @@ class HubGateway:
             return Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE")
         return from_rpc_error(exc)
 
-    def _service_proof(self) -> tuple[tuple[str, str], ...]:
+    def _credential_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._credential.metadata() if self._credential else ()
+
+    def _service_proof(self) -> tuple[tuple[str, str], ...]:
+        """What proves this edge is the mesh's: the hub's credential, or where this edge cannot read
+        its file (another machine, another root) the admin token (docs/config/auth.md)."""
+        return self._credential_metadata() or self._admin_metadata
 
     def _record(self, entry: Entry, ok: bool, seconds: float) -> None:
         u = self._usage.get(entry.tool.tool_id)
@@ -417,7 +422,7 @@ class HubGateway:
         )
         try:
             # Only the mesh may report usage: the credential (re-read after a hub restart) or the token.
-            proof = (*self._admin_metadata, *self._service_proof())
+            proof = (*self._admin_metadata, *self._credential_metadata())
             await self.library.ReportUsage(req, metadata=proof, timeout=timeout_s)
         except BaseException:
             for k, u in batch.items():  # keep the figures for the next report: nothing is lost

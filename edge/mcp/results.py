@@ -24,6 +24,7 @@ from services.common.errors import (
     NotFound,
     OutOfRange,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 from services.common.jsonvalue import struct_to_dict, value_to_py
@@ -92,11 +93,14 @@ def input_error_result(exc: MeshError) -> dict[str, Any]:
 
 
 def from_mesh_error(exc: MeshError) -> dict[str, Any]:
-    """An isError result for tool failures and input errors; raise ProtocolError for everything else."""
+    """An isError result for tool failures, input errors and actions the caller has no rights for;
+    raise ProtocolError for everything else."""
     if isinstance(exc, _TOOL_FAILURE):
         return failure_result(exc.message)
     if isinstance(exc, InvalidArguments) or exc.reason in _INPUT_REASONS:
         return input_error_result(exc)
+    if isinstance(exc, Unauthenticated):  # an admin-only action: the model can say what it needs
+        return failure_result(exc.message)
     if isinstance(exc, _INVALID_CALL):
         raise ProtocolError(INVALID_PARAMS, exc.message, exc.to_json()) from None
     raise ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json()) from None

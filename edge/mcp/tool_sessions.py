@@ -5,7 +5,7 @@ returns it as `structured.session_id`; its capability named `end_session`, or en
 `_end_session`, ends one given `{"session_id": ...}` (docs/grpc.md, "Sessions of stateful tools").
 An MCP session never hands its own id to a tool: the tool's sessions are few and shared by every
 caller, so one exists only when a client asked for it. The MCP session whose call opened one holds
-it, and when the MCP session ends (DELETE, expiry, eviction, the WebSocket closing) the edge ends the
+it, and when the MCP session ends (DELETE, expiry, the WebSocket closing) the edge ends the
 tool sessions it holds: a client that goes away leaves nothing behind.
 """
 

@@ -40,19 +40,30 @@ EXECUTE_STREAM = f"/{SERVICE}/ExecuteStream"
 M = TypeVar("M", bound=Any)  # ExecuteStreamRequest or ExecuteStreamResponse
 
 
-def coalesce(queued: list[M]) -> tuple[M, list[M]]:
-    """The first queued message, carrying in its `batch` as many of the next ones as stay under
-    MAX_BATCH_BYTES together, and the messages left for the next write."""
+def batch_limit(max_message_bytes: int) -> int:
+    """How large a coalesced message may grow on a stream whose messages may carry `max_message_bytes`:
+    MAX_BATCH_BYTES, or less where the message limit is lower (a batch over it would end the stream)."""
+    return min(MAX_BATCH_BYTES, max_message_bytes - STREAM_OVERHEAD_BYTES)
+
+
+def coalesce(queued: list[M], limit: int = MAX_BATCH_BYTES) -> tuple[M, list[M]]:
+    """The first queued message, carrying in its `batch` as many of the next ones as keep the whole
+    message within `limit` bytes (see `batch_limit`), and the messages left for the next write."""
     head, taken = queued[0], 1
     if len(queued) > 1:
         size = head.ByteSize()
         for more in queued[1:]:
-            size += more.ByteSize()
-            if size > MAX_BATCH_BYTES:
+            n = more.ByteSize()
+            size += n + 1 + _varint_bytes(n)  # a batch entry: its tag, its length, itself
+            if size > limit:
                 break
             taken += 1
         head.batch.extend(queued[1:taken])
     return head, queued[taken:]
+
+
+def _varint_bytes(n: int) -> int:
+    return max(1, (n.bit_length() + 6) // 7)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from services.common.contract import (
     RESPONSE_KINDS,
     STREAM_OVERHEAD_BYTES,
     Unreadable,
+    batch_limit,
     coalesce,
     lenient,
     salvage,
@@ -99,6 +100,7 @@ class _Mux:
         )
         self._target = target
         self._max_request = max_message_bytes - STREAM_OVERHEAD_BYTES
+        self._max_batch = batch_limit(max_message_bytes)
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
         self._call: grpc.aio.StreamStreamCall | None = None
@@ -200,7 +202,7 @@ class _Mux:
         try:
             while self._outbox and self._is_current(call):
                 if self._batching and len(self._outbox) > 1:
-                    head, self._outbox = coalesce(self._outbox)
+                    head, self._outbox = coalesce(self._outbox, self._max_batch)
                     await call.write(head)
                 else:
                     queued, self._outbox = self._outbox, []

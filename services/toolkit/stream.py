@@ -33,6 +33,7 @@ from services.common.contract import (
     REQUEST_KINDS,
     STREAM_OVERHEAD_BYTES,
     Unreadable,
+    batch_limit,
     coalesce,
     salvage,
 )
@@ -82,6 +83,7 @@ class CallStream:
     ) -> None:
         self._context, self._run_call = context, run_call
         self._max_payload = max_message_bytes - STREAM_OVERHEAD_BYTES  # one answer or progress note
+        self._max_batch = batch_limit(max_message_bytes)  # answers coalesced into one message
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, asyncio.Task[None]] = {}  # calls not answered yet (cancellable)
         self._tasks: set[asyncio.Task[None]] = set()  # call and flush tasks, until done
@@ -212,7 +214,7 @@ class CallStream:
         self._writing = True
         try:
             while self._outbox and not self._ended:
-                head, self._outbox = coalesce(self._outbox)
+                head, self._outbox = coalesce(self._outbox, self._max_batch)
                 try:
                     await self._context.write(head)
                 except grpc.aio.BaseError as exc:  # the RPC ended under us: nobody is left to answer

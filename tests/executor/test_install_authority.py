@@ -133,8 +133,10 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
         # An MCP WebSocket acts with its handshake's rights, for every call on it.
         for headers, allowed in (({}, False), ({"Authorization": f"Bearer {TOKEN}"}, True)):
             answer = await _mcp_install(edge.ws_url("/ws/mcp"), headers, "tsfour")
-            assert ("ADMIN_TOKEN_REQUIRED" not in json.dumps(answer)) is allowed, answer
-            installed = answer.get("result", {}).get("structuredContent", {}).get("installed")
+            result = answer["result"]  # refused: an isError result saying why, not a JSON-RPC error
+            assert (result.get("isError") is not True) is allowed, answer
+            assert ("needs the admin token" not in json.dumps(result)) is allowed, answer
+            installed = result.get("structuredContent", {}).get("installed")
             assert (installed is True) is allowed, answer
 
         # What everyone may do stays open: run code, and see exactly the admins' installs.
@@ -146,3 +148,26 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
             tool = (await lib_grpc.ToolLibraryServiceStub(ch).GetTool(lib.GetToolRequest(tool_id=TOOL))).tool
         caps = {c.name: c.requires_admin for c in tool.capabilities}
         assert caps["python_install_package"] is True and caps["python_execute"] is False
+
+
+@pytest.mark.timeout(300)
+async def test_an_edge_without_the_credential_file_installs_for_an_admin_with_its_admin_token(
+    cfg: Config,
+    hub: Hub,
+    start_edge: Any,  # noqa: F811
+) -> None:
+    # docs/config/auth.md: a service that cannot read the hub's credential file (another machine,
+    # another root) proves itself with the admin token instead. The edge's direct path to the
+    # executor sent only the credential, so an admin's install was refused there.
+    async with running_executor(cfg, hub):
+        elsewhere = config_mod.replace(
+            edge_config(cfg, hub), auth={"service_credential_path": "run/not-the-hubs.credential"}
+        )
+        edge = await start_edge(elsewhere)
+        body = {"tool_id": TOOL, "action": "python_install_package", "parameters": {"package_name": "tsone"}}
+        status, out = await edge.post("/api/v1/tools/execute", body)
+        assert status == 401 and out["reason"] == "ADMIN_TOKEN_REQUIRED", out
+        status, out = await edge.post(
+            "/api/v1/tools/execute", body, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        assert status == 200 and out["success"] is True, out

@@ -15,7 +15,8 @@ from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
 from services.common import endpoints
-from services.common.contract import SERVICE
+from services.common.contract import SERVICE, add_tool_executor
+from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.router.channels import ToolChannel
 from services.toolkit import Action, ToolServer, text_result
@@ -84,6 +85,38 @@ async def test_coalesced_calls_never_exceed_the_message_size_limit(start_tool_se
         str(i) for i in range(16)
     ]
     assert server.messages < server.calls  # they were still coalesced, in messages under the cap
+
+
+async def test_coalesced_calls_fit_a_message_limit_below_the_batch_size(root):
+    # hub.max_message_bytes may be set below MAX_BATCH_BYTES (1 MiB): 16 calls of 200 KiB, each
+    # under a 512 KiB limit, must not travel together in one message over it (gRPC would end the
+    # stream and every call on it).
+    limit = 512 << 10
+    server = CountingServer()
+    server.max_message_bytes = limit
+    mesh = MeshServer(
+        [ServiceBinding(SERVICE, server, add_tool_executor)],
+        [f"unix://{root / 'small-limit.sock'}"],
+        max_message_bytes=limit,
+        grace_s=0.1,
+    )
+    big = "x" * (200 << 10)
+    async with mesh:
+        channel = ToolChannel(endpoints.parse(mesh.addresses[0]), limit)
+        try:
+            await channel.execute(request(-1), 5)  # opens the stream and learns it may batch
+            calls = [
+                ex.ExecuteRequest(
+                    tool_id="echo", action="echo", arguments=dict_to_struct({"text": f"{i:02}{big}"})
+                )
+                for i in range(16)
+            ]
+            results = await asyncio.gather(*(channel.execute(c, 10) for c in calls))
+        finally:
+            await channel.close()
+    assert [r.is_error for r in results] == [False] * 16, [r.error.message for r in results]
+    assert [struct_to_dict(r.structured)["text"][:2] for r in results] == [f"{i:02}" for i in range(16)]
+    assert server.messages < server.calls  # still coalesced, in messages under the limit
 
 
 class PlainStreamServer(executor_pb2_grpc.ToolExecutorServiceServicer):

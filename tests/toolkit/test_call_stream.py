@@ -14,7 +14,8 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc, tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 
-from services.common.contract import BATCHING_KEY, EXECUTE_STREAM
+from services.common.contract import BATCHING_KEY, EXECUTE_STREAM, SERVICE, add_tool_executor
+from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action, CallContext, ToolServer
 from tests.edge.conftest import edge, start_edge  # noqa: F401 (fixtures)
@@ -66,6 +67,13 @@ def execute(call_id: int, action: str, **args: str) -> ex.ExecuteStreamRequest:
     return ex.ExecuteStreamRequest(
         call_id=call_id, execute=ex.ExecuteRequest(tool_id="t", action=action, arguments=dict_to_struct(args))
     )
+
+
+def batch_of(n: int, action: str) -> ex.ExecuteStreamRequest:
+    """Calls 1..n of `action` in one message (the rest in its batch)."""
+    msg = execute(1, action)
+    msg.batch.extend(execute(i, action) for i in range(2, n + 1))
+    return msg
 
 
 async def messages(call: grpc.aio.StreamStreamCall, n: int) -> list[ex.ExecuteStreamResponse]:
@@ -169,10 +177,7 @@ async def test_a_call_cancelled_in_the_same_message_still_gets_an_answer_and_the
 async def test_answers_ready_together_never_exceed_the_message_size_limit(start_tool_server):
     _, channel, call = await open_stream(start_tool_server, Gate())
     async with channel:  # 8 answers of 700 KiB: 5.6 MiB, over the 4 MiB a message may carry
-        msg = execute(1, "big")
-        for i in range(2, 9):
-            msg.batch.append(execute(i, "big"))
-        await call.write(msg)
+        await call.write(batch_of(8, "big"))
         got = await messages(call, 8)
         assert sorted(m.call_id for m in got) == list(range(1, 9))
         assert all(not m.result.is_error and len(m.result.content[0].text.text) == 700 << 10 for m in got)
@@ -316,3 +321,29 @@ async def test_a_dialled_in_servers_answer_too_large_for_the_relay_stream_fails_
             assert not released.is_error and "released" in released.content[0].text.text
         finally:
             server.cancel()
+
+
+async def test_answers_ready_together_never_exceed_a_message_limit_below_the_batch_size(root):
+    # hub.max_message_bytes may be set below MAX_BATCH_BYTES (1 MiB): 8 answers of 200 KiB, each
+    # under a 512 KiB limit, must not be coalesced into one message over it (gRPC would end the
+    # stream and every call on it).
+    limit = 512 << 10
+
+    async def mid(args: dict, ctx: CallContext) -> str:
+        return "x" * (200 << 10)
+
+    servicer = ToolServer({"t": [Action("mid", "", mid)]})
+    servicer.max_message_bytes = limit
+    path = root / "small-limit.sock"
+    server = MeshServer(
+        [ServiceBinding(SERVICE, servicer, add_tool_executor)],
+        [f"unix://{path}"],
+        max_message_bytes=limit,
+        grace_s=0.1,
+    )
+    async with server, grpc.aio.insecure_channel(server.addresses[0]) as channel:
+        call = executor_pb2_grpc.ToolExecutorServiceStub(channel).ExecuteStream(timeout=30)
+        await call.write(batch_of(8, "mid"))
+        got = await messages(call, 8)
+        assert sorted(m.call_id for m in got) == list(range(1, 9))
+        assert all(len(m.result.content[0].text.text) == 200 << 10 for m in got)

@@ -13,6 +13,7 @@ from services.common.errors import (
     InvalidRequest,
     MeshError,
     NotFound,
+    Unauthenticated,
     Unavailable,
 )
 from services.common.jsonvalue import dict_to_struct, py_to_value
@@ -63,6 +64,13 @@ def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can
     for reason in ("ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "TOOL_DISABLED"):
         err = MeshError(f"because {reason}", reason=reason)
         assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+
+
+def test_an_action_the_caller_has_no_rights_for_is_an_is_error_result_saying_so_not_an_internal_error():
+    # python_install_package without the admin token: the model can tell its user what is needed;
+    # -32603 "Internal error" blamed the edge for a refusal.
+    err = Unauthenticated("python_install_package needs the admin token", reason="ADMIN_TOKEN_REQUIRED")
+    assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
 
 
 def test_unknown_tools_and_bad_requests_are_invalid_params_and_the_rest_internal_errors():

@@ -313,8 +313,8 @@ class HubGateway:
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
         admin = False
-        if entry is not None:  # check locally first: bad calls never cost a hop
-            self.router.resolve(request)  # an admin-only action: refused here to a caller without rights
+        if entry is not None:  # checked here first: bad calls (admin-only without rights) cost no hop
+            await self.router.resolve(request, deadline_s)
             admin = request.action in entry.admin_actions
         return await self._relay_call(request, deadline_s, admin)
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -151,11 +152,16 @@ class BudgetExceeded(Exception):
     """A schema check stopped: it needed more keyword evaluations than its budget."""
 
 
-class _Budget:
-    __slots__ = ("left",)
+class DeadlinePassed(BudgetExceeded):
+    """A schema check stopped: it ran past its call's deadline."""
 
-    def __init__(self, left: int) -> None:
+
+class _Budget:
+    __slots__ = ("deadline", "left")
+
+    def __init__(self, left: int, deadline: float | None) -> None:
         self.left = left
+        self.deadline = deadline
 
 
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("schema_budget", default=None)
@@ -171,15 +177,19 @@ def metered(fn: Keyword) -> Keyword:
             budget.left -= 1
             if budget.left < 0:
                 raise BudgetExceeded
+            # The clock is read every 1024 evaluations (a few ms), so a deadline costs nothing per keyword.
+            if not budget.left & 1023 and budget.deadline is not None and time.monotonic() > budget.deadline:
+                raise DeadlinePassed
         return fn(validator, value, instance, schema)
 
     return keyword
 
 
-def run_metered(evaluations: int, check: Callable[[], Any]) -> Any:
+def run_metered(evaluations: int, check: Callable[[], Any], deadline: float | None = None) -> Any:
     """`check()` with at most `evaluations` keyword evaluations; BudgetExceeded past them, and for
-    a schema that recurses without end (RecursionError)."""
-    token = _BUDGET.set(_Budget(evaluations))
+    a schema that recurses without end (RecursionError); DeadlinePassed once `time.monotonic()`
+    passes `deadline`."""
+    token = _BUDGET.set(_Budget(evaluations, deadline))
     try:
         return check()
     except RecursionError:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -107,6 +110,27 @@ def _validator_class(schema: dict[str, Any]) -> type[jsonschema.protocols.Valida
 
 
 _BUDGET_BASE = 1_000  # keyword evaluations any check may use, whatever the sizes
+# jsonschema spends about 5 us per keyword evaluation. A check runs on the caller's event loop for at
+# most INLINE_STEPS of them (~0.05 s); one that needs more goes on in the schema-check thread, within
+# its call's deadline and at most MAX_STEPS, so the loop keeps serving every other caller meanwhile.
+INLINE_STEPS = 10_000
+MAX_STEPS = 2_000_000
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+class SlowCheck(Exception):
+    """A check that needs more keyword evaluations than a loop may spend: finish it with
+    `ArgumentValidator.check_off_loop`."""
+
+
+def _schema_check_thread() -> concurrent.futures.ThreadPoolExecutor:
+    # One thread: slow checks queue behind each other instead of taking the GIL from the loops many at
+    # a time; each waits within its own call's deadline.
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-check")
+    return _pool
+
 
 _FLAT_SCHEMA_KEYS = frozenset(
     {"type", "properties", "required", "additionalProperties", "description", "title", "$schema", "$id"}
@@ -211,20 +235,49 @@ class ArgumentValidator:
         self._schema_size = keywords.size(schema)
 
     def check(self, arguments: dict[str, Any]) -> None:
+        """Raise InvalidArguments (or FailedPrecondition for a schema too complex to check) unless
+        the arguments match; SlowCheck when the check needs more than the loop may spend on it."""
         validator = self._validator
         if validator is None or (self._fast is not None and self._fast(arguments)):
             return
+        budget = self._budget(arguments)
+        if budget <= INLINE_STEPS:
+            self._run(arguments, budget, None, final=True)
+            return
+        try:
+            self._run(arguments, INLINE_STEPS, None, final=False)
+        except _OverBudget:
+            raise SlowCheck from None
+
+    async def check_off_loop(self, arguments: dict[str, Any], timeout_s: float) -> None:
+        """The check that raised SlowCheck, in the schema-check thread, within `timeout_s`."""
+        budget = min(self._budget(arguments), MAX_STEPS)
+        deadline = time.monotonic() + timeout_s
+        job = _schema_check_thread().submit(self._run, arguments, budget, deadline, final=True)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.wrap_future(job)
+        except TimeoutError:  # the job stops at its deadline too (or never starts)
+            raise _too_complex(f"did not finish within the call's deadline ({timeout_s:.3g} s)") from None
+
+    def _budget(self, arguments: dict[str, Any]) -> int:
         # No ordinary schema evaluates more keywords per value than it has values; a schema that
         # does (references that fan out, or recurse without end) is stopped there.
-        budget = _BUDGET_BASE + self._schema_size * keywords.size(arguments)
+        return _BUDGET_BASE + self._schema_size * keywords.size(arguments)
+
+    def _run(self, arguments: dict[str, Any], budget: int, deadline: float | None, *, final: bool) -> None:
+        validator = self._validator
+        assert validator is not None
         try:
-            errors = keywords.run_metered(budget, lambda: list(validator.iter_errors(arguments)))
+            errors = keywords.run_metered(budget, lambda: list(validator.iter_errors(arguments)), deadline)
+        except keywords.DeadlinePassed:
+            raise _too_complex("did not finish within the call's deadline") from None
         except keywords.BudgetExceeded:
-            raise FailedPrecondition(
-                f"checking these arguments against the tool's input schema needs more than {budget} "
-                "steps: the schema is too complex (references that fan out or recurse without end)",
-                reason="SCHEMA_TOO_COMPLEX",
-                metadata={"budget": str(budget)},
+            if not final:  # stopped at the loop's share, short of its own budget: it goes on elsewhere
+                raise _OverBudget from None
+            raise _too_complex(
+                f"needs more than {budget} steps (references that fan out or recurse without end)",
+                budget,
             ) from None
         except keywords.PatternError as exc:  # registered before patterns had to compile with RE2
             raise FailedPrecondition(str(exc), reason="SCHEMA_TOO_COMPLEX") from None
@@ -242,3 +295,15 @@ class ArgumentValidator:
                 + "; ".join(f"{f}: {d}" for f, d in violations[:3]),
                 violations,
             )
+
+
+class _OverBudget(Exception):
+    """A check stopped at a budget below its full one (the loop's share): it may go on elsewhere."""
+
+
+def _too_complex(why: str, budget: int | None = None) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"checking these arguments against the tool's input schema {why}: the schema is too complex",
+        reason="SCHEMA_TOO_COMPLEX",
+        metadata={"budget": str(budget)} if budget is not None else None,
+    )

@@ -32,6 +32,7 @@ from services.common.errors import (
 )
 from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
 from services.library.registry import Entry
+from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
 from services.toolkit.results import text_result
 
@@ -91,12 +92,16 @@ class Router:
             or (ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
         )
 
-    def resolve(self, request: ex.ExecuteRequest) -> Entry:
+    async def resolve(self, request: ex.ExecuteRequest, deadline_s: float | None = None) -> Entry:
         """The entry for a call, after every check that needs no I/O."""
-        return self._check(request)[0]
+        entry, arguments, slow = self._check(request)
+        if slow is not None:
+            await slow.check_off_loop(arguments, self.timeout_for(request, deadline_s))
+        return entry
 
-    def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any]]:
-        """The entry for a call, after every check that needs no I/O."""
+    def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any], ArgumentValidator | None]:
+        """The entry for a call and its arguments, after every check that needs no I/O; and the
+        validator whose check must finish off the loop (`check_off_loop`), if any."""
         entry = self._lookup(request.tool_id)
         if entry is None:
             if not request.tool_id:
@@ -138,8 +143,11 @@ class Router:
         # Each level costs at least 2 bytes on the wire, so only bigger arguments can be too deep.
         if size >= 2 * MAX_DEPTH:
             check_depth(arguments)
-        validator.check(arguments)
-        return entry, arguments
+        try:
+            validator.check(arguments)
+        except SlowCheck:
+            return entry, arguments, validator
+        return entry, arguments, None
 
     def timeout_for(self, request: ex.ExecuteRequest, deadline_s: float | None) -> float:
         t = request.timeout.seconds + request.timeout.nanos / 1e9 if request.HasField("timeout") else 0.0
@@ -156,8 +164,10 @@ class Router:
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
-        entry, arguments = self._check(request)
+        entry, arguments, slow = self._check(request)
         timeout = self.timeout_for(request, deadline_s)
+        if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
+            await slow.check_off_loop(arguments, timeout)
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False

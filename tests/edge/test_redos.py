@@ -57,8 +57,23 @@ HOSTILE_TOOL = {
             },
         },
         {"name": "endless", "input_schema": {"type": "object", "$ref": "#"}},
+        {
+            "name": "anyof",  # nothing super-linear: just many keywords per value
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "l": {
+                        "type": "array",
+                        "items": {"anyOf": [{"type": "object", "required": [f"k{i}"]} for i in range(200)]},
+                    }
+                },
+            },
+        },
     ],
 }
+# 1,000 items that each match only the last of 200 branches: a few seconds of jsonschema, all of it
+# on the loop before (within the budget of schema size x arguments size, so nothing stopped it).
+COSTLY = {"l": [{"k199": 1} for _ in range(1000)]}
 
 
 @pytest.fixture
@@ -118,3 +133,40 @@ async def test_a_catastrophic_pattern_is_refused_while_the_hub_answers_others(me
                 await hostile
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(err.value) == "INVALID_ARGUMENTS"
+
+
+async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_edge_answers_others(mesh_edge):
+    _, base = mesh_edge
+    async with aiohttp.ClientSession() as http:
+        hostile = asyncio.create_task(
+            _post(http, base + "/api/v1/tools/hostile/call", {"action": "anyof", "arguments": COSTLY})
+        )
+        answered = 0  # health checks answered while the costly check ran (4 when it held the loop)
+        async with asyncio.timeout(60):
+            while not hostile.done():
+                assert await _get(http, base + "/health") == 200
+                answered += 1
+            status, body = await hostile
+    assert answered >= 20, answered
+    # The arguments passed the check; then the tool server is unreachable (it never existed).
+    assert (status, body["code"]) == (503, "UNAVAILABLE") and "unreachable" in body["error"], body
+
+
+async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_hub_answers_others(mesh_edge):
+    mesh, _ = mesh_edge
+    async with grpc.aio.insecure_channel(mesh.tcp) as ch:
+        req = ts.ExecuteToolRequest(tool_id="hostile", action="anyof")
+        req.arguments.update(COSTLY)
+        hostile = asyncio.ensure_future(ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(req, timeout=60))
+        health = health_pb2_grpc.HealthStub(ch)
+        answered = 0
+        async with asyncio.timeout(60):
+            while not hostile.done():
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                answered += 1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await hostile
+    assert answered >= 20, answered
+    # The arguments passed the check; then the tool server is unreachable (it never existed).
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unreachable" in (err.value.details() or "")

@@ -8,7 +8,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
 from services.common.jsonvalue import MAX_DEPTH
-from services.library.validation import ArgumentValidator, check_tool, flat_checker
+from services.library.validation import INLINE_STEPS, ArgumentValidator, SlowCheck, check_tool, flat_checker
 
 FLAT = {
     "type": "object",
@@ -252,7 +252,15 @@ def test_a_schema_whose_check_would_explode_or_never_end_is_stopped_with_a_clear
     assert err.value.reason == "SCHEMA_TOO_COMPLEX"
 
 
-def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
+async def check_fully(validator: ArgumentValidator, arguments: dict) -> None:
+    """What the router does: the check on the loop, and the rest of it off the loop when it is long."""
+    try:
+        validator.check(arguments)
+    except SlowCheck:
+        await validator.check_off_loop(arguments, 60)
+
+
+async def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
     branch = {
         "type": "object",
         "properties": {f"p{j}": {"type": "string", "minLength": 1} for j in range(10)},
@@ -261,9 +269,9 @@ def test_a_large_ordinary_schema_on_large_arguments_stays_within_its_budget():
     branches = [{**branch, "properties": {**branch["properties"], "kind": {"const": i}}} for i in range(20)]
     schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"oneOf": branches}}}}
     items = [{"kind": i % 20, **{f"p{j}": "v" for j in range(10)}} for i in range(100)]
-    ArgumentValidator(schema).check({"items": items})
+    await check_fully(ArgumentValidator(schema), {"items": items})
     with pytest.raises(InvalidArguments):
-        ArgumentValidator(schema).check({"items": [*items, {"kind": 99}]})
+        await check_fully(ArgumentValidator(schema), {"items": [*items, {"kind": 99}]})
 
 
 def test_a_pattern_re2_cannot_run_in_a_schema_that_skipped_registration_fails_the_call_clearly():
@@ -271,3 +279,34 @@ def test_a_pattern_re2_cannot_run_in_a_schema_that_skipped_registration_fails_th
     with pytest.raises(FailedPrecondition) as err:  # e.g. a definition an older hub stored
         ArgumentValidator(schema).check({"s": "a"})
     assert "no lookaround" in err.value.message
+
+
+MANY_BRANCHES = {  # nothing super-linear: 200 keywords per item
+    "type": "object",
+    "properties": {
+        "l": {
+            "type": "array",
+            "items": {"anyOf": [{"type": "object", "required": [f"k{i}"]} for i in range(200)]},
+        }
+    },
+}
+
+
+async def test_a_check_longer_than_the_loops_share_finishes_off_the_loop_with_the_same_verdict():
+    validator = ArgumentValidator(MANY_BRANCHES)
+    good, bad = {"l": [{"k199": 1}] * 200}, {"l": [{"k199": 1}] * 199 + [{"x": 1}]}
+    assert validator._budget(good) > INLINE_STEPS  # the loop's share is not enough for either
+    for arguments in (good, bad):
+        with pytest.raises(SlowCheck):
+            validator.check(arguments)
+    await validator.check_off_loop(good, 60)
+    with pytest.raises(InvalidArguments) as err:
+        await validator.check_off_loop(bad, 60)
+    assert err.value.violations[0][0] == "arguments.l[199]"
+
+
+async def test_a_check_off_the_loop_stops_at_its_calls_deadline_with_a_clear_error():
+    validator = ArgumentValidator(MANY_BRANCHES)
+    with pytest.raises(FailedPrecondition) as err:  # 20,000 failing items: minutes of work
+        await validator.check_off_loop({"l": [{"x": 1}] * 20_000}, 0.5)
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and "deadline" in err.value.message

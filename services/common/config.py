@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tomllib
 import types
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "config" / "toolscore.toml"
 ENV_PREFIX = "TOOLSCORE_"
@@ -359,11 +361,22 @@ def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
+# Keys a release removed: still accepted (with a warning) so a config that names one keeps loading.
+RETIRED_KEYS = {
+    "edge.mcp_session_backlog": "MCP sessions keep no per-session backlog (list_changed is recomputed "
+    "from the registry revision when a stream opens or resumes)",
+}
+
+
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    retired = {k for k in raw if f"{where}{k}" in RETIRED_KEYS}
+    for key in sorted(retired):
+        log.warning("config: %s%s is ignored: %s", where, key, RETIRED_KEYS[f"{where}{key}"])
+    raw = {k: v for k, v in raw.items() if k not in retired}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}")

@@ -184,6 +184,18 @@ class ExecutorEnv:
         return text[-2000:]
 
 
+def _same_release(a: str, b: str) -> bool:
+    """PEP 440's equality of plain release versions (1.26 == 1.26.0); other versions compare as text."""
+    if not (_RELEASE.match(a) and _RELEASE.match(b)):
+        return a == b
+    x, y = [int(p) for p in a.split(".")], [int(p) for p in b.split(".")]
+    width = max(len(x), len(y))
+    return x + [0] * (width - len(x)) == y + [0] * (width - len(y))
+
+
+_RELEASE = re.compile(r"^\d+(?:\.\d+)*$")
+
+
 def _already_installed(spec: str, installed: Mapping[str, str]) -> str:
     """A note when `spec` names an installed distribution and asks for nothing new, "" when pip must
     run; InstallRefused when it pins another version than the one every sandbox shares."""
@@ -193,7 +205,7 @@ def _already_installed(spec: str, installed: Mapping[str, str]) -> str:
     have = installed.get(normalize(name))
     if have is None:
         return ""
-    if op is None or (op == "==" and version == have):
+    if op is None or (op == "==" and _same_release(version, have)):
         return f"{name} {have} is already installed"
     if op == "==":
         raise InstallRefused(

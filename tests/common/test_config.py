@@ -51,3 +51,13 @@ def test_the_shipped_config_loads_and_names_the_builtin_tool():
     cfg = config_mod.load(config_mod.DEFAULT_CONFIG, env={})
     assert cfg.hub.uds == "run/toolscore.sock" and cfg.hub.tcp == "127.0.0.1:50051"
     assert [f.tool_id for f in cfg.function_tools] == ["builtin"]
+
+
+def test_a_retired_key_is_ignored_with_a_warning_so_an_older_config_still_loads(tmp_path, caplog):
+    f = tmp_path / "c.toml"
+    f.write_text("[edge]\nmcp_session_backlog = 512\n")
+    cfg = config_mod.load(f, env={"TOOLSCORE_EDGE__PORT": "9"})
+    assert cfg.edge.port == 9 and not hasattr(cfg.edge, "mcp_session_backlog")
+    assert "edge.mcp_session_backlog is ignored" in caplog.text
+    with pytest.raises(ConfigError, match="unknown key"):  # a key that never existed is still an error
+        config_mod.load(f, env={"TOOLSCORE_EDGE__MCP_SESSION_BACKLOGG": "1"})

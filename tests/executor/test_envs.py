@@ -13,6 +13,7 @@ import pytest
 
 from services.common import config as config_mod
 from services.common.config import Config
+from services.executor.envs import InstallRefused, _already_installed
 from services.hub.app import Hub
 from tests.executor.conftest import running_executor
 
@@ -84,3 +85,11 @@ async def test_an_install_never_up_or_downgrades_a_distribution_every_sandbox_sh
         resp, s = await call.code("import tsapp")
         assert resp.is_error and "ModuleNotFoundError" in s["stderr"]
     assert not list((root).glob(".constraints-*")), "the constraints file is removed after each install"
+
+
+def test_a_pin_equal_to_the_installed_version_under_pep_440_is_already_installed_not_refused():
+    installed = {"numpy": "1.26.0"}
+    assert "already installed" in _already_installed("numpy==1.26", installed)
+    assert "already installed" in _already_installed("numpy==1.26.0.0", installed)
+    with pytest.raises(InstallRefused):
+        _already_installed("numpy==1.26.4", installed)

@@ -40,7 +40,7 @@ _TOOL_FAILURE = (Unavailable, DeadlineExceeded)
 # the model can correct the call or choose another tool, so they are results too (InvalidArguments:
 # the schema's violations).
 _INPUT_REASONS = frozenset(
-    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "SCHEMA_TOO_COMPLEX", "TOOL_DISABLED"}
+    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "CALL_TOO_LARGE", "SCHEMA_TOO_COMPLEX", "TOOL_DISABLED"}
 )
 
 

@@ -61,7 +61,13 @@ def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can
     assert result["isError"] is True
     text = result["content"][0]["text"]
     assert "5 is not of type 'string'" in text and "'n' is a required property" in text
-    for reason in ("ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "TOOL_DISABLED"):
+    for reason in (
+        "ARGUMENTS_TOO_DEEP",
+        "ARGUMENTS_TOO_LARGE",
+        "CALL_TOO_LARGE",
+        "SCHEMA_TOO_COMPLEX",
+        "TOOL_DISABLED",
+    ):
         err = MeshError(f"because {reason}", reason=reason)
         assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
 

@@ -22,6 +22,15 @@ def frame(msg: dict[str, Any], event_id: str | int | None = None) -> bytes:
     return f"{head}event: message\ndata: {encode(msg)}\n\n".encode()
 
 
+class SharedBytes:
+    """Bytes the notifications of several streams may hold together (one session's resumable ones)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+
 class Exchange:
     """The events of one request answered over SSE: its notifications, then its response.
 
@@ -31,7 +40,7 @@ class Exchange:
     on without it. Followers wait on `changed`, which is replaced at each event.
     """
 
-    def __init__(self, number: int, limit: int, max_bytes: int) -> None:
+    def __init__(self, number: int, limit: int, max_bytes: int, shared: SharedBytes | None = None) -> None:
         self.number = number  # 0: not resumable (no ids, nothing kept beyond delivery)
         self.events: list[bytes] = []
         self.offset = 0  # events already delivered and dropped (non-resumable streams only)
@@ -41,6 +50,7 @@ class Exchange:
         self.dropped = 0  # notifications dropped past the bounds
         self._limit = limit
         self._max_bytes = max_bytes
+        self._shared = shared
 
     @property
     def resumable(self) -> bool:
@@ -59,15 +69,27 @@ class Exchange:
         if (
             not final
             and self.events
-            and (len(self.events) >= self._limit or self.kept_bytes + len(data) > self._max_bytes)
+            and (
+                len(self.events) >= self._limit
+                or self.kept_bytes + len(data) > self._max_bytes
+                or (self._shared is not None and len(data) > self._shared.left)
+            )
         ):
             self.dropped += 1
             return
         self.events.append(data)
         self.kept_bytes += len(data)
+        if self._shared is not None:
+            self._shared.left -= len(data)
         self.final = final
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
+
+    def release(self) -> None:
+        """The stream is forgotten: what it kept no longer counts against its shared bound."""
+        if self._shared is not None:
+            self._shared.left += self.kept_bytes
+            self._shared = None
 
     def priming(self) -> bytes:
         """An event with an id and no data: lets the client resume even before any real event."""

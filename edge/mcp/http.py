@@ -57,7 +57,7 @@ from ._protocol import (
     notification,
     progress_token,
 )
-from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, frame, parse_event_id
+from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Session
 from .service import McpService
 
@@ -97,6 +97,9 @@ class HttpSession:
     # Requests answered over SSE whose response has not reached the client yet, for resumption.
     exchanges: dict[int, Exchange] = field(default_factory=dict)
     exchange_seq: int = 0
+    # What the notifications of all its resumable streams may hold together (edge.outbox_bytes): each
+    # stream's own bound alone would let one session hold it once per request in flight.
+    kept: SharedBytes | None = None
 
     def new_exchange(self, limit: int, max_bytes: int) -> Exchange:
         """A resumable stream for one request. Finished streams nobody came back for are kept, oldest
@@ -107,11 +110,18 @@ class HttpSession:
         for k, e in finished:
             if len(self.exchanges) < _KEPT_EXCHANGES and kept <= max_bytes:
                 break
-            del self.exchanges[k]
+            self.forget_exchange(k)
             kept -= e.kept_bytes
+        if self.kept is None:
+            self.kept = SharedBytes(max_bytes)
         self.exchange_seq += 1
-        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit, max_bytes)
+        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit, max_bytes, self.kept)
         return ex
+
+    def forget_exchange(self, number: int) -> None:
+        ex = self.exchanges.pop(number, None)
+        if ex is not None:
+            ex.release()
 
 
 def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") -> web.Response:
@@ -326,7 +336,7 @@ class StreamableHttp:
                         await changed.wait()
             if ex.final and ex.offset + len(ex.events) == 1:  # finished without notifications: plain JSON
                 if hs is not None:
-                    hs.exchanges.pop(ex.number, None)
+                    hs.forget_exchange(ex.number)
                 resp = _outcome(task, rid)
                 return _json(resp, _status(resp, session), sid)
             sse = web.StreamResponse(headers={**SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
@@ -335,7 +345,7 @@ class StreamableHttp:
                 await sse.write(ex.priming())
             await ex.follow(sse, 0, self.opts.sse_keepalive_s)
             if hs is not None:
-                hs.exchanges.pop(ex.number, None)
+                hs.forget_exchange(ex.number)
             await sse.write_eof()
             return sse
         except _CLOSED:
@@ -424,7 +434,7 @@ class StreamableHttp:
         try:
             await resp.prepare(request)
             await ex.follow(resp, after, self.opts.sse_keepalive_s)
-            hs.exchanges.pop(number, None)
+            hs.forget_exchange(number)
             await resp.write_eof()
         except _CLOSED:
             log.debug("MCP session %s: resumed stream %d closed by the client", hs.state.id[:8], number)

@@ -77,3 +77,21 @@ def test_a_session_keeps_unclaimed_finished_streams_within_its_byte_bound_oldest
     hs.new_exchange(limit=1024, max_bytes=64 * 1024)
     finished = [k for k, e in hs.exchanges.items() if e.final]
     assert finished == [9, 10] and sum(hs.exchanges[k].kept_bytes for k in finished) <= 64 * 1024
+
+
+def test_a_sessions_running_streams_share_one_byte_bound_for_their_progress():
+    # A chatty tool called many times at once by a client that reads none of it: each stream's own
+    # bound alone let one session hold outbox_bytes once per request in flight (256 x 8 MiB).
+    hs = HttpSession(Session(id="s", transport="http"), client="127.0.0.1", seen=0)
+    streams = [hs.new_exchange(limit=10_000, max_bytes=64 * 1024) for _ in range(8)]
+    for i in range(200):
+        for ex in streams:
+            ex.add({**note(i), "params": {"i": i, "message": "x" * 500}})
+    assert sum(ex.kept_bytes for ex in streams) <= 64 * 1024
+    assert all(ex.events for ex in streams)  # each got its share until the bound, then dropped progress
+    for i, ex in enumerate(streams):  # answers are always kept, whatever the bound
+        ex.add({"jsonrpc": "2.0", "id": i, "result": {"done": True}}, final=True)
+        assert b'"done"' in ex.events[-1]
+    for number in list(hs.exchanges):  # streams forgotten give their bytes back
+        hs.forget_exchange(number)
+    assert hs.kept is not None and hs.kept.left == 64 * 1024

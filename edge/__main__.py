@@ -38,7 +38,7 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
         log.info(
             "edge serving on http://%s:%d (admin token %s)",
             cfg.edge.host,
-            cfg.edge.port,
+            runner.addresses[0][1],  # the port bound, also when port 0 asked for any
             "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open",
         )
         await stop.wait()

@@ -7,7 +7,8 @@ every other router can reach it like any tool server, the edge serves
 ToolExecutorService on a Unix socket (`edge.relay_uds`) and registers such tools
 with kind TOOL_KIND_WEBSOCKET_SERVER and that socket as their endpoint; the
 edge's own Router short-circuits the socket (`router.local`). When the
-connection drops, its pending calls fail at once and its tools are deregistered.
+connection drops, its pending calls fail at once (UNAVAILABLE, SERVER_DISCONNECTED, as for
+any tool server that goes away) and its tools are deregistered.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
     return resp
 
 
+def _disconnected(tool_id: str, what: str) -> Unavailable:
+    """The server's connection is gone: a transport fault, answered like any unreachable tool
+    server (HTTP 503, gRPC UNAVAILABLE), whether the call was in flight or arrived after."""
+    return Unavailable(
+        f"the server of tool {tool_id!r} {what}", reason="SERVER_DISCONNECTED", metadata={"tool_id": tool_id}
+    )
+
+
 class ServerSession:
     """One ToolScore WebSocket connection, as a server the edge can call."""
 
@@ -91,7 +100,7 @@ class ServerSession:
     async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
         """Send execute_tool_action and wait (at most `timeout`) for its response."""
         if self.closed:
-            return error_response(tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected")
+            raise _disconnected(request.tool_id, "disconnected")
         rid = f"{self.id}-{next(self._ids)}"
         fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
@@ -120,9 +129,7 @@ class ServerSession:
         finally:
             self._pending.pop(rid, None)
         if msg is None:
-            return error_response(
-                tool_pb2.ERROR_TYPE_NETWORK, "the tool's server disconnected during the call"
-            )
+            raise _disconnected(request.tool_id, "disconnected during the call")
         return result_response(msg)
 
     def resolve(self, msg: dict[str, Any]) -> bool:
@@ -168,6 +175,8 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
                 return await self._relay.call(request, _timeout_s(request, None))
             except DeadlineExceeded as err:  # one call's fault travels as its result, not the stream's
                 return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, err.message)
+            except Unavailable as err:  # a stream has no per-call status: the closest result type
+                return error_response(tool_pb2.ERROR_TYPE_NETWORK, err.message)
             except MeshError as err:
                 return error_response(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
             except asyncio.CancelledError:
@@ -228,11 +237,7 @@ class RelayServer:
     async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
         session = self.by_tool.get(request.tool_id)
         if session is None:
-            raise Unavailable(
-                f"the server of tool {request.tool_id!r} is not connected to this edge",
-                reason="SERVER_DISCONNECTED",
-                metadata={"tool_id": request.tool_id},
-            )
+            raise _disconnected(request.tool_id, "is not connected to this edge")
         return await session.call(request, timeout_s)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:

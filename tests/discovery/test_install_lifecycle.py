@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_status import rpc_status
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_library_pb2 as lib
@@ -16,6 +16,7 @@ from toolscore.v1 import tool_library_pb2_grpc, tool_pb2, toolscore_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common.config import Config
+from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
 from tests.discovery.conftest import (
@@ -28,6 +29,9 @@ from tests.discovery.conftest import (
     server_json,
     write_catalog,
 )
+
+# Secrets a hub's environment may hold; an installed server must see none of them.
+HUB_SECRETS = ("TOOLSCORE_AUTH__ADMIN_TOKEN", "OPENAI_API_KEY", "GITHUB_TOKEN")
 
 
 class Stubs:
@@ -70,8 +74,10 @@ def _publish_echo(pkg_index: PackageIndex, root: Path) -> str:
 
 
 async def test_a_pypi_server_is_found_installed_called_restored_after_restart_and_removed_without_a_trace(
-    dcfg: Config, pkg_index: PackageIndex, root: Path
+    dcfg: Config, pkg_index: PackageIndex, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for secret in HUB_SECRETS:  # in the hub's own environment, before the server is installed
+        monkeypatch.setenv(secret, "hunter2")
     name = _publish_echo(pkg_index, root)
     tool_id = "io.github.toolscore-tests.ts-echo"
     async with Hub(dcfg) as hub:
@@ -110,7 +116,8 @@ async def test_a_pypi_server_is_found_installed_called_restored_after_restart_an
                 await s.call(tool_id, "add", a="two")
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-            env = json.loads((await s.call(tool_id, "whoami")).content[0].text.text)
+            env = json.loads((await s.call(tool_id, "whoami")).content[0].text.text)  # its variables' names
+            assert "PATH" in env and not set(HUB_SECRETS) & set(env), env
             assert not [k for k in env if k.startswith("TOOLSCORE") or "KEY" in k or "TOKEN" in k]
 
             # tools/list_changed becomes an UPDATED event with the new capability
@@ -241,8 +248,15 @@ async def test_install_progress_is_streamed_to_watchers_until_the_outcome(
                         if item.server.state in (pb.SERVER_STATE_RUNNING, pb.SERVER_STATE_STOPPED):
                             break
                 watch.cancel()
-                with contextlib.suppress(grpc.aio.AioRpcError):
-                    await install
+                if final_state == pb.SERVER_STATE_RUNNING:
+                    assert (await install).server.state == pb.SERVER_STATE_RUNNING
+                else:  # the caller learns why, as a status with its reason, not only the watchers
+                    with pytest.raises(grpc.aio.AioRpcError) as failed:
+                        await install
+                    assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION, failed.value
+                    info = error_info(rpc_status.from_call(failed.value))
+                    assert info is not None and info.reason == "SERVER_START_FAILED", info
+                    assert "exited with code 3" in (failed.value.details() or "")
                 assert seen[-1].server.state == final_state
                 progress = [i.step.progress for i in seen]
                 assert progress == sorted(progress) and len(seen) >= 4

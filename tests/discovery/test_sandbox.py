@@ -24,6 +24,8 @@ from services.hub.app import Hub
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 
 SECRET = "TOOLSCORE_TEST_SANDBOX_SECRET"
+# Set to 1 to skip, on a machine without cgroups, the test of the limits they enforce (else it fails).
+NO_CGROUPS_OPT_OUT = "TOOLSCORE_TEST_NO_CGROUPS"
 
 
 class Listener:
@@ -161,8 +163,15 @@ async def test_a_fork_bomb_or_a_memory_hog_in_a_server_is_contained_and_the_serv
     limited = config_mod.replace(dcfg, discovery={"pids_limit": 24, "memory_limit_bytes": 192 << 20})
     name = publish(pkg_index, root, catalog_dir, "ts-greedy-mcp")
     async with Hub(limited) as hub:
-        if hub.discovery.sandboxes.caps.cgroups is None:  # type: ignore[union-attr]
-            pytest.skip("no cgroups on this machine: the limits under test are not applied")
+        caps = hub.discovery.sandboxes.caps  # type: ignore[union-attr]
+        if caps.cgroups is None:
+            why = "; ".join(caps.notes) or f"isolation level {caps.level!r}"
+            if os.environ.get(NO_CGROUPS_OPT_OUT) != "1":  # a silent skip would hide a missing defence
+                pytest.fail(
+                    f"no cgroups for MCP servers here ({why}): the pids and memory limits under test "
+                    f"are not applied; give the tests cgroups v2, or set {NO_CGROUPS_OPT_OUT}=1 to skip"
+                )
+            pytest.skip(f"{NO_CGROUPS_OPT_OUT}=1 and no cgroups here ({why})")
         tool_id = (await hub.discovery.install(name)).server.tool_id
         runner = hub.discovery.runners[tool_id]
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
@@ -316,8 +325,9 @@ async def test_a_server_named_in_network_allowed_reaches_the_loopback_listener_a
 
 
 async def test_without_bubblewrap_installs_are_refused_unless_the_weaker_level_is_allowed_explicitly(
-    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(SECRET, "hunter2")  # in the hub's own environment, before any server starts
     name = publish(pkg_index, root, catalog_dir, "ts-bare-mcp")
     outside = host_file(root)
     no_bwrap = config_mod.replace(dcfg, discovery={"bwrap": str(root / "no-such-bwrap")})
@@ -337,7 +347,8 @@ async def test_without_bubblewrap_installs_are_refused_unless_the_weaker_level_i
             # the same attempts that fail in the sandbox succeed here: the sandbox is what stops them
             assert (await s.attempt("read", str(outside))).content[0].text.text == "host-only notes"
             assert not (await s.attempt("connect", listener.address)).is_error
-            assert (await s.attempt("env", SECRET)).is_error  # the environment is scrubbed at every level
+            secret = await s.attempt("env", SECRET)  # the environment is scrubbed at every level
+            assert secret.is_error and "hunter2" not in secret.content[0].text.text
         assert listener.connected.is_set()
 
     async with Hub(no_bwrap) as hub:  # back at the default level on the same machine: stays stopped

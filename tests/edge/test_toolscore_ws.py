@@ -11,12 +11,15 @@ from typing import Any
 import grpc
 import pytest
 import websockets
+from grpc_status import rpc_status
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 
 from edge.state import RELAY
 from edge.toolscore_ws import OUTBOX_STATS
+from services.common import config as config_mod
+from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from tests.edge.conftest import (
     EdgeHandle,
@@ -79,6 +82,7 @@ class DialledInServer:
         self.release = asyncio.Event()
         self.waiting = asyncio.Event()
         self.replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.waiters: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # "wait" calls, as they arrive
 
     async def serve(self) -> None:
         async for raw in self.ws:
@@ -95,6 +99,7 @@ class DialledInServer:
             return
         if action == "wait":
             self.waiting.set()
+            self.waiters.put_nowait(msg)
             await self.release.wait()
         if action == "explode":
             result = {"success": False, "data": None, "error": "kaboom", "error_type": "ToolError"}
@@ -286,34 +291,72 @@ async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edg
         assert len(server.calls) == 1
 
 
-async def test_a_server_that_does_not_answer_times_out_like_any_tool_server(edge: EdgeHandle, hub_stubs):
-    async with dialled_in(edge):
-        status, body = await edge.post("/api/v1/tools/ws-calc/call", {"action": "hang", "timeout_s": 0.3})
-        assert status == 504 and body["reason"] == "TOOL_TIMEOUT"
-        req = ex.ExecuteRequest(tool_id="ws-calc", action="hang")
-        req.timeout.FromMilliseconds(300)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+async def test_a_server_that_does_not_answer_times_out_like_any_tool_server(
+    cfg, hub, start_edge, hub_stubs, echo_server: str
+):
+    # The answers docs/toolscore-websocket.md promises, checked against a gRPC tool server that hangs.
+    # A WebSocket caller cannot set a timeout: it gets the edge's default, short here.
+    edge = await start_edge(edge_config(config_mod.replace(cfg, hub={"default_timeout_s": 0.3}), hub))
+    await edge.gateway.register(grpc_tool("echo", echo_server))
+    async with dialled_in(edge), connect(edge) as caller:
+        for tool_id, action in (("ws-calc", "hang"), ("echo", "slow")):
+            status, body = await edge.post(
+                f"/api/v1/tools/{tool_id}/call", {"action": action, "timeout_s": 0.3}
+            )
+            assert status == 504 and body["code"] == "DEADLINE_EXCEEDED", (tool_id, body)
+            assert body["reason"] == "TOOL_TIMEOUT", (tool_id, body)
+            req = ex.ExecuteRequest(tool_id=tool_id, action=action)
+            req.timeout.FromMilliseconds(300)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, tool_id
+            info = error_info(rpc_status.from_call(err.value))
+            assert info is not None and info.reason == "TOOL_TIMEOUT", (tool_id, info)
+            msg = {"type": "execute_tool", "request_id": f"t-{tool_id}", "tool_id": tool_id, "action": action}
+            reply = await request(caller, msg)
+            assert reply["type"] == "error" and reply["request_type"] == "execute_tool", reply
+            assert reply["code"] == "DEADLINE_EXCEEDED" and reply["reason"] == "TOOL_TIMEOUT", reply
         status, body = await edge.post(
             "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
         )
         assert body["result"] == {"sum": 2}  # the connection still serves
 
 
-async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(edge: EdgeHandle, hub):
-    async with connect(edge) as watcher:
+async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(
+    edge: EdgeHandle, hub, hub_stubs
+):
+    # In flight on every path when the server goes: each answers as docs/rest.md and
+    # docs/toolscore-websocket.md say (unavailable, SERVER_DISCONNECTED), well before the 30 s timeout.
+    async with connect(edge) as watcher, connect(edge) as caller:
         async with dialled_in(edge) as server:
             await watcher.send(json.dumps({"type": "ping"}))  # the watcher sees the events below
-            call = asyncio.create_task(
+            rest = asyncio.create_task(
                 edge.post("/api/v1/tools/ws-calc/call", {"action": "wait", "timeout_s": 30})
             )
+            await caller.send(
+                json.dumps(
+                    {"type": "execute_tool", "request_id": "w1", "tool_id": "ws-calc", "action": "wait"}
+                )
+            )
+            req = ex.ExecuteRequest(tool_id="ws-calc", action="wait")
+            req.timeout.FromSeconds(30)
+            grpc_call = asyncio.ensure_future(hub_stubs.toolscore.ExecuteTool(req, timeout=30))
             async with asyncio.timeout(5):
-                await server.waiting.wait()
+                for _ in range(3):
+                    await server.waiters.get()
             await server.ws.close()
             async with asyncio.timeout(5):
-                status, body = await call
-        assert status == 200 and body["is_error"] is True and body["error"]["type"] == "NetworkError"
+                status, body = await rest
+                reply = await recv(caller)
+                resp = await grpc_call
+        assert status == 503 and body["code"] == "UNAVAILABLE", body
+        assert body["reason"] == "SERVER_DISCONNECTED", body
+        assert body["metadata"] == {"tool_id": "ws-calc"}
+        assert reply["request_id"] == "w1" and reply["type"] == "error", reply
+        assert reply["code"] == "UNAVAILABLE" and reply["reason"] == "SERVER_DISCONNECTED", reply
+        # The hub reaches the relay over an ExecuteStream, which has no per-call status: a result.
+        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_NETWORK, resp
+        assert "disconnected during the call" in resp.error.message
     async with asyncio.timeout(5):
         while "ws-calc" in edge.gateway.entries:
             await _next_event(edge)
@@ -392,9 +435,16 @@ async def test_a_caller_vanishing_mid_call_leaves_the_edge_and_others_fine(
 
 async def test_the_hub_marks_dialled_in_tools_healthy_through_the_relay(edge: EdgeHandle, hub):
     async with dialled_in(edge):
-        async with asyncio.timeout(10):
-            while hub.registry.entry("ws-calc").health != tool_pb2.HEALTH_STATUS_HEALTHY:
-                await _next_event(edge)
+        entry = hub.registry.entry("ws-calc")
+        assert entry is not None and entry.tool.endpoint == edge.app[RELAY].endpoint  # what the hub checks
+        try:
+            async with asyncio.timeout(10):
+                while hub.registry.entry("ws-calc").health != tool_pb2.HEALTH_STATUS_HEALTHY:
+                    await _next_event(edge)
+        except TimeoutError:
+            health = tool_pb2.HealthStatus.Name(hub.registry.entry("ws-calc").health)
+            pytest.fail(f"the hub never marked the dialled-in tool healthy (it is {health})")
+        assert edge.gateway.entries["ws-calc"].health == tool_pb2.HEALTH_STATUS_HEALTHY  # and the edge heard
 
 
 async def test_after_a_server_disconnects_the_hub_no_longer_routes_to_it(edge: EdgeHandle, hub, hub_stubs):

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import json
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -183,6 +186,36 @@ async def test_answers_ready_together_never_exceed_the_message_size_limit(start_
         assert all(not m.result.is_error and len(m.result.content[0].text.text) == 700 << 10 for m in got)
 
 
+@contextlib.contextmanager
+def tasks_started(loop: asyncio.AbstractEventLoop) -> Iterator[list[asyncio.Task[Any]]]:
+    """Every task the loop creates inside the block: the tool server's too, as it runs in this loop."""
+    created: list[asyncio.Task[Any]] = []
+    previous = loop.get_task_factory()
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        task = previous(loop, coro, **kw) if previous else asyncio.Task(coro, loop=loop, **kw)
+        created.append(task)
+        return task  # type: ignore[no-any-return]
+
+    loop.set_task_factory(factory)
+    try:
+        yield created
+    finally:
+        loop.set_task_factory(previous)
+
+
+async def until_its_tasks_end(body: Callable[[], Awaitable[None]], within_s: float = 10.0) -> None:
+    """Run `body`, then wait until every task created meanwhile has ended. The tasks are held only
+    in this frame, gone once it returns, so that a garbage collection afterwards reports any failure
+    nobody retrieved."""
+    with tasks_started(asyncio.get_running_loop()) as started:
+        await body()
+    # The call's own task is among them (else this would wait on nothing).
+    assert any(t.get_coro().__qualname__ == "CallStream._run" for t in started), started
+    _, pending = await asyncio.wait(started, timeout=within_s)
+    assert not pending, pending
+
+
 async def test_a_caller_that_cancels_the_rpc_mid_call_leaves_no_failed_task_behind(start_tool_server):
     gate = Gate()
     _, channel, call = await open_stream(start_tool_server, gate)
@@ -190,16 +223,16 @@ async def test_a_caller_that_cancels_the_rpc_mid_call_leaves_no_failed_task_behi
     errors: list[dict] = []
     previous = loop.get_exception_handler()
     loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    try:
+
+    async def cancel_mid_call() -> None:  # the RPC reaches the server only now, its tasks are counted
         async with channel:
             await call.write(execute(1, "wait"))
             await asyncio.wait_for(gate.started.wait(), 10)
             call.cancel()
             await asyncio.wait_for(gate.cancelled.wait(), 10)  # the tool saw it
-        for _ in range(20):  # let the server side finish its tasks, then collect them
-            await asyncio.sleep(0)
-        import gc
 
+    try:
+        await until_its_tasks_end(cancel_mid_call)
         gc.collect()  # "Task exception was never retrieved" is reported when a task is collected
         assert not errors, errors
     finally:

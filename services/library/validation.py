@@ -241,11 +241,8 @@ class ArgumentValidator:
         if validator is None or (self._fast is not None and self._fast(arguments)):
             return
         budget = self._budget(arguments)
-        if budget <= INLINE_STEPS:
-            self._run(arguments, budget, None, final=True)
-            return
         try:
-            self._run(arguments, INLINE_STEPS, None, final=False)
+            self._run(arguments, min(budget, INLINE_STEPS), None, final=budget <= INLINE_STEPS)
         except _OverBudget:
             raise SlowCheck from None
 
@@ -270,6 +267,8 @@ class ArgumentValidator:
         assert validator is not None
         try:
             errors = keywords.run_metered(budget, lambda: list(validator.iter_errors(arguments)), deadline)
+        except keywords.LeaveLoop:  # a pattern match too costly for the loop
+            raise _OverBudget from None
         except keywords.DeadlinePassed:
             raise _too_complex("did not finish within the call's deadline") from None
         except keywords.BudgetExceeded:
@@ -286,7 +285,7 @@ class ArgumentValidator:
                 (
                     "arguments"
                     + "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path),
-                    e.message,
+                    e.message if len(e.message) <= 500 else e.message[:500] + "...",
                 )
                 for e in errors[:20]
             ]

@@ -58,6 +58,13 @@ HOSTILE_TOOL = {
         },
         {"name": "endless", "input_schema": {"type": "object", "$ref": "#"}},
         {
+            "name": "costly_pattern",  # linear, but in the text's length x the program's size (2,004)
+            "input_schema": {
+                "type": "object",
+                "properties": {"s": {"type": "string", "pattern": "[ab]{1,1000}c"}},
+            },
+        },
+        {
             "name": "anyof",  # nothing super-linear: just many keywords per value
             "input_schema": {
                 "type": "object",
@@ -104,6 +111,7 @@ HOSTILE_CALLS = [  # (action, arguments, the reason of the error that answers it
     ("unique", {"l": [{} for _ in range(100_000)]}, "INVALID_ARGUMENTS"),  # n**2 compares before
     ("fanout", {}, "SCHEMA_TOO_COMPLEX"),
     ("endless", {}, "SCHEMA_TOO_COMPLEX"),  # a RecursionError and a 500 before
+    ("costly_pattern", {"s": "ab" * 500_000}, "SCHEMA_TOO_COMPLEX"),  # 1 MB: 14 s on the loop before
 ]
 
 
@@ -170,3 +178,25 @@ async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_hub_
     assert answered >= 20, answered
     # The arguments passed the check; then the tool server is unreachable (it never existed).
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unreachable" in (err.value.details() or "")
+
+
+async def test_a_pattern_match_too_costly_for_the_loop_runs_beside_it_while_the_edge_answers_others(
+    mesh_edge,
+):
+    _, base = mesh_edge
+    async with aiohttp.ClientSession() as http:
+        hostile = asyncio.create_task(
+            _post(
+                http,
+                base + "/api/v1/tools/hostile/call",
+                {"action": "costly_pattern", "arguments": {"s": "ab" * 60_000}},
+            )
+        )
+        answered = 0  # health checks answered while the match ran
+        async with asyncio.timeout(60):
+            while not hostile.done():
+                assert await _get(http, base + "/health") == 200
+                answered += 1
+            status, body = await hostile
+    assert answered >= 20, answered
+    assert (status, body["reason"]) == (400, "INVALID_ARGUMENTS") and "does not match" in body["error"], body

@@ -310,3 +310,22 @@ async def test_a_check_off_the_loop_stops_at_its_calls_deadline_with_a_clear_err
     with pytest.raises(FailedPrecondition) as err:  # 20,000 failing items: minutes of work
         await validator.check_off_loop({"l": [{"x": 1}] * 20_000}, 0.5)
     assert err.value.reason == "SCHEMA_TOO_COMPLEX" and "deadline" in err.value.message
+
+
+COSTLY_PATTERN = {"type": "object", "properties": {"s": {"type": "string", "pattern": "[ab]{1,1000}c"}}}
+
+
+async def test_a_pattern_match_too_costly_for_the_loop_runs_off_it_and_one_too_costly_at_all_is_refused():
+    # Linear, but in the text's length times the program's size: 2,004 instructions over 1 MB took
+    # 14 s on the loop.
+    validator = ArgumentValidator(COSTLY_PATTERN)
+    validator.check({"s": "ab" * 10 + "c"})  # short: on the loop as before
+    with pytest.raises(SlowCheck):
+        validator.check({"s": "ab" * 20_000})
+    with pytest.raises(InvalidArguments) as err:
+        await validator.check_off_loop({"s": "ab" * 20_000}, 60)
+    assert len(err.value.violations[0][1]) < 600  # the 40,000 characters are not echoed back
+    await validator.check_off_loop({"s": "ab" * 20_000 + "c"}, 60)
+    with pytest.raises(FailedPrecondition) as refused:
+        validator.check({"s": "ab" * 500_000})
+    assert refused.value.reason == "SCHEMA_TOO_COMPLEX" and "costs too much" in refused.value.message

@@ -216,7 +216,9 @@ async def execute_legacy(request: web.Request) -> web.Response:
     call = ex.ExecuteRequest(
         tool_id=_field(body, "tool_id"),
         action=_field(body, "action"),
-        arguments=views.arguments_struct(body.get("parameters")),
+        arguments=views.arguments_struct(
+            body.get("parameters"), request.app[GATEWAY].opts.max_argument_bytes
+        ),
     )
     resp = await request.app[GATEWAY].execute(call)
     return _json(views.legacy_result(resp, time.perf_counter() - start))
@@ -268,7 +270,9 @@ async def v1_call_tool(request: web.Request) -> web.Response:
     call = ex.ExecuteRequest(
         tool_id=request.match_info["tool_id"],
         action=_field(body, "action"),
-        arguments=views.arguments_struct(body.get("arguments"), "arguments"),
+        arguments=views.arguments_struct(
+            body.get("arguments"), request.app[GATEWAY].opts.max_argument_bytes, "arguments"
+        ),
         request_id=_field(body, "request_id", required=False),
         session_id=_field(body, "session_id", required=False),
     )

@@ -182,7 +182,7 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     call = ex.ExecuteRequest(
         tool_id=tool_id,
         action=action,
-        arguments=views.arguments_struct(msg.get("parameters")),
+        arguments=views.arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
         request_id=str(msg.get("request_id") or ""),
     )
     resp = await conn.app[GATEWAY].execute(call)

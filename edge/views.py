@@ -21,7 +21,7 @@ from services.common.errors import InvalidRequest, MeshError
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
 from services.library.validation import check_schema_depth
-from services.router.router import check_depth
+from services.router.router import check_arguments
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -352,15 +352,15 @@ def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
     return tool_pb2.TOOL_KIND_GRPC_SERVER
 
 
-def arguments_struct(value: Any, field: str = "parameters"):  # type: ignore[no-untyped-def]
+def arguments_struct(value: Any, max_bytes: int, field: str = "parameters"):  # type: ignore[no-untyped-def]
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
-    check_depth(value, field)  # before protobuf meets it
+    check_arguments(value, max_bytes, field)  # before protobuf meets it
     try:
         return dict_to_struct(value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer past a double's range
         raise InvalidRequest(
             f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
         ) from None

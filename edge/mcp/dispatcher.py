@@ -30,6 +30,7 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import MeshError
+from services.router.router import check_arguments
 
 from . import envelope, results
 from ._protocol import (
@@ -96,6 +97,8 @@ class ServerOptions:
     # (clients that want pushes open a subscriptions/listen stream); discover results are stable.
     tools_ttl_ms: int = 0
     discover_ttl_ms: int = 60_000
+    # Arguments are checked against this before their Struct is built (hub.max_argument_bytes).
+    max_argument_bytes: int = 1024 * 1024
 
 
 class _Cancelled(Exception):
@@ -337,6 +340,10 @@ class Dispatcher:
         req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action)
         req.request_id = f"mcp:{scope}:{msg.id}"
         if args:
+            try:
+                check_arguments(args, self.opts.max_argument_bytes)
+            except MeshError as exc:  # too deep or too large: the model can correct the call
+                return results.from_mesh_error(exc)
             try:
                 req.arguments.update(args)
             except (ValueError, TypeError, OverflowError) as exc:

@@ -129,6 +129,46 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     return False
 
 
+class TooLarge(ValueError):
+    """A JSON value whose protobuf encoding is certainly larger than a bound."""
+
+
+def struct_bounds(value: dict[str, Any], max_bytes: int, max_depth: int = MAX_DEPTH) -> None:
+    """JsonTooDeep when `value` nests more than `max_depth` objects and arrays, TooLarge when its
+    encoding as a Struct is certainly more than `max_bytes`: checked before building the Struct,
+    which costs about 1 us per value (2 million array items held a loop 2.5 s to be refused after)."""
+    _wire(value, max_depth, max_bytes)
+
+
+def _wire(v: Any, depth: int, budget: int) -> int:
+    # A lower bound of the bytes of `v` as a Value's content: each element costs its tag and length
+    # (2), a map entry its key's too (4 + len), a number 9, a string its characters (UTF-8: at least).
+    t = type(v)
+    if t is str:
+        return 2 + len(v)
+    if t is int or t is float:
+        return 9
+    if t is dict:
+        if depth < 1:
+            raise JsonTooDeep
+        n = 2
+        for k, x in v.items():
+            n += 6 + len(k) + _wire(x, depth - 1, budget - n)
+            if n > budget:
+                raise TooLarge
+        return n
+    if t is list:
+        if depth < 1:
+            raise JsonTooDeep
+        n = 2
+        for x in v:
+            n += 2 + _wire(x, depth - 1, budget - n)
+            if n > budget:
+                raise TooLarge
+        return n
+    return 2
+
+
 def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
     """`json.loads`, bounded: nesting past `max_depth` raises JsonTooDeep (a ValueError), as does
     nesting too deep for the parser itself, so every caller answers a ValueError and nothing

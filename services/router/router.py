@@ -30,7 +30,14 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.jsonvalue import MAX_DEPTH, struct_to_dict, too_deep
+from services.common.jsonvalue import (
+    MAX_DEPTH,
+    JsonTooDeep,
+    TooLarge,
+    struct_bounds,
+    struct_to_dict,
+    too_deep,
+)
 from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
@@ -219,15 +226,34 @@ class Router:
         return await handler(entry, request, timeout, on_progress)
 
 
+def check_arguments(arguments: dict[str, Any], max_bytes: int, field: str = "arguments") -> None:
+    """check_depth, and ARGUMENTS_TOO_LARGE when the arguments' Struct would certainly pass
+    `max_bytes`: for a caller that builds the Struct itself (the edge), before it does."""
+    try:
+        struct_bounds(arguments, max_bytes)
+    except JsonTooDeep:
+        raise _too_deep(field) from None
+    except TooLarge:
+        raise ResourceExhausted(
+            f"{field} are over the limit of {max_bytes} bytes",
+            reason="ARGUMENTS_TOO_LARGE",
+            metadata={"limit_bytes": str(max_bytes)},
+        ) from None
+
+
 def check_depth(arguments: dict[str, Any], field: str = "arguments") -> None:
     """InvalidRequest when arguments nest deeper than MAX_DEPTH: deeper ones may not survive the
     wrapper messages that carry them to a tool server (a call would break its stream)."""
     if too_deep(arguments):
-        raise InvalidRequest(
-            f"{field} nest more than {MAX_DEPTH} objects and arrays deep",
-            reason="ARGUMENTS_TOO_DEEP",
-            metadata={"limit": str(MAX_DEPTH)},
-        )
+        raise _too_deep(field)
+
+
+def _too_deep(field: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"{field} nest more than {MAX_DEPTH} objects and arrays deep",
+        reason="ARGUMENTS_TOO_DEEP",
+        metadata={"limit": str(MAX_DEPTH)},
+    )
 
 
 def set_duration(d: duration_pb2.Duration, seconds: float) -> None:

@@ -4,6 +4,7 @@ quietly, and values at the bound still go through."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from typing import Any
@@ -146,3 +147,39 @@ def test_a_dialled_in_servers_result_past_the_bound_keeps_its_text_and_never_bre
     assert not deep.HasField("structured") and json.loads(deep.content[0].text.text) == nested(MAX_DEPTH + 4)
     at = result_response({"result": {"success": True, "data": nested(MAX_DEPTH)}})
     assert at.HasField("structured")
+
+
+async def test_arguments_certainly_over_the_size_limit_are_refused_before_any_of_them_is_converted(
+    edge: EdgeHandle, registered_echo: str
+):
+    # A million array items: building their Struct held the edge's loop seconds (2 million: 2.5 s)
+    # before the router refused them by size. The last item cannot be converted at all (a float
+    # overflow): a refusal that names it, or a 500, shows the edge converted everything first.
+    pad = '{"pad": [' + "0," * 1_000_000 + "1" + "0" * 400 + "]}"
+    for path, prefix in [
+        ("/api/v1/tools/echo/call", '{"action": "echo", "arguments": '),
+        ("/api/v1/tools/execute", '{"tool_id": "echo", "action": "echo", "parameters": '),
+    ]:
+        body = io.BytesIO((prefix + pad + "}").encode())
+        status, answer = await edge.post(path, data=body, headers={"content-type": "application/json"})
+        assert (status, answer["reason"]) == (413, "ARGUMENTS_TOO_LARGE"), (path, status, answer)
+    call = '{"type": "execute_tool", "request_id": "r1", "tool_id": "echo", "action": "echo", "parameters": '
+    async with websockets.connect(edge.ws_url("/websocket"), open_timeout=5, close_timeout=2) as ws:
+        await ws.send(call + pad + "}")
+        async with asyncio.timeout(10):
+            reply = json.loads(await ws.recv())
+            while reply.get("type") == "welcome":
+                reply = json.loads(await ws.recv())
+    assert reply["type"] == "error" and reply["reason"] == "ARGUMENTS_TOO_LARGE", reply
+    status, answer = await edge.post(
+        "/api/v1/tools/echo/call", {"action": "echo", "arguments": {"text": "ok"}}
+    )
+    assert status == 200 and answer["structured"] == {"text": "ok"}
+
+
+async def test_a_number_past_a_doubles_range_is_a_400_not_a_500(edge: EdgeHandle, registered_echo: str):
+    body = '{"action": "echo", "arguments": {"text": "x", "n": 1' + "0" * 400 + "}}"
+    status, answer = await edge.post(
+        "/api/v1/tools/echo/call", data=body, headers={"content-type": "application/json"}
+    )
+    assert (status, answer["reason"]) == (400, "INVALID_ARGUMENTS_TYPE"), answer

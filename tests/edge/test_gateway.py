@@ -185,7 +185,7 @@ async def _assert_serves(edge: Any, tool_id: str) -> None:
 
 
 async def test_three_registrations_with_3_5_mb_descriptions_leave_every_edge_healthy_and_serving(
-    cfg, hub, hub_stubs, edge, start_edge, start_tool_server
+    cfg, hub, hub_stubs, edge, start_edge, start_tool_server, caplog
 ):
     _, endpoint = await start_tool_server({"before": [ECHO]})
     await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=_tool("before", endpoint)), timeout=5)
@@ -203,6 +203,7 @@ async def test_three_registrations_with_3_5_mb_descriptions_leave_every_edge_hea
     for e in (edge, fresh):
         await _assert_serves(e, "before")
     assert refused == [(grpc.StatusCode.INVALID_ARGUMENT, "DESCRIPTION_TOO_LARGE")] * 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an error was logged"
 
 
 async def test_after_a_restart_stored_definitions_over_the_bound_stay_out_and_an_edge_syncs(

@@ -61,11 +61,16 @@ def served_tool(tool_id: str, endpoint: str, actions: Sequence[Action]) -> tool_
 
 
 def reason_of(err: grpc.aio.AioRpcError) -> str:
+    return metadata_of(err)[0]
+
+
+def metadata_of(err: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo's reason and metadata of a received error (asserting it carries one)."""
     status = rpc_status.from_call(err)
     assert status is not None, f"no rich status on {err.code()}: {err.details()}"
     info = error_info(status)
     assert info is not None and info.domain == "toolscore.dev"
-    return info.reason
+    return info.reason, dict(info.metadata)
 
 
 async def nap(seconds: float) -> str:

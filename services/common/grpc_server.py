@@ -4,8 +4,10 @@ Every server gets:
 - server reflection that also answers `describe Service.Method` (grpc/grpc#34743);
 - `grpc.health.v1` for the whole server ("") and per service;
 - every method wrapped once, at registration, to map MeshError to a status
-  with google.rpc.ErrorInfo and to check the admin token on protected methods
-  (and the admin token or the hub's service credential on service methods).
+  with google.rpc.ErrorInfo, to answer a request that does not parse with
+  INVALID_ARGUMENT (grpc would answer UNKNOWN and log a traceback), and to check
+  the admin token on protected methods (and the admin token or the hub's service
+  credential on service methods).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from services.common import credentials, endpoints
-from services.common.errors import MeshError, Unauthenticated, trailing_metadata
+from services.common.errors import InvalidRequest, MeshError, Unauthenticated, trailing_metadata
+from services.common.jsonvalue import MAX_DEPTH
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +208,40 @@ def _deny() -> None:
 Gate = Callable[[grpc.aio.ServicerContext], None]
 
 
+class _Unparseable:
+    """Stands for a request whose bytes the method's deserializer refused."""
+
+
+_UNPARSEABLE = _Unparseable()
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The deserializer, answering _UNPARSEABLE for bytes protobuf refuses instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except DecodeError:
+            return _UNPARSEABLE
+
+    return parse
+
+
+def _unparseable() -> InvalidRequest:
+    return InvalidRequest(
+        "the request could not be parsed: not this method's request message, or nested past "
+        f"protobuf's limit (JSON values such as arguments and schemas may nest {MAX_DEPTH} objects "
+        "and arrays)",
+        reason="UNPARSEABLE_REQUEST",
+        metadata={"limit": str(MAX_DEPTH)},
+    )
+
+
 def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHandler:
-    """The same handler with MeshError mapped to a status (and the admin gate, when given)."""
+    """The same handler with MeshError mapped to a status, a request that does not parse answered
+    INVALID_ARGUMENT (UNPARSEABLE_REQUEST), and the admin gate when given."""
 
     async def abort(context: grpc.aio.ServicerContext, err: MeshError) -> None:
         await context.abort(err.code, err.message, trailing_metadata=trailing_metadata(err))
@@ -218,6 +253,8 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHa
                 try:
                     if gate:
                         gate(context)
+                    if request is _UNPARSEABLE:
+                        raise _unparseable()
                     async for item in fn(request, context):
                         yield item
                 except MeshError as err:
@@ -230,6 +267,8 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHa
             try:
                 if gate:
                     gate(context)
+                if request is _UNPARSEABLE:
+                    raise _unparseable()
                 return await fn(request, context)
             except MeshError as err:
                 await abort(context, err)
@@ -238,10 +277,10 @@ def _wrap(handler: grpc.RpcMethodHandler, gate: Gate | None) -> grpc.RpcMethodHa
 
     des, ser = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(guarded(handler.unary_unary), des, ser)
+        return grpc.unary_unary_rpc_method_handler(guarded(handler.unary_unary), _lenient(des), ser)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(guarded(handler.unary_stream), des, ser)
-    if handler.stream_stream:
+        return grpc.unary_stream_rpc_method_handler(guarded(handler.unary_stream), _lenient(des), ser)
+    if handler.stream_stream:  # its requests arrive one by one: ExecuteStream parses them leniently
         return grpc.stream_stream_rpc_method_handler(guarded(handler.stream_stream), des, ser)
     return handler
 

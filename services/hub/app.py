@@ -21,6 +21,7 @@ from services.library import servicer as library
 from services.library.feed import InProcessFeed
 from services.library.registry import Registry
 from services.library.store import SqliteStore
+from services.library.validation import tool_bytes_limit
 from services.router.channels import ChannelPool
 from services.router.router import Router
 
@@ -62,7 +63,12 @@ class Hub:
             # A new credential per start: the executor and the edge read it from its private file.
             self.service_credential = credentials.mint(cfg.path(cfg.auth.service_credential_path))
             proof = CallerProof(cfg.auth.admin_token, self.service_credential)
-            self.registry = await Registry(store, self.feed, credentials.RESERVED_OWNERS).open()
+            self.registry = await Registry(
+                store,
+                self.feed,
+                credentials.RESERVED_OWNERS,
+                max_tool_bytes=tool_bytes_limit(cfg.hub.max_message_bytes),
+            ).open()
             self.registry.listeners.append(self._on_event)
             self._stack.push_async_callback(self.registry.flush_stats)
             self.pool = ChannelPool(cfg.hub.max_message_bytes)
@@ -92,7 +98,7 @@ class Hub:
                 [
                     ServiceBinding(
                         library.SERVICE,
-                        library.ToolLibraryServicer(self.registry, proof.service),
+                        library.ToolLibraryServicer(self.registry, proof.service, cfg.hub.max_message_bytes),
                         tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
                     ),
                     ServiceBinding(

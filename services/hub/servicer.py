@@ -10,13 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import grpc
-from google.protobuf.message import DecodeError
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import toolscore_pb2  # loads the service descriptor for reflection
 
 from services.common import authority
-from services.common.errors import InvalidRequest
-from services.common.jsonvalue import MAX_DEPTH
 from services.router.router import Router
 
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
@@ -37,14 +34,10 @@ class ToolScoreServicer:
         self._is_admin = is_admin
 
     async def ExecuteTool(
-        self, request: ex.ExecuteRequest | None, context: grpc.aio.ServicerContext
+        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
-        if request is None:
-            raise InvalidRequest(
-                "the request could not be parsed: arguments nested past protobuf's limit, or not an "
-                f"ExecuteToolRequest (arguments may nest {MAX_DEPTH} objects and arrays)",
-                reason="UNPARSEABLE_REQUEST",
-            )
+        # Bytes that do not parse (arguments nested past protobuf's limit) never get here: every
+        # mesh server answers them INVALID_ARGUMENT (grpc_server, UNPARSEABLE_REQUEST).
         token = authority.act_as(lambda: self._is_admin(context))
         try:
             return await self.router.execute(request, deadline_s=context.time_remaining())
@@ -52,20 +45,11 @@ class ToolScoreServicer:
             authority.reset(token)
 
 
-def _parse_call(raw: bytes) -> ex.ExecuteRequest | None:
-    """ExecuteRequest.FromString, or None for bytes protobuf refuses (grpc would answer UNKNOWN
-    with a traceback in the log; ExecuteTool answers INVALID_ARGUMENT instead)."""
-    try:
-        return ex.ExecuteRequest.FromString(raw)
-    except DecodeError:
-        return None
-
-
 def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:
     handlers = {
         "ExecuteTool": grpc.unary_unary_rpc_method_handler(
             servicer.ExecuteTool,
-            request_deserializer=_parse_call,
+            request_deserializer=ex.ExecuteRequest.FromString,
             response_serializer=ex.ExecuteResponse.SerializeToString,
         ),
         **servicer.extra,

@@ -17,11 +17,18 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
-from services.common.errors import AlreadyExists, NotFound, OutOfRange, PermissionDenied, ResourceExhausted
+from services.common.errors import (
+    AlreadyExists,
+    MeshError,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
 from services.library.store import RegistryStore, StoredStats
-from services.library.validation import ArgumentValidator, check_tool
+from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,8 @@ UPDATED = tool_pb2.TOOL_EVENT_TYPE_UPDATED
 REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
 HEALTH_CHANGED = tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED
 _BACKLOG_PAGE = 500
+# What an event adds around its tool's definition: type, revision, time, health and stats.
+_EVENT_OVERHEAD_BYTES = 4096
 
 
 @dataclass(eq=False)
@@ -104,10 +113,17 @@ class Registry:
     """Tools, health, usage and history, over a RegistryStore and an EventFeed."""
 
     def __init__(
-        self, store: RegistryStore, feed: EventFeed, reserved_owners: frozenset[str] = frozenset()
+        self,
+        store: RegistryStore,
+        feed: EventFeed,
+        reserved_owners: frozenset[str] = frozenset(),
+        max_tool_bytes: int = MAX_TOOL_BYTES,
     ) -> None:
         self._store = store
         self._feed = feed
+        # The bound on one encoded definition (validation.tool_bytes_limit of the message limit):
+        # whatever fits it fits every message that carries definitions.
+        self.max_tool_bytes = max_tool_bytes
         # Owners whose tools only a proven caller may register, update or remove (the mesh's own).
         self.reserved_owners = reserved_owners
         self._entries: dict[str, Entry] = {}
@@ -124,9 +140,13 @@ class Registry:
                 tool = tool_pb2.Tool.FromString(raw)
                 if not tool.HasField("enabled"):  # stored before `enabled` had presence: absent was false
                     tool.enabled = False
-                check_tool(tool)  # stored under older rules (no depth bound, Python regexes)
+                # stored under older rules (no depth or size bounds, Python regexes)
+                check_tool(tool, self.max_tool_bytes)
                 entry = make_entry(tool)
-            except Exception:  # a definition that no longer validates stays out of the router
+            except MeshError as err:  # a definition that no longer validates stays out of the router
+                log.warning("skipping stored tool %s: %s (%s)", tool_id, err.message, err.reason)
+                continue
+            except Exception:
                 log.exception("skipping stored tool %s", tool_id)
                 continue
             s = stats.get(tool_id)
@@ -167,7 +187,7 @@ class Registry:
         it name a reserved owner. `reclaim`: a proven registration for a reserved owner takes its
         tool id back from an unreserved owner that registered it first (a squatter).
         """
-        check_tool(tool)
+        check_tool(tool, self.max_tool_bytes)
         self._check_proven(tool.owner, tool.tool_id, proven)
         incoming = tool_pb2.Tool()
         incoming.CopyFrom(tool)
@@ -322,8 +342,18 @@ class Registry:
                     ev = tool_pb2.ToolEvent.FromString(raw)
                     ev.revision = revision
                     last = revision
-                    if wanted(ev):
-                        yield ev
+                    if not wanted(ev):
+                        continue
+                    if len(raw) > self.max_tool_bytes + _EVENT_OVERHEAD_BYTES:
+                        # Recorded before the size bound: it may not fit a message, and its tool
+                        # was left out when the registry loaded. The listing is the way past it.
+                        raise OutOfRange(
+                            f"the event at revision {revision} carries a definition over the size "
+                            "bound; list tools and watch from the listing",
+                            reason="EVENT_TOO_LARGE",
+                            metadata={"revision": str(revision), "latest_revision": str(latest)},
+                        )
+                    yield ev
                 if len(page) < _BACKLOG_PAGE:
                     break
             while True:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TypeVar
 
 import grpc
 from toolscore.v1 import tool_library_pb2 as pb
 from toolscore.v1 import tool_library_pb2_grpc as pb_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest
 from services.library import search
 from services.library.registry import Registry
@@ -20,6 +22,22 @@ PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"}
 SERVICE_ONLY = frozenset({f"/{SERVICE}/ReportUsage"})
 # Whether a call proves it comes from the mesh itself (grpc_server.CallerProof.service).
 Proof = Callable[[grpc.aio.ServicerContext], bool]
+# Room a page of tools keeps for its other fields (next_page_token, total_count, revision).
+_PAGE_HEADROOM = 1024
+_Listed = TypeVar("_Listed", tool_pb2.Tool, pb.ToolMatch)
+
+
+def _within(items: Iterable[_Listed], budget: int) -> list[_Listed]:
+    """`items` in order up to the first that would take their encoding past `budget` bytes, and
+    never fewer than one (the registry bounds a definition well below any message limit)."""
+    out: list[_Listed] = []
+    used = 0
+    for item in items:
+        used += item.ByteSize() + 6  # a repeated field's entry: its tag, its length, itself
+        if out and used > budget:
+            break
+        out.append(item)
+    return out
 
 
 def _token(tool_id: str) -> str:
@@ -35,11 +53,15 @@ def _untoken(token: str) -> str:
 
 class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
     """`proof` tells a caller that proved to be the mesh itself: only it may register or remove
-    tools of the registry's reserved owners (an owner name alone proves nothing)."""
+    tools of the registry's reserved owners (an owner name alone proves nothing). Pages and search
+    answers stop before they would exceed `max_message_bytes`, whatever the definitions' sizes."""
 
-    def __init__(self, registry: Registry, proof: Proof) -> None:
+    def __init__(
+        self, registry: Registry, proof: Proof, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
         self.registry = registry
         self._proof = proof
+        self._page_bytes = max_message_bytes - _PAGE_HEADROOM
 
     async def RegisterTool(
         self, request: pb.RegisterToolRequest, context: grpc.aio.ServicerContext
@@ -76,11 +98,12 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             and (not request.health or e.health == request.health)
             and want_tags <= set(e.tool.tags)
         ]
-        page = [e for e in matching if e.tool.tool_id > after][:size]
-        more = len([e for e in matching if e.tool.tool_id > after]) > size
+        rest = [e for e in matching if e.tool.tool_id > after]
+        page = _within((e.snapshot() for e in rest[:size]), self._page_bytes)
+        more = len(rest) > len(page)
         return pb.ListToolsResponse(
-            tools=[e.snapshot() for e in page],
-            next_page_token=_token(page[-1].tool.tool_id) if more and page else "",
+            tools=page,
+            next_page_token=_token(page[-1].tool_id) if more and page else "",
             total_count=len(matching),
             revision=self.registry.revision,
         )
@@ -92,9 +115,8 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             raise InvalidRequest("query is empty", reason="EMPTY_QUERY")
         limit = min(request.max_results or 10, 100)
         matches = search.rank(request.query, self.registry.tools(), limit)
-        return pb.SearchToolsResponse(
-            matches=[pb.ToolMatch(tool=m.tool, score=m.score, matched=m.matched) for m in matches]
-        )
+        found = (pb.ToolMatch(tool=m.tool, score=m.score, matched=m.matched) for m in matches)
+        return pb.SearchToolsResponse(matches=_within(found, self._page_bytes))
 
     async def WatchToolEvents(
         self, request: pb.WatchToolEventsRequest, context: grpc.aio.ServicerContext

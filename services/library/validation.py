@@ -29,10 +29,25 @@ _SCHEME_FOR_KIND = {
     tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: {endpoints.WS_SESSION, endpoints.UNIX, endpoints.TCP},
     tool_pb2.TOOL_KIND_MCP_SERVER: {endpoints.MCP, endpoints.UNIX, endpoints.TCP},
 }
+# Bounds on a definition's size. Every listing page, event and search match carries whole
+# definitions, so one definition must fit any of those messages with room to spare whatever the
+# others hold (the pages then cut by bytes). An installed MCP server is one definition with a
+# capability per MCP tool: the whole bound leaves room for a hundred tools with ordinary schemas.
+MAX_DESCRIPTION_BYTES = 64 * 1024  # the tool's description, and each capability's (UTF-8)
+MAX_SCHEMA_BYTES = 256 * 1024  # each input or output schema, encoded
+MAX_TOOL_BYTES = 1024 * 1024  # the whole definition, encoded
 
 
-def check_tool(tool: tool_pb2.Tool) -> None:
-    """Raise InvalidRequest (with a precise reason) when the definition is unusable."""
+def tool_bytes_limit(max_message_bytes: int) -> int:
+    """The whole-definition bound for a server whose messages may carry `max_message_bytes`:
+    MAX_TOOL_BYTES, or a quarter of a lower message limit (a definition always fits a message)."""
+    return min(MAX_TOOL_BYTES, max_message_bytes // 4)
+
+
+def check_tool(tool: tool_pb2.Tool, max_bytes: int = MAX_TOOL_BYTES) -> None:
+    """Raise InvalidRequest (with a precise reason) when the definition is unusable, or larger than
+    the size bounds (`max_bytes` for the whole of it)."""
+    check_size(tool, max_bytes)
     if not tool.tool_id:
         raise InvalidRequest("tool.tool_id is required", reason="MISSING_TOOL_ID")
     if not TOOL_ID.match(tool.tool_id):
@@ -62,6 +77,37 @@ def check_tool(tool: tool_pb2.Tool) -> None:
         for field in ("input_schema", "output_schema"):
             if cap.HasField(field):
                 _check_schema(struct_to_dict(getattr(cap, field)), f"{where}.{field}")
+
+
+def check_size(tool: tool_pb2.Tool, max_bytes: int = MAX_TOOL_BYTES) -> None:
+    """InvalidRequest when a description, a schema or the whole definition is over its bound.
+    Runs before anything reads the schemas, so an oversized one costs no parsing; the whole bound
+    (C-speed) comes before the per-capability ones, so their loop is bounded too."""
+    _check_description(tool.description, "tool.description")
+    n = tool.ByteSize()
+    if n > max_bytes:
+        raise _too_large("tool", n, max_bytes, "TOOL_TOO_LARGE", what="the whole definition (encoded)")
+    for i, cap in enumerate(tool.capabilities):
+        where = f"tool.capabilities[{i}]"
+        _check_description(cap.description, f"{where}.description")
+        for field in ("input_schema", "output_schema"):
+            n = getattr(cap, field).ByteSize()
+            if n > MAX_SCHEMA_BYTES:
+                raise _too_large(f"{where}.{field}", n, MAX_SCHEMA_BYTES, "SCHEMA_TOO_LARGE")
+
+
+def _check_description(text: str, where: str) -> None:
+    # Characters first: a description that short cannot be over the bound in UTF-8 either.
+    if len(text) * 4 > MAX_DESCRIPTION_BYTES and (n := len(text.encode())) > MAX_DESCRIPTION_BYTES:
+        raise _too_large(where, n, MAX_DESCRIPTION_BYTES, "DESCRIPTION_TOO_LARGE")
+
+
+def _too_large(field: str, size: int, limit: int, reason: str, what: str = "") -> InvalidRequest:
+    return InvalidRequest(
+        f"{what or field} is {size} bytes, over the bound of {limit} bytes",
+        reason=reason,
+        metadata={"field": field, "size": str(size), "limit": str(limit)},
+    )
 
 
 def check_schema_depth(schema: dict[str, Any], where: str) -> None:

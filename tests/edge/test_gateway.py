@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from edge.gateway import GatewayOptions, HubGateway
 from services.common import config as config_mod
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.hub.app import Hub
 from services.library.registry import INSTALLED, make_entry
 from services.toolkit import Action
 from tests.edge.conftest import edge_config
@@ -132,11 +134,11 @@ async def test_while_the_edge_cannot_resync_health_says_degraded_with_the_reason
 ):
     # An edge whose message limit is below one definition the hub holds: neither an event nor a
     # listing with that definition reaches it, so it cannot catch up until the definition goes.
-    small = config_mod.replace(edge_config(cfg, hub), hub={"max_message_bytes": 64 * 1024})
+    small = config_mod.replace(edge_config(cfg, hub), hub={"max_message_bytes": 32 * 1024})
     edge = await start_edge(small)
     gw = edge.gateway
     big = _tool("big", "unix:///nowhere.sock")
-    big.description = "x" * (128 * 1024)
+    big.description = "x" * (48 * 1024)  # within the hub's bounds, over the edge's message limit
     await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=big), timeout=5)
     async with asyncio.timeout(10):
         await gw.troubled.wait()
@@ -159,3 +161,65 @@ async def test_the_hub_refuses_a_definition_nested_past_the_bound_so_no_edge_eve
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(err.value) == "SCHEMA_TOO_DEEP"
     assert "too-deep" not in {e.tool.tool_id for e in hub.registry.entries()}
+
+
+# -- definitions too large for a listing (issue 12, #6's size variant) ---------------------
+
+
+def _with_description(tool_id: str, endpoint: str, size: int) -> tool_pb2.Tool:
+    tool = _tool(tool_id, endpoint)
+    tool.description = "x" * size
+    return tool
+
+
+async def _assert_serves(edge: Any, tool_id: str) -> None:
+    """/health healthy, the tool listed and callable through the edge."""
+    status, body = await edge.get("/health")
+    assert status == 200 and body["status"] == "healthy", body
+    status, body = await edge.get("/api/v1/tools")
+    assert status == 200 and tool_id in {t["tool_id"] for t in body["tools"]}, body
+    status, body = await edge.post(
+        "/api/v1/tools/execute", {"tool_id": tool_id, "action": "echo", "parameters": {"text": "hi"}}
+    )
+    assert status == 200 and body["result"]["text"] == "hi", body
+
+
+async def test_three_registrations_with_3_5_mb_descriptions_leave_every_edge_healthy_and_serving(
+    cfg, hub, hub_stubs, edge, start_edge, start_tool_server, caplog
+):
+    _, endpoint = await start_tool_server({"before": [ECHO]})
+    await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=_tool("before", endpoint)), timeout=5)
+    refused = []
+    for i in range(3):  # the attack: together over the 4 MiB a listing may carry
+        try:
+            await hub_stubs.library.RegisterTool(
+                lib.RegisterToolRequest(tool=_with_description(f"big{i}", endpoint, 3_500_000)), timeout=20
+            )
+        except grpc.aio.AioRpcError as err:
+            refused.append((err.code(), reason_of(err)))
+    listing = await hub_stubs.library.ListTools(lib.ListToolsRequest(page_size=1000), timeout=10)
+    assert edge.gateway.revision == listing.revision or await edge.gateway.wait_revision(listing.revision, 10)
+    fresh = await start_edge(edge_config(cfg, hub, relay_uds="run/edge2.sock"))  # started after it
+    for e in (edge, fresh):
+        await _assert_serves(e, "before")
+    assert refused == [(grpc.StatusCode.INVALID_ARGUMENT, "DESCRIPTION_TOO_LARGE")] * 3
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an error was logged"
+
+
+async def test_after_a_restart_stored_definitions_over_the_bound_stay_out_and_an_edge_syncs(
+    cfg, start_edge, start_tool_server, caplog
+):
+    _, endpoint = await start_tool_server({"before": [ECHO]})
+    async with Hub(cfg) as hub:  # a registry written before the bound: three 3.5 MB definitions
+        await hub.registry.register(_tool("before", endpoint))
+        for i in range(3):
+            await _store_unchecked(hub, _with_description(f"big{i}", endpoint, 3_500_000))
+    caplog.clear()
+    async with Hub(cfg) as hub:
+        edge = await start_edge(edge_config(cfg, hub))
+        await _assert_serves(edge, "before")
+        assert not {"big0", "big1", "big2"} & set(edge.gateway.entries)
+        await edge.runner.cleanup()  # before the hub goes
+    skipped = [r.getMessage() for r in caplog.records if "skipping stored tool big" in r.getMessage()]
+    assert len(skipped) == 3 and all("DESCRIPTION_TOO_LARGE" in m for m in skipped), skipped
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "an error was logged"

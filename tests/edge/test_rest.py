@@ -314,3 +314,13 @@ async def test_discovery_routes_are_served_by_the_edge(edge: EdgeHandle):
         "/mcp/search", {"query": "current time in a timezone", "max_candidates": 3}
     )
     assert status == 200 and body["candidates"][0]["name"] == "io.github.modelcontextprotocol/time"
+
+
+async def test_a_registration_over_a_size_bound_is_400_naming_the_bound(edge: EdgeHandle, echo_server: str):
+    spec = echo_spec("echo-huge", echo_server)
+    spec["description"] = "x" * 100_000
+    status, body = await edge.post("/api/v1/tools", spec)
+    assert status == 400 and body["reason"] == "DESCRIPTION_TOO_LARGE", body
+    assert body["metadata"] == {"field": "tool.description", "size": "100000", "limit": "65536"}, body
+    status, body = await edge.get("/api/v1/tools/echo-huge")
+    assert status == 404

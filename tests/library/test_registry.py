@@ -12,7 +12,9 @@ from toolscore.v1 import tool_pb2
 
 from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
-from tests.helpers import grpc_tool, reason_of
+from services.library.registry import make_entry
+from services.library.validation import MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES, MAX_TOOL_BYTES
+from tests.helpers import grpc_tool, metadata_of, reason_of
 
 EP = "unix:///tmp/nowhere-tools.sock"
 
@@ -260,3 +262,211 @@ async def test_compacted_history_is_out_of_range_except_from_zero(cfg):
             if ev.revision == hub.registry.revision:
                 break
         assert got == ["c3", "c4", "c5"]
+
+
+# -- the size of a definition (issue 12, #6's size variant) ----------------------------------------
+
+
+def _error_info(err: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+    reason, metadata = metadata_of(err)
+    return err.code(), reason, metadata
+
+
+def _schema_of(n: int) -> dict:
+    """A valid input schema of at most `n` bytes encoded, and a few bytes short at most."""
+    schema = {"type": "object", "description": "s" * (n - 60)}
+    while (size := dict_to_struct(schema).ByteSize()) < n - 3:
+        schema["description"] += "s" * max(1, (n - size) // 2)
+    assert size <= n
+    return schema
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason", "field", "limit"),
+    [
+        # the attack: a 3.5 MB description (three of them broke every listing)
+        (
+            lambda t: setattr(t, "description", "x" * 3_500_000),
+            "DESCRIPTION_TOO_LARGE",
+            "tool.description",
+            MAX_DESCRIPTION_BYTES,
+        ),
+        # bytes, not characters: 2-byte characters count twice
+        (
+            lambda t: setattr(t.capabilities[0], "description", "é" * (MAX_DESCRIPTION_BYTES // 2 + 1)),
+            "DESCRIPTION_TOO_LARGE",
+            "tool.capabilities[0].description",
+            MAX_DESCRIPTION_BYTES,
+        ),
+        (
+            lambda t: t.capabilities[0].input_schema.update(_schema_of(MAX_SCHEMA_BYTES + 100)),
+            "SCHEMA_TOO_LARGE",
+            "tool.capabilities[0].input_schema",
+            MAX_SCHEMA_BYTES,
+        ),
+        (
+            lambda t: t.capabilities[0].output_schema.update(_schema_of(MAX_SCHEMA_BYTES + 100)),
+            "SCHEMA_TOO_LARGE",
+            "tool.capabilities[0].output_schema",
+            MAX_SCHEMA_BYTES,
+        ),
+        # fields with no bound of their own: the whole definition's bound (the attack's metadata variant)
+        (
+            lambda t: t.metadata.update({f"k{j}": "v" * 1000 for j in range(3000)}),
+            "TOOL_TOO_LARGE",
+            "tool",
+            MAX_TOOL_BYTES,
+        ),
+        (
+            lambda t: [
+                t.capabilities.add(name=f"c{i}", input_schema=dict_to_struct(_schema_of(200_000)))
+                for i in range(6)
+            ],
+            "TOOL_TOO_LARGE",
+            "tool",
+            MAX_TOOL_BYTES,
+        ),
+    ],
+)
+async def test_a_definition_over_a_size_bound_is_refused_naming_the_bound(
+    hub_stubs, mutate, reason, field, limit
+):
+    before = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
+    tool = grpc_tool("huge", EP)
+    mutate(tool)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await register(hub_stubs, tool)
+    code, got_reason, metadata = _error_info(err.value)
+    assert (code, got_reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), err.value.details()
+    assert metadata["field"] == field and metadata["limit"] == str(limit), metadata
+    assert int(metadata["size"]) > limit and str(limit) in (err.value.details() or "")
+    after = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
+    assert after.revision == before.revision and "huge" not in {t.tool_id for t in after.tools}
+
+
+async def test_a_definition_at_every_size_bound_is_accepted(hub_stubs):
+    tool = grpc_tool("at-bounds", EP, description="d" * MAX_DESCRIPTION_BYTES)
+    tool.capabilities[0].description = "é" * (MAX_DESCRIPTION_BYTES // 2)
+    for i in range(3):
+        tool.capabilities.add(name=f"big{i}", input_schema=dict_to_struct(_schema_of(MAX_SCHEMA_BYTES)))
+    assert (
+        tool.capabilities[1].input_schema.ByteSize() <= MAX_SCHEMA_BYTES < tool.ByteSize() <= MAX_TOOL_BYTES
+    )
+    r = await register(hub_stubs, tool)
+    assert r.created
+
+
+def _near_bound(tool_id: str, size: int) -> tool_pb2.Tool:
+    """A valid definition of about `size` bytes, in schemas of at most 250 kB each."""
+    tool = grpc_tool(tool_id, EP, description="fills the listing")
+    for i in range(size // 250_000):
+        tool.capabilities.add(name=f"s{i}", input_schema=dict_to_struct(_schema_of(250_000)))
+    left = size - tool.ByteSize() - 100
+    if left > 100:
+        tool.capabilities.add(name="rest", input_schema=dict_to_struct(_schema_of(left)))
+    return tool
+
+
+async def _list_all(stub, **request) -> tuple[list[str], list[int]]:
+    """Every tool id over every page, and each page's size in bytes."""
+    ids, sizes, token = [], [], ""
+    while True:
+        page = await stub.ListTools(lib.ListToolsRequest(page_token=token, **request), timeout=10)
+        ids += [t.tool_id for t in page.tools]
+        sizes.append(page.ByteSize())
+        token = page.next_page_token
+        if not token:
+            return ids, sizes
+
+
+async def test_listing_tools_at_the_size_bound_cuts_pages_by_bytes_so_every_page_fits(hub, hub_stubs):
+    limit = hub.cfg.hub.max_message_bytes
+    for i in range(5):  # about 5 MB of definitions, each within the bound
+        await register(hub_stubs, _near_bound(f"n{i}", MAX_TOOL_BYTES - 2000))
+    ids, sizes = await _list_all(hub_stubs.library, page_size=1000)
+    assert [f"n{i}" for i in range(5)] == [i for i in ids if i.startswith("n")]
+    assert len(sizes) > 1 and max(sizes) <= limit, sizes
+    found = await hub_stubs.library.SearchTools(
+        lib.SearchToolsRequest(query="fills the listing", max_results=100), timeout=10
+    )
+    assert 0 < len(found.matches) < 5 and found.ByteSize() <= limit
+    assert hub.registry.max_tool_bytes == MAX_TOOL_BYTES == limit // 4  # the default bound
+
+
+async def test_with_a_smaller_message_limit_definitions_are_bounded_lower_and_pages_still_fit(cfg):
+    from services.common import config as config_mod
+
+    limit = 256 * 1024
+    async with Hub(config_mod.replace(cfg, hub={"max_message_bytes": limit})) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target) as ch:
+            stub = lib_grpc.ToolLibraryServiceStub(ch)
+            for i in range(6):  # 360 kB in all, each one within the lower bound
+                t = grpc_tool(f"m{i}", EP, description="m" * 60_000)
+                await stub.RegisterTool(lib.RegisterToolRequest(tool=t), timeout=5)
+            ids, sizes = await _list_all(stub)
+            assert [f"m{i}" for i in range(6)] == [i for i in ids if i.startswith("m")]
+            assert len(sizes) > 1 and max(sizes) <= limit, sizes
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # the bound is a quarter of the limit
+                t = grpc_tool("m-big", EP, description="m" * 60_000)
+                t.capabilities[0].description = "m" * 6_000  # each field within its own bound
+                await stub.RegisterTool(lib.RegisterToolRequest(tool=t), timeout=5)
+            code, reason, metadata = _error_info(err.value)
+            assert (code, reason, metadata["limit"]) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "TOOL_TOO_LARGE",
+                str(limit // 4),
+            )
+
+
+async def test_a_stored_definition_over_the_bound_is_skipped_at_load_with_one_log_line(cfg, caplog):
+    async with Hub(cfg) as hub:
+        await hub.registry.register(grpc_tool("keep", EP))
+        await _store_unchecked(hub, grpc_tool("huge", EP, description="x" * 3_500_000))
+        assert "huge" in {e.tool.tool_id for e in hub.registry.entries()}
+    caplog.clear()
+    async with Hub(cfg) as hub:
+        ids = {e.tool.tool_id for e in hub.registry.entries()}
+        assert "keep" in ids and "huge" not in ids
+    skipped = [r for r in caplog.records if "skipping stored tool huge" in r.getMessage()]
+    assert len(skipped) == 1 and skipped[0].exc_info is None, [r.getMessage()[:200] for r in skipped]
+    assert "DESCRIPTION_TOO_LARGE" in skipped[0].getMessage()
+
+
+async def test_a_watch_over_an_event_too_large_to_send_is_out_of_range_and_the_listing_gets_past_it(cfg):
+    async with Hub(cfg) as hub:
+        start = hub.registry.revision
+        # Recorded before the bound, larger than any message: no watcher can ever receive it.
+        await _store_unchecked(hub, grpc_tool("huge", EP, description="x" * 5_000_000))
+        huge_revision = hub.registry.revision
+        await hub.registry.register(grpc_tool("after", EP))
+    async with Hub(cfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target) as ch:
+            stub = lib_grpc.ToolLibraryServiceStub(ch)
+            watch = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=start))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await next_events(watch, 2)
+            code, reason, metadata = _error_info(err.value)
+            assert (code, reason) == (grpc.StatusCode.OUT_OF_RANGE, "EVENT_TOO_LARGE"), err.value.details()
+            assert metadata["revision"] == str(huge_revision)
+            # Others' events are not held up by it: a watch for "after" alone gets its event.
+            only = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=start, tool_ids=["after"]))
+            (event,) = await next_events(only, 1)
+            only.cancel()
+            assert event.tool.tool_id == "after"
+            listing = await stub.ListTools(lib.ListToolsRequest(), timeout=5)
+            assert "after" in {t.tool_id for t in listing.tools}
+            await register_via(stub, grpc_tool("later", EP))
+            live = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=listing.revision))
+            (event,) = await next_events(live, 1)
+            live.cancel()
+            assert event.tool.tool_id == "later"
+
+
+async def register_via(stub, tool):
+    return await stub.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
+
+
+async def _store_unchecked(hub, tool: tool_pb2.Tool) -> None:
+    """What a hub without the size bounds did: commit a definition past them."""
+    async with hub.registry._lock:
+        await hub.registry._commit(make_entry(tool), INSTALLED)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,18 @@ def descendants(pid: int) -> set[int]:
         out.update(map(int, kids))
         stack.extend(map(int, kids))
     return out
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """`async with deadline(5, "the INSTALLED event"):` fails the test with a message naming what
+    was awaited when the body has not finished within `seconds` (instead of hanging until the
+    suite's global timeout, which names nothing)."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():
+            raise  # a TimeoutError from the code under test is its own failure
+        raise AssertionError(f"waited {seconds:g}s for {what}; it never came") from None

@@ -101,6 +101,7 @@ class McpService:
         self.gateway = gateway
         self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(gateway)
+        server = server or ServerOptions(page_size=cfg.edge.mcp_page_size)
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.guard = OriginGuard.from_config(cfg.edge)
         self._announced = Catalog()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,17 @@ async def nap(seconds: float) -> str:
 
     await asyncio.sleep(seconds)
     return "rested"
+
+
+def bound_socket() -> socket.socket:
+    """A loopback TCP socket bound to a port the system chose, for a server that must know its own
+    port before it starts (`web.SockSite(runner, sock)`; asyncio calls listen() when it starts
+    serving, so until then connections are refused, as on a port nobody serves). Unlike a port found
+    free and handed on, nothing else can take it in between."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
 
 
 def descendants(pid: int) -> set[int]:

@@ -35,10 +35,12 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
             raise SystemExit(
                 f"edge: cannot listen on {cfg.edge.host}:{cfg.edge.port}: {exc.strerror}"
             ) from None
+        # The port it got (config port 0: one the system chose), so whoever started it can find it.
+        port = runner.addresses[0][1] if runner.addresses else cfg.edge.port
         log.info(
             "edge serving on http://%s:%d (admin token %s)",
             cfg.edge.host,
-            runner.addresses[0][1],  # the port bound, also when port 0 asked for any
+            port,
             "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open",
         )
         await stop.wait()

@@ -157,7 +157,8 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     events.add_routes(app)
     toolscore_ws.add_routes(app)
     edge_mcp.add_routes(app, gateway, cfg)
-    discovery_routes.add_routes(app, _GatewayDiscoveryClient(gateway))
+    if cfg.discovery.enabled:  # a mesh without discovery has no such routes (clients see 404)
+        discovery_routes.add_routes(app, _GatewayDiscoveryClient(gateway))
     _task_routes(app, cfg, llm)
     return app
 

@@ -208,6 +208,7 @@ class HubGateway:
         self.synced.set()
         self._wake_waiters()
         if first:
+            log.info("synced with the hub: %d tools at revision %d", len(fresh), revision)
             return
         for tool_id, entry in fresh.items():  # tell listeners what changed while we were away
             prev = old.get(tool_id)

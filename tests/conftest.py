@@ -4,19 +4,24 @@
 - `hub`: a running Hub in this event loop (UDS + TCP port 0).
 - `hub_stubs`: ToolLibraryService and ToolScoreService stubs over the hub's Unix socket.
 - `start_tool_server`: serve toolkit Actions on a temp socket (the caller registers them).
-- `mesh`: the whole mesh as a subprocess (`python -m services.mesh`), like `make run`.
+- `mesh_factory`: the whole mesh as a subprocess (`python -m services.mesh`), like `make run`; its
+  output is awaitable line by line (`Mesh.output.wait_for`), and `Mesh.edge_url()` waits for the edge.
+- `dead_port`: a loopback port that refuses connections for the whole test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +37,18 @@ from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.hub.app import Hub
 from services.toolkit.server import SERVICE, Action, ToolServer
+from tests.helpers import deadline
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
+@pytest.fixture
+def dead_port() -> Any:
+    """A loopback TCP port that refuses every connection for the whole test: bound here (so no other
+    process can take it and bring it alive, as a closed `free_port()` could) but never listening."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        yield int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -122,6 +131,51 @@ async def start_tool_server(root: Path) -> AsyncIterator[Callable[..., Any]]:
         await s.stop()
 
 
+class OutputLines:
+    """A child's output, copied line by line to a log file by a thread (it keeps draining the pipe
+    while a test blocks in `stop_process`), whose lines a test can await instead of polling."""
+
+    def __init__(self, stream: Any, log_path: Path) -> None:
+        self.lines: list[str] = []
+        self.ended = False
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        self._thread = threading.Thread(target=self._pump, args=(stream, log_path), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any, log_path: Path) -> None:
+        with open(log_path, "wb") as log:
+            for raw in iter(stream.readline, b""):
+                log.write(raw)
+                log.flush()
+                self.lines.append(raw.decode(errors="replace"))
+                self._notify()
+        stream.close()
+        self.ended = True
+        self._notify()
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the test's loop is already closed: nobody waits
+            self._loop.call_soon_threadsafe(self._changed.set)
+
+    async def wait_for(self, pattern: str, what: str, within_s: float = 30.0) -> re.Match[str]:
+        """The first line (already printed or still to come) matching `pattern`."""
+        rx, seen = re.compile(pattern), 0
+        async with deadline(within_s, what):
+            while True:
+                self._changed.clear()  # before reading: a line added after the scan sets it again
+                ended, lines = self.ended, self.lines[seen:]
+                for line in lines:
+                    if m := rx.search(line):
+                        return m
+                seen += len(lines)
+                assert not ended, f"the process's output ended without {what}"
+                await self._changed.wait()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
 @dataclass
 class Mesh:
     proc: subprocess.Popen[bytes]
@@ -130,9 +184,21 @@ class Mesh:
     uds: str
     env: dict[str, str]
     log_path: Path
+    output: OutputLines
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    async def edge_url(self, within_s: float = 30.0) -> str:
+        """The edge's base URL once it serves and follows the hub (both are lines it prints; its
+        port is one the system chose: TOOLSCORE_EDGE__PORT=0)."""
+        serving = await self.output.wait_for(
+            r" edge +INFO +edge: edge serving on (http://[\d.]+:\d+)", "the edge to listen", within_s
+        )
+        await self.output.wait_for(
+            r" edge +INFO +edge\.gateway: synced with the hub", "the edge to sync", within_s
+        )
+        return serving[1]
 
 
 async def wait_serving(target: str, timeout: float = 20.0) -> None:
@@ -163,14 +229,15 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
     async def start(
         extra_env: dict[str, str] | None = None, wait_tool: str | None = "python-executor-mcp-server"
     ) -> Mesh:
-        port = free_port()
+        # Every server binds port 0 and says what it got (the hub in its "serving ... on" line, the
+        # edge in "edge serving on"). A restarted hub gets a new port: tests reach it over `uds`.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLSCORE_")}
         env.update(
             {
                 "TOOLSCORE_PATHS__ROOT": str(root),
-                "TOOLSCORE_HUB__TCP": f"127.0.0.1:{port}",
-                "TOOLSCORE_EXECUTOR__TCP": f"127.0.0.1:{free_port()}",
-                "TOOLSCORE_EDGE__PORT": str(free_port()),
+                "TOOLSCORE_HUB__TCP": "127.0.0.1:0",
+                "TOOLSCORE_EXECUTOR__TCP": "127.0.0.1:0",
+                "TOOLSCORE_EDGE__PORT": "0",
                 "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
                 "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
                 "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",
@@ -178,15 +245,22 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
             }
         )
         log_path = root / f"mesh-{len(started)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "services.mesh"],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services.mesh"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        output = OutputLines(proc.stdout, log_path)
+        try:
+            hub = await output.wait_for(
+                r"serving [^\n]*ToolLibraryService[^\n]* on [^\n]*?(127\.0\.0\.1:\d+)", "the hub to listen"
             )
-        m = Mesh(proc, root, f"127.0.0.1:{port}", f"unix://{root}/run/toolscore.sock", env, log_path)
+        except BaseException:
+            stop_process(proc)
+            raise
+        m = Mesh(proc, root, hub[1], f"unix://{root}/run/toolscore.sock", env, log_path, output)
         started.append(m)
         await wait_serving(m.tcp)
         if wait_tool:
@@ -196,6 +270,7 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
     yield start
     for m in started:
         stop_process(m.proc)
+        m.output.join(5)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +84,17 @@ async def nap(seconds: float) -> str:
     return "rested"
 
 
+def bound_socket() -> socket.socket:
+    """A loopback TCP socket bound to a port the system chose, for a server that must know its own
+    port before it starts (`web.SockSite(runner, sock)`; asyncio calls listen() when it starts
+    serving, so until then connections are refused, as on a port nobody serves). Unlike a port found
+    free and handed on, nothing else can take it in between."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    return sock
+
+
 def descendants(pid: int) -> set[int]:
     """Every process below `pid` (Linux /proc), at this moment."""
     out: set[int] = set()
@@ -94,3 +108,18 @@ def descendants(pid: int) -> set[int]:
         out.update(map(int, kids))
         stack.extend(map(int, kids))
     return out
+
+
+@contextlib.asynccontextmanager
+async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
+    """`async with deadline(5, "the INSTALLED event"):` fails the test with a message naming what
+    was awaited when the body has not finished within `seconds` (instead of hanging until the
+    suite's global timeout, which names nothing)."""
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            yield
+    except TimeoutError:
+        if not limit.expired():
+            raise  # a TimeoutError from the code under test is its own failure
+        raise AssertionError(f"waited {seconds:g}s for {what}; it never came") from None

@@ -101,7 +101,9 @@ class McpService:
         self.gateway = gateway
         self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(gateway)
-        server = server or ServerOptions(max_argument_bytes=gateway.opts.max_argument_bytes)
+        server = server or ServerOptions(
+            page_size=cfg.edge.mcp_page_size, max_argument_bytes=gateway.opts.max_argument_bytes
+        )
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.guard = OriginGuard.from_config(cfg.edge)
         self._announced = Catalog()

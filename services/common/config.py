@@ -167,6 +167,7 @@ class EdgeConfig:
     mcp_max_sessions: int = 10000
     mcp_sessions_per_client: int = 256
     mcp_notification_queue: int = 1024
+    mcp_page_size: int = 100  # tools per tools/list page
     mcp_sse_defer_s: float = 10.0
     mcp_sse_keepalive_s: float = 15.0
 

@@ -139,6 +139,13 @@ class PackageIndex:
     registry_requests: list[dict[str, str]] = field(default_factory=list)
     download_started: asyncio.Event = field(default_factory=asyncio.Event)
     hold: asyncio.Event | None = None  # when set to an Event, downloads wait for it
+    runner: web.AppRunner | None = None
+
+    async def stop(self) -> None:
+        """Stop serving (an outage: connections to `url` are refused from now on)."""
+        if self.runner is not None:
+            runner, self.runner = self.runner, None
+            await runner.cleanup()
 
     def add_wheel(self, path: Path, dist: str) -> None:
         self.wheels.setdefault(_norm(dist), []).append(path)
@@ -243,9 +250,9 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 @pytest.fixture
 async def pkg_index() -> AsyncIterator[PackageIndex]:
     idx = PackageIndex()
-    runner, idx.url = await _serve(_index_app(idx))
+    idx.runner, idx.url = await _serve(_index_app(idx))
     yield idx
-    await runner.cleanup()
+    await idx.stop()
 
 
 @dataclass

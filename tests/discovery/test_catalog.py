@@ -16,7 +16,6 @@ from services.common.errors import InvalidRequest
 from services.discovery import catalog, mapping, policy, ranking
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
 from services.library.validation import check_tool
-from tests.conftest import free_port
 from tests.discovery.conftest import NS, PackageIndex, server_json
 
 CURATED = catalog.load_dir(REPO_ROOT / "config" / "catalog")
@@ -172,13 +171,13 @@ async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_whe
         assert [s.name for s in found] == [f"{NS}/srv-{i}" for i in range(5)]
         assert [r.get("cursor") for r in pkg_index.registry_requests] == [None, "2", "4"]
         assert all(r["version"] == "latest" and r["search"] == "srv" for r in pkg_index.registry_requests)
-        reg.base_url = f"http://127.0.0.1:{free_port()}"  # now unreachable
+        await pkg_index.stop()  # the registry goes away
         assert [s.name for s in await reg.search("srv")] == [s.name for s in found]
         with pytest.raises(RegistryUnreachable):
             await reg.search("never-asked")
 
 
-async def test_search_still_answers_from_the_curated_catalog_when_a_registry_is_down(cfg) -> None:  # type: ignore[no-untyped-def]
+async def test_search_still_answers_from_the_curated_catalog_when_a_registry_is_down(cfg, dead_port) -> None:  # type: ignore[no-untyped-def]
     import grpc
     from toolscore.v1 import discovery_pb2 as pb
     from toolscore.v1 import toolscore_pb2_grpc
@@ -186,7 +185,7 @@ async def test_search_still_answers_from_the_curated_catalog_when_a_registry_is_
     from services.common import config as config_mod
     from services.hub.app import Hub
 
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = f"http://127.0.0.1:{dead_port}"
     c = config_mod.replace(
         cfg,
         discovery={

@@ -115,13 +115,11 @@ async def test_an_invalid_llm_answer_falls_back_to_the_lexical_matcher_and_never
     assert "convert_time" in [m.name for m in resp.missing_capabilities]
 
 
-async def test_an_unreachable_llm_falls_back_with_the_reason(cfg: Config) -> None:
-    from tests.conftest import free_port
-
+async def test_an_unreachable_llm_falls_back_with_the_reason(cfg: Config, dead_port: int) -> None:
     c = config_mod.replace(
         _cfg(cfg),
         discovery={
-            "llm_base_url": f"http://127.0.0.1:{free_port()}/v1",
+            "llm_base_url": f"http://127.0.0.1:{dead_port}/v1",
             "llm_model": "m",
             "llm_timeout_s": 2.0,
         },

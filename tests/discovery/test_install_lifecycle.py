@@ -29,6 +29,7 @@ from tests.discovery.conftest import (
     server_json,
     write_catalog,
 )
+from tests.helpers import deadline
 
 # Secrets a hub's environment may hold; an installed server must see none of them.
 HUB_SECRETS = ("TOOLSCORE_AUTH__ADMIN_TOKEN", "OPENAI_API_KEY", "GITHUB_TOKEN")
@@ -98,7 +99,8 @@ async def test_a_pypi_server_is_found_installed_called_restored_after_restart_an
             assert {"echo", "add", "fail"} <= set(installed.server.tools)
             assert installed.server.artifacts[0].hash.startswith("sha256=")
             assert installed.progress[-1].progress == 1.0 and len(installed.progress) >= 4
-            first = await anext(aiter(events))
+            async with deadline(10, f"the INSTALLED event of {tool_id}"):
+                first = await anext(aiter(events))
             assert first.event.type == tool_pb2.TOOL_EVENT_TYPE_INSTALLED
 
             tool = (await s.lib.GetTool(lib.GetToolRequest(tool_id=tool_id), timeout=5)).tool
@@ -122,7 +124,7 @@ async def test_a_pypi_server_is_found_installed_called_restored_after_restart_an
 
             # tools/list_changed becomes an UPDATED event with the new capability
             await s.call(tool_id, "grow")
-            async with asyncio.timeout(10):
+            async with deadline(10, "the UPDATED event announcing the grown tool list"):
                 async for ev in events:
                     if ev.event.type == tool_pb2.TOOL_EVENT_TYPE_UPDATED:
                         assert "late" in [c.name for c in ev.event.tool.capabilities]

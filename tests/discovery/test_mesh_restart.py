@@ -68,7 +68,7 @@ async def test_an_installed_server_comes_back_after_the_hub_is_killed_and_nothin
     await wait_exited(hub_pid)
     for pid in sandboxed:
         await wait_exited(pid)  # the sandbox follows its hub (parent-death signal)
-    await wait_serving(mesh.tcp)
+    await wait_serving(mesh.uds)  # the restarted hub binds a new TCP port (port 0); its socket path stays
     async with grpc.aio.insecure_channel(mesh.uds) as ch:
         stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
         resp = await stub.ExecuteTool(

@@ -7,29 +7,12 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import free_port, stop_process
-
-
-async def wait_http(url: str, within_s: float = 30.0) -> None:
-    """Wait until something accepts HTTP at `url` (connection refused means: not yet)."""
-    async with asyncio.timeout(within_s), aiohttp.ClientSession() as http:
-        delay = 0.02
-        while True:
-            try:
-                async with http.get(url) as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+from tests.conftest import stop_process
 
 
 async def test_make_run_starts_the_edge_and_rest_reaches_the_python_executor(mesh_factory, root: Path):
-    port = free_port()
-    mesh = await mesh_factory({"TOOLSCORE_EDGE__PORT": str(port)})
-    base = f"http://127.0.0.1:{port}"
-    await wait_http(base + "/health")
+    mesh = await mesh_factory()
+    base = await mesh.edge_url()  # it bound port 0, says which, and says when it follows the hub
     async with aiohttp.ClientSession() as http, asyncio.timeout(30):
         async with http.post(
             base + "/api/v1/tools/execute",

@@ -17,8 +17,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
-from tests.conftest import free_port
-from tests.edge.test_edge_process import wait_http
 from tests.helpers import reason_of
 
 CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa...a!"
@@ -85,10 +83,8 @@ COSTLY = {"l": [{"k199": 1} for _ in range(1000)]}
 
 @pytest.fixture
 async def mesh_edge(mesh_factory):
-    port = free_port()
-    mesh = await mesh_factory({"TOOLSCORE_EDGE__PORT": str(port)}, wait_tool=None)
-    base = f"http://127.0.0.1:{port}"
-    await wait_http(base + "/health")
+    mesh = await mesh_factory(wait_tool=None)
+    base = await mesh.edge_url()
     async with aiohttp.ClientSession() as http, asyncio.timeout(20):
         async with http.post(base + "/api/v1/tools", json=HOSTILE_TOOL) as r:
             assert r.status == 201, await r.text()

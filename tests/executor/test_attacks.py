@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,16 @@ from tests.conftest import REPO
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
 from tests.executor.conftest import TOOL, Call, running_executor
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
+from tests.helpers import deadline
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
 
 
 async def assert_next_call_succeeds(call: Call) -> None:
-    start = time.perf_counter()
-    resp, s = await call.code("print('still here')", timeout=10)
+    async with deadline(30, "the next call after the attack"):
+        resp, s = await call.code("print('still here')", timeout=10)
     assert not resp.is_error, resp.error.message
     assert s["stdout"] == "still here\n"
-    assert time.perf_counter() - start < 10
 
 
 async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
@@ -94,14 +93,15 @@ async def test_code_cannot_write_outside_its_scratch_dir(call, root):
         f"    print(type(e).__name__)"
         for p in paths
     )
-    resp, s = await call.code(
-        code + "\nopen('/tmp/inside-only', 'w').write('x')\nopen('ok.txt', 'w').write('ok')"
-    )
+    # A path inside the sandbox, whose /tmp is private (so not a host path): unique per run, so
+    # that the host check below can only find a file this very call leaked.
+    inside = f"/tmp/inside-only-{os.urandom(6).hex()}"
+    resp, s = await call.code(code + f"\nopen({inside!r}, 'w').write('x')\nopen('ok.txt', 'w').write('ok')")
     assert not resp.is_error, resp.error.message
     assert "WROTE" not in s["stdout"]
     assert len(s["stdout"].splitlines()) == len(paths)
     assert not await asyncio.to_thread(os.path.exists, target)
-    assert not await asyncio.to_thread(os.path.exists, "/tmp/inside-only")
+    assert not await asyncio.to_thread(os.path.exists, inside)
     assert [a["name"] for a in s["artifacts"]] == ["ok.txt"]  # scratch writes work and come back
     await assert_next_call_succeeds(call)
 
@@ -131,21 +131,19 @@ async def test_a_4_gib_allocation_fails_with_memory_error_under_the_address_spac
 
 
 async def test_an_endless_loop_is_killed_at_its_timeout(call):
-    start = time.perf_counter()
-    resp, s = await call.code("while True: pass", timeout=1)
+    async with deadline(30, "the endless loop to be killed at its 1 s timeout"):
+        resp, s = await call.code("while True: pass", timeout=1)
     assert resp.is_error and resp.error.type == TIMEOUT
     assert s["timed_out"] and "timed out after" in s["error_reason"]
-    assert time.perf_counter() - start < 5
     await assert_next_call_succeeds(call)
 
 
 async def test_a_gigabyte_of_output_is_cut_off_and_flagged(call):
-    start = time.perf_counter()
     code = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(1024):\n    sys.stdout.write(chunk)"
     resp, s = await call.code(code, timeout=20)
     assert s["truncated"] and len(s["stdout"]) == 64 << 10
-    assert resp.is_error and "file size limit" in s["error_reason"]
-    assert time.perf_counter() - start < 15
+    # cut off by the file size limit, not by the 20 s timeout (which would say "timed out")
+    assert resp.is_error and "file size limit" in s["error_reason"] and not s["timed_out"]
     await assert_next_call_succeeds(call)
 
 

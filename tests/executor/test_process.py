@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -22,7 +21,7 @@ from services.executor import cgroups
 from services.executor.sandbox import stdlib_readable_by
 from services.hub.app import Hub
 from tests.executor.conftest import TOOL, running_executor
-from tests.helpers import descendants
+from tests.helpers import deadline, descendants
 
 
 def cmdline(pid: int) -> bytes:
@@ -88,19 +87,19 @@ async def test_killing_the_executor_mid_call_fails_the_call_promptly_and_it_come
                 since_revision=rev, tool_ids=[TOOL], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]
             )
         )
-        hanging = asyncio.create_task(execute(mesh.uds, "import time\ntime.sleep(60)", deadline=60))
-        async with asyncio.timeout(10):
+        # The call would run for ten minutes: failing within the generous deadline below means the
+        # kill failed it (how promptly is `make bench`'s business, not a wall-clock assert's).
+        hanging = asyncio.create_task(execute(mesh.uds, "import time\ntime.sleep(600)", deadline=600))
+        async with deadline(30, "python_status to show the long call running"):
             while (await execute(mesh.uds, "", action="python_status"))[1]["running"] < 1:
-                pass  # each status call is a full round trip; the long call is now inside a sandbox
+                pass  # each status call is a full round trip (the executor streams no "started")
         os.kill(executor_pid, signal.SIGKILL)
-        killed_at = time.monotonic()
         try:
-            async with asyncio.timeout(5):
+            async with deadline(30, "the call to fail once its executor was killed"):
                 resp, _ = await hanging
             assert resp.is_error
         except grpc.aio.AioRpcError as exc:
             assert exc.code() == grpc.StatusCode.UNAVAILABLE
-        assert time.monotonic() - killed_at < 5
         seen = []  # the first round after start may still report HEALTHY before the outage
         async with asyncio.timeout(30):
             async for event in watch:

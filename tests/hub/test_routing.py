@@ -168,8 +168,8 @@ async def test_a_tool_server_dying_mid_call_is_unavailable_and_the_hub_keeps_ser
         await proc.wait()
 
 
-async def test_disabled_tools_refuse_calls(hub, hub_stubs):
-    tool = grpc_tool("off", "unix:///tmp/off.sock")
+async def test_disabled_tools_refuse_calls(hub, hub_stubs, root):
+    tool = grpc_tool("off", f"unix://{root}/off.sock")  # never dialled: the call is refused first
     tool.enabled = False
     await register(hub_stubs, tool)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -200,13 +200,13 @@ async def test_health_checks_mark_a_dead_server_unhealthy_and_recover_it(
     assert struct_to_dict(resp.structured) == {"text": "back"}
 
 
-async def test_registration_needs_the_admin_token_when_one_is_set(cfg):
+async def test_registration_needs_the_admin_token_when_one_is_set(cfg, root):
     secured = config_mod.replace(cfg, auth={"admin_token": "s3cret"})
     async with Hub(secured) as hub, grpc.aio.insecure_channel(hub.uds_target) as ch:
         from toolscore.v1 import tool_library_pb2_grpc
 
         stub = tool_library_pb2_grpc.ToolLibraryServiceStub(ch)
-        req = lib.RegisterToolRequest(tool=grpc_tool("guarded", "unix:///tmp/g.sock"))
+        req = lib.RegisterToolRequest(tool=grpc_tool("guarded", f"unix://{root}/g.sock"))
         for md in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.RegisterTool(req, metadata=md, timeout=5)

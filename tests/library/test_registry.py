@@ -14,9 +14,13 @@ from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from services.library.registry import make_entry
 from services.library.validation import MAX_DESCRIPTION_BYTES, MAX_SCHEMA_BYTES, MAX_TOOL_BYTES
-from tests.helpers import grpc_tool, metadata_of, reason_of
+from tests.helpers import deadline, grpc_tool, metadata_of, reason_of
 
-EP = "unix:///tmp/nowhere-tools.sock"
+
+@pytest.fixture
+def EP(root):
+    """An endpoint nothing listens on, private to this test (health checks are off: never dialled)."""
+    return f"unix://{root}/nowhere-tools.sock"
 
 
 @pytest.fixture
@@ -40,7 +44,7 @@ async def register(stubs, tool):
 
 async def next_events(stream, n, timeout=5.0):
     out = []
-    async with asyncio.timeout(timeout):
+    async with deadline(timeout, f"{n} event(s) on the watch stream"):
         async for resp in stream:
             out.append(resp.event)
             if len(out) == n:
@@ -66,7 +70,7 @@ async def next_events(stream, n, timeout=5.0):
         (lambda t: t.capabilities.add(name="echo"), "DUPLICATE_ACTION"),
     ],
 )
-async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stubs, mutate, reason):
+async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stubs, mutate, reason, EP):
     before = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
     tool = grpc_tool("t1", EP)
     mutate(tool)
@@ -79,7 +83,7 @@ async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stu
     assert after.revision == before.revision
 
 
-async def test_reregistering_by_the_same_owner_updates_and_emits_one_event(hub_stubs):
+async def test_reregistering_by_the_same_owner_updates_and_emits_one_event(hub_stubs, EP):
     first = await register(hub_stubs, grpc_tool("t2", EP, description="v1"))
     assert first.created and not first.updated
     watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=first.revision))
@@ -94,17 +98,17 @@ async def test_reregistering_by_the_same_owner_updates_and_emits_one_event(hub_s
     assert got.tool.registered_at == first.tool.registered_at
 
 
-async def test_another_owner_cannot_take_over_a_tool(hub_stubs):
+async def test_another_owner_cannot_take_over_a_tool(hub_stubs, EP, root):
     await register(hub_stubs, grpc_tool("t3", EP, owner="alice"))
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await register(hub_stubs, grpc_tool("t3", "unix:///tmp/evil.sock", owner="mallory"))
+        await register(hub_stubs, grpc_tool("t3", f"unix://{root}/evil.sock", owner="mallory"))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert reason_of(err.value) == "TOOL_OWNED_BY_ANOTHER"
     got = await hub_stubs.library.GetTool(lib.GetToolRequest(tool_id="t3"), timeout=5)
     assert got.tool.endpoint == EP and got.tool.owner == "alice"
 
 
-async def test_deregistering_emits_removed_and_unknown_ids_are_not_found(hub_stubs):
+async def test_deregistering_emits_removed_and_unknown_ids_are_not_found(hub_stubs, EP):
     r = await register(hub_stubs, grpc_tool("t4", EP))
     watch = hub_stubs.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=r.revision))
     await hub_stubs.library.DeregisterTool(lib.DeregisterToolRequest(tool_id="t4"), timeout=5)
@@ -120,7 +124,7 @@ async def test_deregistering_emits_removed_and_unknown_ids_are_not_found(hub_stu
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and reason_of(err.value) == "TOOL_NOT_FOUND"
 
 
-async def test_list_tools_paginates_and_filters(hub_stubs):
+async def test_list_tools_paginates_and_filters(hub_stubs, EP):
     for i in range(5):
         await register(hub_stubs, grpc_tool(f"p{i}", EP, tags=["even"] if i % 2 == 0 else ["odd"]))
     seen, token = [], ""
@@ -142,7 +146,7 @@ async def test_list_tools_paginates_and_filters(hub_stubs):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_search_ranks_the_most_relevant_tool_first(hub_stubs):
+async def test_search_ranks_the_most_relevant_tool_first(hub_stubs, EP):
     await register(
         hub_stubs,
         grpc_tool(
@@ -168,7 +172,7 @@ async def test_search_ranks_the_most_relevant_tool_first(hub_stubs):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_a_watcher_resuming_from_a_revision_misses_nothing(hub_stubs):
+async def test_a_watcher_resuming_from_a_revision_misses_nothing(hub_stubs, EP):
     start = (await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
     for i in range(3):
         await register(hub_stubs, grpc_tool(f"w{i}", EP))
@@ -182,7 +186,7 @@ async def test_a_watcher_resuming_from_a_revision_misses_nothing(hub_stubs):
     assert [e.tool.tool_id for e in backlog] == ["w0", "w1", "w2"] and live.type == REMOVED
 
 
-async def test_watch_filters_by_type_and_tool(hub_stubs):
+async def test_watch_filters_by_type_and_tool(hub_stubs, EP):
     start = (await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)).revision
     watch = hub_stubs.library.WatchToolEvents(
         lib.WatchToolEventsRequest(since_revision=start, types=[REMOVED], tool_ids=["f2"])
@@ -203,7 +207,7 @@ async def test_watch_from_the_future_is_out_of_range(hub_stubs):
     assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and reason_of(err.value) == "REVISION_AHEAD"
 
 
-async def test_a_slow_watcher_is_cut_off_and_can_resume_without_loss(cfg):
+async def test_a_slow_watcher_is_cut_off_and_can_resume_without_loss(cfg, EP):
     from services.common import config as config_mod
 
     small = config_mod.replace(cfg, feed={"subscriber_queue": 2})
@@ -214,23 +218,26 @@ async def test_a_slow_watcher_is_cut_off_and_can_resume_without_loss(cfg):
         for i in range(6):
             await hub.registry.register(grpc_tool(f"s{i}", EP))
         assert sub.overflowed
-        got = [await first]
+        async with deadline(5, "the slow watcher's first event"):
+            got = [await first]
         from services.common.errors import ResourceExhausted
 
         with pytest.raises(ResourceExhausted) as err:
-            async for ev in events:
-                got.append(ev)
+            async with deadline(5, "the slow watcher to be cut off"):
+                async for ev in events:
+                    got.append(ev)
         resume = int(err.value.metadata["resume_revision"])
         rest = []
-        async for ev in hub.registry.watch(resume):
-            rest.append(ev)
-            if ev.revision == hub.registry.revision:
-                break
+        async with deadline(5, f"the resumed watch to reach revision {hub.registry.revision}"):
+            async for ev in hub.registry.watch(resume):
+                rest.append(ev)
+                if ev.revision == hub.registry.revision:
+                    break
         names = [e.tool.tool_id for e in got + rest]
         assert names == [f"s{i}" for i in range(6)]
 
 
-async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg):
+async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg, EP):
     async with Hub(cfg) as hub:
         await hub.registry.register(grpc_tool("keep", EP))
         hub.registry.entry("keep").record(True, 0.01)
@@ -244,7 +251,7 @@ async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg):
             assert r.revision > revision
 
 
-async def test_compacted_history_is_out_of_range_except_from_zero(cfg):
+async def test_compacted_history_is_out_of_range_except_from_zero(cfg, EP):
     from services.common import config as config_mod
     from services.common.errors import OutOfRange
 
@@ -253,14 +260,16 @@ async def test_compacted_history_is_out_of_range_except_from_zero(cfg):
         for i in range(6):
             await hub.registry.register(grpc_tool(f"c{i}", EP))
         with pytest.raises(OutOfRange) as err:
-            async for _ in hub.registry.watch(1):
-                pass
+            async with deadline(5, "the watch from a compacted revision to fail"):
+                async for _ in hub.registry.watch(1):
+                    pass
         assert err.value.reason == "EVENTS_COMPACTED"
         got = []
-        async for ev in hub.registry.watch(0):
-            got.append(ev.tool.tool_id)
-            if ev.revision == hub.registry.revision:
-                break
+        async with deadline(5, f"the watch from zero to reach revision {hub.registry.revision}"):
+            async for ev in hub.registry.watch(0):
+                got.append(ev.tool.tool_id)
+                if ev.revision == hub.registry.revision:
+                    break
         assert got == ["c3", "c4", "c5"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 from pathlib import Path
 
 import grpc
@@ -105,6 +106,12 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
     ids=["single-process", "all-tcp", "inprocess-executor"],
 )
 async def test_every_mode_runs_python_execute(mesh_factory, env):
+    if env.get("TOOLSCORE_MESH__MODE") == "tcp":
+        # The one port chosen before its server starts: in tcp mode the executor dials the hub's
+        # configured TCP address, so it cannot be port 0 (every other mesh server binds port 0).
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env = {**env, "TOOLSCORE_HUB__TCP": f"127.0.0.1:{s.getsockname()[1]}"}
     mesh = await mesh_factory(env)
     resp = await run_code(mesh.tcp, "print(sum(range(10)))")
     assert struct_to_dict(resp.structured)["stdout"] == "45\n"

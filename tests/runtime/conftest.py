@@ -26,8 +26,14 @@ PY = "python-executor-mcp-server__python_execute"
 
 
 @pytest.fixture
-def cfg(cfg: Config) -> Config:
-    return config_mod.replace(cfg, executor={"use_inprocess_python_executor": True})
+def cfg(cfg: Config, request: pytest.FixtureRequest) -> Config:
+    """The in-process executor. Tests marked `without_discovery` get a mesh where discovery is not
+    deployed: the hub serves none of its RPCs and the edge mounts none of its routes
+    (config `[discovery] enabled = false`), instead of a patched edge."""
+    cfg = config_mod.replace(cfg, executor={"use_inprocess_python_executor": True})
+    if request.node.get_closest_marker("without_discovery"):
+        return config_mod.replace(cfg, discovery={"enabled": False})
+    return cfg
 
 
 @dataclass
@@ -50,14 +56,6 @@ async def edge(cfg: Config, hub: Hub) -> AsyncIterator[Edge]:
         await app[GATEWAY].synced.wait()
     yield Edge(app, f"http://{host}:{port}")
     await runner.cleanup()
-
-
-@pytest.fixture
-def edge_without_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Build the edge like a mesh where discovery is not deployed: without its routes."""
-    import edge.app
-
-    monkeypatch.setattr(edge.app.discovery_routes, "add_routes", lambda *args: None)
 
 
 def llm_settings(llm: FakeLLM, **kw: Any) -> LLMSettings:

@@ -10,27 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.runtime.conftest import PY
 from tests.runtime.fake_llm import Fail, FakeLLM, call, calls, say
-
-
-async def _wait_edge(port: int, within_s: float = 30.0) -> None:
-    """Until the mesh's edge answers /health (it starts a moment after the hub)."""
-    async with aiohttp.ClientSession() as http, asyncio.timeout(within_s):
-        delay = 0.05
-        while True:
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(delay)  # connection refused: nothing to wait on but time
-            delay = min(delay * 2, 0.5)
 
 
 async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -53,8 +37,9 @@ async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 @pytest.fixture
 async def mesh_env(mesh_factory: Any) -> dict[str, str]:
     mesh = await mesh_factory()
-    await _wait_edge(int(mesh.env["TOOLSCORE_EDGE__PORT"]))
-    return {k: v for k, v in mesh.env.items() if not k.startswith("OPENAI_")}
+    edge = await mesh.edge_url()  # on a port the system chose: the CLI is told where
+    env = {k: v for k, v in mesh.env.items() if not k.startswith("OPENAI_")}
+    return {**env, "TOOLSCORE_RUNTIME__EDGE_URL": edge}
 
 
 async def test_the_cli_solves_a_task_on_the_mesh_printing_each_step(
@@ -113,10 +98,10 @@ async def test_without_an_llm_endpoint_the_cli_says_so_and_exits_2() -> None:
     assert rc == 2 and out == "" and "no LLM endpoint is configured" in err and "OPENAI_BASE_URL" in err
 
 
-async def test_an_unreachable_edge_is_reported_clearly(root: Path) -> None:
+async def test_an_unreachable_edge_is_reported_clearly(root: Path, dead_port: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TOOLSCORE_"))}
     env.update(
-        {"TOOLSCORE_PATHS__ROOT": str(root), "TOOLSCORE_RUNTIME__EDGE_URL": f"http://127.0.0.1:{free_port()}"}
+        {"TOOLSCORE_PATHS__ROOT": str(root), "TOOLSCORE_RUNTIME__EDGE_URL": f"http://127.0.0.1:{dead_port}"}
     )
     async with FakeLLM([]) as llm:
         rc, _, err = await _cli({**env, "OPENAI_BASE_URL": llm.base_url}, "Anything.")

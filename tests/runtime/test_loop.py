@@ -11,6 +11,7 @@ import pytest
 from edge.state import GATEWAY
 from services.common.config import Config
 from services.runtime import trajectory
+from tests.helpers import deadline
 from tests.runtime.conftest import PY
 from tests.runtime.fake_llm import FakeLLM, Reply, call, calls, say
 
@@ -139,7 +140,8 @@ async def test_malformed_tool_arguments_are_reported_to_the_llm_not_run(start_ru
     assert rec["status"] == "completed" and rec["final_answer"] == "done"
     first = rec["steps"][0]["tool_calls"]
     assert [c["error"]["type"] for c in first] == ["InvalidArguments", "InvalidArguments", "UnknownTool"]
-    assert all(c["arguments"] is None and c["duration_s"] < 1 for c in first)
+    # never resolved to a tool, so never run (what a short duration only hinted at)
+    assert all(c["arguments"] is None and c["tool_id"] is None and c["result"] is None for c in first)
     assert first[0]["raw_arguments"] == '{"code": "print(1)"'
     sent = [m["content"] for m in llm.tool_messages(1)]
     assert "not valid JSON" in sent[0] and "must be a JSON object" in sent[1] and "no tool named" in sent[2]
@@ -252,13 +254,16 @@ async def test_the_token_budget_stops_before_the_next_llm_call(start_runtime: An
 
 
 async def test_the_wall_time_budget_interrupts_a_slow_step(start_runtime: Any) -> None:
-    script = [calls(call(PY, {"code": "import time; time.sleep(20)"}), content="this will take a while")]
+    # The step would take ten minutes: a task that ends at all within the (generous) deadline
+    # was interrupted; how soon after its 1 s budget is `make bench`'s business.
+    script = [calls(call(PY, {"code": "import time; time.sleep(600)"}), content="this will take a while")]
     async with FakeLLM(script) as llm:
         host = await start_runtime(llm, max_wall_s=1.0)
-        rec = await host.run("Wait forever.")
+        async with deadline(60, "the wall-time budget to interrupt a ten-minute step"):
+            rec = await host.run("Wait forever.")
 
     assert rec["status"] == "budget_exhausted" and rec["budgets"]["exhausted"] == "wall_time"
-    assert rec["steps"][0]["interrupted"] is True and rec["duration_s"] < 10
+    assert rec["steps"][0]["interrupted"] is True
     assert rec["final_answer"] == "this will take a while"
 
 
@@ -339,9 +344,8 @@ async def test_json_action_mode_runs_the_original_text_format(start_runtime: Any
     assert llm.requests[2]["messages"][-1]["content"].strip() == "Observation: 1024"
 
 
-async def test_the_gap_meta_tool_says_clearly_when_discovery_is_not_deployed(
-    edge_without_discovery: None, start_runtime: Any
-) -> None:
+@pytest.mark.without_discovery
+async def test_the_gap_meta_tool_says_clearly_when_discovery_is_not_deployed(start_runtime: Any) -> None:
     script = [calls(call("request_capability", {"capability": "read PDF files"})), say("cannot read PDFs")]
     async with FakeLLM(script) as llm:
         host = await start_runtime(llm)

@@ -21,7 +21,6 @@ from edge.state import GATEWAY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
-from tests.conftest import free_port
 from tests.discovery.conftest import (  # noqa: F401 (fixtures)
     NS,
     PackageIndex,
@@ -31,6 +30,7 @@ from tests.discovery.conftest import (  # noqa: F401 (fixtures)
     server_json,
     write_catalog,
 )
+from tests.helpers import bound_socket
 from tests.runtime.fake_llm import FakeLLM, call, calls, say
 from tests.runtime.test_gap import CLOCK
 
@@ -81,18 +81,21 @@ async def edge_with_tasks(cfg: Config, hub: Hub) -> AsyncIterator[Any]:
     """(llm factory, url): the real edge serving tasks with the fake LLM scripted by the test."""
     llm = FakeLLM([])
     async with llm:
-        port = free_port()
+        # the task service reaches the edge it runs in at [edge] port: bound before the app is built
+        sock = bound_socket()
+        port = sock.getsockname()[1]
         ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
         app = build_app(ecfg, (llm.base_url, "test-key"))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.SockSite(runner, sock).start()
             async with asyncio.timeout(10):
                 await app[GATEWAY].synced.wait()
             yield llm, app, f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()
+            sock.close()  # the site does not close a socket it was given
 
 
 async def _post_and_wait(app: web.Application, url: str, headers: dict[str, str]) -> dict[str, Any]:

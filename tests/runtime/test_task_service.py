@@ -21,6 +21,7 @@ from services.runtime.host import RuntimeHost
 from services.runtime.service import TaskService
 from services.runtime.tasks import TaskRow, TaskStore
 from tests.conftest import REPO
+from tests.helpers import bound_socket
 from tests.runtime.conftest import PY, Edge
 from tests.runtime.fake_llm import FakeLLM, Hang, call, calls, say
 
@@ -239,9 +240,10 @@ async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_e
 ) -> None:
     from edge.app import build_app
     from services.common import config as config_mod
-    from tests.conftest import free_port
 
-    port = free_port()
+    # the task service reaches the edge it runs in at [edge] port: bound before the app is built
+    sock = bound_socket()
+    port = sock.getsockname()[1]
     async with FakeLLM([calls(call(PY, {"code": "print('from the edge')"})), say("ran via the edge")]) as llm:
         ecfg = config_mod.replace(
             cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False}, runtime={"concurrency": 1}
@@ -250,7 +252,7 @@ async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_e
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await web.SockSite(runner, sock).start()
             service = app[tasks_routes.TASKS]
             async with aiohttp.ClientSession() as http:
                 api = Api(f"http://127.0.0.1:{port}", http)
@@ -260,6 +262,7 @@ async def test_the_task_routes_mounted_in_the_real_edge_run_tasks_through_that_e
                 status, got = await api.get(body["task_id"])
         finally:
             await runner.cleanup()
+            sock.close()  # the site does not close a socket it was given
     assert got["status"] == "completed" and got["result"]["final_answer"] == "ran via the edge"
     assert PY in llm.tool_names(0)
     assert llm.tool_messages(1)[0]["content"].strip() == "from the edge"

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from edge.gateway import HubGateway
 from edge.mcp import McpOptions, add_routes
 from services.common.config import Config
 from services.toolkit import Action
@@ -160,11 +161,14 @@ async def test_modern_requests_are_checked_rung_by_rung(http: aiohttp.ClientSess
     assert unsupported[1]["error"]["data"] == {"supported": [MODERN], "requested": "2099-01-01"}
 
 
-async def test_tools_list_pages_with_a_cursor(http: aiohttp.ClientSession, edge: Edge, kit: Probe):
-    import dataclasses
+async def test_tools_list_pages_with_a_cursor(
+    http: aiohttp.ClientSession, gateway: HubGateway, cfg: Config, kit: Probe
+):
+    async with edge_with(gateway, cfg, mcp_page_size=2) as edge:  # [edge] mcp_page_size
+        await _page_through_tools_list(http, edge)
 
-    d = edge.svc.dispatcher
-    d.opts = dataclasses.replace(d.opts, page_size=2)
+
+async def _page_through_tools_list(http: aiohttp.ClientSession, edge: Edge) -> None:
     names, cursor, pages = [], None, 0
     while True:
         params = {"cursor": cursor} if cursor else {}

@@ -338,7 +338,7 @@ def _schema_of(n: int) -> dict:
     ],
 )
 async def test_a_definition_over_a_size_bound_is_refused_naming_the_bound(
-    hub_stubs, mutate, reason, field, limit
+    hub_stubs, mutate, reason, field, limit, EP
 ):
     before = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
     tool = grpc_tool("huge", EP)
@@ -353,7 +353,7 @@ async def test_a_definition_over_a_size_bound_is_refused_naming_the_bound(
     assert after.revision == before.revision and "huge" not in {t.tool_id for t in after.tools}
 
 
-async def test_a_definition_at_every_size_bound_is_accepted(hub_stubs):
+async def test_a_definition_at_every_size_bound_is_accepted(hub_stubs, EP):
     tool = grpc_tool("at-bounds", EP, description="d" * MAX_DESCRIPTION_BYTES)
     tool.capabilities[0].description = "é" * (MAX_DESCRIPTION_BYTES // 2)
     for i in range(3):
@@ -365,9 +365,9 @@ async def test_a_definition_at_every_size_bound_is_accepted(hub_stubs):
     assert r.created
 
 
-def _near_bound(tool_id: str, size: int) -> tool_pb2.Tool:
+def _near_bound(tool_id: str, size: int, endpoint: str) -> tool_pb2.Tool:
     """A valid definition of about `size` bytes, in schemas of at most 250 kB each."""
-    tool = grpc_tool(tool_id, EP, description="fills the listing")
+    tool = grpc_tool(tool_id, endpoint, description="fills the listing")
     for i in range(size // 250_000):
         tool.capabilities.add(name=f"s{i}", input_schema=dict_to_struct(_schema_of(250_000)))
     left = size - tool.ByteSize() - 100
@@ -388,10 +388,10 @@ async def _list_all(stub, **request) -> tuple[list[str], list[int]]:
             return ids, sizes
 
 
-async def test_listing_tools_at_the_size_bound_cuts_pages_by_bytes_so_every_page_fits(hub, hub_stubs):
+async def test_listing_tools_at_the_size_bound_cuts_pages_by_bytes_so_every_page_fits(hub, hub_stubs, EP):
     limit = hub.cfg.hub.max_message_bytes
     for i in range(5):  # about 5 MB of definitions, each within the bound
-        await register(hub_stubs, _near_bound(f"n{i}", MAX_TOOL_BYTES - 2000))
+        await register(hub_stubs, _near_bound(f"n{i}", MAX_TOOL_BYTES - 2000, EP))
     ids, sizes = await _list_all(hub_stubs.library, page_size=1000)
     assert [f"n{i}" for i in range(5)] == [i for i in ids if i.startswith("n")]
     assert len(sizes) > 1 and max(sizes) <= limit, sizes
@@ -402,7 +402,7 @@ async def test_listing_tools_at_the_size_bound_cuts_pages_by_bytes_so_every_page
     assert hub.registry.max_tool_bytes == MAX_TOOL_BYTES == limit // 4  # the default bound
 
 
-async def test_with_a_smaller_message_limit_definitions_are_bounded_lower_and_pages_still_fit(cfg):
+async def test_with_a_smaller_message_limit_definitions_are_bounded_lower_and_pages_still_fit(cfg, EP):
     from services.common import config as config_mod
 
     limit = 256 * 1024
@@ -427,7 +427,7 @@ async def test_with_a_smaller_message_limit_definitions_are_bounded_lower_and_pa
             )
 
 
-async def test_a_stored_definition_over_the_bound_is_skipped_at_load_with_one_log_line(cfg, caplog):
+async def test_a_stored_definition_over_the_bound_is_skipped_at_load_with_one_log_line(cfg, caplog, EP):
     async with Hub(cfg) as hub:
         await hub.registry.register(grpc_tool("keep", EP))
         await _store_unchecked(hub, grpc_tool("huge", EP, description="x" * 3_500_000))
@@ -441,7 +441,7 @@ async def test_a_stored_definition_over_the_bound_is_skipped_at_load_with_one_lo
     assert "DESCRIPTION_TOO_LARGE" in skipped[0].getMessage()
 
 
-async def test_a_watch_over_an_event_too_large_to_send_is_out_of_range_and_the_listing_gets_past_it(cfg):
+async def test_a_watch_over_an_event_too_large_to_send_is_out_of_range_and_the_listing_gets_past_it(cfg, EP):
     async with Hub(cfg) as hub:
         start = hub.registry.revision
         # Recorded before the bound, larger than any message: no watcher can ever receive it.

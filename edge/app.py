@@ -30,7 +30,7 @@ from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, W
 from edge.views import error_response
 from services.common import authority
 from services.common.config import Config
-from services.common.errors import MeshError, Unavailable
+from services.common.errors import MeshError, ResourceExhausted, Unavailable
 from services.discovery.client import DiscoveryClient
 from services.runtime.service import service_from_config
 
@@ -97,12 +97,17 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
     if _streams(request):
         return await _handle(request, handler)
     bounds, client = request.app[HTTP_BOUNDS], request.remote or ""
+    # The MCP transport answers in JSON-RPC; every other route in the one REST error shape.
+    refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else error_response
     try:
         bounds.admit(client)
-    except MeshError as err:
-        return error_response(err)
+    except ResourceExhausted as err:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe_http(request.method, route, 429, None)
+        return refuse(err)
     try:
-        return await bounds.send(request, await _handle(request, handler), client)
+        return await bounds.send(request, await _handle(request, handler), client, refuse)
     finally:
         bounds.release(client)
 

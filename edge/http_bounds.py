@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from edge.views import error_response
 from services.common.config import EdgeConfig
-from services.common.errors import MeshError, ResourceExhausted
+from services.common.errors import ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class TooManyRequests(ResourceExhausted):
     reason = "TOO_MANY_IN_FLIGHT"
 
 
+Refusal = Callable[[ResourceExhausted], web.Response]
+
+
 @dataclass
 class HttpBoundStats:
     """Figures the edge keeps about its HTTP bounds (tests and metrics read them)."""
@@ -55,6 +58,7 @@ class HttpBoundStats:
     refused_unread: int = 0
     slow_cut: int = 0  # connections cut for not reading within the write timeout
     peak_unread_bytes: int = 0  # the most any one client address ever held
+    first_cut: asyncio.Event = field(default_factory=asyncio.Event)  # set at the first slow_cut
 
 
 class HttpBounds:
@@ -92,8 +96,12 @@ class HttpBounds:
         if n > 0:
             self.in_flight[client] = n
 
-    async def send(self, request: web.Request, resp: web.StreamResponse, client: str) -> web.StreamResponse:
+    async def send(
+        self, request: web.Request, resp: web.StreamResponse, client: str, refuse: Refusal
+    ) -> web.StreamResponse:
         """Write `resp` out within the bounds; what aiohttp then writes for it is nothing.
+
+        `refuse` renders the short answer that replaces one past the byte bound (the route's error shape).
 
         Answers a handler already streamed itself (WebSockets, SSE) are left alone.
         """
@@ -108,7 +116,7 @@ class HttpBounds:
             if isinstance(resp, web.Response):
                 resp.body = None  # its bytes go now, whoever still refers to the answer
             data = body = None
-            resp = _too_many_unread(self.max_unread)
+            resp = refuse(_too_many_unread(self.max_unread))
             size = len(resp.body) if isinstance(resp.body, bytes) else 0
         self.unread[client] = held = held + size
         if held > self.stats.peak_unread_bytes:
@@ -143,6 +151,7 @@ class HttpBounds:
         except TimeoutError:
             # It does not read: drop what the transport holds for it, and with it the answer.
             self.stats.slow_cut += 1
+            self.stats.first_cut.set()
             log.info("cut a client that read nothing for %.0f s (%s)", self.write_timeout_s, request.remote)
             if request.transport is not None:
                 request.transport.abort()
@@ -151,10 +160,9 @@ class HttpBounds:
         return out
 
 
-def _too_many_unread(limit: int) -> web.Response:
-    err: MeshError = TooManyRequests(
+def _too_many_unread(limit: int) -> TooManyRequests:
+    return TooManyRequests(
         f"answers of {limit} bytes to this client address are still unread; read them and retry",
         reason="TOO_MANY_UNREAD_BYTES",
         metadata={"max_unread_bytes": str(limit)},
     )
-    return error_response(err)

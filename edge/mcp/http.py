@@ -131,6 +131,11 @@ def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") 
     return web.Response(body=encode(body).encode(), status=status, content_type=_JSON, headers=headers)
 
 
+def refusal(err: ResourceExhausted) -> web.Response:
+    """A bound refused this POST before the dispatcher saw it: 429 and -32029, as a session's bound does."""
+    return _json(error_response(None, LIMIT_REACHED, err.message, err.to_json()), 429)
+
+
 def _fail(status: int, message: str, code: int = INVALID_REQUEST) -> web.Response:
     return _json(error_response(None, code, message), status)
 

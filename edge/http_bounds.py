@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 # Answers up to this size go out in one write (the transport's own buffer takes them); larger ones a
 # chunk at a time, so the transport never holds more than about two chunks of a slow reader's answer.
 CHUNK = 64 * 1024
+# asyncio's and uvloop's transports pause their writer above 64 KiB buffered: an answer this small
+# (with its headers) written to an empty buffer never makes the write wait.
+_NEVER_PAUSES = 32 * 1024
 
 
 class TooManyRequests(ResourceExhausted):
@@ -122,18 +125,25 @@ class HttpBounds:
         if held > self.stats.peak_unread_bytes:
             self.stats.peak_unread_bytes = held
         try:
-            return await self._write(request, resp, data if size > CHUNK else None)
+            return await self._write(request, resp, size, data if size > CHUNK else None)
         finally:
             left = self.unread.pop(client, size) - size
             if left > 0:
                 self.unread[client] = left
 
     async def _write(
-        self, request: web.Request, resp: web.StreamResponse, big: bytes | bytearray | None
+        self, request: web.Request, resp: web.StreamResponse, size: int, big: bytes | bytearray | None
     ) -> web.StreamResponse:
         out = resp
         try:
             if big is None:
+                t = request.transport
+                if t is not None and t.get_write_buffer_size() == 0 and size <= _NEVER_PAUSES:
+                    # Below the transport's high-water mark from empty: this write cannot wait, so
+                    # the common case pays for no timer.
+                    await resp.prepare(request)
+                    await resp.write_eof()
+                    return resp
                 async with asyncio.timeout(self.write_timeout_s):
                     await resp.prepare(request)
                     await resp.write_eof()

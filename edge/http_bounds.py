@@ -17,8 +17,9 @@ closed. Here, per client address (`request.remote`):
   `http_write_timeout_s`: a reader that stalls past it has its connection cut,
   which frees the answer.
 
-So a client that never reads holds at most its byte bound (or one answer), for
-at most the write timeout per chunk, whatever it sends.
+So whatever a client sends, the answers it has not read hold at most its byte
+bound (or one answer) of the edge, and one that stops reading holds that for at
+most the write timeout.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ class HttpBounds:
 
 def _too_many_unread(limit: int) -> TooManyRequests:
     return TooManyRequests(
-        f"answers of {limit} bytes to this client address are still unread; read them and retry",
+        f"this client address has not read answers the edge still holds for it (at most {limit} bytes "
+        "are kept); read them and retry",
         reason="TOO_MANY_UNREAD_BYTES",
         metadata={"max_unread_bytes": str(limit)},
     )

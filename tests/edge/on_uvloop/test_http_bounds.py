@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.app import HTTP_BOUNDS
+from edge.mcp import MCP_SERVICE, tool_name
 from services.toolkit import Action
 from tests.edge.conftest import edge_config
 from tests.helpers import served_tool
@@ -28,7 +29,7 @@ async def flood(args: dict[str, Any], ctx: Any) -> str:
     return "\x01" * FLOOD
 
 
-def raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
+def raw_post(url: str, path: str, body: dict[str, Any], accept: str = "application/json") -> socket.socket:
     """A POST from ATTACKER over a socket with a tiny receive buffer, which is then never read."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     data = json.dumps(body).encode()
@@ -38,6 +39,7 @@ def raw_post(url: str, path: str, body: dict[str, Any]) -> socket.socket:
     sock.settimeout(5)
     sock.connect((host, int(port)))
     head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+    head += f"Accept: {accept}\r\n"
     sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
     return sock
 
@@ -192,3 +194,44 @@ async def test_a_client_that_stalls_past_the_write_timeout_is_cut_and_its_answer
         sock.close()
     assert bounds.stats.slow_cut == 1 and not bounds.unread and not bounds.in_flight
     assert received < 2 * 6 * FLOOD, "the client got the whole answer: it was not cut"
+
+
+async def test_an_mcp_client_that_stops_reading_its_sse_answer_is_cut_and_the_answer_freed(
+    cfg, hub, start_edge, start_tool_server: Callable[..., Any]
+):
+    streaming = asyncio.Event()  # the answer switched to SSE, whose writes the MCP handler makes itself
+
+    def watch(app: web.Application) -> None:
+        async def on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
+            if resp.content_type == "text/event-stream":
+                streaming.set()
+
+        app.on_response_prepare.append(on_prepare)
+
+    async def late_flood(args: dict[str, Any], ctx: Any) -> str:
+        async with asyncio.timeout(30):
+            await streaming.wait()
+        return await flood(args, ctx)
+
+    cfg = edge_config(cfg, hub, http_write_timeout_s=0.2, mcp_sse_defer_s=0.05)
+    edge = await start_edge(cfg, on_app=watch)
+    actions = [Action("flood", "Floods its answer with control characters, over SSE", late_flood)]
+    _, endpoint = await start_tool_server({"flood": actions})
+    await edge.gateway.register(served_tool("flood", endpoint, actions))
+    # With a progress token the answer may go over SSE (after mcp_sse_defer_s without one).
+    params = {"name": tool_name("flood", "flood"), "arguments": {}, "_meta": {"progressToken": 1}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    sock = raw_post(edge.url, "/mcp", call, accept="application/json, text/event-stream")
+    svc, received = edge.app[MCP_SERVICE], 0
+    try:
+        async with asyncio.timeout(30):
+            await svc.stats.first_cut.wait()  # the client reads nothing until the edge gives up on it
+            sock.setblocking(False)
+            while chunk := await asyncio.get_running_loop().sock_recv(sock, 65536):
+                received += len(chunk)
+    except ConnectionResetError:
+        pass  # the cut discarded what the kernel still held for it
+    finally:
+        sock.close()
+    assert svc.stats.slow_cut == 1 and not edge.app[HTTP_BOUNDS].in_flight
+    assert received < 6 * FLOOD, "the client got the whole answer: it was not cut"

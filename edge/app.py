@@ -22,6 +22,7 @@ from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
 from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway
+from edge.http_bounds import HttpBounds
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.relay import RelayServer
@@ -29,7 +30,7 @@ from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, W
 from edge.views import error_response
 from services.common import authority
 from services.common.config import Config
-from services.common.errors import MeshError, Unavailable
+from services.common.errors import MeshError, ResourceExhausted, Unavailable
 from services.discovery.client import DiscoveryClient
 from services.runtime.service import service_from_config
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # transports). Exact: other routes under /mcp (search, install) go through the middleware's check.
 _OWN_GUARDS = frozenset({"/mcp", "/ws/mcp"})
 ORIGIN = web.AppKey("origin", OriginGuard)
+HTTP_BOUNDS = web.AppKey("http_bounds", HttpBounds)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -82,8 +84,35 @@ def _http_error(exc: web.HTTPException) -> web.Response:
     return resp
 
 
+def _streams(request: web.Request) -> bool:
+    """A request that opens a long-lived stream bounded on its own (WebSockets, MCP's GET stream)."""
+    if request.method != "GET":
+        return False
+    return request.path == "/mcp" or request.headers.get("Upgrade", "").lower() == "websocket"
+
+
 @web.middleware
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bounds per client address, the browser guard, one error mapping, metrics, and the write."""
+    if _streams(request):
+        return await _handle(request, handler)
+    bounds, client = request.app[HTTP_BOUNDS], request.remote or ""
+    # The MCP transport answers in JSON-RPC; every other route in the one REST error shape.
+    refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else error_response
+    try:
+        bounds.admit(client)
+    except ResourceExhausted as err:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe_http(request.method, route, 429, None)
+        return refuse(err)
+    try:
+        return await bounds.send(request, await _handle(request, handler), client, refuse)
+    finally:
+        bounds.release(client)
+
+
+async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     # Calls made for this request (a WebSocket's, for its whole life) act with its rights; the
     # router asks only for an admin-only capability.
@@ -147,6 +176,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     app[METRICS] = metrics
     app[AUTH] = AdminAuth(cfg.auth.admin_token)
     app[ORIGIN] = OriginGuard.from_config(cfg.edge)
+    app[HTTP_BOUNDS] = HttpBounds.from_config(cfg.edge)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()
     app[EVENTS] = events.EventHub(gateway, metrics, cfg.edge.subscriber_queue)

@@ -16,7 +16,7 @@ from services.common.config import Config
 
 from .catalog import Catalog, McpTool, tool_name
 from .dispatcher import Dispatcher, ServerOptions, Session
-from .http import StreamableHttp
+from .http import StreamableHttp, refusal
 from .service import McpOptions, McpService
 from .websocket import McpWebSocket
 
@@ -61,5 +61,6 @@ __all__ = [
     "ServerOptions",
     "Session",
     "add_routes",
+    "refusal",
     "tool_name",
 ]

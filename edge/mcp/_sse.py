@@ -95,12 +95,17 @@ class Exchange:
         """An event with an id and no data: lets the client resume even before any real event."""
         return f"id: {self.number}-0\ndata: \n\n".encode()
 
-    async def follow(self, resp: web.StreamResponse, after: int, keepalive_s: float) -> None:
-        """Write events after `after`, then each new one, until the response has been written."""
+    async def follow(
+        self, resp: web.StreamResponse, after: int, keepalive_s: float, write_timeout_s: float
+    ) -> None:
+        """Write events after `after`, then each new one, until the response has been written.
+
+        A write the client does not take within `write_timeout_s` raises WriteStalled.
+        """
         sent = after
         while True:
             while sent < self.offset + len(self.events):
-                await resp.write(self.events[sent - self.offset])
+                await write_within(resp, self.events[sent - self.offset], write_timeout_s)
                 sent += 1
             if not self.resumable:  # nobody can come back for them: let them go
                 delivered = self.events[: sent - self.offset]
@@ -114,7 +119,20 @@ class Exchange:
                 async with asyncio.timeout(keepalive_s):
                     await changed.wait()
             except TimeoutError:
-                await resp.write(KEEPALIVE)
+                await write_within(resp, KEEPALIVE, write_timeout_s)
+
+
+class WriteStalled(ConnectionResetError):
+    """The client took nothing of a write within the write timeout: it is to be cut off."""
+
+
+async def write_within(resp: web.StreamResponse, data: bytes, timeout_s: float) -> None:
+    """`resp.write(data)`, which waits while the client does not read, for at most `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await resp.write(data)
+    except TimeoutError:
+        raise WriteStalled(f"the client read nothing for {timeout_s:g} s") from None
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:

@@ -57,7 +57,7 @@ from ._protocol import (
     notification,
     progress_token,
 )
-from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, frame, parse_event_id
+from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Session
 from .service import McpService
 
@@ -129,6 +129,11 @@ def _json(body: dict[str, Any] | None, status: int = 200, session_id: str = "") 
     if body is None:
         return web.Response(status=status, headers=headers)
     return web.Response(body=encode(body).encode(), status=status, content_type=_JSON, headers=headers)
+
+
+def refusal(err: ResourceExhausted) -> web.Response:
+    """A bound refused this POST before the dispatcher saw it: 429 and -32029, as a session's bound does."""
+    return _json(error_response(None, LIMIT_REACHED, err.message, err.to_json()), 429)
 
 
 def _fail(status: int, message: str, code: int = INVALID_REQUEST) -> web.Response:
@@ -343,12 +348,13 @@ class StreamableHttp:
             await sse.prepare(request)
             if ex.resumable:
                 await sse.write(ex.priming())
-            await ex.follow(sse, 0, self.opts.sse_keepalive_s)
+            await ex.follow(sse, 0, self.opts.sse_keepalive_s, self.opts.write_timeout_s)
             if hs is not None:
                 hs.forget_exchange(ex.number)
             await sse.write_eof()
             return sse
-        except _CLOSED:
+        except _CLOSED as exc:
+            self._cut(request, exc)
             log.debug("MCP client left during %s", msg.method)
             return web.Response(status=499)
         finally:
@@ -433,12 +439,21 @@ class StreamableHttp:
         resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
         try:
             await resp.prepare(request)
-            await ex.follow(resp, after, self.opts.sse_keepalive_s)
+            await ex.follow(resp, after, self.opts.sse_keepalive_s, self.opts.write_timeout_s)
             hs.forget_exchange(number)
             await resp.write_eof()
-        except _CLOSED:
+        except _CLOSED as exc:
+            self._cut(request, exc)
             log.debug("MCP session %s: resumed stream %d closed by the client", hs.state.id[:8], number)
         return resp
+
+    def _cut(self, request: web.Request, exc: BaseException) -> None:
+        """A client that stopped reading an answer: drop what the transport holds for it, and the answer."""
+        if isinstance(exc, WriteStalled):
+            self.svc.stats.slow_cut += 1
+            self.svc.stats.first_cut.set()
+            if request.transport is not None:
+                request.transport.abort()
 
     def _delete(self, request: web.Request) -> web.Response:
         hs, error = self._known(request)

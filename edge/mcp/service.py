@@ -47,6 +47,7 @@ class McpOptions:
     notification_queue: int = _EDGE.mcp_notification_queue
     max_in_flight: int = _EDGE.max_in_flight
     outbox: OutboxLimits = _OUTBOX
+    write_timeout_s: float = _EDGE.http_write_timeout_s  # an SSE answer's write stalled this long: cut
 
     @classmethod
     def from_config(cls, edge: EdgeConfig) -> McpOptions:
@@ -60,6 +61,7 @@ class McpOptions:
             notification_queue=edge.mcp_notification_queue,
             max_in_flight=edge.max_in_flight,
             outbox=OutboxLimits(edge.subscriber_queue, edge.outbox_bytes),
+            write_timeout_s=edge.http_write_timeout_s,
         )
 
 
@@ -71,6 +73,8 @@ class McpStats:
     busy_refused: int = 0  # requests refused: their connection or session had max_in_flight running
     sessions_refused: int = 0  # initialize refused: the client address (or the edge) at its session cap
     notifications_dropped: int = 0  # progress / list_changed past a request stream's bound
+    slow_cut: int = 0  # SSE answers whose client took nothing within http_write_timeout_s: cut off
+    first_cut: asyncio.Event = field(default_factory=asyncio.Event)  # set at the first slow_cut
 
 
 class LiveCatalog:

@@ -124,12 +124,16 @@ def edge_config(cfg: Config, hub: Hub, **edge: Any) -> Config:
 
 @pytest.fixture
 async def start_edge() -> AsyncIterator[Callable[..., Any]]:
-    """`await start_edge(cfg)` -> EdgeHandle, with the gateway synced with the hub."""
+    """`await start_edge(cfg)` -> EdgeHandle, with the gateway synced with the hub.
+
+    `on_app(app)` runs before the app is frozen (to connect a test to its signals)."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(cfg: Config) -> EdgeHandle:
+    async def start(cfg: Config, on_app: Callable[[web.Application], None] | None = None) -> EdgeHandle:
         app = build_app(cfg)
+        if on_app is not None:
+            on_app(app)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
         await runner.setup()
         runners.append(runner)

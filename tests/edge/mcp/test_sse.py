@@ -28,7 +28,7 @@ def note(i: int) -> dict[str, Any]:
 
 async def test_a_long_lived_stream_keeps_delivering_past_its_buffer_limit():
     ex, sink = Exchange(0, limit=2, max_bytes=1 << 20), Sink()
-    follower = asyncio.create_task(ex.follow(sink, 0, 30))  # type: ignore[arg-type]
+    follower = asyncio.create_task(ex.follow(sink, 0, 30, 30))  # type: ignore[arg-type]
     for i in range(5):
         sink.wrote.clear()
         ex.add(note(i))
@@ -48,7 +48,7 @@ async def test_a_resumable_stream_numbers_its_events_and_replays_after_an_id():
     ex.add({"jsonrpc": "2.0", "id": 1, "result": {}}, final=True)
     ex.add(note(3))  # nothing after the response
     async with asyncio.timeout(5):
-        await ex.follow(sink, 1, 30)  # type: ignore[arg-type]
+        await ex.follow(sink, 1, 30, 30)  # type: ignore[arg-type]
     assert [f.split(b"\n")[0] for f in sink.frames] == [b"id: 3-2", b"id: 3-3"]
     assert ex.priming() == b"id: 3-0\ndata: \n\n"
 

@@ -98,11 +98,16 @@ async def g_paced(env: Env) -> Call:
 async def sandbox_cold(env: Env) -> Call:
     from services.common.config import ExecutorConfig
     from services.executor import cgroups
+    from services.executor.handle import ReplyLimits
     from services.executor.sandbox import Sandbox, probe
 
     cfg = ExecutorConfig()
     caps = await probe(cfg, Path("/nonexistent"))
-    groups = cgroups.Cgroups(caps.cgroups, cfg.pids_limit, cfg.memory_limit_bytes) if caps.cgroups else None
+    groups = (
+        cgroups.Cgroups(caps.cgroups, cfg.pids_limit, cfg.memory_limit_bytes, cfg.cpu_limit)
+        if caps.cgroups
+        else None
+    )
     if groups is not None:
         env.stack.push_async_callback(groups.close)
     sandbox = Sandbox(cfg, Path("/nonexistent"), {}, caps, groups)
@@ -110,7 +115,9 @@ async def sandbox_cold(env: Env) -> Call:
     async def call() -> None:
         worker = await sandbox.spawn()
         try:
-            await worker.run([("code", b"print(1)")])
+            await worker.run(
+                [("code", b"print(1)")], ReplyLimits(max_repr=65536, max_artifacts=0, max_artifact_bytes=0)
+            )
         finally:
             await worker.close()
 

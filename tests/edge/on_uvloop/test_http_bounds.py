@@ -55,6 +55,23 @@ def attacker_buffers(runner: web.AppRunner) -> int:
     return total
 
 
+async def read_after_cut(sock: socket.socket, cut: asyncio.Event) -> int:
+    """Read nothing until the edge gives up on this client (`cut`), then what still reaches it; the
+    number of bytes it got. Closes the socket."""
+    received = 0
+    try:
+        async with asyncio.timeout(30):
+            await cut.wait()
+            sock.setblocking(False)
+            while chunk := await asyncio.get_running_loop().sock_recv(sock, 65536):
+                received += len(chunk)
+    except ConnectionResetError:
+        pass  # the cut discarded what the kernel still held for it
+    finally:
+        sock.close()
+    return received
+
+
 async def test_a_client_that_posts_and_never_reads_holds_a_bounded_share_while_another_is_served(
     cfg, hub, start_edge, start_tool_server: Callable[..., Any]
 ):
@@ -181,17 +198,7 @@ async def test_a_client_that_stalls_past_the_write_timeout_is_cut_and_its_answer
     await edge.gateway.register(served_tool("flood", endpoint, actions))
     sock = raw_post(edge.url, "/api/v1/tools/execute", {"tool_id": "flood", "action": "flood"})
     bounds = edge.app[HTTP_BOUNDS]
-    received = 0
-    try:
-        async with asyncio.timeout(30):
-            await bounds.stats.first_cut.wait()  # the client reads nothing until the edge gives up on it
-            sock.setblocking(False)
-            while chunk := await asyncio.get_running_loop().sock_recv(sock, 65536):
-                received += len(chunk)
-    except ConnectionResetError:
-        pass  # the cut discarded what the kernel still held for it
-    finally:
-        sock.close()
+    received = await read_after_cut(sock, bounds.stats.first_cut)
     assert bounds.stats.slow_cut == 1 and not bounds.unread and not bounds.in_flight
     assert received < 2 * 6 * FLOOD, "the client got the whole answer: it was not cut"
 
@@ -222,16 +229,7 @@ async def test_an_mcp_client_that_stops_reading_its_sse_answer_is_cut_and_the_an
     params = {"name": tool_name("flood", "flood"), "arguments": {}, "_meta": {"progressToken": 1}}
     call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
     sock = raw_post(edge.url, "/mcp", call, accept="application/json, text/event-stream")
-    svc, received = edge.app[MCP_SERVICE], 0
-    try:
-        async with asyncio.timeout(30):
-            await svc.stats.first_cut.wait()  # the client reads nothing until the edge gives up on it
-            sock.setblocking(False)
-            while chunk := await asyncio.get_running_loop().sock_recv(sock, 65536):
-                received += len(chunk)
-    except ConnectionResetError:
-        pass  # the cut discarded what the kernel still held for it
-    finally:
-        sock.close()
+    svc = edge.app[MCP_SERVICE]
+    received = await read_after_cut(sock, svc.stats.first_cut)
     assert svc.stats.slow_cut == 1 and not edge.app[HTTP_BOUNDS].in_flight
     assert received < 6 * FLOOD, "the client got the whole answer: it was not cut"

@@ -216,7 +216,7 @@ async def test_calls_are_counted_in_the_hub_registry_whatever_the_path(
     assert (entry.calls, entry.successes) == (3, 2)
 
 
-async def test_a_tool_that_times_out_is_a_result_and_other_calls_go_on(
+async def test_a_tool_that_times_out_answers_504_tool_timeout_and_other_calls_go_on(
     edge: EdgeHandle, registered_echo: str
 ):
     slow = asyncio.create_task(

@@ -19,18 +19,11 @@ from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct
 from tests.conftest import REPO
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
-from tests.executor.conftest import TOOL, Call, running_executor
+from tests.executor.conftest import TOOL, Call, assert_next_call_succeeds, running_executor
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
 from tests.helpers import deadline
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
-
-
-async def assert_next_call_succeeds(call: Call) -> None:
-    async with deadline(30, "the next call after the attack"):
-        resp, s = await call.code("print('still here')", timeout=10)
-    assert not resp.is_error, resp.error.message
-    assert s["stdout"] == "still here\n"
 
 
 async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):

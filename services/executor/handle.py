@@ -156,7 +156,10 @@ class Worker:
         rc = self.proc.returncode
         sig = -rc if rc is not None and rc < 0 else rc - 128 if rc is not None and rc > 128 else 0
         if sig == signal.SIGXCPU:
-            return "the code used up its CPU time limit and was killed"
+            return (
+                "the code used up its CPU time limit and was killed (a call may use its timeout + 1 s "
+                f"of CPU, an interpreter {cfg.session_cpu_s} s in its whole life: executor.session_cpu_s)"
+            )
         if sig:
             return f"the sandboxed interpreter was killed by {signal.Signals(sig).name}"
         return f"the sandboxed interpreter exited (status {rc}) before finishing the call"

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ class HeldCall:
     """A call in flight for exactly as long as the test wants: its code waits in the sandbox until
     `release()` signals its interpreter. No clock decides when it ends (a `time.sleep` would)."""
 
-    task: asyncio.Task[Answer]
+    task: asyncio.Task[Any]
     session_id: str
     pid: int
 
@@ -120,27 +120,30 @@ class HeldCall:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGUSR1)
 
-    async def answer(self) -> Answer:
+    async def answer(self) -> Any:
         """Release it and return its answer."""
         self.release()
         async with deadline(30, "the held call's answer once released"):
             return await self.task
 
 
-async def hold_a_call(call: Call, then: str = "print('innocent')") -> HeldCall:
+async def hold_a_call(
+    call: Call, then: str = "print('innocent')", send: Callable[[str, str], Awaitable[Any]] | None = None
+) -> HeldCall:
     """Start a session call that waits in the sandbox until released, then runs `then`; returns once
-    the executor runs it (it has its call slot)."""
+    the executor runs it (it has its call slot). `send(code, session_id)` makes the call (default:
+    through the hub; its answer is what `answer()` returns)."""
     session_id = await call.new_session(_BLOCK_RELEASE)
     executor = call.executor
     assert executor.sessions is not None
     pid = executor.sessions._sessions[session_id].worker.interpreter_pid
     assert pid > 0
     executor.call_started.clear()
-    task = asyncio.create_task(
-        call.code(
-            f"signal.sigwait({{signal.SIGUSR1}})\n{then}", session_id=session_id, timeout=60, deadline=90
-        )
-    )
+    code = f"signal.sigwait({{signal.SIGUSR1}})\n{then}"
+    if send is None:
+        task = asyncio.create_task(call.code(code, session_id=session_id, timeout=60, deadline=90))
+    else:
+        task = asyncio.create_task(send(code, session_id))
     async with deadline(10, "the held call to start running"):
         await executor.call_started.wait()
     return HeldCall(task, session_id, pid)

@@ -9,6 +9,7 @@ sends is in `worker.py`, how the executor reads it in `protocol.py` and `handle.
 
 from __future__ import annotations
 
+import tracemalloc
 from dataclasses import dataclass
 
 import pytest
@@ -99,4 +100,21 @@ async def test_what_user_code_writes_on_the_control_pipe_fails_its_own_call_and_
     assert not resp.is_error and s["result"] == "42", resp.error.message
     _resp, status = await call("python_status")
     assert status["refusing"] is False and status["sessions"]["live"] == 2  # the attacker's is gone
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_length_claiming_4_gib_is_refused_before_the_flood_behind_it_is_buffered(call: Call) -> None:
+    # The executor runs in this process: what it allocates while the sandbox floods its pipe is traced.
+    flood = 32 << 20
+    attack = _write_on_the_control_pipe(f"b'\\xff\\xff\\xff\\xff' + bytes({flood})")
+    tracemalloc.start()
+    try:
+        async with deadline(30, "the flooding call's answer"):
+            resp, s = await call.code(attack, timeout=20)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # At most the call's frame cap (about 1.4 MiB with these limits) could ever be held; far less is.
+    assert peak < 4 << 20, f"{peak} bytes allocated while the sandbox wrote {flood}"
+    assert resp.is_error and "exceeds the" in s["error_reason"] and not s["timed_out"], s
     await assert_next_call_succeeds(call)

@@ -114,6 +114,20 @@ class Worker:
             raise WorkerGone(f"the sandbox sent a malformed reply ({exc})") from exc
         return _parse_reply(raw, limits)
 
+    def full_tmpfs(self, paths: Sequence[str]) -> list[str]:
+        """Which of the sandbox's tmpfs `paths` have no room left, seen through its interpreter's
+        root (none once it is gone, or at level `process`, where there is no tmpfs)."""
+        if self._workdir is not None or self.interpreter_pid <= 0:
+            return []
+        full = []
+        for path in paths:
+            try:
+                if os.statvfs(f"/proc/{self.interpreter_pid}/root{path}").f_bavail == 0:
+                    full.append(path)
+            except OSError:
+                pass
+        return full
+
     def kill(self) -> None:
         """SIGKILL the whole sandbox: bwrap, and with it its pid namespace, plus whatever is in the cgroup."""
         self._killed = True  # dead from now on, even before the kernel has reaped it

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from services.common.config import ExecutorConfig
 from services.common.deadline import within
 from services.executor.handle import ReplyLimits, Worker, WorkerGone
+from services.executor.sandbox import TMPFS
 
 
 @dataclass
@@ -99,6 +100,13 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
     failed = reply is None or reply.return_code != 0
     if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms
         failure += f"{'; ' if failure else ''}it hit the process limit ({cfg.pids_limit} processes)"
+    if failed and reply is not None:  # two statvfs calls, only when user code failed
+        full = worker.full_tmpfs(TMPFS)
+        if full:
+            failure += (
+                f"{'; ' if failure else ''}no space left in {' and '.join(full)}: "
+                f"{cfg.scratch_bytes} bytes each (executor.scratch_bytes)"
+            )
     out, err, size = worker.output(cfg.max_output_bytes)
     truncated = size > cfg.max_output_bytes
     if size >= cfg.max_file_bytes:

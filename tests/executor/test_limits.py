@@ -89,6 +89,8 @@ async def test_writing_more_than_the_scratch_size_fails_the_call_not_the_executo
         assert s["stdout"].splitlines() == ["big ENOSPC", "/tmp/big ENOSPC"], s
         assert resp.is_error and resp.error.type == CODE_ERROR
         assert "No space left on device" in s["stderr"], s["stderr"]
+        full = "no space left in /work and /tmp: 1048576 bytes each (executor.scratch_bytes)"
+        assert full in s["error_reason"], s["error_reason"]
         await assert_next_call_succeeds(call)  # a fresh sandbox, with an empty scratch dir
 
 

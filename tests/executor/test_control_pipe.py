@@ -41,6 +41,7 @@ class Attack:
     data: str  # a Python expression of the bytes written
     reason: str  # what the failing call's error_reason says
     then: str = ""
+    malformed: bool = True  # a reply the executor refuses (else: the sandbox died mid-frame)
 
 
 ATTACKS = {
@@ -56,6 +57,14 @@ ATTACKS = {
     # the rest of it, and its length prefix lands where a field header should be.
     "a-truncated-frame": Attack(
         "(64).to_bytes(4, 'big') + b'return_code 1\\n0'", "unexpected field header", then="'real'"
+    ),
+    # The same, but the sandbox dies before anything completes the frame: the end of the pipe
+    # fails the call at once (the executor does not wait for the rest, or for the call's timeout).
+    "a-truncated-frame-then-exit": Attack(
+        "(64).to_bytes(4, 'big') + b'return_code 1\\n0'",
+        "the sandboxed interpreter exited (status 3) before finishing the call",
+        then="os._exit(3)",
+        malformed=False,
     ),
     # Complete in every other way: without the length check it would pass as a reply saying 'forged'.
     "a-field-longer-than-its-frame": Attack(
@@ -90,7 +99,8 @@ async def test_what_user_code_writes_on_the_control_pipe_fails_its_own_call_and_
         )
     assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_CODE_EXECUTION
     assert not s["timed_out"], s["error_reason"]
-    assert "malformed reply" in s["error_reason"] and attack.reason in s["error_reason"], s["error_reason"]
+    assert attack.reason in s["error_reason"], s["error_reason"]
+    assert ("malformed reply" in s["error_reason"]) == attack.malformed, s["error_reason"]
     assert "session ended" in s["error_reason"]  # the attacker's session, and only it
     assert resp.ByteSize() < 64 << 10  # nothing of what it wrote comes back
 

@@ -114,6 +114,20 @@ class Worker:
             raise WorkerGone(f"the sandbox sent a malformed reply ({exc})") from exc
         return _parse_reply(raw, limits)
 
+    def full_tmpfs(self, paths: Sequence[str]) -> list[str]:
+        """Which of the sandbox's tmpfs `paths` have no room left, seen through its interpreter's
+        root (none once it is gone, or at level `process`, where there is no tmpfs)."""
+        if self._workdir is not None or self.interpreter_pid <= 0:
+            return []
+        full = []
+        for path in paths:
+            try:
+                if os.statvfs(f"/proc/{self.interpreter_pid}/root{path}").f_bavail == 0:
+                    full.append(path)
+            except OSError:
+                pass
+        return full
+
     def kill(self) -> None:
         """SIGKILL the whole sandbox: bwrap, and with it its pid namespace, plus whatever is in the cgroup."""
         self._killed = True  # dead from now on, even before the kernel has reaped it
@@ -156,7 +170,10 @@ class Worker:
         rc = self.proc.returncode
         sig = -rc if rc is not None and rc < 0 else rc - 128 if rc is not None and rc > 128 else 0
         if sig == signal.SIGXCPU:
-            return "the code used up its CPU time limit and was killed"
+            return (
+                "the code used up its CPU time limit and was killed (a call may use its timeout + 1 s "
+                f"of CPU, an interpreter {cfg.session_cpu_s} s in its whole life: executor.session_cpu_s)"
+            )
         if sig:
             return f"the sandboxed interpreter was killed by {signal.Signals(sig).name}"
         return f"the sandboxed interpreter exited (status {rc}) before finishing the call"

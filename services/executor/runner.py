@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from services.common.config import ExecutorConfig
 from services.common.deadline import within
 from services.executor.handle import ReplyLimits, Worker, WorkerGone
+from services.executor.sandbox import TMPFS
 
 
 @dataclass
@@ -56,6 +57,13 @@ def _limits(
     return limits, fields
 
 
+async def _exit(worker: Worker) -> None:
+    """Until the sandbox has exited, at most a second."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await worker.proc.wait()
+
+
 async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig) -> RunResult:
     """Run `code` on `worker` within `timeout_s`; on timeout or death the worker is killed."""
     worker.reset_output()
@@ -80,15 +88,25 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
         failure = f"timed out after {timeout_s:.3g}s; the sandbox was killed"
     except WorkerGone as exc:
         lost = True
+        malformed = "malformed" in str(exc)
+        # A dying sandbox is heard out before it is killed: bwrap passes on how its interpreter died
+        # (SIGXCPU: the CPU limit), which a SIGKILL of ours arriving first would hide.
+        if not malformed:
+            await _exit(worker)
         worker.kill()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await worker.proc.wait()
-        failure = worker.death_reason(cfg) if "malformed" not in str(exc) else str(exc)
+        await _exit(worker)
+        failure = str(exc) if malformed else worker.death_reason(cfg)
     duration_ms = round((time.perf_counter() - start) * 1000, 3)
     failed = reply is None or reply.return_code != 0
     if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms
         failure += f"{'; ' if failure else ''}it hit the process limit ({cfg.pids_limit} processes)"
+    if failed and reply is not None:  # two statvfs calls, only when user code failed
+        full = worker.full_tmpfs(TMPFS)
+        if full:
+            failure += (
+                f"{'; ' if failure else ''}no space left in {' and '.join(full)}: "
+                f"{cfg.scratch_bytes} bytes each (executor.scratch_bytes)"
+            )
     out, err, size = worker.output(cfg.max_output_bytes)
     truncated = size > cfg.max_output_bytes
     if size >= cfg.max_file_bytes:

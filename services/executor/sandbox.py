@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 LEVELS = ("process", "namespaces", "full")
 WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text()
 SCRATCH, ENV_MOUNT, PYTHON_MOUNT = "/work", "/opt/env", "/opt/python"
+TMPFS = (SCRATCH, "/tmp")  # the sandbox's only writable directories, each `scratch_bytes` in size
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 

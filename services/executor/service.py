@@ -63,6 +63,7 @@ class Executor(ToolServer):
         self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
         self.running = 0
         self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
+        self.call_queued = asyncio.Event()  # set whenever a call has to wait for a slot (likewise)
         self._start_lock = asyncio.Lock()
         self._env_task: asyncio.Task[bool] | None = None
         self._closed = False
@@ -214,6 +215,7 @@ class Executor(ToolServer):
             raise InvalidRequest(f"code is longer than {self.xc.max_code_bytes} bytes")
         queued = time.monotonic()
         if self._slots.locked():  # only a caller that has to queue pays for a deadline timer
+            self.call_queued.set()
             try:
                 async with asyncio.timeout(self.xc.queue_timeout_s):
                     await self._slots.acquire()

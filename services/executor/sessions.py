@@ -13,7 +13,7 @@ thread left spinning in it runs, and it can fork no more), then every other proc
 in the sandbox's cgroup (forked children, daemons) is killed; the next call resumes the interpreter
 (SIGCONT). A stop, unlike the cgroup v1 freezer, still lets SIGKILL through, so a sandbox whose
 executor dies goes with it as before. (User code may raise its own RLIMIT_CPU up to
-`session_cpu_s`; what it spends is bounded by the call's wall-clock timeout, the sandbox's
+`session_cpu_s` + 1; what it spends is bounded by the call's wall-clock timeout, the sandbox's
 `cpu_limit`, and the stop.)
 """
 

@@ -53,23 +53,25 @@ def _send(fd, fields):
 
 
 def _setup(argv):
-    ctl_in, ctl_out, uid, gid, as_bytes, fsize, nofile, nproc, cpu_hard = (int(a) for a in argv[:9])
+    ctl_in, ctl_out, uid, gid, as_bytes, fsize, nofile, nproc, cpu_budget = (int(a) for a in argv[:9])
     workdir, extra_paths = argv[9], argv[10:]
     import _signal
     import resource
 
+    # RLIMIT_CPU: the soft limit (SIGXCPU, which the executor reports as such) stays a second below
+    # the hard one, because at the hard limit the kernel sends SIGKILL, indistinguishable from any other.
     limits = [
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_FSIZE, fsize),
-        (resource.RLIMIT_NOFILE, nofile),
-        (resource.RLIMIT_CPU, cpu_hard),
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_FSIZE, fsize, fsize),
+        (resource.RLIMIT_NOFILE, nofile, nofile),
+        (resource.RLIMIT_CPU, cpu_budget, cpu_budget + 1),
     ]
     if as_bytes:
-        limits.append((resource.RLIMIT_AS, as_bytes))
+        limits.append((resource.RLIMIT_AS, as_bytes, as_bytes))
     if nproc:
-        limits.append((resource.RLIMIT_NPROC, nproc))
-    for which, value in limits:
-        resource.setrlimit(which, (value, value))
+        limits.append((resource.RLIMIT_NPROC, nproc, nproc))
+    for which, soft, hard in limits:
+        resource.setrlimit(which, (soft, hard))
     if os.getuid() == 0 and uid:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
@@ -190,7 +192,7 @@ def main(argv):
             used = resource.getrusage(resource.RUSAGE_SELF)
             soft = int(used.ru_utime + used.ru_stime) + cpu
             hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
-            resource.setrlimit(resource.RLIMIT_CPU, (min(soft, hard), hard))
+            resource.setrlimit(resource.RLIMIT_CPU, (min(soft, max(hard - 1, 0)), hard))
         code = request["code"].decode("utf-8", "surrogateescape")
         return_code, value, error = _run(code, namespace)
         for stream in (sys.stdout, sys.stderr):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +21,10 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor.app import ExecutorProcess, listen_address
 from services.executor.service import Executor
 from services.hub.app import Hub
+from tests.helpers import deadline
 
 TOOL = "python-executor-mcp-server"
+Answer = tuple[ts.ExecuteToolResponse, dict[str, Any]]
 
 
 @dataclass
@@ -32,7 +36,7 @@ class Call:
 
     async def __call__(
         self, action: str = "python_execute", deadline: float = 30, session_id: str = "", **arguments: Any
-    ) -> tuple[ts.ExecuteToolResponse, dict[str, Any]]:
+    ) -> Answer:
         resp = await self.stub.ExecuteTool(
             ts.ExecuteToolRequest(
                 tool_id=TOOL, action=action, arguments=dict_to_struct(arguments), session_id=session_id
@@ -41,7 +45,7 @@ class Call:
         )
         return resp, struct_to_dict(resp.structured)
 
-    async def code(self, code: str, **kw: Any) -> tuple[ts.ExecuteToolResponse, dict[str, Any]]:
+    async def code(self, code: str, **kw: Any) -> Answer:
         return await self("python_execute", code=code, **kw)
 
     async def new_session(self, code: str = "None") -> str:
@@ -87,3 +91,59 @@ async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
 async def call(xcfg: Config, hub: Hub) -> AsyncIterator[Call]:
     async with running_executor(xcfg, hub) as c:
         yield c
+
+
+async def assert_next_call_succeeds(call: Call) -> None:
+    """A plain call after an attack is answered, and correctly."""
+    async with deadline(30, "the next call after the attack"):
+        resp, s = await call.code("print('still here')", timeout=10)
+    assert not resp.is_error, resp.error.message
+    assert s["stdout"] == "still here\n"
+
+
+# A session whose interpreter blocks SIGUSR1 (the mask survives between its calls), so a later call
+# can wait for it with sigwait: a signal the test sends before the wait begins stays pending.
+_BLOCK_RELEASE = "import signal\nsignal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})"
+
+
+@dataclass
+class HeldCall:
+    """A call in flight for exactly as long as the test wants: its code waits in the sandbox until
+    `release()` signals its interpreter. No clock decides when it ends (a `time.sleep` would)."""
+
+    task: asyncio.Task[Any]
+    session_id: str
+    pid: int
+
+    def release(self) -> None:
+        """Let the held code go on (nothing happens when its sandbox is gone already)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGUSR1)
+
+    async def answer(self) -> Any:
+        """Release it and return its answer."""
+        self.release()
+        async with deadline(30, "the held call's answer once released"):
+            return await self.task
+
+
+async def hold_a_call(
+    call: Call, then: str = "print('innocent')", send: Callable[[str, str], Awaitable[Any]] | None = None
+) -> HeldCall:
+    """Start a session call that waits in the sandbox until released, then runs `then`; returns once
+    the executor runs it (it has its call slot). `send(code, session_id)` makes the call (default:
+    through the hub; its answer is what `answer()` returns)."""
+    session_id = await call.new_session(_BLOCK_RELEASE)
+    executor = call.executor
+    assert executor.sessions is not None
+    pid = executor.sessions._sessions[session_id].worker.interpreter_pid
+    assert pid > 0
+    executor.call_started.clear()
+    code = f"signal.sigwait({{signal.SIGUSR1}})\n{then}"
+    if send is None:
+        task = asyncio.create_task(call.code(code, session_id=session_id, timeout=60, deadline=90))
+    else:
+        task = asyncio.create_task(send(code, session_id))
+    async with deadline(10, "the held call to start running"):
+        await executor.call_started.wait()
+    return HeldCall(task, session_id, pid)

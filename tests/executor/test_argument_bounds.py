@@ -12,8 +12,7 @@ from google.protobuf.internal import encoder
 from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common.jsonvalue import MAX_DEPTH
-from tests.executor.conftest import TOOL, Call
-from tests.executor.test_attacks import assert_next_call_succeeds
+from tests.executor.conftest import TOOL, Call, assert_next_call_succeeds
 from tests.helpers import reason_of
 
 

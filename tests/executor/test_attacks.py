@@ -19,18 +19,11 @@ from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct
 from tests.conftest import REPO
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
-from tests.executor.conftest import TOOL, Call, running_executor
+from tests.executor.conftest import TOOL, Call, assert_next_call_succeeds, hold_a_call, running_executor
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
 from tests.helpers import deadline
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
-
-
-async def assert_next_call_succeeds(call: Call) -> None:
-    async with deadline(30, "the next call after the attack"):
-        resp, s = await call.code("print('still here')", timeout=10)
-    assert not resp.is_error, resp.error.message
-    assert s["stdout"] == "still here\n"
 
 
 async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
@@ -320,13 +313,9 @@ async def test_the_cpu_limit_throttles_a_sandbox_at_its_share_of_a_cpu(xcfg, hub
 async def _while_a_call_runs(call: Call, attack: Any) -> tuple[Any, ts.ExecuteToolResponse]:
     """Run `attack(innocent)` while an innocent call on the same executor stream is in flight (its
     task is passed in); return the attack's outcome and, once it is over, the innocent response."""
-    call.executor.call_started.clear()
-    innocent = asyncio.create_task(call.code("import time\ntime.sleep(3)\nprint('innocent')", timeout=20))
-    async with asyncio.timeout(10):
-        await call.executor.call_started.wait()
-    outcome = await attack(innocent)
-    async with asyncio.timeout(20):
-        resp, s = await innocent
+    innocent = await hold_a_call(call)  # in flight until the attack is over, whatever it takes
+    outcome = await attack(innocent.task)
+    resp, s = await innocent.answer()
     assert not resp.is_error and s["stdout"] == "innocent\n", resp.error.message
     return outcome, resp
 
@@ -357,17 +346,15 @@ async def test_an_output_flood_through_the_edge_fails_no_other_call_on_the_edge_
     async with running_executor(cfg, hub) as call:
         edge = await start_edge(edge_config(cfg, hub))
 
-        def rest(code: str) -> Any:
-            body = {"tool_id": TOOL, "action": "python_execute", "parameters": {"code": code, "timeout": 20}}
+        def rest(code: str, session_id: str = "") -> Any:
+            parameters = {"code": code, "timeout": 20, **({"session_id": session_id} if session_id else {})}
+            body = {"tool_id": TOOL, "action": "python_execute", "parameters": parameters}
             return edge.post("/api/v1/tools/execute", body)
 
-        call.executor.call_started.clear()
-        innocent = asyncio.create_task(rest("import time\ntime.sleep(3)\nprint('innocent')"))
-        async with asyncio.timeout(10):
-            await call.executor.call_started.wait()
+        innocent = await hold_a_call(call, send=rest)  # through the edge, held until the flood is over
         status, body = await rest(FLOOD)
         assert status == 200 and body["result"]["truncated"], body.get("error")
-        status, body = await innocent
+        status, body = await innocent.answer()
         assert status == 200 and body["success"] and body["result"]["stdout"] == "innocent\n", body
 
 

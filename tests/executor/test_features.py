@@ -18,7 +18,8 @@ from toolscore.v1 import toolscore_pb2 as ts
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct
 from services.executor import envs
-from tests.executor.conftest import TOOL, running_executor
+from tests.executor.conftest import TOOL, hold_a_call, running_executor
+from tests.helpers import deadline
 
 
 def tiny_png() -> bytes:
@@ -117,28 +118,29 @@ async def test_files_come_back_as_artifacts_and_images_as_image_blocks(call):
 
 
 async def test_calls_beyond_the_concurrency_limit_queue_and_then_run(xcfg, hub):
-    cfg = config_mod.replace(xcfg, executor={"max_concurrent_calls": 1, "queue_timeout_s": 10.0})
+    cfg = config_mod.replace(xcfg, executor={"max_concurrent_calls": 1, "queue_timeout_s": 30.0})
     async with running_executor(cfg, hub) as call:
-        call.executor.call_started.clear()
-        first = asyncio.create_task(call.code("import time\ntime.sleep(0.5)\n1"))
-        async with asyncio.timeout(5):
-            await call.executor.call_started.wait()
-        second = await call.code("2")
-        assert not second[0].is_error and second[1]["result"] == "2"
-        assert first.done() and (await first)[1]["result"] == "1"  # the second waited its turn
+        first = await hold_a_call(call, then="1")  # holds the only slot until released
+        call.executor.call_queued.clear()
+        second = asyncio.create_task(call.code("2"))
+        async with deadline(10, "the second call to queue behind the first"):
+            await call.executor.call_queued.wait()
+        assert not second.done()
+        resp, s = await first.answer()
+        assert not resp.is_error and s["result"] == "1", resp.error.message
+        async with deadline(30, "the queued call to run once the slot was free"):
+            resp, s = await second
+        assert not resp.is_error and s["result"] == "2", resp.error.message
 
 
 async def test_a_queued_call_gets_a_clear_error_at_its_queue_deadline(xcfg, hub):
     cfg = config_mod.replace(xcfg, executor={"max_concurrent_calls": 1, "queue_timeout_s": 0.3})
     async with running_executor(cfg, hub) as call:
-        call.executor.call_started.clear()
-        first = asyncio.create_task(call.code("import time\ntime.sleep(2)"))
-        async with asyncio.timeout(5):
-            await call.executor.call_started.wait()
+        first = await hold_a_call(call)  # holds the only slot until released
         resp, _s = await call.code("1")
         assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_SYSTEM
         assert "limit of 1 concurrent calls" in resp.error.message
-        assert not (await first)[0].is_error
+        assert not (await first.answer())[0].is_error
 
 
 async def test_status_reports_the_isolation_level_pool_and_environment(call):
@@ -236,14 +238,16 @@ async def test_an_allowlisted_package_installs_into_the_sandbox_env_and_is_impor
 
 
 async def test_a_cancelled_session_call_never_leaks_its_reply_into_the_next_call(call):
-    c1 = await call.new_session("x = 1")
-    call.executor.call_started.clear()
-    slow = asyncio.create_task(call.code("import time\ntime.sleep(3)\n'late reply'", session_id=c1))
-    async with asyncio.timeout(5):
-        await call.executor.call_started.wait()
-    slow.cancel()  # the caller goes away; gRPC cancels the call through the hub to the executor
+    slow = await hold_a_call(call, then="'late reply'")  # would answer 'late reply' once released
+    c1 = slow.session_id
+    sandbox = call.executor.sessions._sessions[c1].worker.proc
+    slow.task.cancel()  # the caller goes away; gRPC cancels the call through the hub to the executor
     with contextlib.suppress(asyncio.CancelledError):
-        await slow
+        await slow.task
+    # Well within the 30 s idle TTL, which would end the session (and its sandbox) anyway.
+    async with deadline(10, "the cancelled call's sandbox to be killed"):
+        await sandbox.wait()
+    slow.release()  # too late: nothing is left to answer
     resp, s = await call.code("'own reply'", session_id=c1)  # its interpreter was killed mid-call
     assert resp.is_error and "no such session" in resp.error.message and "late" not in str(s)
     resp, s = await call.code("'own reply'", session_id=await call.new_session())

@@ -44,10 +44,10 @@ def sandboxes_under(pid: int) -> list[int]:
 
 
 async def execute(
-    target: str, code: str, action: str = "python_execute", deadline: float = 30
+    target: str, code: str, action: str = "python_execute", deadline: float = 30, **more: object
 ) -> tuple[ts.ExecuteToolResponse, dict]:
     async with grpc.aio.insecure_channel(target) as ch:
-        args = {"code": code} if action == "python_execute" else {}
+        args = {"code": code, **more} if action == "python_execute" else {}
         resp = await ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(
             ts.ExecuteToolRequest(tool_id=TOOL, action=action, arguments=dict_to_struct(args)),
             timeout=deadline,
@@ -87,12 +87,13 @@ async def test_killing_the_executor_mid_call_fails_the_call_promptly_and_it_come
                 since_revision=rev, tool_ids=[TOOL], types=[tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED]
             )
         )
-        # The call would run for ten minutes: failing within the generous deadline below means the
-        # kill failed it (how promptly is `make bench`'s business, not a wall-clock assert's).
-        hanging = asyncio.create_task(execute(mesh.uds, "import time\ntime.sleep(600)", deadline=600))
-        async with deadline(30, "python_status to show the long call running"):
-            while (await execute(mesh.uds, "", action="python_status"))[1]["running"] < 1:
-                pass  # each status call is a full round trip (the executor streams no "started")
+        # The call would run for ten minutes (its own timeout is the longest allowed, 300 s): failing
+        # within the generous deadline below means the kill failed it (how promptly is `make
+        # bench`'s business, not a wall-clock assert's). It opens a session, whose start the executor
+        # logs right before it runs the call: the moment the call is surely in the executor's hands.
+        sleep = "import time\ntime.sleep(600)"
+        hanging = asyncio.create_task(execute(mesh.uds, sleep, deadline=600, timeout=300, new_session=True))
+        await mesh.output.wait_for(r"session \S+ started", "the executor to start the long call's session")
         os.kill(executor_pid, signal.SIGKILL)
         try:
             async with deadline(30, "the call to fail once its executor was killed"):

@@ -7,7 +7,10 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-_NAME = re.compile(r"`(tests/[\w/]+\.py)?(?:::)?(test_\w+)?")
+# A test is named as `tests/dir/test_file.py::test_name`, `test_file.py::test_name` (a file named by
+# its base name in a table whose header gives the directory), `::test_name` (the last file named in
+# the row) or `test_name` alone.
+_NAME = re.compile(r"`(tests/[\w/]+\.py|test_\w+\.py)?(?:::)?(test_\w+)?")
 
 
 def _defined() -> tuple[dict[str, set[str]], set[str], set[str]]:
@@ -16,6 +19,8 @@ def _defined() -> tuple[dict[str, set[str]], set[str], set[str]]:
         per_file[str(path.relative_to(REPO))] = set(
             re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), re.M)
         )
+    for path, names in list(per_file.items()):  # a base name stands for every file of that name
+        per_file.setdefault(Path(path).name, set()).update(names)
     everywhere = set().union(*per_file.values())
     modules = {Path(p).stem for p in per_file}
     return per_file, everywhere, modules

@@ -22,7 +22,7 @@ from services.common.errors import FailedPrecondition
 from services.common.jsonvalue import dict_to_struct
 from services.discovery.sandbox import _runtime
 from services.hub.app import Hub
-from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
+from tests.discovery.conftest import META, NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.helpers import deadline
 
 SECRET = "TOOLSCORE_TEST_SANDBOX_SECRET"
@@ -382,3 +382,38 @@ async def test_a_malformed_sandbox_setting_stops_the_hub_with_a_clear_error(
     with pytest.raises(config_mod.ConfigError, match=complaint):
         async with Hub(config_mod.replace(dcfg, discovery={key: value})):
             pass
+
+
+async def test_a_remote_registrys_network_claim_grants_no_network_while_the_same_curated_claim_does(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    wheels = root / "wheels"
+    wheels.mkdir()
+    names = {}
+    for dist, where in (("ts-curated-net-mcp", "curated"), ("ts-stranger-net-mcp", "registry")):
+        pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
+        doc = server_json(f"{NS}/{dist}", "needs the network", "pypi", dist, "1.0.0")
+        doc["_meta"][META]["network"] = True  # the same claim, in the operator's catalog or a stranger's
+        if where == "curated":
+            write_catalog(catalog_dir, doc)
+        else:
+            pkg_index.servers.append(doc)  # served by the remote registry; `pypi:ts-*` is allowed
+        names[where] = doc["name"]
+    async with loopback_listener() as to_stranger, loopback_listener() as to_curated, Hub(dcfg) as hub:
+        stranger = (await hub.discovery.install(names["registry"])).server
+        curated = (await hub.discovery.install(names["curated"])).server
+        assert hub.discovery.records[names["registry"]].source == pkg_index.url
+        assert hub.discovery.records[names["registry"]].wants_network  # read, and not believed
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            refused = await Calls(ch, stranger.tool_id).attempt("connect", to_stranger.address)
+            assert refused.is_error and "hello" not in refused.content[0].text.text
+            reached = await Calls(ch, curated.tool_id).attempt("connect", to_curated.address)
+            assert not reached.is_error and reached.content[0].text.text == "hello from the host"
+            listed = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ListServers(
+                pb.ListServersRequest(), timeout=5
+            )
+            assert {s.name: s.network for s in listed.servers} == {
+                names["registry"]: False,
+                names["curated"]: True,
+            }
+        assert not to_stranger.connected.is_set() and to_curated.connected.is_set()

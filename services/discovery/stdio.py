@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.message import SessionMessage
 
 from services.discovery import disk
-from services.discovery.sandbox import Jail, Launch
+from services.discovery.sandbox import Jail, Launch, UnsafeWorkDir
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,11 @@ class StdioTransport:
             self.failure = over
             raise OSError(over)
         if self.jail is not None:
-            launch = self.jail.launch(self.command, self.args, self.env)
+            try:
+                launch = self.jail.launch(self.command, self.args, self.env)
+            except UnsafeWorkDir as exc:  # the runner retries with backoff, saying why
+                self.failure = str(exc)
+                raise
         else:
             launch = Launch([self.command, *self.args], self.env)
         self._launch = launch

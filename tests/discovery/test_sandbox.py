@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -417,3 +418,73 @@ async def test_a_remote_registrys_network_claim_grants_no_network_while_the_same
                 names["curated"]: True,
             }
         assert not to_stranger.connected.is_set() and to_curated.connected.is_set()
+
+
+def _stat_of(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, st.st_mode
+
+
+async def test_symlinks_left_in_work_before_the_first_sandboxed_start_are_handed_over_never_followed(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-planted-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    # Host files the sandbox uid must never own: a root file and a root directory with a file in it.
+    secret = root / "host-secret.txt"
+    secret.write_text("host secret")
+    secret.chmod(0o600)
+    host_dir = root / "host-dir"
+    host_dir.mkdir(mode=0o700)
+    (host_dir / "inside.txt").write_text("inside")
+    host = {
+        p: (_stat_of(p), p.read_text() if p.is_file() else None)
+        for p in (secret, host_dir, host_dir / "inside.txt")
+    }
+    # What a server that ran unsandboxed, as root, left behind: links to them, at the top and deeper.
+    (work / "state").mkdir()
+    links = [work / "to-secret", work / "to-dir", work / "state" / "to-secret"]
+    for link, target in zip(links, (secret, host_dir, secret), strict=True):
+        link.symlink_to(target)
+    for p in (work, work / "state"):
+        os.chown(p, 0, 0)
+
+    async with Hub(dcfg) as hub:  # its first sandboxed start: the hub hands work/ to the sandbox uid
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, tool_id)
+            assert (await s.call("echo", text="started")).content[0].text.text == "started"
+            through = await s.attempt("read", str(work / "to-secret"))
+            assert through.is_error and "host secret" not in through.content[0].text.text
+    assert {p: (_stat_of(p), p.read_text() if p.is_file() else None) for p in host} == host
+    uid = dcfg.discovery.sandbox_uid
+    assert all(link.lstat().st_uid == uid for link in links)  # the links themselves were handed over
+    assert (work / "state").stat().st_uid == uid
+
+
+async def test_a_work_dir_replaced_by_a_symlink_is_refused_with_the_reason_and_its_target_untouched(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-swapped-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    host_dir = root / "host-dir"
+    host_dir.mkdir(mode=0o700)
+    (host_dir / "inside.txt").write_text("inside")
+    before = (_stat_of(host_dir), _stat_of(host_dir / "inside.txt"))
+    shutil.rmtree(work)
+    work.symlink_to(host_dir)  # what a server that ran unsandboxed could leave in its place
+
+    async with Hub(dcfg) as hub:
+        # nothing was chowned or chmodded through the link
+        assert (_stat_of(host_dir), _stat_of(host_dir / "inside.txt")) == before
+        runner = hub.discovery.runners[tool_id]
+        assert runner.state == pb.SERVER_STATE_RESTARTING and runner.transport is not None
+        assert "symbolic link" in runner.message and str(work) in runner.message, runner.message
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await Calls(ch, tool_id).call("echo", text="anyone?")
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert sorted(p.name for p in host_dir.iterdir()) == ["inside.txt"]

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 
+from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
 from tests.discovery.conftest import PackageIndex, pid_alive, wait_exited
@@ -107,3 +110,91 @@ async def test_a_directory_no_record_owns_is_removed_and_the_group_in_its_server
                 await leader.wait()
                 await wait_exited(child)
             assert leader.returncode == -signal.SIGKILL
+
+
+# Run by a separate, single-threaded interpreter: clone3 with set_tid (root) starts a process at the
+# pid given, which makes itself a session and group leader and execs `sleep`; prints its pid once
+# it has (the close-on-exec pipe closes at exec).
+_TAKE_PID = """
+import ctypes, os, struct, sys
+pid = int(sys.argv[1])
+tid = (ctypes.c_int * 1)(pid)
+args = struct.pack("11Q", 0, 0, 0, 0, 17, 0, 0, 0, ctypes.addressof(tid), 1, 0)  # SIGCHLD, set_tid
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe()
+got = libc.syscall(435, ctypes.create_string_buffer(args, len(args)), len(args))  # clone3
+if got == 0:
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # nothing of the caller's pipes: it waits for their end
+        os.dup2(null, fd)
+    os.execv("/bin/sleep", ["sleep", "600"])
+if got < 0:
+    sys.exit(os.strerror(ctypes.get_errno()))
+os.close(w)
+os.read(r, 1)
+print(got)
+"""
+
+
+async def take_pid(pid: int) -> int:
+    """A pidfd of a new, unrelated process (`sleep`, leading its own session and group) started
+    with the pid `pid`, which must be free."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _TAKE_PID,
+        str(pid),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with deadline(20, f"a new process with pid {pid}"):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0 and int(out) == pid, err
+    fd = os.pidfd_open(pid)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x00600\x00" and os.getpgid(pid) == pid
+    return fd
+
+
+def _has_exited(pidfd: int) -> bool:
+    """True once the process is gone (a pidfd polls readable at exit, zombie or reaped)."""
+    poll = select.poll()
+    poll.register(pidfd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
+async def test_stopping_a_server_never_signals_a_process_that_took_its_pid_after_it_exited(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    # Unsandboxed, so that a child the server left in a session of its own can hold the hub in its
+    # stop (it waits for the server's stderr to end) after the server's pid is free again; the
+    # window is opened and closed here, not left to chance.
+    cfg = config_mod.replace(
+        dcfg,
+        discovery={"bwrap": str(root / "no-such-bwrap"), "min_isolation": "process", "stop_grace_s": 30.0},
+    )
+    name = publish(pkg_index, root, catalog_dir, "ts-reused-mcp")
+    async with Hub(cfg) as hub:
+        tool_id, _ = await _installed(hub, name)
+        proc = hub.discovery.runners[tool_id].transport.proc  # type: ignore[union-attr]
+        assert proc is not None and os.getpgid(proc.pid) == proc.pid  # the server leads its group
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            daemon = int((await Calls(ch, tool_id).attempt("daemon", "600")).content[0].text.text)
+        uninstall = asyncio.create_task(hub.discovery.uninstall(name))
+        newcomer = -1
+        try:
+            async with deadline(20, "the server to exit and be reaped"):
+                await proc.wait()  # its stdin closed; the hub now waits for its stderr to end
+            newcomer = await take_pid(proc.pid)
+            os.kill(daemon, signal.SIGKILL)  # stderr ends: the hub finishes stopping the server
+            async with deadline(20, "the uninstall"):
+                await uninstall
+            assert not _has_exited(newcomer)  # never signalled
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon, signal.SIGKILL)
+            if newcomer >= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(newcomer, signal.SIGKILL)
+                os.close(newcomer)
+            uninstall.cancel()

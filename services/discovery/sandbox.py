@@ -186,11 +186,16 @@ class Jail:
         CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host. UnsafeWorkDir
         when it is not a plain directory: a symlink in its place would have the hub (root) chown a
         host directory to the sandbox uid and bwrap mount it writable."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        try:  # opened once, not followed: every change below goes through this descriptor
+        try:  # opened once, never through a link: every change below goes through this descriptor
+            self.work_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError as exc:  # ELOOP: a symlink; ENOTDIR: a symlink to a file, or a file
-            kind = "a symbolic link" if self.work_dir.is_symlink() else "not a directory"
+        except OSError as exc:
+            if self.work_dir.is_symlink():
+                kind = "a symbolic link"
+            elif self.work_dir.exists() and not self.work_dir.is_dir():
+                kind = "not a directory"
+            else:
+                raise
             raise UnsafeWorkDir(
                 f"its work directory {self.work_dir} is {kind}; it is not started until that is "
                 "replaced by a directory"

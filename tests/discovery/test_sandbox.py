@@ -463,8 +463,9 @@ async def test_symlinks_left_in_work_before_the_first_sandboxed_start_are_handed
     assert (work / "state").stat().st_uid == uid
 
 
+@pytest.mark.parametrize("target", ["host-dir", "host-dir/inside.txt", "nowhere"])
 async def test_a_work_dir_replaced_by_a_symlink_is_refused_with_the_reason_and_its_target_untouched(
-    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, target: str
 ) -> None:
     name = publish(pkg_index, root, catalog_dir, "ts-swapped-mcp")
     async with Hub(dcfg) as hub:
@@ -475,7 +476,7 @@ async def test_a_work_dir_replaced_by_a_symlink_is_refused_with_the_reason_and_i
     (host_dir / "inside.txt").write_text("inside")
     before = (_stat_of(host_dir), _stat_of(host_dir / "inside.txt"))
     shutil.rmtree(work)
-    work.symlink_to(host_dir)  # what a server that ran unsandboxed could leave in its place
+    work.symlink_to(root / target)  # what a server that ran unsandboxed could leave in its place
 
     async with Hub(dcfg) as hub:
         # nothing was chowned or chmodded through the link
@@ -488,3 +489,4 @@ async def test_a_work_dir_replaced_by_a_symlink_is_refused_with_the_reason_and_i
                 await Calls(ch, tool_id).call("echo", text="anyone?")
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE
     assert sorted(p.name for p in host_dir.iterdir()) == ["inside.txt"]
+    assert not (root / "nowhere").exists()

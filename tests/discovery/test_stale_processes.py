@@ -1,6 +1,7 @@
-"""What a hub killed too hard to stop its servers leaves behind: the process group recorded in a
-server's `server.pid` is killed at the next start, and only when it still runs in that server's
-work directory, so a pid the system has since given to another process is never signalled."""
+"""Signals by pid reach a server's processes and nothing else: the process group a hub killed too
+hard left in `server.pid` is killed at the next start, only when it still runs in that server's
+work directory (a pid the system has since given to another process is never signalled), and
+stopping a server never signals a process that took its pid after it exited."""
 
 from __future__ import annotations
 

@@ -180,22 +180,21 @@ async def test_stopping_a_server_never_signals_a_process_that_took_its_pid_after
         proc = hub.discovery.runners[tool_id].transport.proc  # type: ignore[union-attr]
         assert proc is not None and os.getpgid(proc.pid) == proc.pid  # the server leads its group
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
-            daemon = int((await Calls(ch, tool_id).attempt("daemon", "600")).content[0].text.text)
+            left = int((await Calls(ch, tool_id).attempt("daemon", "600")).content[0].text.text)
+        daemon = os.pidfd_open(left)  # signalled through this, never by a pid that may be reused
         uninstall = asyncio.create_task(hub.discovery.uninstall(name))
         newcomer = -1
         try:
             async with deadline(20, "the server to exit and be reaped"):
                 await proc.wait()  # its stdin closed; the hub now waits for its stderr to end
             newcomer = await take_pid(proc.pid)
-            os.kill(daemon, signal.SIGKILL)  # stderr ends: the hub finishes stopping the server
+            signal.pidfd_send_signal(daemon, signal.SIGKILL)  # stderr ends: the hub finishes the stop
             async with deadline(20, "the uninstall"):
                 await uninstall
             assert not _has_exited(newcomer)  # never signalled
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(daemon, signal.SIGKILL)
-            if newcomer >= 0:
-                with contextlib.suppress(ProcessLookupError):
-                    signal.pidfd_send_signal(newcomer, signal.SIGKILL)
-                os.close(newcomer)
             uninstall.cancel()
+            for fd in (daemon, newcomer) if newcomer >= 0 else (daemon,):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                os.close(fd)

@@ -57,6 +57,11 @@ UNSAFE_ENV = frozenset(
 )  # fmt: skip
 
 
+class UnsafeWorkDir(OSError):
+    """A server's work directory is not a plain directory (something planted a symlink in its
+    place): it is neither handed to the sandbox uid nor mounted, and the server is not started."""
+
+
 class IsolationUnavailable(FailedPrecondition):
     """This machine cannot sandbox stdio servers as strongly as discovery.min_isolation demands."""
 
@@ -178,19 +183,37 @@ class Jail:
 
     def _own_work_dir(self) -> None:
         """Its one writable directory: the sandbox uid's, and group root's so bwrap (uid 0 without
-        CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            uid = self.sandboxes.cfg.sandbox_uid
-            if self.work_dir.stat().st_uid != uid:  # first sandboxed start: hand over what is inside
-                os.chmod(self.work_dir, 0o700)  # nobody else walks in while we do
-                # fwalk + dir_fd: every step is relative to a directory already open, never a path a
-                # symlink swapped in meanwhile could redirect
-                for _, dirs, files, dir_fd in os.fwalk(self.work_dir, follow_symlinks=False):
-                    for entry in (*dirs, *files):
-                        os.chown(entry, uid, -1, dir_fd=dir_fd, follow_symlinks=False)
-            os.chown(self.work_dir, uid, 0)
-            os.chmod(self.work_dir, 0o770)
+        CAP_DAC_OVERRIDE) can enter it; closed to every other account of the host. UnsafeWorkDir
+        when it is not a plain directory: a symlink in its place would have the hub (root) chown a
+        host directory to the sandbox uid and bwrap mount it writable."""
+        try:  # opened once, never through a link: every change below goes through this descriptor
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.work_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            if self.work_dir.is_symlink():
+                kind = "a symbolic link"
+            elif self.work_dir.exists() and not self.work_dir.is_dir():
+                kind = "not a directory"
+            else:
+                raise
+            raise UnsafeWorkDir(
+                f"its work directory {self.work_dir} is {kind}; it is not started until that is "
+                "replaced by a directory"
+            ) from exc
+        try:
+            if os.geteuid() == 0:
+                uid = self.sandboxes.cfg.sandbox_uid
+                if os.fstat(fd).st_uid != uid:  # first sandboxed start: hand over what is inside
+                    os.fchmod(fd, 0o700)  # nobody else walks in while we do
+                    # fwalk + dir_fd: every step is relative to a directory already open, never a
+                    # path a symlink swapped in meanwhile could redirect; links are chowned, not followed
+                    for _, dirs, files, dir_fd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
+                        for entry in (*dirs, *files):
+                            os.chown(entry, uid, -1, dir_fd=dir_fd, follow_symlinks=False)
+                os.fchown(fd, uid, 0)
+                os.fchmod(fd, 0o770)
+        finally:
+            os.close(fd)
 
     def _bwrap_argv(self, bwrap: str, runtime: list[tuple[str, str]]) -> list[str]:
         argv = system_view(bwrap, network=self.network)

@@ -26,7 +26,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.message import SessionMessage
 
 from services.discovery import disk
-from services.discovery.sandbox import Jail, Launch
+from services.discovery.sandbox import Jail, Launch, UnsafeWorkDir
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class StdioTransport:
         self.ended_by_server = False  # stdout ended before we began closing the connection
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._started_at: int | None = None  # the server's start time, which tells it from a reused pid
 
     @property
     def pid(self) -> int | None:
@@ -123,7 +124,11 @@ class StdioTransport:
             self.failure = over
             raise OSError(over)
         if self.jail is not None:
-            launch = self.jail.launch(self.command, self.args, self.env)
+            try:
+                launch = self.jail.launch(self.command, self.args, self.env)
+            except UnsafeWorkDir as exc:  # the runner retries with backoff, saying why
+                self.failure = str(exc)
+                raise
         else:
             launch = Launch([self.command, *self.args], self.env)
         self._launch = launch
@@ -152,6 +157,7 @@ class StdioTransport:
         finally:
             os.close(err_write)
             launch.started()
+        self._started_at = _start_time(self.proc.pid)
         if self.pid_path is not None:
             self.pid_path.write_text(str(self.proc.pid))
         log.info(
@@ -184,13 +190,13 @@ class StdioTransport:
                     # before it could finish; bwrap exits by itself once the server has.
                     _signal_descendants(proc.pid, signal.SIGTERM, skip="bwrap")
                 else:
-                    _signal_group(proc.pid, signal.SIGTERM)
+                    self._signal_own_group(signal.SIGTERM)
                 if not await _wait_exit(proc, self.grace):
-                    _signal_group(proc.pid, signal.SIGKILL)
+                    self._signal_own_group(signal.SIGKILL)
                     await _wait_exit(proc, self.grace)
             await self._stderr_drained(self.grace)  # what it wrote last, into the log
         finally:
-            _signal_group(proc.pid, signal.SIGKILL)  # whatever the server left in its group
+            self._signal_own_group(signal.SIGKILL)  # whatever the server left in its group
             for t in self._tasks:
                 t.cancel()
             for t in self._tasks:
@@ -202,6 +208,16 @@ class StdioTransport:
                 with contextlib.suppress(OSError):
                     self.pid_path.unlink()
             log.info("stopped MCP server pid %d (exit code %s)", proc.pid, proc.returncode)
+
+    def _signal_own_group(self, sig: int) -> None:
+        """Signal the server's process group, never a group another process leads under its pid: once
+        the server has been reaped, its pid is free as soon as no member of its group is left, and a
+        new process that takes it may lead a group of its own."""
+        assert self.proc is not None
+        if _start_time(self.proc.pid) not in (None, self._started_at):
+            return  # another process has the pid now, so no member of the server's group is left
+        # /proc/<pid> gone: reaped, and its group's members, if any, keep the pid from reuse
+        _signal_group(self.proc.pid, sig)
 
     def _release(self) -> None:
         if self._pump is not None:
@@ -237,7 +253,7 @@ class StdioTransport:
             over = await self._work_dir_over_cap()
             if over:
                 self.failure = f"server stopped: {over}"
-                _signal_group(self.proc.pid, signal.SIGKILL)  # stdout ends; the reader reports it
+                self._signal_own_group(signal.SIGKILL)  # stdout ends; the reader reports it
                 return
             # however often calls ask, measuring takes at most a tenth of the time (a big tree is slow)
             await asyncio.sleep(min(self.work_check_interval_s, 9 * (time.monotonic() - started)))
@@ -282,7 +298,7 @@ class StdioTransport:
             self.ended_by_server = not self._closing
             self.closed.set()
             if self.failure:
-                _signal_group(self.proc.pid, signal.SIGKILL)
+                self._signal_own_group(signal.SIGKILL)
                 log.warning("MCP server pid %d: %s", self.proc.pid, self.failure)
             if self.on_close:
                 self.on_close()
@@ -355,6 +371,15 @@ def _signal_descendants(pid: int, sig: int, skip: str = "") -> None:
     finally:
         for fd in pinned:
             os.close(fd)
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _parent_of(pid: int) -> int:

@@ -27,6 +27,7 @@ from tests.discovery.conftest import (
     server_json,
     write_catalog,
 )
+from tests.helpers import deadline, grpc_tool
 
 
 def _publish(
@@ -259,4 +260,99 @@ async def test_a_call_the_server_never_answers_times_out_as_a_result_and_the_ser
             )
             assert (await stub.ExecuteTool(echo, timeout=20)).content[0].text.text == "awake"
             await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
+        await _assert_clean_and_healthy(hub)
+
+
+async def test_installing_another_version_of_an_installed_server_is_refused_and_the_running_one_is_kept(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir, "pinned")
+    pkg_index.add_wheel(build_wheel(root / "wheels", "ts-pinned-mcp", "2.0.0"), "ts-pinned-mcp")
+    async with Hub(dcfg) as hub:
+        installed = (await hub.discovery.install(name)).server
+        runner = hub.discovery.runners[installed.tool_id]
+        pid = runner.transport.pid  # type: ignore[union-attr]
+        venv = hub.discovery.installer.dir_for(installed.tool_id) / "venv"
+        before = sorted(p.name for p in venv.glob("lib/python*/site-packages/*.dist-info"))
+
+        code, reason, details = await _install_error(hub, name, version="2.0.0")
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and reason == "ALREADY_INSTALLED_OTHER_VERSION"
+        assert "1.0.0" in details and "uninstall it before installing 2.0.0" in details
+        # nothing was reinstalled under the running server: same process, same files, same version
+        assert hub.discovery.runners[installed.tool_id] is runner and runner.transport.pid == pid  # type: ignore[union-attr]
+        assert sorted(p.name for p in venv.glob("lib/python*/site-packages/*.dist-info")) == before
+        assert [(s.name, s.version) for s in hub.discovery.list_servers()] == [(name, "1.0.0")]
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            again = await stub.InstallServer(pb.InstallServerRequest(name=name, version="1.0.0"), timeout=60)
+            assert again.already_installed and again.server.version == "1.0.0"
+            echo = await stub.ExecuteTool(
+                ts.ExecuteToolRequest(
+                    tool_id=installed.tool_id, action="echo", arguments=dict_to_struct({"text": "kept"})
+                ),
+                timeout=20,
+            )
+            assert echo.content[0].text.text == "kept"
+
+
+async def test_an_install_whose_tool_id_another_owner_registered_is_refused_before_anything_is_fetched(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir, "squatted")
+    tool_id = name.replace("/", ".")
+    theirs = grpc_tool(tool_id, f"unix://{root / 'their-server.sock'}", owner="someone-else")
+    async with Hub(dcfg) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            await tool_library_pb2_grpc.ToolLibraryServiceStub(ch).RegisterTool(
+                lib.RegisterToolRequest(tool=theirs), timeout=5
+            )
+        code, reason, details = await _install_error(hub, name)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and reason == "TOOL_ID_TAKEN"
+        assert tool_id in details and "someone-else" in details
+        assert not pkg_index.download_started.is_set()  # refused before pip fetched anything
+        kept = hub.registry.entry(tool_id)
+        assert kept is not None and kept.tool.owner == "someone-else"
+        assert kept.tool.endpoint == theirs.endpoint
+        await hub.registry.deregister(tool_id)
+        await _assert_clean_and_healthy(hub)
+
+
+async def test_an_install_that_outlasts_install_timeout_s_is_stopped_and_leaves_nothing_behind(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir, "stalled")
+    pkg_index.hold = asyncio.Event()  # the index never finishes sending the wheel
+    cfg = config_mod.replace(dcfg, discovery={"install_timeout_s": 2.0})
+    try:
+        async with Hub(cfg) as hub:
+            # wherever the deadline finds it (the venv, pip starting, the held download), it ends it
+            async with deadline(30, "the install to fail at its deadline"):
+                code, reason, details = await _install_error(hub, name)
+            assert code == grpc.StatusCode.FAILED_PRECONDITION and reason == "INSTALL_TIMEOUT"
+            assert "ts-stalled-mcp==1.0.0 took longer than 2s" in details
+            await _assert_clean_and_healthy(hub)  # pip killed, its directory gone
+    finally:
+        pkg_index.hold.set()
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        {"name": "TS_API_KEY", "isRequired": True, "isSecret": True, "default": "never-used"},
+        {"name": "TS_API_KEY", "isRequired": True},
+    ],
+    ids=["secret", "no-default"],
+)
+async def test_a_server_that_requires_an_environment_value_the_mesh_cannot_give_is_refused(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, variable: dict[str, object]
+) -> None:
+    name = _publish(pkg_index, root, catalog_dir, "needy")
+    doc = server_json(name, "needs a key", "pypi", "ts-needy-mcp", "1.0.0")
+    doc["packages"][0]["environmentVariables"] = [{**variable, "description": "the service's API key"}]
+    write_catalog(catalog_dir, doc)
+    async with Hub(dcfg) as hub:
+        code, reason, details = await _install_error(hub, name)
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and reason == "MISSING_ENVIRONMENT"
+        assert "TS_API_KEY" in details and "the service's API key" in details
+        assert not pkg_index.download_started.is_set()  # refused before pip fetched anything
         await _assert_clean_and_healthy(hub)

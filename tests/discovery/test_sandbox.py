@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +23,7 @@ from services.common.errors import FailedPrecondition
 from services.common.jsonvalue import dict_to_struct
 from services.discovery.sandbox import _runtime
 from services.hub.app import Hub
-from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
+from tests.discovery.conftest import META, NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.helpers import deadline
 
 SECRET = "TOOLSCORE_TEST_SANDBOX_SECRET"
@@ -382,3 +383,110 @@ async def test_a_malformed_sandbox_setting_stops_the_hub_with_a_clear_error(
     with pytest.raises(config_mod.ConfigError, match=complaint):
         async with Hub(config_mod.replace(dcfg, discovery={key: value})):
             pass
+
+
+async def test_a_remote_registrys_network_claim_grants_no_network_while_the_same_curated_claim_does(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    wheels = root / "wheels"
+    wheels.mkdir()
+    names = {}
+    for dist, where in (("ts-curated-net-mcp", "curated"), ("ts-stranger-net-mcp", "registry")):
+        pkg_index.add_wheel(build_wheel(wheels, dist, "1.0.0"), dist)
+        doc = server_json(f"{NS}/{dist}", "needs the network", "pypi", dist, "1.0.0")
+        doc["_meta"][META]["network"] = True  # the same claim, in the operator's catalog or a stranger's
+        if where == "curated":
+            write_catalog(catalog_dir, doc)
+        else:
+            pkg_index.servers.append(doc)  # served by the remote registry; `pypi:ts-*` is allowed
+        names[where] = doc["name"]
+    async with loopback_listener() as to_stranger, loopback_listener() as to_curated, Hub(dcfg) as hub:
+        stranger = (await hub.discovery.install(names["registry"])).server
+        curated = (await hub.discovery.install(names["curated"])).server
+        assert hub.discovery.records[names["registry"]].source == pkg_index.url
+        assert hub.discovery.records[names["registry"]].wants_network  # read, and not believed
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            refused = await Calls(ch, stranger.tool_id).attempt("connect", to_stranger.address)
+            assert refused.is_error and "hello" not in refused.content[0].text.text
+            reached = await Calls(ch, curated.tool_id).attempt("connect", to_curated.address)
+            assert not reached.is_error and reached.content[0].text.text == "hello from the host"
+            listed = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ListServers(
+                pb.ListServersRequest(), timeout=5
+            )
+            assert {s.name: s.network for s in listed.servers} == {
+                names["registry"]: False,
+                names["curated"]: True,
+            }
+        assert not to_stranger.connected.is_set() and to_curated.connected.is_set()
+
+
+def _stat_of(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, st.st_mode
+
+
+async def test_symlinks_left_in_work_before_the_first_sandboxed_start_are_handed_over_never_followed(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-planted-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    # Host files the sandbox uid must never own: a root file and a root directory with a file in it.
+    secret = root / "host-secret.txt"
+    secret.write_text("host secret")
+    secret.chmod(0o600)
+    host_dir = root / "host-dir"
+    host_dir.mkdir(mode=0o700)
+    (host_dir / "inside.txt").write_text("inside")
+    host = {
+        p: (_stat_of(p), p.read_text() if p.is_file() else None)
+        for p in (secret, host_dir, host_dir / "inside.txt")
+    }
+    # What a server that ran unsandboxed, as root, left behind: links to them, at the top and deeper.
+    (work / "state").mkdir()
+    links = [work / "to-secret", work / "to-dir", work / "state" / "to-secret"]
+    for link, target in zip(links, (secret, host_dir, secret), strict=True):
+        link.symlink_to(target)
+    for p in (work, work / "state"):
+        os.chown(p, 0, 0)
+
+    async with Hub(dcfg) as hub:  # its first sandboxed start: the hub hands work/ to the sandbox uid
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            s = Calls(ch, tool_id)
+            assert (await s.call("echo", text="started")).content[0].text.text == "started"
+            through = await s.attempt("read", str(work / "to-secret"))
+            assert through.is_error and "host secret" not in through.content[0].text.text
+    assert {p: (_stat_of(p), p.read_text() if p.is_file() else None) for p in host} == host
+    uid = dcfg.discovery.sandbox_uid
+    assert all(link.lstat().st_uid == uid for link in links)  # the links themselves were handed over
+    assert (work / "state").stat().st_uid == uid
+
+
+@pytest.mark.parametrize("target", ["host-dir", "host-dir/inside.txt", "nowhere"])
+async def test_a_work_dir_replaced_by_a_symlink_is_refused_with_the_reason_and_its_target_untouched(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, target: str
+) -> None:
+    name = publish(pkg_index, root, catalog_dir, "ts-swapped-mcp")
+    async with Hub(dcfg) as hub:
+        tool_id = (await hub.discovery.install(name)).server.tool_id
+        work = hub.discovery.installer.dir_for(tool_id) / "work"
+    host_dir = root / "host-dir"
+    host_dir.mkdir(mode=0o700)
+    (host_dir / "inside.txt").write_text("inside")
+    before = (_stat_of(host_dir), _stat_of(host_dir / "inside.txt"))
+    shutil.rmtree(work)
+    work.symlink_to(root / target)  # what a server that ran unsandboxed could leave in its place
+
+    async with Hub(dcfg) as hub:
+        # nothing was chowned or chmodded through the link
+        assert (_stat_of(host_dir), _stat_of(host_dir / "inside.txt")) == before
+        runner = hub.discovery.runners[tool_id]
+        assert runner.state == pb.SERVER_STATE_RESTARTING and runner.transport is not None
+        assert "symbolic link" in runner.message and str(work) in runner.message, runner.message
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as down:
+                await Calls(ch, tool_id).call("echo", text="anyone?")
+            assert down.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert sorted(p.name for p in host_dir.iterdir()) == ["inside.txt"]
+    assert not (root / "nowhere").exists()

@@ -88,3 +88,20 @@ async def test_a_disabled_tool_is_refused_on_the_direct_path_of_every_entry_poin
     assert reply["type"] == "error" and reply["reason"] == "TOOL_DISABLED", reply
     # MCP lists enabled tools only: a disabled one is an unknown tool (docs/mcp.md).
     assert mcp["error"]["code"] == -32602 and "Unknown tool" in mcp["error"]["message"], mcp
+
+
+async def test_a_call_asking_for_an_hour_is_cut_at_max_timeout_on_the_direct_path(
+    cfg: Config, hub: Hub, start_edge: Callable[..., Any], echo_server: str
+):
+    # The edge's cap (hub.max_timeout_s of its config) is 0.5 s; the hub's stays at its default.
+    capped = config_mod.replace(cfg, hub={"max_timeout_s": 0.5})
+    edge = await start_edge(edge_config(capped, hub))
+    await edge.gateway.register(grpc_tool("echo", echo_server))
+    assert edge.gateway.router.reaches(edge.gateway.entries["echo"])
+    async with deadline(10, "the call to end at the 0.5 s cap"):
+        status, body = await edge.post(
+            "/api/v1/tools/echo/call", {"action": "slow", "arguments": {"seconds": 3600}, "timeout_s": 3600}
+        )
+    answer = (status, body.get("code"), body.get("reason"))
+    assert answer == (504, "DEADLINE_EXCEEDED", "TOOL_TIMEOUT"), body
+    assert body["metadata"] == {"tool_id": "echo", "timeout_s": "0.5"}

@@ -375,6 +375,27 @@ async def test_a_handshake_cancel_notification_ends_the_call_with_request_cancel
     assert answer == {"jsonrpc": "2.0", "id": "c1", "error": {"code": -32800, "message": "Request cancelled"}}
 
 
+async def test_a_request_id_already_in_flight_in_the_session_is_refused_and_the_first_call_answers(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    sid = await initialize(http, edge)
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    block = {"jsonrpc": "2.0", "id": "d1", "method": "tools/call", "params": {"name": "kit__block"}}
+    first = asyncio.create_task(post(http, edge, block, headers))
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    echo = {"name": "kit__echo", "arguments": {"text": "twin"}}
+    status, dup, _ = await post(http, edge, {**block, "params": echo}, headers)
+    assert status == 200 and dup["id"] == "d1" and dup.get("error", {}).get("code") == -32600, dup
+    assert "already in flight" in dup["error"]["message"]
+    assert not first.done()
+    kit.release.set()
+    async with asyncio.timeout(10):
+        status, answer, _ = await first
+    assert status == 200 and answer["result"]["content"] == [{"type": "text", "text": "released"}], answer
+    assert not kit.cancelled.is_set()
+
+
 async def test_deleting_a_session_cancels_its_calls_with_request_cancelled(
     http: aiohttp.ClientSession, edge: Edge, kit: Probe
 ):

@@ -202,6 +202,29 @@ async def test_unknown_sessions_are_404_and_delete_ends_a_session(http: aiohttp.
     assert (stranger, known, deleted, gone, no_sid) == (404, 200, 200, 404, 400)
 
 
+async def test_a_session_idle_past_its_ttl_is_forgotten_and_its_id_gets_404(
+    http: aiohttp.ClientSession, gateway: HubGateway, cfg: Config, edge: Edge
+):
+    # mcp_session_ttl_s = 0: idle for any time at all is past it, so the test needs no waiting. The
+    # same requests on an edge with the default TTL (an hour) are served.
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with edge_with(gateway, cfg, mcp_session_ttl_s=0.0) as brief:
+        sid = await initialize(http, brief)
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        expired, body, _ = await post(http, brief, ping, headers)
+        async with http.get(brief.url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}) as r:
+            stream = r.status
+        async with http.delete(brief.url, headers={"Mcp-Session-Id": sid}) as r:
+            deleted = r.status
+        assert (expired, stream, deleted) == (404, 404, 404)
+        assert body["error"]["code"] == -32600 and "Session not found" in body["error"]["message"], body
+        again = await initialize(http, brief)  # the client starts a new session, as the spec says
+        assert again != sid
+    sid = await initialize(http, edge)
+    served, body, _ = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid})
+    assert (served, body) == (200, {"jsonrpc": "2.0", "id": 1, "result": {}})
+
+
 async def test_at_the_edge_wide_session_cap_initialize_is_refused_and_no_open_session_is_evicted(
     http: aiohttp.ClientSession, gateway: Any, cfg: Config
 ):

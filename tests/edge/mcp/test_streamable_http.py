@@ -419,6 +419,30 @@ async def test_a_request_id_already_in_flight_in_the_session_is_refused_and_the_
     assert not kit.cancelled.is_set()
 
 
+@pytest.mark.parametrize("era", ["2025-06-18-session", "stateless", MODERN])
+async def test_a_client_dropping_its_connection_mid_call_cancels_the_call_down_to_the_tool(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe, era: str
+):
+    # docs/mcp.md: outside resumable sessions (2025-11-25 and later), a dropped connection cancels.
+    session = {"Mcp-Session-Id": await initialize(http, edge)} if era.endswith("session") else {}
+
+    def call(rid: int, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        params: dict[str, Any] = {"name": name, "arguments": arguments}
+        if era == MODERN:
+            params["_meta"] = MODERN_META
+        headers = modern_headers("tools/call", name) if era == MODERN else {**ACCEPT, **session}
+        return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}, headers
+
+    blocked = asyncio.create_task(post(http, edge, *call(3, "kit__block", {})))
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    blocked.cancel()  # aiohttp closes the connection of a request cancelled mid-flight
+    async with asyncio.timeout(10):
+        await kit.cancelled.wait()
+    status, answer, _ = await post(http, edge, *call(4, "kit__echo", {"text": "next"}))
+    assert status == 200 and answer["result"]["structuredContent"] == {"text": "next"}, answer
+
+
 async def test_deleting_a_session_cancels_its_calls_with_request_cancelled(
     http: aiohttp.ClientSession, edge: Edge, kit: Probe
 ):

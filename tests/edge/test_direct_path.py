@@ -3,6 +3,7 @@ the same checks as the hub: every entry point of the edge refuses what the hub w
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,9 @@ import websockets
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
+from services.toolkit import Action
 from tests.edge.conftest import EdgeHandle, edge_config, grpc_tool
-from tests.helpers import deadline
+from tests.helpers import deadline, served_tool
 
 LIMIT = 4096
 # 2,000 euro signs: 2,000 characters (the edge's pre-Struct bound counts characters, a lower bound,
@@ -105,3 +107,30 @@ async def test_a_call_asking_for_an_hour_is_cut_at_max_timeout_on_the_direct_pat
     answer = (status, body.get("code"), body.get("reason"))
     assert answer == (504, "DEADLINE_EXCEEDED", "TOOL_TIMEOUT"), body
     assert body["metadata"] == {"tool_id": "echo", "timeout_s": "0.5"}
+
+
+async def test_a_rest_caller_that_goes_away_mid_call_has_its_call_cancelled_on_the_tool_server(
+    edge: EdgeHandle, start_tool_server: Callable[..., Any]
+):
+    # edge/__main__ runs the app with handler_cancellation: a REST client that leaves cancels its call.
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def block(args: dict[str, Any], ctx: Any) -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    actions = [Action("block", "blocks", block)]
+    _, endpoint = await start_tool_server({"blocker": actions}, name="blocker")
+    await edge.gateway.register(served_tool("blocker", endpoint, actions))
+    assert edge.gateway.router.reaches(edge.gateway.entries["blocker"])
+    call = asyncio.create_task(edge.post("/api/v1/tools/blocker/call", {"action": "block", "timeout_s": 60}))
+    async with deadline(10, "the call to reach the tool server"):
+        await started.wait()
+    call.cancel()  # aiohttp closes the connection of a request cancelled mid-flight
+    async with deadline(10, "the tool server to see its call cancelled"):
+        await cancelled.wait()

@@ -221,6 +221,10 @@ async def wait_serving(target: str, timeout: float = 20.0) -> None:
                     await ch.channel_ready()
 
 
+class HubPortTaken(Exception):
+    """The hub could not bind the TCP address it was given: something took the port first."""
+
+
 @pytest.fixture
 async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
     """Start `python -m services.mesh` with env overrides; stopped (SIGINT, like Ctrl-C) at teardown."""
@@ -255,8 +259,12 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
         output = OutputLines(proc.stdout, log_path)
         try:
             hub = await output.wait_for(
-                r"serving [^\n]*ToolLibraryService[^\n]* on [^\n]*?(127\.0\.0\.1:\d+)", "the hub to listen"
+                r"serving [^\n]*ToolLibraryService[^\n]* on [^\n]*?(127\.0\.0\.1:\d+)"
+                r"|Failed to bind to address (127\.0\.0\.1:\d+)",
+                "the hub to listen",
             )
+            if hub[2]:  # a port chosen before the hub started was taken meanwhile
+                raise HubPortTaken(hub[2])
         except BaseException:
             stop_process(proc)
             raise

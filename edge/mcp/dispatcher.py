@@ -149,6 +149,8 @@ class Dispatcher:
         except Exception:
             log.exception("MCP request %s failed", msg.method)
             return ProtocolError(INTERNAL_ERROR, "Internal error").response(msg.id)
+        finally:  # idle time (mcp_session_ttl_s) counts from when the last request ended
+            session.last_used = time.monotonic()
 
     def notification(self, msg: Message, session: Session) -> None:
         """Apply a client notification; unknown ones are ignored, as JSON-RPC requires."""

@@ -250,7 +250,7 @@ class StreamableHttp:
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
-            known = self.sessions.get(sid)
+            known = self._live(sid)
             return (known, known.state) if known is not None else (None, None)
         one_off = Session(id="", transport="http")
         version = request.headers.get(H_VERSION)
@@ -288,18 +288,29 @@ class StreamableHttp:
         log.info("MCP session %s opened (%s)", hs.state.id[:8], hs.state.version)
         return hs.state.id
 
+    def _expired(self, hs: HttpSession, now: float) -> bool:
+        """Idle past the TTL: no request in flight, no open stream, none used for `session_ttl_s`."""
+        idle_s = now - hs.state.last_used
+        return hs.stream is None and not hs.state.inflight and idle_s > self.opts.session_ttl_s
+
+    def _live(self, sid: str) -> HttpSession | None:
+        """The session `sid` names, unless it is unknown or expired (then it is forgotten now: the
+        sweep below runs only when sessions open, so an idle session's id must not outlive its TTL
+        until someone else's initialize)."""
+        hs = self.sessions.get(sid)
+        if hs is not None and self._expired(hs, time.monotonic()):
+            self._drop(sid)
+            log.info("MCP session %s expired (idle past %gs)", sid[:8], self.opts.session_ttl_s)
+            return None
+        return hs
+
     def _expire(self, every_s: float) -> None:
         """Forget sessions idle past the TTL (no request, no open stream); at most once per `every_s`."""
         now = time.monotonic()
         if now - self._last_sweep < every_s:
             return
         self._last_sweep = now
-        ttl = self.opts.session_ttl_s
-        idle = [
-            sid
-            for sid, hs in self.sessions.items()
-            if hs.stream is None and not hs.state.inflight and now - hs.state.last_used > ttl
-        ]
+        idle = [sid for sid, hs in self.sessions.items() if self._expired(hs, now)]
         for sid in idle:
             self._drop(sid)
 
@@ -372,7 +383,7 @@ class StreamableHttp:
         sid = request.headers.get(H_SESSION)
         if sid is None:
             return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
-        hs = self.sessions.get(sid)
+        hs = self._live(sid)
         if hs is None:
             return None, _fail(404, f"Session not found: {sid[:64]!r}")
         return hs, None

@@ -126,15 +126,23 @@ def edge_config(cfg: Config, hub: Hub, **edge: Any) -> Config:
 async def start_edge() -> AsyncIterator[Callable[..., Any]]:
     """`await start_edge(cfg)` -> EdgeHandle, with the gateway synced with the hub.
 
-    `on_app(app)` runs before the app is frozen (to connect a test to its signals)."""
+    `on_app(app)` runs before the app is frozen (to connect a test to its signals).
+    `handler_cancellation=False` runs the app as an embedding application might (edge/__main__ runs
+    it with True: aiohttp then cancels a handler whose client went away)."""
     runners: list[web.AppRunner] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(cfg: Config, on_app: Callable[[web.Application], None] | None = None) -> EdgeHandle:
+    async def start(
+        cfg: Config,
+        on_app: Callable[[web.Application], None] | None = None,
+        handler_cancellation: bool = True,
+    ) -> EdgeHandle:
         app = build_app(cfg)
         if on_app is not None:
             on_app(app)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handler_cancellation=True)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=2.0, handler_cancellation=handler_cancellation
+        )
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)

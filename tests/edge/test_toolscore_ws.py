@@ -21,6 +21,7 @@ from edge.toolscore_ws import OUTBOX_STATS
 from services.common import config as config_mod
 from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.toolkit import Action
 from tests.edge.conftest import (
     EdgeHandle,
     echo_spec,
@@ -29,6 +30,7 @@ from tests.edge.conftest import (
     read_until_closed,
     unread_socket,
 )
+from tests.helpers import deadline, served_tool
 
 PATH = "/websocket"
 
@@ -555,3 +557,56 @@ async def test_requests_past_the_in_flight_bound_get_an_error_at_once(cfg, hub, 
     assert refused["type"] == "error" and refused["request_id"] == "c"
     assert refused["code"] == "RESOURCE_EXHAUSTED" and refused["reason"] == "TOO_MANY_IN_FLIGHT"
     assert "2 requests" in refused["message"]
+
+
+@pytest.mark.parametrize("handler_cancellation", [True, False], ids=["runner-cancels", "edge-alone"])
+async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_the_servers(
+    cfg, hub, start_edge, start_tool_server, handler_cancellation: bool
+):
+    # docs/toolscore-websocket.md: "A client that disconnects mid-call has its calls cancelled (down
+    # to the tool server)". One call to a gRPC tool server the edge reaches directly (it is told by
+    # the router's cancel and its handler is cancelled), one to a dialled-in server (the protocol
+    # has no cancel message: the edge stops waiting, and the server's late answer finds no call).
+    # The edge cancels them itself, also when its runner does not cancel handlers of gone clients.
+    edge = await start_edge(edge_config(cfg, hub), handler_cancellation=handler_cancellation)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def block(args: dict[str, Any], ctx: Any) -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    _, endpoint = await start_tool_server({"blocker": [Action("block", "blocks", block)]}, name="blocker")
+    await edge.gateway.register(served_tool("blocker", endpoint, [Action("block", "blocks", block)]))
+    assert edge.gateway.router.reaches(edge.gateway.entries["blocker"])
+    async with dialled_in(edge) as server, connect(edge) as bystander:
+        async with connect(edge) as caller:
+            for rid, tool_id, action in (("g", "blocker", "block"), ("w", "ws-calc", "wait")):
+                call = {"type": "execute_tool", "request_id": rid, "tool_id": tool_id, "action": action}
+                await caller.send(json.dumps(call))
+            async with deadline(10, "both calls to reach their servers"):
+                await started.wait()
+                await server.waiters.get()
+        async with deadline(10, "the gRPC tool server to see its call cancelled"):
+            await cancelled.wait()
+        # Both calls were cancelled together, and the relay's forgets its call at once (no I/O): by now
+        # nothing waits for the dialled-in server's answer.
+        server.release.set()
+        async with deadline(10, "the edge's answer to the late reply"):
+            late = await server.replies.get()
+        assert late["type"] == "error" and "no call is waiting" in late["message"], late
+        reply = await request(
+            bystander,
+            {
+                "type": "execute_tool",
+                "request_id": "b",
+                "tool_id": "ws-calc",
+                "action": "add",
+                "parameters": {"a": 1, "b": 2},
+            },
+        )
+        assert reply["result"] == {"sum": 3}, reply

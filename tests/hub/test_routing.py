@@ -17,7 +17,7 @@ from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
 from services.toolkit import Action
-from tests.helpers import grpc_tool, reason_of
+from tests.helpers import deadline, grpc_tool, metadata_of, reason_of
 
 
 async def _echo(args, ctx):
@@ -127,6 +127,32 @@ async def test_a_hanging_tool_hits_the_deadline_and_is_cancelled(hub, hub_stubs,
         await cancelled.wait()
     ok = await hub_stubs.toolscore.ExecuteTool(call("builtin", action="echo", text="still here"), timeout=5)
     assert struct_to_dict(ok.structured) == {"text": "still here"}
+
+
+async def test_a_call_asking_for_an_hour_is_cut_at_the_hubs_max_timeout(cfg, start_tool_server):
+    cancelled = asyncio.Event()
+
+    async def hang(args, ctx):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    capped = config_mod.replace(cfg, hub={"max_timeout_s": 0.5})
+    async with Hub(capped) as hub:
+        _, ep = await start_tool_server({"hang": [Action("echo", "", hang)]})
+        await hub.registry.register(grpc_tool("hang", ep, actions={"echo": {"type": "object"}}))
+        async with grpc.aio.insecure_channel(hub.uds_target) as ch:
+            stub = ts_grpc.ToolScoreServiceStub(ch)
+            # The RPC's own deadline (60 s) is far past the cap: only the cap can end the call in time.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                async with deadline(10, "the call to end at the 0.5 s cap"):
+                    await stub.ExecuteTool(call("hang", timeout_s=3600), timeout=60)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert metadata_of(err.value) == ("TOOL_TIMEOUT", {"tool_id": "hang", "timeout_s": "0.5"})
+            async with deadline(5, "the tool to see its call cancelled"):
+                await cancelled.wait()
 
 
 async def test_a_tool_server_dying_mid_call_is_unavailable_and_the_hub_keeps_serving(hub, hub_stubs, root):

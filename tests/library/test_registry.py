@@ -10,6 +10,7 @@ from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 
+from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from services.library.registry import make_entry
@@ -235,6 +236,66 @@ async def test_a_slow_watcher_is_cut_off_and_can_resume_without_loss(cfg, EP):
                     break
         names = [e.tool.tool_id for e in got + rest]
         assert names == [f"s{i}" for i in range(6)]
+
+
+async def test_a_grpc_watcher_that_stops_reading_is_cut_with_watcher_too_slow_and_another_misses_nothing(
+    cfg, EP
+):
+    small = config_mod.replace(cfg, feed={"subscriber_queue": 8})
+    async with Hub(small) as hub, grpc.aio.insecure_channel(hub.uds_target) as ch:
+        stub = lib_grpc.ToolLibraryServiceStub(ch)
+        start = hub.registry.revision
+        slow = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=start))
+        fast = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=start))
+        seen: list[int] = []
+        progressed = asyncio.Condition()
+
+        async def read_fast() -> None:
+            async for resp in fast:
+                async with progressed:
+                    seen.append(resp.event.revision)
+                    progressed.notify_all()
+
+        reader = asyncio.create_task(read_fast())
+        try:
+            await stub.RegisterTool(lib.RegisterToolRequest(tool=grpc_tool("first", EP)), timeout=5)
+            async with deadline(5, "the slow watcher's first event"):
+                got = [(await slow.read()).event.revision]  # subscribed; from here on it reads nothing
+            assert hub.feed.subscriber_count == 2
+            # Big events fill the slow watcher's HTTP/2 window and socket buffers (a few MB), then its
+            # queue of 8: it is cut. Each registration is waited for, as a steady writer would be.
+            big = "d" * 60_000
+            for i in range(1000):
+                tool = grpc_tool(f"big{i}", EP)
+                tool.description = big
+                await stub.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
+                if hub.feed.subscriber_count < 2:
+                    break
+            else:
+                raise AssertionError("1000 events of 60 kB and the watcher that never reads was never cut")
+            await stub.RegisterTool(lib.RegisterToolRequest(tool=grpc_tool("after", EP)), timeout=5)
+            last = hub.registry.revision
+            async with deadline(10, f"the reading watcher to reach revision {last}"), progressed:
+                await progressed.wait_for(lambda: bool(seen) and seen[-1] >= last)
+            assert seen == list(range(start + 1, last + 1))  # nothing lost, nothing repeated
+            assert not reader.done()  # and it goes on
+        finally:
+            reader.cancel()
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async with deadline(10, "the slow watcher to read what it was sent, then its end"):
+                while True:
+                    resp = await slow.read()
+                    assert resp is not grpc.aio.EOF, "the slow watcher's stream ended without an error"
+                    got.append(resp.event.revision)
+        reason, metadata = metadata_of(err.value)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason == "WATCHER_TOO_SLOW"
+        assert metadata == {"resume_revision": str(got[-1])}
+        resumed = stub.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=got[-1]))
+        async with deadline(10, f"the resumed watch to reach revision {last}"):
+            while got[-1] < last:
+                got.append((await resumed.read()).event.revision)
+        resumed.cancel()
+        assert got == list(range(start + 1, last + 1))  # resumed from where it was cut: no loss
 
 
 async def test_tools_usage_and_revisions_survive_a_hub_restart(cfg, EP):

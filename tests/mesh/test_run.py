@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -19,7 +20,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor.app import ExecutorProcess, listen_address
 from services.hub.app import Hub
-from tests.conftest import stop_process, wait_registered
+from tests.conftest import HubPortTaken, stop_process, wait_registered
 from tests.helpers import descendants
 
 EXECUTOR = "python-executor-mcp-server"
@@ -103,6 +104,20 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
     assert restarted and executor_pid not in restarted  # a new executor serves, not the killed one
 
 
+async def start_with_a_chosen_hub_port(mesh_factory, env, attempts: int = 3):
+    """The mesh in tcp mode, whose hub port is chosen here: the executor and the edge dial the hub's
+    configured TCP address, so the hub cannot bind port 0 (every other mesh server does). A port
+    free when chosen may be taken before the hub binds it: the hub then fails to bind, which
+    mesh_factory reports at once, and the mesh starts again on another port."""
+    for _ in range(attempts):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with contextlib.suppress(HubPortTaken):
+            return await mesh_factory({**env, "TOOLSCORE_HUB__TCP": f"127.0.0.1:{port}"})
+    raise AssertionError(f"the hub's port was taken before it could bind it, {attempts} times")
+
+
 @pytest.mark.parametrize(
     "env",
     [
@@ -114,12 +129,9 @@ async def test_the_supervisor_restarts_a_killed_executor_which_registers_again(m
 )
 async def test_every_mode_runs_python_execute(mesh_factory, env):
     if env.get("TOOLSCORE_MESH__MODE") == "tcp":
-        # The one port chosen before its server starts: in tcp mode the executor dials the hub's
-        # configured TCP address, so it cannot be port 0 (every other mesh server binds port 0).
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            env = {**env, "TOOLSCORE_HUB__TCP": f"127.0.0.1:{s.getsockname()[1]}"}
-    mesh = await mesh_factory(env)
+        mesh = await start_with_a_chosen_hub_port(mesh_factory, env)
+    else:
+        mesh = await mesh_factory(env)
     resp = await run_code(mesh.tcp, "print(sum(range(10)))")
     assert struct_to_dict(resp.structured)["stdout"] == "45\n"
     async with grpc.aio.insecure_channel(mesh.tcp) as ch:

@@ -202,6 +202,29 @@ async def test_unknown_sessions_are_404_and_delete_ends_a_session(http: aiohttp.
     assert (stranger, known, deleted, gone, no_sid) == (404, 200, 200, 404, 400)
 
 
+async def test_a_session_idle_past_its_ttl_is_forgotten_and_its_id_gets_404(
+    http: aiohttp.ClientSession, gateway: HubGateway, cfg: Config, edge: Edge
+):
+    # mcp_session_ttl_s = 0: idle for any time at all is past it, so the test needs no waiting. The
+    # same requests on an edge with the default TTL (an hour) are served.
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    async with edge_with(gateway, cfg, mcp_session_ttl_s=0.0) as brief:
+        sid = await initialize(http, brief)
+        headers = {**ACCEPT, "Mcp-Session-Id": sid}
+        expired, body, _ = await post(http, brief, ping, headers)
+        async with http.get(brief.url, headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}) as r:
+            stream = r.status
+        async with http.delete(brief.url, headers={"Mcp-Session-Id": sid}) as r:
+            deleted = r.status
+        assert (expired, stream, deleted) == (404, 404, 404)
+        assert body["error"]["code"] == -32600 and "Session not found" in body["error"]["message"], body
+        again = await initialize(http, brief)  # the client starts a new session, as the spec says
+        assert again != sid
+    sid = await initialize(http, edge)
+    served, body, _ = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid})
+    assert (served, body) == (200, {"jsonrpc": "2.0", "id": 1, "result": {}})
+
+
 async def test_at_the_edge_wide_session_cap_initialize_is_refused_and_no_open_session_is_evicted(
     http: aiohttp.ClientSession, gateway: Any, cfg: Config
 ):
@@ -373,6 +396,51 @@ async def test_a_handshake_cancel_notification_ends_the_call_with_request_cancel
         _, answer, _ = await call
     assert status == 202
     assert answer == {"jsonrpc": "2.0", "id": "c1", "error": {"code": -32800, "message": "Request cancelled"}}
+
+
+async def test_a_request_id_already_in_flight_in_the_session_is_refused_and_the_first_call_answers(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe
+):
+    sid = await initialize(http, edge)
+    headers = {**ACCEPT, "Mcp-Session-Id": sid}
+    block = {"jsonrpc": "2.0", "id": "d1", "method": "tools/call", "params": {"name": "kit__block"}}
+    first = asyncio.create_task(post(http, edge, block, headers))
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    echo = {"name": "kit__echo", "arguments": {"text": "twin"}}
+    status, dup, _ = await post(http, edge, {**block, "params": echo}, headers)
+    assert status == 200 and dup["id"] == "d1" and dup.get("error", {}).get("code") == -32600, dup
+    assert "already in flight" in dup["error"]["message"]
+    assert not first.done()
+    kit.release.set()
+    async with asyncio.timeout(10):
+        status, answer, _ = await first
+    assert status == 200 and answer["result"]["content"] == [{"type": "text", "text": "released"}], answer
+    assert not kit.cancelled.is_set()
+
+
+@pytest.mark.parametrize("era", ["2025-06-18-session", "stateless", MODERN])
+async def test_a_client_dropping_its_connection_mid_call_cancels_the_call_down_to_the_tool(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe, era: str
+):
+    # docs/mcp.md: outside resumable sessions (2025-11-25 and later), a dropped connection cancels.
+    session = {"Mcp-Session-Id": await initialize(http, edge)} if era.endswith("session") else {}
+
+    def call(rid: int, name: str, arguments: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        params: dict[str, Any] = {"name": name, "arguments": arguments}
+        if era == MODERN:
+            params["_meta"] = MODERN_META
+        headers = modern_headers("tools/call", name) if era == MODERN else {**ACCEPT, **session}
+        return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}, headers
+
+    blocked = asyncio.create_task(post(http, edge, *call(3, "kit__block", {})))
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+    blocked.cancel()  # aiohttp closes the connection of a request cancelled mid-flight
+    async with asyncio.timeout(10):
+        await kit.cancelled.wait()
+    status, answer, _ = await post(http, edge, *call(4, "kit__echo", {"text": "next"}))
+    assert status == 200 and answer["result"]["structuredContent"] == {"text": "next"}, answer
 
 
 async def test_deleting_a_session_cancels_its_calls_with_request_cancelled(

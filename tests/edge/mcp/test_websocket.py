@@ -289,6 +289,34 @@ async def test_a_client_vanishing_mid_call_cancels_its_call_and_no_one_else_noti
     assert echo["result"]["structuredContent"] == {"text": "fine"}
 
 
+async def test_a_request_id_already_in_flight_on_the_socket_is_refused_and_the_first_call_goes_on(
+    edge: Edge, kit: Probe
+):
+    async with connect(edge) as ws:
+        peer = Peer(ws)
+        await peer.initialize()
+        await peer.send(
+            {
+                "jsonrpc": "2.0",
+                "id": 7,
+                "method": "tools/call",
+                "params": {"name": "kit__block", "arguments": {}},
+            }
+        )
+        async with asyncio.timeout(10):
+            await kit.started.wait()
+        echo = {"name": "kit__echo", "arguments": {"text": "twin"}}
+        dup = await peer.call("tools/call", echo, rid=7)
+        assert dup.get("error", {}).get("code") == -32600, dup
+        assert "already in flight" in dup["error"]["message"]
+        # The first call is still the one id 7 names: a cancel for it reaches the tool.
+        await peer.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
+        async with asyncio.timeout(10):
+            await kit.cancelled.wait()
+        again = await peer.call("tools/call", {"name": "kit__echo", "arguments": {"text": "after"}}, rid=7)
+    assert again["result"]["structuredContent"] == {"text": "after"}, again
+
+
 async def test_websocket_from_a_foreign_origin_is_refused(edge: Edge):
     with pytest.raises(websockets.InvalidStatus) as info:
         async with connect(edge, origin="http://evil.example"):

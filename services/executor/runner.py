@@ -91,9 +91,11 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
         malformed = "malformed" in str(exc)
         # A dying sandbox is heard out before it is killed: bwrap passes on how its interpreter died
         # (SIGXCPU: the CPU limit), which a SIGKILL of ours arriving first would hide.
-        if not malformed:
-            await _exit(worker)
-        worker.kill()
+        try:
+            if not malformed:
+                await _exit(worker)
+        finally:  # also when the caller goes away meanwhile: the sandbox must not outlive the call
+            worker.kill()
         await _exit(worker)
         failure = str(exc) if malformed else worker.death_reason(cfg)
     duration_ms = round((time.perf_counter() - start) * 1000, 3)

@@ -162,3 +162,17 @@ async def test_a_session_call_cancelled_after_its_code_closed_the_control_pipe_h
     resp, _s = await call.code("'own reply'", session_id=session_id)
     assert resp.is_error and "no such session" in resp.error.message, resp.error.message
     await assert_next_call_succeeds(call)
+
+
+async def test_a_call_whose_code_closes_the_control_pipe_and_lives_on_ends_at_its_own_timeout(
+    call: Call,
+) -> None:
+    # The executor waits up to a second for a sandbox whose pipe ended to exit by itself, but never
+    # past the call's timeout: with less than a second left, code that closed its end of the pipe
+    # and went on would otherwise keep its call slot (and its sandbox) beyond the timeout it asked for.
+    code = "import os, sys, threading\nos.close(int(sys.argv[2]))\nthreading.Event().wait()"
+    async with deadline(30, "the call's answer"):
+        resp, s = await call.code(code, timeout=0.9)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT  # as any call at its timeout
+    assert s["timed_out"] and "timed out after 0.9s; the sandbox was killed" in s["error_reason"], s
+    await assert_next_call_succeeds(call)

@@ -57,10 +57,10 @@ def _limits(
     return limits, fields
 
 
-async def _exit(worker: Worker) -> None:
-    """Until the sandbox has exited, at most a second."""
+async def _exit(worker: Worker, within_s: float = 1.0) -> None:
+    """Until the sandbox has exited, at most `within_s` seconds."""
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(max(within_s, 0.0)):
             await worker.proc.wait()
 
 
@@ -90,12 +90,20 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
         lost = True
         malformed = "malformed" in str(exc)
         # A dying sandbox is heard out before it is killed: bwrap passes on how its interpreter died
-        # (SIGXCPU: the CPU limit), which a SIGKILL of ours arriving first would hide.
-        if not malformed:
-            await _exit(worker)
-        worker.kill()
+        # (SIGXCPU: the CPU limit), which a SIGKILL of ours arriving first would hide. Never past
+        # the call's timeout: code that closed its end of the pipe and lives on would hold its slot.
+        try:
+            if not malformed:
+                left = timeout_s - (time.perf_counter() - start)
+                await _exit(worker, min(left, 1.0))
+                timed_out = left < 1.0 and worker.proc.returncode is None
+        finally:  # also when the caller goes away meanwhile: the sandbox must not outlive the call
+            worker.kill()
         await _exit(worker)
-        failure = str(exc) if malformed else worker.death_reason(cfg)
+        if timed_out:
+            failure = f"timed out after {timeout_s:.3g}s; the sandbox was killed"
+        else:
+            failure = str(exc) if malformed else worker.death_reason(cfg)
     duration_ms = round((time.perf_counter() - start) * 1000, 3)
     failed = reply is None or reply.return_code != 0
     if failed and worker.group is not None and worker.group.hit_pids_limit():  # cgroupfs reads cost ~0.1 ms

@@ -38,13 +38,22 @@ async def process_group(cwd: Path) -> AsyncIterator[tuple[asyncio.subprocess.Pro
         stdout=asyncio.subprocess.PIPE,
     )
     assert leader.stdout is not None
+    child_fd = -1
     try:
         async with deadline(10, "the leftover's child pid"):
             child = int(await leader.stdout.readline())
+        child_fd = os.pidfd_open(child)
         yield leader, child
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader.pid, signal.SIGKILL)
+        # By pidfd and only while the leader is not reaped: once the group is gone its pid may be
+        # another process's (the very reuse these tests are about), and killpg would hit that one.
+        if leader.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(leader.pid, signal.SIGKILL)
+        if child_fd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(child_fd, signal.SIGKILL)
+            os.close(child_fd)
         async with deadline(10, "the leftover group to be reaped"):
             await leader.wait()
 

@@ -9,13 +9,16 @@ sends is in `worker.py`, how the executor reads it in `protocol.py` and `handle.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import tracemalloc
 from dataclasses import dataclass
 
 import pytest
 from toolscore.v1 import tool_pb2
 
-from tests.executor.conftest import Call, assert_next_call_succeeds, hold_a_call
+from tests.executor.conftest import _BLOCK_RELEASE, Call, assert_next_call_succeeds, hold_a_call
 from tests.helpers import deadline
 
 
@@ -127,4 +130,49 @@ async def test_a_length_claiming_4_gib_is_refused_before_the_flood_behind_it_is_
     # At most the call's frame cap (about 1.4 MiB with these limits) could ever be held; far less is.
     assert peak < 4 << 20, f"{peak} bytes allocated while the sandbox wrote {flood}"
     assert resp.is_error and "exceeds the" in s["error_reason"] and not s["timed_out"], s
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_session_call_cancelled_after_its_code_closed_the_control_pipe_has_its_sandbox_killed(
+    call: Call,
+) -> None:
+    # User code that closes its end of the control pipe and lives on: the executor sees the pipe end
+    # and waits (up to a second) for the sandbox to exit by itself before killing it. A caller going
+    # away during that wait must not leave the sandbox running, unstopped, outside any call slot.
+    session_id = await call.new_session(_BLOCK_RELEASE)
+    worker = call.executor.sessions._sessions[session_id].worker  # type: ignore[union-attr]
+    ended = asyncio.get_running_loop().create_future()
+    watch = os.dup(worker.reader.fd)  # readable once the control pipe has no writer left
+    asyncio.get_running_loop().add_reader(watch, lambda: ended.done() or ended.set_result(None))
+    code = "import os, signal, sys\nos.close(int(sys.argv[2]))\nsignal.sigwait({signal.SIGUSR1})"
+    task = asyncio.create_task(call.code(code, session_id=session_id, timeout=60, deadline=90))
+    try:
+        async with deadline(20, "the sandbox to close its control pipe"):
+            await ended
+    finally:
+        asyncio.get_running_loop().remove_reader(watch)
+        os.close(watch)
+    task.cancel()  # the caller goes away; gRPC cancels the call through the hub to the executor
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    # Well within the 30 s idle TTL, which would end the session (and its sandbox) anyway; the code
+    # itself waits for a signal that never comes.
+    async with deadline(10, "the cancelled call's sandbox to be killed"):
+        await worker.proc.wait()
+    resp, _s = await call.code("'own reply'", session_id=session_id)
+    assert resp.is_error and "no such session" in resp.error.message, resp.error.message
+    await assert_next_call_succeeds(call)
+
+
+async def test_a_call_whose_code_closes_the_control_pipe_and_lives_on_ends_at_its_own_timeout(
+    call: Call,
+) -> None:
+    # The executor waits up to a second for a sandbox whose pipe ended to exit by itself, but never
+    # past the call's timeout: with less than a second left, code that closed its end of the pipe
+    # and went on would otherwise keep its call slot (and its sandbox) beyond the timeout it asked for.
+    code = "import os, sys, threading\nos.close(int(sys.argv[2]))\nthreading.Event().wait()"
+    async with deadline(30, "the call's answer"):
+        resp, s = await call.code(code, timeout=0.9)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT  # as any call at its timeout
+    assert s["timed_out"] and "timed out after 0.9s; the sandbox was killed" in s["error_reason"], s
     await assert_next_call_succeeds(call)

@@ -23,13 +23,13 @@ async def test_a_session_kept_busy_is_ended_at_its_maximum_lifetime(
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.executor.sessions")
     # Never idle long enough for the idle TTL: only the lifetime can end it.
-    cfg = config_mod.replace(xcfg, executor={"session_max_lifetime_s": 1.0, "session_idle_ttl_s": 120.0})
+    cfg = config_mod.replace(xcfg, executor={"session_max_lifetime_s": 2.0, "session_idle_ttl_s": 120.0})
     async with running_executor(cfg, hub) as call:
         sid = await call.new_session("n = 0")
         assert call.executor.sessions is not None
         worker = call.executor.sessions._sessions[sid].worker
         answered = 0
-        async with deadline(30, "the busy session to end at its 1 s lifetime"):
+        async with deadline(30, "the busy session to end at its 2 s lifetime"):
             while True:  # one call after another, each answered before the next: busy, never idle
                 resp, s = await call.code("n += 1\nn", session_id=sid)
                 if resp.is_error:

@@ -34,6 +34,8 @@ _ENTRY_BYTES = 4096
 def usage(root: Path, stop_above: int) -> int:
     """Bytes `root` uses on disk (allocated blocks, at least one block per entry), counted until the
     total passes `stop_above`. Symlinks are not followed; entries that vanish meanwhile are skipped."""
+    if os.path.islink(root):  # a work/ replaced by a link is refused by the jail, never walked as root
+        return 0
     total, stack = 0, [str(root)]
     while stack and total <= stop_above:
         try:

@@ -11,6 +11,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common import config as config_mod
 from services.common.config import Config
+from services.discovery import disk
 from services.hub.app import Hub
 from tests.discovery.conftest import PackageIndex
 from tests.discovery.test_sandbox import Calls, publish
@@ -106,3 +107,15 @@ async def test_a_server_flooding_stderr_leaves_at_most_two_logs_of_log_max_bytes
         log, previous = d / "server.log", d / "server.log.1"
         assert log.stat().st_size <= cap and previous.stat().st_size <= cap
     assert "last words" in (previous.read_text() + log.read_text())[-4096:]  # the newest lines kept
+
+
+def test_a_work_dir_that_is_a_symlink_is_not_walked_and_counts_nothing(tmp_path: Path) -> None:
+    # The hub (root) measures work/ before the jail refuses a linked one: it must not walk the link's
+    # host target (a large tree, and a misleading "over its cap" reason instead of "symbolic link").
+    target = tmp_path / "host-tree"
+    target.mkdir()
+    (target / "big").write_bytes(b"x" * 200_000)
+    link = tmp_path / "work"
+    link.symlink_to(target)
+    assert disk.usage(target, 10**9) >= 200_000
+    assert disk.usage(link, 10**9) == 0

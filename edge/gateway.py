@@ -31,7 +31,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError, Unavailable, from_rpc_error
-from services.library.registry import Entry, make_entry
+from services.library.registry import WATCH_REVISION_KEY, Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Router
 
@@ -86,8 +86,12 @@ class HubGateway:
         # Why the cache may be behind the hub ("" while it follows the hub's events): any failure of
         # the watch sets it until a fresh listing and a new watch have caught up. /health shows it.
         self.problem = ""
-        self.following = asyncio.Event()  # set while caught up and following; cleared with a problem
-        self.troubled = asyncio.Event()  # the reverse: set while `problem` is
+        # Set once the cache holds the hub's state as of when the current watch started (the listing
+        # and the events the watch replays up to that revision), and while it follows; cleared with
+        # a problem. /health says healthy only while it is set.
+        self.following = asyncio.Event()
+        self.troubled = asyncio.Event()  # set while `problem` is
+        self._catch_up_to = 0  # the hub's revision when the current watch started
         self.listeners: list[Listener] = []
         # Recent events (revision order) for clients that resume with ?since=.
         self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
@@ -150,12 +154,14 @@ class HubGateway:
             try:
                 await self._resync()
                 watch = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=self.revision))
-                self._caught_up()
+                self._catch_up_to = await self._watch_started(watch)
+                self._check_caught_up()
                 delay = 0.1
                 async for resp in watch:
                     if resp is None:  # grpc hands back None for a message it could not parse
                         raise _Unreadable("an event from the hub could not be parsed")
                     self._apply(resp.event)
+                    self._check_caught_up()
                 self._fell_behind("the hub closed the event stream")
                 continue
             except grpc.aio.AioRpcError as exc:
@@ -166,6 +172,22 @@ class HubGateway:
                 self._fell_behind(f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _watch_started(self, watch: Any) -> int:
+        """The hub's revision when `watch` started (its initial metadata says; docs/grpc.md).
+
+        Awaiting it also means the hub has the watch in place. A hub that does not say (one older
+        than this metadata, which sends it only with its first event): the listing's revision.
+        """
+        metadata = await watch.initial_metadata()
+        for key, value in metadata or ():
+            if key == WATCH_REVISION_KEY:
+                return int(value)
+        return self.revision
+
+    def _check_caught_up(self) -> None:
+        if self.revision >= self._catch_up_to and not self.following.is_set():
+            self._caught_up()
 
     def _caught_up(self) -> None:
         if self.problem:

@@ -29,6 +29,7 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
+from services.common import authority
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import WATCH_REVISION_KEY, Entry, make_entry
@@ -335,17 +336,18 @@ class HubGateway:
         entry = self.entries.get(request.tool_id)
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
-        admin = False
-        if entry is not None:  # checked here first: bad calls (admin-only without rights) cost no hop
-            await self.router.resolve(request, deadline_s)
-            admin = request.action in entry.admin_actions
-        return await self._relay_call(request, deadline_s, admin)
+        if entry is None:
+            # Not in this cache (yet): the hub decides, so it must hear the caller's own rights,
+            # neither less (an admin refused) nor more (anyone acting as admin).
+            return await self._relay_call(request, deadline_s, authority.caller_is_admin())
+        await self.router.resolve(request, deadline_s)  # checked here first: bad calls cost no hop
+        return await self._relay_call(request, deadline_s, request.action in entry.admin_actions)
 
     async def _relay_call(
         self, request: ex.ExecuteRequest, deadline_s: float | None, admin: bool = False
     ) -> ex.ExecuteResponse:
         timeout = self.router.timeout_for(request, deadline_s)
-        # The caller's admin rights were checked here: the hub hears them as the edge's token.
+        # `admin`: the caller proved admin rights here; the hub hears them as the edge's token.
         metadata = self._admin_metadata if admin else ()
         try:
             return await self._relay(request, timeout=timeout + 0.5, metadata=metadata)

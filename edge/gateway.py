@@ -191,8 +191,7 @@ class HubGateway:
             self._caught_up()
 
     def _caught_up(self) -> None:
-        if self.problem:
-            log.info("caught up with the hub at revision %d", self.revision)
+        log.info("caught up with the hub at revision %d", self.revision)  # once per watch that gets here
         self.problem = ""
         self.troubled.clear()
         self.following.set()

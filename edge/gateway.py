@@ -155,8 +155,10 @@ class HubGateway:
             try:
                 await self._resync()
                 watch = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=self.revision))
-                self._catch_up_to = await self._watch_started(watch)
-                self._check_caught_up()
+                started = await self._watch_started(watch)
+                if started is not None:  # None: it ended before it started; iterating raises why
+                    self._catch_up_to = started
+                    self._check_caught_up()
                 delay = 0.1
                 async for resp in watch:
                     if resp is None:  # grpc hands back None for a message it could not parse
@@ -174,17 +176,18 @@ class HubGateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _watch_started(self, watch: Any) -> int:
-        """The hub's revision when `watch` started (its initial metadata says; docs/grpc.md).
+    async def _watch_started(self, watch: Any) -> int | None:
+        """The hub's revision when `watch` started (its initial metadata says; docs/grpc.md), or
+        None when the watch ended before it started (the hub never had it in place).
 
-        Awaiting it also means the hub has the watch in place. A hub that does not say (one older
-        than this metadata, which sends it only with its first event): the listing's revision.
+        A hub that does not say (one older than this metadata, which sends it only with its first
+        event): the listing's revision.
         """
         metadata = await watch.initial_metadata()
         for key, value in metadata or ():
             if key == WATCH_REVISION_KEY:
                 return int(value)
-        return self.revision
+        return None if watch.done() else self.revision
 
     def _check_caught_up(self) -> None:
         if self.revision >= self._catch_up_to and not self.following.is_set():

@@ -79,7 +79,7 @@ class HubProxy:
         self._gate.set()
 
     def cut(self) -> None:
-        """End every open watch with UNAVAILABLE, as a hub going away would."""
+        """End every open or held watch with UNAVAILABLE, as a hub going away would."""
         for cut in self._cuts:
             cut.set()
 
@@ -96,14 +96,21 @@ class HubProxy:
     async def stream(
         self, method: str, request: bytes, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
+        cut = asyncio.Event()
+        self._cuts.add(cut)
         if method == WATCH:
             async with self.watching:
                 self.watches_arrived += 1
                 self.watching.notify_all()
-            await self._gate.wait()
+            gate = asyncio.ensure_future(self._gate.wait())
+            stop = asyncio.ensure_future(cut.wait())
+            await asyncio.wait({gate, stop}, return_when=asyncio.FIRST_COMPLETED)
+            gate.cancel()
+            stop.cancel()
+            if cut.is_set():  # cut while held: it fails before the hub ever heard of it
+                self._cuts.discard(cut)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "cut by the test's proxy")
         call = self._channel.unary_stream(method)(request, metadata=_forwarded(context.invocation_metadata()))
-        cut = asyncio.Event()
-        self._cuts.add(cut)
         try:
             await context.send_initial_metadata(_forwarded(await call.initial_metadata()))
             messages = call.__aiter__()

@@ -6,8 +6,11 @@ but not yet applied what the hub committed meanwhile."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from services.common.config import Config
 from services.hub.app import Hub
@@ -73,3 +76,24 @@ async def test_health_waits_for_what_the_hub_committed_before_the_watch_and_agai
         status, body = await edge.get("/health")
         assert degraded(status, body) and "UNAVAILABLE" in body["reason"], body
         await healthy_and_complete(edge, proxy, hub, expected)
+
+
+async def test_a_watch_that_fails_before_the_hub_has_it_never_counts_as_caught_up(
+    cfg: Config, hub: Hub, root: Path, start_edge: Any, caplog: pytest.LogCaptureFixture
+):
+    caplog.set_level(logging.INFO, logger="edge.gateway")
+
+    def catch_ups() -> int:
+        return sum("caught up with the hub" in r.getMessage() for r in caplog.records)
+
+    async with HubProxy(hub.uds_target or "", root / "run" / "hub-proxy.sock") as proxy:
+        proxy.hold_watches()
+        edge = await start_edge(through(proxy, cfg, hub), caught_up=False)
+        await arrived(proxy, 1)
+        proxy.cut()  # it fails without a word from the hub: no revision to catch up to
+        await arrived(proxy, 2)  # the edge saw it fail, listed again and watches again
+        assert catch_ups() == 0
+        status, body = await edge.get("/health")
+        assert status == 503 and "UNAVAILABLE" in body["reason"], body
+        await healthy_and_complete(edge, proxy, hub, {e.tool.tool_id for e in hub.registry.entries()})
+        assert catch_ups() == 1

@@ -29,9 +29,10 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
+from services.common import authority
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError, Unavailable, from_rpc_error
-from services.library.registry import Entry, make_entry
+from services.library.registry import WATCH_REVISION_KEY, Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Router
 
@@ -86,8 +87,12 @@ class HubGateway:
         # Why the cache may be behind the hub ("" while it follows the hub's events): any failure of
         # the watch sets it until a fresh listing and a new watch have caught up. /health shows it.
         self.problem = ""
-        self.following = asyncio.Event()  # set while caught up and following; cleared with a problem
-        self.troubled = asyncio.Event()  # the reverse: set while `problem` is
+        # Set once the cache holds the hub's state as of when the current watch started (the listing
+        # and the events the watch replays up to that revision), and while it follows; cleared with
+        # a problem. /health says healthy only while it is set.
+        self.following = asyncio.Event()
+        self.troubled = asyncio.Event()  # set while `problem` is
+        self._catch_up_to = 0  # the hub's revision when the current watch started
         self.listeners: list[Listener] = []
         # Recent events (revision order) for clients that resume with ?since=.
         self.recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=opts.event_buffer)
@@ -150,12 +155,16 @@ class HubGateway:
             try:
                 await self._resync()
                 watch = self.library.WatchToolEvents(lib.WatchToolEventsRequest(since_revision=self.revision))
-                self._caught_up()
+                started = await self._watch_started(watch)
+                if started is not None:  # None: it ended before it started; iterating raises why
+                    self._catch_up_to = started
+                    self._check_caught_up()
                 delay = 0.1
                 async for resp in watch:
                     if resp is None:  # grpc hands back None for a message it could not parse
                         raise _Unreadable("an event from the hub could not be parsed")
                     self._apply(resp.event)
+                    self._check_caught_up()
                 self._fell_behind("the hub closed the event stream")
                 continue
             except grpc.aio.AioRpcError as exc:
@@ -167,9 +176,25 @@ class HubGateway:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _watch_started(self, watch: Any) -> int | None:
+        """The hub's revision when `watch` started (its initial metadata says; docs/grpc.md), or
+        None when the watch ended before it started (the hub never had it in place).
+
+        A hub that does not say (one older than this metadata, which sends it only with its first
+        event): the listing's revision.
+        """
+        metadata = await watch.initial_metadata()
+        for key, value in metadata or ():
+            if key == WATCH_REVISION_KEY:
+                return int(value)
+        return None if watch.done() else self.revision
+
+    def _check_caught_up(self) -> None:
+        if self.revision >= self._catch_up_to and not self.following.is_set():
+            self._caught_up()
+
     def _caught_up(self) -> None:
-        if self.problem:
-            log.info("caught up with the hub at revision %d", self.revision)
+        log.info("caught up with the hub at revision %d", self.revision)  # once per watch that gets here
         self.problem = ""
         self.troubled.clear()
         self.following.set()
@@ -313,17 +338,18 @@ class HubGateway:
         entry = self.entries.get(request.tool_id)
         if entry is not None and self.opts.direct and self.router.reaches(entry):
             return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
-        admin = False
-        if entry is not None:  # checked here first: bad calls (admin-only without rights) cost no hop
-            await self.router.resolve(request, deadline_s)
-            admin = request.action in entry.admin_actions
-        return await self._relay_call(request, deadline_s, admin)
+        if entry is None:
+            # Not in this cache (yet): the hub decides, so it must hear the caller's own rights,
+            # neither less (an admin refused) nor more (anyone acting as admin).
+            return await self._relay_call(request, deadline_s, authority.caller_is_admin())
+        await self.router.resolve(request, deadline_s)  # checked here first: bad calls cost no hop
+        return await self._relay_call(request, deadline_s, request.action in entry.admin_actions)
 
     async def _relay_call(
         self, request: ex.ExecuteRequest, deadline_s: float | None, admin: bool = False
     ) -> ex.ExecuteResponse:
         timeout = self.router.timeout_for(request, deadline_s)
-        # The caller's admin rights were checked here: the hub hears them as the edge's token.
+        # `admin`: the caller proved admin rights here; the hub hears them as the edge's token.
         metadata = self._admin_metadata if admin else ()
         try:
             return await self._relay(request, timeout=timeout + 0.5, metadata=metadata)

@@ -103,14 +103,14 @@ async def health(request: web.Request) -> web.Response:
             },
             status=503,
         )
-    if gw.problem:  # reachable, but not following its events: the tool cache may be stale
+    if not gw.following.is_set():  # reachable, but not caught up with its events: the cache may be stale
         return _json(
             {
                 "status": "degraded",
                 "message": "the edge is resyncing its tool cache with the hub",
                 "hub_connected": True,
                 "resyncing": True,
-                "reason": gw.problem,
+                "reason": gw.problem or "catching up with the hub's events",
                 "revision": gw.revision,
             },
             status=503,
@@ -130,7 +130,7 @@ async def status(request: web.Request) -> web.Response:
     synced = gw.synced.is_set()
     return _json(
         {
-            "status": "running" if synced and not gw.problem else "degraded",
+            "status": "running" if synced and gw.following.is_set() else "degraded",
             "tool_library_initialized": synced,
             "stats": stats(request.app),
         }

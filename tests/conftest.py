@@ -190,13 +190,13 @@ class Mesh:
         return self.log_path.read_text(errors="replace")
 
     async def edge_url(self, within_s: float = 30.0) -> str:
-        """The edge's base URL once it serves and follows the hub (both are lines it prints; its
-        port is one the system chose: TOOLSCORE_EDGE__PORT=0)."""
+        """The edge's base URL once it serves and has caught up with the hub (both are lines it
+        prints; its port is one the system chose: TOOLSCORE_EDGE__PORT=0)."""
         serving = await self.output.wait_for(
             r" edge +INFO +edge: edge serving on (http://[\d.]+:\d+)", "the edge to listen", within_s
         )
         await self.output.wait_for(
-            r" edge +INFO +edge\.gateway: synced with the hub", "the edge to sync", within_s
+            r" edge +INFO +edge\.gateway: caught up with the hub", "the edge to catch up", within_s
         )
         return serving[1]
 

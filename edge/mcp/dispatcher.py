@@ -79,7 +79,8 @@ class Session:
     inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
     cancelled: set[RequestId] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
-    # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended.
+    # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended (then
+    # no request of it starts any more).
     tool_sessions: dict[str, Held] | None = field(default_factory=dict)
 
 
@@ -290,6 +291,10 @@ class Dispatcher:
         """Run a request so that `notifications/cancelled` naming it can cancel it."""
         rid = msg.id
         assert rid is not None
+        if session.tool_sessions is None:
+            # Forgotten before this request first ran (a transport runs some as tasks of their own):
+            # nothing would cancel it, and a tool session it opened would outlive the MCP session.
+            raise _Cancelled
         if rid in session.inflight:
             raise ProtocolError(INVALID_REQUEST, f"request id {rid!r} is already in flight")
         task = asyncio.current_task()

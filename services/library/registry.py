@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -39,6 +39,9 @@ HEALTH_CHANGED = tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED
 _BACKLOG_PAGE = 500
 # What an event adds around its tool's definition: type, revision, time, health and stats.
 _EVENT_OVERHEAD_BYTES = 4096
+# Initial metadata of WatchToolEvents: the registry's revision when the watch started. A watcher that
+# listed first has the hub's state as of then once it has applied the events up to it.
+WATCH_REVISION_KEY = "toolscore-watch-revision"
 
 
 @dataclass(eq=False)
@@ -311,9 +314,17 @@ class Registry:
     # -- history -----------------------------------------------------------
 
     async def watch(
-        self, since: int, types: Iterable[int] = (), tool_ids: Iterable[str] = ()
+        self,
+        since: int,
+        types: Iterable[int] = (),
+        tool_ids: Iterable[str] = (),
+        started: Callable[[int], Awaitable[None]] | None = None,
     ) -> AsyncIterator[tool_pb2.ToolEvent]:
-        """Every event after `since`, then live ones: none missed, none repeated."""
+        """Every event after `since`, then live ones: none missed, none repeated.
+
+        `started(revision)` is awaited once the watch is subscribed, before any event: every event
+        up to `revision` comes from the history, every later one live.
+        """
         want_types, want_ids = frozenset(types), frozenset(tool_ids)
 
         def wanted(ev: tool_pb2.ToolEvent) -> bool:
@@ -335,6 +346,8 @@ class Registry:
                     reason="EVENTS_COMPACTED",
                     metadata={"oldest_revision": str(oldest)},
                 )
+            if started is not None:
+                await started(latest)
             last = since
             while True:
                 page = await self._store.events_since(last, _BACKLOG_PAGE)

@@ -14,7 +14,7 @@ from toolscore.v1 import tool_pb2
 from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest
 from services.library import search
-from services.library.registry import Registry
+from services.library.registry import WATCH_REVISION_KEY, Registry
 
 SERVICE = "toolscore.v1.ToolLibraryService"
 PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
@@ -124,7 +124,12 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
         for t in request.types:
             if t not in tool_pb2.ToolEventType.values() or t == 0:
                 raise InvalidRequest(f"unknown event type {t}", reason="INVALID_EVENT_TYPE")
-        async for event in self.registry.watch(request.since_revision, request.types, request.tool_ids):
+
+        async def started(revision: int) -> None:  # sent at once: a quiet registry sends no event
+            await context.send_initial_metadata(((WATCH_REVISION_KEY, str(revision)),))
+
+        events = self.registry.watch(request.since_revision, request.types, request.tool_ids, started)
+        async for event in events:
             yield pb.WatchToolEventsResponse(event=event)
 
     async def ReportUsage(

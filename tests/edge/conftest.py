@@ -124,7 +124,8 @@ def edge_config(cfg: Config, hub: Hub, **edge: Any) -> Config:
 
 @pytest.fixture
 async def start_edge() -> AsyncIterator[Callable[..., Any]]:
-    """`await start_edge(cfg)` -> EdgeHandle, with the gateway synced with the hub.
+    """`await start_edge(cfg)` -> EdgeHandle, with the gateway caught up with the hub (`caught_up=False`:
+    once it has listed the registry, whether or not its watch has caught up).
 
     `on_app(app)` runs before the app is frozen (to connect a test to its signals).
     `handler_cancellation=False` runs the app as an embedding application might (edge/__main__ runs
@@ -136,6 +137,7 @@ async def start_edge() -> AsyncIterator[Callable[..., Any]]:
         cfg: Config,
         on_app: Callable[[web.Application], None] | None = None,
         handler_cancellation: bool = True,
+        caught_up: bool = True,
     ) -> EdgeHandle:
         app = build_app(cfg)
         if on_app is not None:
@@ -149,7 +151,7 @@ async def start_edge() -> AsyncIterator[Callable[..., Any]]:
         await site.start()
         host, port = runner.addresses[0][:2]
         async with asyncio.timeout(10):
-            await app[GATEWAY].synced.wait()
+            await (app[GATEWAY].following if caught_up else app[GATEWAY].synced).wait()
         http = aiohttp.ClientSession()
         sessions.append(http)
         return EdgeHandle(app, f"http://{host}:{port}", http, runner)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from subprocess import PIPE
 from typing import Any
 
@@ -22,6 +23,7 @@ from services.common.config import Config
 from services.hub.app import Hub
 from tests.conftest import REPO
 from tests.edge.conftest import TOKEN, EdgeHandle, echo_spec, edge_config, grpc_tool
+from tests.edge.hub_proxy import HubProxy, arrived, through
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -296,3 +298,27 @@ async def test_configured_hosts_are_allowed(cfg, hub, start_edge):
     assert status == 200
     status, body = await edge.get("/tools", headers={"Host": "other.corp:8082"})
     assert status == 403 and body["reason"] == "FORBIDDEN_HOST"
+
+
+async def test_a_call_to_an_admin_only_action_the_edge_has_not_seen_yet_carries_exactly_the_callers_rights(
+    token_cfg: Config, token_hub: Hub, root: Path, echo_server: str, start_edge: Any
+):
+    # The edge relays a call to a tool its cache does not hold (yet) to the hub, which decides:
+    # it must hear the caller's rights, so an admin is served and an anonymous caller refused.
+    async with HubProxy(token_hub.uds_target or "", root / "run" / "hub-proxy.sock") as proxy:
+        proxy.hold_watches()  # the edge lists the registry, then waits for events that do not come
+        edge = await start_edge(through(proxy, token_cfg, token_hub), caught_up=False)
+        await arrived(proxy, 1)
+        admin_tool = grpc_tool(ADMIN_ECHO, echo_server)
+        for cap in admin_tool.capabilities:
+            cap.requires_admin = cap.name == "echo"
+        await token_hub.registry.register(admin_tool)
+        assert ADMIN_ECHO not in edge.gateway.entries
+        call = {"action": "echo", "arguments": {"text": "hi"}}
+        path = f"/api/v1/tools/{ADMIN_ECHO}/call"
+        status, body = await edge.post(path, call, headers=AUTH)
+        assert status == 200 and body["is_error"] is False and body["structured"] == {"text": "hi"}, body
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            status, body = await edge.post(path, call, headers=headers)
+            assert status == 401 and body["reason"] == "ADMIN_TOKEN_REQUIRED", body
+        assert ADMIN_ECHO not in edge.gateway.entries  # every call above went the relay's way

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from mcp import Client
 
-from .conftest import Edge
+from edge.mcp import Dispatcher, Session
+from edge.mcp._protocol import Message, decode
+from services.toolkit import Action
+from tests.helpers import deadline
+
+from .conftest import Edge, tool_def
 from .test_websocket import Peer, connect
 
 PYTHON = "python-executor-mcp-server__python_execute"
@@ -88,3 +96,105 @@ async def test_a_client_that_ends_its_executor_session_itself_leaves_nothing_to_
         assert ended.structured_content == {"session_id": sid, "ended": True}
         assert await live_sessions(client) == 0
     assert not edge.svc.dispatcher.tool_sessions._ending
+
+
+# -- a stateful tool of our own, whose opening call can be held at the tool -------------------------
+
+
+@dataclass
+class Keeper:
+    """A stateful tool server: `open` mints a session (held while `open_release` is clear),
+    `end_session` ends one."""
+
+    opened: list[str] = field(default_factory=list)
+    ended: list[str] = field(default_factory=list)
+    open_entered: asyncio.Event = field(default_factory=asyncio.Event)
+    open_release: asyncio.Event = field(default_factory=lambda: _set(asyncio.Event()))
+    open_cut: asyncio.Event = field(default_factory=asyncio.Event)  # an opening call cancelled under it
+
+    def actions(self) -> list[Action]:
+        async def open_(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            self.open_entered.set()
+            try:
+                await self.open_release.wait()
+            except asyncio.CancelledError:
+                self.open_cut.set()
+                raise
+            sid = f"k{len(self.opened) + 1}"
+            self.opened.append(sid)
+            return {"session_id": sid}
+
+        async def end_session(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+            self.ended.append(args["session_id"])
+            return {"session_id": args["session_id"], "ended": True}
+
+        return [Action("open", "Open a session", open_), Action("end_session", "End one", end_session)]
+
+
+def _set(event: asyncio.Event) -> asyncio.Event:
+    event.set()
+    return event
+
+
+@pytest.fixture
+async def keeper(start_tool_server: Any) -> tuple[Keeper, str]:
+    kept = Keeper()
+    _, endpoint = await start_tool_server({"keeper": kept.actions()}, name="keeper")
+    return kept, endpoint
+
+
+def _message(rid: int, method: str, params: dict[str, Any]) -> Message:
+    return decode(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
+
+
+async def _initialized(d: Dispatcher) -> Session:
+    """An HTTP MCP session past initialize, as the Streamable HTTP transport holds one."""
+    session = Session(id="held-by-the-test", transport="http")
+    client = {"name": "t", "version": "1"}
+    params = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+    resp = await d.request(_message(0, "initialize", params), session)
+    assert resp is not None and "result" in resp, resp
+    return session
+
+
+OPEN = _message(1, "tools/call", {"name": "keeper__open", "arguments": {}})
+
+
+async def test_a_call_whose_mcp_session_ended_before_it_started_opens_no_tool_session(
+    edge: Edge, register: Any, keeper: tuple[Keeper, str]
+):
+    # The Streamable HTTP transport runs a streamed call as a task of its own: the session can end
+    # (DELETE, expiry, the edge shutting down) after the task is created and before it first runs.
+    # Such a call must not run: its session's tool sessions were released already, so one it
+    # opened would be ended by nobody the shutdown waits for (or leak on the tool until its TTL).
+    kept, endpoint = keeper
+    await register(tool_def("keeper", endpoint, kept.actions()))
+    d = edge.svc.dispatcher
+    session = await _initialized(d)
+    call = asyncio.create_task(d.request(OPEN, session, lambda note: None))
+    d.forget(session)  # before the call's first step
+    async with deadline(10, "the call to finish"):
+        resp = await asyncio.shield(call)  # the deadline must not be what cancels it
+    assert resp is None  # cancelled: no response owed (HTTP answers -32800)
+    assert not kept.open_entered.is_set() and kept.opened == []
+    assert not d.tool_sessions._ending
+
+
+async def test_a_call_opening_a_tool_session_when_its_mcp_session_ends_is_cancelled_down_to_the_tool(
+    edge: Edge, register: Any, keeper: tuple[Keeper, str]
+):
+    kept, endpoint = keeper
+    await register(tool_def("keeper", endpoint, kept.actions()))
+    kept.open_release.clear()  # the opening call waits at the tool
+    d = edge.svc.dispatcher
+    session = await _initialized(d)
+    call = asyncio.create_task(d.request(OPEN, session, lambda note: None))
+    async with deadline(10, "the opening call to reach the tool"):
+        await kept.open_entered.wait()
+    d.forget(session)
+    async with deadline(10, "the call to finish"):
+        resp = await asyncio.shield(call)  # the deadline must not be what cancels it
+    assert resp is None  # cancelled: no response owed
+    async with deadline(10, "the cancellation to reach the tool"):
+        await kept.open_cut.wait()
+    assert kept.opened == [] and not d.tool_sessions._ending

@@ -40,7 +40,7 @@ def cfg(cfg: Config) -> Config:
 async def gateway(hub: Any) -> AsyncIterator[HubGateway]:
     async with HubGateway(GatewayOptions(hub_target=hub.uds_target, usage_flush_s=3600)) as gw:
         async with asyncio.timeout(10):
-            await gw.synced.wait()
+            await gw.cache.synced.wait()
         yield gw
 
 
@@ -155,13 +155,13 @@ async def register(hub_stubs: Any, gateway: HubGateway) -> Register:
             if ev.tool.tool_id == tool.tool_id:
                 seen.set()
 
-        gateway.listeners.append(on_event)
+        unsubscribe = gateway.cache.subscribe(on_event)
         try:
             await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
             async with asyncio.timeout(5):
                 await seen.wait()
         finally:
-            gateway.listeners.remove(on_event)
+            unsubscribe()
 
     return reg
 

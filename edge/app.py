@@ -1,7 +1,7 @@
 """The edge as one aiohttp application: state, lifetime, middleware and routes.
 
 `build_app(cfg)` wires everything; `cleanup_ctx` owns the gateway (the hub
-connection, with the registry cache following the hub, and the usage reports),
+connection, with the registry cache following the hub and the usage reporter),
 the relay gRPC server for dialled-in servers and the events fan-out. Every
 error leaves through `_edge_middleware`, the one place that maps exceptions to
 HTTP status and JSON bodies.
@@ -29,6 +29,7 @@ from edge.origin import OriginGuard
 from edge.registry_cache import RegistryCache
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED, WEBSOCKETS
+from edge.usage import UsageReporter
 from edge.views import error_response
 from services.common import authority
 from services.common.config import Config
@@ -59,7 +60,6 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         max_timeout_s=cfg.hub.max_timeout_s,
         max_argument_bytes=cfg.hub.max_argument_bytes,
         max_message_bytes=cfg.hub.max_message_bytes,
-        usage_flush_s=cfg.edge.usage_flush_s,
         admin_token=cfg.auth.admin_token,
         service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
@@ -171,7 +171,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     """
     app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
     registry = RegistryCache(event_buffer=cfg.edge.event_buffer)
-    gateway = HubGateway(gateway_options(cfg), registry)
+    gateway = HubGateway(gateway_options(cfg), registry, UsageReporter(flush_s=cfg.edge.usage_flush_s))
     metrics = EdgeMetrics()
     app[CONFIG] = cfg
     app[GATEWAY] = gateway

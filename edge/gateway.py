@@ -5,16 +5,14 @@ same Router the hub uses (one hop instead of two); anything the edge cannot
 reach itself (in-process function tools, MCP servers the hub supervises) is
 relayed through the hub's `ExecuteTool`. Registry writes go to the hub and return
 once the edge's registry cache (edge.registry_cache) reflects them. The gateway
-owns the hub channel and lends it, for its lifetime, to the registry cache,
-which follows the hub's events. Usage is counted here and reported to the hub in
-batches with `ReportUsage`, so the registry's figures stay right.
+owns the hub channel and lends it, for its lifetime, to its two collaborators:
+the registry cache, which follows the hub's events, and the usage reporter
+(edge.usage), which reports the calls made on the direct path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,24 +27,15 @@ from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from edge.registry_cache import RegistryCache, Unsubscribe, hub_error
+from edge.usage import UsageReporter
 from services.common import authority
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError
-from services.library.registry import Entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Router
 
-log = logging.getLogger(__name__)
 # (tool_id or "_unknown", outcome: "ok" | "tool_error" | a fault's reason, seconds)
 CallObserver = Callable[[str, str, float], None]
-
-
-@dataclass
-class _Usage:
-    calls: int = 0
-    successes: int = 0
-    seconds: float = 0.0
-    last_used: float = 0.0
 
 
 @dataclass
@@ -57,21 +46,24 @@ class GatewayOptions:
     max_timeout_s: float = 300.0
     max_argument_bytes: int = 1024 * 1024
     max_message_bytes: int = 4 * 1024 * 1024
-    usage_flush_s: float = 1.0
     admin_token: str = field(default="", repr=False)
     # The hub's service credential file (auth.service_credential_path): usage reports prove with it.
     service_credential_path: str = ""
 
 
 class HubGateway:
-    """Async context manager: the hub channel, the router, the call path and the usage reporter.
+    """Async context manager: the hub channel, the router, and the call path over them.
 
-    `cache` (a fresh one when not given) follows the hub while the gateway is open.
+    `cache` and `usage` (fresh ones when not given) follow the hub and report usage
+    while the gateway is open.
     """
 
-    def __init__(self, opts: GatewayOptions, cache: RegistryCache | None = None) -> None:
+    def __init__(
+        self, opts: GatewayOptions, cache: RegistryCache | None = None, usage: UsageReporter | None = None
+    ) -> None:
         self.opts = opts
         self.cache = cache if cache is not None else RegistryCache()
+        self.usage = usage if usage is not None else UsageReporter()
         self._lookup = self.cache.get
         self._admin_metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {opts.admin_token}"),) if opts.admin_token else ()
@@ -80,8 +72,6 @@ class HubGateway:
             CredentialFile(Path(opts.service_credential_path)) if opts.service_credential_path else None
         )
         self._call_observers: list[CallObserver] = []
-        self._usage: dict[str, _Usage] = {}
-        self._tasks: list[asyncio.Task[None]] = []
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> HubGateway:
@@ -103,22 +93,17 @@ class HubGateway:
             default_timeout_s=o.default_timeout_s,
             max_timeout_s=o.max_timeout_s,
             max_argument_bytes=o.max_argument_bytes,
-            record=self._record,
+            record=self.usage.record,
             service_proof=self._service_proof,
         )
+        # Entered in this order so the watch stops first and the last usage report goes out before
+        # the channel closes.
+        await self._stack.enter_async_context(self.usage.reporting(self.library, self._usage_proof))
         await self._stack.enter_async_context(self.cache.follow(self.library))
-        self._tasks = [asyncio.create_task(self._report_loop(), name="gateway-usage")]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        with contextlib.suppress(Exception):
-            await self.flush_usage(timeout_s=1.0)
         await self.pool.close()
         await self.channel.close()
 
@@ -216,53 +201,9 @@ class HubGateway:
         its file (another machine, another root) the admin token (docs/config/auth.md)."""
         return self._credential_metadata() or self._admin_metadata
 
-    def _record(self, entry: Entry, ok: bool, seconds: float) -> None:
-        u = self._usage.get(entry.tool.tool_id)
-        if u is None:
-            u = self._usage[entry.tool.tool_id] = _Usage()
-        u.calls += 1
-        u.successes += ok
-        u.seconds += seconds
-        u.last_used = time.time()
-        entry.record(ok, seconds)
-
-    async def _report_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.opts.usage_flush_s)
-            try:
-                await self.flush_usage()
-            except grpc.aio.AioRpcError as exc:
-                log.info("usage report deferred (%s)", exc.code().name)
-
-    async def flush_usage(self, timeout_s: float = 5.0) -> None:
-        """Send the usage counted since the last report to the hub (kept for later on failure)."""
-        if not self._usage:
-            return
-        batch, self._usage = self._usage, {}
-        req = lib.ReportUsageRequest(
-            usage=[
-                lib.ToolUsage(
-                    tool_id=k,
-                    calls=u.calls,
-                    successes=u.successes,
-                    total_seconds=u.seconds,
-                    last_used_unix=u.last_used,
-                )
-                for k, u in batch.items()
-            ]
-        )
-        try:
-            # Only the mesh may report usage: the credential (re-read after a hub restart) or the token.
-            proof = (*self._admin_metadata, *self._credential_metadata())
-            await self.library.ReportUsage(req, metadata=proof, timeout=timeout_s)
-        except BaseException:
-            for k, u in batch.items():  # keep the figures for the next report: nothing is lost
-                mine = self._usage.setdefault(k, _Usage())
-                mine.calls += u.calls
-                mine.successes += u.successes
-                mine.seconds += u.seconds
-                mine.last_used = max(mine.last_used, u.last_used)
-            raise
+    def _usage_proof(self) -> tuple[tuple[str, str], ...]:
+        """Only the mesh may report usage: the credential (re-read after a hub restart) or the token."""
+        return (*self._admin_metadata, *self._credential_metadata())
 
 
 __all__ = ["GatewayOptions", "HubGateway"]

@@ -13,6 +13,7 @@ from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
+from edge.usage import UsageReporter
 from services.common import config as config_mod
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
@@ -39,10 +40,9 @@ def _tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
 async def gateway(hub, cfg):
     opts = GatewayOptions(
         hub_target=hub.uds_target,
-        usage_flush_s=3600,
         service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
-    async with HubGateway(opts) as gw:
+    async with HubGateway(opts, usage=UsageReporter(flush_s=3600)) as gw:
         async with asyncio.timeout(5):
             await gw.cache.synced.wait()
         yield gw
@@ -70,7 +70,7 @@ async def test_direct_calls_are_counted_in_the_hub_registry(hub, hub_stubs, gate
             ex.ExecuteRequest(tool_id="echo-b", action="echo", arguments=dict_to_struct({"text": f"hi {i}"}))
         )
         assert struct_to_dict(resp.structured) == {"text": f"hi {i}"}
-    await gateway.flush_usage()
+    await gateway.usage.flush()
     entry = hub.registry.entry("echo-b")
     assert (entry.calls, entry.successes) == (3, 3)
 

@@ -211,7 +211,7 @@ async def test_calls_are_counted_in_the_hub_registry_whatever_the_path(
             "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": text}}
         )
     await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "fail"})
-    await edge.gateway.flush_usage()
+    await edge.gateway.usage.flush()
     entry = hub.registry.entry("echo")
     assert (entry.calls, entry.successes) == (3, 2)
 

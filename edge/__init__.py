@@ -1,7 +1,9 @@
 """The edge: the one process agent runtimes and third-party servers talk to.
 
 app.py          the aiohttp application: lifetime, middleware (errors, metrics, guards), routes
-gateway.py      the hub seen from here: live registry cache, direct data path, usage reports
+gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
+registry_cache.py  the hub's registry followed live: read-only entries, revision, subscribe, events_since
+usage.py        usage counted on the direct path, reported to the hub in batches (ReportUsage)
 rest.py         REST: /api/v1, the original routes, /metrics, /openapi.json (views.py: JSON shapes)
 events.py       the events WebSocket /api/v1/events/tools
 toolscore_ws.py the ToolScore WebSocket /websocket; relay.py: servers that dialled in there

@@ -1,9 +1,10 @@
 """The edge as one aiohttp application: state, lifetime, middleware and routes.
 
 `build_app(cfg)` wires everything; `cleanup_ctx` owns the gateway (the hub
-connection), the relay gRPC server for dialled-in servers and the events
-fan-out. Every error leaves through `_edge_middleware`, the one place that
-maps exceptions to HTTP status and JSON bodies.
+connection, with the registry cache following the hub and the usage reporter),
+the relay gRPC server for dialled-in servers and the events fan-out. Every
+error leaves through `_edge_middleware`, the one place that maps exceptions to
+HTTP status and JSON bodies.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from edge.gateway import GatewayOptions, HubGateway
 from edge.http_bounds import HttpBounds
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
+from edge.registry_cache import RegistryCache
 from edge.relay import RelayServer
-from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, RELAY, STARTED, WEBSOCKETS
+from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED, WEBSOCKETS
+from edge.usage import UsageReporter
 from edge.views import error_response
 from services.common import authority
 from services.common.config import Config
@@ -57,8 +60,6 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         max_timeout_s=cfg.hub.max_timeout_s,
         max_argument_bytes=cfg.hub.max_argument_bytes,
         max_message_bytes=cfg.hub.max_message_bytes,
-        usage_flush_s=cfg.edge.usage_flush_s,
-        event_buffer=cfg.edge.event_buffer,
         admin_token=cfg.auth.admin_token,
         service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
@@ -143,7 +144,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     gateway = app[GATEWAY]
     async with gateway:
-        gateway.call_observers.append(app[METRICS].observe_call)
+        gateway.observe_calls(app[METRICS].observe_call)
         app[EVENTS].attach()
         relay = app[RELAY]
         async with relay:
@@ -169,18 +170,20 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     by `__main__`; without it the task routes answer 503 with a clear reason.
     """
     app = web.Application(middlewares=[_edge_middleware], client_max_size=cfg.edge.max_frame_bytes)
-    gateway = HubGateway(gateway_options(cfg))
+    registry = RegistryCache(event_buffer=cfg.edge.event_buffer)
+    gateway = HubGateway(gateway_options(cfg), registry, UsageReporter(flush_s=cfg.edge.usage_flush_s))
     metrics = EdgeMetrics()
     app[CONFIG] = cfg
     app[GATEWAY] = gateway
+    app[REGISTRY] = registry
     app[METRICS] = metrics
     app[AUTH] = AdminAuth(cfg.auth.admin_token)
     app[ORIGIN] = OriginGuard.from_config(cfg.edge)
     app[HTTP_BOUNDS] = HttpBounds.from_config(cfg.edge)
     app[WEBSOCKETS] = set()
     app[STARTED] = time.time()
-    app[EVENTS] = events.EventHub(gateway, metrics, cfg.edge.subscriber_queue)
-    app[RELAY] = RelayServer(cfg, gateway)
+    app[EVENTS] = events.EventHub(registry, metrics, cfg.edge.subscriber_queue)
+    app[RELAY] = RelayServer(cfg, gateway, registry)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_websockets)
     rest.add_routes(app)

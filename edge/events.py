@@ -7,7 +7,7 @@ the others: when it overflows it is closed with 1013 and a reason naming the
 revision to resume from.
 
 A client reconnecting with `?since=<revision>` gets every event it missed: from
-the gateway's ring buffer when it reaches back far enough, else from the hub's
+the registry cache's memory when it reaches back far enough, else from the hub's
 own history (a dedicated WatchToolEvents), else a `resync_required` message.
 Live events that arrive meanwhile are held and sent after the backlog, in order.
 """
@@ -15,7 +15,6 @@ Live events that arrive meanwhile are held and sent after the backlog, in order.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -23,9 +22,9 @@ from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
 from edge import views
-from edge.gateway import HubGateway
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
+from edge.registry_cache import RegistryCache, Unsubscribe
 from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
 from services.common import jsonvalue
 from services.common.errors import MeshError
@@ -83,7 +82,7 @@ class Subscriber:
                 return
             self.held.append((revision, text))
             return
-        # Not deduplicated here: after a hub restart the gateway reports several changes at one revision.
+        # Not deduplicated here: after a hub restart the cache reports several changes at one revision.
         self.revision = max(self.revision, revision)
         self.send(text, revision=revision, frame=frame)
 
@@ -107,21 +106,22 @@ class Subscriber:
 
 
 class EventHub:
-    """Fans the gateway's events out to every subscriber."""
+    """Fans the registry cache's events out to every subscriber."""
 
-    def __init__(self, gateway: HubGateway, metrics: EdgeMetrics, queue_limit: int) -> None:
-        self.gateway = gateway
+    def __init__(self, registry: RegistryCache, metrics: EdgeMetrics, queue_limit: int) -> None:
+        self.registry = registry
+        self._unsubscribe: Unsubscribe | None = None
         self.metrics = metrics
         self.queue_limit = max(queue_limit, 1)
         self.subscribers: set[Subscriber] = set()
         self.outbox_stats = OutboxStats()
 
     def attach(self) -> None:
-        self.gateway.listeners.append(self._on_event)
+        self._unsubscribe = self.registry.subscribe(self._on_event)
 
     def detach(self) -> None:
-        with contextlib.suppress(ValueError):
-            self.gateway.listeners.remove(self._on_event)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         name = views.EVENT_NAMES.get(event.type, "tool_updated")
@@ -136,21 +136,21 @@ class EventHub:
                 sub.event(event.revision, text, frame)
 
     def tools_message(self, kind: str, **extra: Any) -> str:
-        tools = self.gateway.tools()
+        tools = self.registry.tools()
         return views.dumps(
             {
                 "type": kind,
                 "tools": [views.brief_tool(t) for t in tools],
                 "total_count": len(tools),
                 "timestamp": views.now_iso(),
-                "revision": self.gateway.revision,
+                "revision": self.registry.revision,
                 **extra,
             }
         )
 
     def join(self, sub: Subscriber, since: int | None) -> None:
         """Welcome the subscriber and queue its backlog. No await: no event can slip in between."""
-        current = self.gateway.revision
+        current = self.registry.revision
         sub.send(self.tools_message("welcome", since=since))
         sub.revision = current if since is None else since
         self.subscribers.add(sub)
@@ -166,23 +166,13 @@ class EventHub:
             )
             sub.revision = current
             return
-        backlog = self._from_buffer(since, current)
+        backlog = self.registry.events_since(since, current)
         if backlog is not None:
             for ev in backlog:
                 self._replay(sub, ev)
             return
         sub.held = []
         sub.spawn(self._backlog_from_hub(sub, since, current))
-
-    def _from_buffer(self, since: int, until: int) -> list[tool_pb2.ToolEvent] | None:
-        """Events (since, until] from the ring buffer, or None when it has a gap there."""
-        wanted = [ev for ev in self.gateway.recent if since < ev.revision <= until]
-        expected = since + 1
-        for ev in wanted:
-            if ev.revision != expected:
-                return None
-            expected += 1
-        return wanted if expected == until + 1 else None
 
     def _replay(self, sub: Subscriber, event: tool_pb2.ToolEvent) -> None:
         if sub.wants(views.EVENT_NAMES.get(event.type, "tool_updated"), event.tool.tool_id):
@@ -194,7 +184,7 @@ class EventHub:
 
     async def _backlog_from_hub(self, sub: Subscriber, since: int, until: int) -> None:
         try:
-            events = await self.gateway.history(since, until)
+            events = await self.registry.history(since, until)
         except MeshError as err:
             log.info("events backlog from %d unavailable: %s", since, err.reason)
             sub.send(
@@ -260,7 +250,7 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     kind = msg.get("type")
     if kind == "ping":
         sub.send(
-            views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.gateway.revision})
+            views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.registry.revision})
         )
     elif kind == "get_tools":
         sub.send(hub.tools_message("tools_list"))
@@ -276,7 +266,7 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
                     "type": "subscribed",
                     "events": sorted(sub.events) or sorted(EVENT_TYPES),
                     "tool_ids": sorted(sub.tool_ids),
-                    "revision": hub.gateway.revision,
+                    "revision": hub.registry.revision,
                     "timestamp": views.now_iso(),
                 }
             )

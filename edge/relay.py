@@ -31,6 +31,7 @@ from toolscore.v1 import tool_pb2
 
 from edge import views
 from edge.gateway import HubGateway
+from edge.registry_cache import RegistryCache, Unsubscribe
 from services.common.config import Config
 from services.common.contract import add_tool_executor
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
@@ -188,9 +189,11 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
 class RelayServer:
     """The relay socket, the dialled-in sessions, and their registrations."""
 
-    def __init__(self, cfg: Config, gateway: HubGateway) -> None:
+    def __init__(self, cfg: Config, gateway: HubGateway, registry: RegistryCache) -> None:
         self.cfg = cfg
         self.gateway = gateway
+        self.registry = registry
+        self._stop_resync: Unsubscribe | None = None
         self.endpoint = f"unix://{cfg.path(cfg.edge.relay_uds)}"
         self.sessions: dict[str, ServerSession] = {}
         self.by_tool: dict[str, ServerSession] = {}
@@ -213,13 +216,13 @@ class RelayServer:
         )
         await self._server.__aenter__()
         self.gateway.router.local[self.endpoint] = self._handle
-        self.gateway.resync_listeners.append(self._on_resync)
+        self._stop_resync = self.registry.on_resync(self._on_resync)
         self._spawn(self._sweep())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        with contextlib.suppress(ValueError):
-            self.gateway.resync_listeners.remove(self._on_resync)
+        if self._stop_resync is not None:
+            self._stop_resync()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._closers, return_exceptions=True)
@@ -253,7 +256,7 @@ class RelayServer:
         """The hub came back (maybe with an empty registry): register every connected server's tools again."""
         for session in list(self.sessions.values()):
             for tool_id, tool in list(session.definitions.items()):
-                if self.by_tool.get(tool_id) is not session or tool_id in self.gateway.entries:
+                if self.by_tool.get(tool_id) is not session or tool_id in self.registry:
                     continue
                 try:
                     await self.gateway.register(tool)
@@ -263,8 +266,8 @@ class RelayServer:
 
     async def _sweep(self) -> None:
         """Deregister dialled-in tools left by an earlier run of the edge (their connections are gone)."""
-        await self.gateway.synced.wait()
-        for entry in list(self.gateway.entries.values()):
+        await self.registry.synced.wait()
+        for entry in list(self.registry.entries.values()):
             tool = entry.tool
             if (
                 tool.endpoint == self.endpoint
@@ -304,7 +307,7 @@ class RelayServer:
                 reason="TOOL_OWNED_BY_ANOTHER",
                 metadata={"tool_id": tool.tool_id},
             )
-        existing = self.gateway.entries.get(tool.tool_id)
+        existing = self.registry.get(tool.tool_id)
         if (
             existing is not None
             and existing.tool.owner.startswith(OWNER_PREFIX)
@@ -349,7 +352,7 @@ class RelayServer:
         for tool_id in self.detach(session) or sorted(session.tools):
             if tool_id in self.by_tool:
                 continue  # the server reconnected and registered it again meanwhile
-            entry = self.gateway.entries.get(tool_id)
+            entry = self.registry.get(tool_id)
             if entry is not None and entry.tool.owner != session.owner:
                 continue
             try:

@@ -1,6 +1,6 @@
 """REST: the clean `/api/v1` API, the original system's routes, `/metrics` and `/openapi.json`.
 
-Handlers only translate: JSON in (edge.views), one gateway call, JSON out.
+Handlers only translate: JSON in (edge.views), one gateway call or registry cache read, JSON out.
 Errors are raised as MeshError and mapped once, by the app's middleware.
 """
 
@@ -14,7 +14,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge import openapi, views
-from edge.state import AUTH, EVENTS, GATEWAY, METRICS, RELAY, STARTED
+from edge.state import AUTH, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED
 from services.common import jsonvalue
 from services.common.errors import InvalidRequest, NotFound
 
@@ -52,7 +52,7 @@ def _field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
 
 def _tool(request: web.Request) -> tool_pb2.Tool:
     tool_id = request.match_info["tool_id"]
-    entry = request.app[GATEWAY].entries.get(tool_id)
+    entry = request.app[REGISTRY].get(tool_id)
     if entry is None:
         raise NotFound(
             f"no tool {tool_id!r} is registered", reason="TOOL_NOT_FOUND", metadata={"tool_id": tool_id}
@@ -61,8 +61,8 @@ def _tool(request: web.Request) -> tool_pb2.Tool:
 
 
 def stats(app: web.Application) -> dict[str, Any]:
-    gw = app[GATEWAY]
-    entries = list(gw.entries.values())  # counted in place: no snapshot copies per request
+    registry = app[REGISTRY]
+    entries = list(registry.entries.values())  # counted in place: no snapshot copies per request
     by_kind: dict[str, int] = {}
     for e in sorted(entries, key=lambda e: e.tool.tool_id):
         name = views.KIND_NAMES.get(e.tool.kind, "unspecified")
@@ -79,8 +79,8 @@ def stats(app: web.Application) -> dict[str, Any]:
         "total_calls": calls,
         "total_successes": successes,
         "success_rate": successes / calls if calls else 0.0,
-        "revision": gw.revision,
-        "hub_connected": gw.synced.is_set(),
+        "revision": registry.revision,
+        "hub_connected": registry.synced.is_set(),
         "websocket_connections": dict(metrics.ws_open),
         "event_subscribers": len(app[EVENTS].subscribers),
         "dialled_in_servers": sum(1 for s in app[RELAY].sessions.values() if s.tools),
@@ -92,26 +92,26 @@ def stats(app: web.Application) -> dict[str, Any]:
 
 
 async def health(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    if not gw.synced.is_set():
+    registry = request.app[REGISTRY]
+    if not registry.synced.is_set():
         return _json(
             {
                 "status": "unhealthy",
                 "message": "the edge cannot reach the hub",
                 "hub_connected": False,
-                **({"reason": gw.problem} if gw.problem else {}),
+                **({"reason": registry.problem} if registry.problem else {}),
             },
             status=503,
         )
-    if not gw.following.is_set():  # reachable, but not caught up with its events: the cache may be stale
+    if not registry.following.is_set():  # reachable, not caught up with its events: the cache may be stale
         return _json(
             {
                 "status": "degraded",
                 "message": "the edge is resyncing its tool cache with the hub",
                 "hub_connected": True,
                 "resyncing": True,
-                "reason": gw.problem or "catching up with the hub's events",
-                "revision": gw.revision,
+                "reason": registry.problem or "catching up with the hub's events",
+                "revision": registry.revision,
             },
             status=503,
         )
@@ -120,17 +120,17 @@ async def health(request: web.Request) -> web.Response:
             "status": "healthy",
             "message": "ToolScore edge is running",
             "hub_connected": True,
-            "revision": gw.revision,
+            "revision": registry.revision,
         }
     )
 
 
 async def status(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    synced = gw.synced.is_set()
+    registry = request.app[REGISTRY]
+    synced = registry.synced.is_set()
     return _json(
         {
-            "status": "running" if synced and gw.following.is_set() else "degraded",
+            "status": "running" if synced and registry.following.is_set() else "degraded",
             "tool_library_initialized": synced,
             "stats": stats(request.app),
         }
@@ -138,7 +138,7 @@ async def status(request: web.Request) -> web.Response:
 
 
 async def list_tools_legacy(request: web.Request) -> web.Response:
-    tools = request.app[GATEWAY].tools()
+    tools = request.app[REGISTRY].tools()
     return _json(
         {"status": "success", "tools": [views.legacy_summary(t) for t in tools], "total_count": len(tools)}
     )
@@ -199,7 +199,7 @@ async def register_mcp_server(request: web.Request) -> web.Response:
 
 
 async def available_tools(request: web.Request) -> web.Response:
-    tools = request.app[GATEWAY].tools()
+    tools = request.app[REGISTRY].tools()
     return _json(
         {
             "status": "success",
@@ -228,15 +228,19 @@ async def execute_legacy(request: web.Request) -> web.Response:
 
 
 async def v1_list_tools(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
+    registry = request.app[REGISTRY]
     kind, tag = request.query.get("kind"), request.query.get("tag")
     tools = [
         t
-        for t in gw.tools()
+        for t in registry.tools()
         if (not kind or views.KIND_NAMES.get(t.kind) == kind) and (not tag or tag in t.tags)
     ]
     return _json(
-        {"tools": [views.tool_json(t) for t in tools], "total_count": len(tools), "revision": gw.revision}
+        {
+            "tools": [views.tool_json(t) for t in tools],
+            "total_count": len(tools),
+            "revision": registry.revision,
+        }
     )
 
 

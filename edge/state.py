@@ -9,6 +9,7 @@ from aiohttp import web
 from edge.auth import AdminAuth
 from edge.gateway import HubGateway
 from edge.metrics import EdgeMetrics
+from edge.registry_cache import RegistryCache
 from services.common.config import Config
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
 
 CONFIG = web.AppKey("config", Config)
 GATEWAY = web.AppKey("gateway", HubGateway)
+REGISTRY = web.AppKey("registry", RegistryCache)
 METRICS = web.AppKey("metrics", EdgeMetrics)
 AUTH = web.AppKey("auth", AdminAuth)
 WEBSOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("websockets")

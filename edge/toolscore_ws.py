@@ -24,7 +24,7 @@ from toolscore.v1 import executor_pb2 as ex
 from edge import views
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
 from edge.relay import RelayServer, ServerSession
-from edge.state import AUTH, CONFIG, GATEWAY, METRICS, RELAY, WEBSOCKETS
+from edge.state import AUTH, CONFIG, GATEWAY, METRICS, REGISTRY, RELAY, WEBSOCKETS
 from services.common import jsonvalue
 from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
 
@@ -156,7 +156,7 @@ async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any
 
 
 async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
-    tools = conn.app[GATEWAY].tools()
+    tools = conn.app[REGISTRY].tools()
     return {
         "success": True,
         "total_count": len(tools),

@@ -196,7 +196,7 @@ class Mesh:
             r" edge +INFO +edge: edge serving on (http://[\d.]+:\d+)", "the edge to listen", within_s
         )
         await self.output.wait_for(
-            r" edge +INFO +edge\.gateway: caught up with the hub", "the edge to catch up", within_s
+            r" edge +INFO +edge\.registry_cache: caught up with the hub", "the edge to catch up", within_s
         )
         return serving[1]
 

@@ -1,7 +1,7 @@
 """The MCP service inside the edge: the live tool catalog, the dispatcher, and their lifetime.
 
-The catalog follows the gateway's registry cache: it is rebuilt when the
-gateway's revision moves, and a registry event that changes the *listing*
+The catalog follows the edge's registry cache (edge.registry_cache): it is
+rebuilt when the cache's revision moves, and a registry event that changes the *listing*
 (not just a tool's health) is announced to MCP clients as list_changed.
 """
 
@@ -19,6 +19,7 @@ from toolscore.v1 import tool_pb2
 from edge.gateway import HubGateway
 from edge.origin import OriginGuard
 from edge.outbox import OutboxLimits, OutboxStats
+from edge.registry_cache import RegistryCache, Unsubscribe
 from services.common.config import Config, EdgeConfig
 from services.common.errors import ResourceExhausted
 
@@ -78,17 +79,17 @@ class McpStats:
 
 
 class LiveCatalog:
-    """The MCP view of the gateway's registry cache, rebuilt only when the registry moved."""
+    """The MCP view of the edge's registry cache, rebuilt only when the registry moved."""
 
-    def __init__(self, gateway: HubGateway) -> None:
-        self._gw = gateway
+    def __init__(self, registry: RegistryCache) -> None:
+        self._registry = registry
         self._revision = -1
         self._catalog = Catalog()
 
     def current(self) -> Catalog:
-        if self._gw.revision != self._revision:
-            self._catalog = build(e.tool for e in self._gw.entries.values())
-            self._revision = self._gw.revision
+        if self._registry.revision != self._revision:
+            self._catalog = build(e.tool for e in self._registry.entries.values())
+            self._revision = self._registry.revision
         return self._catalog
 
 
@@ -103,8 +104,9 @@ class McpService:
         server: ServerOptions | None = None,
     ) -> None:
         self.gateway = gateway
+        self.registry = gateway.cache
         self.opts = opts or McpOptions.from_config(cfg.edge)
-        self.catalog = LiveCatalog(gateway)
+        self.catalog = LiveCatalog(self.registry)
         server = server or ServerOptions(
             page_size=cfg.edge.mcp_page_size, max_argument_bytes=gateway.opts.max_argument_bytes
         )
@@ -119,16 +121,17 @@ class McpService:
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
+        self._unsubscribe: Unsubscribe | None = None
         self.closing = asyncio.Event()
 
     def start(self) -> None:
         self._announced = self.catalog.current()
-        self.gateway.listeners.append(self._on_event)
-        if not self.gateway.synced.is_set():  # the first listing notifies no listener: check after it
+        self._unsubscribe = self.registry.subscribe(self._on_event)
+        if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it
             self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
 
     async def _after_first_sync(self) -> None:
-        await self.gateway.synced.wait()
+        await self.registry.synced.wait()
         self._check()
 
     async def stop(self) -> None:
@@ -137,8 +140,8 @@ class McpService:
             self._first_sync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._first_sync
-        if self._on_event in self.gateway.listeners:
-            self.gateway.listeners.remove(self._on_event)
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self.dispatcher.close()
         self.closing.set()
 
@@ -167,7 +170,7 @@ class McpService:
         current = self.catalog.current()
         if not current.same_listing(self._announced):
             self._announced = current
-            self.listing_revision = self.gateway.revision
+            self.listing_revision = self.registry.revision
             self.dispatcher.tools_changed()
             for fire in list(self.listing_listeners):
                 fire()

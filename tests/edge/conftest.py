@@ -16,7 +16,8 @@ from toolscore.v1 import tool_pb2
 
 from edge.app import build_app
 from edge.gateway import HubGateway
-from edge.state import GATEWAY, METRICS
+from edge.registry_cache import RegistryCache
+from edge.state import GATEWAY, METRICS, REGISTRY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
@@ -82,6 +83,10 @@ class EdgeHandle:
     @property
     def gateway(self) -> HubGateway:
         return self.app[GATEWAY]
+
+    @property
+    def registry(self) -> RegistryCache:
+        return self.app[REGISTRY]
 
     @property
     def metrics(self) -> Any:
@@ -151,7 +156,7 @@ async def start_edge() -> AsyncIterator[Callable[..., Any]]:
         await site.start()
         host, port = runner.addresses[0][:2]
         async with asyncio.timeout(10):
-            await (app[GATEWAY].following if caught_up else app[GATEWAY].synced).wait()
+            await (app[REGISTRY].following if caught_up else app[REGISTRY].synced).wait()
         http = aiohttp.ClientSession()
         sessions.append(http)
         return EdgeHandle(app, f"http://{host}:{port}", http, runner)
@@ -179,7 +184,7 @@ async def echo_server(start_tool_server: Callable[..., Any]) -> str:
 async def registered_echo(edge: EdgeHandle, hub: Hub, echo_server: str) -> str:
     """Tool `echo` registered with the hub and visible in the edge's cache."""
     await edge.gateway.register(grpc_tool("echo", echo_server))
-    assert "echo" in edge.gateway.entries
+    assert "echo" in edge.registry
     return "echo"
 
 

@@ -118,7 +118,7 @@ async def guarded_requests(edge: EdgeHandle, hub: Hub, echo_server: str) -> dict
     for cap in admin_tool.capabilities:
         cap.requires_admin = cap.name == "echo"
     _, _, _, revision = await hub.registry.register(admin_tool)  # the hub's own, whatever the token
-    assert await edge.gateway.wait_revision(revision)
+    assert await edge.registry.wait_revision(revision)
     say = {"text": "hi"}
     got = {
         "register (original)": await edge.post(
@@ -261,7 +261,7 @@ async def test_browsers_from_foreign_origins_are_refused_and_loopback_pages_allo
 ):
     spec = {"tool_spec": echo_spec("echo", echo_server)}
     status, body = await edge.post("/admin/tools/register", spec, headers={"Origin": "https://evil.example"})
-    assert status == 403 and body["reason"] == "FORBIDDEN_ORIGIN" and "echo" not in edge.gateway.entries
+    assert status == 403 and body["reason"] == "FORBIDDEN_ORIGIN" and "echo" not in edge.registry.entries
     status, _ = await edge.get("/tools", headers={"Host": "rebound.evil.example:8082"})
     assert status == 403
     with pytest.raises(websockets.InvalidStatus) as refused:
@@ -313,7 +313,7 @@ async def test_a_call_to_an_admin_only_action_the_edge_has_not_seen_yet_carries_
         for cap in admin_tool.capabilities:
             cap.requires_admin = cap.name == "echo"
         await token_hub.registry.register(admin_tool)
-        assert ADMIN_ECHO not in edge.gateway.entries
+        assert ADMIN_ECHO not in edge.registry.entries
         call = {"action": "echo", "arguments": {"text": "hi"}}
         path = f"/api/v1/tools/{ADMIN_ECHO}/call"
         status, body = await edge.post(path, call, headers=AUTH)
@@ -321,4 +321,4 @@ async def test_a_call_to_an_admin_only_action_the_edge_has_not_seen_yet_carries_
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             status, body = await edge.post(path, call, headers=headers)
             assert status == 401 and body["reason"] == "ADMIN_TOKEN_REQUIRED", body
-        assert ADMIN_ECHO not in edge.gateway.entries  # every call above went the relay's way
+        assert ADMIN_ECHO not in edge.registry.entries  # every call above went the relay's way

@@ -39,7 +39,7 @@ async def healthy_and_complete(edge: EdgeHandle, proxy: HubProxy, hub: Hub, expe
     committed = hub.registry.revision  # and health checks of the tools go on committing
     proxy.release()
     async with deadline(10, "the edge to catch up"):
-        await edge.gateway.following.wait()
+        await edge.registry.following.wait()
     status, body = await edge.get("/health")
     assert status == 200 and body["status"] == "healthy", body
     assert body["revision"] >= committed
@@ -68,7 +68,7 @@ async def test_health_waits_for_what_the_hub_committed_before_the_watch_and_agai
         proxy.hold_watches()
         proxy.cut()
         async with deadline(10, "the edge to see its watch fail"):
-            await edge.gateway.troubled.wait()
+            await edge.registry.troubled.wait()
         status, body = await edge.get("/health")
         assert status == 503 and "UNAVAILABLE" in body["reason"], body
         await arrived(proxy, 2)
@@ -81,7 +81,7 @@ async def test_health_waits_for_what_the_hub_committed_before_the_watch_and_agai
 async def test_a_watch_that_fails_before_the_hub_has_it_never_counts_as_caught_up(
     cfg: Config, hub: Hub, root: Path, start_edge: Any, caplog: pytest.LogCaptureFixture
 ):
-    caplog.set_level(logging.INFO, logger="edge.gateway")
+    caplog.set_level(logging.INFO, logger="edge.registry_cache")
 
     def catch_ups() -> int:
         return sum("caught up with the hub" in r.getMessage() for r in caplog.records)

@@ -37,7 +37,7 @@ async def edge_reaching_echo_directly(
     for key, value in tool.items():
         setattr(definition, key, value)
     await edge.gateway.register(definition)
-    entry = edge.gateway.entries["echo"]
+    entry = edge.registry.entries["echo"]
     assert edge.gateway.opts.direct and edge.gateway.router.reaches(entry)  # the direct path
     return edge
 
@@ -99,7 +99,7 @@ async def test_a_call_asking_for_an_hour_is_cut_at_max_timeout_on_the_direct_pat
     capped = config_mod.replace(cfg, hub={"max_timeout_s": 0.5})
     edge = await start_edge(edge_config(capped, hub))
     await edge.gateway.register(grpc_tool("echo", echo_server))
-    assert edge.gateway.router.reaches(edge.gateway.entries["echo"])
+    assert edge.gateway.router.reaches(edge.registry.entries["echo"])
     async with deadline(10, "the call to end at the 0.5 s cap"):
         status, body = await edge.post(
             "/api/v1/tools/echo/call", {"action": "slow", "arguments": {"seconds": 3600}, "timeout_s": 3600}
@@ -127,7 +127,7 @@ async def test_a_rest_caller_that_goes_away_mid_call_has_its_call_cancelled_on_t
     actions = [Action("block", "blocks", block)]
     _, endpoint = await start_tool_server({"blocker": actions}, name="blocker")
     await edge.gateway.register(served_tool("blocker", endpoint, actions))
-    assert edge.gateway.router.reaches(edge.gateway.entries["blocker"])
+    assert edge.gateway.router.reaches(edge.registry.entries["blocker"])
     call = asyncio.create_task(edge.post("/api/v1/tools/blocker/call", {"action": "block", "timeout_s": 60}))
     async with deadline(10, "the call to reach the tool server"):
         await started.wait()

@@ -38,7 +38,7 @@ async def test_welcome_lists_tools_with_the_original_fields_and_the_revision(
 ):
     async with connect(edge) as ws:
         welcome = await recv(ws)
-    assert welcome["type"] == "welcome" and 0 < welcome["revision"] <= edge.gateway.revision
+    assert welcome["type"] == "welcome" and 0 < welcome["revision"] <= edge.registry.revision
     assert welcome["total_count"] == len(welcome["tools"]) and welcome["timestamp"]
     echo = next(t for t in welcome["tools"] if t["tool_id"] == "echo")
     assert echo == {
@@ -156,7 +156,7 @@ async def test_since_older_than_the_edge_buffer_is_replayed_from_the_hub(
     cfg, hub, start_edge, echo_server: str
 ):
     edge = await start_edge(edge_config(cfg, hub, event_buffer=1))
-    seen = edge.gateway.revision
+    seen = edge.registry.revision
     last = 0
     for tool_id in ("echo2", "echo3", "echo4"):
         last = (await edge.gateway.register(grpc_tool(tool_id, echo_server))).revision

@@ -13,6 +13,7 @@ from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
+from edge.usage import UsageReporter
 from services.common import config as config_mod
 from services.common.errors import NotFound
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
@@ -39,29 +40,28 @@ def _tool(tool_id: str, endpoint: str) -> tool_pb2.Tool:
 async def gateway(hub, cfg):
     opts = GatewayOptions(
         hub_target=hub.uds_target,
-        usage_flush_s=3600,
         service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
     )
-    async with HubGateway(opts) as gw:
+    async with HubGateway(opts, usage=UsageReporter(flush_s=3600)) as gw:
         async with asyncio.timeout(5):
-            await gw.synced.wait()
+            await gw.cache.synced.wait()
         yield gw
 
 
 async def test_gateway_sees_a_new_tool_through_the_event_stream(hub, hub_stubs, gateway, start_tool_server):
     _, endpoint = await start_tool_server({"echo-a": [Action("echo", "", _echo)]})
     seen = asyncio.Event()
-    gateway.listeners.append(lambda ev: ev.tool.tool_id == "echo-a" and seen.set())
+    gateway.cache.subscribe(lambda ev: ev.tool.tool_id == "echo-a" and seen.set())
     await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=_tool("echo-a", endpoint)), timeout=5)
     async with asyncio.timeout(5):
         await seen.wait()
-    assert "echo-a" in gateway.entries
+    assert "echo-a" in gateway.cache
 
 
 async def test_direct_calls_are_counted_in_the_hub_registry(hub, hub_stubs, gateway, start_tool_server):
     _, endpoint = await start_tool_server({"echo-b": [Action("echo", "", _echo)]})
     seen = asyncio.Event()
-    gateway.listeners.append(lambda ev: ev.tool.tool_id == "echo-b" and seen.set())
+    gateway.cache.subscribe(lambda ev: ev.tool.tool_id == "echo-b" and seen.set())
     await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=_tool("echo-b", endpoint)), timeout=5)
     async with asyncio.timeout(5):
         await seen.wait()
@@ -70,7 +70,7 @@ async def test_direct_calls_are_counted_in_the_hub_registry(hub, hub_stubs, gate
             ex.ExecuteRequest(tool_id="echo-b", action="echo", arguments=dict_to_struct({"text": f"hi {i}"}))
         )
         assert struct_to_dict(resp.structured) == {"text": f"hi {i}"}
-    await gateway.flush_usage()
+    await gateway.usage.flush()
     entry = hub.registry.entry("echo-b")
     assert (entry.calls, entry.successes) == (3, 3)
 
@@ -113,9 +113,9 @@ async def _store_unchecked(hub: Any, tool: tool_pb2.Tool) -> None:
 async def test_an_event_the_edge_cannot_parse_makes_it_resync_and_catch_up(
     hub, hub_stubs, edge, start_tool_server
 ):
-    gw = edge.gateway
+    gw = edge.registry
     problems: list[str] = []  # what /health said while the edge resynced
-    gw.resync_listeners.append(lambda: problems.append(gw.problem))
+    gw.on_resync(lambda: problems.append(gw.problem))
     # WatchToolEventsResponse cannot carry this one; ListToolsResponse (one wrapper less) can.
     await _store_unchecked(hub, _unparseable("too-deep", 30, 2))
     _, endpoint = await start_tool_server({"after": [ECHO]})
@@ -136,7 +136,7 @@ async def test_while_the_edge_cannot_resync_health_says_degraded_with_the_reason
     # listing with that definition reaches it, so it cannot catch up until the definition goes.
     small = config_mod.replace(edge_config(cfg, hub), hub={"max_message_bytes": 32 * 1024})
     edge = await start_edge(small)
-    gw = edge.gateway
+    gw = edge.registry
     big = _tool("big", "unix:///nowhere.sock")
     big.description = "x" * (48 * 1024)  # within the hub's bounds, over the edge's message limit
     await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=big), timeout=5)
@@ -198,7 +198,8 @@ async def test_three_registrations_with_3_5_mb_descriptions_leave_every_edge_hea
         except grpc.aio.AioRpcError as err:
             refused.append((err.code(), reason_of(err)))
     listing = await hub_stubs.library.ListTools(lib.ListToolsRequest(page_size=1000), timeout=10)
-    assert edge.gateway.revision == listing.revision or await edge.gateway.wait_revision(listing.revision, 10)
+    registry = edge.registry
+    assert registry.revision == listing.revision or await registry.wait_revision(listing.revision, 10)
     fresh = await start_edge(edge_config(cfg, hub, relay_uds="run/edge2.sock"))  # started after it
     for e in (edge, fresh):
         await _assert_serves(e, "before")
@@ -218,7 +219,7 @@ async def test_after_a_restart_stored_definitions_over_the_bound_stay_out_and_an
     async with Hub(cfg) as hub:
         edge = await start_edge(edge_config(cfg, hub))
         await _assert_serves(edge, "before")
-        assert not {"big0", "big1", "big2"} & set(edge.gateway.entries)
+        assert not {"big0", "big1", "big2"} & set(edge.registry.entries)
         await edge.runner.cleanup()  # before the hub goes
     skipped = [r.getMessage() for r in caplog.records if "skipping stored tool big" in r.getMessage()]
     assert len(skipped) == 3 and all("DESCRIPTION_TOO_LARGE" in m for m in skipped), skipped

@@ -144,7 +144,7 @@ async def test_admin_register_and_deregister_go_through_the_hub(edge: EdgeHandle
     assert body["message"] == "tool echo2 already registered, unchanged"
     status, body = await edge.delete("/admin/tools/echo2")
     assert status == 200 and body["success"] is True and hub.registry.entry("echo2") is None
-    assert "echo2" not in edge.gateway.entries
+    assert "echo2" not in edge.registry.entries
     status, body = await edge.delete("/admin/tools/echo2")
     assert status == 404 and body["success"] is False
 
@@ -167,11 +167,11 @@ async def test_mcp_register_accepts_grpc_endpoints_and_refuses_http_urls_for_now
 ):
     status, body = await edge.post("/admin/mcp/register", {"server_spec": echo_spec("echo3", echo_server)})
     assert status == 200 and body["success"] is True and body["tool_id"] == "echo3"
-    assert edge.gateway.entries["echo3"].tool.kind == 2  # TOOL_KIND_GRPC_SERVER
+    assert edge.registry.entries["echo3"].tool.kind == 2  # TOOL_KIND_GRPC_SERVER
     spec = echo_spec("remote", "https://example.invalid/mcp")
     status, body = await edge.post("/admin/mcp/register", {"server_spec": spec})
     assert (
-        status == 400 and body["reason"] == "MCP_HTTP_NOT_SUPPORTED" and "remote" not in edge.gateway.entries
+        status == 400 and body["reason"] == "MCP_HTTP_NOT_SUPPORTED" and "remote" not in edge.registry.entries
     )
 
 
@@ -211,7 +211,7 @@ async def test_calls_are_counted_in_the_hub_registry_whatever_the_path(
             "/api/v1/tools/execute", {"tool_id": "echo", "action": "echo", "parameters": {"text": text}}
         )
     await edge.post("/api/v1/tools/execute", {"tool_id": "echo", "action": "fail"})
-    await edge.gateway.flush_usage()
+    await edge.gateway.usage.flush()
     entry = hub.registry.entry("echo")
     assert (entry.calls, entry.successes) == (3, 2)
 

@@ -242,7 +242,7 @@ async def test_function_tools_need_a_grpc_endpoint(edge: EdgeHandle, echo_server
         spec = {**echo_spec("echo2", echo_server), "tool_type": "function"}
         reply = await request(ws, {"type": "register_tool", "request_id": "r1", "tool_spec": spec})
         assert reply["type"] == "register_tool_response" and reply["success"] is True
-        assert edge.gateway.entries["echo2"].tool.kind == tool_pb2.TOOL_KIND_GRPC_SERVER
+        assert edge.registry.entries["echo2"].tool.kind == tool_pb2.TOOL_KIND_GRPC_SERVER
         spec = {**echo_spec("echo3", ""), "tool_type": "function"}
         reply = await request(ws, {"type": "register_tool", "request_id": "r2", "tool_spec": spec})
         assert reply["type"] == "error" and reply["reason"] == "MISSING_ENDPOINT"
@@ -360,7 +360,7 @@ async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_
         assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_NETWORK, resp
         assert "disconnected during the call" in resp.error.message
     async with asyncio.timeout(5):
-        while "ws-calc" in edge.gateway.entries:
+        while "ws-calc" in edge.registry.entries:
             await _next_event(edge)
     assert hub.registry.entry("ws-calc") is None
     status, body = await edge.post("/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add"})
@@ -373,11 +373,11 @@ async def _next_event(edge: EdgeHandle) -> None:
     def listener(ev: Any) -> None:
         seen.set()
 
-    edge.gateway.listeners.append(listener)
+    unsubscribe = edge.registry.subscribe(listener)
     try:
         await seen.wait()
     finally:
-        edge.gateway.listeners.remove(listener)
+        unsubscribe()
 
 
 async def test_a_tool_served_by_a_live_connection_cannot_be_taken_over(edge: EdgeHandle):
@@ -446,14 +446,14 @@ async def test_the_hub_marks_dialled_in_tools_healthy_through_the_relay(edge: Ed
         except TimeoutError:
             health = tool_pb2.HealthStatus.Name(hub.registry.entry("ws-calc").health)
             pytest.fail(f"the hub never marked the dialled-in tool healthy (it is {health})")
-        assert edge.gateway.entries["ws-calc"].health == tool_pb2.HEALTH_STATUS_HEALTHY  # and the edge heard
+        assert edge.registry.entries["ws-calc"].health == tool_pb2.HEALTH_STATUS_HEALTHY  # and the edge heard
 
 
 async def test_after_a_server_disconnects_the_hub_no_longer_routes_to_it(edge: EdgeHandle, hub, hub_stubs):
     async with dialled_in(edge):
         pass
     async with asyncio.timeout(5):
-        while "ws-calc" in edge.gateway.entries:
+        while "ws-calc" in edge.registry.entries:
             await _next_event(edge)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await hub_stubs.toolscore.ExecuteTool(
@@ -508,7 +508,7 @@ async def test_a_connected_servers_tools_are_registered_again_when_the_hub_comes
                 if again.registry.entry("ws-calc") is None:
                     async with asyncio.timeout(10):
                         await back.wait()
-                await edge.gateway.wait_revision(again.registry.revision)
+                await edge.registry.wait_revision(again.registry.revision)
                 status, body = await edge.post(
                     "/api/v1/tools/execute",
                     {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 2}},
@@ -582,7 +582,7 @@ async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_t
 
     _, endpoint = await start_tool_server({"blocker": [Action("block", "blocks", block)]}, name="blocker")
     await edge.gateway.register(served_tool("blocker", endpoint, [Action("block", "blocks", block)]))
-    assert edge.gateway.router.reaches(edge.gateway.entries["blocker"])
+    assert edge.gateway.router.reaches(edge.registry.entries["blocker"])
     async with dialled_in(edge) as server, connect(edge) as bystander:
         async with connect(edge) as caller:
             for rid, tool_id, action in (("g", "blocker", "block"), ("w", "ws-calc", "wait")):

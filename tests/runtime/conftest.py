@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 
 from edge.app import build_app
-from edge.state import GATEWAY
+from edge.state import REGISTRY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
@@ -53,7 +53,7 @@ async def edge(cfg: Config, hub: Hub) -> AsyncIterator[Edge]:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]
     async with asyncio.timeout(10):
-        await app[GATEWAY].synced.wait()
+        await app[REGISTRY].synced.wait()
     yield Edge(app, f"http://{host}:{port}")
     await runner.cleanup()
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.state import GATEWAY
+from edge.state import REGISTRY
 from services.common.config import Config
 from services.runtime import trajectory
 from tests.helpers import deadline
@@ -103,7 +103,7 @@ async def test_parallel_tool_calls_run_concurrently_and_each_exactly_once(
         {"rendezvous": [Action("meet", "Wait for the other call", meet, schema)]}
     )
     listed = asyncio.Event()
-    edge.app[GATEWAY].listeners.append(lambda ev: ev.tool.tool_id == "rendezvous" and listed.set())
+    edge.app[REGISTRY].subscribe(lambda ev: ev.tool.tool_id == "rendezvous" and listed.set())
     await hub.registry.register(grpc_tool("rendezvous", endpoint, actions={"meet": schema}))
     await asyncio.wait_for(listed.wait(), 5)
     meet_fn = "rendezvous__meet"

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edge import tasks_routes
 from edge.app import build_app
-from edge.state import GATEWAY
+from edge.state import REGISTRY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
@@ -91,7 +91,7 @@ async def edge_with_tasks(cfg: Config, hub: Hub) -> AsyncIterator[Any]:
         try:
             await web.SockSite(runner, sock).start()
             async with asyncio.timeout(10):
-                await app[GATEWAY].synced.wait()
+                await app[REGISTRY].synced.wait()
             yield llm, app, f"http://127.0.0.1:{port}"
         finally:
             await runner.cleanup()

@@ -16,6 +16,7 @@ from toolscore.v1 import tool_pb2
 
 from edge.gateway import GatewayOptions, HubGateway
 from edge.mcp import MCP_SERVICE, McpService, add_routes
+from edge.usage import UsageReporter
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
@@ -38,9 +39,10 @@ def cfg(cfg: Config) -> Config:
 
 @pytest.fixture
 async def gateway(hub: Any) -> AsyncIterator[HubGateway]:
-    async with HubGateway(GatewayOptions(hub_target=hub.uds_target, usage_flush_s=3600)) as gw:
+    opts = GatewayOptions(hub_target=hub.uds_target)
+    async with HubGateway(opts, usage=UsageReporter(flush_s=3600)) as gw:
         async with asyncio.timeout(10):
-            await gw.synced.wait()
+            await gw.cache.synced.wait()
         yield gw
 
 
@@ -155,13 +157,13 @@ async def register(hub_stubs: Any, gateway: HubGateway) -> Register:
             if ev.tool.tool_id == tool.tool_id:
                 seen.set()
 
-        gateway.listeners.append(on_event)
+        unsubscribe = gateway.cache.subscribe(on_event)
         try:
             await hub_stubs.library.RegisterTool(lib.RegisterToolRequest(tool=tool), timeout=5)
             async with asyncio.timeout(5):
                 await seen.wait()
         finally:
-            gateway.listeners.remove(on_event)
+            unsubscribe()
 
     return reg
 

@@ -196,7 +196,7 @@ async def test_a_health_change_alone_announces_no_list_changed(
     server, endpoint = await start_tool_server({"flaky": acts}, name="flaky")
     await register(tool_def("flaky", endpoint, acts))
     unhealthy = asyncio.Event()
-    edge.svc.gateway.listeners.append(
+    edge.svc.registry.subscribe(
         lambda ev: (
             ev.tool.tool_id == "flaky"
             and ev.type == tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED

@@ -33,6 +33,7 @@ class Target:
     tests: tuple[str, ...]
     functions: tuple[str, ...] = ()  # only these ("f", "Class.method"); empty: the whole module
     also_copy: tuple[str, ...] = ()  # extra paths the tests need beside the code (see run.py)
+    link: tuple[str, ...] = ()  # paths the tests need but must not be copied (symlinked into mutants/)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,7 @@ def load_targets(path: Path = HERE / "targets.toml") -> list[Target]:
             tests=tuple(spec["tests"]),
             functions=tuple(spec.get("functions", ())),
             also_copy=tuple(spec.get("also_copy", ())),
+            link=tuple(spec.get("link", ())),
         )
         for module, spec in table.items()
     ]

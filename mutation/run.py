@@ -66,6 +66,11 @@ def _stage(target: Target) -> Path:
         "process_isolation": "forkserver",
         "use_git_change_detection": False,
     }
+    # mutmut keeps what mutants/ already holds: a large tree the tests only read (data/executor-env)
+    # is linked there instead of copied.
+    for name in target.link:
+        (stage / "mutants" / name).parent.mkdir(parents=True, exist_ok=True)
+        (stage / "mutants" / name).symlink_to(ROOT / name)
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in section.items()]
     (stage / "pyproject.toml").write_text(project + "\n".join(lines) + "\n")
     return stage

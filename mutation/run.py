@@ -76,11 +76,14 @@ def _stage(target: Target) -> Path:
     return stage
 
 
-def _mutmut(stage: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _mutmut(stage: Path, *args: str, log: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """mutmut in the staging directory; its output to `log` as it goes (`tail -f` shows progress)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
-    return subprocess.run(
-        [sys.executable, "-m", "mutmut", *args], cwd=stage, env=env, text=True, capture_output=True
-    )
+    command = [sys.executable, "-m", "mutmut", *args]
+    if log is None:
+        return subprocess.run(command, cwd=stage, env=env, text=True, capture_output=True)
+    with log.open("w") as out:
+        return subprocess.run(command, cwd=stage, env=env, text=True, stdout=out, stderr=subprocess.STDOUT)
 
 
 def run_target(target: Target) -> None:
@@ -89,13 +92,13 @@ def run_target(target: Target) -> None:
 
     stage = _stage(target)
     globs = [_mutant_glob(target, f) for f in target.functions]
-    print(f"== {target.module}: mutmut run, tests {' '.join(target.tests)}", flush=True)
-    done = _mutmut(stage, "run", "--max-children", str(JOBS), *globs)
-    (stage / "mutmut.log").write_text(done.stdout + done.stderr)
+    log = stage / "mutmut.log"
+    print(f"== {target.module}: mutmut run, tests {' '.join(target.tests)} (log: {log})", flush=True)
+    done = _mutmut(stage, "run", "--max-children", str(JOBS), *globs, log=log)
     meta_path = stage / "mutants" / f"{target.module}.meta"
     if done.returncode != 0 or not meta_path.exists():
-        print(done.stdout[-4000:], done.stderr[-4000:], sep="\n")
-        raise SystemExit(f"mutmut failed on {target.module} (log: {stage / 'mutmut.log'})")
+        print(log.read_text()[-4000:])
+        raise SystemExit(f"mutmut failed on {target.module} (log: {log})")
     codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
     prefixes = [g.removesuffix("*") for g in globs]
     mutants = {

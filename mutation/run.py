@@ -2,6 +2,7 @@
 
     python -m mutation.run                      # every target, one after the other
     python -m mutation.run edge/origin.py ...   # only these (the others keep their saved results)
+    python -m mutation.run --survivors edge/origin.py  # re-test only what the last run left alive
     python -m mutation.run --report             # only re-render REPORT.md (after editing survivors.toml)
     python -m mutation.run --todo               # stubs for survivors.toml, one per unexplained survivor
 
@@ -24,6 +25,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from mutation import report
 from mutation.report import ROOT, Target
@@ -86,12 +88,28 @@ def _mutmut(stage: Path, *args: str, log: Path | None = None) -> subprocess.Comp
         return subprocess.run(command, cwd=stage, env=env, text=True, stdout=out, stderr=subprocess.STDOUT)
 
 
-def run_target(target: Target) -> None:
-    """Mutate one target, test every mutant against its tests, and save the statuses and diffs."""
+def _saved(target: Target) -> dict[str, Any] | None:
+    path = RESULTS / f"{report.slug(target.module)}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def run_target(target: Target, *, survivors_only: bool = False) -> None:
+    """Mutate one target, test every mutant against its tests, and save the statuses and diffs.
+
+    `survivors_only`: re-test only the mutants the saved run did not kill, keeping its other verdicts
+    (sound after adding tests to kill survivors; the module itself must be unchanged since that run)."""
     from mutmut.stats import status_by_exit_code  # only `make mutation` needs mutmut installed
 
     stage = _stage(target)
     globs = [_mutant_glob(target, f) for f in target.functions]
+    previous = _saved(target) if survivors_only else None
+    if previous is not None:
+        if previous["source_digest"] != report.source_digest(target.module):
+            raise SystemExit(f"{target.module} changed since its last run: run it in full")
+        globs = [n for n, status in previous["mutants"].items() if status not in report.DETECTED]
+        if not globs:
+            print(f"== {target.module}: no survivors to re-test")
+            return
     log = stage / "mutmut.log"
     print(f"== {target.module}: mutmut run, tests {' '.join(target.tests)} (log: {log})", flush=True)
     done = _mutmut(stage, "run", "--max-children", str(JOBS), *globs, log=log)
@@ -101,11 +119,15 @@ def run_target(target: Target) -> None:
         raise SystemExit(f"mutmut failed on {target.module} (log: {log})")
     codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
     prefixes = [g.removesuffix("*") for g in globs]
-    mutants = {
-        name: status_by_exit_code[code]
-        for name, code in codes.items()
-        if not prefixes or any(name.startswith(p) for p in prefixes)
-    }
+
+    def selected(name: str) -> bool:
+        if previous is not None:
+            return name in globs  # exact names: the saved run's survivors
+        return not prefixes or any(name.startswith(p) for p in prefixes)
+
+    mutants = {name: status_by_exit_code[code] for name, code in codes.items() if selected(name)}
+    if previous is not None:  # the re-tested mutants' new verdicts over the saved run's
+        mutants = {**previous["mutants"], **mutants}
     diffs = {}
     for name, status in mutants.items():
         if status not in report.DETECTED:
@@ -147,6 +169,9 @@ def main() -> int:
     parser.add_argument("targets", nargs="*", help="modules from targets.toml (default: all)")
     parser.add_argument("--report", action="store_true", help="only re-render REPORT.md")
     parser.add_argument("--todo", action="store_true", help="print survivors.toml stubs")
+    parser.add_argument(
+        "--survivors", action="store_true", help="re-test only the mutants the last run did not kill"
+    )
     args = parser.parse_args()
     if args.todo:
         print(todo())
@@ -158,7 +183,7 @@ def main() -> int:
     if not args.report:
         for target in targets:
             if not args.targets or target.module in args.targets:
-                run_target(target)
+                run_target(target, survivors_only=args.survivors)
     figures = report.all_figures()
     (report.HERE / "REPORT.md").write_text(report.render(figures))
     for f in figures:

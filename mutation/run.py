@@ -63,9 +63,19 @@ def _stage(target: Target) -> Path:
         "source_paths": ["services", "edge"],
         "only_mutate": [target.module],
         "also_copy": [*ALSO_COPY, *target.also_copy],
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", f"--timeout={PER_TEST_TIMEOUT_S}"],
+        "pytest_add_cli_args": [
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--timeout={PER_TEST_TIMEOUT_S}",
+            *(f"--deselect={t}" for t in target.deselect),
+        ],
         "pytest_add_cli_args_test_selection": list(target.tests),
         "process_isolation": "forkserver",
+        # A mutant that makes a check explode is stopped at 3x its tests' clean time plus 10 s (mutmut's
+        # default, 15x, lets a few such mutants take most of a run).
+        "timeout_multiplier": 3.0,
+        "timeout_constant": 10.0,
         "use_git_change_detection": False,
     }
     # mutmut keeps what mutants/ already holds: a large tree the tests only read (data/executor-env)

@@ -103,14 +103,40 @@ def _saved(target: Target) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def run_target(target: Target, *, survivors_only: bool = False) -> None:
+# The diffs of many mutants in one process (`mutmut show` per mutant re-reads every module each time).
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path, names = sys.argv[1], json.loads(sys.stdin.read())
+print(json.dumps({n: get_diff_for_mutant(n, path=path) for n in names}))
+"""
+
+
+def _diffs(stage: Path, module: str, names: list[str]) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+    done = subprocess.run(
+        [sys.executable, "-c", _DIFFS, module],
+        cwd=stage,
+        env=env,
+        input=json.dumps(names),
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    diffs: dict[str, str] = json.loads(done.stdout)
+    return diffs
+
+
+def run_target(target: Target, *, survivors_only: bool = False, collect_only: bool = False) -> None:
     """Mutate one target, test every mutant against its tests, and save the statuses and diffs.
 
     `survivors_only`: re-test only the mutants the saved run did not kill, keeping its other verdicts
-    (sound after adding tests to kill survivors; the module itself must be unchanged since that run)."""
+    (sound after adding tests to kill survivors; the module itself must be unchanged since that run).
+    `collect_only`: save what the last mutmut run in the staging directory measured (it ran, or was
+    left running, without this script)."""
     from mutmut.stats import status_by_exit_code  # only `make mutation` needs mutmut installed
 
-    stage = _stage(target)
+    stage = WORK / report.slug(target.module)
     globs = [_mutant_glob(target, f) for f in target.functions]
     previous = _saved(target) if survivors_only else None
     if previous is not None:
@@ -120,13 +146,15 @@ def run_target(target: Target, *, survivors_only: bool = False) -> None:
         if not globs:
             print(f"== {target.module}: no survivors to re-test")
             return
-    log = stage / "mutmut.log"
-    print(f"== {target.module}: mutmut run, tests {' '.join(target.tests)} (log: {log})", flush=True)
-    done = _mutmut(stage, "run", "--max-children", str(JOBS), *globs, log=log)
     meta_path = stage / "mutants" / f"{target.module}.meta"
-    if done.returncode != 0 or not meta_path.exists():
-        print(log.read_text()[-4000:])
-        raise SystemExit(f"mutmut failed on {target.module} (log: {log})")
+    if not collect_only:
+        stage = _stage(target)
+        log = stage / "mutmut.log"
+        print(f"== {target.module}: mutmut run, tests {' '.join(target.tests)} (log: {log})", flush=True)
+        done = _mutmut(stage, "run", "--max-children", str(JOBS), *globs, log=log)
+        if done.returncode != 0 or not meta_path.exists():
+            print(log.read_text()[-4000:])
+            raise SystemExit(f"mutmut failed on {target.module} (log: {log})")
     codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
     prefixes = [g.removesuffix("*") for g in globs]
 
@@ -138,11 +166,8 @@ def run_target(target: Target, *, survivors_only: bool = False) -> None:
     mutants = {name: status_by_exit_code[code] for name, code in codes.items() if selected(name)}
     if previous is not None:  # the re-tested mutants' new verdicts over the saved run's
         mutants = {**previous["mutants"], **mutants}
-    diffs = {}
-    for name, status in mutants.items():
-        if status not in report.DETECTED:
-            shown = _mutmut(stage, "show", name).stdout
-            diffs[name] = shown.split("\n", 1)[1].strip() if "\n" in shown else shown
+    alive = [name for name, status in mutants.items() if status not in report.DETECTED]
+    diffs = _diffs(stage, target.module, alive) if alive else {}
     RESULTS.mkdir(exist_ok=True)
     saved = {
         "module": target.module,
@@ -182,6 +207,9 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="re-test only the mutants the last run did not kill"
     )
+    parser.add_argument(
+        "--collect", action="store_true", help="save what mutmut measured in the staging dir, without running"
+    )
     args = parser.parse_args()
     if args.todo:
         print(todo())
@@ -193,7 +221,7 @@ def main() -> int:
     if not args.report:
         for target in targets:
             if not args.targets or target.module in args.targets:
-                run_target(target, survivors_only=args.survivors)
+                run_target(target, survivors_only=args.survivors, collect_only=args.collect)
     figures = report.all_figures()
     (report.HERE / "REPORT.md").write_text(report.render(figures))
     for f in figures:

@@ -8,6 +8,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
 from services.common.jsonvalue import MAX_DEPTH
+from services.library import keywords
 from services.library.validation import INLINE_STEPS, ArgumentValidator, SlowCheck, check_tool, flat_checker
 
 FLAT = {
@@ -169,6 +170,25 @@ def test_a_catastrophic_pattern_is_matched_in_linear_time(schema, args, valid):
             [{"p": 1, "x-q": 2}, {"p": 1, "z": 2}, {"z": 1, "w": 2}],
         ),
         ({"properties": {"p": {}}, "additionalProperties": {"type": "string"}}, [{"q": "s"}, {"q": 1}]),
+        (
+            {
+                "properties": {"p": {}},
+                "patternProperties": {"^x-": {}, "^y-": {}},
+                "additionalProperties": False,
+            },
+            [{"z": 1}, {"z": 1, "w": 2}, {"x-1": 1, "y-2": 2}],
+        ),
+        ({"properties": {"p": {}}, "additionalProperties": False}, [{"q": 1}, {"q": 1, "r": 2}, {"p": 1}]),
+        (
+            {"properties": {"o": {"patternProperties": {"^a": {"type": "string"}}}}},
+            [{"o": [1]}, {"o": {"ab": 1}}],
+        ),
+        ({"properties": {"o": {"additionalProperties": False}}}, [{"o": "not an object"}, {"o": {"k": 1}}]),
+        (
+            {"properties": {"l": {"uniqueItems": True}}},
+            [{"l": [1, 2, 1]}, {"l": "not an array"}, {"l": [1, 2]}],
+        ),
+        ({"properties": {"l": {"uniqueItems": False}}}, [{"l": [1, 1]}]),
     ],
 )
 def test_re2_patterns_give_jsonschemas_verdicts_and_messages(schema, args):
@@ -193,6 +213,15 @@ def test_re2_patterns_give_jsonschemas_verdicts_and_messages(schema, args):
         ({"properties": {"s": {"pattern": "(unclosed"}}}, "is not supported"),
         ({"properties": {"s": {"pattern": "a{1000}{1000}"}}}, "is not supported"),
         ({"patternProperties": {"^x": {}}, "unevaluatedProperties": False}, "unevaluatedProperties"),
+        (  # the pair anywhere in the schema, not only side by side
+            {
+                "allOf": [
+                    {"patternProperties": {"^x": {}}},
+                    {"properties": {"p": {"unevaluatedProperties": False}}},
+                ]
+            },
+            "unevaluatedProperties",
+        ),
     ],
 )
 def test_patterns_that_cannot_run_in_linear_time_are_refused_at_registration_with_the_reason(schema, says):
@@ -346,3 +375,32 @@ async def test_a_pattern_match_too_costly_for_the_loop_runs_off_it_and_one_too_c
     with pytest.raises(FailedPrecondition) as refused:
         validator.check({"s": "ab" * 500_000})
     assert refused.value.reason == "SCHEMA_TOO_COMPLEX" and "costs too much" in refused.value.message
+
+
+def test_a_refused_pattern_is_named_with_re2s_reason_and_the_syntax_it_needs():
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(input_schema({"type": "object", "properties": {"s": {"pattern": "(?<=a)b"}}}))
+    assert err.value.message == (
+        "tool.capabilities[0].input_schema is not a valid JSON Schema: pattern '(?<=a)b' is not supported: "
+        "invalid perl operator: (?<= (patterns are matched in linear time with RE2 syntax: no lookaround "
+        "or backreferences)"
+    )
+
+
+def test_a_long_value_that_misses_its_pattern_is_shortened_in_the_violation():
+    value = "b" * 1000
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator({"type": "object", "properties": {"s": {"pattern": "^a"}}}).check({"s": value})
+    assert err.value.violations == [
+        ("arguments.s", f"{repr(value)[:100]}... (1002 characters) does not match '^a'")
+    ]
+    exact = "c" * 98  # its repr is 100 characters: shown whole
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator({"type": "object", "properties": {"s": {"pattern": "^a"}}}).check({"s": exact})
+    assert err.value.violations == [("arguments.s", f"{exact!r} does not match '^a'")]
+
+
+def test_the_size_of_a_value_counts_every_json_value_in_it():
+    assert keywords.size(1) == keywords.size("s") == keywords.size([]) == keywords.size({}) == 1
+    assert keywords.size({"a": [1, 2], "b": {}}) == 5
+    assert keywords.size([[1], {"k": None}]) == 5

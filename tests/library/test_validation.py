@@ -7,9 +7,16 @@ from jsonschema import Draft202012Validator
 from toolscore.v1 import tool_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
-from services.common.jsonvalue import MAX_DEPTH
+from services.common.jsonvalue import MAX_DEPTH, dict_to_struct
 from services.library import keywords
-from services.library.validation import INLINE_STEPS, ArgumentValidator, SlowCheck, check_tool, flat_checker
+from services.library.validation import (
+    INLINE_STEPS,
+    MAX_SCHEMA_BYTES,
+    ArgumentValidator,
+    SlowCheck,
+    check_tool,
+    flat_checker,
+)
 
 FLAT = {
     "type": "object",
@@ -404,3 +411,23 @@ def test_the_size_of_a_value_counts_every_json_value_in_it():
     assert keywords.size(1) == keywords.size("s") == keywords.size([]) == keywords.size({}) == 1
     assert keywords.size({"a": [1, 2], "b": {}}) == 5
     assert keywords.size([[1], {"k": None}]) == 5
+
+
+def _schema_of_exactly(n: int) -> dict:
+    """A valid input schema of exactly `n` bytes encoded."""
+    schema = {"type": "object", "description": "s" * (n - 100)}
+    while (size := dict_to_struct(schema).ByteSize()) != n:
+        schema["description"] = schema["description"][:-1] if size > n else schema["description"] + "s"
+    return schema
+
+
+def test_a_schema_and_a_definition_of_exactly_their_bound_are_accepted_and_one_byte_more_refused():
+    tool = input_schema(_schema_of_exactly(MAX_SCHEMA_BYTES))
+    check_tool(tool)
+    check_tool(tool, max_bytes=tool.ByteSize())
+    with pytest.raises(InvalidRequest) as whole:
+        check_tool(tool, max_bytes=tool.ByteSize() - 1)
+    assert whole.value.reason == "TOOL_TOO_LARGE"
+    with pytest.raises(InvalidRequest) as schema:
+        check_tool(input_schema(_schema_of_exactly(MAX_SCHEMA_BYTES + 1)))
+    assert schema.value.reason == "SCHEMA_TOO_LARGE"

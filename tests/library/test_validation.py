@@ -244,7 +244,31 @@ def test_a_schema_nested_past_the_depth_bound_is_refused_at_registration():
     check_tool(input_schema({"type": "object", "x-nested": at}))
     with pytest.raises(InvalidRequest) as err:
         check_tool(input_schema({"type": "object", "x-nested": {"a": at}}))
-    assert err.value.reason == "SCHEMA_TOO_DEEP"
+    assert err.value.reason == "SCHEMA_TOO_DEEP" and err.value.metadata == {"limit": str(MAX_DEPTH)}
+    assert (
+        err.value.message
+        == f"tool.capabilities[0].input_schema nests more than {MAX_DEPTH} objects and arrays deep"
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "accepted"),
+    [
+        ("object", True),
+        (["object"], True),
+        (["object", "null"], True),
+        (["object", "string"], False),
+        ("array", False),
+    ],
+)
+def test_an_input_schema_must_describe_an_object_however_its_type_is_spelled(declared, accepted):
+    tool = input_schema({"type": declared})
+    if accepted:
+        check_tool(tool)
+        return
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(tool)
+    assert err.value.reason == "INVALID_SCHEMA" and "must describe an object" in err.value.message
 
 
 # -- uniqueItems and the work budget ----------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from jsonschema import Draft202012Validator
 from toolscore.v1 import tool_pb2
@@ -455,3 +458,33 @@ def test_a_schema_and_a_definition_of_exactly_their_bound_are_accepted_and_one_b
     with pytest.raises(InvalidRequest) as schema:
         check_tool(input_schema(_schema_of_exactly(MAX_SCHEMA_BYTES + 1)))
     assert schema.value.reason == "SCHEMA_TOO_LARGE"
+
+
+def test_unevaluated_and_pattern_properties_together_are_refused_with_what_to_use_instead():
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(
+            input_schema({"type": "object", "patternProperties": {"^x": {}}, "unevaluatedProperties": False})
+        )
+    assert err.value.message == (
+        "tool.capabilities[0].input_schema uses unevaluatedProperties together with patternProperties, which "
+        "the mesh cannot check in linear time; use additionalProperties instead"
+    )
+
+
+def test_a_capability_without_an_input_schema_takes_any_arguments():
+    ArgumentValidator({}).check({"anything": [1, {"at": "all"}]})
+
+
+async def test_slow_checks_queue_for_the_one_schema_check_thread_instead_of_taking_more():
+    # One thread: slow checks take turns instead of taking the GIL from the loops many at a time.
+    validator = ArgumentValidator(MANY_BRANCHES)
+    slow = {"l": [{"k199": 1}] * 200}
+
+    async def threads_while_both_wait() -> list[str]:  # runs once both checks were submitted (FIFO)
+        return [t.name for t in threading.enumerate() if t.name.startswith("schema-check")]
+
+    async with asyncio.timeout(60):
+        _, _, names = await asyncio.gather(
+            validator.check_off_loop(slow, 60), validator.check_off_loop(slow, 60), threads_while_both_wait()
+        )
+    assert len(names) == 1, names

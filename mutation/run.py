@@ -127,6 +127,41 @@ def _diffs(stage: Path, module: str, names: list[str]) -> dict[str, str]:
     return diffs
 
 
+RECHECK_TIMEOUT_S = 600  # one survivor against all of its target's tests
+
+
+def _recheck(stage: Path, target: Target, names: list[str], mutants: dict[str, str]) -> dict[str, str]:
+    """Each survivor once more, against ALL of its target's tests (updating `mutants`).
+
+    mutmut runs a mutant only against the tests that called its function while it collected stats;
+    a function that runs once and is cached (keywords.metered, called when a validator class is
+    built) is reached by the first such test only, so its mutants would survive tests that do kill
+    them. Here the mutant is switched on by mutmut's own environment variable in a plain pytest run
+    in mutants/."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+    args = ["-x", "-q", "-p", "no:cacheprovider", f"--timeout={PER_TEST_TIMEOUT_S}"]
+    args += [f"--deselect={t}" for t in target.deselect]
+    rechecked = {}
+    for name in names:
+        if mutants.get(name) not in ("survived", "no tests"):
+            continue
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "pytest", *args, *target.tests],
+                cwd=stage / "mutants",
+                env={**env, "MUTANT_UNDER_TEST": name},
+                capture_output=True,
+                timeout=RECHECK_TIMEOUT_S,
+            )
+            verdict = {0: "survived", 5: mutants[name]}.get(done.returncode, "killed")
+        except subprocess.TimeoutExpired:
+            verdict = "timeout"
+        rechecked[name] = verdict
+        mutants[name] = verdict
+        print(f"   re-checked {name}: {verdict}", flush=True)
+    return rechecked
+
+
 def run_target(target: Target, *, survivors_only: bool = False, collect_only: bool = False) -> None:
     """Mutate one target, test every mutant against its tests, and save the statuses and diffs.
 
@@ -166,6 +201,7 @@ def run_target(target: Target, *, survivors_only: bool = False, collect_only: bo
     mutants = {name: status_by_exit_code[code] for name, code in codes.items() if selected(name)}
     if previous is not None:  # the re-tested mutants' new verdicts over the saved run's
         mutants = {**previous["mutants"], **mutants}
+    rechecked = _recheck(stage, target, list(mutants), mutants)
     alive = [name for name, status in mutants.items() if status not in report.DETECTED]
     diffs = _diffs(stage, target.module, alive) if alive else {}
     RESULTS.mkdir(exist_ok=True)
@@ -177,6 +213,7 @@ def run_target(target: Target, *, survivors_only: bool = False, collect_only: bo
         "functions": list(target.functions),
         "mutants": mutants,
         "diffs": diffs,
+        "rechecked": {**(previous or {}).get("rechecked", {}), **rechecked},
     }
     path = RESULTS / f"{report.slug(target.module)}.json"
     path.write_text(json.dumps(saved, indent=1, ensure_ascii=False, sort_keys=True) + "\n")

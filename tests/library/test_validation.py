@@ -488,3 +488,34 @@ async def test_slow_checks_queue_for_the_one_schema_check_thread_instead_of_taki
             validator.check_off_loop(slow, 60), validator.check_off_loop(slow, 60), threads_while_both_wait()
         )
     assert len(names) == 1, names
+
+
+async def test_a_match_costing_exactly_the_loops_share_stays_on_it_and_exactly_the_most_still_runs():
+    # a{996}: 1,000 RE2 instructions, so a string's cost is 1,000 times its length.
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "a{996}"}}}
+    assert keywords.compile_pattern("a{996}").programsize == 1000
+    validator = ArgumentValidator(schema)
+    validator.check({"s": "a" * (keywords.MATCH_ON_LOOP // 1000)})  # on the loop: no SlowCheck
+    with pytest.raises(SlowCheck):
+        validator.check({"s": "a" * (keywords.MATCH_ON_LOOP // 1000 + 1)})
+    at_most = "a" * (keywords.MATCH_MAX // 1000)
+    with pytest.raises(SlowCheck):
+        validator.check({"s": at_most})
+    await validator.check_off_loop({"s": at_most}, 60)
+    with pytest.raises(FailedPrecondition) as refused:
+        validator.check({"s": at_most + "a"})
+    assert refused.value.message == (
+        "matching pattern 'a{996}' (1000 RE2 instructions) against a string of 300001 characters costs too "
+        "much; a shorter string or a simpler pattern"
+    )
+
+
+def test_a_violation_under_pattern_or_additional_properties_names_the_property():
+    by_pattern = {"type": "object", "patternProperties": {"^x-": {"type": "integer"}}}
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator(by_pattern).check({"x-a": "1"})
+    assert err.value.violations == [("arguments.x-a", "'1' is not of type 'integer'")]
+    by_additional = {"type": "object", "properties": {"p": {}}, "additionalProperties": {"type": "string"}}
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator(by_additional).check({"p": 1, "q": 2})
+    assert err.value.violations == [("arguments.q", "2 is not of type 'string'")]

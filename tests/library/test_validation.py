@@ -128,6 +128,31 @@ def test_invalid_arguments_still_get_every_violation():
     with pytest.raises(InvalidArguments) as err:
         ArgumentValidator(FLAT).check({"s": 1, "extra": True})
     assert {f for f, _ in err.value.violations} == {"arguments.s", "arguments"}
+    assert err.value.message == (
+        "arguments do not match the input schema: arguments.s: 1 is not of type 'string'; "
+        "arguments: Additional properties are not allowed ('extra' was unexpected)"
+    )
+
+
+def test_violations_are_bounded_to_20_of_at_most_500_characters_each():
+    many = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(25)}}
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator(many).check({f"p{i}": i for i in range(25)})
+    assert len(err.value.violations) == 20
+    assert err.value.message.count("is not of type") == 3  # the message names the first three
+
+    def violation(length: int) -> tuple[str, str]:
+        schema = {"type": "object", "properties": {"e": {"enum": ["x" * length]}}}
+        with pytest.raises(InvalidArguments) as err:
+            ArgumentValidator(schema).check({"e": "y"})
+        (got,) = err.value.violations
+        return next(Draft202012Validator(schema).iter_errors({"e": "y"})).message, got[1]
+
+    short = len(violation(0)[0])  # the message with an empty enum value
+    full, got = violation(500 - short)
+    assert len(full) == 500 and got == full  # at the bound: whole
+    full, got = violation(501 - short)
+    assert len(full) == 501 and got == full[:500] + "..."
 
 
 # -- regular expressions: RE2, linear time --------------------------------------------------
@@ -352,7 +377,7 @@ def test_a_pattern_re2_cannot_run_in_a_schema_that_skipped_registration_fails_th
     schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(?=a)a$"}}}
     with pytest.raises(FailedPrecondition) as err:  # e.g. a definition an older hub stored
         ArgumentValidator(schema).check({"s": "a"})
-    assert "no lookaround" in err.value.message
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and "no lookaround" in err.value.message
 
 
 MANY_BRANCHES = {  # nothing super-linear: 200 keywords per item
@@ -519,3 +544,23 @@ def test_a_violation_under_pattern_or_additional_properties_names_the_property()
     with pytest.raises(InvalidArguments) as err:
         ArgumentValidator(by_additional).check({"p": 1, "q": 2})
     assert err.value.violations == [("arguments.q", "2 is not of type 'string'")]
+
+
+async def test_a_check_stopped_at_its_deadline_frees_the_schema_check_thread_for_the_next():
+    # Stopped in the thread too, not only abandoned by its caller: the one thread serves the next call.
+    validator = ArgumentValidator(MANY_BRANCHES)
+    with pytest.raises(FailedPrecondition):  # 20,000 failing items: minutes of work
+        await validator.check_off_loop({"l": [{"x": 1}] * 20_000}, 0.5)
+    await validator.check_off_loop({"l": [{"k199": 1}] * 200}, 30)
+
+
+async def test_a_check_over_its_whole_budget_off_the_loop_is_refused_as_too_complex():
+    validator = ArgumentValidator(fan_out(40))
+    arguments = {"x": list(range(100))}
+    budget = validator._budget(arguments)
+    assert budget > INLINE_STEPS
+    with pytest.raises(SlowCheck):
+        validator.check(arguments)
+    with pytest.raises(FailedPrecondition) as err:
+        await validator.check_off_loop(arguments, 60)
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {"budget": str(budget)}

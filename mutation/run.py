@@ -139,6 +139,8 @@ def _recheck(stage: Path, target: Target, names: list[str], mutants: dict[str, s
     them. Here the mutant is switched on by mutmut's own environment variable in a plain pytest run
     in mutants/."""
     env = {**os.environ, "PYTHONPATH": str(ROOT / "generated")}
+    # The tests as they are now (mutmut copied them when its run began; tests added since count too).
+    shutil.copytree(ROOT / "tests", stage / "mutants" / "tests", dirs_exist_ok=True)
     args = ["-x", "-q", "-p", "no:cacheprovider", f"--timeout={PER_TEST_TIMEOUT_S}"]
     args += [f"--deselect={t}" for t in target.deselect]
     rechecked = {}

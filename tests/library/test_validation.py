@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -564,3 +565,15 @@ async def test_a_check_over_its_whole_budget_off_the_loop_is_refused_as_too_comp
     with pytest.raises(FailedPrecondition) as err:
         await validator.check_off_loop(arguments, 60)
     assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {"budget": str(budget)}
+
+
+def test_a_check_whose_deadline_passes_in_the_schema_check_thread_says_so():
+    # What the schema-check thread runs (ArgumentValidator._run) when the deadline passes there first.
+    validator = ArgumentValidator(MANY_BRANCHES)
+    with pytest.raises(FailedPrecondition) as err:
+        validator._run({"l": [{"x": 1}] * 100}, 10**9, time.monotonic(), final=True)
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {}
+    assert err.value.message == (
+        "checking these arguments against the tool's input schema did not finish within the call's "
+        "deadline: the schema is too complex"
+    )

@@ -73,6 +73,9 @@ def test_flat_checker_matches_jsonschema(args):
         {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "exclusiveMinimum": True}}},
         {"type": "object", "properties": {"s": {"type": "string", "minLength": -1}}},
         {"$schema": "http://json-schema.org/draft-04/schema#", "properties": {"i": {"type": "integer"}}},
+        {"$schema": "http://json-schema.org/draft-03/schema#", "properties": {"i": {"type": "integer"}}},
+        {"type": "array"},  # not an object: a definition that skipped registration
+        {"type": "string", "properties": {}},
         {"type": "object", "properties": {"s": {"type": ["string", "null"]}}},
         {"type": "object", "anyOf": [{"required": ["a"]}]},
         {"type": "object", "additionalProperties": {"type": "string"}},
@@ -80,6 +83,20 @@ def test_flat_checker_matches_jsonschema(args):
 )
 def test_schemas_with_other_keywords_take_the_full_path(schema):
     assert flat_checker(schema) is None
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"properties": {"s": {"type": "string"}}},  # an object by default
+        {"type": "object"},
+        {"type": "object", "$schema": "https://json-schema.org/draft/2020-12/schema", "required": []},
+        {"type": "object", "$schema": "http://json-schema.org/draft-07/schema#", "properties": {}},
+    ],
+)
+def test_flat_schemas_take_the_fast_path_whatever_they_leave_out(schema):
+    fast = flat_checker(schema)
+    assert fast is not None and fast({"s": "x"}) == Draft202012Validator(schema).is_valid({"s": "x"})
 
 
 BOUNDED = {

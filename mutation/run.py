@@ -164,7 +164,9 @@ def _recheck(stage: Path, target: Target, names: list[str], mutants: dict[str, s
     return rechecked
 
 
-def run_target(target: Target, *, survivors_only: bool = False, collect_only: bool = False) -> None:
+def run_target(
+    target: Target, *, survivors_only: bool = False, collect_only: bool = False, recheck: bool = True
+) -> None:
     """Mutate one target, test every mutant against its tests, and save the statuses and diffs.
 
     `survivors_only`: re-test only the mutants the saved run did not kill, keeping its other verdicts
@@ -203,7 +205,7 @@ def run_target(target: Target, *, survivors_only: bool = False, collect_only: bo
     mutants = {name: status_by_exit_code[code] for name, code in codes.items() if selected(name)}
     if previous is not None:  # the re-tested mutants' new verdicts over the saved run's
         mutants = {**previous["mutants"], **mutants}
-    rechecked = _recheck(stage, target, list(mutants), mutants)
+    rechecked = _recheck(stage, target, list(mutants), mutants) if recheck else {}
     alive = [name for name, status in mutants.items() if status not in report.DETECTED]
     diffs = _diffs(stage, target.module, alive) if alive else {}
     RESULTS.mkdir(exist_ok=True)
@@ -249,6 +251,7 @@ def main() -> int:
     parser.add_argument(
         "--collect", action="store_true", help="save what mutmut measured in the staging dir, without running"
     )
+    parser.add_argument("--no-recheck", action="store_true", help="skip re-checking survivors with all tests")
     args = parser.parse_args()
     if args.todo:
         print(todo())
@@ -260,7 +263,12 @@ def main() -> int:
     if not args.report:
         for target in targets:
             if not args.targets or target.module in args.targets:
-                run_target(target, survivors_only=args.survivors, collect_only=args.collect)
+                run_target(
+                    target,
+                    survivors_only=args.survivors,
+                    collect_only=args.collect,
+                    recheck=not args.no_recheck,
+                )
     figures = report.all_figures()
     (report.HERE / "REPORT.md").write_text(report.render(figures))
     for f in figures:

@@ -59,6 +59,7 @@ class Figures:
     counts: dict[str, int] = field(default_factory=dict)
     survivors: list[tuple[str, str, Verdict | None]] = field(default_factory=list)  # (name, diff, verdict)
     killed_by_new_tests: list[Verdict] = field(default_factory=list)
+    rechecked: dict[str, str] = field(default_factory=dict)  # survivor -> status against all its tests
 
     @property
     def total(self) -> int:
@@ -144,6 +145,7 @@ def figures(target: Target, verdicts: list[Verdict], results_dir: Path = HERE / 
         return fig
     run: dict[str, Any] = json.loads(path.read_text())
     fig.measured, fig.tool = True, run["tool"]
+    fig.rechecked = run.get("rechecked", {})
     fig.source_changed = run["source_digest"] != source_digest(target.module)
     mine = [v for v in verdicts if v.module == target.module]
     by_key = {(v.function, v.change): v for v in mine}
@@ -202,6 +204,12 @@ def render(all_figures: list[Figures]) -> str:
             out += ["", "Not measured yet: run `make mutation TARGETS=" + f.target.module + "`."]
             continue
         out.append(f"Tool: {f.tool}.")
+        if f.rechecked:
+            caught = sum(1 for status in f.rechecked.values() if status in DETECTED)
+            out.append(
+                f"mutmut's survivors re-checked against all of the target's tests: {len(f.rechecked)}, "
+                f"of which {caught} killed there (counted as killed above)."
+            )
         if f.source_changed:
             out.append("The module changed since this run: its figures are stale until the next run.")
         others = {s: n for s, n in f.counts.items() if s not in {"killed", "timeout", "survived", "no tests"}}

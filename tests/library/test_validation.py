@@ -594,3 +594,11 @@ def test_a_check_whose_deadline_passes_in_the_schema_check_thread_says_so():
         "checking these arguments against the tool's input schema did not finish within the call's "
         "deadline: the schema is too complex"
     )
+
+
+def test_a_check_within_its_budget_finishes_however_close_it_comes_and_one_past_it_is_stopped():
+    # fan_out(8) needs 1,023 keyword evaluations of its 1,108; fan_out(9) needs 2,047 of 1,120.
+    ArgumentValidator(fan_out(8)).check({"x": 1})
+    with pytest.raises(FailedPrecondition) as err:
+        ArgumentValidator(fan_out(9)).check({"x": 1})
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {"budget": "1120"}

@@ -205,9 +205,19 @@ def run_target(
     mutants = {name: status_by_exit_code[code] for name, code in codes.items() if selected(name)}
     if previous is not None:  # the re-tested mutants' new verdicts over the saved run's
         mutants = {**previous["mutants"], **mutants}
-    rechecked = _recheck(stage, target, list(mutants), mutants) if recheck else {}
     alive = [name for name, status in mutants.items() if status not in report.DETECTED]
     diffs = _diffs(stage, target.module, alive) if alive else {}
+    # A survivor already judged equivalent needs no second look (it costs a whole test run).
+    equivalent = {
+        (v.function, v.change) for v in report.load_verdicts() if v.equivalent and v.module == target.module
+    }
+    unjudged = [
+        n
+        for n in alive
+        if (report.function_of(n, target.module), report.change_of(diffs[n])) not in equivalent
+    ]
+    rechecked = _recheck(stage, target, unjudged, mutants) if recheck else {}
+    diffs = {n: d for n, d in diffs.items() if mutants[n] not in report.DETECTED}
     RESULTS.mkdir(exist_ok=True)
     saved = {
         "module": target.module,

@@ -76,6 +76,9 @@ def test_flat_checker_matches_jsonschema(args):
         {"$schema": "http://json-schema.org/draft-03/schema#", "properties": {"i": {"type": "integer"}}},
         {"type": "array"},  # not an object: a definition that skipped registration
         {"type": "string", "properties": {}},
+        {"type": "object", "properties": ["s"]},  # malformed, as only a skipped registration leaves them
+        {"type": "object", "required": "s"},
+        {"type": "object", "properties": {"s": {"minLength": 1.5}}},  # a length is an integer
         {"type": "object", "properties": {"s": {"type": ["string", "null"]}}},
         {"type": "object", "anyOf": [{"required": ["a"]}]},
         {"type": "object", "additionalProperties": {"type": "string"}},
@@ -92,6 +95,8 @@ def test_schemas_with_other_keywords_take_the_full_path(schema):
         {"type": "object"},
         {"type": "object", "$schema": "https://json-schema.org/draft/2020-12/schema", "required": []},
         {"type": "object", "$schema": "http://json-schema.org/draft-07/schema#", "properties": {}},
+        {"properties": {"s": {"type": "string", "minLength": 0}}},
+        {"properties": {"s": {"type": "string"}, "n": {"minimum": 0}}},  # bounds on another property
     ],
 )
 def test_flat_schemas_take_the_fast_path_whatever_they_leave_out(schema):

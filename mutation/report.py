@@ -180,6 +180,11 @@ def render(all_figures: list[Figures]) -> str:
         f"{GOAL:.0%} of each module's mutants killed, and every survivor either killed by a test named "
         "below or explained as equivalent.",
         "",
+        "The tool is mutmut 3 (pinned in pyproject's dev extra), not 2.x or a mutator of our own: with its",
+        "forkserver isolation each mutant's worker forks from a process that never ran a test, which keeps",
+        "these tests (real gRPC servers, asyncio, subprocesses) reliable; every survivor is then re-checked",
+        "against all of its module's tests. Timeouts count as killed.",
+        "",
         "| module | mutants | killed | timeout | survived | no tests | kill % | unexplained | goal |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

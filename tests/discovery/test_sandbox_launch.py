@@ -8,10 +8,14 @@ afford these; tests/discovery/test_sandbox.py does the same attacks through inst
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import json
+import logging
 import os
+import resource
 import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -206,23 +210,42 @@ async def test_a_server_runs_as_nobody_without_capabilities_in_its_own_namespace
     assert seen["cgroup"].splitlines()[-1] == "0::/"  # its own cgroup namespace: no host paths shown
 
 
-async def test_a_server_and_bubblewrap_itself_start_inside_its_pids_and_memory_cgroup(
+def pdeathsig() -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    sig = ctypes.c_int(0)
+    assert libc.prctl(2, ctypes.byref(sig), 0, 0, 0) == 0  # PR_GET_PDEATHSIG
+    return sig.value
+
+
+async def test_a_server_start_dies_with_the_hub_caps_its_files_and_joins_its_cgroup_before_bwrap_runs(
     boxes: Sandboxes, dirs: tuple[Path, Path]
 ) -> None:
+    # preexec runs in the forked child; run the part without lasting effects here too, where the
+    # kernel state it sets can be read (and mutation testing sees the call)
+    before = pdeathsig()
+    try:
+        Launch([], {}).preexec()
+        assert pdeathsig() == signal.SIGTERM  # the hub's death reaches bwrap, which takes the server
+    finally:
+        assert ctypes.CDLL(None).prctl(1, before, 0, 0, 0) == 0  # PR_SET_PDEATHSIG back
+    assert resource.getrlimit(resource.RLIMIT_FSIZE)[0] == resource.RLIM_INFINITY  # no cap: none set
     install, work = dirs
     jail = boxes.jail("io.example/quiet", install, work)
-    launch = jail.launch("/bin/sh", ["-c", "read line"], {})
+    launch = jail.launch("/bin/sh", ["-c", "ulimit -f; read line"], {})
     group = launch.group
     assert group is not None
     try:
         proc = await asyncio.create_subprocess_exec(
-            *launch.argv, stdin=asyncio.subprocess.PIPE, env=launch.env, pass_fds=launch.pass_fds,
-            preexec_fn=launch.preexec, cwd=work,
+            *launch.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=launch.env,
+            pass_fds=launch.pass_fds, preexec_fn=launch.preexec, cwd=work,
         )  # fmt: skip
     finally:
         launch.started()
     try:
-        assert proc.pid in group.procs()  # joined in preexec, before bwrap's first instruction
+        assert proc.stdout is not None
+        async with deadline(10, "the server's file cap"):
+            assert await proc.stdout.readline() == f"{(5 << 20) // 512}\n".encode()  # 512-byte blocks
+        assert proc.pid in group.procs()  # bwrap itself: joined in preexec, before its first instruction
         assert (group.dirs[0] / "pids.max").read_text().strip() == "50"
         v2 = boxes.caps.cgroups is not None and boxes.caps.cgroups.v2
         mem = group.dirs[0 if v2 else 1]
@@ -268,7 +291,8 @@ async def test_a_server_sees_the_system_and_its_install_read_only_and_writes_onl
     assert m["/tmp"][1:] == ["tmpfs", "rw,size=4096k"] and seen["modes"]["/tmp"] == "0o1777"
     assert m[os.path.dirname(PYTHON).rsplit("/bin", 1)[0]][0].startswith("ro,")  # its runtime
     assert seen["modes"]["/etc"] == "0o755"
-    assert set(seen["etc"]) <= {"ld.so.cache", "localtime", "timezone", "ssl", "ca-certificates"}
+    wanted = ("ld.so.cache", "localtime", "timezone", "ssl", "ca-certificates")  # time zone, CAs
+    assert set(seen["etc"]) == {f for f in wanted if os.path.exists(f"/etc/{f}")}
     assert "resolv.conf" not in seen["etc"] and "passwd" not in seen["etc"]
     assert seen["exists"] == {str(REPO_ROOT): False, str(Path.home() / ".bashrc"): False, "/home": False}
     assert seen["cwd"] == str(work)
@@ -286,9 +310,13 @@ async def test_a_servers_directories_are_reachable_through_parents_the_host_keep
 
 
 async def test_a_server_gets_path_home_tmpdir_lang_and_its_entry_values_but_no_loader_or_host_variables(
-    boxes: Sandboxes, dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    boxes: Sandboxes,
+    dirs: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv(SECRET, "hunter2")  # in the hub's environment
+    caplog.set_level(logging.WARNING, "services.discovery.sandbox")
     install, work = dirs
     jail = boxes.jail("io.example/quiet", install, work)
     entry = {"API_URL": "https://x", "CACHE": "~/cache", "LD_PRELOAD": "/evil.so", "GCONV_PATH": "/evil",
@@ -303,6 +331,10 @@ async def test_a_server_gets_path_home_tmpdir_lang_and_its_entry_values_but_no_l
         "CACHE": f"{work}/cache",
         "PWD": str(work),  # bwrap's --chdir
     }
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"server io.example/quiet: environment variable {k} is not passed to it"
+        for k in sorted(("LD_PRELOAD", "GCONV_PATH", "TZDIR", "LD_LIBRARY_PATH"))
+    ]
     launch = jail.launch(PYTHON, [], entry)
     try:
         assert launch.env == {"PATH": "/usr/local/bin:/usr/bin:/bin"}  # bwrap itself: PATH and nothing else
@@ -351,6 +383,10 @@ async def test_the_first_sandboxed_start_hands_work_to_nobody_without_following_
     host_file = tmp_path / "host-secret"
     host_file.write_text("root only")
     (work / "link").symlink_to(host_file)
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir()
+    (host_dir / "inside").write_text("root only")
+    (work / "dirlink").symlink_to(host_dir)  # a walk that followed it would hand over host files
     launch = boxes.jail("io.example/quiet", install, work).launch("/bin/true", [], {})
     boxes.jail("io.example/quiet", install, work).release(launch)
     st = work.stat()
@@ -358,6 +394,7 @@ async def test_the_first_sandboxed_start_hands_work_to_nobody_without_following_
     assert (work / "sub" / "state.json").stat().st_uid == 65534 and (work / "sub").stat().st_uid == 65534
     assert (work / "link").lstat().st_uid == 65534
     assert host_file.stat().st_uid == 0  # the link's target is not handed over
+    assert host_dir.stat().st_uid == 0 and (host_dir / "inside").stat().st_uid == 0
 
 
 async def test_releasing_a_launch_kills_what_is_left_in_its_cgroup_and_reuses_the_group(

@@ -34,6 +34,7 @@ from services.executor.sandbox import (
     probe,
     sandbox_env,
     stdlib_readable_by,
+    system_view,
 )
 from tests.helpers import deadline, descendants
 
@@ -384,6 +385,23 @@ async def test_a_sandbox_that_fails_to_start_is_a_spawn_error_with_its_stderr_an
     assert open_fds() == fds
 
 
+@pytest.mark.parametrize(
+    ("stderr", "shown"),
+    [
+        ("printf 'bad \\377 byte' >&2", "bad \ufffd byte"),  # not UTF-8: replaced, never a crash
+        ("head -c 5000 /dev/zero | tr '\\0' X >&2", "X" * 4096),  # the first 4 KiB, its last X kept
+    ],
+)
+async def test_what_a_failed_sandbox_wrote_is_shown_cut_and_made_text(
+    tmp_path: Path, env_dir: Path, stderr: str, shown: str
+) -> None:
+    caps = Capabilities("namespaces", fake_bwrap(tmp_path, f"{stderr}; exit 1"), False, None)
+    with pytest.raises(SpawnError) as err:
+        async with deadline(10, "the failed start"):
+            await Sandbox(XC, env_dir, {}, caps, None).spawn()
+    assert str(err.value) == f"EOFError: the sandboxed interpreter closed its control pipe; {shown}"
+
+
 async def test_a_sandbox_that_never_says_ready_is_abandoned_at_the_spawn_timeout_and_killed(
     tmp_path: Path, env_dir: Path
 ) -> None:
@@ -421,7 +439,7 @@ def test_a_machine_without_bubblewrap_is_told_how_to_install_it(tmp_path: Path) 
 
 
 async def test_the_probe_finds_the_full_level_here_by_starting_a_real_sandbox(env_dir: Path) -> None:
-    caps = await probe(XC, env_dir)
+    caps = await probe(dataclasses.replace(XC, cpu_limit=0.5), env_dir)  # the cpu controller is here too
     assert caps.level == "full" and caps.notes == () and caps.bwrap == machine_support("bwrap")[0]
 
 
@@ -451,6 +469,15 @@ async def test_each_call_s_output_starts_at_the_top_of_its_streams(env_dir: Path
         assert (first.stdout, first.stderr, first.return_code) == ("x" * 100 + "\n", "e" * 50 + "\n", 0)
         second = await run_on(w, "print('y'); import sys; print('f', file=sys.stderr)", 10, XC)
         assert (second.stdout, second.stderr) == ("y\n", "f\n")  # appended at 0, not after the old end
+        flags = await run_on(
+            w,
+            "import sys; print(sys.flags.isolated, sys.flags.no_site, '' in sys.path or '/work' in sys.path)",
+            10,
+            XC,
+        )
+        assert flags.stdout.split() == ["1", "1", "False"]  # -I -S: no scratch dir, env or site on the path
+        # the output memfds are the sandbox's alone: no other child of the executor inherits them
+        assert not os.get_inheritable(w.out_fd) and not os.get_inheritable(w.err_fd)
 
 
 def fake_python_bwrap(tmp_path: Path, reply: list[tuple[str, bytes]]) -> str:
@@ -501,3 +528,45 @@ async def test_a_start_cancelled_midway_stays_cancelled_and_leaks_nothing(
         async with deadline(10, "the cancelled start"):
             await spawning
     assert open_fds() == fds and not descendants(os.getpid())
+
+
+async def test_an_interpreter_that_cannot_be_found_is_pid_0_never_another_process(
+    tmp_path: Path, env_dir: Path
+) -> None:
+    bwrap = fake_python_bwrap(tmp_path, [("ready", b"")])  # says ready, has no sandbox below it
+    async with started(Sandbox(XC, env_dir, {}, Capabilities("namespaces", bwrap, False, None), None)) as w:
+        assert w.interpreter_pid == 0  # unknown: nothing is ever signalled by that number
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch the effective uid and back")
+def test_an_executor_without_root_gives_bwrap_a_user_namespace_and_no_nested_one() -> None:
+    as_root = system_view("/usr/bin/bwrap")
+    assert as_root[as_root.index("--cap-drop") :][:6] == [
+        "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"
+    ]  # fmt: skip
+    assert "--unshare-user" not in as_root  # root keeps the host's user namespace, drops to the uid
+    os.seteuid(65534)
+    try:
+        unprivileged = system_view("/usr/bin/bwrap")
+    finally:
+        os.seteuid(0)
+    assert unprivileged[10:12] == ["--unshare-user", "--disable-userns"] and "--cap-drop" not in unprivileged
+    assert unprivileged[:10] == as_root[:10]
+
+
+def test_only_a_sandbox_granted_the_network_keeps_the_hosts_network_namespace() -> None:
+    assert "--unshare-net" in system_view("/usr/bin/bwrap")
+    assert "--unshare-net" not in system_view("/usr/bin/bwrap", network=True)
+    assert [a for a in system_view("/usr/bin/bwrap") if a != "--unshare-net"] == system_view(
+        "/usr/bin/bwrap", network=True
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop at level process happens only as root")
+async def test_at_level_process_without_an_environment_the_scratch_dir_ends_the_arguments(
+    tmp_path: Path,
+) -> None:
+    before = set(Path("/tmp").glob("ts-exec-*"))
+    async with started(Sandbox(XC, tmp_path / "none", {}, Capabilities.of(None, False, None, []), None)) as w:
+        [workdir] = set(Path("/tmp").glob("ts-exec-*")) - before
+        assert cmdline(w.interpreter_pid)[-1] == str(workdir)

@@ -34,6 +34,7 @@ class Target:
     functions: tuple[str, ...] = ()  # only these ("f", "Class.method"); empty: the whole module
     also_copy: tuple[str, ...] = ()  # extra paths the tests need beside the code (see run.py)
     link: tuple[str, ...] = ()  # paths the tests need but must not be copied (symlinked into mutants/)
+    deselect: tuple[str, ...] = ()  # slow tests of those files that guard other targets, left out here
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def load_targets(path: Path = HERE / "targets.toml") -> list[Target]:
             functions=tuple(spec.get("functions", ())),
             also_copy=tuple(spec.get("also_copy", ())),
             link=tuple(spec.get("link", ())),
+            deselect=tuple(spec.get("deselect", ())),
         )
         for module, spec in table.items()
     ]
@@ -193,6 +195,9 @@ def render(all_figures: list[Figures]) -> str:
         out += ["", f"## {f.target.module}", ""]
         scope = ", ".join(f"`{fn}`" for fn in f.target.functions) or "the whole module"
         out.append(f"Mutated: {scope}. Tests: " + ", ".join(f"`{t}`" for t in f.target.tests) + ".")
+        if f.target.deselect:
+            left_out = ", ".join(f"`{t}`" for t in f.target.deselect)
+            out.append(f"Left out (slow, guarding another target): {left_out}.")
         if not f.measured:
             out += ["", "Not measured yet: run `make mutation TARGETS=" + f.target.module + "`."]
             continue

@@ -30,8 +30,10 @@ def test_every_target_module_is_in_the_report_and_meets_the_goal():
 def test_every_target_and_its_tests_exist_and_every_killing_test_is_defined():
     for t in report.load_targets():
         assert (REPO / t.module).is_file(), t.module
-        for test in t.tests:
-            assert (REPO / test).is_file(), test
+        for test in (*t.tests, *t.deselect):
+            path, _, name = test.partition("::")
+            assert (REPO / path).is_file(), test
+            assert not name or re.search(rf"^(?:async )?def {name}\(", (REPO / path).read_text(), re.M), test
     for v in report.load_verdicts():
         if v.killed_by:
             path, _, name = v.killed_by.partition("::")

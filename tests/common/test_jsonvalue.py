@@ -6,14 +6,17 @@ import json
 
 import pytest
 from google.protobuf.message import DecodeError
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 
 from services.common.jsonvalue import (
     MAX_DEPTH,
     MAX_DOCUMENT_DEPTH,
     JsonTooDeep,
+    TooLarge,
+    dict_to_struct,
     fill_struct,
     loads,
+    struct_bounds,
     struct_to_dict,
     too_deep,
 )
@@ -134,14 +137,19 @@ def test_loads_refuses_200000_levels_with_a_value_error_not_a_recursion_error():
             loads(raw)
 
 
-def test_loads_accepts_documents_at_its_bound_and_refuses_one_level_more():
-    at = json.dumps(objects(MAX_DOCUMENT_DEPTH))
-    assert loads(at) == objects(MAX_DOCUMENT_DEPTH)
-    assert loads(at.encode()) == objects(MAX_DOCUMENT_DEPTH)
+@pytest.mark.parametrize("shape", [objects, arrays])
+@pytest.mark.parametrize("encode", [str, str.encode], ids=["str", "bytes"])
+def test_loads_accepts_documents_at_its_bound_and_refuses_one_level_more(shape, encode):
+    at = json.dumps(shape(MAX_DOCUMENT_DEPTH))
+    assert loads(encode(at)) == shape(MAX_DOCUMENT_DEPTH)
+    wide = {"deep": shape(MAX_DOCUMENT_DEPTH - 1), "wide": [[]] * 5}  # more brackets than the bound
+    assert loads(encode(json.dumps(wide))) == wide
+    with pytest.raises(JsonTooDeep) as err:
+        loads(encode(json.dumps(shape(MAX_DOCUMENT_DEPTH + 1))))
+    assert str(err.value) == f"JSON nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+    assert loads(encode(json.dumps(shape(5))), max_depth=5) == shape(5)
     with pytest.raises(JsonTooDeep):
-        loads(json.dumps(objects(MAX_DOCUMENT_DEPTH + 1)))
-    with pytest.raises(JsonTooDeep):
-        loads(json.dumps(arrays(MAX_DOCUMENT_DEPTH + 1)).encode())
+        loads(encode(json.dumps(shape(6))), max_depth=5)
 
 
 def test_loads_is_not_fooled_by_brackets_inside_strings_or_by_many_shallow_containers():
@@ -150,3 +158,61 @@ def test_loads_is_not_fooled_by_brackets_inside_strings_or_by_many_shallow_conta
     assert loads(json.dumps(wide)) == wide
     with pytest.raises(ValueError):
         loads(b"{not json")
+
+
+# -- the size bound checked before a Struct is built ------------------------------------------
+
+# Values under 128 bytes (one-byte lengths) of ASCII keys and strings, numbers, booleans and null:
+# values whose encoding the bound's estimate gives exactly.
+EXACT = [
+    {},
+    {"s": "x", "e": ""},
+    {"i": 1, "f": 1.5, "z": 0.0, "big": 2**60},
+    {"t": True, "f": False, "n": None},
+    {"empty_list": [], "empty_obj": {}, "list": [1, "2", None, [3], {"k": False}]},
+    {"nested": {"a": {"b": {"c": [True, 2.5, "deep"]}}}},
+    {"k" * 20: "v" * 80},
+    {"few": list(range(5))},
+]
+
+
+def _encoded(value: dict) -> int:
+    """The bytes `value` takes as a Value (what a call's arguments travel in), as protobuf counts them."""
+    return Value(struct_value=dict_to_struct(value)).ByteSize()
+
+
+@pytest.mark.parametrize("value", EXACT)
+def test_struct_bounds_refuses_a_value_exactly_when_its_encoding_passes_the_bound(value):
+    size = _encoded(value)
+    struct_bounds(value, size)  # a value that fits is never refused
+    if value:
+        with pytest.raises(TooLarge):
+            struct_bounds(value, size - 1)
+
+
+def test_struct_bounds_never_refuses_what_fits_whatever_the_characters():
+    for value in ({"u": "héllo \U0001f600" * 50}, {"k\u00e9" * 70: ["x" * 300] * 3}, {"n": -(2**70)}):
+        struct_bounds(value, _encoded(value))
+
+
+def test_struct_bounds_refuses_on_size_as_soon_as_the_total_passes_the_bound_without_walking_the_rest():
+    # What follows the first 150 bytes is never looked at: were it walked, its depth would be refused.
+    deep = objects(MAX_DEPTH + 5)
+    for value in (
+        {"s": "x" * 100, "a": {"b": "y" * 50, "c": deep}},
+        {"a": ["x" * 100, {"b": "y" * 50, "c": deep}]},
+    ):
+        with pytest.raises(TooLarge):
+            struct_bounds(value, 150)
+        with pytest.raises(JsonTooDeep):
+            struct_bounds(value, 1 << 20)
+
+
+@pytest.mark.parametrize("shape", [objects, arrays])
+def test_struct_bounds_refuses_values_nested_past_the_depth_bound(shape):
+    struct_bounds(shape(MAX_DEPTH), 1 << 30)
+    with pytest.raises(JsonTooDeep):
+        struct_bounds(shape(MAX_DEPTH + 1), 1 << 30)
+    struct_bounds(shape(5), 1 << 30, max_depth=5)
+    with pytest.raises(JsonTooDeep):
+        struct_bounds(shape(6), 1 << 30, max_depth=5)

@@ -183,11 +183,34 @@ async def test_without_a_token_every_route_family_is_open_on_loopback(
     assert answered["admin action (WebSocket)"][1]["result"] == {"text": "hi"}
 
 
+async def test_the_token_is_taken_whatever_the_case_of_bearer_and_the_spaces_around_it(secured: EdgeHandle):
+    # Past the check an empty registration is a 400 (bad body); before it, a 401 that says what is needed.
+    for header in (f"bearer {TOKEN}", f"BEARER  {TOKEN} ", f"Bearer {TOKEN}"):
+        status, body = await secured.post("/admin/tools/register", {}, headers={"Authorization": header})
+        assert status == 400, (header, body)
+    for header in (TOKEN, f"Bearer {TOKEN}x", f"Bearer{TOKEN}", f"Token {TOKEN}", "Bearer ", ""):
+        status, body = await secured.post("/admin/tools/register", {}, headers={"Authorization": header})
+        assert status == 401 and body["reason"] == "ADMIN_TOKEN_REQUIRED", (header, body)
+        assert body["message"] == "this operation needs the admin token (Authorization: Bearer <token>)"
+
+
 def test_binding_beyond_loopback_without_a_token_is_refused():
     with pytest.raises(BindRefused):
         check_bind("0.0.0.0", "")
-    with pytest.raises(BindRefused):
+    with pytest.raises(BindRefused) as public:
         check_bind("192.168.1.10", "")
+    assert public.value.reason == "NON_LOOPBACK_WITHOUT_TOKEN"
+    assert public.value.message == (
+        "refusing to serve the edge on 192.168.1.10 beyond loopback without an admin token "
+        "(set TOOLSCORE_AUTH__ADMIN_TOKEN, or TOOLSCORE_EDGE__HOST=127.0.0.1)"
+    )
+    with pytest.raises(BindRefused) as everywhere:  # an empty host binds every interface
+        check_bind("", "")
+    assert everywhere.value.reason == "NON_LOOPBACK_WITHOUT_TOKEN"
+    assert everywhere.value.message == (
+        "an empty edge host binds every interface; set a loopback host or an admin token"
+    )
+    check_bind("", TOKEN)
     check_bind("0.0.0.0", TOKEN)
     check_bind("127.0.0.1", "")
     check_bind("::1", "")

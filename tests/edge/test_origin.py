@@ -74,3 +74,50 @@ def test_a_wildcard_bind_checks_no_host(bind):
     assert guard.refusal({"Host": "edge.example.com"}) is None
     assert guard.refusal({}) is None
     assert guard.refusal({"Host": "edge.example.com", "Origin": "https://evil.example"}) is not None
+
+
+def test_a_malformed_origin_or_host_is_refused_and_the_refusal_names_no_host():
+    guard = OriginGuard(("https://dash.example",), "127.0.0.1")
+    origin = guard.refusal({**LOCAL, "Origin": "http://[::1"})  # not even a URL: urlsplit raises
+    assert origin is not None and origin.reason == "FORBIDDEN_ORIGIN"
+    for host in ("[::1", ":8082"):  # not a URL / no name at all
+        refused = guard.refusal({"Host": host})
+        assert refused is not None and refused.reason == "FORBIDDEN_HOST"
+        assert refused.message == "host '' is not this edge (possible DNS rebinding)"
+
+
+def test_a_refusal_echoes_at_most_200_characters_of_a_hostile_origin_or_host():
+    guard = OriginGuard((), "127.0.0.1")
+    long_origin = "https://" + "o" * 300 + ".example"
+    origin = guard.refusal({**LOCAL, "Origin": long_origin})
+    assert origin is not None and origin.reason == "FORBIDDEN_ORIGIN"
+    assert origin.metadata == {"origin": long_origin[:200]}
+    assert (
+        origin.message == f"requests from origin {long_origin[:200]!r} are not allowed (edge.allowed_origins)"
+    )
+    host = guard.refusal({"Host": "h" * 300})
+    assert (
+        host is not None and host.message == f"host {'h' * 200!r} is not this edge (possible DNS rebinding)"
+    )
+
+
+def test_a_request_without_a_host_header_is_refused_as_such():
+    refused = OriginGuard((), "127.0.0.1").refusal({})
+    assert refused is not None and refused.reason == "FORBIDDEN_HOST" and refused.http_status == 403
+    assert refused.message == "a Host header is required"
+
+
+def test_configured_origins_and_hosts_match_whatever_their_case_brackets_or_trailing_slash():
+    # Names ending in an upper-case X catch a strip of the wrong characters as well as a missing one.
+    guard = OriginGuard(("HTTPS://WWW.BOX/",), "MESH.BOX", allowed_hosts=("[FD00::1]", "HUB.BOX"))
+    assert guard.refusal({**LOCAL, "Origin": "https://www.box"}) is None
+    assert guard.refusal({**LOCAL, "Origin": "HTTPS://WWW.BOX"}) is None
+    for host in ("mesh.box:8082", "[fd00::1]:8082", "hub.box", "www.box"):
+        assert guard.refusal({"Host": host}) is None, host
+    assert guard.refusal({"Host": "box"}) is not None
+
+
+def test_any_origin_never_makes_a_star_host_acceptable():
+    guard = OriginGuard(("*",), "127.0.0.1")
+    refused = guard.refusal({"Host": "*"})
+    assert refused is not None and refused.reason == "FORBIDDEN_HOST"

@@ -53,24 +53,63 @@ async def next_events(stream, n, timeout=5.0):
 
 
 @pytest.mark.parametrize(
-    ("mutate", "reason"),
+    ("mutate", "reason", "says"),
     [
-        (lambda t: setattr(t, "tool_id", ""), "MISSING_TOOL_ID"),
-        (lambda t: setattr(t, "tool_id", "bad id!"), "INVALID_TOOL_ID"),
-        (lambda t: setattr(t, "endpoint", "unix://relative.sock"), "INVALID_ENDPOINT"),
-        (lambda t: setattr(t, "endpoint", "localhost:99999"), "INVALID_ENDPOINT"),
-        (lambda t: setattr(t, "endpoint", "ftp://x"), "INVALID_ENDPOINT"),
-        (lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_UNSPECIFIED), "INVALID_KIND"),
-        (lambda t: t.ClearField("capabilities"), "NO_CAPABILITIES"),
-        (lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": 12})), "INVALID_SCHEMA"),
+        (lambda t: setattr(t, "tool_id", ""), "MISSING_TOOL_ID", "tool.tool_id is required"),
+        (
+            lambda t: setattr(t, "tool_id", "bad id!"),
+            "INVALID_TOOL_ID",
+            "tool.tool_id 'bad id!' must match ^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        ),
+        (lambda t: setattr(t, "endpoint", "unix://relative.sock"), "INVALID_ENDPOINT", None),
+        (lambda t: setattr(t, "endpoint", "localhost:99999"), "INVALID_ENDPOINT", None),
+        (lambda t: setattr(t, "endpoint", "ftp://x"), "INVALID_ENDPOINT", None),
+        (
+            lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_FUNCTION),
+            "INVALID_ENDPOINT",
+            "endpoint '<EP>' does not fit kind TOOL_KIND_FUNCTION",
+        ),
+        (
+            lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_UNSPECIFIED),
+            "INVALID_KIND",
+            "tool.kind is required (TOOL_KIND_GRPC_SERVER, ...)",
+        ),
+        (lambda t: t.ClearField("capabilities"), "NO_CAPABILITIES", "a tool needs at least one capability"),
+        (
+            lambda t: setattr(t.capabilities[0], "name", "bad name"),
+            "INVALID_ACTION",
+            "tool.capabilities[0].name 'bad name' must match ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+        ),
+        (
+            lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": 12})),
+            "INVALID_SCHEMA",
+            "tool.capabilities[0].input_schema must describe an object (type: object)",
+        ),
         (
             lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"type": "string"})),
             "INVALID_SCHEMA",
+            "tool.capabilities[0].input_schema must describe an object (type: object)",
         ),
-        (lambda t: t.capabilities.add(name="echo"), "DUPLICATE_ACTION"),
+        (
+            lambda t: t.capabilities[0].input_schema.CopyFrom(dict_to_struct({"properties": 12})),
+            "INVALID_SCHEMA",
+            "tool.capabilities[0].input_schema is not a valid JSON Schema: 12 is not of type 'object'",
+        ),
+        (
+            lambda t: t.capabilities[0].output_schema.CopyFrom(dict_to_struct({"required": "x"})),
+            "INVALID_SCHEMA",
+            "tool.capabilities[0].output_schema is not a valid JSON Schema: 'x' is not of type 'array'",
+        ),
+        (
+            lambda t: t.capabilities.add(name="echo"),
+            "DUPLICATE_ACTION",
+            "tool.capabilities[1].name 'echo' is repeated",
+        ),
     ],
 )
-async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stubs, mutate, reason, EP):
+async def test_malformed_registration_is_rejected_with_its_reason_and_message_and_nothing_registered(
+    hub_stubs, mutate, reason, says, EP
+):
     before = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
     tool = grpc_tool("t1", EP)
     mutate(tool)
@@ -78,9 +117,17 @@ async def test_malformed_registration_is_rejected_and_nothing_registered(hub_stu
         await register(hub_stubs, tool)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert reason_of(err.value) == reason
+    if says is not None:
+        assert err.value.details() == says.replace("<EP>", EP)
     after = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
     assert [t.tool_id for t in after.tools] == [t.tool_id for t in before.tools]
     assert after.revision == before.revision
+
+
+async def test_an_output_schema_may_describe_any_type_where_an_input_schema_must_be_an_object(hub_stubs, EP):
+    tool = grpc_tool("any-output", EP)
+    tool.capabilities[0].output_schema.update({"type": "string"})
+    assert (await register(hub_stubs, tool)).created
 
 
 async def test_reregistering_by_the_same_owner_updates_and_emits_one_event(hub_stubs, EP):
@@ -348,7 +395,9 @@ async def test_a_definition_over_a_size_bound_is_refused_naming_the_bound(
     code, got_reason, metadata = _error_info(err.value)
     assert (code, got_reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason), err.value.details()
     assert metadata["field"] == field and metadata["limit"] == str(limit), metadata
-    assert int(metadata["size"]) > limit and str(limit) in (err.value.details() or "")
+    named = "the whole definition (encoded)" if field == "tool" else field
+    assert int(metadata["size"]) > limit
+    assert err.value.details() == f"{named} is {metadata['size']} bytes, over the bound of {limit} bytes"
     after = await hub_stubs.library.ListTools(lib.ListToolsRequest(), timeout=5)
     assert after.revision == before.revision and "huge" not in {t.tool_id for t in after.tools}
 

@@ -8,6 +8,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
 from services.common.jsonvalue import MAX_DEPTH
+from services.library import keywords
 from services.library.validation import INLINE_STEPS, ArgumentValidator, SlowCheck, check_tool, flat_checker
 
 FLAT = {
@@ -20,6 +21,7 @@ FLAT = {
         "o": {"type": "object"},
         "a": {"type": "array"},
         "x": {},
+        "z": {"type": "null"},
     },
     "required": ["s"],
     "additionalProperties": False,
@@ -39,6 +41,10 @@ CASES = [
     {"s": "a", "x": None},
     {"s": "a", "extra": 1},
     {"s": None},
+    # each type accepted too (a fast path that refuses what it should take only costs time, but is not exact)
+    {"s": "a", "n": 2, "i": -3, "b": True, "o": {"k": 1}, "a": [1], "x": "any", "z": None},
+    {"s": "a", "z": 0},
+    {"s": "a", "z": False},
 ]
 
 
@@ -164,6 +170,25 @@ def test_a_catastrophic_pattern_is_matched_in_linear_time(schema, args, valid):
             [{"p": 1, "x-q": 2}, {"p": 1, "z": 2}, {"z": 1, "w": 2}],
         ),
         ({"properties": {"p": {}}, "additionalProperties": {"type": "string"}}, [{"q": "s"}, {"q": 1}]),
+        (
+            {
+                "properties": {"p": {}},
+                "patternProperties": {"^x-": {}, "^y-": {}},
+                "additionalProperties": False,
+            },
+            [{"z": 1}, {"z": 1, "w": 2}, {"x-1": 1, "y-2": 2}],
+        ),
+        ({"properties": {"p": {}}, "additionalProperties": False}, [{"q": 1}, {"q": 1, "r": 2}, {"p": 1}]),
+        (
+            {"properties": {"o": {"patternProperties": {"^a": {"type": "string"}}}}},
+            [{"o": [1]}, {"o": {"ab": 1}}],
+        ),
+        ({"properties": {"o": {"additionalProperties": False}}}, [{"o": "not an object"}, {"o": {"k": 1}}]),
+        (
+            {"properties": {"l": {"uniqueItems": True}}},
+            [{"l": [1, 2, 1]}, {"l": "not an array"}, {"l": [1, 2]}],
+        ),
+        ({"properties": {"l": {"uniqueItems": False}}}, [{"l": [1, 1]}]),
     ],
 )
 def test_re2_patterns_give_jsonschemas_verdicts_and_messages(schema, args):
@@ -188,6 +213,15 @@ def test_re2_patterns_give_jsonschemas_verdicts_and_messages(schema, args):
         ({"properties": {"s": {"pattern": "(unclosed"}}}, "is not supported"),
         ({"properties": {"s": {"pattern": "a{1000}{1000}"}}}, "is not supported"),
         ({"patternProperties": {"^x": {}}, "unevaluatedProperties": False}, "unevaluatedProperties"),
+        (  # the pair anywhere in the schema, not only side by side
+            {
+                "allOf": [
+                    {"patternProperties": {"^x": {}}},
+                    {"properties": {"p": {"unevaluatedProperties": False}}},
+                ]
+            },
+            "unevaluatedProperties",
+        ),
     ],
 )
 def test_patterns_that_cannot_run_in_linear_time_are_refused_at_registration_with_the_reason(schema, says):
@@ -247,9 +281,15 @@ def fan_out(levels: int) -> dict:
 @pytest.mark.parametrize("schema", [fan_out(40), {"type": "object", "$ref": "#"}], ids=["fan-out", "endless"])
 def test_a_schema_whose_check_would_explode_or_never_end_is_stopped_with_a_clear_error(schema):
     check_tool(input_schema(schema))  # nothing a static check can see
+    validator = ArgumentValidator(schema)
     with pytest.raises(FailedPrecondition) as err:
-        ArgumentValidator(schema).check({"x": 1})
-    assert err.value.reason == "SCHEMA_TOO_COMPLEX"
+        validator.check({"x": 1})
+    budget = validator._budget({"x": 1})
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {"budget": str(budget)}
+    assert err.value.message == (
+        f"checking these arguments against the tool's input schema needs more than {budget} steps "
+        "(references that fan out or recurse without end): the schema is too complex"
+    )
 
 
 async def check_fully(validator: ArgumentValidator, arguments: dict) -> None:
@@ -309,7 +349,13 @@ async def test_a_check_off_the_loop_stops_at_its_calls_deadline_with_a_clear_err
     validator = ArgumentValidator(MANY_BRANCHES)
     with pytest.raises(FailedPrecondition) as err:  # 20,000 failing items: minutes of work
         await validator.check_off_loop({"l": [{"x": 1}] * 20_000}, 0.5)
-    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and "deadline" in err.value.message
+    assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {}
+    # Whichever stops it first, the thread at the deadline or the wait for it ("(0.5 s)"):
+    assert err.value.message in (
+        f"checking these arguments against the tool's input schema did not finish within the call's "
+        f"deadline{timed}: the schema is too complex"
+        for timed in ("", " (0.5 s)")
+    )
 
 
 COSTLY_PATTERN = {"type": "object", "properties": {"s": {"type": "string", "pattern": "[ab]{1,1000}c"}}}
@@ -329,3 +375,32 @@ async def test_a_pattern_match_too_costly_for_the_loop_runs_off_it_and_one_too_c
     with pytest.raises(FailedPrecondition) as refused:
         validator.check({"s": "ab" * 500_000})
     assert refused.value.reason == "SCHEMA_TOO_COMPLEX" and "costs too much" in refused.value.message
+
+
+def test_a_refused_pattern_is_named_with_re2s_reason_and_the_syntax_it_needs():
+    with pytest.raises(InvalidRequest) as err:
+        check_tool(input_schema({"type": "object", "properties": {"s": {"pattern": "(?<=a)b"}}}))
+    assert err.value.message == (
+        "tool.capabilities[0].input_schema is not a valid JSON Schema: pattern '(?<=a)b' is not supported: "
+        "invalid perl operator: (?<= (patterns are matched in linear time with RE2 syntax: no lookaround "
+        "or backreferences)"
+    )
+
+
+def test_a_long_value_that_misses_its_pattern_is_shortened_in_the_violation():
+    value = "b" * 1000
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator({"type": "object", "properties": {"s": {"pattern": "^a"}}}).check({"s": value})
+    assert err.value.violations == [
+        ("arguments.s", f"{repr(value)[:100]}... (1002 characters) does not match '^a'")
+    ]
+    exact = "c" * 98  # its repr is 100 characters: shown whole
+    with pytest.raises(InvalidArguments) as err:
+        ArgumentValidator({"type": "object", "properties": {"s": {"pattern": "^a"}}}).check({"s": exact})
+    assert err.value.violations == [("arguments.s", f"{exact!r} does not match '^a'")]
+
+
+def test_the_size_of_a_value_counts_every_json_value_in_it():
+    assert keywords.size(1) == keywords.size("s") == keywords.size([]) == keywords.size({}) == 1
+    assert keywords.size({"a": [1, 2], "b": {}}) == 5
+    assert keywords.size([[1], {"k": None}]) == 5

@@ -33,6 +33,14 @@ LIB = _lib()
 ARCH = LIB.seccomp_arch_native()
 
 
+@pytest.fixture(autouse=True)
+def compiled_afresh() -> None:
+    """Each test compiles its own program: seccomp.program() caches it for the process, and mutation
+    testing, which runs a mutant only against the tests that ran the mutated function, would see the
+    compilation in the first test alone."""
+    seccomp.program.cache_clear()
+
+
 def nr(name: str) -> int:
     return int(LIB.seccomp_syscall_resolve_name(name.encode()))
 
@@ -154,3 +162,8 @@ def test_bwrap_gets_the_program_from_a_fresh_fd_at_its_start_closed_on_exec() ->
         finally:
             os.close(fd)
     assert seccomp.program(True) != seccomp.program(False)
+    fd = seccomp.program_fd()
+    try:
+        assert os.read(fd, 1 << 20) == seccomp.program(False)  # by default, no network
+    finally:
+        os.close(fd)

@@ -169,6 +169,7 @@ def test_the_network_is_kept_only_by_name_or_by_a_curated_entry_never_by_a_remot
     jail = sb.jail("io.example/quiet", Path("/i"), Path("/w"), declared=True, curated=True)
     assert jail.network and jail.name == "io.example/quiet" and jail.level == "process"
     assert not sb.jail("io.example/quiet", Path("/i"), Path("/w"), declared=True).network
+    assert not sb.jail("io.example/quiet", Path("/i"), Path("/w"), curated=True).network
 
 
 def test_a_machine_below_the_minimum_isolation_refuses_servers_and_says_how_to_allow_it() -> None:
@@ -276,6 +277,7 @@ async def test_a_server_sees_the_system_and_its_install_read_only_and_writes_onl
         f"?{REPO_ROOT}",
         f"?{Path.home() / '.bashrc'}",
         "?/home",
+        "?/dev/null",
     )
     assert seen["writes"] == {
         str(work / "ok.txt"): True,
@@ -294,7 +296,12 @@ async def test_a_server_sees_the_system_and_its_install_read_only_and_writes_onl
     wanted = ("ld.so.cache", "localtime", "timezone", "ssl", "ca-certificates")  # time zone, CAs
     assert set(seen["etc"]) == {f for f in wanted if os.path.exists(f"/etc/{f}")}
     assert "resolv.conf" not in seen["etc"] and "passwd" not in seen["etc"]
-    assert seen["exists"] == {str(REPO_ROOT): False, str(Path.home() / ".bashrc"): False, "/home": False}
+    assert seen["exists"] == {
+        str(REPO_ROOT): False,
+        str(Path.home() / ".bashrc"): False,
+        "/home": False,
+        "/dev/null": True,  # a minimal /dev of its own
+    }
     assert seen["cwd"] == str(work)
 
 
@@ -392,6 +399,7 @@ async def test_the_first_sandboxed_start_hands_work_to_nobody_without_following_
     st = work.stat()
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 0, 0o770)
     assert (work / "sub" / "state.json").stat().st_uid == 65534 and (work / "sub").stat().st_uid == 65534
+    assert (work / "sub" / "state.json").stat().st_gid == 0  # only the owner changes
     assert (work / "link").lstat().st_uid == 65534
     assert host_file.stat().st_uid == 0  # the link's target is not handed over
     assert host_dir.stat().st_uid == 0 and (host_dir / "inside").stat().st_uid == 0
@@ -456,35 +464,72 @@ async def test_at_level_process_a_server_runs_bare_with_the_scrubbed_environment
                    "TMPDIR": "/tmp", "K": "v"}  # fmt: skip
 
 
-async def test_a_server_with_no_file_cap_may_write_files_of_any_size(dirs: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize(("cap", "shown"), [(0, "unlimited"), (1, "0")])  # ulimit -f: 512-byte blocks
+async def test_a_server_with_no_file_cap_may_write_files_of_any_size_and_a_tiny_cap_is_still_one(
+    dirs: tuple[Path, Path], cap: int, shown: str
+) -> None:
     install, work = dirs
     sb = Sandboxes(
-        dcfg(min_isolation="process", file_max_bytes=0), Capabilities.of(None, False, None, []), None, None
+        dcfg(min_isolation="process", file_max_bytes=cap), Capabilities.of(None, False, None, []), None, None
     )
     jail = sb.jail("io.example/quiet", install, work)
     work.mkdir()
     code, out, _ = await run(jail.launch("/bin/sh", ["-c", "ulimit -f"], {}), jail, work)
-    assert (code, out.strip()) == (0, "unlimited")
+    assert (code, out.strip()) == (0, shown)
 
 
-async def test_a_machine_whose_bubblewrap_fails_falls_back_to_process_and_says_why(tmp_path: Path) -> None:
+async def test_a_machine_whose_bubblewrap_fails_falls_back_to_process_and_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "services.discovery.sandbox")
     fake = tmp_path / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
     fake.chmod(0o755)
     sb = await probe(dcfg(bwrap=str(fake)))
     try:
-        assert sb.caps.level == "process" and sb.setpriv is None and sb.groups is None
-        assert sb.caps.notes == (
-            "bubblewrap cannot start a sandbox here: exit code 1: "
-            "bwrap: setting up uid map: Permission denied",
+        assert (
+            sb.caps.level == "process" and sb.caps.bwrap is None and sb.setpriv is None and sb.groups is None
         )
+        note = "bubblewrap cannot start a sandbox here: exit code 1: bwrap: setting up uid map: " + (
+            "Permission denied"
+        )
+        assert sb.caps.notes == (note,)
         assert "MIN_ISOLATION=process" in sb.refusal
+        assert [r.getMessage() for r in caplog.records] == [f"MCP server sandbox: level process ({note})"]
     finally:
         await sb.close()
 
 
-async def test_the_probe_starts_a_real_sandbox_and_finds_setpriv_for_the_uid_drop() -> None:
+async def test_a_failing_bubblewraps_complaint_is_made_text_and_cut_to_300_characters(tmp_path: Path) -> None:
+    fake = tmp_path / "bwrap"
+    fake.write_bytes(b"#!/bin/sh\nprintf '\\377' >&2\nhead -c 400 /dev/zero | tr '\\0' e >&2\nexit 3\n")
+    fake.chmod(0o755)
+    sb = await probe(dcfg(bwrap=str(fake)))
+    try:
+        assert sb.caps.notes == ("bubblewrap cannot start a sandbox here: exit code 3: \ufffd" + "e" * 299,)
+    finally:
+        await sb.close()
+
+
+async def test_the_probe_finds_setpriv_in_the_system_directories_whatever_the_hubs_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing there
+    sb = await probe(dcfg(bwrap=shutil.which("bwrap", path="/usr/local/bin:/usr/bin:/bin")))
+    try:
+        assert (
+            sb.caps.level == "full" and sb.setpriv is not None and sb.setpriv.startswith(("/usr/", "/bin/"))
+        )
+    finally:
+        await sb.close()
+
+
+async def test_the_probe_starts_a_real_sandbox_and_finds_setpriv_for_the_uid_drop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "services.discovery.sandbox")
     sb = await probe(dcfg())
+    assert [r.getMessage() for r in caplog.records] == ["MCP server sandbox: level full"]
     try:
         assert sb.caps.level == "full" and sb.caps.notes == () and sb.refusal == ""
         assert sb.setpriv == shutil.which("setpriv", path="/usr/local/bin:/usr/bin:/bin")
@@ -539,3 +584,71 @@ def test_commands_are_found_on_path_and_the_system_or_the_root_is_never_a_mount(
     assert _runtime("/opt-tool", Path("/nowhere")) == ("/opt-tool", [])  # its "prefix" would be /
     assert _runtime("/usr/local/bin/x", Path("/nowhere")) == ("/usr/local/bin/x", [])
     assert _runtime("/usrx/bin/x", Path("/nowhere")) == ("/usrx/bin/x", [("/usrx/bin/x", "/usrx/bin/x")])
+
+
+def test_a_hub_without_root_maps_the_sandbox_uid_through_bwraps_user_namespace(
+    dirs: tuple[Path, Path],
+) -> None:
+    install, work = dirs
+    sb = Sandboxes(dcfg(), Capabilities.of("/usr/bin/bwrap", False, None, []), None, None)  # no setpriv
+    jail = sb.jail("io.example/quiet", install, work)
+    launch = jail.launch("/bin/true", ["x"], {})
+    try:
+        assert launch.argv[-7:] == ["--uid", "65534", "--gid", "65534", "--", "/bin/true", "x"]
+        assert launch.argv[0] == "/usr/bin/bwrap" and "--clearenv" in launch.argv
+    finally:
+        jail.release(launch)
+
+
+def python_prefix(path: Path) -> Path:
+    (path / "lib" / "python3.11").mkdir(parents=True)
+    (path / "lib" / "python3.11" / "os.py").write_text("")
+    return path
+
+
+def node_install(path: Path) -> Path:
+    (path / "lib" / "node_modules").mkdir(parents=True)
+    (path / "bin").mkdir()
+    (path / "bin" / "node").write_text("")
+    return path / "bin" / "node"
+
+
+def venv(install: Path, cfg: str) -> None:
+    (install / "venv").mkdir(parents=True, exist_ok=True)
+    (install / "venv" / "pyvenv.cfg").write_text(cfg)
+
+
+def test_a_venv_home_with_an_equals_sign_in_its_path_is_still_its_home(tmp_path: Path) -> None:
+    prefix = python_prefix(tmp_path / "py=3.11")
+    install = tmp_path / "mcp" / "srv"
+    venv(install, f"home = {prefix}/bin\n")
+    exe = str(install / "venv" / "bin" / "server")
+    assert _runtime(exe, install) == (exe, [(str(prefix), str(prefix))])
+
+
+def test_a_venv_home_that_is_no_python_installation_is_not_mounted_and_the_hub_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "services.discovery.sandbox")
+    odd = tmp_path / "opt" / "odd"
+    (odd / "bin").mkdir(parents=True)
+    install = tmp_path / "mcp" / "srv"
+    venv(install, f"home = {odd}/bin\n")
+    exe = str(install / "venv" / "bin" / "server")
+    assert _runtime(exe, install) == (exe, [])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the Python installation at {odd} is not mounted (not a dedicated one)"
+    ]
+
+
+@pytest.mark.parametrize("home", ["/usr/bin", "odd"])
+def test_the_command_s_own_installation_is_mounted_after_a_venv_home_that_is_not(
+    tmp_path: Path, home: str
+) -> None:
+    if home == "odd":
+        (tmp_path / "odd" / "bin").mkdir(parents=True)
+        home = str(tmp_path / "odd" / "bin")
+    node = node_install(tmp_path / "node")
+    install = tmp_path / "mcp" / "srv"
+    venv(install, f"home = {home}\n")  # skipped (the system's) or refused (not an installation)
+    assert _runtime(str(node), install) == (str(node), [(str(tmp_path / "node"), str(tmp_path / "node"))])

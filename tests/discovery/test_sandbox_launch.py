@@ -258,6 +258,9 @@ async def test_a_server_start_dies_with_the_hub_caps_its_files_and_joins_its_cgr
         async with deadline(10, "the server to end"):
             await proc.wait()
         jail.release(launch)
+    # a cap of one byte is a cap too (sh shows it as 0 blocks of 512)
+    one = Launch(["/bin/sh", "-c", "ulimit -f"], {"PATH": "/usr/bin:/bin"}, file_max_bytes=1)
+    assert await run(one, cwd=work) == (0, "0\n", "")
 
 
 async def test_a_server_sees_the_system_and_its_install_read_only_and_writes_only_work_and_tmp(

@@ -33,7 +33,7 @@ from services.discovery.sandbox import (
     parse_mounts,
     probe,
 )
-from services.executor.sandbox import Capabilities
+from services.sandbox.capabilities import Capabilities
 from tests.helpers import deadline
 
 SECRET = "TOOLSCORE_TEST_DISCOVERY_SECRET"

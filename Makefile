@@ -59,10 +59,12 @@ test: proto node-example executor-env
 node-example:
 	@if [ -d examples/node-tool-server ] && command -v npm >/dev/null; then cd examples/node-tool-server && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; }; fi
 
+# ruff, mypy, and the layers (import-linter contracts in pyproject.toml's [tool.importlinter]).
 lint: proto
 	$(PY) -m ruff check services edge tests bench mutation
 	$(PY) -m ruff format --check services edge tests bench mutation
 	$(PY) -m mypy services edge
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 bench: proto
 	$(PY) -m bench

@@ -6,7 +6,7 @@ ranking.py          BM25 ranking of catalog entries with why-matched (pure)
 gap.py              gap analysis: LLM with a JSON-schema answer, lexical fallback
 policy.py           what may be installed (pure)
 installer.py        per-server venv / npm prefix, pinned, hashes recorded
-sandbox.py          each stdio server in its own bubblewrap sandbox (the executor's machinery)
+sandbox.py          each stdio server in its own bubblewrap sandbox (on services/sandbox's primitives)
 stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
 runner.py           one server's life: connect, list tools, health, restart with backoff
 fleet.py            the running servers: registration, health, restore, the mcp:// transport

@@ -1,4 +1,4 @@
-"""Each stdio MCP server in its own bubblewrap sandbox, built from the executor's machinery.
+"""Each stdio MCP server in its own bubblewrap sandbox, built from the shared primitives (services/sandbox).
 
 What a server sees at level `full` (the default, and the only one allowed unless
 `discovery.min_isolation` says otherwise):
@@ -12,7 +12,7 @@ What a server sees at level `full` (the default, and the only one allowed unless
 - writable: its working directory `data/mcp/<tool_id>/work/` (also its HOME) and
   a private tmpfs /tmp; nothing of the repo, the rest of data/, other servers or
   the host's home;
-- uid/gid 65534 with no capabilities, the executor's seccomp filter, a pids +
+- uid/gid 65534 with no capabilities, the shared seccomp filter, a pids +
   memory cgroup, RLIMIT_FSIZE on every file and a checked cap on `work/` (`disk.py`), and
   death with the hub;
 - an environment of PATH, HOME, TMPDIR and LANG plus what its catalog entry sets.
@@ -38,8 +38,9 @@ from pathlib import Path
 from services.common.config import REPO_ROOT, ConfigError, DiscoveryConfig
 from services.common.errors import FailedPrecondition
 from services.common.runtime import die_with_parent
-from services.executor import cgroups, seccomp
-from services.executor.sandbox import LEVELS, PATH, Capabilities, machine_support, system_view
+from services.sandbox import cgroups, seccomp
+from services.sandbox.bwrap import PATH, system_view
+from services.sandbox.capabilities import LEVELS, Capabilities, machine_support
 
 log = logging.getLogger(__name__)
 SYSTEM_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

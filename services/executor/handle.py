@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.common.config import ExecutorConfig
-from services.executor import cgroups
 from services.executor.protocol import FrameReader, encode
+from services.sandbox import cgroups
 
 # Longest artifact name accepted (PATH_MAX): the worker sends paths relative to its scratch dir.
 MAX_NAME_BYTES = 4096

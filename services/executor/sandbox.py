@@ -26,17 +26,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor import cgroups, seccomp
-from services.executor.cgroups import Layout
 from services.executor.handle import Child, Worker
 from services.executor.protocol import FrameReader
+from services.sandbox import cgroups, seccomp
+from services.sandbox.bwrap import PATH, system_view
+from services.sandbox.capabilities import Capabilities, machine_support
 
 log = logging.getLogger(__name__)
-LEVELS = ("process", "namespaces", "full")
 WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text()
 SCRATCH, ENV_MOUNT, PYTHON_MOUNT = "/work", "/opt/env", "/opt/python"
 TMPFS = (SCRATCH, "/tmp")  # the sandbox's only writable directories, each `scratch_bytes` in size
@@ -50,40 +49,6 @@ class SpawnError(Exception):
 def real_python() -> tuple[Path, Path]:
     """(installation prefix, interpreter binary): the real files, never a venv link or pyenv shim."""
     return Path(os.path.realpath(sys.base_prefix)), Path(os.path.realpath(sys.executable))
-
-
-PATH = "/usr/local/bin:/usr/bin:/bin"  # inside every sandbox: the system's directories only
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What this machine offers, found by actually starting a sandbox once."""
-
-    level: str
-    bwrap: str | None
-    seccomp: bool
-    cgroups: cgroups.Layout | None
-    notes: tuple[str, ...] = ()
-
-    @classmethod
-    def of(
-        cls, bwrap: str | None, has_seccomp: bool, layout: Layout | None, notes: list[str]
-    ) -> Capabilities:
-        """The level these parts reach: full (bwrap, seccomp and cgroups), namespaces (bwrap), process."""
-        level = "full" if bwrap and has_seccomp and layout else "namespaces" if bwrap else "process"
-        return cls(level, bwrap, has_seccomp and bwrap is not None, layout if bwrap else None, tuple(notes))
-
-    def at_least(self, level: str) -> bool:
-        return LEVELS.index(self.level) >= LEVELS.index(level)
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "level": self.level,
-            "bwrap": self.bwrap or "",
-            "seccomp": self.seccomp,
-            "cgroups": "v2" if self.cgroups and self.cgroups.v2 else "v1" if self.cgroups else "",
-            "notes": list(self.notes),
-        }
 
 
 def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp: str) -> dict[str, str]:
@@ -104,37 +69,6 @@ def sandbox_env(cfg: ExecutorConfig, host_env: Mapping[str, str], home: str, tmp
         if name in host_env:
             env[name] = host_env[name]
     return env
-
-
-def system_view(bwrap: str, *, network: bool = False) -> list[str]:
-    """bwrap with its namespaces and a read-only view of the system (/usr, /bin, /lib*, a near-empty
-    /etc): the start of every sandbox's argv. Shared with discovery's MCP server sandbox."""
-    argv = [
-        bwrap,
-        "--unshare-ipc",
-        "--unshare-pid",
-        *(() if network else ("--unshare-net",)),
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--die-with-parent",
-        "--new-session",
-        "--hostname",
-        "sandbox",
-    ]
-    if os.geteuid() == 0:  # root without a user namespace; the sandboxed program drops to the sandbox uid
-        argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    else:
-        argv += ["--unshare-user", "--disable-userns"]
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-        if os.path.islink(top):
-            argv += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            argv += ["--ro-bind", top, top]
-    argv += ["--ro-bind", "/usr", "/usr"]
-    argv += ["--perms", "0755", "--dir", "/etc"]
-    for f in ("/etc/ld.so.cache", "/etc/localtime"):
-        argv += ["--ro-bind-try", f, f]
-    return argv
 
 
 def stdlib_readable_by(uid: int, gid: int) -> bool:
@@ -349,25 +283,6 @@ async def _read_all(fd: int) -> bytes:
     finally:
         loop.remove_reader(fd)
     return bytes(buf)
-
-
-def machine_support(bwrap_name: str) -> tuple[str | None, bool, cgroups.Layout | None, list[str]]:
-    """(bwrap path, seccomp available, writable cgroup layout, notes on what is missing): the parts of
-    a probe that start nothing. Shared with discovery's MCP server sandbox."""
-    notes: list[str] = []
-    bwrap = shutil.which(bwrap_name)
-    if bwrap is None:
-        notes.append(f"bubblewrap ({bwrap_name}) not found: install it with `apt-get install bubblewrap`")
-    has_seccomp = True
-    try:
-        seccomp.program()
-    except (seccomp.SeccompUnavailable, OSError) as exc:
-        has_seccomp = False
-        notes.append(f"no seccomp filter: {exc}")
-    layout, why = cgroups.detect()
-    if layout is None:
-        notes.append(f"no pids/memory cgroup: {why}")
-    return bwrap, has_seccomp, layout, notes
 
 
 async def probe(cfg: ExecutorConfig, env_dir: Path) -> Capabilities:

@@ -26,11 +26,11 @@ from services.common.config import Config, ExecutorConfig
 from services.common.credentials import CredentialFile
 from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
-from services.executor import cgroups, envs, tasks
+from services.executor import envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
 from services.executor.results import add_images, execute_response, response_bytes, take_artifact
 from services.executor.runner import RunResult, run_on
-from services.executor.sandbox import LEVELS, Capabilities, Sandbox, probe
+from services.executor.sandbox import Sandbox, probe
 from services.executor.schemas import (
     ANALYZE_INPUT,
     END_SESSION_INPUT,
@@ -40,6 +40,8 @@ from services.executor.schemas import (
     VISUALIZE_INPUT,
 )
 from services.executor.sessions import SessionLimit, Sessions
+from services.sandbox import cgroups
+from services.sandbox.capabilities import LEVELS, Capabilities
 from services.toolkit.results import text_result
 from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 

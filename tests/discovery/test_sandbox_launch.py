@@ -29,11 +29,12 @@ from services.discovery.sandbox import (
     Launch,
     Mount,
     Sandboxes,
+    UnsafeWorkDir,
     _runtime,
     parse_mounts,
     probe,
 )
-from services.executor.sandbox import Capabilities
+from services.sandbox.capabilities import Capabilities
 from tests.helpers import deadline
 
 SECRET = "TOOLSCORE_TEST_DISCOVERY_SECRET"
@@ -406,6 +407,48 @@ async def test_the_first_sandboxed_start_hands_work_to_nobody_without_following_
     assert (work / "link").lstat().st_uid == 65534
     assert host_file.stat().st_uid == 0  # the link's target is not handed over
     assert host_dir.stat().st_uid == 0 and (host_dir / "inside").stat().st_uid == 0
+
+
+async def test_a_work_dir_replaced_by_a_symlink_is_refused_by_name_and_its_target_left_as_it_was(
+    boxes: Sandboxes, dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    install, work = dirs
+    host_dir = tmp_path / "host-dir"
+    host_dir.mkdir(mode=0o700)
+    work.symlink_to(host_dir)  # planted where the hub, as root, would chown and mount it writable
+    with pytest.raises(UnsafeWorkDir) as refused:
+        boxes.jail("io.example/quiet", install, work).launch("/bin/true", [], {})
+    assert str(refused.value) == (
+        f"its work directory {work} is a symbolic link; "
+        "it is not started until that is replaced by a directory"
+    )
+    st = host_dir.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, 0, 0o700)
+
+
+async def test_a_work_dir_that_is_a_file_is_refused_as_not_a_directory(
+    boxes: Sandboxes, dirs: tuple[Path, Path]
+) -> None:
+    install, work = dirs
+    work.write_text("not a directory")
+    with pytest.raises(UnsafeWorkDir) as refused:
+        boxes.jail("io.example/quiet", install, work).launch("/bin/true", [], {})
+    assert str(refused.value) == (
+        f"its work directory {work} is not a directory; "
+        "it is not started until that is replaced by a directory"
+    )
+    assert work.stat().st_uid == 0 and work.read_text() == "not a directory"
+
+
+async def test_a_work_dir_that_cannot_be_made_fails_with_the_systems_error_not_as_unsafe(
+    boxes: Sandboxes, dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    install, _ = dirs
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(OSError) as failed:  # its parent is a file: nothing was planted, it just fails
+        boxes.jail("io.example/quiet", install, blocker / "work").launch("/bin/true", [], {})
+    assert type(failed.value) is NotADirectoryError
 
 
 async def test_releasing_a_launch_kills_what_is_left_in_its_cgroup_and_reuses_the_group(

@@ -190,7 +190,7 @@ async def test_a_session_call_that_never_returns_ends_the_session(call):
 
 
 async def test_the_seccomp_filter_blocks_new_user_namespaces_ptrace_and_io_uring(call):
-    from services.executor.seccomp import _lib
+    from services.sandbox.seccomp import _lib
 
     lib = _lib()
     calls = {

@@ -17,9 +17,9 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.executor import cgroups
 from services.executor.sandbox import stdlib_readable_by
 from services.hub.app import Hub
+from services.sandbox import cgroups
 from tests.executor.conftest import TOOL, running_executor
 from tests.helpers import deadline, descendants
 

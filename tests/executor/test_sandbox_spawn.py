@@ -20,22 +20,21 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ExecutorConfig
-from services.executor import cgroups
-from services.executor.cgroups import Layout
 from services.executor.handle import Worker
 from services.executor.protocol import encode
 from services.executor.runner import run_on
 from services.executor.sandbox import (
-    Capabilities,
     Sandbox,
     SpawnError,
     env_site,
-    machine_support,
     probe,
     sandbox_env,
     stdlib_readable_by,
-    system_view,
 )
+from services.sandbox import cgroups
+from services.sandbox.bwrap import system_view
+from services.sandbox.capabilities import Capabilities, machine_support
+from services.sandbox.cgroups import Layout
 from tests.helpers import deadline, descendants
 
 SECRET = "TOOLSCORE_TEST_EXECUTOR_SECRET"

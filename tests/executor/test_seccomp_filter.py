@@ -16,7 +16,7 @@ import struct
 
 import pytest
 
-from services.executor import seccomp
+from services.sandbox import seccomp
 
 ALLOW, ERRNO, KILL_MASK = 0x7FFF0000, 0x00050000, 0xFFFF0000
 CLONE_NEWUSER, CLONE_NEWNS, SIGCHLD = 0x10000000, 0x00020000, 17

@@ -25,6 +25,7 @@ from services.common.credentials import RESERVED_OWNERS
 from services.common.errors import (
     FailedPrecondition,
     InvalidRequest,
+    MeshError,
     NotFound,
     ResourceExhausted,
     Unauthenticated,
@@ -41,7 +42,7 @@ from services.common.jsonvalue import (
 from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
-from services.toolkit.results import text_result
+from services.router.failures import failure_result, tool_side_result
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,8 @@ Recorder = Callable[[Entry, bool, float], None]
 ServiceProof = Callable[[], Sequence[tuple[str, str]]]
 
 
-def error_response(kind: int, message: str) -> ex.ExecuteResponse:
-    """A tool failure as a result: is_error with the reason in `error` and in a text block."""
-    return text_result(message, is_error=True, error_type=kind)
+# A tool failure as a result (services.router.failures); the name the tool servers import.
+error_response = failure_result
 
 
 class Router:
@@ -170,7 +170,9 @@ class Router:
         deadline_s: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
-        """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
+        """Run one call. Protocol faults raise MeshError; tool failures, including the tool-side
+        failures of services.router.failures (timeout, server unreachable or gone, server fault),
+        come back as is_error results."""
         entry, arguments, slow = self._check(request)
         timeout = self.timeout_for(request, deadline_s)
         if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
@@ -182,9 +184,14 @@ class Router:
             response = await self._dispatch(entry, request, timeout, on_progress, arguments)
             ok = not response.is_error
         except ToolServerFault as fault:
-            response = error_response(
+            response = failure_result(
                 tool_pb2.ERROR_TYPE_SYSTEM, f"tool server failed: {fault.code.name}: {fault.details}"
             )
+        except MeshError as err:  # a tool-side failure is a result; a protocol fault goes on up
+            tool_side = tool_side_result(err)
+            if tool_side is None:
+                raise
+            response = tool_side
         finally:
             elapsed = time.perf_counter() - start
             self._record(entry, ok, elapsed)

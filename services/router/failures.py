@@ -2,7 +2,9 @@
 which are the protocol's (an error).
 
 A call that reached its tool's side and failed there (the tool did not answer in time, its
-server could not be reached or went away mid-call, the server answered with an RPC fault) is
+server could not be reached or went away mid-call, the server answered with an RPC fault), and a
+call whose arguments the tool's input schema does not accept (what the tool itself would have
+answered with INVALID_INPUT; the caller, often a model, reads why and corrects the call), is
 the tool's failure: the Router turns it into an `ExecuteResponse` with `is_error` and an
 `ErrorType`, so every transport presents it as a result (REST `success: false`/`is_error`,
 MCP `isError`, the ToolScore WebSocket's `success: false`, gRPC ExecuteTool `is_error`).
@@ -19,7 +21,7 @@ from collections.abc import Mapping
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import MeshError
+from services.common.errors import InvalidArguments, MeshError
 from services.toolkit.results import text_result
 
 # The reasons of failures that belong to the tool, and the ErrorType each one is reported as.
@@ -41,10 +43,18 @@ def tool_side_result(err: MeshError) -> ex.ExecuteResponse | None:
     return None if kind is None else failure_result(kind, err.message)
 
 
+def invalid_input_result(err: InvalidArguments) -> ex.ExecuteResponse:
+    """Arguments the input schema refuses, as an INVALID_INPUT result naming every violation."""
+    text = err.message
+    if len(err.violations) > 1:
+        text += "\n" + "\n".join(f"- {field}: {why}" for field, why in err.violations)
+    return failure_result(tool_pb2.ERROR_TYPE_INVALID_INPUT, text)
+
+
 def stream_call_result(err: MeshError) -> ex.ExecuteResponse:
     """A call's failure on a multiplexed stream, which has no per-call status: always a result
     (a protocol fault as SYSTEM, what the stream servers of the toolkit answer too)."""
     return tool_side_result(err) or failure_result(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
 
 
-__all__ = ["TOOL_SIDE", "failure_result", "stream_call_result", "tool_side_result"]
+__all__ = ["TOOL_SIDE", "failure_result", "invalid_input_result", "stream_call_result", "tool_side_result"]

@@ -24,6 +24,7 @@ from services.common import authority, endpoints
 from services.common.credentials import RESERVED_OWNERS
 from services.common.errors import (
     FailedPrecondition,
+    InvalidArguments,
     InvalidRequest,
     MeshError,
     NotFound,
@@ -42,7 +43,7 @@ from services.common.jsonvalue import (
 from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
-from services.router.failures import failure_result, tool_side_result
+from services.router.failures import failure_result, invalid_input_result, tool_side_result
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +100,18 @@ class Router:
             or (ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
         )
 
-    async def resolve(self, request: ex.ExecuteRequest, deadline_s: float | None = None) -> Entry:
-        """The entry for a call, after every check that needs no I/O."""
-        entry, arguments, slow = self._check(request)
-        if slow is not None:
-            await slow.check_off_loop(arguments, self.timeout_for(request, deadline_s))
-        return entry
+    async def precheck(
+        self, request: ex.ExecuteRequest, deadline_s: float | None = None
+    ) -> ex.ExecuteResponse | None:
+        """Every check of a call that needs no hop: None when it may go on, else the result that
+        answers it (arguments the schema refuses); protocol faults raise MeshError."""
+        try:
+            _, arguments, slow = self._check(request)
+            if slow is not None:
+                await slow.check_off_loop(arguments, self.timeout_for(request, deadline_s))
+        except InvalidArguments as err:  # the tool's failure, as services.router.failures decides
+            return invalid_input_result(err)
+        return None
 
     def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any], ArgumentValidator | None]:
         """The entry for a call and its arguments, after every check that needs no I/O; and the
@@ -171,12 +178,15 @@ class Router:
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         """Run one call. Protocol faults raise MeshError; tool failures, including the tool-side
-        failures of services.router.failures (timeout, server unreachable or gone, server fault),
-        come back as is_error results."""
-        entry, arguments, slow = self._check(request)
+        failures of services.router.failures (arguments the schema refuses, timeout, server
+        unreachable or gone, server fault), come back as is_error results."""
         timeout = self.timeout_for(request, deadline_s)
-        if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
-            await slow.check_off_loop(arguments, timeout)
+        try:
+            entry, arguments, slow = self._check(request)
+            if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
+                await slow.check_off_loop(arguments, timeout)
+        except InvalidArguments as err:  # never dispatched, so not counted as a call of the tool
+            return invalid_input_result(err)
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False

@@ -230,7 +230,8 @@ async def test_bad_messages_get_errors_and_the_connection_keeps_working(
                 "parameters": {"text": ["not", "a", "string"]},
             },
         )
-        assert reply["type"] == "error" and reply["reason"] == "INVALID_ARGUMENTS"
+        assert reply["type"] == "execute_tool_response" and reply["success"] is False, reply
+        assert reply["error_type"] == "InvalidInput" and "arguments.text" in reply["error"], reply
         reply = await request(ws, {"type": "register_tool", "request_id": "r1"})
         assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
         reply = await request(ws, {"type": "execute_tool_action_response", "request_id": "never-sent"})
@@ -297,7 +298,8 @@ async def test_a_dialled_in_server_is_called_over_its_own_connection_from_rest(e
         status, body = await edge.post(
             "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": "two"}}
         )
-        assert status == 400 and len(server.calls) == 2  # rejected before reaching the server
+        assert status == 200 and body["error_type"] == "InvalidInput", body
+        assert len(server.calls) == 2  # refused before reaching the server
 
 
 async def test_concurrent_calls_are_matched_by_request_id(edge: EdgeHandle):

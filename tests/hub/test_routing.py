@@ -75,21 +75,23 @@ async def test_servers_without_execute_stream_are_called_with_unary_execute(
         assert resp.content[0].text.text == f"unary:{i}"
 
 
-async def test_schema_violations_are_invalid_argument_with_field_details(hub, hub_stubs, start_tool_server):
-    _, ep = await start_tool_server({"strict": [Action("echo", "", _echo)]})
-    await register(hub_stubs, grpc_tool("strict", ep))
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await hub_stubs.toolscore.ExecuteTool(call("strict", text=5, extra=True), timeout=5)
-    assert (
-        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and reason_of(err.value) == "INVALID_ARGUMENTS"
-    )
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
+async def test_schema_violations_are_an_invalid_input_result_naming_each_field(
+    hub, hub_stubs, start_tool_server
+):
+    seen: list[object] = []
 
-    details = rpc_status.from_call(err.value).details
-    bad = error_details_pb2.BadRequest()
-    assert any(d.Unpack(bad) for d in details if d.Is(bad.DESCRIPTOR))
-    assert {v.field for v in bad.field_violations} == {"arguments.text", "arguments"}
+    async def echo(args, ctx):
+        seen.append(args)
+        return await _echo(args, ctx)
+
+    _, ep = await start_tool_server({"strict": [Action("echo", "", echo)]})
+    await register(hub_stubs, grpc_tool("strict", ep))
+    resp = await hub_stubs.toolscore.ExecuteTool(call("strict", text=5, extra=True), timeout=5)
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT, resp
+    lines = resp.error.message.splitlines()
+    assert lines[0].startswith("arguments do not match the input schema: "), lines
+    assert {line.split(":")[0] for line in lines[1:]} == {"- arguments.text", "- arguments"}, lines
+    assert resp.content[0].text.text == resp.error.message and seen == []  # the server never saw it
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await hub_stubs.toolscore.ExecuteTool(call("strict", action="nope"), timeout=5)
     assert reason_of(err.value) == "UNKNOWN_ACTION"

@@ -363,6 +363,38 @@ async def test_a_tool_that_does_not_answer_in_time_is_a_timeout_result_on_every_
         assert body["result"] == {"sum": 2}  # the connection still serves
 
 
+async def test_an_unknown_tool_or_action_stays_a_protocol_error_on_every_transport(
+    edge: EdgeHandle, hub_stubs
+):
+    # The other side of the failure policy: a call that names nothing to run is the caller's fault.
+    async with dialled_in(edge) as server, connect(edge) as caller, mcp_socket(edge) as mcp_ws:
+        for tool_id, action, code, reason in (
+            ("ws-calc", "nope", "INVALID_ARGUMENT", "UNKNOWN_ACTION"),
+            ("ghost", "add", "NOT_FOUND", "TOOL_NOT_FOUND"),
+        ):
+            status, body = await edge.post(f"/api/v1/tools/{tool_id}/call", {"action": action})
+            assert (status, body["code"], body["reason"]) == (
+                400 if code == "INVALID_ARGUMENT" else 404,
+                code,
+                reason,
+            ), body
+            _, legacy = await edge.post("/api/v1/tools/execute", {"tool_id": tool_id, "action": action})
+            assert legacy["success"] is False and legacy["reason"] == reason, legacy
+            req = ex.ExecuteRequest(tool_id=tool_id, action=action)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+            assert err.value.code().name == code, err.value
+            msg = {"type": "execute_tool", "request_id": f"u-{tool_id}", "tool_id": tool_id, "action": action}
+            reply = await request(caller, msg)
+            assert (reply["type"], reply["code"], reply["reason"]) == ("error", code, reason), reply
+            call = mcp_call(f"{tool_id}__{action}")
+            _, answer = await edge.post("/mcp", call, headers=MCP_HEADERS)
+            assert answer["error"]["code"] == -32602 and "Unknown tool" in answer["error"]["message"], answer
+            answer = await mcp_request(mcp_ws, call)
+            assert answer["error"]["code"] == -32602, answer
+        assert server.calls == []  # nothing reached the server
+
+
 async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(
     edge: EdgeHandle, hub, hub_stubs
 ):

@@ -13,8 +13,12 @@
     └── ResourceExhausted          (RESOURCE_EXHAUSTED)
 
 A tool that fails is *not* an exception: it is an `ExecuteToolResponse` with
-`is_error`. These are for protocol faults only. HTTP and JSON-RPC mappings
-use `http_status` and `reason` from the same objects.
+`is_error`. These are for protocol faults; the few raised on the tool's side
+of a call (TOOL_TIMEOUT, TOOL_SERVER_UNAVAILABLE, SERVER_DISCONNECTED, and
+InvalidArguments) the Router turns into results (services/router/failures.py,
+the failure policy). gRPC maps them here; HTTP (edge/errors_http.py, with
+`http_status`), JSON-RPC (edge/mcp/results.py) and the ToolScore WebSocket
+(edge/errors_ws.py) each in one module, from the same objects.
 """
 
 from __future__ import annotations

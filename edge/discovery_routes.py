@@ -29,7 +29,7 @@ from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common import jsonvalue
-from services.common.errors import InvalidRequest, MeshError
+from services.common.errors import InvalidRequest, MeshError, Unauthenticated
 from services.discovery.client import DiscoveryClient
 
 log = logging.getLogger(__name__)
@@ -294,7 +294,7 @@ async def _install_best(
         try:
             resp = await client.install(pb.InstallServerRequest(name=c.server.name), _auth(request))
         except MeshError as err:
-            if err.http_status == 401:
+            if isinstance(err, Unauthenticated):
                 raise
             errors.append(f"{c.server.name}: {err.message}")
             continue

@@ -3,8 +3,8 @@
 `build_app(cfg)` wires everything; `cleanup_ctx` owns the gateway (the hub
 connection, with the registry cache following the hub and the usage reporter),
 the relay gRPC server for dialled-in servers and the events fan-out. Every
-error leaves through `_edge_middleware`, the one place that maps exceptions to
-HTTP status and JSON bodies.
+error leaves through `_edge_middleware`, which answers it with edge.errors_http
+(the one mapping of the mesh's errors to HTTP status and JSON bodies).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import WSCloseCode, web
 from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
 from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
-from edge import discovery_routes, events, rest, tasks_routes, toolscore_ws
+from edge import discovery_routes, errors_http, events, rest, tasks_routes, toolscore_ws
 from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway
@@ -30,7 +30,6 @@ from edge.registry_cache import RegistryCache
 from edge.relay import RelayServer
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED, WEBSOCKETS
 from edge.usage import UsageReporter
-from edge.views import error_response
 from services.common import authority
 from services.common.config import Config
 from services.common.errors import MeshError, ResourceExhausted, Unavailable
@@ -65,26 +64,6 @@ def gateway_options(cfg: Config) -> GatewayOptions:
     )
 
 
-def _http_error(exc: web.HTTPException) -> web.Response:
-    reason = exc.reason.upper().replace(" ", "_") or "HTTP_ERROR"
-    message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
-    if exc.status == 404:
-        message = "no such route"
-    body = {
-        "status": "error",
-        "success": False,
-        "error": message,
-        "code": reason,
-        "reason": reason,
-        "message": message,
-    }
-    resp = web.json_response(body, status=exc.status)
-    for name in ("Allow",):
-        if name in exc.headers:
-            resp.headers[name] = exc.headers[name]
-    return resp
-
-
 def _streams(request: web.Request) -> bool:
     """A request that opens a long-lived stream bounded on its own (WebSockets, MCP's GET stream)."""
     if request.method != "GET":
@@ -99,7 +78,7 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await _handle(request, handler)
     bounds, client = request.app[HTTP_BOUNDS], request.remote or ""
     # The MCP transport answers in JSON-RPC; every other route in the one REST error shape.
-    refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else error_response
+    refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else errors_http.error_response
     try:
         bounds.admit(client)
     except ResourceExhausted as err:
@@ -122,13 +101,8 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in _OWN_GUARDS:
             request.app[ORIGIN].check(request.headers)
         resp = await handler(request)
-    except web.HTTPException as exc:
-        resp = _http_error(exc)
-    except MeshError as err:
-        resp = error_response(err)
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        resp = error_response(MeshError("internal error in the edge", reason="EDGE_INTERNAL"))
+    except Exception as exc:
+        resp = errors_http.response_for(exc, request)
     finally:
         authority.reset(acting)
     resource = request.match_info.route.resource
@@ -218,12 +192,11 @@ def _task_routes(app: web.Application, cfg: Config, llm: tuple[str, str] | None)
         return
 
     async def no_llm(request: web.Request) -> web.Response:
-        err = Unavailable(
+        raise Unavailable(
             "no LLM endpoint is configured for the task service: set OPENAI_BASE_URL "
             "(and OPENAI_API_KEY) for the edge, or [runtime] llm_base_url",
             reason="NO_LLM_CONFIGURED",
         )
-        return error_response(err)
 
     app.router.add_post("/api/v1/tasks", no_llm)
     app.router.add_get("/api/v1/tasks/{task_id}", no_llm)

@@ -3,7 +3,8 @@
 Mount with `add_routes(app, DiscoveryClient(channel))`. Handlers only
 translate JSON <-> the discovery RPCs; the hub decides everything, including
 auth (the caller's `Authorization` header is forwarded as gRPC metadata).
-Errors are HTTP 4xx/5xx JSON `{success: false, error, code, reason, message}`.
+Handlers raise MeshError; edge.errors_http answers it as HTTP 4xx/5xx JSON `{success: false, error,
+code, reason, message}` (the edge's middleware, or `errors_http.middleware` on a bare app).
 
     POST   /mcp/search                          {query, max_candidates}
     POST   /mcp/install                         {name, version?} (or {candidate: {name, version?}})
@@ -27,9 +28,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
 
-from edge.views import error_response
 from services.common import jsonvalue
-from services.common.errors import InvalidRequest, MeshError
+from services.common.errors import InvalidRequest, MeshError, Unauthenticated
 from services.discovery.client import DiscoveryClient
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,7 @@ def add_routes(app: web.Application, client: DiscoveryClient) -> None:
 
 def _json(fn: Callable[[web.Request, DiscoveryClient], Awaitable[dict[str, Any]]]) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
-        try:
-            return web.json_response(await fn(request, request.app[CLIENT]))
-        except MeshError as err:
-            return error_response(err)
+        return web.json_response(await fn(request, request.app[CLIENT]))  # errors: edge.errors_http
 
     return handler
 
@@ -297,7 +294,7 @@ async def _install_best(
         try:
             resp = await client.install(pb.InstallServerRequest(name=c.server.name), _auth(request))
         except MeshError as err:
-            if err.http_status == 401:
+            if isinstance(err, Unauthenticated):
                 raise
             errors.append(f"{c.server.name}: {err.message}")
             continue

@@ -158,7 +158,9 @@ class HubGateway:
             # Not in this cache (yet): the hub decides, so it must hear the caller's own rights,
             # neither less (an admin refused) nor more (anyone acting as admin).
             return await self._relay_call(request, deadline_s, authority.caller_is_admin())
-        await self.router.resolve(request, deadline_s)  # checked here first: bad calls cost no hop
+        refused = await self.router.precheck(request, deadline_s)  # checked here: bad calls cost no hop
+        if refused is not None:
+            return refused
         return await self._relay_call(request, deadline_s, request.action in entry.admin_actions)
 
     async def _relay_call(

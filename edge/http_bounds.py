@@ -45,9 +45,8 @@ _NEVER_PAUSES = 32 * 1024
 
 
 class TooManyRequests(ResourceExhausted):
-    """A client address past one of its HTTP bounds (429)."""
+    """A client address past one of its HTTP bounds (429: edge.errors_http's table)."""
 
-    http_status = 429
     reason = "TOO_MANY_IN_FLIGHT"
 
 

@@ -41,8 +41,8 @@ _STATUS_TEXT = {
     404: "Unknown tool",
     409: "Conflict (tool owned by another registrant, tool disabled)",
     413: "Request too large",
-    503: "Hub or tool server unreachable",
-    504: "Tool timed out",
+    503: "Hub unreachable (a tool server that is unreachable is a 200 result with NetworkError)",
+    504: "The hub did not answer in time (a tool that times out is a 200 result with TimeoutError)",
 }
 _TOOL_ID = {"name": "tool_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _OBJ = {"type": "object"}
@@ -357,7 +357,7 @@ def document() -> dict[str, Any]:
             "/api/v1/tools/{tool_id}/call": {
                 "parameters": [_TOOL_ID],
                 "post": _op(
-                    "Call one action; a failing tool is a 200 with is_error",
+                    "Call one action; a failing, timed-out or unreachable tool is a 200 with is_error",
                     _json(_ref("CallResult")),
                     body=_ref("CallRequest"),
                     errors=(400, 404, 409, 413, 503, 504),
@@ -368,7 +368,7 @@ def document() -> dict[str, Any]:
             },
             "/api/v1/tools/execute": {
                 "post": _op(
-                    "Original: execute an action; a failing tool is a 200 with success false",
+                    "Original: execute an action; a failing or timed-out tool is a 200 with success false",
                     _json(_ref("LegacyExecuteResult")),
                     body=_ref("LegacyExecuteRequest"),
                     errors=(400, 404, 409, 413, 503, 504),

@@ -7,8 +7,9 @@ every other router can reach it like any tool server, the edge serves
 ToolExecutorService on a Unix socket (`edge.relay_uds`) and registers such tools
 with kind TOOL_KIND_WEBSOCKET_SERVER and that socket as their endpoint; the
 edge's own Router short-circuits the socket (`router.local`). When the
-connection drops, its pending calls fail at once (UNAVAILABLE, SERVER_DISCONNECTED, as for
-any tool server that goes away) and its tools are deregistered.
+connection drops, its pending calls fail at once (SERVER_DISCONNECTED, which the Router reports
+as an is_error NetworkError result, as for any tool server that goes away) and its tools are
+deregistered.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
-from services.router.router import error_response
+from services.router.failures import failure_result, stream_call_result
 from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,9 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
 
 
 def _disconnected(tool_id: str, what: str) -> Unavailable:
-    """The server's connection is gone: a transport fault, answered like any unreachable tool
-    server (HTTP 503, gRPC UNAVAILABLE), whether the call was in flight or arrived after."""
+    """The server's connection is gone: a tool-side failure, reported like any unreachable tool
+    server (an is_error NetworkError result, services.router.failures), whether the call was in
+    flight or arrived after."""
     return Unavailable(
         f"the server of tool {tool_id!r} {what}", reason="SERVER_DISCONNECTED", metadata={"tool_id": tool_id}
     )
@@ -119,7 +121,7 @@ class ServerSession:
             )
             async with asyncio.timeout(timeout_s):
                 msg = await fut
-        except TimeoutError:  # as for any tool server that hangs: DEADLINE_EXCEEDED (HTTP 504)
+        except TimeoutError:  # as for any tool server that hangs: an is_error TimeoutError result
             raise DeadlineExceeded(
                 f"the tool's server did not answer within {timeout_s:.3g}s",
                 reason="TOOL_TIMEOUT",
@@ -174,14 +176,10 @@ class _Servicer(ex_grpc.ToolExecutorServiceServicer):
         async def run_call(request: ex.ExecuteRequest, progress: Progress) -> ex.ExecuteResponse:
             try:
                 return await self._relay.call(request, _timeout_s(request, None))
-            except DeadlineExceeded as err:  # one call's fault travels as its result, not the stream's
-                return error_response(tool_pb2.ERROR_TYPE_TIMEOUT, err.message)
-            except Unavailable as err:  # a stream has no per-call status: the closest result type
-                return error_response(tool_pb2.ERROR_TYPE_NETWORK, err.message)
-            except MeshError as err:
-                return error_response(tool_pb2.ERROR_TYPE_SYSTEM, err.message)
+            except MeshError as err:  # one call's fault travels as its result, not the stream's
+                return stream_call_result(err)
             except asyncio.CancelledError:
-                return error_response(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
+                return failure_result(tool_pb2.ERROR_TYPE_UNKNOWN, "call cancelled by the caller")
 
         await CallStream(context, run_call, self._relay.cfg.hub.max_message_bytes).serve(requests)
 

@@ -4,9 +4,9 @@ Mounted by the edge app (`add_routes(app, service, auth)`); the `TaskService` ow
 store and the runtime workers, and is entered/exited with the app through
 `cleanup_ctx`. A task runs with its submitter's authority: whether the request carried the admin
 token (`AdminAuth.allows`) is recorded with it, so a task from a caller without the token can
-install nothing, whatever its LLM decides. Handlers only translate JSON; errors use the edge's JSON shape
-(`{status:"error", success:false, error, code, reason, message}`) even when the
-routes are mounted on a bare aiohttp app.
+install nothing, whatever its LLM decides. Handlers only translate JSON and raise MeshError;
+edge.errors_http answers it in the edge's JSON shape (`{status:"error", success:false, error, code,
+reason, message}`): the edge's middleware does, and `errors_http.middleware` on a bare aiohttp app.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from aiohttp import web
 
 from edge.auth import AdminAuth
 from edge.rest import read_json
-from edge.views import error_response
-from services.common.errors import InvalidRequest, MeshError, NotFound
+from services.common.errors import InvalidRequest, NotFound
 from services.runtime.service import TaskService
 
 TASKS = web.AppKey("tasks", TaskService)
@@ -53,10 +52,7 @@ def _parse(body: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
 
 
 async def create_task(request: web.Request) -> web.Response:
-    try:
-        text, priority, context = _parse(await read_json(request))
-    except MeshError as err:
-        return error_response(err)
+    text, priority, context = _parse(await read_json(request))  # errors: edge.errors_http
     admin = request.app[TASKS_AUTH].allows(request.headers)
     row = await request.app[TASKS].submit(text, priority, context, admin=admin)
     return web.json_response(
@@ -70,9 +66,7 @@ async def get_task(request: web.Request) -> web.Response:
     task_id = request.match_info["task_id"]
     row = await request.app[TASKS].get(task_id)
     if row is None:
-        return error_response(
-            NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
-        )
+        raise NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
     return web.json_response(row.json())
 
 

@@ -8,7 +8,7 @@ concurrently (at most `[edge] max_in_flight`; more get an error at once), so a
 slow call never blocks the responses a dialled-in server sends on the same
 socket. Replies go through the connection's bounded outbox (edge.outbox): a
 client that does not read them is closed with 1013. Protocol faults are
-`{type: "error", request_id, ...}`.
+`{type: "error", request_id, ...}`, made by edge.errors_ws; a failing tool is a result.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import executor_pb2 as ex
 
-from edge import views
+from edge import errors_ws, views
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
 from edge.relay import RelayServer, ServerSession
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, REGISTRY, RELAY, WEBSOCKETS
 from services.common import jsonvalue
-from services.common.errors import InvalidRequest, MeshError, ResourceExhausted, Unauthenticated
+from services.common.errors import InvalidRequest, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -97,33 +97,15 @@ class Connection:
                 reason="TOO_MANY_IN_FLIGHT",
                 metadata={"max_in_flight": str(self.max_in_flight)},
             )
-            self.error(err.message, rid, request_type=kind, code=err.code.name, reason=err.reason)
+            self.send(errors_ws.error_message(err, rid, kind))
             return
         self.spawn(self._run(_HANDLERS[kind], kind, rid, msg))
 
     async def _run(self, handler: Any, kind: str, rid: Any, msg: dict[str, Any]) -> None:
         try:
             reply = await handler(self, msg)
-        except MeshError as err:
-            reply = {
-                "type": "error",
-                "request_id": rid,
-                "request_type": kind,
-                "message": err.message,
-                "code": err.code.name,
-                "reason": err.reason,
-                **({"metadata": err.metadata} if err.metadata else {}),
-            }
-        except Exception:
-            log.exception("%s failed on /websocket", kind)
-            reply = {
-                "type": "error",
-                "request_id": rid,
-                "request_type": kind,
-                "message": "internal error",
-                "code": "INTERNAL",
-                "reason": "EDGE_INTERNAL",
-            }
+        except Exception as exc:
+            reply = errors_ws.message_for(exc, rid, kind)
         else:
             reply = {"type": f"{kind}_response", "request_id": rid, **reply}
         self.send(reply)

@@ -12,12 +12,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
 from google.protobuf import timestamp_pb2
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidRequest, MeshError
+from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
 from services.library.validation import check_schema_depth
@@ -375,9 +374,3 @@ def registered_json(resp: Any) -> dict[str, Any]:
         "message": f"tool {resp.tool.tool_id} {what}",
         "revision": resp.revision,
     }
-
-
-def error_response(err: MeshError) -> web.Response:
-    """One JSON error shape for every route (it also carries the original's fields)."""
-    body = {"status": "error", "success": False, "error": err.message, **err.to_json()}
-    return web.json_response(body, status=err.http_status)

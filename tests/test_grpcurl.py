@@ -159,16 +159,14 @@ async def test_an_unknown_tool_shows_not_found_with_error_info(mesh):
         }, name
 
 
-async def test_invalid_arguments_show_error_info_and_field_violations(mesh):
+async def test_arguments_the_schema_refuses_are_an_invalid_input_result_naming_the_field(mesh):
     r = await grpcurl(
         transports(mesh)["uds"],
-        "-format-error",
         "toolscore.v1.ToolScoreService/ExecuteTool",
         data={"tool_id": EXECUTOR, "action": "python_execute", "arguments": {"cod": "print(1)"}},
     )
-    assert r.code == 64 + 3, r.err  # INVALID_ARGUMENT
-    details = {d["@type"].rsplit(".", 1)[-1]: d for d in json.loads(r.err)["details"]}
-    assert details["ErrorInfo"]["reason"] == "INVALID_ARGUMENTS"
-    assert {"field": "arguments", "description": "'code' is a required property"} in details["BadRequest"][
-        "field_violations"
-    ]
+    assert r.code == 0, r.err  # the tool's failure, a result (services/router/failures.py)
+    resp = json.loads(r.out)
+    assert resp.get("isError", resp.get("is_error")) is True, resp
+    assert resp["error"]["type"] == "ERROR_TYPE_INVALID_INPUT", resp
+    assert "arguments: 'code' is a required property" in resp["error"]["message"], resp

@@ -1,10 +1,12 @@
 """Mesh call outcomes as MCP `tools/call` results or JSON-RPC errors. Pure.
 
 A tool that fails, times out or cannot be reached is a *result* with
-`isError` (the model sees it and can adapt), and so are arguments the tool's
+`isError` (the Router already answers those as is_error responses:
+services.router.failures), and so are arguments the tool's
 input does not accept (MCP 2025-11-25, SEP-1303: the model reads why and
 corrects itself, where a JSON-RPC error is shown to it as nothing useful); a
-call the protocol rejects (unknown tool, malformed params) is a JSON-RPC error.
+call the protocol rejects (unknown tool, malformed params) is a JSON-RPC error, and so is a
+mesh that cannot run the call (the hub unreachable: -32603 with the reason in `data`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArguments,
     InvalidRequest,
@@ -25,7 +26,6 @@ from services.common.errors import (
     OutOfRange,
     ResourceExhausted,
     Unauthenticated,
-    Unavailable,
 )
 from services.common.jsonvalue import struct_to_dict, value_to_py
 
@@ -34,8 +34,6 @@ from ._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
 # Faults of the call itself (the client sent something we cannot run): -32602.
 _INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted, OutOfRange)
 _OCTETS = "application/octet-stream"
-# Failures of the tool, reported to the model as an isError result.
-_TOOL_FAILURE = (Unavailable, DeadlineExceeded)
 # Arguments this tool does not accept, a tool that is switched off or whose schema cannot be checked:
 # the model can correct the call or choose another tool, so they are results too (InvalidArguments:
 # the schema's violations).
@@ -93,10 +91,8 @@ def input_error_result(exc: MeshError) -> dict[str, Any]:
 
 
 def from_mesh_error(exc: MeshError) -> dict[str, Any]:
-    """An isError result for tool failures, input errors and actions the caller has no rights for;
-    raise ProtocolError for everything else."""
-    if isinstance(exc, _TOOL_FAILURE):
-        return failure_result(exc.message)
+    """An isError result for input errors and actions the caller has no rights for; raise
+    ProtocolError for everything else (tool failures never get here: they are results already)."""
     if isinstance(exc, InvalidArguments) or exc.reason in _INPUT_REASONS:
         return input_error_result(exc)
     if isinstance(exc, Unauthenticated):  # an admin-only action: the model can say what it needs

@@ -13,8 +13,12 @@
     └── ResourceExhausted          (RESOURCE_EXHAUSTED)
 
 A tool that fails is *not* an exception: it is an `ExecuteToolResponse` with
-`is_error`. These are for protocol faults only. HTTP and JSON-RPC mappings
-use `http_status` and `reason` from the same objects.
+`is_error`. These are for protocol faults; the few raised on the tool's side
+of a call (TOOL_TIMEOUT, TOOL_SERVER_UNAVAILABLE, SERVER_DISCONNECTED, and
+InvalidArguments) the Router turns into results (services/router/failures.py,
+the failure policy). gRPC maps them here; HTTP (edge/errors_http.py),
+JSON-RPC (edge/mcp/results.py) and the ToolScore WebSocket (edge/errors_ws.py)
+each in one module, from the same objects (code and reason).
 """
 
 from __future__ import annotations
@@ -33,7 +37,6 @@ class MeshError(Exception):
     """A protocol-level failure with a canonical code and a machine-readable reason."""
 
     code = grpc.StatusCode.INTERNAL
-    http_status = 500
     reason = "INTERNAL"
 
     def __init__(
@@ -75,7 +78,6 @@ class MeshError(Exception):
 
 class InvalidRequest(MeshError):
     code = grpc.StatusCode.INVALID_ARGUMENT
-    http_status = 400
     reason = "INVALID_REQUEST"
 
 
@@ -106,55 +108,46 @@ class InvalidArguments(InvalidRequest):
 
 class NotFound(MeshError):
     code = grpc.StatusCode.NOT_FOUND
-    http_status = 404
     reason = "NOT_FOUND"
 
 
 class AlreadyExists(MeshError):
     code = grpc.StatusCode.ALREADY_EXISTS
-    http_status = 409
     reason = "ALREADY_EXISTS"
 
 
 class FailedPrecondition(MeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
-    http_status = 409
     reason = "FAILED_PRECONDITION"
 
 
 class OutOfRange(MeshError):
     code = grpc.StatusCode.OUT_OF_RANGE
-    http_status = 410
     reason = "OUT_OF_RANGE"
 
 
 class Unavailable(MeshError):
     code = grpc.StatusCode.UNAVAILABLE
-    http_status = 503
     reason = "UNAVAILABLE"
 
 
 class DeadlineExceeded(MeshError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
-    http_status = 504
     reason = "DEADLINE_EXCEEDED"
 
 
 class Unauthenticated(MeshError):
     code = grpc.StatusCode.UNAUTHENTICATED
-    http_status = 401
     reason = "UNAUTHENTICATED"
 
 
 class PermissionDenied(MeshError):
     code = grpc.StatusCode.PERMISSION_DENIED
-    http_status = 403
     reason = "PERMISSION_DENIED"
 
 
 class ResourceExhausted(MeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    http_status = 413
     reason = "RESOURCE_EXHAUSTED"
 
 

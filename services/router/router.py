@@ -24,7 +24,9 @@ from services.common import authority, endpoints
 from services.common.credentials import RESERVED_OWNERS
 from services.common.errors import (
     FailedPrecondition,
+    InvalidArguments,
     InvalidRequest,
+    MeshError,
     NotFound,
     ResourceExhausted,
     Unauthenticated,
@@ -41,7 +43,7 @@ from services.common.jsonvalue import (
 from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
-from services.toolkit.results import text_result
+from services.router.failures import failure_result, invalid_input_result, tool_side_result
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,8 @@ Recorder = Callable[[Entry, bool, float], None]
 ServiceProof = Callable[[], Sequence[tuple[str, str]]]
 
 
-def error_response(kind: int, message: str) -> ex.ExecuteResponse:
-    """A tool failure as a result: is_error with the reason in `error` and in a text block."""
-    return text_result(message, is_error=True, error_type=kind)
+# A tool failure as a result (services.router.failures); the name the tool servers import.
+error_response = failure_result
 
 
 class Router:
@@ -99,12 +100,18 @@ class Router:
             or (ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
         )
 
-    async def resolve(self, request: ex.ExecuteRequest, deadline_s: float | None = None) -> Entry:
-        """The entry for a call, after every check that needs no I/O."""
-        entry, arguments, slow = self._check(request)
-        if slow is not None:
-            await slow.check_off_loop(arguments, self.timeout_for(request, deadline_s))
-        return entry
+    async def precheck(
+        self, request: ex.ExecuteRequest, deadline_s: float | None = None
+    ) -> ex.ExecuteResponse | None:
+        """Every check of a call that needs no hop: None when it may go on, else the result that
+        answers it (arguments the schema refuses); protocol faults raise MeshError."""
+        try:
+            _, arguments, slow = self._check(request)
+            if slow is not None:
+                await slow.check_off_loop(arguments, self.timeout_for(request, deadline_s))
+        except InvalidArguments as err:  # the tool's failure, as services.router.failures decides
+            return invalid_input_result(err)
+        return None
 
     def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any], ArgumentValidator | None]:
         """The entry for a call and its arguments, after every check that needs no I/O; and the
@@ -170,11 +177,16 @@ class Router:
         deadline_s: float | None = None,
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
-        """Run one call. Protocol faults raise MeshError; tool failures come back as is_error."""
-        entry, arguments, slow = self._check(request)
+        """Run one call. Protocol faults raise MeshError; tool failures, including the tool-side
+        failures of services.router.failures (arguments the schema refuses, timeout, server
+        unreachable or gone, server fault), come back as is_error results."""
         timeout = self.timeout_for(request, deadline_s)
-        if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
-            await slow.check_off_loop(arguments, timeout)
+        try:
+            entry, arguments, slow = self._check(request)
+            if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
+                await slow.check_off_loop(arguments, timeout)
+        except InvalidArguments as err:  # never dispatched, so not counted as a call of the tool
+            return invalid_input_result(err)
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
@@ -182,9 +194,14 @@ class Router:
             response = await self._dispatch(entry, request, timeout, on_progress, arguments)
             ok = not response.is_error
         except ToolServerFault as fault:
-            response = error_response(
+            response = failure_result(
                 tool_pb2.ERROR_TYPE_SYSTEM, f"tool server failed: {fault.code.name}: {fault.details}"
             )
+        except MeshError as err:  # a tool-side failure is a result; a protocol fault goes on up
+            tool_side = tool_side_result(err)
+            if tool_side is None:
+                raise
+            response = tool_side
         finally:
             elapsed = time.perf_counter() - start
             self._record(entry, ok, elapsed)

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from toolscore.v1 import discovery_pb2 as pb
 
+from edge import errors_http
 from edge.discovery_routes import add_routes
 from services.common import config as config_mod
 from services.common.config import Config
@@ -44,7 +45,7 @@ class Rest:
 async def _rest(cfg: Config) -> AsyncIterator[Rest]:
     async with Hub(cfg) as hub:
         async with grpc.aio.insecure_channel(hub.uds_target or "") as channel:
-            app = web.Application()
+            app = web.Application(middlewares=[errors_http.middleware])
             add_routes(app, DiscoveryClient(channel))
             server = TestServer(app, host="127.0.0.1", port=0)
             await server.start_server()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edge.errors_http import status_of
 from edge.origin import OriginGuard
 
 LOCAL = {"Host": "127.0.0.1:8082"}
@@ -44,7 +45,7 @@ def test_a_refusal_says_which_check_failed():
     guard = OriginGuard((), "127.0.0.1")
     origin = guard.refusal({**LOCAL, "Origin": "https://evil.example"})
     host = guard.refusal({"Host": "evil.example"})
-    assert origin is not None and origin.reason == "FORBIDDEN_ORIGIN" and origin.http_status == 403
+    assert origin is not None and origin.reason == "FORBIDDEN_ORIGIN" and status_of(origin) == 403
     assert host is not None and host.reason == "FORBIDDEN_HOST" and "rebinding" in host.message
 
 
@@ -103,7 +104,7 @@ def test_a_refusal_echoes_at_most_200_characters_of_a_hostile_origin_or_host():
 
 def test_a_request_without_a_host_header_is_refused_as_such():
     refused = OriginGuard((), "127.0.0.1").refusal({})
-    assert refused is not None and refused.reason == "FORBIDDEN_HOST" and refused.http_status == 403
+    assert refused is not None and refused.reason == "FORBIDDEN_HOST" and status_of(refused) == 403
     assert refused.message == "a Host header is required"
 
 

@@ -14,10 +14,9 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
-
-from tests.helpers import reason_of
 
 CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on "aaa...a!"
 HOSTILE = "a" * 40 + "!"
@@ -101,10 +100,12 @@ async def _get(http: aiohttp.ClientSession, url: str) -> int:
         return r.status
 
 
-HOSTILE_CALLS = [  # (action, arguments, the reason of the error that answers it)
-    ("match", {"s": HOSTILE}, "INVALID_ARGUMENTS"),
-    ("keys", {HOSTILE: 1}, "INVALID_ARGUMENTS"),
-    ("unique", {"l": [{} for _ in range(100_000)]}, "INVALID_ARGUMENTS"),  # n**2 compares before
+# (action, arguments, what answers it: InvalidInput, a result (services/router/failures.py), or the
+# reason of the error)
+HOSTILE_CALLS = [
+    ("match", {"s": HOSTILE}, "InvalidInput"),
+    ("keys", {HOSTILE: 1}, "InvalidInput"),
+    ("unique", {"l": [{} for _ in range(100_000)]}, "InvalidInput"),  # n**2 compares before
     ("fanout", {}, "SCHEMA_TOO_COMPLEX"),
     ("endless", {}, "SCHEMA_TOO_COMPLEX"),  # a RecursionError and a 500 before
     ("costly_pattern", {"s": "ab" * 500_000}, "SCHEMA_TOO_COMPLEX"),  # 1 MB: 14 s on the loop before
@@ -121,7 +122,10 @@ async def test_hostile_schemas_are_answered_while_the_edge_answers_others(mesh_e
             async with asyncio.timeout(10):  # a frozen loop answers nothing: this deadline is the test
                 assert await _get(http, base + "/health") == 200, action
                 status, body = await hostile
-            assert status in (400, 409) and body["reason"] == reason, (action, body)
+            if reason == "InvalidInput":
+                assert status == 200 and body["error"]["type"] == reason, (action, body)
+            else:
+                assert status == 409 and body["reason"] == reason, (action, body)
 
 
 async def test_a_catastrophic_pattern_is_refused_while_the_hub_answers_others(mesh_edge):
@@ -132,11 +136,10 @@ async def test_a_catastrophic_pattern_is_refused_while_the_hub_answers_others(me
         hostile = asyncio.ensure_future(ts_grpc.ToolScoreServiceStub(ch).ExecuteTool(req, timeout=60))
         health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            async with asyncio.timeout(10):
-                await hostile
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert reason_of(err.value) == "INVALID_ARGUMENTS"
+        async with asyncio.timeout(10):
+            resp = await hostile
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_INVALID_INPUT, resp
+    assert "does not match" in resp.error.message
 
 
 async def _call_counting_health_checks(base: str, action: str, arguments: dict) -> tuple[int, int, dict]:
@@ -160,7 +163,8 @@ async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_edge
     answered, status, body = await _call_counting_health_checks(base, "anyof", COSTLY)
     assert answered >= 20, answered  # 4 when the check held the loop
     # The arguments passed the check; then the tool server is unreachable (it never existed).
-    assert (status, body["code"]) == (503, "UNAVAILABLE") and "unreachable" in body["error"], body
+    assert status == 200 and body["error"]["type"] == "NetworkError", body
+    assert "unreachable" in body["error"]["message"], body
 
 
 async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_hub_answers_others(mesh_edge):
@@ -176,11 +180,11 @@ async def test_a_check_too_costly_for_the_loop_finishes_beside_it_while_the_hub_
                 reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)
                 assert reply.status == health_pb2.HealthCheckResponse.SERVING
                 answered += 1
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await hostile
+            resp = await hostile
     assert answered >= 20, answered
     # The arguments passed the check; then the tool server is unreachable (it never existed).
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unreachable" in (err.value.details() or "")
+    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_NETWORK, resp
+    assert "unreachable" in resp.error.message
 
 
 async def test_a_pattern_match_too_costly_for_the_loop_runs_beside_it_while_the_edge_answers_others(
@@ -189,4 +193,5 @@ async def test_a_pattern_match_too_costly_for_the_loop_runs_beside_it_while_the_
     _, base = mesh_edge
     answered, status, body = await _call_counting_health_checks(base, "costly_pattern", {"s": "ab" * 60_000})
     assert answered >= 20, answered  # 2 when the match held the loop
-    assert (status, body["reason"]) == (400, "INVALID_ARGUMENTS") and "does not match" in body["error"], body
+    assert status == 200 and body["error"]["type"] == "InvalidInput", body
+    assert "does not match" in body["error"]["message"], body

@@ -11,15 +11,14 @@ from typing import Any
 import grpc
 import pytest
 import websockets
-from grpc_status import rpc_status
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from edge.state import RELAY
 from edge.toolscore_ws import OUTBOX_STATS
 from services.common import config as config_mod
-from services.common.errors import error_info
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action
 from tests.edge.conftest import (
@@ -51,6 +50,38 @@ async def request(ws: ClientConnection, msg: dict[str, Any], within_s: float = 1
 
 def connect(edge: EdgeHandle, **kw: Any) -> Any:
     return websockets.connect(edge.ws_url(PATH), open_timeout=5, close_timeout=2, **kw)
+
+
+MCP_HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+
+
+@contextlib.asynccontextmanager
+async def mcp_socket(edge: EdgeHandle) -> AsyncIterator[ClientConnection]:
+    """An initialized MCP session over /ws/mcp."""
+    async with websockets.connect(
+        edge.ws_url("/ws/mcp"), subprotocols=[Subprotocol("mcp")], open_timeout=5, close_timeout=2
+    ) as ws:
+        client = {"name": "t", "version": "1"}
+        init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": client}
+        msg = {"jsonrpc": "2.0", "id": "init", "method": "initialize", "params": init}
+        answer = await mcp_request(ws, msg)
+        assert "result" in answer, answer
+        await ws.send(json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        yield ws
+
+
+def mcp_call(name: str, arguments: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = {"name": name, "arguments": arguments or {}}
+    return {"jsonrpc": "2.0", "id": f"mcp-{name}", "method": "tools/call", "params": params}
+
+
+async def mcp_request(ws: ClientConnection, msg: dict[str, Any], within_s: float = 10.0) -> dict[str, Any]:
+    await ws.send(json.dumps(msg))
+    async with asyncio.timeout(within_s):
+        while True:
+            reply = await recv(ws, within_s)
+            if reply.get("id") == msg["id"]:
+                return reply
 
 
 SERVER_SPEC = {
@@ -199,7 +230,8 @@ async def test_bad_messages_get_errors_and_the_connection_keeps_working(
                 "parameters": {"text": ["not", "a", "string"]},
             },
         )
-        assert reply["type"] == "error" and reply["reason"] == "INVALID_ARGUMENTS"
+        assert reply["type"] == "execute_tool_response" and reply["success"] is False, reply
+        assert reply["error_type"] == "InvalidInput" and "arguments.text" in reply["error"], reply
         reply = await request(ws, {"type": "register_tool", "request_id": "r1"})
         assert reply["type"] == "error" and reply["reason"] == "MISSING_FIELD"
         reply = await request(ws, {"type": "execute_tool_action_response", "request_id": "never-sent"})
@@ -266,7 +298,8 @@ async def test_a_dialled_in_server_is_called_over_its_own_connection_from_rest(e
         status, body = await edge.post(
             "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": "two"}}
         )
-        assert status == 400 and len(server.calls) == 2  # rejected before reaching the server
+        assert status == 200 and body["error_type"] == "InvalidInput", body
+        assert len(server.calls) == 2  # refused before reaching the server
 
 
 async def test_concurrent_calls_are_matched_by_request_id(edge: EdgeHandle):
@@ -293,42 +326,80 @@ async def test_a_dialled_in_server_is_callable_through_the_hubs_execute_tool(edg
         assert len(server.calls) == 1
 
 
-async def test_a_server_that_does_not_answer_times_out_like_any_tool_server(
+async def test_a_tool_that_does_not_answer_in_time_is_a_timeout_result_on_every_transport(
     cfg, hub, start_edge, hub_stubs, echo_server: str
 ):
-    # The answers docs/toolscore-websocket.md promises, checked against a gRPC tool server that hangs.
-    # A WebSocket caller cannot set a timeout: it gets the edge's default, short here.
+    # The one failure policy (services/router/failures.py): a tool that does not answer in time is the
+    # tool's failure, a result with TimeoutError, never a protocol error; on a dialled-in server and
+    # on a gRPC tool server that hangs, through REST (both shapes), the ToolScore WebSocket, MCP over
+    # HTTP and WebSocket, and the hub's ExecuteTool. A caller without a timeout gets the default, short here.
     edge = await start_edge(edge_config(config_mod.replace(cfg, hub={"default_timeout_s": 0.3}), hub))
     await edge.gateway.register(grpc_tool("echo", echo_server))
-    async with dialled_in(edge), connect(edge) as caller:
+    async with dialled_in(edge), connect(edge) as caller, mcp_socket(edge) as mcp_ws:
         for tool_id, action in (("ws-calc", "hang"), ("echo", "slow")):
-            status, body = await edge.post(
-                f"/api/v1/tools/{tool_id}/call", {"action": action, "timeout_s": 0.3}
-            )
-            assert status == 504 and body["code"] == "DEADLINE_EXCEEDED", (tool_id, body)
-            assert body["reason"] == "TOOL_TIMEOUT", (tool_id, body)
+            status, body = await edge.post(f"/api/v1/tools/{tool_id}/call", {"action": action})
+            assert status == 200 and body["is_error"] is True, (tool_id, body)
+            assert body["error"]["type"] == "TimeoutError" and "0.3s" in body["error"]["message"], body
+            status, body = await edge.post("/api/v1/tools/execute", {"tool_id": tool_id, "action": action})
+            assert status == 200 and body["success"] is False, (tool_id, body)
+            assert body["error_type"] == "TimeoutError", (tool_id, body)
             req = ex.ExecuteRequest(tool_id=tool_id, action=action)
             req.timeout.FromMilliseconds(300)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, tool_id
-            info = error_info(rpc_status.from_call(err.value))
-            assert info is not None and info.reason == "TOOL_TIMEOUT", (tool_id, info)
+            resp = await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+            assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_TIMEOUT, (tool_id, resp)
             msg = {"type": "execute_tool", "request_id": f"t-{tool_id}", "tool_id": tool_id, "action": action}
             reply = await request(caller, msg)
-            assert reply["type"] == "error" and reply["request_type"] == "execute_tool", reply
-            assert reply["code"] == "DEADLINE_EXCEEDED" and reply["reason"] == "TOOL_TIMEOUT", reply
+            assert reply["type"] == "execute_tool_response" and reply["success"] is False, reply
+            assert reply["error_type"] == "TimeoutError", reply
+            call = mcp_call(f"{tool_id}__{action}")
+            _, answer = await edge.post("/mcp", call, headers=MCP_HEADERS)
+            assert answer["result"]["isError"] is True, answer
+            assert "0.3s" in answer["result"]["content"][0]["text"], answer
+            answer = await mcp_request(mcp_ws, call)
+            assert answer["result"]["isError"] is True, answer
         status, body = await edge.post(
             "/api/v1/tools/execute", {"tool_id": "ws-calc", "action": "add", "parameters": {"a": 1, "b": 1}}
         )
         assert body["result"] == {"sum": 2}  # the connection still serves
 
 
+async def test_an_unknown_tool_or_action_stays_a_protocol_error_on_every_transport(
+    edge: EdgeHandle, hub_stubs
+):
+    # The other side of the failure policy: a call that names nothing to run is the caller's fault.
+    async with dialled_in(edge) as server, connect(edge) as caller, mcp_socket(edge) as mcp_ws:
+        for tool_id, action, code, reason in (
+            ("ws-calc", "nope", "INVALID_ARGUMENT", "UNKNOWN_ACTION"),
+            ("ghost", "add", "NOT_FOUND", "TOOL_NOT_FOUND"),
+        ):
+            status, body = await edge.post(f"/api/v1/tools/{tool_id}/call", {"action": action})
+            assert (status, body["code"], body["reason"]) == (
+                400 if code == "INVALID_ARGUMENT" else 404,
+                code,
+                reason,
+            ), body
+            _, legacy = await edge.post("/api/v1/tools/execute", {"tool_id": tool_id, "action": action})
+            assert legacy["success"] is False and legacy["reason"] == reason, legacy
+            req = ex.ExecuteRequest(tool_id=tool_id, action=action)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await hub_stubs.toolscore.ExecuteTool(req, timeout=10)
+            assert err.value.code().name == code, err.value
+            msg = {"type": "execute_tool", "request_id": f"u-{tool_id}", "tool_id": tool_id, "action": action}
+            reply = await request(caller, msg)
+            assert (reply["type"], reply["code"], reply["reason"]) == ("error", code, reason), reply
+            call = mcp_call(f"{tool_id}__{action}")
+            _, answer = await edge.post("/mcp", call, headers=MCP_HEADERS)
+            assert answer["error"]["code"] == -32602 and "Unknown tool" in answer["error"]["message"], answer
+            answer = await mcp_request(mcp_ws, call)
+            assert answer["error"]["code"] == -32602, answer
+        assert server.calls == []  # nothing reached the server
+
+
 async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_go(
     edge: EdgeHandle, hub, hub_stubs
 ):
     # In flight on every path when the server goes: each answers as docs/rest.md and
-    # docs/toolscore-websocket.md say (unavailable, SERVER_DISCONNECTED), well before the 30 s timeout.
+    # docs/toolscore-websocket.md say (a NetworkError result), well before the 30 s timeout.
     async with connect(edge) as watcher, connect(edge) as caller:
         async with dialled_in(edge) as server:
             await watcher.send(json.dumps({"type": "ping"}))  # the watcher sees the events below
@@ -351,12 +422,11 @@ async def test_when_the_server_disconnects_its_calls_fail_at_once_and_its_tools_
                 status, body = await rest
                 reply = await recv(caller)
                 resp = await grpc_call
-        assert status == 503 and body["code"] == "UNAVAILABLE", body
-        assert body["reason"] == "SERVER_DISCONNECTED", body
-        assert body["metadata"] == {"tool_id": "ws-calc"}
-        assert reply["request_id"] == "w1" and reply["type"] == "error", reply
-        assert reply["code"] == "UNAVAILABLE" and reply["reason"] == "SERVER_DISCONNECTED", reply
-        # The hub reaches the relay over an ExecuteStream, which has no per-call status: a result.
+        assert status == 200 and body["is_error"] is True, body
+        assert body["error"]["type"] == "NetworkError", body
+        assert "disconnected during the call" in body["error"]["message"], body
+        assert reply["request_id"] == "w1" and reply["type"] == "execute_tool_response", reply
+        assert reply["success"] is False and reply["error_type"] == "NetworkError", reply
         assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_NETWORK, resp
         assert "disconnected during the call" in resp.error.message
     async with asyncio.timeout(5):

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from edge import tasks_routes
+from edge import errors_http, tasks_routes
 from edge.auth import AdminAuth
 from services.runtime.host import RuntimeHost
 from services.runtime.service import TaskService
@@ -49,7 +49,7 @@ async def serve_tasks() -> AsyncIterator[Callable[[TaskService], Any]]:
     session = aiohttp.ClientSession()
 
     async def start(service: TaskService) -> Api:
-        app = web.Application()
+        app = web.Application(middlewares=[errors_http.middleware])
         tasks_routes.add_routes(app, service, AdminAuth(""))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()

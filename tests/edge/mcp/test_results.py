@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
 from edge.mcp.results import call_result, from_mesh_error
@@ -17,6 +18,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.jsonvalue import dict_to_struct, py_to_value
+from services.router.failures import failure_result
 from services.toolkit.results import text_result, to_response
 
 
@@ -47,9 +49,24 @@ def test_structured_results_keep_their_text_and_failures_say_why():
     assert call_result(bare)["content"] == [{"type": "text", "text": '{"y": 2}'}]
 
 
-def test_timeouts_and_unreachable_servers_are_tool_failures():
-    for exc in (DeadlineExceeded("tool did not answer within 1s"), Unavailable("tool server is unreachable")):
-        assert from_mesh_error(exc) == {"content": [{"type": "text", "text": exc.message}], "isError": True}
+def test_timeouts_and_unreachable_tool_servers_are_results_the_router_already_made():
+    # The router answers these (services/router/failures.py); MCP only presents what it got.
+    for kind, text in (
+        (tool_pb2.ERROR_TYPE_TIMEOUT, "tool did not answer within 1s"),
+        (tool_pb2.ERROR_TYPE_NETWORK, "tool server at unix:///x is unreachable: gone"),
+    ):
+        result = call_result(failure_result(kind, text))
+        assert result == {"content": [{"type": "text", "text": text}], "isError": True}
+
+
+def test_the_hub_unreachable_or_late_is_a_json_rpc_error_not_a_result():
+    for exc in (
+        Unavailable("hub unreachable: connection refused", reason="HUB_UNAVAILABLE"),
+        DeadlineExceeded("the hub did not answer"),
+    ):
+        with pytest.raises(ProtocolError) as err:
+            from_mesh_error(exc)
+        assert err.value.code == INTERNAL_ERROR and err.value.data["reason"] == exc.reason
 
 
 def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can_read():

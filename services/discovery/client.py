@@ -16,7 +16,7 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class DiscoveryClient:
-    """Calls ToolScoreService discovery RPCs; RPC errors come back as MeshError .
+    """Calls ToolScoreService discovery RPCs; RPC errors come back as MeshError.
 
     `channel` is owned by the caller. `authorization` (e.g. `Bearer <token>`)
     is forwarded as gRPC metadata so the hub, not the edge, decides.

@@ -28,6 +28,19 @@ async def _fail(args, ctx):
     raise ValueError("the tool could not do it")
 
 
+def _hanging(cancelled: asyncio.Event):
+    """An action that never answers and sets `cancelled` when its call is cancelled."""
+
+    async def hang(args, ctx):
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return hang
+
+
 def call(tool_id, action="echo", timeout_s=None, **arguments):
     req = ts.ExecuteToolRequest(tool_id=tool_id, action=action, arguments=dict_to_struct(arguments))
     if timeout_s is not None:
@@ -114,13 +127,7 @@ async def test_a_hanging_tool_hits_the_deadline_answers_a_timeout_result_and_is_
     hub, hub_stubs, start_tool_server
 ):
     cancelled = asyncio.Event()
-
-    async def hang(args, ctx):
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    hang = _hanging(cancelled)
 
     _, ep = await start_tool_server({"hang": [Action("echo", "", hang)]})
     await register(hub_stubs, grpc_tool("hang", ep, actions={"echo": {"type": "object"}}))
@@ -136,13 +143,7 @@ async def test_a_hanging_tool_hits_the_deadline_answers_a_timeout_result_and_is_
 
 async def test_a_call_asking_for_an_hour_is_cut_at_the_hubs_max_timeout(cfg, start_tool_server):
     cancelled = asyncio.Event()
-
-    async def hang(args, ctx):
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
+    hang = _hanging(cancelled)
 
     capped = config_mod.replace(cfg, hub={"max_timeout_s": 0.5})
     async with Hub(capped) as hub:

@@ -266,6 +266,14 @@ async def test_a_frame_over_the_limit_closes_with_1009_and_others_are_unaffected
     assert echo["result"]["structuredContent"] == {"text": "unaffected"}
 
 
+async def _start_blocking_call(peer: Peer, kit: Probe, *, rid: int) -> None:
+    """Send a `kit__block` call under `rid` and wait until the tool holds it."""
+    params = {"name": "kit__block", "arguments": {}}
+    await peer.send({"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params})
+    async with asyncio.timeout(10):
+        await kit.started.wait()
+
+
 async def test_a_client_vanishing_mid_call_cancels_its_call_and_no_one_else_notices(edge: Edge, kit: Probe):
     async with connect(edge) as other:
         bystander = Peer(other)
@@ -273,16 +281,7 @@ async def test_a_client_vanishing_mid_call_cancels_its_call_and_no_one_else_noti
         async with connect(edge) as ws:
             peer = Peer(ws)
             await peer.initialize()
-            await peer.send(
-                {
-                    "jsonrpc": "2.0",
-                    "id": 9,
-                    "method": "tools/call",
-                    "params": {"name": "kit__block", "arguments": {}},
-                }
-            )
-            async with asyncio.timeout(10):
-                await kit.started.wait()
+            await _start_blocking_call(peer, kit, rid=9)
         async with asyncio.timeout(10):
             await kit.cancelled.wait()
         echo = await bystander.call("tools/call", {"name": "kit__echo", "arguments": {"text": "fine"}})
@@ -295,16 +294,7 @@ async def test_a_request_id_already_in_flight_on_the_socket_is_refused_and_the_f
     async with connect(edge) as ws:
         peer = Peer(ws)
         await peer.initialize()
-        await peer.send(
-            {
-                "jsonrpc": "2.0",
-                "id": 7,
-                "method": "tools/call",
-                "params": {"name": "kit__block", "arguments": {}},
-            }
-        )
-        async with asyncio.timeout(10):
-            await kit.started.wait()
+        await _start_blocking_call(peer, kit, rid=7)
         echo = {"name": "kit__echo", "arguments": {"text": "twin"}}
         dup = await peer.call("tools/call", echo, rid=7)
         assert dup.get("error", {}).get("code") == -32600, dup

@@ -84,6 +84,23 @@ async def nap(seconds: float) -> str:
     return "rested"
 
 
+class Blocker:
+    """A tool action that never answers: `started` is set when a call reaches it, `cancelled` when
+    that call is cancelled (for tests of cancellation down to the tool server)."""
+
+    def __init__(self) -> None:
+        self.started, self.cancelled = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self, args: dict[str, Any], ctx: Any) -> str:
+        self.started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return "never"
+
+
 def bound_socket() -> socket.socket:
     """A loopback TCP socket bound to a port the system chose, for a server that must know its own
     port before it starts (`web.SockSite(runner, sock)`; asyncio calls listen() when it starts

@@ -15,7 +15,7 @@ from services.common.config import Config
 from services.hub.app import Hub
 from services.toolkit import Action
 from tests.edge.conftest import EdgeHandle, edge_config, grpc_tool
-from tests.helpers import deadline, served_tool
+from tests.helpers import Blocker, deadline, served_tool
 
 LIMIT = 4096
 # 2,000 euro signs: 2,000 characters (the edge's pre-Struct bound counts characters, a lower bound,
@@ -112,16 +112,8 @@ async def test_a_rest_caller_that_goes_away_mid_call_has_its_call_cancelled_on_t
     edge: EdgeHandle, start_tool_server: Callable[..., Any]
 ):
     # edge/__main__ runs the app with handler_cancellation: a REST client that leaves cancels its call.
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def block(args: dict[str, Any], ctx: Any) -> str:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "never"
+    block = Blocker()
+    started, cancelled = block.started, block.cancelled
 
     actions = [Action("block", "blocks", block)]
     _, endpoint = await start_tool_server({"blocker": actions}, name="blocker")

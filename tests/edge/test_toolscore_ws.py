@@ -29,7 +29,7 @@ from tests.edge.conftest import (
     read_until_closed,
     unread_socket,
 )
-from tests.helpers import deadline, served_tool
+from tests.helpers import Blocker, deadline, served_tool
 
 PATH = "/websocket"
 
@@ -639,16 +639,8 @@ async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_t
     # has no cancel message: the edge stops waiting, and the server's late answer finds no call).
     # The edge cancels them itself, also when its runner does not cancel handlers of gone clients.
     edge = await start_edge(edge_config(cfg, hub), handler_cancellation=handler_cancellation)
-    started, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def block(args: dict[str, Any], ctx: Any) -> str:
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "never"
+    block = Blocker()
+    started, cancelled = block.started, block.cancelled
 
     _, endpoint = await start_tool_server({"blocker": [Action("block", "blocks", block)]}, name="blocker")
     await edge.gateway.register(served_tool("blocker", endpoint, [Action("block", "blocks", block)]))

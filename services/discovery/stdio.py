@@ -373,21 +373,24 @@ def _signal_descendants(pid: int, sig: int, skip: str = "") -> None:
             os.close(fd)
 
 
-def _start_time(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot), or None when there is no such process."""
+def _stat_field(pid: int, index: int) -> int | None:
+    """Field `index` of /proc/<pid>/stat counted after the command name (0 is the state), or None
+    when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rpartition(")")[2].split()[19])
+            return int(f.read().rpartition(")")[2].split()[index])
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None when there is no such process."""
+    return _stat_field(pid, 19)
+
+
 def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rpartition(")")[2].split()[1])
-    except (OSError, ValueError, IndexError):
-        return -1
+    ppid = _stat_field(pid, 1)
+    return -1 if ppid is None else ppid
 
 
 def _command_of(pid: int) -> str:

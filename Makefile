@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto proto-lock run test lint bench clean node-example task executor-env check-sandbox mutation
+.PHONY: venv proto proto-lock run test lint bench walk clean node-example task executor-env check-sandbox mutation
 
 venv: $(STAMP)
 
@@ -68,6 +68,10 @@ lint: proto
 
 bench: proto
 	$(PY) -m bench
+
+# The files one REST execute and one MCP tools/call cross, edge to sandbox (docs/architecture.md).
+walk: proto
+	$(PY) -m bench.walk
 
 # Mutation testing of the modules that carry the defences (docs/mutation.md); not part of `make test`.
 # TARGETS="edge/origin.py ..." runs only those; writes mutation/REPORT.md; fails below the goal.

@@ -54,7 +54,7 @@ from ._protocol import (
     progress_token,
     result_response,
 )
-from .catalog import Catalog
+from .tool_list import Catalog
 from .tool_sessions import Held, ToolSessions
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@
 Modules:
     _protocol.py      JSON-RPC framing, the MCP constants and error codes both eras share
     _sse.py           SSE framing and the resumable request streams of Streamable HTTP
-    dispatcher.py     the transport-independent dispatcher: requests in, responses and notifications out
+    dispatcher.py     the transport-independent dispatcher: per-era method -> handler tables, one error catch
     envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the HTTP headers mirroring it
     results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
     tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`

@@ -79,10 +79,18 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
 
 
 def failure_result(message: str) -> dict[str, Any]:
+    """An isError result whose one text block is `message`."""
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
-def input_error_result(exc: MeshError) -> dict[str, Any]:
+def is_result(exc: MeshError) -> bool:
+    """True when `tools/call` answers this mesh error as an isError result (`error_result`): input
+    errors and actions the caller has no rights for; everything else is a JSON-RPC error
+    (`rpc_error`). Tool failures never get here: they are results already."""
+    return isinstance(exc, InvalidArguments | Unauthenticated) or exc.reason in _INPUT_REASONS
+
+
+def error_result(exc: MeshError) -> dict[str, Any]:
     """An isError result saying what was wrong with the call, every schema violation included."""
     text = exc.message
     if isinstance(exc, InvalidArguments) and len(exc.violations) > 1:
@@ -90,13 +98,9 @@ def input_error_result(exc: MeshError) -> dict[str, Any]:
     return failure_result(text)
 
 
-def from_mesh_error(exc: MeshError) -> dict[str, Any]:
-    """An isError result for input errors and actions the caller has no rights for; raise
-    ProtocolError for everything else (tool failures never get here: they are results already)."""
-    if isinstance(exc, InvalidArguments) or exc.reason in _INPUT_REASONS:
-        return input_error_result(exc)
-    if isinstance(exc, Unauthenticated):  # an admin-only action: the model can say what it needs
-        return failure_result(exc.message)
+def rpc_error(exc: MeshError) -> ProtocolError:
+    """The JSON-RPC error for a mesh error that is not a result, its ErrorInfo JSON in `data`:
+    -32602 for a call the mesh cannot run as sent (unknown tool or action), -32603 for the rest."""
     if isinstance(exc, _INVALID_CALL):
-        raise ProtocolError(INVALID_PARAMS, exc.message, exc.to_json()) from None
-    raise ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json()) from None
+        return ProtocolError(INVALID_PARAMS, exc.message, exc.to_json())
+    return ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json())

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
-from edge.mcp.results import call_result, from_mesh_error
+from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS
+from edge.mcp.results import call_result, error_result, is_result, rpc_error
 from services.common.errors import (
     DeadlineExceeded,
     InvalidArguments,
@@ -64,9 +63,9 @@ def test_the_hub_unreachable_or_late_is_a_json_rpc_error_not_a_result():
         Unavailable("hub unreachable: connection refused", reason="HUB_UNAVAILABLE"),
         DeadlineExceeded("the hub did not answer"),
     ):
-        with pytest.raises(ProtocolError) as err:
-            from_mesh_error(exc)
-        assert err.value.code == INTERNAL_ERROR and err.value.data["reason"] == exc.reason
+        assert not is_result(exc)
+        err = rpc_error(exc)
+        assert err.code == INTERNAL_ERROR and err.data["reason"] == exc.reason
 
 
 def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can_read():
@@ -74,7 +73,9 @@ def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can
         ("arguments.text", "5 is not of type 'string'"),
         ("arguments", "'n' is a required property"),
     ]
-    result = from_mesh_error(InvalidArguments("arguments do not match the input schema: ...", violations))
+    exc = InvalidArguments("arguments do not match the input schema: ...", violations)
+    assert is_result(exc)
+    result = error_result(exc)
     assert result["isError"] is True
     text = result["content"][0]["text"]
     assert "5 is not of type 'string'" in text and "'n' is a required property" in text
@@ -86,22 +87,25 @@ def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can
         "TOOL_DISABLED",
     ):
         err = MeshError(f"because {reason}", reason=reason)
-        assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+        assert is_result(err), reason
+        assert error_result(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
 
 
 def test_an_action_the_caller_has_no_rights_for_is_an_is_error_result_saying_so_not_an_internal_error():
     # python_install_package without the admin token: the model can tell its user what is needed;
     # -32603 "Internal error" blamed the edge for a refusal.
     err = Unauthenticated("python_install_package needs the admin token", reason="ADMIN_TOKEN_REQUIRED")
-    assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+    assert is_result(err)
+    assert error_result(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
 
 
 def test_unknown_tools_and_bad_requests_are_invalid_params_and_the_rest_internal_errors():
-    with pytest.raises(ProtocolError) as missing:
-        from_mesh_error(NotFound("no tool"))
-    with pytest.raises(ProtocolError) as bad:
-        from_mesh_error(InvalidRequest("no action", reason="UNKNOWN_ACTION"))
-    with pytest.raises(ProtocolError) as other:
-        from_mesh_error(MeshError("boom"))
-    assert missing.value.code == INVALID_PARAMS and bad.value.code == INVALID_PARAMS
-    assert other.value.code == INTERNAL_ERROR
+    missing, bad, other = (
+        NotFound("no tool"),
+        InvalidRequest("no action", reason="UNKNOWN_ACTION"),
+        MeshError("boom"),
+    )
+    assert not any(is_result(exc) for exc in (missing, bad, other))
+    assert rpc_error(missing).code == INVALID_PARAMS and rpc_error(bad).code == INVALID_PARAMS
+    assert rpc_error(other).code == INTERNAL_ERROR
+    assert rpc_error(bad).data == bad.to_json()

@@ -1,10 +1,17 @@
-"""Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`.
-
-Both transports share one transport-independent dispatcher (`dispatcher.py`);
-every capability of every registered tool is an MCP tool (`catalog.py`), and
-calls go through the gateway's data path. See docs/mcp.md.
+"""Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`. See docs/mcp.md.
 
     add_routes(app, gateway, cfg)   # the edge app calls this once, before it starts
+
+_protocol.py      JSON-RPC framing, the MCP constants and error codes both eras share
+_sse.py           SSE framing and the resumable request streams of Streamable HTTP
+dispatcher.py     the transport-independent dispatcher: per-era method -> handler tables, one error catch
+envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the HTTP headers mirroring it
+results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
+tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
+tool_sessions.py  the tool sessions an MCP session opened, ended with it
+mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
+http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds
+websocket.py      the WebSocket transport (`/ws/mcp`): one session per connection, bounded outbox
 """
 
 from __future__ import annotations
@@ -14,10 +21,10 @@ from aiohttp import web
 from edge.gateway import HubGateway
 from services.common.config import Config
 
-from .catalog import Catalog, McpTool, tool_name
 from .dispatcher import Dispatcher, ServerOptions, Session
 from .http import StreamableHttp, refusal
-from .service import McpOptions, McpService
+from .mcp_service import McpOptions, McpService
+from .tool_list import Catalog, McpTool, tool_name
 from .websocket import McpWebSocket
 
 MCP_SERVICE = web.AppKey("mcp_service", McpService)

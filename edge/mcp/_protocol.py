@@ -42,6 +42,11 @@ REQUEST_CANCELLED = -32800
 # A per-client bound was reached (requests in flight, sessions); `data` is the mesh error
 # (RESOURCE_EXHAUSTED with its reason). A server-defined code (JSON-RPC reserves -32000..-32099).
 LIMIT_REACHED = -32029
+# The call needs a right its caller did not prove (an admin-only action without the admin token);
+# `data` is the mesh error (UNAUTHENTICATED, reason ADMIN_TOKEN_REQUIRED). Implementation-defined
+# (-32000..-32019). It travels with HTTP 200, never 401, which the MCP authorization spec reserves
+# for its OAuth flow (the edge serves none).
+UNAUTHENTICATED = -32001
 
 # The HTTP status a JSON-RPC error travels with on Streamable HTTP (as the SDK's server maps them).
 HTTP_STATUS = {

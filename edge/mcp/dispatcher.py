@@ -15,6 +15,14 @@ Two protocol eras are served side by side, as the official SDK speaks them:
   headers when there are any); `server/discover`; results carry `resultType`
   (and `ttlMs`/`cacheScope` where cacheable); change notifications travel only
   on `subscriptions/listen` streams.
+
+Each era has its method -> handler table, as the SDK's low-level `Server` keeps
+`_request_handlers`: `request` admits the message to its era, looks its method up
+(missing: -32601), runs the handler, and is the one place that turns what a
+handler raises into a JSON-RPC error (ProtocolError as it is, MeshError through
+`results.rpc_error`, anything else -32603). Handlers do only their method's
+work; the one decision they keep is `tools/call`'s: which mesh errors are
+isError results the model can act on (`results.is_result`).
 """
 
 from __future__ import annotations
@@ -54,7 +62,7 @@ from ._protocol import (
     progress_token,
     result_response,
 )
-from .catalog import Catalog
+from .tool_list import Catalog
 from .tool_sessions import Held, ToolSessions
 
 log = logging.getLogger(__name__)
@@ -106,8 +114,32 @@ class _Cancelled(Exception):
     """The client cancelled this request: no response is owed (HTTP answers -32800 to end the exchange)."""
 
 
+# What a request handler gets: the message, its session, where its notifications go (None: nowhere)
+# and, in the 2026-07-28 era only, the HTTP headers that mirror its envelope.
+Headers = Mapping[str, str] | None
+Handler = Callable[[Message, Session, Send | None, Headers], Awaitable[dict[str, Any]]]
+NotificationHandler = Callable[[Message, Session], None]
+# Served in the handshake era before `initialize` has fixed the session's version.
+_BEFORE_HANDSHAKE = frozenset({"initialize", "ping"})
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One entry of a method table: its handler and whether the request is `cancellable` (tracked
+    while it runs, so that `notifications/cancelled` naming it cancels it, and its id is in flight)."""
+
+    handler: Handler
+    cancellable: bool = False
+
+
 class Dispatcher:
-    """Serves MCP requests and notifications for every transport."""
+    """Serves MCP requests and notifications for every transport.
+
+    A request is looked up in its era's method table (a method missing from it is -32601) and run
+    by its handler, which does only its method's work; `request` alone turns what a handler raises
+    into a JSON-RPC error, as the SDK's `Server._handle_request` does. Notifications are looked up
+    in a table too; unknown ones are ignored, as JSON-RPC requires.
+    """
 
     def __init__(
         self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
@@ -121,6 +153,23 @@ class Dispatcher:
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
         self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
         self._closed = asyncio.Event()
+        # The method tables, one per era (docs/mcp.md, "Protocol eras").
+        self._handshake: dict[str, Method] = {
+            "initialize": Method(self._initialize),
+            "ping": Method(self._ping),
+            "tools/list": Method(self._list_tools),
+            "tools/call": Method(self._call_tool, cancellable=True),
+        }
+        self._modern: dict[str, Method] = {
+            "server/discover": Method(self._discover),
+            "tools/list": Method(self._list_tools_cacheable),
+            "tools/call": Method(self._call_tool, cancellable=True),
+            "subscriptions/listen": Method(self._listen, cancellable=True),
+        }
+        self._notifications: dict[str, NotificationHandler] = {
+            "notifications/initialized": self._initialized,
+            "notifications/cancelled": self._cancel,
+        }
 
     # -- entry points --------------------------------------------------------
 
@@ -129,22 +178,32 @@ class Dispatcher:
         msg: Message,
         session: Session,
         send: Send | None = None,
-        headers: Mapping[str, str] | None = None,
+        headers: Headers = None,
     ) -> dict[str, Any] | None:
         """The response to one request, or None when the client cancelled it (no response is owed)."""
         session.last_used = time.monotonic()
         try:
-            if msg.method == "initialize":
-                return result_response(msg.id, self._initialize(msg, session))  # type: ignore[arg-type]
-            if self._is_modern(msg, session, headers):
+            modern = msg.method != "initialize" and self._is_modern(msg, session, headers)
+            if modern:
                 self._admit_modern(msg, session, headers)
-                result = await self._serve_modern(msg, session, send, headers)
+                methods = self._modern
             else:
                 self._admit_handshake(msg, session)
-                result = await self._serve_handshake(msg, session, send)
+                methods, headers = self._handshake, None  # headers mirror only a 2026-07-28 envelope
+            method = methods.get(msg.method)
+            if method is None:
+                raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {msg.method}", msg.method)
+            if method.cancellable:
+                result = await self._tracked(method.handler, msg, session, send, headers)
+            else:
+                result = await method.handler(msg, session, send, headers)
+            if modern:
+                self._stamp(result)
             return result_response(msg.id, result)  # type: ignore[arg-type]
         except ProtocolError as exc:
             return exc.response(msg.id)
+        except MeshError as exc:
+            return results.rpc_error(exc).response(msg.id)
         except _Cancelled:
             return None
         except Exception:
@@ -156,15 +215,13 @@ class Dispatcher:
     def notification(self, msg: Message, session: Session) -> None:
         """Apply a client notification; unknown ones are ignored, as JSON-RPC requires."""
         session.last_used = time.monotonic()
-        if msg.method == "notifications/initialized":
-            session.initialized = True
-        elif msg.method == "notifications/cancelled":
-            rid = (msg.params or {}).get("requestId")
-            if isinstance(rid, str | int) and not isinstance(rid, bool):
-                task = session.inflight.get(rid)
-                if task is not None:
-                    session.cancelled.add(rid)
-                    task.cancel()
+        handler = self._notifications.get(msg.method)
+        if handler is None:
+            return
+        try:
+            handler(msg, session)
+        except Exception:  # a notification has no answer to carry a fault: the transport goes on
+            log.exception("MCP notification %s failed", msg.method)
 
     def tools_changed(self) -> None:
         """Tell every subscriber that the tool list changed."""
@@ -190,7 +247,7 @@ class Dispatcher:
 
     # -- eras ------------------------------------------------------------------
 
-    def _is_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> bool:
+    def _is_modern(self, msg: Message, session: Session, headers: Headers) -> bool:
         if session.era == MODERN:
             return True
         meta = msg.params.get("_meta") if msg.params else None
@@ -201,7 +258,64 @@ class Dispatcher:
             return v is not None and v not in HANDSHAKE_VERSIONS
         return False
 
-    def _initialize(self, msg: Message, session: Session) -> dict[str, Any]:
+    def _admit_handshake(self, msg: Message, session: Session) -> None:
+        if session.era == HANDSHAKE or msg.method in _BEFORE_HANDSHAKE:
+            return
+        raise ProtocolError(
+            INVALID_REQUEST,
+            "not initialized: send initialize first, or use protocol "
+            f"2026-07-28 with {PROTOCOL_VERSION_KEY!r} in params._meta",
+        )
+
+    def _admit_modern(self, msg: Message, session: Session, headers: Headers) -> None:
+        version, meta = envelope.admit(msg, headers)
+        if session.era == HANDSHAKE:
+            raise ProtocolError(
+                INVALID_REQUEST,
+                "this connection completed the initialize handshake; "
+                "2026-07-28 requests need a connection of their own",
+            )
+        session.era, session.version = MODERN, version
+        session.client_info = meta.get(CLIENT_INFO_KEY)
+
+    def _stamp(self, result: dict[str, Any]) -> None:
+        """What every 2026-07-28 result carries: its type and the server's info."""
+        result["resultType"] = "complete"
+        meta = result.get("_meta")
+        result["_meta"] = {**meta, SERVER_INFO_KEY: self._info} if meta else {SERVER_INFO_KEY: self._info}
+
+    async def _tracked(
+        self, handler: Handler, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        """Run a request so that `notifications/cancelled` naming it can cancel it."""
+        rid = msg.id
+        assert rid is not None
+        if session.tool_sessions is None:
+            # Forgotten before this request first ran (a transport runs some as tasks of their own):
+            # nothing would cancel it, and a tool session it opened would outlive the MCP session.
+            raise _Cancelled
+        if rid in session.inflight:
+            raise ProtocolError(INVALID_REQUEST, f"request id {rid!r} is already in flight")
+        task = asyncio.current_task()
+        assert task is not None
+        session.inflight[rid] = task
+        try:
+            return await handler(msg, session, send, headers)
+        except asyncio.CancelledError:
+            if rid not in session.cancelled:
+                raise
+            session.cancelled.discard(rid)
+            task.uncancel()
+            raise _Cancelled from None
+        finally:
+            session.inflight.pop(rid, None)
+            session.cancelled.discard(rid)
+
+    # -- request handlers: each does its method's work and raises what it refuses -------
+
+    async def _initialize(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
         params = msg.params or {}
         requested = params.get("protocolVersion")
         if session.era == MODERN:
@@ -227,92 +341,25 @@ class Dispatcher:
             "instructions": self.opts.instructions,
         }
 
-    def _admit_handshake(self, msg: Message, session: Session) -> None:
-        if session.era == HANDSHAKE or msg.method == "ping":
-            return
-        raise ProtocolError(
-            INVALID_REQUEST,
-            "not initialized: send initialize first, or use protocol "
-            f"2026-07-28 with {PROTOCOL_VERSION_KEY!r} in params._meta",
-        )
-
-    def _admit_modern(self, msg: Message, session: Session, headers: Mapping[str, str] | None) -> None:
-        version, meta = envelope.admit(msg, headers)
-        if session.era == HANDSHAKE:
-            raise ProtocolError(
-                INVALID_REQUEST,
-                "this connection completed the initialize handshake; "
-                "2026-07-28 requests need a connection of their own",
-            )
-        session.era, session.version = MODERN, version
-        session.client_info = meta.get(CLIENT_INFO_KEY)
-
-    # -- methods -----------------------------------------------------------------
-
-    async def _serve_handshake(self, msg: Message, session: Session, send: Send | None) -> dict[str, Any]:
-        method = msg.method
-        if method == "tools/call":
-            return await self._tracked(msg, session, lambda: self._call_tool(msg, session, send, None))
-        if method == "tools/list":
-            return self._list_tools(msg)
-        if method == "ping":
-            return {}
-        raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
-
-    async def _serve_modern(
-        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+    async def _ping(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
-        method = msg.method
-        if method == "tools/call":
-            result = await self._tracked(msg, session, lambda: self._call_tool(msg, session, send, headers))
-        elif method == "tools/list":
-            result = self._list_tools(msg)
-            result["ttlMs"], result["cacheScope"] = self.opts.tools_ttl_ms, "public"
-        elif method == "server/discover":
-            result = {
-                "supportedVersions": list(MODERN_VERSIONS),
-                "capabilities": self._capabilities,
-                "instructions": self.opts.instructions,
-                "ttlMs": self.opts.discover_ttl_ms,
-                "cacheScope": "public",
-            }
-        elif method == "subscriptions/listen":
-            result = await self._tracked(msg, session, lambda: self._listen(msg, send))
-        else:
-            raise ProtocolError(METHOD_NOT_FOUND, f"Method not found: {method}", method)
-        result["resultType"] = "complete"
-        meta = result.get("_meta")
-        result["_meta"] = {**meta, SERVER_INFO_KEY: self._info} if meta else {SERVER_INFO_KEY: self._info}
-        return result
+        return {}
 
-    async def _tracked(
-        self, msg: Message, session: Session, run: Callable[[], Awaitable[dict[str, Any]]]
+    async def _discover(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
-        """Run a request so that `notifications/cancelled` naming it can cancel it."""
-        rid = msg.id
-        assert rid is not None
-        if session.tool_sessions is None:
-            # Forgotten before this request first ran (a transport runs some as tasks of their own):
-            # nothing would cancel it, and a tool session it opened would outlive the MCP session.
-            raise _Cancelled
-        if rid in session.inflight:
-            raise ProtocolError(INVALID_REQUEST, f"request id {rid!r} is already in flight")
-        task = asyncio.current_task()
-        assert task is not None
-        session.inflight[rid] = task
-        try:
-            return await run()
-        except asyncio.CancelledError:
-            if rid not in session.cancelled:
-                raise
-            session.cancelled.discard(rid)
-            task.uncancel()
-            raise _Cancelled from None
-        finally:
-            session.inflight.pop(rid, None)
-            session.cancelled.discard(rid)
+        return {
+            "supportedVersions": list(MODERN_VERSIONS),
+            "capabilities": self._capabilities,
+            "instructions": self.opts.instructions,
+            "ttlMs": self.opts.discover_ttl_ms,
+            "cacheScope": "public",
+        }
 
-    def _list_tools(self, msg: Message) -> dict[str, Any]:
+    async def _list_tools(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
         cursor = (msg.params or {}).get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ProtocolError(INVALID_PARAMS, "params.cursor must be a string")
@@ -325,8 +372,16 @@ class Dispatcher:
             result["nextCursor"] = nxt
         return result
 
+    async def _list_tools_cacheable(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        """`tools/list` with the 2026-07-28 cache hints."""
+        result = await self._list_tools(msg, session, send, headers)
+        result["ttlMs"], result["cacheScope"] = self.opts.tools_ttl_ms, "public"
+        return result
+
     async def _call_tool(
-        self, msg: Message, session: Session, send: Send | None, headers: Mapping[str, str] | None
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
         params = msg.params or {}
         name = params.get("name")
@@ -346,26 +401,28 @@ class Dispatcher:
         scope = session.id or os.urandom(6).hex()
         req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action)
         req.request_id = f"mcp:{scope}:{msg.id}"
-        if args:
-            try:
-                check_arguments(args, self.opts.max_argument_bytes)
-            except MeshError as exc:  # too deep or too large: the model can correct the call
-                return results.from_mesh_error(exc)
-            try:
-                req.arguments.update(args)
-            except (ValueError, TypeError, OverflowError) as exc:
-                raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
         token = progress_token(params)
         on_progress = _progress_sender(token, send) if token is not None and send is not None else None
         try:
+            if args:
+                # Bounds first: an oversized Struct is never built (the router checks them again).
+                check_arguments(args, self.opts.max_argument_bytes)
+                try:
+                    req.arguments.update(args)
+                except (ValueError, TypeError, OverflowError) as exc:
+                    raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
             resp = await self._execute(req, on_progress=on_progress)
         except MeshError as exc:
-            return results.from_mesh_error(exc)
+            if not results.is_result(exc):
+                raise  # a protocol fault: `request` answers it
+            return results.error_result(exc)  # the model reads why and can correct the call
         if session.id:
             self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
         return results.call_result(resp)
 
-    async def _listen(self, msg: Message, send: Send | None) -> dict[str, Any]:
+    async def _listen(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
         if send is None:
             raise ProtocolError(INVALID_REQUEST, "subscriptions/listen needs a transport that can stream")
         wanted = (msg.params or {}).get("notifications")
@@ -387,6 +444,19 @@ class Dispatcher:
         finally:
             self._listens.pop(key, None)
         return {"_meta": dict(meta)}
+
+    # -- notification handlers -------------------------------------------------------
+
+    def _initialized(self, msg: Message, session: Session) -> None:
+        session.initialized = True
+
+    def _cancel(self, msg: Message, session: Session) -> None:
+        rid = (msg.params or {}).get("requestId")
+        if isinstance(rid, str | int) and not isinstance(rid, bool):
+            task = session.inflight.get(rid)
+            if task is not None:
+                session.cancelled.add(rid)
+                task.cancel()
 
 
 def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], None]:

@@ -59,7 +59,7 @@ from ._protocol import (
 )
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Session
-from .service import McpService
+from .mcp_service import McpService
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"

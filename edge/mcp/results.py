@@ -1,12 +1,16 @@
-"""Mesh call outcomes as MCP `tools/call` results or JSON-RPC errors. Pure.
+"""Mesh call outcomes as MCP `tools/call` results or JSON-RPC errors: the MCP failure policy. Pure.
 
-A tool that fails, times out or cannot be reached is a *result* with
-`isError` (the Router already answers those as is_error responses:
-services.router.failures), and so are arguments the tool's
-input does not accept (MCP 2025-11-25, SEP-1303: the model reads why and
-corrects itself, where a JSON-RPC error is shown to it as nothing useful); a
-call the protocol rejects (unknown tool, malformed params) is a JSON-RPC error, and so is a
-mesh that cannot run the call (the hub unreachable: -32603 with the reason in `data`).
+A tool-side failure is a *result* with `isError`: a tool that fails, times out
+or cannot be reached (the Router already answers those as is_error responses:
+services.router.failures), arguments its input schema refuses (the Router
+answers those as INVALID_INPUT results too), and arguments past the mesh's
+bounds (too large, too deep, a call too large for one message, a schema too
+complex to check): MCP 2025-11-25, SEP-1303, the model reads why and corrects
+the call, where a JSON-RPC error is shown to it as nothing useful. A protocol
+fault is a JSON-RPC error with the mesh error in `data`: a call the mesh cannot
+run as sent (unknown or disabled tool, unknown action: -32602), an action its
+caller has no rights for (the admin token missing: -32001), a mesh that cannot
+run the call (the hub unreachable: -32603).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import (
     FailedPrecondition,
-    InvalidArguments,
     InvalidRequest,
     MeshError,
     NotFound,
@@ -29,16 +32,15 @@ from services.common.errors import (
 )
 from services.common.jsonvalue import struct_to_dict, value_to_py
 
-from ._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
+from ._protocol import INTERNAL_ERROR, INVALID_PARAMS, UNAUTHENTICATED, ProtocolError
 
-# Faults of the call itself (the client sent something we cannot run): -32602.
+# Faults of the call itself (the client sent something we cannot run; a disabled tool too): -32602.
 _INVALID_CALL = (InvalidRequest, NotFound, FailedPrecondition, ResourceExhausted, OutOfRange)
 _OCTETS = "application/octet-stream"
-# Arguments this tool does not accept, a tool that is switched off or whose schema cannot be checked:
-# the model can correct the call or choose another tool, so they are results too (InvalidArguments:
-# the schema's violations).
-_INPUT_REASONS = frozenset(
-    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "CALL_TOO_LARGE", "SCHEMA_TOO_COMPLEX", "TOOL_DISABLED"}
+# Arguments past the mesh's bounds, or checked against a schema too complex to check: the model can
+# send smaller or simpler ones, so they are results (arguments the schema refuses are results already).
+_ARGUMENT_REASONS = frozenset(
+    {"ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "CALL_TOO_LARGE", "SCHEMA_TOO_COMPLEX"}
 )
 
 
@@ -79,24 +81,27 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
 
 
 def failure_result(message: str) -> dict[str, Any]:
+    """An isError result whose one text block is `message`."""
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
 
-def input_error_result(exc: MeshError) -> dict[str, Any]:
-    """An isError result saying what was wrong with the call, every schema violation included."""
-    text = exc.message
-    if isinstance(exc, InvalidArguments) and len(exc.violations) > 1:
-        text += "\n" + "\n".join(f"- {field}: {why}" for field, why in exc.violations)
-    return failure_result(text)
+def is_result(exc: MeshError) -> bool:
+    """True when `tools/call` answers this mesh error as an isError result (`error_result`): the
+    arguments' faults; every other mesh error is a JSON-RPC error (`rpc_error`)."""
+    return exc.reason in _ARGUMENT_REASONS
 
 
-def from_mesh_error(exc: MeshError) -> dict[str, Any]:
-    """An isError result for input errors and actions the caller has no rights for; raise
-    ProtocolError for everything else (tool failures never get here: they are results already)."""
-    if isinstance(exc, InvalidArguments) or exc.reason in _INPUT_REASONS:
-        return input_error_result(exc)
-    if isinstance(exc, Unauthenticated):  # an admin-only action: the model can say what it needs
-        return failure_result(exc.message)
+def error_result(exc: MeshError) -> dict[str, Any]:
+    """An isError result saying what was wrong with the call."""
+    return failure_result(exc.message)
+
+
+def rpc_error(exc: MeshError) -> ProtocolError:
+    """The JSON-RPC error for a mesh error that is not a result, its ErrorInfo JSON in `data`:
+    -32602 for a call the mesh cannot run as sent (unknown or disabled tool, unknown action),
+    -32001 for an action the caller has no rights for, -32603 for the rest."""
     if isinstance(exc, _INVALID_CALL):
-        raise ProtocolError(INVALID_PARAMS, exc.message, exc.to_json()) from None
-    raise ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json()) from None
+        return ProtocolError(INVALID_PARAMS, exc.message, exc.to_json())
+    if isinstance(exc, Unauthenticated):
+        return ProtocolError(UNAUTHENTICATED, exc.message, exc.to_json())
+    return ProtocolError(INTERNAL_ERROR, f"Internal error: {exc.message}", exc.to_json())

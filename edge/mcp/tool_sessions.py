@@ -20,7 +20,7 @@ from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
 
-from .catalog import Catalog
+from .tool_list import Catalog
 
 log = logging.getLogger(__name__)
 MAX_HELD = 64  # per MCP session; past it the oldest (most likely ended by its TTL already) is let go

@@ -29,7 +29,7 @@ from ._protocol import (
     error_response,
 )
 from .dispatcher import Session
-from .service import McpService
+from .mcp_service import McpService
 
 log = logging.getLogger(__name__)
 

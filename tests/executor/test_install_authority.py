@@ -130,14 +130,15 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
         )
         assert status == 200 and out["success"] is True, out
 
-        # An MCP WebSocket acts with its handshake's rights, for every call on it.
-        for headers, allowed in (({}, False), ({"Authorization": f"Bearer {TOKEN}"}, True)):
-            answer = await _mcp_install(edge.ws_url("/ws/mcp"), headers, "tsfour")
-            result = answer["result"]  # refused: an isError result saying why, not a JSON-RPC error
-            assert (result.get("isError") is not True) is allowed, answer
-            assert ("needs the admin token" not in json.dumps(result)) is allowed, answer
-            installed = result.get("structuredContent", {}).get("installed")
-            assert (installed is True) is allowed, answer
+        # An MCP WebSocket acts with its handshake's rights, for every call on it. Refused: a JSON-RPC
+        # error (-32001, the mesh error in data), as every transport answers a caller's missing rights.
+        refused = await _mcp_install(edge.ws_url("/ws/mcp"), {}, "tsfour")
+        assert "result" not in refused and refused["error"]["code"] == -32001, refused
+        assert refused["error"]["data"]["reason"] == "ADMIN_TOKEN_REQUIRED", refused
+        assert "needs the admin token" in refused["error"]["message"], refused
+        answer = await _mcp_install(edge.ws_url("/ws/mcp"), {"Authorization": f"Bearer {TOKEN}"}, "tsfour")
+        result = answer["result"]
+        assert result.get("isError") is not True and result["structuredContent"]["installed"] is True, answer
 
         # What everyone may do stays open: run code, and see exactly the admins' installs.
         names = ("tsone", "tstwo", "tsthree", "tsfour")

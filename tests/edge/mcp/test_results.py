@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, ProtocolError
-from edge.mcp.results import call_result, from_mesh_error
+from edge.mcp._protocol import INTERNAL_ERROR, INVALID_PARAMS, UNAUTHENTICATED
+from edge.mcp.results import call_result, error_result, is_result, rpc_error
 from services.common.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArguments,
     InvalidRequest,
     MeshError,
@@ -18,7 +18,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.jsonvalue import dict_to_struct, py_to_value
-from services.router.failures import failure_result
+from services.router.failures import failure_result, invalid_input_result
 from services.toolkit.results import text_result, to_response
 
 
@@ -64,44 +64,47 @@ def test_the_hub_unreachable_or_late_is_a_json_rpc_error_not_a_result():
         Unavailable("hub unreachable: connection refused", reason="HUB_UNAVAILABLE"),
         DeadlineExceeded("the hub did not answer"),
     ):
-        with pytest.raises(ProtocolError) as err:
-            from_mesh_error(exc)
-        assert err.value.code == INTERNAL_ERROR and err.value.data["reason"] == exc.reason
+        assert not is_result(exc)
+        err = rpc_error(exc)
+        assert err.code == INTERNAL_ERROR and err.data["reason"] == exc.reason
 
 
 def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can_read():
+    # The router answers schema violations as an INVALID_INPUT result naming every one of them
+    # (services/router/failures.py); MCP presents it. Arguments past the mesh's bounds reach MCP as
+    # mesh errors, and are results too (SEP-1303: the model can send smaller or simpler ones).
     violations = [
         ("arguments.text", "5 is not of type 'string'"),
         ("arguments", "'n' is a required property"),
     ]
-    result = from_mesh_error(InvalidArguments("arguments do not match the input schema: ...", violations))
+    refused = invalid_input_result(
+        InvalidArguments("arguments do not match the input schema: ...", violations)
+    )
+    result = call_result(refused)
     assert result["isError"] is True
     text = result["content"][0]["text"]
     assert "5 is not of type 'string'" in text and "'n' is a required property" in text
-    for reason in (
-        "ARGUMENTS_TOO_DEEP",
-        "ARGUMENTS_TOO_LARGE",
-        "CALL_TOO_LARGE",
-        "SCHEMA_TOO_COMPLEX",
-        "TOOL_DISABLED",
-    ):
+    for reason in ("ARGUMENTS_TOO_DEEP", "ARGUMENTS_TOO_LARGE", "CALL_TOO_LARGE", "SCHEMA_TOO_COMPLEX"):
         err = MeshError(f"because {reason}", reason=reason)
-        assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+        assert is_result(err), reason
+        assert error_result(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
 
 
-def test_an_action_the_caller_has_no_rights_for_is_an_is_error_result_saying_so_not_an_internal_error():
-    # python_install_package without the admin token: the model can tell its user what is needed;
-    # -32603 "Internal error" blamed the edge for a refusal.
+def test_an_action_the_caller_has_no_rights_for_is_a_json_rpc_error_naming_the_token_not_an_internal_error():
+    # python_install_package without the admin token: a protocol fault (the caller's rights), -32001
+    # with the mesh error in data; -32603 "Internal error" blamed the edge for a refusal.
     err = Unauthenticated("python_install_package needs the admin token", reason="ADMIN_TOKEN_REQUIRED")
-    assert from_mesh_error(err) == {"content": [{"type": "text", "text": err.message}], "isError": True}
+    assert not is_result(err)
+    refused = rpc_error(err)
+    assert (refused.code, refused.message, refused.data) == (UNAUTHENTICATED, err.message, err.to_json())
+    assert refused.http_status == 200  # never 401: an MCP client would start an OAuth flow
 
 
-def test_unknown_tools_and_bad_requests_are_invalid_params_and_the_rest_internal_errors():
-    with pytest.raises(ProtocolError) as missing:
-        from_mesh_error(NotFound("no tool"))
-    with pytest.raises(ProtocolError) as bad:
-        from_mesh_error(InvalidRequest("no action", reason="UNKNOWN_ACTION"))
-    with pytest.raises(ProtocolError) as other:
-        from_mesh_error(MeshError("boom"))
-    assert missing.value.code == INVALID_PARAMS and bad.value.code == INVALID_PARAMS
-    assert other.value.code == INTERNAL_ERROR
+def test_unknown_or_disabled_tools_and_bad_requests_are_invalid_params_and_the_rest_internal_errors():
+    missing, bad = NotFound("no tool"), InvalidRequest("no action", reason="UNKNOWN_ACTION")
+    disabled = FailedPrecondition("tool 'x' is disabled", reason="TOOL_DISABLED")
+    other = MeshError("boom")
+    assert not any(is_result(exc) for exc in (missing, bad, disabled, other))
+    assert {rpc_error(exc).code for exc in (missing, bad, disabled)} == {INVALID_PARAMS}
+    assert rpc_error(other).code == INTERNAL_ERROR
+    assert rpc_error(disabled).data == disabled.to_json()

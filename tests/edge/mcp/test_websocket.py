@@ -119,6 +119,20 @@ async def test_websocket_serves_the_2026_era_without_a_handshake(edge: Edge, kit
     assert late_init["error"]["data"]["supported"] == ["2026-07-28"]
 
 
+async def test_each_era_serves_only_the_methods_of_its_table_and_the_others_are_method_not_found(edge: Edge):
+    async with connect(edge) as old, connect(edge) as new:
+        handshake, modern = Peer(old), Peer(new)
+        await handshake.initialize()
+        discover = await handshake.call("server/discover")
+        listen = await handshake.call("subscriptions/listen", {"notifications": {}})
+        ping = await modern.call("ping", {"_meta": MODERN_META})
+        served = await modern.call("tools/list", {"_meta": MODERN_META})
+        still = await handshake.call("ping")
+    for resp, method in ((discover, "server/discover"), (listen, "subscriptions/listen"), (ping, "ping")):
+        assert resp["error"] == {"code": -32601, "message": f"Method not found: {method}", "data": method}
+    assert "tools" in served["result"] and still["result"] == {}
+
+
 async def test_websocket_rejects_an_unsupported_modern_version_with_the_supported_list(edge: Edge):
     async with connect(edge) as ws:
         peer = Peer(ws)

@@ -6,7 +6,7 @@ import re
 
 from toolscore.v1 import tool_pb2
 
-from edge.mcp.catalog import Catalog, build, tool_name
+from edge.mcp.tool_list import Catalog, build, tool_name
 from services.common.jsonvalue import dict_to_struct
 
 VALID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")

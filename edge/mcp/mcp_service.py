@@ -24,8 +24,8 @@ from services.common.config import Config, EdgeConfig
 from services.common.errors import ResourceExhausted
 
 from ._protocol import LIMIT_REACHED, RequestId, error_response
-from .catalog import Catalog, build
 from .dispatcher import Dispatcher, ServerOptions
+from .tool_list import Catalog, build
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,9 @@ LIMIT_REACHED = -32029
 # The call needs a right its caller did not prove (an admin-only action without the admin token);
 # `data` is the mesh error (UNAUTHENTICATED, reason ADMIN_TOKEN_REQUIRED). Implementation-defined
 # (-32000..-32019). It travels with HTTP 200, never 401, which the MCP authorization spec reserves
-# for its OAuth flow (the edge serves none).
-UNAUTHENTICATED = -32001
+# for its OAuth flow (the edge serves none). Not -32001: the MCP SDKs use it client-side for a
+# request that timed out, and a client would read the refusal as a timeout.
+UNAUTHENTICATED = -32003
 
 # The HTTP status a JSON-RPC error travels with on Streamable HTTP (as the SDK's server maps them).
 HTTP_STATUS = {

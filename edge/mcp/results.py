@@ -9,7 +9,7 @@ complex to check): MCP 2025-11-25, SEP-1303, the model reads why and corrects
 the call, where a JSON-RPC error is shown to it as nothing useful. A protocol
 fault is a JSON-RPC error with the mesh error in `data`: a call the mesh cannot
 run as sent (unknown or disabled tool, unknown action: -32602), an action its
-caller has no rights for (the admin token missing: -32001), a mesh that cannot
+caller has no rights for (the admin token missing: -32003), a mesh that cannot
 run the call (the hub unreachable: -32603).
 """
 
@@ -99,7 +99,7 @@ def error_result(exc: MeshError) -> dict[str, Any]:
 def rpc_error(exc: MeshError) -> ProtocolError:
     """The JSON-RPC error for a mesh error that is not a result, its ErrorInfo JSON in `data`:
     -32602 for a call the mesh cannot run as sent (unknown or disabled tool, unknown action),
-    -32001 for an action the caller has no rights for, -32603 for the rest."""
+    -32003 for an action the caller has no rights for, -32603 for the rest."""
     if isinstance(exc, _INVALID_CALL):
         return ProtocolError(INVALID_PARAMS, exc.message, exc.to_json())
     if isinstance(exc, Unauthenticated):

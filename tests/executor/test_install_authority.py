@@ -131,9 +131,9 @@ async def test_only_an_admin_installs_into_the_shared_environment_whichever_way_
         assert status == 200 and out["success"] is True, out
 
         # An MCP WebSocket acts with its handshake's rights, for every call on it. Refused: a JSON-RPC
-        # error (-32001, the mesh error in data), as every transport answers a caller's missing rights.
+        # error (-32003, the mesh error in data), as every transport answers a caller's missing rights.
         refused = await _mcp_install(edge.ws_url("/ws/mcp"), {}, "tsfour")
-        assert "result" not in refused and refused["error"]["code"] == -32001, refused
+        assert "result" not in refused and refused["error"]["code"] == -32003, refused
         assert refused["error"]["data"]["reason"] == "ADMIN_TOKEN_REQUIRED", refused
         assert "needs the admin token" in refused["error"]["message"], refused
         answer = await _mcp_install(edge.ws_url("/ws/mcp"), {"Authorization": f"Bearer {TOKEN}"}, "tsfour")

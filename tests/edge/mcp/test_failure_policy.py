@@ -84,7 +84,7 @@ async def test_the_hub_unreachable_is_internal_error_naming_it_on_both_transport
 async def test_an_admin_only_action_without_the_admin_token_is_a_json_rpc_error_naming_the_token(
     edge: Edge, register: Register, start_tool_server: Any
 ):
-    # A protocol fault (the caller's rights), not something the model can correct by itself: -32001,
+    # A protocol fault (the caller's rights), not something the model can correct by itself: -32003,
     # the mesh error in `data`, over both transports; the tool never runs.
     ran = asyncio.Event()
 
@@ -103,7 +103,7 @@ async def test_an_admin_only_action_without_the_admin_token_is_a_json_rpc_error_
         errors.append(info.value.error)
     ws = await ws_call(edge, "guarded__wipe", {})
     for error in [*errors, types.ErrorData.model_validate(ws["error"])]:
-        assert error.code == UNAUTHENTICATED == -32001, error
+        assert error.code == UNAUTHENTICATED == -32003, error
         assert isinstance(error.data, dict) and error.data["reason"] == "ADMIN_TOKEN_REQUIRED", error
         assert error.data["code"] == "UNAUTHENTICATED" and "needs the admin token" in error.message, error
     assert not ran.is_set()

@@ -91,7 +91,7 @@ def test_arguments_the_tool_does_not_accept_are_an_is_error_result_the_model_can
 
 
 def test_an_action_the_caller_has_no_rights_for_is_a_json_rpc_error_naming_the_token_not_an_internal_error():
-    # python_install_package without the admin token: a protocol fault (the caller's rights), -32001
+    # python_install_package without the admin token: a protocol fault (the caller's rights), -32003
     # with the mesh error in data; -32603 "Internal error" blamed the edge for a refusal.
     err = Unauthenticated("python_install_package needs the admin token", reason="ADMIN_TOKEN_REQUIRED")
     assert not is_result(err)

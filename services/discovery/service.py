@@ -18,6 +18,7 @@ import aiohttp
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_pb2
 
+from services.common import endpoints
 from services.common.config import Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
@@ -82,8 +83,7 @@ class Discovery:
                     self.dcfg.llm_timeout_s,
                 )
                 self._stack.push_async_callback(self.llm.close)
-            self.router.transports["mcp"] = self.fleet.handle
-            self._stack.callback(self.router.transports.pop, "mcp", None)
+            self._stack.callback(self.router.mount(endpoints.MCP, self.fleet.handle))
             self._stack.push_async_callback(self.fleet.stop_all)
             self._stack.callback(self._close_watchers)
             self.records = _one_record_per_tool_id(self.state.load())

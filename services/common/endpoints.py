@@ -3,8 +3,12 @@
 unix:///abs/path.sock   gRPC over a Unix socket
 host:port               gRPC over TCP (also dns:///host:port)
 inproc://name           a callable inside the hub process
-ws-session://conn-id    a server that dialled in over the ToolScore WebSocket
 mcp://server-name       an MCP server federated by the mesh
+
+A server that dialled in over the ToolScore WebSocket has no scheme of its own: its
+endpoint is the relay socket (`unix://...`) of the edge that holds its connection
+(edge/relay.py). `ws-session://` survives only as the prefix of such a server's owner
+string, which is never parsed as an endpoint.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from dataclasses import dataclass, field
 
 from services.common.errors import InvalidRequest
 
-UNIX, TCP, INPROC, WS_SESSION, MCP = "unix", "tcp", "inproc", "ws-session", "mcp"
+UNIX, TCP, INPROC, MCP = "unix", "tcp", "inproc", "mcp"
 # The schemes whose endpoints a gRPC channel cannot dial: something in-process serves them.
-NAMED_SCHEMES = (INPROC, WS_SESSION, MCP)
+NAMED_SCHEMES = (INPROC, MCP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,7 +164,9 @@ async def test_an_unmount_is_idempotent_and_removes_only_its_own_mount(table):
     await table.no_route("t")
 
 
-@pytest.mark.parametrize("pattern", ["unix", "tcp", "ftp", "unix://relative.sock", ""])
+@pytest.mark.parametrize(
+    "pattern", ["unix", "tcp", "ftp", "ws-session", "ws-session://c1", "unix://relative.sock", ""]
+)
 async def test_a_grpc_scheme_an_unknown_scheme_or_a_malformed_endpoint_cannot_be_mounted(table, pattern):
     with pytest.raises(ValueError, match="cannot mount"):
         table.router.mount(pattern, Served("nobody"))

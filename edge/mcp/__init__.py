@@ -2,9 +2,10 @@
 
 Both transports share one transport-independent dispatcher (`dispatcher.py`);
 every capability of every registered tool is an MCP tool (`catalog.py`), and
-calls go through the gateway's data path. See docs/mcp.md.
+calls go through the gateway's data path; the catalog follows the edge's registry
+cache. See docs/mcp.md.
 
-    add_routes(app, gateway, cfg)   # the edge app calls this once, before it starts
+    add_routes(app, gateway, registry, cfg)   # the edge app calls this once, before it starts
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge.gateway import HubGateway
+from edge.registry_cache import RegistryCache
 from services.common.config import Config
 
 from .catalog import Catalog, McpTool, tool_name
@@ -24,14 +26,18 @@ MCP_SERVICE = web.AppKey("mcp_service", McpService)
 
 
 def add_routes(
-    app: web.Application, gateway: HubGateway, cfg: Config, opts: McpOptions | None = None
+    app: web.Application,
+    gateway: HubGateway,
+    registry: RegistryCache,
+    cfg: Config,
+    opts: McpOptions | None = None,
 ) -> None:
     """Register `/mcp` (Streamable HTTP) and `/ws/mcp` (WebSocket) and tie their lifetime to the app's.
 
     Client disconnects cancel in-flight calls only when the app's runner has
     `handler_cancellation=True` (SSE responses also notice at the next keepalive).
     """
-    svc = McpService(gateway, cfg, opts)
+    svc = McpService(gateway, registry, cfg, opts)
     http = StreamableHttp(svc)
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc

@@ -46,6 +46,8 @@ from services.router.router import Unmount
 from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)
+# The owner of a dialled-in server's tools is this prefix and its connection id, as the original
+# protocol showed it: an owner string, never an endpoint (their endpoint is the relay socket).
 OWNER_PREFIX = "ws-session://"
 
 

@@ -1,8 +1,8 @@
 """Discovery: the async context manager the hub owns.
 
 It holds the catalog (curated + remote registries), the installer, one
-ServerRunner per installed or federated server, and the router transport for
-`mcp://` endpoints. Entering it brings every persisted server back (registered
+ServerRunner per installed or federated server, and the fleet's handler mounted on
+the hub's router for the `mcp` scheme (unmounted on exit). Entering it brings every persisted server back (registered
 and connected, or marked unhealthy and retrying) before the hub serves.
 """
 

@@ -163,7 +163,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     rest.add_routes(app)
     events.add_routes(app)
     toolscore_ws.add_routes(app)
-    edge_mcp.add_routes(app, gateway, cfg)
+    edge_mcp.add_routes(app, gateway, registry, cfg)
     if cfg.discovery.enabled:  # a mesh without discovery has no such routes (clients see 404)
         discovery_routes.add_routes(app, _GatewayDiscoveryClient(gateway))
     _task_routes(app, cfg, llm)

@@ -32,7 +32,7 @@ from services.common import authority
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError
 from services.router.channels import ChannelPool, ProgressFn, channel_options
-from services.router.router import Router
+from services.router.router import Handler, Router, Unmount
 
 # (tool_id or "_unknown", outcome: "ok" | "tool_error" | a fault's reason, seconds)
 CallObserver = Callable[[str, str, float], None]
@@ -106,6 +106,11 @@ class HubGateway:
         await self._stack.aclose()
         await self.pool.close()
         await self.channel.close()
+
+    def mount(self, endpoint: str, handler: Handler) -> Unmount:
+        """Serve `endpoint` in this process on the direct path (Router.mount, while the gateway is
+        open): its tools' calls reach `handler` with no hop. Returns the call that undoes it."""
+        return self.router.mount(endpoint, handler)
 
     def observe_calls(self, observer: CallObserver) -> Unsubscribe:
         """Report every call to `observer` (tool id, outcome, seconds); returns the call that stops it."""

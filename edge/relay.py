@@ -6,7 +6,8 @@ is called back over that same connection (`execute_tool_action`, answered by
 every other router can reach it like any tool server, the edge serves
 ToolExecutorService on a Unix socket (`edge.relay_uds`) and registers such tools
 with kind TOOL_KIND_WEBSOCKET_SERVER and that socket as their endpoint; the
-edge's own Router short-circuits the socket (`router.local`). When the
+edge's own Router serves the socket in-process (mounted with `HubGateway.mount`
+while the relay runs). When the
 connection drops, its pending calls fail at once (SERVER_DISCONNECTED, which the Router reports
 as an is_error NetworkError result, as for any tool server that goes away) and its tools are
 deregistered.
@@ -41,9 +42,12 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.failures import failure_result, stream_call_result
+from services.router.router import Unmount
 from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)
+# The owner of a dialled-in server's tools is this prefix and its connection id, as the original
+# protocol showed it: an owner string, never an endpoint (their endpoint is the relay socket).
 OWNER_PREFIX = "ws-session://"
 
 
@@ -100,8 +104,11 @@ class ServerSession:
         self._ids = itertools.count(1)
         self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
-    async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
-        """Send execute_tool_action and wait (at most `timeout`) for its response."""
+    async def call(
+        self, request: ex.ExecuteRequest, timeout_s: float, arguments: dict[str, Any] | None = None
+    ) -> ex.ExecuteResponse:
+        """Send execute_tool_action and wait (at most `timeout`) for its response. `arguments`:
+        the request's, already converted to a dict (by the router), else converted here."""
         if self.closed:
             raise _disconnected(request.tool_id, "disconnected")
         rid = f"{self.id}-{next(self._ids)}"
@@ -115,7 +122,7 @@ class ServerSession:
                         "request_id": rid,
                         "tool_id": request.tool_id,
                         "action": request.action,
-                        "parameters": struct_to_dict(request.arguments),
+                        "parameters": struct_to_dict(request.arguments) if arguments is None else arguments,
                     }
                 )
             )
@@ -192,6 +199,7 @@ class RelayServer:
         self.gateway = gateway
         self.registry = registry
         self._stop_resync: Unsubscribe | None = None
+        self._unmount: Unmount | None = None
         self.endpoint = f"unix://{cfg.path(cfg.edge.relay_uds)}"
         self.sessions: dict[str, ServerSession] = {}
         self.by_tool: dict[str, ServerSession] = {}
@@ -213,7 +221,7 @@ class RelayServer:
             grace_s=1.0,
         )
         await self._server.__aenter__()
-        self.gateway.router.local[self.endpoint] = self._handle
+        self._unmount = self.gateway.mount(self.endpoint, self._handle)
         self._stop_resync = self.registry.on_resync(self._on_resync)
         self._spawn(self._sweep())
         return self
@@ -224,22 +232,32 @@ class RelayServer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, *self._closers, return_exceptions=True)
-        self.gateway.router.local.pop(self.endpoint, None)
+        if self._unmount is not None:
+            self._unmount()
         for session in list(self.sessions.values()):
             await self.close_session(session)
         if self._server is not None:
             await self._server.stop()
 
     async def _handle(
-        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
+        self,
+        entry: Entry,
+        request: ex.ExecuteRequest,
+        timeout_s: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
-        return await self.call(request, timeout_s)
+        """The relay socket's mount on the edge's own Router: the call, with no hop."""
+        return await self.call(request, timeout_s, arguments)
 
-    async def call(self, request: ex.ExecuteRequest, timeout_s: float) -> ex.ExecuteResponse:
+    async def call(
+        self, request: ex.ExecuteRequest, timeout_s: float, arguments: dict[str, Any] | None = None
+    ) -> ex.ExecuteResponse:
+        """A call to the dialled-in server of `request.tool_id` (SERVER_DISCONNECTED if none)."""
         session = self.by_tool.get(request.tool_id)
         if session is None:
             raise _disconnected(request.tool_id, "is not connected to this edge")
-        return await session.call(request, timeout_s)
+        return await session.call(request, timeout_s, arguments)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)

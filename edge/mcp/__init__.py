@@ -1,6 +1,6 @@
 """Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`. See docs/mcp.md.
 
-    add_routes(app, gateway, cfg)   # the edge app calls this once, before it starts
+    add_routes(app, gateway, registry, cfg)   # the edge app calls this once, before it starts
 
 _protocol.py      JSON-RPC framing, the MCP constants and error codes both eras share
 _sse.py           SSE framing and the resumable request streams of Streamable HTTP
@@ -19,6 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from edge.gateway import HubGateway
+from edge.registry_cache import RegistryCache
 from services.common.config import Config
 
 from .dispatcher import Dispatcher, ServerOptions, Session
@@ -31,14 +32,18 @@ MCP_SERVICE = web.AppKey("mcp_service", McpService)
 
 
 def add_routes(
-    app: web.Application, gateway: HubGateway, cfg: Config, opts: McpOptions | None = None
+    app: web.Application,
+    gateway: HubGateway,
+    registry: RegistryCache,
+    cfg: Config,
+    opts: McpOptions | None = None,
 ) -> None:
     """Register `/mcp` (Streamable HTTP) and `/ws/mcp` (WebSocket) and tie their lifetime to the app's.
 
     Client disconnects cancel in-flight calls only when the app's runner has
     `handler_cancellation=True` (SSE responses also notice at the next keepalive).
     """
-    svc = McpService(gateway, cfg, opts)
+    svc = McpService(gateway, registry, cfg, opts)
     http = StreamableHttp(svc)
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc

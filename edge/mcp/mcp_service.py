@@ -99,16 +99,17 @@ class McpService:
     def __init__(
         self,
         gateway: HubGateway,
+        registry: RegistryCache,
         cfg: Config,
         opts: McpOptions | None = None,
         server: ServerOptions | None = None,
     ) -> None:
         self.gateway = gateway
-        self.registry = gateway.cache
+        self.registry = registry
         self.opts = opts or McpOptions.from_config(cfg.edge)
         self.catalog = LiveCatalog(self.registry)
         server = server or ServerOptions(
-            page_size=cfg.edge.mcp_page_size, max_argument_bytes=gateway.opts.max_argument_bytes
+            page_size=cfg.edge.mcp_page_size, max_argument_bytes=cfg.hub.max_argument_bytes
         )
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.guard = OriginGuard.from_config(cfg.edge)

@@ -3,8 +3,12 @@
 unix:///abs/path.sock   gRPC over a Unix socket
 host:port               gRPC over TCP (also dns:///host:port)
 inproc://name           a callable inside the hub process
-ws-session://conn-id    a server that dialled in over the ToolScore WebSocket
 mcp://server-name       an MCP server federated by the mesh
+
+A server that dialled in over the ToolScore WebSocket has no scheme of its own: its
+endpoint is the relay socket (`unix://...`) of the edge that holds its connection
+(edge/relay.py). `ws-session://` survives only as the prefix of such a server's owner
+string, which is never parsed as an endpoint.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.common.errors import InvalidRequest
 
-UNIX, TCP, INPROC, WS_SESSION, MCP = "unix", "tcp", "inproc", "ws-session", "mcp"
+UNIX, TCP, INPROC, MCP = "unix", "tcp", "inproc", "mcp"
+# The schemes whose endpoints a gRPC channel cannot dial: something in-process serves them.
+NAMED_SCHEMES = (INPROC, MCP)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +31,17 @@ class Endpoint:
 
     scheme: str
     address: str  # socket path, host:port, or the name after `scheme://`
+    # The canonical URI (what str() gives), made once: the router's mount table is keyed by it.
+    uri: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.scheme == TCP:
+            uri = self.address
+        elif self.scheme == UNIX:
+            uri = f"unix://{self.address}"
+        else:
+            uri = f"{self.scheme}://{self.address}"
+        object.__setattr__(self, "uri", uri)
 
     @property
     def grpc_target(self) -> str:
@@ -40,11 +57,7 @@ class Endpoint:
         return self.scheme in (UNIX, TCP)
 
     def __str__(self) -> str:
-        if self.scheme == TCP:
-            return self.address
-        if self.scheme == UNIX:
-            return f"unix://{self.address}"
-        return f"{self.scheme}://{self.address}"
+        return self.uri
 
 
 def parse(uri: str, *, listen: bool = False) -> Endpoint:
@@ -67,7 +80,7 @@ def parse(uri: str, *, listen: bool = False) -> Endpoint:
                 f"unix socket path longer than 107 bytes: {uri!r}", reason="INVALID_ENDPOINT"
             )
         return Endpoint(UNIX, path)
-    for scheme in (INPROC, WS_SESSION, MCP):
+    for scheme in NAMED_SCHEMES:
         prefix = scheme + "://"
         if uri.startswith(prefix):
             name = uri[len(prefix) :]

@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
@@ -24,7 +25,6 @@ from toolscore.v1 import tool_pb2
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, MeshError
-from services.common.jsonvalue import struct_to_dict
 from services.discovery import mapping
 from services.discovery.catalog import CURATED
 from services.discovery.runner import LaunchSpec, ServerRunner
@@ -148,9 +148,15 @@ class Fleet:
         await self.registry.set_health(record.tool_id, health)
 
     async def handle(
-        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
+        self,
+        entry: Entry,
+        request: ex.ExecuteRequest,
+        timeout_s: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
-        """The router transport for `mcp://`: one tools/call, its result mapped to an ExecuteResponse."""
+        """The router's mount for the `mcp` scheme: one tools/call (with the arguments the router
+        checked), its result mapped to an ExecuteResponse."""
         runner = self.runners.get(entry.endpoint.address)
         if runner is None:
             raise MeshError(f"no MCP server runs behind {entry.tool.endpoint}", reason="NO_ROUTE")
@@ -158,9 +164,7 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                result = await runner.call(
-                    name, struct_to_dict(request.arguments), timeout_s, _progress(on_progress)
-                )
+                result = await runner.call(name, arguments, timeout_s, _progress(on_progress))
         except TimeoutError:
             return error_response(
                 tool_pb2.ERROR_TYPE_TIMEOUT,

@@ -1,9 +1,10 @@
 """Discovery: the async context manager the hub owns.
 
 It holds the catalog (curated + remote registries), the installer, one
-ServerRunner per installed or federated server, and the router transport for
-`mcp://` endpoints. Entering it brings every persisted server back (registered
-and connected, or marked unhealthy and retrying) before the hub serves.
+ServerRunner per installed or federated server, and the fleet's handler mounted on
+the hub's router for the `mcp` scheme (unmounted on exit). Entering it brings every
+persisted server back (registered and connected, or marked unhealthy and retrying)
+before the hub serves.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import aiohttp
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_pb2
 
+from services.common import endpoints
 from services.common.config import Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
@@ -82,8 +84,7 @@ class Discovery:
                     self.dcfg.llm_timeout_s,
                 )
                 self._stack.push_async_callback(self.llm.close)
-            self.router.transports["mcp"] = self.fleet.handle
-            self._stack.callback(self.router.transports.pop, "mcp", None)
+            self._stack.callback(self.router.mount(endpoints.MCP, self.fleet.handle))
             self._stack.push_async_callback(self.fleet.stop_all)
             self._stack.callback(self._close_watchers)
             self.records = _one_record_per_tool_id(self.state.load())

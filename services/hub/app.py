@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
@@ -19,10 +20,10 @@ from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
 from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
-from services.library.registry import Registry
+from services.library.registry import Entry, Registry
 from services.library.store import SqliteStore
 from services.library.validation import tool_bytes_limit
-from services.router.channels import ChannelPool
+from services.router.channels import ChannelPool, ProgressFn
 from services.router.router import Router
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class Hub:
         for fc in self.cfg.function_tools:
             tool = FunctionTool(fc)
             self.functions.append(tool)
-            self.router.inproc[tool.endpoint_name] = tool.handle
+            self._stack.callback(self.router.mount(f"inproc://{tool.endpoint_name}", tool.handle))
             await self.registry.register(tool.definition(HUB_OWNER), reclaim=True)
             wanted.add(fc.tool_id)
         for entry in self.registry.entries():  # drop function tools no longer configured
@@ -170,7 +171,13 @@ class Hub:
         server = make_server(self.cfg)
         await server.start()  # probe the sandbox and warm the pool now, not on the first call
 
-        async def handle(entry, request, timeout, on_progress, arguments):  # type: ignore[no-untyped-def]
+        async def handle(
+            entry: Entry,
+            request: executor_pb2.ExecuteRequest,
+            timeout_s: float,
+            on_progress: ProgressFn | None,
+            arguments: dict[str, Any],
+        ) -> executor_pb2.ExecuteResponse:
             progress = (
                 (lambda p, t, m: on_progress(executor_pb2.Progress(progress=p, total=t, message=m)))
                 if on_progress
@@ -178,9 +185,10 @@ class Hub:
             )
             return await server.call(request, progress)
 
-        self.router.inproc[INPROC_NAME] = handle
-        await self.registry.register(tool_definition(self.cfg, f"inproc://{INPROC_NAME}"), reclaim=True)
+        endpoint = f"inproc://{INPROC_NAME}"
         self._stack.push_async_callback(server.close)
+        self._stack.callback(self.router.mount(endpoint, handle))
+        await self.registry.register(tool_definition(self.cfg, endpoint), reclaim=True)
 
     async def _flush_loop(self) -> None:
         while True:

@@ -25,8 +25,8 @@ ACTION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _SCHEME_FOR_KIND = {
     tool_pb2.TOOL_KIND_FUNCTION: {endpoints.INPROC},
     tool_pb2.TOOL_KIND_GRPC_SERVER: {endpoints.UNIX, endpoints.TCP},
-    # A dialled-in server is reached through the edge that holds its connection.
-    tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: {endpoints.WS_SESSION, endpoints.UNIX, endpoints.TCP},
+    # A dialled-in server is reached through the relay socket of the edge that holds its connection.
+    tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: {endpoints.UNIX, endpoints.TCP},
     tool_pb2.TOOL_KIND_MCP_SERVER: {endpoints.MCP, endpoints.UNIX, endpoints.TCP},
 }
 # Bounds on a definition's size. Every listing page, event and search match carries whole

@@ -343,16 +343,17 @@ class ChannelPool:
 
     def __init__(self, max_message_bytes: int = 4 * 1024 * 1024) -> None:
         self._max = max_message_bytes
-        self._channels: dict[endpoints.Endpoint, ToolChannel] = {}
+        # Keyed by the canonical URI, a str whose hash is cached: an Endpoint's is computed per call.
+        self._channels: dict[str, ToolChannel] = {}
 
     def get(self, endpoint: endpoints.Endpoint) -> ToolChannel:
-        ch = self._channels.get(endpoint)
+        ch = self._channels.get(endpoint.uri)
         if ch is None:
-            ch = self._channels[endpoint] = ToolChannel(endpoint, self._max)
+            ch = self._channels[endpoint.uri] = ToolChannel(endpoint, self._max)
         return ch
 
     async def drop(self, endpoint: endpoints.Endpoint) -> None:
-        ch = self._channels.pop(endpoint, None)
+        ch = self._channels.pop(endpoint.uri, None)
         if ch is not None:
             await ch.close()
 

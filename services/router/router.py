@@ -1,6 +1,11 @@
 """Routing one call: look the tool up, check the call, dispatch it, count it.
 
-The hot path is a dict lookup, a compiled schema check and one hop. A capability
+The hot path is a dict lookup, a compiled schema check and one hop. Where a call goes
+is decided by one table of mounts (`Router.mount`, in the spirit of httpx's transport
+mounts): an endpoint mounted exactly (a function tool's `inproc://name`, the edge's
+relay socket for dialled-in servers) is served by its handler in this process, then a
+mounted scheme (`mcp`: discovery's fleet), and a gRPC endpoint with no mount of its own
+goes to the channel pool. A capability
 declared `requires_admin` is refused to a caller without admin rights
 (services/common/authority.py) before any hop; such a call goes to a gRPC server
 of the mesh's own (a reserved owner) as a unary Execute carrying the hub's service
@@ -14,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import duration_pb2
 from toolscore.v1 import executor_pb2 as ex
@@ -47,13 +52,28 @@ from services.router.failures import failure_result, invalid_input_result, tool_
 
 log = logging.getLogger(__name__)
 
-# An in-process tool, or a transport the edge/discovery plug in (ws-session, mcp):
-# (entry, request with its effective timeout set, timeout seconds, progress callback) -> response
-Handler = Callable[[Entry, ex.ExecuteRequest, float, ProgressFn | None], Awaitable[ex.ExecuteResponse]]
-# An in-process tool: like Handler, plus the arguments already converted to a dict.
-InprocHandler = Callable[
-    [Entry, ex.ExecuteRequest, float, ProgressFn | None, dict[str, Any]], Awaitable[ex.ExecuteResponse]
-]
+
+class Handler(Protocol):
+    """What serves the calls routed to a mount: an in-process tool, or a transport the edge or
+    discovery plugs in. Called with the tool's entry, the request (its effective timeout set),
+    that timeout in seconds, the progress callback (or None) and the arguments the router already
+    converted to a dict and checked (a handler never converts them again); returns the response.
+    Tool failures are is_error responses; a MeshError it raises is judged by
+    services.router.failures like any other hop's."""
+
+    def __call__(
+        self,
+        entry: Entry,
+        request: ex.ExecuteRequest,
+        timeout_s: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
+        /,
+    ) -> Awaitable[ex.ExecuteResponse]: ...
+
+
+# Undoes one mount (idempotent).
+Unmount = Callable[[], None]
 Lookup = Callable[[str], Entry | None]
 Recorder = Callable[[Entry, bool, float], None]
 # The gRPC metadata that proves this process is the mesh itself (the service credential), or ().
@@ -65,7 +85,8 @@ error_response = failure_result
 
 
 class Router:
-    """Dispatches calls by the tool's endpoint scheme."""
+    """Dispatches calls by the tool's endpoint: a mounted endpoint, a mounted scheme, or the
+    channel pool for gRPC endpoints."""
 
     def __init__(
         self,
@@ -85,20 +106,56 @@ class Router:
         self._max_timeout = max_timeout_s
         self._max_args = max_argument_bytes
         self._record = record
-        self.inproc: dict[str, InprocHandler] = {}  # inproc://name -> handler
-        self.transports: dict[str, Handler] = {}  # scheme (ws-session, mcp) -> handler
-        # Endpoints this process serves itself (e.g. the edge's relay socket for dialled-in
-        # servers): endpoint string -> handler, checked before any network hop.
-        self.local: dict[str, Handler] = {}
+        # The one routing table: an endpoint's canonical URI (Endpoint.uri) or a scheme -> handler.
+        # The two kinds of key never collide: a URI always holds a colon, a scheme never does.
+        self._mounts: dict[str, Handler] = {}
+
+    def mount(self, pattern: str, handler: Handler) -> Unmount:
+        """Serve the calls of the tools at `pattern` with `handler`; returns the call that undoes it.
+
+        `pattern` is an endpoint (`inproc://name`, `unix:///abs/path.sock`, `host:port`), matched
+        exactly in its canonical form and served by `handler` before any network hop (a gRPC
+        endpoint mounted so is never dialled); or a scheme (`mcp`, `inproc`), for every endpoint
+        of it that has no mount of its own. gRPC endpoints without a mount go to the channel
+        pool, so the schemes `unix` and `tcp` cannot be mounted. A malformed pattern raises
+        ValueError.
+
+        The rule for a pattern mounted twice: the second mount raises ValueError and the first
+        stays. Two owners of one route is a bug, and neither silently wins.
+
+        The returned unmount removes this mount only, the first time it is called; later calls
+        do nothing, and the pattern may be mounted again meanwhile by anyone. A tool whose
+        route is gone answers NO_ROUTE again (a gRPC endpoint goes back to the channel pool).
+        """
+        if ":" in pattern:  # an endpoint
+            try:
+                key = endpoints.parse(pattern).uri
+            except InvalidRequest as err:
+                raise ValueError(f"cannot mount {pattern!r}: {err.message}") from None
+        elif pattern in endpoints.NAMED_SCHEMES:
+            key = pattern
+        else:
+            raise ValueError(
+                f"cannot mount the scheme {pattern!r}: a scheme mount is one of "
+                f"{', '.join(endpoints.NAMED_SCHEMES)} (gRPC endpoints are mounted one by one)"
+            )
+        if key in self._mounts:
+            raise ValueError(f"{key!r} is already mounted on this router")
+        self._mounts[key] = handler
+        live = True
+
+        def unmount() -> None:
+            nonlocal live
+            if live:  # while live, the key is this mount's: a second mount of it was refused
+                live = False
+                del self._mounts[key]
+
+        return unmount
 
     def reaches(self, entry: Entry) -> bool:
         """True when this router can run the tool's calls itself (no relay through the hub)."""
         ep = entry.endpoint
-        return (
-            ep.is_grpc
-            or entry.tool.endpoint in self.local
-            or (ep.address in self.inproc if ep.scheme == endpoints.INPROC else ep.scheme in self.transports)
-        )
+        return ep.uri in self._mounts or ep.is_grpc or ep.scheme in self._mounts
 
     async def precheck(
         self, request: ex.ExecuteRequest, deadline_s: float | None = None
@@ -217,30 +274,23 @@ class Router:
         arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
         ep = entry.endpoint
-        local = self.local.get(entry.tool.endpoint) if self.local else None
-        if local is not None:
-            return await local(entry, request, timeout, on_progress)
-        if ep.is_grpc:
-            if entry.admin_actions and request.action in entry.admin_actions:
-                # The caller's rights were checked above; the server sees the mesh's proof, sent
-                # only to the mesh's own servers (a reserved owner had to prove itself to register).
-                proof = self._service_proof() if entry.tool.owner in RESERVED_OWNERS else ()
-                return await self._pool.get(ep).execute_unary(request, timeout, proof)
-            return await self._pool.get(ep).execute(request, timeout, on_progress)
-        if ep.scheme == endpoints.INPROC:
-            inproc = self.inproc.get(ep.address)
-            if inproc is not None:
-                return await inproc(entry, request, timeout, on_progress, arguments)
-            handler = None
-        else:
-            handler = self.transports.get(ep.scheme)
+        handler = self._mounts.get(ep.uri)
         if handler is None:
-            raise Unavailable(
-                f"no route to {ep} in this process",
-                reason="NO_ROUTE",
-                metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
-            )
-        return await handler(entry, request, timeout, on_progress)
+            if ep.is_grpc:
+                if entry.admin_actions and request.action in entry.admin_actions:
+                    # The caller's rights were checked above; the server sees the mesh's proof, sent
+                    # only to the mesh's own servers (a reserved owner had to prove itself to register).
+                    proof = self._service_proof() if entry.tool.owner in RESERVED_OWNERS else ()
+                    return await self._pool.get(ep).execute_unary(request, timeout, proof)
+                return await self._pool.get(ep).execute(request, timeout, on_progress)
+            handler = self._mounts.get(ep.scheme)
+            if handler is None:
+                raise Unavailable(
+                    f"no route to {ep} in this process",
+                    reason="NO_ROUTE",
+                    metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
+                )
+        return await handler(entry, request, timeout, on_progress, arguments)
 
 
 def check_arguments(arguments: dict[str, Any], max_bytes: int, field: str = "arguments") -> None:

@@ -672,3 +672,21 @@ async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_t
             },
         )
         assert reply["result"] == {"sum": 3}, reply
+
+
+async def test_the_relay_socket_is_mounted_on_the_edges_router_while_the_relay_runs_and_only_then(cfg, hub):
+    from edge.app import gateway_options
+    from edge.gateway import HubGateway
+    from edge.registry_cache import RegistryCache
+    from edge.relay import RelayServer
+
+    async def elsewhere(*call: Any) -> ex.ExecuteResponse:
+        return ex.ExecuteResponse()
+
+    ecfg = edge_config(cfg, hub)
+    async with HubGateway(gateway_options(ecfg), RegistryCache()) as gateway:
+        relay = RelayServer(ecfg, gateway, gateway.cache)
+        async with relay:
+            with pytest.raises(ValueError, match="is already mounted"):  # the relay's, while it runs
+                gateway.mount(relay.endpoint, elsewhere)
+        gateway.mount(relay.endpoint, elsewhere)()  # closed: the endpoint is free again

@@ -65,6 +65,14 @@ async def next_events(stream, n, timeout=5.0):
         (lambda t: setattr(t, "endpoint", "unix://relative.sock"), "INVALID_ENDPOINT", None),
         (lambda t: setattr(t, "endpoint", "localhost:99999"), "INVALID_ENDPOINT", None),
         (lambda t: setattr(t, "endpoint", "ftp://x"), "INVALID_ENDPOINT", None),
+        (  # dialled-in servers are reached through an edge's relay socket: no scheme of their own
+            lambda t: (
+                setattr(t, "kind", tool_pb2.TOOL_KIND_WEBSOCKET_SERVER),
+                setattr(t, "endpoint", "ws-session://c1"),
+            ),
+            "INVALID_ENDPOINT",
+            "unsupported endpoint scheme: 'ws-session://c1'",
+        ),
         (
             lambda t: setattr(t, "kind", tool_pb2.TOOL_KIND_FUNCTION),
             "INVALID_ENDPOINT",

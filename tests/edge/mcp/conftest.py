@@ -72,7 +72,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, int]:
 @pytest.fixture
 async def edge(gateway: HubGateway, cfg: Config) -> AsyncIterator[Edge]:
     app = web.Application()
-    add_routes(app, gateway, cfg)
+    add_routes(app, gateway, gateway.cache, cfg)
     runner, port = await serve(app)
     yield Edge(port, app[MCP_SERVICE], app)
     await runner.cleanup()
@@ -82,7 +82,7 @@ async def edge(gateway: HubGateway, cfg: Config) -> AsyncIterator[Edge]:
 async def edge_with(gateway: HubGateway, cfg: Config, **edge: Any) -> AsyncIterator[Edge]:
     """The MCP routes on their own server, with some `[edge]` keys changed."""
     app = web.Application()
-    add_routes(app, gateway, config_mod.replace(cfg, edge=edge))
+    add_routes(app, gateway, gateway.cache, config_mod.replace(cfg, edge=edge))
     runner, port = await serve(app)
     try:
         yield Edge(port, app[MCP_SERVICE], app)

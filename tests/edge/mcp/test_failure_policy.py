@@ -42,7 +42,7 @@ async def mcp_edge(cfg: Config, hub_target: str, *, direct: bool = True) -> Asyn
         async with asyncio.timeout(10):
             await gw.cache.synced.wait()
         app = web.Application()
-        add_routes(app, gw, cfg)
+        add_routes(app, gw, gw.cache, cfg)
         runner, port = await serve(app)
         try:
             yield Edge(port, app[MCP_SERVICE], app)

@@ -167,7 +167,7 @@ async def test_arguments_that_violate_the_schema_are_an_is_error_result_the_mode
 
 async def test_shutdown_ends_listen_streams_gracefully_and_websockets_with_going_away(gateway: Any, cfg: Any):
     app = web.Application()
-    add_routes(app, gateway, cfg)
+    add_routes(app, gateway, gateway.cache, cfg)
     runner, port = await serve(app)
     async with Client(f"http://127.0.0.1:{port}/mcp") as client:
         async with client.listen(tools_list_changed=True) as sub:

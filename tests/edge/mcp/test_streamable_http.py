@@ -470,7 +470,7 @@ async def test_a_slow_call_switches_to_sse_with_keepalives_then_answers(
     http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
 ):
     app = web.Application()
-    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.05, sse_keepalive_s=0.05))
+    add_routes(app, gateway, gateway.cache, cfg, McpOptions(sse_defer_s=0.05, sse_keepalive_s=0.05))
     runner, port = await serve(app)
     try:
         body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "kit__block"}}
@@ -493,7 +493,7 @@ async def test_a_dropped_request_stream_resumes_with_last_event_id_and_the_call_
     http: aiohttp.ClientSession, gateway: Any, cfg: Any, kit: Probe
 ):
     app = web.Application()
-    add_routes(app, gateway, cfg, McpOptions(sse_defer_s=0.01))
+    add_routes(app, gateway, gateway.cache, cfg, McpOptions(sse_defer_s=0.01))
     runner, port = await serve(app)
     url = f"http://127.0.0.1:{port}/mcp"
     try:

@@ -183,8 +183,7 @@ async def test_a_task_running_when_its_worker_process_dies_is_retried_or_reporte
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.runtime",
-            "--serve",
+            "edge.tasks_server",
             "127.0.0.1:0",
             cwd=REPO,
             env=env,

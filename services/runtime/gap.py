@@ -10,6 +10,7 @@ tools it has.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -73,11 +74,16 @@ async def request_capability(
             )
         missing = [m.name for m in gap.missing_capabilities if m.name and m.name != capability]
         # The search query is the capability itself: the whole task would drown it in unrelated words.
-        done = await auto_install.search_and_install(
-            client, " ".join([capability, *missing]), hub.authorization
-        )
+        async with asyncio.timeout(wait_s):  # the whole install, however many candidates it tries
+            done = await auto_install.search_and_install(
+                client, " ".join([capability, *missing]), hub.authorization
+            )
     except MeshError as err:
         return _refused(err, capability)
+    except TimeoutError:
+        return ToolOutcome.failed(
+            f"no install for {capability!r} finished within {wait_s:.0f}s", "TimeoutError"
+        )
     installed = [{"tool_id": s.tool_id, "name": s.name, "tools": list(s.tools)} for s in done.servers]
     result = {"installed_tools": installed, "errors": done.errors}
     ids = [s.tool_id for s in done.servers]

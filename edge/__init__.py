@@ -7,6 +7,8 @@ usage.py        usage counted on the direct path, reported to the hub in batches
 rest.py         REST: /api/v1, the original routes, /metrics, /openapi.json (views.py: JSON shapes)
 events.py       the events WebSocket /api/v1/events/tools
 toolscore_ws.py the ToolScore WebSocket /websocket; relay.py: servers that dialled in there
+tasks_routes.py the task routes /api/v1/tasks over services/runtime's task service; tasks_server.py:
+                those routes alone (`python -m edge.tasks_server HOST:PORT`)
 auth.py         the admin token; origin.py: Origin/Host guards
 mcp/            standard MCP (Streamable HTTP /mcp, WebSocket /ws/mcp), when present
 """

@@ -2,7 +2,8 @@
 
 Mount with `add_routes(app, DiscoveryClient(channel))`. Handlers only
 translate JSON <-> the discovery RPCs; the hub decides everything, including
-auth (the caller's `Authorization` header is forwarded as gRPC metadata).
+auth (the caller's `Authorization` header is forwarded as gRPC metadata); installs for a need follow
+discovery's auto-install policy (services/discovery/auto_install.py), as the runtime's do.
 Handlers raise MeshError; edge.errors_http answers it as HTTP 4xx/5xx JSON `{success: false, error,
 code, reason, message}` (the edge's middleware, or `errors_http.middleware` on a bare app).
 
@@ -29,13 +30,13 @@ from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common import jsonvalue
-from services.common.errors import InvalidRequest, MeshError, Unauthenticated
+from services.common.errors import InvalidRequest
+from services.discovery import auto_install
 from services.discovery.client import DiscoveryClient
 
 log = logging.getLogger(__name__)
 CLIENT = web.AppKey("discovery_client", DiscoveryClient)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_MAX_AUTO_INSTALLS = 3
 
 
 def add_routes(app: web.Application, client: DiscoveryClient) -> None:
@@ -280,28 +281,8 @@ def _task_with(body: dict[str, Any]) -> str:
     return text
 
 
-async def _install_best(
-    request: web.Request, client: DiscoveryClient, candidates: list[pb.ServerCandidate], limit: int
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Install the best installable, not yet installed candidates; (installed tools, errors)."""
-    installed: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for c in candidates:
-        if len(installed) >= limit:
-            break
-        if c.installed or c.policy_denial:
-            continue
-        try:
-            resp = await client.install(pb.InstallServerRequest(name=c.server.name), _auth(request))
-        except MeshError as err:
-            if isinstance(err, Unauthenticated):
-                raise
-            errors.append(f"{c.server.name}: {err.message}")
-            continue
-        installed.append(
-            {"tool_id": resp.server.tool_id, "name": resp.server.name, "tools": list(resp.server.tools)}
-        )
-    return installed, errors
+def _installed_json(servers: list[pb.InstalledServer]) -> list[dict[str, Any]]:
+    return [{"tool_id": s.tool_id, "name": s.name, "tools": list(s.tools)} for s in servers]
 
 
 async def request_capability(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
@@ -313,12 +294,10 @@ async def request_capability(request: web.Request, client: DiscoveryClient) -> d
         return {"success": True, "action_taken": "no_action_needed", **out, "processing_time_ms": _ms(start)}
     if not body.get("auto_install"):
         return {"success": True, "action_taken": "analysis_only", **out, "processing_time_ms": _ms(start)}
-    installed, errors = await _install_best(
-        request,
-        client,
-        list(result.recommendations),
-        min(len(result.missing_capabilities), _MAX_AUTO_INSTALLS),
+    done = await auto_install.install_best(
+        client, result.recommendations, auto_install.installs_for(result), _auth(request)
     )
+    installed, errors = _installed_json(done.servers), done.errors
     out["installed_tools"], out["errors"] = installed, errors
     action = "installed_new_tools" if installed else "installation_failed"
     if not installed and not errors:
@@ -329,8 +308,8 @@ async def request_capability(request: web.Request, client: DiscoveryClient) -> d
 async def search_and_install(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     start = time.perf_counter()
     body = await _body(request)
-    found = await client.search(pb.SearchServersRequest(query=_task_with(body), page_size=10))
-    installed, errors = await _install_best(request, client, list(found.candidates), 1)
+    done = await auto_install.search_and_install(client, _task_with(body), _auth(request))
+    installed, errors = _installed_json(done.servers), done.errors
     if installed:
         message = f"installed {installed[0]['name']} ({', '.join(installed[0]['tools'])})"
     elif errors:

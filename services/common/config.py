@@ -240,6 +240,9 @@ class RuntimeConfig:
     observation_chars: int = 8000
     # Where the edge is; empty: http://<edge.host>:<edge.port>.
     edge_url: str = ""
+    # Where the hub's gRPC is (discovery for request_capability); empty: the edge's hub ([edge] hub, else
+    # the local hub's socket).
+    hub: str = ""
     events: bool = True
     gap_tool: bool = True
     install_wait_s: float = 120.0

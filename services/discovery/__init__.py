@@ -5,6 +5,7 @@ remote_registry.py  official MCP Registry API client (cursor pagination, cache)
 ranking.py          BM25 ranking of catalog entries with why-matched (pure)
 gap.py              gap analysis: LLM with a JSON-schema answer, lexical fallback
 policy.py           what may be installed (pure)
+auto_install.py     the auto-install policy: which candidates a need installs, how many
 installer.py        per-server venv / npm prefix, pinned, hashes recorded
 sandbox.py          each stdio server in its own bubblewrap sandbox (on services/sandbox's primitives)
 stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
@@ -14,5 +15,5 @@ mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
 service.py          Discovery: the async context manager the hub owns
 servicer.py         the gRPC RPCs on ToolScoreService
-client.py           a thin async gRPC client (used by the edge's REST routes)
+client.py           a thin async gRPC client (the edge's REST routes, the runtime)
 """

@@ -1,8 +1,8 @@
-"""A thin async client of the discovery RPCs over the hub's socket (used by the edge's REST routes)."""
+"""A thin async client of the discovery RPCs over the hub's socket (the edge's REST routes, the runtime)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
 import grpc
 from toolscore.v1 import discovery_pb2 as pb
@@ -72,7 +72,7 @@ class DiscoveryClient:
         resp = await self._call(self._library.ListTools, lib.ListToolsRequest(page_size=1), self.timeout_s)
         return int(resp.total_count)
 
-    async def tools_for(self, refs: list[object]) -> list[tool_pb2.Tool]:
+    async def tools_for(self, refs: Sequence[object]) -> list[tool_pb2.Tool]:
         """Tool messages for REST `current_tools`: ids are looked up, objects are taken as described."""
         out: list[tool_pb2.Tool] = []
         for ref in refs:

@@ -26,6 +26,7 @@ from services.common.config import Config, ExecutorConfig
 from services.common.credentials import CredentialFile
 from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
+from services.common.results import text_result
 from services.executor import envs, tasks
 from services.executor.pool import PoolTimeout, WarmPool
 from services.executor.results import add_images, execute_response, response_bytes, take_artifact
@@ -42,7 +43,6 @@ from services.executor.schemas import (
 from services.executor.sessions import SessionLimit, Sessions
 from services.sandbox import cgroups
 from services.sandbox.capabilities import LEVELS, Capabilities
-from services.toolkit.results import text_result
 from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,10 @@ from services.common.config import FunctionToolConfig
 from services.common.deadline import resume, within
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct
+from services.common.results import to_response
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response
-from services.toolkit.results import to_response
 
 _JSON_TYPES: dict[Any, str] = {
     str: "string",

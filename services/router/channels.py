@@ -37,7 +37,7 @@ from services.common.contract import (
     salvage,
 )
 from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
-from services.toolkit.results import text_result
+from services.common.results import text_result
 
 log = logging.getLogger(__name__)
 

@@ -3,11 +3,11 @@
     --json            print the finished trajectory record (one JSON object) on stdout
     --replay FILE[:task_id]
                       render recorded trajectories as text and exit
-    --serve HOST:PORT serve only the task routes (POST/GET /api/v1/tasks) with runtime workers, for
-                      running workers apart from the edge; prints "serving on http://host:port"
 Exit codes: 0 completed, 1 failed, 2 not configured / bad usage, 3 a budget ran out.
 The LLM endpoint comes from OPENAI_BASE_URL (else [runtime] llm_base_url), the
-key from OPENAI_API_KEY; they are read here only and passed down.
+key from OPENAI_API_KEY; they are read here only and passed down. The task routes with runtime
+workers, apart from the edge, are served by `python -m edge.tasks_server HOST:PORT` (HTTP is the
+edge's layer; the runtime reaches the mesh only through its public protocols).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from typing import Any
 
@@ -40,7 +39,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--json", action="store_true", help="print the finished trajectory record as JSON on stdout"
     )
     p.add_argument("--replay", metavar="FILE[:task_id]", help="render recorded trajectories and exit")
-    p.add_argument("--serve", metavar="HOST:PORT", help="serve the task routes with runtime workers")
     p.add_argument("--config", help="TOML config (default config/toolscore.toml or $TOOLSCORE_CONFIG)")
     p.add_argument("--context", help="a JSON object passed to the task as context")
     p.add_argument("--mode", choices=("native", "json"), help="override runtime.action_mode")
@@ -84,37 +82,11 @@ async def _solve(
     return EXIT.get(record["status"], 1)
 
 
-async def _serve(cfg: Config, where: str, base_url: str, api_key: str) -> int:
-    from aiohttp import web
-
-    from edge import tasks_routes
-    from edge.auth import AdminAuth
-    from services.runtime.service import service_from_config
-
-    host_name, _, port = where.rpartition(":")
-    app = web.Application()
-    tasks_routes.add_routes(app, service_from_config(cfg, base_url, api_key), AdminAuth(cfg.auth.admin_token))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host_name or "127.0.0.1", int(port or 0)).start()
-        bound = runner.addresses[0]
-        print(f"serving on http://{bound[0]}:{bound[1]}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     if args.replay:
         return _replay(args.replay)
-    if not args.serve and (not args.task or not args.task.strip()):
+    if not args.task or not args.task.strip():
         print('runtime: give a task, e.g. python -m services.runtime "add 2 and 3"', file=sys.stderr)
         return NOT_CONFIGURED
     try:
@@ -138,8 +110,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return NOT_CONFIGURED
-    if args.serve:
-        return asyncio.run(_serve(cfg, args.serve, base_url, api_key))
     try:
         context = json.loads(args.context) if args.context else {}
     except ValueError:

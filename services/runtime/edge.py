@@ -1,4 +1,4 @@
-"""The runtime's side of the edge: REST listing and execute, the events WebSocket, discovery routes.
+"""The runtime's side of the edge: its v1 REST API (listing, calls) and the events WebSocket.
 
 `EdgeClient` owns one aiohttp session; every request has a deadline. Tool
 failures come back as a `ToolOutcome` with `success=False` (they are results the
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -128,17 +129,14 @@ class EdgeClient:
     # -- tools ---------------------------------------------------------------------
 
     async def list_tools(self) -> tuple[list[dict[str, Any]], int]:
-        """All tools (clean `/api/v1/tools` shape, or the original listing as a fallback) and the revision."""
+        """All tools (`GET /api/v1/tools`) and the registry revision they are as of."""
         try:
             status, data = await self._request("GET", "/api/v1/tools")
-            if status == 200 and isinstance(data, dict) and isinstance(data.get("tools"), list):
-                return data["tools"], int(data.get("revision") or 0)
-        except RouteMissing:
-            pass
-        status, data = await self._request("GET", "/api/v1/tools/available")
-        if status != 200 or not isinstance(data, dict):
-            raise EdgeUnavailable(f"GET /api/v1/tools/available: HTTP {status}")
-        return list(data.get("available_tools") or ()), int(data.get("revision") or 0)
+        except RouteMissing as exc:
+            raise EdgeUnavailable(f"the edge has no v1 listing route ({exc})") from exc
+        if status != 200 or not isinstance(data, dict) or not isinstance(data.get("tools"), list):
+            raise EdgeUnavailable(f"GET /api/v1/tools: HTTP {status}")
+        return data["tools"], int(data.get("revision") or 0)
 
     async def load(self, catalog: Catalog) -> None:
         tools, revision = await self.list_tools()
@@ -149,48 +147,41 @@ class EdgeClient:
     async def execute(
         self, tool_id: str, action: str, parameters: dict[str, Any], timeout_s: float | None = None
     ) -> ToolOutcome:
-        """POST /api/v1/tools/execute, once. Every failure is a ToolOutcome, never an exception."""
+        """`POST /api/v1/tools/{tool_id}/call`, once. Every failure is a ToolOutcome, never an exception."""
         start = time.monotonic()
+        path = f"/api/v1/tools/{quote(tool_id, safe='')}/call"
         try:
             status, data = await self._request(
-                "POST",
-                "/api/v1/tools/execute",
-                {"tool_id": tool_id, "action": action, "parameters": parameters},
-                timeout_s,
-                auth=True,
+                "POST", path, {"action": action, "arguments": parameters}, timeout_s, auth=True
             )
         except RouteMissing as exc:
             return ToolOutcome.failed(
-                f"the edge has no execute route ({exc})", "SystemError", duration_s=time.monotonic() - start
+                f"the edge has no call route ({exc})", "SystemError", duration_s=time.monotonic() - start
             )
         except EdgeUnavailable as exc:
             return ToolOutcome.failed(str(exc), "NetworkError", duration_s=time.monotonic() - start)
         elapsed = time.monotonic() - start
         if not isinstance(data, dict):
             return ToolOutcome.failed(f"HTTP {status}: not a JSON object", "SystemError", duration_s=elapsed)
-        if status == 200 and data.get("success"):
-            return ToolOutcome(True, str(data.get("output") or ""), data.get("result"), duration_s=elapsed)
+        if status != 200 or not isinstance(data.get("content"), list):  # a fault of the call: the error shape
+            return ToolOutcome.failed(
+                str(data.get("error") or data.get("message") or f"HTTP {status}"),
+                str(data.get("reason") or "ToolError"),
+                duration_s=elapsed,
+            )
+        output, result = _output_and_result(data)
+        if not data.get("is_error"):
+            return ToolOutcome(True, output, result, duration_s=elapsed)
+        raw_error = data.get("error")
+        error: dict[str, Any] = raw_error if isinstance(raw_error, dict) else {}
         return ToolOutcome(
             False,
-            str(data.get("output") or ""),
-            data.get("result"),
-            error=str(data.get("error") or data.get("message") or f"HTTP {status}"),
-            error_type=str(data.get("error_type") or data.get("reason") or "ToolError"),
+            output,
+            result,
+            error=str(error.get("message") or "the tool failed"),
+            error_type=str(error.get("type") or "ToolError"),
             duration_s=elapsed,
         )
-
-    # -- discovery -----------------------------------------------------------------
-
-    async def post_json(
-        self, path: str, body: dict[str, Any], timeout_s: float | None = None
-    ) -> dict[str, Any]:
-        """POST to a discovery route; RouteMissing when it is not deployed."""
-        status, data = await self._request("POST", path, body, timeout_s, auth=True)
-        if not isinstance(data, dict):
-            raise EdgeUnavailable(f"POST {path}: HTTP {status}: not a JSON object")
-        if status >= 400:
-            data.setdefault("success", False)
-        return data
 
     # -- events --------------------------------------------------------------------
 
@@ -257,6 +248,20 @@ class EdgeClient:
         seen = SeenEvent(kind, tool_id, revision)
         for listener in list(self.listeners):
             listener(seen)
+
+
+def _output_and_result(data: dict[str, Any]) -> tuple[str, Any]:
+    """A call's text (its text blocks joined) and its result: the structured result when it has one,
+    else its JSON block, else its text (what the edge's original execute route answered)."""
+    blocks = [b for b in data["content"] if isinstance(b, dict)]
+    texts = [str(b.get("text") or "") for b in blocks if b.get("type") == "text"]
+    output = "\n".join(texts)
+    if data.get("structured") is not None:
+        return output, data["structured"]
+    value = next((b.get("value") for b in blocks if b.get("type") == "json"), None)
+    if value is not None:
+        return output, value
+    return output, output if texts else None
 
 
 def _is_missing_route(data: Any) -> bool:

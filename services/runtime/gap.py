@@ -1,18 +1,28 @@
 """The gap meta-tool: the LLM asks for a capability; discovery analyses, installs, and the runtime waits.
 
-Flow: `POST /api/v1/tools/analyze-gap` -> (when tools are missing)
-`POST /api/v1/tools/search-and-install` -> wait until the installed tools
-appear in the catalog (it is fed by `tool_installed` events, so this waits on
-the event, not on a poll). When the discovery routes are not deployed (404) the
-LLM gets a clear observation and carries on with the tools it has.
+Flow, over the hub's discovery RPCs (`hub.py`): `AnalyzeGap` -> (when tools are missing) discovery's
+auto-install policy (`services.discovery.auto_install.search_and_install`: `SearchServers`, then
+`InstallServer` of the best installable candidate) -> wait until the installed tools appear in the
+catalog (it is fed by `tool_installed` events, so this waits on the event, not on a poll). When the
+hub serves no discovery (UNIMPLEMENTED) the LLM gets a clear observation and carries on with the
+tools it has.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
+import grpc
+from google.protobuf import json_format
+from toolscore.v1 import discovery_pb2 as pb
+
+from services.common.errors import DeadlineExceeded, MeshError, Unauthenticated, Unavailable
+from services.discovery import auto_install
 from services.runtime.catalog import Catalog
-from services.runtime.edge import EdgeClient, EdgeUnavailable, RouteMissing, ToolOutcome
+from services.runtime.edge import ToolOutcome
+from services.runtime.hub import HubClient
 
 NAME = "request_capability"
 SPEC: dict[str, Any] = {
@@ -34,25 +44,13 @@ SPEC: dict[str, Any] = {
     },
 }
 _UNAVAILABLE = (
-    "Tool discovery is not available on this mesh (the edge has no {route} route), so no tool can "
+    "Tool discovery is not available on this mesh (the hub serves no discovery RPCs), so no tool can "
     "be installed. Continue with the tools you have, or answer with what you can."
 )
 
 
-def _installed_ids(raw: Any) -> list[str]:
-    out = []
-    for item in raw or ():
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, dict):
-            tid = item.get("tool_id") or item.get("id") or item.get("name")
-            if isinstance(tid, str):
-                out.append(tid)
-    return out
-
-
 async def request_capability(
-    edge: EdgeClient, catalog: Catalog, task: str, arguments: dict[str, Any], wait_s: float
+    hub: HubClient, catalog: Catalog, task: str, arguments: dict[str, Any], wait_s: float
 ) -> ToolOutcome:
     """Run the gap flow for one request; always an outcome for the LLM, never an exception."""
     capability = arguments.get("capability")
@@ -60,52 +58,63 @@ async def request_capability(
         return ToolOutcome.failed("'capability' (a non-empty string) is required", "InvalidInput")
     reason = str(arguments.get("reason") or "")
     description = f"{task}\nNeeded capability: {capability}" + (f" ({reason})" if reason else "")
-    route = "/api/v1/tools/analyze-gap"
+    client = hub.discovery
     try:
-        gap = await edge.post_json(
-            route,
-            {
-                "task_description": description,
-                "current_tools": sorted(catalog.tools),
-                "context": {"requested_capability": capability},
-            },
+        gap = await client.analyze_gap(
+            pb.AnalyzeGapRequest(
+                task_description=description,
+                current_tools=await client.tools_for(sorted(catalog.tools)),
+                context=json.dumps({"requested_capability": capability}),
+            )
         )
-        if gap.get("has_sufficient_tools") is True:
-            why = (gap.get("gap_analysis") or {}).get("reasoning") or ""
-            return ToolOutcome(True, f"The tools already offered cover this capability. {why}".strip(), gap)
-        missing = [
-            m.get("name") if isinstance(m, dict) else m
-            for m in (gap.get("gap_analysis") or {}).get("missing_capabilities") or ()
-        ]
-        route = "/api/v1/tools/search-and-install"
+        if gap.has_sufficient_tools:
+            why = gap.reasoning
+            return ToolOutcome(
+                True, f"The tools already offered cover this capability. {why}".strip(), _json(gap)
+            )
+        missing = [m.name for m in gap.missing_capabilities if m.name and m.name != capability]
         # The search query is the capability itself: the whole task would drown it in unrelated words.
-        install = await edge.post_json(
-            route,
-            {
-                "task_description": capability,
-                "required_capabilities": [m for m in missing if m and m != capability],
-                "reason": reason or capability,
-            },
-            timeout_s=wait_s,
-        )
-    except RouteMissing:
-        return ToolOutcome.failed(_UNAVAILABLE.format(route=route), "NotAvailable")
-    except EdgeUnavailable as exc:
-        return ToolOutcome.failed(f"discovery failed: {exc}", "NetworkError")
-    ids = _installed_ids(install.get("installed_tools"))
-    if not install.get("success") or not ids:
-        msg = install.get("message") or install.get("error") or "no matching tool could be installed"
+        async with asyncio.timeout(wait_s):  # the whole install, however many candidates it tries
+            done = await auto_install.search_and_install(
+                client, " ".join([capability, *missing]), hub.authorization
+            )
+    except MeshError as err:
+        return _refused(err, capability)
+    except TimeoutError:
         return ToolOutcome.failed(
-            f"nothing installed for {capability!r}: {msg}", "InstallFailed", result=install
+            f"no install for {capability!r} finished within {wait_s:.0f}s", "TimeoutError"
+        )
+    installed = [{"tool_id": s.tool_id, "name": s.name, "tools": list(s.tools)} for s in done.servers]
+    result = {"installed_tools": installed, "errors": done.errors}
+    ids = [s.tool_id for s in done.servers]
+    if not ids:
+        msg = "; ".join(done.errors) or "no installable catalog entry matches"
+        return ToolOutcome.failed(
+            f"nothing installed for {capability!r}: {msg}", "InstallFailed", result=result
         )
     arrived = await catalog.wait_for(lambda c: all(i in c.tools for i in ids), wait_s)
     if not arrived:
         return ToolOutcome.failed(
             f"installed {ids} but no tool_installed event arrived within {wait_s:.0f}s",
             "TimeoutError",
-            result=install,
+            result=result,
         )
     names = [f"{t}: " + ", ".join(c.name for c in catalog.tools[t].capabilities) for t in ids]
     return ToolOutcome(
-        True, "Installed " + "; ".join(names) + ". Their functions are offered from now on.", install
+        True, "Installed " + "; ".join(names) + ". Their functions are offered from now on.", result
     )
+
+
+def _refused(err: MeshError, capability: str) -> ToolOutcome:
+    """A discovery RPC that failed, as the LLM sees it."""
+    if err.code == grpc.StatusCode.UNIMPLEMENTED:
+        return ToolOutcome.failed(_UNAVAILABLE, "NotAvailable")
+    if isinstance(err, Unavailable | DeadlineExceeded):
+        return ToolOutcome.failed(f"discovery failed: {err.reason}: {err.message}", "NetworkError")
+    if isinstance(err, Unauthenticated):
+        return ToolOutcome.failed(f"nothing installed for {capability!r}: {err.message}", "InstallFailed")
+    return ToolOutcome.failed(f"discovery failed: {err.reason}: {err.message}", "InstallFailed")
+
+
+def _json(gap: pb.AnalyzeGapResponse) -> dict[str, Any]:
+    return json_format.MessageToDict(gap, preserving_proto_field_name=True)

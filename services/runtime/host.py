@@ -1,4 +1,4 @@
-"""`RuntimeHost`: what a running runtime owns (LLM client, edge client, live catalog, event follower).
+"""`RuntimeHost`: what a running runtime owns (LLM, edge and hub clients, live catalog, event follower).
 
 Shared by the CLI (one task) and the task workers (many): `run()` solves one
 task with a fresh Agent and appends its trajectory record to the trajectory dir.
@@ -16,6 +16,7 @@ from services.common.config import Config
 from services.runtime import trajectory
 from services.runtime.catalog import Catalog
 from services.runtime.edge import EdgeClient, EdgeUnavailable
+from services.runtime.hub import HubClient, hub_target
 from services.runtime.llm import LLM, LLMSettings
 from services.runtime.loop import Agent, AgentSettings, Progress
 
@@ -58,6 +59,7 @@ class RuntimeHost:
         tool_timeout_s: float = 120.0,
         lazy: bool = False,
         admin_token: str = "",
+        hub: str,
     ) -> None:
         self.llm_settings, self.edge_base, self.settings = llm, edge, settings
         self.trajectory_dir = trajectory_dir
@@ -67,6 +69,7 @@ class RuntimeHost:
         self.loaded = False
         self.catalog = Catalog()
         self._edge = EdgeClient(edge, timeout_s=tool_timeout_s, admin_token=admin_token)
+        self._hub = HubClient(hub, admin_token=admin_token, install_timeout_s=settings.install_wait_s)
         self._follower: asyncio.Task[None] | None = None
 
     @classmethod
@@ -80,6 +83,7 @@ class RuntimeHost:
             tool_timeout_s=cfg.runtime.tool_timeout_s,
             lazy=lazy,
             admin_token=cfg.auth.admin_token,
+            hub=hub_target(cfg),
         )
 
     @property
@@ -92,6 +96,7 @@ class RuntimeHost:
         try:
             self.llm = await self._stack.enter_async_context(LLM(self.llm_settings))
             await self._stack.enter_async_context(self._edge)
+            await self._stack.enter_async_context(self._hub)
             try:
                 await self._edge.load(self.catalog)
                 self.loaded = True
@@ -145,7 +150,14 @@ class RuntimeHost:
         if not self.loaded:  # raises EdgeUnavailable when the edge is still not there
             await self._edge.load(self.catalog)
             self.loaded = True
-        agent = Agent(self.llm, self._edge.acting_for(admin), self.catalog, self.settings, on_progress)
+        agent = Agent(
+            self.llm,
+            self._edge.acting_for(admin),
+            self.catalog,
+            self.settings,
+            on_progress,
+            hub=self._hub.acting_for(admin),
+        )
         record = await agent.run(task, task_id, context)
         record["admin"] = admin
         if self.trajectory_dir is not None:

@@ -22,6 +22,7 @@ from typing import Any
 from services.runtime import actions, gap
 from services.runtime.catalog import Catalog, Function
 from services.runtime.edge import EdgeClient, SeenEvent, ToolOutcome
+from services.runtime.hub import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
 from services.runtime.trajectory import SCHEMA, SCHEMA_VERSION, now_iso
 
@@ -93,7 +94,7 @@ def observation_text(outcome: ToolOutcome) -> str:
 
 
 class Agent:
-    """One agent: an LLM, the edge, the live catalog and the settings; `run()` may be called repeatedly."""
+    """One agent: LLM, edge, hub, live catalog and settings; `run()` may be called repeatedly."""
 
     def __init__(
         self,
@@ -102,8 +103,11 @@ class Agent:
         catalog: Catalog,
         settings: AgentSettings,
         on_progress: Progress | None = None,
+        *,
+        hub: HubClient,
     ) -> None:
         self.llm, self.edge, self.catalog, self.settings = llm, edge, catalog, settings
+        self.hub = hub
         self.on_progress = on_progress or (lambda _e: None)
 
     async def run(
@@ -389,7 +393,7 @@ class Agent:
             if call.name == gap.NAME and s.gap_tool:
                 entry.update(tool_id="toolscore", action=gap.NAME)
                 outcome = await gap.request_capability(
-                    self.edge, self.catalog, self._rec["task"], args, s.install_wait_s
+                    self.hub, self.catalog, self._rec["task"], args, s.install_wait_s
                 )
             else:
                 assert fn is not None

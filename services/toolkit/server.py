@@ -21,7 +21,7 @@ from toolscore.v1 import tool_pb2
 from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest, NotFound, Unauthenticated
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.toolkit.results import text_result, to_response
+from services.common.results import text_result, to_response
 from services.toolkit.stream import CallStream, Progress
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ from services.common.contract import (
     coalesce,
     salvage,
 )
-from services.toolkit.results import text_result
+from services.common.results import text_result
 
 log = logging.getLogger(__name__)
 

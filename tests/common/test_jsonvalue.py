@@ -20,7 +20,7 @@ from services.common.jsonvalue import (
     struct_to_dict,
     too_deep,
 )
-from services.toolkit.results import to_json
+from services.common.results import to_json
 
 VALUES = [
     {},

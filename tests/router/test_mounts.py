@@ -16,7 +16,7 @@ from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn
 from services.router.router import Router
 from services.toolkit import Action
-from services.toolkit.results import text_result
+from services.common.results import text_result
 from tests.helpers import grpc_tool
 
 

@@ -1,5 +1,6 @@
 """Runtime fixtures: a real hub (with the Python executor in process), the real edge app on a free port,
-and a RuntimeHost talking to both through HTTP and the events WebSocket; the LLM is tests/runtime/fake_llm."""
+and a RuntimeHost talking to the edge (v1 REST, the events WebSocket) and to the hub (discovery's
+RPCs); the LLM is tests/runtime/fake_llm."""
 
 from __future__ import annotations
 
@@ -64,8 +65,9 @@ def llm_settings(llm: FakeLLM, **kw: Any) -> LLMSettings:
 
 
 @pytest.fixture
-async def start_runtime(edge: Edge, cfg: Config) -> AsyncIterator[Callable[..., Any]]:
-    """`await start_runtime(llm, max_steps=..., stream=True)` -> a RuntimeHost following the edge events."""
+async def start_runtime(edge: Edge, hub: Hub, cfg: Config) -> AsyncIterator[Callable[..., Any]]:
+    """`await start_runtime(llm, max_steps=..., stream=True)` -> a RuntimeHost following the edge events
+    and asking the hub's discovery RPCs for missing capabilities."""
     hosts: list[RuntimeHost] = []
     llm_fields = {f.name for f in dataclasses.fields(LLMSettings)}
 
@@ -73,7 +75,12 @@ async def start_runtime(edge: Edge, cfg: Config) -> AsyncIterator[Callable[..., 
         llm_kw = {k: v for k, v in kw.items() if k in llm_fields}
         agent = AgentSettings(model="fake-model", **{k: v for k, v in kw.items() if k not in llm_fields})
         host = RuntimeHost(
-            llm_settings(llm, **llm_kw), edge.url, agent, cfg.path("data/trajectories"), tool_timeout_s=30.0
+            llm_settings(llm, **llm_kw),
+            edge.url,
+            agent,
+            cfg.path("data/trajectories"),
+            tool_timeout_s=30.0,
+            hub=hub.uds_target or "",
         )
         await host.__aenter__()
         hosts.append(host)

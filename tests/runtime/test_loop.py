@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from edge.state import REGISTRY
+from edge.state import METRICS, REGISTRY
 from services.common.config import Config
 from services.runtime import trajectory
 from tests.helpers import deadline
-from tests.runtime.conftest import PY
+from tests.runtime.conftest import PY, Edge
 from tests.runtime.fake_llm import FakeLLM, Reply, call, calls, say
 
 
@@ -57,6 +57,21 @@ async def test_a_multi_step_task_runs_python_and_feeds_each_result_back(
     assert [r["task_id"] for r in stored] == [rec["task_id"]]
     assert stored[0] == json.loads(json.dumps(rec))
     assert stored[0]["schema"] == "toolscore.trajectory" and stored[0]["schema_version"] == 1
+
+
+async def test_the_runtime_uses_only_the_edges_v1_routes_and_events_websocket(
+    start_runtime: Any, edge: Edge
+) -> None:
+    script = [calls(call(PY, {"code": "print(6 * 7)"})), say("42.")]
+    async with FakeLLM(script) as llm:
+        host = await start_runtime(llm)
+        rec = await host.run("Multiply 6 by 7.")
+
+    assert rec["status"] == "completed" and rec["steps"][0]["tool_calls"][0]["observation"].strip() == "42"
+    routes = {route for _method, route, _status in edge.app[METRICS].http_requests}
+    # no original (legacy) route such as POST /api/v1/tools/execute or GET /api/v1/tools/available
+    assert "/api/v1/tools/{tool_id}/call" in routes, routes
+    assert routes <= {"/api/v1/tools", "/api/v1/tools/{tool_id}/call", "/api/v1/events/tools"}, routes
 
 
 async def test_a_tool_error_goes_back_to_the_llm_which_recovers(start_runtime: Any) -> None:

@@ -183,8 +183,7 @@ async def test_a_task_running_when_its_worker_process_dies_is_retried_or_reporte
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.runtime",
-            "--serve",
+            "edge.tasks_server",
             "127.0.0.1:0",
             cwd=REPO,
             env=env,
@@ -273,3 +272,52 @@ def _trajectory_text(directory: Path) -> str:
     files = list(directory.glob("*.jsonl"))
     assert len(files) == 1
     return files[0].read_text()
+
+
+async def test_the_task_server_apart_from_the_edge_answers_in_the_edge_error_shape_and_stops_cleanly(
+    root: Path, dead_port: int
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOOLSCORE_", "OPENAI_"))}
+    async with FakeLLM([]) as llm:
+        env.update(
+            {
+                "TOOLSCORE_PATHS__ROOT": str(root),
+                # its runtime starts lazily: the edge it would use need not be up to take requests
+                "TOOLSCORE_RUNTIME__EDGE_URL": f"http://127.0.0.1:{dead_port}",
+                "OPENAI_BASE_URL": llm.base_url,
+                "TOOLSCORE_LOG__LEVEL": "WARNING",
+            }
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "edge.tasks_server",
+            "127.0.0.1:0",
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            async with asyncio.timeout(30):
+                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+            assert line.startswith("serving on "), line
+            async with aiohttp.ClientSession() as http:
+                api = Api(line.split()[-1], http)
+                status, got = await api.post({"priority": 1})
+                assert (status, got["reason"], got["success"], got["status"]) == (
+                    400,
+                    "MISSING_FIELD",
+                    False,
+                    "error",
+                )
+                status, got = await api.get("no-such-task")
+                assert (status, got["reason"]) == (404, "TASK_NOT_FOUND")
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await proc.wait() == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert not llm.requests

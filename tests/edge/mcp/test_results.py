@@ -18,8 +18,8 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.jsonvalue import dict_to_struct, py_to_value
+from services.common.results import text_result, to_response
 from services.router.failures import failure_result, invalid_input_result
-from services.toolkit.results import text_result, to_response
 
 
 def test_images_become_base64_image_blocks():

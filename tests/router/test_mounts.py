@@ -12,11 +12,11 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import Unavailable
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.common.results import text_result
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn
 from services.router.router import Router
 from services.toolkit import Action
-from services.common.results import text_result
 from tests.helpers import grpc_tool
 
 

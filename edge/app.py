@@ -19,11 +19,12 @@ from aiohttp import WSCloseCode, web
 from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
 from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
-from edge import discovery_routes, errors_http, events, rest, tasks_routes, toolscore_ws
+from edge import discovery_routes, errors_http, events, rest, tasks_routes
 from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway
 from edge.http_bounds import HttpBounds
+from edge.legacy import toolscore_ws
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.registry_cache import RegistryCache

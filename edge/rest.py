@@ -14,8 +14,8 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge import openapi, views
+from edge.json_body import JsonBody
 from edge.state import AUTH, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED
-from services.common import jsonvalue
 from services.common.errors import InvalidRequest, NotFound
 
 _JSON_TYPE = "application/json"
@@ -23,31 +23,6 @@ _JSON_TYPE = "application/json"
 
 def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(text=views.dumps(body), status=status, content_type=_JSON_TYPE)
-
-
-async def read_json(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or InvalidRequest (400) saying why not."""
-    raw = await request.read()
-    try:
-        body = jsonvalue.loads(raw) if raw else None
-    except jsonvalue.JsonTooDeep as exc:
-        raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
-    except ValueError:
-        raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
-    return body
-
-
-def _field(body: dict[str, Any], key: str, *, required: bool = True) -> str:
-    value = body.get(key)
-    if value is None or value == "":
-        if required:
-            raise InvalidRequest(f"{key} is required", reason="MISSING_FIELD", metadata={"field": key})
-        return ""
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{key} must be a string", reason="INVALID_FIELD", metadata={"field": key})
-    return value
 
 
 def _tool(request: web.Request) -> tool_pb2.Tool:
@@ -154,10 +129,8 @@ async def stats_legacy(request: web.Request) -> web.Response:
 
 async def register_legacy(request: web.Request) -> web.Response:
     request.app[AUTH].require(request.headers)
-    body = await read_json(request)
-    if "tool_spec" not in body:
-        raise InvalidRequest("tool_spec is required", reason="MISSING_FIELD", metadata={"field": "tool_spec"})
-    tool = views.tool_from_json(body["tool_spec"], where="tool_spec")
+    body = await JsonBody.read(request)
+    tool = views.tool_from_json(body.require("tool_spec"), where="tool_spec")
     resp = await request.app[GATEWAY].register(tool)
     return _json(views.registered_json(resp))
 
@@ -172,13 +145,8 @@ async def deregister_legacy(request: web.Request) -> web.Response:
 
 async def register_mcp_server(request: web.Request) -> web.Response:
     request.app[AUTH].require(request.headers)
-    body = await read_json(request)
-    spec = body.get("server_spec")
-    if not isinstance(spec, dict):
-        raise InvalidRequest(
-            "server_spec (an object) is required", reason="MISSING_FIELD", metadata={"field": "server_spec"}
-        )
-    endpoint = _field(spec, "endpoint")
+    spec = (await JsonBody.read(request)).object("server_spec", required=True)
+    endpoint = spec.text("endpoint")
     if endpoint.startswith(("http://", "https://")):
         raise InvalidRequest(
             "Streamable HTTP MCP servers cannot be registered here yet (they arrive with the discovery "
@@ -193,7 +161,7 @@ async def register_mcp_server(request: web.Request) -> web.Response:
             reason="WS_ENDPOINT_NOT_SUPPORTED",
             metadata={"endpoint": endpoint},
         )
-    tool = views.tool_from_json(spec, where="server_spec", kind=tool_pb2.TOOL_KIND_GRPC_SERVER)
+    tool = views.tool_from_json(spec.data, where="server_spec", kind=tool_pb2.TOOL_KIND_GRPC_SERVER)
     resp = await request.app[GATEWAY].register(tool)
     return _json(views.registered_json(resp))
 
@@ -212,10 +180,10 @@ async def available_tools(request: web.Request) -> web.Response:
 
 async def execute_legacy(request: web.Request) -> web.Response:
     start = time.perf_counter()
-    body = await read_json(request)
+    body = await JsonBody.read(request)
     call = ex.ExecuteRequest(
-        tool_id=_field(body, "tool_id"),
-        action=_field(body, "action"),
+        tool_id=body.text("tool_id"),
+        action=body.text("action"),
         arguments=views.arguments_struct(
             body.get("parameters"), request.app[GATEWAY].opts.max_argument_bytes
         ),
@@ -250,7 +218,7 @@ async def v1_get_tool(request: web.Request) -> web.Response:
 
 async def v1_register_tool(request: web.Request) -> web.Response:
     request.app[AUTH].require(request.headers)
-    tool = views.tool_from_json(await read_json(request))
+    tool = views.tool_from_json((await JsonBody.read(request)).data)
     resp = await request.app[GATEWAY].register(tool)
     return _json(
         {
@@ -270,22 +238,18 @@ async def v1_deregister_tool(request: web.Request) -> web.Response:
 
 
 async def v1_call_tool(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await JsonBody.read(request)
     call = ex.ExecuteRequest(
         tool_id=request.match_info["tool_id"],
-        action=_field(body, "action"),
+        action=body.text("action"),
         arguments=views.arguments_struct(
             body.get("arguments"), request.app[GATEWAY].opts.max_argument_bytes, "arguments"
         ),
-        request_id=_field(body, "request_id", required=False),
-        session_id=_field(body, "session_id", required=False),
+        request_id=body.text("request_id", required=False),
+        session_id=body.text("session_id", required=False),
     )
-    timeout = body.get("timeout_s")
+    timeout = body.seconds("timeout_s")
     if timeout is not None:
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise InvalidRequest(
-                "timeout_s must be a positive number", reason="INVALID_FIELD", metadata={"field": "timeout_s"}
-            )
         call.timeout.FromNanoseconds(int(timeout * 1e9))
     resp = await request.app[GATEWAY].execute(call)
     return _json(views.response_json(resp))

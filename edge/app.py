@@ -19,16 +19,19 @@ from aiohttp import WSCloseCode, web
 from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
 from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
-from edge import discovery_routes, errors_http, events, rest, tasks_routes
+from edge import discovery_routes, errors_http, events, openapi, tasks_routes
 from edge import mcp as edge_mcp
 from edge.auth import AdminAuth
 from edge.gateway import GatewayOptions, HubGateway
 from edge.http_bounds import HttpBounds
+from edge.legacy import openapi as legacy_openapi
+from edge.legacy import routes as legacy_routes
 from edge.legacy import toolscore_ws
 from edge.metrics import EdgeMetrics
 from edge.origin import OriginGuard
 from edge.registry_cache import RegistryCache
 from edge.relay import RelayServer
+from edge.rest import routes as rest_routes
 from edge.state import AUTH, CONFIG, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED, WEBSOCKETS
 from edge.usage import UsageReporter
 from services.common import authority
@@ -161,7 +164,9 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     app[RELAY] = RelayServer(cfg, gateway, registry)
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_close_websockets)
-    rest.add_routes(app)
+    legacy_routes.add_routes(app)  # first: its literal paths under /api/v1/tools
+    rest_routes.add_routes(app)
+    openapi.mount(app, legacy_openapi.FRAGMENT)
     events.add_routes(app)
     toolscore_ws.add_routes(app)
     edge_mcp.add_routes(app, gateway, cfg)

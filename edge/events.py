@@ -21,10 +21,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
-from edge import views
+from edge.legacy.shapes import brief_tool
 from edge.metrics import EdgeMetrics
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
 from edge.registry_cache import RegistryCache, Unsubscribe
+from edge.rest import shapes
 from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
 from services.common import jsonvalue
 from services.common.errors import MeshError
@@ -32,7 +33,36 @@ from services.common.errors import MeshError
 log = logging.getLogger(__name__)
 
 ROUTE = "/api/v1/events/tools"
-EVENT_TYPES = frozenset(views.EVENT_NAMES.values())
+EVENT_NAMES = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "tool_installed",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "tool_updated",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "tool_uninstalled",
+    tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED: "tool_health_changed",
+}
+_EVENT_STATUS = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "removed",
+}
+
+
+EVENT_TYPES = frozenset(EVENT_NAMES.values())
+
+
+def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
+    """A pushed event: the original `tool_installed` fields plus the tool and the revision."""
+    tool = event.tool
+    msg: dict[str, Any] = {
+        "type": EVENT_NAMES.get(event.type, "tool_updated"),
+        "revision": event.revision,
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "status": _EVENT_STATUS.get(event.type, shapes.HEALTH_NAMES.get(tool.health, "unknown")),
+        "health": shapes.HEALTH_NAMES.get(tool.health, "unknown"),
+        "tool": shapes.tool_json(tool),
+        "timestamp": shapes.iso_time(event.time) or shapes.now_iso(),
+    }
+    return msg
 
 
 class Subscriber:
@@ -124,25 +154,25 @@ class EventHub:
             self._unsubscribe()
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
-        name = views.EVENT_NAMES.get(event.type, "tool_updated")
+        name = EVENT_NAMES.get(event.type, "tool_updated")
         tool_id = event.tool.tool_id
         text: str | None = None
         frame = b""
         for sub in self.subscribers:
             if sub.wants(name, tool_id):
                 if text is None:  # serialized and framed once, shared by every subscriber
-                    text = views.dumps(views.event_message(event))
+                    text = shapes.dumps(event_message(event))
                     frame = text_frame(text)
                 sub.event(event.revision, text, frame)
 
     def tools_message(self, kind: str, **extra: Any) -> str:
         tools = self.registry.tools()
-        return views.dumps(
+        return shapes.dumps(
             {
                 "type": kind,
-                "tools": [views.brief_tool(t) for t in tools],
+                "tools": [brief_tool(t) for t in tools],
                 "total_count": len(tools),
-                "timestamp": views.now_iso(),
+                "timestamp": shapes.now_iso(),
                 "revision": self.registry.revision,
                 **extra,
             }
@@ -175,10 +205,10 @@ class EventHub:
         sub.spawn(self._backlog_from_hub(sub, since, current))
 
     def _replay(self, sub: Subscriber, event: tool_pb2.ToolEvent) -> None:
-        if sub.wants(views.EVENT_NAMES.get(event.type, "tool_updated"), event.tool.tool_id):
-            msg = views.event_message(event)
+        if sub.wants(EVENT_NAMES.get(event.type, "tool_updated"), event.tool.tool_id):
+            msg = event_message(event)
             msg["replayed"] = True
-            sub.event(event.revision, views.dumps(msg))
+            sub.event(event.revision, shapes.dumps(msg))
         else:
             sub.revision = max(sub.revision, event.revision)
 
@@ -205,19 +235,19 @@ class EventHub:
 
 
 def _resync(revision: int, reason: str, message: str) -> str:
-    return views.dumps(
+    return shapes.dumps(
         {
             "type": "resync_required",
             "reason": reason,
             "message": message,
             "revision": revision,
-            "timestamp": views.now_iso(),
+            "timestamp": shapes.now_iso(),
         }
     )
 
 
 def _error(message: str, **extra: Any) -> str:
-    return views.dumps({"type": "error", "message": message, "timestamp": views.now_iso(), **extra})
+    return shapes.dumps({"type": "error", "message": message, "timestamp": shapes.now_iso(), **extra})
 
 
 def _names(value: Any, what: str) -> frozenset[str]:
@@ -250,7 +280,7 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     kind = msg.get("type")
     if kind == "ping":
         sub.send(
-            views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.registry.revision})
+            shapes.dumps({"type": "pong", "timestamp": shapes.now_iso(), "revision": hub.registry.revision})
         )
     elif kind == "get_tools":
         sub.send(hub.tools_message("tools_list"))
@@ -261,13 +291,13 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
             sub.send(_error(str(exc), request_type="subscribe"))
             return
         sub.send(
-            views.dumps(
+            shapes.dumps(
                 {
                     "type": "subscribed",
                     "events": sorted(sub.events) or sorted(EVENT_TYPES),
                     "tool_ids": sorted(sub.tool_ids),
                     "revision": hub.registry.revision,
-                    "timestamp": views.now_iso(),
+                    "timestamp": shapes.now_iso(),
                 }
             )
         )

@@ -30,9 +30,9 @@ from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_pb2
 
-from edge import views
 from edge.gateway import HubGateway
 from edge.registry_cache import RegistryCache, Unsubscribe
+from edge.rest.shapes import ERROR_TYPES_BY_NAME, dumps, tool_from_json
 from services.common.config import Config
 from services.common.contract import add_tool_executor
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
@@ -58,7 +58,7 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
     if not success:
         message = result.get("error") or result.get("error_message") or "the tool failed"
         message = message if isinstance(message, str) else json.dumps(message, default=str)
-        kind = views.ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
+        kind = ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
         resp.error.type = kind  # type: ignore[assignment]
         resp.error.message = message
         resp.content.add().text.text = message
@@ -109,7 +109,7 @@ class ServerSession:
         self._pending[rid] = fut
         try:
             await self.ws.send_str(
-                views.dumps(
+                dumps(
                     {
                         "type": "execute_tool_action",
                         "request_id": rid,
@@ -289,7 +289,7 @@ class RelayServer:
 
     async def register(self, session: ServerSession, spec: dict[str, Any]) -> lib.RegisterToolResponse:
         """Register a tool served over `session`'s connection."""
-        tool = views.tool_from_json(
+        tool = tool_from_json(
             spec,
             where="tool_spec",
             kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,

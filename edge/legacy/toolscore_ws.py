@@ -21,9 +21,11 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import executor_pb2 as ex
 
-from edge import errors_ws, views
+from edge import errors_ws
+from edge.legacy import shapes
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
 from edge.relay import RelayServer, ServerSession
+from edge.rest.shapes import arguments_struct, dumps, tool_from_json
 from edge.state import AUTH, CONFIG, GATEWAY, METRICS, REGISTRY, RELAY, WEBSOCKETS
 from services.common import jsonvalue
 from services.common.errors import InvalidRequest, ResourceExhausted, Unauthenticated
@@ -55,7 +57,7 @@ class Connection:
         return "client too slow: it did not read its replies"
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.out.push(views.dumps(msg))
+        self.out.push(dumps(msg))
 
     def error(self, message: str, request_id: Any = None, **extra: Any) -> None:
         self.send({"type": "error", "request_id": request_id, "message": message, **extra})
@@ -133,8 +135,8 @@ async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any
                 "host:port); to be called over this connection, register with tool_type 'mcp_server'",
                 reason="MISSING_ENDPOINT",
             )
-        resp = await conn.app[GATEWAY].register(views.tool_from_json(spec, where="tool_spec"))
-    return views.registered_json(resp)
+        resp = await conn.app[GATEWAY].register(tool_from_json(spec, where="tool_spec"))
+    return shapes.registered(resp)
 
 
 async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +149,8 @@ async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
                 "tool_id": t.tool_id,
                 "name": t.name,
                 "description": t.description,
-                "tool_type": views.legacy_tool_type(t),
-                "capabilities": [views.legacy_capability(c) for c in t.capabilities],
+                "tool_type": shapes.tool_type(t),
+                "capabilities": [shapes.capability(c) for c in t.capabilities],
             }
             for t in tools
         ],
@@ -164,11 +166,11 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     call = ex.ExecuteRequest(
         tool_id=tool_id,
         action=action,
-        arguments=views.arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
+        arguments=arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
         request_id=str(msg.get("request_id") or ""),
     )
     resp = await conn.app[GATEWAY].execute(call)
-    return {"tool_id": tool_id, "action": action, **views.legacy_result(resp, time.perf_counter() - start)}
+    return {"tool_id": tool_id, "action": action, **shapes.execute_result(resp, time.perf_counter() - start)}
 
 
 _HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execute_tool": _execute_tool}

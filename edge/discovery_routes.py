@@ -1,7 +1,7 @@
 """REST routes of discovery, for the edge: search, install, list, uninstall, gap analysis.
 
-Mount with `add_routes(app, DiscoveryClient(channel))`. Handlers only
-translate JSON <-> the discovery RPCs; the hub decides everything, including
+Mount with `add_routes(app, DiscoveryClient(channel))` (the edge: `GatewayDiscoveryClient(gateway)`).
+Handlers only translate JSON <-> the discovery RPCs; the hub decides everything, including
 auth (the caller's `Authorization` header is forwarded as gRPC metadata).
 Bodies are read by edge.json_body (one JSON object, typed fields). Handlers raise MeshError;
 edge.errors_http answers it as HTTP 4xx/5xx JSON `{success: false, error,
@@ -28,7 +28,10 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
+from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
+from edge.gateway import HubGateway
 from edge.json_body import JsonBody
 from services.common.errors import InvalidRequest, MeshError, Unauthenticated
 from services.discovery.client import DiscoveryClient
@@ -49,6 +52,22 @@ def add_routes(app: web.Application, client: DiscoveryClient) -> None:
     app.router.add_post("/api/v1/tools/analyze-gap", _json(analyze_gap))
     app.router.add_post("/api/v1/tools/request-capability", _json(request_capability))
     app.router.add_post("/api/v1/tools/search-and-install", _json(search_and_install))
+
+
+class GatewayDiscoveryClient(DiscoveryClient):
+    """The discovery client over the edge gateway's channel to the hub (which exists once the app starts)."""
+
+    def __init__(self, gateway: HubGateway) -> None:
+        self._gateway = gateway
+        self.timeout_s, self.install_timeout_s = 30.0, 600.0
+
+    @property  # type: ignore[override]
+    def _stub(self) -> ToolScoreServiceStub:
+        return self._gateway.toolscore
+
+    @property  # type: ignore[override]
+    def _library(self) -> ToolLibraryServiceStub:
+        return self._gateway.library
 
 
 def _json(fn: Callable[[web.Request, DiscoveryClient], Awaitable[dict[str, Any]]]) -> Handler:

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
 from edge.legacy.shapes import brief_tool
-from edge.metrics import EdgeMetrics
+from edge.metrics import METRICS, EdgeMetrics
+from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
 from edge.registry_cache import RegistryCache, Unsubscribe
 from edge.rest import shapes
-from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
 from services.common import jsonvalue
+from services.common.config import EdgeConfig
 from services.common.errors import MeshError
 
 log = logging.getLogger(__name__)
@@ -138,11 +140,20 @@ class Subscriber:
 class EventHub:
     """Fans the registry cache's events out to every subscriber."""
 
-    def __init__(self, registry: RegistryCache, metrics: EdgeMetrics, queue_limit: int) -> None:
+    def __init__(
+        self,
+        registry: RegistryCache,
+        metrics: EdgeMetrics,
+        queue_limit: int,
+        outbox_bytes: int,
+        max_frame_bytes: int,
+    ) -> None:
         self.registry = registry
         self._unsubscribe: Unsubscribe | None = None
         self.metrics = metrics
         self.queue_limit = max(queue_limit, 1)
+        self.outbox_bytes = outbox_bytes
+        self.max_frame_bytes = max_frame_bytes  # the largest message a client may send
         self.subscribers: set[Subscriber] = set()
         self.outbox_stats = OutboxStats()
 
@@ -234,6 +245,9 @@ class EventHub:
         sub.release_held()
 
 
+EVENTS = web.AppKey("events", EventHub)
+
+
 def _resync(revision: int, reason: str, message: str) -> str:
     return shapes.dumps(
         {
@@ -322,12 +336,12 @@ def _since(request: web.Request) -> int | None:
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
     """GET /api/v1/events/tools (WebSocket)."""
     app = request.app
-    hub, metrics = app[EVENTS], app[METRICS]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=app[CONFIG].edge.max_frame_bytes, heartbeat=30.0)
+    hub, metrics, sockets = app[EVENTS], app[METRICS], app[OPEN_SOCKETS]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=hub.max_frame_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    app[WEBSOCKETS].add(ws)
+    sockets.add(ws)
     metrics.ws_opened(ROUTE)
-    limits = OutboxLimits(hub.queue_limit, app[CONFIG].edge.outbox_bytes)
+    limits = OutboxLimits(hub.queue_limit, hub.outbox_bytes)
     sub = Subscriber(ws, limits, metrics, request.transport, hub.outbox_stats)
     sub.out.start()
     try:
@@ -345,7 +359,7 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
                 sub.send(_error("binary frames are not supported; send JSON text"))
     finally:
         hub.subscribers.discard(sub)
-        app[WEBSOCKETS].discard(ws)
+        sockets.discard(ws)
         metrics.ws_closed(ROUTE)
         await _stop(sub)
     return ws
@@ -359,5 +373,20 @@ async def _stop(sub: Subscriber) -> None:
     await asyncio.gather(sub.out.stop(), *tasks, return_exceptions=True)
 
 
-def add_routes(app: web.Application) -> None:
+def mount(app: web.Application, registry: RegistryCache, metrics: EdgeMetrics, edge: EdgeConfig) -> EventHub:
+    """Serve the events WebSocket on `app` (app[EVENTS]), following `registry` while the app runs.
+
+    Needs app[METRICS] and app[OPEN_SOCKETS] (edge.metrics, edge.open_sockets).
+    """
+    hub = app[EVENTS] = EventHub(
+        registry, metrics, edge.subscriber_queue, edge.outbox_bytes, edge.max_frame_bytes
+    )
+
+    async def following(_app: web.Application) -> AsyncIterator[None]:
+        hub.attach()
+        yield
+        hub.detach()
+
+    app.cleanup_ctx.append(following)
     app.router.add_get(ROUTE, events_socket)
+    return hub

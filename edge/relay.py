@@ -358,3 +358,18 @@ class RelayServer:
                 log.info("deregistered %s: its server (%s) disconnected", tool_id, session.peer)
             except MeshError as err:
                 log.warning("could not deregister %s after its server disconnected: %s", tool_id, err.message)
+
+
+RELAY = web.AppKey("relay", RelayServer)
+
+
+def mount(app: web.Application, cfg: Config, gateway: HubGateway, registry: RegistryCache) -> RelayServer:
+    """Serve the relay socket while `app` runs (app[RELAY]); the ToolScore WebSocket opens its sessions."""
+    relay = app[RELAY] = RelayServer(cfg, gateway, registry)
+
+    async def relaying(_app: web.Application) -> AsyncIterator[None]:
+        async with relay:
+            yield
+
+    app.cleanup_ctx.append(relaying)
+    return relay

@@ -17,11 +17,12 @@ from aiohttp import web
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from edge.auth import AUTH
+from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.legacy import shapes
 from edge.rest.routes import health, json_response, stats, tool_of
 from edge.rest.shapes import arguments_struct, now_iso, tool_from_json
-from edge.state import AUTH, GATEWAY, REGISTRY
 from services.common.errors import InvalidRequest
 
 
@@ -115,8 +116,11 @@ async def execute(request: web.Request) -> web.Response:
     return json_response(shapes.execute_result(resp, time.perf_counter() - start))
 
 
-def add_routes(app: web.Application) -> None:
-    """Mount the original routes on `app`, before the clean API's (their literal paths come first)."""
+def mount(app: web.Application) -> None:
+    """Mount the original routes on `app`, before the clean API's (their literal paths come first).
+
+    Needs the hub link, auth and what the clean API's stats read mounted on `app`.
+    """
     app.router.add_routes(
         [
             web.get("/health", health),

@@ -1,4 +1,4 @@
-"""The clean REST API, `/api/v1`: tools, calls, health, stats; and `/metrics`.
+"""The clean REST API, `/api/v1`: tools, calls, health, stats.
 
 Handlers only translate: the body in (edge.json_body), one gateway call or registry cache read,
 JSON out (edge.rest.shapes). Errors are raised as MeshError and answered once, by the app's
@@ -14,10 +14,16 @@ from aiohttp import web
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from edge.auth import AUTH
+from edge.events import EVENTS
+from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
+from edge.metrics import METRICS
+from edge.relay import RELAY
 from edge.rest import shapes
-from edge.state import AUTH, EVENTS, GATEWAY, METRICS, REGISTRY, RELAY, STARTED
 from services.common.errors import NotFound
+
+STARTED = web.AppKey("started", float)  # when the app was built: uptime_s in the stats
 
 _JSON_TYPE = "application/json"
 
@@ -166,17 +172,12 @@ async def v1_stats(request: web.Request) -> web.Response:
     return json_response(stats(request.app))
 
 
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(
-        text=request.app[METRICS].render(),
-        content_type="text/plain",
-        headers={"X-Content-Type-Options": "nosniff"},
-        charset="utf-8",
-    )
+def mount(app: web.Application) -> None:
+    """Mount `/api/v1` (but the original routes under it) on `app`.
 
-
-def add_routes(app: web.Application) -> None:
-    """Mount `/api/v1` (but the original routes under it) and `/metrics` on `app`."""
+    Needs the hub link, auth, metrics, events and the relay mounted on `app` (their AppKeys).
+    """
+    app[STARTED] = time.time()
     # Literal paths before `{tool_id}` ones: a tool called `available` is reachable under /api/v1/tools
     # only through the listing (docs/rest.md). The original routes, mounted first, hold those literals.
     app.router.add_routes(
@@ -188,6 +189,5 @@ def add_routes(app: web.Application) -> None:
             web.get("/api/v1/tools/{tool_id}", v1_get_tool),
             web.delete("/api/v1/tools/{tool_id}", v1_deregister_tool),
             web.post("/api/v1/tools/{tool_id}/call", v1_call_tool),
-            web.get("/metrics", metrics),
         ]
     )

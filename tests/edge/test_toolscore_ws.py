@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
 from edge.legacy.toolscore_ws import OUTBOX_STATS
-from edge.state import RELAY
+from edge.relay import RELAY
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edge.state import REGISTRY
+from edge.hub_link import REGISTRY
 from services.common.config import Config
 from services.runtime import trajectory
 from tests.helpers import deadline

@@ -22,7 +22,6 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
-from edge.legacy.shapes import brief_tool
 from edge.metrics import METRICS, EdgeMetrics
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
@@ -65,6 +64,18 @@ def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
         "timestamp": shapes.iso_time(event.time) or shapes.now_iso(),
     }
     return msg
+
+
+def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """A tool in the events WebSocket's `welcome` and `tools_list`."""
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "capabilities": [c.name for c in tool.capabilities],
+        "type": shapes.original_tool_type(tool),
+        "enabled": tool.enabled,
+        "health": shapes.HEALTH_NAMES.get(tool.health, "unknown"),
+    }
 
 
 class Subscriber:

@@ -1,7 +1,7 @@
 """The original system's JSON shapes (docs/rest.md, "The original routes"), kept field for field.
 
-Used by the original REST routes (edge.legacy.routes), the ToolScore WebSocket
-(edge.legacy.toolscore_ws) and the events WebSocket's tool lists. Pure: nothing here does I/O.
+Used by the original REST routes (edge.legacy.routes) and the ToolScore WebSocket
+(edge.legacy.toolscore_ws). Pure: nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -12,12 +12,8 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge.rest.shapes import ERROR_TYPE_NAMES, HEALTH_NAMES
+from edge.rest.shapes import original_tool_type as tool_type
 from services.common.jsonvalue import struct_to_dict, value_to_py
-
-
-def tool_type(tool: tool_pb2.Tool) -> str:
-    """`function` for in-process tools; every served tool was an `mcp_server` originally."""
-    return "function" if tool.kind == tool_pb2.TOOL_KIND_FUNCTION else "mcp_server"
 
 
 def parameters(cap: tool_pb2.Capability) -> dict[str, Any]:
@@ -77,18 +73,6 @@ def available_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
         "capabilities": [capability(c) for c in tool.capabilities],
         "tags": list(tool.tags),
         "endpoint": tool.endpoint,
-    }
-
-
-def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
-    """A tool in the events WebSocket's `welcome` and `tools_list`."""
-    return {
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "capabilities": [c.name for c in tool.capabilities],
-        "type": tool_type(tool),
-        "enabled": tool.enabled,
-        "health": HEALTH_NAMES.get(tool.health, "unknown"),
     }
 
 

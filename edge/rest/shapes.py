@@ -60,6 +60,12 @@ def iso_time(ts: timestamp_pb2.Timestamp) -> str | None:
     return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
 
 
+def original_tool_type(tool: tool_pb2.Tool) -> str:
+    """The original system's ToolType (the original shapes' and the events WebSocket's `type`):
+    `function` for in-process tools; every served tool was an `mcp_server` originally."""
+    return "function" if tool.kind == tool_pb2.TOOL_KIND_FUNCTION else "mcp_server"
+
+
 # -- outgoing ----------------------------------------------------------------------
 
 

@@ -3,8 +3,8 @@
 Each component defines its own `web.AppKey`s and ties its lifetime to the app's through
 `cleanup_ctx` (entered in the order mounted, left in reverse): the hub link (gateway, registry
 cache, usage reporter), the events fan-out, the relay for dialled-in servers, MCP, the task
-service. The one exception is edge.open_sockets, which closes the open WebSockets in
-`on_shutdown` (it says why). Every error leaves through edge.middleware, which answers it with
+service. The exceptions are the open WebSockets and MCP's streams, closed in `on_shutdown`
+(edge.open_sockets says why). Every error leaves through edge.middleware, which answers it with
 edge.errors_http.
 """
 

@@ -1,14 +1,23 @@
 """The edge: the one process agent runtimes and third-party servers talk to.
 
-app.py          the aiohttp application: lifetime, middleware (errors, metrics, guards), routes
+app.py          the aiohttp application: the list of components, each mounting itself (AppKeys, cleanup_ctx)
+middleware.py   the one middleware: per-client HTTP bounds, browser guard, authority, errors, metrics
+hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
 registry_cache.py  the hub's registry followed live: read-only entries, revision, subscribe, events_since
 usage.py        usage counted on the direct path, reported to the hub in batches (ReportUsage)
-rest.py         REST: /api/v1, the original routes, /metrics, /openapi.json (views.py: JSON shapes)
-events.py       the events WebSocket /api/v1/events/tools
-toolscore_ws.py the ToolScore WebSocket /websocket; relay.py: servers that dialled in there
-tasks_routes.py the task routes /api/v1/tasks over services/runtime's task service; tasks_server.py:
+rest/           the clean REST API /api/v1: routes, JSON shapes
+json_body.py    the one reader of JSON request bodies (every REST route)
+openapi.py      /openapi.json
+metrics.py      the edge's figures, /metrics
+events.py       the events WebSocket /api/v1/events/tools: its messages and the fan-out
+open_sockets.py the open WebSockets, closed with GOING_AWAY at shutdown
+relay.py        servers that dialled in over the ToolScore WebSocket, callable from every path
+legacy/         the original system's wire formats: its REST routes and shapes, the ToolScore WebSocket
+discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service's; tasks_server.py:
                 those routes alone (`python -m edge.tasks_server HOST:PORT`)
-auth.py         the admin token; origin.py: Origin/Host guards
+errors_http.py  the mesh's errors as HTTP JSON; errors_ws.py: as ToolScore WebSocket messages
+outbox.py       the bounded writer of every edge socket
+auth.py         the admin token; origin.py: Origin/Host guards; http_bounds.py: per-client HTTP bounds
 mcp/            standard MCP (Streamable HTTP /mcp, WebSocket /ws/mcp), when present
 """

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 
+from aiohttp import web
+
 from services.common import endpoints
 from services.common.errors import MeshError, Unauthenticated
 
@@ -45,6 +47,15 @@ class AdminAuth:
                 "this operation needs the admin token (Authorization: Bearer <token>)",
                 reason="ADMIN_TOKEN_REQUIRED",
             )
+
+
+AUTH = web.AppKey("auth", AdminAuth)
+
+
+def mount(app: web.Application, token: str) -> AdminAuth:
+    """The admin token's checker for `app`'s routes (app[AUTH])."""
+    auth = app[AUTH] = AdminAuth(token)
+    return auth
 
 
 def check_bind(host: str, token: str) -> None:

@@ -1,10 +1,11 @@
 """REST routes of discovery, for the edge: search, install, list, uninstall, gap analysis.
 
-Mount with `add_routes(app, DiscoveryClient(channel))`. Handlers only
-translate JSON <-> the discovery RPCs; the hub decides everything, including
+Mount with `add_routes(app, DiscoveryClient(channel))` (the edge: `GatewayDiscoveryClient(gateway)`).
+Handlers only translate JSON <-> the discovery RPCs; the hub decides everything, including
 auth (the caller's `Authorization` header is forwarded as gRPC metadata); installs for a need follow
 discovery's auto-install policy (services/discovery/auto_install.py), as the runtime's do.
-Handlers raise MeshError; edge.errors_http answers it as HTTP 4xx/5xx JSON `{success: false, error,
+Bodies are read by edge.json_body (one JSON object, typed fields). Handlers raise MeshError;
+edge.errors_http answers it as HTTP 4xx/5xx JSON `{success: false, error,
 code, reason, message}` (the edge's middleware, or `errors_http.middleware` on a bare app).
 
     POST   /mcp/search                          {query, max_candidates}
@@ -28,8 +29,11 @@ from typing import Any
 from aiohttp import web
 from google.protobuf import json_format
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1.tool_library_pb2_grpc import ToolLibraryServiceStub
+from toolscore.v1.toolscore_pb2_grpc import ToolScoreServiceStub
 
-from services.common import jsonvalue
+from edge.gateway import HubGateway
+from edge.json_body import JsonBody
 from services.common.errors import InvalidRequest
 from services.discovery import auto_install
 from services.discovery.client import DiscoveryClient
@@ -51,52 +55,27 @@ def add_routes(app: web.Application, client: DiscoveryClient) -> None:
     app.router.add_post("/api/v1/tools/search-and-install", _json(search_and_install))
 
 
+class GatewayDiscoveryClient(DiscoveryClient):
+    """The discovery client over the edge gateway's channel to the hub (which exists once the app starts)."""
+
+    def __init__(self, gateway: HubGateway) -> None:
+        self._gateway = gateway
+        self.timeout_s, self.install_timeout_s = 30.0, 600.0
+
+    @property  # type: ignore[override]
+    def _stub(self) -> ToolScoreServiceStub:
+        return self._gateway.toolscore
+
+    @property  # type: ignore[override]
+    def _library(self) -> ToolLibraryServiceStub:
+        return self._gateway.library
+
+
 def _json(fn: Callable[[web.Request, DiscoveryClient], Awaitable[dict[str, Any]]]) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         return web.json_response(await fn(request, request.app[CLIENT]))  # errors: edge.errors_http
 
     return handler
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = jsonvalue.loads(await request.read())
-    except jsonvalue.JsonTooDeep as exc:
-        raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
-    except ValueError as exc:
-        raise InvalidRequest("the request body is not valid JSON", reason="INVALID_JSON") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object", reason="INVALID_JSON")
-    return body
-
-
-def _str(body: dict[str, Any], key: str, required: bool = False) -> str:
-    v = body.get(key, "")
-    if v is None:
-        v = ""
-    if not isinstance(v, str):
-        raise InvalidRequest(f"{key} must be a string", reason="INVALID_FIELD", metadata={"field": key})
-    if required and not v.strip():
-        raise InvalidRequest(f"{key} is required", reason="MISSING_FIELD", metadata={"field": key})
-    return v
-
-
-def _int(body: dict[str, Any], key: str, default: int) -> int:
-    v = body.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise InvalidRequest(
-            f"{key} must be a non-negative integer", reason="INVALID_FIELD", metadata={"field": key}
-        )
-    return v
-
-
-def _list(body: dict[str, Any], key: str) -> list[Any]:
-    v = body.get(key) or []
-    if not isinstance(v, list):
-        raise InvalidRequest(f"{key} must be a list", reason="INVALID_FIELD", metadata={"field": key})
-    return v
 
 
 def _ms(start: float) -> float:
@@ -192,10 +171,10 @@ def gap_json(g: pb.AnalyzeGapResponse) -> dict[str, Any]:
 
 
 async def search(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
-    body = await _body(request)
+    body = await JsonBody.read(request)
     resp = await client.search(
         pb.SearchServersRequest(
-            query=_str(body, "query", required=True), page_size=min(_int(body, "max_candidates", 10), 100)
+            query=body.text("query"), page_size=min(body.count("max_candidates", 10), 100)
         )
     )
     return {
@@ -207,15 +186,15 @@ async def search(request: web.Request, client: DiscoveryClient) -> dict[str, Any
 
 
 async def install(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
-    body = await _body(request)
+    body = await JsonBody.read(request)
     candidate = body.get("candidate")
-    target: dict[str, Any] = candidate if isinstance(candidate, dict) else body
+    target = JsonBody(candidate) if isinstance(candidate, dict) else body
     start = time.perf_counter()
     resp = await client.install(
         pb.InstallServerRequest(
-            name=_str(target, "name", required=True),
-            version=_str(target, "version"),
-            request_id=_str(body, "request_id"),
+            name=target.text("name"),
+            version=target.text("version", required=False),
+            request_id=body.text("request_id", required=False),
         ),
         _auth(request),
     )
@@ -251,8 +230,8 @@ async def uninstall(request: web.Request, client: DiscoveryClient) -> dict[str, 
     }
 
 
-async def _gap(client: DiscoveryClient, body: dict[str, Any], task: str) -> pb.AnalyzeGapResponse:
-    tools = await client.tools_for(_list(body, "current_tools"))
+async def _gap(client: DiscoveryClient, body: JsonBody, task: str) -> pb.AnalyzeGapResponse:
+    tools = await client.tools_for(body.items("current_tools"))
     context = body.get("context", "")
     if not isinstance(context, str):
         context = json.dumps(context)[:4000]
@@ -263,14 +242,14 @@ async def _gap(client: DiscoveryClient, body: dict[str, Any], task: str) -> pb.A
 
 async def analyze_gap(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     start = time.perf_counter()
-    body = await _body(request)
-    result = await _gap(client, body, _str(body, "task_description", required=True))
+    body = await JsonBody.read(request)
+    result = await _gap(client, body, body.text("task_description"))
     return {"success": True, **gap_json(result), "processing_time_ms": _ms(start)}
 
 
-def _task_with(body: dict[str, Any]) -> str:
-    task = _str(body, "task_description")
-    caps = [str(c) for c in _list(body, "required_capabilities")]
+def _task_with(body: JsonBody) -> str:
+    task = body.text("task_description", required=False)
+    caps = [str(c) for c in body.items("required_capabilities")]
     text = " ".join([task, *caps]).strip()
     if not text:
         raise InvalidRequest(
@@ -287,7 +266,7 @@ def _installed_json(servers: list[pb.InstalledServer]) -> list[dict[str, Any]]:
 
 async def request_capability(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     start = time.perf_counter()
-    body = await _body(request)
+    body = await JsonBody.read(request)
     result = await _gap(client, body, _task_with(body))
     out: dict[str, Any] = {**gap_json(result), "installed_tools": []}
     if result.has_sufficient_tools:
@@ -307,7 +286,7 @@ async def request_capability(request: web.Request, client: DiscoveryClient) -> d
 
 async def search_and_install(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     start = time.perf_counter()
-    body = await _body(request)
+    body = await JsonBody.read(request)
     done = await auto_install.search_and_install(client, _task_with(body), _auth(request))
     installed, errors = _installed_json(done.servers), done.errors
     if installed:

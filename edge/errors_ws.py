@@ -1,6 +1,6 @@
 """The mesh's errors as ToolScore WebSocket messages: one `{type: "error"}` shape for every request.
 
-A request's handler (edge.toolscore_ws) raises MeshError and never builds an error message itself;
+A request's handler (edge.legacy.toolscore_ws) raises MeshError and never builds an error message itself;
 the connection answers it here, with the request's `request_id` and `request_type`, the error's
 gRPC code name and reason (docs/toolscore-websocket.md). A tool that fails never gets here: the
 router answered it as a result (services/router/failures.py), sent as an `execute_tool_response`

@@ -16,23 +16,66 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
-from edge import views
-from edge.metrics import EdgeMetrics
+from edge.metrics import METRICS, EdgeMetrics
+from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
 from edge.registry_cache import RegistryCache, Unsubscribe
-from edge.state import CONFIG, EVENTS, METRICS, WEBSOCKETS
+from edge.rest import shapes
 from services.common import jsonvalue
+from services.common.config import EdgeConfig
 from services.common.errors import MeshError
 
 log = logging.getLogger(__name__)
 
 ROUTE = "/api/v1/events/tools"
-EVENT_TYPES = frozenset(views.EVENT_NAMES.values())
+EVENT_NAMES = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "tool_installed",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "tool_updated",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "tool_uninstalled",
+    tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED: "tool_health_changed",
+}
+_EVENT_STATUS = {
+    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "ready",
+    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "removed",
+}
+
+
+EVENT_TYPES = frozenset(EVENT_NAMES.values())
+
+
+def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
+    """A pushed event: the original `tool_installed` fields plus the tool and the revision."""
+    tool = event.tool
+    msg: dict[str, Any] = {
+        "type": EVENT_NAMES.get(event.type, "tool_updated"),
+        "revision": event.revision,
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "status": _EVENT_STATUS.get(event.type, shapes.HEALTH_NAMES.get(tool.health, "unknown")),
+        "health": shapes.HEALTH_NAMES.get(tool.health, "unknown"),
+        "tool": shapes.tool_json(tool),
+        "timestamp": shapes.iso_time(event.time) or shapes.now_iso(),
+    }
+    return msg
+
+
+def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
+    """A tool in the events WebSocket's `welcome` and `tools_list`."""
+    return {
+        "tool_id": tool.tool_id,
+        "name": tool.name,
+        "capabilities": [c.name for c in tool.capabilities],
+        "type": shapes.original_tool_type(tool),
+        "enabled": tool.enabled,
+        "health": shapes.HEALTH_NAMES.get(tool.health, "unknown"),
+    }
 
 
 class Subscriber:
@@ -108,11 +151,20 @@ class Subscriber:
 class EventHub:
     """Fans the registry cache's events out to every subscriber."""
 
-    def __init__(self, registry: RegistryCache, metrics: EdgeMetrics, queue_limit: int) -> None:
+    def __init__(
+        self,
+        registry: RegistryCache,
+        metrics: EdgeMetrics,
+        queue_limit: int,
+        outbox_bytes: int,
+        max_frame_bytes: int,
+    ) -> None:
         self.registry = registry
         self._unsubscribe: Unsubscribe | None = None
         self.metrics = metrics
         self.queue_limit = max(queue_limit, 1)
+        self.outbox_bytes = outbox_bytes
+        self.max_frame_bytes = max_frame_bytes  # the largest message a client may send
         self.subscribers: set[Subscriber] = set()
         self.outbox_stats = OutboxStats()
 
@@ -124,25 +176,25 @@ class EventHub:
             self._unsubscribe()
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
-        name = views.EVENT_NAMES.get(event.type, "tool_updated")
+        name = EVENT_NAMES.get(event.type, "tool_updated")
         tool_id = event.tool.tool_id
         text: str | None = None
         frame = b""
         for sub in self.subscribers:
             if sub.wants(name, tool_id):
                 if text is None:  # serialized and framed once, shared by every subscriber
-                    text = views.dumps(views.event_message(event))
+                    text = shapes.dumps(event_message(event))
                     frame = text_frame(text)
                 sub.event(event.revision, text, frame)
 
     def tools_message(self, kind: str, **extra: Any) -> str:
         tools = self.registry.tools()
-        return views.dumps(
+        return shapes.dumps(
             {
                 "type": kind,
-                "tools": [views.brief_tool(t) for t in tools],
+                "tools": [brief_tool(t) for t in tools],
                 "total_count": len(tools),
-                "timestamp": views.now_iso(),
+                "timestamp": shapes.now_iso(),
                 "revision": self.registry.revision,
                 **extra,
             }
@@ -175,10 +227,10 @@ class EventHub:
         sub.spawn(self._backlog_from_hub(sub, since, current))
 
     def _replay(self, sub: Subscriber, event: tool_pb2.ToolEvent) -> None:
-        if sub.wants(views.EVENT_NAMES.get(event.type, "tool_updated"), event.tool.tool_id):
-            msg = views.event_message(event)
+        if sub.wants(EVENT_NAMES.get(event.type, "tool_updated"), event.tool.tool_id):
+            msg = event_message(event)
             msg["replayed"] = True
-            sub.event(event.revision, views.dumps(msg))
+            sub.event(event.revision, shapes.dumps(msg))
         else:
             sub.revision = max(sub.revision, event.revision)
 
@@ -204,20 +256,23 @@ class EventHub:
         sub.release_held()
 
 
+EVENTS = web.AppKey("events", EventHub)
+
+
 def _resync(revision: int, reason: str, message: str) -> str:
-    return views.dumps(
+    return shapes.dumps(
         {
             "type": "resync_required",
             "reason": reason,
             "message": message,
             "revision": revision,
-            "timestamp": views.now_iso(),
+            "timestamp": shapes.now_iso(),
         }
     )
 
 
 def _error(message: str, **extra: Any) -> str:
-    return views.dumps({"type": "error", "message": message, "timestamp": views.now_iso(), **extra})
+    return shapes.dumps({"type": "error", "message": message, "timestamp": shapes.now_iso(), **extra})
 
 
 def _names(value: Any, what: str) -> frozenset[str]:
@@ -250,7 +305,7 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     kind = msg.get("type")
     if kind == "ping":
         sub.send(
-            views.dumps({"type": "pong", "timestamp": views.now_iso(), "revision": hub.registry.revision})
+            shapes.dumps({"type": "pong", "timestamp": shapes.now_iso(), "revision": hub.registry.revision})
         )
     elif kind == "get_tools":
         sub.send(hub.tools_message("tools_list"))
@@ -261,13 +316,13 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
             sub.send(_error(str(exc), request_type="subscribe"))
             return
         sub.send(
-            views.dumps(
+            shapes.dumps(
                 {
                     "type": "subscribed",
                     "events": sorted(sub.events) or sorted(EVENT_TYPES),
                     "tool_ids": sorted(sub.tool_ids),
                     "revision": hub.registry.revision,
-                    "timestamp": views.now_iso(),
+                    "timestamp": shapes.now_iso(),
                 }
             )
         )
@@ -292,12 +347,12 @@ def _since(request: web.Request) -> int | None:
 async def events_socket(request: web.Request) -> web.WebSocketResponse:
     """GET /api/v1/events/tools (WebSocket)."""
     app = request.app
-    hub, metrics = app[EVENTS], app[METRICS]
-    ws = web.WebSocketResponse(compress=False, max_msg_size=app[CONFIG].edge.max_frame_bytes, heartbeat=30.0)
+    hub, metrics, sockets = app[EVENTS], app[METRICS], app[OPEN_SOCKETS]
+    ws = web.WebSocketResponse(compress=False, max_msg_size=hub.max_frame_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    app[WEBSOCKETS].add(ws)
+    sockets.add(ws)
     metrics.ws_opened(ROUTE)
-    limits = OutboxLimits(hub.queue_limit, app[CONFIG].edge.outbox_bytes)
+    limits = OutboxLimits(hub.queue_limit, hub.outbox_bytes)
     sub = Subscriber(ws, limits, metrics, request.transport, hub.outbox_stats)
     sub.out.start()
     try:
@@ -315,7 +370,7 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
                 sub.send(_error("binary frames are not supported; send JSON text"))
     finally:
         hub.subscribers.discard(sub)
-        app[WEBSOCKETS].discard(ws)
+        sockets.discard(ws)
         metrics.ws_closed(ROUTE)
         await _stop(sub)
     return ws
@@ -329,5 +384,20 @@ async def _stop(sub: Subscriber) -> None:
     await asyncio.gather(sub.out.stop(), *tasks, return_exceptions=True)
 
 
-def add_routes(app: web.Application) -> None:
+def mount(app: web.Application, registry: RegistryCache, metrics: EdgeMetrics, edge: EdgeConfig) -> EventHub:
+    """Serve the events WebSocket on `app` (app[EVENTS]), following `registry` while the app runs.
+
+    Needs app[METRICS] and app[OPEN_SOCKETS] (edge.metrics, edge.open_sockets).
+    """
+    hub = app[EVENTS] = EventHub(
+        registry, metrics, edge.subscriber_queue, edge.outbox_bytes, edge.max_frame_bytes
+    )
+
+    async def following(_app: web.Application) -> AsyncIterator[None]:
+        hub.attach()
+        yield
+        hub.detach()
+
+    app.cleanup_ctx.append(following)
     app.router.add_get(ROUTE, events_socket)
+    return hub

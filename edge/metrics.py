@@ -1,4 +1,4 @@
-"""The edge's figures, rendered in the Prometheus text format (version 0.0.4).
+"""The edge's figures, rendered in the Prometheus text format (version 0.0.4) at `/metrics`.
 
 Written here rather than pulled in with prometheus_client: a few counters and
 histograms, cheap to update on every call (a dict lookup and a bisect).
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
+
+from aiohttp import web
 
 # Seconds; tuned for calls from 0.2 ms to tens of seconds.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -135,3 +137,23 @@ def _histogram(out: list[str], name: str, labels: list[tuple[str, str]], h: Hist
     out.append(f"{name}_bucket{_labels([*labels, ('le', '+Inf')])} {h.count}")
     out.append(f"{name}_sum{_labels(labels)} {h.total}")
     out.append(f"{name}_count{_labels(labels)} {h.count}")
+
+
+METRICS = web.AppKey("metrics", EdgeMetrics)
+
+
+async def metrics_page(request: web.Request) -> web.Response:
+    """GET /metrics."""
+    return web.Response(
+        text=request.app[METRICS].render(),
+        content_type="text/plain",
+        headers={"X-Content-Type-Options": "nosniff"},
+        charset="utf-8",
+    )
+
+
+def mount(app: web.Application) -> EdgeMetrics:
+    """The edge's figures (app[METRICS]), served at `/metrics`."""
+    metrics = app[METRICS] = EdgeMetrics()
+    app.router.add_get("/metrics", metrics_page)
+    return metrics

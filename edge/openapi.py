@@ -1,21 +1,41 @@
-"""The OpenAPI 3.1 document served at /openapi.json (a test checks it matches the routes)."""
+"""The OpenAPI 3.1 document served at /openapi.json (a test checks it matches the routes).
+
+The clean API, discovery, tasks and operations are described here; the original system's routes
+bring their own part (edge.legacy.openapi's `FRAGMENT`), which `mount` is given: this module
+knows nothing of them.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+from aiohttp import web
 
 
-def _ref(name: str) -> dict[str, str]:
+@dataclass(frozen=True)
+class Fragment:
+    """Paths and schemas another module describes, added to the document."""
+
+    paths: dict[str, Any] = field(default_factory=dict)
+    schemas: dict[str, Any] = field(default_factory=dict)
+
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def ref(name: str) -> dict[str, str]:
+    """A reference to one of the document's schemas."""
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+def json_answer(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    """A JSON response of `schema`."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(
+def op(
     summary: str,
     ok: dict[str, Any],
     *,
@@ -25,12 +45,13 @@ def _op(
     tag: str = "tools",
     ok_status: str = "200",
 ) -> dict[str, Any]:
+    """One operation: its summary, answers (the errors named by status), body and admin need."""
     op: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": {ok_status: ok}}
     for status in errors:
-        op["responses"][str(status)] = _json(_ERROR, _STATUS_TEXT[status])
+        op["responses"][str(status)] = json_answer(ERROR, _STATUS_TEXT[status])
     if admin:
         op["security"] = [{"adminToken": []}]
-        op["responses"]["401"] = _json(_ERROR, "The admin token is configured and missing or wrong")
+        op["responses"]["401"] = json_answer(ERROR, "The admin token is configured and missing or wrong")
     if body is not None:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
     return op
@@ -44,8 +65,8 @@ _STATUS_TEXT = {
     503: "Hub unreachable (a tool server that is unreachable is a 200 result with NetworkError)",
     504: "The hub did not answer in time (a tool that times out is a 200 result with TimeoutError)",
 }
-_TOOL_ID = {"name": "tool_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_OBJ = {"type": "object"}
+TOOL_ID = {"name": "tool_id", "in": "path", "required": True, "schema": {"type": "string"}}
+OBJ = {"type": "object"}
 
 
 def _schemas() -> dict[str, Any]:
@@ -95,7 +116,7 @@ def _schemas() -> dict[str, Any]:
                 "description": {"type": "string"},
                 "kind": {"enum": ["function", "grpc_server", "websocket_server", "mcp_server"]},
                 "endpoint": {"type": "string", "description": "unix:///abs/path.sock or host:port"},
-                "capabilities": {"type": "array", "items": _ref("Capability")},
+                "capabilities": {"type": "array", "items": ref("Capability")},
                 "tags": {"type": "array", "items": {"type": "string"}},
                 "version": {"type": "string"},
                 "enabled": {"type": "boolean"},
@@ -117,7 +138,7 @@ def _schemas() -> dict[str, Any]:
                 "version": {"type": "string"},
                 "owner": {"type": "string"},
                 "metadata": {"type": "object"},
-                "capabilities": {"type": "array", "items": _ref("Capability")},
+                "capabilities": {"type": "array", "items": ref("Capability")},
                 "stats": {
                     "type": "object",
                     "properties": {
@@ -162,26 +183,6 @@ def _schemas() -> dict[str, Any]:
                 "duration_ms": {"type": "number"},
             },
         },
-        "LegacyExecuteRequest": {
-            "type": "object",
-            "required": ["tool_id", "action"],
-            "properties": {
-                "tool_id": {"type": "string"},
-                "action": {"type": "string"},
-                "parameters": {"type": "object"},
-            },
-        },
-        "LegacyExecuteResult": {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "result": {},
-                "output": {"type": "string"},
-                "error": nullable_str,
-                "error_type": nullable_str,
-                "processing_time_ms": {"type": "number"},
-            },
-        },
         "Stats": {
             "type": "object",
             "properties": {
@@ -217,19 +218,19 @@ def _discovery_and_tasks() -> dict[str, Any]:
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
     post = lambda summary, admin=False: {  # noqa: E731
-        "post": _op(summary, _json(_OBJ), body=_OBJ, admin=admin, errors=(400, 404, 503), tag="discovery")
+        "post": op(summary, json_answer(OBJ), body=OBJ, admin=admin, errors=(400, 404, 503), tag="discovery")
     }
     return {
         "/mcp/search": post("Rank catalog servers for a free-text need, with scores and why they matched"),
         "/mcp/install": post("Install a catalog server by name (and optional pinned version)", admin=True),
         "/api/v1/tools/servers": {
-            "get": _op("Installed and federated MCP servers", _json(_OBJ), tag="discovery")
+            "get": op("Installed and federated MCP servers", json_answer(OBJ), tag="discovery")
         },
         "/api/v1/tools/servers/{name}": {
             "parameters": [name],
-            "delete": _op(
+            "delete": op(
                 "Uninstall a server: stop it, deregister its tools, remove its files",
-                _json(_OBJ),
+                json_answer(OBJ),
                 admin=True,
                 errors=(404, 503),
                 tag="discovery",
@@ -241,10 +242,10 @@ def _discovery_and_tasks() -> dict[str, Any]:
             "Original: search the catalog and install matches", admin=True
         ),
         "/api/v1/tasks": {
-            "post": _op(
+            "post": op(
                 "Queue a task for the reasoning runtime ({input, priority, context})",
-                _json(_OBJ, "Queued"),
-                body=_OBJ,
+                json_answer(OBJ, "Queued"),
+                body=OBJ,
                 errors=(400, 503),
                 tag="tasks",
                 ok_status="202",
@@ -252,28 +253,17 @@ def _discovery_and_tasks() -> dict[str, Any]:
         },
         "/api/v1/tasks/{task_id}": {
             "parameters": [task_id],
-            "get": _op("A task's status and result", _json(_OBJ), errors=(404, 503), tag="tasks"),
+            "get": op("A task's status and result", json_answer(OBJ), errors=(404, 503), tag="tasks"),
         },
     }
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 description of every HTTP route of the edge."""
-    legacy_ok = _json(
-        {
-            "type": "object",
-            "properties": {
-                "success": {"type": "boolean"},
-                "tool_id": {"type": "string"},
-                "message": {"type": "string"},
-                "revision": {"type": "integer"},
-            },
-        }
-    )
+def document(*fragments: Fragment) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of every HTTP route of the edge: its own, and the fragments'."""
     health = {
-        "get": _op(
+        "get": op(
             "Liveness and hub connectivity (503 while the hub is unreachable)",
-            _json(_ref("Health")),
+            json_answer(ref("Health")),
             errors=(503,),
             tag="ops",
         )
@@ -287,7 +277,7 @@ def document() -> dict[str, Any]:
             "are described in docs/events-websocket.md and docs/toolscore-websocket.md.",
         },
         "components": {
-            "schemas": _schemas(),
+            "schemas": {**_schemas(), **{k: v for f in fragments for k, v in f.schemas.items()}},
             "securitySchemes": {
                 "adminToken": {
                     "type": "http",
@@ -299,16 +289,16 @@ def document() -> dict[str, Any]:
         "paths": {
             **_discovery_and_tasks(),
             "/api/v1/health": health,
-            "/api/v1/stats": {"get": _op("Registry and edge figures", _json(_ref("Stats")), tag="ops")},
+            "/api/v1/stats": {"get": op("Registry and edge figures", json_answer(ref("Stats")), tag="ops")},
             "/api/v1/tools": {
                 "get": {
-                    **_op(
+                    **op(
                         "List tools (filters: kind, tag)",
-                        _json(
+                        json_answer(
                             {
                                 "type": "object",
                                 "properties": {
-                                    "tools": {"type": "array", "items": _ref("Tool")},
+                                    "tools": {"type": "array", "items": ref("Tool")},
                                     "total_count": {"type": "integer"},
                                     "revision": {"type": "integer"},
                                 },
@@ -320,13 +310,13 @@ def document() -> dict[str, Any]:
                         {"name": "tag", "in": "query", "schema": {"type": "string"}},
                     ],
                 },
-                "post": _op(
+                "post": op(
                     "Register or update a tool (the hub decides)",
-                    _json(
+                    json_answer(
                         {
                             "type": "object",
                             "properties": {
-                                "tool": _ref("Tool"),
+                                "tool": ref("Tool"),
                                 "created": {"type": "boolean"},
                                 "updated": {"type": "boolean"},
                                 "revision": {"type": "integer"},
@@ -334,20 +324,20 @@ def document() -> dict[str, Any]:
                         },
                         "Updated or unchanged (201 when created)",
                     ),
-                    body=_ref("ToolSpec"),
+                    body=ref("ToolSpec"),
                     admin=True,
                     errors=(400, 409, 503),
                 ),
             },
             "/api/v1/tools/{tool_id}": {
-                "parameters": [_TOOL_ID],
-                "get": _op("One tool", _json(_ref("Tool")), errors=(404,)),
-                "delete": _op(
+                "parameters": [TOOL_ID],
+                "get": op("One tool", json_answer(ref("Tool")), errors=(404,)),
+                "delete": op(
                     "Deregister a tool",
-                    _json(
+                    json_answer(
                         {
                             "type": "object",
-                            "properties": {"tool": _ref("Tool"), "revision": {"type": "integer"}},
+                            "properties": {"tool": ref("Tool"), "revision": {"type": "integer"}},
                         }
                     ),
                     admin=True,
@@ -355,67 +345,13 @@ def document() -> dict[str, Any]:
                 ),
             },
             "/api/v1/tools/{tool_id}/call": {
-                "parameters": [_TOOL_ID],
-                "post": _op(
+                "parameters": [TOOL_ID],
+                "post": op(
                     "Call one action; a failing, timed-out or unreachable tool is a 200 with is_error",
-                    _json(_ref("CallResult")),
-                    body=_ref("CallRequest"),
+                    json_answer(ref("CallResult")),
+                    body=ref("CallRequest"),
                     errors=(400, 404, 409, 413, 503, 504),
                 ),
-            },
-            "/api/v1/tools/available": {
-                "get": _op("Original: tools with legacy capabilities", _json(_OBJ), tag="original")
-            },
-            "/api/v1/tools/execute": {
-                "post": _op(
-                    "Original: execute an action; a failing or timed-out tool is a 200 with success false",
-                    _json(_ref("LegacyExecuteResult")),
-                    body=_ref("LegacyExecuteRequest"),
-                    errors=(400, 404, 409, 413, 503, 504),
-                    tag="original",
-                )
-            },
-            "/health": {"get": _op("Original health", _json(_ref("Health")), errors=(503,), tag="original")},
-            "/status": {"get": _op("Original status", _json(_OBJ), tag="original")},
-            "/stats": {"get": _op("Original stats", _json(_OBJ), tag="original")},
-            "/tools": {"get": _op("Original tool list", _json(_OBJ), tag="original")},
-            "/tools/{tool_id}": {
-                "parameters": [_TOOL_ID],
-                "get": _op("Original tool detail", _json(_OBJ), errors=(404,), tag="original"),
-            },
-            "/admin/tools/register": {
-                "post": _op(
-                    "Original: register {tool_spec}",
-                    legacy_ok,
-                    body={
-                        "type": "object",
-                        "required": ["tool_spec"],
-                        "properties": {"tool_spec": _ref("ToolSpec")},
-                    },
-                    admin=True,
-                    errors=(400, 409, 503),
-                    tag="original",
-                )
-            },
-            "/admin/tools/{tool_id}": {
-                "parameters": [_TOOL_ID],
-                "delete": _op(
-                    "Original: deregister", legacy_ok, admin=True, errors=(404, 503), tag="original"
-                ),
-            },
-            "/admin/mcp/register": {
-                "post": _op(
-                    "Original: register {server_spec} (gRPC endpoints; Streamable HTTP URLs refused for now)",
-                    legacy_ok,
-                    body={
-                        "type": "object",
-                        "required": ["server_spec"],
-                        "properties": {"server_spec": _ref("ToolSpec")},
-                    },
-                    admin=True,
-                    errors=(400, 409, 503),
-                    tag="original",
-                )
             },
             "/metrics": {
                 "get": {
@@ -429,6 +365,20 @@ def document() -> dict[str, Any]:
                     },
                 }
             },
-            "/openapi.json": {"get": _op("This document", _json(_OBJ), tag="ops")},
+            "/openapi.json": {"get": op("This document", json_answer(OBJ), tag="ops")},
+            **{path: item for f in fragments for path, item in f.paths.items()},
         },
     }
+
+
+def mount(app: web.Application, *fragments: Fragment) -> None:
+    """Serve the document, with `fragments`, at `/openapi.json`."""
+    body = None
+
+    async def openapi_document(request: web.Request) -> web.Response:
+        nonlocal body
+        if body is None:  # the same document every time: rendered once
+            body = json.dumps(document(*fragments), ensure_ascii=False, separators=(",", ":"))
+        return web.Response(text=body, content_type="application/json")
+
+    app.router.add_get("/openapi.json", openapi_document)

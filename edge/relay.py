@@ -31,9 +31,9 @@ from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_pb2
 
-from edge import views
 from edge.gateway import HubGateway
 from edge.registry_cache import RegistryCache, Unsubscribe
+from edge.rest.shapes import ERROR_TYPES_BY_NAME, dumps, tool_from_json
 from services.common.config import Config
 from services.common.contract import add_tool_executor
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
@@ -62,7 +62,7 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
     if not success:
         message = result.get("error") or result.get("error_message") or "the tool failed"
         message = message if isinstance(message, str) else json.dumps(message, default=str)
-        kind = views.ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
+        kind = ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
         resp.error.type = kind  # type: ignore[assignment]
         resp.error.message = message
         resp.content.add().text.text = message
@@ -116,7 +116,7 @@ class ServerSession:
         self._pending[rid] = fut
         try:
             await self.ws.send_str(
-                views.dumps(
+                dumps(
                     {
                         "type": "execute_tool_action",
                         "request_id": rid,
@@ -307,7 +307,7 @@ class RelayServer:
 
     async def register(self, session: ServerSession, spec: dict[str, Any]) -> lib.RegisterToolResponse:
         """Register a tool served over `session`'s connection."""
-        tool = views.tool_from_json(
+        tool = tool_from_json(
             spec,
             where="tool_spec",
             kind=tool_pb2.TOOL_KIND_WEBSOCKET_SERVER,
@@ -376,3 +376,18 @@ class RelayServer:
                 log.info("deregistered %s: its server (%s) disconnected", tool_id, session.peer)
             except MeshError as err:
                 log.warning("could not deregister %s after its server disconnected: %s", tool_id, err.message)
+
+
+RELAY = web.AppKey("relay", RelayServer)
+
+
+def mount(app: web.Application, cfg: Config, gateway: HubGateway, registry: RegistryCache) -> RelayServer:
+    """Serve the relay socket while `app` runs (app[RELAY]); the ToolScore WebSocket opens its sessions."""
+    relay = app[RELAY] = RelayServer(cfg, gateway, registry)
+
+    async def relaying(_app: web.Application) -> AsyncIterator[None]:
+        async with relay:
+            yield
+
+    app.cleanup_ctx.append(relaying)
+    return relay

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from edge.auth import AdminAuth
-from edge.rest import read_json
+from edge.json_body import JsonBody
 from services.common.errors import InvalidRequest, NotFound
 from services.runtime.service import TaskService
 
@@ -52,7 +52,7 @@ def _parse(body: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
 
 
 async def create_task(request: web.Request) -> web.Response:
-    text, priority, context = _parse(await read_json(request))  # errors: edge.errors_http
+    text, priority, context = _parse((await JsonBody.read(request)).data)  # errors: edge.errors_http
     admin = request.app[TASKS_AUTH].allows(request.headers)
     row = await request.app[TASKS].submit(text, priority, context, admin=admin)
     return web.json_response(

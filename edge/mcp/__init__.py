@@ -16,6 +16,8 @@ websocket.py      the WebSocket transport (`/ws/mcp`): one session per connectio
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from edge.gateway import HubGateway
@@ -50,16 +52,18 @@ def add_routes(
     app.router.add_route("*", "/mcp", http.handle)
     app.router.add_get("/ws/mcp", ws.handle)
 
-    async def on_startup(_: web.Application) -> None:
+    async def serving(_: web.Application) -> AsyncIterator[None]:
         svc.start()
+        yield
 
+    # Streams and sockets end before aiohttp awaits the handlers, so in on_shutdown (as edge.open_sockets).
     async def on_shutdown(_: web.Application) -> None:
         await svc.stop()
         http.close()
         await ws.close()
         await svc.dispatcher.tool_sessions.close()  # the end calls of the sessions just forgotten
 
-    app.on_startup.append(on_startup)
+    app.cleanup_ctx.append(serving)
     app.on_shutdown.append(on_shutdown)
 
 

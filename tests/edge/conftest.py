@@ -16,8 +16,9 @@ from toolscore.v1 import tool_pb2
 
 from edge.app import build_app
 from edge.gateway import HubGateway
+from edge.hub_link import GATEWAY, REGISTRY
+from edge.metrics import METRICS
 from edge.registry_cache import RegistryCache
-from edge.state import GATEWAY, METRICS, REGISTRY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct

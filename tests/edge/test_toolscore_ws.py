@@ -16,8 +16,8 @@ from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
-from edge.state import RELAY
-from edge.toolscore_ws import OUTBOX_STATS
+from edge.legacy.toolscore_ws import OUTBOX_STATS
+from edge.relay import RELAY
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from edge.state import GATEWAY
+from edge.hub_link import GATEWAY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.runtime.catalog import Catalog

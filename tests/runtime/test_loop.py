@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from edge.state import METRICS, REGISTRY
+from edge.hub_link import REGISTRY
+from edge.metrics import METRICS
 from services.common.config import Config
 from services.runtime import trajectory
 from tests.helpers import deadline

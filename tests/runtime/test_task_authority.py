@@ -17,7 +17,7 @@ from aiohttp import web
 
 from edge import tasks_routes
 from edge.app import build_app
-from edge.state import REGISTRY
+from edge.hub_link import REGISTRY
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from edge.app import HTTP_BOUNDS
 from edge.mcp import MCP_SERVICE, tool_name
+from edge.middleware import HTTP_BOUNDS
 from services.toolkit import Action
 from tests.edge.conftest import edge_config
 from tests.helpers import served_tool

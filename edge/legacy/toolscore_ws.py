@@ -21,17 +21,24 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import executor_pb2 as ex
 
-from edge import errors_ws, views
+from edge import errors_ws
+from edge.auth import AUTH
+from edge.hub_link import GATEWAY, REGISTRY
+from edge.legacy import shapes
+from edge.metrics import METRICS
+from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
-from edge.relay import RelayServer, ServerSession
-from edge.state import AUTH, CONFIG, GATEWAY, METRICS, REGISTRY, RELAY, WEBSOCKETS
+from edge.relay import RELAY, RelayServer, ServerSession
+from edge.rest.shapes import arguments_struct, dumps, tool_from_json
 from services.common import jsonvalue
+from services.common.config import EdgeConfig
 from services.common.errors import InvalidRequest, ResourceExhausted, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 ROUTE = "/websocket"
 OUTBOX_STATS: web.AppKey[OutboxStats] = web.AppKey("toolscore_ws_outbox_stats")
+SETTINGS = web.AppKey("toolscore_ws_settings", EdgeConfig)
 
 
 class Connection:
@@ -43,7 +50,7 @@ class Connection:
         self.session = session
         self.authorized = request.app[AUTH].allows(request.headers)
         self.tasks: set[asyncio.Task[None]] = set()
-        edge = request.app[CONFIG].edge
+        edge = request.app[SETTINGS]
         self.max_in_flight = edge.max_in_flight
         limits = OutboxLimits(edge.subscriber_queue, edge.outbox_bytes)
         self.out = Outbox(
@@ -55,7 +62,7 @@ class Connection:
         return "client too slow: it did not read its replies"
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.out.push(views.dumps(msg))
+        self.out.push(dumps(msg))
 
     def error(self, message: str, request_id: Any = None, **extra: Any) -> None:
         self.send({"type": "error", "request_id": request_id, "message": message, **extra})
@@ -133,8 +140,8 @@ async def _register_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any
                 "host:port); to be called over this connection, register with tool_type 'mcp_server'",
                 reason="MISSING_ENDPOINT",
             )
-        resp = await conn.app[GATEWAY].register(views.tool_from_json(spec, where="tool_spec"))
-    return views.registered_json(resp)
+        resp = await conn.app[GATEWAY].register(tool_from_json(spec, where="tool_spec"))
+    return shapes.registered(resp)
 
 
 async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +154,8 @@ async def _list_tools(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
                 "tool_id": t.tool_id,
                 "name": t.name,
                 "description": t.description,
-                "tool_type": views.legacy_tool_type(t),
-                "capabilities": [views.legacy_capability(c) for c in t.capabilities],
+                "tool_type": shapes.tool_type(t),
+                "capabilities": [shapes.capability(c) for c in t.capabilities],
             }
             for t in tools
         ],
@@ -164,11 +171,11 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     call = ex.ExecuteRequest(
         tool_id=tool_id,
         action=action,
-        arguments=views.arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
+        arguments=arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
         request_id=str(msg.get("request_id") or ""),
     )
     resp = await conn.app[GATEWAY].execute(call)
-    return {"tool_id": tool_id, "action": action, **views.legacy_result(resp, time.perf_counter() - start)}
+    return {"tool_id": tool_id, "action": action, **shapes.execute_result(resp, time.perf_counter() - start)}
 
 
 _HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execute_tool": _execute_tool}
@@ -177,9 +184,9 @@ _HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execut
 async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
     """GET /websocket (WebSocket)."""
     app = request.app
-    ws = web.WebSocketResponse(compress=False, max_msg_size=app[CONFIG].edge.max_frame_bytes, heartbeat=30.0)
+    ws = web.WebSocketResponse(compress=False, max_msg_size=app[SETTINGS].max_frame_bytes, heartbeat=30.0)
     await ws.prepare(request)
-    app[WEBSOCKETS].add(ws)
+    app[OPEN_SOCKETS].add(ws)
     app[METRICS].ws_opened(ROUTE)
     relay = app[RELAY]
     conn = Connection(request, ws, relay.open_session(ws, request.remote or "?"))
@@ -191,7 +198,7 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type == WSMsgType.BINARY:
                 conn.error("binary frames are not supported; send JSON text")
     finally:
-        app[WEBSOCKETS].discard(ws)
+        app[OPEN_SOCKETS].discard(ws)
         app[METRICS].ws_closed(ROUTE)
         relay.detach(conn.session)  # stop routing to it before anything else can interleave
         for task in list(conn.tasks):  # the client is gone: stop its calls (cancelled down to the tool)
@@ -205,6 +212,11 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def add_routes(app: web.Application) -> None:
+def mount(app: web.Application, edge: EdgeConfig) -> None:
+    """Serve `/websocket` on `app` with `edge`'s bounds (frame size, outbox, requests in flight).
+
+    Needs the hub link, the relay, auth, metrics and the open sockets mounted on `app`.
+    """
+    app[SETTINGS] = edge
     app[OUTBOX_STATS] = OutboxStats()
     app.router.add_get(ROUTE, toolscore_socket)

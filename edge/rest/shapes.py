@@ -1,8 +1,7 @@
-"""Pure translations between registry messages and the edge's JSON shapes.
+"""The clean `/api/v1` JSON shapes: everything a Tool carries, call results, incoming definitions.
 
-Two families: the clean `/api/v1` shapes (everything a Tool carries) and the
-original system's shapes (see docs/rest.md), kept field for field. Nothing
-here does I/O; handlers call these and only send the result.
+Pure translations between registry messages and JSON; nothing here does I/O. The original
+system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge.events'.
 """
 
 from __future__ import annotations
@@ -47,35 +46,27 @@ ERROR_TYPE_NAMES = {
     tool_pb2.ERROR_TYPE_UNKNOWN: "UnknownError",
 }
 ERROR_TYPES_BY_NAME = {v: k for k, v in ERROR_TYPE_NAMES.items() if k}
-EVENT_NAMES = {
-    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "tool_installed",
-    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "tool_updated",
-    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "tool_uninstalled",
-    tool_pb2.TOOL_EVENT_TYPE_HEALTH_CHANGED: "tool_health_changed",
-}
-_EVENT_STATUS = {
-    tool_pb2.TOOL_EVENT_TYPE_INSTALLED: "ready",
-    tool_pb2.TOOL_EVENT_TYPE_UPDATED: "ready",
-    tool_pb2.TOOL_EVENT_TYPE_REMOVED: "removed",
-}
 
 
 def now_iso() -> str:
+    """Now, in ISO 8601 (UTC)."""
     return datetime.now(UTC).isoformat()
 
 
-def _ts(ts: timestamp_pb2.Timestamp) -> str | None:
+def iso_time(ts: timestamp_pb2.Timestamp) -> str | None:
+    """A Timestamp in ISO 8601 (UTC), None when unset."""
     if not ts.seconds and not ts.nanos:
         return None
     return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, UTC).isoformat()
 
 
-def legacy_tool_type(tool: tool_pb2.Tool) -> str:
-    """`function` for in-process tools; every served tool was an `mcp_server` originally."""
+def original_tool_type(tool: tool_pb2.Tool) -> str:
+    """The original system's ToolType (the original shapes' and the events WebSocket's `type`):
+    `function` for in-process tools; every served tool was an `mcp_server` originally."""
     return "function" if tool.kind == tool_pb2.TOOL_KIND_FUNCTION else "mcp_server"
 
 
-# -- clean shapes ---------------------------------------------------------------
+# -- outgoing ----------------------------------------------------------------------
 
 
 def capability_json(cap: tool_pb2.Capability) -> dict[str, Any]:
@@ -110,10 +101,10 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
             "success_count": s.success_count,
             "success_rate": s.success_rate,
             "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6,
-            "last_used": _ts(s.last_used),
+            "last_used": iso_time(s.last_used),
         },
-        "registered_at": _ts(tool.registered_at),
-        "updated_at": _ts(tool.updated_at),
+        "registered_at": iso_time(tool.registered_at),
+        "updated_at": iso_time(tool.updated_at),
     }
 
 
@@ -148,122 +139,11 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
     return out
 
 
-# -- the original shapes ----------------------------------------------------------
-
-
-def legacy_parameters(cap: tool_pb2.Capability) -> dict[str, Any]:
-    """An input schema as the original `{param: {type, description, required}}`."""
-    schema = struct_to_dict(cap.input_schema)
-    required = set(schema.get("required") or ())
-    params = {}
-    for name, prop in (schema.get("properties") or {}).items():
-        prop = prop if isinstance(prop, dict) else {}
-        params[name] = {
-            "type": prop.get("type", "any"),
-            "description": prop.get("description", ""),
-            "required": name in required,
-        }
-    return params
-
-
-def legacy_capability(cap: tool_pb2.Capability) -> dict[str, Any]:
-    return {"name": cap.name, "description": cap.description, "parameters": legacy_parameters(cap)}
-
-
-def legacy_summary(tool: tool_pb2.Tool) -> dict[str, Any]:
-    """GET /tools item."""
-    return {
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "description": tool.description,
-        "tool_type": legacy_tool_type(tool),
-        "enabled": tool.enabled,
-        "capabilities_count": len(tool.capabilities),
-        "capabilities": [legacy_capability(c) for c in tool.capabilities],
-    }
-
-
-def legacy_detail(tool: tool_pb2.Tool) -> dict[str, Any]:
-    """GET /tools/{tool_id} `tool`."""
-    return {
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "description": tool.description,
-        "tool_type": legacy_tool_type(tool),
-        "enabled": tool.enabled,
-        "tags": list(tool.tags),
-        "capabilities": [legacy_capability(c) for c in tool.capabilities],
-        "endpoint": tool.endpoint,
-        "health": HEALTH_NAMES.get(tool.health, "unknown"),
-    }
-
-
-def available_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
-    """GET /api/v1/tools/available item."""
-    return {
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "description": tool.description,
-        "tool_type": legacy_tool_type(tool),
-        "capabilities": [legacy_capability(c) for c in tool.capabilities],
-        "tags": list(tool.tags),
-        "endpoint": tool.endpoint,
-    }
-
-
-def brief_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
-    """A tool in the events WebSocket's `welcome` and `tools_list`."""
-    return {
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "capabilities": [c.name for c in tool.capabilities],
-        "type": legacy_tool_type(tool),
-        "enabled": tool.enabled,
-        "health": HEALTH_NAMES.get(tool.health, "unknown"),
-    }
-
-
-def legacy_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
-    """POST /api/v1/tools/execute body: {success, result, output, error, error_type, processing_time_ms}."""
-    texts = [b.text.text for b in resp.content if b.WhichOneof("block") == "text"]
-    if resp.HasField("structured"):
-        result: Any = struct_to_dict(resp.structured)
-    else:
-        result = next(
-            (value_to_py(b.json.value) for b in resp.content if b.WhichOneof("block") == "json"),
-            "\n".join(texts) if texts else None,
-        )
-    return {
-        "success": not resp.is_error,
-        "result": result,
-        "output": "\n".join(texts),
-        "error": resp.error.message if resp.is_error else None,
-        "error_type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError") if resp.is_error else None,
-        "processing_time_ms": round(elapsed_s * 1000, 3),
-    }
-
-
-def event_message(event: tool_pb2.ToolEvent) -> dict[str, Any]:
-    """A pushed event: the original `tool_installed` fields plus the tool and the revision."""
-    tool = event.tool
-    msg: dict[str, Any] = {
-        "type": EVENT_NAMES.get(event.type, "tool_updated"),
-        "revision": event.revision,
-        "tool_id": tool.tool_id,
-        "name": tool.name,
-        "status": _EVENT_STATUS.get(event.type, HEALTH_NAMES.get(tool.health, "unknown")),
-        "health": HEALTH_NAMES.get(tool.health, "unknown"),
-        "tool": tool_json(tool),
-        "timestamp": _ts(event.time) or now_iso(),
-    }
-    return msg
-
-
 def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-# -- incoming definitions ---------------------------------------------------------
+# -- incoming definitions (clean or original-style specs) ------------------------------
 
 
 def _str(spec: dict[str, Any], key: str, where: str, default: str = "") -> str:
@@ -363,14 +243,3 @@ def arguments_struct(value: Any, max_bytes: int, field: str = "parameters"):  # 
         raise InvalidRequest(
             f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
         ) from None
-
-
-def registered_json(resp: Any) -> dict[str, Any]:
-    """The answer to a registration (REST and ToolScore WebSocket): what happened, and at which revision."""
-    what = "registered" if resp.created else "updated" if resp.updated else "already registered, unchanged"
-    return {
-        "success": True,
-        "tool_id": resp.tool.tool_id,
-        "message": f"tool {resp.tool.tool_id} {what}",
-        "revision": resp.revision,
-    }

@@ -1,0 +1,134 @@
+"""The one reader of JSON request bodies, for every REST route of the edge (v1, original, discovery, tasks).
+
+    body = await JsonBody.read(request)        # 400 unless the body is one JSON object
+    tool_id = body.text("tool_id")               # 400 MISSING_FIELD / INVALID_FIELD, naming the field
+    limit = body.count("max_candidates", 10)
+
+The rules, the same on every route (docs/rest.md, "Request bodies"):
+
+- size: the app's `client_max_size` (`[edge] max_frame_bytes` on the edge), enforced by aiohttp
+  while reading: past it, 413 (edge.errors_http answers aiohttp's refusal in the JSON error shape);
+- content type: not checked; the body is read as JSON whatever its `Content-Type` says, as the
+  original system's routes did (the MCP endpoint, which speaks JSON-RPC, is stricter: docs/mcp.md);
+- depth: at most `services.common.jsonvalue`'s bound, else 400 `JSON_TOO_DEEP` (checked while
+  parsing, so a deep body costs no recursion);
+- shape: one JSON object, else 400 `INVALID_JSON` (not JSON) or `INVALID_BODY` (JSON, not an
+  object; an empty body is not an object either).
+
+Every refusal is an InvalidRequest (a MeshError): the route raises it and edge.errors_http answers
+it; no route catches or words these errors itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from services.common import jsonvalue
+from services.common.errors import InvalidRequest
+
+
+def _invalid(key: str, what: str) -> InvalidRequest:
+    return InvalidRequest(f"{key} must be {what}", reason="INVALID_FIELD", metadata={"field": key})
+
+
+def _missing(key: str, message: str = "") -> InvalidRequest:
+    return InvalidRequest(message or f"{key} is required", reason="MISSING_FIELD", metadata={"field": key})
+
+
+class JsonBody:
+    """A JSON object (a request's body, or an object inside it) with typed field access.
+
+    A field that is absent or null counts as not given. Each accessor either returns the
+    field's value as its type or raises InvalidRequest naming the field (`metadata.field`).
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    @classmethod
+    async def read(cls, request: web.Request) -> JsonBody:
+        """The request's body as a JSON object, or InvalidRequest (400) saying why not."""
+        raw = await request.read()
+        try:
+            data = jsonvalue.loads(raw) if raw else None
+        except jsonvalue.JsonTooDeep as exc:
+            raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
+        except ValueError:
+            raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
+        return cls(data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The field as sent (any JSON value), `default` when absent or null."""
+        value = self.data.get(key)
+        return default if value is None else value
+
+    def __contains__(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+    def require(self, key: str) -> Any:
+        """The field as sent (any JSON value); MISSING_FIELD when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            raise _missing(key)
+        return value
+
+    def text(self, key: str, *, required: bool = True) -> str:
+        """A string field. Required: absent, null or blank (only whitespace) is MISSING_FIELD;
+        optional: absent or null is ""."""
+        value = self.data.get(key)
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            raise _invalid(key, "a string")
+        if required and not value.strip():
+            raise _missing(key)
+        return value
+
+    def count(self, key: str, default: int) -> int:
+        """A non-negative integer field (not a boolean), `default` when absent or null."""
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _invalid(key, "a non-negative integer")
+        return value
+
+    def integer(self, key: str, default: int) -> int:
+        """An integer field (not a boolean), `default` when absent or null."""
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _invalid(key, "an integer")
+        return value
+
+    def seconds(self, key: str) -> float | None:
+        """A positive number of seconds, None when absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _invalid(key, "a positive number")
+        return float(value)
+
+    def items(self, key: str) -> list[Any]:
+        """A list field; absent, null or empty is []."""
+        value = self.data.get(key) or []
+        if not isinstance(value, list):
+            raise _invalid(key, "a list")
+        return value
+
+    def object(self, key: str, *, required: bool = False) -> JsonBody:
+        """An object field. Required: absent or not an object is MISSING_FIELD ("an object is
+        required"); optional: absent, null or empty is {}, anything else but an object INVALID_FIELD."""
+        value = self.data.get(key)
+        if required:
+            if not isinstance(value, dict):
+                raise _missing(key, f"{key} (an object) is required")
+            return JsonBody(value)
+        value = value or {}
+        if not isinstance(value, dict):
+            raise _invalid(key, "a JSON object")
+        return JsonBody(value)

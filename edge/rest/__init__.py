@@ -1,0 +1,5 @@
+"""The clean REST API, `/api/v1` (docs/rest.md).
+
+routes.py   the handlers and their mount: tools, calls, health, stats, /metrics
+shapes.py   the JSON shapes: tools, call results, incoming definitions (pure)
+"""

@@ -36,6 +36,7 @@ from services.common.contract import (
     lenient,
     salvage,
 )
+from services.common.correlator import Correlator, Expired, TooManyPending
 from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
 from services.toolkit.results import text_result
 
@@ -46,6 +47,9 @@ _TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 # A tool server's answer up to this many times the message limit still arrives (and fails its call
 # alone); only a bigger one makes gRPC end the stream. A bound, so one answer cannot take all memory.
 _RECEIVE_HEADROOM = 2
+# How many calls may wait for their answers on one stream: past it, a call is refused as an
+# unreachable server's (an is_error NetworkError result), the stream and the other calls go on.
+_MAX_WAITING = 10_000
 
 
 def channel_options(max_message_bytes: int, unix: bool, receive_bytes: int = 0) -> list[tuple[str, object]]:
@@ -66,15 +70,6 @@ class _UnsupportedStream(Exception):
     pass
 
 
-class _Expired(Exception):
-    pass
-
-
-def _expire(fut: asyncio.Future[ex.ExecuteResponse]) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
-
-
 def _unreadable_answer(target: str, reason: str) -> ex.ExecuteResponse:
     return text_result(
         f"the answer of the tool server at {target} could not be read: {reason}",
@@ -89,7 +84,8 @@ class _Mux:
     Writes go straight to the call object (cheaper than feeding a request
     iterator through a queue). Messages queued while a write is in flight are
     sent by that writer, coalesced into one message when the server opened the
-    stream with `toolscore-batching: 1`. One reader task resolves the futures.
+    stream with `toolscore-batching: 1`. One reader task resolves the calls'
+    futures (the stream's correlator).
     """
 
     def __init__(self, channel: grpc.aio.Channel, target: str, max_message_bytes: int) -> None:
@@ -102,7 +98,7 @@ class _Mux:
         self._max_request = max_message_bytes - STREAM_OVERHEAD_BYTES
         self._max_batch = batch_limit(max_message_bytes)
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
+        self._pending: Correlator[int, ex.ExecuteResponse] = Correlator(_MAX_WAITING)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
         self._outbox: list[ex.ExecuteStreamRequest] = []
@@ -154,25 +150,16 @@ class _Mux:
                 self._call = None
             call.cancel()
         # No await since resetting _call: calls opened from now on register on a new stream.
-        for fut, _ in list(self._pending.values()):
-            if not fut.done():
-                fut.set_exception(error)
-        self._pending.clear()
+        self._pending.fail_all(error)
 
     def _is_current(self, call: grpc.aio.StreamStreamCall) -> bool:
         return self._call is call
 
     def _deliver(self, msg: ex.ExecuteStreamResponse) -> None:
-        slot = self._pending.get(msg.call_id)
-        if slot is None:
-            return
-        fut, on_progress = slot
         if msg.HasField("result"):
-            del self._pending[msg.call_id]
-            if not fut.done():
-                fut.set_result(msg.result)
-        elif on_progress is not None:
-            on_progress(msg.progress)
+            self._pending.resolve(msg.call_id, msg.result)
+        else:
+            self._pending.progress(msg.call_id, msg.progress)
 
     def _deliver_unreadable(self, msg: Unreadable) -> None:
         """Answer each call in a message that did not parse whole with what can be read of it."""
@@ -181,17 +168,12 @@ class _Mux:
             log.warning("%s sent a stream message that does not parse (%d bytes)", self._target, len(msg.raw))
             return
         for part in parts:
-            slot = self._pending.get(part.call_id)
-            if slot is None:
-                continue
             if part.kind == "progress":
-                if part.message is not None and slot[1] is not None:
-                    slot[1](part.message)  # type: ignore[arg-type]
+                if part.message is not None:
+                    self._pending.progress(part.call_id, part.message)
                 continue
-            del self._pending[part.call_id]
             answer = _unreadable_answer(self._target, msg.reason) if part.message is None else part.message
-            if not slot[0].done():
-                slot[0].set_result(answer)  # type: ignore[arg-type]
+            self._pending.resolve(part.call_id, answer)  # type: ignore[arg-type]
 
     async def _write(self, call: grpc.aio.StreamStreamCall, msg: ex.ExecuteStreamRequest) -> None:
         """Send `msg`; if a write is in flight, leave it to that writer (one write at a time per call)."""
@@ -223,10 +205,10 @@ class _Mux:
             )
         call = self._open()
         call_id = next(self._ids)
-        fut: asyncio.Future[ex.ExecuteResponse] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = (fut, on_progress)
-        loop = asyncio.get_running_loop()
-        expiry = loop.call_later(timeout, _expire, fut)  # cheaper than asyncio.timeout per call
+        try:
+            fut = self._pending.open(call_id, timeout, on_progress)
+        except TooManyPending as exc:
+            raise self._unavailable(f"{exc} on its call stream") from None
         try:
             try:
                 await self._write(call, ex.ExecuteStreamRequest(call_id=call_id, execute=request))
@@ -236,15 +218,14 @@ class _Mux:
                 if not fut.done():  # the reader fails the future with the real cause
                     raise self._unavailable("the call stream ended") from None
             return await fut
-        except _Expired:
+        except Expired:
             raise DeadlineExceeded(
                 f"tool did not answer within {timeout:.3g}s",
                 reason="TOOL_TIMEOUT",
                 metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"},
             ) from None
         finally:
-            expiry.cancel()
-            if self._pending.pop(call_id, None) is not None and self._call is call:
+            if self._pending.finish(call_id) and self._call is call:
                 self._cancel_remote(call, call_id)
 
     def _cancel_remote(self, call: grpc.aio.StreamStreamCall, call_id: int) -> None:

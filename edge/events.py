@@ -299,7 +299,6 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
     metrics.ws_opened(ROUTE)
     limits = OutboxLimits(hub.queue_limit, app[CONFIG].edge.outbox_bytes)
     sub = Subscriber(ws, limits, metrics, request.transport, hub.outbox_stats)
-    sub.out.start()
     try:
         try:
             since = _since(request)

@@ -110,10 +110,18 @@ class Outbox(Generic[M]):
 
     async def send(self, msg: M, size: int = 0) -> None:
         """Write `msg` now, or leave it to the write in flight (which writes it before it returns)."""
-        if self.closed or not self._admit(msg, size):
+        if self.closed:
             return
-        if not self.writing:
-            await self._drain()
+        if self.writing or self._queue:
+            if self._admit(msg, size) and not self.writing:
+                await self._drain()
+            return
+        self.writing = True  # idle: straight to the peer, nothing queued or counted (the hot path)
+        try:
+            await self._write(msg)
+            await self._write_queued()
+        finally:
+            self.writing = False
 
     def post(self, msg: M, size: int = 0) -> None:
         """Queue `msg` without waiting; a flush task writes it unless a write is in flight."""
@@ -139,19 +147,22 @@ class Outbox(Generic[M]):
             await asyncio.gather(flush, return_exceptions=True)
 
     async def _drain(self) -> None:
-        q, sizes = self._queue, self._sizes
         self.writing = True
         try:
-            while q and not self.closed:
-                msg, n = self._take(q)
-                if n == 1:
-                    self.queued_bytes -= sizes[0]
-                else:
-                    self.queued_bytes -= sum(sizes[:n])
-                del q[:n], sizes[:n]
-                await self._write(msg)
+            await self._write_queued()
         finally:
             self.writing = False
+
+    async def _write_queued(self) -> None:
+        q, sizes = self._queue, self._sizes
+        while q and not self.closed:
+            msg, n = self._take(q)
+            if n == 1:
+                self.queued_bytes -= sizes[0]
+            else:
+                self.queued_bytes -= sum(sizes[:n])
+            del q[:n], sizes[:n]
+            await self._write(msg)
 
     async def _flush_queue(self) -> None:
         try:

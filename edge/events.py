@@ -354,7 +354,6 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
     metrics.ws_opened(ROUTE)
     limits = OutboxLimits(hub.queue_limit, hub.outbox_bytes)
     sub = Subscriber(ws, limits, metrics, request.transport, hub.outbox_stats)
-    sub.out.start()
     try:
         try:
             since = _since(request)

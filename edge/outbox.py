@@ -2,25 +2,26 @@
 
 `push` never waits, so no handler, fan-out or request task ever blocks on a
 client: a message goes straight to the socket when nothing is queued and the
-socket's buffer has room, else into a queue that one writer task drains in
-order. The queue is bounded in messages and in bytes; a client that falls
-further behind is too slow to serve: its queue is dropped and it is closed
-with 1013 ("try again later"), within a deadline (else the connection is cut),
-so whatever it does, it holds at most one bound's worth of the edge's memory.
+socket's buffer has room, else into the client's outbox (services.common.outbox),
+drained in order by a flush task. The outbox is bounded in messages and in bytes;
+its overflow policy here: a client that falls further behind is too slow to
+serve, so its queue is dropped and it is closed with 1013 ("try again later"),
+within a deadline (else the connection is cut), so whatever it does, it holds at
+most one bound's worth of the edge's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import logging
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeGuard
 
 from aiohttp import WSMsgType, web
+
+from services.common import outbox
+from services.common.outbox import OutboxLimits, OutboxStats
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,8 @@ def _writable(transport: object) -> TypeGuard[asyncio.WriteTransport]:
     return all(callable(getattr(transport, m, None)) for m in _TRANSPORT_METHODS)
 
 
-@dataclass(frozen=True)
-class OutboxLimits:
-    """How far one client may fall behind: queued messages and queued bytes (`[edge]` config)."""
-
-    messages: int
-    bytes: int
-
-
-@dataclass
-class OutboxStats:
-    """Figures over every outbox of one endpoint (tests and metrics read them)."""
-
-    slow_closed: int = 0
-    peak_queued_bytes: int = 0  # the most any one outbox ever held queued
+# A queued message: its text, and its mark (see `Outbox`).
+_Message = tuple[str, int | None]
 
 
 class Outbox:
@@ -86,23 +75,19 @@ class Outbox:
         self.ws = ws
         # Duck-typed: uvloop's transports have the methods without subclassing asyncio's classes.
         self._transport = transport if _writable(transport) else None
-        self._max_messages = max(limits.messages, 1)
-        self._max_bytes = max(limits.bytes, 1)
-        self.stats = stats or OutboxStats()
+        self._queue: outbox.Outbox[_Message] = outbox.Outbox(
+            self._send, limits, on_overflow=self._cut, stats=stats
+        )
+        self.stats = self._queue.stats
         self._on_slow = on_slow
-        self._queue: collections.deque[tuple[str, int | None]] = collections.deque()
-        self.queued_bytes = 0
         self.written = 0
         self.overflowed = False
-        self._busy = False
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._done = asyncio.Event()  # the connection's handler finished
 
-    def start(self) -> None:
-        """Start the writer task (before the first push that may queue)."""
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+    @property
+    def queued_bytes(self) -> int:
+        return self._queue.queued_bytes
 
     def push(self, text: str, *, mark: int | None = None, frame: bytes | None = None) -> None:
         """Send or queue one text message; on overflow close the client (never wait for it).
@@ -115,8 +100,7 @@ class Outbox:
         t = self._transport
         if (
             t is not None
-            and not self._queue
-            and not self._busy
+            and self._queue.idle
             and not self.ws.closed
             and not t.is_closing()
             and t.get_write_buffer_size() < _DIRECT_WRITE_LIMIT
@@ -125,36 +109,26 @@ class Outbox:
             if mark is not None and mark > self.written:
                 self.written = mark
             return
-        size = len(text)
-        if self._queue and (
-            len(self._queue) >= self._max_messages or self.queued_bytes + size > self._max_bytes
-        ):
-            self.overflow()
-            return
-        self._queue.append((text, mark))
-        self.queued_bytes += size
-        if self.queued_bytes > self.stats.peak_queued_bytes:
-            self.stats.peak_queued_bytes = self.queued_bytes
-        self._wake.set()
+        self._queue.post((text, mark), len(text))
 
     async def stop(self) -> None:
         """The connection's handler is done: stop writing; a close for a slow reader may finish."""
         self._done.set()
-        if self._writer is not None:
-            self._writer.cancel()
-        tasks = [t for t in (self._writer, self._closer) if t is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._queue.aclose()
+        if self._closer is not None:
+            await asyncio.gather(self._closer, return_exceptions=True)
 
     def overflow(self) -> None:
         """The client is too slow: drop what is queued for it and close it with 1013."""
+        if not self.overflowed:
+            self.stats.overflows += 1
+            self._cut(None)
+
+    def _cut(self, _refused: _Message | None) -> None:
         if self.overflowed:
             return
         self.overflowed = True
-        self._queue.clear()
-        self.queued_bytes = 0
-        self.stats.slow_closed += 1
-        if self._writer is not None:
-            self._writer.cancel()
+        self._queue.close()
         reason = self._on_slow() if self._on_slow is not None else "client too slow: it did not read"
         self._closer = asyncio.get_running_loop().create_task(self._close(reason))
 
@@ -180,19 +154,15 @@ class Outbox:
         except Exception as exc:  # the connection died meanwhile: nothing left to close
             log.debug("closing a slow reader: %s", exc)
 
-    async def _write_loop(self) -> None:
-        queue, ws = self._queue, self.ws
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                self._busy = True
-                try:
-                    while queue:
-                        text, mark = queue.popleft()
-                        self.queued_bytes -= len(text)
-                        await ws.send_str(text)
-                        if mark is not None and mark > self.written:
-                            self.written = mark
-                finally:
-                    self._busy = False
+    async def _send(self, message: _Message) -> None:
+        text, mark = message
+        try:
+            await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):  # the connection is gone: nothing more is written
+            self._queue.close()
+            return
+        if mark is not None and mark > self.written:
+            self.written = mark
+
+
+__all__ = ["SLOW_READER_CODE", "Outbox", "OutboxLimits", "OutboxStats", "text_frame"]

@@ -36,6 +36,7 @@ from edge.registry_cache import RegistryCache, Unsubscribe
 from edge.rest.shapes import ERROR_TYPES_BY_NAME, dumps, tool_from_json
 from services.common.config import Config
 from services.common.contract import add_tool_executor
+from services.common.correlator import Correlator, Expired, TooManyPending
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 # The owner of a dialled-in server's tools is this prefix and its connection id, as the original
 # protocol showed it: an owner string, never an endpoint (their endpoint is the relay socket).
 OWNER_PREFIX = "ws-session://"
+# How many calls may wait for their answers on one dialled-in server's connection.
+_MAX_WAITING = 10_000
+
+
+class _Gone(Exception):
+    """The server's connection ended while the call waited."""
 
 
 def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
@@ -102,7 +109,7 @@ class ServerSession:
         ] = {}  # as registered, to register again after a hub restart
         self.closed = False
         self._ids = itertools.count(1)
-        self._pending: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+        self._pending: Correlator[str, dict[str, Any]] = Correlator(_MAX_WAITING)
 
     async def call(
         self, request: ex.ExecuteRequest, timeout_s: float, arguments: dict[str, Any] | None = None
@@ -112,8 +119,14 @@ class ServerSession:
         if self.closed:
             raise _disconnected(request.tool_id, "disconnected")
         rid = f"{self.id}-{next(self._ids)}"
-        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        try:
+            fut = self._pending.open(rid, timeout_s)
+        except TooManyPending as exc:
+            raise Unavailable(
+                f"the server of tool {request.tool_id!r} is not keeping up: {exc}",
+                reason="TOOL_SERVER_UNAVAILABLE",
+                metadata={"tool_id": request.tool_id},
+            ) from None
         try:
             await self.ws.send_str(
                 dumps(
@@ -126,35 +139,26 @@ class ServerSession:
                     }
                 )
             )
-            async with asyncio.timeout(timeout_s):
-                msg = await fut
-        except TimeoutError:  # as for any tool server that hangs: an is_error TimeoutError result
+            msg = await fut
+        except Expired:  # as for any tool server that hangs: an is_error TimeoutError result
             raise DeadlineExceeded(
                 f"the tool's server did not answer within {timeout_s:.3g}s",
                 reason="TOOL_TIMEOUT",
                 metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout_s:.3g}"},
             ) from None
-        except (ConnectionError, RuntimeError):
-            msg = None
+        except (ConnectionError, RuntimeError, _Gone):
+            raise _disconnected(request.tool_id, "disconnected during the call") from None
         finally:
-            self._pending.pop(rid, None)
-        if msg is None:
-            raise _disconnected(request.tool_id, "disconnected during the call")
+            self._pending.finish(rid)
         return result_response(msg)
 
     def resolve(self, msg: dict[str, Any]) -> bool:
         """Deliver an execute_tool_action_response; False when nothing waits for it."""
-        fut = self._pending.get(str(msg.get("request_id")))
-        if fut is None or fut.done():
-            return False
-        fut.set_result(msg)
-        return True
+        return self._pending.resolve(str(msg.get("request_id")), msg)
 
     def fail_pending(self) -> None:
         self.closed = True
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_result(None)
+        self._pending.fail_all(_Gone())
 
 
 def _timeout_s(request: ex.ExecuteRequest, remaining: float | None) -> float:

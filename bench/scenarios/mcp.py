@@ -17,6 +17,7 @@ from bench.env import Env
 from bench.registry import Call, scenario, target
 from bench.scenarios.core import ARGUMENTS, start_echo_tools
 from bench.scenarios.edge import _http, start_edge
+from services.common.correlator import Correlator
 
 MCP_NAME = "bench-echo-uds__echo"  # <tool_id>__<action>, see docs/mcp.md
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
@@ -30,23 +31,25 @@ class _WsPeer:
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.waiting: Correlator[int, dict[str, Any]] = Correlator(limit=10_000)
         self.ids = itertools.count(1)
 
     async def reader(self) -> None:
-        async for raw in self.ws:
-            msg = json.loads(raw)
-            fut = self.waiting.pop(msg.get("id"), None)
-            if fut is not None:
-                fut.set_result(msg)
+        try:
+            async for raw in self.ws:
+                msg = json.loads(raw)
+                self.waiting.resolve(msg.get("id"), msg)
+        finally:
+            self.waiting.fail_all(ConnectionError("the MCP WebSocket closed"))
 
     async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         rid = next(self.ids)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting[rid] = fut
-        await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
-        async with asyncio.timeout(10):
+        fut = self.waiting.open(rid, 10.0)
+        try:
+            await self.ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params}))
             return await fut
+        finally:
+            self.waiting.finish(rid)
 
 
 def _check(msg: dict[str, Any]) -> None:

@@ -190,7 +190,6 @@ async def toolscore_socket(request: web.Request) -> web.WebSocketResponse:
     app[METRICS].ws_opened(ROUTE)
     relay = app[RELAY]
     conn = Connection(request, ws, relay.open_session(ws, request.remote or "?"))
-    conn.out.start()
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:

@@ -57,7 +57,6 @@ class McpWebSocket:
         tasks: set[asyncio.Task[None]] = set()
         self.open.add(ws)
         log.info("MCP WebSocket %s opened", session.id)
-        out.start()
         try:
             async for frame in ws:
                 if out.overflowed:  # closing it as a slow reader: nothing more is served

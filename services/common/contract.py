@@ -46,9 +46,10 @@ def batch_limit(max_message_bytes: int) -> int:
     return min(MAX_BATCH_BYTES, max_message_bytes - STREAM_OVERHEAD_BYTES)
 
 
-def coalesce(queued: list[M], limit: int = MAX_BATCH_BYTES) -> tuple[M, list[M]]:
+def coalesce(queued: list[M], limit: int = MAX_BATCH_BYTES) -> tuple[M, int]:
     """The first queued message, carrying in its `batch` as many of the next ones as keep the whole
-    message within `limit` bytes (see `batch_limit`), and the messages left for the next write."""
+    message within `limit` bytes (see `batch_limit`), and how many queued messages it carries in all
+    (an outbox's `take`, services.common.outbox)."""
     head, taken = queued[0], 1
     if len(queued) > 1:
         size = head.ByteSize()
@@ -59,7 +60,7 @@ def coalesce(queued: list[M], limit: int = MAX_BATCH_BYTES) -> tuple[M, list[M]]
                 break
             taken += 1
         head.batch.extend(queued[1:taken])
-    return head, queued[taken:]
+    return head, taken
 
 
 def _varint_bytes(n: int) -> int:

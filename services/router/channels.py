@@ -36,7 +36,9 @@ from services.common.contract import (
     lenient,
     salvage,
 )
+from services.common.correlator import Correlator, Expired, TooManyPending
 from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
+from services.common.outbox import Outbox, OutboxLimits, take_one
 from services.common.results import text_result
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,11 @@ _TRANSPORT_CODES = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 # A tool server's answer up to this many times the message limit still arrives (and fails its call
 # alone); only a bigger one makes gRPC end the stream. A bound, so one answer cannot take all memory.
 _RECEIVE_HEADROOM = 2
+# One stream's bounds: the calls waiting for answers, and the messages queued behind the write in
+# flight (a server that stops reading its stream backs them up). Past either, a call is refused as
+# an unreachable server's (an is_error NetworkError result), the stream and the other calls go on.
+_MAX_WAITING = 10_000
+_QUEUED = OutboxLimits(messages=10_000, bytes=64 << 20)
 
 
 def channel_options(max_message_bytes: int, unix: bool, receive_bytes: int = 0) -> list[tuple[str, object]]:
@@ -66,13 +73,13 @@ class _UnsupportedStream(Exception):
     pass
 
 
-class _Expired(Exception):
-    pass
+class _Refused(Exception):
+    """The stream's queue is full: the call was not written."""
 
 
-def _expire(fut: asyncio.Future[ex.ExecuteResponse]) -> None:
-    if not fut.done():
-        fut.set_exception(_Expired())
+def _refuse(msg: ex.ExecuteStreamRequest) -> None:
+    if msg.HasField("execute"):  # a cancel past the bound is dropped: its call is abandoned anyway
+        raise _Refused()
 
 
 def _unreadable_answer(target: str, reason: str) -> ex.ExecuteResponse:
@@ -87,9 +94,10 @@ class _Mux:
     """Many calls over one ExecuteStream, matched by call_id.
 
     Writes go straight to the call object (cheaper than feeding a request
-    iterator through a queue). Messages queued while a write is in flight are
-    sent by that writer, coalesced into one message when the server opened the
-    stream with `toolscore-batching: 1`. One reader task resolves the futures.
+    iterator through a queue), through the stream's outbox: messages queued
+    while a write is in flight are sent by that writer, coalesced into one
+    message when the server opened the stream with `toolscore-batching: 1`.
+    One reader task resolves the calls' futures (the stream's correlator).
     """
 
     def __init__(self, channel: grpc.aio.Channel, target: str, max_message_bytes: int) -> None:
@@ -102,22 +110,23 @@ class _Mux:
         self._max_request = max_message_bytes - STREAM_OVERHEAD_BYTES
         self._max_batch = batch_limit(max_message_bytes)
         self._ids = itertools.count(1)
-        self._pending: dict[int, tuple[asyncio.Future[ex.ExecuteResponse], ProgressFn | None]] = {}
+        self._pending: Correlator[int, ex.ExecuteResponse] = Correlator(_MAX_WAITING)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._outbox: list[ex.ExecuteStreamRequest] = []
-        self._writing = False
+        self._out: Outbox[ex.ExecuteStreamRequest] | None = None
         self._batching = False
-        self._background: set[asyncio.Task[None]] = set()
         self.unsupported = False
 
-    def _open(self) -> grpc.aio.StreamStreamCall:
-        if self._call is None:
+    def _open(self) -> Outbox[ex.ExecuteStreamRequest]:
+        if self._call is None or self._out is None:
             call = self._open_stream()
-            self._call = call
-            self._outbox, self._writing, self._batching = [], False, False
-            self._reader = asyncio.get_running_loop().create_task(self._read(call))
-        return self._call
+            self._call, self._batching = call, False
+            self._out = Outbox(call.write, _QUEUED, on_overflow=_refuse, take=self._take)
+            self._reader = asyncio.get_running_loop().create_task(self._read(call, self._out))
+        return self._out
+
+    def _take(self, queued: list[ex.ExecuteStreamRequest]) -> tuple[ex.ExecuteStreamRequest, int]:
+        return coalesce(queued, self._max_batch) if self._batching else take_one(queued)
 
     def _unavailable(self, detail: str) -> Unavailable:
         return Unavailable(
@@ -130,7 +139,7 @@ class _Mux:
             return _UnsupportedStream()
         return self._unavailable(exc.details() or exc.code().name)
 
-    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _read(self, call: grpc.aio.StreamStreamCall, out: Outbox[ex.ExecuteStreamRequest]) -> None:
         error: Exception
         try:
             metadata = await call.initial_metadata()
@@ -152,27 +161,16 @@ class _Mux:
         finally:
             if self._call is call:
                 self._call = None
+            out.close()  # what is queued for this stream is never written: its calls fail below
             call.cancel()
         # No await since resetting _call: calls opened from now on register on a new stream.
-        for fut, _ in list(self._pending.values()):
-            if not fut.done():
-                fut.set_exception(error)
-        self._pending.clear()
-
-    def _is_current(self, call: grpc.aio.StreamStreamCall) -> bool:
-        return self._call is call
+        self._pending.fail_all(error)
 
     def _deliver(self, msg: ex.ExecuteStreamResponse) -> None:
-        slot = self._pending.get(msg.call_id)
-        if slot is None:
-            return
-        fut, on_progress = slot
         if msg.HasField("result"):
-            del self._pending[msg.call_id]
-            if not fut.done():
-                fut.set_result(msg.result)
-        elif on_progress is not None:
-            on_progress(msg.progress)
+            self._pending.resolve(msg.call_id, msg.result)
+        else:
+            self._pending.progress(msg.call_id, msg.progress)
 
     def _deliver_unreadable(self, msg: Unreadable) -> None:
         """Answer each call in a message that did not parse whole with what can be read of it."""
@@ -181,35 +179,12 @@ class _Mux:
             log.warning("%s sent a stream message that does not parse (%d bytes)", self._target, len(msg.raw))
             return
         for part in parts:
-            slot = self._pending.get(part.call_id)
-            if slot is None:
-                continue
             if part.kind == "progress":
-                if part.message is not None and slot[1] is not None:
-                    slot[1](part.message)  # type: ignore[arg-type]
+                if part.message is not None:
+                    self._pending.progress(part.call_id, part.message)
                 continue
-            del self._pending[part.call_id]
             answer = _unreadable_answer(self._target, msg.reason) if part.message is None else part.message
-            if not slot[0].done():
-                slot[0].set_result(answer)  # type: ignore[arg-type]
-
-    async def _write(self, call: grpc.aio.StreamStreamCall, msg: ex.ExecuteStreamRequest) -> None:
-        """Send `msg`; if a write is in flight, leave it to that writer (one write at a time per call)."""
-        self._outbox.append(msg)
-        if self._writing:
-            return
-        self._writing = True
-        try:
-            while self._outbox and self._is_current(call):
-                if self._batching and len(self._outbox) > 1:
-                    head, self._outbox = coalesce(self._outbox, self._max_batch)
-                    await call.write(head)
-                else:
-                    queued, self._outbox = self._outbox, []
-                    for m in queued:
-                        await call.write(m)
-        finally:
-            self._writing = False
+            self._pending.resolve(part.call_id, answer)  # type: ignore[arg-type]
 
     async def call(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None
@@ -221,50 +196,43 @@ class _Mux:
                 reason="CALL_TOO_LARGE",
                 metadata={"tool_id": request.tool_id, "limit_bytes": str(self._max_request)},
             )
-        call = self._open()
+        out = self._open()
         call_id = next(self._ids)
-        fut: asyncio.Future[ex.ExecuteResponse] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = (fut, on_progress)
-        loop = asyncio.get_running_loop()
-        expiry = loop.call_later(timeout, _expire, fut)  # cheaper than asyncio.timeout per call
+        try:
+            fut = self._pending.open(call_id, timeout, on_progress)
+        except TooManyPending as exc:
+            raise self._unavailable(f"{exc} on its call stream") from None
         try:
             try:
-                await self._write(call, ex.ExecuteStreamRequest(call_id=call_id, execute=request))
+                await out.send(ex.ExecuteStreamRequest(call_id=call_id, execute=request), size)
+            except _Refused:
+                raise self._unavailable(
+                    f"it does not read its call stream ({_QUEUED.messages} messages or "
+                    f"{_QUEUED.bytes} bytes are queued)"
+                ) from None
             except grpc.aio.AioRpcError as exc:
                 raise self._error_for(exc) from None
             except (grpc.aio.UsageError, asyncio.InvalidStateError):
                 if not fut.done():  # the reader fails the future with the real cause
                     raise self._unavailable("the call stream ended") from None
             return await fut
-        except _Expired:
+        except Expired:
             raise DeadlineExceeded(
                 f"tool did not answer within {timeout:.3g}s",
                 reason="TOOL_TIMEOUT",
                 metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout:.3g}"},
             ) from None
         finally:
-            expiry.cancel()
-            if self._pending.pop(call_id, None) is not None and self._call is call:
-                self._cancel_remote(call, call_id)
-
-    def _cancel_remote(self, call: grpc.aio.StreamStreamCall, call_id: int) -> None:
-        async def send() -> None:
-            with contextlib.suppress(Exception):
-                await self._write(
-                    call, ex.ExecuteStreamRequest(call_id=call_id, cancel=ex.CancelCall(reason="caller gone"))
-                )
-
-        task = asyncio.get_running_loop().create_task(send())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+            if self._pending.finish(call_id) and not out.closed:  # tell the server its caller is gone
+                out.post(ex.ExecuteStreamRequest(call_id=call_id, cancel=ex.CancelCall(reason="caller gone")))
 
     async def close(self) -> None:
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
-        for task in list(self._background):
-            task.cancel()
+        if self._out is not None:
+            await self._out.aclose()
 
 
 class ToolChannel:

@@ -4,9 +4,12 @@ Each `execute` message runs as its own task, so a `cancel` message (or the
 stream ending) can cancel it. Its answer goes out with `context.write` from
 that task as soon as it is ready; answers that become ready while a write is in
 flight go out together, in one message's `batch` (the server announces
-`toolscore-batching: 1` in its initial metadata). Writing from the call's own
-task, rather than through a queue to a response generator, saves a loop
-iteration and a wake-up per call.
+`toolscore-batching: 1` in its initial metadata): the stream's outbox
+(services.common.outbox). Writing from the call's own task, rather than through
+a queue to a response generator, saves a loop iteration and a wake-up per call.
+What waits behind a write is bounded (`_QUEUED`): past it a progress note is
+dropped, and an answer too (its caller's deadline then fails the call); a
+caller that reads its answers never gets near it.
 
 The stream is shared by many callers, so whatever one call brings stays with
 that call: a request message that does not parse (served through
@@ -37,6 +40,7 @@ from services.common.contract import (
     coalesce,
     salvage,
 )
+from services.common.outbox import Outbox, OutboxLimits
 from services.common.results import text_result
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[ex.Progress], None]
 # Runs one call to its answer. It must turn every outcome into a response, cancellation included.
 RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
+# What may queue behind the write in flight (each message is under the message limit).
+_QUEUED = OutboxLimits(messages=10_000, bytes=64 << 20)
 
 
 def _cancelled() -> ex.ExecuteResponse:
@@ -86,12 +92,16 @@ class CallStream:
         self._max_batch = batch_limit(max_message_bytes)  # answers coalesced into one message
         self._loop = asyncio.get_running_loop()
         self.running: dict[int, asyncio.Task[None]] = {}  # calls not answered yet (cancellable)
-        self._tasks: set[asyncio.Task[None]] = set()  # call and flush tasks, until done
-        self._outbox: list[ex.ExecuteStreamResponse] = []
-        self._writing = False
-        self._flush_pending = False
+        self._tasks: set[asyncio.Task[None]] = set()  # call tasks, until done
+        # Closed when the RPC is over (or broke): nothing more is written.
+        self._out: Outbox[ex.ExecuteStreamResponse] = Outbox(
+            self._write,
+            _QUEUED,
+            on_overflow=self._overflow,
+            take=functools.partial(coalesce, limit=self._max_batch),
+            on_flushed=self._end_if_idle,
+        )
         self._closing = False
-        self._ended = False  # the RPC is over (or broke): nothing more is written
         self._over = self._loop.create_future()
 
     async def serve(self, requests: AsyncIterator[ex.ExecuteStreamRequest]) -> None:
@@ -100,7 +110,7 @@ class CallStream:
         try:
             await self._over
         finally:
-            self._ended = True
+            self._out.close()
             reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -170,7 +180,7 @@ class CallStream:
 
     async def _run(self, call_id: int, request: ex.ExecuteRequest) -> None:
         try:
-            result = await self._run_call(request, lambda p: self._post(self._progress(call_id, p)))
+            result = await self._run_call(request, lambda p: self._progress(call_id, p))
         except asyncio.CancelledError:  # run_call did not answer its cancellation itself
             result = _cancelled()
         except Exception as exc:  # run_call maps what it knows; anything else is still an answer
@@ -181,7 +191,8 @@ class CallStream:
         if size > self._max_payload:  # gRPC would fail the whole stream on it, every caller's call
             log.warning("call %d: answer of %d bytes dropped (limit %d)", call_id, size, self._max_payload)
             result = _too_large(size, self._max_payload)
-        await self._send(self._answer(call_id, result))
+            size = result.ByteSize()
+        await self._out.send(self._answer(call_id, result), size)
 
     def _call_done(self, call_id: int, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -196,55 +207,28 @@ class CallStream:
     def _answer(call_id: int, result: ex.ExecuteResponse) -> ex.ExecuteStreamResponse:
         return ex.ExecuteStreamResponse(call_id=call_id, result=result)
 
-    def _progress(self, call_id: int, p: ex.Progress) -> ex.ExecuteStreamResponse:
-        if p.ByteSize() > self._max_payload:  # a note, not an answer: cut its text rather than fail
+    def _progress(self, call_id: int, p: ex.Progress) -> None:
+        size = p.ByteSize()
+        if size > self._max_payload:  # a note, not an answer: cut its text rather than fail
             p = ex.Progress(progress=p.progress, total=p.total, message=p.message[:1024])
-        return ex.ExecuteStreamResponse(call_id=call_id, progress=p)
-
-    async def _send(self, msg: ex.ExecuteStreamResponse) -> None:
-        """Write `msg` after what is queued, or leave it to the write in flight, which sends
-        everything that queued up meanwhile as one message."""
-        if self._ended:
-            return
-        self._outbox.append(msg)
-        if not self._writing:
-            await self._write_outbox()
-
-    async def _write_outbox(self) -> None:
-        self._writing = True
-        try:
-            while self._outbox and not self._ended:
-                head, self._outbox = coalesce(self._outbox, self._max_batch)
-                try:
-                    await self._context.write(head)
-                except grpc.aio.BaseError as exc:  # the RPC ended under us: nobody is left to answer
-                    log.debug("stream write failed: %s", exc)
-                    self._ended = True
-                    self._outbox.clear()
-        finally:
-            self._writing = False
+            size = p.ByteSize()
+        self._out.post(ex.ExecuteStreamResponse(call_id=call_id, progress=p), size)
 
     def _post(self, msg: ex.ExecuteStreamResponse) -> None:
-        """Queue without waiting (progress notifications), in order with the answers."""
-        if self._ended:
-            return
-        self._outbox.append(msg)
-        if self._writing or self._flush_pending:
-            return
-        self._flush_pending = True
-        task = self._loop.create_task(self._flush())
-        self._tasks.add(task)
-        task.add_done_callback(self._flushed)
+        """Queue an answer without waiting, in order with the others (refusals, cancellations)."""
+        self._out.post(msg, msg.ByteSize())
 
-    async def _flush(self) -> None:
-        self._flush_pending = False
-        if not self._writing:  # else that write sends what was posted
-            await self._write_outbox()
+    async def _write(self, msg: ex.ExecuteStreamResponse) -> None:
+        try:
+            await self._context.write(msg)
+        except grpc.aio.BaseError as exc:  # the RPC ended under us: nobody is left to answer
+            log.debug("stream write failed: %s", exc)
+            self._out.close()
 
-    def _flushed(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._end_if_idle()
+    def _overflow(self, msg: ex.ExecuteStreamResponse) -> None:
+        if msg.HasField("result"):
+            log.warning("call %d: answer dropped, the caller does not read its stream", msg.call_id)
 
     def _end_if_idle(self) -> None:
-        if self._closing and not self._tasks and not self._over.done():
+        if self._closing and not self._tasks and not self._out.flushing and not self._over.done():
             self._over.set_result(None)

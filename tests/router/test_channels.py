@@ -16,8 +16,11 @@ from toolscore.v1 import toolscore_pb2 as ts
 from services.common import config as config_mod
 from services.common import endpoints
 from services.common.contract import SERVICE, add_tool_executor
+from services.common.errors import Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.common.outbox import OutboxLimits
+from services.router import channels
 from services.router.channels import ToolChannel
 from services.toolkit import Action, ToolServer, text_result
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
@@ -286,3 +289,45 @@ async def test_a_call_too_large_for_one_message_fails_alone_and_the_stream_serve
     gate.release.set()
     status, body = await innocent
     assert status == 200 and body["success"] is True and body["result"] == "released"
+
+
+class DeafStreamServer(executor_pb2_grpc.ToolExecutorServiceServicer):
+    """Opens ExecuteStream and reads nothing until `release` is set; then answers every call."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def ExecuteStream(self, requests, context):
+        await context.send_initial_metadata((("toolscore-batching", "1"),))
+        await self.release.wait()
+        async for msg in requests:
+            for call in (msg, *msg.batch):
+                yield ex.ExecuteStreamResponse(call_id=call.call_id, result=text_result("heard"))
+
+
+async def test_calls_past_the_bound_of_a_stream_its_server_does_not_read_are_refused_at_once(
+    start_tool_server, monkeypatch
+):
+    monkeypatch.setattr(channels, "_QUEUED", OutboxLimits(messages=4, bytes=64 << 20))
+    server = DeafStreamServer()
+    _, ep = await start_tool_server({}, servicer=server)
+    channel = ToolChannel(endpoints.parse(ep), 4 << 20)
+    arguments = dict_to_struct({"text": "x" * (1 << 20)})
+    big = ex.ExecuteRequest(tool_id="echo", action="echo", arguments=arguments)
+    calls = [asyncio.create_task(channel.execute(big, 30)) for _ in range(32)]
+    try:
+        async with asyncio.timeout(10):
+            done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        refused = [c for c in done if isinstance(c.exception(), Unavailable)]
+        assert refused and "does not read its call stream" in refused[0].exception().message
+        assert refused[0].exception().reason == "TOOL_SERVER_UNAVAILABLE"  # an is_error NetworkError result
+        assert not all(c.done() for c in calls)  # those written or queued still wait for their answers
+        server.release.set()
+        async with asyncio.timeout(10):
+            outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        heard = [o for o in outcomes if isinstance(o, ex.ExecuteResponse)]
+        assert heard and all(o.content[0].text.text == "heard" for o in heard)
+        assert len(heard) + sum(isinstance(o, Unavailable) for o in outcomes) == len(calls)
+    finally:
+        server.release.set()
+        await channel.close()

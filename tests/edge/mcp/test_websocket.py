@@ -350,7 +350,7 @@ async def test_a_client_that_asks_and_never_reads_is_closed_with_1013_while_anot
         svc = edge.svc
     assert echo["result"]["structuredContent"] == {"text": "still here"}
     assert code == 1013, "the edge queued every answer for a client that did not read them"
-    assert svc.stats.ws.slow_closed == 1 and svc.stats.ws.peak_queued_bytes <= bound
+    assert svc.stats.ws.overflows == 1 and svc.stats.ws.peak_queued_bytes <= bound
 
 
 async def test_requests_past_the_in_flight_bound_are_refused_at_once_and_the_others_still_answer(

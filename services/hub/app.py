@@ -14,6 +14,7 @@ from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 from services.common import config as config_mod
 from services.common import credentials
 from services.common.config import Config
+from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
 from services.hub.functions import FunctionTool
@@ -241,12 +242,22 @@ class Hub:
         self._stack.push_async_callback(server.close)
 
     async def _flush_loop(self) -> None:
+        away = False  # a shared store away: one line when it goes, one when it is back
         while True:
             await asyncio.sleep(self.cfg.hub.stats_flush_s)
             try:
                 await self.registry.flush_stats()
+            except Unavailable as exc:
+                if not away:
+                    log.warning("stats not flushed, kept for the next flush: %s", exc.message)
+                away = True
+                continue
             except Exception:
                 log.exception("stats flush failed")
+                continue
+            if away:
+                log.info("stats flushed again")
+                away = False
 
     async def _last_flush(self) -> None:
         try:

@@ -27,7 +27,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from toolscore.v1 import tool_pb2
 
 from services.common.errors import Unavailable
@@ -50,6 +52,10 @@ if ARGV[2] ~= '*' then
   end
 end
 local rev = redis.call('INCR', KEYS[2])
+-- The event first: a script is not rolled back, and an XADD refused (a stream tampered with) must
+-- leave no tool change that no follower would ever hear of, only a revision gap (they reload).
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], rev .. '-0',
+           'type', ARGV[4], 'tool_id', ARGV[1], 'event', ARGV[5])
 if ARGV[7] == '1' then
   redis.call('HDEL', KEYS[1], ARGV[1])
 else
@@ -58,8 +64,6 @@ end
 if ARGV[7] == '1' or ARGV[8] == '1' then
   for i = 4, 7 do redis.call('HDEL', KEYS[i], ARGV[1]) end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], rev .. '-0',
-           'type', ARGV[4], 'tool_id', ARGV[1], 'event', ARGV[5])
 return {1, rev}
 """
 
@@ -147,8 +151,11 @@ class RedisStore:
             async with asyncio.timeout(timeout or self._timeout):
                 yield
         except (RedisError, OSError, TimeoutError) as exc:
+            # An answer that is an error (out of memory, a script refused) is as unusable as none.
+            lost = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+            what = "unreachable" if isinstance(exc, lost) else "failing"
             raise Unavailable(
-                f"the registry store (Redis) is unreachable: {type(exc).__name__}: {exc}",
+                f"the registry store (Redis) is {what}: {type(exc).__name__}: {exc}",
                 reason=STORE_UNAVAILABLE,
             ) from exc
 

@@ -224,6 +224,10 @@ async def test_redis_down_refuses_writes_and_calls_still_work_and_redis_back_con
         watch.cancel()
         assert (event.tool.tool_id, event.revision) == ("late", reply.revision)
         assert h2.registry.get("late").owner == "tests"
+        # the call made while Redis was away is counted once it is back
+        await h1.registry.flush_stats()
+        with redis_server.client() as r:
+            assert int(r.hget("toolscore:stats:calls", "builtin") or 0) == 1
 
 
 async def test_a_follower_behind_a_trimmed_stream_reloads_the_registry_and_ends_its_watchers(

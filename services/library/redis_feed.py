@@ -94,6 +94,12 @@ class RedisFeed:
                 metadata={"revision": str(revision)},
             ) from None
 
+    def check_writable(self) -> None:
+        if self.problem:
+            raise Unavailable(
+                f"the registry store cannot be followed: {self.problem}", reason=STORE_UNAVAILABLE
+            )
+
     def _advanced(self) -> None:
         progress, self._progress = self._progress, asyncio.Event()
         progress.set()
@@ -122,8 +128,8 @@ class RedisFeed:
             latest = await self._store.latest_revision()
             if latest < self.applied:
                 raise Unavailable(
-                    f"the store is at revision {latest}, behind this hub's {self.applied}: "
-                    "Redis lost its data (run it with persistence); writes are refused until then",
+                    f"the store is at revision {latest}, behind this hub's {self.applied}: Redis lost "
+                    "its data (run it with persistence); writes stay refused until the hubs restart",
                     reason=STORE_UNAVAILABLE,
                 )
             log.info("event stream reachable again at revision %d (applied %d)", latest, self.applied)

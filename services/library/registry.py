@@ -61,6 +61,10 @@ class Follower(Protocol):
         """Return once every event up to `revision` is applied here (Unavailable past a deadline)."""
         ...
 
+    def check_writable(self) -> None:
+        """Raise Unavailable while the store cannot be followed (a write could not be applied here)."""
+        ...
+
 
 @dataclass(eq=False)
 class Entry:
@@ -339,8 +343,16 @@ class Registry:
         event.time.GetCurrentTime()
         stored = None if kind == REMOVED else entry.tool.SerializeToString(deterministic=True)
         if self._follower is not None:
+            self._follower.check_writable()
             raw = event.SerializeToString()
+            applied = self.revision  # the store's counter is at least this, unless it went back
             revision = await self._store.commit(tool_id, stored, kind, raw, _stored_digest(seen))
+            if revision <= applied:  # a store that lost its data, before the follower noticed
+                raise Unavailable(
+                    f"the registry store assigned revision {revision}, behind this hub's "
+                    f"{applied}: it lost its data",
+                    reason="REGISTRY_STORE_UNAVAILABLE",
+                )
             await self._follower.wait_applied(revision)  # read-your-writes: memory has it now
             return revision
         revision = await self._store.commit(tool_id, stored, kind, event.SerializeToString())

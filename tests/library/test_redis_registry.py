@@ -230,6 +230,44 @@ async def test_redis_down_refuses_writes_and_calls_still_work_and_redis_back_con
             assert int(r.hget("toolscore:stats:calls", "builtin") or 0) == 1
 
 
+async def test_a_redis_back_without_its_data_keeps_writes_refused_and_says_why(two_hubs, root, redis_server):
+    h1, _ = two_hubs
+    await h1.registry.register(grpc_tool("before", EP(root)))
+    redis_server.stop()  # no save: it comes back empty, its revision behind the hubs'
+    await redis_server.start()
+    feed = h1.redis_feed
+    assert feed is not None
+    async with deadline(15, "the follower to find the store behind it"):
+        while "lost its data" not in feed.problem:
+            feed.problem_changed.clear()
+            await feed.problem_changed.wait()
+    with pytest.raises(Unavailable, match="lost its data"):
+        await h1.registry.register(grpc_tool("after", EP(root)))
+    with redis_server.client() as r:
+        assert r.hget("toolscore:tools", "after") is None  # refused before it reached the store
+    assert "before" in {e.tool.tool_id for e in h1.registry.entries()}  # memory still serves
+
+
+async def test_a_write_to_a_redis_that_lost_its_data_is_refused_before_the_follower_notices(
+    root, redis_server
+):
+    store = await RedisStore(redis_server.url).open()
+    feed = RedisFeed(store)
+    registry = await Registry(store, feed, follower=feed).open()
+    feed.start(registry)
+    try:
+        await registry.register(grpc_tool("a", EP(root)))
+        await registry.register(grpc_tool("b", EP(root)))
+        await feed.stop()  # the follower pauses: nothing notices what happens next
+        with redis_server.client() as r:
+            r.flushall()
+        with pytest.raises(Unavailable, match="lost its data"):
+            await registry.register(grpc_tool("c", EP(root)))
+    finally:
+        await feed.stop()
+        await store.close()
+
+
 async def test_a_follower_behind_a_trimmed_stream_reloads_the_registry_and_ends_its_watchers(
     cfg, root, redis_server
 ):

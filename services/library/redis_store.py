@@ -124,11 +124,22 @@ class RedisStore:
         p = key_prefix
         self.tools_key, self.revision_key, self.events_key = f"{p}tools", f"{p}revision", f"{p}events"
         self._stats_keys = [f"{p}stats:{f}" for f in _STAT_FIELDS]
-        # No client-side retries: each call has one deadline, and a caller decides what to do next.
-        common: dict[str, Any] = {"retry": Retry(NoBackoff(), 0), "socket_connect_timeout": timeout_s}
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, **common)
-        # The follower's XREAD BLOCK holds its connection up to block_s: a socket of its own.
-        self._tail = aioredis.Redis.from_url(url, socket_timeout=block_s + timeout_s, **common)
+        # One immediate retry, within the call's one deadline: after Redis restarted, a pooled
+        # connection is dead and only its first use finds out. A commit retried after it ran (its
+        # reply lost) conflicts with itself (the definition is no longer what it expected) and the
+        # registry decides again from what it then sees.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+        )
+        # The follower's XREAD BLOCK holds its connection up to block_s: a socket of its own. No
+        # retry there: a broken connection is how the follower learns that Redis went away (and
+        # then checks that the Redis it finds again still has the revisions it applied).
+        self._tail = aioredis.Redis.from_url(
+            url,
+            socket_timeout=block_s + timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
         self._commit = self._redis.register_script(_COMMIT)
         self._add_usage = self._redis.register_script(_ADD_USAGE)
 

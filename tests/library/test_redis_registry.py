@@ -29,7 +29,7 @@ from services.hub.app import STORE_HEALTH, Hub
 from services.library.redis_feed import RedisFeed
 from services.library.redis_store import RedisStore
 from services.library.registry import WATCH_REVISION_KEY, Registry
-from tests.helpers import deadline, grpc_tool, reason_of
+from tests.helpers import deadline, grpc_tool, metadata_of, reason_of
 
 INSTALLED, UPDATED, REMOVED = (
     tool_pb2.TOOL_EVENT_TYPE_INSTALLED,
@@ -103,6 +103,12 @@ async def test_a_registration_through_one_hub_is_listed_and_watched_on_the_other
         assert listing.revision >= reply.revision
         got = (await two.GetTool(lib.GetToolRequest(tool_id="shared"), timeout=5)).tool
         assert (got.owner, got.endpoint) == ("tests", EP(root))
+        # and hub 2 refuses the tool id to another owner, as hub 1 would
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            theirs = grpc_tool("shared", EP(root), owner="someone-else")
+            await two.RegisterTool(lib.RegisterToolRequest(tool=theirs), timeout=5)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert metadata_of(err.value) == ("TOOL_OWNED_BY_ANOTHER", {"tool_id": "shared", "owner": "tests"})
 
 
 async def test_two_hubs_racing_for_one_tool_id_let_exactly_one_owner_have_it(two_hubs, root):

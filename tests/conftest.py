@@ -315,3 +315,16 @@ async def wait_registered(hub_target: str, tool_id: str, timeout: float = 20.0) 
 
 # A developer's own config file must not leak into the processes tests start.
 os.environ.pop("TOOLSCORE_CONFIG", None)
+
+
+@pytest.fixture
+async def redis_server(root: Path) -> AsyncIterator[Any]:
+    """A real redis-server on a Unix socket in this test's directory (tests/redis_server.py)."""
+    from tests.redis_server import RedisServer
+
+    directory = root / "redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    await server.start()
+    yield server
+    server.stop()

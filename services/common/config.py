@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import tomllib
 import types
 import typing
@@ -179,7 +180,7 @@ class EdgeConfig:
 
 @dataclass(frozen=True)
 class StoreConfig:
-    """The registry store behind the tool library."""
+    """The registry store behind the tool library: `sqlite` (embedded) or `redis` (shared)."""
 
     backend: str = "sqlite"
     sqlite_path: str = "data/registry.sqlite3"
@@ -187,10 +188,29 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class FeedConfig:
-    """The event feed behind WatchToolEvents."""
+    """The event feed behind WatchToolEvents: `inprocess` or `redis` (goes with the redis store)."""
 
     backend: str = "inprocess"
     subscriber_queue: int = 1024
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several hubs and edges on one Redis (docs/config/cluster.md); unused with the embedded store."""
+
+    # redis://host:port/db or unix:///path/redis.sock; it may carry a password: kept out of repr.
+    redis_url: str = dataclasses.field(default="", repr=False)
+    key_prefix: str = "toolscore:"
+    node_id: str = ""  # empty: <hostname>-<pid>
+    redis_timeout_s: float = 2.0  # every Redis command's deadline
+    follow_block_s: float = 5.0  # how long one XREAD BLOCK of the event follower waits
+    reconnect_backoff_s: float = 0.1
+    reconnect_backoff_max_s: float = 5.0
+    apply_timeout_s: float = 5.0  # how long a write waits for this process to apply its own event
+
+    def node(self) -> str:
+        """This process's node id: the configured one, else hostname and pid."""
+        return self.node_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -329,6 +349,7 @@ class Config:
     edge: EdgeConfig = field(default_factory=EdgeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -359,7 +380,32 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
             continue
         section, _, name = key[len(ENV_PREFIX) :].partition("__")
         raw.setdefault(section.lower(), {})[name.lower()] = value
-    return _build(Config, raw, "")
+    cfg: Config = _build(Config, raw, "")
+    check(cfg)
+    return cfg
+
+
+STORE_BACKENDS = ("sqlite", "redis")
+FEED_BACKENDS = ("inprocess", "redis")
+
+
+def check(cfg: Config) -> None:
+    """Refuse combinations no process can run (the hub checks again, for configs built in code)."""
+    if cfg.store.backend not in STORE_BACKENDS:
+        raise ConfigError(f"store.backend: {cfg.store.backend!r} is not one of {', '.join(STORE_BACKENDS)}")
+    if cfg.feed.backend not in FEED_BACKENDS:
+        raise ConfigError(f"feed.backend: {cfg.feed.backend!r} is not one of {', '.join(FEED_BACKENDS)}")
+    if (cfg.store.backend == "redis") != (cfg.feed.backend == "redis"):
+        # A shared store without the shared feed would miss other hubs' changes, and the reverse
+        # would carry events no store recorded.
+        raise ConfigError(
+            f"store.backend {cfg.store.backend!r} and feed.backend {cfg.feed.backend!r} do not go "
+            'together: set both to "redis" (several hubs on one Redis) or neither'
+        )
+    if cfg.store.backend == "redis" and not cfg.cluster.redis_url:
+        raise ConfigError(
+            'store.backend "redis" needs cluster.redis_url (redis://host:port/db or unix:///path)'
+        )
 
 
 def replace(cfg: Config, **sections: Mapping[str, Any]) -> Config:

@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 
+from services.common import config as config_mod
 from services.common import credentials
 from services.common.config import Config
+from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
 from services.hub.functions import FunctionTool
@@ -26,8 +28,13 @@ from services.library.validation import tool_bytes_limit
 from services.router.channels import ChannelPool, ProgressFn
 from services.router.router import Router
 
+if TYPE_CHECKING:
+    from services.library.redis_feed import RedisFeed
+
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
+# grpc.health.v1 name that is SERVING while the shared registry store can be followed (redis backend).
+STORE_HEALTH = "toolscore.registry-store"
 
 
 def _admin_rights(proof: CallerProof) -> Callable[[grpc.aio.ServicerContext], bool]:
@@ -57,21 +64,13 @@ class Hub:
     async def __aenter__(self) -> Hub:
         cfg = self.cfg
         try:
-            store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
-            self._stack.push_async_callback(store.close)
-            self.feed = InProcessFeed(cfg.feed.subscriber_queue)
-            self._stack.callback(self.feed.close)
+            config_mod.check(cfg)
             # A new credential per start: the executor and the edge read it from its private file.
             self.service_credential = credentials.mint(cfg.path(cfg.auth.service_credential_path))
             proof = CallerProof(cfg.auth.admin_token, self.service_credential)
-            self.registry = await Registry(
-                store,
-                self.feed,
-                credentials.RESERVED_OWNERS,
-                max_tool_bytes=tool_bytes_limit(cfg.hub.max_message_bytes),
-            ).open()
+            self.registry = await self._open_registry()
             self.registry.listeners.append(self._on_event)
-            self._stack.push_async_callback(self.registry.flush_stats)
+            self._stack.push_async_callback(self._last_flush)
             self.pool = ChannelPool(cfg.hub.max_message_bytes)
             self._stack.push_async_callback(self.pool.close)
             self.router = Router(
@@ -119,6 +118,8 @@ class Hub:
             # On exit, end every watch stream first so the server's drain does not wait on them.
             self._stack.callback(self.feed.close)
             self._tasks = [asyncio.create_task(self._flush_loop(), name="stats-flush")]
+            if self.redis_feed is not None:
+                self._tasks.append(asyncio.create_task(self._report_store_health(), name="store-health"))
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
                 self._tasks.append(
                     asyncio.create_task(
@@ -140,6 +141,63 @@ class Hub:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    async def _open_registry(self) -> Registry:
+        """The registry over the configured store and feed (embedded, or shared on Redis)."""
+        cfg = self.cfg
+        self.redis_feed: RedisFeed | None = None
+        limit = tool_bytes_limit(cfg.hub.max_message_bytes)
+        if cfg.store.backend != "redis":
+            store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
+            self._stack.push_async_callback(store.close)
+            self.feed: InProcessFeed | RedisFeed = InProcessFeed(cfg.feed.subscriber_queue)
+            self._stack.callback(self.feed.close)
+            return await Registry(store, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit).open()
+        from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
+        from services.library.redis_store import RedisStore
+
+        c = cfg.cluster
+        shared = RedisStore(
+            c.redis_url,
+            key_prefix=c.key_prefix,
+            retention=cfg.hub.event_retention,
+            timeout_s=c.redis_timeout_s,
+            block_s=c.follow_block_s,
+        )
+        self._stack.push_async_callback(shared.close)
+        await shared.open()
+        self.feed = self.redis_feed = RedisFeed(
+            shared,
+            queue_size=cfg.feed.subscriber_queue,
+            apply_timeout_s=c.apply_timeout_s,
+            backoff_s=c.reconnect_backoff_s,
+            backoff_max_s=c.reconnect_backoff_max_s,
+        )
+        self._stack.callback(self.feed.close)
+        registry = Registry(
+            shared, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit, follower=self.feed
+        )
+        await registry.open()
+        self.feed.start(registry)
+        self._stack.push_async_callback(self.feed.stop)
+        log.info("registry shared on %s as node %s", shared.where, c.node())
+        return registry
+
+    async def _report_store_health(self) -> None:
+        """STORE_HEALTH follows the shared store: NOT_SERVING while it cannot be followed."""
+        from grpc_health.v1 import health_pb2
+
+        feed = self.redis_feed
+        assert feed is not None
+        while True:
+            status = (
+                health_pb2.HealthCheckResponse.NOT_SERVING
+                if feed.problem
+                else health_pb2.HealthCheckResponse.SERVING
+            )
+            await self.server.health.set(STORE_HEALTH, status)
+            feed.problem_changed.clear()
+            await feed.problem_changed.wait()
 
     @property
     def uds_target(self) -> str | None:
@@ -191,12 +249,28 @@ class Hub:
         await self.registry.register(tool_definition(self.cfg, endpoint), reclaim=True)
 
     async def _flush_loop(self) -> None:
+        away = False  # a shared store away: one line when it goes, one when it is back
         while True:
             await asyncio.sleep(self.cfg.hub.stats_flush_s)
             try:
                 await self.registry.flush_stats()
+            except Unavailable as exc:
+                if not away:
+                    log.warning("stats not flushed, kept for the next flush: %s", exc.message)
+                away = True
+                continue
             except Exception:
                 log.exception("stats flush failed")
+                continue
+            if away:
+                log.info("stats flushed again")
+                away = False
+
+    async def _last_flush(self) -> None:
+        try:
+            await self.registry.flush_stats()
+        except Exception:  # e.g. a shared store unreachable at shutdown: the hub still stops
+            log.exception("last stats flush failed")
 
     async def _stop_tasks(self) -> None:
         for t in self._tasks:

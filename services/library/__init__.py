@@ -1,1 +1,12 @@
-"""The tool library: registry of tools, their health and usage, and the change feed."""
+"""The tool library: registry of tools, their health and usage, and the change feed.
+
+registry.py     the in-memory registry: reads, writes committed through a store, watches
+store.py        RegistryStore (the interface) and SqliteStore (embedded, one hub)
+feed.py         EventFeed (the interface) and InProcessFeed (bounded fan-out to local watchers)
+redis_store.py  RedisStore: the registry shared by several hubs on one Redis (hashes, counter, stream)
+redis_feed.py   RedisFeed: follows the shared stream, applies each event here, then fans it out
+servicer.py     ToolLibraryService over gRPC
+validation.py   the rules and bounds a tool definition must meet; argument validators
+search.py       ranking for SearchTools
+keywords.py     jsonschema keywords made linear (argument validation stays bounded)
+"""

@@ -3,15 +3,22 @@
 Reads (get, list, the router's lookups) never touch the store: the hot path is
 a dict lookup. Writes commit to the store first (which assigns the revision),
 then update memory, then publish on the feed, one at a time and in order.
+
+With a shared store (several hubs on one Redis) a `Follower` applies every
+committed event, this hub's own included, in revision order (`apply`): a write
+commits with a precondition on the definition it saw (a conflict: catch up,
+decide again) and returns once the follower has applied it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from toolscore.v1 import tool_pb2
@@ -24,10 +31,11 @@ from services.common.errors import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
 )
 from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
-from services.library.store import RegistryStore, StoredStats
+from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,20 @@ _EVENT_OVERHEAD_BYTES = 4096
 # Initial metadata of WatchToolEvents: the registry's revision when the watch started. A watcher that
 # listed first has the hub's state as of then once it has applied the events up to it.
 WATCH_REVISION_KEY = "toolscore-watch-revision"
+# Commits that found the tool changed by another hub, caught up and decided again, before giving up.
+_CONFLICT_RETRIES = 8
+
+
+class Follower(Protocol):
+    """What applies a shared store's events to this registry (services/library/redis_feed.py)."""
+
+    async def wait_applied(self, revision: int) -> None:
+        """Return once every event up to `revision` is applied here (Unavailable past a deadline)."""
+        ...
+
+    def check_writable(self) -> None:
+        """Raise Unavailable while the store cannot be followed (a write could not be applied here)."""
+        ...
 
 
 @dataclass(eq=False)
@@ -58,6 +80,8 @@ class Entry:
     total_seconds: float = 0.0
     last_used: float = 0.0
     dirty: bool = field(default=False, repr=False)
+    # The usage the store already holds from this process (the next flush adds what is beyond it).
+    flushed: StoredStats = field(default=StoredStats(), repr=False)
 
     def record(self, ok: bool, seconds: float) -> None:
         """Count one call. Cheap: it runs on every call's hot path."""
@@ -100,6 +124,17 @@ def _definition_bytes(tool: tool_pb2.Tool) -> bytes:
     return t.SerializeToString(deterministic=True)
 
 
+def _stored_digest(entry: Entry | None) -> str:
+    """The precondition of a commit on a shared store: the definition this registry saw stored."""
+    return digest(None if entry is None else entry.tool.SerializeToString(deterministic=True))
+
+
+def _keep_usage(entry: Entry, old: Entry) -> None:
+    entry.calls, entry.successes = old.calls, old.successes
+    entry.total_seconds, entry.last_used = old.total_seconds, old.last_used
+    entry.flushed = old.flushed
+
+
 def make_entry(tool: tool_pb2.Tool) -> Entry:
     """An Entry for a (valid) definition: endpoint parsed, input schemas compiled."""
     validators = {
@@ -121,9 +156,12 @@ class Registry:
         feed: EventFeed,
         reserved_owners: frozenset[str] = frozenset(),
         max_tool_bytes: int = MAX_TOOL_BYTES,
+        follower: Follower | None = None,
     ) -> None:
         self._store = store
         self._feed = feed
+        # Set with a shared store: it applies every commit (ours included) in revision order.
+        self._follower = follower
         # The bound on one encoded definition (validation.tool_bytes_limit of the message limit):
         # whatever fits it fits every message that carries definitions.
         self.max_tool_bytes = max_tool_bytes
@@ -156,6 +194,7 @@ class Registry:
             if s:
                 entry.calls, entry.successes = s.calls, s.successes
                 entry.total_seconds, entry.last_used = s.total_seconds, s.last_used
+                entry.flushed = s
             self._entries[tool_id] = entry
         log.info("registry loaded: %d tools at revision %d", len(self._entries), self.revision)
         return self
@@ -198,8 +237,18 @@ class Registry:
         incoming.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
         if not incoming.HasField("enabled"):  # absent means enabled; stored and sent explicitly
             incoming.enabled = True
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._register(incoming, proven, reclaim)
+            except CommitConflict as conflict:  # another hub changed it first: catch up, decide again
+                await self._catch_up(conflict.revision)
+        raise self._contended(incoming.tool_id)
+
+    async def _register(
+        self, incoming: tool_pb2.Tool, proven: bool, reclaim: bool
+    ) -> tuple[tool_pb2.Tool, bool, bool, int]:
         async with self._lock:
-            old = self._entries.get(incoming.tool_id)
+            old = seen = self._entries.get(incoming.tool_id)
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()
             if old is not None and reclaim and self._reclaims(old.tool.owner, incoming.owner, proven):
@@ -222,15 +271,22 @@ class Registry:
             incoming.updated_at.CopyFrom(now)
             entry = make_entry(incoming)
             if old is not None:  # keep usage and health across updates of the definition
-                entry.calls, entry.successes = old.calls, old.successes
-                entry.total_seconds, entry.last_used = old.total_seconds, old.last_used
+                _keep_usage(entry, old)
                 if old.tool.endpoint == incoming.endpoint:
                     entry.health = old.health
             kind = UPDATED if old is not None else INSTALLED
-            await self._commit(entry, kind)
-            return entry.snapshot(), old is None, old is not None, self.revision
+            revision = await self._commit(entry, kind, seen)
+            return entry.snapshot(), old is None, old is not None, revision
 
     async def deregister(self, tool_id: str, *, proven: bool = True) -> tuple[tool_pb2.Tool, int]:
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._deregister(tool_id, proven)
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _deregister(self, tool_id: str, proven: bool) -> tuple[tool_pb2.Tool, int]:
         async with self._lock:
             entry = self._entries.get(tool_id)
             if entry is None:
@@ -240,8 +296,8 @@ class Registry:
                     metadata={"tool_id": tool_id},
                 )
             self._check_proven(entry.tool.owner, tool_id, proven)
-            await self._commit(entry, REMOVED)
-            return entry.snapshot(), self.revision
+            revision = await self._commit(entry, REMOVED, entry)
+            return entry.snapshot(), revision
 
     def _check_proven(self, owner: str, tool_id: str, proven: bool) -> None:
         if not proven and owner in self.reserved_owners:
@@ -258,36 +314,148 @@ class Registry:
 
     async def set_health(self, tool_id: str, health: int, *, endpoint: str | None = None) -> bool:
         """Record a health observation; emits HEALTH_CHANGED when it changes. False if the tool is gone."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._set_health(tool_id, health, endpoint)
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _set_health(self, tool_id: str, health: int, endpoint: str | None) -> bool:
         async with self._lock:
             entry = self._entries.get(tool_id)
             if entry is None or (endpoint is not None and entry.tool.endpoint != endpoint):
                 return False
             if entry.health == health:
                 return True
+            if self._follower is not None:  # the follower sets it when it applies the event
+                changed = dataclasses.replace(entry, health=health)
+                await self._commit(changed, HEALTH_CHANGED, entry)
+                return True
             entry.health = health
-            await self._commit(entry, HEALTH_CHANGED)
+            await self._commit(entry, HEALTH_CHANGED, entry)
             return True
 
-    async def _commit(self, entry: Entry, kind: int) -> None:
+    async def _commit(self, entry: Entry, kind: int, seen: Entry | None = None) -> int:
+        """Store `entry`'s change (`seen`: this tool's entry the decision was made on)."""
         tool_id = entry.tool.tool_id
         event = tool_pb2.ToolEvent(type=kind, tool=entry.snapshot())  # type: ignore[arg-type]
         event.time.GetCurrentTime()
-        stored = None if kind == REMOVED else entry.tool.SerializeToString()
+        stored = None if kind == REMOVED else entry.tool.SerializeToString(deterministic=True)
+        if self._follower is not None:
+            self._follower.check_writable()
+            raw = event.SerializeToString()
+            applied = self.revision  # the store's counter is at least this, unless it went back
+            revision = await self._store.commit(tool_id, stored, kind, raw, _stored_digest(seen))
+            if revision <= applied:  # a store that lost its data, before the follower noticed
+                raise Unavailable(
+                    f"the registry store assigned revision {revision}, behind this hub's "
+                    f"{applied}: it lost its data",
+                    reason="REGISTRY_STORE_UNAVAILABLE",
+                )
+            await self._follower.wait_applied(revision)  # read-your-writes: memory has it now
+            return revision
         revision = await self._store.commit(tool_id, stored, kind, event.SerializeToString())
         if kind == REMOVED:
             self._entries.pop(tool_id, None)
         else:
             self._entries[tool_id] = entry
         self.revision = event.revision = revision
+        self._publish(event)
+        return revision
+
+    async def _catch_up(self, revision: int) -> None:
+        if self._follower is not None:
+            await self._follower.wait_applied(revision)
+
+    @staticmethod
+    def _contended(tool_id: str) -> Unavailable:
+        return Unavailable(
+            f"tool {tool_id!r} kept changing through other hubs; try again",
+            reason="REGISTRY_CONTENDED",
+            metadata={"tool_id": tool_id},
+        )
+
+    def _publish(self, event: tool_pb2.ToolEvent) -> None:
         self._feed.publish(event)
         for listener in self.listeners:
             listener(event)
+        kind, tool_id, revision = event.type, event.tool.tool_id, event.revision
         log.info(
             "%s %s (revision %d)",
             tool_pb2.ToolEventType.Name(kind).removeprefix("TOOL_EVENT_TYPE_").lower(),
             tool_id,
             revision,
         )
+
+    # -- a shared store's events --------------------------------------------
+
+    def apply(self, revision: int, raw: bytes) -> None:
+        """Apply one committed event from the shared store (the follower calls this, in order)."""
+        event = tool_pb2.ToolEvent.FromString(raw)
+        event.revision = revision
+        tool_id = event.tool.tool_id
+        old = self._entries.get(tool_id)
+        if event.type == REMOVED:
+            self._entries.pop(tool_id, None)
+        elif event.type == HEALTH_CHANGED and old is not None:
+            old.health = event.tool.health
+        else:
+            entry = self._entry_of(event.tool)
+            if entry is not None:
+                if event.type != INSTALLED and old is not None:  # an install starts from no usage
+                    _keep_usage(entry, old)
+                self._entries[tool_id] = entry
+        self.revision = revision
+        self._publish(event)
+
+    def _entry_of(self, tool: tool_pb2.Tool) -> Entry | None:
+        definition = tool_pb2.Tool()
+        definition.CopyFrom(tool)
+        definition.ClearField("stats")
+        definition.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+        try:
+            entry = make_entry(definition)
+        except Exception:  # committed by a hub with other rules: it stays out of this router
+            log.exception("event for %s not applied", tool.tool_id)
+            return None
+        entry.health = tool.health
+        return entry
+
+    def resync(self, tools: dict[str, bytes], revision: int) -> None:
+        """Replace every entry with the shared store's (its history was trimmed past this registry).
+
+        Listeners hear each difference as an event; live watchers are ended, since the history
+        they would resume from is gone: they list again (the edge's cache does) and watch from there.
+        """
+        old, self._entries = self._entries, {}
+        changes: list[tool_pb2.ToolEvent] = []
+        for tool_id, raw in tools.items():
+            try:
+                entry = self._entry_of(tool_pb2.Tool.FromString(raw))
+            except Exception:
+                entry = None
+            if entry is None:
+                continue
+            prev = old.get(tool_id)
+            if prev is not None:
+                _keep_usage(entry, prev)
+                entry.health = prev.health
+            self._entries[tool_id] = entry
+            if prev is None or _stored_digest(prev) != _stored_digest(entry):
+                kind = INSTALLED if prev is None else UPDATED
+                changes.append(tool_pb2.ToolEvent(type=kind, tool=entry.snapshot(), revision=revision))  # type: ignore[arg-type]
+        changes += [
+            tool_pb2.ToolEvent(type=REMOVED, tool=e.snapshot(), revision=revision)
+            for tool_id, e in old.items()
+            if tool_id not in self._entries
+        ]
+        self.revision = revision
+        self._feed.close()
+        for event in changes:
+            for listener in self.listeners:
+                listener(event)
+        log.warning("registry reloaded from the store at revision %d: %d changes", revision, len(changes))
 
     # -- usage -------------------------------------------------------------
 
@@ -303,13 +471,42 @@ class Registry:
         return True
 
     async def flush_stats(self) -> None:
-        """Persist the usage of every tool used since the last flush."""
-        dirty = {}
+        """Persist the usage of every tool used since the last flush.
+
+        A shared store adds this process's deltas and answers the totals: what other hubs
+        reported joins this registry's figures for the tools flushed.
+        """
+        usage: dict[str, UsageFlush] = {}
         for tool_id, e in self._entries.items():
             if e.dirty:
                 e.dirty = False
-                dirty[tool_id] = StoredStats(e.calls, e.successes, e.total_seconds, e.last_used)
-        await self._store.save_stats(dirty)
+                total = StoredStats(e.calls, e.successes, e.total_seconds, e.last_used)
+                f = e.flushed
+                delta = StoredStats(
+                    total.calls - f.calls,
+                    total.successes - f.successes,
+                    total.total_seconds - f.total_seconds,
+                    total.last_used,
+                )
+                usage[tool_id] = UsageFlush(total, delta)
+        try:
+            stored = await self._store.save_stats(usage)
+        except BaseException:
+            for tool_id in usage:  # not persisted: the next flush tries again
+                if (again := self._entries.get(tool_id)) is not None:
+                    again.dirty = True
+            raise
+        for tool_id, u in usage.items():
+            now = self._entries.get(tool_id)
+            if now is None or now.calls < u.total.calls:  # gone, or replaced whole meanwhile
+                continue
+            s = stored.get(tool_id)
+            if s is not None:  # others' usage: the store's total beyond ours
+                now.calls += s.calls - u.total.calls
+                now.successes += s.successes - u.total.successes
+                now.total_seconds += s.total_seconds - u.total.total_seconds
+                now.last_used = max(now.last_used, s.last_used)
+            now.flushed = s or u.total
 
     # -- history -----------------------------------------------------------
 
@@ -332,7 +529,12 @@ class Registry:
 
         sub = self._feed.subscribe()  # buffer live events before reading history
         try:
-            oldest, latest = await self._store.revision_bounds()
+            try:
+                oldest, latest = await self._store.revision_bounds()
+            except Unavailable:  # a shared store away: a watcher as current as memory needs no history
+                if since != self.revision:
+                    raise
+                oldest = latest = since
             if since > latest:
                 raise OutOfRange(
                     f"revision {since} is ahead of the registry ({latest}); list tools and watch from there",
@@ -349,7 +551,7 @@ class Registry:
             if started is not None:
                 await started(latest)
             last = since
-            while True:
+            while last < latest:
                 page = await self._store.events_since(last, _BACKLOG_PAGE)
                 for revision, raw in page:
                     ev = tool_pb2.ToolEvent.FromString(raw)

@@ -1,13 +1,14 @@
 """The registry store: where tool definitions, usage and the event history persist.
 
-`RegistryStore` is the interface; `SqliteStore` is the embedded default. A
-Redis implementation (hashes for tools and stats, a stream for events) fits the
-same five calls, so several hubs can share one registry.
+`RegistryStore` is the interface; `SqliteStore` is the embedded default (one
+writer: this hub). `RedisStore` (redis_store.py: hashes for tools and stats, a
+stream for events) fits the same calls, so several hubs can share one registry.
 Tools and events are stored as serialized protobuf messages.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,30 @@ class StoredStats:
     last_used: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class UsageFlush:
+    """One tool's usage at a flush: this process's figures, and what they gained since the last one."""
+
+    total: StoredStats
+    delta: StoredStats
+
+
+def digest(definition: bytes | None) -> str:
+    """A commit's precondition: the SHA-1 of the stored definition's bytes ("" when absent)."""
+    return "" if definition is None else hashlib.sha1(definition).hexdigest()
+
+
+class CommitConflict(Exception):
+    """A shared store's tool changed since the caller's view of it (another hub committed first).
+
+    The caller catches up to `revision` (the store's latest) and decides again.
+    """
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"the tool changed in the store (latest revision {revision})")
+        self.revision = revision
+
+
 class RegistryStore(Protocol):
     """Persistence for the tool library. All methods are safe to call from the event loop."""
 
@@ -33,10 +58,15 @@ class RegistryStore(Protocol):
         """All tools (id -> serialized Tool), their stats, and the latest revision."""
         ...
 
-    async def commit(self, tool_id: str, tool: bytes | None, event_type: int, event: bytes) -> int:
+    async def commit(
+        self, tool_id: str, tool: bytes | None, event_type: int, event: bytes, expect: str | None = None
+    ) -> int:
         """Atomically store (or delete, when `tool` is None) a tool and append an event.
 
         `event` is a serialized ToolEvent without its revision; returns the revision assigned.
+        `expect`: the digest (`digest`) of the definition the caller believes stored, ""
+        for none; a shared store raises CommitConflict when it differs. A store with one writer
+        (SQLite: this hub) has nothing to compare and ignores it.
         """
         ...
 
@@ -48,8 +78,12 @@ class RegistryStore(Protocol):
         """(oldest retained revision, latest revision); (0, 0) when empty."""
         ...
 
-    async def save_stats(self, stats: Mapping[str, StoredStats]) -> None:
-        """Persist usage figures of the given tools."""
+    async def save_stats(self, usage: Mapping[str, UsageFlush]) -> dict[str, StoredStats]:
+        """Persist usage figures of the given tools.
+
+        A store of this process alone keeps the totals and returns {}; a shared one adds the deltas
+        (several hubs' calls add up) and returns the tools' totals after the add.
+        """
         ...
 
     async def close(self) -> None: ...
@@ -93,7 +127,9 @@ class SqliteStore(SqliteThread):
 
         return await self._run(_load)
 
-    async def commit(self, tool_id: str, tool: bytes | None, event_type: int, event: bytes) -> int:
+    async def commit(
+        self, tool_id: str, tool: bytes | None, event_type: int, event: bytes, expect: str | None = None
+    ) -> int:
         def _commit() -> int:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
@@ -134,9 +170,10 @@ class SqliteStore(SqliteThread):
 
         return await self._run(_bounds)
 
-    async def save_stats(self, stats: Mapping[str, StoredStats]) -> None:
+    async def save_stats(self, usage: Mapping[str, UsageFlush]) -> dict[str, StoredStats]:
         rows: Sequence[tuple[object, ...]] = [
-            (tid, s.calls, s.successes, s.total_seconds, s.last_used) for tid, s in stats.items()
+            (tid, u.total.calls, u.total.successes, u.total.total_seconds, u.total.last_used)
+            for tid, u in usage.items()
         ]
 
         def _save() -> None:
@@ -150,3 +187,4 @@ class SqliteStore(SqliteThread):
 
         if rows:
             await self._run(_save)
+        return {}

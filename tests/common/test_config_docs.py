@@ -15,6 +15,7 @@ PAGES = {
     "edge": "edge.md",
     "store": "store-and-feed.md",
     "feed": "store-and-feed.md",
+    "cluster": "cluster.md",
     "auth": "auth.md",
     "log": "log.md",
     "discovery": "discovery.md",

@@ -1,0 +1,253 @@
+"""The registry store on Redis: several hubs share one registry.
+
+Keys (under `[cluster] key_prefix`, `toolscore:` by default):
+
+    <prefix>tools              hash   tool_id -> serialized Tool (the definition, deterministic bytes)
+    <prefix>revision           string the last revision assigned (INCR)
+    <prefix>events             stream one entry per revision, id `<revision>-0`: type, tool_id, event
+    <prefix>stats:calls        hash   tool_id -> calls (HINCRBY of each process's deltas)
+    <prefix>stats:successes    hash   tool_id -> successful calls
+    <prefix>stats:seconds      hash   tool_id -> total seconds (HINCRBYFLOAT)
+    <prefix>stats:last_used    hash   tool_id -> unix time of the last call (the largest reported)
+
+A commit is one Lua script: it checks the caller's view of the tool (the digest of the definition it
+believes stored), increments the revision, writes or deletes the tool and appends the event, so no
+two hubs can interleave a change and no revision is assigned twice or skipped. Every command has a
+deadline; an unreachable Redis is `Unavailable` (REGISTRY_STORE_UNAVAILABLE) to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from toolscore.v1 import tool_pb2
+
+from services.common.errors import Unavailable
+from services.library.store import CommitConflict, StoredStats, UsageFlush
+
+STORE_UNAVAILABLE = "REGISTRY_STORE_UNAVAILABLE"
+_T = TypeVar("_T")
+_STAT_FIELDS = ("calls", "successes", "seconds", "last_used")
+
+# KEYS: tools, revision, events, stats:calls, stats:successes, stats:seconds, stats:last_used
+# ARGV: tool_id, expected digest (absent: "" ; no check: "*"), tool ("" with remove), event type,
+#       event, retention, remove ("1"/"0"), fresh usage ("1"/"0")
+_COMMIT = """
+if ARGV[2] ~= '*' then
+  local cur = redis.call('HGET', KEYS[1], ARGV[1])
+  local digest = ''
+  if cur then digest = redis.sha1hex(cur) end
+  if digest ~= ARGV[2] then
+    return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+  end
+end
+local rev = redis.call('INCR', KEYS[2])
+-- The event first: a script is not rolled back, and an XADD refused (a stream tampered with) must
+-- leave no tool change that no follower would ever hear of, only a revision gap (they reload).
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], rev .. '-0',
+           'type', ARGV[4], 'tool_id', ARGV[1], 'event', ARGV[5])
+if ARGV[7] == '1' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+if ARGV[7] == '1' or ARGV[8] == '1' then
+  for i = 4, 7 do redis.call('HDEL', KEYS[i], ARGV[1]) end
+end
+return {1, rev}
+"""
+
+# KEYS: tools, stats:calls, stats:successes, stats:seconds, stats:last_used
+# ARGV: per tool, 5 values: tool_id, calls, successes, seconds, last_used. Usage of a tool removed
+# meanwhile is dropped (as the SQLite store does). Returns, per tool, its totals after the add.
+_ADD_USAGE = """
+local out = {}
+for i = 1, #ARGV, 5 do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', KEYS[1], id) == 1 then
+    local calls = redis.call('HINCRBY', KEYS[2], id, ARGV[i + 1])
+    local ok = redis.call('HINCRBY', KEYS[3], id, ARGV[i + 2])
+    local secs = redis.call('HINCRBYFLOAT', KEYS[4], id, ARGV[i + 3])
+    local last = tonumber(redis.call('HGET', KEYS[5], id) or '0')
+    if tonumber(ARGV[i + 4]) > last then
+      redis.call('HSET', KEYS[5], id, ARGV[i + 4])
+      last = ARGV[i + 4]
+    end
+    table.insert(out, {id, calls, ok, secs, tostring(last)})
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One entry of the event stream."""
+
+    revision: int
+    event: bytes  # a serialized ToolEvent without its revision
+
+
+def revision_of(stream_id: bytes | str) -> int:
+    """The revision an event stream id (`<revision>-0`) carries."""
+    raw = stream_id.decode() if isinstance(stream_id, bytes) else stream_id
+    return int(raw.partition("-")[0])
+
+
+class RedisStore:
+    """RegistryStore on Redis: hashes for tools and stats, a counter, and a stream of events."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "toolscore:",
+        retention: int = 10000,
+        timeout_s: float = 2.0,
+        block_s: float = 5.0,
+    ) -> None:
+        # For logs: the server without credentials (a URL may carry a password).
+        self.where = url.rpartition("@")[2] if "://" in url else url
+        self._retention = retention
+        self._timeout = timeout_s
+        self._block_s = block_s
+        p = key_prefix
+        self.tools_key, self.revision_key, self.events_key = f"{p}tools", f"{p}revision", f"{p}events"
+        self._stats_keys = [f"{p}stats:{f}" for f in _STAT_FIELDS]
+        # One immediate retry, within the call's one deadline: after Redis restarted, a pooled
+        # connection is dead and only its first use finds out. A commit retried after it ran (its
+        # reply lost) conflicts with itself (the definition is no longer what it expected) and the
+        # registry decides again from what it then sees.
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+        )
+        # The follower's XREAD BLOCK holds its connection up to block_s: a socket of its own. No
+        # retry there: a broken connection is how the follower learns that Redis went away (and
+        # then checks that the Redis it finds again still has the revisions it applied).
+        self._tail = aioredis.Redis.from_url(
+            url,
+            socket_timeout=block_s + timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._commit = self._redis.register_script(_COMMIT)
+        self._add_usage = self._redis.register_script(_ADD_USAGE)
+
+    async def open(self) -> RedisStore:
+        """Check that Redis answers (a hub does not start on an unreachable store)."""
+        await self._call(self._redis.ping())
+        return self
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._tail.aclose()
+
+    async def _call(self, op: Awaitable[_T], timeout: float | None = None) -> _T:
+        async with self._guard(timeout):
+            return await op
+
+    @asynccontextmanager
+    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(timeout or self._timeout):
+                yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            # An answer that is an error (out of memory, a script refused) is as unusable as none.
+            lost = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+            what = "unreachable" if isinstance(exc, lost) else "failing"
+            raise Unavailable(
+                f"the registry store (Redis) is {what}: {type(exc).__name__}: {exc}",
+                reason=STORE_UNAVAILABLE,
+            ) from exc
+
+    # -- RegistryStore -----------------------------------------------------
+
+    async def load(self) -> tuple[dict[str, bytes], dict[str, StoredStats], int]:
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
+                pipe.hgetall(self.tools_key)
+                for key in self._stats_keys:
+                    pipe.hgetall(key)
+                pipe.get(self.revision_key)
+                tools, calls, oks, secs, last, rev = await pipe.execute()
+        stats = {
+            tid.decode(): StoredStats(
+                int(n), int(oks.get(tid, 0)), float(secs.get(tid, 0.0)), float(last.get(tid, 0.0))
+            )
+            for tid, n in calls.items()
+        }
+        return {k.decode(): bytes(v) for k, v in tools.items()}, stats, int(rev or 0)
+
+    async def commit(
+        self, tool_id: str, tool: bytes | None, event_type: int, event: bytes, expect: str | None = None
+    ) -> int:
+        # An install (a new tool, or a reclaimed one replaced whole) starts from no usage.
+        remove, fresh = tool is None, event_type == tool_pb2.TOOL_EVENT_TYPE_INSTALLED
+        args: list[bytes | str | int] = [tool_id, "*" if expect is None else expect, tool or b""]
+        args += [event_type, event, self._retention, int(remove), int(fresh)]
+        keys = [self.tools_key, self.revision_key, self.events_key, *self._stats_keys]
+        ok, revision = await self._call(self._commit(keys=keys, args=args))
+        if not ok:
+            raise CommitConflict(int(revision))
+        return int(revision)
+
+    async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
+        rows = await self._call(self._redis.xrange(self.events_key, f"{revision + 1}-0", "+", count=limit))
+        return [(e.revision, e.event) for e in _events(rows)]
+
+    async def revision_bounds(self) -> tuple[int, int]:
+        async with self._guard():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrange(self.events_key, "-", "+", count=1)
+                pipe.get(self.revision_key)
+                first, latest = await pipe.execute()
+        oldest = _events(first)
+        return (oldest[0].revision if oldest else 0), int(latest or 0)
+
+    async def save_stats(self, usage: Mapping[str, UsageFlush]) -> dict[str, StoredStats]:
+        if not usage:
+            return {}
+        args: list[bytes | str | int | float] = []
+        for tid, u in usage.items():
+            d = u.delta
+            args += [tid, d.calls, d.successes, repr(d.total_seconds), repr(d.last_used)]
+        keys = [self.tools_key, *self._stats_keys]
+        rows = await self._call(self._add_usage(keys=keys, args=args))
+        return {
+            tid.decode(): StoredStats(int(n), int(ok), float(secs), float(last))
+            for tid, n, ok, secs, last in rows
+        }
+
+    # -- the follower's reads ------------------------------------------------
+
+    async def latest_revision(self) -> int:
+        return int(await self._call(self._redis.get(self.revision_key)) or 0)
+
+    async def oldest_revision(self) -> int:
+        """The oldest event the stream still holds (0: none)."""
+        first = _events(await self._call(self._redis.xrange(self.events_key, "-", "+", count=1)))
+        return first[0].revision if first else 0
+
+    async def read_after(self, revision: int, count: int) -> list[StreamEvent]:
+        """Events after `revision`, waiting up to `block_s` for the first one (XREAD BLOCK)."""
+        block_ms = max(1, int(self._block_s * 1000))
+        reply = await self._call(
+            self._tail.xread({self.events_key: f"{revision}-0"}, count=count, block=block_ms),
+            timeout=self._block_s + self._timeout,
+        )
+        return _events(reply[0][1]) if reply else []  # type: ignore[index]
+
+
+def _events(rows: Any) -> list[StreamEvent]:
+    """Stream entries (id, {field: value}) as events."""
+    return [StreamEvent(revision_of(sid), bytes(fields[b"event"])) for sid, fields in rows]

@@ -28,7 +28,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
-from services.common.runtime import die_with_parent, run_command
+from services.common.process import die_with_parent, run_command
 from services.discovery import identifiers
 
 log = logging.getLogger(__name__)

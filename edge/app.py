@@ -31,7 +31,7 @@ from edge.legacy import toolscore_ws
 from edge.rest import routes as rest_routes
 from services.common.config import Config
 from services.common.errors import Unavailable
-from services.runtime.service import service_from_config
+from services.runtime.task_workers import service_from_config
 
 
 def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Application:

@@ -23,7 +23,7 @@ from edge.auth import AdminAuth
 from services.common import config as config_mod
 from services.common.config import Config, ConfigError
 from services.common.process import setup_logging
-from services.runtime.service import service_from_config
+from services.runtime.task_workers import service_from_config
 
 NOT_CONFIGURED = 2
 

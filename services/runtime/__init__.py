@@ -7,6 +7,6 @@ EdgeClient (edge.py)  the edge's v1 REST (listing, calls) and events WebSocket
 HubClient (hub.py)    the hub's discovery RPCs (gRPC), for the request_capability meta-tool (gap.py)
 host.py               RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
 trajectory.py         the versioned JSON record of a task, appended atomically
-tasks.py, service.py  service mode: the SQLite task store and the workers (the edge mounts their routes)
+tasks.py, task_workers.py  service mode: the SQLite task store and its workers (the edge mounts their routes)
 replay.py             trajectories rendered as text (--replay)
 """

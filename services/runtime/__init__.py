@@ -2,7 +2,7 @@
 
 Agent (loop.py)       the reasoning loop: LLM -> tool calls -> observations, budgets
 LLM (llm.py)          an OpenAI-compatible endpoint via the `openai` SDK, bounded retries
-Catalog (catalog.py)  the tools offered to the LLM, kept current by the events WebSocket
+Catalog (llm_tools.py)  the tools offered to the LLM, kept current by the events WebSocket
 EdgeClient (edge.py)  the edge's v1 REST (listing, calls) and events WebSocket
 HubClient (hub.py)    the hub's discovery RPCs (gRPC), for the request_capability meta-tool (gap.py)
 host.py               RuntimeHost: what a running runtime owns; actions.py: the JSON action mode

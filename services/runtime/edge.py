@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from services.runtime.catalog import Catalog, tool_from_json
+from services.runtime.llm_tools import Catalog, tool_from_json
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.runtime import actions, gap
-from services.runtime.catalog import Catalog, Function
 from services.runtime.edge import EdgeClient, SeenEvent, ToolOutcome
 from services.runtime.hub import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
+from services.runtime.llm_tools import Catalog, Function
 from services.runtime.trajectory import SCHEMA, SCHEMA_VERSION, now_iso
 
 log = logging.getLogger(__name__)

@@ -12,8 +12,8 @@ import pytest
 from edge.hub_link import GATEWAY
 from services.common import config as config_mod
 from services.common.config import Config
-from services.runtime.catalog import Catalog
 from services.runtime.edge import EdgeClient, SeenEvent
+from services.runtime.llm_tools import Catalog
 from tests.helpers import deadline, grpc_tool
 from tests.runtime.conftest import Edge
 

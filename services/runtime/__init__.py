@@ -1,12 +1,12 @@
 """The Enhanced Reasoning Runtime: an agent that uses the mesh, learns new tools live and records every step.
 
-Agent (loop.py)       the reasoning loop: LLM -> tool calls -> observations, budgets
-LLM (llm.py)          an OpenAI-compatible endpoint via the `openai` SDK, bounded retries
-Catalog (llm_tools.py)  the tools offered to the LLM, kept current by the events WebSocket
-EdgeClient (edge.py)  the edge's v1 REST (listing, calls) and events WebSocket
-HubClient (hub.py)    the hub's discovery RPCs (gRPC), for the request_capability meta-tool (gap.py)
-host.py               RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
-trajectory.py         the versioned JSON record of a task, appended atomically
-tasks.py, task_workers.py  service mode: the SQLite task store and its workers (the edge mounts their routes)
-replay.py             trajectories rendered as text (--replay)
+Agent (loop.py)              the reasoning loop: LLM -> tool calls -> observations, budgets
+LLM (llm.py)                 an OpenAI-compatible endpoint via the `openai` SDK, bounded retries
+Catalog (llm_tools.py)       the tools offered to the LLM, kept current by the events WebSocket
+EdgeClient (edge_client.py)  the edge's v1 REST (listing, calls) and events WebSocket
+HubClient (hub.py)           the hub's discovery RPCs (gRPC), for the request_capability meta-tool (gap.py)
+host.py                      RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
+trajectory.py                the versioned JSON record of a task, appended atomically
+tasks.py, task_workers.py    service mode: the SQLite task store and its workers (routes: the edge)
+replay.py                    trajectories rendered as text (--replay)
 """

@@ -20,7 +20,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import DeadlineExceeded, MeshError, Unauthenticated, Unavailable
 from services.discovery import auto_install
-from services.runtime.edge import ToolOutcome
+from services.runtime.edge_client import ToolOutcome
 from services.runtime.hub import HubClient
 from services.runtime.llm_tools import Catalog
 

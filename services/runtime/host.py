@@ -14,7 +14,7 @@ from typing import Any
 
 from services.common.config import Config
 from services.runtime import trajectory
-from services.runtime.edge import EdgeClient, EdgeUnavailable
+from services.runtime.edge_client import EdgeClient, EdgeUnavailable
 from services.runtime.hub import HubClient, hub_target
 from services.runtime.llm import LLM, LLMSettings
 from services.runtime.llm_tools import Catalog

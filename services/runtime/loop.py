@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.runtime import actions, gap
-from services.runtime.edge import EdgeClient, SeenEvent, ToolOutcome
+from services.runtime.edge_client import EdgeClient, SeenEvent, ToolOutcome
 from services.runtime.hub import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
 from services.runtime.llm_tools import Catalog, Function

@@ -81,7 +81,7 @@ class EdgeClient:
         self._auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        # Each running task registers a callback and records the events it sees (edge.py keeps none).
+        # Each running task registers a callback and records the events it sees (edge_client.py keeps none).
         self.listeners: set[Callable[[SeenEvent], None]] = set()
         self.connected = asyncio.Event()
 

@@ -13,7 +13,7 @@ runner.py           one server's life: connect, list tools, health, restart with
 fleet.py            the running servers: registration, health, restore, the handler mounted for mcp://
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
-service.py          Discovery: the async context manager the hub owns
+discovery.py        Discovery: the async context manager the hub owns
 servicer.py         the gRPC RPCs on ToolScoreService
 client.py           a thin async gRPC client (the edge's REST routes, the runtime)
 """

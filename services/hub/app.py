@@ -88,7 +88,7 @@ class Hub:
             extra, protected = {}, set(library.PROTECTED)
             if cfg.discovery.enabled:  # installed MCP servers come back before the hub serves
                 from services.discovery import servicer as discovery_rpc
-                from services.discovery.service import Discovery
+                from services.discovery.discovery import Discovery
 
                 self.discovery = await self._stack.enter_async_context(
                     Discovery(cfg, self.registry, self.router)

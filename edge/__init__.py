@@ -12,7 +12,7 @@ openapi.py      /openapi.json
 metrics.py      the edge's figures, /metrics
 events.py       the events WebSocket /api/v1/events/tools: its messages and the fan-out
 open_sockets.py the open WebSockets, closed with GOING_AWAY at shutdown
-relay.py        servers that dialled in over the ToolScore WebSocket, callable from every path
+dialled_in.py   servers that dialled in over the ToolScore WebSocket (the relay), callable from every path
 legacy/         the original system's wire formats: its REST routes and shapes, the ToolScore WebSocket
 discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service's; tasks_server.py:
                 those routes alone (`python -m edge.tasks_server HOST:PORT`)

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from edge import (
     auth,
+    dialled_in,
     discovery_routes,
     events,
     hub_link,
@@ -21,7 +22,6 @@ from edge import (
     middleware,
     open_sockets,
     openapi,
-    relay,
     tasks_routes,
 )
 from edge import mcp as edge_mcp
@@ -48,7 +48,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     gateway = hub_link.mount(app, cfg)
     gateway.observe_calls(figures.observe_call)
     events.mount(app, gateway.cache, figures, cfg.edge)
-    relay.mount(app, cfg, gateway, gateway.cache)
+    dialled_in.mount(app, cfg, gateway, gateway.cache)
     legacy_routes.mount(app)  # first: its literal paths under /api/v1/tools
     rest_routes.mount(app)
     toolscore_ws.mount(app, cfg.edge)

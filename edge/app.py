@@ -16,7 +16,7 @@ from edge import (
     auth,
     dialled_in,
     discovery_routes,
-    events,
+    events_ws,
     hub_link,
     metrics,
     middleware,
@@ -47,7 +47,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     open_sockets.mount(app)
     gateway = hub_link.mount(app, cfg)
     gateway.observe_calls(figures.observe_call)
-    events.mount(app, gateway.cache, figures, cfg.edge)
+    events_ws.mount(app, gateway.cache, figures, cfg.edge)
     dialled_in.mount(app, cfg, gateway, gateway.cache)
     legacy_routes.mount(app)  # first: its literal paths under /api/v1/tools
     rest_routes.mount(app)

@@ -16,7 +16,7 @@ from toolscore.v1 import tool_pb2
 
 from edge.auth import AUTH
 from edge.dialled_in import RELAY
-from edge.events import EVENTS
+from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.metrics import METRICS

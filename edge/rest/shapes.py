@@ -1,7 +1,7 @@
 """The clean `/api/v1` JSON shapes: everything a Tool carries, call results, incoming definitions.
 
 Pure translations between registry messages and JSON; nothing here does I/O. The original
-system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge.events'.
+system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge.events_ws'.
 """
 
 from __future__ import annotations

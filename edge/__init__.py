@@ -1,6 +1,6 @@
 """The edge: the one process agent runtimes and third-party servers talk to.
 
-app.py          the aiohttp application: the list of components, each mounting itself (AppKeys, cleanup_ctx)
+app.py          the process assembly: the aiohttp app and its components, each mounting itself
 middleware.py   the one middleware: per-client HTTP bounds, browser guard, authority, errors, metrics
 hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes

@@ -10,6 +10,7 @@ errors.py       the one exception tree, and its mapping to gRPC status with Erro
 grpc_server.py  one way to serve gRPC: reflection, health, errors and auth on every server
 jsonvalue.py    fast Struct/Value <-> JSON conversion, and the bounds on JSON values
 legacy.py       the original system's capability parameters as JSON Schema
+results.py      how a tool's return value becomes an ExecuteResponse: text, structured fields, an error
 process.py      process entry helpers: logging, the event loop, running until a signal, child processes
 sqlite.py       one SQLite connection driven from one dedicated thread
 """

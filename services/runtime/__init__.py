@@ -7,6 +7,7 @@ EdgeClient (edge_client.py)  the edge's v1 REST (listing, calls) and events WebS
 HubClient (hub.py)           the hub's discovery RPCs (gRPC), for the request_capability meta-tool (gap.py)
 host.py                      RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
 trajectory.py                the versioned JSON record of a task, appended atomically
-tasks.py, task_workers.py    service mode: the SQLite task store and its workers (routes: the edge)
+task_store.py                service mode's SQLite task store: submitted tasks survive a restart
+task_workers.py              service mode's workers, running those tasks (the edge mounts their routes)
 replay.py                    trajectories rendered as text (--replay)
 """

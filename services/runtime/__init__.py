@@ -4,7 +4,7 @@ Agent (loop.py)              the reasoning loop: LLM -> tool calls -> observatio
 LLM (llm.py)                 an OpenAI-compatible endpoint via the `openai` SDK, bounded retries
 Catalog (llm_tools.py)       the tools offered to the LLM, kept current by the events WebSocket
 EdgeClient (edge_client.py)  the edge's v1 REST (listing, calls) and events WebSocket
-HubClient (hub.py)           the hub's discovery RPCs (gRPC), for the request_capability meta-tool
+HubClient (hub_client.py)    the hub's discovery RPCs (gRPC), for the request_capability meta-tool
 gap_tool.py                  the request_capability meta-tool: discovery analyses, installs; the runtime waits
 host.py                      RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
 trajectory.py                the versioned JSON record of a task, appended atomically

@@ -21,7 +21,7 @@ from typing import Any
 
 from services.runtime import actions, gap_tool
 from services.runtime.edge_client import EdgeClient, SeenEvent, ToolOutcome
-from services.runtime.hub import HubClient
+from services.runtime.hub_client import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
 from services.runtime.llm_tools import Catalog, Function
 from services.runtime.trajectory import SCHEMA, SCHEMA_VERSION, now_iso

@@ -15,7 +15,7 @@ from services.common import credentials
 from services.common.config import Config
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
-from services.hub.functions import FunctionTool
+from services.hub.function_tools import FunctionTool
 from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
 from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library

@@ -11,7 +11,7 @@ installer.py        per-server venv / npm prefix, pinned, hashes recorded
 disk.py             what an installed server may leave on the host's disk, bounded
 sandbox.py          each stdio server in its own bubblewrap sandbox (on services/sandbox's primitives)
 stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
-runner.py           one server's life: connect, list tools, health, restart with backoff
+server_runner.py    one server's life: connect, list tools, health, restart with backoff
 fleet.py            the running servers: registration, health, restore, the handler mounted for mcp://
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/

@@ -27,8 +27,8 @@ from services.discovery import gap, identifiers, mapping, policy, ranking
 from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
-from services.discovery.runner import ServerRunner
 from services.discovery.sandbox import Sandboxes, probe
+from services.discovery.server_runner import ServerRunner
 from services.discovery.state import ServerRecord, StateFile
 from services.library.registry import Registry
 from services.router.router import Router

@@ -6,7 +6,7 @@ Catalog (llm_tools.py)       the tools offered to the LLM, kept current by the e
 EdgeClient (edge_client.py)  the edge's v1 REST (listing, calls) and events WebSocket
 HubClient (hub_client.py)    the hub's discovery RPCs (gRPC), for the request_capability meta-tool
 gap_tool.py                  the request_capability meta-tool: discovery analyses, installs; the runtime waits
-host.py                      RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
+host.py                      RuntimeHost: what a running runtime owns; json_actions.py: the JSON action mode
 trajectory.py                the versioned JSON record of a task, appended atomically
 task_store.py                service mode's SQLite task store: submitted tasks survive a restart
 task_workers.py              service mode's workers, running those tasks (the edge mounts their routes)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime import actions, gap_tool
+from services.runtime import gap_tool, json_actions
 from services.runtime.edge_client import EdgeClient, SeenEvent, ToolOutcome
 from services.runtime.hub_client import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
@@ -291,7 +291,7 @@ class Agent:
     async def _native_step(
         self, step: dict[str, Any], messages: list[dict[str, Any]], functions: list[Function]
     ) -> str | None:
-        messages[0]["content"] = actions.NATIVE_SYSTEM
+        messages[0]["content"] = json_actions.NATIVE_SYSTEM
         tools = [f.spec for f in functions] + ([gap_tool.SPEC] if self.settings.gap_tool else [])
         reply = await self._ask(step, messages, tools)
         if not reply.tool_calls:
@@ -325,14 +325,14 @@ class Agent:
     async def _json_step(
         self, step: dict[str, Any], messages: list[dict[str, Any]], functions: list[Function], task: str
     ) -> str | None:
-        messages[0]["content"] = actions.json_system_prompt(functions, self.settings.gap_tool)
+        messages[0]["content"] = json_actions.json_system_prompt(functions, self.settings.gap_tool)
         reply = await self._ask(step, messages, None)
         step["llm"]["request"]["tools"] = [f.name for f in functions] + (
             [gap_tool.NAME] if self.settings.gap_tool else []
         )
         messages.append({"role": "assistant", "content": reply.content})
         try:
-            act = actions.parse_action(reply.content)
+            act = json_actions.parse_action(reply.content)
         except ValueError as exc:
             step["error"] = {"type": "InvalidAction", "message": str(exc)}
             messages.append(

@@ -117,4 +117,5 @@ def _refused(err: MeshError, capability: str) -> ToolOutcome:
 
 
 def _json(gap: pb.AnalyzeGapResponse) -> dict[str, Any]:
-    return json_format.MessageToDict(gap, preserving_proto_field_name=True)
+    answer: dict[str, Any] = json_format.MessageToDict(gap, preserving_proto_field_name=True)
+    return answer

@@ -675,9 +675,9 @@ async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_t
 
 
 async def test_the_relay_socket_is_mounted_on_the_edges_router_while_the_relay_runs_and_only_then(cfg, hub):
-    from edge.app import gateway_options
     from edge.dialled_in import RelayServer
     from edge.gateway import HubGateway
+    from edge.hub_link import gateway_options
     from edge.registry_cache import RegistryCache
 
     async def elsewhere(*call: Any) -> ex.ExecuteResponse:

@@ -1,6 +1,6 @@
 """The edge: the one process agent runtimes and third-party servers talk to.
 
-app.py          the aiohttp application: the list of components, each mounting itself (AppKeys, cleanup_ctx)
+app.py          the process assembly: the aiohttp app and its components, each mounting itself
 middleware.py   the one middleware: per-client HTTP bounds, browser guard, authority, errors, metrics
 hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
@@ -10,9 +10,9 @@ rest/           the clean REST API /api/v1: routes, JSON shapes
 json_body.py    the one reader of JSON request bodies (every REST route)
 openapi.py      /openapi.json
 metrics.py      the edge's figures, /metrics
-events.py       the events WebSocket /api/v1/events/tools: its messages and the fan-out
+events_ws.py    the events WebSocket /api/v1/events/tools: its messages and the fan-out
 open_sockets.py the open WebSockets, closed with GOING_AWAY at shutdown
-relay.py        servers that dialled in over the ToolScore WebSocket, callable from every path
+dialled_in.py   servers that dialled in over the ToolScore WebSocket (the relay), callable from every path
 legacy/         the original system's wire formats: its REST routes and shapes, the ToolScore WebSocket
 discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service's; tasks_server.py:
                 those routes alone (`python -m edge.tasks_server HOST:PORT`)

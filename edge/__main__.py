@@ -13,7 +13,7 @@ from edge.app import build_app
 from edge.auth import BindRefused, check_bind
 from services.common import config as config_mod
 from services.common.config import Config
-from services.common.runtime import run, setup_logging
+from services.common.process import run, setup_logging
 
 log = logging.getLogger("edge")
 

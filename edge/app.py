@@ -14,14 +14,14 @@ from aiohttp import web
 
 from edge import (
     auth,
+    dialled_in,
     discovery_routes,
-    events,
+    events_ws,
     hub_link,
     metrics,
     middleware,
     open_sockets,
     openapi,
-    relay,
     tasks_routes,
 )
 from edge import mcp as edge_mcp
@@ -31,7 +31,7 @@ from edge.legacy import toolscore_ws
 from edge.rest import routes as rest_routes
 from services.common.config import Config
 from services.common.errors import Unavailable
-from services.runtime.service import service_from_config
+from services.runtime.task_workers import service_from_config
 
 
 def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Application:
@@ -47,8 +47,8 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     open_sockets.mount(app)
     gateway = hub_link.mount(app, cfg)
     gateway.observe_calls(figures.observe_call)
-    events.mount(app, gateway.cache, figures, cfg.edge)
-    relay.mount(app, cfg, gateway, gateway.cache)
+    events_ws.mount(app, gateway.cache, figures, cfg.edge)
+    dialled_in.mount(app, cfg, gateway, gateway.cache)
     legacy_routes.mount(app)  # first: its literal paths under /api/v1/tools
     rest_routes.mount(app)
     toolscore_ws.mount(app, cfg.edge)

@@ -62,11 +62,11 @@ class GatewayDiscoveryClient(DiscoveryClient):
         self._gateway = gateway
         self.timeout_s, self.install_timeout_s = 30.0, 600.0
 
-    @property  # type: ignore[override]
+    @property
     def _stub(self) -> ToolScoreServiceStub:
         return self._gateway.toolscore
 
-    @property  # type: ignore[override]
+    @property
     def _library(self) -> ToolLibraryServiceStub:
         return self._gateway.library
 

@@ -217,9 +217,14 @@ def _discovery_and_tasks() -> dict[str, Any]:
     """Routes of discovery (docs/discovery.md) and the task service (docs/runtime.md)."""
     name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
     task_id = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
-    post = lambda summary, admin=False: {  # noqa: E731
-        "post": op(summary, json_answer(OBJ), body=OBJ, admin=admin, errors=(400, 404, 503), tag="discovery")
-    }
+
+    def post(summary: str, admin: bool = False) -> dict[str, Any]:
+        return {
+            "post": op(
+                summary, json_answer(OBJ), body=OBJ, admin=admin, errors=(400, 404, 503), tag="discovery"
+            )
+        }
+
     return {
         "/mcp/search": post("Rank catalog servers for a free-text need, with scores and why they matched"),
         "/mcp/install": post("Install a catalog server by name (and optional pinned version)", admin=True),

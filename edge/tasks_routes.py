@@ -19,7 +19,7 @@ from aiohttp import web
 from edge.auth import AdminAuth
 from edge.json_body import JsonBody
 from services.common.errors import InvalidRequest, NotFound
-from services.runtime.service import TaskService
+from services.runtime.task_workers import TaskService
 
 TASKS = web.AppKey("tasks", TaskService)
 TASKS_AUTH = web.AppKey("tasks_auth", AdminAuth)

@@ -22,8 +22,8 @@ from edge import errors_http, tasks_routes
 from edge.auth import AdminAuth
 from services.common import config as config_mod
 from services.common.config import Config, ConfigError
-from services.common.runtime import setup_logging
-from services.runtime.service import service_from_config
+from services.common.process import setup_logging
+from services.runtime.task_workers import service_from_config
 
 NOT_CONFIGURED = 2
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
-from services.common.runtime import run
+from services.common.process import run
 from services.toolkit.server import SERVICE, Action, CallContext, ToolServer
 
 ECHO_SCHEMA = {

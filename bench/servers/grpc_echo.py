@@ -15,7 +15,7 @@ import grpc
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 
-from services.common.runtime import run
+from services.common.process import run
 
 MAX_MESSAGE = 4 * 1024 * 1024
 

@@ -15,10 +15,10 @@ import time
 
 _DIR = os.environ.get("TOOLSCORE_WALK_DIR")
 _ROOT = os.environ.get("TOOLSCORE_WALK_ROOT", "")
-# Not the mesh's own code, or (runtime.py) the frame that runs the event loop under every task.
+# Not the mesh's own code, or (process.py) the frame that runs the event loop under every task.
 # Where the event loop calls into a task or a callback: the climb to a task's first frame stops there.
 _LOOP_FILES = ("asyncio/runners.py", "asyncio/events.py", "asyncio/base_events.py")
-_SKIP = ("/generated/", "/bench/", "/.venv/", "/site-packages/", "services/common/runtime.py")
+_SKIP = ("/generated/", "/bench/", "/.venv/", "/site-packages/", "services/common/process.py")
 
 
 def _install() -> None:

@@ -11,9 +11,12 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from edge.rest.shapes import ERROR_TYPE_NAMES, HEALTH_NAMES
-from edge.rest.shapes import original_tool_type as tool_type
+from edge.rest.shapes import ERROR_TYPE_NAMES, HEALTH_NAMES, original_tool_type
 from services.common.jsonvalue import struct_to_dict, value_to_py
+
+# The original `tool_type` of a tool ("function" or "mcp_server"), for its listings here and the
+# ToolScore WebSocket's.
+tool_type = original_tool_type
 
 
 def parameters(cap: tool_pb2.Capability) -> dict[str, Any]:

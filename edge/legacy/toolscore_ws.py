@@ -3,7 +3,7 @@
 JSON text frames with `type` and `request_id`. Clients call `register_tool`,
 `list_tools` and `execute_tool` (answered by `*_response`); a server that
 registered with `tool_type: "mcp_server"` is called back on the same
-connection with `execute_tool_action` (see edge.relay). Requests run
+connection with `execute_tool_action` (see edge.dialled_in). Requests run
 concurrently (at most `[edge] max_in_flight`; more get an error at once), so a
 slow call never blocks the responses a dialled-in server sends on the same
 socket. Replies go through the connection's bounded outbox (edge.outbox): a
@@ -23,12 +23,12 @@ from toolscore.v1 import executor_pb2 as ex
 
 from edge import errors_ws
 from edge.auth import AUTH
+from edge.dialled_in import RELAY, RelayServer, ServerSession
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.legacy import shapes
 from edge.metrics import METRICS
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
-from edge.relay import RELAY, RelayServer, ServerSession
 from edge.rest.shapes import arguments_struct, dumps, tool_from_json
 from services.common import jsonvalue
 from services.common.config import EdgeConfig

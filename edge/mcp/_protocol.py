@@ -129,7 +129,8 @@ def error_response(request_id: RequestId | None, code: int, message: str, data: 
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
-def result_response(request_id: RequestId, result: dict[str, Any]) -> dict[str, Any]:
+def result_response(request_id: RequestId | None, result: dict[str, Any]) -> dict[str, Any]:
+    # None never reaches here in practice (parse gives every request an id); typed as Message.id is.
     return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
 

@@ -199,7 +199,7 @@ class Dispatcher:
                 result = await method.handler(msg, session, send, headers)
             if modern:
                 self._stamp(result)
-            return result_response(msg.id, result)  # type: ignore[arg-type]
+            return result_response(msg.id, result)
         except ProtocolError as exc:
             return exc.response(msg.id)
         except MeshError as exc:

@@ -52,7 +52,8 @@ def opened(req: ex.ExecuteRequest, resp: ex.ExecuteResponse) -> str:
     value = resp.structured.fields.get(SESSION_FIELD)
     if value is None or value.WhichOneof("kind") != "string_value":
         return ""
-    return value.string_value
+    session_id: str = value.string_value  # Struct is Any to mypy (protobuf ships no type hints)
+    return session_id
 
 
 class ToolSessions:

@@ -15,11 +15,11 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge.auth import AUTH
-from edge.events import EVENTS
+from edge.dialled_in import RELAY
+from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.metrics import METRICS
-from edge.relay import RELAY
 from edge.rest import shapes
 from services.common.errors import NotFound
 

@@ -1,7 +1,7 @@
 """The clean `/api/v1` JSON shapes: everything a Tool carries, call results, incoming definitions.
 
 Pure translations between registry messages and JSON; nothing here does I/O. The original
-system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge.events'.
+system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge.events_ws'.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.struct_pb2 import Struct
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
@@ -28,7 +29,7 @@ KIND_NAMES = {
     tool_pb2.TOOL_KIND_WEBSOCKET_SERVER: "websocket_server",
     tool_pb2.TOOL_KIND_MCP_SERVER: "mcp_server",
 }
-KINDS_BY_NAME = {v: k for k, v in KIND_NAMES.items() if k}
+KINDS_BY_NAME: dict[str, int] = {v: k for k, v in KIND_NAMES.items() if k}
 HEALTH_NAMES = {
     tool_pb2.HEALTH_STATUS_UNSPECIFIED: "unknown",
     tool_pb2.HEALTH_STATUS_HEALTHY: "healthy",
@@ -208,7 +209,7 @@ def tool_from_json(
     )
     if kind is None:
         kind = _kind_of(spec, tool.endpoint, where)
-    tool.kind = kind  # type: ignore[assignment]
+    tool.kind = kind
     metadata = spec.get("metadata") or {}
     if isinstance(metadata, dict):
         tool.metadata.update({str(k): v if isinstance(v, str) else dumps(v) for k, v in metadata.items()})
@@ -226,12 +227,15 @@ def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
                 f"{where}.kind must be one of {sorted(KINDS_BY_NAME)}", reason="INVALID_KIND"
             )
         return kind
-    if endpoint.startswith("inproc://"):
-        return tool_pb2.TOOL_KIND_FUNCTION
-    return tool_pb2.TOOL_KIND_GRPC_SERVER
+    # protobuf's enum wrapper is Any to mypy (protobuf ships no type hints), hence the annotation.
+    kind_by_endpoint: int = (
+        tool_pb2.TOOL_KIND_FUNCTION if endpoint.startswith("inproc://") else tool_pb2.TOOL_KIND_GRPC_SERVER
+    )
+    return kind_by_endpoint
 
 
-def arguments_struct(value: Any, max_bytes: int, field: str = "parameters"):  # type: ignore[no-untyped-def]
+def arguments_struct(value: Any, max_bytes: int, field: str = "parameters") -> Struct:
+    """A call's arguments as a Struct, checked first (an object, within `max_bytes` and depth)."""
     if value is None:
         value = {}
     if not isinstance(value, dict):

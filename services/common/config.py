@@ -17,7 +17,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -423,7 +426,10 @@ RETIRED_KEYS = {
 }
 
 
-def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+_D = TypeVar("_D", bound="DataclassInstance")
+
+
+def _build(cls: type[_D], raw: Mapping[str, Any], where: str) -> _D:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where or 'config'}: expected a table")
     hints = typing.get_type_hints(cls)
@@ -444,8 +450,8 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where + ".")  # type: ignore[arg-type]
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, where + ".")
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
         if isinstance(value, str):

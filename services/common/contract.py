@@ -109,7 +109,11 @@ def _envelope_class() -> type[Message]:
     )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("toolscore.envelope.StreamEnvelope"))
+    # protobuf ships no type hints: the class it makes is Any to mypy.
+    envelope: type[Any] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("toolscore.envelope.StreamEnvelope")
+    )
+    return envelope
 
 
 _Envelope = _envelope_class()
@@ -123,7 +127,8 @@ def lenient(cls: type[M], max_bytes: int = 0) -> Any:
         if max_bytes and len(raw) > max_bytes:
             return Unreadable(raw, f"{len(raw)} bytes, over the {max_bytes}-byte message limit", True)
         try:
-            return cls.FromString(raw)
+            msg: M = cls.FromString(raw)  # Message.FromString is Any to mypy (no protobuf hints)
+            return msg
         except (DecodeError, RecursionError) as exc:
             return Unreadable(raw, f"it does not parse ({exc or type(exc).__name__}; nested too deep?)")
 

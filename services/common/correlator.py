@@ -3,7 +3,7 @@
 Every connection that carries many callers' requests and brings their answers
 back out of order correlates them here: the router's calls over a tool
 server's ExecuteStream (services.router.channels, by call_id), the edge's calls
-to servers dialled in over the ToolScore WebSocket (edge.relay, by request_id),
+to servers dialled in over the ToolScore WebSocket (edge.dialled_in, by request_id),
 and the bench's MCP WebSocket client (bench.scenarios.mcp, by JSON-RPC id).
 
 A caller `open`s its id (with a deadline, and a hook for progress notes if it

@@ -7,7 +7,7 @@ mcp://server-name       an MCP server federated by the mesh
 
 A server that dialled in over the ToolScore WebSocket has no scheme of its own: its
 endpoint is the relay socket (`unix://...`) of the edge that holds its connection
-(edge/relay.py). `ws-session://` survives only as the prefix of such a server's owner
+(edge/dialled_in.py). `ws-session://` survives only as the prefix of such a server's owner
 string, which is never parsed as an endpoint.
 """
 

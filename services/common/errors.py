@@ -86,8 +86,15 @@ class InvalidArguments(InvalidRequest):
 
     reason = "INVALID_ARGUMENTS"
 
-    def __init__(self, message: str, violations: Sequence[tuple[str, str]], **kw: object) -> None:
-        super().__init__(message, **kw)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[tuple[str, str]],
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
         self.violations = list(violations)
 
     def _extra_details(self) -> Sequence[object]:
@@ -170,15 +177,17 @@ _BY_CODE: dict[grpc.StatusCode, type[MeshError]] = {
 
 def trailing_metadata(err: MeshError) -> tuple[tuple[str, str | bytes], ...]:
     """gRPC trailing metadata carrying the rich status."""
-    return rpc_status.to_status(err.to_status()).trailing_metadata
+    # grpc_status ships no type hints: its status is Any.
+    metadata: tuple[tuple[str, str | bytes], ...] = rpc_status.to_status(err.to_status()).trailing_metadata
+    return metadata
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
     """Rebuild a MeshError from a received RPC error, keeping reason and metadata."""
-    code = exc.code()  # type: ignore[union-attr]
-    message = exc.details() or code.name  # type: ignore[union-attr]
+    code = exc.code()
+    message = exc.details() or code.name
     reason, metadata = code.name, {}
-    status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None  # type: ignore[arg-type]
+    status = rpc_status.from_call(exc) if hasattr(exc, "trailing_metadata") else None
     if status is not None:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()

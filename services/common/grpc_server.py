@@ -59,7 +59,8 @@ def _documented_files() -> dict[str, bytes]:
     return {f.name: f.SerializeToString() for f in fds.file}
 
 
-class _Reflection(reflection_aio.ReflectionServicer):
+# grpc_reflection ships no type hints, so its servicer is Any to mypy.
+class _Reflection(reflection_aio.ReflectionServicer):  # type: ignore[misc]
     """Stock reflection, plus method symbols resolved through their service and proto comments."""
 
     def _file_by_filename(self, request: Any, filename: str) -> Any:
@@ -333,7 +334,7 @@ class MeshServer:
             registrar = _Registrar(
                 server, proof, frozenset(self._protected), frozenset(self._service_methods), gated
             )
-            s.add(s.servicer, registrar)  # type: ignore[arg-type]
+            s.add(s.servicer, registrar)
             registrar.finish()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection_names = [*names, health.SERVICE_NAME, reflection.SERVICE_NAME]

@@ -7,7 +7,7 @@ results and the stream server's own answers; it runs on every call's hot path.
 from __future__ import annotations
 
 import json
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]  # typeshed omits it
 from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
@@ -44,7 +44,7 @@ def text_result(
     if structured is not None:
         fill_struct(resp.structured, structured)
     if is_error:
-        resp.error.type = error_type  # type: ignore[assignment]
+        resp.error.type = error_type
         resp.error.message = text
     return resp
 

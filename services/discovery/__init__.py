@@ -6,14 +6,16 @@ ranking.py          BM25 ranking of catalog entries with why-matched (pure)
 gap.py              gap analysis: LLM with a JSON-schema answer, lexical fallback
 policy.py           what may be installed (pure)
 auto_install.py     the auto-install policy: which candidates a need installs, how many
+identifiers.py      package identifiers and versions of a catalog entry, checked per registry type (pure)
 installer.py        per-server venv / npm prefix, pinned, hashes recorded
+disk.py             what an installed server may leave on the host's disk, bounded
 sandbox.py          each stdio server in its own bubblewrap sandbox (on services/sandbox's primitives)
 stdio.py            stdio transport for the MCP SDK client: own process group, capped lines
-runner.py           one server's life: connect, list tools, health, restart with backoff
+server_runner.py    one server's life: connect, list tools, health, restart with backoff
 fleet.py            the running servers: registration, health, restore, the handler mounted for mcp://
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
-service.py          Discovery: the async context manager the hub owns
+discovery.py        Discovery: the async context manager the hub owns
 servicer.py         the gRPC RPCs on ToolScoreService
 client.py           a thin async gRPC client (the edge's REST routes, the runtime)
 """

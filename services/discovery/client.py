@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
+from typing import Any
 
 import grpc
 from toolscore.v1 import discovery_pb2 as pb
@@ -103,7 +104,7 @@ async def _steps(call: grpc.aio.UnaryStreamCall) -> AsyncGenerator[pb.WatchInsta
         call.cancel()
 
 
-def _tool_from_json(d: dict) -> tool_pb2.Tool:
+def _tool_from_json(d: dict[str, Any]) -> tool_pb2.Tool:
     t = tool_pb2.Tool(
         tool_id=str(d.get("tool_id", "")),
         name=str(d.get("name", "")),

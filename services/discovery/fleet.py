@@ -27,8 +27,8 @@ from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, MeshError
 from services.discovery import mapping
 from services.discovery.catalog import CURATED
-from services.discovery.runner import LaunchSpec, ServerRunner
 from services.discovery.sandbox import Sandboxes
+from services.discovery.server_runner import LaunchSpec, ServerRunner
 from services.discovery.state import ServerRecord
 from services.discovery.stdio import kill_stale_group
 from services.library.registry import Entry, Registry

@@ -28,7 +28,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, InvalidRequest
-from services.common.runtime import die_with_parent, run_command
+from services.common.process import die_with_parent, run_command
 from services.discovery import identifiers
 
 log = logging.getLogger(__name__)
@@ -248,7 +248,7 @@ def _npm_bin(pkg_dir: Path) -> Path:
         raise InstallFailed(
             f"{meta.get('name')} declares no `bin` to start the server with", reason="NO_ENTRY_POINT"
         )
-    path = (pkg_dir / rel).resolve()
+    path: Path = (pkg_dir / rel).resolve()  # `rel` comes from JSON: Any to mypy
     if not path.is_relative_to(pkg_dir.resolve()) or not path.is_file():
         raise InstallFailed(
             f"{meta.get('name')}: bin {rel!r} is not a file in the package", reason="NO_ENTRY_POINT"

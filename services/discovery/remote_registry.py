@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from toolscore.v1 import discovery_pb2 as pb
@@ -90,7 +91,7 @@ class RemoteRegistry:
             params = {**params, "cursor": str(cursor)}
         return servers
 
-    async def _get(self, url: str, params: dict[str, str]) -> dict:
+    async def _get(self, url: str, params: dict[str, str]) -> dict[str, Any]:
         try:
             async with self.session.get(
                 url, params=params, timeout=aiohttp.ClientTimeout(total=self.timeout_s)

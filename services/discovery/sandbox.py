@@ -37,7 +37,7 @@ from pathlib import Path
 
 from services.common.config import REPO_ROOT, ConfigError, DiscoveryConfig
 from services.common.errors import FailedPrecondition
-from services.common.runtime import die_with_parent
+from services.common.process import die_with_parent
 from services.sandbox import cgroups, seccomp
 from services.sandbox.bwrap import PATH, system_view
 from services.sandbox.capabilities import LEVELS, Capabilities, machine_support

@@ -11,7 +11,7 @@ import grpc
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import InvalidRequest
-from services.discovery.service import Discovery
+from services.discovery.discovery import Discovery
 
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolScoreService"

@@ -115,7 +115,9 @@ class StdioTransport:
         """Measure the work directory now rather than at the next interval (e.g. after a call)."""
         self._check_now.set()
 
-    async def __aenter__(self) -> tuple[MemoryObjectReceiveStream, MemoryObjectSendStream]:
+    async def __aenter__(
+        self,
+    ) -> tuple[MemoryObjectReceiveStream[SessionMessage | Exception], MemoryObjectSendStream[SessionMessage]]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         if self.pid_path is not None:
             kill_stale_group(self.pid_path, self.cwd)

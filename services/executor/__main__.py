@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from services.common import config as config_mod
-from services.common.runtime import run, setup_logging
+from services.common.process import run, setup_logging
 from services.executor.app import ExecutorProcess, listen_address
 
 log = logging.getLogger("services.executor")

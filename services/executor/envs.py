@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.common.config import REPO_ROOT, ExecutorConfig
-from services.common.runtime import run_command
+from services.common.process import run_command
 from services.executor.sandbox import env_site, real_python
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from services.common import config as config_mod
-from services.common.runtime import run, setup_logging
+from services.common.process import run, setup_logging
 from services.hub.app import Hub
 
 log = logging.getLogger("services.hub")

@@ -17,7 +17,7 @@ from services.common.config import Config
 from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
-from services.hub.functions import FunctionTool
+from services.hub.function_tools import FunctionTool
 from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
 from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library
@@ -87,7 +87,7 @@ class Hub:
             extra, protected = {}, set(library.PROTECTED)
             if cfg.discovery.enabled:  # installed MCP servers come back before the hub serves
                 from services.discovery import servicer as discovery_rpc
-                from services.discovery.service import Discovery
+                from services.discovery.discovery import Discovery
 
                 self.discovery = await self._stack.enter_async_context(
                     Discovery(cfg, self.registry, self.router)

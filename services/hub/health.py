@@ -19,7 +19,8 @@ from services.library.registry import Registry
 from services.router.channels import ChannelPool
 
 log = logging.getLogger(__name__)
-HEALTHY, UNHEALTHY = tool_pb2.HEALTH_STATUS_HEALTHY, tool_pb2.HEALTH_STATUS_UNHEALTHY
+HEALTHY: int = tool_pb2.HEALTH_STATUS_HEALTHY
+UNHEALTHY: int = tool_pb2.HEALTH_STATUS_UNHEALTHY
 
 
 async def probe(pool: ChannelPool, endpoint: Endpoint, timeout: float) -> int:

@@ -17,7 +17,7 @@ import os
 
 from services.common import config as config_mod
 from services.common.config import Config
-from services.common.runtime import run, setup_logging
+from services.common.process import run, setup_logging
 from services.mesh.supervisor import ChildSpec, supervise
 
 log = logging.getLogger("services.mesh")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.common.config import MeshConfig
-from services.common.runtime import die_with_parent
+from services.common.process import die_with_parent
 
 log = logging.getLogger(__name__)
 

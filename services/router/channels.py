@@ -184,7 +184,7 @@ class _Mux:
                     self._pending.progress(part.call_id, part.message)
                 continue
             answer = _unreadable_answer(self._target, msg.reason) if part.message is None else part.message
-            self._pending.resolve(part.call_id, answer)  # type: ignore[arg-type]
+            self._pending.resolve(part.call_id, answer)
 
     async def call(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None

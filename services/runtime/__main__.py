@@ -21,9 +21,9 @@ from typing import Any
 
 from services.common import config as config_mod
 from services.common.config import Config, ConfigError
-from services.common.runtime import setup_logging
+from services.common.process import setup_logging
 from services.runtime import replay
-from services.runtime.edge import EdgeUnavailable
+from services.runtime.edge_client import EdgeUnavailable
 from services.runtime.host import RuntimeHost
 
 EXIT = {"completed": 0, "failed": 1, "budget_exhausted": 3}

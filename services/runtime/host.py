@@ -14,10 +14,10 @@ from typing import Any
 
 from services.common.config import Config
 from services.runtime import trajectory
-from services.runtime.catalog import Catalog
-from services.runtime.edge import EdgeClient, EdgeUnavailable
-from services.runtime.hub import HubClient, hub_target
+from services.runtime.edge_client import EdgeClient, EdgeUnavailable
+from services.runtime.hub_client import HubClient, hub_target
 from services.runtime.llm import LLM, LLMSettings
+from services.runtime.llm_tools import Catalog
 from services.runtime.loop import Agent, AgentSettings, Progress
 
 log = logging.getLogger(__name__)

@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.runtime import actions, gap
-from services.runtime.catalog import Catalog, Function
-from services.runtime.edge import EdgeClient, SeenEvent, ToolOutcome
-from services.runtime.hub import HubClient
+from services.runtime import gap_tool, json_actions
+from services.runtime.edge_client import EdgeClient, SeenEvent, ToolOutcome
+from services.runtime.hub_client import HubClient
 from services.runtime.llm import LLM, LLMFailed, LLMReply, ToolCallRequest, Usage
+from services.runtime.llm_tools import Catalog, Function
 from services.runtime.trajectory import SCHEMA, SCHEMA_VERSION, now_iso
 
 log = logging.getLogger(__name__)
@@ -291,8 +291,8 @@ class Agent:
     async def _native_step(
         self, step: dict[str, Any], messages: list[dict[str, Any]], functions: list[Function]
     ) -> str | None:
-        messages[0]["content"] = actions.NATIVE_SYSTEM
-        tools = [f.spec for f in functions] + ([gap.SPEC] if self.settings.gap_tool else [])
+        messages[0]["content"] = json_actions.NATIVE_SYSTEM
+        tools = [f.spec for f in functions] + ([gap_tool.SPEC] if self.settings.gap_tool else [])
         reply = await self._ask(step, messages, tools)
         if not reply.tool_calls:
             return reply.content
@@ -325,14 +325,14 @@ class Agent:
     async def _json_step(
         self, step: dict[str, Any], messages: list[dict[str, Any]], functions: list[Function], task: str
     ) -> str | None:
-        messages[0]["content"] = actions.json_system_prompt(functions, self.settings.gap_tool)
+        messages[0]["content"] = json_actions.json_system_prompt(functions, self.settings.gap_tool)
         reply = await self._ask(step, messages, None)
         step["llm"]["request"]["tools"] = [f.name for f in functions] + (
-            [gap.NAME] if self.settings.gap_tool else []
+            [gap_tool.NAME] if self.settings.gap_tool else []
         )
         messages.append({"role": "assistant", "content": reply.content})
         try:
-            act = actions.parse_action(reply.content)
+            act = json_actions.parse_action(reply.content)
         except ValueError as exc:
             step["error"] = {"type": "InvalidAction", "message": str(exc)}
             messages.append(
@@ -350,8 +350,8 @@ class Agent:
             return answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)
         fn = next((f for f in functions if (f.tool_id, f.action) == (act.tool_id, act.action)), None)
         name = (
-            gap.NAME
-            if act.tool_id == gap.NAME and self.settings.gap_tool
+            gap_tool.NAME
+            if act.tool_id == gap_tool.NAME and self.settings.gap_tool
             else (fn.name if fn else f"{act.tool_id}/{act.action}")
         )
         call = ToolCallRequest(f"step{step['index']}", name, json.dumps(act.parameters, ensure_ascii=False))
@@ -390,9 +390,9 @@ class Agent:
             args = json.loads(call.arguments) if call.arguments.strip() else {}
             entry["arguments"] = args
             self.on_progress({"kind": "tool_call", "name": call.name, "arguments": args})
-            if call.name == gap.NAME and s.gap_tool:
-                entry.update(tool_id="toolscore", action=gap.NAME)
-                outcome = await gap.request_capability(
+            if call.name == gap_tool.NAME and s.gap_tool:
+                entry.update(tool_id="toolscore", action=gap_tool.NAME)
+                outcome = await gap_tool.request_capability(
                     self.hub, self.catalog, self._rec["task"], args, s.install_wait_s
                 )
             else:
@@ -415,7 +415,7 @@ class Agent:
 
     def _invalid(self, call: ToolCallRequest, fn: Function | None) -> ToolOutcome | None:
         """Why a call cannot run, as an outcome for the LLM; None when it can."""
-        if fn is None and not (call.name == gap.NAME and self.settings.gap_tool):
+        if fn is None and not (call.name == gap_tool.NAME and self.settings.gap_tool):
             offered = ", ".join(f.name for f in self.catalog.functions()[:50])
             return ToolOutcome.failed(
                 f"no tool named {call.name!r} is offered; offered: {offered}", "UnknownTool"

@@ -141,7 +141,7 @@ async def test_a_schema_past_the_depth_bound_is_refused_at_registration_through_
 
 
 def test_a_dialled_in_servers_result_past_the_bound_keeps_its_text_and_never_breaks_the_call():
-    from edge.relay import result_response
+    from edge.dialled_in import result_response
 
     deep = result_response({"result": {"success": True, "data": nested(MAX_DEPTH + 4)}})
     assert not deep.HasField("structured") and json.loads(deep.content[0].text.text) == nested(MAX_DEPTH + 4)

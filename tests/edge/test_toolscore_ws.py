@@ -16,8 +16,8 @@ from toolscore.v1 import tool_pb2
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Subprotocol
 
+from edge.dialled_in import RELAY
 from edge.legacy.toolscore_ws import OUTBOX_STATS
-from edge.relay import RELAY
 from services.common import config as config_mod
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.toolkit import Action
@@ -675,10 +675,10 @@ async def test_a_caller_that_vanishes_mid_call_has_its_calls_cancelled_down_to_t
 
 
 async def test_the_relay_socket_is_mounted_on_the_edges_router_while_the_relay_runs_and_only_then(cfg, hub):
+    from edge.dialled_in import RelayServer
     from edge.gateway import HubGateway
     from edge.hub_link import gateway_options
     from edge.registry_cache import RegistryCache
-    from edge.relay import RelayServer
 
     async def elsewhere(*call: Any) -> ex.ExecuteResponse:
         return ex.ExecuteResponse()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from services.runtime import trajectory
-from services.runtime.catalog import NAME_RE, Catalog, tool_from_json
+from services.runtime.llm_tools import NAME_RE, Catalog, tool_from_json
 
 
 def test_function_names_are_valid_unique_and_map_back_to_tool_and_action() -> None:

@@ -1,5 +1,5 @@
 """The runtime follows the edge's events WebSocket; when the connection drops it reconnects with
-`?since=<last revision>` and gets every event it missed, once (services/runtime/edge.py)."""
+`?since=<last revision>` and gets every event it missed, once (services/runtime/edge_client.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from edge.hub_link import GATEWAY
 from services.common import config as config_mod
 from services.common.config import Config
-from services.runtime.catalog import Catalog
-from services.runtime.edge import EdgeClient, SeenEvent
+from services.runtime.edge_client import EdgeClient, SeenEvent
+from services.runtime.llm_tools import Catalog
 from tests.helpers import deadline, grpc_tool
 from tests.runtime.conftest import Edge
 

@@ -18,8 +18,8 @@ from aiohttp import web
 from edge import errors_http, tasks_routes
 from edge.auth import AdminAuth
 from services.runtime.host import RuntimeHost
-from services.runtime.service import TaskService
-from services.runtime.tasks import TaskRow, TaskStore
+from services.runtime.task_store import TaskRow, TaskStore
+from services.runtime.task_workers import TaskService
 from tests.conftest import REPO
 from tests.helpers import bound_socket
 from tests.runtime.conftest import PY, Edge

@@ -1,6 +1,6 @@
 """The tools offered to the LLM: a live copy of the edge's registry, as function-calling tools.
 
-Pure bookkeeping, no I/O: the event follower (edge.py) feeds it listings and
+Pure bookkeeping, no I/O: the event follower (edge_client.py) feeds it listings and
 events; the loop reads `functions()` before every LLM call, so a tool installed
 or removed mid-task changes what the next call offers. Function names follow
 `^[a-zA-Z0-9_-]{1,64}$` (OpenAI and MCP) and map back to (tool_id, action).

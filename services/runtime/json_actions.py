@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from services.runtime.catalog import Function
+from services.runtime.llm_tools import Function
 
 COMPLETE = "complete_task"
 NATIVE_SYSTEM = (

@@ -20,7 +20,7 @@ from typing import Any
 
 from services.common.config import Config
 from services.runtime.host import RuntimeHost
-from services.runtime.tasks import FINAL, TaskRow, TaskStore
+from services.runtime.task_store import FINAL, TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
 RunTask = Callable[[TaskRow], Awaitable[dict[str, Any]]]

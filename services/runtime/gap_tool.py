@@ -1,6 +1,6 @@
 """The gap meta-tool: the LLM asks for a capability; discovery analyses, installs, and the runtime waits.
 
-Flow, over the hub's discovery RPCs (`hub.py`): `AnalyzeGap` -> (when tools are missing) discovery's
+Flow, over the hub's discovery RPCs (`hub_client.py`): `AnalyzeGap` -> (when tools are missing) discovery's
 auto-install policy (`services.discovery.auto_install.search_and_install`: `SearchServers`, then
 `InstallServer` of the best installable candidate) -> wait until the installed tools appear in the
 catalog (it is fed by `tool_installed` events, so this waits on the event, not on a poll). When the
@@ -20,9 +20,9 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import DeadlineExceeded, MeshError, Unauthenticated, Unavailable
 from services.discovery import auto_install
-from services.runtime.catalog import Catalog
-from services.runtime.edge import ToolOutcome
-from services.runtime.hub import HubClient
+from services.runtime.edge_client import ToolOutcome
+from services.runtime.hub_client import HubClient
+from services.runtime.llm_tools import Catalog
 
 NAME = "request_capability"
 SPEC: dict[str, Any] = {
@@ -117,4 +117,5 @@ def _refused(err: MeshError, capability: str) -> ToolOutcome:
 
 
 def _json(gap: pb.AnalyzeGapResponse) -> dict[str, Any]:
-    return json_format.MessageToDict(gap, preserving_proto_field_name=True)
+    answer: dict[str, Any] = json_format.MessageToDict(gap, preserving_proto_field_name=True)
+    return answer

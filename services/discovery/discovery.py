@@ -27,8 +27,8 @@ from services.discovery import gap, identifiers, mapping, policy, ranking
 from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
-from services.discovery.runner import ServerRunner
 from services.discovery.sandbox import Sandboxes, probe
+from services.discovery.server_runner import ServerRunner
 from services.discovery.state import ServerRecord, StateFile
 from services.library.registry import Registry
 from services.router.router import Router
@@ -224,7 +224,7 @@ class Discovery:
             missing_capabilities=result.missing,
             confidence=result.confidence,
             reasoning=result.reasoning,
-            analyzer=result.analyzer,  # type: ignore[arg-type]
+            analyzer=result.analyzer,
             fallback_reason=result.fallback_reason,
         )
         if not result.has_sufficient_tools and result.keywords:
@@ -466,7 +466,7 @@ class Discovery:
         )
         s.installed_at.FromNanoseconds(int(r.installed_at * 1e9))
         if runner is not None:
-            s.state, s.status_message, s.restarts = runner.state, runner.message, runner.restarts  # type: ignore[assignment]
+            s.state, s.status_message, s.restarts = runner.state, runner.message, runner.restarts
             s.protocol_version = runner.protocol_version
             s.tools.extend(runner.actions.values())
             s.progress = 1.0 if runner.state == pb.SERVER_STATE_RUNNING else 0.8

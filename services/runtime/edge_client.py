@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from services.runtime.catalog import Catalog, tool_from_json
+from services.runtime.llm_tools import Catalog, tool_from_json
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class EdgeClient:
         self._auth = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        # Each running task registers a callback and records the events it sees (edge.py keeps none).
+        # Each running task registers a callback and records the events it sees (edge_client.py keeps none).
         self.listeners: set[Callable[[SeenEvent], None]] = set()
         self.connected = asyncio.Event()
 

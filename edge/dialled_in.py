@@ -70,7 +70,7 @@ def result_response(msg: dict[str, Any]) -> ex.ExecuteResponse:
         message = result.get("error") or result.get("error_message") or "the tool failed"
         message = message if isinstance(message, str) else json.dumps(message, default=str)
         kind = ERROR_TYPES_BY_NAME.get(str(result.get("error_type")), tool_pb2.ERROR_TYPE_TOOL_ERROR)
-        resp.error.type = kind  # type: ignore[assignment]
+        resp.error.type = kind
         resp.error.message = message
         resp.content.add().text.text = message
         return resp
@@ -168,7 +168,7 @@ def _timeout_s(request: ex.ExecuteRequest, remaining: float | None) -> float:
     return max(timeout, 0.001)
 
 
-class _Servicer(ex_grpc.ToolExecutorServiceServicer):
+class _Servicer(ex_grpc.ToolExecutorServiceServicer):  # type: ignore[misc]  # generated *_grpc.py has no stubs
     """ToolExecutorService on the relay socket: how the hub reaches dialled-in servers."""
 
     def __init__(self, relay: RelayServer) -> None:

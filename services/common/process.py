@@ -1,4 +1,4 @@
-"""Process entry helpers: logging, the event loop, and running until a signal."""
+"""Process entry helpers: logging, the event loop, running until a signal, the children a process starts."""
 
 from __future__ import annotations
 

@@ -19,5 +19,6 @@ discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service'
 errors_http.py  the mesh's errors as HTTP JSON; errors_ws.py: as ToolScore WebSocket messages
 outbox.py       the bounded writer of every edge socket
 auth.py         the admin token; origin.py: Origin/Host guards; http_bounds.py: per-client HTTP bounds
+console/        the admin console at /ui (static pages over /api/v1) and its calls feed /api/v1/calls
 mcp/            standard MCP (Streamable HTTP /mcp, WebSocket /ws/mcp), when present
 """

@@ -1,0 +1,168 @@
+"""The console in headless Chromium against a real mesh: what an operator sees and does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.console.conftest import TOKEN, WAIT_MS, ConsoleMesh, expect
+from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
+from tests.edge.conftest import ECHO_ACTIONS
+
+XSS = '<img src=x onerror="window.__pwned = 1">'
+
+
+def tool_spec(tool_id: str, endpoint: str, description: str = "echoes text back") -> dict[str, Any]:
+    return {
+        "tool_id": tool_id,
+        "name": f"{tool_id} tool",
+        "description": description,
+        "endpoint": endpoint,
+        "tags": ["console-test"],
+        "capabilities": [
+            {
+                "name": "echo",
+                "description": "Echo text back",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {"text": {"type": "string", "description": "what to echo"}},
+                    "required": ["text"],
+                },
+            },
+            {"name": "fail", "description": "Always fails", "input_schema": {"type": "object"}},
+        ],
+    }
+
+
+async def register(cm: ConsoleMesh, start_tool_server: Any, tool_id: str, **kw: Any) -> None:
+    _, endpoint = await start_tool_server({tool_id: ECHO_ACTIONS}, name=tool_id)
+    status, body = await cm.rest("POST", "/api/v1/tools", tool_spec(tool_id, endpoint, **kw))
+    assert status == 201, body
+
+
+async def test_the_tools_page_shows_every_tool_and_one_another_client_registers_appears_live(
+    console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
+) -> None:
+    console = await open_console(console_mesh)
+    page = console.page
+    executor = page.locator('tr[data-tool-id="python-executor-mcp-server"]')
+    await expect(executor).to_be_visible(timeout=WAIT_MS)
+    await expect(executor.locator("td").first).to_have_text("grpc_server")
+    await expect(page.locator("#live-status")).to_contain_text("live", timeout=WAIT_MS)
+
+    await register(console_mesh, start_tool_server, "weather-echo")  # another client, no reload
+    row = page.locator('tr[data-tool-id="weather-echo"]')
+    await expect(row).to_be_visible(timeout=WAIT_MS)
+    await expect(row).to_contain_text("echoes text back")
+
+    await page.locator("#tool-search").fill("weather")
+    await expect(page.locator("tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    await page.locator("#tool-search").fill("")
+    await console.screenshot("tools")
+    assert await console.axe() == []
+    console.done()
+
+
+async def test_running_print_6_times_7_on_the_python_page_shows_42(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    console = await open_console(console_mesh, "/ui/#/python")
+    page = console.page
+    await expect(page.get_by_role("status").filter(has_text="python-executor-mcp-server")).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await page.get_by_label("Code").fill("print(6*7)\n6*7")
+    await page.get_by_role("button", name="Run").click()
+    await expect(page.locator("pre.stdout")).to_have_text("42\n", timeout=WAIT_MS)
+    await expect(page.locator("pre.value")).to_have_text("42")
+    await expect(page.locator(".result")).to_have_attribute("data-outcome", "ok")
+    await console.screenshot("python")
+    assert await console.axe() == []
+    console.done()
+
+
+async def test_a_call_with_bad_arguments_shows_a_clear_error(
+    console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
+) -> None:
+    await register(console_mesh, start_tool_server, "echo")
+    console = await open_console(console_mesh, "/ui/#/tools/echo")
+    page = console.page
+    echo = page.locator('section[data-capability="echo"]')
+    await expect(echo.get_by_label("text")).to_be_visible(timeout=WAIT_MS)
+
+    await echo.get_by_role("button", name="Call echo").click()  # `text` is required: left empty
+    result = echo.locator(".result")
+    await expect(result).to_have_attribute("data-outcome", "error", timeout=WAIT_MS)
+    await expect(result.locator(".outcome")).to_have_text("✗ Error: InvalidInput")
+    await expect(result.locator(".error-message")).to_contain_text("'text' is a required property")
+
+    await echo.get_by_label("text").fill("hello")
+    await echo.get_by_role("button", name="Call echo").click()
+    await expect(result).to_have_attribute("data-outcome", "ok", timeout=WAIT_MS)
+    await expect(result).to_contain_text("hello")
+    await expect(result.locator(".duration")).to_contain_text("tool:")
+    await console.screenshot("bad-arguments")
+    assert await console.axe() == []
+    console.done()
+
+
+async def test_a_tool_description_holding_html_renders_as_text(
+    console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
+) -> None:
+    await register(console_mesh, start_tool_server, "sneaky", description=XSS)
+    for path in ("/ui/#/tools", "/ui/#/tools/sneaky"):
+        # CSP bypassed: were the description parsed as HTML, its handler would run and show.
+        console = await open_console(console_mesh, path, bypass_csp=True)
+        page = console.page
+        await expect(page.get_by_text(XSS).first).to_be_visible(timeout=WAIT_MS)
+        assert await page.locator("img").count() == 0
+        assert await page.evaluate("() => window.__pwned") is None
+        await console.screenshot("html-as-text" + path.replace("/", "-").replace("#", ""))
+        console.done()
+
+
+async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_needs_the_token(
+    console_mesh: ConsoleMesh, open_console: Any, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    wheels = root / "wheels"
+    wheels.mkdir()
+    pkg_index.add_wheel(build_wheel(wheels, "ts-clock-mcp", "2.0.0"), "ts-clock-mcp")
+    name = f"{NS}/clock"
+    write_catalog(
+        catalog_dir,
+        server_json(
+            name,
+            "Converts times between time zones",
+            "pypi",
+            "ts-clock-mcp",
+            "2.0.0",
+            tools=[("convert_time", "Convert a time between time zones")],
+        ),
+    )
+    console = await open_console(console_mesh, "/ui/#/servers")
+    page = console.page
+    await page.get_by_label("Search the catalog").fill("convert time zones")
+    await page.get_by_role("button", name="Search").click()
+    candidate = page.locator(f'li[data-candidate="{name}"]')
+    await expect(candidate).to_contain_text("Converts times between time zones", timeout=WAIT_MS)
+    await expect(candidate).to_contain_text("score")
+
+    await candidate.get_by_role("button", name="Install").click()  # no token in this tab yet
+    await expect(page.locator(".install")).to_contain_text("needs the admin token", timeout=WAIT_MS)
+
+    await page.get_by_label("Admin token").fill(TOKEN)
+    await page.get_by_role("button", name="Keep for this tab").click()
+    await expect(page.locator("#token-state")).to_have_text("kept in this tab")
+    await candidate.get_by_role("button", name="Install").click()
+    progress = page.locator(".install")
+    await expect(progress.locator("progress")).to_be_visible(timeout=WAIT_MS)
+    await expect(progress.locator(".outcome")).to_contain_text(f"{name} is running", timeout=120_000)
+    await expect(progress.locator("progress")).to_have_attribute("value", "1")
+    assert await progress.locator("ol.steps li").count() >= 2
+    await expect(page.locator(f'tr[data-server="{name}"]')).to_contain_text("running", timeout=WAIT_MS)
+    await console.screenshot("install")
+    assert await console.axe() == []
+
+    assert TOKEN not in page.url
+    assert TOKEN not in console_mesh.mesh.log()
+    console.done("401")

@@ -88,6 +88,8 @@ async def console_mesh(
             "TOOLSCORE_DISCOVERY__ALLOWED_PACKAGES": "pypi:ts-*,npm:ts-*",
             "TOOLSCORE_DISCOVERY__REGISTRY_CACHE_S": "0",
             "TOOLSCORE_DISCOVERY__HEALTH_INTERVAL_S": "0.5",
+            "OPENAI_BASE_URL": "",  # the task service answers 503 NO_LLM_CONFIGURED
+            "OPENAI_API_KEY": "",
         }
     )
     url = await mesh.edge_url()

@@ -165,4 +165,52 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
 
     assert TOKEN not in page.url
     assert TOKEN not in console_mesh.mesh.log()
+
+    row = page.locator(f'tr[data-server="{name}"]')
+    await row.get_by_role("button", name="Uninstall").click()
+    await row.get_by_role("button", name=f"Confirm uninstall of {name}").click()
+    await expect(row).to_have_count(0, timeout=WAIT_MS)
     console.done("401")
+
+
+async def test_the_activity_page_shows_calls_and_registry_events_as_they_happen(
+    console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
+) -> None:
+    console = await open_console(console_mesh, "/ui/#/activity")
+    page = console.page
+    await expect(page.locator("#live-status")).to_contain_text("live", timeout=WAIT_MS)
+    await expect(page.locator(".chart canvas")).to_have_count(2, timeout=WAIT_MS)
+    await register(console_mesh, start_tool_server, "echo")
+    events = page.locator('section[aria-labelledby="h-events"] tbody tr')
+    await expect(events.filter(has_text="tool_installed").filter(has_text="echo")).to_have_count(
+        1, timeout=WAIT_MS
+    )
+
+    for text in ("one", "two"):
+        status, body = await console_mesh.rest(
+            "POST", "/api/v1/tools/echo/call", {"action": "echo", "arguments": {"text": text}}, admin=False
+        )
+        assert status == 200 and not body["is_error"], body
+    await console_mesh.rest(
+        "POST", "/api/v1/tools/echo/call", {"action": "fail", "arguments": {}}, admin=False
+    )
+    calls = page.locator('section[aria-labelledby="h-calls"] tbody tr')
+    await expect(calls.filter(has_text="echo").filter(has_text="ok")).to_have_count(2, timeout=WAIT_MS)
+    await expect(calls.filter(has_text="tool_error")).to_have_count(1, timeout=WAIT_MS)
+    await console.screenshot("activity")
+    assert await console.axe() == []
+    console.done()
+
+
+async def test_the_tasks_page_says_clearly_when_no_llm_is_configured(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    console = await open_console(console_mesh, "/ui/#/tasks")
+    page = console.page
+    await page.get_by_role("textbox", name="Task").fill("What is 2**100?")
+    await page.get_by_role("button", name="Submit").click()
+    await expect(page.get_by_role("alert")).to_contain_text("no LLM endpoint is configured", timeout=WAIT_MS)
+    await expect(page.get_by_role("alert")).to_contain_text("HTTP 503 NO_LLM_CONFIGURED")
+    await console.screenshot("tasks")
+    assert await console.axe() == []
+    console.done("503")

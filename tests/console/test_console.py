@@ -9,6 +9,9 @@ from tests.console.conftest import TOKEN, WAIT_MS, ConsoleMesh, expect
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.edge.conftest import ECHO_ACTIONS
 
+DOT_PNG = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
 XSS = '<img src=x onerror="window.__pwned = 1">'
 
 
@@ -76,6 +79,25 @@ async def test_running_print_6_times_7_on_the_python_page_shows_42(
     await expect(page.locator("pre.stdout")).to_have_text("42\n", timeout=WAIT_MS)
     await expect(page.locator("pre.value")).to_have_text("42")
     await expect(page.locator(".result")).to_have_attribute("data-outcome", "ok")
+
+    # An image the code writes comes back as an artifact and shows inline (a blob: URL the CSP allows).
+    await page.get_by_label("Code").fill(
+        f"import base64; open('dot.png', 'wb').write(base64.b64decode('{DOT_PNG}'))"
+    )
+    await page.get_by_role("button", name="Run").click()
+    figure = page.get_by_role("img", name="figure 1")
+    await expect(figure).to_be_visible(timeout=WAIT_MS)
+    assert await figure.evaluate("img => img.complete && img.naturalWidth") == 1
+
+    # A session keeps its state from one run to the next.
+    await page.get_by_label("Session").select_option("new")
+    await page.get_by_label("Code").fill("x = 20")
+    await page.get_by_role("button", name="Run").click()
+    await expect(page.locator(".result")).to_contain_text("session ", timeout=WAIT_MS)
+    assert (await page.get_by_label("Session").input_value()) not in ("", "new")
+    await page.get_by_label("Code").fill("x + 22")
+    await page.get_by_role("button", name="Run").click()
+    await expect(page.locator("pre.value")).to_have_text("42", timeout=WAIT_MS)
     await console.screenshot("python")
     assert await console.axe() == []
     console.done()

@@ -1,10 +1,12 @@
 """The recent calls through this edge: `GET /api/v1/calls?after=<seq>&limit=<n>`.
 
-A bounded ring of the last `CAPACITY` calls (tool, outcome, duration, when), each with a sequence
-number a client resumes from (`after`), so a console polls it for what is new. It records from the
-first time someone reads it: until then no call pays for it (the call path stays as fast as
-before), and afterwards one append per call. Only the calls made through this edge (REST, the
-WebSockets, MCP) are seen; `stats` in GET /api/v1/tools counts every path, hub-wide.
+A bounded ring of the last `CAPACITY` calls (tool, action, caller, outcome, duration, when), each
+with a sequence number a client resumes from (`after`), so a console polls it for what is new. It
+records from the first time someone reads it: until then no call pays for it (the call path stays as
+fast as before), and afterwards one append per call. Only the calls made through this edge (REST,
+the WebSockets, MCP) are seen; `stats` in GET /api/v1/tools counts every path, hub-wide. The caller
+is what the edge knows of it: `admin` when it proved the admin token (or the mesh has none), else
+`anonymous`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp import web
 
 from edge.gateway import HubGateway
 from edge.rest.routes import json_response
+from services.common import authority
 from services.common.errors import InvalidRequest
 
 CAPACITY = 1000
@@ -27,7 +30,7 @@ class RecentCalls:
 
     def __init__(self, gateway: HubGateway, capacity: int = CAPACITY) -> None:
         self._gateway = gateway
-        self._ring: deque[tuple[int, float, str, str, float]] = deque(maxlen=capacity)
+        self._ring: deque[tuple[int, float, str, str, bool, str, float]] = deque(maxlen=capacity)
         self.last_seq = 0
         self.since: float | None = None  # when recording started
 
@@ -37,10 +40,12 @@ class RecentCalls:
             self.since = time.time()
             self._gateway.observe_calls(self.record)
 
-    def record(self, tool_id: str, outcome: str, seconds: float) -> None:
-        """One call: its tool, outcome (`ok`, `tool_error` or a fault's reason) and duration."""
+    def record(self, tool_id: str, action: str, outcome: str, seconds: float) -> None:
+        """One call (a gateway observer, run in the caller's context): its tool, action, caller,
+        outcome (`ok`, `tool_error` or a fault's reason) and duration."""
         self.last_seq += 1
-        self._ring.append((self.last_seq, time.time(), tool_id, outcome, seconds))
+        admin = authority.caller_is_admin()
+        self._ring.append((self.last_seq, time.time(), tool_id, action, admin, outcome, seconds))
 
     def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
         """The calls with a sequence number above `seq`, oldest first, at most the newest `limit`."""
@@ -50,11 +55,13 @@ class RecentCalls:
                 "seq": s,
                 "at": round(at, 3),
                 "tool_id": tool_id,
+                "action": action,
+                "caller": "admin" if admin else "anonymous",
                 "outcome": outcome,
                 "is_error": outcome != "ok",
                 "duration_ms": round(seconds * 1000, 3),
             }
-            for s, at, tool_id, outcome, seconds in fresh
+            for s, at, tool_id, action, admin, outcome, seconds in fresh
         ]
 
 

@@ -10,6 +10,12 @@ _CALL = {
         "seq": {"type": "integer", "description": "increases by one per call; resume with ?after="},
         "at": {"type": "number", "description": "when the call ended, Unix seconds"},
         "tool_id": {"type": "string", "description": "`_unknown` for an id not registered"},
+        "action": {"type": "string"},
+        "caller": {
+            "type": "string",
+            "enum": ["admin", "anonymous"],
+            "description": "proved the admin token?",
+        },
         "outcome": {"type": "string", "description": "ok, tool_error, or a protocol fault's reason"},
         "is_error": {"type": "boolean"},
         "duration_ms": {"type": "number"},

@@ -124,6 +124,19 @@ async def test_a_call_with_bad_arguments_shows_a_clear_error(
     await expect(result).to_contain_text("hello")
     await expect(result.locator(".duration")).to_contain_text("tool:")
     await console.screenshot("bad-arguments")
+
+    # A number field that holds no number is refused before anything is sent, naming the field.
+    await page.goto(console_mesh.url + "/ui/#/tools/builtin")
+    add = page.locator('section[data-capability="add"]')
+    await add.locator("input[name=a]").fill("two")
+    await add.locator("input[name=b]").fill("40")
+    await add.get_by_role("button", name="Call add").click()
+    await expect(add.locator(".result")).to_have_attribute("data-outcome", "refused", timeout=WAIT_MS)
+    await expect(add.locator(".error-message")).to_have_text('a: "two" is not a number')
+    await add.locator("input[name=a]").fill("2")
+    await add.get_by_role("button", name="Call add").click()
+    await expect(add.locator(".result")).to_have_attribute("data-outcome", "ok", timeout=WAIT_MS)
+    await expect(add.locator(".result")).to_contain_text('"sum": 42')
     assert await console.axe() == []
     console.done()
 
@@ -218,7 +231,10 @@ async def test_the_activity_page_shows_calls_and_registry_events_as_they_happen(
     )
     calls = page.locator('section[aria-labelledby="h-calls"] tbody tr')
     await expect(calls.filter(has_text="echo").filter(has_text="ok")).to_have_count(2, timeout=WAIT_MS)
-    await expect(calls.filter(has_text="tool_error")).to_have_count(1, timeout=WAIT_MS)
+    failed = calls.filter(has_text="tool_error")
+    await expect(failed).to_have_count(1, timeout=WAIT_MS)
+    await expect(failed).to_contain_text("fail")  # the action
+    await expect(failed).to_contain_text("anonymous")  # the caller sent no admin token
     await console.screenshot("activity")
     assert await console.axe() == []
     console.done()

@@ -82,10 +82,12 @@ async def test_the_calls_feed_records_from_its_first_read_and_resumes_after_a_se
     await edge.post("/api/v1/tools/nope/call", {"action": "x", "arguments": {}})
     status, page = await edge.get("/api/v1/calls")
     assert status == 200 and page["last_seq"] == 3
-    assert [(c["seq"], c["tool_id"], c["outcome"], c["is_error"]) for c in page["calls"]] == [
-        (1, "echo", "ok", False),
-        (2, "echo", "tool_error", True),
-        (3, "_unknown", "TOOL_NOT_FOUND", True),
+    assert [
+        (c["seq"], c["tool_id"], c["action"], c["caller"], c["outcome"], c["is_error"]) for c in page["calls"]
+    ] == [
+        (1, "echo", "echo", "admin", "ok", False),  # no admin token configured: every caller is one
+        (2, "echo", "fail", "admin", "tool_error", True),
+        (3, "_unknown", "x", "admin", "TOOL_NOT_FOUND", True),
     ]
     assert all(c["duration_ms"] >= 0 and c["at"] >= first["recording_since"] for c in page["calls"])
     _, after = await edge.get("/api/v1/calls?after=2")
@@ -104,6 +106,6 @@ async def test_the_calls_feed_refuses_bad_parameters_with_a_clear_400(edge: Edge
 async def test_the_calls_feed_holds_at_most_its_capacity_newest_first_kept(edge: EdgeHandle) -> None:
     recent = calls.RecentCalls(edge.gateway, capacity=5)
     for i in range(8):
-        recent.record(f"t{i}", "ok", 0.001)
+        recent.record(f"t{i}", "a", "ok", 0.001)
     assert [c["tool_id"] for c in recent.after(0, 100)] == ["t3", "t4", "t5", "t6", "t7"]
     assert recent.last_seq == 8 and recent.after(8, 100) == []

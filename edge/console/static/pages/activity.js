@@ -59,7 +59,16 @@ export function render(main) {
         .slice(-100)
         .reverse()
         .map((c) =>
-          h('tr', {}, h('td', {}, fmtTime(c.at)), h('td', {}, c.tool_id), h(`td.${c.is_error ? 'bad' : 'good'}`, {}, c.outcome), h('td.num', {}, fmtMs(c.duration_ms))),
+          h(
+            'tr',
+            {},
+            h('td', {}, fmtTime(c.at)),
+            h('td', {}, c.tool_id),
+            h('td', {}, c.action),
+            h('td', {}, c.caller),
+            h(`td.${c.is_error ? 'bad' : 'good'}`, {}, c.outcome),
+            h('td.num', {}, fmtMs(c.duration_ms)),
+          ),
         ),
     );
     const data = histogram(live.calls);
@@ -105,7 +114,7 @@ export function render(main) {
       h('section', { 'aria-labelledby': 'h-hist' }, h('h2', { id: 'h-hist' }, 'Latency of the recent calls'), histEl),
       h('section', { 'aria-labelledby': 'h-rate' }, h('h2', { id: 'h-rate' }, 'Calls per second (busiest tools)'), rateEl),
     ),
-    h('section', { 'aria-labelledby': 'h-calls' }, h('h2', { id: 'h-calls' }, 'Recent calls'), table('The newest first, through this edge', ['When', 'Tool', 'Outcome', 'Duration'], calls)),
+    h('section', { 'aria-labelledby': 'h-calls' }, h('h2', { id: 'h-calls' }, 'Recent calls'), table('The newest first, through this edge', ['When', 'Tool', 'Action', 'Caller', 'Outcome', 'Duration'], calls)),
     h('section', { 'aria-labelledby': 'h-events' }, h('h2', { id: 'h-events' }, 'Registry events'), table('The newest first, since this page was opened', ['When', 'Event', 'Tool', 'Status', 'Revision'], events)),
   );
   drawEvents();

@@ -84,6 +84,7 @@ export function render(main, toolId) {
     const tool = live.tools.get(toolId);
     gone.hidden = Boolean(tool) || live.tools.size === 0;
     if (!tool) return;
+    title.textContent = tool.name && tool.name !== tool.tool_id ? `${tool.name} (${tool.tool_id})` : tool.tool_id;
     fill(head, tool.description ? h('p.desc.lead', {}, tool.description) : null, summary(tool));
     const names = JSON.stringify((tool.capabilities || []).map((c) => [c.name, c.input_schema]));
     if (names !== shownCaps) {
@@ -91,7 +92,8 @@ export function render(main, toolId) {
       fill(caps, (tool.capabilities || []).map((c) => capabilityView(tool, c)));
     }
   };
-  fill(main, h('p', {}, h('a', { href: '#/tools' }, '← all tools')), h('h1', {}, toolId), gone, head, caps);
+  const title = h('h1', {}, toolId);
+  fill(main, h('p', {}, h('a', { href: '#/tools' }, '← all tools')), title, gone, head, caps);
   draw();
   return live.subscribe((what) => {
     if (what === 'tools' || what === 'calls') draw();

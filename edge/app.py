@@ -75,3 +75,4 @@ def _no_task_service(app: web.Application) -> None:
 
     app.router.add_post("/api/v1/tasks", no_llm)
     app.router.add_get("/api/v1/tasks/{task_id}", no_llm)
+    app.router.add_get("/api/v1/tasks/{task_id}/steps", no_llm)

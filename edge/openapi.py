@@ -255,6 +255,15 @@ def _discovery_and_tasks() -> dict[str, Any]:
             "parameters": [task_id],
             "get": op("A task's status and result", json_answer(OBJ), errors=(404, 503), tag="tasks"),
         },
+        "/api/v1/tasks/{task_id}/steps": {
+            "parameters": [task_id],
+            "get": op(
+                "What a task did so far: its progress notes, and its trajectory's steps once it ended",
+                json_answer(OBJ),
+                errors=(404, 503),
+                tag="tasks",
+            ),
+        },
     }
 
 

@@ -8,5 +8,6 @@ HubClient (hub.py)    the hub's discovery RPCs (gRPC), for the request_capabilit
 host.py               RuntimeHost: what a running runtime owns; actions.py: the JSON action mode
 trajectory.py         the versioned JSON record of a task, appended atomically
 tasks.py, service.py  service mode: the SQLite task store and the workers (the edge mounts their routes)
+progress.py           service mode: each running and recent task's progress notes and steps, in memory
 replay.py             trajectories rendered as text (--replay)
 """

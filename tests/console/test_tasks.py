@@ -66,6 +66,18 @@ async def test_a_task_submitted_from_the_console_runs_to_its_answer_with_steps_a
     await expect(summary).to_contain_text("Tokens30 (20 prompt, 10 completion)")
     await expect(summary).to_contain_text("Tool calls1")
     assert len(llm.requests) == 2
+
+    # Its notes as it ran, then its trajectory step by step: the call, its arguments, result, tokens.
+    notes = page.locator("section.notes li")
+    await expect(notes.filter(has_text='calls builtin__add {"a":2,"b":40}')).to_have_count(1)
+    await expect(notes.filter(has_text="finished: completed")).to_have_count(1)
+    first = page.get_by_role("region", name="Step 1")
+    await expect(first).to_contain_text("✓ builtin__add")
+    await expect(first).to_contain_text("(builtin · add,")
+    await expect(first.locator("pre.out").nth(0)).to_have_text('{\n  "a": 2,\n  "b": 40\n}')
+    await expect(first).to_contain_text('"sum": 42')
+    await expect(first.locator("h3")).to_contain_text("15 tokens (10 prompt, 5 completion)")
+    await expect(page.get_by_role("region", name="Step 2")).to_contain_text("2 + 40 is 42.")
     await console.screenshot("task")
     assert await console.axe() == []
     console.done()

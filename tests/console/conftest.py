@@ -4,6 +4,7 @@ with discovery pointed at the test's local package index and catalog, and an adm
 
 - `browser`: a headless Chromium for the test.
 - `console_mesh`: the mesh, its edge URL, and a REST client for the test's "other client".
+- `edge`, `registered_echo` (from tests/edge): the in-process edge, for the HTTP tests of the routes.
 - `open_console(mesh, path)`: a page on the console with the console's own errors collected
   (a CSP violation or a script error fails the test at `Console.done`).
 - `Console.screenshot(name)` saves under the artifacts directory: the test's tmp_path, or
@@ -23,11 +24,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from playwright import async_api as playwright_api
 
 from tests.conftest import Mesh
 from tests.discovery.conftest import catalog_dir, pkg_index  # noqa: F401 (fixtures used here)
-
-playwright_api = pytest.importorskip("playwright.async_api")
+from tests.edge.conftest import echo_server, edge, registered_echo, start_edge  # noqa: F401 (test_routes.py)
 
 CHROMIUM = os.environ.get("TOOLSCORE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -169,7 +170,3 @@ async def open_console(browser: Any, artifacts: Path) -> AsyncIterator[Callable[
 
 def expect(target: Any) -> Any:
     return playwright_api.expect(target)
-
-
-# The in-process edge's fixtures, for the HTTP tests of the console's routes (test_routes.py).
-from tests.edge.conftest import echo_server, edge, registered_echo, start_edge  # noqa: E402, F401

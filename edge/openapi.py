@@ -236,6 +236,16 @@ def _discovery_and_tasks() -> dict[str, Any]:
                 tag="discovery",
             ),
         },
+        "/api/v1/tools/servers/{name}/log": {
+            "parameters": [name],
+            "get": op(
+                "The end of an installed server's stderr log (max_bytes, default 16384)",
+                json_answer(OBJ),
+                admin=True,
+                errors=(400, 404, 503),
+                tag="discovery",
+            ),
+        },
         "/api/v1/tools/analyze-gap": post("Do the current tools suffice for a task? Missing capabilities"),
         "/api/v1/tools/request-capability": post("Original: analyse and optionally install", admin=True),
         "/api/v1/tools/search-and-install": post(

@@ -201,7 +201,20 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     assert TOKEN not in page.url
     assert TOKEN not in console_mesh.mesh.log()
 
+    # The tail of the server's log (its stderr), live while shown.
     row = page.locator(f'tr[data-server="{name}"]')
+    await row.get_by_role("button", name="Log").click()
+    log_text = page.locator("section.log pre.log-text")
+    await expect(log_text).to_be_visible(timeout=WAIT_MS)
+    status, body = await console_mesh.rest(
+        "POST",
+        "/api/v1/tools/io.github.toolscore-tests.clock/call",
+        {"action": "attempt", "arguments": {"what": "shout", "target": "1"}},
+    )
+    assert status == 200 and not body["is_error"], body
+    await expect(log_text).to_contain_text("last words", timeout=WAIT_MS)
+    await console.screenshot("server-log")
+
     await row.get_by_role("button", name="Uninstall").click()
     await row.get_by_role("button", name=f"Confirm uninstall of {name}").click()
     await expect(row).to_have_count(0, timeout=WAIT_MS)

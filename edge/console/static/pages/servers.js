@@ -17,7 +17,9 @@ export function render(main) {
   const progress = h('div.install', { 'aria-live': 'polite' });
   const installed = h('tbody');
   const problem = h('p.banner.error', { role: 'alert', hidden: true });
+  const logPanel = h('section.log', { 'aria-live': 'polite', hidden: true });
   let alive = true;
+  let logOf = null; // the server whose log tail is shown (refreshed while shown)
   let installing = null; // name of the server being installed from this page
   const steps = [];
 
@@ -40,6 +42,35 @@ export function render(main) {
     );
   };
 
+  const serverPath = (name) => `/api/v1/tools/servers/${encodeURIComponent(name).replaceAll('%2F', '/')}`;
+
+  const drawLog = async () => {
+    if (!logOf) return;
+    const name = logOf;
+    let body;
+    try {
+      const tail = await api('GET', `${serverPath(name)}/log?max_bytes=16384`);
+      body = [tail.truncated ? h('p.muted', {}, 'the last 16 KiB') : null, h('pre.out.log-text', {}, tail.text || '(nothing written yet)')];
+    } catch (err) {
+      body = h('p.outcome.error', { role: 'alert' }, `✗ ${explain(err)}`);
+    }
+    if (logOf !== name) return;
+    const close = h('button', { type: 'button' }, 'Close the log');
+    close.addEventListener('click', () => {
+      logOf = null;
+      logPanel.hidden = true;
+    });
+    logPanel.hidden = false;
+    fill(logPanel, h('h2', {}, `Log of ${name} (stderr)`), body, close);
+  };
+
+  const watchLog = async () => {
+    while (alive && logOf) {
+      await drawLog();
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  };
+
   const drawInstalled = (servers) => {
     fill(
       installed,
@@ -53,12 +84,19 @@ export function render(main) {
           }
           remove.disabled = true;
           try {
-            await api('DELETE', `/api/v1/tools/servers/${encodeURIComponent(s.name).replaceAll('%2F', '/')}`);
+            await api('DELETE', serverPath(s.name));
             showProblem(null);
           } catch (err) {
             showProblem(err);
           }
           refresh();
+        });
+        const showLog = h('button', { type: 'button' }, 'Log');
+        showLog.addEventListener('click', () => {
+          const watching = logOf !== null;
+          logOf = s.name;
+          if (!watching) watchLog();
+          else drawLog();
         });
         return h(
           'tr',
@@ -69,7 +107,7 @@ export function render(main) {
           h('td.num', {}, String(s.restarts ?? 0)),
           h('td', {}, s.isolation || '–', s.network ? ' · network' : ''),
           h('td', {}, fmtTime(s.installed_at)),
-          h('td', {}, remove),
+          h('td.actions', {}, showLog, remove),
         );
       }),
     );
@@ -163,6 +201,7 @@ export function render(main) {
         ),
       ),
     ),
+    logPanel,
     progress,
     h(
       'section',

@@ -140,6 +140,7 @@ export function render(main) {
     try {
       const done = await api('POST', '/mcp/install', { name: candidate.name });
       installing = null;
+      button.textContent = 'Installed';
       for (const p of done.progress || []) if (p.message && !steps.includes(p.message)) steps.push(p.message);
       drawProgress(done.server, true);
     } catch (err) {

@@ -35,13 +35,11 @@ proto-lock: proto
 run: proto check-sandbox
 	$(PY) -m services.mesh
 
-# The Python executor and installed MCP servers are isolated with bubblewrap; say how to get it
-# rather than fail later.
+# The Python executor and installed MCP servers are isolated with bubblewrap and a seccomp filter:
+# as root with apt, install what is missing (saying so); otherwise print the command and stop
+# (services/mesh/prerequisites.py; system python3, standard library only).
 check-sandbox:
-	@command -v bwrap >/dev/null || { echo "bubblewrap is missing: the Python executor and installed MCP servers need it to sandbox untrusted code."; \
-		echo "  install it:  sudo apt-get install bubblewrap"; \
-		echo "  or run unsandboxed on purpose:  TOOLSCORE_EXECUTOR__MIN_ISOLATION=process TOOLSCORE_DISCOVERY__MIN_ISOLATION=process make run"; \
-		[ "$$TOOLSCORE_EXECUTOR__MIN_ISOLATION" = process ] || exit 1; }
+	@$(PYTHON_BOOT) -m services.mesh.prerequisites
 
 # The executor's own environment (pandas, matplotlib, allowlisted packages) under data/executor-env,
 # mounted read-only into every sandbox; never the mesh's venv. Idempotent; the executor also

@@ -18,6 +18,8 @@ discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service'
                 those routes alone (`python -m edge.tasks_server HOST:PORT`)
 errors_http.py  the mesh's errors as HTTP JSON; errors_ws.py: as ToolScore WebSocket messages
 outbox.py       the bounded writer of every edge socket
+banner.py       the banner printed once the edge has caught up with the hub: every address
 auth.py         the admin token; origin.py: Origin/Host guards; http_bounds.py: per-client HTTP bounds
+console/        the admin console at /ui (static pages over /api/v1) and its calls feed /api/v1/calls
 mcp/            standard MCP (Streamable HTTP /mcp, WebSocket /ws/mcp), when present
 """

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 
 from aiohttp import web
 
+from edge import banner
 from edge.app import build_app
 from edge.auth import BindRefused, check_bind
 from services.common import config as config_mod
@@ -23,10 +25,10 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
 
     handler_cancellation: a client that goes away mid-call cancels its call, down to the tool server.
     """
-    runner = web.AppRunner(
-        build_app(cfg, llm), access_log=None, shutdown_timeout=5.0, handler_cancellation=True
-    )
+    app = build_app(cfg, llm)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
     await runner.setup()
+    announce: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
         try:
@@ -43,9 +45,14 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
             port,
             "required for changes" if cfg.auth.admin_token else "not configured: loopback only, open",
         )
+        announce = asyncio.create_task(banner.announce_when_ready(app, cfg, port))
         await stop.wait()
         log.info("stopping")
     finally:
+        if announce is not None:  # not ready by the time it stops: no banner
+            announce.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await announce
         await runner.cleanup()
 
 

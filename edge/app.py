@@ -14,6 +14,7 @@ from aiohttp import web
 
 from edge import (
     auth,
+    console,
     dialled_in,
     discovery_routes,
     events_ws,
@@ -52,7 +53,8 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     legacy_routes.mount(app)  # first: its literal paths under /api/v1/tools
     rest_routes.mount(app)
     toolscore_ws.mount(app, cfg.edge)
-    openapi.mount(app, legacy_openapi.FRAGMENT)
+    console.mount(app, gateway)  # /ui and the calls feed it reads
+    openapi.mount(app, legacy_openapi.FRAGMENT, console.FRAGMENT)
     edge_mcp.add_routes(app, gateway, gateway.cache, cfg)
     if cfg.discovery.enabled:  # a mesh without discovery has no such routes (clients see 404)
         discovery_routes.add_routes(app, discovery_routes.GatewayDiscoveryClient(gateway))
@@ -73,3 +75,4 @@ def _no_task_service(app: web.Application) -> None:
 
     app.router.add_post("/api/v1/tasks", no_llm)
     app.router.add_get("/api/v1/tasks/{task_id}", no_llm)
+    app.router.add_get("/api/v1/tasks/{task_id}/steps", no_llm)

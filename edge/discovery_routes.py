@@ -12,6 +12,7 @@ code, reason, message}` (the edge's middleware, or `errors_http.middleware` on a
     POST   /mcp/install                         {name, version?} (or {candidate: {name, version?}})
     GET    /api/v1/tools/servers
     DELETE /api/v1/tools/servers/{name}
+    GET    /api/v1/tools/servers/{name}/log?max_bytes=
     POST   /api/v1/tools/analyze-gap            {task_description, current_tools, context}
     POST   /api/v1/tools/request-capability     {task_description, required_capabilities, current_tools,
                                                  auto_install, security_level}
@@ -50,6 +51,7 @@ def add_routes(app: web.Application, client: DiscoveryClient) -> None:
     app.router.add_post("/mcp/install", _json(install))
     app.router.add_get("/api/v1/tools/servers", _json(list_servers))
     app.router.add_delete("/api/v1/tools/servers/{name:.+}", _json(uninstall))
+    app.router.add_get("/api/v1/tools/servers/{name:.+}/log", _json(server_log))
     app.router.add_post("/api/v1/tools/analyze-gap", _json(analyze_gap))
     app.router.add_post("/api/v1/tools/request-capability", _json(request_capability))
     app.router.add_post("/api/v1/tools/search-and-install", _json(search_and_install))
@@ -228,6 +230,20 @@ async def uninstall(request: web.Request, client: DiscoveryClient) -> dict[str, 
         "server": server_json(resp.server),
         "removed_tool_ids": list(resp.removed_tool_ids),
     }
+
+
+async def server_log(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
+    raw = request.query.get("max_bytes") or "0"
+    if not raw.isdigit() or len(raw) > 9:
+        raise InvalidRequest(
+            "max_bytes must be a whole number of bytes",
+            reason="INVALID_FIELD",
+            metadata={"field": "max_bytes"},
+        )
+    resp = await client.server_log(
+        pb.GetServerLogRequest(name=request.match_info["name"], max_bytes=int(raw)), _auth(request)
+    )
+    return {"name": resp.name, "text": resp.text, "truncated": resp.truncated}
 
 
 async def _gap(client: DiscoveryClient, body: JsonBody, task: str) -> pb.AnalyzeGapResponse:

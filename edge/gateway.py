@@ -34,8 +34,8 @@ from services.common.errors import MeshError
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Handler, Router, Unmount
 
-# (tool_id or "_unknown", outcome: "ok" | "tool_error" | a fault's reason, seconds)
-CallObserver = Callable[[str, str, float], None]
+# (tool_id or "_unknown", action, outcome: "ok" | "tool_error" | a fault's reason, seconds)
+CallObserver = Callable[[str, str, str, float], None]
 
 
 @dataclass
@@ -113,7 +113,8 @@ class HubGateway:
         return self.router.mount(endpoint, handler)
 
     def observe_calls(self, observer: CallObserver) -> Unsubscribe:
-        """Report every call to `observer` (tool id, outcome, seconds); returns the call that stops it."""
+        """Report every call to `observer` (tool id, action, outcome, seconds); returns the call that
+        stops it. Observers run in the caller's context, at the end of its call."""
         self._call_observers.append(observer)
 
         def stop() -> None:
@@ -151,7 +152,7 @@ class HubGateway:
             tool_id = request.tool_id if self._lookup(request.tool_id) is not None else "_unknown"
             elapsed = time.perf_counter() - start
             for observe in self._call_observers:
-                observe(tool_id, outcome, elapsed)
+                observe(tool_id, request.action, outcome, elapsed)
 
     async def _execute(
         self, request: ex.ExecuteRequest, deadline_s: float | None, on_progress: ProgressFn | None

@@ -61,8 +61,9 @@ class EdgeMetrics:
                 h = self.http_latency[(method, route)] = Histogram()
             h.observe(seconds)
 
-    def observe_call(self, tool_id: str, outcome: str, seconds: float) -> None:
-        """outcome: `ok`, `tool_error` (an is_error result) or a protocol fault's reason."""
+    def observe_call(self, tool_id: str, action: str, outcome: str, seconds: float) -> None:
+        """outcome: `ok`, `tool_error` (an is_error result) or a protocol fault's reason; the action
+        is not a label (one series per tool keeps the figures' count bounded by the registry's)."""
         self.tool_calls[tool_id] = self.tool_calls.get(tool_id, 0) + 1
         if outcome != "ok":
             key = (tool_id, outcome)

@@ -241,6 +241,16 @@ def _discovery_and_tasks() -> dict[str, Any]:
                 tag="discovery",
             ),
         },
+        "/api/v1/tools/servers/{name}/log": {
+            "parameters": [name],
+            "get": op(
+                "The end of an installed server's stderr log (max_bytes, default 16384)",
+                json_answer(OBJ),
+                admin=True,
+                errors=(400, 404, 503),
+                tag="discovery",
+            ),
+        },
         "/api/v1/tools/analyze-gap": post("Do the current tools suffice for a task? Missing capabilities"),
         "/api/v1/tools/request-capability": post("Original: analyse and optionally install", admin=True),
         "/api/v1/tools/search-and-install": post(
@@ -259,6 +269,15 @@ def _discovery_and_tasks() -> dict[str, Any]:
         "/api/v1/tasks/{task_id}": {
             "parameters": [task_id],
             "get": op("A task's status and result", json_answer(OBJ), errors=(404, 503), tag="tasks"),
+        },
+        "/api/v1/tasks/{task_id}/steps": {
+            "parameters": [task_id],
+            "get": op(
+                "What a task did so far: its progress notes, and its trajectory's steps once it ended",
+                json_answer(OBJ),
+                errors=(404, 503),
+                tag="tasks",
+            ),
         },
     }
 

@@ -1,4 +1,4 @@
-"""The task service routes: `POST /api/v1/tasks` and `GET /api/v1/tasks/{task_id}`.
+"""The task service routes: `POST /api/v1/tasks`, `GET /api/v1/tasks/{task_id}` and its `/steps`.
 
 Mounted by the edge app (`add_routes(app, service, auth)`); the `TaskService` owns the
 store and the runtime workers, and is entered/exited with the app through
@@ -70,6 +70,20 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(row.json())
 
 
+async def get_task_steps(request: web.Request) -> web.Response:
+    """What a task did so far, step by step: its progress notes, and its trajectory's steps once it
+    ended (`kept: false` when this process no longer holds them, e.g. after a restart)."""
+    task_id = request.match_info["task_id"]
+    service = request.app[TASKS]
+    row = await service.get(task_id)
+    if row is None:
+        raise NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND", metadata={"task_id": task_id})
+    log = service.progress.get(task_id) if service.progress is not None else None
+    body = {"task_id": task_id, "status": row.status, "kept": log is not None}
+    body.update(log.json() if log is not None else {"notes": [], "dropped_notes": 0, "steps": None})
+    return web.json_response(body)
+
+
 def add_routes(app: web.Application, service: TaskService, auth: AdminAuth) -> None:
     """Mount the task routes and tie the service's lifetime (store + workers) to the app's.
 
@@ -86,3 +100,4 @@ def add_routes(app: web.Application, service: TaskService, auth: AdminAuth) -> N
     app.cleanup_ctx.append(_lifetime)
     app.router.add_post("/api/v1/tasks", create_task)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_get("/api/v1/tasks/{task_id}/steps", get_task_steps)

@@ -56,6 +56,11 @@ class DiscoveryClient:
     ) -> pb.UninstallServerResponse:
         return await self._call(self._stub.UninstallServer, request, self.timeout_s, authorization)
 
+    async def server_log(
+        self, request: pb.GetServerLogRequest, authorization: str | None = None
+    ) -> pb.GetServerLogResponse:
+        return await self._call(self._stub.GetServerLog, request, self.timeout_s, authorization)
+
     async def list_servers(self, request: pb.ListServersRequest) -> pb.ListServersResponse:
         return await self._call(self._stub.ListServers, request, self.timeout_s)
 

@@ -23,7 +23,7 @@ from services.common import endpoints
 from services.common.config import Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
-from services.discovery import gap, identifiers, mapping, policy, ranking
+from services.discovery import disk, gap, identifiers, mapping, policy, ranking
 from services.discovery.fleet import Fleet
 from services.discovery.installer import Installer, Progress
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
@@ -446,6 +446,20 @@ class Discovery:
             return pb.UninstallServerResponse(
                 server=described, removed_tool_ids=[record.tool_id] if removed else []
             )
+
+    def server_log(self, name: str, max_bytes: int) -> pb.GetServerLogResponse:
+        """The last `max_bytes` of an installed server's stderr log (NotFound when not installed)."""
+        record = self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
+        if record is None:
+            raise NotFound(
+                f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
+            )
+        data = disk.log_tail(self.installer.dir_for(record.tool_id) / "server.log", max_bytes + 1)
+        return pb.GetServerLogResponse(
+            name=record.name,
+            text=data[-max_bytes:].decode(errors="replace") if max_bytes else "",
+            truncated=len(data) > max_bytes,
+        )
 
     def list_servers(self) -> list[pb.InstalledServer]:
         out = {r.name: self._describe(r) for r in self.records.values()}

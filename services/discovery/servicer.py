@@ -16,7 +16,11 @@ from services.discovery.discovery import Discovery
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolScoreService"
 # Installs run third-party code: they need the admin token when one is configured.
-PROTECTED = frozenset({f"/{SERVICE}/InstallServer", f"/{SERVICE}/UninstallServer"})
+# A server's log may hold what it was given (keys in its environment): reading it is as protected.
+PROTECTED = frozenset(
+    {f"/{SERVICE}/InstallServer", f"/{SERVICE}/UninstallServer", f"/{SERVICE}/GetServerLog"}
+)
+MAX_LOG_BYTES = 256 * 1024
 
 
 class DiscoveryServicer:
@@ -79,6 +83,14 @@ class DiscoveryServicer:
             token = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
         return pb.ListServersResponse(servers=page, next_page_token=token)
 
+    async def GetServerLog(
+        self, request: pb.GetServerLogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerLogResponse:
+        size = request.max_bytes or 16384
+        if not 0 < size <= MAX_LOG_BYTES:
+            raise InvalidRequest(f"max_bytes must be 1..{MAX_LOG_BYTES}", reason="INVALID_MAX_BYTES")
+        return self.discovery.server_log(request.name, size)
+
     async def WatchInstalls(
         self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchInstallsResponse]:
@@ -97,6 +109,7 @@ _MESSAGES: dict[str, tuple[Any, Any]] = {
     "InstallServer": (pb.InstallServerRequest, pb.InstallServerResponse),
     "UninstallServer": (pb.UninstallServerRequest, pb.UninstallServerResponse),
     "ListServers": (pb.ListServersRequest, pb.ListServersResponse),
+    "GetServerLog": (pb.GetServerLogRequest, pb.GetServerLogResponse),
 }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from services.common.config import Config
 from services.runtime.host import RuntimeHost
+from services.runtime.progress import TaskProgress
 from services.runtime.task_store import FINAL, TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,11 @@ class TaskService:
         concurrency: int = 2,
         max_attempts: int = 2,
         resources: contextlib.AbstractAsyncContextManager[Any] | None = None,
+        progress: TaskProgress | None = None,
     ) -> None:
         self.store = TaskStore(store_path)
+        # What the running and recent tasks did, step by step (fed by `run_task`; None: not kept).
+        self.progress = progress
         self.run_task = run_task
         self.concurrency = max(1, concurrency)
         self.max_attempts = max(1, max_attempts)
@@ -136,6 +140,8 @@ class TaskService:
                 {"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"},
             )
         else:
+            if self.progress is not None:
+                self.progress.finish(row.task_id, list(record.get("steps") or ()))
             status = record.get("status")
             status = status if status in FINAL else "failed"
             await self.store.finish(row.task_id, status, summary(record), record.get("error"))
@@ -152,8 +158,11 @@ def service_from_config(cfg: Config, base_url: str, api_key: str) -> TaskService
     rc = cfg.runtime
     host = RuntimeHost.from_config(cfg, base_url, api_key, lazy=True)
 
+    progress = TaskProgress()
+
     async def run_task(row: TaskRow) -> dict[str, Any]:
-        return await host.run(row.input, row.task_id, row.context, admin=row.admin)
+        notes = progress.start(row.task_id)
+        return await host.run(row.input, row.task_id, row.context, notes, admin=row.admin)
 
     return TaskService(
         cfg.path(rc.tasks_path),
@@ -161,4 +170,5 @@ def service_from_config(cfg: Config, base_url: str, api_key: str) -> TaskService
         concurrency=rc.concurrency,
         max_attempts=rc.max_attempts,
         resources=host,
+        progress=progress,
     )

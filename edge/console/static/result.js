@@ -1,0 +1,44 @@
+// A call's answer on the page: success or a clearly marked error, each content block (text, JSON,
+// images shown inline from blob: URLs), the structured result and the duration. All as text.
+
+import { ApiError, explain } from './api.js';
+import { fmtMs, h, json } from './dom.js';
+
+const IMAGE_TYPES = new Set(['image/png', 'image/jpeg', 'image/gif', 'image/webp', 'image/svg+xml']);
+
+export function imageOf(block, label) {
+  if (!IMAGE_TYPES.has(block.mime_type)) return h('p.muted', {}, `(an image of type ${block.mime_type}, not shown)`);
+  const bytes = Uint8Array.from(atob(block.data), (c) => c.charCodeAt(0));
+  const url = URL.createObjectURL(new Blob([bytes], { type: block.mime_type }));
+  return h('img.result-image', { src: url, alt: label });
+}
+
+/** The nodes showing `resp` (the clean call shape) that took `roundTripMs` in the browser. */
+export function resultView(resp, roundTripMs) {
+  const ok = !resp.is_error;
+  const head = ok
+    ? h('p.outcome.ok', {}, '✓ Success')
+    : h('p.outcome.error', { role: 'alert' }, `✗ Error: ${resp.error ? resp.error.type : 'UnknownError'}`);
+  const blocks = [];
+  let images = 0;
+  for (const block of resp.content || []) {
+    if (block.type === 'text') blocks.push(h('pre.out', {}, block.text));
+    else if (block.type === 'json') blocks.push(h('pre.out', {}, json(block.value)));
+    else if (block.type === 'image') blocks.push(imageOf(block, `image result ${++images}`));
+  }
+  return h(
+    'div.result' + (ok ? '' : '.is-error'),
+    { 'data-outcome': ok ? 'ok' : 'error' },
+    head,
+    !ok && resp.error ? h('pre.error-message', {}, resp.error.message) : null,
+    blocks,
+    resp.structured ? h('details', {}, h('summary', {}, 'Structured result'), h('pre.out', {}, json(resp.structured))) : null,
+    h('p.muted.duration', {}, `tool: ${fmtMs(resp.duration_ms)} · round trip: ${fmtMs(roundTripMs)}`),
+  );
+}
+
+/** The nodes showing a refused request (HTTP error) or an argument the form could not read. */
+export function faultView(err) {
+  const title = err instanceof ApiError ? `✗ Refused by the edge (HTTP ${err.status || '–'})` : '✗ Not sent';
+  return h('div.result.is-error', { 'data-outcome': 'refused' }, h('p.outcome.error', { role: 'alert' }, title), h('pre.error-message', {}, explain(err)));
+}

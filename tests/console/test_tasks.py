@@ -1,0 +1,83 @@
+"""The Tasks page with an LLM: a task submitted from the console runs on the reasoning runtime
+(the real edge and hub, a scripted OpenAI-compatible endpoint) and its answer, steps and tokens show."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from edge.app import build_app
+from edge.hub_link import REGISTRY
+from services.common import config as config_mod
+from services.common.config import Config
+from services.hub.app import Hub
+from tests.console.conftest import WAIT_MS, expect
+from tests.helpers import bound_socket
+from tests.runtime.fake_llm import FakeLLM, call, calls, say
+
+
+@dataclass
+class Edge:
+    url: str
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM([calls(call("builtin__add", {"a": 2, "b": 40})), say("2 + 40 is 42.")]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def edge_with_tasks(cfg: Config, hub: Hub, llm: FakeLLM) -> AsyncIterator[Edge]:
+    # The task service reaches the edge it runs in at [edge] port: bound before the app is built.
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
+    app = build_app(ecfg, (llm.base_url, "scripted"))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        async with asyncio.timeout(10):
+            await app[REGISTRY].following.wait()
+        yield Edge(f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+        sock.close()  # the site does not close a socket it was given
+
+
+async def test_a_task_submitted_from_the_console_runs_to_its_answer_with_steps_and_tokens(
+    edge_with_tasks: Edge, open_console: Any, llm: FakeLLM
+) -> None:
+    console = await open_console(edge_with_tasks, "/ui/#/tasks")
+    page = console.page
+    await page.get_by_role("textbox", name="Task").fill("What is 2 + 40? Use the add tool.")
+    await page.get_by_role("button", name="Submit").click()
+    result = page.locator(".result")
+    await expect(result).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
+    await expect(result.get_by_role("region", name="Answer")).to_contain_text("2 + 40 is 42.")
+    summary = result.locator("dl.summary")
+    await expect(summary).to_contain_text("Steps2")
+    await expect(summary).to_contain_text("Tokens30 (20 prompt, 10 completion)")
+    await expect(summary).to_contain_text("Tool calls1")
+    assert len(llm.requests) == 2
+
+    # Its notes as it ran, then its trajectory step by step: the call, its arguments, result, tokens.
+    notes = page.locator("section.notes li")
+    await expect(notes.filter(has_text='calls builtin__add {"a":2,"b":40}')).to_have_count(1)
+    await expect(notes.filter(has_text="finished: completed")).to_have_count(1)
+    first = page.get_by_role("region", name="Step 1")
+    await expect(first).to_contain_text("✓ builtin__add")
+    await expect(first).to_contain_text("(builtin · add,")
+    await expect(first.locator("pre.out").nth(0)).to_have_text('{\n  "a": 2,\n  "b": 40\n}')
+    await expect(first).to_contain_text('"sum": 42')
+    await expect(first.locator("h3")).to_contain_text("15 tokens (10 prompt, 5 completion)")
+    await expect(page.get_by_role("region", name="Step 2")).to_contain_text("2 + 40 is 42.")
+    await console.screenshot("task")
+    assert await console.axe() == []
+    console.done()

@@ -1,0 +1,39 @@
+"""The one banner `make run` prints when the mesh is ready: every address, and the token's state."""
+
+from __future__ import annotations
+
+import re
+
+from edge import banner
+from services.common import config as config_mod
+from tests.conftest import REPO
+
+
+async def test_the_mesh_prints_one_banner_with_every_address_when_it_is_ready(mesh_factory) -> None:  # type: ignore[no-untyped-def]
+    mesh = await mesh_factory({"TOOLSCORE_AUTH__ADMIN_TOKEN": "banner-secret-token"})
+    url = await mesh.edge_url()
+    await mesh.output.wait_for(r"^ToolScore Mesh is ready \(\d+ tools registered\)", "the banner")
+    lines = mesh.output.lines
+    start = next(i for i, line in enumerate(lines) if line.startswith("ToolScore Mesh is ready"))
+    text = "".join(lines[start : start + 7])
+    ws = "ws" + url.removeprefix("http")
+    for expected in (
+        rf"console +{url}/ui/\n",
+        rf"REST +{url}/api/v1 ",
+        rf"MCP +{url}/mcp  \(Streamable HTTP\), {ws}/ws/mcp  \(WebSocket\)\n",
+        rf"events +{ws}/api/v1/events/tools\n",
+        rf"gRPC +127\.0\.0\.1:0  \(TCP\), unix://{mesh.root}/run/toolscore\.sock  \(socket\)\n",
+        r"admin token +set: admin actions need it",
+    ):
+        assert re.search(expected, text), (expected, text)
+    assert "banner-secret-token" not in mesh.log()
+    assert sum(line.startswith("ToolScore Mesh is ready") for line in mesh.output.lines) == 1
+
+
+def test_the_banner_says_when_no_admin_token_is_set() -> None:
+    cfg = config_mod.load(REPO / "config" / "toolscore.toml", env={})
+    text = banner.text(cfg, 8082, 3)
+    assert text.startswith("ToolScore Mesh is ready (3 tools registered)\n")
+    assert "  console      http://127.0.0.1:8082/ui/\n" in text
+    assert "admin token  not set: loopback only, everything open" in text
+    assert "gRPC         127.0.0.1:50051  (TCP), unix://" in text

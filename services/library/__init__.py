@@ -1,12 +1,12 @@
 """The tool library: registry of tools, their health and usage, and the change feed.
 
-registry.py     the in-memory registry: reads, writes committed through a store, watches
-store.py        RegistryStore (the interface) and SqliteStore (embedded, one hub)
-feed.py         EventFeed (the interface) and InProcessFeed (bounded fan-out to local watchers)
-redis_store.py  RedisStore: the registry shared by several hubs on one Redis (hashes, counter, stream)
-redis_feed.py   RedisFeed: follows the shared stream, applies each event here, then fans it out
-servicer.py     ToolLibraryService over gRPC
-validation.py   the rules and bounds a tool definition must meet; argument validators
-search.py       ranking for SearchTools
-keywords.py     jsonschema keywords made linear (argument validation stays bounded)
+registry.py     the registry core: the in-memory view of every tool, kept in step with the store and feed
+validation.py   a tool definition checked before it enters; argument validators compiled once
+keywords.py     jsonschema's keywords that could hold an event loop, made linear and metered
+search.py       tools ranked by relevance to a free-text query (BM25 over weighted fields)
+store.py        the RegistryStore interface and its SQLite store: definitions, usage, event history
+feed.py         the EventFeed interface and its in-process fan-out of committed events
+redis_store.py  the registry store on Redis: several hubs share one registry (docs/config/cluster.md)
+redis_feed.py   the event feed on Redis: one follower per process tails the shared stream and applies it
+servicer.py     ToolLibraryService: gRPC requests translated to Registry calls
 """

@@ -12,8 +12,8 @@ from aiohttp import web
 from edge import errors_http, tasks_routes
 from edge.auth import AdminAuth
 from services.runtime.progress import TaskProgress
-from services.runtime.task_workers import TaskService
 from services.runtime.task_store import TaskRow
+from services.runtime.task_workers import TaskService
 
 
 def test_the_progress_keeps_the_last_tasks_and_the_last_notes_of_each_counting_what_it_dropped() -> None:

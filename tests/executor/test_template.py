@@ -72,6 +72,7 @@ async def test_a_call_cannot_signal_or_ptrace_a_sibling_call_or_the_template(cal
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "for pid in (0, 1, 2):\n"
         "    print(libc.ptrace(16, pid, 0, 0), ctypes.get_errno())  # PTRACE_ATTACH\n"
+        "os.kill(0, 9)  # its process group: itself alone (a session of its own)\n"
         "os.kill(-1, 9)\n"
     )
     resp, s = await call.code(attack, timeout=20)

@@ -5,12 +5,14 @@ the real hub; the whole attack suite (test_attacks.py) also runs on this path.""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from services.common import config as config_mod
 from services.common.config import Config
 from services.executor.sandbox import env_site
+from services.executor.template import Forked
 from tests.executor.conftest import (
     Call,
     assert_next_call_succeeds,
@@ -20,6 +22,7 @@ from tests.executor.conftest import (
     until_forked_from_the_template,
 )
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
+from tests.executor.test_process import sandboxes_under
 from tests.helpers import deadline
 
 
@@ -191,3 +194,20 @@ async def test_a_change_of_the_environment_rebuilds_the_template(xcfg, hub, tmp_
 
 def test_the_template_is_off_by_default() -> None:
     assert Config().executor.template is False
+
+
+async def test_closing_the_executor_kills_the_template_and_every_forked_interpreter(xcfg, hub):
+    async with running_executor(xcfg, hub) as call:
+        held = await call.new_session("x = 1")
+        executor = call.executor
+        assert executor.sessions is not None and executor.template is not None
+        worker = executor.sessions._sessions[held].worker
+        assert isinstance(worker.proc, Forked)
+        template = executor.template.template
+        assert template is not None and template.group is not None
+        pids = {worker.interpreter_pid, template.pid}
+        dirs = [*worker.group.dirs, *template.group.dirs]  # type: ignore[union-attr]
+        parents = {d.parent for d in dirs}
+    assert not sandboxes_under(os.getpid())
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+    assert not any(p.exists() for p in parents)

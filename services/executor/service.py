@@ -140,8 +140,8 @@ class Executor(ToolServer):
             return sandbox.spawn
         assert caps.cgroups is not None
         x = self.xc
-        # The template, its first children (one per live interpreter) and each interpreter until
-        # it joins its own group: bounded by how many interpreters can be alive at once.
+        # The template, each call's init (one per live interpreter), first children for a moment
+        # and each interpreter until it joins its own group: bounded by how many can be alive.
         pids = 8 + 2 * (x.pool_size + x.max_concurrent_calls + x.max_sessions + x.spawn_parallelism)
         self._template_groups = cgroups.Cgroups(caps.cgroups, pids, x.memory_limit_bytes)
         self.template = TemplatePath(

@@ -3,9 +3,10 @@ for one forked interpreter per warm-pool slot, replacing it when it dies or the 
 and falling back to a fresh sandboxed interpreter (`Sandbox.spawn`) whenever it is unavailable.
 
 A forked interpreter is a `Worker` like any other: the same control protocol, output memfds and
-runner; its process handle is a `Forked` (a pidfd and the wait status its first child reports).
+runner; its process handle is a `Forked` (a pidfd and the wait status its init reports).
 Its cgroup is its own, acquired from the executor's `Cgroups` and joined before any code is sent;
-the template and the first children live in a cgroup of their own (`template_groups`).
+the template, the first children and each call's init live in a cgroup of their own
+(`template_groups`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ RESTART_BACKOFF_S = (0.5, 30.0)
 class Forked:
     """A forked interpreter's process handle, with `Child`'s interface: its host pid (from the
     kernel's SO_PASSCRED credentials), killed through a pidfd, its end read from the status pipe
-    its first child writes the wait status to."""
+    its init (pid 1 of its namespace) writes the wait status to."""
 
     def __init__(self, pid: int, status_fd: int) -> None:
         self.pid = pid
@@ -78,7 +79,7 @@ class Forked:
         os.close(self._status_fd)
         os.close(self._pidfd)
         self._pidfd = -1
-        # No status: the first child died with it (the template went), so was the interpreter.
+        # No status: its init died (with the template's sandbox), and the interpreter with it.
         code = os.waitstatus_to_exitcode(struct.unpack("!i", data)[0]) if len(data) == 4 else -signal.SIGKILL
         self._returncode = code
         if not self._exited.done():

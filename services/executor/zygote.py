@@ -13,14 +13,17 @@ one child, which, before any user code:
    template, its own abstract unix sockets and SysV IPC;
 3. mounts fresh tmpfs on /tmp and the scratch dir and an empty read-only one
    on /proc (a fresh procfs cannot be mounted under bwrap's covered /proc);
-4. forks the call's interpreter, pid 1 of the new pid namespace, and stays
-   as its parent only to pass its wait status on through the status pipe.
+4. forks the call's init, pid 1 of the new pid namespace, and exits.
 
-The interpreter starts a new session (no process group shared with anyone),
-dups the memfds onto fds 1 and 2, closes every other descriptor, drops the
-capabilities its user namespace gave it, sets no_new_privs and dumpable 0,
-installs the executor's strict seccomp filter, then becomes `worker.py`: same
-rlimits, same control protocol, same replies. The executor moves it into a
+The init starts a new session (no process group shared with anyone), keeps
+only the call's descriptors, drops the capabilities its user namespace gave
+it (dumpable stays 0 from the uid change), sets no_new_privs, installs the
+executor's strict seccomp filter, and forks the interpreter (pid 2), which
+becomes `worker.py`: same rlimits, same control protocol, same replies. The
+init reaps what the call orphans and, when the interpreter ends, writes its
+wait status to the status pipe and exits, which ends whatever is left in the
+namespace. (As in a fresh sandbox, the interpreter is not pid 1: signals it
+sends itself act as usual, and SIGXCPU at the CPU limit kills it.) The executor moves it into a
 cgroup of its own (it learns its host pid from SO_PASSCRED on the control
 socket) before sending it any code.
 """
@@ -36,7 +39,7 @@ import sys
 
 _NEWNS, _NEWIPC, _NEWUSER, _NEWPID, _NEWNET = 0x20000, 0x8000000, 0x10000000, 0x20000000, 0x40000000
 _MS_NOSUID, _MS_NODEV, _MS_RDONLY, _MS_REC, _MS_PRIVATE = 0x2, 0x4, 0x1, 0x4000, 0x40000
-_PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _PR_SET_PDEATHSIG = 4, 38, 22, 1
+_PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP = 4, 38, 22
 _SECCOMP_MODE_FILTER = 2
 _CAPSET_NR = {"x86_64": 126, "aarch64": 91}
 _CALL_FDS = 5  # ctl_in, ctl_out, stdout, stderr, status
@@ -138,49 +141,75 @@ def _isolate(uid, gid, scratch, scratch_bytes):
     _mount("tmpfs", "/proc", "tmpfs", flags | _MS_RDONLY, "size=4k,mode=0555")
 
 
-def _interpreter(fds, program, worker, worker_args):
-    """In the call's interpreter (pid 1 of its namespace): confine, then run worker.py's loop."""
+def _confine(fds, program):
+    """In the call's init, before it forks the interpreter (which inherits all of it): a session of
+    its own, the call's descriptors only, no capabilities, no_new_privs, the strict seccomp filter."""
     os.setsid()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds[:4]]  # out of the way of 1-4
-    for target, fd in zip((3, 4, 1, 2), high, strict=True):
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in fds]  # out of the way of 1-5
+    for target, fd in zip((3, 4, 1, 2, 5), high, strict=True):
         os.dup2(fd, target)
-    os.closerange(5, 1 << 20)  # the template's socket and every other call's descriptors
+    os.closerange(6, 1 << 20)  # the template's socket and every other call's descriptors
     _drop_capabilities()
     if program:
         _install_seccomp(program)
     else:
         _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    sys.argv = ["-c", "3", "4", *worker_args]  # what a fresh worker's argv is (none of the template's)
-    worker["main"](sys.argv[1:])
+
+
+def _init(fds, program, worker, worker_args):
+    """The call's init, pid 1 of its namespace: fork the interpreter (pid 2), reap every process
+    orphaned in the namespace, and write the interpreter's wait status to the status pipe when it
+    ends; its own exit then ends everything left in the namespace."""
+    status = fds[4]
+    try:
+        _confine(fds, program)
+        status = 5
+        pid = os.fork()
+    except BaseException as exc:
+        try:
+            os.write(2, f"template child: {type(exc).__name__}: {exc}\n".encode())
+            os.write(status, struct.pack("!i", 70 << 8))
+        finally:
+            os._exit(70)
+    if pid == 0:
+        try:
+            os.close(5)
+            sys.argv = ["-c", "3", "4", *worker_args]  # a fresh worker's argv (none of the template's)
+            worker["main"](sys.argv[1:])
+            os._exit(0)
+        except SystemExit as exc:
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        except BaseException as exc:
+            os.write(2, f"template child: {type(exc).__name__}: {exc}\n".encode())
+            os._exit(70)
+    for fd in (1, 2, 3, 4):  # the interpreter's alone: its end closes the executor's pipes
+        os.close(fd)
+    while True:
+        try:
+            ended, wait_status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            wait_status = 70 << 8
+            break
+        if ended == pid:
+            break
+    os.write(5, struct.pack("!i", wait_status))
+    os._exit(0)
 
 
 def _child(fds, program, worker, config):
-    """The first child: isolate, fork the interpreter, pass its wait status on, exit."""
+    """The first child: isolate, fork the call's init into the new namespaces, exit."""
     uid, gid, scratch, scratch_bytes, worker_args = config
-    status = fds[4]
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         _isolate(uid, gid, scratch, scratch_bytes)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
-                _interpreter(fds, program, worker, worker_args)
-                os._exit(0)
-            except SystemExit as exc:
-                os._exit(exc.code if isinstance(exc.code, int) else 1)
-            except BaseException as exc:
-                os.write(2, f"template child: {type(exc).__name__}: {exc}\n".encode())
-                os._exit(70)
-        for fd in fds[:4]:
-            os.close(fd)
-        _, wait_status = os.waitpid(pid, 0)
+        if os.fork() == 0:
+            _init(fds, program, worker, worker_args)
     except BaseException as exc:
         os.write(fds[3], f"template child: {type(exc).__name__}: {exc}\n".encode())
-        wait_status = 70 << 8
-    os.write(status, struct.pack("!i", wait_status))
+        os.write(fds[4], struct.pack("!i", 70 << 8))
     os._exit(0)
 
 

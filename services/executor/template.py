@@ -47,6 +47,7 @@ ZYGOTE_SOURCE = (Path(__file__).parent / "zygote.py").read_text()
 PRELOAD = ("numpy", "pandas", "matplotlib", "matplotlib.pyplot")
 _UCRED = struct.Struct("iII")  # pid, uid, gid
 RESTART_BACKOFF_S = (0.5, 30.0)
+MEMORY_TTL_S = 1.0
 
 
 class Forked:
@@ -110,6 +111,8 @@ class Template:
         self.start_ms = 0.0
         self._err_fd = -1
         self._closing: asyncio.Task[None] | None = None
+        self._memory: dict[str, int] = {}
+        self._memory_at = -MEMORY_TTL_S
 
     @property
     def alive(self) -> bool:
@@ -276,7 +279,15 @@ class Template:
             self.close_soon()
 
     def memory(self) -> dict[str, int]:
-        """The template's resident and proportional set sizes, in bytes (0 when unknown)."""
+        """The template's resident and proportional set sizes, in bytes (0 when unknown); read at
+        most once a second (smaps_rollup walks the whole address space; health may be polled)."""
+        now = time.monotonic()
+        if now - self._memory_at < MEMORY_TTL_S:
+            return self._memory
+        self._memory_at, self._memory = now, self._read_memory()
+        return self._memory
+
+    def _read_memory(self) -> dict[str, int]:
         found = {"rss_bytes": 0, "pss_bytes": 0}
         if not self.pid:
             return found

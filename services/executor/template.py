@@ -422,12 +422,21 @@ class TemplatePath:
         return (st.st_ino, st.st_mtime_ns)
 
     async def spawn(self) -> Worker:
-        """A ready interpreter: forked from the template when it runs, else a fresh one."""
+        """A ready interpreter: forked from the template when it runs, else a fresh one. One that
+        was started before a newer template came up (fresh, or forked from a retired template, with
+        what it had imported) gives way to one forked from the new template."""
         stamp = self._env_stamp()
         if stamp != self._stamp:
             self._stamp = stamp
             self.rebuild()
         template = self.template
+        worker = await self._spawn_from(template)
+        if self.template is not template and self.active:
+            await worker.close()
+            worker = await self._spawn_from(self.template)
+        return worker
+
+    async def _spawn_from(self, template: Template | None) -> Worker:
         if template is not None and template.alive:
             try:
                 return await template.spawn(self._groups)

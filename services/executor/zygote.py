@@ -141,6 +141,15 @@ def _isolate(uid, gid, scratch, scratch_bytes):
     _mount("tmpfs", "/proc", "tmpfs", flags | _MS_RDONLY, "size=4k,mode=0555")
 
 
+def _reseed():
+    """Fresh random state for this call: every child of the template would otherwise draw the same
+    numbers as every other (and a call could predict another's). `random` reseeds itself after a
+    fork (os.register_at_fork); numpy's global generator does not."""
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        np_random.seed()
+
+
 def _confine(fds, program):
     """In the call's init, before it forks the interpreter (which inherits all of it): a session of
     its own, the call's descriptors only, no capabilities, no_new_privs, the strict seccomp filter."""
@@ -175,6 +184,7 @@ def _init(fds, program, worker, worker_args):
     if pid == 0:
         try:
             os.close(5)
+            _reseed()
             sys.argv = ["-c", "3", "4", *worker_args]  # a fresh worker's argv (none of the template's)
             worker["main"](sys.argv[1:])
             os._exit(0)

@@ -116,6 +116,19 @@ async def test_what_a_call_leaves_behind_is_invisible_to_the_next_call(env_ready
         assert s["stdout"] == "pandas.core.frame False False\n[] [] 1\nno children\n", s
 
 
+@pytest.mark.timeout(900)
+async def test_no_two_calls_draw_the_same_random_numbers(env_ready, call):  # noqa: F811
+    # Every interpreter is a copy of the template's memory, random generators included: each must
+    # be reseeded, or one call could predict what another draws.
+    code = "import random, numpy\nprint(random.random(), numpy.random.rand())"
+    draws = set()
+    for _ in range(3):
+        resp, s = await call.code(code)
+        assert not resp.is_error, resp.error.message
+        draws.update(s["stdout"].split())
+    assert len(draws) == 6, draws
+
+
 async def test_a_fork_bomb_in_a_call_leaves_the_template_forking(call):
     template_pid = _template_pid(call)
     fallbacks = call.executor.template.fallbacks  # type: ignore[union-attr]

@@ -425,9 +425,7 @@ class TemplatePath:
         """A ready interpreter: forked from the template when it runs, else a fresh one. One that
         was started before a newer template came up (fresh, or forked from a retired template, with
         what it had imported) gives way to one forked from the new template."""
-        stamp = self._env_stamp()
-        if stamp != self._stamp:
-            self._stamp = stamp
+        if self._env_stamp() != self._stamp:
             self.rebuild()
         template = self.template
         worker = await self._spawn_from(template)
@@ -451,6 +449,10 @@ class TemplatePath:
     def rebuild(self) -> None:
         """The environment changed: retire the template (it goes once its interpreters have ended)
         and start another."""
+        self._stamp = self._env_stamp()  # the change this rebuild is for, seen once
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()  # it is importing from the environment as it was before
+            self._starting = None
         if self.template is not None:
             self._retire(self.template)
             self.template = None

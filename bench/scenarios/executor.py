@@ -11,10 +11,11 @@ exec-warm-inproc  the same with `executor.use_inprocess_python_executor = true`:
               executor in its own process (one gRPC hop; user code still runs in the sandbox)
 exec-busy     the same, back to back at concurrency 8: sustained, bounded by how fast sandboxes refill
 
-Targets (the issue's): exec-warm p50 <= 2x G; exec-warm p50 at least 15x faster than sandbox-cold
-(<= 1/15 of it); exec-busy throughput at concurrency 8 >= 0.5x the bare spawn rate (each call still
-gets a fresh interpreter). The p50 ratio against G-paced is reported too, as information: it compares
-calls made at the same pace.
+Targets (the issue's): exec-warm p50 <= 2.5x G-paced (issue 15; it was <= 2x G, measured back to
+back, which a fresh interpreter per call cannot reach on these machines); exec-warm p50 at least 15x
+faster than sandbox-cold (<= 1/15 of it); exec-busy throughput at concurrency 8 >= 0.5x the bare
+spawn rate (each call still gets a fresh interpreter). The template path's targets are in section
+executor-ds (datascience.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from bench.registry import Call, scenario, target
 from bench.scenarios.core import ARGUMENTS, start_g, start_hub
 from services.common.jsonvalue import dict_to_struct
 
-target("exec-warm", "p50_ms", 1, "G", 2.0)
 target("exec-warm", "p50_ms", 1, "sandbox-cold", 1 / 15)
-target("exec-warm-inproc", "p50_ms", 1, "G", 2.0)
 target("exec-warm-inproc", "p50_ms", 1, "sandbox-cold", 1 / 15)
-target("exec-warm", "p50_ms", 1, "G-paced", 2.0)
-target("exec-warm-inproc", "p50_ms", 1, "G-paced", 2.0)
+# Issue 15 replaced `exec-warm p50 <= 2x G`, which a fresh interpreter per call cannot reach on these
+# machines, with the same pace on both sides: G-paced.
+target("exec-warm", "p50_ms", 1, "G-paced", 2.5)
+target("exec-warm-inproc", "p50_ms", 1, "G-paced", 2.5)
 target("exec-busy", "throughput", 8, "spawn", 0.5, at_least=True)
 
 TOOL = "python-executor-mcp-server"

@@ -111,6 +111,9 @@ class ExecutorConfig:
     spawn_parallelism: int = 2
     spawn_timeout_s: float = 10.0
     refill_delay_s: float = 0.005
+    # A sandboxed template process that pre-imports the heavy packages and forks one child per call.
+    template: bool = False
+    template_preload: tuple[str, ...] = ()
     max_concurrent_calls: int = 8
     queue_timeout_s: float = 10.0
     # Sessions.

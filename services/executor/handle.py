@@ -12,6 +12,7 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.common.config import ExecutorConfig
 from services.executor.protocol import FrameReader, encode
@@ -48,6 +49,20 @@ class ReplyLimits:
         return self.max_artifact_bytes + self.max_artifacts * (MAX_NAME_BYTES + 64) + 4 * self.max_repr + 4096
 
 
+class Process(Protocol):
+    """What a worker needs of its process: `Child` (a sandbox started with bwrap) or
+    `template.Forked` (an interpreter forked from the template)."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
 class WorkerGone(Exception):
     """The interpreter died (or spoke garbage) during a call."""
 
@@ -57,7 +72,7 @@ class Worker:
 
     def __init__(
         self,
-        proc: Child,
+        proc: Process,
         ctl_w: int,
         reader: FrameReader,
         out_fd: int,

@@ -110,6 +110,8 @@ class WarmPool:
         """Replace every ready worker (e.g. after the package environment changed)."""
         while self._ready:
             self.discard(self._ready.popleft())
+        if self.size:
+            self._full.clear()  # until the replacements are ready
         self._wake.set()
 
     async def wait_full(self) -> None:

@@ -99,19 +99,19 @@ class Sandbox:
         groups: cgroups.Cgroups | None,
     ) -> None:
         self.cfg, self.caps, self._groups = cfg, caps, groups
-        self._env_dir = env_dir
-        self._host_env = dict(host_env)
+        self.env_dir = env_dir
+        self.host_env = dict(host_env)
         self._prefix, self._python = real_python()
         # Inside bubblewrap the interpreter is mounted where any uid can read it; at level `process`
         # it stays where it is (pyenv under a 0700 /root, say), and dropping the uid would break imports.
         self._drop_uid = caps.bwrap is not None or stdlib_readable_by(cfg.sandbox_uid, cfg.sandbox_gid)
 
     # -- argv -------------------------------------------------------------------------------------------
-    def _bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
+    def bwrap_argv(self, extra_fds: Sequence[str]) -> list[str]:
         c = self.cfg
         argv = system_view(self.caps.bwrap or c.bwrap)
         argv += ["--perms", "0755", "--dir", "/opt", "--ro-bind", str(self._prefix), PYTHON_MOUNT]
-        site = env_site(self._env_dir)
+        site = env_site(self.env_dir)
         if site.is_dir():
             argv += ["--ro-bind", str(site), ENV_MOUNT]
         argv += [
@@ -187,16 +187,16 @@ class Sandbox:
                     block_r, block_w = os.pipe()
                     child_fds += [info_w, block_r]
                     extra += ["--info-fd", str(info_w), "--block-fd", str(block_r)]
-                site = ENV_MOUNT if env_site(self._env_dir).is_dir() else None
-                env = sandbox_env(self.cfg, self._host_env, "/tmp", "/tmp")
-                argv = [*self._bwrap_argv(extra), *self._worker_args(to_r, from_w, SCRATCH, site)]
+                site = ENV_MOUNT if env_site(self.env_dir).is_dir() else None
+                env = sandbox_env(self.cfg, self.host_env, "/tmp", "/tmp")
+                argv = [*self.bwrap_argv(extra), *self._worker_args(to_r, from_w, SCRATCH, site)]
                 new_session = False
             else:
                 workdir = tempfile.mkdtemp(prefix="ts-exec-")
                 if os.geteuid() == 0:
                     os.chown(workdir, self.cfg.sandbox_uid, self.cfg.sandbox_gid)
-                site_path = env_site(self._env_dir)
-                env = sandbox_env(self.cfg, self._host_env, workdir, workdir)
+                site_path = env_site(self.env_dir)
+                env = sandbox_env(self.cfg, self.host_env, workdir, workdir)
                 argv = [
                     str(self._python),
                     *self._worker_args(to_r, from_w, workdir, str(site_path) if site_path.is_dir() else None),

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,6 +28,7 @@ from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
 from services.common.results import text_result
 from services.executor import envs, tasks
+from services.executor.handle import Worker
 from services.executor.pool import PoolTimeout, WarmPool
 from services.executor.results import add_images, execute_response, response_bytes, take_artifact
 from services.executor.runner import RunResult, run_on
@@ -41,6 +42,7 @@ from services.executor.schemas import (
     VISUALIZE_INPUT,
 )
 from services.executor.sessions import SessionLimit, Sessions
+from services.executor.template import TemplatePath
 from services.sandbox import cgroups
 from services.sandbox.capabilities import LEVELS, Capabilities
 from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
@@ -62,6 +64,9 @@ class Executor(ToolServer):
         self.pool: WarmPool | None = None
         self.sessions: Sessions | None = None
         self._groups: cgroups.Cgroups | None = None
+        self._template_groups: cgroups.Cgroups | None = None
+        self.template: TemplatePath | None = None
+        self.template_unavailable = ""  # why executor.template is on but cannot be used here
         self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
         self.running = 0
         self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
@@ -107,7 +112,9 @@ class Executor(ToolServer):
                         self.xc.cpu_limit,
                     )
                 sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
-                self.pool = WarmPool(sandbox.spawn, self.xc.pool_size, self.xc.spawn_parallelism)
+                self.pool = WarmPool(
+                    self._template_path(sandbox, caps), self.xc.pool_size, self.xc.spawn_parallelism
+                )
                 self.pool.start()
                 self.sessions = Sessions(
                     self.pool,
@@ -119,12 +126,49 @@ class Executor(ToolServer):
                     self._env_task = asyncio.get_running_loop().create_task(self._create_env())
             self.caps = caps
 
+    def _template_path(self, sandbox: Sandbox, caps: Capabilities) -> Callable[[], Awaitable[Worker]]:
+        """The pool's spawn function: the template's when `executor.template` is on and this machine
+        runs it (bwrap, seccomp and cgroups, the executor as root), else a fresh interpreter each."""
+        if not self.xc.template:
+            return sandbox.spawn
+        if caps.level != "full" or os.geteuid() != 0:
+            self.template_unavailable = (
+                "the template needs isolation level full and the executor running as root "
+                f"(level {caps.level}, euid {os.geteuid()}); calls use a fresh interpreter each"
+            )
+            log.warning("executor.template: %s", self.template_unavailable)
+            return sandbox.spawn
+        assert caps.cgroups is not None
+        x = self.xc
+        # The template, each call's init (one per live interpreter), first children for a moment
+        # and each interpreter until it joins its own group: bounded by how many can be alive.
+        pids = 8 + 2 * (x.pool_size + x.max_concurrent_calls + x.max_sessions + x.spawn_parallelism)
+        self._template_groups = cgroups.Cgroups(caps.cgroups, pids, x.memory_limit_bytes)
+        self.template = TemplatePath(
+            x,
+            sandbox,
+            self._groups,
+            self._template_groups,
+            on_ready=self._template_ready,
+            on_lost=self._template_ready,
+        )
+        self.template.start()
+        return self.template.spawn
+
+    def _template_ready(self) -> None:
+        """A template came up (the fresh interpreters started meanwhile give way to forked ones) or
+        died (the interpreters forked from it died with it)."""
+        if self.pool is not None:
+            self.pool.recycle()
+
     async def _create_env(self) -> bool:
         try:
             created = await self.env.ensure()
         except Exception:
             return False
         if created and self.pool is not None:
+            if self.template is not None:
+                self.template.rebuild()
             self.pool.recycle()  # ready workers were started without the env mounted
         return created
 
@@ -138,6 +182,10 @@ class Executor(ToolServer):
             await self.sessions.close()
         if self.pool is not None:
             await self.pool.close()
+        if self.template is not None:
+            await self.template.close()
+        if self._template_groups is not None:
+            await self._template_groups.close()
         if self._groups is not None:
             await self._groups.close()
 
@@ -151,7 +199,14 @@ class Executor(ToolServer):
             "pool": self.pool.status() if self.pool else {},
             "sessions": self.sessions.status() if self.sessions is not None else {},
             "environment": self.env.status(),
+            "template": self._template_status(),
         }
+
+    def _template_status(self) -> dict[str, Any]:
+        if self.template is not None:
+            return self.template.status()
+        why = self.template_unavailable or ("" if self.xc.template else "executor.template is off")
+        return {"enabled": self.xc.template, "path": "fresh interpreter", "last_error": why}
 
     async def call(
         self,
@@ -415,6 +470,8 @@ class Executor(ToolServer):
                 is_error=True,
                 error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
             )
+        if self.template is not None:
+            self.template.rebuild()
         if self.pool is not None:
             self.pool.recycle()
         return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})

@@ -212,4 +212,5 @@ def main(argv):
         _send(ctl_out, reply)
 
 
-main(sys.argv[1:])
+if __name__ == "__main__":  # the template (zygote.py) runs main() in each call's interpreter
+    main(sys.argv[1:])

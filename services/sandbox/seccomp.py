@@ -185,3 +185,44 @@ def program_fd(network: bool = False) -> int:
     os.write(fd, program(network))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+# What the executor's template process (services/executor/zygote.py) may do beyond the strict
+# filter: make the user, mount, pid, ipc and network namespaces of each call's child and mount
+# its fresh tmpfs. It runs no user code; every call's interpreter stacks `program()` on top.
+TEMPLATE_ALLOWED = ("mount", "unshare")
+
+
+@cache
+def template_program() -> bytes:
+    """The template's looser BPF program: `program()` without the TEMPLATE_ALLOWED syscalls and
+    without the clone(CLONE_NEWUSER) rule; sockets of AF_UNIX only, like every sandbox."""
+    lib = _lib()
+    ctx = lib.seccomp_init(_ALLOW)
+    if not ctx:
+        raise SeccompUnavailable("seccomp_init failed")
+    try:
+        for name in BLOCKED:
+            if name not in TEMPLATE_ALLOWED:
+                _add(lib, ctx, name, _errno(errno.EPERM))
+        _add(lib, ctx, "clone3", _errno(errno.ENOSYS))
+        for op, family in _refused_families((_AF_UNIX,)):
+            for name in ("socket", "socketpair"):
+                _add(lib, ctx, name, _errno(errno.EAFNOSUPPORT), [_ArgCmp(0, op, family, 0)])
+        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+        try:
+            if lib.seccomp_export_bpf(ctx, fd) != 0:
+                raise SeccompUnavailable("seccomp_export_bpf failed")
+            return os.pread(fd, os.fstat(fd).st_size, 0)
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
+
+
+def template_program_fd() -> int:
+    """A fresh fd holding the template's program, positioned at its start (bwrap reads it to EOF)."""
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    os.write(fd, template_program())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd

@@ -83,8 +83,26 @@ async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
     async with ExecutorProcess(cfg, listen_address(cfg, False), cfg.hub_target()) as ep:
         async with asyncio.timeout(10):
             await ep.registered.wait()
+        if cfg.executor.template:
+            await until_forked_from_the_template(ep.executor)
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             yield Call(ts_grpc.ToolScoreServiceStub(ch), ep.executor)
+
+
+def on_the_template(cfg: Config) -> Config:
+    """`cfg` with every call's interpreter forked from the executor's template process."""
+    return config_mod.replace(cfg, executor={"template": True})
+
+
+async def until_forked_from_the_template(executor: Executor) -> None:
+    """Until the template is up and every ready worker of the pool was forked from it."""
+    await executor.start()
+    assert executor.template is not None, executor.template_unavailable
+    async with deadline(60, "the executor's template to start"):
+        await executor.template.ready.wait()
+    assert executor.pool is not None
+    async with deadline(30, "the warm pool to fill from the template"):
+        await executor.pool.wait_full()
 
 
 @pytest.fixture
@@ -128,12 +146,16 @@ class HeldCall:
 
 
 async def hold_a_call(
-    call: Call, then: str = "print('innocent')", send: Callable[[str, str], Awaitable[Any]] | None = None
+    call: Call,
+    then: str = "print('innocent')",
+    send: Callable[[str, str], Awaitable[Any]] | None = None,
+    setup: str = "",
 ) -> HeldCall:
-    """Start a session call that waits in the sandbox until released, then runs `then`; returns once
-    the executor runs it (it has its call slot). `send(code, session_id)` makes the call (default:
-    through the hub; its answer is what `answer()` returns)."""
-    session_id = await call.new_session(_BLOCK_RELEASE)
+    """Start a session (its first call runs `setup`), then a call in it that waits in the sandbox until
+    released, then runs `then`; returns once the executor runs it (it has its call slot).
+    `send(code, session_id)` makes the call (default: through the hub; its answer is what `answer()`
+    returns)."""
+    session_id = await call.new_session(f"{_BLOCK_RELEASE}\n{setup}")
     executor = call.executor
     assert executor.sessions is not None
     pid = executor.sessions._sessions[session_id].worker.interpreter_pid

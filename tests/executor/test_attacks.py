@@ -16,14 +16,30 @@ from toolscore.v1 import tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
+from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
+from services.executor.template import Forked
 from tests.conftest import REPO
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
-from tests.executor.conftest import TOOL, Call, assert_next_call_succeeds, hold_a_call, running_executor
+from tests.executor.conftest import (
+    TOOL,
+    Call,
+    assert_next_call_succeeds,
+    hold_a_call,
+    on_the_template,
+    running_executor,
+)
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
 from tests.helpers import deadline
 
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
+
+
+@pytest.fixture(params=["fresh", "template"])
+def xcfg(request: pytest.FixtureRequest, xcfg: Config) -> Config:
+    """Every attack twice: on a fresh sandboxed interpreter per call, and on one forked from the
+    executor's template process (`executor.template`)."""
+    return on_the_template(xcfg) if request.param == "template" else xcfg
 
 
 async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
@@ -141,8 +157,17 @@ async def test_a_gigabyte_of_output_is_cut_off_and_flagged(call):
 
 
 async def test_killing_the_parent_from_inside_the_sandbox_is_refused(call):
-    resp, s = await call.code("import os\nos.kill(os.getppid(), 9)")
-    assert resp.is_error and resp.error.type == CODE_ERROR and "PermissionError" in s["stderr"]
+    template = call.executor.template
+    if template is None:
+        resp, s = await call.code("import os\nos.kill(os.getppid(), 9)")
+        assert resp.is_error and resp.error.type == CODE_ERROR and "PermissionError" in s["stderr"]
+    else:
+        # Forked from the template, the call's parent is the init of its own pid namespace, which
+        # ignores signals from inside it (the template has no pid there).
+        before = template.status()["pid"]
+        resp, s = await call.code("import os\nprint(os.getppid())\nos.kill(os.getppid(), 9)\nprint('alive')")
+        assert not resp.is_error and s["stdout"] == "1\nalive\n", s
+        assert template.active and template.status()["pid"] == before
     await assert_next_call_succeeds(call)
 
 
@@ -243,9 +268,12 @@ def _state(pid: int) -> str:
         return ""
 
 
-def _resident(pids: set[int]) -> tuple[int, int]:
+def _resident(pids: set[int], worker: Any) -> tuple[int, ...]:
     """(the sandbox's init, its interpreter), found from the process tree: init's parent is bwrap,
-    outside the cgroup; the interpreter is init's first child."""
+    outside the cgroup; the interpreter is init's first child. Forked from the template, the
+    interpreter is its pid namespace's init: (the interpreter,)."""
+    if isinstance(worker.proc, Forked):
+        return (worker.interpreter_pid,)
     ppid = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in pids}
     init = next(pid for pid, parent in ppid.items() if parent not in pids)
     return init, min(pid for pid, parent in ppid.items() if parent == init)
@@ -261,10 +289,10 @@ async def test_processes_forked_in_a_session_are_killed_when_the_call_returns(ca
     spin = "import os\nfor _ in range(2):\n    if os.fork() == 0:\n        while True: pass\n'forked'"
     resp, s = await call.code(spin, session_id=sid)
     assert not resp.is_error and s["result"] == "'forked'", resp.error.message
-    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
-    assert group is not None
-    pids = group.pids()
-    left = {pid: _state(pid) for pid in pids - set(_resident(pids))}
+    worker = call.executor.sessions._sessions[sid].worker  # type: ignore[union-attr]
+    assert worker.group is not None
+    pids = worker.group.pids()
+    left = {pid: _state(pid) for pid in pids - set(_resident(pids, worker))}
     assert all(state in ("", "Z", "X") for state in left.values()), left  # before: two busy children
     resp, s = await call.code("'still here'", session_id=sid)
     assert not resp.is_error and s["result"] == "'still here'"
@@ -276,9 +304,9 @@ async def test_a_thread_left_spinning_in_a_session_uses_no_cpu_between_calls(cal
     spin = "import threading\nthreading.Thread(target=lambda: [None for _ in iter(int, 1)]).start()"
     resp, _s = await call.code(spin, session_id=sid)
     assert not resp.is_error, resp.error.message
-    group = call.executor.sessions._sessions[sid].worker.group  # type: ignore[union-attr]
-    assert group is not None
-    _init, pid = _resident(group.pids())
+    worker = call.executor.sessions._sessions[sid].worker  # type: ignore[union-attr]
+    assert worker.group is not None
+    pid = _resident(worker.group.pids(), worker)[-1]
     before = _cpu_ticks(pid)
     for _ in range(10):  # time passes while other callers are served (one-call sandboxes)
         await assert_next_call_succeeds(call)

@@ -4,6 +4,7 @@ call or session that reaches it ends with a clear reason, and the executor serve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -12,10 +13,17 @@ from toolscore.v1 import tool_pb2
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
-from tests.executor.conftest import assert_next_call_succeeds, running_executor
+from tests.executor.conftest import assert_next_call_succeeds, on_the_template, running_executor
 from tests.helpers import deadline
 
 CODE_ERROR = tool_pb2.ERROR_TYPE_CODE_EXECUTION
+
+
+@pytest.fixture(params=["fresh", "template"])
+def xcfg(request: pytest.FixtureRequest, xcfg: Config) -> Config:
+    """Every limit twice: on a fresh sandboxed interpreter per call, and on one forked from the
+    executor's template process (`executor.template`)."""
+    return on_the_template(xcfg) if request.param == "template" else xcfg
 
 
 async def test_a_session_kept_busy_is_ended_at_its_maximum_lifetime(
@@ -28,6 +36,7 @@ async def test_a_session_kept_busy_is_ended_at_its_maximum_lifetime(
         sid = await call.new_session("n = 0")
         assert call.executor.sessions is not None
         worker = call.executor.sessions._sessions[sid].worker
+        ended = asyncio.ensure_future(call.executor.sessions.wait_ended(sid))  # set once it is freed
         answered = 0
         async with deadline(30, "the busy session to end at its 2 s lifetime"):
             while True:  # one call after another, each answered before the next: busy, never idle
@@ -37,6 +46,8 @@ async def test_a_session_kept_busy_is_ended_at_its_maximum_lifetime(
                 answered += 1
                 assert s["result"] == str(answered)
         assert "no such session" in resp.error.message, resp.error.message
+        async with deadline(10, "the session's end (its sandbox killed and reaped)"):
+            await ended
         assert answered > 0 and not worker.alive and worker.proc.returncode is not None
         assert "reached its maximum lifetime" in caplog.text
         _resp, status = await call("python_status")

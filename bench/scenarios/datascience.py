@@ -29,7 +29,7 @@ from typing import Any
 from bench.env import Env
 from bench.registry import Call, scenario, target
 from bench.scenarios.core import start_hub
-from bench.scenarios.executor import TOOL, _start_executor
+from bench.scenarios.executor import TOOL, _start_executor, paced_call, tool_stub
 
 TEMPLATE_TOOL = "python-executor-template"
 
@@ -59,7 +59,7 @@ async def _start_template_executor(env: Env) -> dict[str, Any]:
         },
     )
     await wait_registered(hub["uds"], TEMPLATE_TOOL, timeout=60)
-    stub, request = _stub(env, hub)
+    stub, request = tool_stub(env, hub)
     status = request(TEMPLATE_TOOL, "python_status", {})
     async with asyncio.timeout(120):  # the template imports and warms pandas and matplotlib
         while True:
@@ -79,40 +79,8 @@ async def _start_template_executor(env: Env) -> dict[str, Any]:
     return hub
 
 
-def _stub(env: Env, hub: dict[str, str]) -> tuple[Any, Any]:
-    from toolscore.v1 import toolscore_pb2 as ts
-    from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
-
-    from services.common.jsonvalue import dict_to_struct
-
-    def request(tool: str, action: str, args: dict[str, Any]) -> Any:
-        return ts.ExecuteToolRequest(tool_id=tool, action=action, arguments=dict_to_struct(args))
-
-    return ts_grpc.ToolScoreServiceStub(env.channel(hub["uds"])), request
-
-
 def _paced(env: Env, hub: dict[str, str], tool: str, action: str, args: dict[str, Any]) -> Call:
-    """One call of `action`, timed once the tool's warm pool is full again (as exec-warm)."""
-    from services.common.jsonvalue import struct_to_dict
-
-    stub, request = _stub(env, hub)
-    run, status = request(tool, action, args), request(tool, "python_status", {})
-
-    async def full_pool() -> None:
-        async with asyncio.timeout(60):
-            while True:
-                pool = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)["pool"]
-                if pool["ready"] >= pool["size"]:
-                    return
-                await asyncio.sleep(0.005)
-
-    async def call() -> None:
-        resp = await stub.ExecuteTool(run, timeout=60)
-        if resp.is_error:
-            raise RuntimeError(f"{action} failed: {resp.error.message}")
-
-    call.before = full_pool  # type: ignore[attr-defined]
-    return call
+    return paced_call(env, hub, tool, action, args, timeout_s=60)
 
 
 async def _fresh(env: Env) -> dict[str, Any]:
@@ -230,7 +198,7 @@ async def tmpl_line(env: Env) -> Call:
 )
 async def tmpl_busy(env: Env) -> Call:
     hub = await _template(env)
-    stub, request = _stub(env, hub)
+    stub, request = tool_stub(env, hub)
     run = request(TEMPLATE_TOOL, "python_execute", {"code": "print(1)"})
 
     async def call() -> None:

@@ -162,27 +162,35 @@ async def _start_inproc_hub(env: Env) -> dict[str, Any]:
     return {"uds": uds}
 
 
-def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
+def tool_stub(env: Env, hub: dict[str, str]) -> tuple[Any, Any]:
+    """The hub's ToolScoreService stub, and a maker of its ExecuteToolRequests."""
     from toolscore.v1 import toolscore_pb2 as ts
     from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
     from services.common.jsonvalue import dict_to_struct
 
-    stub = ts_grpc.ToolScoreServiceStub(env.channel(hub["uds"]))
+    def request(tool: str, action: str, args: dict[str, Any]) -> Any:
+        return ts.ExecuteToolRequest(tool_id=tool, action=action, arguments=dict_to_struct(args))
 
-    def request(action: str, args: dict[str, Any]) -> Any:
-        return ts.ExecuteToolRequest(tool_id=TOOL, action=action, arguments=dict_to_struct(args))
-
-    return stub, request("python_execute", {"code": "print(1)"}), request("python_status", {})
+    return ts_grpc.ToolScoreServiceStub(env.channel(hub["uds"])), request
 
 
-def _warm_call(env: Env, hub: dict[str, str]) -> Call:
+def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
+    stub, request = tool_stub(env, hub)
+    return stub, request(TOOL, "python_execute", {"code": "print(1)"}), request(TOOL, "python_status", {})
+
+
+def paced_call(
+    env: Env, hub: dict[str, str], tool: str, action: str, args: dict[str, Any], timeout_s: float = 30
+) -> Call:
+    """One call of `action`, timed once the tool's warm pool is full again (its refill not counted)."""
     from services.common.jsonvalue import struct_to_dict
 
-    stub, run, status = _python_execute(env, hub)
+    stub, request = tool_stub(env, hub)
+    run, status = request(tool, action, args), request(tool, "python_status", {})
 
     async def full_pool() -> None:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(timeout_s):
             while True:
                 pool = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)["pool"]
                 if pool["ready"] >= pool["size"]:
@@ -190,12 +198,16 @@ def _warm_call(env: Env, hub: dict[str, str]) -> Call:
                 await asyncio.sleep(0.005)
 
     async def call() -> None:
-        resp = await stub.ExecuteTool(run, timeout=30)
+        resp = await stub.ExecuteTool(run, timeout=timeout_s)
         if resp.is_error:
-            raise RuntimeError(f"python_execute failed: {resp.error.message}")
+            raise RuntimeError(f"{action} failed: {resp.error.message}")
 
     call.before = full_pool  # type: ignore[attr-defined]
     return call
+
+
+def _warm_call(env: Env, hub: dict[str, str]) -> Call:
+    return paced_call(env, hub, TOOL, "python_execute", {"code": "print(1)"})
 
 
 @scenario(

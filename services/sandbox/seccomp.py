@@ -148,43 +148,12 @@ def _add(lib: ctypes.CDLL, ctx: int, name: str, action: int, args: list[_ArgCmp]
 def program(network: bool = False) -> bytes:
     """The compiled BPF program (cached: it is the same for every sandbox); `network` also lets
     sockets of AF_INET and AF_INET6 be created (for a sandbox that keeps the host's network)."""
-    lib = _lib()
-    ctx = lib.seccomp_init(_ALLOW)
-    if not ctx:
-        raise SeccompUnavailable("seccomp_init failed")
-    try:
-        for name in BLOCKED:
-            _add(lib, ctx, name, _errno(errno.EPERM))
-        # New user namespaces via clone(2); clone3 passes flags in memory, so make glibc fall back to clone.
-        _add(
-            lib,
-            ctx,
-            "clone",
-            _errno(errno.EPERM),
-            [_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER)],
-        )
-        _add(lib, ctx, "clone3", _errno(errno.ENOSYS))
-        allowed = (_AF_UNIX, _AF_INET, _AF_INET6) if network else (_AF_UNIX,)
-        for op, family in _refused_families(allowed):
-            for name in ("socket", "socketpair"):
-                _add(lib, ctx, name, _errno(errno.EAFNOSUPPORT), [_ArgCmp(0, op, family, 0)])
-        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-        try:
-            if lib.seccomp_export_bpf(ctx, fd) != 0:
-                raise SeccompUnavailable("seccomp_export_bpf failed")
-            return os.pread(fd, os.fstat(fd).st_size, 0)
-        finally:
-            os.close(fd)
-    finally:
-        lib.seccomp_release(ctx)
+    return _compile(network=network, allowed=(), new_user_namespaces=False)
 
 
 def program_fd(network: bool = False) -> int:
     """A fresh fd holding the program, positioned at its start (bwrap reads it to EOF)."""
-    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-    os.write(fd, program(network))
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
+    return _fd(program(network))
 
 
 # What the executor's template process (services/executor/zygote.py) may do beyond the strict
@@ -197,16 +166,38 @@ TEMPLATE_ALLOWED = ("mount", "unshare")
 def template_program() -> bytes:
     """The template's looser BPF program: `program()` without the TEMPLATE_ALLOWED syscalls and
     without the clone(CLONE_NEWUSER) rule; sockets of AF_UNIX only, like every sandbox."""
+    return _compile(network=False, allowed=TEMPLATE_ALLOWED, new_user_namespaces=True)
+
+
+def template_program_fd() -> int:
+    """A fresh fd holding the template's program, positioned at its start (bwrap reads it to EOF)."""
+    return _fd(template_program())
+
+
+def _compile(*, network: bool, allowed: tuple[str, ...], new_user_namespaces: bool) -> bytes:
+    """BLOCKED refused (but `allowed`), clone(CLONE_NEWUSER) too unless `new_user_namespaces`,
+    clone3 made to fall back to clone, and sockets of any family but AF_UNIX (and, with `network`,
+    AF_INET/AF_INET6) refused."""
     lib = _lib()
     ctx = lib.seccomp_init(_ALLOW)
     if not ctx:
         raise SeccompUnavailable("seccomp_init failed")
     try:
         for name in BLOCKED:
-            if name not in TEMPLATE_ALLOWED:
+            if name not in allowed:
                 _add(lib, ctx, name, _errno(errno.EPERM))
+        if not new_user_namespaces:
+            _add(
+                lib,
+                ctx,
+                "clone",
+                _errno(errno.EPERM),
+                [_ArgCmp(0, _SCMP_CMP_MASKED_EQ, _CLONE_NEWUSER, _CLONE_NEWUSER)],
+            )
+        # clone3 passes its flags in memory, where no filter can read them: make glibc fall back to clone.
         _add(lib, ctx, "clone3", _errno(errno.ENOSYS))
-        for op, family in _refused_families((_AF_UNIX,)):
+        families = (_AF_UNIX, _AF_INET, _AF_INET6) if network else (_AF_UNIX,)
+        for op, family in _refused_families(families):
             for name in ("socket", "socketpair"):
                 _add(lib, ctx, name, _errno(errno.EAFNOSUPPORT), [_ArgCmp(0, op, family, 0)])
         fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
@@ -220,9 +211,8 @@ def template_program() -> bytes:
         lib.seccomp_release(ctx)
 
 
-def template_program_fd() -> int:
-    """A fresh fd holding the template's program, positioned at its start (bwrap reads it to EOF)."""
+def _fd(bpf: bytes) -> int:
     fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-    os.write(fd, template_program())
+    os.write(fd, bpf)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

@@ -49,6 +49,9 @@ class GatewayOptions:
     admin_token: str = field(default="", repr=False)
     # The hub's service credential file (auth.service_credential_path): usage reports prove with it.
     service_credential_path: str = ""
+    # The cluster node this edge runs on (`[cluster] node_id`, the same as its hub's): tools held
+    # by that node alone are called directly; every other tool held by nodes goes through the hub.
+    node: str = ""
 
 
 class HubGateway:
@@ -95,6 +98,7 @@ class HubGateway:
             max_argument_bytes=o.max_argument_bytes,
             record=self.usage.record,
             service_proof=self._service_proof,
+            node=o.node,
         )
         # Entered in this order so the watch stops first and the last usage report goes out before
         # the channel closes.

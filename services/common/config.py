@@ -207,6 +207,9 @@ class ClusterConfig:
     reconnect_backoff_s: float = 0.1
     reconnect_backoff_max_s: float = 5.0
     apply_timeout_s: float = 5.0  # how long a write waits for this process to apply its own event
+    # The gRPC address other nodes forward calls to (host:port); empty: the hub's own TCP address.
+    advertise: str = ""
+    node_ttl_s: float = 15.0  # a node's announcement expires this long after its last heartbeat
 
     def node(self) -> str:
         """This process's node id: the configured one, else hostname and pid."""

@@ -5,7 +5,9 @@ is decided by one table of mounts (`Router.mount`, in the spirit of httpx's tran
 mounts): an endpoint mounted exactly (a function tool's `inproc://name`, the edge's
 relay socket for dialled-in servers) is served by its handler in this process, then a
 mounted scheme (`mcp`: discovery's fleet), and a gRPC endpoint with no mount of its own
-goes to the channel pool. A capability
+goes to the channel pool. In a cluster (docs/cluster.md) a tool held by nodes (`Entry.routes`)
+is served where it is: on this node as above, on another through the Forwarder (one hop),
+round robin over its replicas, the next one taking a call that was not sent. A capability
 declared `requires_admin` is refused to a caller without admin rights
 (services/common/authority.py) before any hop; such a call goes to a gRPC server
 of the mesh's own (a reserved owner) as a unary Execute carrying the hub's service
@@ -49,6 +51,7 @@ from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
 from services.router.failures import failure_result, invalid_input_result, tool_side_result
+from services.router.forward import NOT_SENT_REASON, Forwarder, NotSent, connected, forwarded
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +101,13 @@ class Router:
         max_argument_bytes: int = 1024 * 1024,
         record: Recorder = Entry.record,
         service_proof: ServiceProof = tuple,
+        node: str = "",
+        forward: Forwarder | None = None,
     ) -> None:
         self._lookup = lookup
+        # This process's cluster node, and how calls reach other nodes (a hub's; an edge has none).
+        self._node = node
+        self._forward = forward
         self._service_proof = service_proof
         self._pool = pool
         self._default_timeout = default_timeout_s
@@ -154,6 +162,9 @@ class Router:
 
     def reaches(self, entry: Entry) -> bool:
         """True when this router can run the tool's calls itself (no relay through the hub)."""
+        if entry.routes:  # held by nodes: only its one replica on this router's own node
+            (ep, node), *more = entry.routes
+            return not more and node == self._node and (ep.uri in self._mounts or ep.is_grpc)
         ep = entry.endpoint
         return ep.uri in self._mounts or ep.is_grpc or ep.scheme in self._mounts
 
@@ -247,8 +258,14 @@ class Router:
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
+        counted = True  # a call forwarded to another node is counted there, where it ran
         try:
-            response = await self._dispatch(entry, request, timeout, on_progress, arguments)
+            if entry.routes:
+                response, counted = await self._placed(entry, request, timeout, on_progress, arguments)
+            else:
+                response = await self._dispatch(
+                    entry, entry.endpoint, request, timeout, on_progress, arguments
+                )
             ok = not response.is_error
         except ToolServerFault as fault:
             response = failure_result(
@@ -261,19 +278,78 @@ class Router:
             response = tool_side
         finally:
             elapsed = time.perf_counter() - start
-            self._record(entry, ok, elapsed)
+            if counted:
+                self._record(entry, ok, elapsed)
         set_duration(response.duration, elapsed)
         return response
 
-    async def _dispatch(
+    async def _placed(
         self,
         entry: Entry,
         request: ex.ExecuteRequest,
         timeout: float,
         on_progress: ProgressFn | None,
         arguments: dict[str, Any],
+    ) -> tuple[ex.ExecuteResponse, bool]:
+        """A call of a tool held by nodes: each replica in turn from the next one round robin, until
+        one takes it; a replica it could not be sent to (NotSent) passes it on, never one that got
+        it. A call forwarded here is served only by this node's replicas (one hop, never two).
+        Returns the answer and whether it ran here (else the node it ran on counted it)."""
+        routes = entry.routes
+        if forwarded.get():
+            routes = tuple(r for r in routes if r[1] == self._node)
+        n = len(routes)
+        if not n:
+            raise self._no_route(entry, f"no replica on node {self._node!r}")
+        first = entry.turn
+        entry.turn = first + 1
+        error: MeshError | None = None
+        for i in range(n):
+            ep, node = routes[(first + i) % n]
+            try:
+                if node == self._node:
+                    if ep.is_grpc and ep.uri not in self._mounts and not await self._ready(ep, timeout):
+                        raise NotSent(
+                            Unavailable(
+                                f"tool server at {ep} is unreachable",
+                                reason="TOOL_SERVER_UNAVAILABLE",
+                                metadata={"tool_id": entry.tool.tool_id},
+                            )
+                        )
+                    return await self._dispatch(entry, ep, request, timeout, on_progress, arguments), True
+                if self._forward is None:
+                    raise self._no_route(entry, f"it is held by node {node!r}")
+                admin = bool(entry.admin_actions) and request.action in entry.admin_actions
+                answer = await self._forward(node, request, timeout, admin and authority.caller_is_admin())
+                return answer, False
+            except NotSent as not_sent:
+                log.info("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
+                error = not_sent.error
+        assert error is not None
+        if routes is not entry.routes:  # forwarded here: the node that sent it may try another replica
+            raise Unavailable(error.message, reason=NOT_SENT_REASON, metadata={"tool_id": entry.tool.tool_id})
+        raise error
+
+    async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
+        return await connected(self._pool.get(ep).channel, timeout)
+
+    @staticmethod
+    def _no_route(entry: Entry, why: str) -> Unavailable:
+        return Unavailable(
+            f"no route to {entry.tool.tool_id!r} in this process: {why}",
+            reason="NO_ROUTE",
+            metadata={"tool_id": entry.tool.tool_id, "endpoint": entry.tool.endpoint},
+        )
+
+    async def _dispatch(
+        self,
+        entry: Entry,
+        ep: endpoints.Endpoint,
+        request: ex.ExecuteRequest,
+        timeout: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
-        ep = entry.endpoint
         handler = self._mounts.get(ep.uri)
         if handler is None:
             if ep.is_grpc:

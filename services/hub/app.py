@@ -85,6 +85,7 @@ class Hub:
                 service_proof=lambda: ((credentials.METADATA_KEY, self.service_credential),),
                 node=self.registry.node,
                 forward=forwarder,
+                spread=cfg.cluster.replicas == "round_robin",
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:

@@ -103,11 +103,15 @@ class Router:
         service_proof: ServiceProof = tuple,
         node: str = "",
         forward: Forwarder | None = None,
+        spread: bool = False,
     ) -> None:
         self._lookup = lookup
         # This process's cluster node, and how calls reach other nodes (a hub's; an edge has none).
         self._node = node
         self._forward = forward
+        # How replicas are chosen: False, this node's first (a hop only when none takes the call);
+        # True, round robin over every node's ([cluster] replicas, docs/cluster.md).
+        self._spread = spread
         self._service_proof = service_proof
         self._pool = pool
         self._default_timeout = default_timeout_s
@@ -291,21 +295,26 @@ class Router:
         on_progress: ProgressFn | None,
         arguments: dict[str, Any],
     ) -> tuple[ex.ExecuteResponse, bool]:
-        """A call of a tool held by nodes: each replica in turn from the next one round robin, until
-        one takes it; a replica it could not be sent to (NotSent) passes it on, never one that got
-        it. A call forwarded here is served only by this node's replicas (one hop, never two).
+        """A call of a tool held by nodes: its replicas in turn (this node's first unless spreading,
+        each group round robin) until one takes it; a replica it could not be sent to (NotSent)
+        passes it on, never one that got it. A call forwarded here is served only by this node's
+        replicas (one hop, never two).
         Returns the answer and whether it ran here (else the node it ran on counted it)."""
-        routes = entry.routes
-        if forwarded.get():
-            routes = tuple(r for r in routes if r[1] == self._node)
-        n = len(routes)
-        if not n:
-            raise self._no_route(entry, f"no replica on node {self._node!r}")
+        routes, here = entry.routes, self._node
         first = entry.turn
         entry.turn = first + 1
+        local = _turn([r for r in routes if r[1] == here], first)
+        hop = bool(forwarded.get())
+        if hop:
+            order = local
+        elif self._spread:
+            order = _turn(list(routes), first)
+        else:
+            order = local + _turn([r for r in routes if r[1] != here], first)
+        if not order:
+            raise self._no_route(entry, f"no replica on node {here!r}")
         error: MeshError | None = None
-        for i in range(n):
-            ep, node = routes[(first + i) % n]
+        for ep, node in order:
             try:
                 if node == self._node:
                     if ep.is_grpc and ep.uri not in self._mounts and not await self._ready(ep, timeout):
@@ -326,7 +335,7 @@ class Router:
                 log.info("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
                 error = not_sent.error
         assert error is not None
-        if routes is not entry.routes:  # forwarded here: the node that sent it may try another replica
+        if hop:  # forwarded here: the node that sent it may try another replica
             raise Unavailable(error.message, reason=NOT_SENT_REASON, metadata={"tool_id": entry.tool.tool_id})
         raise error
 
@@ -367,6 +376,14 @@ class Router:
                     metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
                 )
         return await handler(entry, request, timeout, on_progress, arguments)
+
+
+def _turn(routes: list[tuple[endpoints.Endpoint, str]], k: int) -> list[tuple[endpoints.Endpoint, str]]:
+    """`routes` starting from the k-th, round robin."""
+    if not routes:
+        return routes
+    k %= len(routes)
+    return routes[k:] + routes[:k]
 
 
 def check_arguments(arguments: dict[str, Any], max_bytes: int, field: str = "arguments") -> None:

@@ -23,6 +23,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from edge.gateway import GatewayOptions, HubGateway
 from edge.usage import UsageReporter
+from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
@@ -39,11 +40,17 @@ class Stubs:
 
 
 @pytest.fixture
-async def nodes(cfg: Config, root: Path, redis_server: Any) -> AsyncIterator[list[tuple[Hub, Stubs]]]:
-    """Two hubs, nodes `hub1` and `hub2`, each with a client over its TCP address."""
+async def nodes(
+    cfg: Config, root: Path, redis_server: Any, request: Any
+) -> AsyncIterator[list[tuple[Hub, Stubs]]]:
+    """Two hubs, nodes `hub1` and `hub2`, each with a client over its TCP address; the replica
+    choice is the test's parameter (`indirect`), else the default."""
+    choice = getattr(request, "param", "local_first")
+    c1, c2 = (shared_cfg(cfg, root, redis_server.url, name) for name in ("hub1", "hub2"))
+    c1, c2 = (config_mod.replace(c, cluster={"replicas": choice}) for c in (c1, c2))
     async with (
-        Hub(shared_cfg(cfg, root, redis_server.url, "hub1")) as h1,
-        Hub(shared_cfg(cfg, root, redis_server.url, "hub2")) as h2,
+        Hub(c1) as h1,
+        Hub(c2) as h2,
         grpc.aio.insecure_channel(h1.tcp_target or "") as c1,
         grpc.aio.insecure_channel(h2.tcp_target or "") as c2,
     ):
@@ -125,9 +132,8 @@ async def replicas(nodes: list[tuple[Hub, Stubs]], start_tool_server: Any, serve
     return [(a, ep_a), (b, ep_b)]
 
 
-async def test_two_replicas_of_one_tool_are_listed_as_one_and_both_get_calls_from_either_hub(
-    nodes, start_tool_server
-):
+@pytest.mark.parametrize("nodes", ["local_first", "round_robin"], indirect=True)
+async def test_two_replicas_of_one_tool_are_listed_as_one_and_both_get_calls(nodes, start_tool_server):
     (h1, one), (h2, two) = nodes
     served: list[str] = []
     (_, ep_a), (_, ep_b) = await replicas(nodes, start_tool_server, served)
@@ -137,15 +143,19 @@ async def test_two_replicas_of_one_tool_are_listed_as_one_and_both_get_calls_fro
         assert (tool.endpoint, tool.node_id) == (ep_a, "hub1")
         assert [(r.endpoint, r.node_id) for r in tool.replicas] == [(ep_b, "hub2")]
 
-    for stubs, hub in ((one, "hub 1"), (two, "hub 2")):
+    spread = h1.cfg.cluster.replicas == "round_robin"
+    for stubs, hub, mine in ((one, "hub 1", "a"), (two, "hub 2", "b")):
         served.clear()
         for i in range(4):
             assert (await echo(stubs, "rep", f"{hub} {i}"))["text"] == f"{hub} {i}"
-        assert sorted(served) == ["a", "a", "b", "b"], f"calls through {hub}: {served}"
+        # local first: each hub's own replica, no hop; round robin: every replica in turn
+        want = ["a", "a", "b", "b"] if spread else [mine] * 4
+        assert sorted(served) == want, f"calls through {hub}: {served}"
     # each call counted once, by the hub that ran it (hub 1 runs a's, hub 2 b's)
     assert (h1.registry.entry("rep").calls, h2.registry.entry("rep").calls) == (4, 4)
 
 
+@pytest.mark.parametrize("nodes", ["local_first", "round_robin"], indirect=True)
 async def test_a_replica_whose_server_stopped_passes_calls_it_never_got_to_the_other(
     nodes, start_tool_server
 ):
@@ -156,8 +166,9 @@ async def test_a_replica_whose_server_stopped_passes_calls_it_never_got_to_the_o
     await echo(one, "rep")
     await a.stop()
     served.clear()
-    # through hub 1, a's turns find its server gone before sending; through hub 2, hub 1 answers
-    # that it could send the call to no replica of its own, and hub 2 gives it to b
+    # through hub 1, a's turns find its server gone before sending and go to b (a hop); with
+    # round robin through hub 2, hub 1 answers that it could send the call to no replica of its
+    # own, and hub 2 gives it to b
     for stubs, i in zip(itertools.cycle((one, two)), range(8), strict=False):
         assert (await echo(stubs, "rep", f"call {i}"))["text"] == f"call {i}"
     assert served == ["b"] * 8

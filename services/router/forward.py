@@ -52,6 +52,8 @@ async def connected(channel: grpc.aio.Channel, timeout_s: float) -> bool:
     """Whether `channel` is (or gets, within `timeout_s`) connected; False as soon as connecting
     failed (refused, no such socket), without waiting for the next attempt."""
     state = channel.get_state(try_to_connect=True)
+    if state is _READY:  # the common case: no timer
+        return True
     try:
         async with asyncio.timeout(timeout_s):
             while state is not _READY:
@@ -81,7 +83,8 @@ class Forwarder:
         self._admin = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
         self._max = max_message_bytes
         self._connect_timeout = connect_timeout_s
-        self._channels: dict[str, grpc.aio.Channel] = {}  # address -> channel; bounded by the nodes
+        # address -> its channel and ExecuteTool on it; bounded by the nodes' addresses
+        self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
 
     async def __call__(
         self, node: str, request: ex.ExecuteRequest, timeout_s: float, admin: bool
@@ -91,33 +94,33 @@ class Forwarder:
         address = await self._addresses(node)
         if not address:
             raise NotSent(_unavailable(node, request, "it is not announced (down, or never started)"))
-        channel = self._channel(address)
+        channel, call = self._channel(address)
         if not await connected(channel, min(timeout_s, self._connect_timeout)):
             raise NotSent(_unavailable(node, request, f"its hub at {address} does not answer"))
         metadata: Sequence[tuple[str, str]] = ((FORWARDED_KEY, self.node), *(self._admin if admin else ()))
-        call = channel.unary_unary(
-            EXECUTE_TOOL,
-            request_serializer=ex.ExecuteRequest.SerializeToString,
-            response_deserializer=ex.ExecuteResponse.FromString,
-        )
         try:
             return await call(request, timeout=timeout_s + 0.5, metadata=tuple(metadata))
         except grpc.aio.AioRpcError as exc:
             raise _after_send(exc, node, request, timeout_s) from None
 
-    def _channel(self, address: str) -> grpc.aio.Channel:
-        channel = self._channels.get(address)
-        if channel is None:
+    def _channel(self, address: str) -> tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]:
+        known = self._channels.get(address)
+        if known is None:
             channel = grpc.aio.insecure_channel(
                 address, options=channel_options(self._max, address.startswith("unix:"))
             )
-            self._channels[address] = channel
-        return channel
+            call = channel.unary_unary(
+                EXECUTE_TOOL,
+                request_serializer=ex.ExecuteRequest.SerializeToString,
+                response_deserializer=ex.ExecuteResponse.FromString,
+            )
+            known = self._channels[address] = (channel, call)
+        return known
 
     async def close(self) -> None:
         """Close every node's channel."""
         channels, self._channels = list(self._channels.values()), {}
-        for channel in channels:
+        for channel, _ in channels:
             await channel.close()
 
 

@@ -300,19 +300,10 @@ class Router:
         passes it on, never one that got it. A call forwarded here is served only by this node's
         replicas (one hop, never two).
         Returns the answer and whether it ran here (else the node it ran on counted it)."""
-        routes, here = entry.routes, self._node
-        first = entry.turn
-        entry.turn = first + 1
-        local = _turn([r for r in routes if r[1] == here], first)
         hop = bool(forwarded.get())
-        if hop:
-            order = local
-        elif self._spread:
-            order = _turn(list(routes), first)
-        else:
-            order = local + _turn([r for r in routes if r[1] != here], first)
+        order = self._order(entry, hop)
         if not order:
-            raise self._no_route(entry, f"no replica on node {here!r}")
+            raise self._no_route(entry, f"no replica on node {self._node!r}")
         error: MeshError | None = None
         for ep, node in order:
             try:
@@ -332,12 +323,25 @@ class Router:
                 answer = await self._forward(node, request, timeout, admin and authority.caller_is_admin())
                 return answer, False
             except NotSent as not_sent:
-                log.info("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
+                log.debug("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
                 error = not_sent.error
         assert error is not None
         if hop:  # forwarded here: the node that sent it may try another replica
             raise Unavailable(error.message, reason=NOT_SENT_REASON, metadata={"tool_id": entry.tool.tool_id})
         raise error
+
+    def _order(self, entry: Entry, hop: bool) -> list[tuple[endpoints.Endpoint, str]]:
+        """The replicas a call tries, in order: this node's only for a call forwarded here (`hop`);
+        else every node's round robin when spreading, or this node's then the others'."""
+        routes, here = entry.routes, self._node
+        first = entry.turn
+        entry.turn = first + 1
+        local = _turn([r for r in routes if r[1] == here], first)
+        if hop:
+            return local
+        if self._spread:
+            return _turn(list(routes), first)
+        return local + _turn([r for r in routes if r[1] != here], first)
 
     async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
         return await connected(self._pool.get(ep).channel, timeout)

@@ -208,3 +208,26 @@ async def test_a_hub_announces_its_address_with_a_ttl_and_withdraws_it_when_it_s
         assert await r.exists(key) == 0
     finally:
         await r.aclose()
+
+
+async def test_an_admin_callers_rights_travel_with_a_forwarded_call_and_nobody_elses_do(
+    cfg, root, redis_server, start_tool_server
+):
+    auth = {"auth": {"admin_token": "s3cret"}}
+    c1, c2 = (
+        config_mod.replace(shared_cfg(cfg, root, redis_server.url, name), **auth) for name in ("hub1", "hub2")
+    )
+    _, ep = await start_tool_server({"guarded": server_named("g", [])})
+    tool = grpc_tool("guarded", ep)
+    tool.capabilities[0].requires_admin = True
+    async with Hub(c1) as h1, Hub(c2) as h2, grpc.aio.insecure_channel(h2.tcp_target or "") as ch:
+        _, _, _, revision = await h1.registry.register(tool)
+        assert h2.redis_feed is not None
+        await h2.redis_feed.wait_applied(revision)
+        two = Stubs(ch)
+        admin = (("authorization", "Bearer s3cret"),)
+        assert await echo(two, "guarded", "as admin", metadata=admin) == {"text": "as admin", "server": "g"}
+        assert h1.registry.entry("guarded").calls == 1  # hub 1 ran it: it heard the caller was admin
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await echo(two, "guarded")
+        assert reason_of(err.value) == "ADMIN_TOKEN_REQUIRED"

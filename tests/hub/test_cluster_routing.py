@@ -231,3 +231,14 @@ async def test_an_admin_callers_rights_travel_with_a_forwarded_call_and_nobody_e
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await echo(two, "guarded")
         assert reason_of(err.value) == "ADMIN_TOKEN_REQUIRED"
+
+
+async def test_each_hubs_function_tools_are_replicas_of_one_tool_called_in_the_hub_that_takes_the_call(nodes):
+    (h1, one), (h2, two) = nodes
+    got = (await two.library.GetTool(lib.GetToolRequest(tool_id="builtin"), timeout=5)).tool
+    assert (got.endpoint, got.node_id) == ("inproc://function/builtin", "hub1")  # hub 1 started first
+    assert [(r.endpoint, r.node_id) for r in got.replicas] == [("inproc://function/builtin", "hub2")]
+    for stubs in (one, two, two):
+        assert (await echo(stubs, "builtin", "in-process"))["text"] == "in-process"
+    # local first: every call ran in the hub that took it, none forwarded
+    assert (h1.registry.entry("builtin").calls, h2.registry.entry("builtin").calls) == (1, 2)

@@ -34,6 +34,9 @@ EXECUTE_TOOL = "/toolscore.v1.ToolScoreService/ExecuteTool"
 forwarded: contextvars.ContextVar[str] = contextvars.ContextVar("toolscore_forwarded_from", default="")
 # A node's advertised gRPC address, or "" when it is not announced (services/library/redis_nodes.py).
 NodeAddresses = Callable[[str], Awaitable[str]]
+# How a router reaches the node that holds a tool: (node, request, timeout, caller is admin) -> the
+# answer; NotSent when the call could not be sent. A hub's is a Forwarder; an edge's relays to its hub.
+Forward = Callable[[str, ex.ExecuteRequest, float, bool], Awaitable[ex.ExecuteResponse]]
 _READY = grpc.ChannelConnectivity.READY
 _DOWN = frozenset({grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN})
 _TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})

@@ -6,7 +6,8 @@ mounts): an endpoint mounted exactly (a function tool's `inproc://name`, the edg
 relay socket for dialled-in servers) is served by its handler in this process, then a
 mounted scheme (`mcp`: discovery's fleet), and a gRPC endpoint with no mount of its own
 goes to the channel pool. In a cluster (docs/cluster.md) a tool held by nodes (`Entry.routes`)
-is served where it is: on this node as above, on another through the Forwarder (one hop),
+is served where it is: on this node as above, on another through `forward` (a hub's Forwarder:
+one hop to that node's hub; an edge's relay to its own hub),
 round robin over its replicas, the next one taking a call that was not sent. A capability
 declared `requires_admin` is refused to a caller without admin rights
 (services/common/authority.py) before any hop; such a call goes to a gRPC server
@@ -51,7 +52,7 @@ from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
 from services.router.failures import failure_result, invalid_input_result, tool_side_result
-from services.router.forward import NOT_SENT_REASON, Forwarder, NotSent, connected, forwarded
+from services.router.forward import NOT_SENT_REASON, Forward, NotSent, connected, forwarded
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Router:
         record: Recorder = Entry.record,
         service_proof: ServiceProof = tuple,
         node: str = "",
-        forward: Forwarder | None = None,
+        forward: Forward | None = None,
         spread: bool = False,
     ) -> None:
         self._lookup = lookup
@@ -166,9 +167,10 @@ class Router:
 
     def reaches(self, entry: Entry) -> bool:
         """True when this router can run the tool's calls itself (no relay through the hub)."""
-        if entry.routes:  # held by nodes: only its one replica on this router's own node
-            (ep, node), *more = entry.routes
-            return not more and node == self._node and (ep.uri in self._mounts or ep.is_grpc)
+        if entry.routes:  # held by nodes: a replica on this node, or a way to the others
+            return self._forward is not None or any(
+                node == self._node and (ep.uri in self._mounts or ep.is_grpc) for ep, node in entry.routes
+            )
         ep = entry.endpoint
         return ep.uri in self._mounts or ep.is_grpc or ep.scheme in self._mounts
 

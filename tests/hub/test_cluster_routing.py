@@ -174,23 +174,37 @@ async def test_a_replica_whose_server_stopped_passes_calls_it_never_got_to_the_o
     assert served == ["b"] * 8
 
 
-async def test_an_edge_calls_its_own_nodes_tools_directly_and_sends_other_nodes_tools_through_its_hub(
-    nodes, cfg, start_tool_server
+async def test_an_edge_calls_its_own_nodes_replicas_directly_and_everything_else_through_its_hub(
+    nodes, start_tool_server
 ):
     (h1, one), (h2, two) = nodes
-    _, ep_here = await start_tool_server({"here": server_named("h", [])})
-    _, ep_there = await start_tool_server({"there": server_named("t", [])})
+    served: list[str] = []
+    _, ep_here = await start_tool_server({"here": server_named("h", served)})
+    _, ep_there = await start_tool_server({"there": server_named("t", served)})
+    mine, ep_mine = await start_tool_server({"both": server_named("mine", served)})
+    _, ep_theirs = await start_tool_server({"both": server_named("theirs", served)})
     await register(h2, two, [h1], grpc_tool("here", ep_here))
-    reply = await register(h1, one, [h2], grpc_tool("there", ep_there))
+    await register(h1, one, [h2], grpc_tool("there", ep_there))
+    await register(h1, one, [h2], grpc_tool("both", ep_theirs))
+    reply = await register(h2, two, [h1], grpc_tool("both", ep_mine))
     opts = GatewayOptions(hub_target=h2.uds_target or "", node="hub2")  # an edge beside hub 2
     async with HubGateway(opts, usage=UsageReporter(flush_s=3600)) as gw:
         assert await gw.cache.wait_revision(reply.revision)
-        for tool_id in ("here", "there"):
+
+        async def call(tool_id: str) -> None:
             req = ex.ExecuteRequest(tool_id=tool_id, action="echo", arguments=dict_to_struct({"text": "x"}))
             assert not (await gw.execute(req, deadline_s=10)).is_error
-    # `here` (hub 2's) ran in the edge itself; `there` (hub 1's) went edge -> hub 2 -> hub 1
-    assert (h2.registry.entry("here").calls, h1.registry.entry("there").calls) == (0, 1)
-    assert h2.registry.entry("there").calls == 0
+
+        for tool_id in ("here", "there", "both"):
+            await call(tool_id)
+        assert served == ["h", "t", "mine"]
+        # `here` and hub 2's replica of `both` ran in the edge itself; `there` went edge -> hub 2 -> hub 1
+        assert (h2.registry.entry("here").calls, h2.registry.entry("both").calls) == (0, 0)
+        assert (h1.registry.entry("there").calls, h2.registry.entry("there").calls) == (1, 0)
+        # this node's replica gone: the edge sends the call to its hub, which gives it to hub 1's
+        await mine.stop()
+        await call("both")
+        assert served[-1] == "theirs" and h1.registry.entry("both").calls == 1
 
 
 async def test_a_hub_announces_its_address_with_a_ttl_and_withdraws_it_when_it_stops(cfg, root, redis_server):

@@ -7,8 +7,8 @@ relay socket for dialled-in servers) is served by its handler in this process, t
 mounted scheme (`mcp`: discovery's fleet), and a gRPC endpoint with no mount of its own
 goes to the channel pool. In a cluster (docs/cluster.md) a tool held by nodes (`Entry.routes`)
 is served where it is: on this node as above, on another through `forward` (a hub's Forwarder:
-one hop to that node's hub; an edge's relay to its own hub),
-round robin over its replicas, the next one taking a call that was not sent. A capability
+one hop to that node's hub; an edge's relay to its own hub), its replicas taken in turn
+(`[cluster] replicas`), the next one taking a call that was not sent. A capability
 declared `requires_admin` is refused to a caller without admin rights
 (services/common/authority.py) before any hop; such a call goes to a gRPC server
 of the mesh's own (a reserved owner) as a unary Execute carrying the hub's service
@@ -107,7 +107,7 @@ class Router:
         spread: bool = False,
     ) -> None:
         self._lookup = lookup
-        # This process's cluster node, and how calls reach other nodes (a hub's; an edge has none).
+        # This process's cluster node, and how calls reach other nodes (None: they cannot).
         self._node = node
         self._forward = forward
         # How replicas are chosen: False, this node's first (a hop only when none takes the call);

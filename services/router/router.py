@@ -55,6 +55,8 @@ from services.router.failures import failure_result, invalid_input_result, tool_
 from services.router.forward import NOT_SENT_REASON, Forward, NotSent, connected, forwarded
 
 log = logging.getLogger(__name__)
+# How long a call waits for a replica's server to connect before the next replica takes it.
+_CONNECT_S = 2.0
 
 
 class Handler(Protocol):
@@ -346,7 +348,9 @@ class Router:
         return local + _turn([r for r in routes if r[1] != here], first)
 
     async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
-        return await connected(self._pool.get(ep).channel, timeout)
+        """Whether a replica's server is connected, found within a bound shorter than most calls:
+        a replica that cannot be reached passes the call on while it still has time."""
+        return await connected(self._pool.get(ep).channel, min(timeout, _CONNECT_S))
 
     @staticmethod
     def _no_route(entry: Entry, why: str) -> Unavailable:

@@ -49,6 +49,9 @@ class GatewayOptions:
     admin_token: str = field(default="", repr=False)
     # The hub's service credential file (auth.service_credential_path): usage reports prove with it.
     service_credential_path: str = ""
+    # The cluster node this edge runs on (`[cluster] node_id`, the same as its hub's): a replica
+    # held by that node is called directly; a call none of them can take goes through the hub.
+    node: str = ""
 
 
 class HubGateway:
@@ -95,6 +98,9 @@ class HubGateway:
             max_argument_bytes=o.max_argument_bytes,
             record=self.usage.record,
             service_proof=self._service_proof,
+            node=o.node,
+            # In a cluster, a tool no replica of this node can take goes to the hub, which forwards it.
+            forward=self._relay_to_node if o.node else None,
         )
         # Entered in this order so the watch stops first and the last usage report goes out before
         # the channel closes.
@@ -179,6 +185,13 @@ class HubGateway:
             return await self._relay(request, timeout=timeout + 0.5, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise hub_error(exc) from None
+
+    async def _relay_to_node(
+        self, node: str, request: ex.ExecuteRequest, timeout_s: float, admin: bool
+    ) -> ex.ExecuteResponse:
+        """A call for a tool held by another node (or by none of this node's replicas that could
+        take it): relayed to this edge's hub, which sends it on to a node that holds the tool."""
+        return await self._relay_call(request, timeout_s, admin)
 
     # -- registry writes (the hub decides; the cache follows its events) ------------
 

@@ -41,6 +41,7 @@ def gateway_options(cfg: Config) -> GatewayOptions:
         max_message_bytes=cfg.hub.max_message_bytes,
         admin_token=cfg.auth.admin_token,
         service_credential_path=str(cfg.path(cfg.auth.service_credential_path)),
+        node=cfg.cluster.node_id,
     )
 
 

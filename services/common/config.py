@@ -213,6 +213,11 @@ class ClusterConfig:
     reconnect_backoff_s: float = 0.1
     reconnect_backoff_max_s: float = 5.0
     apply_timeout_s: float = 5.0  # how long a write waits for this process to apply its own event
+    # The gRPC address other nodes forward calls to (host:port); empty: the hub's own TCP address.
+    advertise: str = ""
+    node_ttl_s: float = 15.0  # a node's announcement expires this long after its last heartbeat
+    # How a call picks among a tool's replicas: local_first (this node's, else a hop) | round_robin.
+    replicas: str = "local_first"
 
     def node(self) -> str:
         """This process's node id: the configured one, else hostname and pid."""
@@ -393,6 +398,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
 
 STORE_BACKENDS = ("sqlite", "redis")
 FEED_BACKENDS = ("inprocess", "redis")
+REPLICA_CHOICES = ("local_first", "round_robin")
 
 
 def check(cfg: Config) -> None:
@@ -401,6 +407,10 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"store.backend: {cfg.store.backend!r} is not one of {', '.join(STORE_BACKENDS)}")
     if cfg.feed.backend not in FEED_BACKENDS:
         raise ConfigError(f"feed.backend: {cfg.feed.backend!r} is not one of {', '.join(FEED_BACKENDS)}")
+    if cfg.cluster.replicas not in REPLICA_CHOICES:
+        raise ConfigError(
+            f"cluster.replicas: {cfg.cluster.replicas!r} is not one of {', '.join(REPLICA_CHOICES)}"
+        )
     if (cfg.store.backend == "redis") != (cfg.feed.backend == "redis"):
         # A shared store without the shared feed would miss other hubs' changes, and the reverse
         # would carry events no store recorded.

@@ -26,10 +26,12 @@ from services.library.registry import Entry, Registry
 from services.library.store import SqliteStore
 from services.library.validation import tool_bytes_limit
 from services.router.channels import ChannelPool, ProgressFn
+from services.router.forward import Forwarder
 from services.router.router import Router
 
 if TYPE_CHECKING:
     from services.library.redis_feed import RedisFeed
+    from services.library.redis_nodes import NodeDirectory
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
@@ -73,6 +75,7 @@ class Hub:
             self._stack.push_async_callback(self._last_flush)
             self.pool = ChannelPool(cfg.hub.max_message_bytes)
             self._stack.push_async_callback(self.pool.close)
+            forwarder = self._forwarder()
             self.router = Router(
                 self.registry.entry,
                 self.pool,
@@ -80,6 +83,9 @@ class Hub:
                 max_timeout_s=cfg.hub.max_timeout_s,
                 max_argument_bytes=cfg.hub.max_argument_bytes,
                 service_proof=lambda: ((credentials.METADATA_KEY, self.service_credential),),
+                node=self.registry.node,
+                forward=forwarder,
+                spread=cfg.cluster.replicas == "round_robin",
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -103,7 +109,9 @@ class Hub:
                     ),
                     ServiceBinding(
                         TOOLSCORE_SERVICE,
-                        ToolScoreServicer(self.router, extra, is_admin=_admin_rights(proof)),
+                        ToolScoreServicer(
+                            self.router, extra, is_admin=_admin_rights(proof), cluster=self.nodes is not None
+                        ),
                         add_to_server,  # type: ignore[arg-type]
                     ),
                 ],
@@ -120,6 +128,7 @@ class Hub:
             self._tasks = [asyncio.create_task(self._flush_loop(), name="stats-flush")]
             if self.redis_feed is not None:
                 self._tasks.append(asyncio.create_task(self._report_store_health(), name="store-health"))
+            await self._announce()
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
                 self._tasks.append(
                     asyncio.create_task(
@@ -146,6 +155,7 @@ class Hub:
         """The registry over the configured store and feed (embedded, or shared on Redis)."""
         cfg = self.cfg
         self.redis_feed: RedisFeed | None = None
+        self.nodes: NodeDirectory | None = None
         limit = tool_bytes_limit(cfg.hub.max_message_bytes)
         if cfg.store.backend != "redis":
             store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
@@ -154,6 +164,7 @@ class Hub:
             self._stack.callback(self.feed.close)
             return await Registry(store, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit).open()
         from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
+        from services.library.redis_nodes import NodeDirectory
         from services.library.redis_store import RedisStore
 
         c = cfg.cluster
@@ -174,14 +185,63 @@ class Hub:
             backoff_max_s=c.reconnect_backoff_max_s,
         )
         self._stack.callback(self.feed.close)
+        self.nodes = NodeDirectory(
+            c.redis_url,
+            key_prefix=c.key_prefix,
+            node=c.node(),
+            ttl_s=c.node_ttl_s,
+            timeout_s=c.redis_timeout_s,
+        )
+        self._stack.push_async_callback(self.nodes.close)
         registry = Registry(
-            shared, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit, follower=self.feed
+            shared,
+            self.feed,
+            credentials.RESERVED_OWNERS,
+            max_tool_bytes=limit,
+            follower=self.feed,
+            node=self.nodes.node,
         )
         await registry.open()
         self.feed.start(registry)
         self._stack.push_async_callback(self.feed.stop)
         log.info("registry shared on %s as node %s", shared.where, c.node())
         return registry
+
+    def _forwarder(self) -> Forwarder | None:
+        """In a cluster, what sends calls to the node that holds their tool (else None)."""
+        if self.nodes is None:
+            return None
+        forwarder = Forwarder(
+            self.nodes.node,
+            self.nodes.address,
+            admin_token=self.cfg.auth.admin_token,
+            max_message_bytes=self.cfg.hub.max_message_bytes,
+        )
+        self._stack.push_async_callback(forwarder.close)
+        return forwarder
+
+    async def _announce(self) -> None:
+        """In a cluster, announce this node's address (its heartbeat) once the server listens."""
+        if self.nodes is None:
+            return
+        address = self.cfg.cluster.advertise or self.tcp_target
+        if not address:
+            log.warning(
+                "node %s has no address to advertise ([cluster] advertise or [hub] tcp)", self.nodes.node
+            )
+            return
+        stop = asyncio.Event()
+        beat = asyncio.create_task(self.nodes.heartbeat(address, stop), name="node-heartbeat")
+
+        async def withdraw() -> None:  # on exit, first thing: other nodes stop forwarding here
+            stop.set()
+            await beat
+            await nodes.withdraw()
+
+        nodes = self.nodes
+        self._stack.push_async_callback(withdraw)
+        await nodes.started()  # a hub that has started can be found by the others
+        log.info("node %s advertises %s", self.nodes.node, address)
 
     async def _report_store_health(self) -> None:
         """STORE_HEALTH follows the shared store: NOT_SERVING while it cannot be followed."""

@@ -36,6 +36,8 @@ async def check_all(pool: ChannelPool, registry: Registry, timeout: float) -> No
     """One round: every distinct endpoint probed concurrently, results recorded per tool."""
     by_endpoint: dict[str, tuple[Endpoint, list[str]]] = {}
     for e in registry.entries():
+        if e.routes and e.tool.node_id != registry.node:
+            continue  # another node's endpoint: that node's hub checks it (not reachable from here)
         if e.endpoint.is_grpc:
             by_endpoint.setdefault(e.tool.endpoint, (e.endpoint, []))[1].append(e.tool.tool_id)
         elif e.tool.kind == tool_pb2.TOOL_KIND_FUNCTION:

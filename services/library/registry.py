@@ -35,6 +35,7 @@ from services.common.errors import (
 )
 from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
+from services.library.placement import place, routes
 from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool
 
@@ -74,6 +75,10 @@ class Entry:
     endpoint: endpoints.Endpoint
     validators: dict[str, ArgumentValidator]
     admin_actions: frozenset[str] = frozenset()  # capabilities declared `requires_admin`
+    # In a cluster, every (endpoint, node) of a tool held by nodes (placement.routes), the first
+    # one first; () for a tool reachable from everywhere, which the router calls as ever.
+    routes: tuple[tuple[endpoints.Endpoint, str], ...] = ()
+    turn: int = 0  # the router's round robin over `routes`
     health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
     calls: int = 0
     successes: int = 0
@@ -143,7 +148,11 @@ def make_entry(tool: tool_pb2.Tool) -> Entry:
     }
     admin = frozenset(cap.name for cap in tool.capabilities if cap.requires_admin)
     return Entry(
-        tool=tool, endpoint=endpoints.parse(tool.endpoint), validators=validators, admin_actions=admin
+        tool=tool,
+        endpoint=endpoints.parse(tool.endpoint),
+        validators=validators,
+        admin_actions=admin,
+        routes=routes(tool),
     )
 
 
@@ -157,8 +166,11 @@ class Registry:
         reserved_owners: frozenset[str] = frozenset(),
         max_tool_bytes: int = MAX_TOOL_BYTES,
         follower: Follower | None = None,
+        node: str = "",
     ) -> None:
         self._store = store
+        # This hub's cluster node ("" on a single hub): node-local endpoints registered here are its.
+        self.node = node
         self._feed = feed
         # Set with a shared store: it applies every commit (ours included) in revision order.
         self._follower = follower
@@ -245,9 +257,11 @@ class Registry:
         raise self._contended(incoming.tool_id)
 
     async def _register(
-        self, incoming: tool_pb2.Tool, proven: bool, reclaim: bool
+        self, registered: tool_pb2.Tool, proven: bool, reclaim: bool
     ) -> tuple[tool_pb2.Tool, bool, bool, int]:
         async with self._lock:
+            incoming = tool_pb2.Tool()
+            incoming.CopyFrom(registered)  # placed anew on each try: the stored tool may have changed
             old = seen = self._entries.get(incoming.tool_id)
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()
@@ -262,11 +276,13 @@ class Registry:
                         reason="TOOL_OWNED_BY_ANOTHER",
                         metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
                     )
+                place(incoming, old.tool, self.node)
                 incoming.registered_at.CopyFrom(old.tool.registered_at)
                 incoming.updated_at.CopyFrom(old.tool.updated_at)
                 if _definition_bytes(incoming) == _definition_bytes(old.tool):
                     return old.snapshot(), False, False, self.revision
             else:
+                place(incoming, None, self.node)
                 incoming.registered_at.CopyFrom(now)
             incoming.updated_at.CopyFrom(now)
             entry = make_entry(incoming)

@@ -5,5 +5,6 @@ Used by the hub's ExecuteTool and by the edge's direct data path alike.
 router.py    Router: the checks of a call, the one table of mounts (`Router.mount`: an endpoint or
              a scheme -> an in-process Handler) and the dispatch; gRPC endpoints default to the pool
 channels.py  ChannelPool and ToolChannel: gRPC channels to tool servers, calls multiplexed on ExecuteStream
+forward.py   Forwarder: a call sent to the node that holds its tool (cluster), one hop; NotSent
 failures.py  the failure policy: which failures of a call are the tool's (a result) or the protocol's
 """

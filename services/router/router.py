@@ -5,7 +5,10 @@ is decided by one table of mounts (`Router.mount`, in the spirit of httpx's tran
 mounts): an endpoint mounted exactly (a function tool's `inproc://name`, the edge's
 relay socket for dialled-in servers) is served by its handler in this process, then a
 mounted scheme (`mcp`: discovery's fleet), and a gRPC endpoint with no mount of its own
-goes to the channel pool. A capability
+goes to the channel pool. In a cluster (docs/cluster.md) a tool held by nodes (`Entry.routes`)
+is served where it is: on this node as above, on another through `forward` (a hub's Forwarder:
+one hop to that node's hub; an edge's relay to its own hub), its replicas taken in turn
+(`[cluster] replicas`), the next one taking a call that was not sent. A capability
 declared `requires_admin` is refused to a caller without admin rights
 (services/common/authority.py) before any hop; such a call goes to a gRPC server
 of the mesh's own (a reserved owner) as a unary Execute carrying the hub's service
@@ -49,8 +52,11 @@ from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
 from services.router.failures import failure_result, invalid_input_result, tool_side_result
+from services.router.forward import NOT_SENT_REASON, Forward, NotSent, connected, forwarded
 
 log = logging.getLogger(__name__)
+# How long a call waits for a replica's server to connect before the next replica takes it.
+_CONNECT_S = 2.0
 
 
 class Handler(Protocol):
@@ -98,8 +104,17 @@ class Router:
         max_argument_bytes: int = 1024 * 1024,
         record: Recorder = Entry.record,
         service_proof: ServiceProof = tuple,
+        node: str = "",
+        forward: Forward | None = None,
+        spread: bool = False,
     ) -> None:
         self._lookup = lookup
+        # This process's cluster node, and how calls reach other nodes (None: they cannot).
+        self._node = node
+        self._forward = forward
+        # How replicas are chosen: False, this node's first (a hop only when none takes the call);
+        # True, round robin over every node's ([cluster] replicas, docs/cluster.md).
+        self._spread = spread
         self._service_proof = service_proof
         self._pool = pool
         self._default_timeout = default_timeout_s
@@ -154,6 +169,10 @@ class Router:
 
     def reaches(self, entry: Entry) -> bool:
         """True when this router can run the tool's calls itself (no relay through the hub)."""
+        if entry.routes:  # held by nodes: a replica on this node, or a way to the others
+            return self._forward is not None or any(
+                node == self._node and (ep.uri in self._mounts or ep.is_grpc) for ep, node in entry.routes
+            )
         ep = entry.endpoint
         return ep.uri in self._mounts or ep.is_grpc or ep.scheme in self._mounts
 
@@ -247,8 +266,14 @@ class Router:
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
+        counted = True  # a call forwarded to another node is counted there, where it ran
         try:
-            response = await self._dispatch(entry, request, timeout, on_progress, arguments)
+            if entry.routes:
+                response, counted = await self._placed(entry, request, timeout, on_progress, arguments)
+            else:
+                response = await self._dispatch(
+                    entry, entry.endpoint, request, timeout, on_progress, arguments
+                )
             ok = not response.is_error
         except ToolServerFault as fault:
             response = failure_result(
@@ -261,19 +286,89 @@ class Router:
             response = tool_side
         finally:
             elapsed = time.perf_counter() - start
-            self._record(entry, ok, elapsed)
+            if counted:
+                self._record(entry, ok, elapsed)
         set_duration(response.duration, elapsed)
         return response
 
-    async def _dispatch(
+    async def _placed(
         self,
         entry: Entry,
         request: ex.ExecuteRequest,
         timeout: float,
         on_progress: ProgressFn | None,
         arguments: dict[str, Any],
+    ) -> tuple[ex.ExecuteResponse, bool]:
+        """A call of a tool held by nodes: its replicas in turn (this node's first unless spreading,
+        each group round robin) until one takes it; a replica it could not be sent to (NotSent)
+        passes it on, never one that got it. A call forwarded here is served only by this node's
+        replicas (one hop, never two).
+        Returns the answer and whether it ran here (else the node it ran on counted it)."""
+        hop = bool(forwarded.get())
+        order = self._order(entry, hop)
+        if not order:
+            raise self._no_route(entry, f"no replica on node {self._node!r}")
+        error: MeshError | None = None
+        for ep, node in order:
+            try:
+                if node == self._node:
+                    if ep.is_grpc and ep.uri not in self._mounts and not await self._ready(ep, timeout):
+                        raise NotSent(
+                            Unavailable(
+                                f"tool server at {ep} is unreachable",
+                                reason="TOOL_SERVER_UNAVAILABLE",
+                                metadata={"tool_id": entry.tool.tool_id},
+                            )
+                        )
+                    return await self._dispatch(entry, ep, request, timeout, on_progress, arguments), True
+                if self._forward is None:
+                    raise self._no_route(entry, f"it is held by node {node!r}")
+                admin = bool(entry.admin_actions) and request.action in entry.admin_actions
+                answer = await self._forward(node, request, timeout, admin and authority.caller_is_admin())
+                return answer, False
+            except NotSent as not_sent:
+                log.debug("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
+                error = not_sent.error
+        assert error is not None
+        if hop:  # forwarded here: the node that sent it may try another replica
+            raise Unavailable(error.message, reason=NOT_SENT_REASON, metadata={"tool_id": entry.tool.tool_id})
+        raise error
+
+    def _order(self, entry: Entry, hop: bool) -> list[tuple[endpoints.Endpoint, str]]:
+        """The replicas a call tries, in order: this node's only for a call forwarded here (`hop`);
+        else every node's round robin when spreading, or this node's then the others'."""
+        routes, here = entry.routes, self._node
+        first = entry.turn
+        entry.turn = first + 1
+        local = _turn([r for r in routes if r[1] == here], first)
+        if hop:
+            return local
+        if self._spread:
+            return _turn(list(routes), first)
+        return local + _turn([r for r in routes if r[1] != here], first)
+
+    async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
+        """Whether a replica's server is connected, found within a bound shorter than most calls:
+        a replica that cannot be reached passes the call on while it still has time."""
+        return await connected(self._pool.get(ep).channel, min(timeout, _CONNECT_S))
+
+    @staticmethod
+    def _no_route(entry: Entry, why: str) -> Unavailable:
+        return Unavailable(
+            f"no route to {entry.tool.tool_id!r} in this process: {why}",
+            reason="NO_ROUTE",
+            metadata={"tool_id": entry.tool.tool_id, "endpoint": entry.tool.endpoint},
+        )
+
+    async def _dispatch(
+        self,
+        entry: Entry,
+        ep: endpoints.Endpoint,
+        request: ex.ExecuteRequest,
+        timeout: float,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any],
     ) -> ex.ExecuteResponse:
-        ep = entry.endpoint
         handler = self._mounts.get(ep.uri)
         if handler is None:
             if ep.is_grpc:
@@ -291,6 +386,14 @@ class Router:
                     metadata={"tool_id": entry.tool.tool_id, "endpoint": str(ep)},
                 )
         return await handler(entry, request, timeout, on_progress, arguments)
+
+
+def _turn(routes: list[tuple[endpoints.Endpoint, str]], k: int) -> list[tuple[endpoints.Endpoint, str]]:
+    """`routes` starting from the k-th, round robin."""
+    if not routes:
+        return routes
+    k %= len(routes)
+    return routes[k:] + routes[:k]
 
 
 def check_arguments(arguments: dict[str, Any], max_bytes: int, field: str = "arguments") -> None:

@@ -1,0 +1,50 @@
+"""Where a tool is served in a cluster: the node that holds a node-local endpoint, and replicas.
+
+A node is one machine (its hub, its edge, its executor share one `[cluster] node_id`). An endpoint
+only that machine reaches (a Unix socket, an in-process function, a stdio MCP server) is recorded
+with the node of the hub it was registered through (`Tool.node_id`); a TCP address is reachable
+from every node and carries none. The same tool (id and owner) registered node-locally through a
+second node's hub becomes a replica: `Tool.endpoint`/`node_id` stay the first node's, `replicas`
+lists the others, one per node (docs/cluster.md says why one tool with replicas rather than one
+registry entry per replica). Pure functions over the definitions; the registry calls `place`.
+"""
+
+from __future__ import annotations
+
+from toolscore.v1 import tool_pb2
+
+from services.common import endpoints
+
+# Endpoint schemes that only the machine serving them reaches.
+NODE_LOCAL = frozenset({endpoints.UNIX, endpoints.INPROC, endpoints.MCP})
+
+
+def is_node_local(endpoint: endpoints.Endpoint) -> bool:
+    """True for an endpoint only its own machine reaches."""
+    return endpoint.scheme in NODE_LOCAL
+
+
+def place(incoming: tool_pb2.Tool, old: tool_pb2.Tool | None, node: str) -> None:
+    """Set `incoming`'s node and replicas (never taken from the registrant) for a registration
+    through the hub of `node` ("" on a single hub: none); `old` is the stored definition it
+    updates, of the same owner, or None."""
+    incoming.ClearField("node_id")
+    del incoming.replicas[:]
+    if not node or not is_node_local(endpoints.parse(incoming.endpoint)):
+        return  # reachable from every node (or no cluster): served as registered, no replicas
+    if old is None or not old.node_id:
+        incoming.node_id = node
+        return
+    where = {old.node_id: old.endpoint, **{r.node_id: r.endpoint for r in old.replicas}}
+    where[node] = incoming.endpoint
+    incoming.node_id, incoming.endpoint = old.node_id, where.pop(old.node_id)
+    incoming.replicas.extend(tool_pb2.ToolReplica(endpoint=ep, node_id=n) for n, ep in sorted(where.items()))
+
+
+def routes(tool: tool_pb2.Tool) -> tuple[tuple[endpoints.Endpoint, str], ...]:
+    """Every (endpoint, node) a placed tool is served at, its first one first; () when the tool
+    has no node (reachable from everywhere: the router's single-node path)."""
+    if not tool.node_id:
+        return ()
+    first = (endpoints.parse(tool.endpoint), tool.node_id)
+    return (first, *((endpoints.parse(r.endpoint), r.node_id) for r in tool.replicas))

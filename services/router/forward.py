@@ -1,0 +1,156 @@
+"""Calls forwarded to the node that holds a tool, over the mesh's own gRPC: exactly one hop.
+
+A hub that gets a call for a tool only another node reaches (docs/cluster.md) sends it to that
+node's hub as `ToolScoreService.ExecuteTool`, at the address the node announced
+(`NodeAddresses`). The forwarded call carries `toolscore-forwarded-from: <node>`, so the
+receiving hub serves it only with what it holds itself (never a second hop); and the caller's
+authority as the edge carries it to a hub: the admin token when the caller proved admin rights
+(every node of a cluster shares it). Whether a call was sent decides whether another replica may
+take it: a node whose channel is not connected never got it (`NotSent`); a failure after it was
+sent is the call's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from toolscore.v1 import executor_pb2 as ex
+
+from services.common.errors import DeadlineExceeded, MeshError, Unavailable, from_rpc_error
+from services.router.channels import channel_options
+
+log = logging.getLogger(__name__)
+
+FORWARDED_KEY = "toolscore-forwarded-from"
+# How a node answers a forwarded call that none of its replicas could be sent to (UNAVAILABLE):
+# the call never reached a tool, so the forwarding node may give it to another replica.
+NOT_SENT_REASON = "REPLICA_UNREACHABLE"
+EXECUTE_TOOL = "/toolscore.v1.ToolScoreService/ExecuteTool"
+# Set (by the hub's servicer) for a call another node forwarded here: served here or not at all.
+forwarded: contextvars.ContextVar[str] = contextvars.ContextVar("toolscore_forwarded_from", default="")
+# A node's advertised gRPC address, or "" when it is not announced (services/library/redis_nodes.py).
+NodeAddresses = Callable[[str], Awaitable[str]]
+# How a router reaches the node that holds a tool: (node, request, timeout, caller is admin) -> the
+# answer; NotSent when the call could not be sent. A hub's is a Forwarder; an edge's relays to its hub.
+Forward = Callable[[str, ex.ExecuteRequest, float, bool], Awaitable[ex.ExecuteResponse]]
+_READY = grpc.ChannelConnectivity.READY
+_DOWN = frozenset({grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN})
+_TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+class NotSent(Exception):
+    """The call never left this process (the target's channel is not connected): another replica
+    may take it. `error` is what the caller hears when none can."""
+
+    def __init__(self, error: MeshError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def connected(channel: grpc.aio.Channel, timeout_s: float) -> bool:
+    """Whether `channel` is (or gets, within `timeout_s`) connected; False as soon as connecting
+    failed (refused, no such socket), without waiting for the next attempt."""
+    state = channel.get_state(try_to_connect=True)
+    if state is _READY:  # the common case: no timer
+        return True
+    try:
+        async with asyncio.timeout(timeout_s):
+            while state is not _READY:
+                if state in _DOWN:
+                    return False
+                await channel.wait_for_state_change(state)
+                state = channel.get_state(try_to_connect=True)
+    except TimeoutError:
+        return False
+    return True
+
+
+class Forwarder:
+    """One channel per node's hub; `await forwarder(node, request, timeout, admin)` runs a call there."""
+
+    def __init__(
+        self,
+        node: str,
+        addresses: NodeAddresses,
+        *,
+        admin_token: str = "",
+        max_message_bytes: int = 4 * 1024 * 1024,
+        connect_timeout_s: float = 2.0,
+    ) -> None:
+        self.node = node
+        self._addresses = addresses
+        self._admin = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        self._max = max_message_bytes
+        self._connect_timeout = connect_timeout_s
+        # address -> its channel and ExecuteTool on it; bounded by the nodes' addresses
+        self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
+
+    async def __call__(
+        self, node: str, request: ex.ExecuteRequest, timeout_s: float, admin: bool
+    ) -> ex.ExecuteResponse:
+        """`request` run on `node`'s hub. NotSent when it could not be sent; tool-side failures
+        after it was (the node went away mid-call, no answer in time) as the router judges them."""
+        address = await self._addresses(node)
+        if not address:
+            raise NotSent(_unavailable(node, request, "it is not announced (down, or never started)"))
+        channel, call = self._channel(address)
+        if not await connected(channel, min(timeout_s, self._connect_timeout)):
+            raise NotSent(_unavailable(node, request, f"its hub at {address} does not answer"))
+        metadata: Sequence[tuple[str, str]] = ((FORWARDED_KEY, self.node), *(self._admin if admin else ()))
+        try:
+            return await call(request, timeout=timeout_s + 0.5, metadata=tuple(metadata))
+        except grpc.aio.AioRpcError as exc:
+            raise _after_send(exc, node, request, timeout_s) from None
+
+    def _channel(self, address: str) -> tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]:
+        known = self._channels.get(address)
+        if known is None:
+            channel = grpc.aio.insecure_channel(
+                address, options=channel_options(self._max, address.startswith("unix:"))
+            )
+            call = channel.unary_unary(
+                EXECUTE_TOOL,
+                request_serializer=ex.ExecuteRequest.SerializeToString,
+                response_deserializer=ex.ExecuteResponse.FromString,
+            )
+            known = self._channels[address] = (channel, call)
+        return known
+
+    async def close(self) -> None:
+        """Close every node's channel."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel, _ in channels:
+            await channel.close()
+
+
+def _unavailable(node: str, request: ex.ExecuteRequest, why: str) -> Unavailable:
+    return Unavailable(
+        f"node {node!r}, which holds tool {request.tool_id!r}, is unreachable: {why}",
+        reason="TOOL_SERVER_UNAVAILABLE",
+        metadata={"tool_id": request.tool_id, "node_id": node},
+    )
+
+
+def _after_send(
+    exc: grpc.aio.AioRpcError, node: str, request: ex.ExecuteRequest, timeout_s: float
+) -> MeshError | NotSent:
+    """A forwarded call's RPC failure: the other hub's own error as it sent it (NotSent when it
+    could send the call to none of its replicas); its transport failing mid-call as the tool's
+    server going away; no answer in time as the tool's timeout."""
+    code = exc.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(
+            f"tool did not answer within {timeout_s:.3g}s",
+            reason="TOOL_TIMEOUT",
+            metadata={"tool_id": request.tool_id, "timeout_s": f"{timeout_s:.3g}"},
+        )
+    err = from_rpc_error(exc)
+    if err.reason == NOT_SENT_REASON:
+        return NotSent(_unavailable(node, request, err.message))
+    if code in _TRANSPORT and err.reason == code.name:  # no ErrorInfo: the hop broke, not the hub's answer
+        return _unavailable(node, request, f"the call was sent and the connection failed: {exc.details()}")
+    return err

@@ -18,7 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 
+from edge import errors_http, tasks_routes
+from edge.auth import AdminAuth
 from services.common import config as config_mod
 from services.common.config import Config
 from services.runtime.task_backend import TaskBackend, backend_from_config
@@ -280,6 +283,38 @@ async def test_with_redis_down_submit_and_get_answer_503_and_the_workers_go_on_o
         assert again[0] == 200 and again[1]["status"] == "completed"
     else:
         assert again[0] == 404 and again[1]["reason"] == "TASK_NOT_FOUND"
+
+
+async def test_a_task_on_redis_records_its_submitters_admin_flag_and_never_the_token(
+    redis_server: Any, start_runtime: Any, cfg: Config
+) -> None:
+    token = "s3cret-token-for-redis-tasks"
+    async with FakeLLM([say("one"), say("two")]) as llm:
+        service = TaskService(on_redis(cfg, redis_server, "node-a"), _runner(await start_runtime(llm)))
+        app = web.Application(middlewares=[errors_http.middleware])
+        tasks_routes.add_routes(app, service, AdminAuth(token))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            url = "http://{}:{}/api/v1/tasks".format(*runner.addresses[0][:2])
+            got = []
+            async with aiohttp.ClientSession() as http, asyncio.timeout(30):
+                for headers in ({}, {"Authorization": f"Bearer {token}"}):
+                    async with http.post(url, json={"input": "who am I"}, headers=headers) as r:
+                        task_id = (await r.json())["task_id"]
+                    await service.wait_final(task_id, 20)
+                    async with http.get(f"{url}/{task_id}") as r:
+                        got.append(await r.json())
+        finally:
+            await runner.cleanup()
+    assert [(g["status"], g["admin"]) for g in got] == [("completed", False), ("completed", True)]
+    with redis_server.client() as r:  # every key and value the task store wrote
+        stored = []
+        for key in r.scan_iter("*"):  # the store writes hashes (tasks) and one stream (the queue)
+            stored.append(repr((key, r.hgetall(key) if r.type(key) == b"hash" else r.xrange(key))))
+    text = "\n".join(stored)
+    assert token not in text and got[0]["task_id"] in text and "who am I" in text
 
 
 def test_the_redis_task_backend_without_a_redis_url_or_an_unknown_backend_is_refused_at_load() -> None:

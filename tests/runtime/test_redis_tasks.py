@@ -164,17 +164,21 @@ async def test_a_task_running_longer_than_the_visibility_timeout_keeps_its_claim
 ) -> None:
     release = asyncio.Event()
     async with FakeLLM([held_until(release, "slow but mine")]) as llm_a, FakeLLM([say("stolen")]) as llm_b:
-        a = TaskService(on_redis(cfg, redis_server, "node-a"), _runner(await start_runtime(llm_a)))
+        # A visibility timeout of 2s, renewed every 2/3s: a loaded machine's pauses stay well below it.
+        store_a = on_redis(cfg, redis_server, "node-a", task_visibility_s=2.0)
+        a = TaskService(store_a, _runner(await start_runtime(llm_a, timeout_s=30.0)))
         api_a = await serve_tasks(a)
         task_id = (await api_a.post({"input": "a long task"}))[1]["task_id"]
         async with deadline(10, "node A's worker to start the task"):
             await llm_a.received.wait()
-        b = TaskService(on_redis(cfg, redis_server, "node-b"), _runner(await start_runtime(llm_b)))
+        b = TaskService(
+            on_redis(cfg, redis_server, "node-b", task_visibility_s=2.0), _runner(await start_runtime(llm_b))
+        )
         await serve_tasks(b)
-        # Node B's idle workers look for abandoned claims every half visibility timeout (1s): for
-        # three and a half timeouts, none of them may take a task whose worker renews its claim.
+        # Node B's idle workers look for abandoned claims every 0.5s: for two and a half visibility
+        # timeouts, none of them may take a task whose worker renews its claim.
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(llm_b.received.wait(), 3.5)
+            await asyncio.wait_for(llm_b.received.wait(), 5.0)
         with redis_server.client() as r:
             (pending,) = r.xpending_range(STREAM, GROUP, "-", "+", 10)
         release.set()

@@ -3,8 +3,9 @@
 Keys (under `[cluster] key_prefix`, `toolscore:` by default):
 
     <prefix>task:<task_id>   hash    the task's record (the fields of TaskRow, plus `entry`: its
-                                     stream entry, and `worker`: the consumer that claimed it);
-                                     expires `[runtime] task_ttl_s` after it finished
+                                     stream entry, `worker`: the consumer that claimed it, and
+                                     `claim`: a token of the current claim, which alone may finish
+                                     or requeue it); expires `[runtime] task_ttl_s` after it finished
     <prefix>tasks            stream  one entry (`task_id`) per task waiting or running; consumer
                                      group `runtime-workers`, one consumer per node and worker
                                      (`<node id>/worker-<n>`)

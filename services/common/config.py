@@ -280,7 +280,12 @@ class RuntimeConfig:
     # Service mode: task workers and their store.
     concurrency: int = 2
     max_attempts: int = 2
+    # sqlite: tasks in tasks_path, this process's workers only; redis: one queue shared by every
+    # node's workers on [cluster] redis_url (services/runtime/redis_tasks.py).
+    task_backend: str = "sqlite"
     tasks_path: str = "data/tasks.sqlite3"
+    task_ttl_s: float = 7 * 24 * 3600.0  # redis: how long a finished task's record is kept; 0: for ever
+    task_visibility_s: float = 60.0  # redis: a claim not renewed for this long is taken by another worker
     trajectory_dir: str = "data/trajectories"
 
 
@@ -399,6 +404,7 @@ def load(path: str | Path | None = None, env: Mapping[str, str] | None = None) -
 STORE_BACKENDS = ("sqlite", "redis")
 FEED_BACKENDS = ("inprocess", "redis")
 REPLICA_CHOICES = ("local_first", "round_robin")
+TASK_BACKENDS = ("sqlite", "redis")
 
 
 def check(cfg: Config) -> None:
@@ -421,6 +427,23 @@ def check(cfg: Config) -> None:
     if cfg.store.backend == "redis" and not cfg.cluster.redis_url:
         raise ConfigError(
             'store.backend "redis" needs cluster.redis_url (redis://host:port/db or unix:///path)'
+        )
+    _check_tasks(cfg)
+
+
+def _check_tasks(cfg: Config) -> None:
+    rc = cfg.runtime
+    if rc.task_backend not in TASK_BACKENDS:
+        raise ConfigError(
+            f"runtime.task_backend: {rc.task_backend!r} is not one of {', '.join(TASK_BACKENDS)}"
+        )
+    if rc.task_backend == "redis" and not cfg.cluster.redis_url:
+        raise ConfigError(
+            'runtime.task_backend "redis" needs cluster.redis_url (redis://host:port/db or unix:///path)'
+        )
+    if rc.task_visibility_s <= 0 or rc.task_ttl_s < 0:
+        raise ConfigError(
+            "runtime.task_visibility_s must be > 0 and runtime.task_ttl_s >= 0 (0: kept for ever)"
         )
 
 

@@ -10,6 +10,8 @@ host.py                      RuntimeHost: what a running runtime owns; json_acti
 trajectory.py                the versioned JSON record of a task, appended atomically
 task_store.py                service mode's SQLite task store: submitted tasks survive a restart
 task_workers.py              service mode's workers, running those tasks (the edge mounts their routes)
+task_backend.py              the task store's interface (TaskBackend), chosen by [runtime] task_backend
+redis_tasks.py               the task store on Redis: one Stream + consumer group, every node's workers
 progress.py                  service mode: each running and recent task's progress notes and steps, in memory
 replay.py                    trajectories rendered as text (--replay)
 """

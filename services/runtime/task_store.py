@@ -7,20 +7,24 @@ Statuses: queued -> running -> completed | failed | budget_exhausted. A task
 found `running` when the store opens was interrupted by a crash: `recover()`
 queues it again while it has attempts left, else marks it failed with an
 `Interrupted` error. Nothing is ever dropped silently. Every call runs on one
-dedicated thread, off the event loop.
+dedicated thread, off the event loop. One process's workers use it (the TaskBackend interface,
+task_backend.py; redis_tasks.py shares one queue between nodes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from services.common.sqlite import SqliteThread
 
+_T = TypeVar("_T")
 FINAL = frozenset({"completed", "failed", "budget_exhausted"})
 _SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -141,8 +145,12 @@ class TaskStore(SqliteThread):
     async def get(self, task_id: str) -> TaskRow | None:
         return await self._run(self._get, task_id)
 
-    async def claim(self) -> TaskRow | None:
-        """Take the next queued task (highest priority, then oldest) and mark it running."""
+    async def claim(self, worker: str = "", max_attempts: int = 0) -> TaskRow | None:
+        """Take the next queued task (highest priority, then oldest) and mark it running.
+
+        One process owns the file: which of its workers claims needs no record, and the attempts
+        of an interrupted task are judged once, by `recover()` at open (so both are unused here).
+        """
 
         def _claim() -> TaskRow | None:
             db = self.db
@@ -163,6 +171,14 @@ class TaskStore(SqliteThread):
                 db.execute("COMMIT")
 
         return await self._run(_claim)
+
+    async def wait_for_work(self, submitted: asyncio.Event) -> None:
+        """Only this process submits to its file: nothing to claim until one of its submits."""
+        await submitted.wait()
+
+    async def hold(self, row: TaskRow, work: Callable[[], Awaitable[_T]]) -> _T:
+        """Run the task: no other process can take it, so there is no claim to keep."""
+        return await work()
 
     async def finish(
         self, task_id: str, status: str, result: dict[str, Any] | None, error: dict[str, Any] | None

@@ -1,11 +1,11 @@
 """Service mode: runtime workers that execute submitted tasks from the task store.
 
-`TaskService` is an async context manager: it opens the store, recovers tasks
-a dead process left running (retried while attempts remain, else failed), and
-runs `concurrency` workers. A worker takes the next queued task, runs it
-through the `RunTask` callable (normally `RuntimeHost.run`) and stores the
-outcome. Workers sleep on an event set by `submit()`: no polling. On shutdown
-the tasks in flight go back to the queue.
+`TaskService` is an async context manager: it opens the store (a TaskBackend: SQLite, or the queue
+every node shares on Redis), recovers tasks a dead process left running (retried while attempts
+remain, else failed), and runs `concurrency` workers. A worker takes the next queued task, runs it
+through the `RunTask` callable (normally `RuntimeHost.run`) while the store keeps its claim, and
+stores the outcome. Idle workers wait as the store says (SQLite: on an event set by `submit()`;
+Redis: on the stream): no polling. On shutdown the tasks in flight go back to the queue.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from services.common.config import Config
+from services.common.errors import Unavailable
 from services.runtime.host import RuntimeHost
 from services.runtime.progress import TaskProgress
+from services.runtime.task_backend import ClaimLost, TaskBackend, backend_from_config
 from services.runtime.task_store import FINAL, TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class TaskService:
 
     def __init__(
         self,
-        store_path: Path,
+        store: Path | TaskBackend,
         run_task: RunTask,
         *,
         concurrency: int = 2,
@@ -54,7 +56,7 @@ class TaskService:
         resources: contextlib.AbstractAsyncContextManager[Any] | None = None,
         progress: TaskProgress | None = None,
     ) -> None:
-        self.store = TaskStore(store_path)
+        self.store: TaskBackend = TaskStore(store) if isinstance(store, Path) else store
         # What the running and recent tasks did, step by step (fed by `run_task`; None: not kept).
         self.progress = progress
         self.run_task = run_task
@@ -112,21 +114,35 @@ class TaskService:
         while True:
             self._wake.clear()
             try:
-                row = await self.store.claim()
+                row = await self.store.claim(f"worker-{n}", self.max_attempts)
             except sqlite3.Error:
                 log.exception("worker %d: the task store failed; retrying in 1s", n)
                 await asyncio.sleep(1.0)
                 continue
+            except Unavailable as exc:
+                log.warning("worker %d: %s; retrying in 1s", n, exc.message)
+                await asyncio.sleep(1.0)
+                continue
             if row is None:
-                await self._wake.wait()
+                await self.store.wait_for_work(self._wake)
                 continue
             self._wake.set()  # there may be more: let another idle worker look
-            await self._execute(row)
+            if row.status in FINAL:  # settled by the claim (a dead worker's task out of attempts)
+                async with self.finished:
+                    self.finished.notify_all()
+                continue
+            try:
+                await self._execute(row)
+            except Unavailable as exc:  # the outcome not stored: the task's claim expires, it runs again
+                log.warning("task %s: %s", row.task_id, exc.message)
 
     async def _execute(self, row: TaskRow) -> None:
         log.info("task %s started (attempt %d)", row.task_id, row.attempts)
         try:
-            record = await self.run_task(row)
+            record = await self.store.hold(row, lambda: self.run_task(row))
+        except ClaimLost as exc:  # another worker runs it now, and records its outcome
+            log.warning("task %s: %s", row.task_id, exc)
+            return
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.requeue(row.task_id))
@@ -165,7 +181,7 @@ def service_from_config(cfg: Config, base_url: str, api_key: str) -> TaskService
         return await host.run(row.input, row.task_id, row.context, notes, admin=row.admin)
 
     return TaskService(
-        cfg.path(rc.tasks_path),
+        backend_from_config(cfg),
         run_task,
         concurrency=rc.concurrency,
         max_attempts=rc.max_attempts,

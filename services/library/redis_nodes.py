@@ -31,7 +31,8 @@ class NodeDirectory:
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self._refresh_s = ttl_s / 3
         self._timeout = timeout_s
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # Deadlines are this module's asyncio.timeout; no socket timeout (redis_store.py says why).
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
         self._known: dict[str, tuple[str, float]] = {}  # node -> (address, when read); one per node
         self._first = asyncio.Event()
 

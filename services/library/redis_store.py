@@ -128,15 +128,18 @@ class RedisStore:
         # connection is dead and only its first use finds out. A commit retried after it ran (its
         # reply lost) conflicts with itself (the definition is no longer what it expected) and the
         # registry decides again from what it then sees.
+        # socket_timeout=None: every command's deadline is _call's asyncio.timeout. With a socket
+        # timeout, redis-py writes each command under asyncio.wait_for, which on Python 3.11 can
+        # swallow a cancellation that arrives as the write completes (a stop that does not stop).
         self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+            url, socket_timeout=None, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
         )
         # The follower's XREAD BLOCK holds its connection up to block_s: a socket of its own. No
         # retry there: a broken connection is how the follower learns that Redis went away (and
         # then checks that the Redis it finds again still has the revisions it applied).
         self._tail = aioredis.Redis.from_url(
             url,
-            socket_timeout=block_s + timeout_s,
+            socket_timeout=None,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+from playwright import async_api as playwright_api
+
 from tests.console.conftest import TOKEN, WAIT_MS, ConsoleMesh, expect
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.edge.conftest import ECHO_ACTIONS
@@ -13,6 +16,11 @@ DOT_PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 XSS = '<img src=x onerror="window.__pwned = 1">'
+SCRIPTED_SVG = (  # an image artifact carrying a script
+    '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
+    "<script>document.documentElement.setAttribute('data-pwned', '1'); window.__pwned = 1</script>"
+    '<rect width="8" height="8"/></svg>'
+)
 
 
 def tool_spec(tool_id: str, endpoint: str, description: str = "echoes text back") -> dict[str, Any]:
@@ -100,6 +108,32 @@ async def test_running_print_6_times_7_on_the_python_page_shows_42(
     await expect(page.locator("pre.value")).to_have_text("42", timeout=WAIT_MS)
     await console.screenshot("python")
     assert await console.axe() == []
+    console.done()
+
+
+async def test_an_svg_artifact_with_a_script_shows_as_an_image_and_its_script_never_runs(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    console = await open_console(console_mesh, "/ui/#/python")
+    page = console.page
+    await expect(page.get_by_role("status").filter(has_text="python-executor-mcp-server")).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await page.get_by_label("Code").fill(f"open('x.svg', 'w').write({SCRIPTED_SVG!r})")
+    await page.get_by_role("button", name="Run").click()
+    figure = page.get_by_role("img", name="figure 1")
+    await expect(figure).to_be_visible(timeout=WAIT_MS)
+    assert await figure.evaluate("img => img.complete && img.naturalWidth") == 8
+    assert await page.evaluate("() => window.__pwned") is None  # an <img> runs no script
+    # Opened as a page of its own (Open image in new tab), a blob: SVG would run its script in the
+    # console's origin, out of the CSP's reach: the URL is gone once the image has loaded.
+    src = await figure.get_attribute("src")
+    assert src and src.startswith("blob:")
+    tab = await page.context.new_page()
+    with pytest.raises(playwright_api.Error, match="ERR_"):  # (it opened, and the script ran)
+        await tab.goto(src)
+    await tab.close()
+    await console.screenshot("svg-artifact")
     console.done()
 
 

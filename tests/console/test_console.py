@@ -190,6 +190,26 @@ async def test_a_tool_description_holding_html_renders_as_text(
         console.done()
 
 
+async def test_the_browser_refuses_a_string_to_an_html_sink_on_every_console_page(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    # Trusted Types with no policy (the CSP): were any script of the page, vendored ones included,
+    # to give a tool's text to innerHTML, the browser would throw instead of parsing it.
+    console = await open_console(console_mesh, "/ui/#/activity")
+    page = console.page
+    await expect(page.locator(".chart canvas")).to_have_count(2, timeout=WAIT_MS)  # uPlot drew
+    refused = await page.evaluate(
+        """() => {
+            try { document.getElementById('main').innerHTML = '<img src=x onerror="window.__pwned = 1">'; }
+            catch (err) { return err.name; }
+            return 'parsed';
+        }"""
+    )
+    assert refused == "TypeError"
+    assert await page.locator("img").count() == 0
+    console.done("TrustedHTML")
+
+
 async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_needs_the_token(
     console_mesh: ConsoleMesh, open_console: Any, pkg_index: PackageIndex, root: Path, catalog_dir: Path
 ) -> None:

@@ -26,6 +26,7 @@ async def test_the_page_and_every_asset_carry_a_csp_that_allows_no_inline_script
             assert "script-src 'self';" in csp and "style-src 'self';" in csp
             assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
             assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+            assert "require-trusted-types-for 'script'; trusted-types 'none'" in csp
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert r.headers["Referrer-Policy"] == "no-referrer"
     async with edge.http.get(edge.url + "/ui", allow_redirects=False) as r:

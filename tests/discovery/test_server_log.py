@@ -110,8 +110,10 @@ async def test_the_log_route_forwards_the_token_and_answers_in_the_rest_error_sh
                     body = await r.json()
                 assert r.status == 200 and body["name"] == f"{NS}/loud" and body["truncated"] is True
                 assert len(body["text"]) <= 1000 and body["text"].endswith("last words\n")
-                async with http.get(base + "?max_bytes=lots", headers=auth) as r:
-                    assert r.status == 400 and (await r.json())["reason"] == "INVALID_FIELD"
+                # "²" is a digit to str.isdigit, not to int(): a clear 400, not a 500.
+                for bad in ("lots", "%C2%B2", "-1", "1e3"):
+                    async with http.get(base + f"?max_bytes={bad}", headers=auth) as r:
+                        assert r.status == 400 and (await r.json())["reason"] == "INVALID_FIELD", bad
         finally:
             await server.close()
 

@@ -26,12 +26,15 @@ def text(cfg: Config, port: int, tools: int) -> str:
         if cfg.auth.admin_token
         else "not set: loopback only, everything open"
     )
+    # Each of the hub's listeners may be switched off (an empty address): name only those it has.
+    grpc = [f"{cfg.hub.tcp}  (TCP)"] if cfg.hub.tcp else []
+    grpc += [f"unix://{cfg.path(cfg.hub.uds)}  (socket)"] if cfg.hub.uds else []
     rows = [
         ("console", f"{http}/ui/"),
         ("REST", f"{http}/api/v1  (OpenAPI: {http}/openapi.json)"),
         ("MCP", f"{http}/mcp  (Streamable HTTP), {ws}/ws/mcp  (WebSocket)"),
         ("events", f"{ws}/api/v1/events/tools"),
-        ("gRPC", f"{cfg.hub.tcp}  (TCP), unix://{cfg.path(cfg.hub.uds)}  (socket)"),
+        ("gRPC", ", ".join(grpc) or "none"),
         ("admin token", token),
     ]
     width = max(len(k) for k, _ in rows)

@@ -234,7 +234,7 @@ async def uninstall(request: web.Request, client: DiscoveryClient) -> dict[str, 
 
 async def server_log(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
     raw = request.query.get("max_bytes") or "0"
-    if not raw.isdigit() or len(raw) > 9:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # "²" is a digit to isdigit, not to int
         raise InvalidRequest(
             "max_bytes must be a whole number of bytes",
             reason="INVALID_FIELD",

@@ -23,6 +23,10 @@ from services.common import authority
 from services.common.errors import InvalidRequest
 
 CAPACITY = 1000
+# The action is the caller's own string (an unknown one is recorded too, as it failed): cut to the
+# longest a registered action can be (services/library/validation.py ACTION), or a caller could park
+# CAPACITY request bodies (megabytes each) in the ring and in every reader's page.
+MAX_ACTION_CHARS = 128
 
 
 class RecentCalls:
@@ -45,7 +49,9 @@ class RecentCalls:
         outcome (`ok`, `tool_error` or a fault's reason) and duration."""
         self.last_seq += 1
         admin = authority.caller_is_admin()
-        self._ring.append((self.last_seq, time.time(), tool_id, action, admin, outcome, seconds))
+        self._ring.append(
+            (self.last_seq, time.time(), tool_id, action[:MAX_ACTION_CHARS], admin, outcome, seconds)
+        )
 
     def after(self, seq: int, limit: int) -> list[dict[str, Any]]:
         """The calls with a sequence number above `seq`, oldest first, at most the newest `limit`."""

@@ -2,8 +2,9 @@
 
 Every answer carries a Content-Security-Policy that allows scripts, styles and connections to this
 origin only, no inline script or style, images from this origin or blob: (a tool's image results),
-and no framing. Tool descriptions and outputs are untrusted: the scripts render them as text
-(textContent), never as HTML; the policy is the second wall, not the first. The page is one HTML
+no framing, and Trusted Types with no policy (a string given to an HTML or script sink throws).
+Tool descriptions and outputs are untrusted: the scripts render them as text (textContent), never
+as HTML; the policy is the second wall, not the first. The page is one HTML
 document; its views are chosen by the URL's fragment (#/tools, #/python ...), so /ui/ is the only
 HTML route. Everything under /ui goes through the edge's middleware like any route (the Origin/Host
 guard, per-client bounds).
@@ -22,7 +23,10 @@ from services.common.errors import NotFound
 STATIC = Path(__file__).parent / "static"
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
-    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+    # Trusted Types with no policy: a string given to an HTML or script sink (innerHTML, a script's
+    # src, eval) throws in the browser, vendored code included; the console has none to give.
+    "require-trusted-types-for 'script'; trusted-types 'none'"
 )
 HEADERS: Mapping[str, str] = MappingProxyType(
     {

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 PUBLISHER_META = "io.modelcontextprotocol.registry/publisher-provided"
 CURATED = "curated"
-NAME = re.compile(r"^[a-zA-Z0-9.-]+/[a-zA-Z0-9._-]+$")
+# namespace/name, neither part `.` or `..`: the name is a path in /api/v1/tools/servers/{name}, and
+# a URL parser (a browser's, the console's) resolves such a segment: `../builtin` would send an
+# uninstall to DELETE /api/v1/tools/builtin.
+NAME = re.compile(r"^(?!\.\.?/)[a-zA-Z0-9.-]+/(?!\.\.?$)[a-zA-Z0-9._-]+$")
 _EXACT_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]*$")
 
 

@@ -447,14 +447,18 @@ class Discovery:
                 server=described, removed_tool_ids=[record.tool_id] if removed else []
             )
 
-    def server_log(self, name: str, max_bytes: int) -> pb.GetServerLogResponse:
-        """The last `max_bytes` of an installed server's stderr log (NotFound when not installed)."""
+    async def server_log(self, name: str, max_bytes: int) -> pb.GetServerLogResponse:
+        """The last `max_bytes` of an installed server's stderr log (NotFound when not installed).
+
+        Read in a worker thread: up to 256 KiB from disk (two files after a rotation) must not stall
+        the hub's event loop, which serves every call and registry read meanwhile."""
         record = self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
         if record is None:
             raise NotFound(
                 f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
             )
-        data = disk.log_tail(self.installer.dir_for(record.tool_id) / "server.log", max_bytes + 1)
+        path = self.installer.dir_for(record.tool_id) / "server.log"
+        data = await asyncio.to_thread(disk.log_tail, path, max_bytes + 1)
         return pb.GetServerLogResponse(
             name=record.name,
             text=data[-max_bytes:].decode(errors="replace") if max_bytes else "",

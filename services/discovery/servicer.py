@@ -89,7 +89,7 @@ class DiscoveryServicer:
         size = request.max_bytes or 16384
         if not 0 < size <= MAX_LOG_BYTES:
             raise InvalidRequest(f"max_bytes must be 1..{MAX_LOG_BYTES}", reason="INVALID_MAX_BYTES")
-        return self.discovery.server_log(request.name, size)
+        return await self.discovery.server_log(request.name, size)
 
     async def WatchInstalls(
         self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+from playwright import async_api as playwright_api
+
 from tests.console.conftest import TOKEN, WAIT_MS, ConsoleMesh, expect
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.edge.conftest import ECHO_ACTIONS
@@ -13,6 +16,11 @@ DOT_PNG = (  # a 1x1 PNG
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 XSS = '<img src=x onerror="window.__pwned = 1">'
+SCRIPTED_SVG = (  # an image artifact carrying a script
+    '<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8">'
+    "<script>document.documentElement.setAttribute('data-pwned', '1'); window.__pwned = 1</script>"
+    '<rect width="8" height="8"/></svg>'
+)
 
 
 def tool_spec(tool_id: str, endpoint: str, description: str = "echoes text back") -> dict[str, Any]:
@@ -103,6 +111,32 @@ async def test_running_print_6_times_7_on_the_python_page_shows_42(
     console.done()
 
 
+async def test_an_svg_artifact_with_a_script_shows_as_an_image_and_its_script_never_runs(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    console = await open_console(console_mesh, "/ui/#/python")
+    page = console.page
+    await expect(page.get_by_role("status").filter(has_text="python-executor-mcp-server")).to_be_visible(
+        timeout=WAIT_MS
+    )
+    await page.get_by_label("Code").fill(f"open('x.svg', 'w').write({SCRIPTED_SVG!r})")
+    await page.get_by_role("button", name="Run").click()
+    figure = page.get_by_role("img", name="figure 1")
+    await expect(figure).to_be_visible(timeout=WAIT_MS)
+    assert await figure.evaluate("img => img.complete && img.naturalWidth") == 8
+    assert await page.evaluate("() => window.__pwned") is None  # an <img> runs no script
+    # Opened as a page of its own (Open image in new tab), a blob: SVG would run its script in the
+    # console's origin, out of the CSP's reach: the URL is gone once the image has loaded.
+    src = await figure.get_attribute("src")
+    assert src and src.startswith("blob:")
+    tab = await page.context.new_page()
+    with pytest.raises(playwright_api.Error, match="ERR_"):  # (it opened, and the script ran)
+        await tab.goto(src)
+    await tab.close()
+    await console.screenshot("svg-artifact")
+    console.done()
+
+
 async def test_a_call_with_bad_arguments_shows_a_clear_error(
     console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
 ) -> None:
@@ -154,6 +188,26 @@ async def test_a_tool_description_holding_html_renders_as_text(
         assert await page.evaluate("() => window.__pwned") is None
         await console.screenshot("html-as-text" + path.replace("/", "-").replace("#", ""))
         console.done()
+
+
+async def test_the_browser_refuses_a_string_to_an_html_sink_on_every_console_page(
+    console_mesh: ConsoleMesh, open_console: Any
+) -> None:
+    # Trusted Types with no policy (the CSP): were any script of the page, vendored ones included,
+    # to give a tool's text to innerHTML, the browser would throw instead of parsing it.
+    console = await open_console(console_mesh, "/ui/#/activity")
+    page = console.page
+    await expect(page.locator(".chart canvas")).to_have_count(2, timeout=WAIT_MS)  # uPlot drew
+    refused = await page.evaluate(
+        """() => {
+            try { document.getElementById('main').innerHTML = '<img src=x onerror="window.__pwned = 1">'; }
+            catch (err) { return err.name; }
+            return 'parsed';
+        }"""
+    )
+    assert refused == "TypeError"
+    assert await page.locator("img").count() == 0
+    console.done("TrustedHTML")
 
 
 async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_needs_the_token(

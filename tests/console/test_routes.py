@@ -26,6 +26,7 @@ async def test_the_page_and_every_asset_carry_a_csp_that_allows_no_inline_script
             assert "script-src 'self';" in csp and "style-src 'self';" in csp
             assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
             assert "frame-ancestors 'none'" in csp and "default-src 'none'" in csp
+            assert "require-trusted-types-for 'script'; trusted-types 'none'" in csp
             assert r.headers["X-Content-Type-Options"] == "nosniff"
             assert r.headers["Referrer-Policy"] == "no-referrer"
     async with edge.http.get(edge.url + "/ui", allow_redirects=False) as r:
@@ -109,3 +110,17 @@ async def test_the_calls_feed_holds_at_most_its_capacity_newest_first_kept(edge:
         recent.record(f"t{i}", "a", "ok", 0.001)
     assert [c["tool_id"] for c in recent.after(0, 100)] == ["t3", "t4", "t5", "t6", "t7"]
     assert recent.last_seq == 8 and recent.after(8, 100) == []
+
+
+async def test_the_calls_feed_keeps_at_most_an_actions_longest_name_of_what_a_caller_sent(
+    edge: EdgeHandle, registered_echo: str
+) -> None:
+    # The action is the caller's string, recorded even when it names nothing: unbounded, a caller
+    # would park CAPACITY request bodies in the ring and in every console's page.
+    await edge.get("/api/v1/calls")  # recording starts
+    huge = "a" * 500_000
+    for tool_id in ("nope", "echo"):
+        await edge.post(f"/api/v1/tools/{tool_id}/call", {"action": huge, "arguments": {}})
+    status, page = await edge.get("/api/v1/calls")
+    assert status == 200 and [c["outcome"] for c in page["calls"]] == ["TOOL_NOT_FOUND", "UNKNOWN_ACTION"]
+    assert [c["action"] for c in page["calls"]] == [huge[: calls.MAX_ACTION_CHARS]] * 2

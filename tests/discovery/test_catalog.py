@@ -76,11 +76,30 @@ def test_a_server_json_document_is_parsed_with_packages_remotes_and_publisher_to
     assert s.repository_url == "https://github.com/example/weather"
 
 
-@pytest.mark.parametrize("doc", [{"name": "no-namespace"}, {"name": ""}, [], {"description": "x"}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"name": "no-namespace"},
+        {"name": ""},
+        [],
+        {"description": "x"},
+        # A dot segment: the name is a path in /api/v1/tools/servers/{name}, which URL parsers
+        # resolve (`../builtin` is DELETE /api/v1/tools/builtin from the console's Uninstall).
+        {"name": "../builtin"},
+        {"name": "./builtin"},
+        {"name": "io.github.x/.."},
+        {"name": "io.github.x/."},
+    ],
+)
 def test_an_unusable_server_json_is_rejected_with_a_reason(doc: object) -> None:
     with pytest.raises(InvalidRequest) as err:
         catalog.parse_server(doc, "x")  # type: ignore[arg-type]
     assert err.value.reason == "INVALID_CATALOG_ENTRY"
+
+
+def test_a_name_with_dots_that_are_not_a_whole_segment_stays_valid() -> None:
+    for name in ("io.github.x/time", "a.b-c/d.e_f", "x/..time", "..x/time", "x/.hidden"):
+        assert catalog.parse_server({"name": name}, "x").name == name
 
 
 def test_a_bad_catalog_file_is_skipped_and_the_rest_load(tmp_path: Path) -> None:

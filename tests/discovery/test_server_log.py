@@ -3,6 +3,7 @@ the admin token (a server may write what it was given there)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from edge.discovery_routes import add_routes
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct
+from services.discovery import disk
 from services.discovery.client import DiscoveryClient
 from services.hub.app import Hub
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
@@ -108,7 +110,32 @@ async def test_the_log_route_forwards_the_token_and_answers_in_the_rest_error_sh
                     body = await r.json()
                 assert r.status == 200 and body["name"] == f"{NS}/loud" and body["truncated"] is True
                 assert len(body["text"]) <= 1000 and body["text"].endswith("last words\n")
-                async with http.get(base + "?max_bytes=lots", headers=auth) as r:
-                    assert r.status == 400 and (await r.json())["reason"] == "INVALID_FIELD"
+                # "²" is a digit to str.isdigit, not to int(): a clear 400, not a 500.
+                for bad in ("lots", "%C2%B2", "-1", "1e3"):
+                    async with http.get(base + f"?max_bytes={bad}", headers=auth) as r:
+                        assert r.status == 400 and (await r.json())["reason"] == "INVALID_FIELD", bad
         finally:
             await server.close()
+
+
+async def test_the_log_is_read_in_a_worker_thread_not_on_the_hubs_event_loop(
+    hub_with_server: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Up to 256 KiB from disk per read, polled every second by a console: on the hub's loop it
+    # would stall every call the hub serves meanwhile.
+    readers: list[int] = []
+    real = disk.log_tail
+
+    def spy(path: Path, max_bytes: int) -> bytes:
+        if path.name == "server.log" and max_bytes > 1000:  # GetServerLog's read, not a crash note's
+            readers.append(threading.get_ident())
+        return real(path, max_bytes)
+
+    monkeypatch.setattr(disk, "log_tail", spy)
+    async with grpc.aio.insecure_channel(hub_with_server.uds_target or "") as ch:
+        stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+        log = await stub.GetServerLog(
+            pb.GetServerLogRequest(name=f"{NS}/loud", max_bytes=256 * 1024), metadata=BEARER, timeout=10
+        )
+    assert log.text.endswith("last words\n")
+    assert readers and threading.get_ident() not in readers, readers

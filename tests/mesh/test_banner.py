@@ -37,3 +37,11 @@ def test_the_banner_says_when_no_admin_token_is_set() -> None:
     assert "  console      http://127.0.0.1:8082/ui/\n" in text
     assert "admin token  not set: loopback only, everything open" in text
     assert "gRPC         127.0.0.1:50051  (TCP), unix://" in text
+
+
+def test_the_banner_names_only_the_grpc_listeners_the_hub_has() -> None:
+    cfg = config_mod.load(REPO / "config" / "toolscore.toml", env={})
+    socket_only = banner.text(config_mod.replace(cfg, hub={"tcp": ""}), 8082, 0)
+    assert re.search(r"\n  gRPC +unix://\S+/run/toolscore\.sock  \(socket\)\n", socket_only), socket_only
+    tcp_only = banner.text(config_mod.replace(cfg, hub={"uds": ""}), 8082, 0)
+    assert "\n  gRPC         127.0.0.1:50051  (TCP)\n" in tcp_only and "unix://" not in tcp_only, tcp_only

@@ -10,7 +10,14 @@ export function imageOf(block, label) {
   if (!IMAGE_TYPES.has(block.mime_type)) return h('p.muted', {}, `(an image of type ${block.mime_type}, not shown)`);
   const bytes = Uint8Array.from(atob(block.data), (c) => c.charCodeAt(0));
   const url = URL.createObjectURL(new Blob([bytes], { type: block.mime_type }));
-  return h('img.result-image', { src: url, alt: label });
+  const img = h('img.result-image', { src: url, alt: label });
+  // The blob: URL lives only until the image is loaded: opened as a page of its own (Open image in
+  // new tab, a drag into the tab bar), an SVG's scripts would run in the console's origin, where
+  // the CSP of /ui does not reach. A loaded image stays shown; the memory is freed too.
+  const revoke = () => URL.revokeObjectURL(url);
+  img.addEventListener('load', revoke, { once: true });
+  img.addEventListener('error', revoke, { once: true });
+  return img;
 }
 
 /** The nodes showing `resp` (the clean call shape) that took `roundTripMs` in the browser. */

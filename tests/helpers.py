@@ -140,3 +140,28 @@ async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
         if not limit.expired():
             raise  # a TimeoutError from the code under test is its own failure
         raise AssertionError(f"waited {seconds:g}s for {what}; it never came") from None
+
+
+async def start_task_server(env: dict[str, str], cwd: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """`python -m edge.tasks_server 127.0.0.1:0` with `env`; the process and its base URL, once it serves."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge.tasks_server",
+        "127.0.0.1:0",
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+        assert line.startswith("serving on "), line
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, line.split()[-1]

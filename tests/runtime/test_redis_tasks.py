@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from services.common.config import Config
 from services.runtime.task_backend import TaskBackend, backend_from_config
 from services.runtime.task_workers import TaskService
 from tests.conftest import REPO
-from tests.helpers import deadline
+from tests.helpers import deadline, start_task_server
 from tests.runtime.conftest import Edge
 from tests.runtime.fake_llm import FakeLLM, Hang, say
 from tests.runtime.test_task_service import _runner, serve_tasks  # noqa: F401 (a fixture)
@@ -118,22 +117,10 @@ async def test_a_task_whose_worker_process_is_killed_is_reclaimed_by_another_nod
                 "TOOLSCORE_LOG__LEVEL": "WARNING",
             }
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge.tasks_server",
-            "127.0.0.1:0",
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc, url = await start_task_server(env, REPO)
         try:
-            async with asyncio.timeout(30):
-                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
-            assert line.startswith("serving on "), line
             async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                async with http.post(line.split()[-1] + "/api/v1/tasks", json={"input": "doomed"}) as r:
+                async with http.post(url + "/api/v1/tasks", json={"input": "doomed"}) as r:
                     task_id = (await r.json())["task_id"]
                 await llm.received.wait()  # the worker is inside the task now
         finally:

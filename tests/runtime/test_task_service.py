@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from services.runtime.host import RuntimeHost
 from services.runtime.task_store import TaskRow, TaskStore
 from services.runtime.task_workers import TaskService
 from tests.conftest import REPO
-from tests.helpers import bound_socket
+from tests.helpers import bound_socket, start_task_server
 from tests.runtime.conftest import PY, Edge
 from tests.runtime.fake_llm import FakeLLM, Hang, call, calls, say
 
@@ -180,22 +179,10 @@ async def test_a_task_running_when_its_worker_process_dies_is_retried_or_reporte
                 "TOOLSCORE_LOG__LEVEL": "WARNING",
             }
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge.tasks_server",
-            "127.0.0.1:0",
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc, url = await start_task_server(env, REPO)
         try:
-            async with asyncio.timeout(30):
-                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
-            assert line.startswith("serving on "), line
             async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                async with http.post(line.split()[-1] + "/api/v1/tasks", json={"input": "doomed"}) as r:
+                async with http.post(url + "/api/v1/tasks", json={"input": "doomed"}) as r:
                     task_id = (await r.json())["task_id"]
                 await llm.received.wait()  # the worker is inside the task now
         finally:
@@ -288,22 +275,10 @@ async def test_the_task_server_apart_from_the_edge_answers_in_the_edge_error_sha
                 "TOOLSCORE_LOG__LEVEL": "WARNING",
             }
         )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge.tasks_server",
-            "127.0.0.1:0",
-            cwd=REPO,
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        proc, url = await start_task_server(env, REPO)
         try:
-            async with asyncio.timeout(30):
-                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
-            assert line.startswith("serving on "), line
             async with aiohttp.ClientSession() as http:
-                api = Api(line.split()[-1], http)
+                api = Api(url, http)
                 status, got = await api.post({"priority": 1})
                 assert (status, got["reason"], got["success"], got["status"]) == (
                     400,

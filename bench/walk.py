@@ -40,13 +40,16 @@ WAY_IN_ENDS = "services/executor/protocol.py"
 TIMEOUT_S = 30.0
 # Work of other tasks, by their outermost frame: the executor's warm pool starting the next
 # interpreter, and closing the one the call used once the answer has gone out; the edge reporting
-# usage to the hub, which the hub serves and flushes to its store.
+# usage to the hub, which the hub serves and flushes to its store; the hub's health checks.
 BACKGROUND = {
     "edge": ("edge/usage.py:_report_loop",),
     "hub": (
         "services/hub/app.py:_flush_loop",
         "services/common/grpc_server.py:call",
         "services/common/grpc_server.py:parse",
+        "services/hub/health.py:run",
+        "services/hub/health.py:check_all",
+        "services/hub/health.py:probe",
     ),
     "executor": (
         "services/executor/pool.py:_spawn_one",

@@ -10,9 +10,9 @@ What it prints for each path: the walk (file by file, the process in brackets),
 the files crossed, the file-to-file transitions, and the files entered again
 after being left on the way in (up to the executor handing the code to its
 sandboxed interpreter, `services/executor/protocol.py`). Generated code and the
-sandboxed interpreter (`python -I -S`, no site) are not counted. Background
-work that runs during the window (a health check, a usage flush) would show up
-as a foreign file; the window is one call long and the health interval is long.
+sandboxed interpreter (`python -I -S`, no site) are not counted. Work of other
+tasks during the window (the warm pool's refill, a usage flush, a health check)
+is left out by its task's first frame (BACKGROUND) and summed apart.
 """
 
 from __future__ import annotations

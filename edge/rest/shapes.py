@@ -106,6 +106,10 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
         },
         "registered_at": iso_time(tool.registered_at),
         "updated_at": iso_time(tool.updated_at),
+        # In a cluster (docs/cluster.md): the node that holds a node-local endpoint, and one replica
+        # per node that serves the tool; "" and [] on a single hub.
+        "node_id": tool.node_id,
+        "replicas": [{"endpoint": r.endpoint, "node_id": r.node_id} for r in tool.replicas],
     }
 
 

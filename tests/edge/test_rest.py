@@ -363,3 +363,25 @@ async def test_a_registration_over_a_size_bound_is_400_naming_the_bound(edge: Ed
     assert body["metadata"] == {"field": "tool.description", "size": "100000", "limit": "65536"}, body
     status, body = await edge.get("/api/v1/tools/echo-huge")
     assert status == 404
+
+
+async def test_a_tool_on_one_hub_says_it_has_no_node_and_no_replicas(edge: EdgeHandle, registered_echo: str):
+    status, body = await edge.get("/api/v1/tools/echo")
+    assert status == 200, body
+    assert (body["node_id"], body["replicas"]) == ("", [])
+
+
+def test_a_tools_node_and_replicas_are_in_its_json() -> None:
+    from toolscore.v1 import tool_pb2
+
+    from edge.rest.shapes import tool_json
+
+    tool = tool_pb2.Tool(tool_id="t", endpoint="unix:///a.sock", node_id="node-a")
+    tool.replicas.add(endpoint="unix:///a.sock", node_id="node-a")
+    tool.replicas.add(endpoint="unix:///b.sock", node_id="node-b")
+    got = tool_json(tool)
+    assert got["node_id"] == "node-a"
+    assert got["replicas"] == [
+        {"endpoint": "unix:///a.sock", "node_id": "node-a"},
+        {"endpoint": "unix:///b.sock", "node_id": "node-b"},
+    ]

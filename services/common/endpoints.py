@@ -33,6 +33,8 @@ class Endpoint:
     address: str  # socket path, host:port, or the name after `scheme://`
     # The canonical URI (what str() gives), made once: the router's mount table is keyed by it.
     uri: str = field(init=False, repr=False, compare=False)
+    # Whether gRPC reaches it (unix or tcp), made once: the router asks on every call.
+    is_grpc: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.scheme == TCP:
@@ -42,6 +44,7 @@ class Endpoint:
         else:
             uri = f"{self.scheme}://{self.address}"
         object.__setattr__(self, "uri", uri)
+        object.__setattr__(self, "is_grpc", self.scheme in (UNIX, TCP))
 
     @property
     def grpc_target(self) -> str:
@@ -51,10 +54,6 @@ class Endpoint:
         if self.scheme == TCP:
             return self.address
         raise ValueError(f"{self.scheme} endpoints are not gRPC targets")
-
-    @property
-    def is_grpc(self) -> bool:
-        return self.scheme in (UNIX, TCP)
 
     def __str__(self) -> str:
         return self.uri

@@ -12,6 +12,7 @@ grpc_server.py  one way to serve gRPC: reflection, health, errors and auth on ev
 jsonvalue.py    fast protobuf Struct <-> JSON, with depth and size bounds
 legacy.py       the original system's capability parameters as JSON Schema
 outbox.py       one writer's bounded queue to one peer, coalescing what waits behind the write in flight
+redis_calls.py  every Redis command under one deadline, its failures one clear UNAVAILABLE
 process.py      process entry helpers: logging, the event loop, running until a signal, child processes
 results.py      how a tool's return value becomes an ExecuteResponse: text, structured fields, an error
 sqlite.py       one SQLite connection driven from one dedicated thread

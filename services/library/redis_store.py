@@ -18,21 +18,17 @@ deadline; an unreachable Redis is `Unavailable` (REGISTRY_STORE_UNAVAILABLE) to 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import Unavailable
+from services.common.redis_calls import redis_deadline
 from services.library.store import CommitConflict, StoredStats, UsageFlush
 
 STORE_UNAVAILABLE = "REGISTRY_STORE_UNAVAILABLE"
@@ -159,19 +155,8 @@ class RedisStore:
         async with self._guard(timeout):
             return await op
 
-    @asynccontextmanager
-    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(timeout or self._timeout):
-                yield
-        except (RedisError, OSError, TimeoutError) as exc:
-            # An answer that is an error (out of memory, a script refused) is as unusable as none.
-            lost = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-            what = "unreachable" if isinstance(exc, lost) else "failing"
-            raise Unavailable(
-                f"the registry store (Redis) is {what}: {type(exc).__name__}: {exc}",
-                reason=STORE_UNAVAILABLE,
-            ) from exc
+    def _guard(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        return redis_deadline(timeout or self._timeout, "the registry store (Redis)", STORE_UNAVAILABLE)
 
     # -- RegistryStore -----------------------------------------------------
 

@@ -29,19 +29,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.errors import Unavailable
+from services.common.redis_calls import redis_deadline
 from services.runtime.task_backend import ClaimLost
 from services.runtime.task_store import TaskRow
 
@@ -220,18 +218,10 @@ class RedisTaskStore:
         async with self._guard(timeout):
             return await op
 
-    @asynccontextmanager
-    async def _guard(self, timeout: float | None = None) -> AsyncIterator[None]:
-        try:
-            async with asyncio.timeout(timeout or self._timeout):
-                yield
-        except (RedisError, OSError, TimeoutError) as exc:
-            lost = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-            what = "unreachable" if isinstance(exc, lost) else "failing"
-            raise Unavailable(
-                f"the task store (Redis at {self.where}) is {what}: {type(exc).__name__}: {exc}",
-                reason=STORE_UNAVAILABLE,
-            ) from exc
+    def _guard(self, timeout: float | None = None) -> AbstractAsyncContextManager[None]:
+        return redis_deadline(
+            timeout or self._timeout, f"the task store (Redis at {self.where})", STORE_UNAVAILABLE
+        )
 
     async def _ensure_group(self) -> None:
         try:

@@ -165,3 +165,22 @@ async def start_task_server(env: dict[str, str], cwd: Path) -> tuple[asyncio.sub
         await proc.wait()
         raise
     return proc, line.split()[-1]
+
+
+async def crash_mid_task(env: dict[str, str], cwd: Path, inside: asyncio.Event) -> str:
+    """Submit a task to a `python -m edge.tasks_server` started with `env`, wait until its worker is
+    inside the task (`inside` set, e.g. by the stand-in LLM), then SIGKILL the server; the task id."""
+    import signal
+
+    import aiohttp
+
+    proc, url = await start_task_server(env, cwd)
+    try:
+        async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+            async with http.post(url + "/api/v1/tasks", json={"input": "doomed"}) as r:
+                task_id = str((await r.json())["task_id"])
+            await inside.wait()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    return task_id

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from services.common.config import Config
 from services.runtime.task_backend import TaskBackend, backend_from_config
 from services.runtime.task_workers import TaskService
 from tests.conftest import REPO
-from tests.helpers import deadline, start_task_server
+from tests.helpers import crash_mid_task, deadline
 from tests.runtime.conftest import Edge
 from tests.runtime.fake_llm import FakeLLM, Hang, say
 from tests.runtime.test_task_service import _runner, serve_tasks  # noqa: F401 (a fixture)
@@ -117,15 +116,7 @@ async def test_a_task_whose_worker_process_is_killed_is_reclaimed_by_another_nod
                 "TOOLSCORE_LOG__LEVEL": "WARNING",
             }
         )
-        proc, url = await start_task_server(env, REPO)
-        try:
-            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                async with http.post(url + "/api/v1/tasks", json={"input": "doomed"}) as r:
-                    task_id = (await r.json())["task_id"]
-                await llm.received.wait()  # the worker is inside the task now
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+        task_id = await crash_mid_task(env, REPO, llm.received)  # the worker was inside the task
 
     async with FakeLLM([say("finished after the crash")]) as llm2:
         host = await start_runtime(llm2)

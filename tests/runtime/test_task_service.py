@@ -20,7 +20,7 @@ from services.runtime.host import RuntimeHost
 from services.runtime.task_store import TaskRow, TaskStore
 from services.runtime.task_workers import TaskService
 from tests.conftest import REPO
-from tests.helpers import bound_socket, start_task_server
+from tests.helpers import bound_socket, crash_mid_task, start_task_server
 from tests.runtime.conftest import PY, Edge
 from tests.runtime.fake_llm import FakeLLM, Hang, call, calls, say
 
@@ -179,15 +179,7 @@ async def test_a_task_running_when_its_worker_process_dies_is_retried_or_reporte
                 "TOOLSCORE_LOG__LEVEL": "WARNING",
             }
         )
-        proc, url = await start_task_server(env, REPO)
-        try:
-            async with aiohttp.ClientSession() as http, asyncio.timeout(10):
-                async with http.post(url + "/api/v1/tasks", json={"input": "doomed"}) as r:
-                    task_id = (await r.json())["task_id"]
-                await llm.received.wait()  # the worker is inside the task now
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
+        task_id = await crash_mid_task(env, REPO, llm.received)  # the worker was inside the task
 
     async with FakeLLM([say("finished after the crash")]) as llm2:
         host = await start_runtime(llm2)

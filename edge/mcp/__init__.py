@@ -9,6 +9,7 @@ envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the H
 results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
 tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
+redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds
 websocket.py      the WebSocket transport (`/ws/mcp`): one session per connection, bounded outbox
@@ -27,6 +28,7 @@ from services.common.config import Config
 from .dispatcher import Dispatcher, ServerOptions, Session
 from .http import StreamableHttp, refusal
 from .mcp_service import McpOptions, McpService
+from .redis_sessions import RedisSessions
 from .tool_list import Catalog, McpTool, tool_name
 from .websocket import McpWebSocket
 
@@ -46,7 +48,17 @@ def add_routes(
     `handler_cancellation=True` (SSE responses also notice at the next keepalive).
     """
     svc = McpService(gateway, registry, cfg, opts)
-    http = StreamableHttp(svc)
+    shared = None
+    if cfg.edge.mcp_session_store == "redis":
+        c = cfg.cluster
+        shared = RedisSessions(
+            c.redis_url,
+            node=c.node(),
+            ttl_s=svc.opts.session_ttl_s,
+            key_prefix=c.key_prefix,
+            timeout_s=c.redis_timeout_s,
+        )
+    http = StreamableHttp(svc, shared)
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc
     app.router.add_route("*", "/mcp", http.handle)
@@ -55,6 +67,8 @@ def add_routes(
     async def serving(_: web.Application) -> AsyncIterator[None]:
         svc.start()
         yield
+        if shared is not None:
+            await shared.close()
 
     # Streams and sockets end before aiohttp awaits the handlers, so in on_shutdown (as edge.open_sockets).
     async def on_shutdown(_: web.Application) -> None:

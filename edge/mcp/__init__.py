@@ -12,6 +12,7 @@ tool_sessions.py  the tool sessions an MCP session opened, ended with it
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds
+http_cluster.py   the same transport with its sessions on Redis, served by every edge of a cluster
 websocket.py      the WebSocket transport (`/ws/mcp`): one session per connection, bounded outbox
 """
 
@@ -27,6 +28,7 @@ from services.common.config import Config
 
 from .dispatcher import Dispatcher, ServerOptions, Session
 from .http import StreamableHttp, refusal
+from .http_cluster import ClusterHttp
 from .mcp_service import McpOptions, McpService
 from .redis_sessions import RedisSessions
 from .tool_list import Catalog, McpTool, tool_name
@@ -58,7 +60,7 @@ def add_routes(
             key_prefix=c.key_prefix,
             timeout_s=c.redis_timeout_s,
         )
-    http = StreamableHttp(svc, shared)
+    http = StreamableHttp(svc) if shared is None else ClusterHttp(svc, shared)
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc
     app.router.add_route("*", "/mcp", http.handle)

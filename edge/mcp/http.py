@@ -18,11 +18,9 @@
 - A session is bound to the identity that opened it (the SHA-256 of its
   Authorization header): its id presented under another gets 404, as an
   unknown id does.
-- Sessions on Redis (`shared`, edge/mcp/redis_sessions.py): the table here
-  holds this edge's views of sessions any edge opened, a cache; each request
-  of a session first asks Redis (one script call) that it is alive under this
-  identity, and refreshes its TTL. Without `shared` (one edge, `make run`)
-  the table is the whole truth and nothing of it awaits.
+- The session table here is the whole truth on one edge (`make run`); with
+  sessions on Redis, `ClusterHttp` (http_cluster.py) overrides the hooks
+  marked below, and the table holds this edge's views of the cluster's sessions.
 - 2026-07-28: every POST stands alone (no session); closing the connection
   cancels the request.
 - Every request passes the Origin/Host check (403) and the size limit (413);
@@ -37,15 +35,14 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
 
-from services.common.errors import ResourceExhausted, Unavailable
+from services.common.errors import ResourceExhausted
 
-from . import results
 from ._protocol import (
     DEFAULT_HTTP_VERSION,
     H_LAST_EVENT,
@@ -68,22 +65,12 @@ from ._protocol import (
     notification,
     progress_token,
 )
-from ._sse import (
-    KEEPALIVE,
-    SSE_HEADERS,
-    Exchange,
-    SharedBytes,
-    WriteStalled,
-    frame,
-    parse_event_id,
-    write_within,
-)
+from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Headers, Send, Session
 from .mcp_service import McpService
-from .redis_sessions import ExchangeMirror, HeldMirror, RedisSessions, Refused, SessionRecord, identity
+from .redis_sessions import identity
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _CLOSED = (ConnectionError, asyncio.IncompleteReadError)
@@ -166,11 +153,6 @@ def _fail(status: int, message: str, code: int = INVALID_REQUEST) -> web.Respons
     return _json(error_response(None, code, message), status)
 
 
-def _unavailable(rid: Any, exc: Unavailable) -> web.Response:
-    """The session store failed: 503 with the JSON-RPC error of the failure policy (results.py)."""
-    return _json(results.rpc_error(exc).response(rid), 503)
-
-
 def _cancelled(rid: Any) -> dict[str, Any]:
     return error_response(rid, REQUEST_CANCELLED, "Request cancelled")
 
@@ -180,18 +162,19 @@ class _TooLarge(Exception):
 
 
 class StreamableHttp:
-    """The `/mcp` endpoint."""
+    """The `/mcp` endpoint, its sessions in this edge's memory. Methods marked "hook" are where
+    `ClusterHttp` (sessions on Redis) differs."""
 
-    def __init__(self, svc: McpService, shared: RedisSessions | None = None) -> None:
+    scope = "edge"  # what `max_sessions` counts the sessions of
+
+    def __init__(self, svc: McpService) -> None:
         self.svc = svc
-        self.shared = shared
         self.d = svc.dispatcher
         self.opts = svc.opts
         self.sessions: dict[str, HttpSession] = {}
         self._per_client: dict[str, int] = {}
         self._streams: set[_Stream] = set()
         self._last_sweep = time.monotonic()
-        self._last_shared_sweep = -30.0  # the first initialize sweeps Redis
         svc.listing_listeners.append(self._announce)
 
     def _announce(self) -> None:
@@ -229,8 +212,10 @@ class StreamableHttp:
             return _json(exc.response(None), exc.http_status)
         if msg.kind == RESPONSE:
             return _json(None, 202)
-        if self.shared is not None:
-            return await self._post_shared(request, msg, sse_ok)
+        return await self._dispatch(request, msg, sse_ok)
+
+    async def _dispatch(self, request: web.Request, msg: Message, sse_ok: bool) -> web.StreamResponse:
+        """Hook: find (or open) the message's session, then serve it."""
         if msg.method == "initialize" and msg.kind == REQUEST:
             refused = self._admit(request.remote or "", msg.id)
             if refused is not None:
@@ -261,24 +246,30 @@ class StreamableHttp:
         streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
-        if self.shared is None:
-            resp = await self.d.request(msg, session, None, request.headers)
-        else:
-            resp = await self._request_shared(msg, session, None, request.headers, hs)
+        resp = await self._run(msg, session, None, request.headers, hs)
         if resp is None:
             resp = _cancelled(msg.id)
         if msg.method == "initialize":
             assert hs is not None
             if "result" not in resp:
                 self.d.forget(session)
-            elif self.shared is None:
-                sid = self._open(hs)
             else:
-                refused = await self._create(hs, msg.id)
+                refused = await self._opened(hs, msg.id)
                 if refused is not None:
                     return refused
                 sid = hs.state.id
         return _json(resp, _status(resp, session), sid)
+
+    def _run(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers, hs: HttpSession | None
+    ) -> Coroutine[Any, Any, dict[str, Any] | None]:
+        """Hook: the dispatcher's answer to a request (the coroutine itself: no frame of its own)."""
+        return self.d.request(msg, session, send, headers)
+
+    async def _opened(self, hs: HttpSession, rid: Any) -> web.Response | None:
+        """Hook: keep a session `initialize` opened; None when kept, else the refusal to answer."""
+        self._open(hs)
+        return None
 
     async def _read(self, request: web.Request) -> bytes:
         limit = self.opts.max_frame_bytes
@@ -301,8 +292,6 @@ class StreamableHttp:
                 seen=self.svc.listing_revision,
                 identity=identity(request.headers),
             )
-            if self.shared is not None:  # its tool sessions are written to Redis, for any edge to end
-                hs.state.tool_sessions = HeldMirror()
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
@@ -336,10 +325,8 @@ class StreamableHttp:
         per_client, most = self.opts.sessions_per_client, self.opts.max_sessions
         if which == "client":
             what, limit = f"this client address already has {per_client} MCP sessions", per_client
-        elif self.shared is None:
-            what, limit = f"the edge already holds {most} MCP sessions", most
         else:
-            what, limit = f"the cluster already holds {most} MCP sessions", most
+            what, limit = f"the {self.scope} already holds {most} MCP sessions", most
         self.svc.stats.sessions_refused += 1
         err = ResourceExhausted(
             f"{what}; end unused ones (DELETE with their Mcp-Session-Id) or let them expire, then retry",
@@ -382,16 +369,12 @@ class StreamableHttp:
             self._drop(sid)
 
     def _drop(self, sid: str) -> HttpSession | None:
+        """Hook: forget a session: end its stream, cancel what it runs, end its tool sessions."""
         hs = self.sessions.pop(sid, None)
         if hs is not None:
-            if self.shared is None:
-                left = self._per_client.pop(hs.client, 1) - 1
-                if left > 0:
-                    self._per_client[hs.client] = left
-            elif hs.state.tool_sessions:
-                # A view of a session on Redis: its tool sessions are recorded there, ended by
-                # whichever edge ends the session (or by the sweep after it expired), not here.
-                hs.state.tool_sessions.clear()
+            left = self._per_client.pop(hs.client, 1) - 1
+            if left > 0:
+                self._per_client[hs.client] = left
             self.d.forget(hs.state)
             if hs.stream is not None:
                 hs.stream.end()
@@ -411,18 +394,12 @@ class StreamableHttp:
             and HANDSHAKE_VERSIONS.index(session.version) >= _RESUMABLE_FROM
         )
         limit, max_bytes = self.opts.notification_queue, self.opts.outbox.bytes
-        mirror: ExchangeMirror | None = None
-        if hs is not None and resumable and self.shared is not None:
-            ex, mirror = await self._shared_exchange(hs, limit, max_bytes)
-        elif hs is not None and resumable:
-            ex = hs.new_exchange(limit, max_bytes)
+        if hs is not None and resumable:
+            ex = await self._resumable(hs, limit, max_bytes)
         else:
             ex = Exchange(0, limit, max_bytes)
         rid = msg.id
-        if self.shared is None:
-            task = asyncio.create_task(self.d.request(msg, session, ex.add, request.headers))
-        else:
-            task = asyncio.create_task(self._request_shared(msg, session, ex.add, request.headers, hs))
+        task = asyncio.create_task(self._run(msg, session, ex.add, request.headers, hs))
         task.add_done_callback(lambda t: self._finish(ex, _outcome(t, rid)))
         sid = hs.state.id if hs else ""
         try:
@@ -433,7 +410,7 @@ class StreamableHttp:
                         await changed.wait()
             if ex.final and ex.offset + len(ex.events) == 1:  # finished without notifications: plain JSON
                 if hs is not None:
-                    self._delivered(hs, ex.number, mirror)
+                    self._delivered(hs, ex)
                 resp = _outcome(task, rid)
                 return _json(resp, _status(resp, session), sid)
             sse = web.StreamResponse(headers={**SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
@@ -442,7 +419,7 @@ class StreamableHttp:
                 await sse.write(ex.priming())
             await ex.follow(sse, 0, self.opts.sse_keepalive_s, self.opts.write_timeout_s)
             if hs is not None:
-                self._delivered(hs, ex.number, mirror)
+                self._delivered(hs, ex)
             await sse.write_eof()
             return sse
         except _CLOSED as exc:
@@ -458,34 +435,24 @@ class StreamableHttp:
         ex.add(resp, final=True)
         self.svc.stats.notifications_dropped += ex.dropped
 
-    def _delivered(self, hs: HttpSession, number: int, mirror: ExchangeMirror | None) -> None:
-        """A request's stream reached its client through the response: nobody resumes it again."""
-        hs.forget_exchange(number)
-        if mirror is not None and self.shared is not None:
-            shared, sid = self.shared, hs.state.id
+    async def _resumable(self, hs: HttpSession, limit: int, max_bytes: int) -> Exchange:
+        """Hook: a resumable stream of the session for one request."""
+        return hs.new_exchange(limit, max_bytes)
 
-            async def forget() -> None:
-                await mirror.flushed()  # else its last write would bring the stream back
-                await shared.forget_exchange(sid, number)
-
-            shared.own(asyncio.get_running_loop().create_task(forget()))
+    def _delivered(self, hs: HttpSession, ex: Exchange) -> None:
+        """Hook: a request's stream reached its client through the response: nobody resumes it again."""
+        hs.forget_exchange(ex.number)
 
     # -- GET / DELETE ------------------------------------------------------------
 
     async def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
+        """Hook: the session a GET or DELETE names, or the answer refusing it."""
         sid = request.headers.get(H_SESSION)
         if sid is None:
             return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
-        ident = identity(request.headers)
-        if self.shared is not None:
-            try:
-                hs = await self._view(sid, ident)
-            except Unavailable as exc:
-                return None, _unavailable(None, exc)
-        else:
-            hs = self._live(sid)
-            if hs is not None and not hmac.compare_digest(hs.identity, ident):
-                hs = None  # another identity's session: the same answer as an unknown one
+        hs = self._live(sid)
+        if hs is not None and not hmac.compare_digest(hs.identity, identity(request.headers)):
+            hs = None  # another identity's session: the same answer as an unknown one
         if hs is None:
             return None, _fail(404, f"Session not found: {sid[:64]!r}")
         return hs, None
@@ -535,23 +502,29 @@ class StreamableHttp:
             if revision != seen:
                 await resp.write(frame(_LIST_CHANGED, revision))
                 seen = hs.seen = revision
-                if self.shared is not None:
-                    await self.shared.saw(hs.state.id, revision)
+                await self._announced(hs, revision)
                 continue
             try:
                 async with asyncio.timeout(self.opts.sse_keepalive_s):
                     await stream.wake.wait()
             except TimeoutError:
                 await resp.write(KEEPALIVE)
-                if self.shared is not None and not await self._still_open(hs):
+                if not await self._still_open(hs):
                     return  # ended on another edge (or expired): so is its stream
+
+    async def _announced(self, hs: HttpSession, revision: int) -> None:
+        """Hook: the session's stream announced the listing at `revision` (`hs.seen` says so here)."""
+
+    async def _still_open(self, hs: HttpSession) -> bool:
+        """Hook: at an open stream's keepalive, whether its session still exists (here: it does,
+        or its stream would have been ended with it)."""
+        return True
 
     async def _resume(
         self, request: web.Request, hs: HttpSession, number: int, after: int
     ) -> web.StreamResponse:
-        """GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its response."""
-        if self.shared is not None:
-            return await self._resume_shared(request, hs, number, after)
+        """Hook: GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its
+        response."""
         ex = hs.exchanges.get(number)
         if ex is None:
             return _fail(404, f"Stream {number} of this session is finished or unknown")
@@ -575,8 +548,7 @@ class StreamableHttp:
                 request.transport.abort()
 
     async def _delete(self, request: web.Request) -> web.Response:
-        if self.shared is not None:
-            return await self._delete_shared(request)
+        """Hook: DELETE ends the session."""
         hs, error = await self._known(request)
         if hs is None:
             assert error is not None
@@ -590,201 +562,6 @@ class StreamableHttp:
         Redis, this edge's views only: the sessions live on, served by the other edges)."""
         for sid in list(self.sessions):
             self._drop(sid)
-
-    # -- sessions on Redis (self.shared) -------------------------------------------------
-
-    async def _post_shared(self, request: web.Request, msg: Message, sse_ok: bool) -> web.StreamResponse:
-        """POST with sessions on Redis: the session is looked up (and its TTL refreshed) there."""
-        sid = request.headers.get(H_SESSION)
-        if msg.method == "initialize" or sid is None:
-            hs, session = self._session_for(request, msg)
-        else:
-            try:
-                hs = await self._view(sid, identity(request.headers))
-            except Unavailable as exc:
-                return _unavailable(msg.id, exc)
-            session = hs.state if hs is not None else None
-        return await self._serve(request, msg, sse_ok, hs, session)
-
-    async def _view(self, sid: str, ident: str) -> HttpSession | None:
-        """This edge's view of session `sid`, if it is alive under `ident` (its TTL refreshed): the one
-        held here, else built from its record. Raise Unavailable when Redis fails and no view is
-        held here (one that is goes on serving: calls keep flowing while Redis is away)."""
-        assert self.shared is not None
-        hs = self.sessions.get(sid)
-        if hs is not None and not hmac.compare_digest(hs.identity, ident):
-            return None  # another identity's session: the same answer as an unknown one
-        try:
-            alive = await self.shared.touch(sid, ident, load=hs is None)
-        except Unavailable as exc:
-            if hs is None:
-                raise
-            log.warning("MCP session %s served from this edge's view: %s", sid[:8], exc.message)
-            return hs
-        if alive is False:
-            if hs is not None:  # ended on another edge, or expired: what runs here for it ends too
-                self._drop(sid)
-            return None
-        if isinstance(alive, SessionRecord):
-            hs = self._adopt(alive)
-        return hs
-
-    def _adopt(self, rec: SessionRecord) -> HttpSession:
-        """A view of a session another edge opened (or this one, before its view was let go)."""
-        state = Session(id=rec.id, transport="http", era=HANDSHAKE, version=rec.version)
-        state.client_info, state.initialized, state.tool_sessions = rec.client_info, True, HeldMirror()
-        hs = HttpSession(state, client=rec.client, seen=rec.seen, identity=rec.identity)
-        self._keep(hs)
-        return hs
-
-    def _keep(self, hs: HttpSession) -> None:
-        """Hold a view, within `max_sessions` views: idle ones go first (a view is only a cache)."""
-        if len(self.sessions) >= self.opts.max_sessions:
-            self._expire(every_s=1.0)
-        if len(self.sessions) >= self.opts.max_sessions:
-            idle = [h for h in self.sessions.values() if h.stream is None and not h.state.inflight]
-            for h in sorted(idle, key=lambda h: h.state.last_used)[: len(self.sessions) // 8 + 1]:
-                self._drop(h.state.id)
-        self.sessions[hs.state.id] = hs
-
-    async def _create(self, hs: HttpSession, rid: Any) -> web.Response | None:
-        """Record a session `initialize` opened; None when done, else the refusal (429, 503)."""
-        assert self.shared is not None
-        state = hs.state
-        rec = SessionRecord(state.id, hs.identity, hs.client, state.version, state.client_info, hs.seen)
-        try:
-            await self._sweep()
-            await self.shared.create(rec, self.opts.max_sessions, self.opts.sessions_per_client)
-        except Refused as exc:
-            self.d.forget(state)
-            return self._too_many(rid, exc.which)
-        except Unavailable as exc:
-            self.d.forget(state)
-            return _unavailable(rid, exc)
-        self._keep(hs)
-        log.info("MCP session %s opened (%s)", state.id[:8], state.version)
-        return None
-
-    async def _sweep(self) -> None:
-        """At most every 30 s: end the tool sessions of sessions whose TTL ran out (any edge's)."""
-        assert self.shared is not None
-        now = time.monotonic()
-        if now - self._last_shared_sweep < 30.0:
-            return
-        self._last_shared_sweep = now
-        self._expire(every_s=0.0)  # idle views too
-        self.d.tool_sessions.end(await self.shared.sweep())
-
-    async def _request_shared(
-        self, msg: Message, session: Session, send: Send | None, headers: Headers, hs: HttpSession | None
-    ) -> dict[str, Any] | None:
-        """Run a request; before its answer leaves, write the tool sessions it opened to Redis (so
-        an edge that ends the session ends them), and refresh a TTL a long request outlived."""
-        assert self.shared is not None
-        started = time.monotonic()
-        resp = await self.d.request(msg, session, send, headers)
-        if hs is None or not hs.state.id:
-            return resp
-        held = hs.state.tool_sessions
-        try:
-            if isinstance(held, HeldMirror) and held.pending:
-                self.d.tool_sessions.end(await self.shared.hold(hs.state.id, held))
-            if time.monotonic() - started > self.opts.session_ttl_s / 3:
-                await self.shared.touch(hs.state.id, hs.identity, load=False)
-        except Unavailable as exc:  # kept in this view: ended with it here, or by the tool's own TTL
-            log.warning("MCP session %s: tool sessions not recorded: %s", hs.state.id[:8], exc.message)
-        return resp
-
-    async def _still_open(self, hs: HttpSession) -> bool:
-        """An open stream's keepalive: the session is alive (its TTL refreshed), or it ended."""
-        assert self.shared is not None
-        try:
-            alive = await self.shared.touch(hs.state.id, hs.identity, load=False)
-        except Unavailable:
-            return True  # not known to have ended: the stream goes on
-        if not alive:
-            self._drop(hs.state.id)
-        return bool(alive)
-
-    async def _shared_exchange(
-        self, hs: HttpSession, limit: int, max_bytes: int
-    ) -> tuple[Exchange, ExchangeMirror | None]:
-        """A resumable stream numbered in Redis, its events written there for any edge to resume;
-        with Redis away, a stream that is not resumable (the call itself goes on)."""
-        assert self.shared is not None
-        try:
-            number = await self.shared.open_exchange(hs.state.id)
-        except Unavailable as exc:
-            log.warning("MCP session %s: a stream that cannot resume: %s", hs.state.id[:8], exc.message)
-            number = 0
-        if not number:
-            return Exchange(0, limit, max_bytes), None
-        ex = hs.new_exchange(limit, max_bytes, number)
-        ex.mirror = mirror = self.shared.mirror(hs.state.id, number)
-        return ex, mirror
-
-    async def _resume_shared(
-        self, request: web.Request, hs: HttpSession, number: int, after: int
-    ) -> web.StreamResponse:
-        """Resume a request's stream from Redis, whichever edge runs the call."""
-        assert self.shared is not None
-        sid, keepalive_s = hs.state.id, self.opts.sse_keepalive_s
-        events = self.shared.events(sid, number, after, keepalive_s)
-        try:
-            first = await anext(events)
-        except (LookupError, StopAsyncIteration):
-            return _fail(404, f"Stream {number} of this session is finished or unknown")
-        except Unavailable as exc:
-            return _unavailable(None, exc)
-        resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: sid})
-        final = False
-        try:
-            await resp.prepare(request)
-            async for event in _after(first, events):
-                await write_within(resp, KEEPALIVE if event is None else event[0], self.opts.write_timeout_s)
-                if event is not None and event[1]:
-                    final = True
-                    break
-            if final:
-                hs.forget_exchange(number)
-                await self.shared.forget_exchange(sid, number)
-            await resp.write_eof()
-        except _CLOSED as exc:
-            self._cut(request, exc)
-            log.debug("MCP session %s: resumed stream %d closed by the client", sid[:8], number)
-        except Unavailable as exc:  # Redis went away mid-stream: the client resumes again later
-            log.warning("MCP session %s: resumed stream %d cut: %s", sid[:8], number, exc.message)
-            if request.transport is not None:
-                request.transport.abort()
-        finally:
-            await events.aclose()
-        return resp
-
-    async def _delete_shared(self, request: web.Request) -> web.Response:
-        """DELETE: the session ends on every edge; its tool sessions are ended from here."""
-        assert self.shared is not None
-        sid = request.headers.get(H_SESSION)
-        if sid is None:
-            return _fail(400, "Bad Request: Mcp-Session-Id header is required")
-        ident = identity(request.headers)
-        try:
-            held = await self.shared.end(sid, ident)
-        except Unavailable as exc:
-            return _unavailable(None, exc)
-        hs = self.sessions.get(sid)
-        if hs is not None and hmac.compare_digest(hs.identity, ident):
-            self._drop(sid)  # cancels what it runs here
-        if held is None:
-            return _fail(404, f"Session not found: {sid[:64]!r}")
-        self.d.tool_sessions.end(held)
-        log.info("MCP session %s closed by the client", sid[:8])
-        return web.Response(status=200)
-
-
-async def _after(first: _T, rest: AsyncIterator[_T]) -> AsyncIterator[_T]:
-    yield first
-    async for item in rest:
-        yield item
 
 
 def _outcome(task: asyncio.Task[dict[str, Any] | None], rid: Any) -> dict[str, Any]:

@@ -303,17 +303,65 @@ async def test_a_session_whose_ttl_ran_out_is_gone_on_every_edge_and_its_tool_se
 async def test_with_redis_down_initialize_is_refused_with_503_and_a_session_held_here_goes_on(
     two: tuple[EdgeHandle, EdgeHandle], redis_server: Any
 ):
-    a, _ = two
+    a, b = two
     sid = await initialize(a)
     redis_server.stop()
     status, body, _ = await post(a, INIT_2025_11_25)
     stateless = await post(a, PING)
     held = await post(a, PING, sid)  # edge A holds a view of it: calls keep flowing
+    elsewhere = await post(b, {**PING, "id": 2}, sid)  # edge B has none: it cannot tell
+    async with b.http.get(
+        b.url + "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}
+    ) as r:
+        stream = r.status
+    async with a.http.delete(a.url + "/mcp", headers={"Mcp-Session-Id": sid}) as r:
+        deleted = r.status
+    assert (elsewhere[0], elsewhere[1]["id"], elsewhere[1]["error"]["code"]) == (503, 2, -32603)
+    assert (stream, deleted) == (503, 503)
     assert status == 503 and body["id"] == 1 and body["error"]["code"] == -32603, body
     data = body["error"]["data"]
     assert (data["code"], data["reason"]) == ("UNAVAILABLE", "MCP_SESSION_STORE_UNAVAILABLE")
     assert "MCP session store" in body["error"]["message"]
     assert stateless[0] == 200 and held[0] == 200
+
+
+async def test_the_session_caps_count_the_sessions_of_every_edge(
+    cfg: Config, hub: Hub, redis_server: Any, start_edge: Callable[..., Any]
+):
+    a, b = [
+        await start_edge(clustered(cfg, hub, redis_server.url, name, mcp_sessions_per_client=2))
+        for name in ("edge-a", "edge-b")
+    ]
+    first, _ = await initialize(a), await initialize(b)
+    status, refused, _ = await post(a, INIT_2025_11_25)
+    async with b.http.delete(b.url + "/mcp", headers={"Mcp-Session-Id": first}) as r:
+        assert r.status == 200
+    again = await initialize(a)  # the address has room again
+    assert status == 429 and refused["error"]["code"] == -32029
+    assert refused["error"]["data"]["reason"] == "TOO_MANY_SESSIONS"
+    assert "this client address already has 2 MCP sessions" in refused["error"]["message"]
+    assert again
+
+
+async def test_a_get_stream_open_on_edge_a_ends_when_the_session_is_deleted_on_edge_b(
+    cfg: Config, hub: Hub, redis_server: Any, start_edge: Callable[..., Any]
+):
+    a, b = [
+        await start_edge(clustered(cfg, hub, redis_server.url, name, mcp_sse_keepalive_s=0.05))
+        for name in ("edge-a", "edge-b")
+    ]
+    sid = await initialize(a)
+    async with a.http.get(
+        a.url + "/mcp", headers={"Accept": "text/event-stream", "Mcp-Session-Id": sid}
+    ) as s:
+        async with asyncio.timeout(10):
+            assert (await s.content.readline()).startswith(b": stream open")
+        async with b.http.delete(b.url + "/mcp", headers={"Mcp-Session-Id": sid}) as r:
+            assert r.status == 200
+        async with asyncio.timeout(10):
+            rest = await s.content.read()  # until the edge ends the stream
+    assert b"data:" not in rest and b": keepalive" in rest  # ended at a keepalive, having sent nothing
+    assert (await post(a, PING, sid))[0] == 404
 
 
 # -- a cluster: two hubs on one Redis, an edge on each ---------------------------------------------

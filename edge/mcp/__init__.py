@@ -35,6 +35,7 @@ from .tool_list import Catalog, McpTool, tool_name
 from .websocket import McpWebSocket
 
 MCP_SERVICE = web.AppKey("mcp_service", McpService)
+MCP_HTTP = web.AppKey("mcp_http", StreamableHttp)
 
 
 def add_routes(
@@ -61,16 +62,21 @@ def add_routes(
             timeout_s=c.redis_timeout_s,
         )
     http = StreamableHttp(svc) if shared is None else ClusterHttp(svc, shared)
+    cluster = http if isinstance(http, ClusterHttp) else None
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc
+    app[MCP_HTTP] = http
     app.router.add_route("*", "/mcp", http.handle)
     app.router.add_get("/ws/mcp", ws.handle)
 
     async def serving(_: web.Application) -> AsyncIterator[None]:
         svc.start()
+        if cluster is not None:
+            cluster.start()
         yield
-        if shared is not None:
-            await shared.close()
+        if cluster is not None:
+            await cluster.stop()
+            await cluster.store.close()
 
     # Streams and sockets end before aiohttp awaits the handlers, so in on_shutdown (as edge.open_sockets).
     async def on_shutdown(_: web.Application) -> None:
@@ -84,6 +90,7 @@ def add_routes(
 
 
 __all__ = [
+    "MCP_HTTP",
     "MCP_SERVICE",
     "Catalog",
     "Dispatcher",

@@ -9,6 +9,9 @@ expired elsewhere takes its view here with it. A view's tool sessions are writte
 its request's answer leaves, for whichever edge ends the session to end them. A resumable
 request stream is numbered in Redis and its events written there, so a client can resume it on
 any edge; it is read back from there on every edge, so a delivered stream is gone everywhere.
+Every edge follows the store's signals: a session ended (DELETE) on another edge is let go here at
+once, cancelling what it runs here, and a `notifications/cancelled` that reached another edge
+cancels the request running here.
 Redis failing: `initialize` and a request for a session without a view here get 503 (-32603,
 MCP_SESSION_STORE_UNAVAILABLE); a session with a view here goes on being served from it.
 """
@@ -27,7 +30,7 @@ from aiohttp import web
 from services.common.errors import Unavailable
 
 from . import results
-from ._protocol import H_SESSION, Message
+from ._protocol import H_SESSION, NOTIFICATION, Message
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, write_within
 from .dispatcher import HANDSHAKE, Headers, Send, Session
 from .http import _CLOSED, HttpSession, StreamableHttp, _fail, _json
@@ -53,6 +56,32 @@ class ClusterHttp(StreamableHttp):
         super().__init__(svc)
         self.store = store
         self._last_store_sweep = -_SWEEP_EVERY_S  # the first initialize sweeps
+        self._stop = asyncio.Event()
+        self._signals: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Follow the other edges' signals (sessions ended, requests cancelled) until `stop`."""
+        self._signals = asyncio.get_running_loop().create_task(
+            self.store.follow_signals(self._on_signal, self._stop)
+        )
+
+    async def stop(self) -> None:
+        """Stop following signals (within the store's deadline)."""
+        self._stop.set()
+        if self._signals is not None:
+            await self.store.wake()
+            await self._signals
+
+    def _on_signal(self, kind: str, sid: str, rid: Any) -> None:
+        hs = self.sessions.get(sid)
+        if hs is None:
+            return
+        if kind == "end":  # ended on another edge: what it runs here ends too
+            self._drop(sid)
+        elif kind == "cancel":
+            self.d.notification(
+                Message(NOTIFICATION, "notifications/cancelled", None, {"requestId": rid}), hs.state
+            )
 
     # -- finding sessions --------------------------------------------------------
 
@@ -68,7 +97,19 @@ class ClusterHttp(StreamableHttp):
             except Unavailable as exc:
                 return _unavailable(msg.id, exc)
             session = hs.state if hs is not None else None
+            if hs is not None and msg.method == "notifications/cancelled":
+                await self._cancel_elsewhere(hs, msg)
         return await self._serve(request, msg, sse_ok, hs, session)
+
+    async def _cancel_elsewhere(self, hs: HttpSession, msg: Message) -> None:
+        """A cancellation of a request this edge does not run: the edge that runs it is told."""
+        rid = (msg.params or {}).get("requestId")
+        if not isinstance(rid, str | int) or isinstance(rid, bool) or rid in hs.state.inflight:
+            return
+        try:
+            await self.store.cancel(hs.state.id, rid)
+        except Unavailable as exc:
+            log.warning("MCP session %s: a cancellation not passed on: %s", hs.state.id[:8], exc.message)
 
     async def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
         sid = request.headers.get(H_SESSION)

@@ -16,6 +16,9 @@ Keys (under `[cluster] key_prefix`, `toolscore:` by default; docs/cluster.md):
                                             (entry 0-<n+1> holds event n; 0-1 marks it open), so any
                                             edge can resume it; TTL mcp_session_ttl_s, deleted once
                                             delivered
+    <prefix>mcp:signals             channel "end <id>" when a session ends (DELETE), "cancel <id>
+                                            <request id as JSON>" for a cancellation, so the edge
+                                            running its calls cancels them
 
 Every session request costs one script call (`touch`: the session exists, under this identity, and
 its TTL is refreshed); nothing else of a call touches Redis. Every command has the cluster's deadline
@@ -30,13 +33,14 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from services.common.errors import Unavailable
 from services.common.redis_calls import redis_deadline
@@ -85,8 +89,9 @@ return {}
 """
 )
 
-# End the session (DELETE): its tool sessions are returned, to be ended by the caller.
-# KEYS: session, held, all. ARGV: identity, id, client prefix. Nil: unknown under this identity.
+# End the session (DELETE): its tool sessions are returned, to be ended by the caller, and every
+# edge is told. KEYS: session, held, all. ARGV: identity, id, client prefix, signals channel.
+# Nil: unknown under this identity.
 _END = """
 local f = redis.call('HMGET', KEYS[1], 'identity', 'client')
 if not f[1] or f[1] ~= ARGV[1] then return false end
@@ -94,6 +99,7 @@ local held = redis.call('HVALS', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', ARGV[3] .. f[2], ARGV[2])
+redis.call('PUBLISH', ARGV[4], 'end ' .. ARGV[2])
 return held
 """
 
@@ -203,6 +209,7 @@ class RedisSessions:
         self.node = node
         self._p = f"{key_prefix}mcp:"
         self._all = f"{self._p}sessions"
+        self.signals = f"{self._p}signals"
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._timeout = timeout_s
         # No socket timeout (services/runtime/redis_tasks.py says why); one immediate retry: after a
@@ -217,6 +224,7 @@ class RedisSessions:
         self._hold = self._redis.register_script(_HOLD)
         self._open_exchange = self._redis.register_script(_OPEN_EXCHANGE)
         self._writers: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()  # set while follow_signals is subscribed
 
     def key(self, sid: str) -> str:
         """The hash holding one session."""
@@ -268,7 +276,8 @@ class RedisSessions:
         """End the session everywhere; its tool sessions (for the caller to end), or None when the
         session is unknown under this identity."""
         keys = [self.key(sid), f"{self._p}held:{sid}", self._all]
-        reply = await self._call(self._end(keys=keys, args=[ident, sid, f"{self._p}client:"]))
+        args = [ident, sid, f"{self._p}client:", self.signals]
+        reply = await self._call(self._end(keys=keys, args=args))
         return None if reply is None else [_held(v) for v in reply]
 
     async def sweep(self, most: int = 100) -> list[Held]:
@@ -294,6 +303,46 @@ class RedisSessions:
         """The session's stream announced the listing at `revision` (a fresh stream resumes after it)."""
         with contextlib.suppress(Unavailable):  # a level signal: at worst one list_changed too many
             await self._call(self._redis.hset(self.key(sid), "seen", revision))
+
+    async def cancel(self, sid: str, rid: str | int) -> None:
+        """Tell every edge that the client cancelled request `rid` of session `sid`."""
+        await self._call(self._redis.publish(self.signals, f"cancel {sid} {json.dumps(rid)}"))
+
+    async def wake(self) -> None:
+        """A signal nobody acts on: a `follow_signals` whose `stop` was set returns at once."""
+        with contextlib.suppress(Unavailable):  # then it returns within its deadline
+            await self._call(self._redis.publish(self.signals, "wake"))
+
+    async def follow_signals(
+        self, on_signal: Callable[[str, str, Any], None], stop: asyncio.Event, backoff_s: float = 0.1
+    ) -> None:
+        """Call `on_signal(kind, session id, request id or None)` for each signal of any edge, until
+        `stop` is set. A lost connection is retried, backing off up to 5 s; signals sent meanwhile
+        are lost (a session ended elsewhere is still found ended at its next request or keepalive).
+        Ended by `stop`, not by cancelling: a cancel that lands inside a redis-py read can be lost."""
+        wait = backoff_s
+        while not stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await pubsub.subscribe(self.signals)
+                self.listening.set()
+                wait = backoff_s
+                while not stop.is_set():
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._timeout)
+                    if msg is not None and msg.get("type") == "message":
+                        _signal(msg["data"], on_signal)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.listening.clear()
+                log.warning("MCP session signals not heard: %s: %s", type(exc).__name__, exc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+                wait = min(wait * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(self._timeout):
+                        await pubsub.aclose()
 
     # -- resumable request streams -------------------------------------------------
 
@@ -404,6 +453,15 @@ class ExchangeMirror:
         """Until what was added so far is written (or failed)."""
         while self._task is not None:
             await asyncio.wait({self._task})
+
+
+def _signal(data: bytes, on_signal: Callable[[str, str, Any], None]) -> None:
+    kind, _, rest = data.decode().partition(" ")
+    sid, _, rid = rest.partition(" ")
+    try:
+        on_signal(kind, sid, json.loads(rid) if rid else None)
+    except Exception:  # one bad signal must not stop the others
+        log.exception("MCP session signal %r failed", data[:80])
 
 
 def _entry(n: int) -> str:

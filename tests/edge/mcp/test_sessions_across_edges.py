@@ -20,7 +20,8 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from toolscore.v1 import tool_pb2
 
-from edge.mcp import MCP_SERVICE
+from edge.mcp import MCP_HTTP, MCP_SERVICE
+from edge.mcp.http_cluster import ClusterHttp
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
@@ -360,8 +361,54 @@ async def test_a_get_stream_open_on_edge_a_ends_when_the_session_is_deleted_on_e
             assert r.status == 200
         async with asyncio.timeout(10):
             rest = await s.content.read()  # until the edge ends the stream
-    assert b"data:" not in rest and b": keepalive" in rest  # ended at a keepalive, having sent nothing
+    assert b"data:" not in rest  # ended, having sent nothing
     assert (await post(a, PING, sid))[0] == 404
+
+
+def blocker(started: asyncio.Event, cancelled: asyncio.Event) -> list[Action]:
+    async def block(args: dict[str, Any], ctx: Any) -> str:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    return [Action("block", "Wait until cancelled", block)]
+
+
+@pytest.mark.parametrize("how", ["DELETE", "notifications/cancelled"])
+async def test_a_call_running_on_edge_a_is_cancelled_by_a_delete_or_a_cancellation_sent_to_edge_b(
+    two: tuple[EdgeHandle, EdgeHandle], start_tool_server: Any, how: str
+):
+    a, b = two
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    await serve_tool(a, b, start_tool_server, "hold", blocker(started, cancelled))
+    for edge in (a, b):
+        http = edge.app[MCP_HTTP]
+        assert isinstance(http, ClusterHttp)
+        async with asyncio.timeout(10):
+            await http.store.listening.wait()
+    sid = await initialize(a)
+    running = asyncio.create_task(post(a, call(7, "hold__block", {}), sid))
+    async with asyncio.timeout(10):
+        await started.wait()
+    if how == "DELETE":
+        async with b.http.delete(b.url + "/mcp", headers={"Mcp-Session-Id": sid}) as r:
+            sent = r.status
+    else:
+        cancel = {"jsonrpc": "2.0", "method": how, "params": {"requestId": 7}}
+        sent = (await post(b, cancel, sid))[0]
+    async with asyncio.timeout(10):
+        await cancelled.wait()
+        status, answer, _ = await running
+    assert sent == (200 if how == "DELETE" else 202)
+    assert status == 200 and answer == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "error": {"code": -32800, "message": "Request cancelled"},
+    }
 
 
 # -- a cluster: two hubs on one Redis, an edge on each ---------------------------------------------

@@ -301,7 +301,7 @@ async def test_a_session_whose_ttl_ran_out_is_gone_on_every_edge_and_its_tool_se
     assert not r.exists(f"toolscore:mcp:held:{sid}")
 
 
-async def test_with_redis_down_initialize_is_refused_with_503_and_a_session_held_here_goes_on(
+async def test_redis_down_refuses_initialize_with_503_a_session_held_here_goes_on_and_redis_back_serves(
     two: tuple[EdgeHandle, EdgeHandle], redis_server: Any
 ):
     a, b = two
@@ -324,6 +324,10 @@ async def test_with_redis_down_initialize_is_refused_with_503_and_a_session_held
     assert (data["code"], data["reason"]) == ("UNAVAILABLE", "MCP_SESSION_STORE_UNAVAILABLE")
     assert "MCP session store" in body["error"]["message"]
     assert stateless[0] == 200 and held[0] == 200
+    await redis_server.start()  # back, empty (no persistence): the edges need no restart
+    assert (await post(b, {**PING, "id": 3}, sid))[0] == 404  # the session went with the data
+    fresh = await initialize(b)
+    assert (await post(a, PING, fresh))[0] == 200
 
 
 async def test_the_session_caps_count_the_sessions_of_every_edge(

@@ -280,7 +280,7 @@ class RedisSessions:
         reply = await self._call(self._end(keys=keys, args=args))
         return None if reply is None else [_held(v) for v in reply]
 
-    async def sweep(self, most: int = 100) -> list[Held]:
+    async def sweep(self, most: int = 500) -> list[Held]:
         """Forget up to `most` sessions whose TTL ran out; their tool sessions, to be ended."""
         args: list[str | int] = [f"{self._p}session:", f"{self._p}held:", most]
         return [_held(v) for v in await self._call(self._sweep(keys=[self._all], args=args))]

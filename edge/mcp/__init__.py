@@ -9,8 +9,10 @@ envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the H
 results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
 tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
+redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds
+http_cluster.py   the same transport with its sessions on Redis, served by every edge of a cluster
 websocket.py      the WebSocket transport (`/ws/mcp`): one session per connection, bounded outbox
 """
 
@@ -26,11 +28,14 @@ from services.common.config import Config
 
 from .dispatcher import Dispatcher, ServerOptions, Session
 from .http import StreamableHttp, refusal
+from .http_cluster import ClusterHttp
 from .mcp_service import McpOptions, McpService
+from .redis_sessions import RedisSessions
 from .tool_list import Catalog, McpTool, tool_name
 from .websocket import McpWebSocket
 
 MCP_SERVICE = web.AppKey("mcp_service", McpService)
+MCP_HTTP = web.AppKey("mcp_http", StreamableHttp)
 
 
 def add_routes(
@@ -46,15 +51,32 @@ def add_routes(
     `handler_cancellation=True` (SSE responses also notice at the next keepalive).
     """
     svc = McpService(gateway, registry, cfg, opts)
-    http = StreamableHttp(svc)
+    shared = None
+    if cfg.edge.mcp_session_store == "redis":
+        c = cfg.cluster
+        shared = RedisSessions(
+            c.redis_url,
+            node=c.node(),
+            ttl_s=svc.opts.session_ttl_s,
+            key_prefix=c.key_prefix,
+            timeout_s=c.redis_timeout_s,
+        )
+    http = StreamableHttp(svc) if shared is None else ClusterHttp(svc, shared)
+    cluster = http if isinstance(http, ClusterHttp) else None
     ws = McpWebSocket(svc)
     app[MCP_SERVICE] = svc
+    app[MCP_HTTP] = http
     app.router.add_route("*", "/mcp", http.handle)
     app.router.add_get("/ws/mcp", ws.handle)
 
     async def serving(_: web.Application) -> AsyncIterator[None]:
         svc.start()
+        if cluster is not None:
+            cluster.start()
         yield
+        if cluster is not None:
+            await cluster.stop()
+            await cluster.store.close()
 
     # Streams and sockets end before aiohttp awaits the handlers, so in on_shutdown (as edge.open_sockets).
     async def on_shutdown(_: web.Application) -> None:
@@ -68,6 +90,7 @@ def add_routes(
 
 
 __all__ = [
+    "MCP_HTTP",
     "MCP_SERVICE",
     "Catalog",
     "Dispatcher",

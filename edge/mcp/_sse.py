@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -51,6 +52,9 @@ class Exchange:
         self._limit = limit
         self._max_bytes = max_bytes
         self._shared = shared
+        # Where each kept event also goes (n, frame, final): with sessions on Redis, the stream
+        # other edges resume from (edge/mcp/redis_sessions.py); None on a single edge.
+        self.mirror: Callable[[int, bytes, bool], None] | None = None
 
     @property
     def resumable(self) -> bool:
@@ -82,6 +86,8 @@ class Exchange:
         if self._shared is not None:
             self._shared.left -= len(data)
         self.final = final
+        if self.mirror is not None:
+            self.mirror(n, data, final)
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 

@@ -15,6 +15,12 @@
   stream (re)opened with or without `Last-Event-ID` gets one list_changed if the
   listing changed since. Only open streams hear of an announcement: idle
   sessions cost nothing per registry event.
+- A session is bound to the identity that opened it (the SHA-256 of its
+  Authorization header): its id presented under another gets 404, as an
+  unknown id does.
+- The session table here is the whole truth on one edge (`make run`); with
+  sessions on Redis, `ClusterHttp` (http_cluster.py) overrides the hooks
+  marked below, and the table holds this edge's views of the cluster's sessions.
 - 2026-07-28: every POST stands alone (no session); closing the connection
   cancels the request.
 - Every request passes the Origin/Host check (403) and the size limit (413);
@@ -25,9 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +66,9 @@ from ._protocol import (
     progress_token,
 )
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
-from .dispatcher import HANDSHAKE, Session
+from .dispatcher import HANDSHAKE, Headers, Send, Session
 from .mcp_service import McpService
+from .redis_sessions import identity
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
@@ -92,6 +101,7 @@ class HttpSession:
     state: Session
     client: str
     seen: int  # the listing revision this session last heard of (at initialize, or its stream's last)
+    identity: str = ""  # who opened it (redis_sessions.identity): only they may use it
     stream: _Stream | None = None
     created: float = field(default_factory=time.monotonic)
     # Requests answered over SSE whose response has not reached the client yet, for resumption.
@@ -101,10 +111,11 @@ class HttpSession:
     # stream's own bound alone would let one session hold it once per request in flight.
     kept: SharedBytes | None = None
 
-    def new_exchange(self, limit: int, max_bytes: int) -> Exchange:
-        """A resumable stream for one request. Finished streams nobody came back for are kept, oldest
-        dropped first, within `_KEPT_EXCHANGES` and `max_bytes` in all: a client that leaves every
-        call before its answer cannot make the session hold more."""
+    def new_exchange(self, limit: int, max_bytes: int, number: int = 0) -> Exchange:
+        """A resumable stream for one request (numbered `number`, else the session's next). Finished
+        streams nobody came back for are kept, oldest dropped first, within `_KEPT_EXCHANGES` and
+        `max_bytes` in all: a client that leaves every call before its answer cannot make the
+        session hold more."""
         finished = [(k, e) for k, e in self.exchanges.items() if e.final]
         kept = sum(e.kept_bytes for _, e in finished)
         for k, e in finished:
@@ -114,8 +125,10 @@ class HttpSession:
             kept -= e.kept_bytes
         if self.kept is None:
             self.kept = SharedBytes(max_bytes)
-        self.exchange_seq += 1
-        ex = self.exchanges[self.exchange_seq] = Exchange(self.exchange_seq, limit, max_bytes, self.kept)
+        if not number:
+            self.exchange_seq += 1
+            number = self.exchange_seq
+        ex = self.exchanges[number] = Exchange(number, limit, max_bytes, self.kept)
         return ex
 
     def forget_exchange(self, number: int) -> None:
@@ -149,7 +162,10 @@ class _TooLarge(Exception):
 
 
 class StreamableHttp:
-    """The `/mcp` endpoint."""
+    """The `/mcp` endpoint, its sessions in this edge's memory. Methods marked "hook" are where
+    `ClusterHttp` (sessions on Redis) differs."""
+
+    scope = "edge"  # what `max_sessions` counts the sessions of
 
     def __init__(self, svc: McpService) -> None:
         self.svc = svc
@@ -174,7 +190,7 @@ class StreamableHttp:
         if request.method == "GET":
             return await self._get(request)
         if request.method == "DELETE":
-            return self._delete(request)
+            return await self._delete(request)
         return web.Response(status=405, headers={"Allow": "GET, POST, DELETE"})
 
     # -- POST ------------------------------------------------------------------
@@ -196,11 +212,25 @@ class StreamableHttp:
             return _json(exc.response(None), exc.http_status)
         if msg.kind == RESPONSE:
             return _json(None, 202)
+        return await self._dispatch(request, msg, sse_ok)
+
+    async def _dispatch(self, request: web.Request, msg: Message, sse_ok: bool) -> web.StreamResponse:
+        """Hook: find (or open) the message's session, then serve it."""
         if msg.method == "initialize" and msg.kind == REQUEST:
             refused = self._admit(request.remote or "", msg.id)
             if refused is not None:
                 return refused
         hs, session = self._session_for(request, msg)
+        return await self._serve(request, msg, sse_ok, hs, session)
+
+    async def _serve(
+        self,
+        request: web.Request,
+        msg: Message,
+        sse_ok: bool,
+        hs: HttpSession | None,
+        session: Session | None,
+    ) -> web.StreamResponse:
         if session is None:
             sid = request.headers.get(H_SESSION, "")
             return _fail(404, f"Session not found: {sid[:64]!r}; send initialize to open a new one")
@@ -216,7 +246,7 @@ class StreamableHttp:
         streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
-        resp = await self.d.request(msg, session, None, request.headers)
+        resp = await self._run(msg, session, None, request.headers, hs)
         if resp is None:
             resp = _cancelled(msg.id)
         if msg.method == "initialize":
@@ -224,8 +254,22 @@ class StreamableHttp:
             if "result" not in resp:
                 self.d.forget(session)
             else:
-                sid = self._open(hs)
+                refused = await self._opened(hs, msg.id)
+                if refused is not None:
+                    return refused
+                sid = hs.state.id
         return _json(resp, _status(resp, session), sid)
+
+    def _run(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers, hs: HttpSession | None
+    ) -> Coroutine[Any, Any, dict[str, Any] | None]:
+        """Hook: the dispatcher's answer to a request (the coroutine itself: no frame of its own)."""
+        return self.d.request(msg, session, send, headers)
+
+    async def _opened(self, hs: HttpSession, rid: Any) -> web.Response | None:
+        """Hook: keep a session `initialize` opened; None when kept, else the refusal to answer."""
+        self._open(hs)
+        return None
 
     async def _read(self, request: web.Request) -> bytes:
         limit = self.opts.max_frame_bytes
@@ -246,12 +290,15 @@ class StreamableHttp:
                 Session(id=secrets.token_hex(16), transport="http"),
                 client=request.remote or "",
                 seen=self.svc.listing_revision,
+                identity=identity(request.headers),
             )
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
             known = self._live(sid)
-            return (known, known.state) if known is not None else (None, None)
+            if known is None or not hmac.compare_digest(known.identity, identity(request.headers)):
+                return None, None  # another identity's session: the same answer as an unknown one
+            return known, known.state
         one_off = Session(id="", transport="http")
         version = request.headers.get(H_VERSION)
         meta = msg.params.get("_meta") if msg.params else None
@@ -268,11 +315,18 @@ class StreamableHttp:
         if self._per_client.get(client, 0) >= per_client or len(self.sessions) >= most:
             self._expire(every_s=1.0)
         if self._per_client.get(client, 0) >= per_client:
+            return self._too_many(rid, "client")
+        if len(self.sessions) >= most:
+            return self._too_many(rid, "total")
+        return None
+
+    def _too_many(self, rid: Any, which: str) -> web.Response:
+        """The 429 refusal of an initialize past the sessions cap `which` ("client" or "total")."""
+        per_client, most = self.opts.sessions_per_client, self.opts.max_sessions
+        if which == "client":
             what, limit = f"this client address already has {per_client} MCP sessions", per_client
-        elif len(self.sessions) >= most:
-            what, limit = f"the edge already holds {most} MCP sessions", most
         else:
-            return None
+            what, limit = f"the {self.scope} already holds {most} MCP sessions", most
         self.svc.stats.sessions_refused += 1
         err = ResourceExhausted(
             f"{what}; end unused ones (DELETE with their Mcp-Session-Id) or let them expire, then retry",
@@ -315,6 +369,7 @@ class StreamableHttp:
             self._drop(sid)
 
     def _drop(self, sid: str) -> HttpSession | None:
+        """Hook: forget a session: end its stream, cancel what it runs, end its tool sessions."""
         hs = self.sessions.pop(sid, None)
         if hs is not None:
             left = self._per_client.pop(hs.client, 1) - 1
@@ -339,9 +394,12 @@ class StreamableHttp:
             and HANDSHAKE_VERSIONS.index(session.version) >= _RESUMABLE_FROM
         )
         limit, max_bytes = self.opts.notification_queue, self.opts.outbox.bytes
-        ex = hs.new_exchange(limit, max_bytes) if hs and resumable else Exchange(0, limit, max_bytes)
+        if hs is not None and resumable:
+            ex = await self._resumable(hs, limit, max_bytes)
+        else:
+            ex = Exchange(0, limit, max_bytes)
         rid = msg.id
-        task = asyncio.create_task(self.d.request(msg, session, ex.add, request.headers))
+        task = asyncio.create_task(self._run(msg, session, ex.add, request.headers, hs))
         task.add_done_callback(lambda t: self._finish(ex, _outcome(t, rid)))
         sid = hs.state.id if hs else ""
         try:
@@ -352,7 +410,7 @@ class StreamableHttp:
                         await changed.wait()
             if ex.final and ex.offset + len(ex.events) == 1:  # finished without notifications: plain JSON
                 if hs is not None:
-                    hs.forget_exchange(ex.number)
+                    self._delivered(hs, ex)
                 resp = _outcome(task, rid)
                 return _json(resp, _status(resp, session), sid)
             sse = web.StreamResponse(headers={**SSE_HEADERS, **({H_SESSION: sid} if sid else {})})
@@ -361,7 +419,7 @@ class StreamableHttp:
                 await sse.write(ex.priming())
             await ex.follow(sse, 0, self.opts.sse_keepalive_s, self.opts.write_timeout_s)
             if hs is not None:
-                hs.forget_exchange(ex.number)
+                self._delivered(hs, ex)
             await sse.write_eof()
             return sse
         except _CLOSED as exc:
@@ -377,13 +435,24 @@ class StreamableHttp:
         ex.add(resp, final=True)
         self.svc.stats.notifications_dropped += ex.dropped
 
+    async def _resumable(self, hs: HttpSession, limit: int, max_bytes: int) -> Exchange:
+        """Hook: a resumable stream of the session for one request."""
+        return hs.new_exchange(limit, max_bytes)
+
+    def _delivered(self, hs: HttpSession, ex: Exchange) -> None:
+        """Hook: a request's stream reached its client through the response: nobody resumes it again."""
+        hs.forget_exchange(ex.number)
+
     # -- GET / DELETE ------------------------------------------------------------
 
-    def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
+    async def _known(self, request: web.Request) -> tuple[HttpSession | None, web.Response | None]:
+        """Hook: the session a GET or DELETE names, or the answer refusing it."""
         sid = request.headers.get(H_SESSION)
         if sid is None:
             return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
         hs = self._live(sid)
+        if hs is not None and not hmac.compare_digest(hs.identity, identity(request.headers)):
+            hs = None  # another identity's session: the same answer as an unknown one
         if hs is None:
             return None, _fail(404, f"Session not found: {sid[:64]!r}")
         return hs, None
@@ -391,7 +460,7 @@ class StreamableHttp:
     async def _get(self, request: web.Request) -> web.StreamResponse:
         if _SSE not in request.headers.get("Accept", ""):
             return _fail(406, "Not Acceptable: the GET stream is text/event-stream")
-        hs, error = self._known(request)
+        hs, error = await self._known(request)
         if hs is None:
             assert error is not None
             return error
@@ -433,17 +502,29 @@ class StreamableHttp:
             if revision != seen:
                 await resp.write(frame(_LIST_CHANGED, revision))
                 seen = hs.seen = revision
+                await self._announced(hs, revision)
                 continue
             try:
                 async with asyncio.timeout(self.opts.sse_keepalive_s):
                     await stream.wake.wait()
             except TimeoutError:
                 await resp.write(KEEPALIVE)
+                if not await self._still_open(hs):
+                    return  # ended on another edge (or expired): so is its stream
+
+    async def _announced(self, hs: HttpSession, revision: int) -> None:
+        """Hook: the session's stream announced the listing at `revision` (`hs.seen` says so here)."""
+
+    async def _still_open(self, hs: HttpSession) -> bool:
+        """Hook: at an open stream's keepalive, whether its session still exists (here: it does,
+        or its stream would have been ended with it)."""
+        return True
 
     async def _resume(
         self, request: web.Request, hs: HttpSession, number: int, after: int
     ) -> web.StreamResponse:
-        """GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its response."""
+        """Hook: GET with Last-Event-ID `<number>-<n>`: the rest of a request's stream, through its
+        response."""
         ex = hs.exchanges.get(number)
         if ex is None:
             return _fail(404, f"Stream {number} of this session is finished or unknown")
@@ -466,8 +547,9 @@ class StreamableHttp:
             if request.transport is not None:
                 request.transport.abort()
 
-    def _delete(self, request: web.Request) -> web.Response:
-        hs, error = self._known(request)
+    async def _delete(self, request: web.Request) -> web.Response:
+        """Hook: DELETE ends the session."""
+        hs, error = await self._known(request)
         if hs is None:
             assert error is not None
             return error
@@ -476,7 +558,8 @@ class StreamableHttp:
         return web.Response(status=200)
 
     def close(self) -> None:
-        """Shutting down: end every standalone stream and forget every session."""
+        """Shutting down: end every standalone stream and forget every session (with sessions on
+        Redis, this edge's views only: the sessions live on, served by the other edges)."""
         for sid in list(self.sessions):
             self._drop(sid)
 

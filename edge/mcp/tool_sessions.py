@@ -96,6 +96,12 @@ class ToolSessions:
             self._end(list(held.values()))
             held.clear()
 
+    def end(self, sessions: list[Held]) -> None:
+        """End these tool sessions, in the background (their MCP session ended on another edge, or
+        expired: edge/mcp/redis_sessions.py)."""
+        if sessions:
+            self._end(sessions)
+
     def _end(self, sessions: list[Held]) -> None:
         task = asyncio.get_running_loop().create_task(self._end_all(sessions))
         self._ending.add(task)

@@ -176,6 +176,8 @@ class EdgeConfig:
     uvloop: bool = True
     # MCP Streamable HTTP sessions (docs/mcp.md).
     mcp_session_ttl_s: float = 3600.0
+    # memory: this edge's sessions, in its memory; redis: every edge's, on [cluster] redis_url.
+    mcp_session_store: str = "memory"
     mcp_max_sessions: int = 10000
     mcp_sessions_per_client: int = 256
     mcp_notification_queue: int = 1024
@@ -405,6 +407,7 @@ STORE_BACKENDS = ("sqlite", "redis")
 FEED_BACKENDS = ("inprocess", "redis")
 REPLICA_CHOICES = ("local_first", "round_robin")
 TASK_BACKENDS = ("sqlite", "redis")
+MCP_SESSION_STORES = ("memory", "redis")
 
 
 def check(cfg: Config) -> None:
@@ -429,6 +432,17 @@ def check(cfg: Config) -> None:
             'store.backend "redis" needs cluster.redis_url (redis://host:port/db or unix:///path)'
         )
     _check_tasks(cfg)
+    _check_mcp_sessions(cfg)
+
+
+def _check_mcp_sessions(cfg: Config) -> None:
+    store = cfg.edge.mcp_session_store
+    if store not in MCP_SESSION_STORES:
+        raise ConfigError(f"edge.mcp_session_store: {store!r} is not one of {', '.join(MCP_SESSION_STORES)}")
+    if store == "redis" and not cfg.cluster.redis_url:
+        raise ConfigError(
+            'edge.mcp_session_store "redis" needs cluster.redis_url (redis://host:port/db or unix:///path)'
+        )
 
 
 def _check_tasks(cfg: Config) -> None:

@@ -38,6 +38,8 @@ def test_environment_overrides_every_type_of_key(tmp_path):
         ("", {"TOOLSCORE_HUB__HEALTH_INTERVAL_S": "soon"}, "expected float"),
         ("", {"TOOLSCORE_EXECUTOR__USE_INPROCESS_PYTHON_EXECUTOR": "maybe"}, "not a boolean"),
         ("", {"TOOLSCORE_NOSUCH__KEY": "1"}, "unknown key"),
+        ('[edge]\nmcp_session_store = "disk"\n', {}, "edge.mcp_session_store: 'disk' is not one of"),
+        ('[edge]\nmcp_session_store = "redis"\n', {}, 'mcp_session_store "redis" needs cluster.redis_url'),
     ],
 )
 def test_malformed_config_is_a_clear_error(tmp_path, text, env, needle):

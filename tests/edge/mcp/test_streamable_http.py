@@ -573,3 +573,27 @@ async def test_a_session_past_its_in_flight_bound_gets_429_at_once_and_its_runni
     assert status == 429 and refused["id"] == 2
     assert refused["error"]["code"] == -32029 and refused["error"]["data"]["reason"] == "TOO_MANY_IN_FLIGHT"
     assert first[0] == 200 and first[1]["result"]["content"] == [{"type": "text", "text": "released"}]
+
+
+async def test_a_session_id_presented_under_another_authorization_is_refused_like_an_unknown_one(
+    http: aiohttp.ClientSession, edge: Edge
+):
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    _, _, r = await post(http, edge, INIT_2025_11_25, {**ACCEPT, "Authorization": "Bearer alice"})
+    sid = r.headers["Mcp-Session-Id"]
+    unknown = await post(
+        http, edge, ping, {**ACCEPT, "Mcp-Session-Id": "f" * 32, "Authorization": "Bearer alice"}
+    )
+    mallory = {"Mcp-Session-Id": sid, "Authorization": "Bearer mallory"}
+    as_mallory = await post(http, edge, ping, {**ACCEPT, **mallory})
+    as_nobody = await post(http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid})
+    async with http.get(edge.url, headers={"Accept": "text/event-stream", **mallory}) as g:
+        stream = g.status
+    async with http.delete(edge.url, headers=mallory) as d:
+        deleted = d.status
+    as_alice = await post(
+        http, edge, ping, {**ACCEPT, "Mcp-Session-Id": sid, "Authorization": "Bearer alice"}
+    )
+    assert (unknown[0], as_mallory[0], as_nobody[0], stream, deleted) == (404, 404, 404, 404, 404)
+    assert as_mallory[1]["error"]["message"].replace(sid, "f" * 32) == unknown[1]["error"]["message"]
+    assert as_alice[0] == 200 and as_alice[1]["result"] == {}

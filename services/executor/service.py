@@ -208,17 +208,6 @@ class Executor(ToolServer):
         why = self.template_unavailable or ("" if self.xc.template else "executor.template is off")
         return {"enabled": self.xc.template, "path": "fresh interpreter", "last_error": why}
 
-    async def call(
-        self,
-        request: ex.ExecuteRequest,
-        progress: Any = None,
-        *,
-        caller_is_admin: Callable[[], bool] | None = None,
-    ) -> ex.ExecuteResponse:
-        if self.caps is None:
-            await self.start()
-        return await super().call(request, progress, caller_is_admin=caller_is_admin)
-
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
@@ -359,6 +348,8 @@ class Executor(ToolServer):
         ]
 
     async def _python_execute(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         session_id = str(args.get("session_id") or ctx.session_id or "")
         timeout = self._timeout(args.get("timeout"), ctx)
         if args.get("new_session"):
@@ -409,6 +400,8 @@ class Executor(ToolServer):
         return await self.run_code(code, self._timeout(args.get("timeout"), ctx))
 
     async def _python_analyze(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         result = await self._run_task(tasks.analyze_code(args["data"], args["operation"]), args, ctx)
         if isinstance(result, ex.ExecuteResponse):
             return result
@@ -423,6 +416,8 @@ class Executor(ToolServer):
         return text_result(result.stdout, structured)
 
     async def _python_visualize(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         code = tasks.visualize_code(
             args["data"], args["plot_type"], args.get("title", ""), args.get("x"), args.get("y")
         )
@@ -443,6 +438,8 @@ class Executor(ToolServer):
         return resp
 
     async def _python_install_package(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         spec = args["package_name"]
         try:
             envs.check_requirement(spec, self.xc.install_allowlist)
@@ -477,6 +474,8 @@ class Executor(ToolServer):
         return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})
 
     async def _python_end_session(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         session_id = str(args.get("session_id") or ctx.session_id or "")
         if not session_id:
             raise InvalidRequest("session_id is required (argument or request field)")
@@ -484,6 +483,8 @@ class Executor(ToolServer):
         return {"session_id": session_id, "ended": ended}
 
     async def _python_status(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         return self.status()
 
 

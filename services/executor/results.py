@@ -18,7 +18,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.results import text_result
-from services.executor.runner import RunResult
+from services.executor.interpreter import RunResult
 
 IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 # Room a result leaves under the message limit for what wraps it on its way (stream envelope,

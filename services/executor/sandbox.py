@@ -29,16 +29,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor.handle import Child, Worker
-from services.executor.protocol import FrameReader
+from services.executor.interpreter import SCRATCH, Child, FrameReader, Worker
 from services.sandbox import cgroups, seccomp
 from services.sandbox.bwrap import PATH, system_view
 from services.sandbox.capabilities import Capabilities, machine_support
 
 log = logging.getLogger(__name__)
 WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text()
-SCRATCH, ENV_MOUNT, PYTHON_MOUNT = "/work", "/opt/env", "/opt/python"
-TMPFS = (SCRATCH, "/tmp")  # the sandbox's only writable directories, each `scratch_bytes` in size
+ENV_MOUNT, PYTHON_MOUNT = "/opt/env", "/opt/python"
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 

@@ -3,7 +3,7 @@ for one forked interpreter per warm-pool slot, replacing it when it dies or the 
 and falling back to a fresh sandboxed interpreter (`Sandbox.spawn`) whenever it is unavailable.
 
 A forked interpreter is a `Worker` like any other: the same control protocol, output memfds and
-runner; its process handle is a `Forked` (a pidfd and the wait status its init reports).
+`run_on`; its process handle is a `Forked` (a pidfd and the wait status its init reports).
 Its cgroup is its own, acquired from the executor's `Cgroups` and joined before any code is sent;
 the template, the first children and each call's init live in a cgroup of their own
 (`template_groups`).
@@ -26,12 +26,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor.handle import Child, Worker
-from services.executor.protocol import FrameReader
+from services.executor.interpreter import SCRATCH, Child, FrameReader, Worker
 from services.executor.sandbox import (
     ENV_MOUNT,
     MAX_REPLY_BYTES,
-    SCRATCH,
     WORKER_SOURCE,
     Sandbox,
     SpawnError,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import json
 import logging
 import os
@@ -28,10 +27,9 @@ from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
 from services.common.results import text_result
 from services.executor import envs, tasks
-from services.executor.handle import Worker
+from services.executor.interpreter import RunResult, Worker, run_on
 from services.executor.pool import PoolTimeout, WarmPool
 from services.executor.results import add_images, execute_response, response_bytes, take_artifact
-from services.executor.runner import RunResult, run_on
 from services.executor.sandbox import Sandbox, probe
 from services.executor.schemas import (
     ANALYZE_INPUT,
@@ -277,11 +275,7 @@ class Executor(ToolServer):
         try:
             left = max(self.xc.queue_timeout_s - (time.monotonic() - queued), 0.001)
             if not session_id:
-                worker = await self.pool.take(left)
-                try:
-                    return await run_on(worker, code, limit_s, self.xc)
-                finally:
-                    self._after_reply(functools.partial(self.pool.give_back, worker))
+                return await self.pool.run(code, limit_s, self.xc, left, self._after_reply)
             session = await self.sessions.find(session_id)
             if session is None:
                 return _unknown_session()

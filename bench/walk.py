@@ -39,7 +39,8 @@ EXECUTOR = "python-executor-mcp-server"
 WAY_IN_ENDS = "services/executor/interpreter.py"
 TIMEOUT_S = 30.0
 # Work of other tasks, by their outermost frame: the executor's warm pool starting the next
-# interpreter, and closing the one the call used once the answer has gone out; the edge reporting
+# interpreter (the spawn task, and the callback reading what bwrap reports of the sandbox it starts
+# for it), and closing the one the call used once the answer has gone out; the edge reporting
 # usage to the hub, which the hub serves and flushes to its store; the hub's health checks.
 BACKGROUND = {
     "edge": ("edge/usage.py:_report_loop",),
@@ -53,6 +54,7 @@ BACKGROUND = {
     ),
     "executor": (
         "services/executor/pool.py:_spawn_one",
+        "services/executor/sandbox.py:readable",
         "services/executor/pool.py:_fill",
         "services/executor/pool.py:give_back",
         "services/executor/interpreter.py:close",

@@ -1,20 +1,21 @@
-"""The executor's actions, its tool definition, and the Executor that owns pool, sessions and env.
+"""The executor's actions, its tool definition, and the Executor: the actions on the sandbox machinery.
 
 `make_server(cfg)` has no side effects (the hub also calls it just to read the
-capabilities); the sandbox machinery starts on `await executor.start()` or on
-the first call, whichever comes first. `close()` frees everything.
+capabilities); the sandbox machinery (machinery.py) starts on `await
+executor.start()` or on the first call, whichever comes first. `close()` frees
+everything. A one-call run asks the pool once (`WarmPool.run`); a session's
+runs on its own interpreter.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -27,10 +28,10 @@ from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
 from services.common.results import text_result
 from services.executor import envs, tasks
-from services.executor.interpreter import RunResult, Worker, run_on
-from services.executor.pool import PoolTimeout, WarmPool
+from services.executor.interpreter import RunResult, run_on
+from services.executor.machinery import Machinery
+from services.executor.pool import PoolTimeout
 from services.executor.results import add_images, execute_response, response_bytes, take_artifact
-from services.executor.sandbox import Sandbox, probe
 from services.executor.schemas import (
     ANALYZE_INPUT,
     END_SESSION_INPUT,
@@ -39,10 +40,7 @@ from services.executor.schemas import (
     PYTHON_EXECUTE_OUTPUT,
     VISUALIZE_INPUT,
 )
-from services.executor.sessions import SessionLimit, Sessions
-from services.executor.template import TemplatePath
-from services.sandbox import cgroups
-from services.sandbox.capabilities import LEVELS, Capabilities
+from services.executor.sessions import SessionLimit
 from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 
 log = logging.getLogger(__name__)
@@ -50,161 +48,17 @@ OWNER = "python-executor"
 INPROC_NAME = "python-executor"
 
 
-class Executor(ToolServer):
-    """ToolServer with the python_* actions; owns the sandbox machinery once started."""
+class Executor(Machinery, ToolServer):
+    """ToolServer with the python_* actions, run on the sandbox machinery (`Machinery`) once started."""
 
     def __init__(self, cfg: Config, host_env: dict[str, str]) -> None:
-        self.cfg, self.xc = cfg, cfg.executor
-        self._host_env = host_env
-        self.env = envs.ExecutorEnv(self.xc, host_env)
-        self.caps: Capabilities | None = None
-        self.refusal = ""
-        self.pool: WarmPool | None = None
-        self.sessions: Sessions | None = None
-        self._groups: cgroups.Cgroups | None = None
-        self._template_groups: cgroups.Cgroups | None = None
-        self.template: TemplatePath | None = None
-        self.template_unavailable = ""  # why executor.template is on but cannot be used here
+        Machinery.__init__(self, cfg, host_env)
         self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
-        self.running = 0
         self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
         self.call_queued = asyncio.Event()  # set whenever a call has to wait for a slot (likewise)
-        self._start_lock = asyncio.Lock()
-        self._env_task: asyncio.Task[bool] | None = None
-        self._closed = False
-        super().__init__({self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
+        ToolServer.__init__(self, {self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
         self.max_message_bytes = cfg.hub.max_message_bytes
         self._response_bytes = response_bytes(cfg.hub.max_message_bytes)  # results are cut to fit
-
-    # -- lifecycle ----------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Probe the machine, then start the warm pool (or record why the executor refuses to run)."""
-        async with self._start_lock:
-            if self.caps is not None or self._closed:
-                return
-            caps = await probe(self.xc, self.env.path)
-            if self.xc.min_isolation not in LEVELS:
-                self.refusal = (
-                    f"unknown executor.min_isolation {self.xc.min_isolation!r} ({', '.join(LEVELS)})"
-                )
-            elif not caps.at_least(self.xc.min_isolation):
-                self.refusal = (
-                    f"refusing to run code: this machine only allows isolation level {caps.level!r} "
-                    f"but executor.min_isolation is {self.xc.min_isolation!r} "
-                    f"({'; '.join(caps.notes)}). Fix the machine, or allow the weaker level "
-                    f"explicitly with TOOLSCORE_EXECUTOR__MIN_ISOLATION={caps.level}"
-                )
-            if self.refusal:
-                log.error("%s", self.refusal)
-            else:
-                log.info(
-                    "sandbox isolation level: %s%s",
-                    caps.level,
-                    f" ({'; '.join(caps.notes)})" if caps.notes else "",
-                )
-                if caps.cgroups is not None:
-                    self._groups = cgroups.Cgroups(
-                        caps.cgroups,
-                        self.xc.pids_limit,
-                        self.xc.memory_limit_bytes,
-                        self.xc.cpu_limit,
-                    )
-                sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
-                self.pool = WarmPool(
-                    self._template_path(sandbox, caps), self.xc.pool_size, self.xc.spawn_parallelism
-                )
-                self.pool.start()
-                self.sessions = Sessions(
-                    self.pool,
-                    self.xc.max_sessions,
-                    self.xc.session_idle_ttl_s,
-                    self.xc.session_max_lifetime_s,
-                )
-                if self.xc.env_autocreate and not self.env.ready:
-                    self._env_task = asyncio.get_running_loop().create_task(self._create_env())
-            self.caps = caps
-
-    def _template_path(self, sandbox: Sandbox, caps: Capabilities) -> Callable[[], Awaitable[Worker]]:
-        """The pool's spawn function: the template's when `executor.template` is on and this machine
-        runs it (bwrap, seccomp and cgroups, the executor as root), else a fresh interpreter each."""
-        if not self.xc.template:
-            return sandbox.spawn
-        if caps.level != "full" or os.geteuid() != 0:
-            self.template_unavailable = (
-                "the template needs isolation level full and the executor running as root "
-                f"(level {caps.level}, euid {os.geteuid()}); calls use a fresh interpreter each"
-            )
-            log.warning("executor.template: %s", self.template_unavailable)
-            return sandbox.spawn
-        assert caps.cgroups is not None
-        x = self.xc
-        # The template, each call's init (one per live interpreter), first children for a moment
-        # and each interpreter until it joins its own group: bounded by how many can be alive.
-        pids = 8 + 2 * (x.pool_size + x.max_concurrent_calls + x.max_sessions + x.spawn_parallelism)
-        self._template_groups = cgroups.Cgroups(caps.cgroups, pids, x.memory_limit_bytes)
-        self.template = TemplatePath(
-            x,
-            sandbox,
-            self._groups,
-            self._template_groups,
-            on_ready=self._template_ready,
-            on_lost=self._template_ready,
-        )
-        self.template.start()
-        return self.template.spawn
-
-    def _template_ready(self) -> None:
-        """A template came up (the fresh interpreters started meanwhile give way to forked ones) or
-        died (the interpreters forked from it died with it)."""
-        if self.pool is not None:
-            self.pool.recycle()
-
-    async def _create_env(self) -> bool:
-        try:
-            created = await self.env.ensure()
-        except Exception:
-            return False
-        if created and self.pool is not None:
-            if self.template is not None:
-                self.template.rebuild()
-            self.pool.recycle()  # ready workers were started without the env mounted
-        return created
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._env_task is not None:
-            self._env_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._env_task
-        if self.sessions is not None:
-            await self.sessions.close()
-        if self.pool is not None:
-            await self.pool.close()
-        if self.template is not None:
-            await self.template.close()
-        if self._template_groups is not None:
-            await self._template_groups.close()
-        if self._groups is not None:
-            await self._groups.close()
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
-            "running": self.running,
-            "min_isolation": self.xc.min_isolation,
-            "refusing": bool(self.refusal),
-            "reason": self.refusal,
-            "pool": self.pool.status() if self.pool else {},
-            "sessions": self.sessions.status() if self.sessions is not None else {},
-            "environment": self.env.status(),
-            "template": self._template_status(),
-        }
-
-    def _template_status(self) -> dict[str, Any]:
-        if self.template is not None:
-            return self.template.status()
-        why = self.template_unavailable or ("" if self.xc.template else "executor.template is off")
-        return {"enabled": self.xc.template, "path": "fresh interpreter", "last_error": why}
 
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext

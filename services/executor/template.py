@@ -57,15 +57,12 @@ class Forked:
         self.pid = pid
         self._pidfd = os.pidfd_open(pid)
         self._status_fd = status_fd
-        self._returncode: int | None = None
+        # An attribute, not a property: the warm pool asks whether an interpreter is alive on every call.
+        self.returncode: int | None = None
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
         os.set_blocking(status_fd, False)
         self._loop.add_reader(status_fd, self._on_status)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._returncode
 
     def _on_status(self) -> None:
         try:
@@ -80,12 +77,12 @@ class Forked:
         self._pidfd = -1
         # No status: its init died (with the template's sandbox), and the interpreter with it.
         code = os.waitstatus_to_exitcode(struct.unpack("!i", data)[0]) if len(data) == 4 else -signal.SIGKILL
-        self._returncode = code
+        self.returncode = code
         if not self._exited.done():
             self._exited.set_result(code)
 
     def kill(self) -> None:
-        if self._returncode is None and self._pidfd >= 0:
+        if self.returncode is None and self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 

@@ -1,14 +1,13 @@
 """The Python executor tool server (`python-executor-mcp-server`).
 
 __main__.py      `python -m services.executor`: the executor process
-actions.py       the actions (python_execute and the rest), and the Executor: them on the machinery
+actions.py       the actions (python_execute and the rest), their results; the Executor: them on the machinery
 app.py           the executor process: serve ToolExecutorService and stay registered with the hub
 envs.py          the executor's package environment (a venv mounted read-only in every sandbox)
 interpreter.py   one sandboxed interpreter (process, control pipe and frames, memfds, cgroup); a call on it
 machinery.py     what calls run on: the machine probed, pool, sessions, template and env started, closed
 pool.py          the warm pool of interpreters started ahead of demand; a one-call run on one of them
 registration.py  keeps a tool server registered with the hub, across hub restarts
-results.py       a run's result as an ExecuteResponse
 sandbox.py       starting one fresh sandboxed interpreter (bwrap, seccomp, cgroup), and the probe
 schemas.py       the actions' input and output schemas
 sessions.py      sessions: one dedicated interpreter each

@@ -1,8 +1,9 @@
 """The executor's sandbox machinery: the machine probed on start, then the warm pool, sessions,
-template and package environment it runs calls on; their status; all of it freed on close.
+template and package environment it runs calls on; their status; a package installed into the
+environment; all of it freed on close.
 
-`Executor` (actions.py) is this machinery with the actions on it: nothing here runs on a call's path
-but the first call's `start()`.
+`Executor` (actions.py) is this machinery with the actions on it: nothing here runs on a
+python_execute call's path but the first call's `start()`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
+
 from services.common.config import Config
+from services.common.results import text_result
 from services.executor import envs
 from services.executor.interpreter import Worker
 from services.executor.pool import WarmPool
@@ -139,6 +144,41 @@ class Machinery:
                 self.template.rebuild()
             self.pool.recycle()  # ready workers were started without the env mounted
         return created
+
+    async def install(self, spec: str) -> ex.ExecuteResponse:
+        """python_install_package: an allowlisted package into the environment every sandbox mounts,
+        then the template rebuilt and the ready interpreters replaced, so that the next calls see it."""
+        try:
+            envs.check_requirement(spec, self.xc.install_allowlist)
+        except envs.InstallRefused as exc:
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
+        try:
+            log.info("installing %s into %s", spec, self.env.path)
+            output = await self.env.install(spec)
+        except envs.InstallRefused as exc:  # another version of an installed distribution
+            return text_result(
+                str(exc),
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
+            )
+        except (envs.InstallFailed, OSError) as exc:
+            return text_result(
+                f"installing {spec} failed: {exc}",
+                {"installed": False, "package": spec},
+                is_error=True,
+                error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
+            )
+        if self.template is not None:
+            self.template.rebuild()
+        if self.pool is not None:
+            self.pool.recycle()
+        return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})
 
     async def close(self) -> None:
         self._closed = True

@@ -551,12 +551,12 @@ async def run_on(worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfi
 
 @overload
 async def run_on(
-    worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig, fresh: Literal[True]
+    worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig, *, fresh: Literal[True]
 ) -> RunResult | None: ...
 
 
 async def run_on(
-    worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig, fresh: bool = False
+    worker: Worker, code: str, timeout_s: float, cfg: ExecutorConfig, *, fresh: bool = False
 ) -> RunResult | None:
     """Run `code` on `worker` within `timeout_s`; on timeout or death the worker is killed.
     `fresh` (a worker just taken from the warm pool): None, with nothing sent, when it died while

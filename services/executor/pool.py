@@ -86,7 +86,7 @@ class WarmPool:
                 worker = await self._handed(within_s)
             try:
                 # A worker that died waiting in the pool runs nothing: it is freed, the next one runs.
-                result = await run_on(worker, code, timeout_s, cfg, True)
+                result = await run_on(worker, code, timeout_s, cfg, fresh=True)
             except BaseException:
                 later(functools.partial(self.give_back, worker))
                 raise

@@ -58,8 +58,8 @@ BACKGROUND = {
         "services/executor/pool.py:_fill",
         "services/executor/pool.py:give_back",
         "services/executor/interpreter.py:close",
-        "services/executor/interpreter.py:_on_exit",
-        "services/executor/interpreter.py:wait",
+        "services/executor/sandbox.py:_on_exit",
+        "services/executor/sandbox.py:wait",
     ),
 }
 

@@ -1,6 +1,6 @@
 """One sandboxed interpreter as the executor holds it, and one call on it.
 
-The interpreter's process (a `Child` started with bwrap, or a `template.Forked`),
+The interpreter's process (a `sandbox.Child` started with bwrap, or a `template.Forked`),
 its control pipes, output memfds and cgroup; the control-pipe protocol spoken
 with `worker.py`; and `run_on`, which sends a call, enforces its wall-clock
 deadline (killing the whole sandbox when it passes), reads stdout/stderr from the
@@ -25,9 +25,8 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, overload
 
@@ -198,7 +197,7 @@ class ReplyLimits:
 
 
 class Process(Protocol):
-    """What a worker needs of its process: `Child` (a sandbox started with bwrap) or
+    """What a worker needs of its process: `sandbox.Child` (a sandbox started with bwrap) or
     `template.Forked` (an interpreter forked from the template)."""
 
     pid: int
@@ -399,67 +398,6 @@ def _integer(value: bytes, low: int, high: int) -> int:
     if not low <= n < high:
         raise ValueError(f"{n} out of range")
     return n
-
-
-class Child:
-    """A child process started with subprocess.Popen (vfork + exec: no fork() of this big, threaded
-    process, no gRPC fork handlers; asyncio's and uvloop's subprocess support both fork) and awaited
-    through a pidfd on the event loop (no child watcher, no thread)."""
-
-    def __init__(
-        self,
-        argv: Sequence[str],
-        out_fd: int,
-        err_fd: int,
-        env: Mapping[str, str],
-        pass_fds: Sequence[int],
-        new_session: bool,
-    ) -> None:
-        self._popen = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=err_fd,
-            env=env,
-            pass_fds=pass_fds,
-            start_new_session=new_session,
-            cwd="/",
-            close_fds=True,
-        )
-        self.pid = self._popen.pid
-        self._loop = asyncio.get_running_loop()
-        self._exited: asyncio.Future[int] = self._loop.create_future()
-        self._pidfd = -1
-        try:
-            self._pidfd = os.pidfd_open(self.pid)
-            self._loop.add_reader(self._pidfd, self._on_exit)
-        except (AttributeError, OSError):  # kernels before 5.3: wait in a thread instead
-            self._waiter = self._loop.create_task(self._wait_in_thread())
-
-    async def _wait_in_thread(self) -> None:
-        code = await asyncio.to_thread(self._popen.wait)
-        if not self._exited.done():
-            self._exited.set_result(code)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._popen.returncode
-
-    def _on_exit(self) -> None:
-        if self._popen.poll() is None:
-            return
-        self._loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        if not self._exited.done():
-            self._exited.set_result(self._popen.returncode)
-
-    def kill(self) -> None:
-        if self._popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self._popen.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> int:
-        return await asyncio.shield(self._exited)
 
 
 def _children(pid: int) -> list[int]:

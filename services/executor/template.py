@@ -26,11 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor.interpreter import SCRATCH, Child, FrameReader, Worker
+from services.executor.interpreter import SCRATCH, FrameReader, Worker
 from services.executor.sandbox import (
     ENV_MOUNT,
     MAX_REPLY_BYTES,
     WORKER_SOURCE,
+    Child,
     Sandbox,
     SpawnError,
     _interpreter_pid,

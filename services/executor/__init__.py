@@ -8,7 +8,7 @@ interpreter.py   one sandboxed interpreter (process, control pipe and frames, me
 machinery.py     what calls run on: the machine probed, pool, sessions, template and env started, closed
 pool.py          the warm pool of interpreters started ahead of demand; a one-call run on one of them
 registration.py  keeps a tool server registered with the hub, across hub restarts
-sandbox.py       starting one fresh sandboxed interpreter (bwrap, seccomp, cgroup), and the probe
+sandbox.py       starting one fresh sandboxed interpreter (bwrap, seccomp, cgroup; its process), and the probe
 schemas.py       the actions' input and output schemas
 sessions.py      sessions: one dedicated interpreter each
 tasks.py         the pandas/matplotlib programs of python_analyze and python_visualize

@@ -9,7 +9,7 @@ it (SIGUSR2) and merges the processes' records by time (one monotonic clock).
 What it prints for each path: the walk (file by file, the process in brackets),
 the files crossed, the file-to-file transitions, and the files entered again
 after being left on the way in (up to the executor handing the code to its
-sandboxed interpreter, `services/executor/protocol.py`). Generated code and the
+sandboxed interpreter, `services/executor/interpreter.py`). Generated code and the
 sandboxed interpreter (`python -I -S`, no site) are not counted. Work of other
 tasks during the window (the warm pool's refill, a usage flush, a health check)
 is left out by its task's first frame (BACKGROUND) and summed apart.
@@ -36,10 +36,11 @@ import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
 EXECUTOR = "python-executor-mcp-server"
-WAY_IN_ENDS = "services/executor/protocol.py"
+WAY_IN_ENDS = "services/executor/interpreter.py"
 TIMEOUT_S = 30.0
 # Work of other tasks, by their outermost frame: the executor's warm pool starting the next
-# interpreter, and closing the one the call used once the answer has gone out; the edge reporting
+# interpreter (the spawn task, and the callback reading what bwrap reports of the sandbox it starts
+# for it), and closing the one the call used once the answer has gone out; the edge reporting
 # usage to the hub, which the hub serves and flushes to its store; the hub's health checks.
 BACKGROUND = {
     "edge": ("edge/usage.py:_report_loop",),
@@ -53,11 +54,12 @@ BACKGROUND = {
     ),
     "executor": (
         "services/executor/pool.py:_spawn_one",
+        "services/executor/sandbox.py:readable",
         "services/executor/pool.py:_fill",
         "services/executor/pool.py:give_back",
-        "services/executor/handle.py:close",
-        "services/executor/handle.py:_on_exit",
-        "services/executor/handle.py:wait",
+        "services/executor/interpreter.py:close",
+        "services/executor/sandbox.py:_on_exit",
+        "services/executor/sandbox.py:wait",
     ),
 }
 

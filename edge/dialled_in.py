@@ -44,7 +44,7 @@ from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.failures import failure_result, stream_call_result
 from services.router.router import Unmount
-from services.toolkit.stream import CallStream, Progress
+from services.toolkit.server import CallStream, Progress
 
 log = logging.getLogger(__name__)
 # The owner of a dialled-in server's tools is this prefix and its connection id, as the original

@@ -98,7 +98,7 @@ async def g_paced(env: Env) -> Call:
 )
 async def sandbox_cold(env: Env) -> Call:
     from services.common.config import ExecutorConfig
-    from services.executor.handle import ReplyLimits
+    from services.executor.interpreter import ReplyLimits
     from services.executor.sandbox import Sandbox, probe
     from services.sandbox import cgroups
 

@@ -2,7 +2,7 @@
 
 Every stream and socket that several tasks write to writes through an `Outbox`:
 the edge's WebSockets (edge.outbox), a tool server's answers on ExecuteStream
-(services.toolkit.stream) and the router's calls over it (services.router.channels).
+(services.toolkit.server) and the router's calls over it (services.router.channels).
 
 - `send` (awaited by the task whose message it is): with no write in flight it
   writes at once from the caller's own task (no queue, no task switch); else it

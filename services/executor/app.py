@@ -12,8 +12,8 @@ from services.common.config import Config
 from services.common.contract import add_tool_executor
 from services.common.credentials import CredentialFile
 from services.common.grpc_server import MeshServer, ServiceBinding
+from services.executor.actions import make_server, tool_definition
 from services.executor.registration import keep_registered
-from services.executor.service import make_server, tool_definition
 from services.toolkit.server import SERVICE
 
 

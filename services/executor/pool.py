@@ -4,6 +4,8 @@ A background filler keeps `size` workers ready (plus one per waiting caller),
 starting at most `parallelism` at a time; a taken worker is replaced at once.
 Callers that find the pool empty wait, in order, up to their deadline. Spawn
 failures back off and are remembered, so a caller that times out is told why.
+`run` is a one-call run from end to end: a worker taken, the code run on it, the
+worker handed back for the caller to give back once its reply is out.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from services.executor.handle import Worker
+from services.common.config import ExecutorConfig
+from services.executor.interpreter import RunResult, Worker, run_on
 from services.executor.sandbox import SpawnError
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,35 @@ class WarmPool:
             "last_error": self.last_error,
         }
 
+    async def run(
+        self,
+        code: str,
+        timeout_s: float,
+        cfg: ExecutorConfig,
+        within_s: float,
+        later: Callable[[Callable[[], None]], None],
+    ) -> RunResult:
+        """Run `code` on a worker of its own, ready now or as soon as one is started (PoolTimeout
+        after `within_s` seconds); `later` gets the worker's give-back, to run once the caller's
+        reply is out (killing a sandbox and starting the next cost loop time the call should not pay)."""
+        while True:
+            if self._ready:
+                worker = self._ready.popleft()
+                self._full.clear()
+                self._owed += 1
+            else:
+                worker = await self._handed(within_s)
+            try:
+                # A worker that died waiting in the pool runs nothing: it is freed, the next one runs.
+                result = await run_on(worker, code, timeout_s, cfg, fresh=True)
+            except BaseException:
+                later(functools.partial(self.give_back, worker))
+                raise
+            if result is not None:
+                later(functools.partial(self.give_back, worker))
+                return result
+            self.give_back(worker)
+
     async def take(self, within_s: float) -> Worker:
         """A ready worker, now or as soon as one is started; PoolTimeout after `within_s` seconds."""
         while self._ready:
@@ -73,6 +106,10 @@ class WarmPool:
                 self._owed += 1
                 return worker
             self.discard(worker)
+        return await self._handed(within_s)
+
+    async def _handed(self, within_s: float) -> Worker:
+        """The next worker started, handed over as it comes up; PoolTimeout after `within_s` seconds."""
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         self._wake.set()

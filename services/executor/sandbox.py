@@ -17,11 +17,14 @@ weakest the executor may use; the default, `full`, refuses anything less):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,16 +32,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor.handle import Child, Worker
-from services.executor.protocol import FrameReader
+from services.executor.interpreter import SCRATCH, FrameReader, Worker
 from services.sandbox import cgroups, seccomp
 from services.sandbox.bwrap import PATH, system_view
 from services.sandbox.capabilities import Capabilities, machine_support
 
 log = logging.getLogger(__name__)
 WORKER_SOURCE = (Path(__file__).parent / "worker.py").read_text()
-SCRATCH, ENV_MOUNT, PYTHON_MOUNT = "/work", "/opt/env", "/opt/python"
-TMPFS = (SCRATCH, "/tmp")  # the sandbox's only writable directories, each `scratch_bytes` in size
+ENV_MOUNT, PYTHON_MOUNT = "/opt/env", "/opt/python"
 MAX_REPLY_BYTES = 64 * 1024 * 1024
 
 
@@ -244,6 +245,68 @@ class Sandbox:
             for fd in (info_r, block_w):
                 if fd >= 0:
                     os.close(fd)
+
+
+class Child:
+    """A child process started with subprocess.Popen (vfork + exec: no fork() of this big, threaded
+    process, no gRPC fork handlers; asyncio's and uvloop's subprocess support both fork) and awaited
+    through a pidfd on the event loop (no child watcher, no thread)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        out_fd: int,
+        err_fd: int,
+        env: Mapping[str, str],
+        pass_fds: Sequence[int],
+        new_session: bool,
+    ) -> None:
+        self._popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out_fd,
+            stderr=err_fd,
+            env=env,
+            pass_fds=pass_fds,
+            start_new_session=new_session,
+            cwd="/",
+            close_fds=True,
+        )
+        self.pid = self._popen.pid
+        # Set once the process is reaped; an attribute, not a property: the warm pool asks whether a
+        # pooled interpreter is alive on every call.
+        self.returncode: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._exited: asyncio.Future[int] = self._loop.create_future()
+        self._pidfd = -1
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+            self._loop.add_reader(self._pidfd, self._on_exit)
+        except (AttributeError, OSError):  # kernels before 5.3: wait in a thread instead
+            self._waiter = self._loop.create_task(self._wait_in_thread())
+
+    async def _wait_in_thread(self) -> None:
+        code = await asyncio.to_thread(self._popen.wait)
+        self.returncode = code
+        if not self._exited.done():
+            self._exited.set_result(code)
+
+    def _on_exit(self) -> None:
+        if self._popen.poll() is None:
+            return
+        self.returncode = self._popen.returncode
+        self._loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._exited.done():
+            self._exited.set_result(self._popen.returncode)
+
+    def kill(self) -> None:
+        if self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
 
 
 def _interpreter_pid(bwrap_pid: int, init_pid: int) -> int:

@@ -28,7 +28,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from services.executor.handle import Worker
+from services.executor.interpreter import Worker
 from services.executor.pool import WarmPool
 
 log = logging.getLogger(__name__)

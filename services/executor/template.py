@@ -3,7 +3,7 @@ for one forked interpreter per warm-pool slot, replacing it when it dies or the 
 and falling back to a fresh sandboxed interpreter (`Sandbox.spawn`) whenever it is unavailable.
 
 A forked interpreter is a `Worker` like any other: the same control protocol, output memfds and
-runner; its process handle is a `Forked` (a pidfd and the wait status its init reports).
+`run_on`; its process handle is a `Forked` (a pidfd and the wait status its init reports).
 Its cgroup is its own, acquired from the executor's `Cgroups` and joined before any code is sent;
 the template, the first children and each call's init live in a cgroup of their own
 (`template_groups`).
@@ -26,13 +26,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from services.common.config import ExecutorConfig
-from services.executor.handle import Child, Worker
-from services.executor.protocol import FrameReader
+from services.executor.interpreter import SCRATCH, FrameReader, Worker
 from services.executor.sandbox import (
     ENV_MOUNT,
     MAX_REPLY_BYTES,
-    SCRATCH,
     WORKER_SOURCE,
+    Child,
     Sandbox,
     SpawnError,
     _interpreter_pid,
@@ -59,15 +58,12 @@ class Forked:
         self.pid = pid
         self._pidfd = os.pidfd_open(pid)
         self._status_fd = status_fd
-        self._returncode: int | None = None
+        # An attribute, not a property: the warm pool asks whether an interpreter is alive on every call.
+        self.returncode: int | None = None
         self._loop = asyncio.get_running_loop()
         self._exited: asyncio.Future[int] = self._loop.create_future()
         os.set_blocking(status_fd, False)
         self._loop.add_reader(status_fd, self._on_status)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._returncode
 
     def _on_status(self) -> None:
         try:
@@ -82,12 +78,12 @@ class Forked:
         self._pidfd = -1
         # No status: its init died (with the template's sandbox), and the interpreter with it.
         code = os.waitstatus_to_exitcode(struct.unpack("!i", data)[0]) if len(data) == 4 else -signal.SIGKILL
-        self._returncode = code
+        self.returncode = code
         if not self._exited.done():
             self._exited.set_result(code)
 
     def kill(self) -> None:
-        if self._returncode is None and self._pidfd >= 0:
+        if self.returncode is None and self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 

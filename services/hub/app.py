@@ -284,7 +284,7 @@ class Hub:
                 await self.registry.deregister(entry.tool.tool_id)
 
     async def _attach_inprocess_executor(self) -> None:
-        from services.executor.service import INPROC_NAME, make_server, tool_definition
+        from services.executor.actions import INPROC_NAME, make_server, tool_definition
 
         server = make_server(self.cfg)
         await server.start()  # probe the sandbox and warm the pool now, not on the first call

@@ -1,7 +1,7 @@
 """A small kit for writing tool servers in Python: actions in, ToolExecutorService out.
 
-server.py  ToolServer: ToolExecutorService (Execute and ExecuteStream) over plain async actions
-stream.py  serving ExecuteStream: many calls over one bidirectional stream, matched by call_id
+server.py  ToolServer: ToolExecutorService over plain async actions, and CallStream, which serves
+           ExecuteStream (many calls over one bidirectional stream, matched by call_id)
 """
 
 from services.common.results import text_result

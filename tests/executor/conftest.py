@@ -18,8 +18,8 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
+from services.executor.actions import Executor
 from services.executor.app import ExecutorProcess, listen_address
-from services.executor.service import Executor
 from services.hub.app import Hub
 from tests.helpers import deadline
 

@@ -1,7 +1,7 @@
 """The executor's control-pipe protocol against what a hostile sandbox can write: real pipes, real bytes.
 
 Everything the sandbox sends is untrusted: frames are size-capped, one per request, field names come
-from a fixed set and lengths are checked against what is left (services/executor/protocol.py).
+from a fixed set and lengths are checked against what is left (services/executor/interpreter.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from services.executor.protocol import REPLY_FIELDS, FrameReader, ProtocolError, decode, encode
+from services.executor.interpreter import REPLY_FIELDS, FrameReader, ProtocolError, decode, encode
 from tests.helpers import deadline
 
 

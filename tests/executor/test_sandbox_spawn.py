@@ -20,9 +20,7 @@ from pathlib import Path
 import pytest
 
 from services.common.config import ExecutorConfig
-from services.executor.handle import Worker
-from services.executor.protocol import encode
-from services.executor.runner import run_on
+from services.executor.interpreter import Worker, encode, run_on
 from services.executor.sandbox import (
     Sandbox,
     SpawnError,

@@ -18,7 +18,7 @@ from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from services.common import credentials
 from services.common.config import Config
 from services.common.credentials import METADATA_KEY
-from services.executor.service import OWNER, tool_definition
+from services.executor.actions import OWNER, tool_definition
 from services.hub.app import HUB_OWNER, Hub
 from services.toolkit.server import Action
 from tests.executor.conftest import TOOL, running_executor, xcfg  # noqa: F401 (fixture)

@@ -1,21 +1,24 @@
-"""The executor's actions, its tool definition, and the Executor that owns pool, sessions and env.
+"""The executor's actions, its tool definition, and the Executor: the actions on the sandbox machinery.
 
 `make_server(cfg)` has no side effects (the hub also calls it just to read the
-capabilities); the sandbox machinery starts on `await executor.start()` or on
-the first call, whichever comes first. `close()` frees everything.
+capabilities); the sandbox machinery (machinery.py) starts on `await
+executor.start()` or on the first call, whichever comes first. `close()` frees
+everything. A one-call run asks the pool once (`WarmPool.run`); a session's
+runs on its own interpreter. The run comes back as a tool result shaped here
+(`execute_response`), cut to fit one gRPC message.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import contextvars
-import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,16 +26,15 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config, ExecutorConfig
+from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.credentials import CredentialFile
 from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
 from services.common.results import text_result
-from services.executor import envs, tasks
-from services.executor.handle import Worker
-from services.executor.pool import PoolTimeout, WarmPool
-from services.executor.results import add_images, execute_response, response_bytes, take_artifact
-from services.executor.runner import RunResult, run_on
-from services.executor.sandbox import Sandbox, probe
+from services.executor import tasks
+from services.executor.interpreter import RunResult, run_on
+from services.executor.machinery import Machinery
+from services.executor.pool import PoolTimeout
 from services.executor.schemas import (
     ANALYZE_INPUT,
     END_SESSION_INPUT,
@@ -41,10 +43,7 @@ from services.executor.schemas import (
     PYTHON_EXECUTE_OUTPUT,
     VISUALIZE_INPUT,
 )
-from services.executor.sessions import SessionLimit, Sessions
-from services.executor.template import TemplatePath
-from services.sandbox import cgroups
-from services.sandbox.capabilities import LEVELS, Capabilities
+from services.executor.sessions import SessionLimit
 from services.toolkit.server import Action, AdminCheck, CallContext, ToolServer
 
 log = logging.getLogger(__name__)
@@ -52,172 +51,17 @@ OWNER = "python-executor"
 INPROC_NAME = "python-executor"
 
 
-class Executor(ToolServer):
-    """ToolServer with the python_* actions; owns the sandbox machinery once started."""
+class Executor(Machinery, ToolServer):
+    """ToolServer with the python_* actions, run on the sandbox machinery (`Machinery`) once started."""
 
     def __init__(self, cfg: Config, host_env: dict[str, str]) -> None:
-        self.cfg, self.xc = cfg, cfg.executor
-        self._host_env = host_env
-        self.env = envs.ExecutorEnv(self.xc, host_env)
-        self.caps: Capabilities | None = None
-        self.refusal = ""
-        self.pool: WarmPool | None = None
-        self.sessions: Sessions | None = None
-        self._groups: cgroups.Cgroups | None = None
-        self._template_groups: cgroups.Cgroups | None = None
-        self.template: TemplatePath | None = None
-        self.template_unavailable = ""  # why executor.template is on but cannot be used here
+        Machinery.__init__(self, cfg, host_env)
         self._slots = asyncio.Semaphore(max(self.xc.max_concurrent_calls, 1))
-        self.running = 0
         self.call_started = asyncio.Event()  # set whenever a call gets its slot (observability, tests)
         self.call_queued = asyncio.Event()  # set whenever a call has to wait for a slot (likewise)
-        self._start_lock = asyncio.Lock()
-        self._env_task: asyncio.Task[bool] | None = None
-        self._closed = False
-        super().__init__({self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
+        ToolServer.__init__(self, {self.xc.tool_id: self._action_list()}, admin_check=admin_check(cfg))
         self.max_message_bytes = cfg.hub.max_message_bytes
         self._response_bytes = response_bytes(cfg.hub.max_message_bytes)  # results are cut to fit
-
-    # -- lifecycle ----------------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Probe the machine, then start the warm pool (or record why the executor refuses to run)."""
-        async with self._start_lock:
-            if self.caps is not None or self._closed:
-                return
-            caps = await probe(self.xc, self.env.path)
-            if self.xc.min_isolation not in LEVELS:
-                self.refusal = (
-                    f"unknown executor.min_isolation {self.xc.min_isolation!r} ({', '.join(LEVELS)})"
-                )
-            elif not caps.at_least(self.xc.min_isolation):
-                self.refusal = (
-                    f"refusing to run code: this machine only allows isolation level {caps.level!r} "
-                    f"but executor.min_isolation is {self.xc.min_isolation!r} "
-                    f"({'; '.join(caps.notes)}). Fix the machine, or allow the weaker level "
-                    f"explicitly with TOOLSCORE_EXECUTOR__MIN_ISOLATION={caps.level}"
-                )
-            if self.refusal:
-                log.error("%s", self.refusal)
-            else:
-                log.info(
-                    "sandbox isolation level: %s%s",
-                    caps.level,
-                    f" ({'; '.join(caps.notes)})" if caps.notes else "",
-                )
-                if caps.cgroups is not None:
-                    self._groups = cgroups.Cgroups(
-                        caps.cgroups,
-                        self.xc.pids_limit,
-                        self.xc.memory_limit_bytes,
-                        self.xc.cpu_limit,
-                    )
-                sandbox = Sandbox(self.xc, self.env.path, self._host_env, caps, self._groups)
-                self.pool = WarmPool(
-                    self._template_path(sandbox, caps), self.xc.pool_size, self.xc.spawn_parallelism
-                )
-                self.pool.start()
-                self.sessions = Sessions(
-                    self.pool,
-                    self.xc.max_sessions,
-                    self.xc.session_idle_ttl_s,
-                    self.xc.session_max_lifetime_s,
-                )
-                if self.xc.env_autocreate and not self.env.ready:
-                    self._env_task = asyncio.get_running_loop().create_task(self._create_env())
-            self.caps = caps
-
-    def _template_path(self, sandbox: Sandbox, caps: Capabilities) -> Callable[[], Awaitable[Worker]]:
-        """The pool's spawn function: the template's when `executor.template` is on and this machine
-        runs it (bwrap, seccomp and cgroups, the executor as root), else a fresh interpreter each."""
-        if not self.xc.template:
-            return sandbox.spawn
-        if caps.level != "full" or os.geteuid() != 0:
-            self.template_unavailable = (
-                "the template needs isolation level full and the executor running as root "
-                f"(level {caps.level}, euid {os.geteuid()}); calls use a fresh interpreter each"
-            )
-            log.warning("executor.template: %s", self.template_unavailable)
-            return sandbox.spawn
-        assert caps.cgroups is not None
-        x = self.xc
-        # The template, each call's init (one per live interpreter), first children for a moment
-        # and each interpreter until it joins its own group: bounded by how many can be alive.
-        pids = 8 + 2 * (x.pool_size + x.max_concurrent_calls + x.max_sessions + x.spawn_parallelism)
-        self._template_groups = cgroups.Cgroups(caps.cgroups, pids, x.memory_limit_bytes)
-        self.template = TemplatePath(
-            x,
-            sandbox,
-            self._groups,
-            self._template_groups,
-            on_ready=self._template_ready,
-            on_lost=self._template_ready,
-        )
-        self.template.start()
-        return self.template.spawn
-
-    def _template_ready(self) -> None:
-        """A template came up (the fresh interpreters started meanwhile give way to forked ones) or
-        died (the interpreters forked from it died with it)."""
-        if self.pool is not None:
-            self.pool.recycle()
-
-    async def _create_env(self) -> bool:
-        try:
-            created = await self.env.ensure()
-        except Exception:
-            return False
-        if created and self.pool is not None:
-            if self.template is not None:
-                self.template.rebuild()
-            self.pool.recycle()  # ready workers were started without the env mounted
-        return created
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._env_task is not None:
-            self._env_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._env_task
-        if self.sessions is not None:
-            await self.sessions.close()
-        if self.pool is not None:
-            await self.pool.close()
-        if self.template is not None:
-            await self.template.close()
-        if self._template_groups is not None:
-            await self._template_groups.close()
-        if self._groups is not None:
-            await self._groups.close()
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "isolation": self.caps.describe() if self.caps else {"level": "not probed yet"},
-            "running": self.running,
-            "min_isolation": self.xc.min_isolation,
-            "refusing": bool(self.refusal),
-            "reason": self.refusal,
-            "pool": self.pool.status() if self.pool else {},
-            "sessions": self.sessions.status() if self.sessions is not None else {},
-            "environment": self.env.status(),
-            "template": self._template_status(),
-        }
-
-    def _template_status(self) -> dict[str, Any]:
-        if self.template is not None:
-            return self.template.status()
-        why = self.template_unavailable or ("" if self.xc.template else "executor.template is off")
-        return {"enabled": self.xc.template, "path": "fresh interpreter", "last_error": why}
-
-    async def call(
-        self,
-        request: ex.ExecuteRequest,
-        progress: Any = None,
-        *,
-        caller_is_admin: Callable[[], bool] | None = None,
-    ) -> ex.ExecuteResponse:
-        if self.caps is None:
-            await self.start()
-        return await super().call(request, progress, caller_is_admin=caller_is_admin)
 
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
@@ -288,11 +132,7 @@ class Executor(ToolServer):
         try:
             left = max(self.xc.queue_timeout_s - (time.monotonic() - queued), 0.001)
             if not session_id:
-                worker = await self.pool.take(left)
-                try:
-                    return await run_on(worker, code, limit_s, self.xc)
-                finally:
-                    self._after_reply(functools.partial(self.pool.give_back, worker))
+                return await self.pool.run(code, limit_s, self.xc, left, self._after_reply)
             session = await self.sessions.find(session_id)
             if session is None:
                 return _unknown_session()
@@ -359,6 +199,8 @@ class Executor(ToolServer):
         ]
 
     async def _python_execute(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         session_id = str(args.get("session_id") or ctx.session_id or "")
         timeout = self._timeout(args.get("timeout"), ctx)
         if args.get("new_session"):
@@ -409,6 +251,8 @@ class Executor(ToolServer):
         return await self.run_code(code, self._timeout(args.get("timeout"), ctx))
 
     async def _python_analyze(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         result = await self._run_task(tasks.analyze_code(args["data"], args["operation"]), args, ctx)
         if isinstance(result, ex.ExecuteResponse):
             return result
@@ -423,6 +267,8 @@ class Executor(ToolServer):
         return text_result(result.stdout, structured)
 
     async def _python_visualize(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         code = tasks.visualize_code(
             args["data"], args["plot_type"], args.get("title", ""), args.get("x"), args.get("y")
         )
@@ -443,40 +289,13 @@ class Executor(ToolServer):
         return resp
 
     async def _python_install_package(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
-        spec = args["package_name"]
-        try:
-            envs.check_requirement(spec, self.xc.install_allowlist)
-        except envs.InstallRefused as exc:
-            return text_result(
-                str(exc),
-                {"installed": False, "package": spec},
-                is_error=True,
-                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
-            )
-        try:
-            log.info("installing %s into %s", spec, self.env.path)
-            output = await self.env.install(spec)
-        except envs.InstallRefused as exc:  # another version of an installed distribution
-            return text_result(
-                str(exc),
-                {"installed": False, "package": spec},
-                is_error=True,
-                error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT,
-            )
-        except (envs.InstallFailed, OSError) as exc:
-            return text_result(
-                f"installing {spec} failed: {exc}",
-                {"installed": False, "package": spec},
-                is_error=True,
-                error_type=tool_pb2.ERROR_TYPE_TOOL_ERROR,
-            )
-        if self.template is not None:
-            self.template.rebuild()
-        if self.pool is not None:
-            self.pool.recycle()
-        return text_result(f"installed {spec}", {"installed": True, "package": spec, "output": output})
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
+        return await self.install(args["package_name"])
 
     async def _python_end_session(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         session_id = str(args.get("session_id") or ctx.session_id or "")
         if not session_id:
             raise InvalidRequest("session_id is required (argument or request field)")
@@ -484,6 +303,8 @@ class Executor(ToolServer):
         return {"session_id": session_id, "ended": ended}
 
     async def _python_status(self, args: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+        if self.caps is None:  # the first call starts the sandbox machinery
+            await self.start()
         return self.status()
 
 
@@ -523,6 +344,133 @@ def _busy(message: str) -> ex.ExecuteResponse:
     return text_result(
         message, {"error_reason": message}, is_error=True, error_type=tool_pb2.ERROR_TYPE_SYSTEM
     )
+
+
+# -- a run as a tool result ----------------------------------------------------------------------------
+# Text, image blocks, structured fields and a clear error reason. The result must fit in one gRPC
+# message: the executor answers many callers over one stream, and a message over the limit fails
+# them all. Output is capped per stream in bytes, but invalid UTF-8 decodes to U+FFFD (3 bytes each)
+# and each stream appears twice (text block and structured), so an encoded result can be six times
+# the cap; it is cut to `max_bytes` here, flagged `truncated`.
+
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
+# Room a result leaves under the message limit for what wraps it on its way (stream envelope,
+# ExecuteToolResponse) and for the few bytes of length prefixes a cut can change.
+_HEADROOM = 64 * 1024
+
+
+def response_bytes(max_message_bytes: int) -> int:
+    """The largest encoded result the executor sends when messages may carry `max_message_bytes`."""
+    return max_message_bytes - _HEADROOM
+
+
+def take_artifact(result: RunResult, name: str) -> bytes | None:
+    for i, (n, data) in enumerate(result.artifacts):
+        if n == name:
+            del result.artifacts[i]
+            return data
+    return None
+
+
+def _artifact_entry(name: str, data: bytes) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "size": len(data),
+        "mime_type": IMAGE_TYPES.get(Path(name).suffix.lower(), "application/octet-stream"),
+    }
+    if entry["mime_type"].startswith("image/"):
+        entry["content_block"] = True  # sent as an image block, not repeated here
+        return entry
+    try:
+        entry["text"] = data.decode("utf-8")
+        entry["mime_type"] = "text/plain"
+    except UnicodeDecodeError:
+        entry["base64"] = base64.b64encode(data).decode()
+    return entry
+
+
+def execute_response(
+    r: RunResult, session_id: str, max_bytes: int = response_bytes(DEFAULT_MAX_MESSAGE_BYTES)
+) -> ex.ExecuteResponse:
+    """The python_execute result: text, image blocks, structured fields and a clear error when it
+    failed; at most `max_bytes` encoded (stdout and stderr cut to fit, then artifacts and the value)."""
+    resp = _response(r, session_id)
+    size = resp.ByteSize()
+    if size <= max_bytes:
+        return resp
+    _cut_to_fit(r, session_id, size, max_bytes)
+    resp = _response(r, session_id)
+    if resp.ByteSize() > max_bytes:  # only if the fixed parts alone are over: keep the verdict
+        r.stdout = r.stderr = ""
+        resp = _response(r, session_id)
+    return resp
+
+
+def _cut_to_fit(r: RunResult, session_id: str, size: int, max_bytes: int) -> None:
+    """Shorten `r` so its result, `size` bytes now, fits in `max_bytes`."""
+    out, err = r.stdout.encode(), r.stderr.encode()
+    rest = size - 2 * (len(out) + len(err))  # each stream is sent twice: text block and structured
+    if rest > max_bytes // 2:  # artifacts and the value are most of it: they go first
+        r.artifacts_skipped += len(r.artifacts)
+        r.artifacts = []
+        if r.value_repr is not None:
+            r.value_repr = r.value_repr[:1024]
+        rest = _response(r, session_id).ByteSize() - 2 * (len(out) + len(err))
+    room = max((max_bytes - rest) // 2 - 1024, 0)  # bytes for stdout and stderr together, once
+    keep_out = min(len(out), max(room // 2, room - len(err)))
+    keep_err = min(len(err), room - keep_out)
+    r.stdout = out[:keep_out].decode("utf-8", "ignore")  # "ignore": a character cut in two goes
+    r.stderr = err[:keep_err].decode("utf-8", "ignore")
+    r.truncated = True
+    note = f"the result was cut to fit the {max_bytes}-byte message limit"
+    r.failure = f"{r.failure}; {note}" if r.failure else note
+
+
+def _response(r: RunResult, session_id: str) -> ex.ExecuteResponse:
+    structured: dict[str, Any] = {
+        "stdout": r.stdout,
+        "stderr": r.stderr,
+        "return_code": r.return_code,
+        "result": r.value_repr,
+        "timed_out": r.timed_out,
+        "truncated": r.truncated,
+        "duration_ms": r.duration_ms,
+        "artifacts": [_artifact_entry(n, d) for n, d in r.artifacts],
+    }
+    if r.artifacts_skipped:
+        structured["artifacts_skipped"] = r.artifacts_skipped
+    if session_id:
+        structured["session_id"] = session_id
+    if r.failure:
+        structured["error_reason"] = r.failure
+    text = r.stdout + (f"\n[stderr]\n{r.stderr}" if r.stderr else "")
+    if r.value_repr is not None:
+        text += ("\n" if text and not text.endswith("\n") else "") + r.value_repr
+    if r.timed_out:
+        resp = text_result(
+            f"{r.failure}\n{text}".rstrip(), structured, is_error=True, error_type=tool_pb2.ERROR_TYPE_TIMEOUT
+        )
+    elif r.worker_lost or r.return_code != 0:
+        lead = r.failure or (f"{r.error} raised" if r.error else f"exited with code {r.return_code}")
+        resp = text_result(
+            f"{lead}\n{text}".rstrip(),
+            structured,
+            is_error=True,
+            error_type=tool_pb2.ERROR_TYPE_CODE_EXECUTION,
+        )
+    else:
+        resp = text_result(text if not r.failure else f"{text}\n[{r.failure}]", structured)
+    add_images(resp, r.artifacts)
+    return resp
+
+
+def add_images(resp: ex.ExecuteResponse, artifacts: list[tuple[str, bytes]]) -> None:
+    """Append the image artifacts (PNG, JPEG, SVG) as image content blocks."""
+    for name, data in artifacts:
+        mime = IMAGE_TYPES.get(Path(name).suffix.lower())
+        if mime:
+            block = resp.content.add().image
+            block.data, block.mime_type = data, mime
 
 
 def admin_check(cfg: Config) -> AdminCheck | None:

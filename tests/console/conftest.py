@@ -6,7 +6,9 @@ with discovery pointed at the test's local package index and catalog, and an adm
 - `console_mesh`: the mesh, its edge URL, and a REST client for the test's "other client".
 - `edge`, `registered_echo` (from tests/edge): the in-process edge, for the HTTP tests of the routes.
 - `open_console(mesh, path)`: a page on the console with the console's own errors collected
-  (a CSP violation or a script error fails the test at `Console.done`).
+  (a CSP violation or a script error fails the test at `Console.done`) and the messages its
+  WebSockets received (`Console.frames`).
+- `python_page`: the console's Python page on `console_mesh`, once it has found the executor.
 - `Console.screenshot(name)` saves under the artifacts directory: the test's tmp_path, or
   `$TOOLSCORE_CONSOLE_ARTIFACTS` when set; `Console.axe()` runs axe-core (vendored) on the page and
   returns its serious and critical violations.
@@ -103,6 +105,7 @@ class Console:
     page: Any
     artifacts: Path
     errors: list[str] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)  # what the page's WebSockets received
 
     async def screenshot(self, name: str) -> Path:
         path = self.artifacts / f"{name}.png"
@@ -152,6 +155,7 @@ async def open_console(browser: Any, artifacts: Path) -> AsyncIterator[Callable[
                 console.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
             ),
         )
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: console.frames.append(f)))
         page.on(
             "response",
             lambda r: (
@@ -166,6 +170,14 @@ async def open_console(browser: Any, artifacts: Path) -> AsyncIterator[Callable[
     yield open_
     for c in contexts:
         await c.close()
+
+
+@pytest.fixture
+async def python_page(console_mesh: ConsoleMesh, open_console: Callable[..., Any]) -> Console:
+    console: Console = await open_console(console_mesh, "/ui/#/python")
+    executor = console.page.get_by_role("status").filter(has_text="python-executor-mcp-server")
+    await expect(executor).to_be_visible(timeout=WAIT_MS)
+    return console
 
 
 def expect(target: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,8 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     )
     console = await open_console(console_mesh, "/ui/#/servers")
     page = console.page
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     await page.get_by_label("Search the catalog").fill("convert time zones")
     await page.get_by_role("button", name="Search").click()
     candidate = page.locator(f'li[data-candidate="{name}"]')
@@ -236,12 +239,25 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     await page.get_by_label("Admin token").fill(TOKEN)
     await page.get_by_role("button", name="Keep for this tab").click()
     await expect(page.locator("#token-state")).to_have_text("kept in this tab")
+    pkg_index.hold = asyncio.Event()  # the package's download waits: the install is seen under way
+    listings = len([r for r in requests if r.endswith("/api/v1/tools/servers")])
     await candidate.get_by_role("button", name="Install").click()
     progress = page.locator(".install")
-    await expect(progress.locator("progress")).to_be_visible(timeout=WAIT_MS)
+    steps = progress.locator("ol.steps li")
+    await expect(steps.filter(has_text="pip install ts-clock-mcp==2.0.0")).to_have_count(1, timeout=WAIT_MS)
+    await expect(progress.locator("progress")).to_have_attribute("value", "0.3")  # under way
+    await expect(progress.locator(".state")).to_have_text("installing")
+    assert not pkg_index.hold.is_set()  # (so POST /mcp/install has not answered yet)
+    # Each step came on the events WebSocket, pushed as it happened; nothing polled the servers.
+    pushed = [json.loads(f) for f in console.frames if '"install_progress"' in f]
+    assert [m["message"] for m in pushed] == await steps.all_inner_texts(), pushed
+    assert len([r for r in requests if r.endswith("/api/v1/tools/servers")]) <= listings + 1
+    await console.screenshot("install-under-way")
+    pkg_index.hold.set()
     await expect(progress.locator(".outcome")).to_contain_text(f"{name} is running", timeout=120_000)
     await expect(progress.locator("progress")).to_have_attribute("value", "1")
-    assert await progress.locator("ol.steps li").count() >= 2
+    await expect(steps.last).to_contain_text("running with")
+    assert await steps.count() >= 4
     await expect(page.locator(f'tr[data-server="{name}"]')).to_contain_text("running", timeout=WAIT_MS)
     await console.screenshot("install")
     assert await console.axe() == []

@@ -9,6 +9,8 @@ with discovery pointed at the test's local package index and catalog, and an adm
   (a CSP violation or a script error fails the test at `Console.done`) and the messages its
   WebSockets received (`Console.frames`).
 - `python_page`: the console's Python page on `console_mesh`, once it has found the executor.
+- `serve_edge(cfg, hub)`: an edge in the test's process over `hub` (an LLM for its task service,
+  a cluster node id), for what `make run`'s mesh does not have.
 - `Console.screenshot(name)` saves under the artifacts directory: the test's tmp_path, or
   `$TOOLSCORE_CONSOLE_ARTIFACTS` when set; `Console.axe()` runs axe-core (vendored) on the page and
   returns its serious and critical violations.
@@ -17,6 +19,7 @@ with discovery pointed at the test's local package index and catalog, and an adm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
@@ -26,11 +29,18 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from playwright import async_api as playwright_api
 
+from edge.app import build_app
+from edge.hub_link import REGISTRY
+from services.common import config as config_mod
+from services.common.config import Config
+from services.hub.app import Hub
 from tests.conftest import Mesh
 from tests.discovery.conftest import catalog_dir, pkg_index  # noqa: F401 (fixtures used here)
 from tests.edge.conftest import echo_server, edge, registered_echo, start_edge  # noqa: F401 (test_routes.py)
+from tests.helpers import bound_socket
 
 CHROMIUM = os.environ.get("TOOLSCORE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -98,6 +108,31 @@ async def console_mesh(
     url = await mesh.edge_url()
     async with aiohttp.ClientSession() as http:
         yield ConsoleMesh(mesh, url, http)
+
+
+@dataclass
+class Edge:
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def serve_edge(cfg: Config, hub: Hub, llm: tuple[str, str] | None = None) -> AsyncIterator[Edge]:
+    """An edge over `hub` (the rest of its config, its cluster node id included, from `cfg`), caught up."""
+    # The task service reaches the edge it runs in at [edge] port: bound before the app is built.
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
+    app = build_app(ecfg, llm)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        async with asyncio.timeout(10):
+            await app[REGISTRY].following.wait()
+        yield Edge(f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+        sock.close()  # the site does not close a socket it was given
 
 
 @dataclass

@@ -10,21 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from edge.app import build_app
-from edge.hub_link import REGISTRY
-from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
-from tests.console.conftest import WAIT_MS, expect
-from tests.helpers import bound_socket
+from tests.console.conftest import WAIT_MS, Edge, expect, serve_edge
 from tests.runtime.fake_llm import FakeLLM, call, calls, say
-
-
-@dataclass
-class Edge:
-    url: str
 
 
 @dataclass
@@ -49,21 +39,8 @@ async def llm() -> AsyncIterator[HeldLLM]:
 
 @pytest.fixture
 async def edge_with_tasks(cfg: Config, hub: Hub, llm: HeldLLM) -> AsyncIterator[Edge]:
-    # The task service reaches the edge it runs in at [edge] port: bound before the app is built.
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
-    app = build_app(ecfg, (llm.fake.base_url, "scripted"))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        async with asyncio.timeout(10):
-            await app[REGISTRY].following.wait()
-        yield Edge(f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
-        sock.close()  # the site does not close a socket it was given
+    async with serve_edge(cfg, hub, (llm.fake.base_url, "scripted")) as edge:
+        yield edge
 
 
 async def test_a_task_submitted_from_the_console_shows_its_steps_live_then_its_answer_and_tokens(

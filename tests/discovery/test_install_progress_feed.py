@@ -28,7 +28,11 @@ async def steps_until(ws: Any, done: Any, within_s: float = 60.0) -> list[dict[s
 
 
 async def test_a_subscriber_that_asks_sees_each_install_step_as_it_happens_to_the_end(
-    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path, start_edge: Any  # noqa: F811
+    dcfg: Config,
+    pkg_index: PackageIndex,
+    root: Path,
+    catalog_dir: Path,
+    start_edge: Any,  # noqa: F811
 ) -> None:
     name = _publish(pkg_index, root, catalog_dir)
     pkg_index.hold = asyncio.Event()

@@ -129,6 +129,7 @@ async def test_an_svg_artifact_with_a_script_shows_as_an_image_and_its_script_ne
         await tab.goto(src)
     await tab.close()
     await console.screenshot("svg-artifact")
+    assert await console.axe() == []
     console.done()
 
 
@@ -202,6 +203,7 @@ async def test_the_browser_refuses_a_string_to_an_html_sink_on_every_console_pag
     )
     assert refused == "TypeError"
     assert await page.locator("img").count() == 0
+    await console.screenshot("html-sink-refused")
     console.done("TrustedHTML")
 
 
@@ -259,6 +261,7 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     await expect(steps.last).to_contain_text("running with")
     assert await steps.count() >= 4
     await expect(page.locator(f'tr[data-server="{name}"]')).to_contain_text("running", timeout=WAIT_MS)
+    await expect(page.locator(f'tr[data-server="{name}"] .health')).to_have_text("healthy", timeout=WAIT_MS)
     await console.screenshot("install")
     assert await console.axe() == []
 
@@ -379,4 +382,5 @@ async def test_a_schema_naming_its_properties_proto_and_constructor_gets_a_form_
     }, received
     assert await page.evaluate("() => ({}).isAdmin === undefined && ({}).more === undefined")
     await console.screenshot("hostile-schema")
+    assert await console.axe() == []
     console.done()

@@ -1,12 +1,19 @@
 // MCP servers: search the catalog (scores and why each matched), install one while its progress
 // shows live (each step pushed on the events WebSocket as it happens, live.js), and the installed
-// servers with state, restarts and sandbox level; uninstall.
+// servers with state, health, restarts and sandbox level; uninstall.
 
 import { api, explain } from '../api.js';
 import { fmtTime, h, fill } from '../dom.js';
 import { live } from '../live.js';
 
 const ENDED = new Set(['running', 'stopped']);
+
+/** A server's health: its tool's, as the hub's health checks last found it (live.js). */
+function healthOf(server) {
+  const tool = live.tools.get(server.tool_id);
+  const health = tool ? tool.health : 'unknown';
+  return h(`span.health.${health}`, {}, health);
+}
 
 function percent(p) {
   return `${Math.round((p || 0) * 100)}%`;
@@ -72,7 +79,9 @@ export function render(main) {
     }
   };
 
+  let shown = []; // the servers listed last (drawn again when a tool's health changes)
   const drawInstalled = (servers) => {
+    shown = servers;
     fill(
       installed,
       servers.map((s) => {
@@ -109,6 +118,7 @@ export function render(main) {
           { 'data-server': s.name },
           h('th', { scope: 'row' }, s.name, h('div.muted', {}, `${s.registry_type || ''} ${s.identifier || ''} ${s.version || ''}`)),
           h('td', {}, h('span.state', { 'data-state': s.state }, s.state), s.state !== 'running' && s.progress < 1 ? ` ${percent(s.progress)}` : '', s.status_message ? h('div.muted', {}, s.status_message) : null),
+          h('td', {}, healthOf(s)),
           h('td', {}, (s.tools || []).join(', ')),
           h('td.num', {}, String(s.restarts ?? 0)),
           h('td', {}, s.isolation || '–', s.network ? ' · network' : ''),
@@ -207,7 +217,7 @@ export function render(main) {
           'table',
           {},
           h('caption', {}, 'Installed and federated servers, installs under way included'),
-          h('thead', {}, h('tr', {}, ['Server', 'State', 'Tools', 'Restarts', 'Sandbox', 'Installed', ''].map((t) => h('th', { scope: 'col' }, t || h('span.sr-only', {}, 'Actions'))))),
+          h('thead', {}, h('tr', {}, ['Server', 'State', 'Health', 'Tools', 'Restarts', 'Sandbox', 'Installed', ''].map((t) => h('th', { scope: 'col' }, t || h('span.sr-only', {}, 'Actions'))))),
           installed,
         ),
       ),
@@ -225,6 +235,7 @@ export function render(main) {
   refresh();
   const unsubscribe = live.subscribe((what, step) => {
     if (what === 'install') onStep(step);
+    else if (what === 'tools') drawInstalled(shown);
   });
   return () => {
     alive = false;

@@ -141,11 +141,14 @@ async def _follow(request: web.Request, service: TaskService, task_id: str) -> w
                 for note in log.notes_after(sent):
                     await _write(resp, _event("note", note))
                     sent = note["seq"]
-            row = await service.get(task_id)
-            status = row.status if row is not None else "failed"
-            if (log is not None and log.ended) or (log is None and status in FINAL):
-                await _write(resp, _event("end", _steps_body(service, task_id, status)))
-                return resp
+            # The store is read when the task may have ended: its log says so (stored first), or it
+            # has none here (not started yet, or run by another process): not at every note.
+            if log is None or log.ended:
+                row = await service.get(task_id)
+                status = row.status if row is not None else "failed"
+                if (log is not None and log.ended) or status in FINAL:
+                    await _write(resp, _event("end", _steps_body(service, task_id, status)))
+                    return resp
             try:
                 async with asyncio.timeout(KEEPALIVE_S):
                     await changed.wait()

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto proto-lock run test lint bench walk clean node-example task executor-env check-sandbox mutation
+.PHONY: venv proto proto-lock run test lint bench walk clean node-example task executor-env check-sandbox check-test-packages mutation
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ run: proto check-sandbox
 check-sandbox:
 	@$(PYTHON_BOOT) -m services.mesh.prerequisites
 
+# The same for the test suite, which also needs redis-server and chromium.
+check-test-packages:
+	@$(PYTHON_BOOT) -m services.mesh.prerequisites --test
+
 # The executor's own environment (pandas, matplotlib, allowlisted packages) under data/executor-env,
 # mounted read-only into every sandbox; never the mesh's venv. Idempotent; the executor also
 # creates it in the background on first start.
@@ -51,7 +55,7 @@ executor-env: $(STAMP)
 task: proto
 	$(PY) -m services.runtime "$(TASK)"
 
-test: proto node-example executor-env
+test: proto check-test-packages node-example executor-env
 	$(PY) -m pytest
 
 node-example:

@@ -11,6 +11,7 @@ json_body.py    the one reader of JSON request bodies (every REST route)
 openapi.py      /openapi.json
 metrics.py      the edge's figures, /metrics
 events_ws.py    the events WebSocket /api/v1/events/tools: its messages and the fan-out
+install_feed.py install progress for the events WebSocket: the hub's WatchInstalls, one stream, shared
 open_sockets.py the open WebSockets, closed with GOING_AWAY at shutdown
 dialled_in.py   servers that dialled in over the ToolScore WebSocket (the relay), callable from every path
 legacy/         the original system's wire formats: its REST routes and shapes, the ToolScore WebSocket

@@ -19,6 +19,7 @@ from edge import (
     discovery_routes,
     events_ws,
     hub_link,
+    install_feed,
     metrics,
     middleware,
     open_sockets,
@@ -48,7 +49,7 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     open_sockets.mount(app)
     gateway = hub_link.mount(app, cfg)
     gateway.observe_calls(figures.observe_call)
-    events_ws.mount(app, gateway.cache, figures, cfg.edge)
+    events = events_ws.mount(app, gateway.cache, figures, cfg.edge)
     dialled_in.mount(app, cfg, gateway, gateway.cache)
     legacy_routes.mount(app)  # first: its literal paths under /api/v1/tools
     rest_routes.mount(app)
@@ -57,7 +58,10 @@ def build_app(cfg: Config, llm: tuple[str, str] | None = None) -> web.Applicatio
     openapi.mount(app, legacy_openapi.FRAGMENT, console.FRAGMENT)
     edge_mcp.add_routes(app, gateway, gateway.cache, cfg)
     if cfg.discovery.enabled:  # a mesh without discovery has no such routes (clients see 404)
-        discovery_routes.add_routes(app, discovery_routes.GatewayDiscoveryClient(gateway))
+        discovery = discovery_routes.GatewayDiscoveryClient(gateway)
+        discovery_routes.add_routes(app, discovery)
+        events.installs = install_feed.InstallFeed(discovery, events.publish_install)
+        install_feed.mount(app, events.installs)
     if llm is not None and (llm[0] or llm[1]):
         tasks_routes.add_routes(app, service_from_config(cfg, *llm), admin)
     else:

@@ -10,6 +10,10 @@ A client reconnecting with `?since=<revision>` gets every event it missed: from
 the registry cache's memory when it reaches back far enough, else from the hub's
 own history (a dedicated WatchToolEvents), else a `resync_required` message.
 Live events that arrive meanwhile are held and sent after the backlog, in order.
+
+A subscriber may also ask for install progress (`installs=1`, or `"installs": true` in
+`subscribe`): the steps of the hub's installs as they happen (edge.install_feed), through the same
+outbox.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
+from edge.install_feed import InstallFeed
 from edge.metrics import METRICS, EdgeMetrics
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats, text_frame
@@ -92,6 +97,7 @@ class Subscriber:
         self.ws = ws
         self.events: frozenset[str] = frozenset()  # empty: every type
         self.tool_ids: frozenset[str] = frozenset()  # empty: every tool
+        self.installs = False  # install progress wanted (edge.install_feed)
         self.revision = 0  # the last event revision queued
         self.held: list[tuple[int, str]] | None = None  # live events held while a backlog is fetched
         self._limit = max(limits.messages, 1)
@@ -167,6 +173,27 @@ class EventHub:
         self.max_frame_bytes = max_frame_bytes  # the largest message a client may send
         self.subscribers: set[Subscriber] = set()
         self.outbox_stats = OutboxStats()
+        self.installs: InstallFeed | None = None  # set where the edge serves discovery
+
+    def publish_install(self, text: str) -> None:
+        """One install step (edge.install_feed) to every subscriber that asked for them."""
+        frame = text_frame(text)
+        for sub in self.subscribers:
+            if sub.installs:
+                sub.send(text, frame=frame)
+
+    def want_installs(self, sub: Subscriber, wanted: bool) -> None:
+        """Start or stop sending `sub` install progress; a start sends the installs under way first."""
+        if not wanted or sub.installs:
+            sub.installs = wanted
+            return
+        if self.installs is None:
+            sub.send(_error("install progress is not served here: this edge has no discovery"))
+            return
+        sub.installs = True
+        self.installs.start()
+        for text in list(self.installs.under_way.values()):
+            sub.send(text)
 
     def attach(self) -> None:
         self._unsubscribe = self.registry.subscribe(self._on_event)
@@ -310,17 +337,23 @@ def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     elif kind == "get_tools":
         sub.send(hub.tools_message("tools_list"))
     elif kind == "subscribe":
+        installs = msg.get("installs")
         try:
             _filters(sub, msg.get("events"), msg.get("tool_ids"))
+            if installs is not None and not isinstance(installs, bool):
+                raise ValueError("installs must be true or false")
         except ValueError as exc:
             sub.send(_error(str(exc), request_type="subscribe"))
             return
+        if installs is not None:
+            hub.want_installs(sub, installs)
         sub.send(
             shapes.dumps(
                 {
                     "type": "subscribed",
                     "events": sorted(sub.events) or sorted(EVENT_TYPES),
                     "tool_ids": sorted(sub.tool_ids),
+                    "installs": sub.installs,
                     "revision": hub.registry.revision,
                     "timestamp": shapes.now_iso(),
                 }
@@ -362,6 +395,8 @@ async def events_socket(request: web.Request) -> web.WebSocketResponse:
             sub.send(_error(str(exc)))
             since = None
         hub.join(sub, since)
+        if request.query.get("installs") in ("1", "true"):
+            hub.want_installs(sub, True)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 _handle(hub, sub, msg.data)

@@ -273,7 +273,8 @@ def _discovery_and_tasks() -> dict[str, Any]:
         "/api/v1/tasks/{task_id}/steps": {
             "parameters": [task_id],
             "get": op(
-                "What a task did so far: its progress notes, and its trajectory's steps once it ended",
+                "What a task did so far: its progress notes, and its trajectory's steps once it ended "
+                "(with Accept: text/event-stream, followed as server-sent events: note..., end)",
                 json_answer(OBJ),
                 errors=(404, 503),
                 tag="tasks",

@@ -11,6 +11,7 @@ errors.py       the one exception tree, and its mapping to gRPC status with Erro
 grpc_server.py  one way to serve gRPC: reflection, health, errors and auth on every server
 jsonvalue.py    fast protobuf Struct <-> JSON, with depth and size bounds
 legacy.py       the original system's capability parameters as JSON Schema
+listening.py    where the hub listens (ports chosen at bind time), in a file the mesh's other processes read
 outbox.py       one writer's bounded queue to one peer, coalescing what waits behind the write in flight
 redis_calls.py  every Redis command under one deadline, its failures one clear UNAVAILABLE
 process.py      process entry helpers: logging, the event loop, running until a signal, child processes

@@ -290,7 +290,8 @@ class MeshServer:
     """An async context manager serving some services on UDS and/or TCP addresses.
 
     `listen` takes endpoint strings (`unix:///abs.sock`, `127.0.0.1:0`).
-    After entering, `addresses` holds what was actually bound (ports resolved).
+    After entering, `addresses` holds what was actually bound (ports resolved); `on_bound` is given
+    them once bound and before anything is served.
     `protected_methods` need the admin token when one is set; `service_methods` need the
     admin token or `service_credential` when either is set (`/package.Service/Method`).
     """
@@ -306,8 +307,10 @@ class MeshServer:
         service_methods: Iterable[str] = (),
         max_message_bytes: int = 4 * 1024 * 1024,
         grace_s: float = 2.0,
+        on_bound: Callable[[list[str]], None] | None = None,
     ) -> None:
         self._services = services
+        self._on_bound = on_bound
         self._listen = [a for a in listen if a]
         self._token = admin_token
         self._protected = protected_methods
@@ -359,6 +362,8 @@ class MeshServer:
                     raise MeshError(f"could not bind {ep.address}", reason="BIND_FAILED")
                 host = ep.address.rpartition(":")[0]
                 self.addresses.append(f"{host}:{port}")
+        if self._on_bound is not None:
+            self._on_bound(list(self.addresses))
         await server.start()
         self.server = server
         for name in ["", *names]:

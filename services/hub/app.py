@@ -12,7 +12,7 @@ import grpc
 from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 
 from services.common import config as config_mod
-from services.common import credentials
+from services.common import credentials, listening
 from services.common.config import Config
 from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
@@ -100,6 +100,7 @@ class Hub:
                 )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED
+            where = cfg.path(cfg.paths.run_dir) / listening.FILE  # the addresses it binds, for the banner
             self.server = MeshServer(
                 [
                     ServiceBinding(
@@ -121,7 +122,10 @@ class Hub:
                 service_credential=self.service_credential,
                 service_methods=library.SERVICE_ONLY,
                 max_message_bytes=cfg.hub.max_message_bytes,
+                # Before serving: whoever got an answer from this hub reads this hub's addresses.
+                on_bound=lambda addresses: listening.write(where, addresses),
             )
+            self._stack.callback(listening.remove, where)
             await self._stack.enter_async_context(self.server)
             # On exit, end every watch stream first so the server's drain does not wait on them.
             self._stack.callback(self.feed.close)

@@ -1,5 +1,5 @@
 """`make run`: the whole mesh on one machine, under one supervisor (`python -m services.mesh`).
 
 supervisor.py     starts the mesh's processes, restarts them when they die, stops them cleanly
-prerequisites.py  `make run`'s first step: installs (as root, with apt) or names the sandbox's system packages
+prerequisites.py  `make run`'s and `make test`'s first step: installs (as root, with apt) or names packages
 """

@@ -149,6 +149,7 @@ class TaskService:
             raise
         except Exception as exc:
             log.exception("task %s crashed the runtime", row.task_id)
+            steps: list[dict[str, Any]] = []
             await self.store.finish(
                 row.task_id,
                 "failed",
@@ -156,12 +157,13 @@ class TaskService:
                 {"type": "InternalError", "message": f"{type(exc).__name__}: {exc}"},
             )
         else:
-            if self.progress is not None:
-                self.progress.finish(row.task_id, list(record.get("steps") or ()))
+            steps = list(record.get("steps") or ())
             status = record.get("status")
             status = status if status in FINAL else "failed"
             await self.store.finish(row.task_id, status, summary(record), record.get("error"))
             log.info("task %s %s", row.task_id, status)
+        if self.progress is not None:  # after the store: whoever follows the task reads it ended
+            self.progress.finish(row.task_id, steps)
         async with self.finished:
             self.finished.notify_all()
 

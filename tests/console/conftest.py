@@ -2,11 +2,17 @@
 driven by Playwright for Python through `executable_path`) on `make run`'s mesh (`mesh_factory`,
 with discovery pointed at the test's local package index and catalog, and an admin token).
 
-- `browser`: a headless Chromium for the test.
+- `chromium`: one headless Chromium per test module (a test has an event loop of its own, which a
+  Playwright browser is bound to: each test connects to the module's Chromium over CDP).
+- `browser`: the module's Chromium, connected for the test.
 - `console_mesh`: the mesh, its edge URL, and a REST client for the test's "other client".
 - `edge`, `registered_echo` (from tests/edge): the in-process edge, for the HTTP tests of the routes.
 - `open_console(mesh, path)`: a page on the console with the console's own errors collected
-  (a CSP violation or a script error fails the test at `Console.done`).
+  (a CSP violation or a script error fails the test at `Console.done`) and the messages its
+  WebSockets received (`Console.frames`).
+- `python_page`: the console's Python page on `console_mesh`, once it has found the executor.
+- `serve_edge(cfg, hub)`: an edge in the test's process over `hub` (an LLM for its task service,
+  a cluster node id), for what `make run`'s mesh does not have.
 - `Console.screenshot(name)` saves under the artifacts directory: the test's tmp_path, or
   `$TOOLSCORE_CONSOLE_ARTIFACTS` when set; `Console.axe()` runs axe-core (vendored) on the page and
   returns its serious and critical violations.
@@ -15,20 +21,32 @@ with discovery pointed at the test's local package index and catalog, and an adm
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
-from collections.abc import AsyncIterator, Callable
+import signal
+import subprocess
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from playwright import async_api as playwright_api
 
+from edge.app import build_app
+from edge.hub_link import REGISTRY
+from services.common import config as config_mod
+from services.common.config import Config
+from services.hub.app import Hub
 from tests.conftest import Mesh
 from tests.discovery.conftest import catalog_dir, pkg_index  # noqa: F401 (fixtures used here)
 from tests.edge.conftest import echo_server, edge, registered_echo, start_edge  # noqa: F401 (test_routes.py)
+from tests.helpers import bound_socket
 
 CHROMIUM = os.environ.get("TOOLSCORE_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -36,20 +54,72 @@ TOKEN = "console-admin-token-0123456789"
 WAIT_MS = 30_000  # every expectation's deadline: the machine may be busy
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+# Playwright's own headless flags that matter here: no timer throttling of pages it does not show.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--remote-debugging-port=0",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-timer-throttling",
+    "--disable-backgrounding-occluded-windows",
+    "--disable-renderer-backgrounding",
+    "--hide-scrollbars",
+    "--mute-audio",
+)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The DevTools WebSocket URL of a headless Chromium shared by the module's tests."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    root = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses root
+    proc = subprocess.Popen(
+        [CHROMIUM, *CHROMIUM_FLAGS, *root, f"--user-data-dir={profile}", "about:blank"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    found: list[str] = []
+    listening = threading.Event()
+
+    def drain() -> None:  # until Chromium exits: a full pipe would stall it
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if not found and (m := re.search(r"DevTools listening on (ws://\S+)", line)):
+                found.append(m[1])
+                listening.set()
+        listening.set()
+
+    reader = threading.Thread(target=drain, name="chromium-stderr", daemon=True)
+    reader.start()
+    try:
+        if not listening.wait(30) or not found:
+            pytest.fail(f"Chromium did not start (exit {proc.poll()})")
+        yield found[0]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        reader.join(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture
+async def browser(chromium: str) -> AsyncIterator[Any]:
     async with playwright_api.async_playwright() as p:
-        b = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox"] if os.geteuid() == 0 else [],  # Chromium's sandbox refuses root
-        )
+        b = await p.chromium.connect_over_cdp(chromium)
         try:
             yield b
         finally:
-            await b.close()
+            await b.close()  # the test's contexts and the connection; Chromium serves on
 
 
 @pytest.fixture
@@ -99,10 +169,36 @@ async def console_mesh(
 
 
 @dataclass
+class Edge:
+    url: str
+
+
+@contextlib.asynccontextmanager
+async def serve_edge(cfg: Config, hub: Hub, llm: tuple[str, str] | None = None) -> AsyncIterator[Edge]:
+    """An edge over `hub` (the rest of its config, its cluster node id included, from `cfg`), caught up."""
+    # The task service reaches the edge it runs in at [edge] port: bound before the app is built.
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
+    app = build_app(ecfg, llm)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        async with asyncio.timeout(10):
+            await app[REGISTRY].following.wait()
+        yield Edge(f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+        sock.close()  # the site does not close a socket it was given
+
+
+@dataclass
 class Console:
     page: Any
     artifacts: Path
     errors: list[str] = field(default_factory=list)
+    frames: list[str] = field(default_factory=list)  # what the page's WebSockets received
 
     async def screenshot(self, name: str) -> Path:
         path = self.artifacts / f"{name}.png"
@@ -152,6 +248,7 @@ async def open_console(browser: Any, artifacts: Path) -> AsyncIterator[Callable[
                 console.errors.append(f"console {msg.type}: {msg.text}") if msg.type == "error" else None
             ),
         )
+        page.on("websocket", lambda ws: ws.on("framereceived", lambda f: console.frames.append(f)))
         page.on(
             "response",
             lambda r: (
@@ -166,6 +263,14 @@ async def open_console(browser: Any, artifacts: Path) -> AsyncIterator[Callable[
     yield open_
     for c in contexts:
         await c.close()
+
+
+@pytest.fixture
+async def python_page(console_mesh: ConsoleMesh, open_console: Callable[..., Any]) -> Console:
+    console: Console = await open_console(console_mesh, "/ui/#/python")
+    executor = console.page.get_by_role("status").filter(has_text="python-executor-mcp-server")
+    await expect(executor).to_be_visible(timeout=WAIT_MS)
+    return console
 
 
 def expect(target: Any) -> Any:

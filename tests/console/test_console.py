@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright import async_api as playwright_api
 
-from tests.console.conftest import TOKEN, WAIT_MS, ConsoleMesh, expect
+from services.toolkit import Action
+from tests.console.conftest import TOKEN, WAIT_MS, Console, ConsoleMesh, expect
 from tests.discovery.conftest import NS, PackageIndex, build_wheel, server_json, write_catalog
 from tests.edge.conftest import ECHO_ACTIONS
 
@@ -74,14 +77,9 @@ async def test_the_tools_page_shows_every_tool_and_one_another_client_registers_
     console.done()
 
 
-async def test_running_print_6_times_7_on_the_python_page_shows_42(
-    console_mesh: ConsoleMesh, open_console: Any
-) -> None:
-    console = await open_console(console_mesh, "/ui/#/python")
+async def test_running_print_6_times_7_on_the_python_page_shows_42(python_page: Console) -> None:
+    console = python_page
     page = console.page
-    await expect(page.get_by_role("status").filter(has_text="python-executor-mcp-server")).to_be_visible(
-        timeout=WAIT_MS
-    )
     await page.get_by_label("Code").fill("print(6*7)\n6*7")
     await page.get_by_role("button", name="Run").click()
     await expect(page.locator("pre.stdout")).to_have_text("42\n", timeout=WAIT_MS)
@@ -112,13 +110,10 @@ async def test_running_print_6_times_7_on_the_python_page_shows_42(
 
 
 async def test_an_svg_artifact_with_a_script_shows_as_an_image_and_its_script_never_runs(
-    console_mesh: ConsoleMesh, open_console: Any
+    python_page: Console,
 ) -> None:
-    console = await open_console(console_mesh, "/ui/#/python")
+    console = python_page
     page = console.page
-    await expect(page.get_by_role("status").filter(has_text="python-executor-mcp-server")).to_be_visible(
-        timeout=WAIT_MS
-    )
     await page.get_by_label("Code").fill(f"open('x.svg', 'w').write({SCRIPTED_SVG!r})")
     await page.get_by_role("button", name="Run").click()
     figure = page.get_by_role("img", name="figure 1")
@@ -134,6 +129,7 @@ async def test_an_svg_artifact_with_a_script_shows_as_an_image_and_its_script_ne
         await tab.goto(src)
     await tab.close()
     await console.screenshot("svg-artifact")
+    assert await console.axe() == []
     console.done()
 
 
@@ -207,6 +203,7 @@ async def test_the_browser_refuses_a_string_to_an_html_sink_on_every_console_pag
     )
     assert refused == "TypeError"
     assert await page.locator("img").count() == 0
+    await console.screenshot("html-sink-refused")
     console.done("TrustedHTML")
 
 
@@ -230,6 +227,8 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     )
     console = await open_console(console_mesh, "/ui/#/servers")
     page = console.page
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
     await page.get_by_label("Search the catalog").fill("convert time zones")
     await page.get_by_role("button", name="Search").click()
     candidate = page.locator(f'li[data-candidate="{name}"]')
@@ -242,13 +241,27 @@ async def test_installing_a_catalog_server_shows_its_progress_to_the_end_and_nee
     await page.get_by_label("Admin token").fill(TOKEN)
     await page.get_by_role("button", name="Keep for this tab").click()
     await expect(page.locator("#token-state")).to_have_text("kept in this tab")
+    pkg_index.hold = asyncio.Event()  # the package's download waits: the install is seen under way
+    listings = len([r for r in requests if r.endswith("/api/v1/tools/servers")])
     await candidate.get_by_role("button", name="Install").click()
     progress = page.locator(".install")
-    await expect(progress.locator("progress")).to_be_visible(timeout=WAIT_MS)
+    steps = progress.locator("ol.steps li")
+    await expect(steps.filter(has_text="pip install ts-clock-mcp==2.0.0")).to_have_count(1, timeout=WAIT_MS)
+    await expect(progress.locator("progress")).to_have_attribute("value", "0.3")  # under way
+    await expect(progress.locator(".state")).to_have_text("installing")
+    assert not pkg_index.hold.is_set()  # (so POST /mcp/install has not answered yet)
+    # Each step came on the events WebSocket, pushed as it happened; nothing polled the servers.
+    pushed = [json.loads(f) for f in console.frames if '"install_progress"' in f]
+    assert [m["message"] for m in pushed] == await steps.all_inner_texts(), pushed
+    assert len([r for r in requests if r.endswith("/api/v1/tools/servers")]) <= listings + 1
+    await console.screenshot("install-under-way")
+    pkg_index.hold.set()
     await expect(progress.locator(".outcome")).to_contain_text(f"{name} is running", timeout=120_000)
     await expect(progress.locator("progress")).to_have_attribute("value", "1")
-    assert await progress.locator("ol.steps li").count() >= 2
+    await expect(steps.last).to_contain_text("running with")
+    assert await steps.count() >= 4
     await expect(page.locator(f'tr[data-server="{name}"]')).to_contain_text("running", timeout=WAIT_MS)
+    await expect(page.locator(f'tr[data-server="{name}"] .health')).to_have_text("healthy", timeout=WAIT_MS)
     await console.screenshot("install")
     assert await console.axe() == []
 
@@ -319,3 +332,55 @@ async def test_the_tasks_page_says_clearly_when_no_llm_is_configured(
     await console.screenshot("tasks")
     assert await console.axe() == []
     console.done("503")
+
+
+async def test_a_schema_naming_its_properties_proto_and_constructor_gets_a_form_that_sends_them_as_arguments(
+    console_mesh: ConsoleMesh, open_console: Any, start_tool_server: Any
+) -> None:
+    # A hostile tool's schema: its property names are the keys the form's arguments object is built
+    # with. On a plain object, `__proto__` would swap the object's prototype instead of being sent.
+    async def echo_arguments(args: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"received": args}
+
+    tools = {"hostile": [Action("echo_args", "", echo_arguments)]}
+    _, endpoint = await start_tool_server(tools, name="hostile")
+    spec = {
+        "tool_id": "hostile",
+        "endpoint": endpoint,
+        "capabilities": [
+            {
+                "name": "echo_args",
+                "input_schema": {
+                    "type": "object",
+                    "properties": {
+                        "__proto__": {"type": "string", "description": "not a prototype"},
+                        "constructor": {"type": "string"},
+                        "toString": {"type": "object"},
+                    },
+                },
+            }
+        ],
+    }
+    status, body = await console_mesh.rest("POST", "/api/v1/tools", spec)
+    assert status == 201, body
+    console = await open_console(console_mesh, "/ui/#/tools/hostile")
+    page = console.page
+    cap = page.locator('section[data-capability="echo_args"]')
+    await cap.locator('input[name="__proto__"]').fill("polluted")
+    await cap.locator('input[name="constructor"]').fill("Object?")
+    await cap.locator('textarea[name="toString"]').fill('{"__proto__": {"isAdmin": true}}')
+    await cap.locator('textarea[name="more arguments"]').fill('{"__proto__": {"more": 1}, "plain": 2}')
+    await cap.get_by_role("button", name="Call echo_args").click()
+    result = cap.locator(".result")
+    await expect(result).to_have_attribute("data-outcome", "ok", timeout=WAIT_MS)
+    received = json.loads(await result.locator("pre.out").first.inner_text())["received"]
+    assert received == {
+        "__proto__": "polluted",
+        "constructor": "Object?",
+        "toString": {"__proto__": {"isAdmin": True}},
+        "plain": 2,  # and "more arguments"' own `__proto__`, overwritten by the field's
+    }, received
+    assert await page.evaluate("() => ({}).isAdmin === undefined && ({}).more === undefined")
+    await console.screenshot("hostile-schema")
+    assert await console.axe() == []
+    console.done()

@@ -1,5 +1,6 @@
 """The Tasks page with an LLM: a task submitted from the console runs on the reasoning runtime
-(the real edge and hub, a scripted OpenAI-compatible endpoint) and its answer, steps and tokens show."""
+(the real edge and hub, a scripted OpenAI-compatible endpoint); its steps show as they happen, then
+its answer, trajectory and tokens."""
 
 from __future__ import annotations
 
@@ -9,55 +10,59 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp import web
 
-from edge.app import build_app
-from edge.hub_link import REGISTRY
-from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
-from tests.console.conftest import WAIT_MS, expect
-from tests.helpers import bound_socket
+from tests.console.conftest import WAIT_MS, Edge, expect, serve_edge
 from tests.runtime.fake_llm import FakeLLM, call, calls, say
 
 
 @dataclass
-class Edge:
-    url: str
+class HeldLLM:
+    fake: FakeLLM
+    asked_again: asyncio.Event  # the task's first step is done: the LLM is asked for the next
+    go_on: asyncio.Event  # set by the test: the LLM answers it
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM([calls(call("builtin__add", {"a": 2, "b": 40})), say("2 + 40 is 42.")]) as fake:
-        yield fake
+async def llm() -> AsyncIterator[HeldLLM]:
+    asked_again, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held(_body: dict[str, Any]) -> Any:
+        asked_again.set()
+        await go_on.wait()
+        return say("2 + 40 is 42.")
+
+    async with FakeLLM([calls(call("builtin__add", {"a": 2, "b": 40})), held]) as fake:
+        yield HeldLLM(fake, asked_again, go_on)
 
 
 @pytest.fixture
-async def edge_with_tasks(cfg: Config, hub: Hub, llm: FakeLLM) -> AsyncIterator[Edge]:
-    # The task service reaches the edge it runs in at [edge] port: bound before the app is built.
-    sock = bound_socket()
-    port = sock.getsockname()[1]
-    ecfg = config_mod.replace(cfg, edge={"hub": hub.uds_target, "port": port, "uvloop": False})
-    app = build_app(ecfg, (llm.base_url, "scripted"))
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    try:
-        await web.SockSite(runner, sock).start()
-        async with asyncio.timeout(10):
-            await app[REGISTRY].following.wait()
-        yield Edge(f"http://127.0.0.1:{port}")
-    finally:
-        await runner.cleanup()
-        sock.close()  # the site does not close a socket it was given
+async def edge_with_tasks(cfg: Config, hub: Hub, llm: HeldLLM) -> AsyncIterator[Edge]:
+    async with serve_edge(cfg, hub, (llm.fake.base_url, "scripted")) as edge:
+        yield edge
 
 
-async def test_a_task_submitted_from_the_console_runs_to_its_answer_with_steps_and_tokens(
-    edge_with_tasks: Edge, open_console: Any, llm: FakeLLM
+async def test_a_task_submitted_from_the_console_shows_its_steps_live_then_its_answer_and_tokens(
+    edge_with_tasks: Edge, open_console: Any, llm: HeldLLM
 ) -> None:
     console = await open_console(edge_with_tasks, "/ui/#/tasks")
     page = console.page
+    follows: list[str] = []
+    page.on("request", lambda r: follows.append(r.url) if r.url.endswith("/steps") else None)
     await page.get_by_role("textbox", name="Task").fill("What is 2 + 40? Use the add tool.")
     await page.get_by_role("button", name="Submit").click()
+
+    # While the LLM is held on the second step, the first one's notes are on the page already.
+    notes = page.locator("section.notes li")
+    await expect(notes.filter(has_text='calls builtin__add {"a":2,"b":40}')).to_have_count(1, timeout=WAIT_MS)
+    await expect(notes.filter(has_text="✓ builtin__add")).to_have_count(1, timeout=WAIT_MS)
+    await expect(notes.filter(has_text="step 2")).to_have_count(1, timeout=WAIT_MS)
+    assert llm.asked_again.is_set() and not llm.go_on.is_set()  # (the task is still running)
+    await expect(page.locator(".result")).to_have_attribute("data-status", "running")
+    await console.screenshot("task-running")
+    llm.go_on.set()
+
     result = page.locator(".result")
     await expect(result).to_have_attribute("data-status", "completed", timeout=WAIT_MS)
     await expect(result.get_by_role("region", name="Answer")).to_contain_text("2 + 40 is 42.")
@@ -65,10 +70,10 @@ async def test_a_task_submitted_from_the_console_runs_to_its_answer_with_steps_a
     await expect(summary).to_contain_text("Steps2")
     await expect(summary).to_contain_text("Tokens30 (20 prompt, 10 completion)")
     await expect(summary).to_contain_text("Tool calls1")
-    assert len(llm.requests) == 2
+    assert len(llm.fake.requests) == 2
+    assert len(follows) == 1  # one stream carried every note: nothing polled
 
     # Its notes as it ran, then its trajectory step by step: the call, its arguments, result, tokens.
-    notes = page.locator("section.notes li")
     await expect(notes.filter(has_text='calls builtin__add {"a":2,"b":40}')).to_have_count(1)
     await expect(notes.filter(has_text="finished: completed")).to_have_count(1)
     first = page.get_by_role("region", name="Step 1")

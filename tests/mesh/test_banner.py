@@ -6,6 +6,7 @@ import re
 
 from edge import banner
 from services.common import config as config_mod
+from services.hub.app import Hub
 from tests.conftest import REPO
 
 
@@ -22,10 +23,12 @@ async def test_the_mesh_prints_one_banner_with_every_address_when_it_is_ready(me
         rf"REST +{url}/api/v1 ",
         rf"MCP +{url}/mcp  \(Streamable HTTP\), {ws}/ws/mcp  \(WebSocket\)\n",
         rf"events +{ws}/api/v1/events/tools\n",
-        rf"gRPC +127\.0\.0\.1:0  \(TCP\), unix://{mesh.root}/run/toolscore\.sock  \(socket\)\n",
+        # The hub's configured port is 0: the banner names the one it got.
+        rf"gRPC +{re.escape(mesh.tcp)}  \(TCP\), unix://{mesh.root}/run/toolscore\.sock  \(socket\)\n",
         r"admin token +set: admin actions need it",
     ):
         assert re.search(expected, text), (expected, text)
+    assert mesh.tcp != "127.0.0.1:0" and url.rpartition(":")[2] != "0"
     assert "banner-secret-token" not in mesh.log()
     assert sum(line.startswith("ToolScore Mesh is ready") for line in mesh.output.lines) == 1
 
@@ -45,3 +48,16 @@ def test_the_banner_names_only_the_grpc_listeners_the_hub_has() -> None:
     assert re.search(r"\n  gRPC +unix://\S+/run/toolscore\.sock  \(socket\)\n", socket_only), socket_only
     tcp_only = banner.text(config_mod.replace(cfg, hub={"uds": ""}), 8082, 0)
     assert "\n  gRPC         127.0.0.1:50051  (TCP)\n" in tcp_only and "unix://" not in tcp_only, tcp_only
+
+
+async def test_the_banner_names_the_addresses_the_hub_bound_when_the_edge_follows_that_hub(
+    cfg: config_mod.Config,
+) -> None:
+    cfg = config_mod.replace(cfg, hub={"tcp": "127.0.0.1:0"})
+    async with Hub(cfg) as hub:
+        assert hub.tcp_target and not hub.tcp_target.endswith(":0")
+        text = banner.text(cfg, 8082, 0, banner.bound_hub(cfg, cfg.hub_target()))
+        assert f"\n  gRPC         {hub.tcp_target}  (TCP), {hub.uds_target}  (socket)\n" in text, text
+        # An edge following another hub does not take this one's addresses for its own.
+        assert banner.bound_hub(cfg, "127.0.0.1:1") is None
+    assert banner.bound_hub(cfg, cfg.hub_target()) is None  # the record went with the hub

@@ -42,12 +42,24 @@ def test_a_missing_bwrap_is_found_missing() -> None:
 
 
 def test_on_this_machine_it_runs_with_the_system_python_and_the_standard_library_alone() -> None:
-    # The tests need bubblewrap and libseccomp (make test's prerequisites): nothing to install here.
-    done = subprocess.run(
-        [sys.executable, "-S", "-E", "-m", "services.mesh.prerequisites"],  # no site: stdlib only
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done
+    # The tests need all of it (make test's prerequisites): nothing to install here.
+    for extra in ([], ["--test"]):  # make run's check, make test's
+        done = subprocess.run(
+            [sys.executable, "-S", "-E", "-m", "services.mesh.prerequisites", *extra],  # no site: stdlib only
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0 and done.stdout == "" and done.stderr == "", done
+
+
+def test_make_test_also_needs_redis_server_and_chromium_installed_or_named_the_same_way() -> None:
+    assert prerequisites.missing(which=lambda name: None, tests=True)[-2:] == ["redis-server", "chromium"]
+    assert "chromium" not in prerequisites.missing(which=lambda name: None)  # make run does not need it
+    p = plan(["chromium"], 0, True, {}, "test")
+    assert p.message.startswith("make test: the test suite") and "installing it now" in p.message
+    assert p.commands[-1][-1] == "chromium" and p.exit_code == 0
+    p = plan(["redis-server"], 1000, True, {}, "test")
+    assert p.commands == () and p.exit_code == 1
+    assert "  install it:  sudo apt-get install redis-server" in p.message.splitlines()

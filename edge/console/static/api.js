@@ -1,4 +1,5 @@
-// The console's one door to the mesh: the edge's public REST API, same origin. The admin token
+// The console's one door to the mesh: the edge's public REST API, same origin (JSON, and server-sent
+// events for what it follows as it happens). The admin token
 // lives in this tab's sessionStorage, is sent only as `Authorization: Bearer`, and never goes into
 // a URL, the page, or a log.
 
@@ -57,4 +58,47 @@ export function explain(err) {
     return `This needs the admin token: ${hint}. (${where}: ${err.message})`;
   }
   return `${err.message} (${where})`;
+}
+
+/** Follow `path` as server-sent events: onEvent(event, data) for each, data parsed as JSON. Resolves
+ * when the edge ends the stream (or `signal` aborts it); a refusal is an ApiError, as with api(). */
+export async function follow(path, onEvent, { signal } = {}) {
+  const headers = { Accept: 'text/event-stream' };
+  const secret = token.get();
+  if (secret) headers.Authorization = `Bearer ${secret}`;
+  let resp;
+  try {
+    resp = await fetch(path, { headers, signal, cache: 'no-store', credentials: 'omit' });
+  } catch (err) {
+    if (err.name === 'AbortError') throw err;
+    throw new ApiError(0, { message: `the edge did not answer (${err.message})`, reason: 'UNREACHABLE' });
+  }
+  if (!resp.ok) {
+    let data = null;
+    try {
+      data = await resp.json();
+    } catch {
+      data = null;
+    }
+    throw new ApiError(resp.status, data);
+  }
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = 'message';
+      const data = [];
+      for (const line of block.split('\n')) {
+        if (line.startsWith('event: ')) event = line.slice(7);
+        else if (line.startsWith('data: ')) data.push(line.slice(6));
+      }
+      if (data.length) onEvent(event, JSON.parse(data.join('\n')));
+    }
+  }
 }

@@ -1,6 +1,7 @@
 // The mesh as the console sees it, kept live: the tools (GET /api/v1/tools, then the events
-// WebSocket resumed from the listing's revision), the registry events, and the recent calls
-// (GET /api/v1/calls, polled from the last sequence number seen). Pages subscribe to changes.
+// WebSocket resumed from the listing's revision), the registry events, the steps of installs as
+// they happen (the same socket, `installs=1`), and the recent calls (GET /api/v1/calls, polled from
+// the last sequence number seen). Pages subscribe to changes.
 
 import { api } from './api.js';
 
@@ -25,16 +26,17 @@ class Live {
     this._lastStats = 0;
   }
 
-  /** fn(kind) on every change: 'tools', 'events', 'calls', 'status'; returns the unsubscribe call. */
+  /** fn(kind, detail) on every change: 'tools', 'events', 'calls', 'status', and 'install' with
+   * one install step (an `install_progress` message) as detail; returns the unsubscribe call. */
   subscribe(fn) {
     this._listeners.add(fn);
     return () => this._listeners.delete(fn);
   }
 
-  _emit(kind) {
+  _emit(kind, detail) {
     for (const fn of [...this._listeners]) {
       try {
-        fn(kind);
+        fn(kind, detail);
       } catch (err) {
         console.error('console listener failed', err);
       }
@@ -63,7 +65,7 @@ class Live {
 
   _connect() {
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const url = `${scheme}//${location.host}/api/v1/events/tools?since=${this.revision}`;
+    const url = `${scheme}//${location.host}/api/v1/events/tools?since=${this.revision}&installs=1`;
     const ws = new WebSocket(url);
     this._socket = ws;
     ws.onopen = () => {
@@ -90,6 +92,10 @@ class Live {
   }
 
   _onEvent(ev) {
+    if (ev.type === 'install_progress') {
+      this._emit('install', ev);
+      return;
+    }
     if (ev.type === 'resync_required') {
       this.revision = ev.revision || 0;
       this.reload();

@@ -7,6 +7,16 @@ import { h } from './dom.js';
 
 let counter = 0;
 
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** A (sub)schema's own keywords in an object without a prototype: reading `type`, `enum`... never
+ * finds something inherited, whatever the tool named its keywords or properties. */
+function plain(value) {
+  return Object.assign(Object.create(null), isObject(value) ? value : {});
+}
+
 function isCode(name, schema) {
   return /^(code|script|source|program|sql|query_text)$/.test(name) || (schema.maxLength || 0) > 500;
 }
@@ -17,8 +27,8 @@ function typeOf(schema) {
     const real = t.filter((x) => x !== 'null');
     return real.length === 1 ? real[0] : 'json';
   }
-  if (schema.enum) return 'enum';
-  return t || 'json';
+  if (Array.isArray(schema.enum)) return 'enum';
+  return typeof t === 'string' && t ? t : 'json';
 }
 
 function field(name, schema, required) {
@@ -77,24 +87,30 @@ function field(name, schema, required) {
 
 /** {element, read()}: read() gives the arguments object, or throws an Error naming the field. */
 export function schemaForm(schema) {
-  const s = schema && typeof schema === 'object' ? schema : {};
-  const props = s.properties && typeof s.properties === 'object' ? s.properties : null;
+  // Own keywords and properties only: a property named `constructor` or `__proto__` is a field like
+  // any other, never Object.prototype's.
+  const s = plain(schema);
+  const props = isObject(s.properties) ? s.properties : null;
   const required = new Set(Array.isArray(s.required) ? s.required : []);
-  const fields = props ? Object.entries(props).map(([n, sub]) => field(n, sub || {}, required.has(n))) : [];
+  const fields = props ? Object.entries(props).map(([n, sub]) => field(n, plain(sub), required.has(n))) : [];
   let extra = null;
   if (!props || s.additionalProperties !== false) {
     extra = field(props ? 'more arguments' : 'arguments', { type: 'object', description: props ? 'Other arguments, as a JSON object' : 'The arguments, as a JSON object' }, false);
   }
   const element = h('div.fields', {}, fields.map((f) => f.row), extra ? extra.row : null);
   const read = () => {
-    const out = {};
+    // Property names are the tool's (untrusted): on a plain object, `out['__proto__'] = v` (or
+    // Object.assign of a parsed `{"__proto__": ...}`) would swap the object's prototype instead of
+    // setting an argument. An object without a prototype has no such setter: every name is an own
+    // property, and JSON.stringify sends it as one.
+    const out = Object.create(null);
     if (extra) {
       const more = extra.read();
       if (more !== undefined) {
         if (typeof more !== 'object' || Array.isArray(more) || more === null) {
           throw new Error(`${extra.name}: must be a JSON object`);
         }
-        Object.assign(out, more);
+        for (const [key, value] of Object.entries(more)) out[key] = value;
       }
     }
     for (const f of fields) {

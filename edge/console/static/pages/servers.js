@@ -1,11 +1,19 @@
 // MCP servers: search the catalog (scores and why each matched), install one while its progress
-// shows live (GET /api/v1/tools/servers lists installs under way with their progress), and the
-// installed servers with state, restarts and sandbox level; uninstall.
+// shows live (each step pushed on the events WebSocket as it happens, live.js), and the installed
+// servers with state, health, restarts and sandbox level; uninstall.
 
 import { api, explain } from '../api.js';
 import { fmtTime, h, fill } from '../dom.js';
+import { live } from '../live.js';
 
-const WATCH_EVERY_MS = 300;
+const ENDED = new Set(['running', 'stopped']);
+
+/** A server's health: its tool's, as the hub's health checks last found it (live.js). */
+function healthOf(server) {
+  const tool = live.tools.get(server.tool_id);
+  const health = tool ? tool.health : 'unknown';
+  return h(`span.health.${health}`, {}, health);
+}
 
 function percent(p) {
   return `${Math.round((p || 0) * 100)}%`;
@@ -20,6 +28,7 @@ export function render(main) {
   const logPanel = h('section.log', { 'aria-live': 'polite', hidden: true });
   let alive = true;
   let logOf = null; // the server whose log tail is shown (refreshed while shown)
+  let logRead = Promise.resolve(); // the log read in flight
   let installing = null; // name of the server being installed from this page
   const steps = [];
 
@@ -30,8 +39,6 @@ export function render(main) {
 
   const drawProgress = (server, final) => {
     if (!server) return;
-    const message = server.status_message || server.state;
-    if (message && steps[steps.length - 1] !== message) steps.push(message);
     fill(
       progress,
       h('h2', {}, `Installing ${server.name}`),
@@ -49,7 +56,8 @@ export function render(main) {
     const name = logOf;
     let body;
     try {
-      const tail = await api('GET', `${serverPath(name)}/log?max_bytes=16384`);
+      logRead = api('GET', `${serverPath(name)}/log?max_bytes=16384`);
+      const tail = await logRead;
       body = [tail.truncated ? h('p.muted', {}, 'the last 16 KiB') : null, h('pre.out.log-text', {}, tail.text || '(nothing written yet)')];
     } catch (err) {
       body = h('p.outcome.error', { role: 'alert' }, `✗ ${explain(err)}`);
@@ -71,7 +79,9 @@ export function render(main) {
     }
   };
 
+  let shown = []; // the servers listed last (drawn again when a tool's health changes)
   const drawInstalled = (servers) => {
+    shown = servers;
     fill(
       installed,
       servers.map((s) => {
@@ -83,6 +93,11 @@ export function render(main) {
             return;
           }
           remove.disabled = true;
+          if (logOf === s.name) {
+            logOf = null; // its log goes with it: stop reading it first
+            logPanel.hidden = true;
+            await logRead.catch(() => {});
+          }
           try {
             await api('DELETE', serverPath(s.name));
             showProblem(null);
@@ -103,6 +118,7 @@ export function render(main) {
           { 'data-server': s.name },
           h('th', { scope: 'row' }, s.name, h('div.muted', {}, `${s.registry_type || ''} ${s.identifier || ''} ${s.version || ''}`)),
           h('td', {}, h('span.state', { 'data-state': s.state }, s.state), s.state !== 'running' && s.progress < 1 ? ` ${percent(s.progress)}` : '', s.status_message ? h('div.muted', {}, s.status_message) : null),
+          h('td', {}, healthOf(s)),
           h('td', {}, (s.tools || []).join(', ')),
           h('td.num', {}, String(s.restarts ?? 0)),
           h('td', {}, s.isolation || '–', s.network ? ' · network' : ''),
@@ -113,21 +129,25 @@ export function render(main) {
     );
   };
 
+  let listed = new Set();
   const refresh = async () => {
     try {
       const listing = await api('GET', '/api/v1/tools/servers');
+      listed = new Set(listing.servers.map((s) => s.name));
       drawInstalled(listing.servers);
-      if (installing) drawProgress(listing.servers.find((s) => s.name === installing), false);
     } catch (err) {
       showProblem(err);
     }
   };
 
-  const watch = async () => {
-    while (alive && installing) {
-      await refresh();
-      await new Promise((r) => setTimeout(r, WATCH_EVERY_MS));
+  // One install step, as it happens (the events WebSocket): the install started here shows each
+  // one; the table is listed again when an install appears or ends.
+  const onStep = (step) => {
+    if (step.name === installing && !ENDED.has(step.state)) {
+      if (step.message && steps[steps.length - 1] !== step.message) steps.push(step.message);
+      drawProgress(step.server, false);
     }
+    if (!listed.has(step.name) || ENDED.has(step.state)) refresh();
   };
 
   const install = async (candidate, button) => {
@@ -136,12 +156,12 @@ export function render(main) {
     button.disabled = true;
     showProblem(null);
     fill(progress, h('h2', {}, `Installing ${candidate.name}`), h('p.muted', {}, 'starting…'));
-    watch();
     try {
       const done = await api('POST', '/mcp/install', { name: candidate.name });
       installing = null;
       button.textContent = 'Installed';
-      for (const p of done.progress || []) if (p.message && !steps.includes(p.message)) steps.push(p.message);
+      // The answer lists every step: a step the socket missed (it was away) is shown too.
+      steps.splice(0, steps.length, ...(done.progress || []).map((p) => p.message).filter(Boolean));
       drawProgress(done.server, true);
     } catch (err) {
       installing = null;
@@ -197,7 +217,7 @@ export function render(main) {
           'table',
           {},
           h('caption', {}, 'Installed and federated servers, installs under way included'),
-          h('thead', {}, h('tr', {}, ['Server', 'State', 'Tools', 'Restarts', 'Sandbox', 'Installed', ''].map((t) => h('th', { scope: 'col' }, t || h('span.sr-only', {}, 'Actions'))))),
+          h('thead', {}, h('tr', {}, ['Server', 'State', 'Health', 'Tools', 'Restarts', 'Sandbox', 'Installed', ''].map((t) => h('th', { scope: 'col' }, t || h('span.sr-only', {}, 'Actions'))))),
           installed,
         ),
       ),
@@ -213,7 +233,12 @@ export function render(main) {
     ),
   );
   refresh();
+  const unsubscribe = live.subscribe((what, step) => {
+    if (what === 'install') onStep(step);
+    else if (what === 'tools') drawInstalled(shown);
+  });
   return () => {
     alive = false;
+    unsubscribe();
   };
 }

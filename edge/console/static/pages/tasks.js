@@ -1,12 +1,13 @@
 // Tasks: submit a task to the reasoning runtime (when the edge has an LLM endpoint), watch its
-// steps as they happen, and read its trajectory step by step once it ends (tool call, arguments,
-// result, tokens).
+// steps as they happen (GET /api/v1/tasks/{id}/steps as server-sent events: each note as the agent
+// records it, then the end), and read its trajectory step by step once it ends (tool call,
+// arguments, result, tokens).
 
-import { api, explain } from '../api.js';
+import { api, explain, follow } from '../api.js';
 import { fmtTime, h, fill, json } from '../dom.js';
 
-const FINAL = new Set(['completed', 'failed', 'budget_exhausted']);
-const WATCH_EVERY_MS = 500;
+const MAX_NOTES = 500; // as many as the edge keeps of a task
+const RETRY_MS = 1000; // before following again a stream that broke before the task's end
 
 function summaryView(task) {
   const r = task.result || {};
@@ -89,7 +90,13 @@ function stepView(step) {
 
 function trajectoryView(log) {
   if (!log.steps) return null;
-  return h('section.trajectory', { 'aria-labelledby': 'h-trajectory' }, h('h2', { id: 'h-trajectory' }, 'Trajectory'), log.steps.map(stepView));
+  return h(
+    'section.trajectory',
+    { 'aria-labelledby': 'h-trajectory' },
+    h('h2', { id: 'h-trajectory' }, 'Trajectory'),
+    log.steps.map(stepView),
+    log.omitted_steps ? h('p.muted', {}, `${log.omitted_steps} later steps not kept by the edge (the trajectory file has them)`) : null,
+  );
 }
 
 export function render(main) {
@@ -97,7 +104,7 @@ export function render(main) {
   const out = h('div', { 'aria-live': 'polite' });
   const live = h('div');
   const button = h('button', { type: 'submit' }, 'Submit');
-  let alive = true;
+  const stop = new AbortController(); // leaving the page ends the stream
   const submit = async (e) => {
     e.preventDefault();
     button.disabled = true;
@@ -105,16 +112,37 @@ export function render(main) {
     try {
       const created = await api('POST', '/api/v1/tasks', { input: input.value });
       const path = `/api/v1/tasks/${encodeURIComponent(created.task_id)}`;
-      while (alive) {
-        const task = await api('GET', path);
-        const log = await api('GET', `${path}/steps`);
-        fill(out, summaryView(task));
-        fill(live, log.kept ? [notesView(log), trajectoryView(log)] : h('p.muted', {}, 'The steps of this task are no longer kept by the edge.'));
-        if (FINAL.has(task.status)) break;
-        await new Promise((r) => setTimeout(r, WATCH_EVERY_MS));
+      fill(out, summaryView(await api('GET', path)));
+      const notes = [];
+      let lastSeq = 0;
+      let end = null;
+      const onEvent = (kind, data) => {
+        if (kind === 'restart') {
+          notes.length = 0;
+          lastSeq = 0;
+        } else if (kind === 'note' && data.seq > lastSeq) {
+          lastSeq = data.seq;
+          notes.push(data);
+          if (notes.length > MAX_NOTES) notes.splice(0, notes.length - MAX_NOTES);
+          fill(live, notesView({ notes, dropped_notes: 0 }));
+          // A new step: the summary (status, steps, tokens so far) as the task service has it.
+          if (data.kind === 'step') api('GET', path).then((task) => end || fill(out, summaryView(task)), () => {});
+        } else if (kind === 'end') {
+          end = data;
+        }
+      };
+      while (!end) {
+        try {
+          await follow(`${path}/steps`, onEvent, { signal: stop.signal });
+        } catch (err) {
+          if (err.name === 'AbortError' || err.status) throw err;
+        }
+        if (!end) await new Promise((r) => setTimeout(r, RETRY_MS)); // the stream broke: follow again
       }
+      fill(out, summaryView(await api('GET', path)));
+      fill(live, end.kept ? [notesView(end), trajectoryView(end)] : h('p.muted', {}, 'The steps of this task are no longer kept by the edge.'));
     } catch (err) {
-      fill(out, h('p.outcome.error', { role: 'alert' }, `✗ ${explain(err)}`));
+      if (err.name !== 'AbortError') fill(out, h('p.outcome.error', { role: 'alert' }, `✗ ${explain(err)}`));
     } finally {
       button.disabled = false;
     }
@@ -127,7 +155,5 @@ export function render(main) {
     out,
     live,
   );
-  return () => {
-    alive = false;
-  };
+  return () => stop.abort();
 }

@@ -6,6 +6,7 @@ import { fmtAgo, fmtMs, fmtPct, h, fill, json } from '../dom.js';
 import { live } from '../live.js';
 import { faultView, resultView } from '../result.js';
 import { schemaForm } from '../schema_form.js';
+import { replicasView } from './tools.js';
 
 function summary(tool) {
   const stats = tool.stats || {};
@@ -17,6 +18,8 @@ function summary(tool) {
     item('Id', tool.tool_id),
     item('Kind', tool.kind),
     item('Endpoint', h('span.endpoint', {}, tool.endpoint)),
+    item('Node', tool.node_id || '–'),
+    item('Replicas', replicasView(tool)),
     item('Health', h(`span.health.${tool.health}`, {}, tool.health), tool.enabled ? '' : ' (disabled)'),
     item('Version', tool.version || '–'),
     item('Owner', tool.owner || '–'),

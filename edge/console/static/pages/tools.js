@@ -1,4 +1,5 @@
-// Tools: every tool with its kind, endpoint, health and usage, filtered as you type, live.
+// Tools: every tool with its kind, endpoint, node and replicas (in a cluster), health and usage,
+// filtered as you type, live.
 
 import { fmtAgo, fmtMs, fmtPct, h, fill } from '../dom.js';
 import { live } from '../live.js';
@@ -9,10 +10,21 @@ function matches(tool, text, kind, health) {
   if (kind && tool.kind !== kind) return false;
   if (health && tool.health !== health) return false;
   if (!text) return true;
-  const hay = [tool.tool_id, tool.name, tool.description, tool.endpoint, ...(tool.tags || []), ...(tool.capabilities || []).map((c) => c.name)]
+  const hay = [tool.tool_id, tool.name, tool.description, tool.endpoint, tool.node_id, ...(tool.tags || []), ...(tool.capabilities || []).map((c) => c.name), ...replicasOf(tool).map((r) => r.node_id)]
     .join(' ')
     .toLowerCase();
   return text.toLowerCase().split(/\s+/).every((word) => hay.includes(word));
+}
+
+function replicasOf(tool) {
+  return Array.isArray(tool.replicas) ? tool.replicas : [];
+}
+
+/** The other nodes' copies of the tool (a cluster's replicas): each node with its endpoint. */
+export function replicasView(tool) {
+  const replicas = replicasOf(tool);
+  if (!replicas.length) return '–';
+  return h('ul.replica-list', {}, replicas.map((r) => h('li', { 'data-node': r.node_id }, r.node_id, h('div.muted.endpoint', {}, r.endpoint))));
 }
 
 function row(tool) {
@@ -30,6 +42,8 @@ function row(tool) {
     ),
     h('td', {}, tool.kind),
     h('td.endpoint', {}, tool.endpoint),
+    h('td.node', {}, tool.node_id || '–'),
+    h('td.replicas', {}, replicasView(tool)),
     h('td', {}, h(`span.health.${tool.health}`, {}, tool.health), tool.enabled ? null : h('div.muted', {}, 'disabled')),
     h('td.num', {}, String(stats.usage_count ?? 0)),
     h('td.num', {}, stats.usage_count ? fmtPct(stats.success_rate) : '–'),
@@ -48,11 +62,11 @@ export function render(main) {
   const table = h(
     'table.tools',
     {},
-    h('caption', {}, 'Registered tools. Calls, success and mean: every call, hub-wide; p95: the recent calls through this edge.'),
+    h('caption', {}, 'Registered tools. Node: the cluster node that reaches the endpoint; replicas: its copies on other nodes (none on a single hub). Calls, success and mean: every call, hub-wide; p95: the recent calls through this edge.'),
     h(
       'thead',
       {},
-      h('tr', {}, ['Tool', 'Kind', 'Endpoint', 'Health', 'Calls', 'Success', 'Mean', 'p95', 'Last used'].map((t) => h('th', { scope: 'col' }, t))),
+      h('tr', {}, ['Tool', 'Kind', 'Endpoint', 'Node', 'Replicas', 'Health', 'Calls', 'Success', 'Mean', 'p95', 'Last used'].map((t) => h('th', { scope: 'col' }, t))),
     ),
     body,
   );

@@ -2,9 +2,7 @@
 driven by Playwright for Python through `executable_path`) on `make run`'s mesh (`mesh_factory`,
 with discovery pointed at the test's local package index and catalog, and an admin token).
 
-- `chromium`: one headless Chromium per test module (a test has an event loop of its own, which a
-  Playwright browser is bound to: each test connects to the module's Chromium over CDP).
-- `browser`: the module's Chromium, connected for the test.
+- `browser`: a headless Chromium for the test.
 - `console_mesh`: the mesh, its edge URL, and a REST client for the test's "other client".
 - `edge`, `registered_echo` (from tests/edge): the in-process edge, for the HTTP tests of the routes.
 - `open_console(mesh, path)`: a page on the console with the console's own errors collected
@@ -23,12 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import shutil
-import signal
-import subprocess
-import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,72 +48,20 @@ TOKEN = "console-admin-token-0123456789"
 WAIT_MS = 30_000  # every expectation's deadline: the machine may be busy
 
 
-# Playwright's own headless flags that matter here: no timer throttling of pages it does not show.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--remote-debugging-port=0",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-background-timer-throttling",
-    "--disable-backgrounding-occluded-windows",
-    "--disable-renderer-backgrounding",
-    "--hide-scrollbars",
-    "--mute-audio",
-)
-
-
-@pytest.fixture(scope="module")
-def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The DevTools WebSocket URL of a headless Chromium shared by the module's tests."""
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    root = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses root
-    proc = subprocess.Popen(
-        [CHROMIUM, *CHROMIUM_FLAGS, *root, f"--user-data-dir={profile}", "about:blank"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    found: list[str] = []
-    listening = threading.Event()
-
-    def drain() -> None:  # until Chromium exits: a full pipe would stall it
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if not found and (m := re.search(r"DevTools listening on (ws://\S+)", line)):
-                found.append(m[1])
-                listening.set()
-        listening.set()
-
-    reader = threading.Thread(target=drain, name="chromium-stderr", daemon=True)
-    reader.start()
-    try:
-        if not listening.wait(30) or not found:
-            pytest.fail(f"Chromium did not start (exit {proc.poll()})")
-        yield found[0]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        reader.join(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
-
-
-@pytest.fixture
-async def browser(chromium: str) -> AsyncIterator[Any]:
     async with playwright_api.async_playwright() as p:
-        b = await p.chromium.connect_over_cdp(chromium)
+        b = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox"] if os.geteuid() == 0 else [],  # Chromium's sandbox refuses root
+        )
         try:
             yield b
         finally:
-            await b.close()  # the test's contexts and the connection; Chromium serves on
+            await b.close()
 
 
 @pytest.fixture

@@ -9,6 +9,11 @@ so it cannot have run). Timeouts fit the streams the edges hold open: a call may
 `[edge] mcp_sse_keepalive_s`, and a WebSocket (the events feed, MCP, the ToolScore WebSocket) may
 stay quiet for long, so once upgraded it gets `timeout tunnel`.
 
+Each request gets its own connection to an edge (`option http-server-close`): on a reused one,
+an edge that died mid-request would look like the race of an idle connection closed by the server,
+which HAProxy answers by closing the client's connection without a word, for the client to retry
+a request that may have run. On a fresh one it answers 502.
+
 The balancer's own refusals (no edge up, an edge that died mid-request, one that timed out) are
 answered in the mesh's JSON error shape (edge/errors_http.py), reason `EDGE_UNAVAILABLE` or
 `EDGE_TIMEOUT`. Every answer names the edge that served it (`x-toolscore-edge: <node id>`), and a
@@ -59,6 +64,10 @@ def config(frontend_fd: int, backends: Sequence[Backend], call_timeout_s: float,
         "",
         "defaults",
         "    mode http",
+        # A fresh connection to the edge per request: on a reused one, an edge that dies before
+        # answering looks to HAProxy like an idle connection closed under it, and it closes the
+        # client's connection silently so that the client retries, a call that may have run.
+        "    option http-server-close",
         "    timeout connect 2s",
         f"    timeout client {quiet}s",
         f"    timeout server {quiet}s",

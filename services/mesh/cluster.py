@@ -145,6 +145,7 @@ def plan(cfg: Config, opts: ClusterOptions, config_path: str | None, node_specs:
                         child.argv,
                         env=env,
                         listener=edge if child.name == "edge" else None,
+                        group=node,
                     )
                 )
     except BaseException:

@@ -79,6 +79,9 @@ class ChildSpec:
     listener: Listener | None = None
     # Returns once the child serves; the children after it start only then (raises: no start).
     ready: Callable[[], Awaitable[None]] | None = None
+    # Children next to each other with different groups (a cluster's nodes) stop side by side,
+    # each group in reverse order; the others one after another.
+    group: str = ""
 
 
 class Child:
@@ -152,7 +155,7 @@ class Child:
 async def supervise(
     specs: Sequence[ChildSpec], mesh: MeshConfig, stop: asyncio.Event, env: dict[str, str] | None = None
 ) -> None:
-    """Run every child until `stop` is set, then stop them in reverse order."""
+    """Run every child until `stop` is set, then stop them in reverse order (groups side by side)."""
     env = dict(os.environ if env is None else env)
     # Our processes spawn children (sandboxes, MCP servers) but never use gRPC across a fork:
     # gRPC's fork handlers would only log "skipping fork() handlers" on every spawn.
@@ -166,8 +169,8 @@ async def supervise(
                 break
         await stop.wait()
     finally:
-        for child in reversed(children):
-            await child.stop()
+        for batch in _stop_batches(children):
+            await asyncio.gather(*(_stop_in_turn(chain) for chain in batch))
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -187,3 +190,26 @@ async def _unless_stopped(job: Awaitable[None], stop: asyncio.Event) -> bool:
         return False
     work.result()  # its failure is the supervisor's: everything started is stopped
     return True
+
+
+def _stop_batches(children: Sequence[Child]) -> list[list[list[Child]]]:
+    """The stop order: reverse start order, where a run of grouped children is one batch of chains
+    (one per group, each in reverse order) stopped side by side."""
+    batches: list[list[list[Child]]] = []
+    grouped: dict[str, list[Child]] = {}
+    for child in reversed(children):
+        if child.spec.group:
+            grouped.setdefault(child.spec.group, []).append(child)
+            continue
+        if grouped:
+            batches.append(list(grouped.values()))
+            grouped = {}
+        batches.append([[child]])
+    if grouped:
+        batches.append(list(grouped.values()))
+    return batches
+
+
+async def _stop_in_turn(chain: Sequence[Child]) -> None:
+    for child in chain:
+        await child.stop()

@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, OutputLines, stop_process
+from tests.helpers import deadline
 
-EDGE_HEADER = (
-    "x-toolscore-edge"  # services/mesh/haproxy.py: the edge that served an answer, or the one asked for
-)
+EXECUTOR = "python-executor-mcp-server"
+# services/mesh/haproxy.py: the edge that served an answer, or the one a request asks for.
+EDGE_HEADER = "x-toolscore-edge"
 
 
 @dataclass
@@ -108,11 +109,32 @@ async def start_cluster(
         for node, edge, hub in re.findall(r"(node\d) +edge (http://[\d.:]+), hub \S+ and (unix://\S+)", text):
             running.edges[node], running.hubs[node] = edge, hub
         assert sorted(running.edges) == ["node1", "node2"], text
+        await executors_registered(running)
     except BaseException:
         stop_process(proc)
         output.join(5)
         raise
     return running
+
+
+async def executors_registered(cluster: RunningCluster, within_s: float = 60) -> None:
+    """Wait until the Python executor is registered by both nodes (a replica each), as edge 1 sees it:
+    the banner says the edges are ready; each executor registers once its warm pool is up."""
+    import aiohttp
+
+    def both(tool: dict[str, Any] | None) -> bool:
+        return bool(tool) and len({tool["node_id"], *(r["node_id"] for r in tool["replicas"])}) == 2  # type: ignore[index]
+
+    edge = cluster.edges["node1"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=within_s)) as http:
+        url = edge.replace("http", "ws", 1) + f"/api/v1/events/tools?tool_ids={EXECUTOR}"
+        async with http.ws_connect(url) as ws, deadline(within_s, "an executor registered by each node"):
+            await ws.receive_json()  # welcome: events after it are the changes since
+            async with http.get(f"{edge}/api/v1/tools/{EXECUTOR}") as r:
+                tool = await r.json() if r.status == 200 else None
+            while not both(tool):
+                event = await ws.receive_json()
+                tool = event.get("tool") if event.get("type") != "tool_uninstalled" else None
 
 
 @pytest.fixture

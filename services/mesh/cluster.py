@@ -67,7 +67,8 @@ def find_programs(opts: ClusterOptions) -> tuple[str, str]:
         names = " ".join(missing)
         raise MissingProgram(
             f"make cluster: {names} not found (looked for {opts.redis_server!r} and {opts.haproxy!r} "
-            f"on PATH and in /usr/sbin). Install it: sudo apt-get install {names}"
+            f"on PATH and in /usr/sbin). Install {'them' if len(missing) > 1 else 'it'}: "
+            f"sudo apt-get install {names}"
         )
     return redis or "", lb or ""
 

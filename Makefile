@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/toolscore/v1/*.proto)
 GEN_STAMP := generated/.stamp
 
-.PHONY: venv proto proto-lock run test lint bench walk clean node-example task executor-env check-sandbox check-test-packages mutation
+.PHONY: venv proto proto-lock run cluster test lint bench walk clean node-example task executor-env check-sandbox check-test-packages mutation
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ proto-lock: proto
 
 run: proto check-sandbox
 	$(PY) -m services.mesh
+
+# Several nodes on one Redis behind HAProxy, on this machine (docs/cluster.md): redis-server on
+# 127.0.0.1:6380, hubs on :50051 and :50061, an executor per hub, edges on :8082 and :8083, HAProxy on
+# :8080. Needs Debian's redis-server and haproxy (it says how to install them when missing).
+# CLUSTER_FLAGS: e.g. "--lb-port 9080" (python -m services.mesh --help).
+cluster: proto check-sandbox
+	$(PY) -m services.mesh --cluster $(CLUSTER_FLAGS)
 
 # The Python executor and installed MCP servers are isolated with bubblewrap and a seccomp filter:
 # as root with apt, install what is missing (saying so); otherwise print the command and stop

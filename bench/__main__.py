@@ -33,7 +33,8 @@ NOTES = {
 }
 
 
-def run_variant(name: str, only: str, calls: int | None, rounds: int) -> list[dict[str, Any]]:
+def run_variant(name: str, only: str, calls: int | None, rounds: int) -> dict[str, Any]:
+    """The variant's cells and the scenarios it skipped (`{"cells": [...], "skipped": {name: why}}`)."""
     env = dict(os.environ)
     for key, value in VARIANTS[name].items():
         if value is None:
@@ -46,7 +47,7 @@ def run_variant(name: str, only: str, calls: int | None, rounds: int) -> list[di
             cmd += ["--calls", str(calls)]
         print(f"bench: variant {name}", file=sys.stderr, flush=True)
         subprocess.run(cmd, env=env, check=True, cwd=Path(__file__).resolve().parents[1])
-        return json.loads(Path(out.name).read_text())["cells"]  # type: ignore[no-any-return]
+        return json.loads(Path(out.name).read_text())  # type: ignore[no-any-return]
 
 
 def meta() -> dict[str, Any]:
@@ -80,9 +81,11 @@ def main() -> None:
     args = parser.parse_args()
     load_all()
     info = meta()
-    results = {v: run_variant(v, args.only, args.calls, args.rounds) for v in args.variants.split(",") if v}
+    runs = {v: run_variant(v, args.only, args.calls, args.rounds) for v in args.variants.split(",") if v}
+    results = {v: r["cells"] for v, r in runs.items()}
+    skipped = {name: why for r in runs.values() for name, why in r.get("skipped", {}).items()}
     info["machine"] += f", {os.getloadavg()[0]:.2f} at the end"
-    text = report.markdown(info, results, NOTES)
+    text = report.markdown(info, results, NOTES, skipped)
     print(text)
     if not args.no_save:
         RESULTS.mkdir(exist_ok=True)
@@ -90,7 +93,7 @@ def main() -> None:
         (RESULTS / f"{stamp}.md").write_text(text + "\n")
         (RESULTS / "latest.md").write_text(text + "\n")
         (RESULTS / f"{stamp}.json").write_text(
-            json.dumps({"meta": info, "variants": results}, indent=1) + "\n"
+            json.dumps({"meta": info, "variants": results, "skipped": skipped}, indent=1) + "\n"
         )
         print(f"bench: wrote bench/results/{stamp}.md and latest.md", file=sys.stderr)
 

@@ -62,6 +62,11 @@ class Target:
         return f"{self.scenario} {self.metric} @c={self.concurrency} {op} {self.limit:.3g}x {self.baseline}"
 
 
+class Skip(Exception):
+    """Raised by a setup that cannot run on this machine (a program not installed); the message says
+    why, and the report names the scenario as skipped instead of failing the run."""
+
+
 SCENARIOS: dict[str, Scenario] = {}
 TARGETS: list[Target] = []
 

@@ -92,7 +92,13 @@ def variants_table(variants: dict[str, Cells]) -> list[str]:
     return rows
 
 
-def markdown(meta: dict[str, Any], variants: dict[str, list[dict[str, Any]]], notes: dict[str, str]) -> str:
+def markdown(
+    meta: dict[str, Any],
+    variants: dict[str, list[dict[str, Any]]],
+    notes: dict[str, str],
+    skipped: dict[str, str] | None = None,
+) -> str:
+    """The report; `skipped`: scenarios that could not run here, with the reason."""
     idx = {name: index(cells) for name, cells in variants.items()}
     main = next(iter(idx))
     out = [f"# ToolScore Mesh bench, {meta['time']}", ""]
@@ -112,6 +118,8 @@ def markdown(meta: dict[str, Any], variants: dict[str, list[dict[str, Any]]], no
         if not any(k[0] in SCENARIOS and SCENARIOS[k[0]].section == section for k in idx[main]):
             continue
         out += [f"## {section} (variant `{main}`)", "", *section_table(idx[main], section), ""]
+    if skipped:
+        out += ["## Skipped", "", *(f"- **{name}**: {why}" for name, why in skipped.items()), ""]
     out += ["## Targets", "", *targets_table(idx), ""]
     if len(idx) > 1:
         out += ["## Variants", "", *variants_table(idx), ""]

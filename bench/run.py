@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.env import Env
 from bench.measure import Cell, combine, measure
-from bench.registry import SCENARIOS, load_all
+from bench.registry import SCENARIOS, Skip, load_all
 
 
 def selected(only: str) -> list[str]:
@@ -36,15 +36,24 @@ def selected(only: str) -> list[str]:
     return [n for n in SCENARIOS if n in wanted]
 
 
-async def run(names: list[str], calls: int | None, rounds: int) -> list[dict[str, Any]]:
-    """Set every scenario up, then measure them in interleaved rounds; each cell is the median round."""
+async def run(
+    names: list[str], calls: int | None, rounds: int
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Set every scenario up, then measure them in interleaved rounds; each cell is the median round.
+    Also returns the scenarios skipped (their setup raised Skip) with the reason."""
     measured: dict[tuple[str, int], list[Cell]] = {}
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tsb", dir="/tmp") as tmp:
         async with Env(Path(tmp)) as env:
             prepared = []
             for name in names:
                 env.touched = set()
-                call = await SCENARIOS[name].setup(env)
+                try:
+                    call = await SCENARIOS[name].setup(env)
+                except Skip as why:
+                    skipped[name] = str(why)
+                    print(f"  skipping {name}: {why}", file=sys.stderr, flush=True)
+                    continue
                 prepared.append(
                     (SCENARIOS[name], call, {label: env.pids[label] for label in sorted(env.touched)})
                 )
@@ -62,7 +71,7 @@ async def run(names: list[str], calls: int | None, rounds: int) -> list[dict[str
                             file=sys.stderr,
                             flush=True,
                         )
-    return [combine(cells).to_json() for cells in measured.values()]
+    return [combine(cells).to_json() for cells in measured.values()], skipped
 
 
 def main() -> None:
@@ -76,9 +85,11 @@ def main() -> None:
     names = selected(args.only)
     import uvloop
 
-    cells = uvloop.run(run(names, args.calls, args.rounds))
+    cells, skipped = uvloop.run(run(names, args.calls, args.rounds))
     Path(args.out).write_text(
-        json.dumps({"grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""), "cells": cells})
+        json.dumps(
+            {"grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""), "cells": cells, "skipped": skipped}
+        )
     )
 
 

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 
 from aiohttp import web
 
@@ -20,17 +21,28 @@ from services.common.process import run, setup_logging
 log = logging.getLogger("edge")
 
 
-async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = None) -> None:
+async def serve(
+    cfg: Config,
+    stop: asyncio.Event,
+    llm: tuple[str, str] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
     """Serve until `stop` is set, then close websockets (GOING_AWAY) and stop cleanly.
 
     handler_cancellation: a client that goes away mid-call cancels its call, down to the tool server.
+    `sock`: a socket bound for the edge by whoever started it (`make cluster`'s supervisor), served
+    instead of binding `[edge] host:port`.
     """
     app = build_app(cfg, llm)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0, handler_cancellation=True)
     await runner.setup()
     announce: asyncio.Task[None] | None = None
     try:
-        site = web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
+        site: web.BaseSite = (
+            web.SockSite(runner, sock)
+            if sock is not None
+            else web.TCPSite(runner, cfg.edge.host, cfg.edge.port, reuse_address=True)
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -59,6 +71,9 @@ async def serve(cfg: Config, stop: asyncio.Event, llm: tuple[str, str] | None = 
 def main() -> None:
     parser = argparse.ArgumentParser(description="ToolScore edge (REST, WebSockets, MCP)")
     parser.add_argument("--config", help="TOML config (default config/toolscore.toml or $TOOLSCORE_CONFIG)")
+    parser.add_argument(
+        "--listen-fd", type=int, help="serve on this inherited, bound TCP socket instead of [edge] host:port"
+    )
     args = parser.parse_args()
     cfg = config_mod.load(args.config)
     setup_logging(cfg.log.level, "edge")
@@ -71,7 +86,8 @@ def main() -> None:
         os.environ.get("OPENAI_BASE_URL") or cfg.runtime.llm_base_url,
         os.environ.get("OPENAI_API_KEY", ""),
     )
-    run(lambda stop: serve(cfg, stop, llm), use_uvloop=cfg.edge.uvloop)
+    sock = None if args.listen_fd is None else socket.socket(fileno=args.listen_fd)
+    run(lambda stop: serve(cfg, stop, llm, sock), use_uvloop=cfg.edge.uvloop)
 
 
 if __name__ == "__main__":

@@ -37,10 +37,13 @@ class _Unreadable(Exception):
 
 
 def hub_error(exc: grpc.aio.AioRpcError) -> MeshError:
-    """A failed call to the hub as the mesh's error (unreachable: Unavailable, HUB_UNAVAILABLE)."""
-    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+    """A failed call to the hub as the mesh's error: the hub's own error as it sent it (its
+    registry store unreachable, no route to a tool), or, when the hub itself could not be reached
+    (an UNAVAILABLE without the hub's ErrorInfo), Unavailable HUB_UNAVAILABLE."""
+    err = from_rpc_error(exc)
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and err.reason == grpc.StatusCode.UNAVAILABLE.name:
         return Unavailable(f"hub unreachable: {exc.details()}", reason="HUB_UNAVAILABLE")
-    return from_rpc_error(exc)
+    return err
 
 
 class RegistryCache:

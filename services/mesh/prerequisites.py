@@ -1,8 +1,8 @@
 """`make run`'s first step: the system packages the sandbox needs, installed or named.
 
 The Python executor and installed MCP servers run untrusted code under bubblewrap (`bwrap`) with a
-seccomp filter (libseccomp). `make test` (`--test`) needs them too, and redis-server (the tests of
-several hubs on one Redis) and chromium (the console's browser tests). When one is missing:
+seccomp filter (libseccomp). `make test` (`--test`) needs them too, redis-server and haproxy (the tests of
+several hubs on one Redis, `make cluster`) and chromium (the console's browser tests). When one is missing:
 
 - as root with apt-get available, say what will be installed, then install it;
 - otherwise print the exact command to run, and stop (exit 1), unless the operator chose to run
@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 # What the test suite needs besides the sandbox: program -> Debian package.
-TEST_PROGRAMS = (("redis-server", "redis-server"), ("chromium", "chromium"))
+TEST_PROGRAMS = (("redis-server", "redis-server"), ("haproxy", "haproxy"), ("chromium", "chromium"))
 
 
 def missing(which: Callable[[str], str | None] = shutil.which, tests: bool = False) -> list[str]:

@@ -311,7 +311,10 @@ class Router:
         error: MeshError | None = None
         for ep, node in order:
             try:
-                if node == self._node:
+                # A replica of this node held by another of its processes (an edge beside its
+                # hub's function tools and MCP servers) goes the way of another node's: the
+                # edge's forward relays it to its hub.
+                if node == self._node and (ep.is_grpc or ep.uri in self._mounts or ep.scheme in self._mounts):
                     if ep.is_grpc and ep.uri not in self._mounts and not await self._ready(ep, timeout):
                         raise NotSent(
                             Unavailable(
@@ -323,6 +326,8 @@ class Router:
                     return await self._dispatch(entry, ep, request, timeout, on_progress, arguments), True
                 if self._forward is None:
                     raise self._no_route(entry, f"it is held by node {node!r}")
+                if hop:  # forwarded here, to a replica of this node that this process does not serve
+                    raise NotSent(self._no_route(entry, f"{ep} is served by another process"))
                 admin = bool(entry.admin_actions) and request.action in entry.admin_actions
                 answer = await self._forward(node, request, timeout, admin and authority.caller_is_admin())
                 return answer, False

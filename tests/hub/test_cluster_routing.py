@@ -256,3 +256,16 @@ async def test_each_hubs_function_tools_are_replicas_of_one_tool_called_in_the_h
         assert (await echo(stubs, "builtin", "in-process"))["text"] == "in-process"
     # local first: every call ran in the hub that took it, none forwarded
     assert (h1.registry.entry("builtin").calls, h2.registry.entry("builtin").calls) == (1, 2)
+
+
+async def test_an_edge_sends_a_function_tool_of_every_hub_to_its_own_hub_which_runs_it(nodes):
+    (h1, _), (h2, two) = nodes
+    listing = await two.library.ListTools(lib.ListToolsRequest(), timeout=5)
+    opts = GatewayOptions(hub_target=h2.uds_target or "", node="hub2")  # an edge beside hub 2
+    async with HubGateway(opts, usage=UsageReporter(flush_s=3600)) as gw:
+        assert await gw.cache.wait_revision(listing.revision)
+        req = ex.ExecuteRequest(tool_id="builtin", action="echo", arguments=dict_to_struct({"text": "x"}))
+        for _ in range(3):  # whichever replica comes first in turn: this node's is in its hub, not here
+            resp = await gw.execute(req, deadline_s=10)
+            assert not resp.is_error and struct_to_dict(resp.structured) == {"text": "x"}, resp
+    assert (h1.registry.entry("builtin").calls, h2.registry.entry("builtin").calls) == (0, 3)

@@ -55,7 +55,11 @@ def test_on_this_machine_it_runs_with_the_system_python_and_the_standard_library
 
 
 def test_make_test_also_needs_redis_server_and_chromium_installed_or_named_the_same_way() -> None:
-    assert prerequisites.missing(which=lambda name: None, tests=True)[-2:] == ["redis-server", "chromium"]
+    assert prerequisites.missing(which=lambda name: None, tests=True)[-3:] == [
+        "redis-server",
+        "haproxy",
+        "chromium",
+    ]
     assert "chromium" not in prerequisites.missing(which=lambda name: None)  # make run does not need it
     p = plan(["chromium"], 0, True, {}, "test")
     assert p.message.startswith("make test: the test suite") and "installing it now" in p.message

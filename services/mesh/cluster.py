@@ -83,6 +83,7 @@ def node_env(
         "TOOLSCORE_STORE__BACKEND": "redis",
         "TOOLSCORE_FEED__BACKEND": "redis",
         "TOOLSCORE_RUNTIME__TASK_BACKEND": "redis",
+        "TOOLSCORE_EDGE__MCP_SESSION_STORE": "redis",
         "TOOLSCORE_CLUSTER__REDIS_URL": redis_url,
         "TOOLSCORE_CLUSTER__NODE_ID": node,
         "TOOLSCORE_HUB__TCP": f"{opts.host}:{hub_port}",

@@ -1,7 +1,7 @@
 """The edge: the one process agent runtimes and third-party servers talk to.
 
 app.py          the process assembly: the aiohttp app and its components, each mounting itself
-middleware.py   the one middleware: per-client HTTP bounds, browser guard, authority, errors, metrics
+middleware.py   the one middleware: per-client HTTP bounds and writes, browser guard, authority, errors
 hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
 registry_cache.py  the hub's registry followed live: read-only entries, revision, subscribe, events_since
@@ -19,7 +19,7 @@ discovery_routes.py  discovery's REST routes; tasks_routes.py: the task service'
 errors_http.py  the mesh's errors as HTTP JSON; errors_ws.py: as ToolScore WebSocket messages
 outbox.py       the bounded writer of every edge socket
 banner.py       the banner printed once the edge has caught up with the hub: every address
-auth.py         the admin token; origin.py: Origin/Host guards; http_bounds.py: per-client HTTP bounds
+auth.py         the admin token; origin.py: the Origin/Host guard (its rules)
 console/        the admin console at /ui (static pages over /api/v1) and its calls feed /api/v1/calls
 mcp/            standard MCP (Streamable HTTP /mcp, WebSocket /ws/mcp), when present
 """

@@ -1,4 +1,5 @@
-"""The one reader of JSON request bodies, for every REST route of the edge (v1, original, discovery, tasks).
+"""The one reader of JSON request bodies, for every REST route of the edge (v1, original, discovery, tasks),
+and the one bounded JSON parser (`loads`) of every body and socket message the edge reads.
 
     body = await JsonBody.read(request)        # 400 unless the body is one JSON object
     tool_id = body.text("tool_id")               # 400 MISSING_FIELD / INVALID_FIELD, naming the field
@@ -10,8 +11,8 @@ The rules, the same on every route (docs/rest.md, "Request bodies"):
   while reading: past it, 413 (edge.errors_http answers aiohttp's refusal in the JSON error shape);
 - content type: not checked; the body is read as JSON whatever its `Content-Type` says, as the
   original system's routes did (the MCP endpoint, which speaks JSON-RPC, is stricter: docs/mcp.md);
-- depth: at most `services.common.jsonvalue`'s bound, else 400 `JSON_TOO_DEEP` (checked while
-  parsing, so a deep body costs no recursion);
+- depth: at most `services.common.jsonvalue`'s MAX_DOCUMENT_DEPTH, else 400 `JSON_TOO_DEEP` (checked by
+  `loads`, so a deep body costs no recursion);
 - shape: one JSON object, else 400 `INVALID_JSON` (not JSON) or `INVALID_BODY` (JSON, not an
   object; an empty body is not an object either).
 
@@ -21,12 +22,33 @@ it; no route catches or words these errors itself.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
-from services.common import jsonvalue
 from services.common.errors import InvalidRequest
+from services.common.jsonvalue import MAX_DOCUMENT_DEPTH, JsonTooDeep, too_deep
+
+
+def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
+    """`json.loads`, bounded: nesting past `max_depth` raises JsonTooDeep (a ValueError), as does
+    nesting too deep for the parser itself, so every caller answers a ValueError and nothing
+    downstream (Struct conversion, schema checks, logging) ever meets a value that deep. The one
+    parser of every JSON body and socket message the edge reads."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+    # Counting brackets is C-speed; a document with no more brackets than the bound cannot be
+    # deeper, so the walk only runs for bodies with many containers.
+    if isinstance(data, str):
+        opens = data.count("{") + data.count("[")
+    else:
+        opens = data.count(b"{") + data.count(b"[")
+    if opens > max_depth and too_deep(value, max_depth):
+        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value
 
 
 def _invalid(key: str, what: str) -> InvalidRequest:
@@ -50,18 +72,24 @@ class JsonBody:
         self.data = data
 
     @classmethod
-    async def read(cls, request: web.Request) -> JsonBody:
-        """The request's body as a JSON object, or InvalidRequest (400) saying why not."""
+    async def read(cls, request: web.Request, texts: tuple[str, ...] = ()) -> JsonBody:
+        """The request's body as a JSON object, or InvalidRequest (400) saying why not.
+
+        `texts`: fields checked as `text(key)` checks a required one, in that order, so that a
+        route reads them from `data` as they are (a call's route reads its body in one step)."""
         raw = await request.read()
         try:
-            data = jsonvalue.loads(raw) if raw else None
-        except jsonvalue.JsonTooDeep as exc:
+            data = loads(raw) if raw else None
+        except JsonTooDeep as exc:
             raise InvalidRequest(f"the request body is {exc}", reason="JSON_TOO_DEEP") from None
         except ValueError:
             raise InvalidRequest("Invalid JSON in the request body", reason="INVALID_JSON") from None
         if not isinstance(data, dict):
             raise InvalidRequest("the request body must be a JSON object", reason="INVALID_BODY")
-        return cls(data)
+        body = cls(data)
+        for key in texts:
+            body.text(key)
+        return body
 
     def get(self, key: str, default: Any = None) -> Any:
         """The field as sent (any JSON value), `default` when absent or null."""

@@ -22,7 +22,7 @@ from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.legacy import shapes
 from edge.rest.routes import health, json_response, stats, tool_of
-from edge.rest.shapes import arguments_struct, now_iso, tool_from_json
+from edge.rest.shapes import fill_arguments, now_iso, tool_from_json
 from services.common.errors import InvalidRequest
 
 
@@ -106,13 +106,11 @@ async def available_tools(request: web.Request) -> web.Response:
 
 async def execute(request: web.Request) -> web.Response:
     start = time.perf_counter()
-    body = await JsonBody.read(request)
-    call = ex.ExecuteRequest(
-        tool_id=body.text("tool_id"),
-        action=body.text("action"),
-        arguments=arguments_struct(body.get("parameters"), request.app[GATEWAY].opts.max_argument_bytes),
-    )
-    resp = await request.app[GATEWAY].execute(call)
+    body = (await JsonBody.read(request, texts=("tool_id", "action"))).data  # read and checked at once
+    gateway = request.app[GATEWAY]
+    call = ex.ExecuteRequest(tool_id=body["tool_id"], action=body["action"])
+    arguments = fill_arguments(call.arguments, body.get("parameters"), gateway.opts.max_argument_bytes)
+    resp = await gateway.execute(call, arguments=arguments)
     return json_response(shapes.execute_result(resp, time.perf_counter() - start))
 
 

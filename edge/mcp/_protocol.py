@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from edge import json_body
 from services.common import jsonvalue
 
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -90,7 +91,7 @@ class Message:
 def decode(data: bytes | str) -> Message:
     """Parse and classify one JSON-RPC message; raise ProtocolError (-32700 / -32600) when it is not one."""
     try:
-        obj = jsonvalue.loads(data)
+        obj = json_body.loads(data)
     except jsonvalue.JsonTooDeep as exc:
         raise ProtocolError(PARSE_ERROR, f"Parse error: the body is {exc}") from None
     except ValueError:

@@ -38,7 +38,8 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import MeshError
-from services.router.router import check_arguments
+from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
+from services.router.router import refuse_arguments
 
 from . import envelope, results
 from ._protocol import (
@@ -404,14 +405,16 @@ class Dispatcher:
         token = progress_token(params)
         on_progress = _progress_sender(token, send) if token is not None and send is not None else None
         try:
+            arguments = None
             if args:
-                # Bounds first: an oversized Struct is never built (the router checks them again).
-                check_arguments(args, self.opts.max_argument_bytes)
-                try:
-                    req.arguments.update(args)
+                limit = self.opts.max_argument_bytes
+                try:  # bounds first: an oversized Struct is never built
+                    arguments = to_struct(args, limit, req.arguments)
+                except (JsonTooDeep, TooLarge) as exc:
+                    raise refuse_arguments(exc, limit) from None
                 except (ValueError, TypeError, OverflowError) as exc:
                     raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
-            resp = await self._execute(req, on_progress=on_progress)
+            resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
         except MeshError as exc:
             if not results.is_result(exc):
                 raise  # a protocol fault: `request` answers it

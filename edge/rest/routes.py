@@ -152,19 +152,17 @@ async def v1_deregister_tool(request: web.Request) -> web.Response:
 
 async def v1_call_tool(request: web.Request) -> web.Response:
     body = await JsonBody.read(request)
-    call = ex.ExecuteRequest(
-        tool_id=request.match_info["tool_id"],
-        action=body.text("action"),
-        arguments=shapes.arguments_struct(
-            body.get("arguments"), request.app[GATEWAY].opts.max_argument_bytes, "arguments"
-        ),
-        request_id=body.text("request_id", required=False),
-        session_id=body.text("session_id", required=False),
+    gateway = request.app[GATEWAY]
+    call = ex.ExecuteRequest(tool_id=request.match_info["tool_id"], action=body.text("action"))
+    arguments = shapes.fill_arguments(
+        call.arguments, body.get("arguments"), gateway.opts.max_argument_bytes, "arguments"
     )
+    call.request_id = body.text("request_id", required=False)
+    call.session_id = body.text("session_id", required=False)
     timeout = body.seconds("timeout_s")
     if timeout is not None:
         call.timeout.FromNanoseconds(int(timeout * 1e9))
-    resp = await request.app[GATEWAY].execute(call)
+    resp = await gateway.execute(call, arguments=arguments)
     return json_response(shapes.response_json(resp))
 
 

@@ -5,11 +5,11 @@ middleware.py   the one middleware: per-client HTTP bounds and writes, browser g
 hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
 registry_cache.py  the hub's registry followed live: read-only entries, revision, subscribe, events_since
-usage.py        usage counted on the direct path, reported to the hub in batches (ReportUsage)
+usage.py        the direct path's usage reported to the hub in batches (ReportUsage)
 rest/           the clean REST API /api/v1: routes, JSON shapes
-json_body.py    the one reader of JSON request bodies (every REST route)
+json_body.py    JSON bodies: the one reader of request bodies and parser of messages, the answers' JSON
 openapi.py      /openapi.json
-metrics.py      the edge's figures, /metrics
+metrics.py      the edge's figures, /metrics, and the direct path's usage counted for the hub
 events_ws.py    the events WebSocket /api/v1/events/tools: its messages and the fan-out
 open_sockets.py the open WebSockets, closed with GOING_AWAY at shutdown
 dialled_in.py   servers that dialled in over the ToolScore WebSocket (the relay), callable from every path

@@ -1,5 +1,6 @@
-"""The one reader of JSON request bodies, for every REST route of the edge (v1, original, discovery, tasks),
-and the one bounded JSON parser (`loads`) of every body and socket message the edge reads.
+"""The edge's JSON bodies: the one reader of request bodies, for every REST route of the edge (v1,
+original, discovery, tasks), the one bounded JSON parser (`loads`) of every body and socket
+message the edge reads, and the compact JSON its answers are written in (`dumps`, `json_response`).
 
     body = await JsonBody.read(request)        # 400 unless the body is one JSON object
     tool_id = body.text("tool_id")               # 400 MISSING_FIELD / INVALID_FIELD, naming the field
@@ -22,6 +23,7 @@ it; no route catches or words these errors itself.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -29,6 +31,15 @@ from aiohttp import web
 
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import MAX_DOCUMENT_DEPTH, JsonTooDeep, too_deep
+
+# The edge's compact JSON (a partial of json.dumps: no Python frame of its own per answer).
+dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
+_JSON_TYPE = "application/json"
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """`body` as the edge's compact JSON answer."""
+    return web.Response(text=dumps(body), status=status, content_type=_JSON_TYPE)
 
 
 def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:

@@ -26,6 +26,7 @@ from edge.auth import AUTH
 from edge.dialled_in import RELAY, RelayServer, ServerSession
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.legacy import shapes
+from edge.legacy.execute import execute_result
 from edge.metrics import METRICS
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
@@ -172,7 +173,7 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     call = ex.ExecuteRequest(tool_id=tool_id, action=action, request_id=str(msg.get("request_id") or ""))
     arguments = fill_arguments(call.arguments, msg.get("parameters"), gateway.opts.max_argument_bytes)
     resp = await gateway.execute(call, arguments=arguments)
-    return {"tool_id": tool_id, "action": action, **shapes.execute_result(resp, time.perf_counter() - start)}
+    return {"tool_id": tool_id, "action": action, **execute_result(resp, time.perf_counter() - start)}
 
 
 _HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execute_tool": _execute_tool}

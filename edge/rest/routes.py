@@ -1,8 +1,8 @@
 """The clean REST API, `/api/v1`: tools, calls, health, stats.
 
 Handlers only translate: the body in (edge.json_body), one gateway call or registry cache read,
-JSON out (edge.rest.shapes). Errors are raised as MeshError and answered once, by the app's
-middleware (edge.errors_http). The original system's routes are edge.legacy.routes.
+JSON out (edge.rest.shapes, written by edge.json_body). Errors are raised as MeshError and answered
+once, by the app's middleware (edge.errors_http). The original system's routes are edge.legacy.routes.
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ from edge.dialled_in import RELAY
 from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
+from edge.json_body import json_response as json_response  # also the console's (edge.console)
 from edge.metrics import METRICS
 from edge.rest import shapes
 from services.common.errors import NotFound
 
 STARTED = web.AppKey("started", float)  # when the app was built: uptime_s in the stats
-
-_JSON_TYPE = "application/json"
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    """`body` as the edge's compact JSON."""
-    return web.Response(text=shapes.dumps(body), status=status, content_type=_JSON_TYPE)
 
 
 def tool_of(request: web.Request) -> tool_pb2.Tool:

@@ -7,7 +7,6 @@ system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +15,7 @@ from google.protobuf.struct_pb2 import Struct
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from edge import json_body
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import (
     JsonTooDeep,
@@ -151,8 +151,8 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
     return out
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+# The edge's compact JSON (edge.json_body's), under the name the shapes' users know.
+dumps = json_body.dumps
 
 
 # -- incoming definitions (clean or original-style specs) ------------------------------

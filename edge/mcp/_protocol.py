@@ -86,6 +86,8 @@ class Message:
     method: str
     id: RequestId | None
     params: dict[str, Any] | None
+    # `params._meta.progressToken`, read once here for the transport and the dispatcher.
+    progress: RequestId | None = None
 
 
 def decode(data: bytes | str) -> Message:
@@ -120,7 +122,7 @@ def classify(obj: Any) -> Message:
     params = obj.get("params")
     if params is not None and not isinstance(params, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: params must be an object")
-    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params)
+    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params, progress_token(params))
 
 
 def error_response(request_id: RequestId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:

@@ -55,7 +55,6 @@ from ._protocol import (
     encode,
     error_response,
     notification,
-    progress_token,
 )
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Session
@@ -166,7 +165,11 @@ class StreamableHttp:
             stream.wake.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        refused = self.svc.guard.refusal(request.headers)
+        headers, guard = request.headers, self.svc.guard
+        # A pair the guard allowed before passes without asking it again (edge.origin, `passed`).
+        refused = None
+        if (headers.get("Origin"), headers.get("Host")) not in guard.passed:
+            refused = guard.refusal(headers)
         if refused is not None:
             return _fail(403, f"Forbidden: {refused.message}")
         if request.method == "POST":
@@ -213,7 +216,7 @@ class StreamableHttp:
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
-        streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
+        streams = sse_ok and msg.progress is not None and msg.method != "initialize"
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
         resp = await self.d.request(msg, session, None, request.headers)

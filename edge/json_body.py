@@ -5,6 +5,8 @@ message the edge reads, and the compact JSON its answers are written in (`dumps`
     body = await JsonBody.read(request)        # 400 unless the body is one JSON object
     tool_id = body.text("tool_id")               # 400 MISSING_FIELD / INVALID_FIELD, naming the field
     limit = body.count("max_candidates", 10)
+    # a call's body in one step: its texts checked, its arguments built into the call's Struct
+    body = await JsonBody.read(request, ("tool_id", "action"), ("parameters", call.arguments, max_bytes))
 
 The rules, the same on every route (docs/rest.md, "Request bodies"):
 
@@ -28,13 +30,19 @@ import json
 from typing import Any
 
 from aiohttp import web
+from google.protobuf.struct_pb2 import Struct
 
 from services.common.errors import InvalidRequest
-from services.common.jsonvalue import MAX_DOCUMENT_DEPTH, JsonTooDeep, too_deep
+from services.common.jsonvalue import MAX_DOCUMENT_DEPTH, JsonTooDeep, TooLarge, to_struct, too_deep
+from services.router.router import refuse_arguments
 
 # The edge's compact JSON (a partial of json.dumps: no Python frame of its own per answer).
 dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
 _JSON_TYPE = "application/json"
+
+
+# A call's arguments in its body: (the field, the call's Struct to fill, the size bound).
+CallArguments = tuple[str, Struct, int]
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
@@ -62,6 +70,24 @@ def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) ->
     return value
 
 
+def fill_arguments(into: Struct, value: Any, max_bytes: int, field: str = "parameters") -> dict[str, Any]:
+    """Fill `into` (a call's arguments) with `value`, checked first: an object, within `max_bytes`
+    and the depth bound (jsonvalue.to_struct). Returns the arguments as the router checks them,
+    for the gateway's `execute(..., arguments=)`."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
+    try:
+        return to_struct(value, max_bytes, into)  # the bounds before protobuf meets it
+    except (JsonTooDeep, TooLarge) as exc:
+        raise refuse_arguments(exc, max_bytes, field) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer past a double's range
+        raise InvalidRequest(
+            f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
+        ) from None
+
+
 def _invalid(key: str, what: str) -> InvalidRequest:
     return InvalidRequest(f"{key} must be {what}", reason="INVALID_FIELD", metadata={"field": key})
 
@@ -77,17 +103,22 @@ class JsonBody:
     field's value as its type or raises InvalidRequest naming the field (`metadata.field`).
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("arguments", "data")
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.data = data
+        self.arguments: dict[str, Any] | None = None  # a call's arguments, when `read` filled them
 
     @classmethod
-    async def read(cls, request: web.Request, texts: tuple[str, ...] = ()) -> JsonBody:
+    async def read(
+        cls, request: web.Request, texts: tuple[str, ...] = (), arguments: CallArguments | None = None
+    ) -> JsonBody:
         """The request's body as a JSON object, or InvalidRequest (400) saying why not.
 
         `texts`: fields checked as `text(key)` checks a required one, in that order, so that a
-        route reads them from `data` as they are (a call's route reads its body in one step)."""
+        route reads them from `data` as they are; then `arguments`: a call's arguments field,
+        filled into its Struct (`fill_arguments`) and kept as `body.arguments`. A call's route
+        reads its body in one step."""
         raw = await request.read()
         try:
             data = loads(raw) if raw else None
@@ -100,6 +131,9 @@ class JsonBody:
         body = cls(data)
         for key in texts:
             body.text(key)
+        if arguments is not None:
+            key, into, max_bytes = arguments
+            body.arguments = fill_arguments(into, data.get(key), max_bytes, key)
         return body
 
     def get(self, key: str, default: Any = None) -> Any:

@@ -25,12 +25,13 @@ from edge import errors_ws, json_body
 from edge.auth import AUTH
 from edge.dialled_in import RELAY, RelayServer, ServerSession
 from edge.hub_link import GATEWAY, REGISTRY
+from edge.json_body import fill_arguments
 from edge.legacy import shapes
 from edge.legacy.execute import execute_result
 from edge.metrics import METRICS
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
-from edge.rest.shapes import dumps, fill_arguments, tool_from_json
+from edge.rest.shapes import dumps, tool_from_json
 from services.common import jsonvalue
 from services.common.config import EdgeConfig
 from services.common.errors import InvalidRequest, ResourceExhausted, Unauthenticated

@@ -18,7 +18,7 @@ from edge.auth import AUTH
 from edge.dialled_in import RELAY
 from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
-from edge.json_body import JsonBody
+from edge.json_body import JsonBody, fill_arguments
 from edge.json_body import json_response as json_response  # also the console's (edge.console)
 from edge.metrics import METRICS
 from edge.rest import shapes
@@ -148,7 +148,7 @@ async def v1_call_tool(request: web.Request) -> web.Response:
     body = await JsonBody.read(request)
     gateway = request.app[GATEWAY]
     call = ex.ExecuteRequest(tool_id=request.match_info["tool_id"], action=body.text("action"))
-    arguments = shapes.fill_arguments(
+    arguments = fill_arguments(
         call.arguments, body.get("arguments"), gateway.opts.max_argument_bytes, "arguments"
     )
     call.request_id = body.text("request_id", required=False)

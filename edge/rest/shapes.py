@@ -11,23 +11,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.struct_pb2 import Struct
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge import json_body
 from services.common.errors import InvalidRequest
-from services.common.jsonvalue import (
-    JsonTooDeep,
-    TooLarge,
-    dict_to_struct,
-    struct_to_dict,
-    to_struct,
-    value_to_py,
-)
+from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
 from services.library.validation import check_schema_depth
-from services.router.router import refuse_arguments
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -243,21 +234,3 @@ def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
         tool_pb2.TOOL_KIND_FUNCTION if endpoint.startswith("inproc://") else tool_pb2.TOOL_KIND_GRPC_SERVER
     )
     return kind_by_endpoint
-
-
-def fill_arguments(into: Struct, value: Any, max_bytes: int, field: str = "parameters") -> dict[str, Any]:
-    """Fill `into` (a call's arguments) with `value`, checked first: an object, within `max_bytes`
-    and the depth bound (jsonvalue.to_struct). Returns the arguments as the router checks them,
-    for the gateway's `execute(..., arguments=)`."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
-    try:
-        return to_struct(value, max_bytes, into)  # the bounds before protobuf meets it
-    except (JsonTooDeep, TooLarge) as exc:
-        raise refuse_arguments(exc, max_bytes, field) from None
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer past a double's range
-        raise InvalidRequest(
-            f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
-        ) from None

@@ -25,7 +25,6 @@ from edge import errors_ws, json_body
 from edge.auth import AUTH
 from edge.dialled_in import RELAY, RelayServer, ServerSession
 from edge.hub_link import GATEWAY, REGISTRY
-from edge.json_body import fill_arguments
 from edge.legacy import shapes
 from edge.legacy.execute import execute_result
 from edge.metrics import METRICS
@@ -172,7 +171,8 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
             raise InvalidRequest(f"{name} is required", reason="MISSING_FIELD", metadata={"field": name})
     gateway = conn.app[GATEWAY]
     call = ex.ExecuteRequest(tool_id=tool_id, action=action, request_id=str(msg.get("request_id") or ""))
-    arguments = fill_arguments(call.arguments, msg.get("parameters"), gateway.opts.max_argument_bytes)
+    limit = gateway.opts.max_argument_bytes
+    arguments = json_body.fill_arguments(call.arguments, msg.get("parameters"), limit)
     resp = await gateway.execute(call, arguments=arguments)
     return {"tool_id": tool_id, "action": action, **execute_result(resp, time.perf_counter() - start)}
 

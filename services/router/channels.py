@@ -328,7 +328,8 @@ class ChannelPool:
         on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         """One call to the tool server at `endpoint`: its channel's `execute` (one step for a router)."""
-        return await self.get(endpoint).execute(request, timeout, on_progress)
+        ch = self._channels.get(endpoint.uri) or self.get(endpoint)  # no second call once it exists
+        return await ch.execute(request, timeout, on_progress)
 
     async def drop(self, endpoint: endpoints.Endpoint) -> None:
         ch = self._channels.pop(endpoint.uri, None)

@@ -37,7 +37,7 @@ STATUS_BY_CODE: Mapping[grpc.StatusCode, int] = {
     _C.UNAVAILABLE: 503,
     _C.DEADLINE_EXCEEDED: 504,
 }
-# Reasons answered with another status than their code's: a client past its HTTP bounds (edge.http_bounds).
+# Reasons answered with another status than their code's: a client past its HTTP bounds (edge.middleware).
 STATUS_BY_REASON: Mapping[str, int] = {"TOO_MANY_IN_FLIGHT": 429, "TOO_MANY_UNREAD_BYTES": 429}
 
 

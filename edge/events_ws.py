@@ -26,6 +26,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import tool_pb2
 
+from edge import json_body
 from edge.install_feed import InstallFeed
 from edge.metrics import METRICS, EdgeMetrics
 from edge.open_sockets import OPEN_SOCKETS
@@ -322,7 +323,7 @@ def _filters(sub: Subscriber, events: Any, tool_ids: Any) -> None:
 
 def _handle(hub: EventHub, sub: Subscriber, data: str) -> None:
     try:
-        msg = jsonvalue.loads(data)
+        msg = json_body.loads(data)
     except ValueError as exc:
         sub.send(_error(f"Invalid JSON: {exc}" if isinstance(exc, jsonvalue.JsonTooDeep) else "Invalid JSON"))
         return

@@ -31,6 +31,7 @@ from edge.usage import UsageReporter
 from services.common import authority
 from services.common.credentials import CredentialFile
 from services.common.errors import MeshError
+from services.library.registry import Entry
 from services.router.channels import ChannelPool, ProgressFn, channel_options
 from services.router.router import Handler, Router, Unmount
 
@@ -137,18 +138,21 @@ class HubGateway:
         *,
         deadline_s: float | None = None,
         on_progress: ProgressFn | None = None,
+        arguments: dict[str, Any] | None = None,
     ) -> ex.ExecuteResponse:
         """Run a call: direct to a gRPC tool server when possible, else relayed through the hub.
 
-        Tool failures come back as `is_error` responses; protocol faults raise MeshError.
-        Every call, whatever its outcome, is reported to the observers (`observe_calls`).
+        `arguments`: the request's arguments as jsonvalue.to_struct returned them while the caller
+        built them (Router.execute). Tool failures come back as `is_error` responses; protocol
+        faults raise MeshError. Every call, whatever its outcome, is reported to the observers
+        (`observe_calls`).
         """
         if not self._call_observers:
-            return await self._execute(request, deadline_s, on_progress)
+            return await self._execute(request, deadline_s, on_progress, arguments)
         start = time.perf_counter()
         outcome = "CANCELLED"
         try:
-            resp = await self._execute(request, deadline_s, on_progress)
+            resp = await self._execute(request, deadline_s, on_progress, arguments)
             outcome = "tool_error" if resp.is_error else "ok"
             return resp
         except MeshError as err:
@@ -161,11 +165,23 @@ class HubGateway:
                 observe(tool_id, request.action, outcome, elapsed)
 
     async def _execute(
-        self, request: ex.ExecuteRequest, deadline_s: float | None, on_progress: ProgressFn | None
+        self,
+        request: ex.ExecuteRequest,
+        deadline_s: float | None,
+        on_progress: ProgressFn | None,
+        arguments: dict[str, Any] | None,
     ) -> ex.ExecuteResponse:
         entry = self._lookup(request.tool_id)
-        if entry is not None and self.opts.direct and self.router.reaches(entry):
-            return await self.router.execute(request, deadline_s=deadline_s, on_progress=on_progress)
+        if entry is not None and self.opts.direct:
+            # The router checks the call, then runs it or, when it cannot reach the tool itself,
+            # hands it back to be relayed (checked here: bad calls cost no hop).
+            return await self.router.execute(
+                request,
+                deadline_s=deadline_s,
+                on_progress=on_progress,
+                arguments=arguments,
+                elsewhere=self._relay_checked,
+            )
         if entry is None:
             # Not in this cache (yet): the hub decides, so it must hear the caller's own rights,
             # neither less (an admin refused) nor more (anyone acting as admin).
@@ -174,6 +190,12 @@ class HubGateway:
         if refused is not None:
             return refused
         return await self._relay_call(request, deadline_s, request.action in entry.admin_actions)
+
+    async def _relay_checked(
+        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float
+    ) -> ex.ExecuteResponse:
+        """A call the router checked but cannot run itself, relayed through the hub."""
+        return await self._relay_call(request, timeout_s, request.action in entry.admin_actions)
 
     async def _relay_call(
         self, request: ex.ExecuteRequest, deadline_s: float | None, admin: bool = False

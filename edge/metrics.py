@@ -1,15 +1,21 @@
-"""The edge's figures, rendered in the Prometheus text format (version 0.0.4) at `/metrics`.
+"""The edge's figures: what `/metrics` renders (the Prometheus text format, version 0.0.4), and
+the calls of the direct path counted for the hub (`UsageCounts`, which edge.usage reports).
 
 Written here rather than pulled in with prometheus_client: a few counters and
-histograms, cheap to update on every call (a dict lookup and a bisect).
+histograms, cheap to update on every call (a dict lookup and a bisect). Every
+figure a call updates is here, so its way back crosses one file for them.
 """
 
 from __future__ import annotations
 
 import bisect
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from aiohttp import web
+
+from services.library.registry import Entry
 
 # Seconds; tuned for calls from 0.2 ms to tens of seconds.
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -27,6 +33,57 @@ class Histogram:
         self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
         self.count += 1
         self.total += seconds
+
+
+@dataclass
+class ToolUsage:
+    """One tool's calls on the direct path since the last report."""
+
+    calls: int = 0
+    successes: int = 0
+    seconds: float = 0.0
+    last_used: float = 0.0
+
+
+class UsageCounts:
+    """Calls counted per tool on the edge's direct path, until the usage reporter (edge.usage)
+    takes them for a report to the hub; `record` is the router's recorder on the edge."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, ToolUsage] = {}
+
+    def record(self, entry: Entry, ok: bool, seconds: float) -> None:
+        """Count one call of `entry`, here and in the entry's own figures (those /api/v1/stats
+        and the tool listings show). Cheap: it runs on every call of the direct path."""
+        now = time.time()
+        tool_id = entry.tool.tool_id
+        u = self.pending.get(tool_id)
+        if u is None:
+            u = self.pending[tool_id] = ToolUsage()
+        u.calls += 1
+        u.successes += ok
+        u.seconds += seconds
+        u.last_used = now
+        # The entry's counting (Entry.record's), done here: one call of the hot path, not two.
+        entry.calls += 1
+        entry.successes += ok
+        entry.total_seconds += seconds
+        entry.last_used = now
+        entry.dirty = True
+
+    def take(self) -> dict[str, ToolUsage]:
+        """What was counted since the last take (for a report), counting afresh from now."""
+        batch, self.pending = self.pending, {}
+        return batch
+
+    def give_back(self, batch: dict[str, ToolUsage]) -> None:
+        """A batch whose report failed: counted again with what came since, for the next one."""
+        for k, u in batch.items():
+            mine = self.pending.setdefault(k, ToolUsage())
+            mine.calls += u.calls
+            mine.successes += u.successes
+            mine.seconds += u.seconds
+            mine.last_used = max(mine.last_used, u.last_used)
 
 
 def _escape(v: str) -> str:

@@ -28,6 +28,7 @@ from services.common.config import EdgeConfig
 from services.common.errors import PermissionDenied
 
 WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+_REMEMBERED = 256  # verdicts kept: distinct Host values (`_host_ok`), allowed (Origin, Host) pairs
 
 
 class Forbidden(PermissionDenied):
@@ -62,6 +63,10 @@ class OriginGuard:
             | {h.strip().strip("[]").lower() for h in allowed_hosts}
         )
         self._host_ok: dict[str, bool] = {}
+        # The (Origin, Host) pairs allowed so far, at most _REMEMBERED of them: the verdict depends on
+        # nothing else, so the middleware lets a pair it finds here pass without asking `check` (a
+        # program's requests all carry one pair: this runs on every request).
+        self.passed: set[tuple[str | None, str | None]] = set()
 
     @classmethod
     def from_config(cls, edge: EdgeConfig) -> OriginGuard:
@@ -83,13 +88,15 @@ class OriginGuard:
             if ok is None:  # parsed once per distinct Host value: this runs on every request
                 host = _hostname(raw)
                 ok = host in self._hosts or _is_loopback(host)
-                if len(self._host_ok) < 256:
+                if len(self._host_ok) < _REMEMBERED:
                     self._host_ok[raw] = ok
             if not ok:
                 return Forbidden(
                     f"host {_hostname(raw)[:200]!r} is not this edge (possible DNS rebinding)",
                     reason="FORBIDDEN_HOST",
                 )
+        if len(self.passed) < _REMEMBERED:
+            self.passed.add((origin, headers.get("Host")))
         return None
 
     def check(self, headers: Mapping[str, str]) -> None:

@@ -1,11 +1,12 @@
 """The usage reporter: calls counted on the edge's direct path, reported to the hub in batches.
 
 A call the edge makes itself never passes through the hub, so the hub's figures
-would stop moving; the router records each one here (a dict update and a few
-counters, nothing more on the hot path) and `reporting(library, proof)` sends
-what was counted with `ReportUsage` every `flush_s`, proving it is the mesh's own
-(the service credential or the admin token). A report that fails keeps its
-figures for the next one: nothing is lost.
+would stop moving; the router records each one (`record`: edge.metrics'
+UsageCounts, a dict update and a few counters, with the call's other figures)
+and `reporting(library, proof)` sends what was counted with `ReportUsage` every
+`flush_s`, off the call path, proving it is the mesh's own (the service
+credential or the admin token). A report that fails keeps its figures for the
+next one: nothing is lost.
 """
 
 from __future__ import annotations
@@ -13,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 
-from services.library.registry import Entry
+from edge.metrics import UsageCounts
 
 log = logging.getLogger(__name__)
 # The metadata that proves a report is the mesh's own, asked for at each report (the credential
@@ -29,33 +28,16 @@ log = logging.getLogger(__name__)
 Proof = Callable[[], tuple[tuple[str, str], ...]]
 
 
-@dataclass
-class _Usage:
-    calls: int = 0
-    successes: int = 0
-    seconds: float = 0.0
-    last_used: float = 0.0
-
-
 class UsageReporter:
     """Counts calls per tool (`record`) and reports them to the hub (`flush`, and while `reporting`)."""
 
     def __init__(self, *, flush_s: float = 1.0) -> None:
         self.flush_s = flush_s
-        self._usage: dict[str, _Usage] = {}
+        self.counts = UsageCounts()
+        # The router's recorder: count one call of an entry (UsageCounts.record).
+        self.record = self.counts.record
         self._library: lib_grpc.ToolLibraryServiceStub | None = None
         self._proof: Proof = tuple
-
-    def record(self, entry: Entry, ok: bool, seconds: float) -> None:
-        """Count one call of `entry` (and update the entry's own figures); the router's recorder."""
-        u = self._usage.get(entry.tool.tool_id)
-        if u is None:
-            u = self._usage[entry.tool.tool_id] = _Usage()
-        u.calls += 1
-        u.successes += ok
-        u.seconds += seconds
-        u.last_used = time.time()
-        entry.record(ok, seconds)
 
     @contextlib.asynccontextmanager
     async def reporting(self, library: lib_grpc.ToolLibraryServiceStub, proof: Proof) -> AsyncIterator[None]:
@@ -82,9 +64,9 @@ class UsageReporter:
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Send the usage counted since the last report to the hub (kept for later on failure)."""
-        if not self._usage or self._library is None:
+        if not self.counts.pending or self._library is None:
             return
-        batch, self._usage = self._usage, {}
+        batch = self.counts.take()
         req = lib.ReportUsageRequest(
             usage=[
                 lib.ToolUsage(
@@ -100,12 +82,7 @@ class UsageReporter:
         try:
             await self._library.ReportUsage(req, metadata=self._proof(), timeout=timeout_s)
         except BaseException:
-            for k, u in batch.items():  # keep the figures for the next report: nothing is lost
-                mine = self._usage.setdefault(k, _Usage())
-                mine.calls += u.calls
-                mine.successes += u.successes
-                mine.seconds += u.seconds
-                mine.last_used = max(mine.last_used, u.last_used)
+            self.counts.give_back(batch)  # kept for the next report: nothing is lost
             raise
 
 

@@ -11,18 +11,16 @@ tool is a 200 with `success: false`.
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
-from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from edge.auth import AUTH
 from edge.hub_link import GATEWAY, REGISTRY
-from edge.json_body import JsonBody
+from edge.json_body import JsonBody, json_response
 from edge.legacy import shapes
-from edge.rest.routes import health, json_response, stats, tool_of
-from edge.rest.shapes import arguments_struct, now_iso, tool_from_json
+from edge.legacy.execute import execute
+from edge.rest.routes import health, stats, tool_of
+from edge.rest.shapes import now_iso, tool_from_json
 from services.common.errors import InvalidRequest
 
 
@@ -104,18 +102,6 @@ async def available_tools(request: web.Request) -> web.Response:
     )
 
 
-async def execute(request: web.Request) -> web.Response:
-    start = time.perf_counter()
-    body = await JsonBody.read(request)
-    call = ex.ExecuteRequest(
-        tool_id=body.text("tool_id"),
-        action=body.text("action"),
-        arguments=arguments_struct(body.get("parameters"), request.app[GATEWAY].opts.max_argument_bytes),
-    )
-    resp = await request.app[GATEWAY].execute(call)
-    return json_response(shapes.execute_result(resp, time.perf_counter() - start))
-
-
 def mount(app: web.Application) -> None:
     """Mount the original routes on `app`, before the clean API's (their literal paths come first).
 
@@ -132,6 +118,6 @@ def mount(app: web.Application) -> None:
             web.delete("/admin/tools/{tool_id}", deregister),
             web.post("/admin/mcp/register", register_mcp_server),
             web.get("/api/v1/tools/available", available_tools),
-            web.post("/api/v1/tools/execute", execute),
+            web.post("/api/v1/tools/execute", execute),  # edge.legacy.execute
         ]
     )

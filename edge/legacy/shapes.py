@@ -1,18 +1,17 @@
 """The original system's JSON shapes (docs/rest.md, "The original routes"), kept field for field.
 
 Used by the original REST routes (edge.legacy.routes) and the ToolScore WebSocket
-(edge.legacy.toolscore_ws). Pure: nothing here does I/O.
+(edge.legacy.toolscore_ws); a call's result shape is edge.legacy.execute's. Pure: nothing here does I/O.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from edge.rest.shapes import ERROR_TYPE_NAMES, HEALTH_NAMES, original_tool_type
-from services.common.jsonvalue import struct_to_dict, value_to_py
+from edge.rest.shapes import HEALTH_NAMES, original_tool_type
+from services.common.jsonvalue import struct_to_dict
 
 # The original `tool_type` of a tool ("function" or "mcp_server"), for its listings here and the
 # ToolScore WebSocket's.
@@ -76,26 +75,6 @@ def available_tool(tool: tool_pb2.Tool) -> dict[str, Any]:
         "capabilities": [capability(c) for c in tool.capabilities],
         "tags": list(tool.tags),
         "endpoint": tool.endpoint,
-    }
-
-
-def execute_result(resp: ex.ExecuteResponse, elapsed_s: float) -> dict[str, Any]:
-    """POST /api/v1/tools/execute body: {success, result, output, error, error_type, processing_time_ms}."""
-    texts = [b.text.text for b in resp.content if b.WhichOneof("block") == "text"]
-    if resp.HasField("structured"):
-        result: Any = struct_to_dict(resp.structured)
-    else:
-        result = next(
-            (value_to_py(b.json.value) for b in resp.content if b.WhichOneof("block") == "json"),
-            "\n".join(texts) if texts else None,
-        )
-    return {
-        "success": not resp.is_error,
-        "result": result,
-        "output": "\n".join(texts),
-        "error": resp.error.message if resp.is_error else None,
-        "error_type": ERROR_TYPE_NAMES.get(resp.error.type, "UnknownError") if resp.is_error else None,
-        "processing_time_ms": round(elapsed_s * 1000, 3),
     }
 
 

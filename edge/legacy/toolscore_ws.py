@@ -21,15 +21,16 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from toolscore.v1 import executor_pb2 as ex
 
-from edge import errors_ws
+from edge import errors_ws, json_body
 from edge.auth import AUTH
 from edge.dialled_in import RELAY, RelayServer, ServerSession
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.legacy import shapes
+from edge.legacy.execute import execute_result
 from edge.metrics import METRICS
 from edge.open_sockets import OPEN_SOCKETS
 from edge.outbox import Outbox, OutboxLimits, OutboxStats
-from edge.rest.shapes import arguments_struct, dumps, tool_from_json
+from edge.rest.shapes import dumps, tool_from_json
 from services.common import jsonvalue
 from services.common.config import EdgeConfig
 from services.common.errors import InvalidRequest, ResourceExhausted, Unauthenticated
@@ -76,7 +77,7 @@ class Connection:
         if self.out.overflowed:  # closing it as a slow reader: nothing more is served
             return
         try:
-            msg = jsonvalue.loads(data)
+            msg = json_body.loads(data)
         except ValueError as exc:
             self.error(f"Invalid JSON: {exc}" if isinstance(exc, jsonvalue.JsonTooDeep) else "Invalid JSON")
             return
@@ -168,14 +169,12 @@ async def _execute_tool(conn: Connection, msg: dict[str, Any]) -> dict[str, Any]
     for name, value in (("tool_id", tool_id), ("action", action)):
         if not isinstance(value, str) or not value:
             raise InvalidRequest(f"{name} is required", reason="MISSING_FIELD", metadata={"field": name})
-    call = ex.ExecuteRequest(
-        tool_id=tool_id,
-        action=action,
-        arguments=arguments_struct(msg.get("parameters"), conn.app[GATEWAY].opts.max_argument_bytes),
-        request_id=str(msg.get("request_id") or ""),
-    )
-    resp = await conn.app[GATEWAY].execute(call)
-    return {"tool_id": tool_id, "action": action, **shapes.execute_result(resp, time.perf_counter() - start)}
+    gateway = conn.app[GATEWAY]
+    call = ex.ExecuteRequest(tool_id=tool_id, action=action, request_id=str(msg.get("request_id") or ""))
+    limit = gateway.opts.max_argument_bytes
+    arguments = json_body.fill_arguments(call.arguments, msg.get("parameters"), limit)
+    resp = await gateway.execute(call, arguments=arguments)
+    return {"tool_id": tool_id, "action": action, **execute_result(resp, time.perf_counter() - start)}
 
 
 _HANDLERS = {"register_tool": _register_tool, "list_tools": _list_tools, "execute_tool": _execute_tool}

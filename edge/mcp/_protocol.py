@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from edge import json_body
 from services.common import jsonvalue
 
 HANDSHAKE_VERSIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
@@ -85,12 +86,14 @@ class Message:
     method: str
     id: RequestId | None
     params: dict[str, Any] | None
+    # `params._meta.progressToken`, read once here for the transport and the dispatcher.
+    progress: RequestId | None = None
 
 
 def decode(data: bytes | str) -> Message:
     """Parse and classify one JSON-RPC message; raise ProtocolError (-32700 / -32600) when it is not one."""
     try:
-        obj = jsonvalue.loads(data)
+        obj = json_body.loads(data)
     except jsonvalue.JsonTooDeep as exc:
         raise ProtocolError(PARSE_ERROR, f"Parse error: the body is {exc}") from None
     except ValueError:
@@ -119,7 +122,7 @@ def classify(obj: Any) -> Message:
     params = obj.get("params")
     if params is not None and not isinstance(params, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: params must be an object")
-    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params)
+    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params, progress_token(params))
 
 
 def error_response(request_id: RequestId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:

@@ -38,7 +38,8 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import MeshError
-from services.router.router import check_arguments
+from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
+from services.router.router import refuse_arguments
 
 from . import envelope, results
 from ._protocol import (
@@ -59,11 +60,10 @@ from ._protocol import (
     ProtocolError,
     RequestId,
     notification,
-    progress_token,
     result_response,
 )
-from .tool_list import Catalog
-from .tool_sessions import Held, ToolSessions
+from .tool_list import Catalog, McpTool
+from .tool_sessions import SESSION_FIELD, Held, ToolSessions
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,10 @@ class Dispatcher:
         self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
     ) -> None:
         self._catalog = catalog
+        # tools/call's name table, as of the catalog when `tools_moved` was last seen set; whoever
+        # follows the registry sets it at each change (McpService), so a call reads a dict.
+        self._by_name: Mapping[str, McpTool] = {}
+        self.tools_moved = True
         self._execute = execute
         self.tool_sessions = ToolSessions(execute)
         self.opts = opts or ServerOptions()
@@ -387,7 +391,10 @@ class Dispatcher:
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(INVALID_PARAMS, "params.name must be a string")
-        tool = self._catalog().get(name)
+        if self.tools_moved:
+            self.tools_moved = False
+            self._by_name = self._catalog().by_name
+        tool = self._by_name.get(name)
         if tool is None:
             raise ProtocolError(INVALID_PARAMS, f"Unknown tool: {name}", {"name": name})
         args = params.get("arguments")
@@ -401,22 +408,25 @@ class Dispatcher:
         scope = session.id or os.urandom(6).hex()
         req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action)
         req.request_id = f"mcp:{scope}:{msg.id}"
-        token = progress_token(params)
+        token = msg.progress
         on_progress = _progress_sender(token, send) if token is not None and send is not None else None
         try:
+            arguments = None
             if args:
-                # Bounds first: an oversized Struct is never built (the router checks them again).
-                check_arguments(args, self.opts.max_argument_bytes)
-                try:
-                    req.arguments.update(args)
+                limit = self.opts.max_argument_bytes
+                try:  # bounds first: an oversized Struct is never built
+                    arguments = to_struct(args, limit, req.arguments)
+                except (JsonTooDeep, TooLarge) as exc:
+                    raise refuse_arguments(exc, limit) from None
                 except (ValueError, TypeError, OverflowError) as exc:
                     raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
-            resp = await self._execute(req, on_progress=on_progress)
+            resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
         except MeshError as exc:
             if not results.is_result(exc):
                 raise  # a protocol fault: `request` answers it
             return results.error_result(exc)  # the model reads why and can correct the call
-        if session.id:
+        # Only a call that names a tool session or opens one has any for the MCP session to hold.
+        if session.id and (SESSION_FIELD in req.arguments.fields or SESSION_FIELD in resp.structured.fields):
             self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
         return results.call_result(resp)
 

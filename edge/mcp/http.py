@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,12 +64,10 @@ from ._protocol import (
     encode,
     error_response,
     notification,
-    progress_token,
 )
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Headers, Send, Session
 from .mcp_service import McpService
-from .redis_sessions import identity
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
@@ -94,6 +93,11 @@ class _Stream:
         self.wake.set()
 
 
+def identity(headers: Mapping[str, str]) -> str:
+    """Who presents a session id: the SHA-256 of the request's Authorization header ("" hashed too)."""
+    return hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
+
+
 @dataclass(eq=False)
 class HttpSession:
     """A handshake-era session: dispatcher state, its client address, and where its stream stands."""
@@ -101,7 +105,7 @@ class HttpSession:
     state: Session
     client: str
     seen: int  # the listing revision this session last heard of (at initialize, or its stream's last)
-    identity: str = ""  # who opened it (redis_sessions.identity): only they may use it
+    identity: str = ""  # who opened it (identity()): only they may use it
     stream: _Stream | None = None
     created: float = field(default_factory=time.monotonic)
     # Requests answered over SSE whose response has not reached the client yet, for resumption.
@@ -182,7 +186,11 @@ class StreamableHttp:
             stream.wake.set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        refused = self.svc.guard.refusal(request.headers)
+        headers, guard = request.headers, self.svc.guard
+        # A pair the guard allowed before passes without asking it again (edge.origin, `passed`).
+        refused = None
+        if (headers.get("Origin"), headers.get("Host")) not in guard.passed:
+            refused = guard.refusal(headers)
         if refused is not None:
             return _fail(403, f"Forbidden: {refused.message}")
         if request.method == "POST":
@@ -243,7 +251,7 @@ class StreamableHttp:
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
-        streams = sse_ok and progress_token(msg.params) is not None and msg.method != "initialize"
+        streams = sse_ok and msg.progress is not None and msg.method != "initialize"
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
         resp = await self._run(msg, session, None, request.headers, hs)

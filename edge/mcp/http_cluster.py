@@ -33,9 +33,9 @@ from . import results
 from ._protocol import H_SESSION, NOTIFICATION, Message
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, write_within
 from .dispatcher import HANDSHAKE, Headers, Send, Session
-from .http import _CLOSED, HttpSession, StreamableHttp, _fail, _json
+from .http import _CLOSED, HttpSession, StreamableHttp, _fail, _json, identity
 from .mcp_service import McpService
-from .redis_sessions import ExchangeMirror, HeldMirror, RedisSessions, Refused, SessionRecord, identity
+from .redis_sessions import ExchangeMirror, HeldMirror, RedisSessions, Refused, SessionRecord
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -162,6 +162,7 @@ class McpService:
         return error_response(rid, LIMIT_REACHED, err.message, err.to_json())
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
+        self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
             asyncio.get_running_loop().call_soon(self._check)

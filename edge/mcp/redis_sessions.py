@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -148,11 +147,6 @@ redis.call('XADD', key, '0-1', 'n', 0)
 redis.call('PEXPIRE', key, ARGV[2])
 return n
 """
-
-
-def identity(headers: Mapping[str, str]) -> str:
-    """Who presents a session id: the SHA-256 of the request's Authorization header ("" hashed too)."""
-    return hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The clean REST API, `/api/v1`: tools, calls, health, stats.
 
 Handlers only translate: the body in (edge.json_body), one gateway call or registry cache read,
-JSON out (edge.rest.shapes). Errors are raised as MeshError and answered once, by the app's
-middleware (edge.errors_http). The original system's routes are edge.legacy.routes.
+JSON out (edge.rest.shapes, written by edge.json_body). Errors are raised as MeshError and answered
+once, by the app's middleware (edge.errors_http). The original system's routes are edge.legacy.routes.
 """
 
 from __future__ import annotations
@@ -18,19 +18,13 @@ from edge.auth import AUTH
 from edge.dialled_in import RELAY
 from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
-from edge.json_body import JsonBody
+from edge.json_body import JsonBody, fill_arguments
+from edge.json_body import json_response as json_response  # also the console's (edge.console)
 from edge.metrics import METRICS
 from edge.rest import shapes
 from services.common.errors import NotFound
 
 STARTED = web.AppKey("started", float)  # when the app was built: uptime_s in the stats
-
-_JSON_TYPE = "application/json"
-
-
-def json_response(body: Any, status: int = 200) -> web.Response:
-    """`body` as the edge's compact JSON."""
-    return web.Response(text=shapes.dumps(body), status=status, content_type=_JSON_TYPE)
 
 
 def tool_of(request: web.Request) -> tool_pb2.Tool:
@@ -152,19 +146,17 @@ async def v1_deregister_tool(request: web.Request) -> web.Response:
 
 async def v1_call_tool(request: web.Request) -> web.Response:
     body = await JsonBody.read(request)
-    call = ex.ExecuteRequest(
-        tool_id=request.match_info["tool_id"],
-        action=body.text("action"),
-        arguments=shapes.arguments_struct(
-            body.get("arguments"), request.app[GATEWAY].opts.max_argument_bytes, "arguments"
-        ),
-        request_id=body.text("request_id", required=False),
-        session_id=body.text("session_id", required=False),
+    gateway = request.app[GATEWAY]
+    call = ex.ExecuteRequest(tool_id=request.match_info["tool_id"], action=body.text("action"))
+    arguments = fill_arguments(
+        call.arguments, body.get("arguments"), gateway.opts.max_argument_bytes, "arguments"
     )
+    call.request_id = body.text("request_id", required=False)
+    call.session_id = body.text("session_id", required=False)
     timeout = body.seconds("timeout_s")
     if timeout is not None:
         call.timeout.FromNanoseconds(int(timeout * 1e9))
-    resp = await request.app[GATEWAY].execute(call)
+    resp = await gateway.execute(call, arguments=arguments)
     return json_response(shapes.response_json(resp))
 
 

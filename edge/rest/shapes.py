@@ -7,20 +7,18 @@ system's shapes are edge.legacy.shapes; the events WebSocket's messages are edge
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf import timestamp_pb2
-from google.protobuf.struct_pb2 import Struct
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
+from edge import json_body
 from services.common.errors import InvalidRequest
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, value_to_py
 from services.common.legacy import params_schema
 from services.library.validation import check_schema_depth
-from services.router.router import check_arguments
 
 KIND_NAMES = {
     tool_pb2.TOOL_KIND_UNSPECIFIED: "unspecified",
@@ -144,8 +142,8 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
     return out
 
 
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), default=str)
+# The edge's compact JSON (edge.json_body's), under the name the shapes' users know.
+dumps = json_body.dumps
 
 
 # -- incoming definitions (clean or original-style specs) ------------------------------
@@ -236,18 +234,3 @@ def _kind_of(spec: dict[str, Any], endpoint: str, where: str) -> int:
         tool_pb2.TOOL_KIND_FUNCTION if endpoint.startswith("inproc://") else tool_pb2.TOOL_KIND_GRPC_SERVER
     )
     return kind_by_endpoint
-
-
-def arguments_struct(value: Any, max_bytes: int, field: str = "parameters") -> Struct:
-    """A call's arguments as a Struct, checked first (an object, within `max_bytes` and depth)."""
-    if value is None:
-        value = {}
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"{field} must be a JSON object", reason="INVALID_ARGUMENTS_TYPE")
-    check_arguments(value, max_bytes, field)  # before protobuf meets it
-    try:
-        return dict_to_struct(value)
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. an integer past a double's range
-        raise InvalidRequest(
-            f"{field} is not representable: {exc}", reason="INVALID_ARGUMENTS_TYPE"
-        ) from None

@@ -23,14 +23,11 @@ _ADMIN: contextvars.ContextVar[Callable[[], bool]] = contextvars.ContextVar(
 )
 
 
-def act_as(is_admin: Callable[[], bool]) -> contextvars.Token[Callable[[], bool]]:
-    """Set how to tell whether the current caller is an admin (for this task and those it starts)."""
-    return _ADMIN.set(is_admin)
-
-
-def reset(token: contextvars.Token[Callable[[], bool]]) -> None:
-    """Undo an `act_as`."""
-    _ADMIN.reset(token)
+# Set how to tell whether the current caller is an admin (for this task and those it starts), and
+# undo that: the variable's own `set` and `reset`, so that the transports, which set it for every
+# request, pay for no Python call.
+act_as: Callable[[Callable[[], bool]], contextvars.Token[Callable[[], bool]]] = _ADMIN.set
+reset: Callable[[contextvars.Token[Callable[[], bool]]], None] = _ADMIN.reset
 
 
 def caller_is_admin() -> bool:

@@ -166,7 +166,7 @@ class EdgeConfig:
     outbox_bytes: int = 8 * 1024 * 1024
     max_in_flight: int = 256
     max_frame_bytes: int = 4 * 1024 * 1024
-    # Plain HTTP, per client address (edge/http_bounds.py): requests in flight until their answer is
+    # Plain HTTP, per client address (edge/middleware.py): requests in flight until their answer is
     # written out, bytes of answers not yet taken by the client, and how long a write may stall.
     http_in_flight_per_client: int = 64
     http_unread_bytes_per_client: int = 32 * 1024 * 1024

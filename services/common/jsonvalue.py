@@ -4,13 +4,12 @@ json_format.MessageToDict is pure Python and slow on the hot path; this walks
 the upb message directly. Integral doubles come back as ints (Struct stores
 every number as a double), so `{"timeout": 5}` round-trips as 5, not 5.0.
 
-It also holds the one bound on JSON nesting (MAX_DEPTH) and the bounded parser
-every JSON body and socket message goes through (`loads`).
+It also holds the one bound on JSON nesting (MAX_DEPTH), and the bounds of a document
+(MAX_DOCUMENT_DEPTH) that the edge's one bounded parser (edge/json_body.py, `loads`) applies.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -140,6 +139,20 @@ def struct_bounds(value: dict[str, Any], max_bytes: int, max_depth: int = MAX_DE
     _wire(value, max_depth, max_bytes)
 
 
+def to_struct(value: dict[str, Any], max_bytes: int, into: Struct) -> dict[str, Any]:
+    """Fill `into` (a call's arguments) with `value`, bounded: struct_bounds first (JsonTooDeep,
+    TooLarge), so a Struct past the bounds is never built; ValueError, TypeError or OverflowError
+    when a value has no Struct form (an integer past a double's range). Returns the Struct's value
+    as struct_to_dict reads it back, what a router checks (Router.execute's `arguments`): one
+    call does what a caller that builds the Struct needs, the bound, the Struct and the value."""
+    _wire(value, MAX_DEPTH, max_bytes)
+    if value:
+        into.update(value)
+    else:
+        into.SetInParent()
+    return struct_to_dict(into)
+
+
 def _wire(v: Any, depth: int, budget: int) -> int:
     # A lower bound of the bytes of `v` as a Value's content: each element costs its tag and length
     # (2), a map entry its key's too (4 + len), a number 9, a string its characters (UTF-8: at least).
@@ -167,22 +180,3 @@ def _wire(v: Any, depth: int, budget: int) -> int:
                 raise TooLarge
         return n
     return 2
-
-
-def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:
-    """`json.loads`, bounded: nesting past `max_depth` raises JsonTooDeep (a ValueError), as does
-    nesting too deep for the parser itself, so every caller answers a ValueError and nothing
-    downstream (Struct conversion, schema checks, logging) ever meets a value that deep."""
-    try:
-        value = json.loads(data)
-    except RecursionError:
-        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels") from None
-    # Counting brackets is C-speed; a document with no more brackets than the bound cannot be
-    # deeper, so the walk only runs for bodies with many containers.
-    if isinstance(data, str):
-        opens = data.count("{") + data.count("[")
-    else:
-        opens = data.count(b"{") + data.count(b"[")
-    if opens > max_depth and too_deep(value, max_depth):
-        raise JsonTooDeep(f"JSON nested deeper than {max_depth} levels")
-    return value

@@ -320,6 +320,17 @@ class ChannelPool:
             ch = self._channels[endpoint.uri] = ToolChannel(endpoint, self._max)
         return ch
 
+    async def execute(
+        self,
+        endpoint: endpoints.Endpoint,
+        request: ex.ExecuteRequest,
+        timeout: float,
+        on_progress: ProgressFn | None = None,
+    ) -> ex.ExecuteResponse:
+        """One call to the tool server at `endpoint`: its channel's `execute` (one step for a router)."""
+        ch = self._channels.get(endpoint.uri) or self.get(endpoint)  # no second call once it exists
+        return await ch.execute(request, timeout, on_progress)
+
     async def drop(self, endpoint: endpoints.Endpoint) -> None:
         ch = self._channels.pop(endpoint.uri, None)
         if ch is not None:

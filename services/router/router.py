@@ -40,14 +40,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.jsonvalue import (
-    MAX_DEPTH,
-    JsonTooDeep,
-    TooLarge,
-    struct_bounds,
-    struct_to_dict,
-    too_deep,
-)
+from services.common.jsonvalue import MAX_DEPTH, JsonTooDeep, struct_to_dict, too_deep
 from services.library.registry import Entry
 from services.library.validation import ArgumentValidator, SlowCheck
 from services.router.channels import ChannelPool, ProgressFn, ToolServerFault
@@ -84,6 +77,9 @@ Lookup = Callable[[str], Entry | None]
 Recorder = Callable[[Entry, bool, float], None]
 # The gRPC metadata that proves this process is the mesh itself (the service credential), or ().
 ServiceProof = Callable[[], Sequence[tuple[str, str]]]
+# What takes a checked call this router cannot run itself (the edge's relay to its hub): the tool's
+# entry, the request and its timeout in seconds; its answer is not counted here.
+Elsewhere = Callable[[Entry, ex.ExecuteRequest, float], Awaitable[ex.ExecuteResponse]]
 
 
 # A tool failure as a result (services.router.failures); the name the tool servers import.
@@ -189,9 +185,12 @@ class Router:
             return invalid_input_result(err)
         return None
 
-    def _check(self, request: ex.ExecuteRequest) -> tuple[Entry, dict[str, Any], ArgumentValidator | None]:
+    def _check(
+        self, request: ex.ExecuteRequest, given: dict[str, Any] | None = None
+    ) -> tuple[Entry, dict[str, Any], ArgumentValidator | None]:
         """The entry for a call and its arguments, after every check that needs no I/O; and the
-        validator whose check must finish off the loop (`check_off_loop`), if any."""
+        validator whose check must finish off the loop (`check_off_loop`), if any. `given`: the
+        arguments as jsonvalue.to_struct returned them (bounded already), else read from the request."""
         entry = self._lookup(request.tool_id)
         if entry is None:
             if not request.tool_id:
@@ -229,10 +228,13 @@ class Router:
                 reason="ARGUMENTS_TOO_LARGE",
                 metadata={"limit_bytes": str(self._max_args)},
             )
-        arguments = struct_to_dict(request.arguments)
-        # Each level costs at least 2 bytes on the wire, so only bigger arguments can be too deep.
-        if size >= 2 * MAX_DEPTH:
-            check_depth(arguments)
+        if given is not None:
+            arguments = given
+        else:
+            arguments = struct_to_dict(request.arguments)
+            # Each level costs at least 2 bytes on the wire, so only bigger arguments can be too deep.
+            if size >= 2 * MAX_DEPTH:
+                check_depth(arguments)
         try:
             validator.check(arguments)
         except SlowCheck:
@@ -252,17 +254,26 @@ class Router:
         *,
         deadline_s: float | None = None,
         on_progress: ProgressFn | None = None,
+        arguments: dict[str, Any] | None = None,
+        elsewhere: Elsewhere | None = None,
     ) -> ex.ExecuteResponse:
         """Run one call. Protocol faults raise MeshError; tool failures, including the tool-side
         failures of services.router.failures (arguments the schema refuses, timeout, server
-        unreachable or gone, server fault), come back as is_error results."""
+        unreachable or gone, server fault), come back as is_error results.
+
+        `arguments`: the request's arguments as jsonvalue.to_struct returned them while building
+        them (they are not read back from the Struct again). `elsewhere`: what takes the call, once
+        checked, when this router cannot run it itself (`reaches`); without it such a call is
+        NO_ROUTE."""
         timeout = self.timeout_for(request, deadline_s)
         try:
-            entry, arguments, slow = self._check(request)
+            entry, arguments, slow = self._check(request, arguments)
             if slow is not None:  # a schema too costly to check on the loop: the rest of it runs beside it
                 await slow.check_off_loop(arguments, timeout)
         except InvalidArguments as err:  # never dispatched, so not counted as a call of the tool
             return invalid_input_result(err)
+        if elsewhere is not None and not self.reaches(entry):
+            return await elsewhere(entry, request, timeout)
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
@@ -382,7 +393,7 @@ class Router:
                     # only to the mesh's own servers (a reserved owner had to prove itself to register).
                     proof = self._service_proof() if entry.tool.owner in RESERVED_OWNERS else ()
                     return await self._pool.get(ep).execute_unary(request, timeout, proof)
-                return await self._pool.get(ep).execute(request, timeout, on_progress)
+                return await self._pool.execute(ep, request, timeout, on_progress)
             handler = self._mounts.get(ep.scheme)
             if handler is None:
                 raise Unavailable(
@@ -401,19 +412,17 @@ def _turn(routes: list[tuple[endpoints.Endpoint, str]], k: int) -> list[tuple[en
     return routes[k:] + routes[:k]
 
 
-def check_arguments(arguments: dict[str, Any], max_bytes: int, field: str = "arguments") -> None:
-    """check_depth, and ARGUMENTS_TOO_LARGE when the arguments' Struct would certainly pass
-    `max_bytes`: for a caller that builds the Struct itself (the edge), before it does."""
-    try:
-        struct_bounds(arguments, max_bytes)
-    except JsonTooDeep:
-        raise _too_deep(field) from None
-    except TooLarge:
-        raise ResourceExhausted(
-            f"{field} are over the limit of {max_bytes} bytes",
-            reason="ARGUMENTS_TOO_LARGE",
-            metadata={"limit_bytes": str(max_bytes)},
-        ) from None
+def refuse_arguments(exc: ValueError, max_bytes: int, field: str = "arguments") -> MeshError:
+    """The refusal of arguments jsonvalue.to_struct (or struct_bounds) found too deep (JsonTooDeep:
+    ARGUMENTS_TOO_DEEP) or certainly past `max_bytes` as a Struct (TooLarge: ARGUMENTS_TOO_LARGE),
+    for a caller that builds the Struct itself (the edge), before it does."""
+    if isinstance(exc, JsonTooDeep):
+        return _too_deep(field)
+    return ResourceExhausted(
+        f"{field} are over the limit of {max_bytes} bytes",
+        reason="ARGUMENTS_TOO_LARGE",
+        metadata={"limit_bytes": str(max_bytes)},
+    )
 
 
 def check_depth(arguments: dict[str, Any], field: str = "arguments") -> None:

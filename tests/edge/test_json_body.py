@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
-from edge.json_body import JsonBody
+from edge.json_body import JsonBody, loads
 from services.common.errors import InvalidRequest
+from services.common.jsonvalue import MAX_DOCUMENT_DEPTH, JsonTooDeep
+from tests.common.test_jsonvalue import arrays, objects
 
 
 def refusal(call: Any) -> tuple[str, str, dict[str, str]]:
@@ -60,3 +63,35 @@ def test_well_typed_fields_come_back_as_sent():
     assert body.items("l") == [1] and body.object("o").text("k") == "v"
     assert refusal(lambda: body.count("i", 0))[0] == "INVALID_FIELD"  # negative
     assert refusal(lambda: JsonBody({"t": 0}).seconds("t"))[0] == "INVALID_FIELD"  # not positive
+
+
+# -- the one bounded parser (`loads`) of every body and socket message ---------------------------
+
+
+def test_loads_refuses_200000_levels_with_a_value_error_not_a_recursion_error():
+    for raw in ("[" * 200_000 + "]" * 200_000, b'{"a":' * 200_000 + b"1" + b"}" * 200_000):
+        with pytest.raises(JsonTooDeep):
+            loads(raw)
+
+
+@pytest.mark.parametrize("shape", [objects, arrays])
+@pytest.mark.parametrize("encode", [str, str.encode], ids=["str", "bytes"])
+def test_loads_accepts_documents_at_its_bound_and_refuses_one_level_more(shape, encode):
+    at = json.dumps(shape(MAX_DOCUMENT_DEPTH))
+    assert loads(encode(at)) == shape(MAX_DOCUMENT_DEPTH)
+    wide = {"deep": shape(MAX_DOCUMENT_DEPTH - 1), "wide": [[]] * 5}  # more brackets than the bound
+    assert loads(encode(json.dumps(wide))) == wide
+    with pytest.raises(JsonTooDeep) as err:
+        loads(encode(json.dumps(shape(MAX_DOCUMENT_DEPTH + 1))))
+    assert str(err.value) == f"JSON nested deeper than {MAX_DOCUMENT_DEPTH} levels"
+    assert loads(encode(json.dumps(shape(5))), max_depth=5) == shape(5)
+    with pytest.raises(JsonTooDeep):
+        loads(encode(json.dumps(shape(6))), max_depth=5)
+
+
+def test_loads_is_not_fooled_by_brackets_inside_strings_or_by_many_shallow_containers():
+    assert loads(json.dumps({"s": "{[" * 1000})) == {"s": "{[" * 1000}
+    wide = [{"k": [i]} for i in range(1000)]
+    assert loads(json.dumps(wide)) == wide
+    with pytest.raises(ValueError):
+        loads(b"{not json")

@@ -122,3 +122,17 @@ def test_any_origin_never_makes_a_star_host_acceptable():
     guard = OriginGuard(("*",), "127.0.0.1")
     refused = guard.refusal({"Host": "*"})
     assert refused is not None and refused.reason == "FORBIDDEN_HOST"
+
+
+def test_only_allowed_origin_and_host_pairs_are_remembered_and_at_most_256_of_them():
+    # The middleware lets a remembered pair pass without asking the guard again.
+    guard = OriginGuard((), "127.0.0.1")
+    assert guard.refusal({**LOCAL, "Origin": "https://evil.example"}) is not None
+    assert guard.refusal({"Host": "rebound.evil.example"}) is not None
+    assert guard.refusal({}) is not None
+    assert guard.passed == set()
+    assert guard.refusal({**LOCAL, "Origin": "http://localhost:3000"}) is None
+    assert guard.passed == {("http://localhost:3000", LOCAL["Host"])}
+    for port in range(300):
+        assert guard.refusal({"Host": f"127.0.0.1:{port}"}) is None
+    assert len(guard.passed) == 256

@@ -597,3 +597,21 @@ async def test_a_session_id_presented_under_another_authorization_is_refused_lik
     assert (unknown[0], as_mallory[0], as_nobody[0], stream, deleted) == (404, 404, 404, 404, 404)
     assert as_mallory[1]["error"]["message"].replace(sid, "f" * 32) == unknown[1]["error"]["message"]
     assert as_alice[0] == 200 and as_alice[1]["result"] == {}
+
+
+async def test_a_tool_registered_after_calls_began_is_called_by_its_mcp_name_as_soon_as_the_edge_has_it(
+    http: aiohttp.ClientSession, edge: Edge, kit: Probe, register: Register, start_tool_server: Any
+):
+    def call(name: str, rid: int) -> dict[str, Any]:
+        params = {"name": name, "arguments": {"text": "hi"}}
+        return {"jsonrpc": "2.0", "id": rid, "method": "tools/call", "params": params}
+
+    status, body, _ = await post(http, edge, call("kit__echo", 1))  # the name table is built now
+    assert status == 200 and body["result"]["structuredContent"] == {"text": "hi"}
+    status, body, _ = await post(http, edge, call("late__echo", 2))
+    assert body["error"]["message"] == "Unknown tool: late__echo"
+    acts = actions(Probe())
+    _, endpoint = await start_tool_server({"late": acts}, name="late")
+    await register(tool_def("late", endpoint, acts))  # returns once the edge's cache has it
+    status, body, _ = await post(http, edge, call("late__echo", 3))
+    assert status == 200 and body["result"]["structuredContent"] == {"text": "hi"}, body

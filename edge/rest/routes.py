@@ -20,8 +20,9 @@ from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.metrics import METRICS
-from edge.rest import shapes
+from edge.rest import paging, shapes
 from services.common.errors import NotFound
+from services.library.registry import Entry
 
 STARTED = web.AppKey("started", float)  # when the app was built: uptime_s in the stats
 
@@ -111,16 +112,35 @@ async def health(request: web.Request) -> web.Response:
 async def v1_list_tools(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     kind, tag = request.query.get("kind"), request.query.get("tag")
-    tools = [
-        t
-        for t in registry.tools()
-        if (not kind or shapes.KIND_NAMES.get(t.kind) == kind) and (not tag or tag in t.tags)
-    ]
+
+    def wanted(e: Entry) -> bool:
+        return (not kind or shapes.KIND_NAMES.get(e.tool.kind) == kind) and (not tag or tag in e.tool.tags)
+
+    if not paging.wants_pages(request):  # the whole listing, as before pages
+        tools = [e.snapshot() for e in registry.entries_after("") if wanted(e)]
+        return json_response(
+            {
+                "tools": [shapes.tool_json(t) for t in tools],
+                "total_count": len(tools),
+                "revision": registry.revision,
+            }
+        )
+    size, after = paging.page_size(request), paging.after(request)
+    rest: list[Entry] = []
+    for e in registry.entries_after(after):  # no await in between: the cache stays still
+        if wanted(e):
+            rest.append(e)
+            if len(rest) > size:
+                break
+    page = rest[:size]
+    # Filtered, the count reads every entry's head (no definition is parsed or copied).
+    total = sum(1 for e in registry.entries_after("") if wanted(e)) if kind or tag else len(registry.entries)
     return json_response(
         {
-            "tools": [shapes.tool_json(t) for t in tools],
-            "total_count": len(tools),
+            "tools": [shapes.tool_json(e.snapshot()) for e in page],
+            "total_count": total,
             "revision": registry.revision,
+            "next_page_token": paging.token(page[-1].tool.tool_id) if len(rest) > size else "",
         }
     )
 

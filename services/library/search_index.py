@@ -6,12 +6,20 @@ a query costs what its terms' postings cost, not what the registry holds.
 What it keeps from the linear scan it replaced (search.py's `rank`): the same words (search.tokens:
 lower-case ASCII words, stop words left out, plurals folded), the same fields and weights, the
 same scores (BM25 over the weighted fields, IDF log(1 + (N - n + 0.5) / (n + 0.5))), "tools that
-match no term are left out", ties by tool id, and `matched` as `term (fields)`. What changed: the
-candidates. FTS5's own bm25() (which counts a document's length without the fields' weights and
-floors the IDF of a word in most documents near 0) picks the best CANDIDATES per result asked
-for; only those are scored as the scan scored every tool. A tool the scan would have ranked in
-the top results but FTS5 ranks below those candidates is missed: the two rankings agree but for
-words in most of the registry, so only near-ties fall that way.
+match no term are left out", ties by tool id, and `matched` as `term (fields)`. What changed: only
+CANDIDATES tools per result asked for are scored, and which tools are candidates is decided with
+bounded work, whatever the registry holds:
+
+1. the query's rarer words, as many as hold at most RANKED_POSTINGS tools together, are ranked by
+   FTS5's own bm25() (the scan's, but that it counts a document's length without the fields'
+   weights, and floors the IDF of a word in most documents near 0); its best are candidates;
+2. if that leaves room, tools holding the words in their id, name, tags or actions (all of the
+   words, then any), then anywhere (all, then any), as FTS5 finds them, unranked, fill it; when
+   the words are in more than FILLER_POSTINGS tools together, only tools holding any of them.
+
+So a query with a selective word ranks as the scan did (a tool the scan ranked in the top but
+bm25() below the candidates is missed: only near-ties); one made only of words most tools hold
+returns well-matching tools, not necessarily the scan's best (such scores are low and close).
 
 Text from strangers is bounded before it enters: each field's words up to FIELD_CHARS characters.
 A query is never FTS5 syntax: it is cut into the same words, each quoted as a string, OR'ed; it
@@ -23,6 +31,7 @@ there in order, and a search queued after it sees it, so a search after a regist
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 from collections.abc import Iterable
@@ -44,6 +53,10 @@ MAX_TERMS = 32
 FIELD_CHARS = 8192  # indexed words of one field of one tool
 MAX_RESULTS = 100
 CANDIDATES = 4  # per result asked for, scored as the scan scored (see above)
+RANKED_POSTINGS = 1_000  # tools FTS5 ranks for one query (its bm25() costs a few µs per tool)
+# Postings FTS5 may walk to find tools holding every word, or the words in the heaviest fields
+# (~0.2 µs each); past it, only tools holding any word fill the candidates (each one it finds is one).
+FILLER_POSTINGS = 20_000
 _K1, _B = 1.2, 0.75
 # The columns, in order, with their weights (search.WEIGHTS' field names).
 _FIELDS = ("id", "name", "tag", "action", "description", "action_description")
@@ -54,20 +67,20 @@ CREATE TABLE docs (
   rowid INTEGER PRIMARY KEY, tool_id TEXT UNIQUE NOT NULL, enabled INTEGER NOT NULL, length REAL NOT NULL,
   {_COLUMNS});
 CREATE VIRTUAL TABLE fts USING fts5({_COLUMNS}, content='docs', content_rowid='rowid');
-CREATE VIRTUAL TABLE vocab USING fts5vocab(fts, row);
 """
 _INSERT_DOC = f"INSERT INTO docs(tool_id, enabled, length, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_FTS = f"INSERT INTO fts(rowid, {_COLUMNS}) SELECT rowid, {_COLUMNS} FROM docs WHERE rowid = ?"
 _DELETE_FTS = (
     f"INSERT INTO fts(fts, rowid, {_COLUMNS}) SELECT 'delete', rowid, {_COLUMNS} FROM docs WHERE tool_id = ?"
 )
-_SEARCH = f"""
+_SELECT = f"""
 SELECT d.tool_id, d.length, {", ".join("d." + f for f in _FIELDS)}
 FROM fts JOIN docs d ON d.rowid = fts.rowid
 WHERE fts MATCH ? AND (? = 0 OR d.enabled = 1)
-ORDER BY {_BM25}, d.tool_id
-LIMIT ?
 """
+_RANKED = _SELECT + f"ORDER BY {_BM25}, d.tool_id LIMIT ?"
+_UNRANKED = _SELECT + "LIMIT ?"
+_HEAVY = "{id name tag action}"  # the fields weighed most
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +136,8 @@ class SearchIndex(SqliteThread):
         super().__init__(":memory:", _SCHEMA, "search-index")
         self.count = 0  # tools indexed (as of the updates applied so far)
         self._length = 0.0  # their weighted lengths, summed
+        # word -> tools holding it (fts5vocab walks a word's whole posting list to count them)
+        self._df: collections.Counter[str] = collections.Counter()
 
     async def open(self) -> SearchIndex:
         await self._open_db()
@@ -146,9 +161,8 @@ class SearchIndex(SqliteThread):
         terms = query_terms(query)
         if not terms:  # only stop words or punctuation: nothing can match
             return []
-        expression = " OR ".join(f'"{t}"' for t in terms)  # words are [a-z0-9]+: never FTS syntax
         limit = max(1, min(limit, MAX_RESULTS))
-        rows, df, n, total = await self._run(self._search, expression, terms, int(enabled_only), limit)
+        rows, df, n, total = await self._run(self._search, terms, int(enabled_only), limit)
         hits = [_hit(terms, row, df, n, total / n if n else 1.0) for row in rows]
         hits.sort(key=lambda h: (-h.score, h.tool_id))
         return hits[:limit]
@@ -176,18 +190,25 @@ class SearchIndex(SqliteThread):
 
     def _delete(self, tool_id: str) -> None:
         db = self.db
-        found = db.execute("SELECT length FROM docs WHERE tool_id = ?", (tool_id,)).fetchone()
+        found = db.execute(f"SELECT length, {_COLUMNS} FROM docs WHERE tool_id = ?", (tool_id,)).fetchone()
         if found is not None:
             db.execute(_DELETE_FTS, (tool_id,))
             db.execute("DELETE FROM docs WHERE tool_id = ?", (tool_id,))
             self.count -= 1
             self._length -= found[0]
+            for word in _distinct(found[1:]):
+                left = self._df[word] - 1
+                if left > 0:
+                    self._df[word] = left
+                else:
+                    del self._df[word]  # none left: the table holds only words some tool has
 
     def _insert(self, row: tuple[object, ...]) -> None:
         rowid = self.db.execute(_INSERT_DOC, row).lastrowid
         self.db.execute(_INSERT_FTS, (rowid,))
         self.count += 1
         self._length += float(row[2])  # type: ignore[arg-type]
+        self._df.update(_distinct(row[3:]))
 
     def _replace(self, rows: list[tuple[object, ...]]) -> None:
         db = self.db
@@ -196,6 +217,7 @@ class SearchIndex(SqliteThread):
             db.execute("DELETE FROM docs")
             db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")
             self.count, self._length = 0, 0.0
+            self._df.clear()
             for row in rows:
                 self._insert(row)
             db.execute("COMMIT")
@@ -204,14 +226,47 @@ class SearchIndex(SqliteThread):
             raise
 
     def _search(
-        self, expression: str, terms: list[str], enabled_only: int, limit: int
+        self, terms: list[str], enabled_only: int, limit: int
     ) -> tuple[list[tuple[object, ...]], dict[str, int], int, float]:
         """The candidates with their words, each term's document count, the number of tools and
         their summed weighted length: one consistent view (this thread runs one thing at a time)."""
-        rows = list(self.db.execute(_SEARCH, (expression, enabled_only, limit * CANDIDATES)))
-        marks = ", ".join("?" * len(terms))
-        df = dict(self.db.execute(f"SELECT term, doc FROM vocab WHERE term IN ({marks})", terms))
-        return rows, df, self.count, self._length
+        db, want = self.db, limit * CANDIDATES
+        df = {t: self._df[t] for t in terms}
+        present = sorted((t for t in terms if df.get(t)), key=lambda t: df[t])
+        selective, postings = [], 0
+        for term in present:  # the rarest first, while FTS5 ranks few enough tools
+            postings += df[term]
+            if postings > RANKED_POSTINGS:
+                break
+            selective.append(term)
+        found: dict[object, tuple[object, ...]] = {}
+        if selective:
+            for row in db.execute(_RANKED, (_any(selective), enabled_only, want)):
+                found[row[0]] = row
+        for expression in _fillers(present, sum(df[t] for t in present)):
+            if len(found) >= want:
+                break
+            for row in db.execute(_UNRANKED, (expression, enabled_only, want)):
+                found.setdefault(row[0], row)
+        return list(found.values()), df, self.count, self._length
+
+
+def _distinct(texts: Iterable[object]) -> set[str]:
+    return {w for text in texts for w in str(text).split()}
+
+
+def _any(terms: list[str]) -> str:
+    return " OR ".join(f'"{t}"' for t in terms)  # words are [a-z0-9]+: a quoted word is never syntax
+
+
+def _fillers(terms: list[str], postings: int) -> list[str]:
+    """The expressions that fill the candidates, best first (see the module's docstring)."""
+    if not terms:
+        return []
+    if postings > FILLER_POSTINGS:
+        return [_any(terms)]
+    every = " AND ".join(f'"{t}"' for t in terms)
+    return [f"{_HEAVY} : ({every})", f"{_HEAVY} : ({_any(terms)})", every, _any(terms)]
 
 
 def _hit(terms: list[str], row: tuple[object, ...], df: dict[str, int], n: int, avg_len: float) -> Hit:

@@ -202,7 +202,7 @@ def _plain_property(prop: Any) -> bool:
         bound = prop[key]
         if isinstance(bound, bool) or not isinstance(bound, int | float):
             return False
-        # A length is a non-negative integer, which JSON Schema says 3.0 is (Struct makes every number a float).
+        # A length is a non-negative integer, as JSON Schema says 3.0 is (Struct makes numbers floats).
         if key in ("minLength", "maxLength") and not (bound >= 0 and float(bound).is_integer()):
             return False
     return True

@@ -178,3 +178,23 @@ def test_the_words_of_a_tool_are_its_fields_tokens():
         "echo action",
     )
     assert isinstance(tool, tool_pb2.Tool)
+
+
+@pytest.mark.parametrize("filler_postings", [0, 10_000])
+async def test_words_too_common_to_rank_still_find_tools_and_name_hits_come_first(
+    indexed, monkeypatch, filler_postings
+):
+    registry, index = indexed
+    monkeypatch.setattr(search_index, "RANKED_POSTINGS", 0)  # as if every word were in most tools
+    monkeypatch.setattr(search_index, "FILLER_POSTINGS", filler_postings)
+    for i in range(30):
+        await registry.register(grpc_tool(f"filler{i:02}", EP, description="convert units"))
+    await registry.register(grpc_tool("convert", EP, description="units"))
+    hits = await index.search("convert units", 5)
+    assert len(hits) == 5 and all(h.score > 0 for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    if filler_postings:  # few enough postings to look for the words in names first
+        assert hits[0].tool_id == "convert" and hits[0].matched == [
+            "convert (id, name)",
+            "unit (description)",
+        ]

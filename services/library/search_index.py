@@ -138,6 +138,11 @@ class SearchIndex(SqliteThread):
         self._length = 0.0  # their weighted lengths, summed
         # word -> tools holding it (fts5vocab walks a word's whole posting list to count them)
         self._df: collections.Counter[str] = collections.Counter()
+        # Changes not yet applied, oldest first: applied in one transaction by one job on the
+        # index's thread (a burst of registrations costs one wake-up and one FTS5 segment), and
+        # by a search before it reads.
+        self._pending: collections.deque[tuple[str, tool_pb2.Tool | None]] = collections.deque()
+        self._draining = False
 
     async def open(self) -> SearchIndex:
         await self._open_db()
@@ -147,9 +152,10 @@ class SearchIndex(SqliteThread):
         """Queue `event`'s change (health changes touch nothing indexed)."""
         if event.type == HEALTH_CHANGED:
             return
-        tool_id = event.tool.tool_id
-        row = None if event.type == REMOVED else _row(event.tool)
-        self._queue(self._put, tool_id, row)
+        self._pending.append((event.tool.tool_id, None if event.type == REMOVED else event.tool))
+        if not self._draining:  # one job takes every change queued by the time it runs
+            self._draining = True
+            self._queue(self._drain)
 
     async def replace(self, tools: Iterable[tool_pb2.Tool]) -> None:
         """Index exactly `tools`, dropping everything indexed before."""
@@ -176,13 +182,18 @@ class SearchIndex(SqliteThread):
             return
         future.add_done_callback(_log_failure)
 
-    def _put(self, tool_id: str, row: tuple[object, ...] | None) -> None:
+    def _drain(self) -> None:
+        self._draining = False  # first: a change queued from now on queues another job
+        if not self._pending:
+            return
         db = self.db
         db.execute("BEGIN")
         try:
-            self._delete(tool_id)
-            if row is not None:
-                self._insert(row)
+            while self._pending:
+                tool_id, tool = self._pending.popleft()
+                self._delete(tool_id)
+                if tool is not None:
+                    self._insert(_row(tool))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -216,6 +227,7 @@ class SearchIndex(SqliteThread):
         try:
             db.execute("DELETE FROM docs")
             db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")
+            self._pending.clear()  # older than the tools that replace them
             self.count, self._length = 0, 0.0
             self._df.clear()
             for row in rows:
@@ -230,6 +242,7 @@ class SearchIndex(SqliteThread):
     ) -> tuple[list[tuple[object, ...]], dict[str, int], int, float]:
         """The candidates with their words, each term's document count, the number of tools and
         their summed weighted length: one consistent view (this thread runs one thing at a time)."""
+        self._drain()  # a search sees every change queued before it
         db, want = self.db, limit * CANDIDATES
         df = {t: self._df[t] for t in terms}
         present = sorted((t for t in terms if df.get(t)), key=lambda t: df[t])

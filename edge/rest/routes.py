@@ -21,6 +21,7 @@ from edge.hub_link import GATEWAY, REGISTRY
 from edge.json_body import JsonBody
 from edge.metrics import METRICS
 from edge.rest import paging, shapes
+from edge.rest.tool_text import tool_text
 from services.common.errors import NotFound
 from services.library.registry import Entry
 
@@ -135,14 +136,15 @@ async def v1_list_tools(request: web.Request) -> web.Response:
     page = rest[:size]
     # Filtered, the count reads every entry's head (no definition is parsed or copied).
     total = sum(1 for e in registry.entries_after("") if wanted(e)) if kind or tag else len(registry.entries)
-    return json_response(
+    rest_of_body = shapes.dumps(
         {
-            "tools": [shapes.tool_json(e.snapshot()) for e in page],
             "total_count": total,
             "revision": registry.revision,
             "next_page_token": paging.token(page[-1].tool.tool_id) if len(rest) > size else "",
         }
     )
+    tools = ",".join(tool_text(e) for e in page)
+    return web.Response(text=f'{{"tools":[{tools}],{rest_of_body[1:]}', content_type=_JSON_TYPE)
 
 
 async def v1_get_tool(request: web.Request) -> web.Response:

@@ -8,7 +8,9 @@ tools are made up: a Zipf-distributed vocabulary of 3,000 words in ids, names, d
 
 scale-search    SearchTools for 2-3 words of that vocabulary (max_results 10)
 scale-list      ListTools, page_size 100, walking the pages (token to token, from the start again)
-scale-rest      GET /api/v1/tools?page_size=100, walking the pages
+scale-rest      GET /api/v1/tools?page_size=100, walking the pages (each tool listed for the first time:
+                its definition's JSON is encoded then, and kept: edge/rest/tool_text.py)
+scale-rest-warm the same over the first 10 pages again and again (each tool listed before)
 scale-mcp       MCP tools/list (Streamable HTTP, 100 per page), walking the cursors
 scale-register  RegisterTool of a new tool (calls/s at c=32: registrations per second)
 
@@ -243,6 +245,32 @@ async def scale_rest(env: Env) -> Call:
         if r.status != 200 or (len(body["tools"]) != 100 and body["next_page_token"]):
             raise RuntimeError(f"REST page failed: {r.status}")
         token = body["next_page_token"]
+
+    return call
+
+
+@scenario(
+    "scale-rest-warm",
+    "GET /api/v1/tools?page_size=100, the first 10 pages over again",
+    "scale",
+    concurrency=(1,),
+    calls=500,
+)
+async def scale_rest_warm(env: Env) -> Call:
+    s = await env.shared("scale", _fill)
+    env.use("scale-edge")
+    url = f"{s['url']}/api/v1/tools?page_size=100&page_token="
+    tokens = [""]
+    for _ in range(9):
+        async with s["http"].get(url + tokens[-1]) as r:
+            tokens.append((await r.json())["next_page_token"])
+    walk = itertools.cycle(tokens)
+
+    async def call() -> None:
+        async with s["http"].get(url + next(walk)) as r:
+            body = await r.json()
+        if r.status != 200 or len(body["tools"]) != 100:
+            raise RuntimeError(f"REST page failed: {r.status}")
 
     return call
 

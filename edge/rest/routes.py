@@ -118,14 +118,8 @@ async def v1_list_tools(request: web.Request) -> web.Response:
         return (not kind or shapes.KIND_NAMES.get(e.tool.kind) == kind) and (not tag or tag in e.tool.tags)
 
     if not paging.wants_pages(request):  # the whole listing, as before pages
-        tools = [e.snapshot() for e in registry.entries_after("") if wanted(e)]
-        return json_response(
-            {
-                "tools": [shapes.tool_json(t) for t in tools],
-                "total_count": len(tools),
-                "revision": registry.revision,
-            }
-        )
+        every = [e for e in registry.entries_after("") if wanted(e)]
+        return _listing(every, {"total_count": len(every), "revision": registry.revision})
     size, after = paging.page_size(request), paging.after(request)
     rest: list[Entry] = []
     for e in registry.entries_after(after):  # no await in between: the cache stays still
@@ -136,15 +130,14 @@ async def v1_list_tools(request: web.Request) -> web.Response:
     page = rest[:size]
     # Filtered, the count reads every entry's head (no definition is parsed or copied).
     total = sum(1 for e in registry.entries_after("") if wanted(e)) if kind or tag else len(registry.entries)
-    rest_of_body = shapes.dumps(
-        {
-            "total_count": total,
-            "revision": registry.revision,
-            "next_page_token": paging.token(page[-1].tool.tool_id) if len(rest) > size else "",
-        }
-    )
-    tools = ",".join(tool_text(e) for e in page)
-    return web.Response(text=f'{{"tools":[{tools}],{rest_of_body[1:]}', content_type=_JSON_TYPE)
+    more = paging.token(page[-1].tool.tool_id) if len(rest) > size else ""
+    return _listing(page, {"total_count": total, "revision": registry.revision, "next_page_token": more})
+
+
+def _listing(entries: list[Entry], fields: dict[str, Any]) -> web.Response:
+    """`{"tools": [...], **fields}`, each tool's JSON from tool_text."""
+    listed = ",".join(tool_text(e) for e in entries)
+    return web.Response(text=f'{{"tools":[{listed}],{shapes.dumps(fields)[1:]}', content_type=_JSON_TYPE)
 
 
 async def v1_get_tool(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ NOTES = {
 }
 
 
-def run_variant(name: str, only: str, calls: int | None, rounds: int) -> dict[str, Any]:
+def run_variant(name: str, only: str, calls: int | None, rounds: int, scale_tools: int = 0) -> dict[str, Any]:
     """The variant's cells and the scenarios it skipped (`{"cells": [...], "skipped": {name: why}}`)."""
     env = dict(os.environ)
     for key, value in VARIANTS[name].items():
@@ -45,6 +45,8 @@ def run_variant(name: str, only: str, calls: int | None, rounds: int) -> dict[st
         cmd = [sys.executable, "-m", "bench.run", "--out", out.name, "--only", only, "--rounds", str(rounds)]
         if calls:
             cmd += ["--calls", str(calls)]
+        if scale_tools:
+            cmd += ["--scale-tools", str(scale_tools)]
         print(f"bench: variant {name}", file=sys.stderr, flush=True)
         subprocess.run(cmd, env=env, check=True, cwd=Path(__file__).resolve().parents[1])
         return json.loads(Path(out.name).read_text())  # type: ignore[no-any-return]
@@ -76,12 +78,19 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
     parser.add_argument("--calls", type=int, default=None, help="calls per cell (default: each scenario's)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; cells are median rounds")
+    parser.add_argument(
+        "--scale-tools", type=int, default=0, help="tools the scale section registers (default 100,000)"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"any of {', '.join(VARIANTS)}")
     parser.add_argument("--no-save", action="store_true", help="print only; do not write bench/results/")
     args = parser.parse_args()
     load_all()
     info = meta()
-    runs = {v: run_variant(v, args.only, args.calls, args.rounds) for v in args.variants.split(",") if v}
+    runs = {
+        v: run_variant(v, args.only, args.calls, args.rounds, args.scale_tools)
+        for v in args.variants.split(",")
+        if v
+    }
     results = {v: r["cells"] for v, r in runs.items()}
     skipped = {name: why for r in runs.values() for name, why in r.get("skipped", {}).items()}
     info["machine"] += f", {os.getloadavg()[0]:.2f} at the end"

@@ -55,8 +55,9 @@ async def wait_healthy(target: str) -> None:
 class Env:
     """Temp dir, child processes and client channels of one run."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, scale_tools: int = 0) -> None:
         self.tmp = tmp
+        self.scale_tools = scale_tools  # tools the scale section registers (0: its default)
         self.stack = contextlib.AsyncExitStack()
         self.pids: dict[str, int] = {}
         self.touched: set[str] = set()  # process labels the current scenario uses

@@ -37,14 +37,14 @@ def selected(only: str) -> list[str]:
 
 
 async def run(
-    names: list[str], calls: int | None, rounds: int
+    names: list[str], calls: int | None, rounds: int, scale_tools: int = 0
 ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Set every scenario up, then measure them in interleaved rounds; each cell is the median round.
     Also returns the scenarios skipped (their setup raised Skip) with the reason."""
     measured: dict[tuple[str, int], list[Cell]] = {}
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="tsb", dir="/tmp") as tmp:
-        async with Env(Path(tmp)) as env:
+        async with Env(Path(tmp), scale_tools=scale_tools) as env:
             prepared = []
             for name in names:
                 env.touched = set()
@@ -80,12 +80,13 @@ def main() -> None:
     parser.add_argument("--only", default="")
     parser.add_argument("--calls", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale-tools", type=int, default=0)
     args = parser.parse_args()
     load_all()
     names = selected(args.only)
     import uvloop
 
-    cells, skipped = uvloop.run(run(names, args.calls, args.rounds))
+    cells, skipped = uvloop.run(run(names, args.calls, args.rounds, args.scale_tools))
     Path(args.out).write_text(
         json.dumps(
             {"grpc_experiments": os.environ.get("GRPC_EXPERIMENTS", ""), "cells": cells, "skipped": skipped}

@@ -38,7 +38,7 @@ from services.router.router import refuse_arguments
 
 # The edge's compact JSON (a partial of json.dumps: no Python frame of its own per answer).
 dumps = functools.partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
-_JSON_TYPE = "application/json"
+JSON_TYPE = "application/json"
 
 
 # A call's arguments in its body: (the field, the call's Struct to fill, the size bound).
@@ -47,7 +47,7 @@ CallArguments = tuple[str, Struct, int]
 
 def json_response(body: Any, status: int = 200) -> web.Response:
     """`body` as the edge's compact JSON answer."""
-    return web.Response(text=dumps(body), status=status, content_type=_JSON_TYPE)
+    return web.Response(text=dumps(body), status=status, content_type=JSON_TYPE)
 
 
 def loads(data: str | bytes | bytearray, max_depth: int = MAX_DOCUMENT_DEPTH) -> Any:

@@ -318,7 +318,7 @@ def document(*fragments: Fragment) -> dict[str, Any]:
             "/api/v1/tools": {
                 "get": {
                     **op(
-                        "List tools (filters: kind, tag)",
+                        "List tools (filters: kind, tag; pages: page_size, page_token)",
                         json_answer(
                             {
                                 "type": "object",
@@ -326,6 +326,7 @@ def document(*fragments: Fragment) -> dict[str, Any]:
                                     "tools": {"type": "array", "items": ref("Tool")},
                                     "total_count": {"type": "integer"},
                                     "revision": {"type": "integer"},
+                                    "next_page_token": {"type": "string"},
                                 },
                             }
                         ),
@@ -333,6 +334,12 @@ def document(*fragments: Fragment) -> dict[str, Any]:
                     "parameters": [
                         {"name": "kind", "in": "query", "schema": {"type": "string"}},
                         {"name": "tag", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "page_size",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        },
+                        {"name": "page_token", "in": "query", "schema": {"type": "string"}},
                     ],
                 },
                 "post": op(

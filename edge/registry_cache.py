@@ -11,11 +11,12 @@ caught-up state `/health` reports (docs/grpc.md, toolscore-watch-revision).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import contextlib
 import logging
 import types
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -54,6 +55,10 @@ class RegistryCache:
         self.entries: Mapping[str, Entry] = types.MappingProxyType(self._entries)
         # The hot path's lookup: the dict's own `get` (the dict is updated in place, never replaced).
         self.get: Callable[[str], Entry | None] = self._entries.get
+        self._order: list[str] = []  # the tool ids, sorted: a page of a listing starts by bisection
+        # Fresh listings taken so far: a reader that follows events rebuilds when it moved (the
+        # first listing tells no listener; a later one tells each difference it found).
+        self.listings = 0
         self._revision = 0
         # Set once a listing reached the hub; cleared while the hub is unreachable.
         self.synced = asyncio.Event()
@@ -86,7 +91,14 @@ class RegistryCache:
 
     def tools(self) -> list[tool_pb2.Tool]:
         """Every known tool (with health as last reported), in id order."""
-        return [self._entries[k].snapshot() for k in sorted(self._entries)]
+        return [self._entries[k].snapshot() for k in self._order]
+
+    def entries_after(self, after: str) -> Iterator[Entry]:
+        """The entries whose tool id sorts after `after`, in order; the first costs a bisection.
+        Consume it without awaiting between items (the cache may change across an await)."""
+        order, entries = self._order, self._entries
+        for i in range(bisect.bisect_right(order, after), len(order)):
+            yield entries[order[i]]
 
     def subscribe(self, listener: Listener) -> Unsubscribe:
         """Call `listener` with every event applied (and the differences a fresh listing found).
@@ -246,6 +258,8 @@ class RegistryCache:
         old = dict(self._entries)
         self._entries.clear()
         self._entries.update(fresh)
+        self._order = sorted(fresh)
+        self.listings += 1
         self._revision = revision
         self.synced.set()
         self._wake_waiters()
@@ -254,7 +268,7 @@ class RegistryCache:
             return
         for tool_id, entry in fresh.items():  # tell listeners what changed while we were away
             prev = old.get(tool_id)
-            if prev is None or prev.tool.SerializeToString() != entry.tool.SerializeToString():
+            if prev is None or _seen(prev) != _seen(entry):
                 kind = (
                     tool_pb2.TOOL_EVENT_TYPE_INSTALLED if prev is None else tool_pb2.TOOL_EVENT_TYPE_UPDATED
                 )
@@ -272,11 +286,16 @@ class RegistryCache:
         if event.revision <= self._revision:
             return
         self._revision = event.revision
+        tool_id = event.tool.tool_id
         if event.type == REMOVED:
-            self._entries.pop(event.tool.tool_id, None)
+            if self._entries.pop(tool_id, None) is not None:
+                del self._order[bisect.bisect_left(self._order, tool_id)]
         else:
             try:
-                self._entries[event.tool.tool_id] = _entry(event.tool)
+                entry = _entry(event.tool)
+                if tool_id not in self._entries:
+                    bisect.insort(self._order, tool_id)
+                self._entries[tool_id] = entry
             except MeshError:
                 log.warning("ignoring tool %s: its definition does not validate here", event.tool.tool_id)
         self._recent.append(event)
@@ -297,10 +316,19 @@ class RegistryCache:
 
 
 def _entry(tool: tool_pb2.Tool) -> Entry:
-    entry = make_entry(tool)
+    definition = tool_pb2.Tool()
+    definition.CopyFrom(tool)
+    definition.ClearField("stats")
+    definition.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
+    entry = make_entry(definition)
     entry.health = tool.health
     entry.calls, entry.successes = tool.stats.usage_count, tool.stats.success_count
     return entry
+
+
+def _seen(entry: Entry) -> tuple[bytes, int, int, int]:
+    """What a client saw of a tool: its definition, health and usage (a resync tells changes)."""
+    return entry.definition, entry.health, entry.calls, entry.successes
 
 
 def _remover(callbacks: list[Any], callback: Any) -> Unsubscribe:

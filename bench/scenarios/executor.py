@@ -117,7 +117,9 @@ async def sandbox_cold(env: Env) -> Call:
         worker = await sandbox.spawn()
         try:
             await worker.run(
-                [("code", b"print(1)")], ReplyLimits(max_repr=65536, max_artifacts=0, max_artifact_bytes=0)
+                [("code", b"print(1)")],
+                ReplyLimits(max_repr=65536, max_artifacts=0, max_artifact_bytes=0),
+                30.0,
             )
         finally:
             await worker.close()

@@ -79,18 +79,39 @@ class McpStats:
 
 
 class LiveCatalog:
-    """The MCP view of the edge's registry cache, rebuilt only when the registry moved."""
+    """The MCP view of the edge's registry cache, kept in step by its events (`apply`): an event
+    costs its tool's capabilities. Built whole only after the cache took a fresh listing."""
 
     def __init__(self, registry: RegistryCache) -> None:
         self._registry = registry
-        self._revision = -1
+        self._listing = -1  # the cache's listing this catalog was built from
         self._catalog = Catalog()
+        self.changed = False  # the listing changed since `take_changed` was last called
 
     def current(self) -> Catalog:
-        if self._registry.revision != self._revision:
-            self._catalog = build(e.tool for e in self._registry.entries.values())
-            self._revision = self._registry.revision
+        if self._registry.listings != self._listing:
+            fresh = build(e.full() for e in self._registry.entries.values())
+            self.changed = self.changed or not fresh.same_listing(self._catalog)
+            self._catalog = fresh
+            self._listing = self._registry.listings
         return self._catalog
+
+    def apply(self, event: tool_pb2.ToolEvent) -> None:
+        """Follow one event the cache applied (or a difference its fresh listing found)."""
+        if self._registry.listings != self._listing:
+            self.current()  # built whole from the cache, which has this event already
+            return
+        if event.type == tool_pb2.TOOL_EVENT_TYPE_REMOVED:
+            changed = self._catalog.remove(event.tool.tool_id)
+        else:
+            changed = self._catalog.put(event.tool)
+        self.changed = self.changed or changed
+
+    def take_changed(self) -> bool:
+        """Whether the listing changed since the last call (and forget it)."""
+        self.current()
+        changed, self.changed = self.changed, False
+        return changed
 
 
 class McpService:
@@ -113,7 +134,6 @@ class McpService:
         )
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
         self.guard = OriginGuard.from_config(cfg.edge)
-        self._announced = Catalog()
         # The registry revision whose listing was announced last: the event id of list_changed on
         # HTTP standalone streams, from which a session that had no stream open resumes.
         self.listing_revision = 0
@@ -126,7 +146,8 @@ class McpService:
         self.closing = asyncio.Event()
 
     def start(self) -> None:
-        self._announced = self.catalog.current()
+        self.catalog.current()
+        self.catalog.take_changed()  # what is listed now is what a client's first tools/list sees
         self._unsubscribe = self.registry.subscribe(self._on_event)
         if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it
             self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
@@ -162,6 +183,7 @@ class McpService:
         return error_response(rid, LIMIT_REACHED, err.message, err.to_json())
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
+        self.catalog.apply(event)
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -169,9 +191,7 @@ class McpService:
 
     def _check(self) -> None:
         self._check_scheduled = False
-        current = self.catalog.current()
-        if not current.same_listing(self._announced):
-            self._announced = current
+        if self.catalog.take_changed():
             self.listing_revision = self.registry.revision
             self.dispatcher.tools_changed()
             for fire in list(self.listing_listeners):

@@ -1,11 +1,14 @@
 """Every capability of every registered tool as an MCP tool, with a stable, valid name. Pure.
 
-Names are `<tool_id>__<action>` when that is already a valid MCP and OpenAI
+The catalog follows registry events one tool at a time (`Catalog.put`, `remove`): a page of
+`tools/list` bisects the sorted names, and an event costs its tool's capabilities. Names are
+`<tool_id>__<action>` when that is already a valid MCP and OpenAI
 function name (`^[a-zA-Z0-9_-]{1,64}$`). Otherwise (dots, or too long) the
 name is sanitised, cut, and ends in `-` plus 8 hex digits of a hash of the
 (tool_id, action) pair, so it never depends on which other tools exist. The
 rare remaining clash (two pairs that spell the same name) is settled by
-sorting the pairs: the first keeps the name, the others get a longer hash.
+sorting the pairs: the first keeps the name, the others get a longer hash; only such a clash
+makes the catalog name every pair again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterable
@@ -87,14 +91,25 @@ def _has_header_annotation(schema: Any) -> bool:
 
 
 class Catalog:
-    """An immutable snapshot: names -> tools, in name order for paging."""
+    """Names -> tools, in name order for paging; kept current with `put` and `remove` (what a
+    registry event changes costs that tool's capabilities, not the listing's size)."""
 
     def __init__(self, tools: Iterable[McpTool] = ()) -> None:
         self.by_name: dict[str, McpTool] = {t.name: t for t in tools}
         self.names: list[str] = sorted(self.by_name)
+        self._by_tool: dict[str, list[McpTool]] = {}
+        for t in self.by_name.values():
+            self._by_tool.setdefault(t.tool_id, []).append(t)
+        # Base names (tool_name) some pair does not hold because another one took it first.
+        bases = ((t.name, tool_name(t.tool_id, t.action)) for t in self.by_name.values())
+        self._displaced = {base for name, base in bases if name != base}
 
     def get(self, name: str) -> McpTool | None:
         return self.by_name.get(name)
+
+    def of_tool(self, tool_id: str) -> list[McpTool]:
+        """The listed capabilities of `tool_id` (none when it is disabled or unknown)."""
+        return list(self._by_tool.get(tool_id, ()))
 
     def same_listing(self, other: Catalog) -> bool:
         """True when both list exactly the same tools (used to skip needless list_changed)."""
@@ -111,6 +126,60 @@ class Catalog:
         nxt = _encode_cursor(names[-1]) if start + size < len(self.names) and names else None
         return [self.by_name[n].definition for n in names], nxt
 
+    def put(self, tool: tool_pb2.Tool) -> bool:
+        """List `tool`'s capabilities as they are now (none when it is disabled); True when the
+        listing changed."""
+        old = self._by_tool.get(tool.tool_id, [])
+        caps = list(tool.capabilities) if tool.enabled else []
+        if sorted(t.action for t in old) == sorted(cap.name for cap in caps):  # the same names
+            if not old:
+                return False
+            names = {t.action: t.name for t in old}
+            fresh = [_mcp_tool(names[cap.name], tool, cap) for cap in caps]
+            changed = any(self.by_name[t.name].definition != t.definition for t in fresh)
+            for t in fresh:
+                self.by_name[t.name] = t
+            self._by_tool[tool.tool_id] = fresh
+            return changed
+        self._take_out(tool.tool_id)
+        wanted = [tool_name(tool.tool_id, cap.name) for cap in caps]
+        if self._clashes(old) or any(n in self.by_name for n in wanted) or len(set(wanted)) < len(wanted):
+            self._rename_all([_mcp_tool(n, tool, cap) for n, cap in zip(wanted, caps, strict=True)])
+            return True
+        fresh = [_mcp_tool(n, tool, cap) for n, cap in zip(wanted, caps, strict=True)]
+        for t in fresh:
+            self.by_name[t.name] = t
+            bisect.insort(self.names, t.name)
+        if fresh:
+            self._by_tool[tool.tool_id] = fresh
+        return True
+
+    def remove(self, tool_id: str) -> bool:
+        """List no capability of `tool_id`; True when the listing changed."""
+        old = self._by_tool.get(tool_id, [])
+        if not old:
+            return False
+        self._take_out(tool_id)
+        if self._clashes(old):
+            self._rename_all([])
+        return True
+
+    def _take_out(self, tool_id: str) -> None:
+        for t in self._by_tool.pop(tool_id, []):
+            del self.by_name[t.name]
+            del self.names[bisect.bisect_left(self.names, t.name)]
+
+    def _clashes(self, gone: list[McpTool]) -> bool:
+        """True when taking `gone` out may change other pairs' names: one of them did not hold its
+        base name, or held a name another pair was kept from."""
+        return any(t.name != tool_name(t.tool_id, t.action) or t.name in self._displaced for t in gone)
+
+    def _rename_all(self, added: list[McpTool]) -> None:
+        """Name every pair again, as `build` does (rare: only a clash of names gets here)."""
+        renamed = Catalog(_named([*self.by_name.values(), *added]))
+        self.by_name, self.names = renamed.by_name, renamed.names
+        self._by_tool, self._displaced = renamed._by_tool, renamed._displaced
+
 
 def _encode_cursor(after: str) -> str:
     return base64.urlsafe_b64encode(f"after:{after}".encode()).decode()
@@ -126,22 +195,38 @@ def _decode_cursor(cursor: str) -> str:
     return text[len("after:") :]
 
 
-def build(tools: Iterable[tool_pb2.Tool]) -> Catalog:
-    """A catalog of every capability of every enabled tool."""
-    pairs: list[tuple[tool_pb2.Tool, tool_pb2.Capability]] = [
-        (t, cap) for t in tools if t.enabled for cap in t.capabilities
-    ]
-    pairs.sort(key=lambda p: (p[0].tool_id, p[1].name))
-    taken: dict[str, tuple[str, str]] = {}
+def _mcp_tool(name: str, tool: tool_pb2.Tool, cap: tool_pb2.Capability) -> McpTool:
+    d = _definition(name, tool, cap)
+    header_schema = d["inputSchema"] if _has_header_annotation(d["inputSchema"]) else None
+    return McpTool(name, tool.tool_id, cap.name, d, header_schema)
+
+
+def _named(tools: Iterable[McpTool]) -> list[McpTool]:
+    """`tools` with their names settled: in (tool_id, action) order, each takes its plain name
+    unless an earlier one has it; the later ones take a longer hash."""
     out: list[McpTool] = []
-    for tool, cap in pairs:
-        name = tool_name(tool.tool_id, cap.name)
+    taken: set[str] = set()
+    for t in sorted(tools, key=lambda t: (t.tool_id, t.action)):
+        name = tool_name(t.tool_id, t.action)
         hash_len = 8
         while name in taken:  # a clash: later pairs (in sorted order) take a longer hash
             hash_len += 8
-            name = tool_name(tool.tool_id, cap.name, hash_len)
-        taken[name] = (tool.tool_id, cap.name)
-        d = _definition(name, tool, cap)
-        header_schema = d["inputSchema"] if _has_header_annotation(d["inputSchema"]) else None
-        out.append(McpTool(name, tool.tool_id, cap.name, d, header_schema))
-    return Catalog(out)
+            name = tool_name(t.tool_id, t.action, hash_len)
+        taken.add(name)
+        out.append(t if name == t.name else _renamed(t, name))
+    return out
+
+
+def _renamed(t: McpTool, name: str) -> McpTool:
+    return dataclasses.replace(t, name=name, definition={**t.definition, "name": name})
+
+
+def build(tools: Iterable[tool_pb2.Tool]) -> Catalog:
+    """A catalog of every capability of every enabled tool."""
+    pairs = [
+        _mcp_tool(tool_name(t.tool_id, cap.name), t, cap)
+        for t in tools
+        if t.enabled
+        for cap in t.capabilities
+    ]
+    return Catalog(_named(pairs))

@@ -39,8 +39,8 @@ class Held:
 
 def end_action(catalog: Catalog, tool_id: str) -> str:
     """The capability of `tool_id` that ends its sessions, or "" when it has none."""
-    for tool in catalog.by_name.values():
-        if tool.tool_id == tool_id and (tool.action == "end_session" or tool.action.endswith("_end_session")):
+    for tool in catalog.of_tool(tool_id):
+        if tool.action == "end_session" or tool.action.endswith("_end_session"):
             return tool.action
     return ""
 

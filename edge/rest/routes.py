@@ -18,11 +18,13 @@ from edge.auth import AUTH
 from edge.dialled_in import RELAY
 from edge.events_ws import EVENTS
 from edge.hub_link import GATEWAY, REGISTRY
-from edge.json_body import JsonBody, fill_arguments
+from edge.json_body import JSON_TYPE, JsonBody, fill_arguments
 from edge.json_body import json_response as json_response  # also the console's (edge.console)
 from edge.metrics import METRICS
-from edge.rest import shapes
+from edge.rest import paging, shapes
+from edge.rest.tool_text import tool_text
 from services.common.errors import NotFound
+from services.library.registry import Entry
 
 STARTED = web.AppKey("started", float)  # when the app was built: uptime_s in the stats
 
@@ -105,18 +107,31 @@ async def health(request: web.Request) -> web.Response:
 async def v1_list_tools(request: web.Request) -> web.Response:
     registry = request.app[REGISTRY]
     kind, tag = request.query.get("kind"), request.query.get("tag")
-    tools = [
-        t
-        for t in registry.tools()
-        if (not kind or shapes.KIND_NAMES.get(t.kind) == kind) and (not tag or tag in t.tags)
-    ]
-    return json_response(
-        {
-            "tools": [shapes.tool_json(t) for t in tools],
-            "total_count": len(tools),
-            "revision": registry.revision,
-        }
-    )
+
+    def wanted(e: Entry) -> bool:
+        return (not kind or shapes.KIND_NAMES.get(e.tool.kind) == kind) and (not tag or tag in e.tool.tags)
+
+    if not paging.wants_pages(request):  # the whole listing, as before pages
+        every = [e for e in registry.entries_after("") if wanted(e)]
+        return _listing(every, {"total_count": len(every), "revision": registry.revision})
+    size, after = paging.page_size(request), paging.after(request)
+    rest: list[Entry] = []
+    for e in registry.entries_after(after):  # no await in between: the cache stays still
+        if wanted(e):
+            rest.append(e)
+            if len(rest) > size:
+                break
+    page = rest[:size]
+    # Filtered, the count reads every entry's head (no definition is parsed or copied).
+    total = sum(1 for e in registry.entries_after("") if wanted(e)) if kind or tag else len(registry.entries)
+    more = paging.token(page[-1].tool.tool_id) if len(rest) > size else ""
+    return _listing(page, {"total_count": total, "revision": registry.revision, "next_page_token": more})
+
+
+def _listing(entries: list[Entry], fields: dict[str, Any]) -> web.Response:
+    """`{"tools": [...], **fields}`, each tool's JSON from tool_text."""
+    listed = ",".join(tool_text(e) for e in entries)
+    return web.Response(text=f'{{"tools":[{listed}],{shapes.dumps(fields)[1:]}', content_type=JSON_TYPE)
 
 
 async def v1_get_tool(request: web.Request) -> web.Response:

@@ -79,6 +79,17 @@ def capability_json(cap: tool_pb2.Capability) -> dict[str, Any]:
     return out
 
 
+def stats_json(s: tool_pb2.ToolStats) -> dict[str, Any]:
+    """A tool's usage figures as JSON."""
+    return {
+        "usage_count": s.usage_count,
+        "success_count": s.success_count,
+        "success_rate": s.success_rate,
+        "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6,
+        "last_used": iso_time(s.last_used),
+    }
+
+
 def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
     """Everything a Tool carries, as JSON."""
     s = tool.stats
@@ -95,13 +106,7 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
         "owner": tool.owner,
         "metadata": dict(tool.metadata),
         "capabilities": [capability_json(c) for c in tool.capabilities],
-        "stats": {
-            "usage_count": s.usage_count,
-            "success_count": s.success_count,
-            "success_rate": s.success_rate,
-            "mean_latency_ms": s.mean_latency.ToNanoseconds() / 1e6,
-            "last_used": iso_time(s.last_used),
-        },
+        "stats": stats_json(s),
         "registered_at": iso_time(tool.registered_at),
         "updated_at": iso_time(tool.updated_at),
         # In a cluster (docs/cluster.md): the node that holds a node-local endpoint, and one replica

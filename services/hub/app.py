@@ -23,6 +23,7 @@ from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
 from services.library.registry import Entry, Registry
+from services.library.search_index import SearchIndex
 from services.library.store import SqliteStore
 from services.library.validation import tool_bytes_limit
 from services.router.channels import ChannelPool, ProgressFn
@@ -105,7 +106,9 @@ class Hub:
                 [
                     ServiceBinding(
                         library.SERVICE,
-                        library.ToolLibraryServicer(self.registry, proof.service, cfg.hub.max_message_bytes),
+                        library.ToolLibraryServicer(
+                            self.registry, proof.service, cfg.hub.max_message_bytes, index=self.index
+                        ),
                         tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
                     ),
                     ServiceBinding(
@@ -166,7 +169,11 @@ class Hub:
             self._stack.push_async_callback(store.close)
             self.feed: InProcessFeed | RedisFeed = InProcessFeed(cfg.feed.subscriber_queue)
             self._stack.callback(self.feed.close)
-            return await Registry(store, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit).open()
+            registry = await Registry(
+                store, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit
+            ).open()
+            await self._open_index(registry)
+            return registry
         from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
         from services.library.redis_nodes import NodeDirectory
         from services.library.redis_store import RedisStore
@@ -206,10 +213,18 @@ class Hub:
             node=self.nodes.node,
         )
         await registry.open()
+        await self._open_index(registry)  # before the follower applies anything: it misses nothing
         self.feed.start(registry)
         self._stack.push_async_callback(self.feed.stop)
         log.info("registry shared on %s as node %s", shared.where, c.node())
         return registry
+
+    async def _open_index(self, registry: Registry) -> None:
+        """The search index of `registry`: every tool it loaded, then every event it applies."""
+        self.index = await SearchIndex().open()
+        self._stack.push_async_callback(self.index.close)
+        await self.index.replace(e.full() for e in registry.entries())
+        registry.listeners.append(self.index.apply)
 
     def _forwarder(self) -> Forwarder | None:
         """In a cluster, what sends calls to the node that holds their tool (else None)."""

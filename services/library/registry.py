@@ -13,10 +13,12 @@ decide again) and returns once the follower has applied it.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,11 +35,10 @@ from services.common.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
 from services.library.placement import place, routes
 from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
-from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool
+from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool, deferred_validators
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +70,16 @@ class Follower(Protocol):
 
 @dataclass(eq=False)
 class Entry:
-    """One registered tool as the router sees it. Replaced whole when the definition changes."""
+    """One registered tool as the router sees it. Replaced whole when the definition changes.
 
-    tool: tool_pb2.Tool  # the definition, without health and stats
+    A parsed definition costs kilobytes (a schema's Struct maps above all), so an entry keeps the
+    definition encoded (`definition`, what the store holds) and, parsed, only its `tool` head:
+    every field but the capabilities' schemas and descriptions. `full()` parses the rest.
+    """
+
+    tool: (
+        tool_pb2.Tool
+    )  # the definition's head (no capability schemas or descriptions), without health and stats
     endpoint: endpoints.Endpoint
     validators: dict[str, ArgumentValidator]
     admin_actions: frozenset[str] = frozenset()  # capabilities declared `requires_admin`
@@ -87,6 +95,12 @@ class Entry:
     dirty: bool = field(default=False, repr=False)
     # The usage the store already holds from this process (the next flush adds what is beyond it).
     flushed: StoredStats = field(default=StoredStats(), repr=False)
+    # The whole definition, encoded deterministically (without health and stats): what is stored.
+    definition: bytes = field(default=b"", repr=False)
+
+    def full(self) -> tool_pb2.Tool:
+        """The whole definition (a new message), without health and stats."""
+        return tool_pb2.Tool.FromString(self.definition)
 
     def record(self, ok: bool, seconds: float) -> None:
         """Count one call. Cheap: it runs on every call's hot path."""
@@ -107,8 +121,7 @@ class Entry:
 
     def snapshot(self) -> tool_pb2.Tool:
         """The definition plus health and stats, as clients see it."""
-        t = tool_pb2.Tool()
-        t.CopyFrom(self.tool)
+        t = tool_pb2.Tool.FromString(self.definition)
         t.health = self.health  # type: ignore[assignment]
         t.stats.CopyFrom(self.stats())
         return t
@@ -131,7 +144,7 @@ def _definition_bytes(tool: tool_pb2.Tool) -> bytes:
 
 def _stored_digest(entry: Entry | None) -> str:
     """The precondition of a commit on a shared store: the definition this registry saw stored."""
-    return digest(None if entry is None else entry.tool.SerializeToString(deterministic=True))
+    return digest(None if entry is None else entry.definition)
 
 
 def _keep_usage(entry: Entry, old: Entry) -> None:
@@ -140,20 +153,36 @@ def _keep_usage(entry: Entry, old: Entry) -> None:
     entry.flushed = old.flushed
 
 
+# Shared by every entry that has them (each of ~200 bytes, with 100,000 tools): an endpoint is
+# immutable, and most tools have no admin-only action.
+_endpoint = functools.lru_cache(maxsize=4096)(endpoints.parse)
+_NO_ACTIONS: frozenset[str] = frozenset()
+
+
 def make_entry(tool: tool_pb2.Tool) -> Entry:
-    """An Entry for a (valid) definition: endpoint parsed, input schemas compiled."""
-    validators = {
-        cap.name: ArgumentValidator(struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {})
-        for cap in tool.capabilities
-    }
-    admin = frozenset(cap.name for cap in tool.capabilities if cap.requires_admin)
+    """An Entry for a (valid) definition: endpoint parsed, input schemas ready to compile."""
+    definition = tool.SerializeToString(deterministic=True)
+    validators = deferred_validators(definition, [cap.name for cap in tool.capabilities])
+    admin = frozenset(cap.name for cap in tool.capabilities if cap.requires_admin) or _NO_ACTIONS
     return Entry(
-        tool=tool,
-        endpoint=endpoints.parse(tool.endpoint),
+        tool=_head(tool),
+        endpoint=_endpoint(tool.endpoint),
         validators=validators,
         admin_actions=admin,
         routes=routes(tool),
+        definition=definition,
     )
+
+
+def _head(tool: tool_pb2.Tool) -> tool_pb2.Tool:
+    stripped = tool_pb2.Tool()
+    stripped.CopyFrom(tool)
+    for cap in stripped.capabilities:
+        cap.ClearField("input_schema")
+        cap.ClearField("output_schema")
+        cap.ClearField("description")
+    # Parsed anew: a message's arena never shrinks, and the copy's still holds what was cleared.
+    return tool_pb2.Tool.FromString(stripped.SerializeToString())
 
 
 class Registry:
@@ -180,6 +209,7 @@ class Registry:
         # Owners whose tools only a proven caller may register, update or remove (the mesh's own).
         self.reserved_owners = reserved_owners
         self._entries: dict[str, Entry] = {}
+        self._order: list[str] = []  # the tool ids, sorted: a page of a listing starts by bisection
         self._lock = asyncio.Lock()
         self.revision = 0
         # Called after every committed event, in order (e.g. to wake the health checker).
@@ -208,6 +238,7 @@ class Registry:
                 entry.total_seconds, entry.last_used = s.total_seconds, s.last_used
                 entry.flushed = s
             self._entries[tool_id] = entry
+        self._order = sorted(self._entries)
         log.info("registry loaded: %d tools at revision %d", len(self._entries), self.revision)
         return self
 
@@ -225,7 +256,27 @@ class Registry:
         return entry.snapshot()
 
     def entries(self) -> list[Entry]:
-        return [self._entries[k] for k in sorted(self._entries)]
+        """Every entry, in tool id order."""
+        return [self._entries[k] for k in self._order]
+
+    def entries_after(self, after: str) -> Iterator[Entry]:
+        """The entries whose tool id sorts after `after`, in order; the first costs a bisection.
+        Consume it without awaiting between items (the registry may change across an await)."""
+        order, entries = self._order, self._entries
+        for i in range(bisect.bisect_right(order, after), len(order)):
+            yield entries[order[i]]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _put(self, tool_id: str, entry: Entry) -> None:
+        if tool_id not in self._entries:
+            bisect.insort(self._order, tool_id)
+        self._entries[tool_id] = entry
+
+    def _drop(self, tool_id: str) -> None:
+        if self._entries.pop(tool_id, None) is not None:
+            del self._order[bisect.bisect_left(self._order, tool_id)]
 
     def tools(self) -> list[tool_pb2.Tool]:
         return [e.snapshot() for e in self.entries()]
@@ -279,7 +330,7 @@ class Registry:
                 place(incoming, old.tool, self.node)
                 incoming.registered_at.CopyFrom(old.tool.registered_at)
                 incoming.updated_at.CopyFrom(old.tool.updated_at)
-                if _definition_bytes(incoming) == _definition_bytes(old.tool):
+                if _definition_bytes(incoming) == _definition_bytes(old.full()):
                     return old.snapshot(), False, False, self.revision
             else:
                 place(incoming, None, self.node)
@@ -357,7 +408,7 @@ class Registry:
         tool_id = entry.tool.tool_id
         event = tool_pb2.ToolEvent(type=kind, tool=entry.snapshot())  # type: ignore[arg-type]
         event.time.GetCurrentTime()
-        stored = None if kind == REMOVED else entry.tool.SerializeToString(deterministic=True)
+        stored = None if kind == REMOVED else entry.definition
         if self._follower is not None:
             self._follower.check_writable()
             raw = event.SerializeToString()
@@ -373,9 +424,9 @@ class Registry:
             return revision
         revision = await self._store.commit(tool_id, stored, kind, event.SerializeToString())
         if kind == REMOVED:
-            self._entries.pop(tool_id, None)
+            self._drop(tool_id)
         else:
-            self._entries[tool_id] = entry
+            self._put(tool_id, entry)
         self.revision = event.revision = revision
         self._publish(event)
         return revision
@@ -413,7 +464,7 @@ class Registry:
         tool_id = event.tool.tool_id
         old = self._entries.get(tool_id)
         if event.type == REMOVED:
-            self._entries.pop(tool_id, None)
+            self._drop(tool_id)
         elif event.type == HEALTH_CHANGED and old is not None:
             old.health = event.tool.health
         else:
@@ -421,7 +472,7 @@ class Registry:
             if entry is not None:
                 if event.type != INSTALLED and old is not None:  # an install starts from no usage
                     _keep_usage(entry, old)
-                self._entries[tool_id] = entry
+                self._put(tool_id, entry)
         self.revision = revision
         self._publish(event)
 
@@ -466,6 +517,7 @@ class Registry:
             for tool_id, e in old.items()
             if tool_id not in self._entries
         ]
+        self._order = sorted(self._entries)
         self.revision = revision
         self._feed.close()
         for event in changes:

@@ -1,4 +1,9 @@
-"""Ranks tools by relevance to a free-text query (BM25 over weighted fields)."""
+"""Ranks tools by relevance to a free-text query (BM25 over weighted fields), by scanning them.
+
+The words and weights are the registry's search's (search_index.py indexes them); `bm25` also
+ranks the discovery catalog, `rank` is the scan over tools that the index replaced (kept as the
+reference its tests compare with).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ _STOP = frozenset(
     "a an and the of to for in on with by is are be it this that from or as at use using".split()
 )
 # Field weights: a hit in a name says more than one in a long description.
-_WEIGHTS = {"id": 3.0, "name": 3.0, "tag": 2.5, "action": 2.5, "description": 1.0, "action_description": 1.0}
+WEIGHTS = {"id": 3.0, "name": 3.0, "tag": 2.5, "action": 2.5, "description": 1.0, "action_description": 1.0}
 
 
 def tokens(text: str) -> list[str]:
@@ -99,5 +104,5 @@ def bm25(
 def rank(query: str, tools: Iterable[tool_pb2.Tool], limit: int = 10) -> list[Match]:
     """BM25-scored matches, best first; tools that match no query term are left out."""
     terms = list(dict.fromkeys(tokens(query)))
-    scored = bm25(terms, tools, tool_fields, _WEIGHTS, key=lambda t: t.tool_id)
+    scored = bm25(terms, tools, tool_fields, WEIGHTS, key=lambda t: t.tool_id)
     return [Match(m.item, m.score, m.matched) for m in scored[:limit]]

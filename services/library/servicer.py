@@ -13,8 +13,8 @@ from toolscore.v1 import tool_pb2
 
 from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest
-from services.library import search
-from services.library.registry import WATCH_REVISION_KEY, Registry
+from services.library.registry import WATCH_REVISION_KEY, Entry, Registry
+from services.library.search_index import SearchIndex
 
 SERVICE = "toolscore.v1.ToolLibraryService"
 PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
@@ -54,12 +54,19 @@ def _untoken(token: str) -> str:
 class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
     """`proof` tells a caller that proved to be the mesh itself: only it may register or remove
     tools of the registry's reserved owners (an owner name alone proves nothing). Pages and search
-    answers stop before they would exceed `max_message_bytes`, whatever the definitions' sizes."""
+    answers stop before they would exceed `max_message_bytes`, whatever the definitions' sizes.
+    `index` answers searches (a listener of `registry`'s events)."""
 
     def __init__(
-        self, registry: Registry, proof: Proof, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        registry: Registry,
+        proof: Proof,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        index: SearchIndex,
     ) -> None:
         self.registry = registry
+        self.index = index
         self._proof = proof
         self._page_bytes = max_message_bytes - _PAGE_HEADROOM
 
@@ -90,32 +97,47 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             raise InvalidRequest("page_size must not be negative", reason="INVALID_PAGE_SIZE")
         size = min(request.page_size or 100, 1000)
         after = _untoken(request.page_token) if request.page_token else ""
-        want_tags = set(request.tags)
-        matching = [
-            e
-            for e in self.registry.entries()
-            if (not request.kind or e.tool.kind == request.kind)
-            and (not request.health or e.health == request.health)
-            and want_tags <= set(e.tool.tags)
-        ]
-        rest = [e for e in matching if e.tool.tool_id > after]
+        kind, health, want_tags = request.kind, request.health, set(request.tags)
+
+        def wanted(e: Entry) -> bool:
+            return (
+                (not kind or e.tool.kind == kind)
+                and (not health or e.health == health)
+                and (not want_tags or want_tags <= set(e.tool.tags))
+            )
+
+        # A page costs its own tools (and, filtered, the ones skipped to fill it): the ids are kept
+        # sorted, and the page starts after its token by bisection.
+        rest: list[Entry] = []
+        for e in self.registry.entries_after(after):
+            if wanted(e):
+                rest.append(e)
+                if len(rest) > size:
+                    break
         page = _within((e.snapshot() for e in rest[:size]), self._page_bytes)
         more = len(rest) > len(page)
+        filtered = bool(kind or health or want_tags)
+        # Filtered, the count reads every entry's head (no definition is parsed or copied).
+        total = (
+            sum(1 for e in self.registry.entries_after("") if wanted(e)) if filtered else len(self.registry)
+        )
         return pb.ListToolsResponse(
             tools=page,
             next_page_token=_token(page[-1].tool_id) if more and page else "",
-            total_count=len(matching),
+            total_count=total,
             revision=self.registry.revision,
         )
 
     async def SearchTools(
         self, request: pb.SearchToolsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchToolsResponse:
-        if not request.query.strip():
-            raise InvalidRequest("query is empty", reason="EMPTY_QUERY")
         limit = min(request.max_results or 10, 100)
-        matches = search.rank(request.query, self.registry.tools(), limit)
-        found = (pb.ToolMatch(tool=m.tool, score=m.score, matched=m.matched) for m in matches)
+        hits = await self.index.search(request.query, limit)
+        found = (
+            pb.ToolMatch(tool=entry.snapshot(), score=hit.score, matched=hit.matched)
+            for hit in hits
+            if (entry := self.registry.entry(hit.tool_id)) is not None  # removed since: left out
+        )
         return pb.SearchToolsResponse(matches=_within(found, self._page_bytes))
 
     async def WatchToolEvents(

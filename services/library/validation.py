@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
+import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -131,17 +134,93 @@ def _check_schema(schema: dict[str, Any], where: str) -> None:
         and where.endswith("input_schema")
     ):
         raise InvalidRequest(f"{where} must describe an object (type: object)", reason="INVALID_SCHEMA")
-    try:
-        _validator_class(schema).check_schema(schema, format_checker=keywords.FORMATS)
-    except js_exceptions.SchemaError as exc:
-        why = exc.cause if isinstance(exc.cause, keywords.PatternError) else exc.message
-        raise InvalidRequest(f"{where} is not a valid JSON Schema: {why}", reason="INVALID_SCHEMA") from exc
+    if not plainly_valid(schema):
+        _check_against_metaschema(schema, where)
     if keywords.uses_pattern_properties_with_unevaluated(schema):
         raise InvalidRequest(
             f"{where} uses unevaluatedProperties together with patternProperties, which the mesh "
             "cannot check in linear time; use additionalProperties instead",
             reason="INVALID_SCHEMA",
         )
+
+
+# jsonschema's check_schema walks the draft's metaschema ($dynamicRef, URI joins): about 2.5 ms for
+# an ordinary schema, which capped registration at a few hundred tools a second. The flat schemas
+# most tools declare are decided without it (plainly_valid), and a schema that passed is remembered
+# by its digest (tools registered in bulk repeat their schemas): only its digest is kept.
+_SIMPLE_TYPES = frozenset({"array", "boolean", "integer", "null", "number", "object", "string"})
+_PLAIN_SCHEMA_KEYS = frozenset(
+    {"type", "properties", "required", "additionalProperties", "description", "title"}
+)
+_BOUNDS_KEYS = ("minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+_PLAIN_PROPERTY_KEYS = frozenset({"type", "description", "title", "default", *_BOUNDS_KEYS})
+_PASSED_MAX = 4096
+_passed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+
+
+def plainly_valid(schema: dict[str, Any]) -> bool:
+    """True when `schema` is a flat object schema that draft 2020-12's metaschema accepts, decided
+    by its shape alone; False when it is anything else (then the metaschema decides).
+
+    Only keywords whose metaschema rules are simple qualify, with values those rules accept: no
+    `$schema` (the default draft applies), `type` one simple type, `required` unique strings,
+    `additionalProperties` a boolean, properties of a simple type with string annotations and
+    numeric bounds."""
+    if set(schema) - _PLAIN_SCHEMA_KEYS or not _plain_type(schema.get("type", "object")):
+        return False
+    if not _strings(schema, ("description", "title")):
+        return False
+    if not isinstance(schema.get("additionalProperties", True), bool):
+        return False
+    required = schema.get("required", [])
+    if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+        return False
+    if len(set(required)) != len(required):
+        return False
+    props = schema.get("properties", {})
+    return isinstance(props, dict) and all(_plain_property(p) for p in props.values())
+
+
+def _plain_type(t: Any) -> bool:
+    return isinstance(t, str) and t in _SIMPLE_TYPES
+
+
+def _strings(schema: dict[str, Any], keys: tuple[str, ...]) -> bool:
+    return all(isinstance(schema[k], str) for k in keys if k in schema)
+
+
+def _plain_property(prop: Any) -> bool:
+    if not isinstance(prop, dict) or set(prop) - _PLAIN_PROPERTY_KEYS:
+        return False
+    if "type" in prop and not _plain_type(prop["type"]):
+        return False
+    if not _strings(prop, ("description", "title")):
+        return False
+    for key in _BOUNDS_KEYS:
+        if key not in prop:
+            continue
+        bound = prop[key]
+        if isinstance(bound, bool) or not isinstance(bound, int | float):
+            return False
+        # A length is a non-negative integer, as JSON Schema says 3.0 is (Struct makes numbers floats).
+        if key in ("minLength", "maxLength") and not (bound >= 0 and float(bound).is_integer()):
+            return False
+    return True
+
+
+def _check_against_metaschema(schema: dict[str, Any], where: str) -> None:
+    key = hashlib.sha256(json.dumps(schema, sort_keys=True, separators=(",", ":")).encode()).digest()
+    if key in _passed:
+        _passed.move_to_end(key)
+        return
+    try:
+        _validator_class(schema).check_schema(schema, format_checker=keywords.FORMATS)
+    except js_exceptions.SchemaError as exc:
+        why = exc.cause if isinstance(exc.cause, keywords.PatternError) else exc.message
+        raise InvalidRequest(f"{where} is not a valid JSON Schema: {why}", reason="INVALID_SCHEMA") from exc
+    _passed[key] = None
+    if len(_passed) > _PASSED_MAX:
+        _passed.popitem(last=False)
 
 
 @functools.cache
@@ -340,6 +419,43 @@ class ArgumentValidator:
                 + "; ".join(f"{f}: {d}" for f, d in violations[:3]),
                 violations,
             )
+
+
+class DeferredValidator(ArgumentValidator):
+    """An action's ArgumentValidator compiled on the action's first call, which then takes this
+    one's place in `table`: a compiled jsonschema validator costs kilobytes, and most of a large
+    registry's actions are never called on a given process. Later calls find the compiled one."""
+
+    __slots__ = ("_compiled", "_definition", "_index", "_name", "_table")
+
+    def __init__(self, definition: bytes, index: int, name: str, table: dict[str, ArgumentValidator]) -> None:
+        self._definition, self._index, self._name, self._table = definition, index, name, table
+        self._compiled: ArgumentValidator | None = None
+
+    def compiled(self) -> ArgumentValidator:
+        """The compiled validator (compiled once, and put in the table in this one's place)."""
+        if self._compiled is None:
+            cap = tool_pb2.Tool.FromString(self._definition).capabilities[self._index]
+            self._compiled = ArgumentValidator(
+                struct_to_dict(cap.input_schema) if cap.HasField("input_schema") else {}
+            )
+            self._table[self._name] = self._compiled
+        return self._compiled
+
+    def check(self, arguments: dict[str, Any]) -> None:
+        self.compiled().check(arguments)
+
+    async def check_off_loop(self, arguments: dict[str, Any], timeout_s: float) -> None:
+        await self.compiled().check_off_loop(arguments, timeout_s)
+
+
+def deferred_validators(definition: bytes, actions: list[str]) -> dict[str, ArgumentValidator]:
+    """action -> its validator, each compiled on first use (DeferredValidator) from `definition`
+    (an encoded Tool whose capabilities are `actions`, in order)."""
+    table: dict[str, ArgumentValidator] = {}
+    for index, name in enumerate(actions):
+        table[name] = DeferredValidator(definition, index, name, table)
+    return table
 
 
 class _OverBudget(Exception):

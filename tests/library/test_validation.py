@@ -11,8 +11,8 @@ from jsonschema import Draft202012Validator
 from toolscore.v1 import tool_pb2
 
 from services.common.errors import FailedPrecondition, InvalidArguments, InvalidRequest
-from services.common.jsonvalue import MAX_DEPTH, dict_to_struct
-from services.library import keywords
+from services.common.jsonvalue import MAX_DEPTH, dict_to_struct, struct_to_dict
+from services.library import keywords, validation
 from services.library.validation import (
     INLINE_STEPS,
     MAX_SCHEMA_BYTES,
@@ -607,3 +607,77 @@ def test_a_check_within_its_budget_finishes_however_close_it_comes_and_one_past_
     with pytest.raises(FailedPrecondition) as err:
         ArgumentValidator(fan_out(9)).check({"x": 1})
     assert err.value.reason == "SCHEMA_TOO_COMPLEX" and err.value.metadata == {"budget": "1120"}
+
+
+# -- the metaschema's fast path and deferred validators ------------------------------------------
+
+_FLAT_SCHEMAS = [
+    {"type": "object", "properties": {"q": {"type": "string", "description": "d"}}, "required": ["q"]},
+    {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5.5}}},
+    {"properties": {"s": {"type": "string", "minLength": 1, "maxLength": 9, "default": None}}},
+    {"type": "object", "additionalProperties": False, "title": "t", "description": "d"},
+    {"type": "object", "properties": {"x": {"exclusiveMinimum": 1, "exclusiveMaximum": 2}}},
+    {"type": "object", "properties": {"o": {"type": "object"}, "a": {"type": "array"}, "z": {}}},
+    # invalid under the metaschema:
+    {"type": "object", "properties": {"q": {"type": "strng"}}},
+    {"type": "object", "required": ["q", "q"]},
+    {"type": "object", "required": "q"},
+    {"type": "object", "required": [1]},
+    {"type": "object", "properties": {"s": {"minLength": -1}}},
+    {"type": "object", "properties": {"s": {"minimum": "1"}}},
+    {"type": "object", "properties": {"s": {"minimum": True}}},
+    {"type": "object", "properties": {"s": {"description": 5}}},
+    {"type": "object", "title": 5},
+    {"type": "object", "additionalProperties": 3},
+    {"type": "object", "properties": []},
+    {"type": "object", "properties": {"q": 7}},
+]
+
+
+@pytest.mark.parametrize("schema", _FLAT_SCHEMAS)
+def test_the_fast_metaschema_check_accepts_only_what_the_metaschema_accepts(schema):
+    valid = not list(Draft202012Validator(Draft202012Validator.META_SCHEMA).iter_errors(schema))
+    assert not validation.plainly_valid(schema) or valid  # never accepts an invalid schema
+    if schema in _FLAT_SCHEMAS[:6]:
+        assert valid and validation.plainly_valid(schema)  # and decides the ordinary ones alone
+    ok = True
+    try:
+        check_tool(_tool_with(schema))
+    except InvalidRequest:
+        ok = False
+    assert ok == valid
+
+
+def test_a_schema_the_metaschema_passed_is_remembered_by_digest_and_the_cache_is_bounded():
+    schema = {"type": "object", "properties": {"p": {"type": "string", "pattern": "^a+$"}}}
+    assert not validation.plainly_valid(schema)
+    check_tool(_tool_with(schema))
+    assert len(validation._passed) <= validation._PASSED_MAX
+    assert any(len(key) == 32 for key in validation._passed)  # digests, not the schemas
+
+
+def test_a_validator_is_compiled_on_its_actions_first_call_and_takes_its_place():
+    tool = _tool_with({"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]})
+    table = validation.deferred_validators(tool.SerializeToString(), [c.name for c in tool.capabilities])
+    deferred = table["run"]
+    assert isinstance(deferred, validation.DeferredValidator)
+    with pytest.raises(InvalidArguments):
+        deferred.check({"n": "x"})
+    compiled = table["run"]
+    assert not isinstance(compiled, validation.DeferredValidator) and compiled is deferred.compiled()
+    compiled.check({"n": 1})
+
+
+def _tool_with(schema: dict) -> tool_pb2.Tool:
+    return tool_pb2.Tool(
+        tool_id="t",
+        kind=tool_pb2.TOOL_KIND_GRPC_SERVER,
+        endpoint="unix:///x.sock",
+        capabilities=[tool_pb2.Capability(name="run", input_schema=dict_to_struct(schema))],
+    )
+
+
+def test_a_flat_schema_registered_through_a_struct_takes_the_fast_path():
+    tool = _tool_with({"type": "object", "properties": {"s": {"type": "string", "minLength": 1}}})
+    schema = struct_to_dict(tool.capabilities[0].input_schema)
+    assert schema["properties"]["s"]["minLength"] == 1.0 and validation.plainly_valid(schema)

@@ -74,3 +74,64 @@ def test_same_listing_ignores_nothing_that_clients_see():
     assert base.same_listing(build([tool("t", "a")]))
     assert not base.same_listing(build([tool("t", "a", schema={"type": "object", "required": ["x"]})]))
     assert not base.same_listing(Catalog())
+
+
+def _same(a: Catalog, b: Catalog) -> bool:
+    return a.same_listing(b) and {n: a.get(n).tool_id for n in a.names} == {  # type: ignore[union-attr]
+        n: b.get(n).tool_id
+        for n in b.names  # type: ignore[union-attr]
+    }
+
+
+def test_a_catalog_kept_by_events_lists_what_a_build_of_the_same_tools_lists():
+    # Clashing names among them: "a__b"+"c" and "a"+"b__c" spell one name; a crafted action takes
+    # the longer name the second pair would get.
+    second_long = tool_name("a", "b__c", 16)
+    steps = [
+        ("put", tool("x", "run", "stop")),
+        ("put", tool("a__b", "c")),
+        ("put", tool("a", "b__c")),
+        ("put", tool(second_long.split("__")[0], "__".join(second_long.split("__")[1:]))),
+        ("put", tool("y.z", "go")),
+        ("put", tool("x", "run", schema={"type": "object", "required": ["k"]})),
+        ("remove", "a__b"),
+        ("put", tool("a__b", "c")),
+        ("put", tool("y.z", "go", enabled=False)),
+        ("remove", "a"),
+        ("remove", "nothing"),
+        ("put", tool("x", "run", "stop", "more")),
+    ]
+    live, tools = Catalog(), {}
+    for op, arg in steps:
+        if op == "put":
+            tools[arg.tool_id] = arg  # type: ignore[union-attr]
+            live.put(arg)  # type: ignore[arg-type]
+        else:
+            tools.pop(arg, None)  # type: ignore[arg-type]
+            live.remove(arg)  # type: ignore[arg-type]
+        assert _same(live, build(tools.values())), (op, arg)
+
+
+def test_put_and_remove_say_whether_the_listing_changed():
+    live = Catalog()
+    assert live.put(tool("t", "a"))
+    assert not live.put(tool("t", "a"))  # the same again: nothing a client sees
+    assert live.put(tool("t", "a", schema={"type": "object", "required": ["x"]}))
+    assert not live.put(tool("off", "a", enabled=False)) and not live.remove("off")
+    assert live.put(tool("t", "a", enabled=False)) and live.names == [] and live.of_tool("t") == []
+    assert not live.remove("t")
+
+
+def test_a_crafted_pair_cannot_take_a_name_another_pair_holds():
+    live = Catalog()
+    live.put(tool("a__b", "c"))
+    live.put(tool("a", "b__c"))  # sorts first: it takes a__b__c, and (a__b, c) a longer name
+    taken = next(n for n in live.names if n != "a__b__c")
+    holder = live.get(taken)
+    assert holder is not None and (holder.tool_id, holder.action) == ("a__b", "c")
+    crafted = tool("a__b", "c", taken.removeprefix("a__b__"))  # its new action's raw name spells `taken`
+    live.put(crafted)
+    again = live.get(taken)
+    assert again is not None and (again.tool_id, again.action) == ("a__b", "c")  # still the holder's
+    assert _same(live, build([tool("a", "b__c"), crafted]))
+    assert len(live.names) == len(set(live.names)) == 3

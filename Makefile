@@ -72,7 +72,7 @@ node-example:
 lint: proto
 	$(PY) -m ruff check services edge tests bench mutation
 	$(PY) -m ruff format --check services edge tests bench mutation
-	$(PY) -m mypy services edge
+	$(PY) -m mypy services edge bench
 	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 bench: proto

@@ -1,7 +1,8 @@
 """`make cluster` (`python -m services.mesh --cluster`): Redis, two nodes and HAProxy as one process tree.
 
 One cluster, end to end: HAProxy alternates between the edges; each node runs Python on its own
-executor; a registration through hub 1 reaches edge 2 (its events WebSocket, REST); calls through
+executor; an MCP session whose requests HAProxy alternates between the edges is served throughout;
+a registration through hub 1 reaches edge 2 (its events WebSocket, REST); calls through
 either edge, and calls hub 1 forwards to a tool held by node 2, send nothing to Redis; Ctrl-C stops
 every process.
 """
@@ -16,7 +17,10 @@ from typing import Any
 
 import aiohttp
 import grpc
+import httpx2
 import redis
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from toolscore.v1 import tool_library_pb2 as lib
 from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
 from toolscore.v1 import toolscore_pb2 as ts
@@ -30,6 +34,7 @@ from tests.helpers import deadline, descendants, grpc_tool
 from tests.mesh.test_run import alive
 
 EXECUTOR = "python-executor-mcp-server"
+EXECUTOR_MCP = "python-executor-mcp-server__python_execute"  # its MCP name (docs/mcp.md, "Tool names")
 
 
 # Redis quiet between calls: no heartbeat (a 300 s TTL beats every 100 s), no follower asking
@@ -72,6 +77,7 @@ async def test_make_cluster_balances_nodes_that_share_one_registry_and_stops_eve
                 body = await r.json()
                 assert r.headers[EDGE_HEADER] == node
                 assert r.status == 200 and body["structured"]["stdout"] == "42\n", body
+        await an_mcp_session_whose_requests_alternate_between_the_edges_never_loses_its_session(cluster)
         await a_registration_on_hub_1_reaches_edge_2_and_calls_never_reach_redis(
             cluster, http, start_tool_server
         )
@@ -84,6 +90,31 @@ async def test_make_cluster_balances_nodes_that_share_one_registry_and_stops_eve
     assert not [p for p in children if alive(p)]
     assert "cluster stopped" in cluster.log()
     assert not list((cluster.root / "run").rglob("*.sock"))
+
+
+async def an_mcp_session_whose_requests_alternate_between_the_edges_never_loses_its_session(
+    cluster: RunningCluster,
+) -> None:
+    """A handshake-era session through HAProxy with the official SDK client: HAProxy sends each
+    request to the next edge, and the session opened on one is served by both (never a 404)."""
+    served: list[str] = []
+
+    async def note(response: httpx2.Response) -> None:
+        served.append(response.headers.get(EDGE_HEADER, ""))
+        assert response.status_code != 404, "session not found"
+
+    async with httpx2.AsyncClient(timeout=30, event_hooks={"response": [note]}) as http:
+        async with Client(
+            streamable_http_client(cluster.lb + "/mcp", http_client=http), mode="legacy"
+        ) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            calls = [await client.call_tool("builtin__echo", {"text": f"call {i}"}) for i in range(4)]
+            ran = await client.call_tool(EXECUTOR_MCP, {"code": "print(6 * 7)"})
+            listed_again = {t.name for t in (await client.list_tools()).tools}
+    assert {"builtin__echo", EXECUTOR_MCP} <= names == listed_again
+    assert [c.is_error for c in calls] == [False] * 4 and "call 3" in str(calls[3].content)
+    assert not ran.is_error and "42" in str(ran.content)
+    assert {"node1", "node2"} <= set(served), served  # both edges served the one session
 
 
 async def a_registration_on_hub_1_reaches_edge_2_and_calls_never_reach_redis(

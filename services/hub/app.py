@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
 from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
+from services.library.placement import stale_here
 from services.library.registry import Entry, Registry
 from services.library.store import SqliteStore
 from services.library.validation import tool_bytes_limit
@@ -129,6 +133,8 @@ class Hub:
             if self.redis_feed is not None:
                 self._tasks.append(asyncio.create_task(self._report_store_health(), name="store-health"))
             await self._announce()
+            if self.nodes is not None:  # on exit, before the announcement goes
+                self._stack.push_async_callback(self._withdraw_replicas)
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
                 self._tasks.append(
                     asyncio.create_task(
@@ -200,6 +206,7 @@ class Hub:
             max_tool_bytes=limit,
             follower=self.feed,
             node=self.nodes.node,
+            stale=functools.partial(stale_here, hostname=socket.gethostname(), me=os.getpid()),
         )
         await registry.open()
         self.feed.start(registry)
@@ -243,6 +250,18 @@ class Hub:
         await nodes.started()  # a hub that has started can be found by the others
         log.info("node %s advertises %s", self.nodes.node, address)
 
+    async def _withdraw_replicas(self) -> None:
+        """A clean stop in a cluster: this node's replicas of tools other nodes also serve are
+        withdrawn, so no call is tried here meanwhile; a tool only this node serves stays listed
+        (it is this node's to serve again when it is back, as on one hub)."""
+        assert self.nodes is not None
+        for entry in self.registry.entries():
+            try:
+                await self.registry.withdraw(entry.tool.tool_id, keep_last=True)
+            except Unavailable as exc:  # Redis away: calls pass the replica on while it is unannounced
+                log.warning("replicas of node %s not withdrawn: %s", self.nodes.node, exc.message)
+                return
+
     async def _report_store_health(self) -> None:
         """STORE_HEALTH follows the shared store: NOT_SERVING while it cannot be followed."""
         from grpc_health.v1 import health_pb2
@@ -281,7 +300,8 @@ class Hub:
             wanted.add(fc.tool_id)
         for entry in self.registry.entries():  # drop function tools no longer configured
             if entry.tool.owner == HUB_OWNER and entry.tool.tool_id not in wanted:
-                await self.registry.deregister(entry.tool.tool_id)
+                # In a cluster only this node's replica: another hub's list is its own.
+                await self.registry.withdraw(entry.tool.tool_id)
 
     async def _attach_inprocess_executor(self) -> None:
         from services.executor.service import INPROC_NAME, make_server, tool_definition

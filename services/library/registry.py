@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,7 +35,7 @@ from services.common.errors import (
 )
 from services.common.jsonvalue import struct_to_dict
 from services.library.feed import EventFeed
-from services.library.placement import place, routes
+from services.library.placement import place, routes, unplace
 from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool
 
@@ -167,10 +167,14 @@ class Registry:
         max_tool_bytes: int = MAX_TOOL_BYTES,
         follower: Follower | None = None,
         node: str = "",
+        stale: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
         # This hub's cluster node ("" on a single hub): node-local endpoints registered here are its.
         self.node = node
+        # Whether a node is known gone for good (placement.stale_here): a registration through
+        # this node drops that node's replicas of the tool.
+        self._stale = stale
         self._feed = feed
         # Set with a shared store: it applies every commit (ours included) in revision order.
         self._follower = follower
@@ -277,6 +281,7 @@ class Registry:
                         metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
                     )
                 place(incoming, old.tool, self.node)
+                incoming = self._without_stale(incoming)
                 incoming.registered_at.CopyFrom(old.tool.registered_at)
                 incoming.updated_at.CopyFrom(old.tool.updated_at)
                 if _definition_bytes(incoming) == _definition_bytes(old.tool):
@@ -293,6 +298,15 @@ class Registry:
             kind = UPDATED if old is not None else INSTALLED
             revision = await self._commit(entry, kind, seen)
             return entry.snapshot(), old is None, old is not None, revision
+
+    def _without_stale(self, tool: tool_pb2.Tool) -> tool_pb2.Tool:
+        """`tool` (placed through this node, which holds a replica) without gone nodes' replicas."""
+        if self._stale is None or not tool.replicas:
+            return tool
+        gone = [r.node_id for r in tool.replicas if self._stale(r.node_id)]
+        if self._stale(tool.node_id):
+            gone.append(tool.node_id)
+        return (unplace(tool, gone) or tool) if gone else tool
 
     async def deregister(self, tool_id: str, *, proven: bool = True) -> tuple[tool_pb2.Tool, int]:
         for _ in range(_CONFLICT_RETRIES):
@@ -314,6 +328,37 @@ class Registry:
             self._check_proven(entry.tool.owner, tool_id, proven)
             revision = await self._commit(entry, REMOVED, entry)
             return entry.snapshot(), revision
+
+    async def withdraw(
+        self, tool_id: str, *, keep_last: bool = False, nodes: Collection[str] | None = None
+    ) -> bool:
+        """Remove what this node (or `nodes`) serves of `tool_id`: its replica (an UPDATED event)
+        when other nodes hold the tool, else the tool (REMOVED; with `keep_last` it then stays).
+        On a single hub, or for a tool without a node, the tool. True when something was removed."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._withdraw(tool_id, keep_last, nodes or (self.node,))
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _withdraw(self, tool_id: str, keep_last: bool, nodes: Collection[str]) -> bool:
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None:
+                return False
+            left = unplace(entry.tool, nodes) if self.node else None
+            if left is entry.tool or (left is None and keep_last):
+                return False  # this node serves none of it, or keeps the last replica
+            if left is None:
+                await self._commit(entry, REMOVED, entry)
+                return True
+            left.updated_at.GetCurrentTime()
+            rest = make_entry(left)
+            _keep_usage(rest, entry)
+            rest.health = entry.health
+            await self._commit(rest, UPDATED, entry)
+            return True
 
     def _check_proven(self, owner: str, tool_id: str, proven: bool) -> None:
         if not proven and owner in self.reserved_owners:

@@ -100,7 +100,7 @@ class Hub:
                 from services.discovery.discovery import Discovery
 
                 self.discovery = await self._stack.enter_async_context(
-                    Discovery(cfg, self.registry, self.router)
+                    Discovery(cfg, self.registry, self.router, self.nodes)
                 )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED

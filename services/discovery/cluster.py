@@ -196,7 +196,7 @@ class ClusterInstalls:
             if spec.name in d.records:
                 return
             try:
-                await d.install_locked(spec.server, spec.version, spec.remote_url)
+                await d.install_locked(await self._entry(spec), spec.version, spec.remote_url)
                 log.info("installed %s here: the cluster has it", spec.name)
             except MeshError as exc:
                 log.error(
@@ -207,6 +207,19 @@ class ClusterInstalls:
                 )
             except Exception:
                 log.exception("%s, installed in the cluster, not installed here", spec.name)
+
+    async def _entry(self, spec: InstallSpec) -> pb.CatalogServer:
+        """The catalog entry this node installs `spec` from: its own (curated first, then its
+        registries; a remote URL checked by its own rules), else the recorded one, never trusted
+        as curated (this node's policy decides, whatever Redis says)."""
+        try:
+            return await self._discovery.resolve(spec.name, spec.remote_url)
+        except NotFound:
+            entry = pb.CatalogServer()
+            entry.CopyFrom(spec.server)
+            if entry.source == catalog_mod.CURATED:
+                entry.source = "cluster"
+            return entry
 
     async def _converge_uninstall(self, name: str) -> None:
         d = self._discovery

@@ -21,8 +21,10 @@ from toolscore.v1 import discovery_pb2 as pb
 from services.common import config as config_mod
 from services.common.config import Config
 from services.common.jsonvalue import struct_to_dict
+from services.discovery import catalog as catalog_mod
+from services.discovery.installed_set import InstallSpec
 from services.hub.app import Hub
-from tests.discovery.conftest import PackageIndex, processes_under
+from tests.discovery.conftest import NS, PackageIndex, build_wheel, processes_under, server_json
 from tests.discovery.test_install_lifecycle import Stubs, _publish_echo
 from tests.discovery.test_rest_routes import _rest
 from tests.helpers import deadline, reason_of
@@ -203,3 +205,17 @@ async def test_over_rest_an_install_reports_each_node_and_with_redis_down_is_a_5
         status, body = await rest.request("POST", "/mcp/install", {"name": name})
         assert (status, body["reason"]) == (503, "INSTALLS_UNAVAILABLE")
         await redis_server.start()
+
+
+async def test_a_server_in_the_installed_set_that_calls_itself_curated_is_held_to_this_nodes_policy(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, redis_server: Any
+) -> None:
+    wheels = root / "wheels"
+    wheels.mkdir()
+    pkg_index.add_wheel(build_wheel(wheels, "evil-mcp", "1.0.0"), "evil-mcp")  # allowed: ts-* only
+    doc = server_json(f"{NS}/evil", "Not in any catalog of this node", "pypi", "evil-mcp", "1.0.0")
+    forged = InstallSpec(doc["name"], "", "", catalog_mod.parse_server(doc, catalog_mod.CURATED))
+    redis_server.client().hset("toolscore:servers", forged.name, forged.to_json())
+    async with node(node_cfg(dcfg, root, redis_server, "hub1")) as (h1, _):
+        await converged(h1)
+        assert not h1.discovery.records and not h1.discovery.runners

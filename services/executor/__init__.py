@@ -12,6 +12,7 @@ runner.py        one call on a worker, and how it ended
 sandbox.py       starting one fresh sandboxed interpreter (bwrap, seccomp, cgroup), and the probe
 schemas.py       the actions' input and output schemas
 service.py       the actions and the Executor owning pool, sessions, env and template
+session_owners.py  in a cluster, this executor's sessions claimed for its node in Redis
 sessions.py      sessions: one dedicated interpreter each
 tasks.py         the pandas/matplotlib programs of python_analyze and python_visualize
 template.py      the template process's executor side: start, fork one interpreter, replace, fall back

@@ -36,6 +36,7 @@ from services.router.router import Router
 if TYPE_CHECKING:
     from services.library.redis_feed import RedisFeed
     from services.library.redis_nodes import NodeDirectory
+    from services.library.redis_sessions import SessionOwners
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
@@ -90,6 +91,7 @@ class Hub:
                 node=self.registry.node,
                 forward=forwarder,
                 spread=cfg.cluster.replicas == "round_robin",
+                session_owner=self.session_owners.owner if self.session_owners is not None else None,
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -162,6 +164,7 @@ class Hub:
         cfg = self.cfg
         self.redis_feed: RedisFeed | None = None
         self.nodes: NodeDirectory | None = None
+        self.session_owners: SessionOwners | None = None
         limit = tool_bytes_limit(cfg.hub.max_message_bytes)
         if cfg.store.backend != "redis":
             store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
@@ -171,6 +174,7 @@ class Hub:
             return await Registry(store, self.feed, credentials.RESERVED_OWNERS, max_tool_bytes=limit).open()
         from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
         from services.library.redis_nodes import NodeDirectory
+        from services.library.redis_sessions import SessionOwners
         from services.library.redis_store import RedisStore
 
         c = cfg.cluster
@@ -199,6 +203,14 @@ class Hub:
             timeout_s=c.redis_timeout_s,
         )
         self._stack.push_async_callback(self.nodes.close)
+        self.session_owners = SessionOwners(
+            c.redis_url,
+            key_prefix=c.key_prefix,
+            node=c.node(),
+            ttl_s=c.node_ttl_s,
+            timeout_s=c.redis_timeout_s,
+        )
+        self._stack.push_async_callback(self.session_owners.close)
         registry = Registry(
             shared,
             self.feed,
@@ -304,6 +316,7 @@ class Hub:
                 await self.registry.withdraw(entry.tool.tool_id)
 
     async def _attach_inprocess_executor(self) -> None:
+        from services.executor import session_owners
         from services.executor.service import INPROC_NAME, make_server, tool_definition
 
         server = make_server(self.cfg)
@@ -325,6 +338,7 @@ class Hub:
 
         endpoint = f"inproc://{INPROC_NAME}"
         self._stack.push_async_callback(server.close)
+        await self._stack.enter_async_context(session_owners.claimed(self.cfg, server.sessions))
         self._stack.callback(self.router.mount(endpoint, handle))
         await self.registry.register(tool_definition(self.cfg, endpoint), reclaim=True)
 

@@ -10,6 +10,7 @@ a SYSTEM error result saying the session is lost, never a hang and never another
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ async def test_a_session_started_on_node_a_is_used_through_node_b_and_ends_with_
             assert where(h2) == ["hub1", "hub2"]
 
             session = await on_a.new_session("x = 41")
+            r = redis_server.client()  # the owner is recorded under a digest: Redis never holds the id
+            assert r.get(f"toolscore:session:{hashlib.sha256(session.encode()).hexdigest()[:32]}") == b"hub1"
+            assert not [k for k in r.scan_iter() if session.encode() in k or session.encode() in r.dump(k)]
             resp, s = await on_b.code("print(x + 1)", session_id=session)  # node B sends it to A
             assert not resp.is_error and s["stdout"].strip() == "42", resp
             resp, s = await on_b("python_execute", code="x += 1; print(x)", session_id=session)

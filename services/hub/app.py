@@ -146,6 +146,8 @@ class Hub:
                             cfg.hub.health_interval_s,
                             cfg.hub.health_timeout_s,
                             self._wake,
+                            self.nodes.nodes if self.nodes is not None else None,
+                            cfg.cluster.node_ttl_s,
                         ),
                         name="health",
                     )

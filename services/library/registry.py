@@ -79,6 +79,9 @@ class Entry:
     # one first; () for a tool reachable from everywhere, which the router calls as ever.
     routes: tuple[tuple[endpoints.Endpoint, str], ...] = ()
     turn: int = 0  # the router's round robin over `routes`
+    # The nodes whose replica (other than the first, whose health is `health`) was last seen
+    # unhealthy: the router tries them last.
+    down: frozenset[str] = frozenset()
     health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
     calls: int = 0
     successes: int = 0
@@ -153,6 +156,7 @@ def make_entry(tool: tool_pb2.Tool) -> Entry:
         validators=validators,
         admin_actions=admin,
         routes=routes(tool),
+        down=frozenset(r.node_id for r in tool.replicas if r.health == tool_pb2.HEALTH_STATUS_UNHEALTHY),
     )
 
 
@@ -397,6 +401,38 @@ class Registry:
             await self._commit(entry, HEALTH_CHANGED, entry)
             return True
 
+    async def set_replica_health(self, tool_id: str, node: str, health: int) -> bool:
+        """Record the health of `node`'s replica of `tool_id` (the first replica's is the tool's
+        health); a HEALTH_CHANGED event when it changes. False if the tool or replica is gone."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._set_replica_health(tool_id, node, health)
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _set_replica_health(self, tool_id: str, node: str, health: int) -> bool:
+        entry = self._entries.get(tool_id)
+        if entry is not None and entry.tool.node_id == node:
+            return await self.set_health(tool_id, health, endpoint=entry.tool.endpoint)
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None:
+                return False
+            at = next((i for i, r in enumerate(entry.tool.replicas) if r.node_id == node), None)
+            if at is None:
+                return False
+            if entry.tool.replicas[at].health == health:
+                return True
+            tool = tool_pb2.Tool()
+            tool.CopyFrom(entry.tool)
+            tool.replicas[at].health = health  # type: ignore[assignment]
+            changed = make_entry(tool)
+            _keep_usage(changed, entry)
+            changed.health = entry.health
+            await self._commit(changed, HEALTH_CHANGED, entry)
+            return True
+
     async def _commit(self, entry: Entry, kind: int, seen: Entry | None = None) -> int:
         """Store `entry`'s change (`seen`: this tool's entry the decision was made on)."""
         tool_id = entry.tool.tool_id
@@ -459,13 +495,15 @@ class Registry:
         old = self._entries.get(tool_id)
         if event.type == REMOVED:
             self._entries.pop(tool_id, None)
-        elif event.type == HEALTH_CHANGED and old is not None:
+        elif event.type == HEALTH_CHANGED and old is not None and event.tool.replicas == old.tool.replicas:
             old.health = event.tool.health
         else:
             entry = self._entry_of(event.tool)
             if entry is not None:
                 if event.type != INSTALLED and old is not None:  # an install starts from no usage
                     _keep_usage(entry, old)
+                    if event.type == HEALTH_CHANGED:  # a replica's health: the definition with it
+                        entry.health = old.health
                 self._entries[tool_id] = entry
         self.revision = revision
         self._publish(event)

@@ -376,16 +376,25 @@ class Router:
 
     def _order(self, entry: Entry, hop: bool) -> list[tuple[endpoints.Endpoint, str]]:
         """The replicas a call tries, in order: this node's only for a call forwarded here (`hop`);
-        else every node's round robin when spreading, or this node's then the others'."""
+        else every node's round robin when spreading, or this node's then the others', those last
+        seen unhealthy (their node gone) after the rest."""
         routes, here = entry.routes, self._node
         first = entry.turn
         entry.turn = first + 1
         local = _turn([r for r in routes if r[1] == here], first)
         if hop:
             return local
-        if self._spread:
-            return _turn(list(routes), first)
-        return local + _turn([r for r in routes if r[1] != here], first)
+        order = (
+            _turn(list(routes), first)
+            if self._spread
+            else local + _turn([r for r in routes if r[1] != here], first)
+        )
+        down = entry.down
+        if entry.health == tool_pb2.HEALTH_STATUS_UNHEALTHY:  # the first replica's
+            down = down | {entry.tool.node_id}
+        if down:  # a replica last seen unhealthy (its node gone) is tried after the others
+            order = [r for r in order if r[1] not in down] + [r for r in order if r[1] in down]
+        return order
 
     async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
         """Whether a replica's server is connected, found within a bound shorter than most calls:

@@ -14,11 +14,22 @@ import socket
 from pathlib import Path
 from typing import Any
 
+import grpc
+from toolscore.v1 import tool_library_pb2 as lib
+from toolscore.v1 import tool_library_pb2_grpc as lib_grpc
+from toolscore.v1 import tool_pb2
+from toolscore.v1 import toolscore_pb2 as ts
+from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
+
+from services.common import config as config_mod
 from services.common.config import Config, FunctionToolConfig
+from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
-from tests.helpers import grpc_tool
+from tests.helpers import deadline, grpc_tool
 from tests.hub.test_cluster_routing import server_named
 from tests.library.test_redis_registry import shared_cfg
+
+UNHEALTHY = tool_pb2.HEALTH_STATUS_UNHEALTHY
 
 
 def _with_functions(c: Config, *tool_ids: str) -> Config:
@@ -91,3 +102,61 @@ async def test_a_gone_processs_replica_under_a_default_node_id_is_dropped_when_t
         await hub.registry.register(grpc_tool("rep", ep_new))
         # the process `before` named is gone: its replica goes; another machine's node stays
         assert sorted(_where(hub, "rep")) == sorted(["elsewhere", now])
+
+
+async def test_a_replica_of_a_node_that_died_is_recorded_unhealthy_and_is_tried_last(
+    cfg: Config, root: Path, redis_server: Any, start_tool_server: Any, monkeypatch: Any
+) -> None:
+    served: list[str] = []
+    _, ep_a = await start_tool_server({"rep": server_named("a", served)}, name="a")
+    _, ep_b = await start_tool_server({"rep": server_named("b", served)}, name="b")
+    c1, c2 = (
+        config_mod.replace(
+            shared_cfg(cfg, root, redis_server.url, name, health_interval_s=0.1),
+            cluster={"replicas": "round_robin", "node_ttl_s": 2.0},  # dead after 2s unannounced
+        )
+        for name in ("hub1", "ghost")
+    )
+    async with Hub(c1) as h1, grpc.aio.insecure_channel(h1.uds_target or "") as ch:
+        down = asyncio.Event()
+
+        def watch(event: Any) -> None:
+            if any(r.node_id == "ghost" and r.health == UNHEALTHY for r in event.tool.replicas):
+                down.set()
+
+        h1.registry.listeners.append(watch)
+        # it will die: its announcement goes, its replica stays listed (no clean withdrawal)
+        monkeypatch.setattr(Hub, "_withdraw_replicas", _nothing)
+        async with Hub(c2) as ghost:
+            await h1.registry.register(grpc_tool("rep", ep_a))
+            _, _, _, revision = await ghost.registry.register(grpc_tool("rep", ep_b))
+            assert h1.redis_feed is not None
+            await h1.redis_feed.wait_applied(revision)
+            assert not down.is_set()
+        async with deadline(10, "hub 1 to record the dead node's replica unhealthy"):
+            await down.wait()
+        stubs = lib_grpc.ToolLibraryServiceStub(ch)
+        tool = (await stubs.GetTool(lib.GetToolRequest(tool_id="rep"), timeout=5)).tool
+        assert [(r.node_id, r.health) for r in tool.replicas] == [("ghost", UNHEALTHY)]
+
+        asked: list[str] = []
+        forward = h1.router._forward
+        assert forward is not None
+
+        async def spy(node: str, *args: Any) -> Any:
+            asked.append(node)
+            return await forward(node, *args)
+
+        monkeypatch.setattr(h1.router, "_forward", spy)
+        served.clear()
+        toolscore = ts_grpc.ToolScoreServiceStub(ch)
+        for i in range(4):  # round robin: without the health, every other call would try it first
+            req = ts.ExecuteToolRequest(
+                tool_id="rep", action="echo", arguments=dict_to_struct({"text": str(i)})
+            )
+            assert not (await toolscore.ExecuteTool(req, timeout=10)).is_error
+        assert served == ["a"] * 4 and asked == []
+
+
+async def _nothing(hub: Hub) -> None:
+    return None

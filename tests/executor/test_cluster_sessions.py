@@ -9,8 +9,12 @@ a SYSTEM error result saying the session is lost, never a hang and never another
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor.app import ExecutorProcess, listen_address
 from services.hub.app import Hub
+from tests.conftest import REPO
 from tests.executor.conftest import TOOL, Call
 from tests.helpers import deadline
 from tests.library.test_redis_registry import shared_cfg
@@ -128,3 +133,45 @@ async def test_an_edge_leaves_session_calls_to_its_hub_so_a_session_it_started_i
 
             theirs = await on_a.new_session("w = 5")  # on node A's executor: the edge's hub sends it there
             assert (await on_edge("print(w)", session_id=theirs))["stdout"].strip() == "5"
+
+
+async def test_a_session_whose_executor_process_was_killed_ends_with_a_clear_error_through_either_node(
+    xcfg: Config, root: Path, redis_server: Any
+) -> None:
+    c1, c2 = (shared_cfg(xcfg, root, redis_server.url, name) for name in ("hub1", "hub2"))
+    async with Hub(c1) as h1, Hub(c2) as h2, executor_of(c2, h2) as on_b:
+        registered = asyncio.Event()
+        h1.registry.listeners.append(lambda event: "hub1" in where(h1) and registered.set())
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TOOLSCORE_")}
+        env.update(
+            {
+                "TOOLSCORE_PATHS__ROOT": c1.paths.root,
+                "TOOLSCORE_STORE__BACKEND": "redis",
+                "TOOLSCORE_FEED__BACKEND": "redis",
+                "TOOLSCORE_CLUSTER__REDIS_URL": redis_server.url,
+                "TOOLSCORE_CLUSTER__NODE_ID": "hub1",
+                "TOOLSCORE_EXECUTOR__POOL_SIZE": "1",
+                "TOOLSCORE_EXECUTOR__ENV_AUTOCREATE": "false",
+                "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
+                "TOOLSCORE_HUB__UVLOOP": "false",
+            }
+        )
+        proc = subprocess.Popen([sys.executable, "-m", "services.executor"], cwd=REPO, env=env)
+        try:
+            async with deadline(60, "node A's executor process to register"):
+                await registered.wait()
+            async with grpc.aio.insecure_channel(h1.uds_target or "") as ch:
+                on_a = Call(ts_grpc.ToolScoreServiceStub(ch), on_b.executor)  # calls through hub 1
+                session = await on_a.new_session("v = 3")
+                resp, s = await on_b.code("print(v)", session_id=session)
+                assert not resp.is_error and s["stdout"].strip() == "3", resp
+                proc.kill()  # kill -9: its claim stays until it expires, its socket is gone
+                proc.wait(10)
+                for stubs in (on_b, on_a):  # through the other node, and through its own
+                    resp, _ = await stubs.code("print(v)", session_id=session, deadline=20)
+                    assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_SYSTEM, resp
+                    assert "hub1" in resp.error.message and "lost" in resp.error.message
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

@@ -4,7 +4,8 @@ It holds the catalog (curated + remote registries), the installer, one
 ServerRunner per installed or federated server, and the fleet's handler mounted on
 the hub's router for the `mcp` scheme (unmounted on exit). Entering it brings every
 persisted server back (registered and connected, or marked unhealthy and retrying)
-before the hub serves.
+before the hub serves. In a cluster, installs and uninstalls run on every hub node and
+each node converges to the installed set in Redis (cluster.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
@@ -206,8 +206,17 @@ async def install(request: web.Request, client: DiscoveryClient) -> dict[str, An
         "server": server_json(resp.server),
         "installed_tools": [resp.server.tool_id],
         "progress": [{"progress": p.progress, "message": p.message} for p in resp.progress],
+        "nodes": _nodes_json(resp.nodes),
         "processing_time_ms": _ms(start),
     }
+
+
+def _nodes_json(nodes: Iterable[pb.NodeOutcome]) -> list[dict[str, Any]]:
+    """In a cluster, what an install or uninstall did on each other hub node (docs/cluster.md)."""
+    return [
+        {"node_id": n.node_id, "ok": n.ok, "reason": n.error_reason, "message": n.error_message}
+        for n in nodes
+    ]
 
 
 async def list_servers(request: web.Request, client: DiscoveryClient) -> dict[str, Any]:
@@ -229,6 +238,7 @@ async def uninstall(request: web.Request, client: DiscoveryClient) -> dict[str, 
         "message": f"uninstalled {resp.server.name}",
         "server": server_json(resp.server),
         "removed_tool_ids": list(resp.removed_tool_ids),
+        "nodes": _nodes_json(resp.nodes),
     }
 
 

@@ -112,7 +112,10 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
         # In a cluster (docs/cluster.md): the node that holds a node-local endpoint, and one replica
         # per node that serves the tool; "" and [] on a single hub.
         "node_id": tool.node_id,
-        "replicas": [{"endpoint": r.endpoint, "node_id": r.node_id} for r in tool.replicas],
+        "replicas": [
+            {"endpoint": r.endpoint, "node_id": r.node_id, "health": HEALTH_NAMES.get(r.health, "unknown")}
+            for r in tool.replicas
+        ],
     }
 
 

@@ -220,6 +220,8 @@ class ClusterConfig:
     node_ttl_s: float = 15.0  # a node's announcement expires this long after its last heartbeat
     # How a call picks among a tool's replicas: local_first (this node's, else a hop) | round_robin.
     replicas: str = "local_first"
+    # How many hub nodes run each installed catalog server (its replicas); 0: every hub node.
+    install_replicas: int = 0
 
     def node(self) -> str:
         """This process's node id: the configured one, else hostname and pid."""
@@ -420,6 +422,8 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             f"cluster.replicas: {cfg.cluster.replicas!r} is not one of {', '.join(REPLICA_CHOICES)}"
         )
+    if cfg.cluster.install_replicas < 0:
+        raise ConfigError("cluster.install_replicas must be >= 0 (0: every hub node)")
     if (cfg.store.backend == "redis") != (cfg.feed.backend == "redis"):
         # A shared store without the shared feed would miss other hubs' changes, and the reverse
         # would carry events no store recorded.

@@ -15,6 +15,9 @@ server_runner.py    one server's life: connect, list tools, health, restart with
 fleet.py            the running servers: registration, health, restore, the handler mounted for mcp://
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
+installed_set.py    the cluster's installed servers on Redis, what every hub node converges to
+peers.py            an install or uninstall asked of every other hub node, each outcome reported
+cluster.py          installs in a cluster: on every node, recorded, converged on start and on change
 discovery.py        Discovery: the async context manager the hub owns
 servicer.py         the gRPC RPCs on ToolScoreService
 client.py           a thin async gRPC client (the edge's REST routes, the runtime)

@@ -4,7 +4,8 @@ It holds the catalog (curated + remote registries), the installer, one
 ServerRunner per installed or federated server, and the fleet's handler mounted on
 the hub's router for the `mcp` scheme (unmounted on exit). Entering it brings every
 persisted server back (registered and connected, or marked unhealthy and retrying)
-before the hub serves.
+before the hub serves. In a cluster, installs and uninstalls run on every hub node and
+each node converges to the installed set in Redis (cluster.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from services.common.config import Config
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidRequest, NotFound
 from services.discovery import catalog as catalog_mod
 from services.discovery import disk, gap, identifiers, mapping, policy, ranking
+from services.discovery.cluster import ClusterInstalls
 from services.discovery.fleet import Fleet
+from services.discovery.installed_set import InstalledSet
 from services.discovery.installer import Installer, Progress
+from services.discovery.peers import Peers
 from services.discovery.remote_registry import RegistryUnreachable, RemoteRegistry
 from services.discovery.sandbox import Sandboxes, probe
 from services.discovery.server_runner import ServerRunner
 from services.discovery.state import ServerRecord, StateFile
+from services.library.redis_nodes import NodeDirectory
 from services.library.registry import Registry
 from services.router.router import Router
 
@@ -40,8 +45,13 @@ _WATCH_QUEUE = 256
 class Discovery:
     """Gap analysis, catalog search, install/uninstall and supervision of MCP servers."""
 
-    def __init__(self, cfg: Config, registry: Registry, router: Router) -> None:
+    def __init__(
+        self, cfg: Config, registry: Registry, router: Router, nodes: NodeDirectory | None = None
+    ) -> None:
         self.cfg, self.dcfg = cfg, cfg.discovery
+        # In a cluster (the hub's node directory given): installs on every node (cluster.py).
+        self._nodes = nodes
+        self.cluster: ClusterInstalls | None = None
         self.registry, self.router = registry, router
         self.install_dir = cfg.path(self.dcfg.install_dir)
         self.installer = Installer(self.dcfg, self.install_dir)
@@ -90,6 +100,8 @@ class Discovery:
             self.records = _one_record_per_tool_id(self.state.load())
             self._adopt_curated_env()
             await self.fleet.restore(self.records.values())
+            if self._nodes is not None:
+                self._join_cluster(self._nodes)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -103,6 +115,38 @@ class Discovery:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    def _join_cluster(self, nodes: NodeDirectory) -> None:
+        """Install on every node from now on, and converge to the cluster's installed set in the
+        background (this node serves meanwhile with what it restored)."""
+        c = self.cfg.cluster
+        installed = InstalledSet(c.redis_url, key_prefix=c.key_prefix, timeout_s=c.redis_timeout_s)
+        self._stack.push_async_callback(installed.close)
+        peers = Peers(
+            nodes.node,
+            nodes.nodes,
+            admin_token=self.cfg.auth.admin_token,
+            max_message_bytes=self.cfg.hub.max_message_bytes,
+        )
+        self._stack.push_async_callback(peers.close)
+        cluster = self.cluster = ClusterInstalls(
+            self,
+            installed,
+            peers,
+            replicas=c.install_replicas,
+            backoff_s=c.reconnect_backoff_s,
+            backoff_max_s=c.reconnect_backoff_max_s,
+        )
+        self.registry.listeners.append(cluster.on_event)
+        self._stack.callback(self.registry.listeners.remove, cluster.on_event)
+        task = asyncio.create_task(cluster.run(), name="installs-reconcile")
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        self._stack.push_async_callback(stop)
 
     @property
     def runners(self) -> dict[str, ServerRunner]:
@@ -234,81 +278,95 @@ class Discovery:
 
     # -- install / uninstall ---------------------------------------------------
 
-    def _lock(self, name: str) -> asyncio.Lock:
-        return self._locks.setdefault(name, asyncio.Lock())
+    def lock(self, tool_id: str) -> asyncio.Lock:
+        """The lock an install or uninstall of `tool_id` holds here: by tool id, so two names with
+        one id never install side by side."""
+        return self._locks.setdefault(tool_id, asyncio.Lock())
 
-    async def install(self, name: str, version: str = "", remote_url: str = "") -> pb.InstallServerResponse:
-        """Install (or federate) and start a server; on any failure nothing is left behind."""
+    async def install(
+        self, name: str, version: str = "", remote_url: str = "", *, forwarded: bool = False
+    ) -> pb.InstallServerResponse:
+        """Install (or federate) and start a server; on any failure nothing is left behind. In a
+        cluster, on every hub node (cluster.py), unless another node `forwarded` it here."""
         if not name:
             raise InvalidRequest("name is required", reason="MISSING_NAME")
+        if self.cluster is not None and not forwarded:
+            return await self.cluster.install(name, version, remote_url)
         tool_id = catalog_mod.tool_id_for(name)
-        async with self._lock(tool_id):  # by tool id: two names with one id never install side by side
-            steps: list[pb.InstallProgress] = []
-            if remote_url:
-                server = self._adhoc_remote(name, remote_url)
-            else:
-                server = await self.find(name)
-            existing = self.records.get(server.name)
-            self._refuse_id_collision(server.name, tool_id)
-            pkg = policy.choose_package(self.dcfg, server)
-            wanted = version or (pkg.version if pkg else server.version)
-            if existing is not None:
-                if existing.version == wanted or not version:
-                    return pb.InstallServerResponse(server=self._describe(existing), already_installed=True)
-                raise FailedPrecondition(
-                    f"{server.name} is installed at {existing.version}; "
-                    f"uninstall it before installing {wanted}",
-                    reason="ALREADY_INSTALLED_OTHER_VERSION",
-                    metadata={"installed": existing.version},
-                )
-            if pkg is not None:  # before the policy: a glob must never match a URL or an option
-                identifiers.check(pkg.registry_type, pkg.identifier)
-            if not remote_url:
-                denied = policy.denial(self.dcfg, server, version)
-                if denied:
-                    raise FailedPrecondition(
-                        f"installing {server.name} is not allowed: {denied}",
-                        reason="INSTALL_NOT_ALLOWED",
-                        metadata={"name": server.name},
-                    )
-            if pkg is not None and self.sandboxes is not None:
-                self.sandboxes.check(server.name)  # before fetching anything
-            owner = self.registry.entry(tool_id)
-            if owner is not None and owner.tool.owner != mapping.OWNER:
-                raise FailedPrecondition(
-                    f"tool id {tool_id} is already registered by {owner.tool.owner}",
-                    reason="TOOL_ID_TAKEN",
-                    metadata={"tool_id": tool_id},
-                )
-            live = pb.InstalledServer(
-                name=server.name,
-                tool_id=tool_id,
-                endpoint=f"mcp://{tool_id}",
-                version=wanted,
-                state=pb.SERVER_STATE_INSTALLING,
+        async with self.lock(tool_id):
+            server = await self.resolve(name, remote_url)
+            return await self.install_locked(server, version, remote_url)
+
+    async def resolve(self, name: str, remote_url: str = "") -> pb.CatalogServer:
+        """The catalog entry an install of `name` uses (an ad-hoc one for a remote URL)."""
+        return self._adhoc_remote(name, remote_url) if remote_url else await self.find(name)
+
+    async def install_locked(
+        self, server: pb.CatalogServer, version: str, remote_url: str = ""
+    ) -> pb.InstallServerResponse:
+        """`install` of the entry `server` on this node, under `lock(tool id)`."""
+        tool_id = catalog_mod.tool_id_for(server.name)
+        steps: list[pb.InstallProgress] = []
+        existing = self.records.get(server.name)
+        self._refuse_id_collision(server.name, tool_id)
+        pkg = policy.choose_package(self.dcfg, server)
+        wanted = version or (pkg.version if pkg else server.version)
+        if existing is not None:
+            if existing.version == wanted or not version:
+                return pb.InstallServerResponse(server=self._describe(existing), already_installed=True)
+            raise FailedPrecondition(
+                f"{server.name} is installed at {existing.version}; uninstall it before installing {wanted}",
+                reason="ALREADY_INSTALLED_OTHER_VERSION",
+                metadata={"installed": existing.version},
             )
-            self.installing[server.name] = live
+        if pkg is not None:  # before the policy: a glob must never match a URL or an option
+            identifiers.check(pkg.registry_type, pkg.identifier)
+        if not remote_url:
+            denied = policy.denial(self.dcfg, server, version)
+            if denied:
+                raise FailedPrecondition(
+                    f"installing {server.name} is not allowed: {denied}",
+                    reason="INSTALL_NOT_ALLOWED",
+                    metadata={"name": server.name},
+                )
+        if pkg is not None and self.sandboxes is not None:
+            self.sandboxes.check(server.name)  # before fetching anything
+        owner = self.registry.entry(tool_id)
+        if owner is not None and owner.tool.owner != mapping.OWNER:
+            raise FailedPrecondition(
+                f"tool id {tool_id} is already registered by {owner.tool.owner}",
+                reason="TOOL_ID_TAKEN",
+                metadata={"tool_id": tool_id},
+            )
+        live = pb.InstalledServer(
+            name=server.name,
+            tool_id=tool_id,
+            endpoint=f"mcp://{tool_id}",
+            version=wanted,
+            state=pb.SERVER_STATE_INSTALLING,
+        )
+        self.installing[server.name] = live
 
-            def progress(p: float, message: str, server_now: pb.InstalledServer | None = None) -> None:
-                live.progress, live.status_message = p, message
-                step = pb.InstallProgress(progress=p, message=message)
-                step.time.GetCurrentTime()
-                steps.append(step)
-                log.info("install %s: %3.0f%% %s", server.name, p * 100, message)
-                self._publish(pb.WatchInstallsResponse(server=server_now or live, step=step))
+        def progress(p: float, message: str, server_now: pb.InstalledServer | None = None) -> None:
+            live.progress, live.status_message = p, message
+            step = pb.InstallProgress(progress=p, message=message)
+            step.time.GetCurrentTime()
+            steps.append(step)
+            log.info("install %s: %3.0f%% %s", server.name, p * 100, message)
+            self._publish(pb.WatchInstallsResponse(server=server_now or live, step=step))
 
-            try:
-                record = await self._install(server, pkg, wanted, tool_id, progress, live)
-            except BaseException as exc:
-                live.state = pb.SERVER_STATE_STOPPED
-                progress(live.progress, f"failed: {getattr(exc, 'message', None) or type(exc).__name__}")
-                raise
-            finally:
-                self.installing.pop(server.name, None)
-            done = self._describe(record)
-            progress(1.0, f"running with {len(done.tools)} tools", done)
-            done.status_message = live.status_message
-            return pb.InstallServerResponse(server=done, progress=steps)
+        try:
+            record = await self._install(server, pkg, wanted, tool_id, progress, live)
+        except BaseException as exc:
+            live.state = pb.SERVER_STATE_STOPPED
+            progress(live.progress, f"failed: {getattr(exc, 'message', None) or type(exc).__name__}")
+            raise
+        finally:
+            self.installing.pop(server.name, None)
+        done = self._describe(record)
+        progress(1.0, f"running with {len(done.tools)} tools", done)
+        done.status_message = live.status_message
+        return pb.InstallServerResponse(server=done, progress=steps)
 
     def _refuse_id_collision(self, name: str, tool_id: str) -> None:
         """AlreadyExists when another installed server has the tool id `name` maps to (`a.b/c` and
@@ -429,23 +487,35 @@ class Discovery:
         s.remotes.add(transport_type="streamable-http", url=url)
         return s
 
-    async def uninstall(self, name: str) -> pb.UninstallServerResponse:
-        record = self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
+    def record_named(self, name: str) -> ServerRecord | None:
+        """The server installed here under `name` (or with `name` as its tool id)."""
+        return self.records.get(name) or next((r for r in self.records.values() if r.tool_id == name), None)
+
+    async def uninstall(self, name: str, *, forwarded: bool = False) -> pb.UninstallServerResponse:
+        """Stop a server, remove its tool and its files. In a cluster, on every hub node
+        (cluster.py), unless another node `forwarded` it here."""
+        if self.cluster is not None and not forwarded:
+            return await self.cluster.uninstall(name)
+        record = self.record_named(name)
         if record is None:
             raise NotFound(
                 f"no installed server named {name!r}", reason="SERVER_NOT_INSTALLED", metadata={"name": name}
             )
-        async with self._lock(record.tool_id):
-            described = self._describe(record)
-            removed = await self.fleet.discard(record.tool_id)
-            self.records.pop(record.name, None)
-            self.state.save(self.records)
-            self.installer.remove(record.tool_id)
-            described.state = pb.SERVER_STATE_STOPPED
-            log.info("uninstalled %s", record.name)
-            return pb.UninstallServerResponse(
-                server=described, removed_tool_ids=[record.tool_id] if removed else []
-            )
+        async with self.lock(record.tool_id):
+            return await self.uninstall_locked(record)
+
+    async def uninstall_locked(self, record: ServerRecord) -> pb.UninstallServerResponse:
+        """`uninstall` of `record` on this node (its replica), under `lock(its tool id)`."""
+        described = self._describe(record)
+        removed = await self.fleet.discard(record.tool_id)
+        self.records.pop(record.name, None)
+        self.state.save(self.records)
+        self.installer.remove(record.tool_id)
+        described.state = pb.SERVER_STATE_STOPPED
+        log.info("uninstalled %s", record.name)
+        return pb.UninstallServerResponse(
+            server=described, removed_tool_ids=[record.tool_id] if removed else []
+        )
 
     async def server_log(self, name: str, max_bytes: int) -> pb.GetServerLogResponse:
         """The last `max_bytes` of an installed server's stderr log (NotFound when not installed).

@@ -87,15 +87,15 @@ class Fleet:
         return runner
 
     async def discard(self, tool_id: str) -> bool:
-        """Stop a server and deregister its tool; True when a tool was deregistered."""
+        """Stop a server and withdraw its tool (in a cluster, this node's replica); True when
+        something was removed."""
         runner = self.runners.pop(tool_id, None)
         if runner is not None:
             await runner.stop()
         entry = self.registry.entry(tool_id)
         if entry is None or entry.tool.owner != mapping.OWNER:
             return False
-        await self.registry.deregister(tool_id)
-        return True
+        return await self.registry.withdraw(tool_id)
 
     async def restore(self, records: Iterable[ServerRecord]) -> None:
         """Start every persisted server (each gets one bounded attempt, then retries in the background),
@@ -104,7 +104,7 @@ class Fleet:
         owned = {r.tool_id for r in records}
         for entry in self.registry.entries():
             if entry.tool.owner == mapping.OWNER and entry.tool.tool_id not in owned:
-                await self.registry.deregister(entry.tool.tool_id)
+                await self.registry.withdraw(entry.tool.tool_id)  # in a cluster: this node's replica
         if self.install_dir.is_dir():
             for d in self.install_dir.iterdir():
                 if d.is_dir() and d.name not in owned:

@@ -12,6 +12,7 @@ from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.errors import InvalidRequest
 from services.discovery.discovery import Discovery
+from services.router.forward import FORWARDED_KEY
 
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolScoreService"
@@ -21,6 +22,12 @@ PROTECTED = frozenset(
     {f"/{SERVICE}/InstallServer", f"/{SERVICE}/UninstallServer", f"/{SERVICE}/GetServerLog"}
 )
 MAX_LOG_BYTES = 256 * 1024
+
+
+def _forwarded(context: grpc.aio.ServicerContext) -> bool:
+    """Whether another node of a cluster sent this install or uninstall here, to be done on this
+    node only (services/discovery/peers.py)."""
+    return any(key == FORWARDED_KEY for key, _ in context.invocation_metadata() or ())
 
 
 class DiscoveryServicer:
@@ -53,13 +60,15 @@ class DiscoveryServicer:
         self, request: pb.InstallServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.InstallServerResponse:
         log.info("install %s requested (request_id %s)", request.name, request.request_id or "-")
-        return await self.discovery.install(request.name, request.version, request.remote_url)
+        return await self.discovery.install(
+            request.name, request.version, request.remote_url, forwarded=_forwarded(context)
+        )
 
     async def UninstallServer(
         self, request: pb.UninstallServerRequest, context: grpc.aio.ServicerContext
     ) -> pb.UninstallServerResponse:
         log.info("uninstall %s requested (request_id %s)", request.name, request.request_id or "-")
-        return await self.discovery.uninstall(request.name)
+        return await self.discovery.uninstall(request.name, forwarded=_forwarded(context))
 
     async def ListServers(
         self, request: pb.ListServersRequest, context: grpc.aio.ServicerContext

@@ -10,6 +10,7 @@ pool.py          the warm pool of interpreters started ahead of demand; a one-ca
 registration.py  keeps a tool server registered with the hub, across hub restarts
 sandbox.py       starting one fresh sandboxed interpreter (bwrap, seccomp, cgroup; its process), and the probe
 schemas.py       the actions' input and output schemas
+session_owners.py  in a cluster, this executor's sessions claimed for its node in Redis
 sessions.py      sessions: one dedicated interpreter each
 tasks.py         the pandas/matplotlib programs of python_analyze and python_visualize
 template.py      the template process's executor side: start, fork one interpreter, replace, fall back

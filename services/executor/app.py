@@ -12,6 +12,7 @@ from services.common.config import Config
 from services.common.contract import add_tool_executor
 from services.common.credentials import CredentialFile
 from services.common.grpc_server import MeshServer, ServiceBinding
+from services.executor import session_owners
 from services.executor.actions import make_server, tool_definition
 from services.executor.registration import keep_registered
 from services.toolkit.server import SERVICE
@@ -27,6 +28,8 @@ class ExecutorProcess:
     async def __aenter__(self) -> ExecutorProcess:
         self.executor = make_server(self.cfg)
         await self.executor.start()
+        self._claims = session_owners.claimed(self.cfg, self.executor.sessions)
+        await self._claims.__aenter__()
         self.server = MeshServer(
             [ServiceBinding(SERVICE, self.executor, add_tool_executor)],
             [self._listen],
@@ -35,6 +38,7 @@ class ExecutorProcess:
         try:
             await self.server.__aenter__()
         except BaseException:
+            await self._claims.__aexit__(None, None, None)
             await self.executor.close()
             raise
         if self.executor.refusal:  # the hub's health checks mark the tool unhealthy; calls get the reason
@@ -63,6 +67,7 @@ class ExecutorProcess:
         try:
             await self.server.stop()
         finally:
+            await self._claims.__aexit__(None, None, None)
             await self.executor.close()
 
 

@@ -27,6 +27,7 @@ import secrets
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from services.executor.interpreter import Worker
 from services.executor.pool import WarmPool
@@ -34,6 +35,14 @@ from services.executor.pool import WarmPool
 log = logging.getLogger(__name__)
 ID_BYTES = 24  # 192 bits: 32 URL-safe characters
 STRAY_EXIT_S = 1.0  # how long a call's end waits for the processes it killed to be gone
+
+
+class Owners(Protocol):
+    """Where a cluster records which node holds each session (services/library/redis_sessions.py)."""
+
+    async def claim(self, session_id: str) -> None: ...
+
+    async def release(self, session_id: str) -> None: ...
 
 
 class SessionLimit(Exception):
@@ -67,6 +76,13 @@ class Sessions:
         self._wake = asyncio.Event()
         self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="session-reaper")
         self.expired = 0
+        # In a cluster: a session is claimed for this node before the call that started it answers
+        # (other nodes route its calls here), and released when it ends.
+        self.owners: Owners | None = None
+
+    def ids(self) -> list[str]:
+        """The ids of the live sessions."""
+        return list(self._sessions)
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -96,6 +112,8 @@ class Sessions:
         session = Session(secrets.token_urlsafe(ID_BYTES), worker)
         self._sessions[session.session_id] = session
         self._wake.set()
+        if self.owners is not None:
+            await self.owners.claim(session.session_id)
         log.info("session %s… started", session.tag)
         return session
 
@@ -134,6 +152,8 @@ class Sessions:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
+        if self.owners is not None:
+            await self.owners.release(session_id)
         await session.worker.close()
         waiter = self._ended.pop(session_id, None)
         if waiter is not None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,7 @@ from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
 from services.hub.servicer import ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
+from services.library.placement import stale_here
 from services.library.registry import Entry, Registry
 from services.library.search_index import SearchIndex
 from services.library.store import SqliteStore
@@ -33,6 +37,7 @@ from services.router.router import Router
 if TYPE_CHECKING:
     from services.library.redis_feed import RedisFeed
     from services.library.redis_nodes import NodeDirectory
+    from services.library.redis_sessions import SessionOwners
 
 log = logging.getLogger(__name__)
 HUB_OWNER = "toolscore-hub"
@@ -87,6 +92,7 @@ class Hub:
                 node=self.registry.node,
                 forward=forwarder,
                 spread=cfg.cluster.replicas == "round_robin",
+                session_owner=self.session_owners.owner if self.session_owners is not None else None,
             )
             await self._register_functions()
             if cfg.executor.use_inprocess_python_executor:
@@ -97,7 +103,7 @@ class Hub:
                 from services.discovery.discovery import Discovery
 
                 self.discovery = await self._stack.enter_async_context(
-                    Discovery(cfg, self.registry, self.router)
+                    Discovery(cfg, self.registry, self.router, self.nodes)
                 )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED
@@ -136,6 +142,8 @@ class Hub:
             if self.redis_feed is not None:
                 self._tasks.append(asyncio.create_task(self._report_store_health(), name="store-health"))
             await self._announce()
+            if self.nodes is not None:  # on exit, before the announcement goes
+                self._stack.push_async_callback(self._withdraw_replicas)
             if cfg.hub.health_interval_s > 0:  # 0 disables health checks
                 self._tasks.append(
                     asyncio.create_task(
@@ -145,6 +153,8 @@ class Hub:
                             cfg.hub.health_interval_s,
                             cfg.hub.health_timeout_s,
                             self._wake,
+                            self.nodes.nodes if self.nodes is not None else None,
+                            cfg.cluster.node_ttl_s,
                         ),
                         name="health",
                     )
@@ -163,6 +173,7 @@ class Hub:
         cfg = self.cfg
         self.redis_feed: RedisFeed | None = None
         self.nodes: NodeDirectory | None = None
+        self.session_owners: SessionOwners | None = None
         limit = tool_bytes_limit(cfg.hub.max_message_bytes)
         if cfg.store.backend != "redis":
             store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
@@ -176,6 +187,7 @@ class Hub:
             return registry
         from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
         from services.library.redis_nodes import NodeDirectory
+        from services.library.redis_sessions import SessionOwners
         from services.library.redis_store import RedisStore
 
         c = cfg.cluster
@@ -204,6 +216,14 @@ class Hub:
             timeout_s=c.redis_timeout_s,
         )
         self._stack.push_async_callback(self.nodes.close)
+        self.session_owners = SessionOwners(
+            c.redis_url,
+            key_prefix=c.key_prefix,
+            node=c.node(),
+            ttl_s=c.node_ttl_s,
+            timeout_s=c.redis_timeout_s,
+        )
+        self._stack.push_async_callback(self.session_owners.close)
         registry = Registry(
             shared,
             self.feed,
@@ -211,6 +231,7 @@ class Hub:
             max_tool_bytes=limit,
             follower=self.feed,
             node=self.nodes.node,
+            stale=functools.partial(stale_here, hostname=socket.gethostname(), me=os.getpid()),
         )
         await registry.open()
         await self._open_index(registry)  # before the follower applies anything: it misses nothing
@@ -262,6 +283,18 @@ class Hub:
         await nodes.started()  # a hub that has started can be found by the others
         log.info("node %s advertises %s", self.nodes.node, address)
 
+    async def _withdraw_replicas(self) -> None:
+        """A clean stop in a cluster: this node's replicas of tools other nodes also serve are
+        withdrawn, so no call is tried here meanwhile; a tool only this node serves stays listed
+        (it is this node's to serve again when it is back, as on one hub)."""
+        assert self.nodes is not None
+        for entry in self.registry.entries():
+            try:
+                await self.registry.withdraw(entry.tool.tool_id, keep_last=True)
+            except Unavailable as exc:  # Redis away: calls pass the replica on while it is unannounced
+                log.warning("replicas of node %s not withdrawn: %s", self.nodes.node, exc.message)
+                return
+
     async def _report_store_health(self) -> None:
         """STORE_HEALTH follows the shared store: NOT_SERVING while it cannot be followed."""
         from grpc_health.v1 import health_pb2
@@ -300,9 +333,11 @@ class Hub:
             wanted.add(fc.tool_id)
         for entry in self.registry.entries():  # drop function tools no longer configured
             if entry.tool.owner == HUB_OWNER and entry.tool.tool_id not in wanted:
-                await self.registry.deregister(entry.tool.tool_id)
+                # In a cluster only this node's replica: another hub's list is its own.
+                await self.registry.withdraw(entry.tool.tool_id)
 
     async def _attach_inprocess_executor(self) -> None:
+        from services.executor import session_owners
         from services.executor.actions import INPROC_NAME, make_server, tool_definition
 
         server = make_server(self.cfg)
@@ -324,6 +359,7 @@ class Hub:
 
         endpoint = f"inproc://{INPROC_NAME}"
         self._stack.push_async_callback(server.close)
+        await self._stack.enter_async_context(session_owners.claimed(self.cfg, server.sessions))
         self._stack.callback(self.router.mount(endpoint, handle))
         await self.registry.register(tool_definition(self.cfg, endpoint), reclaim=True)
 

@@ -10,6 +10,7 @@ feed.py         the EventFeed interface and its in-process fan-out of committed 
 redis_store.py  the registry store on Redis: several hubs share one registry (docs/config/cluster.md)
 redis_feed.py   the event feed on Redis: one follower per process tails the shared stream and applies it
 redis_nodes.py  each hub's advertised address under a TTL'd Redis key (heartbeat), looked up to forward
+redis_sessions.py  which node's executor holds each session: claimed with a TTL, looked up to route its calls
 placement.py    the node that holds a node-local endpoint, and one replica per node (cluster)
 servicer.py     ToolLibraryService: gRPC requests translated to Registry calls
 """

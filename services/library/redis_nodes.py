@@ -1,6 +1,8 @@
 """The cluster's nodes on Redis: each hub announces its advertised gRPC address under a TTL'd key
 (`<prefix>node:<node id>`, renewed every third of the TTL: its heartbeat), and finds another
-node's address there when it forwards a call (services/router/forward.py).
+node's address there when it forwards a call (services/router/forward.py). The set
+`<prefix>nodes` names every node that announced itself (and did not withdraw), so the nodes alive
+can be listed (`nodes`: those whose announcement has not expired) without scanning the keyspace.
 
 Only forwarded calls ask, and each node's address is kept in memory for a third of the TTL, so
 the hot path of a local call never reaches Redis; a Redis that does not answer leaves the last
@@ -17,6 +19,8 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.common.redis_calls import redis_deadline
+
 log = logging.getLogger(__name__)
 
 
@@ -28,6 +32,7 @@ class NodeDirectory:
     ) -> None:
         self.node = node
         self._prefix = f"{key_prefix}node:"
+        self._members = f"{key_prefix}nodes"
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self._refresh_s = ttl_s / 3
         self._timeout = timeout_s
@@ -43,7 +48,10 @@ class NodeDirectory:
     async def announce(self, address: str) -> None:
         """Announce this node at `address` for one TTL (raises on a Redis failure)."""
         async with asyncio.timeout(self._timeout):
-            await self._redis.set(self.key(self.node), address, px=self._ttl_ms)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self.key(self.node), address, px=self._ttl_ms)
+                pipe.sadd(self._members, self.node)
+                await pipe.execute()
 
     async def heartbeat(self, address: str, stop: asyncio.Event) -> None:
         """Announce this node now and every third of the TTL until `stop` is set; a failure is
@@ -73,7 +81,10 @@ class NodeDirectory:
         """Remove this node's announcement (a clean stop: others stop forwarding here at once)."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._redis.delete(self.key(self.node))
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.delete(self.key(self.node))
+                    pipe.srem(self._members, self.node)
+                    await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("node %s not withdrawn (it expires): %s", self.node, exc)
 
@@ -92,6 +103,26 @@ class NodeDirectory:
         address = raw.decode() if isinstance(raw, bytes) else (raw or "")
         self._known[node] = (address, now)
         return address
+
+    async def nodes(self) -> dict[str, str]:
+        """Every node announced now, with its address (this one included); raises Unavailable
+        (NODES_UNAVAILABLE) when Redis does not answer. Nodes whose announcement expired (they
+        died) are dropped from the set on the way."""
+        async with redis_deadline(self._timeout, "the node directory (Redis)", "NODES_UNAVAILABLE"):
+            members = sorted(
+                m.decode() if isinstance(m, bytes) else m for m in await self._redis.smembers(self._members)
+            )
+            if not members:
+                return {}
+            raw = await self._redis.mget([self.key(m) for m in members])
+            gone = [m for m, a in zip(members, raw, strict=True) if a is None]
+            if gone:
+                await self._redis.srem(self._members, *gone)
+        return {
+            m: a.decode() if isinstance(a, bytes) else a
+            for m, a in zip(members, raw, strict=True)
+            if a is not None
+        }
 
     async def close(self) -> None:
         """Close the connections."""

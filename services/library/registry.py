@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,7 +36,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.library.feed import EventFeed
-from services.library.placement import place, routes
+from services.library.placement import place, routes, unplace
 from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool, deferred_validators
 
@@ -87,6 +87,9 @@ class Entry:
     # one first; () for a tool reachable from everywhere, which the router calls as ever.
     routes: tuple[tuple[endpoints.Endpoint, str], ...] = ()
     turn: int = 0  # the router's round robin over `routes`
+    # The nodes whose replica (other than the first, whose health is `health`) was last seen
+    # unhealthy: the router tries them last.
+    down: frozenset[str] = frozenset()
     health: int = tool_pb2.HEALTH_STATUS_UNSPECIFIED
     calls: int = 0
     successes: int = 0
@@ -156,7 +159,7 @@ def _keep_usage(entry: Entry, old: Entry) -> None:
 # Shared by every entry that has them (each of ~200 bytes, with 100,000 tools): an endpoint is
 # immutable, and most tools have no admin-only action.
 _endpoint = functools.lru_cache(maxsize=4096)(endpoints.parse)
-_NO_ACTIONS: frozenset[str] = frozenset()
+_NO_ACTIONS: frozenset[str] = frozenset()  # also the empty set of nodes down
 
 
 def make_entry(tool: tool_pb2.Tool) -> Entry:
@@ -171,6 +174,8 @@ def make_entry(tool: tool_pb2.Tool) -> Entry:
         admin_actions=admin,
         routes=routes(tool),
         definition=definition,
+        down=frozenset(r.node_id for r in tool.replicas if r.health == tool_pb2.HEALTH_STATUS_UNHEALTHY)
+        or _NO_ACTIONS,
     )
 
 
@@ -196,10 +201,14 @@ class Registry:
         max_tool_bytes: int = MAX_TOOL_BYTES,
         follower: Follower | None = None,
         node: str = "",
+        stale: Callable[[str], bool] | None = None,
     ) -> None:
         self._store = store
         # This hub's cluster node ("" on a single hub): node-local endpoints registered here are its.
         self.node = node
+        # Whether a node is known gone for good (placement.stale_here): a registration through
+        # this node drops that node's replicas of the tool.
+        self._stale = stale
         self._feed = feed
         # Set with a shared store: it applies every commit (ours included) in revision order.
         self._follower = follower
@@ -328,6 +337,7 @@ class Registry:
                         metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
                     )
                 place(incoming, old.tool, self.node)
+                incoming = self._without_stale(incoming)
                 incoming.registered_at.CopyFrom(old.tool.registered_at)
                 incoming.updated_at.CopyFrom(old.tool.updated_at)
                 if _definition_bytes(incoming) == _definition_bytes(old.full()):
@@ -344,6 +354,15 @@ class Registry:
             kind = UPDATED if old is not None else INSTALLED
             revision = await self._commit(entry, kind, seen)
             return entry.snapshot(), old is None, old is not None, revision
+
+    def _without_stale(self, tool: tool_pb2.Tool) -> tool_pb2.Tool:
+        """`tool` (placed through this node, which holds a replica) without gone nodes' replicas."""
+        if self._stale is None or not tool.replicas:
+            return tool
+        gone = [r.node_id for r in tool.replicas if self._stale(r.node_id)]
+        if self._stale(tool.node_id):
+            gone.append(tool.node_id)
+        return (unplace(tool, gone) or tool) if gone else tool
 
     async def deregister(self, tool_id: str, *, proven: bool = True) -> tuple[tool_pb2.Tool, int]:
         for _ in range(_CONFLICT_RETRIES):
@@ -365,6 +384,38 @@ class Registry:
             self._check_proven(entry.tool.owner, tool_id, proven)
             revision = await self._commit(entry, REMOVED, entry)
             return entry.snapshot(), revision
+
+    async def withdraw(
+        self, tool_id: str, *, keep_last: bool = False, nodes: Collection[str] | None = None
+    ) -> bool:
+        """Remove what this node (or `nodes`) serves of `tool_id`: its replica (an UPDATED event)
+        when other nodes hold the tool, else the tool (REMOVED; with `keep_last` it then stays).
+        On a single hub, or for a tool without a node, the tool. True when something was removed."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._withdraw(tool_id, keep_last, nodes or (self.node,))
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _withdraw(self, tool_id: str, keep_last: bool, nodes: Collection[str]) -> bool:
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None:
+                return False
+            whole = entry.full()  # the head has no schemas: the new definition starts from all of it
+            left = unplace(whole, nodes) if self.node else None
+            if left is whole or (left is None and keep_last):
+                return False  # this node serves none of it, or keeps the last replica
+            if left is None:
+                await self._commit(entry, REMOVED, entry)
+                return True
+            left.updated_at.GetCurrentTime()
+            rest = make_entry(left)
+            _keep_usage(rest, entry)
+            rest.health = entry.health
+            await self._commit(rest, UPDATED, entry)
+            return True
 
     def _check_proven(self, owner: str, tool_id: str, proven: bool) -> None:
         if not proven and owner in self.reserved_owners:
@@ -401,6 +452,37 @@ class Registry:
                 return True
             entry.health = health
             await self._commit(entry, HEALTH_CHANGED, entry)
+            return True
+
+    async def set_replica_health(self, tool_id: str, node: str, health: int) -> bool:
+        """Record the health of `node`'s replica of `tool_id` (the first replica's is the tool's
+        health); a HEALTH_CHANGED event when it changes. False if the tool or replica is gone."""
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._set_replica_health(tool_id, node, health)
+            except CommitConflict as conflict:
+                await self._catch_up(conflict.revision)
+        raise self._contended(tool_id)
+
+    async def _set_replica_health(self, tool_id: str, node: str, health: int) -> bool:
+        entry = self._entries.get(tool_id)
+        if entry is not None and entry.tool.node_id == node:
+            return await self.set_health(tool_id, health, endpoint=entry.tool.endpoint)
+        async with self._lock:
+            entry = self._entries.get(tool_id)
+            if entry is None:
+                return False
+            at = next((i for i, r in enumerate(entry.tool.replicas) if r.node_id == node), None)
+            if at is None:
+                return False
+            if entry.tool.replicas[at].health == health:
+                return True
+            tool = entry.full()  # the head has no schemas: the new definition starts from all of it
+            tool.replicas[at].health = health  # type: ignore[assignment]
+            changed = make_entry(tool)
+            _keep_usage(changed, entry)
+            changed.health = entry.health
+            await self._commit(changed, HEALTH_CHANGED, entry)
             return True
 
     async def _commit(self, entry: Entry, kind: int, seen: Entry | None = None) -> int:
@@ -465,13 +547,15 @@ class Registry:
         old = self._entries.get(tool_id)
         if event.type == REMOVED:
             self._drop(tool_id)
-        elif event.type == HEALTH_CHANGED and old is not None:
+        elif event.type == HEALTH_CHANGED and old is not None and event.tool.replicas == old.tool.replicas:
             old.health = event.tool.health
         else:
             entry = self._entry_of(event.tool)
             if entry is not None:
                 if event.type != INSTALLED and old is not None:  # an install starts from no usage
                     _keep_usage(entry, old)
+                    if event.type == HEALTH_CHANGED:  # a replica's health: the definition with it
+                        entry.health = old.health
                 self._put(tool_id, entry)
         self.revision = revision
         self._publish(event)

@@ -29,6 +29,8 @@ TOOL_SIDE: Mapping[str, int] = {
     "TOOL_TIMEOUT": tool_pb2.ERROR_TYPE_TIMEOUT,  # the tool's server did not answer in time
     "TOOL_SERVER_UNAVAILABLE": tool_pb2.ERROR_TYPE_NETWORK,  # unreachable, or gone mid-call
     "SERVER_DISCONNECTED": tool_pb2.ERROR_TYPE_NETWORK,  # a dialled-in server's connection dropped
+    # In a cluster, the node whose executor held the call's session is gone: the session with it.
+    "SESSION_OWNER_GONE": tool_pb2.ERROR_TYPE_SYSTEM,
 }
 
 

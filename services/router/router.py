@@ -80,6 +80,8 @@ ServiceProof = Callable[[], Sequence[tuple[str, str]]]
 # What takes a checked call this router cannot run itself (the edge's relay to its hub): the tool's
 # entry, the request and its timeout in seconds; its answer is not counted here.
 Elsewhere = Callable[[Entry, ex.ExecuteRequest, float], Awaitable[ex.ExecuteResponse]]
+# In a cluster, the node whose executor holds a session, or "" (services/library/redis_sessions.py).
+SessionOwner = Callable[[str], Awaitable[str]]
 
 
 # A tool failure as a result (services.router.failures); the name the tool servers import.
@@ -103,8 +105,11 @@ class Router:
         node: str = "",
         forward: Forward | None = None,
         spread: bool = False,
+        session_owner: SessionOwner | None = None,
     ) -> None:
         self._lookup = lookup
+        # A hub's way to a session's node; an edge has none and leaves session calls to its hub.
+        self._session_owner = session_owner
         # This process's cluster node, and how calls reach other nodes (None: they cannot).
         self._node = node
         self._forward = forward
@@ -317,6 +322,10 @@ class Router:
         Returns the answer and whether it ran here (else the node it ran on counted it)."""
         hop = bool(forwarded.get())
         order = self._order(entry, hop)
+        owner = ""
+        session = "" if hop else request.session_id or arguments.get("session_id")
+        if session and isinstance(session, str):
+            order, owner = await self._session_order(entry, order, session)
         if not order:
             raise self._no_route(entry, f"no replica on node {self._node!r}")
         error: MeshError | None = None
@@ -346,22 +355,62 @@ class Router:
                 log.debug("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)
                 error = not_sent.error
         assert error is not None
+        if owner:  # the session lives there only: no other replica can take its call
+            raise Unavailable(
+                f"session of {entry.tool.tool_id!r} held on node {owner!r}, which cannot be reached "
+                f"({error.message}); the session and its state are lost: start another",
+                reason="SESSION_OWNER_GONE",
+                metadata={"tool_id": entry.tool.tool_id, "node_id": owner},
+            )
         if hop:  # forwarded here: the node that sent it may try another replica
             raise Unavailable(error.message, reason=NOT_SENT_REASON, metadata={"tool_id": entry.tool.tool_id})
         raise error
 
+    async def _session_order(
+        self, entry: Entry, order: list[tuple[endpoints.Endpoint, str]], session: str
+    ) -> tuple[list[tuple[endpoints.Endpoint, str]], str]:
+        """The replicas a call in `session` may take, and the session's node ("" when unknown):
+        only the owner's replicas (the session's state is there; SESSION_OWNER_GONE when it has
+        none left); an edge's call goes to its hub, which knows the owner; a session no node
+        claimed is routed as any call."""
+        if self._session_owner is None:
+            if self._forward is None:
+                return order, ""
+            return [(entry.endpoint, "")], ""  # "": not this node, so the hub's (an edge's forward)
+        owner = await self._session_owner(session)
+        if not owner:
+            return order, ""
+        pinned = [r for r in order if r[1] == owner]
+        if not pinned:  # its node withdrew its replica (it stopped): the session went with it
+            raise Unavailable(
+                f"session of {entry.tool.tool_id!r} held on node {owner!r}, which no longer serves "
+                "the tool; the session and its state are lost: start another",
+                reason="SESSION_OWNER_GONE",
+                metadata={"tool_id": entry.tool.tool_id, "node_id": owner},
+            )
+        return pinned, owner
+
     def _order(self, entry: Entry, hop: bool) -> list[tuple[endpoints.Endpoint, str]]:
         """The replicas a call tries, in order: this node's only for a call forwarded here (`hop`);
-        else every node's round robin when spreading, or this node's then the others'."""
+        else every node's round robin when spreading, or this node's then the others', those last
+        seen unhealthy (their node gone) after the rest."""
         routes, here = entry.routes, self._node
         first = entry.turn
         entry.turn = first + 1
         local = _turn([r for r in routes if r[1] == here], first)
         if hop:
             return local
-        if self._spread:
-            return _turn(list(routes), first)
-        return local + _turn([r for r in routes if r[1] != here], first)
+        order = (
+            _turn(list(routes), first)
+            if self._spread
+            else local + _turn([r for r in routes if r[1] != here], first)
+        )
+        down = entry.down
+        if entry.health == tool_pb2.HEALTH_STATUS_UNHEALTHY:  # the first replica's
+            down = down | {entry.tool.node_id}
+        if down:  # a replica last seen unhealthy (its node gone) is tried after the others
+            order = [r for r in order if r[1] not in down] + [r for r in order if r[1] in down]
+        return order
 
     async def _ready(self, ep: endpoints.Endpoint, timeout: float) -> bool:
         """Whether a replica's server is connected, found within a bound shorter than most calls:

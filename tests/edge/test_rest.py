@@ -378,10 +378,10 @@ def test_a_tools_node_and_replicas_are_in_its_json() -> None:
 
     tool = tool_pb2.Tool(tool_id="t", endpoint="unix:///a.sock", node_id="node-a")
     tool.replicas.add(endpoint="unix:///a.sock", node_id="node-a")
-    tool.replicas.add(endpoint="unix:///b.sock", node_id="node-b")
+    tool.replicas.add(endpoint="unix:///b.sock", node_id="node-b", health=tool_pb2.HEALTH_STATUS_UNHEALTHY)
     got = tool_json(tool)
     assert got["node_id"] == "node-a"
     assert got["replicas"] == [
-        {"endpoint": "unix:///a.sock", "node_id": "node-a"},
-        {"endpoint": "unix:///b.sock", "node_id": "node-b"},
+        {"endpoint": "unix:///a.sock", "node_id": "node-a", "health": "unknown"},
+        {"endpoint": "unix:///b.sock", "node_id": "node-b", "health": "unhealthy"},
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,11 @@ async def test_watchers_on_either_hub_see_every_revision_once_in_order_while_bot
 async def test_a_hub_restarted_on_the_same_redis_loads_every_tool_and_resumes_a_watch(
     cfg, root, redis_server
 ):
-    c1 = shared_cfg(cfg, root, redis_server.url, "hub1")
-    c2 = shared_cfg(cfg, root, redis_server.url, "hub2")
+    # No function tools: a hub that stops withdraws its replicas of them (an event of their own)
+    c1, c2 = (
+        dataclasses.replace(shared_cfg(cfg, root, redis_server.url, name), function_tools=())
+        for name in ("hub1", "hub2")
+    )
     async with Hub(c2) as h2:
         async with Hub(c1) as h1:
             _, _, _, mark = await h1.registry.register(grpc_tool("before", EP(root)))

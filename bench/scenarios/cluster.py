@@ -21,7 +21,7 @@ from typing import Any
 
 from bench.env import Env, free_port
 from bench.registry import Call, Skip, scenario, target
-from bench.scenarios.core import ARGUMENTS, ECHO_SCHEMA
+from bench.scenarios.core import ARGUMENTS, ECHO_SCHEMA, _execute_tool
 
 target("forwarded", "p50_ms", 1, "held-here", 1.6)
 
@@ -121,29 +121,12 @@ async def _held_by_node2(env: Env) -> str:
     return "bench-node2"
 
 
-def _execute(env: Env, hub: str, tool_id: str) -> Call:
-    from toolscore.v1 import toolscore_pb2 as ts
-    from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
-
-    from services.common.jsonvalue import dict_to_struct
-
-    stub = ts_grpc.ToolScoreServiceStub(env.channel(hub))
-    request = ts.ExecuteToolRequest(tool_id=tool_id, action="echo", arguments=dict_to_struct(ARGUMENTS))
-
-    async def call() -> None:
-        resp = await stub.ExecuteTool(request, timeout=10)
-        if resp.is_error:
-            raise RuntimeError(f"{tool_id}: {resp.error.message}")
-
-    return call
-
-
 @scenario("held-here", "ExecuteTool on hub 2 -> tool server of node 2, UDS (baseline)", "cluster")
 async def held_here(env: Env) -> Call:
     c: dict[str, Any] = await env.shared("cluster", start_cluster)
     tool_id = await env.shared("node2-tool", _held_by_node2)
     env.use("node2-hub", "node2-tool-server")
-    return _execute(env, c["hubs"]["node2"], tool_id)
+    return _execute_tool(env, c["hubs"]["node2"], tool_id)
 
 
 @scenario(
@@ -156,7 +139,7 @@ async def forwarded(env: Env) -> Call:
     c: dict[str, Any] = await env.shared("cluster", start_cluster)
     tool_id = await env.shared("node2-tool", _held_by_node2)
     env.use("node1-hub", "node2-hub", "node2-tool-server")
-    return _execute(env, c["hubs"]["node1"], tool_id)
+    return _execute_tool(env, c["hubs"]["node1"], tool_id)
 
 
 async def _rest_echo(env: Env, url: str) -> Call:

@@ -58,12 +58,8 @@ def _check(msg: dict[str, Any]) -> None:
         raise RuntimeError(f"mcp call failed: {msg}")
 
 
-@scenario("mcp-http", "MCP Streamable HTTP /mcp -> edge -> Python tool server, UDS", "edge", baseline="rest")
-async def mcp_http(env: Env) -> Call:
-    url = await env.shared("edge", start_edge) + "/mcp"
-    await env.shared("echo-tools", start_echo_tools)
-    env.use("edge", "tool-server", "hub")
-    http = await _http(env)
+async def open_session(http: Any, url: str) -> dict[str, str]:
+    """A handshake-era session on `url` (initialize, then initialized): the headers of its requests."""
     init = {
         "jsonrpc": "2.0",
         "id": 0,
@@ -83,6 +79,16 @@ async def mcp_http(env: Env) -> Call:
     note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
     async with http.post(url, data=json.dumps(note), headers=session) as r:
         await r.read()
+    return session
+
+
+@scenario("mcp-http", "MCP Streamable HTTP /mcp -> edge -> Python tool server, UDS", "edge", baseline="rest")
+async def mcp_http(env: Env) -> Call:
+    url = await env.shared("edge", start_edge) + "/mcp"
+    await env.shared("echo-tools", start_echo_tools)
+    env.use("edge", "tool-server", "hub")
+    http = await _http(env)
+    session = await open_session(http, url)
     params = json.dumps({"name": MCP_NAME, "arguments": ARGUMENTS})
     ids = itertools.count(1)  # ids must be unique among a session's calls in flight
 

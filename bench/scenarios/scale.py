@@ -29,12 +29,12 @@ from typing import Any
 
 from bench.env import Env, free_port, wait_healthy
 from bench.registry import Call, scenario
+from bench.scenarios.mcp import open_session
 
 DEFAULT_TOOLS = 100_000
 IN_FLIGHT = 32
 VOCABULARY = 3_000
 _SYLLABLES = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]  # 80 syllables
-HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
 
 
 def _vocabulary() -> list[str]:
@@ -280,26 +280,7 @@ async def scale_mcp(env: Env) -> Call:
     s = await env.shared("scale", _fill)
     env.use("scale-edge")
     http, url = s["http"], s["url"] + "/mcp"
-    init = {
-        "jsonrpc": "2.0",
-        "id": 0,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-11-25",
-            "capabilities": {},
-            "clientInfo": {"name": "bench", "version": "1"},
-        },
-    }
-    async with http.post(url, data=json.dumps(init), headers=HEADERS) as r:
-        session = {
-            **HEADERS,
-            "Mcp-Session-Id": r.headers["Mcp-Session-Id"],
-            "MCP-Protocol-Version": "2025-11-25",
-        }
-    async with http.post(
-        url, data=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}), headers=session
-    ) as r:
-        await r.read()
+    session = await open_session(http, url)
     ids = itertools.count(1)
     cursor: str | None = None
 

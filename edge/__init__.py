@@ -2,6 +2,7 @@
 
 app.py          the process assembly: the aiohttp app and its components, each mounting itself
 middleware.py   the one middleware: per-client HTTP bounds and writes, browser guard, authority, errors
+client_address.py  which address a request comes from: its peer, or the client a trusted proxy names
 hub_link.py     the gateway, registry cache and usage reporter as one component, with their lifetime
 gateway.py      the call path: direct to tool servers or relayed through the hub; registry writes
 registry_cache.py  the hub's registry followed live: read-only entries, revision, subscribe, events_since

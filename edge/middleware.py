@@ -5,7 +5,8 @@ the one error mapping, metrics, and the bounded write of the answer.
 
 Every error leaves through here and is answered by edge.errors_http (the one mapping of the
 mesh's errors to HTTP status and JSON bodies); the MCP endpoint answers its own in JSON-RPC.
-Every request passes its checks here, in one file and in this order: its client's bounds, the
+Every request passes its checks here, in one file and in this order: its client's address (behind
+a trusted proxy, the one that proxy names: edge.client_address), its client's bounds, the
 browser guard (edge.origin, asked only for an Origin/Host pair it has not allowed before), the
 caller's authority for the calls it makes, the handler, and the bounded write of its answer.
 
@@ -14,7 +15,8 @@ unread bytes. A WebSocket client is bounded by its outbox (edge.outbox); a plain
 had no bound at all: every request ran, and every answer was handed whole to
 the transport, which keeps what the client does not read. Forty POSTs of a
 call answering 12 MB each, never read, held 1 GB of the edge until the client
-closed. Here, per client address (`request.remote`):
+closed. Here, per client address (`request.remote`; behind a proxy listed in
+`[edge] trusted_proxies`, the client it names):
 
 - at most `http_in_flight_per_client` requests run at once, counted from their
   arrival until their answer is written out; one more is refused at once (429
@@ -46,6 +48,7 @@ from aiohttp import web
 from edge import errors_http
 from edge import mcp as edge_mcp
 from edge.auth import AUTH
+from edge.client_address import TrustedProxies
 from edge.metrics import METRICS
 from edge.origin import OriginGuard
 from services.common import authority
@@ -83,12 +86,23 @@ class HttpBoundStats:
 
 
 class HttpBounds:
-    """Per-client-address admission and bounded writing of plain HTTP answers."""
+    """Per-client-address admission and bounded writing of plain HTTP answers.
 
-    def __init__(self, in_flight: int, unread_bytes: int, write_timeout_s: float) -> None:
+    `proxies`: the trusted proxies whose X-Forwarded-For names the client address (None: every
+    client is its TCP peer; edge.client_address).
+    """
+
+    def __init__(
+        self,
+        in_flight: int,
+        unread_bytes: int,
+        write_timeout_s: float,
+        proxies: TrustedProxies | None = None,
+    ) -> None:
         self.max_in_flight = max(in_flight, 1)
         self.max_unread = max(unread_bytes, 1)
         self.write_timeout_s = write_timeout_s
+        self.proxies = proxies
         self.in_flight: dict[str, int] = {}
         self.unread: dict[str, int] = {}
         self.stats = HttpBoundStats()
@@ -96,7 +110,10 @@ class HttpBounds:
     @classmethod
     def from_config(cls, edge: EdgeConfig) -> HttpBounds:
         return cls(
-            edge.http_in_flight_per_client, edge.http_unread_bytes_per_client, edge.http_write_timeout_s
+            edge.http_in_flight_per_client,
+            edge.http_unread_bytes_per_client,
+            edge.http_write_timeout_s,
+            TrustedProxies.from_config(edge),
         )
 
     def admit(self, client: str) -> None:
@@ -222,9 +239,14 @@ def _streams(request: web.Request) -> bool:
 @web.middleware
 async def _edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bounds per client address, the browser guard, one error mapping, metrics, and the write."""
+    bounds = request.app[HTTP_BOUNDS]
+    if bounds.proxies is not None:
+        # Behind a trusted proxy: from here on (bounds, MCP's per-client caps, WebSocket sessions,
+        # logs) request.remote is the client it names.
+        request = bounds.proxies.resolve(request)
     if _streams(request):
         return await _handle(request, handler)
-    bounds, client = request.app[HTTP_BOUNDS], request.remote or ""
+    client = request.remote or ""
     # The MCP transport answers in JSON-RPC; every other route in the one REST error shape.
     refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else errors_http.error_response
     try:

@@ -7,6 +7,7 @@ deeper reads the environment. Every key is documented in `docs/config/`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import os
@@ -173,6 +174,9 @@ class EdgeConfig:
     http_write_timeout_s: float = 30.0
     allowed_origins: tuple[str, ...] = ()
     allowed_hosts: tuple[str, ...] = ()
+    # Addresses or networks of reverse proxies (a load balancer) whose X-Forwarded-For names the
+    # client (edge/client_address.py); empty: every client is its TCP peer.
+    trusted_proxies: tuple[str, ...] = ()
     uvloop: bool = True
     # MCP Streamable HTTP sessions (docs/mcp.md).
     mcp_session_ttl_s: float = 3600.0
@@ -437,6 +441,18 @@ def check(cfg: Config) -> None:
         )
     _check_tasks(cfg)
     _check_mcp_sessions(cfg)
+    _check_trusted_proxies(cfg)
+
+
+def _check_trusted_proxies(cfg: Config) -> None:
+    for entry in cfg.edge.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"edge.trusted_proxies: {entry!r} is not an IP address or network "
+                "(e.g. 10.0.0.5, 10.0.0.0/24)"
+            ) from None
 
 
 def _check_mcp_sessions(cfg: Config) -> None:

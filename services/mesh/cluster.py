@@ -5,7 +5,8 @@
 `make run` starts them (hub, executor, edge; services/mesh/__main__.py `child_specs`) with that
 node's configuration, then HAProxy (127.0.0.1:8080) in front of the edges (services/mesh/haproxy.py).
 A node's configuration is the mesh's own plus the overrides of `node_env`: its node id, the
-Redis backends, its hub's TCP port, and its own sockets and data directories (two nodes share one
+Redis backends, its hub's TCP port, HAProxy's address as the edge's trusted proxy (so each client
+keeps its own per-client bounds), and its own sockets and data directories (two nodes share one
 machine here; across machines, docs/cluster.md).
 
 The edges' and HAProxy's listening sockets are bound here before anything starts
@@ -91,6 +92,8 @@ def node_env(
         "TOOLSCORE_EXECUTOR__UDS": f"{run}/executor.sock",
         "TOOLSCORE_EDGE__HOST": opts.host,
         "TOOLSCORE_EDGE__PORT": str(edge_port),
+        # HAProxy reaches the edges from this address; it names each client in X-Forwarded-For.
+        "TOOLSCORE_EDGE__TRUSTED_PROXIES": opts.host,
         "TOOLSCORE_EDGE__HUB": "",
         "TOOLSCORE_EDGE__RELAY_UDS": f"{run}/edge.sock",
         "TOOLSCORE_AUTH__SERVICE_CREDENTIAL_PATH": f"{run}/service.credential",

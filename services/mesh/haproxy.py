@@ -14,6 +14,11 @@ an edge that died mid-request would look like the race of an idle connection clo
 which HAProxy answers by closing the client's connection without a word, for the client to retry
 a request that may have run. On a fresh one it answers 502.
 
+Every request sent to an edge carries its client's address (`option forwardfor`: HAProxy appends
+it to X-Forwarded-For), and the edges trust HAProxy's address (`[edge] trusted_proxies`,
+services/mesh/cluster.py `node_env`): each client keeps its own per-client bounds behind the
+balancer, where they would otherwise all count as HAProxy's one address (edge/client_address.py).
+
 The balancer's own refusals (no edge up, an edge that died mid-request, one that timed out) are
 answered in the mesh's JSON error shape (edge/errors_http.py), reason `EDGE_UNAVAILABLE` or
 `EDGE_TIMEOUT`. Every answer names the edge that served it (`x-toolscore-edge: <node id>`), and a
@@ -68,6 +73,9 @@ def config(frontend_fd: int, backends: Sequence[Backend], call_timeout_s: float,
         # answering looks to HAProxy like an idle connection closed under it, and it closes the
         # client's connection silently so that the client retries, a call that may have run.
         "    option http-server-close",
+        # The client's address, appended to X-Forwarded-For: the edges key their per-client
+        # bounds by it (the last entry only, from this trusted peer: edge/client_address.py).
+        "    option forwardfor",
         "    timeout connect 2s",
         f"    timeout client {quiet}s",
         f"    timeout server {quiet}s",

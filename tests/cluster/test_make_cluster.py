@@ -2,7 +2,8 @@
 
 One cluster, end to end: HAProxy alternates between the edges; each node runs Python on its own
 executor; an MCP session whose requests HAProxy alternates between the edges is served throughout;
-a registration through hub 1 reaches edge 2 (its events WebSocket, REST); calls through
+clients behind HAProxy each have their own per-client bounds (HAProxy forwards their address); a
+registration through hub 1 reaches edge 2 (its events WebSocket, REST); calls through
 either edge, and calls hub 1 forwards to a tool held by node 2, send nothing to Redis; Ctrl-C stops
 every process.
 """
@@ -45,6 +46,17 @@ QUIET = {
     "TOOLSCORE_CLUSTER__FOLLOW_BLOCK_S": "60",
     "TOOLSCORE_HUB__STATS_FLUSH_S": "3600",
 }
+SESSIONS_PER_CLIENT = 3  # small, for the step that fills one client's share through HAProxy
+MCP_INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"},
+    },
+}
 
 
 def commands_run(client: redis.Redis) -> dict[str, int]:
@@ -60,7 +72,8 @@ async def echo_server(text: dict[str, Any], ctx: Any) -> dict[str, Any]:
 async def test_make_cluster_balances_nodes_that_share_one_registry_and_stops_every_process_on_ctrl_c(
     cluster_factory: Any, start_tool_server: Any
 ) -> None:
-    cluster: RunningCluster = await cluster_factory(extra_env=QUIET)
+    env = {**QUIET, "TOOLSCORE_EDGE__MCP_SESSIONS_PER_CLIENT": str(SESSIONS_PER_CLIENT)}
+    cluster: RunningCluster = await cluster_factory(extra_env=env)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         served = []
         for _ in range(4):  # one keep-alive connection: each request balanced on its own, no stickiness
@@ -78,6 +91,7 @@ async def test_make_cluster_balances_nodes_that_share_one_registry_and_stops_eve
                 assert r.headers[EDGE_HEADER] == node
                 assert r.status == 200 and body["structured"]["stdout"] == "42\n", body
         await an_mcp_session_whose_requests_alternate_between_the_edges_never_loses_its_session(cluster)
+        await clients_behind_haproxy_each_have_their_own_mcp_session_cap(cluster)
         await a_registration_on_hub_1_reaches_edge_2_and_calls_never_reach_redis(
             cluster, http, start_tool_server
         )
@@ -115,6 +129,26 @@ async def an_mcp_session_whose_requests_alternate_between_the_edges_never_loses_
     assert [c.is_error for c in calls] == [False] * 4 and "call 3" in str(calls[3].content)
     assert not ran.is_error and "42" in str(ran.content)
     assert {"node1", "node2"} <= set(served), served  # both edges served the one session
+
+
+async def clients_behind_haproxy_each_have_their_own_mcp_session_cap(cluster: RunningCluster) -> None:
+    """Clients on other loopback addresses, through HAProxy: one past its sessions cap refuses no
+    other, not even one that claims the first one's address in X-Forwarded-For (the edges believe
+    only the entry HAProxy appended)."""
+
+    async def initialize(source: str, headers: dict[str, str] | None = None) -> int:
+        connector = aiohttp.TCPConnector(local_addr=(source, 0))
+        accept = {"Accept": "application/json, text/event-stream", **(headers or {})}
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as h:
+            async with h.post(cluster.lb + "/mcp", json=MCP_INIT, headers=accept) as r:
+                return r.status
+
+    first = [await initialize("127.0.0.2") for _ in range(SESSIONS_PER_CLIENT + 1)]
+    other = await initialize("127.0.0.3")
+    spoofing = await initialize("127.0.0.4", {"X-Forwarded-For": "127.0.0.2"})
+    assert first == [200] * SESSIONS_PER_CLIENT + [429], first
+    assert other == 200, "a client behind HAProxy was refused for another client's sessions"
+    assert spoofing == 200, "a client was keyed by the address it claimed, not the one HAProxy added"
 
 
 async def a_registration_on_hub_1_reaches_edge_2_and_calls_never_reach_redis(

@@ -40,6 +40,8 @@ def test_environment_overrides_every_type_of_key(tmp_path):
         ("", {"TOOLSCORE_NOSUCH__KEY": "1"}, "unknown key"),
         ('[edge]\nmcp_session_store = "disk"\n', {}, "edge.mcp_session_store: 'disk' is not one of"),
         ('[edge]\nmcp_session_store = "redis"\n', {}, 'mcp_session_store "redis" needs cluster.redis_url'),
+        ("", {"TOOLSCORE_EDGE__TRUSTED_PROXIES": "10.0.0.5,lb.corp"}, "trusted_proxies: 'lb.corp' is not"),
+        ('[edge]\ntrusted_proxies = ["10.0.0.0/33"]\n', {}, "edge.trusted_proxies: '10.0.0.0/33' is not"),
     ],
 )
 def test_malformed_config_is_a_clear_error(tmp_path, text, env, needle):

@@ -45,6 +45,7 @@ def test_haproxy_balances_every_edge_checked_on_its_health_route_with_a_host_it_
         "timeout server 330s",
         "retry-on conn-failure",
         "option http-server-close",
+        "option forwardfor",  # the client's address, for the edges' per-client bounds
     ):
         assert f"    {line}\n" in text, line
     assert "cookie" not in text and "stick" not in text  # no stickiness
@@ -67,11 +68,15 @@ def test_each_node_gets_its_own_id_sockets_and_data_and_the_shared_redis() -> No
         "TOOLSCORE_RUNTIME__TASK_BACKEND",
         "TOOLSCORE_EDGE__MCP_SESSION_STORE",
         "TOOLSCORE_CLUSTER__REDIS_URL",
+        "TOOLSCORE_EDGE__MCP_SESSION_STORE",
         "TOOLSCORE_EDGE__HOST",
         "TOOLSCORE_EDGE__HUB",
+        "TOOLSCORE_EDGE__TRUSTED_PROXIES",
     }
     node_cfg = config_mod.load(REPO / "config" / "toolscore.toml", env=one)
     assert node_cfg.store.backend == node_cfg.feed.backend == "redis"
+    # HAProxy connects from the cluster's host: its X-Forwarded-For names each client.
+    assert node_cfg.edge.trusted_proxies == ("127.0.0.1",)
 
 
 def test_a_missing_program_is_named_with_the_command_that_installs_it(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -68,7 +68,6 @@ def test_each_node_gets_its_own_id_sockets_and_data_and_the_shared_redis() -> No
         "TOOLSCORE_RUNTIME__TASK_BACKEND",
         "TOOLSCORE_EDGE__MCP_SESSION_STORE",
         "TOOLSCORE_CLUSTER__REDIS_URL",
-        "TOOLSCORE_EDGE__MCP_SESSION_STORE",
         "TOOLSCORE_EDGE__HOST",
         "TOOLSCORE_EDGE__HUB",
         "TOOLSCORE_EDGE__TRUSTED_PROXIES",

@@ -37,6 +37,10 @@ def _with_functions(c: Config, *tool_ids: str) -> Config:
     return dataclasses.replace(c, function_tools=tools)
 
 
+def _schemas(tool: tool_pb2.Tool) -> list[tuple[str, str, bytes]]:
+    return [(c.name, c.description, c.input_schema.SerializeToString()) for c in tool.capabilities]
+
+
 def _where(hub: Hub, tool_id: str) -> list[str]:
     entry = hub.registry.entry(tool_id)
     assert entry is not None, tool_id
@@ -74,6 +78,9 @@ async def test_a_hub_that_stops_cleanly_withdraws_its_replicas_and_keeps_tools_o
         # hub 2 stopped: its replica of rep is gone from hub 1's view; own, only hub 2's, stays
         assert _where(h1, "rep") == ["hub1"]
         assert _where(h1, "own") == ["hub2"]
+        # the definition left is the whole one (an entry keeps only a head parsed: no schemas)
+        kept = h1.registry.entry("rep")
+        assert kept is not None and _schemas(kept.full()) == _schemas(grpc_tool("rep", ep_a))
 
 
 async def _dead_pid() -> int:
@@ -138,6 +145,7 @@ async def test_a_replica_of_a_node_that_died_is_recorded_unhealthy_and_is_tried_
         stubs = lib_grpc.ToolLibraryServiceStub(ch)
         tool = (await stubs.GetTool(lib.GetToolRequest(tool_id="rep"), timeout=5)).tool
         assert [(r.node_id, r.health) for r in tool.replicas] == [("ghost", UNHEALTHY)]
+        assert _schemas(tool) == _schemas(grpc_tool("rep", ep_a))  # the health change kept them
 
         asked: list[str] = []
         forward = h1.router._forward

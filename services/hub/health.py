@@ -133,11 +133,11 @@ async def run(
     wake = wake or asyncio.Event()
     absences = Absences(grace_s)
     while True:
+        wake.clear()  # before the round: a registration during it wakes the next one at once
         try:
             await check_all(pool, registry, timeout, nodes, absences)
         except Exception:
             log.exception("health round failed")
-        wake.clear()
         try:
             async with asyncio.timeout(interval):
                 await wake.wait()

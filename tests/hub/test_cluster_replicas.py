@@ -23,7 +23,7 @@ from toolscore.v1 import toolscore_pb2_grpc as ts_grpc
 
 from services.common import config as config_mod
 from services.common.config import Config, FunctionToolConfig
-from services.common.jsonvalue import dict_to_struct
+from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
 from tests.helpers import deadline, grpc_tool
 from tests.hub.test_cluster_routing import server_named
@@ -37,8 +37,8 @@ def _with_functions(c: Config, *tool_ids: str) -> Config:
     return dataclasses.replace(c, function_tools=tools)
 
 
-def _schemas(tool: tool_pb2.Tool) -> list[tuple[str, str, bytes]]:
-    return [(c.name, c.description, c.input_schema.SerializeToString()) for c in tool.capabilities]
+def _schemas(tool: tool_pb2.Tool) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(c.name, c.description, struct_to_dict(c.input_schema)) for c in tool.capabilities]
 
 
 def _where(hub: Hub, tool_id: str) -> list[str]:

@@ -84,6 +84,15 @@ def stdlib_readable_by(uid: int, gid: int) -> bool:
     return True
 
 
+def output_memfds() -> tuple[int, int]:
+    """An interpreter's stdout and stderr: memfds opened for appending (a write lands at the end
+    whatever the offset the interpreter's code moved), read by the host after each run."""
+    fds = (os.memfd_create("stdout", os.MFD_CLOEXEC), os.memfd_create("stderr", os.MFD_CLOEXEC))
+    for fd in fds:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+    return fds
+
+
 def env_site(env_dir: Path) -> Path:
     return env_dir / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
@@ -164,10 +173,7 @@ class Sandbox:
     async def spawn(self) -> Worker:
         """Start one interpreter and wait until it says it is ready."""
         started = time.perf_counter()
-        out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
-        err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
-        for fd in (out_fd, err_fd):
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        out_fd, err_fd = output_memfds()
         to_r, to_w = os.pipe()
         from_r, from_w = os.pipe()
         child_fds = [to_r, from_w]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from services.executor.sandbox import (
     _interpreter_pid,
     _read_all,
     env_site,
+    output_memfds,
     sandbox_env,
 )
 from services.sandbox import cgroups, seccomp
@@ -213,10 +213,7 @@ class Template:
         if self._sock is None or not self.alive:
             raise SpawnError("the template is not running")
         started = time.perf_counter()
-        out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
-        err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
-        for fd in (out_fd, err_fd):
-            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_APPEND)
+        out_fd, err_fd = output_memfds()
         to_r, to_w = os.pipe()
         status_r, status_w = os.pipe()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

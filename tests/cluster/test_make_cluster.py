@@ -31,6 +31,7 @@ from services.common.jsonvalue import dict_to_struct
 from services.toolkit import Action
 from tests.cluster.conftest import EDGE_HEADER, RunningCluster, cluster_env
 from tests.conftest import REPO, stop_process
+from tests.edge.test_client_address import INIT as MCP_INIT
 from tests.helpers import deadline, descendants, grpc_tool
 from tests.mesh.test_run import alive
 
@@ -47,16 +48,6 @@ QUIET = {
     "TOOLSCORE_HUB__STATS_FLUSH_S": "3600",
 }
 SESSIONS_PER_CLIENT = 3  # small, for the step that fills one client's share through HAProxy
-MCP_INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"},
-    },
-}
 
 
 def commands_run(client: redis.Redis) -> dict[str, int]:

@@ -46,6 +46,8 @@ QUIET = {
     "TOOLSCORE_CLUSTER__NODE_TTL_S": "300",
     "TOOLSCORE_CLUSTER__FOLLOW_BLOCK_S": "60",
     "TOOLSCORE_HUB__STATS_FLUSH_S": "3600",
+    # A health round reads which nodes are alive (SMEMBERS + MGET); checks still run on a registration.
+    "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "3600",
 }
 SESSIONS_PER_CLIENT = 3  # small, for the step that fills one client's share through HAProxy
 

@@ -7,8 +7,8 @@ a warm-up, for each path it starts the record (SIGUSR1), makes one call, stops
 it (SIGUSR2) and merges the processes' records by time (one monotonic clock).
 
 What it prints for each path: the walk (file by file, the process in brackets),
-the files crossed, the file-to-file transitions, and the files entered again
-after being left on the way in (up to the executor handing the code to its
+the files crossed, the file-to-file transitions, and the files a process entered
+again after leaving them on the way in (up to the executor handing the code to its
 sandboxed interpreter, `services/executor/interpreter.py`). Generated code and the
 sandboxed interpreter (`python -I -S`, no site) are not counted. Work of other
 tasks during the window (the warm pool's refill, a usage flush, a health check)
@@ -87,13 +87,23 @@ class Walk:
 
     @staticmethod
     def reentries(steps: list[tuple[str, str]]) -> list[str]:
-        seen: set[str] = set()
+        """The files a process entered again on the way in, after leaving them: a bounce. A module
+        that the edge and the executor each enter once (shared code, two processes) is not one."""
+        seen: set[tuple[str, str]] = set()
         again: list[str] = []
-        for _, f in steps:
-            if f in seen and f not in again:
-                again.append(f)
-            seen.add(f)
+        for step in steps:
+            if step in seen and step[1] not in again:
+                again.append(step[1])
+            seen.add(step)
         return again
+
+    @staticmethod
+    def shared(steps: list[tuple[str, str]]) -> list[str]:
+        """The files more than one process entered on the way in."""
+        by_file: dict[str, set[str]] = {}
+        for proc, f in steps:
+            by_file.setdefault(f, set()).add(proc)
+        return [f for f, procs in by_file.items() if len(procs) > 1]
 
 
 def _children(pid: int) -> list[int]:
@@ -245,7 +255,8 @@ def report(name: str, walk: Walk) -> str:
         f"files crossed: {len(walk.files)} ({', '.join(walk.files)})",
         f"transitions: {len(walk.steps) - 1}; "
         f"way in: {len(way_in)} calls into another file, "
-        f"files entered again: {Walk.reentries(way_in) or 'none'}",
+        f"files entered again by one process: {Walk.reentries(way_in) or 'none'}; "
+        f"entered once by each of two processes: {Walk.shared(way_in) or 'none'}",
         "way in: " + " -> ".join(f for _, f in way_in),
         f"left out as other tasks' work: {walk.background or 'nothing'}",
         "",

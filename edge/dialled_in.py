@@ -35,11 +35,10 @@ from edge.gateway import HubGateway
 from edge.registry_cache import RegistryCache, Unsubscribe
 from edge.rest.shapes import ERROR_TYPES_BY_NAME, dumps, tool_from_json
 from services.common.config import Config
-from services.common.contract import add_tool_executor
-from services.common.correlator import Correlator, Expired, TooManyPending
 from services.common.errors import AlreadyExists, DeadlineExceeded, MeshError, Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, too_deep
+from services.common.streams import Correlator, Expired, TooManyPending, add_tool_executor
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.failures import failure_result, stream_call_result
@@ -120,15 +119,11 @@ class ServerSession:
             raise _disconnected(request.tool_id, "disconnected")
         rid = f"{self.id}-{next(self._ids)}"
         try:
-            fut = self._pending.open(rid, timeout_s)
-        except TooManyPending as exc:
-            raise Unavailable(
-                f"the server of tool {request.tool_id!r} is not keeping up: {exc}",
-                reason="TOOL_SERVER_UNAVAILABLE",
-                metadata={"tool_id": request.tool_id},
-            ) from None
-        try:
-            await self.ws.send_str(
+            fut = await self._pending.request(
+                rid,
+                timeout_s,
+                None,
+                self.ws.send_str,
                 dumps(
                     {
                         "type": "execute_tool_action",
@@ -137,9 +132,15 @@ class ServerSession:
                         "action": request.action,
                         "parameters": struct_to_dict(request.arguments) if arguments is None else arguments,
                     }
-                )
+                ),
             )
             msg = await fut
+        except TooManyPending as exc:
+            raise Unavailable(
+                f"the server of tool {request.tool_id!r} is not keeping up: {exc}",
+                reason="TOOL_SERVER_UNAVAILABLE",
+                metadata={"tool_id": request.tool_id},
+            ) from None
         except Expired:  # as for any tool server that hangs: an is_error TimeoutError result
             raise DeadlineExceeded(
                 f"the tool's server did not answer within {timeout_s:.3g}s",

@@ -2,7 +2,7 @@
 
 `push` never waits, so no handler, fan-out or request task ever blocks on a
 client: a message goes straight to the socket when nothing is queued and the
-socket's buffer has room, else into the client's outbox (services.common.outbox),
+socket's buffer has room, else into the client's outbox (services.common.streams),
 drained in order by a flush task. The outbox is bounded in messages and in bytes;
 its overflow policy here: a client that falls further behind is too slow to
 serve, so its queue is dropped and it is closed with 1013 ("try again later"),
@@ -20,8 +20,8 @@ from typing import TypeGuard
 
 from aiohttp import WSMsgType, web
 
-from services.common import outbox
-from services.common.outbox import OutboxLimits, OutboxStats
+from services.common import streams
+from services.common.streams import OutboxLimits, OutboxStats
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Outbox:
         self.ws = ws
         # Duck-typed: uvloop's transports have the methods without subclassing asyncio's classes.
         self._transport = transport if _writable(transport) else None
-        self._queue: outbox.Outbox[_Message] = outbox.Outbox(
+        self._queue: streams.Outbox[_Message] = streams.Outbox(
             self._send, limits, on_overflow=self._cut, stats=stats
         )
         self.stats = self._queue.stats

@@ -33,8 +33,8 @@ from toolscore.v1 import tool_library_pb2_grpc, toolscore_pb2_grpc
 
 from services.common import config as config_mod
 from services.common.config import Config
-from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
+from services.common.streams import add_tool_executor
 from services.hub.app import Hub
 from services.toolkit.server import SERVICE, Action, ToolServer
 from tests.helpers import deadline

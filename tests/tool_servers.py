@@ -10,8 +10,8 @@ import asyncio
 import os
 import sys
 
-from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
+from services.common.streams import add_tool_executor
 from services.toolkit.server import SERVICE, Action, ToolServer
 
 ACTIONS: list[Action] = []

@@ -17,7 +17,7 @@ from bench.env import Env
 from bench.registry import Call, scenario, target
 from bench.scenarios.core import ARGUMENTS, start_echo_tools
 from bench.scenarios.edge import _http, start_edge
-from services.common.correlator import Correlator
+from services.common.streams import Correlator
 
 MCP_NAME = "bench-echo-uds__echo"  # <tool_id>__<action>, see docs/mcp.md
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}

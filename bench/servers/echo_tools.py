@@ -10,9 +10,9 @@ import asyncio
 import sys
 from typing import Any
 
-from services.common.contract import add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.process import run
+from services.common.streams import add_tool_executor
 from services.toolkit.server import SERVICE, Action, CallContext, ToolServer
 
 ECHO_SCHEMA = {

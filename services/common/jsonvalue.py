@@ -1,4 +1,5 @@
-"""Fast conversion between protobuf Struct/Value and plain JSON values.
+"""JSON values on the wire: protobuf Struct/Value <-> plain JSON, their bounds, and a tool's
+return value as an ExecuteResponse (text, structured fields, an error).
 
 json_format.MessageToDict is pure Python and slow on the hot path; this walks
 the upb message directly. Integral doubles come back as ints (Struct stores
@@ -6,14 +7,22 @@ every number as a double), so `{"timeout": 5}` round-trips as 5, not 5.0.
 
 It also holds the one bound on JSON nesting (MAX_DEPTH), and the bounds of a document
 (MAX_DOCUMENT_DEPTH) that the edge's one bounded parser (edge/json_body.py, `loads`) applies.
+
+Results (`to_response`, `text_result`, `to_json`) are shared by toolkit servers, the hub's function
+tools, the router's failure results and the stream server's own answers; they run on every call's
+hot path.
 """
 
 from __future__ import annotations
 
+import json
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]  # typeshed omits it
 from typing import Any
 
 from google.protobuf import struct_pb2
 from google.protobuf.struct_pb2 import Struct, Value
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 
 def value_to_py(v: Value) -> Any:
@@ -180,3 +189,53 @@ def _wire(v: Any, depth: int, budget: int) -> int:
                 raise TooLarge
         return n
     return 2
+
+
+# -- Results --------------------------------------------------------------------------------
+
+# One encoder for every result. json.dumps with options builds a new encoder per call and even a
+# reused JSONEncoder builds its C scanner per call; this keeps the C one (2.5x faster on small results).
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
+_C_ENCODE = (
+    c_make_encoder(None, str, encode_basestring, None, ": ", ", ", False, False, True)
+    if c_make_encoder is not None
+    else None
+)
+
+
+def to_json(value: Any) -> str:
+    """`json.dumps(value, ensure_ascii=False, default=str)`; a cycle raises RecursionError."""
+    if _C_ENCODE is None:
+        return _JSON.encode(value)
+    return "".join(_C_ENCODE(value, 0))
+
+
+def text_result(
+    text: str,
+    structured: dict[str, Any] | None = None,
+    *,
+    is_error: bool = False,
+    error_type: int = tool_pb2.ERROR_TYPE_TOOL_ERROR,
+) -> ex.ExecuteResponse:
+    resp = ex.ExecuteResponse(is_error=is_error)
+    resp.content.add().text.text = text
+    if structured is not None:
+        fill_struct(resp.structured, structured)
+    if is_error:
+        resp.error.type = error_type
+        resp.error.message = text
+    return resp
+
+
+def to_response(value: Any) -> ex.ExecuteResponse:
+    """Turn an action's return value into a response."""
+    if isinstance(value, ex.ExecuteResponse):
+        return value
+    if isinstance(value, str):
+        return text_result(value)
+    if isinstance(value, dict):
+        return text_result(to_json(value), value)
+    resp = ex.ExecuteResponse()
+    resp.content.add().json.value.CopyFrom(py_to_value(value))
+    resp.content.add().text.text = to_json(value)
+    return resp

@@ -37,8 +37,9 @@ server's ExecuteStream (services.router.channels, by call_id), the edge's calls
 to servers dialled in over the ToolScore WebSocket (edge.dialled_in, by request_id),
 and the bench's MCP WebSocket client (bench.scenarios.mcp, by JSON-RPC id).
 
-A caller `open`s its id (with a deadline, and a hook for progress notes if it
-wants them), sends its request, awaits the future, and `finish`es the id
+A caller opens its id and sends its request in one step, `request` (with a
+deadline, and a hook for progress notes if it wants them; `open` alone where
+the write is not awaited), awaits the future, and `finish`es the id
 whatever happened; the connection's reader `resolve`s answers and routes
 `progress`; when the connection ends, `fail_all` fails everyone still waiting
 with the connection's error. A deadline is a timer on the loop, not a
@@ -266,6 +267,28 @@ class Correlator(Generic[K, A]):
         self._pending[key] = (fut, progress, loop.call_later(timeout_s, _expire, fut))
         return fut
 
+    async def request(
+        self,
+        key: K,
+        timeout_s: float,
+        progress: ProgressHook | None,
+        write: Callable[..., Awaitable[object]],
+        *message: Any,
+    ) -> asyncio.Future[A]:
+        """Open `key` (as `open` does) and write its request, `await write(*message)`, in one step,
+        as the MCP SDK's `BaseSession.send_request` does: the id is open before its answer can come.
+        Returns the answer's future. A write that fails once the call has its outcome already (the
+        reader failed it with the connection's own error, or it expired) leaves the call that
+        outcome; otherwise the write's error propagates, with `key` still open: the caller
+        `finish`es it whatever happened."""
+        fut = self.open(key, timeout_s, progress)
+        try:
+            await write(*message)
+        except Exception:
+            if not fut.done():
+                raise
+        return fut
+
     def finish(self, key: K) -> bool:
         """The caller is done with `key`; True when its answer never came (the peer may be told)."""
         slot = self._pending.pop(key, None)
@@ -320,6 +343,8 @@ STREAM_OVERHEAD_BYTES = 32
 SERVICE = "toolscore.v1.ToolExecutorService"
 EXECUTE_STREAM = f"/{SERVICE}/ExecuteStream"
 
+S = TypeVar("S", bound=Any)  # ExecuteStreamRequest or ExecuteStreamResponse
+
 
 def batch_limit(max_message_bytes: int) -> int:
     """How large a coalesced message may grow on a stream whose messages may carry `max_message_bytes`:
@@ -327,7 +352,7 @@ def batch_limit(max_message_bytes: int) -> int:
     return min(MAX_BATCH_BYTES, max_message_bytes - STREAM_OVERHEAD_BYTES)
 
 
-def coalesce(queued: list[M], limit: int = MAX_BATCH_BYTES) -> tuple[M, int]:
+def coalesce(queued: list[S], limit: int = MAX_BATCH_BYTES) -> tuple[S, int]:
     """The first queued message, carrying in its `batch` as many of the next ones as keep the whole
     message within `limit` bytes (see `batch_limit`), and how many queued messages it carries in all
     (an outbox's `take`, the outbox above)."""
@@ -400,15 +425,15 @@ def _envelope_class() -> type[Message]:
 _Envelope = _envelope_class()
 
 
-def lenient(cls: type[M], max_bytes: int = 0) -> Any:
+def lenient(cls: type[S], max_bytes: int = 0) -> Any:
     """A gRPC deserializer for stream messages of `cls` that never raises: a message that does not
     parse (or is over `max_bytes`, when given) comes out as `Unreadable` for the reader to answer."""
 
-    def parse(raw: bytes) -> M | Unreadable:
+    def parse(raw: bytes) -> S | Unreadable:
         if max_bytes and len(raw) > max_bytes:
             return Unreadable(raw, f"{len(raw)} bytes, over the {max_bytes}-byte message limit", True)
         try:
-            msg: M = cls.FromString(raw)  # Message.FromString is Any to mypy (no protobuf hints)
+            msg: S = cls.FromString(raw)  # Message.FromString is Any to mypy (no protobuf hints)
             return msg
         except (DecodeError, RecursionError) as exc:
             return Unreadable(raw, f"it does not parse ({exc or type(exc).__name__}; nested too deep?)")

@@ -26,11 +26,11 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config, ExecutorConfig
-from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.credentials import CredentialFile
 from services.common.errors import InvalidRequest
 from services.common.grpc_server import admin_check as mesh_admin_check
-from services.common.results import text_result
+from services.common.jsonvalue import text_result
+from services.common.streams import DEFAULT_MAX_MESSAGE_BYTES
 from services.executor import tasks
 from services.executor.interpreter import RunResult, run_on
 from services.executor.machinery import Machinery

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from grpc_health.v1 import health_pb2
 
 from services.common.config import Config
-from services.common.contract import add_tool_executor
 from services.common.credentials import CredentialFile
 from services.common.grpc_server import MeshServer, ServiceBinding
+from services.common.streams import add_tool_executor
 from services.executor import session_owners
 from services.executor.actions import make_server, tool_definition
 from services.executor.registration import keep_registered

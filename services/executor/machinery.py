@@ -19,7 +19,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.config import Config
-from services.common.results import text_result
+from services.common.jsonvalue import text_result
 from services.executor import envs
 from services.executor.interpreter import Worker
 from services.executor.pool import WarmPool

@@ -20,8 +20,7 @@ from toolscore.v1 import tool_pb2
 from services.common.config import FunctionToolConfig
 from services.common.deadline import resume, within
 from services.common.errors import InvalidRequest
-from services.common.jsonvalue import dict_to_struct
-from services.common.results import to_response
+from services.common.jsonvalue import dict_to_struct, to_response
 from services.library.registry import Entry
 from services.router.channels import ProgressFn
 from services.router.router import error_response

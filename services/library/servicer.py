@@ -11,8 +11,8 @@ from toolscore.v1 import tool_library_pb2 as pb
 from toolscore.v1 import tool_library_pb2_grpc as pb_grpc
 from toolscore.v1 import tool_pb2
 
-from services.common.contract import DEFAULT_MAX_MESSAGE_BYTES
 from services.common.errors import InvalidRequest
+from services.common.streams import DEFAULT_MAX_MESSAGE_BYTES
 from services.library.registry import WATCH_REVISION_KEY, Entry, Registry
 from services.library.search_index import SearchIndex
 

@@ -7,7 +7,7 @@ implements only Execute) is called with unary Execute from then on.
 The stream is shared by every caller of the endpoint, so a message too large or
 unreadable for it fails its own call only: a request over the message limit is
 refused before it is written (gRPC would end the whole stream), and answers
-are read leniently (contract.lenient/salvage): one the router cannot parse, or
+are read leniently (streams.lenient/salvage): one the router cannot parse, or
 up to twice the limit in size, becomes an is_error result for its call.
 """
 
@@ -25,21 +25,25 @@ from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
 from services.common import endpoints
-from services.common.contract import (
+from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
+from services.common.jsonvalue import text_result
+from services.common.streams import (
     BATCHING_KEY,
     EXECUTE_STREAM,
     RESPONSE_KINDS,
     STREAM_OVERHEAD_BYTES,
+    Correlator,
+    Expired,
+    Outbox,
+    OutboxLimits,
+    TooManyPending,
     Unreadable,
     batch_limit,
     coalesce,
     lenient,
     salvage,
+    take_one,
 )
-from services.common.correlator import Correlator, Expired, TooManyPending
-from services.common.errors import DeadlineExceeded, MeshError, ResourceExhausted, Unavailable
-from services.common.outbox import Outbox, OutboxLimits, take_one
-from services.common.results import text_result
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +203,17 @@ class _Mux:
         out = self._open()
         call_id = next(self._ids)
         try:
-            fut = self._pending.open(call_id, timeout, on_progress)
-        except TooManyPending as exc:
-            raise self._unavailable(f"{exc} on its call stream") from None
-        try:
             try:
-                await out.send(ex.ExecuteStreamRequest(call_id=call_id, execute=request), size)
+                fut = await self._pending.request(
+                    call_id,
+                    timeout,
+                    on_progress,
+                    out.send,
+                    ex.ExecuteStreamRequest(call_id=call_id, execute=request),
+                    size,
+                )
+            except TooManyPending as exc:
+                raise self._unavailable(f"{exc} on its call stream") from None
             except _Refused:
                 raise self._unavailable(
                     f"it does not read its call stream ({_QUEUED.messages} messages or "
@@ -212,9 +221,8 @@ class _Mux:
                 ) from None
             except grpc.aio.AioRpcError as exc:
                 raise self._error_for(exc) from None
-            except (grpc.aio.UsageError, asyncio.InvalidStateError):
-                if not fut.done():  # the reader fails the future with the real cause
-                    raise self._unavailable("the call stream ended") from None
+            except (grpc.aio.UsageError, asyncio.InvalidStateError):  # the stream ended under the write
+                raise self._unavailable("the call stream ended") from None
             return await fut
         except Expired:
             raise DeadlineExceeded(

@@ -22,7 +22,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.errors import InvalidArguments, MeshError
-from services.common.results import text_result
+from services.common.jsonvalue import text_result
 
 # The reasons of failures that belong to the tool, and the ErrorType each one is reported as.
 TOOL_SIDE: Mapping[str, int] = {

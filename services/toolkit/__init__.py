@@ -4,7 +4,7 @@ server.py  ToolServer: ToolExecutorService over plain async actions, and CallStr
            ExecuteStream (many calls over one bidirectional stream, matched by call_id)
 """
 
-from services.common.results import text_result
+from services.common.jsonvalue import text_result
 from services.toolkit.server import Action, CallContext, ToolServer
 
 __all__ = ["Action", "CallContext", "ToolServer", "text_result"]

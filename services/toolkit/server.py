@@ -11,7 +11,7 @@ straight to the action (one module, so a call crosses no file between the two).
 Its answer goes out with `context.write` from that task as soon as it is ready;
 answers that become ready while a write is in flight go out together, in one
 message's `batch` (the server announces `toolscore-batching: 1` in its initial
-metadata): the stream's outbox (services.common.outbox). Writing from the
+metadata): the stream's outbox (services.common.streams). Writing from the
 call's own task, rather than through a queue to a response generator, saves a
 loop iteration and a wake-up per call. What waits behind a write is bounded
 (`_QUEUED`): past it a progress note is dropped, and an answer too (its
@@ -20,7 +20,7 @@ gets near it.
 
 The stream is shared by many callers, so whatever one call brings stays with
 that call: a request message that does not parse (served through
-`contract.add_tool_executor`, it arrives as `Unreadable`) is answered with an
+`streams.add_tool_executor`, it arrives as `Unreadable`) is answered with an
 INVALID_INPUT error for each call it carried, and an answer too large for one
 gRPC message is replaced by an error for its call; neither ends the stream.
 """
@@ -40,20 +40,20 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
-from services.common.contract import (
+from services.common.errors import InvalidRequest, NotFound, Unauthenticated
+from services.common.jsonvalue import dict_to_struct, struct_to_dict, text_result, to_response
+from services.common.streams import (
     BATCHING_KEY,
     DEFAULT_MAX_MESSAGE_BYTES,
     REQUEST_KINDS,
     STREAM_OVERHEAD_BYTES,
+    Outbox,
+    OutboxLimits,
     Unreadable,
     batch_limit,
     coalesce,
     salvage,
 )
-from services.common.errors import InvalidRequest, NotFound, Unauthenticated
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.common.outbox import Outbox, OutboxLimits
-from services.common.results import text_result, to_response
 
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolExecutorService"
@@ -102,7 +102,7 @@ class Action:
 
 
 class ToolServer(ex_grpc.ToolExecutorServiceServicer):
-    """Serves actions of one or more tools. Serve it with `contract.add_tool_executor`, which reads
+    """Serves actions of one or more tools. Serve it with `streams.add_tool_executor`, which reads
     ExecuteStream leniently (one unreadable call never ends the stream)."""
 
     # The server's gRPC message limit: an answer over it fails its call alone, not the stream.

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.common.correlator import Correlator, Expired, TooManyPending
+from services.common.streams import Correlator, Expired, TooManyPending
 
 
 async def test_an_answer_resolves_the_call_waiting_for_its_id_and_no_other():
@@ -67,3 +67,38 @@ async def test_progress_notes_reach_the_hook_of_their_call_only():
     pending.progress(2, "ignored: no hook")
     assert notes == ["half"]
     pending.finish(1), pending.finish(2)
+
+
+async def test_request_opens_the_id_before_the_write_so_an_answer_during_the_write_is_kept():
+    pending: Correlator[int, str] = Correlator(limit=10)
+    written: list[str] = []
+
+    async def write(message: str) -> None:  # the peer answers while the request is being written
+        written.append(message)
+        assert pending.resolve(1, "early")
+
+    fut = await pending.request(1, 30, None, write, "hello")
+    assert written == ["hello"] and await fut == "early"
+
+
+async def test_a_write_that_fails_while_the_call_waits_raises_and_leaves_the_id_to_finish():
+    pending: Correlator[int, str] = Correlator(limit=10)
+
+    async def write(message: str) -> None:
+        raise ConnectionError("peer gone")
+
+    with pytest.raises(ConnectionError):
+        await pending.request(1, 30, None, write, "hello")
+    assert 1 in pending and pending.finish(1)
+
+
+async def test_a_write_that_fails_after_the_connection_failed_the_call_gives_it_that_error():
+    pending: Correlator[int, str] = Correlator(limit=10)
+
+    async def write(message: str) -> None:  # the reader saw the connection end first
+        pending.fail_all(LookupError("the real cause"))
+        raise ConnectionError("write on a closed stream")
+
+    fut = await pending.request(1, 30, None, write, "hello")
+    with pytest.raises(LookupError, match="the real cause"):
+        await fut

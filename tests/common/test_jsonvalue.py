@@ -16,10 +16,10 @@ from services.common.jsonvalue import (
     fill_struct,
     struct_bounds,
     struct_to_dict,
+    to_json,
     to_struct,
     too_deep,
 )
-from services.common.results import to_json
 
 VALUES = [
     {},

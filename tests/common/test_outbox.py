@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.common.outbox import Outbox, OutboxLimits, OutboxStats
+from services.common.streams import Outbox, OutboxLimits, OutboxStats
 
 ROOMY = OutboxLimits(messages=100, bytes=1 << 20)
 

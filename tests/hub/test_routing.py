@@ -73,7 +73,7 @@ class UnaryOnly(executor_pb2_grpc.ToolExecutorServiceServicer):
     """A server that implements only Execute, like most servers in other languages."""
 
     async def Execute(self, request, context):
-        from services.common.results import text_result
+        from services.common.jsonvalue import text_result
 
         return text_result(f"unary:{struct_to_dict(request.arguments)['text']}")
 

@@ -15,11 +15,10 @@ from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common import config as config_mod
 from services.common import endpoints
-from services.common.contract import SERVICE, add_tool_executor
 from services.common.errors import Unavailable
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.common.outbox import OutboxLimits
+from services.common.streams import SERVICE, OutboxLimits, add_tool_executor
 from services.router import channels
 from services.router.channels import ToolChannel
 from services.toolkit import Action, ToolServer, text_result

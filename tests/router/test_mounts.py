@@ -11,8 +11,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
 from services.common.errors import Unavailable
-from services.common.jsonvalue import dict_to_struct, struct_to_dict
-from services.common.results import text_result
+from services.common.jsonvalue import dict_to_struct, struct_to_dict, text_result
 from services.library.registry import Entry, make_entry
 from services.router.channels import ChannelPool, ProgressFn
 from services.router.router import Router

@@ -17,9 +17,9 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc, tool_pb2
 from toolscore.v1 import toolscore_pb2 as ts
 
-from services.common.contract import BATCHING_KEY, EXECUTE_STREAM, SERVICE, add_tool_executor
 from services.common.grpc_server import MeshServer, ServiceBinding
 from services.common.jsonvalue import dict_to_struct
+from services.common.streams import BATCHING_KEY, EXECUTE_STREAM, SERVICE, add_tool_executor
 from services.toolkit import Action, CallContext, ToolServer
 from tests.edge.conftest import edge, start_edge  # noqa: F401 (fixtures)
 

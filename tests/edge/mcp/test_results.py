@@ -17,8 +17,7 @@ from services.common.errors import (
     Unauthenticated,
     Unavailable,
 )
-from services.common.jsonvalue import dict_to_struct, py_to_value
-from services.common.results import text_result, to_response
+from services.common.jsonvalue import dict_to_struct, py_to_value, text_result, to_response
 from services.router.failures import failure_result, invalid_input_result
 
 

@@ -17,9 +17,11 @@ for another process to take it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import shutil
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +76,20 @@ def find_programs(opts: ClusterOptions) -> tuple[str, str]:
     return redis or "", lb or ""
 
 
+def proxy_addresses(host: str) -> list[str]:
+    """The addresses HAProxy's connections to edges listening on `host` come from: `host` itself
+    when it is an address, loopback when it is the unspecified one (a connection to 0.0.0.0 is a
+    local one), and every address a name resolves to (`localhost`: 127.0.0.1 and ::1)."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        found = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+        return list(dict.fromkeys(str(info[4][0]) for info in found))
+    if ip.is_unspecified:
+        return ["127.0.0.1", "::1"]
+    return [str(ip)]
+
+
 def node_env(
     cfg: Config, opts: ClusterOptions, node: str, hub_port: int, edge_port: int, redis_url: str
 ) -> dict[str, str]:
@@ -93,7 +109,7 @@ def node_env(
         "TOOLSCORE_EDGE__HOST": opts.host,
         "TOOLSCORE_EDGE__PORT": str(edge_port),
         # HAProxy reaches the edges from this address; it names each client in X-Forwarded-For.
-        "TOOLSCORE_EDGE__TRUSTED_PROXIES": opts.host,
+        "TOOLSCORE_EDGE__TRUSTED_PROXIES": ",".join(proxy_addresses(opts.host)),
         "TOOLSCORE_EDGE__HUB": "",
         "TOOLSCORE_EDGE__RELAY_UDS": f"{run}/edge.sock",
         "TOOLSCORE_AUTH__SERVICE_CREDENTIAL_PATH": f"{run}/service.credential",

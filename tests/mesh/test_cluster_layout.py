@@ -78,6 +78,22 @@ def test_each_node_gets_its_own_id_sockets_and_data_and_the_shared_redis() -> No
     assert node_cfg.edge.trusted_proxies == ("127.0.0.1",)
 
 
+@pytest.mark.parametrize(
+    ("host", "proxies"),
+    [
+        ("127.0.0.1", ["127.0.0.1"]),
+        ("localhost", ["127.0.0.1"]),  # and ::1 where the machine resolves it
+        ("0.0.0.0", ["127.0.0.1", "::1"]),  # the edges' connections are local ones
+        ("::1", ["::1"]),
+    ],
+)
+def test_the_edges_trust_haproxy_from_the_addresses_the_host_names(host: str, proxies: list[str]) -> None:
+    cfg = config_mod.load(REPO / "config" / "toolscore.toml", env={})
+    env = cluster.node_env(cfg, cluster.ClusterOptions(host=host), "node1", 50051, 8082, "redis://x:1/0")
+    trusted = config_mod.load(REPO / "config" / "toolscore.toml", env=env).edge.trusted_proxies
+    assert set(proxies) <= set(trusted) and all(t in ("127.0.0.1", "::1") for t in trusted), trusted
+
+
 def test_a_missing_program_is_named_with_the_command_that_installs_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     opts = cluster.ClusterOptions(redis_server=str(tmp_path / "none"), haproxy=str(tmp_path / "nada"))
     with pytest.raises(cluster.MissingProgram, match="apt-get install redis-server haproxy"):

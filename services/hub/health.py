@@ -70,7 +70,9 @@ async def check_all(
     """One round: every distinct endpoint probed concurrently, results recorded per tool. In a
     cluster (`nodes`: the nodes alive), this node's replicas are probed (another node's endpoint
     is that node's hub's to check: not reachable from here), and the replicas of nodes no longer
-    announced are recorded unhealthy."""
+    announced are recorded unhealthy. Who is alive is read first, so that a round's Redis reads are
+    over by the time its first result is committed."""
+    alive = await _alive(nodes) if nodes is not None else None
     by_endpoint: dict[str, tuple[Endpoint, list[str]]] = {}
     replicas: list[tuple[str, Endpoint, bool]] = []  # this node's replicas past the first
     for e in registry.entries():
@@ -90,7 +92,15 @@ async def check_all(
         for tool_id in tool_ids:
             await registry.set_health(tool_id, status, endpoint=key)
     if nodes is not None:
-        await _check_replicas(pool, registry, timeout, replicas, nodes, absences or Absences(0.0))
+        await _check_replicas(pool, registry, timeout, replicas, alive, absences or Absences(0.0))
+
+
+async def _alive(nodes: NodeList) -> set[str] | None:
+    """The nodes announced now; None while Redis is away (who is alive is unknown then)."""
+    try:
+        return set(await nodes())
+    except Unavailable:
+        return None
 
 
 async def _check_replicas(
@@ -98,16 +108,14 @@ async def _check_replicas(
     registry: Registry,
     timeout: float,
     mine: list[tuple[str, Endpoint, bool]],
-    nodes: NodeList,
+    alive: set[str] | None,
     absences: Absences,
 ) -> None:
     probed = await asyncio.gather(*(probe(pool, ep, timeout) for _, ep, inproc in mine if not inproc))
     statuses = iter(probed)
     for tool_id, _, inproc in mine:
         await registry.set_replica_health(tool_id, registry.node, HEALTHY if inproc else next(statuses))
-    try:
-        alive = set(await nodes())
-    except Unavailable:  # Redis away: who is alive is unknown, nothing is marked
+    if alive is None:  # Redis away: who is alive is unknown, nothing is marked
         return
     entries = registry.entries()
     listed = {node for e in entries for _, node in e.routes} - {registry.node}

@@ -8,8 +8,8 @@ tool the view does not hold is an unknown tool (-32602) and an admin-only one wi
 token is refused (-32003), exactly as a direct call would be.
 
 The search is the registry's own index (services/library/search_index.py: SQLite FTS5 with BM25),
-one per search view, each capability a document under its listed name. It is built once, at the
-first `find_tools`, from the view as it is then (the rows are made on the index's thread), and
+one per search view, each capability a document under its listed name. It is built once, when the
+endpoint has its first client, from the view as it is then (the rows are made on the index's thread), and
 kept in step by the view's changes, one tool at a time (edge/mcp/views.py): nothing is rebuilt
 per session or per query. Capabilities declared `requires_admin` are indexed as not enabled, so a
 caller without admin rights searches with `enabled_only` and never sees them.
@@ -191,10 +191,15 @@ class ToolSearch:
 
     # -- the index ------------------------------------------------------------------
 
-    async def _ready(self) -> SearchIndex:
-        """The index, built at the first search (concurrent first searches wait for one build)."""
+    def prepare(self) -> None:
+        """Start building the index (the endpoint has its first client), unless it is under way."""
         if self._built is None:
             self._built = asyncio.get_running_loop().create_task(self._build())
+
+    async def _ready(self) -> SearchIndex:
+        """The index, once built (concurrent first searches wait for one build)."""
+        self.prepare()
+        assert self._built is not None
         return await asyncio.shield(self._built)
 
     async def _build(self) -> SearchIndex:

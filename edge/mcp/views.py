@@ -149,17 +149,17 @@ class ToolView:
 
     def _rebuild(self, base: Catalog) -> None:
         self._base, self._generation = base, base.generation
-        if not self.spec.filters:
-            fresh: Listing = base
-        else:
-            items: Iterable[McpTool] = (
-                base.of_tool(self.spec.server) if self.spec.server else base.by_name.values()
-            )
-            fresh = Listing(self._settle(p for t in items if (p := self._present(t)) is not None))
-        if fresh is not self._listing:
-            old, self._listing = self._listing, fresh
-            if fresh is base or not fresh.same_listing(old):
-                self._changed(None)
+        if not self.spec.filters:  # a fresh catalog, or names moved in it: any name may have changed
+            self._listing = base
+            self._changed(None)
+            return
+        items: Iterable[McpTool] = (
+            base.of_tool(self.spec.server) if self.spec.server else base.by_name.values()
+        )
+        old = self._listing
+        self._listing = Listing(self._settle(p for t in items if (p := self._present(t)) is not None))
+        if not self._listing.same_listing(old):
+            self._changed(None)
 
     def _settle(self, tools: Iterable[McpTool]) -> list[McpTool]:
         out: dict[str, McpTool] = {}
@@ -235,6 +235,8 @@ class Views:
         """The view `/mcp/servers/<name>` serves, or None (404)."""
         view = self._named.get(name)
         if view is not None:
+            if view.search is not None:
+                view.search.prepare()
             return view
         if name == SEARCH_SERVER and self._search_enabled:
             if self._search is None:
@@ -245,6 +247,8 @@ class Views:
                     self._search = self._view(
                         ViewSpec(SEARCH_SERVER, "", main.include, main.exclude, main.rename, tool_search=True)
                     )
+            assert self._search.search is not None
+            self._search.search.prepare()
             return self._search
         view = self._servers.get(name)
         if view is None:

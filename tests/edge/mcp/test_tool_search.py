@@ -8,6 +8,7 @@ import dataclasses
 import json
 from typing import Any
 
+import aiohttp
 import mcp_types as types
 import pytest
 from mcp import Client
@@ -16,7 +17,9 @@ from mcp.shared.exceptions import MCPError
 from edge.gateway import HubGateway
 from services.common import config as config_mod
 from services.common.config import Config, McpServerConfig
+from services.hub.app import Hub
 from services.toolkit import Action
+from tests.edge.conftest import edge_config
 
 from .conftest import ECHO_SCHEMA, Edge, Probe, Register, tool_def
 from .test_virtual_servers import edge_for, ws_connect
@@ -167,3 +170,34 @@ async def test_the_main_endpoint_lists_only_the_meta_tools_when_configured_and_o
     assert [t["name"] for t in listed["result"]["tools"]] == ["call_tool", "find_tools"]
     assert found["result"]["structuredContent"]["tools"][0]["name"] == "kit__count"
     assert direct["error"]["code"] == types.INVALID_PARAMS  # only the two meta-tools are listed and callable
+
+
+async def test_an_admin_only_tool_is_found_and_called_by_a_caller_with_the_admin_token_only(
+    cfg: Config, hub: Hub, register: Register, start_tool_server: Any, start_edge: Any
+):
+    # The whole edge (its middleware decides each request's authority from its Authorization header).
+    ran = await _guarded(register, start_tool_server)
+    edge = await start_edge(edge_config(config_mod.replace(cfg, auth={"admin_token": "s3cret"}), hub))
+    url = edge.url + "/mcp/servers/search"
+    plain = {
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+        "MCP-Protocol-Version": "2025-11-25",
+    }
+    admin = {**plain, "Authorization": "Bearer s3cret"}
+    find = {"name": "find_tools", "arguments": {"query": "wipe the vault"}}
+    call = {"name": "call_tool", "arguments": {"name": "guarded__wipe"}}
+    seen = {}
+    async with aiohttp.ClientSession() as http:
+        for who, headers in (("plain", plain), ("admin", admin)):
+            for n, params in enumerate((find, call)):
+                body = {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": params}
+                async with http.post(url, json=body, headers=headers) as r:
+                    seen[who, params["name"]] = await r.json()
+    names = {
+        who: [t["name"] for t in seen[who, "find_tools"]["result"]["structuredContent"]["tools"]]
+        for who in ("plain", "admin")
+    }
+    assert "guarded__wipe" not in names["plain"] and names["admin"][0] == "guarded__wipe"
+    assert seen["plain", "call_tool"]["error"]["code"] == -32003
+    assert seen["admin", "call_tool"]["result"]["content"][0]["text"] == "wiped" and ran.is_set()

@@ -217,6 +217,8 @@ def _too_many_unread(limit: int) -> TooManyRequests:
 # Exact paths whose handlers apply the guard themselves, to answer with a JSON-RPC error (the MCP
 # transports). Exact: other routes under /mcp (search, install) go through the middleware's check.
 _OWN_GUARDS = frozenset({"/mcp", "/ws/mcp"})
+# The MCP transports of virtual servers (`/mcp/servers/<name>`, `/ws/mcp/servers/<name>`): theirs too.
+_VIRTUAL = ("/mcp/servers/", "/ws/mcp/servers/")
 ORIGIN = web.AppKey("origin", OriginGuard)
 HTTP_BOUNDS = web.AppKey("http_bounds", HttpBounds)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -233,7 +235,13 @@ def _streams(request: web.Request) -> bool:
     """A request that opens a long-lived stream bounded on its own (WebSockets, MCP's GET stream)."""
     if request.method != "GET":
         return False
-    return request.path == "/mcp" or request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.path == "/mcp" or request.path.startswith(_VIRTUAL[0]):
+        return True
+    return request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _own_guard(path: str) -> bool:
+    return path in _OWN_GUARDS or path.startswith(_VIRTUAL)
 
 
 @web.middleware
@@ -248,7 +256,7 @@ async def _edge_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await _handle(request, handler)
     client = request.remote or ""
     # The MCP transport answers in JSON-RPC; every other route in the one REST error shape.
-    refuse = edge_mcp.refusal if request.path in _OWN_GUARDS else errors_http.error_response
+    refuse = edge_mcp.refusal if _own_guard(request.path) else errors_http.error_response
     try:
         bounds.admit(client)
     except ResourceExhausted as err:
@@ -269,7 +277,7 @@ async def _handle(request: web.Request, handler: Handler) -> web.StreamResponse:
     acting = authority.act_as(functools.partial(request.app[AUTH].allows, request.headers))
     try:
         headers = request.headers
-        if request.path not in _OWN_GUARDS:
+        if not _own_guard(request.path):
             guard = request.app[ORIGIN]
             if (headers.get("Origin"), headers.get("Host")) not in guard.passed:
                 guard.check(headers)

@@ -12,9 +12,13 @@ scale-rest      GET /api/v1/tools?page_size=100, walking the pages (each tool li
                 its definition's JSON is encoded then, and kept: edge/rest/tool_text.py)
 scale-rest-warm the same over the first 10 pages again and again (each tool listed before)
 scale-mcp       MCP tools/list (Streamable HTTP, 100 per page), walking the cursors
+scale-find-tools MCP find_tools on the tool search virtual server (/mcp/servers/search), 2-3 words,
+                limit 10: the edge's own search index over every listed capability (built at the
+                first call, before the clock starts; the edge's RSS growth for it is printed)
 scale-register  RegisterTool of a new tool (calls/s at c=32: registrations per second)
 
-Targets (issue 17, absolute, read off the table): each p50 <= 10 ms; scale-register >= 1,000/s.
+Targets (issue 17, absolute, read off the table): each p50 <= 10 ms (scale-find-tools too);
+scale-register >= 1,000/s.
 """
 
 from __future__ import annotations
@@ -294,6 +298,53 @@ async def scale_mcp(env: Env) -> Call:
         if not result["tools"]:
             raise RuntimeError("an empty tools/list page")
 
+    return call
+
+
+@scenario(
+    "scale-find-tools",
+    "MCP find_tools on /mcp/servers/search, 2-3 words, limit 10",
+    "scale",
+    concurrency=(1,),
+    calls=500,
+)
+async def scale_find_tools(env: Env) -> Call:
+    s = await env.shared("scale", _fill)
+    env.use("scale-edge")
+    http, url = s["http"], s["url"] + "/mcp/servers/search"
+    # The endpoint's first client starts the build of the edge's index of every listed capability,
+    # and the first find_tools waits for it: not a figure of the p50.
+    before, started = _rss(env.pids["scale-edge"]), time.perf_counter()
+    session = await open_session(http, url)
+    ids = itertools.count(1)
+    rng = random.Random(5)
+    queries = itertools.cycle([" ".join(_words(rng, rng.randint(2, 3))) for _ in range(200)])
+
+    async def call() -> None:
+        args = {"query": next(queries), "limit": 10}
+        body = json.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": next(ids),
+                "method": "tools/call",
+                "params": {"name": "find_tools", "arguments": args},
+            }
+        )
+        async with http.post(url, data=body, headers=session) as r:
+            result = (await r.json())["result"]
+        if result.get("isError") or not result["structuredContent"]["tools"]:
+            raise RuntimeError(f"find_tools found nothing: {result}")
+
+    await call()
+    built = time.perf_counter() - started
+    grown, n = _rss(env.pids["scale-edge"]) - before, s["figures"]["tools"]
+    print(
+        f"scale: the tool search index of {n} tools built in {built:.1f} s (its first client to its "
+        f"first find_tools' answer); edge RSS +{grown / 2**20:.0f} MiB (+{grown / n / 1024:.2f} MiB "
+        "per 1,000 tools)",
+        file=sys.stderr,
+        flush=True,
+    )
     return call
 
 

@@ -1,4 +1,5 @@
-"""Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`. See docs/mcp.md.
+"""Standard MCP for the edge: Streamable HTTP at `/mcp` and WebSocket at `/ws/mcp`, and the same for
+each virtual server at `/mcp/servers/<name>` and `/ws/mcp/servers/<name>`. See docs/mcp.md.
 
     add_routes(app, gateway, registry, cfg)   # the edge app calls this once, before it starts
 
@@ -8,6 +9,8 @@ dispatcher.py     the transport-independent dispatcher: per-era method -> handle
 envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the HTTP headers mirroring it
 results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
 tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
+views.py          what one endpoint lists: the catalog through a filter and renames; virtual servers
+tool_search.py    tool search: a view listed as find_tools and call_tool, over the registry's search index
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
@@ -18,16 +21,18 @@ websocket.py      the WebSocket transport (`/ws/mcp`): one session per connectio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from edge.gateway import HubGateway
 from edge.registry_cache import RegistryCache
 from services.common.config import Config
+from services.common.errors import NotFound
 
+from ._protocol import INVALID_REQUEST, error_response
 from .dispatcher import Dispatcher, ServerOptions, Session
-from .http import StreamableHttp, refusal
+from .http import VIEW, StreamableHttp, refusal
 from .http_cluster import ClusterHttp
 from .mcp_service import McpOptions, McpService
 from .redis_sessions import RedisSessions
@@ -68,6 +73,8 @@ def add_routes(
     app[MCP_HTTP] = http
     app.router.add_route("*", "/mcp", http.handle)
     app.router.add_get("/ws/mcp", ws.handle)
+    app.router.add_route("*", "/mcp/servers/{server}", _virtual(svc, http.handle))
+    app.router.add_get("/ws/mcp/servers/{server}", _virtual(svc, ws.handle))
 
     async def serving(_: web.Application) -> AsyncIterator[None]:
         svc.start()
@@ -87,6 +94,30 @@ def add_routes(
 
     app.cleanup_ctx.append(serving)
     app.on_shutdown.append(on_shutdown)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _virtual(svc: McpService, handler: Handler) -> Handler:
+    """`handler` serving the view of `/mcp/servers/<server>`; an unknown server is 404 (JSON)."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["server"]
+        view = svc.view(name)
+        if view is None:
+            err = NotFound(
+                f"no MCP server {name[:128]!r}: a virtual server of the config, `search`, or the id "
+                "of a registered tool (GET /api/v1/tools lists them)",
+                reason="MCP_SERVER_NOT_FOUND",
+                metadata={"server": name[:128]},
+            )
+            body = error_response(None, INVALID_REQUEST, err.message, err.to_json())
+            return web.json_response(body, status=404)
+        request[VIEW] = view
+        return await handler(request)
+
+    return serve
 
 
 __all__ = [

@@ -37,6 +37,7 @@ from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
 
+from services.common import authority
 from services.common.errors import MeshError
 from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
 from services.router.router import refuse_arguments
@@ -62,8 +63,10 @@ from ._protocol import (
     notification,
     result_response,
 )
-from .tool_list import Catalog, McpTool
+from .tool_list import Catalog, Listing, McpTool
+from .tool_search import CALL, FIND
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
+from .views import ToolView
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,9 @@ class Session:
     # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended (then
     # no request of it starts any more).
     tool_sessions: dict[str, Held] | None = field(default_factory=dict)
+    # What it lists and calls (edge/mcp/views.py): the endpoint it was opened on; None: `/mcp`,
+    # listing the catalog as it is.
+    view: ToolView | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,8 @@ class Dispatcher:
         self._info = {"name": self.opts.name, "version": self.opts.version}
         self._capabilities = {"tools": {"listChanged": True}}
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
-        self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
+        # Open 2026-07-28 listen streams, with the view of their session.
+        self._listens: dict[object, tuple[ToolView | None, Callable[[], None]]] = {}
         self._closed = asyncio.Event()
         # The method tables, one per era (docs/mcp.md, "Protocol eras").
         self._handshake: dict[str, Method] = {
@@ -227,14 +234,16 @@ class Dispatcher:
         except Exception:  # a notification has no answer to carry a fault: the transport goes on
             log.exception("MCP notification %s failed", msg.method)
 
-    def tools_changed(self) -> None:
-        """Tell every subscriber that the tool list changed."""
+    def tools_changed(self, view: ToolView | None = None) -> None:
+        """Tell every subscriber of `view`'s endpoint (None: `/mcp` unfiltered) that its tool list
+        changed."""
         note = notification("notifications/tools/list_changed", {})
         for s in list(self._pushed):
-            if s.push is not None:
+            if s.push is not None and s.view is view:
                 s.push(note)
-        for fire in list(self._listens.values()):
-            fire()
+        for of, fire in list(self._listens.values()):
+            if of is view:
+                fire()
 
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
@@ -342,7 +351,7 @@ class Dispatcher:
             "protocolVersion": session.version,
             "capabilities": self._capabilities,
             "serverInfo": self._info,
-            "instructions": self.opts.instructions,
+            "instructions": _instructions(session.view, self.opts.instructions),
         }
 
     async def _ping(
@@ -356,7 +365,7 @@ class Dispatcher:
         return {
             "supportedVersions": list(MODERN_VERSIONS),
             "capabilities": self._capabilities,
-            "instructions": self.opts.instructions,
+            "instructions": _instructions(session.view, self.opts.instructions),
             "ttlMs": self.opts.discover_ttl_ms,
             "cacheScope": "public",
         }
@@ -367,8 +376,14 @@ class Dispatcher:
         cursor = (msg.params or {}).get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ProtocolError(INVALID_PARAMS, "params.cursor must be a string")
+        view = session.view
+        listing: Listing
+        if view is None:
+            listing = self._catalog()
+        else:
+            listing = view.search.listing if view.search is not None else view.current()
         try:
-            tools, nxt = self._catalog().page(cursor, self.opts.page_size)
+            tools, nxt = listing.page(cursor, self.opts.page_size)
         except ValueError as exc:
             raise ProtocolError(INVALID_PARAMS, f"Invalid cursor: {exc}") from None
         result: dict[str, Any] = {"tools": tools}
@@ -391,13 +406,27 @@ class Dispatcher:
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(INVALID_PARAMS, "params.name must be a string")
-        if self.tools_moved:
-            self.tools_moved = False
-            self._by_name = self._catalog().by_name
-        tool = self._by_name.get(name)
+        args = params.get("arguments")
+        view = session.view
+        if view is None:
+            if self.tools_moved:
+                self.tools_moved = False
+                self._by_name = self._catalog().by_name
+            tool = self._by_name.get(name)
+        elif view.search is None:
+            tool = view.get(name)
+        else:  # tool search: find_tools answers here; call_tool's call goes on as a direct call
+            if name == FIND:
+                return await view.search.find(args, authority.caller_is_admin())
+            tool = None
+            if name == CALL:
+                target = view.search.target(args)
+                if isinstance(target, dict):
+                    return target  # call_tool's own arguments are unusable: the model reads why
+                name, args = target
+                tool = view.get(name)
         if tool is None:
             raise ProtocolError(INVALID_PARAMS, f"Unknown tool: {name}", {"name": name})
-        args = params.get("arguments")
         if args is None:
             args = {}
         elif not isinstance(args, dict):
@@ -448,7 +477,7 @@ class Dispatcher:
         key = object()
         if honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
-            self._listens[key] = lambda: send(changed)
+            self._listens[key] = (session.view, lambda: send(changed))
         try:
             await self._closed.wait()
         finally:
@@ -467,6 +496,23 @@ class Dispatcher:
             if task is not None:
                 session.cancelled.add(rid)
                 task.cancel()
+
+
+def _instructions(view: ToolView | None, default: str) -> str:
+    """What `initialize` and `server/discover` say of the endpoint `view` serves."""
+    if view is None:
+        return default
+    spec = view.spec
+    if spec.instructions:
+        return spec.instructions
+    if view.search is not None:
+        return (
+            "ToolScore Mesh tool search: find_tools(query, limit) finds the tools that fit a task "
+            "(with their input schemas); call_tool(name, arguments) calls one."
+        )
+    if spec.server:
+        return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
+    return default
 
 
 def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], None]:

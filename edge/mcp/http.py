@@ -68,12 +68,15 @@ from ._protocol import (
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, SharedBytes, WriteStalled, frame, parse_event_id
 from .dispatcher import HANDSHAKE, Headers, Send, Session
 from .mcp_service import McpService
+from .views import ToolView
 
 log = logging.getLogger(__name__)
 _JSON = "application/json"
 _SSE = "text/event-stream"
 _CLOSED = (ConnectionError, asyncio.IncompleteReadError)
 _KEPT_EXCHANGES = 64
+# The view (edge/mcp/views.py) a request of `/mcp/servers/<name>` is served with; none: `/mcp`'s.
+VIEW = web.RequestKey("mcp_view", ToolView)
 _LIST_CHANGED = notification("notifications/tools/list_changed", {})
 # Resumable request streams need a client that understands priming events (2025-11-25 and later).
 _RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
@@ -93,9 +96,12 @@ class _Stream:
         self.wake.set()
 
 
-def identity(headers: Mapping[str, str]) -> str:
-    """Who presents a session id: the SHA-256 of the request's Authorization header ("" hashed too)."""
-    return hashlib.sha256(headers.get("Authorization", "").encode()).hexdigest()
+def identity(headers: Mapping[str, str], endpoint: str = "") -> str:
+    """Who presents a session id: the SHA-256 of the request's Authorization header ("" hashed too),
+    and of the virtual server it was opened on (`/mcp/servers/<endpoint>`): a session serves one
+    endpoint only, on every edge."""
+    auth = headers.get("Authorization", "")
+    return hashlib.sha256((f"{auth}\0{endpoint}" if endpoint else auth).encode()).hexdigest()
 
 
 @dataclass(eq=False)
@@ -180,6 +186,19 @@ class StreamableHttp:
         self._streams: set[_Stream] = set()
         self._last_sweep = time.monotonic()
         svc.listing_listeners.append(self._announce)
+
+    def _view_of(self, request: web.Request) -> ToolView | None:
+        """The view the request is served with: its virtual server's, else `/mcp`'s."""
+        view: ToolView | None = request.get(VIEW, self.svc.views.main)
+        return view
+
+    def _identity(self, request: web.Request) -> str:
+        view = request.get(VIEW)
+        return identity(request.headers, view.key if view is not None else "")
+
+    def _revision(self, view: ToolView | None) -> int:
+        """The registry revision whose listing of `view` was announced last."""
+        return self.svc.listing_revision if view is None else view.revision
 
     def _announce(self) -> None:
         for stream in self._streams:
@@ -294,20 +313,21 @@ class StreamableHttp:
         """The session a message belongs to: a new one (initialize), a known one, or a one-off."""
         if msg.method == "initialize":  # a new session: kept only if initialize succeeds
             # No push: list_changed reaches a session only through an open stream (see _get).
+            view = self._view_of(request)
             hs = HttpSession(
-                Session(id=secrets.token_hex(16), transport="http"),
+                Session(id=secrets.token_hex(16), transport="http", view=view),
                 client=request.remote or "",
-                seen=self.svc.listing_revision,
-                identity=identity(request.headers),
+                seen=self._revision(view),
+                identity=self._identity(request),
             )
             return hs, hs.state
         sid = request.headers.get(H_SESSION)
         if sid is not None:
             known = self._live(sid)
-            if known is None or not hmac.compare_digest(known.identity, identity(request.headers)):
+            if known is None or not hmac.compare_digest(known.identity, self._identity(request)):
                 return None, None  # another identity's session: the same answer as an unknown one
             return known, known.state
-        one_off = Session(id="", transport="http")
+        one_off = Session(id="", transport="http", view=self._view_of(request))
         version = request.headers.get(H_VERSION)
         meta = msg.params.get("_meta") if msg.params else None
         if not (isinstance(meta, dict) and PROTOCOL_VERSION_KEY in meta) and (
@@ -459,7 +479,7 @@ class StreamableHttp:
         if sid is None:
             return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
         hs = self._live(sid)
-        if hs is not None and not hmac.compare_digest(hs.identity, identity(request.headers)):
+        if hs is not None and not hmac.compare_digest(hs.identity, self._identity(request)):
             hs = None  # another identity's session: the same answer as an unknown one
         if hs is None:
             return None, _fail(404, f"Session not found: {sid[:64]!r}")
@@ -506,7 +526,7 @@ class StreamableHttp:
         """
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
-            revision = self.svc.listing_revision
+            revision = self._revision(hs.state.view)
             if revision != seen:
                 await resp.write(frame(_LIST_CHANGED, revision))
                 seen = hs.seen = revision

@@ -33,9 +33,10 @@ from . import results
 from ._protocol import H_SESSION, NOTIFICATION, Message
 from ._sse import KEEPALIVE, SSE_HEADERS, Exchange, write_within
 from .dispatcher import HANDSHAKE, Headers, Send, Session
-from .http import _CLOSED, HttpSession, StreamableHttp, _fail, _json, identity
+from .http import _CLOSED, HttpSession, StreamableHttp, _fail, _json
 from .mcp_service import McpService
 from .redis_sessions import ExchangeMirror, HeldMirror, RedisSessions, Refused, SessionRecord
+from .views import ToolView
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -93,7 +94,7 @@ class ClusterHttp(StreamableHttp):
                 hs.state.tool_sessions = HeldMirror()
         else:
             try:
-                hs = await self._view(sid, identity(request.headers))
+                hs = await self._view(sid, self._identity(request), self._view_of(request))
             except Unavailable as exc:
                 return _unavailable(msg.id, exc)
             session = hs.state if hs is not None else None
@@ -116,14 +117,14 @@ class ClusterHttp(StreamableHttp):
         if sid is None:
             return None, _fail(400, "Bad Request: Mcp-Session-Id header is required")
         try:
-            hs = await self._view(sid, identity(request.headers))
+            hs = await self._view(sid, self._identity(request), self._view_of(request))
         except Unavailable as exc:
             return None, _unavailable(None, exc)
         if hs is None:
             return None, _fail(404, f"Session not found: {sid[:64]!r}")
         return hs, None
 
-    async def _view(self, sid: str, ident: str) -> HttpSession | None:
+    async def _view(self, sid: str, ident: str, view: ToolView | None) -> HttpSession | None:
         """This edge's view of session `sid`, if it is alive under `ident` (its TTL refreshed): the one
         held here, else built from its record. Raise Unavailable when Redis fails and no view is
         held here (one that is goes on serving: calls keep flowing while Redis is away)."""
@@ -142,12 +143,13 @@ class ClusterHttp(StreamableHttp):
                 self._drop(sid)
             return None
         if isinstance(alive, SessionRecord):
-            hs = self._adopt(alive)
+            hs = self._adopt(alive, view)
         return hs
 
-    def _adopt(self, rec: SessionRecord) -> HttpSession:
-        """A view of a session another edge opened (or this one, before its view was let go)."""
-        state = Session(id=rec.id, transport="http", era=HANDSHAKE, version=rec.version)
+    def _adopt(self, rec: SessionRecord, view: ToolView | None) -> HttpSession:
+        """A view of a session another edge opened (or this one, before its view was let go), on the
+        endpoint it was opened on (`identity` holds it)."""
+        state = Session(id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view)
         state.client_info, state.initialized, state.tool_sessions = rec.client_info, True, HeldMirror()
         hs = HttpSession(state, client=rec.client, seen=rec.seen, identity=rec.identity)
         self._keep(hs)
@@ -232,7 +234,7 @@ class ClusterHttp(StreamableHttp):
         sid = request.headers.get(H_SESSION)
         if sid is None:
             return _fail(400, "Bad Request: Mcp-Session-Id header is required")
-        ident = identity(request.headers)
+        ident = self._identity(request)
         try:
             held = await self.store.end(sid, ident)
         except Unavailable as exc:

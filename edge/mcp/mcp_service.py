@@ -2,7 +2,9 @@
 
 The catalog follows the edge's registry cache (edge.registry_cache): it is
 rebuilt when the cache's revision moves, and a registry event that changes the *listing*
-(not just a tool's health) is announced to MCP clients as list_changed.
+(not just a tool's health) is announced to MCP clients as list_changed. The views of the
+catalog each endpoint lists (edge/mcp/views.py) follow it, each event after the catalog's, and
+each view's change is announced to that endpoint's clients only.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from services.common.errors import ResourceExhausted
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
 from .tool_list import Catalog, build
+from .tool_search import ToolSearch
+from .views import ToolView, Views
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +100,18 @@ class LiveCatalog:
             self._listing = self._registry.listings
         return self._catalog
 
-    def apply(self, event: tool_pb2.ToolEvent) -> None:
-        """Follow one event the cache applied (or a difference its fresh listing found)."""
+    def apply(self, event: tool_pb2.ToolEvent) -> bool:
+        """Follow one event the cache applied (or a difference its fresh listing found); True when
+        the listing of its tool changed (or the catalog was built whole)."""
         if self._registry.listings != self._listing:
             self.current()  # built whole from the cache, which has this event already
-            return
+            return True
         if event.type == tool_pb2.TOOL_EVENT_TYPE_REMOVED:
             changed = self._catalog.remove(event.tool.tool_id)
         else:
             changed = self._catalog.put(event.tool)
         self.changed = self.changed or changed
+        return changed
 
     def take_changed(self) -> bool:
         """Whether the listing changed since the last call (and forget it)."""
@@ -133,6 +139,8 @@ class McpService:
             page_size=cfg.edge.mcp_page_size, max_argument_bytes=cfg.hub.max_argument_bytes
         )
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
+        # What each endpoint lists: `/mcp` (views.main, None when unfiltered) and `/mcp/servers/<name>`.
+        self.views = Views(self.catalog.current, cfg, ToolSearch)
         self.guard = OriginGuard.from_config(cfg.edge)
         # The registry revision whose listing was announced last: the event id of list_changed on
         # HTTP standalone streams, from which a session that had no stream open resumes.
@@ -148,6 +156,11 @@ class McpService:
     def start(self) -> None:
         self.catalog.current()
         self.catalog.take_changed()  # what is listed now is what a client's first tools/list sees
+        for view in self.views.all():
+            view.take_changed()
+        main = self.views.main
+        if main is not None and main.search is not None:  # `/mcp` is a tool search: its index
+            main.search.prepare()
         self._unsubscribe = self.registry.subscribe(self._on_event)
         if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it
             self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
@@ -166,6 +179,11 @@ class McpService:
             self._unsubscribe()
         self.dispatcher.close()
         self.closing.set()
+        await self.views.close()
+
+    def view(self, name: str) -> ToolView | None:
+        """The view `/mcp/servers/<name>` serves (None: no such server)."""
+        return self.views.resolve(name)
 
     def refuse_busy(self, rid: RequestId | None, where: str) -> dict[str, Any]:
         """The answer to a request past the in-flight bound of its connection or session.
@@ -183,7 +201,7 @@ class McpService:
         return error_response(rid, LIMIT_REACHED, err.message, err.to_json())
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
-        self.catalog.apply(event)
+        self.views.apply(event.tool.tool_id, self.catalog.apply(event))
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -191,8 +209,19 @@ class McpService:
 
     def _check(self) -> None:
         self._check_scheduled = False
-        if self.catalog.take_changed():
-            self.listing_revision = self.registry.revision
+        revision, main, announced = self.registry.revision, self.views.main, False
+        if self.catalog.take_changed() and main is None:
+            self.listing_revision = revision
             self.dispatcher.tools_changed()
+            announced = True
+        for view in self.views.all():
+            # A tool search's listing (its two tools) never changes: what it searches is not listed.
+            if view.take_changed() and view.search is None:
+                view.revision = revision
+                if view is main:
+                    self.listing_revision = revision
+                self.dispatcher.tools_changed(view)
+                announced = True
+        if announced:  # open standalone streams: each compares the revision of its own view
             for fire in list(self.listing_listeners):
                 fire()

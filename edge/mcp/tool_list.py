@@ -58,6 +58,7 @@ class McpTool:
     definition: dict[str, Any]
     # The input schema, kept only when it carries `x-mcp-header` annotations (checked on HTTP calls).
     header_schema: dict[str, Any] | None = None
+    admin: bool = False  # the capability `requires_admin` (tool search shows it to admins only)
 
 
 def _input_schema(cap: tool_pb2.Capability) -> dict[str, Any]:
@@ -90,9 +91,9 @@ def _has_header_annotation(schema: Any) -> bool:
     return False
 
 
-class Catalog:
-    """Names -> tools, in name order for paging; kept current with `put` and `remove` (what a
-    registry event changes costs that tool's capabilities, not the listing's size)."""
+class Listing:
+    """Names -> tools, in name order for paging: what one endpoint lists (the catalog, or a view of
+    it: edge/mcp/views.py)."""
 
     def __init__(self, tools: Iterable[McpTool] = ()) -> None:
         self.by_name: dict[str, McpTool] = {t.name: t for t in tools}
@@ -100,9 +101,6 @@ class Catalog:
         self._by_tool: dict[str, list[McpTool]] = {}
         for t in self.by_name.values():
             self._by_tool.setdefault(t.tool_id, []).append(t)
-        # Base names (tool_name) some pair does not hold because another one took it first.
-        bases = ((t.name, tool_name(t.tool_id, t.action)) for t in self.by_name.values())
-        self._displaced = {base for name, base in bases if name != base}
 
     def get(self, name: str) -> McpTool | None:
         return self.by_name.get(name)
@@ -111,7 +109,7 @@ class Catalog:
         """The listed capabilities of `tool_id` (none when it is disabled or unknown)."""
         return list(self._by_tool.get(tool_id, ()))
 
-    def same_listing(self, other: Catalog) -> bool:
+    def same_listing(self, other: Listing) -> bool:
         """True when both list exactly the same tools (used to skip needless list_changed)."""
         return self.names == other.names and all(
             self.by_name[n].definition == other.by_name[n].definition for n in self.names
@@ -125,6 +123,35 @@ class Catalog:
         names = self.names[start : start + size]
         nxt = _encode_cursor(names[-1]) if start + size < len(self.names) and names else None
         return [self.by_name[n].definition for n in names], nxt
+
+    def set_tool(self, tool_id: str, tools: list[McpTool]) -> bool:
+        """List exactly `tools` (already named, none held by another tool) for `tool_id`; True when
+        the listing changed."""
+        old = self._by_tool.get(tool_id, [])
+        if [(t.name, t.definition) for t in old] == [(t.name, t.definition) for t in tools]:
+            return False
+        for t in self._by_tool.pop(tool_id, []):
+            del self.by_name[t.name]
+            del self.names[bisect.bisect_left(self.names, t.name)]
+        for t in tools:
+            self.by_name[t.name] = t
+            bisect.insort(self.names, t.name)
+        if tools:
+            self._by_tool[tool_id] = list(tools)
+        return True
+
+
+class Catalog(Listing):
+    """Every capability of every enabled tool under its `<tool_id>__<action>` name; kept current with
+    `put` and `remove` (what a registry event changes costs that tool's capabilities, not the
+    listing's size)."""
+
+    def __init__(self, tools: Iterable[McpTool] = ()) -> None:
+        super().__init__(tools)
+        # Base names (tool_name) some pair does not hold because another one took it first.
+        bases = ((t.name, tool_name(t.tool_id, t.action)) for t in self.by_name.values())
+        self._displaced = {base for name, base in bases if name != base}
+        self.generation = 0  # moves when pairs other than an event's tool were named again
 
     def put(self, tool: tool_pb2.Tool) -> bool:
         """List `tool`'s capabilities as they are now (none when it is disabled); True when the
@@ -179,6 +206,7 @@ class Catalog:
         renamed = Catalog(_named([*self.by_name.values(), *added]))
         self.by_name, self.names = renamed.by_name, renamed.names
         self._by_tool, self._displaced = renamed._by_tool, renamed._displaced
+        self.generation += 1
 
 
 def _encode_cursor(after: str) -> str:
@@ -198,7 +226,7 @@ def _decode_cursor(cursor: str) -> str:
 def _mcp_tool(name: str, tool: tool_pb2.Tool, cap: tool_pb2.Capability) -> McpTool:
     d = _definition(name, tool, cap)
     header_schema = d["inputSchema"] if _has_header_annotation(d["inputSchema"]) else None
-    return McpTool(name, tool.tool_id, cap.name, d, header_schema)
+    return McpTool(name, tool.tool_id, cap.name, d, header_schema, cap.requires_admin)
 
 
 def _named(tools: Iterable[McpTool]) -> list[McpTool]:
@@ -213,11 +241,11 @@ def _named(tools: Iterable[McpTool]) -> list[McpTool]:
             hash_len += 8
             name = tool_name(t.tool_id, t.action, hash_len)
         taken.add(name)
-        out.append(t if name == t.name else _renamed(t, name))
+        out.append(t if name == t.name else renamed(t, name))
     return out
 
 
-def _renamed(t: McpTool, name: str) -> McpTool:
+def renamed(t: McpTool, name: str) -> McpTool:
     return dataclasses.replace(t, name=name, definition={**t.definition, "name": name})
 
 

@@ -1,4 +1,5 @@
-"""MCP over WebSocket at `/ws/mcp`: subprotocol `mcp`, one JSON-RPC message per text frame.
+"""MCP over WebSocket at `/ws/mcp` (and `/ws/mcp/servers/<name>`, a virtual server: edge/mcp/views.py):
+subprotocol `mcp`, one JSON-RPC message per text frame.
 
 One connection is one session, locked to the era its first request opens
 (`initialize`, or a 2026-07-28 enveloped request). Requests run concurrently,
@@ -29,6 +30,7 @@ from ._protocol import (
     error_response,
 )
 from .dispatcher import Session
+from .http import VIEW
 from .mcp_service import McpService
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,10 @@ class McpWebSocket:
         )
         await ws.prepare(request)
         out = Outbox(ws, self.svc.opts.outbox, transport=request.transport, stats=self.svc.stats.ws)
-        session = Session(id=secrets.token_hex(8), transport="ws", push=lambda msg: out.push(encode(msg)))
+        view = request.get(VIEW, self.svc.views.main)  # the virtual server's, else `/mcp`'s
+        session = Session(
+            id=secrets.token_hex(8), transport="ws", push=lambda msg: out.push(encode(msg)), view=view
+        )
         tasks: set[asyncio.Task[None]] = set()
         self.open.add(ws)
         log.info("MCP WebSocket %s opened", session.id)

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import socket
 import tomllib
 import types
@@ -188,6 +189,14 @@ class EdgeConfig:
     mcp_page_size: int = 100  # tools per tools/list page
     mcp_sse_defer_s: float = 10.0
     mcp_sse_keepalive_s: float = 15.0
+    # What `/mcp` lists (docs/mcp.md, "Virtual servers"): globs over its tool names, kept (none: every
+    # tool) and left out, renames `old=new`, and tool search (only find_tools and call_tool listed).
+    mcp_include: tuple[str, ...] = ()
+    mcp_exclude: tuple[str, ...] = ()
+    mcp_rename: tuple[str, ...] = ()
+    mcp_tool_search: bool = False
+    # Serve `/mcp/servers/search`: find_tools and call_tool over what `/mcp` lists.
+    mcp_search_server: bool = True
 
 
 @dataclass(frozen=True)
@@ -310,6 +319,21 @@ class FunctionToolConfig:
 
 
 @dataclass(frozen=True)
+class McpServerConfig:
+    """A named virtual MCP server at `/mcp/servers/<name>` (docs/config/edge.md, `[[mcp_servers]]`)."""
+
+    name: str
+    # A tool id: that tool's (an installed MCP server's) tools under their own names; empty: every
+    # tool, named as `/mcp` names them.
+    server: str = ""
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    rename: tuple[str, ...] = ()  # `old=new`
+    tool_search: bool = False
+    instructions: str = ""
+
+
+@dataclass(frozen=True)
 class DiscoveryConfig:
     """Tool-gap detection, catalog search and the install of MCP servers (docs/config/discovery.md)."""
 
@@ -379,6 +403,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     function_tools: tuple[FunctionToolConfig, ...] = ()
+    mcp_servers: tuple[McpServerConfig, ...] = ()
 
     def path(self, p: str) -> Path:
         """Resolve a configured path against the root."""
@@ -441,6 +466,7 @@ def check(cfg: Config) -> None:
         )
     _check_tasks(cfg)
     _check_mcp_sessions(cfg)
+    _check_mcp_views(cfg)
     _check_trusted_proxies(cfg)
 
 
@@ -453,6 +479,38 @@ def _check_trusted_proxies(cfg: Config) -> None:
                 f"edge.trusted_proxies: {entry!r} is not an IP address or network "
                 "(e.g. 10.0.0.5, 10.0.0.0/24)"
             ) from None
+
+
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SEARCH_SERVER = "search"  # the built-in virtual server of tool search
+
+
+def renames(entries: tuple[str, ...], where: str) -> dict[str, str]:
+    """`old=new` entries as a mapping (ConfigError when one is malformed or two share a new name)."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        old, sep, new = (part.strip() for part in entry.partition("="))
+        if not sep or not old or not new:
+            raise ConfigError(f"{where}: {entry!r} is not `old=new`")
+        if new in out.values():
+            raise ConfigError(f"{where}: two tools renamed to {new!r}")
+        out[old] = new
+    return out
+
+
+def _check_mcp_views(cfg: Config) -> None:
+    renames(cfg.edge.mcp_rename, "edge.mcp_rename")
+    seen: set[str] = set()
+    for s in cfg.mcp_servers:
+        if not MCP_SERVER_NAME.match(s.name) or s.name == SEARCH_SERVER:
+            raise ConfigError(
+                f"mcp_servers.name: {s.name!r} must be 1-128 of A-Z a-z 0-9 . _ - "
+                f"(and not {SEARCH_SERVER!r}, the built-in tool search)"
+            )
+        if s.name in seen:
+            raise ConfigError(f"mcp_servers: two servers named {s.name!r}")
+        seen.add(s.name)
+        renames(s.rename, f"mcp_servers.{s.name}.rename")
 
 
 def _check_mcp_sessions(cfg: Config) -> None:

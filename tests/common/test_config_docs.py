@@ -21,6 +21,7 @@ PAGES = {
     "discovery": "discovery.md",
     "runtime": "runtime.md",
     "function_tools": "function-tools.md",
+    "mcp_servers": "edge.md",
 }
 
 

@@ -453,3 +453,26 @@ async def test_a_listen_stream_on_one_nodes_edge_hears_of_a_change_committed_thr
     assert changed["method"] == "notifications/tools/list_changed"
     assert changed["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": "watch"}
     assert "far" in b.registry
+
+
+async def test_a_virtual_servers_session_is_served_by_every_edge_on_its_own_endpoint_only(
+    two: tuple[EdgeHandle, EdgeHandle],
+):
+    a, b = two
+    server = "/mcp/servers/python-executor-mcp-server"  # the executor's capabilities, unprefixed
+    listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+
+    async def at(edge: EdgeHandle, path: str, body: Any, sid: str = "") -> tuple[int, Any, Any]:
+        h = {**ACCEPT, "MCP-Protocol-Version": "2025-11-25", **({"Mcp-Session-Id": sid} if sid else {})}
+        async with asyncio.timeout(20):
+            async with edge.http.post(edge.url + path, data=json.dumps(body), headers=h) as r:
+                return r.status, await r.json(), r.headers
+
+    status, _, headers = await at(a, server, INIT_2025_11_25)
+    sid = headers["Mcp-Session-Id"]
+    assert status == 200
+    status, on_b, _ = await at(b, server, listing, sid)
+    assert status == 200 and "python_execute" in {t["name"] for t in on_b["result"]["tools"]}
+    for edge in (a, b):  # the same id at `/mcp`: another endpoint's session, as unknown there
+        status, _, _ = await at(edge, "/mcp", listing, sid)
+        assert status == 404

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +24,23 @@ def action_name(mcp_name: str) -> str:
     if ACTION.match(mcp_name):
         return mcp_name
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", mcp_name).lstrip(".-") or "tool")[:128]
+
+
+def action_names(mcp_names: Sequence[str]) -> dict[str, str]:
+    """MCP tool name -> capability name, one distinct capability each. A name our action names can
+    hold keeps it; a mapped name that another tool's already is ends in `-` and 8 hex digits of the
+    SHA-256 of the MCP name, so neither tool hides the other, whatever order the server lists them in."""
+    taken = {n for n in mcp_names if ACTION.match(n)}
+    out: dict[str, str] = {}
+    for n in mcp_names:
+        if n in out:
+            continue  # the server listed one name twice: one tool
+        action = action_name(n)
+        if action != n and action in taken:
+            action = f"{action[:119]}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
+        taken.add(action)
+        out[n] = action
+    return out
 
 
 def tool_definition(
@@ -46,11 +64,12 @@ def tool_definition(
         tags=["mcp", *tags],
     )
     t.metadata["mcp_server"] = name
+    actions = action_names([mt.name for mt in tools])
     names: dict[str, str] = {}
     for mt in tools:
-        action = action_name(mt.name)
+        action = actions[mt.name]
         if action in names:
-            continue
+            continue  # the same MCP name again
         names[action] = mt.name
         cap = t.capabilities.add(name=action, description=mt.description or mt.title or "")
         schema = dict(mt.input_schema or {})

@@ -201,6 +201,16 @@ def test_blocks_whose_base64_is_not_travel_as_their_json_and_the_others_as_their
     assert resp.content[2].resource.text == "t" and not resp.content[2].resource.HasField("mime_type")
 
 
+def test_tools_whose_names_map_to_one_action_each_get_their_own_in_any_order() -> None:
+    for order in (["look up", "look_up", "look/up"], ["look_up", "look/up", "look up"]):
+        tools = [types.Tool(name=n, input_schema={"type": "object"}) for n in order]
+        tool, names = mapping.tool_definition("io.example.x", "X", "", "1.0", tools)
+        check_tool(tool)
+        assert sorted(names.values()) == sorted(order) and len(tool.capabilities) == 3
+        assert names["look_up"] == "look_up"  # a name an action can hold keeps it
+        assert all(a.startswith("look_up-") for a, n in names.items() if n != "look_up")
+
+
 async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_when_the_registry_goes_away(
     pkg_index: PackageIndex,
 ) -> None:

@@ -6,6 +6,7 @@ resource links, structured content, each with annotations and `_meta`. It is ins
 hub from the local package index and served by a real edge. Each tool is called with the official
 SDK client twice, straight at the server over stdio and through the edge, in the same era, and the
 two results must be equal: the content blocks as the SDK parses them, structuredContent and isError.
+Two installed servers that both have a tool `echo` are both callable, each under its own name.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SOURCE = "content_mcp_server.py"
 # The SDK is not on the local package index: the installed server imports it from the mesh's own
 # environment, mounted read-only into its sandbox.
 SITE = os.path.realpath(sysconfig.get_paths()["purelib"])
-FIRST = f"{NS}/ts-content"
+FIRST, SECOND = f"{NS}/ts-content", f"{NS}/ts-content-twin"
 KINDS = ("annotated_text", "image", "audio", "embedded_text", "embedded_blob", "resource_link", "all")
 CALLS: list[tuple[str, dict[str, Any]]] = [
     *(("blocks", {"kind": k}) for k in KINDS),
@@ -178,3 +179,27 @@ async def test_rest_v1_shows_every_block_kind_as_a_json_object_with_its_annotati
     }
     assert blocks[9] == {"type": "resource_link", "uri": "test://files/bare", "name": "bare"}
     assert body["structured"] is None  # a block is never mistaken for the structured result
+
+
+async def test_two_installed_servers_with_a_tool_of_the_same_name_are_both_callable_under_distinct_names(
+    start_mesh: Callable[..., Any],
+) -> None:
+    mesh = await start_mesh(FIRST, SECOND)
+    first, second = (tool_name(tool_id, "echo") for tool_id in mesh.tool_ids)
+    assert first != second
+    async with Client(mesh.edge.url + "/mcp", read_timeout_seconds=30) as client:
+        listed = {t.name for t in (await client.list_tools()).tools}
+        assert {first, second} <= listed
+        answers = [(await client.call_tool(name, {"text": "hi"})).content[0] for name in (first, second)]
+    assert [a.text for a in answers] == ["ts-content: hi", "ts-content-twin: hi"]  # type: ignore[union-attr]
+
+
+async def test_two_tools_of_one_server_whose_names_map_to_one_action_are_both_callable(mesh: Mesh) -> None:
+    async with Client(mesh.edge.url + "/mcp", read_timeout_seconds=30) as client:
+        names = [
+            t.name
+            for t in (await client.list_tools()).tools
+            if t.meta and str(t.meta["dev.toolscore/action"]).startswith("look_up")
+        ]
+        answers = {(await client.call_tool(name, {})).content[0].text for name in names}  # type: ignore[union-attr]
+    assert len(names) == 2 and answers == {"plain", "spaced"}

@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,18 +28,16 @@ def action_name(mcp_name: str) -> str:
 
 
 def action_names(mcp_names: Sequence[str]) -> dict[str, str]:
-    """MCP tool name -> capability name, one distinct capability each. A name our action names can
-    hold keeps it; a mapped name that another tool's already is ends in `-` and 8 hex digits of the
-    SHA-256 of the MCP name, so neither tool hides the other, whatever order the server lists them in."""
-    taken = {n for n in mcp_names if ACTION.match(n)}
+    """MCP tool name -> capability name, one distinct capability each, whatever order the server
+    lists its tools in. A name our action names can hold keeps it; a mapped name that another tool
+    also has or maps to ends in `-` and 8 hex digits of the SHA-256 of the MCP name."""
+    valid = {n for n in mcp_names if ACTION.match(n)}
+    mapped = Counter(action_name(n) for n in set(mcp_names) - valid)
     out: dict[str, str] = {}
     for n in mcp_names:
-        if n in out:
-            continue  # the server listed one name twice: one tool
         action = action_name(n)
-        if action != n and action in taken:
+        if n not in valid and (action in valid or mapped[action] > 1):
             action = f"{action[:119]}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
-        taken.add(action)
         out[n] = action
     return out
 

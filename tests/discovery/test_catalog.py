@@ -202,13 +202,18 @@ def test_blocks_whose_base64_is_not_travel_as_their_json_and_the_others_as_their
 
 
 def test_tools_whose_names_map_to_one_action_each_get_their_own_in_any_order() -> None:
-    for order in (["look up", "look_up", "look/up"], ["look_up", "look/up", "look up"]):
+    seen = []
+    for order in (["look up", "look_up", "look/up"], ["look/up", "look up", "look_up"]):
         tools = [types.Tool(name=n, input_schema={"type": "object"}) for n in order]
         tool, names = mapping.tool_definition("io.example.x", "X", "", "1.0", tools)
         check_tool(tool)
         assert sorted(names.values()) == sorted(order) and len(tool.capabilities) == 3
         assert names["look_up"] == "look_up"  # a name an action can hold keeps it
         assert all(a.startswith("look_up-") for a, n in names.items() if n != "look_up")
+        seen.append(names)
+    assert seen[0] == seen[1]
+    mapped = [mapping.action_names(order) for order in (["a b", "a/b"], ["a/b", "a b"])]
+    assert mapped[0] == mapped[1] and len(set(mapped[0].values())) == 2  # neither takes `a_b` first
 
 
 async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_when_the_registry_goes_away(

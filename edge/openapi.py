@@ -173,7 +173,14 @@ def _schemas() -> dict[str, Any]:
                 "is_error": {"type": "boolean"},
                 "content": {
                     "type": "array",
-                    "items": {"type": "object", "properties": {"type": {"enum": ["text", "json", "image"]}}},
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "type": {"enum": ["text", "json", "image", "audio", "resource", "resource_link"]},
+                            "annotations": {"type": "object"},
+                            "meta": {"type": "object"},
+                        },
+                    },
                 },
                 "structured": {"type": ["object", "null"]},
                 "error": {

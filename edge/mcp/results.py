@@ -20,6 +20,7 @@ import json
 from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import tool_pb2
 
 from services.common.errors import (
     FailedPrecondition,
@@ -52,12 +53,27 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
     for block in resp.content:
         kind = block.WhichOneof("block")
         if kind == "text":
-            content.append({"type": "text", "text": block.text.text})
+            item: dict[str, Any] = {"type": "text", "text": block.text.text}
         elif kind == "image":
             data = base64.b64encode(block.image.data).decode("ascii")
-            content.append({"type": "image", "data": data, "mimeType": block.image.mime_type or _OCTETS})
+            item = {"type": "image", "data": data, "mimeType": block.image.mime_type or _OCTETS}
         elif kind == "json":
             values.append((len(content), value_to_py(block.json.value)))
+            continue
+        elif kind == "audio":
+            data = base64.b64encode(block.audio.data).decode("ascii")
+            item = {"type": "audio", "data": data, "mimeType": block.audio.mime_type or _OCTETS}
+        elif kind == "resource":
+            item = {"type": "resource", "resource": _resource(block.resource)}
+        elif kind == "resource_link":
+            item = _link(block.resource_link)
+        else:
+            continue
+        if block.HasField("annotations"):
+            item["annotations"] = _annotations(block.annotations)
+        if block.HasField("meta"):
+            item["_meta"] = struct_to_dict(block.meta)
+        content.append(item)
     if values:
         texts = {c["text"] for c in content if c["type"] == "text"}
         for at, value in reversed(values):
@@ -78,6 +94,45 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
     if resp.is_error:
         result["isError"] = True
     return result
+
+
+def _resource(res: tool_pb2.ResourceContent) -> dict[str, Any]:
+    out: dict[str, Any] = {"uri": res.uri}
+    if res.HasField("mime_type"):
+        out["mimeType"] = res.mime_type
+    if res.WhichOneof("contents") == "blob":
+        out["blob"] = base64.b64encode(res.blob).decode("ascii")
+    else:
+        out["text"] = res.text
+    if res.HasField("meta"):
+        out["_meta"] = struct_to_dict(res.meta)
+    return out
+
+
+def _link(link: tool_pb2.ResourceLinkContent) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "resource_link", "uri": link.uri, "name": link.name}
+    if link.HasField("title"):
+        out["title"] = link.title
+    if link.HasField("description"):
+        out["description"] = link.description
+    if link.HasField("mime_type"):
+        out["mimeType"] = link.mime_type
+    if link.HasField("size"):
+        out["size"] = link.size
+    if link.icons:
+        out["icons"] = [struct_to_dict(icon) for icon in link.icons]
+    return out
+
+
+def _annotations(notes: tool_pb2.ContentAnnotations) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if notes.audience:
+        out["audience"] = list(notes.audience)
+    if notes.HasField("priority"):
+        out["priority"] = notes.priority
+    if notes.HasField("last_modified"):
+        out["lastModified"] = notes.last_modified
+    return out
 
 
 def failure_result(message: str) -> dict[str, Any]:

@@ -121,21 +121,7 @@ def tool_json(tool: tool_pb2.Tool) -> dict[str, Any]:
 
 def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
     """An ExecuteResponse as JSON: the MCP-like clean shape."""
-    content: list[dict[str, Any]] = []
-    for block in resp.content:
-        kind = block.WhichOneof("block")
-        if kind == "text":
-            content.append({"type": "text", "text": block.text.text})
-        elif kind == "json":
-            content.append({"type": "json", "value": value_to_py(block.json.value)})
-        elif kind == "image":
-            content.append(
-                {
-                    "type": "image",
-                    "mime_type": block.image.mime_type,
-                    "data": base64.b64encode(block.image.data).decode(),
-                }
-            )
+    content = [item for block in resp.content if (item := block_json(block)) is not None]
     out: dict[str, Any] = {
         "is_error": resp.is_error,
         "content": content,
@@ -147,6 +133,58 @@ def response_json(resp: ex.ExecuteResponse) -> dict[str, Any]:
         if resp.is_error
         else None
     )
+    return out
+
+
+def block_json(block: tool_pb2.ContentBlock) -> dict[str, Any] | None:
+    """One content block as JSON (`type` and its fields, `annotations` and `meta` when it has them);
+    None for a kind this edge does not know."""
+    kind = block.WhichOneof("block")
+    if kind == "text":
+        item: dict[str, Any] = {"type": "text", "text": block.text.text}
+    elif kind == "json":
+        item = {"type": "json", "value": value_to_py(block.json.value)}
+    elif kind == "image" or kind == "audio":
+        media = block.image if kind == "image" else block.audio
+        item = {"type": kind, "mime_type": media.mime_type, "data": base64.b64encode(media.data).decode()}
+    elif kind == "resource":
+        item = {"type": "resource", "resource": _resource_json(block.resource)}
+    elif kind == "resource_link":
+        item = _link_json(block.resource_link)
+    else:
+        return None
+    if block.HasField("annotations"):
+        notes = block.annotations
+        item["annotations"] = {
+            **({"audience": list(notes.audience)} if notes.audience else {}),
+            **({"priority": notes.priority} if notes.HasField("priority") else {}),
+            **({"last_modified": notes.last_modified} if notes.HasField("last_modified") else {}),
+        }
+    if block.HasField("meta"):
+        item["meta"] = struct_to_dict(block.meta)
+    return item
+
+
+def _resource_json(res: tool_pb2.ResourceContent) -> dict[str, Any]:
+    out: dict[str, Any] = {"uri": res.uri}
+    if res.HasField("mime_type"):
+        out["mime_type"] = res.mime_type
+    if res.WhichOneof("contents") == "blob":
+        out["blob"] = base64.b64encode(res.blob).decode()
+    else:
+        out["text"] = res.text
+    if res.HasField("meta"):
+        out["meta"] = struct_to_dict(res.meta)
+    return out
+
+
+def _link_json(link: tool_pb2.ResourceLinkContent) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "resource_link", "uri": link.uri, "name": link.name}
+    for name in ("title", "description", "mime_type", "size"):
+        if link.HasField(name):
+            out[name] = getattr(link, name)
+    if link.icons:
+        out["icons"] = [struct_to_dict(icon) for icon in link.icons]
     return out
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ import mcp_types as types
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.jsonvalue import dict_to_struct, py_to_value
+from services.common.jsonvalue import dict_to_struct, fill_struct, py_to_value
 from services.library.validation import ACTION
 
 OWNER = "toolscore-discovery"
@@ -23,6 +25,21 @@ def action_name(mcp_name: str) -> str:
     if ACTION.match(mcp_name):
         return mcp_name
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", mcp_name).lstrip(".-") or "tool")[:128]
+
+
+def action_names(mcp_names: Sequence[str]) -> dict[str, str]:
+    """MCP tool name -> capability name, one distinct capability each, whatever order the server
+    lists its tools in. A name our action names can hold keeps it; a mapped name that another tool
+    also has or maps to ends in `-` and 8 hex digits of the SHA-256 of the MCP name."""
+    valid = {n for n in mcp_names if ACTION.match(n)}
+    mapped = Counter(action_name(n) for n in set(mcp_names) - valid)
+    out: dict[str, str] = {}
+    for n in mcp_names:
+        action = action_name(n)
+        if n not in valid and (action in valid or mapped[action] > 1):
+            action = f"{action[:119]}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
+        out[n] = action
+    return out
 
 
 def tool_definition(
@@ -46,11 +63,12 @@ def tool_definition(
         tags=["mcp", *tags],
     )
     t.metadata["mcp_server"] = name
+    actions = action_names([mt.name for mt in tools])
     names: dict[str, str] = {}
     for mt in tools:
-        action = action_name(mt.name)
+        action = actions[mt.name]
         if action in names:
-            continue
+            continue  # the same MCP name again
         names[action] = mt.name
         cap = t.capabilities.add(name=action, description=mt.description or mt.title or "")
         schema = dict(mt.input_schema or {})
@@ -81,17 +99,75 @@ def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
 
 
 def _add_block(resp: ex.ExecuteResponse, block: Any) -> None:
+    """The block as the ContentBlock of its kind, its annotations and `_meta` with it. Base64 that
+    is not (MCP requires it), or a kind this mesh does not know, travels as the block's JSON."""
+    out = resp.content.add()
     if isinstance(block, types.TextContent):
-        resp.content.add().text.text = block.text
+        out.text.text = block.text
+    elif (
+        isinstance(block, types.ImageContent | types.AudioContent)
+        and (data := _bytes(block.data)) is not None
+    ):
+        media = out.image if isinstance(block, types.ImageContent) else out.audio
+        media.data, media.mime_type = data, block.mime_type
+    elif isinstance(block, types.EmbeddedResource) and _resource(out.resource, block.resource):
+        pass
+    elif isinstance(block, types.ResourceLink):
+        _link(out.resource_link, block)
+    else:
+        out.Clear()
+        dumped = block.model_dump(by_alias=True, mode="json", exclude_none=True)
+        out.json.value.CopyFrom(py_to_value(dumped))
         return
-    if isinstance(block, types.ImageContent):
-        try:
-            data = base64.b64decode(block.data, validate=True)
-        except (binascii.Error, ValueError):
-            data = b""
-        if data:
-            img = resp.content.add().image
-            img.data, img.mime_type = data, block.mime_type
-            return
-    dumped = block.model_dump(by_alias=True, mode="json", exclude_none=True)
-    resp.content.add().json.value.CopyFrom(py_to_value(dumped))
+    if block.annotations is not None:
+        _annotate(out.annotations, block.annotations)
+    if block.meta is not None:
+        fill_struct(out.meta, block.meta)
+
+
+def _bytes(data: str) -> bytes | None:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _resource(
+    out: tool_pb2.ResourceContent, res: types.TextResourceContents | types.BlobResourceContents
+) -> bool:
+    out.uri = res.uri
+    if res.mime_type is not None:
+        out.mime_type = res.mime_type
+    if isinstance(res, types.TextResourceContents):
+        out.text = res.text
+    elif (blob := _bytes(res.blob)) is not None:
+        out.blob = blob
+    else:
+        return False
+    if res.meta is not None:
+        fill_struct(out.meta, res.meta)
+    return True
+
+
+def _link(out: tool_pb2.ResourceLinkContent, link: types.ResourceLink) -> None:
+    out.uri, out.name = link.uri, link.name
+    if link.title is not None:
+        out.title = link.title
+    if link.description is not None:
+        out.description = link.description
+    if link.mime_type is not None:
+        out.mime_type = link.mime_type
+    if link.size is not None:
+        out.size = link.size
+    for icon in link.icons or ():
+        fill_struct(out.icons.add(), icon.model_dump(by_alias=True, mode="json", exclude_none=True))
+
+
+def _annotate(out: tool_pb2.ContentAnnotations, notes: types.Annotations) -> None:
+    out.SetInParent()  # annotations that say nothing (`{}`) are still annotations
+    if notes.audience is not None:
+        out.audience.extend(notes.audience)
+    if notes.priority is not None:
+        out.priority = notes.priority
+    if notes.last_modified is not None:
+        out.last_modified = notes.last_modified

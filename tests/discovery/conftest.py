@@ -1,7 +1,8 @@
 """Fixtures for discovery: real packages built here, and local stand-ins for PyPI, npm,
 the MCP Registry and an LLM.
 
-- `build_wheel(dist, version, behaviour)`: a real wheel of the tiny stdlib MCP server.
+- `build_wheel(dist, version, behaviour)`: a real wheel of the tiny stdlib MCP server (or, with
+  `source=`, of another fixture server, such as the official SDK's content_mcp_server.py).
 - `npm_pack(name, version)`: a real npm tarball (`npm pack`) of the tiny Node MCP server.
 - `pkg_index`: one aiohttp server that is a PEP 503 simple index (`/simple/`), a minimal npm
   registry (`/npm/`) and an official MCP Registry API (`/v0.1/servers`), on port 0.
@@ -44,13 +45,23 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def build_wheel(out: Path, dist: str, version: str, behaviour: str = "ok", requires: str = "") -> Path:
-    """A py3-none-any wheel of the tiny server with a console script named `dist`."""
+def build_wheel(
+    out: Path,
+    dist: str,
+    version: str,
+    behaviour: str = "ok",
+    requires: str = "",
+    source: str = "tiny_mcp_server.py",
+    site: str = "",
+) -> Path:
+    """A py3-none-any wheel of a fixture server (the tiny one unless `source` names another) with a
+    console script named `dist`; `site` is put on the path of a server that says `SITE = ""`."""
     mod = dist.replace("-", "_")
-    src = (FIXTURES / "tiny_mcp_server.py").read_text()
+    src = (FIXTURES / source).read_text()
     src = src.replace('BEHAVIOUR = "ok"', f"BEHAVIOUR = {behaviour!r}").replace(
-        'NAME = "tiny"', f"NAME = {dist!r}"
+        'SITE = ""', f"SITE = {site!r}"
     )
+    src = re.sub(r'^NAME = "[^"]*"$', f"NAME = {dist!r}", src, count=1, flags=re.M)
     info = f"{mod}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n"
     if requires:

@@ -171,12 +171,49 @@ def test_mcp_results_map_to_content_blocks_structured_and_errors() -> None:
     )
     resp = mapping.to_response(result)
     assert resp.content[0].text.text == "hi" and resp.content[1].image.data == b"\x89PNG"
-    assert resp.content[2].json.value.struct_value["uri"] == "file:///x"
+    assert resp.content[2].resource_link.uri == "file:///x" and resp.content[2].resource_link.name == "x"
     assert resp.structured["n"] == 1 and not resp.is_error
     err = mapping.to_response(
         types.CallToolResult(content=[types.TextContent(type="text", text="boom")], is_error=True)
     )
     assert err.is_error and err.error.type == tool_pb2.ERROR_TYPE_TOOL_ERROR and err.error.message == "boom"
+
+
+def test_blocks_whose_base64_is_not_travel_as_their_json_and_the_others_as_their_own_kind() -> None:
+    result = types.CallToolResult(
+        content=[
+            types.AudioContent(type="audio", data="not base64!", mime_type="audio/wav"),
+            types.EmbeddedResource(
+                type="resource", resource=types.BlobResourceContents(uri="x://b", blob="%%")
+            ),
+            types.EmbeddedResource(
+                type="resource", resource=types.TextResourceContents(uri="x://t", text="t")
+            ),
+        ]
+    )
+    resp = mapping.to_response(result)
+    assert [b.WhichOneof("block") for b in resp.content] == ["json", "json", "resource"]
+    assert resp.content[0].json.value.struct_value["data"] == "not base64!"
+    assert (
+        not resp.content[1].HasField("annotations")
+        and resp.content[1].json.value.struct_value["type"] == "resource"
+    )
+    assert resp.content[2].resource.text == "t" and not resp.content[2].resource.HasField("mime_type")
+
+
+def test_tools_whose_names_map_to_one_action_each_get_their_own_in_any_order() -> None:
+    seen = []
+    for order in (["look up", "look_up", "look/up"], ["look/up", "look up", "look_up"]):
+        tools = [types.Tool(name=n, input_schema={"type": "object"}) for n in order]
+        tool, names = mapping.tool_definition("io.example.x", "X", "", "1.0", tools)
+        check_tool(tool)
+        assert sorted(names.values()) == sorted(order) and len(tool.capabilities) == 3
+        assert names["look_up"] == "look_up"  # a name an action can hold keeps it
+        assert all(a.startswith("look_up-") for a, n in names.items() if n != "look_up")
+        seen.append(names)
+    assert seen[0] == seen[1]
+    mapped = [mapping.action_names(order) for order in (["a b", "a/b"], ["a/b", "a b"])]
+    assert mapped[0] == mapped[1] and len(set(mapped[0].values())) == 2  # neither takes `a_b` first
 
 
 async def test_the_registry_client_follows_cursors_and_serves_a_stale_answer_when_the_registry_goes_away(

@@ -1,5 +1,6 @@
 // A call's answer on the page: success or a clearly marked error, each content block (text, JSON,
-// images shown inline from blob: URLs), the structured result and the duration. All as text.
+// images shown inline from blob: URLs, resources and resource links as their JSON), the structured
+// result and the duration. All as text.
 
 import { ApiError, explain } from './api.js';
 import { fmtMs, h, json } from './dom.js';
@@ -32,6 +33,8 @@ export function resultView(resp, roundTripMs) {
     if (block.type === 'text') blocks.push(h('pre.out', {}, block.text));
     else if (block.type === 'json') blocks.push(h('pre.out', {}, json(block.value)));
     else if (block.type === 'image') blocks.push(imageOf(block, `image result ${++images}`));
+    else if (block.type === 'audio') blocks.push(h('p.muted', {}, `(audio of type ${block.mime_type}, not played)`));
+    else blocks.push(h('pre.out', {}, json(block))); // an MCP server's resource or resource link, as it came
   }
   return h(
     'div.result' + (ok ? '' : '.is-error'),

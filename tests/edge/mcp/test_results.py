@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mcp_types as types
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
@@ -18,6 +19,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.jsonvalue import dict_to_struct, py_to_value, text_result, to_response
+from services.discovery import mapping
 from services.router.failures import failure_result, invalid_input_result
 
 
@@ -26,6 +28,49 @@ def test_images_become_base64_image_blocks():
     resp.content.add().image.data = b"\x89PNG"
     resp.content[0].image.mime_type = "image/png"
     assert call_result(resp) == {"content": [{"type": "image", "data": "iVBORw==", "mimeType": "image/png"}]}
+
+
+def test_every_mcp_block_kind_with_its_annotations_and_meta_comes_back_as_the_server_sent_it():
+    notes = types.Annotations(
+        audience=["user", "assistant"], priority=0.5, last_modified="2026-01-12T15:00:58Z"
+    )
+    sent = types.CallToolResult(
+        content=[
+            types.TextContent(type="text", text="hi", annotations=notes, _meta={"a": {"b": [1, "c"]}}),
+            types.TextContent(type="text", text="bare"),
+            types.ImageContent(
+                type="image", data="iVBORw==", mime_type="image/png", annotations=types.Annotations()
+            ),
+            types.AudioContent(type="audio", data="UklGRg==", mime_type="audio/wav", _meta={}),
+            types.EmbeddedResource(
+                type="resource",
+                resource=types.TextResourceContents(
+                    uri="x://t", mime_type="text/plain", text="t", _meta={"r": 1}
+                ),
+                annotations=types.Annotations(priority=1.0),
+            ),
+            types.EmbeddedResource(
+                type="resource", resource=types.BlobResourceContents(uri="x://b", blob="AAE=")
+            ),
+            types.ResourceLink(
+                type="resource_link",
+                uri="x://l",
+                name="l",
+                title="",
+                description="d",
+                mime_type="text/csv",
+                size=0,
+                icons=[types.Icon(src="data:,", theme="dark")],
+                annotations=types.Annotations(audience=["assistant"]),
+                _meta={"k": True},
+            ),
+            types.ResourceLink(type="resource_link", uri="x://bare", name="bare"),
+        ],
+        structured_content={"n": 1},
+    )
+    wire = ex.ExecuteResponse.FromString(mapping.to_response(sent).SerializeToString())
+    got = types.CallToolResult.model_validate(call_result(wire))
+    assert got.model_dump(mode="json", by_alias=True) == sent.model_dump(mode="json", by_alias=True)
 
 
 def test_json_blocks_become_text_once_and_objects_become_structured_content():

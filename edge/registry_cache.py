@@ -74,8 +74,9 @@ class RegistryCache:
         self._listeners: list[Listener] = []
         # Called after the cache was rebuilt from a fresh listing (the hub restarted, or came back).
         self._resync_listeners: list[Callable[[], None]] = []
-        # Recent events (revision order) for clients that resume with ?since=.
-        self._recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=event_buffer)
+        # Recent events (revision order) for clients that resume with ?since=, encoded: a parsed
+        # event holds its tool's schemas as Struct maps, several times its encoding's size.
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=event_buffer)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._library: lib_grpc.ToolLibraryServiceStub | None = None
 
@@ -114,13 +115,12 @@ class RegistryCache:
 
     def events_since(self, since: int, until: int) -> list[tool_pb2.ToolEvent] | None:
         """Events (since, until] from this cache's memory, or None when it has a gap there."""
-        wanted = [ev for ev in self._recent if since < ev.revision <= until]
-        expected = since + 1
-        for ev in wanted:
-            if ev.revision != expected:
-                return None
-            expected += 1
-        return wanted if expected == until + 1 else None
+        if until - since > len(self._recent):
+            return None  # more than the buffer holds
+        wanted = [(revision, raw) for revision, raw in self._recent if since < revision <= until]
+        if [revision for revision, _ in wanted] != list(range(since + 1, until + 1)):
+            return None  # a gap (or a hub that started its revisions over)
+        return [tool_pb2.ToolEvent.FromString(raw) for _, raw in wanted]
 
     async def history(self, since: int, until: int, *, timeout_s: float = 10.0) -> list[tool_pb2.ToolEvent]:
         """Events (since, until] from the hub's own history (OutOfRange when compacted)."""
@@ -298,7 +298,7 @@ class RegistryCache:
                 self._entries[tool_id] = entry
             except MeshError:
                 log.warning("ignoring tool %s: its definition does not validate here", event.tool.tool_id)
-        self._recent.append(event)
+        self._recent.append((event.revision, event.SerializeToString()))
         self._notify(event)
         self._wake_waiters()
 

@@ -38,6 +38,7 @@ from services.common.errors import (
 )
 from services.library.feed import EventFeed
 from services.library.placement import place, routes, unplace
+from services.library.sorted_ids import SortedIds
 from services.library.store import Change, CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool, deferred_validators
 
@@ -257,7 +258,7 @@ class Registry:
         # Owners whose tools only a proven caller may register, update or remove (the mesh's own).
         self.reserved_owners = reserved_owners
         self._entries: dict[str, Entry] = {}
-        self._order: list[str] = []  # the tool ids, sorted: a page of a listing starts by bisection
+        self._order = SortedIds()  # the tool ids, sorted: a page of a listing starts by bisection
         self._lock = asyncio.Lock()
         self.revision = 0
         # Called after every committed event, in order (e.g. to wake the health checker).
@@ -286,7 +287,7 @@ class Registry:
                 entry.total_seconds, entry.last_used = s.total_seconds, s.last_used
                 entry.flushed = s
             self._entries[tool_id] = entry
-        self._order = sorted(self._entries)
+        self._order = SortedIds(self._entries)
         log.info("registry loaded: %d tools at revision %d", len(self._entries), self.revision)
         return self
 
@@ -305,12 +306,12 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         """Every entry, in tool id order."""
-        return [self._entries[k] for k in self._order]
+        return [self._entries[k] for k in self._order.ordered()]
 
     def entries_after(self, after: str) -> Iterator[Entry]:
         """The entries whose tool id sorts after `after`, in order; the first costs a bisection.
         Consume it without awaiting between items (the registry may change across an await)."""
-        order, entries = self._order, self._entries
+        order, entries = self._order.ordered(), self._entries
         for i in range(bisect.bisect_right(order, after), len(order)):
             yield entries[order[i]]
 
@@ -319,12 +320,12 @@ class Registry:
 
     def _put(self, tool_id: str, entry: Entry) -> None:
         if tool_id not in self._entries:
-            bisect.insort(self._order, tool_id)
+            self._order.add(tool_id)
         self._entries[tool_id] = entry
 
     def _drop(self, tool_id: str) -> None:
         if self._entries.pop(tool_id, None) is not None:
-            del self._order[bisect.bisect_left(self._order, tool_id)]
+            self._order.discard(tool_id)
 
     def tools(self) -> list[tool_pb2.Tool]:
         return [e.snapshot() for e in self.entries()]
@@ -752,7 +753,7 @@ class Registry:
             for tool_id, e in old.items()
             if tool_id not in self._entries
         ]
-        self._order = sorted(self._entries)
+        self._order = SortedIds(self._entries)
         self.revision = revision
         self._feed.close()
         for event in changes:

@@ -26,6 +26,7 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import MeshError, Unavailable, from_rpc_error
 from services.library.registry import WATCH_REVISION_KEY, Entry, make_entry
+from services.library.sorted_ids import SortedIds
 
 log = logging.getLogger(__name__)
 Listener = Callable[[tool_pb2.ToolEvent], None]
@@ -55,7 +56,7 @@ class RegistryCache:
         self.entries: Mapping[str, Entry] = types.MappingProxyType(self._entries)
         # The hot path's lookup: the dict's own `get` (the dict is updated in place, never replaced).
         self.get: Callable[[str], Entry | None] = self._entries.get
-        self._order: list[str] = []  # the tool ids, sorted: a page of a listing starts by bisection
+        self._order = SortedIds()  # the tool ids, sorted: a page of a listing starts by bisection
         # Fresh listings taken so far: a reader that follows events rebuilds when it moved (the
         # first listing tells no listener; a later one tells each difference it found).
         self.listings = 0
@@ -74,8 +75,9 @@ class RegistryCache:
         self._listeners: list[Listener] = []
         # Called after the cache was rebuilt from a fresh listing (the hub restarted, or came back).
         self._resync_listeners: list[Callable[[], None]] = []
-        # Recent events (revision order) for clients that resume with ?since=.
-        self._recent: collections.deque[tool_pb2.ToolEvent] = collections.deque(maxlen=event_buffer)
+        # Recent events (revision order) for clients that resume with ?since=, encoded: a parsed
+        # event holds its tool's schemas as Struct maps, several times its encoding's size.
+        self._recent: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=event_buffer)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._library: lib_grpc.ToolLibraryServiceStub | None = None
 
@@ -91,12 +93,12 @@ class RegistryCache:
 
     def tools(self) -> list[tool_pb2.Tool]:
         """Every known tool (with health as last reported), in id order."""
-        return [self._entries[k].snapshot() for k in self._order]
+        return [self._entries[k].snapshot() for k in self._order.ordered()]
 
     def entries_after(self, after: str) -> Iterator[Entry]:
         """The entries whose tool id sorts after `after`, in order; the first costs a bisection.
         Consume it without awaiting between items (the cache may change across an await)."""
-        order, entries = self._order, self._entries
+        order, entries = self._order.ordered(), self._entries
         for i in range(bisect.bisect_right(order, after), len(order)):
             yield entries[order[i]]
 
@@ -114,13 +116,12 @@ class RegistryCache:
 
     def events_since(self, since: int, until: int) -> list[tool_pb2.ToolEvent] | None:
         """Events (since, until] from this cache's memory, or None when it has a gap there."""
-        wanted = [ev for ev in self._recent if since < ev.revision <= until]
-        expected = since + 1
-        for ev in wanted:
-            if ev.revision != expected:
-                return None
-            expected += 1
-        return wanted if expected == until + 1 else None
+        if until - since > len(self._recent):
+            return None  # more than the buffer holds
+        wanted = [(revision, raw) for revision, raw in self._recent if since < revision <= until]
+        if [revision for revision, _ in wanted] != list(range(since + 1, until + 1)):
+            return None  # a gap (or a hub that started its revisions over)
+        return [tool_pb2.ToolEvent.FromString(raw) for _, raw in wanted]
 
     async def history(self, since: int, until: int, *, timeout_s: float = 10.0) -> list[tool_pb2.ToolEvent]:
         """Events (since, until] from the hub's own history (OutOfRange when compacted)."""
@@ -258,7 +259,7 @@ class RegistryCache:
         old = dict(self._entries)
         self._entries.clear()
         self._entries.update(fresh)
-        self._order = sorted(fresh)
+        self._order = SortedIds(fresh)
         self.listings += 1
         self._revision = revision
         self.synced.set()
@@ -289,16 +290,16 @@ class RegistryCache:
         tool_id = event.tool.tool_id
         if event.type == REMOVED:
             if self._entries.pop(tool_id, None) is not None:
-                del self._order[bisect.bisect_left(self._order, tool_id)]
+                self._order.discard(tool_id)
         else:
             try:
                 entry = _entry(event.tool)
                 if tool_id not in self._entries:
-                    bisect.insort(self._order, tool_id)
+                    self._order.add(tool_id)
                 self._entries[tool_id] = entry
             except MeshError:
                 log.warning("ignoring tool %s: its definition does not validate here", event.tool.tool_id)
-        self._recent.append(event)
+        self._recent.append((event.revision, event.SerializeToString()))
         self._notify(event)
         self._wake_waiters()
 

@@ -69,6 +69,7 @@ async def test_grpcurl_lists_the_hub_services_and_their_methods(mesh):
             f"toolscore.v1.ToolLibraryService.{m}"
             for m in (
                 "RegisterTool",
+                "RegisterTools",
                 "DeregisterTool",
                 "GetTool",
                 "ListTools",
@@ -97,6 +98,27 @@ async def test_grpcurl_describes_messages_and_services_with_field_comments(mesh)
     assert "string endpoint = 8;" in tool.out and tool.out.count("//") >= 15
     service = await grpcurl(address, "describe", "toolscore.v1.ToolExecutorService")
     assert "// Runs one action. Implementing this alone is enough to plug a server in." in service.out
+
+
+async def test_grpcurl_registers_several_tools_in_one_request_each_with_its_outcome(mesh, dead_port):
+    def tool(tool_id: str, owner: str = "grpcurl") -> dict[str, object]:
+        return {
+            "tool_id": tool_id,
+            "kind": "TOOL_KIND_GRPC_SERVER",
+            "endpoint": f"127.0.0.1:{dead_port}",
+            "owner": owner,
+            "capabilities": [{"name": "run", "input_schema": {"type": "object"}}],
+        }
+
+    for name, address in transports(mesh).items():
+        a, b = f"bulk-a-{name}", f"bulk-b-{name}"
+        data = {"tools": [tool(a), tool(b), tool(a, owner="someone-else")]}
+        r = await grpcurl(address, "toolscore.v1.ToolLibraryService/RegisterTools", data=data)
+        assert r.code == 0, (name, r.err)
+        results = json.loads(r.out)["results"]
+        assert [(x["toolId"], x.get("created", False)) for x in results] == [(a, True), (b, True), (a, False)]
+        assert results[2]["error"]["reason"] == "TOOL_OWNED_BY_ANOTHER", name
+        assert int(results[1]["revision"]) == int(results[0]["revision"]) + 1
 
 
 async def test_health_check_answers_overall_and_per_service(mesh):

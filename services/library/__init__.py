@@ -5,6 +5,7 @@ validation.py   a tool definition checked before it enters; argument validators 
 keywords.py     jsonschema's keywords that could hold an event loop, made linear and metered
 search.py       tools ranked by relevance to a free-text query (BM25 over weighted fields), by a scan
 search_index.py the registry's search: SQLite FTS5 with BM25, kept in step by registry events
+sorted_ids.py   tool ids in sorted order for paged listings, ids added merged in when next read
 store.py        the RegistryStore interface and its SQLite store: definitions, usage, event history
 feed.py         the EventFeed interface and its in-process fan-out of committed events
 redis_store.py  the registry store on Redis: several hubs share one registry (docs/config/cluster.md)

@@ -10,15 +10,16 @@ Keys (under `[cluster] key_prefix`, `toolscore:` by default):
     <prefix>stats:seconds      hash   tool_id -> total seconds (HINCRBYFLOAT)
     <prefix>stats:last_used    hash   tool_id -> unix time of the last call (the largest reported)
 
-A commit is one Lua script: it checks the caller's view of the tool (the digest of the definition it
-believes stored), increments the revision, writes or deletes the tool and appends the event, so no
-two hubs can interleave a change and no revision is assigned twice or skipped. Every command has a
+A commit is one Lua script: it checks the caller's view of each tool (the digest of the definition
+it believes stored), then for each change increments the revision, writes or deletes the tool and
+appends the event, so no two hubs can interleave a change and no revision is assigned twice or
+skipped; a batch (a bulk registration) is one script, its revisions consecutive. Every command has a
 deadline; an unreachable Redis is `Unavailable` (REGISTRY_STORE_UNAVAILABLE) to the caller.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -29,38 +30,52 @@ from redis.backoff import NoBackoff
 from toolscore.v1 import tool_pb2
 
 from services.common.redis_calls import redis_deadline
-from services.library.store import CommitConflict, StoredStats, UsageFlush
+from services.library.store import Change, CommitConflict, StoredStats, UsageFlush
 
 STORE_UNAVAILABLE = "REGISTRY_STORE_UNAVAILABLE"
 _T = TypeVar("_T")
 _STAT_FIELDS = ("calls", "successes", "seconds", "last_used")
 
 # KEYS: tools, revision, events, stats:calls, stats:successes, stats:seconds, stats:last_used
-# ARGV: tool_id, expected digest (absent: "" ; no check: "*"), tool ("" with remove), event type,
-#       event, retention, remove ("1"/"0"), fresh usage ("1"/"0")
+# ARGV: retention, then per change 6 values: tool_id, expected digest (absent: "" ; no check: "*"),
+#       tool ("" with remove), event type, event, "r" remove / "i" fresh usage (an install) / "u" update
+# Every precondition is checked first (a tool changed earlier in the batch against that change),
+# then every change is made: a script is not rolled back, so a conflict must be found before
+# anything is written. Returns {1, first revision} (the batch's are consecutive), or {0, latest}.
 _COMMIT = """
-if ARGV[2] ~= '*' then
-  local cur = redis.call('HGET', KEYS[1], ARGV[1])
-  local digest = ''
-  if cur then digest = redis.sha1hex(cur) end
-  if digest ~= ARGV[2] then
-    return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+local written = {}
+for i = 2, #ARGV, 6 do
+  local id = ARGV[i]
+  if ARGV[i + 1] ~= '*' then
+    local cur = written[id]
+    if cur == nil then cur = redis.call('HGET', KEYS[1], id) end
+    local digest = ''
+    if cur then digest = redis.sha1hex(cur) end
+    if digest ~= ARGV[i + 1] then
+      return {0, tonumber(redis.call('GET', KEYS[2]) or '0')}
+    end
+  end
+  if ARGV[i + 5] == 'r' then written[id] = false else written[id] = ARGV[i + 2] end
+end
+local first = 0
+for i = 2, #ARGV, 6 do
+  local id = ARGV[i]
+  local rev = redis.call('INCR', KEYS[2])
+  if first == 0 then first = rev end
+  -- The event first: a script is not rolled back, and an XADD refused (a stream tampered with)
+  -- must leave no tool change that no follower would ever hear of, only a revision gap (they reload).
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[1], rev .. '-0',
+             'type', ARGV[i + 3], 'tool_id', id, 'event', ARGV[i + 4])
+  if ARGV[i + 5] == 'r' then
+    redis.call('HDEL', KEYS[1], id)
+  else
+    redis.call('HSET', KEYS[1], id, ARGV[i + 2])
+  end
+  if ARGV[i + 5] ~= 'u' then
+    for k = 4, 7 do redis.call('HDEL', KEYS[k], id) end
   end
 end
-local rev = redis.call('INCR', KEYS[2])
--- The event first: a script is not rolled back, and an XADD refused (a stream tampered with) must
--- leave no tool change that no follower would ever hear of, only a revision gap (they reload).
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], rev .. '-0',
-           'type', ARGV[4], 'tool_id', ARGV[1], 'event', ARGV[5])
-if ARGV[7] == '1' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-end
-if ARGV[7] == '1' or ARGV[8] == '1' then
-  for i = 4, 7 do redis.call('HDEL', KEYS[i], ARGV[1]) end
-end
-return {1, rev}
+return {1, first}
 """
 
 # KEYS: tools, stats:calls, stats:successes, stats:seconds, stats:last_used
@@ -179,15 +194,32 @@ class RedisStore:
     async def commit(
         self, tool_id: str, tool: bytes | None, event_type: int, event: bytes, expect: str | None = None
     ) -> int:
-        # An install (a new tool, or a reclaimed one replaced whole) starts from no usage.
-        remove, fresh = tool is None, event_type == tool_pb2.TOOL_EVENT_TYPE_INSTALLED
-        args: list[bytes | str | int] = [tool_id, "*" if expect is None else expect, tool or b""]
-        args += [event_type, event, self._retention, int(remove), int(fresh)]
+        return (await self.commit_many([Change(tool_id, tool, event_type, event, expect)]))[0]
+
+    async def commit_many(self, changes: Sequence[Change]) -> list[int]:
+        # One script for the batch: its revisions are consecutive, and no other hub's change
+        # falls between them or lands after a precondition was checked.
+        if not changes:
+            return []
+        args: list[bytes | str | int] = [self._retention]
+        for c in changes:
+            # An install (a new tool, or a reclaimed one replaced whole) starts from no usage.
+            how = (
+                "r" if c.tool is None else "i" if c.event_type == tool_pb2.TOOL_EVENT_TYPE_INSTALLED else "u"
+            )
+            args += [
+                c.tool_id,
+                "*" if c.expect is None else c.expect,
+                c.tool or b"",
+                c.event_type,
+                c.event,
+                how,
+            ]
         keys = [self.tools_key, self.revision_key, self.events_key, *self._stats_keys]
         ok, revision = await self._call(self._commit(keys=keys, args=args))
         if not ok:
             raise CommitConflict(int(revision))
-        return int(revision)
+        return list(range(int(revision), int(revision) + len(changes)))
 
     async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
         rows = await self._call(self._redis.xrange(self.events_key, f"{revision + 1}-0", "+", count=limit))

@@ -18,7 +18,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +28,7 @@ from toolscore.v1 import tool_pb2
 from services.common import endpoints
 from services.common.errors import (
     AlreadyExists,
+    InvalidRequest,
     MeshError,
     NotFound,
     OutOfRange,
@@ -37,7 +38,8 @@ from services.common.errors import (
 )
 from services.library.feed import EventFeed
 from services.library.placement import place, routes, unplace
-from services.library.store import CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
+from services.library.sorted_ids import SortedIds
+from services.library.store import Change, CommitConflict, RegistryStore, StoredStats, UsageFlush, digest
 from services.library.validation import MAX_TOOL_BYTES, ArgumentValidator, check_tool, deferred_validators
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,12 @@ _EVENT_OVERHEAD_BYTES = 4096
 WATCH_REVISION_KEY = "toolscore-watch-revision"
 # Commits that found the tool changed by another hub, caught up and decided again, before giving up.
 _CONFLICT_RETRIES = 8
+# Tools in one bulk registration (RegisterTools): its decisions and one commit hold the registry's
+# write lock, and its events reach every watcher at once.
+MAX_BULK_TOOLS = 1000
+# A bulk registration yields to the loop between this many tools (each check costs ~0.2 ms).
+_YIELD_EVERY = 64
+_ID_ECHOED = 256  # characters of a refused tool's id its outcome repeats (a valid id has at most 128)
 
 
 class Follower(Protocol):
@@ -190,6 +198,38 @@ def _head(tool: tool_pb2.Tool) -> tool_pb2.Tool:
     return tool_pb2.Tool.FromString(stripped.SerializeToString())
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One tool's outcome in a bulk registration (`Registry.register_many`)."""
+
+    tool_id: str
+    created: bool = False
+    updated: bool = False
+    revision: int = 0  # its event's; the registry's when nothing changed or it was refused
+    error: MeshError | None = None
+
+
+def _outcome(
+    tool_id: str,
+    result: MeshError | int | None,
+    changes: list[tuple[Entry, int, Entry | None]],
+    revisions: list[int],
+    revision: int,
+) -> Outcome:
+    if isinstance(result, MeshError):
+        return Outcome(tool_id, revision=revision, error=result)
+    if result is None:
+        return Outcome(tool_id, revision=revision)
+    kind = changes[result][1]
+    return Outcome(tool_id, kind == INSTALLED, kind == UPDATED, revisions[result])
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    now = timestamp_pb2.Timestamp()
+    now.GetCurrentTime()
+    return now
+
+
 class Registry:
     """Tools, health, usage and history, over a RegistryStore and an EventFeed."""
 
@@ -218,7 +258,7 @@ class Registry:
         # Owners whose tools only a proven caller may register, update or remove (the mesh's own).
         self.reserved_owners = reserved_owners
         self._entries: dict[str, Entry] = {}
-        self._order: list[str] = []  # the tool ids, sorted: a page of a listing starts by bisection
+        self._order = SortedIds()  # the tool ids, sorted: a page of a listing starts by bisection
         self._lock = asyncio.Lock()
         self.revision = 0
         # Called after every committed event, in order (e.g. to wake the health checker).
@@ -247,7 +287,7 @@ class Registry:
                 entry.total_seconds, entry.last_used = s.total_seconds, s.last_used
                 entry.flushed = s
             self._entries[tool_id] = entry
-        self._order = sorted(self._entries)
+        self._order = SortedIds(self._entries)
         log.info("registry loaded: %d tools at revision %d", len(self._entries), self.revision)
         return self
 
@@ -266,12 +306,12 @@ class Registry:
 
     def entries(self) -> list[Entry]:
         """Every entry, in tool id order."""
-        return [self._entries[k] for k in self._order]
+        return [self._entries[k] for k in self._order.ordered()]
 
     def entries_after(self, after: str) -> Iterator[Entry]:
         """The entries whose tool id sorts after `after`, in order; the first costs a bisection.
         Consume it without awaiting between items (the registry may change across an await)."""
-        order, entries = self._order, self._entries
+        order, entries = self._order.ordered(), self._entries
         for i in range(bisect.bisect_right(order, after), len(order)):
             yield entries[order[i]]
 
@@ -280,12 +320,12 @@ class Registry:
 
     def _put(self, tool_id: str, entry: Entry) -> None:
         if tool_id not in self._entries:
-            bisect.insort(self._order, tool_id)
+            self._order.add(tool_id)
         self._entries[tool_id] = entry
 
     def _drop(self, tool_id: str) -> None:
         if self._entries.pop(tool_id, None) is not None:
-            del self._order[bisect.bisect_left(self._order, tool_id)]
+            self._order.discard(tool_id)
 
     def tools(self) -> list[tool_pb2.Tool]:
         return [e.snapshot() for e in self.entries()]
@@ -301,6 +341,16 @@ class Registry:
         it name a reserved owner. `reclaim`: a proven registration for a reserved owner takes its
         tool id back from an unreserved owner that registered it first (a squatter).
         """
+        incoming = self._checked(tool, proven)
+        for _ in range(_CONFLICT_RETRIES):
+            try:
+                return await self._register(incoming, proven, reclaim)
+            except CommitConflict as conflict:  # another hub changed it first: catch up, decide again
+                await self._catch_up(conflict.revision)
+        raise self._contended(incoming.tool_id)
+
+    def _checked(self, tool: tool_pb2.Tool, proven: bool) -> tool_pb2.Tool:
+        """`tool` validated and owner-checked, as it is stored: no health or stats, `enabled` set."""
         check_tool(tool, self.max_tool_bytes)
         self._check_proven(tool.owner, tool.tool_id, proven)
         incoming = tool_pb2.Tool()
@@ -309,51 +359,125 @@ class Registry:
         incoming.health = tool_pb2.HEALTH_STATUS_UNSPECIFIED
         if not incoming.HasField("enabled"):  # absent means enabled; stored and sent explicitly
             incoming.enabled = True
+        return incoming
+
+    async def register_many(
+        self, tools: Sequence[tool_pb2.Tool], *, proven: bool = True, reclaim: bool = False
+    ) -> list[Outcome]:
+        """Register `tools` as `register` would, in order, committing every change at once.
+
+        A later tool sees an earlier one's outcome (the same id twice: the second is an update or
+        changes nothing; another owner's: refused). A refused tool is an outcome with its error;
+        the others register. One store commit for the batch, one event per changed tool, their
+        revisions consecutive. InvalidRequest (BATCH_TOO_LARGE) past MAX_BULK_TOOLS.
+        """
+        if len(tools) > MAX_BULK_TOOLS:
+            raise InvalidRequest(
+                f"{len(tools)} tools in one registration; at most {MAX_BULK_TOOLS}",
+                reason="BATCH_TOO_LARGE",
+                metadata={"size": str(len(tools)), "limit": str(MAX_BULK_TOOLS)},
+            )
+        checked: list[tuple[str, tool_pb2.Tool | MeshError]] = []
+        for n, tool in enumerate(tools, 1):
+            tool_id = tool.tool_id[:_ID_ECHOED]  # an invalid id may be long: not all of it again
+            try:
+                checked.append((tool_id, self._checked(tool, proven)))
+            except MeshError as err:
+                checked.append((tool_id, err))
+            if n % _YIELD_EVERY == 0:  # a thousand checks would hold the loop from every call
+                await asyncio.sleep(0)
         for _ in range(_CONFLICT_RETRIES):
             try:
-                return await self._register(incoming, proven, reclaim)
-            except CommitConflict as conflict:  # another hub changed it first: catch up, decide again
+                return await self._register_many(checked, proven, reclaim)
+            except CommitConflict as conflict:
                 await self._catch_up(conflict.revision)
-        raise self._contended(incoming.tool_id)
+        raise Unavailable(
+            "tools of this registration kept changing through other hubs; try again",
+            reason="REGISTRY_CONTENDED",
+        )
+
+    async def _register_many(
+        self, checked: list[tuple[str, tool_pb2.Tool | MeshError]], proven: bool, reclaim: bool
+    ) -> list[Outcome]:
+        async with self._lock:
+            now = _now()
+            batch: dict[str, Entry] = {}  # the entries this batch made so far: later tools see them
+            changes: list[tuple[Entry, int, Entry | None]] = []
+            decided: list[MeshError | int | None] = []  # per tool: its error, change index, or unchanged
+            for n, (tool_id, item) in enumerate(checked, 1):
+                if isinstance(item, MeshError):
+                    decided.append(item)
+                    continue
+                seen = batch[tool_id] if tool_id in batch else self._entries.get(tool_id)
+                try:
+                    made = self._decide(item, seen, proven, reclaim, now)
+                except MeshError as err:
+                    decided.append(err)
+                    continue
+                if made is not None:
+                    batch[tool_id] = made[0]
+                    changes.append((*made, seen))
+                decided.append(None if made is None else len(changes) - 1)
+                if n % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            revisions = await self._commit_many(changes) if changes else []
+            return [
+                _outcome(tool_id, result, changes, revisions, self.revision)
+                for (tool_id, _), result in zip(checked, decided, strict=True)
+            ]
 
     async def _register(
         self, registered: tool_pb2.Tool, proven: bool, reclaim: bool
     ) -> tuple[tool_pb2.Tool, bool, bool, int]:
         async with self._lock:
-            incoming = tool_pb2.Tool()
-            incoming.CopyFrom(registered)  # placed anew on each try: the stored tool may have changed
-            old = seen = self._entries.get(incoming.tool_id)
-            now = timestamp_pb2.Timestamp()
-            now.GetCurrentTime()
-            if old is not None and reclaim and self._reclaims(old.tool.owner, incoming.owner, proven):
-                log.warning("%s reclaims %s from owner %r", incoming.owner, incoming.tool_id, old.tool.owner)
-                old = None  # a squatter's entry is replaced whole, usage and all
-            if old is not None:
-                if old.tool.owner != incoming.owner:
-                    raise AlreadyExists(
-                        f"tool {incoming.tool_id!r} is registered by another owner "
-                        f"({old.tool.owner or 'anonymous'})",
-                        reason="TOOL_OWNED_BY_ANOTHER",
-                        metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
-                    )
-                place(incoming, old.tool, self.node)
-                incoming = self._without_stale(incoming)
-                incoming.registered_at.CopyFrom(old.tool.registered_at)
-                incoming.updated_at.CopyFrom(old.tool.updated_at)
-                if _definition_bytes(incoming) == _definition_bytes(old.full()):
-                    return old.snapshot(), False, False, self.revision
-            else:
-                place(incoming, None, self.node)
-                incoming.registered_at.CopyFrom(now)
-            incoming.updated_at.CopyFrom(now)
-            entry = make_entry(incoming)
-            if old is not None:  # keep usage and health across updates of the definition
-                _keep_usage(entry, old)
-                if old.tool.endpoint == incoming.endpoint:
-                    entry.health = old.health
-            kind = UPDATED if old is not None else INSTALLED
+            seen = self._entries.get(registered.tool_id)
+            decided = self._decide(registered, seen, proven, reclaim, _now())
+            if decided is None:  # the same definition again
+                assert seen is not None
+                return seen.snapshot(), False, False, self.revision
+            entry, kind = decided
             revision = await self._commit(entry, kind, seen)
-            return entry.snapshot(), old is None, old is not None, revision
+            return entry.snapshot(), kind == INSTALLED, kind == UPDATED, revision
+
+    def _decide(
+        self,
+        registered: tool_pb2.Tool,
+        old: Entry | None,
+        proven: bool,
+        reclaim: bool,
+        now: timestamp_pb2.Timestamp,
+    ) -> tuple[Entry, int] | None:
+        """The entry and event a registration of `registered` makes over `old` (the tool's entry
+        now), or None when it changes nothing; AlreadyExists when another owner holds the id."""
+        incoming = tool_pb2.Tool()
+        incoming.CopyFrom(registered)  # placed anew on each try: the stored tool may have changed
+        if old is not None and reclaim and self._reclaims(old.tool.owner, incoming.owner, proven):
+            log.warning("%s reclaims %s from owner %r", incoming.owner, incoming.tool_id, old.tool.owner)
+            old = None  # a squatter's entry is replaced whole, usage and all
+        if old is not None:
+            if old.tool.owner != incoming.owner:
+                raise AlreadyExists(
+                    f"tool {incoming.tool_id!r} is registered by another owner "
+                    f"({old.tool.owner or 'anonymous'})",
+                    reason="TOOL_OWNED_BY_ANOTHER",
+                    metadata={"tool_id": incoming.tool_id, "owner": old.tool.owner},
+                )
+            place(incoming, old.tool, self.node)
+            incoming = self._without_stale(incoming)
+            incoming.registered_at.CopyFrom(old.tool.registered_at)
+            incoming.updated_at.CopyFrom(old.tool.updated_at)
+            if _definition_bytes(incoming) == _definition_bytes(old.full()):
+                return None
+        else:
+            place(incoming, None, self.node)
+            incoming.registered_at.CopyFrom(now)
+        incoming.updated_at.CopyFrom(now)
+        entry = make_entry(incoming)
+        if old is not None:  # keep usage and health across updates of the definition
+            _keep_usage(entry, old)
+            if old.tool.endpoint == incoming.endpoint:
+                entry.health = old.health
+        return entry, UPDATED if old is not None else INSTALLED
 
     def _without_stale(self, tool: tool_pb2.Tool) -> tool_pb2.Tool:
         """`tool` (placed through this node, which holds a replica) without gone nodes' replicas."""
@@ -513,6 +637,34 @@ class Registry:
         self._publish(event)
         return revision
 
+    async def _commit_many(self, changes: list[tuple[Entry, int, Entry | None]]) -> list[int]:
+        """Store `changes` (entry, event type, the entry decided on) in one commit; their revisions."""
+        events, rows = [], []
+        for entry, kind, seen in changes:
+            event = tool_pb2.ToolEvent(type=kind, tool=entry.snapshot())  # type: ignore[arg-type]
+            event.time.GetCurrentTime()
+            expect = _stored_digest(seen) if self._follower is not None else None
+            rows.append(Change(entry.tool.tool_id, entry.definition, kind, event.SerializeToString(), expect))
+            events.append(event)
+        if self._follower is not None:
+            self._follower.check_writable()
+            applied = self.revision
+            revisions = await self._store.commit_many(rows)
+            if revisions[0] <= applied:  # a store that lost its data, before the follower noticed
+                raise Unavailable(
+                    f"the registry store assigned revision {revisions[0]}, behind this hub's "
+                    f"{applied}: it lost its data",
+                    reason="REGISTRY_STORE_UNAVAILABLE",
+                )
+            await self._follower.wait_applied(revisions[-1])  # read-your-writes: memory has them now
+            return revisions
+        revisions = await self._store.commit_many(rows)
+        for (entry, _, _), event, revision in zip(changes, events, revisions, strict=True):
+            self._put(entry.tool.tool_id, entry)
+            self.revision = event.revision = revision
+            self._publish(event)
+        return revisions
+
     async def _catch_up(self, revision: int) -> None:
         if self._follower is not None:
             await self._follower.wait_applied(revision)
@@ -601,7 +753,7 @@ class Registry:
             for tool_id, e in old.items()
             if tool_id not in self._entries
         ]
-        self._order = sorted(self._entries)
+        self._order = SortedIds(self._entries)
         self.revision = revision
         self._feed.close()
         for event in changes:

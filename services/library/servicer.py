@@ -13,11 +13,11 @@ from toolscore.v1 import tool_pb2
 
 from services.common.errors import InvalidRequest
 from services.common.streams import DEFAULT_MAX_MESSAGE_BYTES
-from services.library.registry import WATCH_REVISION_KEY, Entry, Registry
+from services.library.registry import WATCH_REVISION_KEY, Entry, Outcome, Registry
 from services.library.search_index import SearchIndex
 
 SERVICE = "toolscore.v1.ToolLibraryService"
-PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/DeregisterTool"})
+PROTECTED = frozenset({f"/{SERVICE}/RegisterTool", f"/{SERVICE}/RegisterTools", f"/{SERVICE}/DeregisterTool"})
 # Only the mesh's own services (service credential or admin token): the edge reports its usage.
 SERVICE_ONLY = frozenset({f"/{SERVICE}/ReportUsage"})
 # Whether a call proves it comes from the mesh itself (grpc_server.CallerProof.service).
@@ -38,6 +38,21 @@ def _within(items: Iterable[_Listed], budget: int) -> list[_Listed]:
             break
         out.append(item)
     return out
+
+
+def _result(o: Outcome) -> pb.RegisterToolsResult:
+    """One outcome of RegisterTools; a refusal carries what RegisterTool's error would have."""
+    result = pb.RegisterToolsResult(
+        tool_id=o.tool_id, created=o.created, updated=o.updated, revision=o.revision
+    )
+    if o.error is not None:
+        e = o.error
+        result.error.CopyFrom(
+            pb.RegistrationError(
+                code=e.code.value[0], reason=e.reason, message=e.message, metadata=e.metadata
+            )
+        )
+    return result
 
 
 def _token(tool_id: str) -> str:
@@ -78,6 +93,15 @@ class ToolLibraryServicer(pb_grpc.ToolLibraryServiceServicer):
             request.tool, proven=proven, reclaim=proven
         )
         return pb.RegisterToolResponse(tool=tool, created=created, updated=updated, revision=revision)
+
+    async def RegisterTools(
+        self, request: pb.RegisterToolsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterToolsResponse:
+        proven = self._proof(context)
+        outcomes = await self.registry.register_many(request.tools, proven=proven, reclaim=proven)
+        return pb.RegisterToolsResponse(
+            results=[_result(o) for o in outcomes], revision=self.registry.revision
+        )
 
     async def DeregisterTool(
         self, request: pb.DeregisterToolRequest, context: grpc.aio.ServicerContext

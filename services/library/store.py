@@ -40,6 +40,21 @@ def digest(definition: bytes | None) -> str:
     return "" if definition is None else hashlib.sha1(definition).hexdigest()
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One tool's change in a commit: its definition (None: removed) and its event.
+
+    `event` is a serialized ToolEvent without its revision. `expect`: the digest (`digest`) of the
+    definition the caller believes stored, "" for none (None: no check); see `RegistryStore.commit`.
+    """
+
+    tool_id: str
+    tool: bytes | None
+    event_type: int
+    event: bytes
+    expect: str | None = None
+
+
 class CommitConflict(Exception):
     """A shared store's tool changed since the caller's view of it (another hub committed first).
 
@@ -67,6 +82,15 @@ class RegistryStore(Protocol):
         `expect`: the digest (`digest`) of the definition the caller believes stored, ""
         for none; a shared store raises CommitConflict when it differs. A store with one writer
         (SQLite: this hub) has nothing to compare and ignores it.
+        """
+        ...
+
+    async def commit_many(self, changes: Sequence[Change]) -> list[int]:
+        """Atomically apply `changes` in order, as one commit: every one or none.
+
+        Returns their revisions, consecutive. Each change's `expect` is checked against what the
+        changes before it in the batch left (a tool changed twice expects its first change's
+        definition the second time); one that differs raises CommitConflict and stores nothing.
         """
         ...
 
@@ -130,27 +154,37 @@ class SqliteStore(SqliteThread):
     async def commit(
         self, tool_id: str, tool: bytes | None, event_type: int, event: bytes, expect: str | None = None
     ) -> int:
-        def _commit() -> int:
+        return (await self.commit_many([Change(tool_id, tool, event_type, event)]))[0]
+
+    async def commit_many(self, changes: Sequence[Change]) -> list[int]:
+        # One transaction for the batch: a bulk registration costs one commit, not one per tool.
+        def _commit() -> list[int]:
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
-                if tool is None:
-                    db.execute("DELETE FROM tools WHERE tool_id=?", (tool_id,))
-                    db.execute("DELETE FROM stats WHERE tool_id=?", (tool_id,))
-                else:
-                    db.execute("INSERT OR REPLACE INTO tools(tool_id, tool) VALUES (?, ?)", (tool_id, tool))
-                cur = db.execute(
-                    "INSERT INTO events(tool_id, type, event) VALUES (?, ?, ?)", (tool_id, event_type, event)
-                )
-                revision = int(cur.lastrowid or 0)
-                db.execute("DELETE FROM events WHERE revision <= ?", (revision - self._retention,))
+                revisions = [self._change(c) for c in changes]
+                if revisions:
+                    db.execute("DELETE FROM events WHERE revision <= ?", (revisions[-1] - self._retention,))
                 db.execute("COMMIT")
-                return revision
+                return revisions
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
         return await self._run(_commit)
+
+    def _change(self, c: Change) -> int:
+        """Store one change and append its event (in the caller's transaction); its revision."""
+        db = self.db
+        if c.tool is None:
+            db.execute("DELETE FROM tools WHERE tool_id=?", (c.tool_id,))
+            db.execute("DELETE FROM stats WHERE tool_id=?", (c.tool_id,))
+        else:
+            db.execute("INSERT OR REPLACE INTO tools(tool_id, tool) VALUES (?, ?)", (c.tool_id, c.tool))
+        cur = db.execute(
+            "INSERT INTO events(tool_id, type, event) VALUES (?, ?, ?)", (c.tool_id, c.event_type, c.event)
+        )
+        return int(cur.lastrowid or 0)
 
     async def events_since(self, revision: int, limit: int) -> list[tuple[int, bytes]]:
         def _since() -> list[tuple[int, bytes]]:

@@ -9,6 +9,7 @@ envelope.py       the 2026-07-28 per-request envelope (`params._meta`) and the H
 results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors (the MCP failure policy)
 tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
+federation.py     installed servers' prompts, resources and completion: their union, routed by name/URI
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds

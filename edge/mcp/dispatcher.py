@@ -62,6 +62,7 @@ from ._protocol import (
     notification,
     result_response,
 )
+from .federation import Federation
 from .tool_list import Catalog, McpTool
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
 
@@ -142,7 +143,11 @@ class Dispatcher:
     """
 
     def __init__(
-        self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
+        self,
+        catalog: Callable[[], Catalog],
+        execute: ExecuteFn,
+        opts: ServerOptions | None = None,
+        federation: Federation | None = None,
     ) -> None:
         self._catalog = catalog
         # tools/call's name table, as of the catalog when `tools_moved` was last seen set; whoever
@@ -153,7 +158,7 @@ class Dispatcher:
         self.tool_sessions = ToolSessions(execute)
         self.opts = opts or ServerOptions()
         self._info = {"name": self.opts.name, "version": self.opts.version}
-        self._capabilities = {"tools": {"listChanged": True}}
+        self._capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
         self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
         self._closed = asyncio.Event()
@@ -170,6 +175,17 @@ class Dispatcher:
             "tools/call": Method(self._call_tool, cancellable=True),
             "subscriptions/listen": Method(self._listen, cancellable=True),
         }
+        # Installed servers' prompts, resources and completion (edge/mcp/federation.py).
+        self.federation = federation
+        if federation is not None:
+            self._capabilities.update(prompts={}, resources={}, completions={})
+            for method, handler in self._federated(federation).items():
+                self._handshake[method] = Method(handler, cancellable=True)
+                # A read's contents may differ by caller on the server's side: private, as the SDK says.
+                scope = "public" if method.endswith("/list") else ""
+                scope = "private" if method == "resources/read" else scope
+                wrapped = _cacheable(handler, 0, scope) if scope else handler
+                self._modern[method] = Method(wrapped, cancellable=True)
         self._notifications: dict[str, NotificationHandler] = {
             "notifications/initialized": self._initialized,
             "notifications/cancelled": self._cancel,
@@ -455,6 +471,35 @@ class Dispatcher:
             self._listens.pop(key, None)
         return {"_meta": dict(meta)}
 
+    @staticmethod
+    def _federated(federation: Federation) -> dict[str, Handler]:
+        """The handlers of the federated servers' methods, each a call of `federation`."""
+
+        def lists(method: str) -> Handler:
+            async def handler(
+                msg: Message, session: Session, send: Send | None, headers: Headers
+            ) -> dict[str, Any]:
+                return await federation.list(method, msg.params or {})
+
+            return handler
+
+        def calls(fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
+            async def handler(
+                msg: Message, session: Session, send: Send | None, headers: Headers
+            ) -> dict[str, Any]:
+                return await fn(msg.params or {})
+
+            return handler
+
+        return {
+            "prompts/list": lists("prompts/list"),
+            "prompts/get": calls(federation.get_prompt),
+            "resources/list": lists("resources/list"),
+            "resources/templates/list": lists("resources/templates/list"),
+            "resources/read": calls(federation.read_resource),
+            "completion/complete": calls(federation.complete),
+        }
+
     # -- notification handlers -------------------------------------------------------
 
     def _initialized(self, msg: Message, session: Session) -> None:
@@ -467,6 +512,19 @@ class Dispatcher:
             if task is not None:
                 session.cancelled.add(rid)
                 task.cancel()
+
+
+def _cacheable(handler: Handler, ttl_ms: int, scope: str) -> Handler:
+    """A 2026-07-28 handler whose result carries the cache hints (as `tools/list`'s do)."""
+
+    async def with_hints(
+        msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        result = await handler(msg, session, send, headers)
+        result["ttlMs"], result["cacheScope"] = ttl_ms, scope
+        return result
+
+    return with_hints
 
 
 def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], None]:

@@ -25,6 +25,7 @@ from services.common.errors import ResourceExhausted
 
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
+from .federation import Federation, FederationOptions, hub_relay
 from .tool_list import Catalog, build
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,10 @@ class McpService:
         server = server or ServerOptions(
             page_size=cfg.edge.mcp_page_size, max_argument_bytes=cfg.hub.max_argument_bytes
         )
-        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
+        self.federation = Federation(
+            registry, hub_relay(gateway), FederationOptions(page_size=server.page_size)
+        )
+        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server, self.federation)
         self.guard = OriginGuard.from_config(cfg.edge)
         # The registry revision whose listing was announced last: the event id of list_changed on
         # HTTP standalone streams, from which a session that had no stream open resumes.
@@ -184,6 +188,7 @@ class McpService:
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         self.catalog.apply(event)
+        self.federation.apply(event)
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True

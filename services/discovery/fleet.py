@@ -140,6 +140,7 @@ class Fleet:
             record.tags,
         )
         definition.metadata["registry_type"] = record.registry_type
+        mapping.describe_features(definition, runner.capabilities, runner.lists_revision)
         await self.registry.register(definition)
         runner.actions = actions
 

@@ -16,6 +16,11 @@ from services.common.jsonvalue import dict_to_struct, py_to_value
 from services.library.validation import ACTION
 
 OWNER = "toolscore-discovery"
+# Tool metadata naming what else than tools the server offers (comma-separated: prompts, resources,
+# completions), and the revision of its prompt and resource lists (docs/mcp.md, "Federated servers").
+FEATURES_KEY = "mcp_features"
+LISTS_REVISION_KEY = "mcp_lists_revision"
+_FEATURES = ("prompts", "resources", "completions")
 
 
 def action_name(mcp_name: str) -> str:
@@ -23,6 +28,14 @@ def action_name(mcp_name: str) -> str:
     if ACTION.match(mcp_name):
         return mcp_name
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", mcp_name).lstrip(".-") or "tool")[:128]
+
+
+def describe_features(t: tool_pb2.Tool, caps: types.ServerCapabilities | None, revision: int) -> None:
+    """Name in `t`'s metadata the features the edge federates besides tools, when the server has any."""
+    features = [f for f in _FEATURES if caps is not None and getattr(caps, f, None) is not None]
+    if features:
+        t.metadata[FEATURES_KEY] = ",".join(features)
+        t.metadata[LISTS_REVISION_KEY] = str(revision)
 
 
 def tool_definition(

@@ -82,6 +82,11 @@ class ServerRunner:
         self._down = asyncio.Event()  # set while no connection is up, once one has ended
         self.last_end = ""  # why the last connection ended
         self.actions: dict[str, str] = {}  # capability name -> MCP tool name
+        # What the current connection's server declared, set before its tools are registered.
+        self.capabilities: types.ServerCapabilities | None = None
+        # Moves at each connection and each prompts or resources list_changed: the edge rereads
+        # its lists of them when the revision its tool's metadata names moves (fleet.py).
+        self.lists_revision = 0
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, strict: bool) -> None:
@@ -190,6 +195,8 @@ class ServerRunner:
                 )
                 tools = await _list_all(client)
             self.protocol_version = client.protocol_version
+            self.capabilities = client.server_capabilities
+            self.lists_revision += 1
             await self._on_tools(self, tools)
             self.client = client
             self._down.clear()
@@ -270,6 +277,10 @@ class ServerRunner:
 
     async def _on_message(self, message: Any) -> None:
         if isinstance(message, types.ToolListChangedNotification):
+            self._relist = True
+            self._kick.set()
+        elif isinstance(message, types.PromptListChangedNotification | types.ResourceListChangedNotification):
+            self.lists_revision += 1  # registered again with the tools, at the next watch round
             self._relist = True
             self._kick.set()
 

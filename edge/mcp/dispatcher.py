@@ -161,6 +161,8 @@ class Dispatcher:
         self._capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
         self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
+        # The same streams' prompts and resources list_changed, by kind.
+        self._feature_listens: dict[object, dict[str, Callable[[], None]]] = {}
         self._closed = asyncio.Event()
         # The method tables, one per era (docs/mcp.md, "Protocol eras").
         self._handshake: dict[str, Method] = {
@@ -178,7 +180,8 @@ class Dispatcher:
         # Installed servers' prompts, resources and completion (edge/mcp/federation.py).
         self.federation = federation
         if federation is not None:
-            self._capabilities.update(prompts={}, resources={}, completions={})
+            listed = {"listChanged": True}
+            self._capabilities.update(prompts=listed, resources=dict(listed), completions={})
             for method, handler in self._federated(federation).items():
                 self._handshake[method] = Method(handler, cancellable=True)
                 # A read's contents may differ by caller on the server's side: private, as the SDK says.
@@ -251,6 +254,18 @@ class Dispatcher:
                 s.push(note)
         for fire in list(self._listens.values()):
             fire()
+
+    def lists_changed(self, kind: str) -> None:
+        """Tell every subscriber that the federated servers' `kind` list ("prompts" or
+        "resources") changed."""
+        note = notification(f"notifications/{kind}/list_changed", {})
+        for s in list(self._pushed):
+            if s.push is not None:
+                s.push(note)
+        for fires in list(self._feature_listens.values()):
+            fire = fires.get(kind)
+            if fire is not None:
+                fire()
 
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
@@ -455,6 +470,9 @@ class Dispatcher:
         if not isinstance(wanted, dict):
             raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
         honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
+        kinds = [k for k in ("prompts", "resources") if self.federation is not None]
+        kinds = [k for k in kinds if wanted.get(f"{k}ListChanged") is True]
+        honored.update({f"{k}ListChanged": True for k in kinds})
         meta = {SUBSCRIPTION_ID_KEY: msg.id}
         send(
             notification(
@@ -462,13 +480,18 @@ class Dispatcher:
             )
         )
         key = object()
-        if honored:
+        if "toolsListChanged" in honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
             self._listens[key] = lambda: send(changed)
+        if kinds:
+            self._feature_listens[key] = {
+                k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds
+            }
         try:
             await self._closed.wait()
         finally:
             self._listens.pop(key, None)
+            self._feature_listens.pop(key, None)
         return {"_meta": dict(meta)}
 
     @staticmethod
@@ -512,6 +535,11 @@ class Dispatcher:
             if task is not None:
                 session.cancelled.add(rid)
                 task.cancel()
+
+
+def _sender(send: Send, method: str, meta: dict[str, Any]) -> Callable[[], None]:
+    note = notification(method, {"_meta": meta})
+    return lambda: send(note)
 
 
 def _cacheable(handler: Handler, ttl_ms: int, scope: str) -> Handler:

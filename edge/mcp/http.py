@@ -504,8 +504,13 @@ class StreamableHttp:
         Nothing is queued: however many announcements happen while a write waits on a slow client,
         the next write carries one list_changed for the latest.
         """
+        features = dict(self.svc.feature_revisions)  # announced from the stream's opening on
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
+            for kind, moved in self.svc.feature_revisions.items():
+                if features[kind] != moved:
+                    features[kind] = moved
+                    await resp.write(frame(notification(f"notifications/{kind}/list_changed", {})))
             revision = self.svc.listing_revision
             if revision != seen:
                 await resp.write(frame(_LIST_CHANGED, revision))

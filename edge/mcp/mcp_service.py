@@ -143,6 +143,10 @@ class McpService:
         self.listing_revision = 0
         # Called at each announcement: open standalone streams (sessions without one cost nothing).
         self.listing_listeners: list[Callable[[], None]] = []
+        # How many times the federated servers' prompts and resources lists were announced
+        # changed: open HTTP streams announce each move (edge/mcp/federation.py).
+        self.feature_revisions = {"prompts": 0, "resources": 0}
+        self._features_moved: set[str] = set()
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
@@ -188,7 +192,11 @@ class McpService:
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         self.catalog.apply(event)
-        self.federation.apply(event)
+        prompts, resources = self.federation.apply(event)
+        if prompts:
+            self._features_moved.add("prompts")
+        if resources:
+            self._features_moved.add("resources")
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -196,6 +204,13 @@ class McpService:
 
     def _check(self) -> None:
         self._check_scheduled = False
+        if self._features_moved:
+            for kind in sorted(self._features_moved):
+                self.feature_revisions[kind] += 1
+                self.dispatcher.lists_changed(kind)
+            self._features_moved.clear()
+            for fire in list(self.listing_listeners):
+                fire()
         if self.catalog.take_changed():
             self.listing_revision = self.registry.revision
             self.dispatcher.tools_changed()

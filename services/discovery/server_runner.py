@@ -21,7 +21,12 @@ from typing import Any
 import mcp_types as types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
+from mcp.client.subscriptions import (
+    ListenNotSupportedError,
+    PromptsListChanged,
+    ResourcesListChanged,
+    SubscriptionLost,
+)
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -263,13 +268,21 @@ class ServerRunner:
                 return
 
     async def _listen(self, client: Client) -> None:
-        """2026-07-28 sessions announce tool-list changes only on a `subscriptions/listen` stream."""
-        caps = client.server_capabilities.tools
-        if caps is None or not caps.list_changed:
+        """2026-07-28 sessions announce list changes (tools, prompts, resources) only on a
+        `subscriptions/listen` stream."""
+        caps = client.server_capabilities
+        tools = caps.tools is not None and bool(caps.tools.list_changed)
+        prompts = caps.prompts is not None and bool(caps.prompts.list_changed)
+        resources = caps.resources is not None and bool(caps.resources.list_changed)
+        if not (tools or prompts or resources):
             return
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
-                async for _event in subscription:
+            async with client.listen(
+                tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
+            ) as subscription:
+                async for event in subscription:
+                    if isinstance(event, PromptsListChanged | ResourcesListChanged):
+                        self.lists_revision += 1
                     self._relist = True
                     self._kick.set()
         except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as exc:

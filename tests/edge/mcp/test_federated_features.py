@@ -246,3 +246,68 @@ async def test_the_hub_relay_refuses_what_it_does_not_relay(hub: Any, edge: Edge
             ts.RelayServerRequestRequest(tool_id=tool_id, method="prompts/list"), timeout=5
         )
         assert {p["name"] for p in json.loads(ok.result_json)["prompts"]} == {"greeting", "review"}
+
+
+async def test_a_handshake_session_hears_prompts_and_resources_list_changed_when_a_server_changes_them(
+    hub: Any, edge: Edge, server_url: str
+) -> None:
+    heard: dict[str, asyncio.Event] = {"prompts": asyncio.Event(), "resources": asyncio.Event()}
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.PromptListChangedNotification):
+            heard["prompts"].set()
+        elif isinstance(message, types.ResourceListChangedNotification):
+            heard["resources"].set()
+
+    async with installed(hub, edge, f"{NS}/features", server_url) as tool_id:
+        async with Client(edge.url, mode="legacy", message_handler=on_message) as via:
+            caps = via.server_capabilities
+            assert caps.prompts is not None and caps.prompts.list_changed is True
+            assert caps.resources is not None and caps.resources.list_changed is True
+            before = {p.name for p in (await via.list_prompts()).prompts}
+            grown = await via.call_tool(tool_name(tool_id, "grow"), {})
+            assert grown.is_error is not True
+            async with deadline(10, "prompts and resources list_changed"):
+                await heard["prompts"].wait()
+                await heard["resources"].wait()
+            after = {p.name for p in (await via.list_prompts()).prompts}
+            uris = {str(r.uri) for r in (await via.list_resources()).resources}
+    assert tool_name(tool_id, "farewell") in after - before
+    assert "memo://late" in uris
+
+
+async def test_a_modern_listen_stream_hears_prompts_list_changed(
+    hub: Any, edge: Edge, server_url: str
+) -> None:
+    async with installed(hub, edge, f"{NS}/features", server_url) as tool_id:
+        async with Client(edge.url) as via:
+            assert via.protocol_version == "2026-07-28"
+            async with via.listen(prompts_list_changed=True, resources_list_changed=True) as sub:
+                assert sub.honored.prompts_list_changed is True
+                assert sub.honored.resources_list_changed is True
+                await via.call_tool(tool_name(tool_id, "grow"), {})
+                async with deadline(10, "a list_changed on the listen stream"):
+                    event = await anext(sub)
+                assert event is not None
+            names = {p.name for p in (await via.list_prompts()).prompts}
+    assert tool_name(tool_id, "farewell") in names
+
+
+async def test_a_websocket_session_hears_resources_list_changed_when_a_server_is_uninstalled(
+    hub: Any, edge: Edge, server_url: str
+) -> None:
+    async with websockets.connect(edge.ws_url, subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+        init = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}))
+        async with deadline(10, "the initialize answer"):
+            json.loads(await ws.recv())
+        async with installed(hub, edge, f"{NS}/features", server_url):
+            pass  # installed, then uninstalled
+        seen: set[str] = set()
+        async with deadline(10, "resources list_changed on the socket"):
+            while "notifications/resources/list_changed" not in seen:
+                seen.add(json.loads(await ws.recv()).get("method", ""))

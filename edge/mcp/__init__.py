@@ -10,6 +10,7 @@ results.py        mesh call outcomes as `tools/call` results or JSON-RPC errors 
 tool_list.py      every capability of every enabled tool as a named MCP tool; the pages of `tools/list`
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
 federation.py     installed servers' prompts, resources and completion: their union, routed by name/URI
+server_notices.py installed servers' log messages, followed from the hub's stream
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds

@@ -88,6 +88,8 @@ class Session:
     inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
     cancelled: set[RequestId] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
+    # The lowest level of installed servers' log messages it asked for (logging/setLevel); "": none.
+    log_level: str = ""
     # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended (then
     # no request of it starts any more).
     tool_sessions: dict[str, Held] | None = field(default_factory=dict)
@@ -109,6 +111,15 @@ class ServerOptions:
     discover_ttl_ms: int = 60_000
     # Arguments are checked against this before their Struct is built (hub.max_argument_bytes).
     max_argument_bytes: int = 1024 * 1024
+
+
+# RFC 5424 severities, as MCP names them, lowest first.
+_LEVELS = {
+    name: rank
+    for rank, name in enumerate(
+        ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+    )
+}
 
 
 class _Cancelled(Exception):
@@ -161,6 +172,7 @@ class Dispatcher:
         self._capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
         self._listens: dict[object, Callable[[], None]] = {}  # open 2026-07-28 listen streams
+        self._logging: set[Session] = set()  # handshake-era sessions that asked for log messages
         # The same streams' prompts and resources list_changed, by kind.
         self._feature_listens: dict[object, dict[str, Callable[[], None]]] = {}
         self._closed = asyncio.Event()
@@ -182,6 +194,7 @@ class Dispatcher:
         if federation is not None:
             listed = {"listChanged": True}
             self._capabilities.update(prompts=listed, resources=dict(listed), completions={})
+            self._handshake["logging/setLevel"] = Method(self._set_level)
             for method, handler in self._federated(federation).items():
                 self._handshake[method] = Method(handler, cancellable=True)
                 # A read's contents may differ by caller on the server's side: private, as the SDK says.
@@ -267,9 +280,24 @@ class Dispatcher:
             if fire is not None:
                 fire()
 
+    def server_log(self, tool_id: str, params: dict[str, Any]) -> None:
+        """An installed server's log message, to every session that asked for its level."""
+        rank = _LEVELS.get(params.get("level"))  # type: ignore[arg-type]
+        if rank is None:
+            return
+        logger = params.get("logger")
+        note = notification(
+            "notifications/message",
+            {**params, "logger": f"{tool_id}/{logger}" if isinstance(logger, str) and logger else tool_id},
+        )
+        for s in list(self._logging):
+            if s.push is not None and rank >= _LEVELS[s.log_level]:
+                s.push(note)
+
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
+        self._logging.discard(session)
         self.tool_sessions.release(session.tool_sessions)
         session.tool_sessions = None
         for rid, task in list(session.inflight.items()):
@@ -369,12 +397,26 @@ class Dispatcher:
         session.client_info = params.get("clientInfo")
         if session.push is not None:
             self._pushed.add(session)
+        caps = self._capabilities
+        if self.federation is not None:  # logging/setLevel is of this era only
+            caps = {**caps, "logging": {}}
         return {
             "protocolVersion": session.version,
-            "capabilities": self._capabilities,
+            "capabilities": caps,
             "serverInfo": self._info,
             "instructions": self.opts.instructions,
         }
+
+    async def _set_level(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        level = (msg.params or {}).get("level")
+        if level not in _LEVELS:
+            raise ProtocolError(INVALID_PARAMS, f"params.level must be one of {', '.join(_LEVELS)}")
+        session.log_level = level
+        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
+            self._logging.add(session)
+        return {}
 
     async def _ping(
         self, msg: Message, session: Session, send: Send | None, headers: Headers

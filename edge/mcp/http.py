@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -82,11 +83,18 @@ _RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
 class _Stream:
     """One open standalone GET stream: woken at each announcement, ended when replaced or dropped."""
 
-    __slots__ = ("ended", "wake")
+    __slots__ = ("ended", "notes", "wake")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self.wake = asyncio.Event()
         self.ended = False
+        # Notifications for the session (installed servers' log messages); the oldest go first
+        # when the client reads too slowly.
+        self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(limit, 1))
+
+    def push(self, note: dict[str, Any]) -> None:
+        self.notes.append(note)
+        self.wake.set()
 
     def end(self) -> None:
         self.ended = True
@@ -477,7 +485,8 @@ class StreamableHttp:
             return await self._resume(request, hs, *last)
         if hs.stream is not None:  # the client reconnected: the old stream is dead to it
             hs.stream.end()
-        stream = hs.stream = _Stream()
+        stream = hs.stream = _Stream(self.opts.notification_queue)
+        hs.state.push = stream.push  # log messages (not list_changed, which the listing revision carries)
         self._streams.add(stream)
         hs.state.last_used = time.monotonic()
         resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
@@ -493,6 +502,7 @@ class StreamableHttp:
             self._streams.discard(stream)
             if hs.stream is stream:
                 hs.stream = None
+                hs.state.push = None
             hs.state.last_used = time.monotonic()
         return resp
 
@@ -507,6 +517,8 @@ class StreamableHttp:
         features = dict(self.svc.feature_revisions)  # announced from the stream's opening on
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
+            while stream.notes:
+                await resp.write(frame(stream.notes.popleft()))
             for kind, moved in self.svc.feature_revisions.items():
                 if features[kind] != moved:
                     features[kind] = moved

@@ -26,6 +26,7 @@ from services.common.errors import ResourceExhausted
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
 from .federation import Federation, FederationOptions, hub_relay
+from .server_notices import follow
 from .tool_list import Catalog, build
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class McpService:
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
+        self._notices: asyncio.Task[None] | None = None  # installed servers' log messages (server_notices)
         self._unsubscribe: Unsubscribe | None = None
         self.closing = asyncio.Event()
 
@@ -157,8 +159,16 @@ class McpService:
         self.catalog.current()
         self.catalog.take_changed()  # what is listed now is what a client's first tools/list sees
         self._unsubscribe = self.registry.subscribe(self._on_event)
+        self._notices = asyncio.get_running_loop().create_task(self._follow_notices())
         if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it
             self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
+
+    async def _follow_notices(self) -> None:
+        def on_notice(tool_id: str, method: str, params: dict[str, Any]) -> None:
+            if method == "notifications/message":
+                self.dispatcher.server_log(tool_id, params)
+
+        await follow(self.gateway, on_notice)
 
     async def _after_first_sync(self) -> None:
         await self.registry.synced.wait()
@@ -172,6 +182,10 @@ class McpService:
                 await self._first_sync
         if self._unsubscribe is not None:
             self._unsubscribe()
+        if self._notices is not None:
+            self._notices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notices
         self.dispatcher.close()
         self.closing.set()
 

@@ -92,6 +92,8 @@ class ServerRunner:
         # Moves at each connection and each prompts or resources list_changed: the edge rereads
         # its lists of them when the revision its tool's metadata names moves (fleet.py).
         self.lists_revision = 0
+        # Where the server's log messages go (the fleet's Notices): method, params.
+        self.on_notice: Callable[[str, dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, strict: bool) -> None:
@@ -196,6 +198,9 @@ class ServerRunner:
                         message_handler=self._on_message,
                         cache=None,
                         client_info=_CLIENT_INFO,
+                        # 2026-07-28 servers log only for requests that opt in: info and above
+                        # (forwarded to the edge's sessions that asked, services/discovery/notices.py).
+                        log_level="info",
                     )
                 )
                 tools = await _list_all(client)
@@ -289,7 +294,12 @@ class ServerRunner:
             log.info("MCP server %s: no tool-list subscription (%s)", self.name, exc)
 
     async def _on_message(self, message: Any) -> None:
-        if isinstance(message, types.ToolListChangedNotification):
+        if isinstance(message, types.LoggingMessageNotification):
+            if self.on_notice is not None:
+                self.on_notice(
+                    message.method, message.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                )
+        elif isinstance(message, types.ToolListChangedNotification):
             self._relist = True
             self._kick.set()
         elif isinstance(message, types.PromptListChangedNotification | types.ResourceListChangedNotification):

@@ -124,6 +124,20 @@ class DiscoveryServicer:
         limit = self.discovery.cfg.hub.max_message_bytes - 1024
         return await relay.send(runner, request.method, request.params_json, timeout_s, limit)
 
+    async def WatchServerNotifications(
+        self, request: ts.WatchServerNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ts.WatchServerNotificationsResponse]:
+        notices = self.discovery.fleet.notices
+        queue = notices.subscribe()
+        try:
+            await context.send_initial_metadata(())  # the watch is in place
+            while True:
+                item = await queue.get()
+                if not request.tool_id or item.tool_id == request.tool_id:
+                    yield item
+        finally:
+            notices.unsubscribe(queue)
+
     async def WatchInstalls(
         self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchInstallsResponse]:
@@ -154,7 +168,12 @@ def method_handlers(servicer: DiscoveryServicer) -> dict[str, grpc.RpcMethodHand
             servicer.WatchInstalls,
             request_deserializer=pb.WatchInstallsRequest.FromString,
             response_serializer=pb.WatchInstallsResponse.SerializeToString,
-        )
+        ),
+        "WatchServerNotifications": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchServerNotifications,
+            request_deserializer=ts.WatchServerNotificationsRequest.FromString,
+            response_serializer=ts.WatchServerNotificationsResponse.SerializeToString,
+        ),
     }
     for name, (req, resp) in _MESSAGES.items():
         fn: Callable[..., Awaitable[Any]] = getattr(servicer, name)

@@ -15,7 +15,7 @@ import mcp_types as types
 import pytest
 import websockets
 from mcp import Client
-from mcp.shared.exceptions import MCPError
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc
@@ -311,3 +311,67 @@ async def test_a_websocket_session_hears_resources_list_changed_when_a_server_is
         async with deadline(10, "resources list_changed on the socket"):
             while "notifications/resources/list_changed" not in seen:
                 seen.add(json.loads(await ws.recv()).get("method", ""))
+
+
+async def test_a_session_that_set_a_log_level_hears_installed_servers_log_messages(
+    hub: Any, edge: Edge, server_url: str
+) -> None:
+    direct_logs: list[types.LoggingMessageNotificationParams] = []
+    via_logs: list[types.LoggingMessageNotificationParams] = []
+    heard = asyncio.Event()
+
+    async def direct_log(params: types.LoggingMessageNotificationParams) -> None:
+        direct_logs.append(params)
+
+    async def via_log(params: types.LoggingMessageNotificationParams) -> None:
+        via_logs.append(params)
+        heard.set()
+
+    async with installed(hub, edge, f"{NS}/features", server_url) as tool_id:
+        async with Client(server_url, mode="legacy", logging_callback=direct_log) as direct:
+            # (this server has no logging/setLevel: in the handshake era it logs to every client)
+            await direct.call_tool("bump", {})
+        async with Client(edge.url, mode="legacy", logging_callback=via_log) as via:
+            assert via.server_capabilities.logging is not None
+            with pytest.warns(MCPDeprecationWarning):  # the feature is, since 2026-07-28
+                await via.set_logging_level("info")
+            await via.call_tool(tool_name(tool_id, "bump"), {})
+            async with deadline(10, "the server's log message through the edge"):
+                await heard.wait()
+    (sent,) = direct_logs
+    got = via_logs[0]
+    assert (sent.level, sent.data) == ("info", "features: counter is 1")
+    assert (got.level, got.data) == ("info", "features: counter is 2")  # the second bump, the same log
+    assert got.logger is not None and got.logger.startswith(tool_id)
+
+
+async def test_a_websocket_session_that_set_a_log_level_hears_log_messages(
+    hub: Any, edge: Edge, server_url: str
+) -> None:
+    async with installed(hub, edge, f"{NS}/features", server_url) as tool_id:
+        async with websockets.connect(edge.ws_url, subprotocols=["mcp"]) as ws:  # type: ignore[list-item]
+            init = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            }
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": init}))
+            await ws.send(
+                json.dumps(
+                    {"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": "debug"}}
+                )
+            )
+            bad = {"level": "loud"}
+            await ws.send(
+                json.dumps({"jsonrpc": "2.0", "id": 3, "method": "logging/setLevel", "params": bad})
+            )
+            call = {"name": tool_name(tool_id, "bump"), "arguments": {}}
+            await ws.send(json.dumps({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": call}))
+            seen: dict[Any, Any] = {}
+            async with deadline(10, "the log message on the socket"):
+                while "notifications/message" not in seen:
+                    msg = json.loads(await ws.recv())
+                    seen[msg.get("method", msg.get("id"))] = msg
+    assert seen[2]["result"] == {} and seen[3]["error"]["code"] == -32602
+    note = seen["notifications/message"]["params"]
+    assert note["level"] == "info" and note["data"] == "features: counter is 1" and note["logger"] == tool_id

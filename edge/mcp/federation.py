@@ -13,8 +13,10 @@ them per server until the revision moves (or `list_ttl_s` passes), and serves th
   with a template it matches, else to the only server offering resources, else -32002;
 - lists page in name (prompts), URI (resources) or template order, like `tools/list`.
 
-A server whose list cannot be read in time keeps what was read of it last; a read, a get or a
-completion waits only for the server it is for.
+A listing waits for a server only when it has none of its lists yet or the server announced a
+change (at most `list_timeout_s`); otherwise what was read last is served and old lists are read
+again in the background. A server whose lists cannot be read keeps what was read of it last. A
+read, a get or a completion waits only for the server it is for.
 """
 
 from __future__ import annotations
@@ -197,20 +199,26 @@ class Federation:
         return union
 
     async def _refresh(self, servers: list[str]) -> None:
-        """Read again the lists of the servers whose revision moved or whose lists are old."""
+        """Read again the lists of the servers whose revision moved (waited for: the server
+        announced a change) or whose lists are old (read in the background: what was read last
+        stands meanwhile, so a slow server does not hold up every listing)."""
         now = time.monotonic()
-        stale = [
-            t
-            for t in servers
-            if (got := self._lists.get(t)) is None
-            or got.revision != self.servers[t][1]
-            or now - got.read_at > self.opts.list_ttl_s
-        ]
+        moved: list[str] = []
+        for t in servers:
+            got = self._lists.get(t)
+            if got is None or got.revision != self.servers[t][1]:
+                moved.append(t)
+            elif now - got.read_at > self.opts.list_ttl_s and t not in self._reading:
+                self._start_read(t)
         for gone in set(self._lists) - set(self.servers):
             del self._lists[gone]
-        if stale:
-            tasks = [self._reading.get(t) or self._start_read(t) for t in stale]
-            await asyncio.wait(tasks)
+        if moved:
+            await asyncio.wait([self._reading.get(t) or self._start_read(t) for t in moved])
+
+    def close(self) -> None:
+        """The edge is stopping: stop reading lists."""
+        for task in list(self._reading.values()):
+            task.cancel()
 
     def _start_read(self, tool_id: str) -> asyncio.Task[None]:
         # Shared by every request waiting for the same server's lists; not cancelled with any one.
@@ -230,8 +238,8 @@ class Federation:
         except (MeshError, ServerError, ValueError, TimeoutError) as exc:
             log.info("lists of MCP server %s not read: %s", tool_id, exc)
             old = self._lists.get(tool_id)
-            if old is not None:  # what was read last stands, and is tried again at the next list
-                old.revision = ""
+            if old is not None:  # what was read last stands, tried again after list_ttl_s
+                old.read_at = time.monotonic()
             return
         self._lists[tool_id] = _Lists(revision, time.monotonic(), items)
 

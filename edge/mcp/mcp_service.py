@@ -168,7 +168,10 @@ class McpService:
             if method == "notifications/message":
                 self.dispatcher.server_log(tool_id, params)
 
-        await follow(self.gateway, on_notice)
+        try:
+            await follow(self.gateway, on_notice)
+        except Exception:  # the log messages are lost, not the edge
+            log.exception("installed servers' log messages: no longer followed")
 
     async def _after_first_sync(self) -> None:
         await self.registry.synced.wait()
@@ -182,6 +185,7 @@ class McpService:
                 await self._first_sync
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.federation.close()
         if self._notices is not None:
             self._notices.cancel()
             with contextlib.suppress(asyncio.CancelledError):

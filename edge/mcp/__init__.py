@@ -12,6 +12,8 @@ tool_list.py      every capability of every enabled tool as a named MCP tool; th
 views.py          what one endpoint lists: the catalog through a filter and renames; virtual servers
 tool_search.py    tool search: a view listed as find_tools and call_tool, over the registry's search index
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
+federation.py     installed servers' prompts, resources and completion: their union, routed by name/URI
+server_notices.py installed servers' log messages, followed from the hub's stream
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds

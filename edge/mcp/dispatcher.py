@@ -63,6 +63,7 @@ from ._protocol import (
     notification,
     result_response,
 )
+from .federation import Federation
 from .tool_list import Catalog, Listing, McpTool
 from .tool_search import CALL, FIND
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
@@ -90,6 +91,8 @@ class Session:
     inflight: dict[RequestId, asyncio.Task[Any]] = field(default_factory=dict)
     cancelled: set[RequestId] = field(default_factory=set)
     last_used: float = field(default_factory=time.monotonic)
+    # The lowest level of installed servers' log messages it asked for (logging/setLevel); "": none.
+    log_level: str = ""
     # Tool sessions (the executor's) its calls opened, ended with it; None once it has ended (then
     # no request of it starts any more).
     tool_sessions: dict[str, Held] | None = field(default_factory=dict)
@@ -114,6 +117,15 @@ class ServerOptions:
     discover_ttl_ms: int = 60_000
     # Arguments are checked against this before their Struct is built (hub.max_argument_bytes).
     max_argument_bytes: int = 1024 * 1024
+
+
+# RFC 5424 severities, as MCP names them, lowest first.
+_LEVELS = {
+    name: rank
+    for rank, name in enumerate(
+        ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+    )
+}
 
 
 class _Cancelled(Exception):
@@ -148,7 +160,11 @@ class Dispatcher:
     """
 
     def __init__(
-        self, catalog: Callable[[], Catalog], execute: ExecuteFn, opts: ServerOptions | None = None
+        self,
+        catalog: Callable[[], Catalog],
+        execute: ExecuteFn,
+        opts: ServerOptions | None = None,
+        federation: Federation | None = None,
     ) -> None:
         self._catalog = catalog
         # tools/call's name table, as of the catalog when `tools_moved` was last seen set; whoever
@@ -159,10 +175,13 @@ class Dispatcher:
         self.tool_sessions = ToolSessions(execute)
         self.opts = opts or ServerOptions()
         self._info = {"name": self.opts.name, "version": self.opts.version}
-        self._capabilities = {"tools": {"listChanged": True}}
+        self._capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
         self._pushed: set[Session] = set()  # handshake-era sessions that get list_changed
         # Open 2026-07-28 listen streams, with the view of their session.
         self._listens: dict[object, tuple[ToolView | None, Callable[[], None]]] = {}
+        self._logging: set[Session] = set()  # handshake-era sessions that asked for log messages
+        # The same streams' prompts and resources list_changed, by kind.
+        self._feature_listens: dict[object, dict[str, Callable[[], None]]] = {}
         self._closed = asyncio.Event()
         # The method tables, one per era (docs/mcp.md, "Protocol eras").
         self._handshake: dict[str, Method] = {
@@ -177,6 +196,19 @@ class Dispatcher:
             "tools/call": Method(self._call_tool, cancellable=True),
             "subscriptions/listen": Method(self._listen, cancellable=True),
         }
+        # Installed servers' prompts, resources and completion (edge/mcp/federation.py).
+        self.federation = federation
+        if federation is not None:
+            listed = {"listChanged": True}
+            self._capabilities.update(prompts=listed, resources=dict(listed), completions={})
+            self._handshake["logging/setLevel"] = Method(self._set_level)
+            for method, handler in self._federated(federation).items():
+                self._handshake[method] = Method(handler, cancellable=True)
+                # A read's contents may differ by caller on the server's side: private, as the SDK says.
+                scope = "public" if method.endswith("/list") else ""
+                scope = "private" if method == "resources/read" else scope
+                wrapped = _cacheable(handler, 0, scope) if scope else handler
+                self._modern[method] = Method(wrapped, cancellable=True)
         self._notifications: dict[str, NotificationHandler] = {
             "notifications/initialized": self._initialized,
             "notifications/cancelled": self._cancel,
@@ -245,9 +277,36 @@ class Dispatcher:
             if of is view:
                 fire()
 
+    def lists_changed(self, kind: str) -> None:
+        """Tell every subscriber that the federated servers' `kind` list ("prompts" or
+        "resources") changed."""
+        note = notification(f"notifications/{kind}/list_changed", {})
+        for s in list(self._pushed):
+            if s.push is not None:
+                s.push(note)
+        for fires in list(self._feature_listens.values()):
+            fire = fires.get(kind)
+            if fire is not None:
+                fire()
+
+    def server_log(self, tool_id: str, params: dict[str, Any]) -> None:
+        """An installed server's log message, to every session that asked for its level."""
+        rank = _LEVELS.get(params.get("level"))  # type: ignore[arg-type]
+        if rank is None:
+            return
+        logger = params.get("logger")
+        note = notification(
+            "notifications/message",
+            {**params, "logger": f"{tool_id}/{logger}" if isinstance(logger, str) and logger else tool_id},
+        )
+        for s in list(self._logging):
+            if s.push is not None and rank >= _LEVELS[s.log_level]:
+                s.push(note)
+
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
+        self._logging.discard(session)
         self.tool_sessions.release(session.tool_sessions)
         session.tool_sessions = None
         for rid, task in list(session.inflight.items()):
@@ -347,12 +406,26 @@ class Dispatcher:
         session.client_info = params.get("clientInfo")
         if session.push is not None:
             self._pushed.add(session)
+        caps = self._capabilities
+        if self.federation is not None:  # logging/setLevel is of this era only
+            caps = {**caps, "logging": {}}
         return {
             "protocolVersion": session.version,
-            "capabilities": self._capabilities,
+            "capabilities": caps,
             "serverInfo": self._info,
             "instructions": _instructions(session.view, self.opts.instructions),
         }
+
+    async def _set_level(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        level = (msg.params or {}).get("level")
+        if level not in _LEVELS:
+            raise ProtocolError(INVALID_PARAMS, f"params.level must be one of {', '.join(_LEVELS)}")
+        session.log_level = level
+        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
+            self._logging.add(session)
+        return {}
 
     async def _ping(
         self, msg: Message, session: Session, send: Send | None, headers: Headers
@@ -468,6 +541,9 @@ class Dispatcher:
         if not isinstance(wanted, dict):
             raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
         honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
+        kinds = [k for k in ("prompts", "resources") if self.federation is not None]
+        kinds = [k for k in kinds if wanted.get(f"{k}ListChanged") is True]
+        honored.update({f"{k}ListChanged": True for k in kinds})
         meta = {SUBSCRIPTION_ID_KEY: msg.id}
         send(
             notification(
@@ -475,14 +551,48 @@ class Dispatcher:
             )
         )
         key = object()
-        if honored:
+        if "toolsListChanged" in honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
             self._listens[key] = (session.view, lambda: send(changed))
+        if kinds:
+            self._feature_listens[key] = {
+                k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds
+            }
         try:
             await self._closed.wait()
         finally:
             self._listens.pop(key, None)
+            self._feature_listens.pop(key, None)
         return {"_meta": dict(meta)}
+
+    @staticmethod
+    def _federated(federation: Federation) -> dict[str, Handler]:
+        """The handlers of the federated servers' methods, each a call of `federation`."""
+
+        def lists(method: str) -> Handler:
+            async def handler(
+                msg: Message, session: Session, send: Send | None, headers: Headers
+            ) -> dict[str, Any]:
+                return await federation.list(method, msg.params or {})
+
+            return handler
+
+        def calls(fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
+            async def handler(
+                msg: Message, session: Session, send: Send | None, headers: Headers
+            ) -> dict[str, Any]:
+                return await fn(msg.params or {})
+
+            return handler
+
+        return {
+            "prompts/list": lists("prompts/list"),
+            "prompts/get": calls(federation.get_prompt),
+            "resources/list": lists("resources/list"),
+            "resources/templates/list": lists("resources/templates/list"),
+            "resources/read": calls(federation.read_resource),
+            "completion/complete": calls(federation.complete),
+        }
 
     # -- notification handlers -------------------------------------------------------
 
@@ -513,6 +623,24 @@ def _instructions(view: ToolView | None, default: str) -> str:
     if spec.server:
         return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
     return default
+
+
+def _sender(send: Send, method: str, meta: dict[str, Any]) -> Callable[[], None]:
+    note = notification(method, {"_meta": meta})
+    return lambda: send(note)
+
+
+def _cacheable(handler: Handler, ttl_ms: int, scope: str) -> Handler:
+    """A 2026-07-28 handler whose result carries the cache hints (as `tools/list`'s do)."""
+
+    async def with_hints(
+        msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        result = await handler(msg, session, send, headers)
+        result["ttlMs"], result["cacheScope"] = ttl_ms, scope
+        return result
+
+    return with_hints
 
 
 def _progress_sender(token: RequestId, send: Send) -> Callable[[ex.Progress], None]:

@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -85,11 +86,18 @@ _RESUMABLE_FROM = HANDSHAKE_VERSIONS.index("2025-11-25")
 class _Stream:
     """One open standalone GET stream: woken at each announcement, ended when replaced or dropped."""
 
-    __slots__ = ("ended", "wake")
+    __slots__ = ("ended", "notes", "wake")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 0) -> None:
         self.wake = asyncio.Event()
         self.ended = False
+        # Notifications for the session (installed servers' log messages); the oldest go first
+        # when the client reads too slowly.
+        self.notes: collections.deque[dict[str, Any]] = collections.deque(maxlen=max(limit, 1))
+
+    def push(self, note: dict[str, Any]) -> None:
+        self.notes.append(note)
+        self.wake.set()
 
     def end(self) -> None:
         self.ended = True
@@ -497,7 +505,8 @@ class StreamableHttp:
             return await self._resume(request, hs, *last)
         if hs.stream is not None:  # the client reconnected: the old stream is dead to it
             hs.stream.end()
-        stream = hs.stream = _Stream()
+        stream = hs.stream = _Stream(self.opts.notification_queue)
+        hs.state.push = stream.push  # log messages (not list_changed, which the listing revision carries)
         self._streams.add(stream)
         hs.state.last_used = time.monotonic()
         resp = web.StreamResponse(headers={**SSE_HEADERS, H_SESSION: hs.state.id})
@@ -513,6 +522,7 @@ class StreamableHttp:
             self._streams.discard(stream)
             if hs.stream is stream:
                 hs.stream = None
+                hs.state.push = None
             hs.state.last_used = time.monotonic()
         return resp
 
@@ -524,8 +534,15 @@ class StreamableHttp:
         Nothing is queued: however many announcements happen while a write waits on a slow client,
         the next write carries one list_changed for the latest.
         """
+        features = dict(self.svc.feature_revisions)  # announced from the stream's opening on
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
+            while stream.notes:
+                await resp.write(frame(stream.notes.popleft()))
+            for kind, moved in self.svc.feature_revisions.items():
+                if features[kind] != moved:
+                    features[kind] = moved
+                    await resp.write(frame(notification(f"notifications/{kind}/list_changed", {})))
             revision = self._revision(hs.state.view)
             if revision != seen:
                 await resp.write(frame(_LIST_CHANGED, revision))

@@ -27,6 +27,8 @@ from services.common.errors import ResourceExhausted
 
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
+from .federation import Federation, FederationOptions, hub_relay
+from .server_notices import follow
 from .tool_list import Catalog, build
 from .tool_search import ToolSearch
 from .views import ToolView, Views
@@ -138,7 +140,10 @@ class McpService:
         server = server or ServerOptions(
             page_size=cfg.edge.mcp_page_size, max_argument_bytes=cfg.hub.max_argument_bytes
         )
-        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server)
+        self.federation = Federation(
+            registry, hub_relay(gateway), FederationOptions(page_size=server.page_size)
+        )
+        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server, self.federation)
         # What each endpoint lists: `/mcp` (views.main, None when unfiltered) and `/mcp/servers/<name>`.
         self.views = Views(self.catalog.current, cfg, ToolSearch)
         self.guard = OriginGuard.from_config(cfg.edge)
@@ -147,9 +152,14 @@ class McpService:
         self.listing_revision = 0
         # Called at each announcement: open standalone streams (sessions without one cost nothing).
         self.listing_listeners: list[Callable[[], None]] = []
+        # How many times the federated servers' prompts and resources lists were announced
+        # changed: open HTTP streams announce each move (edge/mcp/federation.py).
+        self.feature_revisions = {"prompts": 0, "resources": 0}
+        self._features_moved: set[str] = set()
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
+        self._notices: asyncio.Task[None] | None = None  # installed servers' log messages (server_notices)
         self._unsubscribe: Unsubscribe | None = None
         self.closing = asyncio.Event()
 
@@ -162,8 +172,19 @@ class McpService:
         if main is not None and main.search is not None:  # `/mcp` is a tool search: its index
             main.search.prepare()
         self._unsubscribe = self.registry.subscribe(self._on_event)
+        self._notices = asyncio.get_running_loop().create_task(self._follow_notices())
         if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it
             self._first_sync = asyncio.get_running_loop().create_task(self._after_first_sync())
+
+    async def _follow_notices(self) -> None:
+        def on_notice(tool_id: str, method: str, params: dict[str, Any]) -> None:
+            if method == "notifications/message":
+                self.dispatcher.server_log(tool_id, params)
+
+        try:
+            await follow(self.gateway, on_notice)
+        except Exception:  # the log messages are lost, not the edge
+            log.exception("installed servers' log messages: no longer followed")
 
     async def _after_first_sync(self) -> None:
         await self.registry.synced.wait()
@@ -177,6 +198,11 @@ class McpService:
                 await self._first_sync
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.federation.close()
+        if self._notices is not None:
+            self._notices.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._notices
         self.dispatcher.close()
         self.closing.set()
         await self.views.close()
@@ -202,6 +228,11 @@ class McpService:
 
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         self.views.apply(event.tool.tool_id, self.catalog.apply(event))
+        prompts, resources = self.federation.apply(event)
+        if prompts:
+            self._features_moved.add("prompts")
+        if resources:
+            self._features_moved.add("resources")
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -210,6 +241,12 @@ class McpService:
     def _check(self) -> None:
         self._check_scheduled = False
         revision, main, announced = self.registry.revision, self.views.main, False
+        if self._features_moved:
+            for kind in sorted(self._features_moved):
+                self.feature_revisions[kind] += 1
+                self.dispatcher.lists_changed(kind)
+            self._features_moved.clear()
+            announced = True
         if self.catalog.take_changed() and main is None:
             self.listing_revision = revision
             self.dispatcher.tools_changed()

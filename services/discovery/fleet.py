@@ -27,6 +27,7 @@ from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, MeshError
 from services.discovery import mapping
 from services.discovery.catalog import CURATED
+from services.discovery.notices import Notices
 from services.discovery.sandbox import Sandboxes
 from services.discovery.server_runner import LaunchSpec, ServerRunner
 from services.discovery.state import ServerRecord
@@ -49,6 +50,7 @@ class Fleet:
         self.cfg, self.registry, self.install_dir = cfg, registry, install_dir
         self.sandboxes = sandboxes
         self.runners: dict[str, ServerRunner] = {}
+        self.notices = Notices()  # the servers' log messages, for WatchServerNotifications
 
     async def runner(self, record: ServerRecord) -> ServerRunner:
         """A (not yet started) runner for `record`, now owned by the fleet. One runner per tool id:
@@ -83,6 +85,7 @@ class Fleet:
             functools.partial(self._on_tools, record),
             functools.partial(self._on_state, record),
         )
+        runner.on_notice = functools.partial(self.notices.publish, record.tool_id)
         self.runners[record.tool_id] = runner
         return runner
 
@@ -140,6 +143,7 @@ class Fleet:
             record.tags,
         )
         definition.metadata["registry_type"] = record.registry_type
+        mapping.describe_features(definition, runner.capabilities, runner.lists_revision)
         await self.registry.register(definition)
         runner.actions = actions
 

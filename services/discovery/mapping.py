@@ -18,6 +18,11 @@ from services.common.jsonvalue import dict_to_struct, fill_struct, py_to_value
 from services.library.validation import ACTION
 
 OWNER = "toolscore-discovery"
+# Tool metadata naming what else than tools the server offers (comma-separated: prompts, resources,
+# completions), and the revision of its prompt and resource lists (docs/mcp.md, "Federated servers").
+FEATURES_KEY = "mcp_features"
+LISTS_REVISION_KEY = "mcp_lists_revision"
+_FEATURES = ("prompts", "resources", "completions")
 
 
 def action_name(mcp_name: str) -> str:
@@ -40,6 +45,14 @@ def action_names(mcp_names: Sequence[str]) -> dict[str, str]:
             action = f"{action[:119]}-{hashlib.sha256(n.encode()).hexdigest()[:8]}"
         out[n] = action
     return out
+
+
+def describe_features(t: tool_pb2.Tool, caps: types.ServerCapabilities | None, revision: int) -> None:
+    """Name in `t`'s metadata the features the edge federates besides tools, when the server has any."""
+    features = [f for f in _FEATURES if caps is not None and getattr(caps, f, None) is not None]
+    if features:
+        t.metadata[FEATURES_KEY] = ",".join(features)
+        t.metadata[LISTS_REVISION_KEY] = str(revision)
 
 
 def tool_definition(

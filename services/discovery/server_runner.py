@@ -21,7 +21,12 @@ from typing import Any
 import mcp_types as types
 from mcp.client import Client
 from mcp.client.streamable_http import streamable_http_client
-from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
+from mcp.client.subscriptions import (
+    ListenNotSupportedError,
+    PromptsListChanged,
+    ResourcesListChanged,
+    SubscriptionLost,
+)
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
@@ -82,6 +87,13 @@ class ServerRunner:
         self._down = asyncio.Event()  # set while no connection is up, once one has ended
         self.last_end = ""  # why the last connection ended
         self.actions: dict[str, str] = {}  # capability name -> MCP tool name
+        # What the current connection's server declared, set before its tools are registered.
+        self.capabilities: types.ServerCapabilities | None = None
+        # Moves at each connection and each prompts or resources list_changed: the edge rereads
+        # its lists of them when the revision its tool's metadata names moves (fleet.py).
+        self.lists_revision = 0
+        # Where the server's log messages go (the fleet's Notices): method, params.
+        self.on_notice: Callable[[str, dict[str, Any]], None] | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, strict: bool) -> None:
@@ -186,10 +198,15 @@ class ServerRunner:
                         message_handler=self._on_message,
                         cache=None,
                         client_info=_CLIENT_INFO,
+                        # 2026-07-28 servers log only for requests that opt in: info and above
+                        # (forwarded to the edge's sessions that asked, services/discovery/notices.py).
+                        log_level="info",
                     )
                 )
                 tools = await _list_all(client)
             self.protocol_version = client.protocol_version
+            self.capabilities = client.server_capabilities
+            self.lists_revision += 1
             await self._on_tools(self, tools)
             self.client = client
             self._down.clear()
@@ -256,20 +273,37 @@ class ServerRunner:
                 return
 
     async def _listen(self, client: Client) -> None:
-        """2026-07-28 sessions announce tool-list changes only on a `subscriptions/listen` stream."""
-        caps = client.server_capabilities.tools
-        if caps is None or not caps.list_changed:
+        """2026-07-28 sessions announce list changes (tools, prompts, resources) only on a
+        `subscriptions/listen` stream."""
+        caps = client.server_capabilities
+        tools = caps.tools is not None and bool(caps.tools.list_changed)
+        prompts = caps.prompts is not None and bool(caps.prompts.list_changed)
+        resources = caps.resources is not None and bool(caps.resources.list_changed)
+        if not (tools or prompts or resources):
             return
         try:
-            async with client.listen(tools_list_changed=True) as subscription:
-                async for _event in subscription:
+            async with client.listen(
+                tools_list_changed=tools, prompts_list_changed=prompts, resources_list_changed=resources
+            ) as subscription:
+                async for event in subscription:
+                    if isinstance(event, PromptsListChanged | ResourcesListChanged):
+                        self.lists_revision += 1
                     self._relist = True
                     self._kick.set()
         except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as exc:
             log.info("MCP server %s: no tool-list subscription (%s)", self.name, exc)
 
     async def _on_message(self, message: Any) -> None:
-        if isinstance(message, types.ToolListChangedNotification):
+        if isinstance(message, types.LoggingMessageNotification):
+            if self.on_notice is not None:
+                self.on_notice(
+                    message.method, message.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                )
+        elif isinstance(message, types.ToolListChangedNotification):
+            self._relist = True
+            self._kick.set()
+        elif isinstance(message, types.PromptListChangedNotification | types.ResourceListChangedNotification):
+            self.lists_revision += 1  # registered again with the tools, at the next watch round
             self._relist = True
             self._kick.set()
 

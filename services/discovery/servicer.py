@@ -9,8 +9,10 @@ from typing import Any
 
 import grpc
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import toolscore_pb2 as ts
 
-from services.common.errors import InvalidRequest
+from services.common.errors import InvalidRequest, NotFound
+from services.discovery import relay
 from services.discovery.discovery import Discovery
 from services.router.forward import FORWARDED_KEY
 
@@ -100,6 +102,42 @@ class DiscoveryServicer:
             raise InvalidRequest(f"max_bytes must be 1..{MAX_LOG_BYTES}", reason="INVALID_MAX_BYTES")
         return await self.discovery.server_log(request.name, size)
 
+    async def RelayServerRequest(
+        self, request: ts.RelayServerRequestRequest, context: grpc.aio.ServicerContext
+    ) -> ts.RelayServerRequestResponse:
+        runner = self.discovery.runners.get(request.tool_id)
+        if runner is None:
+            raise NotFound(
+                f"no MCP server runs behind tool {request.tool_id!r}",
+                reason="SERVER_NOT_FOUND",
+                metadata={"tool_id": request.tool_id},
+            )
+        timeout_s = relay.DEFAULT_TIMEOUT_S
+        if request.HasField("timeout"):
+            timeout_s = min(request.timeout.ToTimedelta().total_seconds(), relay.DEFAULT_TIMEOUT_S * 10)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = min(timeout_s, remaining)
+        if timeout_s <= 0:
+            raise InvalidRequest("timeout must be positive", reason="INVALID_TIMEOUT")
+        # The answer must fit the response message, with room for its framing.
+        limit = self.discovery.cfg.hub.max_message_bytes - 1024
+        return await relay.send(runner, request.method, request.params_json, timeout_s, limit)
+
+    async def WatchServerNotifications(
+        self, request: ts.WatchServerNotificationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ts.WatchServerNotificationsResponse]:
+        notices = self.discovery.fleet.notices
+        queue = notices.subscribe()
+        try:
+            await context.send_initial_metadata(())  # the watch is in place
+            while True:
+                item = await queue.get()
+                if not request.tool_id or item.tool_id == request.tool_id:
+                    yield item
+        finally:
+            notices.unsubscribe(queue)
+
     async def WatchInstalls(
         self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchInstallsResponse]:
@@ -119,6 +157,7 @@ _MESSAGES: dict[str, tuple[Any, Any]] = {
     "UninstallServer": (pb.UninstallServerRequest, pb.UninstallServerResponse),
     "ListServers": (pb.ListServersRequest, pb.ListServersResponse),
     "GetServerLog": (pb.GetServerLogRequest, pb.GetServerLogResponse),
+    "RelayServerRequest": (ts.RelayServerRequestRequest, ts.RelayServerRequestResponse),
 }
 
 
@@ -129,7 +168,12 @@ def method_handlers(servicer: DiscoveryServicer) -> dict[str, grpc.RpcMethodHand
             servicer.WatchInstalls,
             request_deserializer=pb.WatchInstallsRequest.FromString,
             response_serializer=pb.WatchInstallsResponse.SerializeToString,
-        )
+        ),
+        "WatchServerNotifications": grpc.unary_stream_rpc_method_handler(
+            servicer.WatchServerNotifications,
+            request_deserializer=ts.WatchServerNotificationsRequest.FromString,
+            response_serializer=ts.WatchServerNotificationsResponse.SerializeToString,
+        ),
     }
     for name, (req, resp) in _MESSAGES.items():
         fn: Callable[..., Awaitable[Any]] = getattr(servicer, name)

@@ -8,18 +8,21 @@ the MCP Registry and an LLM.
   registry (`/npm/`) and an official MCP Registry API (`/v0.1/servers`), on port 0.
 - `llm`: an OpenAI-compatible `/v1/chat/completions` that answers from a script.
 - `dcfg`: a Config whose discovery section points at all of these.
+- `sdk_http_server(script, *args)`: a server written with the official SDK, run over Streamable HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -31,10 +34,45 @@ from aiohttp import web
 
 from services.common import config as config_mod
 from services.common.config import Config
+from tests.helpers import deadline
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NS = "io.github.toolscore-tests"
 META = "io.modelcontextprotocol.registry/publisher-provided"
+
+
+@contextlib.asynccontextmanager
+async def sdk_http_server(script: str, *args: str) -> AsyncIterator[str]:
+    """`async with sdk_http_server("sdk_http_server.py") as url:` runs the fixture script on a free
+    port (it binds port 0 and names it in its "Uvicorn running on" line); yields its MCP URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(FIXTURES / script),
+        "0",
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    drain: asyncio.Task[bytes] | None = None
+    try:
+        port = ""
+        async with deadline(20, "the SDK server's 'Uvicorn running on' line"):  # it says when it listens
+            while not port:
+                line = await proc.stderr.readline()
+                assert line, "the SDK server exited before listening"
+                if found := re.search(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
+                    port = found[1].decode()
+        assert proc.returncode is None, "the SDK server did not start"
+        drain = asyncio.create_task(proc.stderr.read())  # keeps its stderr pipe from filling up
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        async with asyncio.timeout(10):
+            await proc.wait()
+        if drain is not None:
+            await drain
 
 
 def _norm(name: str) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,39 +17,13 @@ from toolscore.v1 import toolscore_pb2 as ts
 from services.common.config import Config
 from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.hub.app import Hub
-from tests.discovery.conftest import FIXTURES, NS, server_json, write_catalog
-from tests.helpers import deadline
+from tests.discovery.conftest import NS, sdk_http_server, server_json, write_catalog
 
 
 @pytest.fixture
 async def sdk_server() -> AsyncIterator[str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(FIXTURES / "sdk_http_server.py"),
-        "0",  # it binds a free port and says which
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert proc.stderr is not None
-    drain: asyncio.Task[bytes] | None = None
-    try:
-        port = ""
-        async with deadline(20, "the SDK server's 'Uvicorn running on' line"):  # it says when it listens
-            while not port:
-                line = await proc.stderr.readline()
-                assert line, "the SDK server exited before listening"
-                if found := re.search(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)", line):
-                    port = found[1].decode()
-        assert proc.returncode is None, "the SDK server did not start"
-        drain = asyncio.create_task(proc.stderr.read())  # keeps its stderr pipe from filling up
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        async with asyncio.timeout(10):
-            await proc.wait()
-        if drain is not None:
-            await drain
+    async with sdk_http_server("sdk_http_server.py") as url:
+        yield url
 
 
 async def test_a_streamable_http_url_is_federated_and_its_tools_are_callable(

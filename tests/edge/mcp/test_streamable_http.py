@@ -133,7 +133,9 @@ async def test_a_body_over_the_frame_limit_is_413(http: aiohttp.ClientSession, e
 async def test_modern_requests_are_checked_rung_by_rung(http: aiohttp.ClientSession, edge: Edge):
     listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": MODERN_META}}
     ok = await post(http, edge, listing, modern_headers("tools/list"))
-    unknown = await post(http, edge, {**listing, "method": "prompts/list"}, modern_headers("prompts/list"))
+    unknown = await post(
+        http, edge, {**listing, "method": "no/such-method"}, modern_headers("no/such-method")
+    )
     mismatch = await post(http, edge, listing, modern_headers("tools/call"))
     no_caps = await post(
         http,

@@ -243,7 +243,7 @@ async def test_websocket_bad_input_gets_json_rpc_errors_and_the_connection_stays
         binary = await peer.recv()
         early = await peer.call("tools/list")
         await peer.initialize()
-        unknown = await peer.call("resources/list")
+        unknown = await peer.call("no/such-method")
         no_name = await peer.call("tools/call", {"arguments": {}})
         bad_args = await peer.call("tools/call", {"name": "kit__echo", "arguments": ["x"]})
         unknown_tool = await peer.call("tools/call", {"name": "nope", "arguments": {}})

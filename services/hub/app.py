@@ -17,12 +17,14 @@ from toolscore.v1 import executor_pb2, tool_library_pb2_grpc, tool_pb2
 from services.common import config as config_mod
 from services.common import credentials, listening
 from services.common.config import Config
+from services.common.contract import SERVICE as EXECUTOR_SERVICE
+from services.common.contract import add_tool_executor
 from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
 from services.hub import health
 from services.hub.function_tools import FunctionTool
 from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
-from services.hub.servicer import ToolScoreServicer, add_to_server
+from services.hub.servicer import CallExecutor, ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
 from services.library.placement import stale_here
@@ -123,6 +125,17 @@ class Hub:
                             self.router, extra, is_admin=_admin_rights(proof), cluster=self.nodes is not None
                         ),
                         add_to_server,  # type: ignore[arg-type]
+                    ),
+                    # The edge's relay and other hubs' forwards: calls over ExecuteStream.
+                    ServiceBinding(
+                        EXECUTOR_SERVICE,
+                        CallExecutor(
+                            self.router,
+                            is_admin=_admin_rights(proof),
+                            cluster=self.nodes is not None,
+                            max_message_bytes=cfg.hub.max_message_bytes,
+                        ),
+                        add_tool_executor,
                     ),
                 ],
                 self._listen,

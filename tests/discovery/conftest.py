@@ -44,10 +44,13 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def build_wheel(out: Path, dist: str, version: str, behaviour: str = "ok", requires: str = "") -> Path:
-    """A py3-none-any wheel of the tiny server with a console script named `dist`."""
+def build_wheel(
+    out: Path, dist: str, version: str, behaviour: str = "ok", requires: str = "", source: str = ""
+) -> Path:
+    """A py3-none-any wheel of the tiny server (or of `source`, a module with a `main`) with a
+    console script named `dist`."""
     mod = dist.replace("-", "_")
-    src = (FIXTURES / "tiny_mcp_server.py").read_text()
+    src = source or (FIXTURES / "tiny_mcp_server.py").read_text()
     src = src.replace('BEHAVIOUR = "ok"', f"BEHAVIOUR = {behaviour!r}").replace(
         'NAME = "tiny"', f"NAME = {dist!r}"
     )

@@ -31,50 +31,12 @@ from services.toolkit.server import CallStream
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
 
 
-class ToolScoreServicer:
-    """`is_admin` decides whether a caller has admin rights (asked only for `requires_admin` actions).
-    `cluster`: calls may come forwarded from another node (`toolscore-forwarded-from`), which the
-    router then serves only with this node's replicas."""
-
-    def __init__(
-        self,
-        router: Router,
-        extra: dict[str, grpc.RpcMethodHandler] | None = None,
-        *,
-        is_admin: Callable[[grpc.aio.ServicerContext], bool],
-        cluster: bool = False,
-    ) -> None:
-        self._cluster = cluster
-        self.router = router
-        self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
-        self._is_admin = is_admin
-
-    async def ExecuteTool(
-        self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
-    ) -> ex.ExecuteResponse:
-        # Bytes that do not parse (arguments nested past protobuf's limit) never get here: every
-        # mesh server answers them INVALID_ARGUMENT (grpc_server, UNPARSEABLE_REQUEST).
-        token = authority.act_as(lambda: self._is_admin(context))
-        hop = forwarded.set(_forwarded_from(context)) if self._cluster else None
-        try:
-            return await self.router.execute(request, deadline_s=context.time_remaining())
-        finally:
-            if hop is not None:
-                forwarded.reset(hop)
-            authority.reset(token)
-
-
-def _forwarded_from(context: grpc.aio.ServicerContext) -> str:
-    """The node that forwarded this call here, or ""."""
-    for key, value in context.invocation_metadata() or ():
-        if key == FORWARDED_KEY:
-            return value if isinstance(value, str) else value.decode()
-    return ""
-
-
 class CallExecutor:
-    """ToolExecutorService over the router: Execute as ExecuteTool, and ExecuteStream. Serve it
-    with `contract.add_tool_executor` (requests on the stream read leniently)."""
+    """ToolExecutorService over the router: Execute (also ToolScoreService's ExecuteTool) and
+    ExecuteStream. Serve it with `contract.add_tool_executor` (requests on the stream read
+    leniently). `is_admin` decides whether a caller has admin rights (asked only for
+    `requires_admin` actions); `cluster`: calls may come forwarded from another node
+    (`toolscore-forwarded-from`), which the router then serves only with this node's replicas."""
 
     def __init__(
         self,
@@ -100,6 +62,8 @@ class CallExecutor:
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> ex.ExecuteResponse:
+        # Bytes that do not parse (arguments nested past protobuf's limit) never get here: every
+        # mesh server answers them INVALID_ARGUMENT (grpc_server, UNPARSEABLE_REQUEST).
         token = authority.act_as(lambda: self._is_admin(context))
         hop = forwarded.set(_forwarded_from(context)) if self._cluster else None
         try:
@@ -132,6 +96,23 @@ class CallExecutor:
         """One call on a stream, its timeout the request's (the router's default when unset). Its
         cancellation (CancelCall, the stream ending) and protocol faults CallStream answers."""
         return await self._router.execute(request, on_progress=progress)
+
+
+class ToolScoreServicer:
+    """ToolScoreService: ExecuteTool is `calls.Execute` (one implementation for both services),
+    plus the RPCs it is given (`extra`: discovery's)."""
+
+    def __init__(self, calls: CallExecutor, extra: dict[str, grpc.RpcMethodHandler] | None = None) -> None:
+        self.ExecuteTool = calls.Execute
+        self.extra = extra or {}  # more ToolScoreService methods (the discovery RPCs)
+
+
+def _forwarded_from(context: grpc.aio.ServicerContext) -> str:
+    """The node that forwarded this call here, or ""."""
+    for key, value in context.invocation_metadata() or ():
+        if key == FORWARDED_KEY:
+            return value if isinstance(value, str) else value.decode()
+    return ""
 
 
 def add_to_server(servicer: ToolScoreServicer, server: grpc.aio.Server) -> None:

@@ -3,7 +3,9 @@
 Calls to gRPC tool servers go straight from the edge to the server through the
 same Router the hub uses (one hop instead of two); anything the edge cannot
 reach itself (in-process function tools, MCP servers the hub supervises) is
-relayed through the hub's `ExecuteTool`. Registry writes go to the hub and return
+relayed to the hub over its `ExecuteStream` (services.router.link: one stream for plain callers,
+another, carrying the admin token, for callers who proved admin rights here; progress and
+cancellation ride on it). Registry writes go to the hub and return
 once the edge's registry cache (edge.registry_cache) reflects them. The gateway
 owns the hub channel and lends it, for its lifetime, to its two collaborators:
 the registry cache, which follows the hub's events, and the usage reporter
@@ -30,10 +32,11 @@ from edge.registry_cache import RegistryCache, Unsubscribe, hub_error
 from edge.usage import UsageReporter
 from services.common import authority
 from services.common.credentials import CredentialFile
-from services.common.errors import MeshError
+from services.common.errors import MeshError, Unavailable
 from services.library.registry import Entry
-from services.router.channels import ChannelPool, ProgressFn, channel_options
-from services.router.router import Handler, Router, Unmount
+from services.router.channels import ChannelPool, ProgressFn, StreamBroken, channel_options
+from services.router.link import RouterLink
+from services.router.router import Handler, Router, Unmount, set_duration
 
 # (tool_id or "_unknown", action, outcome: "ok" | "tool_error" | a fault's reason, seconds)
 CallObserver = Callable[[str, str, str, float], None]
@@ -85,11 +88,7 @@ class HubGateway:
         )
         self.library = lib_grpc.ToolLibraryServiceStub(self.channel)
         self.toolscore = ts_grpc.ToolScoreServiceStub(self.channel)
-        self._relay = self.channel.unary_unary(
-            "/toolscore.v1.ToolScoreService/ExecuteTool",
-            request_serializer=ex.ExecuteRequest.SerializeToString,
-            response_deserializer=ex.ExecuteResponse.FromString,
-        )
+        self._link = RouterLink(self.channel, o.hub_target, o.max_message_bytes, admin=self._admin_metadata)
         self.pool = ChannelPool(o.max_message_bytes)
         self.router = Router(
             self._lookup,
@@ -111,6 +110,7 @@ class HubGateway:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+        await self._link.close()
         await self.pool.close()
         await self.channel.close()
 
@@ -185,35 +185,47 @@ class HubGateway:
         if entry is None:
             # Not in this cache (yet): the hub decides, so it must hear the caller's own rights,
             # neither less (an admin refused) nor more (anyone acting as admin).
-            return await self._relay_call(request, deadline_s, authority.caller_is_admin())
+            return await self._relay_call(request, deadline_s, authority.caller_is_admin(), on_progress)
         refused = await self.router.precheck(request, deadline_s)  # checked here: bad calls cost no hop
         if refused is not None:
             return refused
-        return await self._relay_call(request, deadline_s, request.action in entry.admin_actions)
+        return await self._relay_call(request, deadline_s, request.action in entry.admin_actions, on_progress)
 
     async def _relay_checked(
-        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float
+        self, entry: Entry, request: ex.ExecuteRequest, timeout_s: float, on_progress: ProgressFn | None
     ) -> ex.ExecuteResponse:
         """A call the router checked but cannot run itself, relayed through the hub."""
-        return await self._relay_call(request, timeout_s, request.action in entry.admin_actions)
+        return await self._relay_call(request, timeout_s, request.action in entry.admin_actions, on_progress)
 
     async def _relay_call(
-        self, request: ex.ExecuteRequest, deadline_s: float | None, admin: bool = False
+        self,
+        request: ex.ExecuteRequest,
+        deadline_s: float | None,
+        admin: bool = False,
+        on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
         timeout = self.router.timeout_for(request, deadline_s)
-        # `admin`: the caller proved admin rights here; the hub hears them as the edge's token.
-        metadata = self._admin_metadata if admin else ()
+        set_duration(request.timeout, timeout)  # the hub's deadline for the call: no RPC carries one
+        # `admin`: the caller proved admin rights here; the hub hears them as the edge's token (the
+        # link's admin stream), and every other call goes on the stream that carries no token.
         try:
-            return await self._relay(request, timeout=timeout + 0.5, metadata=metadata)
-        except grpc.aio.AioRpcError as exc:
+            return await self._link.call(request, timeout + 0.5, admin, on_progress)
+        except StreamBroken as exc:
+            raise Unavailable(f"hub unreachable: {exc.message}", reason="HUB_UNAVAILABLE") from None
+        except grpc.aio.AioRpcError as exc:  # a hub without ExecuteStream, called with unary ExecuteTool
             raise hub_error(exc) from None
 
     async def _relay_to_node(
-        self, node: str, request: ex.ExecuteRequest, timeout_s: float, admin: bool
+        self,
+        node: str,
+        request: ex.ExecuteRequest,
+        timeout_s: float,
+        admin: bool,
+        on_progress: ProgressFn | None,
     ) -> ex.ExecuteResponse:
         """A call for a tool held by another node (or by none of this node's replicas that could
         take it): relayed to this edge's hub, which sends it on to a node that holds the tool."""
-        return await self._relay_call(request, timeout_s, admin)
+        return await self._relay_call(request, timeout_s, admin, on_progress)
 
     # -- registry writes (the hub decides; the cache follows its events) ------------
 

@@ -194,6 +194,11 @@ def from_rpc_error(exc: grpc.aio.AioRpcError | grpc.RpcError) -> MeshError:
             if detail.Is(info.DESCRIPTOR):
                 detail.Unpack(info)
                 reason, metadata = info.reason, dict(info.metadata)
+    return rebuild(code, message, reason, metadata)
+
+
+def rebuild(code: grpc.StatusCode, message: str, reason: str, metadata: Mapping[str, str]) -> MeshError:
+    """The MeshError a peer reported by its code, message and ErrorInfo (an RPC error, a CallFault)."""
     cls = _BY_CODE.get(code, MeshError)
     err = cls(message, reason=reason, metadata=metadata)
     if cls is MeshError:
@@ -226,5 +231,6 @@ __all__ = [
     "Unavailable",
     "error_info",
     "from_rpc_error",
+    "rebuild",
     "trailing_metadata",
 ]

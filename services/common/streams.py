@@ -71,6 +71,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 from toolscore.v1 import executor_pb2 as ex
 
+from services.common.errors import MeshError, rebuild
+
 # -- 1. The outbox ---------------------------------------------------------------------------
 
 log = logging.getLogger(__name__)
@@ -344,6 +346,18 @@ SERVICE = "toolscore.v1.ToolExecutorService"
 EXECUTE_STREAM = f"/{SERVICE}/ExecuteStream"
 
 S = TypeVar("S", bound=Any)  # ExecuteStreamRequest or ExecuteStreamResponse
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def fault_of(err: MeshError) -> ex.CallFault:
+    """A call's protocol fault as a router serving ExecuteStream answers it (the hub)."""
+    return ex.CallFault(code=err.code.value[0], message=err.message, reason=err.reason, metadata=err.metadata)
+
+
+def from_fault(fault: ex.CallFault) -> MeshError:
+    """The MeshError a CallFault carries: the one the same call would have raised as a unary RPC."""
+    code = _CODES.get(fault.code, grpc.StatusCode.UNKNOWN)
+    return rebuild(code, fault.message or code.name, fault.reason or code.name, fault.metadata)
 
 
 def batch_limit(max_message_bytes: int) -> int:

@@ -19,10 +19,12 @@ from services.common import credentials, listening
 from services.common.config import Config
 from services.common.errors import Unavailable
 from services.common.grpc_server import CallerProof, MeshServer, ServiceBinding
+from services.common.streams import SERVICE as EXECUTOR_SERVICE
+from services.common.streams import add_tool_executor
 from services.hub import health
 from services.hub.function_tools import FunctionTool
 from services.hub.servicer import SERVICE as TOOLSCORE_SERVICE
-from services.hub.servicer import ToolScoreServicer, add_to_server
+from services.hub.servicer import CallExecutor, ToolScoreServicer, add_to_server
 from services.library import servicer as library
 from services.library.feed import InProcessFeed
 from services.library.placement import stale_here
@@ -107,6 +109,12 @@ class Hub:
                 )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED
+            calls = CallExecutor(
+                self.router,
+                is_admin=_admin_rights(proof),
+                cluster=self.nodes is not None,
+                max_message_bytes=cfg.hub.max_message_bytes,
+            )
             where = cfg.path(cfg.paths.run_dir) / listening.FILE  # the addresses it binds, for the banner
             self.server = MeshServer(
                 [
@@ -117,13 +125,9 @@ class Hub:
                         ),
                         tool_library_pb2_grpc.add_ToolLibraryServiceServicer_to_server,
                     ),
-                    ServiceBinding(
-                        TOOLSCORE_SERVICE,
-                        ToolScoreServicer(
-                            self.router, extra, is_admin=_admin_rights(proof), cluster=self.nodes is not None
-                        ),
-                        add_to_server,  # type: ignore[arg-type]
-                    ),
+                    ServiceBinding(TOOLSCORE_SERVICE, ToolScoreServicer(calls, extra), add_to_server),  # type: ignore[arg-type]
+                    # The edge's relay and other hubs' forwards: calls over ExecuteStream.
+                    ServiceBinding(EXECUTOR_SERVICE, calls, add_tool_executor),
                 ],
                 self._listen,
                 admin_token=cfg.auth.admin_token,

@@ -40,6 +40,7 @@ from services.common.streams import (
     Unreadable,
     batch_limit,
     coalesce,
+    from_fault,
     lenient,
     salvage,
     take_one,
@@ -73,8 +74,14 @@ def channel_options(max_message_bytes: int, unix: bool, receive_bytes: int = 0) 
     return opts
 
 
-class _UnsupportedStream(Exception):
-    pass
+class UnsupportedStream(Exception):
+    """The server does not serve ExecuteStream (UNIMPLEMENTED): its calls go unary from now on."""
+
+
+class StreamBroken(Unavailable):
+    """The stream (or its server) failed this call, not the server's answer: it could not be
+    written, the stream ended, the server was unreachable. A tool server's unreachability
+    (TOOL_SERVER_UNAVAILABLE) to the router; a link to another router says it its own way."""
 
 
 class _Refused(Exception):
@@ -94,7 +101,7 @@ def _unreadable_answer(target: str, reason: str) -> ex.ExecuteResponse:
     )
 
 
-class _Mux:
+class Mux:
     """Many calls over one ExecuteStream, matched by call_id.
 
     Writes go straight to the call object (cheaper than feeding a request
@@ -102,9 +109,17 @@ class _Mux:
     while a write is in flight are sent by that writer, coalesced into one
     message when the server opened the stream with `toolscore-batching: 1`.
     One reader task resolves the calls' futures (the stream's correlator).
+    `metadata`: the stream's, sent when it opens; a router serving the stream (the hub) reads it
+    as the authority of every call on it. A call the server answers with a CallFault raises it.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, target: str, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        target: str,
+        max_message_bytes: int,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
         self._open_stream = channel.stream_stream(
             EXECUTE_STREAM,
             request_serializer=ex.ExecuteStreamRequest.SerializeToString,
@@ -114,7 +129,8 @@ class _Mux:
         self._max_request = max_message_bytes - STREAM_OVERHEAD_BYTES
         self._max_batch = batch_limit(max_message_bytes)
         self._ids = itertools.count(1)
-        self._pending: Correlator[int, ex.ExecuteResponse] = Correlator(_MAX_WAITING)
+        self._metadata = tuple(metadata) or None
+        self._pending: Correlator[int, ex.ExecuteResponse | MeshError] = Correlator(_MAX_WAITING)
         self._call: grpc.aio.StreamStreamCall | None = None
         self._reader: asyncio.Task[None] | None = None
         self._out: Outbox[ex.ExecuteStreamRequest] | None = None
@@ -123,7 +139,7 @@ class _Mux:
 
     def _open(self) -> Outbox[ex.ExecuteStreamRequest]:
         if self._call is None or self._out is None:
-            call = self._open_stream()
+            call = self._open_stream(metadata=self._metadata)
             self._call, self._batching = call, False
             self._out = Outbox(call.write, _QUEUED, on_overflow=_refuse, take=self._take)
             self._reader = asyncio.get_running_loop().create_task(self._read(call, self._out))
@@ -132,15 +148,15 @@ class _Mux:
     def _take(self, queued: list[ex.ExecuteStreamRequest]) -> tuple[ex.ExecuteStreamRequest, int]:
         return coalesce(queued, self._max_batch) if self._batching else take_one(queued)
 
-    def _unavailable(self, detail: str) -> Unavailable:
-        return Unavailable(
+    def _unavailable(self, detail: str) -> StreamBroken:
+        return StreamBroken(
             f"tool server at {self._target} is unreachable: {detail}", reason="TOOL_SERVER_UNAVAILABLE"
         )
 
     def _error_for(self, exc: grpc.aio.AioRpcError) -> Exception:
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             self.unsupported = True
-            return _UnsupportedStream()
+            return UnsupportedStream()
         return self._unavailable(exc.details() or exc.code().name)
 
     async def _read(self, call: grpc.aio.StreamStreamCall, out: Outbox[ex.ExecuteStreamRequest]) -> None:
@@ -173,6 +189,8 @@ class _Mux:
     def _deliver(self, msg: ex.ExecuteStreamResponse) -> None:
         if msg.HasField("result"):
             self._pending.resolve(msg.call_id, msg.result)
+        elif msg.HasField("fault"):  # only a router serving the stream sends one (the hub)
+            self._pending.resolve(msg.call_id, from_fault(msg.fault))
         else:
             self._pending.progress(msg.call_id, msg.progress)
 
@@ -223,7 +241,10 @@ class _Mux:
                 raise self._error_for(exc) from None
             except (grpc.aio.UsageError, asyncio.InvalidStateError):  # the stream ended under the write
                 raise self._unavailable("the call stream ended") from None
-            return await fut
+            answer = await fut
+            if type(answer) is ex.ExecuteResponse:
+                return answer
+            raise answer  # the CallFault of a router serving the stream: the call's protocol fault
         except Expired:
             raise DeadlineExceeded(
                 f"tool did not answer within {timeout:.3g}s",
@@ -255,7 +276,7 @@ class ToolChannel:
             ),
         )
         self.stub = ex_grpc.ToolExecutorServiceStub(self.channel)
-        self._mux = _Mux(self.channel, str(endpoint), max_message_bytes)
+        self._mux = Mux(self.channel, str(endpoint), max_message_bytes)
 
     async def execute(
         self, request: ex.ExecuteRequest, timeout: float, on_progress: ProgressFn | None = None
@@ -263,7 +284,7 @@ class ToolChannel:
         if not self._mux.unsupported:
             try:
                 return await self._mux.call(request, timeout, on_progress)
-            except _UnsupportedStream:
+            except UnsupportedStream:
                 log.info("%s has no ExecuteStream; using unary Execute", self.endpoint)
         return await self._unary(request, timeout)
 

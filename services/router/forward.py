@@ -1,13 +1,14 @@
 """Calls forwarded to the node that holds a tool, over the mesh's own gRPC: exactly one hop.
 
 A hub that gets a call for a tool only another node reaches (docs/cluster.md) sends it to that
-node's hub as `ToolScoreService.ExecuteTool`, at the address the node announced
-(`NodeAddresses`). The forwarded call carries `toolscore-forwarded-from: <node>`, so the
-receiving hub serves it only with what it holds itself (never a second hop); and the caller's
-authority as the edge carries it to a hub: the admin token when the caller proved admin rights
-(every node of a cluster shares it). Whether a call was sent decides whether another replica may
-take it: a node whose channel is not connected never got it (`NotSent`); a failure after it was
-sent is the call's answer.
+node's hub over its `ToolExecutorService.ExecuteStream` (a services.router.link.RouterLink: calls
+multiplexed on a long-lived stream, with progress and cancellation), at the address the node
+announced (`NodeAddresses`). The stream's metadata carries `toolscore-forwarded-from: <node>`,
+so the receiving hub serves its calls only with what it holds itself (never a second hop); and
+the caller's authority as the edge carries it to a hub: a call whose caller proved admin rights
+goes on a second stream that also carries the admin token (every node of a cluster shares it).
+Whether a call was sent decides whether another replica may take it: a node whose channel is not
+connected never got it (`NotSent`); a failure after it was sent is the call's answer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import grpc
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common.errors import DeadlineExceeded, MeshError, Unavailable, from_rpc_error
-from services.router.channels import channel_options
+from services.router.channels import ProgressFn, StreamBroken, channel_options
+from services.router.link import RouterLink
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +31,14 @@ FORWARDED_KEY = "toolscore-forwarded-from"
 # How a node answers a forwarded call that none of its replicas could be sent to (UNAVAILABLE):
 # the call never reached a tool, so the forwarding node may give it to another replica.
 NOT_SENT_REASON = "REPLICA_UNREACHABLE"
-EXECUTE_TOOL = "/toolscore.v1.ToolScoreService/ExecuteTool"
 # Set (by the hub's servicer) for a call another node forwarded here: served here or not at all.
 forwarded: contextvars.ContextVar[str] = contextvars.ContextVar("toolscore_forwarded_from", default="")
 # A node's advertised gRPC address, or "" when it is not announced (services/library/redis_nodes.py).
 NodeAddresses = Callable[[str], Awaitable[str]]
-# How a router reaches the node that holds a tool: (node, request, timeout, caller is admin) -> the
-# answer; NotSent when the call could not be sent. A hub's is a Forwarder; an edge's relays to its hub.
-Forward = Callable[[str, ex.ExecuteRequest, float, bool], Awaitable[ex.ExecuteResponse]]
+# How a router reaches the node that holds a tool: (node, request, timeout, caller is admin, progress
+# callback) -> the answer; NotSent when the call could not be sent. A hub's is a Forwarder; an
+# edge's relays to its hub.
+Forward = Callable[[str, ex.ExecuteRequest, float, bool, ProgressFn | None], Awaitable[ex.ExecuteResponse]]
 _READY = grpc.ChannelConnectivity.READY
 _DOWN = frozenset({grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN})
 _TRANSPORT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
@@ -70,7 +72,8 @@ async def connected(channel: grpc.aio.Channel, timeout_s: float) -> bool:
 
 
 class Forwarder:
-    """One channel per node's hub; `await forwarder(node, request, timeout, admin)` runs a call there."""
+    """One channel per node's hub, its calls on a RouterLink; `await forwarder(node, request,
+    timeout, admin, on_progress)` runs a call there."""
 
     def __init__(
         self,
@@ -83,47 +86,60 @@ class Forwarder:
     ) -> None:
         self.node = node
         self._addresses = addresses
-        self._admin = (("authorization", f"Bearer {admin_token}"),) if admin_token else ()
+        self._plain: Sequence[tuple[str, str]] = ((FORWARDED_KEY, node),)
+        self._admin = (*self._plain, ("authorization", f"Bearer {admin_token}")) if admin_token else ()
         self._max = max_message_bytes
         self._connect_timeout = connect_timeout_s
-        # address -> its channel and ExecuteTool on it; bounded by the nodes' addresses
-        self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
+        # address -> its channel and the link over it; bounded by the nodes' addresses
+        self._channels: dict[str, tuple[grpc.aio.Channel, RouterLink]] = {}
 
     async def __call__(
-        self, node: str, request: ex.ExecuteRequest, timeout_s: float, admin: bool
+        self,
+        node: str,
+        request: ex.ExecuteRequest,
+        timeout_s: float,
+        admin: bool,
+        on_progress: ProgressFn | None = None,
     ) -> ex.ExecuteResponse:
-        """`request` run on `node`'s hub. NotSent when it could not be sent; tool-side failures
-        after it was (the node went away mid-call, no answer in time) as the router judges them."""
+        """`request` run on `node`'s hub (its progress to `on_progress`). NotSent when it could not
+        be sent; tool-side failures after it was (the node went away mid-call, no answer in time)
+        as the router judges them."""
         address = await self._addresses(node)
         if not address:
             raise NotSent(_unavailable(node, request, "it is not announced (down, or never started)"))
-        channel, call = self._channel(address)
+        channel, link = self._channel(address)
         if not await connected(channel, min(timeout_s, self._connect_timeout)):
             raise NotSent(_unavailable(node, request, f"its hub at {address} does not answer"))
-        metadata: Sequence[tuple[str, str]] = ((FORWARDED_KEY, self.node), *(self._admin if admin else ()))
         try:
-            return await call(request, timeout=timeout_s + 0.5, metadata=tuple(metadata))
-        except grpc.aio.AioRpcError as exc:
+            return await link.call(request, timeout_s + 0.5, admin and bool(self._admin), on_progress)
+        except StreamBroken as exc:  # the hop broke after the call was written
+            raise _unavailable(
+                node, request, f"the call was sent and the connection failed: {exc.message}"
+            ) from None
+        except MeshError as err:  # the other hub's own fault, as it sent it
+            if err.reason == NOT_SENT_REASON:
+                raise NotSent(_unavailable(node, request, err.message)) from None
+            raise
+        except grpc.aio.AioRpcError as exc:  # a hub without ExecuteStream, called with unary ExecuteTool
             raise _after_send(exc, node, request, timeout_s) from None
 
-    def _channel(self, address: str) -> tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]:
+    def _channel(self, address: str) -> tuple[grpc.aio.Channel, RouterLink]:
         known = self._channels.get(address)
         if known is None:
             channel = grpc.aio.insecure_channel(
                 address, options=channel_options(self._max, address.startswith("unix:"))
             )
-            call = channel.unary_unary(
-                EXECUTE_TOOL,
-                request_serializer=ex.ExecuteRequest.SerializeToString,
-                response_deserializer=ex.ExecuteResponse.FromString,
+            link = RouterLink(
+                channel, address, self._max, plain=self._plain, admin=self._admin or self._plain
             )
-            known = self._channels[address] = (channel, call)
+            known = self._channels[address] = (channel, link)
         return known
 
     async def close(self) -> None:
-        """Close every node's channel."""
+        """End every node's streams and close its channel."""
         channels, self._channels = list(self._channels.values()), {}
-        for channel, _ in channels:
+        for channel, link in channels:
+            await link.close()
             await channel.close()
 
 

@@ -78,8 +78,8 @@ Recorder = Callable[[Entry, bool, float], None]
 # The gRPC metadata that proves this process is the mesh itself (the service credential), or ().
 ServiceProof = Callable[[], Sequence[tuple[str, str]]]
 # What takes a checked call this router cannot run itself (the edge's relay to its hub): the tool's
-# entry, the request and its timeout in seconds; its answer is not counted here.
-Elsewhere = Callable[[Entry, ex.ExecuteRequest, float], Awaitable[ex.ExecuteResponse]]
+# entry, the request, its timeout in seconds and the progress callback; its answer is not counted here.
+Elsewhere = Callable[[Entry, ex.ExecuteRequest, float, ProgressFn | None], Awaitable[ex.ExecuteResponse]]
 # In a cluster, the node whose executor holds a session, or "" (services/library/redis_sessions.py).
 SessionOwner = Callable[[str], Awaitable[str]]
 
@@ -278,7 +278,7 @@ class Router:
         except InvalidArguments as err:  # never dispatched, so not counted as a call of the tool
             return invalid_input_result(err)
         if elsewhere is not None and not self.reaches(entry):
-            return await elsewhere(entry, request, timeout)
+            return await elsewhere(entry, request, timeout, on_progress)
         set_duration(request.timeout, timeout)
         start = time.perf_counter()
         ok = False
@@ -349,7 +349,9 @@ class Router:
                 if hop:  # forwarded here, to a replica of this node that this process does not serve
                     raise NotSent(self._no_route(entry, f"{ep} is served by another process"))
                 admin = bool(entry.admin_actions) and request.action in entry.admin_actions
-                answer = await self._forward(node, request, timeout, admin and authority.caller_is_admin())
+                answer = await self._forward(
+                    node, request, timeout, admin and authority.caller_is_admin(), on_progress
+                )
                 return answer, False
             except NotSent as not_sent:
                 log.debug("%s not sent to %s on node %s: %s", entry.tool.tool_id, ep, node, not_sent)

@@ -18,6 +18,9 @@ loop iteration and a wake-up per call. What waits behind a write is bounded
 caller's deadline then fails the call); a caller that reads its answers never
 gets near it.
 
+A router serving the stream (the hub's CallExecutor) may raise a call's protocol fault from its
+RunCall: it answers that call alone, as a CallFault.
+
 The stream is shared by many callers, so whatever one call brings stays with
 that call: a request message that does not parse (served through
 `streams.add_tool_executor`, it arrives as `Unreadable`) is answered with an
@@ -40,7 +43,7 @@ from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import executor_pb2_grpc as ex_grpc
 from toolscore.v1 import tool_pb2
 
-from services.common.errors import InvalidRequest, NotFound, Unauthenticated
+from services.common.errors import InvalidRequest, MeshError, NotFound, Unauthenticated
 from services.common.jsonvalue import dict_to_struct, struct_to_dict, text_result, to_response
 from services.common.streams import (
     BATCHING_KEY,
@@ -52,6 +55,7 @@ from services.common.streams import (
     Unreadable,
     batch_limit,
     coalesce,
+    fault_of,
     salvage,
 )
 
@@ -201,7 +205,8 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
 
 # Sends a progress notification for the call (fire and forget).
 Progress = Callable[[ex.Progress], None]
-# Runs one call to its answer. It must turn every outcome into a response, cancellation included.
+# Runs one call to its answer. It must turn every outcome into a response, cancellation included;
+# only a router serving the stream (the hub) raises a call's protocol fault, answered as a CallFault.
 RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
 # What may queue behind the write in flight (each message is under the message limit).
 _QUEUED = OutboxLimits(messages=10_000, bytes=64 << 20)
@@ -337,6 +342,11 @@ class CallStream:
             result = await self._run_call(request, lambda p: self._progress(call_id, p))
         except asyncio.CancelledError:  # run_call did not answer its cancellation itself
             result = _cancelled()
+        except MeshError as err:  # what unary Execute would have raised: the caller hears the same
+            self.running.pop(call_id, None)
+            fault = ex.ExecuteStreamResponse(call_id=call_id, fault=fault_of(err))
+            await self._out.send(fault, fault.ByteSize())
+            return
         except Exception as exc:  # run_call maps what it knows; anything else is still an answer
             log.exception("call %d failed", call_id)
             result = _refusal(f"internal error: {type(exc).__name__}: {exc}")

@@ -1,13 +1,15 @@
 """A gRPC proxy between an edge and its hub that a test can hold and cut (the hub's watch, mainly).
 
-Every call is forwarded as raw bytes, metadata both ways included, so the edge and the hub are the
-real ones; the test decides when a `WatchToolEvents` reaches the hub (`hold_watches`/`release`) and
+Every call is forwarded as raw bytes, metadata both ways included (a bidirectional stream, such as
+the hub's ExecuteStream the edge relays calls on, message by message), so the edge and the hub are
+the real ones; the test decides when a `WatchToolEvents` reaches the hub (`hold_watches`/`release`) and
 can cut the watches that are open (`cut`), as a hub restart or a network failure would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +18,8 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 from toolscore.v1 import (
-    tool_library_pb2,  # noqa: F401  (registers the services' descriptors)
+    executor_pb2,  # noqa: F401  (registers the services' descriptors)
+    tool_library_pb2,  # noqa: F401
     toolscore_pb2,  # noqa: F401
 )
 
@@ -35,14 +38,15 @@ def _forwarded(metadata: Any) -> tuple[tuple[str, Any], ...]:
     return tuple((k, v) for k, v in metadata or () if not k.startswith(":") and k not in _HOP_KEYS)
 
 
-def _server_streaming(method: str) -> bool:
+def _streaming(method: str) -> tuple[bool, bool]:
+    """Whether `method` streams its requests, and its answers."""
     service, _, name = method.lstrip("/").rpartition("/")
     try:
         desc = descriptor_pool.Default().FindServiceByName(service)
     except KeyError:  # not one of the mesh's services (grpc's health service, reflection): unary
-        return False
+        return False, False
     found = desc.methods_by_name.get(name)
-    return found is not None and bool(found.server_streaming)
+    return (bool(found.client_streaming), bool(found.server_streaming)) if found else (False, False)
 
 
 class HubProxy:
@@ -133,6 +137,29 @@ class HubProxy:
             self._cuts.discard(cut)
             call.cancel()
 
+    async def bidi(
+        self, method: str, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        """A bidirectional stream (the hub's ExecuteStream, the edge's relay), both ways as they come."""
+        call = self._channel.stream_stream(method)(metadata=_forwarded(context.invocation_metadata()))
+
+        async def pump() -> None:
+            with contextlib.suppress(grpc.aio.BaseError):
+                async for request in requests:
+                    await call.write(request)
+                await call.done_writing()
+
+        writer = asyncio.ensure_future(pump())
+        try:
+            await context.send_initial_metadata(_forwarded(await call.initial_metadata()))
+            async for message in call:
+                yield message
+        except grpc.aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details() or "", _forwarded(exc.trailing_metadata()))
+        finally:
+            writer.cancel()
+            call.cancel()
+
 
 class _Handler(grpc.GenericRpcHandler):
     def __init__(self, proxy: HubProxy) -> None:
@@ -141,7 +168,10 @@ class _Handler(grpc.GenericRpcHandler):
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = details.method  # type: ignore[attr-defined]
         proxy = self._proxy
-        if _server_streaming(method):
+        requests, answers = _streaming(method)
+        if requests and answers:
+            return grpc.stream_stream_rpc_method_handler(functools.partial(proxy.bidi, method))
+        if answers:
             return grpc.unary_stream_rpc_method_handler(functools.partial(proxy.stream, method))
         return grpc.unary_unary_rpc_method_handler(functools.partial(proxy.unary, method))
 

@@ -67,7 +67,7 @@ from .federation import Federation
 from .tool_list import Catalog, Listing, McpTool
 from .tool_search import CALL, FIND
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
-from .views import ToolView
+from .views import ToolView, ViewSpec
 
 log = logging.getLogger(__name__)
 
@@ -573,15 +573,15 @@ class Dispatcher:
             async def handler(
                 msg: Message, session: Session, send: Send | None, headers: Headers
             ) -> dict[str, Any]:
-                return await federation.list(method, msg.params or {})
+                return await federation.list(method, msg.params or {}, _spec(session))
 
             return handler
 
-        def calls(fn: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Handler:
+        def calls(fn: Callable[[dict[str, Any], ViewSpec | None], Awaitable[dict[str, Any]]]) -> Handler:
             async def handler(
                 msg: Message, session: Session, send: Send | None, headers: Headers
             ) -> dict[str, Any]:
-                return await fn(msg.params or {})
+                return await fn(msg.params or {}, _spec(session))
 
             return handler
 
@@ -623,6 +623,11 @@ def _instructions(view: ToolView | None, default: str) -> str:
     if spec.server:
         return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
     return default
+
+
+def _spec(session: Session) -> ViewSpec | None:
+    """The view the session's endpoint lists federated items through (None: `/mcp` unfiltered)."""
+    return session.view.spec if session.view is not None else None
 
 
 def _sender(send: Send, method: str, meta: dict[str, Any]) -> Callable[[], None]:

@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 import grpc
@@ -44,6 +44,9 @@ from services.common.errors import MeshError
 
 from ._protocol import INVALID_PARAMS, ProtocolError
 from .tool_list import tool_name
+
+if TYPE_CHECKING:
+    from .views import ViewSpec
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,8 @@ class Federation:
         self._listing = -1
         self.servers: dict[str, tuple[frozenset[str], str]] = {}  # tool_id -> (features, lists revision)
         self._lists: dict[str, _Lists] = {}
-        self._unions: dict[str, tuple[tuple[tuple[str, float], ...], _Union]] = {}
+        # (method, view key) -> the union as built at the servers' read times
+        self._unions: dict[tuple[str, str], tuple[tuple[tuple[str, float], ...], _Union]] = {}
         self._reading: dict[str, asyncio.Task[None]] = {}
 
     # -- following the registry --------------------------------------------------
@@ -186,16 +190,22 @@ class Federation:
 
     # -- reading the servers' lists ----------------------------------------------
 
-    async def _union(self, method: str) -> _Union:
+    async def _union(self, method: str, view: ViewSpec | None) -> _Union:
+        """`method`'s union as the endpoint of `view` lists it (None: `/mcp` unfiltered). A view of one
+        server lists that server's items under their own names; a view's globs and renames apply to
+        prompt names (as to tool names); resource URIs are filtered by server only, never renamed."""
         key, feature = _KINDS[method]
         servers = self.offering(feature)
+        if view is not None and view.server:
+            servers = [t for t in servers if t == view.server]
         await self._refresh(servers)
         state = tuple((t, self._lists[t].read_at) for t in servers if t in self._lists)
-        cached = self._unions.get(method)
+        cache_key = (method, view.key if view is not None else "")
+        cached = self._unions.get(cache_key)
         if cached is not None and cached[0] == state:
             return cached[1]
-        union = _build(method, ((t, self._lists[t].items.get(key, [])) for t, _ in state))
-        self._unions[method] = (state, union)
+        union = _build(method, ((t, self._lists[t].items.get(key, [])) for t, _ in state), view)
+        self._unions[cache_key] = (state, union)
         return union
 
     async def _refresh(self, servers: list[str]) -> None:
@@ -261,12 +271,12 @@ class Federation:
 
     # -- the requests ---------------------------------------------------------------
 
-    async def list(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        """One page of prompts/list, resources/list or resources/templates/list."""
+    async def list(self, method: str, params: dict[str, Any], view: ViewSpec | None = None) -> dict[str, Any]:
+        """One page of prompts/list, resources/list or resources/templates/list, as `view` lists it."""
         cursor = params.get("cursor")
         if cursor is not None and not isinstance(cursor, str):
             raise ProtocolError(INVALID_PARAMS, "params.cursor must be a string")
-        union = await self._union(method)
+        union = await self._union(method, view)
         start = 0
         if cursor is not None:
             try:
@@ -280,18 +290,18 @@ class Federation:
             result["nextCursor"] = base64.urlsafe_b64encode(union.keys[end - 1].encode()).decode()
         return result
 
-    async def get_prompt(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def get_prompt(self, params: dict[str, Any], view: ViewSpec | None = None) -> dict[str, Any]:
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(INVALID_PARAMS, "params.name must be a string")
-        tool_id, original = await self._prompt_owner(name)
+        tool_id, original = await self._prompt_owner(name, view)
         return await self._call(tool_id, "prompts/get", {**_strip_meta(params), "name": original})
 
-    async def read_resource(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def read_resource(self, params: dict[str, Any], view: ViewSpec | None = None) -> dict[str, Any]:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise ProtocolError(INVALID_PARAMS, "params.uri must be a string")
-        tool_id, original = await self._resource_owner(uri)
+        tool_id, original = await self._resource_owner(uri, view)
         result = await self._call(tool_id, "resources/read", {**_strip_meta(params), "uri": original})
         if original != uri:  # contents name the URI the client read
             for c in result.get("contents") or ():
@@ -299,15 +309,15 @@ class Federation:
                     c["uri"] = uri
         return result
 
-    async def complete(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, params: dict[str, Any], view: ViewSpec | None = None) -> dict[str, Any]:
         ref = params.get("ref")
         if not isinstance(ref, dict):
             raise ProtocolError(INVALID_PARAMS, "params.ref must be an object")
         if ref.get("type") == "ref/prompt" and isinstance(ref.get("name"), str):
-            tool_id, original = await self._prompt_owner(ref["name"])
+            tool_id, original = await self._prompt_owner(ref["name"], view)
             ref = {**ref, "name": original}
         elif ref.get("type") == "ref/resource" and isinstance(ref.get("uri"), str):
-            tool_id, original = await self._template_owner(ref["uri"])
+            tool_id, original = await self._template_owner(ref["uri"], view)
             ref = {**ref, "uri": original}
         else:
             raise ProtocolError(
@@ -323,40 +333,44 @@ class Federation:
         except ServerError as exc:
             raise ProtocolError(exc.code, exc.message, exc.data) from None
 
-    async def _prompt_owner(self, name: str) -> tuple[str, str]:
-        owner = (await self._union("prompts/list")).owners.get(name)
+    async def _prompt_owner(self, name: str, view: ViewSpec | None) -> tuple[str, str]:
+        owner = (await self._union("prompts/list", view)).owners.get(name)
         if owner is None:
             raise ProtocolError(INVALID_PARAMS, f"Unknown prompt: {name}", {"name": name})
         return owner
 
-    async def _resource_owner(self, uri: str) -> tuple[str, str]:
+    async def _resource_owner(self, uri: str, view: ViewSpec | None) -> tuple[str, str]:
+        offering = self.offering("resources")
+        if view is not None and view.server:
+            offering = [t for t in offering if t == view.server]
         if uri.startswith(EXPLICIT):
             tool_id, _, rest = uri[len(EXPLICIT) :].partition("/")
-            if tool_id in self.offering("resources") and rest:
+            if tool_id in offering and rest:
                 return tool_id, unquote(rest)
             raise ProtocolError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
-        owner = (await self._union("resources/list")).owners.get(uri)
+        owner = (await self._union("resources/list", view)).owners.get(uri)
         if owner is not None:
             return owner
-        templates = await self._union("resources/templates/list")
+        templates = await self._union("resources/templates/list", view)
         for template in templates.keys:
             tool_id, original = templates.owners[template]
             if _template_regex(original).fullmatch(uri):
                 return tool_id, uri
-        offering = self.offering("resources")
         if len(offering) == 1:  # the one server may serve URIs it does not list
             return offering[0], uri
         raise ProtocolError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
 
-    async def _template_owner(self, uri: str) -> tuple[str, str]:
-        owner = (await self._union("resources/templates/list")).owners.get(uri)
+    async def _template_owner(self, uri: str, view: ViewSpec | None) -> tuple[str, str]:
+        owner = (await self._union("resources/templates/list", view)).owners.get(uri)
         if owner is not None:
             return owner
-        return await self._resource_owner(uri)
+        return await self._resource_owner(uri, view)
 
 
-def _build(method: str, lists: Iterable[tuple[str, list[dict[str, Any]]]]) -> _Union:
-    """The union of the servers' lists (in tool-id order), named and sorted."""
+def _build(
+    method: str, lists: Iterable[tuple[str, list[dict[str, Any]]]], view: ViewSpec | None = None
+) -> _Union:
+    """The union of the servers' lists (in tool-id order), named (through `view`) and sorted."""
     by_key: dict[str, tuple[dict[str, Any], tuple[str, str]]] = {}
     for tool_id, items in lists:
         for item in items:
@@ -364,8 +378,11 @@ def _build(method: str, lists: Iterable[tuple[str, list[dict[str, Any]]]]) -> _U
                 original = item.get("name")
                 if not isinstance(original, str):
                     continue
-                key = tool_name(tool_id, original)
-                entry = {**item, "name": key}
+                named = tool_name(tool_id, original)
+                presented = named if view is None else view.present(tool_id, original, named)
+                if presented is None:
+                    continue
+                key, entry = presented, {**item, "name": presented}
             elif method == "resources/list":
                 original = item.get("uri")
                 if not isinstance(original, str):

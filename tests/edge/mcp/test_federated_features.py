@@ -185,6 +185,38 @@ async def test_two_servers_with_the_same_uri_keep_one_each_under_a_deterministic
                 assert {tool_name(first, "greeting"), tool_name(second, "greeting")} <= names
 
 
+@pytest.mark.parametrize("mode", ERAS)
+async def test_a_virtual_server_lists_its_own_prompts_and_resources_unprefixed_and_no_other_servers(
+    hub: Any, edge: Edge, server_url: str, mode: str
+) -> None:
+    async with sdk_http_server(SCRIPT, "second") as other_url:
+        async with (
+            installed(hub, edge, f"{NS}/features-a", server_url) as first,
+            installed(hub, edge, f"{NS}/features-b", other_url) as second,
+        ):
+            async with (
+                Client(other_url, mode=mode) as direct,
+                Client(f"{edge.url}/servers/{second}", mode=mode) as via,
+            ):
+                assert sorted(p.name for p in (await via.list_prompts()).prompts) == ["greeting", "review"]
+                args = {"name": "Ada", "style": "pirate"}
+                assert _plain(await via.get_prompt("greeting", args)) == _plain(
+                    await direct.get_prompt("greeting", args)
+                )
+                listed = {str(r.uri): r for r in (await via.list_resources()).resources}
+                # The URI both servers list is this server's own here: no other server competes for it.
+                assert (
+                    "memo://shared" in listed and (listed["memo://shared"].meta or {})[TOOL_ID_KEY] == second
+                )
+                read = (await via.read_resource("memo://shared")).contents[0]
+                assert isinstance(read, types.TextResourceContents) and read.text == "shared from second"
+                with pytest.raises(MCPError):  # the /mcp name of a prompt is not this server's name
+                    await via.get_prompt(tool_name(second, "greeting"), args)
+            async with Client(f"{edge.url}/servers/{first}", mode=mode) as via_first:
+                read = (await via_first.read_resource("memo://shared")).contents[0]
+                assert isinstance(read, types.TextResourceContents) and read.text == "shared from features"
+
+
 async def test_lists_page_like_tools_list(hub: Any, edge: Edge, server_url: str) -> None:
     edge.svc.federation.opts = type(edge.svc.federation.opts)(page_size=1)
     async with installed(hub, edge, f"{NS}/features", server_url):

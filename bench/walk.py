@@ -43,7 +43,14 @@ TIMEOUT_S = 30.0
 # for it), and closing the one the call used once the answer has gone out; the edge reporting
 # usage to the hub, which the hub serves and flushes to its store; the hub's health checks.
 BACKGROUND = {
-    "edge": ("edge/usage.py:_report_loop",),
+    "edge": (
+        "edge/usage.py:_report_loop",
+        # a registry event in the window (a health change): the cache and what follows it
+        "edge/registry_cache.py:_follow",
+        "edge/mcp/mcp_service.py:_check",
+        "edge/mcp/mcp_service.py:_follow_notices",
+        "edge/mcp/federation.py:_read",
+    ),
     "hub": (
         "services/hub/app.py:_flush_loop",
         "services/common/grpc_server.py:call",

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import math
 import re
@@ -88,12 +89,15 @@ WHERE fts MATCH ? AND (? = 0 OR d.enabled = 1)
 _RANKED = _SELECT + f"ORDER BY {_BM25}, d.tool_id LIMIT ?"
 _UNRANKED = _SELECT + "LIMIT ?"
 _HEAVY = "{id name tag action}"  # the fields weighed most
-_WEIGHTS = tuple(WEIGHTS[f] for f in _FIELDS)
+_W = tuple(WEIGHTS[f] for f in _FIELDS)
 _WORD = re.compile(r"[a-z0-9]+")  # search.tokens' words, before stop words and plurals
 _SEP = "\x00"  # between fields' texts, in one pass over a tool's words (never a word's)
+_SEPARATOR = f" {_SEP} "
 _TOKEN = re.compile(r"[a-z0-9]+|\x00")
+_NON_WORD = {c: " " for c in range(128) if not re.fullmatch(r"[a-z0-9\x00]", chr(c))}  # str.translate's
 _FOLDED: dict[str, str] = {_SEP: _SEP}  # word -> its token ("" for a stop word): see words
 _FOLDED_MAX = 100_000
+CHUNK = 256  # tools whose words a bulk load makes in one pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +111,9 @@ class Hit:
 
 def _row(tool: tool_pb2.Tool) -> tuple[object, ...]:
     texts = words(tool)
-    # Each field's words are single-space-separated: its spaces count them (summed as split() would).
-    length = sum(w * (text.count(" ") + 1 if text else 0) for w, text in zip(_WEIGHTS, texts, strict=True))
+    # Each field's words are single-space-separated: its spaces count them (exact sums of halves).
+    n = [text.count(" ") + 1 if text else 0 for text in texts]
+    length = _W[0] * n[0] + _W[1] * n[1] + _W[2] * n[2] + _W[3] * n[3] + _W[4] * n[4] + _W[5] * n[5]
     return (tool.tool_id, int(tool.enabled), length, *texts)
 
 
@@ -127,27 +132,60 @@ def words(tool: tool_pb2.Tool) -> tuple[str, ...]:
         tool.description[:FIELD_CHARS],
         " ".join(c.description[:FIELD_CHARS] for c in caps),
     )
-    raw = _SEP.join(fields)
+    raw = _SEPARATOR.join(fields).lower()
     if raw.count(_SEP) != len(_FIELDS) - 1:  # a field holds the separator: each on its own
         return tuple(_words(_WORD.findall(text.lower())) for text in fields)
-    texts = _words(_TOKEN.findall(raw.lower())).split(_SEP)
+    # ASCII (most text): every other character to a space, then split, in C; else the regex.
+    found = raw.translate(_NON_WORD).split() if raw.isascii() else _TOKEN.findall(raw)
     out = []
-    for text in texts:
+    for text in _words(found).split(_SEP):
         text = text.strip(" ")
         out.append(text[:FIELD_CHARS].rsplit(" ", 1)[0] if len(text) > FIELD_CHARS else text)
     return tuple(out)
 
 
+def _rows(tools: Iterable[tool_pb2.Tool]) -> Iterator[tuple[object, ...]]:
+    """`_row` of each of `tools`, in order: the words of CHUNK tools made in one pass (the same
+    words; per tool when a chunk has text other than ASCII, or a field past its bound)."""
+    it = iter(tools)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        fields: list[str] = []
+        for tool in chunk:
+            caps = tool.capabilities
+            fields += (
+                tool.tool_id[:FIELD_CHARS],
+                tool.name[:FIELD_CHARS],
+                " ".join([t[:FIELD_CHARS] for t in tool.tags]),
+                " ".join([c.name[:FIELD_CHARS] for c in caps]),
+                tool.description[:FIELD_CHARS],
+                " ".join([c.description[:FIELD_CHARS] for c in caps]),
+            )
+        raw = _SEPARATOR.join(fields).lower()
+        texts: list[str] = []
+        if raw.isascii() and raw.count(_SEP) == len(fields) - 1:
+            texts = [t.strip(" ") for t in _words(raw.translate(_NON_WORD).split()).split(_SEP)]
+        if not texts or max(map(len, texts)) > FIELD_CHARS:
+            yield from map(_row, chunk)
+            continue
+        for i, tool in enumerate(chunk):
+            w = texts[i * 6 : i * 6 + 6]
+            n = [text.count(" ") + 1 if text else 0 for text in w]
+            length = _W[0] * n[0] + _W[1] * n[1] + _W[2] * n[2] + _W[3] * n[3] + _W[4] * n[4] + _W[5] * n[5]
+            yield (tool.tool_id, int(tool.enabled), length, *w)
+
+
 def _words(found: list[str]) -> str:
     """The tokens of `found` words (search.tokens' rules), space-separated; _SEP stays itself."""
+    if len(_FOLDED) >= _FOLDED_MAX:  # bounded: a stranger's many words start it over
+        _FOLDED.clear()
+        _FOLDED[_SEP] = _SEP
     folded = list(map(_FOLDED.get, found))  # word by word in C; None: a word not seen yet
     if None in folded:
-        if len(_FOLDED) + len(found) > _FOLDED_MAX:  # bounded: a stranger's many words start it over
-            _FOLDED.clear()
-            _FOLDED[_SEP] = _SEP
         for i, w in enumerate(found):
             if folded[i] is None:
-                folded[i] = _FOLDED[w] = " ".join(tokens(w))  # "" for a stop word
+                folded[i] = token = " ".join(tokens(w))  # "" for a stop word
+                if len(_FOLDED) < _FOLDED_MAX:
+                    _FOLDED[w] = token
     return " ".join(filter(None, folded))
 
 
@@ -301,8 +339,7 @@ class SearchIndex(SqliteThread):
 
         def rows() -> Iterator[tuple[object, ...]]:
             nonlocal length
-            for tool in load.tools:
-                row = _row(tool)
+            for row in _rows(load.tools):
                 length += float(row[2])  # type: ignore[arg-type]  # summed in order, as _insert sums
                 self._made += 1
                 yield row

@@ -168,9 +168,8 @@ class McpService:
         self.catalog.take_changed()  # what is listed now is what a client's first tools/list sees
         for view in self.views.all():
             view.take_changed()
-        main = self.views.main
-        if main is not None and main.search is not None:  # `/mcp` is a tool search: its index
-            main.search.prepare()
+            if view.search is not None:  # `/mcp` or a named server is a tool search: build its index now
+                view.search.prepare()
         self._unsubscribe = self.registry.subscribe(self._on_event)
         self._notices = asyncio.get_running_loop().create_task(self._follow_notices())
         if not self.registry.synced.is_set():  # the first listing notifies no listener: check after it

@@ -8,11 +8,15 @@ tool the view does not hold is an unknown tool (-32602) and an admin-only one wi
 token is refused (-32003), exactly as a direct call would be.
 
 The search is the registry's own index (services/library/search_index.py: SQLite FTS5 with BM25),
-one per search view, each capability a document under its listed name. It is built once, when the
-endpoint has its first client, from the view as it is then (the rows are made on the index's thread), and
-kept in step by the view's changes, one tool at a time (edge/mcp/views.py): nothing is rebuilt
-per session or per query. Capabilities declared `requires_admin` are indexed as not enabled, so a
-caller without admin rights searches with `enabled_only` and never sees them.
+one per search view, each capability a document under its listed name. It is built once, in bulk
+(SearchIndex.load: the documents made on the index's thread), when the edge starts for `/mcp` and
+named servers with `tool_search`, and at its first client for the built-in `/mcp/servers/search`;
+then kept in step by the view's changes, one tool at a time (edge/mcp/views.py), and loaded in bulk
+again only when the whole listing changes: nothing is rebuilt per session or per query. A
+find_tools that arrives while a build is under way waits for it at most BUILD_WAIT_S, then answers
+an isError result saying the index is being built (and how far it got). Capabilities declared
+`requires_admin` are indexed as not enabled, so a caller without admin rights searches with
+`enabled_only` and never sees them.
 """
 
 from __future__ import annotations
@@ -35,6 +39,10 @@ if TYPE_CHECKING:
 
 FIND, CALL = "find_tools", "call_tool"
 DEFAULT_LIMIT = 10
+# How long a find_tools waits for the index being built (the edge's start, a first client, or a
+# new whole listing) before it answers an isError result saying so: a client is never held for
+# the whole build of a large registry (~7 s at 100,000 tools).
+BUILD_WAIT_S = 5.0
 _REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
 _UPDATED = tool_pb2.TOOL_EVENT_TYPE_UPDATED
 _SHOWN = ("name", "title", "description", "inputSchema", "outputSchema")  # of a match's definition
@@ -137,11 +145,13 @@ class ToolSearch:
         self._index: SearchIndex | None = None
         self._built: asyncio.Task[SearchIndex] | None = None
         self._live = False  # the index holds the view (from then on, its changes are applied)
+        self._loading: asyncio.Future[None] | None = None  # the last bulk load of the whole view
         self._names: dict[str, list[str]] = {}  # tool id -> the names indexed for it
         view.listeners.append(self._changed)
 
     async def find(self, arguments: Any, admin: bool) -> dict[str, Any]:
-        """The find_tools result for `arguments` (an isError result when they are not usable)."""
+        """The find_tools result for `arguments` (an isError result when they are not usable, or
+        when the index is still being built after BUILD_WAIT_S)."""
         if not isinstance(arguments, dict):
             return failure_result("find_tools needs arguments {query, limit}")
         query, limit = arguments.get("query"), arguments.get("limit", DEFAULT_LIMIT)
@@ -150,6 +160,8 @@ class ToolSearch:
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_RESULTS:
             return failure_result(f"`limit` must be an integer from 1 to {MAX_RESULTS}")
         index = await self._ready()
+        if index is None:
+            return failure_result(self._building())
         try:
             hits = await index.search(query, limit, enabled_only=not admin)
         except InvalidRequest as exc:  # empty or too long: the model can send a better query
@@ -192,40 +204,80 @@ class ToolSearch:
     # -- the index ------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Start building the index (the endpoint has its first client), unless it is under way."""
+        """Start building the index (the edge starts, or the endpoint has its first client),
+        unless it is under way."""
         if self._built is None:
             self._built = asyncio.get_running_loop().create_task(self._build())
 
-    async def _ready(self) -> SearchIndex:
-        """The index, once built (concurrent first searches wait for one build)."""
+    async def _ready(self) -> SearchIndex | None:
+        """The index, once built and holding the view's last whole listing; None when that takes
+        longer than BUILD_WAIT_S (concurrent first searches wait for one build)."""
         self.prepare()
         assert self._built is not None
-        return await asyncio.shield(self._built)
+        loading = self._loading
+        if self._built.done() and (loading is None or loading.done()):  # the usual case: no await
+            return self._built.result()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUILD_WAIT_S
+        try:
+            index = await asyncio.wait_for(asyncio.shield(self._built), BUILD_WAIT_S)
+            while (loading := self._loading) is not None and not loading.done():  # a newer listing's
+                await asyncio.wait_for(asyncio.shield(loading), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            return None
+        return index
+
+    def _building(self) -> str:
+        """What an isError find_tools says while the index is being built."""
+        progress = self._index.progress() if self._index is not None else None
+        read = ""
+        if progress is not None:
+            made, total = progress
+            read = (
+                f" ({made:,} of {total:,} tools read)"
+                if made < total
+                else f" ({total:,} tools read, being indexed)"
+            )
+        return (
+            f"find_tools: the tool index is being built{read}; it answers as soon as it is built: "
+            "call find_tools again in a few seconds"
+        )
 
     async def _build(self) -> SearchIndex:
         index = self._index = SearchIndex()
         await index.open()
         # From here to `_live` nothing awaits: no change of the view falls between its snapshot and
-        # the changes applied after it. The rows are made on the index's thread (`apply`).
-        for t in self.view.current().by_name.values():
-            self._names.setdefault(t.tool_id, []).append(t.name)
-            index.apply(tool_pb2.ToolEvent(type=_UPDATED, tool=_doc(t)))
+        # the changes applied after it (queued after the load, so applied after it).
+        self._load_view()
         self._live = True
+        assert self._loading is not None
+        await self._loading
         return index
+
+    def _load_view(self) -> None:
+        """Index the view as it is now, in bulk: its documents made on the index's thread."""
+        assert self._index is not None
+        snapshot = list(self.view.current().by_name.values())
+        self._names = {}
+        for t in snapshot:
+            self._names.setdefault(t.tool_id, []).append(t.name)
+        self._loading = asyncio.wrap_future(self._index.load(map(_doc, snapshot), len(snapshot)))
+        self._loading.add_done_callback(_retrieved)
 
     def _changed(self, tool_id: str | None) -> None:
         if not self._live or self._index is None:
             return  # not built yet: the build reads the view as it is then
-        for gone in [self._names] if tool_id is None else [{tool_id: self._names.pop(tool_id, [])}]:
-            for names in gone.values():
-                for name in names:
-                    self._index.apply(tool_pb2.ToolEvent(type=_REMOVED, tool=tool_pb2.Tool(tool_id=name)))
-        listing = self.view.current()
-        if tool_id is None:
-            self._names = {}
-            fresh = list(listing.by_name.values())
-        else:
-            fresh = listing.of_tool(tool_id)
-        for t in fresh:
+        if tool_id is None:  # the whole listing may have changed (a first listing, names moved)
+            self._load_view()
+            return
+        for name in self._names.pop(tool_id, []):
+            self._index.apply(tool_pb2.ToolEvent(type=_REMOVED, tool=tool_pb2.Tool(tool_id=name)))
+        for t in self.view.current().of_tool(tool_id):
             self._names.setdefault(t.tool_id, []).append(t.name)
             self._index.apply(tool_pb2.ToolEvent(type=_UPDATED, tool=_doc(t)))
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """A load's failure is logged on the index's thread; a later find_tools awaits and reports it."""
+    if not future.cancelled():
+        future.exception()

@@ -27,14 +27,21 @@ may hold at most MAX_QUERY_CHARS characters and its first MAX_TERMS distinct wor
 
 The index lives in memory on its own thread (services.common.sqlite): an event's update is queued
 there in order, and a search queued after it sees it, so a search after a registration finds it.
+A whole registry (`replace`, `load`: at a hub's start, an edge's tool search) is indexed in bulk,
+in place of everything before: its rows inserted by one statement, FTS5's index built in one pass
+and its words' document counts read in one, ~3x less CPU than a row at a time (and the same index,
+so the same answers); a search queued meanwhile waits for it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import itertools
 import logging
 import math
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -67,6 +74,7 @@ CREATE TABLE docs (
   rowid INTEGER PRIMARY KEY, tool_id TEXT UNIQUE NOT NULL, enabled INTEGER NOT NULL, length REAL NOT NULL,
   {_COLUMNS});
 CREATE VIRTUAL TABLE fts USING fts5({_COLUMNS}, content='docs', content_rowid='rowid');
+CREATE VIRTUAL TABLE vocab USING fts5vocab(fts, 'row');
 """
 _INSERT_DOC = f"INSERT INTO docs(tool_id, enabled, length, {_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_FTS = f"INSERT INTO fts(rowid, {_COLUMNS}) SELECT rowid, {_COLUMNS} FROM docs WHERE rowid = ?"
@@ -81,6 +89,15 @@ WHERE fts MATCH ? AND (? = 0 OR d.enabled = 1)
 _RANKED = _SELECT + f"ORDER BY {_BM25}, d.tool_id LIMIT ?"
 _UNRANKED = _SELECT + "LIMIT ?"
 _HEAVY = "{id name tag action}"  # the fields weighed most
+_W = tuple(WEIGHTS[f] for f in _FIELDS)
+_WORD = re.compile(r"[a-z0-9]+")  # search.tokens' words, before stop words and plurals
+_SEP = "\x00"  # between fields' texts, in one pass over a tool's words (never a word's)
+_SEPARATOR = f" {_SEP} "
+_TOKEN = re.compile(r"[a-z0-9]+|\x00")
+_NON_WORD = {c: " " for c in range(128) if not re.fullmatch(r"[a-z0-9\x00]", chr(c))}  # str.translate's
+_FOLDED: dict[str, str] = {_SEP: _SEP}  # word -> its token ("" for a stop word): see words
+_FOLDED_MAX = 100_000
+CHUNK = 256  # tools whose words a bulk load makes in one pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,25 +111,82 @@ class Hit:
 
 def _row(tool: tool_pb2.Tool) -> tuple[object, ...]:
     texts = words(tool)
-    length = sum(WEIGHTS[f] * len(text.split()) for f, text in zip(_FIELDS, texts, strict=True))
+    # Each field's words are single-space-separated: its spaces count them (exact sums of halves).
+    n = [text.count(" ") + 1 if text else 0 for text in texts]
+    length = _W[0] * n[0] + _W[1] * n[1] + _W[2] * n[2] + _W[3] * n[3] + _W[4] * n[4] + _W[5] * n[5]
     return (tool.tool_id, int(tool.enabled), length, *texts)
 
 
 def words(tool: tool_pb2.Tool) -> tuple[str, ...]:
-    """The indexed words of each field of `tool` (in _FIELDS order), each field bounded."""
-    by_field: dict[str, list[str]] = {f: [] for f in _FIELDS}
-    by_field["id"].append(tool.tool_id)
-    by_field["name"].append(tool.name)
-    by_field["description"].append(tool.description)
-    by_field["tag"].extend(tool.tags)
-    for cap in tool.capabilities:
-        by_field["action"].append(cap.name)
-        by_field["action_description"].append(cap.description)
+    """The indexed words of each field of `tool` (in _FIELDS order), each field bounded.
+
+    search.tokens of each field's text, space-separated, cut at a word to at most FIELD_CHARS
+    characters; made in one pass over the six fields, each distinct word's token looked up once
+    (a bulk load makes the words of every tool, and words recur across tools: ~2x faster)."""
+    caps = tool.capabilities
+    fields = (
+        tool.tool_id[:FIELD_CHARS],
+        tool.name[:FIELD_CHARS],
+        " ".join(t[:FIELD_CHARS] for t in tool.tags),
+        " ".join(c.name[:FIELD_CHARS] for c in caps),
+        tool.description[:FIELD_CHARS],
+        " ".join(c.description[:FIELD_CHARS] for c in caps),
+    )
+    raw = _SEPARATOR.join(fields).lower()
+    if raw.count(_SEP) != len(_FIELDS) - 1:  # a field holds the separator: each on its own
+        return tuple(_words(_WORD.findall(text.lower())) for text in fields)
+    # ASCII (most text): every other character to a space, then split, in C; else the regex.
+    found = raw.translate(_NON_WORD).split() if raw.isascii() else _TOKEN.findall(raw)
     out = []
-    for f in _FIELDS:
-        text = " ".join(tokens(" ".join(t[:FIELD_CHARS] for t in by_field[f])))
+    for text in _words(found).split(_SEP):
+        text = text.strip(" ")
         out.append(text[:FIELD_CHARS].rsplit(" ", 1)[0] if len(text) > FIELD_CHARS else text)
     return tuple(out)
+
+
+def _rows(tools: Iterable[tool_pb2.Tool]) -> Iterator[tuple[object, ...]]:
+    """`_row` of each of `tools`, in order: the words of CHUNK tools made in one pass (the same
+    words; per tool when a chunk has text other than ASCII, or a field past its bound)."""
+    it = iter(tools)
+    while chunk := list(itertools.islice(it, CHUNK)):
+        fields: list[str] = []
+        for tool in chunk:
+            caps = tool.capabilities
+            fields += (
+                tool.tool_id[:FIELD_CHARS],
+                tool.name[:FIELD_CHARS],
+                " ".join([t[:FIELD_CHARS] for t in tool.tags]),
+                " ".join([c.name[:FIELD_CHARS] for c in caps]),
+                tool.description[:FIELD_CHARS],
+                " ".join([c.description[:FIELD_CHARS] for c in caps]),
+            )
+        raw = _SEPARATOR.join(fields).lower()
+        texts: list[str] = []
+        if raw.isascii() and raw.count(_SEP) == len(fields) - 1:
+            texts = [t.strip(" ") for t in _words(raw.translate(_NON_WORD).split()).split(_SEP)]
+        if not texts or max(map(len, texts)) > FIELD_CHARS:
+            yield from map(_row, chunk)
+            continue
+        for i, tool in enumerate(chunk):
+            w = texts[i * 6 : i * 6 + 6]
+            n = [text.count(" ") + 1 if text else 0 for text in w]
+            length = _W[0] * n[0] + _W[1] * n[1] + _W[2] * n[2] + _W[3] * n[3] + _W[4] * n[4] + _W[5] * n[5]
+            yield (tool.tool_id, int(tool.enabled), length, *w)
+
+
+def _words(found: list[str]) -> str:
+    """The tokens of `found` words (search.tokens' rules), space-separated; _SEP stays itself."""
+    if len(_FOLDED) >= _FOLDED_MAX:  # bounded: a stranger's many words start it over
+        _FOLDED.clear()
+        _FOLDED[_SEP] = _SEP
+    folded = list(map(_FOLDED.get, found))  # word by word in C; None: a word not seen yet
+    if None in folded:
+        for i, w in enumerate(found):
+            if folded[i] is None:
+                folded[i] = token = " ".join(tokens(w))  # "" for a stop word
+                if len(_FOLDED) < _FOLDED_MAX:
+                    _FOLDED[w] = token
+    return " ".join(filter(None, folded))
 
 
 def query_terms(query: str) -> list[str]:
@@ -130,7 +204,8 @@ def query_terms(query: str) -> list[str]:
 
 class SearchIndex(SqliteThread):
     """The index of one process. `apply` each registry event (a Registry listener), `replace` with
-    a whole registry (at start, or from a listing), `search` from the event loop."""
+    a whole registry (at start, or from a listing) or `load` one in the background, `search` from
+    the event loop."""
 
     def __init__(self) -> None:
         super().__init__(":memory:", _SCHEMA, "search-index")
@@ -140,9 +215,10 @@ class SearchIndex(SqliteThread):
         self._df: collections.Counter[str] = collections.Counter()
         # Changes not yet applied, oldest first: applied in one transaction by one job on the
         # index's thread (a burst of registrations costs one wake-up and one FTS5 segment), and
-        # by a search before it reads.
-        self._pending: collections.deque[tuple[str, tool_pb2.Tool | None]] = collections.deque()
+        # by a search before it reads. A _Load replaces everything before it.
+        self._pending: collections.deque[_Change | _Load] = collections.deque()
         self._draining = False
+        self._made, self._loading = 0, 0  # rows made of a bulk load under way, of its tools
 
     async def open(self) -> SearchIndex:
         await self._open_db()
@@ -153,14 +229,28 @@ class SearchIndex(SqliteThread):
         if event.type == HEALTH_CHANGED:
             return
         self._pending.append((event.tool.tool_id, None if event.type == REMOVED else event.tool))
-        if not self._draining:  # one job takes every change queued by the time it runs
-            self._draining = True
-            self._queue(self._drain)
+        self._wake()
 
     async def replace(self, tools: Iterable[tool_pb2.Tool]) -> None:
-        """Index exactly `tools`, dropping everything indexed before."""
-        rows = [_row(t) for t in tools]
-        await self._run(self._replace, rows)
+        """Index exactly `tools`, dropping everything indexed before (`load`, awaited)."""
+        snapshot = list(tools)
+        await asyncio.wrap_future(self.load(snapshot, len(snapshot)))
+
+    def load(self, tools: Iterable[tool_pb2.Tool], total: int) -> Future[None]:
+        """Start indexing exactly `tools` (`total` of them) in bulk, in place of everything indexed
+        or queued before; a change queued after this call is applied after them. `tools` is read
+        on the index's thread (a snapshot its caller no longer changes). The future is done when
+        they are indexed (or holds why not); a search queued meanwhile waits for them."""
+        load = _Load(tools, total, Future())
+        self._pending.clear()  # older than the tools that replace them
+        self._pending.append(load)
+        if not self._wake():
+            load.done.set_exception(RuntimeError("the search index is closed"))
+        return load.done
+
+    def progress(self) -> tuple[int, int] | None:
+        """(tools read, tools) of the bulk load under way, or None when none is."""
+        return (self._made, self._loading) if self._loading else None
 
     async def search(self, query: str, limit: int = 10, *, enabled_only: bool = False) -> list[Hit]:
         """The best `limit` (at most MAX_RESULTS) tools for `query`, best first."""
@@ -173,31 +263,48 @@ class SearchIndex(SqliteThread):
         hits.sort(key=lambda h: (-h.score, h.tool_id))
         return hits[:limit]
 
-    # -- on the index's thread ---------------------------------------------------
-
-    def _queue(self, fn: object, *args: object) -> None:
+    def _wake(self) -> bool:
+        """Queue a job draining the changes, unless one is queued (False: the index is closed)."""
+        if self._draining:  # one job takes every change queued by the time it runs
+            return True
+        self._draining = True
         try:
-            future: Future[None] = self._pool.submit(fn, *args)  # type: ignore[arg-type]
+            future: Future[None] = self._pool.submit(self._drain)
         except RuntimeError:  # closed: the process is stopping, and nothing searches any more
-            return
+            return False
         future.add_done_callback(_log_failure)
+        return True
+
+    # -- on the index's thread ---------------------------------------------------
 
     def _drain(self) -> None:
         self._draining = False  # first: a change queued from now on queues another job
         if not self._pending:
             return
-        db = self.db
+        db, loads = self.db, []
         db.execute("BEGIN")
         try:
             while self._pending:
-                tool_id, tool = self._pending.popleft()
-                self._delete(tool_id)
+                change = self._pending.popleft()
+                if isinstance(change, _Load):
+                    loads.append(change)
+                    self._load(change)
+                    continue
+                tool_id, tool = change
+                if self.count:  # an empty index holds nothing to delete
+                    self._delete(tool_id)
                 if tool is not None:
                     self._insert(_row(tool))
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             db.execute("ROLLBACK")
+            for load in loads:
+                load.done.set_exception(exc)
             raise
+        finally:
+            self._loading = 0
+        for load in loads:
+            load.done.set_result(None)
 
     def _delete(self, tool_id: str) -> None:
         db = self.db
@@ -221,21 +328,29 @@ class SearchIndex(SqliteThread):
         self._length += float(row[2])  # type: ignore[arg-type]
         self._df.update(_distinct(row[3:]))
 
-    def _replace(self, rows: list[tuple[object, ...]]) -> None:
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            db.execute("DELETE FROM docs")
-            db.execute("INSERT INTO fts(fts) VALUES ('delete-all')")
-            self._pending.clear()  # older than the tools that replace them
-            self.count, self._length = 0, 0.0
-            self._df.clear()
-            for row in rows:
-                self._insert(row)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    def _load(self, load: _Load) -> None:
+        """Replace the documents with `load`'s in bulk (within the drain's transaction): the rows
+        inserted by one statement, then FTS5's index built in one pass over them, merged into one
+        segment, and every word's tools counted in one pass over it: ~7x less SQLite work than a
+        row at a time (a lookup, two inserts, each word counted in Python), which also leaves many
+        segments that searches walk until FTS5 merges them."""
+        db, length = self.db, 0.0
+        self._made, self._loading = 0, max(load.total, 1)
+
+        def rows() -> Iterator[tuple[object, ...]]:
+            nonlocal length
+            for row in _rows(load.tools):
+                length += float(row[2])  # type: ignore[arg-type]  # summed in order, as _insert sums
+                self._made += 1
+                yield row
+
+        db.execute("DELETE FROM docs")
+        db.executemany(_INSERT_DOC, rows())
+        db.execute("INSERT INTO fts(fts) VALUES ('rebuild')")
+        db.execute("INSERT INTO fts(fts) VALUES ('optimize')")
+        # The words FTS5 indexed are the rows' words ([a-z0-9]+, space-separated), as _distinct splits them.
+        self._df = collections.Counter(dict(db.execute("SELECT term, doc FROM vocab")))
+        self.count, self._length = self._made, length
 
     def _search(
         self, terms: list[str], enabled_only: int, limit: int
@@ -262,6 +377,18 @@ class SearchIndex(SqliteThread):
             for row in db.execute(_UNRANKED, (expression, enabled_only, want)):
                 found.setdefault(row[0], row)
         return list(found.values()), df, self.count, self._length
+
+
+_Change = tuple[str, tool_pb2.Tool | None]  # a tool id, and its tool (None: removed)
+
+
+@dataclass(frozen=True, slots=True)
+class _Load:
+    """A whole registry to index in place of everything before (SearchIndex.load)."""
+
+    tools: Iterable[tool_pb2.Tool]
+    total: int
+    done: Future[None]
 
 
 def _distinct(texts: Iterable[object]) -> set[str]:

@@ -198,3 +198,71 @@ async def test_words_too_common_to_rank_still_find_tools_and_name_hits_come_firs
             "convert (id, name)",
             "unit (description)",
         ]
+
+
+def _corpus(n: int) -> list[tool_pb2.Tool]:
+    """`n` tools sharing words unevenly (a few in most tools, most in few), some disabled."""
+    common = ["convert", "units", "weather", "city", "files", "search"]
+    tools = []
+    for i in range(n):
+        words_ = [common[i % len(common)], common[(i * 7) % len(common)], f"rare{i % 37}", f"only{i}"]
+        tool = grpc_tool(f"tool-{i:03}", EP, description=" ".join(words_), tags=[common[i % 4]])
+        tool.enabled = i % 5 != 0
+        tools.append(tool)
+    return tools
+
+
+async def test_a_bulk_load_answers_exactly_as_the_same_tools_indexed_one_at_a_time():
+    tools = _corpus(150)
+    queries = ["convert units", "weather city rare3", "only42", "files search tool", "rare5 rare6 echo"]
+    bulk, single = await SearchIndex().open(), await SearchIndex().open()
+    try:
+        await bulk.replace(tools)
+        for tool in tools:
+            single.apply(tool_pb2.ToolEvent(type=tool_pb2.TOOL_EVENT_TYPE_UPDATED, tool=tool))
+        for query in queries:
+            for enabled_only in (False, True):
+                assert await bulk.search(query, 20, enabled_only=enabled_only) == await single.search(
+                    query, 20, enabled_only=enabled_only
+                ), query
+        assert (bulk.count, bulk._length, bulk._df) == (single.count, single._length, single._df)
+        # and changes after the load keep it in step the same way
+        for index in (bulk, single):
+            index.apply(tool_pb2.ToolEvent(type=tool_pb2.TOOL_EVENT_TYPE_REMOVED, tool=tools[42]))
+        assert await bulk.search("only42 convert", 20) == await single.search("only42 convert", 20)
+        assert (bulk.count, bulk._df) == (single.count, single._df)
+    finally:
+        await bulk.close()
+        await single.close()
+
+
+async def test_a_load_drops_changes_queued_before_it_and_applies_those_queued_after():
+    index = await SearchIndex().open()
+    try:
+        before, loaded, after = (
+            grpc_tool(n, EP, description="ephemeral") for n in ("before", "loaded", "after")
+        )
+        index.apply(tool_pb2.ToolEvent(type=tool_pb2.TOOL_EVENT_TYPE_UPDATED, tool=before))
+        done = index.load(iter([loaded]), 1)
+        index.apply(tool_pb2.ToolEvent(type=tool_pb2.TOOL_EVENT_TYPE_UPDATED, tool=after))
+        assert await ids(index, "ephemeral") == ["after", "loaded"]
+        assert done.done() and index.count == 2 and index.progress() is None
+    finally:
+        await index.close()
+
+
+def test_the_words_of_a_tool_are_search_tokens_of_each_field_whatever_its_text_holds():
+    odd = grpc_tool(
+        "Ab\x00cd-the_Uses", EP, description="Classes \x00of\x00 glasses İstanbul ☃ x" * 3, tags=["a", "Tags"]
+    )
+    odd.name = "The Weathers\x00"
+    for tool in (odd, grpc_tool("plain", EP, description="Forecasts for the week")):
+        texts = [
+            [tool.tool_id],
+            [tool.name],
+            list(tool.tags),
+            [c.name for c in tool.capabilities],
+            [tool.description],
+            [c.description for c in tool.capabilities],
+        ]
+        assert words(tool) == tuple(" ".join(search.tokens(" ".join(t))) for t in texts)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 from typing import Any
 
 import aiohttp
@@ -15,6 +16,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from edge.gateway import HubGateway
+from edge.mcp import tool_search
 from services.common import config as config_mod
 from services.common.config import Config, McpServerConfig
 from services.hub.app import Hub
@@ -201,3 +203,42 @@ async def test_an_admin_only_tool_is_found_and_called_by_a_caller_with_the_admin
     assert "guarded__wipe" not in names["plain"] and names["admin"][0] == "guarded__wipe"
     assert seen["plain", "call_tool"]["error"]["code"] == -32003
     assert seen["admin", "call_tool"]["result"]["content"][0]["text"] == "wiped" and ran.is_set()
+
+
+async def test_a_find_tools_during_the_build_waits_a_bounded_time_then_says_the_index_is_being_built(
+    edge: Edge, kit: Probe, monkeypatch: pytest.MonkeyPatch
+):
+    # The build holds at its first document until the test lets it go (on the index's thread).
+    go = threading.Event()
+    doc = tool_search._doc
+
+    def held(t: Any) -> Any:
+        go.wait(30)
+        return doc(t)
+
+    monkeypatch.setattr(tool_search, "_doc", held)
+    monkeypatch.setattr(tool_search, "BUILD_WAIT_S", 0.05)
+    try:
+        async with Client(f"{edge.url}/servers/search", mode="legacy") as client:
+            early = await client.call_tool("find_tools", {"query": "echo the text back"})
+            go.set()
+            monkeypatch.setattr(tool_search, "BUILD_WAIT_S", 30.0)
+            later = await client.call_tool("find_tools", {"query": "echo the text back"})
+    finally:
+        go.set()
+    assert early.is_error is True
+    text = early.content[0].text  # type: ignore[union-attr]
+    assert "the tool index is being built (0 of " in text and "call find_tools again" in text
+    assert later.is_error is not True and later.structured_content is not None
+    assert later.structured_content["tools"][0]["name"] == "kit__echo"
+
+
+async def test_a_named_search_server_builds_its_index_when_the_edge_starts(
+    gateway: HubGateway, cfg: Config, kit: Probe
+):
+    named = McpServerConfig(name="kit-search", include=("kit__*",), tool_search=True)
+    async with edge_for(gateway, dataclasses.replace(cfg, mcp_servers=(named,))) as edge:
+        view = next(v for v in edge.svc.views.all() if v.key == "kit-search")
+        assert view.search is not None and view.search._built is not None  # before any client
+        index = await view.search._built
+        assert [h.tool_id for h in await index.search("count", 1)] == ["kit__count"]

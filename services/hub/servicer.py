@@ -26,7 +26,7 @@ from services.common.streams import DEFAULT_MAX_MESSAGE_BYTES
 from services.router.channels import ProgressFn
 from services.router.forward import FORWARDED_KEY, forwarded
 from services.router.router import Router
-from services.toolkit.server import CallStream
+from services.toolkit.server import CallStream, OpenStreams
 
 SERVICE = toolscore_pb2.DESCRIPTOR.services_by_name["ToolScoreService"].full_name
 
@@ -50,14 +50,8 @@ class CallExecutor:
         self._is_admin = is_admin
         self._cluster = cluster
         self._max = max_message_bytes
-        self._streams: set[CallStream] = set()
-        self._draining = False
-
-    async def drain(self) -> None:
-        """Stop taking calls on streams; each stream ends once its running calls have answered."""
-        self._draining = True
-        for stream in self._streams:
-            stream.close()
+        self._streams = OpenStreams()
+        self.drain = self._streams.drain
 
     async def Execute(
         self, request: ex.ExecuteRequest, context: grpc.aio.ServicerContext
@@ -80,14 +74,9 @@ class CallExecutor:
         # reader's, so every call on the stream runs with the stream's authority at no cost per call.
         token = authority.act_as(lambda: self._is_admin(context))
         hop = forwarded.set(_forwarded_from(context)) if self._cluster else None
-        stream = CallStream(context, self._run, self._max)
-        self._streams.add(stream)
-        if self._draining:
-            stream.close()
         try:
-            await stream.serve(requests)
+            await self._streams.serve(CallStream(context, self._run, self._max), requests)
         finally:
-            self._streams.discard(stream)
             if hop is not None:
                 forwarded.reset(hop)
             authority.reset(token)

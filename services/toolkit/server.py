@@ -105,6 +105,30 @@ class Action:
         return cap
 
 
+class OpenStreams:
+    """A server's open ExecuteStreams, for `drain`: each `serve`d here, and closed (ending once its
+    running calls have answered) when the server drains, or at once if it drains already."""
+
+    def __init__(self) -> None:
+        self._streams: set[CallStream] = set()
+        self._draining = False
+
+    async def serve(self, stream: CallStream, requests: AsyncIterator[ex.ExecuteStreamRequest]) -> None:
+        self._streams.add(stream)
+        if self._draining:
+            stream.close()
+        try:
+            await stream.serve(requests)
+        finally:
+            self._streams.discard(stream)
+
+    async def drain(self) -> None:
+        """Stop taking calls on streams; each stream ends once its running calls have answered."""
+        self._draining = True
+        for stream in self._streams:
+            stream.close()
+
+
 class ToolServer(ex_grpc.ToolExecutorServiceServicer):
     """Serves actions of one or more tools. Serve it with `streams.add_tool_executor`, which reads
     ExecuteStream leniently (one unreadable call never ends the stream)."""
@@ -116,14 +140,8 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
         """`admin_check`: how gRPC callers prove admin rights for `requires_admin` actions (None: open)."""
         self._actions = {tid: {a.name: a for a in actions} for tid, actions in tools.items()}
         self._admin_check = admin_check
-        self._streams: set[CallStream] = set()
-        self._draining = False
-
-    async def drain(self) -> None:
-        """Stop taking calls on streams; each stream ends once its running calls have answered."""
-        self._draining = True
-        for stream in self._streams:
-            stream.close()
+        self._streams = OpenStreams()
+        self.drain = self._streams.drain
 
     def caller_check(self, context: grpc.aio.ServicerContext) -> Callable[[], bool] | None:
         """For `call`: whether this gRPC caller may run admin-only actions, decided only if one asks."""
@@ -188,14 +206,7 @@ class ToolServer(ex_grpc.ToolExecutorServiceServicer):
             except Exception as exc:  # protocol faults travel as error results on the stream
                 return text_result(str(exc), is_error=True, error_type=tool_pb2.ERROR_TYPE_INVALID_INPUT)
 
-        stream = CallStream(context, run_call, self.max_message_bytes)
-        self._streams.add(stream)
-        if self._draining:
-            stream.close()
-        try:
-            await stream.serve(requests)
-        finally:
-            self._streams.discard(stream)
+        await self._streams.serve(CallStream(context, run_call, self.max_message_bytes), requests)
 
     def tools(self) -> dict[str, list[tool_pb2.Capability]]:
         return {tid: [a.capability() for a in actions.values()] for tid, actions in self._actions.items()}

@@ -71,13 +71,7 @@ async def send(
 ) -> ts.RelayServerRequestResponse:
     """One request on the runner's current session: its result, or the server's JSON-RPC error."""
     request = parse(method, params_json)
-    client = runner.client
-    if client is None:
-        raise Unavailable(
-            f"MCP server {runner.name} is not connected ({runner.message})",
-            reason="MCP_SERVER_DOWN",
-            metadata={"server": runner.name},
-        )
+    client = runner.connected()
     try:
         async with asyncio.timeout(timeout_s):
             result = await client.session.send_request(

@@ -120,10 +120,8 @@ class ServerRunner:
                 await self._task
         self.state, self.message = pb.SERVER_STATE_STOPPED, "stopped"
 
-    async def call(
-        self, name: str, arguments: dict[str, Any], deadline_s: float, progress: ProgressFnT | None = None
-    ) -> types.CallToolResult:
-        """One tools/call on the current connection; Unavailable when there is none."""
+    def connected(self) -> Client:
+        """The current connection's client; Unavailable (`MCP_SERVER_DOWN`) when there is none."""
         client = self.client
         if client is None:
             raise Unavailable(
@@ -131,6 +129,13 @@ class ServerRunner:
                 reason="MCP_SERVER_DOWN",
                 metadata={"server": self.name},
             )
+        return client
+
+    async def call(
+        self, name: str, arguments: dict[str, Any], deadline_s: float, progress: ProgressFnT | None = None
+    ) -> types.CallToolResult:
+        """One tools/call on the current connection; Unavailable when there is none."""
+        client = self.connected()
         try:
             return await client.call_tool(
                 name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress

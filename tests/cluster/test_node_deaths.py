@@ -38,6 +38,7 @@ class Load:
     http: aiohttp.ClientSession
     lb: str
     registered: list[str] = field(default_factory=list)  # acknowledged registrations
+    revision: int = 0  # the highest registry revision an acknowledged registration reported
     successes: list[str] = field(default_factory=list)  # the edge that served each successful call
     errors: list[tuple[str, int, str]] = field(default_factory=list)  # (phase, HTTP status, reason)
     unclear: list[str] = field(default_factory=list)  # answers that are neither
@@ -49,11 +50,16 @@ class Load:
         while not stop.is_set():
             i += 1
             tool = {"tool_id": f"load-{n}-{i}", "endpoint": "127.0.0.1:9", "capabilities": [{"name": "x"}]}
-            if await self._send("/api/v1/tools", tool, ok=(200, 201)):
+            answer = await self._send("/api/v1/tools", tool, ok=(200, 201))
+            if answer is not None:
                 self.registered.append(tool["tool_id"])
+                self.revision = max(self.revision, answer["revision"])
             await self._send("/api/v1/tools/builtin/call", {"action": "echo", "arguments": {"text": "hi"}})
 
-    async def _send(self, path: str, body: dict[str, Any], ok: tuple[int, ...] = (200,)) -> bool:
+    async def _send(
+        self, path: str, body: dict[str, Any], ok: tuple[int, ...] = (200,)
+    ) -> dict[str, Any] | None:
+        """The answer of a success; None for anything else, which is recorded."""
         try:
             async with self.http.post(self.lb + path, json=body) as r:
                 answer = await r.json(content_type=None)
@@ -61,19 +67,19 @@ class Load:
                 status = r.status
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self.unclear.append(f"{self.phase}: {path}: {type(exc).__name__}: {exc}")
-            return False
+            return None
         finally:
             self.changed.set()
         if status in ok and not answer.get("is_error"):
             self.successes.append(edge)
-            return True
+            return answer
         if status in ok and answer.get("error", {}).get("type"):  # a tool result with is_error
             self.errors.append((self.phase, status, answer["error"]["type"]))
         elif status >= 400 and answer.get("reason"):
             self.errors.append((self.phase, status, answer["reason"]))
         else:
             self.unclear.append(f"{self.phase}: {path}: {status} {answer}")
-        return False
+        return None
 
     async def served(self, count: int, via: str, what: str, within_s: float = 30.0) -> None:
         """Wait until `count` more calls succeeded through the edge of node `via`."""
@@ -113,6 +119,18 @@ async def call_pinned(
         f"{cluster.lb}/api/v1/tools/{tool}/call", json=body, headers={EDGE_HEADER: node}
     ) as r:
         return r.status, await r.json(content_type=None)
+
+
+async def caught_up(http: aiohttp.ClientSession, edge: str, revision: int) -> None:
+    """Wait until `edge`'s registry view has reached `revision` (its events WebSocket: the welcome
+    names the revision it shows, each event its own)."""
+    async with (
+        http.ws_connect(edge.replace("http", "ws", 1) + "/api/v1/events/tools") as ws,
+        deadline(20, f"{edge} to reach registry revision {revision}"),
+    ):
+        seen = (await ws.receive_json())["revision"]
+        while seen < revision:
+            seen = max(seen, (await ws.receive_json()).get("revision", 0))
 
 
 async def register_through(hub: str, tool: Any) -> None:
@@ -203,6 +221,9 @@ async def test_kill_9_of_a_hub_an_edge_and_an_executor_under_load_answers_every_
     assert reasons <= {"HUB_UNAVAILABLE", "EDGE_UNAVAILABLE", "NetworkError"}, sorted(set(load.errors))
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as http:
         for node, edge in cluster.edges.items():
+            # Each edge follows the registry's stream: the last registrations acknowledged through
+            # the other edge reach it a moment later. Listed once it has caught up with them.
+            await caught_up(http, edge, load.revision)
             async with http.get(edge + "/api/v1/tools") as r:
                 listed = {t["tool_id"] for t in (await r.json())["tools"]}
             assert not set(load.registered) - listed, (node, sorted(set(load.registered) - listed)[:5])

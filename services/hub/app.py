@@ -218,6 +218,7 @@ class Hub:
             node=c.node(),
             ttl_s=c.node_ttl_s,
             timeout_s=c.redis_timeout_s,
+            secret=cfg.auth.admin_token,
         )
         self._stack.push_async_callback(self.nodes.close)
         self.session_owners = SessionOwners(

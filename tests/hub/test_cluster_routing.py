@@ -269,3 +269,73 @@ async def test_an_edge_sends_a_function_tool_of_every_hub_to_its_own_hub_which_r
             resp = await gw.execute(req, deadline_s=10)
             assert not resp.is_error and struct_to_dict(resp.structured) == {"text": "x"}, resp
     assert (h1.registry.entry("builtin").calls, h2.registry.entry("builtin").calls) == (0, 3)
+
+
+class Listener:
+    """A gRPC server that answers every method UNAVAILABLE and keeps the metadata each call brought:
+    what a node address forged into Redis would receive."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, str]] = []
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            self.seen.append({k: str(v) for k, v in context.invocation_metadata() or ()})
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "a forged node")
+
+        class Any_(grpc.GenericRpcHandler):
+            def service(self, details: Any) -> Any:
+                return grpc.unary_unary_rpc_method_handler(refuse)
+
+        return Any_()
+
+
+async def test_an_address_written_into_redis_without_the_admin_token_never_receives_it(
+    cfg, root, redis_server, start_tool_server
+):
+    """THREAT_MODEL: a writer of Redis announces an address of its own for a node (or a node of its
+    own) to receive the install fan-out and the forwarded admin calls, which carry the admin token.
+    Announcements are sealed with a key derived from the token: a forged one is no announcement."""
+    import redis.asyncio as aioredis
+
+    auth = {"auth": {"admin_token": "s3cret"}}
+    # A long TTL: no heartbeat rewrites the forgery while the test runs.
+    long_ttl = {"node_ttl_s": 3000}
+    c1, c2 = (
+        config_mod.replace(shared_cfg(cfg, root, redis_server.url, name), cluster=long_ttl, **auth)
+        for name in ("hub1", "hub2")
+    )
+    listener = Listener()
+    evil = grpc.aio.server()
+    evil.add_generic_rpc_handlers((listener.handler(),))
+    evil_address = f"127.0.0.1:{evil.add_insecure_port('127.0.0.1:0')}"
+    await evil.start()
+    _, ep = await start_tool_server({"guarded": server_named("g", [])})
+    tool = grpc_tool("guarded", ep)
+    tool.capabilities[0].requires_admin = True
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with Hub(c1) as h1, Hub(c2) as h2, grpc.aio.insecure_channel(h2.tcp_target or "") as ch:
+            assert h1.nodes is not None and h2.nodes is not None
+            _, _, _, revision = await h1.registry.register(tool)
+            assert h2.redis_feed is not None
+            await h2.redis_feed.wait_applied(revision)
+            sealed_hub2 = await r.get(h2.nodes.key("hub2"))
+            assert sealed_hub2 is not None and sealed_hub2 != (h2.tcp_target or "").encode()
+            # A node of the attacker's own, and hub 2's genuine value copied under another id.
+            await r.sadd("toolscore:nodes", "evil", "copy")
+            await r.set(h1.nodes.key("evil"), evil_address, px=3_000_000)
+            await r.set(h1.nodes.key("copy"), sealed_hub2, px=3_000_000)
+            assert set(await h2.nodes.nodes()) == {"hub1", "hub2"}
+            # hub 1's own address replaced by the attacker's, before hub 2 ever read it
+            await r.set(h1.nodes.key("hub1"), evil_address, px=3_000_000)
+            admin = (("authorization", "Bearer s3cret"),)
+            args = dict_to_struct({"text": "x"})
+            req = ts.ExecuteToolRequest(tool_id="guarded", action="echo", arguments=args)
+            resp = await Stubs(ch).toolscore.ExecuteTool(req, timeout=10, metadata=admin)
+            assert resp.is_error and "not announced" in resp.content[0].text.text, resp
+            assert listener.seen == []
+            assert h1.registry.entry("guarded").calls == 0
+    finally:
+        await r.aclose()
+        await evil.stop(None)

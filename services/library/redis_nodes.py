@@ -158,11 +158,12 @@ class NodeDirectory:
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("node %s not withdrawn (it expires): %s", self.node, exc)
 
-    async def address(self, node: str) -> str:
-        """`node`'s advertised address, or "" when it is not announced."""
+    async def address(self, node: str, fresh: bool = False) -> str:
+        """`node`'s advertised address, or "" when it is not announced; read from Redis at most
+        once a third of the TTL, or now when `fresh` (the address known did not answer)."""
         known = self._known.get(node)
         now = time.monotonic()
-        if known is not None and now - known[1] < self._refresh_s:
+        if known is not None and not fresh and now - known[1] < self._refresh_s:
             return known[0]
         try:
             async with asyncio.timeout(self._timeout):

@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import grpc
 from toolscore.v1 import executor_pb2 as ex
@@ -33,8 +34,15 @@ FORWARDED_KEY = "toolscore-forwarded-from"
 NOT_SENT_REASON = "REPLICA_UNREACHABLE"
 # Set (by the hub's servicer) for a call another node forwarded here: served here or not at all.
 forwarded: contextvars.ContextVar[str] = contextvars.ContextVar("toolscore_forwarded_from", default="")
-# A node's advertised gRPC address, or "" when it is not announced (services/library/redis_nodes.py).
-NodeAddresses = Callable[[str], Awaitable[str]]
+
+
+class NodeAddresses(Protocol):
+    """A node's advertised gRPC address, or "" when it is not announced
+    (services/library/redis_nodes.py); `fresh`: read now, not from what was read lately."""
+
+    def __call__(self, node: str, fresh: bool = False) -> Awaitable[str]: ...
+
+
 # How a router reaches the node that holds a tool: (node, request, timeout, caller is admin, progress
 # callback) -> the answer; NotSent when the call could not be sent. A hub's is a Forwarder; an
 # edge's relays to its hub.
@@ -104,12 +112,7 @@ class Forwarder:
         """`request` run on `node`'s hub (its progress to `on_progress`). NotSent when it could not
         be sent; tool-side failures after it was (the node went away mid-call, no answer in time)
         as the router judges them."""
-        address = await self._addresses(node)
-        if not address:
-            raise NotSent(_unavailable(node, request, "it is not announced (down, or never started)"))
-        channel, link = self._channel(address)
-        if not await connected(channel, min(timeout_s, self._connect_timeout)):
-            raise NotSent(_unavailable(node, request, f"its hub at {address} does not answer"))
+        link = await self._link(node, request, timeout_s)
         try:
             return await link.call(request, timeout_s + 0.5, admin and bool(self._admin), on_progress)
         except StreamBroken as exc:  # the hop broke after the call was written
@@ -122,6 +125,34 @@ class Forwarder:
             raise
         except grpc.aio.AioRpcError as exc:  # a hub without ExecuteStream, called with unary ExecuteTool
             raise _after_send(exc, node, request, timeout_s) from None
+
+    async def _link(self, node: str, request: ex.ExecuteRequest, timeout_s: float) -> RouterLink:
+        """The link to `node`'s hub, connected; NotSent when there is none. The address known is
+        read again when it does not answer (or there was none), so a node restarted on another
+        address is reached at once, not when the address known expires; the channel to the old
+        address is closed then."""
+        wait = min(timeout_s, self._connect_timeout)
+        address = await self._addresses(node)
+        if address:
+            channel, link = self._channel(address)
+            if await connected(channel, wait):
+                return link
+        moved = await self._addresses(node, fresh=True)
+        if not moved:
+            raise NotSent(_unavailable(node, request, "it is not announced (down, or never started)"))
+        if moved != address:
+            await self._retire(address)
+            channel, link = self._channel(moved)
+            if await connected(channel, wait):
+                return link
+        raise NotSent(_unavailable(node, request, f"its hub at {moved} does not answer"))
+
+    async def _retire(self, address: str) -> None:
+        """Close the channel to an address its node no longer announces."""
+        known = self._channels.pop(address, None)
+        if known is not None:
+            await known[1].close()
+            await known[0].close()
 
     def _channel(self, address: str) -> tuple[grpc.aio.Channel, RouterLink]:
         known = self._channels.get(address)

@@ -109,7 +109,7 @@ async def test_a_link_never_lends_an_admin_callers_stream_to_a_plain_caller(
 async def test_a_forwarded_plain_call_is_refused_where_it_runs_even_after_an_admin_one(
     probe: Probe, hub: Hub
 ):
-    async def address(node: str) -> str:
+    async def address(node: str, fresh: bool = False) -> str:
         return hub.tcp_target or ""
 
     forwarder = Forwarder("elsewhere", address, admin_token=TOKEN)

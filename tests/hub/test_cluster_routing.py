@@ -339,3 +339,27 @@ async def test_an_address_written_into_redis_without_the_admin_token_never_recei
     finally:
         await r.aclose()
         await evil.stop(None)
+
+
+async def test_a_hub_restarted_on_another_port_gets_forwarded_calls_at_once(
+    cfg, root, redis_server, start_tool_server
+):
+    """A node's address is kept for a third of its TTL; one that stopped answering is read again
+    at once, so a hub back on another port is not cut off until then (the TTL here: 300 s)."""
+    long_ttl = {"node_ttl_s": 300}
+    c1, c2 = (
+        config_mod.replace(shared_cfg(cfg, root, redis_server.url, name), cluster=long_ttl)
+        for name in ("hub1", "hub2")
+    )
+    served: list[str] = []
+    _, ep = await start_tool_server({"local": server_named("a", served)})
+    async with Hub(c2) as h2, grpc.aio.insecure_channel(h2.tcp_target or "") as ch:
+        two = Stubs(ch)
+        async with Hub(c1) as h1, grpc.aio.insecure_channel(h1.uds_target or "") as mine:
+            await register(h1, Stubs(mine), [h2], grpc_tool("local", ep))
+            assert await echo(two, "local", "first") == {"text": "first", "server": "a"}
+            first = h1.tcp_target
+        async with Hub(c1) as again:
+            assert again.tcp_target != first
+            assert await echo(two, "local", "again") == {"text": "again", "server": "a"}
+    assert served == ["a", "a"]

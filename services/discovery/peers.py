@@ -29,7 +29,8 @@ NodeList = Callable[[], Awaitable[dict[str, str]]]
 
 
 class Peers:
-    """This node's way to the other hub nodes' discovery RPCs; one channel per address."""
+    """This node's way to the other hub nodes' discovery RPCs; one channel per address announced
+    (a channel to an address no node announces any more is closed at the next fan-out)."""
 
     def __init__(
         self,
@@ -70,7 +71,9 @@ class Peers:
         ok_reasons: tuple[str, ...],
         limit: int | None = None,
     ) -> list[pb.NodeOutcome]:
-        others = dict(sorted((n, a) for n, a in (await self._nodes()).items() if n != self.node)[:limit])
+        announced = await self._nodes()
+        await self._retire(set(announced.values()))
+        others = dict(sorted((n, a) for n, a in announced.items() if n != self.node)[:limit])
 
         async def one(node: str, address: str) -> pb.NodeOutcome:
             try:
@@ -97,6 +100,13 @@ class Peers:
             )
             known = self._stubs[address] = (channel, toolscore_pb2_grpc.ToolScoreServiceStub(channel))
         return known[1]
+
+    async def _retire(self, announced: set[str]) -> None:
+        """Close the channels to addresses no node announces now (a node restarted elsewhere, or
+        gone); a call still on one was to a node no longer there."""
+        for address in [a for a in self._stubs if a not in announced]:
+            channel, _ = self._stubs.pop(address)
+            await channel.close()
 
     async def close(self) -> None:
         """Close every node's channel."""

@@ -235,6 +235,9 @@ class ClusterConfig:
     replicas: str = "local_first"
     # How many hub nodes run each installed catalog server (its replicas); 0: every hub node.
     install_replicas: int = 0
+    # The hub's connections for short Redis commands (registry writes, node directory, session
+    # owners, installed set), shared; the event follower has one more of its own.
+    redis_max_connections: int = 32
 
     def node(self) -> str:
         """This process's node id: the configured one, else hostname and pid."""
@@ -451,6 +454,8 @@ def check(cfg: Config) -> None:
         raise ConfigError(
             f"cluster.replicas: {cfg.cluster.replicas!r} is not one of {', '.join(REPLICA_CHOICES)}"
         )
+    if cfg.cluster.redis_max_connections < 1:
+        raise ConfigError("cluster.redis_max_connections must be >= 1")
     if cfg.cluster.install_replicas < 0:
         raise ConfigError("cluster.install_replicas must be >= 0 (0: every hub node)")
     if (cfg.store.backend == "redis") != (cfg.feed.backend == "redis"):

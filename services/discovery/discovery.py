@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
+import redis.asyncio as aioredis
 from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import tool_pb2
 
@@ -46,11 +47,17 @@ class Discovery:
     """Gap analysis, catalog search, install/uninstall and supervision of MCP servers."""
 
     def __init__(
-        self, cfg: Config, registry: Registry, router: Router, nodes: NodeDirectory | None = None
+        self,
+        cfg: Config,
+        registry: Registry,
+        router: Router,
+        nodes: NodeDirectory | None = None,
+        redis: aioredis.Redis | None = None,
     ) -> None:
         self.cfg, self.dcfg = cfg, cfg.discovery
-        # In a cluster (the hub's node directory given): installs on every node (cluster.py).
-        self._nodes = nodes
+        # In a cluster (the hub's node directory and Redis client given): installs on every node
+        # (cluster.py).
+        self._nodes, self._redis = nodes, redis
         self.cluster: ClusterInstalls | None = None
         self.registry, self.router = registry, router
         self.install_dir = cfg.path(self.dcfg.install_dir)
@@ -120,7 +127,9 @@ class Discovery:
         """Install on every node from now on, and converge to the cluster's installed set in the
         background (this node serves meanwhile with what it restored)."""
         c = self.cfg.cluster
-        installed = InstalledSet(c.redis_url, key_prefix=c.key_prefix, timeout_s=c.redis_timeout_s)
+        installed = InstalledSet(
+            c.redis_url, key_prefix=c.key_prefix, timeout_s=c.redis_timeout_s, client=self._redis
+        )
         self._stack.push_async_callback(installed.close)
         peers = Peers(
             nodes.node,

@@ -17,11 +17,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from toolscore.v1 import discovery_pb2 as pb
 
-from services.common.redis_calls import redis_deadline
+from services.common.redis_calls import redis_client, redis_deadline
 
 INSTALLS_UNAVAILABLE = "INSTALLS_UNAVAILABLE"
 
@@ -55,14 +53,15 @@ class InstallSpec:
 class InstalledSet:
     """The `<prefix>servers` hash."""
 
-    def __init__(self, url: str, *, key_prefix: str, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self, url: str, *, key_prefix: str, timeout_s: float = 2.0, client: aioredis.Redis | None = None
+    ) -> None:
         self.key = f"{key_prefix}servers"
         self._timeout = timeout_s
-        # No socket timeout (redis_store.py says why); one retry for a pooled connection that died
-        # with a Redis restart. Every write is idempotent (HSET, HDEL of a name).
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
-        )
+        # One retry for a pooled connection that died with a Redis restart (redis_client): every
+        # write is idempotent (HSET, HDEL of a name). `client`: the hub's shared one, which it closes.
+        self._owns = client is None
+        self._redis = client or redis_client(url, timeout_s=timeout_s)
 
     def _guard(self) -> AbstractAsyncContextManager[None]:
         return redis_deadline(self._timeout, "the cluster's installed servers (Redis)", INSTALLS_UNAVAILABLE)
@@ -102,4 +101,5 @@ class InstalledSet:
 
     async def close(self) -> None:
         """Close the connections."""
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ from services.router.forward import Forwarder
 from services.router.router import Router
 
 if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
     from services.library.redis_feed import RedisFeed
     from services.library.redis_nodes import NodeDirectory
     from services.library.redis_sessions import SessionOwners
@@ -105,7 +108,7 @@ class Hub:
                 from services.discovery.discovery import Discovery
 
                 self.discovery = await self._stack.enter_async_context(
-                    Discovery(cfg, self.registry, self.router, self.nodes)
+                    Discovery(cfg, self.registry, self.router, self.nodes, self.redis)
                 )
                 extra = discovery_rpc.method_handlers(discovery_rpc.DiscoveryServicer(self.discovery))
                 protected |= discovery_rpc.PROTECTED
@@ -178,6 +181,7 @@ class Hub:
         self.redis_feed: RedisFeed | None = None
         self.nodes: NodeDirectory | None = None
         self.session_owners: SessionOwners | None = None
+        self.redis: aioredis.Redis | None = None
         limit = tool_bytes_limit(cfg.hub.max_message_bytes)
         if cfg.store.backend != "redis":
             store = await SqliteStore(cfg.path(cfg.store.sqlite_path), cfg.hub.event_retention).open()
@@ -189,14 +193,24 @@ class Hub:
             ).open()
             await self._open_index(registry)
             return registry
-        from services.library.redis_feed import RedisFeed  # Redis only when a cluster is configured
+        from services.common.redis_calls import redis_client  # Redis only when a cluster is configured
+        from services.library.redis_feed import RedisFeed
         from services.library.redis_nodes import NodeDirectory
         from services.library.redis_sessions import SessionOwners
         from services.library.redis_store import RedisStore
 
         c = cfg.cluster
+        # One bounded pool for every component's short commands (the follower's XREAD has its own).
+        self.redis = redis_client(
+            c.redis_url,
+            timeout_s=c.redis_timeout_s,
+            max_connections=c.redis_max_connections,
+            name="toolscore-hub:" + re.sub(r"[^\w.:-]", "_", c.node()),  # SETNAME takes no spaces
+        )
+        self._stack.push_async_callback(self.redis.aclose)  # closed after every user of it
         shared = RedisStore(
             c.redis_url,
+            client=self.redis,
             key_prefix=c.key_prefix,
             retention=cfg.hub.event_retention,
             timeout_s=c.redis_timeout_s,
@@ -219,6 +233,7 @@ class Hub:
             ttl_s=c.node_ttl_s,
             timeout_s=c.redis_timeout_s,
             secret=cfg.auth.admin_token,
+            client=self.redis,
         )
         self._stack.push_async_callback(self.nodes.close)
         self.session_owners = SessionOwners(
@@ -227,6 +242,7 @@ class Hub:
             node=c.node(),
             ttl_s=c.node_ttl_s,
             timeout_s=c.redis_timeout_s,
+            client=self.redis,
         )
         self._stack.push_async_callback(self.session_owners.close)
         registry = Registry(

@@ -29,7 +29,7 @@ import time
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services.common.redis_calls import redis_deadline
+from services.common.redis_calls import redis_client, redis_deadline
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ class NodeDirectory:
         ttl_s: float = 15.0,
         timeout_s: float = 2.0,
         secret: str = "",
+        client: aioredis.Redis | None = None,
     ) -> None:
         self.node = node
         self._prefix = f"{key_prefix}node:"
@@ -105,8 +106,10 @@ class NodeDirectory:
         self._seal = Seal(secret, self._ttl_ms)
         self._refresh_s = ttl_s / 3
         self._timeout = timeout_s
-        # Deadlines are this module's asyncio.timeout; no socket timeout (redis_store.py says why).
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
+        # Deadlines are this module's asyncio.timeout (redis_client). `client`: the hub's shared
+        # one, which it closes; else one of this directory's own.
+        self._owns = client is None
+        self._redis = client or redis_client(url, timeout_s=timeout_s)
         self._known: dict[str, tuple[str, float]] = {}  # node -> (address, when read); one per node
         self._first = asyncio.Event()
 
@@ -194,4 +197,5 @@ class NodeDirectory:
 
     async def close(self) -> None:
         """Close the connections."""
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from services.common.redis_calls import redis_client
+
 log = logging.getLogger(__name__)
 _KNOWN = 4096  # owners kept in memory, the least recently used dropped first
 _FAILURES = (RedisError, OSError, TimeoutError)
@@ -34,15 +36,24 @@ class SessionOwners:
     """Claims of this node's sessions, and the owners of any, on one Redis."""
 
     def __init__(
-        self, url: str, *, key_prefix: str, node: str, ttl_s: float = 15.0, timeout_s: float = 2.0
+        self,
+        url: str,
+        *,
+        key_prefix: str,
+        node: str,
+        ttl_s: float = 15.0,
+        timeout_s: float = 2.0,
+        client: aioredis.Redis | None = None,
     ) -> None:
         self.node = node
         self._prefix = f"{key_prefix}session:"
         self._ttl_ms = max(int(ttl_s * 1000), 1)
         self.refresh_s = ttl_s / 3
         self._timeout = timeout_s
-        # Deadlines are this module's asyncio.timeout; no socket timeout (redis_store.py says why).
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=timeout_s)
+        # Deadlines are this module's asyncio.timeout (redis_client). `client`: the hub's shared
+        # one, which it closes; else one of its own.
+        self._owns = client is None
+        self._redis = client or redis_client(url, timeout_s=timeout_s)
         self._known: OrderedDict[str, str] = OrderedDict()
 
     def key(self, session_id: str) -> str:
@@ -111,4 +122,5 @@ class SessionOwners:
 
     async def close(self) -> None:
         """Close the connections."""
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from toolscore.v1 import tool_pb2
 
-from services.common.redis_calls import redis_deadline
+from services.common.redis_calls import redis_client, redis_deadline
 from services.library.store import Change, CommitConflict, StoredStats, UsageFlush
 
 STORE_UNAVAILABLE = "REGISTRY_STORE_UNAVAILABLE"
@@ -126,6 +126,7 @@ class RedisStore:
         retention: int = 10000,
         timeout_s: float = 2.0,
         block_s: float = 5.0,
+        client: aioredis.Redis | None = None,
     ) -> None:
         # For logs: the server without credentials (a URL may carry a password).
         self.where = url.rpartition("@")[2] if "://" in url else url
@@ -142,9 +143,9 @@ class RedisStore:
         # socket_timeout=None: every command's deadline is _call's asyncio.timeout. With a socket
         # timeout, redis-py writes each command under asyncio.wait_for, which on Python 3.11 can
         # swallow a cancellation that arrives as the write completes (a stop that does not stop).
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
-        )
+        # `client`: the hub's shared one (closed by the hub); else one of its own.
+        self._owns = client is None
+        self._redis = client or redis_client(url, timeout_s=timeout_s)
         # The follower's XREAD BLOCK holds its connection up to block_s: a socket of its own. No
         # retry there: a broken connection is how the follower learns that Redis went away (and
         # then checks that the Redis it finds again still has the revisions it applied).
@@ -163,7 +164,8 @@ class RedisStore:
         return self
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        if self._owns:
+            await self._redis.aclose()
         await self._tail.aclose()
 
     async def _call(self, op: Awaitable[_T], timeout: float | None = None) -> _T:

@@ -8,6 +8,7 @@ tool, both called, and a replica whose server is gone before a call is sent pass
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -363,3 +364,25 @@ async def test_a_hub_restarted_on_another_port_gets_forwarded_calls_at_once(
             assert again.tcp_target != first
             assert await echo(two, "local", "again") == {"text": "again", "server": "a"}
     assert served == ["a", "a"]
+
+
+async def test_a_hubs_redis_commands_share_one_pool_of_at_most_redis_max_connections(cfg, root, redis_server):
+    """The registry store, node directory, session owners and installed set share one bounded pool:
+    a burst of commands waits for a connection instead of opening a socket each."""
+    import redis.asyncio as aioredis
+
+    c = config_mod.replace(
+        shared_cfg(cfg, root, redis_server.url, "hub1"), cluster={"redis_max_connections": 2}
+    )
+    r = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with Hub(c) as hub:
+            assert hub.nodes is not None and hub.session_owners is not None
+            burst = [hub.nodes.address("hub1", fresh=True) for _ in range(40)]
+            burst += [hub.session_owners.owner(f"s{i}") for i in range(40)]
+            answers = await asyncio.gather(*burst)
+            assert answers[:40] == [hub.tcp_target] * 40
+            names = [client["name"] for client in await r.client_list()]
+            assert 1 <= names.count("toolscore-hub:hub1") <= 2, names
+    finally:
+        await r.aclose()

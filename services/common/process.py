@@ -34,12 +34,25 @@ def run(main: Callable[[asyncio.Event], Awaitable[None]], *, use_uvloop: bool = 
     if use_uvloop:
         try:
             import uvloop
-
-            uvloop.run(_wrapper())
-            return
         except ImportError:
-            pass
-    asyncio.run(_wrapper())
+            use_uvloop = False
+    if use_uvloop:
+        uvloop.run(_wrapper())
+    else:
+        asyncio.run(_wrapper())
+    exit_now()
+
+
+def exit_now() -> None:
+    """Exit at once after a clean stop (everything closed, the loop ended): flush the logs and the
+    standard streams and skip the interpreter's teardown. A hub or an edge holding 100,000 tools
+    spent seconds freeing its objects one by one after it had stopped serving, past a
+    supervisor's stop deadline (measured at 30,000 tools: 4.7 s after the last atexit hook)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
 
 
 def die_with_parent() -> None:

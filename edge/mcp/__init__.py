@@ -67,6 +67,7 @@ def add_routes(
             ttl_s=svc.opts.session_ttl_s,
             key_prefix=c.key_prefix,
             timeout_s=c.redis_timeout_s,
+            max_connections=c.redis_max_connections,
         )
     http = StreamableHttp(svc) if shared is None else ClusterHttp(svc, shared)
     cluster = http if isinstance(http, ClusterHttp) else None

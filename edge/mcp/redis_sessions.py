@@ -32,17 +32,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.common.errors import Unavailable
-from services.common.redis_calls import redis_deadline
+from services.common.redis_calls import redis_client, redis_deadline
 
 from .tool_sessions import Held
 
@@ -198,6 +196,7 @@ class RedisSessions:
         ttl_s: float,
         key_prefix: str = "toolscore:",
         timeout_s: float = 2.0,
+        max_connections: int = 0,
     ) -> None:
         self.where = url.rpartition("@")[2] if "://" in url else url  # for messages: no password
         self.node = node
@@ -207,10 +206,15 @@ class RedisSessions:
         self._ttl_ms = max(1, int(ttl_s * 1000))
         self._timeout = timeout_s
         # No socket timeout (services/runtime/redis_tasks.py says why); one immediate retry: after a
-        # Redis restart a pooled connection is dead and only its first use finds out.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
+        # Redis restart a pooled connection is dead and only its first use finds out. Short
+        # commands share at most `max_connections`; what holds a connection while it waits (a
+        # resumed stream's XREAD BLOCK, the signals subscription) has connections of its own, so
+        # no number of waiting readers can starve the commands every request makes.
+        label = re.sub(r"[^\w.:-]", "_", node)  # CLIENT SETNAME takes no spaces
+        self._redis = redis_client(
+            url, timeout_s=timeout_s, max_connections=max_connections, name=f"toolscore-edge:{label}"
         )
+        self._waiting = redis_client(url, timeout_s=timeout_s, name=f"toolscore-edge-wait:{label}")
         self._create = self._redis.register_script(_CREATE)
         self._touch = self._redis.register_script(_TOUCH)
         self._end = self._redis.register_script(_END)
@@ -316,7 +320,7 @@ class RedisSessions:
         Ended by `stop`, not by cancelling: a cancel that lands inside a redis-py read can be lost."""
         wait = backoff_s
         while not stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._waiting.pubsub(ignore_subscribe_messages=True)
             try:
                 async with asyncio.timeout(self._timeout):
                     await pubsub.subscribe(self.signals)
@@ -386,7 +390,7 @@ class RedisSessions:
                 if final:
                     return
             reply: Any = await self._call(
-                self._redis.xread({key: last}, block=block_ms), timeout=wait_s + self._timeout
+                self._waiting.xread({key: last}, block=block_ms), timeout=wait_s + self._timeout
             )
             entries = reply[0][1] if reply else []
             if not entries:
@@ -409,6 +413,7 @@ class RedisSessions:
             task.cancel()
         await asyncio.gather(*self._writers, return_exceptions=True)
         await self._redis.aclose()
+        await self._waiting.aclose()
 
 
 class ExchangeMirror:

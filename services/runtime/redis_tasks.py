@@ -39,7 +39,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from services.common.errors import Unavailable
-from services.common.redis_calls import redis_deadline
+from services.common.redis_calls import redis_client, redis_deadline
 from services.runtime.task_backend import ClaimLost
 from services.runtime.task_store import TaskRow
 
@@ -161,6 +161,7 @@ class RedisTaskStore:
         visibility_s: float = 60.0,
         block_s: float = 5.0,
         ttl_s: float = 7 * 24 * 3600.0,
+        max_connections: int = 0,
     ) -> None:
         self.where = url.rpartition("@")[2] if "://" in url else url  # for messages: no password
         self.node = node
@@ -176,10 +177,8 @@ class RedisTaskStore:
         # completes (a worker that is never stopped). Every call's deadline is the asyncio.timeout
         # of `_guard` instead.
         # One immediate retry, within that deadline: after a Redis restart a pooled connection is
-        # dead and only its first use finds out.
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=None, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1)
-        )
+        # dead and only its first use finds out. At most `max_connections` of them (0: no bound).
+        self._redis = redis_client(url, timeout_s=timeout_s, max_connections=max_connections)
         # XREADGROUP BLOCK holds a connection up to block_s: connections of their own, and no
         # retry: a read retried after its reply was lost would leave the entry it delivered
         # pending, to be reclaimed only after visibility_s.

@@ -89,4 +89,5 @@ def backend_from_config(cfg: Config) -> TaskBackend:
         visibility_s=rc.task_visibility_s,
         block_s=min(cl.follow_block_s, rc.task_visibility_s / 2),
         ttl_s=rc.task_ttl_s,
+        max_connections=cl.redis_max_connections,
     )

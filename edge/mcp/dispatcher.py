@@ -540,7 +540,7 @@ class Dispatcher:
         # Only a call that names a tool session or opens one has any for the MCP session to hold.
         if session.id and (SESSION_FIELD in req.arguments.fields or SESSION_FIELD in resp.structured.fields):
             self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
-        return results.call_result(resp)
+        return results.call_result(resp, session.era == MODERN)
 
     async def _listen(
         self, msg: Message, session: Session, send: Send | None, headers: Headers

@@ -14,7 +14,16 @@ import mcp_types as types
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.jsonvalue import dict_to_struct, fill_struct, py_to_value
+from services.common.jsonvalue import (
+    MAX_DEPTH,
+    JsonTooDeep,
+    TooLarge,
+    dict_to_struct,
+    fill_struct,
+    py_to_value,
+    struct_bounds,
+    text_result,
+)
 from services.library.validation import ACTION
 
 OWNER = "toolscore-discovery"
@@ -23,6 +32,12 @@ OWNER = "toolscore-discovery"
 FEATURES_KEY = "mcp_features"
 LISTS_REVISION_KEY = "mcp_lists_revision"
 _FEATURES = ("prompts", "resources", "completions")
+# A tools/call result's structuredContent and `_meta` are bounded like every JSON that enters the
+# mesh (services/common/jsonvalue.py); the fleet passes its servers' line bound.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+# `_meta` keys MCP reserves for the protocol: a result's are its hop's (the server's info to the
+# hub), and the edge stamps its own for its client.
+_RESERVED = "io.modelcontextprotocol/"
 
 
 def action_name(mcp_name: str) -> str:
@@ -92,16 +107,32 @@ def tool_definition(
     return t, names
 
 
-def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
-    """Map a tools/call result: isError -> is_error, content blocks, structuredContent -> structured."""
+def to_response(result: types.CallToolResult, max_bytes: int = MAX_RESULT_BYTES) -> ex.ExecuteResponse:
+    """Map a tools/call result: isError -> is_error, content blocks, structuredContent -> structured
+    (a value that is not an object as `{"result": value}`, flagged `structured_is_value`), the
+    result's `_meta` -> meta (without the hop's `io.modelcontextprotocol/` keys). A structuredContent
+    or `_meta` nested deeper than jsonvalue.MAX_DEPTH or larger than `max_bytes` is the server's
+    fault, answered as an isError result saying so: it could not be carried whole."""
     resp = ex.ExecuteResponse(is_error=bool(result.is_error))
     for block in result.content:
         _add_block(resp, block)
     sc = result.structured_content
-    if isinstance(sc, dict):
-        resp.structured.CopyFrom(dict_to_struct(sc))
-    elif sc is not None:
-        resp.structured.CopyFrom(dict_to_struct({"result": sc}))
+    structured = sc if isinstance(sc, dict) or sc is None else {"result": sc}
+    meta = {k: v for k, v in result.meta.items() if not k.startswith(_RESERVED)} if result.meta else None
+    for what, value in (("structuredContent", structured), ("_meta", meta)):
+        if value is None:
+            continue
+        try:
+            struct_bounds(value, max_bytes)
+        except JsonTooDeep:
+            return _refused(f"a {what} nested deeper than {MAX_DEPTH} levels")
+        except TooLarge:
+            return _refused(f"a {what} larger than {max_bytes} bytes")
+    if structured is not None:
+        fill_struct(resp.structured, structured)
+        resp.structured_is_value = structured is not sc
+    if meta:
+        fill_struct(resp.meta, meta)
     if resp.is_error:
         text = next(
             (b.text.text for b in resp.content if b.HasField("text")), "the MCP tool reported an error"
@@ -109,6 +140,15 @@ def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
         resp.error.type = tool_pb2.ERROR_TYPE_TOOL_ERROR
         resp.error.message = text[:2000]
     return resp
+
+
+def _refused(what: str) -> ex.ExecuteResponse:
+    """The isError result for a result the mesh cannot carry whole."""
+    return text_result(
+        f"the MCP server answered {what}; the mesh carries results within its bounds",
+        is_error=True,
+        error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+    )
 
 
 def _add_block(resp: ex.ExecuteResponse, block: Any) -> None:

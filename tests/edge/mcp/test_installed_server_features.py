@@ -12,7 +12,9 @@ copy of the server over stdio. One mesh serves the whole module (an install cost
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -32,7 +34,7 @@ from mcp.shared.exceptions import MCPError
 
 from edge.gateway import GatewayOptions, HubGateway
 from edge.mcp import MCP_SERVICE, add_routes
-from edge.mcp.tool_list import tool_name
+from edge.mcp.tool_list import MAX_CURSOR_CHARS, tool_name
 from edge.usage import UsageReporter
 from services.common import config as config_mod
 from services.hub.app import Hub
@@ -178,3 +180,44 @@ async def test_every_feature_of_an_installed_stdio_server_answers_through_the_ed
     assert got["complete a template argument"]["completion"]["values"] == ["blue", "black"]
     (blob,) = got["read bytes://logo"]["contents"]  # a binary resource arrives as its blob
     assert blob["blob"] == "iVBORw0KGgoAbG9nbw==" and blob["mimeType"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_federated_lists_page_with_cursors_the_edge_issued_and_refuse_any_other(
+    mesh: Mesh, direct: dict[str, dict[str, Any]], mode: str
+) -> None:
+    federation = mesh.edge.svc.federation
+    opts = federation.opts
+    federation.opts = dataclasses.replace(opts, page_size=1)
+    try:
+        async with Client(mesh.edge.url, mode=mode, read_timeout_seconds=30) as via:
+            lists = {
+                "prompts": (via.list_prompts, "prompts", "name"),
+                "resources": (via.list_resources, "resources", "uri"),
+                "templates": (via.list_resource_templates, "resource_templates", "uri_template"),
+            }
+            for what, (list_, field, key) in lists.items():
+                paged: list[str] = []
+                cursor = None
+                for _ in range(10):
+                    page = await (list_(cursor=cursor) if cursor else list_())
+                    assert len(getattr(page, field)) == 1, what
+                    paged.append(str(getattr(getattr(page, field)[0], key)))
+                    cursor = page.next_cursor
+                    if not cursor:
+                        break
+                want = [str(d[{"uri_template": "uriTemplate"}.get(key, key)]) for d in direct[mode][what]]
+                if what == "prompts":
+                    want = [tool_name(mesh.tool_id, p) for p in want]
+                assert paged == sorted(want), what
+            # Opaque: the key a page ends at, as a client might forge it, is no cursor; neither is
+            # one past the bound of any the edge issues.
+            for forged in (
+                base64.urlsafe_b64encode(b"memo://counter").decode(),
+                "A" * (MAX_CURSOR_CHARS + 4),
+            ):
+                with pytest.raises(MCPError) as bad:
+                    await via.list_resources(cursor=forged)
+                assert bad.value.code == -32602 and "Invalid cursor" in bad.value.message
+    finally:
+        federation.opts = opts

@@ -186,8 +186,8 @@ def test_a_results_meta_is_carried_without_the_hops_reserved_keys():
 
 def test_structured_content_or_meta_past_the_json_bounds_is_an_error_result():
     deep: object = 1
-    for _ in range(40):
-        deep = [deep]
+    for _ in range(60):
+        deep = {"a": deep}
     for result, why in (
         (
             types.CallToolResult(content=[], structured_content=deep),
@@ -195,8 +195,25 @@ def test_structured_content_or_meta_past_the_json_bounds_is_an_error_result():
         ),
         (types.CallToolResult(content=[], _meta={"x": deep}), "_meta nested deeper than 32"),
         (types.CallToolResult(content=[], structured_content={"s": "x" * 2000}), "larger than 1000 bytes"),
+        # A block's JSON too: one nested past protobuf's limit could not even be read by the next hop.
+        (
+            types.CallToolResult(content=[types.TextContent(type="text", text="t", _meta={"x": deep})]),
+            "a content block's _meta nested deeper than 32",
+        ),
+        (
+            types.CallToolResult(
+                content=[
+                    types.EmbeddedResource(
+                        type="resource",
+                        resource=types.TextResourceContents(uri="x://t", text="t", _meta={"x": deep}),
+                    )
+                ]
+            ),
+            "an embedded resource's _meta nested deeper than 32",
+        ),
     ):
         resp = mapping.to_response(result, max_bytes=1000)
         assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_SYSTEM
         assert why in call_result(resp)["content"][0]["text"]
         assert not resp.HasField("structured") and not resp.HasField("meta")
+        assert ex.ExecuteResponse.FromString(resp.SerializeToString()) == resp

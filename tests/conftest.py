@@ -1,6 +1,7 @@
 """Shared fixtures: real servers on temp Unix sockets and port 0, real clients, no mocks.
 
-- `cfg`: a Config rooted in a fresh short temp dir (UDS paths stay < 108 bytes).
+- `cfg`: a Config rooted in a fresh short temp dir (UDS paths stay < 108 bytes); `base_config(root)`
+  builds the same for a fixture of a wider scope.
 - `hub`: a running Hub in this event loop (UDS + TCP port 0).
 - `hub_stubs`: ToolLibraryService and ToolScoreService stubs over the hub's Unix socket.
 - `start_tool_server`: serve toolkit Actions on a temp socket (the caller registers them).
@@ -60,6 +61,12 @@ def root() -> Any:
 
 @pytest.fixture
 def cfg(root: Path) -> Config:
+    return base_config(root)
+
+
+def base_config(root: Path) -> Config:
+    """The shipped config rooted in `root`, with short health and flush intervals and ports 0 (the
+    `cfg` fixture's; a module-scoped fixture builds its own with it)."""
     base = config_mod.load(REPO / "config" / "toolscore.toml", env={})
     return config_mod.replace(
         base,

@@ -317,6 +317,16 @@ class Dispatcher:
         """Shutting down: end every listen stream gracefully."""
         self._closed.set()
 
+    def served(self) -> dict[str, frozenset[str]]:
+        """What it serves, by its tables: the requests of each era (HANDSHAKE, MODERN) and the
+        client notifications it applies ("notifications"); docs/mcp.md's table of every method
+        says the same (tests/edge/mcp/test_method_table.py)."""
+        return {
+            HANDSHAKE: frozenset(self._handshake),
+            MODERN: frozenset(self._modern),
+            "notifications": frozenset(self._notifications),
+        }
+
     # -- eras ------------------------------------------------------------------
 
     def _is_modern(self, msg: Message, session: Session, headers: Headers) -> bool:
@@ -530,7 +540,7 @@ class Dispatcher:
         # Only a call that names a tool session or opens one has any for the MCP session to hold.
         if session.id and (SESSION_FIELD in req.arguments.fields or SESSION_FIELD in resp.structured.fields):
             self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
-        return results.call_result(resp)
+        return results.call_result(resp, session.era == MODERN)
 
     async def _listen(
         self, msg: Message, session: Session, send: Send | None, headers: Headers

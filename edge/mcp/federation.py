@@ -22,8 +22,6 @@ read, a get or a completion waits only for the server it is for.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import bisect
 import json
 import logging
@@ -43,7 +41,7 @@ from edge.registry_cache import RegistryCache, hub_error
 from services.common.errors import MeshError
 
 from ._protocol import INVALID_PARAMS, ProtocolError
-from .tool_list import tool_name
+from .tool_list import decode_cursor, encode_cursor, tool_name
 
 if TYPE_CHECKING:
     from .views import ViewSpec
@@ -280,14 +278,13 @@ class Federation:
         start = 0
         if cursor is not None:
             try:
-                after = base64.urlsafe_b64decode(cursor.encode()).decode()
-            except (ValueError, binascii.Error, UnicodeDecodeError):
-                raise ProtocolError(INVALID_PARAMS, "Invalid cursor") from None
-            start = bisect.bisect_right(union.keys, after)
+                start = bisect.bisect_right(union.keys, decode_cursor(cursor))
+            except ValueError as exc:
+                raise ProtocolError(INVALID_PARAMS, f"Invalid cursor: {exc}") from None
         end = start + self.opts.page_size
         result: dict[str, Any] = {_KINDS[method][0]: union.entries[start:end]}
         if end < len(union.keys):
-            result["nextCursor"] = base64.urlsafe_b64encode(union.keys[end - 1].encode()).decode()
+            result["nextCursor"] = encode_cursor(union.keys[end - 1])
         return result
 
     async def get_prompt(self, params: dict[str, Any], view: ViewSpec | None = None) -> dict[str, Any]:
@@ -372,13 +369,14 @@ def _build(
 ) -> _Union:
     """The union of the servers' lists (in tool-id order), named (through `view`) and sorted."""
     by_key: dict[str, tuple[dict[str, Any], tuple[str, str]]] = {}
+    named_so_far: dict[str, tuple[str, str]] = {}  # prompts: `/mcp` name -> (tool id, own name)
     for tool_id, items in lists:
         for item in items:
             if method == "prompts/list":
                 original = item.get("name")
                 if not isinstance(original, str):
                     continue
-                named = tool_name(tool_id, original)
+                named = _unclashed(tool_id, original, named_so_far)
                 presented = named if view is None else view.present(tool_id, original, named)
                 if presented is None:
                     continue
@@ -410,6 +408,19 @@ def _build(
         union.entries.append(entry)
         union.owners[key] = owner
     return union
+
+
+def _unclashed(tool_id: str, original: str, named: dict[str, tuple[str, str]]) -> str:
+    """The `/mcp` name of a server's prompt, recorded in `named`: `tool_name`'s, unless a prompt
+    read before it (an earlier server in tool-id order, or earlier in its server's list) already
+    has that name, as two pairs can spell one name (`a` + `b__c`, `a__b` + `c`); then, as tools/list
+    does (tool_list._named), the same with a longer hash, so no prompt is hidden by another's."""
+    hash_len, name = 8, tool_name(tool_id, original)
+    while named.get(name, (tool_id, original)) != (tool_id, original):
+        hash_len += 8
+        name = tool_name(tool_id, original, hash_len)
+    named[name] = (tool_id, original)
+    return name
 
 
 def _strip_meta(params: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,7 +146,8 @@ class McpService:
         )
         self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server, self.federation)
         # What each endpoint lists: `/mcp` (views.main, None when unfiltered) and `/mcp/servers/<name>`.
-        self.views = Views(self.catalog.current, cfg, ToolSearch)
+        wait_s = cfg.edge.mcp_search_build_wait_s
+        self.views = Views(self.catalog.current, cfg, functools.partial(ToolSearch, build_wait_s=wait_s))
         self.guard = OriginGuard.from_config(cfg.edge)
         # The registry revision whose listing was announced last: the event id of list_changed on
         # HTTP standalone streams, from which a session that had no stream open resumes.

@@ -45,9 +45,14 @@ _ARGUMENT_REASONS = frozenset(
 )
 
 
-def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
-    """The `CallToolResult` for a tool's response: content blocks, structuredContent, isError."""
-    structured = struct_to_dict(resp.structured) if resp.HasField("structured") else None
+def call_result(resp: ex.ExecuteResponse, any_value: bool = False) -> dict[str, Any]:
+    """The `CallToolResult` for a tool's response: content blocks, structuredContent, isError and
+    the result's `_meta`. A structured result that is not an object (`structured_is_value`) is
+    structuredContent as itself when `any_value` (the 2026-07-28 era allows it), else as the
+    object `{"result": value}` that carries it."""
+    structured: Any = struct_to_dict(resp.structured) if resp.HasField("structured") else None
+    if any_value and resp.structured_is_value and structured is not None:
+        structured = structured.get("result")
     content: list[dict[str, Any]] = []
     values: list[tuple[int, Any]] = []  # JSON blocks, with where they stood
     for block in resp.content:
@@ -93,6 +98,8 @@ def call_result(resp: ex.ExecuteResponse) -> dict[str, Any]:
         result["structuredContent"] = structured
     if resp.is_error:
         result["isError"] = True
+    if resp.HasField("meta"):
+        result["_meta"] = struct_to_dict(resp.meta)
     return result
 
 

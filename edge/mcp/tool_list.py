@@ -31,6 +31,9 @@ MAX_NAME = 64
 _VALID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _INVALID_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 SEPARATOR = "__"
+# The longest cursor `decode_cursor` reads: the base64 of the longest key a page can end at (a
+# federated resource URI, at most a relayed request's 64 KiB of params) and its prefix.
+MAX_CURSOR_CHARS = 4 * (64 * 1024 + 8) // 3 + 4
 META_TOOL_ID = "dev.toolscore/toolId"
 META_ACTION = "dev.toolscore/action"
 
@@ -119,9 +122,9 @@ class Listing:
         """One page of definitions after `cursor`; raise ValueError for a cursor we did not issue."""
         start = 0
         if cursor is not None:
-            start = bisect.bisect_right(self.names, _decode_cursor(cursor))
+            start = bisect.bisect_right(self.names, decode_cursor(cursor))
         names = self.names[start : start + size]
-        nxt = _encode_cursor(names[-1]) if start + size < len(self.names) and names else None
+        nxt = encode_cursor(names[-1]) if start + size < len(self.names) and names else None
         return [self.by_name[n].definition for n in names], nxt
 
     def set_tool(self, tool_id: str, tools: list[McpTool]) -> bool:
@@ -209,11 +212,17 @@ class Catalog(Listing):
         self.generation += 1
 
 
-def _encode_cursor(after: str) -> str:
+def encode_cursor(after: str) -> str:
+    """The opaque cursor of the page after the entry whose key is `after` (every MCP list of the
+    edge pages by key: tools, and the federated prompts, resources and templates)."""
     return base64.urlsafe_b64encode(f"after:{after}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> str:
+def decode_cursor(cursor: str) -> str:
+    """The key a cursor of `encode_cursor` pages after; ValueError for one it did not make, or
+    longer than any it makes (a key is at most a relayed request's params: 64 KiB)."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError("cursor is not one this server issued")
     try:
         text = base64.urlsafe_b64decode(cursor.encode("ascii")).decode()
     except (binascii.Error, UnicodeError, ValueError):

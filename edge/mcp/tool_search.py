@@ -13,8 +13,9 @@ one per search view, each capability a document under its listed name. It is bui
 named servers with `tool_search`, and at its first client for the built-in `/mcp/servers/search`;
 then kept in step by the view's changes, one tool at a time (edge/mcp/views.py), and loaded in bulk
 again only when the whole listing changes: nothing is rebuilt per session or per query. A
-find_tools that arrives while a build is under way waits for it at most BUILD_WAIT_S, then answers
-an isError result saying the index is being built (and how far it got). Capabilities declared
+find_tools that arrives while a build is under way waits for it at most `build_wait_s` (`[edge]
+mcp_search_build_wait_s`), then answers an isError result saying the index is being built (and how
+far it got). Capabilities declared
 `requires_admin` are indexed as not enabled, so a caller without admin rights searches with
 `enabled_only` and never sees them.
 """
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
 
 FIND, CALL = "find_tools", "call_tool"
 DEFAULT_LIMIT = 10
-# How long a find_tools waits for the index being built (the edge's start, a first client, or a
-# new whole listing) before it answers an isError result saying so: a client is never held for
-# the whole build of a large registry (~7 s at 100,000 tools).
-BUILD_WAIT_S = 5.0
 _REMOVED = tool_pb2.TOOL_EVENT_TYPE_REMOVED
 _UPDATED = tool_pb2.TOOL_EVENT_TYPE_UPDATED
 _SHOWN = ("name", "title", "description", "inputSchema", "outputSchema")  # of a match's definition
@@ -136,12 +133,18 @@ def _doc(t: McpTool) -> tool_pb2.Tool:
 
 
 class ToolSearch:
-    """The search of one view (`view`): `find` for find_tools, `target` for call_tool."""
+    """The search of one view (`view`): `find` for find_tools, `target` for call_tool.
+
+    A find_tools during a build of the index (the edge's start, a first client, a new whole
+    listing) waits for it at most `build_wait_s` (`[edge] mcp_search_build_wait_s`), then answers
+    an isError result saying so: a client is never held for the whole build of a large registry
+    (~7 s at 100,000 tools)."""
 
     listing = META
 
-    def __init__(self, view: ToolView) -> None:
+    def __init__(self, view: ToolView, build_wait_s: float) -> None:
         self.view = view
+        self.build_wait_s = build_wait_s
         self._index: SearchIndex | None = None
         self._built: asyncio.Task[SearchIndex] | None = None
         self._live = False  # the index holds the view (from then on, its changes are applied)
@@ -151,7 +154,7 @@ class ToolSearch:
 
     async def find(self, arguments: Any, admin: bool) -> dict[str, Any]:
         """The find_tools result for `arguments` (an isError result when they are not usable, or
-        when the index is still being built after BUILD_WAIT_S)."""
+        when the index is still being built after `build_wait_s`)."""
         if not isinstance(arguments, dict):
             return failure_result("find_tools needs arguments {query, limit}")
         query, limit = arguments.get("query"), arguments.get("limit", DEFAULT_LIMIT)
@@ -211,16 +214,17 @@ class ToolSearch:
 
     async def _ready(self) -> SearchIndex | None:
         """The index, once built and holding the view's last whole listing; None when that takes
-        longer than BUILD_WAIT_S (concurrent first searches wait for one build)."""
+        longer than `build_wait_s` (concurrent first searches wait for one build)."""
         self.prepare()
         assert self._built is not None
         loading = self._loading
         if self._built.done() and (loading is None or loading.done()):  # the usual case: no await
             return self._built.result()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + BUILD_WAIT_S
+        wait_s = self.build_wait_s
+        deadline = loop.time() + wait_s
         try:
-            index = await asyncio.wait_for(asyncio.shield(self._built), BUILD_WAIT_S)
+            index = await asyncio.wait_for(asyncio.shield(self._built), wait_s)
             while (loading := self._loading) is not None and not loading.done():  # a newer listing's
                 await asyncio.wait_for(asyncio.shield(loading), max(0.0, deadline - loop.time()))
         except TimeoutError:

@@ -197,6 +197,8 @@ class EdgeConfig:
     mcp_tool_search: bool = False
     # Serve `/mcp/servers/search`: find_tools and call_tool over what `/mcp` lists.
     mcp_search_server: bool = True
+    # How long a find_tools waits for its index being built before it answers that it is.
+    mcp_search_build_wait_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,8 @@ def renames(entries: tuple[str, ...], where: str) -> dict[str, str]:
 
 def _check_mcp_views(cfg: Config) -> None:
     renames(cfg.edge.mcp_rename, "edge.mcp_rename")
+    if not cfg.edge.mcp_search_build_wait_s >= 0:
+        raise ConfigError("edge.mcp_search_build_wait_s must be >= 0 (0: never wait for a build)")
     seen: set[str] = set()
     for s in cfg.mcp_servers:
         if not MCP_SERVER_NAME.match(s.name) or s.name == SEARCH_SERVER:

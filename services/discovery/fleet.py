@@ -196,7 +196,7 @@ class Fleet:
             return error_response(
                 tool_pb2.ERROR_TYPE_SYSTEM, f"MCP server {runner.name} failed: {exc}"[:1000]
             )
-        return mapping.to_response(result)
+        return mapping.to_response(result, self.cfg.max_line_bytes)
 
 
 def _progress(on_progress: ProgressFn | None) -> ProgressFnT | None:

@@ -14,7 +14,16 @@ import mcp_types as types
 from toolscore.v1 import executor_pb2 as ex
 from toolscore.v1 import tool_pb2
 
-from services.common.jsonvalue import dict_to_struct, fill_struct, py_to_value
+from services.common.jsonvalue import (
+    MAX_DEPTH,
+    JsonTooDeep,
+    TooLarge,
+    dict_to_struct,
+    fill_struct,
+    py_to_value,
+    struct_bounds,
+    text_result,
+)
 from services.library.validation import ACTION
 
 OWNER = "toolscore-discovery"
@@ -23,6 +32,12 @@ OWNER = "toolscore-discovery"
 FEATURES_KEY = "mcp_features"
 LISTS_REVISION_KEY = "mcp_lists_revision"
 _FEATURES = ("prompts", "resources", "completions")
+# A tools/call result's structuredContent and `_meta` are bounded like every JSON that enters the
+# mesh (services/common/jsonvalue.py); the fleet passes its servers' line bound.
+MAX_RESULT_BYTES = 4 * 1024 * 1024
+# `_meta` keys MCP reserves for the protocol: a result's are its hop's (the server's info to the
+# hub), and the edge stamps its own for its client.
+_RESERVED = "io.modelcontextprotocol/"
 
 
 def action_name(mcp_name: str) -> str:
@@ -92,16 +107,51 @@ def tool_definition(
     return t, names
 
 
-def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
-    """Map a tools/call result: isError -> is_error, content blocks, structuredContent -> structured."""
+def to_response(result: types.CallToolResult, max_bytes: int = MAX_RESULT_BYTES) -> ex.ExecuteResponse:
+    """Map a tools/call result: isError -> is_error, content blocks, structuredContent -> structured
+    (a value that is not an object as `{"result": value}`, flagged `structured_is_value`), the
+    result's `_meta` -> meta (without the hop's `io.modelcontextprotocol/` keys). JSON of the
+    server's (structuredContent, `_meta`, a block's `_meta`, icons or whole JSON) nested deeper than
+    jsonvalue.MAX_DEPTH or larger than `max_bytes` is the server's fault, answered as an isError
+    result saying so: it could not be carried whole (nor read by the next hop, past protobuf's
+    nesting limit)."""
+    try:
+        return _response(result, max_bytes)
+    except _Unbounded as exc:
+        return text_result(
+            f"the MCP server answered {exc}; the mesh carries results within its bounds",
+            is_error=True,
+            error_type=tool_pb2.ERROR_TYPE_SYSTEM,
+        )
+
+
+class _Unbounded(Exception):
+    """A result's JSON past the bounds: what and how, for the isError result."""
+
+
+def _bounded(value: dict[str, Any], what: str, max_bytes: int) -> dict[str, Any]:
+    """`value`, or _Unbounded when it is past the bounds of JSON entering the mesh."""
+    try:
+        struct_bounds(value, max_bytes)
+    except JsonTooDeep:
+        raise _Unbounded(f"{what} nested deeper than {MAX_DEPTH} levels") from None
+    except TooLarge:
+        raise _Unbounded(f"{what} larger than {max_bytes} bytes") from None
+    return value
+
+
+def _response(result: types.CallToolResult, max_bytes: int) -> ex.ExecuteResponse:
     resp = ex.ExecuteResponse(is_error=bool(result.is_error))
     for block in result.content:
-        _add_block(resp, block)
+        _add_block(resp, block, max_bytes)
     sc = result.structured_content
-    if isinstance(sc, dict):
-        resp.structured.CopyFrom(dict_to_struct(sc))
-    elif sc is not None:
-        resp.structured.CopyFrom(dict_to_struct({"result": sc}))
+    if sc is not None:
+        structured = sc if isinstance(sc, dict) else {"result": sc}
+        fill_struct(resp.structured, _bounded(structured, "a structuredContent", max_bytes))
+        resp.structured_is_value = structured is not sc
+    meta = {k: v for k, v in result.meta.items() if not k.startswith(_RESERVED)} if result.meta else None
+    if meta:
+        fill_struct(resp.meta, _bounded(meta, "a result _meta", max_bytes))
     if resp.is_error:
         text = next(
             (b.text.text for b in resp.content if b.HasField("text")), "the MCP tool reported an error"
@@ -111,7 +161,7 @@ def to_response(result: types.CallToolResult) -> ex.ExecuteResponse:
     return resp
 
 
-def _add_block(resp: ex.ExecuteResponse, block: Any) -> None:
+def _add_block(resp: ex.ExecuteResponse, block: Any, max_bytes: int) -> None:
     """The block as the ContentBlock of its kind, its annotations and `_meta` with it. Base64 that
     is not (MCP requires it), or a kind this mesh does not know, travels as the block's JSON."""
     out = resp.content.add()
@@ -123,19 +173,19 @@ def _add_block(resp: ex.ExecuteResponse, block: Any) -> None:
     ):
         media = out.image if isinstance(block, types.ImageContent) else out.audio
         media.data, media.mime_type = data, block.mime_type
-    elif isinstance(block, types.EmbeddedResource) and _resource(out.resource, block.resource):
+    elif isinstance(block, types.EmbeddedResource) and _resource(out.resource, block.resource, max_bytes):
         pass
     elif isinstance(block, types.ResourceLink):
-        _link(out.resource_link, block)
+        _link(out.resource_link, block, max_bytes)
     else:
         out.Clear()
         dumped = block.model_dump(by_alias=True, mode="json", exclude_none=True)
-        out.json.value.CopyFrom(py_to_value(dumped))
+        out.json.value.CopyFrom(py_to_value(_bounded(dumped, "a content block", max_bytes)))
         return
     if block.annotations is not None:
         _annotate(out.annotations, block.annotations)
     if block.meta is not None:
-        fill_struct(out.meta, block.meta)
+        fill_struct(out.meta, _bounded(block.meta, "a content block's _meta", max_bytes))
 
 
 def _bytes(data: str) -> bytes | None:
@@ -146,7 +196,9 @@ def _bytes(data: str) -> bytes | None:
 
 
 def _resource(
-    out: tool_pb2.ResourceContent, res: types.TextResourceContents | types.BlobResourceContents
+    out: tool_pb2.ResourceContent,
+    res: types.TextResourceContents | types.BlobResourceContents,
+    max_bytes: int,
 ) -> bool:
     out.uri = res.uri
     if res.mime_type is not None:
@@ -158,11 +210,11 @@ def _resource(
     else:
         return False
     if res.meta is not None:
-        fill_struct(out.meta, res.meta)
+        fill_struct(out.meta, _bounded(res.meta, "an embedded resource's _meta", max_bytes))
     return True
 
 
-def _link(out: tool_pb2.ResourceLinkContent, link: types.ResourceLink) -> None:
+def _link(out: tool_pb2.ResourceLinkContent, link: types.ResourceLink, max_bytes: int) -> None:
     out.uri, out.name = link.uri, link.name
     if link.title is not None:
         out.title = link.title
@@ -173,7 +225,8 @@ def _link(out: tool_pb2.ResourceLinkContent, link: types.ResourceLink) -> None:
     if link.size is not None:
         out.size = link.size
     for icon in link.icons or ():
-        fill_struct(out.icons.add(), icon.model_dump(by_alias=True, mode="json", exclude_none=True))
+        dumped = icon.model_dump(by_alias=True, mode="json", exclude_none=True)
+        fill_struct(out.icons.add(), _bounded(dumped, "a resource link's icon", max_bytes))
 
 
 def _annotate(out: tool_pb2.ContentAnnotations, notes: types.Annotations) -> None:

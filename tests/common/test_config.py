@@ -42,6 +42,8 @@ def test_environment_overrides_every_type_of_key(tmp_path):
         ('[edge]\nmcp_session_store = "redis"\n', {}, 'mcp_session_store "redis" needs cluster.redis_url'),
         ("", {"TOOLSCORE_EDGE__TRUSTED_PROXIES": "10.0.0.5,lb.corp"}, "trusted_proxies: 'lb.corp' is not"),
         ('[edge]\ntrusted_proxies = ["10.0.0.0/33"]\n', {}, "edge.trusted_proxies: '10.0.0.0/33' is not"),
+        ("", {"TOOLSCORE_EDGE__MCP_SEARCH_BUILD_WAIT_S": "-1"}, "edge.mcp_search_build_wait_s must be >= 0"),
+        ("", {"TOOLSCORE_EDGE__MCP_SEARCH_BUILD_WAIT_S": "nan"}, "edge.mcp_search_build_wait_s must be >= 0"),
     ],
 )
 def test_malformed_config_is_a_clear_error(tmp_path, text, env, needle):

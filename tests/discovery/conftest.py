@@ -5,9 +5,10 @@ the MCP Registry and an LLM.
   `source=`, of another fixture server, such as the official SDK's content_mcp_server.py).
 - `npm_pack(name, version)`: a real npm tarball (`npm pack`) of the tiny Node MCP server.
 - `pkg_index`: one aiohttp server that is a PEP 503 simple index (`/simple/`), a minimal npm
-  registry (`/npm/`) and an official MCP Registry API (`/v0.1/servers`), on port 0.
+  registry (`/npm/`) and an official MCP Registry API (`/v0.1/servers`), on port 0
+  (`package_index()`: the same, for a fixture of a wider scope).
 - `llm`: an OpenAI-compatible `/v1/chat/completions` that answers from a script.
-- `dcfg`: a Config whose discovery section points at all of these.
+- `dcfg`: a Config whose discovery section points at all of these (`discovery_config(...)`).
 - `sdk_http_server(script, *args)`: a server written with the official SDK, run over Streamable HTTP.
 """
 
@@ -298,10 +299,19 @@ async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 @pytest.fixture
 async def pkg_index() -> AsyncIterator[PackageIndex]:
+    async with package_index() as idx:
+        yield idx
+
+
+@contextlib.asynccontextmanager
+async def package_index() -> AsyncIterator[PackageIndex]:
+    """A local package index (PyPI simple, npm, the MCP registry) on a free port."""
     idx = PackageIndex()
     idx.runner, idx.url = await _serve(_index_app(idx))
-    yield idx
-    await idx.stop()
+    try:
+        yield idx
+    finally:
+        await idx.stop()
 
 
 @dataclass
@@ -360,6 +370,11 @@ def write_catalog(d: Path, doc: dict[str, Any]) -> None:
 @pytest.fixture
 def dcfg(cfg: Config, catalog_dir: Path, pkg_index: PackageIndex) -> Config:
     """Discovery pointed at the local index; small timeouts so failures show fast."""
+    return discovery_config(cfg, catalog_dir, pkg_index)
+
+
+def discovery_config(cfg: Config, catalog_dir: Path, pkg_index: PackageIndex) -> Config:
+    """`cfg` with discovery pointed at the local index and catalog; small timeouts (`dcfg`'s)."""
     return config_mod.replace(
         cfg,
         discovery={

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from mcp import Client, StdioServerParameters
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult
 
 from edge.mcp.tool_list import tool_name
@@ -203,3 +204,55 @@ async def test_two_tools_of_one_server_whose_names_map_to_one_action_are_both_ca
         ]
         answers = {(await client.call_tool(name, {})).content[0].text for name in names}  # type: ignore[union-attr]
     assert len(names) == 2 and answers == {"plain", "spaced"}
+
+
+SERVER_INFO = "io.modelcontextprotocol/serverInfo"  # each hop's own: the server's, or the edge's
+
+
+def _meta(result: CallToolResult) -> dict[str, Any]:
+    return {k: v for k, v in (result.meta or {}).items() if k != SERVER_INFO}
+
+
+async def test_structured_values_that_are_not_objects_and_result_meta_reach_clients_in_both_eras_bounded(
+    mesh: Mesh,
+) -> None:
+    kinds = ("array", "string", "number", "boolean")
+    params = StdioServerParameters(command=sys.executable, args=[str(FIXTURES / SOURCE)])
+    async with Client(params, mode="auto", read_timeout_seconds=30) as direct:
+        expected = {k: await direct.call_tool("value", {"kind": k}) for k in kinds}
+    async with Client(params, mode="legacy", read_timeout_seconds=30) as direct:
+        with pytest.raises(MCPError):  # the handshake era has only objects: the server refuses
+            await direct.call_tool("value", {"kind": "array"})
+    name = tool_name(mesh.tool_ids[0], "value")
+    for transport in ("http", "ws"):
+        for mode in ERAS:
+            target: Any = (
+                mesh.edge.url + "/mcp"
+                if transport == "http"
+                else websocket_transport(mesh.edge.ws_url("/ws/mcp"))
+            )
+            async with Client(target, mode=mode, read_timeout_seconds=30) as client:
+                for kind in kinds:
+                    got, want = await client.call_tool(name, {"kind": kind}), expected[kind]
+                    where = f"{kind} over {transport} in era {mode}"
+                    assert (
+                        _meta(got)
+                        == _meta(want)
+                        == {
+                            "dev.test/kind": kind,
+                            "dev.test/nested": {"a": [1, {"b": None}]},
+                        }
+                    ), where
+                    assert dump(got)["content"] == dump(want)["content"] and got.is_error is not True, where
+                    if mode == "auto":  # 2026-07-28: the value itself, as the server sent it
+                        assert got.structured_content == want.structured_content, where
+                    else:  # the handshake era: the object that carries it, as the mesh always has
+                        assert got.structured_content == {"result": want.structured_content}, where
+    # Bounded like all JSON entering the mesh: past the bound, an isError result; the server serves on.
+    name = tool_name(mesh.tool_ids[0], "nested")
+    async with Client(mesh.edge.url + "/mcp", read_timeout_seconds=30) as client:
+        deep = await client.call_tool(name, {"levels": 40})
+        fine = await client.call_tool(name, {"levels": 30})
+    assert deep.is_error is True
+    assert "structuredContent nested deeper than 32 levels" in deep.content[0].text  # type: ignore[union-attr]
+    assert fine.is_error is not True and fine.structured_content is not None

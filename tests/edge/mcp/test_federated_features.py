@@ -117,7 +117,9 @@ async def test_prompts_resources_templates_and_completions_through_the_edge_matc
             for uri in ("memo://readme", "memo://counter", "colour://teal/shade"):
                 assert _plain(await via.read_resource(uri)) == _plain(await direct.read_resource(uri))
 
-            d_tpl = (await direct.list_resource_templates()).resource_templates
+            d_tpl = sorted(  # the edge lists the union in template order
+                (await direct.list_resource_templates()).resource_templates, key=lambda t: t.uri_template
+            )
             v_tpl = (await via.list_resource_templates()).resource_templates
             assert _unmeta(v_tpl, lambda d: d) == _unmeta(d_tpl, lambda d: d)
 

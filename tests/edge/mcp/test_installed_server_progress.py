@@ -4,7 +4,8 @@ The server is written with the official SDK (tests/discovery/fixtures/sdk_stdio_
 into a wheel, installed by the hub from a local index and run in its sandbox; the edge relays its
 calls to the hub over the hub's ExecuteStream. An official-SDK client over Streamable HTTP (and a
 WebSocket peer on /ws/mcp) hears each of its progress notifications, and a client's cancellation
-reaches the server as its request cancelled.
+reaches the server as its request cancelled. The same server federated over Streamable HTTP
+(`InstallServer` with its URL) does the same.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from toolscore.v1 import discovery_pb2 as pb
 from toolscore.v1 import toolscore_pb2_grpc
 
 from edge.gateway import HubGateway
+from edge.mcp.tool_list import tool_name
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
@@ -33,6 +35,7 @@ from tests.discovery.conftest import (
     build_wheel,
     catalog_dir,  # noqa: F401  (a fixture)
     pkg_index,  # noqa: F401  (a fixture)
+    sdk_http_server,
     server_json,
     write_catalog,
 )
@@ -145,3 +148,40 @@ async def test_a_cancelled_call_cancels_the_installed_servers_request(
         seen = await client.call_tool(cancelled, {})
     assert seen.is_error is not True, seen
     assert seen.content[0].text == "a request was cancelled"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ERAS)
+async def test_a_federated_http_servers_progress_and_cancellation_go_end_to_end(
+    hub: Hub, gateway: HubGateway, edge: Edge, mode: str
+) -> None:
+    started = asyncio.Event()
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async def on_start(*_: Any) -> None:
+        started.set()  # the server's first note: its request is running
+
+    async with sdk_http_server("sdk_stdio_server.py") as url:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            resp = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).InstallServer(
+                pb.InstallServerRequest(name=f"{NS}/sdk-remote-{mode}", remote_url=url), timeout=60
+            )
+        tool_id = resp.server.tool_id
+        assert await gateway.cache.wait_revision(hub.registry.revision, timeout_s=10)
+        async with Client(edge.url, mode=mode) as client:
+            steps = await client.call_tool(tool_name(tool_id, "steps"), {}, progress_callback=on_progress)
+            call = asyncio.create_task(
+                client.call_tool(tool_name(tool_id, "hang"), {}, progress_callback=on_start)
+            )
+            async with asyncio.timeout(20):
+                await started.wait()
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            # Answers only once the server saw `hang`'s request cancelled: edge -> hub -> HTTP server.
+            heard = await client.call_tool(tool_name(tool_id, "cancelled"), {})
+    assert steps.is_error is not True and seen == [(i, 4, f"step {i}") for i in range(1, 5)]
+    assert heard.is_error is not True, heard
+    assert heard.content[0].text == "a request was cancelled"  # type: ignore[union-attr]

@@ -152,3 +152,68 @@ def test_unknown_or_disabled_tools_and_bad_requests_are_invalid_params_and_the_r
     assert {rpc_error(exc).code for exc in (missing, bad, disabled)} == {INVALID_PARAMS}
     assert rpc_error(other).code == INTERNAL_ERROR
     assert rpc_error(disabled).data == disabled.to_json()
+
+
+def test_a_structured_value_that_is_not_an_object_is_itself_only_where_the_era_allows_it():
+    for value in ([1, "two", {"three": None}], "text", 2.5, False):
+        resp = mapping.to_response(
+            types.CallToolResult(content=[types.TextContent(type="text", text="v")], structured_content=value)
+        )
+        wire = ex.ExecuteResponse.FromString(resp.SerializeToString())  # as it crosses the mesh
+        assert wire.structured_is_value and call_result(wire, any_value=True)["structuredContent"] == value
+        assert call_result(wire)["structuredContent"] == {"result": value}  # the handshake era: objects
+    obj = mapping.to_response(types.CallToolResult(content=[], structured_content={"result": [1]}))
+    assert not obj.structured_is_value  # an object that happens to have `result` stays an object
+    assert call_result(obj, any_value=True)["structuredContent"] == {"result": [1]}
+    bare = mapping.to_response(types.CallToolResult(content=[], structured_content=[1, 2]))
+    assert call_result(bare, any_value=True)["content"] == [{"type": "text", "text": "[1, 2]"}]
+
+
+def test_a_results_meta_is_carried_without_the_hops_reserved_keys():
+    meta = {
+        "dev.test/rev": 3,
+        "nested": {"a": [1, None]},
+        "io.modelcontextprotocol/serverInfo": {"name": "s"},
+    }
+    resp = mapping.to_response(types.CallToolResult(content=[], _meta=meta))
+    assert call_result(resp)["_meta"] == {"dev.test/rev": 3, "nested": {"a": [1, None]}}
+    only_reserved = mapping.to_response(
+        types.CallToolResult(content=[], _meta={"io.modelcontextprotocol/serverInfo": {"name": "s"}})
+    )
+    assert "_meta" not in call_result(only_reserved)
+    assert "_meta" not in call_result(text_result("plain"))
+
+
+def test_structured_content_or_meta_past_the_json_bounds_is_an_error_result():
+    deep: object = 1
+    for _ in range(60):
+        deep = {"a": deep}
+    for result, why in (
+        (
+            types.CallToolResult(content=[], structured_content=deep),
+            "structuredContent nested deeper than 32",
+        ),
+        (types.CallToolResult(content=[], _meta={"x": deep}), "_meta nested deeper than 32"),
+        (types.CallToolResult(content=[], structured_content={"s": "x" * 2000}), "larger than 1000 bytes"),
+        # A block's JSON too: one nested past protobuf's limit could not even be read by the next hop.
+        (
+            types.CallToolResult(content=[types.TextContent(type="text", text="t", _meta={"x": deep})]),
+            "a content block's _meta nested deeper than 32",
+        ),
+        (
+            types.CallToolResult(
+                content=[
+                    types.EmbeddedResource(
+                        type="resource",
+                        resource=types.TextResourceContents(uri="x://t", text="t", _meta={"x": deep}),
+                    )
+                ]
+            ),
+            "an embedded resource's _meta nested deeper than 32",
+        ),
+    ):
+        resp = mapping.to_response(result, max_bytes=1000)
+        assert resp.is_error and resp.error.type == tool_pb2.ERROR_TYPE_SYSTEM
+        assert why in call_result(resp)["content"][0]["text"]
+        assert not resp.HasField("structured") and not resp.HasField("meta")
+        assert ex.ExecuteResponse.FromString(resp.SerializeToString()) == resp

@@ -205,8 +205,8 @@ async def test_an_admin_only_tool_is_found_and_called_by_a_caller_with_the_admin
     assert seen["admin", "call_tool"]["result"]["content"][0]["text"] == "wiped" and ran.is_set()
 
 
-async def test_a_find_tools_during_the_build_waits_a_bounded_time_then_says_the_index_is_being_built(
-    edge: Edge, kit: Probe, monkeypatch: pytest.MonkeyPatch
+async def test_a_find_tools_during_the_build_waits_the_configured_time_then_says_the_index_is_being_built(
+    gateway: HubGateway, cfg: Config, kit: Probe, monkeypatch: pytest.MonkeyPatch
 ):
     # The build holds at its first document until the test lets it go (on the index's thread).
     go = threading.Event()
@@ -217,12 +217,18 @@ async def test_a_find_tools_during_the_build_waits_a_bounded_time_then_says_the_
         return doc(t)
 
     monkeypatch.setattr(tool_search, "_doc", held)
-    monkeypatch.setattr(tool_search, "BUILD_WAIT_S", 0.05)
+    waits = config_mod.replace(cfg, edge={"mcp_search_build_wait_s": 0.05})
     try:
-        async with Client(f"{edge.url}/servers/search", mode="legacy") as client:
+        async with (
+            edge_for(gateway, waits) as edge,
+            Client(f"{edge.url}/servers/search", mode="legacy") as client,
+        ):
             early = await client.call_tool("find_tools", {"query": "echo the text back"})
             go.set()
-            monkeypatch.setattr(tool_search, "BUILD_WAIT_S", 30.0)
+            search = edge.svc.views.resolve("search")
+            assert search is not None and search.search is not None
+            assert search.search.build_wait_s == 0.05  # the config's, not a constant
+            search.search.build_wait_s = 30.0
             later = await client.call_tool("find_tools", {"query": "echo the text back"})
     finally:
         go.set()

@@ -101,7 +101,7 @@ if xcol is None and kind == "scatter":
     xcol = "index"
 ycols = [y] if y in df.columns else [c for c in num.columns if c != xcol] or list(num.columns)
 numeric_x = xcol in num.columns if xcol is not None else isinstance(df.index, pd.RangeIndex)
-if kind == "line" and numeric_x and xcol not in ycols and all(c in num.columns for c in ycols):
+if kind == "line" and numeric_x and ycols and xcol not in ycols and all(c in num.columns for c in ycols):
     xs = (df[xcol] if xcol is not None else df.index).to_numpy()
     for c in ycols:
         ax.plot(xs, df[c].to_numpy(), label=str(c))

@@ -117,6 +117,43 @@ async def test_what_a_call_leaves_behind_is_invisible_to_the_next_call(env_ready
 
 
 @pytest.mark.timeout(900)
+async def test_matplotlib_state_a_call_leaves_is_invisible_to_the_next_call_and_chart(env_ready, call):  # noqa: F811
+    # rcParams, pyplot's open figures, a patched class and the template's blank figure (which the
+    # chart program draws on) are each interpreter's own copy of the template's.
+    async def chart() -> bytes:
+        resp, _s = await call("python_visualize", data={"x": [1, 2, 3], "y": [2, 4, 3]}, plot_type="line")
+        assert not resp.is_error, resp.error.message
+        return next(b.image.data for b in resp.content if b.WhichOneof("block") == "image")
+
+    before = await chart()
+    leave = (
+        "import sys, matplotlib, matplotlib.figure, matplotlib.pyplot as plt\n"
+        "matplotlib.rcParams['lines.linewidth'] = 9\n"
+        "matplotlib.rcParams['figure.facecolor'] = 'red'\n"
+        "plt.figure()\n"
+        "matplotlib.figure.Figure.tight_layout = lambda self, *a, **k: None\n"
+        "fig = sys.modules['_toolscore_template'].blank_figure((8, 5), 100)\n"
+        "fig.axes[0].plot([1, 2], [3, 4])\n"
+        "fig.axes[0].set_title('left behind')\n"
+        "print(len(plt.get_fignums()), fig.axes[0].get_title())"
+    )
+    resp, s = await call.code(leave, timeout=20)
+    assert not resp.is_error and s["stdout"] == "1 left behind\n", (resp.error.message, s)
+    check = (
+        "import sys, matplotlib, matplotlib.figure, matplotlib.pyplot as plt\n"
+        "fig = sys.modules['_toolscore_template'].blank_figure((8, 5), 100)\n"
+        "rc = matplotlib.rcParams\n"
+        "print(rc['lines.linewidth'], rc['figure.facecolor'], plt.get_fignums(),\n"
+        "      matplotlib.figure.Figure.tight_layout.__module__, fig.axes[0].get_title(), fig.axes[0].lines)"
+    )
+    for _ in range(3):  # whichever ready interpreter each call gets
+        resp, s = await call.code(check, timeout=20)
+        assert not resp.is_error, resp.error.message
+        assert s["stdout"] == "1.5 white [] matplotlib.figure  <Axes.ArtistList of 0 lines>\n", s
+    assert await chart() == before
+
+
+@pytest.mark.timeout(900)
 async def test_no_two_calls_draw_the_same_random_numbers(env_ready, call):  # noqa: F811
     # Every interpreter is a copy of the template's memory, random generators included: each must
     # be reseeded, or one call could predict what another draws.

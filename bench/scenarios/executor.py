@@ -136,6 +136,8 @@ async def _start_executor(env: Env) -> dict[str, Any]:
         ["-m", "services.executor"],
         env={
             "TOOLSCORE_PATHS__ROOT": str(env.tmp / "hub"),  # the bench hub's root: its socket is found there
+            "TOOLSCORE_EXECUTOR__TEMPLATE": "false",  # the fresh path, whatever the defaults
+            "TOOLSCORE_EXECUTOR__BARE_TEMPLATE": "false",
             "TOOLSCORE_LOG__LEVEL": "WARNING",
         },
     )

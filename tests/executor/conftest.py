@@ -84,7 +84,9 @@ async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
         async with asyncio.timeout(10):
             await ep.registered.wait()
         if cfg.executor.template or cfg.executor.bare_template:
-            await until_forked_from_the_template(ep.executor)
+            await ep.executor.start()
+            if ep.executor.template or ep.executor.bare_template:  # none where this machine runs none
+                await until_forked_from_the_template(ep.executor)
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             yield Call(ts_grpc.ToolScoreServiceStub(ch), ep.executor)
 

@@ -216,8 +216,8 @@ async def test_a_change_of_the_environment_rebuilds_the_template(xcfg, hub, tmp_
         assert s["stdout"] == f"{heavy}\n", s
 
 
-def test_the_template_is_off_by_default() -> None:
-    assert Config().executor.template is False
+def test_the_heavy_template_is_off_and_the_bare_one_on_by_default() -> None:
+    assert Config().executor.template is False and Config().executor.bare_template is True
 
 
 async def test_closing_the_executor_kills_the_template_and_every_forked_interpreter(xcfg, hub):

@@ -1,5 +1,7 @@
 """Section executor-ds (issue 15): data-science calls on the executor, a fresh interpreter per call
-against one forked from the template process (`executor.template = true`).
+against one forked from a template process (`executor.template = true` and `executor.bare_template =
+true`: code importing only the standard library, print(1), forks from the bare template, the rest
+from the heavy one).
 
 Both executors register with the same bench hub (the template one under another tool id) and are
 called through it over UDS, each timed call once the warm pool is full again, as exec-warm is.
@@ -7,7 +9,7 @@ called through it over UDS, each timed call once the warm pool is full again, as
 fresh-import   python_execute `import pandas, numpy` on today's path (a fresh interpreter per call)
 fresh-describe python_analyze describe of 2 rows, today's path
 fresh-line     python_visualize, a line chart of 4 points, today's path
-tmpl-print     python_execute print(1), interpreters forked from the template
+tmpl-print     python_execute print(1), interpreters forked from the (bare) template
 tmpl-import    python_execute `import pandas`, forked
 tmpl-describe  python_analyze describe of 2 rows, forked
 tmpl-line      python_visualize line chart of 4 points, forked
@@ -55,6 +57,7 @@ async def _start_template_executor(env: Env) -> dict[str, Any]:
             "TOOLSCORE_EXECUTOR__TOOL_ID": TEMPLATE_TOOL,
             "TOOLSCORE_EXECUTOR__UDS": "run/executor-template.sock",
             "TOOLSCORE_EXECUTOR__TEMPLATE": "true",
+            "TOOLSCORE_EXECUTOR__BARE_TEMPLATE": "true",
             "TOOLSCORE_LOG__LEVEL": "WARNING",
         },
     )
@@ -64,18 +67,20 @@ async def _start_template_executor(env: Env) -> dict[str, Any]:
     async with asyncio.timeout(120):  # the template imports and warms pandas and matplotlib
         while True:
             state = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)
-            if state["template"]["path"] == "template":
+            templates = [state["template"], state["bare_template"]]
+            if all(t["path"] == "template" for t in templates):
                 break
-            if state["template"].get("start_failures"):
-                raise RuntimeError(f"the executor template did not start: {state['template']}")
+            if any(t.get("start_failures") for t in templates):
+                raise RuntimeError(f"the executor templates did not start: {templates}")
             await asyncio.sleep(0.05)
-    t = state["template"]
-    print(
-        f"  executor template: pid {t.get('pid')}, up in {t.get('start_ms')} ms, "
-        f"RSS {int(t.get('rss_bytes', 0)) >> 20} MiB, PSS {int(t.get('pss_bytes', 0)) >> 20} MiB",
-        file=sys.stderr,
-        flush=True,
-    )
+    for name in ("template", "bare_template"):
+        t = state[name]
+        print(
+            f"  executor {name}: pid {t.get('pid')}, up in {t.get('start_ms')} ms, "
+            f"RSS {int(t.get('rss_bytes', 0)) >> 20} MiB, PSS {int(t.get('pss_bytes', 0)) >> 20} MiB",
+            file=sys.stderr,
+            flush=True,
+        )
     return hub
 
 

@@ -136,6 +136,8 @@ async def _start_executor(env: Env) -> dict[str, Any]:
         ["-m", "services.executor"],
         env={
             "TOOLSCORE_PATHS__ROOT": str(env.tmp / "hub"),  # the bench hub's root: its socket is found there
+            "TOOLSCORE_EXECUTOR__TEMPLATE": "false",  # the fresh path, whatever the defaults
+            "TOOLSCORE_EXECUTOR__BARE_TEMPLATE": "false",
             "TOOLSCORE_LOG__LEVEL": "WARNING",
         },
     )
@@ -185,7 +187,7 @@ def _python_execute(env: Env, hub: dict[str, str]) -> tuple[Any, Any, Any]:
 def paced_call(
     env: Env, hub: dict[str, str], tool: str, action: str, args: dict[str, Any], timeout_s: float = 30
 ) -> Call:
-    """One call of `action`, timed once the tool's warm pool is full again (its refill not counted)."""
+    """One call of `action`, timed once the tool's warm pools are full again (their refill not counted)."""
     from services.common.jsonvalue import struct_to_dict
 
     stub, request = tool_stub(env, hub)
@@ -194,8 +196,9 @@ def paced_call(
     async def full_pool() -> None:
         async with asyncio.timeout(timeout_s):
             while True:
-                pool = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)["pool"]
-                if pool["ready"] >= pool["size"]:
+                state = struct_to_dict((await stub.ExecuteTool(status, timeout=5)).structured)
+                pools = [state["pool"], state.get("bare_pool") or {}]  # both, with both templates on
+                if all(p.get("ready", 0) >= p.get("size", 0) for p in pools):
                     return
                 await asyncio.sleep(0.005)
 

@@ -116,6 +116,9 @@ class ExecutorConfig:
     # A sandboxed template process that pre-imports the heavy packages and forks one child per call.
     template: bool = False
     template_preload: tuple[str, ...] = ()
+    # A second, bare template (no heavy packages) and its own warm pool, for calls importing only the stdlib.
+    bare_template: bool = True
+    bare_pool_size: int = 4
     max_concurrent_calls: int = 8
     queue_timeout_s: float = 10.0
     # Sessions.

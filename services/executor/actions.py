@@ -105,9 +105,10 @@ class Executor(Machinery, ToolServer):
         return None
 
     async def run_code(
-        self, code: str, limit_s: float, session_id: str = ""
+        self, code: str, limit_s: float, session_id: str = "", heavy: bool = False
     ) -> RunResult | ex.ExecuteResponse:
-        """Run code in a one-call sandbox or the session's; an ExecuteResponse when it could not run."""
+        """Run code in a one-call sandbox or the session's; an ExecuteResponse when it could not run.
+        A one-call run takes the pool its imports call for (`pool_for`), or the main one if `heavy`."""
         refused = self._refused()
         if refused is not None:
             return refused
@@ -132,7 +133,8 @@ class Executor(Machinery, ToolServer):
         try:
             left = max(self.xc.queue_timeout_s - (time.monotonic() - queued), 0.001)
             if not session_id:
-                return await self.pool.run(code, limit_s, self.xc, left, self._after_reply)
+                pool = self.pool if heavy else self.pool_for(code)
+                return await pool.run(code, limit_s, self.xc, left, self._after_reply)
             session = await self.sessions.find(session_id)
             if session is None:
                 return _unknown_session()
@@ -248,7 +250,8 @@ class Executor(Machinery, ToolServer):
                 is_error=True,
                 error_type=tool_pb2.ERROR_TYPE_SYSTEM,
             )
-        return await self.run_code(code, self._timeout(args.get("timeout"), ctx))
+        # pandas and matplotlib: the main pool, whose interpreters have them imported with the template.
+        return await self.run_code(code, self._timeout(args.get("timeout"), ctx), heavy=True)
 
     async def _python_analyze(self, args: dict[str, Any], ctx: CallContext) -> ex.ExecuteResponse:
         if self.caps is None:  # the first call starts the sandbox machinery

@@ -94,8 +94,10 @@ class Forked:
 class Template:
     """One template process in its sandbox; `spawn()` forks a ready interpreter from it."""
 
-    def __init__(self, cfg: ExecutorConfig, sandbox: Sandbox, groups: cgroups.Cgroups | None) -> None:
-        self.cfg, self._sandbox, self._groups = cfg, sandbox, groups
+    def __init__(
+        self, cfg: ExecutorConfig, sandbox: Sandbox, groups: cgroups.Cgroups | None, preload: tuple[str, ...]
+    ) -> None:
+        self.cfg, self._sandbox, self._groups, self._preload = cfg, sandbox, groups, preload
         self._sock: socket.socket | None = None
         self.proc: Child | None = None
         self.group: cgroups.Group | None = None
@@ -169,7 +171,7 @@ class Template:
                 str(cfg.scratch_bytes),
                 SCRATCH,
                 site,
-                ",".join((*PRELOAD, *cfg.template_preload)),
+                ",".join(self._preload),
                 WORKER_SOURCE,
                 *worker_args,
             ]
@@ -370,10 +372,12 @@ async def _ready_pid(sock: socket.socket) -> int:
 
 
 class TemplatePath:
-    """The warm pool's spawn function when `executor.template` is on: a forked interpreter from the
-    template while one is running, else a fresh sandboxed interpreter (today's path), while the
-    template is (re)started in the background: at start, after it died (with a backoff) and when
-    the environment changed (`rebuild`, or a change of the env's site-packages seen at a spawn)."""
+    """A warm pool's spawn function when a template is on (`executor.template`: the heavy one, which
+    imports `preload`; `executor.bare_template`: the bare one, which imports nothing): a forked
+    interpreter from the template while one is running, else a fresh sandboxed interpreter (today's
+    path), while the template is (re)started in the background: at start, after it died (with a
+    backoff) and when the environment changed (`rebuild`, or a change of the env's site-packages
+    seen at a spawn: even the bare template's sandbox mounts the environment as it was)."""
 
     def __init__(
         self,
@@ -381,10 +385,11 @@ class TemplatePath:
         sandbox: Sandbox,
         groups: cgroups.Cgroups | None,
         template_groups: cgroups.Cgroups | None,
+        preload: tuple[str, ...],
         on_ready: Callable[[], None] = lambda: None,
         on_lost: Callable[[], None] = lambda: None,
     ) -> None:
-        self.cfg, self._sandbox = cfg, sandbox
+        self.cfg, self._sandbox, self.preload = cfg, sandbox, preload
         self._groups, self._template_groups = groups, template_groups
         self._on_ready, self._on_lost = on_ready, on_lost
         self.template: Template | None = None
@@ -470,7 +475,7 @@ class TemplatePath:
         if old is not None:
             self._retire(old)
             self.template = None
-        template = Template(self.cfg, self._sandbox, self._template_groups)
+        template = Template(self.cfg, self._sandbox, self._template_groups, self.preload)
         self.starts += 1
         try:
             await template.start()
@@ -487,7 +492,8 @@ class TemplatePath:
         self.template = template
         self.ready.set()
         log.info(
-            "executor template up in %.0f ms (pid %d, %d MiB resident)",
+            "executor template (%s) up in %.0f ms (pid %d, %d MiB resident)",
+            "heavy" if self.preload else "bare",
             template.start_ms,
             template.pid,
             template.memory()["rss_bytes"] >> 20,

@@ -2,9 +2,11 @@
 
 It imports the heavy packages once (numpy, pandas, matplotlib with Agg, and
 `executor.template_preload`), warms them with fixed code of its own, and never
-runs user code. For each request on its socket (SCM_RIGHTS: the call's control
-pipe in, control socket out, stdout and stderr memfds, a status pipe) it forks
-one child, which, before any user code:
+runs user code; the bare template (`executor.bare_template`) imports nothing,
+so that a call that needs none of them forks a few MiB instead of ~100. For
+each request on its socket (SCM_RIGHTS: the call's control pipe in, control
+socket out, stdout and stderr memfds, a status pipe) it forks one child, which,
+before any user code:
 
 1. drops to the sandbox uid and gid (the template is root in the sandbox, with
    CAP_SETUID and CAP_SETGID only; the uid change clears every capability);
@@ -88,7 +90,8 @@ def _preload(names):
             importlib.import_module(name)
         except Exception as exc:  # an env without it: calls import it themselves (and fail as today)
             print(f"template: not preloaded: {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    _warm()
+    if names:  # the bare template (stdlib-only calls) imports and warms nothing: a small image to fork
+        _warm()
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the template's objects in each child
 

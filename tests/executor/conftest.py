@@ -83,26 +83,42 @@ async def running_executor(cfg: Config, hub: Hub) -> AsyncIterator[Call]:
     async with ExecutorProcess(cfg, listen_address(cfg, False), cfg.hub_target()) as ep:
         async with asyncio.timeout(10):
             await ep.registered.wait()
-        if cfg.executor.template:
-            await until_forked_from_the_template(ep.executor)
+        if cfg.executor.template or cfg.executor.bare_template:
+            await ep.executor.start()
+            if ep.executor.template or ep.executor.bare_template:  # none where this machine runs none
+                await until_forked_from_the_template(ep.executor)
         async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
             yield Call(ts_grpc.ToolScoreServiceStub(ch), ep.executor)
 
 
+# The paths a call's interpreter may take, for tests that run on each: a fresh sandbox per call, one
+# forked from the heavy template (numpy, pandas, matplotlib imported), one forked from the bare one.
+PATHS = ("fresh", "template", "bare")
+
+
 def on_the_template(cfg: Config) -> Config:
     """`cfg` with every call's interpreter forked from the executor's template process."""
-    return config_mod.replace(cfg, executor={"template": True})
+    return config_mod.replace(cfg, executor={"template": True, "bare_template": False})
+
+
+def on_path(cfg: Config, path: str) -> Config:
+    """`cfg` with every call's interpreter started on `path` (one of PATHS), whatever the defaults."""
+    return config_mod.replace(cfg, executor={"template": path == "template", "bare_template": path == "bare"})
 
 
 async def until_forked_from_the_template(executor: Executor) -> None:
-    """Until the template is up and every ready worker of the pool was forked from it."""
+    """Until the templates are up and every ready worker of the pools was forked from them."""
     await executor.start()
-    assert executor.template is not None, executor.template_unavailable
-    async with deadline(60, "the executor's template to start"):
-        await executor.template.ready.wait()
+    paths = [p for p in (executor.template, executor.bare_template) if p is not None]
+    assert paths, executor.template_unavailable
+    for path in paths:
+        async with deadline(60, "the executor's template to start"):
+            await path.ready.wait()
     assert executor.pool is not None
-    async with deadline(30, "the warm pool to fill from the template"):
-        await executor.pool.wait_full()
+    for pool in (executor.pool, executor.bare_pool):
+        if pool is not None:
+            async with deadline(30, "the warm pool to fill from the template"):
+                await pool.wait_full()
 
 
 @pytest.fixture

@@ -22,11 +22,12 @@ from services.executor.template import Forked
 from tests.conftest import REPO
 from tests.edge.conftest import edge_config, start_edge  # noqa: F401 (a fixture)
 from tests.executor.conftest import (
+    PATHS,
     TOOL,
     Call,
     assert_next_call_succeeds,
     hold_a_call,
-    on_the_template,
+    on_path,
     running_executor,
 )
 from tests.executor.test_features import env_ready  # noqa: F401 (a fixture)
@@ -35,11 +36,12 @@ from tests.helpers import deadline
 CODE_ERROR, TIMEOUT = tool_pb2.ERROR_TYPE_CODE_EXECUTION, tool_pb2.ERROR_TYPE_TIMEOUT
 
 
-@pytest.fixture(params=["fresh", "template"])
+@pytest.fixture(params=PATHS)
 def xcfg(request: pytest.FixtureRequest, xcfg: Config) -> Config:
-    """Every attack twice: on a fresh sandboxed interpreter per call, and on one forked from the
-    executor's template process (`executor.template`)."""
-    return on_the_template(xcfg) if request.param == "template" else xcfg
+    """Every attack on each path: a fresh sandboxed interpreter per call, one forked from the
+    executor's template process (`executor.template`), one forked from the bare template
+    (`executor.bare_template`)."""
+    return on_path(xcfg, request.param)
 
 
 async def test_code_cannot_connect_to_a_loopback_listener_the_test_opened(call):
@@ -157,7 +159,7 @@ async def test_a_gigabyte_of_output_is_cut_off_and_flagged(call):
 
 
 async def test_killing_the_parent_from_inside_the_sandbox_is_refused(call):
-    template = call.executor.template
+    template = call.executor.template or call.executor.bare_template
     if template is None:
         resp, s = await call.code("import os\nos.kill(os.getppid(), 9)")
         assert resp.is_error and resp.error.type == CODE_ERROR and "PermissionError" in s["stderr"]

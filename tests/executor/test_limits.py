@@ -13,17 +13,18 @@ from toolscore.v1 import tool_pb2
 from services.common import config as config_mod
 from services.common.config import Config
 from services.hub.app import Hub
-from tests.executor.conftest import assert_next_call_succeeds, on_the_template, running_executor
+from tests.executor.conftest import PATHS, assert_next_call_succeeds, on_path, running_executor
 from tests.helpers import deadline
 
 CODE_ERROR = tool_pb2.ERROR_TYPE_CODE_EXECUTION
 
 
-@pytest.fixture(params=["fresh", "template"])
+@pytest.fixture(params=PATHS)
 def xcfg(request: pytest.FixtureRequest, xcfg: Config) -> Config:
-    """Every limit twice: on a fresh sandboxed interpreter per call, and on one forked from the
-    executor's template process (`executor.template`)."""
-    return on_the_template(xcfg) if request.param == "template" else xcfg
+    """Every limit on each path: a fresh sandboxed interpreter per call, one forked from the
+    executor's template process (`executor.template`), one forked from the bare template
+    (`executor.bare_template`)."""
+    return on_path(xcfg, request.param)
 
 
 async def test_a_session_kept_busy_is_ended_at_its_maximum_lifetime(

@@ -20,7 +20,7 @@ from services.common.jsonvalue import dict_to_struct, struct_to_dict
 from services.executor.sandbox import stdlib_readable_by
 from services.hub.app import Hub
 from services.sandbox import cgroups
-from tests.executor.conftest import TOOL, running_executor
+from tests.executor.conftest import TOOL, on_path, running_executor
 from tests.helpers import deadline, descendants
 
 
@@ -167,7 +167,8 @@ async def test_the_in_process_executor_still_sandboxes_user_code_and_frees_its_p
 
 
 async def test_closing_the_executor_kills_every_sandbox_and_removes_its_cgroups(xcfg, hub):
-    async with running_executor(xcfg, hub) as call:
+    # A sandbox per interpreter: the fresh path (test_template.py closes the templates' sandboxes).
+    async with running_executor(on_path(xcfg, "fresh"), hub) as call:
         held = await call.new_session("x = 1")
         assert len(sandboxes_under(os.getpid())) >= 3  # the pool and the session
         parents = [p.parent for p in call.executor.sessions._sessions[held].worker.group.dirs]  # type: ignore

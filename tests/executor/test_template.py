@@ -1,6 +1,7 @@
 """The template process (`executor.template`): each call's interpreter is forked from it, and no call
 can reach another call or the template, nor leave anything for the next call. Real attacks through
-the real hub; the whole attack suite (test_attacks.py) also runs on this path."""
+the real hub, each on the heavy template and on the bare one (`executor.bare_template`); the whole
+attack suite (test_attacks.py) also runs on both paths."""
 
 from __future__ import annotations
 
@@ -12,12 +13,12 @@ import pytest
 from services.common import config as config_mod
 from services.common.config import Config
 from services.executor.sandbox import env_site
-from services.executor.template import Forked
+from services.executor.template import Forked, TemplatePath
 from tests.executor.conftest import (
     Call,
     assert_next_call_succeeds,
     hold_a_call,
-    on_the_template,
+    on_path,
     running_executor,
     until_forked_from_the_template,
 )
@@ -26,21 +27,29 @@ from tests.executor.test_process import sandboxes_under
 from tests.helpers import deadline
 
 
-@pytest.fixture
-def xcfg(xcfg: Config) -> Config:
-    return on_the_template(xcfg)
+@pytest.fixture(params=["template", "bare"])
+def xcfg(request: pytest.FixtureRequest, xcfg: Config) -> Config:
+    """Every test on each template: the heavy one (`executor.template`) and the bare one."""
+    return on_path(xcfg, request.param)
+
+
+def _path(call: Call) -> TemplatePath:
+    """The template under test (the only one on)."""
+    path = call.executor.template or call.executor.bare_template
+    assert path is not None
+    return path
 
 
 def _template_pid(call: Call) -> int:
-    assert call.executor.template is not None and call.executor.template.template is not None
-    return call.executor.template.template.pid
+    assert _path(call).template is not None
+    return _path(call).template.pid  # type: ignore[union-attr]
 
 
 async def test_calls_run_in_interpreters_forked_from_the_template_and_health_says_so(call):
     resp, s = await call.code("import os\nprint(os.getpid(), os.getppid(), sorted(os.listdir('/proc')))")
     assert not resp.is_error, resp.error.message
     assert s["stdout"] == "2 1 []\n"  # under an init of its own (pid 1); /proc shows nothing
-    status = call.executor.status()["template"]
+    status = call.executor.status()["template" if call.executor.template else "bare_template"]
     assert status["path"] == "template" and status["enabled"] and status["forked"] >= 1
     assert status["rss_bytes"] > 0 and 0 < status["pss_bytes"] <= status["rss_bytes"]
     assert status["threads"] == 1  # forking a threaded process would copy locks held by other threads
@@ -86,7 +95,7 @@ async def test_a_call_cannot_signal_or_ptrace_a_sibling_call_or_the_template(cal
     assert lines[4:] == ["ProcessLookupError"]  # kill(-1) finds no one to signal
     resp, s = await held.answer()
     assert not resp.is_error and s["stdout"] == "innocent\n", s
-    assert _template_pid(call) == template_pid and call.executor.template.active  # type: ignore[union-attr]
+    assert _template_pid(call) == template_pid and _path(call).active
 
 
 @pytest.mark.timeout(900)
@@ -168,14 +177,14 @@ async def test_no_two_calls_draw_the_same_random_numbers(env_ready, call):  # no
 
 async def test_a_fork_bomb_in_a_call_leaves_the_template_forking(call):
     template_pid = _template_pid(call)
-    fallbacks = call.executor.template.fallbacks  # type: ignore[union-attr]
+    fallbacks = _path(call).fallbacks
     code = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass"
     resp, s = await call.code(code, timeout=3)
     assert resp.is_error and "process limit (32 processes)" in s["error_reason"]
     for _ in range(4):  # more than the pool held: some were forked after the bomb
         await assert_next_call_succeeds(call)
     assert _template_pid(call) == template_pid
-    assert call.executor.template.fallbacks == fallbacks  # type: ignore[union-attr]  # all from the template
+    assert _path(call).fallbacks == fallbacks  # all from the template
 
 
 async def test_a_call_writing_to_the_templates_mapped_files_changes_nothing_for_the_next(call):
@@ -207,8 +216,8 @@ async def test_a_call_writing_to_the_templates_mapped_files_changes_nothing_for_
 
 
 async def test_a_dead_template_is_replaced_and_calls_take_a_fresh_interpreter_meanwhile(call):
-    path = call.executor.template
-    assert path is not None and path.template is not None and path.template.proc is not None
+    path = _path(call)
+    assert path.template is not None and path.template.proc is not None
     old = path.template
     os.kill(old.pid, 9)
     async with deadline(10, "the killed template's sandbox to end"):
@@ -227,10 +236,11 @@ async def test_a_change_of_the_environment_rebuilds_the_template(xcfg, hub, tmp_
     site.mkdir(parents=True)
     cfg = config_mod.replace(xcfg, executor={"env_dir": str(env), "template_preload": ["planted"]})
     async with running_executor(cfg, hub) as call:
-        path = call.executor.template
-        assert path is not None and path.template is not None
+        path = _path(call)
+        assert path.template is not None
         first = path.template
-        assert "not preloaded: planted" in first.diagnostics()
+        heavy = bool(path.preload)  # the bare template preloads nothing, `template_preload` included
+        assert ("not preloaded: planted" in first.diagnostics()) == heavy
         rebuilt = path.next_start()
         (site / "planted.py").write_text("VALUE = 42\n")
         # The next spawn (the refill after this call) sees the env changed and starts another template.
@@ -240,21 +250,21 @@ async def test_a_change_of_the_environment_rebuilds_the_template(xcfg, hub, tmp_
         assert second is not first and "not preloaded: planted" not in second.diagnostics()
         await until_forked_from_the_template(call.executor)
         _resp, s = await call.code("import sys\nprint('planted' in sys.modules)")
-        assert s["stdout"] == "True\n", s
+        assert s["stdout"] == f"{heavy}\n", s
 
 
-def test_the_template_is_off_by_default() -> None:
-    assert Config().executor.template is False
+def test_the_heavy_template_is_off_and_the_bare_one_on_by_default() -> None:
+    assert Config().executor.template is False and Config().executor.bare_template is True
 
 
 async def test_closing_the_executor_kills_the_template_and_every_forked_interpreter(xcfg, hub):
     async with running_executor(xcfg, hub) as call:
         held = await call.new_session("x = 1")
         executor = call.executor
-        assert executor.sessions is not None and executor.template is not None
+        assert executor.sessions is not None
         worker = executor.sessions._sessions[held].worker
         assert isinstance(worker.proc, Forked)
-        template = executor.template.template
+        template = _path(call).template
         assert template is not None and template.group is not None
         pids = {worker.interpreter_pid, template.pid}
         dirs = [*worker.group.dirs, *template.group.dirs]  # type: ignore[union-attr]

@@ -29,12 +29,15 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 from toolscore.v1 import discovery_pb2 as pb
+from toolscore.v1 import executor_pb2 as ex
+from toolscore.v1 import toolscore_pb2 as ts
 from toolscore.v1 import toolscore_pb2_grpc
 
 from edge.gateway import HubGateway
 from edge.mcp.tool_list import tool_name
 from services.common import config as config_mod
 from services.common.config import Config
+from services.common.jsonvalue import dict_to_struct
 from services.hub.app import Hub
 from tests.discovery.conftest import (
     FIXTURES,
@@ -353,3 +356,28 @@ async def test_a_federated_http_servers_requests_reach_the_client_whose_call_ask
             expected = await _results(direct, directly, None)
     assert through == expected
     assert answers.seen == directly.seen
+
+
+@pytest.mark.parametrize("upstream", UPSTREAM, indirect=True)
+async def test_a_unary_execute_tool_caller_has_no_way_back_and_gets_an_error_result(
+    hub: Hub, installed: str, upstream: str
+) -> None:
+    request = ts.ExecuteToolRequest(
+        tool_id=installed, action="sample", arguments=dict_to_struct({"prompt": "x"})
+    )
+    async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+        resp = await toolscore_pb2_grpc.ToolScoreServiceStub(ch).ExecuteTool(request, timeout=60)
+    assert resp.is_error, resp
+    assert "cannot answer sampling/createMessage: its caller has no way back" in resp.error.message, resp
+
+
+@pytest.mark.parametrize("upstream", ["legacy"], indirect=True)
+async def test_a_call_relayed_by_the_edge_without_a_client_gets_an_error_result(
+    gateway: HubGateway, installed: str, upstream: str
+) -> None:
+    # What REST and the ToolScore WebSocket do: the edge relays the call over the hub's stream
+    # with no MCP client behind it, so its router refuses the server's request.
+    request = ex.ExecuteRequest(tool_id=installed, action="sample", arguments=dict_to_struct({"prompt": "x"}))
+    resp = await gateway.execute(request, deadline_s=60)
+    assert resp.is_error, resp
+    assert "cannot answer sampling/createMessage: its caller has no way back" in resp.error.message, resp

@@ -14,6 +14,8 @@ tool_search.py    tool search: a view listed as find_tools and call_tool, over t
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
 federation.py     installed servers' prompts, resources and completion: their union, routed by name/URI
 server_notices.py installed servers' log messages, followed from the hub's stream
+client_requests.py installed servers' requests to a session's client (sampling, elicitation, roots)
+input_required.py 2026-07-28 calls waiting for their client's input: InputRequiredResult, sealed state
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)
 mcp_service.py    the MCP service: options, stats, the live tool list and its announcements, lifetime
 http.py           the Streamable HTTP transport (`/mcp`): sessions, SSE, resumption, bounds

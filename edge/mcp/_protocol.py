@@ -85,7 +85,7 @@ class Message:
     kind: int
     method: str
     id: RequestId | None
-    params: dict[str, Any] | None
+    params: dict[str, Any] | None  # a response's: the whole message (its result or error)
     # `params._meta.progressToken`, read once here for the transport and the dispatcher.
     progress: RequestId | None = None
 
@@ -115,7 +115,7 @@ def classify(obj: Any) -> Message:
     method = obj.get("method")
     if method is None:
         if has_id and ("result" in obj or "error" in obj):
-            return Message(RESPONSE, "", rid, None)
+            return Message(RESPONSE, "", rid, obj)
         raise ProtocolError(INVALID_REQUEST, "Invalid request: method is required")
     if not isinstance(method, str) or not method:
         raise ProtocolError(INVALID_REQUEST, "Invalid request: method must be a non-empty string")

@@ -40,10 +40,12 @@ from toolscore.v1 import executor_pb2 as ex
 from services.common import authority
 from services.common.errors import MeshError
 from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
+from services.router.backchannel import Backchannel
 from services.router.router import refuse_arguments
 
-from . import envelope, results
+from . import client_requests, envelope, input_required, results
 from ._protocol import (
+    CLIENT_CAPABILITIES_KEY,
     CLIENT_INFO_KEY,
     H_VERSION,
     HANDSHAKE_VERSIONS,
@@ -99,6 +101,10 @@ class Session:
     # What it lists and calls (edge/mcp/views.py): the endpoint it was opened on; None: `/mcp`,
     # listing the catalog as it is.
     view: ToolView | None = None
+    # The capabilities its client declared at initialize (handshake era), and the requests of
+    # installed servers waiting for its answers (edge/mcp/client_requests.py), once there are any.
+    capabilities: dict[str, Any] | None = None
+    asks: client_requests.ClientRequests | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ class Dispatcher:
         self.tools_moved = True
         self._execute = execute
         self.tool_sessions = ToolSessions(execute)
+        # 2026-07-28 calls waiting for their client's input (edge/mcp/input_required.py).
+        self.pending = input_required.PendingCalls()
         self.opts = opts or ServerOptions()
         self._info = {"name": self.opts.name, "version": self.opts.version}
         self._capabilities: dict[str, Any] = {"tools": {"listChanged": True}}
@@ -266,6 +274,44 @@ class Dispatcher:
         except Exception:  # a notification has no answer to carry a fault: the transport goes on
             log.exception("MCP notification %s failed", msg.method)
 
+    @staticmethod
+    def _backchannel(
+        session: Session, send: Send | None, on_progress: Callable[[ex.Progress], None] | None
+    ) -> Callable[[ex.Progress], None]:
+        """A call's progress hook, carrying how installed servers' requests reach its client
+        (services/router/backchannel.py): asked on the call's own stream, or refused saying why."""
+        caps = session.capabilities
+        if session.era == HANDSHAKE and client_requests.declared(caps):
+            if send is not None and session.id:
+                assert caps is not None
+                if session.asks is None:
+                    session.asks = client_requests.ClientRequests()
+                return Backchannel(on_progress, session.asks.asker(send, caps))
+            refuse = client_requests.NO_WAY_BACK
+        else:  # a 2026-07-28 client that can be asked runs its call as a pending one instead
+            refuse = client_requests.UNDECLARED
+        # No allocation on the common path (no progress token): the refusal is shared.
+        return refuse if on_progress is None else Backchannel(on_progress, refuse.ask)
+
+    @staticmethod
+    def may_ask(msg: Message, session: Session) -> bool:
+        """Whether a request may carry requests of a server to the client (a tools/call of a
+        handshake-era session whose client declared sampling, elicitation or roots): a transport
+        answers it where it can carry them (Streamable HTTP: an SSE stream)."""
+        return (
+            msg.method == "tools/call"
+            and session.era == HANDSHAKE
+            and bool(session.id)
+            and client_requests.declared(session.capabilities)
+        )
+
+    def response(self, msg: Message, session: Session) -> None:
+        """A client's response to a request the edge sent it (edge/mcp/client_requests.py): it
+        answers a request of this session only; anything else is dropped."""
+        session.last_used = time.monotonic()
+        if session.asks is not None and msg.params is not None:
+            session.asks.answer(msg.params)
+
     def tools_changed(self, view: ToolView | None = None) -> None:
         """Tell every subscriber of `view`'s endpoint (None: `/mcp` unfiltered) that its tool list
         changed."""
@@ -309,13 +355,16 @@ class Dispatcher:
         self._logging.discard(session)
         self.tool_sessions.release(session.tool_sessions)
         session.tool_sessions = None
+        if session.asks is not None:
+            session.asks.close()
         for rid, task in list(session.inflight.items()):
             session.cancelled.add(rid)  # ends as "cancelled" (HTTP: -32800), not as a crash
             task.cancel()
 
     def close(self) -> None:
-        """Shutting down: end every listen stream gracefully."""
+        """Shutting down: end every listen stream gracefully, cancel the calls waiting for input."""
         self._closed.set()
+        self.pending.close()
 
     def served(self) -> dict[str, frozenset[str]]:
         """What it serves, by its tables: the requests of each era (HANDSHAKE, MODERN) and the
@@ -362,7 +411,7 @@ class Dispatcher:
 
     def _stamp(self, result: dict[str, Any]) -> None:
         """What every 2026-07-28 result carries: its type and the server's info."""
-        result["resultType"] = "complete"
+        result.setdefault("resultType", "complete")  # or "input_required" (input_required.py)
         meta = result.get("_meta")
         result["_meta"] = {**meta, SERVER_INFO_KEY: self._info} if meta else {SERVER_INFO_KEY: self._info}
 
@@ -414,6 +463,8 @@ class Dispatcher:
         session.era = HANDSHAKE
         session.version = requested if requested in HANDSHAKE_VERSIONS else LATEST_HANDSHAKE
         session.client_info = params.get("clientInfo")
+        caps = params.get("capabilities")
+        session.capabilities = caps if isinstance(caps, dict) else None
         if session.push is not None:
             self._pushed.add(session)
         caps = self._capabilities
@@ -486,6 +537,8 @@ class Dispatcher:
         self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
         params = msg.params or {}
+        if session.era == MODERN and "requestState" in params:  # a retry with the client's input
+            return await self._resume(msg, session, send, headers)
         name = params.get("name")
         if not isinstance(name, str):
             raise ProtocolError(INVALID_PARAMS, "params.name must be a string")
@@ -521,7 +574,10 @@ class Dispatcher:
         req = ex.ExecuteRequest(tool_id=tool.tool_id, action=tool.action)
         req.request_id = f"mcp:{scope}:{msg.id}"
         token = msg.progress
-        on_progress = _progress_sender(token, send) if token is not None and send is not None else None
+        on_progress: Callable[[ex.Progress], None] | None = None
+        if token is not None and send is not None:
+            on_progress = _progress_sender(token, send)
+        on_progress = self._backchannel(session, send, on_progress)
         try:
             arguments = None
             if args:
@@ -532,6 +588,9 @@ class Dispatcher:
                     raise refuse_arguments(exc, limit) from None
                 except (ValueError, TypeError, OverflowError) as exc:
                     raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
+            caps = _envelope_capabilities(msg) if session.era == MODERN else None
+            if caps is not None:  # input requests answer this call as InputRequiredResult
+                return await self._start_pending(msg, session, headers, caps, req, on_progress, arguments)
             resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
         except MeshError as exc:
             if not results.is_result(exc):
@@ -541,6 +600,65 @@ class Dispatcher:
         if session.id and (SESSION_FIELD in req.arguments.fields or SESSION_FIELD in resp.structured.fields):
             self.tool_sessions.note(session.tool_sessions, self._catalog, req, resp)
         return results.call_result(resp, session.era == MODERN)
+
+    async def _start_pending(
+        self,
+        msg: Message,
+        session: Session,
+        headers: Headers,
+        caps: dict[str, Any],
+        req: ex.ExecuteRequest,
+        on_progress: Callable[[ex.Progress], None] | None,
+        arguments: Any,
+    ) -> dict[str, Any]:
+        """A 2026-07-28 call of a client that can give input: it runs as a pending call, and this
+        request answers with its result or its first input requests (edge/mcp/input_required.py)."""
+        who = input_required.identity_of(headers, session.id, session.view.key if session.view else "")
+
+        async def run(pending: input_required.Pending) -> ex.ExecuteResponse:
+            hook = Backchannel(pending.on_progress, pending.ask)
+            return await self._execute(req, on_progress=hook, arguments=arguments)
+
+        pending = self.pending.start(who, caps, run)
+        return await self._collect(pending, on_progress)
+
+    async def _resume(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        """A retry of a pending call with the client's `inputResponses`."""
+        params = msg.params or {}
+        who = input_required.identity_of(headers, session.id, session.view.key if session.view else "")
+        pending = self.pending.resume(params.get("requestState"), who)
+        pending.answer(params.get("inputResponses"))
+        token = msg.progress
+        on_progress = _progress_sender(token, send) if token is not None and send is not None else None
+        return await self._collect(pending, on_progress)
+
+    async def _collect(
+        self, pending: input_required.Pending, on_progress: Callable[[ex.Progress], None] | None
+    ) -> dict[str, Any]:
+        """This round's answer of a pending call: its input requests, or its result."""
+        pending.progress = on_progress
+        try:
+            asking = await self.pending.next(pending)
+        except asyncio.CancelledError:  # the client left while the call ran: it ends with it
+            self.pending.drop(pending.key)
+            raise
+        finally:
+            pending.progress = None
+        if asking is not None:
+            return asking
+        task = pending.task
+        assert task is not None
+        if task.cancelled():
+            raise ProtocolError(INTERNAL_ERROR, "the call was cancelled before it answered")
+        try:
+            resp: ex.ExecuteResponse = task.result()
+        except MeshError as exc:
+            if not results.is_result(exc):
+                raise
+            return results.error_result(exc)
+        return results.call_result(resp)
 
     async def _listen(
         self, msg: Message, session: Session, send: Send | None, headers: Headers
@@ -616,6 +734,14 @@ class Dispatcher:
             if task is not None:
                 session.cancelled.add(rid)
                 task.cancel()
+
+
+def _envelope_capabilities(msg: Message) -> dict[str, Any] | None:
+    """The client capabilities a 2026-07-28 request's envelope declares, when they include
+    anything an installed server may ask for (sampling, elicitation, roots); else None."""
+    meta = (msg.params or {}).get("_meta")
+    caps = meta.get(CLIENT_CAPABILITIES_KEY) if isinstance(meta, dict) else None
+    return caps if client_requests.declared(caps) else None
 
 
 def _instructions(view: ToolView | None, default: str) -> str:

@@ -4,7 +4,10 @@
   202. A request is answered with `application/json`, unless it reports
   progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
   which case the answer switches to `text/event-stream` and carries the
-  notifications before the response.
+  notifications before the response. A tools/call whose installed server asks
+  the client something (sampling, elicitation, roots: edge/mcp/client_requests.py)
+  carries the request on that stream; the client's response POSTed to the session
+  answers it.
 - Handshake era: `initialize` opens a session (`Mcp-Session-Id`), at most
   `sessions_per_client` per client address and `max_sessions` in all: past
   either, initialize is refused (429), no other session is evicted. GET opens
@@ -245,8 +248,6 @@ class StreamableHttp:
             msg = decode(body)
         except ProtocolError as exc:
             return _json(exc.response(None), exc.http_status)
-        if msg.kind == RESPONSE:
-            return _json(None, 202)
         return await self._dispatch(request, msg, sse_ok)
 
     async def _dispatch(self, request: web.Request, msg: Message, sse_ok: bool) -> web.StreamResponse:
@@ -272,13 +273,18 @@ class StreamableHttp:
         if msg.kind == NOTIFICATION:
             self.d.notification(msg, session)
             return _json(None, 202)
+        if msg.kind == RESPONSE:  # to a request the edge sent this session's client
+            self.d.response(msg, session)
+            return _json(None, 202)
         assert msg.kind == REQUEST
         if hs is not None and len(session.inflight) >= self.opts.max_in_flight:
             return _json(self.svc.refuse_busy(msg.id, "session"), 429, hs.state.id)
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
-        streams = sse_ok and msg.progress is not None and msg.method != "initialize"
+        streams = sse_ok and (
+            (msg.progress is not None and msg.method != "initialize") or self.d.may_ask(msg, session)
+        )
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
         resp = await self._run(msg, session, None, request.headers, hs)

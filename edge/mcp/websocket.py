@@ -106,6 +106,8 @@ class McpWebSocket:
             task.add_done_callback(tasks.discard)
         elif msg.kind == NOTIFICATION:
             self.d.notification(msg, session)
+        else:  # a response to a request the edge sent (edge/mcp/client_requests.py)
+            self.d.response(msg, session)
 
     async def _run(self, msg: Message, session: Session, out: Outbox) -> None:
         resp = await self.d.request(msg, session, session.push)

@@ -316,6 +316,18 @@ class Correlator(Generic[K, A]):
         if slot is not None and slot[1] is not None:
             slot[1](note)
 
+    def hook(self, key: K) -> ProgressHook | None:
+        """`key`'s progress hook, if it waits and has one (what a hop asks its caller through)."""
+        slot = self._pending.get(key)
+        return None if slot is None else slot[1]
+
+    def time_left(self, key: K) -> float:
+        """Seconds until `key`'s deadline (0 when it does not wait)."""
+        slot = self._pending.get(key)
+        if slot is None:
+            return 0.0
+        return max(slot[2].when() - asyncio.get_running_loop().time(), 0.0)
+
     def fail_all(self, error: BaseException) -> None:
         """The connection is over: every call still waiting fails with `error`."""
         pending, self._pending = self._pending, {}

@@ -33,6 +33,7 @@ from services.discovery.server_runner import LaunchSpec, ServerRunner
 from services.discovery.state import ServerRecord
 from services.discovery.stdio import kill_stale_group
 from services.library.registry import Entry, Registry
+from services.router import backchannel
 from services.router.channels import ProgressFn
 from services.router.router import error_response
 
@@ -168,7 +169,9 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                result = await runner.call(name, arguments, timeout_s, _progress(on_progress))
+                result = await runner.call(
+                    name, arguments, timeout_s, _progress(on_progress), backchannel.ask_of(on_progress)
+                )
         except TimeoutError:
             return error_response(
                 tool_pb2.ERROR_TYPE_TIMEOUT,

@@ -5,21 +5,25 @@ opening a Streamable HTTP session), lists the tools, hands them to
 `on_tools`, then watches: the process ending, a failed health check, or a
 `notifications/tools/list_changed`. When the connection ends it reconnects
 with exponential backoff until stopped. Calls come from other tasks and use
-the current client.
+the current client. The server's requests to the client (sampling, elicitation,
+roots) go to the caller of the call that caused them (services/router/backchannel.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mcp_types as types
 from mcp.client import Client
+from mcp.client.session import ClientRequestContext
 from mcp.client.streamable_http import streamable_http_client
 from mcp.client.subscriptions import (
     ListenNotSupportedError,
@@ -30,16 +34,32 @@ from mcp.client.subscriptions import (
 from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from pydantic import BaseModel, ValidationError
 from toolscore.v1 import discovery_pb2 as pb
 
 from services.common.config import DiscoveryConfig
 from services.common.errors import FailedPrecondition, Unavailable
 from services.discovery.sandbox import Jail
 from services.discovery.stdio import StdioTransport
+from services.router import backchannel
 
 log = logging.getLogger(__name__)
 _CLIENT_INFO = types.Implementation(name="toolscore-mesh", version="0.1.0")
 _MAX_TOOL_PAGES = 50
+_R = TypeVar("_R", bound=BaseModel)
+
+
+@dataclass(eq=False, slots=True)
+class _Call:
+    """A tools/call in flight: how to ask its caller (None: it cannot be asked) and until when."""
+
+    ask: backchannel.Ask | None
+    deadline: float
+
+
+# The call whose task runs now: a 2026-07-28 server's input requests (InputRequiredResult) are
+# answered inside the call's own task, so they are attributed to it exactly.
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar("mcp_call", default=None)
 
 
 class StartFailed(FailedPrecondition):
@@ -94,6 +114,7 @@ class ServerRunner:
         self.lists_revision = 0
         # Where the server's log messages go (the fleet's Notices): method, params.
         self.on_notice: Callable[[str, dict[str, Any]], None] | None = None
+        self._calls: list[_Call] = []  # tools/call in flight, oldest first
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, strict: bool) -> None:
@@ -132,17 +153,83 @@ class ServerRunner:
         return client
 
     async def call(
-        self, name: str, arguments: dict[str, Any], deadline_s: float, progress: ProgressFnT | None = None
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        deadline_s: float,
+        progress: ProgressFnT | None = None,
+        ask: backchannel.Ask | None = None,
     ) -> types.CallToolResult:
-        """One tools/call on the current connection; Unavailable when there is none."""
+        """One tools/call on the current connection; Unavailable when there is none. `ask`: how the
+        server's requests during the call (sampling, elicitation, roots) reach its caller."""
         client = self.connected()
+        call = _Call(ask, time.monotonic() + deadline_s)
+        self._calls.append(call)
+        token = _CALL.set(call)
         try:
             return await client.call_tool(
                 name, arguments, read_timeout_seconds=deadline_s, progress_callback=progress
             )
         finally:
+            _CALL.reset(token)
+            self._calls.remove(call)
             if self.transport is not None:  # what the call wrote is measured now, not at the next tick
                 self.transport.check_work_dir_soon()
+
+    # -- the server's requests to the client (backchannel.py) -------------------------
+
+    def _caller(self, method: str) -> _Call:
+        """The call a server's request belongs to. A handshake-era request names none (stdio has
+        nothing to tie it to the request that caused it): it is the one call in flight, and with
+        none or several in flight it is refused, never guessed (THREAT_MODEL.md). A 2026-07-28
+        server's input request runs in its call's own task: that call, exactly."""
+        call = _CALL.get()
+        if call is not None:
+            return call
+        if len(self._calls) == 1:
+            return self._calls[0]
+        log.warning(
+            "MCP server %s sent %s with %d calls in flight: refused (no way to tell which call asked)",
+            self.name,
+            method,
+            len(self._calls),
+        )
+        why = "no call is in flight" if not self._calls else f"{len(self._calls)} calls are in flight"
+        raise backchannel.ClientError(
+            backchannel.INTERNAL_ERROR, f"cannot tell which call asked for {method}: {why}"
+        )
+
+    async def _ask(self, method: str, params: BaseModel | None, result: type[_R]) -> _R | types.ErrorData:
+        try:
+            call = self._caller(method)
+            if call.ask is None:
+                raise backchannel.refusal(method, "its caller has no way back to an MCP client")
+            body = {} if params is None else params.model_dump(by_alias=True, mode="json", exclude_none=True)
+            body.pop("_meta", None)  # the hub's own envelope, not the client's
+            answer = await call.ask(method, body, max(call.deadline - time.monotonic(), 0.0))
+            return result.model_validate(answer)
+        except backchannel.ClientError as err:
+            return types.ErrorData(code=err.code, message=err.message, data=err.data)
+        except ValidationError as exc:
+            return types.ErrorData(
+                code=backchannel.INTERNAL_ERROR,
+                message=f"the client answered {method} with an invalid result: {exc.error_count()} errors",
+            )
+
+    async def _on_sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        tools = params.tools is not None or params.tool_choice is not None
+        result = types.CreateMessageResultWithTools if tools else types.CreateMessageResult
+        return await self._ask("sampling/createMessage", params, result)
+
+    async def _on_elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        return await self._ask("elicitation/create", params, types.ElicitResult)
+
+    async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        return await self._ask("roots/list", None, types.ListRootsResult)
 
     async def why_down(self, within_s: float) -> str | None:
         """Why a stdio server's connection went down, once the runner has seen it end (None if it
@@ -206,6 +293,11 @@ class ServerRunner:
                         # 2026-07-28 servers log only for requests that opt in: info and above
                         # (forwarded to the edge's sessions that asked, services/discovery/notices.py).
                         log_level="info",
+                        # Relayed to the client whose call asked (backchannel.py), refused when
+                        # that client cannot answer: declared so that servers ask at all.
+                        sampling_callback=self._on_sampling,
+                        elicitation_callback=self._on_elicitation,
+                        list_roots_callback=self._on_list_roots,
                     )
                 )
                 tools = await _list_all(client)

@@ -45,6 +45,7 @@ from services.common.streams import (
     salvage,
     take_one,
 )
+from services.router import backchannel
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Mux:
         self._out: Outbox[ex.ExecuteStreamRequest] | None = None
         self._batching = False
         self.unsupported = False
+        self._asking: set[asyncio.Task[None]] = set()  # server requests being relayed to callers
 
     def _open(self) -> Outbox[ex.ExecuteStreamRequest]:
         if self._call is None or self._out is None:
@@ -191,8 +193,29 @@ class Mux:
             self._pending.resolve(msg.call_id, msg.result)
         elif msg.HasField("fault"):  # only a router serving the stream sends one (the hub)
             self._pending.resolve(msg.call_id, from_fault(msg.fault))
+        elif msg.HasField("client_request"):
+            task = asyncio.get_running_loop().create_task(self._relay_ask(msg.call_id, msg.client_request))
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
         else:
             self._pending.progress(msg.call_id, msg.progress)
+
+    async def _relay_ask(self, call_id: int, request: ex.ClientRequest) -> None:
+        """A server's request to the caller of `call_id`, asked of that caller (its progress hook's
+        `ask`, backchannel.py) and answered on the stream; refused when the caller cannot be asked."""
+        ask = backchannel.ask_of(self._pending.hook(call_id))
+        outcome: dict[str, object] | backchannel.ClientError
+        try:
+            params = backchannel.params_of(request)
+            if ask is None:
+                raise backchannel.refusal(request.method, "its caller has no way back to an MCP client")
+            outcome = await ask(request.method, params, self._pending.time_left(call_id))
+        except backchannel.ClientError as err:
+            outcome = err
+        out = self._out
+        if out is not None and not out.closed:
+            answer = backchannel.response_pb(request.request_id, outcome)
+            out.post(ex.ExecuteStreamRequest(call_id=call_id, client_response=answer), answer.ByteSize())
 
     def _deliver_unreadable(self, msg: Unreadable) -> None:
         """Answer each call in a message that did not parse whole with what can be read of it."""
@@ -256,6 +279,8 @@ class Mux:
                 out.post(ex.ExecuteStreamRequest(call_id=call_id, cancel=ex.CancelCall(reason="caller gone")))
 
     async def close(self) -> None:
+        for task in list(self._asking):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):

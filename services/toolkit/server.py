@@ -50,14 +50,18 @@ from services.common.streams import (
     DEFAULT_MAX_MESSAGE_BYTES,
     REQUEST_KINDS,
     STREAM_OVERHEAD_BYTES,
+    Correlator,
+    Expired,
     Outbox,
     OutboxLimits,
+    TooManyPending,
     Unreadable,
     batch_limit,
     coalesce,
     fault_of,
     salvage,
 )
+from services.router import backchannel
 
 log = logging.getLogger(__name__)
 SERVICE = "toolscore.v1.ToolExecutorService"
@@ -221,6 +225,22 @@ Progress = Callable[[ex.Progress], None]
 RunCall = Callable[[ex.ExecuteRequest, Progress], Awaitable[ex.ExecuteResponse]]
 # What may queue behind the write in flight (each message is under the message limit).
 _QUEUED = OutboxLimits(messages=10_000, bytes=64 << 20)
+_MAX_ASKS = 1_000  # requests of one stream's calls waiting for their callers' answers
+
+
+class _Caller:
+    """One call's progress hook on the stream, which can also `ask` the caller (backchannel.py)."""
+
+    __slots__ = ("asking", "call_id", "stream")
+
+    def __init__(self, stream: CallStream, call_id: int) -> None:
+        self.stream, self.call_id, self.asking = stream, call_id, 0
+
+    def __call__(self, note: ex.Progress) -> None:
+        self.stream._progress(self.call_id, note)
+
+    def ask(self, method: str, params: dict[str, Any], timeout_s: float) -> Awaitable[dict[str, Any]]:
+        return self.stream.ask(self, method, params, timeout_s)
 
 
 def _cancelled() -> ex.ExecuteResponse:
@@ -273,6 +293,9 @@ class CallStream:
         )
         self._closing = False
         self._over = self._loop.create_future()
+        # Requests of the calls to their callers (backchannel.py), by (call_id, request_id).
+        self._asks: Correlator[tuple[int, int], ex.ClientResponse] = Correlator(_MAX_ASKS)
+        self._ask_ids = 0
 
     async def serve(self, requests: AsyncIterator[ex.ExecuteStreamRequest]) -> None:
         await self._context.send_initial_metadata(((BATCHING_KEY, "1"),))
@@ -280,6 +303,7 @@ class CallStream:
         try:
             await self._over
         finally:
+            self._asks.fail_all(backchannel.ClientError(backchannel.INTERNAL_ERROR, "the caller went away"))
             self._out.close()
             reader.cancel()
             for task in list(self._tasks):
@@ -314,6 +338,8 @@ class CallStream:
             self._start(msg.call_id, msg.execute)
         elif msg.HasField("cancel"):
             self._cancel(msg.call_id)
+        elif msg.HasField("client_response"):
+            self._asks.resolve((msg.call_id, msg.client_response.request_id), msg.client_response)
 
     def _take_unreadable(self, msg: Unreadable) -> None:
         """Serve what can be served of a message that did not parse whole: each call's request
@@ -350,7 +376,7 @@ class CallStream:
 
     async def _run(self, call_id: int, request: ex.ExecuteRequest) -> None:
         try:
-            result = await self._run_call(request, lambda p: self._progress(call_id, p))
+            result = await self._run_call(request, _Caller(self, call_id))
         except asyncio.CancelledError:  # run_call did not answer its cancellation itself
             result = _cancelled()
         except MeshError as err:  # what unary Execute would have raised: the caller hears the same
@@ -388,6 +414,34 @@ class CallStream:
             p = ex.Progress(progress=p.progress, total=p.total, message=p.message[:1024])
             size = p.ByteSize()
         self._out.post(ex.ExecuteStreamResponse(call_id=call_id, progress=p), size)
+
+    async def ask(
+        self, caller: _Caller, method: str, params: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """A request of call `caller` to its caller (backchannel.py), answered within `timeout_s`."""
+        if caller.asking >= backchannel.MAX_OUTSTANDING:
+            raise backchannel.ClientError(
+                backchannel.INVALID_REQUEST,
+                f"{backchannel.MAX_OUTSTANDING} requests of this call wait for the client already",
+            )
+        self._ask_ids += 1
+        rid = self._ask_ids
+        request = backchannel.request_pb(rid, method, params)
+        msg = ex.ExecuteStreamResponse(call_id=caller.call_id, client_request=request)
+        key = (caller.call_id, rid)
+        caller.asking += 1
+        try:
+            fut = await self._asks.request(key, timeout_s, None, self._out.send, msg, msg.ByteSize())
+            return backchannel.outcome_of(await fut)
+        except TooManyPending as exc:
+            raise backchannel.ClientError(backchannel.INVALID_REQUEST, str(exc)) from None
+        except Expired:
+            raise backchannel.ClientError(
+                backchannel.TIMEOUT, f"the client did not answer {method} within {timeout_s:.3g}s"
+            ) from None
+        finally:
+            caller.asking -= 1
+            self._asks.finish(key)
 
     def _post(self, msg: ex.ExecuteStreamResponse) -> None:
         """Queue an answer without waiting, in order with the others (refusals, cancellations)."""

@@ -31,7 +31,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,8 +180,8 @@ class Dispatcher:
         # Open 2026-07-28 listen streams, with the view of their session.
         self._listens: dict[object, tuple[ToolView | None, Callable[[], None]]] = {}
         self._logging: set[Session] = set()  # handshake-era sessions that asked for log messages
-        # The same streams' prompts and resources list_changed, by kind.
-        self._feature_listens: dict[object, dict[str, Callable[[], None]]] = {}
+        # The same streams' prompts and resources list_changed, by kind, with their session's view.
+        self._feature_listens: dict[object, tuple[ToolView | None, dict[str, Callable[[], None]]]] = {}
         self._closed = asyncio.Event()
         # The method tables, one per era (docs/mcp.md, "Protocol eras").
         self._handshake: dict[str, Method] = {
@@ -277,16 +277,16 @@ class Dispatcher:
             if of is view:
                 fire()
 
-    def lists_changed(self, kind: str) -> None:
-        """Tell every subscriber that the federated servers' `kind` list ("prompts" or
-        "resources") changed."""
+    def lists_changed(self, kind: str, servers: Collection[str]) -> None:
+        """Tell every subscriber whose endpoint's view holds one of `servers` that the federated
+        servers' `kind` list ("prompts" or "resources") changed."""
         note = notification(f"notifications/{kind}/list_changed", {})
         for s in list(self._pushed):
-            if s.push is not None:
+            if s.push is not None and _holds(s.view, servers):
                 s.push(note)
-        for fires in list(self._feature_listens.values()):
+        for view, fires in list(self._feature_listens.values()):
             fire = fires.get(kind)
-            if fire is not None:
+            if fire is not None and _holds(view, servers):
                 fire()
 
     def server_log(self, tool_id: str, params: dict[str, Any]) -> None:
@@ -555,9 +555,10 @@ class Dispatcher:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
             self._listens[key] = (session.view, lambda: send(changed))
         if kinds:
-            self._feature_listens[key] = {
-                k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds
-            }
+            self._feature_listens[key] = (
+                session.view,
+                {k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds},
+            )
         try:
             await self._closed.wait()
         finally:
@@ -623,6 +624,11 @@ def _instructions(view: ToolView | None, default: str) -> str:
     if spec.server:
         return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
     return default
+
+
+def _holds(view: ToolView | None, servers: Collection[str]) -> bool:
+    """Whether the endpoint of `view` (None: `/mcp` unfiltered) lists items of any of `servers`."""
+    return view is None or any(view.spec.holds(t) for t in servers)
 
 
 def _spec(session: Session) -> ViewSpec | None:

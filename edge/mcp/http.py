@@ -534,12 +534,14 @@ class StreamableHttp:
         Nothing is queued: however many announcements happen while a write waits on a slow client,
         the next write carries one list_changed for the latest.
         """
-        features = dict(self.svc.feature_revisions)  # announced from the stream's opening on
+        view = hs.state.view
+        revisions = self.svc.feature_revisions if view is None else view.lists_revisions
+        features = dict(revisions)  # announced from the stream's opening on
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
             while stream.notes:
                 await resp.write(frame(stream.notes.popleft()))
-            for kind, moved in self.svc.feature_revisions.items():
+            for kind, moved in revisions.items():
                 if features[kind] != moved:
                     features[kind] = moved
                     await resp.write(frame(notification(f"notifications/{kind}/list_changed", {})))

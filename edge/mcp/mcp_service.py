@@ -153,9 +153,10 @@ class McpService:
         # Called at each announcement: open standalone streams (sessions without one cost nothing).
         self.listing_listeners: list[Callable[[], None]] = []
         # How many times the federated servers' prompts and resources lists were announced
-        # changed: open HTTP streams announce each move (edge/mcp/federation.py).
+        # changed to `/mcp` unfiltered (a view counts its own: ToolView.lists_revisions): open HTTP
+        # streams announce each move (edge/mcp/federation.py).
         self.feature_revisions = {"prompts": 0, "resources": 0}
-        self._features_moved: set[str] = set()
+        self._features_moved: dict[str, set[str]] = {}  # kind -> the servers whose list moved
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
@@ -228,10 +229,9 @@ class McpService:
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         self.views.apply(event.tool.tool_id, self.catalog.apply(event))
         prompts, resources = self.federation.apply(event)
-        if prompts:
-            self._features_moved.add("prompts")
-        if resources:
-            self._features_moved.add("resources")
+        for kind, moved in (("prompts", prompts), ("resources", resources)):
+            if moved:
+                self._features_moved.setdefault(kind, set()).add(event.tool.tool_id)
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -241,9 +241,14 @@ class McpService:
         self._check_scheduled = False
         revision, main, announced = self.registry.revision, self.views.main, False
         if self._features_moved:
-            for kind in sorted(self._features_moved):
+            # Announced only to the endpoints whose view holds a server whose list moved.
+            views = self.views.all()
+            for kind, servers in sorted(self._features_moved.items()):
                 self.feature_revisions[kind] += 1
-                self.dispatcher.lists_changed(kind)
+                for view in views:
+                    if any(view.spec.holds(t) for t in servers):
+                        view.lists_revisions[kind] += 1
+                self.dispatcher.lists_changed(kind, servers)
             self._features_moved.clear()
             announced = True
         if self.catalog.take_changed() and main is None:

@@ -38,7 +38,7 @@ from typing import Any
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common import authority
-from services.common.errors import MeshError
+from services.common.errors import MeshError, ResourceExhausted
 from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
 from services.router.router import refuse_arguments
 
@@ -51,6 +51,7 @@ from ._protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     LATEST_HANDSHAKE,
+    LIMIT_REACHED,
     METHOD_NOT_FOUND,
     MODERN_VERSIONS,
     PROTOCOL_VERSION_KEY,
@@ -63,7 +64,8 @@ from ._protocol import (
     notification,
     result_response,
 )
-from .federation import Federation
+from .federation import Federation, ServerError
+from .resource_subscriptions import ResourceSubscriptions
 from .tool_list import Catalog, Listing, McpTool
 from .tool_search import CALL, FIND
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
@@ -99,6 +101,9 @@ class Session:
     # What it lists and calls (edge/mcp/views.py): the endpoint it was opened on; None: `/mcp`,
     # listing the catalog as it is.
     view: ToolView | None = None
+    # Its state lives in Redis, shared by every edge (sessions across edges): what one edge alone
+    # holds for it (resource subscriptions) is not offered.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,7 @@ class Dispatcher:
         execute: ExecuteFn,
         opts: ServerOptions | None = None,
         federation: Federation | None = None,
+        subscriptions: ResourceSubscriptions | None = None,
     ) -> None:
         self._catalog = catalog
         # tools/call's name table, as of the catalog when `tools_moved` was last seen set; whoever
@@ -196,12 +202,18 @@ class Dispatcher:
             "tools/call": Method(self._call_tool, cancellable=True),
             "subscriptions/listen": Method(self._listen, cancellable=True),
         }
-        # Installed servers' prompts, resources and completion (edge/mcp/federation.py).
+        # Installed servers' prompts, resources and completion (edge/mcp/federation.py), and their
+        # resources' subscriptions (edge/mcp/resource_subscriptions.py).
         self.federation = federation
+        self.subscriptions = subscriptions if federation is not None else None
         if federation is not None:
             listed = {"listChanged": True}
             self._capabilities.update(prompts=listed, resources=dict(listed), completions={})
             self._handshake["logging/setLevel"] = Method(self._set_level)
+            if subscriptions is not None:  # 2026-07-28: on subscriptions/listen streams
+                self._capabilities["resources"]["subscribe"] = True
+                self._handshake["resources/subscribe"] = Method(self._subscribe, cancellable=True)
+                self._handshake["resources/unsubscribe"] = Method(self._unsubscribe)
             for method, handler in self._federated(federation).items():
                 self._handshake[method] = Method(handler, cancellable=True)
                 # A read's contents may differ by caller on the server's side: private, as the SDK says.
@@ -307,6 +319,8 @@ class Dispatcher:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
         self._logging.discard(session)
+        if self.subscriptions is not None:
+            self.subscriptions.forget(session)
         self.tool_sessions.release(session.tool_sessions)
         session.tool_sessions = None
         for rid, task in list(session.inflight.items()):
@@ -409,6 +423,8 @@ class Dispatcher:
         caps = self._capabilities
         if self.federation is not None:  # logging/setLevel is of this era only
             caps = {**caps, "logging": {}}
+            if session.shared and self.subscriptions is not None:  # held by one edge only: not offered
+                caps["resources"] = {"listChanged": True}
         return {
             "protocolVersion": session.version,
             "capabilities": caps,
@@ -430,6 +446,34 @@ class Dispatcher:
     async def _ping(
         self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
+        return {}
+
+    async def _subscribe(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        uri = _uri(msg)
+        if not session.id or session.shared:
+            raise ProtocolError(
+                INVALID_REQUEST,
+                "resources/subscribe needs a session of this edge (initialize first, over the WebSocket "
+                "or HTTP with its Mcp-Session-Id and a GET stream open to hear the updates)",
+            )
+        assert self.federation is not None and self.subscriptions is not None
+        tool_id, original = await self.federation.resource_owner(uri, _spec(session))
+
+        def deliver(name: str) -> None:
+            if session.push is not None:
+                session.push(notification("notifications/resources/updated", {"uri": name}))
+
+        await _held(self.subscriptions.subscribe(session, deliver, uri, tool_id, original))
+        return {}
+
+    async def _unsubscribe(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        uri = _uri(msg)
+        if self.subscriptions is not None:
+            self.subscriptions.unsubscribe(session, uri)
         return {}
 
     async def _discover(
@@ -540,17 +584,74 @@ class Dispatcher:
         wanted = (msg.params or {}).get("notifications")
         if not isinstance(wanted, dict):
             raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
-        honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
+        honored: dict[str, Any] = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
         kinds = [k for k in ("prompts", "resources") if self.federation is not None]
         kinds = [k for k in kinds if wanted.get(f"{k}ListChanged") is True]
         honored.update({f"{k}ListChanged": True for k in kinds})
-        meta = {SUBSCRIPTION_ID_KEY: msg.id}
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_KEY: msg.id}
+        key = object()
+        try:
+            uris = await self._listen_resources(key, wanted.get("resourceSubscriptions"), session, send, meta)
+            if uris:
+                honored["resourceSubscriptions"] = uris
+            return await self._listening(key, session, send, honored, kinds, meta)
+        finally:
+            if self.subscriptions is not None:
+                self.subscriptions.forget(key)
+
+    async def _listen_resources(
+        self, key: object, uris: Any, session: Session, send: Send, meta: dict[str, Any]
+    ) -> list[str]:
+        """Subscribe listen stream `key` to `uris` (`resourceSubscriptions`); those honoured. A URI
+        no server has is left out; past the subscription bounds the listen is refused."""
+        if uris is None or self.federation is None or self.subscriptions is None:
+            return []
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise ProtocolError(INVALID_PARAMS, "params.notifications.resourceSubscriptions must be strings")
+        wanted = list(dict.fromkeys(uris))
+        limit = self.subscriptions.per_holder
+        if len(wanted) > limit:
+            err = ResourceExhausted(
+                f"{len(wanted)} resource subscriptions asked; a listen stream holds at most {limit}",
+                reason="TOO_MANY_SUBSCRIPTIONS",
+                metadata={"max_subscriptions": str(limit)},
+            )
+            raise ProtocolError(LIMIT_REACHED, err.message, err.to_json())
+
+        def deliver(name: str) -> None:
+            send(notification("notifications/resources/updated", {"uri": name, "_meta": meta}))
+
+        honored = []
+        for uri in wanted:
+            try:
+                tool_id, original = await self.federation.resource_owner(uri, _spec(session))
+                await _held(self.subscriptions.subscribe(key, deliver, uri, tool_id, original))
+            except ProtocolError as exc:
+                if exc.code == LIMIT_REACHED:
+                    raise
+                log.debug("listen: no subscription to %s: %s", uri[:200], exc.message)
+                continue
+            except MeshError as exc:
+                log.debug("listen: no subscription to %s: %s", uri[:200], exc.message)
+                continue
+            honored.append(uri)
+        return honored
+
+    async def _listening(
+        self,
+        key: object,
+        session: Session,
+        send: Send,
+        honored: dict[str, Any],
+        kinds: list[str],
+        meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Acknowledge the listen stream `key`, then hold it until the edge stops."""
         send(
             notification(
                 "notifications/subscriptions/acknowledged", {"notifications": honored, "_meta": meta}
             )
         )
-        key = object()
         if "toolsListChanged" in honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
             self._listens[key] = (session.view, lambda: send(changed))
@@ -624,6 +725,21 @@ def _instructions(view: ToolView | None, default: str) -> str:
     if spec.server:
         return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
     return default
+
+
+def _uri(msg: Message) -> str:
+    uri = (msg.params or {}).get("uri")
+    if not isinstance(uri, str):
+        raise ProtocolError(INVALID_PARAMS, "params.uri must be a string")
+    return uri
+
+
+async def _held(subscribing: Awaitable[None]) -> None:
+    """A subscription made; a server's refusal passed on as it sent it."""
+    try:
+        await subscribing
+    except ServerError as exc:
+        raise ProtocolError(exc.code, exc.message, exc.data) from None
 
 
 def _holds(view: ToolView | None, servers: Collection[str]) -> bool:

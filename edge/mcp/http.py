@@ -184,6 +184,7 @@ class StreamableHttp:
     `ClusterHttp` (sessions on Redis) differs."""
 
     scope = "edge"  # what `max_sessions` counts the sessions of
+    shared = False  # sessions in Redis, shared by every edge (http_cluster.py): Session.shared
 
     def __init__(self, svc: McpService) -> None:
         self.svc = svc
@@ -323,7 +324,7 @@ class StreamableHttp:
             # No push: list_changed reaches a session only through an open stream (see _get).
             view = self._view_of(request)
             hs = HttpSession(
-                Session(id=secrets.token_hex(16), transport="http", view=view),
+                Session(id=secrets.token_hex(16), transport="http", view=view, shared=self.shared),
                 client=request.remote or "",
                 seen=self._revision(view),
                 identity=self._identity(request),

@@ -52,6 +52,7 @@ class ClusterHttp(StreamableHttp):
     """The `/mcp` endpoint of one edge of a cluster: its sessions in `store`, shared by every edge."""
 
     scope = "cluster"
+    shared = True
 
     def __init__(self, svc: McpService, store: RedisSessions) -> None:
         super().__init__(svc)
@@ -149,7 +150,9 @@ class ClusterHttp(StreamableHttp):
     def _adopt(self, rec: SessionRecord, view: ToolView | None) -> HttpSession:
         """A view of a session another edge opened (or this one, before its view was let go), on the
         endpoint it was opened on (`identity` holds it)."""
-        state = Session(id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view)
+        state = Session(
+            id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view, shared=True
+        )
         state.client_info, state.initialized, state.tool_sessions = rec.client_info, True, HeldMirror()
         hs = HttpSession(state, client=rec.client, seen=rec.seen, identity=rec.identity)
         self._keep(hs)

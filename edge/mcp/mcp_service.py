@@ -28,6 +28,7 @@ from services.common.errors import ResourceExhausted
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
 from .federation import Federation, FederationOptions, hub_relay
+from .resource_subscriptions import ResourceSubscriptions, hub_subscriber
 from .server_notices import follow
 from .tool_list import Catalog, build
 from .tool_search import ToolSearch
@@ -143,7 +144,14 @@ class McpService:
         self.federation = Federation(
             registry, hub_relay(gateway), FederationOptions(page_size=server.page_size)
         )
-        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server, self.federation)
+        self.subscriptions = ResourceSubscriptions(
+            hub_subscriber(gateway),
+            cfg.edge.mcp_resource_subscriptions_per_session,
+            cfg.edge.mcp_resource_subscriptions,
+        )
+        self.dispatcher = Dispatcher(
+            self.catalog.current, gateway.execute, server, self.federation, self.subscriptions
+        )
         # What each endpoint lists: `/mcp` (views.main, None when unfiltered) and `/mcp/servers/<name>`.
         self.views = Views(self.catalog.current, cfg, ToolSearch)
         self.guard = OriginGuard.from_config(cfg.edge)
@@ -180,9 +188,11 @@ class McpService:
         def on_notice(tool_id: str, method: str, params: dict[str, Any]) -> None:
             if method == "notifications/message":
                 self.dispatcher.server_log(tool_id, params)
+            elif method == "notifications/resources/updated":
+                self.subscriptions.updated(tool_id, params)
 
         try:
-            await follow(self.gateway, on_notice)
+            await follow(self.gateway, on_notice, self.subscriptions.watch)
         except Exception:  # the log messages are lost, not the edge
             log.exception("installed servers' log messages: no longer followed")
 
@@ -204,6 +214,7 @@ class McpService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._notices
         self.dispatcher.close()
+        await self.subscriptions.close()
         self.closing.set()
         await self.views.close()
 

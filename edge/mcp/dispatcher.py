@@ -52,6 +52,7 @@ from ._protocol import (
     INVALID_REQUEST,
     LATEST_HANDSHAKE,
     LIMIT_REACHED,
+    LOG_LEVEL_KEY,
     METHOD_NOT_FOUND,
     MODERN_VERSIONS,
     PROTOCOL_VERSION_KEY,
@@ -186,6 +187,8 @@ class Dispatcher:
         # Open 2026-07-28 listen streams, with the view of their session.
         self._listens: dict[object, tuple[ToolView | None, Callable[[], None]]] = {}
         self._logging: set[Session] = set()  # handshake-era sessions that asked for log messages
+        # 2026-07-28 requests in flight that asked for log messages: server -> {key: (lowest, send)}.
+        self._log_routes: dict[str, dict[object, tuple[int, Send]]] = {}
         # The same streams' prompts and resources list_changed, by kind, with their session's view.
         self._feature_listens: dict[object, tuple[ToolView | None, dict[str, Callable[[], None]]]] = {}
         self._closed = asyncio.Event()
@@ -314,6 +317,34 @@ class Dispatcher:
         for s in list(self._logging):
             if s.push is not None and rank >= _LEVELS[s.log_level]:
                 s.push(note)
+        for lowest, send in list(self._log_routes.get(tool_id, {}).values()):
+            if rank >= lowest:
+                send(note)
+
+    def hear_logs(self, session: Session, level: str) -> None:
+        """`session` hears installed servers' log messages at `level` and above (logging/setLevel;
+        a session kept on Redis: its level as recorded there)."""
+        session.log_level = level
+        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
+            self._logging.add(session)
+
+    def _route_logs(self, tool_id: str, msg: Message, send: Send | None) -> Callable[[], None] | None:
+        """A 2026-07-28 request that carries a log level: server `tool_id`'s log messages at that
+        level and above go to its stream until the returned function is called (None: it carries none)."""
+        meta = (msg.params or {}).get("_meta")
+        level = meta.get(LOG_LEVEL_KEY) if isinstance(meta, dict) else None
+        rank = _LEVELS.get(level) if isinstance(level, str) else None
+        if rank is None or send is None:
+            return None
+        routes, key = self._log_routes.setdefault(tool_id, {}), object()
+        routes[key] = (rank, send)
+
+        def done() -> None:
+            routes.pop(key, None)
+            if not routes and self._log_routes.get(tool_id) is routes:
+                del self._log_routes[tool_id]
+
+        return done
 
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
@@ -438,9 +469,7 @@ class Dispatcher:
         level = (msg.params or {}).get("level")
         if level not in _LEVELS:
             raise ProtocolError(INVALID_PARAMS, f"params.level must be one of {', '.join(_LEVELS)}")
-        session.log_level = level
-        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
-            self._logging.add(session)
+        self.hear_logs(session, level)
         return {}
 
     async def _ping(
@@ -566,7 +595,13 @@ class Dispatcher:
                     raise refuse_arguments(exc, limit) from None
                 except (ValueError, TypeError, OverflowError) as exc:
                     raise ProtocolError(INVALID_PARAMS, f"arguments cannot be represented: {exc}") from None
-            resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
+            # 2026-07-28: a request that opts in hears its server's log messages while it runs.
+            route = self._route_logs(tool.tool_id, msg, send) if session.era == MODERN else None
+            try:
+                resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
+            finally:
+                if route is not None:
+                    route()
         except MeshError as exc:
             if not results.is_result(exc):
                 raise  # a protocol fault: `request` answers it

@@ -2,7 +2,7 @@
 
 - POST carries one JSON-RPC message. Notifications and client responses get
   202. A request is answered with `application/json`, unless it reports
-  progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
+  progress or asks for log messages (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
   which case the answer switches to `text/event-stream` and carries the
   notifications before the response.
 - Handshake era: `initialize` opens a session (`Mcp-Session-Id`), at most
@@ -279,7 +279,7 @@ class StreamableHttp:
         if msg.method == "subscriptions/listen" and not sse_ok:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
-        streams = sse_ok and msg.progress is not None and msg.method != "initialize"
+        streams = sse_ok and (msg.progress is not None or msg.logs) and msg.method != "initialize"
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
         resp = await self._run(msg, session, None, request.headers, hs)

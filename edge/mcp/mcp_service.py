@@ -4,7 +4,9 @@ The catalog follows the edge's registry cache (edge.registry_cache): it is
 rebuilt when the cache's revision moves, and a registry event that changes the *listing*
 (not just a tool's health) is announced to MCP clients as list_changed. The views of the
 catalog each endpoint lists (edge/mcp/views.py) follow it, each event after the catalog's, and
-each view's change is announced to that endpoint's clients only.
+each view's change is announced to that endpoint's clients only. It also follows the hub's stream
+of installed servers' notices (edge/mcp/server_notices.py): log messages to the dispatcher, resource
+updates to the sessions' subscriptions (edge/mcp/resource_subscriptions.py).
 """
 
 from __future__ import annotations

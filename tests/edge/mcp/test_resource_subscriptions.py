@@ -297,3 +297,14 @@ async def test_subscriptions_past_the_bounds_are_refused_with_a_clear_error(
                 async with client.listen(resource_subscriptions=[COUNTER, OTHER]):
                     pass
         assert past.value.code == -32029 and past.value.data["reason"] == "TOO_MANY_SUBSCRIPTIONS"
+    async with edge_with(gateway, cfg, mcp_resource_subscriptions=1) as edge:
+        async with (
+            subscriber(edge.url, "legacy") as (_, first),
+            subscriber(edge.url, "legacy") as (_, second),
+        ):
+            await first.subscribe(COUNTER)
+            await second.subscribe(COUNTER)  # held on the edge already: within the bound
+            with pytest.raises(MCPError) as past, warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await second.client.subscribe_resource(OTHER)  # type: ignore[union-attr]
+        assert past.value.code == -32029 and "the edge holds 1" in past.value.message

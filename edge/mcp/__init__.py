@@ -13,7 +13,8 @@ views.py          what one endpoint lists: the catalog through a filter and rena
 tool_search.py    tool search: a view listed as find_tools and call_tool, over the registry's search index
 tool_sessions.py  the tool sessions an MCP session opened, ended with it
 federation.py     installed servers' prompts, resources and completion: their union, routed by name/URI
-server_notices.py installed servers' log messages, followed from the hub's stream
+server_notices.py installed servers' log messages and resource updates, followed from the hub's stream
+resource_subscriptions.py  the sessions' resource subscriptions, held at the hub once per (server, URI)
 client_requests.py installed servers' requests to a session's client (sampling, elicitation, roots)
 input_required.py 2026-07-28 calls waiting for their client's input: InputRequiredResult, sealed state
 redis_sessions.py the session store shared by every edge of a cluster (sessions, tool sessions, streams)

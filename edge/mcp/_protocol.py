@@ -24,6 +24,7 @@ CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 CLIENT_CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 SUBSCRIPTION_ID_KEY = "io.modelcontextprotocol/subscriptionId"
+LOG_LEVEL_KEY = "io.modelcontextprotocol/logLevel"  # 2026-07-28: a request's opt-in to log messages
 
 # HTTP headers (lower case, as aiohttp's CIMultiDict matches them case-insensitively anyway).
 H_SESSION = "Mcp-Session-Id"
@@ -88,6 +89,9 @@ class Message:
     params: dict[str, Any] | None  # a response's: the whole message (its result or error)
     # `params._meta.progressToken`, read once here for the transport and the dispatcher.
     progress: RequestId | None = None
+    # `params._meta["io.modelcontextprotocol/logLevel"]` is there (2026-07-28: the request asks for
+    # the log messages of what it calls, so its answer may stream); read with the progress token.
+    logs: bool = False
 
 
 def decode(data: bytes | str) -> Message:
@@ -122,7 +126,13 @@ def classify(obj: Any) -> Message:
     params = obj.get("params")
     if params is not None and not isinstance(params, dict):
         raise ProtocolError(INVALID_REQUEST, "Invalid request: params must be an object")
-    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params, progress_token(params))
+    meta = params.get("_meta") if params else None
+    if not isinstance(meta, dict):
+        return Message(REQUEST if has_id else NOTIFICATION, method, rid, params)
+    token = meta.get("progressToken")
+    if isinstance(token, bool) or not isinstance(token, str | int):
+        token = None
+    return Message(REQUEST if has_id else NOTIFICATION, method, rid, params, token, LOG_LEVEL_KEY in meta)
 
 
 def error_response(request_id: RequestId | None, code: int, message: str, data: Any = None) -> dict[str, Any]:
@@ -144,12 +154,6 @@ def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
 def encode(msg: dict[str, Any]) -> str:
     """Serialise once, compactly."""
     return json.dumps(msg, separators=(",", ":"), ensure_ascii=False)
-
-
-def progress_token(params: dict[str, Any] | None) -> RequestId | None:
-    meta = params.get("_meta") if params else None
-    token = meta.get("progressToken") if isinstance(meta, dict) else None
-    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 def envelope_version(params: dict[str, Any] | None) -> Any:

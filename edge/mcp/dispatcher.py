@@ -31,14 +31,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from toolscore.v1 import executor_pb2 as ex
 
 from services.common import authority
-from services.common.errors import MeshError
+from services.common.errors import MeshError, ResourceExhausted
 from services.common.jsonvalue import JsonTooDeep, TooLarge, to_struct
 from services.router.backchannel import Backchannel
 from services.router.router import refuse_arguments
@@ -53,6 +53,8 @@ from ._protocol import (
     INVALID_PARAMS,
     INVALID_REQUEST,
     LATEST_HANDSHAKE,
+    LIMIT_REACHED,
+    LOG_LEVEL_KEY,
     METHOD_NOT_FOUND,
     MODERN_VERSIONS,
     PROTOCOL_VERSION_KEY,
@@ -65,7 +67,8 @@ from ._protocol import (
     notification,
     result_response,
 )
-from .federation import Federation
+from .federation import Federation, ServerError
+from .resource_subscriptions import ResourceSubscriptions
 from .tool_list import Catalog, Listing, McpTool
 from .tool_search import CALL, FIND
 from .tool_sessions import SESSION_FIELD, Held, ToolSessions
@@ -105,6 +108,9 @@ class Session:
     # installed servers waiting for its answers (edge/mcp/client_requests.py), once there are any.
     capabilities: dict[str, Any] | None = None
     asks: client_requests.ClientRequests | None = None
+    # Its state lives in Redis, shared by every edge (sessions across edges): what one edge alone
+    # holds for it (resource subscriptions) is not offered.
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,7 @@ class Dispatcher:
         execute: ExecuteFn,
         opts: ServerOptions | None = None,
         federation: Federation | None = None,
+        subscriptions: ResourceSubscriptions | None = None,
     ) -> None:
         self._catalog = catalog
         # tools/call's name table, as of the catalog when `tools_moved` was last seen set; whoever
@@ -188,8 +195,10 @@ class Dispatcher:
         # Open 2026-07-28 listen streams, with the view of their session.
         self._listens: dict[object, tuple[ToolView | None, Callable[[], None]]] = {}
         self._logging: set[Session] = set()  # handshake-era sessions that asked for log messages
-        # The same streams' prompts and resources list_changed, by kind.
-        self._feature_listens: dict[object, dict[str, Callable[[], None]]] = {}
+        # 2026-07-28 requests in flight that asked for log messages: server -> {key: (lowest, send)}.
+        self._log_routes: dict[str, dict[object, tuple[int, Send]]] = {}
+        # The same streams' prompts and resources list_changed, by kind, with their session's view.
+        self._feature_listens: dict[object, tuple[ToolView | None, dict[str, Callable[[], None]]]] = {}
         self._closed = asyncio.Event()
         # The method tables, one per era (docs/mcp.md, "Protocol eras").
         self._handshake: dict[str, Method] = {
@@ -204,12 +213,18 @@ class Dispatcher:
             "tools/call": Method(self._call_tool, cancellable=True),
             "subscriptions/listen": Method(self._listen, cancellable=True),
         }
-        # Installed servers' prompts, resources and completion (edge/mcp/federation.py).
+        # Installed servers' prompts, resources and completion (edge/mcp/federation.py), and their
+        # resources' subscriptions (edge/mcp/resource_subscriptions.py).
         self.federation = federation
+        self.subscriptions = subscriptions if federation is not None else None
         if federation is not None:
             listed = {"listChanged": True}
             self._capabilities.update(prompts=listed, resources=dict(listed), completions={})
             self._handshake["logging/setLevel"] = Method(self._set_level)
+            if subscriptions is not None:  # 2026-07-28: on subscriptions/listen streams
+                self._capabilities["resources"]["subscribe"] = True
+                self._handshake["resources/subscribe"] = Method(self._subscribe, cancellable=True)
+                self._handshake["resources/unsubscribe"] = Method(self._unsubscribe)
             for method, handler in self._federated(federation).items():
                 self._handshake[method] = Method(handler, cancellable=True)
                 # A read's contents may differ by caller on the server's side: private, as the SDK says.
@@ -323,16 +338,16 @@ class Dispatcher:
             if of is view:
                 fire()
 
-    def lists_changed(self, kind: str) -> None:
-        """Tell every subscriber that the federated servers' `kind` list ("prompts" or
-        "resources") changed."""
+    def lists_changed(self, kind: str, servers: Collection[str]) -> None:
+        """Tell every subscriber whose endpoint's view holds one of `servers` that the federated
+        servers' `kind` list ("prompts" or "resources") changed."""
         note = notification(f"notifications/{kind}/list_changed", {})
         for s in list(self._pushed):
-            if s.push is not None:
+            if s.push is not None and _holds(s.view, servers):
                 s.push(note)
-        for fires in list(self._feature_listens.values()):
+        for view, fires in list(self._feature_listens.values()):
             fire = fires.get(kind)
-            if fire is not None:
+            if fire is not None and _holds(view, servers):
                 fire()
 
     def server_log(self, tool_id: str, params: dict[str, Any]) -> None:
@@ -348,11 +363,41 @@ class Dispatcher:
         for s in list(self._logging):
             if s.push is not None and rank >= _LEVELS[s.log_level]:
                 s.push(note)
+        for lowest, send in list(self._log_routes.get(tool_id, {}).values()):
+            if rank >= lowest:
+                send(note)
+
+    def hear_logs(self, session: Session, level: str) -> None:
+        """`session` hears installed servers' log messages at `level` and above (logging/setLevel;
+        a session kept on Redis: its level as recorded there)."""
+        session.log_level = level
+        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
+            self._logging.add(session)
+
+    def _route_logs(self, tool_id: str, msg: Message, send: Send | None) -> Callable[[], None] | None:
+        """A 2026-07-28 request that carries a log level: server `tool_id`'s log messages at that
+        level and above go to its stream until the returned function is called (None: it carries none)."""
+        meta = (msg.params or {}).get("_meta")
+        level = meta.get(LOG_LEVEL_KEY) if isinstance(meta, dict) else None
+        rank = _LEVELS.get(level) if isinstance(level, str) else None
+        if rank is None or send is None:
+            return None
+        routes, key = self._log_routes.setdefault(tool_id, {}), object()
+        routes[key] = (rank, send)
+
+        def done() -> None:
+            routes.pop(key, None)
+            if not routes and self._log_routes.get(tool_id) is routes:
+                del self._log_routes[tool_id]
+
+        return done
 
     def forget(self, session: Session) -> None:
         """The session is gone: stop pushing to it and cancel what it still runs."""
         self._pushed.discard(session)
         self._logging.discard(session)
+        if self.subscriptions is not None:
+            self.subscriptions.forget(session)
         self.tool_sessions.release(session.tool_sessions)
         session.tool_sessions = None
         if session.asks is not None:
@@ -470,6 +515,8 @@ class Dispatcher:
         caps = self._capabilities
         if self.federation is not None:  # logging/setLevel is of this era only
             caps = {**caps, "logging": {}}
+            if session.shared and self.subscriptions is not None:  # held by one edge only: not offered
+                caps["resources"] = {"listChanged": True}
         return {
             "protocolVersion": session.version,
             "capabilities": caps,
@@ -483,14 +530,40 @@ class Dispatcher:
         level = (msg.params or {}).get("level")
         if level not in _LEVELS:
             raise ProtocolError(INVALID_PARAMS, f"params.level must be one of {', '.join(_LEVELS)}")
-        session.log_level = level
-        if session.id:  # a session that outlives the request (a one-off request has nowhere to hear)
-            self._logging.add(session)
+        self.hear_logs(session, level)
         return {}
 
     async def _ping(
         self, msg: Message, session: Session, send: Send | None, headers: Headers
     ) -> dict[str, Any]:
+        return {}
+
+    async def _subscribe(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        uri = _uri(msg)
+        if not session.id or session.shared:
+            raise ProtocolError(
+                INVALID_REQUEST,
+                "resources/subscribe needs a session of this edge (initialize first, over the WebSocket "
+                "or HTTP with its Mcp-Session-Id and a GET stream open to hear the updates)",
+            )
+        assert self.federation is not None and self.subscriptions is not None
+        tool_id, original = await self.federation.resource_owner(uri, _spec(session))
+
+        def deliver(name: str) -> None:
+            if session.push is not None:
+                session.push(notification("notifications/resources/updated", {"uri": name}))
+
+        await _held(self.subscriptions.subscribe(session, deliver, uri, tool_id, original))
+        return {}
+
+    async def _unsubscribe(
+        self, msg: Message, session: Session, send: Send | None, headers: Headers
+    ) -> dict[str, Any]:
+        uri = _uri(msg)
+        if self.subscriptions is not None:
+            self.subscriptions.unsubscribe(session, uri)
         return {}
 
     async def _discover(
@@ -591,7 +664,13 @@ class Dispatcher:
             caps = _envelope_capabilities(msg) if session.era == MODERN else None
             if caps is not None:  # input requests answer this call as InputRequiredResult
                 return await self._start_pending(msg, session, headers, caps, req, on_progress, arguments)
-            resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
+            # 2026-07-28: a request that opts in hears its server's log messages while it runs.
+            route = self._route_logs(tool.tool_id, msg, send) if session.era == MODERN else None
+            try:
+                resp = await self._execute(req, on_progress=on_progress, arguments=arguments)
+            finally:
+                if route is not None:
+                    route()
         except MeshError as exc:
             if not results.is_result(exc):
                 raise  # a protocol fault: `request` answers it
@@ -668,24 +747,82 @@ class Dispatcher:
         wanted = (msg.params or {}).get("notifications")
         if not isinstance(wanted, dict):
             raise ProtocolError(INVALID_PARAMS, "params.notifications must be an object")
-        honored = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
+        honored: dict[str, Any] = {"toolsListChanged": True} if wanted.get("toolsListChanged") is True else {}
         kinds = [k for k in ("prompts", "resources") if self.federation is not None]
         kinds = [k for k in kinds if wanted.get(f"{k}ListChanged") is True]
         honored.update({f"{k}ListChanged": True for k in kinds})
-        meta = {SUBSCRIPTION_ID_KEY: msg.id}
+        meta: dict[str, Any] = {SUBSCRIPTION_ID_KEY: msg.id}
+        key = object()
+        try:
+            uris = await self._listen_resources(key, wanted.get("resourceSubscriptions"), session, send, meta)
+            if uris:
+                honored["resourceSubscriptions"] = uris
+            return await self._listening(key, session, send, honored, kinds, meta)
+        finally:
+            if self.subscriptions is not None:
+                self.subscriptions.forget(key)
+
+    async def _listen_resources(
+        self, key: object, uris: Any, session: Session, send: Send, meta: dict[str, Any]
+    ) -> list[str]:
+        """Subscribe listen stream `key` to `uris` (`resourceSubscriptions`); those honoured. A URI
+        no server has is left out; past the subscription bounds the listen is refused."""
+        if uris is None or self.federation is None or self.subscriptions is None:
+            return []
+        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+            raise ProtocolError(INVALID_PARAMS, "params.notifications.resourceSubscriptions must be strings")
+        wanted = list(dict.fromkeys(uris))
+        limit = self.subscriptions.per_holder
+        if len(wanted) > limit:
+            err = ResourceExhausted(
+                f"{len(wanted)} resource subscriptions asked; a listen stream holds at most {limit}",
+                reason="TOO_MANY_SUBSCRIPTIONS",
+                metadata={"max_subscriptions": str(limit)},
+            )
+            raise ProtocolError(LIMIT_REACHED, err.message, err.to_json())
+
+        def deliver(name: str) -> None:
+            send(notification("notifications/resources/updated", {"uri": name, "_meta": meta}))
+
+        honored = []
+        for uri in wanted:
+            try:
+                tool_id, original = await self.federation.resource_owner(uri, _spec(session))
+                await _held(self.subscriptions.subscribe(key, deliver, uri, tool_id, original))
+            except ProtocolError as exc:
+                if exc.code == LIMIT_REACHED:
+                    raise
+                log.debug("listen: no subscription to %s: %s", uri[:200], exc.message)
+                continue
+            except MeshError as exc:
+                log.debug("listen: no subscription to %s: %s", uri[:200], exc.message)
+                continue
+            honored.append(uri)
+        return honored
+
+    async def _listening(
+        self,
+        key: object,
+        session: Session,
+        send: Send,
+        honored: dict[str, Any],
+        kinds: list[str],
+        meta: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Acknowledge the listen stream `key`, then hold it until the edge stops."""
         send(
             notification(
                 "notifications/subscriptions/acknowledged", {"notifications": honored, "_meta": meta}
             )
         )
-        key = object()
         if "toolsListChanged" in honored:
             changed = notification("notifications/tools/list_changed", {"_meta": meta})
             self._listens[key] = (session.view, lambda: send(changed))
         if kinds:
-            self._feature_listens[key] = {
-                k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds
-            }
+            self._feature_listens[key] = (
+                session.view,
+                {k: _sender(send, f"notifications/{k}/list_changed", meta) for k in kinds},
+            )
         try:
             await self._closed.wait()
         finally:
@@ -759,6 +896,26 @@ def _instructions(view: ToolView | None, default: str) -> str:
     if spec.server:
         return f"ToolScore Mesh: the tools of {spec.server}, under their own names."
     return default
+
+
+def _uri(msg: Message) -> str:
+    uri = (msg.params or {}).get("uri")
+    if not isinstance(uri, str):
+        raise ProtocolError(INVALID_PARAMS, "params.uri must be a string")
+    return uri
+
+
+async def _held(subscribing: Awaitable[None]) -> None:
+    """A subscription made; a server's refusal passed on as it sent it."""
+    try:
+        await subscribing
+    except ServerError as exc:
+        raise ProtocolError(exc.code, exc.message, exc.data) from None
+
+
+def _holds(view: ToolView | None, servers: Collection[str]) -> bool:
+    """Whether the endpoint of `view` (None: `/mcp` unfiltered) lists items of any of `servers`."""
+    return view is None or any(view.spec.holds(t) for t in servers)
 
 
 def _spec(session: Session) -> ViewSpec | None:

@@ -298,7 +298,7 @@ class Federation:
         uri = params.get("uri")
         if not isinstance(uri, str):
             raise ProtocolError(INVALID_PARAMS, "params.uri must be a string")
-        tool_id, original = await self._resource_owner(uri, view)
+        tool_id, original = await self.resource_owner(uri, view)
         result = await self._call(tool_id, "resources/read", {**_strip_meta(params), "uri": original})
         if original != uri:  # contents name the URI the client read
             for c in result.get("contents") or ():
@@ -336,7 +336,9 @@ class Federation:
             raise ProtocolError(INVALID_PARAMS, f"Unknown prompt: {name}", {"name": name})
         return owner
 
-    async def _resource_owner(self, uri: str, view: ViewSpec | None) -> tuple[str, str]:
+    async def resource_owner(self, uri: str, view: ViewSpec | None) -> tuple[str, str]:
+        """The server (tool id) of the resource `view`'s endpoint names `uri`, and its URI there;
+        -32002 when no server has it."""
         offering = self.offering("resources")
         if view is not None and view.server:
             offering = [t for t in offering if t == view.server]
@@ -361,7 +363,7 @@ class Federation:
         owner = (await self._union("resources/templates/list", view)).owners.get(uri)
         if owner is not None:
             return owner
-        return await self._resource_owner(uri, view)
+        return await self.resource_owner(uri, view)
 
 
 def _build(

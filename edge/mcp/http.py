@@ -2,7 +2,7 @@
 
 - POST carries one JSON-RPC message. Notifications and client responses get
   202. A request is answered with `application/json`, unless it reports
-  progress (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
+  progress or asks for log messages (or runs past `sse_defer_s`, or is a `subscriptions/listen`), in
   which case the answer switches to `text/event-stream` and carries the
   notifications before the response. A tools/call whose installed server asks
   the client something (sampling, elicitation, roots: edge/mcp/client_requests.py)
@@ -187,6 +187,7 @@ class StreamableHttp:
     `ClusterHttp` (sessions on Redis) differs."""
 
     scope = "edge"  # what `max_sessions` counts the sessions of
+    shared = False  # sessions in Redis, shared by every edge (http_cluster.py): Session.shared
 
     def __init__(self, svc: McpService) -> None:
         self.svc = svc
@@ -283,7 +284,8 @@ class StreamableHttp:
             return _fail(406, "Not Acceptable: subscriptions/listen answers with text/event-stream")
         sid = hs.state.id if hs is not None and msg.method != "initialize" else ""
         streams = sse_ok and (
-            (msg.progress is not None and msg.method != "initialize") or self.d.may_ask(msg, session)
+            ((msg.progress is not None or msg.logs) and msg.method != "initialize")
+            or self.d.may_ask(msg, session)
         )
         if msg.method == "subscriptions/listen" or streams:
             return await self._stream(request, msg, session, hs if sid else None)
@@ -329,7 +331,7 @@ class StreamableHttp:
             # No push: list_changed reaches a session only through an open stream (see _get).
             view = self._view_of(request)
             hs = HttpSession(
-                Session(id=secrets.token_hex(16), transport="http", view=view),
+                Session(id=secrets.token_hex(16), transport="http", view=view, shared=self.shared),
                 client=request.remote or "",
                 seen=self._revision(view),
                 identity=self._identity(request),
@@ -540,12 +542,14 @@ class StreamableHttp:
         Nothing is queued: however many announcements happen while a write waits on a slow client,
         the next write carries one list_changed for the latest.
         """
-        features = dict(self.svc.feature_revisions)  # announced from the stream's opening on
+        view = hs.state.view
+        revisions = self.svc.feature_revisions if view is None else view.lists_revisions
+        features = dict(revisions)  # announced from the stream's opening on
         while not stream.ended and not self.svc.closing.is_set():
             stream.wake.clear()
             while stream.notes:
                 await resp.write(frame(stream.notes.popleft()))
-            for kind, moved in self.svc.feature_revisions.items():
+            for kind, moved in revisions.items():
                 if features[kind] != moved:
                     features[kind] = moved
                     await resp.write(frame(notification(f"notifications/{kind}/list_changed", {})))

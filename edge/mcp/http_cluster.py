@@ -52,6 +52,7 @@ class ClusterHttp(StreamableHttp):
     """The `/mcp` endpoint of one edge of a cluster: its sessions in `store`, shared by every edge."""
 
     scope = "cluster"
+    shared = True
 
     def __init__(self, svc: McpService, store: RedisSessions) -> None:
         super().__init__(svc)
@@ -83,6 +84,8 @@ class ClusterHttp(StreamableHttp):
             self.d.notification(
                 Message(NOTIFICATION, "notifications/cancelled", None, {"requestId": rid}), hs.state
             )
+        elif kind == "level" and isinstance(rid, str):  # set through another edge: heard here too
+            self.d.hear_logs(hs.state, rid)
 
     # -- finding sessions --------------------------------------------------------
 
@@ -149,8 +152,12 @@ class ClusterHttp(StreamableHttp):
     def _adopt(self, rec: SessionRecord, view: ToolView | None) -> HttpSession:
         """A view of a session another edge opened (or this one, before its view was let go), on the
         endpoint it was opened on (`identity` holds it)."""
-        state = Session(id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view)
+        state = Session(
+            id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view, shared=True
+        )
         state.client_info, state.initialized, state.tool_sessions = rec.client_info, True, HeldMirror()
+        if rec.log_level:  # it asked for installed servers' log messages: they reach its stream here
+            self.d.hear_logs(state, rec.log_level)
         hs = HttpSession(state, client=rec.client, seen=rec.seen, identity=rec.identity)
         self._keep(hs)
         return hs
@@ -219,6 +226,11 @@ class ClusterHttp(StreamableHttp):
         resp = await self.d.request(msg, session, send, headers)
         if hs is None or not hs.state.id:
             return resp
+        if msg.method == "logging/setLevel" and resp is not None and "result" in resp:
+            try:  # recorded before the answer: the edge holding its stream forwards at that level
+                await self.store.set_level(hs.state.id, hs.state.log_level)
+            except Unavailable as exc:
+                log.warning("MCP session %s: log level not recorded: %s", hs.state.id[:8], exc.message)
         held = hs.state.tool_sessions
         try:
             if isinstance(held, HeldMirror) and held.pending:

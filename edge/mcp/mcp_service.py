@@ -4,7 +4,9 @@ The catalog follows the edge's registry cache (edge.registry_cache): it is
 rebuilt when the cache's revision moves, and a registry event that changes the *listing*
 (not just a tool's health) is announced to MCP clients as list_changed. The views of the
 catalog each endpoint lists (edge/mcp/views.py) follow it, each event after the catalog's, and
-each view's change is announced to that endpoint's clients only.
+each view's change is announced to that endpoint's clients only. It also follows the hub's stream
+of installed servers' notices (edge/mcp/server_notices.py): log messages to the dispatcher, resource
+updates to the sessions' subscriptions (edge/mcp/resource_subscriptions.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from services.common.errors import ResourceExhausted
 from ._protocol import LIMIT_REACHED, RequestId, error_response
 from .dispatcher import Dispatcher, ServerOptions
 from .federation import Federation, FederationOptions, hub_relay
+from .resource_subscriptions import ResourceSubscriptions, hub_subscriber
 from .server_notices import follow
 from .tool_list import Catalog, build
 from .tool_search import ToolSearch
@@ -144,7 +147,14 @@ class McpService:
         self.federation = Federation(
             registry, hub_relay(gateway), FederationOptions(page_size=server.page_size)
         )
-        self.dispatcher = Dispatcher(self.catalog.current, gateway.execute, server, self.federation)
+        self.subscriptions = ResourceSubscriptions(
+            hub_subscriber(gateway),
+            cfg.edge.mcp_resource_subscriptions_per_session,
+            cfg.edge.mcp_resource_subscriptions,
+        )
+        self.dispatcher = Dispatcher(
+            self.catalog.current, gateway.execute, server, self.federation, self.subscriptions
+        )
         # What each endpoint lists: `/mcp` (views.main, None when unfiltered) and `/mcp/servers/<name>`.
         wait_s = cfg.edge.mcp_search_build_wait_s
         self.views = Views(self.catalog.current, cfg, functools.partial(ToolSearch, build_wait_s=wait_s))
@@ -155,9 +165,10 @@ class McpService:
         # Called at each announcement: open standalone streams (sessions without one cost nothing).
         self.listing_listeners: list[Callable[[], None]] = []
         # How many times the federated servers' prompts and resources lists were announced
-        # changed: open HTTP streams announce each move (edge/mcp/federation.py).
+        # changed to `/mcp` unfiltered (a view counts its own: ToolView.lists_revisions): open HTTP
+        # streams announce each move (edge/mcp/federation.py).
         self.feature_revisions = {"prompts": 0, "resources": 0}
-        self._features_moved: set[str] = set()
+        self._features_moved: dict[str, set[str]] = {}  # kind -> the servers whose list moved
         self.stats = McpStats()
         self._check_scheduled = False
         self._first_sync: asyncio.Task[None] | None = None
@@ -181,9 +192,11 @@ class McpService:
         def on_notice(tool_id: str, method: str, params: dict[str, Any]) -> None:
             if method == "notifications/message":
                 self.dispatcher.server_log(tool_id, params)
+            elif method == "notifications/resources/updated":
+                self.subscriptions.updated(tool_id, params)
 
         try:
-            await follow(self.gateway, on_notice)
+            await follow(self.gateway, on_notice, self.subscriptions.watch)
         except Exception:  # the log messages are lost, not the edge
             log.exception("installed servers' log messages: no longer followed")
 
@@ -205,6 +218,7 @@ class McpService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._notices
         self.dispatcher.close()
+        await self.subscriptions.close()
         self.closing.set()
         await self.views.close()
 
@@ -230,10 +244,9 @@ class McpService:
     def _on_event(self, event: tool_pb2.ToolEvent) -> None:
         self.views.apply(event.tool.tool_id, self.catalog.apply(event))
         prompts, resources = self.federation.apply(event)
-        if prompts:
-            self._features_moved.add("prompts")
-        if resources:
-            self._features_moved.add("resources")
+        for kind, moved in (("prompts", prompts), ("resources", resources)):
+            if moved:
+                self._features_moved.setdefault(kind, set()).add(event.tool.tool_id)
         self.dispatcher.tools_moved = True  # at once: the next tools/call reads the new catalog
         if not self._check_scheduled:  # coalesce a burst of events into one check
             self._check_scheduled = True
@@ -243,9 +256,14 @@ class McpService:
         self._check_scheduled = False
         revision, main, announced = self.registry.revision, self.views.main, False
         if self._features_moved:
-            for kind in sorted(self._features_moved):
+            # Announced only to the endpoints whose view holds a server whose list moved.
+            views = self.views.all()
+            for kind, servers in sorted(self._features_moved.items()):
                 self.feature_revisions[kind] += 1
-                self.dispatcher.lists_changed(kind)
+                for view in views:
+                    if any(view.spec.holds(t) for t in servers):
+                        view.lists_revisions[kind] += 1
+                self.dispatcher.lists_changed(kind, servers)
             self._features_moved.clear()
             announced = True
         if self.catalog.take_changed() and main is None:

@@ -5,8 +5,9 @@ Keys (under `[cluster] key_prefix`, `toolscore:` by default; docs/cluster.md):
 
     <prefix>mcp:session:<id>        hash    identity (SHA-256 of the Authorization header it was opened
                                             with), client, version, client_info (JSON), seen, node,
-                                            created, exchanges (a counter); TTL mcp_session_ttl_s,
-                                            refreshed by every request and by open streams
+                                            created, exchanges (a counter), log_level (once it sent
+                                            logging/setLevel); TTL mcp_session_ttl_s, refreshed by
+                                            every request and by open streams
     <prefix>mcp:held:<id>           hash    tool session id -> [tool_id, end action, id] (JSON): the tool
                                             sessions the MCP session opened; TTL twice the session's
     <prefix>mcp:sessions            zset    session id -> when it expires (ms): the cluster-wide count
@@ -18,7 +19,9 @@ Keys (under `[cluster] key_prefix`, `toolscore:` by default; docs/cluster.md):
                                             delivered
     <prefix>mcp:signals             channel "end <id>" when a session ends (DELETE), "cancel <id>
                                             <request id as JSON>" for a cancellation, so the edge
-                                            running its calls cancels them
+                                            running its calls cancels them, "level <id> <level as
+                                            JSON>" when it set its log level, so the edge holding
+                                            its stream forwards log messages at that level
 
 Every session request costs one script call (`touch`: the session exists, under this identity, and
 its TTL is refreshed); nothing else of a call touches Redis. Every command has the cluster's deadline
@@ -157,6 +160,7 @@ class SessionRecord:
     version: str
     client_info: Any
     seen: int
+    log_level: str = ""  # the lowest level of installed servers' log messages it asked for
 
 
 class Refused(Exception):
@@ -268,6 +272,7 @@ class RedisSessions:
             f[b"version"].decode(),
             json.loads(f[b"client_info"]),
             int(f[b"seen"]),
+            f.get(b"log_level", b"").decode(),
         )
 
     async def end(self, sid: str, ident: str) -> list[Held] | None:
@@ -301,6 +306,14 @@ class RedisSessions:
         """The session's stream announced the listing at `revision` (a fresh stream resumes after it)."""
         with contextlib.suppress(Unavailable):  # a level signal: at worst one list_changed too many
             await self._call(self._redis.hset(self.key(sid), "seen", revision))
+
+    async def set_level(self, sid: str, level: str) -> None:
+        """Record the session's log level and tell every edge (the one holding its stream forwards
+        log messages at that level from then on)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key(sid), "log_level", level)
+            pipe.publish(self.signals, f"level {sid} {json.dumps(level)}")
+            await self._call(pipe.execute())
 
     async def cancel(self, sid: str, rid: str | int) -> None:
         """Tell every edge that the client cancelled request `rid` of session `sid`."""

@@ -67,6 +67,10 @@ class ViewSpec:
         """True when the view lists anything other than the catalog as it is."""
         return bool(self.server or self.include or self.exclude or self.rename)
 
+    def holds(self, tool_id: str) -> bool:
+        """Whether this view may list items of server `tool_id` (a view of one server: only its)."""
+        return not self.server or tool_id == self.server
+
     def present(self, tool_id: str, own: str, federated: str) -> str | None:
         """The name this view lists an item under, or None when it hides it. `own` is its name on
         its server (a tool's action), `federated` its name on `/mcp` (`<tool_id>__<action>`)."""
@@ -96,6 +100,9 @@ class ToolView:
         self.changed = False  # the listing changed since `take_changed` was last called
         # The registry revision whose listing was announced last (HTTP standalone streams' event id).
         self.revision = 0
+        # How many times its federated prompts / resources list_changed were announced (HTTP
+        # standalone streams announce each move; edge/mcp/mcp_service.py moves them).
+        self.lists_revisions = {"prompts": 0, "resources": 0}
         self.listeners: list[Listener] = []
         self.search: ToolSearch | None = None
 

@@ -189,6 +189,10 @@ class EdgeConfig:
     mcp_max_sessions: int = 10000
     mcp_sessions_per_client: int = 256
     mcp_notification_queue: int = 1024
+    # Installed servers' resources an MCP session (or listen stream) may subscribe to, and the edge
+    # in all (each (server, URI) held at the hub once).
+    mcp_resource_subscriptions_per_session: int = 100
+    mcp_resource_subscriptions: int = 10000
     mcp_page_size: int = 100  # tools per tools/list page
     mcp_sse_defer_s: float = 10.0
     mcp_sse_keepalive_s: float = 15.0

@@ -15,6 +15,7 @@ server_runner.py    one server's life: connect, list tools, health, restart with
 fleet.py            the running servers: registration, health, restore, the handler mounted for mcp://
 relay.py            MCP requests other than tools/call (prompts, resources, completion) relayed to one server
 notices.py          the servers' log messages, fanned out to WatchServerNotifications streams, bounded
+resource_subscriptions.py  the edges' resource subscriptions, held on each server once per (server, URI)
 mapping.py          MCP tools and results <-> Tool and ExecuteResponse (pure)
 state.py            installed servers persisted under data/
 installed_set.py    the cluster's installed servers on Redis, what every hub node converges to

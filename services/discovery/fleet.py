@@ -28,6 +28,7 @@ from services.common.errors import FailedPrecondition, MeshError
 from services.discovery import mapping
 from services.discovery.catalog import CURATED
 from services.discovery.notices import Notices
+from services.discovery.resource_subscriptions import UPDATED, ResourceSubscriptions
 from services.discovery.sandbox import Sandboxes
 from services.discovery.server_runner import LaunchSpec, ServerRunner
 from services.discovery.state import ServerRecord
@@ -52,6 +53,8 @@ class Fleet:
         self.sandboxes = sandboxes
         self.runners: dict[str, ServerRunner] = {}
         self.notices = Notices()  # the servers' log messages, for WatchServerNotifications
+        # The edges' resource subscriptions, held once per (server, URI) on the servers.
+        self.subscriptions = ResourceSubscriptions(self.notices, self.runners)
 
     async def runner(self, record: ServerRecord) -> ServerRunner:
         """A (not yet started) runner for `record`, now owned by the fleet. One runner per tool id:
@@ -86,7 +89,8 @@ class Fleet:
             functools.partial(self._on_tools, record),
             functools.partial(self._on_state, record),
         )
-        runner.on_notice = functools.partial(self.notices.publish, record.tool_id)
+        runner.on_notice = functools.partial(self._on_notice, record.tool_id)
+        runner.resource_uris = functools.partial(self.subscriptions.uris, record.tool_id)
         self.runners[record.tool_id] = runner
         return runner
 
@@ -128,9 +132,16 @@ class Fleet:
                     tg.create_task(runner.start(strict=False))
 
     async def stop_all(self) -> None:
-        runners, self.runners = list(self.runners.values()), {}
+        runners = list(self.runners.values())
+        self.runners.clear()  # the same dict: the subscriptions look runners up in it
         if runners:
             await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
+
+    def _on_notice(self, tool_id: str, method: str, params: dict[str, Any]) -> None:
+        if method == UPDATED:  # to the watches subscribed to it only
+            self.subscriptions.updated(tool_id, params)
+        else:
+            self.notices.publish(tool_id, method, params)
 
     async def _on_tools(self, record: ServerRecord, runner: ServerRunner, tools: list[types.Tool]) -> None:
         if not tools:

@@ -1,5 +1,8 @@
 """MCP requests other than `tools/call` relayed to one server's session: which, how bounded, as JSON.
 
+Resource subscriptions are relayed too, held for the edge's watch once per (server, URI)
+(`subscription`, services/discovery/resource_subscriptions.py).
+
 The edge federates installed servers' prompts, resources and completion by sending each such
 request here (ToolScoreService.RelayServerRequest, services/discovery/servicer.py). A request
 is checked (a relayed method, a JSON object of bounded size), validated by the SDK's models,
@@ -20,6 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 from toolscore.v1 import toolscore_pb2 as ts
 
 from services.common.errors import DeadlineExceeded, InvalidRequest, ResourceExhausted, Unavailable
+from services.discovery.resource_subscriptions import ResourceSubscriptions
 from services.discovery.server_runner import ServerRunner
 
 # The methods relayed, and the server capability each needs (docs/mcp.md, "Federated servers").
@@ -31,6 +35,8 @@ RELAYED: dict[str, str] = {
     "resources/read": "resources",
     "completion/complete": "completions",
 }
+# Held for a watch, once per (server, URI) on the server (resource_subscriptions.py).
+SUBSCRIPTIONS = frozenset({"resources/subscribe", "resources/unsubscribe"})
 MAX_PARAMS_BYTES = 64 * 1024
 DEFAULT_TIMEOUT_S = 30.0
 # Fields of a 2026-07-28 result that describe the hop to the hub, not the content.
@@ -40,7 +46,7 @@ _RESULTS: dict[str, TypeAdapter[Any]] = {m: TypeAdapter(cast(Any, MONOLITH_RESUL
 
 def parse(method: str, params_json: str) -> Any:
     """The SDK request model for `method` with `params_json`; InvalidRequest when either is refused."""
-    if method not in RELAYED:
+    if method not in RELAYED and method not in SUBSCRIPTIONS:
         raise InvalidRequest(
             f"{method!r} is not relayed to servers", reason="METHOD_NOT_RELAYED", metadata={"method": method}
         )
@@ -66,6 +72,38 @@ def parse(method: str, params_json: str) -> Any:
         ) from None
 
 
+async def subscription(
+    subscriptions: ResourceSubscriptions,
+    runner: ServerRunner,
+    tool_id: str,
+    method: str,
+    params_json: str,
+    watch_id: str,
+    timeout_s: float,
+) -> ts.RelayServerRequestResponse:
+    """`resources/subscribe` or `resources/unsubscribe` of one URI for the watch `watch_id`: `{}`,
+    or the server's JSON-RPC error (a server that does not offer subscriptions: its -32601)."""
+    request = parse(method, params_json)
+    if not watch_id:
+        raise InvalidRequest(f"{method} needs the watch_id of an open watch", reason="WATCH_ID_REQUIRED")
+    uri = str(request.params.uri)
+    if method == "resources/unsubscribe":
+        subscriptions.unsubscribe(watch_id, tool_id, uri)
+        return ts.RelayServerRequestResponse(result_json="{}")
+    caps = runner.capabilities
+    if runner.client is not None and caps is not None and not (caps.resources and caps.resources.subscribe):
+        message = f"MCP server {runner.name} offers no resource subscriptions"
+        error = ts.McpError(code=types.METHOD_NOT_FOUND, message=message)
+        return ts.RelayServerRequestResponse(error=error)
+    try:
+        await subscriptions.subscribe(watch_id, tool_id, uri, timeout_s)
+    except TimeoutError:
+        raise _timeout(runner, method, timeout_s) from None
+    except MCPError as exc:
+        return _server_error(runner, method, exc)
+    return ts.RelayServerRequestResponse(result_json="{}")
+
+
 async def send(
     runner: ServerRunner, method: str, params_json: str, timeout_s: float, max_result_bytes: int
 ) -> ts.RelayServerRequestResponse:
@@ -78,21 +116,9 @@ async def send(
                 request, _RESULTS[method], request_read_timeout_seconds=timeout_s
             )
     except TimeoutError:
-        raise DeadlineExceeded(
-            f"MCP server {runner.name} did not answer {method} within {timeout_s:g}s",
-            reason="MCP_SERVER_TIMEOUT",
-            metadata={"server": runner.name},
-        ) from None
+        raise _timeout(runner, method, timeout_s) from None
     except MCPError as exc:
-        if exc.code == types.CONNECTION_CLOSED:
-            raise Unavailable(
-                f"MCP server {runner.name} closed the connection during {method}",
-                reason="MCP_SERVER_DOWN",
-                metadata={"server": runner.name},
-            ) from None
-        data = "" if exc.data is None else json.dumps(exc.data)[:MAX_PARAMS_BYTES]
-        error = ts.McpError(code=exc.code, message=exc.message[:4096], data_json=data)
-        return ts.RelayServerRequestResponse(error=error)
+        return _server_error(runner, method, exc)
     except ValidationError as exc:  # the server answered something its protocol does not allow
         raise Unavailable(
             f"MCP server {runner.name} answered {method} with an invalid result: {exc.error_count()} errors",
@@ -116,3 +142,24 @@ async def send(
             metadata={"server": runner.name, "max_bytes": str(max_result_bytes)},
         )
     return ts.RelayServerRequestResponse(result_json=text)
+
+
+def _timeout(runner: ServerRunner, method: str, timeout_s: float) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"MCP server {runner.name} did not answer {method} within {timeout_s:g}s",
+        reason="MCP_SERVER_TIMEOUT",
+        metadata={"server": runner.name},
+    )
+
+
+def _server_error(runner: ServerRunner, method: str, exc: MCPError) -> ts.RelayServerRequestResponse:
+    """The server's JSON-RPC error as it sent it (Unavailable when it is the connection closing)."""
+    if exc.code == types.CONNECTION_CLOSED:
+        raise Unavailable(
+            f"MCP server {runner.name} closed the connection during {method}",
+            reason="MCP_SERVER_DOWN",
+            metadata={"server": runner.name},
+        ) from None
+    data = "" if exc.data is None else json.dumps(exc.data)[:MAX_PARAMS_BYTES]
+    error = ts.McpError(code=exc.code, message=exc.message[:4096], data_json=data)
+    return ts.RelayServerRequestResponse(error=error)

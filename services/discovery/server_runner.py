@@ -29,6 +29,7 @@ from mcp.client.subscriptions import (
     ListenNotSupportedError,
     PromptsListChanged,
     ResourcesListChanged,
+    ResourceUpdated,
     SubscriptionLost,
 )
 from mcp.shared.dispatcher import ProgressFnT
@@ -112,9 +113,15 @@ class ServerRunner:
         # Moves at each connection and each prompts or resources list_changed: the edge rereads
         # its lists of them when the revision its tool's metadata names moves (fleet.py).
         self.lists_revision = 0
-        # Where the server's log messages go (the fleet's Notices): method, params.
+        # Where the server's log messages and resource updates go (the fleet): method, params.
         self.on_notice: Callable[[str, dict[str, Any]], None] | None = None
         self._calls: list[_Call] = []  # tools/call in flight, oldest first
+        # The resource URIs to subscribe to at each connection (resource_subscriptions.py).
+        self.resource_uris: Callable[[], list[str]] = list
+        # The current connection's resource subscriptions: URI -> its task (2026-07-28: the
+        # `subscriptions/listen` stream of that URI; handshake era: the subscribe request).
+        self._resources: dict[str, asyncio.Task[None]] = {}
+        self._chores: set[asyncio.Task[None]] = set()  # unsubscribe requests under way
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, *, strict: bool) -> None:
@@ -231,6 +238,101 @@ class ServerRunner:
     async def _on_list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
         return await self._ask("roots/list", None, types.ListRootsResult)
 
+    async def subscribe_resource(self, uri: str, timeout_s: float) -> None:
+        """Subscribe to `uri` on the current connection: a `resources/subscribe` request in the
+        handshake era, a `subscriptions/listen` stream of that URI in 2026-07-28 (held until
+        `release_resource` or the connection ends). Raises the server's MCPError, TimeoutError, or
+        Unavailable (`MCP_SERVER_DOWN`)."""
+        client = self.connected()
+        old = self._resources.get(uri)
+        if old is not None and not old.done():
+            return
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._resources[uri] = self._resource_task(client, uri, acked)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await asyncio.shield(acked)
+        except BaseException:
+            task = self._resources.pop(uri, None)
+            if task is not None:
+                task.cancel()
+            raise
+
+    def release_resource(self, uri: str) -> None:
+        """Let `uri` go on the current connection (a subscription of the handshake era is ended by
+        a `resources/unsubscribe` request, sent in the background)."""
+        task = self._resources.pop(uri, None)
+        if task is None:
+            return
+        task.cancel()
+        client = self.client
+        if client is not None and client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            chore = asyncio.get_running_loop().create_task(self._unsubscribe(client, uri))
+            self._chores.add(chore)
+            chore.add_done_callback(self._chores.discard)
+
+    def _resource_task(self, client: Client, uri: str, acked: asyncio.Future[None]) -> asyncio.Task[None]:
+        if client.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+            work = self._subscribe(client, uri, acked)
+        else:
+            work = self._listen_resource(client, uri, acked)
+        task = asyncio.get_running_loop().create_task(work, name=f"mcp-resource-{self.name}")
+        ended = Unavailable(
+            f"MCP server {self.name}: the subscription to {uri[:200]} ended before it was made",
+            reason="MCP_SERVER_DOWN",
+            metadata={"server": self.name},
+        )
+        task.add_done_callback(lambda _: _settle(acked, ended))
+        return task
+
+    async def _subscribe(self, client: Client, uri: str, acked: asyncio.Future[None]) -> None:
+        request = types.SubscribeRequest(params=types.SubscribeRequestParams(uri=uri))
+        try:
+            await client.session.send_request(
+                request, types.EmptyResult, request_read_timeout_seconds=self.cfg.health_timeout_s
+            )
+        except Exception as exc:
+            _settle(acked, exc)
+            return
+        _settle(acked, None)
+
+    async def _unsubscribe(self, client: Client, uri: str) -> None:
+        request = types.UnsubscribeRequest(params=types.UnsubscribeRequestParams(uri=uri))
+        try:
+            await client.session.send_request(
+                request, types.EmptyResult, request_read_timeout_seconds=self.cfg.health_timeout_s
+            )
+        except (MCPError, TimeoutError, OSError) as exc:
+            log.info("MCP server %s: resources/unsubscribe %s failed: %s", self.name, uri[:200], exc)
+
+    async def _listen_resource(self, client: Client, uri: str, acked: asyncio.Future[None]) -> None:
+        """The 2026-07-28 subscription to one URI: a listen stream whose updates go to `on_notice`."""
+        try:
+            async with client.listen(resource_subscriptions=[uri]) as subscription:
+                _settle(acked, None)
+                async for event in subscription:
+                    if isinstance(event, ResourceUpdated) and self.on_notice is not None:
+                        self.on_notice("notifications/resources/updated", {"uri": event.uri})
+            log.info("MCP server %s: it closed the subscription to %s", self.name, uri[:200])
+        except (MCPError, SubscriptionLost, ListenNotSupportedError, TimeoutError) as exc:
+            if not _settle(acked, exc):
+                log.info("MCP server %s: the subscription to %s ended: %s", self.name, uri[:200], exc)
+
+    def _resubscribe(self, client: Client) -> None:
+        """A new connection: subscribe again to every URI held (each in its own task, not waited for)."""
+        for uri in self.resource_uris():
+            acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            acked.add_done_callback(_log_refusal(self.name, uri))
+            self._resources[uri] = self._resource_task(client, uri, acked)
+
+    async def _end_resources(self) -> None:
+        """The connection ended: its subscriptions with it (subscribed again at the next)."""
+        tasks = [*self._resources.values(), *self._chores]
+        self._resources.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def why_down(self, within_s: float) -> str | None:
         """Why a stdio server's connection went down, once the runner has seen it end (None if it
         did not within `within_s`, or for a remote server, whose connection drops say nothing)."""
@@ -315,6 +417,8 @@ class ServerRunner:
             if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
                 listener = asyncio.create_task(self._listen(client), name=f"mcp-listen-{self.name}")
                 stack.push_async_callback(_cancel, listener)
+            stack.push_async_callback(self._end_resources)
+            self._resubscribe(client)
             await self._watch(client)
 
     def _transport(self) -> Any:
@@ -396,6 +500,12 @@ class ServerRunner:
                 self.on_notice(
                     message.method, message.params.model_dump(by_alias=True, mode="json", exclude_none=True)
                 )
+        elif isinstance(message, types.ResourceUpdatedNotification):  # the fleet keeps those held
+            # (in 2026-07-28 they come on the URI's listen stream, which hands them on itself)
+            if self.on_notice is not None and self.protocol_version in HANDSHAKE_PROTOCOL_VERSIONS:
+                self.on_notice(
+                    message.method, message.params.model_dump(by_alias=True, mode="json", exclude_none=True)
+                )
         elif isinstance(message, types.ToolListChangedNotification):
             self._relist = True
             self._kick.set()
@@ -409,6 +519,25 @@ class ServerRunner:
             await self._on_state(self)
         except Exception:
             log.exception("state callback failed for %s", self.name)
+
+
+def _settle(acked: asyncio.Future[None], exc: BaseException | None) -> bool:
+    """Answer the subscriber waiting for `acked` (False: it had its answer already)."""
+    if acked.done():
+        return False
+    if exc is None:
+        acked.set_result(None)
+    else:
+        acked.set_exception(exc)
+    return True
+
+
+def _log_refusal(name: str, uri: str) -> Callable[[asyncio.Future[None]], None]:
+    def done(acked: asyncio.Future[None]) -> None:
+        if not acked.cancelled() and acked.exception() is not None:
+            log.info("MCP server %s: no subscription to %s again: %s", name, uri[:200], acked.exception())
+
+    return done
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

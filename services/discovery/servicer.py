@@ -120,6 +120,17 @@ class DiscoveryServicer:
             timeout_s = min(timeout_s, remaining)
         if timeout_s <= 0:
             raise InvalidRequest("timeout must be positive", reason="INVALID_TIMEOUT")
+        if request.method in relay.SUBSCRIPTIONS:
+            subscriptions = self.discovery.fleet.subscriptions
+            return await relay.subscription(
+                subscriptions,
+                runner,
+                request.tool_id,
+                request.method,
+                request.params_json,
+                request.watch_id,
+                timeout_s,
+            )
         # The answer must fit the response message, with room for its framing.
         limit = self.discovery.cfg.hub.max_message_bytes - 1024
         return await relay.send(runner, request.method, request.params_json, timeout_s, limit)
@@ -127,8 +138,10 @@ class DiscoveryServicer:
     async def WatchServerNotifications(
         self, request: ts.WatchServerNotificationsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ts.WatchServerNotificationsResponse]:
-        notices = self.discovery.fleet.notices
-        queue = notices.subscribe()
+        notices, subscriptions = self.discovery.fleet.notices, self.discovery.fleet.subscriptions
+        if request.watch_id:
+            subscriptions.open(request.watch_id)
+        queue = notices.subscribe(request.watch_id)
         try:
             await context.send_initial_metadata(())  # the watch is in place
             while True:
@@ -137,6 +150,8 @@ class DiscoveryServicer:
                     yield item
         finally:
             notices.unsubscribe(queue)
+            if request.watch_id:  # what it held is let go
+                subscriptions.close(request.watch_id)
 
     async def WatchInstalls(
         self, request: pb.WatchInstallsRequest, context: grpc.aio.ServicerContext

@@ -476,3 +476,14 @@ async def test_a_virtual_servers_session_is_served_by_every_edge_on_its_own_endp
     for edge in (a, b):  # the same id at `/mcp`: another endpoint's session, as unknown there
         status, _, _ = await at(edge, "/mcp", listing, sid)
         assert status == 404
+
+
+async def test_a_session_on_redis_is_not_offered_resource_subscriptions_one_edge_alone_would_hold(
+    two: tuple[EdgeHandle, EdgeHandle],
+):
+    a, b = two
+    status, body, r = await post(a, INIT_2025_11_25)
+    assert status == 200 and "subscribe" not in body["result"]["capabilities"]["resources"], body
+    subscribe = {"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe", "params": {"uri": "memo://x"}}
+    _, refused, _ = await post(b, subscribe, r.headers["Mcp-Session-Id"])
+    assert refused["error"]["code"] == -32600 and "session of this edge" in refused["error"]["message"]

@@ -47,6 +47,9 @@ from services.router import backchannel
 log = logging.getLogger(__name__)
 _CLIENT_INFO = types.Implementation(name="toolscore-mesh", version="0.1.0")
 _MAX_TOOL_PAGES = 50
+# Health checks in a row left unanswered while calls are in flight that are taken as the server
+# being busy with them, not as it being gone (_watch).
+BUSY_MISSES = 3
 _R = TypeVar("_R", bound=BaseModel)
 
 
@@ -447,7 +450,13 @@ class ServerRunner:
         return self.transport
 
     async def _watch(self, client: Client) -> None:
-        """Return when the connection should end (stop, process gone, failed health check)."""
+        """Return when the connection should end (stop, process gone, failed health check).
+
+        A health check left unanswered while calls are in flight is taken as the server being
+        busy with them (a one-thread server answers nothing else meanwhile), up to BUSY_MISSES in a
+        row: ending the connection then would fail every caller's call, and each call has its own
+        deadline. An error answer, or a miss with no call in flight, ends it as before."""
+        misses = 0
         while True:
             self._kick.clear()
             with contextlib.suppress(TimeoutError):
@@ -469,9 +478,31 @@ class ServerRunner:
                         await client.session.send_ping()
                     else:
                         await client.session.list_tools()
-            except (TimeoutError, MCPError, OSError) as exc:
+            except TimeoutError as exc:
+                if self._calls and misses < BUSY_MISSES and not self.transport_ended():
+                    misses += 1
+                    log.info(
+                        "MCP server %s did not answer a health check within %gs while %d calls run: "
+                        "taken as busy (%d of %d in a row)",
+                        self.name,
+                        self.cfg.health_timeout_s,
+                        len(self._calls),
+                        misses,
+                        BUSY_MISSES,
+                    )
+                    continue
+                self.message = f"health check failed: {_describe(exc, self.transport, 'a health check')}"
+                return
+            except (MCPError, OSError) as exc:
                 self.message = f"health check failed: {_describe(exc, self.transport)}"
                 return
+            misses = 0
+
+    def transport_ended(self) -> bool:
+        """Whether the server's process closed its side (then a miss is no longer busyness)."""
+        return self.transport is not None and (
+            self.transport.closed.is_set() or self.transport.ended_by_server
+        )
 
     async def _listen(self, client: Client) -> None:
         """2026-07-28 sessions announce list changes (tools, prompts, resources) only on a
@@ -560,13 +591,13 @@ async def _list_all(client: Client) -> list[types.Tool]:
     return tools
 
 
-def _describe(exc: BaseException, transport: StdioTransport | None) -> str:
+def _describe(exc: BaseException, transport: StdioTransport | None, waited: str = "the MCP handshake") -> str:
     if transport is not None and transport.failure:
         return transport.failure
     if isinstance(exc, TimeoutError):
         if transport is not None and transport.ended_by_server:
             return transport.describe_end()
-        return "no answer to the MCP handshake in time"
+        return f"no answer to {waited} in time"
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e, transport) for e in exc.exceptions)
     if transport is not None and transport.ended_by_server:

@@ -356,3 +356,26 @@ async def test_a_server_that_requires_an_environment_value_the_mesh_cannot_give_
         assert "TS_API_KEY" in details and "the service's API key" in details
         assert not pkg_index.download_started.is_set()  # refused before pip fetched anything
         await _assert_clean_and_healthy(hub)
+
+
+async def test_a_server_busy_with_a_call_through_two_health_checks_keeps_its_connection_and_answers_it(
+    dcfg: Config, pkg_index: PackageIndex, root: Path, catalog_dir: Path
+) -> None:
+    """A one-thread server answers no health check while it works on a call; ending its connection
+    for that failed every call in flight (found by the issue 17 audit). The fixture's `busy` answers
+    only once two health checks went unanswered (each past its deadline)."""
+    name = _publish(pkg_index, root, catalog_dir, "busy")
+    quick = config_mod.replace(dcfg, discovery={"health_interval_s": 0.05, "health_timeout_s": 1.0})
+    async with Hub(quick) as hub:
+        async with grpc.aio.insecure_channel(hub.uds_target or "") as ch:
+            stub = toolscore_pb2_grpc.ToolScoreServiceStub(ch)
+            installed = await stub.InstallServer(pb.InstallServerRequest(name=name), timeout=60)
+            runner = hub.discovery.runners[installed.server.tool_id]
+            pid = runner.transport.pid  # type: ignore[union-attr]
+            request = ts.ExecuteToolRequest(tool_id=installed.server.tool_id, action="busy")
+            busy = await stub.ExecuteTool(request, timeout=30)
+            assert not busy.is_error, busy
+            assert busy.content[0].text.text == "worked through two health checks"
+            assert runner.restarts == 0 and runner.transport.pid == pid  # type: ignore[union-attr]
+            await stub.UninstallServer(pb.UninstallServerRequest(name=name), timeout=30)
+        await _assert_clean_and_healthy(hub)

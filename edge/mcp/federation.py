@@ -9,8 +9,10 @@ them per server until the revision moves (or `list_ttl_s` passes), and serves th
 - prompts are named as tools are, `tool_name(<tool_id>, <prompt name>)` (edge/mcp/tool_list.py);
 - a resource keeps its URI when no server earlier in tool-id order lists the same URI; a later
   server's copy is listed as `toolscore://servers/<tool_id>/<URI, percent-encoded>` (that form
-  reaches any server's resource). A URI no server lists goes to the first server (tool-id order)
-  with a template it matches, else to the only server offering resources, else -32002;
+  reaches any server's resource; a URI a server lists in that form itself is listed so too, under
+  its own tool id, so no server can present another's resource as its own). A URI no server
+  lists goes to the first server (tool-id order) with a template it matches, else to the only
+  server offering resources, else -32002;
 - lists page in name (prompts), URI (resources) or template order, like `tools/list`.
 
 A listing waits for a server only when it has none of its lists yet or the server announced a
@@ -387,9 +389,10 @@ def _build(
                 original = item.get("uri")
                 if not isinstance(original, str):
                     continue
-                key = (
-                    original if original not in by_key else f"{EXPLICIT}{tool_id}/{quote(original, safe='')}"
-                )
+                # A URI in the mesh's own explicit form is never taken as listed: a server could
+                # otherwise list another server's resource as its own.
+                plain = original not in by_key and not original.startswith(EXPLICIT)
+                key = original if plain else f"{EXPLICIT}{tool_id}/{quote(original, safe='')}"
                 entry = {**item, "uri": key}
             else:
                 original = item.get("uriTemplate")

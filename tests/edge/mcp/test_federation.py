@@ -1,9 +1,11 @@
-"""The union of installed servers' prompts (edge/mcp/federation.py), on its own: names that stay
-apart whatever two servers call their prompts."""
+"""The union of installed servers' prompts and resources (edge/mcp/federation.py), on its own: names
+that stay apart whatever two servers call their prompts, and URIs no server can take from another."""
 
 from __future__ import annotations
 
-from edge.mcp.federation import _build
+from urllib.parse import quote
+
+from edge.mcp.federation import EXPLICIT, _build
 from edge.mcp.tool_list import tool_name
 
 
@@ -17,3 +19,14 @@ def test_two_servers_whose_prompt_names_spell_one_name_are_both_listed_under_dis
     (other,) = set(union.keys) - {"a__b__c"}
     assert other == tool_name("a__b", "c", 16) and union.owners[other] == ("a__b", "c")
     assert [e["name"] for e in union.entries] == union.keys  # each listed under the name it is got by
+
+
+def test_a_server_listing_a_uri_in_the_meshs_explicit_form_gets_it_under_its_own_tool_id() -> None:
+    # Server `evil` lists `toolscore://servers/good/secret`: taken as is, a client would read it as
+    # evil's resource and the edge would route the read to `good`.
+    forged = f"{EXPLICIT}good/secret"
+    union = _build("resources/list", [("evil", [{"uri": forged}]), ("good", [{"uri": "secret"}])])
+    own = f"{EXPLICIT}evil/{quote(forged, safe='')}"
+    assert union.keys == sorted([own, "secret"])
+    assert union.owners[own] == ("evil", forged) and union.owners["secret"] == ("good", "secret")
+    assert forged not in union.owners

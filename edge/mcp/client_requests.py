@@ -14,6 +14,7 @@ with an `InputRequiredResult` instead (edge/mcp/input_required.py).
 from __future__ import annotations
 
 import itertools
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,10 @@ class ClientRequests:
     """One session's requests to its client, waiting for its responses, matched by minted ids."""
 
     def __init__(self, limit: int = MAX_PER_SESSION) -> None:
-        self._ids = itertools.count(1)
+        # Ids start at a random point: the edges of a cluster each ask one session's client (their
+        # calls' servers), and a response POSTed through any edge reaches all of them
+        # (http_cluster.py): one edge's ids must not be another's.
+        self._ids = itertools.count(secrets.randbits(40) << 12)
         self._pending: Correlator[int, dict[str, Any]] = Correlator(limit)
 
     def asker(self, send: Send, caps: dict[str, Any]) -> Ask:

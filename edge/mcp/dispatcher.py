@@ -320,12 +320,11 @@ class Dispatcher:
             and client_requests.declared(session.capabilities)
         )
 
-    def response(self, msg: Message, session: Session) -> None:
+    def response(self, msg: Message, session: Session) -> bool:
         """A client's response to a request the edge sent it (edge/mcp/client_requests.py): it
-        answers a request of this session only; anything else is dropped."""
+        answers a request of this session only; False when none here waits for it."""
         session.last_used = time.monotonic()
-        if session.asks is not None and msg.params is not None:
-            session.asks.answer(msg.params)
+        return session.asks is not None and msg.params is not None and session.asks.answer(msg.params)
 
     def tools_changed(self, view: ToolView | None = None) -> None:
         """Tell every subscriber of `view`'s endpoint (None: `/mcp` unfiltered) that its tool list

@@ -275,7 +275,8 @@ class StreamableHttp:
             self.d.notification(msg, session)
             return _json(None, 202)
         if msg.kind == RESPONSE:  # to a request the edge sent this session's client
-            self.d.response(msg, session)
+            if not self.d.response(msg, session) and hs is not None and msg.params is not None:
+                await self._answer_elsewhere(hs, msg.params)
             return _json(None, 202)
         assert msg.kind == REQUEST
         if hs is not None and len(session.inflight) >= self.opts.max_in_flight:
@@ -569,6 +570,10 @@ class StreamableHttp:
 
     async def _announced(self, hs: HttpSession, revision: int) -> None:
         """Hook: the session's stream announced the listing at `revision` (`hs.seen` says so here)."""
+
+    async def _answer_elsewhere(self, hs: HttpSession, response: dict[str, Any]) -> None:
+        """Hook: a client's response no request of this edge waits for (here: dropped; no other
+        edge holds the session's requests)."""
 
     async def _still_open(self, hs: HttpSession) -> bool:
         """Hook: at an open stream's keepalive, whether its session still exists (here: it does,

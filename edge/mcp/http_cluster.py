@@ -86,6 +86,8 @@ class ClusterHttp(StreamableHttp):
             )
         elif kind == "level" and isinstance(rid, str):  # set through another edge: heard here too
             self.d.hear_logs(hs.state, rid)
+        elif kind == "answer" and isinstance(rid, dict) and hs.state.asks is not None:
+            hs.state.asks.answer(rid)  # POSTed through another edge; only a request of this session
 
     # -- finding sessions --------------------------------------------------------
 
@@ -104,6 +106,13 @@ class ClusterHttp(StreamableHttp):
             if hs is not None and msg.method == "notifications/cancelled":
                 await self._cancel_elsewhere(hs, msg)
         return await self._serve(request, msg, sse_ok, hs, session)
+
+    async def _answer_elsewhere(self, hs: HttpSession, response: dict[str, Any]) -> None:
+        """A client's response to a request this edge did not send: the edge that sent it is told."""
+        try:
+            await self.store.answer(hs.state.id, response)
+        except Unavailable as exc:
+            log.warning("MCP session %s: a client's response not passed on: %s", hs.state.id[:8], exc.message)
 
     async def _cancel_elsewhere(self, hs: HttpSession, msg: Message) -> None:
         """A cancellation of a request this edge does not run: the edge that runs it is told."""
@@ -156,6 +165,7 @@ class ClusterHttp(StreamableHttp):
             id=rec.id, transport="http", era=HANDSHAKE, version=rec.version, view=view, shared=True
         )
         state.client_info, state.initialized, state.tool_sessions = rec.client_info, True, HeldMirror()
+        state.capabilities = rec.capabilities
         if rec.log_level:  # it asked for installed servers' log messages: they reach its stream here
             self.d.hear_logs(state, rec.log_level)
         hs = HttpSession(state, client=rec.client, seen=rec.seen, identity=rec.identity)
@@ -189,7 +199,15 @@ class ClusterHttp(StreamableHttp):
 
     async def _opened(self, hs: HttpSession, rid: Any) -> web.Response | None:
         state = hs.state
-        rec = SessionRecord(state.id, hs.identity, hs.client, state.version, state.client_info, hs.seen)
+        rec = SessionRecord(
+            state.id,
+            hs.identity,
+            hs.client,
+            state.version,
+            state.client_info,
+            hs.seen,
+            capabilities=state.capabilities,
+        )
         try:
             await self._sweep()
             await self.store.create(rec, self.opts.max_sessions, self.opts.sessions_per_client)

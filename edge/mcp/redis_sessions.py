@@ -4,10 +4,10 @@ by every edge of the cluster (`[edge] mcp_session_store = "redis"`, docs/mcp.md)
 Keys (under `[cluster] key_prefix`, `toolscore:` by default; docs/cluster.md):
 
     <prefix>mcp:session:<id>        hash    identity (SHA-256 of the Authorization header it was opened
-                                            with), client, version, client_info (JSON), seen, node,
-                                            created, exchanges (a counter), log_level (once it sent
-                                            logging/setLevel); TTL mcp_session_ttl_s, refreshed by
-                                            every request and by open streams
+                                            with), client, version, client_info and capabilities (JSON),
+                                            seen, node, created, exchanges (a counter), log_level
+                                            (once it sent logging/setLevel); TTL mcp_session_ttl_s,
+                                            refreshed by every request and by open streams
     <prefix>mcp:held:<id>           hash    tool session id -> [tool_id, end action, id] (JSON): the tool
                                             sessions the MCP session opened; TTL twice the session's
     <prefix>mcp:sessions            zset    session id -> when it expires (ms): the cluster-wide count
@@ -21,7 +21,9 @@ Keys (under `[cluster] key_prefix`, `toolscore:` by default; docs/cluster.md):
                                             <request id as JSON>" for a cancellation, so the edge
                                             running its calls cancels them, "level <id> <level as
                                             JSON>" when it set its log level, so the edge holding
-                                            its stream forwards log messages at that level
+                                            its stream forwards log messages at that level, "answer
+                                            <id> <JSON-RPC response>" for a client's response POSTed
+                                            through an edge that did not send the request
 
 Every session request costs one script call (`touch`: the session exists, under this identity, and
 its TTL is refreshed); nothing else of a call touches Redis. Every command has the cluster's deadline
@@ -161,6 +163,9 @@ class SessionRecord:
     client_info: Any
     seen: int
     log_level: str = ""  # the lowest level of installed servers' log messages it asked for
+    # What its client declared at initialize (sampling, elicitation, roots: whether installed
+    # servers' requests may be sent to it, by whichever edge runs its call).
+    capabilities: dict[str, Any] | None = None
 
 
 class Refused(Exception):
@@ -248,6 +253,7 @@ class RedisSessions:
         """Record a new session; raise Refused past a cap, Unavailable when Redis fails."""
         fields = ["identity", rec.identity, "client", rec.client, "version", rec.version]
         fields += ["client_info", json.dumps(rec.client_info), "seen", str(rec.seen), "node", self.node]
+        fields += ["capabilities", json.dumps(rec.capabilities)]
         keys = [self.key(rec.id), self._all, f"{self._p}client:{rec.client}"]
         args: list[str | int] = [self._ttl_ms, max_total, max_client, rec.id, *fields]
         answer = await self._call(self._create(keys=keys, args=args))
@@ -273,6 +279,7 @@ class RedisSessions:
             json.loads(f[b"client_info"]),
             int(f[b"seen"]),
             f.get(b"log_level", b"").decode(),
+            _capabilities(f.get(b"capabilities")),
         )
 
     async def end(self, sid: str, ident: str) -> list[Held] | None:
@@ -318,6 +325,11 @@ class RedisSessions:
     async def cancel(self, sid: str, rid: str | int) -> None:
         """Tell every edge that the client cancelled request `rid` of session `sid`."""
         await self._call(self._redis.publish(self.signals, f"cancel {sid} {json.dumps(rid)}"))
+
+    async def answer(self, sid: str, response: dict[str, Any]) -> None:
+        """Pass a client's response on to every edge: the one whose call asked resolves it (a
+        response POSTed through another edge than the one running the call)."""
+        await self._call(self._redis.publish(self.signals, f"answer {sid} {json.dumps(response)}"))
 
     async def wake(self) -> None:
         """A signal nobody acts on: a `follow_signals` whose `stop` was set returns at once."""
@@ -474,6 +486,14 @@ def _signal(data: bytes, on_signal: Callable[[str, str, Any], None]) -> None:
         on_signal(kind, sid, json.loads(rid) if rid else None)
     except Exception:  # one bad signal must not stop the others
         log.exception("MCP session signal %r failed", data[:80])
+
+
+def _capabilities(raw: bytes | None) -> dict[str, Any] | None:
+    try:
+        caps = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return caps if isinstance(caps, dict) else None
 
 
 def _entry(n: int) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import httpx2
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
@@ -381,3 +382,32 @@ async def test_a_call_relayed_by_the_edge_without_a_client_gets_an_error_result(
     resp = await gateway.execute(request, deadline_s=60)
     assert resp.is_error, resp
     assert "cannot answer sampling/createMessage: its caller has no way back" in resp.error.message, resp
+
+
+async def test_a_response_posted_through_another_edge_of_a_cluster_reaches_the_call_that_asked(
+    cfg: Config, hub: Hub, installed: str, upstream: str, redis_server: Any, start_edge: Any
+) -> None:
+    """Behind a balancer without stickiness, a handshake-era session's requests alternate between
+    two edges on one Redis: the call runs on one, the client's answer to the server's sampling,
+    elicitation and roots requests is POSTed through the other, which passes it on (a Redis
+    signal) to the edge whose call asked; the session's capabilities are known on both."""
+    from mcp.client.streamable_http import streamable_http_client
+
+    from .test_sessions_across_edges import Alternate, clustered, port_of
+
+    a = await start_edge(clustered(cfg, hub, redis_server.url, "edge-a"))
+    b = await start_edge(clustered(cfg, hub, redis_server.url, "edge-b"))
+    for edge in (a, b):
+        assert await edge.gateway.cache.wait_revision(hub.registry.revision, timeout_s=10)
+    answers = Answers("A")
+    transport = Alternate([port_of(a), port_of(b)])
+    async with httpx2.AsyncClient(transport=transport, timeout=30) as http:
+        transport_of = streamable_http_client(a.url + "/mcp", http_client=http)
+        async with Client(transport_of, mode="legacy", **answers.callbacks()) as client:
+            through = await _results(client, answers, upstream)
+    assert through == [
+        (False, "model-A said: A heard '2+2?'"),
+        (False, "accepted: Ada A"),
+        (False, "A=file:///work/A"),
+    ]
+    assert {port_of(a), port_of(b)} <= set(transport.sent)

@@ -78,7 +78,14 @@ def base_config(root: Path) -> Config:
             "stats_flush_s": 0.2,
             "uvloop": False,
         },
-        executor={"tcp": "127.0.0.1:0", "register_retry_s": 0.05, "register_retry_max_s": 0.5},
+        # The heavy template (on in the shipped config) only where a test asks for it: each start
+        # costs seconds of CPU, which a suite of hundreds of executors cannot spare.
+        executor={
+            "tcp": "127.0.0.1:0",
+            "register_retry_s": 0.05,
+            "register_retry_max_s": 0.5,
+            "template": False,
+        },
         discovery={"catalog_dir": str(REPO / "config" / "catalog")},  # the shipped curated catalog
     )
 
@@ -251,6 +258,7 @@ async def mesh_factory(root: Path) -> AsyncIterator[Callable[..., Any]]:
                 "TOOLSCORE_EDGE__PORT": "0",
                 "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.2",
                 "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
+                "TOOLSCORE_EXECUTOR__TEMPLATE": "false",  # as base_config says why
                 "TOOLSCORE_MESH__RESTART_BACKOFF_S": "0.05",
                 **(extra_env or {}),
             }

@@ -71,6 +71,7 @@ def cluster_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, st
             "TOOLSCORE_PATHS__ROOT": str(root),
             "TOOLSCORE_DISCOVERY__CATALOG_DIR": str(REPO / "config" / "catalog"),
             "TOOLSCORE_EXECUTOR__POOL_SIZE": "1",
+            "TOOLSCORE_EXECUTOR__TEMPLATE": "false",  # tests/conftest.py base_config says why
             "TOOLSCORE_EXECUTOR__REGISTER_RETRY_S": "0.05",
             "TOOLSCORE_EXECUTOR__REGISTER_RETRY_MAX_S": "0.5",
             "TOOLSCORE_HUB__HEALTH_INTERVAL_S": "0.5",

@@ -72,27 +72,42 @@ class ServerError(Exception):
 RelayFn = Callable[[str, str, dict[str, Any] | None, float], Awaitable[dict[str, Any]]]
 
 
+async def relay_request(
+    gateway: Any,
+    tool_id: str,
+    method: str,
+    params: dict[str, Any] | None,
+    timeout_s: float,
+    watch_id: str = "",
+) -> dict[str, Any]:
+    """One request to an installed server through the hub's RelayServerRequest, on the channel of
+    `gateway` (a HubGateway, whose `toolscore` stub exists once it is open); `watch_id`: the
+    notification watch a subscription is held for. The server's result; raises ServerError (its
+    JSON-RPC error) or MeshError (the hub's)."""
+    timeout = duration_pb2.Duration()
+    timeout.FromNanoseconds(int(timeout_s * 1e9))
+    req = ts.RelayServerRequestRequest(
+        tool_id=tool_id, method=method, params_json=json.dumps(params) if params else "", timeout=timeout
+    )
+    req.watch_id = watch_id
+    try:
+        resp = await gateway.toolscore.RelayServerRequest(req, timeout=timeout_s + 1.0)
+    except grpc.aio.AioRpcError as exc:
+        raise hub_error(exc) from None
+    if resp.HasField("error"):
+        data = json.loads(resp.error.data_json) if resp.error.data_json else None
+        raise ServerError(resp.error.code, resp.error.message, data)
+    result: dict[str, Any] = json.loads(resp.result_json) if resp.result_json else {}
+    return result
+
+
 def hub_relay(gateway: Any) -> RelayFn:
-    """The relay through the hub's RelayServerRequest, on the channel of `gateway` (a HubGateway,
-    whose `toolscore` stub exists once it is open)."""
+    """The relay through the hub's RelayServerRequest, on the channel of `gateway`."""
 
     async def relay(
         tool_id: str, method: str, params: dict[str, Any] | None, timeout_s: float
     ) -> dict[str, Any]:
-        timeout = duration_pb2.Duration()
-        timeout.FromNanoseconds(int(timeout_s * 1e9))
-        req = ts.RelayServerRequestRequest(
-            tool_id=tool_id, method=method, params_json=json.dumps(params) if params else "", timeout=timeout
-        )
-        try:
-            resp = await gateway.toolscore.RelayServerRequest(req, timeout=timeout_s + 1.0)
-        except grpc.aio.AioRpcError as exc:
-            raise hub_error(exc) from None
-        if resp.HasField("error"):
-            data = json.loads(resp.error.data_json) if resp.error.data_json else None
-            raise ServerError(resp.error.code, resp.error.message, data)
-        result: dict[str, Any] = json.loads(resp.result_json)
-        return result
+        return await relay_request(gateway, tool_id, method, params, timeout_s)
 
     return relay
 

@@ -15,21 +15,15 @@ a subscription is refused with -32029 (`TOO_MANY_SUBSCRIPTIONS`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import grpc
-from google.protobuf import duration_pb2
-from toolscore.v1 import toolscore_pb2 as ts
-
-from edge.registry_cache import hub_error
 from services.common.errors import MeshError, ResourceExhausted, Unavailable
 
 from ._protocol import LIMIT_REACHED, ProtocolError
-from .federation import EXPLICIT, ServerError
+from .federation import EXPLICIT, ServerError, relay_request
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (tool id, URI as its server names it)
@@ -43,19 +37,7 @@ def hub_subscriber(gateway: Any) -> SubscribeFn:
     """Subscriptions through the hub's RelayServerRequest, on the channel of `gateway`."""
 
     async def send(tool_id: str, method: str, uri: str, watch_id: str, timeout_s: float) -> None:
-        timeout = duration_pb2.Duration()
-        timeout.FromNanoseconds(int(timeout_s * 1e9))
-        req = ts.RelayServerRequestRequest(
-            tool_id=tool_id, method=method, params_json=json.dumps({"uri": uri}), timeout=timeout
-        )
-        req.watch_id = watch_id
-        try:
-            resp = await gateway.toolscore.RelayServerRequest(req, timeout=timeout_s + 1.0)
-        except grpc.aio.AioRpcError as exc:
-            raise hub_error(exc) from None
-        if resp.HasField("error"):
-            data = json.loads(resp.error.data_json) if resp.error.data_json else None
-            raise ServerError(resp.error.code, resp.error.message, data)
+        await relay_request(gateway, tool_id, method, {"uri": uri}, timeout_s, watch_id)
 
     return send
 

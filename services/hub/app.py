@@ -323,13 +323,16 @@ class Hub:
         feed = self.redis_feed
         assert feed is not None
         while True:
+            # Cleared before the status is read: a change while the status is being set (an await)
+            # is then still pending at the wait. Cleared after, it was lost, and the health kept
+            # saying NOT_SERVING after Redis was back (CI, tests/cluster/test_redis_restart.py).
+            feed.problem_changed.clear()
             status = (
                 health_pb2.HealthCheckResponse.NOT_SERVING
                 if feed.problem
                 else health_pb2.HealthCheckResponse.SERVING
             )
             await self.server.health.set(STORE_HEALTH, status)
-            feed.problem_changed.clear()
             await feed.problem_changed.wait()
 
     @property
